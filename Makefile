@@ -1,0 +1,63 @@
+# Parley: `make run` brings up the whole stack on embedded defaults; `make test` runs every check.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := tools/buf/node_modules/.bin/buf
+STAMP := $(VENV)/.installed
+
+.PHONY: run test chat bench protos lint typecheck buf drift pytest install clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "Parley needs Python 3.11 or newer (found $$($(PYTHON) --version))"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Regenerate the Python contracts in parley/ from protos/.
+protos: $(STAMP)
+	$(PY) tools/gen_protos.py
+
+## The whole stack: Valkey, session, business, search and the gateway on :8000.
+run: $(STAMP)
+	$(PY) -m services.dev.launcher
+
+## A terminal chat with the running bot, as a test user of the demo business.
+chat: $(STAMP)
+	$(PY) -m services.dev.chat
+
+## Everything: lint, types, contracts, drift, tests.
+test: lint typecheck buf pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+# buf comes from npm (@bufbuild/buf, pinned in tools/buf/package.json).
+buf:
+	@if command -v npm >/dev/null 2>&1; then \
+	  test -x $(BUF) || npm ci --prefix tools/buf --no-audit --no-fund --loglevel=error; \
+	  $(BUF) lint && $(BUF) format --diff --exit-code && echo "buf lint and format: clean"; \
+	else \
+	  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
+	  echo "!! npm is not installed: SKIPPING buf lint and buf format checks.       !!"; \
+	  echo "!! Install Node.js/npm to run them. Every other check still runs.       !!"; \
+	  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
+	fi
+
+pytest: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Benchmarks: a table on stdout and bench/results/latest.json.
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) var tools/buf/node_modules .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,169 @@
+"""The no-op RPC floor every service benchmark compares against.
+
+Two servers in their own processes: a bare ``grpc.aio`` server with the standard health servicer
+and no interceptors, and the same health servicer behind Parley's runtime (interceptor chain,
+access log, metrics). The no-op RPC is ``grpc.health.v1.Health/Check``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.report import Check, Section, summarize_latencies
+from services.common.healthcheck import check
+from tests.support.processes import free_port, wait_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONCURRENCY = 32
+DURATION_S = float(os.environ.get("BENCH_SECONDS", "3"))
+LATENCY_CALLS = 1000
+
+
+BARE_SERVER = """
+import asyncio, sys
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+async def main():
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), server)
+    server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+    await server.start()
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+RUNTIME_SERVER = """
+import sys
+from parley.session.v1 import session_pb2_grpc
+from services.common.server import Service, run
+from services.common.settings import load_settings, CommonSettings
+
+settings = load_settings(CommonSettings)
+run(lambda: Service("parley.session.v1.SessionService",
+                    session_pb2_grpc.add_SessionServiceServicer_to_server,
+                    session_pb2_grpc.SessionServiceServicer()),
+    settings, port=int(sys.argv[1]), metrics_port=0, log_name="bench")
+"""
+
+
+def start_server(
+    source: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-c", source, str(port)],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "APP_ENV": "production",
+            "LOG_FORMAT": "json",
+            "READINESS_INTERVAL_SECONDS": "0.1",
+            **(env or {}),
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    address = f"127.0.0.1:{port}"
+    if not wait_for(lambda: check(address) == "SERVING", 20):
+        process.kill()
+        raise RuntimeError("benchmark server did not start")
+    return process, address
+
+
+async def throughput(
+    call: Callable[[], Awaitable[Any]], seconds: float = DURATION_S, concurrency: int = CONCURRENCY
+) -> float:
+    """Calls per second with ``concurrency`` callers for ``seconds``."""
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            await call()
+            done += 1
+
+    for _ in range(50):  # warm up
+        await call()
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / (time.perf_counter() - start)
+
+
+async def latencies(call: Callable[[], Awaitable[Any]], calls: int = LATENCY_CALLS) -> list[float]:
+    """One caller, back to back: the per-call latency without queueing."""
+    samples = []
+    for _ in range(50):
+        await call()
+    for _ in range(calls):
+        start = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def median_round(rounds: list[tuple[float, list[float]]]) -> tuple[float, list[float]]:
+    return sorted(rounds, key=lambda r: r[0])[len(rounds) // 2]
+
+
+async def measure_health(address: str) -> tuple[float, list[float]]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest()
+
+        async def call() -> Any:
+            # With a deadline, as Parley's own clients always send one.
+            return await stub.Check(request, timeout=5)
+
+        return await throughput(call), await latencies(call)
+
+
+ROUNDS = 3
+
+
+def run() -> list[Section]:
+    bare, bare_addr = start_server(BARE_SERVER)
+    runtime, runtime_addr = start_server(RUNTIME_SERVER)
+    try:
+        # Alternate the two servers and keep each one's median round, so drift on a shared
+        # machine hits both sides alike.
+        bare_rounds, rt_rounds = [], []
+        for _ in range(ROUNDS):
+            bare_rounds.append(asyncio.run(measure_health(bare_addr)))
+            rt_rounds.append(asyncio.run(measure_health(runtime_addr)))
+        bare_rps, bare_lat = median_round(bare_rounds)
+        rt_rps, rt_lat = median_round(rt_rounds)
+    finally:
+        for process in (bare, runtime):
+            process.terminate()
+            process.wait()
+    bare_summary, rt_summary = summarize_latencies(bare_lat), summarize_latencies(rt_lat)
+    ratio = rt_rps / bare_rps
+    added_p50 = rt_summary["p50_ms"] - bare_summary["p50_ms"]
+    section = Section(
+        "Runtime: no-op RPC (Health/Check) through the interceptor chain vs a bare grpc.aio server",
+        figures={
+            "bare throughput (calls/s)": round(bare_rps),
+            "runtime throughput (calls/s)": round(rt_rps),
+            "bare latency": bare_summary,
+            "runtime latency": rt_summary,
+            "concurrency": CONCURRENCY,
+        },
+        checks=[
+            Check("runtime / bare throughput", ratio, 0.85, ">="),
+            Check("added p50 latency", added_p50, 0.3, "<=", " ms"),
+        ],
+    )
+    return [section]

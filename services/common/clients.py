@@ -1,0 +1,113 @@
+"""gRPC clients for the gateway: one channel per service, round-robin over DNS, retries on
+UNAVAILABLE through the service config, keepalive, a deadline on every call, and the request id
+passed on in metadata."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from services.common.interceptors import REQUEST_ID_KEY
+
+# The request id of the message being handled; the gateway sets it per webhook/queue entry.
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "request_id", default=None
+)
+
+DEFAULT_TIMEOUT_SECONDS = 2.0
+
+
+def service_config(service_name: str) -> str:
+    """Round-robin over every resolved address; retry UNAVAILABLE up to 3 attempts with backoff."""
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "methodConfig": [
+                {
+                    "name": [{"service": service_name}],
+                    "retryPolicy": {
+                        "maxAttempts": 3,
+                        "initialBackoff": "0.05s",
+                        "maxBackoff": "0.5s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ],
+        }
+    )
+
+
+def dns_target(address: str) -> str:
+    """``host:port`` → ``dns:///host:port`` so every A record is a round-robin backend."""
+    if "://" in address or address.startswith(("dns:", "unix:", "ipv4:", "ipv6:")):
+        return address
+    return f"dns:///{address}"
+
+
+class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """Adds the request id and a default deadline to every unary call."""
+
+    def __init__(self, default_timeout: float) -> None:
+        self._default_timeout = default_timeout
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
+    ) -> Any:
+        metadata = list(client_call_details.metadata or ())
+        request_id = request_id_var.get()
+        if request_id and not any(key == REQUEST_ID_KEY for key, _ in metadata):
+            metadata.append((REQUEST_ID_KEY, request_id))
+        details = grpc.aio.ClientCallDetails(
+            method=client_call_details.method,
+            timeout=(
+                client_call_details.timeout
+                if client_call_details.timeout is not None
+                else self._default_timeout
+            ),
+            metadata=grpc.aio.Metadata(*metadata),
+            credentials=client_call_details.credentials,
+            wait_for_ready=client_call_details.wait_for_ready,
+        )
+        return await continuation(details, request)
+
+
+def channel_credentials(
+    ca: str | None, cert: str | None, key: str | None
+) -> grpc.ChannelCredentials | None:
+    """TLS to the services when a CA is given; a client certificate too when cert and key are."""
+    if not ca:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(ca).read_bytes(),
+        private_key=Path(key).read_bytes() if key and cert else None,
+        certificate_chain=Path(cert).read_bytes() if key and cert else None,
+    )
+
+
+def make_channel(
+    address: str,
+    service_name: str,
+    *,
+    default_timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> grpc.aio.Channel:
+    """One long-lived channel to ``service_name`` at ``address``."""
+    options = [
+        ("grpc.service_config", service_config(service_name)),
+        ("grpc.enable_retries", 1),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    interceptors = [_ClientInterceptor(default_timeout)]
+    target = dns_target(address)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)

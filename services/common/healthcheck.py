@@ -1,0 +1,54 @@
+"""Exit 0 only when a gRPC server reports SERVING: a probe for compose and anything without
+native gRPC probes.
+
+    python -m services.common.healthcheck --addr localhost:50051 [--service NAME] [--timeout 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.clients import channel_credentials
+
+
+def check(
+    address: str,
+    service: str = "",
+    timeout: float = 2.0,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> str:
+    """The serving status name, or the gRPC error code name when the call fails."""
+    channel = (
+        grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    )
+    with channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            request = health_pb2.HealthCheckRequest(service=service)
+            response = stub.Check(request, timeout=timeout)  # type: ignore[attr-defined]
+        except grpc.RpcError as error:
+            return str(error.code().name)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--addr", required=True, help="host:port of the gRPC server")
+    parser.add_argument("--service", default="", help='service name to check ("" is overall)')
+    parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--tls-ca", help="CA bundle, for a server with TLS")
+    parser.add_argument("--tls-cert", help="client certificate, for mutual TLS")
+    parser.add_argument("--tls-key", help="client key, for mutual TLS")
+    args = parser.parse_args(argv)
+    credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    status = check(args.addr, args.service, args.timeout, credentials)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

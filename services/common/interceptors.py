@@ -1,0 +1,139 @@
+"""The server interceptor chain every service runs: request id, access log, metrics,
+error mapping, a default deadline, and in-flight tracking for graceful shutdown.
+
+It is one interceptor rather than four so each call pays for a single wrapper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from services.common.errors import ServiceError
+from services.common.metrics import GRPC_HANDLED, GRPC_HANDLING_SECONDS, GRPC_IN_FLIGHT
+
+log = structlog.get_logger("parley.access")
+REQUEST_ID_KEY = "x-request-id"
+_MAX_REQUEST_ID = 128
+
+
+class InFlight:
+    """Counts calls being handled; ``idle`` is set whenever none is."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        GRPC_IN_FLIGHT.set_function(lambda: self.count)  # read at scrape time, free per call
+
+    def enter(self) -> None:
+        self.count += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.idle.set()
+
+
+def request_id_from(metadata: Any) -> str:
+    """The caller's request id when it sent a sane one, else a new one."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= _MAX_REQUEST_ID:
+            return value
+    return secrets.token_hex(16)
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every unary-unary handler; streaming calls (health Watch, reflection) pass through.
+
+    The wrapped handler is built once per method and cached: grpc calls ``intercept_service``
+    for every RPC, and building handlers there would cost more than everything else here.
+    """
+
+    def __init__(self, in_flight: InFlight, default_deadline: float) -> None:
+        self._in_flight = in_flight
+        self._default_deadline = default_deadline
+        self._handlers: dict[str, Any] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        full_method: str = handler_call_details.method
+        cached = self._handlers.get(full_method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        wrapped = self._wrap(full_method, handler)
+        self._handlers[full_method] = wrapped
+        return wrapped
+
+    def _wrap(self, full_method: str, handler: Any) -> Any:
+        service, _, method = full_method.lstrip("/").rpartition("/")
+        behavior = handler.unary_unary
+        histogram = GRPC_HANDLING_SECONDS.labels(service, method)
+        counters = {
+            code: GRPC_HANDLED.labels(service, method, code.name) for code in grpc.StatusCode
+        }
+        in_flight = self._in_flight
+        default_deadline = self._default_deadline
+        contextvars = structlog.contextvars
+        # Probes call Health/Check every few seconds: their access lines are DEBUG, not noise.
+        access_log = log.debug if service == "grpc.health.v1.Health" else log.info
+
+        async def wrapped(request: Any, context: Any) -> Any:
+            in_flight.enter()
+            request_id = request_id_from(context.invocation_metadata())
+            contextvars.bind_contextvars(request_id=request_id, rpc=method)
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                if context.time_remaining() is None:  # the client set no deadline: use ours
+                    async with asyncio.timeout(default_deadline):
+                        response = await behavior(request, context)
+                else:  # grpc itself cancels the call at the client's deadline
+                    response = await behavior(request, context)
+                code = context.code() or grpc.StatusCode.OK
+                return response
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except ServiceError as error:
+                code = error.code
+                status = error.to_status()
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            except TimeoutError:
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
+                await context.abort(code, "the server's deadline for this call passed")
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unhandled error")
+                await context.abort(code, f"internal error (request id {request_id})")
+            finally:
+                elapsed = time.perf_counter() - start
+                histogram.observe(elapsed)
+                counters[code].inc()
+                access_log(
+                    "rpc", method=full_method, code=code.name, duration_ms=round(elapsed * 1000, 3)
+                )
+                contextvars.unbind_contextvars("request_id", "rpc")
+                in_flight.leave()
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

