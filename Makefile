@@ -43,7 +43,7 @@ typecheck: $(STAMP)
 # buf comes from npm (@bufbuild/buf, pinned in tools/buf/package.json).
 buf:
 	@if command -v npm >/dev/null 2>&1; then \
-	  test -x $(BUF) || npm ci --prefix tools/buf --no-audit --no-fund --loglevel=error; \
+	  test -x $(BUF) || npm install --prefix tools/buf --no-audit --no-fund --loglevel=error; \
 	  $(BUF) lint && $(BUF) format --diff --exit-code && echo "buf lint and format: clean"; \
 	else \
 	  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
@@ -55,9 +55,9 @@ buf:
 pytest: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## Benchmarks: a table on stdout and bench/results/latest.json.
+## Benchmarks: a table on stdout and bench/results/latest.json (BENCH="runtime session" for some).
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) var tools/buf/node_modules .mypy_cache .pytest_cache .ruff_cache

@@ -6,15 +6,24 @@ absolute numbers on shared machines drift. A missed target is reported, and the 
 
 from __future__ import annotations
 
+import importlib
 import sys
+from pathlib import Path
 
-from bench import grpc_floor, report
+from bench import report
+
+HERE = Path(__file__).resolve().parent
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    """Run every ``bench/bench_*.py`` (or only those named on the command line)."""
+    names = sorted(p.stem for p in HERE.glob("bench_*.py"))
+    if argv:
+        names = [n for n in names if n.removeprefix("bench_") in argv or n in argv]
     sections: list[report.Section] = []
-    for benchmark in (grpc_floor,):
-        sections.extend(benchmark.run())
+    for name in names:
+        print(f"running {name} ...", flush=True)
+        sections.extend(importlib.import_module(f"bench.{name}").run())
     print(report.render(sections))
     path = report.write(sections)
     print(f"\nwritten: {path}")
@@ -26,4 +35,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

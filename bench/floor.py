@@ -1,4 +1,6 @@
-"""The no-op RPC floor every service benchmark compares against.
+"""Floors and load helpers every benchmark shares.
+
+The no-op RPC floor every service benchmark compares against:
 
 Two servers in their own processes: a bare ``grpc.aio`` server with the standard health servicer
 and no interceptors, and the same health servicer behind Parley's runtime (interceptor chain,
@@ -18,7 +20,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.report import Check, Section, summarize_latencies
 from services.common.healthcheck import check
 from tests.support.processes import free_port, wait_for
 
@@ -133,37 +134,16 @@ async def measure_health(address: str) -> tuple[float, list[float]]:
 ROUNDS = 3
 
 
-def run() -> list[Section]:
-    bare, bare_addr = start_server(BARE_SERVER)
-    runtime, runtime_addr = start_server(RUNTIME_SERVER)
+def stop(*processes: subprocess.Popen[bytes]) -> None:
+    for process in processes:
+        process.terminate()
+        process.wait()
+
+
+async def noop_floor() -> tuple[float, list[float]]:
+    """Throughput and latencies of the runtime's no-op RPC, for service benchmarks' ratios."""
+    process, address = start_server(RUNTIME_SERVER)
     try:
-        # Alternate the two servers and keep each one's median round, so drift on a shared
-        # machine hits both sides alike.
-        bare_rounds, rt_rounds = [], []
-        for _ in range(ROUNDS):
-            bare_rounds.append(asyncio.run(measure_health(bare_addr)))
-            rt_rounds.append(asyncio.run(measure_health(runtime_addr)))
-        bare_rps, bare_lat = median_round(bare_rounds)
-        rt_rps, rt_lat = median_round(rt_rounds)
+        return await measure_health(address)
     finally:
-        for process in (bare, runtime):
-            process.terminate()
-            process.wait()
-    bare_summary, rt_summary = summarize_latencies(bare_lat), summarize_latencies(rt_lat)
-    ratio = rt_rps / bare_rps
-    added_p50 = rt_summary["p50_ms"] - bare_summary["p50_ms"]
-    section = Section(
-        "Runtime: no-op RPC (Health/Check) through the interceptor chain vs a bare grpc.aio server",
-        figures={
-            "bare throughput (calls/s)": round(bare_rps),
-            "runtime throughput (calls/s)": round(rt_rps),
-            "bare latency": bare_summary,
-            "runtime latency": rt_summary,
-            "concurrency": CONCURRENCY,
-        },
-        checks=[
-            Check("runtime / bare throughput", ratio, 0.85, ">="),
-            Check("added p50 latency", added_p50, 0.3, "<=", " ms"),
-        ],
-    )
-    return [section]
+        stop(process)

@@ -1,0 +1,129 @@
+"""The seam between the gateway's workers and the conversation logic.
+
+A worker turns a queued message into a :class:`Turn` and calls ``Engine.handle`` once. The engine
+answers with the replies to send and the state changes to save; the worker sends the replies,
+then saves the user's message, the replies and the state changes in one session update, and only
+then acknowledges the queue entry. The engine never talks to Redis or a channel itself; it may
+call search through :class:`SearchPort`, and may send a reply early (``Turn.send_early``, e.g.
+"searching …") before a slow search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from parley.search.v1 import search_pb2
+
+Channel = Literal["cloud_api", "twilio"]
+MessageType = Literal[
+    "text",
+    "interactive",
+    "button",
+    "location",
+    "image",
+    "audio",
+    "video",
+    "document",
+    "sticker",
+    "reaction",
+    "unknown",
+]
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """One normalized user message, whatever channel it came from."""
+
+    channel: Channel
+    provider_message_id: str  # wamid or Twilio MessageSid: the dedupe key
+    channel_identity: str  # Cloud API phone_number_id, or the Twilio "To" number (E.164)
+    user_id: str  # wa_id, or the sender's E.164 number on Twilio
+    type: MessageType
+    timestamp: datetime
+    text: str = ""  # the text, caption, or the title of a chosen button or list row
+    profile_name: str = ""
+    business_scoped_user_id: str = ""  # Cloud API "user_id" when present
+    # Type-specific: interactive/button {"reply_id", "title"}; location {"latitude",
+    # "longitude", "name", "address"}; media {"media_id", "mime_type", "caption", "filename"};
+    # reaction {"emoji", "message_id"}; unknown {"raw_type"}.
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Button:
+    id: str  # returned as InboundMessage.payload["reply_id"] when tapped (at most 256 chars)
+    title: str  # at most 20 characters (Cloud API limit)
+
+
+@dataclass(frozen=True)
+class ListRow:
+    id: str
+    title: str  # at most 24 characters
+    description: str = ""  # at most 72 characters
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One outgoing message. Senders render buttons and rows natively on the Cloud API and as
+    numbered text on Twilio."""
+
+    text: str
+    buttons: tuple[Button, ...] = ()  # at most 3
+    list_button: str = ""  # the label that opens the list, when rows are given
+    rows: tuple[ListRow, ...] = ()  # at most 10
+
+
+@dataclass(frozen=True)
+class BusinessContext:
+    id: str
+    name: str
+    locale: str  # BCP 47, e.g. "en", "es"
+    time_zone: str  # IANA
+    channel: Channel
+
+
+@dataclass(frozen=True)
+class ConversationView:
+    id: str
+    version: int
+    state: dict[str, Any]
+    history: tuple[tuple[str, str], ...]  # (role, content), oldest first
+
+
+@dataclass
+class Turn:
+    business: BusinessContext
+    conversation: ConversationView
+    message: InboundMessage
+    now: datetime  # aware, in UTC; the engine converts to the business's time zone
+    send_early: Callable[[Reply], Awaitable[None]]
+
+
+@dataclass
+class TurnResult:
+    replies: list[Reply] = field(default_factory=list)
+    set_state: dict[str, Any] = field(default_factory=dict)  # JSON values
+    remove_state: list[str] = field(default_factory=list)
+
+
+class SearchPort(Protocol):
+    """What the engine needs of SearchService; the generated async stub satisfies it."""
+
+    def SearchFlights(
+        self, request: search_pb2.SearchFlightsRequest, *, timeout: float | None = ...
+    ) -> Awaitable[search_pb2.SearchFlightsResponse]: ...
+
+    def ResolvePlace(
+        self, request: search_pb2.ResolvePlaceRequest, *, timeout: float | None = ...
+    ) -> Awaitable[search_pb2.ResolvePlaceResponse]: ...
+
+    def FindNearestAirports(
+        self, request: search_pb2.FindNearestAirportsRequest, *, timeout: float | None = ...
+    ) -> Awaitable[search_pb2.FindNearestAirportsResponse]: ...
+
+
+class Engine(Protocol):
+    async def handle(self, turn: Turn) -> TurnResult: ...
