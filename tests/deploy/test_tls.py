@@ -1,0 +1,141 @@
+"""TLS between the gateway and the services, shown on a real business service process (it needs
+only SQLite): mutual TLS accepts a client certificate from the CA and refuses everything else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common import healthcheck
+from services.common.clients import channel_credentials, client_credentials, make_channel
+from services.common.settings import CommonSettings
+from tests.deploy.conftest import Pki
+from tests.support.processes import ServiceProcess, free_port, wait_for
+
+SERVICE = "parley.business.v1.BusinessService"
+
+
+def start_business(tmp_path: Path, **tls: str) -> tuple[ServiceProcess, str]:
+    port = free_port()
+    process = ServiceProcess(
+        "services.business.server",
+        {
+            "BUSINESS_PORT": str(port),
+            "BUSINESS_METRICS_PORT": "0",
+            "GRPC_HOST": "127.0.0.1",
+            "BUSINESS_DB_PATH": str(tmp_path / "business.db"),
+            "ENCRYPTION_SECRET": "tls-test-encryption-secret-0123456789",
+            **tls,
+        },
+        tmp_path / "business.log",
+    ).start()
+    return process, f"127.0.0.1:{port}"
+
+
+def wait_serving(process: ServiceProcess, address: str, creds: grpc.ChannelCredentials) -> None:
+    def serving() -> bool:
+        return healthcheck.check(address, SERVICE, 0.5, creds) == "SERVING"
+
+    if not wait_for(serving, timeout=30, interval=0.1):
+        raise AssertionError(f"business not SERVING over TLS at {address}:\n{process.log[-3000:]}")
+
+
+def health_status(channel: grpc.Channel) -> str:
+    stub = health_pb2_grpc.HealthStub(channel)
+    response = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=2)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+@pytest.fixture(scope="module")
+def mtls_business(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    process, address = start_business(
+        tmp_path_factory.mktemp("mtls"),
+        GRPC_TLS_CERT=str(pki.server_cert),
+        GRPC_TLS_KEY=str(pki.server_key),
+        GRPC_TLS_CA=str(pki.ca),
+    )
+    try:
+        wait_serving(
+            process,
+            address,
+            channel_credentials(str(pki.ca), str(pki.client_cert), str(pki.client_key)),
+        )
+        yield address
+    finally:
+        process.stop()
+
+
+async def test_gateway_client_with_a_certificate_from_the_ca_is_served(
+    mtls_business: str, pki: Pki
+) -> None:
+    # Exactly what the gateway does: its settings → client_credentials → make_channel.
+    settings = CommonSettings(
+        grpc_tls_ca=str(pki.ca),
+        grpc_tls_cert=str(pki.client_cert),
+        grpc_tls_key=str(pki.client_key),
+    )
+    credentials = client_credentials(settings)
+    assert credentials is not None
+    channel = make_channel(mtls_business, SERVICE, credentials=credentials)
+    try:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE))
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await channel.close()
+
+
+@pytest.mark.parametrize("client", ["no client certificate", "certificate from another CA"])
+def test_clients_without_a_valid_certificate_are_refused(
+    mtls_business: str, pki: Pki, client: str
+) -> None:
+    if client == "no client certificate":
+        credentials = channel_credentials(str(pki.ca), None, None)
+    else:
+        credentials = channel_credentials(str(pki.ca), str(pki.rogue_cert), str(pki.rogue_key))
+    assert credentials is not None
+    with (
+        grpc.secure_channel(mtls_business, credentials) as channel,
+        pytest.raises(grpc.RpcError) as error,
+    ):
+        health_status(channel)
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_plaintext_is_refused_by_a_tls_server(mtls_business: str) -> None:
+    with grpc.insecure_channel(mtls_business) as channel, pytest.raises(grpc.RpcError) as error:
+        health_status(channel)
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_healthcheck_command_speaks_mutual_tls(
+    mtls_business: str, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--addr", mtls_business, "--service", SERVICE, "--tls-ca", str(pki.ca)]
+    client = ["--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]
+    assert healthcheck.main([*base, *client]) == 0
+    assert capsys.readouterr().out.strip() == "SERVING"
+    assert healthcheck.main(base) == 1  # no client certificate: refused, so not healthy
+    assert capsys.readouterr().out.strip() == "UNAVAILABLE"
+
+
+def test_server_tls_without_ca_does_not_ask_for_a_client_certificate(
+    pki: Pki, tmp_path: Path
+) -> None:
+    process, address = start_business(
+        tmp_path, GRPC_TLS_CERT=str(pki.server_cert), GRPC_TLS_KEY=str(pki.server_key)
+    )
+    try:
+        server_only = channel_credentials(str(pki.ca), None, None)
+        assert server_only is not None
+        wait_serving(process, address, server_only)
+        with grpc.secure_channel(address, server_only) as channel:
+            assert health_status(channel) == "SERVING"
+        with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError):
+            health_status(channel)
+    finally:
+        process.stop()
