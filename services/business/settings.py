@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from services.common.settings import CommonSettings
 
@@ -10,5 +10,21 @@ from services.common.settings import CommonSettings
 class BusinessSettings(CommonSettings):
     business_port: int = Field(default=50052, ge=0, le=65535)
     business_metrics_port: int = Field(default=9102, ge=0, le=65535)
-    mongodb_uri: str | None = None  # unset: the embedded SQLite store
+    # Store: MongoDB when MONGODB_URI is set, else the embedded SQLite file.
+    mongodb_uri: SecretStr | None = None  # may carry a password: never printed
+    mongodb_database: str | None = None  # default: the URI's database, else "parley"
+    mongodb_max_pool_size: int = Field(default=100, ge=1, le=10_000)
+    mongodb_min_pool_size: int = Field(default=10, ge=0, le=10_000)
+    mongodb_timeout_ms: int = Field(default=5000, ge=100, le=120_000)
     business_db_path: str = "var/business.db"
+    # Token encryption: the current secret, and older ones that must still decrypt.
+    encryption_secret: SecretStr | None = None
+    encryption_secret_previous: SecretStr | None = None  # comma-separated
+    # Lookup cache.
+    business_cache_ttl: float = Field(default=300.0, gt=0, le=86_400)
+    business_cache_size: int = Field(default=1000, ge=1, le=1_000_000)
+    business_negative_cache_ttl: float = Field(default=30.0, ge=0, le=3600)
+    warmup_cache: bool = False
+    # Cross-replica cache invalidation (Redis pub/sub) when set.
+    redis_url: SecretStr | None = None
+    business_invalidation_channel: str = "parley:business:invalidate"

@@ -1,0 +1,382 @@
+"""What the gRPC servicer and the operator CLI share: create, change, look up, encrypt, rotate.
+
+Every write goes through here, so every write encrypts secrets the same way and invalidates the
+lookup cache: this replica's at once, other replicas' through the invalidation bus.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from bson import ObjectId
+from google.protobuf.timestamp_pb2 import Timestamp
+from pymongo.errors import PyMongoError
+
+from parley.business.v1 import business_pb2
+from services.business import metrics
+from services.business.cache import LookupCache
+from services.business.crypto import CryptoError, TokenCipher
+from services.business.invalidation import InvalidationBus
+from services.business.model import (
+    SECRET_FIELDS,
+    BusinessRecord,
+    KeyKind,
+    TokenStatus,
+    utcnow,
+    validate_secret,
+)
+from services.business.store import BusinessStore
+from services.common.errors import FailedPrecondition, NotFound, ServiceError, Unavailable
+from services.common.redact import mask_phone
+
+log = structlog.get_logger("parley.business")
+
+NOT_FOUND_MESSAGE = "no active WhatsApp-enabled business has this identity"
+WARM_PAGE = 500
+
+_STATUS_TO_PROTO = {
+    TokenStatus.NONE: business_pb2.TOKEN_STATUS_UNSPECIFIED,
+    TokenStatus.VALID: business_pb2.TOKEN_STATUS_VALID,
+    TokenStatus.NEEDS_RENEWAL: business_pb2.TOKEN_STATUS_NEEDS_RENEWAL,
+}
+
+
+def _timestamp(value: Any) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def to_proto(record: BusinessRecord) -> business_pb2.Business:
+    secrets = record.secrets
+    return business_pb2.Business(
+        id=record.id,
+        name=record.name,
+        subdomain=record.subdomain,
+        whatsapp_phone_number_ids=record.phone_number_ids,
+        whatsapp_numbers=record.numbers,
+        whatsapp_enabled=record.whatsapp_enabled,
+        active=record.active,
+        time_zone=record.time_zone,
+        locale=record.locale,
+        has_access_token="whatsapp_access_token" in secrets,
+        has_twilio_credentials="twilio_account_sid" in secrets and "twilio_auth_token" in secrets,
+        has_webhook_app_secret="webhook_app_secret" in secrets,
+        access_token_status=_STATUS_TO_PROTO[record.access_token_status],
+        create_time=_timestamp(record.create_time),
+        update_time=_timestamp(record.update_time),
+    )
+
+
+@dataclass(frozen=True)
+class CachedBusiness:
+    """A servable business as the cache keeps it: the record and its ready-made answer."""
+
+    record: BusinessRecord
+    proto: business_pb2.Business = field(repr=False)
+    cached_response: business_pb2.LookupBusinessResponse = field(repr=False)
+
+    @classmethod
+    def of(cls, record: BusinessRecord) -> CachedBusiness:
+        proto = to_proto(record)
+        # Built once and only ever read afterwards: a cached lookup allocates nothing.
+        response = business_pb2.LookupBusinessResponse(business=proto, cached=True)
+        return cls(record, proto, response)
+
+    @property
+    def business_id(self) -> str:
+        return self.record.id
+
+    @property
+    def lookup_keys(self) -> tuple[str, ...]:
+        return self.record.lookup_keys
+
+
+def describe_identity(kind: KeyKind, value: str) -> str:
+    """An identity as a log line may show it: numbers masked."""
+    return mask_phone(value) if kind is KeyKind.WHATSAPP_NUMBER else value
+
+
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """A datastore that fails answers UNAVAILABLE (retryable), never INTERNAL."""
+    try:
+        yield
+    except ServiceError:
+        raise
+    except (PyMongoError, sqlite3.Error, ConnectionError, OSError) as error:
+        log.warning("business store error", error=type(error).__name__)
+        raise Unavailable("the business store is unavailable; retry later") from None
+
+
+@dataclass
+class RotationReport:
+    businesses: int = 0
+    secrets: int = 0
+    rotated: int = 0
+    already_current: int = 0
+    changed_meanwhile: int = 0
+    failed: int = 0
+
+
+class BusinessCore:
+    def __init__(
+        self,
+        store: BusinessStore,
+        cipher: TokenCipher,
+        *,
+        cache: LookupCache[CachedBusiness] | None = None,
+        bus: InvalidationBus | None = None,
+    ) -> None:
+        self.store = store
+        self.cipher = cipher
+        self.cache = cache
+        self.bus = bus
+
+    # --- cache invalidation ------------------------------------------------------------------
+
+    async def invalidate(self, *records: BusinessRecord | None) -> None:
+        keys: set[str] = set()
+        ids: set[str] = set()
+        for record in records:
+            if record is not None:
+                keys.update(record.lookup_keys)
+                ids.add(record.id)
+        if self.cache is not None:
+            self.cache.invalidate(keys, ids)
+            metrics.CACHE_INVALIDATIONS.labels("local").inc()
+        if self.bus is not None:
+            await self.bus.publish(keys, ids)
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def get(self, business_id: str) -> BusinessRecord:
+        with store_errors():
+            record = await self.store.get(business_id)
+        if record is None:
+            raise NotFound(f"no business with id {business_id}")
+        return record
+
+    async def lookup(
+        self, kind: KeyKind, value: str, key: str
+    ) -> tuple[CachedBusiness | None, bool]:
+        async def load() -> CachedBusiness | None:
+            with store_errors():
+                record = await self.store.find(kind, value)
+            shown = describe_identity(kind, value)
+            if record is None:
+                log.info("lookup: no business has this identity", identity=kind.name, value=shown)
+                return None
+            if not record.servable:
+                log.info(
+                    "lookup: business found but not served",
+                    identity=kind.name,
+                    value=shown,
+                    business_id=record.id,
+                    reason=record.unservable_reason(),
+                )
+                return None
+            return CachedBusiness.of(record)
+
+        if self.cache is None:
+            return await load(), False
+        return await self.cache.get(key, load)
+
+    async def list(
+        self, *, after_id: str | None, limit: int, include_inactive: bool
+    ) -> list[BusinessRecord]:
+        with store_errors():
+            return await self.store.list(
+                after_id=after_id,
+                limit=limit,
+                include_inactive=include_inactive,
+                servable_only=False,
+            )
+
+    async def warm(self, limit: int) -> int:
+        """Load up to ``limit`` servable businesses into the cache, oldest first."""
+        if self.cache is None:
+            return 0
+        loaded = 0
+        after: str | None = None
+        while loaded < limit:
+            epoch = self.cache.epoch
+            with store_errors():
+                page = await self.store.list(
+                    after_id=after,
+                    limit=min(WARM_PAGE, limit - loaded),
+                    include_inactive=False,
+                    servable_only=True,
+                )
+            if not page:
+                break
+            after = page[-1].id
+            if self.cache.epoch != epoch:
+                continue  # a write landed meanwhile: those load on demand instead
+            loaded += self.cache.warm(CachedBusiness.of(r) for r in page)
+        return loaded
+
+    def credentials(self, record: BusinessRecord) -> dict[str, str]:
+        """Decrypted secrets of a record (only for requests that ask for them)."""
+        plain: dict[str, str] = {}
+        for name, stored in record.secrets.items():
+            try:
+                plain[name] = self.cipher.decrypt(stored, record.id, name)
+            except CryptoError as error:
+                metrics.DECRYPT_FAILURES.inc()
+                log.error(
+                    "secret not decryptable", business_id=record.id, field=name, error=str(error)
+                )
+                raise FailedPrecondition(
+                    f"the stored {name} of this business cannot be decrypted with the configured "
+                    "keys (see ENCRYPTION_SECRET_PREVIOUS)"
+                ) from None
+        return plain
+
+    # --- writes ------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        name: str,
+        subdomain: str,
+        phone_number_ids: tuple[str, ...],
+        numbers: tuple[str, ...],
+        whatsapp_enabled: bool,
+        active: bool,
+        time_zone: str,
+        locale: str,
+        secrets: dict[str, str],
+    ) -> BusinessRecord:
+        business_id = str(ObjectId())
+        now = utcnow()
+        encrypted = {
+            name_: self.cipher.encrypt(
+                validate_secret(value, f"credentials.{name_}"), business_id, name_
+            )
+            for name_, value in secrets.items()
+            if value
+        }
+        record = BusinessRecord(
+            id=business_id,
+            name=name,
+            subdomain=subdomain,
+            phone_number_ids=phone_number_ids,
+            numbers=numbers,
+            whatsapp_enabled=whatsapp_enabled,
+            active=active,
+            time_zone=time_zone,
+            locale=locale,
+            access_token_status=(
+                TokenStatus.VALID if "whatsapp_access_token" in encrypted else TokenStatus.NONE
+            ),
+            create_time=now,
+            update_time=now,
+            secrets=encrypted,
+        )
+        with store_errors():
+            await self.store.create(record)
+        # Unknown-identity entries for these keys may be cached as "not found": drop them.
+        await self.invalidate(record)
+        log.info("business created", business_id=business_id, subdomain=subdomain)
+        return record
+
+    async def update(self, business_id: str, changes: dict[str, Any]) -> BusinessRecord:
+        before = await self.get(business_id)
+        if "access_token_status" in changes:
+            status = changes["access_token_status"]
+            if status is not TokenStatus.NONE and "whatsapp_access_token" not in before.secrets:
+                raise FailedPrecondition("this business has no access token to mark")
+        with store_errors():
+            after = await self.store.update(business_id, {**changes, "update_time": utcnow()})
+        if after is None:
+            raise NotFound(f"no business with id {business_id}")
+        await self.invalidate(before, after)
+        log.info("business updated", business_id=business_id, fields=sorted(changes))
+        return after
+
+    async def set_secret(self, business_id: str, name: str, value: str) -> BusinessRecord:
+        if name not in SECRET_FIELDS:
+            raise ValueError(f"unknown secret {name}")
+        before = await self.get(business_id)
+        fields: dict[str, Any] = {"update_time": utcnow()}
+        if name == "whatsapp_access_token":
+            fields["access_token_status"] = TokenStatus.VALID if value else TokenStatus.NONE
+        stored = (
+            self.cipher.encrypt(validate_secret(value, "value"), business_id, name)
+            if value
+            else None
+        )
+        with store_errors():
+            after = await self.store.update(business_id, fields, {name: stored})
+        if after is None:
+            raise NotFound(f"no business with id {business_id}")
+        await self.invalidate(before, after)
+        log.info(
+            "channel secret set" if value else "channel secret cleared",
+            business_id=business_id,
+            field=name,
+        )
+        return after
+
+    async def deactivate(self, business_id: str) -> BusinessRecord:
+        return await self.update(business_id, {"active": False})
+
+    # --- key rotation ------------------------------------------------------------------------
+
+    async def rotate(
+        self,
+        *,
+        dry_run: bool,
+        page_size: int = 200,
+        progress: Callable[[RotationReport], None] | None = None,
+    ) -> RotationReport:
+        """Re-encrypt every secret not under the current key. Safe to re-run at any point."""
+        report = RotationReport()
+        after: str | None = None
+        while True:
+            page = await self.store.list(
+                after_id=after, limit=page_size, include_inactive=True, servable_only=False
+            )
+            if not page:
+                break
+            after = page[-1].id
+            for record in page:
+                report.businesses += 1
+                touched = False
+                for name, stored in record.secrets.items():
+                    report.secrets += 1
+                    try:
+                        if not self.cipher.needs_rotation(stored):
+                            report.already_current += 1
+                            continue
+                        plain = self.cipher.decrypt(stored, record.id, name)
+                    except CryptoError as error:
+                        report.failed += 1
+                        log.error(
+                            "secret not rotatable",
+                            business_id=record.id,
+                            field=name,
+                            error=str(error),
+                        )
+                        continue
+                    if dry_run:
+                        report.rotated += 1
+                        continue
+                    fresh = self.cipher.encrypt(plain, record.id, name)
+                    # Compare-and-set: a secret changed meanwhile is already under the new key.
+                    if await self.store.replace_secret(record.id, name, stored, fresh):
+                        report.rotated += 1
+                        touched = True
+                    else:
+                        report.changed_meanwhile += 1
+                if touched:
+                    await self.invalidate(record)
+            if progress is not None:
+                progress(report)
+        return report

@@ -1,0 +1,134 @@
+"""Channel secrets at rest: AES-256-GCM with keys derived from ENCRYPTION_SECRET by HKDF.
+
+A stored secret is one ASCII string, ``enc:v1:<key id>:<base64url(nonce | ciphertext | tag)>``.
+The key id names the secret it was made with, so values written under an older
+``ENCRYPTION_SECRET`` (listed in ``ENCRYPTION_SECRET_PREVIOUS``) still decrypt, and the rotation
+command can tell which values to re-encrypt. The associated data binds each ciphertext to its
+business id and field, so a value copied into another business or field fails to decrypt.
+
+Nothing here puts a plaintext or a secret into an exception message or a repr.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import os
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+PREFIX = "enc:v1:"
+NONCE_BYTES = 12
+MIN_SECRET_LENGTH = 16
+# Fixed salt and info labels: the key only ever depends on the secret, so every replica and the
+# CLI derive the same key from the same ENCRYPTION_SECRET.
+_SALT = b"parley.business.v1/token-encryption"
+_KEY_INFO = b"aes-256-gcm key"
+_KEY_ID_INFO = b"key id"
+
+
+class CryptoError(Exception):
+    """A value could not be decrypted; the message never carries the value or a key."""
+
+
+def _derive(secret: str, info: bytes, length: int) -> bytes:
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=length, salt=_SALT, info=info)
+    return hkdf.derive(secret.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class _Key:
+    key_id: str
+    aead: AESGCM = field(repr=False)
+
+
+def _key(secret: str) -> _Key:
+    # The key id is derived separately from the key, so publishing it reveals nothing about it.
+    key_id = _derive(secret, _KEY_ID_INFO, 6).hex()
+    return _Key(key_id=key_id, aead=AESGCM(_derive(secret, _KEY_INFO, 32)))
+
+
+def _aad(business_id: str, field_name: str) -> bytes:
+    return f"parley.business/{business_id}/{field_name}".encode()
+
+
+def key_id_of(stored: str) -> str:
+    """The key id of a stored value (no decryption)."""
+    if not stored.startswith(PREFIX):
+        raise CryptoError("not an encrypted value (unknown format)")
+    key_id, sep, _ = stored[len(PREFIX) :].partition(":")
+    if not sep or not key_id:
+        raise CryptoError("malformed encrypted value")
+    return key_id
+
+
+class TokenCipher:
+    """Encrypts with the current key; decrypts with the current key or any previous one."""
+
+    def __init__(self, secret: str, previous: list[str] | tuple[str, ...] = ()) -> None:
+        if len(secret) < MIN_SECRET_LENGTH:
+            raise ValueError(f"ENCRYPTION_SECRET must be at least {MIN_SECRET_LENGTH} characters")
+        self._current = _key(secret)
+        self._keys: dict[str, _Key] = {self._current.key_id: self._current}
+        for old in previous:
+            if old:
+                key = _key(old)
+                self._keys.setdefault(key.key_id, key)
+
+    @classmethod
+    def from_settings(cls, secret: str | None, previous: str | None) -> TokenCipher:
+        if not secret:
+            raise ValueError("ENCRYPTION_SECRET is required (it encrypts channel tokens at rest)")
+        olds = [s.strip() for s in (previous or "").split(",") if s.strip()]
+        return cls(secret, olds)
+
+    def __repr__(self) -> str:
+        return f"TokenCipher(current_key_id={self.current_key_id!r}, keys={len(self._keys)})"
+
+    @property
+    def current_key_id(self) -> str:
+        return self._current.key_id
+
+    @property
+    def key_ids(self) -> list[str]:
+        return list(self._keys)
+
+    def encrypt(self, plaintext: str, business_id: str, field_name: str) -> str:
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = self._current.aead.encrypt(
+            nonce, plaintext.encode("utf-8"), _aad(business_id, field_name)
+        )
+        body = base64.urlsafe_b64encode(nonce + sealed).decode("ascii").rstrip("=")
+        return f"{PREFIX}{self._current.key_id}:{body}"
+
+    def decrypt(self, stored: str, business_id: str, field_name: str) -> str:
+        key_id = key_id_of(stored)
+        key = self._keys.get(key_id)
+        if key is None:
+            raise CryptoError(
+                f"no key for key id {key_id}: add its secret to ENCRYPTION_SECRET_PREVIOUS"
+            )
+        body = stored[len(PREFIX) + len(key_id) + 1 :]
+        try:
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        except ValueError:
+            raise CryptoError("malformed encrypted value") from None
+        if len(raw) <= NONCE_BYTES:
+            raise CryptoError("malformed encrypted value")
+        try:
+            plain = key.aead.decrypt(
+                raw[:NONCE_BYTES], raw[NONCE_BYTES:], _aad(business_id, field_name)
+            )
+        except InvalidTag:
+            raise CryptoError(
+                f"encrypted value failed authentication (key id {key_id}): "
+                "tampered, or moved from another business or field"
+            ) from None
+        return plain.decode("utf-8")
+
+    def needs_rotation(self, stored: str) -> bool:
+        return not hmac.compare_digest(key_id_of(stored), self._current.key_id)

@@ -1,0 +1,106 @@
+"""Cross-replica cache invalidation over Redis pub/sub (when ``REDIS_URL`` is set).
+
+Every write (RPC or CLI) publishes the lookup keys and business ids it touched on one channel;
+every replica subscribes and drops those entries at once. Pub/sub delivers only to connected
+subscribers, so a replica that loses its subscription clears its whole cache when it
+re-subscribes: whatever it missed cannot linger. If Redis is down, publishing fails quietly
+(logged) and the cache TTL bounds how stale another replica can be.
+
+Why pub/sub and not a MongoDB change stream: it works the same for both stores (SQLite has no
+change stream) and needs no replica set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+
+from services.business import metrics
+from services.common.redis_client import make_redis
+
+log = structlog.get_logger("parley.business.invalidation")
+
+Apply = Callable[[list[str], list[str]], None]
+MAX_BACKOFF = 5.0
+
+
+class InvalidationBus:
+    def __init__(
+        self, url: str, channel: str, on_invalidate: Apply, on_reset: Callable[[], None]
+    ) -> None:
+        self.channel = channel
+        self.origin = secrets.token_hex(8)  # this replica; its own messages are skipped
+        self._on_invalidate = on_invalidate
+        self._on_reset = on_reset
+        # Any: standalone, Sentinel or Cluster client, whichever REDIS_URL names.
+        self._client: Any = make_redis(url, socket_timeout=5.0)
+        self._task: asyncio.Task[None] | None = None
+        self.subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._listen())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._client.aclose()
+
+    async def publish(self, keys: Iterable[str], business_ids: Iterable[str]) -> None:
+        message = json.dumps(
+            {"origin": self.origin, "keys": sorted(set(keys)), "ids": sorted(set(business_ids))}
+        )
+        try:
+            await self._client.publish(self.channel, message)
+        except Exception as error:  # other replicas fall back on the TTL
+            log.warning("invalidation not published", error=type(error).__name__)
+
+    def _apply(self, data: Any) -> None:
+        try:
+            message = json.loads(data)
+            if message.get("origin") == self.origin:
+                return
+            keys = [str(k) for k in message.get("keys", [])]
+            ids = [str(i) for i in message.get("ids", [])]
+        except (ValueError, AttributeError, TypeError):
+            log.warning("malformed invalidation message ignored")
+            return
+        self._on_invalidate(keys, ids)
+        metrics.CACHE_INVALIDATIONS.labels("remote").inc()
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        first = True
+        while True:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                if not first:
+                    # Messages published while we were away are lost: forget everything.
+                    self._on_reset()
+                    metrics.CACHE_INVALIDATIONS.labels("resubscribe").inc()
+                    log.info("invalidation channel re-subscribed; cache cleared")
+                self.subscribed.set()
+                backoff = 0.1
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        self._apply(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self.subscribed.clear()
+                log.warning("invalidation channel lost", error=type(error).__name__)
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+            finally:
+                first = False  # any later subscription follows a gap
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()

@@ -1,0 +1,300 @@
+"""The MongoDB store through PyMongo's asyncio client (``AsyncMongoClient``; Motor is end-of-life).
+
+The collection is ``businesses`` with the migration guides' field names, so a team's existing
+collection works: ``name``, ``subDomain``, ``whatsappPhoneNumberIds``, ``whatsappNumbers``,
+``whatsappEnabled``, ``isActive``, ``timeZone``, ``locale``, ``whatsappAccessToken``,
+``accessTokenStatus``, ``twilioAccountSid``, ``twilioAuthToken``, ``webhookAppSecret``,
+``createdAt``, ``updatedAt``; ``_id`` is an ObjectId.
+
+At start-up it creates (idempotently) the guides' two lookup indexes and unique indexes for the
+rules the issue sets: one subdomain, ``phone_number_id`` or number per business. The identity
+indexes are partial on a non-empty array, because MongoDB indexes an empty array as one key and
+would otherwise allow only one business without numbers.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from bson import ObjectId
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.uri_parser import parse_uri
+
+from services.business.model import SECRET_FIELDS, BusinessRecord, KeyKind, TokenStatus
+from services.business.store import BusinessStore
+from services.common.errors import AlreadyExists
+
+log = structlog.get_logger("parley.business.mongo")
+
+COLLECTION = "businesses"
+DEFAULT_DATABASE = "parley"
+
+# record attribute -> MongoDB field
+FIELDS = {
+    "name": "name",
+    "subdomain": "subDomain",
+    "phone_number_ids": "whatsappPhoneNumberIds",
+    "numbers": "whatsappNumbers",
+    "whatsapp_enabled": "whatsappEnabled",
+    "active": "isActive",
+    "time_zone": "timeZone",
+    "locale": "locale",
+    "access_token_status": "accessTokenStatus",
+    "create_time": "createdAt",
+    "update_time": "updatedAt",
+}
+SECRET_DOC_FIELDS = {
+    "whatsapp_access_token": "whatsappAccessToken",
+    "twilio_account_sid": "twilioAccountSid",
+    "twilio_auth_token": "twilioAuthToken",
+    "webhook_app_secret": "webhookAppSecret",
+}
+
+INDEXES: list[tuple[str, list[tuple[str, int]], dict[str, Any]]] = [
+    (
+        "webhook_lookup_idx",
+        [
+            ("whatsappPhoneNumberIds", ASCENDING),
+            ("whatsappEnabled", ASCENDING),
+            ("isActive", ASCENDING),
+        ],
+        {},
+    ),
+    ("subdomain_lookup_idx", [("subDomain", ASCENDING), ("isActive", ASCENDING)], {}),
+    ("subdomain_unique", [("subDomain", ASCENDING)], {"unique": True}),
+    (
+        "phone_number_id_unique",
+        [("whatsappPhoneNumberIds", ASCENDING)],
+        {
+            "unique": True,
+            "partialFilterExpression": {"whatsappPhoneNumberIds.0": {"$exists": True}},
+        },
+    ),
+    (
+        "whatsapp_number_unique",
+        [("whatsappNumbers", ASCENDING)],
+        {"unique": True, "partialFilterExpression": {"whatsappNumbers.0": {"$exists": True}}},
+    ),
+]
+# Which field a unique index protects, for the ALREADY_EXISTS message.
+_DUPLICATE_MESSAGES = {
+    "subDomain": "business.subdomain: this subdomain belongs to another business",
+    "whatsappPhoneNumberIds": (
+        "business.whatsapp_phone_number_ids: a phone_number_id belongs to another business"
+    ),
+    "whatsappNumbers": "business.whatsapp_numbers: a WhatsApp number belongs to another business",
+}
+# Index already there under another name or options (a team's own): keep theirs, say so.
+_INDEX_CONFLICT_CODES = {85, 86}
+
+
+def database_name(uri: str, override: str | None) -> str:
+    """MONGODB_DATABASE if set, else the URI's database, else ``parley``."""
+    if override:
+        return override
+    return parse_uri(uri).get("database") or DEFAULT_DATABASE
+
+
+def _duplicate(error: DuplicateKeyError) -> AlreadyExists:
+    details = error.details or {}
+    pattern = details.get("keyPattern") or {}
+    for key in pattern:
+        if key in _DUPLICATE_MESSAGES:
+            return AlreadyExists(_DUPLICATE_MESSAGES[key])
+    message = str(details.get("errmsg", ""))
+    for key, text in _DUPLICATE_MESSAGES.items():
+        if key in message:
+            return AlreadyExists(text)
+    return AlreadyExists("an identity of this business belongs to another business")
+
+
+def _aware(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(0, UTC)
+
+
+def _record(doc: dict[str, Any]) -> BusinessRecord:
+    secrets = {
+        name: doc[mongo_name]
+        for name, mongo_name in SECRET_DOC_FIELDS.items()
+        if isinstance(doc.get(mongo_name), str) and doc[mongo_name]
+    }
+    status = doc.get("accessTokenStatus") or ""
+    return BusinessRecord(
+        id=str(doc["_id"]),
+        name=str(doc.get("name", "")),
+        subdomain=str(doc.get("subDomain", "")),
+        phone_number_ids=tuple(str(v) for v in doc.get("whatsappPhoneNumberIds") or ()),
+        numbers=tuple(str(v) for v in doc.get("whatsappNumbers") or ()),
+        # A missing flag means "not serving": safer for documents written by older code.
+        whatsapp_enabled=bool(doc.get("whatsappEnabled", False)),
+        active=bool(doc.get("isActive", False)),
+        time_zone=str(doc.get("timeZone") or "UTC"),
+        locale=str(doc.get("locale") or "en"),
+        access_token_status=(
+            TokenStatus(status) if status in TokenStatus._value2member_map_ else TokenStatus.NONE
+        ),
+        create_time=_aware(doc.get("createdAt")),
+        update_time=_aware(doc.get("updatedAt")),
+        secrets=secrets,
+    )
+
+
+def _value(field: str, value: Any) -> Any:
+    if field in ("phone_number_ids", "numbers"):
+        return list(value)
+    if isinstance(value, TokenStatus):
+        return value.value
+    return value
+
+
+class MongoStore(BusinessStore):
+    kind = "mongodb"
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        database: str | None = None,
+        max_pool_size: int = 100,
+        min_pool_size: int = 10,
+        timeout_ms: int = 5000,
+    ) -> None:
+        super().__init__()
+        self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            uri,
+            maxPoolSize=max_pool_size,
+            minPoolSize=min(min_pool_size, max_pool_size),
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            timeoutMS=timeout_ms,
+            appname="parley-business",
+            tz_aware=True,
+            connect=False,  # connect in open(), on the service's own loop
+        )
+        self.database = database_name(uri, database)
+        self.collection: AsyncCollection[dict[str, Any]] = self._client[self.database][COLLECTION]
+        self._indexes_ready = False
+
+    def describe(self) -> str:
+        hosts = ",".join(
+            f"{h}:{p}" for h, p in self._client.topology_description.server_descriptions()
+        )
+        return f"mongodb:{hosts or 'pending'}/{self.database}.{COLLECTION}"
+
+    async def open(self) -> None:
+        if self._indexes_ready:
+            return
+        await self._client.aconnect()
+        for name, keys, options in INDEXES:
+            try:
+                await self.collection.create_index(keys, name=name, **options)
+            except OperationFailure as error:
+                if error.code not in _INDEX_CONFLICT_CODES:
+                    raise
+                log.warning(
+                    "index exists with other options; keeping it", index=name, code=error.code
+                )
+        self._indexes_ready = True
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def ping(self) -> None:
+        try:
+            await self.open()
+            await self._client.admin.command("ping")
+        except PyMongoError as error:
+            raise ConnectionError(f"MongoDB unavailable: {type(error).__name__}") from None
+
+    async def index_names(self) -> set[str]:
+        return {index["name"] async for index in await self.collection.list_indexes()}
+
+    def _document(self, record: BusinessRecord) -> dict[str, Any]:
+        doc: dict[str, Any] = {"_id": ObjectId(record.id)}
+        for attr, mongo_name in FIELDS.items():
+            doc[mongo_name] = _value(attr, getattr(record, attr))
+        for name, mongo_name in SECRET_DOC_FIELDS.items():
+            if record.secrets.get(name):
+                doc[mongo_name] = record.secrets[name]
+        return doc
+
+    async def create(self, record: BusinessRecord) -> BusinessRecord:
+        try:
+            await self.collection.insert_one(self._document(record))
+        except DuplicateKeyError as error:
+            raise _duplicate(error) from None
+        return record
+
+    async def get(self, business_id: str) -> BusinessRecord | None:
+        if not ObjectId.is_valid(business_id):
+            return None
+        doc = await self.collection.find_one({"_id": ObjectId(business_id)})
+        return _record(doc) if doc else None
+
+    async def find(self, kind: KeyKind, value: str) -> BusinessRecord | None:
+        self._count_query()
+        field = {
+            KeyKind.PHONE_NUMBER_ID: "whatsappPhoneNumberIds",
+            KeyKind.WHATSAPP_NUMBER: "whatsappNumbers",
+            KeyKind.SUBDOMAIN: "subDomain",
+        }[kind]
+        doc = await self.collection.find_one({field: value})
+        return _record(doc) if doc else None
+
+    async def update(
+        self,
+        business_id: str,
+        fields: dict[str, Any],
+        secrets: dict[str, str | None] | None = None,
+    ) -> BusinessRecord | None:
+        if not ObjectId.is_valid(business_id):
+            return None
+        to_set = {FIELDS[attr]: _value(attr, value) for attr, value in fields.items()}
+        to_unset: dict[str, str] = {}
+        for name, value in (secrets or {}).items():
+            if name not in SECRET_FIELDS:
+                raise ValueError(f"unknown secret field {name}")
+            if value:
+                to_set[SECRET_DOC_FIELDS[name]] = value
+            else:
+                to_unset[SECRET_DOC_FIELDS[name]] = ""
+        change: dict[str, Any] = {"$set": to_set}
+        if to_unset:
+            change["$unset"] = to_unset
+        try:
+            doc = await self.collection.find_one_and_update(
+                {"_id": ObjectId(business_id)}, change, return_document=ReturnDocument.AFTER
+            )
+        except DuplicateKeyError as error:
+            raise _duplicate(error) from None
+        return _record(doc) if doc else None
+
+    async def list(
+        self, *, after_id: str | None, limit: int, include_inactive: bool, servable_only: bool
+    ) -> list[BusinessRecord]:
+        query: dict[str, Any] = {}
+        if after_id:
+            query["_id"] = {"$gt": ObjectId(after_id)}
+        if servable_only:
+            query["isActive"] = True
+            query["whatsappEnabled"] = True
+        elif not include_inactive:
+            query["isActive"] = True
+        cursor = self.collection.find(query).sort("_id", ASCENDING).limit(limit)
+        return [_record(doc) async for doc in cursor]
+
+    async def replace_secret(self, business_id: str, field: str, old: str, new: str) -> bool:
+        mongo_name = SECRET_DOC_FIELDS[field]
+        result = await self.collection.update_one(
+            {"_id": ObjectId(business_id), mongo_name: old}, {"$set": {mongo_name: new}}
+        )
+        return result.modified_count == 1
+
+    async def raw_dump(self) -> str:
+        return "\n".join([repr(doc) async for doc in self.collection.find({})])

@@ -1,0 +1,80 @@
+"""The business store: one interface, a MongoDB implementation and an embedded SQLite one.
+
+Both keep the same rules: a subdomain, a ``phone_number_id`` and a WhatsApp number each belong to
+at most one business (a second claim raises :class:`AlreadyExists` naming the field), secrets
+are stored as given (ciphertexts: encryption happens above the store), and ``find`` counts its
+queries so tests and benchmarks can see what reached the database.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from services.business.metrics import STORE_QUERIES
+from services.business.model import BusinessRecord, KeyKind
+
+
+class BusinessStore(abc.ABC):
+    """What the service and the CLI need from a datastore."""
+
+    kind: str = "abstract"
+
+    def __init__(self) -> None:
+        self.queries = 0  # lookups that reached the database (find), for tests and benchmarks
+        self._query_counter = STORE_QUERIES.labels(self.kind)
+
+    def _count_query(self) -> None:
+        self.queries += 1
+        self._query_counter.inc()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create tables/indexes (idempotent)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise with a readable reason unless the datastore answers."""
+
+    @abc.abstractmethod
+    async def create(self, record: BusinessRecord) -> BusinessRecord: ...
+
+    @abc.abstractmethod
+    async def get(self, business_id: str) -> BusinessRecord | None: ...
+
+    @abc.abstractmethod
+    async def find(self, kind: KeyKind, value: str) -> BusinessRecord | None:
+        """The business owning this identity, active or not (the caller decides)."""
+
+    @abc.abstractmethod
+    async def update(
+        self,
+        business_id: str,
+        fields: dict[str, Any],
+        secrets: dict[str, str | None] | None = None,
+    ) -> BusinessRecord | None:
+        """Set ``fields`` (record attribute names) and ``secrets`` (None clears one).
+
+        ``update_time`` must be among ``fields``. None when there is no such business.
+        """
+
+    @abc.abstractmethod
+    async def list(
+        self, *, after_id: str | None, limit: int, include_inactive: bool, servable_only: bool
+    ) -> list[BusinessRecord]:
+        """Businesses ordered by id, after ``after_id``."""
+
+    @abc.abstractmethod
+    async def replace_secret(self, business_id: str, field: str, old: str, new: str) -> bool:
+        """Compare-and-set one secret (rotation): False when it changed meanwhile."""
+
+    @abc.abstractmethod
+    async def raw_dump(self) -> str:
+        """Everything stored, as text (for the test that looks for plaintext at rest)."""
+
+    def describe(self) -> str:
+        """Where the data lives, without credentials."""
+        return self.kind
