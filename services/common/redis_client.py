@@ -2,14 +2,28 @@
 
 Explicit connect and socket timeouts, a bounded pool, and retries with exponential backoff on
 connection errors, so a slow or absent Redis answers quickly instead of hanging a caller.
+
+URL forms (user, password and query options as in redis-py's ``from_url``):
+
+- ``redis://[user:password@]host:6379/0`` plain TCP; ``rediss://…`` the same over TLS
+  (``?ssl_cert_reqs=required&ssl_ca_certs=/path/ca.pem`` …).
+- ``redis+sentinel://[user:password@]host:26379,host2:26379/mymaster/0`` a master found
+  through Sentinel (failover followed); ``rediss+sentinel://`` talks TLS to the master.
+  ``?sentinel_password=…`` when the Sentinels themselves require a password.
+- ``redis+cluster://[user:password@]host:7000,host:7001`` Redis Cluster (any reachable nodes;
+  the rest are discovered); ``rediss+cluster://`` over TLS. Cluster has only database 0.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias, cast
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -17,6 +31,126 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_SOCKET_TIMEOUT = 1.0
 DEFAULT_MAX_CONNECTIONS = 64
+# How long a caller waits for a free pooled connection before failing (standalone/Sentinel).
+DEFAULT_POOL_TIMEOUT = 5.0
+
+RedisClient: TypeAlias = redis.Redis | RedisCluster
+"""What :func:`make_redis` returns: a standalone/Sentinel client, or a Cluster client."""
+
+SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
+CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
+
+
+def _hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:
+    """``user:pw@h1:1,h2:2`` → [(h1, 1), (h2, 2)] (IPv6 in brackets allowed)."""
+    hostpart = netloc.rpartition("@")[2]
+    hosts = []
+    for item in hostpart.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port = rest.removeprefix(":")
+        else:
+            host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
+        try:
+            hosts.append((unquote(host), int(port) if port else default_port))
+        except ValueError:
+            raise ValueError(f"bad port in Redis URL host {item!r}") from None
+    if not hosts:
+        raise ValueError("Redis URL names no host")
+    return hosts
+
+
+def _common_kwargs(url: str, tls: bool) -> dict[str, Any]:
+    """Credentials and query options of a multi-host URL, parsed as redis-py parses one host."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    single = urlunsplit(
+        (
+            "rediss" if tls else "redis",
+            f"{userinfo}@localhost" if userinfo else "localhost",
+            "",
+            parts.query,
+            "",
+        )
+    )
+    kwargs: dict[str, Any] = dict(parse_url(single))
+    for key in ("host", "port", "db"):
+        kwargs.pop(key, None)
+    if kwargs.pop("connection_class", None) is SSLConnection:
+        kwargs["ssl"] = True
+    return kwargs
+
+
+def make_client(
+    url: str,
+    *,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    retries: int = 2,
+    decode_responses: bool = False,
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+) -> RedisClient:
+    """A client for any of the URL forms in this module's docstring, typed as what it is.
+
+    ``max_connections`` bounds the pool (per node for Cluster). Standalone and Sentinel clients
+    wait up to ``pool_timeout`` for a free connection rather than failing a burst at once.
+    """
+    scheme = urlsplit(url).scheme.lower()
+    timeouts: dict[str, Any] = {
+        "socket_connect_timeout": connect_timeout,
+        "socket_timeout": socket_timeout,
+    }
+    retry = Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.5), retries)
+    options: dict[str, Any] = {
+        **timeouts,
+        "retry": retry,
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "decode_responses": decode_responses,
+    }
+    if scheme in CLUSTER_SCHEMES:
+        kwargs = _common_kwargs(url, CLUSTER_SCHEMES[scheme])
+        path = urlsplit(url).path.strip("/")
+        if path not in ("", "0"):
+            raise ValueError("Redis Cluster has only database 0")
+        nodes = [ClusterNode(host, port) for host, port in _hosts(urlsplit(url).netloc, 6379)]
+        return RedisCluster(
+            startup_nodes=nodes, max_connections=max_connections, **options, **kwargs
+        )
+    if scheme in SENTINEL_SCHEMES:
+        parts = urlsplit(url)
+        kwargs = _common_kwargs(url, SENTINEL_SCHEMES[scheme])
+        segments = [unquote(p) for p in parts.path.split("/") if p]
+        if not segments:
+            raise ValueError("Sentinel URL needs the master's name: redis+sentinel://h:26379/name")
+        service_name = segments[0]
+        db = int(segments[1]) if len(segments) > 1 else 0
+        sentinel_kwargs: dict[str, Any] = dict(timeouts)
+        if "sentinel_password" in kwargs:
+            sentinel_kwargs["password"] = kwargs.pop("sentinel_password")
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            _hosts(parts.netloc, 26379), sentinel_kwargs=sentinel_kwargs, **timeouts
+        )
+        client: redis.Redis = sentinel.master_for(
+            service_name,
+            db=db,
+            max_connections=max_connections,
+            health_check_interval=30,
+            **options,
+            **kwargs,
+        )
+        return client
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=pool_timeout,
+        health_check_interval=30,
+        **options,
+    )
+    return redis.Redis.from_pool(pool)
 
 
 def make_redis(
@@ -27,21 +161,27 @@ def make_redis(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     retries: int = 2,
     decode_responses: bool = False,
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT,
 ) -> redis.Redis:
-    """A client for ``redis://`` or ``rediss://`` (TLS) URLs."""
-    options: dict[str, Any] = {
-        "socket_connect_timeout": connect_timeout,
-        "socket_timeout": socket_timeout,
-        "max_connections": max_connections,
-        "retry": Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.5), retries),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
-        "health_check_interval": 30,
-        "decode_responses": decode_responses,
-    }
-    return redis.Redis.from_url(url, **options)
+    """:func:`make_client`, typed as ``redis.Redis`` so existing callers keep type-checking.
+
+    For a Cluster URL the object is a ``RedisCluster``: the same command methods, but
+    pipelines and transactions must stay within one hash slot. Code that cares uses
+    :func:`make_client` (or ``isinstance(client, RedisCluster)``).
+    """
+    client = make_client(
+        url,
+        connect_timeout=connect_timeout,
+        socket_timeout=socket_timeout,
+        max_connections=max_connections,
+        retries=retries,
+        decode_responses=decode_responses,
+        pool_timeout=pool_timeout,
+    )
+    return cast(redis.Redis, client)
 
 
-async def ping(client: redis.Redis) -> None:
+async def ping(client: RedisClient) -> None:
     """Readiness check: raise with a readable reason unless Redis answers PING."""
     try:
         await client.ping()

@@ -1,36 +1,172 @@
-"""parley.session.v1.SessionService: conversations on Redis."""
+"""parley.session.v1.SessionService: conversations on Redis, with an in-memory fallback."""
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
-from parley.session.v1 import session_pb2_grpc
-from services.common.redis_client import make_redis, ping
+import grpc
+
+from parley.session.v1 import session_pb2, session_pb2_grpc
+from services.common.errors import NotFound
+from services.common.redis_client import make_client
 from services.common.server import Service, run
 from services.common.settings import load_settings
+from services.session import convert
+from services.session.convert import Violations, raise_if
+from services.session.memory_store import MemoryStore
+from services.session.model import decode_cursor
+from services.session.redis_store import RedisStore
 from services.session.settings import SessionSettings
+from services.session.store import SessionStore
 
 SERVICE_NAME = "parley.session.v1.SessionService"
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class SessionServicer(session_pb2_grpc.SessionServiceServicer):
-    """Every RPC answers UNIMPLEMENTED until the session store lands (issue 3)."""
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+
+    async def GetConversation(
+        self, request: session_pb2.GetConversationRequest, context: Context
+    ) -> session_pb2.GetConversationResponse:
+        violations: Violations = []
+        key = convert.conversation_key(request, violations)
+        raise_if(violations)
+        assert key is not None
+        conversation, created = await self.store.get(key, request.create)
+        if conversation is None:
+            raise NotFound("no live conversation for this key")
+        return session_pb2.GetConversationResponse(
+            conversation=convert.conversation_proto(conversation), created=created
+        )
+
+    async def UpdateConversation(
+        self, request: session_pb2.UpdateConversationRequest, context: Context
+    ) -> session_pb2.UpdateConversationResponse:
+        violations: Violations = []
+        key = convert.conversation_key(request, violations)
+        append = convert.appended_messages(request.append, violations)
+        set_state, remove = convert.state_changes(
+            request.set_state, request.remove_state_keys, violations
+        )
+        expected = request.expected_version if request.HasField("expected_version") else None
+        if expected is not None and expected < 0:
+            violations.append(("expected_version", "must be 0 or more"))
+        raise_if(violations)
+        assert key is not None
+        conversation, created = await self.store.update(
+            key,
+            append=append,
+            set_state=set_state,
+            remove_state=remove,
+            expected_version=expected,
+        )
+        return session_pb2.UpdateConversationResponse(
+            conversation=convert.conversation_proto(conversation), created=created
+        )
+
+    async def TouchConversation(
+        self, request: session_pb2.TouchConversationRequest, context: Context
+    ) -> session_pb2.TouchConversationResponse:
+        violations: Violations = []
+        key = convert.conversation_key(request, violations)
+        raise_if(violations)
+        assert key is not None
+        expire = await self.store.touch(key)
+        if expire is None:
+            raise NotFound("no live conversation for this key")
+        return session_pb2.TouchConversationResponse(expire_time=convert.timestamp(expire))
+
+    async def EndConversation(
+        self, request: session_pb2.EndConversationRequest, context: Context
+    ) -> session_pb2.EndConversationResponse:
+        violations: Violations = []
+        key = convert.conversation_key(request, violations)
+        raise_if(violations)
+        assert key is not None
+        return session_pb2.EndConversationResponse(ended=await self.store.end(key))
+
+    async def ListConversations(
+        self, request: session_pb2.ListConversationsRequest, context: Context
+    ) -> session_pb2.ListConversationsResponse:
+        violations: Violations = []
+        convert.check_id(request.business_id, "business_id", violations)
+        role = None
+        if request.role != session_pb2.CONVERSATION_ROLE_UNSPECIFIED:
+            role = convert.ROLE_NAMES.get(request.role)
+            if role is None:
+                violations.append(("role", "unknown conversation role"))
+        page_size = request.page_size or convert.DEFAULT_PAGE_SIZE
+        if not 1 <= page_size <= convert.MAX_PAGE_SIZE:
+            violations.append(("page_size", f"must be 0-{convert.MAX_PAGE_SIZE}"))
+        try:
+            cursor = decode_cursor(request.page_token)
+        except ValueError as error:
+            violations.append(("page_token", str(error)))
+        raise_if(violations)
+        page = await self.store.list_page(request.business_id, role, page_size, cursor)
+        return session_pb2.ListConversationsResponse(
+            conversations=[convert.summary_proto(s) for s in page.items],
+            next_page_token=page.next_token,
+        )
+
+    async def GetStorageStatus(
+        self, request: session_pb2.GetStorageStatusRequest, context: Context
+    ) -> session_pb2.GetStorageStatusResponse:
+        store = self.store
+        response = session_pb2.GetStorageStatusResponse(
+            backend=(
+                session_pb2.STORAGE_BACKEND_MEMORY
+                if store.fallback_active
+                else session_pb2.STORAGE_BACKEND_REDIS
+            ),
+            fallback_active=store.fallback_active,
+            pending_writebacks=store.memory.pending,
+            writebacks_total=store.writebacks_total,
+        )
+        if store.outage_since is not None:
+            response.fallback_since.FromNanoseconds(int(store.outage_since * 1e9))
+        return response
+
+
+def build_store(settings: SessionSettings) -> SessionStore:
+    timeout = settings.session_redis_timeout_seconds
+    client = make_client(
+        settings.effective_redis_url,
+        connect_timeout=timeout,
+        socket_timeout=timeout,
+        max_connections=settings.session_redis_max_connections,
+    )
+    return SessionStore(
+        RedisStore(
+            client,
+            ttl_seconds=settings.redis_ttl_seconds,
+            history_limit=settings.session_history_limit,
+        ),
+        MemoryStore(
+            max_conversations=settings.session_fallback_max_conversations,
+            ttl_seconds=settings.redis_ttl_seconds,
+            history_limit=settings.session_history_limit,
+        ),
+        fallback=settings.session_fallback,
+        probe_seconds=settings.session_fallback_probe_seconds,
+    )
 
 
 def build(settings: SessionSettings) -> Service:
-    redis = make_redis(settings.effective_redis_url)
-
-    async def readiness() -> None:
-        await ping(redis)
+    store = build_store(settings)
 
     async def close() -> None:
-        await redis.aclose()
+        await store.close()
+        await store.redis.client.aclose()
 
     return Service(
         name=SERVICE_NAME,
         register=session_pb2_grpc.add_SessionServiceServicer_to_server,
-        servicer=SessionServicer(),  # type: ignore[abstract]
-        readiness=readiness,
+        servicer=SessionServicer(store),
+        readiness=store.readiness,
         on_stop=close,
     )
 

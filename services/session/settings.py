@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from services.common.settings import CommonSettings
@@ -12,6 +14,16 @@ class SessionSettings(CommonSettings):
     session_metrics_port: int = Field(default=9101, ge=0, le=65535)
     redis_url: str = "redis://127.0.0.1:6379/0"
     session_redis_url: str | None = None  # overrides REDIS_URL for this service
+    # Conversation TTL, restarted by every write and touch (the guides' name and default).
+    redis_ttl_seconds: int = Field(default=900, ge=1, le=30 * 24 * 3600)
+    session_history_limit: int = Field(default=10, ge=1, le=1000)
+    # memory: serve from a bounded in-process store while Redis is down; off: UNAVAILABLE.
+    session_fallback: Literal["memory", "off"] = "memory"
+    session_fallback_max_conversations: int = Field(default=10_000, ge=1, le=10_000_000)
+    session_fallback_probe_seconds: float = Field(default=1.0, gt=0, le=60)
+    # Redis client: timeouts (seconds) and pool size.
+    session_redis_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
+    session_redis_max_connections: int = Field(default=64, ge=1, le=10_000)
 
     @property
     def effective_redis_url(self) -> str:

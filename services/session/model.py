@@ -1,0 +1,233 @@
+"""Conversations as the stores keep them, and the Redis key layout.
+
+Every key of one conversation shares the hash tag ``{<business>:<shard>}``, where the shard is
+``crc32("<role>:<user>") % INDEX_SHARDS``; the per-business index shard
+``conversation-index:{<business>:<shard>}`` carries the same tag, so one Lua script updates a
+conversation and its index entry in one Cluster slot, while one business still spreads over
+``INDEX_SHARDS`` slots. Ids are percent-encoded in key names, so ``:``, ``{``, ``}`` or glob
+characters in an id can neither break the layout nor a SCAN pattern.
+
+Messages and state values are stored as JSON text and passed through untouched between Redis,
+the in-memory fallback and export files; only the gRPC edge turns them into protobuf.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import zlib
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import quote, unquote
+
+import orjson
+
+INDEX_SHARDS = 16
+Role = Literal["client", "admin"]
+ROLES: tuple[Role, ...] = ("client", "admin")
+KEY_PREFIX = "conversation:"
+INDEX_PREFIX = "conversation-index:"
+# Characters kept as they are in key names; everything else is percent-encoded.
+_SAFE = "+@"
+
+
+def encode_id(value: str) -> str:
+    return quote(value, safe=_SAFE)
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationKey:
+    business_id: str
+    user_id: str
+    role: Role
+
+    @property
+    def member(self) -> str:
+        """This conversation's entry in its business's index shard."""
+        return f"{self.role}:{encode_id(self.user_id)}"
+
+    @property
+    def shard(self) -> int:
+        return zlib.crc32(f"{self.role}:{self.user_id}".encode()) % INDEX_SHARDS
+
+    @property
+    def tag(self) -> str:
+        return f"{{{encode_id(self.business_id)}:{self.shard}}}"
+
+    @property
+    def prefix(self) -> str:
+        return f"{KEY_PREFIX}{self.tag}:{self.member}"
+
+    def redis_keys(self) -> list[str]:
+        """meta, history, state, index: the KEYS of every script."""
+        prefix = self.prefix
+        return [
+            f"{prefix}:meta",
+            f"{prefix}:history",
+            f"{prefix}:state",
+            index_key(self.business_id, self.shard),
+        ]
+
+    @classmethod
+    def from_meta_key(cls, key: str) -> ConversationKey | None:
+        """Parse ``conversation:{b:s}:role:user:meta``; None for anything else."""
+        if not (key.startswith(KEY_PREFIX + "{") and key.endswith(":meta")):
+            return None
+        body = key[len(KEY_PREFIX) + 1 : -len(":meta")]
+        tag, sep, rest = body.partition("}:")
+        business, _, _shard = tag.rpartition(":")
+        role, _, user = rest.partition(":")
+        if not sep or role not in ROLES or not user or not business:
+            return None
+        return cls(unquote(business), unquote(user), role)
+
+
+def index_key(business_id: str, shard: int) -> str:
+    return f"{INDEX_PREFIX}{{{encode_id(business_id)}:{shard}}}"
+
+
+def parse_member(member: str) -> tuple[Role, str] | None:
+    role, _, user = member.partition(":")
+    if role not in ROLES or not user:
+        return None
+    return role, unquote(user)
+
+
+@dataclass(slots=True)
+class Conversation:
+    """One conversation; ``history`` and ``state`` values are JSON text (bytes)."""
+
+    id: str
+    key: ConversationKey
+    history: list[bytes]
+    state: dict[str, bytes]
+    version: int
+    created_ms: int
+    updated_ms: int
+    expire_ms: int
+
+    def copy(self) -> Conversation:
+        return Conversation(
+            self.id,
+            self.key,
+            list(self.history),
+            dict(self.state),
+            self.version,
+            self.created_ms,
+            self.updated_ms,
+            self.expire_ms,
+        )
+
+    def to_json(self) -> dict[str, object]:
+        """The export / import record (one JSON Lines row)."""
+        return {
+            "business_id": self.key.business_id,
+            "user_id": self.key.user_id,
+            "role": self.key.role,
+            "id": self.id,
+            "version": self.version,
+            "created_ms": self.created_ms,
+            "updated_ms": self.updated_ms,
+            "expire_ms": self.expire_ms,
+            "history": [orjson.loads(m) for m in self.history],
+            "state": {k: orjson.loads(v) for k, v in self.state.items()},
+        }
+
+    @classmethod
+    def from_json(cls, record: dict[str, object]) -> Conversation:
+        """Inverse of :meth:`to_json`; raises ValueError naming what is wrong."""
+        try:
+            role = record["role"]
+            if role not in ROLES:
+                raise ValueError(f"unknown role {role!r}")
+            key = ConversationKey(str(record["business_id"]), str(record["user_id"]), role)
+            history = record.get("history") or []
+            state = record.get("state") or {}
+            if not isinstance(history, list) or not isinstance(state, dict):
+                raise ValueError("history must be a list and state an object")
+            return cls(
+                id=str(record["id"]),
+                key=key,
+                history=[_stored_message(m) for m in history],
+                state={str(k): orjson.dumps(v) for k, v in state.items()},
+                version=int(record["version"]),  # type: ignore[call-overload]
+                created_ms=int(record["created_ms"]),  # type: ignore[call-overload]
+                updated_ms=int(record["updated_ms"]),  # type: ignore[call-overload]
+                expire_ms=int(record["expire_ms"]),  # type: ignore[call-overload]
+            )
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"bad conversation record: {error}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    id: str
+    key: ConversationKey
+    version: int
+    message_count: int
+    updated_ms: int
+    expire_ms: int
+
+
+@dataclass(slots=True)
+class Page:
+    items: list[Summary] = field(default_factory=list)
+    next_token: str = ""
+
+
+# Message roles as stored: one letter each, as history is most of a conversation's memory.
+MESSAGE_ROLES = {"user": "u", "assistant": "a", "system": "s"}
+STORED_ROLES = {v: k for k, v in MESSAGE_ROLES.items()}
+
+
+def encode_message(role: str, content: str, time_ms: int, provider_message_id: str = "") -> bytes:
+    record: dict[str, object] = {"r": MESSAGE_ROLES[role], "c": content, "t": time_ms}
+    if provider_message_id:
+        record["p"] = provider_message_id
+    return orjson.dumps(record)
+
+
+def decode_message(raw: bytes) -> tuple[str, str, int, str]:
+    """(role, content, time_ms, provider_message_id) of a stored message."""
+    record = orjson.loads(raw)
+    return STORED_ROLES[record["r"]], record["c"], int(record["t"]), record.get("p", "")
+
+
+def _stored_message(message: object) -> bytes:
+    """A message as written by :meth:`Conversation.to_json` (the stored short form), checked."""
+    if not isinstance(message, dict):
+        raise ValueError("history entries must be objects")
+    role = STORED_ROLES.get(str(message.get("r")))
+    content = message.get("c")
+    if role is None or not isinstance(content, str):
+        raise ValueError("history entry needs r (u, a or s) and c (text)")
+    return encode_message(role, content, int(message.get("t", 0)), str(message.get("p", "")))
+
+
+# Page tokens: which index shard, and the (expiry, member) last returned in it.
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    shard: int = 0
+    after_score: int | None = None
+    after_member: str = ""
+
+
+def encode_cursor(cursor: Cursor) -> str:
+    raw = orjson.dumps([cursor.shard, cursor.after_score, cursor.after_member])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> Cursor:
+    """Raises ValueError for anything that is not a token this service made."""
+    if not token:
+        return Cursor()
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        shard, score, member = orjson.loads(raw)
+    except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError):
+        raise ValueError("not a page token from this service") from None
+    if not (isinstance(shard, int) and 0 <= shard < INDEX_SHARDS):
+        raise ValueError("not a page token from this service")
+    if not (score is None or isinstance(score, int)) or not isinstance(member, str):
+        raise ValueError("not a page token from this service")
+    return Cursor(shard, score, member)

@@ -1,0 +1,399 @@
+"""Conversations on Redis: every operation on one conversation is one Lua script, one round trip.
+
+Keys (see :mod:`services.session.model` for the hash tag):
+
+- ``…:meta``    hash ``id``, ``v`` (version), ``c`` / ``u`` (created / updated, ms since epoch)
+- ``…:history`` list of JSON messages, oldest first, trimmed to the history limit
+- ``…:state``   hash of state key → JSON value
+- ``conversation-index:{<business>:<shard>}`` sorted set, member ``<role>:<user>``, score the
+  conversation's expiry (ms): listing reads only live entries, and each write prunes the
+  expired ones, so the index stays right as keys expire.
+
+The scripts take the time from Redis (``TIME``), so replicas of this service never disagree
+about expiry. ``redis-py``'s ``Script`` sends ``EVALSHA`` and loads the script on ``NOSCRIPT``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+
+from services.common.errors import VersionConflict
+from services.common.redis_client import RedisClient
+from services.session.model import (
+    INDEX_SHARDS,
+    KEY_PREFIX,
+    Conversation,
+    ConversationKey,
+    Cursor,
+    Page,
+    Role,
+    Summary,
+    encode_cursor,
+    index_key,
+    parse_member,
+)
+
+# Shared by the scripts: the server's clock in ms, and the index bookkeeping after a write.
+MAX_EXAMINED = 1000  # index entries one ListConversations page may walk past
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+_INDEX = """
+local function index(expire, ttl, member)
+  local pruned = redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  redis.call('ZADD', KEYS[4], expire, member)
+  if redis.call('PTTL', KEYS[4]) < ttl then redis.call('PEXPIREAT', KEYS[4], expire) end
+  return pruned
+end
+local function expire_all(at)
+  redis.call('PEXPIREAT', KEYS[1], at)
+  redis.call('PEXPIREAT', KEYS[2], at)
+  redis.call('PEXPIREAT', KEYS[3], at)
+end
+"""
+
+# KEYS meta history state index
+# ARGV expected ('' = any), ttl_ms, history_limit, new_id, member, n_append, n_set, n_remove,
+#      messages…, set key/value pairs…, removed keys…
+UPDATE = (
+    _NOW
+    + _INDEX
+    + """
+local meta = redis.call('HMGET', KEYS[1], 'id', 'v', 'c')
+local id, version, created = meta[1], tonumber(meta[2]) or 0, meta[3]
+if not id then version = 0 end
+if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= version then return {'conflict', version} end
+local made = 0
+if not id then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  id, created, made = ARGV[4], now, 1
+end
+local ttl, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local na, ns, nr = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local i = 9
+if na > 0 then
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, i, i + na - 1))
+  redis.call('LTRIM', KEYS[2], -limit, -1)
+  i = i + na
+end
+if ns > 0 then
+  redis.call('HSET', KEYS[3], unpack(ARGV, i, i + 2 * ns - 1))
+  i = i + 2 * ns
+end
+if nr > 0 then redis.call('HDEL', KEYS[3], unpack(ARGV, i, i + nr - 1)) end
+version = version + 1
+local expire = now + ttl
+redis.call('HSET', KEYS[1], 'id', id, 'v', version, 'c', created, 'u', now)
+expire_all(expire)
+local pruned = index(expire, ttl, ARGV[5])
+return {'ok', id, version, created, now, expire, made, pruned,
+        redis.call('LRANGE', KEYS[2], 0, -1), redis.call('HGETALL', KEYS[3])}
+"""
+)
+
+# KEYS meta history state index; ARGV create (0/1), ttl_ms, new_id, member
+GET = (
+    _NOW
+    + _INDEX
+    + """
+local meta = redis.call('HMGET', KEYS[1], 'id', 'v', 'c', 'u')
+if meta[1] then
+  local pttl = redis.call('PTTL', KEYS[1])
+  return {'ok', meta[1], tonumber(meta[2]), meta[3], meta[4], now + pttl, 0, 0,
+          redis.call('LRANGE', KEYS[2], 0, -1), redis.call('HGETALL', KEYS[3])}
+end
+if ARGV[1] ~= '1' then return {'missing'} end
+local ttl = tonumber(ARGV[2])
+local expire = now + ttl
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('HSET', KEYS[1], 'id', ARGV[3], 'v', 1, 'c', now, 'u', now)
+redis.call('PEXPIREAT', KEYS[1], expire)
+local pruned = index(expire, ttl, ARGV[4])
+return {'ok', ARGV[3], 1, now, now, expire, 1, pruned, {}, {}}
+"""
+)
+
+# KEYS meta history state index; ARGV ttl_ms, member
+TOUCH = (
+    _NOW
+    + _INDEX
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local ttl = tonumber(ARGV[1])
+local expire = now + ttl
+expire_all(expire)
+local pruned = index(expire, ttl, ARGV[2])
+return {'ok', expire, pruned}
+"""
+)
+
+# KEYS meta history state index; ARGV member
+END = """
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
+return existed
+"""
+
+# Write a whole conversation unless Redis already holds the same or a higher version
+# (write-back after an outage, and import). KEYS meta history state index;
+# ARGV id, version, created, updated, expire_ms, member, n_history, n_state, history…, state…
+PUT = (
+    _NOW
+    + _INDEX
+    + """
+local current = tonumber(redis.call('HGET', KEYS[1], 'v')) or 0
+local version, expire = tonumber(ARGV[2]), tonumber(ARGV[5])
+if current >= version then
+  -- Same conversation and version: only a touch can have happened; keep the later expiry.
+  if current == version and redis.call('HGET', KEYS[1], 'id') == ARGV[1]
+     and now + redis.call('PTTL', KEYS[1]) < expire then
+    expire_all(expire)
+    index(expire, expire - now, ARGV[6])
+  end
+  return {'kept', current}
+end
+if expire <= now then return {'expired', current} end
+local nh, ns = tonumber(ARGV[7]), tonumber(ARGV[8])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+if nh > 0 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 9, 8 + nh)) end
+if ns > 0 then redis.call('HSET', KEYS[3], unpack(ARGV, 9 + nh, 8 + nh + 2 * ns)) end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'v', version, 'c', ARGV[3], 'u', ARGV[4])
+expire_all(expire)
+index(expire, expire - now, ARGV[6])
+return {'written', current}
+"""
+)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _state(flat: Sequence[bytes]) -> dict[str, bytes]:
+    return {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+class RedisStore:
+    """The Redis side; every method raises redis-py's errors when Redis is unreachable."""
+
+    def __init__(self, client: RedisClient, *, ttl_seconds: int, history_limit: int) -> None:
+        self.client = client
+        self.ttl_ms = ttl_seconds * 1000
+        self.history_limit = history_limit
+        self._update: AsyncScript = client.register_script(UPDATE)
+        self._get: AsyncScript = client.register_script(GET)
+        self._touch: AsyncScript = client.register_script(TOUCH)
+        self._end: AsyncScript = client.register_script(END)
+        self._put: AsyncScript = client.register_script(PUT)
+
+    @staticmethod
+    def _conversation(key: ConversationKey, reply: list[Any]) -> tuple[Conversation, bool, int]:
+        """(conversation, created, expired index entries pruned) from an ``ok`` reply."""
+        _, cid, version, created, updated, expire, made, pruned, history, state = reply
+        conversation = Conversation(
+            id=_text(cid),
+            key=key,
+            history=list(history),
+            state=_state(state),
+            version=int(version),
+            created_ms=int(created),
+            updated_ms=int(updated),
+            expire_ms=int(expire),
+        )
+        return conversation, bool(made), int(pruned)
+
+    async def get(
+        self, key: ConversationKey, *, create: bool, new_id: str
+    ) -> tuple[Conversation | None, bool, int]:
+        reply = await self._get(
+            keys=key.redis_keys(), args=["1" if create else "0", self.ttl_ms, new_id, key.member]
+        )
+        if reply[0] == b"missing":
+            return None, False, 0
+        return self._conversation(key, reply)
+
+    async def update(
+        self,
+        key: ConversationKey,
+        *,
+        append: list[bytes],
+        set_state: dict[str, bytes],
+        remove_state: list[str],
+        expected_version: int | None,
+        new_id: str,
+    ) -> tuple[Conversation, bool, int]:
+        args: list[Any] = [
+            "" if expected_version is None else expected_version,
+            self.ttl_ms,
+            self.history_limit,
+            new_id,
+            key.member,
+            len(append),
+            len(set_state),
+            len(remove_state),
+            *append,
+        ]
+        for name, value in set_state.items():
+            args.append(name)
+            args.append(value)
+        args.extend(remove_state)
+        reply = await self._update(keys=key.redis_keys(), args=args)
+        if reply[0] == b"conflict":
+            raise VersionConflict(int(reply[1]))
+        return self._conversation(key, reply)
+
+    async def touch(self, key: ConversationKey) -> tuple[int | None, int]:
+        """(new expiry ms or None when there is no live conversation, index entries pruned)."""
+        reply = await self._touch(keys=key.redis_keys(), args=[self.ttl_ms, key.member])
+        if reply[0] == b"missing":
+            return None, 0
+        return int(reply[1]), int(reply[2])
+
+    async def end(self, key: ConversationKey) -> bool:
+        return bool(await self._end(keys=key.redis_keys(), args=[key.member]))
+
+    async def put(self, conversation: Conversation) -> tuple[str, int]:
+        """Write unless Redis has this version or newer: ('written'|'kept'|'expired', theirs)."""
+        key = conversation.key
+        args: list[Any] = [
+            conversation.id,
+            conversation.version,
+            conversation.created_ms,
+            conversation.updated_ms,
+            conversation.expire_ms,
+            key.member,
+            len(conversation.history),
+            len(conversation.state),
+            *conversation.history,
+        ]
+        for name, value in conversation.state.items():
+            args.append(name)
+            args.append(value)
+        outcome, current = await self._put(keys=key.redis_keys(), args=args)
+        return _text(outcome), int(current)
+
+    async def list_page(
+        self, business_id: str, role: Role | None, page_size: int, cursor: Cursor
+    ) -> Page:
+        """One page of live conversations, walking the index shards in order.
+
+        Within a shard, entries come by (expiry, member) after the cursor's position. A write
+        moves an entry to a later expiry, so like SCAN an entry live for the whole walk is
+        returned at least once, and one written during the walk may come twice.
+        """
+        items: list[Summary] = []
+        shard = cursor.shard
+        after = (
+            (cursor.after_score, cursor.after_member) if cursor.after_score is not None else None
+        )
+        now = int(time.time() * 1000)
+        budget = max(4 * page_size, MAX_EXAMINED)  # bounds the work of one page
+        while shard < INDEX_SHARDS:
+            picked, last, done = await self._walk_shard(
+                index_key(business_id, shard),
+                business_id,
+                role,
+                after,
+                now,
+                page_size - len(items),
+                budget,
+            )
+            items.extend(await self._summaries(picked))
+            if not done:
+                assert last is not None
+                return Page(items, encode_cursor(Cursor(shard, last[0], last[1])))
+            shard, after = shard + 1, None
+        return Page(items, "")
+
+    async def _walk_shard(
+        self,
+        key: str,
+        business_id: str,
+        role: Role | None,
+        after: tuple[int, str] | None,
+        now: int,
+        need: int,
+        budget: int,
+    ) -> tuple[list[tuple[ConversationKey, int]], tuple[int, str] | None, bool]:
+        """(picked, position of the last entry examined, whether the shard is done)."""
+        low = after[0] if after is not None and after[0] > now else now + 1
+        picked: list[tuple[ConversationKey, int]] = []
+        last: tuple[int, str] | None = None
+        offset, batch_size, examined = 0, max(need, 16), 0
+        while True:
+            batch: list[Any] = await self.client.zrange(
+                key, low, "+inf", byscore=True, offset=offset, num=batch_size, withscores=True
+            )
+            for raw_member, raw_score in batch:
+                position = (int(raw_score), _text(raw_member))
+                if after is not None and position <= after:
+                    continue
+                last = position
+                examined += 1
+                parsed = parse_member(position[1])
+                if parsed is not None and (role is None or parsed[0] == role):
+                    picked.append((ConversationKey(business_id, parsed[1], parsed[0]), position[0]))
+                if len(picked) == need or examined >= budget:
+                    return picked, last, False
+            if len(batch) < batch_size:
+                return picked, last, True
+            offset += batch_size
+
+    async def _summaries(self, picked: list[tuple[ConversationKey, int]]) -> list[Summary]:
+        if not picked:
+            return []
+        # All keys of one shard share a slot, so this pipeline goes to one node.
+        pipe = self.client.pipeline(transaction=False)
+        for key, _ in picked:
+            meta, history, _state, _index = key.redis_keys()
+            pipe.hmget(meta, "id", "v", "u")
+            pipe.llen(history)
+        replies = await pipe.execute()
+        out = []
+        for n, (key, score) in enumerate(picked):
+            (cid, version, updated), count = replies[2 * n], replies[2 * n + 1]
+            if cid is None:  # ended or expired since the index said otherwise
+                continue
+            out.append(Summary(_text(cid), key, int(version), int(count), int(updated), score))
+        return out
+
+    async def scan_conversations(self, batch: int = 500) -> list[ConversationKey]:
+        """Every conversation's key, found with SCAN on every primary (for export)."""
+        keys: list[ConversationKey] = []
+        pattern = f"{KEY_PREFIX}*:meta"
+        if isinstance(self.client, RedisCluster):
+            nodes = self.client.get_primaries()
+            for node in nodes:
+                cursor = 0
+                while True:
+                    cursor, found = await self.client.scan(
+                        cursor, match=pattern, count=batch, target_nodes=node
+                    )
+                    keys.extend(_parsed(found))
+                    if cursor == 0:
+                        break
+        else:
+            async for raw in self.client.scan_iter(match=pattern, count=batch):
+                keys.extend(_parsed([raw]))
+        return keys
+
+    async def load(self, key: ConversationKey) -> Conversation | None:
+        conversation, _, _ = await self.get(key, create=False, new_id="")
+        return conversation
+
+
+def _parsed(raw_keys: list[Any]) -> list[ConversationKey]:
+    out = []
+    for raw in raw_keys:
+        parsed = ConversationKey.from_meta_key(_text(raw))
+        if parsed is not None:
+            out.append(parsed)
+    return out

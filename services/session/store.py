@@ -1,0 +1,287 @@
+"""The store the servicer talks to: Redis, and the in-memory fallback when Redis is down.
+
+``SESSION_FALLBACK=memory``: the first operation (or readiness probe) that finds Redis
+unreachable starts an outage: one warning, the ``parley_session_fallback_active`` gauge at 1,
+and every operation served by :class:`MemoryStore` without waiting on Redis again. A probe pings
+Redis every ``SESSION_FALLBACK_PROBE_SECONDS``; once it answers, every conversation written
+during the outage is written back with the PUT script (the higher version wins), writes that
+arrive meanwhile are still served from memory and written back too, and only when nothing is
+left to write back does Redis serve again. ``SESSION_FALLBACK=off``: an unreachable Redis is
+``UNAVAILABLE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Literal, TypeVar
+
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.common.errors import Unavailable, VersionConflict
+from services.common.redact import mask_phone
+from services.session import metrics
+from services.session.memory_store import MemoryStore
+from services.session.model import Conversation, ConversationKey, Cursor, Page, Role
+from services.session.redis_store import RedisStore
+
+log = structlog.get_logger("parley.session.store")
+T = TypeVar("T")
+
+# Errors that mean "Redis is not reachable" (as opposed to a bug or a refused command).
+# ClusterDownError, MasterNotFoundError and pool exhaustion are subclasses of these.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError)
+
+FallbackMode = Literal["memory", "off"]
+
+
+def masked(key: ConversationKey) -> dict[str, str]:
+    """Log fields for a key, the user's number masked."""
+    return {"business_id": key.business_id, "user": mask_phone(key.user_id), "role": key.role}
+
+
+class SessionStore:
+    def __init__(
+        self,
+        redis_store: RedisStore,
+        memory: MemoryStore,
+        *,
+        fallback: FallbackMode,
+        probe_seconds: float = 1.0,
+    ) -> None:
+        self.redis = redis_store
+        self.memory = memory
+        self.fallback = fallback
+        self.probe_seconds = probe_seconds
+        self.outage_since: float | None = None
+        self.writebacks_total = 0
+        self.redis_seen = False  # whether Redis has answered this process yet
+        self._recovery: asyncio.Task[None] | None = None
+        metrics.FALLBACK_ACTIVE.set(0)
+        metrics.PENDING_WRITEBACKS.set_function(lambda: self.memory.pending)
+
+    @property
+    def fallback_active(self) -> bool:
+        return self.outage_since is not None
+
+    # -- outage and recovery ---------------------------------------------------------------------
+
+    def enter_outage(self, error: BaseException) -> None:
+        if self.outage_since is not None:
+            return
+        self.outage_since = time.time()
+        metrics.FALLBACK_ACTIVE.set(1)
+        log.warning(
+            "Redis unreachable: serving conversations from memory until it answers again",
+            error=str(error) or type(error).__name__,
+        )
+        self._recovery = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        while True:
+            await asyncio.sleep(self.probe_seconds)
+            self._count_memory_expiry()
+            try:
+                await self.redis.client.ping()
+                written = await self._write_back()
+            except REDIS_DOWN:
+                continue
+            except Exception:  # a bug must not leave the service stuck in fallback silently
+                log.exception("write-back failed; retrying")
+                continue
+            outage = time.time() - (self.outage_since or time.time())
+            self.outage_since = None
+            metrics.FALLBACK_ACTIVE.set(0)
+            log.warning(
+                "Redis answers again: serving from Redis",
+                written_back=written,
+                outage_seconds=round(outage, 1),
+            )
+            return
+
+    async def _write_back(self) -> int:
+        """Write every dirty conversation back; return how many were written."""
+        written = 0
+        while True:
+            keys = self.memory.dirty_keys()
+            if not keys:  # checked with no await before the caller switches back to Redis
+                return written
+            for key in keys:
+                conversation = self.memory.peek_dirty(key)
+                if conversation is None:
+                    continue
+                snapshot = conversation.copy()
+                outcome, theirs = await self.redis.put(snapshot)
+                if outcome == "written":
+                    written += 1
+                    self.writebacks_total += 1
+                    metrics.WRITEBACKS.inc()
+                    self.memory.mark_clean(key, snapshot.version)
+                elif theirs == snapshot.version:  # Redis has this version already: a tie
+                    self.memory.mark_clean(key, snapshot.version)
+                elif outcome == "kept":  # Redis moved on meanwhile (another replica): it wins
+                    metrics.WRITEBACK_DISCARDED.inc()
+                    log.warning(
+                        "outage writes discarded: Redis holds a newer version",
+                        **masked(key),
+                        ours=snapshot.version,
+                        theirs=theirs,
+                    )
+                    mine = self.memory.peek_dirty(key)
+                    if mine is None or mine.version <= theirs:
+                        self.memory.forget(key)
+                else:  # expired meanwhile
+                    self.memory.forget(key)
+
+    def _count_memory_expiry(self) -> None:
+        before = self.memory.expired
+        self.memory.sweep()
+        if self.memory.expired > before:
+            metrics.EXPIRED.labels("memory").inc(self.memory.expired - before)
+        if self.memory.dropped_dirty:
+            metrics.FALLBACK_DROPPED.inc(self.memory.dropped_dirty)
+            log.warning(
+                "fallback store full: outage writes dropped", count=self.memory.dropped_dirty
+            )
+            self.memory.dropped_dirty = 0
+
+    @property
+    def _may_fall_back(self) -> bool:
+        # Only a process that has reached Redis falls back: a new replica that never did holds
+        # nothing to continue from (and is likely misconfigured), so it stays NOT_SERVING.
+        return self.fallback == "memory" and self.redis_seen
+
+    async def readiness(self) -> None:
+        """SERVING while Redis answers PING, or while the fallback serves."""
+        if self.fallback_active:
+            return
+        try:
+            await self.redis.client.ping()
+        except REDIS_DOWN as error:
+            if not self._may_fall_back:
+                raise ConnectionError(f"Redis did not answer PING: {error}") from None
+            self.enter_outage(error)
+        else:
+            self.redis_seen = True
+
+    async def close(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
+
+    # -- operations ----------------------------------------------------------------------------
+
+    async def _call(self, on_redis: Callable[[], Awaitable[T]], on_memory: Callable[[], T]) -> T:
+        if self.outage_since is None:
+            try:
+                result = await on_redis()
+            except REDIS_DOWN as error:
+                if not self._may_fall_back:
+                    raise Unavailable("the session store (Redis) is unreachable") from None
+                self.enter_outage(error)
+            else:
+                self.redis_seen = True
+                return result
+        result = on_memory()
+        if self.memory.dropped_dirty:
+            self._count_memory_expiry()
+        return result
+
+    async def get(self, key: ConversationKey, create: bool) -> tuple[Conversation | None, bool]:
+        new_id = str(uuid.uuid4())
+
+        async def on_redis() -> tuple[Conversation | None, bool]:
+            conversation, created, pruned = await self.redis.get(key, create=create, new_id=new_id)
+            if conversation is not None:
+                self.memory.mirror(conversation)
+            self._counted("redis", created, pruned)
+            return conversation, created
+
+        def on_memory() -> tuple[Conversation | None, bool]:
+            conversation, created = self.memory.get(key, create=create, new_id=new_id)
+            self._counted("memory", created, 0)
+            return conversation, created
+
+        return await self._call(on_redis, on_memory)
+
+    async def update(
+        self,
+        key: ConversationKey,
+        *,
+        append: list[bytes],
+        set_state: dict[str, bytes],
+        remove_state: list[str],
+        expected_version: int | None,
+    ) -> tuple[Conversation, bool]:
+        new_id = str(uuid.uuid4())
+
+        async def on_redis() -> tuple[Conversation, bool]:
+            conversation, created, pruned = await self.redis.update(
+                key,
+                append=append,
+                set_state=set_state,
+                remove_state=remove_state,
+                expected_version=expected_version,
+                new_id=new_id,
+            )
+            self.memory.mirror(conversation)
+            self._counted("redis", created, pruned)
+            return conversation, created
+
+        def on_memory() -> tuple[Conversation, bool]:
+            conversation, created = self.memory.update(
+                key,
+                append=append,
+                set_state=set_state,
+                remove_state=remove_state,
+                expected_version=expected_version,
+                new_id=new_id,
+            )
+            self._counted("memory", created, 0)
+            return conversation, created
+
+        try:
+            return await self._call(on_redis, on_memory)
+        except VersionConflict:
+            metrics.VERSION_CONFLICTS.inc()
+            raise
+
+    async def touch(self, key: ConversationKey) -> int | None:
+        async def on_redis() -> int | None:
+            expire, pruned = await self.redis.touch(key)
+            if expire is not None:
+                self.memory.mirror_expiry(key, expire)
+            self._counted("redis", False, pruned)
+            return expire
+
+        return await self._call(on_redis, lambda: self.memory.touch(key))
+
+    async def end(self, key: ConversationKey) -> bool:
+        async def on_redis() -> bool:
+            ended = await self.redis.end(key)
+            self.memory.forget(key)
+            return ended
+
+        return await self._call(on_redis, lambda: self.memory.end(key))
+
+    async def list_page(
+        self, business_id: str, role: Role | None, page_size: int, cursor: Cursor
+    ) -> Page:
+        return await self._call(
+            lambda: self.redis.list_page(business_id, role, page_size, cursor),
+            lambda: self.memory.list_page(business_id, role, page_size, cursor),
+        )
+
+    @staticmethod
+    def _counted(store: str, created: bool, pruned: int) -> None:
+        if created:
+            metrics.CREATED.labels(store).inc()
+        if pruned:
+            metrics.EXPIRED.labels(store).inc(pruned)
