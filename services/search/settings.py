@@ -1,10 +1,22 @@
-"""Search service settings (environment variables; see the README's table)."""
+"""Search service settings (environment variables; see the README's table).
+
+Provider-specific settings (``AMADEUS_*``) live in each provider's module, so adding a provider
+touches one file.
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+import re
+
+from pydantic import Field, field_validator
 
 from services.common.settings import CommonSettings
+
+_ROUTE = re.compile(r"^[A-Z]{3}-[A-Z]{3}$")
+DEFAULT_POPULAR_ROUTES = (
+    "NYC-LON,LON-NYC,JFK-LAX,LAX-JFK,NYC-PAR,PAR-NYC,LON-DXB,SFO-TYO,NYC-MIA,LON-BCN,"
+    "PAR-ROM,MAD-LON,TLV-NYC,CHI-NYC,BER-LON,LON-AMS"
+)
 
 
 class SearchSettings(CommonSettings):
@@ -13,6 +25,41 @@ class SearchSettings(CommonSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     search_redis_url: str | None = None  # overrides REDIS_URL for this service
 
+    # Which provider answers: "auto" picks the first configured one by priority (Amadeus when
+    # its credentials are set, else offline); or a provider's name.
+    search_provider: str = "auto"
+    # Cache: fresh for the TTL, then kept this much longer to be served stale on errors.
+    redis_cache_ttl_seconds: int = Field(default=3600, ge=1, le=7 * 86400)
+    search_stale_grace_seconds: int = Field(default=86400, ge=0, le=30 * 86400)
+    # Cross-replica single-flight: how long one replica holds the fetch lock for a query.
+    search_lock_seconds: float = Field(default=15.0, gt=0, le=300)
+    # Ceiling for one provider fetch (retries included), below the caller's own deadline.
+    search_provider_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # Circuit breaker, one per provider.
+    search_breaker_failure_threshold: int = Field(default=5, ge=1, le=1000)
+    search_breaker_recovery_seconds: float = Field(default=30.0, gt=0, le=3600)
+    search_breaker_half_open_probes: int = Field(default=1, ge=1, le=100)
+    # Warming.
+    search_warm_concurrency: int = Field(default=4, ge=1, le=64)
+    search_popular_routes: str = DEFAULT_POPULAR_ROUTES
+    # Offline provider: client-side rate limit (0: none) and the fault-injection switch (when
+    # this file exists, every offline search fails as a provider outage would).
+    search_offline_rate_limit_per_second: float = Field(default=0.0, ge=0, le=100_000)
+    search_offline_failure_file: str | None = None
+
+    @field_validator("search_popular_routes")
+    @classmethod
+    def _routes(cls, value: str) -> str:
+        for route in filter(None, (r.strip().upper() for r in value.split(","))):
+            if not _ROUTE.match(route):
+                raise ValueError(f"{route!r} is not ORIGIN-DESTINATION with IATA codes")
+        return value
+
     @property
     def effective_redis_url(self) -> str:
         return self.search_redis_url or self.redis_url
+
+    @property
+    def popular_routes(self) -> list[tuple[str, str]]:
+        routes = filter(None, (r.strip().upper() for r in self.search_popular_routes.split(",")))
+        return [(r[:3], r[4:]) for r in routes]

@@ -1,0 +1,302 @@
+"""The search path: cache → single-flight → breaker → rate limit → provider, and back.
+
+1. A fresh cache entry answers at once (one Redis GET).
+2. Otherwise identical concurrent searches in this process share one task, and across replicas
+   one holder of a short Redis lock fetches while the others poll the result key.
+3. The fetch runs under the provider's circuit breaker and client-side rate limit, within the
+   caller's deadline (capped by ``SEARCH_PROVIDER_TIMEOUT_SECONDS``).
+4. When the provider fails, its breaker is open, or the deadline passes, the last result for
+   the query is served marked stale if it is still within the grace period; if there is none
+   the caller gets UNAVAILABLE (or DEADLINE_EXCEEDED) with a plain message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+import structlog
+from prometheus_client import Counter, Histogram
+
+from parley.search.v1 import search_pb2
+from services.common.errors import ServiceError, Unavailable
+from services.search.breaker import BreakerOpen, CircuitBreaker
+from services.search.cache import KEY_PREFIX, LOCAL_TOKEN, Cached, ResultCache
+from services.search.places import PlaceInfo, Places, normalize
+from services.search.providers.base import Provider, ProviderUnavailable, Query
+from services.search.ratelimit import ProviderRateLimiter, RateLimitTimeout
+from services.search.settings import SearchSettings
+from services.search.validation import today_in
+
+log = structlog.get_logger("parley.search")
+T = TypeVar("T")
+
+SEARCHES = Counter(
+    "search_requests_total",
+    "Flight searches by how they were answered: hit, miss, stale, error.",
+    ["provider", "result"],
+)
+PROVIDER_CALLS = Counter(
+    "search_provider_calls_total",
+    "Calls to a provider by outcome: ok, rejected (the query was wrong), failed.",
+    ["provider", "outcome"],
+)
+PROVIDER_SECONDS = Histogram(
+    "search_provider_seconds",
+    "Time a provider took to answer a search.",
+    ["provider"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def _timestamp(epoch: float) -> search_pb2.SearchFlightsResponse:
+    response = search_pb2.SearchFlightsResponse()
+    response.fetch_time.FromNanoseconds(int(epoch * 1e9))
+    return response
+
+
+class SearchEngine:
+    def __init__(
+        self,
+        places: Places,
+        provider: Provider,
+        cache: ResultCache,
+        settings: SearchSettings,
+        redis_url_for_limits: str | None,
+    ) -> None:
+        self.places = places
+        self.provider = provider
+        self.cache = cache
+        self.settings = settings
+        self.breaker = CircuitBreaker(
+            provider.breaker_name,
+            failure_threshold=settings.search_breaker_failure_threshold,
+            recovery_timeout=settings.search_breaker_recovery_seconds,
+            half_open_probes=settings.search_breaker_half_open_probes,
+        )
+        self.breakers = {self.breaker.name: self.breaker}
+        self.limiter = ProviderRateLimiter(
+            provider.name, provider.rate_limit_per_second, redis_url_for_limits
+        )
+        self._inflight: dict[str, asyncio.Task[search_pb2.SearchFlightsResponse]] = {}
+        self._hits = SEARCHES.labels(provider.name, "hit")
+        for code in settings.popular_routes:
+            for place in code:
+                if places.get(place) is None:
+                    raise ValueError(f"SEARCH_POPULAR_ROUTES: unknown IATA code {place}")
+
+    # -- flights -----------------------------------------------------------------------------
+
+    def _answer(
+        self, cached: Cached, *, stale: bool, now: float
+    ) -> search_pb2.SearchFlightsResponse:
+        response = cached.response
+        response.from_cache = True
+        response.stale = stale
+        response.age.FromNanoseconds(int(cached.age(now) * 1e9))
+        return response
+
+    async def search(self, query: Query, deadline: float) -> search_pb2.SearchFlightsResponse:
+        key = ResultCache.key(self.provider.name, query.key())
+        cached = await self.cache.get(key)
+        now = time.time()
+        if cached is not None and self.cache.is_fresh(cached, now):
+            self._hits.inc()
+            return self._answer(cached, stale=False, now=now)
+        return await self._coalesced(key, query, cached, deadline)
+
+    async def _coalesced(
+        self, key: str, query: Query, stale: Cached | None, deadline: float
+    ) -> search_pb2.SearchFlightsResponse:
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._load(key, query, stale, deadline))
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._done(key, done))
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                return await asyncio.shield(task)
+        except TimeoutError:
+            if stale is not None:
+                SEARCHES.labels(self.provider.name, "stale").inc()
+                return self._answer(stale, stale=True, now=time.time())
+            SEARCHES.labels(self.provider.name, "error").inc()
+            raise DeadlineExceeded(
+                "the flight search took longer than the call's deadline"
+            ) from None
+
+    def _done(self, key: str, task: asyncio.Task[search_pb2.SearchFlightsResponse]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so callers that gave up leave no warning
+
+    async def _load(
+        self, key: str, query: Query, stale: Cached | None, deadline: float
+    ) -> search_pb2.SearchFlightsResponse:
+        deadline = min(deadline, time.monotonic() + self.settings.search_provider_timeout_seconds)
+        if not self.breaker.allows():
+            return self._fallback(stale, "circuit breaker open")
+        token = await self.cache.try_lock(key)
+        if token is None:  # another replica is fetching this query: wait for its result
+            waited = await self.cache.wait_fresh(
+                key, min(deadline, time.monotonic() + self.settings.search_lock_seconds)
+            )
+            if waited is not None:
+                SEARCHES.labels(self.provider.name, "hit").inc()
+                return self._answer(waited, stale=False, now=time.time())
+            token = await self.cache.try_lock(key) or LOCAL_TOKEN
+        try:
+            offers = await self.call_provider(
+                lambda: self.provider.search(query, deadline), deadline
+            )
+        except ServiceError:
+            SEARCHES.labels(self.provider.name, "error").inc()
+            raise
+        except Exception as error:
+            if not isinstance(error, _EXPECTED):
+                log.exception("provider raised an unexpected error", provider=self.provider.name)
+            return self._fallback(stale, _reason(error))
+        finally:
+            await self.cache.unlock(key, token)
+        now = time.time()
+        response = _timestamp(now)
+        response.offers.extend(offers)
+        response.provider = self.provider.name
+        response.demo_data = self.provider.demo_data
+        await self.cache.put(key, response)
+        SEARCHES.labels(self.provider.name, "miss").inc()
+        fresh = search_pb2.SearchFlightsResponse()
+        fresh.CopyFrom(response)
+        fresh.age.FromNanoseconds(0)
+        return fresh
+
+    async def call_provider(self, call: Callable[[], Awaitable[T]], deadline: float) -> T:
+        """One provider call under its rate limit and breaker, within ``deadline``."""
+        if not self.breaker.allows():
+            raise BreakerOpen(f"circuit breaker {self.breaker.name} is open")
+        await self.limiter.acquire(deadline)
+        start = time.perf_counter()
+        outcome = "failed"
+        try:
+            async with self.breaker.guard(ok=(ServiceError,)):
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    result = await call()
+            outcome = "ok"
+            return result
+        except ServiceError:
+            outcome = "rejected"
+            raise
+        finally:
+            PROVIDER_CALLS.labels(self.provider.name, outcome).inc()
+            PROVIDER_SECONDS.labels(self.provider.name).observe(time.perf_counter() - start)
+
+    def _fallback(self, stale: Cached | None, reason: str) -> search_pb2.SearchFlightsResponse:
+        if stale is not None and stale.age() < self.cache.ttl + self.cache.grace:
+            log.warning("serving stale results", provider=self.provider.name, reason=reason)
+            SEARCHES.labels(self.provider.name, "stale").inc()
+            return self._answer(stale, stale=True, now=time.time())
+        log.warning("search failed", provider=self.provider.name, reason=reason)
+        SEARCHES.labels(self.provider.name, "error").inc()
+        raise Unavailable("flight search is temporarily unavailable; please try again shortly")
+
+    # -- warming -----------------------------------------------------------------------------
+
+    async def warm(
+        self, routes: list[tuple[str, str]], days_ahead: int, deadline: float
+    ) -> tuple[int, int]:
+        """Fetch the default query (1 adult, economy, one way, 10 results, the provider's
+        currency) for each route and each of the next ``days_ahead`` days, unless the cache
+        already has it for more than half its TTL. Returns (warmed, failed)."""
+        routes = routes or self.settings.popular_routes
+        gate = asyncio.Semaphore(self.settings.search_warm_concurrency)
+
+        async def one(origin: str, destination: str, day: dt.date) -> bool:
+            query = Query(
+                origin, destination, day, None, 1, search_pb2.CABIN_ECONOMY, False, 10, ""
+            )
+            key = ResultCache.key(self.provider.name, query.key())
+            async with gate:
+                cached = await self.cache.get(key)
+                if cached is not None and cached.age() < self.cache.ttl / 2:
+                    return True
+                try:
+                    response = await self._coalesced(key, query, cached, deadline)
+                except Exception as error:
+                    log.info("warming a search failed", key=key, error=_reason(error))
+                    return False
+                return not response.stale
+
+        jobs = []
+        for origin, destination in routes:
+            place = self.places.get(origin)
+            start = today_in(place.tz if place else "UTC")
+            for offset in range(1, days_ahead + 1):
+                day = start + dt.timedelta(days=offset)
+                jobs.append(one(origin, destination, day))
+        results = await asyncio.gather(*jobs)
+        warmed = sum(results)
+        log.info("cache warmed", warmed=warmed, failed=len(results) - warmed)
+        return warmed, len(results) - warmed
+
+    # -- places ------------------------------------------------------------------------------
+
+    async def resolve(
+        self, text: str, limit: int, deadline: float
+    ) -> list[search_pb2.PlaceCandidate]:
+        """Local index first; the provider's locations API only for text it cannot place."""
+        found = self.places.resolve(text, limit)
+        answer = [search_pb2.PlaceCandidate(place=c.place.to_proto(), score=c.score) for c in found]
+        if (found and found[0].score >= 75) or type(self.provider).locations is Provider.locations:
+            return answer
+        remote = await self._remote_places(text, limit, min(deadline, time.monotonic() + 3.0))
+        known = {c.place.code for c in answer}
+        for rank, place in enumerate(remote):
+            if place.code not in known:
+                answer.append(search_pb2.PlaceCandidate(place=place, score=max(50.0, 74.0 - rank)))
+        answer.sort(key=lambda c: -c.score)
+        return answer[:limit]
+
+    async def _remote_places(
+        self, text: str, limit: int, deadline: float
+    ) -> list[search_pb2.Place]:
+        key = f"{KEY_PREFIX}:{self.provider.name}:places:{limit}:{normalize(text)[:100]}"
+        raw = await self.cache.get_bytes(key)
+        if raw is not None:
+            cached = search_pb2.ResolvePlaceResponse()
+            cached.ParseFromString(raw)
+            return [c.place for c in cached.candidates]
+        try:
+            places = await self.call_provider(
+                lambda: self.provider.locations(text, limit, deadline), deadline
+            )
+        except Exception as error:  # the local answer stands
+            log.info("provider locations failed", reason=_reason(error))
+            return []
+        response = search_pb2.ResolvePlaceResponse(
+            candidates=[search_pb2.PlaceCandidate(place=p) for p in places]
+        )
+        await self.cache.put_bytes(key, response.SerializeToString())
+        return places
+
+    def nearest(self, lat: float, lon: float, limit: int) -> list[tuple[PlaceInfo, float]]:
+        return self.places.nearest(lat, lon, limit)
+
+
+_EXPECTED = (ProviderUnavailable, BreakerOpen, RateLimitTimeout, TimeoutError)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, ProviderUnavailable | BreakerOpen | RateLimitTimeout):
+        return str(error)
+    if isinstance(error, TimeoutError):
+        return "provider call timed out"
+    return f"{type(error).__name__}: {error}"

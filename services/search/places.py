@@ -1,0 +1,355 @@
+"""Airports and city codes: validation, free-text resolution and nearest airports.
+
+Built once at start-up from the ``airportsdata`` package (IATA-coded entries only, about 8,000)
+plus a small table of metropolitan city codes (NYC, LON, PAR, ...). ``airportsdata`` has no size
+or traffic field, so importance comes from what we know: city-code members and a curated set of
+major hubs rank first, then airports named "International", then the rest; heliports, seaplane
+bases, military fields and rail or bus stations are valid codes but never suggested.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+import airportsdata
+from rapidfuzz import fuzz, process
+
+from parley.search.v1 import search_pb2
+
+# Metropolitan (multi-airport) city codes: code → (name, members, primary first).
+CITY_CODES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "NYC": ("New York", ("JFK", "EWR", "LGA")),
+    "LON": ("London", ("LHR", "LGW", "STN", "LTN", "LCY", "SEN")),
+    "PAR": ("Paris", ("CDG", "ORY", "BVA")),
+    "TYO": ("Tokyo", ("HND", "NRT")),
+    "CHI": ("Chicago", ("ORD", "MDW")),
+    "WAS": ("Washington", ("IAD", "DCA", "BWI")),
+    "MIL": ("Milan", ("MXP", "LIN", "BGY")),
+    "ROM": ("Rome", ("FCO", "CIA")),
+    "STO": ("Stockholm", ("ARN", "BMA", "NYO", "VST")),
+    "BUE": ("Buenos Aires", ("EZE", "AEP")),
+    "SAO": ("Sao Paulo", ("GRU", "CGH", "VCP")),
+    "OSA": ("Osaka", ("KIX", "ITM", "UKB")),
+    "SEL": ("Seoul", ("ICN", "GMP")),
+    "BJS": ("Beijing", ("PEK", "PKX")),
+    "MOW": ("Moscow", ("SVO", "DME", "VKO")),
+    "RIO": ("Rio de Janeiro", ("GIG", "SDU")),
+    "YTO": ("Toronto", ("YYZ", "YTZ")),
+    "YMQ": ("Montreal", ("YUL",)),
+    "JKT": ("Jakarta", ("CGK", "HLP")),
+    "DTT": ("Detroit", ("DTW",)),
+    "YEA": ("Edmonton", ("YEG",)),
+    "REK": ("Reykjavik", ("KEF", "RKV")),
+    "BUH": ("Bucharest", ("OTP", "BBU")),
+    "SPK": ("Sapporo", ("CTS", "OKD")),
+}
+
+# Other names people use: alias → code (exonyms, old names, nicknames).
+ALIASES: dict[str, str] = {
+    "new york city": "NYC",
+    "manhattan": "NYC",
+    "big apple": "NYC",
+    "la": "LAX",
+    "sf": "SFO",
+    "san fran": "SFO",
+    "vegas": "LAS",
+    "dc": "WAS",
+    "washington dc": "WAS",
+    "bombay": "BOM",
+    "mumbai": "BOM",
+    "peking": "BJS",
+    "saigon": "SGN",
+    "ho chi minh city": "SGN",
+    "calcutta": "CCU",
+    "kolkata": "CCU",
+    "madras": "MAA",
+    "chennai": "MAA",
+    "bangalore": "BLR",
+    "bengaluru": "BLR",
+    "roma": "ROM",
+    "milano": "MIL",
+    "munchen": "MUC",
+    "muenchen": "MUC",
+    "munich": "MUC",
+    "koln": "CGN",
+    "cologne": "CGN",
+    "moskva": "MOW",
+    "lisboa": "LIS",
+    "lisbon": "LIS",
+    "praha": "PRG",
+    "prague": "PRG",
+    "wien": "VIE",
+    "vienna": "VIE",
+    "firenze": "FLR",
+    "florence": "FLR",
+    "venezia": "VCE",
+    "venice": "VCE",
+    "napoli": "NAP",
+    "naples": "NAP",
+    "sevilla": "SVQ",
+    "seville": "SVQ",
+    "tokio": "TYO",
+    "londres": "LON",
+    "tel aviv yafo": "TLV",
+    "tel aviv jaffa": "TLV",
+    "athens": "ATH",
+    "athina": "ATH",
+    "istanbul": "IST",
+    "geneve": "GVA",
+    "zurich": "ZRH",
+    "copenhagen": "CPH",
+    "kobenhavn": "CPH",
+    "dubai": "DXB",
+    "hong kong": "HKG",
+    "singapore": "SIN",
+    "bangkok": "BKK",
+    "shanghai": "PVG",
+    "mexico city": "MEX",
+    "ciudad de mexico": "MEX",
+}
+
+# Major hubs and busy airports, for ranking and tie-breaks (airportsdata has no traffic data).
+_HUB_CODES = """
+    ATL PEK PKX DXB LAX HND ORD LHR HKG PVG SHA CDG AMS DFW CAN FRA IST DEL CGK SIN ICN DEN BKK
+    JFK KUL SFO MAD CTU LAS BCN BOM YYZ SEA CLT LGW TFU MCO EWR SZX SVO MUC PHX IAH MIA SYD NRT
+    FCO MEX DOH MSP DTW BOS PHL GRU LGA FLL BWI DCA IAD SLC MDW JED RUH AUH CPH ZRH VIE OSL ARN
+    HEL DUB BRU LIS ATH WAW PRG BUD MAN EDI DUS HAM BER MXP LIN VCE NAP ORY NCE LYS GVA MEL BNE
+    PER AKL JNB CPT CAI ADD NBO LOS CMN TLV AMM BAH MCT KWI DMK MNL TPE KIX ITM GMP CTS FUK HAN
+    SGN DPS BLR MAA HYD CCU CMB KHI ISB LHE SCL LIM BOG EZE AEP GIG CGH PTY SJO CUN GDL YVR YUL
+    YYC HNL PDX SAN AUS BNA MSY STL TPA DAL HOU OAK SJC SMF RDU PIT CLE CVG IND MCI STN LTN LCY
+    DME VKO LED SAW AYT ESB SVQ AGP PMI VLC OPO BGY CIA BLQ FLR KRK OTP SOF BEG ZAG RIX TLL VNO
+    KEF GLA BHX BRS HKT CGN STR NUE HAJ BSL TXL CHC WLG ADL OOL RAK TUN ALG ACC DSS DAR KGL JNB
+"""
+HUBS = frozenset(_HUB_CODES.split())
+
+# Names that mark a place without scheduled airline service (or not an airport at all).
+_NON_COMMERCIAL = re.compile(
+    r"heliport|seaplane|air base|air force|army|naval|airfield|airstrip|station|bus |"
+    r"military|glider|ranch|private|\braf\b",
+    re.IGNORECASE,
+)
+# Words that say nothing about which airport: dropped from names before matching.
+_GENERIC = {"airport", "international", "intl", "jetport", "aerodrome", "aeropuerto", "aeroport"}
+
+W_CITY = 1.0  # a city code (all airports)
+W_HUB = 0.98  # a major hub or a member of a city code
+W_INTERNATIONAL = 0.95
+W_OTHER = 0.9
+EARTH_RADIUS_KM = 6371.0088
+
+
+def normalize(text: str) -> str:
+    """Lower case, accents removed, punctuation to spaces, spaces collapsed."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", stripped.lower()).split())
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceInfo:
+    """One airport or city code with what ranking and the offline provider need."""
+
+    code: str
+    is_city: bool
+    name: str
+    city: str
+    country: str
+    tz: str
+    lat: float
+    lon: float
+    weight: float  # importance, 0.9-1.0
+    commercial: bool  # plausibly has scheduled service
+    members: tuple[str, ...] = ()  # airports of a city code
+
+    def to_proto(self) -> search_pb2.Place:
+        return search_pb2.Place(
+            code=self.code,
+            kind=search_pb2.PLACE_KIND_CITY if self.is_city else search_pb2.PLACE_KIND_AIRPORT,
+            name=self.name,
+            city_name=self.city,
+            country_code=self.country,
+            time_zone=self.tz,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    place: PlaceInfo
+    score: float
+
+
+class Places:
+    """The index: built once, then read-only (safe to share between coroutines)."""
+
+    def __init__(self, airports: dict[str, dict[str, Any]] | None = None) -> None:
+        raw = airports if airports is not None else airportsdata.load("IATA")
+        members = {m for _, ms in CITY_CODES.values() for m in ms}
+        self.by_code: dict[str, PlaceInfo] = {}
+        for code, row in raw.items():
+            name = str(row["name"])
+            commercial = not _NON_COMMERCIAL.search(name)
+            if code in HUBS or code in members:
+                weight = W_HUB
+            elif "international" in name.lower():
+                weight = W_INTERNATIONAL
+            else:
+                weight = W_OTHER
+            self.by_code[code] = PlaceInfo(
+                code=code,
+                is_city=False,
+                name=name,
+                city=str(row["city"]),
+                country=str(row["country"]),
+                tz=str(row["tz"]),
+                lat=float(row["lat"]),
+                lon=float(row["lon"]),
+                weight=weight,
+                commercial=commercial,
+            )
+        for code, (city, codes) in CITY_CODES.items():
+            present = tuple(c for c in codes if c in self.by_code)
+            if code in self.by_code or not present:
+                continue  # an airport of that code wins; a city without airports is useless
+            primary = self.by_code[present[0]]
+            self.by_code[code] = PlaceInfo(
+                code=code,
+                is_city=True,
+                name=f"{city} (all airports)",
+                city=city,
+                country=primary.country,
+                tz=primary.tz,
+                lat=primary.lat,
+                lon=primary.lon,
+                weight=W_CITY,
+                commercial=True,
+                members=present,
+            )
+        self._build_text_index()
+        self._commercial = [p for p in self.by_code.values() if p.commercial and not p.is_city]
+
+    # -- lookup ------------------------------------------------------------------------------
+
+    def get(self, code: str) -> PlaceInfo | None:
+        return self.by_code.get(code)
+
+    def airports_of(self, code: str) -> tuple[PlaceInfo, ...]:
+        """The airports a code stands for: itself, or a city code's members."""
+        place = self.by_code[code]
+        if place.is_city:
+            return tuple(self.by_code[m] for m in place.members)
+        return (place,)
+
+    # -- free text ---------------------------------------------------------------------------
+
+    def _build_text_index(self) -> None:
+        # normalized text → [(code, factor)]: factor < 1 for weaker evidence (an airport's own
+        # name matters less than the city it serves when people type city names).
+        entries: dict[str, dict[str, float]] = {}
+
+        def add(text: str, code: str, factor: float = 1.0) -> None:
+            key = normalize(text)
+            if key:
+                slot = entries.setdefault(key, {})
+                slot[code] = max(slot.get(code, 0.0), factor)
+
+        for place in self.by_code.values():
+            if not place.commercial:
+                continue
+            add(place.city, place.code)
+            if place.is_city:
+                continue
+            short = " ".join(w for w in normalize(place.name).split() if w not in _GENERIC)
+            add(short, place.code, 0.97)
+            # "Arnavutkoy, Istanbul" or "Beauvais/Tille": each part of the city is a name too.
+            for part in re.split(r"[,/]", place.city):
+                add(part, place.code, 0.97)
+        for alias, code in ALIASES.items():
+            if code in self.by_code:
+                add(alias, code)
+        self._texts = list(entries)
+        self._targets = [entries[t] for t in self._texts]
+        # Sorted words (with the index of their text) for fast prefix matching ("lond", "heath").
+        words: list[tuple[str, int, bool]] = []
+        for i, text in enumerate(self._texts):
+            for j, word in enumerate(text.split()):
+                words.append((text[text.index(word) :] if j else text, i, j == 0))
+        words.sort()
+        self._prefix_keys = [w for w, _, _ in words]
+        self._prefix_refs = [(i, first) for _, i, first in words]
+
+    def resolve(self, query: str, limit: int = 5) -> list[Candidate]:
+        """Ranked candidates for free text; tolerant of case, accents and typos."""
+        q = normalize(query)
+        if not q:
+            return []
+        text_scores: dict[int, float] = {}
+
+        def note(index: int, score: float) -> None:
+            if score > text_scores.get(index, 0.0):
+                text_scores[index] = score
+
+        for _, score, index in process.extract(
+            q, self._texts, scorer=fuzz.ratio, score_cutoff=72, limit=300
+        ):
+            note(index, score)
+        if len(q) >= 2:
+            for _, score, index in process.extract(
+                q, self._texts, scorer=fuzz.token_set_ratio, score_cutoff=80, limit=300
+            ):
+                note(index, 0.92 * score)
+        if len(q) >= 5:
+            for _, score, index in process.extract(
+                q, self._texts, scorer=fuzz.partial_ratio, score_cutoff=85, limit=300
+            ):
+                note(index, 0.85 * score)
+        if len(q) >= 3:
+            start = bisect.bisect_left(self._prefix_keys, q)
+            end = bisect.bisect_left(self._prefix_keys, q + "\uffff", lo=start)
+            for k in range(start, min(end, start + 500)):
+                index, first = self._prefix_refs[k]
+                coverage = len(q) / len(self._prefix_keys[k])
+                note(index, (85 if first else 80) + 14 * coverage)
+
+        best: dict[str, float] = {}
+        for index, score in text_scores.items():
+            for code, factor in self._targets[index].items():
+                value = score * factor * self.by_code[code].weight
+                if value > best.get(code, 0.0):
+                    best[code] = value
+        upper = query.strip().upper()
+        if len(upper) == 3 and upper.isalpha() and upper in self.by_code:
+            best[upper] = 100.0
+            # A city code brings its airports along, just below it.
+            for member in self.by_code[upper].members:
+                best[member] = max(best.get(member, 0.0), 90.0)
+        ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))[:limit]
+        return [Candidate(self.by_code[code], round(score, 1)) for code, score in ranked]
+
+    # -- geography ---------------------------------------------------------------------------
+
+    def nearest(self, lat: float, lon: float, limit: int = 3) -> list[tuple[PlaceInfo, float]]:
+        """Airports with (plausibly) scheduled service nearest to a point.
+
+        Chosen by distance with small fields counted twice as far (so a major airport 20 km
+        away beats an airstrip 15 km away), then listed by true distance.
+        """
+        scored = []
+        for place in self._commercial:
+            km = haversine_km(lat, lon, place.lat, place.lon)
+            penalty = 1.0 if place.weight >= W_INTERNATIONAL else 2.0
+            scored.append((km * penalty, km, place))
+        scored.sort(key=lambda item: item[0])
+        chosen = sorted(scored[:limit], key=lambda item: item[1])
+        return [(place, km) for _, km, place in chosen]

@@ -1,0 +1,376 @@
+"""Amadeus flight-offers and locations over its REST API (enterprise tier; same contract as the
+Self-Service tier that closed in July 2026).
+
+- OAuth2 client credentials (``POST /v1/security/oauth2/token``); the token is cached and
+  refreshed a minute before it expires; a 401 refreshes it once and retries.
+- 429 and 5xx (and transport errors) are retried with exponential backoff and jitter (tenacity),
+  honouring ``Retry-After``, and only while the call's deadline leaves room.
+- 400 → INVALID_ARGUMENT naming our field, 404 → NOT_FOUND; anything else that remains is a
+  provider failure (counts toward the ``amadeus_api`` breaker, lets stale results be served).
+- The client secret is a ``SecretStr``: never logged, never in an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import structlog
+from google.protobuf import duration_pb2
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from parley.search.v1 import search_pb2
+from services.common.errors import InvalidArgument, NotFound
+from services.search.places import Places
+from services.search.providers.base import (
+    Provider,
+    ProviderFactory,
+    ProviderUnavailable,
+    Query,
+)
+from services.search.settings import SearchSettings
+
+log = structlog.get_logger("parley.search.amadeus")
+
+TOKEN_PATH = "/v1/security/oauth2/token"
+OFFERS_PATH = "/v2/shopping/flight-offers"
+LOCATIONS_PATH = "/v1/reference-data/locations"
+REFRESH_MARGIN_SECONDS = 60.0
+TRAVEL_CLASS: dict[int, str] = {
+    search_pb2.CABIN_ECONOMY: "ECONOMY",
+    search_pb2.CABIN_PREMIUM_ECONOMY: "PREMIUM_ECONOMY",
+    search_pb2.CABIN_BUSINESS: "BUSINESS",
+    search_pb2.CABIN_FIRST: "FIRST",
+}
+# Amadeus query parameter → our request field, for INVALID_ARGUMENT details.
+PARAMETER_FIELDS = {
+    "originLocationCode": "origin",
+    "destinationLocationCode": "destination",
+    "departureDate": "departure_date",
+    "returnDate": "return_date",
+    "adults": "adults",
+    "travelClass": "cabin",
+    "nonStop": "non_stop",
+    "max": "max_results",
+    "currencyCode": "currency_code",
+    "keyword": "query",
+}
+_ISO_DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
+
+
+class AmadeusSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, frozen=True)
+
+    amadeus_client_id: str | None = None
+    amadeus_client_secret: SecretStr | None = None
+    amadeus_base_url: str = "https://api.amadeus.com"
+    amadeus_rate_limit_per_second: float = Field(default=10.0, ge=0, le=10_000)
+    amadeus_max_attempts: int = Field(default=4, ge=1, le=10)
+    # First backoff in seconds (doubles per attempt, with jitter, capped at 2 s).
+    amadeus_backoff_seconds: float = Field(default=0.2, gt=0, le=10)
+
+
+class _Retryable(Exception):
+    """429, 5xx or a transport error: worth another attempt."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def parse_duration(text: str) -> duration_pb2.Duration:
+    match = _ISO_DURATION.match(text or "")
+    if not match:
+        return duration_pb2.Duration()
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return duration_pb2.Duration(seconds=((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class AmadeusProvider(Provider):
+    name = "amadeus"
+    breaker_name = "amadeus_api"
+    demo_data = False
+
+    def __init__(
+        self,
+        settings: AmadeusSettings,
+        places: Places,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        assert settings.amadeus_client_id and settings.amadeus_client_secret
+        self._client_id = settings.amadeus_client_id
+        self._secret = settings.amadeus_client_secret
+        self._settings = settings
+        self.places = places
+        self.rate_limit_per_second = settings.amadeus_rate_limit_per_second
+        self._http = httpx.AsyncClient(
+            base_url=settings.amadeus_base_url.rstrip("/"),
+            transport=transport,
+            timeout=httpx.Timeout(10.0, connect=3.0),
+            headers={"Accept": "application/vnd.amadeus+json, application/json"},
+        )
+        self._token: str | None = None
+        self._token_expires = 0.0  # monotonic
+        self._token_lock = asyncio.Lock()
+        self.token_requests = 0  # for tests and logs
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- token -------------------------------------------------------------------------------
+
+    async def _access_token(self, deadline: float, *, force: bool = False) -> str:
+        stale = self._token
+        async with self._token_lock:
+            # Another caller may have refreshed while we waited for the lock.
+            fresh = time.monotonic() < self._token_expires - REFRESH_MARGIN_SECONDS
+            if self._token and fresh and not (force and self._token == stale):
+                return self._token
+            self.token_requests += 1
+            try:
+                response = await self._http.post(
+                    TOKEN_PATH,
+                    data={
+                        "grant_type": "client_credentials",
+                        "client_id": self._client_id,
+                        "client_secret": self._secret.get_secret_value(),
+                    },
+                    timeout=self._timeout(deadline),
+                )
+            except httpx.HTTPError as error:
+                raise _Retryable(f"token request failed: {type(error).__name__}") from None
+            if response.status_code == 429 or response.status_code >= 500:
+                raise _Retryable(
+                    f"token endpoint answered {response.status_code}", _retry_after(response)
+                )
+            if response.status_code != 200:
+                # Wrong credentials are our configuration's fault, not the caller's.
+                raise ProviderUnavailable(
+                    f"Amadeus refused the client credentials ({response.status_code})"
+                )
+            try:
+                body = response.json()
+                token = str(body["access_token"])
+                expires_in = float(body.get("expires_in", 1799))
+            except (ValueError, KeyError, TypeError):
+                raise ProviderUnavailable("Amadeus token response was malformed") from None
+            self._token = token
+            self._token_expires = time.monotonic() + expires_in
+            log.info("amadeus token refreshed", expires_in=expires_in)
+            return token
+
+    @staticmethod
+    def _timeout(deadline: float) -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("deadline passed before the Amadeus call")
+        return remaining
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def _get(self, path: str, params: dict[str, str], deadline: float) -> Any:
+        """GET with token, one refresh on 401, and retries on 429/5xx within the deadline."""
+        settings = self._settings
+        wait = wait_exponential_jitter(initial=settings.amadeus_backoff_seconds, max=2.0)
+
+        def backoff(state: RetryCallState) -> float:
+            seconds = wait(state)
+            error = state.outcome.exception() if state.outcome else None
+            if isinstance(error, _Retryable) and error.retry_after is not None:
+                seconds = max(seconds, error.retry_after)
+            if time.monotonic() + seconds >= deadline:
+                raise ProviderUnavailable(f"Amadeus kept failing until the deadline: {error}")
+            return seconds
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_Retryable),
+            stop=stop_after_attempt(settings.amadeus_max_attempts),
+            wait=backoff,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._get_once(path, params, deadline)
+        except _Retryable as error:
+            raise ProviderUnavailable(f"Amadeus failed after retries: {error}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _get_once(self, path: str, params: dict[str, str], deadline: float) -> Any:
+        refreshed = False
+        while True:
+            token = await self._access_token(deadline, force=refreshed)
+            try:
+                response = await self._http.get(
+                    path,
+                    params=params,
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=self._timeout(deadline),
+                )
+            except httpx.HTTPError as error:
+                raise _Retryable(f"{path}: {type(error).__name__}") from None
+            if response.status_code == 401 and not refreshed:
+                refreshed = True  # expired or revoked early: one fresh token, then give up
+                continue
+            break
+        status = response.status_code
+        if status == 200:
+            try:
+                return response.json()
+            except ValueError:
+                raise ProviderUnavailable(f"{path}: response was not JSON") from None
+        if status == 429 or status >= 500:
+            raise _Retryable(f"{path} answered {status}", _retry_after(response))
+        problem = _first_error(response)
+        if status == 400:
+            parameter = str((problem.get("source") or {}).get("parameter", ""))
+            field = PARAMETER_FIELDS.get(parameter, "request")
+            detail = str(problem.get("detail") or problem.get("title") or "rejected by provider")
+            raise InvalidArgument(field, detail[:200])
+        if status == 404:
+            raise NotFound("the provider has no such resource")
+        # 401 after a refresh, 403 and anything else: the provider will not serve us.
+        raise ProviderUnavailable(f"{path} answered {status}")
+
+    # -- flight offers -----------------------------------------------------------------------
+
+    async def search(self, query: Query, deadline: float) -> list[search_pb2.FlightOffer]:
+        params = {
+            "originLocationCode": query.origin,
+            "destinationLocationCode": query.destination,
+            "departureDate": query.departure.isoformat(),
+            "adults": str(query.adults),
+            "travelClass": TRAVEL_CLASS.get(query.cabin, "ECONOMY"),
+            "nonStop": "true" if query.non_stop else "false",
+            "max": str(query.max_results),
+        }
+        if query.return_date:
+            params["returnDate"] = query.return_date.isoformat()
+        if query.currency:
+            params["currencyCode"] = query.currency
+        body = await self._get(OFFERS_PATH, params, deadline)
+        try:
+            offers = [self._offer(item) for item in body.get("data", [])]
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ProviderUnavailable(f"unexpected flight-offers response: {error!r}") from None
+        return offers[: query.max_results]
+
+    def _local(self, at: str, airport: str) -> str:
+        """Amadeus gives local times without offset; add the airport's."""
+        place = self.places.get(airport)
+        moment = dt.datetime.fromisoformat(at)
+        if moment.tzinfo is None and place is not None:
+            moment = moment.replace(tzinfo=ZoneInfo(place.tz))
+        return moment.isoformat()
+
+    def _offer(self, item: dict[str, Any]) -> search_pb2.FlightOffer:
+        itineraries = []
+        for itinerary in item["itineraries"]:
+            segments = []
+            for seg in itinerary["segments"]:
+                dep, arr = seg["departure"], seg["arrival"]
+                segments.append(
+                    search_pb2.Segment(
+                        carrier_code=str(seg.get("operating", {}).get("carrierCode"))
+                        if seg.get("operating", {}).get("carrierCode")
+                        else str(seg["carrierCode"]),
+                        flight_number=str(seg["number"]),
+                        departure_airport=str(dep["iataCode"]),
+                        departure_time=self._local(dep["at"], dep["iataCode"]),
+                        arrival_airport=str(arr["iataCode"]),
+                        arrival_time=self._local(arr["at"], arr["iataCode"]),
+                        duration=parse_duration(seg.get("duration", "")),
+                        aircraft_code=str((seg.get("aircraft") or {}).get("code", "")),
+                    )
+                )
+            itineraries.append(
+                search_pb2.Itinerary(
+                    segments=segments,
+                    stops=max(0, len(segments) - 1),
+                    duration=parse_duration(itinerary.get("duration", "")),
+                )
+            )
+        price = item["price"]
+        amount = str(price.get("grandTotal") or price["total"])
+        validating = item.get("validatingAirlineCodes") or [""]
+        seats = item.get("numberOfBookableSeats")
+        return search_pb2.FlightOffer(
+            id=str(item["id"]),
+            # The provider's decimal string, kept as is: never through a float.
+            total_price=search_pb2.Money(currency_code=str(price["currency"]), amount=amount),
+            itineraries=itineraries,
+            seats_left=int(seats) if seats is not None else None,
+            validating_carrier=str(validating[0]),
+            demo_data=False,
+        )
+
+    # -- locations ---------------------------------------------------------------------------
+
+    async def locations(self, keyword: str, limit: int, deadline: float) -> list[search_pb2.Place]:
+        params = {
+            "subType": "CITY,AIRPORT",
+            "keyword": keyword[:100],
+            "page[limit]": str(limit),
+            "view": "LIGHT",
+        }
+        body = await self._get(LOCATIONS_PATH, params, deadline)
+        places = []
+        for item in body.get("data", []):
+            code = str(item.get("iataCode", ""))
+            if not code:
+                continue
+            address = item.get("address") or {}
+            known = self.places.get(code)
+            places.append(
+                search_pb2.Place(
+                    code=code,
+                    kind=search_pb2.PLACE_KIND_CITY
+                    if item.get("subType") == "CITY"
+                    else search_pb2.PLACE_KIND_AIRPORT,
+                    name=str(item.get("name", "")).title(),
+                    city_name=str(address.get("cityName", "")).title(),
+                    country_code=str(address.get("countryCode", "")),
+                    time_zone=known.tz if known else "",
+                )
+            )
+        return places[:limit]
+
+
+def _first_error(response: httpx.Response) -> dict[str, Any]:
+    try:
+        errors = response.json().get("errors") or [{}]
+        first = errors[0]
+        return first if isinstance(first, dict) else {}
+    except (ValueError, AttributeError, IndexError):
+        return {}
+
+
+def _create(settings: SearchSettings, places: Places) -> Provider | None:
+    amadeus = AmadeusSettings()
+    if not (amadeus.amadeus_client_id and amadeus.amadeus_client_secret):
+        return None
+    return AmadeusProvider(amadeus, places)
+
+
+FACTORY = ProviderFactory(name="amadeus", priority=10, create=_create)

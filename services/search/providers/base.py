@@ -1,0 +1,84 @@
+"""What a provider is: one module under ``services/search/providers/`` exposing ``FACTORY``.
+
+The service discovers provider modules at start-up (see ``providers/__init__.py``); a new
+provider is a new module with a :class:`ProviderFactory`, and nothing else changes.
+
+Errors: a provider raises :class:`ProviderUnavailable` when it failed (outage, 5xx, timeouts,
+rate limited after retries, bad credentials): that counts toward its circuit breaker and lets
+the service answer from a stale cache entry. It raises a ``ServiceError`` (``InvalidArgument``,
+``NotFound``, ...) when the provider answered that the query itself is wrong: that reaches the
+client as is and does not count as a failure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from parley.search.v1 import search_pb2
+
+if TYPE_CHECKING:
+    from services.search.places import Places
+    from services.search.settings import SearchSettings
+
+
+class ProviderUnavailable(Exception):
+    """The provider failed; the message is safe to log (never a secret)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A validated, normalized flight search."""
+
+    origin: str
+    destination: str
+    departure: dt.date
+    return_date: dt.date | None
+    adults: int
+    cabin: int  # search_pb2.Cabin value, never UNSPECIFIED
+    non_stop: bool
+    max_results: int
+    currency: str  # ISO 4217, or "" for the provider's default
+
+    def key(self) -> str:
+        """Stable text of the query, for cache keys and seeds (readable in redis-cli)."""
+        ret = self.return_date.isoformat() if self.return_date else "-"
+        cabin = search_pb2.Cabin.Name(self.cabin).removeprefix("CABIN_")  # type: ignore[arg-type]
+        return (
+            f"{self.origin}:{self.destination}:{self.departure.isoformat()}:{ret}:"
+            f"{self.adults}:{cabin}:{int(self.non_stop)}:{self.max_results}:{self.currency or '-'}"
+        )
+
+
+class Provider(ABC):
+    """A source of flight offers (and, optionally, of places)."""
+
+    name: str  # reported in every answer, e.g. "offline"
+    breaker_name: str  # e.g. "amadeus_api"
+    demo_data: bool = False  # True: every offer must be labelled as demonstration data
+    rate_limit_per_second: float = 0.0  # client-side limit; 0: none
+
+    @abstractmethod
+    async def search(self, query: Query, deadline: float) -> list[search_pb2.FlightOffer]:
+        """Offers for ``query``, cheapest first; ``deadline`` is a ``time.monotonic()`` value."""
+
+    async def locations(self, keyword: str, limit: int, deadline: float) -> list[search_pb2.Place]:
+        """Places matching a keyword, for text the local index cannot resolve; none by default."""
+        return []
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+@dataclass(frozen=True)
+class ProviderFactory:
+    """How the service finds and builds a provider."""
+
+    name: str
+    # Lower is preferred when SEARCH_PROVIDER=auto.
+    priority: int
+    # A provider, or None when it is not configured (e.g. credentials unset).
+    create: Callable[[SearchSettings, Places], Provider | None]

@@ -1,0 +1,91 @@
+"""Client-side rate limit per provider, shared by every replica through Redis (``limits``).
+
+A provider's own limit (Amadeus: 10 requests per second) is per account, not per replica, so the
+window lives in the cache Redis. When that Redis is unreachable the limiter falls back to an
+in-process window (each replica then keeps the limit on its own) rather than failing searches.
+Callers wait for a free slot until their deadline instead of being refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from limits import RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+log = structlog.get_logger("parley.search.ratelimit")
+
+
+class RateLimitTimeout(Exception):
+    """No slot came free before the deadline."""
+
+
+def _async_url(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"async+{scheme}://{rest}"
+
+
+class ProviderRateLimiter:
+    def __init__(self, name: str, per_second: float, redis_url: str | None) -> None:
+        self.name = name
+        self.per_second = per_second
+        # limits counts whole requests per window: 2.5/s becomes 5 per 2 s.
+        amount, seconds = self._window(per_second)
+        self._item = RateLimitItemPerSecond(amount, seconds) if per_second > 0 else None
+        self._memory = MovingWindowRateLimiter(MemoryStorage())
+        self._shared = (
+            MovingWindowRateLimiter(
+                RedisStorage(
+                    _async_url(redis_url),
+                    implementation="redispy",
+                    key_prefix="search:ratelimit",
+                    wrap_exceptions=True,
+                    socket_timeout=0.5,
+                    socket_connect_timeout=0.5,
+                )
+            )
+            if redis_url and self._item is not None
+            else None
+        )
+        self._shared_down_until = 0.0
+
+    @staticmethod
+    def _window(per_second: float) -> tuple[int, int]:
+        for seconds in (1, 2, 4, 5, 10):
+            if abs(per_second * seconds - round(per_second * seconds)) < 1e-9:
+                return max(1, round(per_second * seconds)), seconds
+        return max(1, round(per_second)), 1
+
+    async def _try(self) -> tuple[bool, float]:
+        """(acquired, seconds until the window frees a slot)."""
+        assert self._item is not None
+        limiter = self._memory
+        if self._shared is not None and time.monotonic() >= self._shared_down_until:
+            limiter = self._shared
+        try:
+            if await limiter.hit(self._item, self.name):
+                return True, 0.0
+            stats = await limiter.get_window_stats(self._item, self.name)
+            return False, max(0.005, stats.reset_time - time.time())
+        except Exception as error:  # Redis down: keep the limit in this process for a while
+            if limiter is self._memory:
+                raise
+            log.warning("rate limit store unreachable, limiting in-process", error=str(error))
+            self._shared_down_until = time.monotonic() + 5.0
+            return await self._try()
+
+    async def acquire(self, deadline: float) -> None:
+        """Wait for a slot; raise :class:`RateLimitTimeout` if none comes before ``deadline``."""
+        if self._item is None:
+            return
+        while True:
+            acquired, wait = await self._try()
+            if acquired:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RateLimitTimeout(f"rate limit of {self.name} left no slot before deadline")
+            await asyncio.sleep(min(wait, remaining, 0.25))
