@@ -1,0 +1,644 @@
+"""The conversation engine: one turn in, replies and state changes out.
+
+State (JSON, in the session service, so it survives restarts and moves between workers):
+
+- ``trip``: the slots: ``origin`` / ``destination`` (``{"code", "name", "city", "country",
+  "kind"}``), ``depart`` / ``return`` (ISO dates), ``nights``, ``adults``, ``cabin``,
+  ``non_stop``.
+- ``ask``: what the last reply asked for: ``{"slot": "origin"|"destination"|"date"}``, with
+  ``"choices"`` (places) when it asked the user to pick one.
+- ``results``: the last search's offers in compact form and how many were shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import grpc
+import structlog
+
+from parley.search.v1 import search_pb2
+from services.gateway.bot import offers as fmt
+from services.gateway.bot.extract import Extraction, normalize
+from services.gateway.bot.llm import Extractor
+from services.gateway.bot.messages import Texts
+from services.gateway.bot.places import Candidate, PlaceResolver, decide
+from services.gateway.bot.settings import BotSettings
+from services.gateway.bot.switches import Switch
+from services.gateway.engine import ListRow, Reply, SearchPort, Turn, TurnResult
+
+log = structlog.get_logger()
+
+STATE_KEYS = ("trip", "ask", "results")
+MAX_DAYS_AHEAD = 361
+CABIN_CODES = {
+    "economy": search_pb2.CABIN_ECONOMY,
+    "premium_economy": search_pb2.CABIN_PREMIUM_ECONOMY,
+    "business": search_pb2.CABIN_BUSINESS,
+    "first": search_pb2.CABIN_FIRST,
+}
+# Status codes that mean "search can't answer now" rather than "the request was wrong".
+UNAVAILABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+}
+
+GREETINGS = {
+    "hi",
+    "hello",
+    "hey",
+    "hiya",
+    "yo",
+    "good morning",
+    "good afternoon",
+    "good evening",
+    "hola",
+    "buenas",
+    "buenos dias",
+    "buenas tardes",
+    "buenas noches",
+    "shalom",
+    "start",
+}
+COMMANDS = {
+    "help": "help",
+    "ayuda": "help",
+    "menu": "help",
+    "?": "help",
+    "new": "new",
+    "reset": "new",
+    "restart": "new",
+    "start over": "new",
+    "new search": "new",
+    "nuevo": "new",
+    "nueva": "new",
+    "nueva busqueda": "new",
+    "empezar de nuevo": "new",
+    "reiniciar": "new",
+    "cancel": "cancel",
+    "stop": "cancel",
+    "cancelar": "cancel",
+    "thanks": "thanks",
+    "thank you": "thanks",
+    "thank you very much": "thanks",
+    "thx": "thanks",
+    "ty": "thanks",
+    "cheers": "thanks",
+    "gracias": "thanks",
+    "muchas gracias": "thanks",
+    "more": "more",
+    "mas": "more",
+    "show more": "more",
+    "ver mas": "more",
+    "next": "more",
+    "retry": "retry",
+    "try again": "retry",
+    "reintentar": "retry",
+    "otra vez": "retry",
+}
+
+
+@dataclass
+class Dialogue:
+    """The state of one conversation while a turn is handled."""
+
+    trip: dict[str, Any]
+    ask: dict[str, Any]
+    results: dict[str, Any]
+    changed: set[str] = field(default_factory=set)
+
+    @classmethod
+    def load(cls, state: dict[str, Any]) -> Dialogue:
+        def part(key: str) -> dict[str, Any]:
+            value = state.get(key)
+            return dict(value) if isinstance(value, dict) else {}
+
+        return cls(part("trip"), part("ask"), part("results"))
+
+    def set(self, key: str, value: dict[str, Any]) -> None:
+        setattr(self, key, value)
+        self.changed.add(key)
+
+    def update_trip(self, **values: Any) -> None:
+        self.set("trip", {**self.trip, **values})
+
+    def result(self, replies: list[Reply]) -> TurnResult:
+        outcome = TurnResult(replies=replies)
+        for key in sorted(self.changed):
+            value = getattr(self, key)
+            if value:
+                outcome.set_state[key] = value
+            else:
+                outcome.remove_state.append(key)
+        return outcome
+
+
+def _tz(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+@dataclass
+class Context:
+    turn: Turn
+    texts: Texts
+    today: date
+    smart: bool
+    async_search: bool
+
+    @property
+    def locale(self) -> str:
+        return self.turn.business.locale
+
+
+class BotEngine:
+    """The engine the gateway's workers call (see :mod:`services.gateway.engine`)."""
+
+    def __init__(
+        self,
+        search: SearchPort,
+        settings: BotSettings,
+        places: PlaceResolver,
+        extractor: Extractor,
+    ) -> None:
+        self._search = search
+        self._settings = settings
+        self._places = places
+        self._extractor = extractor
+        self._smart: Switch = settings.smart_handler()
+        self._async: Switch = settings.async_search()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "use_smart_handler": self._smart.describe(),
+            "use_async_search": self._async.describe(),
+            "searching_notice_after_ms": self._settings.bot_searching_notice_ms,
+            "search_timeout_seconds": self._settings.bot_search_timeout_seconds,
+            "llm": self._extractor.describe(),
+        }
+
+    async def aclose(self) -> None:
+        await self._extractor.aclose()
+
+    # --- one turn ---------------------------------------------------------------------
+
+    async def handle(self, turn: Turn) -> TurnResult:
+        business, message = turn.business, turn.message
+        ctx = Context(
+            turn=turn,
+            texts=Texts(business.locale),
+            today=turn.now.astimezone(_tz(business.time_zone)).date(),
+            smart=self._smart.enabled_for(business.id, message.user_id),
+            async_search=self._async.enabled_for(business.id, message.user_id),
+        )
+        dialogue = Dialogue.load(turn.conversation.state)
+        replies = await self._dispatch(ctx, dialogue)
+        return dialogue.result(replies)
+
+    async def _dispatch(self, ctx: Context, d: Dialogue) -> list[Reply]:
+        message, t = ctx.turn.message, ctx.texts
+        if message.type == "location":
+            return await self._location(ctx, d)
+        if message.type == "reaction":
+            return []  # a 👍 on a reply needs no answer
+        if message.type in ("interactive", "button"):
+            reply_id = str(message.payload.get("reply_id", ""))
+            chosen = re.fullmatch(r"(?:place|offer):(\d+)", reply_id)
+            if chosen:
+                return await self._text(ctx, d, chosen.group(1))
+            return await self._text(ctx, d, message.text or str(message.payload.get("title", "")))
+        if message.type != "text" and not message.text.strip():
+            return [Reply(t("non_text"))]
+        if not message.text.strip():
+            return [Reply(t("not_understood"))]
+        return await self._text(ctx, d, message.text)
+
+    async def _text(self, ctx: Context, d: Dialogue, text: str) -> list[Reply]:
+        t = ctx.texts
+        plain = normalize(text).strip(" .")
+        command = COMMANDS.get(plain)
+        name = ctx.turn.message.profile_name.split(" ")[0] if ctx.turn.message.profile_name else ""
+        if plain in GREETINGS:
+            d.set("ask", {"slot": "origin"} if not ctx.smart else {})
+            key = "greeting" if ctx.smart else "greeting_step"
+            return [Reply(t(key, name=f" {name}" if name else ""))]
+        if command == "help":
+            return [Reply(t("help"))]
+        if command in ("new", "cancel"):
+            for key in STATE_KEYS:
+                d.set(key, {})
+            if command == "cancel":
+                return [Reply(t("cancel"))]
+            if not ctx.smart:
+                d.set("ask", {"slot": "origin"})
+            return [Reply(t("new" if ctx.smart else "new_step"))]
+        if command == "thanks":
+            return [Reply(t("thanks"))]
+        if command == "more":
+            return self._more(ctx, d)
+        if command == "retry":
+            if self._missing(d) is None:
+                return await self._search_and_show(ctx, d)
+            return [Reply(t("nothing_to_retry"))]
+        if plain.isdigit():
+            picked = await self._number(ctx, d, int(plain))
+            if picked is not None:
+                return picked
+
+        if ctx.smart:
+            found = await self._extractor.extract(text, ctx.today, ctx.locale)
+        else:
+            found = self._step_answer(ctx, d, text)
+        if found.is_empty():
+            if found.unreadable_date:
+                return [Reply(t("date_not_understood"))]
+            return [Reply(t("not_understood"))]
+        return await self._apply(ctx, d, found)
+
+    # --- numbers: a place choice or an offer ------------------------------------------
+
+    async def _number(self, ctx: Context, d: Dialogue, n: int) -> list[Reply] | None:
+        choices = d.ask.get("choices") or []
+        if choices:
+            if 1 <= n <= len(choices):
+                slot = d.ask.get("slot", "destination")
+                d.update_trip(**{slot: choices[n - 1]})
+                d.set("ask", {})
+                return await self._advance(ctx, d, [])
+            return [Reply(ctx.texts("choose_place", text=d.ask.get("text", "")))]
+        offers = d.results.get("offers") or []
+        if offers:
+            shown = int(d.results.get("shown", 0))
+            if 1 <= n <= shown:
+                return [Reply(fmt.details(ctx.texts, n, offers[n - 1], self._travellers(ctx, d)))]
+            return [Reply(ctx.texts("pick_offer", last=shown))]
+        return None  # a bare number with nothing to choose: maybe a date ("5")
+
+    # --- step-by-step (USE_SMART_HANDLER off) -----------------------------------------
+
+    def _step_answer(self, ctx: Context, d: Dialogue, text: str) -> Extraction:
+        """The old flow: each message answers only the question asked (origin, destination,
+        date), so a whole request in one message still takes three."""
+        from services.gateway.bot.extract import extract
+
+        slot = d.ask.get("slot") or self._missing(d) or "origin"
+        found = extract(text, ctx.today, ctx.locale)
+        answer = Extraction(unreadable_date=found.unreadable_date)
+        if slot in ("origin", "destination"):
+            ordered = [found.origin, *found.places, found.destination]
+            phrase = next((p for p in ordered if p), None)
+            if slot == "destination":
+                phrase = found.destination or next((p for p in found.places), None) or phrase
+            setattr(answer, slot, phrase)
+        else:
+            answer.depart = found.depart
+        return answer
+
+    # --- applying what a message said -------------------------------------------------
+
+    async def _apply(self, ctx: Context, d: Dialogue, found: Extraction) -> list[Reply]:
+        t = ctx.texts
+        pending = d.ask.get("slot")
+        assigned: dict[str, str] = {}
+        if found.origin:
+            assigned["origin"] = found.origin
+        if found.destination:
+            assigned["destination"] = found.destination
+        for phrase in found.places:
+            if pending in ("origin", "destination") and pending not in assigned:
+                slot = pending
+            elif "destination" not in assigned and not d.trip.get("destination"):
+                slot = "destination"
+            elif "origin" not in assigned and not d.trip.get("origin"):
+                slot = "origin"
+            elif "destination" not in assigned:
+                slot = "destination"
+            else:
+                continue
+            assigned[slot] = phrase
+
+        changes: dict[str, Any] = {}
+        if found.depart:
+            changes["depart"] = found.depart.isoformat()
+        if found.return_date:
+            changes["return"] = found.return_date.isoformat()
+            changes["nights"] = None
+        if found.nights:
+            changes["nights"] = found.nights
+            changes["return"] = None
+        if found.one_way:
+            changes["return"] = None
+            changes["nights"] = None
+        if found.adults:
+            changes["adults"] = found.adults
+        if found.cabin:
+            changes["cabin"] = found.cabin
+        if found.non_stop is not None:
+            changes["non_stop"] = found.non_stop
+        if changes:
+            d.update_trip(**changes)
+        if found.depart is None and found.unreadable_date and not assigned and not changes:
+            return [Reply(t("date_not_understood"))]
+
+        asked: list[Reply] = []
+        for slot in ("origin", "destination"):
+            wanted = assigned.get(slot)
+            if not wanted:
+                continue
+            question = await self._resolve_into(ctx, d, slot, wanted)
+            if question:
+                asked.extend(question)
+                break  # one question at a time
+        if asked:
+            return asked
+        if d.ask.get("choices") and not assigned:
+            d.set("ask", {k: v for k, v in d.ask.items() if k != "choices"})
+        return await self._advance(ctx, d, [])
+
+    async def _resolve_into(
+        self, ctx: Context, d: Dialogue, slot: str, phrase: str
+    ) -> list[Reply] | None:
+        """Resolve ``phrase`` into ``slot``; a reply when the user must answer first."""
+        t = ctx.texts
+        try:
+            candidates = await self._places.resolve(phrase)
+        except grpc.aio.AioRpcError as error:
+            log.warning("resolve_place_failed", code=error.code().name)
+            return [Reply(t("search_unavailable", summary=self._summary(ctx, d)))]
+        decision = decide(phrase, candidates)
+        if decision.ambiguous:
+            d.set(
+                "ask",
+                {"slot": slot, "text": phrase, "choices": [c.as_state() for c in decision.choices]},
+            )
+            return [self._choices_reply(ctx, phrase, decision.choices)]
+        if decision.place is None:
+            d.set("ask", {"slot": slot})
+            return [Reply(t("place_not_found", text=phrase))]
+        d.update_trip(**{slot: decision.place.as_state()})
+        if d.ask.get("slot") == slot:
+            d.set("ask", {})
+        return None
+
+    def _choices_reply(self, ctx: Context, phrase: str, choices: tuple[Candidate, ...]) -> Reply:
+        rows = tuple(
+            ListRow(
+                id=f"place:{index}",
+                title=_clip(choice.name, 24),
+                description=_clip(f"{choice.city}, {choice.country} · {choice.code}", 72),
+            )
+            for index, choice in enumerate(choices, start=1)
+        )
+        return Reply(
+            ctx.texts("choose_place", text=phrase),
+            list_button=ctx.texts("choose_button"),
+            rows=rows,
+        )
+
+    async def _location(self, ctx: Context, d: Dialogue) -> list[Reply]:
+        t, payload = ctx.texts, ctx.turn.message.payload
+        try:
+            nearby = await self._places.nearest(
+                float(payload.get("latitude", 0.0)), float(payload.get("longitude", 0.0))
+            )
+        except (grpc.aio.AioRpcError, ValueError, TypeError) as error:
+            log.warning("nearest_airports_failed", error=str(error))
+            nearby = []
+        if not nearby:
+            d.set("ask", {"slot": "origin"})
+            return [Reply(t("location_none"))]
+        d.update_trip(origin=nearby[0].as_state())
+        if d.ask.get("slot") == "origin":
+            d.set("ask", {})
+        note = Reply(t("location_set", place=_place_label(nearby[0].as_state())))
+        return await self._advance(ctx, d, [note])
+
+    # --- what next: ask, or search ----------------------------------------------------
+
+    def _missing(self, d: Dialogue) -> str | None:
+        for slot, key in (("origin", "origin"), ("destination", "destination"), ("date", "depart")):
+            if not d.trip.get(key):
+                return slot
+        return None
+
+    async def _advance(self, ctx: Context, d: Dialogue, before: list[Reply]) -> list[Reply]:
+        t = ctx.texts
+        missing = self._missing(d)
+        if missing is not None:
+            d.set("ask", {"slot": missing})
+            question = t(f"ask_{missing}")
+            summary = self._summary(ctx, d)
+            if ctx.smart and summary and not before:
+                question = t("have_so_far", summary=summary) + "\n" + question
+            return [*before, Reply(question)]
+        problem = self._check_dates(ctx, d)
+        if problem:
+            return [*before, problem]
+        if d.ask:
+            d.set("ask", {})
+        return [*before, *await self._search_and_show(ctx, d)]
+
+    def _check_dates(self, ctx: Context, d: Dialogue) -> Reply | None:
+        t = ctx.texts
+        origin, destination = d.trip.get("origin") or {}, d.trip.get("destination") or {}
+        if origin.get("code") and origin.get("code") == destination.get("code"):
+            d.update_trip(destination=None)
+            d.set("ask", {"slot": "destination"})
+            return Reply(t("same_place", place=_place_label(origin)))
+        depart = date.fromisoformat(d.trip["depart"])
+        if depart < ctx.today:
+            d.update_trip(depart=None)
+            d.set("ask", {"slot": "date"})
+            return Reply(t("date_in_past", date=fmt.day(t, depart)))
+        if depart > ctx.today + timedelta(days=MAX_DAYS_AHEAD):
+            d.update_trip(depart=None)
+            d.set("ask", {"slot": "date"})
+            return Reply(t("date_too_far"))
+        back = self._return_date(d)
+        if back is not None and back < depart:
+            d.update_trip(**{"return": None})
+            return Reply(
+                t("return_before_departure", return_date=fmt.day(t, back), date=fmt.day(t, depart))
+            )
+        return None
+
+    def _return_date(self, d: Dialogue) -> date | None:
+        if d.trip.get("return"):
+            return date.fromisoformat(d.trip["return"])
+        if d.trip.get("nights") and d.trip.get("depart"):
+            return date.fromisoformat(d.trip["depart"]) + timedelta(days=int(d.trip["nights"]))
+        return None
+
+    # --- search -----------------------------------------------------------------------
+
+    async def _search_and_show(self, ctx: Context, d: Dialogue) -> list[Reply]:
+        t, trip = ctx.texts, d.trip
+        back = self._return_date(d)
+        request = search_pb2.SearchFlightsRequest(
+            origin=trip["origin"]["code"],
+            destination=trip["destination"]["code"],
+            departure_date=trip["depart"],
+            return_date=back.isoformat() if back else "",
+            adults=int(trip.get("adults") or 1),
+            cabin=CABIN_CODES.get(trip.get("cabin") or "economy", search_pb2.CABIN_ECONOMY),
+            non_stop=bool(trip.get("non_stop")),
+            max_results=fmt.KEPT,
+        )
+        call = asyncio.ensure_future(
+            self._search.SearchFlights(request, timeout=self._settings.bot_search_timeout_seconds)
+        )
+        try:
+            if ctx.async_search:
+                # Only a search that is still running after the notice delay (a cache miss, in
+                # practice) gets the "searching …" message; cached answers come back first.
+                done, _ = await asyncio.wait({call}, timeout=self._notice_seconds)
+                if not done:
+                    await self._send_early(ctx, Reply(self._searching_text(ctx, d)))
+            response = await call
+        except grpc.aio.AioRpcError as error:
+            log.warning("search_failed", code=error.code().name)
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                return [Reply(t("search_invalid", reason=error.details() or ""))]
+            d.set("results", {})
+            return [Reply(t("search_unavailable", summary=self._summary(ctx, d)))]
+        finally:
+            if not call.done():
+                call.cancel()
+        return self._show(ctx, d, response)
+
+    @property
+    def _notice_seconds(self) -> float:
+        return self._settings.bot_searching_notice_ms / 1000
+
+    async def _send_early(self, ctx: Context, reply: Reply) -> None:
+        try:
+            await ctx.turn.send_early(reply)
+        except Exception as error:  # the final reply still goes out; an early one may not
+            log.warning("send_early_failed", error=str(error))
+
+    def _searching_text(self, ctx: Context, d: Dialogue) -> str:
+        t = ctx.texts
+        return t(
+            "searching", route=self._route(d), date=fmt.day(t, date.fromisoformat(d.trip["depart"]))
+        )
+
+    def _show(
+        self, ctx: Context, d: Dialogue, response: search_pb2.SearchFlightsResponse
+    ) -> list[Reply]:
+        t = ctx.texts
+        depart = date.fromisoformat(d.trip["depart"])
+        if not response.offers:
+            d.set("results", {})
+            return [Reply(t("no_results", route=self._route(d), date=fmt.day(t, depart)))]
+        kept = [fmt.compact(offer) for offer in response.offers[: fmt.KEPT]]
+        d.set(
+            "results",
+            {
+                "offers": kept,
+                "shown": 0,
+                "demo": response.demo_data or any(o["demo"] for o in kept),
+                "stale": response.stale,
+                "age_seconds": response.age.seconds,
+            },
+        )
+        return [self._page(ctx, d, header=True)]
+
+    def _page(self, ctx: Context, d: Dialogue, *, header: bool) -> Reply:
+        t, results = ctx.texts, d.results
+        offers, start = results["offers"], int(results.get("shown", 0))
+        page = offers[start : start + fmt.PAGE]
+        lines: list[str] = []
+        if header:
+            lines.append(self._header(ctx, d))
+            if results.get("stale"):
+                lines.append(t("stale_label", age=_age(t, int(results.get("age_seconds", 0)))))
+            if results.get("demo"):
+                lines.append(t("demo_label"))
+        for index, offer in enumerate(page, start=start + 1):
+            lines.append("")
+            lines.append(fmt.offer_lines(t, index, offer))
+        shown = start + len(page)
+        d.set("results", {**results, "shown": shown})
+        lines.append("")
+        lines.append(t("results_footer", last=shown) if shown > 1 else t("results_footer_one"))
+        return Reply("\n".join(lines))
+
+    def _more(self, ctx: Context, d: Dialogue) -> list[Reply]:
+        offers = d.results.get("offers") or []
+        if not offers:
+            return [Reply(ctx.texts("nothing_to_retry"))]
+        if int(d.results.get("shown", 0)) >= len(offers):
+            return [Reply(ctx.texts("no_more"))]
+        return [self._page(ctx, d, header=False)]
+
+    # --- words ------------------------------------------------------------------------
+
+    def _route(self, d: Dialogue) -> str:
+        origin, destination = d.trip.get("origin") or {}, d.trip.get("destination") or {}
+        return f"{_place_label(origin) or '?'} → {_place_label(destination) or '?'}"
+
+    def _travellers(self, ctx: Context, d: Dialogue) -> str:
+        adults = int(d.trip.get("adults") or 1)
+        return ctx.texts("adults_one") if adults == 1 else ctx.texts("adults_many", n=adults)
+
+    def _header(self, ctx: Context, d: Dialogue) -> str:
+        t = ctx.texts
+        back = self._return_date(d)
+        extras = ""
+        if d.trip.get("cabin") and d.trip["cabin"] != "economy":
+            extras += " · " + t(f"cabin_{d.trip['cabin']}")
+        if d.trip.get("non_stop"):
+            extras += " · " + t("non_stop_only")
+        return t(
+            "results_header",
+            route=self._route(d),
+            date=fmt.day(t, date.fromisoformat(d.trip["depart"])),
+            return_part=(", " + t("return_on", date=fmt.day(t, back))) if back else "",
+            travellers=self._travellers(ctx, d),
+            extras=extras,
+        )
+
+    def _summary(self, ctx: Context, d: Dialogue) -> str:
+        t, trip, parts = ctx.texts, d.trip, []
+        if trip.get("origin") or trip.get("destination"):
+            parts.append(self._route(d))
+        if trip.get("depart"):
+            parts.append(fmt.day(t, date.fromisoformat(trip["depart"])))
+        back = self._return_date(d)
+        if back:
+            parts.append(t("return_on", date=fmt.day(t, back)))
+        if trip.get("adults") and int(trip["adults"]) > 1:
+            parts.append(self._travellers(ctx, d))
+        if trip.get("cabin") and trip["cabin"] != "economy":
+            parts.append(t(f"cabin_{trip['cabin']}"))
+        if trip.get("non_stop"):
+            parts.append(t("non_stop_only"))
+        return ", ".join(parts)
+
+
+def _place_label(place: dict[str, Any]) -> str:
+    if not place:
+        return ""
+    city, code = place.get("city") or place.get("name") or "", place.get("code", "")
+    return f"{city} ({code})" if city else code
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _age(t: Texts, seconds: int) -> str:
+    minutes = max(1, seconds // 60)
+    return t("age_minutes", n=minutes) if minutes < 120 else t("age_hours", n=minutes // 60)

@@ -1,0 +1,780 @@
+"""Rule-based extraction: one message → whatever trip details it holds.
+
+The message is read in passes, each removing what it understood so the next sees less noise:
+dates first (so "3 march" or "the 5th" are never taken for places or traveller counts), then
+return and length of stay, travellers, cabin and non-stop, and what is left is split on "from" /
+"to" (and their Spanish equivalents) into place phrases. Places are *not* resolved here: they
+stay as the text the user wrote, and :mod:`services.gateway.bot.places` resolves them through the
+search service. Dates are calendar dates relative to "today" in the business's time zone,
+preferring the future; absolute dates go through ``dateparser``.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import dateparser
+from rapidfuzz import fuzz, process
+
+CABINS = ("economy", "premium_economy", "business", "first")
+
+
+@dataclass
+class Extraction:
+    """What one message said. ``None`` means "not mentioned"."""
+
+    origin: str | None = None
+    destination: str | None = None
+    places: list[str] = field(default_factory=list)  # places with no "from"/"to" around them
+    depart: date | None = None
+    return_date: date | None = None
+    nights: int | None = None
+    adults: int | None = None
+    cabin: str | None = None
+    non_stop: bool | None = None
+    one_way: bool | None = None
+    unreadable_date: bool = False  # something looked like a date but could not be read
+
+    def is_empty(self) -> bool:
+        return not (
+            self.origin
+            or self.destination
+            or self.places
+            or self.depart
+            or self.return_date
+            or self.nights
+            or self.adults
+            or self.cabin
+            or self.non_stop is not None
+            or self.one_way is not None
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "origin": self.origin,
+            "destination": self.destination,
+            "places": list(self.places),
+            "depart": self.depart.isoformat() if self.depart else None,
+            "return_date": self.return_date.isoformat() if self.return_date else None,
+            "nights": self.nights,
+            "adults": self.adults,
+            "cabin": self.cabin,
+            "non_stop": self.non_stop,
+            "one_way": self.one_way,
+        }
+
+
+# --- words -------------------------------------------------------------------------------
+
+NUMBER_WORDS = {
+    "a": 1,
+    "an": 1,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "un": 1,
+    "una": 1,
+    "uno": 1,
+    "dos": 2,
+    "tres": 3,
+    "cuatro": 4,
+    "cinco": 5,
+    "seis": 6,
+    "siete": 7,
+    "ocho": 8,
+    "nueve": 9,
+    "diez": 10,
+}
+NUM = r"(\d{1,2}|" + "|".join(sorted(NUMBER_WORDS, key=len, reverse=True)) + r")"
+
+WEEKDAYS = {
+    "monday": 0,
+    "mon": 0,
+    "tuesday": 1,
+    "tue": 1,
+    "tues": 1,
+    "wednesday": 2,
+    "wed": 2,
+    "thursday": 3,
+    "thu": 3,
+    "thur": 3,
+    "thurs": 3,
+    "friday": 4,
+    "fri": 4,
+    "saturday": 5,
+    "sat": 5,
+    "sunday": 6,
+    "sun": 6,
+    "lunes": 0,
+    "martes": 1,
+    "miercoles": 2,
+    "jueves": 3,
+    "viernes": 4,
+    "sabado": 5,
+    "domingo": 6,
+}
+MONTHS = {
+    "january": 1,
+    "jan": 1,
+    "february": 2,
+    "feb": 2,
+    "march": 3,
+    "mar": 3,
+    "april": 4,
+    "apr": 4,
+    "may": 5,
+    "june": 6,
+    "jun": 6,
+    "july": 7,
+    "jul": 7,
+    "august": 8,
+    "aug": 8,
+    "september": 9,
+    "sept": 9,
+    "sep": 9,
+    "october": 10,
+    "oct": 10,
+    "november": 11,
+    "nov": 11,
+    "december": 12,
+    "dec": 12,
+    "enero": 1,
+    "febrero": 2,
+    "marzo": 3,
+    "abril": 4,
+    "mayo": 5,
+    "junio": 6,
+    "julio": 7,
+    "agosto": 8,
+    "septiembre": 9,
+    "setiembre": 9,
+    "octubre": 10,
+    "noviembre": 11,
+    "diciembre": 12,
+}
+
+
+def _alternation(words: dict[str, int]) -> str:
+    return "(" + "|".join(sorted(words, key=len, reverse=True)) + ")"
+
+
+WEEKDAY = _alternation(WEEKDAYS)
+MONTH = _alternation(MONTHS)
+ORD = r"(?:st|nd|rd|th|º|°)?"
+
+# Frequent misspellings of the words the date rules look for. Longer words are also corrected
+# by fuzzy matching (see _fix_typos); these are the short or far-off ones.
+TYPOS = {
+    "tmrw": "tomorrow",
+    "tmr": "tomorrow",
+    "tmw": "tomorrow",
+    "tomoro": "tomorrow",
+    "tomorow": "tomorrow",
+    "tommorow": "tomorrow",
+    "tommorrow": "tomorrow",
+    "2morrow": "tomorrow",
+    "2moro": "tomorrow",
+    "nxt": "next",
+    "thx": "thanks",
+    "wknd": "weekend",
+    "weeknd": "weekend",
+    "manana": "mañana",
+    "bussiness": "business",
+    "buisness": "business",
+    "busines": "business",
+    "nonstop": "non-stop",
+    "retrun": "return",
+    "retun": "return",
+    "tix": "tickets",
+    "ppl": "people",
+}
+FUZZY_WORDS = [
+    "tomorrow",
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+    "weekend",
+    "january",
+    "february",
+    "september",
+    "october",
+    "november",
+    "december",
+    "business",
+    "returning",
+    "economy",
+]
+
+# Words that carry no trip detail; trimmed from the edges of place phrases.
+FILLER_WORDS = """
+search searching find show get give book booking look looking check me i im i'm we us you u
+can could would like want wanna need needs please pls plz flight flights fly flying flyin
+ticket tickets trip trips travel travelling traveling go going head heading a an the some any
+cheap cheapest cheaper best good options option deals deal fares fare prices price airfare
+for on in at is are there what how about hi hey hello ok okay yes so just also and then
+let's lets take leave leaving depart departing departure
+quiero queremos busco buscar buscame encuentra necesito vuelo vuelos billete billetes boleto
+boletos pasaje pasajes ir viajar volar por favor un una unos unas en me
+hola quisiera algun barato baratos
+airport airports aeropuerto intl international city
+instead actually change make it rather then no sorry mejor cambia cambiar
+"""
+FILLER = frozenset(FILLER_WORDS.split())
+
+
+def _strip_accents(text: str) -> str:
+    return "".join(
+        ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch)
+    )
+
+
+def _fix_typos(text: str) -> str:
+    words = text.split(" ")
+    fixed = []
+    for word in words:
+        if word in TYPOS:
+            fixed.append(TYPOS[word])
+            continue
+        if len(word) >= 6 and word.isalpha() and word not in FUZZY_WORDS:
+            match = process.extractOne(word, FUZZY_WORDS, scorer=fuzz.ratio, score_cutoff=84)
+            if match:
+                fixed.append(match[0])
+                continue
+        fixed.append(word)
+    return " ".join(fixed)
+
+
+def normalize(text: str) -> str:
+    text = text.lower().replace("\u2019", "'")  # typographic apostrophe
+    text = re.sub(r"\s*(?:->|=>|→|➡️?|⇒|—>|-->|>)\s*", " to ", text)
+    text = re.sub(r"[!?¿¡,;:\"“”()\[\]*_]+", " ", text)
+    text = re.sub(r"(?<=[a-z])\.(?=\s|$)", " ", text)  # "fri." → "fri"
+    text = _strip_accents(text.replace("ñ", "\x00")).replace("\x00", "ñ")
+    text = re.sub(r"\s+", " ", text).strip()
+    return _fix_typos(text)
+
+
+def number(word: str) -> int | None:
+    if word.isdigit():
+        return int(word)
+    return NUMBER_WORDS.get(word)
+
+
+# --- dates -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DateContext:
+    today: date
+    day_first: bool  # 03/04 is 3 April (most locales) or March 4 (en-US)
+
+
+def _next_weekday(today: date, weekday: int, *, skip_today: bool = True) -> date:
+    days = (weekday - today.weekday()) % 7
+    if days == 0 and skip_today:
+        days = 7
+    return today + timedelta(days=days)
+
+
+def _day_of_month(today: date, day: int) -> date | None:
+    """The next date with this day of the month, this month if still to come."""
+    year, month = today.year, today.month
+    for _ in range(13):
+        if day <= calendar.monthrange(year, month)[1]:
+            candidate = date(year, month, day)
+            if candidate >= today:
+                return candidate
+        month = 1 if month == 12 else month + 1
+        year = year + 1 if month == 1 else year
+    return None
+
+
+def _absolute(day: int, month: int, year: int | None, today: date) -> date | None:
+    """A calendar date; without a year, the next one from today (prefer the future)."""
+    try:
+        if year is not None:
+            return date(year + 2000 if year < 100 else year, month, day)
+        candidate = date(today.year, month, day)
+        return candidate if candidate >= today else date(today.year + 1, month, day)
+    except ValueError:
+        return None
+
+
+def _parse_with_dateparser(text: str, ctx: DateContext) -> date | None:
+    settings: dict[str, Any] = {
+        "PREFER_DATES_FROM": "future",
+        "RELATIVE_BASE": datetime(ctx.today.year, ctx.today.month, ctx.today.day, 12),
+        "DATE_ORDER": "DMY" if ctx.day_first else "MDY",
+        "REQUIRE_PARTS": ["day"],
+    }
+    parsed = dateparser.parse(text, languages=["en", "es"], settings=settings)
+    return parsed.date() if parsed else None
+
+
+def _numeric(a: str, b: str, y: str | None, ctx: DateContext) -> date | None:
+    first, second = int(a), int(b)
+    if first > 12 or (ctx.day_first and second <= 12):
+        day, month = first, second
+    else:
+        month, day = first, second
+    if month > 12:
+        day, month = month, day
+    return _absolute(day, month, int(y) if y else None, ctx.today)
+
+
+# Each rule: (pattern, function(match, ctx) -> date | None, or a (date, date) range).
+DateValue = date | tuple[date, date] | None
+
+
+def _weekend(today: date, offset_weeks: int) -> date:
+    saturday = today if today.weekday() == 5 else _next_weekday(today, 5)
+    if today.weekday() == 6:  # on a Sunday, "this weekend" is today
+        saturday = today if offset_weeks == 0 else _next_weekday(today, 5)
+        return saturday
+    return saturday + timedelta(days=7 * offset_weeks)
+
+
+def _in_units(n: str, unit: str, today: date) -> date | None:
+    count = number(n)
+    if count is None:
+        return None
+    if unit.startswith(("week", "seman")):
+        return today + timedelta(days=7 * count)
+    if unit.startswith(("month", "mes")):
+        month = today.month - 1 + count
+        year = today.year + month // 12
+        day = min(today.day, calendar.monthrange(year, month % 12 + 1)[1])
+        return date(year, month % 12 + 1, day)
+    return today + timedelta(days=count)
+
+
+def _m(match: re.Match[str], name: str) -> str:
+    return match.group(name) or ""
+
+
+DateRule = Callable[[re.Match[str], "DateContext"], DateValue]
+DATE_RULES: list[tuple[re.Pattern[str], DateRule]] = []
+
+
+def _rule(pattern: str) -> Callable[[DateRule], DateRule]:
+    def register(func: DateRule) -> DateRule:
+        DATE_RULES.append((re.compile(pattern), func))
+        return func
+
+    return register
+
+
+@_rule(r"\b(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})\b")
+def _iso(match: re.Match[str], ctx: DateContext) -> DateValue:
+    return _absolute(int(match["d"]), int(match["m"]), int(match["y"]), ctx.today)
+
+
+# day range within one month: "3-10 march", "3 to 10 march", "del 3 al 10 de marzo"
+@_rule(
+    r"\b(?:from |del |de )?(?:the )?(?P<d1>\d{1,2})" + ORD + r" ?(?:-|to|until|till|al|a) ?"
+    r"(?:the )?(?P<d2>\d{1,2})" + ORD + r"(?: of| de)? " + MONTH + r"\b"
+)
+def _day_range(match: re.Match[str], ctx: DateContext) -> DateValue:
+    month = MONTHS[match.group(3)]
+    first = _absolute(int(match["d1"]), month, None, ctx.today)
+    if first is None:
+        return None
+    second = _absolute(int(match["d2"]), month, first.year, ctx.today)
+    return (first, second) if second and second >= first else None
+
+
+# "march 3-10", "march 3 to 10"
+@_rule(
+    r"\b" + MONTH + r" (?:the )?(?P<d1>\d{1,2})" + ORD + r" ?(?:-|to|until|till) ?(?:the )?"
+    r"(?P<d2>\d{1,2})" + ORD + r"\b(?! ?(?:days|nights|adults|people))"
+)
+def _month_range(match: re.Match[str], ctx: DateContext) -> DateValue:
+    month = MONTHS[match.group(1)]
+    first = _absolute(int(match["d1"]), month, None, ctx.today)
+    if first is None:
+        return None
+    second = _absolute(int(match["d2"]), month, first.year, ctx.today)
+    return (first, second) if second and second >= first else None
+
+
+@_rule(r"\b(?P<a>\d{1,2})[/.](?P<b>\d{1,2})(?:[/.](?P<y>\d{4}|\d{2}))?\b")
+def _numeric_rule(match: re.Match[str], ctx: DateContext) -> DateValue:
+    return _numeric(match["a"], match["b"], match["y"], ctx)
+
+
+# "3 march", "3rd of march", "3 de marzo", "the 3rd of march 2027"
+@_rule(
+    r"\b(?:the )?(?P<d>\d{1,2})"
+    + ORD
+    + r"(?: of| de)? "
+    + MONTH
+    + r"\b(?:,? (?:de )?(?P<y>\d{4}))?"
+)
+def _day_month(match: re.Match[str], ctx: DateContext) -> DateValue:
+    month = MONTHS[match.group(2)]
+    year = int(match["y"]) if match["y"] else None
+    return _absolute(int(match["d"]), month, year, ctx.today)
+
+
+# "march 3", "march 3rd", "march the 3rd, 2027"
+@_rule(r"\b" + MONTH + r" (?:the )?(?P<d>\d{1,2})" + ORD + r"\b(?:,? (?P<y>\d{4}))?")
+def _month_day(match: re.Match[str], ctx: DateContext) -> DateValue:
+    month = MONTHS[match.group(1)]
+    year = int(match["y"]) if match["y"] else None
+    return _absolute(int(match["d"]), month, year, ctx.today)
+
+
+@_rule(r"\b(?:day after tomorrow|pasado mañana)\b")
+def _after_tomorrow(match: re.Match[str], ctx: DateContext) -> DateValue:
+    return ctx.today + timedelta(days=2)
+
+
+@_rule(r"\b(?:tomorrow|mañana)\b")
+def _tomorrow(match: re.Match[str], ctx: DateContext) -> DateValue:
+    return ctx.today + timedelta(days=1)
+
+
+@_rule(r"\b(?:today|tonight|hoy|esta noche)\b")
+def _today(match: re.Match[str], ctx: DateContext) -> DateValue:
+    return ctx.today
+
+
+@_rule(
+    r"\b(?:in|en|dentro de) (?P<n>" + NUM[1:-1] + r") "
+    r"(?P<u>days?|weeks?|months?|dias?|semanas?|mes|meses)\b"
+)
+def _in_n(match: re.Match[str], ctx: DateContext) -> DateValue:
+    return _in_units(match["n"], match["u"], ctx.today)
+
+
+@_rule(
+    r"\b(?:next weekend|(?:el )?(?:proximo|siguiente) fin de semana|"
+    r"(?:el )?fin de semana (?:que viene|proximo))\b"
+)
+def _next_weekend(match: re.Match[str], ctx: DateContext) -> DateValue:
+    return _weekend(ctx.today, 1)
+
+
+@_rule(
+    r"\b(?:(?:this|este) (?:coming )?(?:weekend|fin de semana)|(?:the )?weekend|"
+    r"(?:el )?fin de semana)\b(?! que viene)"
+)
+def _this_weekend(match: re.Match[str], ctx: DateContext) -> DateValue:
+    return _weekend(ctx.today, 0)
+
+
+@_rule(
+    r"\b(?:next week|(?:la )?(?:proxima|siguiente) semana|(?:la )?semana (?:que viene|proxima))\b"
+)
+def _next_week(match: re.Match[str], ctx: DateContext) -> DateValue:
+    return _next_weekday(ctx.today, 0)
+
+
+@_rule(
+    r"\b(?:(?:on|this|next|coming|the|el|este|proximo) )*" + WEEKDAY + r"\b"
+    r"(?: (?:que viene|proximo))?"
+)
+def _weekday(match: re.Match[str], ctx: DateContext) -> DateValue:
+    return _next_weekday(ctx.today, WEEKDAYS[match.group(1)])
+
+
+# "on the 5th", "the 5th", "5th", "el 5", "el día 5"
+@_rule(
+    r"\b(?:(?:on )?the (?P<a>\d{1,2})" + ORD + r"|(?P<b>\d{1,2})(?:st|nd|rd|th)|"
+    r"el (?:dia )?(?P<c>\d{1,2})(?! (?:adult|person|persona|pasajer|billete|noche|dia|seman)))"
+    r"\b"
+)
+def _nth(match: re.Match[str], ctx: DateContext) -> DateValue:
+    day = int(match["a"] or match["b"] or match["c"])
+    return _day_of_month(ctx.today, day) if 1 <= day <= 31 else None
+
+
+# Month names alone ("in march") are too vague for a flight search; dateparser catches the
+# rest ("next month", written-out forms) only when the rules above found nothing.
+
+
+@dataclass
+class _Found:
+    value: date | tuple[date, date] | None
+
+
+def find_dates(text: str, ctx: DateContext) -> tuple[str, list[_Found]]:
+    """Replace each date expression with a placeholder "@dN" and return the values."""
+    found: list[_Found] = []
+
+    for pattern, func in DATE_RULES:
+
+        def replace(match: re.Match[str], func: Any = func) -> str:
+            found.append(_Found(func(match, ctx)))
+            return f" @d{len(found) - 1} "
+
+        text = pattern.sub(replace, text)
+    return re.sub(r"\s+", " ", text).strip(), found
+
+
+# --- the other slots ---------------------------------------------------------------------
+
+TRAVELLER_NOUNS = (
+    r"(?:adults?|people|persons?|passengers?|pax|travell?ers?|tickets?|seats?|"
+    r"adultos?|personas?|pasajeros?|billetes?|boletos?|pasajes?|viajeros?|plazas?)\b"
+)
+COMPANIONS = (
+    r"(?:wife|husband|partner|friend|girlfriend|boyfriend|son|daughter|mom|mum|dad|mother|"
+    r"father|brother|sister|colleague|boss|kid|child|esposa|esposo|mujer|marido|pareja|novia|"
+    r"novio|amigo|amiga|hijo|hija|madre|padre|hermano|hermana)"
+)
+
+ADULT_RULES: list[tuple[re.Pattern[str], Any]] = [
+    (re.compile(r"\b" + NUM + r" (?:of us|de nosotros)\b"), lambda m: number(m.group(1))),
+    (
+        re.compile(r"\b(?:for |para |somos |we are |we're )?" + NUM + r" " + TRAVELLER_NOUNS),
+        lambda m: number(m.group(1)),
+    ),
+    (re.compile(r"\bfamily of " + NUM + r"\b"), lambda m: number(m.group(1))),
+    (
+        re.compile(
+            r"\b(?:me and my|my \w+ and (?:i|me)|with my|(?:yo )?con mi|mi \w+ y yo) "
+            + COMPANIONS
+            + r"\b"
+        ),
+        lambda m: 2,
+    ),
+    (re.compile(r"\b(?:couple|a pair|pareja)\b"), lambda m: 2),
+    (re.compile(r"\b(?:just me|only me|alone|by myself|solo yo|yo solo)\b"), lambda m: 1),
+    (
+        re.compile(
+            r"\b(?:make it|for|para|somos|we are) (\d|two|three|four|five|six|seven|"
+            r"eight|nine|dos|tres|cuatro|cinco|seis|siete|ocho|nueve)\b"
+        ),
+        lambda m: number(m.group(1)),
+    ),
+]
+
+CABIN_RULES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"\bpremium(?: economy| turista| class)?\b"), "premium_economy"),
+    (
+        re.compile(
+            r"\b(?:(?:in |fly |flying )?business(?! trip| meeting)(?: class)?|biz class|"
+            r"(?:clase )?ejecutiva|clase business)\b"
+        ),
+        "business",
+    ),
+    (re.compile(r"\b(?:first class|in first|fly first|primera clase|en primera)\b"), "first"),
+    (
+        re.compile(
+            r"\b(?:economy(?: class)?|coach|(?:clase )?turista|economica|clase economica)\b"
+        ),
+        "economy",
+    ),
+]
+
+NON_STOP = re.compile(
+    r"\b(?:direct(?: flights?)?|non-stop|non stop|no stops|without stops|no layovers?|"
+    r"no connections?|directos?|sin escalas)\b"
+)
+ONE_WAY = re.compile(r"\b(?:one[- ]way|oneway|single|solo ida|(?:de )?ida solamente)\b")
+ROUND_TRIP = re.compile(r"\b(?:round[- ]trip|return ticket|ida y vuelta|return flights?)\b")
+
+RETURN_MARK = (
+    r"(?:and )?(?:back|return|returning|coming back|come back|go back|until|till|til|through|"
+    r"and back|regreso|regresando|vuelta|volviendo|volver|hasta|y vuelta|y vuelvo|vuelvo)"
+)
+LENGTH = re.compile(
+    r"\b(?:for|por|durante|stay|staying|stay for|staying for)? ?"
+    r"(?P<n>" + NUM[1:-1] + r") (?P<u>nights?|days?|weeks?|noches?|dias?|semanas?)\b"
+    r"(?: (?:trip|stay|long|de viaje))?"
+)
+LENGTH_A_WEEK = re.compile(r"\b(?:for|por|durante) (?:a|one|una) (week|semana)\b")
+
+
+def _length_nights(n: str, unit: str) -> int | None:
+    count = number(n)
+    if count is None:
+        return None
+    return count * 7 if unit.startswith(("week", "seman")) else count
+
+
+# --- places ------------------------------------------------------------------------------
+
+FROM_WORDS = r"(?:from|out of|leaving from|leaving|departing from|departing|de|desde|saliendo de)"
+TO_WORDS_EN = r"(?:to|into|towards|for)"
+TO_WORDS_ES = r"(?:a|hacia|hasta|para|al)"
+BETWEEN = re.compile(r"\b(?:between|entre) (?P<a>.+?) (?:and|y) (?P<b>.+)$")
+
+
+# Place names that contain a marker or date word ("de", "a", "domingo"), kept whole.
+PROTECTED_NAMES = [
+    "rio de janeiro",
+    "santo domingo",
+    "ciudad de mexico",
+    "santiago de chile",
+    "santiago de compostela",
+    "santiago de los caballeros",
+    "palma de mallorca",
+    "las palmas de gran canaria",
+    "fort de france",
+    "mar del plata",
+    "a coruña",
+    "san sebastian",
+    "sun valley",
+    "saint denis",
+]
+_PROTECT = re.compile(r"\b(" + "|".join(PROTECTED_NAMES) + r")\b")
+SPANISH_CUES = re.compile(
+    r"\b(?:de|desde|quiero|quisiera|vuelos?|hacia|para|mañana|billetes?|pasajes?|ida|vuelta|"
+    r"el|la|hoy|proximo|semana|busco|necesito|viernes|sabado|domingo|lunes|martes|jueves)\b"
+)
+
+
+def _clean_place(phrase: str) -> str:
+    words = [w.replace("_", " ") for w in phrase.split() if not w.startswith("@d")]
+    while words and words[0] in FILLER:
+        words.pop(0)
+    while words and (words[-1] in FILLER or words[-1] in {"el", "la", "los", "las", "del"}):
+        words.pop()
+    # What is left must contain letters and no leftover date/slot placeholder.
+    cleaned = " ".join(words).strip(" -'")
+    return cleaned if re.search(r"[a-zñ]", cleaned) else ""
+
+
+def split_places(text: str, spanish: bool) -> tuple[str | None, str | None, list[str]]:
+    """(origin, destination, unmarked places) from text with dates and counts removed."""
+    between = BETWEEN.search(text)
+    if between:
+        return _clean_place(between["a"]) or None, _clean_place(between["b"]) or None, []
+    to_words = TO_WORDS_EN + ("|" + TO_WORDS_ES if spanish else "")
+    marker = re.compile(r"\b(?P<from>" + FROM_WORDS + r")\b|\b(?P<to>" + to_words + r")\b")
+    segments: list[tuple[str | None, str]] = []
+    position, kind = 0, None
+    for match in marker.finditer(text):
+        segments.append((kind, text[position : match.start()]))
+        kind = "from" if match.group("from") else "to"
+        position = match.end()
+    segments.append((kind, text[position:]))
+
+    origin = destination = None
+    unmarked: list[str] = []
+    cleaned = [(kind, _clean_place(phrase)) for kind, phrase in segments]
+    cleaned = [(kind, phrase) for kind, phrase in cleaned if phrase or kind is None]
+    for index, (kind, phrase) in enumerate(cleaned):
+        if not phrase:
+            continue
+        if kind == "from":
+            origin = origin or phrase
+        elif kind == "to":
+            destination = phrase  # the last "to" wins: "want to go to paris"
+        else:
+            following = cleaned[index + 1][0] if index + 1 < len(cleaned) else None
+            if following == "to" and origin is None:
+                origin = phrase  # "NYC to London"
+            elif following == "from" and destination is None:
+                destination = phrase  # "Rome from Paris"
+            else:
+                unmarked.append(phrase)
+    return origin, destination, unmarked
+
+
+# --- the whole message -------------------------------------------------------------------
+
+
+def extract(text: str, today: date, locale: str = "en") -> Extraction:
+    """Everything ``text`` says about a trip, relative to ``today`` (the business's date)."""
+    ctx = DateContext(today=today, day_first=locale.lower() not in {"en", "en-us"})
+    result = Extraction()
+    work = normalize(text)
+    spanish = locale.lower().startswith("es") or bool(SPANISH_CUES.search(work))
+    work = _PROTECT.sub(lambda m: m.group(1).replace(" ", "_"), work)
+
+    if ONE_WAY.search(work):
+        result.one_way = True
+        work = ONE_WAY.sub(" ", work)
+    if ROUND_TRIP.search(work):
+        result.one_way = False
+        work = ROUND_TRIP.sub(" ", work)
+    if NON_STOP.search(work):
+        result.non_stop = True
+        work = NON_STOP.sub(" ", work)
+    for pattern, cabin in CABIN_RULES:
+        if pattern.search(work):
+            result.cabin = result.cabin or cabin
+            work = pattern.sub(" ", work)
+
+    # Length of stay before dates and travellers: "for 3 nights" is neither.
+    length = LENGTH.search(work)
+    if length and not re.search(r"\b(?:in|en|de)\s?$", work[: length.start()]):
+        result.nights = _length_nights(length["n"], length["u"])
+        work = work[: length.start()] + " " + work[length.end() :]
+    elif LENGTH_A_WEEK.search(work):
+        result.nights = 7
+        work = LENGTH_A_WEEK.sub(" ", work)
+
+    work, dates = find_dates(work, ctx)
+
+    # Travellers, once dates are out of the way ("the 5th" is not 5 people).
+    for pattern, value in ADULT_RULES:
+        match = pattern.search(work)
+        if match:
+            count = value(match)
+            if count and 1 <= count <= 9:
+                result.adults = count
+                work = work[: match.start()] + " " + work[match.end() :]
+                break
+
+    # Which date is which: ranges, "back <date>", then the first remaining is the departure.
+    used: set[int] = set()
+    for index, item in enumerate(dates):
+        if isinstance(item.value, tuple):
+            result.depart, result.return_date = item.value
+            used.add(index)
+            break
+    for match in re.finditer(r"\b" + RETURN_MARK + r" (?:on |el |the )?@d(\d+)\b", work):
+        index = int(match.group(1))
+        value = dates[index].value
+        if index not in used and isinstance(value, date):
+            result.return_date = value
+            used.add(index)
+    work = re.sub(r"\b" + RETURN_MARK + r" (?:on |el |the )?(?=@d)", " ", work)
+    for match in re.finditer(r"@d(\d+) (?:to|-|until|till|al|a|hasta) @d(\d+)", work):
+        first, second = dates[int(match.group(1))].value, dates[int(match.group(2))].value
+        if isinstance(first, date) and isinstance(second, date) and second >= first:
+            result.depart, result.return_date = first, second
+            used.update({int(match.group(1)), int(match.group(2))})
+    for index, item in enumerate(dates):
+        if index in used:
+            continue
+        if isinstance(item.value, date) and result.depart is None:
+            result.depart = item.value
+        elif item.value is None:
+            result.unreadable_date = True
+
+    # Dates joined by a range word should not leave "to" behind for the place splitter.
+    work = re.sub(r"@d\d+", " ", work)
+    work = re.sub(r"\s+", " ", work).strip()
+    origin, destination, unmarked = split_places(work, spanish)
+    result.origin, result.destination, result.places = origin, destination, unmarked
+
+    if result.depart is None and not dates and not result.places:
+        pass
+    elif result.depart is None and result.places and not (origin or destination):
+        # A lone phrase may still be a date dateparser reads ("next month").
+        guess = _parse_with_dateparser(" ".join(result.places), ctx)
+        if guess is not None:
+            result.depart, result.places = guess, []
+    return result

@@ -1,0 +1,215 @@
+"""Extractors: the rules, and the optional language-model path in front of them.
+
+With ``OPENAI_API_KEY`` set, each message first goes to an OpenAI-compatible chat-completions
+endpoint (``OPENAI_BASE_URL``, ``OPENAI_MODEL``) asking for strict JSON under a short deadline;
+the answer is validated with pydantic. A timeout, an HTTP or network error, an answer that is
+not valid, or an open breaker falls back to the rules for that message, invisibly to the user.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import date, timedelta
+from typing import Any, Literal, Protocol
+
+import httpx
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from services.gateway.bot.extract import Extraction, extract
+from services.gateway.bot.settings import BotSettings
+
+log = structlog.get_logger()
+
+
+class Extractor(Protocol):
+    async def extract(self, text: str, today: date, locale: str) -> Extraction: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class RulesExtractor:
+    async def extract(self, text: str, today: date, locale: str) -> Extraction:
+        return extract(text, today, locale)
+
+    def describe(self) -> dict[str, Any]:
+        return {"enabled": False}
+
+    async def aclose(self) -> None:
+        return None
+
+
+class LLMAnswer(BaseModel):
+    """The JSON the model must return; anything else is rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    origin: str | None = Field(max_length=100)
+    destination: str | None = Field(max_length=100)
+    place: str | None = Field(max_length=100)
+    departure_date: date | None
+    return_date: date | None
+    nights: int | None = Field(ge=1, le=365)
+    adults: int | None = Field(ge=1, le=9)
+    cabin: Literal["economy", "premium_economy", "business", "first"] | None
+    non_stop: bool | None
+    one_way: bool | None
+
+    @field_validator("origin", "destination", "place")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+
+def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
+    return {"type": [kind, "null"], **extra}
+
+
+JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": list(LLMAnswer.model_fields),
+    "properties": {
+        "origin": _nullable("string"),
+        "destination": _nullable("string"),
+        "place": _nullable("string"),
+        "departure_date": _nullable("string"),
+        "return_date": _nullable("string"),
+        "nights": _nullable("integer"),
+        "adults": _nullable("integer"),
+        "cabin": {"enum": ["economy", "premium_economy", "business", "first", None]},
+        "non_stop": _nullable("boolean"),
+        "one_way": _nullable("boolean"),
+    },
+}
+
+PROMPT = (
+    "You extract flight-search details from one WhatsApp message. Today is {today} ({weekday}). "
+    "Answer with JSON only, following the schema. Use null for anything the message does not "
+    "say. origin/destination: the place text as the user wrote it (city, airport or code), "
+    "only when the message says which is which (from/to); a place whose role is unclear goes in "
+    "'place'. Dates as YYYY-MM-DD, never in the past (prefer the future for dates without a "
+    "year). nights: length of stay when given instead of a return date. adults: number of "
+    "travellers. non_stop: true for direct/non-stop. one_way: true when the user says one way."
+)
+
+
+class Breaker:
+    """Opens after ``threshold`` failures in a row; lets one call through after ``cooldown``."""
+
+    def __init__(self, threshold: int = 3, cooldown: float = 30.0) -> None:
+        self.threshold, self.cooldown = threshold, cooldown
+        self.failures = 0
+        self.opened_at: float | None = None
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half_open" if time.monotonic() - self.opened_at >= self.cooldown else "open"
+
+    def allow(self) -> bool:
+        return self.state != "open"
+
+    def success(self) -> None:
+        self.failures, self.opened_at = 0, None
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.opened_at = time.monotonic()
+
+
+class LLMExtractor:
+    def __init__(self, settings: BotSettings, client: httpx.AsyncClient | None = None) -> None:
+        assert settings.openai_api_key is not None
+        self._settings = settings
+        self._url = settings.openai_base_url.rstrip("/") + "/chat/completions"
+        self._client = client or httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {settings.openai_api_key.get_secret_value()}"},
+        )
+        self._rules = RulesExtractor()
+        self.breaker = Breaker()
+        self.fallbacks = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "enabled": True,
+            "base_url": self._settings.openai_base_url,
+            "model": self._settings.openai_model,
+            "timeout_seconds": self._settings.openai_timeout_seconds,
+            "breaker": self.breaker.state,
+            "fallbacks": self.fallbacks,
+        }
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def extract(self, text: str, today: date, locale: str) -> Extraction:
+        if self.breaker.allow():
+            try:
+                answer = await self._ask(text, today)
+            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as error:
+                # ValidationError and JSONDecodeError are ValueErrors.
+                self.breaker.failure()
+                self.fallbacks += 1
+                log.warning("llm_fallback", reason=type(error).__name__)
+            else:
+                self.breaker.success()
+                result = self._to_extraction(answer, today)
+                if result is not None:
+                    return result
+                self.fallbacks += 1
+                log.warning("llm_fallback", reason="implausible_answer")
+        else:
+            self.fallbacks += 1
+        return await self._rules.extract(text, today, locale)
+
+    async def _ask(self, text: str, today: date) -> LLMAnswer:
+        body = {
+            "model": self._settings.openai_model,
+            "temperature": 0,
+            "messages": [
+                {
+                    "role": "system",
+                    "content": PROMPT.format(today=today.isoformat(), weekday=today.strftime("%A")),
+                },
+                {"role": "user", "content": text[:1000]},
+            ],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "flight_request", "strict": True, "schema": JSON_SCHEMA},
+            },
+        }
+        response = await self._client.post(
+            self._url, json=body, timeout=self._settings.openai_timeout_seconds
+        )
+        response.raise_for_status()
+        content = response.json()["choices"][0]["message"]["content"]
+        try:
+            return LLMAnswer.model_validate(json.loads(content))
+        except ValidationError as error:
+            raise ValueError(f"invalid answer: {error.error_count()} errors") from None
+
+    @staticmethod
+    def _to_extraction(answer: LLMAnswer, today: date) -> Extraction | None:
+        depart, back = answer.departure_date, answer.return_date
+        if depart and not today <= depart <= today + timedelta(days=366):
+            return None
+        if back and (back < (depart or today)):
+            return None
+        return Extraction(
+            origin=answer.origin,
+            destination=answer.destination,
+            places=[answer.place] if answer.place else [],
+            depart=depart,
+            return_date=back,
+            nights=answer.nights,
+            adults=answer.adults,
+            cabin=answer.cabin,
+            non_stop=answer.non_stop,
+            one_way=answer.one_way,
+        )

@@ -1,0 +1,32 @@
+"""Reply texts per locale, kept apart from the logic: add a module with the same keys as
+``en.py`` and list it in ``CATALOGUES`` to add a language."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.gateway.bot.messages import en, es
+
+CATALOGUES: dict[str, dict[str, str]] = {"en": en.MESSAGES, "es": es.MESSAGES}
+DEFAULT_LOCALE = "en"
+
+
+def language(locale: str) -> str:
+    """BCP 47 tag → a catalogue we have: "es-MX" → "es"; anything unknown → "en"."""
+    primary = locale.replace("_", "-").split("-")[0].lower()
+    return primary if primary in CATALOGUES else DEFAULT_LOCALE
+
+
+class Texts:
+    """The replies of one locale."""
+
+    def __init__(self, locale: str) -> None:
+        self.language = language(locale)
+        self._messages = CATALOGUES[self.language]
+
+    def __call__(self, key: str, **values: Any) -> str:
+        template = self._messages.get(key) or CATALOGUES[DEFAULT_LOCALE][key]
+        return template.format(**values) if values else template
+
+    def words(self, key: str) -> list[str]:
+        return self._messages[key].split()

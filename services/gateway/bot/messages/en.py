@@ -1,0 +1,96 @@
+"""English replies. Every locale module defines the same keys (a test checks it)."""
+
+from __future__ import annotations
+
+MESSAGES: dict[str, str] = {
+    # dates and small words used inside other messages
+    "weekdays": "Mon Tue Wed Thu Fri Sat Sun",
+    "months": "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec",
+    "date": "{weekday} {day} {month}",
+    "adults_one": "1 adult",
+    "adults_many": "{n} adults",
+    "cabin_economy": "economy",
+    "cabin_premium_economy": "premium economy",
+    "cabin_business": "business",
+    "cabin_first": "first",
+    "non_stop_only": "non-stop only",
+    "one_way": "one way",
+    "return_on": "back {date}",
+    "stops_0": "non-stop",
+    "stops_1": "1 stop",
+    "stops_many": "{n} stops",
+    "next_day": " (+{n})",
+    "duration": "{h}h {m:02d}m",
+    # conversation
+    "greeting": (
+        "Hi{name}! ✈️ I find flights. Tell me your trip in one message, for example "
+        "*NYC to London next Friday*."
+    ),
+    "greeting_step": "Hi{name}! ✈️ I find flights. Where are you flying from?",
+    "help": (
+        "I search flights. Write your trip the way you'd say it:\n"
+        "• *NYC to London next Friday*\n"
+        "• *2 tickets Paris -> Tokyo 3 March back 10 March business class*\n"
+        "• *direct flights from Tel Aviv to Berlin on the 5th*\n"
+        "You can correct anything (*actually Sunday*, *make it 2 adults*, *from Newark "
+        "instead*), share your location to fly from the nearest airport, or write *new* to "
+        "start over."
+    ),
+    "thanks": "You're welcome! ✈️ Write *new* whenever you want another search.",
+    "new": "OK, starting over. Where would you like to fly?",
+    "new_step": "OK, starting over. Where are you flying from?",
+    "cancel": "Cancelled; I've forgotten this trip. Say hi whenever you want to search again.",
+    "not_understood": (
+        "Sorry, I didn't get that. Tell me where and when, e.g. *NYC to London next Friday*, "
+        "or write *help*."
+    ),
+    "ask_origin": "Where are you flying from?",
+    "ask_destination": "Where do you want to go?",
+    "ask_date": "When do you want to leave? (e.g. *next Friday* or *3 March*)",
+    "have_so_far": "Got it: {summary}.",
+    "place_not_found": (
+        "I couldn't find an airport for “{text}”. Try a city name or an airport code like *JFK*."
+    ),
+    "choose_place": "Which “{text}” do you mean? Reply with a number.",
+    "choose_button": "Choose",
+    "date_not_understood": "I couldn't read that date. Try *next Friday*, *3 March* or *12/24*.",
+    "date_in_past": "{date} has already passed. When do you want to leave?",
+    "date_too_far": "I can only search up to a year ahead. Please pick an earlier date.",
+    "return_before_departure": (
+        "The return ({return_date}) is before the departure ({date}). When do you come back?"
+    ),
+    "same_place": "The origin and destination are both {place}. Where do you want to go?",
+    "location_set": "Flying from {place}, the nearest airport to you.",
+    "location_none": "I couldn't find an airport near that location. Where are you flying from?",
+    "non_text": (
+        "I can only read text messages. Tell me your trip, e.g. *NYC to London next Friday*, "
+        "or share your location to fly from the nearest airport."
+    ),
+    "reaction": "👍",
+    # searching and results
+    "searching": "Searching flights {route} for {date} …",
+    "results_header": "✈️ *{route}* · {date}{return_part} · {travellers}{extras}",
+    "offer_line": "*{n}.* *{price}* · {carrier}\n   {depart} → {arrive} · {duration} · {stops}",
+    "offer_return_line": "   ↩ {depart} → {arrive} · {duration} · {stops}",
+    "results_footer": "Reply *1*\u2013*{last}* for details, *more* for more, *new* to start over.",
+    "results_footer_one": "Reply *1* for details, *more* for more, *new* to start over.",
+    "demo_label": "_Demo fares: generated sample data, not bookable._",
+    "stale_label": "⚠️ _Live search is unavailable; these prices are from {age} ago._",
+    "age_minutes": "{n} min",
+    "age_hours": "{n} h",
+    "no_results": "No flights found for {route} on {date}. Try another date or *new*.",
+    "no_more": "That's all the offers I have. Reply with a number for details, or *new*.",
+    "pick_offer": "Reply with a number from 1 to {last} for details.",
+    "details_header": "*Offer {n}* · *{price}* for {travellers}",
+    "details_direction_out": "*Outbound* · {duration} · {stops}",
+    "details_direction_back": "*Return* · {duration} · {stops}",
+    "details_segment": "{carrier}{number} {dep_airport} {dep_time} → {arr_airport} {arr_time}",
+    "details_seats": "{n} seats left at this price.",
+    "details_footer": "Reply another number, *more* for more, or *new* to start over.",
+    "search_unavailable": (
+        "Sorry, flight search isn't available right now. I've kept your trip ({summary}); "
+        "reply *retry* to try again."
+    ),
+    "search_invalid": "I couldn't search that: {reason}",
+    "nothing_to_retry": "There's no search to retry yet. Where would you like to fly?",
+}

@@ -1,0 +1,99 @@
+"""Respuestas en español. Mismas claves que ``en.py`` (una prueba lo comprueba)."""
+
+from __future__ import annotations
+
+MESSAGES: dict[str, str] = {
+    "weekdays": "lun mar mié jue vie sáb dom",
+    "months": "ene feb mar abr may jun jul ago sep oct nov dic",
+    "date": "{weekday} {day} {month}",
+    "adults_one": "1 adulto",
+    "adults_many": "{n} adultos",
+    "cabin_economy": "turista",
+    "cabin_premium_economy": "turista superior",
+    "cabin_business": "business",
+    "cabin_first": "primera",
+    "non_stop_only": "solo directos",
+    "one_way": "solo ida",
+    "return_on": "vuelta {date}",
+    "stops_0": "directo",
+    "stops_1": "1 escala",
+    "stops_many": "{n} escalas",
+    "next_day": " (+{n})",
+    "duration": "{h} h {m:02d} min",
+    "greeting": (
+        "¡Hola{name}! ✈️ Busco vuelos. Cuéntame tu viaje en un mensaje, por ejemplo "
+        "*de Madrid a Londres el viernes*."
+    ),
+    "greeting_step": "¡Hola{name}! ✈️ Busco vuelos. ¿Desde dónde sales?",
+    "help": (
+        "Busco vuelos. Escribe tu viaje como lo dirías:\n"
+        "• *de Madrid a Londres el próximo viernes*\n"
+        "• *2 billetes Barcelona -> Roma 3 de marzo vuelta 10 de marzo*\n"
+        "• *vuelos directos a Berlín el día 5*\n"
+        "Puedes corregir cualquier cosa (*mejor el domingo*, *somos 2 adultos*, *desde "
+        "Valencia*), compartir tu ubicación para salir del aeropuerto más cercano, o escribir "
+        "*nuevo* para empezar de cero."
+    ),
+    "thanks": "¡De nada! ✈️ Escribe *nuevo* cuando quieras otra búsqueda.",
+    "new": "Vale, empezamos de nuevo. ¿Adónde quieres volar?",
+    "new_step": "Vale, empezamos de nuevo. ¿Desde dónde sales?",
+    "cancel": "Cancelado; he olvidado este viaje. Escríbeme cuando quieras buscar otra vez.",
+    "not_understood": (
+        "Perdona, no lo he entendido. Dime de dónde, adónde y cuándo, p. ej. *de Madrid a "
+        "Londres el viernes*, o escribe *ayuda*."
+    ),
+    "ask_origin": "¿Desde dónde sales?",
+    "ask_destination": "¿Adónde quieres ir?",
+    "ask_date": "¿Qué día quieres salir? (p. ej. *el viernes* o *3 de marzo*)",
+    "have_so_far": "Entendido: {summary}.",
+    "place_not_found": (
+        "No encuentro ningún aeropuerto para «{text}». Prueba con el nombre de la ciudad o un "
+        "código como *MAD*."
+    ),
+    "choose_place": "¿A qué «{text}» te refieres? Responde con un número.",
+    "choose_button": "Elegir",
+    "date_not_understood": "No entiendo esa fecha. Prueba *el viernes*, *3 de marzo* o *24/12*.",
+    "date_in_past": "El {date} ya ha pasado. ¿Qué día quieres salir?",
+    "date_too_far": "Solo puedo buscar hasta un año vista. Elige una fecha más cercana.",
+    "return_before_departure": (
+        "La vuelta ({return_date}) es antes de la ida ({date}). ¿Qué día vuelves?"
+    ),
+    "same_place": "El origen y el destino son {place}. ¿Adónde quieres ir?",
+    "location_set": "Sales de {place}, el aeropuerto más cercano a ti.",
+    "location_none": "No encuentro aeropuertos cerca de esa ubicación. ¿Desde dónde sales?",
+    "non_text": (
+        "Solo puedo leer mensajes de texto. Cuéntame tu viaje, p. ej. *de Madrid a Londres el "
+        "viernes*, o comparte tu ubicación para salir del aeropuerto más cercano."
+    ),
+    "reaction": "👍",
+    "searching": "Buscando vuelos {route} para el {date} …",
+    "results_header": "✈️ *{route}* · {date}{return_part} · {travellers}{extras}",
+    "offer_line": "*{n}.* *{price}* · {carrier}\n   {depart} → {arrive} · {duration} · {stops}",
+    "offer_return_line": "   ↩ {depart} → {arrive} · {duration} · {stops}",
+    "results_footer": (
+        "Responde *1*\u2013*{last}* para ver detalles, *más* para ver más, *nuevo* para empezar de "
+        "cero."
+    ),
+    "results_footer_one": (
+        "Responde *1* para ver detalles, *más* para ver más, *nuevo* para empezar de cero."
+    ),
+    "demo_label": "_Tarifas de demostración: datos de ejemplo, no reservables._",
+    "stale_label": ("⚠️ _La búsqueda en vivo no está disponible; estos precios son de hace {age}._"),
+    "age_minutes": "{n} min",
+    "age_hours": "{n} h",
+    "no_results": "No hay vuelos {route} el {date}. Prueba otra fecha o escribe *nuevo*.",
+    "no_more": "No tengo más ofertas. Responde con un número para ver detalles, o *nuevo*.",
+    "pick_offer": "Responde con un número del 1 al {last} para ver detalles.",
+    "details_header": "*Oferta {n}* · *{price}* para {travellers}",
+    "details_direction_out": "*Ida* · {duration} · {stops}",
+    "details_direction_back": "*Vuelta* · {duration} · {stops}",
+    "details_segment": "{carrier}{number} {dep_airport} {dep_time} → {arr_airport} {arr_time}",
+    "details_seats": "Quedan {n} plazas a este precio.",
+    "details_footer": "Responde otro número, *más* para ver más, o *nuevo* para empezar de cero.",
+    "search_unavailable": (
+        "Lo siento, la búsqueda de vuelos no está disponible ahora mismo. He guardado tu viaje "
+        "({summary}); responde *reintentar* para probar de nuevo."
+    ),
+    "search_invalid": "No he podido buscar eso: {reason}",
+    "nothing_to_retry": "Aún no hay ninguna búsqueda que repetir. ¿Adónde quieres volar?",
+}

@@ -1,0 +1,160 @@
+"""Flight offers: a compact JSON form kept in the conversation state (so "2" or "more" works in a
+later message without searching again), and their WhatsApp rendering."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from parley.search.v1 import search_pb2
+from services.gateway.bot.messages import Texts
+
+PAGE = 3
+KEPT = 9  # offers kept in the state: three pages
+
+SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "ILS": "₪", "JPY": "¥", "INR": "₹"}
+
+
+def compact(offer: search_pb2.FlightOffer) -> dict[str, Any]:
+    return {
+        "id": offer.id,
+        "price": offer.total_price.amount,
+        "currency": offer.total_price.currency_code,
+        "carrier": offer.validating_carrier,
+        "seats": offer.seats_left if offer.HasField("seats_left") else None,
+        "demo": offer.demo_data,
+        "legs": [
+            {
+                "stops": itinerary.stops,
+                "minutes": itinerary.duration.seconds // 60,
+                "segments": [
+                    {
+                        "carrier": s.carrier_code,
+                        "number": s.flight_number,
+                        "from": s.departure_airport,
+                        "dep": s.departure_time,
+                        "to": s.arrival_airport,
+                        "arr": s.arrival_time,
+                    }
+                    for s in itinerary.segments
+                ],
+            }
+            for itinerary in offer.itineraries
+        ],
+    }
+
+
+def price(offer: dict[str, Any]) -> str:
+    symbol = SYMBOLS.get(offer["currency"])
+    return f"{symbol}{offer['price']}" if symbol else f"{offer['price']} {offer['currency']}"
+
+
+def _time(value: str) -> str:
+    try:
+        return datetime.fromisoformat(value).strftime("%H:%M")
+    except ValueError:
+        return value
+
+
+def _days_later(first: str, last: str) -> int:
+    try:
+        return (datetime.fromisoformat(last).date() - datetime.fromisoformat(first).date()).days
+    except ValueError:
+        return 0
+
+
+def duration(t: Texts, minutes: int) -> str:
+    return t("duration", h=minutes // 60, m=minutes % 60)
+
+
+def stops(t: Texts, count: int) -> str:
+    if count == 0:
+        return t("stops_0")
+    return t("stops_1") if count == 1 else t("stops_many", n=count)
+
+
+def _leg_times(t: Texts, leg: dict[str, Any]) -> tuple[str, str]:
+    segments = leg["segments"]
+    if not segments:
+        return "", ""
+    first, last = segments[0], segments[-1]
+    later = _days_later(first["dep"], last["arr"])
+    depart = f"{_time(first['dep'])} {first['from']}"
+    arrive = f"{_time(last['arr'])} {last['to']}" + (t("next_day", n=later) if later else "")
+    return depart, arrive
+
+
+def offer_lines(t: Texts, n: int, offer: dict[str, Any]) -> str:
+    legs = offer["legs"]
+    if not legs:
+        return f"*{n}.* *{price(offer)}*"
+    depart, arrive = _leg_times(t, legs[0])
+    lines = [
+        t(
+            "offer_line",
+            n=n,
+            price=price(offer),
+            carrier=offer["carrier"] or legs[0]["segments"][0]["carrier"],
+            depart=depart,
+            arrive=arrive,
+            duration=duration(t, legs[0]["minutes"]),
+            stops=stops(t, legs[0]["stops"]),
+        )
+    ]
+    for leg in legs[1:]:
+        back_depart, back_arrive = _leg_times(t, leg)
+        lines.append(
+            t(
+                "offer_return_line",
+                depart=back_depart,
+                arrive=back_arrive,
+                duration=duration(t, leg["minutes"]),
+                stops=stops(t, leg["stops"]),
+            )
+        )
+    return "\n".join(lines)
+
+
+def day(t: Texts, value: date) -> str:
+    return t(
+        "date",
+        weekday=t.words("weekdays")[value.weekday()],
+        day=value.day,
+        month=t.words("months")[value.month - 1],
+    )
+
+
+def details(t: Texts, n: int, offer: dict[str, Any], travellers: str) -> str:
+    lines = [t("details_header", n=n, price=price(offer), travellers=travellers)]
+    for index, leg in enumerate(offer["legs"]):
+        key = "details_direction_out" if index == 0 else "details_direction_back"
+        lines.append("")
+        lines.append(t(key, duration=duration(t, leg["minutes"]), stops=stops(t, leg["stops"])))
+        for segment in leg["segments"]:
+            lines.append(
+                t(
+                    "details_segment",
+                    carrier=segment["carrier"],
+                    number=segment["number"],
+                    dep_airport=segment["from"],
+                    dep_time=_when(t, segment["dep"]),
+                    arr_airport=segment["to"],
+                    arr_time=_when(t, segment["arr"]),
+                )
+            )
+    if offer.get("seats"):
+        lines.append("")
+        lines.append(t("details_seats", n=offer["seats"]))
+    if offer.get("demo"):
+        lines.append(t("demo_label"))
+    lines.append("")
+    lines.append(t("details_footer"))
+    return "\n".join(lines)
+
+
+def _when(t: Texts, value: str) -> str:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    return f"{day(t, moment.date())} {moment.strftime('%H:%M')}"

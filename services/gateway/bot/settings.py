@@ -1,0 +1,39 @@
+"""Conversation engine settings (environment variables; see the README's Configuration table)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+
+from services.common.settings import CommonSettings
+from services.gateway.bot.switches import Switch
+
+
+class BotSettings(CommonSettings):
+    # Roll-out switches, as the migration guides name them: "true", "false" or "25%".
+    use_smart_handler: str = "true"
+    use_async_search: str = "true"
+    # The optional language-model path (any OpenAI-compatible chat-completions endpoint).
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_model: str = "gpt-4o-mini"
+    openai_timeout_seconds: float = Field(default=2.5, gt=0, le=30)
+    # Search: the deadline of one SearchFlights call, and how long it may run before the
+    # "searching …" message goes out (when USE_ASYNC_SEARCH is on for the user).
+    bot_search_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    bot_searching_notice_ms: int = Field(default=300, ge=0, le=10_000)
+
+    @field_validator("use_smart_handler", "use_async_search")
+    @classmethod
+    def _switch(cls, value: str) -> str:
+        Switch.parse("check", value)  # raises ValueError with a clear message
+        return value.strip()
+
+    def smart_handler(self) -> Switch:
+        return Switch.parse("use_smart_handler", self.use_smart_handler)
+
+    def async_search(self) -> Switch:
+        return Switch.parse("use_async_search", self.use_async_search)
+
+    @property
+    def llm_enabled(self) -> bool:
+        return bool(self.openai_api_key and self.openai_api_key.get_secret_value())
