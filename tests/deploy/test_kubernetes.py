@@ -1,0 +1,272 @@
+"""The Kubernetes manifests, checked without a cluster: rendered by a strict kustomize subset,
+validated by ``kubernetes-validate --strict`` (bundled schemas), and held to the issue's rules."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.deploy.envvars import read_by
+from tests.deploy.kustomize import Resource, read_env_file, render
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+BASE = K8S / "base"
+OVERLAYS = sorted(path.parent for path in (K8S / "overlays").glob("*/kustomization.yaml"))
+TREES = [BASE, *OVERLAYS]
+GRPC = {
+    "session": (50051, "parley.session.v1.SessionService"),
+    "business": (50052, "parley.business.v1.BusinessService"),
+    "search": (50053, "parley.search.v1.SearchService"),
+}
+# Secrets created out of band (docs/deployment.md), never committed.
+EXTERNAL_SECRETS = {"parley-secrets", *(f"{name}-grpc-tls" for name in [*GRPC, "gateway"])}
+
+
+def tree_id(path: Path) -> str:
+    return str(path.relative_to(K8S))
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[Path, list[Resource]]:
+    return {tree: render(tree) for tree in TREES}
+
+
+def of_kind(resources: list[Resource], kind: str) -> dict[str, Resource]:
+    return {r["metadata"]["name"]: r for r in resources if r["kind"] == kind}
+
+
+def pod_spec(deployment: Resource) -> dict[str, Any]:
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+def part_of(deployment: Resource) -> str:
+    """Which part of Parley runs in it, from its command (``services.<part>...``)."""
+    module = pod_spec(deployment)["containers"][0]["command"][2]
+    return str(module.split(".")[1])
+
+
+def test_every_rendered_manifest_passes_kubernetes_validate_strict(
+    rendered: dict[Path, list[Resource]], tmp_path: Path
+) -> None:
+    files = []
+    for tree, resources in rendered.items():
+        for index, resource in enumerate(resources):
+            path = tmp_path / f"{tree_id(tree).replace('/', '-')}-{index:02d}.yaml"
+            path.write_text(yaml.safe_dump(resource, sort_keys=False))
+            files.append(str(path))
+    # The command line as a person runs it, once over every resource of every tree.
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "kubernetes-validate"),
+            "--strict",
+            "--quiet",
+            *files,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(files) >= 3 * 25
+
+
+def test_strict_validation_catches_a_misspelt_field(rendered: dict[Path, list[Resource]]) -> None:
+    """The check bites: a typo in a probe is an error, not a warning."""
+    deployment = of_kind(rendered[BASE], "Deployment")["session"]
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["periodSecond"] = 5
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, "1.37.0", strict=True)
+
+
+def test_kustomization_lists_every_file_in_the_base() -> None:
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == on_disk
+    envs = {env for g in kustomization["configMapGenerator"] for env in g.get("envs", [])}
+    assert envs == {f"config/{p.name}" for p in (BASE / "config").glob("*.env")}
+
+
+@pytest.mark.parametrize("tree", TREES, ids=tree_id)
+def test_every_configmap_and_secret_reference_resolves(
+    rendered: dict[Path, list[Resource]], tree: Path
+) -> None:
+    resources = rendered[tree]
+    configmaps = set(of_kind(resources, "ConfigMap"))
+    for deployment in of_kind(resources, "Deployment").values():
+        spec = pod_spec(deployment)
+        for container in spec["containers"]:
+            for source in container.get("envFrom", []):
+                assert source["configMapRef"]["name"] in configmaps
+            for variable in container.get("env", []):
+                ref = variable["valueFrom"]  # every variable comes from a ConfigMap or a Secret
+                if "secretKeyRef" in ref:
+                    assert ref["secretKeyRef"]["name"] in EXTERNAL_SECRETS
+                    assert ref["secretKeyRef"]["key"] == variable["name"]
+                else:
+                    assert ref["configMapKeyRef"]["name"] in configmaps
+        for volume in spec.get("volumes", []):
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] in EXTERNAL_SECRETS
+
+
+@pytest.mark.parametrize("tree", TREES, ids=tree_id)
+def test_deployments_run_hardened_with_probes_resources_and_grace(
+    rendered: dict[Path, list[Resource]], tree: Path
+) -> None:
+    resources = rendered[tree]
+    common = next(r["data"] for r in resources if r["metadata"]["name"].startswith("parley-common"))
+    grace = float(common["SHUTDOWN_GRACE_SECONDS"])
+    deployments = of_kind(resources, "Deployment")
+    assert set(deployments) == {*GRPC, "gateway-web", "gateway-worker"}
+    for name, deployment in deployments.items():
+        spec = pod_spec(deployment)
+        (container,) = spec["containers"]
+        pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert spec["terminationGracePeriodSeconds"] > grace + pre_stop, name
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["automountServiceAccountToken"] is False
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True, name
+        assert security["allowPrivilegeEscalation"] is False, name
+        assert security["capabilities"]["drop"] == ["ALL"], name
+        assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/tmp"}
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+        assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert probe in container, (name, probe)
+        module = container["command"][2]
+        assert container["command"][:2] == ["python", "-m"]
+        assert importlib.util.find_spec(module) is not None, module
+        if tree == BASE:
+            assert container["image"] == "parley"
+        else:
+            assert container["image"].startswith("registry.example.com/parley:")
+
+
+def test_services_use_native_grpc_probes_and_the_gateway_http_probes(
+    rendered: dict[Path, list[Resource]],
+) -> None:
+    deployments = of_kind(rendered[BASE], "Deployment")
+    for name, (port, full_name) in GRPC.items():
+        container = pod_spec(deployments[name])["containers"][0]
+        assert container["livenessProbe"]["grpc"] == {"port": port}  # "" : the process answers
+        assert container["startupProbe"]["grpc"] == {"port": port}
+        assert container["readinessProbe"]["grpc"] == {"port": port, "service": full_name}
+    for component in ("web", "worker"):
+        container = pod_spec(deployments[f"gateway-{component}"])["containers"][0]
+        assert container["command"][-2:] == ["--role", component]
+        assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+        assert container["startupProbe"]["httpGet"]["path"] == "/health"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+
+
+def test_mtls_overlay_probes_with_the_healthcheck_command_over_tls(
+    rendered: dict[Path, list[Resource]],
+) -> None:
+    mtls = K8S / "overlays" / "mtls"
+    deployments = of_kind(rendered[mtls], "Deployment")
+    for name, (port, full_name) in GRPC.items():
+        container = pod_spec(deployments[name])["containers"][0]
+        readiness = container["readinessProbe"]["exec"]["command"]
+        assert "grpc" not in container["readinessProbe"]
+        assert readiness[:3] == ["python", "-m", "services.common.healthcheck"]
+        assert readiness[readiness.index("--addr") + 1] == f"localhost:{port}"
+        assert readiness[readiness.index("--service") + 1] == full_name
+        assert "--tls-cert" in container["livenessProbe"]["exec"]["command"]
+    for deployment in deployments.values():
+        spec = pod_spec(deployment)
+        mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+        assert mounts["grpc-tls"]["readOnly"] is True
+    tls = next(r for r in rendered[mtls] if r["metadata"]["name"].startswith("grpc-tls"))
+    assert set(tls["data"]) == {"GRPC_TLS_CERT", "GRPC_TLS_KEY", "GRPC_TLS_CA"}
+
+
+def test_grpc_services_are_headless_and_autoscaling_covers_workers_and_search(
+    rendered: dict[Path, list[Resource]],
+) -> None:
+    resources = rendered[BASE]
+    services = of_kind(resources, "Service")
+    for name, (port, _) in GRPC.items():
+        assert services[name]["spec"]["clusterIP"] == "None"
+        assert port in {p["port"] for p in services[name]["spec"]["ports"]}
+    hpas = {
+        h["spec"]["scaleTargetRef"]["name"]
+        for h in of_kind(resources, "HorizontalPodAutoscaler").values()
+    }
+    assert {"gateway-worker", "search"} <= hpas
+    pdbs = of_kind(resources, "PodDisruptionBudget")
+    for deployment in of_kind(resources, "Deployment").values():
+        labels = deployment["spec"]["selector"]["matchLabels"]
+        assert any(p["spec"]["selector"]["matchLabels"] == labels for p in pdbs.values())
+
+
+def test_network_policies_let_only_the_gateway_reach_the_services(
+    rendered: dict[Path, list[Resource]],
+) -> None:
+    policies = of_kind(rendered[BASE], "NetworkPolicy")
+    deny = policies["default-deny"]["spec"]
+    assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny
+    for name, (port, _) in GRPC.items():
+        spec = policies[name]["spec"]
+        assert spec["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": name}
+        grpc_rules = [r for r in spec["ingress"] if {"protocol": "TCP", "port": port} in r["ports"]]
+        assert grpc_rules == [
+            {
+                "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}}],
+                "ports": [{"protocol": "TCP", "port": port}],
+            }
+        ]
+        for rule in spec["ingress"]:
+            assert rule.get("from"), f"{name}: an ingress rule open to everyone"
+        # Each service goes out only to its datastore's ports (and the provider's HTTPS, search).
+        egress_ports = {p["port"] for r in spec["egress"] for p in r["ports"]}
+        allowed = {
+            "session": {6379, 26379},
+            "business": {27017, 6379, 26379},
+            "search": {6379, 26379, 443},
+        }
+        assert egress_ports <= allowed[name], name
+        assert not any(p in egress_ports for p, _ in GRPC.values())
+
+
+@pytest.mark.parametrize("tree", TREES, ids=tree_id)
+def test_manifests_set_only_variables_the_code_reads(
+    rendered: dict[Path, list[Resource]], tree: Path
+) -> None:
+    resources = rendered[tree]
+    configmaps = of_kind(resources, "ConfigMap")
+    for name, deployment in of_kind(resources, "Deployment").items():
+        container = pod_spec(deployment)["containers"][0]
+        names = {v["name"] for v in container.get("env", [])}
+        for source in container.get("envFrom", []):
+            names |= set(configmaps[source["configMapRef"]["name"]]["data"])
+        unread = names - read_by(part_of(deployment))
+        assert not unread, (
+            f"{tree_id(tree)} {name} sets variables its code never reads: {sorted(unread)}"
+        )
+
+
+def test_config_env_files_hold_only_variables_their_service_reads() -> None:
+    parts = {
+        "common": "common",
+        "session": "session",
+        "business": "business",
+        "search": "search",
+        "gateway": "gateway",
+    }
+    for path in (BASE / "config").glob("*.env"):
+        unread = set(read_env_file(path)) - read_by(parts[path.stem])
+        assert not unread, f"{path.name}: {sorted(unread)}"
