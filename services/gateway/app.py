@@ -1,28 +1,166 @@
-"""The gateway's HTTP face."""
+"""The gateway's HTTP face: webhooks, health, metrics and the admin API.
+
+Started by ``services.gateway.main`` (``--role web|worker|all``); with role ``all`` (the default)
+the queue workers run in the same process, started and stopped with the app's lifespan, so a
+SIGTERM finishes the messages in flight before the process exits.
+"""
 
 from __future__ import annotations
 
-import time
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+import grpc
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common.errors import field_violations
+from services.common.logs import configure_logging
+from services.common.settings import load_settings
+from services.gateway import admin, health, webhooks
+from services.gateway.runtime import Role, Runtime
 from services.gateway.settings import GatewaySettings
 
-VERSION = "0.1.0"
+log = structlog.get_logger()
+VERSION = health.VERSION
+
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 503,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 503,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+}
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
-    app = FastAPI(title="Parley gateway", version=VERSION)
-    started = time.monotonic()
+class BodyTooLarge(Exception):
+    pass
 
-    @app.get("/health", summary="Liveness: the process answers; no dependency is called.")
-    async def health() -> dict[str, Any]:
-        return {
-            "status": "healthy",
-            "service": "gateway",
-            "version": VERSION,
-            "uptime_seconds": round(time.monotonic() - started, 3),
+
+class BodyLimit:
+    """413 for any body over ``limit``: by Content-Length at once, and while streaming for
+    bodies without one (chunked), so a lying or absent header cannot get past it."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_large = int(value) > self.limit
+                except ValueError:
+                    too_large = False
+                if too_large:
+                    await _send_413(send)
+                    return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge()
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _send_413(send: Send) -> None:
+    body = b'{"detail":"the body is larger than MAX_BODY_BYTES"}'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
         }
+    )
+    await send({"type": "http.response.body", "body": body})
 
+
+def create_app(settings: GatewaySettings, role: Role = "all") -> FastAPI:
+    runtime = Runtime.build(settings, role)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if not settings.whatsapp_app_secret:
+            log.warning("WHATSAPP_APP_SECRET is not set: unsigned Cloud API webhooks are accepted")
+        if not settings.twilio_auth_token:
+            log.warning(
+                "TWILIO_AUTH_TOKEN is not set: Twilio webhooks are checked only against "
+                "businesses' own tokens, unsigned ones accepted otherwise"
+            )
+        if not settings.api_key:
+            log.warning("API_KEY is not set: the admin API is off")
+        await runtime.start()
+        log.info("gateway started", role=role, outbox_only=settings.outbox_only)
+        try:
+            yield
+        finally:
+            await runtime.stop()
+            log.info("gateway stopped")
+
+    app = FastAPI(
+        title="Parley gateway",
+        version=VERSION,
+        description="WhatsApp webhooks in, replies out: verify, dedupe, queue, answer.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.include_router(health.build_router(runtime))
+    app.include_router(webhooks.build_router(runtime))
+    app.include_router(admin.build_router(runtime))
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(_: Request, __: BodyTooLarge) -> JSONResponse:
+        return JSONResponse({"detail": "the body is larger than MAX_BODY_BYTES"}, status_code=413)
+
+    @app.exception_handler(RedisError)
+    async def redis_down(_: Request, error: RedisError) -> JSONResponse:
+        log.warning("redis unavailable", error=str(error)[:200])
+        return JSONResponse(
+            {"detail": "Redis is unavailable; retry later"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(grpc.aio.AioRpcError)
+    async def grpc_error(_: Request, error: grpc.aio.AioRpcError) -> JSONResponse:
+        status = HTTP_STATUS.get(error.code(), 502)
+        content: dict[str, Any] = {"detail": error.details() or error.code().name}
+        violations = (
+            field_violations(error) if error.code() == grpc.StatusCode.INVALID_ARGUMENT else {}
+        )
+        if violations:
+            content["fields"] = violations
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return JSONResponse(content, status_code=status, headers=headers)
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """For uvicorn's ``--factory`` with several processes: each builds its own app."""
+    settings = load_settings(GatewaySettings)
+    configure_logging("gateway", settings)
+    role: Role = os.environ.get("GATEWAY_ROLE", "all")  # type: ignore[assignment]
+    return create_app(settings, role)

@@ -127,3 +127,16 @@ class SearchPort(Protocol):
 
 class Engine(Protocol):
     async def handle(self, turn: Turn) -> TurnResult: ...
+
+
+class FallbackEngine:
+    """Used only when the conversation engine (``services.gateway.bot``) is not installed: every
+    message gets one plain notice, so the pipeline can be run and observed end to end."""
+
+    NOTICE = "Thanks for your message. Our assistant is not available right now."
+
+    async def handle(self, turn: Turn) -> TurnResult:
+        return TurnResult(replies=[Reply(self.NOTICE)])
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": "fallback", "reason": "services.gateway.bot is not installed"}

@@ -1,26 +1,103 @@
-"""Run the gateway: ``python -m services.gateway.main``."""
+"""Run the gateway: ``python -m services.gateway.main [--role web|worker|all]``.
+
+- ``all`` (default): HTTP and queue workers in each process.
+- ``web``: HTTP only (webhooks are queued; separate worker processes answer them).
+- ``worker``: queue workers only, no HTTP.
+
+``WEB_CONCURRENCY`` > 1 runs that many HTTP processes (uvicorn workers). Their metrics are
+merged through prometheus-client's multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` is set (to
+``var/prometheus`` unless given) and emptied at start, before any process writes to it.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import os
+import shutil
+import signal
 import sys
+from pathlib import Path
 
 import uvicorn
 
-from services.common.logs import configure_logging
-from services.common.settings import load_settings
-from services.gateway.app import create_app
-from services.gateway.settings import GatewaySettings
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def main() -> int:
+def _prepare_multiprocess_dir() -> None:
+    directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or ROOT / "var" / "prometheus")
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m services.gateway.main")
+    parser.add_argument(
+        "--role",
+        choices=("web", "worker", "all"),
+        default=os.environ.get("GATEWAY_ROLE", "all"),
+        help="web: HTTP only; worker: queue workers only; all: both (default)",
+    )
+    return parser.parse_args(argv)
+
+
+async def run_worker() -> int:
+    from services.common.settings import load_settings
+    from services.gateway.runtime import Runtime
+    from services.gateway.settings import GatewaySettings
+
     settings = load_settings(GatewaySettings)
+    runtime = Runtime.build(settings, "worker")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await runtime.start()
+    await stop.wait()
+    await runtime.stop()  # finishes in-flight messages, hands partitions back
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ["GATEWAY_ROLE"] = args.role
+    concurrency = int(os.environ.get("WEB_CONCURRENCY", "1") or "1")
+    if concurrency > 1 and args.role != "worker":
+        # Must happen before prometheus_client is imported anywhere in this process tree.
+        _prepare_multiprocess_dir()
+
+    from services.common.logs import configure_logging
+    from services.common.settings import load_settings
+    from services.gateway.settings import GatewaySettings
+
+    settings = load_settings(GatewaySettings)  # exits 2 naming any bad or missing variable
     configure_logging("gateway", settings)
+    if args.role == "worker":
+        return asyncio.run(run_worker())
+    grace = int(settings.shutdown_grace_seconds)
+    if settings.web_concurrency > 1:
+        uvicorn.run(
+            "services.gateway.app:create_app_from_env",
+            factory=True,
+            host=settings.gateway_host,
+            port=settings.gateway_port,
+            workers=settings.web_concurrency,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=grace,
+        )
+        return 0
+    from services.gateway.app import create_app
+
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, args.role),
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_config=None,  # keep our structlog handler
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        access_log=False,  # one structured line per webhook instead
+        timeout_graceful_shutdown=grace,
     )
     return 0
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, model_validator
 
 from services.common.settings import CommonSettings
+
+KIB = 1024
+
+# Settings whose values are secrets: masked wherever the configuration is shown.
+SECRET_FIELDS = frozenset(
+    {"whatsapp_verify_token", "whatsapp_app_secret", "twilio_auth_token", "api_key"}
+)
 
 
 class GatewaySettings(CommonSettings):
@@ -16,6 +25,81 @@ class GatewaySettings(CommonSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     gateway_redis_url: str | None = None  # overrides REDIS_URL for the queue and dedupe
 
+    # Webhooks
+    whatsapp_verify_token: str | None = None
+    whatsapp_app_secret: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    public_base_url: str | None = None  # e.g. https://bot.example.com, behind a proxy
+    max_body_bytes: int = Field(default=256 * KIB, ge=1 * KIB, le=16 * KIB * KIB)
+
+    # Senders
+    whatsapp_api_base_url: str = "https://graph.facebook.com/v23.0"
+    twilio_api_base_url: str = "https://api.twilio.com"
+    outbox_only: bool = False
+    outbox_max_messages: int = Field(default=200, ge=1, le=100_000)
+    send_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    # Queue and workers
+    queue_partitions: int = Field(default=16, ge=1, le=1024)
+    worker_concurrency: int = Field(default=8, ge=1, le=1024)
+    visibility_timeout_seconds: float = Field(default=30.0, ge=0.5, le=3600)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    retry_base_seconds: float = Field(default=1.0, gt=0, le=600)
+    retry_max_seconds: float = Field(default=60.0, gt=0, le=3600)
+    dedupe_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    gateway_engine: str = "services.gateway.bot:create_engine"
+
+    # HTTP processes
+    web_concurrency: int = Field(default=1, ge=1, le=64)
+
+    # Rate limits (``limits`` notation, e.g. "20/minute")
+    rate_limit_user: str = "20/minute"
+    rate_limit_business: str = "1200/minute"
+
+    # Admin API; off when unset
+    api_key: str | None = None
+
+    # Deadlines of calls to the services
+    grpc_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    engine_timeout_seconds: float = Field(default=20.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _production_needs_secrets(self) -> GatewaySettings:
+        if self.is_production:
+            missing = [
+                name.upper()
+                for name in ("whatsapp_verify_token", "whatsapp_app_secret", "api_key")
+                if not getattr(self, name)
+            ]
+            if missing:
+                raise ValueError(
+                    "APP_ENV=production needs these secrets set: " + ", ".join(missing)
+                )
+        return self
+
     @property
     def effective_redis_url(self) -> str:
         return self.gateway_redis_url or self.redis_url
+
+    def masked(self) -> dict[str, Any]:
+        """The configuration in force with every secret replaced by whether it is set."""
+        shown: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if name in SECRET_FIELDS or name.endswith(("_secret", "_token", "_key")):
+                shown[name] = "***" if value else ""
+            elif name.endswith("redis_url") and isinstance(value, str):
+                shown[name] = _mask_url_password(value)
+            else:
+                shown[name] = value
+        return shown
+
+
+def _mask_url_password(url: str) -> str:
+    """``redis://user:pw@host`` → ``redis://user:***@host``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

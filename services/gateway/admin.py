@@ -1,0 +1,422 @@
+"""The admin API under ``/admin``: businesses, sessions, circuits, caches, outbox, dead letters.
+
+Allowed only with ``API_KEY`` in ``X-API-Key`` or ``Authorization: Bearer`` (constant-time
+compare); with no key configured the whole API answers 404. Responses never carry a secret.
+gRPC errors of the services become HTTP statuses in the app's exception handler.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
+from google.protobuf import field_mask_pb2, json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import BaseModel, ConfigDict, Field
+
+from parley.business.v1 import business_pb2
+from parley.search.v1 import search_pb2
+from parley.session.v1 import session_pb2
+from services.gateway.runtime import Runtime
+
+STREAM_ID = r"^[0-9]{1,20}-[0-9]{1,20}$"
+TOKEN_STATUS = {
+    business_pb2.TOKEN_STATUS_UNSPECIFIED: "none",
+    business_pb2.TOKEN_STATUS_VALID: "valid",
+    business_pb2.TOKEN_STATUS_NEEDS_RENEWAL: "needs_renewal",
+}
+
+Text = Annotated[str, Field(max_length=1000)]
+Ids = Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=50)]
+
+
+class BusinessIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    subdomain: Annotated[str, Field(min_length=1, max_length=63)]
+    whatsapp_phone_number_ids: Ids = []
+    whatsapp_numbers: Ids = []
+    access_token: Text | None = None
+    twilio_account_sid: Text | None = None
+    twilio_auth_token: Text | None = None
+    webhook_app_secret: Text | None = None
+    timezone: Annotated[str, Field(max_length=64)] = "UTC"
+    locale: Annotated[str, Field(max_length=35)] = "en"
+    active: bool = True
+    whatsapp_enabled: bool = True
+
+
+class BusinessPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    subdomain: Annotated[str, Field(min_length=1, max_length=63)] | None = None
+    whatsapp_phone_number_ids: Ids | None = None
+    whatsapp_numbers: Ids | None = None
+    timezone: Annotated[str, Field(max_length=64)] | None = None
+    locale: Annotated[str, Field(max_length=35)] | None = None
+    active: bool | None = None
+    whatsapp_enabled: bool | None = None
+
+
+class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    access_token: Text | None = None
+    twilio_account_sid: Text | None = None
+    twilio_auth_token: Text | None = None
+    webhook_app_secret: Text | None = None
+
+
+class BusinessOut(BaseModel):
+    id: str
+    name: str
+    subdomain: str
+    whatsapp_phone_number_ids: list[str]
+    whatsapp_numbers: list[str]
+    timezone: str
+    locale: str
+    active: bool
+    whatsapp_enabled: bool
+    has_access_token: bool
+    has_twilio_credentials: bool
+    has_webhook_app_secret: bool
+    access_token_status: str
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+class BusinessList(BaseModel):
+    businesses: list[BusinessOut]
+    next_page_token: str
+
+
+class OutboxButton(BaseModel):
+    id: str
+    title: str
+
+
+class OutboxRow(BaseModel):
+    id: str
+    title: str
+    description: str = ""
+
+
+class OutboxMessage(BaseModel):
+    id: str
+    business_id: str
+    user_id: str
+    text: str
+    buttons: list[OutboxButton]
+    rows: list[OutboxRow]
+    time: str
+
+
+class Outbox(BaseModel):
+    messages: list[OutboxMessage]
+    next: str
+
+
+class DeadLetterOut(BaseModel):
+    id: str
+    reason: str
+    error: str
+    time: str
+    request_id: str
+    message: dict[str, Any] | None
+    raw: str | None
+
+
+class DeadLetters(BaseModel):
+    dead_letters: list[DeadLetterOut]
+    next: str
+
+
+SECRET_FIELDS = {
+    "access_token": business_pb2.CHANNEL_SECRET_WHATSAPP_ACCESS_TOKEN,
+    "twilio_account_sid": business_pb2.CHANNEL_SECRET_TWILIO_ACCOUNT_SID,
+    "twilio_auth_token": business_pb2.CHANNEL_SECRET_TWILIO_AUTH_TOKEN,
+    "webhook_app_secret": business_pb2.CHANNEL_SECRET_WEBHOOK_APP_SECRET,
+}
+PATCH_FIELDS = {
+    "name": "name",
+    "subdomain": "subdomain",
+    "whatsapp_phone_number_ids": "whatsapp_phone_number_ids",
+    "whatsapp_numbers": "whatsapp_numbers",
+    "timezone": "time_zone",
+    "locale": "locale",
+    "active": "active",
+    "whatsapp_enabled": "whatsapp_enabled",
+}
+
+
+def _time(ts: Timestamp) -> datetime | None:
+    return ts.ToDatetime().replace(tzinfo=None) if ts.seconds or ts.nanos else None
+
+
+def business_out(b: business_pb2.Business) -> BusinessOut:
+    return BusinessOut(
+        id=b.id,
+        name=b.name,
+        subdomain=b.subdomain,
+        whatsapp_phone_number_ids=list(b.whatsapp_phone_number_ids),
+        whatsapp_numbers=list(b.whatsapp_numbers),
+        timezone=b.time_zone,
+        locale=b.locale,
+        active=b.active,
+        whatsapp_enabled=b.whatsapp_enabled,
+        has_access_token=b.has_access_token,
+        has_twilio_credentials=b.has_twilio_credentials,
+        has_webhook_app_secret=b.has_webhook_app_secret,
+        access_token_status=TOKEN_STATUS.get(b.access_token_status, "unknown"),
+        created_at=_time(b.create_time),
+        updated_at=_time(b.update_time),
+    )
+
+
+def _dict(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def build_router(runtime: Runtime) -> APIRouter:
+    settings = runtime.settings
+
+    async def require_key(
+        x_api_key: Annotated[str | None, Header()] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> None:
+        expected = settings.api_key
+        if not expected:
+            raise HTTPException(404, "the admin API is off (no API_KEY configured)")
+        given = x_api_key
+        if given is None and authorization and authorization.lower().startswith("bearer "):
+            given = authorization[7:].strip()
+        if not given:
+            raise HTTPException(
+                401,
+                "an API key is required (X-API-Key or Authorization: Bearer)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise HTTPException(403, "wrong API key")
+
+    auth_responses: dict[int | str, dict[str, Any]] = {
+        401: {"description": "No API key."},
+        403: {"description": "Wrong API key."},
+        404: {"description": "Not found, or the admin API is off."},
+    }
+    router = APIRouter(
+        prefix="/admin",
+        tags=["admin"],
+        dependencies=[Depends(require_key)],
+        responses=auth_responses,
+    )
+    business = runtime.clients.business
+
+    @router.post("/businesses", status_code=201, summary="Create a business.")
+    async def create_business(body: BusinessIn) -> BusinessOut:
+        credentials = business_pb2.ChannelCredentials(
+            whatsapp_access_token=body.access_token or "",
+            twilio_account_sid=body.twilio_account_sid or "",
+            twilio_auth_token=body.twilio_auth_token or "",
+            webhook_app_secret=body.webhook_app_secret or "",
+        )
+        response = await business.CreateBusiness(
+            business_pb2.CreateBusinessRequest(
+                business=business_pb2.Business(
+                    name=body.name,
+                    subdomain=body.subdomain,
+                    whatsapp_phone_number_ids=body.whatsapp_phone_number_ids,
+                    whatsapp_numbers=body.whatsapp_numbers,
+                    time_zone=body.timezone,
+                    locale=body.locale,
+                    active=body.active,
+                    whatsapp_enabled=body.whatsapp_enabled,
+                ),
+                credentials=credentials,
+            )
+        )
+        return business_out(response.business)
+
+    @router.get("/businesses", summary="List businesses, one page at a time.")
+    async def list_businesses(
+        page_size: Annotated[int, Query(ge=1, le=500)] = 50,
+        page_token: Annotated[str, Query(max_length=500)] = "",
+        include_inactive: bool = False,
+    ) -> BusinessList:
+        response = await business.ListBusinesses(
+            business_pb2.ListBusinessesRequest(
+                page_size=page_size, page_token=page_token, include_inactive=include_inactive
+            )
+        )
+        return BusinessList(
+            businesses=[business_out(b) for b in response.businesses],
+            next_page_token=response.next_page_token,
+        )
+
+    BusinessId = Annotated[str, Path(min_length=1, max_length=128)]
+
+    @router.get("/businesses/{business_id}", summary="One business.")
+    async def get_business(business_id: BusinessId) -> BusinessOut:
+        response = await business.GetBusiness(business_pb2.GetBusinessRequest(id=business_id))
+        return business_out(response.business)
+
+    @router.patch("/businesses/{business_id}", summary="Change some fields of a business.")
+    async def patch_business(business_id: BusinessId, body: BusinessPatch) -> BusinessOut:
+        given = body.model_dump(exclude_unset=True)
+        given = {k: v for k, v in given.items() if v is not None}
+        if not given:
+            raise HTTPException(400, "nothing to change")
+        proto = business_pb2.Business(id=business_id)
+        for name, value in given.items():
+            field = PATCH_FIELDS[name]
+            if isinstance(value, list):
+                getattr(proto, field).extend(value)
+            else:
+                setattr(proto, field, value)
+        response = await business.UpdateBusiness(
+            business_pb2.UpdateBusinessRequest(
+                business=proto,
+                update_mask=field_mask_pb2.FieldMask(paths=[PATCH_FIELDS[n] for n in given]),
+            )
+        )
+        return business_out(response.business)
+
+    @router.delete("/businesses/{business_id}", summary="Deactivate a business.")
+    async def delete_business(business_id: BusinessId) -> BusinessOut:
+        response = await business.DeactivateBusiness(
+            business_pb2.DeactivateBusinessRequest(id=business_id)
+        )
+        return business_out(response.business)
+
+    @router.put(
+        "/businesses/{business_id}/token",
+        summary="Set channel secrets (stored encrypted; an empty string clears one).",
+    )
+    async def put_token(business_id: BusinessId, body: TokenIn) -> BusinessOut:
+        given = {k: v for k, v in body.model_dump(exclude_unset=True).items() if v is not None}
+        if not given:
+            raise HTTPException(400, "give at least one of: " + ", ".join(SECRET_FIELDS))
+        response = None
+        for name, value in given.items():
+            response = await business.SetChannelToken(
+                business_pb2.SetChannelTokenRequest(
+                    business_id=business_id, secret=SECRET_FIELDS[name], value=value
+                )
+            )
+        assert response is not None
+        return business_out(response.business)
+
+    UserId = Annotated[str, Path(min_length=1, max_length=128)]
+
+    def conversation_key(business_id: str, user_id: str) -> session_pb2.ConversationKey:
+        return session_pb2.ConversationKey(
+            business_id=business_id, user_id=user_id, role=session_pb2.CONVERSATION_ROLE_CLIENT
+        )
+
+    @router.get("/sessions/{business_id}/{user_id}", summary="A user's live conversation.")
+    async def get_session(business_id: BusinessId, user_id: UserId) -> dict[str, Any]:
+        response = await runtime.clients.session.GetConversation(
+            session_pb2.GetConversationRequest(key=conversation_key(business_id, user_id))
+        )
+        return _dict(response.conversation)
+
+    @router.delete("/sessions/{business_id}/{user_id}", summary="End a user's conversation.")
+    async def delete_session(business_id: BusinessId, user_id: UserId) -> dict[str, bool]:
+        response = await runtime.clients.session.EndConversation(
+            session_pb2.EndConversationRequest(key=conversation_key(business_id, user_id))
+        )
+        return {"ended": response.ended}
+
+    @router.get("/circuits", summary="Every circuit breaker of the search providers.")
+    async def circuits() -> dict[str, Any]:
+        response = await runtime.clients.search.ListCircuitBreakers(
+            search_pb2.ListCircuitBreakersRequest()
+        )
+        return {"circuit_breakers": [_dict(b) for b in response.circuit_breakers]}
+
+    @router.post("/circuit/{name}/reset", summary="Close a breaker; an unknown name is 404.")
+    async def reset_circuit(
+        name: Annotated[str, Path(min_length=1, max_length=100)],
+    ) -> dict[str, Any]:
+        response = await runtime.clients.search.ResetCircuitBreaker(
+            search_pb2.ResetCircuitBreakerRequest(name=name)
+        )
+        return {"circuit_breaker": _dict(response.circuit_breaker)}
+
+    @router.post("/cache/warm", summary="Warm the flight search cache (popular routes).")
+    async def warm_search(
+        days_ahead: Annotated[int, Query(ge=1, le=30)] = 7,
+    ) -> dict[str, int]:
+        response = await runtime.clients.search.WarmCache(
+            search_pb2.WarmCacheRequest(days_ahead=days_ahead), timeout=60
+        )
+        return {"warmed": response.warmed, "failed": response.failed}
+
+    @router.post("/cache/warmup", summary="Load active businesses into the lookup cache.")
+    async def warm_business(
+        limit: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    ) -> dict[str, int]:
+        response = await business.WarmCache(business_pb2.WarmCacheRequest(limit=limit), timeout=30)
+        return {"loaded": response.loaded}
+
+    @router.get("/outbox", summary="Replies stored instead of sent (OUTBOX_ONLY=true).")
+    async def outbox(
+        user_id: Annotated[str, Query(min_length=1, max_length=128)],
+        after: Annotated[str | None, Query(pattern=STREAM_ID)] = None,
+        business_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    ) -> Outbox:
+        messages, cursor = await runtime.outbox.read(user_id, after, business_id)
+        return Outbox(messages=[OutboxMessage(**m) for m in messages], next=cursor)
+
+    @router.get("/dead-letters", summary="Dead letters, oldest first, with their last error.")
+    async def dead_letters(
+        after: Annotated[str | None, Query(pattern=STREAM_ID)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> DeadLetters:
+        items = await runtime.queue.dead_letters(after, limit)
+        out = []
+        for dead_id, record in items:
+            message = None
+            if "orig_m" in record:
+                try:
+                    message = json.loads(record["orig_m"])
+                except ValueError:
+                    message = None
+            out.append(
+                DeadLetterOut(
+                    id=dead_id,
+                    reason=record.get("reason", ""),
+                    error=record.get("error", ""),
+                    time=record.get("time", ""),
+                    request_id=record.get("orig_rid", ""),
+                    message=message,
+                    raw=record.get("raw"),
+                )
+            )
+        return DeadLetters(dead_letters=out, next=items[-1][0] if items else (after or "0-0"))
+
+    @router.post(
+        "/dead-letters/{dead_id}/replay",
+        summary="Put a dead letter's message back on the queue.",
+        responses={409: {"description": "The record holds no message to replay."}},
+    )
+    async def replay(
+        dead_id: Annotated[str, Path(max_length=50)],
+    ) -> dict[str, str]:
+        if not re.match(STREAM_ID, dead_id):
+            raise HTTPException(404, "no such dead letter")
+        try:
+            entry_id = await runtime.queue.replay(dead_id)
+        except ValueError as error:
+            raise HTTPException(409, str(error)) from None
+        if entry_id is None:
+            raise HTTPException(404, "no such dead letter")
+        return {"replayed": dead_id, "entry_id": entry_id}
+
+    return router

@@ -1,0 +1,1 @@
+"""Webhook formats: one module per channel (parsing and signature checks)."""

@@ -1,0 +1,155 @@
+"""Twilio WhatsApp webhooks: the X-Twilio-Signature check and the form payload.
+
+Twilio signs ``full URL (with query) + every POST parameter name and value, sorted by name``
+with HMAC-SHA1 keyed by the account's auth token, base64-encoded. Behind a proxy the URL Twilio
+called is not the one we see, so ``PUBLIC_BASE_URL`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from services.gateway.engine import InboundMessage, MessageType
+
+SIGNATURE_HEADER = "x-twilio-signature"
+PREFIX = "whatsapp:"
+
+
+class MalformedForm(ValueError):
+    """The body is not a form-encoded Twilio webhook (400)."""
+
+
+@dataclass(frozen=True)
+class Status:
+    message_sid: str
+    status: str
+    error_code: str = ""
+
+
+def parse_form(body: bytes) -> list[tuple[str, str]]:
+    """The form's (name, value) pairs, in order; 400 on anything that is not a form."""
+    try:
+        text = body.decode("utf-8")
+        return parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise MalformedForm(f"not a form-encoded body: {error}") from None
+
+
+def sign(url: str, params: list[tuple[str, str]], auth_token: str) -> str:
+    """The X-Twilio-Signature value for a POST of ``params`` to ``url``."""
+    data = url + "".join(name + value for name, value in sorted(params))
+    digest = hmac.new(auth_token.encode(), data.encode("utf-8"), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _url_variants(url: str) -> list[str]:
+    """The URL as given, and with/without the default port, as Twilio's own validator tries."""
+    parts = urlsplit(url)
+    variants = [url]
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    host = parts.hostname or ""
+    if parts.port is None and default:
+        variants.append(urlunsplit(parts._replace(netloc=f"{_userinfo(parts)}{host}:{default}")))
+    elif parts.port == default:
+        variants.append(urlunsplit(parts._replace(netloc=f"{_userinfo(parts)}{host}")))
+    return variants
+
+
+def _userinfo(parts: Any) -> str:
+    return f"{parts.username}@" if parts.username else ""
+
+
+def signature_matches(
+    url: str, params: list[tuple[str, str]], header: str, auth_token: str
+) -> bool:
+    """Constant-time check of ``header`` against every accepted URL form."""
+    given = header.strip().encode()
+    return any(
+        hmac.compare_digest(sign(variant, params, auth_token).encode(), given)
+        for variant in _url_variants(url)
+    )
+
+
+def public_url(base: str | None, path: str, query: str, seen_url: str) -> str:
+    """The URL Twilio called: ``PUBLIC_BASE_URL`` + path + query when set, else what we saw."""
+    if not base:
+        return seen_url
+    return base.rstrip("/") + path + (f"?{query}" if query else "")
+
+
+def strip_prefix(number: str) -> str:
+    return number.removeprefix(PREFIX).strip()
+
+
+def parse(params: list[tuple[str, str]]) -> InboundMessage | Status:
+    """One inbound message, or a status callback; ValueError when neither can be made."""
+    form = dict(params)
+    sid = form.get("MessageSid") or form.get("SmsMessageSid") or form.get("SmsSid") or ""
+    if not sid:
+        raise ValueError("form without MessageSid")
+    status = form.get("MessageStatus") or form.get("SmsStatus") or ""
+    if status and status != "received" and "Body" not in form and "NumMedia" not in form:
+        return Status(sid, status, form.get("ErrorCode", ""))
+    sender = strip_prefix(form.get("From", ""))
+    to = strip_prefix(form.get("To", ""))
+    if not sender or not to:
+        raise ValueError("form without From or To")
+    message_type, text, payload = _content(form)
+    return InboundMessage(
+        channel="twilio",
+        provider_message_id=sid,
+        channel_identity=to,
+        user_id=sender,
+        type=message_type,
+        timestamp=datetime.now(UTC),
+        text=text,
+        profile_name=form.get("ProfileName", ""),
+        payload=payload,
+    )
+
+
+def _content(form: dict[str, str]) -> tuple[MessageType, str, dict[str, Any]]:
+    kind = form.get("MessageType", "").lower()
+    body = form.get("Body", "")
+    if form.get("ButtonPayload") or form.get("ButtonText") or kind in ("button", "interactive"):
+        title = form.get("ButtonText") or body
+        return "button", title, {"reply_id": form.get("ButtonPayload", ""), "title": title}
+    if form.get("Latitude") and form.get("Longitude"):
+        try:
+            payload: dict[str, Any] = {
+                "latitude": float(form["Latitude"]),
+                "longitude": float(form["Longitude"]),
+                "name": form.get("Label", ""),
+                "address": form.get("Address", ""),
+            }
+        except ValueError:
+            return "unknown", body, {"raw_type": "location"}
+        return "location", str(payload["name"] or payload["address"]), payload
+    try:
+        media_count = int(form.get("NumMedia", "0") or "0")
+    except ValueError:
+        media_count = 0
+    if media_count > 0:
+        mime = form.get("MediaContentType0", "")
+        major = mime.split("/", 1)[0]
+        media_type: MessageType = {"image": "image", "audio": "audio", "video": "video"}.get(
+            major, "document"
+        )  # type: ignore[assignment]
+        if kind == "sticker":
+            media_type = "sticker"
+        payload = {
+            "media_id": form.get("MediaUrl0", ""),
+            "mime_type": mime,
+            "caption": body,
+            "filename": "",
+        }
+        return media_type, body, payload
+    if kind and kind != "text" and not body:
+        return "unknown", "", {"raw_type": kind}
+    return "text", body, {}

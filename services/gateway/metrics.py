@@ -1,0 +1,101 @@
+"""The gateway's Prometheus metrics.
+
+With several processes (``WEB_CONCURRENCY`` > 1, or separate workers on one host)
+``PROMETHEUS_MULTIPROC_DIR`` is set and prometheus-client's multiprocess mode sums the counters
+and histograms of every process at scrape time. Queue figures are read from Redis at scrape time
+instead (they are shared state, not per-process counts).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+WEBHOOKS = Counter(
+    "gateway_webhooks_total",
+    "Webhooks received, by channel and outcome.",
+    ["channel", "outcome"],
+)
+ACK_SECONDS = Histogram(
+    "gateway_webhook_ack_seconds",
+    "Time from a webhook's arrival to its answer.",
+    ["channel"],
+    buckets=LATENCY_BUCKETS,
+)
+END_TO_END_SECONDS = Histogram(
+    "gateway_end_to_end_seconds",
+    "Time from webhook received to the first reply accepted by the provider (or outbox).",
+    ["channel"],
+    buckets=LATENCY_BUCKETS,
+)
+MESSAGES_ENQUEUED = Counter(
+    "gateway_messages_enqueued_total", "Messages written to the queue.", ["channel"]
+)
+DUPLICATES = Counter(
+    "gateway_duplicates_dropped_total",
+    "Redelivered messages dropped by dedupe (same provider message id).",
+    ["channel"],
+)
+STATUSES = Counter(
+    "gateway_message_statuses_total",
+    "Delivery statuses reported by the provider.",
+    ["channel", "status"],
+)
+PROCESSED = Counter(
+    "gateway_messages_processed_total",
+    "Queue entries finished by workers, by outcome.",
+    ["outcome"],
+)
+RETRIES = Counter("gateway_retries_total", "Queue entries retried after a failure.")
+DEAD_LETTERS = Counter(
+    "gateway_dead_letters_total", "Records written to the dead-letter stream.", ["reason"]
+)
+SENDS = Counter(
+    "gateway_sends_total",
+    "Replies handed to a channel, by sender and outcome.",
+    ["sender", "outcome"],
+)
+RATE_LIMITED = Counter(
+    "gateway_rate_limited_total", "Messages not processed because of a rate limit.", ["scope"]
+)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class _Snapshot(Collector):
+    """Gauges computed just before the scrape (queue depth and friends)."""
+
+    def __init__(self, gauges: Mapping[str, tuple[str, float]]) -> None:
+        self._gauges = gauges
+
+    def collect(self) -> Iterable[Metric]:
+        for name, (help_text, value) in self._gauges.items():
+            yield GaugeMetricFamily(name, help_text, value=value)
+
+
+def render(gauges: Mapping[str, tuple[str, float]]) -> tuple[bytes, str]:
+    """The exposition text of every process's metrics plus ``gauges``."""
+    registry = CollectorRegistry()
+    directory = multiprocess_dir()
+    if directory:
+        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        registry.register(_Snapshot(gauges))
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    registry.register(_Snapshot(gauges))
+    return generate_latest(REGISTRY) + generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,354 @@
+"""The durable queue: Redis Streams, partitioned by user, with dedupe atomic with the enqueue.
+
+Layout (every key of one partition shares the hash tag ``{p}``, so each Lua script touches one
+Redis Cluster slot):
+
+- ``gw:q:{p}``          the partition's stream; consumer group ``workers``
+- ``gw:dd:{p}:<id>``    dedupe marker of a provider message id (7 days), value: the entry id
+- ``gw:lease:{p}``      which worker owns the partition now (``PX`` = the visibility timeout)
+- ``gw:att:{p}``        hash: entry id → attempts so far
+- ``gw:err:{p}``        hash: entry id → its last error, while it waits for a retry
+- ``gw:dead``           dead letters (capped)
+- ``gw:workers``        sorted set: live worker ids → heartbeat expiry
+
+A message goes to partition ``crc32(channel identity, user) mod QUEUE_PARTITIONS``, so every
+message of one user lands in one stream in arrival order. Only the lease holder reads a
+partition, and it handles one entry at a time, so a user's messages are handled one at a time in
+order; different partitions (users) go in parallel, across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import ResponseError
+
+from services.gateway.engine import InboundMessage
+
+GROUP = "workers"
+DEAD = "gw:dead"
+WORKERS = "gw:workers"
+DEAD_MAXLEN = 100_000
+
+# Dedupe and enqueue in one step: a crash can neither lose the message nor let a redelivery in.
+ENQUEUE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+redis.call('SET', KEYS[1], id, 'EX', ARGV[1])
+return id
+"""
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# Acknowledge only while still holding the lease (fencing): a worker that stalled past its
+# lease must not acknowledge what its successor now owns.
+ACK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
+redis.call('XDEL', KEYS[2], ARGV[3])
+redis.call('HDEL', KEYS[3], ARGV[3])
+redis.call('HDEL', KEYS[4], ARGV[3])
+return 1
+"""
+
+
+def stream_key(partition: int) -> str:
+    return f"gw:q:{{{partition}}}"
+
+
+def dedupe_key(partition: int, channel: str, message_id: str) -> str:
+    return f"gw:dd:{{{partition}}}:{channel}:{message_id}"
+
+
+def lease_key(partition: int) -> str:
+    return f"gw:lease:{{{partition}}}"
+
+
+def attempts_key(partition: int) -> str:
+    return f"gw:att:{{{partition}}}"
+
+
+def errors_key(partition: int) -> str:
+    return f"gw:err:{{{partition}}}"
+
+
+def partition_of(channel_identity: str, user_id: str, partitions: int) -> int:
+    """Stable across processes and restarts (unlike ``hash()``)."""
+    return zlib.crc32(f"{channel_identity}\x00{user_id}".encode()) % partitions
+
+
+def encode_message(message: InboundMessage) -> str:
+    data = asdict(message)
+    data["timestamp"] = message.timestamp.isoformat()
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_message(text: str | bytes) -> InboundMessage:
+    data = json.loads(text)
+    data["timestamp"] = datetime.fromisoformat(data["timestamp"])
+    return InboundMessage(**data)
+
+
+@dataclass(frozen=True)
+class Entry:
+    partition: int
+    id: str
+    message: InboundMessage
+    request_id: str
+    received: float  # epoch seconds when the webhook arrived
+    fields: dict[str, str]
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Queue:
+    def __init__(self, client: redis.Redis, partitions: int, dedupe_ttl: int) -> None:
+        self.redis = client
+        self.partitions = partitions
+        self.dedupe_ttl = dedupe_ttl
+        self._enqueue = client.register_script(ENQUEUE)
+        self._renew = client.register_script(RENEW)
+        self._release = client.register_script(RELEASE)
+        self._ack = client.register_script(ACK)
+
+    # --- producer side ---------------------------------------------------------------------
+
+    async def enqueue(
+        self, messages: list[InboundMessage], request_id: str, received: float
+    ) -> list[str | None]:
+        """Write each message unless its provider id was seen; the entry id, or None (dupe)."""
+        if not messages:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for message in messages:
+                partition = self.partition(message)
+                fields = {
+                    "m": encode_message(message),
+                    "rid": request_id,
+                    "rt": repr(received),
+                }
+                args: list[Any] = [self.dedupe_ttl]
+                for name, value in fields.items():
+                    args += [name, value]
+                await self._enqueue(
+                    keys=[
+                        dedupe_key(partition, message.channel, message.provider_message_id),
+                        stream_key(partition),
+                    ],
+                    args=args,
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        return [_s(r) if r else None for r in results]
+
+    def partition(self, message: InboundMessage) -> int:
+        return partition_of(message.channel_identity, message.user_id, self.partitions)
+
+    async def requeue(self, fields: dict[str, str]) -> str:
+        """Put a dead letter's original message back on its partition (bypasses dedupe)."""
+        message = decode_message(fields["m"])
+        partition = self.partition(message)
+        await self.ensure_group(partition)
+        entry_id = await self.redis.xadd(
+            stream_key(partition), {k: fields[k] for k in ("m", "rid", "rt") if k in fields}
+        )
+        return _s(entry_id)
+
+    # --- consumer side ---------------------------------------------------------------------
+
+    async def ensure_group(self, partition: int) -> None:
+        try:
+            await self.redis.xgroup_create(stream_key(partition), GROUP, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def ensure_groups(self) -> None:
+        for partition in range(self.partitions):
+            await self.ensure_group(partition)
+
+    async def acquire(self, partition: int, token: str, ttl_ms: int) -> bool:
+        return bool(await self.redis.set(lease_key(partition), token, nx=True, px=ttl_ms))
+
+    async def renew(self, partition: int, token: str, ttl_ms: int) -> bool:
+        return bool(await self._renew(keys=[lease_key(partition)], args=[token, ttl_ms]))
+
+    async def release(self, partition: int, token: str) -> None:
+        await self._release(keys=[lease_key(partition)], args=[token])
+
+    async def holds(self, partition: int, token: str) -> bool:
+        return _s(await self.redis.get(lease_key(partition)) or b"") == token
+
+    async def take_over(self, partition: int, consumer: str) -> None:
+        """Make every pending entry of the partition ours (its former holder is gone)."""
+        start = "0-0"
+        while True:
+            result = await self.redis.xautoclaim(
+                stream_key(partition),
+                GROUP,
+                consumer,
+                min_idle_time=0,
+                start_id=start,
+                count=100,
+                justid=True,
+            )
+            start = _s(result[0])
+            if start == "0-0":
+                return
+
+    async def read(
+        self, partition: int, consumer: str, *, pending: bool, block_ms: int | None, count: int
+    ) -> list[Entry]:
+        """Our own pending entries (``pending``), else new ones, oldest first."""
+        try:
+            response = await self.redis.xreadgroup(
+                GROUP,
+                consumer,
+                {stream_key(partition): "0" if pending else ">"},
+                count=count,
+                block=None if pending else block_ms,
+            )
+        except ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            await self.ensure_group(partition)  # Redis lost its data; start again
+            return []
+        entries = []
+        stream_items: Any = response or []
+        for _, items in stream_items:
+            for entry_id, raw in items:
+                if not raw:  # deleted while pending
+                    await self.redis.xack(stream_key(partition), GROUP, entry_id)
+                    continue
+                fields = {_s(k): _s(v) for k, v in raw.items()}
+                try:
+                    entries.append(self._entry(partition, _s(entry_id), fields))
+                except CorruptEntry as corrupt:
+                    # Not ours to interpret: keep it for an operator, never block the partition.
+                    await self.dead_letter("corrupt_entry", str(corrupt), fields=fields)
+                    await self.redis.xack(stream_key(partition), GROUP, entry_id)
+                    await self.redis.xdel(stream_key(partition), entry_id)
+        return entries
+
+    @staticmethod
+    def _entry(partition: int, entry_id: str, fields: dict[str, str]) -> Entry:
+        try:
+            message = decode_message(fields["m"])
+            received = float(fields.get("rt", "0"))
+        except (KeyError, TypeError, ValueError) as error:
+            raise CorruptEntry(partition, entry_id, fields, str(error)) from None
+        return Entry(partition, entry_id, message, fields.get("rid", ""), received, fields)
+
+    async def attempt(self, partition: int, entry_id: str) -> tuple[int, str]:
+        """Count one more attempt (before it starts, so a crash counts too); with the last
+        recorded error, if any."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(attempts_key(partition), entry_id, 1)
+            pipe.hget(errors_key(partition), entry_id)
+            count, error = await pipe.execute()
+        return int(count), _s(error) if error else ""
+
+    async def record_error(self, partition: int, entry_id: str, error: str) -> None:
+        await self.redis.hset(errors_key(partition), entry_id, error[:2000])
+
+    async def drop(self, partition: int, entry_id: str, token: str) -> bool:
+        """Acknowledge an entry that is finished without success (dead-lettered or skipped)."""
+        return await self.ack(partition, entry_id, token)
+
+    async def ack(self, partition: int, entry_id: str, token: str) -> bool:
+        return bool(
+            await self._ack(
+                keys=[
+                    lease_key(partition),
+                    stream_key(partition),
+                    attempts_key(partition),
+                    errors_key(partition),
+                ],
+                args=[token, GROUP, entry_id],
+            )
+        )
+
+    # --- dead letters --------------------------------------------------------------------
+
+    async def dead_letter(
+        self, reason: str, error: str, *, fields: dict[str, str] | None = None, raw: Any = None
+    ) -> str:
+        record = {
+            "reason": reason,
+            "error": error[:2000],
+            "time": repr(time.time()),
+            **{f"orig_{k}": v for k, v in (fields or {}).items()},
+        }
+        if raw is not None:
+            record["raw"] = json.dumps(raw, default=str)[:20_000]
+        fields_out: Any = record
+        return _s(await self.redis.xadd(DEAD, fields_out, maxlen=DEAD_MAXLEN, approximate=True))
+
+    async def dead_letters(self, after: str | None, count: int) -> list[tuple[str, dict[str, str]]]:
+        start = f"({after}" if after else "-"
+        items: Any = await self.redis.xrange(DEAD, min=start, max="+", count=count)
+        return [(_s(i), {_s(k): _s(v) for k, v in raw.items()}) for i, raw in items]
+
+    async def replay(self, dead_id: str) -> str | None:
+        """Re-enqueue a dead letter; None when unknown; ValueError when it holds no message."""
+        items: Any = await self.redis.xrange(DEAD, min=dead_id, max=dead_id)
+        if not items:
+            return None
+        record = {_s(k): _s(v) for k, v in items[0][1].items()}
+        fields = {k.removeprefix("orig_"): v for k, v in record.items() if k.startswith("orig_")}
+        if "m" not in fields:
+            raise ValueError("this dead letter holds no message to replay")
+        entry_id = await self.requeue(fields)
+        await self.redis.xdel(DEAD, dead_id)
+        return entry_id
+
+    # --- figures -------------------------------------------------------------------------
+
+    async def stats(self) -> dict[str, int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition in range(self.partitions):
+                pipe.xlen(stream_key(partition))
+                pipe.xpending(stream_key(partition), GROUP)
+                pipe.hlen(errors_key(partition))
+            pipe.xlen(DEAD)
+            pipe.zcount(WORKERS, time.time(), "+inf")
+            results = await pipe.execute(raise_on_error=False)
+        length = pending = retrying = 0
+        for i in range(self.partitions):
+            xlen, xpending, attempts = results[3 * i : 3 * i + 3]
+            length += xlen if isinstance(xlen, int) else 0
+            if isinstance(xpending, dict):
+                pending += int(xpending.get("pending", 0))
+            retrying += attempts if isinstance(attempts, int) else 0
+        dead, workers = results[-2], results[-1]
+        return {
+            "length": length,
+            "pending": pending,
+            "retrying": retrying,
+            "dead_letters": dead if isinstance(dead, int) else 0,
+            "live_workers": workers if isinstance(workers, int) else 0,
+            "partitions": self.partitions,
+        }
+
+
+class CorruptEntry(Exception):
+    def __init__(self, partition: int, entry_id: str, fields: dict[str, str], error: str) -> None:
+        super().__init__(error)
+        self.partition = partition
+        self.entry_id = entry_id
+        self.fields = fields

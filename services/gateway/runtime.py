@@ -1,0 +1,134 @@
+"""Everything one gateway process holds: Redis, the queue, gRPC clients, senders, workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import httpx
+import redis.asyncio as redis
+import structlog
+
+from services.common.redis_client import make_redis
+from services.gateway.clients import Clients
+from services.gateway.engine import Engine
+from services.gateway.queue import Queue
+from services.gateway.ratelimit import RateLimits
+from services.gateway.senders.base import Sender
+from services.gateway.senders.cloud_api import CloudApiSender
+from services.gateway.senders.outbox import OutboxSender
+from services.gateway.senders.twilio import TwilioSender
+from services.gateway.settings import GatewaySettings
+from services.gateway.worker import Processor, WorkerPool, load_engine
+
+log = structlog.get_logger()
+
+Role = Literal["web", "worker", "all"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def commit() -> str:
+    """The deployed commit: ``GIT_COMMIT`` if the build set it, else ask git once."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=2,
+            check=False,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dataclass
+class Runtime:
+    settings: GatewaySettings
+    role: Role
+    redis: redis.Redis
+    queue: Queue
+    clients: Clients
+    http: httpx.AsyncClient
+    outbox: OutboxSender
+    senders: dict[str, Sender]
+    rate_limits: RateLimits
+    engine: Engine
+    pool: WorkerPool | None = None
+    started: float = field(default_factory=time.monotonic)
+    commit: str = field(default_factory=commit)
+
+    @classmethod
+    def build(cls, settings: GatewaySettings, role: Role) -> Runtime:
+        client = make_redis(settings.effective_redis_url)
+        clients = Clients(settings)
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.send_timeout_seconds, connect=3.0),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+        outbox = OutboxSender(client, settings.outbox_max_messages)
+        senders: dict[str, Sender] = {
+            "cloud_api": CloudApiSender(http, settings.whatsapp_api_base_url),
+            "twilio": TwilioSender(
+                http,
+                settings.twilio_api_base_url,
+                settings.twilio_account_sid or "",
+                settings.twilio_auth_token or "",
+            ),
+            "outbox": outbox,
+        }
+        return cls(
+            settings=settings,
+            role=role,
+            redis=client,
+            queue=Queue(client, settings.queue_partitions, settings.dedupe_ttl_seconds),
+            clients=clients,
+            http=http,
+            outbox=outbox,
+            senders=senders,
+            rate_limits=RateLimits(
+                settings.effective_redis_url,
+                client,
+                settings.rate_limit_user,
+                settings.rate_limit_business,
+            ),
+            engine=load_engine(settings.gateway_engine, clients.search),
+        )
+
+    async def start(self) -> None:
+        if self.role in ("worker", "all"):
+            # Blocking reads hold a connection each: a client of their own, with a socket
+            # timeout longer than the block.
+            consumer_redis = make_redis(
+                self.settings.effective_redis_url,
+                socket_timeout=5.0,
+                max_connections=self.settings.queue_partitions + 16,
+            )
+            queue = Queue(
+                consumer_redis, self.settings.queue_partitions, self.settings.dedupe_ttl_seconds
+            )
+            processor = Processor(
+                self.settings,
+                self.clients,
+                self.engine,
+                self.senders,
+                self.rate_limits,
+                self.redis,
+            )
+            self.pool = WorkerPool(self.settings, queue, processor)
+            await self.pool.start()
+
+    async def stop(self) -> None:
+        if self.pool is not None:
+            await self.pool.stop()
+            await self.pool.queue.redis.aclose()
+        await self.http.aclose()
+        await self.clients.close()
+        await self.redis.aclose()

@@ -1,0 +1,1 @@
+"""Where replies go: the Cloud API, Twilio, or the dev outbox."""

@@ -1,0 +1,178 @@
+"""Replies through the WhatsApp Cloud API: ``POST {base}/{phone_number_id}/messages``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from services.common.redact import mask_phone
+from services.gateway.engine import Reply
+from services.gateway.senders.base import SendError, Target, TokenExpired, split_text
+
+log = structlog.get_logger()
+
+TEXT_LIMIT = 4096
+INTERACTIVE_BODY_LIMIT = 1024
+RATE_LIMIT_CODES = {130429, 131056, 80007, 4, 613}
+OUTSIDE_WINDOW = 131047
+TOKEN_EXPIRED = 190
+
+
+def _is_rate_limited(error: BaseException) -> bool:
+    return isinstance(error, SendError) and error.outcome == "rate_limited"
+
+
+class CloudApiSender:
+    name = "cloud_api"
+
+    def __init__(self, client: httpx.AsyncClient, base_url: str, rate_limit_tries: int = 3):
+        self._client = client
+        self._base = base_url.rstrip("/")
+        self._tries = rate_limit_tries
+
+    async def send(self, target: Target, reply: Reply) -> None:
+        for payload in self.payloads(target.user_id, reply):
+            await self._post_with_backoff(target, payload)
+
+    async def mark_read(self, target: Target, message_id: str) -> None:
+        """Blue ticks and the typing indicator while the bot works (best effort)."""
+        payload = {
+            "messaging_product": "whatsapp",
+            "status": "read",
+            "message_id": message_id,
+            "typing_indicator": {"type": "text"},
+        }
+        await self._post(target, payload)
+
+    @staticmethod
+    def payloads(to: str, reply: Reply) -> list[dict[str, Any]]:
+        """The Graph API bodies of one reply: text split at 4096, buttons or a list natively."""
+        base = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to}
+        interactive = bool(reply.buttons or reply.rows)
+        chunks = split_text(reply.text, TEXT_LIMIT)
+        body_text = ""
+        if interactive:
+            # The last chunk becomes the interactive body when it fits; else a short one.
+            if len(chunks[-1]) <= INTERACTIVE_BODY_LIMIT and chunks[-1]:
+                body_text = chunks.pop()
+            else:
+                body_text = "Choose an option:"
+        messages = [
+            {**base, "type": "text", "text": {"body": chunk, "preview_url": False}}
+            for chunk in chunks
+            if chunk
+        ]
+        if reply.buttons:
+            action: dict[str, Any] = {
+                "buttons": [
+                    {"type": "reply", "reply": {"id": b.id, "title": b.title[:20]}}
+                    for b in reply.buttons[:3]
+                ]
+            }
+            messages.append(
+                {
+                    **base,
+                    "type": "interactive",
+                    "interactive": {
+                        "type": "button",
+                        "body": {"text": body_text},
+                        "action": action,
+                    },
+                }
+            )
+        elif reply.rows:
+            rows = [
+                {
+                    "id": r.id,
+                    "title": r.title[:24],
+                    **({"description": r.description[:72]} if r.description else {}),
+                }
+                for r in reply.rows[:10]
+            ]
+            messages.append(
+                {
+                    **base,
+                    "type": "interactive",
+                    "interactive": {
+                        "type": "list",
+                        "body": {"text": body_text},
+                        "action": {
+                            "button": (reply.list_button or "Options")[:20],
+                            "sections": [{"title": "Options", "rows": rows}],
+                        },
+                    },
+                }
+            )
+        return messages
+
+    async def _post_with_backoff(self, target: Target, payload: dict[str, Any]) -> None:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_is_rate_limited),
+            stop=stop_after_attempt(self._tries),
+            wait=wait_exponential_jitter(initial=0.2, max=2.0),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._post(target, payload)
+
+    async def _post(self, target: Target, payload: dict[str, Any]) -> None:
+        if not target.access_token:
+            raise SendError(
+                "the business has no Cloud API access token",
+                retryable=False,
+                outcome="no_credentials",
+            )
+        url = f"{self._base}/{target.channel_identity}/messages"
+        try:
+            response = await self._client.post(
+                url, json=payload, headers={"Authorization": f"Bearer {target.access_token}"}
+            )
+        except httpx.HTTPError as error:
+            raise SendError(
+                f"Graph API unreachable: {type(error).__name__}", retryable=True, outcome="error"
+            ) from None
+        if response.status_code < 300:
+            return
+        code, message = _graph_error(response)
+        if code == TOKEN_EXPIRED:
+            raise TokenExpired(f"Graph API error 190: {message}")
+        if response.status_code == 429 or code in RATE_LIMIT_CODES:
+            raise SendError(
+                f"Graph API rate limit ({code})", retryable=True, outcome="rate_limited", code=code
+            )
+        if code == OUTSIDE_WINDOW:
+            log.warning(
+                "reply outside the 24-hour window",
+                to=mask_phone(target.user_id),
+                business_id=target.business_id,
+            )
+            raise SendError(
+                "outside the 24-hour customer service window",
+                retryable=False,
+                outcome="outside_window",
+                code=code,
+            )
+        raise SendError(
+            f"Graph API answered {response.status_code} ({code}): {message}",
+            retryable=response.status_code >= 500,
+            outcome="error",
+            code=code,
+        )
+
+
+def _graph_error(response: httpx.Response) -> tuple[int | None, str]:
+    try:
+        error = response.json().get("error", {})
+        code = error.get("code")
+        return (int(code) if isinstance(code, int) else None), str(error.get("message", ""))[:200]
+    except (ValueError, AttributeError):
+        return None, response.text[:200]

@@ -1,0 +1,74 @@
+"""Replies through Twilio: ``POST {base}/2010-04-01/Accounts/{sid}/Messages.json``."""
+
+from __future__ import annotations
+
+import contextlib
+
+import httpx
+
+from services.gateway.channels.twilio import PREFIX
+from services.gateway.engine import Reply
+from services.gateway.senders.base import SendError, Target, split_text
+
+BODY_LIMIT = 1600  # Twilio's limit for one message body
+
+
+def render(reply: Reply) -> str:
+    """Twilio has no native buttons here: options become numbered lines."""
+    lines = [reply.text] if reply.text else []
+    options = [(b.title, "") for b in reply.buttons] or [
+        (r.title, r.description) for r in reply.rows
+    ]
+    for number, (title, description) in enumerate(options, start=1):
+        lines.append(f"{number}. {title}" + (f" - {description}" if description else ""))
+    return "\n".join(lines)
+
+
+class TwilioSender:
+    name = "twilio"
+
+    def __init__(
+        self, client: httpx.AsyncClient, base_url: str, default_sid: str, default_token: str
+    ) -> None:
+        self._client = client
+        self._base = base_url.rstrip("/")
+        self._sid = default_sid
+        self._token = default_token
+
+    async def send(self, target: Target, reply: Reply) -> None:
+        sid = target.twilio_account_sid or self._sid
+        token = target.twilio_auth_token or self._token
+        if not sid or not token:
+            raise SendError("no Twilio credentials", retryable=False, outcome="no_credentials")
+        for chunk in split_text(render(reply), BODY_LIMIT):
+            await self._post(sid, token, target, chunk)
+
+    async def mark_read(self, target: Target, message_id: str) -> None:
+        """Twilio has no read receipts to send."""
+
+    async def _post(self, sid: str, token: str, target: Target, body: str) -> None:
+        url = f"{self._base}/2010-04-01/Accounts/{sid}/Messages.json"
+        form = {
+            "To": PREFIX + target.user_id,
+            "From": PREFIX + target.channel_identity,
+            "Body": body,
+        }
+        try:
+            response = await self._client.post(url, data=form, auth=(sid, token))
+        except httpx.HTTPError as error:
+            raise SendError(
+                f"Twilio unreachable: {type(error).__name__}", retryable=True, outcome="error"
+            ) from None
+        if response.status_code < 300:
+            return
+        code = None
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            code = int(response.json().get("code"))
+        if response.status_code == 429:
+            raise SendError("Twilio rate limit", retryable=True, outcome="rate_limited", code=code)
+        raise SendError(
+            f"Twilio answered {response.status_code} ({code})",
+            retryable=response.status_code >= 500,
+            outcome="error",
+            code=code,
+        )

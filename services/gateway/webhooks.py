@@ -1,0 +1,382 @@
+"""Webhook endpoints: verify, parse, dedupe + enqueue, answer. Nothing is processed here.
+
+The answer is 200 only once every message of the webhook is in Redis; if Redis cannot take them
+the answer is 503 so the provider retries. Order of checks: size (413), signature (401 missing,
+403 wrong), syntax (400), then usefulness (200 + dead letter for what we cannot use).
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+import uuid
+from typing import Any
+
+import grpc
+import orjson
+import structlog
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from redis.exceptions import RedisError
+
+from parley.business.v1 import business_pb2
+from services.common.clients import request_id_var
+from services.common.redact import mask_phone
+from services.gateway import metrics
+from services.gateway.channels import cloud_api, twilio
+from services.gateway.runtime import Runtime
+
+log = structlog.get_logger()
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+
+CLOUD_API_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": "A WhatsApp Cloud API webhook (object, entry[].changes[].value)",
+                    "properties": {
+                        "object": {"type": "string"},
+                        "entry": {"type": "array", "items": {"type": "object"}},
+                    },
+                }
+            }
+        },
+    },
+    "parameters": [
+        {
+            "name": "X-Hub-Signature-256",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "sha256=<hex HMAC-SHA256 of the raw body with the app secret>",
+        }
+    ],
+    "responses": {
+        "200": {"description": "Every message is queued (or was already)."},
+        "400": {"description": "Not JSON, or not an object."},
+        "401": {"description": "Signature missing."},
+        "403": {"description": "Signature wrong."},
+        "413": {"description": "Body over MAX_BODY_BYTES."},
+        "503": {"description": "The queue cannot take the messages now; retry."},
+    },
+}
+TWILIO_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "MessageSid": {"type": "string"},
+                        "From": {"type": "string"},
+                        "To": {"type": "string"},
+                        "Body": {"type": "string"},
+                    },
+                }
+            }
+        },
+    },
+    "parameters": [
+        {
+            "name": "X-Twilio-Signature",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "base64 HMAC-SHA1 of URL + sorted parameters with the auth token",
+        }
+    ],
+    "responses": {
+        "200": {
+            "description": "Queued; an empty TwiML response.",
+            "content": {"text/xml": {"schema": {"type": "string"}}},
+        },
+        "400": {"description": "Not a form."},
+        "401": {"description": "Signature missing."},
+        "403": {"description": "Signature wrong."},
+        "413": {"description": "Body over MAX_BODY_BYTES."},
+        "503": {"description": "The queue cannot take the message now; retry."},
+    },
+}
+
+
+def request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def _reject(channel: str, status: int, outcome: str, detail: str) -> JSONResponse:
+    metrics.WEBHOOKS.labels(channel, outcome).inc()
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+class Unavailable(Exception):
+    """A dependency needed to verify or queue is down: 503, the provider retries."""
+
+
+def build_router(runtime: Runtime) -> APIRouter:
+    router = APIRouter(tags=["webhooks"])
+    settings = runtime.settings
+
+    @router.get(
+        "/webhooks/whatsapp",
+        summary="Cloud API subscription check: echo hub.challenge when the token matches.",
+        response_class=PlainTextResponse,
+        openapi_extra={
+            "parameters": [
+                {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+                for n in ("hub.mode", "hub.verify_token", "hub.challenge")
+            ],
+            "responses": {"403": {"description": "Wrong mode or token."}},
+        },
+    )
+    async def verify(request: Request) -> Response:
+        query = request.query_params
+        expected = settings.whatsapp_verify_token
+        given = query.get("hub.verify_token", "")
+        if (
+            expected
+            and query.get("hub.mode") == "subscribe"
+            and _same(given, expected)
+            and "hub.challenge" in query
+        ):
+            return PlainTextResponse(query["hub.challenge"])
+        return PlainTextResponse("forbidden", status_code=403)
+
+    async def cloud_webhook(request: Request) -> Response:
+        started = time.perf_counter()
+        received = time.time()
+        rid = request_id(request)
+        request_id_var.set(rid)
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        try:
+            return await _cloud(request, received, rid)
+        finally:
+            metrics.ACK_SECONDS.labels("cloud_api").observe(time.perf_counter() - started)
+            structlog.contextvars.unbind_contextvars("request_id")
+
+    async def _cloud(request: Request, received: float, rid: str) -> Response:
+        body = await request.body()
+        header = request.headers.get(cloud_api.SIGNATURE_HEADER)
+        payload: Any = None
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            payload = None
+        try:
+            verdict = await _verify_cloud(body, header, payload)
+        except Unavailable:
+            return _reject("cloud_api", 503, "unavailable", "cannot verify the signature now")
+        if verdict is not None:
+            return verdict
+        if payload is None or not isinstance(payload, dict):
+            return _reject("cloud_api", 400, "malformed", "the body must be a JSON object")
+        parsed = cloud_api.parse(payload)
+        for status in parsed.statuses:
+            metrics.STATUSES.labels("cloud_api", status.status).inc()
+            log.info(
+                "message status",
+                status=status.status,
+                message_id=status.message_id,
+                recipient=mask_phone(status.recipient_id),
+                errors=list(status.error_codes),
+            )
+        try:
+            for item in parsed.unusable:
+                await runtime.queue.dead_letter("unusable_payload", item.reason, raw=item.item)
+                metrics.DEAD_LETTERS.labels("unusable_payload").inc()
+            ids = await runtime.queue.enqueue(parsed.messages, rid, received)
+        except RedisError as error:
+            log.error("queue unavailable; answering 503", error=str(error)[:200])
+            return _reject("cloud_api", 503, "unavailable", "the queue is unavailable; retry")
+        queued = sum(1 for i in ids if i)
+        duplicates = len(ids) - queued
+        if duplicates:
+            metrics.DUPLICATES.labels("cloud_api").inc(duplicates)
+        metrics.MESSAGES_ENQUEUED.labels("cloud_api").inc(queued)
+        outcome = (
+            "accepted"
+            if queued
+            else "duplicate"
+            if duplicates
+            else "status"
+            if parsed.statuses
+            else "unusable"
+        )
+        metrics.WEBHOOKS.labels("cloud_api", outcome).inc()
+        if parsed.messages or parsed.unusable:
+            log.info(
+                "webhook accepted",
+                channel="cloud_api",
+                queued=queued,
+                duplicates=duplicates,
+                unusable=len(parsed.unusable),
+                statuses=len(parsed.statuses),
+            )
+        return JSONResponse(
+            {"queued": queued, "duplicates": duplicates, "request_id": rid},
+            headers={"x-request-id": rid},
+        )
+
+    async def _verify_cloud(body: bytes, header: str | None, payload: Any) -> Response | None:
+        secret = settings.whatsapp_app_secret
+        if header and secret and cloud_api.signature_matches(body, header, secret):
+            return None
+        if header is None and secret:
+            return _reject("cloud_api", 401, "unsigned", "X-Hub-Signature-256 is missing")
+        # The business's own app secret, when it has one.
+        business_secrets = await _cloud_business_secrets(payload)
+        if header is None:
+            if secret or business_secrets:
+                return _reject("cloud_api", 401, "unsigned", "X-Hub-Signature-256 is missing")
+            return None  # no secret configured anywhere: accepted (warned at start-up)
+        if any(cloud_api.signature_matches(body, header, s) for s in business_secrets):
+            return None
+        if not secret and not business_secrets:
+            return None
+        return _reject("cloud_api", 403, "bad_signature", "X-Hub-Signature-256 does not match")
+
+    async def _cloud_business_secrets(payload: Any) -> list[str]:
+        found = []
+        for pnid in cloud_api.phone_number_ids(payload)[:5]:
+            app_secret = await _business_secret(
+                business_pb2.LookupBusinessRequest(phone_number_id=pnid, include_credentials=True)
+            )
+            if app_secret.webhook_app_secret:
+                found.append(app_secret.webhook_app_secret)
+        return found
+
+    async def _business_secret(
+        request: business_pb2.LookupBusinessRequest,
+    ) -> business_pb2.ChannelCredentials:
+        try:
+            response = await runtime.clients.business.LookupBusiness(request)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                return business_pb2.ChannelCredentials()
+            raise Unavailable(error.code().name) from None
+        return response.credentials
+
+    for path in ("/webhooks/whatsapp", "/whatsapp_response"):
+        router.add_api_route(
+            path,
+            cloud_webhook,
+            methods=["POST"],
+            summary="WhatsApp Cloud API webhook (JSON, X-Hub-Signature-256).",
+            openapi_extra=CLOUD_API_BODY,
+        )
+
+    async def twilio_webhook(request: Request) -> Response:
+        started = time.perf_counter()
+        received = time.time()
+        rid = request_id(request)
+        request_id_var.set(rid)
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        try:
+            return await _twilio(request, received, rid)
+        finally:
+            metrics.ACK_SECONDS.labels("twilio").observe(time.perf_counter() - started)
+            structlog.contextvars.unbind_contextvars("request_id")
+
+    async def _twilio(request: Request, received: float, rid: str) -> Response:
+        body = await request.body()
+        header = request.headers.get(twilio.SIGNATURE_HEADER)
+        try:
+            params = twilio.parse_form(body)
+        except twilio.MalformedForm:
+            params = None
+        try:
+            verdict = await _verify_twilio(request, params, header)
+        except Unavailable:
+            return _reject("twilio", 503, "unavailable", "cannot verify the signature now")
+        if verdict is not None:
+            return verdict
+        if params is None:
+            return _reject("twilio", 400, "malformed", "the body must be form-encoded")
+        try:
+            try:
+                item = twilio.parse(params)
+            except ValueError as error:
+                await runtime.queue.dead_letter("unusable_payload", str(error), raw=dict(params))
+                metrics.DEAD_LETTERS.labels("unusable_payload").inc()
+                metrics.WEBHOOKS.labels("twilio", "unusable").inc()
+                return _twiml(rid)
+            if isinstance(item, twilio.Status):
+                metrics.STATUSES.labels("twilio", item.status).inc()
+                metrics.WEBHOOKS.labels("twilio", "status").inc()
+                log.info("message status", status=item.status, message_id=item.message_sid)
+                return _twiml(rid)
+            ids = await runtime.queue.enqueue([item], rid, received)
+        except RedisError as error:
+            log.error("queue unavailable; answering 503", error=str(error)[:200])
+            return _reject("twilio", 503, "unavailable", "the queue is unavailable; retry")
+        if ids[0]:
+            metrics.MESSAGES_ENQUEUED.labels("twilio").inc()
+            metrics.WEBHOOKS.labels("twilio", "accepted").inc()
+            log.info("webhook accepted", channel="twilio", user=mask_phone(item.user_id))
+        else:
+            metrics.DUPLICATES.labels("twilio").inc()
+            metrics.WEBHOOKS.labels("twilio", "duplicate").inc()
+        return _twiml(rid)
+
+    async def _verify_twilio(
+        request: Request, params: list[tuple[str, str]] | None, header: str | None
+    ) -> Response | None:
+        token = settings.twilio_auth_token
+        url = twilio.public_url(
+            settings.public_base_url, request.url.path, request.url.query, str(request.url)
+        )
+        if (
+            header
+            and token
+            and params is not None
+            and twilio.signature_matches(url, params, header, token)
+        ):
+            return None
+        if header is None and token:
+            return _reject("twilio", 401, "unsigned", "X-Twilio-Signature is missing")
+        to = twilio.strip_prefix(dict(params or []).get("To", ""))
+        business_token = ""
+        if to:
+            business_token = (
+                await _business_secret(
+                    business_pb2.LookupBusinessRequest(whatsapp_number=to, include_credentials=True)
+                )
+            ).twilio_auth_token
+        if header is None:
+            if token or business_token:
+                return _reject("twilio", 401, "unsigned", "X-Twilio-Signature is missing")
+            return None
+        if (
+            business_token
+            and params is not None
+            and twilio.signature_matches(url, params, header, business_token)
+        ):
+            return None
+        if not token and not business_token:
+            return None
+        return _reject("twilio", 403, "bad_signature", "X-Twilio-Signature does not match")
+
+    for path in ("/webhooks/twilio", "/whatsapp/webhook"):
+        router.add_api_route(
+            path,
+            twilio_webhook,
+            methods=["POST"],
+            summary="Twilio WhatsApp webhook (form, X-Twilio-Signature); answers empty TwiML.",
+            openapi_extra=TWILIO_BODY,
+        )
+    return router
+
+
+def _twiml(rid: str) -> Response:
+    return Response(TWIML_EMPTY, media_type="text/xml", headers={"x-request-id": rid})
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())

@@ -1,0 +1,572 @@
+"""Workers: take queued messages, answer them, and only then acknowledge.
+
+One entry: resolve the business (unknown or inactive → dead letter, no reply), check the rate
+limits, mark the user's message read, load the conversation, run the engine, send the replies,
+save the user's message, the replies and the state changes in one session update under the
+version we read, then acknowledge. Failures retry with backoff; after ``MAX_ATTEMPTS`` the entry
+goes to the dead-letter stream with its last error.
+
+Partitions: a worker process holds the leases of up to its fair share of partitions
+(``ceil(partitions / live workers)``) and runs one loop per held partition, handling its entries
+one at a time. A lease lasts ``VISIBILITY_TIMEOUT_SECONDS`` and is renewed while held, so the
+partitions of a worker that died are taken over, pending entries included, once its leases lapse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import math
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import redis.asyncio as redis
+import structlog
+from google.protobuf import field_mask_pb2, json_format, struct_pb2
+from redis.exceptions import RedisError
+
+from parley.business.v1 import business_pb2
+from parley.session.v1 import session_pb2
+from services.common.clients import request_id_var
+from services.common.errors import error_info
+from services.common.redact import mask_phone
+from services.gateway import metrics
+from services.gateway.clients import Clients
+from services.gateway.engine import (
+    BusinessContext,
+    ConversationView,
+    Engine,
+    InboundMessage,
+    Reply,
+    SearchPort,
+    Turn,
+    TurnResult,
+)
+from services.gateway.queue import WORKERS, Entry, Queue
+from services.gateway.ratelimit import RateLimits
+from services.gateway.senders.base import Sender, SendError, Target, TokenExpired
+from services.gateway.settings import GatewaySettings
+
+log = structlog.get_logger()
+
+SESSION_CONTENT_LIMIT = 4096
+RETRYABLE_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNIMPLEMENTED,  # a service not yet upgraded: try again later
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED,
+}
+RATE_NOTICE = "You are sending messages faster than we can answer. Please wait a minute."
+ROLE_NAMES = {
+    session_pb2.MESSAGE_ROLE_USER: "user",
+    session_pb2.MESSAGE_ROLE_ASSISTANT: "assistant",
+    session_pb2.MESSAGE_ROLE_SYSTEM: "system",
+}
+
+
+class DeadLetter(Exception):
+    """This entry can never succeed as it is: record it and move on."""
+
+    def __init__(self, reason: str, error: str) -> None:
+        super().__init__(error)
+        self.reason = reason
+
+
+def load_engine(spec: str, search: SearchPort) -> Engine:
+    """``module:factory`` → ``factory(search)``. The default, ``services.gateway.bot``, is the
+    conversation engine; without it the gateway answers with a plain notice (and says so)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is not None and module_name.startswith(error.name):
+            log.warning("engine not installed, using the fallback engine", engine=spec)
+            from services.gateway.engine import FallbackEngine
+
+            return FallbackEngine()
+        raise
+    factory: Callable[[SearchPort], Engine] = getattr(module, attr or "create_engine")
+    return factory(search)
+
+
+class Processor:
+    """Handles one queue entry end to end (without the queue bookkeeping)."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        clients: Clients,
+        engine: Engine,
+        senders: dict[str, Sender],
+        rate_limits: RateLimits,
+        client: redis.Redis,
+    ) -> None:
+        self.settings = settings
+        self.clients = clients
+        self.engine = engine
+        self.senders = senders
+        self.rate_limits = rate_limits
+        self.redis = client
+
+    def sender_for(self, channel: str) -> Sender:
+        return self.senders["outbox"] if self.settings.outbox_only else self.senders[channel]
+
+    async def process(self, entry: Entry) -> str:
+        """The outcome label; raises DeadLetter, or anything else to retry."""
+        message = entry.message
+        business, credentials = await self._business(message)
+        target = Target(
+            channel=message.channel,
+            business_id=business.id,
+            user_id=message.user_id,
+            channel_identity=message.channel_identity,
+            access_token=credentials.whatsapp_access_token,
+            twilio_account_sid=credentials.twilio_account_sid,
+            twilio_auth_token=credentials.twilio_auth_token,
+        )
+        sender = self.sender_for(message.channel)
+        if not await self.rate_limits.allow_business(business.id):
+            metrics.RATE_LIMITED.labels("business").inc()
+            raise DeadLetter("business_rate_limited", "the business is over its rate limit")
+        if not await self.rate_limits.allow_user(business.id, message.user_id):
+            metrics.RATE_LIMITED.labels("user").inc()
+            if await self.rate_limits.first_notice(business.id, message.user_id):
+                await self._send(sender, target, Reply(RATE_NOTICE))
+            return "rate_limited"
+
+        read_receipt = asyncio.create_task(self._mark_read(sender, target, message))
+        try:
+            return await self._converse(entry, business, target, sender)
+        finally:
+            with contextlib.suppress(Exception):
+                await read_receipt
+
+    async def _converse(
+        self, entry: Entry, business: business_pb2.Business, target: Target, sender: Sender
+    ) -> str:
+        message = entry.message
+        key = session_pb2.ConversationKey(
+            business_id=business.id,
+            user_id=message.user_id,
+            role=session_pb2.CONVERSATION_ROLE_CLIENT,
+        )
+        conversation = (
+            await self._session_call(
+                self.clients.session.GetConversation(
+                    session_pb2.GetConversationRequest(key=key, create=True)
+                )
+            )
+        ).conversation
+        if any(m.provider_message_id == message.provider_message_id for m in conversation.history):
+            return "already_done"  # saved by a worker that died before acknowledging
+
+        sent = SentLog(self.redis, entry, self.settings.dedupe_ttl_seconds)
+        already = await sent.indices()
+        replies: list[Reply] = []
+        first_send = [True]
+
+        async def deliver(reply: Reply) -> None:
+            index = len(replies)
+            replies.append(reply)
+            if index in already:
+                return  # sent by an earlier attempt of this entry
+            await self._send(sender, target, reply)
+            await sent.mark(index)
+            if first_send[0]:
+                first_send[0] = False
+                metrics.END_TO_END_SECONDS.labels(message.channel).observe(
+                    max(0.0, time.time() - entry.received)
+                )
+
+        turn = Turn(
+            business=BusinessContext(
+                id=business.id,
+                name=business.name,
+                locale=business.locale or "en",
+                time_zone=business.time_zone or "UTC",
+                channel=message.channel,
+            ),
+            conversation=ConversationView(
+                id=conversation.id,
+                version=conversation.version,
+                state={k: json_format.MessageToDict(v) for k, v in conversation.state.items()},
+                history=tuple(
+                    (ROLE_NAMES.get(m.role, "system"), m.content) for m in conversation.history
+                ),
+            ),
+            message=message,
+            now=datetime.now(UTC),
+            send_early=deliver,
+        )
+        result: TurnResult = await asyncio.wait_for(
+            self.engine.handle(turn), self.settings.engine_timeout_seconds
+        )
+        for reply in result.replies:
+            await deliver(reply)
+        await self._save(key, conversation.version, message, replies, result)
+        return "answered"
+
+    async def _save(
+        self,
+        key: session_pb2.ConversationKey,
+        version: int,
+        message: InboundMessage,
+        replies: list[Reply],
+        result: TurnResult,
+    ) -> None:
+        """One update: the user's message, the replies, the state changes. A concurrent writer
+        (admin, another replica) makes it ABORTED with the current version; our changes are a
+        patch, so we apply them again on top of it instead of losing either write."""
+        request = session_pb2.UpdateConversationRequest(
+            key=key,
+            append=[
+                session_pb2.Message(
+                    role=session_pb2.MESSAGE_ROLE_USER,
+                    content=(message.text or f"[{message.type}]")[:SESSION_CONTENT_LIMIT],
+                    provider_message_id=message.provider_message_id,
+                ),
+                *(
+                    session_pb2.Message(
+                        role=session_pb2.MESSAGE_ROLE_ASSISTANT,
+                        content=r.text[:SESSION_CONTENT_LIMIT],
+                    )
+                    for r in replies
+                ),
+            ],
+            remove_state_keys=result.remove_state,
+        )
+        for name, value in result.set_state.items():
+            request.set_state[name].CopyFrom(json_format.ParseDict(value, struct_pb2.Value()))
+        for _ in range(5):
+            request.expected_version = version
+            try:
+                await self.clients.session.UpdateConversation(request)
+                return
+            except grpc.aio.AioRpcError as error:
+                info = error_info(error) if error.code() == grpc.StatusCode.ABORTED else None
+                if info is None or "current_version" not in info.metadata:
+                    raise
+                version = int(info.metadata["current_version"])
+        raise RuntimeError("conversation kept changing under us; retrying later")
+
+    async def _business(
+        self, message: InboundMessage
+    ) -> tuple[business_pb2.Business, business_pb2.ChannelCredentials]:
+        request = business_pb2.LookupBusinessRequest(include_credentials=True)
+        if message.channel == "cloud_api":
+            request.phone_number_id = message.channel_identity
+        else:
+            request.whatsapp_number = message.channel_identity
+        try:
+            response = await self.clients.business.LookupBusiness(request)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise DeadLetter(
+                    "unknown_business",
+                    f"no active business owns {message.channel} identity "
+                    f"{mask_phone(message.channel_identity)}",
+                ) from None
+            raise
+        business = response.business
+        if not business.active or not business.whatsapp_enabled:
+            raise DeadLetter("inactive_business", f"business {business.id} is not active")
+        return business, response.credentials
+
+    async def _session_call(self, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise DeadLetter("invalid_message", f"session: {error.details()}") from None
+            raise
+
+    async def _send(self, sender: Sender, target: Target, reply: Reply) -> None:
+        try:
+            await asyncio.wait_for(sender.send(target, reply), self.settings.send_timeout_seconds)
+        except TokenExpired as error:
+            metrics.SENDS.labels(sender.name, error.outcome).inc()
+            await self._token_needs_renewal(target.business_id)
+            raise DeadLetter("token_expired", str(error)) from None
+        except SendError as error:
+            metrics.SENDS.labels(sender.name, error.outcome).inc()
+            if error.outcome == "outside_window":
+                return  # logged by the sender; nothing we can do until the user writes again
+            if not error.retryable:
+                raise DeadLetter(f"send_{error.outcome}", str(error)) from None
+            raise
+        except TimeoutError:
+            metrics.SENDS.labels(sender.name, "timeout").inc()
+            raise
+        metrics.SENDS.labels(sender.name, "accepted").inc()
+
+    async def _mark_read(self, sender: Sender, target: Target, message: InboundMessage) -> None:
+        try:
+            await asyncio.wait_for(sender.mark_read(target, message.provider_message_id), 5)
+        except Exception as error:
+            log.info("read receipt not sent", error=str(error)[:200])
+
+    async def _token_needs_renewal(self, business_id: str) -> None:
+        try:
+            await self.clients.business.UpdateBusiness(
+                business_pb2.UpdateBusinessRequest(
+                    business=business_pb2.Business(
+                        id=business_id,
+                        access_token_status=business_pb2.TOKEN_STATUS_NEEDS_RENEWAL,
+                    ),
+                    update_mask=field_mask_pb2.FieldMask(paths=["access_token_status"]),
+                )
+            )
+            log.warning("Cloud API token expired; business marked", business_id=business_id)
+        except grpc.aio.AioRpcError as error:
+            log.error("could not mark the token for renewal", code=error.code().name)
+
+
+class SentLog:
+    """Which replies of an entry were already accepted by the provider, so that an attempt
+    after a crash between sending and saving does not send them again."""
+
+    def __init__(self, client: redis.Redis, entry: Entry, ttl: int) -> None:
+        message = entry.message
+        self._key = f"gw:sent:{message.channel}:{message.provider_message_id}"
+        self._redis = client
+        self._ttl = ttl
+
+    async def indices(self) -> set[int]:
+        return {int(i) for i in await self._redis.smembers(self._key)}
+
+    async def mark(self, index: int) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(self._key, index)
+            pipe.expire(self._key, self._ttl)
+            await pipe.execute()
+
+
+class WorkerPool:
+    """The queue consumer of one process: leases, one loop per held partition, retries."""
+
+    def __init__(self, settings: GatewaySettings, queue: Queue, processor: Processor) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.processor = processor
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.ttl_ms = int(settings.visibility_timeout_seconds * 1000)
+        self._held: dict[int, asyncio.Task[None]] = {}
+        self._release: set[int] = set()
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._busy = 0
+
+    @property
+    def held_partitions(self) -> list[int]:
+        return sorted(self._held)
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._heartbeat(), name="worker-heartbeat"),
+            asyncio.create_task(self._schedule(), name="worker-scheduler"),
+        ]
+        log.info("worker started", worker=self.worker_id, partitions=self.queue.partitions)
+
+    async def stop(self) -> None:
+        """Stop taking work, finish what is in flight, hand the partitions back."""
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._held.values(), return_exceptions=True)
+        with contextlib.suppress(RedisError):
+            await self.queue.redis.zrem(WORKERS, self.worker_id)
+        log.info("worker stopped", worker=self.worker_id)
+
+    async def _heartbeat(self) -> None:
+        interval = min(1.0, self.settings.visibility_timeout_seconds / 3)
+        while True:
+            try:
+                now = time.time()
+                async with self.queue.redis.pipeline(transaction=False) as pipe:
+                    pipe.zadd(
+                        WORKERS, {self.worker_id: now + self.settings.visibility_timeout_seconds}
+                    )
+                    pipe.zremrangebyscore(WORKERS, "-inf", now)
+                    await pipe.execute()
+            except RedisError as error:
+                log.warning("worker heartbeat failed", error=str(error)[:200])
+            await asyncio.sleep(interval)
+
+    async def _schedule(self) -> None:
+        """Keep our fair share of partitions: take free ones, give back extra ones."""
+        groups_ready = False
+        while not self._stopping.is_set():
+            try:
+                if not groups_ready:
+                    await self.queue.ensure_groups()
+                    groups_ready = True
+                live = await self.queue.redis.zcount(WORKERS, time.time(), "+inf")
+                share = math.ceil(self.queue.partitions / max(1, int(live)))
+                self._rebalance(share)
+                if len(self._held) < share:
+                    candidates = [p for p in range(self.queue.partitions) if p not in self._held]
+                    random.shuffle(candidates)
+                    for partition in candidates:
+                        if len(self._held) >= share:
+                            break
+                        token = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
+                        if await self.queue.acquire(partition, token, self.ttl_ms):
+                            self._held[partition] = asyncio.create_task(
+                                self._consume(partition, token), name=f"partition-{partition}"
+                            )
+            except RedisError as error:
+                groups_ready = False
+                log.warning("worker scheduling failed", error=str(error)[:200])
+            await asyncio.sleep(0.2 if len(self._held) == 0 else 1.0)
+
+    def _rebalance(self, share: int) -> None:
+        extra = len(self._held) - len(self._release & set(self._held)) - share
+        for partition in sorted(self._held, reverse=True):
+            if extra <= 0:
+                break
+            if partition not in self._release:
+                self._release.add(partition)
+                extra -= 1
+
+    async def _consume(self, partition: int, token: str) -> None:
+        lost = asyncio.Event()
+        renewer = asyncio.create_task(self._renew(partition, token, lost))
+        try:
+            await self.queue.take_over(partition, self.worker_id)
+            while not (self._stopping.is_set() or lost.is_set() or partition in self._release):
+                entries = await self.queue.read(
+                    partition, self.worker_id, pending=True, block_ms=None, count=10
+                )
+                if not entries:
+                    entries = await self.queue.read(
+                        partition, self.worker_id, pending=False, block_ms=500, count=10
+                    )
+                for entry in entries:
+                    if lost.is_set():
+                        break
+                    await self._handle(entry, token)
+        except RedisError as error:
+            log.warning("partition loop stopped", partition=partition, error=str(error)[:200])
+        except Exception:
+            log.exception("partition loop failed", partition=partition)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError):
+                await renewer
+            with contextlib.suppress(RedisError):
+                await self.queue.release(partition, token)
+            self._held.pop(partition, None)
+            self._release.discard(partition)
+
+    async def _renew(self, partition: int, token: str, lost: asyncio.Event) -> None:
+        interval = self.settings.visibility_timeout_seconds / 3
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if await self.queue.renew(partition, token, self.ttl_ms):
+                    last_ok = time.monotonic()
+                    continue
+                lost.set()
+                log.warning("partition lease lost", partition=partition)
+                return
+            except RedisError:
+                if time.monotonic() - last_ok > self.settings.visibility_timeout_seconds:
+                    lost.set()
+                    return
+
+    async def _handle(self, entry: Entry, token: str) -> None:
+        request_id = entry.request_id or uuid.uuid4().hex
+        request_id_var.set(request_id)
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self._attempts(entry, token)
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+
+    async def _attempts(self, entry: Entry, token: str) -> None:
+        message = entry.message
+        where = {
+            "partition": entry.partition,
+            "entry": entry.id,
+            "channel": message.channel,
+            "user": mask_phone(message.user_id),
+        }
+        while True:
+            attempt, last_error = await self.queue.attempt(entry.partition, entry.id)
+            if attempt > self.settings.max_attempts:
+                await self._dead(entry, token, "max_attempts", last_error or "worker died")
+                return
+            if attempt > 1 and not last_error:
+                log.warning("taking over an entry whose worker died", attempt=attempt, **where)
+            try:
+                outcome = await self.processor.process(entry)
+            except DeadLetter as error:
+                await self._dead(entry, token, error.reason, str(error))
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                text = _describe(error)
+                metrics.RETRIES.inc()
+                if attempt >= self.settings.max_attempts:
+                    await self._dead(entry, token, "max_attempts", text)
+                    return
+                await self.queue.record_error(entry.partition, entry.id, text)
+                delay = min(
+                    self.settings.retry_max_seconds,
+                    self.settings.retry_base_seconds * 2 ** (attempt - 1),
+                ) * random.uniform(0.8, 1.2)
+                log.warning(
+                    "message failed; will retry",
+                    attempt=attempt,
+                    error=text,
+                    retry_in_s=round(delay, 2),
+                    **where,
+                )
+                if self._stopping.is_set():
+                    return  # leave it pending: whoever takes the partition goes on
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                    return
+                except TimeoutError:
+                    continue
+            metrics.PROCESSED.labels(outcome).inc()
+            if not await self.queue.ack(entry.partition, entry.id, token):
+                log.warning("lease lost before acknowledging", **where)
+            log.info("message handled", outcome=outcome, attempt=attempt, **where)
+            return
+
+    async def _dead(self, entry: Entry, token: str, reason: str, error: str) -> None:
+        await self.queue.dead_letter(reason, error, fields=entry.fields)
+        metrics.DEAD_LETTERS.labels(reason).inc()
+        metrics.PROCESSED.labels("dead_letter").inc()
+        await self.queue.drop(entry.partition, entry.id, token)
+        log.warning(
+            "message dead-lettered",
+            reason=reason,
+            error=error[:300],
+            entry=entry.id,
+            user=mask_phone(entry.message.user_id),
+        )
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"gRPC {error.code().name}: {error.details()}"[:500]
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return f"{type(error).__name__}: {error}"[:500]
