@@ -130,14 +130,17 @@ class LookupCache(Generic[V]):
         metrics.CACHE_MISSES.inc()
         flight = self._flights.get(key)
         if flight is None:
-            flight = asyncio.get_running_loop().create_task(self._load(key, load))
+            # The epoch is taken now, not when the task first runs: a write landing in between
+            # must still stop this load's answer from being cached.
+            flight = asyncio.get_running_loop().create_task(self._load(key, load, self._epoch))
             flight.add_done_callback(_consume_exception)
             self._flights[key] = flight
         # shield: one caller's cancellation (its deadline) must not cancel the shared load.
         return await asyncio.shield(flight), False
 
-    async def _load(self, key: str, load: Callable[[], Awaitable[V | None]]) -> V | None:
-        epoch = self._epoch
+    async def _load(
+        self, key: str, load: Callable[[], Awaitable[V | None]], epoch: int
+    ) -> V | None:
         me = asyncio.current_task()
         try:
             value = await load()

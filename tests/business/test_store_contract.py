@@ -1,0 +1,319 @@
+"""One contract suite for every business store: SQLite, and MongoDB (real or the stand-in).
+
+What the SecantusDB stand-in cannot check (run with MONGODB_URI against a real server for these):
+a real mongod's query planner actually choosing the indexes, replica-set behaviour (elections,
+write concerns, retryable writes across a failover), authentication and TLS to Atlas, and
+performance under a real WiredTiger deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from bson import ObjectId
+
+from services.business.core import BusinessCore
+from services.business.crypto import TokenCipher
+from services.business.model import BusinessRecord, KeyKind, TokenStatus, utcnow
+from services.business.mongo_store import MongoStore
+from services.business.sqlite_store import SqliteStore
+from services.business.store import BusinessStore
+from services.common.errors import AlreadyExists
+from tests.business.conftest import SecretRegistry
+
+_n = itertools.count(1)
+
+
+def record(
+    *,
+    subdomain: str | None = None,
+    pnids: tuple[str, ...] | None = None,
+    numbers: tuple[str, ...] | None = None,
+    active: bool = True,
+    enabled: bool = True,
+    secrets: dict[str, str] | None = None,
+) -> BusinessRecord:
+    n = next(_n)
+    now = utcnow()
+    return BusinessRecord(
+        id=str(ObjectId()),
+        name=f"Business {n}",
+        subdomain=subdomain or f"biz-{n}",
+        phone_number_ids=pnids if pnids is not None else (f"2000000000{n:05d}",),
+        numbers=numbers if numbers is not None else (f"+1555200{n:04d}",),
+        whatsapp_enabled=enabled,
+        active=active,
+        time_zone="Europe/Madrid",
+        locale="es-ES",
+        access_token_status=TokenStatus.NONE,
+        create_time=now,
+        update_time=now,
+        secrets=secrets or {},
+    )
+
+
+async def test_create_then_get_round_trips_every_field(store: BusinessStore) -> None:
+    original = record(
+        pnids=("111", "222"),
+        numbers=("+14155550001", "+14155550002"),
+        secrets={"whatsapp_access_token": "enc:v1:abc:xyz"},
+    ).with_changes(access_token_status=TokenStatus.VALID)
+    await store.create(original)
+    assert await store.get(original.id) == original
+    assert await store.get(str(ObjectId())) is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [
+        (KeyKind.PHONE_NUMBER_ID, "222"),
+        (KeyKind.WHATSAPP_NUMBER, "+14155550002"),
+        (KeyKind.SUBDOMAIN, "lookup-me"),
+    ],
+)
+async def test_find_by_each_identity_counts_one_query(
+    store: BusinessStore, kind: KeyKind, value: str
+) -> None:
+    original = record(
+        subdomain="lookup-me", pnids=("111", "222"), numbers=("+14155550001", "+14155550002")
+    )
+    await store.create(original)
+    before = store.queries
+    assert await store.find(kind, value) == original
+    assert (
+        await store.find(kind, "999" if kind is KeyKind.PHONE_NUMBER_ID else "+19995550000") is None
+    )
+    assert store.queries - before == 2
+
+
+async def test_find_returns_inactive_businesses_for_the_caller_to_judge(
+    store: BusinessStore,
+) -> None:
+    inactive = record(active=False)
+    await store.create(inactive)
+    found = await store.find(KeyKind.PHONE_NUMBER_ID, inactive.phone_number_ids[0])
+    assert found is not None and not found.active
+
+
+@pytest.mark.parametrize(
+    ("field", "clash"),
+    [
+        ("subdomain", {"subdomain": "taken"}),
+        ("whatsapp_phone_number_ids", {"pnids": ("5550", "777")}),
+        ("whatsapp_numbers", {"numbers": ("+14155550777",)}),
+    ],
+)
+async def test_a_second_claim_is_already_exists_naming_the_field(
+    store: BusinessStore, field: str, clash: dict[str, object]
+) -> None:
+    await store.create(record(subdomain="taken", pnids=("777",), numbers=("+14155550777",)))
+    second = record(**clash)  # type: ignore[arg-type]
+    with pytest.raises(AlreadyExists) as raised:
+        await store.create(second)
+    assert raised.value.message.startswith(f"business.{field}")
+    assert await store.get(second.id) is None  # nothing of the failed claim was stored
+    assert await store.find(KeyKind.PHONE_NUMBER_ID, "5550") is None
+
+
+async def test_businesses_without_identities_do_not_collide(store: BusinessStore) -> None:
+    await store.create(record(pnids=(), numbers=()))
+    await store.create(record(pnids=(), numbers=()))
+    listed = await store.list(after_id=None, limit=10, include_inactive=True, servable_only=False)
+    assert len(listed) == 2
+
+
+async def test_update_moves_identities_and_keeps_the_rules(store: BusinessStore) -> None:
+    first = record(pnids=("100",), numbers=("+14155550100",))
+    other = record(pnids=("200",))
+    await store.create(first)
+    await store.create(other)
+    later = first.update_time + timedelta(seconds=1)
+    updated = await store.update(
+        first.id,
+        {"phone_number_ids": ("101",), "name": "Renamed", "update_time": later},
+        {"whatsapp_access_token": "enc:v1:k:v"},
+    )
+    assert updated is not None
+    assert (updated.name, updated.phone_number_ids, updated.update_time) == (
+        "Renamed",
+        ("101",),
+        later,
+    )
+    assert updated.secrets == {"whatsapp_access_token": "enc:v1:k:v"}
+    assert await store.find(KeyKind.PHONE_NUMBER_ID, "100") is None
+    assert (await store.find(KeyKind.PHONE_NUMBER_ID, "101")) == updated
+
+    with pytest.raises(AlreadyExists, match="phone_number_id"):
+        await store.update(other.id, {"phone_number_ids": ("101",), "update_time": later})
+    assert (await store.find(KeyKind.PHONE_NUMBER_ID, "200")) == other  # unchanged
+
+    cleared = await store.update(first.id, {"update_time": later}, {"whatsapp_access_token": None})
+    assert cleared is not None and cleared.secrets == {}
+    assert await store.update(str(ObjectId()), {"update_time": later}) is None
+
+
+async def test_list_pages_by_id_and_filters(store: BusinessStore) -> None:
+    made = [record(), record(active=False), record(enabled=False), record()]
+    for r in made:
+        await store.create(r)
+    ids = sorted(r.id for r in made)
+    everything = await store.list(
+        after_id=None, limit=10, include_inactive=True, servable_only=False
+    )
+    assert [r.id for r in everything] == ids
+    page = await store.list(after_id=ids[1], limit=1, include_inactive=True, servable_only=False)
+    assert [r.id for r in page] == [ids[2]]
+    active = await store.list(after_id=None, limit=10, include_inactive=False, servable_only=False)
+    assert {r.id for r in active} == {made[0].id, made[2].id, made[3].id}
+    servable = await store.list(after_id=None, limit=10, include_inactive=False, servable_only=True)
+    assert {r.id for r in servable} == {made[0].id, made[3].id}
+
+
+async def test_replace_secret_is_compare_and_set(store: BusinessStore) -> None:
+    original = record(secrets={"twilio_auth_token": "old"})
+    await store.create(original)
+    assert not await store.replace_secret(original.id, "twilio_auth_token", "stale", "new")
+    assert await store.replace_secret(original.id, "twilio_auth_token", "old", "new")
+    got = await store.get(original.id)
+    assert got is not None and got.secrets == {"twilio_auth_token": "new"}
+
+
+async def test_indexes_exist_and_open_is_idempotent(
+    store: BusinessStore, request: pytest.FixtureRequest
+) -> None:
+    await store.open()  # a second start-up must not fail on existing indexes
+    if isinstance(store, MongoStore):
+        indexes = {i["name"]: i async for i in await store.collection.list_indexes()}
+        assert dict(indexes["webhook_lookup_idx"]["key"]) == {
+            "whatsappPhoneNumberIds": 1,
+            "whatsappEnabled": 1,
+            "isActive": 1,
+        }
+        assert dict(indexes["subdomain_lookup_idx"]["key"]) == {"subDomain": 1, "isActive": 1}
+        for name in ("subdomain_unique", "phone_number_id_unique", "whatsapp_number_unique"):
+            assert indexes[name]["unique"] is True
+        # A second client re-running the index creation is a no-op too.
+        again = MongoStore(
+            request.getfixturevalue("mongo_uri"), database=store.database, min_pool_size=0
+        )
+        await again.open()
+        await again.close()
+    else:
+        assert isinstance(store, SqliteStore)
+        assert {
+            "subdomain_unique",
+            "subdomain_lookup_idx",
+            "servable_idx",
+            "identities_business_idx",
+        } <= (await store.index_names())
+        assert await store.journal_mode() == "wal"
+
+
+async def test_mongo_documents_use_the_guides_field_names(store: BusinessStore) -> None:
+    r = record(secrets={"whatsapp_access_token": "enc:v1:k:v"})
+    await store.create(r)
+    if not isinstance(store, MongoStore):
+        assert await store.get(r.id) == r
+        return
+    doc = await store.collection.find_one({"_id": ObjectId(r.id)})
+    assert doc is not None
+    assert {
+        "name",
+        "subDomain",
+        "whatsappPhoneNumberIds",
+        "whatsappNumbers",
+        "whatsappEnabled",
+        "isActive",
+        "timeZone",
+        "locale",
+        "whatsappAccessToken",
+        "createdAt",
+        "updatedAt",
+    } <= set(doc)
+
+
+async def test_no_plaintext_token_at_rest(
+    store: BusinessStore, core: BusinessCore, registry: SecretRegistry, tmp_path: Path
+) -> None:
+    token, auth = registry.token("access"), registry.token("twilio")
+    created = await core.create(
+        name="Secretive",
+        subdomain="secretive",
+        phone_number_ids=("31337",),
+        numbers=(),
+        whatsapp_enabled=True,
+        active=True,
+        time_zone="UTC",
+        locale="en",
+        secrets={"whatsapp_access_token": token, "twilio_auth_token": auth},
+    )
+    await core.set_secret(created.id, "webhook_app_secret", registry.token("appsecret"))
+    dump = await store.raw_dump()
+    assert "enc:v1:" in dump
+    for plain in registry.tokens:
+        assert plain not in dump
+    if isinstance(store, SqliteStore):  # the bytes on disk, WAL included
+        raw = await asyncio.to_thread(
+            lambda: b"".join(p.read_bytes() for p in tmp_path.glob("business.db*"))
+        )
+        assert b"enc:v1:" in raw
+        for plain in registry.tokens:
+            assert plain.encode() not in raw
+    # ... and the service can still read them back.
+    got = await core.get(created.id)
+    assert core.credentials(got)["whatsapp_access_token"] == token
+    assert token not in repr(got) and token not in str(got)
+
+
+async def test_rotation_re_encrypts_everything_once(store: BusinessStore) -> None:
+    old = TokenCipher("the-old-secret-0123456789abcdef")
+    old_core = BusinessCore(store, old)
+    ids = []
+    for i in range(3):
+        created = await old_core.create(
+            name=f"R{i}",
+            subdomain=f"rot-{i}",
+            phone_number_ids=(f"90{i}",),
+            numbers=(),
+            whatsapp_enabled=True,
+            active=i != 1,  # inactive businesses are rotated too
+            time_zone="UTC",
+            locale="en",
+            secrets={"whatsapp_access_token": f"token-{i}", "twilio_auth_token": f"auth-{i}"},
+        )
+        ids.append(created.id)
+    new = TokenCipher("the-new-secret-0123456789abcdef", ["the-old-secret-0123456789abcdef"])
+    new_core = BusinessCore(store, new)
+    dry = await new_core.rotate(dry_run=True)
+    assert (dry.businesses, dry.secrets, dry.rotated) == (3, 6, 6)
+    assert all(
+        old.current_key_id in v
+        for r in [await store.get(i) for i in ids]
+        if r
+        for v in r.secrets.values()
+    )
+    done = await new_core.rotate(dry_run=False, page_size=2)
+    assert (done.rotated, done.failed) == (6, 0)
+    again = await new_core.rotate(dry_run=False)
+    assert (again.rotated, again.already_current) == (0, 6)
+    only_new = BusinessCore(store, TokenCipher("the-new-secret-0123456789abcdef"))
+    for i, business_id in enumerate(ids):
+        got = await store.get(business_id)
+        assert got is not None
+        assert only_new.credentials(got) == {
+            "whatsapp_access_token": f"token-{i}",
+            "twilio_auth_token": f"auth-{i}",
+        }
+
+
+async def test_concurrent_writers_keep_uniqueness(store: BusinessStore) -> None:
+    """Ten writers race for one phone_number_id: exactly one wins."""
+    results = await asyncio.gather(
+        *(store.create(record(pnids=("4242",))) for _ in range(10)), return_exceptions=True
+    )
+    assert sum(not isinstance(r, BaseException) for r in results) == 1
+    assert all(isinstance(r, AlreadyExists) for r in results if isinstance(r, BaseException))
