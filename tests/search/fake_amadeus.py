@@ -1,0 +1,214 @@
+"""A local fake of the Amadeus REST contract, served over real HTTP by uvicorn in a thread.
+
+Endpoints as documented: ``POST /v1/security/oauth2/token`` (client credentials, form body),
+``GET /v2/shopping/flight-offers`` and ``GET /v1/reference-data/locations`` (Bearer token).
+Tests script failures per path (``script("/v2/shopping/flight-offers", 429, 500)`` → the next
+calls answer 429, then 500, then normally) and read what was called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+from collections import defaultdict, deque
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from tests.support.processes import free_port, wait_for
+
+CLIENT_ID = "test-client-id"
+CLIENT_SECRET = "test-client-secret-DO-NOT-LOG-4f9a"
+
+
+def _error(status: int, title: str, detail: str = "", parameter: str = "") -> JSONResponse:
+    body: dict[str, Any] = {"status": status, "code": 38189, "title": title, "detail": detail}
+    if parameter:
+        body["source"] = {"parameter": parameter}
+    return JSONResponse({"errors": [body]}, status_code=status)
+
+
+def offer(offer_id: str, origin: str, destination: str, date: str, total: str) -> dict[str, Any]:
+    return {
+        "type": "flight-offer",
+        "id": offer_id,
+        "source": "GDS",
+        "numberOfBookableSeats": 4,
+        "itineraries": [
+            {
+                "duration": "PT8H5M",
+                "segments": [
+                    {
+                        "departure": {"iataCode": origin, "at": f"{date}T18:30:00"},
+                        "arrival": {"iataCode": destination, "at": f"{date}T22:35:00"},
+                        "carrierCode": "BA",
+                        "number": "178",
+                        "aircraft": {"code": "777"},
+                        "operating": {"carrierCode": "BA"},
+                        "duration": "PT8H5M",
+                        "id": "1",
+                        "numberOfStops": 0,
+                    }
+                ],
+            }
+        ],
+        "price": {"currency": "EUR", "total": total, "base": "100.00", "grandTotal": total},
+        "validatingAirlineCodes": ["BA"],
+    }
+
+
+class FakeAmadeus:
+    def __init__(self, token_ttl: int = 1799) -> None:
+        self.port = free_port()
+        self.token_ttl = token_ttl
+        self.tokens: set[str] = set()
+        self.calls: defaultdict[str, int] = defaultdict(int)
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.scripts: defaultdict[str, deque[int | tuple[int, dict[str, str]]]] = defaultdict(deque)
+        self.delay = 0.0
+        self.app = self._build()
+        self._server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeAmadeus:
+        self._thread.start()
+        if not wait_for(lambda: self._server.started, timeout=10):
+            raise RuntimeError("fake Amadeus did not start")
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def reset(self) -> None:
+        self.tokens.clear()
+        self.calls.clear()
+        self.requests.clear()
+        self.scripts.clear()
+        self.delay = 0.0
+
+    def script(self, path: str, *statuses: int | tuple[int, dict[str, str]]) -> None:
+        """The next calls to ``path`` answer these statuses (with optional headers), in order."""
+        self.scripts[path].extend(statuses)
+
+    def revoke_tokens(self) -> None:
+        self.tokens.clear()
+
+    def _scripted(self, path: str) -> JSONResponse | None:
+        if not self.scripts[path]:
+            return None
+        item = self.scripts[path].popleft()
+        status, headers = item if isinstance(item, tuple) else (item, {})
+        if status == 400:
+            return _error(400, "INVALID FORMAT", "departureDate is in the past", "departureDate")
+        response = _error(status, "SCRIPTED ERROR")
+        response.headers.update(headers)
+        return response
+
+    def _authorized(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        return header.startswith("Bearer ") and header[7:] in self.tokens
+
+    def _build(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/v1/security/oauth2/token")
+        async def token(request: Request) -> JSONResponse:
+            path = "/v1/security/oauth2/token"
+            self.calls[path] += 1
+            scripted = self._scripted(path)
+            if scripted is not None:
+                return scripted
+            form = await request.form()
+            if form.get("grant_type") != "client_credentials":
+                return _error(400, "Invalid parameters", "grant_type")
+            if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:
+                return JSONResponse(
+                    {"error": "invalid_client", "error_description": "credentials are invalid"},
+                    status_code=401,
+                )
+            value = secrets.token_urlsafe(16)
+            self.tokens.add(value)
+            return JSONResponse(
+                {
+                    "type": "amadeusOAuth2Token",
+                    "username": "test@example.com",
+                    "application_name": "parley-test",
+                    "client_id": CLIENT_ID,
+                    "token_type": "Bearer",
+                    "access_token": value,
+                    "expires_in": self.token_ttl,
+                    "state": "approved",
+                    "scope": "",
+                }
+            )
+
+        @app.get("/v2/shopping/flight-offers")
+        async def offers(request: Request) -> JSONResponse:
+            path = "/v2/shopping/flight-offers"
+            self.calls[path] += 1
+            self.requests.append((path, dict(request.query_params)))
+            if not self._authorized(request):
+                return _error(401, "Invalid access token")
+            scripted = self._scripted(path)
+            if scripted is not None:
+                return scripted
+            if self.delay:
+                await asyncio.sleep(self.delay)  # a slow provider
+            q = request.query_params
+            origin, destination, date = (
+                q["originLocationCode"],
+                q["destinationLocationCode"],
+                q["departureDate"],
+            )
+            data = [
+                offer("1", origin, destination, date, "512.30"),
+                offer("2", origin, destination, date, "640.05"),
+            ]
+            data = data[: int(q.get("max", 250))]
+            return JSONResponse({"meta": {"count": len(data)}, "data": data})
+
+        @app.get("/v1/reference-data/locations")
+        async def locations(request: Request) -> JSONResponse:
+            path = "/v1/reference-data/locations"
+            self.calls[path] += 1
+            self.requests.append((path, dict(request.query_params)))
+            if not self._authorized(request):
+                return _error(401, "Invalid access token")
+            scripted = self._scripted(path)
+            if scripted is not None:
+                return scripted
+            keyword = request.query_params.get("keyword", "").upper()
+            data = []
+            if keyword.startswith("MUC") or keyword.startswith("MUNI"):
+                data.append(
+                    {
+                        "type": "location",
+                        "subType": "AIRPORT",
+                        "name": "MUNICH INTERNATIONAL",
+                        "iataCode": "MUC",
+                        "address": {"cityName": "MUNICH", "countryCode": "DE"},
+                    }
+                )
+            if keyword.startswith("ZZ"):
+                data.append(
+                    {
+                        "type": "location",
+                        "subType": "CITY",
+                        "name": "ZZYZX SPRINGS",
+                        "iataCode": "ZZX",
+                        "address": {"cityName": "ZZYZX SPRINGS", "countryCode": "US"},
+                    }
+                )
+            return JSONResponse({"meta": {"count": len(data)}, "data": data})
+
+        return app

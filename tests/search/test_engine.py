@@ -1,0 +1,281 @@
+"""The search path on a real Valkey: cache, single-flight (in process and across replicas),
+stale-on-error, the breaker driven by a failing provider, warming, the rate limit, and
+degrading when Redis is down."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from parley.search.v1 import search_pb2
+from services.common.errors import InvalidArgument, Unavailable
+from services.common.redis_client import make_redis
+from services.search.breaker import CircuitBreaker, State
+from services.search.cache import ResultCache
+from services.search.engine import DeadlineExceeded, SearchEngine
+from services.search.places import Places
+from services.search.providers.base import Provider, ProviderUnavailable, Query
+from services.search.ratelimit import ProviderRateLimiter, RateLimitTimeout
+from services.search.settings import SearchSettings
+from tests.support.processes import Valkey, free_port
+
+DAY = dt.date.today() + dt.timedelta(days=14)
+_names = itertools.count()
+
+
+class FakeProvider(Provider):
+    """A scriptable provider: counts calls, can be slow, fail, or reject."""
+
+    demo_data = False
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.name = f"fake{next(_names)}"  # own cache keys per test
+        self.breaker_name = f"{self.name}_api"
+        self.delay = delay
+        self.calls = 0
+        self.concurrent = 0
+        self.max_concurrent = 0
+        self.failing = False
+        self.reject = False
+
+    async def search(self, query: Query, deadline: float) -> list[search_pb2.FlightOffer]:
+        self.calls += 1
+        self.concurrent += 1
+        self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if self.failing:
+                raise ProviderUnavailable("fake outage")
+            if self.reject:
+                raise InvalidArgument("origin", "the provider does not serve this route")
+            return [
+                search_pb2.FlightOffer(
+                    id=f"{query.key()}#{self.calls}",
+                    total_price=search_pb2.Money(currency_code="USD", amount="100.00"),
+                )
+            ]
+        finally:
+            self.concurrent -= 1
+
+
+def query(origin: str = "JFK", destination: str = "LHR", day: dt.date = DAY) -> Query:
+    return Query(origin, destination, day, None, 1, search_pb2.CABIN_ECONOMY, False, 10, "")
+
+
+def soon(seconds: float = 5.0) -> float:
+    return time.monotonic() + seconds
+
+
+Build = Callable[..., SearchEngine]
+
+
+async def until_half_open(breaker: CircuitBreaker, seconds: float = 5.0) -> None:
+    """Poll (the breaker turns half-open lazily, when asked) until the recovery timeout passed."""
+    deadline = time.monotonic() + seconds
+    for _ in range(int(seconds / 0.02)):
+        if breaker.state is State.HALF_OPEN or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    assert breaker.state is State.HALF_OPEN
+
+
+@pytest.fixture
+async def build(valkey: Valkey, places: Places) -> AsyncIterator[Build]:
+    clients: list[aioredis.Redis] = []
+
+    def make(provider: Provider, url: str | None = None, **settings: object) -> SearchEngine:
+        url = url or valkey.url
+        client = make_redis(url, retries=0, connect_timeout=0.2, socket_timeout=0.5)
+        clients.append(client)
+        config = SearchSettings(redis_url=url, **settings)  # type: ignore[arg-type]
+        cache = ResultCache(
+            client,
+            ttl_seconds=config.redis_cache_ttl_seconds,
+            grace_seconds=config.search_stale_grace_seconds,
+            lock_seconds=config.search_lock_seconds,
+        )
+        return SearchEngine(places, provider, cache, config, url)
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+async def test_second_search_is_a_cache_hit_with_its_age(build: Build) -> None:
+    provider = FakeProvider()
+    engine = build(provider)
+    first = await engine.search(query(), soon())
+    assert (first.from_cache, first.stale, first.provider) == (False, False, provider.name)
+    assert first.age.ToNanoseconds() == 0
+    second = await engine.search(query(), soon())
+    assert second.from_cache and not second.stale
+    assert second.fetch_time == first.fetch_time
+    assert 0 <= second.age.ToMilliseconds() < 5000
+    assert [o.id for o in second.offers] == [o.id for o in first.offers]
+    assert provider.calls == 1
+
+
+async def test_hundred_identical_uncached_searches_make_one_provider_call(build: Build) -> None:
+    provider = FakeProvider(delay=0.05)
+    engine = build(provider)
+    answers = await asyncio.gather(*(engine.search(query(), soon()) for _ in range(100)))
+    assert provider.calls == 1
+    assert {a.offers[0].id for a in answers} == {answers[0].offers[0].id}
+
+
+async def test_single_flight_holds_across_replicas(build: Build) -> None:
+    provider = FakeProvider(delay=0.3)  # one provider account, two replicas
+    replicas = [build(provider), build(provider)]
+    answers = await asyncio.gather(
+        *(replicas[i % 2].search(query("LAX", "JFK"), soon()) for i in range(40))
+    )
+    assert provider.calls == 1
+    assert {a.offers[0].id for a in answers} == {answers[0].offers[0].id}
+    # The replica that waited answered from the cache the other one filled.
+    assert any(a.from_cache for a in answers) and any(not a.from_cache for a in answers)
+
+
+async def test_stale_result_is_served_when_the_provider_fails(build: Build) -> None:
+    provider = FakeProvider()
+    engine = build(provider, redis_cache_ttl_seconds=60, search_stale_grace_seconds=86400)
+    key = ResultCache.key(provider.name, query().key())
+    old = search_pb2.SearchFlightsResponse(provider=provider.name)
+    old.offers.add(id="yesterday")
+    old.fetch_time.FromNanoseconds(int((time.time() - 7200) * 1e9))  # two hours old: expired
+    await engine.cache.put(key, old)
+    provider.failing = True
+    answer = await engine.search(query(), soon())
+    assert answer.stale and answer.from_cache
+    assert answer.offers[0].id == "yesterday"
+    assert 7100 < answer.age.seconds < 7300
+    assert provider.calls == 1
+    # Without a stale copy the caller gets UNAVAILABLE with a plain message.
+    with pytest.raises(Unavailable):
+        await engine.search(query("JFK", "CDG"), soon())
+
+
+async def test_failure_open_half_open_recovery(build: Build) -> None:
+    provider = FakeProvider()
+    engine = build(
+        provider,
+        search_breaker_failure_threshold=3,
+        search_breaker_recovery_seconds=0.3,
+        search_breaker_half_open_probes=1,
+    )
+    breaker = engine.breaker
+    provider.failing = True
+    days = [DAY + dt.timedelta(days=i) for i in range(10)]
+    for day in days[:3]:
+        with pytest.raises(Unavailable):
+            await engine.search(query(day=day), soon())
+    assert breaker.state is State.OPEN and provider.calls == 3
+    # Open: the provider is not called at all.
+    with pytest.raises(Unavailable):
+        await engine.search(query(day=days[3]), soon())
+    assert provider.calls == 3
+    # After the recovery timeout: half-open, one probe; it fails → open again.
+    await until_half_open(breaker)
+    with pytest.raises(Unavailable):
+        await engine.search(query(day=days[4]), soon())
+    assert breaker.state is State.OPEN and provider.calls == 4
+    # The provider recovers; the next probe succeeds and closes the breaker.
+    provider.failing = False
+    await until_half_open(breaker)
+    answer = await engine.search(query(day=days[5]), soon())
+    assert not answer.stale and breaker.state is State.CLOSED and provider.calls == 5
+    assert breaker.to_proto().failure_count == 0
+
+
+async def test_open_breaker_serves_stale_without_calling(build: Build) -> None:
+    provider = FakeProvider()
+    engine = build(provider, search_breaker_failure_threshold=1)
+    key = ResultCache.key(provider.name, query().key())
+    old = search_pb2.SearchFlightsResponse(provider=provider.name)
+    old.fetch_time.FromNanoseconds(int((time.time() - 4000) * 1e9))
+    await engine.cache.put(key, old)
+    engine.breaker.on_failure()
+    assert engine.breaker.state is State.OPEN
+    answer = await engine.search(query(), soon())
+    assert answer.stale and provider.calls == 0
+
+
+async def test_the_providers_rejection_reaches_the_caller_and_is_not_a_failure(
+    build: Build,
+) -> None:
+    provider = FakeProvider()
+    provider.reject = True
+    engine = build(provider, search_breaker_failure_threshold=1)
+    with pytest.raises(InvalidArgument):
+        await engine.search(query(), soon())
+    assert engine.breaker.state is State.CLOSED
+
+
+async def test_a_slow_provider_hits_the_deadline(build: Build) -> None:
+    provider = FakeProvider(delay=2.0)
+    engine = build(provider)
+    with pytest.raises(DeadlineExceeded):
+        await engine.search(query(), soon(0.2))
+    key = ResultCache.key(provider.name, query("JFK", "CDG").key())
+    old = search_pb2.SearchFlightsResponse(provider=provider.name)
+    old.fetch_time.FromNanoseconds(int((time.time() - 4000) * 1e9))
+    await engine.cache.put(key, old)
+    answer = await engine.search(query("JFK", "CDG"), soon(0.2))
+    assert answer.stale
+
+
+async def test_warming_counts_and_bounds_concurrency(build: Build) -> None:
+    provider = FakeProvider(delay=0.02)
+    engine = build(provider, search_warm_concurrency=3)
+    warmed, failed = await engine.warm([("JFK", "LHR"), ("NYC", "PAR")], 5, soon(20))
+    assert (warmed, failed) == (10, 0)
+    assert provider.calls == 10 and provider.max_concurrent <= 3
+    # Fresh entries are not fetched again; the warmed searches are now hits.
+    assert await engine.warm([("JFK", "LHR")], 5, soon(20)) == (5, 0)
+    assert provider.calls == 10
+    tomorrow = dt.date.today() + dt.timedelta(days=1)
+    assert (await engine.search(query("JFK", "LHR", day=tomorrow), soon())).from_cache
+    provider.failing = True
+    assert await engine.warm([("LAX", "SFO")], 2, soon(20)) == (0, 2)
+
+
+async def test_warming_uses_popular_routes_when_none_are_given(build: Build) -> None:
+    provider = FakeProvider()
+    engine = build(provider, search_popular_routes="JFK-LHR,LHR-JFK")
+    assert await engine.warm([], 2, soon(20)) == (4, 0)
+
+
+async def test_search_works_uncached_when_redis_is_down(build: Build) -> None:
+    provider = FakeProvider()
+    engine = build(provider, url=f"redis://127.0.0.1:{free_port()}/0")
+    first = await engine.search(query(), soon())
+    second = await engine.search(query(), soon())
+    assert not first.from_cache and not second.from_cache and provider.calls == 2
+    assert not engine.cache.available  # it stepped aside instead of timing out every call
+
+
+async def test_rate_limit_is_shared_through_redis(valkey: Valkey) -> None:
+    name = f"limit{next(_names)}"
+    a = ProviderRateLimiter(name, 5, valkey.url)
+    b = ProviderRateLimiter(name, 5, valkey.url)
+    for _ in range(5):
+        await a.acquire(soon(0.5))
+    with pytest.raises(RateLimitTimeout):
+        await b.acquire(time.monotonic() + 0.05)
+    unlimited = ProviderRateLimiter(name, 0, valkey.url)
+    for _ in range(100):
+        await unlimited.acquire(time.monotonic())
+
+
+async def test_rate_limit_falls_back_to_memory_without_redis() -> None:
+    limiter = ProviderRateLimiter("nolimit", 3, f"redis://127.0.0.1:{free_port()}/0")
+    for _ in range(3):
+        await limiter.acquire(soon(2))
+    with pytest.raises(RateLimitTimeout):
+        await limiter.acquire(time.monotonic() + 0.05)

@@ -1,0 +1,119 @@
+"""ResolvePlace and FindNearestAirports quality on the real airport data."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.search.places import Places, haversine_km, normalize
+
+
+def codes(places: Places, text: str, limit: int = 5) -> list[str]:
+    return [c.place.code for c in places.resolve(text, limit)]
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("new york", "NYC"),
+        ("nyc", "NYC"),
+        ("NYC", "NYC"),
+        ("london", "LON"),
+        ("lon", "LON"),
+        ("Londn", "LON"),
+        ("paris", "PAR"),
+        ("Pariss", "PAR"),
+        ("tokyo", "TYO"),
+        ("rome", "ROM"),
+        ("tel aviv", "TLV"),
+        ("Tel-Aviv", "TLV"),
+        ("berlin", "BER"),
+        ("newark", "EWR"),
+        ("barcelna", "BCN"),
+        ("CDG", "CDG"),
+        ("cdg", "CDG"),
+        ("heathrow", "LHR"),
+        ("São Paulo", "SAO"),
+        ("sao paulo", "SAO"),
+        ("ZÜRICH", "ZRH"),
+        ("munich", "MUC"),
+        ("los angeles", "LAX"),
+        ("san francisco", "SFO"),
+        ("bombay", "BOM"),
+    ],
+)
+def test_resolves_common_phrases(places: Places, text: str, first: str) -> None:
+    assert codes(places, text)[0] == first
+
+
+def test_city_code_brings_its_airports(places: Places) -> None:
+    found = codes(places, "new york")
+    assert found[0] == "NYC"
+    assert {"JFK", "LGA"} <= set(found)
+    assert set(codes(places, "NYC")) >= {"JFK", "LGA", "EWR"}
+
+
+def test_candidates_carry_kind_name_city_country_and_score(places: Places) -> None:
+    best = places.resolve("paris", 3)
+    city = best[0].place.to_proto()
+    assert (city.code, city.kind, city.city_name, city.country_code) == ("PAR", 2, "Paris", "FR")
+    assert city.time_zone == "Europe/Paris"
+    airport = best[1].place.to_proto()
+    assert airport.kind == 1 and airport.code in {"CDG", "ORY"}
+    assert best[0].score >= best[1].score >= best[2].score
+    assert 0 < best[-1].score <= 100
+
+
+def test_ambiguous_names_give_several_close_candidates(places: Places) -> None:
+    found = places.resolve("portland", 5)
+    top = [c for c in found if c.place.city == "Portland"]
+    assert {"PDX", "PWM"} <= {c.place.code for c in top}
+    assert found[0].score - found[1].score < 5  # close: the caller should ask which one
+
+
+def test_typos_still_rank_the_right_city_above_lookalikes(places: Places) -> None:
+    found = places.resolve("barcelna", 3)
+    assert found[0].place.code == "BCN"
+    assert found[0].score > 85
+
+
+def test_nonsense_and_empty_give_nothing(places: Places) -> None:
+    assert places.resolve("xyzzyq", 5) == []
+    assert places.resolve("   ", 5) == []
+    assert places.resolve("!!!", 5) == []
+
+
+def test_heliports_and_bases_are_never_suggested(places: Places) -> None:
+    for text in ("new york", "london", "paris"):
+        for candidate in places.resolve(text, 20):
+            assert candidate.place.commercial, candidate.place.name
+
+
+def test_normalize_folds_case_accents_and_punctuation() -> None:
+    assert normalize("  São-Paulo/ZÜRICH ") == "sao paulo zurich"
+
+
+def test_nearest_airports_to_times_square_are_the_new_york_ones(places: Places) -> None:
+    found = places.nearest(40.758, -73.9855, 3)
+    assert {p.code for p, _ in found} == {"LGA", "EWR", "JFK"}
+    distances = [km for _, km in found]
+    assert distances == sorted(distances)
+    assert 5 < distances[0] < 15
+
+
+def test_nearest_airport_to_tel_aviv_is_ben_gurion(places: Places) -> None:
+    place, km = places.nearest(32.0853, 34.7818, 1)[0]
+    assert place.code == "TLV"
+    assert 10 < km < 20
+
+
+def test_haversine_matches_a_known_distance() -> None:
+    # JFK-LHR is about 5,540 km.
+    assert 5500 < haversine_km(40.6399, -73.7787, 51.4706, -0.4619) < 5600
+
+
+def test_every_city_code_has_airports(places: Places) -> None:
+    for code in ("NYC", "LON", "PAR", "TYO", "CHI", "WAS", "MIL", "ROM", "STO", "BUE", "SAO"):
+        place = places.get(code)
+        assert place is not None and place.is_city and place.members
+        for member in places.airports_of(code):
+            assert not member.is_city

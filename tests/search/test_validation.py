@@ -1,0 +1,137 @@
+"""Request validation: every violation names its field."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from parley.search.v1 import search_pb2
+from services.common.errors import InvalidArgument
+from services.search.places import Places
+from services.search.validation import (
+    validate_nearest,
+    validate_resolve,
+    validate_search,
+    validate_warm,
+)
+
+TODAY = dt.date(2026, 11, 21)
+
+
+def fixed_today(tz: str) -> dt.date:
+    return TODAY
+
+
+def request(**overrides: object) -> search_pb2.SearchFlightsRequest:
+    fields: dict[str, object] = {
+        "origin": "JFK",
+        "destination": "LHR",
+        "departure_date": "2026-12-01",
+    }
+    fields.update(overrides)
+    return search_pb2.SearchFlightsRequest(**fields)  # type: ignore[arg-type]
+
+
+def violations(places: Places, **overrides: object) -> dict[str, str]:
+    with pytest.raises(InvalidArgument) as caught:
+        validate_search(request(**overrides), places, fixed_today)
+    return dict(caught.value.violations)
+
+
+def test_a_good_request_is_normalized(places: Places) -> None:
+    query = validate_search(
+        request(origin=" nyc ", destination="lon", currency_code="eur", return_date="2026-12-08"),
+        places,
+        fixed_today,
+    )
+    assert (query.origin, query.destination, query.currency) == ("NYC", "LON", "EUR")
+    assert query.departure == dt.date(2026, 12, 1)
+    assert query.return_date == dt.date(2026, 12, 8)
+    assert (query.adults, query.cabin, query.max_results) == (1, search_pb2.CABIN_ECONOMY, 10)
+    assert query.key() == "NYC:LON:2026-12-01:2026-12-08:1:ECONOMY:0:10:EUR"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"origin": ""}, "origin"),
+        ({"origin": "JF"}, "origin"),
+        ({"origin": "J1K"}, "origin"),
+        ({"origin": "QQQ"}, "origin"),
+        ({"destination": "ZZZ"}, "destination"),
+        ({"destination": "JFK"}, "destination"),
+        ({"origin": "NYC", "destination": "EWR"}, "destination"),
+        ({"departure_date": ""}, "departure_date"),
+        ({"departure_date": "01/12/2026"}, "departure_date"),
+        ({"departure_date": "2026-02-30"}, "departure_date"),
+        ({"departure_date": "2026-11-20"}, "departure_date"),
+        ({"departure_date": "2027-11-18"}, "departure_date"),
+        ({"return_date": "2026-11-30"}, "return_date"),
+        ({"return_date": "tomorrow"}, "return_date"),
+        ({"adults": 10}, "adults"),
+        ({"adults": -1}, "adults"),
+        ({"cabin": 9}, "cabin"),
+        ({"max_results": 51}, "max_results"),
+        ({"max_results": -3}, "max_results"),
+        ({"currency_code": "EURO"}, "currency_code"),
+        ({"currency_code": "€"}, "currency_code"),
+    ],
+)
+def test_each_violation_names_its_field(
+    places: Places, overrides: dict[str, object], field: str
+) -> None:
+    assert field in violations(places, **overrides)
+
+
+def test_boundaries_are_inclusive(places: Places) -> None:
+    ok = validate_search(
+        request(departure_date="2026-11-21", adults=9, max_results=50), places, fixed_today
+    )
+    assert ok.departure == TODAY
+    last = (TODAY + dt.timedelta(days=361)).isoformat()
+    assert validate_search(request(departure_date=last), places, fixed_today).departure
+    same_day = validate_search(request(return_date="2026-12-01"), places, fixed_today)
+    assert same_day.return_date == same_day.departure
+
+
+def test_all_violations_are_reported_at_once(places: Places) -> None:
+    found = violations(places, origin="", departure_date="x", adults=0, max_results=99)
+    assert {"origin", "departure_date", "max_results"} <= set(found)
+
+
+def test_today_is_the_origins_local_date(places: Places) -> None:
+    seen: list[str] = []
+
+    def today(tz: str) -> dt.date:
+        seen.append(tz)
+        return TODAY
+
+    validate_search(request(origin="LAX"), places, today)
+    assert seen == ["America/Los_Angeles"]
+
+
+def test_resolve_and_nearest_and_warm_validation(places: Places) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        validate_resolve(search_pb2.ResolvePlaceRequest(query="  "))
+    assert "query" in dict(caught.value.violations)
+    with pytest.raises(InvalidArgument) as caught:
+        validate_resolve(search_pb2.ResolvePlaceRequest(query="x" * 101, max_results=21))
+    assert {"query", "max_results"} == set(dict(caught.value.violations))
+    assert validate_resolve(search_pb2.ResolvePlaceRequest(query="paris")) == ("paris", 5)
+    with pytest.raises(InvalidArgument) as caught:
+        validate_nearest(search_pb2.FindNearestAirportsRequest(latitude=91, longitude=float("nan")))
+    assert {"latitude", "longitude"} == set(dict(caught.value.violations))
+    assert validate_nearest(search_pb2.FindNearestAirportsRequest(latitude=1, longitude=2)) == (
+        1,
+        2,
+        3,
+    )
+    with pytest.raises(InvalidArgument) as caught:
+        validate_warm(
+            search_pb2.WarmCacheRequest(
+                routes=[search_pb2.Route(origin="JFK", destination="QQQ")], days_ahead=31
+            ),
+            places,
+        )
+    assert {"days_ahead", "routes[0].destination"} == set(dict(caught.value.violations))
