@@ -49,7 +49,9 @@ _INDEX = """
 local function index(expire, ttl, member)
   local pruned = redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
   redis.call('ZADD', KEYS[4], expire, member)
-  if redis.call('PTTL', KEYS[4]) < ttl then redis.call('PEXPIREAT', KEYS[4], expire) end
+  -- The index outlives its newest entry by one TTL, so expired entries are seen (and counted)
+  -- by the next write in that window; after it the whole index expires on its own.
+  if redis.call('PTTL', KEYS[4]) < 2 * ttl then redis.call('PEXPIREAT', KEYS[4], expire + ttl) end
   return pruned
 end
 local function expire_all(at)

@@ -1,0 +1,165 @@
+"""Redis goes away mid-conversation: the fallback serves, and writes back when Redis returns."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+
+from parley.session.v1 import session_pb2 as pb
+from parley.session.v1.session_pb2_grpc import SessionServiceStub
+from services.common.healthcheck import check
+from services.common.redis_client import make_client
+from services.session.memory_store import MemoryStore
+from services.session.model import ConversationKey, encode_message
+from services.session.redis_store import RedisStore
+from services.session.store import SessionStore
+from tests.session.conftest import SERVICE, bot_message, new_key, start_session, user_message
+from tests.support.processes import Valkey, wait_for
+
+
+def status(stub: SessionServiceStub) -> pb.GetStorageStatusResponse:
+    response: pb.GetStorageStatusResponse = stub.GetStorageStatus(pb.GetStorageStatusRequest())
+    return response
+
+
+def say(stub: SessionServiceStub, key: pb.ConversationKey, n: int) -> pb.Conversation:
+    """One turn as the gateway does it: get (create), then update under that version."""
+    current = stub.GetConversation(pb.GetConversationRequest(key=key, create=True)).conversation
+    request = pb.UpdateConversationRequest(
+        key=key,
+        append=[user_message(f"user {n}", f"wamid.{n}"), bot_message(f"bot {n}")],
+        expected_version=current.version,
+    )
+    request.set_state["turn"].number_value = n
+    conversation: pb.Conversation = stub.UpdateConversation(request).conversation
+    return conversation
+
+
+def test_outage_is_served_from_memory_and_written_back(
+    fresh_valkey: Valkey, tmp_path: Path
+) -> None:
+    running = start_session(tmp_path, fresh_valkey.url, SESSION_HISTORY_LIMIT="20")
+    key = new_key("outage-biz")
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            stub = SessionServiceStub(channel)
+            for n in range(3):
+                before = say(stub, key, n)
+            assert before.version == 4
+
+            fresh_valkey.stop()
+            for n in range(3, 6):
+                during = say(stub, key, n)  # no error: the fallback serves
+            assert during.id == before.id and during.version == 7
+            outage = status(stub)
+            assert outage.backend == pb.STORAGE_BACKEND_MEMORY and outage.fallback_active
+            assert outage.pending_writebacks == 1 and outage.HasField("fallback_since")
+            assert check(running.address, SERVICE) == "SERVING"
+            assert running.metrics()["parley_session_fallback_active"] == 1
+
+            fresh_valkey.start()  # same port and data directory: the pre-outage data is back
+            assert wait_for(lambda: not status(stub).fallback_active, 15), running.process.log
+            after = status(stub)
+            assert after.backend == pb.STORAGE_BACKEND_REDIS
+            assert after.pending_writebacks == 0 and after.writebacks_total == 1
+            metrics = running.metrics()
+            assert metrics["parley_session_fallback_active"] == 0
+            assert metrics["parley_session_writebacks_total"] == 1
+
+            # The whole conversation is in Redis itself, not only in this process.
+            raw = redis.Redis(port=fresh_valkey.port)
+            (meta_key,) = raw.scan_iter(match="conversation:{outage-biz:*}:*:meta")
+            prefix = meta_key.decode().removesuffix(":meta")
+            assert raw.hget(meta_key, "v") == b"7"
+            assert raw.hget(meta_key, "id") == before.id.encode()
+            history = [m.decode() for m in raw.lrange(prefix + ":history", 0, -1)]
+            assert len(history) == 12
+            assert all(f'"user {n}"' in history[2 * n] for n in range(6))
+            assert raw.hget(prefix + ":state", "turn") == b"5.0"
+            assert raw.ttl(meta_key) > 800
+
+            # And the service reads it from Redis again, carrying on from version 7.
+            assert say(stub, key, 6).version == 8
+        warnings = [e for e in running.log_events() if "Redis unreachable" in str(e.get("event"))]
+        assert len(warnings) == 1  # once per outage, not once per request
+    finally:
+        running.stop()
+
+
+def test_fallback_off_answers_unavailable_and_not_serving(
+    fresh_valkey: Valkey, tmp_path: Path
+) -> None:
+    running = start_session(tmp_path, fresh_valkey.url, SESSION_FALLBACK="off")
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            stub = SessionServiceStub(channel)
+            key = new_key()
+            say(stub, key, 0)
+            fresh_valkey.stop()
+            with pytest.raises(grpc.RpcError) as error:
+                stub.UpdateConversation(
+                    pb.UpdateConversationRequest(key=key, append=[user_message("x")])
+                )
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "Redis" in str(error.value.details())
+            assert wait_for(lambda: check(running.address, SERVICE) == "NOT_SERVING", 10)
+            assert not status(stub).fallback_active
+            fresh_valkey.start()
+            assert wait_for(lambda: check(running.address, SERVICE) == "SERVING", 10)
+            assert say(stub, key, 1).version == 3  # the refused update changed nothing
+    finally:
+        running.stop()
+
+
+async def test_changed_on_both_sides_the_higher_version_wins(valkey: Valkey) -> None:
+    """Another replica kept writing to Redis during this one's outage: Redis's newer copy stays,
+    and this replica's outage writes are counted as discarded, not silently merged."""
+    client = make_client(f"redis://127.0.0.1:{valkey.port}/8")
+    redis_store = RedisStore(client, ttl_seconds=60, history_limit=10)
+    memory = MemoryStore(max_conversations=10, ttl_seconds=60, history_limit=10)
+    store = SessionStore(redis_store, memory, fallback="memory", probe_seconds=0.05)
+    ours = ConversationKey("both-sides", "+15550000001", "client")
+    theirs = ConversationKey("both-sides", "+15550000002", "client")
+    msg = encode_message("user", "hello", 0)
+    try:
+        for key in (ours, theirs):
+            await store.update(
+                key, append=[msg], set_state={}, remove_state=[], expected_version=None
+            )
+        store.enter_outage(ConnectionError("test: pretend Redis went away"))
+        for key in (ours, theirs):  # served by memory: version 2, dirty
+            conversation, _ = await store.update(
+                key,
+                append=[msg],
+                set_state={"side": b'"memory"'},
+                remove_state=[],
+                expected_version=1,
+            )
+            assert conversation.version == 2
+        # Meanwhile another replica wrote "theirs" twice in Redis (version 3).
+        for _ in range(2):
+            await redis_store.update(
+                theirs,
+                append=[],
+                set_state={"side": b'"redis"'},
+                remove_state=[],
+                expected_version=None,
+                new_id="x",
+            )
+        for _ in range(100):  # the probe finds Redis answering and writes back
+            if not store.fallback_active:
+                break
+            await asyncio.sleep(0.05)
+        assert not store.fallback_active
+        mine = await redis_store.load(ours)
+        other = await redis_store.load(theirs)
+        assert mine is not None and mine.version == 2 and mine.state["side"] == b'"memory"'
+        assert other is not None and other.version == 3 and other.state["side"] == b'"redis"'
+        assert store.writebacks_total == 1
+    finally:
+        await store.close()
+        await client.aclose()

@@ -1,0 +1,361 @@
+"""SessionService over real gRPC against a real Valkey: data, versions, TTL, listing, input."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+import redis
+
+from parley.session.v1 import session_pb2 as pb
+from parley.session.v1.session_pb2_grpc import SessionServiceStub
+from services.common.errors import error_info, field_violations
+from tests.session.conftest import (
+    SESSION_DB,
+    Running,
+    bot_message,
+    new_key,
+    start_session,
+    user_message,
+)
+from tests.support.processes import Valkey, wait_for
+
+Stub = SessionServiceStub
+
+
+def redis_db(valkey: Valkey) -> redis.Redis:
+    return redis.Redis(port=valkey.port, db=SESSION_DB)
+
+
+async def test_get_creates_once_and_then_returns_the_same_conversation(stub: Stub) -> None:
+    key = new_key()
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stub.GetConversation(pb.GetConversationRequest(key=key))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+    first = await stub.GetConversation(pb.GetConversationRequest(key=key, create=True))
+    assert first.created
+    conversation = first.conversation
+    assert uuid.UUID(conversation.id)
+    assert conversation.version == 1
+    assert conversation.key == key
+    assert not conversation.history and not conversation.state
+    lifetime = conversation.expire_time.ToMilliseconds() - conversation.update_time.ToMilliseconds()
+    assert lifetime == 900_000
+
+    again = await stub.GetConversation(pb.GetConversationRequest(key=key, create=True))
+    assert not again.created
+    assert again.conversation.id == conversation.id
+    assert again.conversation.version == 1
+
+
+async def test_update_appends_trims_and_patches_state_in_redis(stub: Stub, valkey: Valkey) -> None:
+    key = new_key(business="acme:{eu}")  # hash-tag and separator characters in an id
+    created = await stub.UpdateConversation(
+        pb.UpdateConversationRequest(key=key, append=[user_message("m0", "wamid.0")])
+    )
+    assert created.created and created.conversation.version == 1
+    for n in range(1, 12):
+        request = pb.UpdateConversationRequest(
+            key=key, append=[user_message(f"m{n}"), bot_message(f"r{n}")]
+        )
+        request.set_state["step"].number_value = n
+        request.set_state["slots"].struct_value.update({"from": "TLV", "pax": [1, {"a": None}]})
+        request.set_state["gone"].bool_value = True
+        request.remove_state_keys.append("gone")
+        response = await stub.UpdateConversation(request)
+    conversation = response.conversation
+    assert conversation.version == 12
+    # The newest 10 of 23 messages, oldest first.
+    contents = [m.content for m in conversation.history]
+    assert contents == ["m7", "r7", "m8", "r8", "m9", "r9", "m10", "r10", "m11", "r11"]
+    assert [m.role for m in conversation.history[:2]] == [
+        pb.MESSAGE_ROLE_USER,
+        pb.MESSAGE_ROLE_ASSISTANT,
+    ]
+    assert set(conversation.state) == {"step", "slots"}
+    assert conversation.state["step"].number_value == 11
+    slots = conversation.state["slots"].struct_value
+    assert slots["from"] == "TLV" and slots["pax"][1]["a"] is None
+
+    # What Redis holds: three keys in one hash tag, TTL ~900 s, and the index entry.
+    db = redis_db(valkey)
+    keys = sorted(k.decode() for k in db.scan_iter(match="conversation:{acme%3A%7Beu%7D:*"))
+    assert len(keys) == 3, keys
+    assert {k.rsplit(":", 1)[1] for k in keys} == {"history", "meta", "state"}
+    tags = {k[k.index("{") : k.index("}") + 1] for k in keys}
+    assert len(tags) == 1
+    slots_of = {db.execute_command("CLUSTER", "KEYSLOT", k) for k in keys}
+    index = f"conversation-index:{tags.pop()}"
+    slots_of.add(db.execute_command("CLUSTER", "KEYSLOT", index))
+    assert len(slots_of) == 1  # the index shard shares the conversation's slot
+    for k in keys:
+        assert 895 <= db.ttl(k) <= 900
+    assert db.llen(keys[0]) == 10
+    assert db.zscore(index, f"client:{key.user_id}") == pytest.approx(
+        conversation.expire_time.ToMilliseconds(), abs=1
+    )
+
+    fetched = await stub.GetConversation(pb.GetConversationRequest(key=key))
+    assert fetched.conversation == conversation
+
+
+async def test_version_conflict_is_aborted_with_the_current_version_and_changes_nothing(
+    stub: Stub, session_service: Running
+) -> None:
+    key = new_key()
+    await stub.GetConversation(pb.GetConversationRequest(key=key, create=True))
+    await stub.UpdateConversation(
+        pb.UpdateConversationRequest(key=key, append=[user_message("hi")], expected_version=1)
+    )
+    conflicts_before = session_service.metrics().get("parley_session_version_conflicts_total", 0)
+    for stale in (1, 0, 5):
+        request = pb.UpdateConversationRequest(
+            key=key, append=[user_message("lost?")], expected_version=stale
+        )
+        request.set_state["x"].string_value = "y"
+        with pytest.raises(grpc.aio.AioRpcError) as conflict:
+            await stub.UpdateConversation(request)
+        assert conflict.value.code() == grpc.StatusCode.ABORTED
+        info = error_info(conflict.value)  # type: ignore[arg-type]
+        assert info is not None and info.metadata["current_version"] == "2"
+    after = (await stub.GetConversation(pb.GetConversationRequest(key=key))).conversation
+    assert after.version == 2
+    assert [m.content for m in after.history] == ["hi"]
+    assert not after.state
+    assert (
+        session_service.metrics()["parley_session_version_conflicts_total"] == conflicts_before + 3
+    )
+
+
+async def test_expected_version_zero_creates_only_when_none_is_live(stub: Stub) -> None:
+    key = new_key(role=pb.CONVERSATION_ROLE_ADMIN)
+    made = await stub.UpdateConversation(
+        pb.UpdateConversationRequest(key=key, append=[user_message("a")], expected_version=0)
+    )
+    assert made.created and made.conversation.version == 1
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await stub.UpdateConversation(pb.UpdateConversationRequest(key=key, expected_version=0))
+    assert again.value.code() == grpc.StatusCode.ABORTED
+
+
+async def test_touch_restarts_the_ttl_and_end_deletes(stub: Stub, valkey: Valkey) -> None:
+    key = new_key()
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stub.TouchConversation(pb.TouchConversationRequest(key=key))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    created = await stub.UpdateConversation(
+        pb.UpdateConversationRequest(key=key, append=[user_message("a")])
+    )
+    db = redis_db(valkey)
+    prefix = f"conversation:{{biz:*}}:client:{key.user_id}:"
+    keys = list(db.scan_iter(match=prefix + "*"))
+    assert {k.rsplit(b":", 1)[1] for k in keys} == {b"meta", b"history"}  # no state yet
+    for k in keys:
+        db.expire(k, 30)
+    touched = await stub.TouchConversation(pb.TouchConversationRequest(key=key))
+    assert touched.expire_time.ToMilliseconds() > created.conversation.expire_time.ToMilliseconds()
+    assert all(db.ttl(k) > 800 for k in keys)
+    after = (await stub.GetConversation(pb.GetConversationRequest(key=key))).conversation
+    assert after.version == created.conversation.version  # a touch is not a write
+
+    ended = await stub.EndConversation(pb.EndConversationRequest(key=key))
+    assert ended.ended
+    assert not list(db.scan_iter(match=prefix + "*"))
+    assert not (await stub.EndConversation(pb.EndConversationRequest(key=key))).ended
+    fresh = await stub.GetConversation(pb.GetConversationRequest(key=key, create=True))
+    assert fresh.created and fresh.conversation.id != created.conversation.id
+
+
+async def list_all(stub: Stub, business: str, page_size: int, role: int = 0) -> list[Any]:
+    found, token, pages = [], "", 0
+    while True:
+        page = await stub.ListConversations(
+            pb.ListConversationsRequest(
+                business_id=business, page_size=page_size, page_token=token, role=role
+            )
+        )
+        assert len(page.conversations) <= page_size
+        found.extend(page.conversations)
+        token, pages = page.next_page_token, pages + 1
+        if not token:
+            return found
+        assert pages < 100
+
+
+async def test_list_pages_through_one_business_only(stub: Stub) -> None:
+    business = f"lister-{uuid.uuid4().hex[:8]}"
+    keys = [new_key(business) for _ in range(23)] + [
+        new_key(business, pb.CONVERSATION_ROLE_ADMIN) for _ in range(4)
+    ]
+    await asyncio.gather(
+        *(
+            stub.UpdateConversation(
+                pb.UpdateConversationRequest(key=k, append=[user_message("x"), bot_message("y")])
+            )
+            for k in keys
+        )
+    )
+    await stub.GetConversation(pb.GetConversationRequest(key=new_key("other"), create=True))
+
+    found = await list_all(stub, business, 5)
+    assert sorted(c.key.user_id for c in found) == sorted(k.user_id for k in keys)
+    assert all(c.message_count == 2 and c.version == 1 for c in found)
+    admins = await list_all(stub, business, 3, pb.CONVERSATION_ROLE_ADMIN)
+    assert sorted(c.key.user_id for c in admins) == sorted(k.user_id for k in keys[23:])
+
+    await stub.EndConversation(pb.EndConversationRequest(key=keys[0]))
+    remaining = await list_all(stub, business, 50)
+    assert keys[0].user_id not in {c.key.user_id for c in remaining}
+    assert len(remaining) == 26
+
+
+@pytest.mark.parametrize(
+    ("request_", "fields"),
+    [
+        (pb.GetConversationRequest(), {"key"}),
+        (
+            pb.GetConversationRequest(key=pb.ConversationKey(user_id="u", role=1)),
+            {"key.business_id"},
+        ),
+        (
+            pb.GetConversationRequest(
+                key=pb.ConversationKey(business_id="b", user_id="u" * 129, role=0)
+            ),
+            {"key.user_id", "key.role"},
+        ),
+        (
+            pb.GetConversationRequest(
+                key=pb.ConversationKey(business_id="b\n", user_id="u", role=2)
+            ),
+            {"key.business_id"},
+        ),
+        (
+            pb.UpdateConversationRequest(
+                key=new_key(), append=[user_message("x" * 4097), pb.Message(content="no role")]
+            ),
+            {"append[0].content", "append[1].role"},
+        ),
+        (
+            pb.UpdateConversationRequest(key=new_key(), append=[user_message("x")] * 51),
+            {"append"},
+        ),
+        (pb.UpdateConversationRequest(key=new_key(), expected_version=-1), {"expected_version"}),
+        (
+            pb.UpdateConversationRequest(key=new_key(), remove_state_keys=[""]),
+            {"remove_state_keys[0]"},
+        ),
+        (pb.ListConversationsRequest(business_id="", page_size=501), {"business_id", "page_size"}),
+        (pb.ListConversationsRequest(business_id="b", page_token="not-ours"), {"page_token"}),
+        (pb.ListConversationsRequest(business_id="b", role=9), {"role"}),
+        (
+            pb.TouchConversationRequest(key=pb.ConversationKey(business_id="b", user_id="u")),
+            {"key.role"},
+        ),
+    ],
+)
+async def test_bad_input_is_invalid_argument_naming_the_field(
+    stub: Stub, request_: Any, fields: set[str]
+) -> None:
+    method = {
+        pb.GetConversationRequest: stub.GetConversation,
+        pb.UpdateConversationRequest: stub.UpdateConversation,
+        pb.ListConversationsRequest: stub.ListConversations,
+        pb.TouchConversationRequest: stub.TouchConversation,
+    }[type(request_)]
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await method(request_)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(field_violations(error.value)) == fields  # type: ignore[arg-type]
+
+
+async def test_state_value_without_a_kind_is_refused(stub: Stub) -> None:
+    request = pb.UpdateConversationRequest(key=new_key())
+    request.set_state["empty"].Clear()
+    request.set_state["nan"].number_value = float("nan")
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await stub.UpdateConversation(request)
+    assert set(field_violations(error.value)) == {"set_state[empty]", "set_state[nan]"}  # type: ignore[arg-type]
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stub.GetConversation(pb.GetConversationRequest(key=request.key))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND  # nothing was written
+
+
+async def test_fifty_concurrent_updates_with_retry_lose_nothing(stub: Stub) -> None:
+    """The gateway's flow: get (create), then update under the version read, retry on ABORTED."""
+    key = new_key()
+    retries = 0
+
+    async def writer(n: int) -> None:
+        nonlocal retries
+        conversation = (
+            await stub.GetConversation(pb.GetConversationRequest(key=key, create=True))
+        ).conversation
+        while True:
+            request = pb.UpdateConversationRequest(
+                key=key, append=[user_message(f"msg {n}")], expected_version=conversation.version
+            )
+            # A read-modify-write counter: a lost update would show as a short count.
+            count = conversation.state["count"].number_value if "count" in conversation.state else 0
+            request.set_state["count"].number_value = count + 1
+            request.set_state[f"seen {n}"].bool_value = True
+            try:
+                await stub.UpdateConversation(request)
+                return
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.ABORTED
+                retries += 1
+                conversation = (
+                    await stub.GetConversation(pb.GetConversationRequest(key=key))
+                ).conversation
+
+    await asyncio.gather(*(writer(n) for n in range(50)))
+    final = (await stub.GetConversation(pb.GetConversationRequest(key=key))).conversation
+    assert final.version == 51  # created at 1, then exactly one increment per message
+    assert final.state["count"].number_value == 50
+    assert {name for name in final.state if name.startswith("seen ")} == {
+        f"seen {n}" for n in range(50)
+    }
+    assert len(final.history) == 10  # the limit; each is a distinct message of the 50
+    assert len({m.content for m in final.history}) == 10
+    assert retries > 0  # the writers really did race
+
+
+def test_expired_conversation_is_gone_and_the_next_get_creates_anew(
+    session_redis_url: str, tmp_path: Any
+) -> None:
+    running = start_session(tmp_path, session_redis_url, REDIS_TTL_SECONDS="1")
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            sync_stub = SessionServiceStub(channel)
+            key = new_key("ttl-biz")
+            first = sync_stub.GetConversation(pb.GetConversationRequest(key=key, create=True))
+            time.sleep(1.1)
+            listed = sync_stub.ListConversations(pb.ListConversationsRequest(business_id="ttl-biz"))
+            assert not listed.conversations
+            second = sync_stub.GetConversation(pb.GetConversationRequest(key=key, create=True))
+            assert second.created
+            assert second.conversation.id != first.conversation.id
+            # The write found the old index entry expired, pruned it and counted it.
+            assert wait_for(
+                lambda: (
+                    running.metrics().get(
+                        'parley_session_conversations_expired_total{store="redis"}', 0
+                    )
+                    >= 1
+                ),
+                5,
+            )
+    finally:
+        running.stop()
+
+
+async def test_storage_status_says_redis(stub: Stub) -> None:
+    status = await stub.GetStorageStatus(pb.GetStorageStatusRequest())
+    assert status.backend == pb.STORAGE_BACKEND_REDIS
+    assert not status.fallback_active
+    assert not status.HasField("fallback_since")
