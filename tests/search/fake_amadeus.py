@@ -13,6 +13,7 @@ import secrets
 import threading
 from collections import defaultdict, deque
 from typing import Any
+from urllib.parse import parse_qs
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -128,7 +129,8 @@ class FakeAmadeus:
             scripted = self._scripted(path)
             if scripted is not None:
                 return scripted
-            form = await request.form()
+            # The documented body is application/x-www-form-urlencoded.
+            form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
             if form.get("grant_type") != "client_credentials":
                 return _error(400, "Invalid parameters", "grant_type")
             if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:

@@ -192,7 +192,11 @@ class AmadeusProvider(Provider):
     async def _get(self, path: str, params: dict[str, str], deadline: float) -> Any:
         """GET with token, one refresh on 401, and retries on 429/5xx within the deadline."""
         settings = self._settings
-        wait = wait_exponential_jitter(initial=settings.amadeus_backoff_seconds, max=2.0)
+        wait = wait_exponential_jitter(
+            multiplier=settings.amadeus_backoff_seconds,
+            max=2.0,
+            jitter=settings.amadeus_backoff_seconds,
+        )
 
         def backoff(state: RetryCallState) -> float:
             seconds = wait(state)

@@ -1,0 +1,255 @@
+"""The Amadeus adapter against a local fake server of its documented REST contract."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from structlog.testing import capture_logs
+
+from parley.search.v1 import search_pb2
+from services.common.errors import InvalidArgument, NotFound
+from services.common.redis_client import make_redis
+from services.search.cache import ResultCache
+from services.search.engine import SearchEngine
+from services.search.places import Places
+from services.search.providers import select_provider
+from services.search.providers.amadeus import AmadeusProvider, AmadeusSettings, parse_duration
+from services.search.providers.base import ProviderUnavailable, Query
+from services.search.settings import SearchSettings
+from tests.search.fake_amadeus import CLIENT_ID, CLIENT_SECRET, FakeAmadeus
+from tests.support.processes import Valkey
+
+OFFERS = "/v2/shopping/flight-offers"
+TOKEN = "/v1/security/oauth2/token"
+DAY = dt.date(2026, 12, 15)
+
+
+def settings(server: FakeAmadeus, **changes: object) -> AmadeusSettings:
+    fields: dict[str, object] = {
+        "amadeus_client_id": CLIENT_ID,
+        "amadeus_client_secret": CLIENT_SECRET,
+        "amadeus_base_url": server.url,
+        "amadeus_backoff_seconds": 0.01,
+    }
+    fields.update(changes)
+    return AmadeusSettings(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def provider(amadeus: FakeAmadeus, places: Places) -> AsyncIterator[AmadeusProvider]:
+    adapter = AmadeusProvider(settings(amadeus), places)
+    yield adapter
+    await adapter.aclose()
+
+
+def query(**changes: object) -> Query:
+    fields: dict[str, object] = {
+        "origin": "JFK",
+        "destination": "LHR",
+        "departure": DAY,
+        "return_date": None,
+        "adults": 2,
+        "cabin": search_pb2.CABIN_BUSINESS,
+        "non_stop": True,
+        "max_results": 5,
+        "currency": "EUR",
+    }
+    fields.update(changes)
+    return Query(**fields)  # type: ignore[arg-type]
+
+
+def soon(seconds: float = 5.0) -> float:
+    return time.monotonic() + seconds
+
+
+async def test_offers_are_mapped_exactly(provider: AmadeusProvider, amadeus: FakeAmadeus) -> None:
+    offers = await provider.search(query(return_date=DAY + dt.timedelta(days=3)), soon())
+    assert [o.total_price.amount for o in offers] == ["512.30", "640.05"]
+    first = offers[0]
+    assert first.total_price.currency_code == "EUR" and not first.demo_data
+    assert (first.id, first.validating_carrier, first.seats_left) == ("1", "BA", 4)
+    segment = first.itineraries[0].segments[0]
+    assert (segment.carrier_code, segment.flight_number, segment.aircraft_code) == (
+        "BA",
+        "178",
+        "777",
+    )
+    # Amadeus gives local times without offsets; the airports' time zones add them.
+    assert segment.departure_time == "2026-12-15T18:30:00-05:00"
+    assert segment.arrival_time == "2026-12-15T22:35:00+00:00"
+    assert segment.duration.seconds == 8 * 3600 + 5 * 60
+    assert first.itineraries[0].stops == 0
+    path, params = amadeus.requests[-1]
+    assert path == OFFERS
+    assert params == {
+        "originLocationCode": "JFK",
+        "destinationLocationCode": "LHR",
+        "departureDate": "2026-12-15",
+        "returnDate": "2026-12-18",
+        "adults": "2",
+        "travelClass": "BUSINESS",
+        "nonStop": "true",
+        "max": "5",
+        "currencyCode": "EUR",
+    }
+
+
+async def test_the_token_is_cached(provider: AmadeusProvider, amadeus: FakeAmadeus) -> None:
+    for _ in range(3):
+        await provider.search(query(), soon())
+    assert amadeus.calls[TOKEN] == 1 and amadeus.calls[OFFERS] == 3
+
+
+async def test_the_token_is_refreshed_before_it_expires(
+    amadeus: FakeAmadeus, places: Places
+) -> None:
+    amadeus.token_ttl = 45  # inside the refresh margin: every call sees it as about to expire
+    adapter = AmadeusProvider(settings(amadeus), places)
+    try:
+        await adapter.search(query(), soon())
+        await adapter.search(query(), soon())
+        assert amadeus.calls[TOKEN] == 2
+        # Never a 401 along the way: the old token was replaced before it expired.
+        assert amadeus.calls[OFFERS] == 2
+    finally:
+        amadeus.token_ttl = 1799
+        await adapter.aclose()
+
+
+async def test_a_401_refreshes_the_token_once(
+    provider: AmadeusProvider, amadeus: FakeAmadeus
+) -> None:
+    await provider.search(query(), soon())
+    amadeus.revoke_tokens()  # e.g. revoked or expired early on the provider's side
+    offers = await provider.search(query(), soon())
+    assert offers and amadeus.calls[TOKEN] == 2 and amadeus.calls[OFFERS] == 3
+
+
+async def test_429_then_500_then_success(provider: AmadeusProvider, amadeus: FakeAmadeus) -> None:
+    await provider.search(query(), soon())  # token in hand
+    amadeus.script(OFFERS, 429, 500)
+    offers = await provider.search(query(), soon())
+    assert offers and amadeus.calls[OFFERS] == 4
+
+
+async def test_retry_after_is_honoured(provider: AmadeusProvider, amadeus: FakeAmadeus) -> None:
+    amadeus.script(OFFERS, (429, {"Retry-After": "0.3"}))
+    start = time.monotonic()
+    assert await provider.search(query(), soon())
+    assert time.monotonic() - start >= 0.3
+
+
+async def test_persistent_5xx_is_a_provider_failure_after_the_attempts(
+    provider: AmadeusProvider, amadeus: FakeAmadeus
+) -> None:
+    amadeus.script(OFFERS, *([503] * 10))
+    with pytest.raises(ProviderUnavailable):
+        await provider.search(query(), soon())
+    assert amadeus.calls[OFFERS] == 4  # AMADEUS_MAX_ATTEMPTS
+
+
+async def test_retries_stop_at_the_deadline(amadeus: FakeAmadeus, places: Places) -> None:
+    adapter = AmadeusProvider(
+        settings(amadeus, amadeus_backoff_seconds=0.5, amadeus_max_attempts=10), places
+    )
+    try:
+        amadeus.script(OFFERS, *([500] * 10))
+        start = time.monotonic()
+        with pytest.raises(ProviderUnavailable):
+            await adapter.search(query(), soon(0.4))
+        assert time.monotonic() - start < 1.5
+        assert amadeus.calls[OFFERS] < 4
+    finally:
+        await adapter.aclose()
+
+
+async def test_400_is_invalid_argument_naming_our_field(
+    provider: AmadeusProvider, amadeus: FakeAmadeus
+) -> None:
+    amadeus.script(OFFERS, 400)
+    with pytest.raises(InvalidArgument) as caught:
+        await provider.search(query(), soon())
+    assert "departure_date" in dict(caught.value.violations)
+    assert amadeus.calls[OFFERS] == 1  # not retried
+
+
+async def test_404_is_not_found(provider: AmadeusProvider, amadeus: FakeAmadeus) -> None:
+    amadeus.script(OFFERS, 404)
+    with pytest.raises(NotFound):
+        await provider.search(query(), soon())
+
+
+async def test_wrong_credentials_fail_without_leaking_the_secret(
+    amadeus: FakeAmadeus, places: Places
+) -> None:
+    adapter = AmadeusProvider(
+        settings(amadeus, amadeus_client_secret="wrong-secret-value-123"), places
+    )
+    try:
+        with capture_logs() as logs, pytest.raises(ProviderUnavailable) as caught:
+            await adapter.search(query(), soon())
+        assert "wrong-secret-value-123" not in str(caught.value)
+        assert "wrong-secret-value-123" not in repr(logs)
+        assert "wrong-secret" not in repr(adapter.__dict__)
+    finally:
+        await adapter.aclose()
+
+
+async def test_the_secret_is_never_logged(provider: AmadeusProvider, amadeus: FakeAmadeus) -> None:
+    with capture_logs() as logs:
+        await provider.search(query(), soon())
+        amadeus.script(OFFERS, *([500] * 10))
+        with pytest.raises(ProviderUnavailable):
+            await provider.search(query(), soon())
+    assert logs  # the token refresh is logged...
+    assert CLIENT_SECRET not in repr(logs)  # ...without the secret
+
+
+async def test_locations(provider: AmadeusProvider, amadeus: FakeAmadeus) -> None:
+    places = await provider.locations("munich", 3, soon())
+    assert [(p.code, p.kind, p.city_name, p.country_code, p.time_zone) for p in places] == [
+        ("MUC", search_pb2.PLACE_KIND_AIRPORT, "Munich", "DE", "Europe/Berlin")
+    ]
+    path, params = amadeus.requests[-1]
+    assert path == "/v1/reference-data/locations"
+    assert params["subType"] == "CITY,AIRPORT" and params["page[limit]"] == "3"
+
+
+def test_iso_durations() -> None:
+    assert parse_duration("PT14H15M").seconds == 14 * 3600 + 15 * 60
+    assert parse_duration("P1DT2H").seconds == 26 * 3600
+    assert parse_duration("garbage").seconds == 0
+
+
+async def test_the_engine_uses_amadeus_when_configured(
+    amadeus: FakeAmadeus, places: Places, valkey: Valkey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AMADEUS_CLIENT_ID", CLIENT_ID)
+    monkeypatch.setenv("AMADEUS_CLIENT_SECRET", CLIENT_SECRET)
+    monkeypatch.setenv("AMADEUS_BASE_URL", amadeus.url)
+    config = SearchSettings(redis_url=valkey.url, search_provider="auto")
+    adapter = select_provider(config, places)
+    assert (adapter.name, adapter.breaker_name, adapter.demo_data) == (
+        "amadeus",
+        "amadeus_api",
+        False,
+    )
+    client = make_redis(valkey.url)
+    engine = SearchEngine(places, adapter, ResultCache(client, 3600, 86400, 5), config, None)
+    try:
+        day = dt.date.today() + dt.timedelta(days=40)
+        first = await engine.search(query(departure=day, currency="USD"), soon())
+        assert first.provider == "amadeus" and not first.demo_data and not first.from_cache
+        assert (await engine.search(query(departure=day, currency="USD"), soon())).from_cache
+        # Text the local index cannot place is looked up through the locations API.
+        found = await engine.resolve("zzyzx springs", 3, soon())
+        assert found and found[0].place.code == "ZZX"
+        assert found[0].place.kind == search_pb2.PLACE_KIND_CITY
+    finally:
+        await adapter.aclose()
+        await client.aclose()
+    monkeypatch.setenv("SEARCH_PROVIDER", "offline")
+    assert select_provider(SearchSettings(), places).name == "offline"
