@@ -372,13 +372,17 @@ class RedisStore:
         keys: list[ConversationKey] = []
         pattern = f"{KEY_PREFIX}*:meta"
         if isinstance(self.client, RedisCluster):
+            await self.client.initialize()  # learns the topology on first use
             nodes = self.client.get_primaries()
             for node in nodes:
                 cursor = 0
                 while True:
-                    cursor, found = await self.client.scan(
+                    # redis-py answers a cluster SCAN with {node name: cursor} and the keys.
+                    reply: Any = await self.client.scan(
                         cursor, match=pattern, count=batch, target_nodes=node
                     )
+                    cursors, found = reply
+                    cursor = int(cursors[node.name])
                     keys.extend(_parsed(found))
                     if cursor == 0:
                         break

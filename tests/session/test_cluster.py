@@ -1,0 +1,115 @@
+"""The session service on a real three-node Valkey cluster (``redis+cluster://``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from parley.session.v1 import session_pb2 as pb
+from parley.session.v1.session_pb2_grpc import SessionServiceStub
+from services.common.redis_client import make_client, make_redis
+from services.session.model import ConversationKey
+from services.session.redis_store import RedisStore
+from tests.session.conftest import Running, ValkeyCluster, new_key, start_session, user_message
+from tests.session.test_service import list_all
+
+
+@pytest.fixture(scope="module")
+def cluster_service(
+    valkey_cluster: ValkeyCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    running = start_session(
+        tmp_path_factory.mktemp("cluster-session"),
+        "redis://127.0.0.1:1/0",  # SESSION_REDIS_URL must win over this unreachable one
+        SESSION_REDIS_URL=valkey_cluster.url,
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def cluster_stub(cluster_service: Running) -> AsyncIterator[SessionServiceStub]:
+    async with grpc.aio.insecure_channel(cluster_service.address) as channel:
+        yield SessionServiceStub(channel)
+
+
+async def test_make_redis_talks_to_the_cluster(valkey_cluster: ValkeyCluster) -> None:
+    client = make_redis(valkey_cluster.url, decode_responses=True)
+    try:
+        for n in range(20):
+            await client.set(f"cluster-check:{n}", n)
+        assert await client.get("cluster-check:7") == "7"
+    finally:
+        await client.aclose()
+    holding = [node.client().dbsize() for node in valkey_cluster.nodes]
+    assert sum(holding) >= 20 and sum(1 for n in holding if n) >= 2  # spread over the nodes
+
+
+async def test_conversations_spread_over_the_nodes_and_list_completely(
+    cluster_stub: SessionServiceStub, valkey_cluster: ValkeyCluster
+) -> None:
+    keys = [new_key(f"cluster-biz-{n % 3}") for n in range(30)]
+    for key in keys:
+        response = await cluster_stub.UpdateConversation(
+            pb.UpdateConversationRequest(key=key, append=[user_message("hello")])
+        )
+        assert response.created
+        again = await cluster_stub.UpdateConversation(
+            pb.UpdateConversationRequest(
+                key=key, append=[user_message("again")], expected_version=1
+            )
+        )
+        assert [m.content for m in again.conversation.history] == ["hello", "again"]
+    per_node = [
+        sum(1 for _ in node.client().scan_iter(match="conversation:*:meta"))
+        for node in valkey_cluster.nodes
+    ]
+    assert sum(per_node) == 30
+    assert sum(1 for n in per_node if n) >= 2, per_node
+    for business in ("cluster-biz-0", "cluster-biz-1", "cluster-biz-2"):
+        found = await list_all(cluster_stub, business, 4)
+        expected = {k.user_id for k in keys if k.business_id == business}
+        assert {c.key.user_id for c in found} == expected
+
+
+async def test_racing_writers_on_the_cluster_lose_nothing(cluster_stub: SessionServiceStub) -> None:
+    key = new_key("cluster-race")
+
+    async def writer(n: int) -> None:
+        while True:
+            current = (
+                await cluster_stub.GetConversation(pb.GetConversationRequest(key=key, create=True))
+            ).conversation
+            request = pb.UpdateConversationRequest(
+                key=key, append=[user_message(f"m{n}")], expected_version=current.version
+            )
+            request.set_state[f"seen {n}"].bool_value = True
+            try:
+                await cluster_stub.UpdateConversation(request)
+                return
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.ABORTED
+
+    await asyncio.gather(*(writer(n) for n in range(20)))
+    final = (await cluster_stub.GetConversation(pb.GetConversationRequest(key=key))).conversation
+    assert final.version == 21
+    assert len(final.state) == 20
+
+
+async def test_scan_finds_conversations_on_every_primary(
+    cluster_stub: SessionServiceStub, valkey_cluster: ValkeyCluster, tmp_path: Path
+) -> None:
+    keys = [new_key("cluster-scan") for _ in range(12)]
+    for key in keys:
+        await cluster_stub.GetConversation(pb.GetConversationRequest(key=key, create=True))
+    client = make_client(valkey_cluster.url)
+    try:
+        found = await RedisStore(client, ttl_seconds=60, history_limit=10).scan_conversations()
+    finally:
+        await client.aclose()
+    wanted = {ConversationKey("cluster-scan", k.user_id, "client") for k in keys}
+    assert wanted <= set(found)
