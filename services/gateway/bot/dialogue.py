@@ -27,7 +27,7 @@ from services.gateway.bot import offers as fmt
 from services.gateway.bot.extract import Extraction, normalize
 from services.gateway.bot.llm import Extractor
 from services.gateway.bot.messages import Texts
-from services.gateway.bot.places import Candidate, PlaceResolver, decide
+from services.gateway.bot.places import Candidate, PlaceResolver, decide, split_phrase
 from services.gateway.bot.settings import BotSettings
 from services.gateway.bot.switches import Switch
 from services.gateway.engine import ListRow, Reply, SearchPort, Turn, TurnResult
@@ -316,7 +316,13 @@ class BotEngine:
             assigned["origin"] = found.origin
         if found.destination:
             assigned["destination"] = found.destination
+        unmarked: list[str] = []
         for phrase in found.places:
+            try:
+                unmarked.extend(await split_phrase(self._places, phrase))
+            except grpc.aio.AioRpcError:
+                unmarked.append(phrase)
+        for phrase in unmarked:
             if pending in ("origin", "destination") and pending not in assigned:
                 slot = pending
             elif "destination" not in assigned and not d.trip.get("destination"):

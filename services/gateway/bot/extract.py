@@ -234,7 +234,7 @@ quiero queremos busco buscar buscame encuentra necesito vuelo vuelos billete bil
 boletos pasaje pasajes ir viajar volar por favor un una unos unas en me
 hola quisiera algun barato baratos
 airport airports aeropuerto intl international city
-instead actually change make it rather then no sorry mejor cambia cambiar
+instead actually change make it rather then no sorry mejor cambia cambiar only just meant mean
 """
 FILLER = frozenset(FILLER_WORDS.split())
 
@@ -252,8 +252,9 @@ def _fix_typos(text: str) -> str:
         if word in TYPOS:
             fixed.append(TYPOS[word])
             continue
-        if len(word) >= 6 and word.isalpha() and word not in FUZZY_WORDS:
-            match = process.extractOne(word, FUZZY_WORDS, scorer=fuzz.ratio, score_cutoff=84)
+        if len(word) >= 5 and word.isalpha() and word not in FUZZY_WORDS:
+            cutoff = 84 if len(word) >= 6 else 88
+            match = process.extractOne(word, FUZZY_WORDS, scorer=fuzz.ratio, score_cutoff=cutoff)
             if match:
                 fixed.append(match[0])
                 continue
@@ -261,9 +262,21 @@ def _fix_typos(text: str) -> str:
     return " ".join(fixed)
 
 
+CODE_PAIR = re.compile(r"\b([a-z]{3})-([a-z]{3})\b")
+NOT_CODES = {"one", "non", "two", "six", "ten", "way", "day", "new", "get", "mid", "pre", "low"}
+
+
+def _code_pair(match: re.Match[str]) -> str:
+    if match.group(1) in NOT_CODES or match.group(2) in NOT_CODES:
+        return match.group(0)
+    return f"{match.group(1)} to {match.group(2)}"
+
+
 def normalize(text: str) -> str:
     text = text.lower().replace("\u2019", "'")  # typographic apostrophe
     text = re.sub(r"\s*(?:->|=>|→|➡️?|⇒|—>|-->|>)\s*", " to ", text)
+    text = re.sub(r"\s+[-\u2013\u2014]\s+", " to ", text)  # "London - Paris"
+    text = CODE_PAIR.sub(_code_pair, text)  # "LHR-JFK"
     text = re.sub(r"[!?¿¡,;:\"“”()\[\]*_]+", " ", text)
     text = re.sub(r"(?<=[a-z])\.(?=\s|$)", " ", text)  # "fri." → "fri"
     text = _strip_accents(text.replace("ñ", "\x00")).replace("\x00", "ñ")
@@ -488,7 +501,7 @@ def _next_week(match: re.Match[str], ctx: DateContext) -> DateValue:
 
 
 @_rule(
-    r"\b(?:(?:on|this|next|coming|the|el|este|proximo) )*" + WEEKDAY + r"\b"
+    r"\b(?:(?:on|this|next|coming|the|following|el|este|proximo) )*" + WEEKDAY + r"\b"
     r"(?: (?:que viene|proximo))?"
 )
 def _weekday(match: re.Match[str], ctx: DateContext) -> DateValue:
@@ -590,6 +603,7 @@ NON_STOP = re.compile(
     r"no connections?|directos?|sin escalas)\b"
 )
 ONE_WAY = re.compile(r"\b(?:one[- ]way|oneway|single|solo ida|(?:de )?ida solamente)\b")
+TRIP_KIND = re.compile(r"\b(?:business|work|family|school|company) (?:trip|travel|meeting)\b")
 ROUND_TRIP = re.compile(r"\b(?:round[- ]trip|return ticket|ida y vuelta|return flights?)\b")
 
 RETURN_MARK = (
@@ -643,11 +657,13 @@ SPANISH_CUES = re.compile(
 )
 
 
-def _clean_place(phrase: str) -> str:
+def _clean_place(phrase: str, spanish: bool = False) -> str:
     words = [w.replace("_", " ") for w in phrase.split() if not w.startswith("@d")]
     while words and words[0] in FILLER:
         words.pop(0)
-    while words and (words[-1] in FILLER or words[-1] in {"el", "la", "los", "las", "del"}):
+    # Spanish articles never end a place name ("a Barcelona el viernes" → "barcelona el").
+    trailing = {"el", "la", "los", "las", "del"} if spanish else set()
+    while words and (words[-1] in FILLER or words[-1] in trailing):
         words.pop()
     # What is left must contain letters and no leftover date/slot placeholder.
     cleaned = " ".join(words).strip(" -'")
@@ -658,7 +674,8 @@ def split_places(text: str, spanish: bool) -> tuple[str | None, str | None, list
     """(origin, destination, unmarked places) from text with dates and counts removed."""
     between = BETWEEN.search(text)
     if between:
-        return _clean_place(between["a"]) or None, _clean_place(between["b"]) or None, []
+        first, second = _clean_place(between["a"], spanish), _clean_place(between["b"], spanish)
+        return first or None, second or None, []
     to_words = TO_WORDS_EN + ("|" + TO_WORDS_ES if spanish else "")
     marker = re.compile(r"\b(?P<from>" + FROM_WORDS + r")\b|\b(?P<to>" + to_words + r")\b")
     segments: list[tuple[str | None, str]] = []
@@ -669,15 +686,20 @@ def split_places(text: str, spanish: bool) -> tuple[str | None, str | None, list
         position = match.end()
     segments.append((kind, text[position:]))
 
-    origin = destination = None
+    # A place after "from" is the origin whatever else is around it.
+    origin: str | None = next(
+        (c for k, c in ((k, _clean_place(p, spanish)) for k, p in segments) if k == "from" and c),
+        None,
+    )
+    destination: str | None = None
     unmarked: list[str] = []
-    cleaned = [(kind, _clean_place(phrase)) for kind, phrase in segments]
+    cleaned = [(kind, _clean_place(phrase, spanish)) for kind, phrase in segments]
     cleaned = [(kind, phrase) for kind, phrase in cleaned if phrase or kind is None]
     for index, (kind, phrase) in enumerate(cleaned):
         if not phrase:
             continue
         if kind == "from":
-            origin = origin or phrase
+            continue
         elif kind == "to":
             destination = phrase  # the last "to" wins: "want to go to paris"
         else:
@@ -702,6 +724,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     spanish = locale.lower().startswith("es") or bool(SPANISH_CUES.search(work))
     work = _PROTECT.sub(lambda m: m.group(1).replace(" ", "_"), work)
 
+    work = TRIP_KIND.sub(" ", work)  # "business trip" is not business class
     if ONE_WAY.search(work):
         result.one_way = True
         work = ONE_WAY.sub(" ", work)
@@ -763,6 +786,10 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
             result.depart = item.value
         elif item.value is None:
             result.unreadable_date = True
+
+    # "Friday back Monday": a weekday return before the departure means the week after.
+    if result.depart and result.return_date and 0 < (result.depart - result.return_date).days < 7:
+        result.return_date += timedelta(days=7)
 
     # Dates joined by a range word should not leave "to" behind for the place splitter.
     work = re.sub(r"@d\d+", " ", work)

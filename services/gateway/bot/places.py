@@ -7,6 +7,7 @@ short list to ask the user about, or nothing.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -16,7 +17,7 @@ from services.gateway.engine import SearchPort
 # A candidate below this score is not a match (scores run 0-100).
 MIN_SCORE = 60.0
 # Candidates in different cities within this many points of the best are asked about.
-TIE_POINTS = 3.0
+TIE_POINTS = 2.0
 MAX_CHOICES = 5
 
 
@@ -106,15 +107,50 @@ def decide(query: str, candidates: list[Candidate]) -> Decision:
             if candidate.code == code:
                 return Decision(place=candidate)
     top = usable[0]
+    # A city code that ranks first on its own stands for all its airports ("roma" → ROM).
+    if top.kind == "city" and (len(usable) == 1 or usable[1].score < top.score):
+        return Decision(place=top)
     close = [c for c in usable if c.score >= top.score - TIE_POINTS]
-    # A city code (all its airports) stands for every airport of that city; other airports of
-    # different codes are distinct choices ("Portland": PDX or PWM).
-    cities = {(c.city.casefold(), c.country) for c in close if c.kind == "city"}
-    entries: dict[str, Candidate] = {}
+    # Candidates of one city are one choice, represented by its city code (all airports) when
+    # there is one, else by its best airport; different cities that score alike are asked about
+    # ("San Jose": California or Costa Rica).
+    groups: list[Candidate] = []
     for candidate in close:
-        if candidate.kind != "city" and (candidate.city.casefold(), candidate.country) in cities:
-            continue
-        entries.setdefault(candidate.code, candidate)
-    if len(entries) > 1:
-        return Decision(choices=tuple(list(entries.values())[:MAX_CHOICES]))
-    return Decision(place=next(iter(entries.values())))
+        index = next((i for i, g in enumerate(groups) if _same_city(g, candidate)), None)
+        if index is None:
+            groups.append(candidate)
+        elif candidate.kind == "city" and groups[index].kind != "city":
+            groups[index] = candidate
+    if len(groups) > 1:
+        return Decision(choices=tuple(groups[:MAX_CHOICES]))
+    return Decision(place=groups[0])
+
+
+def _city_parts(candidate: Candidate) -> set[str]:
+    return {part.strip().casefold() for part in re.split(r"[,/]", candidate.city) if part.strip()}
+
+
+def _same_city(a: Candidate, b: Candidate) -> bool:
+    """Same country and a shared city name ("Arnavutköy, Istanbul" and "Istanbul")."""
+    return a.country == b.country and bool(_city_parts(a) & _city_parts(b))
+
+
+# A whole phrase resolving below this, while each half resolves at or above it, is two places
+# written side by side ("jfk lax", "Madrid Paris").
+CONFIDENT = 95.0
+
+
+async def split_phrase(resolver: PlaceResolver, phrase: str) -> list[str]:
+    """``phrase`` as one place, or as two when it reads better that way."""
+    words = phrase.split()
+    if len(words) < 2:
+        return [phrase]
+    whole = await resolver.resolve(phrase)
+    if whole and whole[0].score >= CONFIDENT:
+        return [phrase]
+    for cut in range(1, len(words)):
+        left, right = " ".join(words[:cut]), " ".join(words[cut:])
+        first, second = await resolver.resolve(left), await resolver.resolve(right)
+        if first and second and min(first[0].score, second[0].score) >= CONFIDENT:
+            return [left, right]
+    return [phrase]

@@ -1,0 +1,68 @@
+"""Fixtures for the engine tests: the real search service process (offline provider) on a free
+port with a real Valkey, and a gRPC stub to it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from parley.search.v1 import search_pb2_grpc
+from services.common.clients import make_channel
+from tests.support.processes import ServiceProcess, Valkey, free_port
+
+SEARCH = "parley.search.v1.SearchService"
+
+
+class SearchServer:
+    def __init__(self, process: ServiceProcess, address: str, failure_file: Path) -> None:
+        self.process, self.address, self.failure_file = process, address, failure_file
+
+    def fail(self, failing: bool) -> None:
+        """Make every provider call fail as an outage would (the offline provider's switch)."""
+        if failing:
+            self.failure_file.touch()
+        else:
+            self.failure_file.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def search_server(
+    valkey: Valkey, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SearchServer]:
+    directory = tmp_path_factory.mktemp("search")
+    port = free_port()
+    failure_file = directory / "provider-down"
+    process = ServiceProcess(
+        "services.search.server",
+        {
+            "SEARCH_PORT": str(port),
+            "SEARCH_METRICS_PORT": "0",
+            "REDIS_URL": valkey.url.replace("/0", "/5"),
+            "SEARCH_PROVIDER": "offline",
+            "SEARCH_OFFLINE_FAILURE_FILE": str(failure_file),
+            "SEARCH_BREAKER_FAILURE_THRESHOLD": "1",
+            "SEARCH_BREAKER_RECOVERY_SECONDS": "1",
+        },
+        directory / "search.log",
+    ).start()
+    address = f"127.0.0.1:{port}"
+    try:
+        process.wait_serving(address, SEARCH, timeout=60)
+        yield SearchServer(process, address, failure_file)
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+async def search_channel(search_server: SearchServer) -> AsyncIterator[grpc.aio.Channel]:
+    channel = make_channel(search_server.address, SEARCH, default_timeout=5.0)
+    yield channel
+    await channel.close()
+
+
+@pytest.fixture(scope="session")
+def search_stub(search_channel: grpc.aio.Channel) -> search_pb2_grpc.SearchServiceStub:
+    return search_pb2_grpc.SearchServiceStub(search_channel)

@@ -1,0 +1,113 @@
+"""The labelled extraction set, measured as a whole through the real search service: at least
+95% of the phrasings must come out exactly (every slot, places resolved to the right city)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, cast
+
+import pytest
+
+from parley.search.v1 import search_pb2_grpc
+from services.gateway.bot.extract import extract
+from services.gateway.bot.places import SearchPlaces, decide, split_phrase
+from services.gateway.engine import SearchPort
+from tests.bot.phrasings import CASES, TODAY, Case
+
+TARGET = 0.95
+
+
+async def _city(places: SearchPlaces, phrase: str | None) -> str | None:
+    """The resolved place as "city|CODE", so a label may name either."""
+    if not phrase:
+        return None
+    decision = decide(phrase, await places.resolve(phrase))
+    if decision.place is None:
+        return "<ambiguous>" if decision.choices else "<not found>"
+    return f"{decision.place.city}|{decision.place.code}"
+
+
+async def outcome(places: SearchPlaces, case: Case) -> dict[str, Any]:
+    found = extract(case.text, TODAY, case.locale)
+    return {
+        "o": await _city(places, found.origin),
+        "d": await _city(places, found.destination),
+        "p": tuple(
+            [
+                await _city(places, part)
+                for phrase in found.places
+                for part in await split_phrase(places, phrase)
+            ]
+        ),
+        "dep": found.depart.isoformat() if found.depart else None,
+        "ret": found.return_date.isoformat() if found.return_date else None,
+        "n": found.nights,
+        "a": found.adults,
+        "c": found.cabin,
+        "ns": found.non_stop,
+        "ow": found.one_way,
+    }
+
+
+def expected(case: Case) -> dict[str, Any]:
+    return {
+        "o": case.o,
+        "d": case.d,
+        "p": case.p,
+        "dep": case.dep,
+        "ret": case.ret,
+        "n": case.n,
+        "a": case.a,
+        "c": case.c,
+        "ns": case.ns,
+        "ow": case.ow,
+    }
+
+
+def _place_matches(got: Any, want: Any) -> bool:
+    if got is None or want is None:
+        return got is None and want is None
+    city, _, code = str(got).partition("|")
+    names = {code.casefold(), city.casefold()}
+    names.update(part.strip().casefold() for part in re.split(r"[,/]", city))
+    return str(want).casefold() in names
+
+
+def _same(got: dict[str, Any], want: dict[str, Any]) -> bool:
+    for key, value in want.items():
+        if key in ("o", "d"):
+            if not _place_matches(got[key], value):
+                return False
+        elif key == "p":
+            if len(got[key]) != len(value) or not all(
+                _place_matches(g, w) for g, w in zip(got[key], value, strict=True)
+            ):
+                return False
+        elif got[key] != value:
+            return False
+    return True
+
+
+def test_the_set_is_big_and_varied() -> None:
+    assert len(CASES) >= 150
+    assert len({c.text for c in CASES}) == len(CASES), "duplicate phrasings"
+    assert sum(c.locale == "es" for c in CASES) >= 10
+
+
+async def test_extraction_accuracy(
+    search_stub: search_pb2_grpc.SearchServiceStub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    places = SearchPlaces(cast(SearchPort, search_stub))
+    misses = []
+    for case in CASES:
+        got, want = await outcome(places, case), expected(case)
+        if not _same(got, want):
+            diff = {k: (got[k], want[k]) for k in want if not _same({k: got[k]}, {k: want[k]})}
+            misses.append(f"  {case.text!r}: got/want {diff}")
+    exact = len(CASES) - len(misses)
+    accuracy = exact / len(CASES)
+    with capsys.disabled():
+        print(f"\nextraction: {exact}/{len(CASES)} exactly right = {accuracy:.1%}")
+        for line in misses:
+            print(line)
+    assert accuracy >= TARGET, f"{accuracy:.1%} < {TARGET:.0%}"
