@@ -1,0 +1,209 @@
+"""SearchService as users reach it: a real process, real gRPC, real Valkey."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from parley.search.v1 import search_pb2, search_pb2_grpc
+from services.common.errors import field_violations
+from services.common.healthcheck import check
+from tests.support.processes import ROOT, ServiceProcess, Valkey, free_port, wait_for
+
+SERVICE = "parley.search.v1.SearchService"
+
+
+def start(tmp: Path, redis_url: str, **env: str) -> tuple[ServiceProcess, str]:
+    port = free_port()
+    process = ServiceProcess(
+        "services.search.server",
+        {
+            "SEARCH_PORT": str(port),
+            "SEARCH_METRICS_PORT": "0",
+            "REDIS_URL": redis_url,
+            **env,
+        },
+        tmp / "search.log",
+    ).start()
+    address = f"127.0.0.1:{port}"
+    process.wait_serving(address, SERVICE)
+    return process, address
+
+
+class Running:
+    def __init__(self, process: ServiceProcess, address: str, failure_file: Path) -> None:
+        self.process, self.address, self.failure_file = process, address, failure_file
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory, valkey: Valkey) -> Iterator[Running]:
+    tmp = tmp_path_factory.mktemp("search")
+    failure_file = tmp / "offline-fails"
+    process, address = start(
+        tmp,
+        valkey.url,
+        REDIS_CACHE_TTL_SECONDS="1",
+        SEARCH_BREAKER_FAILURE_THRESHOLD="2",
+        SEARCH_BREAKER_RECOVERY_SECONDS="60",
+        SEARCH_OFFLINE_FAILURE_FILE=str(failure_file),
+    )
+    yield Running(process, address, failure_file)
+    process.stop()
+
+
+@pytest.fixture
+async def stub(running: Running) -> AsyncIterator[search_pb2_grpc.SearchServiceStub]:
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        yield search_pb2_grpc.SearchServiceStub(channel)
+
+
+def day(offset: int) -> str:
+    return (dt.date.today() + dt.timedelta(days=offset)).isoformat()
+
+
+async def test_search_then_cached(stub: search_pb2_grpc.SearchServiceStub) -> None:
+    request = search_pb2.SearchFlightsRequest(
+        origin="nyc", destination="LON", departure_date=day(20), return_date=day(27), max_results=4
+    )
+    first = await stub.SearchFlights(request, timeout=5)
+    assert (first.provider, first.demo_data, first.from_cache, first.stale) == (
+        "offline",
+        True,
+        False,
+        False,
+    )
+    assert 1 <= len(first.offers) <= 4
+    assert all(o.demo_data and len(o.itineraries) == 2 for o in first.offers)
+    second = await stub.SearchFlights(request, timeout=5)
+    assert second.from_cache and second.fetch_time == first.fetch_time
+    assert [o.id for o in second.offers] == [o.id for o in first.offers]
+
+
+async def test_invalid_arguments_name_the_fields(stub: search_pb2_grpc.SearchServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SearchFlights(
+            search_pb2.SearchFlightsRequest(
+                origin="QQQ", destination="LHR", departure_date="2001-01-01", adults=12
+            ),
+            timeout=5,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert {"origin", "departure_date", "adults"} <= set(field_violations(caught.value))
+
+
+async def test_resolve_place_and_nearest(stub: search_pb2_grpc.SearchServiceStub) -> None:
+    answer = await stub.ResolvePlace(search_pb2.ResolvePlaceRequest(query="new york"), timeout=5)
+    assert answer.candidates[0].place.code == "NYC"
+    assert answer.candidates[0].place.kind == search_pb2.PLACE_KIND_CITY
+    assert len(answer.candidates) == 5
+    answer = await stub.ResolvePlace(
+        search_pb2.ResolvePlaceRequest(query="Londn", max_results=2), timeout=5
+    )
+    assert [c.place.code for c in answer.candidates][:1] == ["LON"]
+    assert len(answer.candidates) == 2
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ResolvePlace(search_pb2.ResolvePlaceRequest(query=""), timeout=5)
+    assert "query" in field_violations(caught.value)
+    near = await stub.FindNearestAirports(
+        search_pb2.FindNearestAirportsRequest(latitude=48.8566, longitude=2.3522), timeout=5
+    )
+    assert {a.place.code for a in near.airports} >= {"CDG", "ORY"}
+    assert near.airports[0].distance_km < 30
+
+
+async def test_warm_cache(stub: search_pb2_grpc.SearchServiceStub) -> None:
+    answer = await stub.WarmCache(
+        search_pb2.WarmCacheRequest(
+            routes=[search_pb2.Route(origin="JFK", destination="LAX")], days_ahead=3
+        ),
+        timeout=10,
+    )
+    assert (answer.warmed, answer.failed) == (3, 0)
+
+
+async def test_fault_injection_stale_then_breaker_open_and_reset(
+    stub: search_pb2_grpc.SearchServiceStub, running: Running
+) -> None:
+    request = search_pb2.SearchFlightsRequest(
+        origin="CDG", destination="FCO", departure_date=day(9)
+    )
+    fresh = await stub.SearchFlights(request, timeout=5)
+    running.failure_file.touch()
+    try:
+        # Wait out the 1 s TTL: the entry is now past it but inside the grace period.
+        fetched = fresh.fetch_time.ToDatetime(tzinfo=dt.UTC).timestamp()
+        await asyncio.sleep(max(0.0, fetched + 1.05 - time.time()))
+        stale = await stub.SearchFlights(request, timeout=5)
+        assert stale.stale and stale.from_cache and stale.age.ToMilliseconds() >= 1000
+        assert [o.id for o in stale.offers] == [o.id for o in fresh.offers]
+        # Nothing cached for this one: a plain UNAVAILABLE; and the breaker opens at 2.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.SearchFlights(
+                search_pb2.SearchFlightsRequest(
+                    origin="CDG", destination="MAD", departure_date=day(9)
+                ),
+                timeout=5,
+            )
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        listed = await stub.ListCircuitBreakers(search_pb2.ListCircuitBreakersRequest(), timeout=5)
+        (breaker,) = listed.circuit_breakers
+        assert breaker.name == "offline_provider"
+        assert breaker.state == search_pb2.CIRCUIT_STATE_OPEN
+        assert breaker.failure_count == 2 and breaker.failure_threshold == 2
+        assert breaker.recovery_timeout.seconds == 60 and breaker.opened_time.seconds > 0
+    finally:
+        running.failure_file.unlink()
+    reset = await stub.ResetCircuitBreaker(
+        search_pb2.ResetCircuitBreakerRequest(name="offline_provider"), timeout=5
+    )
+    assert reset.circuit_breaker.state == search_pb2.CIRCUIT_STATE_CLOSED
+    again = await stub.SearchFlights(request, timeout=5)
+    assert not again.stale and not again.from_cache
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ResetCircuitBreaker(
+            search_pb2.ResetCircuitBreakerRequest(name="nope"), timeout=5
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_without_redis_not_serving_but_still_answers(
+    tmp_path: Path, fresh_valkey: Valkey
+) -> None:
+    process, address = start(tmp_path, fresh_valkey.url)
+    try:
+        fresh_valkey.stop()
+        assert wait_for(lambda: check(address, SERVICE, 0.5) == "NOT_SERVING", timeout=10)
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            answer = await stub.SearchFlights(
+                search_pb2.SearchFlightsRequest(
+                    origin="JFK", destination="LHR", departure_date=day(5)
+                ),
+                timeout=5,
+            )
+        assert answer.offers and not answer.from_cache
+        fresh_valkey.start()
+        assert wait_for(lambda: check(address, SERVICE, 0.5) == "SERVING", timeout=10)
+    finally:
+        process.stop()
+
+
+def test_a_bad_provider_setting_stops_start_up_with_a_message() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services.search.server"],
+        cwd=ROOT,
+        env={"SEARCH_PROVIDER": "nope", "SEARCH_PORT": "0", "SEARCH_METRICS_PORT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "SEARCH_PROVIDER=nope" in result.stderr
