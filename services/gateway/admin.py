@@ -31,6 +31,8 @@ TOKEN_STATUS = {
 }
 
 Text = Annotated[str, Field(max_length=1000)]
+BusinessId = Annotated[str, Path(min_length=1, max_length=128)]
+UserId = Annotated[str, Path(min_length=1, max_length=128)]
 Ids = Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=50)]
 
 
@@ -216,7 +218,14 @@ def build_router(runtime: Runtime) -> APIRouter:
         dependencies=[Depends(require_key)],
         responses=auth_responses,
     )
-    business = runtime.clients.business
+
+    class _Business:
+        """The business stub of the running runtime (made when the app starts)."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(runtime.clients.business, name)
+
+    business = _Business()
 
     @router.post("/businesses", status_code=201, summary="Create a business.")
     async def create_business(body: BusinessIn) -> BusinessOut:
@@ -258,8 +267,6 @@ def build_router(runtime: Runtime) -> APIRouter:
             businesses=[business_out(b) for b in response.businesses],
             next_page_token=response.next_page_token,
         )
-
-    BusinessId = Annotated[str, Path(min_length=1, max_length=128)]
 
     @router.get("/businesses/{business_id}", summary="One business.")
     async def get_business(business_id: BusinessId) -> BusinessOut:
@@ -311,8 +318,6 @@ def build_router(runtime: Runtime) -> APIRouter:
             )
         assert response is not None
         return business_out(response.business)
-
-    UserId = Annotated[str, Path(min_length=1, max_length=128)]
 
     def conversation_key(business_id: str, user_id: str) -> session_pb2.ConversationKey:
         return session_pb2.ConversationKey(

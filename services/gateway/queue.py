@@ -198,14 +198,8 @@ class Queue:
         """Make every pending entry of the partition ours (its former holder is gone)."""
         start = "0-0"
         while True:
-            result = await self.redis.xautoclaim(
-                stream_key(partition),
-                GROUP,
-                consumer,
-                min_idle_time=0,
-                start_id=start,
-                count=100,
-                justid=True,
+            result: Any = await self.redis.xautoclaim(
+                stream_key(partition), GROUP, consumer, min_idle_time=0, start_id=start, count=100
             )
             start = _s(result[0])
             if start == "0-0":

@@ -55,20 +55,20 @@ class Runtime:
     role: Role
     redis: redis.Redis
     queue: Queue
-    clients: Clients
     http: httpx.AsyncClient
     outbox: OutboxSender
     senders: dict[str, Sender]
     rate_limits: RateLimits
-    engine: Engine
     pool: WorkerPool | None = None
+    # gRPC channels belong to the event loop that serves: made in start(), not before.
+    _clients: Clients | None = None
+    _engine: Engine | None = None
     started: float = field(default_factory=time.monotonic)
     commit: str = field(default_factory=commit)
 
     @classmethod
     def build(cls, settings: GatewaySettings, role: Role) -> Runtime:
         client = make_redis(settings.effective_redis_url)
-        clients = Clients(settings)
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.send_timeout_seconds, connect=3.0),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
@@ -89,7 +89,6 @@ class Runtime:
             role=role,
             redis=client,
             queue=Queue(client, settings.queue_partitions, settings.dedupe_ttl_seconds),
-            clients=clients,
             http=http,
             outbox=outbox,
             senders=senders,
@@ -99,10 +98,23 @@ class Runtime:
                 settings.rate_limit_user,
                 settings.rate_limit_business,
             ),
-            engine=load_engine(settings.gateway_engine, clients.search),
         )
 
+    @property
+    def clients(self) -> Clients:
+        if self._clients is None:
+            raise RuntimeError("the gateway runtime is not started")
+        return self._clients
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("the gateway runtime is not started")
+        return self._engine
+
     async def start(self) -> None:
+        self._clients = Clients(self.settings)
+        self._engine = load_engine(self.settings.gateway_engine, self._clients.search)
         if self.role in ("worker", "all"):
             # Blocking reads hold a connection each: a client of their own, with a socket
             # timeout longer than the block.
@@ -130,5 +142,6 @@ class Runtime:
             await self.pool.stop()
             await self.pool.queue.redis.aclose()
         await self.http.aclose()
-        await self.clients.close()
+        if self._clients is not None:
+            await self._clients.close()
         await self.redis.aclose()

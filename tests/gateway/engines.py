@@ -1,0 +1,41 @@
+"""A simple engine of the tests' own, loaded by the gateway with
+``GATEWAY_ENGINE=tests.gateway.engines:create_engine``.
+
+It echoes the text with a per-conversation counter kept in state (so a lost update shows as a
+repeated number), answers ``early ...`` with an interim reply first, and sleeps on
+``slow <seconds> ...`` (to kill a worker mid-message)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from services.gateway.engine import Button, Reply, SearchPort, Turn, TurnResult
+
+
+class EchoEngine:
+    async def handle(self, turn: Turn) -> TurnResult:
+        text = turn.message.text
+        count = int(turn.conversation.state.get("count", 0)) + 1
+        if text.startswith("slow "):
+            await asyncio.sleep(float(text.split()[1]))
+        if text.startswith("early "):
+            await turn.send_early(Reply("working on it"))
+        if text.startswith("buttons "):
+            return TurnResult(
+                replies=[Reply(f"echo: {text} #{count}", buttons=(Button("yes", "Yes"),))],
+                set_state={"count": count},
+            )
+        if text.startswith("boom"):
+            raise RuntimeError("the engine failed on purpose")
+        return TurnResult(
+            replies=[Reply(f"echo: {text} #{count}")],
+            set_state={"count": count, "last": text},
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": "echo (tests)"}
+
+
+def create_engine(search: SearchPort) -> EchoEngine:
+    return EchoEngine()

@@ -1,0 +1,135 @@
+"""Local fakes of the outside clouds' documented wire contracts, as real HTTP servers:
+the WhatsApp Graph API (``POST /{phone_number_id}/messages``) and Twilio's REST API
+(``POST /2010-04-01/Accounts/{sid}/Messages.json``). They record what they receive."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from tests.support.processes import free_port, wait_for
+
+
+@dataclass
+class Received:
+    kind: str  # "graph" or "twilio"
+    path: str
+    authorization: str
+    body: dict[str, Any]
+    time: float = field(default_factory=time.time)
+
+    @property
+    def basic_auth(self) -> tuple[str, str]:
+        raw = base64.b64decode(self.authorization.removeprefix("Basic ")).decode()
+        user, _, password = raw.partition(":")
+        return user, password
+
+
+class FakeClouds:
+    """Both fakes on one port; ``failures`` queues (status, json) answers to give first."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.received: list[Received] = []
+        self.failures: list[tuple[int, dict[str, Any]]] = []
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        app = Starlette(
+            routes=[
+                Route("/{pnid}/messages", self._graph, methods=["POST"]),
+                Route("/2010-04-01/Accounts/{sid}/Messages.json", self._twilio, methods=["POST"]),
+            ]
+        )
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeClouds:
+        self._thread.start()
+        assert wait_for(lambda: self._server.started, 10)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+
+    def _failure(self) -> tuple[int, dict[str, Any]] | None:
+        with self._lock:
+            return self.failures.pop(0) if self.failures else None
+
+    async def _graph(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        failure = self._failure() if body.get("type") else None  # never fail read receipts
+        self.received.append(
+            Received("graph", request.url.path, request.headers.get("authorization", ""), body)
+        )
+        if failure:
+            return JSONResponse(failure[1], status_code=failure[0])
+        if body.get("status") == "read":
+            return JSONResponse({"success": True})
+        return JSONResponse(
+            {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": body.get("to"), "wa_id": body.get("to")}],
+                "messages": [{"id": f"wamid.out.{next(self._ids)}"}],
+            }
+        )
+
+    async def _twilio(self, request: Request) -> JSONResponse:
+        form = dict(parse_qsl((await request.body()).decode()))
+        failure = self._failure()
+        self.received.append(
+            Received("twilio", request.url.path, request.headers.get("authorization", ""), form)
+        )
+        if failure:
+            return JSONResponse(failure[1], status_code=failure[0])
+        return JSONResponse({"sid": f"SM{next(self._ids):032d}", "status": "queued"}, 201)
+
+    # --- what tests ask -------------------------------------------------------------------
+
+    def replies(self, to: str) -> list[Received]:
+        """Messages (not read receipts) sent to ``to``."""
+        out = []
+        for item in list(self.received):
+            graph = item.kind == "graph" and item.body.get("to") == to and item.body.get("type")
+            twilio = item.kind == "twilio" and item.body.get("To") == f"whatsapp:{to}"
+            if graph or twilio:
+                out.append(item)
+        return out
+
+    def texts(self, to: str) -> list[str]:
+        texts = []
+        for item in self.replies(to):
+            if item.kind == "twilio":
+                texts.append(item.body["Body"])
+            elif item.body["type"] == "text":
+                texts.append(item.body["text"]["body"])
+            else:
+                texts.append(item.body["interactive"]["body"]["text"])
+        return texts
+
+    def read_receipts(self, message_id: str) -> list[Received]:
+        return [
+            r
+            for r in list(self.received)
+            if r.kind == "graph"
+            and r.body.get("status") == "read"
+            and r.body.get("message_id") == message_id
+        ]

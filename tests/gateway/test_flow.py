@@ -1,0 +1,260 @@
+"""End to end with real processes: webhooks in, replies at the fake Graph API and Twilio."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import secrets
+
+import httpx
+
+from services.gateway.channels import cloud_api
+from tests.gateway.conftest import (
+    APP_SECRET,
+    TWILIO_TOKEN,
+    VERIFY_TOKEN,
+    Gateway,
+    cloud_payload,
+    new_wa_id,
+    post_cloud,
+    queue_lengths,
+    signed_cloud,
+    signed_twilio,
+    twilio_form,
+)
+from tests.gateway.fakes import FakeClouds
+from tests.support.processes import wait_for
+
+
+def test_signed_cloud_api_webhook_is_answered_at_the_graph_api(
+    gateway: Gateway, fake_clouds: FakeClouds
+) -> None:
+    business = gateway.business
+    assert business is not None
+    wa_id = new_wa_id()
+    payload = cloud_payload(business.phone_number_id, wa_id, "hello there")
+    with gateway.http as client:
+        response = post_cloud(client, payload)
+    assert response.status_code == 200, response.text
+    assert response.json()["queued"] == 1
+    assert wait_for(lambda: fake_clouds.replies(wa_id), 20)
+    [reply] = fake_clouds.replies(wa_id)
+    assert reply.path == f"/{business.phone_number_id}/messages"
+    assert reply.authorization == f"Bearer {business.access_token}"
+    assert reply.body["to"] == wa_id
+    assert reply.body["text"]["body"] == "echo: hello there #1"
+    message_id = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+    assert fake_clouds.read_receipts(message_id), "the user's message was not marked read"
+    # The user's message and the reply are in the history, with the state change.
+    with gateway.admin() as admin:
+        assert wait_for(
+            lambda: (
+                len(admin.get(f"/admin/sessions/{business.id}/{wa_id}").json().get("history", []))
+                == 2
+            ),
+            10,
+        )
+        conversation = admin.get(f"/admin/sessions/{business.id}/{wa_id}").json()
+    assert [m["content"] for m in conversation["history"]] == [
+        "hello there",
+        "echo: hello there #1",
+    ]
+    assert conversation["history"][0]["provider_message_id"] == message_id
+    assert conversation["state"]["count"] == 1
+
+
+def test_twilio_webhook_is_answered_at_the_twilio_api(
+    gateway: Gateway, fake_clouds: FakeClouds
+) -> None:
+    business = gateway.business
+    assert business is not None
+    sender = "+" + new_wa_id()
+    form = twilio_form(business.number, sender, "hola")
+    url = f"{gateway.url}/webhooks/twilio"
+    body, headers = signed_twilio(url, form)
+    with gateway.http as client:
+        response = client.post("/webhooks/twilio", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/xml")
+    assert response.text.endswith("<Response/>")
+    assert wait_for(lambda: fake_clouds.replies(sender), 20)
+    [reply] = fake_clouds.replies(sender)
+    assert reply.path == f"/2010-04-01/Accounts/{business.twilio_sid}/Messages.json"
+    assert reply.basic_auth == (business.twilio_sid, business.twilio_token)
+    assert reply.body == {
+        "To": f"whatsapp:{sender}",
+        "From": f"whatsapp:{business.number}",
+        "Body": "echo: hola #1",
+    }
+
+
+def test_twilio_guide_path_with_the_business_token(
+    gateway: Gateway, fake_clouds: FakeClouds
+) -> None:
+    business = gateway.business
+    assert business is not None
+    sender = "+" + new_wa_id()
+    form = twilio_form(business.number, sender, "via the guide's path")
+    body, headers = signed_twilio(f"{gateway.url}/whatsapp/webhook", form, business.twilio_token)
+    with gateway.http as client:
+        response = client.post("/whatsapp/webhook", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert wait_for(lambda: fake_clouds.texts(sender) == ["echo: via the guide's path #1"], 20)
+
+
+def test_the_same_webhook_three_times_gets_one_reply(
+    gateway: Gateway, fake_clouds: FakeClouds
+) -> None:
+    business = gateway.business
+    assert business is not None
+    wa_id = new_wa_id()
+    payload = cloud_payload(business.phone_number_id, wa_id, "once only")
+    with gateway.http as client:
+        answers = [post_cloud(client, payload) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        assert [a.json()["queued"] for a in answers] == [1, 0, 0]
+        # A later message of the same user is handled after the first (same partition, in
+        # order): once it is answered, any second answer to the first would have been sent.
+        post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "after"))
+    assert wait_for(lambda: len(fake_clouds.replies(wa_id)) >= 2, 20)
+    assert fake_clouds.texts(wa_id) == ["echo: once only #1", "echo: after #2"]
+
+
+def test_twenty_concurrent_messages_of_one_user_in_order(
+    gateway: Gateway, fake_clouds: FakeClouds
+) -> None:
+    business = gateway.business
+    assert business is not None
+    wa_id = new_wa_id()
+    texts = [f"m{i:02d}" for i in range(20)]
+
+    def send(text: str) -> int:
+        with httpx.Client(base_url=gateway.url, timeout=10) as client:
+            return post_cloud(
+                client, cloud_payload(business.phone_number_id, wa_id, text)
+            ).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        assert list(pool.map(send, texts)) == [200] * 20
+    assert wait_for(lambda: len(fake_clouds.replies(wa_id)) >= 20, 40)
+    replies = fake_clouds.texts(wa_id)
+    assert len(replies) == 20
+    # One at a time: the counter in state goes 1..20 with no repeat (no lost update) …
+    assert [r.rsplit("#", 1)[1] for r in replies] == [str(i) for i in range(1, 21)]
+    # … every message answered once …
+    assert sorted(r.split()[1] for r in replies) == texts
+    # … and the history holds all of them, in the order they were handled.
+    with gateway.admin() as admin:
+        history = admin.get(f"/admin/sessions/{business.id}/{wa_id}").json()["history"]
+    users = [m["content"] for m in history if m["role"] == "MESSAGE_ROLE_USER"]
+    assert users == [r.split()[1] for r in replies]
+    assert len(history) == 40
+
+
+def test_bad_signatures_and_bodies_get_the_right_status_and_queue_nothing(
+    gateway: Gateway, fake_clouds: FakeClouds
+) -> None:
+    business = gateway.business
+    assert business is not None
+    wa_id = new_wa_id()
+    payload = cloud_payload(business.phone_number_id, wa_id, "should never be queued")
+    body, headers = signed_cloud(payload)
+    before = queue_lengths(gateway.redis_url)
+    _, stale_headers = signed_cloud(cloud_payload(business.phone_number_id, wa_id, "old"))
+    form = twilio_form(business.number, "+" + wa_id, "nope")
+    twilio_body, twilio_headers = signed_twilio(f"{gateway.url}/webhooks/twilio", form)
+    with gateway.http as client:
+        missing = {"content-type": "application/json"}
+        assert client.post("/webhooks/whatsapp", content=body, headers=missing).status_code == 401
+        wrong = {**headers, "x-hub-signature-256": "sha256=" + "0" * 64}
+        assert client.post("/webhooks/whatsapp", content=body, headers=wrong).status_code == 403
+        # A signature made with a rotated-out secret, and one of another (older) body.
+        _, old_secret = signed_cloud(payload, "the-previous-app-secret")
+        assert (
+            client.post("/webhooks/whatsapp", content=body, headers=old_secret).status_code == 403
+        )
+        assert (
+            client.post("/whatsapp_response", content=body, headers=stale_headers).status_code
+            == 403
+        )
+        not_json = b"{not json"
+        _, signed_garbage = signed_cloud({})
+        signed_garbage["x-hub-signature-256"] = cloud_api.sign(not_json, APP_SECRET)
+        assert (
+            client.post("/webhooks/whatsapp", content=not_json, headers=signed_garbage).status_code
+            == 400
+        )
+        big = b"{" + b" " * (256 * 1024) + b"}"
+        assert client.post("/webhooks/whatsapp", content=big, headers=headers).status_code == 413
+
+        def chunks() -> object:
+            for _ in range(300):
+                yield b" " * 1024
+
+        chunked = client.post("/webhooks/whatsapp", content=chunks(), headers=headers)  # type: ignore[arg-type]
+        assert chunked.status_code == 413
+        # Twilio: missing, wrong, wrong token, not a form.
+        plain = {"content-type": "application/x-www-form-urlencoded"}
+        assert (
+            client.post("/webhooks/twilio", content=twilio_body, headers=plain).status_code == 401
+        )
+        bad = {**twilio_headers, "x-twilio-signature": "AAAA"}
+        assert client.post("/webhooks/twilio", content=twilio_body, headers=bad).status_code == 403
+        _, other = signed_twilio(f"{gateway.url}/webhooks/twilio", form, "not-" + TWILIO_TOKEN)
+        assert (
+            client.post("/webhooks/twilio", content=twilio_body, headers=other).status_code == 403
+        )
+        tampered = twilio_body.replace(b"nope", b"nope!")
+        assert (
+            client.post("/webhooks/twilio", content=tampered, headers=twilio_headers).status_code
+            == 403
+        )
+        # The subscription check.
+        ok = client.get(
+            "/webhooks/whatsapp",
+            params={
+                "hub.mode": "subscribe",
+                "hub.verify_token": VERIFY_TOKEN,
+                "hub.challenge": "42",
+            },
+        )
+        assert (ok.status_code, ok.text, ok.headers["content-type"][:10]) == (
+            200,
+            "42",
+            "text/plain",
+        )
+        no = client.get(
+            "/webhooks/whatsapp",
+            params={"hub.mode": "subscribe", "hub.verify_token": "wrong", "hub.challenge": "42"},
+        )
+        assert no.status_code == 403
+    assert queue_lengths(gateway.redis_url) == before
+    assert fake_clouds.replies(wa_id) == []
+
+
+def test_signed_but_unusable_payload_is_200_and_dead_lettered(gateway: Gateway) -> None:
+    marker = secrets.token_hex(6)
+    with gateway.http as client:
+        response = post_cloud(client, {"object": "whatsapp_business_account", "odd": marker})
+    assert response.status_code == 200
+    with gateway.admin() as admin:
+        dead = admin.get("/admin/dead-letters").json()["dead_letters"]
+    assert any(marker in (d["raw"] or "") and d["reason"] == "unusable_payload" for d in dead)
+
+
+def test_unknown_business_is_dead_lettered_without_reply(
+    gateway: Gateway, fake_clouds: FakeClouds
+) -> None:
+    wa_id = new_wa_id()
+    with gateway.http as client:
+        assert post_cloud(client, cloud_payload("999999999999999", wa_id, "hi")).status_code == 200
+
+    def dead_lettered() -> bool:
+        with gateway.admin() as admin:
+            dead = admin.get("/admin/dead-letters").json()["dead_letters"]
+        return any(
+            d["reason"] == "unknown_business" and (d["message"] or {}).get("user_id") == wa_id
+            for d in dead
+        )
+
+    assert wait_for(dead_lettered, 20)
+    assert fake_clouds.replies(wa_id) == []
