@@ -146,7 +146,9 @@ return existed
 
 # Write a whole conversation unless Redis already holds the same or a higher version
 # (write-back after an outage, and import). KEYS meta history state index;
-# ARGV id, version, created, updated, expire_ms, member, n_history, n_state, history…, state…
+# ARGV id, version, created, updated, expire_ms, member, n_history, n_state,
+#      extend (1: on a tie keep the later expiry, as a touch during an outage may have set),
+#      history…, state…
 PUT = (
     _NOW
     + _INDEX
@@ -155,7 +157,7 @@ local current = tonumber(redis.call('HGET', KEYS[1], 'v')) or 0
 local version, expire = tonumber(ARGV[2]), tonumber(ARGV[5])
 if current >= version then
   -- Same conversation and version: only a touch can have happened; keep the later expiry.
-  if current == version and redis.call('HGET', KEYS[1], 'id') == ARGV[1]
+  if ARGV[9] == '1' and current == version and redis.call('HGET', KEYS[1], 'id') == ARGV[1]
      and now + redis.call('PTTL', KEYS[1]) < expire then
     expire_all(expire)
     index(expire, expire - now, ARGV[6])
@@ -165,8 +167,8 @@ end
 if expire <= now then return {'expired', current} end
 local nh, ns = tonumber(ARGV[7]), tonumber(ARGV[8])
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-if nh > 0 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 9, 8 + nh)) end
-if ns > 0 then redis.call('HSET', KEYS[3], unpack(ARGV, 9 + nh, 8 + nh + 2 * ns)) end
+if nh > 0 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 10, 9 + nh)) end
+if ns > 0 then redis.call('HSET', KEYS[3], unpack(ARGV, 10 + nh, 9 + nh + 2 * ns)) end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'v', version, 'c', ARGV[3], 'u', ARGV[4])
 expire_all(expire)
 index(expire, expire - now, ARGV[6])
@@ -262,7 +264,9 @@ class RedisStore:
     async def end(self, key: ConversationKey) -> bool:
         return bool(await self._end(keys=key.redis_keys(), args=[key.member]))
 
-    async def put(self, conversation: Conversation) -> tuple[str, int]:
+    async def put(
+        self, conversation: Conversation, *, extend_on_tie: bool = True
+    ) -> tuple[str, int]:
         """Write unless Redis has this version or newer: ('written'|'kept'|'expired', theirs)."""
         key = conversation.key
         args: list[Any] = [
@@ -274,6 +278,7 @@ class RedisStore:
             key.member,
             len(conversation.history),
             len(conversation.state),
+            "1" if extend_on_tie else "0",
             *conversation.history,
         ]
         for name, value in conversation.state.items():

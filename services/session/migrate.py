@@ -1,0 +1,437 @@
+"""Moving conversations into, out of and between Redis deployments.
+
+    python -m services.session.migrate legacy --business-id ID [--dry-run] [--ttl SECONDS]
+    python -m services.session.migrate export [--output FILE] [--business-id ID]
+    python -m services.session.migrate import [--input FILE] [--dry-run] [--ttl SECONDS]
+
+``--redis-url`` (before the command) overrides ``SESSION_REDIS_URL`` / ``REDIS_URL``. Every
+command prints what it did (or, with ``--dry-run``, would do) as counts, shows a progress bar
+on a terminal, and can be re-run safely: a second run changes nothing.
+
+``legacy`` imports the guides' old keys ``chat:customer:<user>`` (role client) and
+``admin:context:<user>`` (role admin), found with SCAN, into the unified layout under the
+business given with ``--business-id`` (old keys carry none). A legacy value is JSON (a string
+key) or a hash; its ``history`` may be ``[{"user": …, "agent": …}]`` pairs or
+``[{"role": …, "content": …}]``; its ``state`` object (or, without one, every other field) becomes
+the state. Each migrated legacy key is kept with a 7-day TTL for rollback, and recorded in a
+ledger (``conversation-migration:{<business>}``) so a re-run skips it. A live conversation
+for the same user is never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from redis.asyncio.cluster import RedisCluster
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from services.common.redis_client import RedisClient, make_client
+from services.common.settings import load_settings
+from services.session.convert import MAX_CONTENT, MAX_ID
+from services.session.model import (
+    ROLES,
+    Conversation,
+    ConversationKey,
+    Role,
+    encode_id,
+    encode_message,
+)
+from services.session.redis_store import RedisStore
+from services.session.settings import SessionSettings
+
+LEGACY_PREFIXES: dict[str, Role] = {"chat:customer:": "client", "admin:context:": "admin"}
+LEGACY_KEEP_SECONDS = 7 * 24 * 3600
+PROGRESS_MIN_ITEMS = 50  # shorter runs finish before a bar would help
+
+
+@dataclass
+class Report:
+    """What a run did (or would do), by outcome."""
+
+    command: str
+    dry_run: bool
+    counts: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        lines = [f"{self.command} ({'dry run, nothing written' if self.dry_run else 'done'}):"]
+        lines += [f"  {name}: {count}" for name, count in sorted(self.counts.items())]
+        lines += [f"  problem: {p}" for p in self.problems[:50]]
+        if len(self.problems) > 50:
+            lines.append(f"  … and {len(self.problems) - 50} more problems")
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def progress(total: int, label: str, enabled: bool) -> Iterator[Any]:
+    """A rich progress bar on stderr for long runs on a terminal; a no-op otherwise."""
+    show = enabled and total >= PROGRESS_MIN_ITEMS and sys.stderr.isatty()
+    with Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not show,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda: bar.advance(task)
+
+
+async def scan(client: RedisClient, pattern: str, count: int = 500) -> AsyncIterator[bytes]:
+    """SCAN on every primary (Cluster) or the one server."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+        for node in client.get_primaries():
+            cursor = 0
+            while True:
+                reply: Any = await client.scan(
+                    cursor, match=pattern, count=count, target_nodes=node
+                )
+                cursors, keys = reply
+                for key in keys:
+                    yield key
+                cursor = int(cursors[node.name])
+                if cursor == 0:
+                    break
+    else:
+        async for key in client.scan_iter(match=pattern, count=count):
+            yield key
+
+
+# -- legacy ------------------------------------------------------------------------------------
+
+LEGACY_ROLES = {
+    "user": "user",
+    "customer": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "agent": "assistant",
+    "bot": "assistant",
+    "ai": "assistant",
+    "system": "system",
+}
+
+
+# Fields of the old pair shape, in the order they happened.
+PAIR_FIELDS = (
+    ("user", "user"),
+    ("agent", "assistant"),
+    ("assistant", "assistant"),
+    ("bot", "assistant"),
+)
+
+
+def _time_ms(entry: dict[str, Any], default: int) -> int:
+    value = entry.get("timestamp", entry.get("time"))
+    if isinstance(value, int | float) and value > 0:
+        return int(value if value > 1e11 else value * 1000)  # seconds or milliseconds
+    return default
+
+
+def legacy_history(raw: object, now: int) -> list[bytes]:
+    """Either old shape → stored messages, oldest first; ValueError for anything else."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ValueError("history is not a list")
+    out: list[bytes] = []
+    for entry in raw:
+        if not isinstance(entry, dict):
+            raise ValueError("a history entry is not an object")
+        at = _time_ms(entry, now)
+        if "role" in entry or "content" in entry:
+            role = LEGACY_ROLES.get(str(entry.get("role", "")).lower())
+            content = entry.get("content")
+            if role is None or not isinstance(content, str):
+                raise ValueError(f"unknown history entry role {entry.get('role')!r}")
+            out.append(encode_message(role, content[:MAX_CONTENT], at))
+            continue
+        pair = False
+        for name, role in PAIR_FIELDS:
+            content = entry.get(name)
+            if isinstance(content, str):
+                out.append(encode_message(role, content[:MAX_CONTENT], at))
+                pair = True
+        if not pair:
+            raise ValueError("a history entry is neither a user/agent pair nor role/content")
+    return out
+
+
+def parse_legacy(value: object, now: int) -> tuple[list[bytes], dict[str, bytes]]:
+    """A legacy value (decoded JSON, or a hash as a dict of str) → (history, state)."""
+    if isinstance(value, list):
+        return legacy_history(value, now), {}
+    if not isinstance(value, dict):
+        raise ValueError("neither a JSON object, a JSON list nor a hash")
+    history = legacy_history(value.get("history", value.get("messages")), now)
+    state_source = value.get("state")
+    if not isinstance(state_source, dict):
+        state_source = {k: v for k, v in value.items() if k not in ("history", "messages", "state")}
+    state = {str(k): orjson.dumps(v) for k, v in state_source.items()}
+    return history, state
+
+
+def _hash_value(fields: dict[Any, Any]) -> dict[str, Any]:
+    """A legacy hash: JSON-looking fields decoded, the rest kept as strings."""
+    out: dict[str, Any] = {}
+    for raw_name, raw_value in fields.items():
+        try:
+            out[raw_name.decode()] = orjson.loads(raw_value)
+        except orjson.JSONDecodeError:
+            out[raw_name.decode()] = raw_value.decode(errors="replace")
+    return out
+
+
+def ledger_key(business_id: str) -> str:
+    return f"conversation-migration:{{{encode_id(business_id)}}}"
+
+
+async def read_legacy(client: RedisClient, key: bytes) -> object:
+    raw_kind = await client.type(key)
+    kind = raw_kind.decode() if isinstance(raw_kind, bytes) else str(raw_kind)
+    if kind == "string":
+        raw = await client.get(key)
+        return orjson.loads(raw) if raw is not None else None
+    if kind == "hash":
+        return _hash_value(await client.hgetall(key))
+    raise ValueError(f"a {kind} key, not a string or hash")
+
+
+async def migrate_legacy(
+    client: RedisClient,
+    store: RedisStore,
+    business_id: str,
+    *,
+    dry_run: bool,
+    ttl_seconds: int,
+    history_limit: int,
+    show_progress: bool = True,
+) -> Report:
+    report = Report("legacy", dry_run)
+    found: list[tuple[bytes, Role]] = []
+    for prefix, role in LEGACY_PREFIXES.items():
+        async for key in scan(client, prefix.replace("*", r"\*") + "*"):
+            found.append((key, role))
+    report.counts["legacy keys found"] = len(found)
+    ledger = ledger_key(business_id)
+    with progress(len(found), "legacy", show_progress) as advance:
+        for raw_key, role in found:
+            advance()
+            name = raw_key.decode(errors="replace")
+            user_id = name.split(":", 2)[2]
+            if not user_id or len(user_id) > MAX_ID or any(ord(c) < 32 for c in user_id):
+                report.counts["skipped: unusable user id"] += 1
+                report.problems.append(f"{name}: unusable user id")
+                continue
+            if await client.hexists(ledger, name):
+                report.counts["already migrated (skipped)"] += 1
+                continue
+            target = ConversationKey(business_id, user_id, role)
+            if await store.load(target) is not None:
+                report.counts["skipped: a live conversation exists"] += 1
+                continue
+            now = int(time.time() * 1000)
+            try:
+                history, state = parse_legacy(await read_legacy(client, raw_key), now)
+            except (ValueError, orjson.JSONDecodeError) as error:
+                report.counts["skipped: unreadable"] += 1
+                report.problems.append(f"{name}: {error}")
+                continue
+            history = history[-history_limit:]
+            report.counts["messages" if not dry_run else "messages to import"] += len(history)
+            if dry_run:
+                report.counts["would import"] += 1
+                continue
+            # Keep the legacy key for rollback first: a crash after this leaves it importable.
+            await client.expire(raw_key, LEGACY_KEEP_SECONDS)
+            conversation = Conversation(
+                str(uuid.uuid4()), target, history, state, 1, now, now, now + ttl_seconds * 1000
+            )
+            outcome, _ = await store.put(conversation, extend_on_tie=False)
+            if outcome != "written":  # created meanwhile by live traffic: that one wins
+                report.counts["skipped: a live conversation exists"] += 1
+                continue
+            await client.hset(ledger, name, conversation.id)
+            await client.expire(ledger, LEGACY_KEEP_SECONDS)
+            report.counts["imported"] += 1
+            report.counts["legacy keys kept for 7 days"] += 1
+    return report
+
+
+# -- export / import ---------------------------------------------------------------------------
+
+
+async def export(
+    store: RedisStore, out: IO[bytes], business_id: str | None, show_progress: bool = True
+) -> Report:
+    report = Report("export", False)
+    keys = [
+        k
+        for k in await store.scan_conversations()
+        if business_id is None or k.business_id == business_id
+    ]
+    with progress(len(keys), "export", show_progress) as advance:
+        for key in keys:
+            advance()
+            conversation = await store.load(key)
+            if conversation is None:  # expired or ended since the scan
+                report.counts["gone before export"] += 1
+                continue
+            out.write(orjson.dumps(conversation.to_json()) + b"\n")
+            report.counts["exported"] += 1
+    return report
+
+
+def _checked(record: object) -> Conversation:
+    if not isinstance(record, dict):
+        raise ValueError("a line is not a JSON object")
+    conversation = Conversation.from_json(record)
+    for value in (conversation.key.business_id, conversation.key.user_id):
+        if not value or len(value) > MAX_ID or any(ord(c) < 32 for c in value):
+            raise ValueError("business_id and user_id must be 1-128 printable characters")
+    if conversation.key.role not in ROLES or conversation.version < 1:
+        raise ValueError("role must be client or admin, and version at least 1")
+    return conversation
+
+
+async def import_lines(
+    store: RedisStore,
+    lines: list[bytes],
+    *,
+    dry_run: bool,
+    ttl_seconds: int | None,
+    show_progress: bool = True,
+) -> Report:
+    """Each conversation is written unless Redis holds the same or a higher version."""
+    report = Report("import", dry_run)
+    now = int(time.time() * 1000)
+    with progress(len(lines), "import", show_progress) as advance:
+        for number, line in enumerate(lines, 1):
+            advance()
+            if not line.strip():
+                continue
+            try:
+                conversation = _checked(orjson.loads(line))
+            except (ValueError, orjson.JSONDecodeError) as error:
+                report.counts["invalid lines"] += 1
+                report.problems.append(f"line {number}: {error}")
+                continue
+            if ttl_seconds is not None:
+                conversation.expire_ms = now + ttl_seconds * 1000
+            if conversation.expire_ms <= now:
+                report.counts["skipped: expired"] += 1
+                continue
+            if dry_run:
+                current = await store.load(conversation.key)
+                if current is not None and current.version >= conversation.version:
+                    report.counts["skipped: Redis has this version or newer"] += 1
+                else:
+                    report.counts["would write"] += 1
+                continue
+            outcome, _ = await store.put(conversation, extend_on_tie=False)
+            report.counts[
+                {
+                    "written": "written",
+                    "kept": "skipped: Redis has this version or newer",
+                    "expired": "skipped: expired",
+                }[outcome]
+            ] += 1
+    return report
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(
+        prog="python -m services.session.migrate", description=__doc__.split("\n\n")[0]
+    )
+    cli.add_argument("--redis-url", help="default: SESSION_REDIS_URL, else REDIS_URL")
+    cli.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    commands = cli.add_subparsers(dest="command", required=True)
+    legacy = commands.add_parser("legacy", help="import chat:customer:* and admin:context:*")
+    legacy.add_argument("--business-id", required=True, help="the business the old keys belong to")
+    legacy.add_argument("--dry-run", action="store_true", help="write nothing; print counts")
+    legacy.add_argument("--ttl", type=int, help="seconds the imported conversations live")
+    out = commands.add_parser("export", help="every conversation as JSON Lines")
+    out.add_argument("--output", default="-", help="file (default: standard output)")
+    out.add_argument("--business-id", help="only this business")
+    into = commands.add_parser("import", help="conversations from JSON Lines (higher version wins)")
+    into.add_argument("--input", default="-", help="file (default: standard input)")
+    into.add_argument("--dry-run", action="store_true", help="write nothing; print counts")
+    into.add_argument("--ttl", type=int, help="give each a fresh TTL of this many seconds")
+    return cli
+
+
+async def run(
+    args: argparse.Namespace,
+    settings: SessionSettings,
+    output: IO[bytes] | None = None,
+    lines: list[bytes] | None = None,
+) -> Report:
+    client = make_client(args.redis_url or settings.effective_redis_url)
+    store = RedisStore(
+        client, ttl_seconds=settings.redis_ttl_seconds, history_limit=settings.session_history_limit
+    )
+    show = not args.no_progress
+    try:
+        if args.command == "legacy":
+            return await migrate_legacy(
+                client,
+                store,
+                args.business_id,
+                dry_run=args.dry_run,
+                ttl_seconds=args.ttl or settings.redis_ttl_seconds,
+                history_limit=settings.session_history_limit,
+                show_progress=show,
+            )
+        if args.command == "export":
+            assert output is not None
+            return await export(store, output, args.business_id, show)
+        assert lines is not None
+        return await import_lines(
+            store, lines, dry_run=args.dry_run, ttl_seconds=args.ttl, show_progress=show
+        )
+    finally:
+        await client.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.command == "legacy" and not 0 < len(args.business_id) <= MAX_ID:
+        cli.error("--business-id must be 1-128 characters")
+    if getattr(args, "ttl", None) is not None and args.ttl <= 0:
+        cli.error("--ttl must be a positive number of seconds")
+    settings = load_settings(SessionSettings)
+    output: IO[bytes] | None = None
+    lines: list[bytes] | None = None
+    with contextlib.ExitStack() as files:
+        if args.command == "export":
+            output = (
+                sys.stdout.buffer
+                if args.output == "-"
+                else files.enter_context(Path(args.output).open("wb"))
+            )
+        elif args.command == "import":
+            raw = sys.stdin.buffer.read() if args.input == "-" else Path(args.input).read_bytes()
+            lines = raw.splitlines()
+        report = asyncio.run(run(args, settings, output, lines))
+    print(report.render(), file=sys.stderr)
+    return 1 if report.problems and report.command == "import" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

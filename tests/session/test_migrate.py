@@ -1,0 +1,227 @@
+"""``python -m services.session.migrate`` against real Valkey: dry run, real run, and again."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from services.common.redis_client import make_client
+from services.session.model import ConversationKey, decode_message
+from services.session.redis_store import RedisStore
+from tests.support.processes import ROOT, Valkey
+
+LEGACY_DB, IMPORT_DB = 9, 10
+WEEK = 7 * 24 * 3600
+
+
+def migrate(url: str, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.session.migrate", "--redis-url", url, *args],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def counts(result: subprocess.CompletedProcess[bytes]) -> dict[str, int]:
+    """The ``name: count`` lines of a run's report."""
+    out = {}
+    for line in result.stderr.decode().splitlines():
+        name, sep, value = line.strip().rpartition(": ")
+        if sep and value.isdigit():
+            out[name] = int(value)
+    return out
+
+
+@pytest.fixture
+def legacy_db(valkey: Valkey) -> Iterator[tuple[redis.Redis, str]]:
+    db = redis.Redis(port=valkey.port, db=LEGACY_DB)
+    db.flushdb()
+    yield db, f"redis://127.0.0.1:{valkey.port}/{LEGACY_DB}"
+    db.flushdb()
+
+
+async def load(url: str, user: str, role: str = "client", business: str = "acme") -> object:
+    client = make_client(url)
+    try:
+        store = RedisStore(client, ttl_seconds=900, history_limit=10)
+        return await store.load(ConversationKey(business, user, role))  # type: ignore[arg-type]
+    finally:
+        await client.aclose()
+
+
+def snapshot(db: redis.Redis) -> dict[bytes, object]:
+    """Every key's value (and whether it has a TTL) to compare runs by."""
+    out: dict[bytes, object] = {}
+    for key in db.scan_iter():
+        kind = db.type(key)
+        value: object = {
+            b"string": db.get,
+            b"hash": db.hgetall,
+            b"list": lambda k: db.lrange(k, 0, -1),
+            b"zset": lambda k: db.zrange(k, 0, -1),
+        }[kind](key)
+        out[key] = (value, db.ttl(key) > 0)
+    return out
+
+
+async def test_legacy_dry_run_then_import_then_again(legacy_db: tuple[redis.Redis, str]) -> None:
+    db, url = legacy_db
+    pairs = {
+        "history": [
+            {"user": "שלום", "agent": "היי!"},
+            {"user": "flights to Rome", "agent": "When?"},
+        ],
+        "state": {"destination": "FCO", "pax": 2},
+    }
+    db.set("chat:customer:+15551110001", orjson.dumps(pairs), ex=1800)
+    db.set(
+        "chat:customer:+15551110002",
+        orjson.dumps(
+            {
+                "history": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "hello"},
+                ],
+                "lang": "he",
+            }
+        ),
+    )
+    db.hset(
+        "admin:context:+15551110003",
+        mapping={
+            "history": orjson.dumps([{"role": "user", "content": "add a product"}]),
+            "pending": orjson.dumps({"op": "create_product"}),
+            "note": "plain text",
+        },
+    )
+    db.set(
+        "chat:customer:+15551110004",
+        orjson.dumps([{"user": f"q{n}", "agent": f"a{n}"} for n in range(15)]),
+    )
+    db.set("chat:customer:+15551110005", b"not json {")
+    before = snapshot(db)
+
+    dry = migrate(url, "legacy", "--business-id", "acme", "--dry-run")
+    assert dry.returncode == 0, dry.stderr.decode()
+    assert counts(dry) == {
+        "legacy keys found": 5,
+        "would import": 4,
+        "messages to import": 4 + 2 + 1 + 10,
+        "skipped: unreadable": 1,
+    }
+    assert "chat:customer:+15551110005" in dry.stderr.decode()
+    assert snapshot(db) == before  # the dry run wrote nothing
+
+    real = migrate(url, "legacy", "--business-id", "acme")
+    assert real.returncode == 0, real.stderr.decode()
+    assert counts(real)["imported"] == 4
+    assert counts(real)["legacy keys kept for 7 days"] == 4
+
+    first = await load(url, "+15551110001")
+    assert first is not None
+    assert [decode_message(m)[:2] for m in first.history] == [  # type: ignore[attr-defined]
+        ("user", "שלום"),
+        ("assistant", "היי!"),
+        ("user", "flights to Rome"),
+        ("assistant", "When?"),
+    ]
+    assert first.state == {"destination": b'"FCO"', "pax": b"2"}  # type: ignore[attr-defined]
+    assert first.version == 1  # type: ignore[attr-defined]
+    second = await load(url, "+15551110002")
+    assert second.state == {"lang": b'"he"'}  # type: ignore[attr-defined]
+    admin = await load(url, "+15551110003", "admin")
+    assert [decode_message(m)[1] for m in admin.history] == ["add a product"]  # type: ignore[attr-defined]
+    assert admin.state == {"pending": b'{"op":"create_product"}', "note": b'"plain text"'}  # type: ignore[attr-defined]
+    long = await load(url, "+15551110004")
+    assert [decode_message(m)[1] for m in long.history][:2] == ["q10", "a10"]  # type: ignore[attr-defined]
+    assert len(long.history) == 10  # type: ignore[attr-defined]
+    assert await load(url, "+15551110005") is None
+
+    # Legacy keys stay, for rollback, with a 7-day TTL (also the one that had 30 minutes).
+    for name in ("chat:customer:+15551110001", "chat:customer:+15551110002"):
+        assert WEEK - 60 < db.ttl(name) <= WEEK
+    assert db.ttl("chat:customer:+15551110005") == -1  # unreadable: untouched
+
+    after_first = snapshot(db)
+    again = migrate(url, "legacy", "--business-id", "acme")
+    assert again.returncode == 0
+    assert counts(again)["already migrated (skipped)"] == 4
+    assert "imported" not in counts(again)
+    assert snapshot(db) == after_first  # the second run changed nothing
+
+
+async def test_legacy_never_overwrites_a_live_conversation(
+    legacy_db: tuple[redis.Redis, str],
+) -> None:
+    db, url = legacy_db
+    client = make_client(url)
+    try:
+        store = RedisStore(client, ttl_seconds=900, history_limit=10)
+        await store.get(
+            ConversationKey("acme", "+15551110006", "client"), create=True, new_id="live-id"
+        )
+    finally:
+        await client.aclose()
+    db.set("chat:customer:+15551110006", orjson.dumps([{"user": "old", "agent": "stale"}]))
+    result = migrate(url, "legacy", "--business-id", "acme")
+    assert counts(result)["skipped: a live conversation exists"] == 1
+    kept = await load(url, "+15551110006")
+    assert kept.id == "live-id" and not kept.history  # type: ignore[attr-defined]
+
+
+async def test_export_then_import_elsewhere_idempotently(
+    legacy_db: tuple[redis.Redis, str], valkey: Valkey, tmp_path: Path
+) -> None:
+    db, url = legacy_db
+    db.set("chat:customer:+15551110007", orjson.dumps([{"user": "u", "agent": "a"}]))
+    db.set("admin:context:+15551110008", orjson.dumps({"history": [], "step": 3}))
+    assert migrate(url, "legacy", "--business-id", "acme", "--ttl", "600").returncode == 0
+
+    dump = tmp_path / "conversations.jsonl"
+    exported = migrate(url, "export", "--output", str(dump))
+    assert exported.returncode == 0, exported.stderr.decode()
+    assert counts(exported)["exported"] == 2
+    records = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert {r["user_id"] for r in records} == {"+15551110007", "+15551110008"}
+
+    target = redis.Redis(port=valkey.port, db=IMPORT_DB)
+    target.flushdb()
+    target_url = f"redis://127.0.0.1:{valkey.port}/{IMPORT_DB}"
+    try:
+        dry = migrate(target_url, "import", "--input", str(dump), "--dry-run")
+        assert counts(dry) == {"would write": 2}
+        assert target.dbsize() == 0
+        real = migrate(target_url, "import", "--input", str(dump))
+        assert counts(real) == {"written": 2}
+        for user, role in (("+15551110007", "client"), ("+15551110008", "admin")):
+            source, copy = await load(url, user, role), await load(target_url, user, role)
+            assert copy is not None and copy.to_json() == source.to_json()  # type: ignore[attr-defined]
+        assert 0 < target.ttl(next(target.scan_iter(match="conversation:*:meta"))) <= 600
+        after = snapshot(target)
+        again = migrate(target_url, "import", "--input", str(dump))
+        assert counts(again) == {"skipped: Redis has this version or newer": 2}
+        assert snapshot(target) == after
+
+        bad = migrate(target_url, "import", stdin=b'{"role": "client"}\nnot json\n')
+        assert bad.returncode == 1
+        assert counts(bad) == {"invalid lines": 2}
+        assert "line 2" in bad.stderr.decode()
+    finally:
+        target.flushdb()
+
+
+def test_legacy_requires_a_business_id(legacy_db: tuple[redis.Redis, str]) -> None:
+    _, url = legacy_db
+    result = migrate(url, "legacy")
+    assert result.returncode == 2
+    assert "--business-id" in result.stderr.decode()
