@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import secrets
 import subprocess
@@ -72,9 +73,17 @@ def in_process_logs(registry: SecretRegistry) -> Iterator[Path]:
             logger_factory=structlog.WriteLoggerFactory(sink),
             cache_logger_on_first_use=False,
         )
+        # The standard library's loggers (pymongo, grpc, aiosqlite) land in the same file.
+        handler = logging.StreamHandler(sink)
+        root = logging.getLogger()
+        old_level = root.level
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
         try:
             yield path
         finally:
+            root.removeHandler(handler)
+            root.setLevel(old_level)
             structlog.configure(**old)
 
 

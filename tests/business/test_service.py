@@ -1,0 +1,433 @@
+"""BusinessService as users reach it: a real process, real gRPC over a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
+
+from parley.business.v1 import business_pb2
+from services.common.errors import field_violations
+from tests.business.conftest import (
+    TEST_SECRET,
+    RunningService,
+    SecretRegistry,
+    demo_request,
+    fresh_database,
+    start_service,
+)
+from tests.support.processes import ROOT, Valkey
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+async def service(
+    registry: SecretRegistry, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RunningService]:
+    running = await start_service(
+        registry, "business-sqlite", tmp_path_factory.mktemp("svc") / "business.db"
+    )
+    yield running
+    await running.close()
+
+
+async def code_of(call: object) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call  # type: ignore[misc]
+    return raised.value
+
+
+async def test_create_then_lookup_by_every_identity(
+    service: RunningService, registry: SecretRegistry
+) -> None:
+    request = demo_request(registry)
+    created = (await service.stub.CreateBusiness(request)).business
+    assert len(created.id) == 24 and created.has_access_token and created.has_twilio_credentials
+    assert created.access_token_status == business_pb2.TOKEN_STATUS_VALID
+    assert created.locale == "en-US" and created.time_zone == "America/New_York"
+
+    pnid = request.business.whatsapp_phone_number_ids[0]
+    number = request.business.whatsapp_numbers[0]
+    first = await service.stub.LookupBusiness(
+        business_pb2.LookupBusinessRequest(phone_number_id=pnid)
+    )
+    assert first.business.id == created.id and not first.cached
+    assert not first.HasField("credentials")  # plaintext only when asked for
+    for lookup in (
+        business_pb2.LookupBusinessRequest(phone_number_id=pnid),
+        business_pb2.LookupBusinessRequest(whatsapp_number=f"whatsapp:{number}"),
+        business_pb2.LookupBusinessRequest(subdomain=request.business.subdomain.upper()),
+    ):
+        answer = await service.stub.LookupBusiness(lookup)
+        assert answer.business.id == created.id and answer.cached
+
+    with_secrets = await service.stub.LookupBusiness(
+        business_pb2.LookupBusinessRequest(phone_number_id=pnid, include_credentials=True)
+    )
+    assert with_secrets.credentials == request.credentials
+    got = await service.stub.GetBusiness(
+        business_pb2.GetBusinessRequest(id=created.id, include_credentials=True)
+    )
+    assert got.business == created and got.credentials == request.credentials
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "violation"),
+    [
+        ("subdomain", "Bad_Sub", "business.subdomain"),
+        ("subdomain", "-dash", "business.subdomain"),
+        ("time_zone", "Mars/Olympus_Mons", "business.time_zone"),
+        ("locale", "english!", "business.locale"),
+        ("name", "  ", "business.name"),
+    ],
+)
+async def test_bad_fields_are_invalid_argument_naming_the_field(
+    service: RunningService, field: str, value: str, violation: str
+) -> None:
+    request = demo_request()
+    setattr(request.business, field, value)
+    error = await code_of(service.stub.CreateBusiness(request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violation in field_violations(error)
+
+
+async def test_bad_identities_name_the_element(service: RunningService) -> None:
+    request = demo_request(numbers=["+14155550100", "555-0100"])
+    error = await code_of(service.stub.CreateBusiness(request))
+    assert field_violations(error).keys() == {"business.whatsapp_numbers[1]"}
+    request = demo_request(pnids=["12ab"])
+    error = await code_of(service.stub.CreateBusiness(request))
+    assert "business.whatsapp_phone_number_ids[0]" in field_violations(error)
+    error = await code_of(service.stub.LookupBusiness(business_pb2.LookupBusinessRequest()))
+    assert "identity" in field_violations(error)
+    error = await code_of(service.stub.GetBusiness(business_pb2.GetBusinessRequest(id="nope")))
+    assert "id" in field_violations(error)
+
+
+async def test_a_second_claim_is_already_exists(service: RunningService) -> None:
+    first = demo_request()
+    await service.stub.CreateBusiness(first)
+    clashes = [
+        demo_request(subdomain=first.business.subdomain),
+        demo_request(pnids=["1", first.business.whatsapp_phone_number_ids[0]]),
+        demo_request(numbers=[first.business.whatsapp_numbers[0]]),
+    ]
+    for clash, field in zip(
+        clashes, ("subdomain", "whatsapp_phone_number_ids", "whatsapp_numbers"), strict=True
+    ):
+        error = await code_of(service.stub.CreateBusiness(clash))
+        assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert field in (error.details() or "")
+
+
+async def test_lookups_find_only_active_whatsapp_enabled_businesses(
+    service: RunningService,
+) -> None:
+    inactive = demo_request(active=False)
+    disabled = demo_request(enabled=False)
+    for request in (inactive, disabled):
+        await service.stub.CreateBusiness(request)
+    messages = set()
+    for request, reason in ((inactive, "inactive"), (disabled, "whatsapp disabled")):
+        pnid = request.business.whatsapp_phone_number_ids[0]
+        error = await code_of(
+            service.stub.LookupBusiness(business_pb2.LookupBusinessRequest(phone_number_id=pnid))
+        )
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert reason not in (error.details() or "")
+        messages.add(error.details())
+        assert await wait_for_log(service, reason)  # the reason is in the log
+    unknown = await code_of(
+        service.stub.LookupBusiness(business_pb2.LookupBusinessRequest(phone_number_id="9"))
+    )
+    messages.add(unknown.details())
+    assert len(messages) == 1  # inactive, disabled and unknown read the same to a client
+
+
+async def wait_for_log(service: RunningService, text: str) -> bool:
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        if text in service.process.log:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_deactivate_and_update_take_effect_at_once(service: RunningService) -> None:
+    request = demo_request()
+    created = (await service.stub.CreateBusiness(request)).business
+    lookup = business_pb2.LookupBusinessRequest(subdomain=request.business.subdomain)
+    assert (await service.stub.LookupBusiness(lookup)).business.id == created.id
+    assert (await service.stub.LookupBusiness(lookup)).cached
+    deactivated = await service.stub.DeactivateBusiness(
+        business_pb2.DeactivateBusinessRequest(id=created.id)
+    )
+    assert not deactivated.business.active
+    error = await code_of(service.stub.LookupBusiness(lookup))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+    renamed = await service.stub.UpdateBusiness(
+        business_pb2.UpdateBusinessRequest(
+            business=business_pb2.Business(id=created.id, active=True, subdomain="renamed-one"),
+            update_mask=FieldMask(paths=["active", "subdomain"]),
+        )
+    )
+    assert renamed.business.subdomain == "renamed-one" and renamed.business.active
+    found = await service.stub.LookupBusiness(
+        business_pb2.LookupBusinessRequest(subdomain="renamed-one")
+    )
+    assert found.business.id == created.id
+    error = await code_of(service.stub.LookupBusiness(lookup))  # the old name is gone
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_access_token_needs_renewal_then_a_new_token(
+    service: RunningService, registry: SecretRegistry
+) -> None:
+    created = (await service.stub.CreateBusiness(demo_request(registry))).business
+    marked = await service.stub.UpdateBusiness(
+        business_pb2.UpdateBusinessRequest(
+            business=business_pb2.Business(
+                id=created.id, access_token_status=business_pb2.TOKEN_STATUS_NEEDS_RENEWAL
+            ),
+            update_mask=FieldMask(paths=["access_token_status"]),
+        )
+    )
+    assert marked.business.access_token_status == business_pb2.TOKEN_STATUS_NEEDS_RENEWAL
+    looked_up = await service.stub.LookupBusiness(
+        business_pb2.LookupBusinessRequest(phone_number_id=created.whatsapp_phone_number_ids[0])
+    )
+    assert looked_up.business.access_token_status == business_pb2.TOKEN_STATUS_NEEDS_RENEWAL
+    fresh = registry.token("renewed")
+    renewed = await service.stub.SetChannelToken(
+        business_pb2.SetChannelTokenRequest(
+            business_id=created.id,
+            secret=business_pb2.CHANNEL_SECRET_WHATSAPP_ACCESS_TOKEN,
+            value=fresh,
+        )
+    )
+    assert renewed.business.access_token_status == business_pb2.TOKEN_STATUS_VALID
+    got = await service.stub.GetBusiness(
+        business_pb2.GetBusinessRequest(id=created.id, include_credentials=True)
+    )
+    assert got.credentials.whatsapp_access_token == fresh
+
+    error = await code_of(
+        service.stub.UpdateBusiness(
+            business_pb2.UpdateBusinessRequest(
+                business=business_pb2.Business(id=created.id),
+                update_mask=FieldMask(paths=["id"]),
+            )
+        )
+    )
+    assert "update_mask" in field_violations(error)
+    error = await code_of(
+        service.stub.SetChannelToken(business_pb2.SetChannelTokenRequest(business_id=created.id))
+    )
+    assert "secret" in field_violations(error)
+
+
+async def test_list_pages_through_everything(service: RunningService) -> None:
+    for _ in range(3):
+        await service.stub.CreateBusiness(demo_request(active=False))
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await service.stub.ListBusinesses(
+            business_pb2.ListBusinessesRequest(page_size=2, page_token=token, include_inactive=True)
+        )
+        seen.extend(b.id for b in page.businesses)
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == sorted(seen) and len(seen) == len(set(seen)) >= 3
+    active_only = await service.stub.ListBusinesses(
+        business_pb2.ListBusinessesRequest(page_size=500)
+    )
+    assert all(b.active for b in active_only.businesses)
+    error = await code_of(
+        service.stub.ListBusinesses(business_pb2.ListBusinessesRequest(page_token="garbage"))
+    )
+    assert "page_token" in field_violations(error)
+
+
+async def test_warm_cache_stats_and_metrics(
+    service: RunningService, registry: SecretRegistry
+) -> None:
+    request = demo_request(registry)
+    await service.stub.CreateBusiness(request)
+    warmed = await service.stub.WarmCache(business_pb2.WarmCacheRequest())
+    assert warmed.loaded >= 1
+    before = await service.stub.GetCacheStats(business_pb2.GetCacheStatsRequest())
+    answer = await service.stub.LookupBusiness(
+        business_pb2.LookupBusinessRequest(subdomain=request.business.subdomain)
+    )
+    assert answer.cached  # warmed: the first lookup is already a hit
+    after = await service.stub.GetCacheStats(business_pb2.GetCacheStatsRequest())
+    assert after.hits == before.hits + 1 and after.size >= 1 and after.capacity == 1000
+    assert 0 < after.hit_ratio <= 1
+
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://127.0.0.1:{service.metrics_port}/metrics")).text
+    for name in (
+        "business_cache_hits_total",
+        "business_cache_misses_total",
+        "business_cache_negative_hits_total",
+        "business_cache_evictions_total",
+        "business_cache_size",
+        "business_cache_hit_ratio",
+        "business_store_queries_total",
+    ):
+        assert name in text
+    for token in registry.tokens:
+        assert token not in text
+
+
+def run_cli(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.business.cli", *args],
+        cwd=ROOT,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("app_env", ["production", "test"])
+def test_refuses_to_start_without_encryption_secret(tmp_path: Path, app_env: str) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "APP_ENV": app_env,
+        "BUSINESS_PORT": "0",
+        "BUSINESS_METRICS_PORT": "0",
+        "BUSINESS_DB_PATH": str(tmp_path / "b.db"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "services.business.server"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "ENCRYPTION_SECRET" in done.stderr
+
+
+async def test_warmup_cache_loads_before_serving(registry: SecretRegistry, tmp_path: Path) -> None:
+    db = tmp_path / "business.db"
+    env = {"BUSINESS_DB_PATH": str(db), "ENCRYPTION_SECRET": TEST_SECRET, "PATH": "/usr/bin:/bin"}
+    for i in range(3):
+        done = await asyncio.to_thread(
+            run_cli, env, "add", "--name", f"W{i}", "--subdomain", f"warm-{i}",
+            "--phone-number-id", f"5000{i}",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    running = await start_service(registry, "business-warmup", db, WARMUP_CACHE="true")
+    try:
+        stats = await running.stub.GetCacheStats(business_pb2.GetCacheStatsRequest())
+        assert stats.size == 3  # SERVING came only after the warm-up
+        answer = await running.stub.LookupBusiness(
+            business_pb2.LookupBusinessRequest(phone_number_id="50001")
+        )
+        assert answer.cached
+    finally:
+        await running.close()
+
+
+async def test_cross_replica_invalidation_through_valkey(
+    registry: SecretRegistry, tmp_path: Path, valkey: Valkey
+) -> None:
+    """Two replicas on one store and one Valkey: a write on A (or the CLI) empties B's entry."""
+    db = tmp_path / "business.db"
+    channel = f"test:business:invalidate:{tmp_path.name}"
+    env = {"REDIS_URL": valkey.url, "BUSINESS_INVALIDATION_CHANNEL": channel}
+    a = await start_service(registry, "replica-a", db, **env)
+    b = await start_service(registry, "replica-b", db, **env)
+    try:
+        request = demo_request()
+        created = (await a.stub.CreateBusiness(request)).business
+        lookup = business_pb2.LookupBusinessRequest(subdomain=request.business.subdomain)
+        await b.stub.LookupBusiness(lookup)
+        assert (await b.stub.LookupBusiness(lookup)).cached  # B caches it (TTL 300 s)
+
+        await a.stub.DeactivateBusiness(business_pb2.DeactivateBusinessRequest(id=created.id))
+        assert await eventually_not_found(b, lookup)
+
+        # The operator CLI publishes too.
+        await a.stub.UpdateBusiness(
+            business_pb2.UpdateBusinessRequest(
+                business=business_pb2.Business(id=created.id, active=True),
+                update_mask=FieldMask(paths=["active"]),
+            )
+        )
+        await b.stub.LookupBusiness(lookup)
+        assert (await b.stub.LookupBusiness(lookup)).cached
+        cli_env = {
+            "PATH": "/usr/bin:/bin",
+            "BUSINESS_DB_PATH": str(db),
+            "ENCRYPTION_SECRET": TEST_SECRET,
+            **env,
+        }
+        done = await asyncio.to_thread(run_cli, cli_env, "deactivate", created.id)
+        assert done.returncode == 0, done.stderr
+        assert await eventually_not_found(b, lookup)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def eventually_not_found(
+    service: RunningService, lookup: business_pb2.LookupBusinessRequest
+) -> bool:
+    """NOT_FOUND within 5 s: far below the 300 s TTL, so only an invalidation explains it."""
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            await service.stub.LookupBusiness(lookup)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return True
+            raise
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_service_on_mongodb(registry: SecretRegistry, tmp_path: Path, mongo_uri: str) -> None:
+    """The same service wired to MongoDB through MONGODB_URI (real, or the stand-in)."""
+    database = fresh_database()
+    running = await start_service(
+        registry, "business-mongo", tmp_path / "unused.db",
+        MONGODB_URI=mongo_uri, MONGODB_DATABASE=database, MONGODB_MIN_POOL_SIZE="1",
+    )  # fmt: skip
+    try:
+        request = demo_request(registry)
+        created = (await running.stub.CreateBusiness(request)).business
+        found = await running.stub.LookupBusiness(
+            business_pb2.LookupBusinessRequest(
+                phone_number_id=request.business.whatsapp_phone_number_ids[0],
+                include_credentials=True,
+            )
+        )
+        assert found.business.id == created.id
+        assert found.credentials.whatsapp_access_token == request.credentials.whatsapp_access_token
+        error = await code_of(
+            running.stub.CreateBusiness(demo_request(subdomain=request.business.subdomain))
+        )
+        assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert not (tmp_path / "unused.db").exists()
+        assert json.loads(running.process.log.splitlines()[0])  # JSON logs in test mode
+    finally:
+        await running.close()
