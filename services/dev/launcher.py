@@ -14,6 +14,7 @@ import collections
 import os
 import secrets
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -134,6 +135,22 @@ def banner(env: dict[str, str]) -> str:
 """
 
 
+def demo_business(env: dict[str, str]) -> str:
+    """Create the demo business once (through the business CLI) and describe its identities."""
+    done = subprocess.run(
+        [sys.executable, "-m", "services.business.cli", "ensure-demo"],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if done.returncode != 0:
+        return f"  Demo business NOT created: {done.stderr.strip() or done.stdout.strip()}\n"
+    lines = "\n".join(f"    {line}" for line in done.stdout.strip().splitlines())
+    return f"  Demo business (python -m services.business.cli ensure-demo):\n{lines}\n"
+
+
 def main() -> int:
     VAR.mkdir(exist_ok=True)
     env = dev_environment()
@@ -165,7 +182,7 @@ def main() -> int:
     def watch() -> None:
         down = wait_until_serving(targets, STARTUP_TIMEOUT)
         if not down:
-            printer.output.write(banner(env))
+            printer.output.write(banner(env) + demo_business(env))
             printer.output.flush()
             return
         failed.extend(down)
