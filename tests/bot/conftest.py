@@ -45,6 +45,8 @@ def search_server(
             "SEARCH_OFFLINE_FAILURE_FILE": str(failure_file),
             "SEARCH_BREAKER_FAILURE_THRESHOLD": "1",
             "SEARCH_BREAKER_RECOVERY_SECONDS": "1",
+            # Short so a test can make cached results go stale in a second or two.
+            "REDIS_CACHE_TTL_SECONDS": "2",
         },
         directory / "search.log",
     ).start()

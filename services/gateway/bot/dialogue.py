@@ -274,8 +274,13 @@ class BotEngine:
         if choices:
             if 1 <= n <= len(choices):
                 slot = d.ask.get("slot", "destination")
+                later = d.ask.get("then")
                 d.update_trip(**{slot: choices[n - 1]})
                 d.set("ask", {})
+                if isinstance(later, dict) and later.get("text"):
+                    question = await self._resolve_into(ctx, d, later["slot"], later["text"])
+                    if question:
+                        return question
                 return await self._advance(ctx, d, [])
             return [Reply(ctx.texts("choose_place", text=d.ask.get("text", "")))]
         offers = d.results.get("offers") or []
@@ -358,15 +363,25 @@ class BotEngine:
         if found.depart is None and found.unreadable_date and not assigned and not changes:
             return [Reply(t("date_not_understood"))]
 
+        only_unmarked = bool(found.places) and not (
+            found.origin or found.destination or changes or pending in ("origin", "destination")
+        )
         asked: list[Reply] = []
         for slot in ("origin", "destination"):
             wanted = assigned.get(slot)
             if not wanted:
                 continue
+            if asked:
+                # One question at a time: the other place is resolved once this one is answered.
+                d.set("ask", {**d.ask, "then": {"slot": slot, "text": wanted}})
+                continue
             question = await self._resolve_into(ctx, d, slot, wanted)
             if question:
+                if only_unmarked and not d.ask.get("choices"):
+                    # Words that are neither a known place nor anything else: not understood.
+                    d.set("ask", {})
+                    return [Reply(t("not_understood"))]
                 asked.extend(question)
-                break  # one question at a time
         if asked:
             return asked
         if d.ask.get("choices") and not assigned:
@@ -387,12 +402,16 @@ class BotEngine:
         if decision.ambiguous:
             d.set(
                 "ask",
-                {"slot": slot, "text": phrase, "choices": [c.as_state() for c in decision.choices]},
+                {
+                    "slot": slot,
+                    "text": phrase.title(),
+                    "choices": [c.as_state() for c in decision.choices],
+                },
             )
-            return [self._choices_reply(ctx, phrase, decision.choices)]
+            return [self._choices_reply(ctx, phrase.title(), decision.choices)]
         if decision.place is None:
             d.set("ask", {"slot": slot})
-            return [Reply(t("place_not_found", text=phrase))]
+            return [Reply(t("place_not_found", text=phrase.title()))]
         d.update_trip(**{slot: decision.place.as_state()})
         if d.ask.get("slot") == slot:
             d.set("ask", {})
@@ -441,6 +460,11 @@ class BotEngine:
 
     async def _advance(self, ctx: Context, d: Dialogue, before: list[Reply]) -> list[Reply]:
         t = ctx.texts
+        origin, destination = d.trip.get("origin") or {}, d.trip.get("destination") or {}
+        if origin.get("code") and origin.get("code") == destination.get("code"):
+            d.update_trip(destination=None)
+            d.set("ask", {"slot": "destination"})
+            return [*before, Reply(t("same_place", place=_place_label(origin)))]
         missing = self._missing(d)
         if missing is not None:
             d.set("ask", {"slot": missing})
@@ -458,11 +482,6 @@ class BotEngine:
 
     def _check_dates(self, ctx: Context, d: Dialogue) -> Reply | None:
         t = ctx.texts
-        origin, destination = d.trip.get("origin") or {}, d.trip.get("destination") or {}
-        if origin.get("code") and origin.get("code") == destination.get("code"):
-            d.update_trip(destination=None)
-            d.set("ask", {"slot": "destination"})
-            return Reply(t("same_place", place=_place_label(origin)))
         depart = date.fromisoformat(d.trip["depart"])
         if depart < ctx.today:
             d.update_trip(depart=None)

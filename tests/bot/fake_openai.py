@@ -1,0 +1,88 @@
+"""A local fake of the OpenAI chat-completions contract (POST /v1/chat/completions), on a free
+port in a thread. ``mode`` says how it answers: "good" (the JSON in ``answer``), "garbage" (text
+that is not JSON), "invalid" (JSON that breaks the schema), "error" (HTTP 500) or "slow"
+(``delay`` seconds, then a good answer)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tests.support.processes import free_port
+
+
+class FakeOpenAI:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.mode = "good"
+        self.delay = 2.0
+        self.answer: dict[str, Any] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append(body)
+                fake.headers.append(dict(self.headers))
+                if self.path != "/v1/chat/completions":
+                    return self._send(404, {"error": {"message": "not found"}})
+                if fake.mode == "error":
+                    return self._send(500, {"error": {"message": "boom", "type": "server_error"}})
+                if fake.mode == "slow":
+                    time.sleep(fake.delay)
+                content = {
+                    "garbage": "Sure! The user wants to fly somewhere nice.",
+                    "invalid": json.dumps({**fake.answer, "adults": 42}),
+                }.get(fake.mode, json.dumps(fake.answer))
+                self._send(
+                    200,
+                    {
+                        "id": "chatcmpl-1",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": body.get("model", ""),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": content},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                    },
+                )
+
+            def _send(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (the timeout case)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> FakeOpenAI:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

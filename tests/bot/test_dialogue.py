@@ -1,0 +1,264 @@
+"""Conversations with the engine, turn by turn as the gateway's worker runs them, against the
+real search service (offline provider) over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, cast
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from parley.search.v1 import search_pb2_grpc
+from services.gateway.bot import create_engine
+from services.gateway.bot.dialogue import BotEngine
+from services.gateway.bot.settings import BotSettings
+from services.gateway.engine import SearchPort
+from tests.bot.chat import Chat
+from tests.bot.conftest import SearchServer
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def settings(**values: Any) -> BotSettings:
+    base: dict[str, Any] = {
+        "use_smart_handler": "true",
+        "use_async_search": "false",
+        "openai_api_key": None,
+    }
+    return BotSettings(**{**base, **values})
+
+
+@pytest.fixture
+def engine(search_stub: search_pb2_grpc.SearchServiceStub) -> BotEngine:
+    return create_engine(cast(SearchPort, search_stub), settings())
+
+
+def today() -> date:
+    return datetime.now(UTC).astimezone(NEW_YORK).date()
+
+
+def coming(weekday: int) -> date:
+    days = (weekday - today().weekday()) % 7 or 7
+    return today() + timedelta(days=days)
+
+
+def short(value: date) -> str:
+    return f"{value.strftime('%a')} {value.day} {value.strftime('%b')}"
+
+
+def offers_in(text: str) -> list[str]:
+    return re.findall(r"^\*(\d)\.\* ", text, re.MULTILINE)
+
+
+async def test_a_complete_request_is_answered_in_one_reply(engine: BotEngine) -> None:
+    chat = Chat(engine)
+    replies = await chat.send("text", "NYC to London next Friday")
+    assert len(replies) == 1
+    text = replies[0].text
+    assert "New York (NYC) → London (LON)" in text
+    assert short(coming(4)) in text
+    assert offers_in(text) == ["1", "2", "3"]
+    assert "Demo fares" in text
+    assert "Reply *1*\u2013*3* for details, *more* for more, *new* to start over." in text
+    assert re.search(r"\d\d:\d\d JFK|\d\d:\d\d EWR|\d\d:\d\d LGA", text)
+    assert re.search(r"\d+h \d\dm", text)
+    assert re.search(r"non-stop|\d stops?", text)
+    assert chat.state["trip"]["origin"]["code"] == "NYC"
+    assert chat.state["trip"]["depart"] == coming(4).isoformat()
+    assert len(chat.state["results"]["offers"]) >= 3
+
+
+async def test_a_request_built_over_four_messages(engine: BotEngine) -> None:
+    chat = Chat(engine)
+    assert "I find flights" in await chat.say("hi")
+    reply = await chat.say("fly me to rome")
+    assert "Where are you flying from?" in reply and "Rome (ROM)" in reply
+    assert chat.state["ask"] == {"slot": "origin"}
+    reply = await chat.say("from london")
+    assert "When do you want to leave?" in reply
+    reply = await chat.say("next friday")
+    assert "London (LON) → Rome (ROM)" in reply and offers_in(reply) == ["1", "2", "3"]
+    assert "ask" not in chat.state
+
+
+async def test_corrections_change_one_thing_and_search_again(engine: BotEngine) -> None:
+    chat = Chat(engine)
+    await chat.say("NYC to London next Friday")
+    reply = await chat.say("actually Sunday")
+    assert short(coming(6)) in reply and offers_in(reply)
+    reply = await chat.say("make it 2 adults")
+    assert "2 adults" in reply and chat.state["trip"]["adults"] == 2
+    reply = await chat.say("from Newark instead")
+    assert "Newark (EWR) → London (LON)" in reply
+    assert chat.state["trip"]["depart"] == coming(6).isoformat()
+
+
+async def test_details_more_and_new(engine: BotEngine) -> None:
+    chat = Chat(engine)
+    await chat.say("2 tickets paris -> tokyo in 3 weeks back in 4 weeks business class")
+    details = await chat.say("2")
+    assert details.startswith("*Offer 2*") and "for 2 adults" in details
+    assert "*Outbound*" in details and "*Return*" in details
+    more = await chat.say("more")
+    assert offers_in(more) == ["4", "5", "6"]
+    assert "Reply *1*\u2013*6*" in more
+    assert (await chat.say("5")).startswith("*Offer 5*")
+    assert "starting over" in await chat.say("new")
+    assert chat.state == {}
+
+
+async def test_an_ambiguous_city_is_asked_back_with_a_list(engine: BotEngine) -> None:
+    chat = Chat(engine)
+    replies = await chat.send("text", "San Jose to Miami tomorrow")
+    assert len(replies) == 1
+    question = replies[0]
+    assert "Which “San Jose” do you mean?" in question.text
+    assert question.list_button and 2 <= len(question.rows) <= 10
+    countries = [row.description for row in question.rows]
+    assert any("US" in c for c in countries) and any("CR" in c for c in countries)
+    assert all(len(row.title) <= 24 and len(row.description) <= 72 for row in question.rows)
+    costa_rica = next(i for i, row in enumerate(question.rows, 1) if "CR" in row.description)
+    # Tapping the row on the Cloud API, or typing its number on Twilio, are the same answer.
+    answer = await chat.send("interactive", "", reply_id=f"place:{costa_rica}", title="x")
+    assert "San Jose (SJO) → Miami (MIA)" in answer[0].text and offers_in(answer[0].text)
+
+
+async def test_typed_number_chooses_a_candidate(engine: BotEngine) -> None:
+    chat = Chat(engine, user_id="15550000002")
+    await chat.say("to san jose")
+    assert chat.state["ask"]["slot"] == "destination" and chat.state["ask"]["choices"]
+    reply = await chat.say("1")
+    assert "Where are you flying from?" in reply
+    assert chat.state["trip"]["destination"]["city"] == "San Jose"
+
+
+async def test_search_unavailable_keeps_the_slots_and_offers_a_retry(
+    engine: BotEngine, search_server: SearchServer
+) -> None:
+    chat = Chat(engine)
+    search_server.fail(True)
+    try:
+        reply = await chat.say("Oslo to Lisbon in 10 days")
+        assert "flight search isn't available right now" in reply
+        assert "reply *retry*" in reply and "Oslo (OSL) → Lisbon (LIS)" in reply
+        assert chat.state["trip"]["destination"]["code"] == "LIS"
+    finally:
+        search_server.fail(False)
+    await asyncio.sleep(1.2)  # the search service's breaker recovers after 1 s in these tests
+    reply = await chat.say("retry")
+    assert offers_in(reply) == ["1", "2", "3"]
+
+
+async def test_stale_results_are_shown_as_such(
+    engine: BotEngine, search_server: SearchServer
+) -> None:
+    chat = Chat(engine)
+    assert offers_in(await chat.say("Athens to Vienna in 12 days"))
+    await asyncio.sleep(2.2)  # past the cache TTL of these tests
+    search_server.fail(True)
+    try:
+        reply = await chat.say("retry")
+    finally:
+        search_server.fail(False)
+    assert "Live search is unavailable; these prices are from" in reply
+    assert offers_in(reply) == ["1", "2", "3"]
+    await asyncio.sleep(1.2)
+
+
+async def test_step_by_step_flow_with_the_smart_handler_off(
+    search_stub: search_pb2_grpc.SearchServiceStub,
+) -> None:
+    engine = create_engine(cast(SearchPort, search_stub), settings(use_smart_handler="false"))
+    chat = Chat(engine)
+    assert "Where are you flying from?" in await chat.say("hi")
+    # Each message answers only the question asked: origin, then destination, then date.
+    reply = await chat.say("NYC to London next Friday")
+    assert reply == "Where do you want to go?"
+    assert chat.state["trip"]["origin"]["code"] == "NYC"
+    assert "destination" not in chat.state["trip"]
+    assert "When do you want to leave?" in await chat.say("London")
+    reply = await chat.say("next friday")
+    assert "New York (NYC) → London (LON)" in reply and offers_in(reply)
+    assert engine.describe()["use_smart_handler"] == "off"
+
+
+async def test_searching_notice_goes_out_early_when_the_switch_is_on(
+    search_stub: search_pb2_grpc.SearchServiceStub,
+) -> None:
+    # A notice delay of 0 ms: any search still running when it starts gets the notice.
+    on = create_engine(
+        cast(SearchPort, search_stub),
+        settings(use_async_search="true", bot_searching_notice_ms=0),
+    )
+    chat = Chat(on)
+    await chat.say("Dublin to Madrid in 9 days")
+    assert [r.text for r in chat.early] == [
+        f"Searching flights Dublin (DUB) → Madrid (MAD) for {short(today() + timedelta(9))} …"
+    ]
+    off = create_engine(cast(SearchPort, search_stub), settings(use_async_search="false"))
+    quiet = Chat(off)
+    assert offers_in(await quiet.say("Dublin to Prague in 9 days"))
+    assert quiet.early == []
+    # With the default delay a cached answer comes back before the notice is due.
+    cached = Chat(create_engine(cast(SearchPort, search_stub), settings(use_async_search="true")))
+    assert offers_in(await cached.say("Dublin to Prague in 9 days"))
+    assert cached.early == []
+
+
+async def test_spanish_business_end_to_end(engine: BotEngine) -> None:
+    chat = Chat(engine, locale="es-ES", time_zone="Europe/Madrid")
+    assert "Busco vuelos" in await chat.say("hola")
+    reply = await chat.say("quiero ir a Londres")
+    assert "¿Desde dónde sales?" in reply
+    assert "¿Qué día quieres salir?" in await chat.say("desde Madrid")
+    reply = await chat.say("el próximo viernes")
+    assert "Madrid (MAD) → London (LON)" in reply
+    assert "Tarifas de demostración" in reply and "*nuevo* para empezar de cero" in reply
+    assert "directo" in reply or "escala" in reply
+    assert (await chat.say("1")).startswith("*Oferta 1*")
+    assert "empezamos de nuevo" in await chat.say("nuevo")
+
+
+async def test_location_fills_the_origin_with_the_nearest_airport(engine: BotEngine) -> None:
+    chat = Chat(engine)
+    await chat.say("to Paris")
+    replies = await chat.send("location", "", latitude=51.47, longitude=-0.4543, name="")
+    assert "Flying from London (LHR), the nearest airport to you." in replies[0].text
+    assert "When do you want to leave?" in replies[-1].text
+    assert chat.state["trip"]["origin"]["code"] == "LHR"
+
+
+async def test_non_text_messages_get_a_short_useful_answer(engine: BotEngine) -> None:
+    chat = Chat(engine)
+    replies = await chat.send("image", "", media_id="m1", mime_type="image/jpeg")
+    assert "I can only read text messages" in replies[0].text
+    assert "share your location" in replies[0].text
+    assert await chat.send("reaction", "", emoji="👍", message_id="wamid.1") == []
+    assert chat.state == {}
+
+
+async def test_help_thanks_cancel_and_greeting(engine: BotEngine) -> None:
+    chat = Chat(engine)
+    assert "Ada" in await chat.say("Hello")
+    assert "*NYC to London next Friday*" in await chat.say("help")
+    await chat.say("to Rome")
+    assert chat.state["trip"]["destination"]["code"] == "ROM"
+    assert "You're welcome" in await chat.say("thanks!")
+    assert "Cancelled" in await chat.say("cancel")
+    assert chat.state == {}
+    assert "didn't get that" in await chat.say("blorp zzzq")
+
+
+async def test_dates_in_the_past_and_returns_before_departure_are_asked_again(
+    engine: BotEngine,
+) -> None:
+    chat = Chat(engine)
+    yesterday = today() - timedelta(days=1)
+    reply = await chat.say(f"NYC to Boston {yesterday.isoformat()}")
+    assert "has already passed" in reply and chat.state["ask"] == {"slot": "date"}
+    assert chat.state["trip"]["destination"]["code"] == "BOS"
+    same = await chat.say("from Boston")
+    assert "both Boston (BOS)" in same

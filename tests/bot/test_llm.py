@@ -1,0 +1,116 @@
+"""The language-model path against a local fake of the chat-completions contract: a good answer
+is used; garbage, a schema violation, an error or a timeout fall back to the rules for that
+message, invisibly; repeated failures open the breaker and stop calling the endpoint."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+from zoneinfo import ZoneInfo
+
+import pytest
+from pydantic import SecretStr
+
+from parley.search.v1 import search_pb2_grpc
+from services.gateway.bot import create_engine
+from services.gateway.bot.dialogue import BotEngine
+from services.gateway.bot.settings import BotSettings
+from services.gateway.engine import SearchPort
+from tests.bot.chat import Chat
+from tests.bot.fake_openai import FakeOpenAI
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+def in_days(days: int) -> str:
+    today = datetime.now(UTC).astimezone(ZoneInfo("America/New_York")).date()
+    return (today + timedelta(days=days)).isoformat()
+
+
+def llm_engine(search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI) -> BotEngine:
+    settings = BotSettings(
+        use_smart_handler="true",
+        use_async_search="false",
+        openai_api_key=SecretStr("sk-test-key"),
+        openai_base_url=fake.base_url,
+        openai_model="test-model",
+        openai_timeout_seconds=0.5,
+    )
+    return create_engine(cast(SearchPort, search_stub), settings)
+
+
+def answer(**values: Any) -> dict[str, Any]:
+    empty = dict.fromkeys(
+        (
+            "origin",
+            "destination",
+            "place",
+            "departure_date",
+            "return_date",
+            "nights",
+            "adults",
+            "cabin",
+            "non_stop",
+            "one_way",
+        )
+    )
+    return {**empty, **values}
+
+
+async def test_a_good_answer_is_used(
+    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
+) -> None:
+    engine = llm_engine(search_stub, fake)
+    fake.answer = answer(origin="Boston", destination="Miami", departure_date=in_days(8), adults=2)
+    # Nothing the rules could read: only the model's answer can produce this search.
+    reply = await Chat(engine).say("somewhere warm from bean town, me and the mrs, in 8 days")
+    assert "Boston (BOS) → Miami (MIA)" in reply and "2 adults" in reply
+    request = fake.requests[-1]
+    assert request["model"] == "test-model"
+    assert request["response_format"]["type"] == "json_schema"
+    assert request["response_format"]["json_schema"]["strict"] is True
+    assert request["messages"][-1]["content"].startswith("somewhere warm")
+    assert fake.headers[-1]["Authorization"] == "Bearer sk-test-key"
+    assert engine.describe()["llm"]["fallbacks"] == 0
+    await engine.aclose()
+
+
+@pytest.mark.parametrize("mode", ["garbage", "invalid", "error", "slow"])
+async def test_failures_fall_back_to_the_rules_invisibly(
+    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI, mode: str
+) -> None:
+    engine = llm_engine(search_stub, fake)
+    fake.mode, fake.delay = mode, 2.0
+    fake.answer = answer(origin="Boston", destination="Miami", departure_date=in_days(8))
+    started = time.monotonic()
+    reply = await Chat(engine).say("NYC to London next Friday")
+    elapsed = time.monotonic() - started
+    # The rules' reading, as if the model had never been asked.
+    assert "New York (NYC) → London (LON)" in reply and "Reply *1*\u2013*3*" in reply
+    assert len(fake.requests) == 1
+    assert engine.describe()["llm"]["fallbacks"] == 1
+    if mode == "slow":
+        assert elapsed < 1.8, "the deadline (0.5 s) must cut the slow answer short"
+    await engine.aclose()
+
+
+async def test_repeated_failures_open_the_breaker(
+    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
+) -> None:
+    engine = llm_engine(search_stub, fake)
+    fake.mode = "error"
+    chat = Chat(engine)
+    for _ in range(3):
+        assert "Where are you flying from?" in await chat.say("to Rome")
+    assert engine.describe()["llm"]["breaker"] == "open"
+    calls = len(fake.requests)
+    assert "Where are you flying from?" in await chat.say("to Rome")
+    assert len(fake.requests) == calls, "an open breaker must not call the endpoint"
+    await engine.aclose()
