@@ -123,8 +123,9 @@ class Processor:
     def sender_for(self, channel: str) -> Sender:
         return self.senders["outbox"] if self.settings.outbox_only else self.senders[channel]
 
-    async def process(self, entry: Entry) -> str:
-        """The outcome label; raises DeadLetter, or anything else to retry."""
+    async def process(self, entry: Entry, attempt: int = 1) -> str:
+        """The outcome label; raises DeadLetter, or anything else to retry. Rate limits count
+        a message once, on its first attempt, not once per retry."""
         message = entry.message
         business, credentials = await self._business(message)
         target = Target(
@@ -137,10 +138,11 @@ class Processor:
             twilio_auth_token=credentials.twilio_auth_token,
         )
         sender = self.sender_for(message.channel)
-        if not await self.rate_limits.allow_business(business.id):
+        first = attempt == 1
+        if first and not await self.rate_limits.allow_business(business.id):
             metrics.RATE_LIMITED.labels("business").inc()
             raise DeadLetter("business_rate_limited", "the business is over its rate limit")
-        if not await self.rate_limits.allow_user(business.id, message.user_id):
+        if first and not await self.rate_limits.allow_user(business.id, message.user_id):
             metrics.RATE_LIMITED.labels("user").inc()
             if await self.rate_limits.first_notice(business.id, message.user_id):
                 await self._send(sender, target, Reply(RATE_NOTICE))
@@ -513,7 +515,7 @@ class WorkerPool:
             if attempt > 1 and not last_error:
                 log.warning("taking over an entry whose worker died", attempt=attempt, **where)
             try:
-                outcome = await self.processor.process(entry)
+                outcome = await self.processor.process(entry, attempt)
             except DeadLetter as error:
                 await self._dead(entry, token, error.reason, str(error))
                 return

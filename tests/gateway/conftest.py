@@ -59,6 +59,7 @@ class Business:
 class Gateway:
     url: str
     redis_url: str
+    env: dict[str, str]
     processes: list[ServiceProcess] = field(default_factory=list)
     business: Business | None = None
 
@@ -183,7 +184,7 @@ def start_gateway(
 ) -> Gateway:
     port = free_port()
     env = gateway_env(services, fake, redis_url, port, **extra)
-    gateway = Gateway(f"http://127.0.0.1:{port}", redis_url)
+    gateway = Gateway(f"http://127.0.0.1:{port}", redis_url, env)
     web = ServiceProcess(
         "services.gateway.main", {**env, "GATEWAY_ROLE": role}, services.log_dir / f"{name}.log"
     ).start()

@@ -1,0 +1,224 @@
+"""Nothing lost, nothing twice: dead workers, Redis outages, retries, dead letters, limits."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.gateway.conftest import (
+    Gateway,
+    Services,
+    cloud_payload,
+    create_business,
+    new_wa_id,
+    next_db,
+    post_cloud,
+    start_gateway,
+    start_worker,
+)
+from tests.gateway.fakes import FakeClouds
+from tests.support.processes import Valkey, wait_for
+
+
+@pytest.fixture(scope="module")
+def limited(services: Services, fake_clouds: FakeClouds, valkey: Valkey) -> Iterator[Gateway]:
+    """A gateway with a low per-user rate limit and few attempts."""
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "reliability",
+        RATE_LIMIT_USER="4/minute",
+        MAX_ATTEMPTS="3",
+    )
+    gw.business = create_business(gw)
+    yield gw
+    gw.stop()
+
+
+def dead_letters(gateway: Gateway) -> list[dict[str, object]]:
+    with gateway.admin() as admin:
+        return list(admin.get("/admin/dead-letters").json()["dead_letters"])
+
+
+def metric(gateway: Gateway, name: str) -> float:
+    text = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+def test_worker_killed_mid_message_is_answered_once(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "sigkill",
+        role="web",
+        workers=1,
+    )
+    try:
+        business = create_business(gw)
+        wa_id = new_wa_id()
+        payload = cloud_payload(business.phone_number_id, wa_id, "slow 1.5 then die")
+        message_id = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+        with gw.http as client:
+            assert post_cloud(client, payload).status_code == 200
+        # The read receipt is sent when work starts; the engine then takes 1.5 s.
+        assert wait_for(lambda: fake_clouds.read_receipts(message_id), 20)
+        worker = gw.processes[1]
+        worker.signal(signal.SIGKILL)
+        worker.wait(10)
+        assert fake_clouds.replies(wa_id) == []
+        gw.processes.append(start_worker(gw.env, services.log_dir / "sigkill-worker-b.log"))
+        assert wait_for(lambda: fake_clouds.replies(wa_id), 30)
+        with gw.http as client:
+            post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "next"))
+        assert wait_for(lambda: len(fake_clouds.replies(wa_id)) >= 2, 20)
+        assert fake_clouds.texts(wa_id) == ["echo: slow 1.5 then die #1", "echo: next #2"]
+        assert "taking over an entry whose worker died" in gw.processes[2].log
+    finally:
+        gw.stop()
+
+
+def test_redis_down_gives_503_and_every_accepted_message_is_answered(
+    services: Services, fake_clouds: FakeClouds, fresh_valkey: Valkey
+) -> None:
+    gw = start_gateway(services, fake_clouds, fresh_valkey.url, "redis-down")
+    try:
+        business = create_business(gw)
+        users = [new_wa_id() for _ in range(6)]
+        accepted: list[str] = []
+        with gw.http as client:
+            for user in users[:3]:
+                response = post_cloud(
+                    client, cloud_payload(business.phone_number_id, user, "before")
+                )
+                assert response.status_code == 200
+                accepted.append(user)
+            fresh_valkey.stop()
+            for user in users[3:5]:
+                response = post_cloud(
+                    client, cloud_payload(business.phone_number_id, user, "during")
+                )
+                assert response.status_code == 503
+            assert client.get("/ready").status_code == 503
+            fresh_valkey.start()
+            # The provider retries what got 503; keep going until Redis takes it.
+            for user in users[3:]:
+                payload = cloud_payload(business.phone_number_id, user, "after")
+                assert wait_for(lambda p=payload: post_cloud(client, p).status_code == 200, 20)
+                accepted.append(user)
+        for user in accepted:
+            assert wait_for(lambda u=user: fake_clouds.replies(u), 30), f"{user} not answered"
+            assert len(fake_clouds.replies(user)) == 1
+    finally:
+        gw.stop()
+
+
+def test_a_failed_send_is_retried_and_answered_once(
+    limited: Gateway, fake_clouds: FakeClouds
+) -> None:
+    assert limited.business is not None
+    wa_id = new_wa_id()
+    fake_clouds.failures.append((500, {"error": {"code": 1, "message": "temporary"}}))
+    with limited.http as client:
+        assert (
+            post_cloud(
+                client, cloud_payload(limited.business.phone_number_id, wa_id, "retry me")
+            ).status_code
+            == 200
+        )
+    assert wait_for(lambda: fake_clouds.texts(wa_id) == ["echo: retry me #1"], 20)
+    assert metric(limited, "gateway_retries_total") >= 1
+
+
+def test_max_attempts_then_dead_letter_and_replay(
+    limited: Gateway, fake_clouds: FakeClouds
+) -> None:
+    assert limited.business is not None
+    wa_id = new_wa_id()
+    with limited.http as client:
+        post_cloud(client, cloud_payload(limited.business.phone_number_id, wa_id, "boom"))
+
+    def mine() -> list[dict[str, object]]:
+        return [
+            d
+            for d in dead_letters(limited)
+            if (d["message"] or {}).get("user_id") == wa_id  # type: ignore[union-attr]
+        ]
+
+    assert wait_for(lambda: len(mine()) == 1, 20)
+    [record] = mine()
+    assert record["reason"] == "max_attempts"
+    assert "the engine failed on purpose" in str(record["error"])
+    with limited.admin() as admin:
+        replayed = admin.post(f"/admin/dead-letters/{record['id']}/replay")
+        assert replayed.status_code == 200, replayed.text
+        assert admin.post(f"/admin/dead-letters/{record['id']}/replay").status_code == 404
+        assert admin.post("/admin/dead-letters/not-an-id/replay").status_code == 404
+    # Replayed, it fails the same way and comes back as a new record.
+    assert wait_for(lambda: len(mine()) == 1 and mine()[0]["id"] != record["id"], 20)
+    assert fake_clouds.replies(wa_id) == []
+
+
+def test_expired_token_marks_the_business_and_dead_letters(
+    limited: Gateway, fake_clouds: FakeClouds
+) -> None:
+    business = create_business(limited)
+    wa_id = new_wa_id()
+    fake_clouds.failures.append(
+        (401, {"error": {"code": 190, "message": "Error validating access token"}})
+    )
+    with limited.http as client:
+        post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "token?"))
+
+    def status() -> str:
+        with limited.admin() as admin:
+            return str(admin.get(f"/admin/businesses/{business.id}").json()["access_token_status"])
+
+    assert wait_for(lambda: status() == "needs_renewal", 20)
+    assert any(
+        d["reason"] == "token_expired" and (d["message"] or {}).get("user_id") == wa_id  # type: ignore[union-attr]
+        for d in dead_letters(limited)
+    )
+    assert metric(limited, 'gateway_sends_total{outcome="token_expired"') >= 1
+
+
+def test_outside_the_24_hour_window_is_counted_and_saved(
+    limited: Gateway, fake_clouds: FakeClouds
+) -> None:
+    assert limited.business is not None
+    wa_id = new_wa_id()
+    fake_clouds.failures.append((400, {"error": {"code": 131047, "message": "Re-engagement"}}))
+    with limited.http as client:
+        post_cloud(client, cloud_payload(limited.business.phone_number_id, wa_id, "late"))
+        post_cloud(client, cloud_payload(limited.business.phone_number_id, wa_id, "again"))
+    # The refused reply is tried once, not retried; the turn is still saved (#2 follows #1).
+    assert wait_for(lambda: len(fake_clouds.texts(wa_id)) >= 2, 20)
+    assert fake_clouds.texts(wa_id) == ["echo: late #1", "echo: again #2"]
+    assert metric(limited, 'gateway_sends_total{outcome="outside_window"') >= 1
+
+
+def test_user_rate_limit_acknowledges_and_notifies_once(
+    limited: Gateway, fake_clouds: FakeClouds
+) -> None:
+    assert limited.business is not None
+    wa_id = new_wa_id()
+    with limited.http as client:
+        for i in range(7):
+            payload = cloud_payload(limited.business.phone_number_id, wa_id, f"n{i}")
+            assert post_cloud(client, payload).status_code == 200
+    assert wait_for(lambda: len(fake_clouds.replies(wa_id)) >= 5, 20)
+    texts = fake_clouds.texts(wa_id)
+    assert texts[:4] == [f"echo: n{i} #{i + 1}" for i in range(4)]
+    assert texts[4:] == [
+        "You are sending messages faster than we can answer. Please wait a minute."
+    ]
