@@ -100,6 +100,48 @@ ALIASES: dict[str, str] = {
     "athens": "ATH",
     "athina": "ATH",
     "istanbul": "IST",
+    "hawaii": "HNL",
+    "frankfurt": "FRA",
+    "nueva york": "NYC",
+    "nova iorque": "NYC",
+    "nueva delhi": "DEL",
+    "geneva": "GVA",
+    "ginebra": "GVA",
+    "genf": "GVA",
+    "bruselas": "BRU",
+    "bruxelles": "BRU",
+    "brussel": "BRU",
+    "brussels": "BRU",
+    "atenas": "ATH",
+    "moscu": "MOW",
+    "pekin": "BJS",
+    "estambul": "IST",
+    "varsovia": "WAW",
+    "warszawa": "WAW",
+    "mailand": "MIL",
+    "venedig": "VCE",
+    "florenz": "FLR",
+    "neapel": "NAP",
+    "prag": "PRG",
+    "kopenhagen": "CPH",
+    "copenhague": "CPH",
+    "estocolmo": "STO",
+    "munique": "MUC",
+    "zurique": "ZRH",
+    "edimburgo": "EDI",
+    "nueva orleans": "MSY",
+    "filadelfia": "PHL",
+    "le caire": "CAI",
+    "el cairo": "CAI",
+    "maui": "OGG",
+    "bali": "DPS",
+    "jerusalem": "TLV",
+    "new delhi": "DEL",
+    "delhi": "DEL",
+    "st petersburg": "LED",
+    "saint petersburg": "LED",
+    "kyiv": "KBP",
+    "kiev": "KBP",
     "geneve": "GVA",
     "zurich": "ZRH",
     "copenhagen": "CPH",
@@ -310,10 +352,13 @@ class Places:
             ):
                 note(index, 0.92 * score)
         if len(q) >= 5:
-            for _, score, index in process.extract(
+            for text, score, index in process.extract(
                 q, self._texts, scorer=fuzz.partial_ratio, score_cutoff=85, limit=300
             ):
-                note(index, 0.85 * score)
+                # Only the query inside a longer name ("heathrow" in "london heathrow"), never
+                # a short name inside the query ("la" inside "eilat").
+                if len(text) >= len(q):
+                    note(index, 0.85 * score)
         if len(q) >= 3:
             start = bisect.bisect_left(self._prefix_keys, q)
             end = bisect.bisect_left(self._prefix_keys, q + "\uffff", lo=start)
@@ -328,12 +373,15 @@ class Places:
                 value = score * factor * self.by_code[code].weight
                 if value > best.get(code, 0.0):
                     best[code] = value
+        # A city code that matches brings its airports along, just below it.
+        for code, score in list(best.items()):
+            for position, member in enumerate(self.by_code[code].members):
+                best[member] = max(best.get(member, 0.0), score - 2 - 0.2 * position)
         upper = query.strip().upper()
         if len(upper) == 3 and upper.isalpha() and upper in self.by_code:
             best[upper] = 100.0
-            # A city code brings its airports along, just below it.
-            for member in self.by_code[upper].members:
-                best[member] = max(best.get(member, 0.0), 90.0)
+            for position, member in enumerate(self.by_code[upper].members):
+                best[member] = max(best.get(member, 0.0), 98.0 - 0.2 * position)
         ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))[:limit]
         return [Candidate(self.by_code[code], round(score, 1)) for code, score in ranked]
 

@@ -117,3 +117,17 @@ def test_every_city_code_has_airports(places: Places) -> None:
         assert place is not None and place.is_city and place.members
         for member in places.airports_of(code):
             assert not member.is_city
+
+
+def test_short_names_inside_the_query_do_not_match(places: Places) -> None:
+    # "la" (Los Angeles) sits inside "eilat", "bo" inside "boston": neither may rank.
+    assert codes(places, "eilat")[0] == "ETM"
+    assert "LAX" not in codes(places, "eilat")
+    assert codes(places, "boston")[0] == "BOS"
+
+
+def test_a_city_code_lifts_all_its_airports(places: Places) -> None:
+    # Pearson's city in airportsdata is Mississauga; Toronto's city code still brings it.
+    found = places.resolve("toronto", 3)
+    assert found[0].place.code == "YTO"
+    assert {"YYZ", "YTZ"} <= {c.place.code for c in found}
