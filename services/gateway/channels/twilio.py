@@ -43,7 +43,8 @@ def parse_form(body: bytes) -> list[tuple[str, str]]:
 
 def sign(url: str, params: list[tuple[str, str]], auth_token: str) -> str:
     """The X-Twilio-Signature value for a POST of ``params`` to ``url``."""
-    data = url + "".join(name + value for name, value in sorted(params))
+    # As Twilio's own helpers do: names sorted, and each name's distinct values sorted.
+    data = url + "".join(name + value for name, value in sorted(set(params)))
     digest = hmac.new(auth_token.encode(), data.encode("utf-8"), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
 

@@ -117,7 +117,7 @@ class CloudApiSender:
         retrying = AsyncRetrying(
             retry=retry_if_exception(_is_rate_limited),
             stop=stop_after_attempt(self._tries),
-            wait=wait_exponential_jitter(initial=0.2, max=2.0),
+            wait=wait_exponential_jitter(multiplier=0.2, max=2.0),
             reraise=True,
         )
         async for attempt in retrying:

@@ -1,0 +1,406 @@
+"""Webhook parsing and signatures, and the senders' wire format against the local fakes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from services.gateway.channels import cloud_api, twilio
+from services.gateway.engine import Button, ListRow, Reply
+from services.gateway.senders.base import SendError, Target, TokenExpired, split_text
+from services.gateway.senders.cloud_api import CloudApiSender
+from services.gateway.senders.twilio import TwilioSender, render
+from tests.gateway.fakes import FakeClouds
+
+
+def change(
+    messages: list[dict[str, object]], pnid: str = "111", **value: object
+) -> dict[str, object]:
+    return {
+        "field": "messages",
+        "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550000000", "phone_number_id": pnid},
+            "contacts": [
+                {"profile": {"name": "Ana"}, "wa_id": "34600000001", "user_id": "US.123"},
+                {"profile": {"name": "Bo"}, "wa_id": "34600000002"},
+            ],
+            "messages": messages,
+            **value,
+        },
+    }
+
+
+def msg(
+    kind: str, body: dict[str, object] | None = None, sender: str = "34600000001", **extra: object
+) -> dict[str, object]:
+    data: dict[str, object] = {
+        "from": sender,
+        "id": f"wamid.{kind}",
+        "timestamp": "1700000000",
+        "type": kind,
+    }
+    if body is not None:
+        data[kind] = body
+    data.update(extra)
+    return data
+
+
+def test_every_entry_change_and_message_is_parsed() -> None:
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "A",
+                "changes": [
+                    change([msg("text", {"body": "hi"})]),
+                    change(
+                        [msg("text", {"body": "2nd"}, sender="34600000002", id="wamid.b")],
+                        pnid="222",
+                    ),
+                ],
+            },
+            {
+                "id": "B",
+                "changes": [
+                    change(
+                        [
+                            msg("reaction", {"emoji": "👍", "message_id": "wamid.x"}),
+                            msg(
+                                "location",
+                                {
+                                    "latitude": 40.4,
+                                    "longitude": -3.7,
+                                    "name": "Sol",
+                                    "address": "Madrid",
+                                },
+                            ),
+                        ]
+                    )
+                ],
+            },
+        ],
+    }
+    parsed = cloud_api.parse(payload)
+    assert [(m.provider_message_id, m.channel_identity, m.type) for m in parsed.messages] == [
+        ("wamid.text", "111", "text"),
+        ("wamid.b", "222", "text"),
+        ("wamid.reaction", "111", "reaction"),
+        ("wamid.location", "111", "location"),
+    ]
+    first = parsed.messages[0]
+    assert (first.user_id, first.profile_name, first.business_scoped_user_id, first.text) == (
+        "34600000001",
+        "Ana",
+        "US.123",
+        "hi",
+    )
+    assert first.timestamp.timestamp() == 1700000000
+    assert parsed.messages[1].profile_name == "Bo"
+    assert parsed.messages[2].payload == {"emoji": "👍", "message_id": "wamid.x"}
+    assert parsed.messages[3].payload == {
+        "latitude": 40.4,
+        "longitude": -3.7,
+        "name": "Sol",
+        "address": "Madrid",
+    }
+    assert cloud_api.phone_number_ids(payload) == ["111", "222"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "text", "payload"),
+    [
+        (
+            msg(
+                "interactive",
+                {"type": "button_reply", "button_reply": {"id": "yes", "title": "Yes"}},
+            ),
+            "interactive",
+            "Yes",
+            {"reply_id": "yes", "title": "Yes", "kind": "button_reply"},
+        ),
+        (
+            msg(
+                "interactive",
+                {
+                    "type": "list_reply",
+                    "list_reply": {"id": "r1", "title": "Row", "description": "D"},
+                },
+            ),
+            "interactive",
+            "Row",
+            {"reply_id": "r1", "title": "Row", "description": "D", "kind": "list_reply"},
+        ),
+        (
+            msg("button", {"payload": "P", "text": "Go"}),
+            "button",
+            "Go",
+            {"reply_id": "P", "title": "Go"},
+        ),
+        (
+            msg("image", {"id": "m1", "mime_type": "image/jpeg", "caption": "look"}),
+            "image",
+            "look",
+            {"media_id": "m1", "mime_type": "image/jpeg", "caption": "look", "filename": ""},
+        ),
+        (
+            msg("document", {"id": "m2", "mime_type": "application/pdf", "filename": "a.pdf"}),
+            "document",
+            "",
+            {"media_id": "m2", "mime_type": "application/pdf", "caption": "", "filename": "a.pdf"},
+        ),
+        (
+            msg("audio", {"id": "m3", "mime_type": "audio/ogg"}),
+            "audio",
+            "",
+            {"media_id": "m3", "mime_type": "audio/ogg", "caption": "", "filename": ""},
+        ),
+        (
+            msg("video", {"id": "m4"}),
+            "video",
+            "",
+            {"media_id": "m4", "mime_type": "", "caption": "", "filename": ""},
+        ),
+        (
+            msg("sticker", {"id": "m5", "mime_type": "image/webp"}),
+            "sticker",
+            "",
+            {"media_id": "m5", "mime_type": "image/webp", "caption": "", "filename": ""},
+        ),
+        (
+            msg("unsupported", None, errors=[{"code": 131051}]),
+            "unknown",
+            "",
+            {"raw_type": "unsupported"},
+        ),
+        (msg("order", {"catalog_id": "1"}), "unknown", "", {"raw_type": "order"}),
+    ],
+)
+def test_message_types(
+    raw: dict[str, object], kind: str, text: str, payload: dict[str, object]
+) -> None:
+    [message] = cloud_api.parse({"entry": [{"changes": [change([raw])]}]}).messages
+    assert (message.type, message.text, message.payload) == (kind, text, payload)
+
+
+def test_statuses_and_unusable_items() -> None:
+    statuses = [
+        {"id": "wamid.1", "status": "delivered", "timestamp": "1", "recipient_id": "346"},
+        {"id": "wamid.2", "status": "failed", "recipient_id": "346", "errors": [{"code": 131047}]},
+    ]
+    payload = {
+        "entry": [
+            {"changes": [change([], statuses=statuses), {"field": "account_update", "value": {}}]},
+            {"changes": [change([{"type": "text"}, "junk"])]},
+            {"no": "changes"},
+        ]
+    }
+    parsed = cloud_api.parse(payload)
+    assert parsed.messages == []
+    assert [(s.message_id, s.status, s.error_codes) for s in parsed.statuses] == [
+        ("wamid.1", "delivered", ()),
+        ("wamid.2", "failed", (131047,)),
+    ]
+    assert len(parsed.unusable) == 4  # account_update, two bad messages, entry without changes
+    with pytest.raises(cloud_api.MalformedPayload):
+        cloud_api.parse([1, 2])
+    assert cloud_api.parse({"object": "x"}).unusable[0].reason == "no entry list"
+
+
+def test_cloud_signature() -> None:
+    body = b'{"a":1}'
+    header = cloud_api.sign(body, "s3cret")
+    assert header.startswith("sha256=") and len(header) == 7 + 64
+    assert cloud_api.signature_matches(body, header, "s3cret")
+    assert not cloud_api.signature_matches(body + b" ", header, "s3cret")
+    assert not cloud_api.signature_matches(body, header, "other")
+    assert not cloud_api.signature_matches(body, "sha256=zz", "s3cret")
+
+
+def test_twilio_signature_matches_twilio_published_vectors() -> None:
+    url = "https://mycompany.com/myapp.php?foo=1&bar=2"
+    params = [
+        ("CallSid", "CA1234567890ABCDE"),
+        ("Caller", "+14158675309"),
+        ("Digits", "1234"),
+        ("From", "+14158675309"),
+        ("To", "+18005551212"),
+    ]
+    assert twilio.sign(url, params, "12345") == "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+    assert twilio.signature_matches(
+        url, list(reversed(params)), "RSOYDt4T1cUTdK1PDd93/VVr8B8=", "12345"
+    )
+    repeated = [
+        ("Sid", "CA123"),
+        ("SidAccount", "AC123"),
+        ("Digits", "5678"),
+        ("Digits", "1234"),
+        ("Digits", "1234"),
+    ]
+    assert twilio.sign(url, repeated, "12345") == "IK+Dwps556ElfBT0I3Rgjkr1wJU="
+    assert not twilio.signature_matches(
+        url + "&x=1", params, "RSOYDt4T1cUTdK1PDd93/VVr8B8=", "12345"
+    )
+    # With and without the default port are both what Twilio may have signed.
+    with_port = "https://mycompany.com:443/myapp.php?foo=1&bar=2"
+    assert twilio.signature_matches(with_port, params, "RSOYDt4T1cUTdK1PDd93/VVr8B8=", "12345")
+    assert twilio.public_url(
+        "https://bot.example.com/", "/webhooks/twilio", "a=1", "http://10.0.0.1/x"
+    ) == ("https://bot.example.com/webhooks/twilio?a=1")
+
+
+def test_twilio_form_parsing() -> None:
+    base = [
+        ("MessageSid", "SM1"),
+        ("From", "whatsapp:+34600000001"),
+        ("To", "whatsapp:+15550100001"),
+    ]
+    text = twilio.parse([*base, ("Body", "hola"), ("ProfileName", "Ana")])
+    assert not isinstance(text, twilio.Status)
+    assert (text.user_id, text.channel_identity, text.type, text.text, text.profile_name) == (
+        "+34600000001",
+        "+15550100001",
+        "text",
+        "hola",
+        "Ana",
+    )
+    location = twilio.parse(
+        [*base, ("Latitude", "40.4"), ("Longitude", "-3.7"), ("Address", "Madrid")]
+    )
+    assert not isinstance(location, twilio.Status) and location.type == "location"
+    media = twilio.parse(
+        [*base, ("NumMedia", "1"), ("MediaContentType0", "image/png"), ("MediaUrl0", "https://x/y")]
+    )
+    assert not isinstance(media, twilio.Status) and (media.type, media.payload["media_id"]) == (
+        "image",
+        "https://x/y",
+    )
+    button = twilio.parse([*base, ("ButtonText", "Yes"), ("ButtonPayload", "yes")])
+    assert not isinstance(button, twilio.Status) and button.payload == {
+        "reply_id": "yes",
+        "title": "Yes",
+    }
+    status = twilio.parse([("MessageSid", "SM2"), ("MessageStatus", "delivered")])
+    assert status == twilio.Status("SM2", "delivered", "")
+    with pytest.raises(ValueError):
+        twilio.parse([("From", "x")])
+    with pytest.raises(twilio.MalformedForm):
+        twilio.parse_form(b"\xff\xfe")
+    with pytest.raises(twilio.MalformedForm):
+        twilio.parse_form(b"no-equals-sign")
+
+
+def test_split_text_keeps_every_character_under_the_limit() -> None:
+    text = ("word " * 2000).strip()
+    chunks = split_text(text, 4096)
+    assert all(len(c) <= 4096 for c in chunks) and len(chunks) == 3
+    assert " ".join(chunks).split() == text.split()
+    assert split_text("x" * 5000, 4096) == ["x" * 4096, "x" * 904]
+    assert split_text("", 10) == [""]
+
+
+def test_cloud_payloads_buttons_and_lists() -> None:
+    buttons = CloudApiSender.payloads(
+        "346", Reply("Pick", buttons=(Button("a", "A"), Button("b", "B")))
+    )
+    assert buttons == [
+        {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": "346",
+            "type": "interactive",
+            "interactive": {
+                "type": "button",
+                "body": {"text": "Pick"},
+                "action": {
+                    "buttons": [
+                        {"type": "reply", "reply": {"id": "a", "title": "A"}},
+                        {"type": "reply", "reply": {"id": "b", "title": "B"}},
+                    ]
+                },
+            },
+        }
+    ]
+    listing = CloudApiSender.payloads(
+        "346", Reply("x" * 5000, list_button="Flights", rows=(ListRow("r", "Row", "desc"),))
+    )
+    assert [p["type"] for p in listing] == ["text", "interactive"]
+    assert listing[1]["interactive"]["action"]["sections"][0]["rows"] == [
+        {"id": "r", "title": "Row", "description": "desc"}
+    ]
+    long = CloudApiSender.payloads("346", Reply("y" * 9000))
+    assert [len(p["text"]["body"]) for p in long] == [4096, 4096, 808]
+    assert (
+        render(Reply("Pick", rows=(ListRow("r", "Row", "desc"), ListRow("s", "Two"))))
+        == "Pick\n1. Row - desc\n2. Two"
+    )
+
+
+@pytest.fixture
+async def http() -> Iterator[httpx.AsyncClient]:  # type: ignore[misc]
+    async with httpx.AsyncClient(timeout=5) as client:
+        yield client
+
+
+TARGET = Target("cloud_api", "b1", "34600000009", "123456", access_token="tok-1")
+
+
+async def test_cloud_sender_against_the_fake(
+    fake_clouds: FakeClouds, http: httpx.AsyncClient
+) -> None:
+    sender = CloudApiSender(http, fake_clouds.url)
+    await sender.send(TARGET, Reply("hello"))
+    [sent] = fake_clouds.replies("34600000009")[-1:]
+    assert (sent.path, sent.authorization, sent.body["text"]["body"]) == (
+        "/123456/messages",
+        "Bearer tok-1",
+        "hello",
+    )
+    # 429 and 130429 are backed off and retried within the send.
+    before = len(fake_clouds.replies("34600000009"))
+    fake_clouds.failures += [(429, {"error": {"code": 130429, "message": "slow down"}})]
+    await sender.send(TARGET, Reply("again"))
+    assert len(fake_clouds.replies("34600000009")) == before + 2
+    fake_clouds.failures += [(401, {"error": {"code": 190, "message": "expired"}})]
+    with pytest.raises(TokenExpired):
+        await sender.send(TARGET, Reply("x"))
+    fake_clouds.failures += [(400, {"error": {"code": 131047, "message": "window"}})]
+    with pytest.raises(SendError) as window:
+        await sender.send(TARGET, Reply("x"))
+    assert (window.value.outcome, window.value.retryable) == ("outside_window", False)
+    fake_clouds.failures += [(503, {"error": {"code": 2, "message": "down"}})]
+    with pytest.raises(SendError) as down:
+        await sender.send(TARGET, Reply("x"))
+    assert down.value.retryable
+    with pytest.raises(SendError) as unreachable:
+        await CloudApiSender(http, "http://127.0.0.1:9").send(TARGET, Reply("x"))
+    assert unreachable.value.retryable
+
+
+async def test_twilio_sender_against_the_fake(
+    fake_clouds: FakeClouds, http: httpx.AsyncClient
+) -> None:
+    sender = TwilioSender(http, fake_clouds.url, "ACenv", "env-token")
+    target = Target("twilio", "b1", "+34600000010", "+15550100001")
+    await sender.send(target, Reply("a" * 2000))
+    sent = fake_clouds.replies("+34600000010")
+    assert [len(s.body["Body"]) for s in sent] == [1600, 400]
+    assert sent[0].path == "/2010-04-01/Accounts/ACenv/Messages.json"
+    assert sent[0].basic_auth == ("ACenv", "env-token")
+    assert sent[0].body["From"] == "whatsapp:+15550100001"
+    own = Target(
+        "twilio",
+        "b1",
+        "+34600000010",
+        "+15550100001",
+        twilio_account_sid="ACown",
+        twilio_auth_token="own",
+    )
+    await sender.send(own, Reply("b"))
+    assert fake_clouds.replies("+34600000010")[-1].basic_auth == ("ACown", "own")
+    fake_clouds.failures += [(400, {"code": 21211, "message": "bad To"})]
+    with pytest.raises(SendError) as bad:
+        await sender.send(target, Reply("c"))
+    assert not bad.value.retryable and bad.value.code == 21211
