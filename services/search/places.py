@@ -10,11 +10,13 @@ bases, military fields and rail or bus stations are valid codes but never sugges
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import airportsdata
 from rapidfuzz import fuzz, process
@@ -192,6 +194,12 @@ def normalize(text: str) -> str:
     return " ".join(re.sub(r"[^0-9a-z]+", " ", stripped.lower()).split())
 
 
+@functools.cache
+def zone(name: str) -> ZoneInfo:
+    """ZoneInfo keeps only a few zones strongly cached; there are a few hundred here."""
+    return ZoneInfo(name)
+
+
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     p1, p2 = math.radians(lat1), math.radians(lat2)
     dp, dl = p2 - p1, math.radians(lon2 - lon1)
@@ -285,6 +293,12 @@ class Places:
 
     def get(self, code: str) -> PlaceInfo | None:
         return self.by_code.get(code)
+
+    @functools.lru_cache(maxsize=200_000)  # noqa: B019 - one Places per process, lives forever
+    def distance_km(self, a: str, b: str) -> float:
+        """Great-circle distance between two codes' coordinates (memoized: routes repeat)."""
+        pa, pb = self.by_code[a], self.by_code[b]
+        return haversine_km(pa.lat, pa.lon, pb.lat, pb.lon)
 
     def airports_of(self, code: str) -> tuple[PlaceInfo, ...]:
         """The airports a code stands for: itself, or a city code's members."""

@@ -6,11 +6,10 @@ import datetime as dt
 import math
 import re
 from collections.abc import Callable
-from zoneinfo import ZoneInfo
 
 from parley.search.v1 import search_pb2
 from services.common.errors import InvalidArgument
-from services.search.places import Places
+from services.search.places import Places, zone
 from services.search.providers.base import Query
 
 MAX_DAYS_AHEAD = 361
@@ -22,7 +21,7 @@ Today = Callable[[str], dt.date]  # IANA time zone → today's date there
 
 
 def today_in(tz: str) -> dt.date:
-    return dt.datetime.now(ZoneInfo(tz)).date()
+    return dt.datetime.now(zone(tz)).date()
 
 
 def _code(value: str, field: str, places: Places, errors: list[tuple[str, str]]) -> str:

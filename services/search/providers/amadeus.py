@@ -17,7 +17,6 @@ import datetime as dt
 import re
 import time
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import httpx
 import structlog
@@ -34,7 +33,7 @@ from tenacity import (
 
 from parley.search.v1 import search_pb2
 from services.common.errors import InvalidArgument, NotFound
-from services.search.places import Places
+from services.search.places import Places, zone
 from services.search.providers.base import (
     Provider,
     ProviderFactory,
@@ -285,7 +284,7 @@ class AmadeusProvider(Provider):
         place = self.places.get(airport)
         moment = dt.datetime.fromisoformat(at)
         if moment.tzinfo is None and place is not None:
-            moment = moment.replace(tzinfo=ZoneInfo(place.tz))
+            moment = moment.replace(tzinfo=zone(place.tz))
         return moment.isoformat()
 
     def _offer(self, item: dict[str, Any]) -> search_pb2.FlightOffer:

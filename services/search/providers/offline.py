@@ -17,13 +17,12 @@ import os
 import random
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from zoneinfo import ZoneInfo
 
 from google.protobuf import duration_pb2
 
 from parley.search.v1 import search_pb2
 from services.common.errors import InvalidArgument
-from services.search.places import PlaceInfo, Places, haversine_km
+from services.search.places import PlaceInfo, Places, zone
 from services.search.providers.base import (
     Provider,
     ProviderFactory,
@@ -127,7 +126,7 @@ def _aircraft(km: float, rng: random.Random) -> str:
 
 
 def _local(moment: dt.datetime, place: PlaceInfo) -> str:
-    return moment.astimezone(ZoneInfo(place.tz)).isoformat()
+    return moment.astimezone(zone(place.tz)).isoformat()
 
 
 def _duration(minutes: int) -> duration_pb2.Duration:
@@ -172,8 +171,8 @@ class OfflineProvider(Provider):
             return []
         rng = _rng("offers", query.key())
         factor = CABIN_FACTOR.get(query.cabin, Decimal(1)) * query.adults * rate
-        offers = []
         count = min(query.max_results * 2, max(len(outbound), len(outbound) * len(inbound)))
+        priced: list[tuple[Decimal, str, int, int, int | None]] = []
         seen: set[tuple[int, int]] = set()
         for index in range(count):
             out_i = index % len(outbound)
@@ -181,25 +180,38 @@ class OfflineProvider(Provider):
             if (out_i, in_i) in seen:
                 continue
             seen.add((out_i, in_i))
-            chosen = [outbound[out_i]] + ([inbound[in_i]] if inbound else [])
-            usd = sum((o.base_usd for o in chosen), Decimal(0))
+            usd = outbound[out_i].base_usd
             if inbound:
-                usd *= Decimal("0.95")  # round trips are a little cheaper
-            total = quantize(usd * factor, currency)
+                usd = (usd + inbound[in_i].base_usd) * Decimal("0.95")  # round trips: cheaper
             seats = rng.randint(1, 9) if rng.random() < 0.6 else None
             digest = hashlib.sha256(f"{query.key()}|{out_i}|{in_i}".encode()).hexdigest()
+            priced.append(
+                (quantize(usd * factor, currency), f"demo-{digest[:16]}", out_i, in_i, seats)
+            )
+        priced.sort(key=lambda item: (item[0], item[1]))
+        # Protos only for the offers returned, each itinerary built once.
+        built: dict[tuple[int, int], search_pb2.Itinerary] = {}
+
+        def itinerary(direction: int, index: int) -> search_pb2.Itinerary:
+            if (direction, index) not in built:
+                option = (outbound if direction == 0 else inbound)[index]
+                built[(direction, index)] = self._itinerary(option)
+            return built[(direction, index)]
+
+        offers = []
+        for total, offer_id, out_i, in_i, seats in priced[: query.max_results]:
+            itineraries = [itinerary(0, out_i)] + ([itinerary(1, in_i)] if inbound else [])
             offers.append(
                 search_pb2.FlightOffer(
-                    id=f"demo-{digest[:16]}",
+                    id=offer_id,
                     total_price=search_pb2.Money(currency_code=currency, amount=str(total)),
-                    itineraries=[self._itinerary(o) for o in chosen],
+                    itineraries=itineraries,
                     seats_left=seats,
-                    validating_carrier=chosen[0].legs[0].carrier,
+                    validating_carrier=outbound[out_i].legs[0].carrier,
                     demo_data=True,
                 )
             )
-        offers.sort(key=lambda o: (Decimal(o.total_price.amount), o.id))
-        return offers[: query.max_results]
+        return offers
 
     # -- schedule ----------------------------------------------------------------------------
 
@@ -214,7 +226,7 @@ class OfflineProvider(Provider):
         options: list[Option] = []
         for _ in range(rng.randint(2, 4)):
             o, d = rng.choice(origins), rng.choice(destinations)
-            km = haversine_km(o.lat, o.lon, d.lat, d.lon)
+            km = self.places.distance_km(o.code, d.code)
             # Long routes have few non-stops, the longest none.
             if km > MAX_DIRECT_KM or (km > 9000 and rng.random() < 0.5):
                 continue
@@ -231,13 +243,14 @@ class OfflineProvider(Provider):
         destinations: tuple[PlaceInfo, ...],
     ) -> list[tuple[PlaceInfo, PlaceInfo, PlaceInfo]]:
         o, d = origins[0], destinations[0]
-        direct = haversine_km(o.lat, o.lon, d.lat, d.lon)
+        direct = self.places.distance_km(o.code, d.code)
+        endpoints = {p.code for p in origins} | {p.code for p in destinations}
         scored = []
         for hub in self._hubs:
-            if hub.code in {o.code, d.code} or hub in origins or hub in destinations:
+            if hub.code in endpoints:
                 continue
-            first = haversine_km(o.lat, o.lon, hub.lat, hub.lon)
-            second = haversine_km(hub.lat, hub.lon, d.lat, d.lon)
+            first = self.places.distance_km(o.code, hub.code)
+            second = self.places.distance_km(hub.code, d.code)
             if min(first, second) < MIN_LEG_KM or max(first, second) > MAX_DIRECT_KM:
                 continue
             detour = (first + second) / max(direct, 1.0)
@@ -254,14 +267,14 @@ class OfflineProvider(Provider):
         first = stops[0]
         local_hour = rng.choice((6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22))
         departure = dt.datetime.combine(
-            day, dt.time(local_hour, rng.randrange(0, 60, 5)), ZoneInfo(first.tz)
+            day, dt.time(local_hour, rng.randrange(0, 60, 5)), zone(first.tz)
         ).astimezone(dt.UTC)
         legs = []
         hub_carrier = HUB_CARRIERS.get(stops[1].code) if len(stops) > 2 else None
         carrier = hub_carrier or rng.choice(COUNTRY_CARRIERS.get(first.country, GLOBAL_CARRIERS))
         total_km = 0.0
         for a, b in itertools.pairwise(stops):
-            km = haversine_km(a.lat, a.lon, b.lat, b.lon)
+            km = self.places.distance_km(a.code, b.code)
             total_km += km
             minutes = _flight_minutes(km, rng)
             legs.append(
