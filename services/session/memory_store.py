@@ -39,13 +39,16 @@ class MemoryStore:
         self._dirty: OrderedDict[ConversationKey, Conversation] = OrderedDict()
         self.dropped_dirty = 0  # dirty conversations evicted before write-back
         self.expired = 0
+        # Conversations ended during an outage: key → the version that was ended, so the
+        # write-back deletes Redis's copy too (unless Redis has moved past it).
+        self.ended: dict[ConversationKey, int] = {}
 
     def __len__(self) -> int:
         return len(self._clean) + len(self._dirty)
 
     @property
     def pending(self) -> int:
-        return len(self._dirty)
+        return len(self._dirty) + len(self.ended)
 
     def dirty_keys(self) -> list[ConversationKey]:
         return list(self._dirty)
@@ -174,9 +177,12 @@ class MemoryStore:
         return updated.expire_ms
 
     def end(self, key: ConversationKey) -> bool:
-        existed = self._live(key, now_ms()) is not None
+        conversation = self._live(key, now_ms())
         self.forget(key)
-        return existed
+        if conversation is None:
+            return False
+        self.ended[key] = max(conversation.version, self.ended.get(key, 0))
+        return True
 
     def list_page(
         self, business_id: str, role: Role | None, page_size: int, cursor: Cursor

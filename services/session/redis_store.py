@@ -144,6 +144,17 @@ redis.call('ZREM', KEYS[4], ARGV[1])
 return existed
 """
 
+# End a conversation only if Redis holds no newer version than the one ended (write-back of an
+# end during an outage). KEYS meta history state index; ARGV member, version
+END_IF_NOT_NEWER = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'v'))
+if not current then return 0 end
+if current > tonumber(ARGV[2]) then return -1 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
+return 1
+"""
+
 # Write a whole conversation unless Redis already holds the same or a higher version
 # (write-back after an outage, and import). KEYS meta history state index;
 # ARGV id, version, created, updated, expire_ms, member, n_history, n_state,
@@ -197,6 +208,7 @@ class RedisStore:
         self._touch: AsyncScript = client.register_script(TOUCH)
         self._end: AsyncScript = client.register_script(END)
         self._put: AsyncScript = client.register_script(PUT)
+        self._end_if: AsyncScript = client.register_script(END_IF_NOT_NEWER)
 
     @staticmethod
     def _conversation(key: ConversationKey, reply: list[Any]) -> tuple[Conversation, bool, int]:
@@ -263,6 +275,10 @@ class RedisStore:
 
     async def end(self, key: ConversationKey) -> bool:
         return bool(await self._end(keys=key.redis_keys(), args=[key.member]))
+
+    async def end_if_not_newer(self, key: ConversationKey, version: int) -> int:
+        """1: ended; 0: nothing was there; -1: Redis holds a newer version, kept."""
+        return int(await self._end_if(keys=key.redis_keys(), args=[key.member, version]))
 
     async def put(
         self, conversation: Conversation, *, extend_on_tie: bool = True

@@ -109,8 +109,18 @@ class SessionStore:
         """Write every dirty conversation back; return how many were written."""
         written = 0
         while True:
+            # Ends first: a conversation ended and then started again during the outage must
+            # replace, not be deleted after, the old one.
+            for key, version in list(self.memory.ended.items()):
+                ended = await self.redis.end_if_not_newer(key, version)
+                if ended < 0:
+                    metrics.WRITEBACK_DISCARDED.inc()
+                    log.warning("outage end discarded: Redis holds a newer version", **masked(key))
+                if self.memory.ended.get(key) == version:
+                    del self.memory.ended[key]
             keys = self.memory.dirty_keys()
-            if not keys:  # checked with no await before the caller switches back to Redis
+            if not keys and not self.memory.ended:
+                # Checked with no await before the caller switches back to Redis.
                 return written
             for key in keys:
                 conversation = self.memory.peek_dirty(key)

@@ -124,13 +124,19 @@ async def test_changed_on_both_sides_the_higher_version_wins(valkey: Valkey) -> 
     store = SessionStore(redis_store, memory, fallback="memory", probe_seconds=0.05)
     ours = ConversationKey("both-sides", "+15550000001", "client")
     theirs = ConversationKey("both-sides", "+15550000002", "client")
+    ended = ConversationKey("both-sides", "+15550000003", "client")
+    restarted = ConversationKey("both-sides", "+15550000004", "client")
     msg = encode_message("user", "hello", 0)
     try:
-        for key in (ours, theirs):
+        for key in (ours, theirs, ended, restarted):
             await store.update(
                 key, append=[msg], set_state={}, remove_state=[], expected_version=None
             )
         store.enter_outage(ConnectionError("test: pretend Redis went away"))
+        # Ended during the outage; and ended then started afresh.
+        assert await store.end(ended) and await store.end(restarted)
+        fresh, created = await store.get(restarted, create=True)
+        assert created and fresh is not None
         for key in (ours, theirs):  # served by memory: version 2, dirty
             conversation, _ = await store.update(
                 key,
@@ -159,7 +165,10 @@ async def test_changed_on_both_sides_the_higher_version_wins(valkey: Valkey) -> 
         other = await redis_store.load(theirs)
         assert mine is not None and mine.version == 2 and mine.state["side"] == b'"memory"'
         assert other is not None and other.version == 3 and other.state["side"] == b'"redis"'
-        assert store.writebacks_total == 1
+        assert await redis_store.load(ended) is None  # the end reached Redis too
+        again = await redis_store.load(restarted)
+        assert again is not None and again.id == fresh.id and not again.history
+        assert store.writebacks_total == 2
     finally:
         await store.close()
         await client.aclose()
