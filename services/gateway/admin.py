@@ -182,7 +182,9 @@ def business_out(b: business_pb2.Business) -> BusinessOut:
 
 
 def _dict(message: Any) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
 
 
 def build_router(runtime: Runtime) -> APIRouter:

@@ -42,7 +42,9 @@ async def _timed(call: Callable[[], Awaitable[Any]], limit: float = 1.0) -> dict
 
 
 def _dict(message: Any) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
 
 
 def build_router(runtime: Runtime) -> APIRouter:

@@ -1,0 +1,146 @@
+"""Health, info, metrics (also across WEB_CONCURRENCY processes), production start-up rules."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import httpx
+
+from tests.gateway.conftest import (
+    API_KEY,
+    APP_SECRET,
+    TWILIO_TOKEN,
+    VERIFY_TOKEN,
+    Gateway,
+    Services,
+    cloud_payload,
+    new_wa_id,
+    next_db,
+    post_cloud,
+    start_gateway,
+)
+from tests.gateway.fakes import FakeClouds
+from tests.support.processes import ROOT, Valkey, wait_for
+
+
+def test_health_endpoints(gateway: Gateway) -> None:
+    with gateway.http as client:
+        health = client.get("/health").json()
+        assert health["status"] == "healthy" and health["service"] == "gateway"
+        for path in ("/ready", "/health/ready"):
+            ready = client.get(path)
+            assert ready.status_code == 200 and ready.json()["ready"] is True
+            assert set(ready.json()["checks"]) == {
+                "redis",
+                "parley.session.v1.SessionService",
+                "parley.business.v1.BusinessService",
+                "parley.search.v1.SearchService",
+            }
+        info = client.get("/health/info")
+        assert info.status_code == 200
+        body = info.json()
+        assert body["version"] and body["commit"] and body["uptime_seconds"] >= 0
+        assert body["config"]["whatsapp_app_secret"] == "***"
+        assert body["config"]["api_key"] == "***"
+        for secret in (APP_SECRET, VERIFY_TOKEN, API_KEY, TWILIO_TOKEN):
+            assert secret not in info.text
+        detailed = client.get("/health/detailed").json()
+    assert detailed["status"] == "healthy"
+    assert detailed["dependencies"]["redis"]["status"] == "SERVING"
+    assert all("latency_ms" in d for d in detailed["dependencies"].values())
+    assert {"length", "pending", "retrying", "dead_letters"} <= set(detailed["queue"])
+    assert isinstance(detailed["circuit_breakers"], list) and detailed["circuit_breakers"]
+    assert "hits" in detailed["business_cache"] or "misses" in detailed["business_cache"]
+    assert detailed["session_storage"]["backend"] == "STORAGE_BACKEND_REDIS"
+    assert detailed["engine"] == {"engine": "echo (tests)"}
+    assert detailed["workers"]["held_partitions"]
+
+
+def test_metrics_cover_the_pipeline(gateway: Gateway, fake_clouds: FakeClouds) -> None:
+    business = gateway.business
+    assert business is not None
+    wa_id = new_wa_id()
+    payload = cloud_payload(business.phone_number_id, wa_id, "count me")
+    with gateway.http as client:
+        post_cloud(client, payload)
+        post_cloud(client, payload)
+    assert wait_for(lambda: fake_clouds.replies(wa_id), 20)
+    text = httpx.get(f"{gateway.url}/metrics").text
+    for name in (
+        'gateway_webhooks_total{channel="cloud_api",outcome="accepted"}',
+        'gateway_webhooks_total{channel="cloud_api",outcome="duplicate"}',
+        "gateway_webhook_ack_seconds_bucket",
+        "gateway_end_to_end_seconds_bucket",
+        "gateway_duplicates_dropped_total",
+        'gateway_sends_total{outcome="accepted",sender="cloud_api"}',
+        "gateway_queue_length",
+        "gateway_queue_pending",
+        "gateway_dead_letters",
+        "gateway_retries_total",
+    ):
+        assert name in text, name
+
+
+def test_metrics_are_summed_across_web_processes(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey, tmp_path: object
+) -> None:
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "multiprocess",
+        role="web",
+        WEB_CONCURRENCY="2",
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
+    )
+    try:
+        for i in range(12):
+            # A new connection each time, so both processes answer some.
+            response = httpx.post(
+                f"{gw.url}/webhooks/whatsapp",
+                content=b"{}",
+                headers={"content-type": "application/json", "x-hub-signature-256": f"sha256={i}"},
+            )
+            assert response.status_code == 403
+
+        def counted() -> float:
+            text = httpx.get(f"{gw.url}/metrics").text
+            line = next(
+                (
+                    entry
+                    for entry in text.splitlines()
+                    if entry.startswith(
+                        'gateway_webhooks_total{channel="cloud_api",outcome="bad_signature"}'
+                    )
+                ),
+                "x 0",
+            )
+            return float(line.rsplit(" ", 1)[1])
+
+        assert [counted() for _ in range(4)] == [12.0] * 4
+        pids = {f.split("_")[-1] for f in os.listdir(str(tmp_path)) if f.endswith(".db")}
+        assert len(pids) >= 2, "expected metrics files from two processes"
+    finally:
+        gw.stop()
+
+
+def test_production_refuses_to_start_without_secrets() -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN", "API_KEY")
+    }
+    env.update({"APP_ENV": "production", "WHATSAPP_APP_SECRET": "set-but-others-missing"})
+    result = subprocess.run(
+        [sys.executable, "-m", "services.gateway.main"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "WHATSAPP_VERIFY_TOKEN" in result.stderr and "API_KEY" in result.stderr
+    assert "set-but-others-missing" not in result.stderr + result.stdout

@@ -1,0 +1,23 @@
+"""Runs last in this directory: no secret of the run appears in any captured log, and phone
+numbers are masked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.gateway.conftest import SECRETS
+
+
+def test_no_secret_in_any_captured_log(log_dir: Path) -> None:
+    logs = {path.name: path.read_text(errors="replace") for path in log_dir.glob("*.log")}
+    assert logs, "no logs captured"
+    leaks = [
+        (name, secret[:6]) for name, text in logs.items() for secret in SECRETS if secret in text
+    ]
+    assert leaks == []
+    gateway_logs = "".join(
+        text
+        for name, text in logs.items()
+        if not name.startswith(("session", "business", "search"))
+    )
+    assert "webhook accepted" in gateway_logs  # the scan did see the gateway's work
