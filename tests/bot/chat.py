@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.struct_pb2 import Struct
+
 from services.gateway.bot.dialogue import BotEngine
 from services.gateway.engine import (
     BusinessContext,
@@ -57,7 +60,10 @@ class Chat:
             send_early=self._early,
         )
         result = await self.engine.handle(turn)
-        self.state.update(result.set_state)
+        # Through JSON as the session service stores it (a protobuf Struct: numbers are floats).
+        stored = Struct()
+        stored.update(result.set_state)
+        self.state.update(MessageToDict(stored))
         for key in result.remove_state:
             self.state.pop(key, None)
         self.last = result

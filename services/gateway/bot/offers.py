@@ -4,6 +4,7 @@ later message without searching again), and their WhatsApp rendering."""
 from __future__ import annotations
 
 from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from parley.search.v1 import search_pb2
@@ -46,7 +47,11 @@ def compact(offer: search_pb2.FlightOffer) -> dict[str, Any]:
 
 def price(offer: dict[str, Any]) -> str:
     symbol = SYMBOLS.get(offer["currency"])
-    return f"{symbol}{offer['price']}" if symbol else f"{offer['price']} {offer['currency']}"
+    try:
+        amount = f"{Decimal(str(offer['price'])):,}"  # exact, with thousands separators
+    except InvalidOperation:
+        amount = str(offer["price"])
+    return f"{symbol}{amount}" if symbol else f"{amount} {offer['currency']}"
 
 
 def _time(value: str) -> str:
@@ -63,11 +68,17 @@ def _days_later(first: str, last: str) -> int:
         return 0
 
 
-def duration(t: Texts, minutes: int) -> str:
-    return t("duration", h=minutes // 60, m=minutes % 60)
+# State comes back from the session service as JSON, where numbers may have become floats:
+# every number read from a stored offer goes through int().
 
 
-def stops(t: Texts, count: int) -> str:
+def duration(t: Texts, minutes: float) -> str:
+    total = int(minutes)
+    return t("duration", h=total // 60, m=total % 60)
+
+
+def stops(t: Texts, stops_: float) -> str:
+    count = int(stops_)
     if count == 0:
         return t("stops_0")
     return t("stops_1") if count == 1 else t("stops_many", n=count)
@@ -144,7 +155,7 @@ def details(t: Texts, n: int, offer: dict[str, Any], travellers: str) -> str:
             )
     if offer.get("seats"):
         lines.append("")
-        lines.append(t("details_seats", n=offer["seats"]))
+        lines.append(t("details_seats", n=int(offer["seats"])))
     if offer.get("demo"):
         lines.append(t("demo_label"))
     lines.append("")
