@@ -23,7 +23,7 @@ from parley.search.v1 import search_pb2
 from parley.session.v1 import session_pb2
 from services.gateway.runtime import Runtime
 
-STREAM_ID = r"^[0-9]{1,20}-[0-9]{1,20}$"
+STREAM_ID = r"^[0-9]{1,19}-[0-9]{1,19}$"  # below 2**64, as Redis requires
 TOKEN_STATUS = {
     business_pb2.TOKEN_STATUS_UNSPECIFIED: "none",
     business_pb2.TOKEN_STATUS_VALID: "valid",

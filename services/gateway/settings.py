@@ -42,6 +42,7 @@ class GatewaySettings(CommonSettings):
 
     # Queue and workers
     queue_partitions: int = Field(default=16, ge=1, le=1024)
+    # Messages handled at once by one worker process, across the partitions it holds.
     worker_concurrency: int = Field(default=8, ge=1, le=1024)
     visibility_timeout_seconds: float = Field(default=30.0, ge=0.5, le=3600)
     max_attempts: int = Field(default=5, ge=1, le=100)

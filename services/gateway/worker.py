@@ -368,7 +368,9 @@ class WorkerPool:
         self._release: set[int] = set()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._busy = 0
+        # A process holds its share of partitions, but handles at most this many messages at
+        # once (FIFO-fair, so no held partition starves).
+        self._slots = asyncio.Semaphore(settings.worker_concurrency)
 
     @property
     def held_partitions(self) -> list[int]:
@@ -459,7 +461,8 @@ class WorkerPool:
                 for entry in entries:
                     if lost.is_set():
                         break
-                    await self._handle(entry, token)
+                    async with self._slots:
+                        await self._handle(entry, token)
         except RedisError as error:
             log.warning("partition loop stopped", partition=partition, error=str(error)[:200])
         except Exception:
