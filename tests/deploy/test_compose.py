@@ -53,6 +53,28 @@ def test_compose_file_passes_the_compose_specification_schema() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_compose_schema_check_rejects_a_misspelt_condition(tmp_path: Path) -> None:
+    """The check bites: a typo that compose would only report at `up` fails here."""
+    broken = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    broken["services"]["gateway"]["depends_on"]["session"]["condition"] = "service_healty"
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump(broken))
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "service_healty" in result.stdout
+
+
 def test_datastores_persist_and_report_health(compose: dict[str, Any]) -> None:
     services = compose["services"]
     valkey = services["valkey"]

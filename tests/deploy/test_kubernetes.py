@@ -26,6 +26,7 @@ GRPC = {
     "business": (50052, "parley.business.v1.BusinessService"),
     "search": (50053, "parley.search.v1.SearchService"),
 }
+MIN_KUBERNETES = "1.30.0"
 # Secrets created out of band (docs/deployment.md), never committed.
 EXTERNAL_SECRETS = {"parley-secrets", *(f"{name}-grpc-tls" for name in [*GRPC, "gateway"])}
 
@@ -78,6 +79,11 @@ def test_every_rendered_manifest_passes_kubernetes_validate_strict(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(files) >= 3 * 25
+    # And against the oldest Kubernetes the manifests support (the preStop `sleep` action is on
+    # by default from 1.30), in process: the same validator and bundled schemas.
+    for resources in rendered.values():
+        for resource in resources:
+            kubernetes_validate.validate(resource, MIN_KUBERNETES, strict=True)
 
 
 def test_strict_validation_catches_a_misspelt_field(rendered: dict[Path, list[Resource]]) -> None:
