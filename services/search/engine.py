@@ -154,6 +154,13 @@ class SearchEngine:
                 SEARCHES.labels(self.provider.name, "hit").inc()
                 return self._answer(waited, stale=False, now=time.time())
             token = await self.cache.try_lock(key) or LOCAL_TOKEN
+        elif token != LOCAL_TOKEN:
+            # Another replica may have filled the key between our read and our lock.
+            filled = await self.cache.get(key)
+            if filled is not None and self.cache.is_fresh(filled):
+                await self.cache.unlock(key, token)
+                SEARCHES.labels(self.provider.name, "hit").inc()
+                return self._answer(filled, stale=False, now=time.time())
         try:
             offers = await self.call_provider(
                 lambda: self.provider.search(query, deadline), deadline

@@ -131,7 +131,7 @@ async def test_hundred_identical_uncached_searches_make_one_provider_call(build:
 
 
 async def test_single_flight_holds_across_replicas(build: Build) -> None:
-    provider = FakeProvider(delay=0.3)  # one provider account, two replicas
+    provider = FakeProvider(delay=0.5)  # one provider account, two replicas
     replicas = [build(provider), build(provider)]
     answers = await asyncio.gather(
         *(replicas[i % 2].search(query("LAX", "JFK"), soon()) for i in range(40))
