@@ -37,10 +37,13 @@ RUN groupadd --system --gid 10001 parley \
  && useradd --system --uid 10001 --gid parley --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin parley
 COPY --from=build /opt/parley /opt/parley
+# The commit /health/info reports: docker build --build-arg GIT_COMMIT=$(git rev-parse --short HEAD)
+ARG GIT_COMMIT=unknown
 ENV PATH=/opt/parley/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    TMPDIR=/tmp
+    TMPDIR=/tmp \
+    GIT_COMMIT=${GIT_COMMIT}
 # Nothing is written here: the working directory only keeps relative paths off the root.
 WORKDIR /app
 USER 10001:10001
