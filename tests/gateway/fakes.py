@@ -39,8 +39,8 @@ class Received:
 class FakeClouds:
     """Both fakes on one port; ``failures`` queues (status, json) answers to give first."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.received: list[Received] = []
         self.failures: list[tuple[int, dict[str, Any]]] = []
         self._ids = itertools.count(1)
@@ -49,6 +49,7 @@ class FakeClouds:
             routes=[
                 Route("/{pnid}/messages", self._graph, methods=["POST"]),
                 Route("/2010-04-01/Accounts/{sid}/Messages.json", self._twilio, methods=["POST"]),
+                Route("/_received", self._dump, methods=["GET"]),
             ]
         )
         config = uvicorn.Config(
@@ -92,6 +93,15 @@ class FakeClouds:
             }
         )
 
+    async def _dump(self, request: Request) -> JSONResponse:
+        """What was received (for a fake running in its own process, e.g. the benchmark)."""
+        return JSONResponse(
+            [
+                {"kind": r.kind, "path": r.path, "body": r.body, "time": r.time}
+                for r in self.received
+            ]
+        )
+
     async def _twilio(self, request: Request) -> JSONResponse:
         form = dict(parse_qsl((await request.body()).decode()))
         failure = self._failure()
@@ -133,3 +143,9 @@ class FakeClouds:
             and r.body.get("status") == "read"
             and r.body.get("message_id") == message_id
         ]
+
+
+if __name__ == "__main__":
+    import sys
+
+    FakeClouds(int(sys.argv[1]))._server.run()
