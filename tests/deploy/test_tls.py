@@ -139,3 +139,33 @@ def test_server_tls_without_ca_does_not_ask_for_a_client_certificate(
             health_status(channel)
     finally:
         process.stop()
+
+
+async def test_the_gateway_reaches_a_mutual_tls_service_with_its_own_settings(
+    mtls_business: str, pki: Pki
+) -> None:
+    """The gateway's clients take GRPC_TLS_CA/CERT/KEY from its settings: with them the
+    business service is SERVING through the gateway's channel; without a certificate it is not."""
+    from services.gateway.clients import BUSINESS, Clients
+    from services.gateway.settings import GatewaySettings
+
+    def settings(**tls: str) -> GatewaySettings:
+        return GatewaySettings(app_env="test", business_service_addr=mtls_business, **tls)
+
+    with_certificate = Clients(
+        settings(
+            grpc_tls_ca=str(pki.ca),
+            grpc_tls_cert=str(pki.client_cert),
+            grpc_tls_key=str(pki.client_key),
+        )
+    )
+    without = Clients(settings(grpc_tls_ca=str(pki.ca)))
+    try:
+        good = {h.name: h.status for h in await with_certificate.health(deadline=2.0)}
+        bad = {h.name: h.status for h in await without.health(deadline=2.0)}
+    finally:
+        await with_certificate.close()
+        await without.close()
+    assert good[BUSINESS] == "SERVING"
+    # Refused in the handshake (the channel's retries may run into the deadline first).
+    assert bad[BUSINESS] in {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
