@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from parley.search.v1 import search_pb2, search_pb2_grpc
@@ -27,8 +28,8 @@ def start(tmp: Path, redis_url: str, **env: str) -> tuple[ServiceProcess, str]:
         "services.search.server",
         {
             "SEARCH_PORT": str(port),
-            "SEARCH_METRICS_PORT": "0",
             "REDIS_URL": redis_url,
+            "SEARCH_METRICS_PORT": "0",
             **env,
         },
         tmp / "search.log",
@@ -39,23 +40,28 @@ def start(tmp: Path, redis_url: str, **env: str) -> tuple[ServiceProcess, str]:
 
 
 class Running:
-    def __init__(self, process: ServiceProcess, address: str, failure_file: Path) -> None:
+    def __init__(
+        self, process: ServiceProcess, address: str, failure_file: Path, metrics_port: int
+    ) -> None:
         self.process, self.address, self.failure_file = process, address, failure_file
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
 
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory, valkey: Valkey) -> Iterator[Running]:
     tmp = tmp_path_factory.mktemp("search")
     failure_file = tmp / "offline-fails"
+    metrics_port = free_port()
     process, address = start(
         tmp,
         valkey.url,
+        SEARCH_METRICS_PORT=str(metrics_port),
         REDIS_CACHE_TTL_SECONDS="1",
         SEARCH_BREAKER_FAILURE_THRESHOLD="2",
         SEARCH_BREAKER_RECOVERY_SECONDS="60",
         SEARCH_OFFLINE_FAILURE_FILE=str(failure_file),
     )
-    yield Running(process, address, failure_file)
+    yield Running(process, address, failure_file, metrics_port)
     process.stop()
 
 
@@ -159,6 +165,10 @@ async def test_fault_injection_stale_then_breaker_open_and_reset(
         assert breaker.state == search_pb2.CIRCUIT_STATE_OPEN
         assert breaker.failure_count == 2 and breaker.failure_threshold == 2
         assert breaker.recovery_timeout.seconds == 60 and breaker.opened_time.seconds > 0
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(running.metrics_url, timeout=5)).text
+        assert 'search_circuit_breaker_state{name="offline_provider"} 1.0' in metrics
+        assert 'search_requests_total{provider="offline",result="stale"}' in metrics
     finally:
         running.failure_file.unlink()
     reset = await stub.ResetCircuitBreaker(
