@@ -55,8 +55,8 @@ def check_id(value: str, field: str, violations: Violations) -> None:
         violations.append((field, "must not be empty"))
     elif len(value) > MAX_ID:
         violations.append((field, f"must be at most {MAX_ID} characters"))
-    elif any(ord(c) < 32 or ord(c) == 127 for c in value):
-        violations.append((field, "must not contain control characters"))
+    elif not value.isprintable():
+        violations.append((field, "must not contain control or other unprintable characters"))
 
 
 def conversation_key(

@@ -231,7 +231,7 @@ async def migrate_legacy(
             advance()
             name = raw_key.decode(errors="replace")
             user_id = name.split(":", 2)[2]
-            if not user_id or len(user_id) > MAX_ID or any(ord(c) < 32 for c in user_id):
+            if not user_id or len(user_id) > MAX_ID or not user_id.isprintable():
                 report.counts["skipped: unusable user id"] += 1
                 report.problems.append(f"{name}: unusable user id")
                 continue
@@ -299,7 +299,7 @@ def _checked(record: object) -> Conversation:
         raise ValueError("a line is not a JSON object")
     conversation = Conversation.from_json(record)
     for value in (conversation.key.business_id, conversation.key.user_id):
-        if not value or len(value) > MAX_ID or any(ord(c) < 32 for c in value):
+        if not value or len(value) > MAX_ID or not value.isprintable():
             raise ValueError("business_id and user_id must be 1-128 printable characters")
     if conversation.key.role not in ROLES or conversation.version < 1:
         raise ValueError("role must be client or admin, and version at least 1")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import zlib
 from dataclasses import dataclass, field
 from typing import Literal
@@ -60,13 +61,7 @@ class ConversationKey:
 
     def redis_keys(self) -> list[str]:
         """meta, history, state, index: the KEYS of every script."""
-        prefix = self.prefix
-        return [
-            f"{prefix}:meta",
-            f"{prefix}:history",
-            f"{prefix}:state",
-            index_key(self.business_id, self.shard),
-        ]
+        return list(_redis_keys(self))
 
     @classmethod
     def from_meta_key(cls, key: str) -> ConversationKey | None:
@@ -80,6 +75,17 @@ class ConversationKey:
         if not sep or role not in ROLES or not user or not business:
             return None
         return cls(unquote(business), unquote(user), role)
+
+
+@functools.lru_cache(maxsize=65536)  # the same few thousand live keys are asked for all day
+def _redis_keys(key: ConversationKey) -> tuple[str, str, str, str]:
+    prefix = key.prefix
+    return (
+        f"{prefix}:meta",
+        f"{prefix}:history",
+        f"{prefix}:state",
+        index_key(key.business_id, key.shard),
+    )
 
 
 def index_key(business_id: str, shard: int) -> str:
