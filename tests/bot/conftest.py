@@ -68,3 +68,8 @@ async def search_channel(search_server: SearchServer) -> AsyncIterator[grpc.aio.
 @pytest.fixture(scope="session")
 def search_stub(search_channel: grpc.aio.Channel) -> search_pb2_grpc.SearchServiceStub:
     return search_pb2_grpc.SearchServiceStub(search_channel)
+
+
+# The gateway tests' harness (session and business services, the gateway launcher, a fake of
+# the Graph API), registered here for the conversations through the real gateway.
+from tests.gateway.conftest import fake_clouds, log_dir, services  # noqa: E402, F401

@@ -34,14 +34,16 @@ def in_days(days: int) -> str:
     return (today + timedelta(days=days)).isoformat()
 
 
-def llm_engine(search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI) -> BotEngine:
+def llm_engine(
+    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI, timeout: float = 0.5
+) -> BotEngine:
     settings = BotSettings(
         use_smart_handler="true",
         use_async_search="false",
         openai_api_key=SecretStr("sk-test-key"),
         openai_base_url=fake.base_url,
         openai_model="test-model",
-        openai_timeout_seconds=0.5,
+        openai_timeout_seconds=timeout,
     )
     return create_engine(cast(SearchPort, search_stub), settings)
 
@@ -67,7 +69,8 @@ def answer(**values: Any) -> dict[str, Any]:
 async def test_a_good_answer_is_used(
     search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
 ) -> None:
-    engine = llm_engine(search_stub, fake)
+    # A generous deadline: on a loaded machine the answer must not be mistaken for a timeout.
+    engine = llm_engine(search_stub, fake, timeout=3.0)
     fake.answer = answer(origin="Boston", destination="Miami", departure_date=in_days(8), adults=2)
     # Nothing the rules could read: only the model's answer can produce this search.
     reply = await Chat(engine).say("somewhere warm from bean town, me and the mrs, in 8 days")
@@ -87,7 +90,7 @@ async def test_failures_fall_back_to_the_rules_invisibly(
     search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI, mode: str
 ) -> None:
     engine = llm_engine(search_stub, fake)
-    fake.mode, fake.delay = mode, 2.0
+    fake.mode, fake.delay = mode, 3.0
     fake.answer = answer(origin="Boston", destination="Miami", departure_date=in_days(8))
     started = time.monotonic()
     reply = await Chat(engine).say("NYC to London next Friday")
@@ -97,7 +100,7 @@ async def test_failures_fall_back_to_the_rules_invisibly(
     assert len(fake.requests) == 1
     assert engine.describe()["llm"]["fallbacks"] == 1
     if mode == "slow":
-        assert elapsed < 1.8, "the deadline (0.5 s) must cut the slow answer short"
+        assert elapsed < 2.5, "the deadline (0.5 s) must cut the 3 s answer short"
     await engine.aclose()
 
 

@@ -1,0 +1,314 @@
+"""Full conversations through the real gateway and services: signed Cloud API webhooks in, the
+conversation engine (``services.gateway.bot``) in the gateway's worker, replies read from the
+outbox. Session and business services come from the gateway tests' harness; search is this
+package's own process, whose provider can be switched off (to open its breaker)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from services.gateway.bot.switches import Switch
+from tests.bot.conftest import SearchServer
+from tests.bot.fake_openai import FakeOpenAI
+from tests.gateway.conftest import (
+    Business,
+    Gateway,
+    Services,
+    cloud_payload,
+    create_business,
+    new_wa_id,
+    next_db,
+    post_cloud,
+    start_gateway,
+)
+from tests.gateway.fakes import FakeClouds
+from tests.support.processes import Valkey
+
+ENGINE = "services.gateway.bot:create_engine"
+
+
+def run_gateway(
+    services: Services,
+    search_server: SearchServer,
+    fake_clouds: FakeClouds,
+    valkey: Valkey,
+    name: str,
+    **env: str,
+) -> Gateway:
+    # The gateway harness's session and business services, with this package's search process.
+    ours = Services(
+        services.session, services.business, search_server.address, [], services.log_dir
+    )
+    gateway = start_gateway(
+        ours,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        name,
+        # mypy can't tell these str values from start_gateway's int keyword "workers".
+        **{"GATEWAY_ENGINE": ENGINE, "OUTBOX_ONLY": "true", "USE_ASYNC_SEARCH": "false", **env},  # type: ignore[arg-type]
+    )
+    gateway.business = create_business(gateway)
+    return gateway
+
+
+@pytest.fixture(scope="module")
+def smart(
+    services: Services, search_server: SearchServer, fake_clouds: FakeClouds, valkey: Valkey
+) -> Iterator[Gateway]:
+    gateway = run_gateway(services, search_server, fake_clouds, valkey, "bot-smart")
+    yield gateway
+    gateway.stop()
+
+
+class User:
+    """One WhatsApp user of a gateway's test business."""
+
+    def __init__(self, gateway: Gateway, wa_id: str | None = None) -> None:
+        self.gateway = gateway
+        self.wa_id = wa_id or new_wa_id()
+        self.cursor: str | None = None
+        assert gateway.business is not None
+        self.business: Business = gateway.business
+
+    def post(self, text: str = "", **extra: Any) -> None:
+        with self.gateway.http as client:
+            response = post_cloud(
+                client, cloud_payload(self.business.phone_number_id, self.wa_id, text, **extra)
+            )
+        assert response.status_code == 200, response.text
+
+    def replies(self, count: int = 1, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """The next ``count`` replies from the outbox."""
+        got: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        with self.gateway.admin() as admin:
+            while len(got) < count and time.monotonic() < deadline:
+                params = {"user_id": self.wa_id, **({"after": self.cursor} if self.cursor else {})}
+                data = admin.get("/admin/outbox", params=params).json()
+                got.extend(data["messages"])
+                self.cursor = data["next"]
+                if len(got) < count:
+                    time.sleep(0.1)
+        assert len(got) >= count, f"{len(got)} of {count} replies: {[m['text'] for m in got]}"
+        return got
+
+    def say(self, text: str, count: int = 1) -> str:
+        self.post(text)
+        return "\n---\n".join(m["text"] for m in self.replies(count))
+
+
+def offers_shown(text: str) -> int:
+    return sum(1 for n in ("*1.*", "*2.*", "*3.*") if n in text)
+
+
+def test_a_complete_request_gets_offers_in_the_first_reply(smart: Gateway) -> None:
+    user = User(smart)
+    reply = user.say("NYC to London next Friday")
+    assert "New York (NYC) → London (LON)" in reply
+    assert offers_shown(reply) == 3 and "Demo fares" in reply
+    assert "*more* for more, *new* to start over" in reply
+    time.sleep(0.3)
+    assert user.replies(0) == [], "one message, one reply"
+    detailed = httpx.get(f"{smart.url}/health/detailed", timeout=5).json()
+    assert detailed["engine"]["use_smart_handler"] == "on"
+
+
+def test_a_request_built_over_four_messages_and_corrected(smart: Gateway) -> None:
+    user = User(smart)
+    assert "I find flights" in user.say("hello")
+    assert "Where are you flying from?" in user.say("fly me to rome")
+    assert "When do you want to leave?" in user.say("from london")
+    reply = user.say("next friday")
+    assert "London (LON) → Rome (ROM)" in reply and offers_shown(reply) == 3
+    # Corrections, each answered with a new search; the rest of the trip is kept.
+    assert "2 adults" in user.say("make it 2 adults")
+    reply = user.say("from Paris instead")
+    assert "Paris (PAR) → Rome (ROM)" in reply and "2 adults" in reply
+    assert user.say("2").startswith("*Offer 2*")
+
+
+def test_an_ambiguous_city_comes_back_as_a_list(smart: Gateway) -> None:
+    user = User(smart)
+    user.post("San Jose to Miami tomorrow")
+    (question,) = user.replies()
+    assert "Which “San Jose” do you mean?" in question["text"]
+    rows = question["rows"]
+    assert len(rows) >= 2 and all(len(r["title"]) <= 24 for r in rows)
+    costa_rica = next(r for r in rows if "CR" in r["description"])
+    user.post(
+        type="interactive",
+        interactive={
+            "type": "list_reply",
+            "list_reply": {
+                "id": costa_rica["id"],
+                "title": costa_rica["title"],
+                "description": costa_rica["description"],
+            },
+        },
+    )
+    (answer,) = user.replies()
+    assert "San Jose (SJO) → Miami (MIA)" in answer["text"] and offers_shown(answer["text"]) == 3
+
+
+def test_search_down_gets_an_apology_and_keeps_the_trip(
+    smart: Gateway, search_server: SearchServer
+) -> None:
+    user = User(smart)
+    search_server.fail(True)
+    try:
+        reply = user.say("Oslo to Helsinki in 20 days")
+    finally:
+        search_server.fail(False)
+    assert "flight search isn't available right now" in reply and "*retry*" in reply
+    assert "Oslo (OSL) → Helsinki (HEL)" in reply
+    time.sleep(1.2)  # the search service's breaker recovers after 1 s in these tests
+    assert offers_shown(user.say("retry")) == 3
+
+
+def test_location_and_media(smart: Gateway) -> None:
+    user = User(smart)
+    user.post(type="image", image={"id": "media-1", "mime_type": "image/jpeg"})
+    assert "I can only read text messages" in user.replies()[0]["text"]
+    assert "Where are you flying from?" in user.say("to Madrid")
+    user.post(type="location", location={"latitude": 40.64, "longitude": -73.78})
+    texts = [m["text"] for m in user.replies(2)]
+    assert "Flying from New York (JFK)" in texts[0] and "When do you want to leave?" in texts[1]
+
+
+@pytest.fixture(scope="module")
+def quarter(
+    services: Services, search_server: SearchServer, fake_clouds: FakeClouds, valkey: Valkey
+) -> Iterator[Gateway]:
+    gateway = run_gateway(
+        services, search_server, fake_clouds, valkey, "bot-quarter", USE_SMART_HANDLER="25%"
+    )
+    yield gateway
+    gateway.stop()
+
+
+def test_a_quarter_roll_out_over_1000_users(quarter: Gateway) -> None:
+    """1,000 users greet the bot; the greeting says which engine each one got. Each must get
+    exactly the stable per-user choice (a hash of business and user), and about a quarter the
+    extract-everything engine. The business id is new on every run, so the share is a random
+    draw here: it is held to ±6 points (4 standard deviations); the ±3-point check runs on fixed
+    ids in test_switches.py, where it is deterministic."""
+    assert quarter.business is not None
+    users = [f"1444{n:07d}" for n in range(1000)]
+    phone_number_id = quarter.business.phone_number_id
+    with quarter.http as client:
+        for batch in range(0, len(users), 100):
+            payloads = [cloud_payload(phone_number_id, u, "hi") for u in users[batch : batch + 100]]
+            # One webhook carrying 100 messages, as the Cloud API batches them.
+            merged = payloads[0]
+            value = merged["entry"][0]["changes"][0]["value"]
+            for extra in payloads[1:]:
+                other = extra["entry"][0]["changes"][0]["value"]
+                value["messages"] += other["messages"]
+                value["contacts"] += other["contacts"]
+            assert post_cloud(client, merged).status_code == 200
+    switch = Switch.parse("use_smart_handler", "25%")
+    smart_users = 0
+    deadline = time.monotonic() + 90
+    with quarter.admin() as admin:
+        for wa_id in users:
+            messages: list[dict[str, Any]] = []
+            while not messages and time.monotonic() < deadline:
+                messages = admin.get("/admin/outbox", params={"user_id": wa_id}).json()["messages"]
+                if not messages:
+                    time.sleep(0.1)
+            assert len(messages) == 1, f"{wa_id}: {messages}"
+            is_smart = "in one message" in messages[0]["text"]
+            assert is_smart == switch.enabled_for(quarter.business.id, wa_id)
+            smart_users += is_smart
+    share = smart_users / len(users)
+    print(f"\nUSE_SMART_HANDLER=25% through the gateway: {share:.1%} of 1,000 users")
+    assert abs(share - 0.25) <= 0.06
+    detailed = httpx.get(f"{quarter.url}/health/detailed", timeout=5).json()
+    assert detailed["engine"]["use_smart_handler"] == "25%"
+
+
+@pytest.fixture(scope="module")
+def stepwise(
+    services: Services, search_server: SearchServer, fake_clouds: FakeClouds, valkey: Valkey
+) -> Iterator[Gateway]:
+    gateway = run_gateway(
+        services, search_server, fake_clouds, valkey, "bot-steps", USE_SMART_HANDLER="false"
+    )
+    yield gateway
+    gateway.stop()
+
+
+def test_step_by_step_with_the_smart_handler_off(stepwise: Gateway) -> None:
+    user = User(stepwise)
+    assert "Where are you flying from?" in user.say("hi")
+    assert user.say("NYC to London next Friday") == "Where do you want to go?"
+    assert "When do you want to leave?" in user.say("London")
+    reply = user.say("next friday")
+    assert "New York (NYC) → London (LON)" in reply and offers_shown(reply) == 3
+
+
+@pytest.fixture(scope="module")
+def openai() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def with_llm(
+    services: Services,
+    search_server: SearchServer,
+    fake_clouds: FakeClouds,
+    valkey: Valkey,
+    openai: FakeOpenAI,
+) -> Iterator[Gateway]:
+    gateway = run_gateway(
+        services,
+        search_server,
+        fake_clouds,
+        valkey,
+        "bot-llm",
+        OPENAI_API_KEY="sk-gateway-test",
+        OPENAI_BASE_URL=openai.base_url,
+        OPENAI_MODEL="fake-model",
+        OPENAI_TIMEOUT_SECONDS="1.5",
+    )
+    yield gateway
+    gateway.stop()
+
+
+def _answer(**values: Any) -> dict[str, Any]:
+    keys = ["origin", "destination", "place", "departure_date", "return_date", "nights"]
+    keys += ["adults", "cabin", "non_stop", "one_way"]
+    return {**dict.fromkeys(keys), **values}
+
+
+@pytest.mark.parametrize("mode", ["good", "garbage", "slow"])
+def test_the_language_model_path(with_llm: Gateway, openai: FakeOpenAI, mode: str) -> None:
+    from datetime import date, timedelta
+
+    openai.mode, openai.delay = mode, 4.0  # "slow" answers well after the 1.5 s deadline
+    openai.answer = _answer(
+        origin="Chicago",
+        destination="Denver",
+        departure_date=(date.today() + timedelta(15)).isoformat(),
+    )
+    before = len(openai.requests)
+    reply = User(with_llm).say("Boston to Miami in 15 days")
+    assert len(openai.requests) == before + 1, "the model is asked first"
+    if mode == "good":
+        assert "Chicago (CHI) → Denver (DEN)" in reply
+    else:  # garbage or too slow: the rules answer, and the user can't tell
+        assert "Boston (BOS) → Miami (MIA)" in reply
+    assert offers_shown(reply) == 3
+
+
+def test_logs_of_the_engine_carry_no_secrets(with_llm: Gateway) -> None:
+    log = Path(with_llm.processes[0].log_path).read_text(errors="replace")
+    assert "sk-gateway-test" not in log
