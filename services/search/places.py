@@ -287,7 +287,10 @@ class Places:
                 members=present,
             )
         self._build_text_index()
-        self._commercial = [p for p in self.by_code.values() if p.commercial and not p.is_city]
+        served = [p for p in self.by_code.values() if p.commercial and not p.is_city]
+        # Sorted by latitude so nearest() scans only a band around the point.
+        self._by_lat = sorted(served, key=lambda p: p.lat)
+        self._lats = [p.lat for p in self._by_lat]
 
     # -- lookup ------------------------------------------------------------------------------
 
@@ -407,11 +410,23 @@ class Places:
         Chosen by distance with small fields counted twice as far (so a major airport 20 km
         away beats an airstrip 15 km away), then listed by true distance.
         """
-        scored = []
-        for place in self._commercial:
-            km = haversine_km(lat, lon, place.lat, place.lon)
-            penalty = 1.0 if place.weight >= W_INTERNATIONAL else 2.0
-            scored.append((km * penalty, km, place))
-        scored.sort(key=lambda item: item[0])
+        radius = 300.0
+        while True:
+            # Every airport outside the band is farther than ``radius`` (and its effective
+            # distance is at least its true one), so once ``limit`` airports inside the band
+            # are within ``radius`` effective km, the answer is exact.
+            band = radius / 111.0  # km per degree of latitude, rounded down
+            lo = bisect.bisect_left(self._lats, lat - band)
+            hi = bisect.bisect_right(self._lats, lat + band)
+            scored = []
+            for place in self._by_lat[lo:hi]:
+                km = haversine_km(lat, lon, place.lat, place.lon)
+                penalty = 1.0 if place.weight >= W_INTERNATIONAL else 2.0
+                scored.append((km * penalty, km, place))
+            scored.sort(key=lambda item: item[0])
+            within = sum(1 for effective, _, _ in scored[:limit] if effective <= radius)
+            if within >= limit or (lo == 0 and hi == len(self._by_lat)):
+                break
+            radius *= 2
         chosen = sorted(scored[:limit], key=lambda item: item[1])
         return [(place, km) for _, km, place in chosen]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from services.search.places import Places, haversine_km, normalize
+from services.search.places import W_INTERNATIONAL, Places, haversine_km, normalize
 
 
 def codes(places: Places, text: str, limit: int = 5) -> list[str]:
@@ -131,3 +133,18 @@ def test_a_city_code_lifts_all_its_airports(places: Places) -> None:
     found = places.resolve("toronto", 3)
     assert found[0].place.code == "YTO"
     assert {"YYZ", "YTZ"} <= {c.place.code for c in found}
+
+
+def test_band_search_matches_a_full_scan(places: Places) -> None:
+    rng = random.Random(7)
+    points = [(rng.uniform(-89, 89), rng.uniform(-180, 180)) for _ in range(60)]
+    points += [(89.9, 0.0), (-89.9, 10.0), (0.0, 179.9), (40.758, -73.9855)]
+    everything = [p for p in places.by_code.values() if p.commercial and not p.is_city]
+    for lat, lon in points:
+        full = sorted(
+            everything,
+            key=lambda p: (
+                haversine_km(lat, lon, p.lat, p.lon) * (1.0 if p.weight >= W_INTERNATIONAL else 2.0)
+            ),
+        )[:3]
+        assert {p.code for p, _ in places.nearest(lat, lon, 3)} == {p.code for p in full}
