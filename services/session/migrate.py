@@ -34,6 +34,7 @@ from typing import IO, Any
 
 import orjson
 from redis.asyncio.cluster import RedisCluster
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services.common.redis_client import RedisClient, make_client
@@ -82,6 +83,7 @@ def progress(total: int, label: str, enabled: bool) -> Iterator[Any]:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        console=Console(stderr=True),  # stdout may carry the export itself
         disable=not show,
         transient=False,
     ) as bar:

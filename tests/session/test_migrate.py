@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -225,3 +227,31 @@ def test_legacy_requires_a_business_id(legacy_db: tuple[redis.Redis, str]) -> No
     result = migrate(url, "legacy")
     assert result.returncode == 2
     assert "--business-id" in result.stderr.decode()
+
+
+def test_long_runs_show_a_progress_bar_on_a_terminal(legacy_db: tuple[redis.Redis, str]) -> None:
+    db, url = legacy_db
+    for n in range(60):
+        db.set(f"chat:customer:+1555222{n:04d}", orjson.dumps([{"user": "hi", "agent": "yo"}]))
+    leader, follower = os.openpty()  # stderr is a terminal, as for an operator
+    try:
+        command = ["legacy", "--business-id", "acme", "--dry-run"]
+        result = subprocess.run(
+            [sys.executable, "-m", "services.session.migrate", "--redis-url", url, *command],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            timeout=60,
+            check=False,
+        )
+        os.close(follower)
+        output = b""
+        with contextlib.suppress(OSError):  # EIO once everything written has been read
+            while chunk := os.read(leader, 65536):
+                output += chunk
+    finally:
+        os.close(leader)
+    assert result.returncode == 0
+    text = output.decode(errors="replace")
+    assert "60/60" in text, text  # the bar's counter, complete
+    assert "would import: 60" in text
