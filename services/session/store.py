@@ -181,6 +181,11 @@ class SessionStore:
             self.redis_seen = True
 
     async def close(self) -> None:
+        if self.memory.pending:
+            log.warning(
+                "stopping during a Redis outage: outage writes not written back are lost",
+                pending=self.memory.pending,
+            )
         if self._recovery is not None:
             self._recovery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
