@@ -60,6 +60,13 @@ _COLUMNS = (
     "is_active, time_zone, locale, access_token_status, whatsapp_access_token, "
     "twilio_account_sid, twilio_auth_token, webhook_app_secret, created_at, updated_at"
 )
+_BY_SUBDOMAIN = f"SELECT {_COLUMNS} FROM businesses WHERE subdomain = ?"
+# The identities table's primary key (kind, value) finds the row; one join brings the business.
+_BY_IDENTITY = (
+    f"SELECT {', '.join('b.' + c.strip() for c in _COLUMNS.split(','))} "
+    "FROM business_identities i JOIN businesses b ON b.id = i.business_id "
+    "WHERE i.kind = ? AND i.value = ?"
+)
 _FIELD_COLUMNS = {
     "name": "name",
     "subdomain": "subdomain",
@@ -260,16 +267,11 @@ class SqliteStore(BusinessStore):
     async def find(self, kind: KeyKind, value: str) -> BusinessRecord | None:
         await self.open()
         self._count_query()
+        args: tuple[str, ...]
         if kind is KeyKind.SUBDOMAIN:
-            sql = f"SELECT {_COLUMNS} FROM businesses WHERE subdomain = ?"
-            args: tuple[str, ...] = (value,)
+            sql, args = _BY_SUBDOMAIN, (value,)
         else:
-            sql = (
-                f"SELECT {', '.join('b.' + c.strip() for c in _COLUMNS.split(','))} "
-                "FROM business_identities i JOIN businesses b ON b.id = i.business_id "
-                "WHERE i.kind = ? AND i.value = ?"
-            )
-            args = (kind.value, value)
+            sql, args = _BY_IDENTITY, (kind.value, value)
         async with self._read().execute(sql, args) as cursor:
             row = await cursor.fetchone()
         return _record(row) if row else None
