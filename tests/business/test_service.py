@@ -14,8 +14,9 @@ import httpx
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
-from parley.business.v1 import business_pb2
+from parley.business.v1 import business_pb2, business_pb2_grpc
 from services.common.errors import field_violations
+from services.common.healthcheck import check
 from tests.business.conftest import (
     TEST_SECRET,
     RunningService,
@@ -24,7 +25,7 @@ from tests.business.conftest import (
     fresh_database,
     start_service,
 )
-from tests.support.processes import ROOT, Valkey
+from tests.support.processes import ROOT, ServiceProcess, Valkey, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -430,3 +431,37 @@ async def test_service_on_mongodb(registry: SecretRegistry, tmp_path: Path, mong
         assert f"/{database}.businesses" in running.process.log  # the store it announced
     finally:
         await running.close()
+
+
+async def test_not_serving_and_unavailable_while_mongodb_is_unreachable(
+    registry: SecretRegistry, tmp_path: Path
+) -> None:
+    """No datastore: health says NOT_SERVING (with the reason logged) and RPCs are UNAVAILABLE."""
+    port = free_port()
+    process = ServiceProcess(
+        "services.business.server",
+        {
+            "BUSINESS_PORT": str(port),
+            "BUSINESS_METRICS_PORT": "0",
+            "ENCRYPTION_SECRET": TEST_SECRET,
+            "MONGODB_URI": f"mongodb://127.0.0.1:{free_port()}/",  # nothing listens there
+            "MONGODB_TIMEOUT_MS": "300",
+        },
+        registry.log_dir / "business-no-mongo.log",
+    )
+    process.env.pop("REDIS_URL", None)
+    process.start()
+    address = f"127.0.0.1:{port}"
+    try:
+        assert await asyncio.to_thread(
+            wait_for, lambda: "MongoDB unavailable" in process.log, 20.0
+        ), process.log[-2000:]
+        assert check(address, "parley.business.v1.BusinessService", 1.0) == "NOT_SERVING"
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = business_pb2_grpc.BusinessServiceStub(channel)
+            error = await code_of(
+                stub.LookupBusiness(business_pb2.LookupBusinessRequest(phone_number_id="1"))
+            )
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await asyncio.to_thread(process.stop)
