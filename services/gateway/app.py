@@ -125,8 +125,9 @@ def create_app(settings: GatewaySettings, role: Role = "all") -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
-    app.include_router(health.build_router(runtime))
+    # Webhooks first: routes are matched in order, and they are the hot path.
     app.include_router(webhooks.build_router(runtime))
+    app.include_router(health.build_router(runtime))
     app.include_router(admin.build_router(runtime))
 
     @app.exception_handler(BodyTooLarge)

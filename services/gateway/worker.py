@@ -138,11 +138,18 @@ class Processor:
             twilio_auth_token=credentials.twilio_auth_token,
         )
         sender = self.sender_for(message.channel)
-        first = attempt == 1
-        if first and not await self.rate_limits.allow_business(business.id):
+        business_ok, user_ok = (
+            await asyncio.gather(
+                self.rate_limits.allow_business(business.id),
+                self.rate_limits.allow_user(business.id, message.user_id),
+            )
+            if attempt == 1
+            else (True, True)
+        )
+        if not business_ok:
             metrics.RATE_LIMITED.labels("business").inc()
             raise DeadLetter("business_rate_limited", "the business is over its rate limit")
-        if first and not await self.rate_limits.allow_user(business.id, message.user_id):
+        if not user_ok:
             metrics.RATE_LIMITED.labels("user").inc()
             if await self.rate_limits.first_notice(business.id, message.user_id):
                 await self._send(sender, target, Reply(RATE_NOTICE))
@@ -150,13 +157,18 @@ class Processor:
 
         read_receipt = asyncio.create_task(self._mark_read(sender, target, message))
         try:
-            return await self._converse(entry, business, target, sender)
+            return await self._converse(entry, business, target, sender, attempt)
         finally:
             with contextlib.suppress(Exception):
                 await read_receipt
 
     async def _converse(
-        self, entry: Entry, business: business_pb2.Business, target: Target, sender: Sender
+        self,
+        entry: Entry,
+        business: business_pb2.Business,
+        target: Target,
+        sender: Sender,
+        attempt: int,
     ) -> str:
         message = entry.message
         key = session_pb2.ConversationKey(
@@ -175,7 +187,8 @@ class Processor:
             return "already_done"  # saved by a worker that died before acknowledging
 
         sent = SentLog(self.redis, entry, self.settings.dedupe_ttl_seconds)
-        already = await sent.indices()
+        # Only an earlier attempt can have sent anything (attempts are counted before they run).
+        already = await sent.indices() if attempt > 1 else set()
         replies: list[Reply] = []
         first_send = [True]
 
@@ -349,7 +362,7 @@ class SentLog:
         return {int(i) for i in await self._redis.smembers(self._key)}
 
     async def mark(self, index: int) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.sadd(self._key, index)
             pipe.expire(self._key, self._ttl)
             await pipe.execute()

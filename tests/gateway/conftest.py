@@ -184,6 +184,7 @@ def start_gateway(
 ) -> Gateway:
     port = free_port()
     env = gateway_env(services, fake, redis_url, port, **extra)
+    _flush(redis_url)  # databases are reused by later gateways of the run
     gateway = Gateway(f"http://127.0.0.1:{port}", redis_url, env)
     web = ServiceProcess(
         "services.gateway.main", {**env, "GATEWAY_ROLE": role}, services.log_dir / f"{name}.log"
@@ -195,6 +196,16 @@ def start_gateway(
         gateway.stop()
         raise AssertionError(f"gateway not ready:\n{web.log[-3000:]}")
     return gateway
+
+
+def _flush(redis_url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
 
 
 def start_worker(env: dict[str, str], log: Path) -> ServiceProcess:

@@ -1,0 +1,420 @@
+"""Gateway benchmarks.
+
+1. Acknowledgement: signed Cloud API webhooks per second (verify, parse, dedupe + enqueue in
+   Redis, 200) against a bare FastAPI POST endpoint that reads the body and answers 200, both
+   under uvicorn with the same settings, in the same run; then p99 at 1,000 webhooks/s offered.
+2. End to end, with the real conversation engine, the offline search provider and a warm
+   business cache: from webhook sent to reply accepted by a local fake of the Graph API, at
+   100 messages/s. The distribution is reported.
+
+The load generator is a small raw HTTP/1.1 keep-alive client on asyncio, so the client's own
+cost stays small next to the servers' on a shared machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.floor import DURATION_S
+from bench.report import Check, Section, percentile, summarize_latencies
+from services.gateway.channels import cloud_api
+from tests.support.processes import Valkey, free_port, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "bench-app-secret-" + secrets.token_hex(8)
+API_KEY = "bench-admin-" + secrets.token_hex(8)
+PNID = "100000000000777"
+CONNECTIONS = 32
+
+BARE_APP = """
+import sys, uvicorn
+from fastapi import FastAPI, Request, Response
+
+app = FastAPI()
+
+@app.post("/webhooks/whatsapp")
+async def webhook(request: Request) -> Response:
+    await request.body()
+    return Response(b'{"ok":true}', media_type="application/json")
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_config=None, access_log=False)
+"""
+
+
+class RawClient:
+    """One keep-alive HTTP/1.1 connection; POST and read the whole response."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.writer.write(head.encode() + b"\r\n" + body)
+        status_line = await self.reader.readline()
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if length:
+            await self.reader.readexactly(length)
+        return int(status_line.split()[1])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def webhook(user: str, text: str) -> tuple[bytes, dict[str, str]]:
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "WABA",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {"display_phone_number": "1555", "phone_number_id": PNID},
+                            "contacts": [{"profile": {"name": "Bench"}, "wa_id": user}],
+                            "messages": [
+                                {
+                                    "from": user,
+                                    "id": f"wamid.{secrets.token_hex(12)}",
+                                    "timestamp": str(int(time.time())),
+                                    "type": "text",
+                                    "text": {"body": text},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    body = json.dumps(payload).encode()
+    return body, {
+        "Content-Type": "application/json",
+        "X-Hub-Signature-256": cloud_api.sign(body, SECRET),
+    }
+
+
+async def closed_loop(port: int, bodies: list[tuple[bytes, dict[str, str]]]) -> float:
+    """Requests per second with CONNECTIONS callers back to back for DURATION_S."""
+    clients = [RawClient(port) for _ in range(CONNECTIONS)]
+    done = 0
+    errors = 0
+    index = 0
+    stop_at = time.perf_counter() + DURATION_S
+
+    async def caller(client: RawClient) -> None:
+        nonlocal done, errors, index
+        while time.perf_counter() < stop_at:
+            body, headers = bodies[index % len(bodies)]
+            index += 1
+            status = await client.post("/webhooks/whatsapp", body, headers)
+            done += 1
+            errors += status != 200
+
+    for client in clients[:4]:
+        for _ in range(20):
+            body, headers = bodies[index % len(bodies)]
+            index += 1
+            await client.post("/webhooks/whatsapp", body, headers)
+    start = time.perf_counter()
+    await asyncio.gather(*(caller(c) for c in clients))
+    elapsed = time.perf_counter() - start
+    for client in clients:
+        client.close()
+    if errors:
+        raise RuntimeError(f"{errors} non-200 answers during the benchmark")
+    return done / elapsed
+
+
+async def open_loop(
+    port: int, bodies: list[tuple[bytes, dict[str, str]]], rate: float, seconds: float
+) -> tuple[list[float], list[float], float]:
+    """Send at ``rate``/s regardless of answers; latencies, send times, achieved rate."""
+    pool: asyncio.Queue[RawClient] = asyncio.Queue()
+    for _ in range(64):
+        pool.put_nowait(RawClient(port))
+    latencies: list[float] = []
+    total = int(rate * seconds)
+    sent_at = [0.0] * total
+    start = time.perf_counter()
+
+    async def one(i: int) -> None:
+        client = await pool.get()
+        body, headers = bodies[i % len(bodies)]
+        began = time.perf_counter()
+        sent_at[i] = time.time()
+        status = await client.post("/webhooks/whatsapp", body, headers)
+        latencies.append(time.perf_counter() - began)
+        pool.put_nowait(client)
+        if status != 200:
+            raise RuntimeError(f"status {status}")
+
+    tasks = []
+    for i in range(total):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    achieved = total / (time.perf_counter() - start)
+    while not pool.empty():
+        pool.get_nowait().close()
+    return latencies, sent_at, achieved
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop(*processes: subprocess.Popen[bytes]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def up(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Stack:
+    """Valkey, the three services, the fake Graph API and a gateway, in their own processes."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.valkey = Valkey(work / "valkey", None, "--appendfsync", "everysec").start()
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.ports = {n: free_port() for n in ("session", "business", "search", "fake", "gw")}
+        base = {
+            "APP_ENV": "production",
+            "LOG_LEVEL": "WARNING",
+            "LOG_FORMAT": "json",
+            "READINESS_INTERVAL_SECONDS": "0.2",
+            "REDIS_URL": self.valkey.url,
+        }
+        self.env = base
+        services = {
+            "session": {"SESSION_PORT": str(self.ports["session"]), "SESSION_METRICS_PORT": "0"},
+            "business": {
+                "BUSINESS_PORT": str(self.ports["business"]),
+                "BUSINESS_METRICS_PORT": "0",
+                "BUSINESS_DB_PATH": str(work / "business.db"),
+                "ENCRYPTION_SECRET": "bench-encryption-" + secrets.token_hex(8),
+                "REDIS_URL": "",
+            },
+            "search": {"SEARCH_PORT": str(self.ports["search"]), "SEARCH_METRICS_PORT": "0"},
+        }
+        for name, extra in services.items():
+            env = {**base, **extra}
+            if not env.get("REDIS_URL"):
+                env.pop("REDIS_URL")
+            self.processes.append(
+                spawn(["-m", f"services.{name}.server"], env, work / f"{name}.log")
+            )
+        self.processes.append(
+            spawn(["-m", "tests.gateway.fakes", str(self.ports["fake"])], base, work / "fake.log")
+        )
+
+    def gateway_env(self) -> dict[str, str]:
+        return {
+            **self.env,
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": str(self.ports["gw"]),
+            "SESSION_SERVICE_ADDR": f"127.0.0.1:{self.ports['session']}",
+            "BUSINESS_SERVICE_ADDR": f"127.0.0.1:{self.ports['business']}",
+            "SEARCH_SERVICE_ADDR": f"127.0.0.1:{self.ports['search']}",
+            "WHATSAPP_APP_SECRET": SECRET,
+            "WHATSAPP_VERIFY_TOKEN": "bench-verify",
+            "API_KEY": API_KEY,
+            "WHATSAPP_API_BASE_URL": f"http://127.0.0.1:{self.ports['fake']}",
+            "RATE_LIMIT_USER": "1000/minute",
+            "RATE_LIMIT_BUSINESS": "100000/minute",
+            "USE_ASYNC_SEARCH": "false",  # one reply per message: the search result itself
+        }
+
+    def start_gateway(self, role: str) -> subprocess.Popen[bytes]:
+        process = spawn(
+            ["-m", "services.gateway.main", "--role", role],
+            self.gateway_env(),
+            self.work / f"gateway-{role}.log",
+        )
+        self.processes.append(process)
+        if not wait_for(lambda: up(f"http://127.0.0.1:{self.ports['gw']}/health"), 60, 0.2):
+            raise RuntimeError("gateway did not start")
+        return process
+
+    def close(self) -> None:
+        stop(*reversed(self.processes))
+        self.valkey.stop()
+
+
+def ack_section(stack: Stack) -> Section:
+    bare_port = free_port()
+    bare = spawn(["-c", BARE_APP, str(bare_port)], {}, stack.work / "bare.log")
+    gateway = stack.start_gateway("web")  # the ack path only: no worker competes for the CPU
+    try:
+        assert wait_for(lambda: up(f"http://127.0.0.1:{bare_port}/docs"), 30, 0.1)
+        users = [f"1555{n:07d}" for n in range(500)]
+        bodies = [webhook(users[i % len(users)], f"hello {i}") for i in range(30_000)]
+        rounds_bare, rounds_gw = [], []
+        for _ in range(3):  # alternate, keep the median of each
+            rounds_bare.append(asyncio.run(closed_loop(bare_port, bodies)))
+            rounds_gw.append(asyncio.run(closed_loop(stack.ports["gw"], bodies)))
+        bare_rps, gw_rps = sorted(rounds_bare)[1], sorted(rounds_gw)[1]
+        fresh = [webhook(users[i % len(users)], f"rate {i}") for i in range(3_000)]
+        latencies, _, achieved = asyncio.run(open_loop(stack.ports["gw"], fresh, 1000, 3.0))
+        bare_lat, _, _ = asyncio.run(open_loop(bare_port, fresh, 1000, 3.0))
+    finally:
+        stop(bare, gateway)
+        stack.processes.remove(gateway)
+    summary = summarize_latencies(latencies)
+    return Section(
+        "Gateway: webhook acknowledgement (verify + dedupe + enqueue + 200) vs bare FastAPI",
+        figures={
+            "bare FastAPI (req/s)": round(bare_rps),
+            "gateway (webhooks/s)": round(gw_rps),
+            "offered 1000/s, achieved (/s)": round(achieved),
+            "gateway latency at 1000/s": summary,
+            "bare latency at 1000/s": summarize_latencies(bare_lat),
+        },
+        checks=[
+            Check("gateway / bare throughput", gw_rps / bare_rps, 0.5, ">="),
+            Check("ack p99 at 1000 webhooks/s", summary["p99_ms"], 25.0, "<=", " ms"),
+        ],
+    )
+
+
+def e2e_section(stack: Stack) -> Section:
+    gateway = stack.start_gateway("all")
+    base = f"http://127.0.0.1:{stack.ports['gw']}"
+    fake = f"http://127.0.0.1:{stack.ports['fake']}"
+    try:
+        if not wait_for(lambda: up(f"{base}/ready"), 60, 0.2):
+            raise RuntimeError("the stack did not become ready")
+        admin = httpx.Client(base_url=base, headers={"X-API-Key": API_KEY}, timeout=30)
+        created = admin.post(
+            "/admin/businesses",
+            json={
+                "name": "Bench Travel",
+                "subdomain": "bench",
+                "whatsapp_phone_number_ids": [PNID],
+                "whatsapp_numbers": ["+15550109999"],
+                "access_token": "bench-graph-token",
+            },
+        )
+        created.raise_for_status()
+        admin.post("/admin/cache/warmup").raise_for_status()
+        admin.post("/admin/cache/warm", params={"days_ahead": 3})
+        text = "flights from Madrid to Paris tomorrow for 1 adult"
+        # Warm up (not measured): the engine, the search cache, the connections.
+        warm = [webhook(f"1777{n:07d}", text) for n in range(50)]
+        asyncio.run(open_loop(stack.ports["gw"], warm, 50, 1.0))
+        wait_for(lambda: len(httpx.get(f"{fake}/_received").json()) >= 50, 30, 0.2)
+        seconds = max(5.0, DURATION_S * 2)
+        rate = 100.0
+        # One message per user, so each first reply pairs with exactly one webhook.
+        users = [f"1666{n:07d}" for n in range(int(rate * seconds))]
+        bodies = [webhook(user, text) for user in users]
+        _, sent_at, achieved = asyncio.run(open_loop(stack.ports["gw"], bodies, rate, seconds))
+        sent = dict(zip(users, sent_at, strict=True))
+        expected = len(bodies)
+        wanted = set(users)
+
+        def first_replies() -> dict[str, float]:
+            first: dict[str, float] = {}
+            for reply in httpx.get(f"{fake}/_received", timeout=10).json():
+                to = reply["body"].get("to")
+                if reply["body"].get("type") and to in wanted and to not in first:
+                    first[to] = reply["time"]
+            return first
+
+        wait_for(lambda: len(first_replies()) >= expected, 60, 0.5)
+        answered_at = first_replies()
+        samples = [answered_at[u] - sent[u] for u in users if u in answered_at]
+        answered = len(samples)
+    finally:
+        stop(gateway)
+        stack.processes.remove(gateway)
+    summary = summarize_latencies(samples)
+    distribution = {
+        f"p{p}_ms": round(percentile([s * 1000 for s in samples], p), 2)
+        for p in (10, 25, 50, 75, 90, 95, 99, 100)
+    }
+    return Section(
+        "Gateway: end to end at 100 msg/s (webhook sent → reply accepted by the fake Graph API), "
+        "real engine, offline provider, warm business cache",
+        figures={
+            "offered (/s)": rate,
+            "achieved (/s)": round(achieved, 1),
+            "messages": expected,
+            "answered": answered,
+            "distribution": distribution,
+        },
+        checks=[
+            Check("end-to-end p95", summary["p95_ms"], 100.0, "<=", " ms"),
+            Check("answered / sent", answered / expected, 1.0, ">="),
+        ],
+    )
+
+
+def run() -> list[Section]:
+    # Logs stay under var/ for a look after the run.
+    work = ROOT / "var" / "bench-gateway"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    if True:
+        stack = Stack(work)
+        try:
+            from services.common.healthcheck import check
+
+            for name in ("session", "business", "search"):
+                address = f"127.0.0.1:{stack.ports[name]}"
+                if not wait_for(lambda a=address: check(a, "", 0.5) == "SERVING", 60, 0.2):
+                    raise RuntimeError(f"{name} did not start")
+            parts = os.environ.get("BENCH_GATEWAY_PARTS", "ack,e2e").split(",")
+            sections = []
+            if "ack" in parts:
+                sections.append(ack_section(stack))
+            if "e2e" in parts:
+                sections.append(e2e_section(stack))
+            return sections
+        finally:
+            stack.close()
