@@ -48,7 +48,7 @@ class Config:
     app_secret: str
     api_key: str
     user_id: str = DEFAULT_USER
-    profile_name: str = "Terminal Tester"
+    profile_name: str = "Alex Tester"
     phone_number_id: str = DEMO_PHONE_NUMBER_ID
 
     @classmethod
@@ -58,7 +58,7 @@ class Config:
             app_secret=_secret("WHATSAPP_APP_SECRET", "dev-app-secret"),
             api_key=_secret("API_KEY", "dev-api-key"),
             user_id=user_id,
-            profile_name=name or "Terminal Tester",
+            profile_name=name or "Alex Tester",
         )
 
 

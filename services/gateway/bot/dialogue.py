@@ -421,8 +421,8 @@ class BotEngine:
         rows = tuple(
             ListRow(
                 id=f"place:{index}",
-                title=_clip(choice.name, 24),
-                description=_clip(f"{choice.city}, {choice.country} · {choice.code}", 72),
+                title=_clip(f"{choice.city} ({choice.code})", 24),
+                description=_clip(f"{choice.name} · {choice.country}", 72),
             )
             for index, choice in enumerate(choices, start=1)
         )
@@ -637,8 +637,13 @@ class BotEngine:
 
     def _summary(self, ctx: Context, d: Dialogue) -> str:
         t, trip, parts = ctx.texts, d.trip, []
-        if trip.get("origin") or trip.get("destination"):
+        origin, destination = trip.get("origin") or {}, trip.get("destination") or {}
+        if origin and destination:
             parts.append(self._route(d))
+        elif origin:
+            parts.append(t("from_place", place=_place_label(origin)))
+        elif destination:
+            parts.append(t("to_place", place=_place_label(destination)))
         if trip.get("depart"):
             parts.append(fmt.day(t, date.fromisoformat(trip["depart"])))
         back = self._return_date(d)

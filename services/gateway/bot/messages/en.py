@@ -14,6 +14,8 @@ MESSAGES: dict[str, str] = {
     "cabin_business": "business",
     "cabin_first": "first",
     "non_stop_only": "non-stop only",
+    "from_place": "from {place}",
+    "to_place": "to {place}",
     "one_way": "one way",
     "return_on": "back {date}",
     "stops_0": "non-stop",

@@ -13,6 +13,8 @@ MESSAGES: dict[str, str] = {
     "cabin_business": "business",
     "cabin_first": "primera",
     "non_stop_only": "solo directos",
+    "from_place": "desde {place}",
+    "to_place": "a {place}",
     "one_way": "solo ida",
     "return_on": "vuelta {date}",
     "stops_0": "directo",
