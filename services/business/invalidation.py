@@ -96,8 +96,10 @@ class InvalidationBus:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                # Once per outage, not once per retry.
+                report = log.warning if self.subscribed.is_set() or first else log.debug
+                report("invalidation channel lost; retrying", error=type(error).__name__)
                 self.subscribed.clear()
-                log.warning("invalidation channel lost", error=type(error).__name__)
                 await asyncio.sleep(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
             finally:

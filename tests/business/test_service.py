@@ -465,3 +465,32 @@ async def test_not_serving_and_unavailable_while_mongodb_is_unreachable(
         assert error.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await asyncio.to_thread(process.stop)
+
+
+async def test_a_replica_that_lost_its_subscription_clears_its_cache(
+    registry: SecretRegistry, tmp_path: Path, fresh_valkey: Valkey
+) -> None:
+    """Invalidations published while a replica was cut off are lost: it forgets everything."""
+    running = await start_service(
+        registry, "business-resubscribe", tmp_path / "business.db", REDIS_URL=fresh_valkey.url
+    )
+    try:
+        request = demo_request()
+        await running.stub.CreateBusiness(request)
+        lookup = business_pb2.LookupBusinessRequest(subdomain=request.business.subdomain)
+        await running.stub.LookupBusiness(lookup)
+        stats = await running.stub.GetCacheStats(business_pb2.GetCacheStatsRequest())
+        assert stats.size == 1
+        await asyncio.to_thread(fresh_valkey.stop)
+        assert await asyncio.to_thread(
+            wait_for, lambda: "invalidation channel lost" in running.process.log, 20.0
+        )
+        assert (await running.stub.LookupBusiness(lookup)).cached  # still serving meanwhile
+        await asyncio.to_thread(fresh_valkey.start)
+        assert await asyncio.to_thread(
+            wait_for, lambda: "re-subscribed" in running.process.log, 20.0
+        )
+        stats = await running.stub.GetCacheStats(business_pb2.GetCacheStatsRequest())
+        assert stats.size == 0
+    finally:
+        await running.close()
