@@ -209,6 +209,13 @@ class MongoStore(BusinessStore):
         try:
             await self.open()
             await self._client.admin.command("ping")
+        except OperationFailure as error:
+            # Typically a unique index that existing documents violate (two businesses claiming
+            # one phone_number_id): say which rule, not the values.
+            name = (error.details or {}).get("codeName", "")
+            raise ConnectionError(
+                f"MongoDB refused the business indexes: code {error.code} {name}"
+            ) from None
         except PyMongoError as error:
             raise ConnectionError(f"MongoDB unavailable: {type(error).__name__}") from None
 

@@ -317,3 +317,23 @@ async def test_concurrent_writers_keep_uniqueness(store: BusinessStore) -> None:
     )
     assert sum(not isinstance(r, BaseException) for r in results) == 1
     assert all(isinstance(r, AlreadyExists) for r in results if isinstance(r, BaseException))
+
+
+async def test_existing_mongo_collection_breaking_a_rule_keeps_the_service_not_ready(
+    mongo_uri: str,
+) -> None:
+    """A team's collection where two businesses claim one phone_number_id: readiness says why."""
+    database = f"parley_test_dup_{ObjectId()}"
+    store = MongoStore(mongo_uri, database=database, min_pool_size=0)
+    try:
+        await store.collection.insert_many(
+            [
+                {"name": "A", "subDomain": "a", "whatsappPhoneNumberIds": ["1"], "isActive": True},
+                {"name": "B", "subDomain": "b", "whatsappPhoneNumberIds": ["1"], "isActive": True},
+            ]
+        )
+        with pytest.raises(ConnectionError, match="refused the business indexes"):
+            await store.ping()
+    finally:
+        await store.collection.database.client.drop_database(database)
+        await store.close()
