@@ -270,8 +270,13 @@ def gateway(
 # --- building webhooks ---------------------------------------------------------------------
 
 
+USERS: list[str] = []  # every user id the run made up: none may appear unmasked in a log
+
+
 def new_wa_id() -> str:
-    return f"1{secrets.randbelow(10**10):010d}"
+    wa_id = f"1{secrets.randbelow(10**10):010d}"
+    USERS.append(wa_id)
+    return wa_id
 
 
 def cloud_payload(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.gateway.conftest import SECRETS
+from tests.gateway.conftest import SECRETS, USERS
 
 
 def test_no_secret_in_any_captured_log(log_dir: Path) -> None:
@@ -21,3 +21,14 @@ def test_no_secret_in_any_captured_log(log_dir: Path) -> None:
         if not name.startswith(("session", "business", "search"))
     )
     assert "webhook accepted" in gateway_logs  # the scan did see the gateway's work
+
+
+def test_phone_numbers_are_masked_in_the_gateway_logs(log_dir: Path) -> None:
+    services = ("session", "business", "search")
+    gateway_logs = "".join(
+        path.read_text(errors="replace")
+        for path in log_dir.glob("*.log")
+        if not path.name.startswith(services)
+    )
+    assert USERS, "no users were made up"
+    assert [user for user in USERS if user in gateway_logs] == []
