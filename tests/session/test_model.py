@@ -1,0 +1,50 @@
+"""Key names and page tokens: any id round-trips, any token from outside is refused cleanly."""
+
+from __future__ import annotations
+
+import zlib
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.session.model import (
+    INDEX_SHARDS,
+    ConversationKey,
+    Cursor,
+    decode_cursor,
+    encode_cursor,
+)
+
+ids = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=128)
+
+
+@given(business=ids, user=ids, role=st.sampled_from(["client", "admin"]))
+def test_any_ids_round_trip_through_key_names(business: str, user: str, role: str) -> None:
+    key = ConversationKey(business, user, role)  # type: ignore[arg-type]
+    meta, history, state, index = key.redis_keys()
+    assert ConversationKey.from_meta_key(meta) == key
+    # One hash tag for the conversation and its index shard: the first {...} of each name.
+    tags = {name[name.index("{") : name.index("}") + 1] for name in (meta, history, state, index)}
+    assert len(tags) == 1
+    assert key.shard == zlib.crc32(f"{role}:{user}".encode()) % INDEX_SHARDS
+    for name in (meta, history, state, index):
+        assert not set(name) & set("*?[]\\ \n")  # safe in SCAN patterns and logs
+
+
+@given(st.text(max_size=200))
+def test_tokens_from_outside_are_refused_or_valid(token: str) -> None:
+    try:
+        cursor = decode_cursor(token)
+    except ValueError:
+        return
+    assert 0 <= cursor.shard < INDEX_SHARDS
+
+
+@given(
+    shard=st.integers(0, INDEX_SHARDS - 1),
+    score=st.none() | st.integers(0, 2**53),
+    member=st.text(max_size=300),
+)
+def test_our_tokens_round_trip(shard: int, score: int | None, member: str) -> None:
+    cursor = Cursor(shard, score, member)
+    assert decode_cursor(encode_cursor(cursor)) == cursor
