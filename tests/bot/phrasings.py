@@ -150,7 +150,7 @@ CASES: list[Case] = [
     Case("miami to bostn on wednesday", o="Miami", d="Boston", dep="2026-11-25"),
     Case("seatle to denver thursday", o="Seattle", d="Denver", dep="2026-11-19"),
     Case("dubai to singapure dec 1", o="Dubai", d="Singapore", dep="2026-12-01"),
-    Case("frankfrut to vienna tomorrow", o="Frankfurt", d="Vienna", dep="2026-11-19"),
+    Case("frankfrut to vienna tomorrow", o="FRA", d="Vienna", dep="2026-11-19"),
     Case("fly me to rome!!!", d="Rome"),
     Case("Fly me to Rome.", d="Rome"),
     Case("  to   paris   please ", d="Paris"),

@@ -94,6 +94,11 @@ async def test_corrections_change_one_thing_and_search_again(engine: BotEngine) 
     reply = await chat.say("from Newark instead")
     assert "Newark (EWR) → London (LON)" in reply
     assert chat.state["trip"]["depart"] == coming(6).isoformat()
+    # A weekday return is the first one after the departure, even from a later message.
+    await chat.say("actually next Friday")
+    reply = await chat.say("back Sunday")
+    assert chat.state["trip"]["return"] == (coming(4) + timedelta(days=2)).isoformat()
+    assert "back " + short(coming(4) + timedelta(days=2)) in reply and offers_in(reply)
 
 
 async def test_details_more_and_new(engine: BotEngine) -> None:

@@ -24,7 +24,7 @@ import structlog
 
 from parley.search.v1 import search_pb2
 from services.gateway.bot import offers as fmt
-from services.gateway.bot.extract import Extraction, normalize
+from services.gateway.bot.extract import Extraction, normalize, weekday_after
 from services.gateway.bot.llm import Extractor
 from services.gateway.bot.messages import Texts
 from services.gateway.bot.places import Candidate, PlaceResolver, decide, split_phrase
@@ -344,7 +344,13 @@ class BotEngine:
         if found.depart:
             changes["depart"] = found.depart.isoformat()
         if found.return_date:
-            changes["return"] = found.return_date.isoformat()
+            back = found.return_date
+            departure = found.depart or (
+                date.fromisoformat(d.trip["depart"]) if d.trip.get("depart") else None
+            )
+            if found.return_weekday and departure:
+                back = weekday_after(back, departure)  # "back Sunday" after a Friday departure
+            changes["return"] = back.isoformat()
             changes["nights"] = None
         if found.nights:
             changes["nights"] = found.nights

@@ -40,6 +40,7 @@ class Extraction:
     non_stop: bool | None = None
     one_way: bool | None = None
     unreadable_date: bool = False  # something looked like a date but could not be read
+    return_weekday: bool = False  # the return was a weekday name ("back Sunday")
 
     def is_empty(self) -> bool:
         return not (
@@ -306,6 +307,12 @@ def _next_weekday(today: date, weekday: int, *, skip_today: bool = True) -> date
     return today + timedelta(days=days)
 
 
+def weekday_after(value: date, departure: date) -> date:
+    """The first date with ``value``'s weekday after ``departure`` (a return, so never the
+    same day: "Friday back Friday" is a week)."""
+    return departure + timedelta(days=(value.weekday() - departure.weekday()) % 7 or 7)
+
+
 def _day_of_month(today: date, day: int) -> date | None:
     """The next date with this day of the month, this month if still to come."""
     year, month = today.year, today.month
@@ -526,6 +533,7 @@ def _nth(match: re.Match[str], ctx: DateContext) -> DateValue:
 @dataclass
 class _Found:
     value: date | tuple[date, date] | None
+    weekday: bool = False  # "Sunday": the next one after whatever it is relative to
 
 
 def find_dates(text: str, ctx: DateContext) -> tuple[str, list[_Found]]:
@@ -535,7 +543,7 @@ def find_dates(text: str, ctx: DateContext) -> tuple[str, list[_Found]]:
     for pattern, func in DATE_RULES:
 
         def replace(match: re.Match[str], func: Any = func) -> str:
-            found.append(_Found(func(match, ctx)))
+            found.append(_Found(func(match, ctx), weekday=func is _weekday))
             return f" @d{len(found) - 1} "
 
         text = pattern.sub(replace, text)
@@ -772,6 +780,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
         value = dates[index].value
         if index not in used and isinstance(value, date):
             result.return_date = value
+            result.return_weekday = dates[index].weekday
             used.add(index)
     work = re.sub(r"\b" + RETURN_MARK + r" (?:on |el |the )?(?=@d)", " ", work)
     for match in re.finditer(r"@d(\d+) (?:to|-|until|till|al|a|hasta) @d(\d+)", work):
@@ -787,9 +796,9 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
         elif item.value is None:
             result.unreadable_date = True
 
-    # "Friday back Monday": a weekday return before the departure means the week after.
-    if result.depart and result.return_date and 0 < (result.depart - result.return_date).days < 7:
-        result.return_date += timedelta(days=7)
+    # "Friday back Sunday": a weekday return is the first one after the departure.
+    if result.depart and result.return_date and result.return_weekday:
+        result.return_date = weekday_after(result.return_date, result.depart)
 
     # Dates joined by a range word should not leave "to" behind for the place splitter.
     work = re.sub(r"@d\d+", " ", work)
