@@ -300,6 +300,8 @@ CASES: list[Case] = [
     Case("Rome to Athens the 3rd of march 2027", o="Rome", d="Athens", dep="2027-03-03"),
     Case("Oslo to Paris november 25", o="Oslo", d="Paris", dep="2026-11-25"),
     Case("Oslo to Paris nov 10", o="Oslo", d="Paris", dep="2027-11-10"),
+    Case("Rome to Paris 18 november", o="Rome", d="Paris", dep="2026-11-18"),
+    Case("flights to Miami on 11/18", d="Miami", dep="2026-11-18"),
     # --- Spanish ----------------------------------------------------------------------
     Case(
         "de Madrid a Barcelona el próximo viernes",

@@ -337,11 +337,13 @@ def _absolute(day: int, month: int, year: int | None, today: date) -> date | Non
         return None
 
 
-def _parse_with_dateparser(text: str, ctx: DateContext) -> date | None:
+def _parse_with_dateparser(text: str, ctx: DateContext, order: str = "") -> date | None:
+    """dateparser relative to the business's today, preferring the future."""
     settings: dict[str, Any] = {
         "PREFER_DATES_FROM": "future",
-        "RELATIVE_BASE": datetime(ctx.today.year, ctx.today.month, ctx.today.day, 12),
-        "DATE_ORDER": "DMY" if ctx.day_first else "MDY",
+        # Midnight, so a date written for today counts as today, not as already past.
+        "RELATIVE_BASE": datetime(ctx.today.year, ctx.today.month, ctx.today.day),
+        "DATE_ORDER": order or ("DMY" if ctx.day_first else "MDY"),
         "REQUIRE_PARTS": ["day"],
     }
     parsed = dateparser.parse(text, languages=["en", "es"], settings=settings)
@@ -403,7 +405,7 @@ def _rule(pattern: str) -> Callable[[DateRule], DateRule]:
 
 @_rule(r"\b(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})\b")
 def _iso(match: re.Match[str], ctx: DateContext) -> DateValue:
-    return _absolute(int(match["d"]), int(match["m"]), int(match["y"]), ctx.today)
+    return _parse_with_dateparser(match.group(0), ctx)
 
 
 # day range within one month: "3-10 march", "3 to 10 march", "del 3 al 10 de marzo"
@@ -436,7 +438,11 @@ def _month_range(match: re.Match[str], ctx: DateContext) -> DateValue:
 
 @_rule(r"\b(?P<a>\d{1,2})[/.](?P<b>\d{1,2})(?:[/.](?P<y>\d{4}|\d{2}))?\b")
 def _numeric_rule(match: re.Match[str], ctx: DateContext) -> DateValue:
-    return _numeric(match["a"], match["b"], match["y"], ctx)
+    first, second = int(match["a"]), int(match["b"])
+    if first > 12 or second > 12:
+        # Only one order is possible (24/12): dateparser would insist on the locale's.
+        return _numeric(match["a"], match["b"], match["y"], ctx)
+    return _parse_with_dateparser(match.group(0).replace(".", "/"), ctx)
 
 
 # "3 march", "3rd of march", "3 de marzo", "the 3rd of march 2027"
@@ -448,17 +454,22 @@ def _numeric_rule(match: re.Match[str], ctx: DateContext) -> DateValue:
     + r"\b(?:,? (?:de )?(?P<y>\d{4}))?"
 )
 def _day_month(match: re.Match[str], ctx: DateContext) -> DateValue:
-    month = MONTHS[match.group(2)]
-    year = int(match["y"]) if match["y"] else None
-    return _absolute(int(match["d"]), month, year, ctx.today)
+    return _calendar(int(match["d"]), MONTHS[match.group(2)], match["y"], ctx)
 
 
 # "march 3", "march 3rd", "march the 3rd, 2027"
 @_rule(r"\b" + MONTH + r" (?:the )?(?P<d>\d{1,2})" + ORD + r"\b(?:,? (?P<y>\d{4}))?")
 def _month_day(match: re.Match[str], ctx: DateContext) -> DateValue:
-    month = MONTHS[match.group(1)]
-    year = int(match["y"]) if match["y"] else None
-    return _absolute(int(match["d"]), month, year, ctx.today)
+    return _calendar(int(match["d"]), MONTHS[match.group(1)], match["y"], ctx)
+
+
+def _calendar(day: int, month: int, year: str | None, ctx: DateContext) -> date | None:
+    """A day and month (in whichever language or order they were written) through dateparser,
+    which picks the year: the given one, or the next occurrence from today."""
+    if not year and (month, day) == (ctx.today.month, ctx.today.day):
+        return ctx.today  # dateparser would count today as past and move it a year on
+    text = f"{day} {calendar.month_name[month]}" + (f" {year}" if year else "")
+    return _parse_with_dateparser(text, ctx, order="DMY")
 
 
 @_rule(r"\b(?:day after tomorrow|pasado mañana)\b")
