@@ -33,6 +33,27 @@ os.environ["SESSION_PORT"] = sys.argv[1]
 from services.session.server import main
 sys.exit(main())
 """
+# The runtime with one RPC that does a single Redis PING and nothing else: what one Redis round
+# trip through redis-py costs an RPC on this machine, between the no-op and the real calls.
+PING_SERVER = """
+import os, sys
+from parley.session.v1 import session_pb2, session_pb2_grpc
+from services.common.redis_client import make_client
+from services.common.server import Service, run
+from services.common.settings import CommonSettings, load_settings
+
+class PingOnly(session_pb2_grpc.SessionServiceServicer):
+    def __init__(self):
+        self.redis = make_client(os.environ["REDIS_URL"])
+
+    async def GetStorageStatus(self, request, context):
+        await self.redis.ping()
+        return session_pb2.GetStorageStatusResponse()
+
+run(lambda: Service("parley.session.v1.SessionService",
+                    session_pb2_grpc.add_SessionServiceServicer_to_server, PingOnly()),
+    load_settings(CommonSettings), port=int(sys.argv[1]), metrics_port=0, log_name="bench")
+"""
 CONVERSATIONS = 200
 TEXT = "x" * 100  # a 100-character message
 ROUND_TRIP_CALLS = 500
@@ -71,7 +92,7 @@ class Measured:
         return statistics.fmean(self.rates[kind])
 
 
-async def measure(session_address: str, noop_address: str) -> Measured:
+async def measure(session_address: str, noop_address: str, ping_address: str) -> Measured:
     """No-op, get and update in short interleaved slices.
 
     The machine is shared: its load drifts over seconds. Interleaving slices of the three kinds
@@ -80,6 +101,7 @@ async def measure(session_address: str, noop_address: str) -> Measured:
     async with (
         grpc.aio.insecure_channel(session_address) as channel,
         grpc.aio.insecure_channel(noop_address) as noop_channel,
+        grpc.aio.insecure_channel(ping_address) as ping_channel,
     ):
         stub = session_pb2_grpc.SessionServiceStub(channel)
         health = health_pb2_grpc.HealthStub(noop_channel)
@@ -92,9 +114,14 @@ async def measure(session_address: str, noop_address: str) -> Measured:
             request.set_state["step"].string_value = "ask_date"
             updates.append(request)
         check = health_pb2.HealthCheckRequest()
+        pinger = session_pb2_grpc.SessionServiceStub(ping_channel)
+        status = pb.GetStorageStatusRequest()
 
         async def noop() -> Any:
             return await health.Check(check, timeout=5)
+
+        async def one_ping() -> Any:
+            return await pinger.GetStorageStatus(status, timeout=5)
 
         async def get() -> Any:
             return await stub.GetConversation(random.choice(gets), timeout=5)
@@ -102,7 +129,7 @@ async def measure(session_address: str, noop_address: str) -> Measured:
         async def update() -> Any:
             return await stub.UpdateConversation(random.choice(updates), timeout=5)
 
-        calls = {"noop": noop, "get": get, "update": update}
+        calls = {"noop": noop, "ping": one_ping, "get": get, "update": update}
         result = Measured({kind: [] for kind in calls})
         for _ in range(SLICES):
             for kind, call in calls.items():
@@ -207,16 +234,19 @@ def run() -> list[Section]:
             },
         )
         floor, floor_address = start_server(RUNTIME_SERVER)
+        pinger, ping_address = start_server(PING_SERVER, {"REDIS_URL": valkey.url})
         db = redis.Redis(port=valkey.port)
         try:
-            measured = asyncio.run(measure(address, floor_address))
+            measured = asyncio.run(measure(address, floor_address, ping_address))
             trips, commands = asyncio.run(round_trips(address, valkey.port, "update"))
             get_trips, get_commands = asyncio.run(round_trips(address, valkey.port, "get"))
             memory, parts = asyncio.run(memory_of_one(address, db))
         finally:
-            stop(service, floor)
+            stop(service, floor, pinger)
             valkey.stop()
-    noop_rps, get_rps, update_rps = (measured.mean(k) for k in ("noop", "get", "update"))
+    noop_rps, ping_rps, get_rps, update_rps = (
+        measured.mean(k) for k in ("noop", "ping", "get", "update")
+    )
     spread = {
         kind: [
             round(r / n, 2)
@@ -231,6 +261,10 @@ def run() -> list[Section]:
                 "no-op throughput (calls/s)": round(noop_rps),
                 "get throughput (calls/s)": round(get_rps),
                 "update throughput (calls/s)": round(update_rps),
+                "one-PING RPC throughput (calls/s; reference, no target)": round(ping_rps),
+                "one-PING RPC / no-op": round(ping_rps / noop_rps, 3),
+                "get / one-PING RPC": round(get_rps / ping_rps, 3),
+                "update / one-PING RPC": round(update_rps / ping_rps, 3),
                 f"get / no-op per slice ({SLICES} interleaved slices of {SLICE_SECONDS} s)": spread[
                     "get"
                 ],

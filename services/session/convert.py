@@ -16,7 +16,6 @@ from services.session.model import (
     ConversationKey,
     Role,
     Summary,
-    decode_message,
     encode_message,
 )
 
@@ -179,27 +178,53 @@ def python_to_value(data: Any, out: struct_pb2.Value) -> None:
         out.list_value.extend(data)
 
 
-def conversation_proto(conversation: Conversation) -> session_pb2.Conversation:
-    proto = session_pb2.Conversation(
-        id=conversation.id,
-        key=key_proto(conversation.key),
-        version=conversation.version,
-        create_time=timestamp(conversation.created_ms),
-        update_time=timestamp(conversation.updated_ms),
-        expire_time=timestamp(conversation.expire_ms),
-    )
-    history = proto.history
+# Stored one-letter message roles → the enum, for the hot path below.
+_STORED_ROLE_VALUES = {
+    code: MESSAGE_ROLE_VALUES[name]
+    for name, code in (("user", "u"), ("assistant", "a"), ("system", "s"))
+}
+_Timestamp = timestamp_pb2.Timestamp
+
+
+def fill_conversation(
+    out: session_pb2.Conversation,
+    conversation: Conversation,
+    key: session_pb2.ConversationKey | None = None,
+) -> None:
+    """Write ``conversation`` into ``out`` (the response's own field: no copy of the message).
+
+    Every get and update goes through here, so it avoids per-message helper calls.
+    """
+    out.id = conversation.id
+    out.key.CopyFrom(key if key is not None else key_proto(conversation.key))
+    out.version = conversation.version
+    for field, ms in (
+        (out.create_time, conversation.created_ms),
+        (out.update_time, conversation.updated_ms),
+        (out.expire_time, conversation.expire_ms),
+    ):
+        field.seconds, field.nanos = divmod(ms, 1000)
+        field.nanos *= 1_000_000
+    add = out.history.add
+    roles = _STORED_ROLE_VALUES
+    loads = orjson.loads
     for raw in conversation.history:
-        role, content, time_ms, provider_id = decode_message(raw)
-        history.add(
-            role=MESSAGE_ROLE_VALUES[role],
-            content=content,
-            time=timestamp(time_ms),
-            provider_message_id=provider_id,
+        record = loads(raw)
+        at = record["t"]
+        add(
+            role=roles[record["r"]],
+            content=record["c"],
+            time=_Timestamp(seconds=at // 1000, nanos=at % 1000 * 1_000_000),
+            provider_message_id=record.get("p", ""),
         )
-    state = proto.state
+    state = out.state
     for name, raw_value in conversation.state.items():
-        python_to_value(orjson.loads(raw_value), state[name])
+        python_to_value(loads(raw_value), state[name])
+
+
+def conversation_proto(conversation: Conversation) -> session_pb2.Conversation:
+    proto = session_pb2.Conversation()
+    fill_conversation(proto, conversation)
     return proto
 
 

@@ -80,11 +80,14 @@ class MemoryStore:
                 self.dropped_dirty += 1
 
     def mirror(self, conversation: Conversation) -> None:
-        """Keep a clean copy of what Redis holds (unless an unsaved outage write is newer)."""
+        """Keep what Redis holds (unless an unsaved outage write is newer).
+
+        Not copied: the caller only reads it, and this store copies before it changes anything.
+        """
         mine = self._dirty.get(conversation.key)
         if mine is not None and mine.version >= conversation.version:
             return
-        self._store(conversation.copy(), dirty=False)
+        self._store(conversation, dirty=False)
 
     def mirror_expiry(self, key: ConversationKey, expire_ms: int) -> None:
         conversation = self._clean.get(key)

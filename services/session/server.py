@@ -38,9 +38,9 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         conversation, created = await self.store.get(key, request.create)
         if conversation is None:
             raise NotFound("no live conversation for this key")
-        return session_pb2.GetConversationResponse(
-            conversation=convert.conversation_proto(conversation), created=created
-        )
+        response = session_pb2.GetConversationResponse(created=created)
+        convert.fill_conversation(response.conversation, conversation, request.key)
+        return response
 
     async def UpdateConversation(
         self, request: session_pb2.UpdateConversationRequest, context: Context
@@ -63,9 +63,9 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             remove_state=remove,
             expected_version=expected,
         )
-        return session_pb2.UpdateConversationResponse(
-            conversation=convert.conversation_proto(conversation), created=created
-        )
+        response = session_pb2.UpdateConversationResponse(created=created)
+        convert.fill_conversation(response.conversation, conversation, request.key)
+        return response
 
     async def TouchConversation(
         self, request: session_pb2.TouchConversationRequest, context: Context
