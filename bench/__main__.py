@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
         print(f"running {name} ...", flush=True)
         sections.extend(importlib.import_module(f"bench.{name}").run())
     print(report.render(sections))
-    path = report.write(sections)
+    path = report.write(sections, merge=bool(argv))  # a subset keeps the others' figures
     print(f"\nwritten: {path}")
     missed = [c.name for s in sections for c in s.checks if not c.passed]
     if missed:

@@ -80,16 +80,33 @@ def render(sections: list[Section]) -> str:
     return "\n".join(lines)
 
 
-def write(sections: list[Section]) -> Path:
+def write(sections: list[Section], merge: bool = False) -> Path:
+    """Write the report; with ``merge``, sections of an earlier run whose titles were not
+    measured now are kept (``python -m bench system`` must not drop the other benches')."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "latest.json"
+    kept: list[Section] = []
+    if merge and path.exists():
+        try:
+            earlier = json.loads(path.read_text()).get("sections", [])
+        except (OSError, ValueError):
+            earlier = []
+        titles = {s.title for s in sections}
+        for old in earlier:
+            if old.get("title") not in titles:
+                checks = [
+                    Check(**{k: v for k, v in c.items() if k != "passed"})
+                    for c in old.get("checks", [])
+                ]
+                kept.append(Section(old["title"], old.get("figures", {}), checks))
+    every = kept + sections
     payload = {
         "machine": machine(),
         "sections": [
             {**asdict(s), "checks": [{**asdict(c), "passed": c.passed} for c in s.checks]}
-            for s in sections
+            for s in every
         ],
     }
-    path.write_text(json.dumps(payload, indent=2))
-    (RESULTS / "latest.md").write_text(render(sections) + "\n")
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    (RESULTS / "latest.md").write_text(render(every) + "\n")
     return path
