@@ -255,6 +255,10 @@ async def test_help_thanks_cancel_and_greeting(engine: BotEngine) -> None:
     assert "Cancelled" in await chat.say("cancel")
     assert chat.state == {}
     assert "didn't get that" in await chat.say("blorp zzzq")
+    assert "didn't get that" in await chat.say("hmm again")
+    assert "Tell me your trip" in await chat.say("ok")
+    await chat.say("to Rome")
+    assert await chat.say("great") == "Where are you flying from?"
 
 
 async def test_dates_in_the_past_and_returns_before_departure_are_asked_again(
@@ -267,3 +271,14 @@ async def test_dates_in_the_past_and_returns_before_departure_are_asked_again(
     assert chat.state["trip"]["destination"]["code"] == "BOS"
     same = await chat.say("from Boston")
     assert "both Boston (BOS)" in same
+
+
+async def test_unusable_state_costs_a_question_not_a_failure(engine: BotEngine) -> None:
+    chat = Chat(engine)
+    chat.state = {
+        "trip": {"origin": "JFK", "destination": {"code": "LON"}, "depart": "soon", "adults": -1},
+        "ask": {"slot": "date"},
+    }
+    reply = await chat.say("hello again")
+    assert "I find flights" in reply
+    assert "Where are you flying from?" in await chat.say("to Paris")

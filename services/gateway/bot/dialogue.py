@@ -35,6 +35,7 @@ from services.gateway.engine import ListRow, Reply, SearchPort, Turn, TurnResult
 log = structlog.get_logger()
 
 STATE_KEYS = ("trip", "ask", "results")
+STRICT_SCORE = 85.0  # a place written alone, unasked, must resolve at least this well
 MAX_DAYS_AHEAD = 361
 CABIN_CODES = {
     "economy": search_pb2.CABIN_ECONOMY,
@@ -101,6 +102,19 @@ COMMANDS = {
     "show more": "more",
     "ver mas": "more",
     "next": "more",
+    "ok": "ack",
+    "okay": "ack",
+    "great": "ack",
+    "cool": "ack",
+    "perfect": "ack",
+    "nice": "ack",
+    "sure": "ack",
+    "yes": "ack",
+    "👍": "ack",
+    "vale": "ack",
+    "genial": "ack",
+    "perfecto": "ack",
+    "si": "ack",
     "retry": "retry",
     "try again": "retry",
     "reintentar": "retry",
@@ -123,7 +137,7 @@ class Dialogue:
             value = state.get(key)
             return dict(value) if isinstance(value, dict) else {}
 
-        return cls(part("trip"), part("ask"), part("results"))
+        return cls(_valid_trip(part("trip")), part("ask"), part("results"))
 
     def set(self, key: str, value: dict[str, Any]) -> None:
         setattr(self, key, value)
@@ -141,6 +155,38 @@ class Dialogue:
             else:
                 outcome.remove_state.append(key)
         return outcome
+
+
+GREETING_WORDS = {"hi", "hello", "hey", "hiya", "hola", "shalom", "buenas", "yo", "howdy"}
+GREETING_TAIL = {"again", "there", "bot", "team", "all", "everyone", "friend", "amigo", "y"}
+
+
+def _is_greeting(plain: str) -> bool:
+    words = plain.split()
+    return plain in GREETINGS or (
+        bool(words) and words[0] in GREETING_WORDS and all(w in GREETING_TAIL for w in words[1:])
+    )
+
+
+def _valid_trip(trip: dict[str, Any]) -> dict[str, Any]:
+    """Drop slots that can't be used (state written by an older version, or edited by hand),
+    so one bad value costs a question rather than a message that fails on every retry."""
+    for key in ("origin", "destination"):
+        place = trip.get(key)
+        if place is not None and not (isinstance(place, dict) and place.get("code")):
+            trip.pop(key)
+    for key in ("depart", "return"):
+        value = trip.get(key)
+        if value is not None:
+            try:
+                date.fromisoformat(str(value))
+            except ValueError:
+                trip.pop(key)
+    for key in ("adults", "nights"):
+        value = trip.get(key)
+        if value is not None and not (isinstance(value, int | float) and 1 <= value <= 365):
+            trip.pop(key)
+    return trip
 
 
 def _tz(name: str) -> ZoneInfo:
@@ -230,7 +276,7 @@ class BotEngine:
         plain = normalize(text).strip(" .")
         command = COMMANDS.get(plain)
         name = ctx.turn.message.profile_name.split(" ")[0] if ctx.turn.message.profile_name else ""
-        if plain in GREETINGS:
+        if _is_greeting(plain):
             d.set("ask", {"slot": "origin"} if not ctx.smart else {})
             key = "greeting" if ctx.smart else "greeting_step"
             return [Reply(t(key, name=f" {name}" if name else ""))]
@@ -248,6 +294,16 @@ class BotEngine:
             return [Reply(t("thanks"))]
         if command == "more":
             return self._more(ctx, d)
+        if command == "ack":
+            # "ok", "great": nothing to change; say what can be done next.
+            missing = self._missing(d)
+            if missing is not None and (d.trip or not ctx.smart):
+                d.set("ask", {"slot": missing})
+                return [Reply(t(f"ask_{missing}"))]
+            shown = int(d.results.get("shown", 0))
+            if shown:
+                return [Reply(t("pick_offer", last=shown))]
+            return [Reply(t("greeting" if ctx.smart else "greeting_step", name=""))]
         if command == "retry":
             if self._missing(d) is None:
                 return await self._search_and_show(ctx, d)
@@ -381,10 +437,12 @@ class BotEngine:
                 # One question at a time: the other place is resolved once this one is answered.
                 d.set("ask", {**d.ask, "then": {"slot": slot, "text": wanted}})
                 continue
-            question = await self._resolve_into(ctx, d, slot, wanted)
+            # A bare phrase nobody asked for must be clearly a place ("London"), not whatever
+            # fuzzy match a word like "great" or "again" happens to have.
+            strict = only_unmarked and not d.trip.get(slot)
+            question = await self._resolve_into(ctx, d, slot, wanted, strict=strict)
             if question:
                 if only_unmarked and not d.ask.get("choices"):
-                    # Words that are neither a known place nor anything else: not understood.
                     d.set("ask", {})
                     return [Reply(t("not_understood"))]
                 asked.extend(question)
@@ -395,7 +453,7 @@ class BotEngine:
         return await self._advance(ctx, d, [])
 
     async def _resolve_into(
-        self, ctx: Context, d: Dialogue, slot: str, phrase: str
+        self, ctx: Context, d: Dialogue, slot: str, phrase: str, *, strict: bool = False
     ) -> list[Reply] | None:
         """Resolve ``phrase`` into ``slot``; a reply when the user must answer first."""
         t = ctx.texts
@@ -404,6 +462,8 @@ class BotEngine:
         except grpc.aio.AioRpcError as error:
             log.warning("resolve_place_failed", code=error.code().name)
             return [Reply(t("search_unavailable", summary=self._summary(ctx, d)))]
+        if strict and (not candidates or candidates[0].score < STRICT_SCORE):
+            candidates = []
         decision = decide(phrase, candidates)
         if decision.ambiguous:
             d.set(
