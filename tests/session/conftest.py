@@ -74,7 +74,6 @@ def start_session(log_dir: Path, redis_url: str, **env: str) -> Running:
 
 @pytest.fixture(scope="session")
 def session_redis_url(valkey: Valkey) -> str:
-    valkey.client().execute_command("SELECT", SESSION_DB)
     return f"redis://127.0.0.1:{valkey.port}/{SESSION_DB}"
 
 
