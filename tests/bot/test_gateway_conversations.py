@@ -51,7 +51,13 @@ def run_gateway(
         f"redis://127.0.0.1:{valkey.port}/{next_db()}",
         name,
         # mypy can't tell these str values from start_gateway's int keyword "workers".
-        **{"GATEWAY_ENGINE": ENGINE, "OUTBOX_ONLY": "true", "USE_ASYNC_SEARCH": "false", **env},  # type: ignore[arg-type]
+        **{  # type: ignore[arg-type]
+            "GATEWAY_ENGINE": ENGINE,
+            "OUTBOX_ONLY": "true",
+            "USE_ASYNC_SEARCH": "false",
+            "OPENAI_API_KEY": "",  # never the developer's own key: no outside calls
+            **env,
+        },
     )
     gateway.business = create_business(gateway)
     return gateway

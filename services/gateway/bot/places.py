@@ -143,7 +143,7 @@ CONFIDENT = 95.0
 async def split_phrase(resolver: PlaceResolver, phrase: str) -> list[str]:
     """``phrase`` as one place, or as two when it reads better that way."""
     words = phrase.split()
-    if len(words) < 2:
+    if not 2 <= len(words) <= 4:  # longer phrases are not two place names side by side
         return [phrase]
     whole = await resolver.resolve(phrase)
     if whole and whole[0].score >= CONFIDENT:
