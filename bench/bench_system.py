@@ -36,7 +36,7 @@ import httpx
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import bench_gateway, report
+from bench import bench_gateway, report, system_profile
 from bench.bench_gateway import spawn, stop, up
 from bench.report import Check, Section, percentile
 from bench.system_load import Matcher, Mix, Offered, knee, offer, signed_bodies
@@ -50,6 +50,7 @@ RATES = [
 STEP_SECONDS = float(os.environ.get("BENCH_SYSTEM_STEP_SECONDS", "12"))
 WORKERS = int(os.environ.get("BENCH_SYSTEM_WORKERS", "2"))
 LOG_LEVEL = os.environ.get("BENCH_SYSTEM_LOG_LEVEL", "WARNING")
+PROFILE_SECONDS = float(os.environ.get("BENCH_SYSTEM_PROFILE", "0"))
 DRAIN_SECONDS = 30.0
 TARGET_RATE = 300.0
 TARGET_P95_MS = 250.0
@@ -337,7 +338,10 @@ def run_steps(stack: SystemStack) -> list[Section]:
     dead_before = client.xlen("gw:dead") if client.exists("gw:dead") else 0
     steps: list[dict[str, Any]] = []
     total_messages = 0
+    profiles: list[subprocess.Popen[bytes]] = []
     for rate in RATES:
+        if PROFILE_SECONDS and not profiles:
+            profiles = system_profile.start(stack.pids, PROFILE_SECONDS, stack.work)
         messages = mix.take(int(rate * STEP_SECONDS), f"s{int(rate)}")
         bodies = signed_bodies(messages, SECRET)
         counters = redis_counters(client)
@@ -388,6 +392,7 @@ def run_steps(stack: SystemStack) -> list[Section]:
         if not step["kept_up"] or step["p95_ms"] > GIVE_UP_P95_MS:
             break  # saturated: higher steps would only measure the backlog
 
+    system_profile.finish(profiles, stack.work)
     metrics_after = {n: stack.scrape(n) for n in ("business", "search")}
     conversations, session_bytes = conversation_memory(client)
     memory_after = client.info("memory")["used_memory"]
