@@ -24,7 +24,7 @@ import structlog
 
 from parley.search.v1 import search_pb2
 from services.gateway.bot import offers as fmt
-from services.gateway.bot.extract import Extraction, normalize, weekday_after
+from services.gateway.bot.extract import Extraction, extract, normalize, weekday_after
 from services.gateway.bot.llm import Extractor
 from services.gateway.bot.messages import Texts
 from services.gateway.bot.places import Candidate, PlaceResolver, decide, split_phrase
@@ -352,8 +352,6 @@ class BotEngine:
     def _step_answer(self, ctx: Context, d: Dialogue, text: str) -> Extraction:
         """The old flow: each message answers only the question asked (origin, destination,
         date), so a whole request in one message still takes three."""
-        from services.gateway.bot.extract import extract
-
         slot = d.ask.get("slot") or self._missing(d) or "origin"
         found = extract(text, ctx.today, ctx.locale)
         answer = Extraction(unreadable_date=found.unreadable_date)
