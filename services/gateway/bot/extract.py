@@ -230,7 +230,7 @@ can could would like want wanna need needs please pls plz flight flights fly fly
 ticket tickets trip trips travel travelling traveling go going head heading a an the some any
 cheap cheapest cheaper best good options option deals deal fares fare prices price airfare
 for on in at is are there what how about hi hey hello ok okay yes so just also and then
-let's lets take leave leaving depart departing departure
+let's lets take leave leaving depart departing departure home back way
 quiero queremos busco buscar buscame encuentra necesito vuelo vuelos billete billetes boleto
 boletos pasaje pasajes ir viajar volar por favor un una unos unas en me
 hola quisiera algun barato baratos
@@ -470,6 +470,29 @@ def _calendar(day: int, month: int, year: str | None, ctx: DateContext) -> date 
         return ctx.today  # dateparser would count today as past and move it a year on
     text = f"{day} {calendar.month_name[month]}" + (f" {year}" if year else "")
     return _parse_with_dateparser(text, ctx, order="DMY")
+
+
+# "next month on the 3rd", "the 3rd of next month", "el 3 del mes que viene"
+@_rule(
+    r"\b(?:next month(?: on)? (?:the )?(?P<a>\d{1,2})"
+    + ORD
+    + r"|(?:on )?(?:the )?(?P<b>\d{1,2})"
+    + ORD
+    + r" (?:of )?next month|(?:el )?(?P<c>\d{1,2}) del mes que viene)\b"
+)
+def _next_month_day(match: re.Match[str], ctx: DateContext) -> DateValue:
+    day = int(match["a"] or match["b"] or match["c"])
+    month = ctx.today.month % 12 + 1
+    year = ctx.today.year + (1 if month == 1 else 0)
+    try:
+        return date(year, month, day)
+    except ValueError:
+        return None
+
+
+@_rule(r"\b(?:next month|el mes que viene|el proximo mes)\b")
+def _next_month(match: re.Match[str], ctx: DateContext) -> DateValue:
+    return _in_units("1", "month", ctx.today)
 
 
 @_rule(r"\b(?:day after tomorrow|pasado mañana)\b")
