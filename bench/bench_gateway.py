@@ -268,6 +268,8 @@ class Stack:
             "RATE_LIMIT_USER": "1000/minute",
             "RATE_LIMIT_BUSINESS": "100000/minute",
             "USE_ASYNC_SEARCH": "false",  # one reply per message: the search result itself
+            "QUEUE_PARTITIONS": os.environ.get("QUEUE_PARTITIONS", "16"),
+            "WORKER_CONCURRENCY": os.environ.get("WORKER_CONCURRENCY", "8"),
         }
 
     def start_gateway(self, role: str) -> subprocess.Popen[bytes]:
@@ -323,6 +325,8 @@ def ack_section(stack: Stack) -> Section:
 
 
 def e2e_section(stack: Stack) -> Section:
+    # The ack benchmark queued tens of thousands of messages for no business: start clean.
+    stack.valkey.client().flushall()
     gateway = stack.start_gateway("all")
     base = f"http://127.0.0.1:{stack.ports['gw']}"
     fake = f"http://127.0.0.1:{stack.ports['fake']}"

@@ -8,8 +8,10 @@ instead (they are shared state, not per-process counts).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -72,6 +74,12 @@ SENDS = Counter(
 RATE_LIMITED = Counter(
     "gateway_rate_limited_total", "Messages not processed because of a rate limit.", ["scope"]
 )
+
+
+@functools.cache
+def child(metric: Any, *labels: str) -> Any:
+    """A labelled child, looked up once (``labels()`` takes a lock on every call)."""
+    return metric.labels(*labels)
 
 
 def multiprocess_dir() -> str | None:

@@ -136,6 +136,25 @@ class Queue:
         self, messages: list[InboundMessage], request_id: str, received: float
     ) -> list[str | None]:
         """Write each message unless its provider id was seen; the entry id, or None (dupe)."""
+        if len(messages) == 1:  # the usual case: no task per message
+            message = messages[0]
+            partition = self.partition(message)
+            result = await self._batcher.submit(
+                [
+                    dedupe_key(partition, message.channel, message.provider_message_id),
+                    stream_key(partition),
+                ],
+                [
+                    self.dedupe_ttl,
+                    "m",
+                    encode_message(message),
+                    "rid",
+                    request_id,
+                    "rt",
+                    repr(received),
+                ],
+            )
+            return [_s(result) if result else None]
         results = await asyncio.gather(
             *(
                 self._batcher.submit(
@@ -371,10 +390,18 @@ class _ScriptBatcher:
 
     async def _flush(self, batch: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]) -> None:
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for keys, args, _ in batch:
-                    pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
-                results = await pipe.execute(raise_on_error=False)
+            if len(batch) == 1:  # a pipeline costs more than it saves for one command
+                keys, args, _ = batch[0]
+                try:
+                    command: Any = self._redis.execute_command
+                    results = [await command("EVALSHA", self._script.sha, len(keys), *keys, *args)]
+                except NoScriptError as missing:
+                    results = [missing]
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for keys, args, _ in batch:
+                        pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+                    results = await pipe.execute(raise_on_error=False)
             for (keys, args, future), result in zip(batch, results, strict=True):
                 if isinstance(result, NoScriptError):  # Redis restarted without its scripts
                     result = await self._script(keys=keys, args=args)

@@ -112,7 +112,7 @@ def request_id(request: Request) -> str:
 
 
 def _reject(channel: str, status: int, outcome: str, detail: str) -> JSONResponse:
-    metrics.WEBHOOKS.labels(channel, outcome).inc()
+    metrics.child(metrics.WEBHOOKS, channel, outcome).inc()
     return JSONResponse({"detail": detail}, status_code=status)
 
 
@@ -153,13 +153,11 @@ def build_router(runtime: Runtime) -> APIRouter:
         started = time.perf_counter()
         received = time.time()
         rid = request_id(request)
-        request_id_var.set(rid)
-        structlog.contextvars.bind_contextvars(request_id=rid)
+        request_id_var.set(rid)  # for the gRPC calls a signature check may make
         try:
             return await _cloud(request, received, rid)
         finally:
-            metrics.ACK_SECONDS.labels("cloud_api").observe(time.perf_counter() - started)
-            structlog.contextvars.unbind_contextvars("request_id")
+            metrics.child(metrics.ACK_SECONDS, "cloud_api").observe(time.perf_counter() - started)
 
     async def _cloud(request: Request, received: float, rid: str) -> Response:
         body = await request.body()
@@ -182,6 +180,7 @@ def build_router(runtime: Runtime) -> APIRouter:
             metrics.STATUSES.labels("cloud_api", status.status).inc()
             log.info(
                 "message status",
+                request_id=rid,
                 status=status.status,
                 message_id=status.message_id,
                 recipient=mask_phone(status.recipient_id),
@@ -193,13 +192,13 @@ def build_router(runtime: Runtime) -> APIRouter:
                 metrics.DEAD_LETTERS.labels("unusable_payload").inc()
             ids = await runtime.queue.enqueue(parsed.messages, rid, received)
         except RedisError as error:
-            log.error("queue unavailable; answering 503", error=str(error)[:200])
+            log.error("queue unavailable; answering 503", request_id=rid, error=str(error)[:200])
             return _reject("cloud_api", 503, "unavailable", "the queue is unavailable; retry")
         queued = sum(1 for i in ids if i)
         duplicates = len(ids) - queued
         if duplicates:
-            metrics.DUPLICATES.labels("cloud_api").inc(duplicates)
-        metrics.MESSAGES_ENQUEUED.labels("cloud_api").inc(queued)
+            metrics.child(metrics.DUPLICATES, "cloud_api").inc(duplicates)
+        metrics.child(metrics.MESSAGES_ENQUEUED, "cloud_api").inc(queued)
         outcome = (
             "accepted"
             if queued
@@ -209,18 +208,20 @@ def build_router(runtime: Runtime) -> APIRouter:
             if parsed.statuses
             else "unusable"
         )
-        metrics.WEBHOOKS.labels("cloud_api", outcome).inc()
+        metrics.child(metrics.WEBHOOKS, "cloud_api", outcome).inc()
         if parsed.messages or parsed.unusable:
             log.info(
                 "webhook accepted",
+                request_id=rid,
                 channel="cloud_api",
                 queued=queued,
                 duplicates=duplicates,
                 unusable=len(parsed.unusable),
                 statuses=len(parsed.statuses),
             )
-        return JSONResponse(
-            {"queued": queued, "duplicates": duplicates, "request_id": rid},
+        return Response(
+            orjson.dumps({"queued": queued, "duplicates": duplicates, "request_id": rid}),
+            media_type="application/json",
             headers={"x-request-id": rid},
         )
 
@@ -277,12 +278,10 @@ def build_router(runtime: Runtime) -> APIRouter:
         received = time.time()
         rid = request_id(request)
         request_id_var.set(rid)
-        structlog.contextvars.bind_contextvars(request_id=rid)
         try:
             return await _twilio(request, received, rid)
         finally:
-            metrics.ACK_SECONDS.labels("twilio").observe(time.perf_counter() - started)
-            structlog.contextvars.unbind_contextvars("request_id")
+            metrics.child(metrics.ACK_SECONDS, "twilio").observe(time.perf_counter() - started)
 
     async def _twilio(request: Request, received: float, rid: str) -> Response:
         body = await request.body()
@@ -310,16 +309,23 @@ def build_router(runtime: Runtime) -> APIRouter:
             if isinstance(item, twilio.Status):
                 metrics.STATUSES.labels("twilio", item.status).inc()
                 metrics.WEBHOOKS.labels("twilio", "status").inc()
-                log.info("message status", status=item.status, message_id=item.message_sid)
+                log.info(
+                    "message status",
+                    request_id=rid,
+                    status=item.status,
+                    message_id=item.message_sid,
+                )
                 return _twiml(rid)
             ids = await runtime.queue.enqueue([item], rid, received)
         except RedisError as error:
-            log.error("queue unavailable; answering 503", error=str(error)[:200])
+            log.error("queue unavailable; answering 503", request_id=rid, error=str(error)[:200])
             return _reject("twilio", 503, "unavailable", "the queue is unavailable; retry")
         if ids[0]:
             metrics.MESSAGES_ENQUEUED.labels("twilio").inc()
             metrics.WEBHOOKS.labels("twilio", "accepted").inc()
-            log.info("webhook accepted", channel="twilio", user=mask_phone(item.user_id))
+            log.info(
+                "webhook accepted", request_id=rid, channel="twilio", user=mask_phone(item.user_id)
+            )
         else:
             metrics.DUPLICATES.labels("twilio").inc()
             metrics.WEBHOOKS.labels("twilio", "duplicate").inc()
