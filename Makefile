@@ -57,6 +57,7 @@ pytest: $(STAMP)
 
 ## Benchmarks: a table on stdout and bench/results/latest.json (BENCH="runtime session" for some).
 bench: $(STAMP)
+	@$(PY) -c 'import locust, matplotlib' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench $(BENCH)
 
 clean:

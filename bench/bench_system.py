@@ -73,6 +73,7 @@ class SystemStack:
 
     def __init__(self, work: Path) -> None:
         self.work = work
+        self.extra_gateway_env: dict[str, str] = {}
         self.valkey = Valkey(work / "valkey", None, "--appendfsync", "everysec").start()
         self.processes: list[subprocess.Popen[bytes]] = []
         assert self.valkey.process is not None
@@ -139,6 +140,7 @@ class SystemStack:
             "RATE_LIMIT_BUSINESS": "1000000/minute",
             "WORKER_CONCURRENCY": os.environ.get("BENCH_SYSTEM_WORKER_CONCURRENCY", "16"),
             "USE_ASYNC_SEARCH": "false",  # the first reply is the answer itself
+            **self.extra_gateway_env,
         }
 
     def start_gateway(self, role: str) -> subprocess.Popen[bytes]:

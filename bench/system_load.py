@@ -27,7 +27,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.bench_gateway import RawClient
 from services.gateway.channels import cloud_api
 from tests.bot.phrasings import CASES
 
@@ -217,7 +216,9 @@ async def offer(
     connections: int = 128,
 ) -> Offered:
     """Send ``bodies`` at ``rate`` per second, open loop, over keep-alive connections."""
-    pool: asyncio.Queue[RawClient] = asyncio.Queue()
+    from bench.bench_gateway import RawClient  # here: the Locust file imports this module
+
+    pool: asyncio.Queue[Any] = asyncio.Queue()
     for _ in range(connections):
         pool.put_nowait(RawClient(port))
     total = len(bodies)
