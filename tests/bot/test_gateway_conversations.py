@@ -25,10 +25,12 @@ from tests.gateway.conftest import (
     new_wa_id,
     next_db,
     post_cloud,
+    signed_twilio,
     start_gateway,
+    twilio_form,
 )
 from tests.gateway.fakes import FakeClouds
-from tests.support.processes import Valkey
+from tests.support.processes import Valkey, wait_for
 
 ENGINE = "services.gateway.bot:create_engine"
 
@@ -318,3 +320,55 @@ def test_the_language_model_path(with_llm: Gateway, openai: FakeOpenAI, mode: st
 def test_logs_of_the_engine_carry_no_secrets(with_llm: Gateway) -> None:
     log = Path(with_llm.processes[0].log_path).read_text(errors="replace")
     assert "sk-gateway-test" not in log
+
+
+@pytest.fixture(scope="module")
+def channels(
+    services: Services, search_server: SearchServer, fake_clouds: FakeClouds, valkey: Valkey
+) -> Iterator[Gateway]:
+    """Replies really sent: to the local fakes of the Graph API and of Twilio's REST API."""
+    gateway = run_gateway(
+        services, search_server, fake_clouds, valkey, "bot-channels", OUTBOX_ONLY="false"
+    )
+    yield gateway
+    gateway.stop()
+
+
+def _sent(fake: FakeClouds, to: str, count: int) -> list[Any]:
+    assert wait_for(lambda: len(fake.replies(to)) >= count, 20), fake.replies(to)
+    return fake.replies(to)
+
+
+def test_candidates_are_a_list_on_the_cloud_api_and_numbered_text_on_twilio(
+    channels: Gateway, fake_clouds: FakeClouds
+) -> None:
+    business = channels.business
+    assert business is not None
+    # Cloud API: an interactive list message at the Graph API.
+    wa_id = new_wa_id()
+    with channels.http as client:
+        payload = cloud_payload(business.phone_number_id, wa_id, "San Jose to Miami tomorrow")
+        assert post_cloud(client, payload).status_code == 200
+    (question,) = _sent(fake_clouds, wa_id, 1)
+    assert question.body["type"] == "interactive"
+    interactive = question.body["interactive"]
+    assert interactive["type"] == "list"
+    assert "Which “San Jose” do you mean?" in interactive["body"]["text"]
+    rows = interactive["action"]["sections"][0]["rows"]
+    assert {row["id"] for row in rows} >= {"place:1", "place:2"}
+
+    # Twilio: the same question as numbered text; the user answers by typing the number.
+    sender = "+" + new_wa_id()
+    url = f"{channels.url}/webhooks/twilio"
+    with channels.http as client:
+        form = twilio_form(business.number, sender, "San Jose to Miami tomorrow")
+        body, headers = signed_twilio(url, form)
+        assert client.post("/webhooks/twilio", content=body, headers=headers).status_code == 200
+        (numbered,) = _sent(fake_clouds, sender, 1)
+        text = numbered.body["Body"]
+        assert "Which “San Jose” do you mean?" in text
+        costa_rica = next(line.split(".")[0].strip() for line in text.splitlines() if "SJO" in line)
+        body, headers = signed_twilio(url, twilio_form(business.number, sender, costa_rica))
+        assert client.post("/webhooks/twilio", content=body, headers=headers).status_code == 200
+    results = _sent(fake_clouds, sender, 2)[1].body["Body"]
+    assert "San Jose (SJO) → Miami (MIA)" in results and offers_shown(results) == 3
