@@ -463,10 +463,16 @@ class WorkerPool:
         renewer = asyncio.create_task(self._renew(partition, token, lost))
         try:
             await self.queue.take_over(partition, self.worker_id)
+            # Pending entries (taken over) first; once drained, only new ones: every entry read
+            # after that is finished (or the loop ends) before the next read.
+            drained = False
             while not (self._stopping.is_set() or lost.is_set() or partition in self._release):
-                entries = await self.queue.read(
-                    partition, self.worker_id, pending=True, block_ms=None, count=10
-                )
+                entries = []
+                if not drained:
+                    entries = await self.queue.read(
+                        partition, self.worker_id, pending=True, block_ms=None, count=10
+                    )
+                    drained = not entries
                 if not entries:
                     entries = await self.queue.read(
                         partition, self.worker_id, pending=False, block_ms=500, count=10
