@@ -58,6 +58,7 @@ from services.gateway.settings import GatewaySettings
 log = structlog.get_logger()
 
 SESSION_CONTENT_LIMIT = 4096
+DEFAULT_ENGINE_MODULE = "services.gateway.bot"
 RETRYABLE_CODES = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -91,7 +92,8 @@ def load_engine(spec: str, search: SearchPort) -> Engine:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
-        if error.name is not None and module_name.startswith(error.name):
+        # Only the default engine may be absent; an engine someone named must load.
+        if module_name == DEFAULT_ENGINE_MODULE and error.name == DEFAULT_ENGINE_MODULE:
             log.warning("engine not installed, using the fallback engine", engine=spec)
             from services.gateway.engine import FallbackEngine
 
