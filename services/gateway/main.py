@@ -6,7 +6,8 @@
 
 ``WEB_CONCURRENCY`` > 1 runs that many HTTP processes (uvicorn workers). Their metrics are
 merged through prometheus-client's multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` is set (to
-``var/prometheus`` unless given) and emptied at start, before any process writes to it.
+``var/prometheus`` unless given) and its old metric files are removed before any process
+writes to it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _prepare_multiprocess_dir() -> None:
     directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or ROOT / "var" / "prometheus")
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):  # only prometheus-client's files, nothing else
+        stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
