@@ -334,6 +334,18 @@ def run_steps(stack: SystemStack) -> list[Section]:
         sent[m.id] = (m.user, due)
     drain(replies, [m.id for m in warm], 30)
 
+    # The generator alone, at the top rate, against the fake (a trivial server): can it offer it?
+    top = max(RATES)
+    calibration = asyncio.run(
+        offer(stack.ports["fake"], signed_bodies(mix.take(int(top * 2), "c"), SECRET), top, "/0/x")
+    )
+    generator = {
+        "offered": top,
+        "achieved": round(calibration.achieved, 1),
+        "lag_p99_ms": calibration.lag_p99_ms,
+        "answer_p99_ms": ms(calibration.ack_s, 99),
+    }
+
     metrics_before = {n: stack.scrape(n) for n in ("business", "search")}
     memory_before = client.info("memory")["used_memory"]
     conversations_before, _ = conversation_memory(client)
@@ -412,6 +424,7 @@ def run_steps(stack: SystemStack) -> list[Section]:
         dead_letters=dead,
         messages=total_messages,
         kinds=mix,
+        generator=generator,
     )
 
 
@@ -430,6 +443,7 @@ def build_sections(
     dead_letters: int,
     messages: int,
     kinds: Mix,
+    generator: dict[str, float],
 ) -> list[Section]:
     points = [(s["offered"], s["p95_ms"], s["kept_up"]) for s in steps]
     knee_rate = knee(points)
@@ -458,6 +472,7 @@ def build_sections(
     figures["CPU bound: cores ÷ CPU per message (msg/s)"] = (
         round(cores * 1000 / cpu["total"]) if cpu.get("total") else "-"
     )
+    figures["load generator alone, against a trivial server (/s, ms)"] = generator
     figures["steps"] = steps
     figures["setup"] = (
         f"{len(BUSINESSES)} businesses, {len(kinds.users)} users, {STEP_SECONDS:.0f} s per step, "
