@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.session.model import (
@@ -18,6 +18,7 @@ from services.session.model import (
 ids = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=128)
 
 
+@settings(deadline=None)  # a loaded shared machine must not fail a property
 @given(business=ids, user=ids, role=st.sampled_from(["client", "admin"]))
 def test_any_ids_round_trip_through_key_names(business: str, user: str, role: str) -> None:
     key = ConversationKey(business, user, role)  # type: ignore[arg-type]
@@ -31,6 +32,7 @@ def test_any_ids_round_trip_through_key_names(business: str, user: str, role: st
         assert not set(name) & set("*?[]\\ \n")  # safe in SCAN patterns and logs
 
 
+@settings(deadline=None)
 @given(st.text(max_size=200))
 def test_tokens_from_outside_are_refused_or_valid(token: str) -> None:
     try:
@@ -40,6 +42,7 @@ def test_tokens_from_outside_are_refused_or_valid(token: str) -> None:
     assert 0 <= cursor.shard < INDEX_SHARDS
 
 
+@settings(deadline=None)
 @given(
     shard=st.integers(0, INDEX_SHARDS - 1),
     score=st.none() | st.integers(0, 2**53),
