@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BUF := tools/buf/node_modules/.bin/buf
 STAMP := $(VENV)/.installed
 
-.PHONY: run test chat bench protos lint typecheck buf drift pytest install clean
+.PHONY: run test chat bench protos lint typecheck buf drift pytest install clean test-faults
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -54,6 +54,10 @@ buf:
 
 pytest: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Fault scenarios and hostile input at full length (`make test` runs their quick variant).
+test-faults: $(STAMP)
+	FAULTS_FULL=1 $(PY) -m pytest tests/faults tests/hostile $(PYTEST_ARGS)
 
 ## Benchmarks: a table on stdout and bench/results/latest.json (BENCH="runtime session" for some).
 bench: $(STAMP)
