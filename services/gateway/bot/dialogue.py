@@ -306,7 +306,7 @@ class BotEngine:
             return [Reply(t("greeting" if ctx.smart else "greeting_step", name=""))]
         if command == "retry":
             if self._missing(d) is None:
-                return await self._search_and_show(ctx, d)
+                return await self._advance(ctx, d, [])  # dates checked again: time has passed
             return [Reply(t("nothing_to_retry"))]
         if plain.isdigit():
             picked = await self._number(ctx, d, int(plain))
