@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -346,7 +347,7 @@ def run_steps(stack: SystemStack) -> list[Section]:
         "answer_p99_ms": ms(calibration.ack_s, 99),
     }
 
-    metrics_before = {n: stack.scrape(n) for n in ("business", "search")}
+    metrics_before = {n: stack.scrape(n) for n in ("session", "business", "search")}
     memory_before = client.info("memory")["used_memory"]
     conversations_before, _ = conversation_memory(client)
     dead_before = client.xlen("gw:dead") if client.exists("gw:dead") else 0
@@ -410,7 +411,7 @@ def run_steps(stack: SystemStack) -> list[Section]:
                 break  # saturated twice: higher steps would only measure the backlog
 
     system_profile.finish(profiles, stack.work)
-    metrics_after = {n: stack.scrape(n) for n in ("business", "search")}
+    metrics_after = {n: stack.scrape(n) for n in ("session", "business", "search")}
     conversations, session_bytes = conversation_memory(client)
     memory_after = client.info("memory")["used_memory"]
     dead = (client.xlen("gw:dead") if client.exists("gw:dead") else 0) - dead_before
@@ -430,6 +431,31 @@ def run_steps(stack: SystemStack) -> list[Section]:
 
 def delta(before: dict[str, float], after: dict[str, float], name: str) -> float:
     return after.get(name, 0.0) - before.get(name, 0.0)
+
+
+def rpc_figures(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], messages: int
+) -> dict[str, str]:
+    """Per method: calls per message and mean server-side time, from the services' /metrics."""
+    out = {}
+    for service in ("business", "session", "search"):
+        b, a = before[service], after[service]
+        calls: dict[str, float] = {}
+        seconds: dict[str, float] = {}
+        for key in a:
+            found = re.search(r"grpc_method=([A-Za-z]+)", key)
+            if not found or found.group(1) in ("Check", "Watch"):
+                continue
+            method = found.group(1)
+            if key.startswith("grpc_server_handled_total{"):
+                calls[method] = calls.get(method, 0.0) + delta(b, a, key)
+            elif key.startswith("grpc_server_handling_seconds_sum{"):
+                seconds[method] = seconds.get(method, 0.0) + delta(b, a, key)
+        for method, n in sorted(calls.items()):
+            if n:
+                mean = seconds.get(method, 0.0) / n * 1000
+                out[method] = f"{n / max(1, messages):.2f} per message, {mean:.2f} ms mean"
+    return out
 
 
 def build_sections(
@@ -526,6 +552,9 @@ def build_sections(
             "session keys per conversation (MEMORY USAGE, bytes)": round(session_bytes),
             "used_memory growth per new conversation (bytes; sessions, dedupe markers, queue "
             "entries, sent logs)": round(added / new_conversations) if new_conversations else "-",
+            "gRPC calls per message and mean server time (all steps)": rpc_figures(
+                before, after, messages
+            ),
             "messages in the step load": messages,
             "dead letters during the run": dead_letters,
         },
