@@ -222,3 +222,32 @@ def test_user_rate_limit_acknowledges_and_notifies_once(
     assert texts[4:] == [
         "You are sending messages faster than we can answer. Please wait a minute."
     ]
+
+
+def test_sigterm_finishes_the_message_in_flight(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "sigterm",
+        role="web",
+        workers=1,
+    )
+    try:
+        business = create_business(gw)
+        wa_id = new_wa_id()
+        payload = cloud_payload(business.phone_number_id, wa_id, "slow 1 then stop")
+        message_id = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+        with gw.http as client:
+            assert post_cloud(client, payload).status_code == 200
+        assert wait_for(lambda: fake_clouds.read_receipts(message_id), 20)
+        worker = gw.processes[1]
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(20) == 0
+        # Answered before the process exited, by that process, once.
+        assert fake_clouds.texts(wa_id) == ["echo: slow 1 then stop #1"]
+        assert "worker stopped" in worker.log
+    finally:
+        gw.stop()
