@@ -499,6 +499,9 @@ def build_sections(
         round(cores * 1000 / cpu["total"]) if cpu.get("total") else "-"
     )
     figures["load generator alone, against a trivial server (/s, ms)"] = generator
+    figures["machine load average (1 min) at the end: other work shares the CPUs"] = round(
+        os.getloadavg()[0], 1
+    )
     figures["steps"] = steps
     figures["setup"] = (
         f"{len(BUSINESSES)} businesses, {len(kinds.users)} users, {STEP_SECONDS:.0f} s per step, "
