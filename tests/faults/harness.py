@@ -227,7 +227,7 @@ def start_stack(root: Path, workers: int = 2) -> Stack:
     gateway = start_gateway(
         services, fake, f"{redis_base}/0", "gateway", role="web", workers=workers, **GATEWAY_ENV
     )
-    business = create_business(gateway)
+    business = with_retries(lambda: create_business(gateway))
     return Stack(
         valkey,
         services,
@@ -238,6 +238,19 @@ def start_stack(root: Path, workers: int = 2) -> Stack:
         business,
         workers=gateway.processes[1:],
     )
+
+
+def with_retries(make: Any, tries: int = 5) -> Any:
+    """The admin call behind ``create_business`` has a short gRPC deadline; on a machine busy
+    with other work the first one after start-up can miss it (503)."""
+    for attempt in range(tries):
+        try:
+            return make()
+        except (AssertionError, httpx.HTTPError):
+            if attempt == tries - 1:
+                raise
+            time.sleep(2)
+    raise AssertionError("unreachable")
 
 
 # --- the load --------------------------------------------------------------------------------

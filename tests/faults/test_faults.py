@@ -19,7 +19,16 @@ import pytest
 
 from parley.search.v1 import search_pb2
 from parley.session.v1 import session_pb2, session_pb2_grpc
-from tests.faults.harness import FULL, Load, Stack, Tally, start_stack, tally, wait_all_answered
+from tests.faults.harness import (
+    FULL,
+    Load,
+    Stack,
+    Tally,
+    start_stack,
+    tally,
+    wait_all_answered,
+    with_retries,
+)
 from tests.gateway.conftest import (
     cloud_payload,
     create_business,
@@ -224,7 +233,7 @@ def test_worker_killed_after_an_early_reply_still_answers(
         VISIBILITY_TIMEOUT_SECONDS="2",
     )
     try:
-        business = create_business(gateway)
+        business = with_retries(lambda: create_business(gateway))
         wa_id = f"1{secrets.randbelow(10**10):010d}"
         with gateway.http as client:
             payload = cloud_payload(business.phone_number_id, wa_id, "LHR to JFK")

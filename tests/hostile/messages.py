@@ -80,6 +80,14 @@ def _scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
     return _integers(low, high)
 
 
+def _small(field: FieldDescriptor) -> st.SearchStrategy[Any]:
+    if field.type == F.TYPE_STRING:
+        return st.sampled_from(["", "a", "LHR", "🙂"])
+    if field.type == F.TYPE_BYTES:
+        return st.sampled_from([b"", b"\xff"])
+    return _scalar(field)
+
+
 def _is_map(field: FieldDescriptor) -> bool:
     message = field.message_type
     return message is not None and message.GetOptions().map_entry
@@ -100,14 +108,14 @@ def _field(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
         element = _value(field, depth)
         if field.type == F.TYPE_MESSAGE:
             return st.lists(element, max_size=3)
-        # a few values, or a great many
-        return st.lists(element, max_size=4) | element.map(lambda v: [v] * 20_000)
+        # a few values, or a great many small ones (never many huge ones: memory)
+        return st.lists(element, max_size=4) | _small(field).map(lambda v: [v] * 20_000)
     return _value(field, depth)
 
 
 def messages(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[Message]:
     cls = GetMessageClass(descriptor)
-    if depth > 3:
+    if depth > 2:
         return st.just(cls())
     optional = {f.name: _field(f, depth) for f in descriptor.fields}
     return st.fixed_dictionaries({}, optional=optional).map(lambda values: _build(cls, values))
