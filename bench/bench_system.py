@@ -582,8 +582,11 @@ def write_table(steps: list[dict[str, Any]], knee_rate: float | None, best: floa
             f"| {s['ack_p99_ms']} | {r['commands']} | {r['round_trips']} | {r['bytes']} |"
         )
     lines.append("")
-    lines.append(f"Knee: {knee_rate} msg/s offered. Highest load with p95 ≤ 250 ms and no errors: ")
-    lines.append(f"{best:.0f} msg/s. Machine: {report.machine()}")
+    lines.append(
+        f"Knee: {knee_rate} msg/s offered. Highest load with p95 ≤ 250 ms and no errors: "
+        f"{best:.0f} msg/s."
+    )
+    lines.append(f"Machine: {report.machine()}, load average {os.getloadavg()[0]:.1f}.")
     report.RESULTS.mkdir(exist_ok=True)
     TABLE.write_text("\n".join(lines) + "\n")
 
