@@ -221,13 +221,9 @@ def build_router(runtime: Runtime) -> APIRouter:
         responses=auth_responses,
     )
 
-    class _Business:
-        """The business stub of the running runtime (made when the app starts)."""
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(runtime.clients.business, name)
-
-    business = _Business()
+    def business() -> Any:
+        """The stub of the running runtime (channels are made when the app starts)."""
+        return runtime.clients.business
 
     @router.post("/businesses", status_code=201, summary="Create a business.")
     async def create_business(body: BusinessIn) -> BusinessOut:
@@ -237,7 +233,7 @@ def build_router(runtime: Runtime) -> APIRouter:
             twilio_auth_token=body.twilio_auth_token or "",
             webhook_app_secret=body.webhook_app_secret or "",
         )
-        response = await business.CreateBusiness(
+        response = await business().CreateBusiness(
             business_pb2.CreateBusinessRequest(
                 business=business_pb2.Business(
                     name=body.name,
@@ -260,7 +256,7 @@ def build_router(runtime: Runtime) -> APIRouter:
         page_token: Annotated[str, Query(max_length=500)] = "",
         include_inactive: bool = False,
     ) -> BusinessList:
-        response = await business.ListBusinesses(
+        response = await business().ListBusinesses(
             business_pb2.ListBusinessesRequest(
                 page_size=page_size, page_token=page_token, include_inactive=include_inactive
             )
@@ -272,7 +268,7 @@ def build_router(runtime: Runtime) -> APIRouter:
 
     @router.get("/businesses/{business_id}", summary="One business.")
     async def get_business(business_id: BusinessId) -> BusinessOut:
-        response = await business.GetBusiness(business_pb2.GetBusinessRequest(id=business_id))
+        response = await business().GetBusiness(business_pb2.GetBusinessRequest(id=business_id))
         return business_out(response.business)
 
     @router.patch("/businesses/{business_id}", summary="Change some fields of a business.")
@@ -288,7 +284,7 @@ def build_router(runtime: Runtime) -> APIRouter:
                 getattr(proto, field).extend(value)
             else:
                 setattr(proto, field, value)
-        response = await business.UpdateBusiness(
+        response = await business().UpdateBusiness(
             business_pb2.UpdateBusinessRequest(
                 business=proto,
                 update_mask=field_mask_pb2.FieldMask(paths=[PATCH_FIELDS[n] for n in given]),
@@ -298,7 +294,7 @@ def build_router(runtime: Runtime) -> APIRouter:
 
     @router.delete("/businesses/{business_id}", summary="Deactivate a business.")
     async def delete_business(business_id: BusinessId) -> BusinessOut:
-        response = await business.DeactivateBusiness(
+        response = await business().DeactivateBusiness(
             business_pb2.DeactivateBusinessRequest(id=business_id)
         )
         return business_out(response.business)
@@ -313,7 +309,7 @@ def build_router(runtime: Runtime) -> APIRouter:
             raise HTTPException(400, "give at least one of: " + ", ".join(SECRET_FIELDS))
         response = None
         for name, value in given.items():
-            response = await business.SetChannelToken(
+            response = await business().SetChannelToken(
                 business_pb2.SetChannelTokenRequest(
                     business_id=business_id, secret=SECRET_FIELDS[name], value=value
                 )
@@ -369,7 +365,9 @@ def build_router(runtime: Runtime) -> APIRouter:
     async def warm_business(
         limit: Annotated[int, Query(ge=0, le=100_000)] = 0,
     ) -> dict[str, int]:
-        response = await business.WarmCache(business_pb2.WarmCacheRequest(limit=limit), timeout=30)
+        response = await business().WarmCache(
+            business_pb2.WarmCacheRequest(limit=limit), timeout=30
+        )
         return {"loaded": response.loaded}
 
     @router.get("/outbox", summary="Replies stored instead of sent (OUTBOX_ONLY=true).")
