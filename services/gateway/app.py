@@ -17,7 +17,6 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.errors import field_violations
 from services.common.logs import configure_logging
@@ -43,57 +42,6 @@ HTTP_STATUS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: 503,
     grpc.StatusCode.UNIMPLEMENTED: 501,
 }
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class BodyLimit:
-    """413 for any body over ``limit``: by Content-Length at once, and while streaming for
-    bodies without one (chunked), so a lying or absent header cannot get past it."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    too_large = int(value) > self.limit
-                except ValueError:
-                    too_large = False
-                if too_large:
-                    await _send_413(send)
-                    return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise BodyTooLarge()
-            return message
-
-        await self.app(scope, limited, send)
-
-
-async def _send_413(send: Send) -> None:
-    body = b'{"detail":"the body is larger than MAX_BODY_BYTES"}'
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(settings: GatewaySettings, role: Role = "all") -> FastAPI:
@@ -123,16 +71,14 @@ def create_app(settings: GatewaySettings, role: Role = "all") -> FastAPI:
         version=VERSION,
         description="WhatsApp webhooks in, replies out: verify, dedupe, queue, answer.",
         lifespan=lifespan,
+        # 413 over the limit, by Content-Length at once and while streaming a chunked body.
+        max_body_size=settings.max_body_bytes,
     )
     app.state.runtime = runtime
     # Webhooks first: routes are matched in order, and they are the hot path.
     app.include_router(webhooks.build_router(runtime))
     app.include_router(health.build_router(runtime))
     app.include_router(admin.build_router(runtime))
-
-    @app.exception_handler(BodyTooLarge)
-    async def too_large(_: Request, __: BodyTooLarge) -> JSONResponse:
-        return JSONResponse({"detail": "the body is larger than MAX_BODY_BYTES"}, status_code=413)
 
     @app.exception_handler(RedisError)
     async def redis_down(_: Request, error: RedisError) -> JSONResponse:
@@ -155,7 +101,6 @@ def create_app(settings: GatewaySettings, role: Role = "all") -> FastAPI:
         headers = {"Retry-After": "1"} if status == 503 else None
         return JSONResponse(content, status_code=status, headers=headers)
 
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
 
 
