@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -192,8 +193,13 @@ def main() -> int:
             report.extend(f"  {line}" for line in printer.recent.get(name, ["(no output)"]))
         printer.output.write("\n".join(report) + "\n")
         printer.output.flush()
-        manager.returncode = 1
-        manager.terminate()
+        # honcho's own SIGTERM handler stops everything from its main loop (calling
+        # manager.terminate() from this thread would race the loop's bookkeeping); it needs
+        # every process's pid, which a loaded machine may not have reported yet.
+        wait_until_serving(
+            {"pids": lambda: all("pid" in p for p in manager._processes.values())}, 30
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="readiness", daemon=True).start()
     manager.loop()
