@@ -42,7 +42,7 @@ DEAD_MAXLEN = 100_000
 # Dedupe and enqueue in one step: a crash can neither lose the message nor let a redelivery in.
 ENQUEUE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+local id = redis.call('XADD', KEYS[2], '*', 'm', ARGV[2], 'rid', ARGV[3], 'rt', ARGV[4])
 redis.call('SET', KEYS[1], id, 'EX', ARGV[1])
 return id
 """
@@ -94,9 +94,12 @@ def partition_of(channel_identity: str, user_id: str, partitions: int) -> int:
 
 
 def encode_message(message: InboundMessage) -> str:
-    data = {f.name: getattr(message, f.name) for f in dataclass_fields(InboundMessage)}
+    data = {name: getattr(message, name) for name in _MESSAGE_FIELDS}
     data["timestamp"] = message.timestamp.isoformat()
     return orjson.dumps(data).decode()
+
+
+_MESSAGE_FIELDS = tuple(f.name for f in dataclass_fields(InboundMessage))  # fields() is slow
 
 
 def decode_message(text: str | bytes) -> InboundMessage:
@@ -144,15 +147,7 @@ class Queue:
                     dedupe_key(partition, message.channel, message.provider_message_id),
                     stream_key(partition),
                 ],
-                [
-                    self.dedupe_ttl,
-                    "m",
-                    encode_message(message),
-                    "rid",
-                    request_id,
-                    "rt",
-                    repr(received),
-                ],
+                [self.dedupe_ttl, encode_message(message), request_id, repr(received)],
             )
             return [_s(result) if result else None]
         results = await asyncio.gather(
@@ -162,15 +157,7 @@ class Queue:
                         dedupe_key(p, m.channel, m.provider_message_id),
                         stream_key(p),
                     ],
-                    [
-                        self.dedupe_ttl,
-                        "m",
-                        encode_message(m),
-                        "rid",
-                        request_id,
-                        "rt",
-                        repr(received),
-                    ],
+                    [self.dedupe_ttl, encode_message(m), request_id, repr(received)],
                 )
                 for m in messages
                 for p in (self.partition(m),)
