@@ -1,7 +1,8 @@
 """An engine for one fault test (``GATEWAY_ENGINE=tests.faults.engines:create_engine``).
 
-The first time it sees a message it sends an early reply and stalls (so the test can kill the
-worker); every later attempt answers at once with no early reply. The real engine does the same
+The first time it sees a message it stalls: ``early …`` after sending an early reply (so the
+test can kill the worker), anything else for 3 s before answering (so the test can stop Redis).
+Every later attempt answers at once, with no early reply. The real engine does the same
 when a slow search (a *Searching …* notice) has been cached by the time the message is retried:
 whether an early reply goes out depends on timing, so it can differ between attempts."""
 
@@ -26,8 +27,11 @@ class FirstAttemptStallsEngine:
         marker = self.markers / name
         if not marker.exists():
             marker.touch()
-            await turn.send_early(Reply(f"working on: {text}"))
-            await asyncio.sleep(60)
+            if text.startswith("early"):
+                await turn.send_early(Reply(f"working on: {text}"))
+                await asyncio.sleep(60)
+            else:  # "slow": stall, then answer (the test takes Redis away meanwhile)
+                await asyncio.sleep(3)
         return TurnResult(replies=[Reply(f"answer: {text}")])
 
     def describe(self) -> dict[str, Any]:

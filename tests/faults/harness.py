@@ -7,8 +7,8 @@
   at a steady overall rate, retrying a webhook the way Meta does while the gateway answers 5xx.
 - :func:`tally`: which message got which replies.
 
-How a reply is tied to its message: message *k* of a user asks for a departure date of its own
-(``first day + k``), and every reply the engine gives to a complete request names that date
+How a reply is tied to its message: message *k* of user *u* asks for a departure date of its own
+(``first day + k + u // 3``), and every reply the engine gives to a complete request names that date
 (*Searching flights … for Sun 6 Dec …*, the results header *✈️ London (LHR) → … · Sun 6 Dec*, the
 *search isn't available … (… Sun 6 Dec)* apology, *No flights found … on Sun 6 Dec*). A message is
 **answered** when at least one *final* reply (results, stale results, no results or the
@@ -304,7 +304,9 @@ class Load:
         u = index % self.users
         k = index // self.users
         origin, destination = ROUTES[u % len(ROUTES)]
-        day = self.first_day + dt.timedelta(days=k)
+        # Distinct for each of a user's messages; users of one route ask for one date a message
+        # apart, so the same query comes back within seconds (cached, then stale).
+        day = self.first_day + dt.timedelta(days=k + u // len(ROUTES))
         return Message(
             user=self.user_ids[u],
             k=k,
