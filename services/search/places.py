@@ -353,6 +353,14 @@ class Places:
         q = normalize(query)
         if not q:
             return []
+        upper = query.strip().upper()
+        code = upper if len(upper) == 3 and upper.isalpha() else ""
+        return list(self._resolve(q, code, limit))
+
+    # The fuzzy scans cost ~10 ms over ~11k names, on the service's only event loop; the data
+    # is static and users repeat the same few hundred places, so answers are memoized.
+    @functools.lru_cache(maxsize=20_000)  # noqa: B019 - one Places per process, lives forever
+    def _resolve(self, q: str, exact_code: str, limit: int) -> tuple[Candidate, ...]:
         text_scores: dict[int, float] = {}
 
         def note(index: int, score: float) -> None:
@@ -394,13 +402,12 @@ class Places:
         for code, score in list(best.items()):
             for position, member in enumerate(self.by_code[code].members):
                 best[member] = max(best.get(member, 0.0), score - 2 - 0.2 * position)
-        upper = query.strip().upper()
-        if len(upper) == 3 and upper.isalpha() and upper in self.by_code:
-            best[upper] = 100.0
-            for position, member in enumerate(self.by_code[upper].members):
+        if exact_code in self.by_code:
+            best[exact_code] = 100.0
+            for position, member in enumerate(self.by_code[exact_code].members):
                 best[member] = max(best.get(member, 0.0), 98.0 - 0.2 * position)
         ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))[:limit]
-        return [Candidate(self.by_code[code], round(score, 1)) for code, score in ranked]
+        return tuple(Candidate(self.by_code[c], round(score, 1)) for c, score in ranked)
 
     # -- geography ---------------------------------------------------------------------------
 
