@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib
 import math
 import os
@@ -28,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+import orjson
 import redis.asyncio as redis
 import structlog
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
@@ -190,17 +192,19 @@ class Processor:
 
         sent = SentLog(self.redis, entry, self.settings.dedupe_ttl_seconds)
         # Only an earlier attempt can have sent anything (attempts are counted before they run).
-        already = await sent.indices() if attempt > 1 else set()
+        already = await sent.fingerprints() if attempt > 1 else set()
         replies: list[Reply] = []
         first_send = [True]
 
         async def deliver(reply: Reply) -> None:
-            index = len(replies)
+            # Identified by content (and which repeat of it), not by position: a retry may
+            # produce a different list, e.g. without the early "searching …" reply.
+            fingerprint = SentLog.fingerprint(reply, replies)
             replies.append(reply)
-            if index in already:
+            if fingerprint in already:
                 return  # sent by an earlier attempt of this entry
             await self._send(sender, target, reply)
-            await sent.mark(index)
+            await sent.mark(fingerprint)
             if first_send[0]:
                 first_send[0] = False
                 metrics.END_TO_END_SECONDS.labels(message.channel).observe(
@@ -352,7 +356,12 @@ class Processor:
 
 class SentLog:
     """Which replies of an entry were already accepted by the provider, so that an attempt
-    after a crash between sending and saving does not send them again."""
+    after a crash between sending and saving does not send them again.
+
+    A reply is known by a fingerprint of its content and how many identical replies came before
+    it in the same turn. Recording is best effort: when the gateway's Redis is down the reply
+    is out anyway, and the turn is still saved in the session (a different store), whose
+    history then tells the next attempt that the message was answered."""
 
     def __init__(self, client: redis.Redis, entry: Entry, ttl: int) -> None:
         message = entry.message
@@ -360,14 +369,32 @@ class SentLog:
         self._redis = client
         self._ttl = ttl
 
-    async def indices(self) -> set[int]:
-        return {int(i) for i in await self._redis.smembers(self._key)}
+    @staticmethod
+    def fingerprint(reply: Reply, earlier: list[Reply]) -> str:
+        content = orjson.dumps(
+            [
+                reply.text,
+                [(b.id, b.title) for b in reply.buttons],
+                reply.list_button,
+                [(r.id, r.title, r.description) for r in reply.rows],
+            ]
+        )
+        repeat = sum(1 for r in earlier if r == reply)
+        return f"{hashlib.sha256(content).hexdigest()[:32]}:{repeat}"
 
-    async def mark(self, index: int) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(self._key, index)
-            pipe.expire(self._key, self._ttl)
-            await pipe.execute()
+    async def fingerprints(self) -> set[str]:
+        return {
+            m.decode() if isinstance(m, bytes) else m for m in await self._redis.smembers(self._key)
+        }
+
+    async def mark(self, fingerprint: str) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.sadd(self._key, fingerprint)
+                pipe.expire(self._key, self._ttl)
+                await pipe.execute()
+        except RedisError as error:
+            log.warning("could not record a sent reply", error=str(error)[:200])
 
 
 class WorkerPool:

@@ -1,0 +1,56 @@
+"""SentLog: replies are recognised by content, not position, and recording never fails a turn."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import redis.asyncio as redis
+
+from services.gateway.engine import Button, InboundMessage, Reply
+from services.gateway.queue import Entry
+from services.gateway.worker import SentLog
+from tests.support.processes import Valkey
+
+
+def entry(message_id: str) -> Entry:
+    message = InboundMessage(
+        channel="cloud_api",
+        provider_message_id=message_id,
+        channel_identity="1",
+        user_id="2",
+        type="text",
+        timestamp=datetime.now(UTC),
+        text="x",
+    )
+    return Entry(0, "1-0", message, "rid", 0.0, {})
+
+
+async def test_a_retry_without_the_early_reply_still_sends_the_answer(valkey: Valkey) -> None:
+    client = redis.Redis.from_url(valkey.url)
+    try:
+        log = SentLog(client, entry("wamid.sentlog-1"), 60)
+        early, answer = Reply("searching …"), Reply("here are your flights")
+        # First attempt: the early reply went out, then the worker died.
+        await log.mark(SentLog.fingerprint(early, []))
+        already = await log.fingerprints()
+        # Second attempt: no early reply this time; the answer is first in the list.
+        assert SentLog.fingerprint(answer, []) not in already
+        # A retry that does repeat the early reply recognises it.
+        assert SentLog.fingerprint(early, []) in already
+    finally:
+        await client.aclose()
+
+
+async def test_identical_replies_are_told_apart_and_buttons_count() -> None:
+    same = Reply("ok")
+    assert SentLog.fingerprint(same, []) != SentLog.fingerprint(same, [same])
+    with_button = Reply("ok", buttons=(Button("y", "Yes"),))
+    assert SentLog.fingerprint(same, []) != SentLog.fingerprint(with_button, [])
+
+
+async def test_recording_while_redis_is_down_does_not_fail_the_turn() -> None:
+    client = redis.Redis(port=1, socket_connect_timeout=0.2)  # nothing listens there
+    try:
+        await SentLog(client, entry("wamid.sentlog-2"), 60).mark("f:0")
+    finally:
+        await client.aclose()
