@@ -298,7 +298,7 @@ class Queue:
             **{f"orig_{k}": v for k, v in (fields or {}).items()},
         }
         if raw is not None:
-            record["raw"] = json.dumps(raw, default=str)[:20_000]
+            record["raw"] = _dump_raw(raw)
         fields_out: Any = record
         return _s(await self.redis.xadd(DEAD, fields_out, maxlen=DEAD_MAXLEN, approximate=True))
 
@@ -347,6 +347,16 @@ class Queue:
             "live_workers": workers if isinstance(workers, int) else 0,
             "partitions": self.partitions,
         }
+
+
+def _dump_raw(raw: Any) -> str:
+    """What we could not use, for the record: JSON when possible, truncated; something
+    readable when not (orjson refuses nesting deeper than 254, a hostile payload's favourite)."""
+    try:
+        text = orjson.dumps(raw, default=str).decode()
+    except (TypeError, orjson.JSONEncodeError, RecursionError):
+        text = f"(not serializable as JSON: {type(raw).__name__}, nested too deep or odd)"
+    return text[:20_000]
 
 
 class _ScriptBatcher:

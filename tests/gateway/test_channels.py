@@ -404,3 +404,24 @@ async def test_twilio_sender_against_the_fake(
     with pytest.raises(SendError) as bad:
         await sender.send(target, Reply("c"))
     assert not bad.value.retryable and bad.value.code == 21211
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "1e400", "91", "abc"])
+def test_non_finite_or_out_of_range_coordinates_are_not_messages(bad: str) -> None:
+    raw = msg("location", {"latitude": bad, "longitude": "1"})
+    parsed = cloud_api.parse({"entry": [{"changes": [change([raw])]}]})
+    assert parsed.messages == [] and len(parsed.unusable) == 1
+    base = [("MessageSid", "SM9"), ("From", "whatsapp:+346"), ("To", "whatsapp:+155")]
+    twilio_message = twilio.parse([*base, ("Latitude", bad), ("Longitude", "1")])
+    assert not isinstance(twilio_message, twilio.Status)
+    assert twilio_message.type == "unknown" and "latitude" not in twilio_message.payload
+
+
+def test_a_deeply_nested_unusable_item_can_still_be_recorded() -> None:
+    from services.gateway.queue import _dump_raw
+
+    deep: object = "x"
+    for _ in range(1000):
+        deep = [deep]
+    assert _dump_raw(deep).startswith("(not serializable")
+    assert _dump_raw({"a": 1}) == '{"a":1}'

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -169,8 +170,8 @@ def _content(kind: str, raw: dict[str, Any]) -> tuple[MessageType, str, dict[str
         return "button", title, {"reply_id": _text(body.get("payload")), "title": title}
     if kind == "location":
         location: dict[str, Any] = {
-            "latitude": float(body["latitude"]),
-            "longitude": float(body["longitude"]),
+            "latitude": coordinate(body["latitude"], 90),
+            "longitude": coordinate(body["longitude"], 180),
             "name": _text(body.get("name")),
             "address": _text(body.get("address")),
         }
@@ -211,6 +212,15 @@ def _status(raw: Any, phone_number_id: str) -> Status:
         phone_number_id=phone_number_id,
         error_codes=codes,
     )
+
+
+def coordinate(value: Any, limit: float) -> float:
+    """A finite latitude (limit 90) or longitude (180); ValueError otherwise (also for 'nan',
+    'inf' and '1e400', which float() accepts)."""
+    number = float(value)
+    if not math.isfinite(number) or abs(number) > limit:
+        raise ValueError(f"coordinate out of range: {str(value)[:20]!r}")
+    return number
 
 
 def _timestamp(value: Any) -> datetime:

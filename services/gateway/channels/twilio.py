@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from services.gateway.channels.cloud_api import coordinate
 from services.gateway.engine import InboundMessage, MessageType
 
 SIGNATURE_HEADER = "x-twilio-signature"
@@ -124,8 +125,8 @@ def _content(form: dict[str, str]) -> tuple[MessageType, str, dict[str, Any]]:
     if form.get("Latitude") and form.get("Longitude"):
         try:
             payload: dict[str, Any] = {
-                "latitude": float(form["Latitude"]),
-                "longitude": float(form["Longitude"]),
+                "latitude": coordinate(form["Latitude"], 90),
+                "longitude": coordinate(form["Longitude"], 180),
                 "name": form.get("Label", ""),
                 "address": form.get("Address", ""),
             }
