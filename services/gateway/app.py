@@ -75,6 +75,9 @@ def create_app(settings: GatewaySettings, role: Role = "all") -> FastAPI:
         max_body_size=settings.max_body_bytes,
     )
     app.state.runtime = runtime
+    if role == "worker":  # probes and metrics only: a worker takes no traffic
+        app.include_router(health.build_router(runtime))
+        return app
     # Webhooks first: routes are matched in order, and they are the hot path.
     app.include_router(webhooks.build_router(runtime))
     app.include_router(health.build_router(runtime))

@@ -2,7 +2,8 @@
 
 - ``all`` (default): HTTP and queue workers in each process.
 - ``web``: HTTP only (webhooks are queued; separate worker processes answer them).
-- ``worker``: queue workers only, no HTTP.
+- ``worker``: queue workers only; with ``WORKER_HTTP_PORT`` set, also ``/health``, ``/ready``
+  and ``/metrics`` on that port (for probes and scraping), never webhooks or admin.
 
 ``WEB_CONCURRENCY`` > 1 runs that many HTTP processes (uvicorn workers). Their metrics are
 merged through prometheus-client's multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` is set (to
@@ -74,9 +75,21 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_settings(GatewaySettings)  # exits 2 naming any bad or missing variable
     configure_logging("gateway", settings)
-    if args.role == "worker":
-        return asyncio.run(run_worker())
     grace = int(settings.shutdown_grace_seconds)
+    if args.role == "worker":
+        if not settings.worker_http_port:
+            return asyncio.run(run_worker())
+        from services.gateway.app import create_app
+
+        uvicorn.run(
+            create_app(settings, "worker"),
+            host=settings.gateway_host,
+            port=settings.worker_http_port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=grace,
+        )
+        return 0
     if settings.web_concurrency > 1:
         uvicorn.run(
             "services.gateway.app:create_app_from_env",

@@ -53,6 +53,8 @@ class GatewaySettings(CommonSettings):
 
     # HTTP processes
     web_concurrency: int = Field(default=1, ge=1, le=64)
+    # `--role worker` serves /health, /ready and /metrics here (0: no HTTP at all).
+    worker_http_port: int = Field(default=0, ge=0, le=65535)
 
     # Rate limits (``limits`` notation, e.g. "20/minute")
     rate_limit_user: str = "20/minute"

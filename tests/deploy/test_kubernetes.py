@@ -178,6 +178,8 @@ def test_services_use_native_grpc_probes_and_the_gateway_http_probes(
     assert web["readinessProbe"]["httpGet"]["path"] == "/ready"
     worker = pod_spec(deployments["gateway-worker"])["containers"][0]
     assert worker["command"][-2:] == ["--role", "worker"]
+    assert worker["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert worker["readinessProbe"]["httpGet"]["path"] == "/ready"
 
 
 def test_mtls_overlay_probes_with_the_healthcheck_command_over_tls(
