@@ -8,23 +8,14 @@ from __future__ import annotations
 
 import redis.asyncio as redis
 from limits import RateLimitItem, parse
-from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
-
-def storage_uri(redis_url: str) -> str:
-    return "async+" + redis_url
+from services.common.redis_client import limits_storage
 
 
 class RateLimits:
     def __init__(self, redis_url: str, client: redis.Redis, per_user: str, per_business: str):
-        self._storage = RedisStorage(
-            storage_uri(redis_url),
-            implementation="redispy",
-            key_prefix="gw:rl",
-            socket_timeout=1.0,
-            socket_connect_timeout=1.0,
-        )
+        self._storage = limits_storage(redis_url, key_prefix="gw:rl", timeout=1.0)
         self._limiter = MovingWindowRateLimiter(self._storage)
         self._user: RateLimitItem = parse(per_user)
         self._business: RateLimitItem = parse(per_business)

@@ -13,19 +13,16 @@ import time
 
 import structlog
 from limits import RateLimitItemPerSecond
-from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
+
+from services.common.redis_client import limits_storage
 
 log = structlog.get_logger("parley.search.ratelimit")
 
 
 class RateLimitTimeout(Exception):
     """No slot came free before the deadline."""
-
-
-def _async_url(url: str) -> str:
-    scheme, _, rest = url.partition("://")
-    return f"async+{scheme}://{rest}"
 
 
 class ProviderRateLimiter:
@@ -38,13 +35,8 @@ class ProviderRateLimiter:
         self._memory = MovingWindowRateLimiter(MemoryStorage())
         self._shared = (
             MovingWindowRateLimiter(
-                RedisStorage(
-                    _async_url(redis_url),
-                    implementation="redispy",
-                    key_prefix="search:ratelimit",
-                    wrap_exceptions=True,
-                    socket_timeout=0.5,
-                    socket_connect_timeout=0.5,
+                limits_storage(
+                    redis_url, key_prefix="search:ratelimit", timeout=0.5, wrap_exceptions=True
                 )
             )
             if redis_url and self._item is not None

