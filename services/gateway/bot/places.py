@@ -8,6 +8,8 @@ short list to ask the user about, or nothing.
 from __future__ import annotations
 
 import re
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -59,18 +61,37 @@ class PlaceResolver(Protocol):
 
 
 class SearchPlaces:
-    """The port implemented by the search service."""
+    """The port implemented by the search service.
+
+    Answers are kept in a small LRU for an hour: airport data is static, users name the same
+    few hundred places, and each message would otherwise cost one or two gRPC calls here.
+    """
+
+    CACHE_SIZE = 10_000
+    CACHE_TTL_SECONDS = 3600.0
 
     def __init__(self, search: SearchPort, timeout: float = 2.0) -> None:
         self._search = search
         self._timeout = timeout
+        self._resolved: OrderedDict[str, tuple[float, list[Candidate]]] = OrderedDict()
 
     async def resolve(self, text: str) -> list[Candidate]:
+        query = text[:100]
+        key = query.strip().casefold()  # the service ignores case and surrounding space
+        cached = self._resolved.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            self._resolved.move_to_end(key)
+            return list(cached[1])
         response = await self._search.ResolvePlace(
-            search_pb2.ResolvePlaceRequest(query=text[:100], max_results=8),
+            search_pb2.ResolvePlaceRequest(query=query, max_results=8),
             timeout=self._timeout,
         )
-        return [from_proto(c.place, c.score) for c in response.candidates]
+        candidates = [from_proto(c.place, c.score) for c in response.candidates]
+        self._resolved[key] = (time.monotonic() + self.CACHE_TTL_SECONDS, candidates)
+        self._resolved.move_to_end(key)
+        if len(self._resolved) > self.CACHE_SIZE:
+            self._resolved.popitem(last=False)
+        return list(candidates)
 
     async def nearest(self, latitude: float, longitude: float) -> list[Candidate]:
         response = await self._search.FindNearestAirports(
