@@ -140,7 +140,7 @@ def assert_sessions_complete(stack: Stack, result: Tally) -> None:
                 if m.role == session_pb2.MESSAGE_ROLE_USER
             ]
             assert len(ids) == len(set(ids)), f"a message saved twice for {user}"
-            finals = [t for t in stack.fake.texts(user) if not t.startswith("Searching")]
+            finals = {t for t in stack.fake.texts(user) if not t.startswith("Searching")}
             assert len(ids) == len(finals), f"{user}: {len(ids)} saved, {len(finals)} answered"
 
 
@@ -209,18 +209,12 @@ def test_every_webhook_delivered_twice_out_of_order(stack: Stack) -> None:
     assert_clean(result)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: services/gateway/worker.py SentLog remembers sent replies by their position in "
-        "the turn; when an attempt sent an early reply (index 0) and died, and the retry has no "
-        "early reply (the real engine's 'Searching ...' notice depends on timing), the retry's "
-        "final reply is index 0, is taken as already sent, and the user never gets it"
-    ),
-)
 def test_worker_killed_after_an_early_reply_still_answers(
     stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    """Attempt 1 sends an early reply and dies; attempt 2 has no early reply (as the real
+    engine's *Searching …* notice depends on timing): its final reply must still go out.
+    (Was a bug: sent replies were remembered by position; fixed in services/gateway/worker.py.)"""
     markers = tmp_path_factory.mktemp("markers")
     gateway = start_gateway(
         stack.services,
@@ -263,18 +257,11 @@ def test_worker_killed_after_an_early_reply_still_answers(
         gateway.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: services/gateway/worker.py Processor._converse: a reply accepted by the provider "
-        "while the gateway's Redis is down cannot be recorded (SentLog.mark raises RedisError "
-        "before the turn is saved), so when Redis is back the entry is retried and the reply "
-        "is sent again: the user gets it twice (seen 3 times in the full Redis-restart run)"
-    ),
-)
 def test_reply_sent_while_redis_is_down_is_not_sent_again(
     stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    """A reply accepted by the provider while the gateway's Redis is down is not sent again
+    when Redis is back. (Was a bug: recording it raised and the entry was retried.)"""
     markers = tmp_path_factory.mktemp("markers")
     own = Valkey(tmp_path_factory.mktemp("gateway-valkey")).start()
     gateway = start_gateway(

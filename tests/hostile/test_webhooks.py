@@ -215,6 +215,61 @@ def test_twilio_webhooks_never_5xx_nor_queue_garbage(
     check_response(response, mode, allowed, watch, before)
 
 
+@pytest.mark.parametrize("where", ["entry", "message"])
+def test_signed_payload_nested_1000_deep_is_not_a_500(
+    gateway: Gateway, client: httpx.Client, where: str
+) -> None:
+    """Between Python's recursion limit and orjson's parse limit. (Was a bug: the dead-letter
+    record's json.dumps raised RecursionError, a 500.)"""
+    from services.gateway.channels import cloud_api
+    from tests.hostile.strategies import cloud_envelope, cloud_message, dump_deep, nested
+
+    assert gateway.business is not None
+    payload = cloud_envelope(
+        gateway.business.phone_number_id, [cloud_message("text", "15551230000", "hi")], []
+    )
+    if where == "entry":
+        payload["entry"] = [nested(1000)]
+    else:
+        payload["entry"][0]["changes"][0]["value"]["messages"] = [nested(1000)]
+    body = dump_deep(payload).encode()
+    headers = {
+        "content-type": "application/json",
+        cloud_api.SIGNATURE_HEADER: cloud_api.sign(body, APP_SECRET),
+    }
+    response = client.post("/webhooks/whatsapp", content=body, headers=headers)
+    assert response.status_code in (200, 400), response.status_code
+
+
+@pytest.mark.parametrize("channel", ["cloud_api", "twilio"])
+@pytest.mark.parametrize("latitude", ["nan", "inf", "1e400"])
+def test_non_finite_location_is_not_queued_with_null_coordinates(
+    gateway: Gateway, client: httpx.Client, watch: RedisWatch, channel: str, latitude: str
+) -> None:
+    """(Was a bug: float() took 'nan', 'inf', '1e400' and the queue held null coordinates.)"""
+    from tests.gateway.conftest import twilio_form
+
+    assert gateway.business is not None
+    watch.new_entries()
+    if channel == "twilio":
+        form = twilio_form(gateway.business.number, "+15551230000", "")
+        form += [("Latitude", latitude), ("Longitude", "1")]
+        body, headers = signed_twilio(f"{gateway.url}/webhooks/twilio", form)
+        response = client.post("/webhooks/twilio", content=body, headers=headers)
+    else:
+        payload = cloud_payload(
+            gateway.business.phone_number_id,
+            "15551230000",
+            "",
+            type="location",
+            location={"latitude": latitude, "longitude": "1"},
+        )
+        response = post_cloud(client, payload)
+    assert response.status_code < 500
+    for _, entry_id, fields in watch.new_entries():
+        assert invalid(fields) is None, (entry_id, invalid(fields))
+
+
 def test_what_was_queued_is_answered_and_the_gateway_still_works(
     gateway: Gateway, services: Services, fake_clouds: FakeClouds, watch: RedisWatch
 ) -> None:
@@ -245,72 +300,3 @@ def test_what_was_queued_is_answered_and_the_gateway_still_works(
     assert response.status_code == 200
     assert wait_for(lambda: fake_clouds.texts(wa_id), 30), "no answer to a normal message"
     assert fake_clouds.texts(wa_id)[0].startswith("Hi")
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: services/gateway/queue.py Queue.dead_letter json.dumps(raw) raises RecursionError "
-        "on an unusable item nested ~1000 deep (below orjson's 1024 parse limit): the signed "
-        "webhook gets a 500, which Meta retries"
-    ),
-)
-@pytest.mark.parametrize("where", ["entry", "message"])
-def test_signed_payload_nested_1000_deep_is_not_a_500(
-    gateway: Gateway, client: httpx.Client, where: str
-) -> None:
-    from services.gateway.channels import cloud_api
-    from tests.hostile.strategies import cloud_envelope, cloud_message, dump_deep, nested
-
-    assert gateway.business is not None
-    payload = cloud_envelope(
-        gateway.business.phone_number_id, [cloud_message("text", "15551230000", "hi")], []
-    )
-    if where == "entry":
-        payload["entry"] = [nested(1000)]
-    else:
-        payload["entry"][0]["changes"][0]["value"]["messages"] = [nested(1000)]
-    body = dump_deep(payload).encode()
-    headers = {
-        "content-type": "application/json",
-        cloud_api.SIGNATURE_HEADER: cloud_api.sign(body, APP_SECRET),
-    }
-    response = client.post("/webhooks/whatsapp", content=body, headers=headers)
-    assert response.status_code in (200, 400), response.status_code
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: services/gateway/channels/cloud_api.py _content and twilio.py _content read "
-        "location coordinates with float(), which accepts 'nan', 'inf' and '1e400'; the "
-        "non-finite floats are queued and orjson writes them as null, so the entry holds "
-        "latitude/longitude null (an invalid entry; the engine then answers 'no airport near')"
-    ),
-)
-@pytest.mark.parametrize("channel", ["cloud_api", "twilio"])
-@pytest.mark.parametrize("latitude", ["nan", "inf", "1e400"])
-def test_non_finite_location_is_not_queued_with_null_coordinates(
-    gateway: Gateway, client: httpx.Client, watch: RedisWatch, channel: str, latitude: str
-) -> None:
-    from tests.gateway.conftest import twilio_form
-
-    assert gateway.business is not None
-    watch.new_entries()
-    if channel == "twilio":
-        form = twilio_form(gateway.business.number, "+15551230000", "")
-        form += [("Latitude", latitude), ("Longitude", "1")]
-        body, headers = signed_twilio(f"{gateway.url}/webhooks/twilio", form)
-        response = client.post("/webhooks/twilio", content=body, headers=headers)
-    else:
-        payload = cloud_payload(
-            gateway.business.phone_number_id,
-            "15551230000",
-            "",
-            type="location",
-            location={"latitude": latitude, "longitude": "1"},
-        )
-        response = post_cloud(client, payload)
-    assert response.status_code < 500
-    for _, entry_id, fields in watch.new_entries():
-        assert invalid(fields) is None, (entry_id, invalid(fields))
