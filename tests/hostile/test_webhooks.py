@@ -106,8 +106,14 @@ def invalid_message(m: InboundMessage) -> str | None:
         return f"channel {m.channel!r}"
     for name in ("provider_message_id", "channel_identity", "user_id"):
         value = getattr(m, name)
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str) or not value:
             return f"{name} {value!r}"
+    # What the session service takes (services/session/convert.py): a message it refuses can
+    # never be answered.
+    if len(m.user_id) > 128 or not m.user_id.isprintable():
+        return f"user_id {m.user_id[:80]!r} (the session service refuses it)"
+    if len(m.provider_message_id) > 256:
+        return f"provider_message_id of {len(m.provider_message_id)} characters"
     if m.type not in MESSAGE_TYPES:
         return f"type {m.type!r}"
     if not isinstance(m.timestamp, datetime) or m.timestamp.tzinfo is None:
@@ -267,6 +273,42 @@ def test_non_finite_location_is_not_queued_with_null_coordinates(
         response = post_cloud(client, payload)
     assert response.status_code < 500
     for _, entry_id, fields in watch.new_entries():
+        assert invalid(fields) is None, (entry_id, invalid(fields))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: services/gateway/channels/cloud_api.py _message and twilio.py parse accept a "
+        "sender id the session service refuses (unprintable characters, over 128 characters) "
+        "and a message id over 256 characters; the entry is queued, then dead-lettered as "
+        "invalid_message after a worker tries it (never answered) instead of being refused at "
+        "the webhook as unusable_payload"
+    ),
+)
+@pytest.mark.parametrize("channel", ["cloud_api", "twilio"])
+@pytest.mark.parametrize("case", ["unprintable_sender", "long_sender", "long_message_id"])
+def test_ids_the_session_service_refuses_are_not_queued(
+    gateway: Gateway, client: httpx.Client, watch: RedisWatch, channel: str, case: str
+) -> None:
+    from tests.gateway.conftest import twilio_form
+
+    assert gateway.business is not None
+    sender = {"unprintable_sender": "1555\x020000", "long_sender": "1" * 200}.get(case, "15550000")
+    message_id = "wamid." + "x" * 300 if case == "long_message_id" else None
+    watch.new_entries()
+    if channel == "twilio":
+        form = twilio_form(gateway.business.number, "+" + sender, "hi", sid=message_id)
+        body, headers = signed_twilio(f"{gateway.url}/webhooks/twilio", form)
+        response = client.post("/webhooks/twilio", content=body, headers=headers)
+    else:
+        payload = cloud_payload(gateway.business.phone_number_id, sender, "hi", message_id)
+        response = post_cloud(client, payload)
+    assert response.status_code < 500
+    entries = watch.new_entries()
+    for key, entry_id, _ in entries:  # not left for the worker of the last test
+        watch.client.xdel(key, entry_id)
+    for _, entry_id, fields in entries:
         assert invalid(fields) is None, (entry_id, invalid(fields))
 
 
