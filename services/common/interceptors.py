@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import structlog
 
-from services.common.errors import ServiceError
+from services.common.errors import InvalidArgument, ServiceError
 from services.common.metrics import GRPC_HANDLED, GRPC_HANDLING_SECONDS, GRPC_IN_FLIGHT
 
 log = structlog.get_logger("parley.access")
@@ -48,6 +48,24 @@ def request_id_from(metadata: Any) -> str:
         if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= _MAX_REQUEST_ID:
             return value
     return secrets.token_hex(16)
+
+
+_UNPARSABLE = object()  # what the guarded deserializer returns for bytes that do not parse
+
+
+def _guarded(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The request deserializer, returning a marker instead of raising on corrupt bytes: gRPC
+    itself would answer UNKNOWN, and a client that sends garbage deserves INVALID_ARGUMENT."""
+    if deserialize is None:
+        return None
+
+    def guarded(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:
+            return _UNPARSABLE
+
+    return guarded
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
@@ -98,6 +116,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if request is _UNPARSABLE:
+                    raise InvalidArgument("request", "the body does not parse as the message")
                 if context.time_remaining() is None:  # the client set no deadline: use ours
                     async with asyncio.timeout(default_deadline):
                         response = await behavior(request, context)
@@ -134,6 +154,6 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_guarded(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )

@@ -163,7 +163,7 @@ def _varint(value: int) -> bytes:
 def wire_bytes(draw: st.DrawFn, depth: int = 0) -> bytes:
     """Well-formed protobuf wire data that is not what the method expects: known and unknown
     field numbers with any wire type, extreme varints, random or nested length-delimited
-    payloads (a string field may get invalid UTF-8, which does not parse: see the xfail)."""
+    payloads (a string field may get invalid UTF-8, which does not parse: INVALID_ARGUMENT)."""
     out = bytearray()
     for _ in range(draw(st.integers(1, 6))):
         number = draw(st.integers(1, 12) | st.sampled_from([15, 16, 2047, 2**29 - 1]))

@@ -97,16 +97,6 @@ def test_bytes_that_are_no_message_are_never_internal(
 UNPARSABLE = b"\x0a\xff\xff\xff\xff\x0f"  # field 1, length-delimited, length past the end
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: services/common/interceptors.py passes the generated request_deserializer through "
-        "unchanged, so a body that does not parse as the request message fails inside gRPC's "
-        "own deserialization and the client gets UNKNOWN ('Unexpected <class DecodeError>: "
-        "Error parsing message with type ...: Wire format was corrupt') instead of "
-        "INVALID_ARGUMENT, on every RPC of every service"
-    ),
-)
 @pytest.mark.parametrize("name", sorted(SERVICES))
 def test_a_request_that_does_not_parse_is_invalid_argument(
     name: str, channels: dict[str, grpc.Channel]

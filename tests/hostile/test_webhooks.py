@@ -276,16 +276,6 @@ def test_non_finite_location_is_not_queued_with_null_coordinates(
         assert invalid(fields) is None, (entry_id, invalid(fields))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: services/gateway/channels/cloud_api.py _message and twilio.py parse accept a "
-        "sender id the session service refuses (unprintable characters, over 128 characters) "
-        "and a message id over 256 characters; the entry is queued, then dead-lettered as "
-        "invalid_message after a worker tries it (never answered) instead of being refused at "
-        "the webhook as unusable_payload"
-    ),
-)
 @pytest.mark.parametrize("channel", ["cloud_api", "twilio"])
 @pytest.mark.parametrize("case", ["unprintable_sender", "long_sender", "long_message_id"])
 def test_ids_the_session_service_refuses_are_not_queued(

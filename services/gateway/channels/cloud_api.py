@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from services.gateway.channels import check_ids
 from services.gateway.engine import InboundMessage, MessageType
 
 SIGNATURE_HEADER = "x-hub-signature-256"
@@ -131,6 +132,7 @@ def _message(raw: Any, phone_number_id: str, contacts: dict[str, Any]) -> Inboun
     sender = _text(raw.get("from")) or _text(raw.get("from_user_id"))
     if not message_id or not sender:
         raise ValueError("message without id or sender")
+    check_ids(sender, message_id)
     contact = contacts.get(sender, {})
     profile = contact.get("profile") if isinstance(contact, dict) else None
     kind = _text(raw.get("type")) or "unknown"

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from services.gateway.channels import check_ids
 from services.gateway.channels.cloud_api import coordinate
 from services.gateway.engine import InboundMessage, MessageType
 
@@ -102,6 +103,7 @@ def parse(params: list[tuple[str, str]]) -> InboundMessage | Status:
     to = strip_prefix(form.get("To", ""))
     if not sender or not to:
         raise ValueError("form without From or To")
+    check_ids(sender, sid)
     message_type, text, payload = _content(form)
     return InboundMessage(
         channel="twilio",
