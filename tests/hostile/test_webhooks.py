@@ -281,6 +281,7 @@ def test_non_finite_location_is_not_queued_with_null_coordinates(
 def test_ids_the_session_service_refuses_are_not_queued(
     gateway: Gateway, client: httpx.Client, watch: RedisWatch, channel: str, case: str
 ) -> None:
+    """(Was a bug: they were queued, then dead-lettered as invalid_message by a worker.)"""
     from tests.gateway.conftest import twilio_form
 
     assert gateway.business is not None
@@ -332,3 +333,32 @@ def test_what_was_queued_is_answered_and_the_gateway_still_works(
     assert response.status_code == 200
     assert wait_for(lambda: fake_clouds.texts(wa_id), 30), "no answer to a normal message"
     assert fake_clouds.texts(wa_id)[0].startswith("Hi")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: services/gateway/bot/dialogue.py BotEngine._text: a text of more than 4300 "
+        "digits passes plain.isdigit() and int(plain) raises ValueError ('Exceeds the limit "
+        "(4300 digits) for integer string conversion') on every attempt: the message is "
+        "dead-lettered (max_attempts) and never answered"
+    ),
+)
+def test_a_5000_digit_message_is_answered(
+    gateway: Gateway, services: Services, fake_clouds: FakeClouds, watch: RedisWatch
+) -> None:
+    assert gateway.business is not None
+    if len(gateway.processes) == 1:  # the test above starts the worker; run alone, start it
+        log = services.log_dir / "hostile-worker-digits.log"
+        gateway.processes.append(start_worker(gateway.env, log))
+    wa_id = f"1{secrets.randbelow(10**10):010d}"
+    with gateway.http as client:
+        payload = cloud_payload(gateway.business.phone_number_id, wa_id, "9" * 5000)
+        assert post_cloud(client, payload).status_code == 200
+
+    def dead() -> list[dict[str, str]]:
+        return [f for _, f in watch.client.xrange("gw:dead") if wa_id in f.get("orig_m", "")]
+
+    assert wait_for(lambda: fake_clouds.texts(wa_id) or dead(), 60)
+    assert not dead(), dead()[0]["error"]
+    assert fake_clouds.texts(wa_id)
