@@ -172,7 +172,7 @@ class ChatClient:
         """What the user typed: a number picks an offered button or row, anything else is text."""
         stripped = line.strip()
         choices = self.offered.get()
-        if stripped.isdigit() and 1 <= int(stripped) <= len(choices):
+        if stripped.isdecimal() and len(stripped) <= 3 and 1 <= int(stripped) <= len(choices):
             self.post(choice_message(choices[int(stripped) - 1]))
         elif stripped.startswith("/location"):
             parts = stripped.split()

@@ -335,15 +335,6 @@ def test_what_was_queued_is_answered_and_the_gateway_still_works(
     assert fake_clouds.texts(wa_id)[0].startswith("Hi")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: services/gateway/bot/dialogue.py BotEngine._text: a text of more than 4300 "
-        "digits passes plain.isdigit() and int(plain) raises ValueError ('Exceeds the limit "
-        "(4300 digits) for integer string conversion') on every attempt: the message is "
-        "dead-lettered (max_attempts) and never answered"
-    ),
-)
 def test_a_5000_digit_message_is_answered(
     gateway: Gateway, services: Services, fake_clouds: FakeClouds, watch: RedisWatch
 ) -> None:

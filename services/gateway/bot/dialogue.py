@@ -308,7 +308,9 @@ class BotEngine:
             if self._missing(d) is None:
                 return await self._advance(ctx, d, [])  # dates checked again: time has passed
             return [Reply(t("nothing_to_retry"))]
-        if plain.isdigit():
+        # isdecimal, not isdigit: int() refuses "²"; and a menu choice is a few digits, while
+        # int() refuses more than 4300 (any longer number is just not understood).
+        if plain.isdecimal() and len(plain) <= 4:
             picked = await self._number(ctx, d, int(plain))
             if picked is not None:
                 return picked

@@ -286,7 +286,7 @@ def normalize(text: str) -> str:
 
 
 def number(word: str) -> int | None:
-    if word.isdigit():
+    if word.isdecimal() and len(word) <= 6:  # int() refuses "²" and over 4300 digits
         return int(word)
     return NUMBER_WORDS.get(word)
 
