@@ -338,6 +338,7 @@ def test_what_was_queued_is_answered_and_the_gateway_still_works(
 def test_a_5000_digit_message_is_answered(
     gateway: Gateway, services: Services, fake_clouds: FakeClouds, watch: RedisWatch
 ) -> None:
+    """(Was a bug: int() refused it on every attempt, so it was never answered.)"""
     assert gateway.business is not None
     if len(gateway.processes) == 1:  # the test above starts the worker; run alone, start it
         log = services.log_dir / "hostile-worker-digits.log"
