@@ -40,11 +40,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-# buf comes from npm (@bufbuild/buf, pinned in tools/buf/package.json).
+# buf comes from npm (@bufbuild/buf, pinned in tools/buf/package.json). `buf breaking` compares
+# protos/ with the v1 contracts as they first landed: a breaking change needs a new package
+# version (parley.<service>.v2), not an edit of v1.
+CONTRACTS_BASELINE := 89a363190f1125888c99aa75470c6b94f67dc2ef
 buf:
 	@if command -v npm >/dev/null 2>&1; then \
+	  set -e; \
 	  test -x $(BUF) || npm install --prefix tools/buf --no-audit --no-fund --loglevel=error; \
-	  $(BUF) lint && $(BUF) format --diff --exit-code && echo "buf lint and format: clean"; \
+	  $(BUF) lint; $(BUF) format --diff --exit-code; echo "buf lint and format: clean"; \
+	  if git cat-file -e $(CONTRACTS_BASELINE) 2>/dev/null; then \
+	    $(BUF) breaking --against ".git#ref=$(CONTRACTS_BASELINE),depth=1000"; \
+	    echo "buf breaking (against the v1 baseline): clean"; \
+	  else echo "!! shallow clone: the v1 baseline commit is missing, SKIPPING buf breaking"; fi; \
 	else \
 	  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
 	  echo "!! npm is not installed: SKIPPING buf lint and buf format checks.       !!"; \
