@@ -180,8 +180,15 @@ def main() -> int:
     targets["gateway"] = http_probe(f"http://127.0.0.1:{env.get('GATEWAY_PORT', '8000')}/health")
     failed: list[str] = []
 
+    def all_started() -> bool:
+        return all("pid" in p for p in manager._processes.values())
+
     def watch() -> None:
-        down = wait_until_serving(targets, STARTUP_TIMEOUT)
+        # honcho forks every process when its loop starts; gRPC must not be initialised in this
+        # process before those forks (a fork of a process with gRPC threads can deadlock the
+        # child), so probing begins only once every process has reported its pid.
+        started = wait_until_serving({"start": all_started}, STARTUP_TIMEOUT) == []
+        down = wait_until_serving(targets, STARTUP_TIMEOUT) if started else list(targets)
         if not down:
             printer.output.write(banner(env) + demo_business(env))
             printer.output.flush()
@@ -193,13 +200,15 @@ def main() -> int:
             report.extend(f"  {line}" for line in printer.recent.get(name, ["(no output)"]))
         printer.output.write("\n".join(report) + "\n")
         printer.output.flush()
-        # honcho's own SIGTERM handler stops everything from its main loop (calling
-        # manager.terminate() from this thread would race the loop's bookkeeping); it needs
-        # every process's pid, which a loaded machine may not have reported yet.
-        wait_until_serving(
-            {"pids": lambda: all("pid" in p for p in manager._processes.values())}, 30
-        )
-        os.kill(os.getpid(), signal.SIGTERM)
+        if started:
+            # honcho's own SIGTERM handler stops everything from its main loop (calling
+            # manager.terminate() from this thread would race the loop's bookkeeping).
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:  # honcho cannot stop a process it never saw start: stop what did, and leave
+            for process in manager._processes.values():
+                if "pid" in process:
+                    os.kill(process["pid"], signal.SIGTERM)
+            os._exit(1)
 
     threading.Thread(target=watch, name="readiness", daemon=True).start()
     manager.loop()
