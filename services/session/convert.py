@@ -77,6 +77,15 @@ def conversation_key(
     return ConversationKey(key.business_id, key.user_id, role)
 
 
+def required_key(request: Any) -> ConversationKey:
+    """The request's ``key`` for RPCs that take nothing else; INVALID_ARGUMENT when it is bad."""
+    violations: Violations = []
+    key = conversation_key(request, violations)
+    raise_if(violations)
+    assert key is not None  # no violations means a key
+    return key
+
+
 def appended_messages(
     messages: Any, violations: Violations, now_ms: int | None = None
 ) -> list[bytes]:

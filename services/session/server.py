@@ -31,10 +31,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     async def GetConversation(
         self, request: session_pb2.GetConversationRequest, context: Context
     ) -> session_pb2.GetConversationResponse:
-        violations: Violations = []
-        key = convert.conversation_key(request, violations)
-        raise_if(violations)
-        assert key is not None
+        key = convert.required_key(request)
         conversation, created = await self.store.get(key, request.create)
         if conversation is None:
             raise NotFound("no live conversation for this key")
@@ -70,10 +67,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     async def TouchConversation(
         self, request: session_pb2.TouchConversationRequest, context: Context
     ) -> session_pb2.TouchConversationResponse:
-        violations: Violations = []
-        key = convert.conversation_key(request, violations)
-        raise_if(violations)
-        assert key is not None
+        key = convert.required_key(request)
         expire = await self.store.touch(key)
         if expire is None:
             raise NotFound("no live conversation for this key")
@@ -82,10 +76,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     async def EndConversation(
         self, request: session_pb2.EndConversationRequest, context: Context
     ) -> session_pb2.EndConversationResponse:
-        violations: Violations = []
-        key = convert.conversation_key(request, violations)
-        raise_if(violations)
-        assert key is not None
+        key = convert.required_key(request)
         return session_pb2.EndConversationResponse(ended=await self.store.end(key))
 
     async def ListConversations(
