@@ -256,15 +256,7 @@ class Stack:
     def gateway_env(self) -> dict[str, str]:
         return {
             **self.env,
-            "GATEWAY_HOST": "127.0.0.1",
-            "GATEWAY_PORT": str(self.ports["gw"]),
-            "SESSION_SERVICE_ADDR": f"127.0.0.1:{self.ports['session']}",
-            "BUSINESS_SERVICE_ADDR": f"127.0.0.1:{self.ports['business']}",
-            "SEARCH_SERVICE_ADDR": f"127.0.0.1:{self.ports['search']}",
-            "WHATSAPP_APP_SECRET": SECRET,
-            "WHATSAPP_VERIFY_TOKEN": "bench-verify",
-            "API_KEY": API_KEY,
-            "WHATSAPP_API_BASE_URL": f"http://127.0.0.1:{self.ports['fake']}",
+            **gateway_wiring(self.ports, f"http://127.0.0.1:{self.ports['fake']}"),
             "RATE_LIMIT_USER": "1000/minute",
             "RATE_LIMIT_BUSINESS": "100000/minute",
             "USE_ASYNC_SEARCH": "false",  # one reply per message: the search result itself
@@ -273,19 +265,43 @@ class Stack:
         }
 
     def start_gateway(self, role: str) -> subprocess.Popen[bytes]:
-        process = spawn(
-            ["-m", "services.gateway.main", "--role", role],
-            self.gateway_env(),
-            self.work / f"gateway-{role}.log",
-        )
-        self.processes.append(process)
-        if not wait_for(lambda: up(f"http://127.0.0.1:{self.ports['gw']}/health"), 60, 0.2):
-            raise RuntimeError("gateway did not start")
-        return process
+        return start_gateway(self.work, self.gateway_env(), self.ports["gw"], role, self.processes)
 
     def close(self) -> None:
         stop(*reversed(self.processes))
         self.valkey.stop()
+
+
+def gateway_wiring(ports: dict[str, int], graph_api_url: str) -> dict[str, str]:
+    """A benchmark gateway's addresses and secrets (shared with bench_system)."""
+    return {
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(ports["gw"]),
+        "SESSION_SERVICE_ADDR": f"127.0.0.1:{ports['session']}",
+        "BUSINESS_SERVICE_ADDR": f"127.0.0.1:{ports['business']}",
+        "SEARCH_SERVICE_ADDR": f"127.0.0.1:{ports['search']}",
+        "WHATSAPP_APP_SECRET": SECRET,
+        "WHATSAPP_VERIFY_TOKEN": "bench-verify",
+        "API_KEY": API_KEY,
+        "WHATSAPP_API_BASE_URL": graph_api_url,
+    }
+
+
+def start_gateway(
+    work: Path,
+    env: dict[str, str],
+    port: int,
+    role: str,
+    processes: list[subprocess.Popen[bytes]],
+) -> subprocess.Popen[bytes]:
+    """``services.gateway.main --role ROLE`` on ``port``, added to ``processes``, once up."""
+    process = spawn(
+        ["-m", "services.gateway.main", "--role", role], env, work / f"gateway-{role}.log"
+    )
+    processes.append(process)
+    if not wait_for(lambda: up(f"http://127.0.0.1:{port}/health"), 60, 0.2):
+        raise RuntimeError("gateway did not start")
+    return process
 
 
 def ack_section(stack: Stack) -> Section:

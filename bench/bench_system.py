@@ -125,16 +125,8 @@ class SystemStack:
     def gateway_env(self) -> dict[str, str]:
         return {
             **self.env,
-            "GATEWAY_HOST": "127.0.0.1",
-            "GATEWAY_PORT": str(self.ports["gw"]),
-            "SESSION_SERVICE_ADDR": f"127.0.0.1:{self.ports['session']}",
-            "BUSINESS_SERVICE_ADDR": f"127.0.0.1:{self.ports['business']}",
-            "SEARCH_SERVICE_ADDR": f"127.0.0.1:{self.ports['search']}",
-            "WHATSAPP_APP_SECRET": SECRET,
-            "WHATSAPP_VERIFY_TOKEN": "bench-verify",
-            "API_KEY": API_KEY,
+            **bench_gateway.gateway_wiring(self.ports, self.fake),
             "OUTBOX_ONLY": "false",
-            "WHATSAPP_API_BASE_URL": self.fake,
             # The load is 10,000 users; the default limits protect a business from abuse, not
             # from a benchmark.
             "RATE_LIMIT_USER": "1000/minute",
@@ -146,15 +138,9 @@ class SystemStack:
 
     def start_gateway(self, role: str) -> subprocess.Popen[bytes]:
         """A gateway process on ``ports['gw']`` (the interface bench_gateway.ack_section uses)."""
-        process = spawn(
-            ["-m", "services.gateway.main", "--role", role],
-            self.gateway_env(),
-            self.work / f"gateway-{role}.log",
+        return bench_gateway.start_gateway(
+            self.work, self.gateway_env(), self.ports["gw"], role, self.processes
         )
-        self.processes.append(process)
-        if not wait_for(lambda: up(f"http://127.0.0.1:{self.ports['gw']}/health"), 60, 0.2):
-            raise RuntimeError("gateway did not start")
-        return process
 
     def start_workers(self, count: int) -> list[subprocess.Popen[bytes]]:
         workers = [
