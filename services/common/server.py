@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from services.common.gc_tuning import settle_heap
 from services.common.interceptors import InFlight, ServerInterceptor
 from services.common.logs import configure_logging
 from services.common.metrics import SERVING, start_metrics_server
@@ -151,6 +152,7 @@ class Runtime:
             loop.add_signal_handler(sig, self.request_stop)
         if self.service.on_start is not None:
             await self.service.on_start()
+        settle_heap()
         watcher = asyncio.create_task(self._watch_readiness())
         await self._stopping.wait()
         await self.shutdown()

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from services.common.errors import field_violations
+from services.common.gc_tuning import settle_heap
 from services.common.logs import configure_logging
 from services.common.settings import load_settings
 from services.gateway import admin, health, webhooks
@@ -59,6 +60,7 @@ def create_app(settings: GatewaySettings, role: Role = "all") -> FastAPI:
         if not settings.api_key:
             log.warning("API_KEY is not set: the admin API is off")
         await runtime.start()
+        settle_heap()
         log.info("gateway started", role=role, outbox_only=settings.outbox_only)
         try:
             yield

@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def run_worker() -> int:
+    from services.common.gc_tuning import settle_heap
     from services.common.settings import load_settings
     from services.gateway.runtime import Runtime
     from services.gateway.settings import GatewaySettings
@@ -56,6 +57,7 @@ async def run_worker() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await runtime.start()
+    settle_heap()
     await stop.wait()
     await runtime.stop()  # finishes in-flight messages, hands partitions back
     return 0

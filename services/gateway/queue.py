@@ -30,8 +30,9 @@ from typing import Any
 
 import orjson
 import redis.asyncio as redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 
+from services.common.redis_batch import ScriptBatcher
 from services.gateway.engine import InboundMessage
 
 GROUP = "workers"
@@ -128,7 +129,7 @@ class Queue:
         self.partitions = partitions
         self.dedupe_ttl = dedupe_ttl
         self._enqueue = client.register_script(ENQUEUE)
-        self._batcher = _ScriptBatcher(client, self._enqueue)
+        self._batcher = ScriptBatcher(client)
         self._renew = client.register_script(RENEW)
         self._release = client.register_script(RELEASE)
         self._ack = client.register_script(ACK)
@@ -142,7 +143,8 @@ class Queue:
         if len(messages) == 1:  # the usual case: no task per message
             message = messages[0]
             partition = self.partition(message)
-            result = await self._batcher.submit(
+            result = await self._batcher.run(
+                self._enqueue,
                 [
                     dedupe_key(partition, message.channel, message.provider_message_id),
                     stream_key(partition),
@@ -152,7 +154,8 @@ class Queue:
             return [_s(result) if result else None]
         results = await asyncio.gather(
             *(
-                self._batcher.submit(
+                self._batcher.run(
+                    self._enqueue,
                     [
                         dedupe_key(p, m.channel, m.provider_message_id),
                         stream_key(p),
@@ -357,68 +360,6 @@ def _dump_raw(raw: Any) -> str:
     except (TypeError, orjson.JSONEncodeError, RecursionError):
         text = f"(not serializable as JSON: {type(raw).__name__}, nested too deep or odd)"
     return text[:20_000]
-
-
-class _ScriptBatcher:
-    """Runs the enqueue script for every webhook that arrives in the same event-loop turn in
-    one round trip (a pipeline of EVALSHA): under load many requests share one send and one
-    read instead of paying the client's per-command overhead each. Each caller still waits for
-    its own result, so no answer is sent before its message is in Redis."""
-
-    def __init__(self, client: redis.Redis, script: Any) -> None:
-        self._redis = client
-        self._script = script
-        self._pending: list[tuple[list[Any], list[Any], asyncio.Future[Any]]] = []
-        self._scheduled = False
-
-    async def submit(self, keys: list[Any], args: list[Any]) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((keys, args, future))
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._start_flush)
-        return await future
-
-    def _start_flush(self) -> None:
-        batch, self._pending = self._pending, []
-        self._scheduled = False
-        task = asyncio.ensure_future(self._flush(batch))
-        task.add_done_callback(_consume_exception)
-
-    async def _flush(self, batch: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]) -> None:
-        try:
-            if len(batch) == 1:  # a pipeline costs more than it saves for one command
-                keys, args, _ = batch[0]
-                try:
-                    command: Any = self._redis.execute_command
-                    results = [await command("EVALSHA", self._script.sha, len(keys), *keys, *args)]
-                except NoScriptError as missing:
-                    results = [missing]
-            else:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for keys, args, _ in batch:
-                        pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
-                    results = await pipe.execute(raise_on_error=False)
-            for (keys, args, future), result in zip(batch, results, strict=True):
-                if isinstance(result, NoScriptError):  # Redis restarted without its scripts
-                    result = await self._script(keys=keys, args=args)
-                if isinstance(result, Exception):
-                    _fail(future, result)
-                elif not future.done():
-                    future.set_result(result)
-        except Exception as error:
-            for _, _, future in batch:
-                _fail(future, error)
-
-
-def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
-
-
-def _consume_exception(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 class CorruptEntry(Exception):

@@ -23,6 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from services.common.errors import VersionConflict
+from services.common.redis_batch import ScriptBatcher
 from services.common.redis_client import RedisClient
 from services.session.model import (
     INDEX_SHARDS,
@@ -209,6 +210,7 @@ class RedisStore:
         self._end: AsyncScript = client.register_script(END)
         self._put: AsyncScript = client.register_script(PUT)
         self._end_if: AsyncScript = client.register_script(END_IF_NOT_NEWER)
+        self._batch = ScriptBatcher(client)
 
     @staticmethod
     def _conversation(key: ConversationKey, reply: list[Any]) -> tuple[Conversation, bool, int]:
@@ -229,8 +231,8 @@ class RedisStore:
     async def get(
         self, key: ConversationKey, *, create: bool, new_id: str
     ) -> tuple[Conversation | None, bool, int]:
-        reply = await self._get(
-            keys=key.redis_keys(), args=["1" if create else "0", self.ttl_ms, new_id, key.member]
+        reply = await self._batch.run(
+            self._get, key.redis_keys(), ["1" if create else "0", self.ttl_ms, new_id, key.member]
         )
         if reply[0] == b"missing":
             return None, False, 0
@@ -261,7 +263,7 @@ class RedisStore:
             args.append(name)
             args.append(value)
         args.extend(remove_state)
-        reply = await self._update(keys=key.redis_keys(), args=args)
+        reply = await self._batch.run(self._update, key.redis_keys(), args)
         if reply[0] == b"conflict":
             raise VersionConflict(int(reply[1]))
         return self._conversation(key, reply)
