@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from services.common import event_loop
 from services.common.gc_tuning import settle_heap
 from services.common.interceptors import InFlight, ServerInterceptor
 from services.common.logs import configure_logging
@@ -199,4 +200,4 @@ def run(
         runtime = Runtime(service_factory(), settings, port)
         return await runtime.run()
 
-    return asyncio.run(main())
+    return event_loop.run(main())

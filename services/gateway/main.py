@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     grace = int(settings.shutdown_grace_seconds)
     if args.role == "worker":
         if not settings.worker_http_port:
-            return asyncio.run(run_worker())
+            from services.common import event_loop
+
+            return event_loop.run(run_worker())
         from services.gateway.app import create_app
 
         uvicorn.run(

@@ -12,6 +12,7 @@ from typing import Literal
 import httpx
 import redis.asyncio as redis
 import structlog
+from httpx_aiohttp import AiohttpTransport
 
 from services.common.redis_client import make_redis
 from services.gateway.clients import Clients
@@ -69,9 +70,13 @@ class Runtime:
     @classmethod
     def build(cls, settings: GatewaySettings, role: Role) -> Runtime:
         client = make_redis(settings.effective_redis_url)
+        # httpx's API on aiohttp's connections: its own transport (httpcore on anyio) cost
+        # ~1.6 ms of CPU per Graph API POST here, this one ~0.33 ms (docs/performance.md).
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.send_timeout_seconds, connect=3.0),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            transport=AiohttpTransport(
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
+            ),
         )
         outbox = OutboxSender(client, settings.outbox_max_messages)
         senders: dict[str, Sender] = {

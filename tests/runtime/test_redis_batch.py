@@ -16,7 +16,9 @@ from tests.support.processes import Valkey
 
 DB = 12
 INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
-FAIL_ON_ODD = "if tonumber(ARGV[1]) % 2 == 1 then return redis.error_reply('odd') end return ARGV[1]"
+FAIL_ON_ODD = (
+    "if tonumber(ARGV[1]) % 2 == 1 then return redis.error_reply('odd') end return ARGV[1]"
+)
 
 
 @pytest.fixture
