@@ -32,7 +32,7 @@ import grpc
 import orjson
 import redis.asyncio as redis
 import structlog
-from google.protobuf import field_mask_pb2, json_format, struct_pb2
+from google.protobuf import field_mask_pb2
 from redis.exceptions import RedisError
 
 from parley.business.v1 import business_pb2
@@ -40,6 +40,7 @@ from parley.session.v1 import session_pb2
 from services.common.clients import request_id_var
 from services.common.errors import error_info
 from services.common.redact import mask_phone
+from services.common.struct_values import python_to_value, value_to_python
 from services.gateway import metrics
 from services.gateway.clients import Clients
 from services.gateway.engine import (
@@ -222,7 +223,7 @@ class Processor:
             conversation=ConversationView(
                 id=conversation.id,
                 version=conversation.version,
-                state={k: json_format.MessageToDict(v) for k, v in conversation.state.items()},
+                state={k: value_to_python(v) for k, v in conversation.state.items()},
                 history=tuple(
                     (ROLE_NAMES.get(m.role, "system"), m.content) for m in conversation.history
                 ),
@@ -269,7 +270,7 @@ class Processor:
             remove_state_keys=result.remove_state,
         )
         for name, value in result.set_state.items():
-            request.set_state[name].CopyFrom(json_format.ParseDict(value, struct_pb2.Value()))
+            python_to_value(value, request.set_state[name])
         for _ in range(5):
             request.expected_version = version
             try:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 import orjson
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
 from parley.session.v1 import session_pb2
 from services.common.errors import InvalidArgument
+from services.common.struct_values import python_to_value, value_to_python
 from services.session.model import (
     Conversation,
     ConversationKey,
@@ -111,26 +111,6 @@ def appended_messages(
     return out
 
 
-def value_to_python(value: struct_pb2.Value) -> Any:
-    """A protobuf Value as plain JSON data; ValueError when it is not valid JSON."""
-    kind = value.WhichOneof("kind")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "number_value":
-        if not math.isfinite(value.number_value):
-            raise ValueError("numbers must be finite")
-        return value.number_value
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "null_value":
-        return None
-    if kind == "struct_value":
-        return {k: value_to_python(v) for k, v in value.struct_value.fields.items()}
-    if kind == "list_value":
-        return [value_to_python(v) for v in value.list_value.values]
-    raise ValueError("a value must have one of its kinds set")
-
-
 def state_changes(
     set_state: Any, remove: Any, violations: Violations
 ) -> tuple[dict[str, bytes], list[str]]:
@@ -170,21 +150,6 @@ def key_proto(key: ConversationKey) -> session_pb2.ConversationKey:
     return session_pb2.ConversationKey(
         business_id=key.business_id, user_id=key.user_id, role=ROLE_VALUES[key.role]
     )
-
-
-def python_to_value(data: Any, out: struct_pb2.Value) -> None:
-    if data is None:
-        out.null_value = struct_pb2.NULL_VALUE
-    elif isinstance(data, bool):
-        out.bool_value = data
-    elif isinstance(data, int | float):
-        out.number_value = data
-    elif isinstance(data, str):
-        out.string_value = data
-    elif isinstance(data, dict):
-        out.struct_value.update(data)
-    else:
-        out.list_value.extend(data)
 
 
 # Stored one-letter message roles → the enum, for the hot path below.
