@@ -29,9 +29,11 @@ DURATION_S = float(os.environ.get("BENCH_SECONDS", "3"))
 LATENCY_CALLS = 1000
 
 
+# On uvloop, as the runtime runs every service (services/common/event_loop.py): same loop.
 BARE_SERVER = """
-import asyncio, sys
+import sys
 import grpc
+import uvloop
 from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
@@ -42,7 +44,7 @@ async def main():
     await server.start()
     await server.wait_for_termination()
 
-asyncio.run(main())
+uvloop.run(main())
 """
 
 RUNTIME_SERVER = """
