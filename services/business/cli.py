@@ -33,10 +33,8 @@ import structlog
 
 from services.business.core import BusinessCore, RotationReport
 from services.business.crypto import key_id_of
-from services.business.invalidation import InvalidationBus
 from services.business.model import (
     BusinessRecord,
-    KeyKind,
     validate_business_id,
     validate_locale,
     validate_name,
@@ -49,7 +47,9 @@ from services.business.model import (
 )
 from services.business.server import make_cipher, make_store
 from services.business.settings import BusinessSettings
+from services.common.business_keys import KeyKind
 from services.common.errors import ServiceError
+from services.common.invalidation import InvalidationBus
 from services.common.settings import load_settings
 
 DEMO = {

@@ -19,19 +19,19 @@ from pymongo.errors import PyMongoError
 
 from parley.business.v1 import business_pb2
 from services.business import metrics
-from services.business.cache import LookupCache
 from services.business.crypto import CryptoError, TokenCipher
-from services.business.invalidation import InvalidationBus
 from services.business.model import (
     SECRET_FIELDS,
     BusinessRecord,
-    KeyKind,
     TokenStatus,
     utcnow,
     validate_secret,
 )
 from services.business.store import BusinessStore
+from services.common.business_keys import KeyKind
 from services.common.errors import FailedPrecondition, NotFound, ServiceError, Unavailable
+from services.common.invalidation import InvalidationBus
+from services.common.lookup_cache import LookupCache
 from services.common.redact import mask_phone
 
 log = structlog.get_logger("parley.business")

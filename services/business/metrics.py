@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge
+
+from services.common.lookup_cache import CacheCounters, LookupCache
 
 CACHE_HITS = Counter(
     "business_cache_hits_total", "Lookups answered from the cache with a business."
@@ -27,9 +31,24 @@ CACHE_INVALIDATIONS = Counter(
     "Invalidations applied, by origin (local write, remote replica, reconnect).",
     ["origin"],
 )
+CACHE_COUNTERS = CacheCounters(
+    hits=CACHE_HITS,
+    misses=CACHE_MISSES,
+    negative_hits=CACHE_NEGATIVE_HITS,
+    evicted_positive=CACHE_EVICTIONS.labels("business"),
+    evicted_negative=CACHE_EVICTIONS.labels("negative"),
+)
 STORE_QUERIES = Counter(
     "business_store_queries_total", "Lookup queries that reached the datastore.", ["store"]
 )
 DECRYPT_FAILURES = Counter(
     "business_decrypt_failures_total", "Stored secrets that could not be decrypted."
 )
+
+
+def watch_cache(cache: LookupCache[Any]) -> None:
+    """The gauges of the service's lookup cache, read at scrape time."""
+    CACHE_SIZE.set_function(lambda: len(cache))
+    CACHE_NEGATIVE_SIZE.set_function(lambda: cache.stats().negative_size)
+    CACHE_CAPACITY.set(cache.capacity)
+    CACHE_HIT_RATIO.set_function(lambda: cache.stats().hit_ratio)

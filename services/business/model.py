@@ -15,6 +15,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
 
+from services.common.business_keys import (
+    KeyKind,
+    business_keys,
+    normalize_identity,
+    normalize_number,
+)
 from services.common.errors import InvalidArgument
 
 SECRET_FIELDS = (
@@ -64,18 +70,6 @@ class TokenStatus(StrEnum):
     NEEDS_RENEWAL = "NEEDS_RENEWAL"
 
 
-class KeyKind(StrEnum):
-    """The identities a webhook can name its business by."""
-
-    PHONE_NUMBER_ID = "pnid"
-    WHATSAPP_NUMBER = "num"
-    SUBDOMAIN = "sub"
-
-
-def lookup_key(kind: KeyKind, value: str) -> str:
-    return f"{kind.value}:{value}"
-
-
 def utcnow() -> datetime:
     """Now, truncated to milliseconds: MongoDB keeps no more, so both stores agree."""
     now = datetime.now(UTC)
@@ -106,11 +100,7 @@ class BusinessRecord:
 
     @property
     def lookup_keys(self) -> tuple[str, ...]:
-        return (
-            *(lookup_key(KeyKind.PHONE_NUMBER_ID, p) for p in self.phone_number_ids),
-            *(lookup_key(KeyKind.WHATSAPP_NUMBER, n) for n in self.numbers),
-            lookup_key(KeyKind.SUBDOMAIN, self.subdomain),
-        )
+        return business_keys(self.phone_number_ids, self.numbers, self.subdomain)
 
     @property
     def business_id(self) -> str:
@@ -142,7 +132,7 @@ def validate_name(value: str, field_name: str = "business.name") -> str:
 
 
 def validate_subdomain(value: str, field_name: str = "business.subdomain") -> str:
-    label = value.strip().lower()
+    label = normalize_identity(KeyKind.SUBDOMAIN, value)
     if not label:
         raise InvalidArgument(field_name, "required")
     if not _SUBDOMAIN.match(label):
@@ -151,12 +141,6 @@ def validate_subdomain(value: str, field_name: str = "business.subdomain") -> st
             "must be a DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'",
         )
     return label
-
-
-def normalize_number(value: str) -> str:
-    """``whatsapp:+1 415-523-8886`` → ``+14155238886`` (not yet validated)."""
-    raw = value.strip().removeprefix("whatsapp:").strip()
-    return re.sub(r"[\s().-]", "", raw)
 
 
 def validate_number(value: str, field_name: str) -> str:
@@ -169,7 +153,7 @@ def validate_number(value: str, field_name: str) -> str:
 
 
 def validate_phone_number_id(value: str, field_name: str) -> str:
-    pnid = value.strip()
+    pnid = normalize_identity(KeyKind.PHONE_NUMBER_ID, value)
     if not _PHONE_NUMBER_ID.match(pnid):
         raise InvalidArgument(field_name, "must be a WhatsApp phone_number_id: 1-32 digits")
     return pnid

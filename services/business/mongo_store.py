@@ -24,8 +24,9 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 
-from services.business.model import SECRET_FIELDS, BusinessRecord, KeyKind, TokenStatus
+from services.business.model import SECRET_FIELDS, BusinessRecord, TokenStatus
 from services.business.store import BusinessStore
+from services.common.business_keys import KeyKind
 from services.common.errors import AlreadyExists
 
 log = structlog.get_logger("parley.business.mongo")

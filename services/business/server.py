@@ -11,16 +11,13 @@ import grpc
 import structlog
 
 from parley.business.v1 import business_pb2, business_pb2_grpc
-from services.business.cache import LookupCache
+from services.business import metrics
 from services.business.core import NOT_FOUND_MESSAGE, BusinessCore, CachedBusiness, to_proto
 from services.business.crypto import TokenCipher
-from services.business.invalidation import InvalidationBus
 from services.business.model import (
     UPDATABLE_FIELDS,
     BusinessRecord,
-    KeyKind,
     TokenStatus,
-    lookup_key,
     validate_business_id,
     validate_locale,
     validate_name,
@@ -33,7 +30,10 @@ from services.business.model import (
 )
 from services.business.settings import BusinessSettings
 from services.business.store import BusinessStore
+from services.common.business_keys import KeyKind, lookup_key
 from services.common.errors import InvalidArgument, NotFound
+from services.common.invalidation import InvalidationBus
+from services.common.lookup_cache import LookupCache
 from services.common.server import Service, run
 from services.common.settings import load_settings
 
@@ -303,7 +303,9 @@ def build(settings: BusinessSettings, cipher: TokenCipher) -> Service:
         capacity=settings.business_cache_size,
         ttl=settings.business_cache_ttl,
         negative_ttl=settings.business_negative_cache_ttl,
+        counters=metrics.CACHE_COUNTERS,
     )
+    metrics.watch_cache(cache)
     bus: InvalidationBus | None = None
     if settings.redis_url is not None and settings.redis_url.get_secret_value():
         bus = InvalidationBus(
@@ -311,6 +313,7 @@ def build(settings: BusinessSettings, cipher: TokenCipher) -> Service:
             settings.business_invalidation_channel,
             on_invalidate=lambda keys, ids: cache.invalidate(keys, ids),
             on_reset=cache.clear,
+            invalidations=metrics.CACHE_INVALIDATIONS,
         )
     core = BusinessCore(store, cipher, cache=cache, bus=bus)
     warm_pending = settings.warmup_cache

@@ -20,8 +20,9 @@ from typing import Any
 
 import aiosqlite
 
-from services.business.model import SECRET_FIELDS, BusinessRecord, KeyKind, TokenStatus
+from services.business.model import SECRET_FIELDS, BusinessRecord, TokenStatus
 from services.business.store import BusinessStore
+from services.common.business_keys import KeyKind
 from services.common.errors import AlreadyExists
 
 SCHEMA = """

@@ -12,7 +12,8 @@ import abc
 from typing import Any
 
 from services.business.metrics import STORE_QUERIES
-from services.business.model import BusinessRecord, KeyKind
+from services.business.model import BusinessRecord
+from services.common.business_keys import KeyKind
 
 
 class BusinessStore(abc.ABC):

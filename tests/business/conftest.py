@@ -26,12 +26,12 @@ import pytest
 import structlog
 
 from parley.business.v1 import business_pb2, business_pb2_grpc
-from services.business.cache import LookupCache
 from services.business.core import BusinessCore, CachedBusiness
 from services.business.crypto import TokenCipher
 from services.business.mongo_store import MongoStore
 from services.business.sqlite_store import SqliteStore
 from services.business.store import BusinessStore
+from services.common.lookup_cache import LookupCache
 from tests.support.processes import ROOT, ServiceProcess, free_port, wait_for
 
 REAL_MONGODB_URI = os.environ.get("MONGODB_URI")

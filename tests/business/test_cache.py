@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from services.business.cache import LookupCache
 from services.business.core import BusinessCore
-from services.business.model import KeyKind, lookup_key
 from services.business.store import BusinessStore
+from services.common.business_keys import KeyKind, lookup_key
+from services.common.lookup_cache import LookupCache
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ from bson import ObjectId
 
 from services.business.core import BusinessCore
 from services.business.crypto import TokenCipher
-from services.business.model import BusinessRecord, KeyKind, TokenStatus, utcnow
+from services.business.model import BusinessRecord, TokenStatus, utcnow
 from services.business.mongo_store import MongoStore
 from services.business.sqlite_store import SqliteStore
 from services.business.store import BusinessStore
+from services.common.business_keys import KeyKind
 from services.common.errors import AlreadyExists
 from tests.business.conftest import SecretRegistry
 

@@ -1,8 +1,11 @@
-"""This replica's lookup cache: TTL + LRU, negative entries, single-flight, invalidation.
+"""A per-process lookup cache: TTL + LRU, negative entries, single-flight, invalidation.
+
+One implementation for the business service's cache of its store and the gateway worker's cache
+of ``LookupBusiness`` answers. Metrics are the caller's: counters are passed in.
 
 - A business is one entry, reachable by every lookup key it has (each ``phone_number_id``,
-  each number, its subdomain). The LRU bound (``BUSINESS_CACHE_SIZE``) counts businesses, so
-  warming 1,000 businesses with three keys each fits a cache of 1,000.
+  each number, its subdomain). The LRU bound counts businesses, so warming 1,000 businesses
+  with three keys each fits a cache of 1,000.
 - Unknown (or unservable) identities are remembered as "not found" for a short TTL, in a
   separate LRU of the same bound, so a flood of webhooks for unknown numbers neither reaches the
   database nor evicts real businesses.
@@ -22,7 +25,28 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from services.business import metrics
+
+class _Counter(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class _NoCount:
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+
+_NO_COUNT = _NoCount()
+
+
+@dataclass(frozen=True)
+class CacheCounters:
+    """Where a cache counts its events (e.g. Prometheus counters or labelled children)."""
+
+    hits: _Counter = _NO_COUNT
+    misses: _Counter = _NO_COUNT
+    negative_hits: _Counter = _NO_COUNT
+    evicted_positive: _Counter = _NO_COUNT
+    evicted_negative: _Counter = _NO_COUNT
 
 
 class Cacheable(Protocol):
@@ -66,6 +90,7 @@ class LookupCache(Generic[V]):
         ttl: float,
         negative_ttl: float,
         clock: Callable[[], float] = time.monotonic,
+        counters: CacheCounters = CacheCounters(),
     ) -> None:
         self.capacity = capacity
         self.ttl = ttl
@@ -77,12 +102,7 @@ class LookupCache(Generic[V]):
         self._flights: dict[str, asyncio.Task[V | None]] = {}
         self._epoch = 0  # bumped by every invalidation
         self.hits = self.misses = self.negative_hits = self.evictions = 0
-        metrics.CACHE_SIZE.set_function(lambda: len(self._entries))
-        metrics.CACHE_NEGATIVE_SIZE.set_function(lambda: len(self._negative))
-        metrics.CACHE_CAPACITY.set(capacity)
-        metrics.CACHE_HIT_RATIO.set_function(lambda: self.stats().hit_ratio)
-        self._evicted_positive = metrics.CACHE_EVICTIONS.labels("business")
-        self._evicted_negative = metrics.CACHE_EVICTIONS.labels("negative")
+        self._counters = counters
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -109,14 +129,14 @@ class LookupCache(Generic[V]):
             if entry is not None and entry.expires_at > now:
                 self._entries.move_to_end(business_id)
                 self.hits += 1
-                metrics.CACHE_HITS.inc()
+                self._counters.hits.inc()
                 return True, entry.value
             self._drop_business(business_id)
         expires_at = self._negative.get(key)
         if expires_at is not None:
             if expires_at > now:
                 self.negative_hits += 1
-                metrics.CACHE_NEGATIVE_HITS.inc()
+                self._counters.negative_hits.inc()
                 return True, None
             del self._negative[key]
         return False, None
@@ -127,7 +147,7 @@ class LookupCache(Generic[V]):
         if found:
             return value, True
         self.misses += 1
-        metrics.CACHE_MISSES.inc()
+        self._counters.misses.inc()
         flight = self._flights.get(key)
         if flight is None:
             # The epoch is taken now, not when the task first runs: a write landing in between
@@ -168,7 +188,7 @@ class LookupCache(Generic[V]):
             _, evicted = self._entries.popitem(last=False)
             self._unindex(evicted.value)
             self.evictions += 1
-            self._evicted_positive.inc()
+            self._counters.evicted_positive.inc()
 
     def _put_negative(self, key: str) -> None:
         if self.negative_ttl <= 0:
@@ -178,7 +198,7 @@ class LookupCache(Generic[V]):
         while len(self._negative) > self.capacity:
             self._negative.popitem(last=False)
             self.evictions += 1
-            self._evicted_negative.inc()
+            self._counters.evicted_negative.inc()
 
     def _unindex(self, value: V) -> None:
         for key in value.lookup_keys:

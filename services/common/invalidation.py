@@ -1,7 +1,8 @@
-"""Cross-replica cache invalidation over Redis pub/sub (when ``REDIS_URL`` is set).
+"""Cross-replica cache invalidation over Redis pub/sub.
 
-Every write (RPC or CLI) publishes the lookup keys and business ids it touched on one channel;
-every replica subscribes and drops those entries at once. Pub/sub delivers only to connected
+Every business write (RPC or CLI) publishes the lookup keys and business ids it touched on one
+channel (``BUSINESS_INVALIDATION_CHANNEL``); every business replica and every gateway worker
+subscribes and drops those entries at once. Pub/sub delivers only to connected
 subscribers, so a replica that loses its subscription clears its whole cache when it
 re-subscribes: whatever it missed cannot linger. If Redis is down, publishing fails quietly
 (logged) and the cache TTL bounds how stale another replica can be.
@@ -20,11 +21,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
+from prometheus_client import Counter
 
-from services.business import metrics
 from services.common.redis_client import make_redis
 
-log = structlog.get_logger("parley.business.invalidation")
+log = structlog.get_logger("parley.invalidation")
 
 Apply = Callable[[list[str], list[str]], None]
 MAX_BACKOFF = 5.0
@@ -32,12 +33,20 @@ MAX_BACKOFF = 5.0
 
 class InvalidationBus:
     def __init__(
-        self, url: str, channel: str, on_invalidate: Apply, on_reset: Callable[[], None]
+        self,
+        url: str,
+        channel: str,
+        on_invalidate: Apply,
+        on_reset: Callable[[], None],
+        *,
+        invalidations: Counter | None = None,
     ) -> None:
+        """``invalidations``: a counter with one label, the origin ("remote", "resubscribe")."""
         self.channel = channel
         self.origin = secrets.token_hex(8)  # this replica; its own messages are skipped
         self._on_invalidate = on_invalidate
         self._on_reset = on_reset
+        self._invalidations = invalidations
         # Any: standalone, Sentinel or Cluster client, whichever REDIS_URL names.
         self._client: Any = make_redis(url, socket_timeout=5.0)
         self._task: asyncio.Task[None] | None = None
@@ -73,7 +82,11 @@ class InvalidationBus:
             log.warning("malformed invalidation message ignored")
             return
         self._on_invalidate(keys, ids)
-        metrics.CACHE_INVALIDATIONS.labels("remote").inc()
+        self._count("remote")
+
+    def _count(self, origin: str) -> None:
+        if self._invalidations is not None:
+            self._invalidations.labels(origin).inc()
 
     async def _listen(self) -> None:
         backoff = 0.1
@@ -85,7 +98,7 @@ class InvalidationBus:
                 if not first:
                     # Messages published while we were away are lost: forget everything.
                     self._on_reset()
-                    metrics.CACHE_INVALIDATIONS.labels("resubscribe").inc()
+                    self._count("resubscribe")
                     log.info("invalidation channel re-subscribed; cache cleared")
                 self.subscribed.set()
                 backoff = 0.1
