@@ -151,6 +151,10 @@ def build_router(runtime: Runtime) -> APIRouter:
                 else {"error": breakers["error"]}
             ),
             "business_cache": _dict(cache["value"]) if cache["ok"] else {"error": cache["error"]},
+            # This process's workers' cache of LookupBusiness answers (absent without workers).
+            "gateway_business_cache": (
+                runtime.businesses.describe() if runtime.businesses is not None else None
+            ),
             "session_storage": session_status,
             "engine": engine,
             "outbox_only": runtime.settings.outbox_only,

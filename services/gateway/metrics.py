@@ -25,6 +25,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from services.common.lookup_cache import CacheCounters
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 WEBHOOKS = Counter(
@@ -73,6 +75,31 @@ SENDS = Counter(
 )
 RATE_LIMITED = Counter(
     "gateway_rate_limited_total", "Messages not processed because of a rate limit.", ["scope"]
+)
+
+BUSINESS_CACHE = Counter(
+    "gateway_business_cache_lookups_total",
+    "Workers' business lookups, by result: hit, negative_hit (known to be unknown) or miss "
+    "(LookupBusiness called).",
+    ["result"],
+)
+BUSINESS_CACHE_EVICTIONS = Counter(
+    "gateway_business_cache_evictions_total",
+    "Workers' business cache entries evicted by the LRU bound.",
+    ["kind"],
+)
+BUSINESS_CACHE_INVALIDATIONS = Counter(
+    "gateway_business_cache_invalidations_total",
+    "Workers' business cache invalidations, by origin (remote: the business service published "
+    "a change; resubscribe: everything dropped; token_expired: the Graph API refused a token).",
+    ["origin"],
+)
+BUSINESS_CACHE_COUNTERS = CacheCounters(
+    hits=BUSINESS_CACHE.labels("hit"),
+    misses=BUSINESS_CACHE.labels("miss"),
+    negative_hits=BUSINESS_CACHE.labels("negative_hit"),
+    evicted_positive=BUSINESS_CACHE_EVICTIONS.labels("business"),
+    evicted_negative=BUSINESS_CACHE_EVICTIONS.labels("negative"),
 )
 
 

@@ -15,6 +15,7 @@ import structlog
 from httpx_aiohttp import AiohttpTransport
 
 from services.common.redis_client import make_redis
+from services.gateway.businesses import BusinessDirectory
 from services.gateway.clients import Clients
 from services.gateway.engine import Engine
 from services.gateway.queue import Queue
@@ -61,6 +62,7 @@ class Runtime:
     senders: dict[str, Sender]
     rate_limits: RateLimits
     pool: WorkerPool | None = None
+    businesses: BusinessDirectory | None = None  # the workers' business cache
     # gRPC channels belong to the event loop that serves: made in start(), not before.
     _clients: Clients | None = None
     _engine: Engine | None = None
@@ -131,6 +133,8 @@ class Runtime:
             queue = Queue(
                 consumer_redis, self.settings.queue_partitions, self.settings.dedupe_ttl_seconds
             )
+            self.businesses = BusinessDirectory(self.settings, self.clients.business)
+            await self.businesses.start()
             processor = Processor(
                 self.settings,
                 self.clients,
@@ -138,6 +142,7 @@ class Runtime:
                 self.senders,
                 self.rate_limits,
                 self.redis,
+                self.businesses,
             )
             self.pool = WorkerPool(self.settings, queue, processor)
             await self.pool.start()
@@ -146,6 +151,8 @@ class Runtime:
         if self.pool is not None:
             await self.pool.stop()
             await self.pool.queue.redis.aclose()
+        if self.businesses is not None:
+            await self.businesses.stop()
         await self.http.aclose()
         if self._clients is not None:
             await self._clients.close()

@@ -63,6 +63,13 @@ class GatewaySettings(CommonSettings):
     # Admin API; off when unset
     api_key: str | None = None
 
+    # Workers' cache of LookupBusiness answers (0: off), dropped on the business service's
+    # invalidation channel (on the gateway's Redis), so the TTL only bounds staleness when
+    # nothing is published.
+    gateway_business_cache_ttl_seconds: float = Field(default=30.0, ge=0, le=86_400)
+    gateway_business_cache_size: int = Field(default=1000, ge=1, le=1_000_000)
+    business_invalidation_channel: str = "parley:business:invalidate"
+
     # Deadlines of calls to the services
     grpc_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     engine_timeout_seconds: float = Field(default=20.0, gt=0, le=600)

@@ -42,6 +42,7 @@ from services.common.errors import error_info
 from services.common.redact import mask_phone
 from services.common.struct_values import python_to_value, value_to_python
 from services.gateway import metrics
+from services.gateway.businesses import BusinessDirectory
 from services.gateway.clients import Clients
 from services.gateway.engine import (
     BusinessContext,
@@ -117,6 +118,7 @@ class Processor:
         senders: dict[str, Sender],
         rate_limits: RateLimits,
         client: redis.Redis,
+        businesses: BusinessDirectory,
     ) -> None:
         self.settings = settings
         self.clients = clients
@@ -124,6 +126,7 @@ class Processor:
         self.senders = senders
         self.rate_limits = rate_limits
         self.redis = client
+        self.businesses = businesses
 
     def sender_for(self, channel: str) -> Sender:
         return self.senders["outbox"] if self.settings.outbox_only else self.senders[channel]
@@ -286,25 +289,19 @@ class Processor:
     async def _business(
         self, message: InboundMessage
     ) -> tuple[business_pb2.Business, business_pb2.ChannelCredentials]:
-        request = business_pb2.LookupBusinessRequest(include_credentials=True)
-        if message.channel == "cloud_api":
-            request.phone_number_id = message.channel_identity
-        else:
-            request.whatsapp_number = message.channel_identity
-        try:
-            response = await self.clients.business.LookupBusiness(request)
-        except grpc.aio.AioRpcError as error:
-            if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                raise DeadLetter(
-                    "unknown_business",
-                    f"no active business owns {message.channel} identity "
-                    f"{mask_phone(message.channel_identity)}",
-                ) from None
-            raise
-        business = response.business
+        found = await self.businesses.lookup(message.channel, message.channel_identity)
+        if found is None:
+            raise DeadLetter(
+                "unknown_business",
+                f"no active business owns {message.channel} identity "
+                f"{mask_phone(message.channel_identity)}",
+            )
+        business = found.business
+        # The business service answers only servable businesses; checked here too so that no
+        # answer (cached or not) that says otherwise can ever lead to a reply.
         if not business.active or not business.whatsapp_enabled:
             raise DeadLetter("inactive_business", f"business {business.id} is not active")
-        return business, response.credentials
+        return business, found.credentials
 
     async def _session_call(self, call: Awaitable[Any]) -> Any:
         try:
@@ -340,6 +337,8 @@ class Processor:
             log.info("read receipt not sent", error=str(error)[:200])
 
     async def _token_needs_renewal(self, business_id: str) -> None:
+        # Our cached credentials hold the refused token: the next message must ask again.
+        self.businesses.forget(business_id, "token_expired")
         try:
             await self.clients.business.UpdateBusiness(
                 business_pb2.UpdateBusinessRequest(

@@ -114,6 +114,8 @@ def services(
                 "BUSINESS_DB_PATH": str(tmp_path_factory.mktemp("business") / "b.db"),
                 "ENCRYPTION_SECRET": ENCRYPTION_SECRET,
                 "BUSINESS_NEGATIVE_CACHE_TTL": "0",
+                # Publishes every change, as in production: the gateways' caches drop it.
+                "REDIS_URL": f"redis://127.0.0.1:{valkey.port}/0",
             },
             log_dir / "business.log",
         ),
@@ -265,6 +267,21 @@ def gateway(
     gw.business = create_business(gw)
     yield gw
     gw.stop()
+
+
+def dead_letters(gateway: Gateway) -> list[dict[str, Any]]:
+    with gateway.admin() as admin:
+        return list(admin.get("/admin/dead-letters").json()["dead_letters"])
+
+
+def metric(gateway: Gateway, name: str) -> float:
+    """The sum of the gateway's /metrics samples whose line starts with ``name``."""
+    text = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
 
 
 # --- building webhooks ---------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from tests.gateway.conftest import (
@@ -13,6 +12,8 @@ from tests.gateway.conftest import (
     Services,
     cloud_payload,
     create_business,
+    dead_letters,
+    metric,
     new_wa_id,
     next_db,
     post_cloud,
@@ -37,20 +38,6 @@ def limited(services: Services, fake_clouds: FakeClouds, valkey: Valkey) -> Iter
     gw.business = create_business(gw)
     yield gw
     gw.stop()
-
-
-def dead_letters(gateway: Gateway) -> list[dict[str, object]]:
-    with gateway.admin() as admin:
-        return list(admin.get("/admin/dead-letters").json()["dead_letters"])
-
-
-def metric(gateway: Gateway, name: str) -> float:
-    text = httpx.get(f"{gateway.url}/metrics", timeout=5).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and not line.startswith("#")
-    )
 
 
 def test_worker_killed_mid_message_is_answered_once(
@@ -190,6 +177,8 @@ def test_expired_token_marks_the_business_and_dead_letters(
         for d in dead_letters(limited)
     )
     assert metric(limited, 'gateway_sends_total{outcome="token_expired"') >= 1
+    # The worker's cached credentials hold the refused token: dropped at once.
+    assert metric(limited, 'gateway_business_cache_invalidations_total{origin="token_expired"') >= 1
 
 
 def test_outside_the_24_hour_window_is_counted_and_saved(

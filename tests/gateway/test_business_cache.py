@@ -1,0 +1,187 @@
+"""The workers' business cache: one LookupBusiness per business, not per message, and changes
+made through the admin API seen by the next message (pub/sub invalidation, not the TTL)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from parley.business.v1 import business_pb2
+from services.business.core import to_proto
+from services.business.model import BusinessRecord, TokenStatus, validate_number
+from services.common.business_keys import KeyKind, identity_key
+from services.gateway.businesses import KnownBusiness
+from tests.gateway.conftest import (
+    SECRETS,
+    Business,
+    Gateway,
+    Services,
+    cloud_payload,
+    create_business,
+    dead_letters,
+    metric,
+    new_wa_id,
+    next_db,
+    post_cloud,
+    start_gateway,
+)
+from tests.gateway.fakes import FakeClouds
+from tests.support.processes import Valkey, wait_for
+
+# Far longer than any test here: only an invalidation can explain a change being seen.
+TTL = "300"
+REMOTE = 'gateway_business_cache_invalidations_total{origin="remote"'
+
+
+@pytest.fixture(scope="module")
+def cached(services: Services, fake_clouds: FakeClouds, valkey: Valkey) -> Iterator[Gateway]:
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "business-cache",
+        GATEWAY_BUSINESS_CACHE_TTL_SECONDS=TTL,
+    )
+    yield gw
+    gw.stop()
+
+
+def business_lookups(gateway: Gateway) -> int:
+    """LookupBusiness calls the business service has answered (its own cache's figures)."""
+    with gateway.admin() as admin:
+        stats = admin.get("/health/detailed").json()["business_cache"]
+    return int(stats["hits"]) + int(stats["misses"]) + int(stats["negative_hits"])
+
+
+def send(gateway: Gateway, phone_number_id: str, wa_id: str, text: str) -> None:
+    with gateway.http as client:
+        assert post_cloud(client, cloud_payload(phone_number_id, wa_id, text)).status_code == 200
+
+
+def dead_lettered(gateway: Gateway, wa_id: str, reason: str) -> bool:
+    return any(
+        d["reason"] == reason and (d["message"] or {}).get("user_id") == wa_id
+        for d in dead_letters(gateway)
+    )
+
+
+def changed(gateway: Gateway, change: Callable[[httpx.Client], httpx.Response]) -> None:
+    """Make a change through the admin API and wait until the gateway has been told (within
+    seconds: the TTL is minutes). Every write publishes, in order, so counting works as long as
+    each test waits for its own writes."""
+    before = metric(gateway, REMOTE)
+    with gateway.admin() as admin:
+        response = change(admin)
+    assert response.status_code in (200, 201), response.text
+    assert wait_for(lambda: metric(gateway, REMOTE) > before, 10), "no invalidation arrived"
+
+
+def new_business(gateway: Gateway) -> Business:
+    before = metric(gateway, REMOTE)
+    business = create_business(gateway)
+    assert wait_for(lambda: metric(gateway, REMOTE) > before, 10), "no invalidation arrived"
+    return business
+
+
+def test_gateway_and_business_service_compute_the_same_keys() -> None:
+    stamp = datetime.now(UTC)
+    record = BusinessRecord(
+        id="0123456789abcdef01234567",
+        name="Keys",
+        subdomain="keys",
+        phone_number_ids=("123456",),
+        numbers=(validate_number("whatsapp:+1 (415) 555-0100", "n"),),
+        whatsapp_enabled=True,
+        active=True,
+        time_zone="UTC",
+        locale="en",
+        access_token_status=TokenStatus.VALID,
+        create_time=stamp,
+        update_time=stamp,
+    )
+    known = KnownBusiness.of(business_pb2.LookupBusinessResponse(business=to_proto(record)))
+    # What the business service publishes when this business changes …
+    assert known.lookup_keys == record.lookup_keys
+    # … and what a worker looks it up by, from the webhook's raw identity.
+    assert identity_key(KeyKind.PHONE_NUMBER_ID, " 123456") in record.lookup_keys
+    assert identity_key(KeyKind.WHATSAPP_NUMBER, "whatsapp:+14155550100") in record.lookup_keys
+
+
+def test_two_messages_of_one_business_make_one_lookup(
+    cached: Gateway, fake_clouds: FakeClouds
+) -> None:
+    business = new_business(cached)
+    wa_id = new_wa_id()
+    before = business_lookups(cached)
+    send(cached, business.phone_number_id, wa_id, "first")
+    assert wait_for(lambda: len(fake_clouds.replies(wa_id)) == 1, 20)
+    send(cached, business.phone_number_id, wa_id, "second")
+    assert wait_for(lambda: len(fake_clouds.replies(wa_id)) == 2, 20)
+    assert fake_clouds.texts(wa_id) == ["echo: first #1", "echo: second #2"]
+    assert business_lookups(cached) - before == 1
+    with cached.admin() as admin:
+        mine = admin.get("/health/detailed").json()["gateway_business_cache"]
+    assert mine["enabled"] and mine["invalidation_subscribed"] and mine["hits"] >= 1
+    assert metric(cached, 'gateway_business_cache_lookups_total{result="hit"') >= 1
+
+
+def test_unknown_business_is_asked_once_and_still_dead_lettered(
+    cached: Gateway, fake_clouds: FakeClouds
+) -> None:
+    unknown = "888" + new_wa_id()
+    users = [new_wa_id(), new_wa_id()]
+    before = business_lookups(cached)
+    for wa_id in users:
+        send(cached, unknown, wa_id, "anyone there?")
+    assert wait_for(lambda: all(dead_lettered(cached, u, "unknown_business") for u in users), 20)
+    assert business_lookups(cached) - before == 1
+    assert all(fake_clouds.replies(u) == [] for u in users)
+
+
+def test_deactivation_and_disabling_are_seen_by_the_next_message(
+    cached: Gateway, fake_clouds: FakeClouds
+) -> None:
+    business = new_business(cached)
+    pnid, path = business.phone_number_id, f"/admin/businesses/{business.id}"
+    first = new_wa_id()
+    send(cached, pnid, first, "cache me")
+    assert wait_for(lambda: fake_clouds.texts(first) == ["echo: cache me #1"], 20)
+
+    changed(cached, lambda admin: admin.patch(path, json={"whatsapp_enabled": False}))
+    disabled = new_wa_id()
+    send(cached, pnid, disabled, "disabled?")
+    assert wait_for(lambda: dead_lettered(cached, disabled, "unknown_business"), 20)
+
+    changed(cached, lambda admin: admin.patch(path, json={"whatsapp_enabled": True}))
+    enabled = new_wa_id()
+    send(cached, pnid, enabled, "back")
+    assert wait_for(lambda: fake_clouds.texts(enabled) == ["echo: back #1"], 20)
+
+    changed(cached, lambda admin: admin.delete(path))
+    gone = new_wa_id()
+    send(cached, pnid, gone, "still there?")
+    assert wait_for(lambda: dead_lettered(cached, gone, "unknown_business"), 20)
+    assert fake_clouds.replies(disabled) == [] and fake_clouds.replies(gone) == []
+
+
+def test_a_new_token_is_used_by_the_next_reply(cached: Gateway, fake_clouds: FakeClouds) -> None:
+    business = new_business(cached)
+    wa_id = new_wa_id()
+    send(cached, business.phone_number_id, wa_id, "old token")
+    assert wait_for(lambda: len(fake_clouds.replies(wa_id)) == 1, 20)
+    assert fake_clouds.replies(wa_id)[0].authorization == f"Bearer {business.access_token}"
+
+    new_token = "graph-token-rotated-" + business.access_token[-8:]
+    SECRETS.append(new_token)
+    changed(
+        cached,
+        lambda admin: admin.put(
+            f"/admin/businesses/{business.id}/token", json={"access_token": new_token}
+        ),
+    )
+    send(cached, business.phone_number_id, wa_id, "new token")
+    assert wait_for(lambda: len(fake_clouds.replies(wa_id)) == 2, 20)
+    assert fake_clouds.replies(wa_id)[1].authorization == f"Bearer {new_token}"
