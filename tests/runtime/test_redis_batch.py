@@ -10,7 +10,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from services.common.redis_batch import ScriptBatcher
+from services.common.redis_batch import IDLE_CHECK_SECONDS, ScriptBatcher
 from services.common.redis_client import RedisClient, make_client
 from tests.support.processes import Valkey
 
@@ -97,3 +97,21 @@ async def test_a_caller_that_gives_up_does_not_break_the_batch(client: RedisClie
     assert isinstance(done[3], asyncio.CancelledError)
     assert all(isinstance(d, bytes | int) for n, d in enumerate(done) if n != 3)
     assert int(await batcher.run(script, ["c"], [0])) >= 9
+
+
+async def test_a_connection_left_stale_by_a_restart_is_replaced_before_use(
+    tmp_path: Path,
+) -> None:
+    server = Valkey(tmp_path / "valkey").start()
+    client = make_client(server.url)
+    batcher = ScriptBatcher(client)
+    script = client.register_script(INCR)
+    try:
+        assert int(await batcher.run(script, ["n"], [1])) == 1
+        server.stop()
+        server.start()  # while idle: the batcher's connection now points at a closed socket
+        await asyncio.sleep(IDLE_CHECK_SECONDS + 0.1)
+        assert int(await batcher.run(script, ["n"], [1])) >= 1  # no error reaches the caller
+    finally:
+        await client.aclose()
+        server.stop()
