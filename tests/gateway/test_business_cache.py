@@ -4,16 +4,16 @@ made through the admin API seen by the next message (pub/sub invalidation, not t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 
 import httpx
 import pytest
 
 from parley.business.v1 import business_pb2
 from services.business.core import to_proto
-from services.business.model import BusinessRecord, TokenStatus, validate_number
+from services.business.model import validate_number
 from services.common.business_keys import KeyKind, identity_key
 from services.gateway.businesses import KnownBusiness
+from tests.business.test_store_contract import record as business_record
 from tests.gateway.conftest import (
     SECRETS,
     Business,
@@ -87,20 +87,10 @@ def new_business(gateway: Gateway) -> Business:
 
 
 def test_gateway_and_business_service_compute_the_same_keys() -> None:
-    stamp = datetime.now(UTC)
-    record = BusinessRecord(
-        id="0123456789abcdef01234567",
-        name="Keys",
+    record = business_record(
         subdomain="keys",
-        phone_number_ids=("123456",),
+        pnids=("123456",),
         numbers=(validate_number("whatsapp:+1 (415) 555-0100", "n"),),
-        whatsapp_enabled=True,
-        active=True,
-        time_zone="UTC",
-        locale="en",
-        access_token_status=TokenStatus.VALID,
-        create_time=stamp,
-        update_time=stamp,
     )
     known = KnownBusiness.of(business_pb2.LookupBusinessResponse(business=to_proto(record)))
     # What the business service publishes when this business changes …
