@@ -9,10 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import httpx
 import redis.asyncio as redis
 import structlog
-from httpx_aiohttp import AiohttpTransport
 
 from services.common.redis_client import make_redis
 from services.gateway.businesses import BusinessDirectory
@@ -20,7 +18,7 @@ from services.gateway.clients import Clients
 from services.gateway.engine import Engine
 from services.gateway.queue import Queue
 from services.gateway.ratelimit import RateLimits
-from services.gateway.senders.base import Sender
+from services.gateway.senders.base import HttpClient, Sender
 from services.gateway.senders.cloud_api import CloudApiSender
 from services.gateway.senders.outbox import OutboxSender
 from services.gateway.senders.twilio import TwilioSender
@@ -57,7 +55,7 @@ class Runtime:
     role: Role
     redis: redis.Redis
     queue: Queue
-    http: httpx.AsyncClient
+    http: HttpClient
     outbox: OutboxSender
     senders: dict[str, Sender]
     rate_limits: RateLimits
@@ -72,14 +70,7 @@ class Runtime:
     @classmethod
     def build(cls, settings: GatewaySettings, role: Role) -> Runtime:
         client = make_redis(settings.effective_redis_url)
-        # httpx's API on aiohttp's connections: its own transport (httpcore on anyio) cost
-        # ~1.6 ms of CPU per Graph API POST here, this one ~0.33 ms (docs/performance.md).
-        http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.send_timeout_seconds, connect=3.0),
-            transport=AiohttpTransport(
-                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
-            ),
-        )
+        http = HttpClient(settings.send_timeout_seconds)
         outbox = OutboxSender(client, settings.outbox_max_messages)
         senders: dict[str, Sender] = {
             "cloud_api": CloudApiSender(http, settings.whatsapp_api_base_url),

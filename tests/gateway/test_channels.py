@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
 from services.gateway.channels import cloud_api, twilio
 from services.gateway.engine import Button, ListRow, Reply
-from services.gateway.senders.base import SendError, Target, TokenExpired, split_text
+from services.gateway.senders.base import HttpClient, SendError, Target, TokenExpired, split_text
 from services.gateway.senders.cloud_api import CloudApiSender
 from services.gateway.senders.twilio import TwilioSender, render
 from tests.gateway.fakes import FakeClouds
@@ -339,17 +338,16 @@ def test_cloud_payloads_buttons_and_lists() -> None:
 
 
 @pytest.fixture
-async def http() -> Iterator[httpx.AsyncClient]:  # type: ignore[misc]
-    async with httpx.AsyncClient(timeout=5) as client:
-        yield client
+async def http() -> AsyncIterator[HttpClient]:
+    client = HttpClient(5.0)
+    yield client
+    await client.aclose()
 
 
 TARGET = Target("cloud_api", "b1", "34600000009", "123456", access_token="tok-1")
 
 
-async def test_cloud_sender_against_the_fake(
-    fake_clouds: FakeClouds, http: httpx.AsyncClient
-) -> None:
+async def test_cloud_sender_against_the_fake(fake_clouds: FakeClouds, http: HttpClient) -> None:
     sender = CloudApiSender(http, fake_clouds.url)
     await sender.send(TARGET, Reply("hello"))
     [sent] = fake_clouds.replies("34600000009")[-1:]
@@ -379,9 +377,7 @@ async def test_cloud_sender_against_the_fake(
     assert unreachable.value.retryable
 
 
-async def test_twilio_sender_against_the_fake(
-    fake_clouds: FakeClouds, http: httpx.AsyncClient
-) -> None:
+async def test_twilio_sender_against_the_fake(fake_clouds: FakeClouds, http: HttpClient) -> None:
     sender = TwilioSender(http, fake_clouds.url, "ACenv", "env-token")
     target = Target("twilio", "b1", "+34600000010", "+15550100001")
     await sender.send(target, Reply("a" * 2000))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import structlog
 from tenacity import (
     AsyncRetrying,
@@ -15,7 +14,15 @@ from tenacity import (
 
 from services.common.redact import mask_phone
 from services.gateway.engine import Reply
-from services.gateway.senders.base import SendError, Target, TokenExpired, split_text
+from services.gateway.senders.base import (
+    HttpAnswer,
+    HttpClient,
+    SendError,
+    Target,
+    TokenExpired,
+    Unreachable,
+    split_text,
+)
 
 log = structlog.get_logger()
 
@@ -33,7 +40,7 @@ def _is_rate_limited(error: BaseException) -> bool:
 class CloudApiSender:
     name = "cloud_api"
 
-    def __init__(self, client: httpx.AsyncClient, base_url: str, rate_limit_tries: int = 3):
+    def __init__(self, client: HttpClient, base_url: str, rate_limit_tries: int = 3):
         self._client = client
         self._base = base_url.rstrip("/")
         self._tries = rate_limit_tries
@@ -136,16 +143,16 @@ class CloudApiSender:
             response = await self._client.post(
                 url, json=payload, headers={"Authorization": f"Bearer {target.access_token}"}
             )
-        except httpx.HTTPError as error:
+        except Unreachable as error:
             raise SendError(
-                f"Graph API unreachable: {type(error).__name__}", retryable=True, outcome="error"
+                f"Graph API unreachable: {error}", retryable=True, outcome="error"
             ) from None
-        if response.status_code < 300:
+        if response.status < 300:
             return
         code, message = _graph_error(response)
         if code == TOKEN_EXPIRED:
             raise TokenExpired(f"Graph API error 190: {message}")
-        if response.status_code == 429 or code in RATE_LIMIT_CODES:
+        if response.status == 429 or code in RATE_LIMIT_CODES:
             raise SendError(
                 f"Graph API rate limit ({code})", retryable=True, outcome="rate_limited", code=code
             )
@@ -162,17 +169,17 @@ class CloudApiSender:
                 code=code,
             )
         raise SendError(
-            f"Graph API answered {response.status_code} ({code}): {message}",
-            retryable=response.status_code >= 500,
+            f"Graph API answered {response.status} ({code}): {message}",
+            retryable=response.status >= 500,
             outcome="error",
             code=code,
         )
 
 
-def _graph_error(response: httpx.Response) -> tuple[int | None, str]:
+def _graph_error(response: HttpAnswer) -> tuple[int | None, str]:
     try:
         error = response.json().get("error", {})
         code = error.get("code")
         return (int(code) if isinstance(code, int) else None), str(error.get("message", ""))[:200]
     except (ValueError, AttributeError):
-        return None, response.text[:200]
+        return None, response.body[:200].decode(errors="replace")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 
-import httpx
-
 from services.gateway.channels.twilio import PREFIX
 from services.gateway.engine import Reply
-from services.gateway.senders.base import SendError, Target, split_text
+from services.gateway.senders.base import HttpClient, SendError, Target, Unreachable, split_text
 
 BODY_LIMIT = 1600  # Twilio's limit for one message body
 
@@ -28,7 +26,7 @@ class TwilioSender:
     name = "twilio"
 
     def __init__(
-        self, client: httpx.AsyncClient, base_url: str, default_sid: str, default_token: str
+        self, client: HttpClient, base_url: str, default_sid: str, default_token: str
     ) -> None:
         self._client = client
         self._base = base_url.rstrip("/")
@@ -54,21 +52,21 @@ class TwilioSender:
             "Body": body,
         }
         try:
-            response = await self._client.post(url, data=form, auth=(sid, token))
-        except httpx.HTTPError as error:
+            response = await self._client.post(url, form=form, basic_auth=(sid, token))
+        except Unreachable as error:
             raise SendError(
-                f"Twilio unreachable: {type(error).__name__}", retryable=True, outcome="error"
+                f"Twilio unreachable: {error}", retryable=True, outcome="error"
             ) from None
-        if response.status_code < 300:
+        if response.status < 300:
             return
         code = None
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             code = int(response.json().get("code"))
-        if response.status_code == 429:
+        if response.status == 429:
             raise SendError("Twilio rate limit", retryable=True, outcome="rate_limited", code=code)
         raise SendError(
-            f"Twilio answered {response.status_code} ({code})",
-            retryable=response.status_code >= 500,
+            f"Twilio answered {response.status} ({code})",
+            retryable=response.status >= 500,
             outcome="error",
             code=code,
         )
