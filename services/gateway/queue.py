@@ -47,6 +47,10 @@ local id = redis.call('XADD', KEYS[2], '*', 'm', ARGV[2], 'rid', ARGV[3], 'rt', 
 redis.call('SET', KEYS[1], id, 'EX', ARGV[1])
 return id
 """
+# Count one more attempt (before it starts, so a crash counts too); with the last error.
+ATTEMPT = """
+return {redis.call('HINCRBY', KEYS[1], ARGV[1], 1), redis.call('HGET', KEYS[2], ARGV[1])}
+"""
 RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -133,6 +137,7 @@ class Queue:
         self._renew = client.register_script(RENEW)
         self._release = client.register_script(RELEASE)
         self._ack = client.register_script(ACK)
+        self._attempt = client.register_script(ATTEMPT)
 
     # --- producer side ---------------------------------------------------------------------
 
@@ -263,10 +268,9 @@ class Queue:
     async def attempt(self, partition: int, entry_id: str) -> tuple[int, str]:
         """Count one more attempt (before it starts, so a crash counts too); with the last
         recorded error, if any."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(attempts_key(partition), entry_id, 1)
-            pipe.hget(errors_key(partition), entry_id)
-            count, error = await pipe.execute()
+        count, error = await self._batcher.run(
+            self._attempt, [attempts_key(partition), errors_key(partition)], [entry_id]
+        )
         return int(count), _s(error) if error else ""
 
     async def record_error(self, partition: int, entry_id: str, error: str) -> None:
@@ -278,14 +282,15 @@ class Queue:
 
     async def ack(self, partition: int, entry_id: str, token: str) -> bool:
         return bool(
-            await self._ack(
-                keys=[
+            await self._batcher.run(
+                self._ack,
+                [
                     lease_key(partition),
                     stream_key(partition),
                     attempts_key(partition),
                     errors_key(partition),
                 ],
-                args=[token, GROUP, entry_id],
+                [token, GROUP, entry_id],
             )
         )
 

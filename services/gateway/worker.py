@@ -40,6 +40,7 @@ from parley.session.v1 import session_pb2
 from services.common.clients import request_id_var
 from services.common.errors import error_info
 from services.common.redact import mask_phone
+from services.common.redis_batch import ScriptBatcher
 from services.common.struct_values import python_to_value, value_to_python
 from services.gateway import metrics
 from services.gateway.businesses import BusinessDirectory
@@ -127,6 +128,7 @@ class Processor:
         self.rate_limits = rate_limits
         self.redis = client
         self.businesses = businesses
+        self._sent_scripts = SentLog.Scripts(client)
 
     def sender_for(self, channel: str) -> Sender:
         return self.senders["outbox"] if self.settings.outbox_only else self.senders[channel]
@@ -194,7 +196,7 @@ class Processor:
         if any(m.provider_message_id == message.provider_message_id for m in conversation.history):
             return "already_done"  # saved by a worker that died before acknowledging
 
-        sent = SentLog(self.redis, entry, self.settings.dedupe_ttl_seconds)
+        sent = SentLog(self._sent_scripts, entry, self.settings.dedupe_ttl_seconds)
         # Only an earlier attempt can have sent anything (attempts are counted before they run).
         already = await sent.fingerprints() if attempt > 1 else set()
         replies: list[Reply] = []
@@ -363,10 +365,20 @@ class SentLog:
     is out anyway, and the turn is still saved in the session (a different store), whose
     history then tells the next attempt that the message was answered."""
 
-    def __init__(self, client: redis.Redis, entry: Entry, ttl: int) -> None:
+    MARK = "redis.call('SADD', KEYS[1], ARGV[1]) return redis.call('EXPIRE', KEYS[1], ARGV[2])"
+
+    class Scripts:
+        """The log's client and script, shared by every entry of one worker process."""
+
+        def __init__(self, client: redis.Redis) -> None:
+            self.client = client
+            self.mark = client.register_script(SentLog.MARK)
+            self.batcher = ScriptBatcher(client)
+
+    def __init__(self, scripts: SentLog.Scripts, entry: Entry, ttl: int) -> None:
         message = entry.message
         self._key = f"gw:sent:{message.channel}:{message.provider_message_id}"
-        self._redis = client
+        self._scripts = scripts
         self._ttl = ttl
 
     @staticmethod
@@ -384,15 +396,15 @@ class SentLog:
 
     async def fingerprints(self) -> set[str]:
         return {
-            m.decode() if isinstance(m, bytes) else m for m in await self._redis.smembers(self._key)
+            m.decode() if isinstance(m, bytes) else m
+            for m in await self._scripts.client.smembers(self._key)
         }
 
     async def mark(self, fingerprint: str) -> None:
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.sadd(self._key, fingerprint)
-                pipe.expire(self._key, self._ttl)
-                await pipe.execute()
+            await self._scripts.batcher.run(
+                self._scripts.mark, [self._key], [fingerprint, self._ttl]
+            )
         except RedisError as error:
             log.warning("could not record a sent reply", error=str(error)[:200])
 

@@ -28,7 +28,7 @@ def entry(message_id: str) -> Entry:
 async def test_a_retry_without_the_early_reply_still_sends_the_answer(valkey: Valkey) -> None:
     client = redis.Redis.from_url(valkey.url)
     try:
-        log = SentLog(client, entry("wamid.sentlog-1"), 60)
+        log = SentLog(SentLog.Scripts(client), entry("wamid.sentlog-1"), 60)
         early, answer = Reply("searching …"), Reply("here are your flights")
         # First attempt: the early reply went out, then the worker died.
         await log.mark(SentLog.fingerprint(early, []))
@@ -51,6 +51,6 @@ async def test_identical_replies_are_told_apart_and_buttons_count() -> None:
 async def test_recording_while_redis_is_down_does_not_fail_the_turn() -> None:
     client = redis.Redis(port=1, socket_connect_timeout=0.2)  # nothing listens there
     try:
-        await SentLog(client, entry("wamid.sentlog-2"), 60).mark("f:0")
+        await SentLog(SentLog.Scripts(client), entry("wamid.sentlog-2"), 60).mark("f:0")
     finally:
         await client.aclose()
