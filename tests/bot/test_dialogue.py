@@ -13,7 +13,7 @@ import pytest
 
 from parley.search.v1 import search_pb2_grpc
 from services.gateway.bot import create_engine
-from services.gateway.bot.dialogue import BotEngine
+from services.gateway.bot.dialogue import BotEngine, Dialogue
 from services.gateway.bot.settings import BotSettings
 from services.gateway.engine import SearchPort
 from tests.bot.chat import Chat
@@ -68,7 +68,8 @@ async def test_a_complete_request_is_answered_in_one_reply(engine: BotEngine) ->
     assert re.search(r"non-stop|\d stops?", text)
     assert chat.state["trip"]["origin"]["code"] == "NYC"
     assert chat.state["trip"]["depart"] == coming(4).isoformat()
-    assert len(chat.state["results"]["offers"]) >= 3
+    assert isinstance(chat.state["results"]["offers"], str)  # stored packed: one JSON string
+    assert len(Dialogue.load(chat.state).results["offers"]) >= 3
 
 
 async def test_a_request_built_over_four_messages(engine: BotEngine) -> None:
@@ -282,3 +283,9 @@ async def test_unusable_state_costs_a_question_not_a_failure(engine: BotEngine) 
     reply = await chat.say("hello again")
     assert "I find flights" in reply
     assert "Where are you flying from?" in await chat.say("to Paris")
+
+
+def test_results_stored_as_a_nested_list_by_an_older_version_still_load() -> None:
+    offers = [{"id": "o1", "price": 10.0, "legs": []}]
+    assert Dialogue.load({"results": {"offers": offers, "shown": 1}}).results["offers"] == offers
+    assert Dialogue.load({"results": {"offers": "not json"}}).results["offers"] == []

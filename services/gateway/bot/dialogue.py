@@ -7,7 +7,10 @@ State (JSON, in the session service, so it survives restarts and moves between w
   ``non_stop``.
 - ``ask``: what the last reply asked for: ``{"slot": "origin"|"destination"|"date"}``, with
   ``"choices"`` (places) when it asked the user to pick one.
-- ``results``: the last search's offers in compact form and how many were shown.
+- ``results``: the last search's offers in compact form and how many were shown. The offers
+  are stored as one JSON string, not a nested object: Python's protobuf builds and reads
+  ``Struct`` values in Python, and nine nested offers cost ~0.4 ms at each of the four
+  conversions a turn makes (gateway and session, both ways). A list (older state) still loads.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import grpc
+import orjson
 import structlog
 
 from parley.search.v1 import search_pb2
@@ -137,7 +141,10 @@ class Dialogue:
             value = state.get(key)
             return dict(value) if isinstance(value, dict) else {}
 
-        return cls(_valid_trip(part("trip")), part("ask"), part("results"))
+        results = part("results")
+        if isinstance(results.get("offers"), str):
+            results["offers"] = _unpacked_offers(results["offers"])
+        return cls(_valid_trip(part("trip")), part("ask"), results)
 
     def set(self, key: str, value: dict[str, Any]) -> None:
         setattr(self, key, value)
@@ -151,10 +158,25 @@ class Dialogue:
         for key in sorted(self.changed):
             value = getattr(self, key)
             if value:
-                outcome.set_state[key] = value
+                outcome.set_state[key] = _packed(key, value)
             else:
                 outcome.remove_state.append(key)
         return outcome
+
+
+def _packed(key: str, value: dict[str, Any]) -> dict[str, Any]:
+    """The value as stored: the results' offers as one JSON string (see the module's doc)."""
+    if key == "results" and isinstance(value.get("offers"), list):
+        return {**value, "offers": orjson.dumps(value["offers"]).decode()}
+    return value
+
+
+def _unpacked_offers(text: str) -> list[Any]:
+    try:
+        offers = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return []
+    return offers if isinstance(offers, list) else []
 
 
 GREETING_WORDS = {"hi", "hello", "hey", "hiya", "hola", "shalom", "buenas", "yo", "howdy"}
