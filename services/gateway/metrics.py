@@ -34,6 +34,11 @@ WEBHOOKS = Counter(
     "Webhooks received, by channel and outcome.",
     ["channel", "outcome"],
 )
+RECENT_SEARCHES = Counter(
+    "gateway_recent_searches_total",
+    "The engine's SearchFlights near cache (BOT_SEARCH_CACHE_SECONDS), by result: hit or miss.",
+    ["result"],
+)
 ACK_SECONDS = Histogram(
     "gateway_webhook_ack_seconds",
     "Time from a webhook's arrival to its answer.",

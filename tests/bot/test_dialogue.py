@@ -27,6 +27,8 @@ def settings(**values: Any) -> BotSettings:
         "use_smart_handler": "true",
         "use_async_search": "false",
         "openai_api_key": None,
+        # These tests watch the search service's own cache and breaker (TTLs of seconds).
+        "bot_search_cache_seconds": 0,
     }
     return BotSettings(**{**base, **values})
 

@@ -32,6 +32,7 @@ from services.gateway.bot.extract import Extraction, extract, normalize, weekday
 from services.gateway.bot.llm import Extractor
 from services.gateway.bot.messages import Texts
 from services.gateway.bot.places import Candidate, PlaceResolver, decide, split_phrase
+from services.gateway.bot.recent_searches import RecentSearches
 from services.gateway.bot.settings import BotSettings
 from services.gateway.bot.switches import Switch
 from services.gateway.engine import ListRow, Reply, SearchPort, Turn, TurnResult
@@ -247,6 +248,7 @@ class BotEngine:
         self._extractor = extractor
         self._smart: Switch = settings.smart_handler()
         self._async: Switch = settings.async_search()
+        self._recent = RecentSearches(settings.bot_search_cache_seconds)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -609,6 +611,9 @@ class BotEngine:
             non_stop=bool(trip.get("non_stop")),
             max_results=fmt.KEPT,
         )
+        recent = self._recent.get(request)
+        if recent is not None:
+            return self._show(ctx, d, recent)
         call = asyncio.ensure_future(
             self._search.SearchFlights(request, timeout=self._settings.bot_search_timeout_seconds)
         )
@@ -629,6 +634,7 @@ class BotEngine:
         finally:
             if not call.done():
                 call.cancel()
+        self._recent.put(request, response)
         return self._show(ctx, d, response)
 
     @property

@@ -21,6 +21,8 @@ class BotSettings(CommonSettings):
     # "searching …" message goes out (when USE_ASYNC_SEARCH is on for the user).
     bot_search_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     bot_searching_notice_ms: int = Field(default=300, ge=0, le=10_000)
+    # How long a worker reuses a fresh SearchFlights answer for the same request (0: never).
+    bot_search_cache_seconds: float = Field(default=30.0, ge=0, le=3600)
 
     @field_validator("use_smart_handler", "use_async_search")
     @classmethod
