@@ -273,6 +273,7 @@ class Processor:
                 ),
             ],
             remove_state_keys=result.remove_state,
+            view=session_pb2.CONVERSATION_VIEW_BASIC,  # nothing is read back
         )
         for name, value in result.set_state.items():
             python_to_value(value, request.set_state[name])

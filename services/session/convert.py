@@ -164,8 +164,11 @@ def fill_conversation(
     out: session_pb2.Conversation,
     conversation: Conversation,
     key: session_pb2.ConversationKey | None = None,
+    *,
+    basic: bool = False,
 ) -> None:
-    """Write ``conversation`` into ``out`` (the response's own field: no copy of the message).
+    """Write ``conversation`` into ``out`` (the response's own field: no copy of the message);
+    ``basic``: id, key, version and times only (``CONVERSATION_VIEW_BASIC``).
 
     Every get and update goes through here, so it avoids per-message helper calls.
     """
@@ -179,6 +182,8 @@ def fill_conversation(
     ):
         field.seconds, field.nanos = divmod(ms, 1000)
         field.nanos *= 1_000_000
+    if basic:
+        return
     add = out.history.add
     roles = _STORED_ROLE_VALUES
     loads = orjson.loads

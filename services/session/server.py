@@ -61,7 +61,10 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             expected_version=expected,
         )
         response = session_pb2.UpdateConversationResponse(created=created)
-        convert.fill_conversation(response.conversation, conversation, request.key)
+        if request.view == session_pb2.CONVERSATION_VIEW_BASIC:
+            convert.fill_conversation(response.conversation, conversation, request.key, basic=True)
+        else:
+            convert.fill_conversation(response.conversation, conversation, request.key)
         return response
 
     async def TouchConversation(

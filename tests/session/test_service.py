@@ -285,6 +285,19 @@ async def test_state_value_without_a_kind_is_refused(stub: Stub) -> None:
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND  # nothing was written
 
 
+async def test_a_basic_view_answers_without_history_or_state(stub: Stub) -> None:
+    key = new_key()
+    request = pb.UpdateConversationRequest(
+        key=key, append=[user_message("hello")], view=pb.CONVERSATION_VIEW_BASIC
+    )
+    request.set_state["step"].number_value = 1
+    basic = (await stub.UpdateConversation(request)).conversation
+    assert basic.version == 1 and basic.id and basic.key == key and basic.expire_time.seconds
+    assert not basic.history and not basic.state
+    full = (await stub.GetConversation(pb.GetConversationRequest(key=key))).conversation
+    assert [m.content for m in full.history] == ["hello"] and full.state["step"].number_value == 1
+
+
 async def test_fifty_concurrent_updates_with_retry_lose_nothing(stub: Stub) -> None:
     """The gateway's flow: get (create), then update under the version read, retry on ABORTED."""
     key = new_key()

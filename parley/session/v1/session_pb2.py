@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparley/session/v1/session.proto\x12\x11parley.session.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"j\n\x0f\x43onversationKey\x12\x13\n\x0b\x62usiness_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x31\n\x04role\x18\x03 \x01(\x0e\x32#.parley.session.v1.ConversationRole\"\x8f\x01\n\x07Message\x12,\n\x04role\x18\x01 \x01(\x0e\x32\x1e.parley.session.v1.MessageRole\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13provider_message_id\x18\x04 \x01(\t\"\x9d\x03\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x03key\x18\x02 \x01(\x0b\x32\".parley.session.v1.ConversationKey\x12+\n\x07history\x18\x03 \x03(\x0b\x32\x1a.parley.session.v1.Message\x12\x39\n\x05state\x18\x04 \x03(\x0b\x32*.parley.session.v1.Conversation.StateEntry\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x44\n\nStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"\xdc\x01\n\x13\x43onversationSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x03key\x18\x02 \x01(\x0b\x32\".parley.session.v1.ConversationKey\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x15\n\rmessage_count\x18\x04 \x01(\x05\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x16GetConversationRequest\x12/\n\x03key\x18\x01 \x01(\x0b\x32\".parley.session.v1.ConversationKey\x12\x0e\n\x06\x63reate\x18\x02 \x01(\x08\"a\n\x17GetConversationResponse\x12\x35\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1f.parley.session.v1.Conversation\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\xdf\x02\n\x19UpdateConversationRequest\x12/\n\x03key\x18\x01 \x01(\x0b\x32\".parley.session.v1.ConversationKey\x12*\n\x06\x61ppend\x18\x02 \x03(\x0b\x32\x1a.parley.session.v1.Message\x12M\n\tset_state\x18\x03 \x03(\x0b\x32:.parley.session.v1.UpdateConversationRequest.SetStateEntry\x12\x19\n\x11remove_state_keys\x18\x04 \x03(\t\x12\x1d\n\x10\x65xpected_version\x18\x05 \x01(\x03H\x00\x88\x01\x01\x1aG\n\rSetStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\x42\x13\n\x11_expected_version\"d\n\x1aUpdateConversationResponse\x12\x35\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1f.parley.session.v1.Conversation\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"K\n\x18TouchConversationRequest\x12/\n\x03key\x18\x01 \x01(\x0b\x32\".parley.session.v1.ConversationKey\"L\n\x19TouchConversationResponse\x12/\n\x0b\x65xpire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x16\x45ndConversationRequest\x12/\n\x03key\x18\x01 \x01(\x0b\x32\".parley.session.v1.ConversationKey\"(\n\x17\x45ndConversationResponse\x12\r\n\x05\x65nded\x18\x01 \x01(\x08\"\x89\x01\n\x18ListConversationsRequest\x12\x13\n\x0b\x62usiness_id\x18\x01 \x01(\t\x12\x31\n\x04role\x18\x02 \x01(\x0e\x32#.parley.session.v1.ConversationRole\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"s\n\x19ListConversationsResponse\x12=\n\rconversations\x18\x01 \x03(\x0b\x32&.parley.session.v1.ConversationSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x19\n\x17GetStorageStatusRequest\"\xd1\x01\n\x18GetStorageStatusResponse\x12\x32\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32!.parley.session.v1.StorageBackend\x12\x17\n\x0f\x66\x61llback_active\x18\x02 \x01(\x08\x12\x1a\n\x12pending_writebacks\x18\x03 \x01(\x05\x12\x32\n\x0e\x66\x61llback_since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10writebacks_total\x18\x05 \x01(\x03*p\n\x10\x43onversationRole\x12!\n\x1d\x43ONVERSATION_ROLE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43ONVERSATION_ROLE_CLIENT\x10\x01\x12\x1b\n\x17\x43ONVERSATION_ROLE_ADMIN\x10\x02*w\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x01\x12\x1a\n\x16MESSAGE_ROLE_ASSISTANT\x10\x02\x12\x17\n\x13MESSAGE_ROLE_SYSTEM\x10\x03*h\n\x0eStorageBackend\x12\x1f\n\x1bSTORAGE_BACKEND_UNSPECIFIED\x10\x00\x12\x19\n\x15STORAGE_BACKEND_REDIS\x10\x01\x12\x1a\n\x16STORAGE_BACKEND_MEMORY\x10\x02\x32\xa4\x05\n\x0eSessionService\x12h\n\x0fGetConversation\x12).parley.session.v1.GetConversationRequest\x1a*.parley.session.v1.GetConversationResponse\x12q\n\x12UpdateConversation\x12,.parley.session.v1.UpdateConversationRequest\x1a-.parley.session.v1.UpdateConversationResponse\x12n\n\x11TouchConversation\x12+.parley.session.v1.TouchConversationRequest\x1a,.parley.session.v1.TouchConversationResponse\x12h\n\x0f\x45ndConversation\x12).parley.session.v1.EndConversationRequest\x1a*.parley.session.v1.EndConversationResponse\x12n\n\x11ListConversations\x12+.parley.session.v1.ListConversationsRequest\x1a,.parley.session.v1.ListConversationsResponse\x12k\n\x10GetStorageStatus\x12*.parley.session.v1.GetStorageStatusRequest\x1a+.parley.session.v1.GetStorageStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fparley/session/v1/session.proto\x12\x11parley.session.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"j\n\x0f\x43onversationKey\x12\x13\n\x0b\x62usiness_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x31\n\x04role\x18\x03 \x01(\x0e\x32#.parley.session.v1.ConversationRole\"\x8f\x01\n\x07Message\x12,\n\x04role\x18\x01 \x01(\x0e\x32\x1e.parley.session.v1.MessageRole\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13provider_message_id\x18\x04 \x01(\t\"\x9d\x03\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x03key\x18\x02 \x01(\x0b\x32\".parley.session.v1.ConversationKey\x12+\n\x07history\x18\x03 \x03(\x0b\x32\x1a.parley.session.v1.Message\x12\x39\n\x05state\x18\x04 \x03(\x0b\x32*.parley.session.v1.Conversation.StateEntry\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x44\n\nStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\"\xdc\x01\n\x13\x43onversationSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x03key\x18\x02 \x01(\x0b\x32\".parley.session.v1.ConversationKey\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x15\n\rmessage_count\x18\x04 \x01(\x05\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x16GetConversationRequest\x12/\n\x03key\x18\x01 \x01(\x0b\x32\".parley.session.v1.ConversationKey\x12\x0e\n\x06\x63reate\x18\x02 \x01(\x08\"a\n\x17GetConversationResponse\x12\x35\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1f.parley.session.v1.Conversation\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x92\x03\n\x19UpdateConversationRequest\x12/\n\x03key\x18\x01 \x01(\x0b\x32\".parley.session.v1.ConversationKey\x12*\n\x06\x61ppend\x18\x02 \x03(\x0b\x32\x1a.parley.session.v1.Message\x12M\n\tset_state\x18\x03 \x03(\x0b\x32:.parley.session.v1.UpdateConversationRequest.SetStateEntry\x12\x19\n\x11remove_state_keys\x18\x04 \x03(\t\x12\x1d\n\x10\x65xpected_version\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x31\n\x04view\x18\x06 \x01(\x0e\x32#.parley.session.v1.ConversationView\x1aG\n\rSetStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\x42\x13\n\x11_expected_version\"d\n\x1aUpdateConversationResponse\x12\x35\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1f.parley.session.v1.Conversation\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"K\n\x18TouchConversationRequest\x12/\n\x03key\x18\x01 \x01(\x0b\x32\".parley.session.v1.ConversationKey\"L\n\x19TouchConversationResponse\x12/\n\x0b\x65xpire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x16\x45ndConversationRequest\x12/\n\x03key\x18\x01 \x01(\x0b\x32\".parley.session.v1.ConversationKey\"(\n\x17\x45ndConversationResponse\x12\r\n\x05\x65nded\x18\x01 \x01(\x08\"\x89\x01\n\x18ListConversationsRequest\x12\x13\n\x0b\x62usiness_id\x18\x01 \x01(\t\x12\x31\n\x04role\x18\x02 \x01(\x0e\x32#.parley.session.v1.ConversationRole\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"s\n\x19ListConversationsResponse\x12=\n\rconversations\x18\x01 \x03(\x0b\x32&.parley.session.v1.ConversationSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x19\n\x17GetStorageStatusRequest\"\xd1\x01\n\x18GetStorageStatusResponse\x12\x32\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32!.parley.session.v1.StorageBackend\x12\x17\n\x0f\x66\x61llback_active\x18\x02 \x01(\x08\x12\x1a\n\x12pending_writebacks\x18\x03 \x01(\x05\x12\x32\n\x0e\x66\x61llback_since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10writebacks_total\x18\x05 \x01(\x03*p\n\x10\x43onversationRole\x12!\n\x1d\x43ONVERSATION_ROLE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43ONVERSATION_ROLE_CLIENT\x10\x01\x12\x1b\n\x17\x43ONVERSATION_ROLE_ADMIN\x10\x02*w\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x01\x12\x1a\n\x16MESSAGE_ROLE_ASSISTANT\x10\x02\x12\x17\n\x13MESSAGE_ROLE_SYSTEM\x10\x03*n\n\x10\x43onversationView\x12!\n\x1d\x43ONVERSATION_VIEW_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43ONVERSATION_VIEW_BASIC\x10\x01\x12\x1a\n\x16\x43ONVERSATION_VIEW_FULL\x10\x02*h\n\x0eStorageBackend\x12\x1f\n\x1bSTORAGE_BACKEND_UNSPECIFIED\x10\x00\x12\x19\n\x15STORAGE_BACKEND_REDIS\x10\x01\x12\x1a\n\x16STORAGE_BACKEND_MEMORY\x10\x02\x32\xa4\x05\n\x0eSessionService\x12h\n\x0fGetConversation\x12).parley.session.v1.GetConversationRequest\x1a*.parley.session.v1.GetConversationResponse\x12q\n\x12UpdateConversation\x12,.parley.session.v1.UpdateConversationRequest\x1a-.parley.session.v1.UpdateConversationResponse\x12n\n\x11TouchConversation\x12+.parley.session.v1.TouchConversationRequest\x1a,.parley.session.v1.TouchConversationResponse\x12h\n\x0f\x45ndConversation\x12).parley.session.v1.EndConversationRequest\x1a*.parley.session.v1.EndConversationResponse\x12n\n\x11ListConversations\x12+.parley.session.v1.ListConversationsRequest\x1a,.parley.session.v1.ListConversationsResponse\x12k\n\x10GetStorageStatus\x12*.parley.session.v1.GetStorageStatusRequest\x1a+.parley.session.v1.GetStorageStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,12 +37,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONVERSATION_STATEENTRY']._serialized_options = b'8\001'
   _globals['_UPDATECONVERSATIONREQUEST_SETSTATEENTRY']._loaded_options = None
   _globals['_UPDATECONVERSATIONREQUEST_SETSTATEENTRY']._serialized_options = b'8\001'
-  _globals['_CONVERSATIONROLE']._serialized_start=2424
-  _globals['_CONVERSATIONROLE']._serialized_end=2536
-  _globals['_MESSAGEROLE']._serialized_start=2538
-  _globals['_MESSAGEROLE']._serialized_end=2657
-  _globals['_STORAGEBACKEND']._serialized_start=2659
-  _globals['_STORAGEBACKEND']._serialized_end=2763
+  _globals['_CONVERSATIONROLE']._serialized_start=2475
+  _globals['_CONVERSATIONROLE']._serialized_end=2587
+  _globals['_MESSAGEROLE']._serialized_start=2589
+  _globals['_MESSAGEROLE']._serialized_end=2708
+  _globals['_CONVERSATIONVIEW']._serialized_start=2710
+  _globals['_CONVERSATIONVIEW']._serialized_end=2820
+  _globals['_STORAGEBACKEND']._serialized_start=2822
+  _globals['_STORAGEBACKEND']._serialized_end=2926
   _globals['_CONVERSATIONKEY']._serialized_start=117
   _globals['_CONVERSATIONKEY']._serialized_end=223
   _globals['_MESSAGE']._serialized_start=226
@@ -58,27 +60,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCONVERSATIONRESPONSE']._serialized_start=1101
   _globals['_GETCONVERSATIONRESPONSE']._serialized_end=1198
   _globals['_UPDATECONVERSATIONREQUEST']._serialized_start=1201
-  _globals['_UPDATECONVERSATIONREQUEST']._serialized_end=1552
-  _globals['_UPDATECONVERSATIONREQUEST_SETSTATEENTRY']._serialized_start=1460
-  _globals['_UPDATECONVERSATIONREQUEST_SETSTATEENTRY']._serialized_end=1531
-  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_start=1554
-  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_end=1654
-  _globals['_TOUCHCONVERSATIONREQUEST']._serialized_start=1656
-  _globals['_TOUCHCONVERSATIONREQUEST']._serialized_end=1731
-  _globals['_TOUCHCONVERSATIONRESPONSE']._serialized_start=1733
-  _globals['_TOUCHCONVERSATIONRESPONSE']._serialized_end=1809
-  _globals['_ENDCONVERSATIONREQUEST']._serialized_start=1811
-  _globals['_ENDCONVERSATIONREQUEST']._serialized_end=1884
-  _globals['_ENDCONVERSATIONRESPONSE']._serialized_start=1886
-  _globals['_ENDCONVERSATIONRESPONSE']._serialized_end=1926
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=1929
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=2066
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=2068
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=2183
-  _globals['_GETSTORAGESTATUSREQUEST']._serialized_start=2185
-  _globals['_GETSTORAGESTATUSREQUEST']._serialized_end=2210
-  _globals['_GETSTORAGESTATUSRESPONSE']._serialized_start=2213
-  _globals['_GETSTORAGESTATUSRESPONSE']._serialized_end=2422
-  _globals['_SESSIONSERVICE']._serialized_start=2766
-  _globals['_SESSIONSERVICE']._serialized_end=3442
+  _globals['_UPDATECONVERSATIONREQUEST']._serialized_end=1603
+  _globals['_UPDATECONVERSATIONREQUEST_SETSTATEENTRY']._serialized_start=1511
+  _globals['_UPDATECONVERSATIONREQUEST_SETSTATEENTRY']._serialized_end=1582
+  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_start=1605
+  _globals['_UPDATECONVERSATIONRESPONSE']._serialized_end=1705
+  _globals['_TOUCHCONVERSATIONREQUEST']._serialized_start=1707
+  _globals['_TOUCHCONVERSATIONREQUEST']._serialized_end=1782
+  _globals['_TOUCHCONVERSATIONRESPONSE']._serialized_start=1784
+  _globals['_TOUCHCONVERSATIONRESPONSE']._serialized_end=1860
+  _globals['_ENDCONVERSATIONREQUEST']._serialized_start=1862
+  _globals['_ENDCONVERSATIONREQUEST']._serialized_end=1935
+  _globals['_ENDCONVERSATIONRESPONSE']._serialized_start=1937
+  _globals['_ENDCONVERSATIONRESPONSE']._serialized_end=1977
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=1980
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=2117
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=2119
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=2234
+  _globals['_GETSTORAGESTATUSREQUEST']._serialized_start=2236
+  _globals['_GETSTORAGESTATUSREQUEST']._serialized_end=2261
+  _globals['_GETSTORAGESTATUSRESPONSE']._serialized_start=2264
+  _globals['_GETSTORAGESTATUSRESPONSE']._serialized_end=2473
+  _globals['_SESSIONSERVICE']._serialized_start=2929
+  _globals['_SESSIONSERVICE']._serialized_end=3605
 # @@protoc_insertion_point(module_scope)

@@ -73,6 +73,30 @@ MESSAGE_ROLE_SYSTEM: MessageRole.ValueType  # 3
 """A note by the system (not shown to the user)."""
 Global___MessageRole: _TypeAlias = MessageRole  # noqa: Y015
 
+class _ConversationView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConversationViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConversationView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONVERSATION_VIEW_UNSPECIFIED: _ConversationView.ValueType  # 0
+    """The default: FULL."""
+    CONVERSATION_VIEW_BASIC: _ConversationView.ValueType  # 1
+    """Id, key, version and times; no history and no state (for writers that do not read back)."""
+    CONVERSATION_VIEW_FULL: _ConversationView.ValueType  # 2
+    """Everything, history and state included."""
+
+class ConversationView(_ConversationView, metaclass=_ConversationViewEnumTypeWrapper):
+    """ConversationView says how much of the conversation an update answers with."""
+
+CONVERSATION_VIEW_UNSPECIFIED: ConversationView.ValueType  # 0
+"""The default: FULL."""
+CONVERSATION_VIEW_BASIC: ConversationView.ValueType  # 1
+"""Id, key, version and times; no history and no state (for writers that do not read back)."""
+CONVERSATION_VIEW_FULL: ConversationView.ValueType  # 2
+"""Everything, history and state included."""
+Global___ConversationView: _TypeAlias = ConversationView  # noqa: Y015
+
 class _StorageBackend:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -382,10 +406,13 @@ class UpdateConversationRequest(_message.Message):
     SET_STATE_FIELD_NUMBER: _builtins.int
     REMOVE_STATE_KEYS_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     expected_version: _builtins.int
     """When set, the write happens only if the stored version equals it (0: only if none is live);
     otherwise ABORTED with the current version in an ErrorInfo detail (metadata "current_version").
     """
+    view: Global___ConversationView.ValueType
+    """How much of the conversation the response carries (default FULL)."""
     @_builtins.property
     def key(self) -> Global___ConversationKey:
         """Whose conversation."""
@@ -410,10 +437,11 @@ class UpdateConversationRequest(_message.Message):
         set_state: _abc.Mapping[_builtins.str, _struct_pb2.Value] | None = ...,
         remove_state_keys: _abc.Iterable[_builtins.str] | None = ...,
         expected_version: _builtins.int | None = ...,
+        view: Global___ConversationView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "key", b"key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "append", b"append", "expected_version", b"expected_version", "key", b"key", "remove_state_keys", b"remove_state_keys", "set_state", b"set_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "append", b"append", "expected_version", b"expected_version", "key", b"key", "remove_state_keys", b"remove_state_keys", "set_state", b"set_state", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
     _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
