@@ -1,14 +1,14 @@
 """gRPC clients for the gateway: one channel per service, round-robin over DNS, retries on
-UNAVAILABLE through the service config, keepalive, a deadline on every call, and the request id
-passed on in metadata."""
+UNAVAILABLE through the service config, keepalive, and (:func:`with_call_defaults`) a deadline on
+every call and the request id passed on in metadata."""
 
 from __future__ import annotations
 
 import contextvars
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -21,6 +21,7 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 DEFAULT_TIMEOUT_SECONDS = 2.0
+StubT = TypeVar("StubT")
 
 
 def service_config(service_name: str) -> str:
@@ -51,31 +52,45 @@ def dns_target(address: str) -> str:
     return f"dns:///{address}"
 
 
-class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    """Adds the request id and a default deadline to every unary call."""
+class _CallDefaults:
+    """A stub whose unary calls carry a default deadline and the request id in metadata.
 
-    def __init__(self, default_timeout: float) -> None:
+    What a ``grpc.aio`` client interceptor would add, without its machinery: an intercepted call
+    runs in a task of its own, which cost ~25 us of CPU per call (~5% of a gateway worker's).
+    """
+
+    def __init__(self, stub: Any, default_timeout: float) -> None:
+        self._stub = stub
         self._default_timeout = default_timeout
 
-    async def intercept_unary_unary(
-        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
-    ) -> Any:
-        metadata = list(client_call_details.metadata or ())
-        request_id = request_id_var.get()
-        if request_id and not any(key == REQUEST_ID_KEY for key, _ in metadata):
-            metadata.append((REQUEST_ID_KEY, request_id))
-        details = grpc.aio.ClientCallDetails(
-            method=client_call_details.method,
-            timeout=(
-                client_call_details.timeout
-                if client_call_details.timeout is not None
-                else self._default_timeout
-            ),
-            metadata=grpc.aio.Metadata(*metadata),
-            credentials=client_call_details.credentials,
-            wait_for_ready=client_call_details.wait_for_ready,
-        )
-        return await continuation(details, request)
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._stub, name)
+        default_timeout = self._default_timeout
+
+        def call(
+            request: Any,
+            *,
+            timeout: float | None = None,
+            metadata: Sequence[tuple[str, str]] | None = None,
+            **options: Any,
+        ) -> Any:
+            request_id = request_id_var.get()
+            if request_id and not any(key == REQUEST_ID_KEY for key, _ in metadata or ()):
+                metadata = (*(metadata or ()), (REQUEST_ID_KEY, request_id))
+            return method(
+                request,
+                timeout=default_timeout if timeout is None else timeout,
+                metadata=metadata,
+                **options,
+            )
+
+        setattr(self, name, call)  # once per method: later lookups skip __getattr__
+        return call
+
+
+def with_call_defaults(stub: StubT, default_timeout: float = DEFAULT_TIMEOUT_SECONDS) -> StubT:
+    """``stub``, its unary calls given a default deadline and the current request id."""
+    return cast(StubT, _CallDefaults(stub, default_timeout))
 
 
 def channel_credentials(
@@ -105,10 +120,10 @@ def make_channel(
     address: str,
     service_name: str,
     *,
-    default_timeout: float = DEFAULT_TIMEOUT_SECONDS,
     credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.aio.Channel:
-    """One long-lived channel to ``service_name`` at ``address``."""
+    """One long-lived channel to ``service_name`` at ``address`` (stubs on it: wrap them with
+    :func:`with_call_defaults` for the deadline and the request id)."""
     options = [
         ("grpc.service_config", service_config(service_name)),
         ("grpc.enable_retries", 1),
@@ -117,8 +132,7 @@ def make_channel(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]
-    interceptors = [_ClientInterceptor(default_timeout)]
     target = dns_target(address)
     if credentials is None:
-        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
-    return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from parley.business.v1 import business_pb2_grpc
 from parley.search.v1 import search_pb2_grpc
 from parley.session.v1 import session_pb2_grpc
-from services.common.clients import channel_credentials, make_channel
+from services.common.clients import channel_credentials, make_channel, with_call_defaults
 from services.gateway.settings import GatewaySettings
 
 SESSION = "parley.session.v1.SessionService"
@@ -38,25 +38,28 @@ class Clients:
             SESSION: make_channel(
                 settings.session_service_addr,
                 SESSION,
-                default_timeout=timeout,
                 credentials=credentials,
             ),
             BUSINESS: make_channel(
                 settings.business_service_addr,
                 BUSINESS,
-                default_timeout=timeout,
                 credentials=credentials,
             ),
             SEARCH: make_channel(
                 settings.search_service_addr,
                 SEARCH,
-                default_timeout=timeout,
                 credentials=credentials,
             ),
         }
-        self.session = session_pb2_grpc.SessionServiceStub(self._channels[SESSION])
-        self.business = business_pb2_grpc.BusinessServiceStub(self._channels[BUSINESS])
-        self.search = search_pb2_grpc.SearchServiceStub(self._channels[SEARCH])
+        self.session = with_call_defaults(
+            session_pb2_grpc.SessionServiceStub(self._channels[SESSION]), timeout
+        )
+        self.business = with_call_defaults(
+            business_pb2_grpc.BusinessServiceStub(self._channels[BUSINESS]), timeout
+        )
+        self.search = with_call_defaults(
+            search_pb2_grpc.SearchServiceStub(self._channels[SEARCH]), timeout
+        )
         self._health = {
             name: health_pb2_grpc.HealthStub(channel) for name, channel in self._channels.items()
         }

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from parley.search.v1 import search_pb2_grpc
-from services.common.clients import make_channel
+from services.common.clients import make_channel, with_call_defaults
 from tests.support.processes import ServiceProcess, Valkey, free_port
 
 SEARCH = "parley.search.v1.SearchService"
@@ -60,14 +60,14 @@ def search_server(
 
 @pytest.fixture(scope="session")
 async def search_channel(search_server: SearchServer) -> AsyncIterator[grpc.aio.Channel]:
-    channel = make_channel(search_server.address, SEARCH, default_timeout=5.0)
+    channel = make_channel(search_server.address, SEARCH)
     yield channel
     await channel.close()
 
 
 @pytest.fixture(scope="session")
 def search_stub(search_channel: grpc.aio.Channel) -> search_pb2_grpc.SearchServiceStub:
-    return search_pb2_grpc.SearchServiceStub(search_channel)
+    return with_call_defaults(search_pb2_grpc.SearchServiceStub(search_channel), 5.0)
 
 
 # The gateway tests' harness (session and business services, the gateway launcher, a fake of
