@@ -8,8 +8,10 @@ not valid, or an open breaker falls back to the rules for that message, invisibl
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any, Literal, Protocol
 
@@ -31,9 +33,18 @@ class Extractor(Protocol):
     async def aclose(self) -> None: ...
 
 
+# Users repeat the same short messages ("NYC to London tomorrow", "yes", "2 adults"), and the
+# rules are a pure function of (text, today, locale): short texts are memoized.
+MEMO_MAX_TEXT = 200
+_memo_extract = functools.lru_cache(maxsize=4096)(extract)
+
+
 class RulesExtractor:
     async def extract(self, text: str, today: date, locale: str) -> Extraction:
-        return extract(text, today, locale)
+        if len(text) > MEMO_MAX_TEXT:
+            return extract(text, today, locale)
+        found = _memo_extract(text, today, locale)
+        return replace(found, places=list(found.places))  # the caller's own copy
 
     def describe(self) -> dict[str, Any]:
         return {"enabled": False}
