@@ -30,9 +30,9 @@ from typing import Any
 
 import grpc
 import orjson
-import redis.asyncio as redis
 import structlog
 from google.protobuf import field_mask_pb2
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from parley.business.v1 import business_pb2
@@ -118,7 +118,7 @@ class Processor:
         engine: Engine,
         senders: dict[str, Sender],
         rate_limits: RateLimits,
-        client: redis.Redis,
+        scripts: ScriptBatcher,
         businesses: BusinessDirectory,
     ) -> None:
         self.settings = settings
@@ -126,9 +126,9 @@ class Processor:
         self.engine = engine
         self.senders = senders
         self.rate_limits = rate_limits
-        self.redis = client
         self.businesses = businesses
-        self._sent_scripts = SentLog.Scripts(client)
+        self._scripts = scripts
+        self._mark_sent = scripts.client.register_script(SentLog.MARK)
 
     def sender_for(self, channel: str) -> Sender:
         return self.senders["outbox"] if self.settings.outbox_only else self.senders[channel]
@@ -196,7 +196,7 @@ class Processor:
         if any(m.provider_message_id == message.provider_message_id for m in conversation.history):
             return "already_done"  # saved by a worker that died before acknowledging
 
-        sent = SentLog(self._sent_scripts, entry, self.settings.dedupe_ttl_seconds)
+        sent = SentLog(self._scripts, self._mark_sent, entry, self.settings.dedupe_ttl_seconds)
         # Only an earlier attempt can have sent anything (attempts are counted before they run).
         already = await sent.fingerprints() if attempt > 1 else set()
         replies: list[Reply] = []
@@ -368,18 +368,11 @@ class SentLog:
 
     MARK = "redis.call('SADD', KEYS[1], ARGV[1]) return redis.call('EXPIRE', KEYS[1], ARGV[2])"
 
-    class Scripts:
-        """The log's client and script, shared by every entry of one worker process."""
-
-        def __init__(self, client: redis.Redis) -> None:
-            self.client = client
-            self.mark = client.register_script(SentLog.MARK)
-            self.batcher = ScriptBatcher(client)
-
-    def __init__(self, scripts: SentLog.Scripts, entry: Entry, ttl: int) -> None:
+    def __init__(self, scripts: ScriptBatcher, mark: AsyncScript, entry: Entry, ttl: int) -> None:
         message = entry.message
         self._key = f"gw:sent:{message.channel}:{message.provider_message_id}"
         self._scripts = scripts
+        self._mark = mark
         self._ttl = ttl
 
     @staticmethod
@@ -403,9 +396,7 @@ class SentLog:
 
     async def mark(self, fingerprint: str) -> None:
         try:
-            await self._scripts.batcher.run(
-                self._scripts.mark, [self._key], [fingerprint, self._ttl]
-            )
+            await self._scripts.run(self._mark, [self._key], [fingerprint, self._ttl])
         except RedisError as error:
             log.warning("could not record a sent reply", error=str(error)[:200])
 

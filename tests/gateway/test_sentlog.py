@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import redis.asyncio as redis
 
+from services.common.redis_batch import ScriptBatcher
 from services.gateway.engine import Button, InboundMessage, Reply
 from services.gateway.queue import Entry
 from services.gateway.worker import SentLog
@@ -25,10 +26,16 @@ def entry(message_id: str) -> Entry:
     return Entry(0, "1-0", message, "rid", 0.0, {})
 
 
+def sent_log(client: redis.Redis, message_id: str) -> SentLog:
+    """The log as a worker builds it: its queue's script batcher and the registered script."""
+    scripts = ScriptBatcher(client)
+    return SentLog(scripts, client.register_script(SentLog.MARK), entry(message_id), 60)
+
+
 async def test_a_retry_without_the_early_reply_still_sends_the_answer(valkey: Valkey) -> None:
     client = redis.Redis.from_url(valkey.url)
     try:
-        log = SentLog(SentLog.Scripts(client), entry("wamid.sentlog-1"), 60)
+        log = sent_log(client, "wamid.sentlog-1")
         early, answer = Reply("searching …"), Reply("here are your flights")
         # First attempt: the early reply went out, then the worker died.
         await log.mark(SentLog.fingerprint(early, []))
@@ -51,6 +58,6 @@ async def test_identical_replies_are_told_apart_and_buttons_count() -> None:
 async def test_recording_while_redis_is_down_does_not_fail_the_turn() -> None:
     client = redis.Redis(port=1, socket_connect_timeout=0.2)  # nothing listens there
     try:
-        await SentLog(SentLog.Scripts(client), entry("wamid.sentlog-2"), 60).mark("f:0")
+        await sent_log(client, "wamid.sentlog-2").mark("f:0")
     finally:
         await client.aclose()
