@@ -90,15 +90,14 @@ class BusinessDirectory:
     async def lookup(self, channel: str, identity: str) -> KnownBusiness | None:
         """The business answering this identity, or None if there is none (or it is not
         served). Other errors of the business service propagate (the message is retried)."""
-        request = business_pb2.LookupBusinessRequest(include_credentials=True)
-        if channel == "cloud_api":
-            kind = KeyKind.PHONE_NUMBER_ID
-            request.phone_number_id = identity
-        else:
-            kind = KeyKind.WHATSAPP_NUMBER
-            request.whatsapp_number = identity
+        cloud = channel == "cloud_api"
 
-        async def load() -> KnownBusiness | None:
+        async def load() -> KnownBusiness | None:  # a miss only: no request built on a hit
+            request = business_pb2.LookupBusinessRequest(include_credentials=True)
+            if cloud:
+                request.phone_number_id = identity
+            else:
+                request.whatsapp_number = identity
             try:
                 return KnownBusiness.of(await self._stub.LookupBusiness(request))
             except grpc.aio.AioRpcError as error:
@@ -108,6 +107,7 @@ class BusinessDirectory:
 
         if self.cache is None:
             return await load()
+        kind = KeyKind.PHONE_NUMBER_ID if cloud else KeyKind.WHATSAPP_NUMBER
         found, _ = await self.cache.get(identity_key(kind, identity), load)
         return found
 

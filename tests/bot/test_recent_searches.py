@@ -10,9 +10,11 @@ from parley.search.v1 import search_pb2
 from services.gateway.bot.recent_searches import RecentSearches
 
 
-def request(destination: str = "LHR") -> search_pb2.SearchFlightsRequest:
-    return search_pb2.SearchFlightsRequest(
-        origin="JFK", destination=destination, departure_date="2026-12-01", adults=1
+def key_for(destination: str = "LHR") -> bytes:
+    return RecentSearches.key(
+        search_pb2.SearchFlightsRequest(
+            origin="JFK", destination=destination, departure_date="2026-12-01", adults=1
+        )
     )
 
 
@@ -28,37 +30,37 @@ def answer(
 
 def test_a_fresh_answer_is_reused_for_the_same_request_only_with_its_age_grown() -> None:
     recent = RecentSearches(ttl_seconds=30)
-    recent.put(request(), answer(age_s=5))
+    recent.put(key_for(), answer(age_s=5))
     time.sleep(0.05)
-    reused = recent.get(request())
+    reused = recent.get(key_for())
     assert reused is not None and [o.id for o in reused.offers] == ["o0", "o1"]
     assert reused.age.ToNanoseconds() >= 5_050_000_000
-    assert recent.get(request("CDG")) is None
+    assert recent.get(key_for("CDG")) is None
     reused.offers.add(id="mutated")  # a copy: the kept answer is not changed by its user
-    again = recent.get(request())
+    again = recent.get(key_for())
     assert again is not None and len(again.offers) == 2
 
 
 @pytest.mark.parametrize("kept", [answer(stale=True), answer(offers=0)])
 def test_stale_or_empty_answers_are_asked_again(kept: search_pb2.SearchFlightsResponse) -> None:
     recent = RecentSearches(ttl_seconds=30)
-    recent.put(request(), kept)
-    assert recent.get(request()) is None
+    recent.put(key_for(), kept)
+    assert recent.get(key_for()) is None
 
 
 def test_answers_expire_and_zero_turns_the_cache_off() -> None:
     recent = RecentSearches(ttl_seconds=0.05)
-    recent.put(request(), answer())
+    recent.put(key_for(), answer())
     time.sleep(0.08)
-    assert recent.get(request()) is None
+    assert recent.get(key_for()) is None
     off = RecentSearches(ttl_seconds=0)
-    off.put(request(), answer())
-    assert off.get(request()) is None
+    off.put(key_for(), answer())
+    assert off.get(key_for()) is None
 
 
 def test_the_oldest_answer_goes_when_full() -> None:
     recent = RecentSearches(ttl_seconds=30, size=2)
     for destination in ("LHR", "CDG", "MAD"):
-        recent.put(request(destination), answer())
-    assert recent.get(request("LHR")) is None
-    assert recent.get(request("MAD")) is not None
+        recent.put(key_for(destination), answer())
+    assert recent.get(key_for("LHR")) is None
+    assert recent.get(key_for("MAD")) is not None

@@ -611,7 +611,8 @@ class BotEngine:
             non_stop=bool(trip.get("non_stop")),
             max_results=fmt.KEPT,
         )
-        recent = self._recent.get(request)
+        key = self._recent.key(request)
+        recent = self._recent.get(key)
         if recent is not None:
             return self._show(ctx, d, recent)
         call = asyncio.ensure_future(
@@ -634,7 +635,7 @@ class BotEngine:
         finally:
             if not call.done():
                 call.cancel()
-        self._recent.put(request, response)
+        self._recent.put(key, response)
         return self._show(ctx, d, response)
 
     @property

@@ -24,12 +24,13 @@ class RecentSearches:
             OrderedDict()
         )
 
-    def get(
-        self, request: search_pb2.SearchFlightsRequest
-    ) -> search_pb2.SearchFlightsResponse | None:
+    @staticmethod
+    def key(request: search_pb2.SearchFlightsRequest) -> bytes:
+        return request.SerializeToString(deterministic=True)
+
+    def get(self, key: bytes) -> search_pb2.SearchFlightsResponse | None:
         if self._ttl <= 0:
             return None
-        key = request.SerializeToString(deterministic=True)
         kept = self._kept.get(key)
         if kept is None:
             metrics.RECENT_SEARCHES.labels("miss").inc()
@@ -47,12 +48,9 @@ class RecentSearches:
         answer.age.FromNanoseconds(answer.age.ToNanoseconds() + int(waited * 1e9))
         return answer
 
-    def put(
-        self, request: search_pb2.SearchFlightsRequest, response: search_pb2.SearchFlightsResponse
-    ) -> None:
+    def put(self, key: bytes, response: search_pb2.SearchFlightsResponse) -> None:
         if self._ttl <= 0 or response.stale or not response.offers:
             return
-        key = request.SerializeToString(deterministic=True)
         self._kept[key] = (time.monotonic(), response)
         self._kept.move_to_end(key)
         if len(self._kept) > self._size:
