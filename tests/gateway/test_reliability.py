@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.gateway.conftest import (
+    Business,
     Gateway,
     Services,
     cloud_payload,
@@ -40,6 +41,20 @@ def limited(services: Services, fake_clouds: FakeClouds, valkey: Valkey) -> Iter
     gw.stop()
 
 
+def slow_message_in_flight(
+    gw: Gateway, fake_clouds: FakeClouds, business: Business, text: str
+) -> str:
+    """Post ``text`` (the test engine's "slow N …") from a new user and return that user once
+    a worker has started on it: the read receipt goes out when work starts."""
+    wa_id = new_wa_id()
+    payload = cloud_payload(business.phone_number_id, wa_id, text)
+    message_id = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+    with gw.http as client:
+        assert post_cloud(client, payload).status_code == 200
+    assert wait_for(lambda: fake_clouds.read_receipts(message_id), 20)
+    return wa_id
+
+
 def test_worker_killed_mid_message_is_answered_once(
     services: Services, fake_clouds: FakeClouds, valkey: Valkey
 ) -> None:
@@ -53,13 +68,7 @@ def test_worker_killed_mid_message_is_answered_once(
     )
     try:
         business = create_business(gw)
-        wa_id = new_wa_id()
-        payload = cloud_payload(business.phone_number_id, wa_id, "slow 1.5 then die")
-        message_id = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
-        with gw.http as client:
-            assert post_cloud(client, payload).status_code == 200
-        # The read receipt is sent when work starts; the engine then takes 1.5 s.
-        assert wait_for(lambda: fake_clouds.read_receipts(message_id), 20)
+        wa_id = slow_message_in_flight(gw, fake_clouds, business, "slow 1.5 then die")
         worker = gw.processes[1]
         worker.signal(signal.SIGKILL)
         worker.wait(10)
@@ -225,13 +234,7 @@ def test_sigterm_finishes_the_message_in_flight(
         workers=1,
     )
     try:
-        business = create_business(gw)
-        wa_id = new_wa_id()
-        payload = cloud_payload(business.phone_number_id, wa_id, "slow 1 then stop")
-        message_id = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
-        with gw.http as client:
-            assert post_cloud(client, payload).status_code == 200
-        assert wait_for(lambda: fake_clouds.read_receipts(message_id), 20)
+        wa_id = slow_message_in_flight(gw, fake_clouds, create_business(gw), "slow 1 then stop")
         worker = gw.processes[1]
         worker.signal(signal.SIGTERM)
         assert worker.wait(20) == 0
