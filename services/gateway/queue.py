@@ -32,7 +32,7 @@ import orjson
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
-from services.common.redis_batch import ScriptBatcher
+from services.common.redis_pipeline import AutoPipeline
 from services.gateway.engine import InboundMessage
 
 GROUP = "workers"
@@ -133,9 +133,8 @@ class Queue:
         self.partitions = partitions
         self.dedupe_ttl = dedupe_ttl
         self._enqueue = client.register_script(ENQUEUE)
-        # Every script of this client goes through it, the worker's sent log too (one held
-        # connection, and larger batches).
-        self.batcher = ScriptBatcher(client)
+        # Every script of this client goes through it, the worker's sent log too.
+        self.pipeline = AutoPipeline(client)
         self._renew = client.register_script(RENEW)
         self._release = client.register_script(RELEASE)
         self._ack = client.register_script(ACK)
@@ -150,7 +149,7 @@ class Queue:
         if len(messages) == 1:  # the usual case: no task per message
             message = messages[0]
             partition = self.partition(message)
-            result = await self.batcher.run(
+            result = await self.pipeline.script(
                 self._enqueue,
                 [
                     dedupe_key(partition, message.channel, message.provider_message_id),
@@ -161,7 +160,7 @@ class Queue:
             return [_s(result) if result else None]
         results = await asyncio.gather(
             *(
-                self.batcher.run(
+                self.pipeline.script(
                     self._enqueue,
                     [
                         dedupe_key(p, m.channel, m.provider_message_id),
@@ -270,7 +269,7 @@ class Queue:
     async def attempt(self, partition: int, entry_id: str) -> tuple[int, str]:
         """Count one more attempt (before it starts, so a crash counts too); with the last
         recorded error, if any."""
-        count, error = await self.batcher.run(
+        count, error = await self.pipeline.script(
             self._attempt, [attempts_key(partition), errors_key(partition)], [entry_id]
         )
         return int(count), _s(error) if error else ""
@@ -284,7 +283,7 @@ class Queue:
 
     async def ack(self, partition: int, entry_id: str, token: str) -> bool:
         return bool(
-            await self.batcher.run(
+            await self.pipeline.script(
                 self._ack,
                 [
                     lease_key(partition),

@@ -132,7 +132,7 @@ class Runtime:
                 self.engine,
                 self.senders,
                 self.rate_limits,
-                queue.batcher,
+                queue.pipeline,
                 self.businesses,
             )
             self.pool = WorkerPool(self.settings, queue, processor)

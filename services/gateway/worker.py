@@ -40,7 +40,7 @@ from parley.session.v1 import session_pb2
 from services.common.clients import request_id_var
 from services.common.errors import error_info
 from services.common.redact import mask_phone
-from services.common.redis_batch import ScriptBatcher
+from services.common.redis_pipeline import AutoPipeline
 from services.common.struct_values import python_to_value, value_to_python
 from services.gateway import metrics
 from services.gateway.businesses import BusinessDirectory
@@ -118,7 +118,7 @@ class Processor:
         engine: Engine,
         senders: dict[str, Sender],
         rate_limits: RateLimits,
-        scripts: ScriptBatcher,
+        pipeline: AutoPipeline,
         businesses: BusinessDirectory,
     ) -> None:
         self.settings = settings
@@ -127,8 +127,8 @@ class Processor:
         self.senders = senders
         self.rate_limits = rate_limits
         self.businesses = businesses
-        self._scripts = scripts
-        self._mark_sent = scripts.client.register_script(SentLog.MARK)
+        self._pipeline = pipeline
+        self._mark_sent = pipeline.client.register_script(SentLog.MARK)
 
     def sender_for(self, channel: str) -> Sender:
         return self.senders["outbox"] if self.settings.outbox_only else self.senders[channel]
@@ -196,7 +196,7 @@ class Processor:
         if any(m.provider_message_id == message.provider_message_id for m in conversation.history):
             return "already_done"  # saved by a worker that died before acknowledging
 
-        sent = SentLog(self._scripts, self._mark_sent, entry, self.settings.dedupe_ttl_seconds)
+        sent = SentLog(self._pipeline, self._mark_sent, entry, self.settings.dedupe_ttl_seconds)
         # Only an earlier attempt can have sent anything (attempts are counted before they run).
         already = await sent.fingerprints() if attempt > 1 else set()
         replies: list[Reply] = []
@@ -368,10 +368,10 @@ class SentLog:
 
     MARK = "redis.call('SADD', KEYS[1], ARGV[1]) return redis.call('EXPIRE', KEYS[1], ARGV[2])"
 
-    def __init__(self, scripts: ScriptBatcher, mark: AsyncScript, entry: Entry, ttl: int) -> None:
+    def __init__(self, pipeline: AutoPipeline, mark: AsyncScript, entry: Entry, ttl: int) -> None:
         message = entry.message
         self._key = f"gw:sent:{message.channel}:{message.provider_message_id}"
-        self._scripts = scripts
+        self._pipeline = pipeline
         self._mark = mark
         self._ttl = ttl
 
@@ -391,12 +391,12 @@ class SentLog:
     async def fingerprints(self) -> set[str]:
         return {
             m.decode() if isinstance(m, bytes) else m
-            for m in await self._scripts.client.smembers(self._key)
+            for m in await self._pipeline.client.smembers(self._key)
         }
 
     async def mark(self, fingerprint: str) -> None:
         try:
-            await self._scripts.run(self._mark, [self._key], [fingerprint, self._ttl])
+            await self._pipeline.script(self._mark, [self._key], [fingerprint, self._ttl])
         except RedisError as error:
             log.warning("could not record a sent reply", error=str(error)[:200])
 

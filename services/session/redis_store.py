@@ -23,8 +23,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from services.common.errors import VersionConflict
-from services.common.redis_batch import ScriptBatcher
 from services.common.redis_client import RedisClient
+from services.common.redis_pipeline import AutoPipeline
 from services.session.model import (
     INDEX_SHARDS,
     KEY_PREFIX,
@@ -210,7 +210,7 @@ class RedisStore:
         self._end: AsyncScript = client.register_script(END)
         self._put: AsyncScript = client.register_script(PUT)
         self._end_if: AsyncScript = client.register_script(END_IF_NOT_NEWER)
-        self._batch = ScriptBatcher(client)
+        self._pipeline = AutoPipeline(client)
 
     @staticmethod
     def _conversation(key: ConversationKey, reply: list[Any]) -> tuple[Conversation, bool, int]:
@@ -231,7 +231,7 @@ class RedisStore:
     async def get(
         self, key: ConversationKey, *, create: bool, new_id: str
     ) -> tuple[Conversation | None, bool, int]:
-        reply = await self._batch.run(
+        reply = await self._pipeline.script(
             self._get, key.redis_keys(), ["1" if create else "0", self.ttl_ms, new_id, key.member]
         )
         if reply[0] == b"missing":
@@ -263,7 +263,7 @@ class RedisStore:
             args.append(name)
             args.append(value)
         args.extend(remove_state)
-        reply = await self._batch.run(self._update, key.redis_keys(), args)
+        reply = await self._pipeline.script(self._update, key.redis_keys(), args)
         if reply[0] == b"conflict":
             raise VersionConflict(int(reply[1]))
         return self._conversation(key, reply)

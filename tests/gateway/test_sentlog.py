@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import redis.asyncio as redis
 
-from services.common.redis_batch import ScriptBatcher
+from services.common.redis_pipeline import AutoPipeline
 from services.gateway.engine import Button, InboundMessage, Reply
 from services.gateway.queue import Entry
 from services.gateway.worker import SentLog
@@ -27,8 +27,8 @@ def entry(message_id: str) -> Entry:
 
 
 def sent_log(client: redis.Redis, message_id: str) -> SentLog:
-    """The log as a worker builds it: its queue's script batcher and the registered script."""
-    scripts = ScriptBatcher(client)
+    """The log as a worker builds it: its queue's pipeline and the registered script."""
+    scripts = AutoPipeline(client)
     return SentLog(scripts, client.register_script(SentLog.MARK), entry(message_id), 60)
 
 
