@@ -1,8 +1,9 @@
 """Optional py-spy profiles of the stack's processes during the system benchmark.
 
 ``BENCH_SYSTEM_PROFILE=15 python -m bench system`` samples every Parley process of the run for
-15 s from the start of the first step, writes ``var/bench-system/profile-<process>.txt`` (py-spy's
-collapsed stacks: ``frame;frame;… count``) and prints the heaviest functions of each. py-spy is
+15 s from the start of the last step (caches warm by then), writes
+``var/bench-system/profile-<process>.txt`` (py-spy's collapsed stacks: ``frame;frame;… count``)
+and prints the heaviest functions of each. py-spy is
 in the ``bench`` extra; it needs ptrace permission over the processes (it has it over its own
 children's siblings when run as the same user, or as root).
 """

@@ -1,31 +1,75 @@
-"""Rate limits per user and per business, with ``limits`` on async Redis (shared by replicas).
+"""Rate limits per business and per user: moving windows in Redis, shared by every replica.
 
 Over the user limit, a message is acknowledged but not processed, and the user gets one notice
 per window. Over the business limit, the message is dead-lettered (an operator can replay it).
+
+Limits are written in ``limits`` notation (``20/minute``, ``1200/minute``, ``5/second``) and
+counted as its moving window counts them: a hit is allowed while fewer than N hits fell in the
+last window, each window a Redis list of hit times trimmed to N. Both windows of a message are
+checked and counted in ONE script, through the gateway's :class:`AutoPipeline`: one round trip
+per message, where ``limits`` itself made one per limit through a client of its own (≈ 7% of a
+worker's CPU at 300 messages/s). The time is Redis's own (``TIME``), so replicas with skewed
+clocks still count one window. Both keys carry the business as their hash tag: one Cluster slot.
 """
 
 from __future__ import annotations
 
-import redis.asyncio as redis
 from limits import RateLimitItem, parse
-from limits.aio.strategies import MovingWindowRateLimiter
 
-from services.common.redis_client import limits_storage
+from services.common.redis_client import RedisClient
+from services.common.redis_pipeline import AutoPipeline
+
+KEY_PREFIX = "gw:rl"
+
+# KEYS: business window, user window. ARGV: business limit, its window in ms, user limit, its
+# window in ms. Returns {business allowed, user allowed} as 1/0; each allowed hit is counted.
+HIT_BOTH = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local function hit(key, limit, window)
+  local oldest = redis.call('LINDEX', key, limit - 1)
+  if oldest and tonumber(oldest) > ms - window then
+    return 0
+  end
+  redis.call('LPUSH', key, ms)
+  redis.call('LTRIM', key, 0, limit - 1)
+  redis.call('PEXPIRE', key, window)
+  return 1
+end
+local business = hit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+return {business, hit(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]))}
+"""
+
+
+def window_keys(business_id: str, user_id: str) -> list[str]:
+    tag = f"{KEY_PREFIX}:{{{business_id}}}"
+    return [f"{tag}:business", f"{tag}:user:{user_id}"]
 
 
 class RateLimits:
-    def __init__(self, redis_url: str, client: redis.Redis, per_user: str, per_business: str):
-        self._storage = limits_storage(redis_url, key_prefix="gw:rl", timeout=1.0)
-        self._limiter = MovingWindowRateLimiter(self._storage)
+    def __init__(
+        self, client: RedisClient, pipeline: AutoPipeline, per_user: str, per_business: str
+    ) -> None:
         self._user: RateLimitItem = parse(per_user)
         self._business: RateLimitItem = parse(per_business)
+        if self._user.amount < 1 or self._business.amount < 1:
+            raise ValueError("a rate limit must allow at least one message per window")
         self._redis = client
+        self._pipeline = pipeline
+        self._hit_both = client.register_script(HIT_BOTH)
+        self._arguments = [
+            self._business.amount,
+            self._business.get_expiry() * 1000,
+            self._user.amount,
+            self._user.get_expiry() * 1000,
+        ]
 
-    async def allow_business(self, business_id: str) -> bool:
-        return await self._limiter.hit(self._business, "business", business_id)
-
-    async def allow_user(self, business_id: str, user_id: str) -> bool:
-        return await self._limiter.hit(self._user, "user", business_id, user_id)
+    async def hit(self, business_id: str, user_id: str) -> tuple[bool, bool]:
+        """(business within its limit, user within theirs); each allowed hit is counted."""
+        business_ok, user_ok = await self._pipeline.script(
+            self._hit_both, window_keys(business_id, user_id), self._arguments
+        )
+        return bool(business_ok), bool(user_ok)
 
     async def first_notice(self, business_id: str, user_id: str) -> bool:
         """True once per window: whether to tell the user they are over the limit."""

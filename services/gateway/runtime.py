@@ -72,6 +72,7 @@ class Runtime:
         client = make_redis(settings.effective_redis_url)
         http = HttpClient(settings.send_timeout_seconds)
         outbox = OutboxSender(client, settings.outbox_max_messages)
+        queue = Queue(client, settings.queue_partitions, settings.dedupe_ttl_seconds)
         senders: dict[str, Sender] = {
             "cloud_api": CloudApiSender(http, settings.whatsapp_api_base_url),
             "twilio": TwilioSender(
@@ -86,15 +87,12 @@ class Runtime:
             settings=settings,
             role=role,
             redis=client,
-            queue=Queue(client, settings.queue_partitions, settings.dedupe_ttl_seconds),
+            queue=queue,
             http=http,
             outbox=outbox,
             senders=senders,
             rate_limits=RateLimits(
-                settings.effective_redis_url,
-                client,
-                settings.rate_limit_user,
-                settings.rate_limit_business,
+                client, queue.pipeline, settings.rate_limit_user, settings.rate_limit_business
             ),
         )
 

@@ -149,10 +149,7 @@ class Processor:
         )
         sender = self.sender_for(message.channel)
         business_ok, user_ok = (
-            await asyncio.gather(
-                self.rate_limits.allow_business(business.id),
-                self.rate_limits.allow_user(business.id, message.user_id),
-            )
+            await self.rate_limits.hit(business.id, message.user_id)
             if attempt == 1
             else (True, True)
         )
@@ -237,9 +234,8 @@ class Processor:
             now=datetime.now(UTC),
             send_early=deliver,
         )
-        result: TurnResult = await asyncio.wait_for(
-            self.engine.handle(turn), self.settings.engine_timeout_seconds
-        )
+        async with asyncio.timeout(self.settings.engine_timeout_seconds):  # no task, as wait_for
+            result: TurnResult = await self.engine.handle(turn)
         for reply in result.replies:
             await deliver(reply)
         await self._save(key, conversation.version, message, replies, result)
@@ -316,7 +312,8 @@ class Processor:
 
     async def _send(self, sender: Sender, target: Target, reply: Reply) -> None:
         try:
-            await asyncio.wait_for(sender.send(target, reply), self.settings.send_timeout_seconds)
+            async with asyncio.timeout(self.settings.send_timeout_seconds):
+                await sender.send(target, reply)
         except TokenExpired as error:
             metrics.SENDS.labels(sender.name, error.outcome).inc()
             await self._token_needs_renewal(target.business_id)
@@ -335,7 +332,8 @@ class Processor:
 
     async def _mark_read(self, sender: Sender, target: Target, message: InboundMessage) -> None:
         try:
-            await asyncio.wait_for(sender.mark_read(target, message.provider_message_id), 5)
+            async with asyncio.timeout(5):
+                await sender.mark_read(target, message.provider_message_id)
         except Exception as error:
             log.info("read receipt not sent", error=str(error)[:200])
 

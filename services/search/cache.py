@@ -21,6 +21,7 @@ import structlog
 from prometheus_client import Counter
 
 from parley.search.v1 import search_pb2
+from services.common.redis_pipeline import AutoPipeline
 
 log = structlog.get_logger("parley.search.cache")
 
@@ -58,6 +59,7 @@ class ResultCache:
         self._retry_after_error = retry_after_error
         self._down_until = 0.0
         self._unlock = client.register_script(_UNLOCK)
+        self._pipeline = AutoPipeline(client)  # reads: the hot path of a cached search
 
     @staticmethod
     def key(provider: str, query_key: str) -> str:
@@ -80,7 +82,7 @@ class ResultCache:
         if not self.available:
             return None
         try:
-            raw = await self.client.get(key)
+            raw = await self._pipeline.command("GET", key)
         except Exception as error:
             self._failed("get", error)
             return None
@@ -106,7 +108,7 @@ class ResultCache:
         if not self.available:
             return None
         try:
-            raw = await self.client.get(key)
+            raw = await self._pipeline.command("GET", key)
         except Exception as error:
             self._failed("get", error)
             return None

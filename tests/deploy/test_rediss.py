@@ -133,7 +133,7 @@ async def test_plain_redis_url_is_refused_by_the_tls_port(tls_redis: TlsTerminat
 async def test_rate_limit_storage_speaks_rediss(
     tls_redis: TlsTerminator, pki: Pki, implementation: str
 ) -> None:
-    """The gateway's rate limits (``limits``) take the same URL with the ``async+`` prefix."""
+    """The search service's rate limiter (``limits``) takes the URL with an ``async+`` prefix."""
     storage = storage_from_string(
         "async+" + rediss_url(tls_redis.port, pki), implementation=implementation
     )

@@ -14,6 +14,8 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from parley.session.v1 import session_pb2 as pb
 from parley.session.v1.session_pb2_grpc import SessionServiceStub
 from services.common.redis_client import limits_storage, make_client, make_redis
+from services.common.redis_pipeline import AutoPipeline
+from services.gateway.ratelimit import RateLimits
 from services.session.model import ConversationKey
 from services.session.redis_store import RedisStore
 from tests.session.conftest import Running, ValkeyCluster, new_key, start_session, user_message
@@ -118,7 +120,18 @@ async def test_scan_finds_conversations_on_every_primary(
 
 
 async def test_rate_limits_count_on_the_cluster(valkey_cluster: ValkeyCluster) -> None:
-    """The gateway's and search's rate limiters work on a Cluster URL too."""
+    """The search service's rate limiter (``limits``) works on a Cluster URL too."""
     limiter = MovingWindowRateLimiter(limits_storage(valkey_cluster.url, key_prefix="rl-cluster"))
     item = parse("2/minute")
     assert [await limiter.hit(item, "user-1") for _ in range(3)] == [True, True, False]
+
+
+async def test_gateway_rate_limits_count_on_the_cluster(valkey_cluster: ValkeyCluster) -> None:
+    """Both windows of a message share a slot, so one script counts them on a Cluster too."""
+    client = make_redis(valkey_cluster.url)
+    try:
+        rate = RateLimits(client, AutoPipeline(client), "2/minute", "100/minute")
+        outcomes = [await rate.hit("cluster-rl", "user-1") for _ in range(3)]
+        assert outcomes == [(True, True), (True, True), (True, False)]
+    finally:
+        await client.aclose()

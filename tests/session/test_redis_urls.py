@@ -108,7 +108,7 @@ def test_bad_urls_say_what_is_wrong(url: str) -> None:
 
 
 async def test_rate_limits_count_through_sentinel(sentinel: Sentinel, valkey: Valkey) -> None:
-    """The gateway's and search's rate limiters reach Redis through the same URL forms."""
+    """The search service's rate limiter (``limits``) reaches Redis through the same URL forms."""
     storage = limits_storage(
         f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster/13", key_prefix="rl-sentinel"
     )

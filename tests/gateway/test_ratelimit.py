@@ -1,0 +1,80 @@
+"""The gateway's rate limits against a real Valkey: moving windows, both in one round trip."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as redis
+
+from services.common.redis_pipeline import AutoPipeline
+from services.gateway.ratelimit import RateLimits, window_keys
+from tests.support.processes import Valkey
+
+DB = 11
+
+
+@pytest.fixture
+async def client(valkey: Valkey) -> AsyncIterator[redis.Redis]:
+    client = redis.Redis(port=valkey.port, db=DB)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+def limits(client: redis.Redis, per_user: str, per_business: str) -> RateLimits:
+    return RateLimits(client, AutoPipeline(client), per_user, per_business)
+
+
+async def test_a_user_over_the_limit_is_refused_and_other_users_are_not(
+    client: redis.Redis,
+) -> None:
+    rate = limits(client, "3/minute", "100/minute")
+    assert [await rate.hit("b1", "alice") for _ in range(4)] == [(True, True)] * 3 + [(True, False)]
+    assert await rate.hit("b1", "bob") == (True, True)
+    assert await rate.hit("b2", "alice") == (True, True)  # the same number at another business
+
+
+async def test_the_business_limit_counts_every_user(client: redis.Redis) -> None:
+    rate = limits(client, "10/minute", "3/minute")
+    outcomes = [await rate.hit("b1", f"user-{n}") for n in range(4)]
+    assert [business for business, _ in outcomes] == [True, True, True, False]
+    assert all(user for _, user in outcomes)  # each user's own window still counted the hit
+
+
+async def test_concurrent_hits_are_counted_exactly(client: redis.Redis) -> None:
+    rate = limits(client, "50/minute", "1000/minute")
+    outcomes = await asyncio.gather(*(rate.hit("b1", "alice") for _ in range(80)))
+    assert sum(user for _, user in outcomes) == 50
+    business_key, user_key = window_keys("b1", "alice")
+    assert await client.llen(user_key) == 50
+    assert await client.llen(business_key) == 80
+
+
+async def test_the_window_moves(client: redis.Redis) -> None:
+    rate = limits(client, "2/second", "100/minute")
+    assert [await rate.hit("b1", "alice") for _ in range(3)] == [(True, True)] * 2 + [(True, False)]
+    await asyncio.sleep(1.05)
+    assert await rate.hit("b1", "alice") == (True, True)
+
+
+async def test_windows_expire_and_share_one_cluster_slot(client: redis.Redis) -> None:
+    rate = limits(client, "5/minute", "100/minute")
+    await rate.hit("b1", "alice")
+    business_key, user_key = window_keys("b1", "alice")
+    assert 0 < await client.pttl(user_key) <= 60_000
+    assert 0 < await client.pttl(business_key) <= 60_000
+    slots = {
+        await client.execute_command("CLUSTER", "KEYSLOT", k) for k in (business_key, user_key)
+    }
+    assert len(slots) == 1
+
+
+def test_a_limit_that_allows_nothing_is_refused_at_start(valkey: Valkey) -> None:
+    client = redis.Redis(port=valkey.port)
+    with pytest.raises(ValueError, match="at least one"):
+        limits(client, "0/minute", "100/minute")
+    with pytest.raises(ValueError):
+        limits(client, "twenty a minute", "100/minute")
