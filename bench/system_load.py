@@ -272,18 +272,43 @@ class Matcher:
         self.sent = sent
         self.latency_s: dict[str, float] = {}  # message id → first reply time - time sent
         self.receipts: set[str] = set()  # message ids the gateway took up
+        self.overtaken = 0  # messages answered, it seems, before their read receipt arrived
         self._current: dict[str, str] = {}  # user → the message being answered
+        self._unclaimed: dict[str, float] = {}  # user → when a reply came with no message open
+        self._receipt_at: dict[str, float] = {}  # message id → its receipt, after such a reply
 
     def feed(self, records: list[list[Any]]) -> None:
         for kind, to, message_id, at in records:
             if kind == "r":
                 if message_id in self.sent:
                     self.receipts.add(message_id)
-                    self._current[self.sent[message_id][0]] = message_id
+                    user, sent_at = self.sent[message_id]
+                    self._current[user] = message_id
+                    # The receipt goes out alongside the turn, so a fast answer can reach the
+                    # fake first; or that reply was the previous message's second one. Which,
+                    # the next reply tells: see settle().
+                    unclaimed = self._unclaimed.pop(user, None)
+                    if unclaimed is not None and unclaimed >= sent_at:
+                        self._receipt_at[message_id] = at
                 continue
             message_id = self._current.pop(to, "")
-            if message_id and message_id not in self.latency_s:
-                self.latency_s[message_id] = at - self.sent[message_id][1]
+            if message_id:
+                self._answer(message_id, at)
+            else:
+                self._unclaimed.setdefault(to, at)
+
+    def settle(self, ids: list[str]) -> None:
+        """Messages taken up whose reply came before their receipt and no reply after: answered,
+        at the receipt's time at the latest (a bound never better than the truth)."""
+        for message_id in ids:
+            at = self._receipt_at.pop(message_id, None)
+            if at is not None and message_id not in self.latency_s:
+                self.overtaken += 1
+                self._answer(message_id, at)
+
+    def _answer(self, message_id: str, at: float) -> None:
+        if message_id not in self.latency_s:
+            self.latency_s[message_id] = at - self.sent[message_id][1]
 
 
 def knee(points: list[tuple[float, float, bool]], factor: float = 2.0) -> float | None:

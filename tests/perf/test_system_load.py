@@ -74,6 +74,27 @@ def test_matcher_pairs_each_message_with_the_first_reply_after_its_receipt() -> 
     assert matcher.receipts == {"a1", "a2", "b1", "c1"}
 
 
+def test_a_reply_that_overtakes_its_receipt_counts_no_better_than_the_receipt() -> None:
+    sent = {"a1": ("u1", 10.0), "a2": ("u1", 10.2), "b1": ("u2", 10.0), "b2": ("u2", 11.0)}
+    matcher = Matcher(sent)
+    matcher.feed(
+        [
+            ["r", "", "a1", 10.1],
+            ["m", "u1", "", 10.3],  # answers a1
+            ["m", "u1", "", 10.4],  # a1's second reply, after a2 was sent
+            ["r", "", "a2", 10.5],  # a2's receipt: that reply may have been a2's
+            ["m", "u1", "", 10.9],  # ... it was not: this one is a2's answer
+            ["r", "", "b1", 10.1],
+            ["m", "u2", "", 10.2],
+            ["m", "u2", "", 11.2],  # b2's answer, ahead of its receipt
+            ["r", "", "b2", 11.3],
+        ]
+    )
+    matcher.settle(["a1", "a2", "b1", "b2"])
+    assert matcher.latency_s == pytest.approx({"a1": 0.3, "a2": 0.7, "b1": 0.2, "b2": 0.3})
+    assert matcher.overtaken == 1
+
+
 def test_knee_is_the_last_step_before_the_curve_turns_up() -> None:
     assert knee([(50, 40, True), (100, 45, True), (200, 70, True), (300, 400, True)]) == 200
     assert knee([(50, 40, True), (100, 45, False), (200, 50, True)]) == 50
