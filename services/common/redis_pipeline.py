@@ -16,8 +16,10 @@ Each call keeps its own outcome. An error reply fails only its caller. A lost co
 the calls in flight (whether Redis ran them is unknown, as with any client) and the next call
 connects again; since the reader always reads, a connection Redis closed while idle (a restart)
 is noticed at once, not by the next caller. A reply slower than the client's socket timeout
-drops the connection. ``NOSCRIPT`` (a restart or failover emptied the script cache) loads the
-script and sends the call once more: a call that got ``NOSCRIPT`` never ran.
+drops the connection, and so does ``READONLY`` (the master was demoted by a failover: the next
+connection goes to the new one, found through Sentinel). ``NOSCRIPT`` (a restart or failover
+emptied the script cache) loads the script and sends the call once more: a call that got
+``NOSCRIPT`` never ran.
 
 Redis Cluster clients are not pipelined (calls would span slots and nodes): their calls go one
 by one through redis-py.
@@ -36,12 +38,15 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, NoScriptError
+from redis.exceptions import InvalidResponse, NoScriptError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.redis_client import RedisClient
 
 _INCOMPLETE = object()  # hiredis: no whole reply buffered yet (``False`` is a RESP3 reply)
+# READONLY: the master this connection reached was demoted to a replica (a failover). A
+# connection error to the caller, as redis-py raises it: the write never ran, and may be retried.
+_DEMOTED = RedisConnectionError("Redis answered READONLY: that master is now a replica")
 
 
 class _Wire(asyncio.Protocol):
@@ -92,16 +97,22 @@ class _Wire(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
+        demoted = False
         try:
             while (reply := self._reader.gets()) is not _INCOMPLETE:
                 if not self._waiting:
                     raise InvalidResponse("Redis sent a reply nobody asked for")
+                if isinstance(reply, ReadOnlyError):
+                    reply, demoted = _DEMOTED, True
                 _, future = self._waiting.popleft()
                 if not future.done():  # else its caller gave up (deadline); reply dropped
                     future.set_result(reply)
         except InvalidResponse as error:  # out of step: no later reply can be trusted
             self._fail(error)
             self._transport.abort()
+        if demoted:  # as redis-py does: reconnect, through Sentinel to the new master
+            self._fail(_DEMOTED)
+            self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(RedisConnectionError(f"Redis connection lost: {exc or 'closed by Redis'}"))

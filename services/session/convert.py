@@ -157,7 +157,6 @@ _STORED_ROLE_VALUES = {
     code: MESSAGE_ROLE_VALUES[name]
     for name, code in (("user", "u"), ("assistant", "a"), ("system", "s"))
 }
-_Timestamp = timestamp_pb2.Timestamp
 
 
 def fill_conversation(
@@ -190,12 +189,12 @@ def fill_conversation(
     for raw in conversation.history:
         record = loads(raw)
         at = record["t"]
-        add(
-            role=roles[record["r"]],
-            content=record["c"],
-            time=_Timestamp(seconds=at // 1000, nanos=at % 1000 * 1_000_000),
-            provider_message_id=record.get("p", ""),
-        )
+        # Set in place: a Timestamp built apart and copied in costs a third more.
+        time = add(
+            role=roles[record["r"]], content=record["c"], provider_message_id=record.get("p", "")
+        ).time
+        time.seconds, time.nanos = divmod(at, 1000)
+        time.nanos *= 1_000_000
     state = out.state
     for name, raw_value in conversation.state.items():
         python_to_value(loads(raw_value), state[name])

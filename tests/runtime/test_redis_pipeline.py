@@ -173,3 +173,22 @@ async def test_closing_the_client_closes_the_held_connection_promptly(valkey: Va
     started = time.monotonic()
     await client.aclose()
     assert time.monotonic() - started < 0.5
+
+
+async def test_a_master_demoted_to_replica_drops_the_connection(tmp_path: Path) -> None:
+    """READONLY after a failover: a connection error (the write never ran), then a new link."""
+    server, other = Valkey(tmp_path / "a").start(), Valkey(tmp_path / "b").start()
+    client = make_client(server.url)
+    pipeline = AutoPipeline(client)
+    script = client.register_script(INCR)
+    try:
+        assert int(await pipeline.script(script, ["n"], [1])) == 1
+        await client.execute_command("REPLICAOF", "127.0.0.1", str(other.port))
+        with pytest.raises(RedisConnectionError, match="READONLY"):
+            await pipeline.script(script, ["n"], [1])
+        await client.execute_command("REPLICAOF", "NO", "ONE")  # promoted again
+        assert int(await pipeline.script(script, ["n"], [1])) >= 1
+    finally:
+        await client.aclose()
+        server.stop()
+        other.stop()
