@@ -33,21 +33,23 @@ os.environ["SESSION_PORT"] = sys.argv[1]
 from services.session.server import main
 sys.exit(main())
 """
-# The runtime with one RPC that does a single Redis PING and nothing else: what one Redis round
-# trip through redis-py costs an RPC on this machine, between the no-op and the real calls.
+# The runtime with one RPC that does a single Redis PING and nothing else, through the same
+# AutoPipeline as the session's scripts: what one Redis round trip costs an RPC on this machine,
+# between the no-op and the real calls (the rest of the gap is the session's own work).
 PING_SERVER = """
 import os, sys
 from parley.session.v1 import session_pb2, session_pb2_grpc
 from services.common.redis_client import make_client
+from services.common.redis_pipeline import AutoPipeline
 from services.common.server import Service, run
 from services.common.settings import CommonSettings, load_settings
 
 class PingOnly(session_pb2_grpc.SessionServiceServicer):
     def __init__(self):
-        self.redis = make_client(os.environ["REDIS_URL"])
+        self.redis = AutoPipeline(make_client(os.environ["REDIS_URL"]))
 
     async def GetStorageStatus(self, request, context):
-        await self.redis.ping()
+        await self.redis.command("PING")
         return session_pb2.GetStorageStatusResponse()
 
 run(lambda: Service("parley.session.v1.SessionService",

@@ -153,7 +153,11 @@ class AutoPipeline:
         self._connecting: asyncio.Task[_Wire] | None = None
 
     async def command(self, *args: Any) -> Any:
-        """``client.execute_command(*args)``'s raw reply (bytes unless the client decodes)."""
+        """``client.execute_command(*args)``'s raw reply (bytes unless the client decodes).
+
+        Single-reply commands only: a blocking one (``BLPOP``, ``XREADGROUP BLOCK``) would hold
+        up every call behind it, and ``MULTI``/``SUBSCRIBE`` would interleave with them.
+        """
         if self._pool is None:
             return await self.client.execute_command(*args)
         return _raised(await self._send(hiredis.pack_command(args)))
