@@ -250,7 +250,11 @@ class Stack:
                 spawn(["-m", f"services.{name}.server"], env, work / f"{name}.log")
             )
         self.processes.append(
-            spawn(["-m", "tests.gateway.fakes", str(self.ports["fake"])], base, work / "fake.log")
+            spawn(
+                ["-m", "tests.support.fake_clouds", str(self.ports["fake"])],
+                base,
+                work / "fake.log",
+            )
         )
 
     def gateway_env(self) -> dict[str, str]:

@@ -70,6 +70,6 @@ def search_stub(search_channel: grpc.aio.Channel) -> search_pb2_grpc.SearchServi
     return with_call_defaults(search_pb2_grpc.SearchServiceStub(search_channel), 5.0)
 
 
-# The gateway tests' harness (session and business services, the gateway launcher, a fake of
+# The whole-stack harness (session and business services, the gateway launcher, a fake of
 # the Graph API), registered here for the conversations through the real gateway.
-from tests.gateway.conftest import fake_clouds, log_dir, services  # noqa: E402, F401
+from tests.support.stack import fake_clouds, log_dir, services  # noqa: E402, F401

@@ -16,7 +16,9 @@ import pytest
 from services.gateway.bot.switches import Switch
 from tests.bot.conftest import SearchServer
 from tests.bot.fake_openai import FakeOpenAI
-from tests.gateway.conftest import (
+from tests.support.fake_clouds import FakeClouds
+from tests.support.processes import Valkey, wait_for
+from tests.support.stack import (
     Business,
     Gateway,
     Services,
@@ -29,8 +31,6 @@ from tests.gateway.conftest import (
     start_gateway,
     twilio_form,
 )
-from tests.gateway.fakes import FakeClouds
-from tests.support.processes import Valkey, wait_for
 
 ENGINE = "services.gateway.bot:create_engine"
 

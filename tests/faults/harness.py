@@ -37,7 +37,9 @@ import httpx
 import redis
 
 from parley.search.v1 import search_pb2, search_pb2_grpc
-from tests.gateway.conftest import (
+from tests.support.fake_clouds import FakeClouds
+from tests.support.processes import ServiceProcess, Valkey, free_port, wait_for
+from tests.support.stack import (
     Business,
     Gateway,
     Services,
@@ -47,8 +49,6 @@ from tests.gateway.conftest import (
     start_gateway,
     start_worker,
 )
-from tests.gateway.fakes import FakeClouds
-from tests.support.processes import ServiceProcess, Valkey, free_port, wait_for
 
 FULL = os.environ.get("FAULTS_FULL", "") not in ("", "0", "false")
 

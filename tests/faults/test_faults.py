@@ -30,14 +30,14 @@ from tests.faults.harness import (
     wait_all_answered,
     with_retries,
 )
-from tests.gateway.conftest import (
+from tests.support.processes import Valkey, wait_for
+from tests.support.stack import (
     cloud_payload,
     create_business,
     post_cloud,
     start_gateway,
     start_worker,
 )
-from tests.support.processes import Valkey, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(1500 if FULL else 400)]
 

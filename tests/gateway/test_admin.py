@@ -10,7 +10,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.gateway.conftest import (
+from tests.support.fake_clouds import FakeClouds
+from tests.support.processes import Valkey, wait_for
+from tests.support.stack import (
     API_KEY,
     Gateway,
     Services,
@@ -21,8 +23,6 @@ from tests.gateway.conftest import (
     post_cloud,
     start_gateway,
 )
-from tests.gateway.fakes import FakeClouds
-from tests.support.processes import Valkey, wait_for
 
 
 @pytest.fixture(scope="module")

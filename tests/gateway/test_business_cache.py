@@ -14,7 +14,9 @@ from services.business.model import validate_number
 from services.common.business_keys import KeyKind, identity_key
 from services.gateway.businesses import KnownBusiness
 from tests.business.test_store_contract import record as business_record
-from tests.gateway.conftest import (
+from tests.support.fake_clouds import FakeClouds
+from tests.support.processes import Valkey, wait_for
+from tests.support.stack import (
     SECRETS,
     Business,
     Gateway,
@@ -28,8 +30,6 @@ from tests.gateway.conftest import (
     post_cloud,
     start_gateway,
 )
-from tests.gateway.fakes import FakeClouds
-from tests.support.processes import Valkey, wait_for
 
 # Far longer than any test here: only an invalidation can explain a change being seen.
 TTL = "300"

@@ -11,7 +11,7 @@ from services.gateway.engine import Button, ListRow, Reply
 from services.gateway.senders.base import HttpClient, SendError, Target, TokenExpired, split_text
 from services.gateway.senders.cloud_api import CloudApiSender
 from services.gateway.senders.twilio import TwilioSender, render
-from tests.gateway.fakes import FakeClouds
+from tests.support.fake_clouds import FakeClouds
 
 
 def change(

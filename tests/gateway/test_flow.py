@@ -8,7 +8,9 @@ import secrets
 import httpx
 
 from services.gateway.channels import cloud_api
-from tests.gateway.conftest import (
+from tests.support.fake_clouds import FakeClouds
+from tests.support.processes import wait_for
+from tests.support.stack import (
     APP_SECRET,
     TWILIO_TOKEN,
     VERIFY_TOKEN,
@@ -21,8 +23,6 @@ from tests.gateway.conftest import (
     signed_twilio,
     twilio_form,
 )
-from tests.gateway.fakes import FakeClouds
-from tests.support.processes import wait_for
 
 
 def test_signed_cloud_api_webhook_is_answered_at_the_graph_api(

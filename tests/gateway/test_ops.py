@@ -8,7 +8,9 @@ import sys
 
 import httpx
 
-from tests.gateway.conftest import (
+from tests.support.fake_clouds import FakeClouds
+from tests.support.processes import ROOT, Valkey, wait_for
+from tests.support.stack import (
     API_KEY,
     APP_SECRET,
     TWILIO_TOKEN,
@@ -21,8 +23,6 @@ from tests.gateway.conftest import (
     post_cloud,
     start_gateway,
 )
-from tests.gateway.fakes import FakeClouds
-from tests.support.processes import ROOT, Valkey, wait_for
 
 
 def test_health_endpoints(gateway: Gateway) -> None:

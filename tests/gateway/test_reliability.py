@@ -7,7 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.gateway.conftest import (
+from tests.support.fake_clouds import FakeClouds
+from tests.support.processes import Valkey, wait_for
+from tests.support.stack import (
     Business,
     Gateway,
     Services,
@@ -21,8 +23,6 @@ from tests.gateway.conftest import (
     start_gateway,
     start_worker,
 )
-from tests.gateway.fakes import FakeClouds
-from tests.support.processes import Valkey, wait_for
 
 
 @pytest.fixture(scope="module")

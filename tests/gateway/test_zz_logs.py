@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.gateway.conftest import SECRETS, USERS
+from tests.support.stack import SECRETS, USERS
 
 
 def test_no_secret_in_any_captured_log(log_dir: Path) -> None:

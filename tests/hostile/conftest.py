@@ -3,6 +3,6 @@
 
 from __future__ import annotations
 
-from tests.gateway.conftest import fake_clouds, log_dir, services
+from tests.support.stack import fake_clouds, log_dir, services
 
 __all__ = ["fake_clouds", "log_dir", "services"]

@@ -20,9 +20,9 @@ from parley.business.v1 import business_pb2
 from parley.search.v1 import search_pb2
 from parley.session.v1 import session_pb2
 from services.common.healthcheck import check
-from tests.gateway.conftest import Services
 from tests.hostile.messages import messages, wire_bytes
 from tests.hostile.profile import hostile
+from tests.support.stack import Services
 
 SERVICES = {
     "session": session_pb2.DESCRIPTOR.services_by_name["SessionService"],

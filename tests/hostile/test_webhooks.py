@@ -27,7 +27,11 @@ from hypothesis import strategies as st
 
 from services.gateway.engine import InboundMessage, MessageType
 from services.gateway.queue import decode_message
-from tests.gateway.conftest import (
+from tests.hostile.profile import hostile
+from tests.hostile.strategies import cloud_bodies, twilio_forms
+from tests.support.fake_clouds import FakeClouds
+from tests.support.processes import Valkey, wait_for
+from tests.support.stack import (
     APP_SECRET,
     Gateway,
     Services,
@@ -39,10 +43,6 @@ from tests.gateway.conftest import (
     start_gateway,
     start_worker,
 )
-from tests.gateway.fakes import FakeClouds
-from tests.hostile.profile import hostile
-from tests.hostile.strategies import cloud_bodies, twilio_forms
-from tests.support.processes import Valkey, wait_for
 
 MESSAGE_TYPES = set(get_args(MessageType))
 SIGNING = ["signed", "unsigned", "wrong", "other_secret", "junk_header"]
@@ -253,7 +253,7 @@ def test_non_finite_location_is_not_queued_with_null_coordinates(
     gateway: Gateway, client: httpx.Client, watch: RedisWatch, channel: str, latitude: str
 ) -> None:
     """(Was a bug: float() took 'nan', 'inf', '1e400' and the queue held null coordinates.)"""
-    from tests.gateway.conftest import twilio_form
+    from tests.support.stack import twilio_form
 
     assert gateway.business is not None
     watch.new_entries()
@@ -282,7 +282,7 @@ def test_ids_the_session_service_refuses_are_not_queued(
     gateway: Gateway, client: httpx.Client, watch: RedisWatch, channel: str, case: str
 ) -> None:
     """(Was a bug: they were queued, then dead-lettered as invalid_message by a worker.)"""
-    from tests.gateway.conftest import twilio_form
+    from tests.support.stack import twilio_form
 
     assert gateway.business is not None
     sender = {"unprintable_sender": "1555\x020000", "long_sender": "1" * 200}.get(case, "15550000")
