@@ -16,6 +16,7 @@ MAX_DAYS_AHEAD = 361
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _CODE = re.compile(r"^[A-Z]{3}$")
 MAX_WARM_ROUTES = 500
+_CABINS = frozenset(search_pb2.Cabin.values())  # Cabin.values() builds a list on every call
 
 Today = Callable[[str], dt.date]  # IANA time zone → today's date there
 
@@ -81,7 +82,7 @@ def validate_search(
     if not 1 <= adults <= 9:
         errors.append(("adults", "must be 1-9"))
     cabin = request.cabin or search_pb2.CABIN_ECONOMY
-    if cabin not in search_pb2.Cabin.values():
+    if cabin not in _CABINS:
         errors.append(("cabin", "unknown cabin"))
     max_results = request.max_results or 10
     if not 1 <= max_results <= 50:
