@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -152,6 +153,10 @@ def key_proto(key: ConversationKey) -> session_pb2.ConversationKey:
     )
 
 
+# Stored history entries kept converted: ~1 KB each for a short message, at most ~3 KB (longer
+# ones are converted every time), so ≤ 12 MB; the last ten messages of ~400 conversations.
+MESSAGE_CACHE_SIZE = 4096
+CACHED_MESSAGE_BYTES = 1024
 # Stored one-letter message roles → the enum, for the hot path below.
 _STORED_ROLE_VALUES = {
     code: MESSAGE_ROLE_VALUES[name]
@@ -183,21 +188,35 @@ def fill_conversation(
         field.nanos *= 1_000_000
     if basic:
         return
-    add = out.history.add
-    roles = _STORED_ROLE_VALUES
-    loads = orjson.loads
-    for raw in conversation.history:
-        record = loads(raw)
-        at = record["t"]
-        # Set in place: a Timestamp built apart and copied in costs a third more.
-        time = add(
-            role=roles[record["r"]], content=record["c"], provider_message_id=record.get("p", "")
-        ).time
-        time.seconds, time.nanos = divmod(at, 1000)
-        time.nanos *= 1_000_000
+    out.history.extend(  # copied in
+        [
+            _cached_message(raw) if len(raw) <= CACHED_MESSAGE_BYTES else _message_proto(raw)
+            for raw in conversation.history
+        ]
+    )
     state = out.state
     for name, raw_value in conversation.state.items():
-        python_to_value(loads(raw_value), state[name])
+        python_to_value(orjson.loads(raw_value), state[name])
+
+
+def _message_proto(raw: bytes) -> session_pb2.Message:
+    """One stored history entry as its proto."""
+    record = orjson.loads(raw)
+    message = session_pb2.Message(
+        role=_STORED_ROLE_VALUES[record["r"]],
+        content=record["c"],
+        provider_message_id=record.get("p", ""),
+    )
+    message.time.seconds, nanos = divmod(record["t"], 1000)
+    message.time.nanos = nanos * 1_000_000
+    return message
+
+
+# A stored entry never changes (a new message is a new entry), so converted entries are cached
+# by their own bytes and a cached one is never stale. Each turn reads the same last ten messages
+# of a conversation again: converting them was a third of a get's own work. Callers copy what it
+# returns (``extend``) and never change it.
+_cached_message = functools.lru_cache(maxsize=MESSAGE_CACHE_SIZE)(_message_proto)
 
 
 def conversation_proto(conversation: Conversation) -> session_pb2.Conversation:

@@ -1,0 +1,53 @@
+"""The response side of a conversation: stored entries become the same protos, cached or not."""
+
+from __future__ import annotations
+
+import orjson
+
+from parley.session.v1 import session_pb2 as pb
+from services.session.convert import CACHED_MESSAGE_BYTES, conversation_proto
+from services.session.model import Conversation, ConversationKey
+
+
+def stored(content: str, at: int, role: str = "u", provider_id: str = "") -> bytes:
+    return orjson.dumps(
+        {"r": role, "c": content, "t": at, **({"p": provider_id} if provider_id else {})}
+    )
+
+
+def conversation(history: list[bytes]) -> Conversation:
+    return Conversation(
+        id="c-1",
+        key=ConversationKey("b", "+15550001", "client"),
+        history=history,
+        state={"origin": b'"TLV"'},
+        version=3,
+        created_ms=1_700_000_000_000,
+        updated_ms=1_700_000_000_500,
+        expire_ms=1_700_000_900_500,
+    )
+
+
+def test_stored_messages_convert_the_same_every_time_and_stay_unshared() -> None:
+    long = "y" * (CACHED_MESSAGE_BYTES + 1)  # past the cache's bound: converted every time
+    history = [
+        stored("hi", 1_700_000_000_123, provider_id="wamid.1"),
+        stored("hello!", 1_700_000_000_456, role="a"),
+        stored(long, 1_700_000_000_789, role="s"),
+    ]
+    first = conversation_proto(conversation(history))
+    assert [(m.role, m.content, m.provider_message_id) for m in first.history] == [
+        (pb.MESSAGE_ROLE_USER, "hi", "wamid.1"),
+        (pb.MESSAGE_ROLE_ASSISTANT, "hello!", ""),
+        (pb.MESSAGE_ROLE_SYSTEM, long, ""),
+    ]
+    assert (first.history[0].time.seconds, first.history[0].time.nanos) == (
+        1_700_000_000,
+        123_000_000,
+    )
+    first.history[0].content = "changed by a caller"  # the response's own copy
+    again = conversation_proto(conversation([bytes(raw) for raw in history]))
+    assert again.history[0].content == "hi"
+    assert again.SerializeToString() != first.SerializeToString()
+    first.history[0].content = "hi"
+    assert again == first
