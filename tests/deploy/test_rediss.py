@@ -16,11 +16,13 @@ from collections.abc import Iterator
 from urllib.parse import urlencode
 
 import pytest
+import uvloop
 from limits import RateLimitItemPerMinute
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
 from services.common.redis_client import make_redis, ping
+from services.common.redis_pipeline import AutoPipeline
 from tests.deploy.conftest import Pki
 from tests.support.processes import Valkey
 
@@ -118,6 +120,30 @@ async def test_make_redis_speaks_rediss(tls_redis: TlsTerminator, pki: Pki, valk
         await client.aclose()
     assert tls_redis.handshakes > before
     assert valkey.client().get("deploy:rediss") == b"through tls"  # it reached the real server
+
+
+async def _pipeline_round(url: str, key: str) -> None:
+    client = make_redis(url)
+    pipeline = AutoPipeline(client)
+    script = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    try:
+        results = await asyncio.gather(*(pipeline.script(script, [key], [1]) for _ in range(50)))
+        assert sorted(results) == list(range(1, 51))
+        assert await pipeline.command("GET", key) == b"50"
+    finally:
+        await client.aclose()
+
+
+async def test_the_auto_pipeline_speaks_rediss(
+    tls_redis: TlsTerminator, pki: Pki, valkey: Valkey
+) -> None:
+    """The hot path's held connection keeps its TLS transport when its reader takes it over,
+    on asyncio's loop and on uvloop (the services' own)."""
+    url = rediss_url(tls_redis.port, pki)
+    await _pipeline_round(url, "deploy:rediss:asyncio")
+    await asyncio.to_thread(uvloop.run, _pipeline_round(url, "deploy:rediss:uvloop"))
+    for key in ("deploy:rediss:asyncio", "deploy:rediss:uvloop"):
+        assert valkey.client().get(key) == b"50"  # through TLS, at the real server
 
 
 async def test_plain_redis_url_is_refused_by_the_tls_port(tls_redis: TlsTerminator) -> None:
