@@ -44,9 +44,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.common.redis_client import RedisClient
 
 _INCOMPLETE = object()  # hiredis: no whole reply buffered yet (``False`` is a RESP3 reply)
-# READONLY: the master this connection reached was demoted to a replica (a failover). A
-# connection error to the caller, as redis-py raises it: the write never ran, and may be retried.
-_DEMOTED = RedisConnectionError("Redis answered READONLY: that master is now a replica")
+
+
+def _demoted() -> RedisConnectionError:
+    """READONLY: the master this connection reached was demoted to a replica (a failover). A
+    connection error to the caller, as redis-py raises it: the write never ran, may be retried."""
+    return RedisConnectionError("Redis answered READONLY: that master is now a replica")
 
 
 class _Wire(asyncio.Protocol):
@@ -103,7 +106,7 @@ class _Wire(asyncio.Protocol):
                 if not self._waiting:
                     raise InvalidResponse("Redis sent a reply nobody asked for")
                 if isinstance(reply, ReadOnlyError):
-                    reply, demoted = _DEMOTED, True
+                    reply, demoted = _demoted(), True
                 _, future = self._waiting.popleft()
                 if not future.done():  # else its caller gave up (deadline); reply dropped
                     future.set_result(reply)
@@ -111,7 +114,7 @@ class _Wire(asyncio.Protocol):
             self._fail(error)
             self._transport.abort()
         if demoted:  # as redis-py does: reconnect, through Sentinel to the new master
-            self._fail(_DEMOTED)
+            self._fail(_demoted())
             self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
