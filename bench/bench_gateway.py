@@ -85,33 +85,15 @@ class RawClient:
 
 
 def webhook(user: str, text: str) -> tuple[bytes, dict[str, str]]:
-    payload = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "WABA",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {"display_phone_number": "1555", "phone_number_id": PNID},
-                            "contacts": [{"profile": {"name": "Bench"}, "wa_id": user}],
-                            "messages": [
-                                {
-                                    "from": user,
-                                    "id": f"wamid.{secrets.token_hex(12)}",
-                                    "timestamp": str(int(time.time())),
-                                    "type": "text",
-                                    "text": {"body": text},
-                                }
-                            ],
-                        },
-                    }
-                ],
-            }
-        ],
+    message = {
+        "from": user,
+        "id": f"wamid.{secrets.token_hex(12)}",
+        "timestamp": str(int(time.time())),
+        "type": "text",
+        "text": {"body": text},
     }
+    contact = {"profile": {"name": "Bench"}, "wa_id": user}
+    payload = cloud_api.notification(PNID, [message], [contact], "1555")
     body = json.dumps(payload).encode()
     return body, {
         "Content-Type": "application/json",

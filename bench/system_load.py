@@ -144,38 +144,15 @@ class Mix:
 
 
 def cloud_body(message: Message, display_number: str = "15550100001") -> bytes:
-    payload = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "WABA",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": display_number,
-                                "phone_number_id": message.phone_number_id,
-                            },
-                            "contacts": [
-                                {"profile": {"name": "Bench User"}, "wa_id": message.user}
-                            ],
-                            "messages": [
-                                {
-                                    "from": message.user,
-                                    "id": message.id,
-                                    "timestamp": str(int(time.time())),
-                                    "type": "text",
-                                    "text": {"body": message.text},
-                                }
-                            ],
-                        },
-                    }
-                ],
-            }
-        ],
+    text = {
+        "from": message.user,
+        "id": message.id,
+        "timestamp": str(int(time.time())),
+        "type": "text",
+        "text": {"body": message.text},
     }
+    contact = {"profile": {"name": "Bench User"}, "wa_id": message.user}
+    payload = cloud_api.notification(message.phone_number_id, [text], [contact], display_number)
     return json.dumps(payload).encode()
 
 

@@ -11,8 +11,6 @@ printed as they arrive. When a reply offers buttons or a list, typing its number
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
 import json
 import os
 import secrets
@@ -25,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from services.gateway.channels import cloud_api
 
 ROOT = Path(__file__).resolve().parents[2]
 VAR = ROOT / "var"
@@ -62,44 +62,21 @@ class Config:
         )
 
 
-def sign(body: bytes, secret: str) -> str:
-    """The ``X-Hub-Signature-256`` value: ``sha256=`` and the hex HMAC-SHA256 of the raw body."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
 def webhook(config: Config, message: dict[str, Any]) -> dict[str, Any]:
     """A Cloud API ``messages`` notification carrying one message from the test user."""
-    return {
-        "object": "whatsapp_business_account",
-        "entry": [
+    return cloud_api.notification(
+        config.phone_number_id,
+        [
             {
-                "id": "0",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": DEMO_DISPLAY_NUMBER,
-                                "phone_number_id": config.phone_number_id,
-                            },
-                            "contacts": [
-                                {"profile": {"name": config.profile_name}, "wa_id": config.user_id}
-                            ],
-                            "messages": [
-                                {
-                                    "from": config.user_id,
-                                    "id": "wamid.chat" + secrets.token_hex(12),
-                                    "timestamp": str(int(time.time())),
-                                    **message,
-                                }
-                            ],
-                        },
-                    }
-                ],
+                "from": config.user_id,
+                "id": "wamid.chat" + secrets.token_hex(12),
+                "timestamp": str(int(time.time())),
+                **message,
             }
         ],
-    }
+        [{"profile": {"name": config.profile_name}, "wa_id": config.user_id}],
+        DEMO_DISPLAY_NUMBER,
+    )
 
 
 def text_message(text: str) -> dict[str, Any]:
@@ -162,7 +139,7 @@ class ChatClient:
             content=body,
             headers={
                 "Content-Type": "application/json",
-                "X-Hub-Signature-256": sign(body, self.config.app_secret),
+                "X-Hub-Signature-256": cloud_api.sign(body, self.config.app_secret),
             },
         )
         response.raise_for_status()

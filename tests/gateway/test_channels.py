@@ -108,6 +108,26 @@ def test_every_entry_change_and_message_is_parsed() -> None:
     assert cloud_api.phone_number_ids(payload) == ["111", "222"]
 
 
+def test_a_built_notification_is_what_the_parser_reads() -> None:
+    message = {
+        "from": "15551230000",
+        "id": "wamid.built",
+        "timestamp": "1763700000",
+        "type": "text",
+        "text": {"body": "hi"},
+    }
+    contact = {"profile": {"name": "Ann"}, "wa_id": "15551230000"}
+    parsed = cloud_api.parse(cloud_api.notification("100000000000101", [message], [contact]))
+    (inbound,) = parsed.messages
+    assert (inbound.channel_identity, inbound.user_id, inbound.text, inbound.profile_name) == (
+        "100000000000101",
+        "15551230000",
+        "hi",
+        "Ann",
+    )
+    assert not parsed.unusable and not parsed.statuses
+
+
 @pytest.mark.parametrize(
     ("raw", "kind", "text", "payload"),
     [

@@ -9,6 +9,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from services.gateway.channels import cloud_api
+
 # Text that stresses parsers: every Unicode category (surrogates, controls, RTL marks, zero
 # widths, emoji), plus words that mean something to a number parser or a template.
 WEIRD_WORDS = [
@@ -149,31 +151,6 @@ def cloud_message(kind: str, wa_id: str, text: str) -> dict[str, Any]:
     }
 
 
-def cloud_envelope(pnid: str, messages: list[Any], contacts: list[Any]) -> dict[str, Any]:
-    return {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "WABA",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": "15550100001",
-                                "phone_number_id": pnid,
-                            },
-                            "contacts": contacts,
-                            "messages": messages,
-                        },
-                    }
-                ],
-            }
-        ],
-    }
-
-
 @st.composite
 def cloud_bodies(draw: st.DrawFn, pnid: str) -> tuple[str, bytes]:
     """(what it is, the raw body)."""
@@ -188,7 +165,7 @@ def cloud_bodies(draw: st.DrawFn, pnid: str) -> tuple[str, bytes]:
         cloud_message(draw(st.sampled_from(MESSAGE_KINDS)), wa_id, draw(weird_text))
         for _ in range(draw(st.integers(1, 3)))
     ]
-    payload: Any = cloud_envelope(
+    payload: Any = cloud_api.notification(
         draw(st.sampled_from(pnids)), messages, [{"profile": {"name": "Ann"}, "wa_id": wa_id}]
     )
     if kind in ("typed", "deleted"):
@@ -210,7 +187,7 @@ def cloud_bodies(draw: st.DrawFn, pnid: str) -> tuple[str, bytes]:
             messages[0]["text"] = {"body": "a" * size}
         elif where == "messages":
             one = messages[0]
-            payload = cloud_envelope(pnid, [one] * max(1, size // 200), [])
+            payload = cloud_api.notification(pnid, [one] * max(1, size // 200), [])
         else:
             payload["x" * size] = 1
     if kind == "nested":

@@ -228,10 +228,10 @@ def test_signed_payload_nested_1000_deep_is_not_a_500(
     """Between Python's recursion limit and orjson's parse limit. (Was a bug: the dead-letter
     record's json.dumps raised RecursionError, a 500.)"""
     from services.gateway.channels import cloud_api
-    from tests.hostile.strategies import cloud_envelope, cloud_message, dump_deep, nested
+    from tests.hostile.strategies import cloud_message, dump_deep, nested
 
     assert gateway.business is not None
-    payload = cloud_envelope(
+    payload = cloud_api.notification(
         gateway.business.phone_number_id, [cloud_message("text", "15551230000", "hi")], []
     )
     if where == "entry":

@@ -308,28 +308,8 @@ def cloud_payload(
         "text": {"body": text},
         **extra,
     }
-    return {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "WABA",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": "15550100001",
-                                "phone_number_id": phone_number_id,
-                            },
-                            "contacts": [{"profile": {"name": "Test User"}, "wa_id": wa_id}],
-                            "messages": [message],
-                        },
-                    }
-                ],
-            }
-        ],
-    }
+    contact = {"profile": {"name": "Test User"}, "wa_id": wa_id}
+    return cloud_api.notification(phone_number_id, [message], [contact])
 
 
 def signed_cloud(payload: dict[str, Any], secret: str = APP_SECRET) -> tuple[bytes, dict[str, str]]:

@@ -62,6 +62,38 @@ def signature_matches(body: bytes, header: str, secret: str) -> bool:
     return hmac.compare_digest(sign(body, secret).encode(), header.strip().encode())
 
 
+def notification(
+    phone_number_id: str,
+    messages: list[Any],
+    contacts: list[Any],
+    display_phone_number: str = "15550100001",
+) -> dict[str, Any]:
+    """A ``messages`` notification as the Cloud API posts it (one entry, one change): the shape
+    :func:`parse` reads, built for the dev chat client, the tests and the benchmarks."""
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "WABA",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": display_phone_number,
+                                "phone_number_id": phone_number_id,
+                            },
+                            "contacts": contacts,
+                            "messages": messages,
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
 def phone_number_ids(payload: Any) -> list[str]:
     """The distinct ``metadata.phone_number_id`` values of a payload (for per-business secrets)."""
     found: list[str] = []
