@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from limits import RateLimitItem, parse
 
-from services.common.redis_client import RedisClient
 from services.common.redis_pipeline import AutoPipeline
 
 KEY_PREFIX = "gw:rl"
@@ -47,16 +46,13 @@ def window_keys(business_id: str, user_id: str) -> list[str]:
 
 
 class RateLimits:
-    def __init__(
-        self, client: RedisClient, pipeline: AutoPipeline, per_user: str, per_business: str
-    ) -> None:
+    def __init__(self, pipeline: AutoPipeline, per_user: str, per_business: str) -> None:
         self._user: RateLimitItem = parse(per_user)
         self._business: RateLimitItem = parse(per_business)
         if self._user.amount < 1 or self._business.amount < 1:
             raise ValueError("a rate limit must allow at least one message per window")
-        self._redis = client
         self._pipeline = pipeline
-        self._hit_both = client.register_script(HIT_BOTH)
+        self._hit_both = pipeline.client.register_script(HIT_BOTH)
         self._arguments = [
             self._business.amount,
             self._business.get_expiry() * 1000,
@@ -74,4 +70,4 @@ class RateLimits:
     async def first_notice(self, business_id: str, user_id: str) -> bool:
         """True once per window: whether to tell the user they are over the limit."""
         key = f"gw:rl-notice:{business_id}:{user_id}"
-        return bool(await self._redis.set(key, "1", nx=True, ex=self._user.get_expiry()))
+        return bool(await self._pipeline.client.set(key, "1", nx=True, ex=self._user.get_expiry()))

@@ -58,7 +58,6 @@ class Runtime:
     http: HttpClient
     outbox: OutboxSender
     senders: dict[str, Sender]
-    rate_limits: RateLimits
     pool: WorkerPool | None = None
     businesses: BusinessDirectory | None = None  # the workers' business cache
     # gRPC channels belong to the event loop that serves: made in start(), not before.
@@ -72,7 +71,6 @@ class Runtime:
         client = make_redis(settings.effective_redis_url)
         http = HttpClient(settings.send_timeout_seconds)
         outbox = OutboxSender(client, settings.outbox_max_messages)
-        queue = Queue(client, settings.queue_partitions, settings.dedupe_ttl_seconds)
         senders: dict[str, Sender] = {
             "cloud_api": CloudApiSender(http, settings.whatsapp_api_base_url),
             "twilio": TwilioSender(
@@ -87,13 +85,10 @@ class Runtime:
             settings=settings,
             role=role,
             redis=client,
-            queue=queue,
+            queue=Queue(client, settings.queue_partitions, settings.dedupe_ttl_seconds),
             http=http,
             outbox=outbox,
             senders=senders,
-            rate_limits=RateLimits(
-                client, queue.pipeline, settings.rate_limit_user, settings.rate_limit_business
-            ),
         )
 
     @property
@@ -124,12 +119,16 @@ class Runtime:
             )
             self.businesses = BusinessDirectory(self.settings, self.clients.business)
             await self.businesses.start()
+            # Only workers count messages: the limits share the consumer queue's pipeline.
+            rate_limits = RateLimits(
+                queue.pipeline, self.settings.rate_limit_user, self.settings.rate_limit_business
+            )
             processor = Processor(
                 self.settings,
                 self.clients,
                 self.engine,
                 self.senders,
-                self.rate_limits,
+                rate_limits,
                 queue.pipeline,
                 self.businesses,
             )

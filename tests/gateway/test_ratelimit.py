@@ -25,7 +25,7 @@ async def client(valkey: Valkey) -> AsyncIterator[redis.Redis]:
 
 
 def limits(client: redis.Redis, per_user: str, per_business: str) -> RateLimits:
-    return RateLimits(client, AutoPipeline(client), per_user, per_business)
+    return RateLimits(AutoPipeline(client), per_user, per_business)
 
 
 async def test_a_user_over_the_limit_is_refused_and_other_users_are_not(
