@@ -359,8 +359,7 @@ def run_steps(stack: SystemStack) -> list[Section]:
             sent[m.id] = (m.user, due)
         ids = [m.id for m in messages]
         drain(replies, ids, DRAIN_SECONDS)
-        overtaken_before = matcher.overtaken
-        matcher.settle(ids)
+        overtaken = matcher.settle(ids)
         cpu_ms = cpu_per_message(cpu, cpu_snapshot(stack.pids), len(ids))
         total_messages += len(ids)
         latencies = [matcher.latency_s[i] for i in ids if i in matcher.latency_s]
@@ -376,7 +375,7 @@ def run_steps(stack: SystemStack) -> list[Section]:
             "answered": len(latencies),
             "never_taken_up": not_taken,
             "taken_up_without_reply": no_reply,
-            "answered_before_read_receipt": matcher.overtaken - overtaken_before,
+            "answered_before_read_receipt": overtaken,
             "p50_ms": ms(latencies, 50),
             "p95_ms": ms(latencies, 95),
             "p99_ms": ms(latencies, 99),

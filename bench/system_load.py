@@ -249,7 +249,6 @@ class Matcher:
         self.sent = sent
         self.latency_s: dict[str, float] = {}  # message id → first reply time - time sent
         self.receipts: set[str] = set()  # message ids the gateway took up
-        self.overtaken = 0  # messages answered, it seems, before their read receipt arrived
         self._current: dict[str, str] = {}  # user → the message being answered
         self._unclaimed: dict[str, float] = {}  # user → when a reply came with no message open
         self._receipt_at: dict[str, float] = {}  # message id → its receipt, after such a reply
@@ -274,14 +273,16 @@ class Matcher:
             else:
                 self._unclaimed.setdefault(to, at)
 
-    def settle(self, ids: list[str]) -> None:
+    def settle(self, ids: list[str]) -> int:
         """Messages taken up whose reply came before their receipt and no reply after: answered,
-        at the receipt's time at the latest (a bound never better than the truth)."""
+        at the receipt's time at the latest (a bound never better than the truth). How many."""
+        settled = 0
         for message_id in ids:
             at = self._receipt_at.pop(message_id, None)
             if at is not None and message_id not in self.latency_s:
-                self.overtaken += 1
+                settled += 1
                 self._answer(message_id, at)
+        return settled
 
     def _answer(self, message_id: str, at: float) -> None:
         if message_id not in self.latency_s:

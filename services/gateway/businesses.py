@@ -13,7 +13,7 @@ briefly (``NEGATIVE_TTL_SECONDS``), and a new business's keys are invalidated wh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import grpc
@@ -125,13 +125,7 @@ class BusinessDirectory:
         return {
             "enabled": True,
             "ttl_seconds": self.cache.ttl,
-            "size": stats.size,
-            "negative_size": stats.negative_size,
-            "capacity": stats.capacity,
-            "hits": stats.hits,
-            "negative_hits": stats.negative_hits,
-            "misses": stats.misses,
-            "evictions": stats.evictions,
+            **asdict(stats),
             "hit_ratio": round(stats.hit_ratio, 4),
             "invalidation_subscribed": self.bus is not None and self.bus.subscribed.is_set(),
         }

@@ -79,18 +79,12 @@ class ResultCache:
         return cached.age(now) < self.ttl
 
     async def get(self, key: str) -> Cached | None:
-        if not self.available:
-            return None
-        try:
-            raw = await self._pipeline.command("GET", key)
-        except Exception as error:
-            self._failed("get", error)
-            return None
+        raw = await self.get_bytes(key)
         if raw is None:
             return None
         response = search_pb2.SearchFlightsResponse()
         try:
-            response.ParseFromString(raw if isinstance(raw, bytes) else raw.encode())
+            response.ParseFromString(raw)
         except Exception:  # a corrupt or foreign value: treat as a miss
             return None
         fetched = response.fetch_time.seconds + response.fetch_time.nanos / 1e9

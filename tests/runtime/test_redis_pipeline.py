@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,14 @@ async def client(valkey: Valkey) -> AsyncIterator[RedisClient]:
     yield client
     await client.flushdb()
     await client.aclose()
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[Valkey]:
+    """A Valkey of the test's own, to stop, restart or freeze."""
+    server = Valkey(tmp_path / "valkey").start()
+    yield server
+    server.stop()
 
 
 async def test_concurrent_calls_share_pipelines_and_all_apply(client: RedisClient) -> None:
@@ -71,9 +79,9 @@ async def test_scripts_flushed_by_a_restart_are_loaded_and_run_once(client: Redi
 
 
 async def test_an_unreachable_redis_fails_every_call_and_the_next_ones_retry(
-    tmp_path: Path,
+    own_server: Valkey,
 ) -> None:
-    server = Valkey(tmp_path / "valkey").start()
+    server = own_server
     client = make_client(server.url, connect_timeout=0.2, socket_timeout=0.2, retries=0)
     pipeline = AutoPipeline(client)
     script = client.register_script(INCR)
@@ -88,7 +96,6 @@ async def test_an_unreachable_redis_fails_every_call_and_the_next_ones_retry(
         assert int(await pipeline.script(script, ["n"], [1])) >= 1
     finally:
         await client.aclose()
-        server.stop()
 
 
 async def test_a_caller_that_gives_up_does_not_break_the_others(client: RedisClient) -> None:
@@ -103,9 +110,9 @@ async def test_a_caller_that_gives_up_does_not_break_the_others(client: RedisCli
 
 
 async def test_a_connection_left_stale_by_a_restart_is_replaced_before_use(
-    tmp_path: Path,
+    own_server: Valkey,
 ) -> None:
-    server = Valkey(tmp_path / "valkey").start()
+    server = own_server
     client = make_client(server.url)
     pipeline = AutoPipeline(client)
     script = client.register_script(INCR)
@@ -117,7 +124,6 @@ async def test_a_connection_left_stale_by_a_restart_is_replaced_before_use(
         assert int(await pipeline.script(script, ["n"], [1])) >= 1  # no error reaches the caller
     finally:
         await client.aclose()
-        server.stop()
 
 
 async def test_commands_share_the_pipeline_and_keep_redis_py_errors(client: RedisClient) -> None:
@@ -141,9 +147,9 @@ async def test_a_decoding_client_gets_text(valkey: Valkey) -> None:
 
 
 async def test_a_redis_that_stops_answering_times_out_every_call_in_flight(
-    tmp_path: Path,
+    own_server: Valkey,
 ) -> None:
-    server = Valkey(tmp_path / "valkey").start()
+    server = own_server
     client = make_client(server.url, connect_timeout=0.2, socket_timeout=0.3, retries=0)
     pipeline = AutoPipeline(client)
     try:
@@ -163,7 +169,6 @@ async def test_a_redis_that_stops_answering_times_out_every_call_in_flight(
         assert await pipeline.command("PING") == b"PONG"  # a fresh connection afterwards
     finally:
         await client.aclose()
-        server.stop()
 
 
 async def test_closing_the_client_closes_the_held_connection_promptly(valkey: Valkey) -> None:
@@ -175,9 +180,11 @@ async def test_closing_the_client_closes_the_held_connection_promptly(valkey: Va
     assert time.monotonic() - started < 0.5
 
 
-async def test_a_master_demoted_to_replica_drops_the_connection(tmp_path: Path) -> None:
+async def test_a_master_demoted_to_replica_drops_the_connection(
+    own_server: Valkey, tmp_path: Path
+) -> None:
     """READONLY after a failover: a connection error (the write never ran), then a new link."""
-    server, other = Valkey(tmp_path / "a").start(), Valkey(tmp_path / "b").start()
+    server, other = own_server, Valkey(tmp_path / "other").start()
     client = make_client(server.url)
     pipeline = AutoPipeline(client)
     script = client.register_script(INCR)
@@ -190,5 +197,4 @@ async def test_a_master_demoted_to_replica_drops_the_connection(tmp_path: Path) 
         assert int(await pipeline.script(script, ["n"], [1])) >= 1
     finally:
         await client.aclose()
-        server.stop()
         other.stop()
