@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -27,19 +28,28 @@ def configure_logging(service: str, settings: CommonSettings) -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        UtcTimestamp(),
         _add_service(service),
     ]
-    renderer: Any = (
-        structlog.processors.JSONRenderer(serializer=_dumps)
-        if json_output
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    # structlog's own events render straight to stdout (the hot path: one access line per RPC);
-    # the standard library's (grpc, uvicorn, httpx) go through the same processors below.
+    foreign_renderer: Any
+    stdout_bytes = getattr(sys.stdout, "buffer", None)
+    # structlog's own events are the hot path (one access line per RPC): in JSON they go out as
+    # orjson's bytes, written as they are. The standard library's (grpc, uvicorn, httpx) go
+    # through the same processors below and a str renderer.
+    if json_output and stdout_bytes is not None:
+        renderer: Any = structlog.processors.JSONRenderer(serializer=_dumps_bytes)
+        factory: Any = structlog.BytesLoggerFactory(stdout_bytes)
+        foreign_renderer = structlog.processors.JSONRenderer(serializer=_dumps)
+    else:
+        renderer = foreign_renderer = (
+            structlog.processors.JSONRenderer(serializer=_dumps)
+            if json_output
+            else structlog.dev.ConsoleRenderer(colors=False)
+        )
+        factory = structlog.WriteLoggerFactory(sys.stdout)
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
-        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
+        logger_factory=factory,
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[settings.log_level]
         ),
@@ -47,7 +57,7 @@ def configure_logging(service: str, settings: CommonSettings) -> None:
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, foreign_renderer],
     )
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(formatter)
@@ -56,8 +66,32 @@ def configure_logging(service: str, settings: CommonSettings) -> None:
     root.setLevel(settings.log_level)
 
 
+class UtcTimestamp:
+    """``TimeStamper(fmt="iso", utc=True)``'s ``timestamp``, e.g. ``2026-11-22T05:16:06.281721Z``,
+    with the date and time of day formatted once a second instead of on every line."""
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")  # one tuple: threads swap it whole
+
+    def __call__(
+        self, _: Any, __: str, event: structlog.types.EventDict
+    ) -> structlog.types.EventDict:
+        now = time.time()
+        second, text = self._second
+        if int(now) != second:
+            second = int(now)
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        event["timestamp"] = f"{text}.{int((now - second) * 1_000_000):06d}Z"
+        return event
+
+
 def _dumps(event: Any, **_: Any) -> str:
     return orjson.dumps(event, default=str).decode()
+
+
+def _dumps_bytes(event: Any, **_: Any) -> bytes:
+    return orjson.dumps(event, default=str)
 
 
 def _add_service(service: str) -> structlog.types.Processor:

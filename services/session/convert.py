@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from google.protobuf import timestamp_pb2
@@ -67,15 +67,29 @@ def conversation_key(
         violations.append((field, "is required"))
         return None
     key = request.key
-    before = len(violations)
-    check_id(key.business_id, f"{field}.business_id", violations)
-    check_id(key.user_id, f"{field}.user_id", violations)
-    role = ROLE_NAMES.get(key.role)
+    checked = _checked_key(key.business_id, key.user_id, key.role)
+    if isinstance(checked, ConversationKey):
+        return checked
+    violations.extend((f"{field}.{name}", reason) for name, reason in checked)
+    return None
+
+
+# Every RPC checks a key, and the same live keys come in all day. Bounded: a hostile caller's
+# stream of bad keys costs ≤ ~8 MB and the cost of checking them again.
+@functools.lru_cache(maxsize=16384)
+def _checked_key(
+    business_id: str, user_id: str, role_value: int
+) -> ConversationKey | tuple[tuple[str, str], ...]:
+    """The key, or what is wrong with it (field names relative to the key)."""
+    violations: Violations = []
+    check_id(business_id, "business_id", violations)
+    check_id(user_id, "user_id", violations)
+    role = ROLE_NAMES.get(role_value)  # type: ignore[call-overload]
     if role is None:
-        violations.append((f"{field}.role", "must be CONVERSATION_ROLE_CLIENT or _ADMIN"))
-    if len(violations) > before or role is None:
-        return None
-    return ConversationKey(key.business_id, key.user_id, role)
+        violations.append(("role", "must be CONVERSATION_ROLE_CLIENT or _ADMIN"))
+    if violations:
+        return tuple(violations)
+    return ConversationKey(business_id, user_id, role)
 
 
 def required_key(request: Any) -> ConversationKey:
@@ -144,7 +158,12 @@ def state_changes(
 
 
 def timestamp(ms: int) -> timestamp_pb2.Timestamp:
-    return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+    return timestamp_pb2.Timestamp(**_timestamp_fields(ms))
+
+
+def _timestamp_fields(ms: int) -> Any:
+    """A Timestamp as the dict protobuf accepts for a message field: cheaper than the object."""
+    return {"seconds": ms // 1000, "nanos": ms % 1000 * 1_000_000}
 
 
 def key_proto(key: ConversationKey) -> session_pb2.ConversationKey:
@@ -153,76 +172,93 @@ def key_proto(key: ConversationKey) -> session_pb2.ConversationKey:
     )
 
 
-# Stored history entries kept converted: ~1 KB each for a short message, at most ~3 KB (longer
-# ones are converted every time), so ≤ 12 MB; the last ten messages of ~400 conversations.
-MESSAGE_CACHE_SIZE = 4096
-CACHED_MESSAGE_BYTES = 1024
+# Stored history entries and state values are kept as their wire encoding: each one as a
+# Conversation holding only it, so a response's history and state are one parse of their
+# concatenation, in C. An entry never changes (a new message is a new entry) and a state value's
+# encoding depends only on its name and stored bytes, so a cached one is never stale. Each turn
+# reads the same last ten messages of a conversation again: converting them one by one was most
+# of a get's own work. Entries up to 1 KB are cached (longer ones are encoded every time):
+# ≤ 4 MB per cache, the last ten messages of ~400 conversations.
+ENCODED_CACHE_SIZE = 4096
+CACHED_ENTRY_BYTES = 1024
 # Stored one-letter message roles → the enum, for the hot path below.
 _STORED_ROLE_VALUES = {
     code: MESSAGE_ROLE_VALUES[name]
     for name, code in (("user", "u"), ("assistant", "a"), ("system", "s"))
 }
+Reply = TypeVar(
+    "Reply", session_pb2.GetConversationResponse, session_pb2.UpdateConversationResponse
+)
 
 
-def fill_conversation(
-    out: session_pb2.Conversation,
+def conversation_reply(
+    reply_type: type[Reply],
     conversation: Conversation,
+    created: bool,
     key: session_pb2.ConversationKey | None = None,
     *,
     basic: bool = False,
-) -> None:
-    """Write ``conversation`` into ``out`` (the response's own field: no copy of the message);
-    ``basic``: id, key, version and times only (``CONVERSATION_VIEW_BASIC``).
-
-    Every get and update goes through here, so it avoids per-message helper calls.
-    """
-    out.id = conversation.id
-    out.key.CopyFrom(key if key is not None else key_proto(conversation.key))
-    out.version = conversation.version
-    for field, ms in (
-        (out.create_time, conversation.created_ms),
-        (out.update_time, conversation.updated_ms),
-        (out.expire_time, conversation.expire_ms),
-    ):
-        field.seconds, field.nanos = divmod(ms, 1000)
-        field.nanos *= 1_000_000
-    if basic:
-        return
-    out.history.extend(  # copied in
-        [
-            _cached_message(raw) if len(raw) <= CACHED_MESSAGE_BYTES else _message_proto(raw)
-            for raw in conversation.history
-        ]
-    )
-    state = out.state
-    for name, raw_value in conversation.state.items():
-        python_to_value(orjson.loads(raw_value), state[name])
+) -> Reply:
+    """A Get/UpdateConversationResponse; ``key``: the request's (the same key, already a proto);
+    ``basic``: id, key, version and times only (``CONVERSATION_VIEW_BASIC``)."""
+    reply = reply_type(created=created, conversation=_head(conversation, key))
+    if not basic:
+        reply.conversation.MergeFromString(_body(conversation))
+    return reply
 
 
-def _message_proto(raw: bytes) -> session_pb2.Message:
-    """One stored history entry as its proto."""
+def conversation_proto(conversation: Conversation) -> session_pb2.Conversation:
+    proto = session_pb2.Conversation(**_head(conversation, None))
+    proto.MergeFromString(_body(conversation))
+    return proto
+
+
+def _head(conversation: Conversation, key: session_pb2.ConversationKey | None) -> Any:
+    """Everything but history and state, as a dict for the Conversation field."""
+    return {
+        "id": conversation.id,
+        "key": key if key is not None else key_proto(conversation.key),
+        "version": conversation.version,
+        "create_time": _timestamp_fields(conversation.created_ms),
+        "update_time": _timestamp_fields(conversation.updated_ms),
+        "expire_time": _timestamp_fields(conversation.expire_ms),
+    }
+
+
+def _body(conversation: Conversation) -> bytes:
+    """History and state, encoded as fields of a Conversation."""
+    history = [
+        _cached_message(raw) if len(raw) <= CACHED_ENTRY_BYTES else _encoded_message(raw)
+        for raw in conversation.history
+    ]
+    state = [
+        _cached_state(name, raw) if len(raw) <= CACHED_ENTRY_BYTES else _encoded_state(name, raw)
+        for name, raw in conversation.state.items()
+    ]
+    return b"".join(history + state)
+
+
+def _encoded_message(raw: bytes) -> bytes:
+    """One stored history entry, encoded as a Conversation's ``history`` field."""
     record = orjson.loads(raw)
     message = session_pb2.Message(
         role=_STORED_ROLE_VALUES[record["r"]],
         content=record["c"],
         provider_message_id=record.get("p", ""),
+        time=_timestamp_fields(record["t"]),
     )
-    message.time.seconds, nanos = divmod(record["t"], 1000)
-    message.time.nanos = nanos * 1_000_000
-    return message
+    return session_pb2.Conversation(history=[message]).SerializeToString()
 
 
-# A stored entry never changes (a new message is a new entry), so converted entries are cached
-# by their own bytes and a cached one is never stale. Each turn reads the same last ten messages
-# of a conversation again: converting them was a third of a get's own work. Callers copy what it
-# returns (``extend``) and never change it.
-_cached_message = functools.lru_cache(maxsize=MESSAGE_CACHE_SIZE)(_message_proto)
+def _encoded_state(name: str, raw: bytes) -> bytes:
+    """One stored state value, encoded as a Conversation's ``state`` entry."""
+    holder = session_pb2.Conversation()
+    python_to_value(orjson.loads(raw), holder.state[name])
+    return holder.SerializeToString()
 
 
-def conversation_proto(conversation: Conversation) -> session_pb2.Conversation:
-    proto = session_pb2.Conversation()
-    fill_conversation(proto, conversation)
-    return proto
+_cached_message = functools.lru_cache(maxsize=ENCODED_CACHE_SIZE)(_encoded_message)
+_cached_state = functools.lru_cache(maxsize=ENCODED_CACHE_SIZE)(_encoded_state)
 
 
 def summary_proto(summary: Summary) -> session_pb2.ConversationSummary:

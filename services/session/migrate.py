@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from services.session.model import (
     Role,
     encode_id,
     encode_message,
+    new_conversation_id,
 )
 from services.session.redis_store import RedisStore
 from services.session.settings import SessionSettings
@@ -259,7 +259,7 @@ async def migrate_legacy(
             # Keep the legacy key for rollback first: a crash after this leaves it importable.
             await client.expire(raw_key, LEGACY_KEEP_SECONDS)
             conversation = Conversation(
-                str(uuid.uuid4()), target, history, state, 1, now, now, now + ttl_seconds * 1000
+                new_conversation_id(), target, history, state, 1, now, now, now + ttl_seconds * 1000
             )
             outcome, _ = await store.put(conversation, extend_on_tie=False)
             if outcome != "written":  # created meanwhile by live traffic: that one wins

@@ -35,9 +35,9 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         conversation, created = await self.store.get(key, request.create)
         if conversation is None:
             raise NotFound("no live conversation for this key")
-        response = session_pb2.GetConversationResponse(created=created)
-        convert.fill_conversation(response.conversation, conversation, request.key)
-        return response
+        return convert.conversation_reply(
+            session_pb2.GetConversationResponse, conversation, created, request.key
+        )
 
     async def UpdateConversation(
         self, request: session_pb2.UpdateConversationRequest, context: Context
@@ -60,12 +60,13 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             remove_state=remove,
             expected_version=expected,
         )
-        response = session_pb2.UpdateConversationResponse(created=created)
-        if request.view == session_pb2.CONVERSATION_VIEW_BASIC:
-            convert.fill_conversation(response.conversation, conversation, request.key, basic=True)
-        else:
-            convert.fill_conversation(response.conversation, conversation, request.key)
-        return response
+        return convert.conversation_reply(
+            session_pb2.UpdateConversationResponse,
+            conversation,
+            created,
+            request.key,
+            basic=request.view == session_pb2.CONVERSATION_VIEW_BASIC,
+        )
 
     async def TouchConversation(
         self, request: session_pb2.TouchConversationRequest, context: Context

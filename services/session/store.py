@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 
@@ -28,7 +27,14 @@ from services.common.errors import Unavailable, VersionConflict
 from services.common.redact import mask_phone
 from services.session import metrics
 from services.session.memory_store import MemoryStore
-from services.session.model import Conversation, ConversationKey, Cursor, Page, Role
+from services.session.model import (
+    Conversation,
+    ConversationKey,
+    Cursor,
+    Page,
+    Role,
+    new_conversation_id,
+)
 from services.session.redis_store import RedisStore
 
 log = structlog.get_logger("parley.session.store")
@@ -210,7 +216,7 @@ class SessionStore:
         return result
 
     async def get(self, key: ConversationKey, create: bool) -> tuple[Conversation | None, bool]:
-        new_id = str(uuid.uuid4())
+        new_id = new_conversation_id()
 
         async def on_redis() -> tuple[Conversation | None, bool]:
             conversation, created, pruned = await self.redis.get(key, create=create, new_id=new_id)
@@ -235,7 +241,7 @@ class SessionStore:
         remove_state: list[str],
         expected_version: int | None,
     ) -> tuple[Conversation, bool]:
-        new_id = str(uuid.uuid4())
+        new_id = new_conversation_id()
 
         async def on_redis() -> tuple[Conversation, bool]:
             conversation, created, pruned = await self.redis.update(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from parley.session.v1 import session_pb2 as pb
-from services.session.convert import CACHED_MESSAGE_BYTES, conversation_proto
+from services.session.convert import CACHED_ENTRY_BYTES, conversation_proto
 from services.session.model import Conversation, ConversationKey
 
 
@@ -15,12 +15,12 @@ def stored(content: str, at: int, role: str = "u", provider_id: str = "") -> byt
     )
 
 
-def conversation(history: list[bytes]) -> Conversation:
+def conversation(history: list[bytes], state: dict[str, bytes] | None = None) -> Conversation:
     return Conversation(
         id="c-1",
         key=ConversationKey("b", "+15550001", "client"),
         history=history,
-        state={"origin": b'"TLV"'},
+        state=state if state is not None else {"origin": b'"TLV"'},
         version=3,
         created_ms=1_700_000_000_000,
         updated_ms=1_700_000_000_500,
@@ -29,7 +29,7 @@ def conversation(history: list[bytes]) -> Conversation:
 
 
 def test_stored_messages_convert_the_same_every_time_and_stay_unshared() -> None:
-    long = "y" * (CACHED_MESSAGE_BYTES + 1)  # past the cache's bound: converted every time
+    long = "y" * (CACHED_ENTRY_BYTES + 1)  # past the cache's bound: converted every time
     history = [
         stored("hi", 1_700_000_000_123, provider_id="wamid.1"),
         stored("hello!", 1_700_000_000_456, role="a"),
@@ -50,4 +50,26 @@ def test_stored_messages_convert_the_same_every_time_and_stay_unshared() -> None
     assert again.history[0].content == "hi"
     assert again.SerializeToString() != first.SerializeToString()
     first.history[0].content = "hi"
+    assert again == first
+
+
+def test_state_values_convert_the_same_every_time_cached_or_not() -> None:
+    long = {"notes": "z" * (CACHED_ENTRY_BYTES + 1)}  # past the cache's bound
+    state = {
+        "origin": b'"TLV"',
+        "passengers": b"2",
+        "dates": orjson.dumps({"from": "2026-12-01", "flexible": True, "legs": [1, None]}),
+        "long": orjson.dumps(long),
+    }
+    first = conversation_proto(conversation([], state))
+    assert first.state["origin"].string_value == "TLV"
+    assert first.state["passengers"].number_value == 2
+    dates = first.state["dates"].struct_value.fields
+    assert dates["flexible"].bool_value is True
+    assert [v.WhichOneof("kind") for v in dates["legs"].list_value.values] == [
+        "number_value",
+        "null_value",
+    ]
+    assert first.state["long"].struct_value.fields["notes"].string_value == long["notes"]
+    again = conversation_proto(conversation([], {k: bytes(v) for k, v in state.items()}))
     assert again == first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 import zlib
 
 from hypothesis import given, settings
@@ -13,6 +14,7 @@ from services.session.model import (
     Cursor,
     decode_cursor,
     encode_cursor,
+    new_conversation_id,
 )
 
 ids = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=128)
@@ -51,3 +53,14 @@ def test_tokens_from_outside_are_refused_or_valid(token: str) -> None:
 def test_our_tokens_round_trip(shard: int, score: int | None, member: str) -> None:
     cursor = Cursor(shard, score, member)
     assert decode_cursor(encode_cursor(cursor)) == cursor
+
+
+def test_new_conversation_ids_are_random_version_4_uuids() -> None:
+    ids = [new_conversation_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == text  # canonical: lower case, dashes where uuid4 puts them
+    # Every variant nibble (8, 9, a, b) turns up: the two random bits under it are used.
+    assert {text[19] for text in ids} == set("89ab")
