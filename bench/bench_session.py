@@ -15,13 +15,24 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import perf_counter as now
 from typing import Any
 
 import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.floor import RUNTIME_SERVER, latencies, start_server, stop, throughput
+from bench.floor import (
+    RUNTIME_SERVER,
+    WARM_UP_CALLS,
+    busy_seconds,
+    cpu_seconds,
+    latencies,
+    server_core,
+    start_server,
+    stop,
+    throughput,
+)
 from bench.report import Check, Section, summarize_latencies
 from parley.session.v1 import session_pb2 as pb
 from parley.session.v1 import session_pb2_grpc
@@ -59,6 +70,7 @@ run(lambda: Service("parley.session.v1.SessionService",
 CONVERSATIONS = 200
 TEXT = "x" * 100  # a 100-character message
 ROUND_TRIP_CALLS = 500
+KINDS = ("noop", "ping", "get", "update", "update_basic")
 SLICES = 10
 SLICE_SECONDS = 0.6
 
@@ -85,21 +97,39 @@ async def prepare(stub: Any) -> None:
 
 @dataclass
 class Measured:
-    """Calls per second of each slice, and back-to-back latencies, per kind of call."""
+    """Per kind of call: calls per second of each slice, the server's CPU per call and how busy
+    the load generator's cores were (summed over the slices), and back-to-back latencies."""
 
     rates: dict[str, list[float]] = field(default_factory=dict)
+    server_cpu: dict[str, float] = field(default_factory=dict)
+    calls: dict[str, float] = field(default_factory=dict)
+    load_busy: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
     latencies: dict[str, list[float]] = field(default_factory=dict)
 
     def mean(self, kind: str) -> float:
         return statistics.fmean(self.rates[kind])
 
+    def cpu_per_call_us(self, kind: str) -> float:
+        return self.server_cpu[kind] / self.calls[kind] * 1e6
 
-async def measure(session_address: str, noop_address: str, ping_address: str) -> Measured:
-    """No-op, get and update in short interleaved slices.
+    def load_cores_busy(self, kind: str, cores: int) -> float:
+        """Share of the load generator's cores in use during ``kind``'s slices."""
+        return self.load_busy[kind] / (self.seconds[kind] * cores)
 
-    The machine is shared: its load drifts over seconds. Interleaving slices of the three kinds
+
+async def measure(
+    addresses: dict[str, str], servers: dict[str, int], load_cores: set[int]
+) -> Measured:
+    """No-op, one-PING, get and update in short interleaved slices; ``addresses`` and
+    ``servers`` (pids) by ``session``, ``noop`` and ``ping``.
+
+    The machine is shared: its load drifts over seconds. Interleaving slices of the kinds
     exposes them to the same drift, so their ratio holds where back-to-back runs do not.
     """
+    session_address, noop_address, ping_address = (
+        addresses[name] for name in ("session", "noop", "ping")
+    )
     async with (
         grpc.aio.insecure_channel(session_address) as channel,
         grpc.aio.insecure_channel(noop_address) as noop_channel,
@@ -115,6 +145,13 @@ async def measure(session_address: str, noop_address: str, ping_address: str) ->
             request = pb.UpdateConversationRequest(key=key(n), append=[message(1), message(2)])
             request.set_state["step"].string_value = "ask_date"
             updates.append(request)
+        # As the gateway sends it: nothing is read back.
+        basic_updates = []
+        for full in updates:
+            basic = pb.UpdateConversationRequest()
+            basic.CopyFrom(full)
+            basic.view = pb.CONVERSATION_VIEW_BASIC
+            basic_updates.append(basic)
         check = health_pb2.HealthCheckRequest()
         pinger = session_pb2_grpc.SessionServiceStub(ping_channel)
         status = pb.GetStorageStatusRequest()
@@ -131,11 +168,27 @@ async def measure(session_address: str, noop_address: str, ping_address: str) ->
         async def update() -> Any:
             return await stub.UpdateConversation(random.choice(updates), timeout=5)
 
-        calls = {"noop": noop, "ping": one_ping, "get": get, "update": update}
+        async def update_basic() -> Any:
+            return await stub.UpdateConversation(random.choice(basic_updates), timeout=5)
+
+        calls = dict(zip(KINDS, (noop, one_ping, get, update, update_basic), strict=True))
+        server_of = {"noop": "noop", "ping": "ping"} | {
+            kind: "session" for kind in ("get", "update", "update_basic")
+        }
         result = Measured({kind: [] for kind in calls})
+        for kind in calls:
+            result.server_cpu[kind] = result.calls[kind] = 0.0
+            result.load_busy[kind] = result.seconds[kind] = 0.0
         for _ in range(SLICES):
             for kind, call in calls.items():
-                result.rates[kind].append(await throughput(call, SLICE_SECONDS))
+                pid = server_of[kind]
+                cpu, busy, start = cpu_seconds(servers[pid]), busy_seconds(load_cores), now()
+                rate = await throughput(call, SLICE_SECONDS)
+                result.rates[kind].append(rate)
+                result.server_cpu[kind] += cpu_seconds(servers[pid]) - cpu
+                result.load_busy[kind] += busy_seconds(load_cores) - busy
+                result.seconds[kind] += now() - start
+                result.calls[kind] += rate * SLICE_SECONDS + WARM_UP_CALLS
         for kind, call in calls.items():
             result.latencies[kind] = await latencies(call)
         return result
@@ -238,8 +291,12 @@ def run() -> list[Section]:
         floor, floor_address = start_server(RUNTIME_SERVER)
         pinger, ping_address = start_server(PING_SERVER, {"REDIS_URL": valkey.url})
         db = redis.Redis(port=valkey.port)
+        servers = {"session": service.pid, "noop": floor.pid, "ping": pinger.pid}
+        addresses = {"session": address, "noop": floor_address, "ping": ping_address}
         try:
-            measured = asyncio.run(measure(address, floor_address, ping_address))
+            with server_core(list(servers.values()), [valkey.process.pid]) as load_cores:
+                measured = asyncio.run(measure(addresses, servers, load_cores))
+            load_core_count = len(load_cores)
             trips, commands = asyncio.run(round_trips(address, valkey.port, "update"))
             get_trips, get_commands = asyncio.run(round_trips(address, valkey.port, "get"))
             memory, parts = asyncio.run(memory_of_one(address, db))
@@ -267,10 +324,20 @@ def run() -> list[Section]:
                 "one-PING RPC / no-op": round(ping_rps / noop_rps, 3),
                 "get / one-PING RPC": round(get_rps / ping_rps, 3),
                 "update / one-PING RPC": round(update_rps / ping_rps, 3),
+                "update with CONVERSATION_VIEW_BASIC, as the gateway sends it (calls/s; no "
+                "target)": round(measured.mean("update_basic")),
+                "update BASIC / no-op": round(measured.mean("update_basic") / noop_rps, 3),
                 f"get / no-op per slice ({SLICES} interleaved slices of {SLICE_SECONDS} s)": spread[
                     "get"
                 ],
                 "update / no-op per slice": spread["update"],
+                "server CPU per call (µs; the server under test alone on one core)": {
+                    kind: round(measured.cpu_per_call_us(kind)) for kind in KINDS
+                },
+                f"load generator + Valkey cores busy ({load_core_count} core(s))": {
+                    kind: round(measured.load_cores_busy(kind, load_core_count), 2)
+                    for kind in KINDS
+                },
                 "no-op latency": summarize_latencies(measured.latencies["noop"]),
                 "get latency": summarize_latencies(measured.latencies["get"]),
                 "update latency": summarize_latencies(measured.latencies["update"]),
@@ -284,6 +351,14 @@ def run() -> list[Section]:
             checks=[
                 Check("get / no-op throughput", get_rps / noop_rps, 0.60, ">="),
                 Check("update / no-op throughput", update_rps / noop_rps, 0.60, ">="),
+                # The no-op is the fastest call: if its load generator ran out of CPU, the floor
+                # (and every ratio to it) would be the client's, not the server's.
+                Check(
+                    "load generator's cores busy during the no-op slices",
+                    measured.load_cores_busy("noop", load_core_count),
+                    0.95,
+                    "<=",
+                ),
                 Check("Redis round trips per update", trips, 1.0, "<="),
                 Check("Redis round trips per update (measured at all)", trips, 1.0, ">="),
                 Check("Redis round trips per get", get_trips, 1.0, "<="),

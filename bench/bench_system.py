@@ -40,6 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import bench_gateway, report, system_profile
 from bench.bench_gateway import spawn, stop, up
+from bench.floor import cpu_seconds
 from bench.report import Check, Section, percentile
 from bench.system_load import Matcher, Mix, Offered, knee, offer, signed_bodies
 from services.common.healthcheck import check
@@ -174,18 +175,6 @@ class SystemStack:
 
 
 # --- CPU per message, by process ----------------------------------------------------------
-
-
-TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), 0 when it cannot be read."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:

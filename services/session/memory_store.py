@@ -92,7 +92,12 @@ class MemoryStore:
     def mirror_expiry(self, key: ConversationKey, expire_ms: int) -> None:
         conversation = self._clean.get(key)
         if conversation is not None:
-            conversation.expire_ms = expire_ms
+            self._clean[key] = conversation.expiring_at(expire_ms)
+
+    def mirrored(self, key: ConversationKey) -> Conversation | None:
+        """What Redis held for ``key`` when this process last read or wrote it (a clean entry:
+        never an outage write that Redis may not have)."""
+        return self._clean.get(key)
 
     def forget(self, key: ConversationKey) -> None:
         self._clean.pop(key, None)
@@ -113,6 +118,13 @@ class MemoryStore:
         if conversation is not None and conversation.version == version:
             del self._dirty[key]
             self._clean[key] = conversation
+
+    def discard(self, key: ConversationKey, version: int) -> None:
+        """After a write-back of ``version`` found Redis at that version already: Redis's copy
+        wins and may differ, so this one must not stand for it; a newer write stays dirty."""
+        conversation = self._dirty.get(key)
+        if conversation is not None and conversation.version == version:
+            del self._dirty[key]
 
     def sweep(self) -> None:
         now = now_ms()

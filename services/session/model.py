@@ -121,6 +121,20 @@ class Conversation:
     updated_ms: int
     expire_ms: int
 
+    def expiring_at(self, expire_ms: int) -> Conversation:
+        """The same conversation with another expiry, sharing history and state: a conversation
+        is never changed in place once a store has handed it out."""
+        return Conversation(
+            self.id,
+            self.key,
+            self.history,
+            self.state,
+            self.version,
+            self.created_ms,
+            self.updated_ms,
+            expire_ms,
+        )
+
     def copy(self) -> Conversation:
         return Conversation(
             self.id,

@@ -101,15 +101,20 @@ return {'ok', id, version, created, now, expire, made, pruned,
 """
 )
 
-# KEYS meta history state index; ARGV create (0/1), ttl_ms, new_id, member
+# KEYS meta history state index; ARGV create (0/1), ttl_ms, new_id, member, known id, known
+# version. When the caller already holds this id at this version (known id '' = nothing), the
+# reply leaves out history and state: an id and version stand for exactly one content.
 GET = (
     _NOW
     + _INDEX
     + """
 local meta = redis.call('HMGET', KEYS[1], 'id', 'v', 'c', 'u')
 if meta[1] then
-  local pttl = redis.call('PTTL', KEYS[1])
-  return {'ok', meta[1], tonumber(meta[2]), meta[3], meta[4], now + pttl, 0, 0,
+  local expire = now + redis.call('PTTL', KEYS[1])
+  if meta[1] == ARGV[5] and meta[2] == ARGV[6] then
+    return {'same', meta[1], tonumber(meta[2]), meta[3], meta[4], expire, 0, 0}
+  end
+  return {'ok', meta[1], tonumber(meta[2]), meta[3], meta[4], expire, 0, 0,
           redis.call('LRANGE', KEYS[2], 0, -1), redis.call('HGETALL', KEYS[3])}
 end
 if ARGV[1] ~= '1' then return {'missing'} end
@@ -229,13 +234,23 @@ class RedisStore:
         return conversation, bool(made), int(pruned)
 
     async def get(
-        self, key: ConversationKey, *, create: bool, new_id: str
+        self,
+        key: ConversationKey,
+        *,
+        create: bool,
+        new_id: str,
+        known: Conversation | None = None,
     ) -> tuple[Conversation | None, bool, int]:
-        reply = await self._pipeline.script(
-            self._get, key.redis_keys(), ["1" if create else "0", self.ttl_ms, new_id, key.member]
-        )
+        """``known``: this conversation as Redis held it earlier, if the caller has it; when
+        Redis still holds that id and version, its history and state are not sent again."""
+        args = ["1" if create else "0", self.ttl_ms, new_id, key.member]
+        args += ["", ""] if known is None else [known.id, known.version]
+        reply = await self._pipeline.script(self._get, key.redis_keys(), args)
         if reply[0] == b"missing":
             return None, False, 0
+        if reply[0] == b"same":
+            assert known is not None
+            return known.expiring_at(int(reply[5])), False, 0
         return self._conversation(key, reply)
 
     async def update(

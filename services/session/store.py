@@ -140,7 +140,7 @@ class SessionStore:
                     metrics.WRITEBACKS.inc()
                     self.memory.mark_clean(key, snapshot.version)
                 elif theirs == snapshot.version:  # Redis has this version already: a tie
-                    self.memory.mark_clean(key, snapshot.version)
+                    self.memory.discard(key, snapshot.version)
                 elif outcome == "kept":  # Redis moved on meanwhile (another replica): it wins
                     metrics.WRITEBACK_DISCARDED.inc()
                     log.warning(
@@ -219,7 +219,9 @@ class SessionStore:
         new_id = new_conversation_id()
 
         async def on_redis() -> tuple[Conversation | None, bool]:
-            conversation, created, pruned = await self.redis.get(key, create=create, new_id=new_id)
+            conversation, created, pruned = await self.redis.get(
+                key, create=create, new_id=new_id, known=self.memory.mirrored(key)
+            )
             if conversation is not None:
                 self.memory.mirror(conversation)
             self._counted("redis", created, pruned)

@@ -11,7 +11,13 @@ import pytest
 from services.common.errors import VersionConflict
 from services.common.redis_client import make_client
 from services.session.memory_store import MemoryStore
-from services.session.model import ConversationKey, Cursor, decode_cursor, encode_message
+from services.session.model import (
+    ConversationKey,
+    Cursor,
+    decode_cursor,
+    encode_message,
+    new_conversation_id,
+)
 from services.session.redis_store import RedisStore
 from tests.support.processes import Valkey
 
@@ -93,3 +99,73 @@ async def test_listing_pages_the_same_way(stores: tuple[RedisStore, MemoryStore]
                 break
             cursor = decode_cursor(page.next_token)
         assert sorted(seen) == sorted(k.user_id for k in keys)
+
+
+def replica(client: Any) -> tuple[RedisStore, MemoryStore]:
+    """One session process's stores: its Redis side and its mirror."""
+    return (
+        RedisStore(client, ttl_seconds=60, history_limit=3),
+        MemoryStore(max_conversations=100, ttl_seconds=60, history_limit=3),
+    )
+
+
+async def read(store: RedisStore, mirror: MemoryStore, key: ConversationKey) -> Any:
+    """A get as SessionStore does it: offer the mirrored copy, mirror the answer."""
+    conversation, _, _ = await store.get(
+        key, create=True, new_id=new_conversation_id(), known=mirror.mirrored(key)
+    )
+    mirror.mirror(conversation)
+    return conversation
+
+
+async def test_a_get_skips_history_only_while_redis_holds_the_mirrored_version(
+    stores: tuple[RedisStore, MemoryStore],
+) -> None:
+    """Two replicas on one Redis: each one's mirror is used only while Redis still holds that
+    id at that version, so a write through the other replica, an end or a re-creation is seen
+    at once."""
+    client = stores[0].client
+    (a, a_mirror), (b, b_mirror) = replica(client), replica(client)
+    key = ConversationKey("b1", "+15550001", "client")
+    first = await read(a, a_mirror, key)
+    await b.update(key, **(NO_CHECK | {"append": [m(1), m(2)], "set_state": {"step": b'"ask"'}}))
+    seen = await read(a, a_mirror, key)  # b's write: A's mirror is stale, Redis sends it all
+    assert (seen.version, seen.history, seen.state) == (2, [m(1), m(2)], {"step": b'"ask"'})
+    again = await read(a, a_mirror, key)  # unchanged since: no history or state sent
+    assert again.history is seen.history and again.state is seen.state
+    assert (again.id, again.version) == (first.id, 2)
+    assert again.expire_ms >= seen.expire_ms  # the expiry Redis holds now
+    # Ended and started afresh by B: the same version number (1), another id.
+    await b.end(key)
+    recreated = await read(b, b_mirror, key)
+    assert recreated.version == 1 and recreated.id != first.id
+    after = await read(a, a_mirror, key)
+    assert (after.id, after.version, after.history) == (recreated.id, 1, [])
+
+
+async def test_an_outage_write_that_tied_with_redis_is_not_taken_for_redis_copy(
+    stores: tuple[RedisStore, MemoryStore],
+) -> None:
+    """Write-back found Redis at the same version (another replica wrote meanwhile): Redis's
+    copy wins, so the next get must fetch it, not trust the outage's content."""
+    store, mirror = stores
+    key = ConversationKey("b1", "+15550002", "client")
+    theirs, _, _ = await store.update(key, **(NO_CHECK | {"append": [m(1)]}))  # Redis: v1
+    ours, _ = mirror.update(key, **(NO_CHECK | {"append": [m(9)]}))  # outage write: v1 too
+    assert ours.version == theirs.version == 1
+    mirror.discard(key, ours.version)
+    got = await read(store, mirror, key)
+    assert got.history == [m(1)]
+
+
+NO_CHECK: dict[str, Any] = {
+    "append": [],
+    "set_state": {},
+    "remove_state": [],
+    "expected_version": None,
+    "new_id": "n",
+}
+
+
+def m(n: int) -> bytes:
+    return encode_message("user", f"message {n}", 1_700_000_000_000 + n)
