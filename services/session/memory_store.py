@@ -167,19 +167,12 @@ class MemoryStore:
         version = current.version if current is not None else 0
         if expected_version is not None and expected_version != version:
             raise VersionConflict(version)
-        created = current is None
-        conversation = self._new(key, new_id, now) if current is None else current.copy()
-        if append:
-            conversation.history.extend(append)
-            del conversation.history[: -self.history_limit]
-        conversation.state.update(set_state)
-        for name in remove_state:
-            conversation.state.pop(name, None)
-        conversation.version = version + 1
-        conversation.updated_ms = now
-        conversation.expire_ms = now + self.ttl_ms
+        base = self._new(key, new_id, now) if current is None else current
+        conversation = base.changed(
+            append, set_state, remove_state, self.history_limit, now, now + self.ttl_ms
+        )
         self._store(conversation, dirty=True)
-        return conversation.copy(), created
+        return conversation.copy(), current is None
 
     def touch(self, key: ConversationKey) -> int | None:
         now = now_ms()

@@ -135,6 +135,33 @@ class Conversation:
             expire_ms,
         )
 
+    def changed(
+        self,
+        append: list[bytes],
+        set_state: dict[str, bytes],
+        remove_state: list[str],
+        history_limit: int,
+        updated_ms: int,
+        expire_ms: int,
+    ) -> Conversation:
+        """The next version, as the UPDATE script makes it: messages appended and the history
+        trimmed to the limit, state keys set and then removed. A new object: this one is kept."""
+        history = self.history + append
+        del history[:-history_limit]
+        state = {**self.state, **set_state}
+        for name in remove_state:
+            state.pop(name, None)
+        return Conversation(
+            self.id,
+            self.key,
+            history,
+            state,
+            self.version + 1,
+            self.created_ms,
+            updated_ms,
+            expire_ms,
+        )
+
     def copy(self) -> Conversation:
         return Conversation(
             self.id,

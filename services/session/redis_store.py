@@ -64,7 +64,9 @@ end
 
 # KEYS meta history state index
 # ARGV expected ('' = any), ttl_ms, history_limit, new_id, member, n_append, n_set, n_remove,
-#      messages…, set key/value pairs…, removed keys…
+#      known id, known version, messages…, set key/value pairs…, removed keys…
+# When the caller holds the conversation at the version this write starts from (as for GET),
+# the reply leaves out history and state: the caller applies the same change to its copy.
 UPDATE = (
     _NOW
     + _INDEX
@@ -73,6 +75,7 @@ local meta = redis.call('HMGET', KEYS[1], 'id', 'v', 'c')
 local id, version, created = meta[1], tonumber(meta[2]) or 0, meta[3]
 if not id then version = 0 end
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= version then return {'conflict', version} end
+local known = id and id == ARGV[9] and version == tonumber(ARGV[10])
 local made = 0
 if not id then
   redis.call('DEL', KEYS[2], KEYS[3])
@@ -80,7 +83,7 @@ if not id then
 end
 local ttl, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
 local na, ns, nr = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local i = 9
+local i = 11
 if na > 0 then
   redis.call('RPUSH', KEYS[2], unpack(ARGV, i, i + na - 1))
   redis.call('LTRIM', KEYS[2], -limit, -1)
@@ -96,6 +99,7 @@ local expire = now + ttl
 redis.call('HSET', KEYS[1], 'id', id, 'v', version, 'c', created, 'u', now)
 expire_all(expire)
 local pruned = index(expire, ttl, ARGV[5])
+if known then return {'applied', id, version, created, now, expire, made, pruned} end
 return {'ok', id, version, created, now, expire, made, pruned,
         redis.call('LRANGE', KEYS[2], 0, -1), redis.call('HGETALL', KEYS[3])}
 """
@@ -262,7 +266,10 @@ class RedisStore:
         remove_state: list[str],
         expected_version: int | None,
         new_id: str,
+        known: Conversation | None = None,
     ) -> tuple[Conversation, bool, int]:
+        """``known``: as for :meth:`get`; when the write starts from it, the change is applied
+        to it here instead of the whole conversation coming back."""
         args: list[Any] = [
             "" if expected_version is None else expected_version,
             self.ttl_ms,
@@ -272,6 +279,7 @@ class RedisStore:
             len(append),
             len(set_state),
             len(remove_state),
+            *(("", "") if known is None else (known.id, known.version)),
             *append,
         ]
         for name, value in set_state.items():
@@ -281,6 +289,14 @@ class RedisStore:
         reply = await self._pipeline.script(self._update, key.redis_keys(), args)
         if reply[0] == b"conflict":
             raise VersionConflict(int(reply[1]))
+        if reply[0] == b"applied":
+            assert known is not None
+            _, _, version, _, updated, expire, _, pruned = reply
+            changed = known.changed(
+                append, set_state, remove_state, self.history_limit, int(updated), int(expire)
+            )
+            assert changed.version == int(version)
+            return changed, False, int(pruned)
         return self._conversation(key, reply)
 
     async def touch(self, key: ConversationKey) -> tuple[int | None, int]:

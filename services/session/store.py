@@ -253,6 +253,7 @@ class SessionStore:
                 remove_state=remove_state,
                 expected_version=expected_version,
                 new_id=new_id,
+                known=self.memory.mirrored(key),
             )
             self.memory.mirror(conversation)
             self._counted("redis", created, pruned)

@@ -169,3 +169,47 @@ NO_CHECK: dict[str, Any] = {
 
 def m(n: int) -> bytes:
     return encode_message("user", f"message {n}", 1_700_000_000_000 + n)
+
+
+async def write(store: RedisStore, mirror: MemoryStore, key: ConversationKey, **change: Any) -> Any:
+    """An update as SessionStore does it: offer the mirrored copy, mirror the answer."""
+    conversation, _, _ = await store.update(key, **(NO_CHECK | change), known=mirror.mirrored(key))
+    mirror.mirror(conversation)
+    return conversation
+
+
+@pytest.mark.parametrize("limit_reached", [False, True])
+async def test_an_update_applied_to_the_mirrored_copy_is_what_redis_holds(
+    stores: tuple[RedisStore, MemoryStore], limit_reached: bool
+) -> None:
+    """While this replica's copy is current, the script sends back only the new version and the
+    change is applied here: the result must be exactly what a fresh read from Redis gives,
+    through trimming, state set and removed (the same key both: removed wins, as in Redis), a
+    write through another replica in between, and a write that changes nothing."""
+    client = stores[0].client
+    (a, a_mirror), (b, b_mirror) = replica(client), replica(client)
+    key = ConversationKey("b1", "+15550003" if limit_reached else "+15550004", "client")
+    await write(a, a_mirror, key, append=[m(1)], set_state={"x": b"1", "y": b"2"})
+    if limit_reached:  # history limit 3: the next appends trim
+        await write(a, a_mirror, key, append=[m(2), m(3)])
+    steps: list[dict[str, Any]] = [
+        {"append": [m(4), m(5)], "set_state": {"x": b"10", "z": b'"new"'}},
+        {"set_state": {"y": b"20"}, "remove_state": ["y", "missing"]},
+        {},
+    ]
+    for step in steps:
+        mine = await write(a, a_mirror, key, **step)
+        fresh, _, _ = await replica(client)[0].get(key, create=False, new_id="unused")
+        assert fresh is not None
+        assert (mine.id, mine.version, mine.history, mine.state, mine.created_ms) == (
+            fresh.id,
+            fresh.version,
+            fresh.history,
+            fresh.state,
+            fresh.created_ms,
+        )
+        assert mine.updated_ms == fresh.updated_ms
+        assert abs(mine.expire_ms - fresh.expire_ms) <= 1  # a read's expiry: its clock + PTTL
+    await write(b, b_mirror, key, append=[m(6)])  # A's copy is stale now
+    after = await write(a, a_mirror, key, append=[m(7)])
+    assert after.history[-2:] == [m(6), m(7)]
