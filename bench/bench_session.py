@@ -15,7 +15,6 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from time import perf_counter as now
 from typing import Any
 
 import grpc
@@ -25,10 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.floor import (
     RUNTIME_SERVER,
     WARM_UP_CALLS,
-    busy_seconds,
     cpu_seconds,
     latencies,
-    server_core,
     start_server,
     stop,
     throughput,
@@ -97,14 +94,12 @@ async def prepare(stub: Any) -> None:
 
 @dataclass
 class Measured:
-    """Per kind of call: calls per second of each slice, the server's CPU per call and how busy
-    the load generator's cores were (summed over the slices), and back-to-back latencies."""
+    """Per kind of call: calls per second of each slice, the server's CPU time and calls
+    (summed over the slices), and back-to-back latencies."""
 
     rates: dict[str, list[float]] = field(default_factory=dict)
     server_cpu: dict[str, float] = field(default_factory=dict)
     calls: dict[str, float] = field(default_factory=dict)
-    load_busy: dict[str, float] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
     latencies: dict[str, list[float]] = field(default_factory=dict)
 
     def mean(self, kind: str) -> float:
@@ -113,14 +108,8 @@ class Measured:
     def cpu_per_call_us(self, kind: str) -> float:
         return self.server_cpu[kind] / self.calls[kind] * 1e6
 
-    def load_cores_busy(self, kind: str, cores: int) -> float:
-        """Share of the load generator's cores in use during ``kind``'s slices."""
-        return self.load_busy[kind] / (self.seconds[kind] * cores)
 
-
-async def measure(
-    addresses: dict[str, str], servers: dict[str, int], load_cores: set[int]
-) -> Measured:
+async def measure(addresses: dict[str, str], servers: dict[str, int]) -> Measured:
     """No-op, one-PING, get and update in short interleaved slices; ``addresses`` and
     ``servers`` (pids) by ``session``, ``noop`` and ``ping``.
 
@@ -178,16 +167,13 @@ async def measure(
         result = Measured({kind: [] for kind in calls})
         for kind in calls:
             result.server_cpu[kind] = result.calls[kind] = 0.0
-            result.load_busy[kind] = result.seconds[kind] = 0.0
         for _ in range(SLICES):
             for kind, call in calls.items():
-                pid = server_of[kind]
-                cpu, busy, start = cpu_seconds(servers[pid]), busy_seconds(load_cores), now()
+                pid = servers[server_of[kind]]
+                cpu = cpu_seconds(pid)
                 rate = await throughput(call, SLICE_SECONDS)
                 result.rates[kind].append(rate)
-                result.server_cpu[kind] += cpu_seconds(servers[pid]) - cpu
-                result.load_busy[kind] += busy_seconds(load_cores) - busy
-                result.seconds[kind] += now() - start
+                result.server_cpu[kind] += cpu_seconds(pid) - cpu
                 result.calls[kind] += rate * SLICE_SECONDS + WARM_UP_CALLS
         for kind, call in calls.items():
             result.latencies[kind] = await latencies(call)
@@ -294,9 +280,7 @@ def run() -> list[Section]:
         servers = {"session": service.pid, "noop": floor.pid, "ping": pinger.pid}
         addresses = {"session": address, "noop": floor_address, "ping": ping_address}
         try:
-            with server_core(list(servers.values()), [valkey.process.pid]) as load_cores:
-                measured = asyncio.run(measure(addresses, servers, load_cores))
-            load_core_count = len(load_cores)
+            measured = asyncio.run(measure(addresses, servers))
             trips, commands = asyncio.run(round_trips(address, valkey.port, "update"))
             get_trips, get_commands = asyncio.run(round_trips(address, valkey.port, "get"))
             memory, parts = asyncio.run(memory_of_one(address, db))
@@ -331,12 +315,8 @@ def run() -> list[Section]:
                     "get"
                 ],
                 "update / no-op per slice": spread["update"],
-                "server CPU per call (µs; the server under test alone on one core)": {
+                "server CPU per call (µs, /proc: all its threads)": {
                     kind: round(measured.cpu_per_call_us(kind)) for kind in KINDS
-                },
-                f"load generator + Valkey cores busy ({load_core_count} core(s))": {
-                    kind: round(measured.load_cores_busy(kind, load_core_count), 2)
-                    for kind in KINDS
                 },
                 "no-op latency": summarize_latencies(measured.latencies["noop"]),
                 "get latency": summarize_latencies(measured.latencies["get"]),
@@ -351,14 +331,6 @@ def run() -> list[Section]:
             checks=[
                 Check("get / no-op throughput", get_rps / noop_rps, 0.60, ">="),
                 Check("update / no-op throughput", update_rps / noop_rps, 0.60, ">="),
-                # The no-op is the fastest call: if its load generator ran out of CPU, the floor
-                # (and every ratio to it) would be the client's, not the server's.
-                Check(
-                    "load generator's cores busy during the no-op slices",
-                    measured.load_cores_busy("noop", load_core_count),
-                    0.95,
-                    "<=",
-                ),
                 Check("Redis round trips per update", trips, 1.0, "<="),
                 Check("Redis round trips per update (measured at all)", trips, 1.0, ">="),
                 Check("Redis round trips per get", get_trips, 1.0, "<="),

@@ -10,12 +10,11 @@ access log, metrics). The no-op RPC is ``grpc.health.v1.Health/Check``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -153,40 +152,6 @@ async def noop_floor() -> tuple[float, list[float]]:
         stop(process)
 
 
-def _pin(pid: int, cores: set[int]) -> None:
-    """Every thread of ``pid`` onto ``cores`` (threads made later inherit it)."""
-    for thread in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
-            os.sched_setaffinity(int(thread), cores)
-
-
-@contextlib.contextmanager
-def server_core(servers: list[int], helpers: list[int]) -> Iterator[set[int]]:
-    """The servers under test (pids) on one core; this process, the load generator, and the
-    ``helpers`` (Valkey) on the others, for the duration; yields the load generator's cores.
-
-    Unpinned, the three share both cores as the scheduler likes, and a call whose client side
-    costs more (a larger response to parse) lowers the server's measured throughput. One core
-    for the server makes calls per second a measure of the server alone. Without two cores this
-    does nothing.
-    """
-    mine = os.sched_getaffinity(0)
-    cores = sorted(mine)
-    if len(cores) < 2:
-        yield mine
-        return
-    server, rest = {cores[0]}, set(cores[1:])
-    for pid in servers:
-        _pin(pid, server)
-    for pid in helpers:
-        _pin(pid, rest)
-    _pin(os.getpid(), rest)
-    try:
-        yield rest
-    finally:
-        _pin(os.getpid(), mine)
-
-
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -198,15 +163,3 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def busy_seconds(cores: set[int]) -> float:
-    """CPU time spent not idle on ``cores`` since boot (``/proc/stat``)."""
-    total = 0.0
-    with open("/proc/stat") as stat:
-        for line in stat:
-            name, *values = line.split()
-            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
-                ticks = [int(v) for v in values]
-                total += sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
-    return total / TICK
