@@ -241,12 +241,12 @@ def _body(conversation: Conversation) -> bytes:
 def _encoded_message(raw: bytes) -> bytes:
     """One stored history entry, encoded as a Conversation's ``history`` field."""
     record = orjson.loads(raw)
-    message = session_pb2.Message(
-        role=_STORED_ROLE_VALUES[record["r"]],
-        content=record["c"],
-        provider_message_id=record.get("p", ""),
-        time=_timestamp_fields(record["t"]),
-    )
+    message: Any = {  # a dict: protobuf builds it in place, with no Message object first
+        "role": _STORED_ROLE_VALUES[record["r"]],
+        "content": record["c"],
+        "provider_message_id": record.get("p", ""),
+        "time": _timestamp_fields(record["t"]),
+    }
     return session_pb2.Conversation(history=[message]).SerializeToString()
 
 
