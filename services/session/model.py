@@ -145,9 +145,12 @@ class Conversation:
         expire_ms: int,
     ) -> Conversation:
         """The next version, as the UPDATE script makes it: messages appended and the history
-        trimmed to the limit, state keys set and then removed. A new object: this one is kept."""
-        history = self.history + append
-        del history[:-history_limit]
+        then trimmed to the limit (only when appending, as the script does), state keys set and
+        then removed. A new object: this one is kept."""
+        history = self.history
+        if append:
+            history = history + append
+            del history[:-history_limit]
         state = {**self.state, **set_state}
         for name in remove_state:
             state.pop(name, None)

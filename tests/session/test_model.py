@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from services.session.model import (
     INDEX_SHARDS,
+    Conversation,
     ConversationKey,
     Cursor,
     decode_cursor,
@@ -64,3 +65,15 @@ def test_new_conversation_ids_are_random_version_4_uuids() -> None:
         assert str(parsed) == text  # canonical: lower case, dashes where uuid4 puts them
     # Every variant nibble (8, 9, a, b) turns up: the two random bits under it are used.
     assert {text[19] for text in ids} == set("89ab")
+
+
+def test_a_change_trims_history_only_when_it_appends_as_the_script_does() -> None:
+    """A history longer than the limit (the limit was lowered since) stays as it is until the
+    next append, in Redis and so in any copy the service keeps of it."""
+    key = ConversationKey("b", "+1555", "client")
+    long = Conversation("c", key, [b"1", b"2", b"3"], {"a": b"1"}, 4, 1, 2, 3)
+    same = long.changed([], {"b": b"2"}, ["a"], history_limit=2, updated_ms=5, expire_ms=6)
+    assert (same.history, same.state, same.version) == ([b"1", b"2", b"3"], {"b": b"2"}, 5)
+    grown = long.changed([b"4"], {}, [], history_limit=2, updated_ms=5, expire_ms=6)
+    assert grown.history == [b"3", b"4"]
+    assert long.history == [b"1", b"2", b"3"] and long.state == {"a": b"1"}  # kept as it was
