@@ -177,8 +177,9 @@ def key_proto(key: ConversationKey) -> session_pb2.ConversationKey:
 # concatenation, in C. An entry never changes (a new message is a new entry) and a state value's
 # encoding depends only on its name and stored bytes, so a cached one is never stale. Each turn
 # reads the same last ten messages of a conversation again: converting them one by one was most
-# of a get's own work. Entries up to 1 KB are cached (longer ones are encoded every time):
-# ≤ 4 MB per cache, the last ten messages of ~400 conversations.
+# of a get's own work. Entries up to 1 KB are cached (longer ones are encoded every time), so a
+# cache holds at most ~9 MB (the stored bytes and their encoding), ~2 MB for messages of 100
+# characters: the last ten messages of ~400 conversations.
 ENCODED_CACHE_SIZE = 4096
 CACHED_ENTRY_BYTES = 1024
 # Stored one-letter message roles → the enum, for the hot path below.
