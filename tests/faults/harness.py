@@ -47,6 +47,7 @@ from tests.support.stack import (
     create_business,
     signed_cloud,
     start_gateway,
+    start_services,
     start_worker,
 )
 
@@ -173,56 +174,29 @@ def start_stack(root: Path, workers: int = 2) -> Stack:
     log_dir = root / "logs"
     valkey = Valkey(root / "valkey").start()
     fake = FakeClouds().start()
-    ports = {name: free_port() for name in ("session", "business", "search")}
     metrics_port = free_port()
     failure_file = root / "search-provider-down"
     redis_base = f"redis://127.0.0.1:{valkey.port}"
-    processes = [
-        ServiceProcess(
-            "services.session.server",
-            {
-                **SERVICE_ENV,
-                "SESSION_PORT": str(ports["session"]),
-                "SESSION_METRICS_PORT": "0",
-                "REDIS_URL": f"{redis_base}/1",
-                "SESSION_HISTORY_LIMIT": "1000",  # every turn stays checkable
-            },
-            log_dir / "session.log",
-        ),
-        ServiceProcess(
-            "services.business.server",
-            {
-                **SERVICE_ENV,
-                "BUSINESS_PORT": str(ports["business"]),
-                "BUSINESS_METRICS_PORT": "0",
-                "BUSINESS_DB_PATH": str(root / "business.db"),
-                "ENCRYPTION_SECRET": "faults-" + secrets.token_hex(12),
-            },
-            log_dir / "business.log",
-        ),
-        ServiceProcess(
-            "services.search.server",
-            {
-                **SERVICE_ENV,
-                "SEARCH_PORT": str(ports["search"]),
-                "SEARCH_METRICS_PORT": str(metrics_port),
-                "REDIS_URL": f"{redis_base}/2",
-                "SEARCH_OFFLINE_FAILURE_FILE": str(failure_file),
-                # Results go stale after 1 s, so an outage finds stale entries to serve.
-                "REDIS_CACHE_TTL_SECONDS": "1",
-                "SEARCH_BREAKER_RECOVERY_SECONDS": "5" if FULL else "2",
-            },
-            log_dir / "search.log",
-        ),
-    ]
-    for process in processes:
-        for var in ("MONGODB_URI", "AMADEUS_CLIENT_ID", "AMADEUS_CLIENT_SECRET"):
-            process.env.pop(var, None)
-        process.start()
-    for process, port in zip(processes, ports.values(), strict=True):
-        process.wait_serving(f"127.0.0.1:{port}", "", 90)
-    services = Services(
-        *(f"127.0.0.1:{p}" for p in ports.values()), processes=processes, log_dir=log_dir
+    services = start_services(
+        log_dir,
+        common=SERVICE_ENV,
+        session={
+            "REDIS_URL": f"{redis_base}/1",
+            "SESSION_HISTORY_LIMIT": "1000",  # every turn stays checkable
+        },
+        business={
+            "BUSINESS_DB_PATH": str(root / "business.db"),
+            "ENCRYPTION_SECRET": "faults-" + secrets.token_hex(12),
+        },
+        search={
+            "SEARCH_METRICS_PORT": str(metrics_port),
+            "REDIS_URL": f"{redis_base}/2",
+            "SEARCH_OFFLINE_FAILURE_FILE": str(failure_file),
+            # Results go stale after 1 s, so an outage finds stale entries to serve.
+            "REDIS_CACHE_TTL_SECONDS": "1",
+            "SEARCH_BREAKER_RECOVERY_SECONDS": "5" if FULL else "2",
+        },
+        timeout=90,
     )
     gateway = start_gateway(
         services, fake, f"{redis_base}/0", "gateway", role="web", workers=workers, **GATEWAY_ENV

@@ -92,58 +92,68 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def services(
     valkey: Valkey, log_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Services]:
+    redis_base = f"redis://127.0.0.1:{valkey.port}"
+    started = start_services(
+        log_dir,
+        common={"LOG_LEVEL": "DEBUG"},
+        session={"REDIS_URL": f"{redis_base}/1", "SESSION_HISTORY_LIMIT": "100"},
+        business={
+            "BUSINESS_DB_PATH": str(tmp_path_factory.mktemp("business") / "b.db"),
+            "ENCRYPTION_SECRET": ENCRYPTION_SECRET,
+            "BUSINESS_NEGATIVE_CACHE_TTL": "0",
+            # Publishes every change, as in production: the gateways' caches drop it.
+            "REDIS_URL": f"{redis_base}/0",
+        },
+        search={"REDIS_URL": f"{redis_base}/2"},
+        timeout=40,
+    )
+    try:
+        yield started
+    finally:
+        for process in started.processes:
+            process.stop()
+
+
+def start_services(
+    log_dir: Path,
+    *,
+    common: dict[str, str],
+    session: dict[str, str],
+    business: dict[str, str],
+    search: dict[str, str],
+    timeout: float,
+) -> Services:
+    """Session, business and search as processes on free ports, each with ``common`` and its
+    own settings, none reaching outside (no MongoDB, no Amadeus); SERVING when this returns."""
     ports = {name: free_port() for name in ("session", "business", "search")}
-    common = {"LOG_LEVEL": "DEBUG"}
+    own = {"session": session, "business": business, "search": search}
     processes = [
         ServiceProcess(
-            "services.session.server",
+            f"services.{name}.server",
             {
                 **common,
-                "SESSION_PORT": str(ports["session"]),
-                "SESSION_METRICS_PORT": "0",
-                "REDIS_URL": f"redis://127.0.0.1:{valkey.port}/1",
-                "SESSION_HISTORY_LIMIT": "100",
+                f"{name.upper()}_PORT": str(port),
+                f"{name.upper()}_METRICS_PORT": "0",
+                **own[name],
             },
-            log_dir / "session.log",
-        ),
-        ServiceProcess(
-            "services.business.server",
-            {
-                **common,
-                "BUSINESS_PORT": str(ports["business"]),
-                "BUSINESS_METRICS_PORT": "0",
-                "BUSINESS_DB_PATH": str(tmp_path_factory.mktemp("business") / "b.db"),
-                "ENCRYPTION_SECRET": ENCRYPTION_SECRET,
-                "BUSINESS_NEGATIVE_CACHE_TTL": "0",
-                # Publishes every change, as in production: the gateways' caches drop it.
-                "REDIS_URL": f"redis://127.0.0.1:{valkey.port}/0",
-            },
-            log_dir / "business.log",
-        ),
-        ServiceProcess(
-            "services.search.server",
-            {
-                **common,
-                "SEARCH_PORT": str(ports["search"]),
-                "SEARCH_METRICS_PORT": "0",
-                "REDIS_URL": f"redis://127.0.0.1:{valkey.port}/2",
-            },
-            log_dir / "search.log",
-        ),
-    ]
-    for process in processes:
-        for var in ("MONGODB_URI", "AMADEUS_CLIENT_ID", "AMADEUS_CLIENT_SECRET"):
-            process.env.pop(var, None)
-        process.start()
-    try:
-        for process, port in zip(processes, ports.values(), strict=True):
-            process.wait_serving(f"127.0.0.1:{port}", "", 40)
-        yield Services(
-            *(f"127.0.0.1:{p}" for p in ports.values()), processes=processes, log_dir=log_dir
+            log_dir / f"{name}.log",
         )
-    finally:
+        for name, port in ports.items()
+    ]
+    try:
+        for process in processes:
+            for var in ("MONGODB_URI", "AMADEUS_CLIENT_ID", "AMADEUS_CLIENT_SECRET"):
+                process.env.pop(var, None)
+            process.start()
+        for process, port in zip(processes, ports.values(), strict=True):
+            process.wait_serving(f"127.0.0.1:{port}", "", timeout)
+    except BaseException:
         for process in processes:
             process.stop()
+        raise
+    return Services(
+        *(f"127.0.0.1:{p}" for p in ports.values()), processes=processes, log_dir=log_dir
+    )
 
 
 def gateway_env(
