@@ -208,12 +208,6 @@ def conversation_reply(
     return reply
 
 
-def conversation_proto(conversation: Conversation) -> session_pb2.Conversation:
-    proto = session_pb2.Conversation(**_head(conversation, None))
-    proto.MergeFromString(_body(conversation))
-    return proto
-
-
 def _head(conversation: Conversation, key: session_pb2.ConversationKey | None) -> Any:
     """Everything but history and state, as a dict for the Conversation field."""
     return {

@@ -179,8 +179,7 @@ class MemoryStore:
         conversation = self._live(key, now)
         if conversation is None:
             return None
-        updated = conversation.copy()
-        updated.expire_ms = now + self.ttl_ms
+        updated = conversation.expiring_at(now + self.ttl_ms)
         self._store(updated, dirty=True)
         return updated.expire_ms
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from parley.session.v1 import session_pb2 as pb
-from services.session.convert import CACHED_ENTRY_BYTES, conversation_proto
+from services.session.convert import CACHED_ENTRY_BYTES, conversation_reply
 from services.session.model import Conversation, ConversationKey
 
 
@@ -13,6 +13,11 @@ def stored(content: str, at: int, role: str = "u", provider_id: str = "") -> byt
     return orjson.dumps(
         {"r": role, "c": content, "t": at, **({"p": provider_id} if provider_id else {})}
     )
+
+
+def conversation_proto(stored: Conversation) -> pb.Conversation:
+    """What a get answers for ``stored``."""
+    return conversation_reply(pb.GetConversationResponse, stored, False).conversation
 
 
 def conversation(history: list[bytes], state: dict[str, bytes] | None = None) -> Conversation:
