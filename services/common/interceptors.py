@@ -16,9 +16,11 @@ import grpc
 import structlog
 
 from services.common.errors import InvalidArgument, ServiceError
+from services.common.logs import DeferredLog, bind_call_fields, reset_call_fields
 from services.common.metrics import GRPC_HANDLED, GRPC_HANDLING_SECONDS, GRPC_IN_FLIGHT
 
 log = structlog.get_logger("parley.access")
+ACCESS_LOG = DeferredLog(log)  # one line per RPC, written in batches: see DeferredLog
 REQUEST_ID_KEY = "x-request-id"
 _MAX_REQUEST_ID = 128
 
@@ -105,14 +107,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         }
         in_flight = self._in_flight
         default_deadline = self._default_deadline
-        contextvars = structlog.contextvars
         # Probes call Health/Check every few seconds: their access lines are DEBUG, not noise.
-        access_log = log.debug if service == "grpc.health.v1.Health" else log.info
+        access_log = log.debug if service == "grpc.health.v1.Health" else ACCESS_LOG.info
 
         async def wrapped(request: Any, context: Any) -> Any:
             in_flight.enter()
             request_id = request_id_from(context.invocation_metadata())
-            contextvars.bind_contextvars(request_id=request_id, rpc=method)
+            fields = bind_call_fields(request_id=request_id, rpc=method)
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -149,7 +150,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 access_log(
                     "rpc", method=full_method, code=code.name, duration_ms=round(elapsed * 1000, 3)
                 )
-                contextvars.unbind_contextvars("request_id", "rpc")
+                reset_call_fields(fields)
                 in_flight.leave()
 
         return grpc.unary_unary_rpc_method_handler(

@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common import event_loop
 from services.common.gc_tuning import settle_heap
-from services.common.interceptors import InFlight, ServerInterceptor
+from services.common.interceptors import ACCESS_LOG, InFlight, ServerInterceptor
 from services.common.logs import configure_logging
 from services.common.metrics import SERVING, start_metrics_server
 from services.common.settings import CommonSettings
@@ -181,6 +181,7 @@ class Runtime:
         await self.server.stop(max(0.0, deadline - loop.time()))
         if self.service.on_stop is not None:
             await self.service.on_stop()
+        ACCESS_LOG.flush()
         log.info("stopped", service=self.service.name)
 
 

@@ -39,6 +39,7 @@ from parley.business.v1 import business_pb2
 from parley.session.v1 import session_pb2
 from services.common.clients import request_id_var
 from services.common.errors import error_info
+from services.common.logs import bind_call_fields, reset_call_fields
 from services.common.redact import mask_phone
 from services.common.redis_pipeline import AutoPipeline
 from services.common.struct_values import python_to_value, value_to_python
@@ -546,11 +547,11 @@ class WorkerPool:
     async def _handle(self, entry: Entry, token: str) -> None:
         request_id = entry.request_id or uuid.uuid4().hex
         request_id_var.set(request_id)
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        fields = bind_call_fields(request_id=request_id)
         try:
             await self._attempts(entry, token)
         finally:
-            structlog.contextvars.unbind_contextvars("request_id")
+            reset_call_fields(fields)
 
     async def _attempts(self, entry: Entry, token: str) -> None:
         message = entry.message

@@ -31,6 +31,7 @@ from services.business.crypto import TokenCipher
 from services.business.mongo_store import MongoStore
 from services.business.sqlite_store import SqliteStore
 from services.business.store import BusinessStore
+from services.common.logs import merge_call_fields
 from services.common.lookup_cache import LookupCache
 from tests.support.processes import ROOT, ServiceProcess, free_port, wait_for
 
@@ -65,7 +66,7 @@ def in_process_logs(registry: SecretRegistry) -> Iterator[Path]:
     with path.open("a") as sink:
         structlog.configure(
             processors=[
-                structlog.contextvars.merge_contextvars,
+                merge_call_fields,
                 structlog.processors.add_log_level,
                 structlog.processors.format_exc_info,
                 structlog.processors.JSONRenderer(default=str),

@@ -1,22 +1,28 @@
-"""The log timestamp: the same ISO form as structlog's, right across second boundaries."""
+"""The fields every log line carries (the call's fields, level, timestamp in the same ISO form as
+structlog's, right across second boundaries, and service), and access lines written in batches."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import re
 
 import pytest
+import structlog
+import structlog.testing
 
 from services.common import logs
-from services.common.logs import UtcTimestamp
+from services.common.logs import (
+    StandardFields,
+    bind_call_fields,
+    iso_timestamp,
+    reset_call_fields,
+)
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 
-def test_timestamps_match_the_clock_across_second_boundaries(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    stamp = UtcTimestamp()
+def test_timestamps_match_the_clock_across_second_boundaries() -> None:
     # Within one second, across a boundary, back again (another thread's older clock reading),
     # and across midnight at the end of a year.
     for now in (
@@ -28,8 +34,73 @@ def test_timestamps_match_the_clock_across_second_boundaries(
         1_798_761_599.75,
         1_798_761_600.125,
     ):
-        monkeypatch.setattr(logs.time, "time", lambda now=now: now)
-        text = stamp(None, "info", {})["timestamp"]
+        text = iso_timestamp(now)
         assert ISO.fullmatch(text), text
         parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
         assert abs(parsed.timestamp() - now) < 2e-6, (text, now)
+
+
+def test_a_line_is_stamped_now_unless_it_brings_its_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs.time, "time", lambda: 1_700_000_000.5)
+    fields = StandardFields("test")
+    assert fields(None, "info", {})["timestamp"] == "2023-11-14T22:13:20.500000Z"
+    assert fields(None, "info", {"timestamp": "given"})["timestamp"] == "given"
+
+
+def test_lines_carry_the_call_fields_level_and_service_as_structlog_names_them() -> None:
+    fields = StandardFields("session")
+    outer = bind_call_fields(request_id="r-1", rpc="GetConversation")
+    try:
+        inner = bind_call_fields(rpc="UpdateConversation", partition=3)
+        line = fields(None, "warn", {"event": "x", "request_id": "own"})
+        assert line["request_id"] == "own"  # the event's own key wins
+        assert (line["rpc"], line["partition"]) == ("UpdateConversation", 3)
+        assert (line["level"], line["service"]) == ("warning", "session")
+        reset_call_fields(inner)
+        line = fields(None, "exception", {"event": "y"})
+        assert (line["request_id"], line["rpc"], line["level"]) == (
+            "r-1",
+            "GetConversation",
+            "error",
+        )
+        assert "partition" not in line
+    finally:
+        reset_call_fields(outer)
+    assert "request_id" not in fields(None, "info", {"event": "z"})
+
+
+def test_deferred_lines_keep_their_time_and_call_fields_and_go_out_in_one_batch() -> None:
+    async def scenario() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+        deferred = logs.DeferredLog(structlog.get_logger("test"))
+        with structlog.testing.capture_logs(processors=[StandardFields("svc")]) as lines:
+            for n in range(3):
+                token = bind_call_fields(request_id=f"r-{n}", rpc="Get")
+                try:
+                    deferred.info("rpc", code="OK", n=n)
+                finally:
+                    reset_call_fields(token)
+                await asyncio.sleep(0.001)
+            before = list(lines)  # nothing written yet
+            await asyncio.sleep(logs.DEFERRED_FLUSH_SECONDS * 3)
+        return before, lines
+
+    before, lines = asyncio.run(scenario())
+    assert before == []
+    assert [line["request_id"] for line in lines] == ["r-0", "r-1", "r-2"]
+    assert all(line["event"] == "rpc" and line["service"] == "svc" for line in lines)
+    stamps = [str(line["timestamp"]) for line in lines]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 3  # each its own recording time
+
+
+def test_deferred_lines_are_flushed_when_many_wait_and_without_an_event_loop() -> None:
+    deferred = logs.DeferredLog(structlog.get_logger("test"))
+    with structlog.testing.capture_logs() as lines:
+        deferred.info("rpc", n=1)  # no running loop: nothing would flush it later
+        assert len(lines) == 1
+
+        async def burst() -> int:
+            for n in range(logs.DEFERRED_MAX_PENDING):
+                deferred.info("rpc", n=n)
+            return len(lines)
+
+        assert asyncio.run(burst()) == 1 + logs.DEFERRED_MAX_PENDING
