@@ -104,6 +104,7 @@ def required_key(request: Any) -> ConversationKey:
 def appended_messages(
     messages: Any, violations: Violations, now_ms: int | None = None
 ) -> list[bytes]:
+    """The messages to append, as stored (checked; each field read once)."""
     if len(messages) > MAX_APPEND:
         violations.append(("append", f"at most {MAX_APPEND} messages per update"))
         return []
@@ -111,19 +112,29 @@ def appended_messages(
     out = []
     for i, message in enumerate(messages):
         role = MESSAGE_ROLE_NAMES.get(message.role)
-        if role is None:
-            violations.append((f"append[{i}].role", "must be USER, ASSISTANT or SYSTEM"))
-        if len(message.content) > MAX_CONTENT:
-            violations.append((f"append[{i}].content", f"at most {MAX_CONTENT} characters"))
-        if len(message.provider_message_id) > MAX_PROVIDER_ID:
-            violations.append(
-                (f"append[{i}].provider_message_id", f"at most {MAX_PROVIDER_ID} characters")
-            )
-        if role is None or violations:
+        content = message.content
+        provider_id = message.provider_message_id
+        if role is None or len(content) > MAX_CONTENT or len(provider_id) > MAX_PROVIDER_ID:
+            _message_violations(i, role, content, provider_id, violations)
+            continue
+        if violations:
             continue
         time_ms = message.time.ToMilliseconds() if message.HasField("time") else now_ms
-        out.append(encode_message(role, message.content, time_ms, message.provider_message_id))
+        out.append(encode_message(role, content, time_ms, provider_id))
     return out
+
+
+def _message_violations(
+    i: int, role: str | None, content: str, provider_id: str, violations: Violations
+) -> None:
+    if role is None:
+        violations.append((f"append[{i}].role", "must be USER, ASSISTANT or SYSTEM"))
+    if len(content) > MAX_CONTENT:
+        violations.append((f"append[{i}].content", f"at most {MAX_CONTENT} characters"))
+    if len(provider_id) > MAX_PROVIDER_ID:
+        violations.append(
+            (f"append[{i}].provider_message_id", f"at most {MAX_PROVIDER_ID} characters")
+        )
 
 
 def state_changes(
