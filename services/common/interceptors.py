@@ -55,6 +55,29 @@ def request_id_from(metadata: Any) -> str:
 _UNPARSABLE = object()  # what the guarded deserializer returns for bytes that do not parse
 
 
+class EncodedReply:
+    """A reply a handler built in its wire encoding (from parts it keeps encoded): the runtime
+    sends these bytes as they are, instead of a message that gRPC would serialize again."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _serializer(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """The response serializer, passing an :class:`EncodedReply`'s bytes through."""
+    if serialize is None:
+        return None
+
+    def serialized(response: Any) -> bytes:
+        if response.__class__ is EncodedReply:
+            return response.data
+        return serialize(response)
+
+    return serialized
+
+
 def _guarded(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     """The request deserializer, returning a marker instead of raising on corrupt bytes: gRPC
     itself would answer UNKNOWN, and a client that sends garbage deserves INVALID_ARGUMENT."""
@@ -156,5 +179,5 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
             request_deserializer=_guarded(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
+            response_serializer=_serializer(handler.response_serializer),
         )

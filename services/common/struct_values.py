@@ -26,7 +26,8 @@ def value_to_python(value: struct_pb2.Value) -> Any:
     if kind == "null_value":
         return None
     if kind == "struct_value":
-        return {k: value_to_python(v) for k, v in value.struct_value.fields.items()}
+        fields = value.struct_value.fields  # by key: a protobuf map's items() iterate in Python
+        return {k: value_to_python(fields[k]) for k in fields}
     if kind == "list_value":
         return [value_to_python(v) for v in value.list_value.values]
     raise ValueError("a value must have one of its kinds set")

@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2
 
 from parley.session.v1 import session_pb2
 from services.common.errors import InvalidArgument
+from services.common.interceptors import EncodedReply
 from services.common.struct_values import python_to_value, value_to_python
 from services.session.model import (
     Conversation,
@@ -146,18 +147,19 @@ def state_changes(
         )
         return {}, []
     out: dict[str, bytes] = {}
-    for name, value in set_state.items():
-        field = f"set_state[{name[:40]}]"
+    for name in set_state:  # not .items(): a protobuf map's items() iterates in Python
         if not name or len(name) > MAX_STATE_KEY:
-            violations.append((field, f"keys must be 1-{MAX_STATE_KEY} characters"))
+            violations.append((_state_field(name), f"keys must be 1-{MAX_STATE_KEY} characters"))
             continue
         try:
-            encoded = orjson.dumps(value_to_python(value))
+            encoded = orjson.dumps(value_to_python(set_state[name]))
         except (ValueError, RecursionError, orjson.JSONEncodeError) as error:
-            violations.append((field, f"not a JSON value: {error}"))
+            violations.append((_state_field(name), f"not a JSON value: {error}"))
             continue
         if len(encoded) > MAX_STATE_VALUE_BYTES:
-            violations.append((field, f"at most {MAX_STATE_VALUE_BYTES} bytes as JSON"))
+            violations.append(
+                (_state_field(name), f"at most {MAX_STATE_VALUE_BYTES} bytes as JSON")
+            )
             continue
         out[name] = encoded
     for i, name in enumerate(remove):
@@ -166,6 +168,10 @@ def state_changes(
                 (f"remove_state_keys[{i}]", f"keys must be 1-{MAX_STATE_KEY} characters")
             )
     return out, list(remove)
+
+
+def _state_field(name: str) -> str:
+    return f"set_state[{name[:40]}]"
 
 
 def timestamp(ms: int) -> timestamp_pb2.Timestamp:
@@ -210,13 +216,37 @@ def conversation_reply(
     key: session_pb2.ConversationKey | None = None,
     *,
     basic: bool = False,
-) -> Reply:
-    """A Get/UpdateConversationResponse; ``key``: the request's (the same key, already a proto);
-    ``basic``: id, key, version and times only (``CONVERSATION_VIEW_BASIC``)."""
-    reply = reply_type(created=created, conversation=_head(conversation, key))
+) -> EncodedReply:
+    """A Get/UpdateConversationResponse in its wire encoding; ``key``: the request's (the same
+    key, already a proto); ``basic``: id, key, version and times only
+    (``CONVERSATION_VIEW_BASIC``).
+
+    The conversation's head is encoded by protobuf and its history and state, kept encoded,
+    are appended to it (a message's fields may come in any order): neither is parsed into a
+    message to be serialized again."""
+    encoded = session_pb2.Conversation(**_head(conversation, key)).SerializeToString()
     if not basic:
-        reply.conversation.MergeFromString(_body(conversation))
-    return reply
+        encoded += _body(conversation)
+    return EncodedReply(
+        reply_type(created=created).SerializeToString()
+        + _CONVERSATION_FIELD
+        + _varint(len(encoded))
+        + encoded
+    )
+
+
+# The replies' ``conversation`` field (number 1, length-delimited): its tag on the wire.
+_CONVERSATION_FIELD = bytes([1 << 3 | 2])
+
+
+def _varint(n: int) -> bytes:
+    """``n`` as a protobuf varint: 7 bits a byte, low bits first."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def _head(conversation: Conversation, key: session_pb2.ConversationKey | None) -> Any:

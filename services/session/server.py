@@ -9,6 +9,7 @@ import grpc
 
 from parley.session.v1 import session_pb2, session_pb2_grpc
 from services.common.errors import NotFound
+from services.common.interceptors import EncodedReply
 from services.common.redis_client import make_client
 from services.common.server import Service, run
 from services.common.settings import load_settings
@@ -28,9 +29,11 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
     def __init__(self, store: SessionStore) -> None:
         self.store = store
 
-    async def GetConversation(
+    # Get and Update answer an EncodedReply (the same bytes their response message would
+    # serialize to, built from entries kept encoded): the runtime sends it as it is.
+    async def GetConversation(  # type: ignore[override]
         self, request: session_pb2.GetConversationRequest, context: Context
-    ) -> session_pb2.GetConversationResponse:
+    ) -> EncodedReply:
         key = convert.required_key(request)
         conversation, created = await self.store.get(key, request.create)
         if conversation is None:
@@ -39,9 +42,9 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             session_pb2.GetConversationResponse, conversation, created, request.key
         )
 
-    async def UpdateConversation(
+    async def UpdateConversation(  # type: ignore[override]
         self, request: session_pb2.UpdateConversationRequest, context: Context
-    ) -> session_pb2.UpdateConversationResponse:
+    ) -> EncodedReply:
         violations: Violations = []
         key = convert.conversation_key(request, violations)
         append = convert.appended_messages(request.append, violations)

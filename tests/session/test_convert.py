@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 
 from parley.session.v1 import session_pb2 as pb
+from services.session import convert
 from services.session.convert import CACHED_ENTRY_BYTES, conversation_reply
 from services.session.model import Conversation, ConversationKey
 
@@ -17,7 +18,8 @@ def stored(content: str, at: int, role: str = "u", provider_id: str = "") -> byt
 
 def conversation_proto(stored: Conversation) -> pb.Conversation:
     """What a get answers for ``stored``."""
-    return conversation_reply(pb.GetConversationResponse, stored, False).conversation
+    reply = conversation_reply(pb.GetConversationResponse, stored, False)
+    return pb.GetConversationResponse.FromString(reply.data).conversation
 
 
 def conversation(history: list[bytes], state: dict[str, bytes] | None = None) -> Conversation:
@@ -78,3 +80,33 @@ def test_state_values_convert_the_same_every_time_cached_or_not() -> None:
     assert first.state["long"].struct_value.fields["notes"].string_value == long["notes"]
     again = conversation_proto(conversation([], {k: bytes(v) for k, v in state.items()}))
     assert again == first
+
+
+def test_a_reply_is_the_encoding_of_the_message_built_field_by_field() -> None:
+    key = pb.ConversationKey(business_id="b", user_id="+15550001", role=pb.CONVERSATION_ROLE_CLIENT)
+    # Long enough that the conversation's length takes a varint of two and then three bytes.
+    for n in (0, 1, 200, 2000):
+        history = [stored("m" * 90, 1_700_000_000_000 + i) for i in range(n % 97)]
+        history += [stored("x" * n, 1_700_000_000_999)] if n else []
+        stored_conversation = conversation(history)
+        for reply_type in (pb.GetConversationResponse, pb.UpdateConversationResponse):
+            for created in (False, True):
+                for basic in (False, True):
+                    data = conversation_reply(
+                        reply_type, stored_conversation, created, key, basic=basic
+                    ).data
+                    reply = reply_type.FromString(data)
+                    expected = conversation_proto(stored_conversation)
+                    if basic:
+                        del expected.history[:]
+                        expected.state.clear()
+                    assert reply.created is created
+                    assert reply.conversation == expected
+                    assert reply_type.FromString(reply.SerializeToString()) == reply
+
+
+def test_varints_match_protobufs_own() -> None:
+    assert convert._varint(0) == b"\x00"
+    for n in (1, 127, 128, 300, 16_383, 16_384, 2_097_151, 2_097_152, 4 * 1024 * 1024):
+        field = pb.Message(content="a" * n).SerializeToString()  # tag, varint length, text
+        assert convert._varint(n) == field[1 : len(field) - n]
