@@ -190,9 +190,10 @@ def key_proto(key: ConversationKey) -> session_pb2.ConversationKey:
 
 
 # Stored history entries and state values are kept as their wire encoding: each one as a
-# Conversation holding only it, so a response's history and state are one parse of their
-# concatenation, in C. An entry never changes (a new message is a new entry) and a state value's
-# encoding depends only on its name and stored bytes, so a cached one is never stale. Each turn
+# Conversation holding only it, so a reply's history and state are their concatenation, appended
+# to the encoded head (conversation_reply). An entry never changes (a new message is a new entry)
+# and a state value's encoding depends only on its name and stored bytes, so a cached one is
+# never stale. Each turn
 # reads the same last ten messages of a conversation again: converting them one by one was most
 # of a get's own work. Entries up to 1 KB are cached (longer ones are encoded every time), so a
 # cache holds at most ~9 MB (the stored bytes and their encoding), ~2 MB for messages of 100
