@@ -144,7 +144,8 @@ class DeferredLog:
     ``DEFERRED_MAX_PENDING`` wait) the lines are logged back to back through the same processors,
     each with the time and the call fields of when it was recorded. Lines wait at most that
     long: :meth:`flush` runs at shutdown and at exit, so only a crash (SIGKILL) loses them.
-    Nothing else is deferred: warnings and errors go out at once.
+    Nothing else is deferred: warnings and errors go out at once. Record from the event loop's
+    thread (the interceptor does); without a running loop a line is written at once.
     """
 
     def __init__(self, logger: Any) -> None:
