@@ -92,7 +92,9 @@ async def build(valkey: Valkey, places: Places) -> AsyncIterator[Build]:
 
     def make(provider: Provider, url: str | None = None, **settings: object) -> SearchEngine:
         url = url or valkey.url
-        client = make_redis(url, retries=0, connect_timeout=0.2, socket_timeout=0.5)
+        # Generous timeouts: a loaded machine (CI) took over 0.2 s to accept a connection to
+        # the live Valkey, and the cache stepped aside; a dead port is refused at once anyway.
+        client = make_redis(url, retries=0, connect_timeout=2.0, socket_timeout=2.0)
         clients.append(client)
         config = SearchSettings(redis_url=url, **settings)  # type: ignore[arg-type]
         cache = ResultCache(
