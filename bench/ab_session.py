@@ -1,0 +1,164 @@
+"""A change's cost inside the running session server, measured in one process.
+
+``python -m bench.ab_session VARIANT [get|update|basic]`` starts the session server with
+VARIANT's code run first: it switches the server between two behaviours by time, the original
+in even periods of 0.2 s and the variant's in odd ones (``variant_on()``). 32 callers load it for
+30 s while it reads its own CPU from ``/proc/<pid>/task/*/schedstat`` (ns, all threads) at
+each period's edge. Each odd period is compared with the mean of its two neighbours.
+
+Why: this machine's speed drifts by up to a factor of two from one second to the next, and two
+server processes differ by ~10 to 40 µs per call even with the same code, so neither separate runs
+of ``python -m bench session`` nor two servers side by side resolve a change of 10 µs. One
+process switching every 0.2 s does: ``none`` (no switch) reads within ±3 µs.
+
+To measure a change, add a variant here that calls the old code unless ``variant_on()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from bench.bench_session import CONVERSATIONS, SESSION_SERVER, key, message, prepare
+from bench.floor import CONCURRENCY, start_server, stop
+from parley.session.v1 import session_pb2 as pb
+from parley.session.v1 import session_pb2_grpc
+from tests.support.processes import Valkey
+
+PERIOD_SECONDS = 0.2
+SECONDS = float(os.environ.get("AB_SECONDS", "30"))
+SWITCH = f"""
+import time as _time
+def variant_on():
+    return int(_time.time() / {PERIOD_SECONDS}) % 2 == 1
+"""
+VARIANTS = {
+    # The method's own noise: nothing switches.
+    "none": "",
+    # What the access line costs: none written in odd periods.
+    "no-access-log": """
+from services.common import interceptors
+_deferred = interceptors.ACCESS_LOG.info
+def _info(event, **fields):
+    if not variant_on():
+        _deferred(event, **fields)
+interceptors.ACCESS_LOG.info = _info
+""",
+    # What the full reply costs an update: the basic view in odd periods.
+    "basic-view": """
+from services.session import server
+from parley.session.v1 import session_pb2
+_update = server.SessionServicer.UpdateConversation
+async def _basic(self, request, context):
+    if variant_on():
+        request.view = session_pb2.CONVERSATION_VIEW_BASIC
+    return await _update(self, request, context)
+server.SessionServicer.UpdateConversation = _basic
+""",
+}
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of all of a process's threads, in ns (scheduler statistics)."""
+    total = 0
+    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(path) as stat:
+                total += int(stat.read().split()[0])
+        except OSError:  # a thread that ended
+            pass
+    return total
+
+
+async def measure(address: str, pid: int, kind: str) -> list[float]:
+    """Per odd period: its µs of CPU per call minus its neighbours' mean."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = session_pb2_grpc.SessionServiceStub(channel)
+        await prepare(stub)
+        gets = [pb.GetConversationRequest(key=key(n)) for n in range(CONVERSATIONS)]
+        updates = []
+        for n in range(CONVERSATIONS):
+            update = pb.UpdateConversationRequest(key=key(n), append=[message(1), message(2)])
+            update.set_state["step"].string_value = "ask_date"
+            if kind == "basic":
+                update.view = pb.CONVERSATION_VIEW_BASIC
+            updates.append(update)
+
+        async def call() -> None:
+            if kind == "get":
+                await stub.GetConversation(random.choice(gets), timeout=5)
+            else:
+                await stub.UpdateConversation(random.choice(updates), timeout=5)
+
+        for _ in range(200):
+            await call()
+        calls: dict[int, int] = {}
+        cpu_at: dict[int, int] = {}
+        stop_at = time.time() + SECONDS
+
+        async def worker() -> None:
+            while time.time() < stop_at:
+                await call()
+                period = int(time.time() / PERIOD_SECONDS)
+                calls[period] = calls.get(period, 0) + 1
+
+        async def sampler() -> None:
+            while time.time() < stop_at:
+                period = int(time.time() / PERIOD_SECONDS)
+                cpu_at.setdefault(period, cpu_ns(pid))
+                await asyncio.sleep((period + 1) * PERIOD_SECONDS - time.time() + 0.0005)
+
+        await asyncio.gather(sampler(), *(worker() for _ in range(CONCURRENCY)))
+    per_call = {
+        period: (cpu_at[period + 1] - cpu_at[period]) / calls[period] / 1000
+        for period in cpu_at
+        if period + 1 in cpu_at and calls.get(period, 0) > 50
+    }
+    return [
+        per_call[p] - (per_call[p - 1] + per_call[p + 1]) / 2
+        for p in per_call
+        if p % 2 == 1 and p - 1 in per_call and p + 1 in per_call
+    ]
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in VARIANTS or argv[1:2] not in ([], ["get"], ["update"], ["basic"]):
+        print(__doc__, "\nvariants:", ", ".join(VARIANTS))
+        return 2
+    variant, kind = argv[0], (argv[1] if len(argv) > 1 else "update")
+    with tempfile.TemporaryDirectory() as directory:
+        valkey = Valkey(Path(directory) / "valkey").start()
+        source = SESSION_SERVER.replace(
+            "from services.session.server import main",
+            SWITCH + VARIANTS[variant] + "\nfrom services.session.server import main",
+        )
+        env = {
+            "REDIS_URL": valkey.url,
+            "SESSION_METRICS_PORT": "0",
+            "READINESS_INTERVAL_SECONDS": "30",
+        }
+        process, address = start_server(source, env)
+        try:
+            differences = asyncio.run(measure(address, process.pid, kind))
+        finally:
+            stop(process)
+            valkey.stop()
+    print(
+        f"{variant} / {kind}: variant minus original, µs of server CPU per call: median "
+        f"{statistics.median(differences):+.1f}, mean {statistics.fmean(differences):+.1f} "
+        f"(n={len(differences)} periods)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
