@@ -64,6 +64,32 @@ async def _basic(self, request, context):
     return await _update(self, request, context)
 server.SessionServicer.UpdateConversation = _basic
 """,
+    # What sending the full reply costs, apart from building it: in odd periods an update
+    # builds the full reply and sends the basic one (built too: that costs a few µs).
+    "full-reply-unsent": """
+from services.session import convert
+_reply = convert.conversation_reply
+def _built_not_sent(reply_type, conversation, created, key=None, *, basic=False):
+    full = _reply(reply_type, conversation, created, key, basic=basic)
+    if variant_on() and not basic:
+        return _reply(reply_type, conversation, created, key, basic=True)
+    return full
+convert.conversation_reply = _built_not_sent
+""",
+    # What encoding an update's new messages for its reply costs: in odd periods entries never
+    # encoded before are left out of the reply. An upper bound: a later reply in an even
+    # period encodes them then.
+    "skip-uncached": """
+from services.session import convert
+_cached = convert._cached_message
+_seen = set()
+def _only_cached(raw):
+    if variant_on() and raw not in _seen:
+        return b""
+    _seen.add(raw)
+    return _cached(raw)
+convert._cached_message = _only_cached
+""",
 }
 
 
