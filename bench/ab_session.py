@@ -28,7 +28,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.bench_session import CONVERSATIONS, SESSION_SERVER, key, message, prepare
+from bench.bench_session import SESSION_SERVER, get_requests, prepare, update_requests
 from bench.floor import CONCURRENCY, start_server, stop
 from parley.session.v1 import session_pb2 as pb
 from parley.session.v1 import session_pb2_grpc
@@ -110,14 +110,10 @@ async def measure(address: str, pid: int, kind: str) -> list[float]:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = session_pb2_grpc.SessionServiceStub(channel)
         await prepare(stub)
-        gets = [pb.GetConversationRequest(key=key(n)) for n in range(CONVERSATIONS)]
-        updates = []
-        for n in range(CONVERSATIONS):
-            update = pb.UpdateConversationRequest(key=key(n), append=[message(1), message(2)])
-            update.set_state["step"].string_value = "ask_date"
-            if kind == "basic":
-                update.view = pb.CONVERSATION_VIEW_BASIC
-            updates.append(update)
+        gets = get_requests()
+        updates = update_requests(
+            pb.CONVERSATION_VIEW_BASIC if kind == "basic" else pb.CONVERSATION_VIEW_UNSPECIFIED
+        )
 
         async def call() -> None:
             if kind == "get":

@@ -92,6 +92,26 @@ async def prepare(stub: Any) -> None:
         await stub.UpdateConversation(request, timeout=5)
 
 
+def get_requests() -> list[pb.GetConversationRequest]:
+    """A get of each prepared conversation."""
+    return [pb.GetConversationRequest(key=key(n), create=True) for n in range(CONVERSATIONS)]
+
+
+def update_requests(
+    view: pb.ConversationView.ValueType = pb.CONVERSATION_VIEW_UNSPECIFIED,
+) -> list[pb.UpdateConversationRequest]:
+    """The gateway's write to each prepared conversation: the user's message and the reply,
+    plus a state change (the gateway itself asks for the basic view: nothing read back)."""
+    requests = []
+    for n in range(CONVERSATIONS):
+        request = pb.UpdateConversationRequest(
+            key=key(n), append=[message(1), message(2)], view=view
+        )
+        request.set_state["step"].string_value = "ask_date"
+        requests.append(request)
+    return requests
+
+
 @dataclass
 class Measured:
     """Per kind of call: calls per second of each slice, the server's CPU time and calls
@@ -127,20 +147,9 @@ async def measure(addresses: dict[str, str], servers: dict[str, int]) -> Measure
         stub = session_pb2_grpc.SessionServiceStub(channel)
         health = health_pb2_grpc.HealthStub(noop_channel)
         await prepare(stub)
-        gets = [pb.GetConversationRequest(key=key(n), create=True) for n in range(CONVERSATIONS)]
-        updates = []
-        for n in range(CONVERSATIONS):
-            # The gateway's write: the user's message and the reply, plus a state change.
-            request = pb.UpdateConversationRequest(key=key(n), append=[message(1), message(2)])
-            request.set_state["step"].string_value = "ask_date"
-            updates.append(request)
-        # As the gateway sends it: nothing is read back.
-        basic_updates = []
-        for full in updates:
-            basic = pb.UpdateConversationRequest()
-            basic.CopyFrom(full)
-            basic.view = pb.CONVERSATION_VIEW_BASIC
-            basic_updates.append(basic)
+        gets = get_requests()
+        updates = update_requests()
+        basic_updates = update_requests(pb.CONVERSATION_VIEW_BASIC)
         check = health_pb2.HealthCheckRequest()
         pinger = session_pb2_grpc.SessionServiceStub(ping_channel)
         status = pb.GetStorageStatusRequest()
