@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from google.protobuf import timestamp_pb2
@@ -193,11 +193,10 @@ def key_proto(key: ConversationKey) -> session_pb2.ConversationKey:
 # Conversation holding only it, so a reply's history and state are their concatenation, appended
 # to the encoded head (conversation_reply). An entry never changes (a new message is a new entry)
 # and a state value's encoding depends only on its name and stored bytes, so a cached one is
-# never stale. Each turn
-# reads the same last ten messages of a conversation again: converting them one by one was most
-# of a get's own work. Entries up to 1 KB are cached (longer ones are encoded every time), so a
-# cache holds at most ~9 MB (the stored bytes and their encoding), ~2 MB for messages of 100
-# characters: the last ten messages of ~400 conversations.
+# never stale. Each turn reads the same last ten messages of a conversation again: converting
+# them one by one was most of a get's own work. Entries up to 1 KB are cached (longer ones are
+# encoded every time), so a cache holds at most ~9 MB (the stored bytes and their encoding),
+# ~2 MB for messages of 100 characters: the last ten messages of ~400 conversations.
 ENCODED_CACHE_SIZE = 4096
 CACHED_ENTRY_BYTES = 1024
 # Stored one-letter message roles → the enum, for the hot path below.
@@ -205,13 +204,11 @@ _STORED_ROLE_VALUES = {
     code: MESSAGE_ROLE_VALUES[name]
     for name, code in (("user", "u"), ("assistant", "a"), ("system", "s"))
 }
-Reply = TypeVar(
-    "Reply", session_pb2.GetConversationResponse, session_pb2.UpdateConversationResponse
-)
+ReplyType = type[session_pb2.GetConversationResponse] | type[session_pb2.UpdateConversationResponse]
 
 
 def conversation_reply(
-    reply_type: type[Reply],
+    reply_type: ReplyType,
     conversation: Conversation,
     created: bool,
     key: session_pb2.ConversationKey | None = None,
