@@ -69,10 +69,10 @@ server.SessionServicer.UpdateConversation = _basic
     "full-reply-unsent": """
 from services.session import convert
 _reply = convert.conversation_reply
-def _built_not_sent(reply_type, conversation, created, key=None, *, basic=False):
-    full = _reply(reply_type, conversation, created, key, basic=basic)
+def _built_not_sent(conversation, created, *, basic=False):
+    full = _reply(conversation, created, basic=basic)
     if variant_on() and not basic:
-        return _reply(reply_type, conversation, created, key, basic=True)
+        return _reply(conversation, created, basic=True)
     return full
 convert.conversation_reply = _built_not_sent
 """,

@@ -13,6 +13,7 @@ from parley.session.v1 import session_pb2
 from services.common.errors import InvalidArgument
 from services.common.interceptors import EncodedReply
 from services.common.struct_values import python_to_value, value_to_python
+from services.session import wire
 from services.session.model import (
     Conversation,
     ConversationKey,
@@ -190,13 +191,13 @@ def key_proto(key: ConversationKey) -> session_pb2.ConversationKey:
 
 
 # Stored history entries and state values are kept as their wire encoding: each one as a
-# Conversation holding only it, so a reply's history and state are their concatenation, appended
-# to the encoded head (conversation_reply). An entry never changes (a new message is a new entry)
-# and a state value's encoding depends only on its name and stored bytes, so a cached one is
-# never stale. Each turn reads the same last ten messages of a conversation again: converting
-# them one by one was most of a get's own work. Entries up to 1 KB are cached (longer ones are
-# encoded every time), so a cache holds at most ~9 MB (the stored bytes and their encoding),
-# ~2 MB for messages of 100 characters: the last ten messages of ~400 conversations.
+# Conversation field holding only it, so a reply's history and state are their concatenation,
+# appended to the encoded head (conversation_reply). An entry never changes (a new message is a
+# new entry) and a state value's encoding depends only on its name and stored bytes, so a cached
+# one is never stale. Each turn reads the same last ten messages of a conversation again:
+# converting them one by one was most of a get's own work. Entries up to 1 KB are cached (longer
+# ones are encoded every time), so a cache holds at most ~9 MB (the stored bytes and their
+# encoding), ~2 MB for messages of 100 characters: the last ten messages of ~400 conversations.
 ENCODED_CACHE_SIZE = 4096
 CACHED_ENTRY_BYTES = 1024
 # Stored one-letter message roles → the enum, for the hot path below.
@@ -204,59 +205,30 @@ _STORED_ROLE_VALUES = {
     code: MESSAGE_ROLE_VALUES[name]
     for name, code in (("user", "u"), ("assistant", "a"), ("system", "s"))
 }
-ReplyType = type[session_pb2.GetConversationResponse] | type[session_pb2.UpdateConversationResponse]
 
 
 def conversation_reply(
-    reply_type: ReplyType,
-    conversation: Conversation,
-    created: bool,
-    key: session_pb2.ConversationKey | None = None,
-    *,
-    basic: bool = False,
+    conversation: Conversation, created: bool, *, basic: bool = False
 ) -> EncodedReply:
-    """A Get/UpdateConversationResponse in its wire encoding; ``key``: the request's (the same
-    key, already a proto); ``basic``: id, key, version and times only
-    (``CONVERSATION_VIEW_BASIC``).
+    """A Get/UpdateConversationResponse (the two are encoded alike) in its wire encoding;
+    ``basic``: id, key, version and times only (``CONVERSATION_VIEW_BASIC``).
 
-    The conversation's head is encoded by protobuf and its history and state, kept encoded,
-    are appended to it (a message's fields may come in any order): neither is parsed into a
-    message to be serialized again."""
-    encoded = session_pb2.Conversation(**_head(conversation, key)).SerializeToString()
+    The head is encoded directly (:mod:`services.session.wire`) and the history and state, kept
+    encoded, are appended to it (a message's fields may come in any order): nothing is built
+    as a message to be serialized."""
+    key = conversation.key
+    encoded = wire.conversation_head(
+        conversation.id,
+        key,
+        ROLE_VALUES[key.role],
+        conversation.version,
+        conversation.created_ms,
+        conversation.updated_ms,
+        conversation.expire_ms,
+    )
     if not basic:
         encoded += _body(conversation)
-    return EncodedReply(
-        reply_type(created=created).SerializeToString()
-        + _CONVERSATION_FIELD
-        + _varint(len(encoded))
-        + encoded
-    )
-
-
-# The replies' ``conversation`` field (number 1, length-delimited): its tag on the wire.
-_CONVERSATION_FIELD = bytes([1 << 3 | 2])
-
-
-def _varint(n: int) -> bytes:
-    """``n`` as a protobuf varint: 7 bits a byte, low bits first."""
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _head(conversation: Conversation, key: session_pb2.ConversationKey | None) -> Any:
-    """Everything but history and state, as a dict for the Conversation field."""
-    return {
-        "id": conversation.id,
-        "key": key if key is not None else key_proto(conversation.key),
-        "version": conversation.version,
-        "create_time": _timestamp_fields(conversation.created_ms),
-        "update_time": _timestamp_fields(conversation.updated_ms),
-        "expire_time": _timestamp_fields(conversation.expire_ms),
-    }
+    return EncodedReply(wire.reply(encoded, created))
 
 
 def _body(conversation: Conversation) -> bytes:
@@ -275,13 +247,9 @@ def _body(conversation: Conversation) -> bytes:
 def _encoded_message(raw: bytes) -> bytes:
     """One stored history entry, encoded as a Conversation's ``history`` field."""
     record = orjson.loads(raw)
-    message: Any = {  # a dict: protobuf builds it in place, with no Message object first
-        "role": _STORED_ROLE_VALUES[record["r"]],
-        "content": record["c"],
-        "provider_message_id": record.get("p", ""),
-        "time": _timestamp_fields(record["t"]),
-    }
-    return session_pb2.Conversation(history=[message]).SerializeToString()
+    return wire.history_entry(
+        _STORED_ROLE_VALUES[record["r"]], record["c"], record["t"], record.get("p", "")
+    )
 
 
 def _encoded_state(name: str, raw: bytes) -> bytes:

@@ -38,9 +38,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         conversation, created = await self.store.get(key, request.create)
         if conversation is None:
             raise NotFound("no live conversation for this key")
-        return convert.conversation_reply(
-            session_pb2.GetConversationResponse, conversation, created, request.key
-        )
+        return convert.conversation_reply(conversation, created)
 
     async def UpdateConversation(  # type: ignore[override]
         self, request: session_pb2.UpdateConversationRequest, context: Context
@@ -64,11 +62,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
             expected_version=expected,
         )
         return convert.conversation_reply(
-            session_pb2.UpdateConversationResponse,
-            conversation,
-            created,
-            request.key,
-            basic=request.view == session_pb2.CONVERSATION_VIEW_BASIC,
+            conversation, created, basic=request.view == session_pb2.CONVERSATION_VIEW_BASIC
         )
 
     async def TouchConversation(
