@@ -141,8 +141,9 @@ class DeferredLog:
     Formatted and written right after each call, the line cost a busy server ~45 µs of CPU per
     RPC (a session get went from ~360 to ~310 µs without it): run once per call, that code is
     never warm. Here a call only records its fields; every ``DEFERRED_FLUSH_SECONDS`` (or once
-    ``DEFERRED_MAX_PENDING`` wait) the lines are logged back to back through the same processors,
-    each with the time and the call fields of when it was recorded. Lines wait at most that
+    ``DEFERRED_MAX_PENDING`` wait) the lines go through the same processors back to back, each
+    with the time and the call fields of when it was recorded, and out in one write (~6 µs a
+    line; through the logger, which writes and flushes each line, ~13). Lines wait at most that
     long: :meth:`flush` runs at shutdown and at exit, so only a crash (SIGKILL) loses them.
     Nothing else is deferred: warnings and errors go out at once. Record from the event loop's
     thread (the interceptor does); without a running loop a line is written at once.
@@ -174,8 +175,24 @@ class DeferredLog:
             self._timer.cancel()
             self._timer = None
         pending, self._pending = self._pending, []
+        if not pending or not self._logger.is_enabled_for(logging.INFO):
+            return
+        # The configured processors run on each line as the logger would run them, and the
+        # lines go out in one write: the logger itself writes and flushes every line.
+        config = structlog.get_config()
+        processors = config["processors"]
+        logger = config["logger_factory"]()
+        lines = []
         for at, event, call_fields, fields in pending:
-            self._logger.info(event, **{**call_fields, **fields}, timestamp=iso_timestamp(at))
+            line: Any = {**call_fields, **fields, "timestamp": iso_timestamp(at), "event": event}
+            try:
+                for processor in processors:
+                    line = processor(logger, "info", line)
+            except structlog.DropEvent:
+                continue
+            lines.append(line)
+        if lines:
+            logger.msg((b"\n" if isinstance(lines[0], bytes) else "\n").join(lines))
 
 
 # structlog's names for the levels of its method aliases (``structlog.stdlib.add_log_level``).

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import re
+from collections.abc import Iterator
 
+import orjson
 import pytest
 import structlog
 import structlog.testing
@@ -18,6 +20,7 @@ from services.common.logs import (
     iso_timestamp,
     reset_call_fields,
 )
+from services.common.settings import CommonSettings, load_settings
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
@@ -104,3 +107,63 @@ def test_deferred_lines_are_flushed_when_many_wait_and_without_an_event_loop() -
             return len(lines)
 
         assert asyncio.run(burst()) == 1 + logs.DEFERRED_MAX_PENDING
+
+
+class RecordingStdout:
+    """A stdout whose ``buffer`` keeps each write, as the JSON logger writes bytes to it."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.buffer = self
+
+    def write(self, data: bytes) -> int:
+        self.writes.append(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.fixture
+def json_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingStdout]:
+    stdout = RecordingStdout()
+    monkeypatch.setattr("sys.stdout", stdout)
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    config = structlog.get_config()
+    logs.configure_logging("svc", load_settings(CommonSettings))
+    yield stdout
+    structlog.configure(**config)
+
+
+def test_deferred_lines_are_json_lines_in_one_write(json_logging: RecordingStdout) -> None:
+    deferred = logs.DeferredLog(structlog.get_logger("parley.access"))
+    deferred._pending = [  # as recorded by three calls
+        (1_763_800_000.25 + n, "rpc", {"request_id": f"r-{n}"}, {"code": "OK", "n": n})
+        for n in range(3)
+    ]
+    deferred.flush()
+    assert len(json_logging.writes) == 1
+    lines = [orjson.loads(line) for line in json_logging.writes[0].splitlines()]
+    assert lines == [
+        {
+            "request_id": f"r-{n}",
+            "code": "OK",
+            "n": n,
+            "timestamp": f"2025-11-22T08:26:{40 + n}.250000Z",
+            "event": "rpc",
+            "level": "info",
+            "service": "svc",
+        }
+        for n in range(3)
+    ]
+
+
+def test_deferred_lines_below_the_level_are_dropped(
+    json_logging: RecordingStdout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    logs.configure_logging("svc", load_settings(CommonSettings))
+    deferred = logs.DeferredLog(structlog.get_logger("parley.access"))
+    deferred.info("rpc", code="OK")
+    deferred.flush()
+    assert json_logging.writes == []
