@@ -50,9 +50,12 @@ _INDEX = """
 local function index(expire, ttl, member)
   local pruned = redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
   redis.call('ZADD', KEYS[4], expire, member)
-  -- The index outlives its newest entry by one TTL, so expired entries are seen (and counted)
-  -- by the next write in that window; after it the whole index expires on its own.
-  if redis.call('PTTL', KEYS[4]) < 2 * ttl then redis.call('PEXPIREAT', KEYS[4], expire + ttl) end
+  -- The index outlives its newest entry by at least one TTL, so expired entries are seen (and
+  -- counted) by the next write in that window; after it the whole index expires on its own.
+  -- Extended to two TTLs past the entry, so this runs once per TTL, not on every write.
+  if redis.call('PTTL', KEYS[4]) < 2 * ttl then
+    redis.call('PEXPIREAT', KEYS[4], expire + 2 * ttl)
+  end
   return pruned
 end
 local function expire_all(at)
@@ -96,7 +99,11 @@ end
 if nr > 0 then redis.call('HDEL', KEYS[3], unpack(ARGV, i, i + nr - 1)) end
 version = version + 1
 local expire = now + ttl
-redis.call('HSET', KEYS[1], 'id', id, 'v', version, 'c', created, 'u', now)
+if made == 1 then
+  redis.call('HSET', KEYS[1], 'id', id, 'v', version, 'c', created, 'u', now)
+else
+  redis.call('HSET', KEYS[1], 'v', version, 'u', now)
+end
 expire_all(expire)
 local pruned = index(expire, ttl, ARGV[5])
 if known then return {'applied', id, version, created, now, expire, made, pruned} end

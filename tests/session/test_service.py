@@ -96,6 +96,8 @@ async def test_update_appends_trims_and_patches_state_in_redis(stub: Stub, valke
     for k in keys:
         assert 895 <= db.ttl(k) <= 900
     assert db.llen(keys[0]) == 10
+    # The index outlives its newest entry (≤ 900 s) by at least a TTL, extended once per TTL.
+    assert 2 * 900 - 5 <= db.ttl(index) <= 3 * 900
     assert db.zscore(index, f"client:{key.user_id}") == pytest.approx(
         conversation.expire_time.ToMilliseconds(), abs=1
     )
