@@ -198,6 +198,8 @@ def key_proto(key: ConversationKey) -> session_pb2.ConversationKey:
 # converting them one by one was most of a get's own work. Entries up to 1 KB are cached (longer
 # ones are encoded every time), so a cache holds at most ~9 MB (the stored bytes and their
 # encoding), ~2 MB for messages of 100 characters: the last ten messages of ~400 conversations.
+# (Encoding an update's new messages from the request as they are checked, into a cache of our
+# own, cost a busy server ~24 µs more per update than this functools.lru_cache.)
 ENCODED_CACHE_SIZE = 4096
 CACHED_ENTRY_BYTES = 1024
 # Stored one-letter message roles → the enum, for the hot path below.
@@ -217,31 +219,30 @@ def conversation_reply(
     encoded, are appended to it (a message's fields may come in any order): nothing is built
     as a message to be serialized."""
     key = conversation.key
-    encoded = wire.conversation_head(
-        conversation.id,
-        key,
-        ROLE_VALUES[key.role],
-        conversation.version,
-        conversation.created_ms,
-        conversation.updated_ms,
-        conversation.expire_ms,
-    )
+    parts = [
+        _head_start(conversation.id, key, conversation.created_ms),
+        wire.conversation_times(
+            conversation.version, conversation.updated_ms, conversation.expire_ms
+        ),
+    ]
     if not basic:
-        encoded += _body(conversation)
-    return EncodedReply(wire.reply(encoded, created))
+        parts += [
+            _cached_message(raw) if len(raw) <= CACHED_ENTRY_BYTES else _encoded_message(raw)
+            for raw in conversation.history
+        ]
+        parts += [
+            _cached_state(name, raw)
+            if len(raw) <= CACHED_ENTRY_BYTES
+            else _encoded_state(name, raw)
+            for name, raw in conversation.state.items()
+        ]
+    return EncodedReply(wire.reply(parts, created))
 
 
-def _body(conversation: Conversation) -> bytes:
-    """History and state, encoded as fields of a Conversation."""
-    history = [
-        _cached_message(raw) if len(raw) <= CACHED_ENTRY_BYTES else _encoded_message(raw)
-        for raw in conversation.history
-    ]
-    state = [
-        _cached_state(name, raw) if len(raw) <= CACHED_ENTRY_BYTES else _encoded_state(name, raw)
-        for name, raw in conversation.state.items()
-    ]
-    return b"".join(history + state)
+@functools.lru_cache(maxsize=ENCODED_CACHE_SIZE)
+def _head_start(conversation_id: str, key: ConversationKey, created_ms: int) -> bytes:
+    """A conversation's head fields that never change: id, key and creation time."""
+    return wire.conversation_start(conversation_id, key, ROLE_VALUES[key.role], created_ms)
 
 
 def _encoded_message(raw: bytes) -> bytes:

@@ -1,7 +1,7 @@
 """The session replies' protobuf wire encoding, written directly for the hot path.
 
 A get or update answers with one conversation: its head (id, key, version, three times) and its
-history, both rebuilt on every call. Building them as protobuf messages and serializing those
+history. Building them as protobuf messages and serializing those
 costs ~5 µs per message entry and ~3 µs per head in a tight loop, several times that in a busy
 server. The encoding of these few fixed fields is simple (the protobuf encoding guide: a tag,
 then a varint or a length and the bytes), so it is written here directly. Tests compare every
@@ -82,22 +82,24 @@ def _key_field(key: ConversationKey, role_value: int) -> bytes:
     return _field(_KEY, body)
 
 
-def conversation_head(
-    conversation_id: str,
-    key: ConversationKey,
-    role_value: int,
-    version: int,
-    created_ms: int,
-    updated_ms: int,
-    expire_ms: int,
+def conversation_start(
+    conversation_id: str, key: ConversationKey, role_value: int, created_ms: int
 ) -> bytes:
-    """A Conversation's fields but history and state (which may follow in any order)."""
+    """A Conversation's id, key and create_time: the fields that never change."""
     return b"".join(
         (
             _field(_ID, conversation_id.encode()) if conversation_id else b"",
             _key_field(key, role_value),
-            _VERSION + varint(version) if version else b"",
             timestamp(_CREATE_TIME, created_ms),
+        )
+    )
+
+
+def conversation_times(version: int, updated_ms: int, expire_ms: int) -> bytes:
+    """A Conversation's version, update_time and expire_time."""
+    return b"".join(
+        (
+            _VERSION + varint(version) if version else b"",
             timestamp(_UPDATE_TIME, updated_ms),
             timestamp(_EXPIRE_TIME, expire_ms),
         )
@@ -117,6 +119,7 @@ def history_entry(role_value: int, content: str, time_ms: int, provider_message_
     return _field(_HISTORY, body)
 
 
-def reply(conversation: bytes, created: bool) -> bytes:
-    """A Get/UpdateConversationResponse around an encoded Conversation."""
-    return _field(_CONVERSATION, conversation) + (_CREATED_TRUE if created else b"")
+def reply(conversation: list[bytes], created: bool) -> bytes:
+    """A Get/UpdateConversationResponse around a Conversation encoded in parts (joined once)."""
+    size = sum(map(len, conversation))
+    return b"".join((_CONVERSATION, varint(size), *conversation, _CREATED_TRUE if created else b""))

@@ -6,6 +6,7 @@ import orjson
 from google.protobuf import json_format
 
 from parley.session.v1 import session_pb2 as pb
+from services.session import convert
 from services.session.convert import CACHED_ENTRY_BYTES, conversation_reply
 from services.session.model import Conversation, ConversationKey, decode_message
 
@@ -123,3 +124,26 @@ def test_a_reply_is_the_encoding_of_the_message_built_field_by_field() -> None:
                     assert reply.created is created
                     assert reply.conversation == expected
                     assert reply_type.FromString(reply.SerializeToString()) == reply
+
+
+def test_appended_messages_reply_as_stored() -> None:
+    """An update's new messages, as checked and stored, reply with what the request said (time
+    set or not, any Unicode, empty content, long entries past the cache)."""
+    key = pb.ConversationKey(business_id="b", user_id="+15550001", role=pb.CONVERSATION_ROLE_CLIENT)
+    request = pb.UpdateConversationRequest(
+        append=[
+            pb.Message(role=pb.MESSAGE_ROLE_USER, content="שלום 👋", provider_message_id="wamid.9"),
+            pb.Message(role=pb.MESSAGE_ROLE_ASSISTANT, content="x" * 300),
+            pb.Message(role=pb.MESSAGE_ROLE_SYSTEM, content=""),
+        ]
+    )
+    request.append[1].time.FromMilliseconds(1_699_999_999_001)
+    violations: convert.Violations = []
+    appended = convert.appended_messages(request.append, violations, now_ms=1_700_000_000_007)
+    assert violations == []
+    fresh = conversation(appended)
+    reply = pb.GetConversationResponse.FromString(conversation_reply(fresh, False).data)
+    assert reply.conversation == field_by_field(fresh, key)
+    # Read back later as stored (new bytes objects): the same answer.
+    again = conversation([bytes(bytearray(raw)) for raw in appended])
+    assert conversation_reply(again, False).data == conversation_reply(fresh, False).data
