@@ -128,6 +128,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         counters = {
             code: GRPC_HANDLED.labels(service, method, code.name) for code in grpc.StatusCode
         }
+        code_names = {code: code.name for code in grpc.StatusCode}  # an enum's .name is Python
         in_flight = self._in_flight
         default_deadline = self._default_deadline
         # Probes call Health/Check every few seconds: their access lines are DEBUG, not noise.
@@ -171,7 +172,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 histogram.observe(elapsed)
                 counters[code].inc()
                 access_log(
-                    "rpc", method=full_method, code=code.name, duration_ms=round(elapsed * 1000, 3)
+                    "rpc",
+                    method=full_method,
+                    code=code_names[code],
+                    duration_ms=round(elapsed * 1000, 3),
                 )
                 reset_call_fields(fields)
                 in_flight.leave()

@@ -50,8 +50,10 @@ async def test_concurrent_calls_share_pipelines_and_all_apply(client: RedisClien
     reads = int((await client.info("stats"))["total_reads_processed"]) - reads_before
     assert sorted(int(r) for r in results) == list(range(1, 201))
     assert int(await client.get("counter")) == 200
-    # 200 calls made in one loop turn: one write, read by Redis in a few reads.
-    assert reads < 20, reads
+    # 200 calls made in one loop turn: one write (~12 KB), read by Redis in a few reads; sent one
+    # by one they would take 200. (The bound is loose: a loaded machine hands Redis the write in
+    # more pieces, and other clients' reads count too; 20 was seen once.)
+    assert reads < 50, reads
 
 
 async def test_a_failing_script_fails_only_its_own_caller(client: RedisClient) -> None:
