@@ -1,12 +1,12 @@
 """The session replies' protobuf wire encoding, written directly for the hot path.
 
 A get or update answers with one conversation: its head (id, key, version, three times) and its
-history. Building them as protobuf messages and serializing those
-costs ~5 µs per message entry and ~3 µs per head in a tight loop, several times that in a busy
-server. The encoding of these few fixed fields is simple (the protobuf encoding guide: a tag,
-then a varint or a length and the bytes), so it is written here directly. Tests compare every
-function with protobuf's own serialization of the same message. State values (any JSON, as
-``google.protobuf.Value``) stay with protobuf.
+history. Building them as protobuf messages and serializing those cost ~5 µs per history entry
+and ~3 µs per head in a tight loop, several times that in a busy server. The encoding of these
+few fixed fields is simple (the protobuf encoding guide: a tag, then a varint or a length and the
+bytes), so it is written here directly. Tests compare every function with protobuf's own
+serialization of the same message. State values (any JSON, as ``google.protobuf.Value``) stay
+with protobuf.
 
 Field numbers are those of ``protos/parley/session/v1/session.proto`` and
 ``google/protobuf/timestamp.proto``; proto3 leaves out fields at their default (0, "").
