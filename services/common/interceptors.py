@@ -52,6 +52,8 @@ def request_id_from(metadata: Any) -> str:
     return secrets.token_hex(16)
 
 
+# An enum member's .name is a Python-level property: looked up once, not on every call.
+_CODE_NAMES = {code: code.name for code in grpc.StatusCode}
 _UNPARSABLE = object()  # what the guarded deserializer returns for bytes that do not parse
 
 
@@ -128,7 +130,6 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         counters = {
             code: GRPC_HANDLED.labels(service, method, code.name) for code in grpc.StatusCode
         }
-        code_names = {code: code.name for code in grpc.StatusCode}  # an enum's .name is Python
         in_flight = self._in_flight
         default_deadline = self._default_deadline
         # Probes call Health/Check every few seconds: their access lines are DEBUG, not noise.
@@ -174,7 +175,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 access_log(
                     "rpc",
                     method=full_method,
-                    code=code_names[code],
+                    code=_CODE_NAMES[code],
                     duration_ms=round(elapsed * 1000, 3),
                 )
                 reset_call_fields(fields)

@@ -70,7 +70,6 @@ def timestamp(tag: bytes, ms: int) -> bytes:
     return tag + _ONE_BYTE[len(body)] + body  # at most 11 bytes
 
 
-@functools.lru_cache(maxsize=16384)
 def _key_field(key: ConversationKey, role_value: int) -> bytes:
     body = b""
     if key.business_id:
