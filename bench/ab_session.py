@@ -109,6 +109,19 @@ def _info(event, **fields):
         _deferred(event, **fields)
 interceptors.ACCESS_LOG.info = _info
 """,
+    # What building the reply costs: in odd periods an update answers the last reply built (the
+    # client parses another conversation's bytes; it does not check which).
+    "reply-reused": """
+from services.session import convert
+_reply = convert.conversation_reply
+_last = {}
+def _reused(conversation, created, *, basic=False):
+    if variant_on() and basic in _last:
+        return _last[basic]
+    _last[basic] = reply = _reply(conversation, created, basic=basic)
+    return reply
+convert.conversation_reply = _reused
+""",
     # What the full reply costs an update: the basic view in odd periods.
     "basic-view": """
 from services.session import server
