@@ -40,6 +40,16 @@ SWITCH = f"""
 import time as _time
 def variant_on():
     return int(_time.time() / {PERIOD_SECONDS}) % 2 == 1
+def reuse_last(owner, name, copy=lambda result: result):
+    # In odd periods owner.name answers (a copy of) its last result without running.
+    original = getattr(owner, name)
+    last = []
+    def reused(*args, **kwargs):
+        if variant_on() and last:
+            return copy(last[0])
+        last[:] = [original(*args, **kwargs)]
+        return last[0]
+    setattr(owner, name, reused)
 """
 VARIANTS = {
     # The method's own noise: nothing switches.
@@ -78,25 +88,11 @@ server.SessionServicer.UpdateConversation = _ping_only
     # result is reused (for the messages, as new bytes: the reply still looks them up).
     "append-reused": """
 from services.session import convert
-_appended = convert.appended_messages
-_last = {}
-def _reused(messages, violations, now_ms=None):
-    if variant_on() and "append" in _last:
-        return [bytes(bytearray(raw)) for raw in _last["append"]]
-    _last["append"] = out = _appended(messages, violations, now_ms)
-    return out
-convert.appended_messages = _reused
+reuse_last(convert, "appended_messages", lambda out: [bytes(bytearray(raw)) for raw in out])
 """,
     "state-reused": """
 from services.session import convert
-_changes = convert.state_changes
-_last = {}
-def _reused(set_state, remove, violations):
-    if variant_on() and "state" in _last:
-        return _last["state"]
-    _last["state"] = out = _changes(set_state, remove, violations)
-    return out
-convert.state_changes = _reused
+reuse_last(convert, "state_changes")
 """,
     # What recording the access line costs: none recorded in odd periods. Not what writing it
     # costs: a batch is written every 0.1 s, so half of an even period's lines go out in the
@@ -113,14 +109,7 @@ interceptors.ACCESS_LOG.info = _info
     # client parses another conversation's bytes; it does not check which).
     "reply-reused": """
 from services.session import convert
-_reply = convert.conversation_reply
-_last = {}
-def _reused(conversation, created, *, basic=False):
-    if variant_on() and basic in _last:
-        return _last[basic]
-    _last[basic] = reply = _reply(conversation, created, basic=basic)
-    return reply
-convert.conversation_reply = _reused
+reuse_last(convert, "conversation_reply")
 """,
     # What the full reply costs an update: the basic view in odd periods.
     "basic-view": """

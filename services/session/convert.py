@@ -15,6 +15,7 @@ from services.common.interceptors import EncodedReply
 from services.common.struct_values import python_to_value, value_to_python
 from services.session import wire
 from services.session.model import (
+    MESSAGE_ROLES,
     Conversation,
     ConversationKey,
     Role,
@@ -198,10 +199,7 @@ def key_proto(key: ConversationKey) -> session_pb2.ConversationKey:
 ENCODED_CACHE_SIZE = 4096
 CACHED_ENTRY_BYTES = 1024
 # Stored one-letter message roles → the enum, for the hot path below.
-_STORED_ROLE_VALUES = {
-    code: MESSAGE_ROLE_VALUES[name]
-    for name, code in (("user", "u"), ("assistant", "a"), ("system", "s"))
-}
+_STORED_ROLE_VALUES = {code: MESSAGE_ROLE_VALUES[name] for name, code in MESSAGE_ROLES.items()}
 
 
 def conversation_reply(

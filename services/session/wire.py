@@ -67,7 +67,7 @@ def timestamp(tag: bytes, ms: int) -> bytes:
     protobuf keeps it: nanos in 0..999,999,999, seconds rounded down)."""
     seconds, rest = divmod(ms, 1000)
     body = _seconds(seconds) + _NANOS_OF_MS[rest]
-    return tag + _ONE_BYTE[len(body)] + body  # at most 11 bytes
+    return tag + _ONE_BYTE[len(body)] + body  # at most 17 bytes: a one-byte length
 
 
 def _key_field(key: ConversationKey, role_value: int) -> bytes:
