@@ -115,10 +115,10 @@ async def throughput(
     return done / (time.perf_counter() - start)
 
 
-async def latencies(call: Call, calls: int = LATENCY_CALLS) -> list[float]:
+async def latencies(call: Call, calls: int = LATENCY_CALLS, warm_up: int = 50) -> list[float]:
     """One caller, back to back: the per-call latency without queueing."""
     samples = []
-    for _ in range(50):
+    for _ in range(warm_up):
         await call()
     for _ in range(calls):
         start = time.perf_counter()
@@ -173,7 +173,8 @@ async def interleaved(
     slice_seconds: float = SLICE_SECONDS,
 ) -> Interleaved:
     """The throughput of each kind of call, measured in turn in short slices, ``slices`` times
-    over, then each kind's latencies; ``pids``: the process that serves each kind.
+    over, then each kind's latencies, in interleaved blocks too; ``pids``: the process that
+    serves each kind.
 
     The machine is shared and its load drifts over seconds. Slices this short and interleaved
     expose every kind to the same drift, so their ratio holds where back-to-back runs of a few
@@ -181,7 +182,7 @@ async def interleaved(
     """
     result = Interleaved()
     for kind in calls:
-        result.rates[kind] = []
+        result.rates[kind], result.latencies[kind] = [], []
         result.server_cpu[kind] = result.calls[kind] = 0.0
     for _ in range(slices):
         for kind, call in calls.items():
@@ -190,8 +191,9 @@ async def interleaved(
             result.rates[kind].append(rate)
             result.server_cpu[kind] += cpu_seconds(pids[kind]) - before
             result.calls[kind] += rate * slice_seconds + WARM_UP_CALLS
-    for kind, call in calls.items():
-        result.latencies[kind] = await latencies(call)
+    for _ in range(slices):
+        for kind, call in calls.items():
+            result.latencies[kind] += await latencies(call, LATENCY_CALLS // slices, warm_up=5)
     return result
 
 
