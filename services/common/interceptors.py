@@ -17,7 +17,12 @@ import structlog
 
 from services.common.errors import InvalidArgument, ServiceError
 from services.common.logs import DeferredLog, bind_call_fields, reset_call_fields
-from services.common.metrics import GRPC_HANDLED, GRPC_HANDLING_SECONDS, GRPC_IN_FLIGHT
+from services.common.metrics import (
+    GO_CODE_NAMES,
+    GRPC_HANDLED,
+    GRPC_HANDLING_SECONDS,
+    GRPC_IN_FLIGHT,
+)
 
 log = structlog.get_logger("parley.access")
 ACCESS_LOG = DeferredLog(log)  # one line per RPC, written in batches: see DeferredLog
@@ -128,7 +133,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         behavior = handler.unary_unary
         histogram = GRPC_HANDLING_SECONDS.labels(service, method)
         counters = {
-            code: GRPC_HANDLED.labels(service, method, code.name) for code in grpc.StatusCode
+            code: GRPC_HANDLED.labels(service, method, GO_CODE_NAMES[code])
+            for code in grpc.StatusCode
         }
         in_flight = self._in_flight
         default_deadline = self._default_deadline

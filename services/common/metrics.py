@@ -1,9 +1,18 @@
-"""Prometheus metrics every gRPC service exports, named as go-grpc-prometheus names them so
-existing dashboards and alerts work unchanged."""
+"""Prometheus metrics every gRPC service exports, named and labelled as go-grpc-prometheus
+does (``grpc_code`` as Go spells it: ``OK``, ``InvalidArgument``, ``Canceled``…) so existing
+dashboards and alerts work unchanged."""
 
 from __future__ import annotations
 
+import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+# grpc-go's codes.Code.String(), what go-grpc-prometheus puts in grpc_code: CamelCase, with
+# two exceptions.
+GO_CODE_NAMES = {code: code.name.title().replace("_", "") for code in grpc.StatusCode} | {
+    grpc.StatusCode.OK: "OK",
+    grpc.StatusCode.CANCELLED: "Canceled",
+}
 
 GRPC_HANDLED = Counter(
     "grpc_server_handled_total",

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from services.common.metrics import GO_CODE_NAMES
 from tests.deploy.envvars import read_by
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,6 +209,16 @@ def test_dashboard_and_alerts_use_only_metrics_the_services_export() -> None:
         assert needed in shown, needed
     datasources = {p["datasource"]["uid"] for p in dashboard["panels"]}
     assert datasources == {"prometheus"}
+
+
+def test_alerts_select_grpc_codes_the_services_label_calls_with() -> None:
+    """A grpc_code the services never write would make its alert silent, not wrong."""
+    alerts = (OBSERVABILITY / "alerts.yml").read_text()
+    dashboard = (OBSERVABILITY / "grafana/dashboards/parley.json").read_text()
+    selected = re.findall(r'grpc_code=~?\\?"([^"\\]+)', alerts + dashboard)
+    assert selected, "the error-rate alert selects codes by name"
+    names = {name for pattern in selected for name in pattern.split("|")}
+    assert names <= set(GO_CODE_NAMES.values()), names - set(GO_CODE_NAMES.values())
 
 
 def test_metric_name_extraction_sees_names_not_functions() -> None:

@@ -42,7 +42,7 @@ def main() -> int:
         ),
         settings,
         port=int(os.environ["FIXTURE_PORT"]),
-        metrics_port=0,
+        metrics_port=int(os.environ.get("FIXTURE_METRICS_PORT", "0")),
         log_name="fixture",
     )
 

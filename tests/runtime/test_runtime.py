@@ -182,6 +182,37 @@ def test_request_id_reaches_the_access_log_and_errors_stay_opaque(tmp_path: Path
         process.stop()
 
 
+def test_calls_are_counted_with_go_grpc_prometheus_code_names(tmp_path: Path) -> None:
+    """grpc_code as go-grpc-prometheus writes it ("InvalidArgument", not "INVALID_ARGUMENT"):
+    the shipped alerts and dashboards select on those names."""
+    metrics_port = free_port()
+    process, address = fixture_service(
+        tmp_path, FIXTURE_SLOW_SECONDS="0", FIXTURE_METRICS_PORT=str(metrics_port)
+    )
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = session_pb2_grpc.SessionServiceStub(channel)
+            stub.GetConversation(session_pb2.GetConversationRequest(), timeout=5)
+            for call, request in (
+                (stub.UpdateConversation, session_pb2.UpdateConversationRequest()),
+                (stub.TouchConversation, session_pb2.TouchConversationRequest()),
+            ):
+                with pytest.raises(grpc.RpcError):
+                    call(request, timeout=5)
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    finally:
+        process.stop()
+    service = 'grpc_service="parley.session.v1.SessionService"'
+    for method, code in (
+        ("GetConversation", "OK"),
+        ("UpdateConversation", "InvalidArgument"),
+        ("TouchConversation", "Internal"),
+    ):
+        line = f'grpc_server_handled_total{{grpc_code="{code}",grpc_method="{method}",{service}}}'
+        assert f"{line} 1.0" in text, (line, text)
+    assert 'grpc_code="INVALID_ARGUMENT"' not in text
+
+
 def log_lines(process: ServiceProcess) -> list[dict[str, object]]:
     """The complete JSON lines of a process's log so far."""
     lines = []
