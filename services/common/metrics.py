@@ -4,8 +4,14 @@ dashboards and alerts work unchanged."""
 
 from __future__ import annotations
 
+import bisect
+import itertools
+from collections.abc import Iterable
+
 import grpc
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Gauge, start_http_server
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # grpc-go's codes.Code.String(), what go-grpc-prometheus puts in grpc_code: CamelCase, with
 # two exceptions.
@@ -14,17 +20,73 @@ GO_CODE_NAMES = {code: code.name.title().replace("_", "") for code in grpc.Statu
     grpc.StatusCode.CANCELLED: "Canceled",
 }
 
-GRPC_HANDLED = Counter(
-    "grpc_server_handled_total",
-    "RPCs completed on the server, by method and status code.",
-    ["grpc_service", "grpc_method", "grpc_code"],
-)
-GRPC_HANDLING_SECONDS = Histogram(
-    "grpc_server_handling_seconds",
-    "Time to handle an RPC on the server, by method.",
-    ["grpc_service", "grpc_method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
+HANDLING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_LE = [*(str(float(bound)) for bound in HANDLING_BUCKETS), "+Inf"]  # "le" as Prometheus writes it
+_OK = grpc.StatusCode.OK
+
+
+class MethodStats:
+    """One method's calls: how many ended with each status code, and how long they took."""
+
+    __slots__ = ("buckets", "ok", "others", "sum")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(HANDLING_BUCKETS) + 1)  # the last one is +Inf
+        self.ok = 0
+        self.others = dict.fromkeys(grpc.StatusCode, 0)
+        self.sum = 0.0
+
+    def record(self, code: grpc.StatusCode, seconds: float) -> None:
+        if code is _OK:  # most calls: no dict lookup (an Enum's hash is Python code)
+            self.ok += 1
+        else:
+            self.others[code] += 1
+        self.buckets[bisect.bisect_left(HANDLING_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def counts(self) -> dict[grpc.StatusCode, int]:
+        return {**self.others, _OK: self.ok}
+
+
+class RpcMetrics(Collector):
+    """``grpc_server_handled_total`` and ``grpc_server_handling_seconds``, kept as plain numbers
+    and turned into metrics when Prometheus scrapes.
+
+    Every RPC records into them on the event loop's thread. prometheus_client's Counter and
+    Histogram take a lock for every increment (~2.5 µs a call, half of the interceptor's own
+    work); these cost ~0.3 µs. A scrape (on the metrics server's thread) may see a call counted
+    before its duration is added, never a torn number.
+    """
+
+    def __init__(self) -> None:
+        self._methods: dict[tuple[str, str], MethodStats] = {}
+
+    def method(self, service: str, method: str) -> MethodStats:
+        return self._methods.setdefault((service, method), MethodStats())
+
+    def collect(self) -> Iterable[Metric]:
+        handled = CounterMetricFamily(
+            "grpc_server_handled",
+            "RPCs completed on the server, by method and status code.",
+            labels=["grpc_service", "grpc_method", "grpc_code"],
+        )
+        handling = HistogramMetricFamily(
+            "grpc_server_handling_seconds",
+            "Time to handle an RPC on the server, by method.",
+            labels=["grpc_service", "grpc_method"],
+        )
+        for (service, method), stats in list(self._methods.items()):
+            for code, count in stats.counts().items():
+                handled.add_metric([service, method, GO_CODE_NAMES[code]], count)
+            cumulative = itertools.accumulate(list(stats.buckets))
+            buckets = list(zip(_LE, cumulative, strict=True))
+            handling.add_metric([service, method], buckets, stats.sum)
+        yield handled
+        yield handling
+
+
+RPC_METRICS = RpcMetrics()
+REGISTRY.register(RPC_METRICS)
 GRPC_IN_FLIGHT = Gauge("grpc_server_in_flight", "RPCs being handled now.")
 SERVING = Gauge(
     "parley_serving", "1 while the service reports SERVING on its health check.", ["service"]

@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common import event_loop
 from services.common.gc_tuning import settle_heap
-from services.common.interceptors import ACCESS_LOG, InFlight, ServerInterceptor
+from services.common.interceptors import ACCESS_LOG, CallWrapper, InFlight, Registrar
 from services.common.logs import configure_logging
 from services.common.metrics import SERVING, start_metrics_server
 from services.common.settings import CommonSettings
@@ -79,9 +79,6 @@ class Runtime:
         self.in_flight = InFlight()
         self.health = HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[
-                ServerInterceptor(self.in_flight, settings.grpc_default_deadline_seconds)
-            ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -90,8 +87,11 @@ class Runtime:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )
-        service.register(service.servicer, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        wrapper = CallWrapper(self.in_flight, settings.grpc_default_deadline_seconds)
+        registrar = Registrar(self.server, wrapper).as_server()
+        service.register(service.servicer, registrar)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
+        # Streaming, so never wrapped; and it must see the real server (it checks the type).
         reflection.enable_server_reflection(
             [
                 service.name,
