@@ -19,9 +19,9 @@ from services.search.places import Places
 from services.search.providers import select_provider
 from services.search.settings import SearchSettings
 from services.search.validation import (
+    SearchChecks,
     validate_nearest,
     validate_resolve,
-    validate_search,
     validate_warm,
 )
 
@@ -33,6 +33,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def __init__(self, engine: SearchEngine, default_deadline: float) -> None:
         self.engine = engine
         self.places = engine.places
+        self._search_checks = SearchChecks(engine.places)
         self._default_deadline = default_deadline
 
     def _deadline(self, context: Any) -> float:
@@ -42,7 +43,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def SearchFlights(
         self, request: search_pb2.SearchFlightsRequest, context: Any
     ) -> search_pb2.SearchFlightsResponse:
-        query = validate_search(request, self.places)
+        query = self._search_checks(request)
         return await self.engine.search(query, self._deadline(context))
 
     async def ResolvePlace(

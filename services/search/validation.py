@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import time
 from collections.abc import Callable
 
 from parley.search.v1 import search_pb2
@@ -105,6 +106,40 @@ def validate_search(
         max_results=max_results,
         currency=currency,
     )
+
+
+class SearchChecks:
+    """:func:`validate_search` remembered per request until the date changes where the trip
+    starts (the only thing besides the request that its answer depends on).
+
+    The same popular searches come in all day, and checking one again cost a tenth of a cached
+    search's CPU. Requests that fail are not remembered; ``limit`` bounds the memory (oldest
+    first out).
+    """
+
+    def __init__(self, places: Places, limit: int = 4096) -> None:
+        self.places = places
+        self.limit = limit
+        self._checked: dict[bytes, tuple[Query, float]] = {}  # request → (query, valid until)
+
+    def __call__(self, request: search_pb2.SearchFlightsRequest) -> Query:
+        raw = request.SerializeToString(deterministic=True)
+        now = time.time()
+        remembered = self._checked.get(raw)
+        if remembered is not None and now < remembered[1]:
+            return remembered[0]
+        query = validate_search(request, self.places)
+        if len(self._checked) >= self.limit:
+            del self._checked[next(iter(self._checked))]
+        self._checked[raw] = (query, _next_midnight(self.places.by_code[query.origin].tz, now))
+        return query
+
+
+def _next_midnight(tz: str, now: float) -> float:
+    """When the date after the one at ``now`` begins in ``tz`` (epoch seconds)."""
+    zone_info = zone(tz)
+    tomorrow = dt.datetime.fromtimestamp(now, zone_info).date() + dt.timedelta(days=1)
+    return dt.datetime.combine(tomorrow, dt.time(), tzinfo=zone_info).timestamp()
 
 
 def validate_resolve(request: search_pb2.ResolvePlaceRequest) -> tuple[str, int]:

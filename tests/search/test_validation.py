@@ -8,8 +8,10 @@ import pytest
 
 from parley.search.v1 import search_pb2
 from services.common.errors import InvalidArgument
+from services.search import validation
 from services.search.places import Places
 from services.search.validation import (
+    SearchChecks,
     validate_nearest,
     validate_resolve,
     validate_search,
@@ -135,3 +137,54 @@ def test_resolve_and_nearest_and_warm_validation(places: Places) -> None:
             places,
         )
     assert {"days_ahead", "routes[0].destination"} == set(dict(caught.value.violations))
+
+
+def counting_checks(
+    places: Places, monkeypatch: pytest.MonkeyPatch
+) -> tuple[SearchChecks, list[int]]:
+    """SearchChecks whose real checks are counted."""
+    calls: list[int] = []
+    real = validation.validate_search
+
+    def counted(*args: object) -> object:
+        calls.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(validation, "validate_search", counted)
+    return SearchChecks(places, limit=2), calls
+
+
+def upcoming(days: int) -> str:
+    return (dt.date.today() + dt.timedelta(days=days)).isoformat()
+
+
+def test_a_request_checked_once_is_remembered_until_midnight_where_it_starts(
+    places: Places, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks, calls = counting_checks(places, monkeypatch)
+    good = request(origin="DEL", destination="LHR", departure_date=upcoming(30))
+    first = checks(good)
+    assert checks(good) == first and len(calls) == 1
+    # Past midnight in Delhi (IST, +05:30) the request is checked again.
+    midnight = validation._next_midnight("Asia/Kolkata", validation.time.time())
+    local = dt.datetime.fromtimestamp(midnight, dt.timezone(dt.timedelta(hours=5, minutes=30)))
+    assert (local.hour, local.minute, local.second) == (0, 0, 0)
+    monkeypatch.setattr(validation.time, "time", lambda: midnight)
+    assert checks(good) == first and len(calls) == 2
+
+
+def test_bad_requests_are_never_remembered_and_memory_is_bounded(
+    places: Places, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks, calls = counting_checks(places, monkeypatch)
+    bad = request(origin="JFK", destination="JFK", departure_date=upcoming(3))
+    for _ in range(2):
+        with pytest.raises(InvalidArgument):
+            checks(bad)
+    assert len(calls) == 2
+    for days in (1, 2, 3):  # the limit is 2: the first is let go
+        checks(request(departure_date=upcoming(days)))
+    checks(request(departure_date=upcoming(3)))
+    assert len(calls) == 2 + 3
+    checks(request(departure_date=upcoming(1)))
+    assert len(calls) == 2 + 4
