@@ -222,7 +222,10 @@ class _Wrapped(grpc.GenericRpcHandler):
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
         method: str = handler_call_details.method
-        if method not in self._handlers:
+        wrapped = self._handlers.get(method)
+        if wrapped is None:
             handler = self._inner.service(handler_call_details)
-            self._handlers[method] = self._wrapper.wrap(method, handler)
-        return self._handlers[method]
+            if handler is None:  # not ours: not kept, or made-up method names would pile up
+                return None
+            wrapped = self._handlers[method] = self._wrapper.wrap(method, handler)
+        return wrapped

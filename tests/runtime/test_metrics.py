@@ -1,13 +1,16 @@
-"""The runtime's per-call metrics as Prometheus reads them, and the request ids it makes."""
+"""The runtime's per-call handling: its metrics as Prometheus reads them, the request ids it
+makes, and the handlers it wraps."""
 
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
+from typing import Any, cast
 
 import grpc
 from prometheus_client import CollectorRegistry, generate_latest
 
-from services.common.interceptors import request_id_from
+from services.common.interceptors import CallWrapper, InFlight, _Wrapped, request_id_from
 from services.common.metrics import RpcMetrics
 
 
@@ -46,3 +49,25 @@ def test_new_request_ids_are_unique_and_look_like_token_hex() -> None:
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
     assert request_id_from((("x-request-id", "abc"),)) == "abc"
     assert re.fullmatch(r"[0-9a-f]{32}", request_id_from((("x-request-id", "x" * 200),)))
+
+
+def test_made_up_method_names_are_not_kept() -> None:
+    """The handlers of a generic handler are wrapped once per method; a method it does not
+    serve (any path a client makes up) is answered None and leaves nothing behind."""
+
+    class Inner(grpc.GenericRpcHandler):
+        def service(self, details: grpc.HandlerCallDetails) -> Any:
+            if details.method == "/pkg.S/Known":
+                return grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+            return None
+
+    wrapped = _Wrapped(Inner(), CallWrapper(InFlight(), 30.0))
+
+    def details(method: str) -> grpc.HandlerCallDetails:
+        return cast(grpc.HandlerCallDetails, SimpleNamespace(method=method, invocation_metadata=()))
+
+    known = wrapped.service(details("/pkg.S/Known"))
+    assert known is not None and wrapped.service(details("/pkg.S/Known")) is known
+    for n in range(100):
+        assert wrapped.service(details(f"/pkg.S/Made{n}")) is None
+    assert list(wrapped._handlers) == ["/pkg.S/Known"]
