@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.floor import (
     RUNTIME_SERVER,
     Interleaved,
+    channels,
     health_check,
     interleaved,
     start_server,
@@ -113,11 +114,8 @@ async def zipf_run(
 
 async def measure_lookup(addresses: dict[str, str], pids: dict[str, int]) -> Interleaved:
     """The no-op floor and cached lookups, interleaved."""
-    async with (
-        grpc.aio.insecure_channel(addresses["noop"]) as noop_channel,
-        grpc.aio.insecure_channel(addresses["lookup"]) as channel,
-    ):
-        stub = business_pb2_grpc.BusinessServiceStub(channel)
+    async with channels(addresses) as channel:
+        stub = business_pb2_grpc.BusinessServiceStub(channel["lookup"])
         requests = itertools.cycle(
             [business_pb2.LookupBusinessRequest(phone_number_id=pnid(i)) for i in range(BUSINESSES)]
         )
@@ -125,7 +123,7 @@ async def measure_lookup(addresses: dict[str, str], pids: dict[str, int]) -> Int
         async def lookup() -> Any:
             return await stub.LookupBusiness(next(requests), timeout=5)
 
-        return await interleaved({"noop": health_check(noop_channel), "lookup": lookup}, pids)
+        return await interleaved({"noop": health_check(channel["noop"]), "lookup": lookup}, pids)
 
 
 async def scenario(address: str, metrics_port: int) -> tuple[dict[str, Any], dict[str, Any], int]:

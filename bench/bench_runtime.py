@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
-
 from bench.floor import (
     BARE_SERVER,
     RUNTIME_SERVER,
     Interleaved,
+    channels,
     health_check,
     interleaved,
     start_server,
@@ -20,13 +19,8 @@ from bench.report import Check, Section, summarize_latencies
 
 async def measure(addresses: dict[str, str], pids: dict[str, int]) -> Interleaved:
     """The no-op RPC on both servers, interleaved."""
-    async with (
-        grpc.aio.insecure_channel(addresses["bare"]) as bare,
-        grpc.aio.insecure_channel(addresses["runtime"]) as runtime,
-    ):
-        return await interleaved(
-            {"bare": health_check(bare), "runtime": health_check(runtime)}, pids
-        )
+    async with channels(addresses) as channel:
+        return await interleaved({name: health_check(c) for name, c in channel.items()}, pids)
 
 
 def run() -> list[Section]:

@@ -21,6 +21,7 @@ import grpc
 from bench.floor import (
     RUNTIME_SERVER,
     Interleaved,
+    channels,
     health_check,
     interleaved,
     start_server,
@@ -60,11 +61,8 @@ def _routes(places: Places) -> list[tuple[str, str]]:
 
 async def _cached(addresses: dict[str, str], pids: dict[str, int]) -> Interleaved:
     """The no-op floor and a cached search, interleaved."""
-    async with (
-        grpc.aio.insecure_channel(addresses["noop"]) as noop_channel,
-        grpc.aio.insecure_channel(addresses["cached"]) as channel,
-    ):
-        stub = search_pb2_grpc.SearchServiceStub(channel)
+    async with channels(addresses) as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel["cached"])
         day = (dt.date.today() + dt.timedelta(days=30)).isoformat()
         request = search_pb2.SearchFlightsRequest(
             origin="JFK", destination="LHR", departure_date=day
@@ -75,7 +73,7 @@ async def _cached(addresses: dict[str, str], pids: dict[str, int]) -> Interleave
         async def cached() -> Any:
             return await stub.SearchFlights(request, timeout=5)
 
-        return await interleaved({"noop": health_check(noop_channel), "cached": cached}, pids)
+        return await interleaved({"noop": health_check(channel["noop"]), "cached": cached}, pids)
 
 
 async def _uncached(address: str, places: Places) -> float:

@@ -23,6 +23,7 @@ from bench.floor import (
     SLICE_SECONDS,
     SLICES,
     Interleaved,
+    channels,
     health_check,
     interleaved,
     start_server,
@@ -111,17 +112,13 @@ def update_requests(
 async def measure(addresses: dict[str, str], pids: dict[str, int]) -> Interleaved:
     """No-op, one-PING, get and update, interleaved; ``addresses`` and ``pids`` by
     ``session``, ``noop`` and ``ping``."""
-    async with (
-        grpc.aio.insecure_channel(addresses["session"]) as channel,
-        grpc.aio.insecure_channel(addresses["noop"]) as noop_channel,
-        grpc.aio.insecure_channel(addresses["ping"]) as ping_channel,
-    ):
-        stub = session_pb2_grpc.SessionServiceStub(channel)
+    async with channels(addresses) as channel:
+        stub = session_pb2_grpc.SessionServiceStub(channel["session"])
         await prepare(stub)
         gets = get_requests()
         updates = update_requests()
         basic_updates = update_requests(pb.CONVERSATION_VIEW_BASIC)
-        pinger = session_pb2_grpc.SessionServiceStub(ping_channel)
+        pinger = session_pb2_grpc.SessionServiceStub(channel["ping"])
         status = pb.GetStorageStatusRequest()
 
         async def one_ping() -> Any:
@@ -139,7 +136,7 @@ async def measure(addresses: dict[str, str], pids: dict[str, int]) -> Interleave
         calls = dict(
             zip(
                 KINDS,
-                (health_check(noop_channel), one_ping, get, update, update_basic),
+                (health_check(channel["noop"]), one_ping, get, update, update_basic),
                 strict=True,
             )
         )

@@ -13,12 +13,13 @@ their ratio: absolute rates on a shared machine drift, a ratio in the same slice
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +126,16 @@ async def latencies(call: Call, calls: int = LATENCY_CALLS, warm_up: int = 50) -
         await call()
         samples.append(time.perf_counter() - start)
     return samples
+
+
+@contextlib.asynccontextmanager
+async def channels(addresses: Mapping[str, str]) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
+    """A channel to each address, by the same names, closed together."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield {
+            name: await stack.enter_async_context(grpc.aio.insecure_channel(address))
+            for name, address in addresses.items()
+        }
 
 
 def health_check(channel: grpc.aio.Channel) -> Call:

@@ -28,24 +28,24 @@ _OK = grpc.StatusCode.OK
 class MethodStats:
     """One method's calls: how many ended with each status code, and how long they took."""
 
-    __slots__ = ("buckets", "ok", "others", "sum")
+    __slots__ = ("buckets", "errors", "ok", "sum")
 
     def __init__(self) -> None:
         self.buckets = [0] * (len(HANDLING_BUCKETS) + 1)  # the last one is +Inf
         self.ok = 0
-        self.others = dict.fromkeys(grpc.StatusCode, 0)
+        self.errors = {code: 0 for code in grpc.StatusCode if code is not _OK}
         self.sum = 0.0
 
     def record(self, code: grpc.StatusCode, seconds: float) -> None:
         if code is _OK:  # most calls: no dict lookup (an Enum's hash is Python code)
             self.ok += 1
         else:
-            self.others[code] += 1
+            self.errors[code] += 1
         self.buckets[bisect.bisect_left(HANDLING_BUCKETS, seconds)] += 1
         self.sum += seconds
 
     def counts(self) -> dict[grpc.StatusCode, int]:
-        return {**self.others, _OK: self.ok}
+        return {_OK: self.ok, **self.errors}
 
 
 class RpcMetrics(Collector):
