@@ -19,15 +19,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from services.dev.launcher import VAR
 from services.gateway.channels import cloud_api
 
-ROOT = Path(__file__).resolve().parents[2]
-VAR = ROOT / "var"
 DEMO_PHONE_NUMBER_ID = "100000000000001"
 DEMO_DISPLAY_NUMBER = "15550000001"
 DEFAULT_USER = "15551230000"

