@@ -14,6 +14,7 @@ cost stays small next to the servers' on a shared machine.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import secrets
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.floor import DURATION_S
+from bench.floor import CONCURRENCY, DURATION_S, SLICE_SECONDS, SLICES, Interleaved, interleaved
 from bench.report import Check, Section, percentile, summarize_latencies
 from services.gateway.channels import cloud_api
 from tests.support.processes import Valkey, free_port, wait_for
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SECRET = "bench-app-secret-" + secrets.token_hex(8)
 API_KEY = "bench-admin-" + secrets.token_hex(8)
 PNID = "100000000000777"
-CONNECTIONS = 32
+
 
 BARE_APP = """
 import sys, uvicorn
@@ -84,10 +85,10 @@ class RawClient:
             self.writer.close()
 
 
-def webhook(user: str, text: str) -> tuple[bytes, dict[str, str]]:
+def webhook(user: str, text: str, message_id: str = "") -> tuple[bytes, dict[str, str]]:
     message = {
         "from": user,
-        "id": f"wamid.{secrets.token_hex(12)}",
+        "id": message_id or f"wamid.{secrets.token_hex(12)}",
         "timestamp": str(int(time.time())),
         "type": "text",
         "text": {"body": text},
@@ -101,36 +102,60 @@ def webhook(user: str, text: str) -> tuple[bytes, dict[str, str]]:
     }
 
 
-async def closed_loop(port: int, bodies: list[tuple[bytes, dict[str, str]]]) -> float:
-    """Requests per second with CONNECTIONS callers back to back for DURATION_S."""
-    clients = [RawClient(port) for _ in range(CONNECTIONS)]
-    done = 0
-    errors = 0
-    index = 0
-    stop_at = time.perf_counter() + DURATION_S
+class Webhooks:
+    """Signed webhooks from ``users`` users, each message with an id never sent before: the
+    gateway answers a duplicate before it enqueues anything, and the enqueue is measured."""
 
-    async def caller(client: RawClient) -> None:
-        nonlocal done, errors, index
-        while time.perf_counter() < stop_at:
-            body, headers = bodies[index % len(bodies)]
-            index += 1
+    def __init__(self, users: int = 500) -> None:
+        self._template, _ = webhook("@@USER@@", "hello", "@@ID@@")
+        self._users = [f"1555{n:07d}".encode() for n in range(users)]
+        self._run = secrets.token_hex(6).encode()
+        self._count = itertools.count()
+
+    def __next__(self) -> tuple[bytes, dict[str, str]]:
+        n = next(self._count)
+        body = self._template.replace(b"@@USER@@", self._users[n % len(self._users)])
+        body = body.replace(b"@@ID@@", b"wamid.%s%012x" % (self._run, n))
+        return body, {
+            "Content-Type": "application/json",
+            "X-Hub-Signature-256": cloud_api.sign(body, SECRET),
+        }
+
+
+class Poster:
+    """One webhook POST per call, each on one of CONCURRENCY keep-alive connections (one per
+    caller of the benchmark); anything but 200 fails the benchmark."""
+
+    def __init__(self, port: int, webhooks: Webhooks) -> None:
+        self.webhooks = webhooks
+        self._idle = [RawClient(port) for _ in range(CONCURRENCY)]
+        self._all = list(self._idle)
+
+    async def __call__(self) -> int:
+        client = self._idle.pop()
+        try:
+            body, headers = next(self.webhooks)
             status = await client.post("/webhooks/whatsapp", body, headers)
-            done += 1
-            errors += status != 200
+        finally:
+            self._idle.append(client)
+        if status != 200:
+            raise RuntimeError(f"status {status} during the benchmark")
+        return status
 
-    for client in clients[:4]:
-        for _ in range(20):
-            body, headers = bodies[index % len(bodies)]
-            index += 1
-            await client.post("/webhooks/whatsapp", body, headers)
-    start = time.perf_counter()
-    await asyncio.gather(*(caller(c) for c in clients))
-    elapsed = time.perf_counter() - start
-    for client in clients:
-        client.close()
-    if errors:
-        raise RuntimeError(f"{errors} non-200 answers during the benchmark")
-    return done / elapsed
+    def close(self) -> None:
+        for client in self._all:
+            client.close()
+
+
+async def ack_rates(ports: dict[str, int], pids: dict[str, int]) -> Interleaved:
+    """The bare app and the gateway, interleaved; ``ports`` and ``pids`` by kind."""
+    webhooks = Webhooks()
+    posters = {kind: Poster(port, webhooks) for kind, port in ports.items()}
+    try:
+        return await interleaved(posters, pids)
+    finally:
+        for poster in posters.values():
+            poster.close()
 
 
 async def open_loop(
@@ -297,12 +322,13 @@ def ack_section(stack: Stack) -> Section:
     try:
         assert wait_for(lambda: up(f"http://127.0.0.1:{bare_port}/docs"), 30, 0.1)
         users = [f"1555{n:07d}" for n in range(500)]
-        bodies = [webhook(users[i % len(users)], f"hello {i}") for i in range(30_000)]
-        rounds_bare, rounds_gw = [], []
-        for _ in range(3):  # alternate, keep the median of each
-            rounds_bare.append(asyncio.run(closed_loop(bare_port, bodies)))
-            rounds_gw.append(asyncio.run(closed_loop(stack.ports["gw"], bodies)))
-        bare_rps, gw_rps = sorted(rounds_bare)[1], sorted(rounds_gw)[1]
+        measured = asyncio.run(
+            ack_rates(
+                {"bare": bare_port, "gateway": stack.ports["gw"]},
+                {"bare": bare.pid, "gateway": gateway.pid},
+            )
+        )
+        bare_rps, gw_rps = measured.mean("bare"), measured.mean("gateway")
         fresh = [webhook(users[i % len(users)], f"rate {i}") for i in range(3_000)]
         latencies, _, achieved = asyncio.run(open_loop(stack.ports["gw"], fresh, 1000, 3.0))
         bare_lat, _, _ = asyncio.run(open_loop(bare_port, fresh, 1000, 3.0))
@@ -315,6 +341,10 @@ def ack_section(stack: Stack) -> Section:
         figures={
             "bare FastAPI (req/s)": round(bare_rps),
             "gateway (webhooks/s)": round(gw_rps),
+            f"gateway / bare per slice ({SLICES} slices of {SLICE_SECONDS} s)": (
+                measured.per_slice("gateway", "bare")
+            ),
+            "server CPU per request (µs, /proc)": measured.cpu_per_call_us(),
             "offered 1000/s, achieved (/s)": round(achieved),
             "gateway latency at 1000/s": summary,
             "bare latency at 1000/s": summarize_latencies(bare_lat),
@@ -418,21 +448,20 @@ def run() -> list[Section]:
     work = ROOT / "var" / "bench-gateway"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    if True:
-        stack = Stack(work)
-        try:
-            from services.common.healthcheck import check
+    stack = Stack(work)
+    try:
+        from services.common.healthcheck import check
 
-            for name in ("session", "business", "search"):
-                address = f"127.0.0.1:{stack.ports[name]}"
-                if not wait_for(lambda a=address: check(a, "", 0.5) == "SERVING", 60, 0.2):
-                    raise RuntimeError(f"{name} did not start")
-            parts = os.environ.get("BENCH_GATEWAY_PARTS", "ack,e2e").split(",")
-            sections = []
-            if "ack" in parts:
-                sections.append(ack_section(stack))
-            if "e2e" in parts:
-                sections.append(e2e_section(stack))
-            return sections
-        finally:
-            stack.close()
+        for name in ("session", "business", "search"):
+            address = f"127.0.0.1:{stack.ports[name]}"
+            if not wait_for(lambda a=address: check(a, "", 0.5) == "SERVING", 60, 0.2):
+                raise RuntimeError(f"{name} did not start")
+        parts = os.environ.get("BENCH_GATEWAY_PARTS", "ack,e2e").split(",")
+        sections = []
+        if "ack" in parts:
+            sections.append(ack_section(stack))
+        if "e2e" in parts:
+            sections.append(e2e_section(stack))
+        return sections
+    finally:
+        stack.close()
