@@ -7,6 +7,8 @@ process writes one format. Per-call fields (request id, method) live in one cont
 Every RPC but the health probes writes an access line, so the processors are lean (one adds the
 call's fields, the level, the time and the service in a single step) and those lines are
 written in batches (:class:`DeferredLog`).
+
+Logging never fails the code that logs: the lines go to stdout through :class:`LogOutput`.
 """
 
 from __future__ import annotations
@@ -15,18 +17,73 @@ import asyncio
 import atexit
 import contextvars
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import IO, Any, BinaryIO, TextIO, cast
 
 import orjson
 import structlog
+from prometheus_client import Counter
 
 from services.common.settings import CommonSettings
 
 log = structlog.get_logger()
+
+LOG_WRITES_DROPPED = Counter(
+    "parley_log_writes_dropped_total",
+    "Log writes lost: stdout's reader went away or its disk is full (a write can hold many lines).",
+)
+_gone: set[int] = set()  # descriptors whose reader went away, pointed at /dev/null since
+
+
+class LogOutput:
+    """stdout for the logs, whose writes never raise.
+
+    When stdout's reader goes away (the log collector or the terminal's pipe closes: EPIPE),
+    a raising write would fail whatever was logging: an RPC, a queued message, or a shutdown
+    that still had stores to close (the business service then never exited, its SQLite
+    threads still running). Here a failed write is dropped and counted. After EPIPE the
+    descriptor is pointed at /dev/null, as Python's documentation advises for SIGPIPE, so the
+    interpreter's own flush at exit and gRPC's C-level writes don't fail either; every later
+    write is counted as dropped.
+    """
+
+    def __init__(self, stream: IO[Any]) -> None:
+        self._stream = stream
+        try:
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # no descriptor (a stream in a test)
+            self._fd = None
+
+    def write(self, data: str | bytes) -> int:
+        if self._fd in _gone:
+            LOG_WRITES_DROPPED.inc()
+            return len(data)
+        try:
+            return int(self._stream.write(data))
+        except OSError as error:
+            self._failed(error)
+            return len(data)
+
+    def flush(self) -> None:
+        if self._fd in _gone:
+            return
+        try:
+            self._stream.flush()
+        except OSError as error:
+            self._failed(error)
+
+    def _failed(self, error: OSError) -> None:
+        LOG_WRITES_DROPPED.inc()
+        if isinstance(error, BrokenPipeError) and self._fd is not None:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._fd)
+            os.close(devnull)
+            _gone.add(self._fd)
+
 
 # The fields of the call (RPC, queued message) being handled. Set as a new dict each time, never
 # changed in place: a task started inside a call keeps the fields it started with.
@@ -68,7 +125,7 @@ def configure_logging(service: str, settings: CommonSettings) -> None:
     # through the same processors below and a str renderer.
     if json_output and stdout_bytes is not None:
         renderer: Any = structlog.processors.JSONRenderer(serializer=_dumps_bytes)
-        factory: Any = structlog.BytesLoggerFactory(stdout_bytes)
+        factory: Any = structlog.BytesLoggerFactory(cast(BinaryIO, LogOutput(stdout_bytes)))
         foreign_renderer = structlog.processors.JSONRenderer(serializer=_dumps)
     else:
         renderer = foreign_renderer = (
@@ -76,7 +133,7 @@ def configure_logging(service: str, settings: CommonSettings) -> None:
             if json_output
             else structlog.dev.ConsoleRenderer(colors=False)
         )
-        factory = structlog.WriteLoggerFactory(sys.stdout)
+        factory = structlog.WriteLoggerFactory(cast(TextIO, LogOutput(sys.stdout)))
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         logger_factory=factory,
@@ -89,7 +146,8 @@ def configure_logging(service: str, settings: CommonSettings) -> None:
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, foreign_renderer],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    # The loggers use only write and flush, all LogOutput has.
+    handler = logging.StreamHandler(cast(TextIO, LogOutput(sys.stdout)))
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -82,9 +82,7 @@ def test_make_run_serves_then_stops_on_ctrl_c_services_first_then_valkey(tmp_pat
         os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C does
         assert launcher.wait(timeout=60) == 0, output.text()[-4000:]
     finally:
-        if launcher.poll() is None:
-            os.killpg(launcher.pid, signal.SIGKILL)
-            launcher.wait()
+        _stop_everything(launcher, output)
 
     text = output.text()
     shutdown = text[text.index("SIGINT received") :]
@@ -95,6 +93,21 @@ def test_make_run_serves_then_stops_on_ctrl_c_services_first_then_valkey(tmp_pat
     assert "valkey stopped (rc=0)" in shutdown, shutdown
     for pid in started:
         assert not _alive(pid), f"pid {pid} still running after make run stopped"
+
+
+def _stop_everything(launcher: subprocess.Popen[str], output: Lines) -> None:
+    """After a failure too: the services run in sessions of their own, so killing the
+    launcher's group alone would leave them running."""
+    if launcher.poll() is None:
+        launcher.terminate()  # honcho stops its processes, the launcher then Valkey
+        try:
+            launcher.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    for pid in re.findall(r"started \(pid=(\d+)\)", output.text()):
+        if _alive(int(pid)):
+            os.kill(int(pid), signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:

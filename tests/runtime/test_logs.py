@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import errno
+import io
+import os
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -167,3 +171,42 @@ def test_deferred_lines_below_the_level_are_dropped(
     deferred.info("rpc", code="OK")
     deferred.flush()
     assert json_logging.writes == []
+
+
+def test_log_output_drops_and_counts_what_a_gone_reader_cannot_take() -> None:
+    reader, writer = os.pipe()
+    stream = os.fdopen(writer, "wb", buffering=0)
+    output = logs.LogOutput(stream)
+    dropped = logs.LOG_WRITES_DROPPED._value.get()
+    try:
+        assert output.write(b"first\n") == 6
+        assert os.read(reader, 100) == b"first\n"
+        os.close(reader)  # the reader goes away: EPIPE from now on
+        assert output.write(b"second\n") == 7  # no error for whoever logged
+        output.flush()
+        # The descriptor now writes to /dev/null, for the interpreter's flush at exit too.
+        assert os.fstat(writer).st_rdev == os.stat(os.devnull).st_rdev
+        assert output.write(b"third\n") == 6
+        assert logs.LOG_WRITES_DROPPED._value.get() - dropped == 2
+    finally:
+        logs._gone.discard(writer)
+        stream.close()
+
+
+def test_log_output_drops_a_write_that_fails_otherwise_and_keeps_writing() -> None:
+    class Full(io.BytesIO):
+        failing = True
+
+        def write(self, data: Any) -> int:
+            if self.failing:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    full = Full()
+    output = logs.LogOutput(full)
+    dropped = logs.LOG_WRITES_DROPPED._value.get()
+    assert output.write(b"lost\n") == 5
+    full.failing = False  # space again: lines go out again
+    output.write(b"kept\n")
+    assert full.getvalue() == b"kept\n"
+    assert logs.LOG_WRITES_DROPPED._value.get() - dropped == 1

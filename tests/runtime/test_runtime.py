@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +21,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from parley.session.v1 import session_pb2, session_pb2_grpc
 from services.common.errors import error_info, field_violations
 from services.common.healthcheck import check
-from tests.support.processes import ServiceProcess, Valkey, free_port, wait_for
+from tests.support.processes import ROOT, ServiceProcess, Valkey, free_port, wait_for
 
 HEALTH = "grpc.health.v1.Health"
 REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
@@ -111,6 +114,52 @@ def test_bad_environment_value_stops_startup(tmp_path: Path, valkey: Valkey) -> 
     assert process.wait() != 0
     assert "SESSION_PORT" in process.log
     assert "invalid configuration" in process.log
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_a_service_whose_stdout_reader_is_gone_still_serves_and_stops_cleanly(
+    name: str, tmp_path: Path, valkey: Valkey
+) -> None:
+    # The log collector (or honcho, or a terminal's pipe) goes away: every log write then fails
+    # with EPIPE. Calls must still be answered and SIGTERM must still stop the service cleanly.
+    # It used to abort the shutdown at its first log line, before the stores were closed: exit
+    # 1, and the business service never exited at all (its SQLite threads kept it alive).
+    module, port_var, full_name = SERVICES[name]
+    port = free_port()
+    reader, writer = os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-m", module],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "APP_ENV": "test",
+            "LOG_FORMAT": "json",
+            "READINESS_INTERVAL_SECONDS": "0.2",
+            port_var: str(port),
+            f"{name.upper()}_METRICS_PORT": "0",
+            "REDIS_URL": valkey.url,
+            "BUSINESS_DB_PATH": str(tmp_path / "business.db"),
+            "ENCRYPTION_SECRET": "test-encryption-secret-0123456789",
+        },
+        stdout=writer,
+        stderr=writer,
+    )
+    os.close(writer)
+    address = f"127.0.0.1:{port}"
+    try:
+        assert wait_for(lambda: check(address, full_name, 0.5) == "SERVING", 20, 0.1)
+        os.close(reader)
+        with grpc.insecure_channel(address) as channel:
+            for _ in range(3):  # each writes an access line, into the broken pipe
+                assert ProtoReflectionDescriptorDatabase(channel).get_services()
+                time.sleep(0.2)  # access lines go out in batches every 0.1 s
+        assert check(address, full_name) == "SERVING"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def fixture_service(tmp_path: Path, **env: str) -> tuple[ServiceProcess, str]:
