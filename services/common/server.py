@@ -165,23 +165,27 @@ class Runtime:
     async def shutdown(self) -> None:
         """Health NOT_SERVING at once; in-flight calls finish within the grace; then stop."""
         grace = self.settings.shutdown_grace_seconds
-        log.info(
-            "shutting down",
-            service=self.service.name,
-            grace_seconds=grace,
-            in_flight=self.in_flight.count,
-        )
-        await self.health.enter_graceful_shutdown()
-        SERVING.labels(self.service.name).set(0)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        # The server keeps answering (health says NOT_SERVING) while in-flight calls drain.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.in_flight.idle.wait(), timeout=grace)
-        await self.server.stop(max(0.0, deadline - loop.time()))
-        if self.service.on_stop is not None:
-            await self.service.on_stop()
-        ACCESS_LOG.flush()
+        try:
+            log.info(
+                "shutting down",
+                service=self.service.name,
+                grace_seconds=grace,
+                in_flight=self.in_flight.count,
+            )
+            await self.health.enter_graceful_shutdown()
+            SERVING.labels(self.service.name).set(0)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace
+            # The server keeps answering (health says NOT_SERVING) while in-flight calls drain.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.in_flight.idle.wait(), timeout=grace)
+            await self.server.stop(max(0.0, deadline - loop.time()))
+        finally:
+            # Whatever failed above, the stores are closed: a store's threads left running
+            # (aiosqlite's) would keep the process from ever exiting.
+            if self.service.on_stop is not None:
+                await self.service.on_stop()
+            ACCESS_LOG.flush()
         log.info("stopped", service=self.service.name)
 
 

@@ -21,6 +21,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from parley.session.v1 import session_pb2, session_pb2_grpc
 from services.common.errors import error_info, field_violations
 from services.common.healthcheck import check
+from services.common.server import Runtime, Service
+from services.common.settings import CommonSettings, load_settings
+from tests.runtime.fixture_service import NAME, FixtureServicer
 from tests.support.processes import ROOT, ServiceProcess, Valkey, free_port, wait_for
 
 HEALTH = "grpc.health.v1.Health"
@@ -291,3 +294,36 @@ def test_service_errors_carry_rich_details(tmp_path: Path) -> None:
         assert info.metadata["current_version"] == "7"
     finally:
         process.stop()
+
+
+async def test_a_shutdown_that_fails_still_closes_the_stores() -> None:
+    # A store's threads left running (aiosqlite's) keep the process from ever exiting, so
+    # on_stop runs whatever went wrong before it.
+    closed: list[bool] = []
+
+    async def close_stores() -> None:
+        closed.append(True)
+
+    runtime = Runtime(
+        Service(
+            NAME,
+            session_pb2_grpc.add_SessionServiceServicer_to_server,
+            FixtureServicer(),
+            on_stop=close_stores,
+        ),
+        load_settings(CommonSettings),
+        0,
+    )
+    await runtime.server.start()
+    real_stop = runtime.server.stop
+
+    async def failing_stop(grace: float | None) -> None:
+        raise RuntimeError("stop failed")
+
+    runtime.server.stop = failing_stop  # type: ignore[method-assign]
+    try:
+        with pytest.raises(RuntimeError, match="stop failed"):
+            await runtime.shutdown()
+        assert closed == [True]
+    finally:
+        await real_stop(None)
