@@ -26,8 +26,11 @@ from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, pars
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ClusterDownError, OutOfMemoryError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.common.errors import ResourceExhausted, ServiceError, Unavailable
 
 DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_SOCKET_TIMEOUT = 1.0
@@ -180,6 +183,31 @@ def make_redis(
         pool_timeout=pool_timeout,
     )
     return cast(redis.Redis, client)
+
+
+# Errors with which a Redis that answers refuses a command for a state of its own, not for a
+# fault of the command: a failed snapshot (MISCONF), a long script (BUSY), a cluster without a
+# quorum or mid-resharding, a master without its required replicas.
+_REFUSING = ("MISCONF", "BUSY", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "NOREPLICAS")
+
+
+def refusal(error: Exception, store: str) -> ServiceError | None:
+    """The answer for a client when Redis refused the command (``store`` names it), or None
+    when ``error`` is no refusal (a connection error, or a bug: INTERNAL stays right for that).
+
+    Out of memory (``maxmemory`` reached under ``noeviction``) is RESOURCE_EXHAUSTED: retrying
+    does not help until memory is freed. The others pass: UNAVAILABLE, retry later. Redis
+    refuses a script at its first write, before it changed anything.
+    """
+    if isinstance(error, OutOfMemoryError):
+        return ResourceExhausted(f"{store} is out of memory (maxmemory) and refuses writes")
+    if isinstance(error, ClusterDownError | TryAgainError):
+        return Unavailable(f"{store} refuses commands now ({type(error).__name__}); retry later")
+    if isinstance(error, ResponseError):
+        reason = str(error).split(" ", 1)[0]
+        if reason in _REFUSING:
+            return Unavailable(f"{store} refuses commands now ({reason}); retry later")
+    return None
 
 
 async def ping(client: RedisClient) -> None:

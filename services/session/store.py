@@ -20,11 +20,12 @@ from typing import Literal, TypeVar
 
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.errors import Unavailable, VersionConflict
 from services.common.redact import mask_phone
+from services.common.redis_client import refusal
 from services.session import metrics
 from services.session.memory_store import MemoryStore
 from services.session.model import (
@@ -207,6 +208,14 @@ class SessionStore:
                 if not self._may_fall_back:
                     raise Unavailable("the session store (Redis) is unreachable") from None
                 self.enter_outage(error)
+            except RedisError as error:
+                # Redis is up but refuses (out of memory…): no fallback, whose copies would
+                # outlive what Redis then holds; the caller hears why.
+                answer = refusal(error, "the session store (Redis)")
+                if answer is None:
+                    raise
+                log.warning("Redis refused a call", error=str(error)[:200])
+                raise answer from None
             else:
                 self.redis_seen = True
                 return result

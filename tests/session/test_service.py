@@ -374,3 +374,42 @@ async def test_storage_status_says_redis(stub: Stub) -> None:
     assert status.backend == pb.STORAGE_BACKEND_REDIS
     assert not status.fallback_active
     assert not status.HasField("fallback_since")
+
+
+def test_redis_out_of_memory_refuses_writes_by_name_and_changes_nothing(tmp_path: Any) -> None:
+    # maxmemory reached under noeviction: Redis answers every write with OOM. The service says
+    # so (RESOURCE_EXHAUSTED, not an INTERNAL error), keeps answering reads, does not fall back
+    # to memory (Redis is up), and writes again once memory is freed.
+    full = Valkey(tmp_path / "valkey", None, "--maxmemory-policy", "noeviction").start()
+    running = start_session(tmp_path, full.url)
+    db = full.client()
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            stub = SessionServiceStub(channel)
+            key = new_key("oom-biz")
+            first = stub.UpdateConversation(
+                pb.UpdateConversationRequest(key=key, append=[user_message("hello")]), timeout=5
+            )
+            db.config_set("maxmemory", 1)  # always over it: every write is refused
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.UpdateConversation(
+                    pb.UpdateConversationRequest(key=key, append=[bot_message("lost")]), timeout=5
+                )
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "out of memory" in (refused.value.details() or "")
+            read = stub.GetConversation(pb.GetConversationRequest(key=key), timeout=5)
+            assert read.conversation.version == first.conversation.version
+            assert [m.content for m in read.conversation.history] == ["hello"]
+            status = stub.GetStorageStatus(pb.GetStorageStatusRequest(), timeout=5)
+            assert status.backend == pb.STORAGE_BACKEND_REDIS
+
+            db.config_set("maxmemory", 0)
+            again = stub.UpdateConversation(
+                pb.UpdateConversationRequest(key=key, append=[bot_message("back")]), timeout=5
+            )
+            assert again.conversation.version == first.conversation.version + 1
+            assert [m.content for m in again.conversation.history] == ["hello", "back"]
+        assert any(e.get("event") == "Redis refused a call" for e in running.log_events())
+    finally:
+        running.stop()
+        full.stop()
