@@ -196,8 +196,7 @@ def refusal(error: Exception, store: str) -> ServiceError | None:
     when ``error`` is no refusal (a connection error, or a bug: INTERNAL stays right for that).
 
     Out of memory (``maxmemory`` reached under ``noeviction``) is RESOURCE_EXHAUSTED: retrying
-    does not help until memory is freed. The others pass: UNAVAILABLE, retry later. Redis
-    refuses a script at its first write, before it changed anything.
+    does not help until memory is freed. The others pass: UNAVAILABLE, retry later.
     """
     if isinstance(error, OutOfMemoryError):
         return ResourceExhausted(f"{store} is out of memory (maxmemory) and refuses writes")

@@ -10,7 +10,16 @@ Keys (see :mod:`services.session.model` for the hash tag):
   expired ones, so the index stays right as keys expire.
 
 The scripts take the time from Redis (``TIME``), so replicas of this service never disagree
-about expiry. ``redis-py``'s ``Script`` sends ``EVALSHA`` and loads the script on ``NOSCRIPT``.
+about expiry.
+
+Out of memory (``maxmemory`` under ``noeviction``), Redis checks a script without flags only at
+its first write, and lets the rest run once one has (a half-run script would break its
+atomicity). ``DEL`` is never refused, since it frees memory, so a script that starts with one
+would write past the limit. So the writing scripts start with ``#!lua`` (refused whole, before
+they run), GET creates with an ``HSET`` before its ``DEL`` (its reads go on), and the scripts
+that only delete run anyway.
+
+``redis-py``'s ``Script`` sends ``EVALSHA`` and loads the script on ``NOSCRIPT``.
 """
 
 from __future__ import annotations
@@ -71,7 +80,8 @@ end
 # When the caller holds the conversation at the version this write starts from (as for GET),
 # the reply leaves out history and state: the caller applies the same change to its copy.
 UPDATE = (
-    _NOW
+    "#!lua\n"
+    + _NOW
     + _INDEX
     + """
 local meta = redis.call('HMGET', KEYS[1], 'id', 'v', 'c')
@@ -131,8 +141,8 @@ end
 if ARGV[1] ~= '1' then return {'missing'} end
 local ttl = tonumber(ARGV[2])
 local expire = now + ttl
+redis.call('HSET', KEYS[1], 'id', ARGV[3], 'v', 1, 'c', now, 'u', now)  -- first: refused if OOM
 redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('HSET', KEYS[1], 'id', ARGV[3], 'v', 1, 'c', now, 'u', now)
 redis.call('PEXPIREAT', KEYS[1], expire)
 local pruned = index(expire, ttl, ARGV[4])
 return {'ok', ARGV[3], 1, now, now, expire, 1, pruned, {}, {}}
@@ -178,7 +188,8 @@ return 1
 #      extend (1: on a tie keep the later expiry, as a touch during an outage may have set),
 #      history…, state…
 PUT = (
-    _NOW
+    "#!lua\n"
+    + _NOW
     + _INDEX
     + """
 local current = tonumber(redis.call('HGET', KEYS[1], 'v')) or 0

@@ -99,8 +99,11 @@ class SessionStore:
                 written = await self._write_back()
             except REDIS_DOWN:
                 continue
-            except Exception:  # a bug must not leave the service stuck in fallback silently
-                log.exception("write-back failed; retrying")
+            except Exception as error:  # nothing may leave the service in fallback silently
+                if refusal(error, "Redis") is None:
+                    log.exception("write-back failed; retrying")
+                else:  # out of memory, MISCONF…: Redis says why, no stack trace needed
+                    log.warning("write-back refused by Redis; retrying", error=str(error)[:200])
                 continue
             outage = time.time() - (self.outage_since or time.time())
             self.outage_since = None

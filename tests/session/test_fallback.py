@@ -172,3 +172,39 @@ async def test_changed_on_both_sides_the_higher_version_wins(valkey: Valkey) -> 
     finally:
         await store.close()
         await client.aclose()
+
+
+def test_write_back_refused_by_a_full_redis_waits_and_loses_nothing(tmp_path: Path) -> None:
+    # Redis comes back over its maxmemory: the write-back is refused (not an outage any more,
+    # not a bug either). The service keeps serving from memory and writes back once Redis has
+    # room again.
+    policy = ("--maxmemory-policy", "noeviction")
+    before_outage = Valkey(tmp_path / "valkey", None, *policy).start()
+    running = start_session(tmp_path, before_outage.url)
+    key = new_key("full-biz")
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            stub = SessionServiceStub(channel)
+            say(stub, key, 0)
+            before_outage.stop()
+            assert say(stub, key, 1).version == 3  # from memory
+
+            full = Valkey(tmp_path / "valkey", before_outage.port, *policy, "--maxmemory", "1")
+            full.start()
+            try:
+                assert wait_for(lambda: "write-back refused by Redis" in running.process.log, 10), (
+                    running.process.log[-3000:]
+                )
+                assert status(stub).fallback_active and status(stub).pending_writebacks == 1
+                assert say(stub, key, 2).version == 4  # still served, from memory
+
+                full.client().config_set("maxmemory", 0)
+                assert wait_for(lambda: not status(stub).fallback_active, 10)
+                meta = next(full.client().scan_iter(match="conversation:{full-biz:*}:*:meta"))
+                assert full.client().hget(meta, "v") == b"4"
+                assert say(stub, key, 3).version == 5
+            finally:
+                full.stop()
+        assert "write-back failed" not in running.process.log  # no stack trace for a refusal
+    finally:
+        running.stop()

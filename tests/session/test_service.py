@@ -397,11 +397,17 @@ def test_redis_out_of_memory_refuses_writes_by_name_and_changes_nothing(tmp_path
                 )
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "out of memory" in (refused.value.details() or "")
+            with pytest.raises(grpc.RpcError) as not_created:  # a new one is a write too
+                stub.GetConversation(
+                    pb.GetConversationRequest(key=new_key("oom-biz"), create=True), timeout=5
+                )
+            assert not_created.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             read = stub.GetConversation(pb.GetConversationRequest(key=key), timeout=5)
             assert read.conversation.version == first.conversation.version
             assert [m.content for m in read.conversation.history] == ["hello"]
             status = stub.GetStorageStatus(pb.GetStorageStatusRequest(), timeout=5)
             assert status.backend == pb.STORAGE_BACKEND_REDIS
+            assert not db.keys("conversation:{oom-biz:*}:*:meta")[1:]  # only the first one
 
             db.config_set("maxmemory", 0)
             again = stub.UpdateConversation(
