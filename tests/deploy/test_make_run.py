@@ -53,7 +53,7 @@ class Lines:
             return "\n".join(self.lines)
 
 
-def test_make_run_serves_then_stops_on_ctrl_c_services_first_then_valkey(tmp_path: Path) -> None:
+def test_make_run_serves_then_stops_on_ctrl_c_dependents_first(tmp_path: Path) -> None:
     ports = {name: free_port() for name in ("session", "business", "search", "gateway")}
     env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
     env |= {f"{name.upper()}_PORT": str(port) for name, port in ports.items()}
@@ -88,8 +88,13 @@ def test_make_run_serves_then_stops_on_ctrl_c_services_first_then_valkey(tmp_pat
     shutdown = text[text.index("SIGINT received") :]
     # Nothing complains while stopping: Valkey outlives every client of it.
     assert not re.search(r"\[(warning|error)|Traceback", shutdown), shutdown
-    stopped_gateway = shutdown.index("gateway stopped")
-    assert shutdown.index("sending SIGTERM to valkey") > stopped_gateway, shutdown
+    # Dependents first, as docker compose stops them: the gateway, then the services it
+    # calls, then Valkey.
+    gateway_done = shutdown.index("gateway stopped")
+    for name in ("session", "business", "search"):
+        assert re.search(rf"{name} +\| .*shutting down", shutdown[gateway_done:]), shutdown
+        assert not re.search(rf"{name} +\| .*shutting down", shutdown[:gateway_done]), shutdown
+    assert shutdown.index("sending SIGTERM to valkey") > gateway_done, shutdown
     assert "valkey stopped (rc=0)" in shutdown, shutdown
     for pid in started:
         assert not _alive(pid), f"pid {pid} still running after make run stopped"
