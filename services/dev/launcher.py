@@ -67,14 +67,15 @@ class DependentsFirst(Manager):  # type: ignore[misc]
             self._system_print(f"sending SIGTERM to gateway (pid {gateway['pid']}) first\n")
             self._procmgr.terminate(gateway["pid"])
             deadline = time.monotonic() + GATEWAY_STOP_SECONDS
-            while _running(gateway["pid"]) and time.monotonic() < deadline:
+            while process_running(gateway["pid"]) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if not _running(gateway["pid"]):  # gone: not signalled again below; honcho's
+            if not process_running(gateway["pid"]):  # gone: not signalled again below; honcho's
                 gateway["returncode"] = None  # loop records its real code as it learns it
         super()._killall(force)
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether ``pid`` still runs: an exited process not yet reaped (a zombie) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

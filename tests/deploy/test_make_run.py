@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from services.common.healthcheck import check
+from services.dev.launcher import process_running
 from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +98,7 @@ def test_make_run_serves_then_stops_on_ctrl_c_dependents_first(tmp_path: Path) -
     assert shutdown.index("sending SIGTERM to valkey") > gateway_done, shutdown
     assert "valkey stopped (rc=0)" in shutdown, shutdown
     for pid in started:
-        assert not _alive(pid), f"pid {pid} still running after make run stopped"
+        assert not process_running(pid), f"pid {pid} still running after make run stopped"
 
 
 def _stop_everything(launcher: subprocess.Popen[str], output: Lines) -> None:
@@ -111,15 +112,5 @@ def _stop_everything(launcher: subprocess.Popen[str], output: Lines) -> None:
             os.killpg(launcher.pid, signal.SIGKILL)
             launcher.wait()
     for pid in re.findall(r"started \(pid=(\d+)\)", output.text()):
-        if _alive(int(pid)):
+        if process_running(int(pid)):
             os.kill(int(pid), signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie of another parent is gone for our purposes.
-    status = Path(f"/proc/{pid}/status")
-    return status.exists() and "zombie" not in status.read_text()
