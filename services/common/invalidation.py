@@ -24,6 +24,7 @@ import structlog
 from prometheus_client import Counter
 
 from services.common.redis_client import make_redis
+from services.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("parley.invalidation")
 
@@ -56,10 +57,7 @@ class InvalidationBus:
         self._task = asyncio.get_running_loop().create_task(self._listen())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         await self._client.aclose()
 
     async def publish(self, keys: Iterable[str], business_ids: Iterable[str]) -> None:

@@ -28,6 +28,7 @@ from services.common.interceptors import ACCESS_LOG, CallWrapper, InFlight, Regi
 from services.common.logs import configure_logging
 from services.common.metrics import SERVING, start_metrics_server
 from services.common.settings import CommonSettings
+from services.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("parley.runtime")
 
@@ -124,7 +125,8 @@ class Runtime:
         last_reason: str | None = None
         while not self._stopping.is_set():
             try:
-                await asyncio.wait_for(self.service.readiness(), timeout=5.0)
+                async with asyncio.timeout(5.0):
+                    await self.service.readiness()
             except Exception as error:  # the check's own failure is the reason we report
                 reason = str(error) or type(error).__name__
                 if self._ready or reason != last_reason:
@@ -137,9 +139,8 @@ class Runtime:
                 self._ready, last_reason = True, None
                 await self._set_health(True)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._stopping.wait(), timeout=self.settings.readiness_interval_seconds
-                )
+                async with asyncio.timeout(self.settings.readiness_interval_seconds):
+                    await self._stopping.wait()
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -157,9 +158,7 @@ class Runtime:
         watcher = asyncio.create_task(self._watch_readiness())
         await self._stopping.wait()
         await self.shutdown()
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        await cancel_and_wait(watcher)
         return 0
 
     async def shutdown(self) -> None:
@@ -178,7 +177,8 @@ class Runtime:
             deadline = loop.time() + grace
             # The server keeps answering (health says NOT_SERVING) while in-flight calls drain.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.in_flight.idle.wait(), timeout=grace)
+                async with asyncio.timeout(grace):
+                    await self.in_flight.idle.wait()
             await self.server.stop(max(0.0, deadline - loop.time()))
         finally:
             # Whatever failed above, the stores are closed: a store's threads left running

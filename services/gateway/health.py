@@ -29,7 +29,8 @@ VERSION = "0.1.0"
 async def _timed(call: Callable[[], Awaitable[Any]], limit: float = 1.0) -> dict[str, Any]:
     started = time.perf_counter()
     try:
-        value = await asyncio.wait_for(call(), limit)
+        async with asyncio.timeout(limit):
+            value = await call()
         result: dict[str, Any] = {"ok": True, "value": value}
     except grpc.aio.AioRpcError as error:
         result = {"ok": False, "error": f"{error.code().name}: {error.details()}"[:300]}
@@ -169,7 +170,8 @@ def build_router(runtime: Runtime) -> APIRouter:
     async def prometheus() -> Response:
         gauges: dict[str, tuple[str, float]] = {}
         try:
-            stats = await asyncio.wait_for(runtime.queue.stats(), 1.0)
+            async with asyncio.timeout(1.0):
+                stats = await runtime.queue.stats()
             gauges = {
                 "gateway_queue_length": ("Entries in the queue streams.", stats["length"]),
                 "gateway_queue_pending": (

@@ -43,6 +43,7 @@ from services.common.logs import bind_call_fields, reset_call_fields
 from services.common.redact import mask_phone
 from services.common.redis_pipeline import AutoPipeline
 from services.common.struct_values import python_to_value, value_to_python
+from services.common.tasks import cancel_and_wait
 from services.gateway import metrics
 from services.gateway.businesses import BusinessDirectory
 from services.gateway.clients import Clients
@@ -431,9 +432,7 @@ class WorkerPool:
     async def stop(self) -> None:
         """Stop taking work, finish what is in flight, hand the partitions back."""
         self._stopping.set()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         await asyncio.gather(*self._held.values(), return_exceptions=True)
         with contextlib.suppress(RedisError):
             await self.queue.redis.zrem(WORKERS, self.worker_id)
@@ -519,9 +518,7 @@ class WorkerPool:
         except Exception:
             log.exception("partition loop failed", partition=partition)
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RedisError):
-                await renewer
+            await cancel_and_wait(renewer)
             with contextlib.suppress(RedisError):
                 await self.queue.release(partition, token)
             self._held.pop(partition, None)
@@ -596,7 +593,8 @@ class WorkerPool:
                 if self._stopping.is_set():
                     return  # leave it pending: whoever takes the partition goes on
                 try:
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._stopping.wait()
                     return
                 except TimeoutError:
                     continue

@@ -13,7 +13,6 @@ left to write back does Redis serve again. ``SESSION_FALLBACK=off``: an unreacha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
@@ -26,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.common.errors import Unavailable, VersionConflict
 from services.common.redact import mask_phone
 from services.common.redis_client import refusal
+from services.common.tasks import cancel_and_wait
 from services.session import metrics
 from services.session.memory_store import MemoryStore
 from services.session.model import (
@@ -196,10 +196,7 @@ class SessionStore:
                 "stopping during a Redis outage: outage writes not written back are lost",
                 pending=self.memory.pending,
             )
-        if self._recovery is not None:
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovery
+        await cancel_and_wait(self._recovery)
 
     # -- operations ----------------------------------------------------------------------------
 
