@@ -1,0 +1,59 @@
+"""The alert rules, run by Prometheus's own rule engine (``promtool``, Debian's ``prometheus``
+package; ``.ci/run`` installs it): each alert fires on the series that should wake someone, with
+the labels and summary they will read, and stays quiet on the ones that should not."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+OBSERVABILITY = Path(__file__).resolve().parents[2] / "deploy" / "observability"
+RULES = OBSERVABILITY / "alerts.yml"
+RULE_TESTS = OBSERVABILITY / "alerts.test.yml"
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None,
+    reason="promtool is not installed (apt-get install prometheus): alert rules NOT run",
+)
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL is not None
+    return subprocess.run(
+        [PROMTOOL, *args], cwd=OBSERVABILITY, capture_output=True, text=True, timeout=120
+    )
+
+
+@needs_promtool
+def test_the_rules_are_valid_prometheus_rules() -> None:
+    checked = promtool("check", "rules", RULES.name)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@needs_promtool
+def test_every_alert_fires_and_stays_quiet_as_its_tests_say() -> None:
+    tested = promtool("test", "rules", RULE_TESTS.name)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_every_alert_has_a_case_where_it_fires_and_one_where_it_does_not() -> None:
+    alerts = {
+        rule["alert"]
+        for group in yaml.safe_load(RULES.read_text())["groups"]
+        for rule in group["rules"]
+    }
+    cases: list[dict[str, Any]] = [
+        case
+        for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]
+        for case in test.get("alert_rule_test", [])
+    ]
+    fires = {case["alertname"] for case in cases if case.get("exp_alerts")}
+    quiet = {case["alertname"] for case in cases if not case.get("exp_alerts")}
+    assert alerts - fires == set(), "alerts never seen firing in alerts.test.yml"
+    assert alerts - quiet == set(), "alerts never seen staying quiet in alerts.test.yml"
+    assert (fires | quiet) - alerts == set(), "tests of alerts that do not exist"
