@@ -1,0 +1,215 @@
+"""The Redis alerts against what the real redis_exporter writes for a real Valkey: a healthy
+instance, one that is full and refuses writes under an evicting policy, and one that is down;
+then Prometheus's rule engine (promtool) evaluates alerts.yml on those very samples.
+
+The exporter is Debian's ``prometheus-redis-exporter`` (oliver006/redis_exporter, the image the
+compose file runs), and promtool comes from Debian's ``prometheus``; ``.ci/run`` installs both.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.processes import Valkey, free_port, wait_for
+
+ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "observability" / "alerts.yml"
+EXPORTER = shutil.which("prometheus-redis-exporter") or shutil.which("redis_exporter")
+PROMTOOL = shutil.which("promtool")
+pytestmark = pytest.mark.skipif(
+    EXPORTER is None or PROMTOOL is None,
+    reason="redis_exporter or promtool not installed (apt-get install prometheus-redis-exporter "
+    "prometheus): the Redis alerts are NOT checked against the real exporter",
+)
+# What the alerts read. Prometheus adds job and instance when it scrapes.
+USED = ("redis_up", "redis_memory_used_bytes", "redis_memory_max_bytes", "redis_errors_total")
+TARGET = {"job": "redis", "instance": "valkey:6379"}
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in USED or sample.name == "redis_instance_info"
+    }
+
+
+@pytest.fixture
+def exporter(tmp_path: Path) -> Iterator[tuple[Valkey, str]]:
+    valkey = Valkey(tmp_path / "valkey").start()
+    port = free_port()
+    assert EXPORTER is not None
+    process = subprocess.Popen(
+        [
+            EXPORTER,
+            "-redis.addr",
+            f"redis://127.0.0.1:{valkey.port}",
+            "-web.listen-address",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def answers() -> bool:
+        try:
+            return bool(scrape(url))
+        except OSError:
+            return False
+
+    try:
+        assert wait_for(answers, 15), "redis_exporter did not start"
+        yield valkey, url
+    finally:
+        process.terminate()
+        process.wait(10)
+        valkey.stop()
+
+
+def series(samples: Samples, steps: int) -> dict[str, list[float | None]]:
+    """Each sample as a promtool series (with the scrape's target labels), ``steps`` long."""
+    out: dict[str, list[float | None]] = {}
+    for (name, labels), value in samples.items():
+        selector = ", ".join(f'{k}="{v}"' for k, v in sorted({**dict(labels), **TARGET}.items()))
+        out[f"{name}{{{selector}}}"] = [value] * steps
+    return out
+
+
+def timeline(*phases: tuple[Samples, int]) -> list[dict[str, str]]:
+    """Series for phases in turn (a sample missing from a phase is absent then: ``_``)."""
+    names: dict[str, list[str]] = {}
+    done = 0
+    for samples, steps in phases:
+        for selector, values in series(samples, steps).items():
+            names.setdefault(selector, ["_"] * done).extend(
+                f"{v:g}" for v in values if v is not None
+            )
+        done += steps
+        for values in names.values():
+            values.extend(["_"] * (done - len(values)))
+    return [{"series": name, "values": " ".join(values)} for name, values in names.items()]
+
+
+def evaluate(
+    tmp_path: Path, input_series: list[dict[str, str]], cases: list[dict[str, object]]
+) -> None:
+    tests = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "30s",
+        "tests": [{"interval": "30s", "input_series": input_series, "alert_rule_test": cases}],
+    }
+    path = tmp_path / "redis.test.yml"
+    path.write_text(yaml.safe_dump(tests, sort_keys=False))
+    assert PROMTOOL is not None
+    result = subprocess.run(
+        [PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+RULES = {
+    rule["alert"]: rule
+    for group in yaml.safe_load(ALERTS.read_text())["groups"]
+    for rule in group["rules"]
+}
+
+
+def expected(alertname: str, minute: int, **labels: str) -> dict[str, object]:
+    """An alert case: firing with ``labels`` (its severity and summary as alerts.yml gives
+    them, ``{{ $labels.x }}`` filled in), or quiet when no labels are given."""
+    rule = RULES[alertname]
+    alerts = []
+    if labels:
+        summary = re.sub(
+            r"{{ \$labels\.(\w+) }}", lambda m: labels[m.group(1)], rule["annotations"]["summary"]
+        )
+        alerts.append(
+            {
+                "exp_labels": {**rule["labels"], **labels},
+                "exp_annotations": {"summary": summary},
+            }
+        )
+    return {"eval_time": f"{minute}m", "alertname": alertname, "exp_alerts": alerts}
+
+
+def test_a_full_valkey_that_refuses_writes_fires_the_memory_alerts(
+    exporter: tuple[Valkey, str], tmp_path: Path
+) -> None:
+    valkey, url = exporter
+    db = redis.Redis(port=valkey.port)
+    db.config_set("maxmemory", 64 * 1024 * 1024)
+    healthy = scrape(url)
+    assert healthy[("redis_up", ())] == 1
+    assert healthy[("redis_memory_max_bytes", ())] == 64 * 1024 * 1024
+
+    db.config_set("maxmemory", 1)  # over it at once: noeviction (the default) refuses writes
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        db.set("conversation:x", "y")
+    db.config_set("maxmemory-policy", "allkeys-lru")
+    full = scrape(url)
+    assert full[("redis_errors_total", (("err", "OOM"),))] >= 1
+    policies = {
+        dict(labels).get("maxmemory_policy")
+        for (name, labels) in full
+        if name == "redis_instance_info"
+    }
+    assert policies == {"allkeys-lru"}
+
+    # Healthy for 5 minutes, then full and refusing for 15.
+    evaluate(
+        tmp_path,
+        timeline((healthy, 10), (full, 30)),
+        [
+            *(
+                expected(name, 4)
+                for name in (
+                    "ParleyRedisMemoryHigh",
+                    "ParleyRedisRefusingWrites",
+                    "ParleyRedisMayEvict",
+                )
+            ),
+            expected("ParleyRedisRefusingWrites", 7, instance=TARGET["instance"], err="OOM"),
+            expected("ParleyRedisMemoryHigh", 12, instance=TARGET["instance"]),
+            expected(
+                "ParleyRedisMayEvict",
+                17,
+                instance=TARGET["instance"],
+                maxmemory_policy="allkeys-lru",
+            ),
+            expected("ParleyRedisDown", 17),
+        ],
+    )
+
+
+def test_a_valkey_that_stops_answering_fires_redis_down(
+    exporter: tuple[Valkey, str], tmp_path: Path
+) -> None:
+    valkey, url = exporter
+    healthy = scrape(url)
+    valkey.stop()
+    down = scrape(url)  # the exporter itself still answers, with redis_up 0
+    assert down[("redis_up", ())] == 0
+    evaluate(
+        tmp_path,
+        timeline((healthy, 10), (down, 10)),
+        [
+            expected("ParleyRedisDown", 4),
+            expected("ParleyRedisDown", 8, instance=TARGET["instance"]),
+            expected("ParleyRedisMemoryHigh", 8),
+        ],
+    )
