@@ -8,6 +8,7 @@ compose file runs), and promtool comes from Debian's ``prometheus``; ``.ci/run``
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.deploy.test_compose import metric_names
 from tests.support.processes import Valkey, free_port, wait_for
 
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "observability" / "alerts.yml"
@@ -194,6 +196,28 @@ def test_a_full_valkey_that_refuses_writes_fires_the_memory_alerts(
             expected("ParleyRedisDown", 17),
         ],
     )
+
+
+def test_every_redis_metric_the_dashboard_and_alerts_read_is_one_the_exporter_writes(
+    exporter: tuple[Valkey, str],
+) -> None:
+    valkey, url = exporter
+    db = redis.Redis(port=valkey.port)
+    db.config_set("maxmemory", 1)  # Redis lists an error kind only once it has happened
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        db.set("k", "v")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        written = {
+            sample.name
+            for family in text_string_to_metric_families(response.read().decode())
+            for sample in family.samples
+        }
+    dashboard = json.loads((ALERTS.parent / "grafana/dashboards/parley.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [rule["expr"] for rule in RULES.values()]
+    read = {n for n in set().union(*(metric_names(e) for e in exprs)) if n.startswith("redis_")}
+    assert len(read) >= 5
+    assert read <= written, sorted(read - written)
 
 
 def test_a_valkey_that_stops_answering_fires_redis_down(
