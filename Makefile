@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BUF := tools/buf/node_modules/.bin/buf
 STAMP := $(VENV)/.installed
 
-.PHONY: run test chat bench protos lint typecheck buf drift pytest install clean test-faults
+.PHONY: run test chat bench protos prometheusrule lint typecheck buf drift pytest install clean test-faults
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -21,6 +21,10 @@ install: $(STAMP)
 ## Regenerate the Python contracts in parley/ from protos/.
 protos: $(STAMP)
 	$(PY) tools/gen_protos.py
+
+## Regenerate deploy/k8s/monitoring/prometheusrule.yaml from deploy/observability/alerts.yml.
+prometheusrule: $(STAMP)
+	$(PY) tools/gen_prometheusrule.py
 
 ## The whole stack: Valkey, session, business, search and the gateway on :8000.
 run: $(STAMP)
