@@ -25,10 +25,11 @@ async def test_stop_returns_when_the_heartbeat_swallows_its_cancellation(valkey:
     swallowed = asyncio.Event()
 
     async def heartbeat() -> None:
-        """Beats until cancelled, but takes the first cancellation for a completed call."""
+        """Beats until cancelled, but takes the first cancellation it sees, wherever it lands,
+        for a completed call."""
         while True:
-            await redis.zadd(WORKERS, {pool.worker_id: 2e9})
             try:
+                await redis.zadd(WORKERS, {pool.worker_id: 2e9})
                 await asyncio.sleep(0.01)
             except asyncio.CancelledError:
                 if swallowed.is_set():
