@@ -401,6 +401,34 @@ class SentLog:
             log.warning("could not record a sent reply", error=str(error)[:200])
 
 
+class RedisTrouble:
+    """The heartbeat's and the scheduler's Redis failures, logged once per outage: both retry
+    every 0.2-1 s, and a warning each time buried the log (~1,500 lines in a five-minute
+    outage). The first failure is a warning, the rest debug lines, and the first success after
+    them one info line with how long it lasted."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.failures = 0
+
+    def failed(self, event: str, error: RedisError) -> None:
+        self.failures += 1
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning(event, error=str(error)[:200], repeats_logged_at="debug")
+        else:
+            log.debug(event, error=str(error)[:200])
+
+    def worked(self) -> None:
+        if self.since is not None:
+            log.info(
+                "worker reaches Redis again",
+                failures=self.failures,
+                seconds=round(time.monotonic() - self.since, 1),
+            )
+            self.since, self.failures = None, 0
+
+
 class WorkerPool:
     """The queue consumer of one process: leases, one loop per held partition, retries."""
 
@@ -417,6 +445,7 @@ class WorkerPool:
         # A process holds its share of partitions, but handles at most this many messages at
         # once (FIFO-fair, so no held partition starves).
         self._slots = asyncio.Semaphore(settings.worker_concurrency)
+        self.redis_trouble = RedisTrouble()
 
     @property
     def held_partitions(self) -> list[int]:
@@ -450,7 +479,9 @@ class WorkerPool:
                     pipe.zremrangebyscore(WORKERS, "-inf", now)
                     await pipe.execute()
             except RedisError as error:
-                log.warning("worker heartbeat failed", error=str(error)[:200])
+                self.redis_trouble.failed("worker heartbeat failed", error)
+            else:
+                self.redis_trouble.worked()
             await asyncio.sleep(interval)
 
     async def _schedule(self) -> None:
@@ -477,7 +508,9 @@ class WorkerPool:
                             )
             except RedisError as error:
                 groups_ready = False
-                log.warning("worker scheduling failed", error=str(error)[:200])
+                self.redis_trouble.failed("worker scheduling failed", error)
+            else:
+                self.redis_trouble.worked()
             await asyncio.sleep(0.2 if len(self._held) == 0 else 1.0)
 
     def _rebalance(self, share: int) -> None:
