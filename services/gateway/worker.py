@@ -403,9 +403,9 @@ class SentLog:
 
 class RedisTrouble:
     """The heartbeat's and the scheduler's Redis failures, logged once per outage: both retry
-    every 0.2-1 s, and a warning each time buried the log (~1,500 lines in a five-minute
-    outage). The first failure is a warning, the rest debug lines, and the first success after
-    them one info line with how long it lasted."""
+    every 0.2-1 s, and a warning each time buried the log (~4 a second per worker, ~1,200 lines
+    in a five-minute outage). The first failure is a warning, the rest debug lines, and the
+    first success after them one info line with how long it lasted."""
 
     def __init__(self) -> None:
         self.since: float | None = None
