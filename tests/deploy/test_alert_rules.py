@@ -4,34 +4,23 @@ the labels and summary they will read, and stays quiet on the ones that should n
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-OBSERVABILITY = Path(__file__).resolve().parents[2] / "deploy" / "observability"
-RULES = OBSERVABILITY / "alerts.yml"
+from tests.deploy.observability import ALERTS, OBSERVABILITY, PROMTOOL, alert_rules, promtool
+
 RULE_TESTS = OBSERVABILITY / "alerts.test.yml"
-PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
     reason="promtool is not installed (apt-get install prometheus): alert rules NOT run",
 )
 
 
-def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    assert PROMTOOL is not None
-    return subprocess.run(
-        [PROMTOOL, *args], cwd=OBSERVABILITY, capture_output=True, text=True, timeout=120
-    )
-
-
 @needs_promtool
 def test_the_rules_are_valid_prometheus_rules() -> None:
-    checked = promtool("check", "rules", RULES.name)
+    checked = promtool("check", "rules", ALERTS.name)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
@@ -42,11 +31,7 @@ def test_every_alert_fires_and_stays_quiet_as_its_tests_say() -> None:
 
 
 def test_every_alert_has_a_case_where_it_fires_and_one_where_it_does_not() -> None:
-    alerts = {
-        rule["alert"]
-        for group in yaml.safe_load(RULES.read_text())["groups"]
-        for rule in group["rules"]
-    }
+    alerts = set(alert_rules())
     cases: list[dict[str, Any]] = [
         case
         for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]

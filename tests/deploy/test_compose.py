@@ -19,9 +19,16 @@ import yaml
 
 from services.common.metrics import GO_CODE_NAMES
 from tests.deploy.envvars import read_by
+from tests.deploy.observability import (
+    ALERTS,
+    DASHBOARD,
+    OBSERVABILITY,
+    metric_names,
+    metrics_read,
+    queries,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-OBSERVABILITY = ROOT / "deploy" / "observability"
 GRPC = {
     "session": (50051, 9101, "parley.session.v1.SessionService"),
     "business": (50052, 9102, "parley.business.v1.BusinessService"),
@@ -170,21 +177,6 @@ def _code_strings() -> set[str]:
     return strings
 
 
-PROMQL_WORDS = {
-    "sum", "max", "min", "avg", "by", "rate", "increase", "deriv", "histogram_quantile", "and",
-    "or", "unless", "without", "le", "up", "count", "offset", "on", "ignoring",
-}  # fmt: skip
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names in a PromQL expression (label matchers and legend templates removed)."""
-    expr = re.sub(r"\{[^}]*\}", "", expr)
-    expr = re.sub(r"\[[^\]]*\]", "", expr)
-    expr = re.sub(r"\((?:[a-z_]+,\s*)*[a-z_]+\)(?=\s*\()", "", expr)  # by (a, b) (…)
-    words = set(re.findall(r"[a-z_][a-z0-9_]*", expr))
-    return {w for w in words - PROMQL_WORDS if "_" in w}
-
-
 def exported(name: str, strings: set[str]) -> bool:
     if name in strings:
         return True
@@ -195,17 +187,13 @@ def exported(name: str, strings: set[str]) -> bool:
 
 
 def test_dashboard_and_alerts_use_only_metrics_the_services_export() -> None:
-    dashboard = json.loads((OBSERVABILITY / "grafana/dashboards/parley.json").read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    alerts = yaml.safe_load((OBSERVABILITY / "alerts.yml").read_text())
-    exprs += [rule["expr"] for group in alerts["groups"] for rule in group["rules"]]
     strings = _code_strings()
     # redis_exporter's names: test_redis_alerts.py checks them against the real exporter.
-    used = {n for n in set().union(*(metric_names(e) for e in exprs)) if not n.startswith("redis_")}
+    used = {name for name in metrics_read() if not name.startswith("redis_")}
     missing = sorted(name for name in used if not exported(name, strings))
     assert not missing, f"dashboard/alerts name metrics no code exports: {missing}"
     # What the issue asks the dashboard to show, each by at least one panel.
-    shown = " ".join(exprs)
+    shown = " ".join(queries())
     for needed in (
         "gateway_webhooks_total",
         "grpc_server_handling_seconds_bucket",
@@ -215,14 +203,15 @@ def test_dashboard_and_alerts_use_only_metrics_the_services_export() -> None:
         "parley_session_fallback_active",
     ):
         assert needed in shown, needed
+    dashboard = json.loads(DASHBOARD.read_text())
     datasources = {p["datasource"]["uid"] for p in dashboard["panels"]}
     assert datasources == {"prometheus"}
 
 
 def test_alerts_select_grpc_codes_the_services_label_calls_with() -> None:
     """A grpc_code the services never write would make its alert silent, not wrong."""
-    alerts = (OBSERVABILITY / "alerts.yml").read_text()
-    dashboard = (OBSERVABILITY / "grafana/dashboards/parley.json").read_text()
+    alerts = ALERTS.read_text()
+    dashboard = DASHBOARD.read_text()
     selected = re.findall(r'grpc_code=~?\\?"([^"\\]+)', alerts + dashboard)
     assert selected, "the error-rate alert selects codes by name"
     names = {name for pattern in selected for name in pattern.split("|")}

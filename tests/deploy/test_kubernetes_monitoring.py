@@ -13,10 +13,10 @@ from typing import Any
 import yaml
 
 from tests.deploy.kustomize import Resource, render
+from tests.deploy.observability import ALERTS, alert_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
-ALERTS = ROOT / "deploy" / "observability" / "alerts.yml"
 
 
 def monitoring() -> dict[str, Resource]:
@@ -59,11 +59,6 @@ def test_the_podmonitor_scrapes_every_parley_pod_as_the_job_the_alerts_name() ->
         annotations = template["metadata"]["annotations"]
         assert str(ports[scraped[0]]) == annotations["prometheus.io/port"]
         assert endpoints[scraped[0]] == annotations.get("prometheus.io/path", "/metrics")
-    target_down = next(
-        rule["expr"]
-        for group in yaml.safe_load(ALERTS.read_text())["groups"]
-        for rule in group["rules"]
-        if rule["alert"] == "ParleyTargetDown"
-    )
+    target_down = alert_rules()["ParleyTargetDown"]["expr"]
     named = set(re.search(r'job=~"([^"]+)"', target_down).group(1).split("|"))  # type: ignore[union-attr]
     assert jobs == named - {"redis"}  # Redis is outside the cluster: its own exporter's job

@@ -8,7 +8,6 @@ compose file runs), and promtool comes from Debian's ``prometheus``; ``.ci/run``
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -21,32 +20,43 @@ import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.deploy.test_compose import metric_names
+from tests.deploy.observability import (
+    ALERTS,
+    PROMTOOL,
+    alert_rules,
+    metric_names,
+    metrics_read,
+    promtool,
+)
 from tests.support.processes import Valkey, free_port, wait_for
 
-ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "observability" / "alerts.yml"
 EXPORTER = shutil.which("prometheus-redis-exporter") or shutil.which("redis_exporter")
-PROMTOOL = shutil.which("promtool")
 pytestmark = pytest.mark.skipif(
     EXPORTER is None or PROMTOOL is None,
     reason="redis_exporter or promtool not installed (apt-get install prometheus-redis-exporter "
     "prometheus): the Redis alerts are NOT checked against the real exporter",
 )
-# What the alerts read. Prometheus adds job and instance when it scrapes.
-USED = ("redis_up", "redis_memory_used_bytes", "redis_memory_max_bytes", "redis_errors_total")
+RULES = alert_rules()
+# What the alerts read of the exporter's. Prometheus adds job and instance when it scrapes.
+USED = {
+    name
+    for rule in RULES.values()
+    for name in metric_names(rule["expr"])
+    if name.startswith("redis_")
+}
 TARGET = {"job": "redis", "instance": "valkey:6379"}
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def scrape(url: str) -> Samples:
+    """Every sample the exporter writes now."""
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name in USED or sample.name == "redis_instance_info"
     }
 
 
@@ -83,28 +93,23 @@ def exporter(tmp_path: Path) -> Iterator[tuple[Valkey, str]]:
         valkey.stop()
 
 
-def series(samples: Samples, steps: int) -> dict[str, list[float | None]]:
-    """Each sample as a promtool series (with the scrape's target labels), ``steps`` long."""
-    out: dict[str, list[float | None]] = {}
-    for (name, labels), value in samples.items():
-        selector = ", ".join(f'{k}="{v}"' for k, v in sorted({**dict(labels), **TARGET}.items()))
-        out[f"{name}{{{selector}}}"] = [value] * steps
-    return out
-
-
 def timeline(*phases: tuple[Samples, int]) -> list[dict[str, str]]:
-    """Series for phases in turn (a sample missing from a phase is absent then: ``_``)."""
-    names: dict[str, list[str]] = {}
+    """promtool series of what the alerts read (with the scrape's target labels), one phase of
+    ``steps`` after another; a sample missing from a phase is absent then (``_``)."""
+    values: dict[str, list[str]] = {}
     done = 0
     for samples, steps in phases:
-        for selector, values in series(samples, steps).items():
-            names.setdefault(selector, ["_"] * done).extend(
-                f"{v:g}" for v in values if v is not None
-            )
+        for (name, labels), value in samples.items():
+            if name not in USED:
+                continue
+            pairs = sorted({**dict(labels), **TARGET}.items())
+            matchers = ", ".join(f'{k}="{v}"' for k, v in pairs)
+            selector = f"{name}{{{matchers}}}"
+            values.setdefault(selector, ["_"] * done).extend([f"{value:g}"] * steps)
         done += steps
-        for values in names.values():
-            values.extend(["_"] * (done - len(values)))
-    return [{"series": name, "values": " ".join(values)} for name, values in names.items()]
+        for line in values.values():
+            line.extend(["_"] * (done - len(line)))
+    return [{"series": name, "values": " ".join(line)} for name, line in values.items()]
 
 
 def evaluate(
@@ -117,18 +122,8 @@ def evaluate(
     }
     path = tmp_path / "redis.test.yml"
     path.write_text(yaml.safe_dump(tests, sort_keys=False))
-    assert PROMTOOL is not None
-    result = subprocess.run(
-        [PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True, timeout=120
-    )
+    result = promtool("test", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-RULES = {
-    rule["alert"]: rule
-    for group in yaml.safe_load(ALERTS.read_text())["groups"]
-    for rule in group["rules"]
-}
 
 
 def expected(alertname: str, minute: int, **labels: str) -> dict[str, object]:
@@ -206,16 +201,8 @@ def test_every_redis_metric_the_dashboard_and_alerts_read_is_one_the_exporter_wr
     db.config_set("maxmemory", 1)  # Redis lists an error kind only once it has happened
     with pytest.raises(redis.exceptions.OutOfMemoryError):
         db.set("k", "v")
-    with urllib.request.urlopen(url, timeout=10) as response:
-        written = {
-            sample.name
-            for family in text_string_to_metric_families(response.read().decode())
-            for sample in family.samples
-        }
-    dashboard = json.loads((ALERTS.parent / "grafana/dashboards/parley.json").read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    exprs += [rule["expr"] for rule in RULES.values()]
-    read = {n for n in set().union(*(metric_names(e) for e in exprs)) if n.startswith("redis_")}
+    written = {name for name, _ in scrape(url)}
+    read = {name for name in metrics_read() if name.startswith("redis_")}
     assert len(read) >= 5
     assert read <= written, sorted(read - written)
 
