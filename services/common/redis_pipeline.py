@@ -60,6 +60,7 @@ class _Wire(asyncio.Protocol):
         assert writer is not None
         self.connection = connection
         self.lost: Exception | None = None
+        self.used = False  # whether a call was ever sent on it
         encoder = connection.encoder
         self._reader = hiredis.Reader(
             protocolError=InvalidResponse,
@@ -85,6 +86,10 @@ class _Wire(asyncio.Protocol):
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         """The reply to come (an error reply is an exception instance, not raised here)."""
         future = self._loop.create_future()
+        if self.lost is not None:  # nothing would ever answer it, nor time it out
+            future.set_exception(self.lost)
+            return future
+        self.used = True
         self._waiting.append((self._loop.time(), future))
         self._outgoing.append(packed)
         if len(self._outgoing) == 1:
@@ -180,6 +185,10 @@ class AutoPipeline:
         wire = self._wire
         if wire is None or wire.lost is not None:
             wire = await self._connected()
+            if wire.lost is not None and not wire.used:
+                # An idle pooled connection that Redis had closed (a restart) looks alive to the
+                # pool until its close is read. Nothing was sent on it: a new one is safe.
+                wire = await self._connected()
         return await wire.send(packed)
 
     async def _connected(self) -> _Wire:

@@ -128,6 +128,27 @@ async def test_a_connection_left_stale_by_a_restart_is_replaced_before_use(
         await client.aclose()
 
 
+async def test_a_stale_connection_from_the_pool_is_never_waited_on(own_server: Valkey) -> None:
+    """The pipeline connects through the client's pool, which can hand out an idle connection
+    that Redis closed (a restart) before the close was read. Nothing was sent on it, so the call
+    goes out on a new connection, or fails at once if Redis is down (it waited for ever)."""
+    server = own_server
+    client = make_client(server.url)
+    try:
+        await client.set("k", "v")  # through the pool: one idle pooled connection
+        server.stop()
+        server.start()
+        async with asyncio.timeout(5):
+            assert await AutoPipeline(client).command("PING") == b"PONG"
+        await client.set("k", "v")
+        server.stop()
+        with pytest.raises(RedisConnectionError):
+            async with asyncio.timeout(5):
+                await AutoPipeline(client).command("PING")
+    finally:
+        await client.aclose()
+
+
 async def test_commands_share_the_pipeline_and_keep_redis_py_errors(client: RedisClient) -> None:
     pipeline = AutoPipeline(client)
     assert await pipeline.command("SET", "greeting", "héllo") == b"OK"
