@@ -32,9 +32,12 @@ from services.common.business_keys import KeyKind
 from services.common.errors import FailedPrecondition, NotFound, ServiceError, Unavailable
 from services.common.invalidation import InvalidationBus
 from services.common.lookup_cache import LookupCache
+from services.common.outage import OutageLog
 from services.common.redact import mask_phone
 
 log = structlog.get_logger("parley.business")
+# Every call that reaches the store fails while it is down: one warning per outage.
+STORE_OUTAGE = OutageLog(log, "business store reachable again")
 
 NOT_FOUND_MESSAGE = "no active WhatsApp-enabled business has this identity"
 WARM_PAGE = 500
@@ -110,8 +113,11 @@ def store_errors() -> Iterator[None]:
     except ServiceError:
         raise
     except (PyMongoError, sqlite3.Error, ConnectionError, OSError) as error:
-        log.warning("business store error", error=type(error).__name__)
+        # The type only: a driver's message may quote a query or a connection string.
+        STORE_OUTAGE.failed("business store error", type(error).__name__)
         raise Unavailable("the business store is unavailable; retry later") from None
+    else:
+        STORE_OUTAGE.worked()
 
 
 @dataclass

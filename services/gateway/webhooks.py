@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from parley.business.v1 import business_pb2
 from services.common.clients import request_id_var
+from services.common.outage import OutageLog
 from services.common.redact import mask_phone
 from services.gateway import metrics
 from services.gateway.channels import cloud_api, twilio
@@ -125,6 +126,9 @@ class Unavailable(Exception):
 def build_router(runtime: Runtime) -> APIRouter:
     router = APIRouter(tags=["webhooks"])
     settings = runtime.settings
+    # Every webhook fails while Redis is down (the providers retry): one error line per outage,
+    # each refusal counted in gateway_webhooks_total{outcome="unavailable"}.
+    queue_outage = OutageLog(log, "queue reachable again: webhooks accepted", level="error")
 
     @router.get(
         "/webhooks/whatsapp",
@@ -194,8 +198,9 @@ def build_router(runtime: Runtime) -> APIRouter:
                 metrics.DEAD_LETTERS.labels("unusable_payload").inc()
             ids = await runtime.queue.enqueue(parsed.messages, rid, received)
         except RedisError as error:
-            log.error("queue unavailable; answering 503", request_id=rid, error=str(error)[:200])
+            queue_outage.failed("queue unavailable; answering 503", error, request_id=rid)
             return _reject("cloud_api", 503, "unavailable", "the queue is unavailable; retry")
+        queue_outage.worked()
         queued = sum(1 for i in ids if i)
         duplicates = len(ids) - queued
         if duplicates:
@@ -320,8 +325,9 @@ def build_router(runtime: Runtime) -> APIRouter:
                 return _twiml(rid)
             ids = await runtime.queue.enqueue([item], rid, received)
         except RedisError as error:
-            log.error("queue unavailable; answering 503", request_id=rid, error=str(error)[:200])
+            queue_outage.failed("queue unavailable; answering 503", error, request_id=rid)
             return _reject("twilio", 503, "unavailable", "the queue is unavailable; retry")
+        queue_outage.worked()
         if ids[0]:
             metrics.MESSAGES_ENQUEUED.labels("twilio").inc()
             metrics.WEBHOOKS.labels("twilio", "accepted").inc()

@@ -40,6 +40,7 @@ from parley.session.v1 import session_pb2
 from services.common.clients import request_id_var
 from services.common.errors import error_info
 from services.common.logs import bind_call_fields, reset_call_fields
+from services.common.outage import OutageLog
 from services.common.redact import mask_phone
 from services.common.redis_pipeline import AutoPipeline
 from services.common.struct_values import python_to_value, value_to_python
@@ -401,34 +402,6 @@ class SentLog:
             log.warning("could not record a sent reply", error=str(error)[:200])
 
 
-class RedisTrouble:
-    """The heartbeat's and the scheduler's Redis failures, logged once per outage: both retry
-    every 0.2-1 s, and a warning each time buried the log (~4 a second per worker, ~1,200 lines
-    in a five-minute outage). The first failure is a warning, the rest debug lines, and the
-    first success after them one info line with how long it lasted."""
-
-    def __init__(self) -> None:
-        self.since: float | None = None
-        self.failures = 0
-
-    def failed(self, event: str, error: RedisError) -> None:
-        self.failures += 1
-        if self.since is None:
-            self.since = time.monotonic()
-            log.warning(event, error=str(error)[:200], repeats_logged_at="debug")
-        else:
-            log.debug(event, error=str(error)[:200])
-
-    def worked(self) -> None:
-        if self.since is not None:
-            log.info(
-                "worker reaches Redis again",
-                failures=self.failures,
-                seconds=round(time.monotonic() - self.since, 1),
-            )
-            self.since, self.failures = None, 0
-
-
 class WorkerPool:
     """The queue consumer of one process: leases, one loop per held partition, retries."""
 
@@ -445,7 +418,8 @@ class WorkerPool:
         # A process holds its share of partitions, but handles at most this many messages at
         # once (FIFO-fair, so no held partition starves).
         self._slots = asyncio.Semaphore(settings.worker_concurrency)
-        self.redis_trouble = RedisTrouble()
+        # The heartbeat and the scheduler retry every 0.2-1 s: one warning per Redis outage.
+        self.redis_trouble = OutageLog(log, "worker reaches Redis again")
 
     @property
     def held_partitions(self) -> list[int]:

@@ -21,6 +21,7 @@ import structlog
 from prometheus_client import Counter
 
 from parley.search.v1 import search_pb2
+from services.common.outage import OutageLog
 from services.common.redis_pipeline import AutoPipeline
 
 log = structlog.get_logger("parley.search.cache")
@@ -60,6 +61,8 @@ class ResultCache:
         self._down_until = 0.0
         self._unlock = client.register_script(_UNLOCK)
         self._pipeline = AutoPipeline(client)  # reads: the hot path of a cached search
+        # Tried again every retry_after_error seconds: one warning per Redis outage.
+        self._outage = OutageLog(log, "cache reachable again")
 
     @staticmethod
     def key(provider: str, query_key: str) -> str:
@@ -71,8 +74,7 @@ class ResultCache:
 
     def _failed(self, operation: str, error: Exception) -> None:
         CACHE_ERRORS.inc()
-        if self.available:
-            log.warning("cache unavailable, searching uncached", op=operation, error=str(error))
+        self._outage.failed("cache unavailable, searching uncached", error, op=operation)
         self._down_until = time.monotonic() + self._retry_after_error
 
     def is_fresh(self, cached: Cached, now: float | None = None) -> bool:
@@ -106,6 +108,7 @@ class ResultCache:
         except Exception as error:
             self._failed("get", error)
             return None
+        self._outage.worked()  # every search reads first: this is where an outage ends
         if raw is None:
             return None
         return raw if isinstance(raw, bytes) else raw.encode()

@@ -16,6 +16,7 @@ from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
+from services.common.outage import OutageLog
 from services.common.redis_client import limits_storage
 
 log = structlog.get_logger("parley.search.ratelimit")
@@ -26,7 +27,9 @@ class RateLimitTimeout(Exception):
 
 
 class ProviderRateLimiter:
-    def __init__(self, name: str, per_second: float, redis_url: str | None) -> None:
+    def __init__(
+        self, name: str, per_second: float, redis_url: str | None, retry_after_error: float = 5.0
+    ) -> None:
         self.name = name
         self.per_second = per_second
         # limits counts whole requests per window: 2.5/s becomes 5 per 2 s.
@@ -43,6 +46,9 @@ class ProviderRateLimiter:
             else None
         )
         self._shared_down_until = 0.0
+        self._retry_after_error = retry_after_error
+        # Redis is tried again every retry_after_error seconds while down: one warning an outage.
+        self._outage = OutageLog(log, "rate limit store reachable again")
 
     @staticmethod
     def _window(per_second: float) -> tuple[int, int]:
@@ -59,15 +65,21 @@ class ProviderRateLimiter:
             limiter = self._shared
         try:
             if await limiter.hit(self._item, self.name):
-                return True, 0.0
-            stats = await limiter.get_window_stats(self._item, self.name)
-            return False, max(0.005, stats.reset_time - time.time())
+                acquired, wait = True, 0.0
+            else:
+                stats = await limiter.get_window_stats(self._item, self.name)
+                acquired, wait = False, max(0.005, stats.reset_time - time.time())
         except Exception as error:  # Redis down: keep the limit in this process for a while
             if limiter is self._memory:
                 raise
-            log.warning("rate limit store unreachable, limiting in-process", error=str(error))
-            self._shared_down_until = time.monotonic() + 5.0
+            self._outage.failed(
+                "rate limit store unreachable, limiting in-process", error, provider=self.name
+            )
+            self._shared_down_until = time.monotonic() + self._retry_after_error
             return await self._try()
+        if limiter is self._shared:
+            self._outage.worked()
+        return acquired, wait
 
     async def acquire(self, deadline: float) -> None:
         """Wait for a slot; raise :class:`RateLimitTimeout` if none comes before ``deadline``."""

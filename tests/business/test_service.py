@@ -459,10 +459,14 @@ async def test_not_serving_and_unavailable_while_mongodb_is_unreachable(
         assert check(address, "parley.business.v1.BusinessService", 1.0) == "NOT_SERVING"
         async with grpc.aio.insecure_channel(address) as channel:
             stub = business_pb2_grpc.BusinessServiceStub(channel)
-            error = await code_of(
-                stub.LookupBusiness(business_pb2.LookupBusinessRequest(phone_number_id="1"))
-            )
-        assert error.code() == grpc.StatusCode.UNAVAILABLE
+            for n in range(3):
+                error = await code_of(
+                    stub.LookupBusiness(business_pb2.LookupBusinessRequest(phone_number_id=str(n)))
+                )
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+        # Every lookup failed on the store: one warning (the repeats are debug lines).
+        warned = [e for e in process.log_events("business store error") if e["level"] != "debug"]
+        assert [(e["level"], e["repeats_logged_at"]) for e in warned] == [("warning", "debug")]
     finally:
         await asyncio.to_thread(process.stop)
 

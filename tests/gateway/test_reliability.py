@@ -115,6 +115,12 @@ def test_redis_down_gives_503_and_every_accepted_message_is_answered(
         for user in accepted:
             assert wait_for(lambda u=user: fake_clouds.replies(u), 30), f"{user} not answered"
             assert len(fake_clouds.replies(user)) == 1
+        # Each refused webhook is counted; the log says it once, and once when it is over.
+        refused = gw.processes[0].log_events("queue unavailable; answering 503")
+        assert [e["level"] for e in refused][:1] == ["error"], refused
+        assert {e["level"] for e in refused[1:]} <= {"debug"}, refused
+        (back,) = gw.processes[0].log_events("queue reachable again: webhooks accepted")
+        assert back["failures"] == len(refused) >= 2
     finally:
         gw.stop()
 

@@ -197,7 +197,7 @@ def test_sigterm_lets_the_in_flight_call_finish(tmp_path: Path) -> None:
     caller.join(timeout=10)
     assert result["response"].created  # type: ignore[attr-defined]
     assert process.wait(timeout=15) == 0
-    assert any(line.get("event") == "stopped" for line in log_lines(process))
+    assert any(line.get("event") == "stopped" for line in process.log_events())
 
 
 def test_request_id_reaches_the_access_log_and_errors_stay_opaque(tmp_path: Path) -> None:
@@ -218,7 +218,7 @@ def test_request_id_reaches_the_access_log_and_errors_stay_opaque(tmp_path: Path
         assert "secret-internal-detail" not in failure.value.details()
 
         def access_lines() -> list[dict[str, object]]:
-            return [line for line in log_lines(process) if line.get("event") == "rpc"]
+            return [line for line in process.log_events() if line.get("event") == "rpc"]
 
         assert wait_for(lambda: len(access_lines()) >= 2, 5), process.log
         access = access_lines()
@@ -227,7 +227,7 @@ def test_request_id_reaches_the_access_log_and_errors_stay_opaque(tmp_path: Path
         assert check_line["code"] == "OK"
         boom = next(line for line in access if line.get("request_id") == "req-boom-456")
         assert boom["code"] == "INTERNAL"
-        lines = log_lines(process)
+        lines = process.log_events()
         # The log keeps the stack trace the client never sees.
         assert any("secret-internal-detail" in json.dumps(line) for line in lines)
     finally:
@@ -263,17 +263,6 @@ def test_calls_are_counted_with_go_grpc_prometheus_code_names(tmp_path: Path) ->
         line = f'grpc_server_handled_total{{grpc_code="{code}",grpc_method="{method}",{service}}}'
         assert f"{line} 1.0" in text, (line, text)
     assert 'grpc_code="INVALID_ARGUMENT"' not in text
-
-
-def log_lines(process: ServiceProcess) -> list[dict[str, object]]:
-    """The complete JSON lines of a process's log so far."""
-    lines = []
-    for raw in process.log.splitlines():
-        try:
-            lines.append(json.loads(raw))
-        except ValueError:
-            continue
-    return lines
 
 
 def test_service_errors_carry_rich_details(tmp_path: Path) -> None:

@@ -9,9 +9,12 @@ import datetime as dt
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import structlog
 
 from parley.search.v1 import search_pb2
 from services.common.errors import InvalidArgument, Unavailable
@@ -281,3 +284,57 @@ async def test_rate_limit_falls_back_to_memory_without_redis() -> None:
         await limiter.acquire(soon(2))
     with pytest.raises(RateLimitTimeout):
         await limiter.acquire(time.monotonic() + 0.05)
+
+
+def outage_lines(logs: list[dict[str, Any]], failed: str, recovered: str) -> tuple[int, int, int]:
+    """(warnings, debug repeats, recoveries) among captured log entries."""
+    levels = [e["log_level"] for e in logs if e["event"] == failed]
+    return (
+        levels.count("warning"),
+        levels.count("debug"),
+        sum(e["event"] == recovered for e in logs),
+    )
+
+
+async def test_a_cache_outage_is_one_warning_and_one_line_when_it_ends(tmp_path: Path) -> None:
+    """The cache retries Redis every few seconds while it is down (each search in between goes
+    uncached): one warning for the outage, not one a retry, and one line once Redis answers."""
+    valkey = Valkey(tmp_path / "valkey").start()
+    client = make_redis(valkey.url)
+    cache = ResultCache(client, 60, 60, 1.0, retry_after_error=0.05)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await cache.put_bytes("k", b"v")
+            valkey.stop()
+            for _ in range(4):  # four retries, each after the cache stepped aside
+                assert await cache.get_bytes("k") is None
+                assert not cache.available
+                await asyncio.sleep(0.06)
+            valkey.start()
+            assert await cache.get_bytes("k") == b"v"
+    finally:
+        await client.aclose()
+        valkey.stop()
+    failed, recovered = "cache unavailable, searching uncached", "cache reachable again"
+    assert outage_lines(logs, failed, recovered) == (1, 3, 1)
+    assert [e["failures"] for e in logs if e["event"] == recovered] == [4]
+
+
+async def test_a_rate_limit_store_outage_is_one_warning_and_one_line_when_it_ends(
+    tmp_path: Path,
+) -> None:
+    valkey = Valkey(tmp_path / "valkey").start()
+    limiter = ProviderRateLimiter("outage", 1000, valkey.url, retry_after_error=0.05)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await limiter.acquire(soon())
+            valkey.stop()
+            for _ in range(3):  # each on the in-process window, after one try of Redis
+                await limiter.acquire(soon())
+                await asyncio.sleep(0.06)
+            valkey.start()
+            await limiter.acquire(soon())
+    finally:
+        valkey.stop()
+    failed = "rate limit store unreachable, limiting in-process"
+    assert outage_lines(logs, failed, "rate limit store reachable again") == (1, 2, 1)

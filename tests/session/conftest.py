@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -37,14 +37,8 @@ class Running:
                 samples[name] = float(value)
         return samples
 
-    def log_events(self) -> list[dict[str, object]]:
-        lines = []
-        for raw in self.process.log.splitlines():
-            try:
-                lines.append(json.loads(raw))
-            except ValueError:
-                continue
-        return lines
+    def log_events(self) -> list[dict[str, Any]]:
+        return self.process.log_events()
 
     def stop(self) -> None:
         self.process.stop()

