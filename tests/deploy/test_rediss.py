@@ -40,12 +40,18 @@ class TlsTerminator:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        with contextlib.suppress(Exception):
-            writer.close()
+        try:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            with contextlib.suppress(Exception):
+                writer.close()
+        except asyncio.CancelledError:
+            # stop(): drop the connection at once (no TLS goodbye to wait for). From Python
+            # 3.12.1 the server's close waits for every connection it accepted to end.
+            writer.transport.abort()
+            raise
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.handshakes += 1
