@@ -15,11 +15,12 @@ Sentinel discovery are exactly as configured; its transport is then handed to th
 Each call keeps its own outcome. An error reply fails only its caller. A lost connection fails
 the calls in flight (whether Redis ran them is unknown, as with any client) and the next call
 connects again; since the reader always reads, a connection Redis closed while idle (a restart)
-is noticed at once, not by the next caller. A reply slower than the client's socket timeout
-drops the connection, and so does ``READONLY`` (the master was demoted by a failover: the next
-connection goes to the new one, found through Sentinel). ``NOSCRIPT`` (a restart or failover
-emptied the script cache) loads the script and sends the call once more: a call that got
-``NOSCRIPT`` never ran.
+is noticed at once, not by the next caller. An idle connection of the pool that Redis closed is
+recognised when taken, and replaced before anything is sent on it. A reply slower than the
+client's socket timeout drops the connection, and so does ``READONLY`` (the master was demoted
+by a failover: the next connection goes to the new one, found through Sentinel). ``NOSCRIPT``
+(a restart or failover emptied the script cache) loads the script and sends the call once more:
+a call that got ``NOSCRIPT`` never ran.
 
 Redis Cluster clients are not pipelined (calls would span slots and nodes): their calls go one
 by one through redis-py.
@@ -43,6 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.redis_client import RedisClient
 
+_STALE_CONNECTIONS = 8  # idle pooled connections found closed, tried in a row before giving up
 _INCOMPLETE = object()  # hiredis: no whole reply buffered yet (``False`` is a RESP3 reply)
 
 
@@ -82,6 +84,11 @@ class _Wire(asyncio.Protocol):
         # pool's, at shutdown) finds the writer closed instead of waiting for it.
         self._stream_protocol = self._transport.get_protocol()
         self._transport.set_protocol(self)
+        # An idle connection whose close was read already (TCP keeps the transport half open
+        # after the EOF, reading no more): nothing would tell this protocol, so tell it now.
+        reader = connection._reader
+        if self._transport.is_closing() or (reader is not None and reader.at_eof()):
+            self.lost = RedisConnectionError("Redis closed this connection while it was idle")
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         """The reply to come (an error reply is an exception instance, not raised here)."""
@@ -185,14 +192,20 @@ class AutoPipeline:
         wire = self._wire
         if wire is None or wire.lost is not None:
             wire = await self._connected()
-            if wire.lost is not None and not wire.used:
-                # An idle pooled connection that Redis had closed (a restart) looks alive to the
-                # pool until its close is read. Nothing was sent on it: a new one is safe.
+            # An idle pooled connection that Redis had closed (a restart) looks alive to the pool
+            # until its close is read, and the pool may hold several. Nothing was sent on one
+            # lost before use: the next is safe to try (each one tried goes back disconnected).
+            for _ in range(_STALE_CONNECTIONS):
+                if wire.lost is None or wire.used:
+                    break
                 wire = await self._connected()
         return await wire.send(packed)
 
     async def _connected(self) -> _Wire:
         """A live wire; concurrent callers share one connection attempt (and its failure)."""
+        wire = self._wire
+        if wire is not None and wire.lost is None:  # another caller's attempt made it meanwhile
+            return wire
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._connect())
             self._connecting.add_done_callback(self._connect_done)

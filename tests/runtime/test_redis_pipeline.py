@@ -135,11 +135,16 @@ async def test_a_stale_connection_from_the_pool_is_never_waited_on(own_server: V
     server = own_server
     client = make_client(server.url)
     try:
-        await client.set("k", "v")  # through the pool: one idle pooled connection
+        # Through the pool: idle pooled connections, several of them.
+        await asyncio.gather(*(client.set(f"k{n}", "v") for n in range(5)))
         server.stop()
         server.start()
         async with asyncio.timeout(5):
-            assert await AutoPipeline(client).command("PING") == b"PONG"
+            pipeline = AutoPipeline(client)
+            assert (
+                await asyncio.gather(*(pipeline.command("PING") for _ in range(20)))
+                == [b"PONG"] * 20
+            )
         await client.set("k", "v")
         server.stop()
         with pytest.raises(RedisConnectionError):
