@@ -192,9 +192,9 @@ class AutoPipeline:
         wire = self._wire
         if wire is None or wire.lost is not None:
             wire = await self._connected()
-            # An idle pooled connection that Redis had closed (a restart) looks alive to the pool
-            # until its close is read, and the pool may hold several. Nothing was sent on one
-            # lost before use: the next is safe to try (each one tried goes back disconnected).
+            # The pool can hand out an idle connection that Redis closed (a restart), and may
+            # hold several. Nothing was sent on one lost before use: the next is safe to try
+            # (each one tried goes back to the pool disconnected).
             for _ in range(_STALE_CONNECTIONS):
                 if wire.lost is None or wire.used:
                     break
