@@ -57,12 +57,10 @@ class ResultCache:
         self.ttl = ttl_seconds
         self.grace = grace_seconds
         self.lock_ms = int(lock_seconds * 1000)
-        self._retry_after_error = retry_after_error
-        self._down_until = 0.0
         self._unlock = client.register_script(_UNLOCK)
         self._pipeline = AutoPipeline(client)  # reads: the hot path of a cached search
-        # Tried again every retry_after_error seconds: one warning per Redis outage.
-        self._outage = OutageLog(log, "cache reachable again")
+        # Stepped around for retry_after_error seconds after a failure; one warning an outage.
+        self._outage = OutageLog(log, "cache reachable again", retry_after=retry_after_error)
 
     @staticmethod
     def key(provider: str, query_key: str) -> str:
@@ -70,12 +68,11 @@ class ResultCache:
 
     @property
     def available(self) -> bool:
-        return time.monotonic() >= self._down_until
+        return self._outage.retry_due
 
     def _failed(self, operation: str, error: Exception) -> None:
         CACHE_ERRORS.inc()
         self._outage.failed("cache unavailable, searching uncached", error, op=operation)
-        self._down_until = time.monotonic() + self._retry_after_error
 
     def is_fresh(self, cached: Cached, now: float | None = None) -> bool:
         return cached.age(now) < self.ttl

@@ -45,10 +45,11 @@ class ProviderRateLimiter:
             if redis_url and self._item is not None
             else None
         )
-        self._shared_down_until = 0.0
-        self._retry_after_error = retry_after_error
-        # Redis is tried again every retry_after_error seconds while down: one warning an outage.
-        self._outage = OutageLog(log, "rate limit store reachable again")
+        # Redis is stepped around for retry_after_error seconds after a failure (the limit is
+        # kept in this process meanwhile); one warning an outage.
+        self._outage = OutageLog(
+            log, "rate limit store reachable again", retry_after=retry_after_error
+        )
 
     @staticmethod
     def _window(per_second: float) -> tuple[int, int]:
@@ -61,7 +62,7 @@ class ProviderRateLimiter:
         """(acquired, seconds until the window frees a slot)."""
         assert self._item is not None
         limiter = self._memory
-        if self._shared is not None and time.monotonic() >= self._shared_down_until:
+        if self._shared is not None and self._outage.retry_due:
             limiter = self._shared
         try:
             if await limiter.hit(self._item, self.name):
@@ -75,7 +76,6 @@ class ProviderRateLimiter:
             self._outage.failed(
                 "rate limit store unreachable, limiting in-process", error, provider=self.name
             )
-            self._shared_down_until = time.monotonic() + self._retry_after_error
             return await self._try()
         if limiter is self._shared:
             self._outage.worked()

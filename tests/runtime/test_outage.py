@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import structlog
 
 from services.common.outage import OutageLog
@@ -54,3 +56,16 @@ def test_a_long_message_is_cut() -> None:
     with structlog.testing.capture_logs() as logs:
         outage.failed("down", ConnectionError("x" * 1000))
     assert len(logs[0]["error"]) == 200
+
+
+def test_with_retry_after_a_failure_is_stepped_around_for_that_long() -> None:
+    outage = OutageLog(log, "back", retry_after=0.05)
+    assert outage.retry_due
+    with structlog.testing.capture_logs():
+        outage.failed("down", ConnectionError())
+        assert not outage.retry_due
+        time.sleep(0.06)
+        assert outage.retry_due
+        outage.failed("down", ConnectionError())  # the retry failed: another window
+        assert not outage.retry_due
+    assert OutageLog(log, "back").retry_due  # without retry_after: always due
