@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+# Query parameters that carry credentials (redis-py's ``password``, ``sentinel_password``; a
+# MongoDB URI's ``tlsCertificateKeyFilePassword``; tokens and keys of any kind).
+_SECRET_PARAMS = ("pass", "secret", "token", "key", "auth", "credential", "signature")
+
 
 def mask_phone(number: str) -> str:
     """Keep the country-code end and the last two digits: ``+14155238886`` → ``+141******86``."""
@@ -14,3 +20,25 @@ def mask_phone(number: str) -> str:
 def mask_secret(value: str | None) -> str:
     """Say whether a secret is set, never what it is."""
     return "***" if value else ""
+
+
+def mask_url(url: str) -> str:
+    """A URL with its password and every credential-like query value replaced by ``***``:
+    ``redis://u:pw@h/0?password=pw`` → ``redis://u:***@h/0?password=***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"  # not even parseable: nothing of it is shown
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user, has_password, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{hosts}" if has_password else f"{user}@{hosts}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode(
+            [(k, "***" if any(s in k.lower() for s in _SECRET_PARAMS) else v) for k, v in pairs],
+            safe="*/:,",
+        )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

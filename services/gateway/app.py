@@ -55,6 +55,9 @@ def create_app(settings: GatewaySettings, role: Role = "all") -> FastAPI:
         if not settings.twilio_auth_token:
             log.warning(
                 "TWILIO_AUTH_TOKEN is not set: Twilio webhooks are checked only against "
+                "businesses' own tokens, and refused without one"
+                if settings.is_production
+                else "TWILIO_AUTH_TOKEN is not set: Twilio webhooks are checked only against "
                 "businesses' own tokens, unsigned ones accepted otherwise"
             )
         if not settings.api_key:

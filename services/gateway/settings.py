@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from services.common.redact import mask_url
 from services.common.settings import CommonSettings
 
 KIB = 1024
@@ -98,18 +99,8 @@ class GatewaySettings(CommonSettings):
         for name, value in self.model_dump().items():
             if name in SECRET_FIELDS or name.endswith(("_secret", "_token", "_key")):
                 shown[name] = "***" if value else ""
-            elif name.endswith("redis_url") and isinstance(value, str):
-                shown[name] = _mask_url_password(value)
+            elif isinstance(value, str) and "://" in value:
+                shown[name] = mask_url(value)
             else:
                 shown[name] = value
         return shown
-
-
-def _mask_url_password(url: str) -> str:
-    """``redis://user:pw@host`` → ``redis://user:***@host``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"

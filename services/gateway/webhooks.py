@@ -7,6 +7,7 @@ the answer is 503 so the provider retries. Order of checks: size (413), signatur
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 import time
@@ -33,6 +34,9 @@ from services.gateway.runtime import Runtime
 log = structlog.get_logger()
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# A body the global app secret does not verify is checked against the own app secret of every
+# business it names; Meta signs one delivery with one app's secret, so a few ids at most.
+MAX_SIGNING_BUSINESSES = 20
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 CLOUD_API_BODY = {
@@ -130,18 +134,6 @@ def build_router(runtime: Runtime) -> APIRouter:
     # each refusal counted in gateway_webhooks_total{outcome="unavailable"}.
     queue_outage = OutageLog(log, "queue reachable again: webhooks accepted", level="error")
 
-    @router.get(
-        "/webhooks/whatsapp",
-        summary="Cloud API subscription check: echo hub.challenge when the token matches.",
-        response_class=PlainTextResponse,
-        openapi_extra={
-            "parameters": [
-                {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
-                for n in ("hub.mode", "hub.verify_token", "hub.challenge")
-            ],
-            "responses": {"403": {"description": "Wrong mode or token."}},
-        },
-    )
     async def verify(request: Request) -> Response:
         query = request.query_params
         expected = settings.whatsapp_verify_token
@@ -154,6 +146,22 @@ def build_router(runtime: Runtime) -> APIRouter:
         ):
             return PlainTextResponse(query["hub.challenge"])
         return PlainTextResponse("forbidden", status_code=403)
+
+    for path in ("/webhooks/whatsapp", "/whatsapp_response"):  # Meta checks its callback URL
+        router.add_api_route(
+            path,
+            verify,
+            methods=["GET"],
+            summary="Cloud API subscription check: echo hub.challenge when the token matches.",
+            response_class=PlainTextResponse,
+            openapi_extra={
+                "parameters": [
+                    {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+                    for n in ("hub.mode", "hub.verify_token", "hub.challenge")
+                ],
+                "responses": {"403": {"description": "Wrong mode or token."}},
+            },
+        )
 
     async def cloud_webhook(request: Request) -> Response:
         started = time.perf_counter()
@@ -193,10 +201,11 @@ def build_router(runtime: Runtime) -> APIRouter:
                 errors=list(status.error_codes),
             )
         try:
+            ids = await runtime.queue.enqueue(parsed.messages, rid, received)
+            # After the enqueue: a 503 from it would have the provider retry, and record them again.
             for item in parsed.unusable:
                 await runtime.queue.dead_letter("unusable_payload", item.reason, raw=item.item)
                 metrics.DEAD_LETTERS.labels("unusable_payload").inc()
-            ids = await runtime.queue.enqueue(parsed.messages, rid, received)
         except RedisError as error:
             queue_outage.failed("queue unavailable; answering 503", error, request_id=rid)
             return _reject("cloud_api", 503, "unavailable", "the queue is unavailable; retry")
@@ -238,27 +247,35 @@ def build_router(runtime: Runtime) -> APIRouter:
             return None
         if header is None and secret:
             return _reject("cloud_api", 401, "unsigned", "X-Hub-Signature-256 is missing")
-        # The business's own app secret, when it has one.
-        business_secrets = await _cloud_business_secrets(payload)
+        # Otherwise every business the body names must have signed it with its own app secret:
+        # one business's secret never vouches for another's numbers.
+        ids = cloud_api.phone_number_ids(payload)
+        if len(ids) > MAX_SIGNING_BUSINESSES:
+            return _reject(
+                "cloud_api",
+                403,
+                "bad_signature",
+                f"at most {MAX_SIGNING_BUSINESSES} phone number ids are checked against "
+                "businesses' own app secrets",
+            )
+        own = await asyncio.gather(*(_cloud_app_secret(pnid) for pnid in ids))
+        if not secret and not any(own):
+            return None  # no secret applies (never in production): accepted, warned at start-up
         if header is None:
-            if secret or business_secrets:
-                return _reject("cloud_api", 401, "unsigned", "X-Hub-Signature-256 is missing")
-            return None  # no secret configured anywhere: accepted (warned at start-up)
-        if any(cloud_api.signature_matches(body, header, s) for s in business_secrets):
-            return None
-        if not secret and not business_secrets:
+            return _reject("cloud_api", 401, "unsigned", "X-Hub-Signature-256 is missing")
+        if ids and all(
+            s and cloud_api.signature_matches(body, header, s) for s in dict.fromkeys(own)
+        ):
             return None
         return _reject("cloud_api", 403, "bad_signature", "X-Hub-Signature-256 does not match")
 
-    async def _cloud_business_secrets(payload: Any) -> list[str]:
-        found = []
-        for pnid in cloud_api.phone_number_ids(payload)[:5]:
-            app_secret = await _business_secret(
-                business_pb2.LookupBusinessRequest(phone_number_id=pnid, include_credentials=True)
+    async def _cloud_app_secret(phone_number_id: str) -> str:
+        credentials = await _business_secret(
+            business_pb2.LookupBusinessRequest(
+                phone_number_id=phone_number_id, include_credentials=True
             )
-            if app_secret.webhook_app_secret:
-                found.append(app_secret.webhook_app_secret)
-        return found
+        )
+        return credentials.webhook_app_secret
 
     async def _business_secret(
         request: business_pb2.LookupBusinessRequest,
@@ -363,17 +380,20 @@ def build_router(runtime: Runtime) -> APIRouter:
                     business_pb2.LookupBusinessRequest(whatsapp_number=to, include_credentials=True)
                 )
             ).twilio_auth_token
+        if not token and not business_token:
+            if settings.is_production:
+                # Unsigned messages would reach a business's bot and spend its rate limit.
+                return _reject(
+                    "twilio", 403, "no_secret", "no Twilio auth token is set for this number"
+                )
+            return None  # nothing to verify with (outside production): warned at start-up
         if header is None:
-            if token or business_token:
-                return _reject("twilio", 401, "unsigned", "X-Twilio-Signature is missing")
-            return None
+            return _reject("twilio", 401, "unsigned", "X-Twilio-Signature is missing")
         if (
             business_token
             and params is not None
             and twilio.signature_matches(url, params, header, business_token)
         ):
-            return None
-        if not token and not business_token:
             return None
         return _reject("twilio", 403, "bad_signature", "X-Twilio-Signature does not match")
 

@@ -144,3 +144,20 @@ def test_production_refuses_to_start_without_secrets() -> None:
     assert result.returncode == 2
     assert "WHATSAPP_VERIFY_TOKEN" in result.stderr and "API_KEY" in result.stderr
     assert "set-but-others-missing" not in result.stderr + result.stdout
+
+
+def test_info_masks_credentials_in_every_url() -> None:
+    """/health/info needs no key: no password may show, in userinfo or as a query value."""
+    from services.gateway.settings import GatewaySettings
+
+    config = GatewaySettings(
+        redis_url="redis://10.0.0.5:6379/0?password=hunter2&socket_timeout=1",
+        gateway_redis_url="redis+sentinel://:S3nt@s1:26379,s2:26379/m/0?sentinel_password=S3nt",
+        public_base_url="https://ops:hunter2@bot.example.com",
+    ).masked()
+    assert "hunter2" not in str(config) and "S3nt" not in str(config)
+    assert config["redis_url"] == "redis://10.0.0.5:6379/0?password=***&socket_timeout=1"
+    assert config["gateway_redis_url"] == (
+        "redis+sentinel://:***@s1:26379,s2:26379/m/0?sentinel_password=***"
+    )
+    assert config["public_base_url"] == "https://ops:***@bot.example.com"

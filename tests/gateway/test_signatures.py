@@ -1,0 +1,148 @@
+"""Whose secret vouches for a webhook: one business's never for another's numbers; in production
+nothing is accepted unsigned. Real gateway processes and business service; found in an audit."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from services.gateway.channels import cloud_api, twilio
+from tests.support.fake_clouds import FakeClouds
+from tests.support.processes import Valkey
+from tests.support.stack import (
+    Business,
+    Gateway,
+    Services,
+    cloud_payload,
+    create_business,
+    new_wa_id,
+    next_db,
+    queue_lengths,
+    signed_cloud,
+    signed_twilio,
+    start_gateway,
+    twilio_form,
+)
+
+
+def _start(services: Services, fake: FakeClouds, valkey: Valkey, name: str, **env: str) -> Gateway:
+    return start_gateway(
+        services, fake, f"redis://127.0.0.1:{valkey.port}/{next_db()}", name, role="web", **env
+    )
+
+
+@pytest.fixture(scope="module")
+def open_gateway(services: Services, fake_clouds: FakeClouds, valkey: Valkey) -> Iterator[Gateway]:
+    """A dev gateway without global secrets: only businesses' own secrets apply."""
+    no_secrets = {"WHATSAPP_APP_SECRET": "", "TWILIO_AUTH_TOKEN": ""}
+    gw = _start(services, fake_clouds, valkey, "signatures-open", **no_secrets)
+    yield gw
+    gw.stop()
+
+
+def _with_own_secret(gateway: Gateway) -> tuple[Business, str]:
+    secret = "own-app-secret-" + secrets.token_hex(8)
+    return create_business(gateway, webhook_app_secret=secret), secret
+
+
+def _mixed(*businesses: Business) -> dict[str, Any]:
+    """One notification with a change for each business's number."""
+    payload = cloud_payload(businesses[0].phone_number_id, new_wa_id(), "hi")
+    for business in businesses[1:]:
+        payload["entry"] += cloud_payload(business.phone_number_id, new_wa_id(), "hi")["entry"]
+    return payload
+
+
+def _post(gateway: Gateway, payload: dict[str, Any], secret: str | None) -> httpx.Response:
+    body, headers = signed_cloud(payload, secret or "unused")
+    if secret is None:
+        del headers[cloud_api.SIGNATURE_HEADER]
+    with gateway.http as client:
+        return client.post("/webhooks/whatsapp", content=body, headers=headers)
+
+
+def test_a_business_secret_never_vouches_for_another_business(gateway: Gateway) -> None:
+    victim, _ = _with_own_secret(gateway)
+    attacker, attacker_secret = _with_own_secret(gateway)
+    before = queue_lengths(gateway.redis_url)
+    # The attacker signs its own change and slips the victim's in beside it.
+    assert _post(gateway, _mixed(attacker, victim), attacker_secret).status_code == 403
+    assert _post(gateway, _mixed(victim, attacker), attacker_secret).status_code == 403
+    assert queue_lengths(gateway.redis_url) == before
+    # Its own number alone is its own to sign; the platform's secret covers every number.
+    assert _post(gateway, _mixed(attacker), attacker_secret).json()["queued"] == 1
+    body, headers = signed_cloud(_mixed(attacker, victim))
+    with gateway.http as client:
+        answer = client.post("/webhooks/whatsapp", content=body, headers=headers)
+    assert answer.json()["queued"] == 2
+
+
+def test_without_a_global_secret_every_named_business_must_have_signed(
+    open_gateway: Gateway,
+) -> None:
+    gw = open_gateway
+    victim, victim_secret = _with_own_secret(gw)
+    plain = create_business(gw)  # no secret of its own
+    unknown = [
+        Business("", f"9{secrets.randbelow(10**14):014d}", "+15550000000", "", "", "")
+        for _ in range(5)
+    ]
+    # Unknown ids ahead of the victim's no longer push it out of the check.
+    padded = _mixed(*unknown, victim)
+    assert _post(gw, padded, None).status_code == 401
+    assert _post(gw, padded, victim_secret).status_code == 403  # the others did not sign
+    assert _post(gw, _mixed(victim, plain), victim_secret).status_code == 403
+    assert _post(gw, _mixed(victim), victim_secret).json()["queued"] == 1
+    assert _post(gw, _mixed(victim), "another-secret").status_code == 403
+    # Where no secret applies at all, a dev gateway still accepts (warned at start-up).
+    assert _post(gw, _mixed(plain, *unknown), None).json()["queued"] == 6
+    too_many = _mixed(
+        *[
+            Business("", f"8{secrets.randbelow(10**14):014d}", "+15550000000", "", "", "")
+            for _ in range(21)
+        ]
+    )
+    assert _post(gw, too_many, None).status_code == 403
+
+
+def test_production_refuses_twilio_webhooks_no_token_can_verify(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    gw = _start(
+        services, fake_clouds, valkey, "signatures-prod", APP_ENV="production", TWILIO_AUTH_TOKEN=""
+    )
+    try:
+        without = create_business(gw, twilio_account_sid=None, twilio_auth_token=None)
+        with_token = create_business(gw)
+        url = f"{gw.url}/webhooks/twilio"
+        with gw.http as client:
+            form = twilio_form(without.number, "+34600000077", "forged")
+            body, headers = signed_twilio(url, form, "any-token")
+            del headers[twilio.SIGNATURE_HEADER]
+            refused = client.post("/webhooks/twilio", content=body, headers=headers)
+            assert refused.status_code == 403, refused.text
+            assert "auth token" in refused.json()["detail"]
+            form = twilio_form(with_token.number, "+34600000078", "genuine")
+            body, headers = signed_twilio(url, form, with_token.twilio_token)
+            assert client.post("/webhooks/twilio", content=body, headers=headers).status_code == 200
+            metrics = client.get("/metrics").text
+        assert 'gateway_webhooks_total{channel="twilio",outcome="no_secret"} 1.0' in metrics
+        assert queue_lengths(gw.redis_url) == 1
+    finally:
+        gw.stop()
+
+
+def test_the_guides_callback_url_answers_metas_subscription_check(gateway: Gateway) -> None:
+    from tests.support.stack import VERIFY_TOKEN
+
+    query = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "42"}
+    with gateway.http as client:
+        for path in ("/webhooks/whatsapp", "/whatsapp_response"):
+            answer = client.get(path, params=query)
+            assert (answer.status_code, answer.text) == (200, "42")
+            wrong = client.get(path, params={**query, "hub.verify_token": "nope"})
+            assert wrong.status_code == 403
