@@ -7,13 +7,13 @@ from __future__ import annotations
 import contextvars
 import json
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import grpc
 
 from services.common.interceptors import REQUEST_ID_KEY
 from services.common.settings import CommonSettings
+from services.common.tls import channel_credentials
 
 # The request id of the message being handled; the gateway sets it per webhook/queue entry.
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -91,19 +91,6 @@ class _CallDefaults:
 def with_call_defaults(stub: StubT, default_timeout: float = DEFAULT_TIMEOUT_SECONDS) -> StubT:
     """``stub``, its unary calls given a default deadline and the current request id."""
     return cast(StubT, _CallDefaults(stub, default_timeout))
-
-
-def channel_credentials(
-    ca: str | None, cert: str | None, key: str | None
-) -> grpc.ChannelCredentials | None:
-    """TLS to the services when a CA is given; a client certificate too when cert and key are."""
-    if not ca:
-        return None
-    return grpc.ssl_channel_credentials(
-        root_certificates=Path(ca).read_bytes(),
-        private_key=Path(key).read_bytes() if key and cert else None,
-        certificate_chain=Path(cert).read_bytes() if key and cert else None,
-    )
 
 
 def client_credentials(settings: CommonSettings) -> grpc.ChannelCredentials | None:

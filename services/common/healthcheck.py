@@ -12,7 +12,7 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.clients import channel_credentials
+from services.common.tls import channel_credentials
 
 
 def check(

@@ -13,7 +13,6 @@ import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -29,12 +28,17 @@ from services.common.logs import configure_logging
 from services.common.metrics import SERVING, start_metrics_server
 from services.common.settings import CommonSettings
 from services.common.tasks import cancel_and_wait
+from services.common.tls import server_credentials
 
 log = structlog.get_logger("parley.runtime")
 
 Readiness = Callable[[], Awaitable[None]]
 """Raises (with a reason a human can act on) while the service cannot serve."""
 
+# SERVING from the moment the server answers until shutdown, whatever the datastore does: the
+# name for liveness and startup probes, so an outage of the datastore takes replicas out of
+# rotation (readiness, on "" and the service name) without having them restarted.
+LIVENESS = "liveness"
 SERVING_STATUS = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING_STATUS = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -57,18 +61,6 @@ class Service:
     # Run after the server has stopped (close pools, flush).
     on_stop: Callable[[], Awaitable[None]] | None = None
     extra_health_names: list[str] = field(default_factory=list)
-
-
-def server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | None:
-    """TLS when GRPC_TLS_CERT and GRPC_TLS_KEY are set; mutual TLS when GRPC_TLS_CA is too."""
-    if not (settings.grpc_tls_cert and settings.grpc_tls_key):
-        return None
-    key = Path(settings.grpc_tls_key).read_bytes()
-    cert = Path(settings.grpc_tls_cert).read_bytes()
-    ca = Path(settings.grpc_tls_ca).read_bytes() if settings.grpc_tls_ca else None
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
-    )
 
 
 class Runtime:
@@ -102,7 +94,9 @@ class Runtime:
             self.server,
         )
         address = f"{settings.grpc_host}:{port}"
-        credentials = server_credentials(settings)
+        credentials = server_credentials(
+            settings.grpc_tls_cert, settings.grpc_tls_key, settings.grpc_tls_ca
+        )
         if credentials is None:
             self.port = self.server.add_insecure_port(address)
         else:
@@ -148,6 +142,7 @@ class Runtime:
     async def run(self) -> int:
         await self._set_health(False)
         await self.server.start()
+        await self.health.set(LIVENESS, SERVING_STATUS)
         log.info("started", service=self.service.name, port=self.port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -329,7 +329,10 @@ def run_services(
     if failed:
         return 1
     # Ctrl-C (130) and SIGTERM (143) are the normal way to stop the dev stack.
-    return 0 if manager.returncode in (0, 130, 143) else int(manager.returncode or 1)
+    code = 1 if manager.returncode is None else int(manager.returncode)
+    if code < 0:  # a process stopped by a signal: the shell's 128 + signal, not make's 256 - n
+        code = 128 - code
+    return 0 if code in (0, 130, 143) else code
 
 
 def _free_port() -> int:

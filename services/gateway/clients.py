@@ -13,7 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from parley.business.v1 import business_pb2_grpc
 from parley.search.v1 import search_pb2_grpc
 from parley.session.v1 import session_pb2_grpc
-from services.common.clients import channel_credentials, make_channel, with_call_defaults
+from services.common.clients import make_channel, with_call_defaults
+from services.common.tls import channel_credentials
 from services.gateway.settings import GatewaySettings
 
 SESSION = "parley.session.v1.SessionService"

@@ -1,8 +1,9 @@
 """Health endpoints and /metrics.
 
 ``/health`` is liveness only (no dependency is called); ``/ready`` and ``/health/ready`` say 503
-unless Redis and the three services' gRPC health are SERVING; ``/health/detailed`` gathers every
-figure an operator needs, each dependency with its state and latency, and never fails as a whole.
+unless Redis and the three services' gRPC health are SERVING (``?checks=redis``: Redis only);
+``/health/detailed`` gathers every figure an operator needs, each dependency with its state and
+latency, and never fails as a whole.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from services.gateway import metrics
 from services.gateway.runtime import Runtime
 
 VERSION = "0.1.0"
+# /ready?checks=…: "all" (Redis and the three services), or "redis" for the probe of a process
+# that only needs its Redis to take work (a web process queues webhooks; a worker retries a
+# service that is down): one unhealthy service must not take every replica out of rotation.
+READY_CHECKS = ("all", "redis")
 
 
 async def _timed(call: Callable[[], Awaitable[Any]], limit: float = 1.0) -> dict[str, Any]:
@@ -40,6 +45,10 @@ async def _timed(call: Callable[[], Awaitable[Any]], limit: float = 1.0) -> dict
         result = {"ok": False, "error": f"{type(error).__name__}: {error}"[:300]}
     result["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
     return result
+
+
+async def _none() -> list[Any]:
+    return []
 
 
 def _dict(message: Any) -> dict[str, Any]:
@@ -61,9 +70,10 @@ def build_router(runtime: Runtime) -> APIRouter:
             "uptime_seconds": round(time.monotonic() - runtime.started, 3),
         }
 
-    async def readiness() -> tuple[bool, dict[str, Any]]:
+    async def readiness(with_services: bool = True) -> tuple[bool, dict[str, Any]]:
         redis_check, services = await asyncio.gather(
-            _timed(runtime.redis.ping), runtime.clients.health()
+            _timed(runtime.redis.ping),
+            runtime.clients.health() if with_services else _none(),
         )
         checks: dict[str, Any] = {
             "redis": "SERVING" if redis_check["ok"] else redis_check.get("error", "DOWN")
@@ -71,16 +81,21 @@ def build_router(runtime: Runtime) -> APIRouter:
         checks.update({s.name: s.status for s in services})
         return all(v == "SERVING" for v in checks.values()), checks
 
-    async def ready() -> Response:
-        ok, checks = await readiness()
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+    async def ready(checks: str = "all") -> Response:
+        if checks not in READY_CHECKS:
+            return JSONResponse(
+                {"detail": f"checks must be one of: {', '.join(READY_CHECKS)}"}, status_code=400
+            )
+        ok, found = await readiness(with_services=checks == "all")
+        return JSONResponse({"ready": ok, "checks": found}, status_code=200 if ok else 503)
 
     for path in ("/ready", "/health/ready"):
         router.add_api_route(
             path,
             ready,
             methods=["GET"],
-            summary="Readiness: 503 unless Redis and the three services are SERVING.",
+            summary="Readiness: 503 unless Redis and the three services are SERVING "
+            "(with checks=redis: Redis only, all a web process needs to take webhooks).",
             responses={503: {"description": "A dependency is not SERVING."}},
         )
 

@@ -13,6 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from services.common.server import LIVENESS
 from tests.deploy.envvars import read_by
 from tests.deploy.kustomize import Resource, read_env_file, render
 
@@ -168,14 +169,16 @@ def test_services_use_native_grpc_probes_and_the_gateway_http_probes(
     deployments = of_kind(rendered[BASE], "Deployment")
     for name, (port, full_name) in GRPC.items():
         container = pod_spec(deployments[name])["containers"][0]
-        assert container["livenessProbe"]["grpc"] == {"port": port}  # "" : the process answers
-        assert container["startupProbe"]["grpc"] == {"port": port}
+        # The process answers; a datastore outage must not restart it.
+        liveness = {"port": port, "service": LIVENESS}
+        assert container["livenessProbe"]["grpc"] == liveness
+        assert container["startupProbe"]["grpc"] == liveness
         assert container["readinessProbe"]["grpc"] == {"port": port, "service": full_name}
     web = pod_spec(deployments["gateway-web"])["containers"][0]
     assert web["command"][-2:] == ["--role", "web"]
     assert web["livenessProbe"]["httpGet"]["path"] == "/health"
     assert web["startupProbe"]["httpGet"]["path"] == "/health"
-    assert web["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert web["readinessProbe"]["httpGet"]["path"] == "/ready?checks=redis"
     worker = pod_spec(deployments["gateway-worker"])["containers"][0]
     assert worker["command"][-2:] == ["--role", "worker"]
     assert worker["livenessProbe"]["httpGet"]["path"] == "/health"
@@ -194,7 +197,10 @@ def test_mtls_overlay_probes_with_the_healthcheck_command_over_tls(
         assert readiness[:3] == ["python", "-m", "services.common.healthcheck"]
         assert readiness[readiness.index("--addr") + 1] == f"localhost:{port}"
         assert readiness[readiness.index("--service") + 1] == full_name
-        assert "--tls-cert" in container["livenessProbe"]["exec"]["command"]
+        for probe in ("livenessProbe", "startupProbe"):
+            command = container[probe]["exec"]["command"]
+            assert "--tls-cert" in command
+            assert command[command.index("--service") + 1] == LIVENESS
     for deployment in deployments.values():
         spec = pod_spec(deployment)
         mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
@@ -244,9 +250,9 @@ def test_network_policies_let_only_the_gateway_reach_the_services(
         # Each service goes out only to its datastore's ports (and the provider's HTTPS, search).
         egress_ports = {p["port"] for r in spec["egress"] for p in r["ports"]}
         allowed = {
-            "session": {6379, 26379},
-            "business": {27017, 6379, 26379},
-            "search": {6379, 26379, 443},
+            "session": {6379, 6380, 26379},
+            "business": {27017, 6379, 6380, 26379},
+            "search": {6379, 6380, 26379, 443},
         }
         assert egress_ports <= allowed[name], name
         assert not any(p in egress_ports for p, _ in GRPC.values())

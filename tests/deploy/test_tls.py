@@ -11,8 +11,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import healthcheck
-from services.common.clients import channel_credentials, client_credentials, make_channel
+from services.common.clients import client_credentials, make_channel
 from services.common.settings import CommonSettings
+from services.common.tls import channel_credentials
 from tests.deploy.conftest import Pki
 from tests.support.processes import ServiceProcess, free_port, wait_for
 

@@ -38,6 +38,10 @@ def test_health_endpoints(gateway: Gateway) -> None:
                 "parley.business.v1.BusinessService",
                 "parley.search.v1.SearchService",
             }
+        # What the web replicas' readiness probe asks: only what taking webhooks needs.
+        queue_only = client.get("/ready", params={"checks": "redis"})
+        assert queue_only.status_code == 200 and queue_only.json()["checks"] == {"redis": "SERVING"}
+        assert client.get("/ready", params={"checks": "everything"}).status_code == 400
         info = client.get("/health/info")
         assert info.status_code == 200
         body = info.json()

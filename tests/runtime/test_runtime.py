@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from parley.session.v1 import session_pb2, session_pb2_grpc
 from services.common.errors import error_info, field_violations
 from services.common.healthcheck import check
-from services.common.server import Runtime, Service
+from services.common.server import LIVENESS, Runtime, Service
 from services.common.settings import CommonSettings, load_settings
 from tests.runtime.fixture_service import NAME, FixtureServicer
 from tests.support.processes import ROOT, ServiceProcess, Valkey, free_port, wait_for
@@ -105,6 +105,8 @@ def test_readiness_follows_the_datastore(tmp_path: Path) -> None:
         time.sleep(0.5)
         assert check(address, "parley.session.v1.SessionService") == "NOT_SERVING"
         assert "Redis did not answer PING" in process.log
+        # Alive all the while: liveness and startup probes must not restart it for an outage.
+        assert check(address, LIVENESS) == "SERVING"
         server.start()
         assert wait_for(lambda: check(address, "") == "SERVING", 20), process.log
     finally:
@@ -194,6 +196,7 @@ def test_sigterm_lets_the_in_flight_call_finish(tmp_path: Path) -> None:
     process.signal(signal.SIGTERM)
     # During the grace the server still answers, and says NOT_SERVING.
     assert wait_for(lambda: check(address, "") == "NOT_SERVING", 2), process.log
+    assert check(address, LIVENESS) == "NOT_SERVING"
     caller.join(timeout=10)
     assert result["response"].created  # type: ignore[attr-defined]
     assert process.wait(timeout=15) == 0
