@@ -4,7 +4,9 @@
 2. Otherwise identical concurrent searches in this process share one task, and across replicas
    one holder of a short Redis lock fetches while the others poll the result key.
 3. The fetch runs under the provider's circuit breaker and client-side rate limit, within the
-   caller's deadline (capped by ``SEARCH_PROVIDER_TIMEOUT_SECONDS``).
+   caller's deadline (capped by ``SEARCH_PROVIDER_TIMEOUT_SECONDS``). Only the provider's own
+   failures count against the breaker: running out of the caller's time does not (the provider
+   may be healthy), and no fetch is started for a caller with no time left.
 4. When the provider fails, its breaker is open, or the deadline passes, the last result for
    the query is served marked stale if it is still within the grace period; if there is none
    the caller gets UNAVAILABLE (or DEADLINE_EXCEEDED) with a plain message.
@@ -118,6 +120,8 @@ class SearchEngine:
     ) -> search_pb2.SearchFlightsResponse:
         task = self._inflight.get(key)
         if task is None:
+            if deadline <= time.monotonic():  # e.g. a WarmCache call out of time
+                return self._too_late(stale)
             task = asyncio.create_task(self._load(key, query, stale, deadline))
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._done(key, done))
@@ -125,13 +129,14 @@ class SearchEngine:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 return await asyncio.shield(task)
         except TimeoutError:
-            if stale is not None:
-                SEARCHES.labels(self.provider.name, "stale").inc()
-                return self._answer(stale, stale=True, now=time.time())
-            SEARCHES.labels(self.provider.name, "error").inc()
-            raise DeadlineExceeded(
-                "the flight search took longer than the call's deadline"
-            ) from None
+            return self._too_late(stale)
+
+    def _too_late(self, stale: Cached | None) -> search_pb2.SearchFlightsResponse:
+        if stale is not None:
+            SEARCHES.labels(self.provider.name, "stale").inc()
+            return self._answer(stale, stale=True, now=time.time())
+        SEARCHES.labels(self.provider.name, "error").inc()
+        raise DeadlineExceeded("the flight search took longer than the call's deadline") from None
 
     def _done(self, key: str, task: asyncio.Task[search_pb2.SearchFlightsResponse]) -> None:
         if self._inflight.get(key) is task:
@@ -142,14 +147,13 @@ class SearchEngine:
     async def _load(
         self, key: str, query: Query, stale: Cached | None, deadline: float
     ) -> search_pb2.SearchFlightsResponse:
-        deadline = min(deadline, time.monotonic() + self.settings.search_provider_timeout_seconds)
+        provider_deadline = time.monotonic() + self.settings.search_provider_timeout_seconds
         if not self.breaker.allows():
             return self._fallback(stale, "circuit breaker open")
         token = await self.cache.try_lock(key)
         if token is None:  # another replica is fetching this query: wait for its result
-            waited = await self.cache.wait_fresh(
-                key, min(deadline, time.monotonic() + self.settings.search_lock_seconds)
-            )
+            lock_end = time.monotonic() + self.settings.search_lock_seconds
+            waited = await self.cache.wait_fresh(key, min(deadline, provider_deadline, lock_end))
             if waited is not None:
                 SEARCHES.labels(self.provider.name, "hit").inc()
                 return self._answer(waited, stale=False, now=time.time())
@@ -163,7 +167,7 @@ class SearchEngine:
                 return self._answer(filled, stale=False, now=time.time())
         try:
             offers = await self.call_provider(
-                lambda: self.provider.search(query, deadline), deadline
+                lambda: self.provider.search(query, provider_deadline), provider_deadline, deadline
             )
         except ServiceError:
             SEARCHES.labels(self.provider.name, "error").inc()
@@ -186,25 +190,41 @@ class SearchEngine:
         fresh.age.FromNanoseconds(0)
         return fresh
 
-    async def call_provider(self, call: Callable[[], Awaitable[T]], deadline: float) -> T:
-        """One provider call under its rate limit and breaker, within ``deadline``."""
+    async def call_provider(
+        self,
+        call: Callable[[], Awaitable[T]],
+        deadline: float,
+        caller_deadline: float | None = None,
+    ) -> T:
+        """One provider call under its rate limit and breaker. ``deadline`` is the provider's own
+        (running out of it is the provider's failure); ``caller_deadline``, when given, is the
+        caller's (running out of it is no verdict). A call with no time left is not started."""
+        end = deadline if caller_deadline is None else min(deadline, caller_deadline)
+        if end <= time.monotonic():
+            raise TimeoutError("no time left for a provider call")
         if not self.breaker.allows():
             raise BreakerOpen(f"circuit breaker {self.breaker.name} is open")
-        await self.limiter.acquire(deadline)
-        start = time.perf_counter()
-        outcome = "failed"
-        try:
-            async with self.breaker.guard(ok=(ServiceError,)):
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    result = await call()
-            outcome = "ok"
-            return result
-        except ServiceError:
-            outcome = "rejected"
-            raise
-        finally:
-            PROVIDER_CALLS.labels(self.provider.name, outcome).inc()
-            PROVIDER_SECONDS.labels(self.provider.name).observe(time.perf_counter() - start)
+        # The caller's time runs outside the guard: when it ends the call is cancelled, which
+        # the breaker takes as no verdict.
+        caller_time = None
+        if caller_deadline is not None:
+            caller_time = max(0.0, caller_deadline - time.monotonic())
+        async with asyncio.timeout(caller_time):
+            await self.limiter.acquire(end)
+            start = time.perf_counter()
+            outcome = "failed"
+            try:
+                async with self.breaker.guard(ok=(ServiceError,)):
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        result = await call()
+                outcome = "ok"
+                return result
+            except ServiceError:
+                outcome = "rejected"
+                raise
+            finally:
+                PROVIDER_CALLS.labels(self.provider.name, outcome).inc()
+                PROVIDER_SECONDS.labels(self.provider.name).observe(time.perf_counter() - start)
 
     def _fallback(self, stale: Cached | None, reason: str) -> search_pb2.SearchFlightsResponse:
         if stale is not None and stale.age() < self.cache.ttl + self.cache.grace:
@@ -264,7 +284,7 @@ class SearchEngine:
         answer = [search_pb2.PlaceCandidate(place=c.place.to_proto(), score=c.score) for c in found]
         if (found and found[0].score >= 75) or type(self.provider).locations is Provider.locations:
             return answer
-        remote = await self._remote_places(text, limit, min(deadline, time.monotonic() + 3.0))
+        remote = await self._remote_places(text, limit, deadline)
         known = {c.place.code for c in answer}
         for rank, place in enumerate(remote):
             if place.code not in known:
@@ -281,9 +301,10 @@ class SearchEngine:
             cached = search_pb2.ResolvePlaceResponse()
             cached.ParseFromString(raw)
             return [c.place for c in cached.candidates]
+        cap = time.monotonic() + 3.0  # the locations API's own time
         try:
             places = await self.call_provider(
-                lambda: self.provider.locations(text, limit, deadline), deadline
+                lambda: self.provider.locations(text, limit, cap), cap, deadline
             )
         except Exception as error:  # the local answer stands
             log.info("provider locations failed", reason=_reason(error))

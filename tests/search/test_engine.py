@@ -33,7 +33,7 @@ _names = itertools.count()
 
 
 class FakeProvider(Provider):
-    """A scriptable provider: counts calls, can be slow, fail, or reject."""
+    """A scriptable provider: counts calls, can be slow, held until released, fail, or reject."""
 
     demo_data = False
 
@@ -46,12 +46,15 @@ class FakeProvider(Provider):
         self.max_concurrent = 0
         self.failing = False
         self.reject = False
+        self.hold: asyncio.Event | None = None  # when given, each call waits until it is set
 
     async def search(self, query: Query, deadline: float) -> list[search_pb2.FlightOffer]:
         self.calls += 1
         self.concurrent += 1
         self.max_concurrent = max(self.max_concurrent, self.concurrent)
         try:
+            if self.hold is not None:
+                await self.hold.wait()
             if self.delay:
                 await asyncio.sleep(self.delay)
             if self.failing:
@@ -66,6 +69,16 @@ class FakeProvider(Provider):
             ]
         finally:
             self.concurrent -= 1
+
+
+class PlacesProvider(FakeProvider):
+    """A fake provider with a locations API too (asked for text the local index cannot place)."""
+
+    async def locations(self, keyword: str, limit: int, deadline: float) -> list[search_pb2.Place]:
+        self.calls += 1
+        if self.hold is not None:
+            await self.hold.wait()
+        return [search_pb2.Place(code="ZZY", name=keyword)]
 
 
 def query(origin: str = "JFK", destination: str = "LHR", day: dt.date = DAY) -> Query:
@@ -233,6 +246,33 @@ async def test_a_slow_provider_hits_the_deadline(build: Build) -> None:
     await engine.cache.put(key, old)
     answer = await engine.search(query("JFK", "CDG"), soon(0.2))
     assert answer.stale
+
+
+async def test_a_callers_deadline_is_not_a_provider_failure(build: Build) -> None:
+    """The provider is healthy but slower than the caller's deadline: the breaker counts only the
+    provider's own failures, so impatient callers cannot open it for everyone."""
+    provider = PlacesProvider()
+    provider.hold = asyncio.Event()  # answers only after the callers gave up
+    engine = build(provider, search_breaker_failure_threshold=1)
+    local = await engine.resolve("zzyzx springs", 3, soon(0.2))  # the local answer stands
+    assert "ZZY" not in [c.place.code for c in local]
+    assert engine.breaker.state is State.CLOSED and engine.breaker.failure_count == 0
+    provider.hold.set()
+    found = await engine.resolve("zzyzx springs", 3, soon())
+    assert "ZZY" in [c.place.code for c in found]
+
+
+async def test_no_provider_call_for_a_caller_with_no_time_left(build: Build) -> None:
+    """A WarmCache call out of time (or a search whose deadline passed on the way) starts no
+    provider call, and so can neither use the provider's rate limit nor count as its failure."""
+    provider = PlacesProvider()
+    engine = build(provider, search_breaker_failure_threshold=1)
+    assert await engine.warm([("JFK", "LHR"), ("LAX", "SFO")], 3, time.monotonic()) == (0, 6)
+    with pytest.raises(DeadlineExceeded):
+        await engine.search(query(), time.monotonic())
+    await engine.resolve("zzyzx springs", 3, time.monotonic())
+    assert provider.calls == 0
+    assert engine.breaker.state is State.CLOSED and engine.breaker.failure_count == 0
 
 
 async def test_warming_counts_and_bounds_concurrency(build: Build) -> None:
