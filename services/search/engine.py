@@ -3,10 +3,10 @@
 1. A fresh cache entry answers at once (one Redis GET).
 2. Otherwise identical concurrent searches in this process share one task, and across replicas
    one holder of a short Redis lock fetches while the others poll the result key.
-3. The fetch runs under the provider's circuit breaker and client-side rate limit, within the
-   caller's deadline (capped by ``SEARCH_PROVIDER_TIMEOUT_SECONDS``). Only the provider's own
-   failures count against the breaker: running out of the caller's time does not (the provider
-   may be healthy), and no fetch is started for a caller with no time left.
+3. The fetch runs under the provider's circuit breaker and client-side rate limit, on its own
+   time (``SEARCH_PROVIDER_TIMEOUT_SECONDS``), not the time of the caller that started it; each
+   caller waits for it up to its own deadline. Only the provider's own failures count against
+   the breaker, and no fetch is started for a caller with no time left.
 4. When the provider fails, its breaker is open, or the deadline passes, the last result for
    the query is served marked stale if it is still within the grace period; if there is none
    the caller gets UNAVAILABLE (or DEADLINE_EXCEEDED) with a plain message.
@@ -122,7 +122,7 @@ class SearchEngine:
         if task is None:
             if deadline <= time.monotonic():  # e.g. a WarmCache call out of time
                 return self._too_late(stale)
-            task = asyncio.create_task(self._load(key, query, stale, deadline))
+            task = asyncio.create_task(self._load(key, query, stale))
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._done(key, done))
         try:
@@ -145,15 +145,18 @@ class SearchEngine:
             task.exception()  # retrieved here, so callers that gave up leave no warning
 
     async def _load(
-        self, key: str, query: Query, stale: Cached | None, deadline: float
+        self, key: str, query: Query, stale: Cached | None
     ) -> search_pb2.SearchFlightsResponse:
-        provider_deadline = time.monotonic() + self.settings.search_provider_timeout_seconds
+        # Shared by every caller of the query, so on the provider's time, not the first caller's:
+        # a patient caller that joins an impatient one's fetch still gets its answer.
+        deadline = time.monotonic() + self.settings.search_provider_timeout_seconds
         if not self.breaker.allows():
             return self._fallback(stale, "circuit breaker open")
         token = await self.cache.try_lock(key)
         if token is None:  # another replica is fetching this query: wait for its result
-            lock_end = time.monotonic() + self.settings.search_lock_seconds
-            waited = await self.cache.wait_fresh(key, min(deadline, provider_deadline, lock_end))
+            waited = await self.cache.wait_fresh(
+                key, min(deadline, time.monotonic() + self.settings.search_lock_seconds)
+            )
             if waited is not None:
                 SEARCHES.labels(self.provider.name, "hit").inc()
                 return self._answer(waited, stale=False, now=time.time())
@@ -167,7 +170,7 @@ class SearchEngine:
                 return self._answer(filled, stale=False, now=time.time())
         try:
             offers = await self.call_provider(
-                lambda: self.provider.search(query, provider_deadline), provider_deadline, deadline
+                lambda: self.provider.search(query, deadline), deadline
             )
         except ServiceError:
             SEARCHES.labels(self.provider.name, "error").inc()

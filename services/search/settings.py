@@ -33,7 +33,8 @@ class SearchSettings(CommonSettings):
     search_stale_grace_seconds: int = Field(default=86400, ge=0, le=30 * 86400)
     # Cross-replica single-flight: how long one replica holds the fetch lock for a query.
     search_lock_seconds: float = Field(default=15.0, gt=0, le=300)
-    # Ceiling for one provider fetch (retries included), below the caller's own deadline.
+    # Ceiling for one provider fetch (retries included). Callers share a fetch, so it runs on
+    # this time, not any one caller's; each caller waits for it up to its own deadline.
     search_provider_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     # Circuit breaker, one per provider.
     search_breaker_failure_threshold: int = Field(default=5, ge=1, le=1000)

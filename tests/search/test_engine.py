@@ -47,9 +47,11 @@ class FakeProvider(Provider):
         self.failing = False
         self.reject = False
         self.hold: asyncio.Event | None = None  # when given, each call waits until it is set
+        self.called = asyncio.Event()
 
     async def search(self, query: Query, deadline: float) -> list[search_pb2.FlightOffer]:
         self.calls += 1
+        self.called.set()
         self.concurrent += 1
         self.max_concurrent = max(self.max_concurrent, self.concurrent)
         try:
@@ -260,6 +262,28 @@ async def test_a_callers_deadline_is_not_a_provider_failure(build: Build) -> Non
     provider.hold.set()
     found = await engine.resolve("zzyzx springs", 3, soon())
     assert "ZZY" in [c.place.code for c in found]
+
+
+async def test_a_patient_caller_is_answered_by_the_fetch_an_impatient_one_started(
+    build: Build,
+) -> None:
+    """The shared fetch runs on the provider's time: the caller that started it runs out of its
+    own (DEADLINE_EXCEEDED), a caller with time left that joined it gets the answer."""
+    provider = FakeProvider()
+    provider.hold = asyncio.Event()  # the provider answers after the impatient caller gave up
+    engine = build(provider, search_breaker_failure_threshold=1)
+    await engine.cache.get_bytes("connected")  # the first search's GET needs no new connection
+    impatient = asyncio.create_task(engine.search(query(), soon(1.0)))
+    started = asyncio.create_task(provider.called.wait())
+    await asyncio.wait([started, impatient], return_when=asyncio.FIRST_COMPLETED)
+    assert started.done(), "the impatient caller's fetch did not start within its deadline"
+    patient = asyncio.create_task(engine.search(query(), soon(30)))
+    with pytest.raises(DeadlineExceeded):
+        await impatient
+    provider.hold.set()
+    answer = await patient
+    assert not answer.stale and answer.offers and provider.calls == 1
+    assert engine.breaker.state is State.CLOSED and engine.breaker.failure_count == 0
 
 
 async def test_no_provider_call_for_a_caller_with_no_time_left(build: Build) -> None:
