@@ -125,7 +125,8 @@ class CircuitBreaker:
             self._move(State.OPEN)
 
     def on_abandon(self) -> None:
-        """A permitted call ended without a verdict (cancelled): free its probe slot."""
+        """A permitted call ended without a verdict (cancelled, or it never reached the
+        provider): free its probe slot."""
         if self._state is State.HALF_OPEN:
             self._probes_in_flight = max(0, self._probes_in_flight - 1)
 
@@ -134,15 +135,23 @@ class CircuitBreaker:
         self.failure_count = 0
 
     @asynccontextmanager
-    async def guard(self, ok: tuple[type[BaseException], ...] = ()) -> AsyncIterator[None]:
+    async def guard(
+        self,
+        ok: tuple[type[BaseException], ...] = (),
+        abandon: tuple[type[BaseException], ...] = (),
+    ) -> AsyncIterator[None]:
         """Run one call under the breaker. A result, or an exception in ``ok`` (the provider
-        answered that the request was wrong), is a success; any other exception a failure;
-        cancellation no verdict."""
+        answered that the request was wrong), is a success; an exception in ``abandon`` (the
+        call never reached the provider) or a cancellation no verdict; any other exception a
+        failure."""
         self.before_call()
         try:
             yield
         except ok:
             self.on_success()
+            raise
+        except abandon:
+            self.on_abandon()
             raise
         except Exception:
             self.on_failure()

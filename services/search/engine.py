@@ -199,27 +199,28 @@ class SearchEngine:
         deadline: float,
         caller_deadline: float | None = None,
     ) -> T:
-        """One provider call under its rate limit and breaker. ``deadline`` is the provider's own
+        """One provider call under its breaker and rate limit. ``deadline`` is the provider's own
         (running out of it is the provider's failure); ``caller_deadline``, when given, is the
         caller's (running out of it is no verdict). A call with no time left is not started."""
         end = deadline if caller_deadline is None else min(deadline, caller_deadline)
         if end <= time.monotonic():
             raise TimeoutError("no time left for a provider call")
-        if not self.breaker.allows():
-            raise BreakerOpen(f"circuit breaker {self.breaker.name} is open")
         # The caller's time runs outside the guard: when it ends the call is cancelled, which
-        # the breaker takes as no verdict.
+        # the breaker takes as no verdict. The breaker's permission comes before the rate limit,
+        # so a call it refuses (BreakerOpen) takes no slot and is not counted as a provider call.
         caller_time = None
         if caller_deadline is not None:
             caller_time = max(0.0, caller_deadline - time.monotonic())
-        async with asyncio.timeout(caller_time):
+        async with (
+            asyncio.timeout(caller_time),
+            self.breaker.guard(ok=(ServiceError,), abandon=(RateLimitTimeout,)),
+        ):
             await self.limiter.acquire(end)
             start = time.perf_counter()
             outcome = "failed"
             try:
-                async with self.breaker.guard(ok=(ServiceError,)):
-                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                        result = await call()
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    result = await call()
                 outcome = "ok"
                 return result
             except ServiceError:

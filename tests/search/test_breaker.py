@@ -122,6 +122,18 @@ async def test_a_cancelled_probe_frees_its_slot() -> None:
     assert breaker.state is State.HALF_OPEN and breaker.allows()
 
 
+async def test_a_call_abandoned_before_the_provider_is_no_verdict() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("unit_g", failure_threshold=1, recovery_timeout=1, clock=clock)
+    await fail(breaker)
+    clock.now += 1
+    for _ in range(3):  # e.g. no rate-limit slot came free in time
+        with pytest.raises(TimeoutError):
+            async with breaker.guard(abandon=(TimeoutError,)):
+                raise TimeoutError
+    assert breaker.state is State.HALF_OPEN and breaker.allows() and breaker.failure_count == 1
+
+
 async def test_reset_closes_and_the_proto_reports_everything() -> None:
     clock = Clock()
     breaker = CircuitBreaker("unit_f", failure_threshold=1, recovery_timeout=30, clock=clock)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import structlog
+from prometheus_client import REGISTRY
 
 from parley.search.v1 import search_pb2
 from services.common.errors import InvalidArgument, Unavailable
@@ -224,6 +225,37 @@ async def test_open_breaker_serves_stale_without_calling(build: Build) -> None:
     assert engine.breaker.state is State.OPEN
     answer = await engine.search(query(), soon())
     assert answer.stale and provider.calls == 0
+
+
+async def test_a_call_the_breaker_refuses_is_not_a_provider_call(build: Build) -> None:
+    """Half-open with one probe, two searches for different routes race for it while the rate
+    limit makes them wait: the loser is refused before it takes a rate-limit slot, and
+    search_provider_calls_total counts only the call that reached the provider."""
+    provider = FakeProvider()
+    provider.rate_limit_per_second = 1
+    provider.hold = asyncio.Event()
+    engine = build(
+        provider, search_breaker_failure_threshold=1, search_breaker_recovery_seconds=0.05
+    )
+    engine.breaker.on_failure()
+    await until_half_open(engine.breaker)
+    await engine.limiter.acquire(soon())  # this second's slot is gone: both searches wait
+    searches = [
+        asyncio.create_task(engine.search(query("JFK", to), soon(30))) for to in ("CDG", "LHR")
+    ]
+    done, pending = await asyncio.wait(searches, return_when=asyncio.FIRST_COMPLETED)
+    with pytest.raises(Unavailable):  # refused, and nothing stale to serve
+        done.pop().result()
+    provider.hold.set()
+    answer = await pending.pop()
+    assert not answer.stale and provider.calls == 1
+    assert engine.breaker.state is State.CLOSED
+
+    def calls(outcome: str) -> float | None:
+        labels = {"provider": provider.name, "outcome": outcome}
+        return REGISTRY.get_sample_value("search_provider_calls_total", labels)
+
+    assert (calls("ok"), calls("failed")) == (1, None)
 
 
 async def test_the_providers_rejection_reaches_the_caller_and_is_not_a_failure(
