@@ -2,8 +2,9 @@
 
 aiosqlite runs every statement on a thread of its own, so the event loop never waits on disk.
 Two connections: writes go through one, serialized by an asyncio lock and wrapped in
-``BEGIN IMMEDIATE`` (which also serializes against the CLI in another process); reads use the
-other, which under WAL sees only committed data and never waits for a writer.
+``BEGIN IMMEDIATE`` (which also serializes against the CLI in another process), each transaction
+run to its end whether or not its caller still waits; reads use the other, which under WAL sees
+only committed data and never waits for a writer.
 
 Identities live in their own table whose primary key ``(kind, value)`` is both the lookup index
 and the uniqueness rule; the business row keeps the lists too, so a lookup is one indexed join.
@@ -14,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -24,6 +26,9 @@ from services.business.model import SECRET_FIELDS, BusinessRecord, TokenStatus
 from services.business.store import BusinessStore
 from services.common.business_keys import KeyKind
 from services.common.errors import AlreadyExists
+from services.common.tasks import run_shielded
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS businesses (
@@ -218,43 +223,65 @@ class SqliteStore(BusinessStore):
         assert self._writer is not None
         return self._writer
 
-    async def create(self, record: BusinessRecord) -> BusinessRecord:
+    async def _transaction(self, body: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """``body`` in one ``BEGIN IMMEDIATE`` transaction on the writer: committed if it returns,
+        rolled back if it raises.
+
+        The transaction is shielded from the caller's cancellation (its RPC deadline). aiosqlite
+        runs a statement on its thread whether or not anyone still awaits it, so a caller
+        cancelled while BEGIN waits for another process's lock would leave the writer inside a
+        transaction nothing ends: every later write would fail, and the file stay locked for the
+        CLI, until a restart. Rolling back on cancellation instead would still have to wait for
+        that BEGIN (a queued statement cannot be withdrawn), so the transaction simply runs to
+        its end and the caller only stops waiting.
+        """
         db = await self._write()
-        async with self._write_lock:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                fields = {
-                    "subdomain": record.subdomain,
-                    "phone_number_ids": record.phone_number_ids,
-                    "numbers": record.numbers,
-                }
-                await self._claims(db, record.id, fields)
-                values = (
-                    record.id,
-                    record.name,
-                    record.subdomain,
-                    _encode("phone_number_ids", record.phone_number_ids),
-                    _encode("numbers", record.numbers),
-                    int(record.whatsapp_enabled),
-                    int(record.active),
-                    record.time_zone,
-                    record.locale,
-                    record.access_token_status.value,
-                    *(record.secrets.get(name) for name in SECRET_FIELDS),
-                    record.create_time.isoformat(),
-                    record.update_time.isoformat(),
-                )
-                await db.execute(
-                    f"INSERT INTO businesses ({_COLUMNS}) VALUES ({','.join('?' * 16)})", values
-                )
-                await self._set_identities(
-                    db, record.id, KeyKind.PHONE_NUMBER_ID, record.phone_number_ids
-                )
-                await self._set_identities(db, record.id, KeyKind.WHATSAPP_NUMBER, record.numbers)
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
+
+        async def run() -> T:
+            async with self._write_lock:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await body(db)
+                except BaseException:
+                    await db.execute("ROLLBACK")
+                    raise
+                await db.execute("COMMIT")
+                return result
+
+        return await run_shielded(run())
+
+    async def create(self, record: BusinessRecord) -> BusinessRecord:
+        async def insert(db: aiosqlite.Connection) -> None:
+            fields = {
+                "subdomain": record.subdomain,
+                "phone_number_ids": record.phone_number_ids,
+                "numbers": record.numbers,
+            }
+            await self._claims(db, record.id, fields)
+            values = (
+                record.id,
+                record.name,
+                record.subdomain,
+                _encode("phone_number_ids", record.phone_number_ids),
+                _encode("numbers", record.numbers),
+                int(record.whatsapp_enabled),
+                int(record.active),
+                record.time_zone,
+                record.locale,
+                record.access_token_status.value,
+                *(record.secrets.get(name) for name in SECRET_FIELDS),
+                record.create_time.isoformat(),
+                record.update_time.isoformat(),
+            )
+            await db.execute(
+                f"INSERT INTO businesses ({_COLUMNS}) VALUES ({','.join('?' * 16)})", values
+            )
+            await self._set_identities(
+                db, record.id, KeyKind.PHONE_NUMBER_ID, record.phone_number_ids
+            )
+            await self._set_identities(db, record.id, KeyKind.WHATSAPP_NUMBER, record.numbers)
+
+        await self._transaction(insert)
         return record
 
     async def get(self, business_id: str) -> BusinessRecord | None:
@@ -283,7 +310,6 @@ class SqliteStore(BusinessStore):
         fields: dict[str, Any],
         secrets: dict[str, str | None] | None = None,
     ) -> BusinessRecord | None:
-        db = await self._write()
         sets: list[str] = []
         args: list[Any] = []
         for field, value in fields.items():
@@ -294,33 +320,29 @@ class SqliteStore(BusinessStore):
                 raise ValueError(f"unknown secret field {name}")
             sets.append(f"{name} = ?")
             args.append(value)
-        async with self._write_lock:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                await self._claims(db, business_id, fields)
-                cursor = await db.execute(
-                    f"UPDATE businesses SET {', '.join(sets)} WHERE id = ?", (*args, business_id)
+
+        async def change(db: aiosqlite.Connection) -> BusinessRecord | None:
+            await self._claims(db, business_id, fields)
+            cursor = await db.execute(
+                f"UPDATE businesses SET {', '.join(sets)} WHERE id = ?", (*args, business_id)
+            )
+            if cursor.rowcount == 0:
+                return None  # no such business: the transaction changed nothing
+            if "phone_number_ids" in fields:
+                await self._set_identities(
+                    db, business_id, KeyKind.PHONE_NUMBER_ID, tuple(fields["phone_number_ids"])
                 )
-                if cursor.rowcount == 0:
-                    await db.execute("ROLLBACK")
-                    return None
-                if "phone_number_ids" in fields:
-                    await self._set_identities(
-                        db, business_id, KeyKind.PHONE_NUMBER_ID, tuple(fields["phone_number_ids"])
-                    )
-                if "numbers" in fields:
-                    await self._set_identities(
-                        db, business_id, KeyKind.WHATSAPP_NUMBER, tuple(fields["numbers"])
-                    )
-                async with db.execute(
-                    f"SELECT {_COLUMNS} FROM businesses WHERE id = ?", (business_id,)
-                ) as select:
-                    row = await select.fetchone()
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
-        return _record(row) if row else None
+            if "numbers" in fields:
+                await self._set_identities(
+                    db, business_id, KeyKind.WHATSAPP_NUMBER, tuple(fields["numbers"])
+                )
+            async with db.execute(
+                f"SELECT {_COLUMNS} FROM businesses WHERE id = ?", (business_id,)
+            ) as select:
+                row = await select.fetchone()
+            return _record(row) if row else None
+
+        return await self._transaction(change)
 
     async def list(
         self, *, after_id: str | None, limit: int, include_inactive: bool, servable_only: bool

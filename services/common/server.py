@@ -27,7 +27,7 @@ from services.common.interceptors import ACCESS_LOG, CallWrapper, InFlight, Regi
 from services.common.logs import configure_logging
 from services.common.metrics import SERVING, start_metrics_server
 from services.common.settings import CommonSettings
-from services.common.tasks import cancel_and_wait
+from services.common.tasks import cancel_and_wait, wait_shielded
 from services.common.tls import server_credentials
 
 log = structlog.get_logger("parley.runtime")
@@ -175,6 +175,9 @@ class Runtime:
                 async with asyncio.timeout(grace):
                     await self.in_flight.idle.wait()
             await self.server.stop(max(0.0, deadline - loop.time()))
+            # Writes whose callers were cancelled still run (run_shielded): the stores they use
+            # close after them.
+            await wait_shielded()
         finally:
             # Whatever failed above, the stores are closed: a store's threads left running
             # (aiosqlite's) would keep the process from ever exiting.

@@ -16,7 +16,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,6 +179,20 @@ def cipher() -> TokenCipher:
 def core(store: BusinessStore, cipher: TokenCipher) -> BusinessCore:
     cache: LookupCache[CachedBusiness] = LookupCache(capacity=100, ttl=300, negative_ttl=30)
     return BusinessCore(store, cipher, cache=cache)
+
+
+async def when_writer_starts(store: SqliteStore, sql: str, action: Callable[[], object]) -> None:
+    """Run ``action`` on the event loop once the store's writer starts the statement ``sql``, on
+    aiosqlite's thread, before it completes (a BEGIN still waiting for the file lock, a COMMIT
+    still writing): the moment a test cancels a caller at, without guessing a delay."""
+    loop = asyncio.get_running_loop()
+
+    def trace(statement: str) -> None:
+        if statement == sql:
+            loop.call_soon_threadsafe(action)
+
+    writer = await store._write()
+    await writer.set_trace_callback(trace)
 
 
 # --- service processes ----------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from services.business.sqlite_store import SqliteStore
 from services.business.store import BusinessStore
 from services.common.business_keys import KeyKind
 from services.common.errors import AlreadyExists
-from tests.business.conftest import SecretRegistry
+from tests.business.conftest import SecretRegistry, when_writer_starts
 
 _n = itertools.count(1)
 
@@ -318,6 +319,37 @@ async def test_concurrent_writers_keep_uniqueness(store: BusinessStore) -> None:
     )
     assert sum(not isinstance(r, BaseException) for r in results) == 1
     assert all(isinstance(r, AlreadyExists) for r in results if isinstance(r, BaseException))
+
+
+async def test_sqlite_write_cancelled_while_waiting_for_the_file_lock_still_ends(
+    tmp_path: Path,
+) -> None:
+    """An RPC's deadline cancels a write while its BEGIN IMMEDIATE waits for another process's
+    lock (the CLI's, a backup's). The transaction still ends: later writes succeed and the file
+    is not left locked (before: every later write failed, "cannot start a transaction within a
+    transaction", and other processes got "database is locked", until a restart)."""
+    store = SqliteStore(tmp_path / "business.db")
+    await store.open()
+    cli = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        created = await store.create(record())
+        cli.execute("BEGIN IMMEDIATE")
+        waiting = asyncio.Event()
+        await when_writer_starts(store, "BEGIN IMMEDIATE", waiting.set)
+        cancelled = asyncio.create_task(store.update(created.id, {"name": "First"}))
+        await waiting.wait()
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        cli.execute("COMMIT")
+
+        later = await store.update(created.id, {"name": "Second"})
+        assert later is not None and later.name == "Second"
+        cli.execute("BEGIN IMMEDIATE")
+        cli.execute("COMMIT")
+    finally:
+        cli.close()
+        await store.close()
 
 
 async def test_existing_mongo_collection_breaking_a_rule_keeps_the_service_not_ready(
