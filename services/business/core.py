@@ -1,14 +1,15 @@
 """What the gRPC servicer and the operator CLI share: create, change, look up, encrypt, rotate.
 
 Every write goes through here, so every write encrypts secrets the same way and invalidates the
-lookup cache: this replica's at once, other replicas' through the invalidation bus.
+lookup cache: this replica's at once, other replicas' through the invalidation bus, even when the
+caller's deadline cancels it after the store applied it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from services.common.invalidation import InvalidationBus
 from services.common.lookup_cache import LookupCache
 from services.common.outage import OutageLog
 from services.common.redact import mask_phone
+from services.common.tasks import run_shielded
 
 log = structlog.get_logger("parley.business")
 # Every call that reaches the store fails while it is down: one warning per outage.
@@ -158,6 +160,25 @@ class BusinessCore:
             metrics.CACHE_INVALIDATIONS.labels("local").inc()
         if self.bus is not None:
             await self.bus.publish(keys, ids)
+
+    async def _write(
+        self, write: Awaitable[BusinessRecord | None], *before: BusinessRecord
+    ) -> BusinessRecord | None:
+        """Apply a store write, then invalidate the records before and after it, as one unit the
+        caller's cancellation cannot split: an RPC's deadline can cancel the handler once the
+        store has applied the write (a MongoDB reply still on its way, a SQLite COMMIT), and
+        without the invalidation every replica would serve the old record (a deactivated
+        business, a replaced token) until the cache TTL. The caller may stop waiting; the unit
+        runs to its end."""
+
+        async def unit() -> BusinessRecord | None:
+            with store_errors():
+                after = await write
+            if after is not None:
+                await self.invalidate(*before, after)
+            return after
+
+        return await run_shielded(unit())
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -285,10 +306,8 @@ class BusinessCore:
             update_time=now,
             secrets=encrypted,
         )
-        with store_errors():
-            await self.store.create(record)
-        # Unknown-identity entries for these keys may be cached as "not found": drop them.
-        await self.invalidate(record)
+        # Unknown-identity entries for these keys may be cached as "not found": dropped too.
+        await self._write(self.store.create(record))
         log.info("business created", business_id=business_id, subdomain=subdomain)
         return record
 
@@ -298,11 +317,11 @@ class BusinessCore:
             status = changes["access_token_status"]
             if status is not TokenStatus.NONE and "whatsapp_access_token" not in before.secrets:
                 raise FailedPrecondition("this business has no access token to mark")
-        with store_errors():
-            after = await self.store.update(business_id, {**changes, "update_time": utcnow()})
+        after = await self._write(
+            self.store.update(business_id, {**changes, "update_time": utcnow()}), before
+        )
         if after is None:
             raise NotFound(f"no business with id {business_id}")
-        await self.invalidate(before, after)
         log.info("business updated", business_id=business_id, fields=sorted(changes))
         return after
 
@@ -318,11 +337,9 @@ class BusinessCore:
             if value
             else None
         )
-        with store_errors():
-            after = await self.store.update(business_id, fields, {name: stored})
+        after = await self._write(self.store.update(business_id, fields, {name: stored}), before)
         if after is None:
             raise NotFound(f"no business with id {business_id}")
-        await self.invalidate(before, after)
         log.info(
             "channel secret set" if value else "channel secret cleared",
             business_id=business_id,

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
-from services.business.core import BusinessCore
+import pytest
+
+from services.business.core import BusinessCore, CachedBusiness
+from services.business.crypto import TokenCipher
+from services.business.sqlite_store import SqliteStore
 from services.business.store import BusinessStore
 from services.common.business_keys import KeyKind, lookup_key
+from services.common.invalidation import InvalidationBus
 from services.common.lookup_cache import LookupCache
+from services.common.tasks import wait_shielded
+from tests.business.conftest import when_writer_starts
+from tests.support.processes import Valkey
 
 
 @dataclass(frozen=True)
@@ -188,3 +197,67 @@ async def test_writes_invalidate_locally_at_once(store: BusinessStore, core: Bus
             KeyKind.PHONE_NUMBER_ID, "888000", lookup_key(KeyKind.PHONE_NUMBER_ID, "888000")
         )
     )[0] is None
+
+
+async def test_a_write_cancelled_as_it_commits_is_still_invalidated_everywhere(
+    tmp_path: Path, cipher: TokenCipher, valkey: Valkey
+) -> None:
+    """DeactivateBusiness's deadline cancels it while SQLite commits (for MongoDB: while the
+    applied write's reply is on its way). This replica's cache and the other replicas' still
+    drop the business (before: both served it, active, until the 300 s TTL)."""
+    store = SqliteStore(tmp_path / "business.db")
+    channel = f"test:business:invalidate:{tmp_path.name}"
+    caches: list[LookupCache[CachedBusiness]] = [
+        LookupCache(capacity=10, ttl=300, negative_ttl=30) for _ in range(2)
+    ]
+    here, there = caches
+    publisher = InvalidationBus(valkey.url, channel, here.invalidate, here.clear)
+    core = BusinessCore(store, cipher, cache=here, bus=publisher)
+    replica = BusinessCore(store, cipher, cache=there)
+    seen: list[str] = []
+    sentinel = asyncio.Event()
+
+    def remote(keys: list[str], ids: list[str]) -> None:
+        there.invalidate(keys, ids)
+        seen.extend(ids)
+        if "sentinel" in ids:
+            sentinel.set()
+
+    subscriber = InvalidationBus(valkey.url, channel, remote, there.clear)
+    try:
+        created = await core.create(
+            name="Cancelled",
+            subdomain="cancelled",
+            phone_number_ids=("999000",),
+            numbers=(),
+            whatsapp_enabled=True,
+            active=True,
+            time_zone="UTC",
+            locale="en",
+            secrets={},
+        )
+        key = lookup_key(KeyKind.SUBDOMAIN, "cancelled")
+        for each in (core, replica):
+            await each.lookup(KeyKind.SUBDOMAIN, "cancelled", key)
+            assert (await each.lookup(KeyKind.SUBDOMAIN, "cancelled", key))[1]  # cached
+        await subscriber.start()
+        await subscriber.subscribed.wait()
+
+        deactivating = asyncio.create_task(core.deactivate(created.id))
+        # Queued on the writer's thread before the task has run, so before its COMMIT.
+        await when_writer_starts(store, "COMMIT", deactivating.cancel)
+        with pytest.raises(asyncio.CancelledError):
+            await deactivating
+        await wait_shielded()  # what the cancelled call left running
+        # Published after whatever the write published: the subscriber sees them in order.
+        await publisher.publish([], ["sentinel"])
+        await sentinel.wait()
+
+        stored = await store.get(created.id)
+        assert stored is not None and not stored.active  # the write was applied
+        assert here.peek(key) == (False, None)
+        assert created.id in seen and there.peek(key) == (False, None)
+    finally:
+        await subscriber.stop()
+        await publisher.stop()
+        await store.close()
