@@ -39,9 +39,9 @@ class MemoryStore:
         self._dirty: OrderedDict[ConversationKey, Conversation] = OrderedDict()
         self.dropped_dirty = 0  # dirty conversations evicted before write-back
         self.expired = 0
-        # Conversations ended during an outage: key → the version that was ended, so the
+        # Conversations ended during an outage: key → (id, version) of the one ended, so the
         # write-back deletes Redis's copy too (unless Redis has moved past it).
-        self.ended: dict[ConversationKey, int] = {}
+        self.ended: dict[ConversationKey, tuple[str, int]] = {}
 
     def __len__(self) -> int:
         return len(self._clean) + len(self._dirty)
@@ -112,19 +112,27 @@ class MemoryStore:
             return None
         return conversation
 
-    def mark_clean(self, key: ConversationKey, version: int) -> None:
-        """After a write-back of ``version``; a newer write since then stays dirty."""
-        conversation = self._dirty.get(key)
-        if conversation is not None and conversation.version == version:
-            del self._dirty[key]
-            self._clean[key] = conversation
+    def _still(self, written: Conversation) -> Conversation | None:
+        """The dirty entry if it is still ``written`` (same id and version: versions restart
+        with every id), else None: a newer write, or another conversation, since then."""
+        conversation = self._dirty.get(written.key)
+        if conversation is None or conversation.id != written.id:
+            return None
+        return conversation if conversation.version == written.version else None
 
-    def discard(self, key: ConversationKey, version: int) -> None:
-        """After a write-back of ``version`` found Redis at that version already: Redis's copy
-        wins and may differ, so this one must not stand for it; a newer write stays dirty."""
-        conversation = self._dirty.get(key)
-        if conversation is not None and conversation.version == version:
-            del self._dirty[key]
+    def mark_clean(self, written: Conversation) -> None:
+        """After a write-back of ``written``; a write since then stays dirty."""
+        conversation = self._still(written)
+        if conversation is not None:
+            del self._dirty[written.key]
+            self._clean[written.key] = conversation
+
+    def discard(self, written: Conversation) -> None:
+        """After a write-back of ``written`` lost to Redis's copy (the same version, which may
+        differ, or a newer one, or another conversation): this one must not stand for Redis's;
+        a write since then stays dirty."""
+        if self._still(written) is not None:
+            del self._dirty[written.key]
 
     def sweep(self) -> None:
         now = now_ms()
@@ -188,7 +196,9 @@ class MemoryStore:
         self.forget(key)
         if conversation is None:
             return False
-        self.ended[key] = max(conversation.version, self.ended.get(key, 0))
+        # A pending end stays: a conversation started after it cannot have reached Redis, as
+        # the write-back puts nothing for a key before its pending end.
+        self.ended.setdefault(key, (conversation.id, conversation.version))
         return True
 
     def list_page(

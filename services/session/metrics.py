@@ -22,7 +22,8 @@ WRITEBACKS = Counter(
 )
 WRITEBACK_DISCARDED = Counter(
     "parley_session_writeback_discarded_total",
-    "Outage writes not written back because Redis held the same or a higher version.",
+    "Outage writes and ends not written back because Redis held a higher version of the "
+    "conversation, or another conversation started meanwhile.",
 )
 FALLBACK_DROPPED = Counter(
     "parley_session_fallback_dropped_total",

@@ -261,7 +261,7 @@ async def migrate_legacy(
             conversation = Conversation(
                 new_conversation_id(), target, history, state, 1, now, now, now + ttl_seconds * 1000
             )
-            outcome, _ = await store.put(conversation, extend_on_tie=False)
+            outcome, _ = await store.put(conversation, write_back=False)
             if outcome != "written":  # created meanwhile by live traffic: that one wins
                 report.counts["skipped: a live conversation exists"] += 1
                 continue
@@ -342,7 +342,7 @@ async def import_lines(
                 else:
                     report.counts["would write"] += 1
                 continue
-            outcome, _ = await store.put(conversation, extend_on_tie=False)
+            outcome, _ = await store.put(conversation, write_back=False)
             report.counts[
                 {
                     "written": "written",

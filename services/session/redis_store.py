@@ -171,12 +171,14 @@ redis.call('ZREM', KEYS[4], ARGV[1])
 return existed
 """
 
-# End a conversation only if Redis holds no newer version than the one ended (write-back of an
-# end during an outage). KEYS meta history state index; ARGV member, version
+# End a conversation only if Redis still holds it, at no newer version (write-back of an end
+# during an outage). Versions restart with every id, so another id is another conversation,
+# started after the end: it stays. KEYS meta history state index; ARGV member, version, id
 END_IF_NOT_NEWER = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'v'))
-if not current then return 0 end
-if current > tonumber(ARGV[2]) then return -1 end
+local meta = redis.call('HMGET', KEYS[1], 'id', 'v')
+if not meta[1] then return 0 end
+if meta[1] ~= ARGV[3] then return -2 end
+if tonumber(meta[2]) > tonumber(ARGV[2]) then return -1 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
 return 1
@@ -185,18 +187,21 @@ return 1
 # Write a whole conversation unless Redis already holds the same or a higher version
 # (write-back after an outage, and import). KEYS meta history state index;
 # ARGV id, version, created, updated, expire_ms, member, n_history, n_state,
-#      extend (1: on a tie keep the later expiry, as a touch during an outage may have set),
+#      write-back (1: Redis holding another id is a conflict, 'other', as versions restart with
+#      every id; and on a tie keep the later expiry, as a touch during an outage may have set),
 #      history…, state…
 PUT = (
     "#!lua\n"
     + _NOW
     + _INDEX
     + """
-local current = tonumber(redis.call('HGET', KEYS[1], 'v')) or 0
+local meta = redis.call('HMGET', KEYS[1], 'id', 'v')
+local current = tonumber(meta[2]) or 0
 local version, expire = tonumber(ARGV[2]), tonumber(ARGV[5])
+if ARGV[9] == '1' and meta[1] and meta[1] ~= ARGV[1] then return {'other', current} end
 if current >= version then
   -- Same conversation and version: only a touch can have happened; keep the later expiry.
-  if ARGV[9] == '1' and current == version and redis.call('HGET', KEYS[1], 'id') == ARGV[1]
+  if ARGV[9] == '1' and current == version and meta[1] == ARGV[1]
      and now + redis.call('PTTL', KEYS[1]) < expire then
     expire_all(expire)
     index(expire, expire - now, ARGV[6])
@@ -327,14 +332,14 @@ class RedisStore:
     async def end(self, key: ConversationKey) -> bool:
         return bool(await self._end(keys=key.redis_keys(), args=[key.member]))
 
-    async def end_if_not_newer(self, key: ConversationKey, version: int) -> int:
-        """1: ended; 0: nothing was there; -1: Redis holds a newer version, kept."""
-        return int(await self._end_if(keys=key.redis_keys(), args=[key.member, version]))
+    async def end_if_not_newer(self, key: ConversationKey, cid: str, version: int) -> int:
+        """1: ended; 0: nothing was there; -1: Redis holds a newer version, kept; -2: Redis
+        holds another conversation, kept."""
+        return int(await self._end_if(keys=key.redis_keys(), args=[key.member, version, cid]))
 
-    async def put(
-        self, conversation: Conversation, *, extend_on_tie: bool = True
-    ) -> tuple[str, int]:
-        """Write unless Redis has this version or newer: ('written'|'kept'|'expired', theirs)."""
+    async def put(self, conversation: Conversation, *, write_back: bool = True) -> tuple[str, int]:
+        """Write unless Redis has this version or newer: ('written'|'kept'|'expired', theirs);
+        on write-back also 'other' when Redis holds another conversation (another id)."""
         key = conversation.key
         args: list[Any] = [
             conversation.id,
@@ -345,7 +350,7 @@ class RedisStore:
             key.member,
             len(conversation.history),
             len(conversation.state),
-            "1" if extend_on_tie else "0",
+            "1" if write_back else "0",
             *conversation.history,
         ]
         for name, value in conversation.state.items():

@@ -4,7 +4,8 @@
 unreachable starts an outage: one warning, the ``parley_session_fallback_active`` gauge at 1,
 and every operation served by :class:`MemoryStore` without waiting on Redis again. A probe pings
 Redis every ``SESSION_FALLBACK_PROBE_SECONDS``; once it answers, every conversation written
-during the outage is written back with the PUT script (the higher version wins), writes that
+during the outage is written back with the PUT script (the higher version of the same
+conversation wins; another conversation in Redis, started meanwhile, wins), writes that
 arrive meanwhile are still served from memory and written back too, and only when nothing is
 left to write back does Redis serve again. ``SESSION_FALLBACK=off``: an unreachable Redis is
 ``UNAVAILABLE``.
@@ -121,18 +122,25 @@ class SessionStore:
         while True:
             # Ends first: a conversation ended and then started again during the outage must
             # replace, not be deleted after, the old one.
-            for key, version in list(self.memory.ended.items()):
-                ended = await self.redis.end_if_not_newer(key, version)
+            for key, (cid, version) in list(self.memory.ended.items()):
+                ended = await self.redis.end_if_not_newer(key, cid, version)
                 if ended < 0:
                     metrics.WRITEBACK_DISCARDED.inc()
-                    log.warning("outage end discarded: Redis holds a newer version", **masked(key))
-                if self.memory.ended.get(key) == version:
+                    log.warning(
+                        "outage end discarded: Redis holds a newer version"
+                        if ended == -1
+                        else "outage end discarded: Redis holds another conversation",
+                        **masked(key),
+                    )
+                if self.memory.ended.get(key) == (cid, version):
                     del self.memory.ended[key]
             keys = self.memory.dirty_keys()
             if not keys and not self.memory.ended:
                 # Checked with no await before the caller switches back to Redis.
                 return written
             for key in keys:
+                if key in self.memory.ended:  # ended meanwhile: the end goes first, next round
+                    continue
                 conversation = self.memory.peek_dirty(key)
                 if conversation is None:
                     continue
@@ -142,9 +150,20 @@ class SessionStore:
                     written += 1
                     self.writebacks_total += 1
                     metrics.WRITEBACKS.inc()
-                    self.memory.mark_clean(key, snapshot.version)
+                    self.memory.mark_clean(snapshot)
+                elif outcome == "other":  # another replica started another conversation: it wins
+                    metrics.WRITEBACK_DISCARDED.inc()
+                    log.warning(
+                        "outage writes discarded: Redis holds another conversation",
+                        **masked(key),
+                        ours=snapshot.version,
+                        theirs=theirs,
+                    )
+                    mine = self.memory.peek_dirty(key)
+                    if mine is None or mine.id == snapshot.id:  # its later writes would lose too
+                        self.memory.forget(key)
                 elif theirs == snapshot.version:  # Redis has this version already: a tie
-                    self.memory.discard(key, snapshot.version)
+                    self.memory.discard(snapshot)
                 elif outcome == "kept":  # Redis moved on meanwhile (another replica): it wins
                     metrics.WRITEBACK_DISCARDED.inc()
                     log.warning(
@@ -154,7 +173,7 @@ class SessionStore:
                         theirs=theirs,
                     )
                     mine = self.memory.peek_dirty(key)
-                    if mine is None or mine.version <= theirs:
+                    if mine is None or (mine.id == snapshot.id and mine.version <= theirs):
                         self.memory.forget(key)
                 else:  # expired meanwhile
                     self.memory.forget(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -12,9 +13,10 @@ import redis
 from parley.session.v1 import session_pb2 as pb
 from parley.session.v1.session_pb2_grpc import SessionServiceStub
 from services.common.healthcheck import check
-from services.common.redis_client import make_client
+from services.common.redis_client import RedisClient, make_client
+from services.session import metrics
 from services.session.memory_store import MemoryStore
-from services.session.model import ConversationKey, encode_message
+from services.session.model import Conversation, ConversationKey, encode_message
 from services.session.redis_store import RedisStore
 from services.session.store import SessionStore
 from tests.session.conftest import SERVICE, bot_message, new_key, start_session, user_message
@@ -208,3 +210,111 @@ def test_write_back_refused_by_a_full_redis_waits_and_loses_nothing(tmp_path: Pa
         assert "write-back failed" not in running.process.log  # no stack trace for a refusal
     finally:
         running.stop()
+
+
+async def test_write_back_never_replaces_or_ends_another_conversation(valkey: Valkey) -> None:
+    """Versions restart with every conversation id. While replica A was in an outage, replica B
+    ended the user's conversation and started another: A's outage end and A's outage copy of the
+    old one lose to it (counted as discarded), whatever the version numbers say."""
+    client_a = make_client(f"redis://127.0.0.1:{valkey.port}/8")
+    client_b = make_client(f"redis://127.0.0.1:{valkey.port}/8")
+
+    def replica(client: RedisClient) -> SessionStore:
+        return SessionStore(
+            RedisStore(client, ttl_seconds=60, history_limit=10),
+            MemoryStore(max_conversations=10, ttl_seconds=60, history_limit=10),
+            fallback="memory",
+            probe_seconds=3600,  # the test writes back itself
+        )
+
+    a, b = replica(client_a), replica(client_b)
+    ended_on_a = ConversationKey("cross-id", "+15550000001", "client")
+    written_on_a = ConversationKey("cross-id", "+15550000002", "client")
+
+    async def say(store: SessionStore, key: ConversationKey, text: str) -> Conversation:
+        conversation, _ = await store.update(
+            key,
+            append=[encode_message("user", text, 0)],
+            set_state={},
+            remove_state=[],
+            expected_version=None,
+        )
+        return conversation
+
+    try:
+        for key in (ended_on_a, written_on_a):
+            for n in range(3):
+                old = await say(a, key, f"old {n}")
+        a.enter_outage(ConnectionError("test: pretend A lost Redis"))
+        assert await a.end(ended_on_a)  # A ends version 3
+        for n in range(2):
+            await say(a, written_on_a, f"A outage {n}")  # A's copy reaches version 5
+        newer = {}
+        for key in (ended_on_a, written_on_a):  # through B: ended, and a new one at version 2
+            assert await b.end(key)
+            for n in range(2):
+                newer[key] = await say(b, key, f"new via B {n}")
+        discarded = metrics.WRITEBACK_DISCARDED._value.get()
+
+        await a._write_back()
+
+        for key in (ended_on_a, written_on_a):
+            kept = await b.redis.load(key)
+            assert kept is not None and kept.id == newer[key].id != old.id
+            assert kept.version == 2 and kept.history == newer[key].history
+        assert metrics.WRITEBACK_DISCARDED._value.get() - discarded == 2
+        assert a.memory.pending == 0 and a.writebacks_total == 0
+    finally:
+        for store in (a, b):
+            await store.close()
+        for client in (client_a, client_b):
+            await client.aclose()
+
+
+@pytest.mark.parametrize("during", ["put", "end_if_not_newer"])
+async def test_write_back_keeps_a_conversation_started_while_its_old_one_was_written(
+    valkey: Valkey, during: str
+) -> None:
+    """While the write-back writes conversation X (version 2) back, or another key's end, the
+    user ends X and starts Y, which reaches version 2 too: X's end is written back first, then
+    Y; Y is neither taken for X's written copy nor put over X."""
+    client = make_client(f"redis://127.0.0.1:{valkey.port}/8")
+    redis_store = RedisStore(client, ttl_seconds=60, history_limit=10)
+    memory = MemoryStore(max_conversations=10, ttl_seconds=60, history_limit=10)
+    store = SessionStore(redis_store, memory, fallback="memory", probe_seconds=3600)
+    key = ConversationKey(f"cross-id-{during}", "+15550000001", "client")
+    other = ConversationKey(f"cross-id-{during}", "+15550000002", "client")
+    msg = encode_message("user", "hello", 0)
+    update = {"append": [msg], "set_state": {}, "remove_state": [], "expected_version": None}
+    call = getattr(redis_store, during)
+    started: list[Conversation] = []
+
+    async def call_while_the_user_starts_over(*args: Any) -> Any:
+        reply = await call(*args)
+        if not started:  # requests served from memory while the reply is on its way
+            assert await store.end(key)
+            for _ in range(2):
+                fresh, _ = await store.update(key, **update)  # type: ignore[arg-type]
+            started.append(fresh)
+        return reply
+
+    setattr(redis_store, during, call_while_the_user_starts_over)
+    try:
+        for each in (key, other):
+            await store.update(each, **update)  # type: ignore[arg-type]
+        store.enter_outage(ConnectionError("test: pretend Redis went away"))
+        assert await store.end(other)
+        x, _ = await store.update(key, **update)  # type: ignore[arg-type]
+        assert x.version == 2
+
+        await store._write_back()
+
+        (y,) = started
+        assert y.id != x.id and y.version == x.version
+        stored = await redis_store.load(key)
+        assert stored is not None and (stored.id, stored.version) == (y.id, 2)
+        assert await redis_store.load(other) is None
+        assert store.memory.pending == 0
+    finally:
+        await store.close()
+        await client.aclose()

@@ -153,7 +153,7 @@ async def test_an_outage_write_that_tied_with_redis_is_not_taken_for_redis_copy(
     theirs, _, _ = await store.update(key, **(NO_CHECK | {"append": [m(1)]}))  # Redis: v1
     ours, _ = mirror.update(key, **(NO_CHECK | {"append": [m(9)]}))  # outage write: v1 too
     assert ours.version == theirs.version == 1
-    mirror.discard(key, ours.version)
+    mirror.discard(ours)
     got = await read(store, mirror, key)
     assert got.history == [m(1)]
 
