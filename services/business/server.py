@@ -35,7 +35,7 @@ from services.common.errors import InvalidArgument, NotFound
 from services.common.invalidation import InvalidationBus
 from services.common.lookup_cache import LookupCache
 from services.common.server import Service, run
-from services.common.settings import load_settings
+from services.common.settings import configuring, load_settings
 
 SERVICE_NAME = "parley.business.v1.BusinessService"
 DEFAULT_PAGE_SIZE = 50
@@ -59,15 +59,18 @@ _STATUS_FROM_PROTO = {
 def make_store(settings: BusinessSettings) -> BusinessStore:
     """MongoDB when MONGODB_URI is set, else the embedded SQLite file."""
     if settings.mongodb_uri is not None and settings.mongodb_uri.get_secret_value():
+        from pymongo.errors import ConfigurationError as MongoConfigurationError
+
         from services.business.mongo_store import MongoStore
 
-        return MongoStore(
-            settings.mongodb_uri.get_secret_value(),
-            database=settings.mongodb_database,
-            max_pool_size=settings.mongodb_max_pool_size,
-            min_pool_size=settings.mongodb_min_pool_size,
-            timeout_ms=settings.mongodb_timeout_ms,
-        )
+        with configuring("MONGODB_URI", MongoConfigurationError):
+            return MongoStore(
+                settings.mongodb_uri.get_secret_value(),
+                database=settings.mongodb_database,
+                max_pool_size=settings.mongodb_max_pool_size,
+                min_pool_size=settings.mongodb_min_pool_size,
+                timeout_ms=settings.mongodb_timeout_ms,
+            )
     from services.business.sqlite_store import SqliteStore
 
     return SqliteStore(settings.business_db_path)
@@ -308,13 +311,14 @@ def build(settings: BusinessSettings, cipher: TokenCipher) -> Service:
     metrics.watch_cache(cache)
     bus: InvalidationBus | None = None
     if settings.redis_url is not None and settings.redis_url.get_secret_value():
-        bus = InvalidationBus(
-            settings.redis_url.get_secret_value(),
-            settings.business_invalidation_channel,
-            on_invalidate=lambda keys, ids: cache.invalidate(keys, ids),
-            on_reset=cache.clear,
-            invalidations=metrics.CACHE_INVALIDATIONS,
-        )
+        with configuring("REDIS_URL"):
+            bus = InvalidationBus(
+                settings.redis_url.get_secret_value(),
+                settings.business_invalidation_channel,
+                on_invalidate=lambda keys, ids: cache.invalidate(keys, ids),
+                on_reset=cache.clear,
+                invalidations=metrics.CACHE_INVALIDATIONS,
+            )
     core = BusinessCore(store, cipher, cache=cache, bus=bus)
     warm_pending = settings.warmup_cache
 
@@ -356,14 +360,10 @@ def build(settings: BusinessSettings, cipher: TokenCipher) -> Service:
 
 def main() -> int:
     settings = load_settings(BusinessSettings)
-    try:
-        cipher = make_cipher(settings)
-    except ValueError as error:
-        # Refuse to start: without the secret no token could be stored or read.
-        print(f"invalid configuration:\n  ENCRYPTION_SECRET: {error}", file=sys.stderr)
-        return 2
     return run(
-        lambda: build(settings, cipher),
+        # make_cipher refuses to start (ValueError) without a usable ENCRYPTION_SECRET: no
+        # token could be stored or read.
+        lambda: build(settings, make_cipher(settings)),
         settings,
         port=settings.business_port,
         metrics_port=settings.business_metrics_port,

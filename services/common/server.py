@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,9 +28,8 @@ from services.common.gc_tuning import settle_heap
 from services.common.interceptors import ACCESS_LOG, CallWrapper, InFlight, Registrar
 from services.common.logs import configure_logging
 from services.common.metrics import SERVING, start_metrics_server
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, configuring
 from services.common.tasks import cancel_and_wait, wait_shielded
-from services.common.tls import server_credentials
 
 log = structlog.get_logger("parley.runtime")
 
@@ -63,6 +64,23 @@ class Service:
     extra_health_names: list[str] = field(default_factory=list)
 
 
+def server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | None:
+    """TLS when GRPC_TLS_CERT and GRPC_TLS_KEY are set; mutual TLS when GRPC_TLS_CA is too."""
+    if not (settings.grpc_tls_cert and settings.grpc_tls_key):
+        return None
+    key = _read("GRPC_TLS_KEY", settings.grpc_tls_key)
+    cert = _read("GRPC_TLS_CERT", settings.grpc_tls_cert)
+    ca = _read("GRPC_TLS_CA", settings.grpc_tls_ca) if settings.grpc_tls_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+def _read(variable: str, path: str) -> bytes:
+    with configuring(variable, OSError):
+        return Path(path).read_bytes()
+
+
 class Runtime:
     """One running service: server, health, readiness loop and shutdown."""
 
@@ -94,9 +112,7 @@ class Runtime:
             self.server,
         )
         address = f"{settings.grpc_host}:{port}"
-        credentials = server_credentials(
-            settings.grpc_tls_cert, settings.grpc_tls_key, settings.grpc_tls_ca
-        )
+        credentials = server_credentials(settings)
         if credentials is None:
             self.port = self.server.add_insecure_port(address)
         else:
@@ -195,12 +211,20 @@ def run(
     metrics_port: int,
     log_name: str,
 ) -> int:
-    """Configure logging and metrics, build the service, and serve until SIGTERM or SIGINT."""
+    """Configure logging and metrics, build the service, and serve until SIGTERM or SIGINT.
+
+    A ``ValueError`` while building (a :class:`~services.common.settings.ConfigurationError`
+    names its variable) stops start-up as a bad environment value does: one line, status 2.
+    """
     configure_logging(log_name, settings)
     start_metrics_server(metrics_port)
 
     async def main() -> int:
-        runtime = Runtime(service_factory(), settings, port)
+        try:
+            runtime = Runtime(service_factory(), settings, port)
+        except ValueError as error:
+            print(f"invalid configuration:\n  {error}", file=sys.stderr)
+            return 2
         return await runtime.run()
 
     return event_loop.run(main())

@@ -3,11 +3,16 @@
 Every service has a ``Settings`` subclass of :class:`CommonSettings`; fields map to environment
 variables by name (``redis_url`` ← ``REDIS_URL``). :func:`load_settings` turns a validation error
 into one clear line per bad variable and exits, so a typo never surfaces later as a stack trace.
+What only building a client can check (a URL that does not parse, a file that cannot be read)
+is raised as a :class:`ConfigurationError` naming the variable (see :func:`configuring`), and
+stops start-up the same way (``services.common.server.run``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Literal, TypeVar
 
 from pydantic import Field, ValidationError
@@ -51,6 +56,25 @@ def describe_validation_error(error: ValidationError) -> str:
         name = "_".join(str(part) for part in item["loc"]).upper() or "(settings)"
         lines.append(f"  {name}: {item['msg']}")
     return "invalid configuration:\n" + "\n".join(lines)
+
+
+class ConfigurationError(ValueError):
+    """A setting that validated but cannot be used: ``<VARIABLE>: <reason>``, never its value."""
+
+    def __init__(self, variable: str, reason: str) -> None:
+        super().__init__(f"{variable}: {reason}")
+
+
+@contextlib.contextmanager
+def configuring(variable: str, *errors: type[Exception]) -> Iterator[None]:
+    """A ``ValueError`` (or one of ``errors``) while building from ``variable`` becomes a
+    :class:`ConfigurationError` naming it. The parsers' messages name the part that is wrong
+    (a scheme, a port), not the URL, so no password reaches them."""
+    caught: tuple[type[Exception], ...] = (ValueError, *errors)
+    try:
+        yield
+    except caught as error:
+        raise ConfigurationError(variable, str(error)) from None
 
 
 def load_settings(cls: type[SettingsT]) -> SettingsT:

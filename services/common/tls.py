@@ -1,5 +1,5 @@
-"""TLS material for gRPC, read from files: kept apart from the clients and the runtime so the
-health probe (``services.common.healthcheck``, run every few seconds) imports only grpc."""
+"""A gRPC client's TLS material, read from files: kept apart from the clients so the health probe
+(``services.common.healthcheck``, run every few seconds) imports only grpc."""
 
 from __future__ import annotations
 
@@ -18,17 +18,4 @@ def channel_credentials(
         root_certificates=Path(ca).read_bytes(),
         private_key=Path(key).read_bytes() if key and cert else None,
         certificate_chain=Path(cert).read_bytes() if key and cert else None,
-    )
-
-
-def server_credentials(
-    cert: str | None, key: str | None, ca: str | None
-) -> grpc.ServerCredentials | None:
-    """TLS when a certificate and key are given; mutual TLS when a client CA is too."""
-    if not (cert and key):
-        return None
-    return grpc.ssl_server_credentials(
-        [(Path(key).read_bytes(), Path(cert).read_bytes())],
-        root_certificates=Path(ca).read_bytes() if ca else None,
-        require_client_auth=ca is not None,
     )

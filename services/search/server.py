@@ -12,7 +12,7 @@ from parley.search.v1 import search_pb2, search_pb2_grpc
 from services.common.errors import NotFound
 from services.common.redis_client import make_redis, ping
 from services.common.server import Service, run
-from services.common.settings import load_settings
+from services.common.settings import configuring, load_settings
 from services.search.cache import ResultCache
 from services.search.engine import SearchEngine
 from services.search.places import Places
@@ -91,7 +91,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
 
 def build(settings: SearchSettings) -> Service:
-    redis = make_redis(settings.effective_redis_url)
+    with configuring(settings.effective_redis_url_variable):
+        redis = make_redis(settings.effective_redis_url)
     places = Places()
     provider = select_provider(settings, places)
     cache = ResultCache(
@@ -128,17 +129,13 @@ def build(settings: SearchSettings) -> Service:
 
 def main() -> int:
     settings = load_settings(SearchSettings)
-    try:
-        return run(
-            lambda: build(settings),
-            settings,
-            port=settings.search_port,
-            metrics_port=settings.search_metrics_port,
-            log_name="search",
-        )
-    except ValueError as error:  # a provider or route setting that cannot work
-        print(f"invalid configuration: {error}", file=sys.stderr)
-        return 2
+    return run(
+        lambda: build(settings),
+        settings,
+        port=settings.search_port,
+        metrics_port=settings.search_metrics_port,
+        log_name="search",
+    )
 
 
 if __name__ == "__main__":

@@ -61,6 +61,10 @@ class SearchSettings(CommonSettings):
         return self.search_redis_url or self.redis_url
 
     @property
+    def effective_redis_url_variable(self) -> str:
+        return "SEARCH_REDIS_URL" if self.search_redis_url else "REDIS_URL"
+
+    @property
     def popular_routes(self) -> list[tuple[str, str]]:
         routes = filter(None, (r.strip().upper() for r in self.search_popular_routes.split(",")))
         return [(r[:3], r[4:]) for r in routes]

@@ -12,7 +12,7 @@ from services.common.errors import NotFound
 from services.common.interceptors import EncodedReply
 from services.common.redis_client import make_client
 from services.common.server import Service, run
-from services.common.settings import load_settings
+from services.common.settings import configuring, load_settings
 from services.session import convert
 from services.session.convert import Violations, raise_if
 from services.session.memory_store import MemoryStore
@@ -125,12 +125,13 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
 
 def build_store(settings: SessionSettings) -> SessionStore:
     timeout = settings.session_redis_timeout_seconds
-    client = make_client(
-        settings.effective_redis_url,
-        connect_timeout=timeout,
-        socket_timeout=timeout,
-        max_connections=settings.session_redis_max_connections,
-    )
+    with configuring(settings.effective_redis_url_variable):
+        client = make_client(
+            settings.effective_redis_url,
+            connect_timeout=timeout,
+            socket_timeout=timeout,
+            max_connections=settings.session_redis_max_connections,
+        )
     return SessionStore(
         RedisStore(
             client,

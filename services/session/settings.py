@@ -28,3 +28,7 @@ class SessionSettings(CommonSettings):
     @property
     def effective_redis_url(self) -> str:
         return self.session_redis_url or self.redis_url
+
+    @property
+    def effective_redis_url_variable(self) -> str:
+        return "SESSION_REDIS_URL" if self.session_redis_url else "REDIS_URL"

@@ -121,6 +121,53 @@ def test_bad_environment_value_stops_startup(tmp_path: Path, valkey: Valkey) -> 
     assert "invalid configuration" in process.log
 
 
+MISSING = "/nonexistent/parley-tls.pem"
+
+
+@pytest.mark.parametrize(
+    ("name", "variable", "env"),
+    [
+        ("session", "REDIS_URL", {"REDIS_URL": "localhost:6379"}),
+        ("session", "SESSION_REDIS_URL", {"SESSION_REDIS_URL": "redis+cluster://u:s3cret@h:abc"}),
+        ("search", "SEARCH_REDIS_URL", {"SEARCH_REDIS_URL": "redis://u:s3cret@h:abc/0"}),
+        ("business", "REDIS_URL", {"REDIS_URL": "redis+sentinel://u:s3cret@h:26379"}),
+        ("business", "MONGODB_URI", {"MONGODB_URI": "mongo://u:s3cret@127.0.0.1:1"}),
+        ("business", "MONGODB_URI", {"MONGODB_URI": "mongodb://u:s3cret@h:abc"}),
+        ("session", "GRPC_TLS_KEY", {"GRPC_TLS_CERT": MISSING, "GRPC_TLS_KEY": MISSING}),
+        ("business", "GRPC_TLS_CERT", {"GRPC_TLS_CERT": MISSING, "GRPC_TLS_KEY": __file__}),
+    ],
+)
+def test_a_setting_only_building_can_check_stops_startup_with_one_line(
+    name: str, variable: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    # A URL that does not parse, or a TLS file that cannot be read: found only when the
+    # clients are built, and said like a bad environment value (one line naming the variable,
+    # status 2), with no stack trace and never a password. It used to be a traceback, status 1.
+    module, port_var, _ = SERVICES[name]
+    done = subprocess.run(
+        [sys.executable, "-m", module],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "APP_ENV": "test",
+            "LOG_FORMAT": "json",
+            port_var: "0",
+            f"{name.upper()}_METRICS_PORT": "0",
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+            "BUSINESS_DB_PATH": str(tmp_path / "business.db"),
+            "ENCRYPTION_SECRET": "test-encryption-secret-0123456789",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"invalid configuration:\n  {variable}: "), done.stderr
+    assert len(done.stderr.splitlines()) == 2
+    assert "s3cret" not in done.stderr + done.stdout
+
+
 @pytest.mark.parametrize("name", sorted(SERVICES))
 def test_a_service_whose_stdout_reader_is_gone_still_serves_and_stops_cleanly(
     name: str, tmp_path: Path, valkey: Valkey
