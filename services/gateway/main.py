@@ -19,18 +19,35 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import uvicorn
+
+if TYPE_CHECKING:
+    from services.gateway.runtime import Role
+    from services.gateway.settings import GatewaySettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _prepare_multiprocess_dir() -> None:
     directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or ROOT / "var" / "prometheus")
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):  # only prometheus-client's files, nothing else
-        stale.unlink()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):  # only prometheus-client's files, nothing else
+            stale.unlink()
+    except OSError as error:  # e.g. an installed package's read-only tree, in the image
+        _invalid(
+            f"PROMETHEUS_MULTIPROC_DIR: {directory} cannot be used ({error.strerror}); "
+            "WEB_CONCURRENCY > 1 needs a writable directory there"
+        )
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
+def _invalid(reason: str) -> NoReturn:
+    """Stop as a bad environment value stops every service: one line, status 2."""
+    print(f"invalid configuration:\n  {reason}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,7 +83,10 @@ async def run_worker() -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ["GATEWAY_ROLE"] = args.role
-    concurrency = int(os.environ.get("WEB_CONCURRENCY", "1") or "1")
+    try:
+        concurrency = int(os.environ.get("WEB_CONCURRENCY", "1") or "1")
+    except ValueError:
+        _invalid("WEB_CONCURRENCY: must be a whole number")
     if concurrency > 1 and args.role != "worker":
         # Must happen before prometheus_client is imported anywhere in this process tree.
         _prepare_multiprocess_dir()
@@ -77,8 +97,15 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_settings(GatewaySettings)  # exits 2 naming any bad or missing variable
     configure_logging("gateway", settings)
+    try:
+        return _serve(args.role, settings)
+    except ValueError as error:  # a setting that validated but cannot be used (names it)
+        _invalid(str(error))
+
+
+def _serve(role: Role, settings: GatewaySettings) -> int:
     grace = int(settings.shutdown_grace_seconds)
-    if args.role == "worker":
+    if role == "worker":
         if not settings.worker_http_port:
             from services.common import event_loop
 
@@ -109,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     from services.gateway.app import create_app
 
     uvicorn.run(
-        create_app(settings, args.role),
+        create_app(settings, role),
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_config=None,  # keep our structlog handler

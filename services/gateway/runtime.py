@@ -13,6 +13,7 @@ import redis.asyncio as redis
 import structlog
 
 from services.common.redis_client import make_redis
+from services.common.settings import configuring
 from services.gateway.businesses import BusinessDirectory
 from services.gateway.clients import Clients
 from services.gateway.engine import Engine
@@ -68,7 +69,8 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: GatewaySettings, role: Role) -> Runtime:
-        client = make_redis(settings.effective_redis_url)
+        with configuring(settings.effective_redis_url_variable):
+            client = make_redis(settings.effective_redis_url)
         http = HttpClient(settings.send_timeout_seconds)
         outbox = OutboxSender(client, settings.outbox_max_messages)
         senders: dict[str, Sender] = {

@@ -93,6 +93,10 @@ class GatewaySettings(CommonSettings):
     def effective_redis_url(self) -> str:
         return self.gateway_redis_url or self.redis_url
 
+    @property
+    def effective_redis_url_variable(self) -> str:
+        return "GATEWAY_REDIS_URL" if self.gateway_redis_url else "REDIS_URL"
+
     def masked(self) -> dict[str, Any]:
         """The configuration in force with every secret replaced by whether it is set."""
         shown: dict[str, Any] = {}

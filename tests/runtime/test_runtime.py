@@ -168,6 +168,34 @@ def test_a_setting_only_building_can_check_stops_startup_with_one_line(
     assert "s3cret" not in done.stderr + done.stdout
 
 
+@pytest.mark.parametrize(
+    ("variable", "env"),
+    [
+        ("GATEWAY_REDIS_URL", {"GATEWAY_REDIS_URL": "redis://u:s3cret@h:abc/0"}),
+        ("GATEWAY_REDIS_URL", {"GATEWAY_REDIS_URL": "foo://u:s3cret@h", "GATEWAY_ROLE": "worker"}),
+        ("WEB_CONCURRENCY", {"WEB_CONCURRENCY": "two"}),
+        # A directory under a file: not even root can make it.
+        (
+            "PROMETHEUS_MULTIPROC_DIR",
+            {"WEB_CONCURRENCY": "2", "PROMETHEUS_MULTIPROC_DIR": f"{__file__}/m"},
+        ),
+    ],
+)
+def test_the_gateway_stops_startup_with_one_line_too(variable: str, env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "services.gateway.main"],
+        cwd=ROOT,
+        env={**os.environ, "APP_ENV": "test", "GATEWAY_PORT": "0", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"invalid configuration:\n  {variable}: "), done.stderr
+    assert len(done.stderr.splitlines()) == 2
+    assert "s3cret" not in done.stderr + done.stdout
+
+
 @pytest.mark.parametrize("name", sorted(SERVICES))
 def test_a_service_whose_stdout_reader_is_gone_still_serves_and_stops_cleanly(
     name: str, tmp_path: Path, valkey: Valkey
