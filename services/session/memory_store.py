@@ -22,6 +22,7 @@ from services.session.model import (
     Page,
     Role,
     Summary,
+    check_state_bounds,
     encode_cursor,
 )
 
@@ -179,6 +180,8 @@ class MemoryStore:
         conversation = base.changed(
             append, set_state, remove_state, self.history_limit, now, now + self.ttl_ms
         )
+        if set_state:  # only a key set can grow the state
+            check_state_bounds(base.state, conversation.state)
         self._store(conversation, dirty=True)
         return conversation.copy(), current is None
 

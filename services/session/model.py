@@ -24,7 +24,13 @@ from urllib.parse import quote, unquote
 
 import orjson
 
+from services.common.errors import FailedPrecondition
+
 INDEX_SHARDS = 16
+# A conversation's state, in all: a reply must stay well inside gRPC's 4 MiB message limit, or
+# every later get of the conversation would fail. Bytes count each key and its JSON value.
+MAX_STATE_KEYS = 256
+MAX_STATE_BYTES = 1024 * 1024
 Role = Literal["client", "admin"]
 ROLES: tuple[Role, ...] = ("client", "admin")
 KEY_PREFIX = "conversation:"
@@ -216,6 +222,31 @@ class Conversation:
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"bad conversation record: {error}") from None
+
+
+def state_size(state: dict[str, bytes]) -> int:
+    """The bytes the state bounds count: each key (UTF-8) and its JSON value."""
+    return sum(len(name.encode()) + len(value) for name, value in state.items())
+
+
+class StateTooLarge(FailedPrecondition):
+    """An update would grow a conversation's state past its bounds: nothing was written."""
+
+    def __init__(self, keys: int, size: int) -> None:
+        super().__init__(
+            f"the conversation's state would hold {keys} keys and {size} bytes, past its bounds "
+            f"({MAX_STATE_KEYS} keys, {MAX_STATE_BYTES} bytes): remove keys first"
+        )
+
+
+def check_state_bounds(before: dict[str, bytes], after: dict[str, bytes]) -> None:
+    """Refuse a change that leaves the state past a bound and larger there than it was (so a
+    state already past one, written before the bounds, can still shrink)."""
+    keys, size = len(after), state_size(after)
+    if (keys > MAX_STATE_KEYS and keys > len(before)) or (
+        size > MAX_STATE_BYTES and size > state_size(before)
+    ):
+        raise StateTooLarge(keys, size)
 
 
 @dataclass(frozen=True, slots=True)

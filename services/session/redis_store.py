@@ -2,7 +2,8 @@
 
 Keys (see :mod:`services.session.model` for the hash tag):
 
-- ``…:meta``    hash ``id``, ``v`` (version), ``c`` / ``u`` (created / updated, ms since epoch)
+- ``…:meta``    hash ``id``, ``v`` (version), ``c`` / ``u`` (created / updated, ms since epoch),
+  ``s`` (the state's size, for its bounds; absent until an update changes the state)
 - ``…:history`` list of JSON messages, oldest first, trimmed to the history limit
 - ``…:state``   hash of state key → JSON value
 - ``conversation-index:{<business>:<shard>}`` sorted set, member ``<role>:<user>``, score the
@@ -37,11 +38,14 @@ from services.common.redis_pipeline import AutoPipeline
 from services.session.model import (
     INDEX_SHARDS,
     KEY_PREFIX,
+    MAX_STATE_BYTES,
+    MAX_STATE_KEYS,
     Conversation,
     ConversationKey,
     Cursor,
     Page,
     Role,
+    StateTooLarge,
     Summary,
     encode_cursor,
     index_key,
@@ -84,18 +88,56 @@ UPDATE = (
     + _NOW
     + _INDEX
     + """
-local meta = redis.call('HMGET', KEYS[1], 'id', 'v', 'c')
+local meta = redis.call('HMGET', KEYS[1], 'id', 'v', 'c', 's')
 local id, version, created = meta[1], tonumber(meta[2]) or 0, meta[3]
 if not id then version = 0 end
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= version then return {'conflict', version} end
 local known = id and id == ARGV[9] and version == tonumber(ARGV[10])
+local ttl, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local na, ns, nr = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local size = nil
+if ns > 0 or nr > 0 then
+  -- The state's bounds, before anything is written (as model.check_state_bounds). Its size is
+  -- kept in meta's 's'; a state written without it (a write-back, an import) is counted once.
+  -- A present value is never empty (JSON), so HSTRLEN 0 means absent.
+  local count = 0
+  size = 0
+  if id then
+    count = redis.call('HLEN', KEYS[3])
+    size = tonumber(meta[4])
+    if not size then
+      size = 0
+      for _, part in ipairs(redis.call('HGETALL', KEYS[3])) do size = size + #part end
+    end
+  end
+  local count_before, size_before = count, size
+  local first_set = 11 + na
+  local first_removed = first_set + 2 * ns
+  local removed = {}
+  for j = first_removed, first_removed + nr - 1 do removed[ARGV[j]] = true end
+  for j = first_set, first_removed - 1, 2 do
+    local name = ARGV[j]
+    local old = id and redis.call('HSTRLEN', KEYS[3], name) or 0
+    if old > 0 then count, size = count - 1, size - #name - old end
+    if removed[name] then
+      removed[name] = nil  -- set, then removed: counted out above
+    else
+      count, size = count + 1, size + #name + #ARGV[j + 1]
+    end
+  end
+  for name in pairs(removed) do
+    local old = id and redis.call('HSTRLEN', KEYS[3], name) or 0
+    if old > 0 then count, size = count - 1, size - #name - old end
+  end
+  if (count > MAX_KEYS and count > count_before) or (size > MAX_BYTES and size > size_before) then
+    return {'too_large', count, size}
+  end
+end
 local made = 0
 if not id then
   redis.call('DEL', KEYS[2], KEYS[3])
   id, created, made = ARGV[4], now, 1
 end
-local ttl, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
-local na, ns, nr = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local i = 11
 if na > 0 then
   redis.call('RPUSH', KEYS[2], unpack(ARGV, i, i + na - 1))
@@ -110,7 +152,9 @@ if nr > 0 then redis.call('HDEL', KEYS[3], unpack(ARGV, i, i + nr - 1)) end
 version = version + 1
 local expire = now + ttl
 if made == 1 then
-  redis.call('HSET', KEYS[1], 'id', id, 'v', version, 'c', created, 'u', now)
+  redis.call('HSET', KEYS[1], 'id', id, 'v', version, 'c', created, 'u', now, 's', size or 0)
+elseif size then
+  redis.call('HSET', KEYS[1], 'v', version, 'u', now, 's', size)
 else
   redis.call('HSET', KEYS[1], 'v', version, 'u', now)
 end
@@ -119,7 +163,7 @@ local pruned = index(expire, ttl, ARGV[5])
 if known then return {'applied', id, version, created, now, expire, made, pruned} end
 return {'ok', id, version, created, now, expire, made, pruned,
         redis.call('LRANGE', KEYS[2], 0, -1), redis.call('HGETALL', KEYS[3])}
-"""
+""".replace("MAX_KEYS", str(MAX_STATE_KEYS)).replace("MAX_BYTES", str(MAX_STATE_BYTES))
 )
 
 # KEYS meta history state index; ARGV create (0/1), ttl_ms, new_id, member, known id, known
@@ -312,6 +356,8 @@ class RedisStore:
         reply = await self._pipeline.script(self._update, key.redis_keys(), args)
         if reply[0] == b"conflict":
             raise VersionConflict(int(reply[1]))
+        if reply[0] == b"too_large":
+            raise StateTooLarge(int(reply[1]), int(reply[2]))
         if reply[0] == b"applied":
             assert known is not None
             _, _, version, _, updated, expire, _, pruned = reply

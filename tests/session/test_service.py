@@ -287,6 +287,27 @@ async def test_state_value_without_a_kind_is_refused(stub: Stub) -> None:
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND  # nothing was written
 
 
+async def test_a_state_past_its_bounds_is_failed_precondition_and_the_conversation_lives(
+    stub: Stub,
+) -> None:
+    # Updates each within the per-update checks (100 keys of 32 KiB) would, unbounded, grow a
+    # conversation past gRPC's 4 MiB reply, and every later get of it would fail.
+    key = new_key()
+    first = pb.UpdateConversationRequest(key=key)
+    for n in range(30):
+        first.set_state[f"slot{n}"].string_value = "x" * 32_000
+    await stub.UpdateConversation(first)
+    more = pb.UpdateConversationRequest(key=key, append=[user_message("lost")])
+    for n in range(30):
+        more.set_state[f"more{n}"].string_value = "x" * 32_000
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.UpdateConversation(more)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "remove keys first" in (refused.value.details() or "")
+    got = (await stub.GetConversation(pb.GetConversationRequest(key=key))).conversation
+    assert got.version == 1 and len(got.state) == 30 and not got.history  # nothing written
+
+
 async def test_a_basic_view_answers_without_history_or_state(stub: Stub) -> None:
     key = new_key()
     request = pb.UpdateConversationRequest(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -12,8 +13,12 @@ from services.common.errors import VersionConflict
 from services.common.redis_client import make_client
 from services.session.memory_store import MemoryStore
 from services.session.model import (
+    MAX_STATE_BYTES,
+    MAX_STATE_KEYS,
+    Conversation,
     ConversationKey,
     Cursor,
+    StateTooLarge,
     decode_cursor,
     encode_message,
     new_conversation_id,
@@ -213,3 +218,61 @@ async def test_an_update_applied_to_the_mirrored_copy_is_what_redis_holds(
     await write(b, b_mirror, key, append=[m(6)])  # A's copy is stale now
     after = await write(a, a_mirror, key, append=[m(7)])
     assert after.history[-2:] == [m(6), m(7)]
+
+
+async def test_the_state_stays_within_its_bounds_on_both_stores(
+    stores: tuple[RedisStore, MemoryStore],
+) -> None:
+    """Past MAX_STATE_KEYS keys or MAX_STATE_BYTES, a change that grows the state is refused and
+    writes nothing (a reply past gRPC's message limit would make every later get fail)."""
+    key = ConversationKey("bounds", "+15550000009", "client")
+    full = {f"k{n}": b"1" for n in range(MAX_STATE_KEYS)}
+    big = b'"' + b"x" * (MAX_STATE_BYTES // 2) + b'"'
+    steps: list[dict[str, Any]] = [
+        {"set_state": full},
+        {"set_state": {"one-more": b"1"}, "append": [encode_message("user", "lost", 1)]},
+        {"set_state": {"k0": b"[1,2,3]"}},  # a new value for a key: no more keys
+        {"set_state": {"new": b"1"}, "remove_state": ["k1"]},  # one in, one out
+        {"set_state": {"brief": b"1"}, "remove_state": ["brief"]},  # set, then removed
+        {"remove_state": [f"k{n}" for n in range(2, 100)]},
+        {"set_state": {"a": big}},
+        {"set_state": {"b": big}},  # past the bytes
+        {"set_state": {"a": b"1"}},
+    ]
+    answers = []
+    for store in stores:
+        seen = []
+        for step in steps:
+            try:
+                seen.append(await update(store, key, **step))
+            except StateTooLarge as refused:
+                seen.append(("refused", refused.message))
+        answers.append(seen)
+    assert answers[0] == answers[1]
+    refused = [n for n, seen in enumerate(answers[0]) if seen[0] == "refused"]
+    assert refused == [1, 7]
+    assert answers[0][1][1].startswith(f"the conversation's state would hold {MAX_STATE_KEYS + 1}")
+    after_refusal = answers[0][2]
+    assert after_refusal[3] == 2 and after_refusal[1] == []  # nothing of the refused update
+    last = answers[0][-1]
+    assert len(last[2]) == MAX_STATE_KEYS - 98 + 1 and last[2]["a"] == b"1"
+
+
+async def test_a_state_past_its_bounds_from_before_them_can_shrink_not_grow(
+    stores: tuple[RedisStore, MemoryStore],
+) -> None:
+    """A conversation imported or written back whole carries no size: Redis counts it once."""
+    redis_store, _ = stores
+    key = ConversationKey("bounds", "+15550000010", "client")
+    state = {f"k{n}": b"12345" for n in range(MAX_STATE_KEYS + 10)}
+    now = int(time.time() * 1000)
+    imported = Conversation("imported", key, [], state, 5, now, now, now + 60_000)
+    assert (await redis_store.put(imported, write_back=False))[0] == "written"
+    with pytest.raises(StateTooLarge):
+        await update(redis_store, key, set_state={"more": b"1"})
+    shrunk = await update(redis_store, key, remove_state=["k0"], set_state={"k1": b"1"})
+    assert len(shrunk[2]) == MAX_STATE_KEYS + 9 and shrunk[3] == 6
+    with pytest.raises(StateTooLarge):
+        await update(redis_store, key, set_state={"more": b"1"})
+    meta = await redis_store.client.hget(key.redis_keys()[0], "s")
+    assert int(meta) == sum(len(k) + len(v) for k, v in shrunk[2].items())
