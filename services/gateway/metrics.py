@@ -75,7 +75,7 @@ DEAD_LETTERS = Counter(
 )
 SENDS = Counter(
     "gateway_sends_total",
-    "Replies handed to a channel, by sender and outcome.",
+    "Provider messages (a long reply is several) handed to a channel, by sender and outcome.",
     ["sender", "outcome"],
 )
 RATE_LIMITED = Counter(

@@ -162,7 +162,8 @@ class Processor:
         if not user_ok:
             metrics.RATE_LIMITED.labels("user").inc()
             if await self.rate_limits.first_notice(business.id, message.user_id):
-                await self._send(sender, target, Reply(RATE_NOTICE))
+                for part in sender.parts(target, Reply(RATE_NOTICE)):
+                    await self._send(sender, target, part)
             return "rate_limited"
 
         read_receipt = asyncio.create_task(self._mark_read(sender, target, message))
@@ -200,22 +201,36 @@ class Processor:
         # Only an earlier attempt can have sent anything (attempts are counted before they run).
         already = await sent.fingerprints() if attempt > 1 else set()
         replies: list[Reply] = []
-        first_send = [True]
+        # Once the user has had some of the answer (from this attempt or an earlier one), a
+        # part refused for good stops the delivery but not the turn: dead-lettering it would
+        # leave half a reply and no saved turn, and a replay would answer a second time.
+        delivered = [bool(already)]
+        refused: list[DeadLetter] = []
 
         async def deliver(reply: Reply) -> None:
             # Identified by content (and which repeat of it), not by position: a retry may
             # produce a different list, e.g. without the early "searching …" reply.
             fingerprint = SentLog.fingerprint(reply, replies)
             replies.append(reply)
-            if fingerprint in already:
-                return  # sent by an earlier attempt of this entry
-            await self._send(sender, target, reply)
-            await sent.mark(fingerprint)
-            if first_send[0]:
-                first_send[0] = False
-                metrics.END_TO_END_SECONDS.labels(message.channel).observe(
-                    max(0.0, time.time() - entry.received)
-                )
+            # Each provider message is recorded as soon as it is accepted, so a retry after a
+            # failure on a later one sends only the parts the user has not had.
+            for index, part in enumerate(sender.parts(target, reply)):
+                part_id = SentLog.part(fingerprint, index)
+                if refused or part_id in already:
+                    continue
+                try:
+                    await self._send(sender, target, part)
+                except DeadLetter as error:
+                    if not delivered[0]:
+                        raise  # nothing went out: the message can still be replayed whole
+                    refused.append(error)
+                    continue
+                await sent.mark(part_id)
+                if not delivered[0]:
+                    delivered[0] = True
+                    metrics.END_TO_END_SECONDS.labels(message.channel).observe(
+                        max(0.0, time.time() - entry.received)
+                    )
 
         turn = Turn(
             business=BusinessContext(
@@ -242,6 +257,14 @@ class Processor:
         for reply in result.replies:
             await deliver(reply)
         await self._save(key, conversation.version, message, replies, result)
+        if refused:
+            log.warning(
+                "reply cut short: a part was refused after others were delivered; turn saved",
+                reason=refused[0].reason,
+                error=str(refused[0])[:300],
+                user=mask_phone(message.user_id),
+            )
+            return "partly_sent"
         return "answered"
 
     async def _save(
@@ -313,10 +336,11 @@ class Processor:
                 raise DeadLetter("invalid_message", f"session: {error.details()}") from None
             raise
 
-    async def _send(self, sender: Sender, target: Target, reply: Reply) -> None:
+    async def _send(self, sender: Sender, target: Target, part: Any) -> None:
+        """One provider message (a part of a reply)."""
         try:
             async with asyncio.timeout(self.settings.send_timeout_seconds):
-                await sender.send(target, reply)
+                await sender.post(target, part)
         except TokenExpired as error:
             metrics.SENDS.labels(sender.name, error.outcome).inc()
             await self._token_needs_renewal(target.business_id)
@@ -359,13 +383,14 @@ class Processor:
 
 
 class SentLog:
-    """Which replies of an entry were already accepted by the provider, so that an attempt
-    after a crash between sending and saving does not send them again.
+    """Which provider messages of an entry were already accepted, so that an attempt after a
+    failure or a crash between sending and saving does not send them again.
 
     A reply is known by a fingerprint of its content and how many identical replies came before
-    it in the same turn. Recording is best effort: when the gateway's Redis is down the reply
-    is out anyway, and the turn is still saved in the session (a different store), whose
-    history then tells the next attempt that the message was answered."""
+    it in the same turn; each of its parts (a long reply is several provider messages) by that
+    fingerprint and the part's index. Recording is best effort: when the gateway's Redis is down
+    the message is out anyway, and the turn is still saved in the session (a different store),
+    whose history then tells the next attempt that the message was answered."""
 
     MARK = "redis.call('SADD', KEYS[1], ARGV[1]) return redis.call('EXPIRE', KEYS[1], ARGV[2])"
 
@@ -388,6 +413,12 @@ class SentLog:
         )
         repeat = sum(1 for r in earlier if r == reply)
         return f"{hashlib.sha256(content).hexdigest()[:32]}:{repeat}"
+
+    @staticmethod
+    def part(fingerprint: str, index: int) -> str:
+        """The first part keeps the reply's fingerprint: what a worker of an earlier version
+        recorded for a reply it had sent, which is one part in all but long replies."""
+        return fingerprint if index == 0 else f"{fingerprint}/{index}"
 
     async def fingerprints(self) -> set[str]:
         return {

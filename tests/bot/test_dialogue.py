@@ -291,3 +291,12 @@ def test_results_stored_as_a_nested_list_by_an_older_version_still_load() -> Non
     offers = [{"id": "o1", "price": 10.0, "legs": []}]
     assert Dialogue.load({"results": {"offers": offers, "shown": 1}}).results["offers"] == offers
     assert Dialogue.load({"results": {"offers": "not json"}}).results["offers"] == []
+
+
+async def test_a_long_place_phrase_is_clipped_where_it_is_echoed(engine: BotEngine) -> None:
+    """Echoed whole, a 3,000-character phrase made a reply of two WhatsApp messages."""
+    chat = Chat(engine)
+    reply = await chat.say("fly from " + "qzxv " * 600)
+    shown = "Qzxv " * 19 + "Qzxv…"  # the 100 characters that are looked up
+    assert reply.startswith(f"I couldn't find an airport for “{shown}”. Try a city name")
+    assert len(reply) < 200

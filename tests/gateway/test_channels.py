@@ -8,7 +8,14 @@ import pytest
 
 from services.gateway.channels import cloud_api, twilio
 from services.gateway.engine import Button, ListRow, Reply
-from services.gateway.senders.base import HttpClient, SendError, Target, TokenExpired, split_text
+from services.gateway.senders.base import (
+    HttpClient,
+    Sender,
+    SendError,
+    Target,
+    TokenExpired,
+    split_text,
+)
 from services.gateway.senders.cloud_api import CloudApiSender
 from services.gateway.senders.twilio import TwilioSender, render
 from tests.support.fake_clouds import FakeClouds
@@ -367,9 +374,15 @@ async def http() -> AsyncIterator[HttpClient]:
 TARGET = Target("cloud_api", "b1", "34600000009", "123456", access_token="tok-1")
 
 
+async def send(sender: Sender, target: Target, reply: Reply) -> None:
+    """Every part of a reply, as the worker sends them."""
+    for part in sender.parts(target, reply):
+        await sender.post(target, part)
+
+
 async def test_cloud_sender_against_the_fake(fake_clouds: FakeClouds, http: HttpClient) -> None:
     sender = CloudApiSender(http, fake_clouds.url)
-    await sender.send(TARGET, Reply("hello"))
+    await send(sender, TARGET, Reply("hello"))
     [sent] = fake_clouds.replies("34600000009")[-1:]
     assert (sent.path, sent.authorization, sent.body["text"]["body"]) == (
         "/123456/messages",
@@ -379,28 +392,28 @@ async def test_cloud_sender_against_the_fake(fake_clouds: FakeClouds, http: Http
     # 429 and 130429 are backed off and retried within the send.
     before = len(fake_clouds.replies("34600000009"))
     fake_clouds.failures += [(429, {"error": {"code": 130429, "message": "slow down"}})]
-    await sender.send(TARGET, Reply("again"))
+    await send(sender, TARGET, Reply("again"))
     assert len(fake_clouds.replies("34600000009")) == before + 2
     fake_clouds.failures += [(401, {"error": {"code": 190, "message": "expired"}})]
     with pytest.raises(TokenExpired):
-        await sender.send(TARGET, Reply("x"))
+        await send(sender, TARGET, Reply("x"))
     fake_clouds.failures += [(400, {"error": {"code": 131047, "message": "window"}})]
     with pytest.raises(SendError) as window:
-        await sender.send(TARGET, Reply("x"))
+        await send(sender, TARGET, Reply("x"))
     assert (window.value.outcome, window.value.retryable) == ("outside_window", False)
     fake_clouds.failures += [(503, {"error": {"code": 2, "message": "down"}})]
     with pytest.raises(SendError) as down:
-        await sender.send(TARGET, Reply("x"))
+        await send(sender, TARGET, Reply("x"))
     assert down.value.retryable
     with pytest.raises(SendError) as unreachable:
-        await CloudApiSender(http, "http://127.0.0.1:9").send(TARGET, Reply("x"))
+        await send(CloudApiSender(http, "http://127.0.0.1:9"), TARGET, Reply("x"))
     assert unreachable.value.retryable
 
 
 async def test_twilio_sender_against_the_fake(fake_clouds: FakeClouds, http: HttpClient) -> None:
     sender = TwilioSender(http, fake_clouds.url, "ACenv", "env-token")
     target = Target("twilio", "b1", "+34600000010", "+15550100001")
-    await sender.send(target, Reply("a" * 2000))
+    await send(sender, target, Reply("a" * 2000))
     sent = fake_clouds.replies("+34600000010")
     assert [len(s.body["Body"]) for s in sent] == [1600, 400]
     assert sent[0].path == "/2010-04-01/Accounts/ACenv/Messages.json"
@@ -414,11 +427,11 @@ async def test_twilio_sender_against_the_fake(fake_clouds: FakeClouds, http: Htt
         twilio_account_sid="ACown",
         twilio_auth_token="own",
     )
-    await sender.send(own, Reply("b"))
+    await send(sender, own, Reply("b"))
     assert fake_clouds.replies("+34600000010")[-1].basic_auth == ("ACown", "own")
     fake_clouds.failures += [(400, {"code": 21211, "message": "bad To"})]
     with pytest.raises(SendError) as bad:
-        await sender.send(target, Reply("c"))
+        await send(sender, target, Reply("c"))
     assert not bad.value.retryable and bad.value.code == 21211
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -138,8 +139,63 @@ def test_a_failed_send_is_retried_and_answered_once(
             ).status_code
             == 200
         )
-    assert wait_for(lambda: fake_clouds.texts(wa_id) == ["echo: retry me #1"], 20)
+    # The fake records the refused message too: wait for the retry's (else it may take a
+    # failure the next test scripts).
+    assert wait_for(lambda: fake_clouds.texts(wa_id) == ["echo: retry me #1"] * 2, 20)
     assert metric(limited, "gateway_retries_total") >= 1
+
+
+def post_long_reply_then_another(
+    limited: Gateway, fake_clouds: FakeClouds, failures: list[tuple[int, dict[str, Any]] | None]
+) -> tuple[str, str]:
+    """From a new user, a message whose answer is two Graph API messages (a text over 1,024
+    characters with a button: the text, then the button with a short body), then a second
+    message, with ``failures`` scripted for the answer's messages. Returns the user and the
+    answer's text once the second message is answered (so the first is finished)."""
+    assert limited.business is not None
+    wa_id = new_wa_id()
+    text = "buttons " + "long " * 250
+    fake_clouds.failures += failures
+    with limited.http as client:
+        for body in (text, "after"):
+            payload = cloud_payload(limited.business.phone_number_id, wa_id, body)
+            assert post_cloud(client, payload).status_code == 200
+    assert wait_for(lambda: any(t.startswith("echo: after") for t in fake_clouds.texts(wa_id)), 20)
+    return wa_id, f"echo: {text} #1"
+
+
+def test_a_part_of_a_long_reply_that_failed_is_retried_alone(
+    limited: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """The second of a reply's two provider messages fails (retryable): the retry sends only
+    that one, so the user gets each once. (Was a bug: a reply was recorded as sent only after
+    its last provider message, so the retry sent the first again.)"""
+    temporary = (500, {"error": {"code": 1, "message": "temporary"}})
+    wa_id, answer = post_long_reply_then_another(limited, fake_clouds, [None, temporary])
+    # The fake records the refused message too: the button's, once refused and once accepted.
+    assert fake_clouds.texts(wa_id) == [
+        answer,
+        "Choose an option:",
+        "Choose an option:",
+        "echo: after #2",
+    ]
+
+
+def test_a_part_of_a_long_reply_refused_for_good_still_saves_the_turn(
+    limited: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """The user has the first part: no dead letter (a replay would answer twice), the rest of
+    the answer is dropped and the turn is saved. (Was a bug: dead-lettered, the turn lost.)"""
+    refused = (400, {"error": {"code": 131009, "message": "Parameter value is not valid"}})
+    before = metric(limited, 'gateway_messages_processed_total{outcome="partly_sent"')
+    wa_id, answer = post_long_reply_then_another(limited, fake_clouds, [None, refused])
+    assert fake_clouds.texts(wa_id) == [answer, "Choose an option:", "echo: after #2"]
+    assert not [
+        d
+        for d in dead_letters(limited)
+        if (d["message"] or {}).get("user_id") == wa_id  # type: ignore[union-attr]
+    ]
+    assert metric(limited, 'gateway_messages_processed_total{outcome="partly_sent"') == before + 1
 
 
 def test_max_attempts_then_dead_letter_and_replay(

@@ -61,3 +61,10 @@ async def test_recording_while_redis_is_down_does_not_fail_the_turn() -> None:
         await sent_log(client, "wamid.sentlog-2").mark("f:0")
     finally:
         await client.aclose()
+
+
+async def test_parts_of_a_reply_are_told_apart_and_the_first_keeps_its_fingerprint() -> None:
+    fingerprint = SentLog.fingerprint(Reply("long"), [])
+    # What a worker of an earlier version recorded for a reply it had sent counts for part 0.
+    assert SentLog.part(fingerprint, 0) == fingerprint
+    assert len({SentLog.part(fingerprint, index) for index in range(3)}) == 3

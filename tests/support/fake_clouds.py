@@ -37,12 +37,13 @@ class Received:
 
 
 class FakeClouds:
-    """Both fakes on one port; ``failures`` queues (status, json) answers to give first."""
+    """Both fakes on one port; ``failures`` queues (status, json) answers to give first
+    (``None``: answer as usual, to fail a later message)."""
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.received: list[Received] = []
-        self.failures: list[tuple[int, dict[str, Any]]] = []
+        self.failures: list[tuple[int, dict[str, Any]] | None] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         app = Starlette(

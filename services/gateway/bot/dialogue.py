@@ -31,7 +31,13 @@ from services.gateway.bot import offers as fmt
 from services.gateway.bot.extract import Extraction, extract, normalize, weekday_after
 from services.gateway.bot.llm import Extractor
 from services.gateway.bot.messages import Texts
-from services.gateway.bot.places import Candidate, PlaceResolver, decide, split_phrase
+from services.gateway.bot.places import (
+    PHRASE_LIMIT,
+    Candidate,
+    PlaceResolver,
+    decide,
+    split_phrase,
+)
 from services.gateway.bot.recent_searches import RecentSearches
 from services.gateway.bot.settings import BotSettings
 from services.gateway.bot.switches import Switch
@@ -489,19 +495,21 @@ class BotEngine:
         if strict and (not candidates or candidates[0].score < STRICT_SCORE):
             candidates = []
         decision = decide(phrase, candidates)
+        # Clipped: a long message must not make a long reply (several provider messages).
+        shown = _clip(phrase, PHRASE_LIMIT).title()
         if decision.ambiguous:
             d.set(
                 "ask",
                 {
                     "slot": slot,
-                    "text": phrase.title(),
+                    "text": shown,
                     "choices": [c.as_state() for c in decision.choices],
                 },
             )
-            return [self._choices_reply(ctx, phrase.title(), decision.choices)]
+            return [self._choices_reply(ctx, shown, decision.choices)]
         if decision.place is None:
             d.set("ask", {"slot": slot})
-            return [Reply(t("place_not_found", text=phrase.title()))]
+            return [Reply(t("place_not_found", text=shown))]
         d.update_trip(**{slot: decision.place.as_state()})
         if d.ask.get("slot") == slot:
             d.set("ask", {})

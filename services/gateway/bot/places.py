@@ -21,6 +21,8 @@ MIN_SCORE = 60.0
 # Candidates in different cities within this many points of the best are asked about.
 TIE_POINTS = 2.0
 MAX_CHOICES = 5
+# Only this much of a place phrase is looked up (or echoed back to the user).
+PHRASE_LIMIT = 100
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class SearchPlaces:
         self._resolved: OrderedDict[str, tuple[float, list[Candidate]]] = OrderedDict()
 
     async def resolve(self, text: str) -> list[Candidate]:
-        query = text[:100]
+        query = text[:PHRASE_LIMIT]
         key = query.strip().casefold()  # the service ignores case and surrounding space
         cached = self._resolved.get(key)
         if cached is not None and cached[0] > time.monotonic():

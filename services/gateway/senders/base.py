@@ -103,9 +103,14 @@ class HttpClient:
 
 
 class Sender(Protocol):
+    """A reply goes out as one or more provider messages (``parts``), each posted on its own,
+    so that the worker can record each as sent once it is accepted."""
+
     name: str
 
-    async def send(self, target: Target, reply: Reply) -> None: ...
+    def parts(self, target: Target, reply: Reply) -> list[Any]: ...
+
+    async def post(self, target: Target, part: Any) -> None: ...
 
     async def mark_read(self, target: Target, message_id: str) -> None: ...
 

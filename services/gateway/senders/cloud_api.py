@@ -45,9 +45,8 @@ class CloudApiSender:
         self._base = base_url.rstrip("/")
         self._tries = rate_limit_tries
 
-    async def send(self, target: Target, reply: Reply) -> None:
-        for payload in self.payloads(target.user_id, reply):
-            await self._post_with_backoff(target, payload)
+    def parts(self, target: Target, reply: Reply) -> list[dict[str, Any]]:
+        return self.payloads(target.user_id, reply)
 
     async def mark_read(self, target: Target, message_id: str) -> None:
         """Blue ticks and the typing indicator while the bot works (best effort)."""
@@ -120,7 +119,8 @@ class CloudApiSender:
             )
         return messages
 
-    async def _post_with_backoff(self, target: Target, payload: dict[str, Any]) -> None:
+    async def post(self, target: Target, part: dict[str, Any]) -> None:
+        """One message, tried again here on a rate limit (then the queue retries it)."""
         retrying = AsyncRetrying(
             retry=retry_if_exception(_is_rate_limited),
             stop=stop_after_attempt(self._tries),
@@ -129,7 +129,7 @@ class CloudApiSender:
         )
         async for attempt in retrying:
             with attempt:
-                await self._post(target, payload)
+                await self._post(target, part)
 
     async def _post(self, target: Target, payload: dict[str, Any]) -> None:
         if not target.access_token:

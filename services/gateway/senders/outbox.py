@@ -41,14 +41,17 @@ class OutboxSender:
         self._redis = client
         self._max = max_messages
 
-    async def send(self, target: Target, reply: Reply) -> None:
+    def parts(self, target: Target, reply: Reply) -> list[Reply]:
+        return [reply]  # one stored record, however long
+
+    async def post(self, target: Target, part: Reply) -> None:
         record: Any = {
             "business_id": target.business_id,
             "user_id": target.user_id,
-            "text": reply.text,
-            "buttons": json.dumps([{"id": b.id, "title": b.title} for b in reply.buttons]),
+            "text": part.text,
+            "buttons": json.dumps([{"id": b.id, "title": b.title} for b in part.buttons]),
             "rows": json.dumps(
-                [{"id": r.id, "title": r.title, "description": r.description} for r in reply.rows]
+                [{"id": r.id, "title": r.title, "description": r.description} for r in part.rows]
             ),
             "time": datetime.now(UTC).isoformat(),
         }

@@ -33,23 +33,22 @@ class TwilioSender:
         self._sid = default_sid
         self._token = default_token
 
-    async def send(self, target: Target, reply: Reply) -> None:
-        sid = target.twilio_account_sid or self._sid
-        token = target.twilio_auth_token or self._token
-        if not sid or not token:
-            raise SendError("no Twilio credentials", retryable=False, outcome="no_credentials")
-        for chunk in split_text(render(reply), BODY_LIMIT):
-            await self._post(sid, token, target, chunk)
+    def parts(self, target: Target, reply: Reply) -> list[str]:
+        return split_text(render(reply), BODY_LIMIT)
 
     async def mark_read(self, target: Target, message_id: str) -> None:
         """Twilio has no read receipts to send."""
 
-    async def _post(self, sid: str, token: str, target: Target, body: str) -> None:
+    async def post(self, target: Target, part: str) -> None:
+        sid = target.twilio_account_sid or self._sid
+        token = target.twilio_auth_token or self._token
+        if not sid or not token:
+            raise SendError("no Twilio credentials", retryable=False, outcome="no_credentials")
         url = f"{self._base}/2010-04-01/Accounts/{sid}/Messages.json"
         form = {
             "To": PREFIX + target.user_id,
             "From": PREFIX + target.channel_identity,
-            "Body": body,
+            "Body": part,
         }
         try:
             response = await self._client.post(url, form=form, basic_auth=(sid, token))
