@@ -6,7 +6,8 @@ Redis Cluster slot):
 - ``gw:q:{p}``          the partition's stream; consumer group ``workers``
 - ``gw:dd:{p}:<id>``    dedupe marker of a provider message id (7 days), value: the entry id
 - ``gw:lease:{p}``      which worker owns the partition now (``PX`` = the visibility timeout)
-- ``gw:att:{p}``        hash: entry id → attempts so far
+- ``gw:att:{p}``        hash: entry id → attempts so far; ``<id>:t`` → how many of them failed
+                        transiently, ``<id>:since`` → when the first of those failed (Redis time)
 - ``gw:err:{p}``        hash: entry id → its last error, while it waits for a retry
 - ``gw:dead``           dead letters (capped)
 - ``gw:workers``        sorted set: live worker ids → heartbeat expiry
@@ -47,9 +48,27 @@ local id = redis.call('XADD', KEYS[2], '*', 'm', ARGV[2], 'rid', ARGV[3], 'rt', 
 redis.call('SET', KEYS[1], id, 'EX', ARGV[1])
 return id
 """
-# Count one more attempt (before it starts, so a crash counts too); with the last error.
+# Count one more attempt (before it starts, so a crash counts too); with the last error and
+# how many attempts failed transiently.
 ATTEMPT = """
-return {redis.call('HINCRBY', KEYS[1], ARGV[1], 1), redis.call('HGET', KEYS[2], ARGV[1])}
+return {redis.call('HINCRBY', KEYS[1], ARGV[1], 1), redis.call('HGET', KEYS[2], ARGV[1]),
+        redis.call('HGET', KEYS[1], ARGV[1] .. ':t')}
+"""
+# Record an attempt's error; a transient one is counted apart and its window starts with the
+# first. Seconds since that first transient failure (0: none), by Redis's clock, which every
+# worker shares.
+RECORD_ERROR = """
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local since = ARGV[1] .. ':since'
+local time = redis.call('TIME')
+local now = time[1] + time[2] / 1000000
+if ARGV[3] == '1' then
+  redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':t', 1)
+  redis.call('HSETNX', KEYS[1], since, string.format('%.6f', now))
+end
+local first = redis.call('HGET', KEYS[1], since)
+if not first then return '0' end
+return string.format('%.6f', now - tonumber(first))
 """
 RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -67,7 +86,7 @@ ACK = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
 redis.call('XDEL', KEYS[2], ARGV[3])
-redis.call('HDEL', KEYS[3], ARGV[3])
+redis.call('HDEL', KEYS[3], ARGV[3], ARGV[3] .. ':t', ARGV[3] .. ':since')
 redis.call('HDEL', KEYS[4], ARGV[3])
 return 1
 """
@@ -139,6 +158,7 @@ class Queue:
         self._release = client.register_script(RELEASE)
         self._ack = client.register_script(ACK)
         self._attempt = client.register_script(ATTEMPT)
+        self._record_error = client.register_script(RECORD_ERROR)
 
     # --- producer side ---------------------------------------------------------------------
 
@@ -266,16 +286,25 @@ class Queue:
             raise CorruptEntry(partition, entry_id, fields, str(error)) from None
         return Entry(partition, entry_id, message, fields.get("rid", ""), received, fields)
 
-    async def attempt(self, partition: int, entry_id: str) -> tuple[int, str]:
+    async def attempt(self, partition: int, entry_id: str) -> tuple[int, str, int]:
         """Count one more attempt (before it starts, so a crash counts too); with the last
-        recorded error, if any."""
-        count, error = await self.pipeline.script(
+        recorded error, if any, and how many of the attempts failed transiently."""
+        count, error, transient = await self.pipeline.script(
             self._attempt, [attempts_key(partition), errors_key(partition)], [entry_id]
         )
-        return int(count), _s(error) if error else ""
+        return int(count), _s(error) if error else "", int(transient or 0)
 
-    async def record_error(self, partition: int, entry_id: str, error: str) -> None:
-        await self.redis.hset(errors_key(partition), entry_id, error[:2000])
+    async def record_error(
+        self, partition: int, entry_id: str, error: str, *, transient: bool = False
+    ) -> float:
+        """Keep an attempt's error for the next one; the seconds since the entry's first
+        transient failure (0: none yet)."""
+        since = await self.pipeline.script(
+            self._record_error,
+            [attempts_key(partition), errors_key(partition)],
+            [entry_id, error[:2000], "1" if transient else "0"],
+        )
+        return float(_s(since))
 
     async def drop(self, partition: int, entry_id: str, token: str) -> bool:
         """Acknowledge an entry that is finished without success (dead-lettered or skipped)."""

@@ -49,6 +49,11 @@ class GatewaySettings(CommonSettings):
     max_attempts: int = Field(default=5, ge=1, le=100)
     retry_base_seconds: float = Field(default=1.0, gt=0, le=600)
     retry_max_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # How long a message keeps retrying a dependency's failures (which don't use up
+    # MAX_ATTEMPTS), from the first: long enough for a service restart, a database failover or a
+    # short provider incident; short enough that the users behind it on its partition are not
+    # held up for long.
+    retry_window_seconds: float = Field(default=300.0, ge=0, le=86_400)
     dedupe_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     gateway_engine: str = "services.gateway.bot:create_engine"
 

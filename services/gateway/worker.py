@@ -4,7 +4,9 @@ One entry: resolve the business (unknown or inactive → dead letter, no reply),
 limits, mark the user's message read, load the conversation, run the engine, send the replies,
 save the user's message, the replies and the state changes in one session update under the
 version we read, then acknowledge. Failures retry with backoff; after ``MAX_ATTEMPTS`` the entry
-goes to the dead-letter stream with its last error.
+goes to the dead-letter stream with its last error. A dependency's failures (a service unavailable
+or past its deadline, a provider's 5xx or 429, Redis) do not use up attempts: they retry for
+``RETRY_WINDOW_SECONDS``, so an outage delays messages instead of losing them.
 
 Partitions: a worker process holds the leases of up to its fair share of partitions
 (``ceil(partitions / live workers)``) and runs one loop per held partition, handling its entries
@@ -67,16 +69,8 @@ log = structlog.get_logger()
 
 SESSION_CONTENT_LIMIT = 4096
 DEFAULT_ENGINE_MODULE = "services.gateway.bot"
-RETRYABLE_CODES = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.UNIMPLEMENTED,  # a service not yet upgraded: try again later
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.CANCELLED,
-}
+# A service that is down, restarting or overloaded, not one refusing this message.
+TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 RATE_NOTICE = "You are sending messages faster than we can answer. Please wait a minute."
 ROLE_NAMES = {
     session_pb2.MESSAGE_ROLE_USER: "user",
@@ -91,6 +85,10 @@ class DeadLetter(Exception):
     def __init__(self, reason: str, error: str) -> None:
         super().__init__(error)
         self.reason = reason
+
+
+class EngineTimeout(Exception):
+    """The engine did not answer within ``ENGINE_TIMEOUT_SECONDS``: this message's failure."""
 
 
 def load_engine(spec: str, search: SearchPort) -> Engine:
@@ -252,8 +250,7 @@ class Processor:
             now=datetime.now(UTC),
             send_early=deliver,
         )
-        async with asyncio.timeout(self.settings.engine_timeout_seconds):  # no task, as wait_for
-            result: TurnResult = await self.engine.handle(turn)
+        result = await self._run_engine(turn)
         for reply in result.replies:
             await deliver(reply)
         await self._save(key, conversation.version, message, replies, result)
@@ -266,6 +263,18 @@ class Processor:
             )
             return "partly_sent"
         return "answered"
+
+    async def _run_engine(self, turn: Turn) -> TurnResult:
+        deadline = asyncio.timeout(self.settings.engine_timeout_seconds)  # no task, as wait_for
+        try:
+            async with deadline:
+                return await self.engine.handle(turn)
+        except TimeoutError:
+            if deadline.expired():  # the engine's own deadline, not a send's inside send_early
+                raise EngineTimeout(
+                    f"no answer within {self.settings.engine_timeout_seconds:g} s"
+                ) from None
+            raise
 
     async def _save(
         self,
@@ -597,8 +606,8 @@ class WorkerPool:
             "user": mask_phone(message.user_id),
         }
         while True:
-            attempt, last_error = await self.queue.attempt(entry.partition, entry.id)
-            if attempt > self.settings.max_attempts:
+            attempt, last_error, transient = await self.queue.attempt(entry.partition, entry.id)
+            if attempt - transient > self.settings.max_attempts:
                 await self._dead(entry, token, "max_attempts", last_error or "worker died")
                 return
             if attempt > 1 and not last_error:
@@ -613,13 +622,22 @@ class WorkerPool:
             except Exception as error:
                 text = _describe(error)
                 metrics.RETRIES.inc()
-                if attempt >= self.settings.max_attempts:
+                if _transient(error):
+                    failing_for = await self.queue.record_error(
+                        entry.partition, entry.id, text, transient=True
+                    )
+                    if failing_for >= self.settings.retry_window_seconds:
+                        await self._dead(entry, token, "retry_window", text)
+                        return
+                elif attempt - transient >= self.settings.max_attempts:
                     await self._dead(entry, token, "max_attempts", text)
                     return
-                await self.queue.record_error(entry.partition, entry.id, text)
+                else:
+                    await self.queue.record_error(entry.partition, entry.id, text)
                 delay = min(
                     self.settings.retry_max_seconds,
-                    self.settings.retry_base_seconds * 2 ** (attempt - 1),
+                    # Capped exponent: a message retrying a long outage has many attempts.
+                    self.settings.retry_base_seconds * 2 ** min(attempt - 1, 60),
                 ) * random.uniform(0.8, 1.2)
                 log.warning(
                     "message failed; will retry",
@@ -654,6 +672,17 @@ class WorkerPool:
             entry=entry.id,
             user=mask_phone(entry.message.user_id),
         )
+
+
+def _transient(error: Exception) -> bool:
+    """A dependency's failure rather than this message's: retried for ``RETRY_WINDOW_SECONDS``
+    instead of using up ``MAX_ATTEMPTS``. (A bare TimeoutError is a send's deadline; the
+    engine's is EngineTimeout.)"""
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error.code() in TRANSIENT_CODES
+    if isinstance(error, SendError):
+        return error.retryable  # 5xx, 429 after the sender's own retries, unreachable
+    return isinstance(error, (RedisError, TimeoutError))
 
 
 def _describe(error: BaseException) -> str:

@@ -21,6 +21,7 @@ from tests.support.stack import (
     new_wa_id,
     next_db,
     post_cloud,
+    queue_lengths,
     start_gateway,
     start_worker,
 )
@@ -265,6 +266,32 @@ def test_outside_the_24_hour_window_is_counted_and_saved(
     assert wait_for(lambda: len(fake_clouds.texts(wa_id)) >= 2, 20)
     assert fake_clouds.texts(wa_id) == ["echo: late #1", "echo: again #2"]
     assert metric(limited, 'gateway_sends_total{outcome="outside_window"') >= 1
+
+
+def test_a_provider_outage_outlasting_max_attempts_is_answered(
+    limited: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """Graph API 5xx are the provider's trouble, not the message's: retried past MAX_ATTEMPTS
+    (3 here) within RETRY_WINDOW_SECONDS. (Was a bug: they used up the attempts, so about 15 s
+    of outage with the defaults dead-lettered the message.)"""
+    assert limited.business is not None
+    wa_id = new_wa_id()
+    # The fake's failures go to whatever is sent next: nothing else of this gateway may be.
+    assert wait_for(lambda: queue_lengths(limited.redis_url) == 0, 20)
+    fake_clouds.failures.extend([(503, {"error": {"code": 131016, "message": "unavailable"}})] * 5)
+    try:
+        with limited.http as client:
+            for text in ("outage", "after"):
+                payload = cloud_payload(limited.business.phone_number_id, wa_id, text)
+                assert post_cloud(client, payload).status_code == 200
+        assert wait_for(lambda: "echo: after #2" in fake_clouds.texts(wa_id), 20)
+    finally:
+        fake_clouds.failures.clear()
+    # Refused 5 times, more than MAX_ATTEMPTS, then answered: the turn was saved, so the next
+    # message is the second.
+    assert fake_clouds.texts(wa_id) == ["echo: outage #1"] * 6 + ["echo: after #2"]
+    mine = [d for d in dead_letters(limited) if (d["message"] or {}).get("user_id") == wa_id]  # type: ignore[union-attr]
+    assert mine == []
 
 
 def test_user_rate_limit_acknowledges_and_notifies_once(

@@ -1,31 +1,109 @@
-"""A gateway WorkerPool's own lifecycle on a real Valkey, without the rest of the stack (no
-message is enqueued, so its processor is never called): stopping, and a Redis outage."""
+"""A gateway WorkerPool on a real Valkey, without the rest of the stack: its own lifecycle
+(stopping, a Redis outage) and its retries, with a scripted processor in place of the real one
+(whose failures it stands for with the exceptions the real one raises)."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+import grpc
 import structlog
+from redis.exceptions import RedisError
 
 from services.common.redis_client import make_redis
-from services.gateway.queue import WORKERS, Queue
+from services.gateway.engine import InboundMessage
+from services.gateway.queue import WORKERS, Entry, Queue
+from services.gateway.senders.base import SendError
 from services.gateway.settings import GatewaySettings
-from services.gateway.worker import Processor, WorkerPool
+from services.gateway.worker import EngineTimeout, Processor, WorkerPool
 from tests.support.processes import Valkey
 from tests.support.stack import next_db
 
 PARTITIONS = 4
+QUICK_RETRIES = {"retry_base_seconds": 0.01, "retry_max_seconds": 0.05}
+
+# What one attempt does: return this outcome, raise this error, or await this and return it.
+Step = str | Exception | Callable[[], Awaitable[str]]
 
 
-def new_pool(url: str, **settings_fields: Any) -> tuple[WorkerPool, Any]:
+class Scripted:
+    """The pool's processor, scripted per message text: the n-th attempt of a message does
+    ``steps[text][n - 1]`` (the last step repeats). Records every attempt, in order."""
+
+    def __init__(self, steps: dict[str, list[Step]]) -> None:
+        self.steps = steps
+        self.attempts: list[str] = []
+
+    async def process(self, entry: Entry, attempt: int) -> str:
+        text = entry.message.text
+        self.attempts.append(text)
+        steps = self.steps[text]
+        step = steps[min(self.attempts.count(text), len(steps)) - 1]
+        if isinstance(step, Exception):
+            raise step
+        return step if isinstance(step, str) else await step()
+
+
+def new_pool(
+    url: str, processor: Scripted | None = None, **settings_fields: Any
+) -> tuple[WorkerPool, Any]:
     settings = GatewaySettings(
         app_env="test", redis_url=url, queue_partitions=PARTITIONS, **settings_fields
     )
     redis: Any = make_redis(url)
     queue = Queue(redis, settings.queue_partitions, settings.dedupe_ttl_seconds)
-    return WorkerPool(settings, queue, cast(Processor, None)), redis
+    return WorkerPool(settings, queue, cast(Processor, processor)), redis
+
+
+async def fresh_url(valkey: Valkey) -> str:
+    url = f"redis://127.0.0.1:{valkey.port}/{next_db()}"
+    redis: Any = make_redis(url)
+    await redis.flushdb()  # databases are reused by later tests of the run
+    await redis.aclose()
+    return url
+
+
+def message(user: str, text: str) -> InboundMessage:
+    return InboundMessage(
+        channel="cloud_api",
+        provider_message_id=f"wamid.{uuid.uuid4().hex}",
+        channel_identity="100200300",
+        user_id=user,
+        type="text",
+        timestamp=datetime.now(UTC),
+        text=text,
+    )
+
+
+async def enqueue(pool: WorkerPool, *messages: InboundMessage) -> None:
+    for one in messages:  # one at a time: in this order on their partitions
+        await pool.queue.enqueue([one], uuid.uuid4().hex, time.time())
+
+
+async def until(condition: Callable[[], Any], seconds: float = 30) -> None:
+    """Wait for ``condition`` (sync or async) to hold; fails after ``seconds``."""
+    async with asyncio.timeout(seconds):
+        while True:
+            held = condition()
+            if await held if inspect.isawaitable(held) else held:
+                return
+            await asyncio.sleep(0.02)
+
+
+async def finished(pool: WorkerPool) -> bool:
+    """Every queued entry acknowledged (answered or dead-lettered)."""
+    return (await pool.queue.stats())["length"] == 0
+
+
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
 
 async def holding_all(pool: WorkerPool) -> None:
@@ -98,3 +176,90 @@ async def test_a_redis_outage_is_one_warning_and_one_line_when_it_ends(tmp_path:
     # Each partition loop stops once when Redis goes away (and says so): bounded by the share.
     stopped = [e for e in logs if e["event"] == "partition loop stopped"]
     assert len(stopped) <= PARTITIONS
+
+
+async def test_a_dependency_outage_is_retried_past_max_attempts_even_across_a_takeover(
+    valkey: Valkey,
+) -> None:
+    """A dependency's failures do not use up MAX_ATTEMPTS: they retry, and a worker that takes
+    the message over meanwhile (a rolling deploy during the outage) knows they were transient.
+    (Was a bug: any 2 failures here, 5 by default, about 15 s of outage, dead-lettered it.)"""
+    url = await fresh_url(valkey)
+    outage = Scripted(
+        {
+            "hi": [
+                rpc_error(grpc.StatusCode.UNAVAILABLE, "business service down"),
+                SendError("Graph API 503", retryable=True, outcome="server_error", code=503),
+                RedisError("connection reset"),
+                TimeoutError(),  # a send's deadline
+                rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "session service slow"),
+            ]
+        }
+    )
+    first, redis = new_pool(url, outage, max_attempts=2, **QUICK_RETRIES)
+    back = Scripted({"hi": ["answered"]})
+    second, _ = new_pool(url, back, max_attempts=2, **QUICK_RETRIES)
+    try:
+        await first.start()
+        await enqueue(first, message("15550001", "hi"))
+        await until(lambda: len(outage.attempts) >= 6)
+        await first.stop()
+        await second.start()
+        await until(lambda: finished(second))
+        await second.stop()
+    finally:
+        await redis.aclose()
+    assert back.attempts == ["hi"]
+    assert await second.queue.dead_letters(None, 10) == []
+
+
+async def test_the_message_s_own_failures_still_dead_letter_after_max_attempts(
+    valkey: Valkey,
+) -> None:
+    """Engine errors and the engine's deadline reproduce: MAX_ATTEMPTS of them end the message,
+    however many transient failures came in between."""
+    url = await fresh_url(valkey)
+    unavailable = rpc_error(grpc.StatusCode.UNAVAILABLE, "search down")
+    processor = Scripted(
+        {
+            "bad": [
+                unavailable,
+                RuntimeError("the engine failed"),
+                unavailable,
+                EngineTimeout("no answer within 20 s"),
+            ]
+        }
+    )
+    pool, redis = new_pool(url, processor, max_attempts=2, **QUICK_RETRIES)
+    try:
+        await pool.start()
+        await enqueue(pool, message("15550002", "bad"))
+        await until(lambda: finished(pool))
+        await pool.stop()
+        [(_, record)] = await pool.queue.dead_letters(None, 10)
+    finally:
+        await redis.aclose()
+    assert len(processor.attempts) == 4
+    assert record["reason"] == "max_attempts"
+    assert record["error"] == "EngineTimeout: no answer within 20 s"
+
+
+async def test_transient_failures_dead_letter_once_the_retry_window_has_passed(
+    valkey: Valkey,
+) -> None:
+    url = await fresh_url(valkey)
+    processor = Scripted({"hi": [rpc_error(grpc.StatusCode.UNAVAILABLE, "business down")]})
+    pool, redis = new_pool(
+        url, processor, max_attempts=2, retry_window_seconds=0.3, **QUICK_RETRIES
+    )
+    try:
+        await pool.start()
+        await enqueue(pool, message("15550003", "hi"))
+        await until(lambda: finished(pool))
+        await pool.stop()
+        [(_, record)] = await pool.queue.dead_letters(None, 10)
+    finally:
+        await redis.aclose()
+    assert len(processor.attempts) > 2
+    assert record["reason"] == "retry_window"
+    assert record["error"] == "gRPC UNAVAILABLE: business down"
