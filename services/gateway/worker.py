@@ -455,8 +455,8 @@ class WorkerPool:
         self._release: set[int] = set()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        # A process holds its share of partitions, but handles at most this many messages at
-        # once (FIFO-fair, so no held partition starves).
+        # A process holds its share of partitions, but runs at most this many attempts at once
+        # (FIFO-fair, so no held partition starves; not held while a message waits to retry).
         self._slots = asyncio.Semaphore(settings.worker_concurrency)
         # The heartbeat and the scheduler retry every 0.2-1 s: one warning per Redis outage.
         self.redis_trouble = OutageLog(log, "worker reaches Redis again")
@@ -558,8 +558,7 @@ class WorkerPool:
                 for entry in entries:
                     if lost.is_set():
                         break
-                    async with self._slots:
-                        await self._handle(entry, token)
+                    await self._handle(entry, token)
         except RedisError as error:
             log.warning("partition loop stopped", partition=partition, error=str(error)[:200])
         except Exception:
@@ -598,6 +597,26 @@ class WorkerPool:
             reset_call_fields(fields)
 
     async def _attempts(self, entry: Entry, token: str) -> None:
+        """Attempts until the entry is finished. The partition waits for it (order), but a slot
+        is held only while an attempt runs: a message waiting out its backoff must not hold up
+        other partitions' messages."""
+        while True:
+            async with self._slots:
+                delay = await self._attempt(entry, token)
+            if delay is None:
+                return
+            if self._stopping.is_set():
+                return  # leave it pending: whoever takes the partition goes on
+            try:
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
+                return
+            except TimeoutError:
+                continue
+
+    async def _attempt(self, entry: Entry, token: str) -> float | None:
+        """One attempt: None once the entry is finished (acknowledged or dead-lettered), else
+        how long to wait before the next."""
         message = entry.message
         where = {
             "partition": entry.partition,
@@ -605,60 +624,52 @@ class WorkerPool:
             "channel": message.channel,
             "user": mask_phone(message.user_id),
         }
-        while True:
-            attempt, last_error, transient = await self.queue.attempt(entry.partition, entry.id)
-            if attempt - transient > self.settings.max_attempts:
-                await self._dead(entry, token, "max_attempts", last_error or "worker died")
-                return
-            if attempt > 1 and not last_error:
-                log.warning("taking over an entry whose worker died", attempt=attempt, **where)
-            try:
-                outcome = await self.processor.process(entry, attempt)
-            except DeadLetter as error:
-                await self._dead(entry, token, error.reason, str(error))
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                text = _describe(error)
-                metrics.RETRIES.inc()
-                if _transient(error):
-                    failing_for = await self.queue.record_error(
-                        entry.partition, entry.id, text, transient=True
-                    )
-                    if failing_for >= self.settings.retry_window_seconds:
-                        await self._dead(entry, token, "retry_window", text)
-                        return
-                elif attempt - transient >= self.settings.max_attempts:
-                    await self._dead(entry, token, "max_attempts", text)
-                    return
-                else:
-                    await self.queue.record_error(entry.partition, entry.id, text)
-                delay = min(
-                    self.settings.retry_max_seconds,
-                    # Capped exponent: a message retrying a long outage has many attempts.
-                    self.settings.retry_base_seconds * 2 ** min(attempt - 1, 60),
-                ) * random.uniform(0.8, 1.2)
-                log.warning(
-                    "message failed; will retry",
-                    attempt=attempt,
-                    error=text,
-                    retry_in_s=round(delay, 2),
-                    **where,
+        attempt, last_error, transient = await self.queue.attempt(entry.partition, entry.id)
+        if attempt - transient > self.settings.max_attempts:
+            await self._dead(entry, token, "max_attempts", last_error or "worker died")
+            return None
+        if attempt > 1 and not last_error:
+            log.warning("taking over an entry whose worker died", attempt=attempt, **where)
+        try:
+            outcome = await self.processor.process(entry, attempt)
+        except DeadLetter as error:
+            await self._dead(entry, token, error.reason, str(error))
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            text = _describe(error)
+            metrics.RETRIES.inc()
+            if _transient(error):
+                failing_for = await self.queue.record_error(
+                    entry.partition, entry.id, text, transient=True
                 )
-                if self._stopping.is_set():
-                    return  # leave it pending: whoever takes the partition goes on
-                try:
-                    async with asyncio.timeout(delay):
-                        await self._stopping.wait()
-                    return
-                except TimeoutError:
-                    continue
-            metrics.PROCESSED.labels(outcome).inc()
-            if not await self.queue.ack(entry.partition, entry.id, token):
-                log.warning("lease lost before acknowledging", **where)
-            log.info("message handled", outcome=outcome, attempt=attempt, **where)
-            return
+                if failing_for >= self.settings.retry_window_seconds:
+                    await self._dead(entry, token, "retry_window", text)
+                    return None
+            elif attempt - transient >= self.settings.max_attempts:
+                await self._dead(entry, token, "max_attempts", text)
+                return None
+            else:
+                await self.queue.record_error(entry.partition, entry.id, text)
+            delay: float = min(
+                self.settings.retry_max_seconds,
+                # Capped exponent: a message retrying a long outage has many attempts.
+                self.settings.retry_base_seconds * 2 ** min(attempt - 1, 60),
+            ) * random.uniform(0.8, 1.2)
+            log.warning(
+                "message failed; will retry",
+                attempt=attempt,
+                error=text,
+                retry_in_s=round(delay, 2),
+                **where,
+            )
+            return delay
+        metrics.PROCESSED.labels(outcome).inc()
+        if not await self.queue.ack(entry.partition, entry.id, token):
+            log.warning("lease lost before acknowledging", **where)
+        log.info("message handled", outcome=outcome, attempt=attempt, **where)
+        return None
 
     async def _dead(self, entry: Entry, token: str, reason: str, error: str) -> None:
         await self.queue.dead_letter(reason, error, fields=entry.fields)

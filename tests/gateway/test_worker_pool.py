@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from services.common.redis_client import make_redis
 from services.gateway.engine import InboundMessage
-from services.gateway.queue import WORKERS, Entry, Queue
+from services.gateway.queue import WORKERS, Entry, Queue, partition_of
 from services.gateway.senders.base import SendError
 from services.gateway.settings import GatewaySettings
 from services.gateway.worker import EngineTimeout, Processor, WorkerPool
@@ -263,3 +263,46 @@ async def test_transient_failures_dead_letter_once_the_retry_window_has_passed(
     assert len(processor.attempts) > 2
     assert record["reason"] == "retry_window"
     assert record["error"] == "gRPC UNAVAILABLE: business down"
+
+
+def users_on_different_partitions() -> tuple[str, str]:
+    first = "15550010"
+    mine = partition_of(message(first, "").channel_identity, first, PARTITIONS)
+    other = next(
+        user
+        for n in range(11, 100)
+        for user in (f"155500{n}",)
+        if partition_of(message(user, "").channel_identity, user, PARTITIONS) != mine
+    )
+    return first, other
+
+
+async def test_a_message_waiting_to_retry_holds_no_slot_and_its_partition_waits(
+    valkey: Valkey,
+) -> None:
+    """One attempt at a time per process here (WORKER_CONCURRENCY=1): while A's message waits a
+    minute to retry, B's, on another partition, is answered; A's next message is not started
+    before A's first is done. (Was a bug: the wait held the slot, so one failing business held up
+    every other one in the process.)"""
+    url = await fresh_url(valkey)
+    a, b = users_on_different_partitions()
+    processor = Scripted(
+        {
+            "a1": [SendError("Graph API 503", retryable=True, outcome="error", code=503)],
+            "a2": ["answered"],
+            "b1": ["answered"],
+        }
+    )
+    pool, redis = new_pool(
+        url, processor, worker_concurrency=1, retry_base_seconds=60, retry_max_seconds=60
+    )
+    try:
+        await pool.start()
+        await enqueue(pool, message(a, "a1"), message(a, "a2"))
+        await until(lambda: processor.attempts == ["a1"])
+        await enqueue(pool, message(b, "b1"))
+        await until(lambda: "b1" in processor.attempts)
+        assert processor.attempts == ["a1", "b1"]  # a2 waits behind a1, on A's partition
+        await pool.stop()
+    finally:
+        await redis.aclose()
