@@ -451,7 +451,7 @@ class WorkerPool:
         self.processor = processor
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.ttl_ms = int(settings.visibility_timeout_seconds * 1000)
-        self._held: dict[int, asyncio.Task[None]] = {}
+        self._held: dict[int, tuple[asyncio.Task[None], str]] = {}  # partition → loop, lease
         self._release: set[int] = set()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -473,10 +473,24 @@ class WorkerPool:
         log.info("worker started", worker=self.worker_id, partitions=self.queue.partitions)
 
     async def stop(self) -> None:
-        """Stop taking work, finish what is in flight, hand the partitions back."""
+        """Stop taking work, finish the messages in flight within ``SHUTDOWN_GRACE_SECONDS``,
+        hand the partitions back. Entries not started stay pending for the partitions' next
+        holders; so does a message still running when the grace is over (cancelled: counted as
+        an attempt, as a crash is), so that the process exits before it is killed."""
         self._stopping.set()
         await cancel_and_wait(*self._tasks)
-        await asyncio.gather(*self._held.values(), return_exceptions=True)
+        if self._held:
+            _, running = await asyncio.wait(
+                [loop for loop, _ in self._held.values()],
+                timeout=self.settings.shutdown_grace_seconds,
+            )
+            if running:
+                log.warning("shutdown grace over: messages in flight left to other workers")
+                await cancel_and_wait(*running)
+            # A loop cancelled again during its own release (cancel_and_wait) left its lease.
+            for partition, (_, token) in list(self._held.items()):
+                with contextlib.suppress(RedisError):
+                    await self.queue.release(partition, token)
         with contextlib.suppress(RedisError):
             await self.queue.redis.zrem(WORKERS, self.worker_id)
         log.info("worker stopped", worker=self.worker_id)
@@ -517,8 +531,11 @@ class WorkerPool:
                             break
                         token = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
                         if await self.queue.acquire(partition, token, self.ttl_ms):
-                            self._held[partition] = asyncio.create_task(
-                                self._consume(partition, token), name=f"partition-{partition}"
+                            self._held[partition] = (
+                                asyncio.create_task(
+                                    self._consume(partition, token), name=f"partition-{partition}"
+                                ),
+                                token,
                             )
             except RedisError as error:
                 groups_ready = False
@@ -544,7 +561,11 @@ class WorkerPool:
             # Pending entries (taken over) first; once drained, only new ones: every entry read
             # after that is finished (or the loop ends) before the next read.
             drained = False
-            while not (self._stopping.is_set() or lost.is_set() or partition in self._release):
+
+            def holding() -> bool:
+                return not (self._stopping.is_set() or lost.is_set() or partition in self._release)
+
+            while holding():
                 entries = []
                 if not drained:
                     entries = await self.queue.read(
@@ -556,8 +577,8 @@ class WorkerPool:
                         partition, self.worker_id, pending=False, block_ms=500, count=10
                     )
                 for entry in entries:
-                    if lost.is_set():
-                        break
+                    if not holding():
+                        break  # the rest stay pending: the next holder takes them over, in order
                     await self._handle(entry, token)
         except RedisError as error:
             log.warning("partition loop stopped", partition=partition, error=str(error)[:200])

@@ -306,3 +306,71 @@ async def test_a_message_waiting_to_retry_holds_no_slot_and_its_partition_waits(
         await pool.stop()
     finally:
         await redis.aclose()
+
+
+async def test_stop_finishes_the_message_in_flight_and_leaves_the_rest_to_the_next_worker(
+    valkey: Valkey,
+) -> None:
+    """SIGTERM: the message in flight is finished, the ones read with it are not started; the
+    next worker answers them, in order. (Was a bug: each partition went through its whole read
+    batch, up to 10 messages, first.)"""
+    url = await fresh_url(valkey)
+    user = "15550020"
+    texts = ["m1", "m2", "m3", "m4"]
+    # m1 finishes once stopping has been asked for: stop() comes while it is in flight.
+    processor = Scripted(
+        {**{text: ["answered"] for text in texts}, "m1": [lambda: stopped_then(first, "answered")]}
+    )
+    first, redis = new_pool(url, processor)
+    later = Scripted({text: ["answered"] for text in texts})
+    second, _ = new_pool(url, later)
+    try:
+        await first.start()
+        await enqueue(first, *(message(user, text) for text in texts))
+        await until(lambda: processor.attempts == ["m1"])
+        async with asyncio.timeout(30):
+            await first.stop()
+        assert processor.attempts == ["m1"]
+        await second.start()
+        await until(lambda: finished(second))
+        await second.stop()
+    finally:
+        await redis.aclose()
+    assert later.attempts == ["m2", "m3", "m4"]
+
+
+async def stopped_then(pool: WorkerPool, outcome: str) -> str:
+    await pool._stopping.wait()
+    return outcome
+
+
+async def test_stop_keeps_to_the_shutdown_grace_and_hands_the_partitions_back(
+    valkey: Valkey,
+) -> None:
+    """A message still in flight when SHUTDOWN_GRACE_SECONDS is over is left pending for the
+    next holder of its partition, whose lease is given back at once. (Was a bug: stop() waited
+    for it however long it took, until the process was killed.)"""
+    url = await fresh_url(valkey)
+    hung = asyncio.Event()  # never set
+    processor = Scripted({"stuck": [lambda: stopped_then_hung(hung)], "next": ["answered"]})
+    first, redis = new_pool(url, processor, shutdown_grace_seconds=0.5)
+    later = Scripted({"stuck": ["answered"], "next": ["answered"]})
+    second, _ = new_pool(url, later)
+    try:
+        await first.start()
+        await enqueue(first, message("15550030", "stuck"), message("15550030", "next"))
+        await until(lambda: processor.attempts == ["stuck"])
+        async with asyncio.timeout(30):
+            await first.stop()
+        assert [key async for key in redis.scan_iter("gw:lease:*")] == []
+        await second.start()
+        await until(lambda: finished(second))
+        await second.stop()
+    finally:
+        await redis.aclose()
+    assert later.attempts == ["stuck", "next"]
+
+
+async def stopped_then_hung(hung: asyncio.Event) -> str:
+    await hung.wait()
+    return "answered"
