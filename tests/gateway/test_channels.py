@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
@@ -429,6 +430,16 @@ async def test_twilio_sender_against_the_fake(fake_clouds: FakeClouds, http: Htt
     )
     await send(sender, own, Reply("b"))
     assert fake_clouds.replies("+34600000010")[-1].basic_auth == ("ACown", "own")
+    # A SID alone is a subaccount, for which the platform's credentials act; a token alone
+    # means nothing. Never a mixed pair (Twilio answers 401 to it).
+    for alone, account in (
+        (replace(own, twilio_auth_token=""), "ACown"),
+        (replace(own, twilio_account_sid=""), "ACenv"),
+    ):
+        await send(sender, alone, Reply("c"))
+        last = fake_clouds.replies("+34600000010")[-1]
+        assert last.path == f"/2010-04-01/Accounts/{account}/Messages.json"
+        assert last.basic_auth == ("ACenv", "env-token")
     fake_clouds.failures += [(400, {"code": 21211, "message": "bad To"})]
     with pytest.raises(SendError) as bad:
         await send(sender, target, Reply("c"))

@@ -39,12 +39,20 @@ class TwilioSender:
     async def mark_read(self, target: Target, message_id: str) -> None:
         """Twilio has no read receipts to send."""
 
+    def _credentials(self, target: Target) -> tuple[str, tuple[str, str]]:
+        """The account to send from and the credentials to send with. A SID and token are a
+        pair: the business's own, or the platform's. A business with only its SID is a
+        subaccount of the platform's account, whose credentials may act for it."""
+        sid, token = target.twilio_account_sid, target.twilio_auth_token
+        if sid and token:
+            return sid, (sid, token)
+        return sid or self._sid, (self._sid, self._token)
+
     async def post(self, target: Target, part: str) -> None:
-        sid = target.twilio_account_sid or self._sid
-        token = target.twilio_auth_token or self._token
-        if not sid or not token:
+        account, (sid, token) = self._credentials(target)
+        if not account or not sid or not token:
             raise SendError("no Twilio credentials", retryable=False, outcome="no_credentials")
-        url = f"{self._base}/2010-04-01/Accounts/{sid}/Messages.json"
+        url = f"{self._base}/2010-04-01/Accounts/{account}/Messages.json"
         form = {
             "To": PREFIX + target.user_id,
             "From": PREFIX + target.channel_identity,
