@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from services.common.gc_tuning import settle_heap
 from services.common.interceptors import ACCESS_LOG, CallWrapper, InFlight, Registrar
 from services.common.logs import configure_logging
 from services.common.metrics import SERVING, start_metrics_server
-from services.common.settings import CommonSettings, configuring
+from services.common.settings import CommonSettings, ConfigurationError, configuring
 from services.common.tasks import cancel_and_wait, wait_shielded
 
 log = structlog.get_logger("parley.runtime")
@@ -71,6 +72,20 @@ def server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | Non
     key = _read("GRPC_TLS_KEY", settings.grpc_tls_key)
     cert = _read("GRPC_TLS_CERT", settings.grpc_tls_cert)
     ca = _read("GRPC_TLS_CA", settings.grpc_tls_ca) if settings.grpc_tls_ca else None
+    # grpc only finds bad PEM when it binds, and then says "Failed to bind to address": OpenSSL
+    # checks the files here first (an encrypted key is refused, never prompted for).
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(settings.grpc_tls_cert, settings.grpc_tls_key, password="")
+    except ssl.SSLError:
+        raise ConfigurationError(
+            "GRPC_TLS_CERT", "with GRPC_TLS_KEY, not a PEM certificate and its unencrypted key"
+        ) from None
+    if settings.grpc_tls_ca:
+        try:
+            context.load_verify_locations(settings.grpc_tls_ca)
+        except ssl.SSLError:
+            raise ConfigurationError("GRPC_TLS_CA", "not PEM certificates") from None
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
     )

@@ -144,6 +144,7 @@ def assert_refused_in_one_line(done: subprocess.CompletedProcess[str], variable:
         ("business", "MONGODB_URI", {"MONGODB_URI": "mongodb://u:s3cret@h:abc"}),
         ("session", "GRPC_TLS_KEY", {"GRPC_TLS_CERT": MISSING, "GRPC_TLS_KEY": MISSING}),
         ("business", "GRPC_TLS_CERT", {"GRPC_TLS_CERT": MISSING, "GRPC_TLS_KEY": __file__}),
+        ("search", "GRPC_TLS_CERT", {"GRPC_TLS_CERT": __file__, "GRPC_TLS_KEY": __file__}),
     ],
 )
 def test_a_setting_only_building_can_check_stops_startup_with_one_line(
