@@ -202,9 +202,9 @@ class Queue:
         message = decode_message(fields["m"])
         partition = self.partition(message)
         await self.ensure_group(partition)
-        entry_id = await self.redis.xadd(
-            stream_key(partition), {k: fields[k] for k in ("m", "rid", "rt") if k in fields}
-        )
+        # "rp": a replay, whose earlier life may have sent part of its answer (see SentLog).
+        kept: dict[Any, Any] = {k: fields[k] for k in ("m", "rid", "rt") if k in fields}
+        entry_id = await self.redis.xadd(stream_key(partition), {**kept, "rp": "1"})
         return _s(entry_id)
 
     # --- consumer side ---------------------------------------------------------------------

@@ -196,8 +196,10 @@ class Processor:
             return "already_done"  # saved by a worker that died before acknowledging
 
         sent = SentLog(self._pipeline, self._mark_sent, entry, self.settings.dedupe_ttl_seconds)
-        # Only an earlier attempt can have sent anything (attempts are counted before they run).
-        already = await sent.fingerprints() if attempt > 1 else set()
+        # Only an earlier attempt can have sent anything (attempts are counted before they run),
+        # or this message's life before it was dead-lettered and replayed.
+        replayed = entry.fields.get("rp") == "1"
+        already = await sent.fingerprints() if attempt > 1 or replayed else set()
         replies: list[Reply] = []
         # Once the user has had some of the answer (from this attempt or an earlier one), a
         # part refused for good stops the delivery but not the turn: dead-lettering it would

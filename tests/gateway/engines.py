@@ -2,8 +2,9 @@
 ``GATEWAY_ENGINE=tests.gateway.engines:create_engine``.
 
 It echoes the text with a per-conversation counter kept in state (so a lost update shows as a
-repeated number), answers ``early ...`` with an interim reply first, and sleeps on
-``slow <seconds> ...`` (to kill a worker mid-message)."""
+repeated number), answers ``early ...`` with an interim reply first, sleeps on
+``slow <seconds> ...`` (to kill a worker mid-message), and fails on ``boom ...`` and on
+``... then boom`` (after that interim reply, for ``early then boom``)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ class EchoEngine:
                 replies=[Reply(f"echo: {text} #{count}", buttons=(Button("yes", "Yes"),))],
                 set_state={"count": count},
             )
-        if text.startswith("boom"):
+        if text.startswith("boom") or text.endswith(" then boom"):
             raise RuntimeError("the engine failed on purpose")
         return TurnResult(
             replies=[Reply(f"echo: {text} #{count}")],

@@ -165,6 +165,10 @@ def post_long_reply_then_another(
     return wa_id, f"echo: {text} #1"
 
 
+def dead_letters_of(gateway: Gateway, wa_id: str) -> list[dict[str, Any]]:
+    return [d for d in dead_letters(gateway) if (d["message"] or {}).get("user_id") == wa_id]
+
+
 def test_a_part_of_a_long_reply_that_failed_is_retried_alone(
     limited: Gateway, fake_clouds: FakeClouds
 ) -> None:
@@ -191,11 +195,7 @@ def test_a_part_of_a_long_reply_refused_for_good_still_saves_the_turn(
     before = metric(limited, 'gateway_messages_processed_total{outcome="partly_sent"')
     wa_id, answer = post_long_reply_then_another(limited, fake_clouds, [None, refused])
     assert fake_clouds.texts(wa_id) == [answer, "Choose an option:", "echo: after #2"]
-    assert not [
-        d
-        for d in dead_letters(limited)
-        if (d["message"] or {}).get("user_id") == wa_id  # type: ignore[union-attr]
-    ]
+    assert not dead_letters_of(limited, wa_id)
     assert metric(limited, 'gateway_messages_processed_total{outcome="partly_sent"') == before + 1
 
 
@@ -207,12 +207,8 @@ def test_max_attempts_then_dead_letter_and_replay(
     with limited.http as client:
         post_cloud(client, cloud_payload(limited.business.phone_number_id, wa_id, "boom"))
 
-    def mine() -> list[dict[str, object]]:
-        return [
-            d
-            for d in dead_letters(limited)
-            if (d["message"] or {}).get("user_id") == wa_id  # type: ignore[union-attr]
-        ]
+    def mine() -> list[dict[str, Any]]:
+        return dead_letters_of(limited, wa_id)
 
     assert wait_for(lambda: len(mine()) == 1, 20)
     [record] = mine()
@@ -226,6 +222,31 @@ def test_max_attempts_then_dead_letter_and_replay(
     # Replayed, it fails the same way and comes back as a new record.
     assert wait_for(lambda: len(mine()) == 1 and mine()[0]["id"] != record["id"], 20)
     assert fake_clouds.replies(wa_id) == []
+
+
+def test_a_replayed_dead_letter_does_not_send_again_what_it_sent_before(
+    limited: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """The engine sends an interim reply, then fails every attempt: dead-lettered with the
+    interim reply out. Replayed, it must not send that again. (Was a bug: a replay starts at
+    attempt 1, which did not read the sent log.)"""
+    assert limited.business is not None
+    wa_id = new_wa_id()
+    with limited.http as client:
+        post_cloud(
+            client, cloud_payload(limited.business.phone_number_id, wa_id, "early then boom")
+        )
+
+    def mine() -> list[dict[str, Any]]:
+        return dead_letters_of(limited, wa_id)
+
+    assert wait_for(lambda: len(mine()) == 1, 20)
+    [record] = mine()
+    assert fake_clouds.texts(wa_id) == ["working on it"]
+    with limited.admin() as admin:
+        assert admin.post(f"/admin/dead-letters/{record['id']}/replay").status_code == 200
+    assert wait_for(lambda: len(mine()) == 1 and mine()[0]["id"] != record["id"], 20)
+    assert fake_clouds.texts(wa_id) == ["working on it"]
 
 
 def test_expired_token_marks_the_business_and_dead_letters(
