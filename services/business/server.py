@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import sys
@@ -36,6 +37,7 @@ from services.common.invalidation import InvalidationBus
 from services.common.lookup_cache import LookupCache
 from services.common.server import Service, run
 from services.common.settings import configuring, load_settings
+from services.common.tasks import cancel_and_wait
 
 SERVICE_NAME = "parley.business.v1.BusinessService"
 DEFAULT_PAGE_SIZE = 50
@@ -300,6 +302,10 @@ class BusinessServicer(business_pb2_grpc.BusinessServiceServicer):
         )
 
 
+class WarmingUp(Exception):
+    """Not ready yet: the start-up cache load is still running."""
+
+
 def build(settings: BusinessSettings, cipher: TokenCipher) -> Service:
     store = make_store(settings)
     cache: LookupCache[CachedBusiness] = LookupCache(
@@ -320,7 +326,11 @@ def build(settings: BusinessSettings, cipher: TokenCipher) -> Service:
                 invalidations=metrics.CACHE_INVALIDATIONS,
             )
     core = BusinessCore(store, cipher, cache=cache, bus=bus)
-    warm_pending = settings.warmup_cache
+    # WARMUP_CACHE: health turns SERVING only once the cache is loaded. The load runs on its
+    # own, not inside a readiness check: a large cache can take longer than one check may
+    # (the runtime's limit), which would cancel it and start it over at every check.
+    warm: asyncio.Task[int] | None = None
+    warmed = not settings.warmup_cache
 
     async def on_start() -> None:
         log.info(
@@ -335,15 +345,23 @@ def build(settings: BusinessSettings, cipher: TokenCipher) -> Service:
             await bus.start()
 
     async def readiness() -> None:
-        nonlocal warm_pending
+        nonlocal warm, warmed
         await store.ping()  # opens the store and creates indexes on first success
-        if warm_pending:
-            # WARMUP_CACHE: health turns SERVING only once the cache is loaded.
-            loaded = await core.warm(settings.business_cache_size)
-            warm_pending = False
-            log.info("cache warmed at start-up", loaded=loaded)
+        if warmed:
+            return
+        if warm is None:
+            warm = asyncio.create_task(core.warm(settings.business_cache_size), name="warm-cache")
+        if not warm.done():
+            raise WarmingUp(
+                f"loading up to {settings.business_cache_size} businesses (WARMUP_CACHE)"
+            )
+        task, warm = warm, None
+        loaded = task.result()  # a failed load raises here, and the next check starts it again
+        warmed = True
+        log.info("cache warmed at start-up", loaded=loaded)
 
     async def on_stop() -> None:
+        await cancel_and_wait(warm)
         if bus is not None:
             await bus.stop()
         await store.close()

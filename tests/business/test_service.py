@@ -498,3 +498,48 @@ async def test_a_replica_that_lost_its_subscription_clears_its_cache(
         assert stats.size == 0
     finally:
         await running.close()
+
+
+async def test_a_warm_up_longer_than_a_readiness_check_still_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime gives a readiness check 5 s. A start-up cache load that takes longer (a large
+    BUSINESS_CACHE_SIZE) used to run inside the check: cancelled and started over at every
+    check, it never ended, and the service never turned SERVING."""
+    from pydantic import SecretStr
+
+    from services.business.core import BusinessCore
+    from services.business.server import WarmingUp, build, make_cipher
+    from services.business.settings import BusinessSettings
+
+    loads: list[int] = []
+
+    async def slow_warm(self: BusinessCore, limit: int) -> int:
+        loads.append(limit)
+        await asyncio.sleep(0.5)  # five times what the checks below allow
+        return 7
+
+    monkeypatch.setattr(BusinessCore, "warm", slow_warm)
+    settings = BusinessSettings(
+        business_db_path=str(tmp_path / "business.db"),
+        encryption_secret=SecretStr(TEST_SECRET),
+        warmup_cache=True,
+        redis_url=None,
+        mongodb_uri=None,
+    )
+    service = build(settings, make_cipher(settings))
+    ready = False
+    try:
+        for _ in range(100):
+            try:
+                async with asyncio.timeout(0.1):  # the runtime's limit, scaled down
+                    await service.readiness()
+            except (TimeoutError, WarmingUp):
+                await asyncio.sleep(0.05)
+                continue
+            ready = True
+            break
+        assert ready and loads == [settings.business_cache_size]
+    finally:
+        assert service.on_stop is not None
+        await service.on_stop()
