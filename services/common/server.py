@@ -44,6 +44,7 @@ LIVENESS = "liveness"
 SERVING_STATUS = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING_STATUS = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+READINESS_TIMEOUT_SECONDS = 5.0
 
 
 async def _always_ready() -> None:
@@ -149,11 +150,14 @@ class Runtime:
         """Re-check readiness for the life of the process, logging each transition once."""
         last_reason: str | None = None
         while not self._stopping.is_set():
+            limit = asyncio.timeout(READINESS_TIMEOUT_SECONDS)
             try:
-                async with asyncio.timeout(5.0):
+                async with limit:
                     await self.service.readiness()
             except Exception as error:  # the check's own failure is the reason we report
                 reason = str(error) or type(error).__name__
+                if limit.expired():  # not the check's own words: a bare "TimeoutError"
+                    reason = f"the readiness check took over {READINESS_TIMEOUT_SECONDS:g} s"
                 if self._ready or reason != last_reason:
                     log.warning("not ready", service=self.service.name, reason=reason)
                 self._ready, last_reason = False, reason
