@@ -122,6 +122,11 @@ def _serve(role: Role, settings: GatewaySettings) -> int:
         )
         return 0
     if settings.web_concurrency > 1:
+        # The app is built in each uvicorn worker process: a URL it cannot use would fail there,
+        # in a traceback per process. Say it here, once.
+        from services.gateway.runtime import gateway_redis
+
+        gateway_redis(settings)
         uvicorn.run(
             "services.gateway.app:create_app_from_env",
             factory=True,

@@ -7,7 +7,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import redis.asyncio as redis
 import structlog
@@ -50,6 +50,13 @@ def commit() -> str:
         return "unknown"
 
 
+def gateway_redis(settings: GatewaySettings, **options: Any) -> redis.Redis:
+    """A client of the gateway's Redis (no connection yet); a URL it cannot use raises a
+    ConfigurationError naming the variable."""
+    with configuring(settings.effective_redis_url_variable):
+        return make_redis(settings.effective_redis_url, **options)
+
+
 @dataclass
 class Runtime:
     settings: GatewaySettings
@@ -69,8 +76,7 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: GatewaySettings, role: Role) -> Runtime:
-        with configuring(settings.effective_redis_url_variable):
-            client = make_redis(settings.effective_redis_url)
+        client = gateway_redis(settings)
         http = HttpClient(settings.send_timeout_seconds)
         outbox = OutboxSender(client, settings.outbox_max_messages)
         senders: dict[str, Sender] = {
@@ -111,8 +117,8 @@ class Runtime:
         if self.role in ("worker", "all"):
             # Blocking reads hold a connection each: a client of their own, with a socket
             # timeout longer than the block.
-            consumer_redis = make_redis(
-                self.settings.effective_redis_url,
+            consumer_redis = gateway_redis(
+                self.settings,
                 socket_timeout=5.0,
                 max_connections=self.settings.queue_partitions + 16,
             )

@@ -180,6 +180,7 @@ def test_a_setting_only_building_can_check_stops_startup_with_one_line(
     [
         ("GATEWAY_REDIS_URL", {"GATEWAY_REDIS_URL": "redis://u:s3cret@h:abc/0"}),
         ("GATEWAY_REDIS_URL", {"GATEWAY_REDIS_URL": "foo://u:s3cret@h", "GATEWAY_ROLE": "worker"}),
+        ("GATEWAY_REDIS_URL", {"GATEWAY_REDIS_URL": "foo://u:s3cret@h", "WEB_CONCURRENCY": "2"}),
         ("WEB_CONCURRENCY", {"WEB_CONCURRENCY": "two"}),
         # A directory under a file: not even root can make it.
         (
