@@ -28,6 +28,7 @@ import structlog
 from parley.business.v1 import business_pb2, business_pb2_grpc
 from services.business.core import BusinessCore, CachedBusiness
 from services.business.crypto import TokenCipher
+from services.business.model import BusinessRecord
 from services.business.mongo_store import MongoStore
 from services.business.sqlite_store import SqliteStore
 from services.business.store import BusinessStore
@@ -173,6 +174,29 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 @pytest.fixture
 def cipher() -> TokenCipher:
     return TokenCipher(TEST_SECRET)
+
+
+async def create_business(
+    core: BusinessCore,
+    subdomain: str,
+    phone_number_id: str,
+    *,
+    numbers: tuple[str, ...] = (),
+    active: bool = True,
+    secrets: dict[str, str] | None = None,
+) -> BusinessRecord:
+    """A WhatsApp-enabled business in UTC, named after its subdomain, through ``core``."""
+    return await core.create(
+        name=subdomain.title(),
+        subdomain=subdomain,
+        phone_number_ids=(phone_number_id,),
+        numbers=numbers,
+        whatsapp_enabled=True,
+        active=active,
+        time_zone="UTC",
+        locale="en",
+        secrets=secrets or {},
+    )
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from services.common.business_keys import KeyKind, lookup_key
 from services.common.invalidation import InvalidationBus
 from services.common.lookup_cache import LookupCache
 from services.common.tasks import wait_shielded
-from tests.business.conftest import when_writer_starts
+from tests.business.conftest import create_business, when_writer_starts
 from tests.support.processes import Valkey
 
 
@@ -140,17 +140,7 @@ async def test_hundred_concurrent_misses_make_one_database_query(
     store: BusinessStore, core: BusinessCore
 ) -> None:
     """Single-flight against each real store, counting the queries the store received."""
-    created = await core.create(
-        name="Flight",
-        subdomain="flight",
-        phone_number_ids=("777000",),
-        numbers=("+14155550777",),
-        whatsapp_enabled=True,
-        active=True,
-        time_zone="UTC",
-        locale="en",
-        secrets={},
-    )
+    created = await create_business(core, "flight", "777000", numbers=("+14155550777",))
     key = lookup_key(KeyKind.PHONE_NUMBER_ID, "777000")
     before = store.queries
     results = await asyncio.gather(
@@ -170,17 +160,7 @@ async def test_hundred_concurrent_misses_make_one_database_query(
 
 
 async def test_writes_invalidate_locally_at_once(store: BusinessStore, core: BusinessCore) -> None:
-    created = await core.create(
-        name="Inv",
-        subdomain="inv",
-        phone_number_ids=("888000",),
-        numbers=(),
-        whatsapp_enabled=True,
-        active=True,
-        time_zone="UTC",
-        locale="en",
-        secrets={},
-    )
+    created = await create_business(core, "inv", "888000")
     key = lookup_key(KeyKind.SUBDOMAIN, "inv")
     assert (await core.lookup(KeyKind.SUBDOMAIN, "inv", key))[0] is not None
     assert (await core.lookup(KeyKind.SUBDOMAIN, "inv", key))[1]  # cached now
@@ -225,17 +205,7 @@ async def test_a_write_cancelled_as_it_commits_is_still_invalidated_everywhere(
 
     subscriber = InvalidationBus(valkey.url, channel, remote, there.clear)
     try:
-        created = await core.create(
-            name="Cancelled",
-            subdomain="cancelled",
-            phone_number_ids=("999000",),
-            numbers=(),
-            whatsapp_enabled=True,
-            active=True,
-            time_zone="UTC",
-            locale="en",
-            secrets={},
-        )
+        created = await create_business(core, "cancelled", "999000")
         key = lookup_key(KeyKind.SUBDOMAIN, "cancelled")
         for each in (core, replica):
             await each.lookup(KeyKind.SUBDOMAIN, "cancelled", key)

@@ -25,7 +25,7 @@ from services.business.sqlite_store import SqliteStore
 from services.business.store import BusinessStore
 from services.common.business_keys import KeyKind
 from services.common.errors import AlreadyExists
-from tests.business.conftest import SecretRegistry, when_writer_starts
+from tests.business.conftest import SecretRegistry, create_business, when_writer_starts
 
 _n = itertools.count(1)
 
@@ -242,15 +242,10 @@ async def test_no_plaintext_token_at_rest(
     store: BusinessStore, core: BusinessCore, registry: SecretRegistry, tmp_path: Path
 ) -> None:
     token, auth = registry.token("access"), registry.token("twilio")
-    created = await core.create(
-        name="Secretive",
-        subdomain="secretive",
-        phone_number_ids=("31337",),
-        numbers=(),
-        whatsapp_enabled=True,
-        active=True,
-        time_zone="UTC",
-        locale="en",
+    created = await create_business(
+        core,
+        "secretive",
+        "31337",
         secrets={"whatsapp_access_token": token, "twilio_auth_token": auth},
     )
     await core.set_secret(created.id, "webhook_app_secret", registry.token("appsecret"))
@@ -276,15 +271,11 @@ async def test_rotation_re_encrypts_everything_once(store: BusinessStore) -> Non
     old_core = BusinessCore(store, old)
     ids = []
     for i in range(3):
-        created = await old_core.create(
-            name=f"R{i}",
-            subdomain=f"rot-{i}",
-            phone_number_ids=(f"90{i}",),
-            numbers=(),
-            whatsapp_enabled=True,
+        created = await create_business(
+            old_core,
+            f"rot-{i}",
+            f"90{i}",
             active=i != 1,  # inactive businesses are rotated too
-            time_zone="UTC",
-            locale="en",
             secrets={"whatsapp_access_token": f"token-{i}", "twilio_auth_token": f"auth-{i}"},
         )
         ids.append(created.id)

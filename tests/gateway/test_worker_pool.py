@@ -213,6 +213,19 @@ async def test_a_dependency_outage_is_retried_past_max_attempts_even_across_a_ta
     assert await second.queue.dead_letters(None, 10) == []
 
 
+async def the_dead_letter(pool: WorkerPool, redis: Any, sent: InboundMessage) -> dict[str, Any]:
+    """Run ``pool`` until ``sent``, its only message, is finished: the dead letter it became."""
+    try:
+        await pool.start()
+        await enqueue(pool, sent)
+        await until(lambda: finished(pool))
+        await pool.stop()
+        [(_, record)] = await pool.queue.dead_letters(None, 10)
+    finally:
+        await redis.aclose()
+    return dict(record)
+
+
 async def test_the_message_s_own_failures_still_dead_letter_after_max_attempts(
     valkey: Valkey,
 ) -> None:
@@ -231,14 +244,7 @@ async def test_the_message_s_own_failures_still_dead_letter_after_max_attempts(
         }
     )
     pool, redis = new_pool(url, processor, max_attempts=2, **QUICK_RETRIES)
-    try:
-        await pool.start()
-        await enqueue(pool, message("15550002", "bad"))
-        await until(lambda: finished(pool))
-        await pool.stop()
-        [(_, record)] = await pool.queue.dead_letters(None, 10)
-    finally:
-        await redis.aclose()
+    record = await the_dead_letter(pool, redis, message("15550002", "bad"))
     assert len(processor.attempts) == 4
     assert record["reason"] == "max_attempts"
     assert record["error"] == "EngineTimeout: no answer within 20 s"
@@ -252,14 +258,7 @@ async def test_transient_failures_dead_letter_once_the_retry_window_has_passed(
     pool, redis = new_pool(
         url, processor, max_attempts=2, retry_window_seconds=0.3, **QUICK_RETRIES
     )
-    try:
-        await pool.start()
-        await enqueue(pool, message("15550003", "hi"))
-        await until(lambda: finished(pool))
-        await pool.stop()
-        [(_, record)] = await pool.queue.dead_letters(None, 10)
-    finally:
-        await redis.aclose()
+    record = await the_dead_letter(pool, redis, message("15550003", "hi"))
     assert len(processor.attempts) > 2
     assert record["reason"] == "retry_window"
     assert record["error"] == "gRPC UNAVAILABLE: business down"
