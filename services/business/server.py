@@ -329,8 +329,11 @@ def build(settings: BusinessSettings, cipher: TokenCipher) -> Service:
     # WARMUP_CACHE: health turns SERVING only once the cache is loaded. The load runs on its
     # own, not inside a readiness check: a large cache can take longer than one check may
     # (the runtime's limit), which would cancel it and start it over at every check.
-    warm: asyncio.Task[int] | None = None
-    warmed = not settings.warmup_cache
+    warm: asyncio.Task[None] | None = None
+
+    async def load_cache() -> None:
+        loaded = await core.warm(settings.business_cache_size)
+        log.info("cache warmed at start-up", loaded=loaded)
 
     async def on_start() -> None:
         log.info(
@@ -345,20 +348,19 @@ def build(settings: BusinessSettings, cipher: TokenCipher) -> Service:
             await bus.start()
 
     async def readiness() -> None:
-        nonlocal warm, warmed
+        nonlocal warm
         await store.ping()  # opens the store and creates indexes on first success
-        if warmed:
+        if not settings.warmup_cache:
             return
         if warm is None:
-            warm = asyncio.create_task(core.warm(settings.business_cache_size), name="warm-cache")
+            warm = asyncio.create_task(load_cache(), name="warm-cache")
         if not warm.done():
             raise WarmingUp(
                 f"loading up to {settings.business_cache_size} businesses (WARMUP_CACHE)"
             )
-        task, warm = warm, None
-        loaded = task.result()  # a failed load raises here, and the next check starts it again
-        warmed = True
-        log.info("cache warmed at start-up", loaded=loaded)
+        if warm.exception() is not None:
+            failed, warm = warm, None
+            failed.result()  # its error is the reason; the next check starts the load again
 
     async def on_stop() -> None:
         await cancel_and_wait(warm)

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import signal
 import ssl
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,12 @@ from services.common.gc_tuning import settle_heap
 from services.common.interceptors import ACCESS_LOG, CallWrapper, InFlight, Registrar
 from services.common.logs import configure_logging
 from services.common.metrics import SERVING, start_metrics_server
-from services.common.settings import CommonSettings, ConfigurationError, configuring
+from services.common.settings import (
+    CommonSettings,
+    ConfigurationError,
+    configuring,
+    refuse_to_start,
+)
 from services.common.tasks import cancel_and_wait, wait_shielded
 
 log = structlog.get_logger("parley.runtime")
@@ -242,8 +246,7 @@ def run(
         try:
             runtime = Runtime(service_factory(), settings, port)
         except ValueError as error:
-            print(f"invalid configuration:\n  {error}", file=sys.stderr)
-            return 2
+            refuse_to_start(str(error))
         return await runtime.run()
 
     return event_loop.run(main())

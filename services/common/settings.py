@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from typing import Literal, TypeVar
+from typing import Literal, NoReturn, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,13 +49,11 @@ class CommonSettings(BaseSettings):
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """One line per bad variable, named as the user sets it (upper case), without its value."""
-    lines = []
-    for item in error.errors():
-        name = "_".join(str(part) for part in item["loc"]).upper() or "(settings)"
-        lines.append(f"  {name}: {item['msg']}")
-    return "invalid configuration:\n" + "\n".join(lines)
+def refuse_to_start(*reasons: str) -> NoReturn:
+    """Stop start-up on configuration that cannot work: one line per reason (``VARIABLE: why``,
+    never its value) under ``invalid configuration:``, status 2."""
+    print("invalid configuration:\n" + "\n".join(f"  {r}" for r in reasons), file=sys.stderr)
+    raise SystemExit(2)
 
 
 class ConfigurationError(ValueError):
@@ -82,5 +80,10 @@ def load_settings(cls: type[SettingsT]) -> SettingsT:
     try:
         return cls()
     except ValidationError as error:
-        print(describe_validation_error(error), file=sys.stderr)
-        raise SystemExit(2) from None
+        refuse_to_start(
+            *(
+                f"{'_'.join(str(part) for part in item['loc']).upper() or '(settings)'}: "
+                + item["msg"]
+                for item in error.errors()
+            )
+        )

@@ -19,9 +19,11 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import uvicorn
+
+from services.common.settings import refuse_to_start  # imports no prometheus_client
 
 if TYPE_CHECKING:
     from services.gateway.runtime import Role
@@ -37,17 +39,11 @@ def _prepare_multiprocess_dir() -> None:
         for stale in directory.glob("*.db"):  # only prometheus-client's files, nothing else
             stale.unlink()
     except OSError as error:  # e.g. an installed package's read-only tree, in the image
-        _invalid(
+        refuse_to_start(
             f"PROMETHEUS_MULTIPROC_DIR: {directory} cannot be used ({error.strerror}); "
             "WEB_CONCURRENCY > 1 needs a writable directory there"
         )
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-
-
-def _invalid(reason: str) -> NoReturn:
-    """Stop as a bad environment value stops every service: one line, status 2."""
-    print(f"invalid configuration:\n  {reason}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -86,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         concurrency = int(os.environ.get("WEB_CONCURRENCY", "1") or "1")
     except ValueError:
-        _invalid("WEB_CONCURRENCY: must be a whole number")
+        refuse_to_start("WEB_CONCURRENCY: must be a whole number")
     if concurrency > 1 and args.role != "worker":
         # Must happen before prometheus_client is imported anywhere in this process tree.
         _prepare_multiprocess_dir()
@@ -100,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _serve(args.role, settings)
     except ValueError as error:  # a setting that validated but cannot be used (names it)
-        _invalid(str(error))
+        refuse_to_start(str(error))
 
 
 def _serve(role: Role, settings: GatewaySettings) -> int:
