@@ -21,6 +21,11 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 DEFAULT_TIMEOUT_SECONDS = 2.0
+# The largest reply a Parley service sends and its clients accept (requests stay within
+# services.common.server.MAX_MESSAGE_BYTES). Sized for the session service's largest
+# conversation: SESSION_HISTORY_LIMIT (at most 1,000) messages of 4,096 four-byte characters and
+# a state at its 1 MiB bound, whose protobuf encoding can be 2.75 times its JSON: ~20 MiB.
+MAX_REPLY_BYTES = 32 * 1024 * 1024
 StubT = TypeVar("StubT")
 
 
@@ -114,6 +119,7 @@ def make_channel(
     options = [
         ("grpc.service_config", service_config(service_name)),
         ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", MAX_REPLY_BYTES),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),

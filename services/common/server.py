@@ -24,6 +24,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from services.common import event_loop
+from services.common.clients import MAX_REPLY_BYTES
 from services.common.gc_tuning import settle_heap
 from services.common.interceptors import ACCESS_LOG, CallWrapper, InFlight, Registrar
 from services.common.logs import configure_logging
@@ -47,7 +48,7 @@ Readiness = Callable[[], Awaitable[None]]
 LIVENESS = "liveness"
 SERVING_STATUS = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING_STATUS = health_pb2.HealthCheckResponse.NOT_SERVING
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a request's bound (gRPC's default); replies: MAX_REPLY_BYTES
 READINESS_TIMEOUT_SECONDS = 5.0
 
 
@@ -112,7 +113,7 @@ class Runtime:
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_REPLY_BYTES),
                 # Accept the clients' keepalive pings (see services.common.clients).
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),

@@ -16,6 +16,7 @@ class SessionSettings(CommonSettings):
     session_redis_url: str | None = None  # overrides REDIS_URL for this service
     # Conversation TTL, restarted by every write and touch (the guides' name and default).
     redis_ttl_seconds: int = Field(default=900, ge=1, le=30 * 24 * 3600)
+    # At most 1,000: the largest reply then fits services.common.clients.MAX_REPLY_BYTES.
     session_history_limit: int = Field(default=10, ge=1, le=1000)
     # memory: serve from a bounded in-process store while Redis is down; off: UNAVAILABLE.
     session_fallback: Literal["memory", "off"] = "memory"

@@ -5,16 +5,23 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import redis
+from google.protobuf import struct_pb2
 
 from parley.session.v1 import session_pb2 as pb
 from parley.session.v1.session_pb2_grpc import SessionServiceStub
+from services.common.clients import make_channel
 from services.common.errors import error_info, field_violations
+from services.session.convert import MAX_APPEND, MAX_CONTENT, MAX_PROVIDER_ID, MAX_STATE_VALUE_BYTES
+from services.session.model import MAX_STATE_BYTES
+from services.session.settings import SessionSettings
 from tests.session.conftest import (
+    SERVICE,
     SESSION_DB,
     Running,
     bot_message,
@@ -440,3 +447,43 @@ def test_redis_out_of_memory_refuses_writes_by_name_and_changes_nothing(tmp_path
     finally:
         running.stop()
         full.stop()
+
+
+async def test_a_conversation_at_every_bound_still_answers_through_the_gateways_channel(
+    session_redis_url: str, tmp_path: Path
+) -> None:
+    # The largest conversation the checks allow: SESSION_HISTORY_LIMIT at its maximum, every
+    # message 4,096 four-byte characters with a 256-character provider id, and a state at 1 MiB
+    # of the JSON whose protobuf encoding is largest (lists of 0.0: 4 bytes as JSON, 11 as a
+    # Value). Its reply is ~20 MiB: past gRPC's 4 MiB default, every get of it would fail.
+    limit = SessionSettings.model_fields["session_history_limit"].metadata[-1].le
+    running = start_session(tmp_path, session_redis_url, SESSION_HISTORY_LIMIT=str(limit))
+    try:
+        async with make_channel(running.address, SERVICE) as channel:
+            stub = SessionServiceStub(channel)
+            key = new_key()
+            longest = user_message("😀" * MAX_CONTENT, provider_id="é" * MAX_PROVIDER_ID)
+            for _ in range(0, limit, MAX_APPEND):
+                await stub.UpdateConversation(
+                    pb.UpdateConversationRequest(
+                        key=key, append=[longest] * MAX_APPEND, view=pb.CONVERSATION_VIEW_BASIC
+                    ),
+                    timeout=30,
+                )
+            zeros = (MAX_STATE_VALUE_BYTES - 2) // 4  # "0.0," each, in [ ]
+            for n in range(MAX_STATE_BYTES // MAX_STATE_VALUE_BYTES):
+                request = pb.UpdateConversationRequest(key=key, view=pb.CONVERSATION_VIEW_BASIC)
+                request.set_state[f"{n:02}"].list_value.values.extend(
+                    [struct_pb2.Value(number_value=0.0)] * zeros
+                )
+                await stub.UpdateConversation(request, timeout=30)
+            got = await stub.GetConversation(pb.GetConversationRequest(key=key), timeout=30)
+            assert len(got.conversation.history) == limit
+            assert len(got.conversation.state) == MAX_STATE_BYTES // MAX_STATE_VALUE_BYTES
+            assert got.ByteSize() > 4 * 1024 * 1024
+            updated = await stub.UpdateConversation(
+                pb.UpdateConversationRequest(key=key, append=[longest]), timeout=30
+            )
+            assert len(updated.conversation.history) == limit
+    finally:
+        running.stop()
