@@ -1,6 +1,8 @@
 """deploy/observability read once for every test of it: the alert rules, the PromQL the
 dashboard and the alerts read, and Prometheus's ``promtool`` (Debian's ``prometheus`` package;
-``.ci/run`` installs it)."""
+``.ci/run`` installs it); and the way to run the alerts on what a real process exports: scrape it
+(:func:`scrape`), lay the scrapes out as promtool series (:func:`timeline`), and evaluate
+(:func:`evaluate`, :func:`expected`)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,13 @@ import json
 import re
 import shutil
 import subprocess
+import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 OBSERVABILITY = Path(__file__).resolve().parents[2] / "deploy" / "observability"
 ALERTS = OBSERVABILITY / "alerts.yml"
@@ -60,3 +65,73 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PROMTOOL, *args], cwd=OBSERVABILITY, capture_output=True, text=True, timeout=120
     )
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    """Every sample a ``/metrics`` endpoint writes now."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def timeline(
+    *phases: tuple[Samples, int], used: set[str], target: Mapping[str, str]
+) -> list[dict[str, str]]:
+    """promtool series of the ``used`` metrics, with the scrape's ``target`` labels (job,
+    instance), one phase of ``steps`` after another; a sample missing from a phase is absent
+    then (``_``), as it is to Prometheus."""
+    values: dict[str, list[str]] = {}
+    done = 0
+    for samples, steps in phases:
+        for (name, labels), value in samples.items():
+            if name not in used:
+                continue
+            pairs = sorted({**dict(labels), **target}.items())
+            matchers = ", ".join(f'{k}="{v}"' for k, v in pairs)
+            selector = f"{name}{{{matchers}}}"
+            values.setdefault(selector, ["_"] * done).extend([f"{value:g}"] * steps)
+        done += steps
+        for line in values.values():
+            line.extend(["_"] * (done - len(line)))
+    return [{"series": name, "values": " ".join(line)} for name, line in values.items()]
+
+
+def evaluate(
+    tmp_path: Path, input_series: list[dict[str, str]], cases: list[dict[str, object]]
+) -> None:
+    """Run alerts.yml on ``input_series`` (one sample every 30 s) and check ``cases``."""
+    tests = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "30s",
+        "tests": [{"interval": "30s", "input_series": input_series, "alert_rule_test": cases}],
+    }
+    path = tmp_path / "scraped.test.yml"
+    path.write_text(yaml.safe_dump(tests, sort_keys=False))
+    result = promtool("test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def expected(alertname: str, minute: int, firing: bool = False, **labels: str) -> dict[str, object]:
+    """An alert case: firing with ``labels`` (its severity and summary as alerts.yml gives
+    them, ``{{ $labels.x }}`` filled in), or quiet when neither ``firing`` nor labels are
+    given."""
+    rule = alert_rules()[alertname]
+    alerts = []
+    if firing or labels:
+        summary = re.sub(
+            r"{{ \$labels\.(\w+) }}", lambda m: labels[m.group(1)], rule["annotations"]["summary"]
+        )
+        alerts.append(
+            {
+                "exp_labels": {**rule["labels"], **labels},
+                "exp_annotations": {"summary": summary},
+            }
+        )
+    return {"eval_time": f"{minute}m", "alertname": alertname, "exp_alerts": alerts}

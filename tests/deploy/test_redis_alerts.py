@@ -8,25 +8,24 @@ compose file runs), and promtool comes from Debian's ``prometheus``; ``.ci/run``
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.deploy import observability
 from tests.deploy.observability import (
-    ALERTS,
     PROMTOOL,
+    Samples,
     alert_rules,
+    evaluate,
+    expected,
     metric_names,
     metrics_read,
-    promtool,
+    scrape,
 )
 from tests.support.processes import Valkey, free_port, wait_for
 
@@ -45,19 +44,6 @@ USED = {
     if name.startswith("redis_")
 }
 TARGET = {"job": "redis", "instance": "valkey:6379"}
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(url: str) -> Samples:
-    """Every sample the exporter writes now."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 @pytest.fixture
@@ -94,54 +80,7 @@ def exporter(tmp_path: Path) -> Iterator[tuple[Valkey, str]]:
 
 
 def timeline(*phases: tuple[Samples, int]) -> list[dict[str, str]]:
-    """promtool series of what the alerts read (with the scrape's target labels), one phase of
-    ``steps`` after another; a sample missing from a phase is absent then (``_``)."""
-    values: dict[str, list[str]] = {}
-    done = 0
-    for samples, steps in phases:
-        for (name, labels), value in samples.items():
-            if name not in USED:
-                continue
-            pairs = sorted({**dict(labels), **TARGET}.items())
-            matchers = ", ".join(f'{k}="{v}"' for k, v in pairs)
-            selector = f"{name}{{{matchers}}}"
-            values.setdefault(selector, ["_"] * done).extend([f"{value:g}"] * steps)
-        done += steps
-        for line in values.values():
-            line.extend(["_"] * (done - len(line)))
-    return [{"series": name, "values": " ".join(line)} for name, line in values.items()]
-
-
-def evaluate(
-    tmp_path: Path, input_series: list[dict[str, str]], cases: list[dict[str, object]]
-) -> None:
-    tests = {
-        "rule_files": [str(ALERTS)],
-        "evaluation_interval": "30s",
-        "tests": [{"interval": "30s", "input_series": input_series, "alert_rule_test": cases}],
-    }
-    path = tmp_path / "redis.test.yml"
-    path.write_text(yaml.safe_dump(tests, sort_keys=False))
-    result = promtool("test", "rules", str(path))
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def expected(alertname: str, minute: int, **labels: str) -> dict[str, object]:
-    """An alert case: firing with ``labels`` (its severity and summary as alerts.yml gives
-    them, ``{{ $labels.x }}`` filled in), or quiet when no labels are given."""
-    rule = RULES[alertname]
-    alerts = []
-    if labels:
-        summary = re.sub(
-            r"{{ \$labels\.(\w+) }}", lambda m: labels[m.group(1)], rule["annotations"]["summary"]
-        )
-        alerts.append(
-            {
-                "exp_labels": {**rule["labels"], **labels},
-                "exp_annotations": {"summary": summary},
-            }
-        )
-    return {"eval_time": f"{minute}m", "alertname": alertname, "exp_alerts": alerts}
+    return observability.timeline(*phases, used=USED, target=TARGET)
 
 
 def test_a_full_valkey_that_refuses_writes_fires_the_memory_alerts(

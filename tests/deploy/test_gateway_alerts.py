@@ -1,0 +1,92 @@
+"""The gateway's alerts against what a real gateway exports: scraped before and after the event
+the alert is about, then evaluated by Prometheus's rule engine (promtool) on those samples.
+
+A labelled counter (``gateway_dead_letters_total{reason}``) has no series until its first
+increment, so Prometheus first sees it at 1: an alert on ``increase()`` alone never counts it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.deploy.observability import PROMTOOL, evaluate, expected, scrape, timeline
+from tests.support.processes import ServiceProcess, Valkey, free_port, wait_for
+
+pytestmark = pytest.mark.skipif(
+    PROMTOOL is None,
+    reason="promtool is not installed (apt-get install prometheus): alert rules NOT run",
+)
+APP_SECRET = "alerts-app-secret"
+TARGET = {"job": "gateway", "instance": "gateway:8000"}
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[str]:
+    """A real gateway web process on a real Valkey; its base URL."""
+    valkey = Valkey(tmp_path / "valkey").start()
+    port = free_port()
+    process = ServiceProcess(
+        "services.gateway.main",
+        {
+            "GATEWAY_ROLE": "web",
+            "GATEWAY_PORT": str(port),
+            "REDIS_URL": valkey.url,
+            "WHATSAPP_APP_SECRET": APP_SECRET,
+        },
+        tmp_path / "gateway.log",
+    ).start()
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{url}/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        assert wait_for(up, 30), process.log[-3000:]
+        yield url
+    finally:
+        process.stop()
+        valkey.stop()
+
+
+def test_the_first_dead_letter_of_a_gateway_fires_the_dead_letter_alert(
+    gateway: str, tmp_path: Path
+) -> None:
+    before = scrape(f"{gateway}/metrics")
+    # A signed Cloud API webhook with a change the gateway cannot use: dead-lettered at once.
+    body = json.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "waba", "changes": [{"field": "account_update", "value": {}}]}],
+        }
+    ).encode()
+    signature = hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    answer = httpx.post(
+        f"{gateway}/webhooks/whatsapp",
+        content=body,
+        headers={"Content-Type": "application/json", "X-Hub-Signature-256": f"sha256={signature}"},
+    )
+    assert answer.status_code == 200, answer.text
+    after = scrape(f"{gateway}/metrics")
+    dead = ("gateway_dead_letters_total", (("reason", "unusable_payload"),))
+    assert dead not in before and after[dead] == 1
+
+    # Ten minutes without dead letters, then the first one, scraped every 30 s from then on.
+    evaluate(
+        tmp_path,
+        timeline((before, 20), (after, 60), used={"gateway_dead_letters_total"}, target=TARGET),
+        [
+            expected("ParleyDeadLetters", 9),
+            expected("ParleyDeadLetters", 11, firing=True),
+            expected("ParleyDeadLetters", 35),
+        ],
+    )
