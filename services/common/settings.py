@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from typing import Literal, NoReturn, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 AppEnv = Literal["dev", "test", "production"]
@@ -40,6 +40,12 @@ class CommonSettings(BaseSettings):
     grpc_tls_cert: str | None = None
     grpc_tls_key: str | None = None
     grpc_tls_ca: str | None = None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_in_any_case(cls, value: object) -> object:
+        # "info" is how uvicorn, celery and many a team's .env spell it.
+        return value.upper() if isinstance(value, str) else value
 
     @property
     def is_production(self) -> bool:

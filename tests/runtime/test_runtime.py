@@ -121,6 +121,20 @@ def test_bad_environment_value_stops_startup(tmp_path: Path, valkey: Valkey) -> 
     assert "invalid configuration" in process.log
 
 
+@pytest.mark.parametrize(("given", "started_logged"), [("info", True), ("warning", False)])
+def test_log_level_is_read_in_any_case(
+    given: str, started_logged: bool, tmp_path: Path, valkey: Valkey
+) -> None:
+    # LOG_LEVEL=info is how uvicorn, celery (the guides' worker: --loglevel=info) and many a .env
+    # spell it; every process used to refuse to start on it.
+    process, address = start_service("session", tmp_path, valkey.url, LOG_LEVEL=given)
+    try:
+        process.wait_serving(address)
+        assert bool(process.log_events("started")) is started_logged
+    finally:
+        process.stop()
+
+
 MISSING = "/nonexistent/parley-tls.pem"
 
 
