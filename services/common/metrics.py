@@ -23,6 +23,8 @@ GO_CODE_NAMES = {code: code.name.title().replace("_", "") for code in grpc.Statu
 HANDLING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _LE = [*(str(float(bound)) for bound in HANDLING_BUCKETS), "+Inf"]  # "le" as Prometheus writes it
 _OK = grpc.StatusCode.OK
+# Only unary handlers are wrapped (and counted); go-grpc-prometheus's queries select on it.
+_UNARY = "unary"
 
 
 class MethodStats:
@@ -68,19 +70,19 @@ class RpcMetrics(Collector):
         handled = CounterMetricFamily(
             "grpc_server_handled",
             "RPCs completed on the server, by method and status code.",
-            labels=["grpc_service", "grpc_method", "grpc_code"],
+            labels=["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
         )
         handling = HistogramMetricFamily(
             "grpc_server_handling_seconds",
             "Time to handle an RPC on the server, by method.",
-            labels=["grpc_service", "grpc_method"],
+            labels=["grpc_type", "grpc_service", "grpc_method"],
         )
         for (service, method), stats in list(self._methods.items()):
             for code, count in stats.counts().items():
-                handled.add_metric([service, method, GO_CODE_NAMES[code]], count)
+                handled.add_metric([_UNARY, service, method, GO_CODE_NAMES[code]], count)
             cumulative = itertools.accumulate(list(stats.buckets))
             buckets = list(zip(_LE, cumulative, strict=True))
-            handling.add_metric([service, method], buckets, stats.sum)
+            handling.add_metric([_UNARY, service, method], buckets, stats.sum)
         yield handled
         yield handling
 

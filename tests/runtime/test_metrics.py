@@ -29,7 +29,7 @@ def test_calls_are_exposed_as_go_grpc_prometheus_exposes_them() -> None:
         assert found, (sample, text)
         return float(found.group(1))
 
-    labels = 'grpc_method="Get",grpc_service="parley.test.v1.T"'
+    labels = 'grpc_method="Get",grpc_service="parley.test.v1.T",grpc_type="unary"'
     assert value(f'grpc_server_handled_total{{grpc_code="OK",{labels}}}') == 4
     assert value(f'grpc_server_handled_total{{grpc_code="Canceled",{labels}}}') == 1
     assert value(f'grpc_server_handled_total{{grpc_code="Internal",{labels}}}') == 0

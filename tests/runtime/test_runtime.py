@@ -17,6 +17,7 @@ import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from parley.session.v1 import session_pb2, session_pb2_grpc
 from services.common.errors import error_info, field_violations
@@ -331,9 +332,10 @@ def test_request_id_reaches_the_access_log_and_errors_stay_opaque(tmp_path: Path
         process.stop()
 
 
-def test_calls_are_counted_with_go_grpc_prometheus_code_names(tmp_path: Path) -> None:
-    """grpc_code as go-grpc-prometheus writes it ("InvalidArgument", not "INVALID_ARGUMENT"):
-    the shipped alerts and dashboards select on those names."""
+def test_calls_are_counted_with_go_grpc_prometheus_names_and_labels(tmp_path: Path) -> None:
+    """grpc_code as go-grpc-prometheus writes it ("InvalidArgument", not "INVALID_ARGUMENT"),
+    and its labels, grpc_type="unary" included: the shipped alerts and dashboards, and a team's
+    existing ones, select on those."""
     metrics_port = free_port()
     process, address = fixture_service(
         tmp_path, FIXTURE_SLOW_SECONDS="0", FIXTURE_METRICS_PORT=str(metrics_port)
@@ -357,9 +359,28 @@ def test_calls_are_counted_with_go_grpc_prometheus_code_names(tmp_path: Path) ->
         ("UpdateConversation", "InvalidArgument"),
         ("TouchConversation", "Internal"),
     ):
-        line = f'grpc_server_handled_total{{grpc_code="{code}",grpc_method="{method}",{service}}}'
+        line = (
+            f'grpc_server_handled_total{{grpc_code="{code}",grpc_method="{method}",{service},'
+            'grpc_type="unary"}'
+        )
         assert f"{line} 1.0" in text, (line, text)
     assert 'grpc_code="INVALID_ARGUMENT"' not in text
+    # go-grpc-prometheus's label sets, exactly.
+    go_labels = {
+        "grpc_server_handled_total": {"grpc_type", "grpc_service", "grpc_method", "grpc_code"},
+        "grpc_server_handling_seconds_bucket": {"grpc_type", "grpc_service", "grpc_method", "le"},
+        "grpc_server_handling_seconds_count": {"grpc_type", "grpc_service", "grpc_method"},
+    }
+    samples = [
+        sample
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in go_labels
+    ]
+    assert {sample.name for sample in samples} == set(go_labels)
+    for sample in samples:
+        assert set(sample.labels) == go_labels[sample.name], sample
+        assert sample.labels["grpc_type"] == "unary", sample
 
 
 def test_service_errors_carry_rich_details(tmp_path: Path) -> None:
