@@ -8,6 +8,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+from pydantic_settings import BaseSettings
+
+from services.business.settings import BusinessSettings
+from services.gateway.bot.settings import BotSettings
+from services.gateway.settings import GatewaySettings
+from services.search.providers.amadeus import AmadeusSettings
+from services.search.settings import SearchSettings
+from services.session.settings import SessionSettings
 from tests.deploy.envvars import all_reads, direct_reads, read_by, reads_by_part
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +70,32 @@ def test_env_example_documents_each_variable_and_sets_only_production_essentials
     assert active.pop("APP_ENV") == "production"
     # The rest are secrets left for the operator to fill in: empty, so nothing starts by mistake.
     assert active and all(value == "" for value in active.values()), active
+
+
+def test_a_default_shown_in_env_example_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commented line shows the default: uncommenting it changes nothing, and an empty one
+    stands for a setting that is unset unless given."""
+    classes: list[type[BaseSettings]] = [
+        SessionSettings, BusinessSettings, SearchSettings, AmadeusSettings, GatewaySettings,
+        BotSettings,
+    ]  # fmt: skip
+    # The business service reads REDIS_URL only when it is set (cache invalidation), as the line
+    # says; every other reader has the default shown.
+    unset_here = {("REDIS_URL", BusinessSettings)}
+    checked = 0
+    for name, (is_set, shown) in env_example().items():
+        for cls in classes:
+            if is_set or name.lower() not in cls.model_fields or (name, cls) in unset_here:
+                continue
+            monkeypatch.delenv(name, raising=False)
+            default = getattr(cls(), name.lower())
+            if shown == "":
+                assert default is None, f"{name}: .env.example shows it empty; the default is set"
+            else:
+                monkeypatch.setenv(name, shown)
+                assert getattr(cls(), name.lower()) == default, f"{name}={shown} is not the default"
+            checked += 1
+    assert checked > 80
 
 
 def test_collector_sees_settings_fields_of_every_part() -> None:
