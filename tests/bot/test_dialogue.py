@@ -300,3 +300,15 @@ async def test_a_long_place_phrase_is_clipped_where_it_is_echoed(engine: BotEngi
     shown = "Qzxv " * 19 + "Qzxv…"  # the 100 characters that are looked up
     assert reply.startswith(f"I couldn't find an airport for “{shown}”. Try a city name")
     assert len(reply) < 200
+
+
+async def test_the_same_city_under_another_code_is_asked_again(engine: BotEngine) -> None:
+    """LHR and London (LON) share airports: the search refused them, and the user got the raw
+    'I couldn't search that: destination: must differ from origin' and no question."""
+    chat = Chat(engine)
+    reply = await chat.say("LHR to London tomorrow")
+    assert reply == "The origin and destination are both London (LHR). Where do you want to go?"
+    assert chat.state["ask"] == {"slot": "destination"}
+    assert not chat.state["trip"].get("destination")
+    reply = await chat.say("Paris")
+    assert "London (LHR) → Paris (PAR)" in reply and offers_in(reply) == ["1", "2", "3"]

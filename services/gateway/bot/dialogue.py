@@ -27,6 +27,7 @@ import orjson
 import structlog
 
 from parley.search.v1 import search_pb2
+from services.common.errors import field_violations
 from services.gateway.bot import offers as fmt
 from services.gateway.bot.extract import Extraction, extract, normalize, weekday_after
 from services.gateway.bot.llm import Extractor
@@ -560,9 +561,7 @@ class BotEngine:
         t = ctx.texts
         origin, destination = d.trip.get("origin") or {}, d.trip.get("destination") or {}
         if origin.get("code") and origin.get("code") == destination.get("code"):
-            d.update_trip(destination=None)
-            d.set("ask", {"slot": "destination"})
-            return [*before, Reply(t("same_place", place=_place_label(origin)))]
+            return [*before, self._same_place(ctx, d)]
         missing = self._missing(d)
         if missing is not None:
             d.set("ask", {"slot": missing})
@@ -577,6 +576,11 @@ class BotEngine:
         if d.ask:
             d.set("ask", {})
         return [*before, *await self._search_and_show(ctx, d)]
+
+    def _same_place(self, ctx: Context, d: Dialogue) -> Reply:
+        d.update_trip(destination=None)
+        d.set("ask", {"slot": "destination"})
+        return Reply(ctx.texts("same_place", place=_place_label(d.trip.get("origin") or {})))
 
     def _check_dates(self, ctx: Context, d: Dialogue) -> Reply | None:
         t = ctx.texts
@@ -637,6 +641,10 @@ class BotEngine:
         except grpc.aio.AioRpcError as error:
             log.warning("search_failed", code=error.code().name)
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                if "destination" in field_violations(error):
+                    # Codes that differ but share airports (LHR and London, EWR and New York):
+                    # only the search service knows, and says so about the destination.
+                    return [self._same_place(ctx, d)]
                 return [Reply(t("search_invalid", reason=error.details() or ""))]
             d.set("results", {})
             return [Reply(t("search_unavailable", summary=self._summary(ctx, d)))]
