@@ -312,3 +312,12 @@ async def test_the_same_city_under_another_code_is_asked_again(engine: BotEngine
     assert not chat.state["trip"].get("destination")
     reply = await chat.say("Paris")
     assert "London (LHR) → Paris (PAR)" in reply and offers_in(reply) == ["1", "2", "3"]
+
+
+async def test_a_place_typed_to_answer_a_choice_keeps_the_other_place(engine: BotEngine) -> None:
+    """'San Jose to Rome tomorrow', then 'SJO' typed instead of a number: Rome was forgotten
+    and the bot asked 'Where do you want to go?'."""
+    chat = Chat(engine)
+    assert "Which “San Jose” do you mean?" in await chat.say("San Jose to Rome tomorrow")
+    reply = await chat.say("SJO")
+    assert "San Jose (SJO) → Rome (ROM)" in reply and offers_in(reply) == ["1", "2", "3"]

@@ -426,6 +426,11 @@ class BotEngine:
             else:
                 continue
             assigned[slot] = phrase
+        later = d.ask.get("then")
+        if pending in assigned and isinstance(later, dict) and later.get("text"):
+            # The other place of the message that asked ("San Jose to Rome"), kept for after
+            # the answer: typed (SJO), not tapped, the answer comes this way.
+            assigned.setdefault(str(later.get("slot")), str(later["text"]))
 
         changes: dict[str, Any] = {}
         if found.depart:
