@@ -321,3 +321,22 @@ async def test_a_place_typed_to_answer_a_choice_keeps_the_other_place(engine: Bo
     assert "Which “San Jose” do you mean?" in await chat.say("San Jose to Rome tomorrow")
     reply = await chat.say("SJO")
     assert "San Jose (SJO) → Rome (ROM)" in reply and offers_in(reply) == ["1", "2", "3"]
+
+
+async def test_a_message_that_opens_with_a_greeting_gets_the_introduction(
+    engine: BotEngine,
+) -> None:
+    """'Hello! Can I get more info on this?' is what a Click-to-WhatsApp ad fills in: the first
+    message of many users. It got 'Sorry, I didn't get that'."""
+    for opener in (
+        "Hello! Can I get more info on this?",
+        "Hi, I saw your ad",
+        "Hello, can you help me find a flight?",
+    ):
+        chat = Chat(engine)
+        reply = await chat.say(opener)
+        assert reply.startswith("Hi Ada! ✈️ I find flights."), (opener, reply)
+        assert "didn't get that" not in reply
+    chat = Chat(engine)
+    assert offers_in(await chat.say("hi, NYC to London next Friday")) == ["1", "2", "3"]
+    assert "didn't get that" in await chat.say("what about a blorp zzzq")

@@ -306,11 +306,8 @@ class BotEngine:
         t = ctx.texts
         plain = normalize(text).strip(" .")
         command = COMMANDS.get(plain)
-        name = ctx.turn.message.profile_name.split(" ")[0] if ctx.turn.message.profile_name else ""
         if _is_greeting(plain):
-            d.set("ask", {"slot": "origin"} if not ctx.smart else {})
-            key = "greeting" if ctx.smart else "greeting_step"
-            return [Reply(t(key, name=f" {name}" if name else ""))]
+            return self._greet(ctx, d)
         if command == "help":
             return [Reply(t("help"))]
         if command in ("new", "cancel"):
@@ -353,8 +350,26 @@ class BotEngine:
         if found.is_empty():
             if found.unreadable_date:
                 return [Reply(t("date_not_understood"))]
-            return [Reply(t("not_understood"))]
+            return self._not_understood(ctx, d)
         return await self._apply(ctx, d, found)
+
+    def _greet(self, ctx: Context, d: Dialogue) -> list[Reply]:
+        profile_name = ctx.turn.message.profile_name
+        name = profile_name.split(" ")[0] if profile_name else ""
+        d.set("ask", {"slot": "origin"} if not ctx.smart else {})
+        key = "greeting" if ctx.smart else "greeting_step"
+        return [Reply(ctx.texts(key, name=f" {name}" if name else ""))]
+
+    def _not_understood(self, ctx: Context, d: Dialogue) -> list[Reply]:
+        # "Hello! Can I get more info on this?" (what a Click-to-WhatsApp ad fills in), "Hi, I
+        # saw your ad": a greeting with nothing we can use is answered as a greeting.
+        plain = normalize(ctx.turn.message.text)
+        words = plain.split()
+        if words and (
+            words[0] in GREETING_WORDS or any(plain.startswith(f"{g} ") for g in GREETINGS)
+        ):
+            return self._greet(ctx, d)
+        return [Reply(ctx.texts("not_understood"))]
 
     # --- numbers: a place choice or an offer ------------------------------------------
 
@@ -480,7 +495,7 @@ class BotEngine:
             if question:
                 if only_unmarked and not d.ask.get("choices"):
                     d.set("ask", {})
-                    return [Reply(t("not_understood"))]
+                    return self._not_understood(ctx, d)
                 asked.extend(question)
         if asked:
             return asked
