@@ -372,3 +372,20 @@ def test_candidates_are_a_list_on_the_cloud_api_and_numbered_text_on_twilio(
         assert client.post("/webhooks/twilio", content=body, headers=headers).status_code == 200
     results = _sent(fake_clouds, sender, 2)[1].body["Body"]
     assert "San Jose (SJO) → Miami (MIA)" in results and offers_shown(results) == 3
+
+
+def test_a_system_notice_is_not_answered(smart: Gateway) -> None:
+    """Meta's system message (a user changed number: nothing the user wrote) got 'I can only
+    read text messages'."""
+    user = User(smart)
+    user.post(
+        type="system",
+        system={
+            "body": "User Test changed from 1 to 2",
+            "wa_id": new_wa_id(),
+            "type": "user_changed_number",
+        },
+    )
+    # One user's messages are handled in order: the first reply after the notice is to "hi".
+    reply = user.say("hi")
+    assert reply.startswith("Hi Test! ✈️ I find flights."), reply
