@@ -389,3 +389,12 @@ def test_a_system_notice_is_not_answered(smart: Gateway) -> None:
     # One user's messages are handled in order: the first reply after the notice is to "hi".
     reply = user.say("hi")
     assert reply.startswith("Hi Test! ✈️ I find flights."), reply
+
+
+def test_a_welcome_request_is_greeted(smart: Gateway) -> None:
+    """request_welcome, sent when a user opens the chat for the first time, got 'I can only
+    read text messages' before the user had written anything."""
+    user = User(smart)
+    user.post(type="request_welcome")
+    (greeting,) = user.replies()
+    assert greeting["text"].startswith("Hi Test! ✈️ I find flights."), greeting["text"]

@@ -292,6 +292,8 @@ class BotEngine:
             return []  # a 👍 on a reply needs no answer
         if message.type == "unknown" and message.payload.get("raw_type") == "system":
             return []  # Meta's notice that the user changed number: nothing the user wrote
+        if message.type == "unknown" and message.payload.get("raw_type") == "request_welcome":
+            return self._greet(ctx, d)  # the user opened the chat for the first time
         if message.type in ("interactive", "button"):
             reply_id = str(message.payload.get("reply_id", ""))
             chosen = re.fullmatch(r"(?:place|offer):(\d+)", reply_id)
