@@ -17,6 +17,15 @@ def mask_phone(number: str) -> str:
     return digits[:4] + "*" * (len(digits) - 6) + digits[-2:]
 
 
+def scrub(text: str, *secrets: str) -> str:
+    """``text`` with every occurrence of each of ``secrets`` replaced by ``***``: for what a
+    provider answers, which may quote the credentials it was sent."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
 def mask_secret(value: str | None) -> str:
     """Say whether a secret is set, never what it is."""
     return "***" if value else ""

@@ -274,6 +274,29 @@ def test_expired_token_marks_the_business_and_dead_letters(
     assert metric(limited, 'gateway_business_cache_invalidations_total{origin="token_expired"') >= 1
 
 
+def test_a_graph_api_error_that_echoes_the_token_leaks_it_nowhere(
+    limited: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """The Graph API's error message can quote what it was sent (proxies and malformed-token
+    errors do): the business's token must reach neither the retry's log line nor the dead
+    letter. (Was a bug: both carried the provider's message as it came, token and all.)"""
+    business = create_business(limited)
+    token = business.access_token
+    wa_id = new_wa_id()
+    fake_clouds.failures += [
+        (500, {"error": {"code": 1, "message": f"internal error for Bearer {token}"}}),
+        (401, {"error": {"code": 190, "message": f"Malformed access token {token}"}}),
+    ]
+    with limited.http as client:
+        post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "echo my token?"))
+    assert wait_for(lambda: dead_letters_of(limited, wa_id), 20)
+    (dead,) = dead_letters_of(limited, wa_id)
+    assert dead["reason"] == "token_expired" and "Malformed access token ***" in dead["error"]
+    log = limited.processes[0].log
+    assert "internal error for Bearer ***" in log  # the retry's line was written...
+    assert token not in log and token not in str(dead)  # ...without the token
+
+
 def test_outside_the_24_hour_window_is_counted_and_saved(
     limited: Gateway, fake_clouds: FakeClouds
 ) -> None:

@@ -12,7 +12,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from services.common.redact import mask_phone
+from services.common.redact import mask_phone, scrub
 from services.gateway.engine import Reply
 from services.gateway.senders.base import (
     HttpAnswer,
@@ -149,7 +149,7 @@ class CloudApiSender:
             ) from None
         if response.status < 300:
             return
-        code, message = _graph_error(response)
+        code, message = _graph_error(response, target.access_token)
         if code == TOKEN_EXPIRED:
             raise TokenExpired(f"Graph API error 190: {message}")
         if response.status == 429 or code in RATE_LIMIT_CODES:
@@ -176,10 +176,14 @@ class CloudApiSender:
         )
 
 
-def _graph_error(response: HttpAnswer) -> tuple[int | None, str]:
+def _graph_error(response: HttpAnswer, token: str) -> tuple[int | None, str]:
+    """The error's code and message. The message goes into logs and dead letters: the token it
+    may quote (a malformed-token error, a proxy's echo) is scrubbed, before it is cut short so
+    that no piece of the token is left."""
     try:
         error = response.json().get("error", {})
         code = error.get("code")
-        return (int(code) if isinstance(code, int) else None), str(error.get("message", ""))[:200]
+        message = str(error.get("message", ""))
     except (ValueError, AttributeError):
-        return None, response.body[:200].decode(errors="replace")
+        code, message = None, response.body.decode(errors="replace")
+    return (int(code) if isinstance(code, int) else None), scrub(message, token)[:200]
