@@ -65,7 +65,9 @@ def make_store(settings: BusinessSettings) -> BusinessStore:
 
         from services.business.mongo_store import MongoStore
 
-        with configuring("MONGODB_URI", MongoConfigurationError):
+        with configuring(
+            "MONGODB_URI", MongoConfigurationError, url=settings.mongodb_uri.get_secret_value()
+        ):
             return MongoStore(
                 settings.mongodb_uri.get_secret_value(),
                 database=settings.mongodb_database,
@@ -317,7 +319,7 @@ def build(settings: BusinessSettings, cipher: TokenCipher) -> Service:
     metrics.watch_cache(cache)
     bus: InvalidationBus | None = None
     if settings.redis_url is not None and settings.redis_url.get_secret_value():
-        with configuring("REDIS_URL"):
+        with configuring("REDIS_URL", url=settings.redis_url.get_secret_value()):
             bus = InvalidationBus(
                 settings.redis_url.get_secret_value(),
                 settings.business_invalidation_channel,

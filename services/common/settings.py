@@ -11,6 +11,7 @@ stops start-up the same way (``services.common.server.run``).
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from collections.abc import Iterator
 from typing import Literal, NoReturn, TypeVar
@@ -69,16 +70,29 @@ class ConfigurationError(ValueError):
         super().__init__(f"{variable}: {reason}")
 
 
+# From a parser's message's first quote to its last: what it quoted of the value.
+_QUOTED = re.compile(r"['\"].*['\"]", re.DOTALL)
+
+
 @contextlib.contextmanager
-def configuring(variable: str, *errors: type[Exception]) -> Iterator[None]:
+def configuring(variable: str, *errors: type[Exception], url: str | None = None) -> Iterator[None]:
     """A ``ValueError`` (or one of ``errors``) while building from ``variable`` becomes a
     :class:`ConfigurationError` naming it. The parsers' messages name the part that is wrong
-    (a scheme, a port), not the URL, so no password reaches them."""
+    (a scheme, a port). ``url``: the value, when it is a URL that may hold a password: a
+    password with '/', '?' or '#' in it ends the host part early, and the parsers then quote a
+    piece of it (``Port could not be cast to integer value as 'pass'``), so with credentials in
+    the URL nothing quoted is shown."""
     caught: tuple[type[Exception], ...] = (ValueError, *errors)
     try:
         yield
     except caught as error:
-        raise ConfigurationError(variable, str(error)) from None
+        reason = str(error)
+        if url and "@" in url and _QUOTED.search(reason):
+            reason = (
+                _QUOTED.sub("'…'", reason)
+                + " ('/', '?', '#' and '@' in a user name or password must be percent-encoded)"
+            )
+        raise ConfigurationError(variable, reason) from None
 
 
 def load_settings(cls: type[SettingsT]) -> SettingsT:

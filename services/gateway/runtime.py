@@ -53,7 +53,7 @@ def commit() -> str:
 def gateway_redis(settings: GatewaySettings, **options: Any) -> redis.Redis:
     """A client of the gateway's Redis (no connection yet); a URL it cannot use raises a
     ConfigurationError naming the variable."""
-    with configuring(settings.effective_redis_url_variable):
+    with configuring(settings.effective_redis_url_variable, url=settings.effective_redis_url):
         return make_redis(settings.effective_redis_url, **options)
 
 

@@ -91,7 +91,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
 
 def build(settings: SearchSettings) -> Service:
-    with configuring(settings.effective_redis_url_variable):
+    with configuring(settings.effective_redis_url_variable, url=settings.effective_redis_url):
         redis = make_redis(settings.effective_redis_url)
     places = Places()
     provider = select_provider(settings, places)

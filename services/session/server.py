@@ -125,7 +125,7 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
 
 def build_store(settings: SessionSettings) -> SessionStore:
     timeout = settings.session_redis_timeout_seconds
-    with configuring(settings.effective_redis_url_variable):
+    with configuring(settings.effective_redis_url_variable, url=settings.effective_redis_url):
         client = make_client(
             settings.effective_redis_url,
             connect_timeout=timeout,

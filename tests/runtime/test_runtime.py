@@ -155,6 +155,12 @@ def assert_refused_in_one_line(done: subprocess.CompletedProcess[str], variable:
         ("session", "SESSION_REDIS_URL", {"SESSION_REDIS_URL": "redis+cluster://u:s3cret@h:abc"}),
         ("search", "SEARCH_REDIS_URL", {"SEARCH_REDIS_URL": "redis://u:s3cret@h:abc/0"}),
         ("business", "REDIS_URL", {"REDIS_URL": "redis+sentinel://u:s3cret@h:26379"}),
+        # A password holding '/', '#' or '?' (not percent-encoded) ends the host part early:
+        # the parsers then quoted a piece of it ("Port could not be cast to integer value as
+        # 's3cret'"), and the refusal printed it.
+        ("session", "REDIS_URL", {"REDIS_URL": "redis://u:s3cret/x@h:6379/0"}),
+        ("search", "REDIS_URL", {"REDIS_URL": "rediss://:s3cret#x@h:6379/0"}),
+        ("business", "REDIS_URL", {"REDIS_URL": "redis+cluster://u:s3cret?x@h:7000"}),
         ("business", "MONGODB_URI", {"MONGODB_URI": "mongo://u:s3cret@127.0.0.1:1"}),
         ("business", "MONGODB_URI", {"MONGODB_URI": "mongodb://u:s3cret@h:abc"}),
         ("session", "GRPC_TLS_KEY", {"GRPC_TLS_CERT": MISSING, "GRPC_TLS_KEY": MISSING}),
