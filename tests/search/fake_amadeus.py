@@ -70,6 +70,8 @@ class FakeAmadeus:
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.scripts: defaultdict[str, deque[int | tuple[int, dict[str, str]]]] = defaultdict(deque)
         self.delay = 0.0
+        # Scripted 400s quote the request's Authorization header, as some gateways' errors do.
+        self.echo_authorization = False
         self.app = self._build()
         self._server = uvicorn.Server(
             uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
@@ -96,6 +98,7 @@ class FakeAmadeus:
         self.requests.clear()
         self.scripts.clear()
         self.delay = 0.0
+        self.echo_authorization = False
 
     def script(self, path: str, *statuses: int | tuple[int, dict[str, str]]) -> None:
         """The next calls to ``path`` answer these statuses (with optional headers), in order."""
@@ -104,13 +107,16 @@ class FakeAmadeus:
     def revoke_tokens(self) -> None:
         self.tokens.clear()
 
-    def _scripted(self, path: str) -> JSONResponse | None:
+    def _scripted(self, path: str, request: Request | None = None) -> JSONResponse | None:
         if not self.scripts[path]:
             return None
         item = self.scripts[path].popleft()
         status, headers = item if isinstance(item, tuple) else (item, {})
         if status == 400:
-            return _error(400, "INVALID FORMAT", "departureDate is in the past", "departureDate")
+            detail = "departureDate is in the past"
+            if self.echo_authorization and request is not None:
+                detail += f" (request had {request.headers.get('authorization', '')})"
+            return _error(400, "INVALID FORMAT", detail, "departureDate")
         response = _error(status, "SCRIPTED ERROR")
         response.headers.update(headers)
         return response
@@ -161,7 +167,7 @@ class FakeAmadeus:
             self.requests.append((path, dict(request.query_params)))
             if not self._authorized(request):
                 return _error(401, "Invalid access token")
-            scripted = self._scripted(path)
+            scripted = self._scripted(path, request)
             if scripted is not None:
                 return scripted
             if self.delay:
@@ -186,7 +192,7 @@ class FakeAmadeus:
             self.requests.append((path, dict(request.query_params)))
             if not self._authorized(request):
                 return _error(401, "Invalid access token")
-            scripted = self._scripted(path)
+            scripted = self._scripted(path, request)
             if scripted is not None:
                 return scripted
             keyword = request.query_params.get("keyword", "").upper()

@@ -17,6 +17,7 @@ import pytest
 from parley.search.v1 import search_pb2, search_pb2_grpc
 from services.common.errors import field_violations
 from services.common.healthcheck import check
+from tests.search.fake_amadeus import CLIENT_ID, CLIENT_SECRET, FakeAmadeus
 from tests.support.processes import ROOT, ServiceProcess, Valkey, free_port, wait_for
 
 SERVICE = "parley.search.v1.SearchService"
@@ -202,6 +203,42 @@ async def test_without_redis_not_serving_but_still_answers(
         assert answer.offers and not answer.from_cache
         fresh_valkey.start()
         assert wait_for(lambda: check(address, SERVICE, 0.5) == "SERVING", timeout=10)
+    finally:
+        process.stop()
+
+
+async def test_an_amadeus_error_that_quotes_the_token_passes_it_on_nowhere(
+    tmp_path: Path, valkey: Valkey, amadeus: FakeAmadeus
+) -> None:
+    """Amadeus's 400 detail is passed on (INVALID_ARGUMENT naming our field; the bot quotes it to
+    the user on WhatsApp): one that quotes the request's bearer token must not pass the token on.
+    (Was a bug: the detail went out as it came.)"""
+    process, address = start(
+        tmp_path,
+        valkey.url,
+        SEARCH_PROVIDER="amadeus",
+        AMADEUS_CLIENT_ID=CLIENT_ID,
+        AMADEUS_CLIENT_SECRET=CLIENT_SECRET,
+        AMADEUS_BASE_URL=amadeus.url,
+        LOG_LEVEL="DEBUG",
+    )
+    try:
+        amadeus.echo_authorization = True
+        amadeus.script("/v2/shopping/flight-offers", 400)
+        async with grpc.aio.insecure_channel(address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await search_pb2_grpc.SearchServiceStub(channel).SearchFlights(
+                    search_pb2.SearchFlightsRequest(
+                        origin="JFK", destination="LHR", departure_date=day(30)
+                    ),
+                    timeout=10,
+                )
+        error = raised.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "departureDate is in the past (request had Bearer ***)" in (error.details() or "")
+        (token,) = amadeus.tokens
+        passed_on = f"{error.details()} {error.trailing_metadata()} {process.log}"
+        assert token not in passed_on and CLIENT_SECRET not in passed_on
     finally:
         process.stop()
 

@@ -33,6 +33,7 @@ from tenacity import (
 
 from parley.search.v1 import search_pb2
 from services.common.errors import InvalidArgument, NotFound
+from services.common.redact import scrub
 from services.search.places import Places, zone
 from services.search.providers.base import (
     Provider,
@@ -250,7 +251,8 @@ class AmadeusProvider(Provider):
             parameter = str((problem.get("source") or {}).get("parameter", ""))
             field = PARAMETER_FIELDS.get(parameter, "request")
             detail = str(problem.get("detail") or problem.get("title") or "rejected by provider")
-            raise InvalidArgument(field, detail[:200])
+            # Passed on to the caller (the bot quotes it to the user): never the token it may quote.
+            raise InvalidArgument(field, scrub(detail, token)[:200])
         if status == 404:
             raise NotFound("the provider has no such resource")
         # 401 after a refresh, 403 and anything else: the provider will not serve us.
