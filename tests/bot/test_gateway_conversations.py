@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from services.common.redact import mask_phone
 from services.gateway.bot.switches import Switch
 from tests.bot.conftest import SearchServer
 from tests.bot.fake_openai import FakeOpenAI
@@ -27,6 +28,7 @@ from tests.support.stack import (
     new_wa_id,
     next_db,
     post_cloud,
+    signed_cloud,
     signed_twilio,
     start_gateway,
     twilio_form,
@@ -398,3 +400,98 @@ def test_a_welcome_request_is_greeted(smart: Gateway) -> None:
     user.post(type="request_welcome")
     (greeting,) = user.replies()
     assert greeting["text"].startswith("Hi Test! ✈️ I find flights."), greeting["text"]
+
+
+def test_one_request_id_follows_each_message_through_every_process(
+    services: Services, search_server: SearchServer, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """Every line of one message's trip carries the request id its webhook came with, passed on
+    in gRPC metadata: web and worker as separate processes, a new business (its lookup misses
+    every cache) and complete requests (search is called), one per channel. An id that is not
+    a sane one (spaces, too long) is replaced, and logged nowhere."""
+    ours = Services(
+        services.session, services.business, search_server.address, [], services.log_dir
+    )
+    gateway = start_gateway(
+        ours,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "bot-trip",
+        role="web",
+        workers=1,
+        GATEWAY_ENGINE=ENGINE,
+        OUTBOX_ONLY="true",
+        USE_ASYNC_SEARCH="false",
+        OPENAI_API_KEY="",
+    )
+    try:
+        business = create_business(gateway)
+        cloud_rid, twilio_rid = f"trip-cloud-{time.time_ns()}", f"trip-twilio-{time.time_ns()}"
+        bad_rid = "not sane " + "x" * 100
+        wa_id, sender = new_wa_id(), "+" + new_wa_id()
+        with gateway.http as client:
+            body = cloud_payload(business.phone_number_id, wa_id, "NYC to London next Friday")
+            content, headers = signed_cloud(body)
+            accepted = client.post(
+                "/webhooks/whatsapp",
+                content=content,
+                headers={**headers, "x-request-id": cloud_rid},
+            )
+            assert accepted.headers["x-request-id"] == cloud_rid
+            form = twilio_form(business.number, sender, "Paris to Rome next Monday")
+            content, headers = signed_twilio(f"{gateway.url}/webhooks/twilio", form)
+            accepted = client.post(
+                "/webhooks/twilio", content=content, headers={**headers, "x-request-id": twilio_rid}
+            )
+            assert accepted.headers["x-request-id"] == twilio_rid
+            body = cloud_payload(business.phone_number_id, new_wa_id(), "hello")
+            content, headers = signed_cloud(body)
+            replaced = client.post(
+                "/webhooks/whatsapp", content=content, headers={**headers, "x-request-id": bad_rid}
+            ).headers["x-request-id"]
+        assert len(replaced) == 32 and int(replaced, 16) >= 0
+
+        web, worker = gateway.processes
+        processes = {
+            "web": web,
+            "worker": worker,
+            **{p.log_path.stem: p for p in services.processes},  # session, business (search)
+            "search": search_server.process,  # this package's search, the one the gateway calls
+        }
+        expected = {
+            cloud_rid: {
+                ("web", "webhook accepted"),
+                ("worker", "message handled"),
+                ("business", "LookupBusiness"),
+                ("session", "GetConversation"),
+                ("session", "UpdateConversation"),
+                ("search", "SearchFlights"),
+            },
+            twilio_rid: {
+                ("web", "webhook accepted"),
+                ("worker", "message handled"),
+                ("session", "GetConversation"),
+                ("session", "UpdateConversation"),
+                ("search", "SearchFlights"),
+            },
+        }
+
+        def seen() -> dict[str, set[tuple[str, str]]]:
+            found: dict[str, set[tuple[str, str]]] = {rid: set() for rid in expected}
+            for name, process in processes.items():
+                for line in process.log_events():
+                    if line.get("request_id") in found:
+                        found[line["request_id"]].add((name, line.get("rpc") or line["event"]))
+            return found
+
+        def complete() -> bool:
+            return all(seen()[rid] >= lines for rid, lines in expected.items())
+
+        assert wait_for(complete, 30), seen()
+        # The worker's lines about each message carry its id, whatever else they say.
+        for line in worker.log_events():
+            if line.get("user") in (mask_phone(wa_id), mask_phone(sender)):
+                assert line.get("request_id") in (cloud_rid, twilio_rid), line
+        assert not [name for name, process in processes.items() if "not sane" in process.log]
+    finally:
+        gateway.stop()

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from services.common.redact import mask_phone
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
 from tests.support.stack import (
@@ -22,6 +23,7 @@ from tests.support.stack import (
     next_db,
     post_cloud,
     queue_lengths,
+    signed_cloud,
     start_gateway,
     start_worker,
 )
@@ -204,8 +206,10 @@ def test_max_attempts_then_dead_letter_and_replay(
 ) -> None:
     assert limited.business is not None
     wa_id = new_wa_id()
+    rid = f"boom-{wa_id}"
     with limited.http as client:
-        post_cloud(client, cloud_payload(limited.business.phone_number_id, wa_id, "boom"))
+        body, headers = signed_cloud(cloud_payload(limited.business.phone_number_id, wa_id, "boom"))
+        client.post("/webhooks/whatsapp", content=body, headers={**headers, "x-request-id": rid})
 
     def mine() -> list[dict[str, Any]]:
         return dead_letters_of(limited, wa_id)
@@ -222,6 +226,12 @@ def test_max_attempts_then_dead_letter_and_replay(
     # Replayed, it fails the same way and comes back as a new record.
     assert wait_for(lambda: len(mine()) == 1 and mine()[0]["id"] != record["id"], 20)
     assert fake_clouds.replies(wa_id) == []
+    # One request id all along: the webhook's, on every retry, dead letter and replay.
+    assert record["request_id"] == mine()[0]["request_id"] == rid
+    lines = [e for e in limited.processes[0].log_events() if e.get("user") == mask_phone(wa_id)]
+    events = [e["event"] for e in lines]
+    assert events.count("message dead-lettered") == 2 and "message failed; will retry" in events
+    assert {e.get("request_id") for e in lines} == {rid}
 
 
 def test_a_replayed_dead_letter_does_not_send_again_what_it_sent_before(
