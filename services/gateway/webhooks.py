@@ -204,7 +204,9 @@ def build_router(runtime: Runtime) -> APIRouter:
             ids = await runtime.queue.enqueue(parsed.messages, rid, received)
             # After the enqueue: a 503 from it would have the provider retry, and record them again.
             for item in parsed.unusable:
-                await runtime.queue.dead_letter("unusable_payload", item.reason, raw=item.item)
+                await runtime.queue.dead_letter(
+                    "unusable_payload", item.reason, fields={"rid": rid}, raw=item.item
+                )
                 metrics.DEAD_LETTERS.labels("unusable_payload").inc()
         except RedisError as error:
             queue_outage.failed("queue unavailable; answering 503", error, request_id=rid)
@@ -326,7 +328,9 @@ def build_router(runtime: Runtime) -> APIRouter:
             try:
                 item = twilio.parse(params)
             except ValueError as error:
-                await runtime.queue.dead_letter("unusable_payload", str(error), raw=dict(params))
+                await runtime.queue.dead_letter(
+                    "unusable_payload", str(error), fields={"rid": rid}, raw=dict(params)
+                )
                 metrics.DEAD_LETTERS.labels("unusable_payload").inc()
                 metrics.WEBHOOKS.labels("twilio", "unusable").inc()
                 return _twiml(rid)

@@ -232,13 +232,27 @@ def test_bad_signatures_and_bodies_get_the_right_status_and_queue_nothing(
 
 
 def test_signed_but_unusable_payload_is_200_and_dead_lettered(gateway: Gateway) -> None:
+    """Recorded with the webhook's request id, so the record can be found with the webhook's
+    lines. (Was a gap: such records had no request id.)"""
     marker = secrets.token_hex(6)
     with gateway.http as client:
-        response = post_cloud(client, {"object": "whatsapp_business_account", "odd": marker})
-    assert response.status_code == 200
+        body, headers = signed_cloud({"object": "whatsapp_business_account", "odd": marker})
+        rid = f"odd-cloud-{marker}"
+        response = client.post(
+            "/webhooks/whatsapp", content=body, headers={**headers, "x-request-id": rid}
+        )
+        assert response.status_code == 200
+        form = [("MessageSid", "SM" + marker), ("Body", marker)]  # no From or To
+        body, headers = signed_twilio(f"{gateway.url}/webhooks/twilio", form)
+        response = client.post(
+            "/webhooks/twilio", content=body, headers={**headers, "x-request-id": f"odd-{marker}"}
+        )
+        assert response.status_code == 200
     with gateway.admin() as admin:
         dead = admin.get("/admin/dead-letters").json()["dead_letters"]
-    assert any(marker in (d["raw"] or "") and d["reason"] == "unusable_payload" for d in dead)
+    mine = {d["request_id"] for d in dead if marker in (d["raw"] or "")}
+    assert mine == {rid, f"odd-{marker}"}
+    assert all(d["reason"] == "unusable_payload" for d in dead if marker in (d["raw"] or ""))
 
 
 def test_unknown_business_is_dead_lettered_without_reply(
