@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -206,7 +207,7 @@ def test_max_attempts_then_dead_letter_and_replay(
 ) -> None:
     assert limited.business is not None
     wa_id = new_wa_id()
-    rid = f"boom-{wa_id}"
+    rid = f"boom-{time.time_ns()}"  # not the user id: it is logged in full
     with limited.http as client:
         body, headers = signed_cloud(cloud_payload(limited.business.phone_number_id, wa_id, "boom"))
         client.post("/webhooks/whatsapp", content=body, headers={**headers, "x-request-id": rid})
