@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -275,6 +277,23 @@ async def migrate_legacy(
 # -- export / import ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[IO[bytes]]:
+    """A file written beside ``path`` and put in its place only once complete: an export that
+    fails or is interrupted (a wrong URL, Redis going away, Ctrl-C) leaves an earlier file of
+    that name as it was, not truncated or half written."""
+    fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+
+
 async def export(
     store: RedisStore, out: IO[bytes], business_id: str | None, show_progress: bool = True
 ) -> Report:
@@ -425,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             output = (
                 sys.stdout.buffer
                 if args.output == "-"
-                else files.enter_context(Path(args.output).open("wb"))
+                else files.enter_context(replacing(Path(args.output)))
             )
         elif args.command == "import":
             raw = sys.stdin.buffer.read() if args.input == "-" else Path(args.input).read_bytes()

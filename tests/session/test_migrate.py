@@ -255,3 +255,21 @@ def test_long_runs_show_a_progress_bar_on_a_terminal(legacy_db: tuple[redis.Redi
     text = output.decode(errors="replace")
     assert "60/60" in text, text  # the bar's counter, complete
     assert "would import: 60" in text
+
+
+def test_a_failed_export_leaves_the_earlier_file_as_it_was(
+    legacy_db: tuple[redis.Redis, str], tmp_path: Path
+) -> None:
+    """Re-running an export over yesterday's file with a wrong URL (or a Ctrl-C, or Redis
+    going away midway) must not leave the operator with an empty or half file instead."""
+    _, url = legacy_db
+    dump = tmp_path / "all.jsonl"
+    dump.write_bytes(b'{"an": "earlier backup"}\n')
+    refused = migrate("redis://127.0.0.1:1/0", "export", "--output", str(dump))
+    assert refused.returncode != 0
+    assert dump.read_bytes() == b'{"an": "earlier backup"}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["all.jsonl"]  # no partial file left
+
+    done = migrate(url, "export", "--output", str(dump))
+    assert done.returncode == 0, done.stderr.decode()
+    assert dump.read_bytes() == b""  # this database holds no conversation
