@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -35,11 +36,12 @@ from typing import IO, Any
 
 import orjson
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services.common.redis_client import RedisClient, make_client
-from services.common.settings import load_settings
+from services.common.settings import ConfigurationError, configuring, load_settings, refuse_to_start
 from services.session.convert import MAX_CONTENT, MAX_ID
 from services.session.model import (
     ROLES,
@@ -66,14 +68,32 @@ class Report:
     dry_run: bool
     counts: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C: the run stops between two conversations
 
     def render(self) -> str:
-        lines = [f"{self.command} ({'dry run, nothing written' if self.dry_run else 'done'}):"]
+        how = "dry run, nothing written" if self.dry_run else "done"
+        if self.interrupted:
+            how = f"{how}; interrupted, so only what is counted here"
+        lines = [f"{self.command} ({how}):"]
         lines += [f"  {name}: {count}" for name, count in sorted(self.counts.items())]
         lines += [f"  problem: {p}" for p in self.problems[:50]]
         if len(self.problems) > 50:
             lines.append(f"  … and {len(self.problems) - 50} more problems")
         return "\n".join(lines)
+
+
+def stop_on_ctrl_c(report: Report) -> None:
+    """The first Ctrl-C ends the run between two conversations, never inside one; a second one
+    at once. Not by cancelling the task: on Python 3.11 redis-py's writes (``asyncio.wait_for``)
+    lose a cancellation that arrives as they finish, so an import went on to its end."""
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        report.interrupted = True
+        loop.remove_signal_handler(signal.SIGINT)  # back to KeyboardInterrupt
+        print("stopping after this conversation (Ctrl-C again: at once)", file=sys.stderr)
+
+    loop.add_signal_handler(signal.SIGINT, stop)
 
 
 @contextlib.contextmanager
@@ -221,9 +241,9 @@ async def migrate_legacy(
     dry_run: bool,
     ttl_seconds: int,
     history_limit: int,
+    report: Report,
     show_progress: bool = True,
 ) -> Report:
-    report = Report("legacy", dry_run)
     found: list[tuple[bytes, Role]] = []
     for prefix, role in LEGACY_PREFIXES.items():
         async for key in scan(client, prefix.replace("*", r"\*") + "*"):
@@ -232,6 +252,8 @@ async def migrate_legacy(
     ledger = ledger_key(business_id)
     with progress(len(found), "legacy", show_progress) as advance:
         for raw_key, role in found:
+            if report.interrupted:
+                break
             advance()
             name = raw_key.decode(errors="replace")
             user_id = name.split(":", 2)[2]
@@ -295,9 +317,12 @@ def replacing(path: Path) -> Iterator[IO[bytes]]:
 
 
 async def export(
-    store: RedisStore, out: IO[bytes], business_id: str | None, show_progress: bool = True
+    store: RedisStore,
+    out: IO[bytes],
+    business_id: str | None,
+    report: Report,
+    show_progress: bool = True,
 ) -> Report:
-    report = Report("export", False)
     keys = [
         k
         for k in await store.scan_conversations()
@@ -305,6 +330,8 @@ async def export(
     ]
     with progress(len(keys), "export", show_progress) as advance:
         for key in keys:
+            if report.interrupted:
+                break
             advance()
             conversation = await store.load(key)
             if conversation is None:  # expired or ended since the scan
@@ -333,13 +360,15 @@ async def import_lines(
     *,
     dry_run: bool,
     ttl_seconds: int | None,
+    report: Report,
     show_progress: bool = True,
 ) -> Report:
     """Each conversation is written unless Redis holds the same or a higher version."""
-    report = Report("import", dry_run)
     now = int(time.time() * 1000)
     with progress(len(lines), "import", show_progress) as advance:
         for number, line in enumerate(lines, 1):
+            if report.interrupted:
+                break
             advance()
             if not line.strip():
                 continue
@@ -399,14 +428,17 @@ def parser() -> argparse.ArgumentParser:
 async def run(
     args: argparse.Namespace,
     settings: SessionSettings,
+    report: Report,
     output: IO[bytes] | None = None,
     lines: list[bytes] | None = None,
 ) -> Report:
-    client = make_client(args.redis_url or settings.effective_redis_url)
+    with configuring("--redis-url" if args.redis_url else settings.effective_redis_url_variable):
+        client = make_client(args.redis_url or settings.effective_redis_url)
     store = RedisStore(
         client, ttl_seconds=settings.redis_ttl_seconds, history_limit=settings.session_history_limit
     )
     show = not args.no_progress
+    stop_on_ctrl_c(report)
     try:
         if args.command == "legacy":
             return await migrate_legacy(
@@ -416,14 +448,20 @@ async def run(
                 dry_run=args.dry_run,
                 ttl_seconds=args.ttl or settings.redis_ttl_seconds,
                 history_limit=settings.session_history_limit,
+                report=report,
                 show_progress=show,
             )
         if args.command == "export":
             assert output is not None
-            return await export(store, output, args.business_id, show)
+            return await export(store, output, args.business_id, report, show)
         assert lines is not None
         return await import_lines(
-            store, lines, dry_run=args.dry_run, ttl_seconds=args.ttl, show_progress=show
+            store,
+            lines,
+            dry_run=args.dry_run,
+            ttl_seconds=args.ttl,
+            report=report,
+            show_progress=show,
         )
     finally:
         await client.aclose()
@@ -437,20 +475,44 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "ttl", None) is not None and args.ttl <= 0:
         cli.error("--ttl must be a positive number of seconds")
     settings = load_settings(SessionSettings)
+    report = Report(args.command, getattr(args, "dry_run", False))
     output: IO[bytes] | None = None
     lines: list[bytes] | None = None
-    with contextlib.ExitStack() as files:
-        if args.command == "export":
-            output = (
-                sys.stdout.buffer
-                if args.output == "-"
-                else files.enter_context(replacing(Path(args.output)))
-            )
-        elif args.command == "import":
-            raw = sys.stdin.buffer.read() if args.input == "-" else Path(args.input).read_bytes()
-            lines = raw.splitlines()
-        report = asyncio.run(run(args, settings, output, lines))
+    try:
+        with contextlib.ExitStack() as files:
+            if args.command == "export":
+                output = (
+                    sys.stdout.buffer
+                    if args.output == "-"
+                    else files.enter_context(replacing(Path(args.output)))
+                )
+            elif args.command == "import":
+                raw = (
+                    sys.stdin.buffer.read() if args.input == "-" else Path(args.input).read_bytes()
+                )
+                lines = raw.splitlines()
+            asyncio.run(run(args, settings, report, output, lines))
+            if report.interrupted:
+                raise KeyboardInterrupt  # an export's file is not put in place
+    except ConfigurationError as error:
+        refuse_to_start(str(error))
+    except KeyboardInterrupt:
+        report.interrupted = True
+    except (OSError, RedisError, RedisClusterException) as error:
+        # What the operator can act on (a path, a refused connection, a wrong password), not
+        # a traceback; redis-py's messages name the host, never the URL's password.
+        print(report.render(), file=sys.stderr)
+        print(f"error: {error or type(error).__name__}", file=sys.stderr)
+        return 1
     print(report.render(), file=sys.stderr)
+    if report.interrupted:
+        print(
+            "interrupted: the export is incomplete; an --output file was left as it was"
+            if args.command == "export"
+            else "interrupted: a re-run is safe and skips what was done",
+            file=sys.stderr,
+        )
+        return 130
     return 1 if report.problems and report.command == "import" else 0
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import redis
 from services.common.redis_client import make_client
 from services.session.model import ConversationKey, decode_message
 from services.session.redis_store import RedisStore
-from tests.support.processes import ROOT, Valkey
+from tests.support.processes import ROOT, Valkey, wait_for
 
 LEGACY_DB, IMPORT_DB = 9, 10
 WEEK = 7 * 24 * 3600
@@ -273,3 +275,68 @@ def test_a_failed_export_leaves_the_earlier_file_as_it_was(
     done = migrate(url, "export", "--output", str(dump))
     assert done.returncode == 0, done.stderr.decode()
     assert dump.read_bytes() == b""  # this database holds no conversation
+
+
+def test_operator_errors_are_one_line_with_no_traceback_or_password(
+    legacy_db: tuple[redis.Redis, str], tmp_path: Path
+) -> None:
+    _, url = legacy_db
+    port = url.split(":")[2].split("/")[0]
+    cases = [
+        # (arguments, exit status, what the one line says)
+        ((url, "import", "--input", str(tmp_path / "missing.jsonl")), 1, "No such file"),
+        ((url, "export", "--output", str(tmp_path / "no-dir" / "x.jsonl")), 1, "No such file"),
+        (("redis://:pw-not-shown@127.0.0.1:1/0", "export"), 1, "connecting to 127.0.0.1:1"),
+        (
+            (f"redis://nobody:pw-not-shown@127.0.0.1:{port}/9", "legacy", "--business-id", "b"),
+            1,
+            "invalid username-password",
+        ),
+        (("redis://:pw-not-shown@127.0.0.1:notaport/0", "export"), 2, "--redis-url: "),
+    ]
+    for (target, *args), status, says in cases:
+        result = migrate(target, *args)
+        err = result.stderr.decode()
+        assert result.returncode == status, err
+        assert "Traceback" not in err and "pw-not-shown" not in err, err
+        assert says in err, err
+
+
+def test_an_interrupted_import_says_what_it_did_and_a_re_run_finishes_it(
+    legacy_db: tuple[redis.Redis, str], tmp_path: Path
+) -> None:
+    db, url = legacy_db
+    now = int(time.time() * 1000)
+    dump = tmp_path / "many.jsonl"
+    with dump.open("wb") as out:
+        for n in range(20_000):
+            record = {
+                "business_id": "acme", "user_id": f"+1555{n:07d}", "role": "client",
+                "id": f"c{n}", "version": 2, "created_ms": now, "updated_ms": now,
+                "expire_ms": now + 600_000, "history": [{"r": "u", "c": "hi", "t": now}],
+                "state": {},
+            }  # fmt: skip
+            out.write(orjson.dumps(record) + b"\n")
+    command = [sys.executable, "-m", "services.session.migrate", "--redis-url", url]
+    running = subprocess.Popen(
+        [*command, "import", "--input", str(dump)], cwd=ROOT, stderr=subprocess.PIPE
+    )
+    assert wait_for(lambda: db.dbsize() > 0, timeout=30, interval=0.01)
+    running.send_signal(signal.SIGINT)  # an operator's Ctrl-C
+    _, raw_err = running.communicate(timeout=30)
+    err = raw_err.decode()
+    assert running.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err, err
+    done_before = {
+        name: int(value)
+        for name, _, value in (line.strip().rpartition(": ") for line in err.splitlines())
+        if value.isdigit()
+    }
+    assert 0 < done_before["written"] < 20_000, err
+
+    again = migrate(url, "import", "--input", str(dump))
+    assert again.returncode == 0, again.stderr.decode()
+    assert counts(again) == {
+        "written": 20_000 - done_before["written"],
+        "skipped: Redis has this version or newer": done_before["written"],
+    }
