@@ -48,6 +48,9 @@ from services.session.model import (
     Conversation,
     ConversationKey,
     Role,
+    StateTooLarge,
+    check_state_bounds,
+    decode_message,
     encode_id,
     encode_message,
     new_conversation_id,
@@ -204,7 +207,17 @@ def parse_legacy(value: object, now: int) -> tuple[list[bytes], dict[str, bytes]
     if not isinstance(state_source, dict):
         state_source = {k: v for k, v in value.items() if k not in ("history", "messages", "state")}
     state = {str(k): orjson.dumps(v) for k, v in state_source.items()}
+    _check_state(state)
     return history, state
+
+
+def _check_state(state: dict[str, bytes]) -> None:
+    """ValueError for a state past the service's bounds: every get of it would fail (a reply
+    past gRPC's 4 MiB), and no part of a state can be dropped safely for it."""
+    try:
+        check_state_bounds({}, state)
+    except StateTooLarge as error:
+        raise ValueError(error.message) from None
 
 
 def _hash_value(fields: dict[Any, Any]) -> dict[str, Any]:
@@ -351,7 +364,27 @@ def _checked(record: object) -> Conversation:
             raise ValueError("business_id and user_id must be 1-128 printable characters")
     if conversation.key.role not in ROLES or conversation.version < 1:
         raise ValueError("role must be client or admin, and version at least 1")
+    _check_state(conversation.state)
     return conversation
+
+
+def _servable(conversation: Conversation, history_limit: int, report: Report) -> None:
+    """Hold a conversation to what the service keeps, as legacy does: the newest
+    SESSION_HISTORY_LIMIT messages of at most MAX_CONTENT characters. A dump with no limits (an
+    old in-memory store's) would otherwise make one every get fails on (past gRPC's 4 MiB
+    reply), or one Redis cannot take in one script call (thousands of messages)."""
+    history = conversation.history
+    if len(history) > history_limit:
+        report.counts["older messages left out (SESSION_HISTORY_LIMIT)"] += (
+            len(history) - history_limit
+        )
+        del history[:-history_limit]
+    for n, raw in enumerate(history):
+        if len(raw) > MAX_CONTENT:  # the JSON is longer than its text: only these can be over
+            role, content, time_ms, provider_id = decode_message(raw)
+            if len(content) > MAX_CONTENT:
+                history[n] = encode_message(role, content[:MAX_CONTENT], time_ms, provider_id)
+                report.counts[f"messages cut to {MAX_CONTENT} characters"] += 1
 
 
 async def import_lines(
@@ -360,6 +393,7 @@ async def import_lines(
     *,
     dry_run: bool,
     ttl_seconds: int | None,
+    history_limit: int,
     report: Report,
     show_progress: bool = True,
 ) -> Report:
@@ -378,6 +412,7 @@ async def import_lines(
                 report.counts["invalid lines"] += 1
                 report.problems.append(f"line {number}: {error}")
                 continue
+            _servable(conversation, history_limit, report)
             if ttl_seconds is not None:
                 conversation.expire_ms = now + ttl_seconds * 1000
             if conversation.expire_ms <= now:
@@ -460,6 +495,7 @@ async def run(
             lines,
             dry_run=args.dry_run,
             ttl_seconds=args.ttl,
+            history_limit=settings.session_history_limit,
             report=report,
             show_progress=show,
         )

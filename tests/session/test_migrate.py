@@ -16,6 +16,7 @@ import orjson
 import pytest
 import redis
 
+from parley.session.v1 import session_pb2, session_pb2_grpc
 from services.common.redis_client import make_client
 from services.session.model import ConversationKey, decode_message
 from services.session.redis_store import RedisStore
@@ -340,3 +341,60 @@ def test_an_interrupted_import_says_what_it_did_and_a_re_run_finishes_it(
         "written": 20_000 - done_before["written"],
         "skipped: Redis has this version or newer": done_before["written"],
     }
+
+
+async def test_import_keeps_what_the_service_can_serve(
+    session_redis_url: str, stub: session_pb2_grpc.SessionServiceStub, tmp_path: Path
+) -> None:
+    """A hand-made dump (an old in-memory store's, with no limits) must not import
+    conversations that every later get fails on, nor stop the import half way."""
+    now = int(time.time() * 1000)
+    users = [f"+1666{now % 10**8:08d}{n}" for n in range(4)]  # this run's own
+
+    def record(user: str, messages: int, length: int, state: dict[str, object]) -> bytes:
+        history = [{"r": "u", "c": f"{n:05d}" + "x" * length, "t": now} for n in range(messages)]
+        return orjson.dumps({
+            "business_id": "dump", "user_id": user, "role": "client", "id": f"id-{user}",
+            "version": 1, "created_ms": now, "updated_ms": now, "expire_ms": now + 600_000,
+            "history": history, "state": state,
+        })  # fmt: skip
+
+    dump = tmp_path / "hand-made.jsonl"
+    dump.write_bytes(
+        b"\n".join([
+            record(users[0], 10_000, 10, {}),  # Lua's unpack refused it: the run stopped
+            record(users[1], 300, 20_000, {}),  # 6 MB: over gRPC's 4 MiB reply
+            record(users[2], 1, 10, {"notes": "y" * 5_000_000}),  # a state no reply can carry
+            record(users[3], 2, 10, {"step": 1}),
+        ])
+    )  # fmt: skip
+    result = migrate(session_redis_url, "import", "--input", str(dump))
+    err = result.stderr.decode()
+    assert result.returncode == 1, err  # the state's line is invalid; the rest is written
+    assert counts(result)["written"] == 3, err
+    assert counts(result)["invalid lines"] == 1 and "line 3: " in err, err
+
+    for user, messages, length in ((users[0], 10_000, 10), (users[1], 300, 20_000)):
+        got = await stub.GetConversation(
+            session_pb2.GetConversationRequest(
+                key=session_pb2.ConversationKey(
+                    business_id="dump", user_id=user, role=session_pb2.CONVERSATION_ROLE_CLIENT
+                )
+            )
+        )
+        history = got.conversation.history
+        assert len(history) == 10  # the newest SESSION_HISTORY_LIMIT, as the service keeps
+        assert history[-1].content.startswith(f"{messages - 1:05d}")
+        assert len(history[-1].content) == min(5 + length, 4096)
+
+
+async def test_legacy_leaves_a_state_no_reply_can_carry_untouched(
+    legacy_db: tuple[redis.Redis, str],
+) -> None:
+    db, url = legacy_db
+    db.set("chat:customer:+15551110009", orjson.dumps({"history": [], "cart": "z" * 5_000_000}))
+    result = migrate(url, "legacy", "--business-id", "acme")
+    assert counts(result)["skipped: unreadable"] == 1, result.stderr.decode()
+    assert "past its bounds" in result.stderr.decode()
+    assert await load(url, "+15551110009") is None
+    assert db.ttl("chat:customer:+15551110009") == -1  # kept as it was, for the operator
