@@ -200,28 +200,47 @@ class Conversation:
 
     @classmethod
     def from_json(cls, record: dict[str, object]) -> Conversation:
-        """Inverse of :meth:`to_json`; raises ValueError naming what is wrong."""
+        """Inverse of :meth:`to_json`; raises ValueError naming what is wrong. Types are checked,
+        not converted: a null must not become a user called "None"."""
         try:
             role = record["role"]
             if role not in ROLES:
                 raise ValueError(f"unknown role {role!r}")
-            key = ConversationKey(str(record["business_id"]), str(record["user_id"]), role)
+            key = ConversationKey(_field(record, "business_id"), _field(record, "user_id"), role)
             history = record.get("history") or []
             state = record.get("state") or {}
             if not isinstance(history, list) or not isinstance(state, dict):
                 raise ValueError("history must be a list and state an object")
             return cls(
-                id=str(record["id"]),
+                id=_field(record, "id"),
                 key=key,
                 history=[_stored_message(m) for m in history],
                 state={str(k): orjson.dumps(v) for k, v in state.items()},
-                version=int(record["version"]),  # type: ignore[call-overload]
-                created_ms=int(record["created_ms"]),  # type: ignore[call-overload]
-                updated_ms=int(record["updated_ms"]),  # type: ignore[call-overload]
-                expire_ms=int(record["expire_ms"]),  # type: ignore[call-overload]
+                version=_whole(record, "version", 1),
+                created_ms=_whole(record, "created_ms"),
+                updated_ms=_whole(record, "updated_ms"),
+                expire_ms=_whole(record, "expire_ms"),
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"bad conversation record: {error}") from None
+
+
+# Redis's Lua numbers are doubles: a version past this would not count on exactly.
+MAX_WHOLE = 2**53 - 1
+
+
+def _field(record: dict[str, object], name: str) -> str:
+    value = record[name]
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _whole(record: dict[str, object], name: str, low: int = 0) -> int:
+    value = record[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_WHOLE:
+        raise ValueError(f"{name} must be a whole number from {low} to 2**53 - 1")
+    return value
 
 
 def state_size(state: dict[str, bytes]) -> int:
@@ -291,7 +310,9 @@ def _stored_message(message: object) -> bytes:
     content = message.get("c")
     if role is None or not isinstance(content, str):
         raise ValueError("history entry needs r (u, a or s) and c (text)")
-    return encode_message(role, content, int(message.get("t", 0)), str(message.get("p", "")))
+    return encode_message(
+        role, content, _whole({"t": 0, **message}, "t"), _field({"p": "", **message}, "p")
+    )
 
 
 # Page tokens: which index shard, and the (expiry, member) last returned in it.

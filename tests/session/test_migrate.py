@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import orjson
 import pytest
 import redis
@@ -398,3 +399,41 @@ async def test_legacy_leaves_a_state_no_reply_can_carry_untouched(
     assert "past its bounds" in result.stderr.decode()
     assert await load(url, "+15551110009") is None
     assert db.ttl("chat:customer:+15551110009") == -1  # kept as it was, for the operator
+
+
+async def test_import_refuses_fields_of_the_wrong_type(
+    session_redis_url: str, stub: session_pb2_grpc.SessionServiceStub
+) -> None:
+    """A dump written by a script of its own: nulls and wrong types are invalid lines, not a
+    user called "None", nor a version Redis's Lua numbers cannot hold exactly (after which
+    every update of the conversation failed with INTERNAL)."""
+    now = int(time.time() * 1000)
+    user = f"+1777{now % 10**8:08d}"
+    good = {
+        "business_id": "types", "user_id": user, "role": "client", "id": "c1", "version": 1,
+        "created_ms": now, "updated_ms": now, "expire_ms": now + 600_000,
+        "history": [{"r": "u", "c": "hi", "t": now}], "state": {},
+    }  # fmt: skip
+    bad = [
+        {"user_id": None},
+        {"business_id": 42},
+        {"id": None},
+        {"version": True},
+        {"version": 2.5},
+        {"version": 2**60},
+        {"expire_ms": "soon"},
+        {"history": [{"r": "u", "c": "hi", "t": now, "p": None}]},
+    ]
+    lines = [orjson.dumps({**good, **change}) for change in bad]
+    result = migrate(session_redis_url, "import", stdin=b"\n".join(lines))
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert counts(result) == {"invalid lines": len(bad)}, err
+    for name in ("user_id", "business_id", "id", "version", "expire_ms", "p"):
+        assert name in err, err
+    key = session_pb2.ConversationKey(
+        business_id="types", user_id="None", role=session_pb2.CONVERSATION_ROLE_CLIENT
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stub.GetConversation(session_pb2.GetConversationRequest(key=key))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
