@@ -161,10 +161,12 @@ PAIR_FIELDS = (
 
 
 def _time_ms(entry: dict[str, Any], default: int) -> int:
+    """An entry's time in seconds or milliseconds; ``default`` for anything else (a corrupt
+    value past 64 bits would stop the whole run when the message is encoded)."""
     value = entry.get("timestamp", entry.get("time"))
-    if isinstance(value, int | float) and value > 0:
-        return int(value if value > 1e11 else value * 1000)  # seconds or milliseconds
-    return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e14:
+        return default
+    return int(value if value > 1e11 else value * 1000)
 
 
 def legacy_history(raw: object, now: int) -> list[bytes]:

@@ -437,3 +437,23 @@ async def test_import_refuses_fields_of_the_wrong_type(
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await stub.GetConversation(session_pb2.GetConversationRequest(key=key))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_legacy_survives_timestamps_out_of_range(legacy_db: tuple[redis.Redis, str]) -> None:
+    """One odd timestamp (a corrupt value, nanoseconds times a thousand) stopped the whole
+    run, dry run included, with a traceback: orjson cannot write an integer past 64 bits."""
+    db, url = legacy_db
+    for n, stamp in enumerate((1e300, 1e20, -5, 1_700_000_000)):
+        history = [{"user": "hi", "agent": "yo", "timestamp": stamp}]
+        db.set(f"chat:customer:+1555333000{n}", orjson.dumps({"history": history}))
+    dry = migrate(url, "legacy", "--business-id", "acme", "--dry-run")
+    assert dry.returncode == 0, dry.stderr.decode()
+    assert counts(dry)["would import"] == 4
+    real = migrate(url, "legacy", "--business-id", "acme")
+    assert counts(real)["imported"] == 4, real.stderr.decode()
+    now = time.time() * 1000
+    for n in range(3):  # not a time: the time of the import instead
+        odd = await load(url, f"+1555333000{n}")
+        assert abs(decode_message(odd.history[0])[2] - now) < 120_000  # type: ignore[attr-defined]
+    kept = await load(url, "+15553330003")
+    assert decode_message(kept.history[0])[2] == 1_700_000_000_000  # type: ignore[attr-defined]
