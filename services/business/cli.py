@@ -31,7 +31,7 @@ from typing import Any
 
 import structlog
 
-from services.business.core import BusinessCore, RotationReport
+from services.business.core import BusinessCore, RotationReport, store_errors
 from services.business.crypto import key_id_of
 from services.business.model import (
     BusinessRecord,
@@ -230,7 +230,8 @@ async def run(args: argparse.Namespace, settings: BusinessSettings) -> int:
         )
     core = BusinessCore(store, cipher, bus=bus)
     try:
-        await store.open()
+        with store_errors():  # unreachable or unusable: one line (main), not the driver's trace
+            await store.open()
         return await _dispatch(core, args)
     finally:
         if bus is not None:

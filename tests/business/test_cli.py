@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.business.conftest import TEST_SECRET, SecretRegistry
-from tests.support.processes import ROOT
+from tests.support.processes import ROOT, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -152,3 +152,14 @@ def test_ensure_demo_is_idempotent_with_fixed_identities(cli: Cli) -> None:
     assert shown["whatsapp_access_token"].startswith("set")
     text = cli("ensure-demo").stdout
     assert "already there" in text and "100000000000001" in text and "+15550100001" in text
+
+
+def test_a_store_that_does_not_answer_is_one_line(cli: Cli) -> None:
+    """The operator's commonest mistake, a MongoDB that is down or a wrong host, was a 40-line
+    driver traceback. (A BUSINESS_DB_PATH SQLite cannot open takes the same path, but
+    aiosqlite 0.22's worker thread may then print its own traceback at exit.)"""
+    refused = f"mongodb://parley:pw-not-shown@127.0.0.1:{free_port()}/parley"
+    out = cli("list", MONGODB_URI=refused + "?serverSelectionTimeoutMS=300")
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr and "pw-not-shown" not in out.stderr, out.stderr
+    assert "business store is unavailable" in out.stderr, out.stderr
