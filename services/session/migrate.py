@@ -61,6 +61,7 @@ from services.session.settings import SessionSettings
 LEGACY_PREFIXES: dict[str, Role] = {"chat:customer:": "client", "admin:context:": "admin"}
 LEGACY_KEEP_SECONDS = 7 * 24 * 3600
 PROGRESS_MIN_ITEMS = 50  # shorter runs finish before a bar would help
+NEWER = "skipped: Redis holds a conversation updated later"
 
 
 @dataclass
@@ -300,8 +301,9 @@ async def migrate_legacy(
             conversation = Conversation(
                 new_conversation_id(), target, history, state, 1, now, now, now + ttl_seconds * 1000
             )
-            outcome, _ = await store.put(conversation, write_back=False)
-            if outcome != "written":  # created meanwhile by live traffic: that one wins
+            # As a write-back: a conversation live traffic created meanwhile always wins.
+            outcome, _ = await store.put(conversation)
+            if outcome != "written":
                 report.counts["skipped: a live conversation exists"] += 1
                 continue
             await client.hset(ledger, name, conversation.id)
@@ -422,7 +424,12 @@ async def import_lines(
                 continue
             if dry_run:
                 current = await store.load(conversation.key)
-                if current is not None and current.version >= conversation.version:
+                if current is not None and current.id != conversation.id:
+                    if current.updated_ms >= conversation.updated_ms:
+                        report.counts[NEWER] += 1
+                    else:
+                        report.counts["would write"] += 1
+                elif current is not None and current.version >= conversation.version:
                     report.counts["skipped: Redis has this version or newer"] += 1
                 else:
                     report.counts["would write"] += 1
@@ -433,6 +440,7 @@ async def import_lines(
                     "written": "written",
                     "kept": "skipped: Redis has this version or newer",
                     "expired": "skipped: expired",
+                    "newer": NEWER,
                 }[outcome]
             ] += 1
     return report

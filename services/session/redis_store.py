@@ -239,10 +239,16 @@ PUT = (
     + _NOW
     + _INDEX
     + """
-local meta = redis.call('HMGET', KEYS[1], 'id', 'v')
+local meta = redis.call('HMGET', KEYS[1], 'id', 'v', 'u')
 local current = tonumber(meta[2]) or 0
 local version, expire = tonumber(ARGV[2]), tonumber(ARGV[5])
-if ARGV[9] == '1' and meta[1] and meta[1] ~= ARGV[1] then return {'other', current} end
+if meta[1] and meta[1] ~= ARGV[1] then
+  -- Another conversation: versions restart with every id and say nothing across ids. A
+  -- write-back never replaces it; an import does only when it was updated later.
+  if ARGV[9] == '1' then return {'other', current} end
+  if (tonumber(meta[3]) or 0) >= tonumber(ARGV[4]) then return {'newer', current} end
+  current = 0
+end
 if current >= version then
   -- Same conversation and version: only a touch can have happened; keep the later expiry.
   if ARGV[9] == '1' and current == version and meta[1] == ARGV[1]
@@ -384,8 +390,9 @@ class RedisStore:
         return int(await self._end_if(keys=key.redis_keys(), args=[key.member, version, cid]))
 
     async def put(self, conversation: Conversation, *, write_back: bool = True) -> tuple[str, int]:
-        """Write unless Redis has this version or newer: ('written'|'kept'|'expired', theirs);
-        on write-back also 'other' when Redis holds another conversation (another id)."""
+        """Write unless Redis has this version or newer: ('written'|'kept'|'expired', theirs).
+        When Redis holds another conversation (another id): on write-back 'other', nothing
+        written; on import 'newer' unless this one was updated later, which then replaces it."""
         key = conversation.key
         args: list[Any] = [
             conversation.id,

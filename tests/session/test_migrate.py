@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -457,3 +458,48 @@ async def test_legacy_survives_timestamps_out_of_range(legacy_db: tuple[redis.Re
         assert abs(decode_message(odd.history[0])[2] - now) < 120_000  # type: ignore[attr-defined]
     kept = await load(url, "+15553330003")
     assert decode_message(kept.history[0])[2] == 1_700_000_000_000  # type: ignore[attr-defined]
+
+
+async def test_restoring_an_old_backup_never_replaces_a_newer_conversation(
+    legacy_db: tuple[redis.Redis, str], tmp_path: Path
+) -> None:
+    # Versions restart at 1 with every conversation id, so across ids they say nothing: a backup
+    # of a conversation at version 4, restored after its user began a new one (version 1),
+    # replaced the new one. Across ids, the one updated later wins.
+    _, url = legacy_db
+    key = ConversationKey("acme", "+15551110099", "client")
+    client = make_client(url)
+    try:
+        store = RedisStore(client, ttl_seconds=900, history_limit=10)
+        await store.get(key, create=True, new_id="backed-up")
+        for n in range(3):
+            await store.update(
+                key,
+                append=[],
+                set_state={"n": str(n).encode()},
+                remove_state=[],
+                expected_version=None,
+                new_id="unused",
+            )
+        dump = tmp_path / "backup.jsonl"
+        assert migrate(url, "export", "--output", str(dump)).returncode == 0
+        (record,) = [json.loads(line) for line in dump.read_text().splitlines()]
+        assert record["version"] == 4
+        await store.end(key)
+        await asyncio.sleep(0.01)
+        await store.get(key, create=True, new_id="the-new-one")
+
+        dry = migrate(url, "import", "--input", str(dump), "--dry-run")
+        real = migrate(url, "import", "--input", str(dump))
+        newer = "skipped: Redis holds a conversation updated later"
+        assert counts(dry) == counts(real) == {newer: 1}, real.stderr.decode()
+        assert (await store.load(key)).id == "the-new-one"  # type: ignore[union-attr]
+
+        # A record updated after the live conversation (a move from a store that kept serving)
+        # does replace it.
+        record["updated_ms"] = int(time.time() * 1000) + 60_000
+        dump.write_text(json.dumps(record) + "\n")
+        assert counts(migrate(url, "import", "--input", str(dump))) == {"written": 1}
+        assert (await store.load(key)).id == "backed-up"  # type: ignore[union-attr]
+    finally:
+        await client.aclose()
