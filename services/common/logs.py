@@ -28,7 +28,7 @@ import orjson
 import structlog
 from prometheus_client import Counter
 
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, guide_names_not_read
 
 log = structlog.get_logger()
 
@@ -152,6 +152,10 @@ def configure_logging(service: str, settings: CommonSettings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+    for name, use in guide_names_not_read(os.environ):
+        structlog.get_logger("parley.settings").warning(
+            "a migration guide's variable that Parley does not read", variable=name, use=use
+        )
 
 
 class StandardFields:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Literal, NoReturn, TypeVar
 
 from pydantic import Field, ValidationError, field_validator
@@ -51,6 +51,28 @@ class CommonSettings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.app_env == "production"
+
+
+# Variables of the migration guides that Parley does not read, and what to set instead: a
+# carried-over .env that still holds one would otherwise seem to apply it.
+GUIDE_NAMES_NOT_READ = {
+    "SESSION_TTL_HOURS": "REDIS_TTL_SECONDS (seconds)",
+    "CONTEXT_TTL": "REDIS_TTL_SECONDS",
+    "CUSTOMER_CONTEXT_TTL": "REDIS_TTL_SECONDS",
+    "ADMIN_CONTEXT_TTL": "REDIS_TTL_SECONDS",
+    "MAX_CACHE_SIZE": "SESSION_FALLBACK_MAX_CONVERSATIONS (conversations held in memory)",
+    "MESSAGE_PROCESSOR_TIMEOUT": "ENGINE_TIMEOUT_SECONDS (seconds)",
+    "WEBHOOK_SECRET": "WHATSAPP_APP_SECRET (Cloud API) and TWILIO_AUTH_TOKEN (Twilio)",
+    "TWILIO_WHATSAPP_NUMBER": "the business's own number (python -m services.business.cli)",
+    "USE_REDIS": "nothing: Redis is always the store (SESSION_FALLBACK covers its outages)",
+    "UNIFIED_CONVERSATION_ENABLED": "nothing: every conversation is in the unified layout",
+}
+
+
+def guide_names_not_read(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The guides' variables set in ``environ`` that Parley ignores, each with its replacement."""
+    names = {name.upper() for name in environ}
+    return [(name, use) for name, use in GUIDE_NAMES_NOT_READ.items() if name in names]
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

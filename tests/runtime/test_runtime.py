@@ -136,6 +136,22 @@ def test_log_level_is_read_in_any_case(
         process.stop()
 
 
+def test_a_guides_variable_parley_does_not_read_is_named_at_start_up(
+    tmp_path: Path, valkey: Valkey
+) -> None:
+    # A team's carried-over .env (the session guide's SESSION_TTL_HOURS=2) was ignored without a
+    # word, so the conversations' TTL seemed set and was the default 900 s.
+    process, address = start_service("session", tmp_path, valkey.url, SESSION_TTL_HOURS="2")
+    try:
+        process.wait_serving(address)
+        (warning,) = process.log_events("a migration guide's variable that Parley does not read")
+        assert warning["variable"] == "SESSION_TTL_HOURS"
+        assert warning["use"].startswith("REDIS_TTL_SECONDS")
+        assert warning["level"] == "warning"
+    finally:
+        process.stop()
+
+
 MISSING = "/nonexistent/parley-tls.pem"
 
 
