@@ -43,6 +43,9 @@ def run_gateway(
     fake_clouds: FakeClouds,
     valkey: Valkey,
     name: str,
+    *,
+    role: str = "all",
+    workers: int = 0,
     **env: str,
 ) -> Gateway:
     # The gateway harness's session and business services, with this package's search process.
@@ -54,6 +57,8 @@ def run_gateway(
         fake_clouds,
         f"redis://127.0.0.1:{valkey.port}/{next_db()}",
         name,
+        role=role,
+        workers=workers,
         # mypy can't tell these str values from start_gateway's int keyword "workers".
         **{  # type: ignore[arg-type]
             "GATEWAY_ENGINE": ENGINE,
@@ -409,23 +414,11 @@ def test_one_request_id_follows_each_message_through_every_process(
     in gRPC metadata: web and worker as separate processes, a new business (its lookup misses
     every cache) and complete requests (search is called), one per channel. An id that is not
     a sane one (spaces, too long) is replaced, and logged nowhere."""
-    ours = Services(
-        services.session, services.business, search_server.address, [], services.log_dir
-    )
-    gateway = start_gateway(
-        ours,
-        fake_clouds,
-        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
-        "bot-trip",
-        role="web",
-        workers=1,
-        GATEWAY_ENGINE=ENGINE,
-        OUTBOX_ONLY="true",
-        USE_ASYNC_SEARCH="false",
-        OPENAI_API_KEY="",
+    gateway = run_gateway(
+        services, search_server, fake_clouds, valkey, "bot-trip", role="web", workers=1
     )
     try:
-        business = create_business(gateway)
+        business = gateway.business
         cloud_rid, twilio_rid = f"trip-cloud-{time.time_ns()}", f"trip-twilio-{time.time_ns()}"
         bad_rid = "not sane " + "x" * 100
         wa_id, sender = new_wa_id(), "+" + new_wa_id()
