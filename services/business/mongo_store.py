@@ -17,6 +17,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pymongo
 import structlog
 from bson import ObjectId
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
@@ -28,6 +29,7 @@ from services.business.model import SECRET_FIELDS, BusinessRecord, TokenStatus
 from services.business.store import BusinessStore
 from services.common.business_keys import KeyKind
 from services.common.errors import AlreadyExists
+from services.common.server import READINESS_TIMEOUT_SECONDS
 
 log = structlog.get_logger("parley.business.mongo")
 
@@ -91,6 +93,9 @@ _DUPLICATE_MESSAGES = {
 }
 # Index already there under another name or options (a team's own): keep theirs, say so.
 _INDEX_CONFLICT_CODES = {85, 86}
+# A readiness check (connect, indexes, ping) gives up well inside the runtime's limit on one
+# check: cut off by that limit, it would only say "took over 5 s", never why (no server).
+PING_TIMEOUT_SECONDS = READINESS_TIMEOUT_SECONDS * 0.6
 
 
 def database_name(uri: str, override: str | None) -> str:
@@ -181,6 +186,7 @@ class MongoStore(BusinessStore):
         self.database = database_name(uri, database)
         self.collection: AsyncCollection[dict[str, Any]] = self._client[self.database][COLLECTION]
         self._indexes_ready = False
+        self._ping_timeout = min(timeout_ms / 1000, PING_TIMEOUT_SECONDS)
 
     def describe(self) -> str:
         hosts = ",".join(
@@ -208,8 +214,9 @@ class MongoStore(BusinessStore):
 
     async def ping(self) -> None:
         try:
-            await self.open()
-            await self._client.admin.command("ping")
+            with pymongo.timeout(self._ping_timeout):
+                await self.open()
+                await self._client.admin.command("ping")
         except OperationFailure as error:
             # Typically a unique index that existing documents violate (two businesses claiming
             # one phone_number_id): say which rule, not the values.

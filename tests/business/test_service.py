@@ -543,3 +543,54 @@ async def test_a_warm_up_longer_than_a_readiness_check_still_ends(
     finally:
         assert service.on_stop is not None
         await service.on_stop()
+
+
+async def test_mongodb_down_at_start_with_default_timeouts_says_why_then_recovers(
+    registry: SecretRegistry, tmp_path: Path
+) -> None:
+    """MONGODB_TIMEOUT_MS defaults to 5000, as long as the runtime gives one readiness check:
+    the check used to be cut off first, so the only reason ever logged was "the readiness check
+    took over 5 s", never that MongoDB could not be reached. Once MongoDB answers on that
+    address, the same process turns SERVING without a restart."""
+    mongo_port, port = free_port(), free_port()
+    process = ServiceProcess(
+        "services.business.server",
+        {
+            "BUSINESS_PORT": str(port),
+            "BUSINESS_METRICS_PORT": "0",
+            "ENCRYPTION_SECRET": TEST_SECRET,
+            "MONGODB_URI": f"mongodb://127.0.0.1:{mongo_port}/",  # nothing listens there yet
+            "MONGODB_DATABASE": fresh_database(),
+            "READINESS_INTERVAL_SECONDS": "0.5",
+        },
+        registry.log_dir / "business-mongo-late.log",
+    )
+    for var in ("REDIS_URL", "MONGODB_TIMEOUT_MS", "WARMUP_CACHE"):
+        process.env.pop(var, None)
+    process.start()
+    address = f"127.0.0.1:{port}"
+    mongo: subprocess.Popen[bytes] | None = None
+    try:
+        assert await asyncio.to_thread(wait_for, lambda: "not ready" in process.log, 20.0), (
+            process.log[-2000:]
+        )
+        reasons = [e["reason"] for e in process.log_events("not ready")]
+        assert reasons[0] == "MongoDB unavailable: ServerSelectionTimeoutError", reasons
+        assert check(address, "parley.business.v1.BusinessService", 1.0) == "NOT_SERVING"
+
+        mongo = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
+            [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(mongo_port),
+             "--storage-path", ":memory:", "--log-level", "WARNING"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert await asyncio.to_thread(
+            wait_for,
+            lambda: check(address, "parley.business.v1.BusinessService", 1.0) == "SERVING",
+            40.0,
+            0.5,
+        ), process.log[-2000:]
+    finally:
+        await asyncio.to_thread(process.stop)
+        if mongo is not None:
+            mongo.terminate()
+            mongo.wait(timeout=10)
