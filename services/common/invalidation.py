@@ -41,13 +41,20 @@ class InvalidationBus:
         on_reset: Callable[[], None],
         *,
         invalidations: Counter | None = None,
+        repeat_after: float = 0.0,
     ) -> None:
-        """``invalidations``: a counter with one label, the origin ("remote", "resubscribe")."""
+        """``invalidations``: a counter with one label, the origin ("remote", "resubscribe").
+
+        ``repeat_after``: apply every invalidation (and reset) again this many seconds later,
+        for a cache filled from other caches (the gateway's, from the business replicas'): its
+        next miss may ask a replica that has not applied the same message yet and get the old
+        answer back, which it would otherwise keep for its whole TTL."""
         self.channel = channel
         self.origin = secrets.token_hex(8)  # this replica; its own messages are skipped
         self._on_invalidate = on_invalidate
         self._on_reset = on_reset
         self._invalidations = invalidations
+        self._repeat_after = repeat_after
         # Any: standalone, Sentinel or Cluster client, whichever REDIS_URL names.
         self._client: Any = make_redis(url, socket_timeout=5.0)
         self._task: asyncio.Task[None] | None = None
@@ -81,6 +88,11 @@ class InvalidationBus:
             return
         self._on_invalidate(keys, ids)
         self._count("remote")
+        self._again(self._on_invalidate, keys, ids)
+
+    def _again(self, apply: Callable[..., None], *args: Any) -> None:
+        if self._repeat_after > 0:
+            asyncio.get_running_loop().call_later(self._repeat_after, apply, *args)
 
     def _count(self, origin: str) -> None:
         if self._invalidations is not None:
@@ -97,6 +109,7 @@ class InvalidationBus:
                     # Messages published while we were away are lost: forget everything.
                     self._on_reset()
                     self._count("resubscribe")
+                    self._again(self._on_reset)
                     log.info("invalidation channel re-subscribed; cache cleared")
                 self.subscribed.set()
                 backoff = 0.1

@@ -29,6 +29,9 @@ from services.gateway.settings import GatewaySettings
 log = structlog.get_logger()
 
 NEGATIVE_TTL_SECONDS = 5.0
+# Each invalidation is applied again this much later: a miss right after the first may have
+# reloaded the old answer from a business replica that had not applied it yet.
+REPLICA_LAG_SECONDS = 1.0
 # Answers that mean "no servable business has this identity": cached as such, briefly.
 UNKNOWN_CODES = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
 
@@ -77,6 +80,7 @@ class BusinessDirectory:
                 on_invalidate=lambda keys, ids: cache.invalidate(keys, ids),
                 on_reset=cache.clear,
                 invalidations=metrics.BUSINESS_CACHE_INVALIDATIONS,
+                repeat_after=REPLICA_LAG_SECONDS,
             )
 
     async def start(self) -> None:

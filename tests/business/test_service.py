@@ -594,3 +594,121 @@ async def test_mongodb_down_at_start_with_default_timeouts_says_why_then_recover
         if mongo is not None:
             mongo.terminate()
             mongo.wait(timeout=10)
+
+
+class HeldLink:
+    """A TCP link to Valkey whose server-to-client direction can be held: a subscriber behind it
+    gets published messages late, as a busy or distant replica does."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.open = asyncio.Event()
+        self.open.set()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, held: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if held:
+                        await self.open.wait()
+                    dst.write(data)
+                    await dst.drain()
+            finally:
+                dst.close()
+
+        await asyncio.gather(
+            pump(reader, up_writer, False), pump(up_reader, writer, True), return_exceptions=True
+        )
+
+
+async def test_a_gateway_never_keeps_an_old_token_reloaded_from_a_lagging_replica(
+    registry: SecretRegistry, tmp_path: Path, valkey: Valkey
+) -> None:
+    """Two business replicas and a gateway worker's cache, all on one invalidation channel. A
+    token set through replica A reaches the worker and replica B at about the same time; the
+    worker drops its entry and its next miss may ask B before B has applied the same message:
+    B answers from its cache with the old token. The worker used to keep that answer for its
+    whole TTL (30 s by default, 300 s here), sending with the old token all along."""
+    from services.gateway.businesses import BusinessDirectory
+    from services.gateway.settings import GatewaySettings
+
+    db = tmp_path / "business.db"
+    channel = f"test:business:invalidate:{tmp_path.name}"
+    link = HeldLink(valkey.port)
+    a = await start_service(
+        registry, "replica-a", db, REDIS_URL=valkey.url, BUSINESS_INVALIDATION_CHANNEL=channel
+    )
+    b = await start_service(
+        registry, "replica-b", db, REDIS_URL=await link.start(),
+        BUSINESS_INVALIDATION_CHANNEL=channel,
+    )  # fmt: skip
+    settings = GatewaySettings(
+        redis_url=valkey.url,
+        business_invalidation_channel=channel,
+        gateway_business_cache_ttl_seconds=300,
+    )
+    directory = BusinessDirectory(settings, b.stub)  # the worker reaches replica B
+    await directory.start()
+    assert directory.bus is not None and directory.cache is not None
+    try:
+        async with asyncio.timeout(10):
+            await directory.bus.subscribed.wait()
+        request = demo_request(registry)
+        pnid = request.business.whatsapp_phone_number_ids[0]
+        created = (await a.stub.CreateBusiness(request)).business
+        old_token = request.credentials.whatsapp_access_token
+
+        async def token_seen() -> str:
+            known = await directory.lookup("cloud_api", pnid)
+            assert known is not None
+            return known.credentials.whatsapp_access_token
+
+        assert await token_seen() == old_token  # B and the worker both cache it now
+
+        link.open.clear()  # B hears of the next change late
+        epoch = directory.cache.epoch
+        new_token = registry.token("rotated")
+        await a.stub.SetChannelToken(
+            business_pb2.SetChannelTokenRequest(
+                business_id=created.id,
+                secret=business_pb2.CHANNEL_SECRET_WHATSAPP_ACCESS_TOKEN,
+                value=new_token,
+            )
+        )
+        assert await asyncio.to_thread(wait_for, lambda: directory.cache.epoch != epoch, 10.0)
+        assert await token_seen() == old_token  # from B, which has not heard yet
+        link.open.set()
+
+        async def b_has_it() -> bool:
+            answer = await b.stub.LookupBusiness(
+                business_pb2.LookupBusinessRequest(phone_number_id=pnid, include_credentials=True)
+            )
+            return answer.credentials.whatsapp_access_token == new_token
+
+        deadline = time.monotonic() + 10
+        while not await b_has_it():
+            assert time.monotonic() < deadline, "replica B never applied the invalidation"
+            await asyncio.sleep(0.05)
+        # Seconds, not the TTL: the worker stops using the old token soon after B caught up.
+        deadline = time.monotonic() + 5
+        while (seen := await token_seen()) != new_token and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        assert seen == new_token
+    finally:
+        await directory.stop()
+        await a.close()
+        await b.close()
+        await link.stop()

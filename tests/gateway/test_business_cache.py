@@ -3,6 +3,7 @@ made through the admin API seen by the next message (pub/sub invalidation, not t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -12,7 +13,7 @@ from parley.business.v1 import business_pb2
 from services.business.core import to_proto
 from services.business.model import validate_number
 from services.common.business_keys import KeyKind, identity_key
-from services.gateway.businesses import KnownBusiness
+from services.gateway.businesses import REPLICA_LAG_SECONDS, KnownBusiness
 from tests.business.test_store_contract import record as business_record
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
@@ -83,6 +84,7 @@ def new_business(gateway: Gateway) -> Business:
     before = metric(gateway, REMOTE)
     business = create_business(gateway)
     assert wait_for(lambda: metric(gateway, REMOTE) > before, 10), "no invalidation arrived"
+    time.sleep(REPLICA_LAG_SECONDS + 0.2)  # and its repeat, so lookups after it can be counted
     return business
 
 
