@@ -124,6 +124,14 @@ def _aware(value: Any) -> datetime:
     return datetime.fromtimestamp(0, UTC)
 
 
+def _identities(value: Any) -> tuple[str, ...]:
+    # Hand-kept or older documents may hold one identity as a plain value, which MongoDB's
+    # array queries match too: one identity, not one per character.
+    if isinstance(value, list | tuple):
+        return tuple(str(v) for v in value)
+    return (str(value),) if value not in (None, "") else ()
+
+
 def _record(doc: dict[str, Any]) -> BusinessRecord:
     secrets = {
         name: doc[mongo_name]
@@ -135,8 +143,8 @@ def _record(doc: dict[str, Any]) -> BusinessRecord:
         id=str(doc["_id"]),
         name=str(doc.get("name", "")),
         subdomain=str(doc.get("subDomain", "")),
-        phone_number_ids=tuple(str(v) for v in doc.get("whatsappPhoneNumberIds") or ()),
-        numbers=tuple(str(v) for v in doc.get("whatsappNumbers") or ()),
+        phone_number_ids=_identities(doc.get("whatsappPhoneNumberIds")),
+        numbers=_identities(doc.get("whatsappNumbers")),
         # A missing flag means "not serving": safer for documents written by older code.
         whatsapp_enabled=bool(doc.get("whatsappEnabled", False)),
         active=bool(doc.get("isActive", False)),

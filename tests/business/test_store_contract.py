@@ -23,7 +23,7 @@ from services.business.model import BusinessRecord, TokenStatus, utcnow
 from services.business.mongo_store import MongoStore
 from services.business.sqlite_store import SqliteStore
 from services.business.store import BusinessStore
-from services.common.business_keys import KeyKind
+from services.common.business_keys import KeyKind, identity_key
 from services.common.errors import AlreadyExists
 from tests.business.conftest import SecretRegistry, create_business, when_writer_starts
 
@@ -360,4 +360,33 @@ async def test_existing_mongo_collection_breaking_a_rule_keeps_the_service_not_r
             await store.ping()
     finally:
         await store.collection.database.client.drop_database(database)
+        await store.close()
+
+
+async def test_mongo_document_with_a_single_identity_not_in_a_list(mongo_uri: str) -> None:
+    """A collection kept by hand or by older code may hold one identity as a plain value
+    (``whatsappPhoneNumberIds: "123456"``): MongoDB's query for an array element matches it
+    too, so the business is found. It was read one character per identity ("1", "2", …): the
+    answer listed digits, and the cache filed the business under them, so no lookup by the
+    real identity was ever a hit."""
+    store = MongoStore(mongo_uri, database=f"parley_test_scalar_{ObjectId()}", min_pool_size=0)
+    try:
+        await store.open()
+        await store.collection.insert_one(
+            {
+                "name": "Old",
+                "subDomain": "old",
+                "whatsappPhoneNumberIds": "123456",
+                "whatsappNumbers": "+14155550100",
+                "whatsappEnabled": True,
+                "isActive": True,
+            }
+        )
+        found = await store.find(KeyKind.PHONE_NUMBER_ID, "123456")
+        assert found is not None
+        assert found.phone_number_ids == ("123456",)
+        assert found.numbers == ("+14155550100",)
+        assert identity_key(KeyKind.PHONE_NUMBER_ID, "123456") in found.lookup_keys
+    finally:
+        await store.collection.database.client.drop_database(store.database)
         await store.close()
