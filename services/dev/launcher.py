@@ -13,6 +13,7 @@ environment wins over the dev defaults here.
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime
 import os
 import secrets
@@ -30,6 +31,7 @@ import httpx
 import redis
 from honcho.manager import Manager
 from honcho.printer import Message, Printer
+from honcho.process import Process
 
 from services.common.healthcheck import check
 
@@ -53,13 +55,31 @@ class CapturingPrinter(Printer):  # type: ignore[misc]
         data = message.data
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
         self.recent[message.name or ""].extend(text.splitlines())
-        super().write(message)
+        with contextlib.suppress(OSError):  # the terminal is gone (closed: EIO); stopping goes on
+            super().write(message)
+
+
+class HangupProofProcess(Process):  # type: ignore[misc]
+    """honcho's helper around one process, which ignores SIGINT and SIGTERM (the launcher stops
+    the processes), ignoring SIGHUP too: closing the terminal sends it to the whole foreground
+    job, and a helper it killed would never report its process's exit, so honcho would wait for
+    it for ever. (The process inherits the SIG_IGN; it runs in a session of its own, where no
+    terminal sends it SIGHUP.)"""
+
+    def run(self, events: Any = None, ignore_signals: bool = False) -> None:
+        if ignore_signals:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        super().run(events, ignore_signals)
 
 
 class DependentsFirst(Manager):  # type: ignore[misc]
     """honcho's manager, but stopping the gateway before the services it calls, as docker
     compose stops a service's dependents first: the messages its workers finish at Ctrl-C
     still reach the session service. (honcho 2.0.0, pinned: its ``_killall`` is the hook.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._process_ctor = HangupProofProcess
 
     def _killall(self, force: bool = False) -> None:
         gateway = self._processes.get("gateway", {})
@@ -247,7 +267,18 @@ def demo_business(env: dict[str, str]) -> str:
     return f"  Demo business (python -m services.business.cli ensure-demo):\n{lines}\n"
 
 
+def hang_up(signum: int, frame: Any) -> None:
+    """Closing the terminal (SIGHUP) stops everything as SIGTERM does: by default it would kill
+    the launcher alone and leave Valkey and the services, which run in sessions of their own."""
+    handler = signal.getsignal(signal.SIGTERM)
+    if callable(handler):  # honcho's, once its loop runs
+        handler(signal.SIGTERM, frame)
+    else:  # before: main's finally stops Valkey
+        raise KeyboardInterrupt
+
+
 def main() -> int:
+    signal.signal(signal.SIGHUP, hang_up)
     VAR.mkdir(exist_ok=True)
     env = dev_environment()
     printer = CapturingPrinter(sys.stdout)

@@ -3,7 +3,9 @@ stopped by Ctrl-C (SIGINT to the terminal's process group) cleanly and in order.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
 import re
 import signal
 import subprocess
@@ -114,3 +116,61 @@ def _stop_everything(launcher: subprocess.Popen[str], output: Lines) -> None:
     for pid in re.findall(r"started \(pid=(\d+)\)", output.text()):
         if process_running(int(pid)):
             os.kill(int(pid), signal.SIGKILL)
+
+
+def _launcher_env(tmp_path: Path) -> dict[str, str]:
+    """The launcher's environment with every port free and its data under ``tmp_path``."""
+    ports = {name: free_port() for name in ("session", "business", "search", "gateway")}
+    env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
+    env |= {f"{name.upper()}_PORT": str(port) for name, port in ports.items()}
+    env |= {f"{name.upper()}_METRICS_PORT": "0" for name in ("session", "business", "search")}
+    return env | {"PARLEY_VAR_DIR": str(tmp_path / "var"), "DEV_STARTUP_TIMEOUT_SECONDS": "90"}
+
+
+def test_closing_the_terminal_stops_everything(tmp_path: Path) -> None:
+    """Closing the terminal window of `make run`: the shell sends SIGHUP to the job's process
+    group, and the terminal is gone (writes to it fail). Valkey and the services run in
+    sessions of their own, so the launcher has to stop them, or they hold the ports and the next
+    `make run` cannot start."""
+    master, slave = pty.openpty()
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "services.dev.launcher"],
+        cwd=ROOT,
+        env=_launcher_env(tmp_path),
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
+    os.close(slave)
+    seen: list[str] = []
+
+    def read() -> None:
+        with contextlib.suppress(OSError):
+            while chunk := os.read(master, 65536):
+                seen.append(chunk.decode("utf-8", "replace"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while DEMO not in "".join(seen) and time.monotonic() < deadline and launcher.poll() is None:
+        time.sleep(0.2)
+    text = "".join(seen)
+    started = [int(pid) for pid in re.findall(r"started \(pid=(\d+)\)", text)]
+    try:
+        assert DEMO in text, text[-4000:]
+        assert len(started) == 5, text  # valkey and the four services
+        os.close(master)  # the window is gone: every later write to the terminal fails
+        os.killpg(launcher.pid, signal.SIGHUP)
+        launcher.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while any(process_running(pid) for pid in started) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in started if process_running(pid)] == []
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+        for pid in started:
+            if process_running(pid):
+                os.kill(pid, signal.SIGKILL)
