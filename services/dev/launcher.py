@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
+import json
 import os
 import secrets
 import signal
@@ -118,6 +119,85 @@ def dev_secret(name: str, nbytes: int = 32) -> str:
 def port_is_free(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+# The ports the stack listens on, by the variable that moves each (0 turns a metrics port off).
+PORTS = {
+    "GATEWAY_PORT": 8000,
+    "SESSION_PORT": 50051,
+    "BUSINESS_PORT": 50052,
+    "SEARCH_PORT": 50053,
+    "SESSION_METRICS_PORT": 9101,
+    "BUSINESS_METRICS_PORT": 9102,
+    "SEARCH_METRICS_PORT": 9103,
+}
+
+
+def busy_ports(env: dict[str, str]) -> list[str]:
+    """The stack's ports something already answers on, as "8000 (GATEWAY_PORT)". Checked before
+    anything starts: gRPC would bind a port another gRPC server holds (SO_REUSEPORT) and share
+    the calls with it, and the others would stop the stack with a bind traceback."""
+    busy = []
+    for variable, default in PORTS.items():
+        value = env.get(variable, str(default)).strip()
+        if value.isdecimal() and 0 < int(value) < 65536 and not port_is_free(int(value)):
+            busy.append(f"{value} ({variable})")
+    return busy
+
+
+PIDS_FILE = "make-run.pids"
+MARKERS = {  # what each recorded process's command line holds, so a reused pid is never taken
+    "launcher": "services.dev.launcher",
+    "valkey": "valkey-server",
+    "gateway": "services.gateway.main",
+    **{name: f"services.{name}.server" for name in ("session", "business", "search")},
+}
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def record_pids(pids: dict[str, int]) -> None:
+    """What this launcher runs, under var/, so that the next one can stop what it leaves behind
+    if it is killed (SIGKILL, a crash): Valkey and the services run in sessions of their own."""
+    path = VAR / PIDS_FILE
+    path.with_suffix(".tmp").write_text(json.dumps({"launcher": os.getpid(), **pids}))
+    path.with_suffix(".tmp").replace(path)
+
+
+def left_running() -> dict[str, int]:
+    """The processes an earlier launcher with this var/ recorded that still run."""
+    try:
+        recorded = json.loads((VAR / PIDS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {
+        name: pid
+        for name, pid in recorded.items()
+        if name in MARKERS
+        and isinstance(pid, int)
+        and process_running(pid)
+        and MARKERS[name] in _command_line(pid)
+    }
+
+
+def stop_left_running(left: dict[str, int]) -> None:
+    """Stop what a killed launcher left, in the order it would have: the gateway, then the
+    services, then Valkey."""
+    for group in (["gateway"], ["session", "business", "search"], ["valkey"]):
+        pids = [left[name] for name in group if name in left]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + GATEWAY_STOP_SECONDS
+        while any(map(process_running, pids)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in filter(process_running, pids):
+            os.kill(pid, signal.SIGKILL)
 
 
 def dev_environment() -> dict[str, str]:
@@ -280,7 +360,26 @@ def hang_up(signum: int, frame: Any) -> None:
 def main() -> int:
     signal.signal(signal.SIGHUP, hang_up)
     VAR.mkdir(exist_ok=True)
+    left = left_running()
+    if "launcher" in left:
+        print(
+            f"make run is already running with {VAR} (pid {left['launcher']}): stop it first "
+            "(Ctrl-C in its terminal), or give this one PARLEY_VAR_DIR and other ports."
+        )
+        return 1
+    if left:
+        named = ", ".join(f"{name} (pid {pid})" for name, pid in left.items())
+        print(f"Stopping what an earlier make run left running when it was killed: {named}")
+        stop_left_running(left)
     env = dev_environment()
+    busy = busy_ports(env)
+    if busy:
+        print(
+            f"make run cannot start: {'port' if len(busy) == 1 else 'ports'} {', '.join(busy)} "
+            "already in use. Another make run, or another program, holds it: stop it, or set "
+            "the variable to a free port (a metrics port to 0 turns it off). Nothing was started."
+        )
+        return 1
     printer = CapturingPrinter(sys.stdout)
     manager = DependentsFirst(printer=printer)
     valkey = None
@@ -288,11 +387,13 @@ def main() -> int:
         redis_port = 6379 if port_is_free(6379) else _free_port()
         env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
         valkey = EmbeddedValkey(redis_port, printer)
+        record_pids({"valkey": valkey.process.pid})
     try:
         return run_services(manager, printer, env, valkey)
     finally:
         if valkey is not None:
             valkey.stop()
+        (VAR / PIDS_FILE).unlink(missing_ok=True)
 
 
 def run_services(
@@ -331,6 +432,9 @@ def run_services(
         # process before those forks (a fork of a process with gRPC threads can deadlock the
         # child), so probing begins only once every process has reported its pid.
         started = wait_until_serving({"start": all_started}, STARTUP_TIMEOUT) == []
+        if started:
+            pids = {name: process["pid"] for name, process in manager._processes.items()}
+            record_pids(pids | ({"valkey": valkey.process.pid} if valkey else {}))
         down = wait_until_serving(targets, STARTUP_TIMEOUT) if started else list(targets)
         if not down:
             printer.output.write(banner(env) + demo_business(env))

@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -174,3 +175,70 @@ def test_closing_the_terminal_stops_everything(tmp_path: Path) -> None:
         for pid in started:
             if process_running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _launch(env: dict[str, str]) -> tuple[subprocess.Popen[str], Lines]:
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "services.dev.launcher"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    return launcher, Lines(launcher)
+
+
+def test_a_port_in_use_is_named_and_nothing_starts(tmp_path: Path) -> None:
+    """Something already on the gateway's port (another make run, another program): one line
+    naming the port and its variable, and nothing started, rather than four services and a
+    Valkey started and stopped around a bind traceback."""
+    env = _launcher_env(tmp_path)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", int(env["GATEWAY_PORT"])))
+        holder.listen()
+        launcher, output = _launch(env)
+        try:
+            assert launcher.wait(timeout=60) == 1, output.text()
+        finally:
+            _stop_everything(launcher, output)
+    time.sleep(0.2)  # the reader thread has the last line
+    text = output.text()
+    assert f"port {env['GATEWAY_PORT']} (GATEWAY_PORT) already in use" in text, text
+    assert "started (pid=" not in text and "Traceback" not in text, text
+
+
+def test_a_make_run_that_was_killed_is_cleaned_up_by_the_next(tmp_path: Path) -> None:
+    """A launcher killed with SIGKILL cannot stop anything: Valkey and the services, in sessions
+    of their own, stay on their ports. The next `make run` with the same var/ stops them and
+    starts; while a launcher is alive, a second one refuses instead."""
+    env = _launcher_env(tmp_path)
+    first, first_output = _launch(env)
+    launched = [(first, first_output)]
+    try:
+        assert first_output.wait_for(DEMO, 120), first_output.text()[-4000:]
+        left = [int(pid) for pid in re.findall(r"started \(pid=(\d+)\)", first_output.text())]
+        assert len(left) == 5, first_output.text()
+
+        third, third_output = _launch(env)  # the first is still alive: refused
+        launched.append((third, third_output))
+        assert third.wait(timeout=30) == 1, third_output.text()
+        time.sleep(0.2)
+        assert f"already running with {tmp_path / 'var'} (pid {first.pid})" in third_output.text()
+
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        assert all(process_running(pid) for pid in left)
+        second, second_output = _launch(env)
+        launched.append((second, second_output))
+        assert second_output.wait_for(DEMO, 120), second_output.text()[-4000:]
+        assert "Stopping what an earlier make run left running" in second_output.text()
+        assert [pid for pid in left if process_running(pid)] == []
+        gateway = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
+        assert httpx.get(f"{gateway}/health", timeout=5).status_code == 200
+        os.killpg(second.pid, signal.SIGINT)
+        assert second.wait(timeout=60) == 0, second_output.text()[-4000:]
+    finally:
+        for launcher, output in launched:
+            _stop_everything(launcher, output)
