@@ -232,7 +232,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         client = ChatClient(config, http)
-        client.skip_history()
+        try:
+            client.skip_history()
+        except httpx.HTTPStatusError as error:  # 401/403: another key; 404: the admin API is off
+            print(
+                f"The gateway at {config.gateway_url} refused to show the bot's replies "
+                f"(GET /admin/outbox: {error.response.status_code}): make chat reads them with "
+                "API_KEY, else the key make run keeps in var/dev-api-key. Set API_KEY to the "
+                "gateway's admin key (make run prints it), or start the gateway with one."
+            )
+            return 2
         print(
             f"Chatting with the demo business as +{config.user_id} via {config.gateway_url}.\n"
             "Try: NYC to London next Friday. Type a number to pick an option, "

@@ -7,9 +7,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -17,7 +21,7 @@ import httpx
 import pytest
 
 from services.dev.chat import ChatClient, Config, render
-from tests.support.processes import free_port
+from tests.support.processes import ROOT, ServiceProcess, Valkey, free_port, wait_for
 
 SECRET = "test-app-secret"
 API_KEY = "test-admin-key"
@@ -168,3 +172,54 @@ def test_buttons_and_locations(gateway: Gateway, client: ChatClient) -> None:
     }
     client.send("/location 51.47 -0.45")
     assert last_message(gateway)["location"] == {"latitude": 51.47, "longitude": -0.45}
+
+
+@pytest.mark.parametrize("gateway_key", ["the-key-make-run-printed", ""])
+def test_a_key_the_gateway_refuses_is_one_line(
+    tmp_path: Path, valkey: Valkey, gateway_key: str
+) -> None:
+    """`make chat` against a real gateway whose admin key is not the one chat has (the stack
+    started with API_KEY in another shell, or a gateway started without make run, whose admin API
+    is off): one line saying which key it used and what to set, not an httpx traceback."""
+    port = free_port()
+    dead = f"127.0.0.1:{free_port()}"
+    gateway = ServiceProcess(
+        "services.gateway.main",
+        {
+            "GATEWAY_ROLE": "web",
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_HOST": "127.0.0.1",
+            "REDIS_URL": valkey.url,
+            "API_KEY": gateway_key,
+            "OUTBOX_ONLY": "true",
+            "SESSION_SERVICE_ADDR": dead,
+            "BUSINESS_SERVICE_ADDR": dead,
+            "SEARCH_SERVICE_ADDR": dead,
+        },
+        tmp_path / "gateway.log",
+    ).start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_for(lambda: _answers(f"{url}/health"), 30), gateway.log[-3000:]
+        env = {**os.environ, "GATEWAY_URL": url, "API_KEY": "stale", "WHATSAPP_APP_SECRET": "s"}
+        chat = subprocess.run(
+            [sys.executable, "-m", "services.dev.chat"],
+            cwd=ROOT,
+            env=env,
+            input="/quit\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        gateway.stop()
+    assert chat.returncode == 2, chat.stdout + chat.stderr
+    assert "Traceback" not in chat.stderr, chat.stderr
+    assert "API_KEY" in chat.stdout and url in chat.stdout, chat.stdout
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
