@@ -97,6 +97,13 @@ def server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | Non
     )
 
 
+def cannot_listen(address: str, what: str) -> ValueError:
+    return ValueError(
+        f"cannot listen on {address} ({what}): another process holds the port,"
+        " or the host is not an address of this machine"
+    )
+
+
 def _read(variable: str, path: str) -> bytes:
     with configuring(variable, OSError):
         return Path(path).read_bytes()
@@ -114,6 +121,9 @@ class Runtime:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_REPLY_BYTES),
+                # No second process on a port one already holds: gRPC's default (SO_REUSEPORT)
+                # lets a stale copy of a service take a share of the calls without a word.
+                ("grpc.so_reuseport", 0),
                 # Accept the clients' keepalive pings (see services.common.clients).
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -134,10 +144,13 @@ class Runtime:
         )
         address = f"{settings.grpc_host}:{port}"
         credentials = server_credentials(settings)
-        if credentials is None:
-            self.port = self.server.add_insecure_port(address)
-        else:
-            self.port = self.server.add_secure_port(address, credentials)
+        try:
+            if credentials is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, credentials)
+        except RuntimeError:  # grpc's "Failed to bind to address …"
+            raise cannot_listen(address, "gRPC") from None
         self._ready = False
         self._stopping = asyncio.Event()
 
@@ -241,7 +254,10 @@ def run(
     names its variable) stops start-up as a bad environment value does: one line, status 2.
     """
     configure_logging(log_name, settings)
-    start_metrics_server(metrics_port)
+    try:
+        start_metrics_server(metrics_port)
+    except OSError:
+        refuse_to_start(str(cannot_listen(f"0.0.0.0:{metrics_port}", "metrics")))
 
     async def main() -> int:
         try:

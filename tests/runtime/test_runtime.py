@@ -122,6 +122,30 @@ def test_bad_environment_value_stops_startup(tmp_path: Path, valkey: Valkey) -> 
     assert "invalid configuration" in process.log
 
 
+@pytest.mark.parametrize("shared", ["grpc", "metrics"])
+def test_a_port_another_process_holds_stops_startup_with_one_line(
+    shared: str, tmp_path: Path, valkey: Valkey
+) -> None:
+    # gRPC shares a port by default (SO_REUSEPORT): a second copy of a service on a port the
+    # first one holds started too, and the kernel split the calls between the two.
+    metrics_port = free_port()
+    first, address = start_service(
+        "session", tmp_path / "first", valkey.url, SESSION_METRICS_PORT=str(metrics_port)
+    )
+    try:
+        first.wait_serving(address)
+        same = {
+            "grpc": {"SESSION_PORT": address.rpartition(":")[2]},
+            "metrics": {"SESSION_METRICS_PORT": str(metrics_port)},
+        }[shared]
+        second, _ = start_service("session", tmp_path / "second", valkey.url, **same)
+        assert second.wait() == 2, second.log
+        assert "cannot listen on" in second.log and "Traceback" not in second.log, second.log
+        assert first.process is not None and first.process.poll() is None  # it goes on alone
+    finally:
+        first.stop()
+
+
 @pytest.mark.parametrize(("given", "started_logged"), [("info", True), ("warning", False)])
 def test_log_level_is_read_in_any_case(
     given: str, started_logged: bool, tmp_path: Path, valkey: Valkey
