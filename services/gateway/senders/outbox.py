@@ -55,14 +55,16 @@ class OutboxSender:
             ),
             "time": datetime.now(UTC).isoformat(),
         }
-        async with self._redis.pipeline(transaction=True) as pipe:
+        # Not a MULTI: the two keys lie in different Cluster slots, and Cluster refuses a MULTI
+        # across slots. Both are written before the reply counts as sent.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(index_key(target.user_id), target.business_id)
             pipe.xadd(
                 outbox_key(target.business_id, target.user_id),
                 record,
                 maxlen=self._max,
                 approximate=False,
             )
-            pipe.sadd(index_key(target.user_id), target.business_id)
             await pipe.execute()
 
     async def mark_read(self, target: Target, message_id: str) -> None:
