@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter
+from redis.asyncio.cluster import RedisCluster
 
 from services.common.redis_client import make_redis
 from services.common.tasks import cancel_and_wait
@@ -102,8 +103,14 @@ class InvalidationBus:
         backoff = 0.1
         first = True
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = None
             try:
+                if isinstance(self._client, RedisCluster):
+                    # A Cluster client learns its slots on its first command; its pub/sub
+                    # needs them already (redis-py fails with KeyError otherwise, forever on a
+                    # gateway, whose client of this bus sends nothing else).
+                    await self._client.initialize()
+                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(self.channel)
                 if not first:
                     # Messages published while we were away are lost: forget everything.
@@ -128,5 +135,6 @@ class InvalidationBus:
                 backoff = min(MAX_BACKOFF, backoff * 2)
             finally:
                 first = False  # any later subscription follows a gap
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()

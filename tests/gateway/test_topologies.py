@@ -121,6 +121,35 @@ def test_cluster_webhooks_are_answered_in_the_outbox_once(cluster_gateway: Gatew
     assert dead_letters(cluster_gateway) == []
 
 
+def test_cluster_gateway_hears_business_changes(cluster_gateway: Gateway) -> None:
+    """A disabled business is refused by the next message, not after the cache's TTL: on
+    Cluster the gateway's invalidation subscription failed (KeyError) and kept retrying."""
+    with cluster_gateway.admin() as admin:
+        detailed = admin.get("/health/detailed").json()["gateway_business_cache"]
+    assert detailed["invalidation_subscribed"] is True
+    business = create_business(cluster_gateway)
+    first, second = new_wa_id(), new_wa_id()
+    with cluster_gateway.http as client:
+        post_cloud(client, cloud_payload(business.phone_number_id, first, "cache me"))
+        assert wait_for(lambda: outbox_texts(cluster_gateway, first), 20)  # cached now
+        with cluster_gateway.admin() as admin:
+            response = admin.patch(
+                f"/admin/businesses/{business.id}", json={"whatsapp_enabled": False}
+            )
+        assert response.status_code == 200, response.text
+        time.sleep(1)  # the invalidation is a publish away
+        post_cloud(client, cloud_payload(business.phone_number_id, second, "disabled?"))
+
+    def refused() -> bool:
+        return any(
+            d["reason"] == "unknown_business" and (d["message"] or {}).get("user_id") == second
+            for d in dead_letters(cluster_gateway)
+        )
+
+    assert wait_for(refused, 20)
+    assert outbox_texts(cluster_gateway, second) == []
+
+
 # --- Sentinel --------------------------------------------------------------------------------
 
 
