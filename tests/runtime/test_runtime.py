@@ -139,7 +139,10 @@ def test_a_port_another_process_holds_stops_startup_with_one_line(
             "metrics": {"SESSION_METRICS_PORT": str(metrics_port)},
         }[shared]
         second, _ = start_service("session", tmp_path / "second", valkey.url, **same)
-        assert second.wait() == 2, second.log
+        try:
+            assert second.wait() == 2, second.log
+        finally:
+            second.stop()
         assert "cannot listen on" in second.log and "Traceback" not in second.log, second.log
         assert first.process is not None and first.process.poll() is None  # it goes on alone
     finally:
