@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import limits.aio.storage as limits_aio_storage
 import redis.asyncio as redis
+import structlog
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
@@ -31,6 +32,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.errors import ResourceExhausted, ServiceError, Unavailable
+
+log = structlog.get_logger("parley.redis")
 
 DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_SOCKET_TIMEOUT = 1.0
@@ -215,6 +218,34 @@ async def ping(client: RedisClient) -> None:
         await client.ping()
     except Exception as error:
         raise ConnectionError(f"Redis did not answer PING: {error}") from None
+
+
+async def warn_if_evicting(client: RedisClient, store: str) -> str | None:
+    """Log a warning when Redis may drop keys to make room (``maxmemory-policy`` other than
+    ``noeviction``) and return the policy, else None. ``store`` names the data at risk.
+
+    A Redis shared with a cache is often set to ``allkeys-lru``: full, it then deletes accepted
+    queue entries, dedupe markers or live conversations without an error to anyone. Read from
+    ``INFO memory``, which managed services allow where they rename ``CONFIG``; unreachable:
+    nothing to say (readiness reports that)."""
+    try:
+        info = await client.info("memory")
+    except Exception:
+        return None
+    # A Cluster client answers per node: {node: {...}}.
+    sections = [info] if "maxmemory_policy" in info else list(info.values())
+    policies = {
+        section.get("maxmemory_policy") for section in sections if isinstance(section, dict)
+    }
+    evicting = sorted(str(p) for p in policies if p and p != "noeviction")
+    if not evicting:
+        return None
+    log.warning(
+        "Redis may evict keys when full: set maxmemory-policy noeviction",
+        store=store,
+        maxmemory_policy=",".join(evicting),
+    )
+    return evicting[0]
 
 
 def limits_storage(

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import redis.asyncio as redis
 import structlog
 
-from services.common.redis_client import make_redis
+from services.common.redis_client import make_redis, warn_if_evicting
 from services.common.settings import configuring
 from services.gateway.businesses import BusinessDirectory
 from services.gateway.clients import Clients
@@ -112,6 +112,7 @@ class Runtime:
         return self._engine
 
     async def start(self) -> None:
+        await warn_if_evicting(self.redis, "gateway: the queue, dedupe markers and sent log")
         self._clients = Clients(self.settings)
         self._engine = load_engine(self.settings.gateway_engine, self._clients.search)
         if self.role in ("worker", "all"):

@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.errors import Unavailable, VersionConflict
 from services.common.redact import mask_phone
-from services.common.redis_client import refusal
+from services.common.redis_client import refusal, warn_if_evicting
 from services.common.tasks import cancel_and_wait
 from services.session import metrics
 from services.session.memory_store import MemoryStore
@@ -70,6 +70,7 @@ class SessionStore:
         self.outage_since: float | None = None
         self.writebacks_total = 0
         self.redis_seen = False  # whether Redis has answered this process yet
+        self._eviction_checked = False  # maxmemory-policy, once Redis first answers a check
         self._recovery: asyncio.Task[None] | None = None
         metrics.FALLBACK_ACTIVE.set(0)
         metrics.PENDING_WRITEBACKS.set_function(lambda: self.memory.pending)
@@ -208,6 +209,9 @@ class SessionStore:
             self.enter_outage(error)
         else:
             self.redis_seen = True
+            if not self._eviction_checked:
+                self._eviction_checked = True
+                await warn_if_evicting(self.redis.client, "session: live conversations")
 
     async def close(self) -> None:
         if self.memory.pending:

@@ -149,6 +149,26 @@ def test_a_port_another_process_holds_stops_startup_with_one_line(
         first.stop()
 
 
+def test_a_redis_that_evicts_keys_when_full_is_named_at_start_up(
+    tmp_path: Path, valkey: Valkey
+) -> None:
+    # A Redis shared with a cache is often set to allkeys-lru: full, it deletes live
+    # conversations (and the gateway's queue entries) without an error to anyone.
+    warning = "Redis may evict keys when full: set maxmemory-policy noeviction"
+    evicting = Valkey(tmp_path / "lru", None, "--maxmemory-policy", "allkeys-lru").start()
+    try:
+        for url, policy in ((evicting.url, "allkeys-lru"), (valkey.url, None)):
+            process, address = start_service("session", tmp_path / str(policy), url)
+            try:
+                process.wait_serving(address)  # after the check that warns
+                said = process.log_events(warning)
+                assert [event["maxmemory_policy"] for event in said] == ([policy] if policy else [])
+            finally:
+                process.stop()
+    finally:
+        evicting.stop()
+
+
 @pytest.mark.parametrize(("given", "started_logged"), [("info", True), ("warning", False)])
 def test_log_level_is_read_in_any_case(
     given: str, started_logged: bool, tmp_path: Path, valkey: Valkey
