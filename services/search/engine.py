@@ -112,8 +112,9 @@ class SearchEngine:
         now = time.time()
         if cached is not None and self.cache.is_fresh(cached, now):
             self._hits.inc()
-            return self._answer(cached, stale=False, now=now)
-        return await self._coalesced(key, query, cached, deadline)
+            return _still_to_leave(self._answer(cached, stale=False, now=now), query, now)
+        answer = await self._coalesced(key, query, cached, deadline)
+        return _still_to_leave(answer, query, time.time())
 
     async def _coalesced(
         self, key: str, query: Query, stale: Cached | None, deadline: float
@@ -321,6 +322,30 @@ class SearchEngine:
 
     def nearest(self, lat: float, lon: float, limit: int) -> list[tuple[PlaceInfo, float]]:
         return self.places.nearest(lat, lon, limit)
+
+
+def _still_to_leave(
+    response: search_pb2.SearchFlightsResponse, query: Query, now: float
+) -> search_pb2.SearchFlightsResponse:
+    """Without the offers whose first flight has already left: a search for today gets them
+    from the offline provider (06:00 flights at 23:00) and from the cache (answers up to a day
+    old when served stale)."""
+    # A departure date from the day after tomorrow (UTC) on is in the future everywhere.
+    if query.departure > dt.datetime.fromtimestamp(now, dt.UTC).date() + dt.timedelta(days=1):
+        return response
+    kept = [offer for offer in response.offers if not _has_left(offer, now)]
+    if len(kept) < len(response.offers):
+        del response.offers[:]
+        response.offers.extend(kept)
+    return response
+
+
+def _has_left(offer: search_pb2.FlightOffer, now: float) -> bool:
+    try:
+        leaves = dt.datetime.fromisoformat(offer.itineraries[0].segments[0].departure_time)
+    except (IndexError, ValueError):
+        return False
+    return leaves.tzinfo is not None and leaves.timestamp() <= now
 
 
 _EXPECTED = (ProviderUnavailable, BreakerOpen, RateLimitTimeout, TimeoutError)

@@ -9,14 +9,17 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import grpc
 import httpx
 import pytest
+import redis.asyncio as redis
 
 from parley.search.v1 import search_pb2, search_pb2_grpc
 from services.common.errors import field_violations
 from services.common.healthcheck import check
+from services.search.places import Places
 from tests.search.fake_amadeus import CLIENT_ID, CLIENT_SECRET, FakeAmadeus
 from tests.support.processes import ROOT, ServiceProcess, Valkey, free_port, wait_for
 
@@ -254,3 +257,69 @@ def test_a_bad_provider_setting_stops_start_up_with_a_message() -> None:
     )
     assert result.returncode == 2
     assert "SEARCH_PROVIDER=nope" in result.stderr
+
+
+async def test_no_answer_lists_a_flight_that_has_already_left(
+    stub: search_pb2_grpc.SearchServiceStub, valkey: Valkey, places: Places
+) -> None:
+    """A search for today, fresh or from the cache (fresh or stale: up to a day old), shows only
+    flights still to leave. (Was a bug: the offline provider offered today's 06:00 departures at
+    23:00, and a cached answer kept listing flights that had left since it was fetched.)"""
+    now = dt.datetime.now(dt.UTC)
+    # Somewhere it is always late in the day: the offline provider's early flights have left.
+    for origin, destination in [
+        ("HNL", "OGG"), ("LAX", "SFO"), ("JFK", "BOS"), ("GRU", "GIG"), ("LHR", "EDI"),
+        ("DXB", "MCT"), ("DEL", "BOM"), ("BKK", "HKT"), ("NRT", "CTS"), ("SYD", "MEL"),
+        ("AKL", "WLG"),
+    ]:  # fmt: skip
+        today = now.astimezone(ZoneInfo(places.by_code[origin].tz)).date().isoformat()
+        answer = await stub.SearchFlights(
+            search_pb2.SearchFlightsRequest(
+                origin=origin, destination=destination, departure_date=today, max_results=50
+            ),
+            timeout=5,
+        )
+        for offer in answer.offers:
+            leaves = dt.datetime.fromisoformat(offer.itineraries[0].segments[0].departure_time)
+            assert leaves > now, (origin, leaves)
+
+    # A cached answer fetched when both flights were still to leave; one has left since.
+    today = now.astimezone(ZoneInfo("Europe/Paris")).date()
+    cached = search_pb2.SearchFlightsResponse(provider="offline", demo_data=True)
+    cached.fetch_time.FromDatetime(now)
+    for offer_id, hours in (("gone", -2), ("still-to-leave", 3)):
+        leaves = (now + dt.timedelta(hours=hours)).astimezone(ZoneInfo("Europe/Paris"))
+        cached.offers.append(
+            search_pb2.FlightOffer(
+                id=offer_id,
+                total_price=search_pb2.Money(currency_code="USD", amount="100.00"),
+                itineraries=[
+                    search_pb2.Itinerary(
+                        segments=[
+                            search_pb2.Segment(
+                                carrier_code="AF",
+                                flight_number="1",
+                                departure_airport="CDG",
+                                departure_time=leaves.isoformat(),
+                                arrival_airport="NCE",
+                                arrival_time=(leaves + dt.timedelta(hours=1)).isoformat(),
+                            )
+                        ]
+                    )
+                ],
+                demo_data=True,
+            )
+        )
+    client = redis.Redis.from_url(valkey.url)
+    try:
+        key = f"search:v1:offline:CDG:NCE:{today.isoformat()}:-:1:ECONOMY:0:10:-"
+        await client.set(key, cached.SerializeToString(), ex=600)
+    finally:
+        await client.aclose()
+    answer = await stub.SearchFlights(
+        search_pb2.SearchFlightsRequest(
+            origin="CDG", destination="NCE", departure_date=today.isoformat()
+        ),
+        timeout=5,
+    )
+    assert answer.from_cache and [o.id for o in answer.offers] == ["still-to-leave"]
