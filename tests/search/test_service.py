@@ -323,3 +323,30 @@ async def test_no_answer_lists_a_flight_that_has_already_left(
         timeout=5,
     )
     assert answer.from_cache and [o.id for o in answer.offers] == ["still-to-leave"]
+
+
+async def test_a_round_trip_never_returns_before_it_has_arrived(
+    stub: search_pb2_grpc.SearchServiceStub,
+) -> None:
+    """(Was a bug: the offline provider paired any outbound flight with any return flight of the
+    return date, so most same-day and next-day round trips flew home before they had landed.)"""
+    checked = 0
+    for destination in ("BOS", "LHR", "LAX", "NRT", "SYD"):
+        for nights in (0, 1):
+            answer = await stub.SearchFlights(
+                search_pb2.SearchFlightsRequest(
+                    origin="JFK",
+                    destination=destination,
+                    departure_date=day(30),
+                    return_date=day(30 + nights),
+                    max_results=50,
+                ),
+                timeout=5,
+            )
+            for offer in answer.offers:
+                outbound, inbound = offer.itineraries
+                lands = dt.datetime.fromisoformat(outbound.segments[-1].arrival_time)
+                leaves = dt.datetime.fromisoformat(inbound.segments[0].departure_time)
+                assert leaves >= lands + dt.timedelta(hours=1), (destination, nights, offer.id)
+                checked += 1
+    assert checked  # short trips still find offers

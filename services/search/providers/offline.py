@@ -82,6 +82,7 @@ CRUISE_KMH = 820
 TAXI_MINUTES = 35
 MAX_DIRECT_KM = 15_500  # longer than any non-stop flown today
 MIN_LEG_KM = 250
+MIN_TURNAROUND = dt.timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,12 @@ class Option:
     @property
     def stops(self) -> int:
         return len(self.legs) - 1
+
+    @property
+    def earliest_return(self) -> dt.datetime:
+        """When the last flight lands, plus the least time before a return flight can leave."""
+        last = self.legs[-1]
+        return last.departure + dt.timedelta(minutes=last.minutes) + MIN_TURNAROUND
 
 
 def _rng(*parts: object) -> random.Random:
@@ -174,9 +181,18 @@ class OfflineProvider(Provider):
         count = min(query.max_results * 2, max(len(outbound), len(outbound) * len(inbound)))
         priced: list[tuple[Decimal, str, int, int, int | None]] = []
         seen: set[tuple[int, int]] = set()
+        # A return flight leaves at least an hour after the outbound one has landed.
+        later = [
+            [i for i, back in enumerate(inbound) if back.legs[0].departure >= out.earliest_return]
+            for out in outbound
+        ]
         for index in range(count):
             out_i = index % len(outbound)
-            in_i = rng.randrange(len(inbound)) if inbound else -1
+            in_i = -1
+            if inbound:
+                if not later[out_i]:
+                    continue
+                in_i = rng.choice(later[out_i])
             if (out_i, in_i) in seen:
                 continue
             seen.add((out_i, in_i))
