@@ -32,7 +32,16 @@ def _error(status: int, title: str, detail: str = "", parameter: str = "") -> JS
     return JSONResponse({"errors": [body]}, status_code=status)
 
 
-def offer(offer_id: str, origin: str, destination: str, date: str, total: str) -> dict[str, Any]:
+def offer(
+    offer_id: str,
+    origin: str,
+    destination: str,
+    date: str,
+    total: str,
+    flight: tuple[str, str] = ("BA", "178"),
+) -> dict[str, Any]:
+    """One offer; ``flight`` is the marketing carrier and its number (for a codeshare, another
+    carrier's than the operating one, as in the documented contract)."""
     return {
         "type": "flight-offer",
         "id": offer_id,
@@ -45,8 +54,8 @@ def offer(offer_id: str, origin: str, destination: str, date: str, total: str) -
                     {
                         "departure": {"iataCode": origin, "at": f"{date}T18:30:00"},
                         "arrival": {"iataCode": destination, "at": f"{date}T22:35:00"},
-                        "carrierCode": "BA",
-                        "number": "178",
+                        "carrierCode": flight[0],
+                        "number": flight[1],
                         "aircraft": {"code": "777"},
                         "operating": {"carrierCode": "BA"},
                         "duration": "PT8H5M",
@@ -180,7 +189,7 @@ class FakeAmadeus:
             )
             data = [
                 offer("1", origin, destination, date, "512.30"),
-                offer("2", origin, destination, date, "640.05"),
+                offer("2", origin, destination, date, "640.05", ("AA", "6143")),  # codeshare
             ]
             data = data[: int(q.get("max", 250))]
             return JSONResponse({"meta": {"count": len(data)}, "data": data})

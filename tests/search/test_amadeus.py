@@ -82,6 +82,10 @@ async def test_offers_are_mapped_exactly(provider: AmadeusProvider, amadeus: Fak
     assert segment.arrival_time == "2026-12-15T22:35:00+00:00"
     assert segment.duration.seconds == 8 * 3600 + 5 * 60
     assert first.itineraries[0].stops == 0
+    # A codeshare: AA 6143 operated by BA is AA 6143, never "BA 6143" (BA's number is another).
+    # (Was a bug: the operating carrier was paired with the marketing carrier's number.)
+    codeshare = offers[1].itineraries[0].segments[0]
+    assert (codeshare.carrier_code, codeshare.flight_number) == ("AA", "6143")
     path, params = amadeus.requests[-1]
     assert path == OFFERS
     assert params == {

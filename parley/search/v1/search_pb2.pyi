@@ -200,7 +200,7 @@ class Segment(_message.Message):
     DURATION_FIELD_NUMBER: _builtins.int
     AIRCRAFT_CODE_FIELD_NUMBER: _builtins.int
     carrier_code: _builtins.str
-    """IATA code of the operating carrier, e.g. "BA"."""
+    """IATA code of the carrier whose flight number this is (the marketing carrier), e.g. "BA"."""
     flight_number: _builtins.str
     """Flight number without the carrier, e.g. "178"."""
     departure_airport: _builtins.str

@@ -297,9 +297,9 @@ class AmadeusProvider(Provider):
                 dep, arr = seg["departure"], seg["arrival"]
                 segments.append(
                     search_pb2.Segment(
-                        carrier_code=str(seg.get("operating", {}).get("carrierCode"))
-                        if seg.get("operating", {}).get("carrierCode")
-                        else str(seg["carrierCode"]),
+                        # The carrier whose number this is (the marketing one): a codeshare's
+                        # operating carrier flies it under a number of its own.
+                        carrier_code=str(seg["carrierCode"]),
                         flight_number=str(seg["number"]),
                         departure_airport=str(dep["iataCode"]),
                         departure_time=self._local(dep["at"], dep["iataCode"]),
