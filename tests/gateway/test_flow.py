@@ -62,6 +62,33 @@ def test_signed_cloud_api_webhook_is_answered_at_the_graph_api(
     assert conversation["state"]["count"] == 1
 
 
+def test_a_user_known_only_by_a_business_scoped_id_is_answered_at_recipient(
+    gateway: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """A user with a username who shares no phone number is known by a BSUID ("US.…"): the
+    webhook has `from_user_id` and no `from`, the contact `user_id` and no `wa_id`. The reply
+    must go to `recipient`; `to` is for phone numbers. (Was a bug: the BSUID went in `to`,
+    Meta refused it, the message was dead-lettered and the user never had an answer.)"""
+    business = gateway.business
+    assert business is not None
+    bsuid = f"US.{secrets.randbelow(10**19):019d}"
+    message = {
+        "from_user_id": bsuid,
+        "id": f"wamid.{secrets.token_hex(12)}",
+        "timestamp": "1700000000",
+        "type": "text",
+        "text": {"body": "hello from a username"},
+    }
+    contact = {"profile": {"name": "Ana", "username": "@ana"}, "user_id": bsuid}
+    payload = cloud_api.notification(business.phone_number_id, [message], [contact])
+    with gateway.http as client:
+        assert post_cloud(client, payload).status_code == 200
+    assert wait_for(lambda: fake_clouds.replies(bsuid), 20)
+    [reply] = fake_clouds.replies(bsuid)
+    assert reply.body["recipient"] == bsuid and "to" not in reply.body
+    assert reply.body["text"]["body"] == "echo: hello from a username #1"
+
+
 def test_twilio_webhook_is_answered_at_the_twilio_api(
     gateway: Gateway, fake_clouds: FakeClouds
 ) -> None:

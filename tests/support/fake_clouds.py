@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tests.support.processes import free_port, wait_for
+
+_PHONE = re.compile(r"\+?[0-9 ()-]{1,32}")
 
 
 @dataclass
@@ -86,10 +89,18 @@ class FakeClouds:
             return JSONResponse(failure[1], status_code=failure[0])
         if body.get("status") == "read":
             return JSONResponse({"success": True})
+        # `to` is a phone number; a business-scoped user id (BSUID, "US.1349…") goes in
+        # `recipient`, and `to` wins when both are there. Meta documents no code for a BSUID
+        # in `to`: any refusal will do, so the fake answers what a bad parameter gets.
+        to, recipient = body.get("to"), body.get("recipient")
+        if to is not None and not _PHONE.fullmatch(str(to)):
+            error = {"code": 100, "message": "(#100) Invalid parameter", "type": "OAuthException"}
+            return JSONResponse({"error": error}, status_code=400)
+        contact = {"input": to, "wa_id": to} if to else {"input": recipient, "user_id": recipient}
         return JSONResponse(
             {
                 "messaging_product": "whatsapp",
-                "contacts": [{"input": body.get("to"), "wa_id": body.get("to")}],
+                "contacts": [contact],
                 "messages": [{"id": f"wamid.out.{next(self._ids)}"}],
             }
         )
@@ -116,10 +127,11 @@ class FakeClouds:
     # --- what tests ask -------------------------------------------------------------------
 
     def replies(self, to: str) -> list[Received]:
-        """Messages (not read receipts) sent to ``to``."""
+        """Messages (not read receipts) sent to ``to`` (a phone number or a BSUID)."""
         out = []
         for item in list(self.received):
-            graph = item.kind == "graph" and item.body.get("to") == to and item.body.get("type")
+            address = item.body.get("to", item.body.get("recipient"))  # `to` wins, as at Meta
+            graph = item.kind == "graph" and address == to and item.body.get("type")
             twilio = item.kind == "twilio" and item.body.get("To") == f"whatsapp:{to}"
             if graph or twilio:
                 out.append(item)

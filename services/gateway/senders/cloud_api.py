@@ -33,6 +33,13 @@ OUTSIDE_WINDOW = 131047
 TOKEN_EXPIRED = 190
 
 
+def address(user_id: str) -> dict[str, str]:
+    """Where a message goes: a phone number (``wa_id``, digits) in ``to``; a business-scoped
+    user id (``US.1349…``, all we know of a user with a username who shares no phone number)
+    in ``recipient``, since Meta reads ``to`` as a phone number. A BSUID always has a period."""
+    return {"recipient": user_id} if "." in user_id else {"to": user_id}
+
+
 def _is_rate_limited(error: BaseException) -> bool:
     return isinstance(error, SendError) and error.outcome == "rate_limited"
 
@@ -61,7 +68,7 @@ class CloudApiSender:
     @staticmethod
     def payloads(to: str, reply: Reply) -> list[dict[str, Any]]:
         """The Graph API bodies of one reply: text split at 4096, buttons or a list natively."""
-        base = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to}
+        base = {"messaging_product": "whatsapp", "recipient_type": "individual", **address(to)}
         interactive = bool(reply.buttons or reply.rows)
         chunks = split_text(reply.text, TEXT_LIMIT)
         body_text = ""
