@@ -308,6 +308,31 @@ def test_a_graph_api_error_that_echoes_the_token_leaks_it_nowhere(
     assert token not in log and token not in str(dead)  # ...without the token
 
 
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [(3, "(#3) Capability or permissions issue"), (131045, "(#131045) Incorrect certificate")],
+)
+def test_a_permanent_graph_api_error_behind_a_500_is_not_retried(
+    limited: Gateway, fake_clouds: FakeClouds, code: int, message: str
+) -> None:
+    """Meta answers some errors no retry can cure with HTTP 500 (3: the app lacks a permission;
+    131045: the number's registration is wrong) and says to go by the code. Dead-lettered at
+    once, tried once. (Was a bug: retried as an outage for RETRY_WINDOW_SECONDS, 5 minutes,
+    holding up every user behind it on its partition, other businesses' included.)"""
+    assert limited.business is not None
+    wa_id = new_wa_id()
+    fake_clouds.failures.append((500, {"error": {"code": code, "message": message}}))
+    try:
+        with limited.http as client:
+            post_cloud(client, cloud_payload(limited.business.phone_number_id, wa_id, "perm"))
+        assert wait_for(lambda: dead_letters_of(limited, wa_id), 10)
+    finally:
+        fake_clouds.failures.clear()
+    [dead] = dead_letters_of(limited, wa_id)
+    assert dead["reason"] == "send_error" and f"({code})" in dead["error"]
+    assert fake_clouds.texts(wa_id) == ["echo: perm #1"]  # the refused try, and no other
+
+
 def test_outside_the_24_hour_window_is_counted_and_saved(
     limited: Gateway, fake_clouds: FakeClouds
 ) -> None:

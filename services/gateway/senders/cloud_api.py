@@ -30,6 +30,10 @@ TEXT_LIMIT = 4096
 INTERACTIVE_BODY_LIMIT = 1024
 RATE_LIMIT_CODES = {130429, 131056, 80007, 4, 613}
 OUTSIDE_WINDOW = 131047
+# Errors Meta answers with HTTP 500 that no retry cures: 3 (the app lacks a capability or
+# permission), 131045 (the number's registration/certificate is wrong). Meta says to go by the
+# code: retried as an outage, each message would hold up its partition for RETRY_WINDOW_SECONDS.
+PERMANENT_CODES = {3, 131045}
 TOKEN_EXPIRED = 190
 
 
@@ -177,7 +181,7 @@ class CloudApiSender:
             )
         raise SendError(
             f"Graph API answered {response.status} ({code}): {message}",
-            retryable=response.status >= 500,
+            retryable=response.status >= 500 and code not in PERMANENT_CODES,
             outcome="error",
             code=code,
         )
