@@ -260,14 +260,19 @@ def test_a_replayed_dead_letter_does_not_send_again_what_it_sent_before(
     assert fake_clouds.texts(wa_id) == ["working on it"]
 
 
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [(190, "Error validating access token"), (0, "(#0) Unable to authenticate the app user")],
+)
 def test_expired_token_marks_the_business_and_dead_letters(
-    limited: Gateway, fake_clouds: FakeClouds
+    limited: Gateway, fake_clouds: FakeClouds, code: int, message: str
 ) -> None:
+    """190, and 0 (AuthException: the token expired or was invalidated; Meta's advice is a new
+    token). (Was a bug for 0: a plain send_error, the business never marked, so nobody was told
+    to renew the token and every message of the business failed the same way.)"""
     business = create_business(limited)
     wa_id = new_wa_id()
-    fake_clouds.failures.append(
-        (401, {"error": {"code": 190, "message": "Error validating access token"}})
-    )
+    fake_clouds.failures.append((401, {"error": {"code": code, "message": message}}))
     with limited.http as client:
         post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "token?"))
 

@@ -37,10 +37,10 @@ class SendError(Exception):
 
 
 class TokenExpired(SendError):
-    """Cloud API error 190: the business needs a new access token."""
+    """Cloud API error 190 or 0: the business needs a new access token."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, retryable=False, outcome="token_expired", code=190)
+    def __init__(self, message: str, code: int = 190) -> None:
+        super().__init__(message, retryable=False, outcome="token_expired", code=code)
 
 
 @dataclass(frozen=True)

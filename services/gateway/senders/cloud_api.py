@@ -34,7 +34,8 @@ OUTSIDE_WINDOW = 131047
 # permission), 131045 (the number's registration/certificate is wrong). Meta says to go by the
 # code: retried as an outage, each message would hold up its partition for RETRY_WINDOW_SECONDS.
 PERMANENT_CODES = {3, 131045}
-TOKEN_EXPIRED = 190
+# 190: the token expired; 0 (AuthException): expired or invalidated. Either needs a new token.
+TOKEN_EXPIRED = {190, 0}
 
 
 def address(user_id: str) -> dict[str, str]:
@@ -161,8 +162,8 @@ class CloudApiSender:
         if response.status < 300:
             return
         code, message = _graph_error(response, target.access_token)
-        if code == TOKEN_EXPIRED:
-            raise TokenExpired(f"Graph API error 190: {message}")
+        if code in TOKEN_EXPIRED:
+            raise TokenExpired(f"Graph API error {code}: {message}", code)
         if response.status == 429 or code in RATE_LIMIT_CODES:
             raise SendError(
                 f"Graph API rate limit ({code})", retryable=True, outcome="rate_limited", code=code
