@@ -116,6 +116,22 @@ def test_every_entry_change_and_message_is_parsed() -> None:
     assert cloud_api.phone_number_ids(payload) == ["111", "222"]
 
 
+def test_a_user_with_a_username_and_no_phone_keeps_their_profile_name() -> None:
+    """Such a user's message has `from_user_id` and no `from`, their contact `user_id` and no
+    `wa_id`. (Was a bug: contacts were found by `wa_id` only, so the profile name was lost and
+    the bot greeted these users without it.)"""
+    raw = {"from_user_id": "US.1349", "id": "wamid.u", "timestamp": "1700000000", "type": "text"}
+    raw["text"] = {"body": "hi"}
+    contact = {"profile": {"name": "Ana Díaz", "username": "@ana"}, "user_id": "US.1349"}
+    parsed = cloud_api.parse(cloud_api.notification("111", [raw], [contact]))
+    [message] = parsed.messages
+    assert (message.user_id, message.business_scoped_user_id, message.profile_name) == (
+        "US.1349",
+        "US.1349",
+        "Ana Díaz",
+    )
+
+
 def test_a_built_notification_is_what_the_parser_reads() -> None:
     message = {
         "from": "15551230000",

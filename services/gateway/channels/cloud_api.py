@@ -140,7 +140,15 @@ def _parse_change(change: Any, parsed: Parsed) -> None:
         parsed.unusable.append(Unusable("change without metadata.phone_number_id", change))
         return
     phone_number_id = str(pnid)
-    contacts = {str(c.get("wa_id")): c for c in _list(value.get("contacts")) if isinstance(c, dict)}
+    # A contact is found by its phone number (`wa_id`), or by its business-scoped user id
+    # (`user_id`) for a user with a username who shares no phone number (no `wa_id` then).
+    contacts = {
+        str(key): c
+        for c in _list(value.get("contacts"))
+        if isinstance(c, dict)
+        for key in (c.get("user_id"), c.get("wa_id"))
+        if key
+    }
     raw_messages = value.get("messages")
     raw_statuses = value.get("statuses")
     if raw_messages is None and raw_statuses is None:
