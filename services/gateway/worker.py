@@ -149,6 +149,13 @@ class Processor:
             twilio_auth_token=credentials.twilio_auth_token,
         )
         sender = self.sender_for(message.channel)
+        if (
+            sender.name == "cloud_api"
+            and business.access_token_status == business_pb2.TOKEN_STATUS_NEEDS_RENEWAL
+        ):
+            # Meta refused this token (190/0): sending with it again only fails again. The
+            # message waits in the dead letters for a replay once the business has a new token.
+            raise DeadLetter("token_expired", f"business {business.id}'s token needs renewal")
         business_ok, user_ok = (
             await self.rate_limits.hit(business.id, message.user_id)
             if attempt == 1

@@ -290,6 +290,39 @@ def test_expired_token_marks_the_business_and_dead_letters(
     assert metric(limited, 'gateway_business_cache_invalidations_total{origin="token_expired"') >= 1
 
 
+def test_a_business_whose_token_needs_renewal_is_not_sent_for_until_it_has_a_new_one(
+    limited: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """Once Meta has refused a business's token, its next messages are dead-lettered
+    (`token_expired`, replayable) without a Graph API call, and without marking the business
+    and emptying every worker's cache entry again; a new token lifts it. (Was a bug: each
+    message was sent with the refused token and each refusal wrote the business again.)"""
+    business = create_business(limited)
+    first, second, third = new_wa_id(), new_wa_id(), new_wa_id()
+    fake_clouds.failures.append((401, {"error": {"code": 190, "message": "expired"}}))
+    with limited.http as client:
+        post_cloud(client, cloud_payload(business.phone_number_id, first, "one"))
+    assert wait_for(lambda: dead_letters_of(limited, first), 20)
+    with limited.http as client:
+        post_cloud(client, cloud_payload(business.phone_number_id, second, "two"))
+    assert wait_for(lambda: dead_letters_of(limited, second), 20)
+    [dead] = dead_letters_of(limited, second)
+    assert dead["reason"] == "token_expired"
+    assert fake_clouds.replies(second) == []  # not sent with the token Meta refused
+    marked = "Cloud API token expired; business marked"
+    events = [e for e in limited.processes[0].log_events() if e.get("business_id") == business.id]
+    assert [e["event"] for e in events].count(marked) == 1
+    with limited.admin() as admin:
+        renewed = admin.put(
+            f"/admin/businesses/{business.id}/token", json={"access_token": "EAAG-renewed"}
+        )
+        assert renewed.status_code == 200, renewed.text
+    with limited.http as client:
+        post_cloud(client, cloud_payload(business.phone_number_id, third, "three"))
+    assert wait_for(lambda: fake_clouds.texts(third) == ["echo: three #1"], 20)
+    assert fake_clouds.replies(third)[0].authorization == "Bearer EAAG-renewed"
+
+
 def test_a_graph_api_error_that_echoes_the_token_leaks_it_nowhere(
     limited: Gateway, fake_clouds: FakeClouds
 ) -> None:
