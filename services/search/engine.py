@@ -292,7 +292,8 @@ class SearchEngine:
         remote = await self._remote_places(text, limit, deadline)
         known = {c.place.code for c in answer}
         for rank, place in enumerate(remote):
-            if place.code not in known:
+            if place.code not in known:  # Amadeus answers a city and its airport under one code
+                known.add(place.code)
                 answer.append(search_pb2.PlaceCandidate(place=place, score=max(50.0, 74.0 - rank)))
         answer.sort(key=lambda c: -c.score)
         return answer[:limit]

@@ -296,6 +296,24 @@ async def test_a_callers_deadline_is_not_a_provider_failure(build: Build) -> Non
     assert "ZZY" in [c.place.code for c in found]
 
 
+async def test_a_city_and_its_airport_under_one_code_are_one_candidate(build: Build) -> None:
+    """Amadeus's location search answers a city and its airport under one code (its own Munich
+    example: CITY MUC and AIRPORT MUC): the user was offered the same place twice."""
+
+    class CityAndAirport(PlacesProvider):
+        async def locations(
+            self, keyword: str, limit: int, deadline: float
+        ) -> list[search_pb2.Place]:
+            return [
+                search_pb2.Place(code="ZZY", name="Zzyzx", kind=search_pb2.PLACE_KIND_CITY),
+                search_pb2.Place(code="ZZY", name="Zzyzx Intl", kind=search_pb2.PLACE_KIND_AIRPORT),
+            ]
+
+    engine = build(CityAndAirport())
+    found = await engine.resolve("zzyzx springs", 5, soon())
+    assert [c.place.code for c in found].count("ZZY") == 1
+
+
 async def test_a_patient_caller_is_answered_by_the_fetch_an_impatient_one_started(
     build: Build,
 ) -> None:
