@@ -38,8 +38,9 @@ def _code(value: str, field: str, places: Places, errors: list[tuple[str, str]])
 
 
 def _date(value: str) -> dt.date | None:
+    value = value.strip()  # as the codes are: " 2026-12-03" was refused as missing
     try:
-        return dt.date.fromisoformat(value.strip()) if len(value) <= 10 else None
+        return dt.date.fromisoformat(value) if len(value) <= 10 else None
     except ValueError:
         return None
 

@@ -43,7 +43,13 @@ def violations(places: Places, **overrides: object) -> dict[str, str]:
 
 def test_a_good_request_is_normalized(places: Places) -> None:
     query = validate_search(
-        request(origin=" nyc ", destination="lon", currency_code="eur", return_date="2026-12-08"),
+        request(
+            origin=" nyc ",
+            destination="lon",
+            currency_code="eur",
+            departure_date=" 2026-12-01",  # spaces around, as around the codes
+            return_date="2026-12-08 ",
+        ),
         places,
         fixed_today,
     )
