@@ -220,9 +220,9 @@ async def ping(client: RedisClient) -> None:
         raise ConnectionError(f"Redis did not answer PING: {error}") from None
 
 
-async def warn_if_evicting(client: RedisClient, store: str) -> str | None:
+async def warn_if_evicting(client: RedisClient, store: str) -> None:
     """Log a warning when Redis may drop keys to make room (``maxmemory-policy`` other than
-    ``noeviction``) and return the policy, else None. ``store`` names the data at risk.
+    ``noeviction``). ``store`` names the data at risk.
 
     A Redis shared with a cache is often set to ``allkeys-lru``: full, it then deletes accepted
     queue entries, dedupe markers or live conversations without an error to anyone. Read from
@@ -231,21 +231,19 @@ async def warn_if_evicting(client: RedisClient, store: str) -> str | None:
     try:
         info = await client.info("memory")
     except Exception:
-        return None
+        return
     # A Cluster client answers per node: {node: {...}}.
     sections = [info] if "maxmemory_policy" in info else list(info.values())
     policies = {
         section.get("maxmemory_policy") for section in sections if isinstance(section, dict)
     }
     evicting = sorted(str(p) for p in policies if p and p != "noeviction")
-    if not evicting:
-        return None
-    log.warning(
-        "Redis may evict keys when full: set maxmemory-policy noeviction",
-        store=store,
-        maxmemory_policy=",".join(evicting),
-    )
-    return evicting[0]
+    if evicting:
+        log.warning(
+            "Redis may evict keys when full: set maxmemory-policy noeviction",
+            store=store,
+            maxmemory_policy=",".join(evicting),
+        )
 
 
 def limits_storage(

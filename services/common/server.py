@@ -97,7 +97,7 @@ def server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | Non
     )
 
 
-def cannot_listen(address: str, what: str) -> ValueError:
+def _cannot_listen(address: str, what: str) -> ValueError:
     return ValueError(
         f"cannot listen on {address} ({what}): another process holds the port,"
         " or the host is not an address of this machine"
@@ -150,7 +150,7 @@ class Runtime:
             else:
                 self.port = self.server.add_secure_port(address, credentials)
         except RuntimeError:  # grpc's "Failed to bind to address …"
-            raise cannot_listen(address, "gRPC") from None
+            raise _cannot_listen(address, "gRPC") from None
         self._ready = False
         self._stopping = asyncio.Event()
 
@@ -257,7 +257,7 @@ def run(
     try:
         start_metrics_server(metrics_port)
     except OSError:
-        refuse_to_start(str(cannot_listen(f"0.0.0.0:{metrics_port}", "metrics")))
+        refuse_to_start(str(_cannot_listen(f"0.0.0.0:{metrics_port}", "metrics")))
 
     async def main() -> int:
         try:

@@ -206,20 +206,24 @@ class Conversation:
             role = record["role"]
             if role not in ROLES:
                 raise ValueError(f"unknown role {role!r}")
-            key = ConversationKey(_field(record, "business_id"), _field(record, "user_id"), role)
+            key = ConversationKey(
+                _text(record["business_id"], "business_id"),
+                _text(record["user_id"], "user_id"),
+                role,
+            )
             history = record.get("history") or []
             state = record.get("state") or {}
             if not isinstance(history, list) or not isinstance(state, dict):
                 raise ValueError("history must be a list and state an object")
             return cls(
-                id=_field(record, "id"),
+                id=_text(record["id"], "id"),
                 key=key,
                 history=[_stored_message(m) for m in history],
                 state={str(k): orjson.dumps(v) for k, v in state.items()},
-                version=_whole(record, "version", 1),
-                created_ms=_whole(record, "created_ms"),
-                updated_ms=_whole(record, "updated_ms"),
-                expire_ms=_whole(record, "expire_ms"),
+                version=_whole(record["version"], "version", 1),
+                created_ms=_whole(record["created_ms"], "created_ms"),
+                updated_ms=_whole(record["updated_ms"], "updated_ms"),
+                expire_ms=_whole(record["expire_ms"], "expire_ms"),
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"bad conversation record: {error}") from None
@@ -229,15 +233,13 @@ class Conversation:
 MAX_WHOLE = 2**53 - 1
 
 
-def _field(record: dict[str, object], name: str) -> str:
-    value = record[name]
+def _text(value: object, name: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{name} must be a string, not {type(value).__name__}")
     return value
 
 
-def _whole(record: dict[str, object], name: str, low: int = 0) -> int:
-    value = record[name]
+def _whole(value: object, name: str, low: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_WHOLE:
         raise ValueError(f"{name} must be a whole number from {low} to 2**53 - 1")
     return value
@@ -311,7 +313,7 @@ def _stored_message(message: object) -> bytes:
     if role is None or not isinstance(content, str):
         raise ValueError("history entry needs r (u, a or s) and c (text)")
     return encode_message(
-        role, content, _whole({"t": 0, **message}, "t"), _field({"p": "", **message}, "p")
+        role, content, _whole(message.get("t", 0), "t"), _text(message.get("p", ""), "p")
     )
 
 

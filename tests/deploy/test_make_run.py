@@ -58,25 +58,13 @@ class Lines:
 
 
 def test_make_run_serves_then_stops_on_ctrl_c_dependents_first(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("session", "business", "search", "gateway")}
-    env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
-    env |= {f"{name.upper()}_PORT": str(port) for name, port in ports.items()}
-    env |= {f"{name.upper()}_METRICS_PORT": "0" for name in ("session", "business", "search")}
-    env |= {"PARLEY_VAR_DIR": str(tmp_path / "var"), "DEV_STARTUP_TIMEOUT_SECONDS": "90"}
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "services.dev.launcher"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-    )
-    output = Lines(launcher)
+    env = _launcher_env(tmp_path)
+    ports = {name: env[f"{name.upper()}_PORT"] for name in ("session", "business", "search")}
+    launcher, output = _launch(env)
     try:
         assert output.wait_for(DEMO, 120), output.text()[-4000:]
         assert (tmp_path / "var" / "valkey").is_dir()  # data where it was told, not in ./var
-        gateway = f"http://127.0.0.1:{ports['gateway']}"
+        gateway = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
         assert httpx.get(f"{gateway}/health", timeout=5).status_code == 200
         for name in ("session", "business", "search"):
             assert check(f"127.0.0.1:{ports[name]}", "", timeout=5) == "SERVING", name
@@ -185,7 +173,7 @@ def _launch(env: dict[str, str]) -> tuple[subprocess.Popen[str], Lines]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
     )
     return launcher, Lines(launcher)
 
