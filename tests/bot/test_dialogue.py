@@ -157,14 +157,18 @@ async def test_search_unavailable_keeps_the_slots_and_offers_a_retry(
         search_server.fail(False)
     await asyncio.sleep(1.2)  # the search service's breaker recovers after 1 s in these tests
     reply = await chat.say("retry")
-    assert offers_in(reply) == ["1", "2", "3"]
+    # As many offers as the route has that day (the offline schedule varies with the date).
+    assert offers_in(reply) and offers_in(reply) == offers_in(
+        await Chat(engine).say("Oslo to Lisbon in 10 days")
+    )
 
 
 async def test_stale_results_are_shown_as_such(
     engine: BotEngine, search_server: SearchServer
 ) -> None:
     chat = Chat(engine)
-    assert offers_in(await chat.say("Athens to Vienna in 12 days"))
+    fresh = offers_in(await chat.say("Athens to Vienna in 12 days"))
+    assert fresh
     await asyncio.sleep(2.2)  # past the cache TTL of these tests
     search_server.fail(True)
     try:
@@ -172,7 +176,7 @@ async def test_stale_results_are_shown_as_such(
     finally:
         search_server.fail(False)
     assert "Live search is unavailable; these prices are from" in reply
-    assert offers_in(reply) == ["1", "2", "3"]
+    assert offers_in(reply) == fresh  # the same offers, said to be old
     await asyncio.sleep(1.2)
 
 
