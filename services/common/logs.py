@@ -152,6 +152,12 @@ def configure_logging(service: str, settings: CommonSettings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+    # httpx writes a line for every request at INFO: one per send and read receipt, which the
+    # worker's own line already covers, with the full URL (and any credentials a base URL
+    # holds). Shown at DEBUG only.
+    logging.getLogger("httpx").setLevel(
+        root.level if root.level <= logging.DEBUG else max(root.level, logging.WARNING)
+    )
     for name, use in guide_names_not_read(os.environ):
         structlog.get_logger("parley.settings").warning(
             "a migration guide's variable that Parley does not read", variable=name, use=use

@@ -87,12 +87,27 @@ class RpcMetrics(Collector):
         yield handling
 
 
+# Registered by the runtime when a process serves gRPC (export_server_metrics), not on import:
+# the gateway imports this module through its clients and would export a server's metrics that
+# nothing in it updates (an in-flight gauge always 0).
 RPC_METRICS = RpcMetrics()
-REGISTRY.register(RPC_METRICS)
-GRPC_IN_FLIGHT = Gauge("grpc_server_in_flight", "RPCs being handled now.")
+GRPC_IN_FLIGHT = Gauge("grpc_server_in_flight", "RPCs being handled now.", registry=None)
 SERVING = Gauge(
-    "parley_serving", "1 while the service reports SERVING on its health check.", ["service"]
+    "parley_serving",
+    "1 while the service reports SERVING on its health check.",
+    ["service"],
+    registry=None,
 )
+_exported = False
+
+
+def export_server_metrics() -> None:
+    """Add the gRPC server's metrics to what /metrics shows (once per process)."""
+    global _exported
+    if not _exported:
+        for collector in (RPC_METRICS, GRPC_IN_FLIGHT, SERVING):
+            REGISTRY.register(collector)
+        _exported = True
 
 
 def start_metrics_server(port: int, host: str = "0.0.0.0") -> None:

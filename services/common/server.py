@@ -28,7 +28,7 @@ from services.common.clients import MAX_REPLY_BYTES
 from services.common.gc_tuning import settle_heap
 from services.common.interceptors import ACCESS_LOG, CallWrapper, InFlight, Registrar
 from services.common.logs import configure_logging
-from services.common.metrics import SERVING, start_metrics_server
+from services.common.metrics import SERVING, export_server_metrics, start_metrics_server
 from services.common.settings import (
     CommonSettings,
     ConfigurationError,
@@ -115,6 +115,7 @@ class Runtime:
     def __init__(self, service: Service, settings: CommonSettings, port: int) -> None:
         self.service = service
         self.settings = settings
+        export_server_metrics()
         self.in_flight = InFlight()
         self.health = HealthServicer()
         self.server = grpc.aio.server(

@@ -226,14 +226,14 @@ class Processor:
                 if refused or part_id in already:
                     continue
                 try:
-                    await self._send(sender, target, part)
+                    accepted = await self._send(sender, target, part)
                 except DeadLetter as error:
                     if not delivered[0]:
                         raise  # nothing went out: the message can still be replayed whole
                     refused.append(error)
                     continue
                 await sent.mark(part_id)
-                if not delivered[0]:
+                if accepted and not delivered[0]:
                     delivered[0] = True
                     metrics.END_TO_END_SECONDS.labels(message.channel).observe(
                         max(0.0, time.time() - entry.received)
@@ -354,8 +354,9 @@ class Processor:
                 raise DeadLetter("invalid_message", f"session: {error.details()}") from None
             raise
 
-    async def _send(self, sender: Sender, target: Target, part: Any) -> None:
-        """One provider message (a part of a reply)."""
+    async def _send(self, sender: Sender, target: Target, part: Any) -> bool:
+        """One provider message (a part of a reply): True once the provider has accepted it,
+        False when it is done with but the user will not get it (outside the 24-hour window)."""
         try:
             async with asyncio.timeout(self.settings.send_timeout_seconds):
                 await sender.post(target, part)
@@ -366,7 +367,7 @@ class Processor:
         except SendError as error:
             metrics.SENDS.labels(sender.name, error.outcome).inc()
             if error.outcome == "outside_window":
-                return  # logged by the sender; nothing we can do until the user writes again
+                return False  # logged by the sender; nothing to do until the user writes again
             if not error.retryable:
                 raise DeadLetter(f"send_{error.outcome}", str(error)) from None
             raise
@@ -374,6 +375,7 @@ class Processor:
             metrics.SENDS.labels(sender.name, "timeout").inc()
             raise
         metrics.SENDS.labels(sender.name, "accepted").inc()
+        return True
 
     async def _mark_read(self, sender: Sender, target: Target, message: InboundMessage) -> None:
         try:

@@ -374,8 +374,12 @@ def test_a_permanent_graph_api_error_behind_a_500_is_not_retried(
 def test_outside_the_24_hour_window_is_counted_and_saved(
     limited: Gateway, fake_clouds: FakeClouds
 ) -> None:
+    """(Was a bug: the refused reply was counted in gateway_end_to_end_seconds, the time to the
+    first reply the provider accepted, as if the user had been answered.)"""
     assert limited.business is not None
     wa_id = new_wa_id()
+    answered = 'gateway_end_to_end_seconds_count{channel="cloud_api"}'
+    before = metric(limited, answered)
     fake_clouds.failures.append((400, {"error": {"code": 131047, "message": "Re-engagement"}}))
     with limited.http as client:
         post_cloud(client, cloud_payload(limited.business.phone_number_id, wa_id, "late"))
@@ -384,6 +388,8 @@ def test_outside_the_24_hour_window_is_counted_and_saved(
     assert wait_for(lambda: len(fake_clouds.texts(wa_id)) >= 2, 20)
     assert fake_clouds.texts(wa_id) == ["echo: late #1", "echo: again #2"]
     assert metric(limited, 'gateway_sends_total{outcome="outside_window"') >= 1
+    assert wait_for(lambda: metric(limited, answered) > before, 5)
+    assert metric(limited, answered) == before + 1  # "again" only
 
 
 def test_a_provider_outage_outlasting_max_attempts_is_answered(

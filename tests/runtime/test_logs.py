@@ -7,11 +7,13 @@ import asyncio
 import datetime
 import errno
 import io
+import logging
 import os
 import re
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import structlog
@@ -210,3 +212,30 @@ def test_log_output_drops_a_write_that_fails_otherwise_and_keeps_writing() -> No
     output.write(b"kept\n")
     assert full.getvalue() == b"kept\n"
     assert logs.LOG_WRITES_DROPPED._value.get() - dropped == 1
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_httpx_request_lines_are_shown_at_debug_only(
+    level: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httpx logs every request with its full URL at INFO (a base URL's credentials too)."""
+    stdout = RecordingStdout()
+    monkeypatch.setattr("sys.stdout", stdout)
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    monkeypatch.setenv("LOG_LEVEL", level)
+    config = structlog.get_config()
+    httpx_logger = logging.getLogger("httpx")
+    before = httpx_logger.level, logging.getLogger().level
+    try:
+        logs.configure_logging("svc", load_settings(CommonSettings))
+        transport = httpx.MockTransport(lambda request: httpx.Response(200))
+        with httpx.Client(transport=transport) as client:
+            client.get("http://user:secret@provider.test/v1/send")
+        written = "".join(  # the standard library's lines are written as str
+            w.decode() if isinstance(w, bytes) else w for w in stdout.writes
+        )
+        assert ("HTTP Request" in written) is (level == "DEBUG"), written
+    finally:
+        httpx_logger.setLevel(before[0])
+        logging.getLogger().setLevel(before[1])
+        structlog.configure(**config)

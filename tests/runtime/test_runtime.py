@@ -434,6 +434,7 @@ def test_calls_are_counted_with_go_grpc_prometheus_names_and_labels(tmp_path: Pa
         )
         assert f"{line} 1.0" in text, (line, text)
     assert 'grpc_code="INVALID_ARGUMENT"' not in text
+    assert "grpc_server_in_flight " in text and "parley_serving{" in text
     # go-grpc-prometheus's label sets, exactly.
     go_labels = {
         "grpc_server_handled_total": {"grpc_type", "grpc_service", "grpc_method", "grpc_code"},
