@@ -79,6 +79,8 @@ class FakeAmadeus:
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.scripts: defaultdict[str, deque[int | tuple[int, dict[str, str]]]] = defaultdict(deque)
         self.delay = 0.0
+        # Seconds before each next 401 of the offers endpoint goes out (one per refusal).
+        self.refusal_delays: list[float] = []
         # Scripted 400s quote the request's Authorization header, as some gateways' errors do.
         self.echo_authorization = False
         self.app = self._build()
@@ -107,6 +109,7 @@ class FakeAmadeus:
         self.requests.clear()
         self.scripts.clear()
         self.delay = 0.0
+        self.refusal_delays = []
         self.echo_authorization = False
 
     def script(self, path: str, *statuses: int | tuple[int, dict[str, str]]) -> None:
@@ -175,6 +178,8 @@ class FakeAmadeus:
             self.calls[path] += 1
             self.requests.append((path, dict(request.query_params)))
             if not self._authorized(request):
+                if self.refusal_delays:
+                    await asyncio.sleep(self.refusal_delays.pop(0))
                 return _error(401, "Invalid access token")
             scripted = self._scripted(path, request)
             if scripted is not None:

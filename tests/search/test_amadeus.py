@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator
@@ -130,6 +131,22 @@ async def test_a_401_refreshes_the_token_once(
     amadeus.revoke_tokens()  # e.g. revoked or expired early on the provider's side
     offers = await provider.search(query(), soon())
     assert offers and amadeus.calls[TOKEN] == 2 and amadeus.calls[OFFERS] == 3
+
+
+async def test_concurrent_401s_fetch_one_new_token(
+    provider: AmadeusProvider, amadeus: FakeAmadeus
+) -> None:
+    """Searches that all had the revoked token refused need one new token between them, however
+    their 401s interleave with its refresh. (Was a bug: a 401 that arrived after another
+    search's refresh had finished took the new token for the refused one and fetched another,
+    so a burst of searches after a revocation fetched up to one token each.)"""
+    await provider.search(query(), soon())
+    amadeus.revoke_tokens()
+    # The first refusal at once, the others after its refresh has had time to finish.
+    amadeus.refusal_delays = [0.0] + [0.3] * 5
+    answers = await asyncio.gather(*(provider.search(query(), soon()) for _ in range(6)))
+    assert all(answers)
+    assert amadeus.calls[TOKEN] == 2
 
 
 async def test_429_then_500_then_success(provider: AmadeusProvider, amadeus: FakeAmadeus) -> None:

@@ -140,12 +140,14 @@ class AmadeusProvider(Provider):
 
     # -- token -------------------------------------------------------------------------------
 
-    async def _access_token(self, deadline: float, *, force: bool = False) -> str:
-        stale = self._token
+    async def _access_token(self, deadline: float, *, refused: str | None = None) -> str:
+        """The token to send: the cached one unless it is about to expire or is ``refused``
+        (answered 401). Many searches refused the same token need one new token between them,
+        whenever their 401s come back: hence the refused token, not "refresh now"."""
         async with self._token_lock:
             # Another caller may have refreshed while we waited for the lock.
             fresh = time.monotonic() < self._token_expires - REFRESH_MARGIN_SECONDS
-            if self._token and fresh and not (force and self._token == stale):
+            if self._token and fresh and self._token != refused:
                 return self._token
             self.token_requests += 1
             try:
@@ -222,9 +224,9 @@ class AmadeusProvider(Provider):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _get_once(self, path: str, params: dict[str, str], deadline: float) -> Any:
-        refreshed = False
+        refused: str | None = None
         while True:
-            token = await self._access_token(deadline, force=refreshed)
+            token = await self._access_token(deadline, refused=refused)
             try:
                 response = await self._http.get(
                     path,
@@ -234,8 +236,8 @@ class AmadeusProvider(Provider):
                 )
             except httpx.HTTPError as error:
                 raise _Retryable(f"{path}: {type(error).__name__}") from None
-            if response.status_code == 401 and not refreshed:
-                refreshed = True  # expired or revoked early: one fresh token, then give up
+            if response.status_code == 401 and refused is None:
+                refused = token  # expired or revoked early: one fresh token, then give up
                 continue
             break
         status = response.status_code
