@@ -130,8 +130,33 @@ async def test_an_ambiguous_city_is_asked_back_with_a_list(engine: BotEngine) ->
     assert all(len(row.title) <= 24 and len(row.description) <= 72 for row in question.rows)
     costa_rica = next(i for i, row in enumerate(question.rows, 1) if "CR" in row.description)
     # Tapping the row on the Cloud API, or typing its number on Twilio, are the same answer.
-    answer = await chat.send("interactive", "", reply_id=f"place:{costa_rica}", title="x")
+    tapped = question.rows[costa_rica - 1].id
+    assert tapped == f"place:{costa_rica}:SJO"
+    answer = await chat.send("interactive", "", reply_id=tapped, title="x")
     assert "San Jose (SJO) → Miami (MIA)" in answer[0].text and offers_in(answer[0].text)
+
+
+async def test_a_row_of_an_answered_place_list_is_not_read_as_an_offer_number(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: the row was read as the number typed, so tapping the San Jose list again
+    after the offers were shown opened offer 2, and a row of an older list chose for a newer
+    question.)"""
+    chat = Chat(engine, user_id="15550000003")
+    (question,) = await chat.send("text", "San Jose to Miami tomorrow")
+    first, second = question.rows[0].id, question.rows[1].id
+    shown = await chat.send("interactive", "", reply_id=first, title="x")
+    assert offers_in(shown[0].text)
+    (late,) = await chat.send("interactive", "", reply_id=second, title="x")
+    assert late.text.startswith("That list was for an earlier question.")
+    assert "Reply with a number from 1 to" in late.text and "*Offer" not in late.text
+    # A newer question about another place: an old row does not answer it either.
+    (again,) = await chat.send("text", "new trip from san jose")
+    assert "Which “San Jose” do you mean?" in again.text
+    state_before = chat.state["ask"]
+    (other,) = await chat.send("interactive", "", reply_id="place:1:XXX", title="x")
+    assert other.text.startswith("That list was for an earlier question.")
+    assert "Which “San Jose” do you mean?" in other.text and chat.state["ask"] == state_before
 
 
 async def test_typed_number_chooses_a_candidate(engine: BotEngine) -> None:

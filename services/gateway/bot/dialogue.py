@@ -296,9 +296,10 @@ class BotEngine:
             return self._greet(ctx, d)  # the user opened the chat for the first time
         if message.type in ("interactive", "button"):
             reply_id = str(message.payload.get("reply_id", ""))
-            chosen = re.fullmatch(r"(?:place|offer):(\d+)", reply_id)
+            # place:N:CODE (place:N from lists sent before the code was added to the id)
+            chosen = re.fullmatch(r"place:(\d+)(?::(\w+))?", reply_id)
             if chosen:
-                return await self._text(ctx, d, chosen.group(1))
+                return await self._tapped_place(ctx, d, int(chosen.group(1)), chosen.group(2))
             return await self._text(ctx, d, message.text or str(message.payload.get("title", "")))
         if message.type != "text" and not message.text.strip():
             return [Reply(t("non_text"))]
@@ -327,15 +328,7 @@ class BotEngine:
         if command == "more":
             return self._more(ctx, d)
         if command == "ack":
-            # "ok", "great": nothing to change; say what can be done next.
-            missing = self._missing(d)
-            if missing is not None and (d.trip or not ctx.smart):
-                d.set("ask", {"slot": missing})
-                return [Reply(t(f"ask_{missing}"))]
-            shown = int(d.results.get("shown", 0))
-            if shown:
-                return [Reply(t("pick_offer", last=shown))]
-            return [Reply(t("greeting" if ctx.smart else "greeting_step", name=""))]
+            return [Reply(self._whats_next(ctx, d))]  # "ok", "great": nothing to change
         if command == "retry":
             if self._missing(d) is None:
                 return await self._advance(ctx, d, [])  # dates checked again: time has passed
@@ -374,6 +367,31 @@ class BotEngine:
         ):
             return self._greet(ctx, d)
         return [Reply(ctx.texts("not_understood"))]
+
+    def _whats_next(self, ctx: Context, d: Dialogue) -> str:
+        """What the user can do now: the pending question, else the shown offers."""
+        t = ctx.texts
+        if d.ask.get("choices"):
+            return t("choose_place", text=d.ask.get("text", ""))
+        missing = self._missing(d)
+        if missing is not None and (d.trip or not ctx.smart):
+            d.set("ask", {"slot": missing})
+            return t(f"ask_{missing}")
+        shown = int(d.results.get("shown", 0))
+        if shown:
+            return t("pick_offer", last=shown)
+        return t("greeting" if ctx.smart else "greeting_step", name="")
+
+    async def _tapped_place(
+        self, ctx: Context, d: Dialogue, n: int, code: str | None
+    ) -> list[Reply]:
+        """A row of a place list we sent. Only the list the dialogue waits on counts: a row of
+        an older one (already answered, or asked about another place) read as a number would
+        choose for the current question or open offer N."""
+        choices = d.ask.get("choices") or []
+        if 1 <= n <= len(choices) and code in (None, choices[n - 1].get("code")):
+            return await self._number(ctx, d, n) or []
+        return [Reply(f"{ctx.texts('list_outdated')} {self._whats_next(ctx, d)}")]
 
     # --- numbers: a place choice or an offer ------------------------------------------
 
@@ -543,7 +561,7 @@ class BotEngine:
     def _choices_reply(self, ctx: Context, phrase: str, choices: tuple[Candidate, ...]) -> Reply:
         rows = tuple(
             ListRow(
-                id=f"place:{index}",
+                id=f"place:{index}:{choice.code}",
                 title=_clip(f"{choice.city} ({choice.code})", 24),
                 description=_clip(f"{choice.name} · {choice.country}", 72),
             )

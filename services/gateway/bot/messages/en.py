@@ -53,6 +53,7 @@ MESSAGES: dict[str, str] = {
     "place_not_found": (
         "I couldn't find an airport for “{text}”. Try a city name or an airport code like *JFK*."
     ),
+    "list_outdated": "That list was for an earlier question.",
     "choose_place": "Which “{text}” do you mean? Reply with a number.",
     "choose_button": "Choose",
     "date_not_understood": "I couldn't read that date. Try *next Friday*, *3 March* or *12/24*.",

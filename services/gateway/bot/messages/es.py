@@ -52,6 +52,7 @@ MESSAGES: dict[str, str] = {
         "No encuentro ningún aeropuerto para «{text}». Prueba con el nombre de la ciudad o un "
         "código como *MAD*."
     ),
+    "list_outdated": "Esa lista era de una pregunta anterior.",
     "choose_place": "¿A qué «{text}» te refieres? Responde con un número.",
     "choose_button": "Elegir",
     "date_not_understood": "No entiendo esa fecha. Prueba *el viernes*, *3 de marzo* o *24/12*.",
