@@ -376,12 +376,14 @@ def build_router(runtime: Runtime) -> APIRouter:
             return None
         if header is None and token:
             return _reject("twilio", 401, "unsigned", "X-Twilio-Signature is missing")
-        to = twilio.strip_prefix(dict(params or []).get("To", ""))
+        number = twilio.business_number(params or [])
         business_token = ""
-        if to:
+        if number:
             business_token = (
                 await _business_secret(
-                    business_pb2.LookupBusinessRequest(whatsapp_number=to, include_credentials=True)
+                    business_pb2.LookupBusinessRequest(
+                        whatsapp_number=number, include_credentials=True
+                    )
                 )
             ).twilio_auth_token
         if not token and not business_token:

@@ -146,3 +146,39 @@ def test_the_guides_callback_url_answers_metas_subscription_check(gateway: Gatew
             assert (answer.status_code, answer.text) == (200, "42")
             wrong = client.get(path, params={**query, "hub.verify_token": "nope"})
             assert wrong.status_code == 403
+
+
+def test_twilio_status_callbacks_are_verified_with_the_sending_business_token(
+    gateway: Gateway,
+) -> None:
+    """A status callback reports on a reply the business sent: ``From`` is the business's number
+    and ``To`` the user's, and Twilio signs it with the token of the account that sent it."""
+    business = create_business(gateway)
+    user = "+" + new_wa_id()
+    url = f"{gateway.url}/webhooks/twilio"
+    # As Twilio documents it: a subset of the message's parameters, and MessageStatus/ErrorCode.
+    sid = "SM" + secrets.token_hex(16)
+    form = [
+        ("MessageSid", sid),
+        ("SmsSid", sid),
+        ("AccountSid", business.twilio_sid),
+        ("From", f"whatsapp:{business.number}"),
+        ("To", f"whatsapp:{user}"),
+        ("MessageStatus", "failed"),
+        ("SmsStatus", "failed"),
+        ("ErrorCode", "63016"),
+        ("ApiVersion", "2010-04-01"),
+        ("ChannelPrefix", "whatsapp"),
+        ("ChannelToAddress", user),
+    ]
+    before = queue_lengths(gateway.redis_url)
+    with gateway.http as client:
+        body, headers = signed_twilio(url, form, business.twilio_token)
+        assert client.post("/webhooks/twilio", content=body, headers=headers).status_code == 200
+        # Another business's token still vouches for nothing of this one's.
+        other = create_business(gateway)
+        body, headers = signed_twilio(url, form, other.twilio_token)
+        assert client.post("/webhooks/twilio", content=body, headers=headers).status_code == 403
+        metrics = client.get("/metrics").text
+    assert 'gateway_message_statuses_total{channel="twilio",status="failed"} 1.0' in metrics
+    assert queue_lengths(gateway.redis_url) == before

@@ -90,14 +90,30 @@ def strip_prefix(number: str) -> str:
     return number.removeprefix(PREFIX).strip()
 
 
+def _status(form: dict[str, str]) -> str:
+    """The status a status callback reports; "" for an inbound message."""
+    status = form.get("MessageStatus") or form.get("SmsStatus") or ""
+    if status and status != "received" and "Body" not in form and "NumMedia" not in form:
+        return status
+    return ""
+
+
+def business_number(params: list[tuple[str, str]]) -> str:
+    """The number of the business a webhook is about, whose auth token signed it: ``To`` of an
+    inbound message, but ``From`` of a status callback, which reports on a message the business
+    sent (to the user, in ``To``)."""
+    form = dict(params)
+    return strip_prefix(form.get("From" if _status(form) else "To", ""))
+
+
 def parse(params: list[tuple[str, str]]) -> InboundMessage | Status:
     """One inbound message, or a status callback; ValueError when neither can be made."""
     form = dict(params)
     sid = form.get("MessageSid") or form.get("SmsMessageSid") or form.get("SmsSid") or ""
     if not sid:
         raise ValueError("form without MessageSid")
-    status = form.get("MessageStatus") or form.get("SmsStatus") or ""
-    if status and status != "received" and "Body" not in form and "NumMedia" not in form:
+    status = _status(form)
+    if status:
         return Status(sid, status, form.get("ErrorCode", ""))
     sender = strip_prefix(form.get("From", ""))
     to = strip_prefix(form.get("To", ""))
