@@ -337,11 +337,15 @@ def build_router(runtime: Runtime) -> APIRouter:
             if isinstance(item, twilio.Status):
                 metrics.STATUSES.labels("twilio", item.status).inc()
                 metrics.WEBHOOKS.labels("twilio", "status").inc()
+                # Twilio reports most WhatsApp delivery failures only here (63016: outside the
+                # 24-hour window): the code says why a user had no answer.
                 log.info(
                     "message status",
                     request_id=rid,
                     status=item.status,
                     message_id=item.message_sid,
+                    recipient=mask_phone(item.recipient),
+                    error_code=item.error_code,
                 )
                 return _twiml(rid)
             ids = await runtime.queue.enqueue([item], rid, received)

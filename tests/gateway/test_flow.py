@@ -22,6 +22,7 @@ from tests.support.stack import (
     signed_cloud,
     signed_twilio,
     twilio_form,
+    twilio_status_form,
 )
 
 
@@ -126,6 +127,29 @@ def test_twilio_guide_path_with_the_business_token(
         response = client.post("/whatsapp/webhook", content=body, headers=headers)
     assert response.status_code == 200, response.text
     assert wait_for(lambda: fake_clouds.texts(sender) == ["echo: via the guide's path #1"], 20)
+
+
+def test_a_failed_twilio_delivery_is_logged_with_its_error_code(gateway: Gateway) -> None:
+    """Twilio reports most WhatsApp delivery failures only in a status callback (63016 outside
+    the 24-hour window, other 63xxx channel errors): its ErrorCode is the one place an operator
+    can learn why a user got no answer."""
+    business = gateway.business
+    assert business is not None
+    user = "+" + new_wa_id()
+    form = twilio_status_form(business, user, "failed", "63016")
+    body, headers = signed_twilio(f"{gateway.url}/webhooks/twilio", form, business.twilio_token)
+    with gateway.http as client:
+        assert client.post("/webhooks/twilio", content=body, headers=headers).status_code == 200
+    sid = dict(form)["MessageSid"]
+    web = gateway.processes[0]
+
+    def logged() -> list[dict[str, object]]:
+        return [e for e in web.log_events("message status") if e.get("message_id") == sid]
+
+    assert wait_for(logged, 10)
+    [line] = logged()
+    assert (line["status"], line["error_code"]) == ("failed", "63016")
+    assert user not in str(line) and line["recipient"]  # masked, as every phone number
 
 
 def test_the_same_webhook_three_times_gets_one_reply(

@@ -26,6 +26,7 @@ from tests.support.stack import (
     signed_twilio,
     start_gateway,
     twilio_form,
+    twilio_status_form,
 )
 
 
@@ -156,21 +157,7 @@ def test_twilio_status_callbacks_are_verified_with_the_sending_business_token(
     business = create_business(gateway)
     user = "+" + new_wa_id()
     url = f"{gateway.url}/webhooks/twilio"
-    # As Twilio documents it: a subset of the message's parameters, and MessageStatus/ErrorCode.
-    sid = "SM" + secrets.token_hex(16)
-    form = [
-        ("MessageSid", sid),
-        ("SmsSid", sid),
-        ("AccountSid", business.twilio_sid),
-        ("From", f"whatsapp:{business.number}"),
-        ("To", f"whatsapp:{user}"),
-        ("MessageStatus", "failed"),
-        ("SmsStatus", "failed"),
-        ("ErrorCode", "63016"),
-        ("ApiVersion", "2010-04-01"),
-        ("ChannelPrefix", "whatsapp"),
-        ("ChannelToAddress", user),
-    ]
+    form = twilio_status_form(business, user, "failed", "63016")
     before = queue_lengths(gateway.redis_url)
     with gateway.http as client:
         body, headers = signed_twilio(url, form, business.twilio_token)

@@ -348,6 +348,27 @@ def twilio_form(to: str, sender: str, text: str, sid: str | None = None) -> list
     ]
 
 
+def twilio_status_form(
+    business: Business, user: str, status: str, error_code: str = ""
+) -> list[tuple[str, str]]:
+    """A status callback as Twilio documents it: a subset of the message's parameters (``From``
+    the business, ``To`` the user), ``MessageStatus`` and, for a failure, ``ErrorCode``."""
+    sid = "SM" + secrets.token_hex(16)
+    return [
+        ("MessageSid", sid),
+        ("SmsSid", sid),
+        ("AccountSid", business.twilio_sid),
+        ("From", f"whatsapp:{business.number}"),
+        ("To", f"whatsapp:{user}"),
+        ("MessageStatus", status),
+        ("SmsStatus", status),
+        *([("ErrorCode", error_code)] if error_code else []),
+        ("ApiVersion", "2010-04-01"),
+        ("ChannelPrefix", "whatsapp"),
+        ("ChannelToAddress", user),
+    ]
+
+
 def signed_twilio(
     url: str, form: list[tuple[str, str]], token: str = TWILIO_TOKEN
 ) -> tuple[bytes, dict[str, str]]:

@@ -32,6 +32,7 @@ class Status:
     message_sid: str
     status: str
     error_code: str = ""
+    recipient: str = ""  # the user the reported message went to
 
 
 def parse_form(body: bytes) -> list[tuple[str, str]]:
@@ -114,7 +115,7 @@ def parse(params: list[tuple[str, str]]) -> InboundMessage | Status:
         raise ValueError("form without MessageSid")
     status = _status(form)
     if status:
-        return Status(sid, status, form.get("ErrorCode", ""))
+        return Status(sid, status, form.get("ErrorCode", ""), strip_prefix(form.get("To", "")))
     sender = strip_prefix(form.get("From", ""))
     to = strip_prefix(form.get("To", ""))
     if not sender or not to:
