@@ -368,15 +368,20 @@ def build_router(runtime: Runtime) -> APIRouter:
         request: Request, params: list[tuple[str, str]] | None, header: str | None
     ) -> Response | None:
         token = settings.twilio_auth_token
-        url = twilio.public_url(
-            settings.public_base_url, request.url.path, request.url.query, str(request.url)
+        urls = twilio.public_urls(
+            settings.public_base_url,
+            request.url.path,
+            request.url.query,
+            str(request.url),
+            request.headers,
         )
-        if (
-            header
-            and token
-            and params is not None
-            and twilio.signature_matches(url, params, header, token)
-        ):
+
+        def signed_with(secret: str | None) -> bool:
+            if not (header and secret and params is not None):
+                return False
+            return any(twilio.signature_matches(url, params, header, secret) for url in urls)
+
+        if signed_with(token):
             return None
         if header is None and token:
             return _reject("twilio", 401, "unsigned", "X-Twilio-Signature is missing")
@@ -399,11 +404,7 @@ def build_router(runtime: Runtime) -> APIRouter:
             return None  # nothing to verify with (outside production): warned at start-up
         if header is None:
             return _reject("twilio", 401, "unsigned", "X-Twilio-Signature is missing")
-        if (
-            business_token
-            and params is not None
-            and twilio.signature_matches(url, params, header, business_token)
-        ):
+        if signed_with(business_token):
             return None
         return _reject("twilio", 403, "bad_signature", "X-Twilio-Signature does not match")
 

@@ -292,6 +292,17 @@ def test_twilio_signature_matches_twilio_published_vectors() -> None:
     assert twilio.public_url(
         "https://bot.example.com/", "/webhooks/twilio", "a=1", "http://10.0.0.1/x"
     ) == ("https://bot.example.com/webhooks/twilio?a=1")
+    # Without PUBLIC_BASE_URL: also the URL a TLS-ending proxy forwards (its first values).
+    seen = "http://gateway.parley.svc/webhooks/twilio?a=1"
+    forwarded = {"x-forwarded-proto": "https, http", "x-forwarded-host": "bot.example.com"}
+    assert twilio.public_urls(None, "/webhooks/twilio", "a=1", seen, forwarded) == [
+        seen,
+        "https://bot.example.com/webhooks/twilio?a=1",
+    ]
+    assert twilio.public_urls(None, "/webhooks/twilio", "a=1", seen, {}) == [seen]
+    assert twilio.public_urls(
+        "https://bot.example.com", "/webhooks/twilio", "", seen, {"x-forwarded-proto": "http"}
+    ) == ["https://bot.example.com/webhooks/twilio"]
 
 
 def test_twilio_form_parsing() -> None:

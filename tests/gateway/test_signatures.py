@@ -169,3 +169,34 @@ def test_twilio_status_callbacks_are_verified_with_the_sending_business_token(
         metrics = client.get("/metrics").text
     assert 'gateway_message_statuses_total{channel="twilio",status="failed"} 1.0' in metrics
     assert queue_lengths(gateway.redis_url) == before
+
+
+def test_twilio_signatures_behind_a_tls_terminating_proxy(gateway: Gateway) -> None:
+    """An ingress or load balancer ends TLS and forwards over plain HTTP with X-Forwarded-Proto
+    (and the public host): Twilio signed the https URL it called, as its docs say to rebuild it.
+    The connection comes from the proxy's address, not 127.0.0.1 (uvicorn trusts forwarded
+    headers only from there), as in a cluster."""
+    business = gateway.business
+    assert business is not None
+    user = "+" + new_wa_id()
+    form = twilio_form(business.number, user, "through the ingress")
+    body, headers = signed_twilio("https://bot.example.com/webhooks/twilio", form)
+    proxy = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(base_url=gateway.url, transport=proxy, timeout=10) as client:
+        forwarded = {"host": "bot.example.com", "x-forwarded-proto": "https"}
+        answer = client.post("/webhooks/twilio", content=body, headers={**headers, **forwarded})
+        assert answer.status_code == 200, answer.text
+        # As Kubernetes' ingress-nginx sends it: the Service's host, the public one forwarded.
+        form = twilio_form(business.number, user, "through the ingress, again")
+        body, headers = signed_twilio("https://bot.example.com/webhooks/twilio", form)
+        forwarded = {
+            "host": "gateway.parley.svc",
+            "x-forwarded-host": "bot.example.com",
+            "x-forwarded-proto": "https",
+        }
+        answer = client.post("/webhooks/twilio", content=body, headers={**headers, **forwarded})
+        assert answer.status_code == 200, answer.text
+        # The forwarded URL is one more URL the signature may be for, never a way around it.
+        body, headers = signed_twilio("https://bot.example.com/webhooks/twilio", form, "not-it")
+        answer = client.post("/webhooks/twilio", content=body, headers={**headers, **forwarded})
+        assert answer.status_code == 403

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -85,6 +86,31 @@ def public_url(base: str | None, path: str, query: str, seen_url: str) -> str:
     if not base:
         return seen_url
     return base.rstrip("/") + path + (f"?{query}" if query else "")
+
+
+def public_urls(
+    base: str | None, path: str, query: str, seen_url: str, headers: Mapping[str, str]
+) -> list[str]:
+    """The URLs Twilio may have called and signed. ``PUBLIC_BASE_URL`` when set; else the URL as
+    seen and, behind a proxy that ended TLS (an ingress, a load balancer), the one it forwards
+    in X-Forwarded-Proto and X-Forwarded-Host, as Twilio says to rebuild it. uvicorn applies
+    those headers only from 127.0.0.1, so a proxy elsewhere left us seeing ``http://``. They
+    only choose which URL the signature must be for: without the token nothing is accepted."""
+    if base:
+        return [public_url(base, path, query, seen_url)]
+    proto = _first(headers.get("x-forwarded-proto", "")).lower()
+    host = _first(headers.get("x-forwarded-host", "")) or urlsplit(seen_url).netloc
+    urls = [seen_url]
+    if proto in ("http", "https") and host:
+        forwarded = f"{proto}://{host}{path}" + (f"?{query}" if query else "")
+        if forwarded != seen_url:
+            urls.append(forwarded)
+    return urls
+
+
+def _first(value: str) -> str:
+    """The first of a forwarded header's comma-separated values: what the outermost proxy saw."""
+    return value.split(",", 1)[0].strip()
 
 
 def strip_prefix(number: str) -> str:
