@@ -244,14 +244,21 @@ class Queue:
                 return
 
     async def read(
-        self, partition: int, consumer: str, *, pending: bool, block_ms: int | None, count: int
+        self,
+        partition: int,
+        consumer: str,
+        *,
+        pending: bool,
+        block_ms: int | None,
+        count: int,
+        after: str = "0",
     ) -> list[Entry]:
-        """Our own pending entries (``pending``), else new ones, oldest first."""
+        """Our own pending entries after ``after`` (``pending``), else new ones, oldest first."""
         try:
             response = await self.redis.xreadgroup(
                 GROUP,
                 consumer,
-                {stream_key(partition): "0" if pending else ">"},
+                {stream_key(partition): after if pending else ">"},
                 count=count,
                 block=None if pending else block_ms,
             )

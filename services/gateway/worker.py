@@ -10,8 +10,10 @@ or past its deadline, a provider's 5xx or 429, Redis) do not use up attempts: th
 
 Partitions: a worker process holds the leases of up to its fair share of partitions
 (``ceil(partitions / live workers)``) and runs one loop per held partition, handling its entries
-one at a time. A lease lasts ``VISIBILITY_TIMEOUT_SECONDS`` and is renewed while held, so the
-partitions of a worker that died are taken over, pending entries included, once its leases lapse.
+one at a time. A message waiting for its retry holds up only its own user's later messages; the
+partition's other users go on meanwhile (:class:`Waiting`). A lease lasts
+``VISIBILITY_TIMEOUT_SECONDS`` and is renewed while held, so the partitions of a worker that died
+are taken over, pending entries included, once its leases lapse.
 """
 
 from __future__ import annotations
@@ -569,28 +571,53 @@ class WorkerPool:
         renewer = asyncio.create_task(self._renew(partition, token, lost))
         try:
             await self.queue.take_over(partition, self.worker_id)
-            # Pending entries (taken over) first; once drained, only new ones: every entry read
-            # after that is finished (or the loop ends) before the next read.
-            drained = False
+            # Pending entries (taken over) first, after the last one read; once drained, only
+            # new ones. Every entry read is finished, or waits for its retry in ``waiting``, or
+            # the loop ends (and it stays pending for the next holder) before the next read.
+            pending_after: str | None = "0"
+            waiting = Waiting()
 
             def holding() -> bool:
                 return not (self._stopping.is_set() or lost.is_set() or partition in self._release)
 
+            retried = False
             while holding():
+                # A due retry, then new messages (without waiting, if more retries are due),
+                # in turn: retries of many users cannot keep a new message waiting either.
+                due = None if retried else waiting.next_due()
+                retried = due is not None
+                if due is not None:
+                    await self._step(due, token, waiting)
+                    continue
+                if waiting.full():
+                    await self._pause(waiting.seconds_to_next())
+                    continue
                 entries = []
-                if not drained:
+                if pending_after is not None:
                     entries = await self.queue.read(
-                        partition, self.worker_id, pending=True, block_ms=None, count=10
+                        partition,
+                        self.worker_id,
+                        pending=True,
+                        block_ms=None,
+                        count=10,
+                        after=pending_after,
                     )
-                    drained = not entries
+                    pending_after = entries[-1].id if entries else None
                 if not entries:
                     entries = await self.queue.read(
-                        partition, self.worker_id, pending=False, block_ms=500, count=10
+                        partition,
+                        self.worker_id,
+                        pending=False,
+                        block_ms=waiting.block_ms(500),
+                        count=10,
                     )
                 for entry in entries:
                     if not holding():
                         break  # the rest stay pending: the next holder takes them over, in order
-                    await self._handle(entry, token)
+                    if waiting.holds_user_of(entry):
+                        waiting.behind(entry)  # an earlier message of this user waits: so does it
+                    else:
+                        await self._step(entry, token, waiting)
         except RedisError as error:
             log.warning("partition loop stopped", partition=partition, error=str(error)[:200])
         except Exception:
@@ -601,6 +628,20 @@ class WorkerPool:
                 await self.queue.release(partition, token)
             self._held.pop(partition, None)
             self._release.discard(partition)
+
+    async def _step(self, entry: Entry, token: str, waiting: Waiting) -> None:
+        """One attempt at ``entry``; then it is finished, or waits for its retry without
+        holding up the partition's other users (their messages go on meanwhile)."""
+        delay = await self._handle(entry, token)
+        if delay is None:
+            waiting.finished(entry)
+        else:
+            waiting.retry(entry, delay)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, min(seconds, 0.5))):
+                await self._stopping.wait()
 
     async def _renew(self, partition: int, token: str, lost: asyncio.Event) -> None:
         interval = self.settings.visibility_timeout_seconds / 3
@@ -619,32 +660,17 @@ class WorkerPool:
                     lost.set()
                     return
 
-    async def _handle(self, entry: Entry, token: str) -> None:
+    async def _handle(self, entry: Entry, token: str) -> float | None:
+        """One attempt, holding a slot only while it runs (a message waiting out its backoff
+        holds none): None once the entry is finished, else how long to wait before the next."""
         request_id = entry.request_id or uuid.uuid4().hex
         request_id_var.set(request_id)
         fields = bind_call_fields(request_id=request_id)
         try:
-            await self._attempts(entry, token)
+            async with self._slots:
+                return await self._attempt(entry, token)
         finally:
             reset_call_fields(fields)
-
-    async def _attempts(self, entry: Entry, token: str) -> None:
-        """Attempts until the entry is finished. The partition waits for it (order), but a slot
-        is held only while an attempt runs: a message waiting out its backoff must not hold up
-        other partitions' messages."""
-        while True:
-            async with self._slots:
-                delay = await self._attempt(entry, token)
-            if delay is None:
-                return
-            if self._stopping.is_set():
-                return  # leave it pending: whoever takes the partition goes on
-            try:
-                async with asyncio.timeout(delay):
-                    await self._stopping.wait()
-                return
-            except TimeoutError:
-                continue
 
     async def _attempt(self, entry: Entry, token: str) -> float | None:
         """One attempt: None once the entry is finished (acknowledged or dead-lettered), else
@@ -715,6 +741,73 @@ class WorkerPool:
             entry=entry.id,
             user=mask_phone(entry.message.user_id),
         )
+
+
+class Waiting:
+    """The messages of one partition that wait for a retry, and the later messages of the same
+    users, which wait behind them. A retry holds up only its own user (one channel identity and
+    user: what the partition is chosen by): one business whose sends fail for a while (Meta
+    throttling its number, its own 5xx) must not hold up the other businesses' users who share
+    its partitions. Each user's messages still run one at a time, in arrival order; all of them
+    stay pending in the stream, so a worker taking the partition over finds them in that order."""
+
+    LIMIT = 100  # messages waiting per partition; past it, no new ones are read until one ends
+
+    def __init__(self) -> None:
+        self._lines: dict[tuple[str, str, str], list[Entry]] = {}  # user → their messages
+        self._due: dict[tuple[str, str, str], float] = {}  # user → when their first may retry
+
+    @staticmethod
+    def _user(entry: Entry) -> tuple[str, str, str]:
+        m = entry.message
+        return m.channel, m.channel_identity, m.user_id
+
+    def holds_user_of(self, entry: Entry) -> bool:
+        return self._user(entry) in self._lines
+
+    def behind(self, entry: Entry) -> None:
+        self._lines[self._user(entry)].append(entry)
+
+    def retry(self, entry: Entry, delay: float) -> None:
+        # The entry is its user's first: a later one never runs while an earlier one waits.
+        user = self._user(entry)
+        self._lines.setdefault(user, [entry])
+        self._due[user] = time.monotonic() + delay
+
+    def finished(self, entry: Entry) -> None:
+        user = self._user(entry)
+        line = self._lines.get(user)
+        if not line or line[0] is not entry:
+            return
+        line.pop(0)
+        if line:
+            self._due[user] = time.monotonic()  # the user's next message goes on at once
+        else:
+            del self._lines[user]
+            self._due.pop(user, None)
+
+    def next_due(self) -> Entry | None:
+        """The first message whose retry is due, if any (the longest overdue first)."""
+        if not self._due:
+            return None
+        user = min(self._due, key=self._due.__getitem__)
+        if self._due[user] > time.monotonic():
+            return None
+        del self._due[user]  # running now: retry() or finished() says what comes next
+        return self._lines[user][0]
+
+    def seconds_to_next(self) -> float:
+        return min(self._due.values(), default=time.monotonic() + 1) - time.monotonic()
+
+    def block_ms(self, most: int) -> int:
+        """How long a read may wait for new messages: not past the next retry (at least 1 ms;
+        Redis reads 0 as for ever)."""
+        if not self._due:
+            return most
+        return max(1, min(most, math.ceil(self.seconds_to_next() * 1000)))
+
+    def full(self) -> bool:
+        return sum(len(line) for line in self._lines.values()) >= self.LIMIT
 
 
 def _transient(error: Exception) -> bool:

@@ -456,3 +456,45 @@ def test_sigterm_finishes_the_message_in_flight(
         assert "worker stopped" in worker.log
     finally:
         gw.stop()
+
+
+def test_a_business_whose_number_meta_throttles_holds_up_no_other_business(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """Meta refuses every message of one business's number for a while (130429, throughput
+    reached: retried). A user of another business whose messages share the partition (one
+    partition here, so every user shares it) is answered meanwhile; the throttled business's
+    user is answered once Meta takes their number again, in order. (Was a bug: the partition
+    waited out each retry of the throttled business's messages, up to RETRY_WINDOW_SECONDS
+    each, so every other business's user on it waited as long.)"""
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "throttled",
+        QUEUE_PARTITIONS="1",
+        RETRY_BASE_SECONDS="6",
+        RETRY_MAX_SECONDS="6",
+    )
+    throttled, other = create_business(gw), create_business(gw)
+    fake_clouds.throttled.add(throttled.phone_number_id)
+    try:
+        waiting, answered = new_wa_id(), new_wa_id()
+        with gw.http as client:
+            for text in ("first", "second"):
+                payload = cloud_payload(throttled.phone_number_id, waiting, text)
+                assert post_cloud(client, payload).status_code == 200
+            # Refused (the sender's own three tries): the message now waits for its retry.
+            assert wait_for(lambda: len(fake_clouds.texts(waiting)) == 3, 10)
+            started = time.monotonic()
+            payload = cloud_payload(other.phone_number_id, answered, "hello")
+            assert post_cloud(client, payload).status_code == 200
+            assert wait_for(lambda: fake_clouds.texts(answered) == ["echo: hello #1"], 20)
+            assert time.monotonic() - started < 4  # before the throttled message's retry
+            assert fake_clouds.texts(waiting) == ["echo: first #1"] * 3  # "second" waits
+        fake_clouds.throttled.clear()
+        assert wait_for(lambda: "echo: second #2" in fake_clouds.texts(waiting), 30)
+        assert fake_clouds.texts(waiting) == ["echo: first #1"] * 4 + ["echo: second #2"]
+    finally:
+        fake_clouds.throttled.clear()
+        gw.stop()

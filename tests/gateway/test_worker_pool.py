@@ -9,6 +9,7 @@ import inspect
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -373,3 +374,51 @@ async def test_stop_keeps_to_the_shutdown_grace_and_hands_the_partitions_back(
 async def stopped_then_hung(hung: asyncio.Event) -> str:
     await hung.wait()
     return "answered"
+
+
+def users_of_two_businesses_on_one_partition() -> tuple[
+    Callable[[str], InboundMessage], Callable[[str], InboundMessage]
+]:
+    """Messages of a user of one business (number 100200300) and of a user of another (number
+    900800700) whose messages share a partition, as any two users' may."""
+    a = "15550040"
+    mine = partition_of(message(a, "").channel_identity, a, PARTITIONS)
+    b = next(
+        user
+        for n in range(41, 200)
+        for user in (f"155500{n}",)
+        if partition_of("900800700", user, PARTITIONS) == mine
+    )
+    return (
+        lambda text: message(a, text),
+        lambda text: replace(message(b, text), channel_identity="900800700"),
+    )
+
+
+async def test_a_business_being_throttled_does_not_hold_up_another_business_on_its_partition(
+    valkey: Valkey,
+) -> None:
+    """Meta rate-limits one business's number (130429: every send of it fails and is retried);
+    a user of another business whose messages share the partition is answered meanwhile, while
+    the throttled business's user's next message still waits for their first (order per user).
+    (Was a bug: the partition waited out each retry, up to RETRY_WINDOW_SECONDS per message, so
+    every user of every business behind it waited too.)"""
+    url = await fresh_url(valkey)
+    a, b = users_of_two_businesses_on_one_partition()
+    throttled = SendError("Graph API rate limit (130429)", retryable=True, outcome="rate_limited")
+    processor = Scripted(
+        {"a1": [throttled, "answered"], "a2": ["answered"], "b1": ["answered"], "b2": ["answered"]}
+    )
+    pool, redis = new_pool(url, processor, retry_base_seconds=3, retry_max_seconds=3)
+    try:
+        await pool.start()
+        await enqueue(pool, a("a1"), a("a2"))
+        await until(lambda: processor.attempts == ["a1"])
+        await enqueue(pool, b("b1"), b("b2"))
+        await until(lambda: processor.attempts[-1:] == ["b2"], seconds=2)
+        assert processor.attempts == ["a1", "b1", "b2"]  # a2 waits behind a1
+        await until(lambda: finished(pool))
+        await pool.stop()
+    finally:
+        await redis.aclose()
+    assert processor.attempts == ["a1", "b1", "b2", "a1", "a2"]

@@ -22,6 +22,14 @@ from starlette.routing import Route
 from tests.support.processes import free_port, wait_for
 
 _BSUID = re.compile(r"[A-Z]{2}\.")
+THROUGHPUT_LIMIT = {
+    "error": {
+        "code": 130429,
+        "message": "(#130429) Rate limit hit",
+        "type": "OAuthException",
+        "error_data": {"details": "Cloud API message throughput has been reached."},
+    }
+}
 
 
 @dataclass
@@ -41,12 +49,14 @@ class Received:
 
 class FakeClouds:
     """Both fakes on one port; ``failures`` queues (status, json) answers to give first
-    (``None``: answer as usual, to fail a later message)."""
+    (``None``: answer as usual, to fail a later message). Messages from a phone number id in
+    ``throttled`` are refused as Meta refuses a number over its throughput (130429)."""
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.received: list[Received] = []
         self.failures: list[tuple[int, dict[str, Any]] | None] = []
+        self.throttled: set[str] = set()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         app = Starlette(
@@ -81,7 +91,10 @@ class FakeClouds:
 
     async def _graph(self, request: Request) -> JSONResponse:
         body = await request.json()
-        failure = self._failure() if body.get("type") else None  # never fail read receipts
+        failure: tuple[int, dict[str, Any]] | None = None  # never fail read receipts
+        if body.get("type"):
+            throttled = request.path_params["pnid"] in self.throttled
+            failure = (400, THROUGHPUT_LIMIT) if throttled else self._failure()
         self.received.append(
             Received("graph", request.url.path, request.headers.get("authorization", ""), body)
         )
