@@ -15,6 +15,8 @@ from typing import Any
 import grpc
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
@@ -89,6 +91,14 @@ def create_app(settings: GatewaySettings, role: Role = "all") -> FastAPI:
     app.router.routes[:0] = webhooks.plain_routes(hooks)
     app.include_router(health.build_router(runtime))
     app.include_router(admin.build_router(runtime))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's own 422 echoes each value it refused (`input`; for a missing field, the
+        # whole body): a token too long or sent under a wrong name would go back over the wire
+        # and into any proxy or log that records bodies. The field and the reason are enough.
+        errors = [{k: v for k, v in e.items() if k != "input"} for e in error.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     @app.exception_handler(RedisError)
     async def redis_down(_: Request, error: RedisError) -> JSONResponse:

@@ -93,6 +93,45 @@ def test_business_lifecycle(outbox_gateway: Gateway) -> None:
         assert admin.get("/admin/businesses/ffffffffffffffffffffffff").status_code == 404
 
 
+def test_a_refused_request_never_echoes_a_secret(outbox_gateway: Gateway) -> None:
+    """A 422 names the field and the problem, never the value given. (Was a bug: FastAPI's
+    default answer echoes each value as `input`, and a missing field echoes the whole body, so a
+    token too long, a secret under a misspelled or misplaced name, or a body missing its name sent
+    the secret back, into any proxy or log that records bodies.)"""
+    business = outbox_gateway.business
+    assert business is not None
+    secret = "EAAG-echo-" + new_wa_id()
+    bid = business.id
+    refused = [
+        ("PUT", f"/admin/businesses/{bid}/token", {"access_token": secret + "x" * 1000}),
+        ("PUT", f"/admin/businesses/{bid}/token", {"twilio_auth_token": [secret]}),
+        ("PUT", f"/admin/businesses/{bid}/token", {"app_secret": secret}),
+        ("PATCH", f"/admin/businesses/{bid}", {"access_token": secret}),
+        ("POST", "/admin/businesses", {"access_token": secret, "twilio_auth_token": secret}),
+        (
+            "POST",
+            "/admin/businesses",
+            {
+                "name": "A",
+                "subdomain": "a",
+                "webhook_app_secret": 7,
+                "twilio_account_sid": secret + "y" * 1000,
+            },
+        ),
+    ]
+    with outbox_gateway.admin() as admin:
+        for method, path, body in refused:
+            response = admin.request(method, path, json=body)
+            assert response.status_code == 422, (method, path, response.text)
+            assert secret not in response.text, (method, path, response.text)
+            detail = response.json()["detail"]
+            assert detail and all(error["loc"] and error["msg"] for error in detail)
+        # Still says which field and why.
+        too_long = admin.put(f"/admin/businesses/{bid}/token", json={"access_token": "x" * 1001})
+        [error] = too_long.json()["detail"]
+        assert error["loc"] == ["body", "access_token"] and "1000" in error["msg"]
+
+
 def test_outbox_stores_replies_and_pages_with_a_cursor(outbox_gateway: Gateway) -> None:
     business = outbox_gateway.business
     assert business is not None
