@@ -421,7 +421,7 @@ def build_router(runtime: Runtime) -> APIRouter:
         except ValueError as error:
             raise HTTPException(409, str(error)) from None
         if entry_id is None:
-            raise HTTPException(404, "no such dead letter")
+            raise HTTPException(404, "no such dead letter (or it was replayed)")
         return {"replayed": dead_id, "entry_id": entry_id}
 
     return router

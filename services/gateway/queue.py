@@ -10,6 +10,7 @@ Redis Cluster slot):
                         transiently, ``<id>:since`` → when the first of those failed (Redis time)
 - ``gw:err:{p}``        hash: entry id → its last error, while it waits for a retry
 - ``gw:dead``           dead letters (capped)
+- ``gw:replay:<id>``    claim of a dead letter being replayed (an hour)
 - ``gw:workers``        sorted set: live worker ids → heartbeat expiry
 
 A message goes to partition ``crc32(channel identity, user) mod QUEUE_PARTITIONS``, so every
@@ -21,6 +22,7 @@ order; different partitions (users) go in parallel, across processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import zlib
@@ -31,7 +33,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from services.common.redis_pipeline import AutoPipeline
 from services.gateway.engine import InboundMessage
@@ -40,6 +42,9 @@ GROUP = "workers"
 DEAD = "gw:dead"
 WORKERS = "gw:workers"
 DEAD_MAXLEN = 100_000
+# Held by the replay of a dead letter; kept once it is queued, so that a record whose delete
+# failed is not queued a second time meanwhile.
+REPLAY_CLAIM_SECONDS = 3600
 
 # Dedupe and enqueue in one step: a crash can neither lose the message nor let a redelivery in.
 ENQUEUE = """
@@ -110,6 +115,10 @@ def attempts_key(partition: int) -> str:
 
 def errors_key(partition: int) -> str:
     return f"gw:err:{{{partition}}}"
+
+
+def replay_claim_key(dead_id: str) -> str:
+    return f"gw:replay:{dead_id}"
 
 
 def partition_of(channel_identity: str, user_id: str, partitions: int) -> int:
@@ -353,17 +362,35 @@ class Queue:
         return [(_s(i), {_s(k): _s(v) for k, v in raw.items()}) for i, raw in items]
 
     async def replay(self, dead_id: str) -> str | None:
-        """Re-enqueue a dead letter; None when unknown; ValueError when it holds no message."""
-        items: Any = await self.redis.xrange(DEAD, min=dead_id, max=dead_id)
-        if not items:
+        """Re-enqueue a dead letter; None when unknown (or replayed, or being replayed by another
+        call now); ValueError when it holds no message.
+
+        Concurrent replays of one record (a double click, two operators) would each read it
+        before any deleted it and queue the message once each: a claim decides which one may.
+        It is a key of its own because the dead letters and the partitions lie in different
+        Cluster slots, so no script can read, queue and delete in one step."""
+        claim = replay_claim_key(dead_id)
+        if not await self.redis.set(claim, "1", nx=True, ex=REPLAY_CLAIM_SECONDS):
             return None
-        record = {_s(k): _s(v) for k, v in items[0][1].items()}
-        fields = {k.removeprefix("orig_"): v for k, v in record.items() if k.startswith("orig_")}
-        if "m" not in fields:
-            raise ValueError("this dead letter holds no message to replay")
-        entry_id = await self.requeue(fields)
-        await self.redis.xdel(DEAD, dead_id)
-        return entry_id
+        queued = False
+        try:
+            items: Any = await self.redis.xrange(DEAD, min=dead_id, max=dead_id)
+            if not items:
+                return None
+            record = {_s(k): _s(v) for k, v in items[0][1].items()}
+            fields = {
+                k.removeprefix("orig_"): v for k, v in record.items() if k.startswith("orig_")
+            }
+            if "m" not in fields:
+                raise ValueError("this dead letter holds no message to replay")
+            entry_id = await self.requeue(fields)
+            queued = True
+            await self.redis.xdel(DEAD, dead_id)
+            return entry_id
+        finally:
+            if not queued:  # nothing queued: a later replay may try again
+                with contextlib.suppress(RedisError):
+                    await self.redis.delete(claim)
 
     # --- figures -------------------------------------------------------------------------
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from services.common.redact import mask_phone
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
 from tests.support.stack import (
+    API_KEY,
     Business,
     Gateway,
     Services,
@@ -233,6 +236,41 @@ def test_max_attempts_then_dead_letter_and_replay(
     events = [e["event"] for e in lines]
     assert events.count("message dead-lettered") == 2 and "message failed; will retry" in events
     assert {e.get("request_id") for e in lines} == {rid}
+
+
+def test_concurrent_replays_of_a_dead_letter_queue_it_once(limited: Gateway) -> None:
+    """Twenty replays of one dead letter at once (a double click, two operators, a script run
+    twice): one is 200, the others 404, and the message is queued once. (Was a bug: each replay
+    read the record before any deleted it, so several were 200 and queued it again each; a
+    message that failed again came back as that many dead letters.)"""
+    users = [new_wa_id() for _ in range(6)]
+    with limited.http as client:
+        for wa_id in users:  # no business owns this number: dead-lettered at once
+            assert (
+                post_cloud(client, cloud_payload("999999999999999", wa_id, "hi")).status_code == 200
+            )
+    assert wait_for(lambda: all(len(dead_letters_of(limited, u)) == 1 for u in users), 20)
+    records = {u: dead_letters_of(limited, u)[0]["id"] for u in users}
+
+    async def race(dead_id: str, n: int = 20) -> list[int]:
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+        async with httpx.AsyncClient(
+            base_url=limited.url, headers={"X-API-Key": API_KEY}, timeout=30, limits=limits
+        ) as admin:
+            await asyncio.gather(*(admin.get("/health") for _ in range(n)))  # n connections
+            replays = [admin.post(f"/admin/dead-letters/{dead_id}/replay") for _ in range(n)]
+            return [r.status_code for r in await asyncio.gather(*replays)]
+
+    for dead_id in records.values():
+        codes = asyncio.run(race(dead_id))
+        assert sorted(set(codes)) == [200, 404] and codes.count(200) == 1, codes
+    # Each replayed message fails the same way once more: one new record per user, not more.
+    assert wait_for(
+        lambda: all({d["id"] for d in dead_letters_of(limited, u)} - {records[u]} for u in users),
+        20,
+    )
+    time.sleep(1)
+    assert [len(dead_letters_of(limited, u)) for u in users] == [1] * len(users)
 
 
 def test_a_replayed_dead_letter_does_not_send_again_what_it_sent_before(
