@@ -21,6 +21,7 @@ from services.common.business_keys import (
     normalize_identity,
     normalize_number,
 )
+from services.common.channel_secrets import secret_problem
 from services.common.errors import InvalidArgument
 
 SECRET_FIELDS = (
@@ -45,7 +46,6 @@ UPDATABLE_FIELDS = (
 
 MAX_NAME = 200
 MAX_IDENTITIES = 50
-MAX_SECRET = 4096
 DEFAULT_TIME_ZONE = "UTC"
 DEFAULT_LOCALE = "en"
 
@@ -227,10 +227,7 @@ def validate_business_id(value: str, field_name: str = "id") -> str:
 
 
 def validate_secret(value: str, field_name: str) -> str:
-    if len(value) > MAX_SECRET:
-        raise InvalidArgument(field_name, f"at most {MAX_SECRET} characters")
-    if value != value.strip() or any(ord(c) < 32 for c in value):
-        raise InvalidArgument(
-            field_name, "must not contain whitespace at the ends or control characters"
-        )
+    problem = secret_problem(value)
+    if problem:
+        raise InvalidArgument(field_name, problem)
     return value

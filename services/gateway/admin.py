@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
+from fastapi.responses import JSONResponse
 from google.protobuf import field_mask_pb2, json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from parley.business.v1 import business_pb2
 from parley.search.v1 import search_pb2
 from parley.session.v1 import session_pb2
+from services.common.channel_secrets import secret_problem
 from services.gateway.runtime import Runtime
 
 STREAM_ID = r"^[0-9]{1,19}-[0-9]{1,19}$"  # below 2**64, as Redis requires
@@ -302,11 +304,21 @@ def build_router(runtime: Runtime) -> APIRouter:
     @router.put(
         "/businesses/{business_id}/token",
         summary="Set channel secrets (stored encrypted; an empty string clears one).",
+        response_model=BusinessOut,
     )
-    async def put_token(business_id: BusinessId, body: TokenIn) -> BusinessOut:
+    async def put_token(business_id: BusinessId, body: TokenIn) -> BusinessOut | JSONResponse:
         given = {k: v for k, v in body.model_dump(exclude_unset=True).items() if v is not None}
         if not given:
             raise HTTPException(400, "give at least one of: " + ", ".join(SECRET_FIELDS))
+        # Each secret is a write of its own: check them all before the first, so that a refused
+        # one (a token pasted with its newline) does not leave the others written, e.g. a new
+        # Twilio SID with the old auth token, a pair Twilio refuses.
+        problems = {name: p for name, value in given.items() if (p := secret_problem(value))}
+        if problems:
+            name, problem = next(iter(problems.items()))
+            return JSONResponse(
+                {"detail": f"{name}: {problem}", "fields": problems}, status_code=400
+            )
         response = None
         for name, value in given.items():
             response = await business().SetChannelToken(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import grpc
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from parley.business.v1 import business_pb2, business_pb2_grpc
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
 from tests.support.stack import (
@@ -130,6 +132,48 @@ def test_a_refused_request_never_echoes_a_secret(outbox_gateway: Gateway) -> Non
         too_long = admin.put(f"/admin/businesses/{bid}/token", json={"access_token": "x" * 1001})
         [error] = too_long.json()["detail"]
         assert error["loc"] == ["body", "access_token"] and "1000" in error["msg"]
+
+
+def stored_credentials(services: Services, business_id: str) -> business_pb2.ChannelCredentials:
+    with grpc.insecure_channel(services.business) as channel:
+        stub = business_pb2_grpc.BusinessServiceStub(channel)
+        request = business_pb2.GetBusinessRequest(id=business_id, include_credentials=True)
+        return stub.GetBusiness(request, timeout=10).credentials
+
+
+def test_a_refused_secret_leaves_every_secret_of_the_request_unwritten(
+    outbox_gateway: Gateway, services: Services
+) -> None:
+    """`PUT .../token` with a new Twilio SID and an auth token pasted with its newline: 400
+    naming the auth token, and neither is stored. (Was a bug: each secret was its own write, in
+    order, so the SID was stored before the token was refused; the business was left with the
+    new SID and the old token, a pair Twilio refuses, and the 400 named a field `value`.)"""
+    business = create_business(outbox_gateway)
+    before = stored_credentials(services, business.id)
+    path = f"/admin/businesses/{business.id}/token"
+    with outbox_gateway.admin() as admin:
+        for body, refused in [
+            (
+                {"twilio_account_sid": "AC" + "0" * 32, "twilio_auth_token": "new-token\n"},
+                "twilio_auth_token",
+            ),
+            (
+                {"access_token": "EAAG-new", "webhook_app_secret": " new-app-secret"},
+                "webhook_app_secret",
+            ),
+            ({"access_token": "EAAG-new", "twilio_account_sid": "AC\x01"}, "twilio_account_sid"),
+        ]:
+            response = admin.put(path, json=body)
+            assert response.status_code == 400, response.text
+            assert list(response.json()["fields"]) == [refused], response.text
+            assert stored_credentials(services, business.id) == before
+        # All valid: all written.
+        assert admin.put(
+            path, json={"access_token": "EAAG-new", "twilio_auth_token": "t2"}
+        ).is_success
+    after = stored_credentials(services, business.id)
+    assert (after.whatsapp_access_token, after.twilio_auth_token) == ("EAAG-new", "t2")
+    assert after.twilio_account_sid == before.twilio_account_sid
 
 
 def test_outbox_stores_replies_and_pages_with_a_cursor(outbox_gateway: Gateway) -> None:
