@@ -399,12 +399,16 @@ def build_router(runtime: Runtime) -> APIRouter:
         items = await runtime.queue.dead_letters(after, limit)
         out = []
         for dead_id, record in items:
-            message = None
+            message, raw = None, record.get("raw")
             if "orig_m" in record:
                 try:
                     message = json.loads(record["orig_m"])
                 except ValueError:
                     message = None
+                # A corrupt entry's (another version's, one written by hand) may be any JSON:
+                # shown as text, it must not make the whole list fail.
+                if not isinstance(message, dict):
+                    message, raw = None, raw or record["orig_m"][:2000]
             out.append(
                 DeadLetterOut(
                     id=dead_id,
@@ -413,7 +417,7 @@ def build_router(runtime: Runtime) -> APIRouter:
                     time=record.get("time", ""),
                     request_id=record.get("orig_rid", ""),
                     message=message,
-                    raw=record.get("raw"),
+                    raw=raw,
                 )
             )
         return DeadLetters(dead_letters=out, next=items[-1][0] if items else (after or "0-0"))

@@ -383,6 +383,10 @@ class Queue:
             }
             if "m" not in fields:
                 raise ValueError("this dead letter holds no message to replay")
+            try:  # a corrupt entry's: queued again, it would only be dead-lettered again
+                decode_message(fields["m"])
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(f"this dead letter's message cannot be read: {error}") from None
             entry_id = await self.requeue(fields)
             queued = True
             await self.redis.xdel(DEAD, dead_id)

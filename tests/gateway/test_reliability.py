@@ -10,8 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from services.common.redact import mask_phone
+from services.gateway.queue import stream_key
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
 from tests.support.stack import (
@@ -271,6 +273,39 @@ def test_concurrent_replays_of_a_dead_letter_queue_it_once(limited: Gateway) -> 
     )
     time.sleep(1)
     assert [len(dead_letters_of(limited, u)) for u in users] == [1] * len(users)
+
+
+def test_corrupt_entries_are_listed_and_refused_for_replay(limited: Gateway) -> None:
+    """Entries a worker cannot read (written by another version, or by hand) are dead-lettered
+    as `corrupt_entry`: the list shows them, and a replay is 409 with the reason. (Was a bug: one
+    whose message was JSON but not an object made every `GET /admin/dead-letters` that reached
+    it a 500, hiding every dead letter after it; replaying one that was an object the gateway
+    could not use was a 500.)"""
+    marker = f"corrupt-{time.time_ns()}"
+    client = redis.Redis.from_url(limited.redis_url, decode_responses=True)
+    try:
+        for m in ('{"text": "from another version"}', "[1, 2]", '"text"', "not json"):
+            client.xadd(stream_key(0), {"m": m, "rid": marker, "rt": "1"})
+    finally:
+        client.close()
+
+    def mine() -> list[dict[str, Any]]:
+        with limited.admin() as admin:
+            response = admin.get("/admin/dead-letters", params={"limit": 1000})
+        assert response.status_code == 200, response.text
+        return [d for d in response.json()["dead_letters"] if d["request_id"] == marker]
+
+    assert wait_for(lambda: len(mine()) == 4, 20)
+    records = mine()
+    assert {d["reason"] for d in records} == {"corrupt_entry"}
+    assert [d["message"] for d in records] == [{"text": "from another version"}, None, None, None]
+    assert [d["raw"] for d in records][1:] == ["[1, 2]", '"text"', "not json"]
+    with limited.admin() as admin:
+        for record in records:
+            replayed = admin.post(f"/admin/dead-letters/{record['id']}/replay")
+            assert replayed.status_code == 409, replayed.text
+            assert "cannot be read" in replayed.json()["detail"]
+    assert len(mine()) == 4  # kept for the operator
 
 
 def test_a_replayed_dead_letter_does_not_send_again_what_it_sent_before(
