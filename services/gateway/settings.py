@@ -32,7 +32,9 @@ class GatewaySettings(CommonSettings):
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = None
     public_base_url: str | None = None  # e.g. https://bot.example.com, behind a proxy
-    max_body_bytes: int = Field(default=256 * KIB, ge=1 * KIB, le=16 * KIB * KIB)
+    # Meta's webhooks can be up to 3 MB (Cloud API webhooks guide); a smaller limit refuses
+    # real ones at every retry. Twilio's forms are far smaller.
+    max_body_bytes: int = Field(default=3 * KIB * KIB, ge=1 * KIB, le=16 * KIB * KIB)
 
     # Senders
     whatsapp_api_base_url: str = "https://graph.facebook.com/v23.0"

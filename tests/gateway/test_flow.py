@@ -8,6 +8,7 @@ import secrets
 import httpx
 
 from services.gateway.channels import cloud_api
+from services.gateway.settings import GatewaySettings
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import wait_for
 from tests.support.stack import (
@@ -61,6 +62,38 @@ def test_signed_cloud_api_webhook_is_answered_at_the_graph_api(
     ]
     assert conversation["history"][0]["provider_message_id"] == message_id
     assert conversation["state"]["count"] == 1
+
+
+def test_a_webhook_as_large_as_meta_sends_is_accepted(
+    gateway: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """Meta's webhooks can be up to 3 MB (its Cloud API webhooks guide): a batch of a message
+    and 2,000 status updates, ~630 KB, is queued and answered with the default `MAX_BODY_BYTES`.
+    (Was a bug: the default was 256 KiB, so such a webhook was refused with 413 at every one of
+    Meta's retries, and the messages in it were never answered.)"""
+    business = gateway.business
+    assert business is not None
+    wa_id = new_wa_id()
+    payload = cloud_payload(business.phone_number_id, wa_id, "in a big batch")
+    statuses = [
+        {
+            "id": f"wamid.{secrets.token_hex(24)}",
+            "status": "delivered",
+            "timestamp": "1750857384",
+            "recipient_id": "15550009999",
+            "conversation": {"id": secrets.token_hex(16), "origin": {"type": "service"}},
+            "pricing": {"billable": True, "pricing_model": "CBP", "category": "service"},
+        }
+        for _ in range(2000)
+    ]
+    payload["entry"][0]["changes"][0]["value"]["statuses"] = statuses
+    body, headers = signed_cloud(payload)
+    assert 500_000 < len(body) < 3_000_000
+    with gateway.http as client:
+        response = client.post("/webhooks/whatsapp", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["queued"] == 1
+    assert wait_for(lambda: fake_clouds.texts(wa_id) == ["echo: in a big batch #1"], 20)
 
 
 def test_a_user_known_only_by_a_business_scoped_id_is_answered_at_recipient(
@@ -234,11 +267,12 @@ def test_bad_signatures_and_bodies_get_the_right_status_and_queue_nothing(
             client.post("/webhooks/whatsapp", content=not_json, headers=signed_garbage).status_code
             == 400
         )
-        big = b"{" + b" " * (256 * 1024) + b"}"
+        limit = GatewaySettings.model_fields["max_body_bytes"].default
+        big = b"{" + b" " * limit + b"}"
         assert client.post("/webhooks/whatsapp", content=big, headers=headers).status_code == 413
 
         def chunks() -> object:
-            for _ in range(300):
+            for _ in range(limit // 1024 + 1):
                 yield b" " * 1024
 
         chunked = client.post("/webhooks/whatsapp", content=chunks(), headers=headers)  # type: ignore[arg-type]
