@@ -3,7 +3,9 @@
 Layout (every key of one partition shares the hash tag ``{p}``, so each Lua script touches one
 Redis Cluster slot):
 
-- ``gw:q:{p}``          the partition's stream; consumer group ``workers``
+- ``gw:q:{p}``          the partition's stream; consumer group ``workers``, whose consumers are
+                        the worker processes (one name per process; the one that takes a
+                        partition over deletes those it claimed everything from)
 - ``gw:dd:{p}:<id>``    dedupe marker of a provider message id (7 days), value: the entry id
 - ``gw:lease:{p}``      which worker owns the partition now (``PX`` = the visibility timeout)
 - ``gw:att:{p}``        hash: entry id → attempts so far; ``<id>:t`` → how many of them failed
@@ -95,6 +97,26 @@ redis.call('HDEL', KEYS[3], ARGV[3], ARGV[3] .. ':t', ARGV[3] .. ':since')
 redis.call('HDEL', KEYS[4], ARGV[3])
 return 1
 """
+# After a takeover: delete the group's other consumers that hold no pending entry. Every worker
+# process reads under a name of its own and Redis keeps a consumer until it is deleted, so
+# without this each restart or rebalance left one per partition for ever. One with entries still
+# pending (a former holder that read after the takeover) is kept: deleting it would leave them
+# delivered to nobody. Atomic, so nothing can become pending between the look and the delete.
+PRUNE_CONSUMERS = """
+local removed = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local name, pending
+  for i = 1, #consumer, 2 do
+    if consumer[i] == 'name' then name = consumer[i + 1] end
+    if consumer[i] == 'pending' then pending = consumer[i + 1] end
+  end
+  if name ~= ARGV[2] and pending == 0 then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+    removed = removed + 1
+  end
+end
+return removed
+"""
 
 
 def stream_key(partition: int) -> str:
@@ -168,6 +190,7 @@ class Queue:
         self._ack = client.register_script(ACK)
         self._attempt = client.register_script(ATTEMPT)
         self._record_error = client.register_script(RECORD_ERROR)
+        self._prune_consumers = client.register_script(PRUNE_CONSUMERS)
 
     # --- producer side ---------------------------------------------------------------------
 
@@ -242,7 +265,8 @@ class Queue:
         return _s(await self.redis.get(lease_key(partition)) or b"") == token
 
     async def take_over(self, partition: int, consumer: str) -> None:
-        """Make every pending entry of the partition ours (its former holder is gone)."""
+        """Make every pending entry of the partition ours (its former holder is gone), then
+        delete the consumers left with nothing pending."""
         start = "0-0"
         while True:
             result: Any = await self.redis.xautoclaim(
@@ -250,7 +274,8 @@ class Queue:
             )
             start = _s(result[0])
             if start == "0-0":
-                return
+                break
+        await self._prune_consumers(keys=[stream_key(partition)], args=[GROUP, consumer])
 
     async def read(
         self,

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import time
 import uuid
@@ -20,7 +21,7 @@ from redis.exceptions import RedisError
 
 from services.common.redis_client import make_redis
 from services.gateway.engine import InboundMessage
-from services.gateway.queue import WORKERS, Entry, Queue, partition_of
+from services.gateway.queue import WORKERS, Entry, Queue, partition_of, stream_key
 from services.gateway.senders.base import SendError
 from services.gateway.settings import GatewaySettings
 from services.gateway.worker import EngineTimeout, Processor, WorkerPool
@@ -422,3 +423,53 @@ async def test_a_business_being_throttled_does_not_hold_up_another_business_on_i
     finally:
         await redis.aclose()
     assert processor.attempts == ["a1", "b1", "b2", "a1", "a2"]
+async def consumers(redis: Any, partition: int) -> list[str]:
+    """The names of the consumers in the partition's group."""
+    found = await redis.xinfo_consumers(stream_key(partition), "workers")
+    return [c["name"].decode() for c in found]
+
+
+async def test_restarted_workers_leave_no_consumer_behind_in_the_groups(valkey: Valkey) -> None:
+    """Every worker process reads as a consumer of its own name (host, pid, a random part), and
+    Redis keeps a consumer in its group until it is deleted: each restart, deploy or rebalance
+    added one per partition, for ever (XINFO, and redis_exporter's per-consumer series, grew
+    with them). A worker that takes a partition over now deletes the consumers it claimed
+    everything from; one with entries still pending (a worker still reading) is kept."""
+    url = await fresh_url(valkey)
+    users = {
+        partition_of("100200300", str(15550100 + n), PARTITIONS): str(15550100 + n)
+        for n in range(64)
+    }
+    assert len(users) == PARTITIONS
+    redis: Any = make_redis(url)
+    try:
+        for generation in range(4):  # a rolling restart: one worker after the other
+            processor = Scripted({f"g{generation}": ["answered"]})
+            pool, client = new_pool(url, processor)
+            try:
+                await pool.start()
+                await holding_all(pool)
+                await enqueue(pool, *(message(u, f"g{generation}") for u in users.values()))
+                await until(functools.partial(finished, pool))
+                await pool.stop()
+            finally:
+                await client.aclose()
+            for partition in range(PARTITIONS):
+                names = await consumers(redis, partition)
+                assert names == [pool.worker_id], (generation, partition, names)
+        # A consumer with entries pending (a stalled former holder; here entries read by hand and
+        # not acknowledged) is deleted only once they are claimed: they are still answered.
+        await enqueue(pool, message(users[0], "late"))
+        await redis.xreadgroup("workers", "stalled", {stream_key(0): ">"})
+        later = Scripted({"late": ["answered"]})
+        last, client = new_pool(url, later)
+        try:
+            await last.start()
+            await until(lambda: finished(last))
+            await last.stop()
+        finally:
+            await client.aclose()
+        assert later.attempts == ["late"]
+        assert await consumers(redis, 0) == [last.worker_id]
+    finally:
+        await redis.aclose()
