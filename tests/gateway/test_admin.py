@@ -7,11 +7,13 @@ from collections.abc import Iterator
 import grpc
 import httpx
 import pytest
+import redis
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parley.business.v1 import business_pb2, business_pb2_grpc
+from services.gateway.senders.outbox import OUTBOX_TTL_SECONDS
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
 from tests.support.stack import (
@@ -211,6 +213,30 @@ def test_outbox_stores_replies_and_pages_with_a_cursor(outbox_gateway: Gateway) 
         assert admin.get(f"/admin/sessions/{business.id}/{wa_id}").json()["version"]
         assert admin.delete(f"/admin/sessions/{business.id}/{wa_id}").json() == {"ended": True}
         assert admin.get(f"/admin/sessions/{business.id}/{wa_id}").status_code == 404
+
+
+def test_an_outbox_expires_once_its_user_is_quiet(outbox_gateway: Gateway) -> None:
+    """Each user of the outbox has a stream per business and an index set: neither had an
+    expiry, so a gateway with OUTBOX_ONLY (make run's Valkey keeps its data under var/, a
+    staging stack, a load test) kept two keys for every user it ever answered. Both now expire
+    OUTBOX_TTL_SECONDS after the user's last reply (every reply restarts it)."""
+    business = outbox_gateway.business
+    assert business is not None
+    wa_id = new_wa_id()
+    with outbox_gateway.http as client:
+        post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "hello"))
+    with outbox_gateway.admin() as admin:
+        assert wait_for(
+            lambda: admin.get("/admin/outbox", params={"user_id": wa_id}).json()["messages"], 20
+        )
+    client = redis.Redis.from_url(outbox_gateway.redis_url)
+    try:
+        stream, index = f"gw:outbox:{business.id}:{wa_id}", f"gw:outbox-index:{wa_id}"
+        assert client.exists(stream, index) == 2
+        for key in (stream, index):
+            assert 0 < client.ttl(key) <= OUTBOX_TTL_SECONDS, key
+    finally:
+        client.close()
 
 
 def test_circuits_and_caches(outbox_gateway: Gateway) -> None:

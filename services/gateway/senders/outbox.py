@@ -2,7 +2,9 @@
 
 One capped stream per business and user (``gw:outbox:<business>:<user>``) plus a set of the
 businesses a user has an outbox with, so ``GET /admin/outbox?user_id=`` finds them all. Stream
-ids are the cursor: they are time-ordered across streams of one Redis.
+ids are the cursor: they are time-ordered across streams of one Redis. Both keys expire
+``OUTBOX_TTL_SECONDS`` after the user's last reply, so a quiet user's outbox is not kept for
+ever.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import redis.asyncio as redis
 
 from services.gateway.engine import Reply
 from services.gateway.senders.base import Target
+
+OUTBOX_TTL_SECONDS = 7 * 24 * 3600
 
 
 def outbox_key(business_id: str, user_id: str) -> str:
@@ -57,14 +61,12 @@ class OutboxSender:
         }
         # Not a MULTI: the two keys lie in different Cluster slots, and Cluster refuses a MULTI
         # across slots. Both are written before the reply counts as sent.
+        index, stream = index_key(target.user_id), outbox_key(target.business_id, target.user_id)
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(index_key(target.user_id), target.business_id)
-            pipe.xadd(
-                outbox_key(target.business_id, target.user_id),
-                record,
-                maxlen=self._max,
-                approximate=False,
-            )
+            pipe.sadd(index, target.business_id)
+            pipe.xadd(stream, record, maxlen=self._max, approximate=False)
+            pipe.expire(index, OUTBOX_TTL_SECONDS)
+            pipe.expire(stream, OUTBOX_TTL_SECONDS)
             await pipe.execute()
 
     async def mark_read(self, target: Target, message_id: str) -> None:
