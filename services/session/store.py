@@ -72,6 +72,7 @@ class SessionStore:
         self.redis_seen = False  # whether Redis has answered this process yet
         self._eviction_checked = False  # maxmemory-policy, once Redis first answers a check
         self._recovery: asyncio.Task[None] | None = None
+        self._dropped_in_outage = 0  # outage writes evicted from the full store, this outage
         metrics.FALLBACK_ACTIVE.set(0)
         metrics.PENDING_WRITEBACKS.set_function(lambda: self.memory.pending)
 
@@ -110,11 +111,14 @@ class SessionStore:
             outage = time.time() - (self.outage_since or time.time())
             self.outage_since = None
             metrics.FALLBACK_ACTIVE.set(0)
+            self._count_dropped()
             log.warning(
                 "Redis answers again: serving from Redis",
                 written_back=written,
+                dropped=self._dropped_in_outage,
                 outage_seconds=round(outage, 1),
             )
+            self._dropped_in_outage = 0
             return
 
     async def _write_back(self) -> int:
@@ -184,12 +188,23 @@ class SessionStore:
         self.memory.sweep()
         if self.memory.expired > before:
             metrics.EXPIRED.labels("memory").inc(self.memory.expired - before)
-        if self.memory.dropped_dirty:
-            metrics.FALLBACK_DROPPED.inc(self.memory.dropped_dirty)
-            log.warning(
-                "fallback store full: outage writes dropped", count=self.memory.dropped_dirty
-            )
-            self.memory.dropped_dirty = 0
+        self._count_dropped()
+
+    def _count_dropped(self) -> None:
+        """Count outage writes the full store evicted. Logged once per outage (the repeats at
+        debug; the total when Redis answers again): a busy replica drops one per message."""
+        dropped = self.memory.dropped_dirty
+        if not dropped:
+            return
+        self.memory.dropped_dirty = 0
+        metrics.FALLBACK_DROPPED.inc(dropped)
+        first = self._dropped_in_outage == 0
+        self._dropped_in_outage += dropped
+        (log.warning if first else log.debug)(
+            "fallback store full: outage writes dropped",
+            count=dropped,
+            **({"repeats_logged_at": "debug"} if first else {}),
+        )
 
     @property
     def _may_fall_back(self) -> bool:
@@ -243,8 +258,7 @@ class SessionStore:
                 self.redis_seen = True
                 return result
         result = on_memory()
-        if self.memory.dropped_dirty:
-            self._count_memory_expiry()
+        self._count_dropped()  # at once, for the metric; the probe sweeps expired entries
         return result
 
     async def get(self, key: ConversationKey, create: bool) -> tuple[Conversation | None, bool]:

@@ -117,6 +117,36 @@ def test_fallback_off_answers_unavailable_and_not_serving(
         running.stop()
 
 
+def test_a_full_fallback_store_is_one_warning_per_outage(
+    fresh_valkey: Valkey, tmp_path: Path
+) -> None:
+    """An outage with more users than SESSION_FALLBACK_MAX_CONVERSATIONS drops the oldest outage
+    writes, each counted. It was also one warning per dropped write, each after a sweep of the
+    whole store: the log grew by a line per message for as long as the outage lasted (thousands a
+    minute on a busy replica). Now: one warning, the repeats at debug, and the total in the line
+    that says Redis answers again."""
+    running = start_session(
+        tmp_path, fresh_valkey.url, SESSION_FALLBACK_MAX_CONVERSATIONS="5", LOG_LEVEL="INFO"
+    )
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            stub = SessionServiceStub(channel)
+            say(stub, new_key("full-fallback"), 0)
+            fresh_valkey.stop()
+            for n in range(40):  # 40 users, each an outage write, in a store of 5
+                say(stub, new_key("full-fallback"), n)
+            dropped = running.metrics()["parley_session_fallback_dropped_total"]
+            assert dropped >= 30
+            fresh_valkey.start()
+            assert wait_for(lambda: not status(stub).fallback_active, 20)
+        warnings = running.process.log_events("fallback store full: outage writes dropped")
+        assert len(warnings) == 1, len(warnings)
+        [back] = running.process.log_events("Redis answers again: serving from Redis")
+        assert back["dropped"] == dropped
+    finally:
+        running.stop()
+
+
 async def test_changed_on_both_sides_the_higher_version_wins(valkey: Valkey) -> None:
     """Another replica kept writing to Redis during this one's outage: Redis's newer copy stays,
     and this replica's outage writes are counted as discarded, not silently merged."""
