@@ -64,6 +64,24 @@ STATUSES = Counter(
     "Delivery statuses reported by the provider.",
     ["channel", "status"],
 )
+# The statuses the Cloud API and Twilio document. A label takes only these (anything else is
+# "other"): a status comes from the webhook as it is, and each new string would be one more
+# series in every process for ever (a business's own app secret or auth token signs too).
+KNOWN_STATUSES = frozenset(
+    {
+        # Cloud API
+        "sent", "delivered", "read", "failed", "deleted",
+        # Twilio
+        "accepted", "scheduled", "canceled", "queued", "sending", "undelivered", "receiving",
+        "received", "partially_delivered",
+    }
+)  # fmt: skip
+
+
+def status_label(status: str) -> str:
+    return status if status in KNOWN_STATUSES else "other"
+
+
 PROCESSED = Counter(
     "gateway_messages_processed_total",
     "Queue entries finished by workers, by outcome.",

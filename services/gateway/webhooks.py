@@ -191,7 +191,7 @@ def build_router(runtime: Runtime) -> APIRouter:
             return _reject("cloud_api", 400, "malformed", "the body must be a JSON object")
         parsed = cloud_api.parse(payload)
         for status in parsed.statuses:
-            metrics.STATUSES.labels("cloud_api", status.status).inc()
+            metrics.STATUSES.labels("cloud_api", metrics.status_label(status.status)).inc()
             log.info(
                 "message status",
                 request_id=rid,
@@ -335,7 +335,7 @@ def build_router(runtime: Runtime) -> APIRouter:
                 metrics.WEBHOOKS.labels("twilio", "unusable").inc()
                 return _twiml(rid)
             if isinstance(item, twilio.Status):
-                metrics.STATUSES.labels("twilio", item.status).inc()
+                metrics.STATUSES.labels("twilio", metrics.status_label(item.status)).inc()
                 metrics.WEBHOOKS.labels("twilio", "status").inc()
                 # Twilio reports most WhatsApp delivery failures only here (63016: outside the
                 # 24-hour window): the code says why a user had no answer.

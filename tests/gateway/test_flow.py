@@ -357,3 +357,36 @@ def test_unknown_business_is_dead_lettered_without_reply(
 
     assert wait_for(dead_lettered, 20)
     assert fake_clouds.replies(wa_id) == []
+
+
+def status_series(gateway: Gateway) -> set[str]:
+    """The ``status`` label values of gateway_message_statuses_total in /metrics."""
+    text = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+    return {
+        line.split('status="', 1)[1].split('"', 1)[0]
+        for line in text.splitlines()
+        if line.startswith("gateway_message_statuses_total{")
+    }
+
+
+def test_status_values_the_provider_never_sends_do_not_become_metric_series(
+    gateway: Gateway,
+) -> None:
+    """The status of a delivery report was a label as it came: every new string in a signed
+    webhook (a tenant's own app secret signs too) was one more Prometheus series in every
+    gateway process, for ever. Statuses the providers document keep their name; anything else is
+    counted as ``other`` (and logged as it came)."""
+    business = gateway.business
+    assert business is not None
+    statuses = [
+        {"id": f"wamid.{secrets.token_hex(8)}", "status": status, "recipient_id": "15550001"}
+        for status in ["delivered", *(f"made-up-{n}" for n in range(30))]
+    ]
+    payload = cloud_api.notification(business.phone_number_id, [], [])
+    payload["entry"][0]["changes"][0]["value"]["statuses"] = statuses
+    del payload["entry"][0]["changes"][0]["value"]["messages"]
+    with gateway.http as client:
+        assert post_cloud(client, payload).status_code == 200
+    series = status_series(gateway)
+    assert "delivered" in series and "other" in series
+    assert not any(s.startswith("made-up-") for s in series), sorted(series)
