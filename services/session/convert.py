@@ -21,6 +21,7 @@ from services.session.model import (
     Role,
     Summary,
     encode_message,
+    kept,
 )
 
 MAX_ID = 128
@@ -154,7 +155,7 @@ def state_changes(
             violations.append((_state_field(name), f"keys must be 1-{MAX_STATE_KEY} characters"))
             continue
         try:
-            encoded = orjson.dumps(value_to_python(set_state[name]))
+            encoded = kept(orjson.dumps(value_to_python(set_state[name])))
         except (ValueError, RecursionError, orjson.JSONEncodeError) as error:
             violations.append((_state_field(name), f"not a JSON value: {error}"))
             continue

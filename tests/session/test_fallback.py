@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,61 @@ def test_a_full_fallback_store_is_one_warning_per_outage(
         assert len(warnings) == 1, len(warnings)
         [back] = running.process.log_events("Redis answers again: serving from Redis")
         assert back["dropped"] == dropped
+    finally:
+        running.stop()
+
+
+def resident_mb(pid: int) -> float:
+    status_text = Path(f"/proc/{pid}/status").read_text()
+    return int(status_text.split("VmRSS:")[1].split()[0]) / 1024
+
+
+def test_the_fallback_s_copies_cost_about_what_they_hold(
+    fresh_valkey: Valkey, tmp_path: Path
+) -> None:
+    """While Redis answers, the fallback keeps a copy of every conversation the replica writes,
+    up to SESSION_FALLBACK_MAX_CONVERSATIONS (10,000). Each message and state value written was
+    kept as orjson handed it over, in a block of at least 4 KiB: a bot conversation of ten
+    messages and a list of offers (~8 KiB of content) took ~55 KiB, so a replica that had written
+    10,000 conversations held ~630 MB, and the Kubernetes manifest's 256 Mi limit was reached
+    after ~3,500 users (an OOM kill, the copies lost). Now ~8 KiB."""
+    running = start_session(tmp_path, fresh_valkey.url)
+    offer = {"price": "698.84", "carrier": "AF", "segments": ["JFK-CDG", "CDG-LCY"]}
+    offers = json.dumps([offer] * 8)
+    reply = "*1.* $698.84 · AF 20:40 JFK → 14:15 LCY (+1) · 12h 35m · 1 stop\n" * 5
+    try:
+        pid = running.process.process.pid
+
+        async def write(count: int) -> None:
+            async with grpc.aio.insecure_channel(running.address) as channel:
+                stub = SessionServiceStub(channel)
+                slots = asyncio.Semaphore(16)
+
+                async def one(n: int) -> None:
+                    async with slots:
+                        key = new_key("mirror-size")
+                        await stub.GetConversation(pb.GetConversationRequest(key=key, create=True))
+                        request = pb.UpdateConversationRequest(
+                            key=key,
+                            append=[
+                                m
+                                for t in range(5)
+                                for m in (
+                                    user_message(f"NYC to London {t}", f"wamid.{n}.{t}"),
+                                    bot_message(reply),
+                                )
+                            ],
+                        )
+                        request.set_state["results"].string_value = offers
+                        await stub.UpdateConversation(request)
+
+                await asyncio.gather(*(one(n) for n in range(count)))
+
+        asyncio.run(write(300))  # the process's own warm-up: connections, caches
+        before = resident_mb(pid)
+        asyncio.run(write(2000))
+        per_conversation_kib = (resident_mb(pid) - before) * 1024 / 2000
+        assert per_conversation_kib < 20, per_conversation_kib
     finally:
         running.stop()
 
