@@ -423,6 +423,8 @@ async def test_a_business_being_throttled_does_not_hold_up_another_business_on_i
     finally:
         await redis.aclose()
     assert processor.attempts == ["a1", "b1", "b2", "a1", "a2"]
+
+
 async def consumers(redis: Any, partition: int) -> list[str]:
     """The names of the consumers in the partition's group."""
     found = await redis.xinfo_consumers(stream_key(partition), "workers")
