@@ -305,6 +305,38 @@ async def test_dates_in_the_past_and_returns_before_departure_are_asked_again(
     assert "both Boston (BOS)" in same
 
 
+async def test_the_answer_to_when_do_you_come_back_is_the_return(engine: BotEngine) -> None:
+    # Asked "When do you come back?", a date alone is the return: it was taken for a new
+    # departure, and a one-way trip on the return day was searched.
+    chat = Chat(engine)
+    depart = today() + timedelta(days=20)
+    early = depart - timedelta(days=5)
+    reply = await chat.say(f"NYC to London {depart.isoformat()} back {early.isoformat()}")
+    assert "When do you come back?" in reply
+    back = depart + timedelta(days=3)
+    reply = await chat.say(f"{back.day} {back.strftime('%B')}")
+    assert (chat.state["trip"]["depart"], chat.state["trip"]["return"]) == (
+        depart.isoformat(),
+        back.isoformat(),
+    )
+    if offers_in(reply):
+        assert f"{short(depart)}, back {short(back)}" in reply
+    # A weekday answers with the first one after the departure, as "back Sunday" does.
+    chat = Chat(engine, user_id="15550000002")
+    await chat.say(f"NYC to London {depart.isoformat()} back {early.isoformat()}")
+    await chat.say("sunday")
+    back = depart + timedelta(days=(6 - depart.weekday()) % 7 or 7)
+    assert (chat.state["trip"]["depart"], chat.state["trip"]["return"]) == (
+        depart.isoformat(),
+        back.isoformat(),
+    )
+    # A new trip is not an answer to the question.
+    await chat.say(f"NYC to London {depart.isoformat()} back {early.isoformat()}")
+    await chat.say("Paris to Rome tomorrow")
+    assert chat.state["trip"]["depart"] == (today() + timedelta(days=1)).isoformat()
+    assert chat.state["trip"]["destination"]["code"] == "ROM"
+
+
 async def test_unusable_state_costs_a_question_not_a_failure(engine: BotEngine) -> None:
     chat = Chat(engine)
     chat.state = {

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -440,6 +440,20 @@ class BotEngine:
     async def _apply(self, ctx: Context, d: Dialogue, found: Extraction) -> list[Reply]:
         t = ctx.texts
         pending = d.ask.get("slot")
+        if (
+            pending == "return"
+            and found.depart
+            and not found.return_date
+            and not (found.origin or found.destination or found.places)
+        ):
+            # The answer to "When do you come back?" (a date alone) is the return, not a new
+            # departure; a weekday is the first one after the departure, as "back Sunday" is.
+            found = replace(
+                found,
+                depart=None,
+                return_date=found.depart,
+                return_weekday=found.depart_weekday,
+            )
         assigned: dict[str, str] = {}
         if found.origin:
             assigned["origin"] = found.origin
@@ -638,6 +652,7 @@ class BotEngine:
         back = self._return_date(d)
         if back is not None and back < depart:
             d.update_trip(**{"return": None})
+            d.set("ask", {"slot": "return"})  # "When do you come back?": see _apply
             return Reply(
                 t("return_before_departure", return_date=fmt.day(t, back), date=fmt.day(t, depart))
             )

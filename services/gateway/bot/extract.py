@@ -42,6 +42,7 @@ class Extraction:
     one_way: bool | None = None
     unreadable_date: bool = False  # something looked like a date but could not be read
     return_weekday: bool = False  # the return was a weekday name ("back Sunday")
+    depart_weekday: bool = False  # the departure was a weekday name ("Sunday")
 
     def is_empty(self) -> bool:
         return not (
@@ -835,6 +836,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
             continue
         if isinstance(item.value, date) and result.depart is None:
             result.depart = item.value
+            result.depart_weekday = item.weekday
         elif item.value is None:
             result.unreadable_date = True
 
