@@ -337,6 +337,31 @@ async def test_the_answer_to_when_do_you_come_back_is_the_return(engine: BotEngi
     assert chat.state["trip"]["destination"]["code"] == "ROM"
 
 
+async def test_dates_the_search_service_refuses_are_asked_again_not_quoted(
+    engine: BotEngine,
+) -> None:
+    # The search service counts days where the trip starts: in Kiritimati (UTC+14) it is
+    # always a day later than in Honolulu (UTC-10), so a Honolulu business's "today" has
+    # passed there. And it bounds the return too. Both came back as the raw field error.
+    chat = Chat(engine, time_zone="Pacific/Honolulu")
+    honolulu_today = datetime.now(UTC).astimezone(ZoneInfo("Pacific/Honolulu")).date()
+    reply = await chat.say("CXI to HNL today")
+    assert reply == f"{short(honolulu_today)} has already passed. When do you want to leave?"
+    assert chat.state["ask"] == {"slot": "date"} and not chat.state["trip"]["depart"]
+    assert chat.state["trip"]["origin"]["code"] == "CXI"
+
+    chat = Chat(engine, user_id="15550000002")
+    depart = today() + timedelta(days=355)
+    reply = await chat.say(f"NYC to London {depart.isoformat()} for 2 weeks")
+    assert "I can only search up to a year ahead" in reply and "come back" in reply
+    assert chat.state["ask"] == {"slot": "return"}
+    assert chat.state["trip"]["depart"] == depart.isoformat()
+    assert not chat.state["trip"].get("nights") and not chat.state["trip"].get("return")
+    back = depart + timedelta(days=5)
+    reply = await chat.say(back.isoformat())
+    assert chat.state["trip"]["return"] == back.isoformat()
+
+
 async def test_unusable_state_costs_a_question_not_a_failure(engine: BotEngine) -> None:
     chat = Chat(engine)
     chat.state = {

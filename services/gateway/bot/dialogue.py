@@ -639,24 +639,30 @@ class BotEngine:
         return Reply(ctx.texts("same_place", place=_place_label(d.trip.get("origin") or {})))
 
     def _check_dates(self, ctx: Context, d: Dialogue) -> Reply | None:
-        t = ctx.texts
         depart = date.fromisoformat(d.trip["depart"])
         if depart < ctx.today:
-            d.update_trip(depart=None)
-            d.set("ask", {"slot": "date"})
-            return Reply(t("date_in_past", date=fmt.day(t, depart)))
+            return self._ask_date_again(ctx, d, past=True)
         if depart > ctx.today + timedelta(days=MAX_DAYS_AHEAD):
-            d.update_trip(depart=None)
-            d.set("ask", {"slot": "date"})
-            return Reply(t("date_too_far"))
+            return self._ask_date_again(ctx, d, past=False)
         back = self._return_date(d)
         if back is not None and back < depart:
-            d.update_trip(**{"return": None})
-            d.set("ask", {"slot": "return"})  # "When do you come back?": see _apply
-            return Reply(
-                t("return_before_departure", return_date=fmt.day(t, back), date=fmt.day(t, depart))
-            )
+            return self._ask_return_again(ctx, d, "return_before_departure")
+        if back is not None and back > ctx.today + timedelta(days=MAX_DAYS_AHEAD):
+            return self._ask_return_again(ctx, d, "return_too_far")
         return None
+
+    def _ask_date_again(self, ctx: Context, d: Dialogue, *, past: bool) -> Reply:
+        t, depart = ctx.texts, date.fromisoformat(d.trip["depart"])
+        d.update_trip(depart=None)
+        d.set("ask", {"slot": "date"})
+        return Reply(t("date_in_past", date=fmt.day(t, depart)) if past else t("date_too_far"))
+
+    def _ask_return_again(self, ctx: Context, d: Dialogue, key: str) -> Reply:
+        t, depart, back = ctx.texts, date.fromisoformat(d.trip["depart"]), self._return_date(d)
+        assert back is not None
+        d.update_trip(**{"return": None, "nights": None})
+        d.set("ask", {"slot": "return"})  # "When do you come back?": see _apply
+        return Reply(t(key, return_date=fmt.day(t, back), date=fmt.day(t, depart)))
 
     def _return_date(self, d: Dialogue) -> date | None:
         if d.trip.get("return"):
@@ -698,10 +704,19 @@ class BotEngine:
         except grpc.aio.AioRpcError as error:
             log.warning("search_failed", code=error.code().name)
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                if "destination" in field_violations(error):
+                violations = field_violations(error)
+                if "destination" in violations:
                     # Codes that differ but share airports (LHR and London, EWR and New York):
                     # only the search service knows, and says so about the destination.
                     return [self._same_place(ctx, d)]
+                # The search service counts days where the trip starts, the engine where the
+                # business is: a Honolulu business's today is already past in Tokyo, and a
+                # date within the engine's horizon may be a day past the service's.
+                if "departure_date" in violations:
+                    past = "past" in violations["departure_date"]
+                    return [self._ask_date_again(ctx, d, past=past)]
+                if "return_date" in violations:
+                    return [self._ask_return_again(ctx, d, "return_too_far")]
                 return [Reply(t("search_invalid", reason=error.details() or ""))]
             d.set("results", {})
             return [Reply(t("search_unavailable", summary=self._summary(ctx, d)))]

@@ -62,6 +62,10 @@ MESSAGES: dict[str, str] = {
     "return_before_departure": (
         "The return ({return_date}) is before the departure ({date}). When do you come back?"
     ),
+    "return_too_far": (
+        "I can only search up to a year ahead, so not a return on {return_date}. "
+        "When do you come back? (or *one way*)"
+    ),
     "same_place": "The origin and destination are both {place}. Where do you want to go?",
     "location_set": "Flying from {place}, the nearest airport to you.",
     "location_none": "I couldn't find an airport near that location. Where are you flying from?",

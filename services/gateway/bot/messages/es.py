@@ -61,6 +61,10 @@ MESSAGES: dict[str, str] = {
     "return_before_departure": (
         "La vuelta ({return_date}) es antes de la ida ({date}). ¿Qué día vuelves?"
     ),
+    "return_too_far": (
+        "Solo puedo buscar hasta un año vista, así que no una vuelta el {return_date}. "
+        "¿Qué día vuelves? (o *solo ida*)"
+    ),
     "same_place": "El origen y el destino son {place}. ¿Adónde quieres ir?",
     "location_set": "Sales de {place}, el aeropuerto más cercano a ti.",
     "location_none": "No encuentro aeropuertos cerca de esa ubicación. ¿Desde dónde sales?",
