@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from datetime import date
 from typing import Any, cast
 
 import pytest
@@ -111,3 +112,29 @@ async def test_extraction_accuracy(
         for line in misses:
             print(line)
     assert accuracy >= TARGET, f"{accuracy:.1%} < {TARGET:.0%}"
+
+
+@pytest.mark.parametrize(
+    ("text", "depart", "nights"),
+    [
+        # Monday 23 November 2026.
+        ("NYC to London a week from today", "2026-11-30", None),
+        ("NYC to London a week today", "2026-11-30", None),
+        ("NYC to London two weeks from now", "2026-12-07", None),
+        ("NYC to London 3 days from now", "2026-11-26", None),
+        ("NYC to London a week from tomorrow", "2026-12-01", None),
+        ("NYC to London a week from friday", "2026-12-04", None),
+        ("NYC to London 10 days from today for 5 nights", "2026-12-03", 5),
+        # A stay that starts on a day is still a stay.
+        ("NYC to London for a week from friday", "2026-11-27", 7),
+        ("NYC to London friday for a week", "2026-11-27", 7),
+    ],
+)
+def test_a_time_counted_from_a_day_is_the_departure(
+    text: str, depart: str, nights: int | None
+) -> None:
+    """'A week from today' was a departure today and a 7-night stay; 'from now' also lost the
+    origin ('NYC' was left as a place nobody marked)."""
+    found = extract(text, date(2026, 11, 23))
+    assert (found.depart.isoformat() if found.depart else None, found.nights) == (depart, nights)
+    assert (found.origin, found.destination, found.places) == ("nyc", "london", [])

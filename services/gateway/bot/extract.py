@@ -667,6 +667,26 @@ LENGTH = re.compile(
     r"(?: (?:trip|stay|long|de viaje))?"
 )
 LENGTH_A_WEEK = re.compile(r"\b(?:for|por|durante) (?:a|one|una) (week|semana)\b")
+# "A week from today", "3 days from now", "two weeks from Friday", "a week tomorrow": a
+# departure counted from a day, not a stay ("for a week from Friday" is one, read by LENGTH).
+COUNTED_FROM = re.compile(
+    r"\b(?<!for )(?<!stay )(?<!staying )(?P<n>" + NUM[1:-1] + r") (?P<u>days?|weeks?|months?) "
+    r"(?:from (?P<base>today|tonight|now|tomorrow|" + WEEKDAY[1:-1] + r")|"
+    r"(?P<same>today|tomorrow))\b"
+)
+
+
+def _counted_from(match: re.Match[str], ctx: DateContext) -> str:
+    base = match["base"] or match["same"]
+    if base in ("today", "tonight", "now"):
+        start = ctx.today
+    elif base == "tomorrow":
+        start = ctx.today + timedelta(days=1)
+    else:
+        start = _next_weekday(ctx.today, WEEKDAYS[base])
+    value = _in_units(match["n"], match["u"], start)
+    # Written back as an ISO date, which the date rules read like any other.
+    return f" {value.isoformat()} " if value else match.group(0)
 
 
 def _length_nights(n: str, unit: str) -> int | None:
@@ -790,6 +810,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
             result.cabin = result.cabin or cabin
             work = pattern.sub(" ", work)
 
+    work = COUNTED_FROM.sub(lambda match: _counted_from(match, ctx), work)
     # Length of stay before dates and travellers: "for 3 nights" is neither.
     length = LENGTH.search(work)
     if length and not re.search(r"\b(?:in|en|de)\s?$", work[: length.start()]):
