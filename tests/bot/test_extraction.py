@@ -138,3 +138,29 @@ def test_a_time_counted_from_a_day_is_the_departure(
     found = extract(text, date(2026, 11, 23))
     assert (found.depart.isoformat() if found.depart else None, found.nights) == (depart, nights)
     assert (found.origin, found.destination, found.places) == ("nyc", "london", [])
+
+
+@pytest.mark.parametrize(
+    ("text", "depart", "back"),
+    [
+        # Monday 23 November 2026: the coming Friday is the 27th, the one after the 4th.
+        ("NYC to London on friday the 4th", "2026-12-04", None),
+        ("NYC to London friday, the 4th", "2026-12-04", None),
+        ("NYC to London fri 4th", "2026-12-04", None),
+        ("NYC to London friday 4 dec", "2026-12-04", None),
+        ("NYC to London friday after next", "2026-12-04", None),
+        ("NYC to London friday 4th back sunday the 13th", "2026-12-04", "2026-12-13"),
+        ("NYC to London friday back sunday after next", "2026-11-27", "2026-12-06"),
+        # A weekday and a number that is not a date stay apart.
+        ("NYC to London friday 2 adults", "2026-11-27", None),
+    ],
+)
+def test_a_weekday_written_with_its_date_or_after_next_is_that_day(
+    text: str, depart: str, back: str | None
+) -> None:
+    """'Friday the 4th' was the coming Friday (the 27th), the 4th dropped without a word;
+    'Friday after next' was the coming Friday too, with 'after next' left in the destination."""
+    found = extract(text, date(2026, 11, 23))
+    got = (found.depart, found.return_date)
+    assert tuple(d.isoformat() if d else None for d in got) == (depart, back)
+    assert (found.origin, found.destination, found.places) == ("nyc", "london", [])

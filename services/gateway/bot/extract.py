@@ -550,6 +550,12 @@ def _next_week(match: re.Match[str], ctx: DateContext) -> DateValue:
     return _next_weekday(ctx.today, 0)
 
 
+# "Friday after next": the Friday after the coming one (from today, even as a return).
+@_rule(r"\b(?:(?:on|this|the) )*" + WEEKDAY + r" after next\b")
+def _weekday_after_next(match: re.Match[str], ctx: DateContext) -> DateValue:
+    return _next_weekday(ctx.today, WEEKDAYS[match.group(1)]) + timedelta(days=7)
+
+
 @_rule(
     r"\b(?:(?:on|this|next|coming|the|following|el|este|proximo) )*" + WEEKDAY + r"\b"
     r"(?: (?:que viene|proximo))?"
@@ -579,9 +585,19 @@ class _Found:
     weekday: bool = False  # "Sunday": the next one after whatever it is relative to
 
 
+# A weekday written with its date ("Friday the 4th", "fri 4 dec", "Friday 12/4") names that
+# date: the weekday alone would be the coming one, and the date a second, ignored one.
+WEEKDAY_WITH_DATE = re.compile(
+    r"\b" + WEEKDAY + r",? (?=(?:the )?\d{1,2}(?:st|nd|rd|th|º|°)\b|the \d{1,2}\b|"
+    r"\d{1,2}(?:st|nd|rd|th)? (?:of |de )?" + MONTH + r"\b|" + MONTH + r" (?:the )?\d{1,2}\b|"
+    r"\d{1,2}[/.]\d{1,2}\b)"
+)
+
+
 def find_dates(text: str, ctx: DateContext) -> tuple[str, list[_Found]]:
     """Replace each date expression with a placeholder "@dN" and return the values."""
     found: list[_Found] = []
+    text = WEEKDAY_WITH_DATE.sub(" ", text)
 
     for pattern, func in DATE_RULES:
 
