@@ -31,6 +31,7 @@ class Chat:
     business_id: str = "b-test"
     channel: str = "cloud_api"
     now: datetime | None = None
+    written: datetime | None = None  # the message's timestamp (when the user wrote it)
     state: dict[str, Any] = field(default_factory=dict)
     early: list[Reply] = field(default_factory=list)
     last: TurnResult | None = None
@@ -51,7 +52,7 @@ class Chat:
                 channel_identity="100000000000001",
                 user_id=self.user_id,
                 type=type_,
-                timestamp=datetime.now(UTC),
+                timestamp=self.written or datetime.now(UTC),
                 text=text,
                 profile_name="Ada Lovelace",
                 payload=payload,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
@@ -17,7 +17,7 @@ from services.gateway.bot.dialogue import BotEngine, Dialogue
 from services.gateway.bot.settings import BotSettings
 from services.gateway.engine import SearchPort
 from tests.bot.chat import Chat
-from tests.bot.conftest import SearchServer, coming, today
+from tests.bot.conftest import NEW_YORK, SearchServer, coming, today
 
 
 def settings(**values: Any) -> BotSettings:
@@ -349,6 +349,28 @@ async def test_dates_the_search_service_refuses_are_asked_again_not_quoted(
     back = depart + timedelta(days=5)
     reply = await chat.say(back.isoformat())
     assert chat.state["trip"]["return"] == back.isoformat()
+
+
+async def test_relative_dates_count_from_the_day_the_message_was_written(
+    engine: BotEngine,
+) -> None:
+    """'Tomorrow' written a second before the business's midnight and handled just after it
+    (a queue behind a short outage, a retry, Meta redelivering a webhook) was the day after
+    tomorrow: dates counted from the day the worker ran."""
+    now = datetime.now(UTC)
+    day = now.astimezone(NEW_YORK).date()  # the business's today when the worker runs
+    midnight = datetime.combine(day, time(), NEW_YORK)
+    chat = Chat(engine, now=now, written=midnight - timedelta(seconds=1))
+    await chat.say("NYC to London tomorrow")
+    assert chat.state["trip"]["depart"] == day.isoformat()
+    # Past dates are still judged at the time of handling: "today" written yesterday has passed.
+    chat = Chat(engine, user_id="15550000002", now=now, written=midnight - timedelta(seconds=1))
+    assert "has already passed" in await chat.say("NYC to London today")
+    # A timestamp from the future (a skewed clock) or from long ago counts for nothing.
+    for written in (now + timedelta(days=2), now - timedelta(days=30)):
+        chat = Chat(engine, user_id="15550000003", now=now, written=written)
+        await chat.say("NYC to London tomorrow")
+        assert chat.state["trip"]["depart"] == (day + timedelta(days=1)).isoformat()
 
 
 async def test_unusable_state_costs_a_question_not_a_failure(engine: BotEngine) -> None:

@@ -49,6 +49,9 @@ log = structlog.get_logger()
 STATE_KEYS = ("trip", "ask", "results")
 STRICT_SCORE = 85.0  # a place written alone, unasked, must resolve at least this well
 MAX_DAYS_AHEAD = 361
+MAX_MESSAGE_AGE = timedelta(
+    days=7
+)  # older timestamps are not trusted (providers retry for a day or so)
 CABIN_CODES = {
     "economy": search_pb2.CABIN_ECONOMY,
     "premium_economy": search_pb2.CABIN_PREMIUM_ECONOMY,
@@ -230,7 +233,8 @@ def _tz(name: str) -> ZoneInfo:
 class Context:
     turn: Turn
     texts: Texts
-    today: date
+    today: date  # when the message is handled: what has passed, what is too far ahead
+    written: date  # when the user wrote it: what "tomorrow" or "Friday" meant
     smart: bool
     async_search: bool
 
@@ -273,10 +277,19 @@ class BotEngine:
 
     async def handle(self, turn: Turn) -> TurnResult:
         business, message = turn.business, turn.message
+        zone = _tz(business.time_zone)
+        # A message handled after the business's midnight (behind an outage or a retry, or
+        # redelivered by the provider) means "tomorrow" from the day it was written. A
+        # timestamp from the future or from long ago (a skewed or missing clock) counts for
+        # nothing.
+        written = message.timestamp
+        if written.tzinfo is None or not turn.now - MAX_MESSAGE_AGE <= written <= turn.now:
+            written = turn.now
         ctx = Context(
             turn=turn,
             texts=Texts(business.locale),
-            today=turn.now.astimezone(_tz(business.time_zone)).date(),
+            today=turn.now.astimezone(zone).date(),
+            written=written.astimezone(zone).date(),
             smart=self._smart.enabled_for(business.id, message.user_id),
             async_search=self._async.enabled_for(business.id, message.user_id),
         )
@@ -341,7 +354,7 @@ class BotEngine:
                 return picked
 
         if ctx.smart:
-            found = await self._extractor.extract(text, ctx.today, ctx.locale)
+            found = await self._extractor.extract(text, ctx.written, ctx.locale)
         else:
             found = self._step_answer(ctx, d, text)
         if found.is_empty():
@@ -423,7 +436,7 @@ class BotEngine:
         """The old flow: each message answers only the question asked (origin, destination,
         date), so a whole request in one message still takes three."""
         slot = d.ask.get("slot") or self._missing(d) or "origin"
-        found = extract(text, ctx.today, ctx.locale)
+        found = extract(text, ctx.written, ctx.locale)
         answer = Extraction(unreadable_date=found.unreadable_date)
         if slot in ("origin", "destination"):
             ordered = [found.origin, *found.places, found.destination]
