@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from services.common.redact import mask_url
 from services.common.settings import CommonSettings
@@ -81,6 +81,13 @@ class GatewaySettings(CommonSettings):
     # Deadlines of calls to the services
     grpc_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     engine_timeout_seconds: float = Field(default=20.0, gt=0, le=600)
+
+    @field_validator(*sorted(SECRET_FIELDS), "twilio_account_sid", mode="before")
+    @classmethod
+    def _without_surrounding_whitespace(cls, value: object) -> object:
+        # A Kubernetes Secret made with --from-file (or a file written by echo) keeps the file's
+        # newline: every signature and key would be refused. None of these holds whitespace.
+        return value.strip() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _production_needs_secrets(self) -> GatewaySettings:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import ROOT, Valkey, wait_for
@@ -151,6 +152,21 @@ def test_production_refuses_to_start_without_secrets() -> None:
     assert result.returncode == 2
     assert "WHATSAPP_VERIFY_TOKEN" in result.stderr and "API_KEY" in result.stderr
     assert "set-but-others-missing" not in result.stderr + result.stdout
+
+
+def test_secrets_from_a_file_lose_its_newline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kubectl create secret --from-file` keeps the file's newline in the variable: the app
+    secret then signed nothing Meta sent (every webhook 403) and the API key matched no header."""
+    from services.common.settings import load_settings
+    from services.gateway.settings import GatewaySettings
+
+    for name in ("WHATSAPP_APP_SECRET", "API_KEY", "TWILIO_AUTH_TOKEN", "WHATSAPP_VERIFY_TOKEN"):
+        monkeypatch.setenv(name, f"value-of-{name}\n")
+    settings = load_settings(GatewaySettings)
+    assert settings.whatsapp_app_secret == "value-of-WHATSAPP_APP_SECRET"
+    assert settings.api_key == "value-of-API_KEY"
+    assert settings.twilio_auth_token == "value-of-TWILIO_AUTH_TOKEN"
+    assert settings.whatsapp_verify_token == "value-of-WHATSAPP_VERIFY_TOKEN"
 
 
 def test_info_masks_credentials_in_every_url() -> None:
