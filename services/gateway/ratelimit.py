@@ -21,22 +21,30 @@ from services.common.redis_pipeline import AutoPipeline
 KEY_PREFIX = "gw:rl"
 
 # KEYS: business window, user window. ARGV: business limit, its window in ms, user limit, its
-# window in ms. Returns {business allowed, user allowed} as 1/0; each allowed hit is counted.
+# window in ms. Returns {business allowed, user allowed} as 1/0. A message is counted in both
+# windows only when both allow it: one over its user's limit (not processed) must not use up the
+# business's window, or one user flooding would get the business's other users dead-lettered.
 HIT_BOTH = """
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local function hit(key, limit, window)
+local function full(key, limit, window)
   local oldest = redis.call('LINDEX', key, limit - 1)
-  if oldest and tonumber(oldest) > ms - window then
-    return 0
-  end
+  return oldest and tonumber(oldest) > ms - window
+end
+local function count(key, limit, window)
   redis.call('LPUSH', key, ms)
   redis.call('LTRIM', key, 0, limit - 1)
   redis.call('PEXPIRE', key, window)
-  return 1
 end
-local business = hit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
-return {business, hit(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]))}
+if full(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4])) then
+  return {1, 0}
+end
+if full(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])) then
+  return {0, 1}
+end
+count(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+count(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
+return {1, 1}
 """
 
 
@@ -61,7 +69,8 @@ class RateLimits:
         ]
 
     async def hit(self, business_id: str, user_id: str) -> tuple[bool, bool]:
-        """(business within its limit, user within theirs); each allowed hit is counted."""
+        """(business within its limit, user within theirs): a message over its user's limit is
+        (True, False) whatever the business's window; one counted only when (True, True)."""
         business_ok, user_ok = await self._pipeline.script(
             self._hit_both, window_keys(business_id, user_id), self._arguments
         )

@@ -50,7 +50,20 @@ async def test_concurrent_hits_are_counted_exactly(client: redis.Redis) -> None:
     assert sum(user for _, user in outcomes) == 50
     business_key, user_key = window_keys("b1", "alice")
     assert await client.llen(user_key) == 50
-    assert await client.llen(business_key) == 80
+    assert await client.llen(business_key) == 50  # the refused ones count for nothing
+
+
+async def test_a_user_over_their_limit_does_not_use_up_the_business_window(
+    client: redis.Redis,
+) -> None:
+    """(Was a bug: every message counted in the business's window, those refused for their
+    user's limit too, so one user flooding past theirs used up the business's, and the
+    business's other users' messages were dead-lettered as business_rate_limited.)"""
+    rate = limits(client, "2/minute", "5/minute")
+    outcomes = [await rate.hit("b1", "flooder") for _ in range(10)]
+    assert outcomes == [(True, True)] * 2 + [(True, False)] * 8
+    assert [await rate.hit("b1", f"user-{n}") for n in range(3)] == [(True, True)] * 3
+    assert await rate.hit("b1", "user-9") == (False, True)  # 2 + 3: the business's 5
 
 
 async def test_the_window_moves(client: redis.Redis) -> None:
