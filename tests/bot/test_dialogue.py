@@ -119,9 +119,9 @@ async def test_an_ambiguous_city_is_asked_back_with_a_list(engine: BotEngine) ->
     assert all(len(row.title) <= 24 and len(row.description) <= 72 for row in question.rows)
     costa_rica = next(i for i, row in enumerate(question.rows, 1) if "CR" in row.description)
     # Tapping the row on the Cloud API, or typing its number on Twilio, are the same answer.
-    tapped = question.rows[costa_rica - 1].id
-    assert tapped == f"place:{costa_rica}:SJO"
-    answer = await chat.send("interactive", "", reply_id=tapped, title="x")
+    tapped = question.rows[costa_rica - 1]
+    assert tapped.id == f"place:{costa_rica}" and tapped.title == "San Jose (SJO)"
+    answer = await chat.send("interactive", "", reply_id=tapped.id, title=tapped.title)
     assert "San Jose (SJO) → Miami (MIA)" in answer[0].text and offers_in(answer[0].text)
 
 
@@ -133,10 +133,10 @@ async def test_a_row_of_an_answered_place_list_is_not_read_as_an_offer_number(
     question.)"""
     chat = Chat(engine, user_id="15550000003")
     (question,) = await chat.send("text", "San Jose to Miami tomorrow")
-    first, second = question.rows[0].id, question.rows[1].id
-    shown = await chat.send("interactive", "", reply_id=first, title="x")
+    first, second = question.rows[0], question.rows[1]
+    shown = await chat.send("interactive", "", reply_id=first.id, title=first.title)
     assert offers_in(shown[0].text)
-    (late,) = await chat.send("interactive", "", reply_id=second, title="x")
+    (late,) = await chat.send("interactive", "", reply_id=second.id, title=second.title)
     assert late.text.startswith("That list was for an earlier question.")
     assert "Reply with a number from 1 to" in late.text and "*Offer" not in late.text
     # A newer question about another place: an old row does not answer it either.
@@ -146,6 +146,29 @@ async def test_a_row_of_an_answered_place_list_is_not_read_as_an_offer_number(
     (other,) = await chat.send("interactive", "", reply_id="place:1:XXX", title="x")
     assert other.text.startswith("That list was for an earlier question.")
     assert "Which “San Jose” do you mean?" in other.text and chat.state["ask"] == state_before
+
+
+# How the previous release (1d67fb2) reads a tapped row's id; any other id it reads as the row's
+# title typed. During a rolling upgrade its workers handle taps on lists the new ones sent.
+PREVIOUS_RELEASE_ROW_ID = r"(?:place|offer):(\d+)"
+
+
+async def test_a_place_list_is_read_by_the_previous_release_too(engine: BotEngine) -> None:
+    """(Was a bug: rows went out as place:N:CODE, which the previous release does not read. While
+    both ran, a tap handled by an old worker was read as its title typed, *San Jose (SJO)*: the
+    user was asked again, and the next answer searched San Jose (SJC) → San Jose (SJO).)"""
+    chat = Chat(engine, user_id="15550000004")
+    (question,) = await chat.send("text", "San Jose to Miami tomorrow")
+    assert all(re.fullmatch(PREVIOUS_RELEASE_ROW_ID, row.id) for row in question.rows)
+    # The row's title, which the Cloud API sends back with the id, still tells an older list's
+    # row from the current one's: row 1 of a list about another place does not choose here.
+    first, second = question.rows[0], question.rows[1]
+    (other,) = await chat.send("interactive", "", reply_id=first.id, title=second.title)
+    assert other.text.startswith("That list was for an earlier question."), other.text
+    assert "Which “San Jose” do you mean?" in other.text
+    row = next(row for row in question.rows if "CR" in row.description)
+    (answer,) = await chat.send("interactive", "", reply_id=row.id, title=row.title)
+    assert "San Jose (SJO) → Miami (MIA)" in answer.text and offers_in(answer.text)
 
 
 async def test_typed_number_chooses_a_candidate(engine: BotEngine) -> None:

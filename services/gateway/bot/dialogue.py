@@ -309,10 +309,13 @@ class BotEngine:
             return self._greet(ctx, d)  # the user opened the chat for the first time
         if message.type in ("interactive", "button"):
             reply_id = str(message.payload.get("reply_id", ""))
-            # place:N:CODE (place:N from lists sent before the code was added to the id)
+            # place:N (place:N:CODE from lists a release of 23 Nov 2026 sent)
             chosen = re.fullmatch(r"place:(\d+)(?::(\w+))?", reply_id)
             if chosen:
-                return await self._tapped_place(ctx, d, int(chosen.group(1)), chosen.group(2))
+                title = str(message.payload.get("title", ""))
+                return await self._tapped_place(
+                    ctx, d, int(chosen.group(1)), chosen.group(2), title
+                )
             return await self._text(ctx, d, message.text or str(message.payload.get("title", "")))
         if message.type != "text" and not message.text.strip():
             return [Reply(t("non_text"))]
@@ -396,14 +399,18 @@ class BotEngine:
         return t("greeting" if ctx.smart else "greeting_step", name="")
 
     async def _tapped_place(
-        self, ctx: Context, d: Dialogue, n: int, code: str | None
+        self, ctx: Context, d: Dialogue, n: int, code: str | None, title: str
     ) -> list[Reply]:
         """A row of a place list we sent. Only the list the dialogue waits on counts: a row of
         an older one (already answered, or asked about another place) read as a number would
-        choose for the current question or open offer N."""
+        choose for the current question or open offer N. The row's title, which the Cloud API
+        sends back with its id, tells which list it was (ids are place:N, see _choices_reply)."""
         choices = d.ask.get("choices") or []
-        if 1 <= n <= len(choices) and code in (None, choices[n - 1].get("code")):
-            return await self._number(ctx, d, n) or []
+        if 1 <= n <= len(choices):
+            choice = choices[n - 1]
+            expected = _row_title(str(choice.get("city", "")), str(choice.get("code", "")))
+            if code in (None, choice.get("code")) and title in ("", expected):
+                return await self._number(ctx, d, n) or []
         return [Reply(f"{ctx.texts('list_outdated')} {self._whats_next(ctx, d)}")]
 
     # --- numbers: a place choice or an offer ------------------------------------------
@@ -587,9 +594,12 @@ class BotEngine:
 
     def _choices_reply(self, ctx: Context, phrase: str, choices: tuple[Candidate, ...]) -> Reply:
         rows = tuple(
+            # place:N, the id the previous releases read: during a rolling upgrade their workers
+            # handle taps on lists this one sent (one with the code in it, they read as the
+            # title typed, and could set the wrong place). The title says which list it was.
             ListRow(
-                id=f"place:{index}:{choice.code}",
-                title=_clip(f"{choice.city} ({choice.code})", 24),
+                id=f"place:{index}",
+                title=_row_title(choice.city, choice.code),
                 description=_clip(f"{choice.name} · {choice.country}", 72),
             )
             for index, choice in enumerate(choices, start=1)
@@ -859,6 +869,11 @@ def _place_label(place: dict[str, Any]) -> str:
         return ""
     city, code = place.get("city") or place.get("name") or "", place.get("code", "")
     return f"{city} ({code})" if city else code
+
+
+def _row_title(city: str, code: str) -> str:
+    """A place list row's title (at most 24 characters, WhatsApp's limit)."""
+    return _clip(f"{city} ({code})", 24)
 
 
 def _clip(text: str, limit: int) -> str:
