@@ -309,13 +309,10 @@ class BotEngine:
             return self._greet(ctx, d)  # the user opened the chat for the first time
         if message.type in ("interactive", "button"):
             reply_id = str(message.payload.get("reply_id", ""))
-            # place:N (place:N:CODE from lists a release of 23 Nov 2026 sent)
-            chosen = re.fullmatch(r"place:(\d+)(?::(\w+))?", reply_id)
+            chosen = re.fullmatch(r"place:(\d+)", reply_id)
             if chosen:
                 title = str(message.payload.get("title", ""))
-                return await self._tapped_place(
-                    ctx, d, int(chosen.group(1)), chosen.group(2), title
-                )
+                return await self._tapped_place(ctx, d, int(chosen.group(1)), title)
             return await self._text(ctx, d, message.text or str(message.payload.get("title", "")))
         if message.type != "text" and not message.text.strip():
             return [Reply(t("non_text"))]
@@ -398,9 +395,7 @@ class BotEngine:
             return t("pick_offer", last=shown)
         return t("greeting" if ctx.smart else "greeting_step", name="")
 
-    async def _tapped_place(
-        self, ctx: Context, d: Dialogue, n: int, code: str | None, title: str
-    ) -> list[Reply]:
+    async def _tapped_place(self, ctx: Context, d: Dialogue, n: int, title: str) -> list[Reply]:
         """A row of a place list we sent. Only the list the dialogue waits on counts: a row of
         an older one (already answered, or asked about another place) read as a number would
         choose for the current question or open offer N. The row's title, which the Cloud API
@@ -409,7 +404,7 @@ class BotEngine:
         if 1 <= n <= len(choices):
             choice = choices[n - 1]
             expected = _row_title(str(choice.get("city", "")), str(choice.get("code", "")))
-            if code in (None, choice.get("code")) and title in ("", expected):
+            if title in ("", expected):
                 return await self._number(ctx, d, n) or []
         return [Reply(f"{ctx.texts('list_outdated')} {self._whats_next(ctx, d)}")]
 
@@ -594,9 +589,9 @@ class BotEngine:
 
     def _choices_reply(self, ctx: Context, phrase: str, choices: tuple[Candidate, ...]) -> Reply:
         rows = tuple(
-            # place:N, the id the previous releases read: during a rolling upgrade their workers
-            # handle taps on lists this one sent (one with the code in it, they read as the
-            # title typed, and could set the wrong place). The title says which list it was.
+            # place:N, the id every release reads: during a rolling upgrade the previous one's
+            # workers handle taps on lists this one sent (an id they did not know, they read
+            # as the title typed, and set the wrong place). The title says which list it was.
             ListRow(
                 id=f"place:{index}",
                 title=_row_title(choice.city, choice.code),
