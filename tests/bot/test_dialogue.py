@@ -155,9 +155,9 @@ PREVIOUS_RELEASE_ROW_ID = r"(?:place|offer):(\d+)"
 
 async def test_a_place_list_is_read_by_the_previous_release_too(engine: BotEngine) -> None:
     """(Was a bug of a fix never released: rows went out as place:N:CODE, which the previous
-    release does not read. While
-    both ran, a tap handled by an old worker was read as its title typed, *San Jose (SJO)*: the
-    user was asked again, and the next answer searched San Jose (SJC) → San Jose (SJO).)"""
+    release does not read. While both ran, a tap handled by an old worker was read as its title
+    typed, *San Jose (SJO)*: the user was asked again, and the next answer searched San Jose
+    (SJC) → San Jose (SJO).)"""
     chat = Chat(engine, user_id="15550000004")
     (question,) = await chat.send("text", "San Jose to Miami tomorrow")
     assert all(re.fullmatch(PREVIOUS_RELEASE_ROW_ID, row.id) for row in question.rows)
