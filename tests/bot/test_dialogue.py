@@ -464,3 +464,16 @@ async def test_a_message_that_opens_with_a_greeting_gets_the_introduction(
     chat = Chat(engine)
     assert offers_in(await chat.say("hi, NYC to London next Friday")) == ["1", "2", "3"]
     assert "didn't get that" in await chat.say("what about a blorp zzzq")
+
+
+async def test_two_places_side_by_side_are_origin_then_destination(engine: BotEngine) -> None:
+    """'Madrid Londres mañana' (or 'jfk lax tomorrow'): the first of two places written side
+    by side went into the destination, so the bot searched London → Madrid."""
+    chat = Chat(engine, locale="es", time_zone="Europe/Madrid")
+    reply = await chat.say("Madrid Londres mañana")
+    assert "Madrid (MAD) → London (LON)" in reply and offers_in(reply) == ["1", "2", "3"]
+    chat = Chat(engine)
+    reply = await chat.say("jfk lax tomorrow")
+    assert "New York (JFK) → Los Angeles (LAX)" in reply
+    # One place alone is still the destination.
+    assert (await Chat(engine).say("Rome")).startswith("Got it: to Rome (ROM).")

@@ -480,6 +480,11 @@ class BotEngine:
                 unmarked.extend(await split_phrase(self._places, phrase))
             except grpc.aio.AioRpcError:
                 unmarked.append(phrase)
+        if len(unmarked) >= 2 and not assigned:
+            # Two places side by side ("Madrid Londres", "jfk lax") are a route, in the order
+            # written; only a place alone is taken for the destination first.
+            assigned["origin"], assigned["destination"] = unmarked[0], unmarked[1]
+            unmarked = unmarked[2:]
         for phrase in unmarked:
             if pending in ("origin", "destination") and pending not in assigned:
                 slot = pending
