@@ -155,6 +155,8 @@ ALIASES: dict[str, str] = {
     "shanghai": "PVG",
     "mexico city": "MEX",
     "ciudad de mexico": "MEX",
+    "la habana": "HAV",
+    "habana": "HAV",
 }
 
 # Major hubs and busy airports, for ranking and tie-breaks (airportsdata has no traffic data).
@@ -372,10 +374,13 @@ class Places:
         ):
             note(index, score)
         if len(q) >= 2:
-            for _, score, index in process.extract(
+            for text, score, index in process.extract(
                 q, self._texts, scorer=fuzz.token_set_ratio, score_cutoff=80, limit=300
             ):
-                note(index, 0.92 * score)
+                # A two-letter name is a whole word of many queries ("la" in "la habana", "la
+                # coruna"): it must be the query itself (fuzz.ratio above), not one of its words.
+                if len(text) > 2:
+                    note(index, 0.92 * score)
         if len(q) >= 5:
             for text, score, index in process.extract(
                 q, self._texts, scorer=fuzz.partial_ratio, score_cutoff=85, limit=300

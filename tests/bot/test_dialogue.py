@@ -477,3 +477,13 @@ async def test_two_places_side_by_side_are_origin_then_destination(engine: BotEn
     assert "New York (JFK) → Los Angeles (LAX)" in reply
     # One place alone is still the destination.
     assert (await Chat(engine).say("Rome")).startswith("Got it: to Rome (ROM).")
+
+
+async def test_a_place_whose_name_starts_with_la_is_not_los_angeles(engine: BotEngine) -> None:
+    """'de Madrid a La Habana mañana' searched Madrid → Los Angeles: the alias "la" matched
+    the first word of La Habana (and of La Coruña, La Serena, La Palma, La Rochelle)."""
+    chat = Chat(engine, locale="es", time_zone="Europe/Madrid")
+    reply = await chat.say("de Madrid a La Habana mañana")
+    assert "Madrid (MAD) → Havana (HAV)" in reply and offers_in(reply) == ["1", "2", "3"]
+    reply = await Chat(engine, locale="es").say("de La Coruña a Londres el viernes")
+    assert "Culleredo (LCG) → London (LON)" in reply

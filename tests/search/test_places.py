@@ -128,6 +128,23 @@ def test_short_names_inside_the_query_do_not_match(places: Places) -> None:
     assert codes(places, "boston")[0] == "BOS"
 
 
+def test_a_two_letter_alias_is_not_a_word_of_a_longer_name(places: Places) -> None:
+    # "la" (Los Angeles) is the first word of many names: each of these resolved to LAX first.
+    for text, first in [
+        ("La Coruña", "LCG"),
+        ("La Serena", "LSC"),
+        ("La Palma", "SPC"),
+        ("La Rochelle", "LRH"),
+        ("La Crosse", "LSE"),
+        ("La Habana", "HAV"),
+        ("Habana", "HAV"),
+    ]:
+        assert codes(places, text)[0] == first, text
+        assert "LAX" not in codes(places, text), text
+    assert codes(places, "LA")[0] == "LAX"
+    assert codes(places, "washington dc")[0] == "WAS"
+
+
 def test_a_city_code_lifts_all_its_airports(places: Places) -> None:
     # Pearson's city in airportsdata is Mississauga; Toronto's city code still brings it.
     found = places.resolve("toronto", 3)
