@@ -157,6 +157,28 @@ ALIASES: dict[str, str] = {
     "ciudad de mexico": "MEX",
     "la habana": "HAV",
     "habana": "HAV",
+    # Spanish names that otherwise resolve to a lookalike elsewhere (Tunez → Cartagena, Niza →
+    # Giza, Francfort → Frankfort KY, Las Palmas → Palmas BR, Tenerife Sur → Sur OM).
+    "tunez": "TUN",
+    "niza": "NCE",
+    "cracovia": "KRK",
+    "francfort": "FRA",
+    "basilea": "BSL",
+    "florencia": "FLR",
+    "gerona": "GRO",
+    "las palmas": "LPA",
+    "las palmas de gran canaria": "LPA",
+    "tenerife sur": "TFS",
+    "tenerife norte": "TFN",
+    "panama": "PTY",
+    "ciudad de panama": "PTY",
+    "ciudad del cabo": "CPT",
+    "burdeos": "BOD",
+    "sidney": "SYD",
+    "argel": "ALG",
+    "yeda": "JED",
+    "ciudad de guatemala": "GUA",
+    "cdmx": "MEX",
 }
 
 # Major hubs and busy airports, for ranking and tie-breaks (airportsdata has no traffic data).

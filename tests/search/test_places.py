@@ -145,6 +145,36 @@ def test_a_two_letter_alias_is_not_a_word_of_a_longer_name(places: Places) -> No
     assert codes(places, "washington dc")[0] == "WAS"
 
 
+# Spanish names of destinations that resolved to another place (the one after "was"), most of
+# them silently: the bot searched it without asking.
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("Túnez", "TUN"),  # was Cartagena
+        ("Niza", "NCE"),  # was Giza
+        ("Cracovia", "KRK"),  # was Craiova
+        ("Fráncfort", "FRA"),  # was Frankfort, Kentucky
+        ("Basilea", "BSL"),  # was Brasilia
+        ("Florencia", "FLR"),  # was Florencia, Colombia
+        ("Gerona", "GRO"),  # was Nueva Gerona, Cuba
+        ("Las Palmas", "LPA"),  # was Palmas, Brazil
+        ("Tenerife Sur", "TFS"),  # was Sur, Oman
+        ("Tenerife Norte", "TFN"),
+        ("Ciudad de Panamá", "PTY"),  # was Ciudad del Carmen
+        ("Panamá", "PTY"),  # a list of the Panama Citys without Tocumen
+        ("Ciudad del Cabo", "CPT"),  # a list: Ciudad del Carmen or Mexico City
+        ("Burdeos", "BOD"),  # a list: Baures or Burgos
+        ("Sídney", "SYD"),  # a list of three Sidneys in the US
+        ("Argel", "ALG"),
+        ("Yeda", "JED"),
+        ("Ciudad de Guatemala", "GUA"),  # nothing
+        ("CDMX", "MEX"),  # nothing
+    ],
+)
+def test_spanish_names_of_destinations(places: Places, text: str, first: str) -> None:
+    assert codes(places, text)[0] == first
+
+
 def test_a_city_code_lifts_all_its_airports(places: Places) -> None:
     # Pearson's city in airportsdata is Mississauga; Toronto's city code still brings it.
     found = places.resolve("toronto", 3)
