@@ -14,6 +14,7 @@ import pytest
 from parley.search.v1 import search_pb2_grpc
 from services.gateway.bot import create_engine
 from services.gateway.bot.dialogue import BotEngine, Dialogue
+from services.gateway.bot.messages import Texts
 from services.gateway.bot.settings import BotSettings
 from services.gateway.engine import SearchPort
 from tests.bot.chat import Chat
@@ -487,3 +488,23 @@ async def test_a_place_whose_name_starts_with_la_is_not_los_angeles(engine: BotE
     assert "Madrid (MAD) → Havana (HAV)" in reply and offers_in(reply) == ["1", "2", "3"]
     reply = await Chat(engine, locale="es").say("de La Coruña a Londres el viernes")
     assert "Culleredo (LCG) → London (LON)" in reply
+
+
+SPANISH_MONTHS = (
+    *("enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto"),
+    *("septiembre", "octubre", "noviembre", "diciembre"),
+)
+
+
+async def test_a_spanish_ordinal_first_of_the_month_is_a_date(engine: BotEngine) -> None:
+    """'el 1º de diciembre' (º folded to 'o' with the accents), 'el primero de diciembre' and
+    'el 1ro de diciembre' were no date: the first asked the date again, the second took
+    'diciembre' for the origin."""
+    first = (today().replace(day=1) + timedelta(days=32)).replace(day=1)
+    month = SPANISH_MONTHS[first.month - 1]
+    shown = f"{Texts('es').words('weekdays')[first.weekday()]} 1 {month[:3]}"
+    for day in ("1º", "primero", "1ro", "1ero"):
+        chat = Chat(engine, locale="es", time_zone="America/New_York")
+        reply = await chat.say(f"de Madrid a Roma el {day} de {month}")
+        assert f"Madrid (MAD) → Rome (ROM)* · {shown}" in reply, (day, reply)
+        assert chat.state["trip"]["depart"] == first.isoformat()

@@ -176,7 +176,7 @@ def _alternation(words: dict[str, int]) -> str:
 
 WEEKDAY = _alternation(WEEKDAYS)
 MONTH = _alternation(MONTHS)
-ORD = r"(?:st|nd|rd|th|º|°)?"
+ORD = r"(?:st|nd|rd|th|°|ero|ro)?"  # 1st; 1º (read as 1°: see normalize), 1ro, 1ero
 
 # Frequent misspellings of the words the date rules look for. Longer words are also corrected
 # by fuzzy matching (see _fix_typos); these are the short or far-off ones.
@@ -282,8 +282,12 @@ def normalize(text: str) -> str:
     text = CODE_PAIR.sub(_code_pair, text)  # "LHR-JFK"
     text = re.sub(r"[!?¿¡,;:\"“”()\[\]*_]+", " ", text)
     text = re.sub(r"(?<=[a-z])\.(?=\s|$)", " ", text)  # "fri." → "fri"
+    # The Spanish ordinal "1º" would become "1o" with the accents below.
+    text = re.sub(r"(?<=\d)[ºª]", "°", text)
     text = _strip_accents(text.replace("ñ", "\x00")).replace("\x00", "ñ")
     text = re.sub(r"\s+", " ", text).strip()
+    # "el primero de diciembre": the first day of a month is said as an ordinal in Spanish.
+    text = re.sub(r"\bprimero(?= (?:de |del )?" + MONTH + r"\b)", "1", text)
     return _fix_typos(text)
 
 
