@@ -508,3 +508,18 @@ async def test_a_spanish_ordinal_first_of_the_month_is_a_date(engine: BotEngine)
         reply = await chat.say(f"de Madrid a Roma el {day} de {month}")
         assert f"Madrid (MAD) → Rome (ROM)* · {shown}" in reply, (day, reply)
         assert chat.state["trip"]["depart"] == first.isoformat()
+
+
+async def test_two_places_joined_by_a_hyphen_are_a_route(engine: BotEngine) -> None:
+    """'Madrid-Roma mañana' kept only Rome and asked where from; 'London-Paris tomorrow'
+    asked 'Which London-Paris do you mean?' with London and Paris as the choices."""
+    chat = Chat(engine, locale="es", time_zone="Europe/Madrid")
+    reply = await chat.say("Madrid-Roma mañana")
+    assert "Madrid (MAD) → Rome (ROM)" in reply and offers_in(reply) == ["1", "2", "3"]
+    reply = await Chat(engine, locale="es").say("Madrid-Nueva York el viernes")
+    assert "Madrid (MAD) → New York (NYC)" in reply
+    reply = await Chat(engine).say("London-Paris tomorrow")
+    assert "London (LON) → Paris (PAR)" in reply and offers_in(reply) == ["1", "2", "3"]
+    # A name with a hyphen of its own is still one place.
+    reply = await Chat(engine).say("Winston-Salem")
+    assert reply.startswith("Got it: to Winston Salem (INT)."), reply

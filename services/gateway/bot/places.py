@@ -164,8 +164,9 @@ CONFIDENT = 95.0
 
 
 async def split_phrase(resolver: PlaceResolver, phrase: str) -> list[str]:
-    """``phrase`` as one place, or as two when it reads better that way."""
-    words = phrase.split()
+    """``phrase`` as one place, or as two when it reads better that way ("madrid roma", and
+    "Madrid-Roma": a hyphen between two places is a route, unless the whole is a name)."""
+    words = re.sub(r"(?<=\w)-(?=\w)", " ", phrase).split()
     if not 2 <= len(words) <= 4:  # longer phrases are not two place names side by side
         return [phrase]
     whole = await resolver.resolve(phrase)
@@ -174,6 +175,11 @@ async def split_phrase(resolver: PlaceResolver, phrase: str) -> list[str]:
     for cut in range(1, len(words)):
         left, right = " ".join(words[:cut]), " ".join(words[cut:])
         first, second = await resolver.resolve(left), await resolver.resolve(right)
-        if first and second and min(first[0].score, second[0].score) >= CONFIDENT:
+        if (
+            first
+            and second
+            and min(first[0].score, second[0].score) >= CONFIDENT
+            and first[0].code != second[0].code  # "Baden-Baden"
+        ):
             return [left, right]
     return [phrase]
