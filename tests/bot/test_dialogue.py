@@ -523,3 +523,21 @@ async def test_two_places_joined_by_a_hyphen_are_a_route(engine: BotEngine) -> N
     # A name with a hyphen of its own is still one place.
     reply = await Chat(engine).say("Winston-Salem")
     assert reply.startswith("Got it: to Winston Salem (INT)."), reply
+
+
+async def test_a_weekday_with_its_day_of_the_month_is_that_date(engine: BotEngine) -> None:
+    """'el sábado 5' (or 'Saturday the 5th'), ten days ahead, searched the coming Saturday:
+    the day of the month was dropped."""
+    target = today() + timedelta(days=10)
+    spanish = ("lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo")
+    chat = Chat(engine, locale="es", time_zone="America/New_York")
+    reply = await chat.say(f"de Madrid a Roma el {spanish[target.weekday()]} {target.day}")
+    assert chat.state["trip"]["depart"] == target.isoformat(), reply
+    chat = Chat(engine)
+    await chat.say(f"NYC to London {target.strftime('%A')} the {target.day}th")
+    assert chat.state["trip"]["depart"] == target.isoformat()
+    # A count after a weekday is still a count.
+    chat = Chat(engine)
+    await chat.say("NYC to London next Friday 2 adults")
+    assert chat.state["trip"]["depart"] == coming(4).isoformat()
+    assert chat.state["trip"]["adults"] == 2

@@ -558,6 +558,25 @@ def _next_week(match: re.Match[str], ctx: DateContext) -> DateValue:
 @_rule(r"\b(?:(?:on|this|the) )*" + WEEKDAY + r" after next\b")
 def _weekday_after_next(match: re.Match[str], ctx: DateContext) -> DateValue:
     return _next_weekday(ctx.today, WEEKDAYS[match.group(1)]) + timedelta(days=7)
+# "Saturday the 5th", "el sábado 5", "viernes día 4": the day of the month says which one.
+@_rule(
+    r"\b(?:(?:on|this|next|coming|the|following|el|este|proximo) )*" + WEEKDAY + r",? "
+    r"(?:the |el |dia )?(?P<d>\d{1,2})" + ORD + r"\b"
+    # not a count or a time: "Friday 2 adults", "viernes 3 personas", "Friday 10am", "10:30"
+    r"(?! ?(?:adult|people|person|passenger|pax|travel|ticket|seat|of us|persona|pasajer|"
+    r"billete|boleto|pasaje|viajer|plaza|de nosotros|am\b|pm\b|h\b|hrs?\b|[:.]?\d))"
+)
+def _weekday_day(match: re.Match[str], ctx: DateContext) -> DateValue:
+    day, weekday = int(match["d"]), WEEKDAYS[match.group(1)]
+    if not 1 <= day <= 31:
+        return None
+    first = candidate = _day_of_month(ctx.today, day)
+    # Within the next three months the day falls on that weekday; else the weekday was a slip.
+    for _ in range(2):
+        if candidate is None or candidate.weekday() == weekday:
+            break
+        candidate = _day_of_month(candidate + timedelta(days=1), day)
+    return candidate if candidate is not None and candidate.weekday() == weekday else first
 
 
 @_rule(
