@@ -541,3 +541,25 @@ async def test_a_weekday_with_its_day_of_the_month_is_that_date(engine: BotEngin
     await chat.say("NYC to London next Friday 2 adults")
     assert chat.state["trip"]["depart"] == coming(4).isoformat()
     assert chat.state["trip"]["adults"] == 2
+
+
+async def test_everyday_spanish_replies_are_understood(engine: BotEngine) -> None:
+    """Each of these got 'no lo he entendido', a list of airports that look like the word
+    ('borrar': Bouar, Barra, Bora Bora), or took the word for the origin ('¿qué?': Quetta)."""
+    chat = Chat(engine, locale="es", time_zone="Europe/Madrid")
+    for greeting in ("buen día", "saludos", "qué tal", "empezar"):
+        assert (await chat.say(greeting)).startswith("¡Hola Ada!"), greeting
+    await chat.say("a Roma")
+    for puzzled in ("¿qué?", "cómo?", "no sé"):
+        assert "no lo he entendido" in await chat.say(puzzled), puzzled
+        assert "origin" not in chat.state["trip"]
+    reply = await chat.say("desde Madrid este finde")
+    assert offers_in(reply) == ["1", "2", "3"], reply
+    assert offers_in(await chat.say("siguiente"))[0] == "4"
+    assert (await chat.say("la opción 2")).startswith("*Oferta 2*")
+    assert (await chat.say("la 4")).startswith("*Oferta 4*")
+    assert "empezamos de nuevo" in await chat.say("volver a empezar")
+    assert "trip" not in chat.state
+    await chat.say("de Madrid a Roma mañana")
+    assert "Cancelado" in await chat.say("borrar")
+    assert "trip" not in chat.state

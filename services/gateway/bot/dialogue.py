@@ -85,6 +85,11 @@ GREETINGS = {
     "buenas noches",
     "shalom",
     "start",
+    "buen dia",
+    "saludos",
+    "que tal",
+    "empezar",
+    "comenzar",
 }
 COMMANDS = {
     "help": "help",
@@ -100,10 +105,14 @@ COMMANDS = {
     "nueva": "new",
     "nueva busqueda": "new",
     "empezar de nuevo": "new",
+    "volver a empezar": "new",
+    "otra busqueda": "new",
     "reiniciar": "new",
     "cancel": "cancel",
     "stop": "cancel",
     "cancelar": "cancel",
+    "borrar": "cancel",
+    "salir": "cancel",
     "thanks": "thanks",
     "thank you": "thanks",
     "thank you very much": "thanks",
@@ -116,6 +125,9 @@ COMMANDS = {
     "mas": "more",
     "show more": "more",
     "ver mas": "more",
+    "siguiente": "more",
+    "siguientes": "more",
+    "mas opciones": "more",
     "next": "more",
     "ok": "ack",
     "okay": "ack",
@@ -189,6 +201,9 @@ def _unpacked_offers(text: str) -> list[Any]:
         return []
     return offers if isinstance(offers, list) else []
 
+
+# A choice by its number: "2", "la 2", "la opción 2", "option 2" ("el 2" stays a date).
+CHOICE = re.compile(r"(?:(?:la|opcion|option|oferta|offer|numero|number|#) ?)*(\d+)")
 
 GREETING_WORDS = {"hi", "hello", "hey", "hiya", "hola", "shalom", "buenas", "yo", "howdy"}
 GREETING_TAIL = {"again", "there", "bot", "team", "all", "everyone", "friend", "amigo", "y"}
@@ -346,10 +361,11 @@ class BotEngine:
             if self._missing(d) is None:
                 return await self._advance(ctx, d, [])  # dates checked again: time has passed
             return [Reply(t("nothing_to_retry"))]
-        # isdecimal, not isdigit: int() refuses "²"; and a menu choice is a few digits, while
-        # int() refuses more than 4300 (any longer number is just not understood).
-        if plain.isdecimal() and len(plain) <= 4:
-            picked = await self._number(ctx, d, int(plain))
+        # \d is decimal digits only (int() refuses "²"); and a menu choice is a few digits,
+        # while int() refuses more than 4300 (any longer number is just not understood).
+        chosen = CHOICE.fullmatch(plain)
+        if chosen and len(chosen.group(1)) <= 4:
+            picked = await self._number(ctx, d, int(chosen.group(1)))
             if picked is not None:
                 return picked
 

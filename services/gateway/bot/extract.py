@@ -195,6 +195,7 @@ TYPOS = {
     "wknd": "weekend",
     "weeknd": "weekend",
     "manana": "mañana",
+    "finde": "fin de semana",
     "bussiness": "business",
     "buisness": "business",
     "busines": "business",
@@ -236,6 +237,7 @@ let's lets take leave leaving depart departing departure home back way
 quiero queremos busco buscar buscame encuentra necesito vuelo vuelos billete billetes boleto
 boletos pasaje pasajes ir viajar volar por favor un una unos unas en me
 hola quisiera algun barato baratos
+que como cual se
 airport airports aeropuerto intl international city
 instead actually change make it rather then no sorry mejor cambia cambiar only just meant mean
 """
