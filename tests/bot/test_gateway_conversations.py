@@ -8,16 +8,20 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 
 from services.common.redact import mask_phone
+from services.gateway.bot.messages import Texts
 from services.gateway.bot.switches import Switch
 from tests.bot.conftest import SearchServer, today
 from tests.bot.fake_openai import FakeOpenAI
+from tests.bot.test_dialogue import SPANISH_MONTHS
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
 from tests.support.stack import (
@@ -497,3 +501,23 @@ def test_one_request_id_follows_each_message_through_every_process(
         assert not [name for name, process in processes.items() if "not sane" in process.log]
     finally:
         gateway.stop()
+
+
+def test_a_spanish_business_through_the_gateway(smart: Gateway) -> None:
+    """A business whose locale is es-MX: its users are answered in Spanish end to end, and
+    what they write the Spanish way is understood (route with a hyphen, 'el sábado 5'-style
+    dates, 'siguiente', 'la opción 2')."""
+    user = User(smart)
+    user.business = create_business(smart, locale="es-MX", timezone="America/Mexico_City")
+    assert "Busco vuelos" in user.say("buen día")
+    today = datetime.now(ZoneInfo("America/Mexico_City")).date()
+    first = (today.replace(day=1) + timedelta(days=32)).replace(day=1)
+    month = SPANISH_MONTHS[first.month - 1]
+    weekday = Texts("es").words("weekdays")[first.weekday()]
+    reply = user.say(f"CDMX-Cancún el 1º de {month}, 2 adultos")
+    assert f"Mexico City (MEX) → Cancun (CUN)* · {weekday} 1 {month[:3]} · 2 adultos" in reply
+    assert offers_shown(reply) == 3 and "Tarifas de demostración" in reply
+    assert "*más* para ver más" in reply
+    assert "*4.*" in user.say("siguiente")
+    assert user.say("la opción 2").startswith("*Oferta 2*")
+    assert "Cancelado" in user.say("borrar")
