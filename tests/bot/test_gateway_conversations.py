@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any

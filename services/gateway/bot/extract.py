@@ -560,7 +560,10 @@ def _next_week(match: re.Match[str], ctx: DateContext) -> DateValue:
 @_rule(r"\b(?:(?:on|this|the) )*" + WEEKDAY + r" after next\b")
 def _weekday_after_next(match: re.Match[str], ctx: DateContext) -> DateValue:
     return _next_weekday(ctx.today, WEEKDAYS[match.group(1)]) + timedelta(days=7)
-# "Saturday the 5th", "el sábado 5", "viernes día 4": the day of the month says which one.
+
+
+# "el sábado 5", "viernes día 4": the day of the month says which one. (With an ordinal or a
+# month, "Saturday the 5th", WEEKDAY_WITH_DATE below has already left only the date.)
 @_rule(
     r"\b(?:(?:on|this|next|coming|the|following|el|este|proximo) )*" + WEEKDAY + r",? "
     r"(?:the |el |dia )?(?P<d>\d{1,2})" + ORD + r"\b"
