@@ -97,6 +97,22 @@ redis.call('HDEL', KEYS[3], ARGV[3], ARGV[3] .. ':t', ARGV[3] .. ':since')
 redis.call('HDEL', KEYS[4], ARGV[3])
 return 1
 """
+# Read new entries only while holding the lease (fencing, as the acknowledgement): a former
+# holder that stalled past its lease (a long pause, CPU starvation) and resumes must not take
+# entries delivered after its successor's takeover. They would be pending under its name, which
+# nobody claims until the partition changes hands again, and its user's later messages would be
+# answered first. {0}: not holding; {1, entries}; {2, last id}: nothing new (wait past that id).
+READ_NEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
+local got = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4],
+                       'STREAMS', KEYS[2], '>')
+if got then return {1, got[1][2]} end
+local info = redis.call('XINFO', 'STREAM', KEYS[2])
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then return {2, info[i + 1]} end
+end
+return {2, '0-0'}
+"""
 # After a takeover: delete the group's other consumers that hold no pending entry. Every worker
 # process reads under a name of its own and Redis keeps a consumer until it is deleted, so
 # without this each restart or rebalance left one per partition for ever. One with entries still
@@ -191,6 +207,7 @@ class Queue:
         self._attempt = client.register_script(ATTEMPT)
         self._record_error = client.register_script(RECORD_ERROR)
         self._prune_consumers = client.register_script(PRUNE_CONSUMERS)
+        self._read_new = client.register_script(READ_NEW)
 
     # --- producer side ---------------------------------------------------------------------
 
@@ -269,53 +286,86 @@ class Queue:
         delete the consumers left with nothing pending."""
         start = "0-0"
         while True:
-            result: Any = await self.redis.xautoclaim(
-                stream_key(partition), GROUP, consumer, min_idle_time=0, start_id=start, count=100
-            )
+            try:
+                result: Any = await self.redis.xautoclaim(
+                    stream_key(partition),
+                    GROUP,
+                    consumer,
+                    min_idle_time=0,
+                    start_id=start,
+                    count=100,
+                )
+            except ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                # Redis lost its data (its leases too, so this is the first look): start again.
+                await self.ensure_group(partition)
+                return
             start = _s(result[0])
             if start == "0-0":
                 break
         await self._prune_consumers(keys=[stream_key(partition)], args=[GROUP, consumer])
 
-    async def read(
-        self,
-        partition: int,
-        consumer: str,
-        *,
-        pending: bool,
-        block_ms: int | None,
-        count: int,
-        after: str = "0",
+    async def read_pending(
+        self, partition: int, consumer: str, *, after: str, count: int
     ) -> list[Entry]:
-        """Our own pending entries after ``after`` (``pending``), else new ones, oldest first."""
+        """Our own pending entries after ``after``, oldest first."""
         try:
-            response = await self.redis.xreadgroup(
-                GROUP,
-                consumer,
-                {stream_key(partition): after if pending else ">"},
-                count=count,
-                block=None if pending else block_ms,
+            response: Any = await self.redis.xreadgroup(
+                GROUP, consumer, {stream_key(partition): after}, count=count
             )
         except ResponseError as error:
             if "NOGROUP" not in str(error):
                 raise
             await self.ensure_group(partition)  # Redis lost its data; start again
             return []
+        return await self._entries(partition, [i for _, items in response or [] for i in items])
+
+    async def read_new(
+        self, partition: int, consumer: str, token: str, *, block_ms: int, count: int
+    ) -> list[Entry] | None:
+        """New entries, oldest first, taken only while ``token`` holds the partition's lease
+        (None: it does not); waits up to ``block_ms`` for one. The wait is a plain XREAD, which
+        takes nothing: a worker that stalls inside it cannot take what its successor owns."""
+        waited = False
+        while True:
+            try:
+                result: Any = await self._read_new(
+                    keys=[lease_key(partition), stream_key(partition)],
+                    args=[token, GROUP, consumer, count],
+                )
+            except ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                await self.ensure_group(partition)  # Redis lost its data; start again
+                return []
+            if result[0] == 0:
+                return None
+            if result[0] == 1:
+                items = [
+                    (entry_id, dict(zip(raw[::2], raw[1::2], strict=True)))
+                    for entry_id, raw in result[1]
+                ]
+                return await self._entries(partition, items)
+            if waited:
+                return []
+            await self.redis.xread({stream_key(partition): _s(result[1])}, count=1, block=block_ms)
+            waited = True
+
+    async def _entries(self, partition: int, items: list[Any]) -> list[Entry]:
         entries = []
-        stream_items: Any = response or []
-        for _, items in stream_items:
-            for entry_id, raw in items:
-                if not raw:  # deleted while pending
-                    await self.redis.xack(stream_key(partition), GROUP, entry_id)
-                    continue
-                fields = {_s(k): _s(v) for k, v in raw.items()}
-                try:
-                    entries.append(self._entry(partition, _s(entry_id), fields))
-                except CorruptEntry as corrupt:
-                    # Not ours to interpret: keep it for an operator, never block the partition.
-                    await self.dead_letter("corrupt_entry", str(corrupt), fields=fields)
-                    await self.redis.xack(stream_key(partition), GROUP, entry_id)
-                    await self.redis.xdel(stream_key(partition), entry_id)
+        for entry_id, raw in items:
+            if not raw:  # deleted while pending
+                await self.redis.xack(stream_key(partition), GROUP, entry_id)
+                continue
+            fields = {_s(k): _s(v) for k, v in raw.items()}
+            try:
+                entries.append(self._entry(partition, _s(entry_id), fields))
+            except CorruptEntry as corrupt:
+                # Not ours to interpret: keep it for an operator, never block the partition.
+                await self.dead_letter("corrupt_entry", str(corrupt), fields=fields)
+                await self.redis.xack(stream_key(partition), GROUP, entry_id)
+                await self.redis.xdel(stream_key(partition), entry_id)
         return entries
 
     @staticmethod

@@ -592,25 +592,23 @@ class WorkerPool:
                 if waiting.full():
                     await self._pause(waiting.seconds_to_next())
                     continue
-                entries = []
+                entries: list[Entry] | None = []
                 if pending_after is not None:
-                    entries = await self.queue.read(
-                        partition,
-                        self.worker_id,
-                        pending=True,
-                        block_ms=None,
-                        count=10,
-                        after=pending_after,
+                    entries = await self.queue.read_pending(
+                        partition, self.worker_id, after=pending_after, count=10
                     )
                     pending_after = entries[-1].id if entries else None
                 if not entries:
-                    entries = await self.queue.read(
+                    entries = await self.queue.read_new(
                         partition,
                         self.worker_id,
-                        pending=False,
+                        token,
                         block_ms=waiting.block_ms(500),
                         count=10,
                     )
+                    if entries is None:  # the lease lapsed (this process stalled past it)
+                        lost.set()
+                        break
                 for entry in entries:
                     if not holding():
                         break  # the rest stay pending: the next holder takes them over, in order

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -475,3 +476,100 @@ async def test_restarted_workers_leave_no_consumer_behind_in_the_groups(valkey: 
         assert await consumers(redis, 0) == [last.worker_id]
     finally:
         await redis.aclose()
+
+
+class Stalling:
+    """A pool's own event loop, in a thread, which can be stalled and resumed: as a whole worker
+    process is by a long pause (CPU starvation, a VM or container freeze, SIGSTOP)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.resumed = threading.Event()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    async def run(self, coroutine: Awaitable[Any]) -> Any:
+        async def wrapped() -> Any:
+            return await coroutine
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(wrapped(), self.loop))
+
+    def stall(self) -> None:
+        self.resumed.clear()
+        self.loop.call_soon_threadsafe(self.resumed.wait)
+
+    def close(self) -> None:
+        self.resumed.set()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+async def test_a_worker_that_stalled_past_its_lease_takes_nothing_from_its_successor(
+    valkey: Valkey,
+) -> None:
+    """A worker stalls past its leases while idle; another takes its partitions over and starts
+    a user's m1; m2 arrives; the stalled worker resumes. It must not read m2: the successor
+    answers m1, m2 and m3 in order. (Was a bug: the resumed worker's next read, before its lease
+    renewal said the lease was gone, took m2, which it then handled alongside m1 or left; either
+    way m2 stayed pending under its name, where the successor never looked, and m3 was answered
+    before it.)"""
+    url = await fresh_url(valkey)
+    user = "15550200"
+    events: list[str] = []
+
+    def step(text: str, seconds: float = 0) -> Callable[[], Awaitable[str]]:
+        async def run() -> str:
+            events.append(f"{text} started")
+            await asyncio.sleep(seconds)
+            events.append(f"{text} done")
+            return "answered"
+
+        return run
+
+    steps: dict[str, list[Step]] = {"m1": [step("m1", 1.5)], "m2": [step("m2")], "m3": [step("m3")]}
+    stalling = Stalling()
+    # Its Redis client connects on its first call, on the loop that makes it.
+    first, first_redis = new_pool(url, Scripted(steps), visibility_timeout_seconds=1.5)
+    second, redis = new_pool(url, Scripted(steps), visibility_timeout_seconds=1.5)
+    try:
+        await stalling.run(first.start())
+        await until(lambda: first.held_partitions == list(range(PARTITIONS)))
+        await asyncio.sleep(0.3)  # idle: waiting for new messages
+        stalling.stall()
+        await second.start()
+        await holding_all(second)  # once the stalled worker's leases lapsed
+        await enqueue(second, message(user, "m1"))
+        await until(lambda: "m1 started" in events)
+        await enqueue(second, message(user, "m2"))
+        stalling.resumed.set()
+        await asyncio.sleep(0.5)  # the resumed worker finds its leases gone
+        await enqueue(second, message(user, "m3"))
+        await until(lambda: finished(second), seconds=15)
+        await second.stop()
+        await stalling.run(first.stop())
+    finally:
+        await redis.aclose()
+        await stalling.run(first_redis.aclose())
+        stalling.close()
+    assert events == [f"{m} {s}" for m in ("m1", "m2", "m3") for s in ("started", "done")]
+
+
+async def test_a_redis_that_lost_its_data_is_read_again(valkey: Valkey) -> None:
+    """Redis loses everything (a flush, a restart without persistence) under a running worker:
+    leases, streams and groups. Its partitions are taken again and new messages answered."""
+    url = await fresh_url(valkey)
+    processor = Scripted({"before": ["answered"], "after": ["answered"]})
+    pool, redis = new_pool(url, processor, visibility_timeout_seconds=1.5)
+    try:
+        await pool.start()
+        await holding_all(pool)
+        await enqueue(pool, message("15550300", "before"))
+        await until(lambda: finished(pool))
+        await redis.flushdb()
+        await asyncio.sleep(1)
+        await enqueue(pool, message("15550300", "after"))
+        await until(lambda: finished(pool), seconds=10)
+        await pool.stop()
+    finally:
+        await redis.aclose()
+    assert processor.attempts == ["before", "after"]
