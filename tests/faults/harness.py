@@ -239,6 +239,8 @@ class Message:
     label: str
     accepted: bool = False
     refused: bool = False
+    posted_at: float = 0.0  # monotonic: the first delivery attempt of its webhook
+    accepted_at: float = 0.0  # monotonic: the first 200 (the message is queued by then)
 
 
 @dataclass
@@ -313,7 +315,9 @@ class Load:
         copies = 2 if self.twice else 1
         results = await asyncio.gather(
             *(
-                self._post(client, body, headers, random.uniform(0, 2) if self.twice else 0.0)
+                self._post(
+                    client, message, body, headers, random.uniform(0, 2) if self.twice else 0.0
+                )
                 for _ in range(copies)
             )
         )
@@ -321,10 +325,16 @@ class Load:
         message.refused = not message.accepted
 
     async def _post(
-        self, client: httpx.AsyncClient, body: bytes, headers: dict[str, str], delay: float
+        self,
+        client: httpx.AsyncClient,
+        message: Message,
+        body: bytes,
+        headers: dict[str, str],
+        delay: float,
     ) -> bool:
         """Deliver until 200, like the provider: retry 5xx and connection errors for 2 min."""
         await asyncio.sleep(delay)
+        message.posted_at = message.posted_at or time.monotonic()
         deadline = time.monotonic() + 120
         backoff = 0.2
         while True:
@@ -332,6 +342,7 @@ class Load:
                 response = await client.post("/webhooks/whatsapp", content=body, headers=headers)
                 self.statuses[str(response.status_code)] += 1
                 if response.status_code == 200:
+                    message.accepted_at = message.accepted_at or time.monotonic()
                     return True
                 if response.status_code < 500:
                     return False
@@ -354,6 +365,7 @@ class Tally:
     answered: int = 0
     twice: int = 0
     never: int = 0
+    out_of_order: int = 0
     other: int = 0
     stale: int = 0
     unavailable: int = 0
@@ -361,6 +373,7 @@ class Tally:
     seconds: float = 0.0
     never_examples: list[str] = field(default_factory=list)
     twice_examples: list[str] = field(default_factory=list)
+    order_examples: list[str] = field(default_factory=list)
     other_examples: list[str] = field(default_factory=list)
     users: list[str] = field(default_factory=list)
 
@@ -371,6 +384,7 @@ class Tally:
             "answered": self.answered,
             "answered twice": self.twice,
             "never answered": self.never,
+            "out of order": self.out_of_order,
             "other replies": self.other,
             "stale shown": self.stale,
             "told unavailable": self.unavailable,
@@ -389,6 +403,7 @@ def tally(scenario: str, fake: FakeClouds, load: Load) -> Tally:
     for user, messages in by_user.items():
         texts = fake.texts(user)
         matched: set[int] = set()
+        replies: dict[str, list[int]] = {}  # message → where its replies are in ``texts``
         for message in messages:
             if not message.accepted:
                 result.refused += 1
@@ -400,6 +415,7 @@ def tally(scenario: str, fake: FakeClouds, load: Load) -> Tally:
                 if message.label in t and (t.startswith("Searching") or _final(t))
             ]
             matched.update(i for i, _ in mine)
+            replies[message.wamid] = [i for i, _ in mine]
             finals = [t for _, t in mine if _final(t)]
             repeated = any(n > 1 for n in Counter(t for _, t in mine).values())
             if finals:
@@ -412,11 +428,32 @@ def tally(scenario: str, fake: FakeClouds, load: Load) -> Tally:
                 result.twice_examples.append(f"{message.wamid} {message.text!r}: {texts}")
             result.stale += sum("Live search is unavailable" in t for t in finals)
             result.unavailable += sum(t.startswith("Sorry, flight search") for t in finals)
+        result.out_of_order += _out_of_order(messages, replies, texts, result.order_examples)
         for i, text in enumerate(texts):
             if i not in matched:
                 result.other += 1
                 result.other_examples.append(f"{user}: {text[:200]!r}")
     return result
+
+
+def _out_of_order(
+    messages: list[Message], replies: dict[str, list[int]], texts: list[str], examples: list[str]
+) -> int:
+    """A user's messages are answered in the order they were queued: every reply to a message
+    comes before any reply to a later one. Only pairs whose order is certain are compared: the
+    earlier one's webhook had its 200 before the later one's was first posted (a webhook
+    retried through an outage may be queued after one sent after it)."""
+    found = 0
+    answered = [m for m in messages if m.accepted and replies.get(m.wamid)]
+    for later in answered:
+        before = [m for m in answered if m.accepted_at < later.posted_at]
+        if not before:
+            continue
+        last = max(before, key=lambda m: m.accepted_at)
+        if max(replies[last.wamid]) > min(replies[later.wamid]):
+            found += 1
+            examples.append(f"{last.text!r} answered after {later.text!r}: {texts}")
+    return found
 
 
 def _final(text: str) -> bool:

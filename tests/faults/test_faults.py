@@ -1,7 +1,8 @@
 """Fault scenarios: the whole stack under a steady load, one fault each, then recovery.
 
-Each scenario reports messages sent, answered, answered twice and never answered (see
-``harness.py`` for how a reply is tied to its message) and fails unless the last two are zero.
+Each scenario reports messages sent, answered, answered twice, never answered and answered
+out of order (see ``harness.py`` for how a reply is tied to its message) and fails unless the
+last three are zero.
 The quick variant runs in ``make test``; ``make test-faults`` runs the full one
 (``FAULTS_FULL=1``: more load, longer faults). docs/reliability.md has the details and results.
 """
@@ -81,6 +82,7 @@ def assert_clean(result: Tally) -> None:
     assert result.sent > 0
     assert result.never == 0, f"never answered: {result.never_examples[:3]}"
     assert result.twice == 0, f"answered twice: {result.twice_examples[:3]}"
+    assert result.out_of_order == 0, f"answered out of order: {result.order_examples[:3]}"
     assert result.other == 0, f"replies tied to no message: {result.other_examples[:3]}"
     assert result.refused == 0, "some webhooks were never accepted"
 
