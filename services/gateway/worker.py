@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import importlib
 import math
@@ -91,6 +92,44 @@ class DeadLetter(Exception):
 
 class EngineTimeout(Exception):
     """The engine did not answer within ``ENGINE_TIMEOUT_SECONDS``: this message's failure."""
+
+
+class LeaseLapsed(Exception):
+    """This process stalled past its partition's lease in the middle of an attempt: the
+    partition's next holder has the entry now, and answers it."""
+
+
+class Lease:
+    """Until when a partition is surely still ours: its lease lasts the visibility timeout from
+    when it was taken or last renewed (counted from before the call, so Redis's own expiry is
+    no earlier). A process that stalled past that (CPU starvation, a VM or container freeze)
+    may have a successor, which has taken its entries over."""
+
+    def __init__(self, seconds: float, taken: float) -> None:
+        self.seconds = seconds
+        self.until = taken + seconds
+
+    def renewed(self, sent: float) -> None:
+        self.until = sent + self.seconds
+
+    def held(self) -> bool:
+        return time.monotonic() < self.until
+
+
+async def _always_held() -> bool:
+    return True
+
+
+# Whether the partition of the attempt running is still ours (set by the partition loop):
+# nothing is sent or saved once it is not. Always true outside a partition loop.
+lease_held_var: contextvars.ContextVar[Callable[[], Awaitable[bool]]] = contextvars.ContextVar(
+    "lease_held", default=_always_held
+)
+
+
+async def _lease_check(what: str) -> None:
+    if not await lease_held_var.get()():
+        raise LeaseLapsed(f"the partition's lease lapsed before {what}")
 
 
 def load_engine(spec: str, search: SearchPort) -> Engine:
@@ -227,6 +266,7 @@ class Processor:
                 part_id = SentLog.part(fingerprint, index)
                 if refused or part_id in already:
                     continue
+                await _lease_check("a send")  # its successor may be answering this very message
                 try:
                     accepted = await self._send(sender, target, part)
                 except DeadLetter as error:
@@ -264,6 +304,7 @@ class Processor:
         result = await self._run_engine(turn)
         for reply in result.replies:
             await deliver(reply)
+        await _lease_check("saving the turn")  # a successor's save and ours would both be kept
         await self._save(key, conversation.version, message, replies, result)
         if refused:
             log.warning(
@@ -543,10 +584,12 @@ class WorkerPool:
                         if len(self._held) >= share:
                             break
                         token = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
+                        lease = Lease(self.settings.visibility_timeout_seconds, time.monotonic())
                         if await self.queue.acquire(partition, token, self.ttl_ms):
                             self._held[partition] = (
                                 asyncio.create_task(
-                                    self._consume(partition, token), name=f"partition-{partition}"
+                                    self._consume(partition, token, lease),
+                                    name=f"partition-{partition}",
                                 ),
                                 token,
                             )
@@ -566,9 +609,9 @@ class WorkerPool:
                 self._release.add(partition)
                 extra -= 1
 
-    async def _consume(self, partition: int, token: str) -> None:
+    async def _consume(self, partition: int, token: str, lease: Lease) -> None:
         lost = asyncio.Event()
-        renewer = asyncio.create_task(self._renew(partition, token, lost))
+        renewer = asyncio.create_task(self._renew(partition, token, lost, lease))
         try:
             await self.queue.take_over(partition, self.worker_id)
             # Pending entries (taken over) first, after the last one read; once drained, only
@@ -578,7 +621,9 @@ class WorkerPool:
             waiting = Waiting()
 
             def holding() -> bool:
-                return not (self._stopping.is_set() or lost.is_set() or partition in self._release)
+                return lease.held() and not (
+                    self._stopping.is_set() or lost.is_set() or partition in self._release
+                )
 
             retried = False
             while holding():
@@ -587,7 +632,7 @@ class WorkerPool:
                 due = None if retried else waiting.next_due()
                 retried = due is not None
                 if due is not None:
-                    await self._step(due, token, waiting)
+                    await self._step(due, token, lease, waiting)
                     continue
                 if waiting.full():
                     await self._pause(waiting.seconds_to_next())
@@ -615,7 +660,7 @@ class WorkerPool:
                     if waiting.holds_user_of(entry):
                         waiting.behind(entry)  # an earlier message of this user waits: so does it
                     else:
-                        await self._step(entry, token, waiting)
+                        await self._step(entry, token, lease, waiting)
         except RedisError as error:
             log.warning("partition loop stopped", partition=partition, error=str(error)[:200])
         except Exception:
@@ -627,10 +672,10 @@ class WorkerPool:
             self._held.pop(partition, None)
             self._release.discard(partition)
 
-    async def _step(self, entry: Entry, token: str, waiting: Waiting) -> None:
+    async def _step(self, entry: Entry, token: str, lease: Lease, waiting: Waiting) -> None:
         """One attempt at ``entry``; then it is finished, or waits for its retry without
         holding up the partition's other users (their messages go on meanwhile)."""
-        delay = await self._handle(entry, token)
+        delay = await self._handle(entry, token, lease)
         if delay is None:
             waiting.finished(entry)
         else:
@@ -641,14 +686,16 @@ class WorkerPool:
             async with asyncio.timeout(max(0.0, min(seconds, 0.5))):
                 await self._stopping.wait()
 
-    async def _renew(self, partition: int, token: str, lost: asyncio.Event) -> None:
+    async def _renew(self, partition: int, token: str, lost: asyncio.Event, lease: Lease) -> None:
         interval = self.settings.visibility_timeout_seconds / 3
         last_ok = time.monotonic()
         while True:
             await asyncio.sleep(interval)
             try:
+                sent = time.monotonic()
                 if await self.queue.renew(partition, token, self.ttl_ms):
                     last_ok = time.monotonic()
+                    lease.renewed(sent)
                     continue
                 lost.set()
                 log.warning("partition lease lost", partition=partition)
@@ -658,16 +705,30 @@ class WorkerPool:
                     lost.set()
                     return
 
-    async def _handle(self, entry: Entry, token: str) -> float | None:
+    async def _handle(self, entry: Entry, token: str, lease: Lease) -> float | None:
         """One attempt, holding a slot only while it runs (a message waiting out its backoff
         holds none): None once the entry is finished, else how long to wait before the next."""
         request_id = entry.request_id or uuid.uuid4().hex
         request_id_var.set(request_id)
         fields = bind_call_fields(request_id=request_id)
+
+        async def still_ours() -> bool:
+            if lease.held():
+                return True
+            # Past its sure time (this process stalled, or renewals failed): ask Redis. While
+            # Redis cannot be reached nobody can take the partition over either, so the answer
+            # goes out (a Redis outage must not hold replies back).
+            try:
+                return await self.queue.holds(entry.partition, token)
+            except RedisError:
+                return True
+
+        held = lease_held_var.set(still_ours)
         try:
             async with self._slots:
                 return await self._attempt(entry, token)
         finally:
+            lease_held_var.reset(held)
             reset_call_fields(fields)
 
     async def _attempt(self, entry: Entry, token: str) -> float | None:
@@ -690,6 +751,10 @@ class WorkerPool:
             outcome = await self.processor.process(entry, attempt)
         except DeadLetter as error:
             await self._dead(entry, token, error.reason, str(error))
+            return None
+        except LeaseLapsed as error:
+            # Stays pending: the partition's next holder has it (this loop ends now).
+            log.warning("message left to the partition's next holder", error=str(error), **where)
             return None
         except asyncio.CancelledError:
             raise

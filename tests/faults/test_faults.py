@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -307,3 +308,47 @@ def _idle(valkey: Valkey) -> bool:
         return False
     finally:
         client.close()
+
+
+def test_a_worker_stalled_past_its_lease_does_not_answer_again(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A worker freezes (SIGSTOP: as a VM or container freeze, or CPU starvation) in the middle
+    of a message; its lease lapses and another worker answers the message. Resumed, the first
+    worker must not send its own answer too. (Was a bug: it finished its attempt, so the user
+    had the answer twice and the conversation the turn twice; only its acknowledgement was
+    refused.)"""
+    markers = tmp_path_factory.mktemp("markers")
+    gateway = start_gateway(
+        stack.services,
+        stack.fake,
+        f"redis://127.0.0.1:{stack.valkey.port}/6",
+        "stalled-worker",
+        role="web",
+        workers=1,
+        GATEWAY_ENGINE="tests.faults.engines:create_engine",
+        FAULTS_MARKER_DIR=str(markers),
+        VISIBILITY_TIMEOUT_SECONDS="2",
+    )
+    frozen = gateway.processes[1].process
+    assert frozen is not None
+    try:
+        business = with_retries(lambda: create_business(gateway))
+        wa_id = f"1{secrets.randbelow(10**10):010d}"
+        payload = cloud_payload(business.phone_number_id, wa_id, "slow LHR to JFK")
+        message_id = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+        with gateway.http as client:
+            assert post_cloud(client, payload).status_code == 200
+        # Its first attempt has started (read receipt); the engine stalls 3 s: freeze it there.
+        assert wait_for(lambda: stack.fake.read_receipts(message_id), 30)
+        frozen.send_signal(signal.SIGSTOP)
+        gateway.processes.append(
+            start_worker(gateway.env, stack.services.log_dir / "stalled-worker-b.log")
+        )
+        assert wait_for(lambda: stack.fake.texts(wa_id), 30), "not answered after the takeover"
+        frozen.send_signal(signal.SIGCONT)  # its engine's 3 s are long over: it answers now
+        time.sleep(3)
+        assert stack.fake.texts(wa_id) == ["answer: slow LHR to JFK"]
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+        gateway.stop()
