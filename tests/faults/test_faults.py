@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -34,6 +35,7 @@ from tests.faults.harness import (
 )
 from tests.support.processes import Valkey, wait_for
 from tests.support.stack import (
+    Gateway,
     cloud_payload,
     create_business,
     post_cloud,
@@ -212,6 +214,25 @@ def test_every_webhook_delivered_twice_out_of_order(stack: Stack) -> None:
     assert_clean(result)
 
 
+def _scripted_gateway(
+    stack: Stack, redis_url: str, name: str, markers: Path, **env: str
+) -> Gateway:
+    """A gateway of its own (web and one worker) with the deterministic engine of
+    tests/faults/engines.py, which leaves its markers in ``markers``; leases of 2 s."""
+    return start_gateway(
+        stack.services,
+        stack.fake,
+        redis_url,
+        name,
+        role="web",
+        workers=1,
+        GATEWAY_ENGINE="tests.faults.engines:create_engine",
+        FAULTS_MARKER_DIR=str(markers),
+        VISIBILITY_TIMEOUT_SECONDS="2",
+        **env,
+    )
+
+
 def test_worker_killed_after_an_early_reply_still_answers(
     stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -219,16 +240,8 @@ def test_worker_killed_after_an_early_reply_still_answers(
     engine's *Searching …* notice depends on timing): its final reply must still go out.
     (Was a bug: sent replies were remembered by position; fixed in services/gateway/worker.py.)"""
     markers = tmp_path_factory.mktemp("markers")
-    gateway = start_gateway(
-        stack.services,
-        stack.fake,
-        f"redis://127.0.0.1:{stack.valkey.port}/5",
-        "early-reply",
-        role="web",
-        workers=1,
-        GATEWAY_ENGINE="tests.faults.engines:create_engine",
-        FAULTS_MARKER_DIR=str(markers),
-        VISIBILITY_TIMEOUT_SECONDS="2",
+    gateway = _scripted_gateway(
+        stack, f"redis://127.0.0.1:{stack.valkey.port}/5", "early-reply", markers
     )
     try:
         business = with_retries(lambda: create_business(gateway))
@@ -267,18 +280,7 @@ def test_reply_sent_while_redis_is_down_is_not_sent_again(
     when Redis is back. (Was a bug: recording it raised and the entry was retried.)"""
     markers = tmp_path_factory.mktemp("markers")
     own = Valkey(tmp_path_factory.mktemp("gateway-valkey")).start()
-    gateway = start_gateway(
-        stack.services,
-        stack.fake,
-        own.url,
-        "redis-window",
-        role="web",
-        workers=1,
-        GATEWAY_ENGINE="tests.faults.engines:create_engine",
-        FAULTS_MARKER_DIR=str(markers),
-        VISIBILITY_TIMEOUT_SECONDS="2",
-        RETRY_BASE_SECONDS="0.2",
-    )
+    gateway = _scripted_gateway(stack, own.url, "redis-window", markers, RETRY_BASE_SECONDS="0.2")
     try:
         business = with_retries(lambda: create_business(gateway))
         wa_id = f"1{secrets.randbelow(10**10):010d}"
@@ -319,16 +321,8 @@ def test_a_worker_stalled_past_its_lease_does_not_answer_again(
     had the answer twice and the conversation the turn twice; only its acknowledgement was
     refused.)"""
     markers = tmp_path_factory.mktemp("markers")
-    gateway = start_gateway(
-        stack.services,
-        stack.fake,
-        f"redis://127.0.0.1:{stack.valkey.port}/6",
-        "stalled-worker",
-        role="web",
-        workers=1,
-        GATEWAY_ENGINE="tests.faults.engines:create_engine",
-        FAULTS_MARKER_DIR=str(markers),
-        VISIBILITY_TIMEOUT_SECONDS="2",
+    gateway = _scripted_gateway(
+        stack, f"redis://127.0.0.1:{stack.valkey.port}/6", "stalled-worker", markers
     )
     frozen = gateway.processes[1].process
     assert frozen is not None
