@@ -688,20 +688,18 @@ class WorkerPool:
 
     async def _renew(self, partition: int, token: str, lost: asyncio.Event, lease: Lease) -> None:
         interval = self.settings.visibility_timeout_seconds / 3
-        last_ok = time.monotonic()
         while True:
             await asyncio.sleep(interval)
             try:
                 sent = time.monotonic()
                 if await self.queue.renew(partition, token, self.ttl_ms):
-                    last_ok = time.monotonic()
                     lease.renewed(sent)
                     continue
                 lost.set()
                 log.warning("partition lease lost", partition=partition)
                 return
             except RedisError:
-                if time.monotonic() - last_ok > self.settings.visibility_timeout_seconds:
+                if not lease.held():  # renewals failed for a whole lease: it may be another's
                     lost.set()
                     return
 

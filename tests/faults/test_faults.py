@@ -233,6 +233,19 @@ def _scripted_gateway(
     )
 
 
+def _slow_message_started(stack: Stack, gateway: Gateway) -> str:
+    """A new business's user sends *slow LHR to JFK* (the scripted engine stalls 3 s on it):
+    their id, once a worker has started on it (the read receipt is sent first)."""
+    business = with_retries(lambda: create_business(gateway))
+    wa_id = f"1{secrets.randbelow(10**10):010d}"
+    payload = cloud_payload(business.phone_number_id, wa_id, "slow LHR to JFK")
+    message_id = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+    with gateway.http as client:
+        assert post_cloud(client, payload).status_code == 200
+    assert wait_for(lambda: stack.fake.read_receipts(message_id), 30)
+    return wa_id
+
+
 def test_worker_killed_after_an_early_reply_still_answers(
     stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -282,14 +295,8 @@ def test_reply_sent_while_redis_is_down_is_not_sent_again(
     own = Valkey(tmp_path_factory.mktemp("gateway-valkey")).start()
     gateway = _scripted_gateway(stack, own.url, "redis-window", markers, RETRY_BASE_SECONDS="0.2")
     try:
-        business = with_retries(lambda: create_business(gateway))
-        wa_id = f"1{secrets.randbelow(10**10):010d}"
-        payload = cloud_payload(business.phone_number_id, wa_id, "slow LHR to JFK")
-        message_id = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
-        with gateway.http as client:
-            assert post_cloud(client, payload).status_code == 200
-        # Work has started (read receipt); the engine stalls 3 s: take Redis away meanwhile.
-        assert wait_for(lambda: stack.fake.read_receipts(message_id), 30)
+        wa_id = _slow_message_started(stack, gateway)
+        # The engine stalls 3 s: take Redis away meanwhile.
         own.stop()
         assert wait_for(lambda: stack.fake.texts(wa_id), 30), "not answered during the outage"
         time.sleep(1)
@@ -327,14 +334,8 @@ def test_a_worker_stalled_past_its_lease_does_not_answer_again(
     frozen = gateway.processes[1].process
     assert frozen is not None
     try:
-        business = with_retries(lambda: create_business(gateway))
-        wa_id = f"1{secrets.randbelow(10**10):010d}"
-        payload = cloud_payload(business.phone_number_id, wa_id, "slow LHR to JFK")
-        message_id = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
-        with gateway.http as client:
-            assert post_cloud(client, payload).status_code == 200
-        # Its first attempt has started (read receipt); the engine stalls 3 s: freeze it there.
-        assert wait_for(lambda: stack.fake.read_receipts(message_id), 30)
+        wa_id = _slow_message_started(stack, gateway)
+        # The engine stalls 3 s in its first attempt: freeze the worker there.
         frozen.send_signal(signal.SIGSTOP)
         gateway.processes.append(
             start_worker(gateway.env, stack.services.log_dir / "stalled-worker-b.log")

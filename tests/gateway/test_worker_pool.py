@@ -267,14 +267,16 @@ async def test_transient_failures_dead_letter_once_the_retry_window_has_passed(
     assert record["error"] == "gRPC UNAVAILABLE: business down"
 
 
+def a_user(first: int, wanted: Callable[[str], bool]) -> str:
+    """The first test user id (155500<n>, n from ``first`` on) for which ``wanted`` holds."""
+    return next(user for n in range(first, 200) if wanted(user := f"155500{n}"))
+
+
 def users_on_different_partitions() -> tuple[str, str]:
     first = "15550010"
     mine = partition_of(message(first, "").channel_identity, first, PARTITIONS)
-    other = next(
-        user
-        for n in range(11, 100)
-        for user in (f"155500{n}",)
-        if partition_of(message(user, "").channel_identity, user, PARTITIONS) != mine
+    other = a_user(
+        11, lambda user: partition_of(message(user, "").channel_identity, user, PARTITIONS) != mine
     )
     return first, other
 
@@ -385,12 +387,7 @@ def users_of_two_businesses_on_one_partition() -> tuple[
     900800700) whose messages share a partition, as any two users' may."""
     a = "15550040"
     mine = partition_of(message(a, "").channel_identity, a, PARTITIONS)
-    b = next(
-        user
-        for n in range(41, 200)
-        for user in (f"155500{n}",)
-        if partition_of("900800700", user, PARTITIONS) == mine
-    )
+    b = a_user(41, lambda user: partition_of("900800700", user, PARTITIONS) == mine)
     return (
         lambda text: message(a, text),
         lambda text: replace(message(b, text), channel_identity="900800700"),

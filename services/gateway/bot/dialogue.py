@@ -49,9 +49,8 @@ log = structlog.get_logger()
 STATE_KEYS = ("trip", "ask", "results")
 STRICT_SCORE = 85.0  # a place written alone, unasked, must resolve at least this well
 MAX_DAYS_AHEAD = 361
-MAX_MESSAGE_AGE = timedelta(
-    days=7
-)  # older timestamps are not trusted (providers retry for a day or so)
+# Older message timestamps are not trusted (providers retry for a day or so).
+MAX_MESSAGE_AGE = timedelta(days=7)
 CABIN_CODES = {
     "economy": search_pb2.CABIN_ECONOMY,
     "premium_economy": search_pb2.CABIN_PREMIUM_ECONOMY,
