@@ -471,6 +471,19 @@ async def test_twilio_sender_against_the_fake(fake_clouds: FakeClouds, http: Htt
     with pytest.raises(SendError) as bad:
         await send(sender, target, Reply("c"))
     assert not bad.value.retryable and bad.value.code == 21211
+    # A refused pair (401, 20003) is a credentials outcome, naming whose pair and no token.
+    fake_clouds.twilio_accounts = {"ACenv": "env-token", "ACown": "rotated"}
+    stale = replace(own, twilio_auth_token="stale-secret")
+    try:
+        with pytest.raises(SendError) as refused:
+            await send(sender, stale, Reply("d"))
+        await send(sender, target, Reply("e"))  # the platform's pair is still good
+    finally:
+        fake_clouds.twilio_accounts = {}
+    error = refused.value
+    assert (error.outcome, error.retryable, error.code) == ("credentials_refused", False, 20003)
+    assert "business's own" in str(error) and "ACown" in str(error)
+    assert "stale-secret" not in str(error)
 
 
 @pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "1e400", "91", "abc"])

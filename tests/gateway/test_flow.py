@@ -185,6 +185,42 @@ def test_a_failed_twilio_delivery_is_logged_with_its_error_code(gateway: Gateway
     assert user not in str(line) and line["recipient"]  # masked, as every phone number
 
 
+def test_a_refused_twilio_token_is_dead_lettered_as_such_and_replayed_once_fixed(
+    gateway: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """A business's Twilio token rotated in Twilio's console (401, error 20003): the operator
+    must learn that it is the credentials, and whose, not a plain send error."""
+    business = gateway.business
+    assert business is not None
+    user = "+" + new_wa_id()
+    form = twilio_form(business.number, user, "anyone there?")
+    body, headers = signed_twilio(f"{gateway.url}/webhooks/twilio", form, business.twilio_token)
+    fake_clouds.twilio_accounts = {business.twilio_sid: "rotated-in-the-console"}
+    try:
+        with gateway.http as client:
+            assert client.post("/webhooks/twilio", content=body, headers=headers).status_code == 200
+
+        def dead_letter() -> dict[str, object] | None:
+            with gateway.admin() as admin:
+                dead = admin.get("/admin/dead-letters").json()["dead_letters"]
+            mine = [d for d in dead if (d["message"] or {}).get("user_id") == user]
+            return mine[0] if mine else None
+
+        assert wait_for(dead_letter, 20)
+        record = dead_letter()
+        assert record is not None
+        assert record["reason"] == "send_credentials_refused"
+        assert "business's own credentials" in str(record["error"])
+        assert business.twilio_token not in str(record)
+    finally:
+        fake_clouds.twilio_accounts = {}
+    with gateway.admin() as admin:
+        replayed = admin.post(f"/admin/dead-letters/{record['id']}/replay")
+    assert replayed.status_code == 200, replayed.text
+    # The fake records the refused request too: the replay's is the second, the same answer.
+    assert wait_for(lambda: fake_clouds.texts(user) == ["echo: anyone there? #1"] * 2, 20)
+
+
 def test_the_same_webhook_three_times_gets_one_reply(
     gateway: Gateway, fake_clouds: FakeClouds
 ) -> None:

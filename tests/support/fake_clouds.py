@@ -31,6 +31,13 @@ THROUGHPUT_LIMIT = {
     }
 }
 
+TWILIO_AUTHENTICATE = {  # Twilio's answer to a wrong Account SID / Auth Token pair
+    "code": 20003,
+    "message": "Authenticate",
+    "more_info": "https://www.twilio.com/docs/errors/20003",
+    "status": 401,
+}
+
 
 @dataclass
 class Received:
@@ -50,13 +57,16 @@ class Received:
 class FakeClouds:
     """Both fakes on one port; ``failures`` queues (status, json) answers to give first
     (``None``: answer as usual, to fail a later message). Messages from a phone number id in
-    ``throttled`` are refused as Meta refuses a number over its throughput (130429)."""
+    ``throttled`` are refused as Meta refuses a number over its throughput (130429). With
+    ``twilio_accounts`` (SID → auth token) set, Twilio requests whose Basic credentials are not
+    one of those pairs are refused as Twilio refuses them (401, error 20003)."""
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.received: list[Received] = []
         self.failures: list[tuple[int, dict[str, Any]] | None] = []
         self.throttled: set[str] = set()
+        self.twilio_accounts: dict[str, str] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         app = Starlette(
@@ -130,10 +140,14 @@ class FakeClouds:
 
     async def _twilio(self, request: Request) -> JSONResponse:
         form = dict(parse_qsl((await request.body()).decode()))
-        failure = self._failure()
-        self.received.append(
-            Received("twilio", request.url.path, request.headers.get("authorization", ""), form)
+        received = Received(
+            "twilio", request.url.path, request.headers.get("authorization", ""), form
         )
+        accounts = self.twilio_accounts
+        failure = self._failure()
+        if accounts and accounts.get(received.basic_auth[0]) != received.basic_auth[1]:
+            failure = (401, TWILIO_AUTHENTICATE)
+        self.received.append(received)
         if failure:
             return JSONResponse(failure[1], status_code=failure[0])
         return JSONResponse({"sid": f"SM{next(self._ids):032d}", "status": "queued"}, 201)

@@ -71,6 +71,17 @@ class TwilioSender:
             code = int(response.json().get("code"))
         if response.status == 429:
             raise SendError("Twilio rate limit", retryable=True, outcome="rate_limited", code=code)
+        if response.status == 401:
+            # 20003: a wrong SID/token pair (a token rotated in Twilio's console, a deleted
+            # account). Every message fails alike until an operator stores the right pair;
+            # the dead letter says whose pair, so they know where to put it.
+            whose = "the business's own" if sid == target.twilio_account_sid else "the platform's"
+            raise SendError(
+                f"Twilio refused {whose} credentials (account {sid}, error {code})",
+                retryable=False,
+                outcome="credentials_refused",
+                code=code,
+            )
         raise SendError(
             f"Twilio answered {response.status} ({code})",
             retryable=response.status >= 500,
