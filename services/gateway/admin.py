@@ -13,7 +13,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from google.protobuf import field_mask_pb2, json_format
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -199,8 +199,8 @@ def build_router(runtime: Runtime) -> APIRouter:
         expected = settings.api_key
         if not expected:
             raise HTTPException(404, "the admin API is off (no API_KEY configured)")
-        given = x_api_key
-        if given is None and authorization and authorization.lower().startswith("bearer "):
+        given = (x_api_key or "").strip()  # an empty X-API-Key must not hide a Bearer key
+        if not given and authorization and authorization.lower().startswith("bearer "):
             given = authorization[7:].strip()
         if not given:
             raise HTTPException(
@@ -211,15 +211,27 @@ def build_router(runtime: Runtime) -> APIRouter:
         if not hmac.compare_digest(given.encode(), expected.encode()):
             raise HTTPException(403, "wrong API key")
 
+    async def require_json(request: Request) -> None:
+        # FastAPI reads a body of another type (or of none) as bytes and answers 422 "Input
+        # should be a valid dictionary", which is what `curl -d` without a JSON Content-Type
+        # gets: say what is wrong instead.
+        headers = request.headers
+        has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+        if request.method in {"POST", "PUT", "PATCH"} and has_body:
+            kind = headers.get("content-type", "").partition(";")[0].strip().lower()
+            if kind != "application/json" and not kind.endswith("+json"):
+                raise HTTPException(415, "the body must be JSON (Content-Type: application/json)")
+
     auth_responses: dict[int | str, dict[str, Any]] = {
         401: {"description": "No API key."},
         403: {"description": "Wrong API key."},
         404: {"description": "Not found, or the admin API is off."},
+        415: {"description": "A body that is not JSON."},
     }
     router = APIRouter(
         prefix="/admin",
         tags=["admin"],
-        dependencies=[Depends(require_key)],
+        dependencies=[Depends(require_key), Depends(require_json)],
         responses=auth_responses,
     )
 

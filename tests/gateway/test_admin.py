@@ -52,6 +52,31 @@ def test_admin_needs_the_key(outbox_gateway: Gateway) -> None:
         bearer = {"Authorization": f"Bearer {API_KEY}"}
         assert client.get("/admin/businesses", headers=bearer).status_code == 200
         assert client.get("/admin/businesses", headers={"X-API-Key": API_KEY}).status_code == 200
+        # An empty X-API-Key (a tool's template with the variable unset) does not hide a
+        # Bearer key sent with it.
+        both = bearer | {"X-API-Key": ""}
+        assert client.get("/admin/businesses", headers=both).status_code == 200
+
+
+def test_a_body_that_is_not_json_is_415_saying_so(outbox_gateway: Gateway) -> None:
+    """`curl -d '{...}'` without `-H content-type: application/json` sends a form type: it was
+    a 422 "Input should be a valid dictionary", which does not say what to change."""
+    business = outbox_gateway.business
+    assert business is not None
+    path = f"/admin/businesses/{business.id}"
+    with outbox_gateway.admin() as admin:
+        for content_type in ("application/x-www-form-urlencoded", "text/plain"):
+            response = admin.patch(
+                path, content=b'{"name": "Renamed"}', headers={"content-type": content_type}
+            )
+            assert response.status_code == 415, response.text
+            assert "application/json" in response.json()["detail"]
+        untyped = admin.patch(path, content=b'{"name": "Renamed"}')  # no Content-Type at all
+        assert untyped.status_code == 415, untyped.text
+        assert admin.get(path).json()["name"] != "Renamed"  # nothing written
+        typed = {"content-type": "application/json; charset=utf-8"}
+        kept = admin.patch(path, content=b'{"name": "Acme Tours"}', headers=typed)
+        assert kept.status_code == 200 and kept.json()["name"] == "Acme Tours"
 
 
 def test_business_lifecycle(outbox_gateway: Gateway) -> None:
