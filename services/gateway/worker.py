@@ -791,6 +791,15 @@ class WorkerPool:
         return None
 
     async def _dead(self, entry: Entry, token: str, reason: str, error: str) -> None:
+        if not await lease_held_var.get()():
+            # A successor has the entry (this process stalled past its lease) and answers or
+            # dead-letters it itself: a record from here could be replayed into a second answer.
+            log.warning(
+                "message left to the partition's next holder",
+                error="the partition's lease lapsed before dead-lettering",
+                entry=entry.id,
+            )
+            return
         await self.queue.dead_letter(reason, error, fields=entry.fields)
         metrics.DEAD_LETTERS.labels(reason).inc()
         metrics.PROCESSED.labels("dead_letter").inc()

@@ -25,7 +25,7 @@ from services.gateway.engine import InboundMessage
 from services.gateway.queue import WORKERS, Entry, Queue, partition_of, stream_key
 from services.gateway.senders.base import SendError
 from services.gateway.settings import GatewaySettings
-from services.gateway.worker import EngineTimeout, Processor, WorkerPool
+from services.gateway.worker import DeadLetter, EngineTimeout, Processor, WorkerPool
 from tests.support.processes import Valkey
 from tests.support.stack import next_db
 
@@ -549,6 +549,47 @@ async def test_a_worker_that_stalled_past_its_lease_takes_nothing_from_its_succe
         await stalling.run(first_redis.aclose())
         stalling.close()
     assert events == [f"{m} {s}" for m in ("m1", "m2", "m3") for s in ("started", "done")]
+
+
+async def test_a_worker_stalled_past_its_lease_does_not_dead_letter_what_its_successor_answers(
+    valkey: Valkey,
+) -> None:
+    """A worker stalls in the middle of m1, past its lease; its successor takes m1 over and
+    answers it. Resumed, the first worker's attempt ends in a dead letter (its own send was
+    refused, say): that record must not be written, since m1 was answered. (Was a bug: it was,
+    so an operator replaying the dead letters answered m1 a second time.)"""
+    url = await fresh_url(valkey)
+    started = threading.Event()
+    stalling = Stalling()
+
+    async def refused_after_a_pause() -> str:
+        started.set()
+        await asyncio.sleep(0.3)  # the stall comes here
+        raise DeadLetter("send_error", "refused")
+
+    first, first_redis = new_pool(
+        url, Scripted({"m1": [refused_after_a_pause]}), visibility_timeout_seconds=1.5
+    )
+    successor = Scripted({"m1": ["answered"]})
+    second, redis = new_pool(url, successor, visibility_timeout_seconds=1.5)
+    try:
+        await stalling.run(first.start())
+        await until(lambda: first.held_partitions == list(range(PARTITIONS)))
+        await enqueue(second, message("15550300", "m1"))
+        await until(started.is_set)
+        stalling.stall()
+        await second.start()
+        await until(lambda: successor.attempts == ["m1"], seconds=15)
+        await until(lambda: finished(second))
+        stalling.resumed.set()
+        await asyncio.sleep(1.0)  # the first worker's attempt ends now
+        await second.stop()
+        await stalling.run(first.stop())
+        assert await second.queue.dead_letters(None, 10) == []
+    finally:
+        await redis.aclose()
+        await stalling.run(first_redis.aclose())
+        stalling.close()
 
 
 async def test_a_redis_that_lost_its_data_is_read_again(valkey: Valkey) -> None:
