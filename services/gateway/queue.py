@@ -401,19 +401,31 @@ class Queue:
         """Acknowledge an entry that is finished without success (dead-lettered or skipped)."""
         return await self.ack(partition, entry_id, token)
 
-    async def ack(self, partition: int, entry_id: str, token: str) -> bool:
-        return bool(
-            await self.pipeline.script(
-                self._ack,
-                [
-                    lease_key(partition),
-                    stream_key(partition),
-                    attempts_key(partition),
-                    errors_key(partition),
-                ],
-                [token, GROUP, entry_id],
-            )
+    async def ack(
+        self, partition: int, entry_id: str, token: str, *, forget: str | None = None
+    ) -> bool:
+        """Acknowledge a finished entry; ``forget``: a key kept only for this entry's attempts,
+        deleted in the same write (in another slot on a Cluster: not inside the script). Its
+        delete is best effort: the key has its own expiry."""
+        acked = self.pipeline.script(
+            self._ack,
+            [
+                lease_key(partition),
+                stream_key(partition),
+                attempts_key(partition),
+                errors_key(partition),
+            ],
+            [token, GROUP, entry_id],
         )
+        if forget is None:
+            return bool(await acked)
+        done: Any
+        done, _ = await asyncio.gather(
+            acked, self.pipeline.command("DEL", forget), return_exceptions=True
+        )
+        if isinstance(done, BaseException):
+            raise done
+        return bool(done)
 
     # --- dead letters --------------------------------------------------------------------
 

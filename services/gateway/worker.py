@@ -458,11 +458,15 @@ class SentLog:
     MARK = "redis.call('SADD', KEYS[1], ARGV[1]) return redis.call('EXPIRE', KEYS[1], ARGV[2])"
 
     def __init__(self, pipeline: AutoPipeline, mark: AsyncScript, entry: Entry, ttl: int) -> None:
-        message = entry.message
-        self._key = f"gw:sent:{message.channel}:{message.provider_message_id}"
+        self._key = self.key(entry)
         self._pipeline = pipeline
         self._mark = mark
         self._ttl = ttl
+
+    @staticmethod
+    def key(entry: Entry) -> str:
+        message = entry.message
+        return f"gw:sent:{message.channel}:{message.provider_message_id}"
 
     @staticmethod
     def fingerprint(reply: Reply, earlier: list[Reply]) -> str:
@@ -785,7 +789,9 @@ class WorkerPool:
             )
             return delay
         metrics.PROCESSED.labels(outcome).inc()
-        if not await self.queue.ack(entry.partition, entry.id, token):
+        # Answered: no attempt or replay of it can follow (a redelivery meets its dedupe
+        # marker), so its sent log goes; a dead letter's stays for its replay.
+        if not await self.queue.ack(entry.partition, entry.id, token, forget=SentLog.key(entry)):
             log.warning("lease lost before acknowledging", **where)
         log.info("message handled", outcome=outcome, attempt=attempt, **where)
         return None

@@ -6,6 +6,7 @@ import concurrent.futures
 import secrets
 
 import httpx
+import redis
 
 from services.gateway.channels import cloud_api
 from services.gateway.settings import GatewaySettings
@@ -62,6 +63,15 @@ def test_signed_cloud_api_webhook_is_answered_at_the_graph_api(
     ]
     assert conversation["history"][0]["provider_message_id"] == message_id
     assert conversation["state"]["count"] == 1
+    # Answered and acknowledged: its sent log is gone with it (only its dedupe marker stays).
+    # The acknowledgement follows the save by a moment: wait for the queue to be empty.
+    assert wait_for(lambda: queue_lengths(gateway.redis_url) == 0, 10)
+    redis_client = redis.Redis.from_url(gateway.redis_url)
+    try:
+        assert not redis_client.exists(f"gw:sent:cloud_api:{message_id}")
+        assert list(redis_client.scan_iter(f"gw:dd:*{message_id}"))
+    finally:
+        redis_client.close()
 
 
 def test_a_webhook_as_large_as_meta_sends_is_accepted(
