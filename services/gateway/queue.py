@@ -308,8 +308,10 @@ class Queue:
 
     async def read_pending(
         self, partition: int, consumer: str, *, after: str, count: int
-    ) -> list[Entry]:
-        """Our own pending entries after ``after``, oldest first."""
+    ) -> tuple[list[Entry], str | None]:
+        """Our own pending entries after ``after``, oldest first, and the id of the last one
+        read (None: there are no more). Those that cannot be read are dead-lettered and left
+        out, so the entries may be none while more are pending after that id."""
         try:
             response: Any = await self.redis.xreadgroup(
                 GROUP, consumer, {stream_key(partition): after}, count=count
@@ -318,8 +320,10 @@ class Queue:
             if "NOGROUP" not in str(error):
                 raise
             await self.ensure_group(partition)  # Redis lost its data; start again
-            return []
-        return await self._entries(partition, [i for _, items in response or [] for i in items])
+            return [], None
+        items = [i for _, stream_items in response or [] for i in stream_items]
+        last = _s(items[-1][0]) if items else None
+        return await self._entries(partition, items), last
 
     async def read_new(
         self, partition: int, consumer: str, token: str, *, block_ms: int, count: int

@@ -641,23 +641,23 @@ class WorkerPool:
                 if waiting.full():
                     await self._pause(waiting.seconds_to_next())
                     continue
-                entries: list[Entry] | None = []
+                entries: list[Entry] = []
                 if pending_after is not None:
-                    entries = await self.queue.read_pending(
+                    entries, pending_after = await self.queue.read_pending(
                         partition, self.worker_id, after=pending_after, count=10
                     )
-                    pending_after = entries[-1].id if entries else None
-                if not entries:
-                    entries = await self.queue.read_new(
+                if not entries and pending_after is None:
+                    new = await self.queue.read_new(
                         partition,
                         self.worker_id,
                         token,
                         block_ms=waiting.block_ms(500),
                         count=10,
                     )
-                    if entries is None:  # the lease lapsed (this process stalled past it)
+                    if new is None:  # the lease lapsed (this process stalled past it)
                         lost.set()
                         break
+                    entries = new
                 for entry in entries:
                     if not holding():
                         break  # the rest stay pending: the next holder takes them over, in order

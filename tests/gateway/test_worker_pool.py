@@ -475,6 +475,38 @@ async def test_restarted_workers_leave_no_consumer_behind_in_the_groups(valkey: 
         await redis.aclose()
 
 
+async def test_a_run_of_unreadable_pending_entries_does_not_hide_the_messages_after_it(
+    valkey: Valkey,
+) -> None:
+    """A partition taken over holds, pending, more unreadable entries in a row than one read
+    returns (here 12: written by hand, or by a bug) and then a real message. The unreadable
+    ones are dead-lettered; the message is answered. (Was a bug: a read of only unreadable
+    entries returned nothing, which ended the pending phase: the message stayed pending for
+    ever under the new holder's name, never read again.)"""
+    url = await fresh_url(valkey)
+    user = "15550400"
+    partition = partition_of("100200300", user, PARTITIONS)
+    stream = stream_key(partition)
+    redis: Any = make_redis(url)
+    processor = Scripted({"after the junk": ["answered"]})
+    pool, client = new_pool(url, processor)
+    try:
+        await pool.queue.ensure_groups()
+        for n in range(12):
+            await redis.xadd(stream, {"m": f"not a message {n}"})
+        await enqueue(pool, message(user, "after the junk"))
+        await redis.xreadgroup("workers", "crashed", {stream: ">"})  # all pending, then gone
+        await pool.start()
+        await until(lambda: processor.attempts == ["after the junk"], seconds=10)
+        await until(functools.partial(finished, pool))
+        await pool.stop()
+        dead = await pool.queue.dead_letters(None, 20)
+        assert [record["reason"] for _, record in dead] == ["corrupt_entry"] * 12
+    finally:
+        await client.aclose()
+        await redis.aclose()
+
+
 class Stalling:
     """A pool's own event loop, in a thread, which can be stalled and resumed: as a whole worker
     process is by a long pause (CPU starvation, a VM or container freeze, SIGSTOP)."""
