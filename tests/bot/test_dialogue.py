@@ -563,3 +563,29 @@ async def test_everyday_spanish_replies_are_understood(engine: BotEngine) -> Non
     await chat.say("de Madrid a Roma mañana")
     assert "Cancelado" in await chat.say("borrar")
     assert "trip" not in chat.state
+
+
+def at(day: date) -> datetime:
+    """Noon on ``day`` in the test businesses' zone: the engine's today is ``day``."""
+    return datetime.combine(day, time(12), NEW_YORK)
+
+
+async def test_a_date_just_passed_is_said_to_have_passed(engine: BotEngine) -> None:
+    """On 29 December, 'dec 28-31' (or '28 Dec', '12/28') was read as December next year,
+    past the search horizon, and answered 'I can only search up to a year ahead'; 'dec 28 to
+    dec 31' also dropped the return."""
+    now = at(date(2026, 12, 29))
+    for text in ("dec 28-31", "28-31 dec", "dec 28 to dec 31", "del 28 al 31 de diciembre"):
+        chat = Chat(engine, now=now, written=now)
+        reply = await chat.say(f"NYC to London {text}")
+        assert reply == "Mon 28 Dec has already passed. When do you want to leave?", (text, reply)
+        assert chat.state["trip"]["return"] == "2026-12-31"
+    for text in ("28 Dec", "12/28", "december 28th"):
+        chat = Chat(engine, now=now, written=now)
+        reply = await chat.say(f"NYC to London {text}")
+        assert reply.startswith("Mon 28 Dec has already passed."), (text, reply)
+    # A date further back is still the next one, within a year: a plan for next December.
+    chat = Chat(engine, now=now, written=now)
+    chat.state = {"trip": {"origin": {"code": "NYC"}}}
+    await chat.say("20 dec")
+    assert chat.state["trip"]["depart"] == "2027-12-20"

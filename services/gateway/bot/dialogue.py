@@ -29,7 +29,13 @@ import structlog
 from parley.search.v1 import search_pb2
 from services.common.errors import field_violations
 from services.gateway.bot import offers as fmt
-from services.gateway.bot.extract import Extraction, extract, normalize, weekday_after
+from services.gateway.bot.extract import (
+    MAX_DAYS_AHEAD,
+    Extraction,
+    extract,
+    normalize,
+    weekday_after,
+)
 from services.gateway.bot.llm import Extractor
 from services.gateway.bot.messages import Texts
 from services.gateway.bot.places import (
@@ -48,7 +54,6 @@ log = structlog.get_logger()
 
 STATE_KEYS = ("trip", "ask", "results")
 STRICT_SCORE = 85.0  # a place written alone, unasked, must resolve at least this well
-MAX_DAYS_AHEAD = 361
 # Older message timestamps are not trusted (providers retry for a day or so).
 MAX_MESSAGE_AGE = timedelta(days=7)
 CABIN_CODES = {

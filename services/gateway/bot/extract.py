@@ -24,6 +24,8 @@ import dateparser
 from rapidfuzz import fuzz, process
 
 CABINS = ("economy", "premium_economy", "business", "first")
+# How far ahead a flight can be searched (the search service's bound, and the engine's).
+MAX_DAYS_AHEAD = 361
 
 
 @dataclass
@@ -335,14 +337,23 @@ def _day_of_month(today: date, day: int) -> date | None:
 
 
 def _absolute(day: int, month: int, year: int | None, today: date) -> date | None:
-    """A calendar date; without a year, the next one from today (prefer the future)."""
-    try:
-        if year is not None:
-            return date(year + 2000 if year < 100 else year, month, day)
-        candidate = date(today.year, month, day)
-        return candidate if candidate >= today else date(today.year + 1, month, day)
-    except ValueError:
+    """A calendar date; without a year, the next one from today (prefer the future), unless
+    that is past the search horizon: "28 Dec" written on 29 Dec means the day that has just
+    passed (and is answered so), not 28 December next year (answered "up to a year ahead")."""
+    if not (1 <= month <= 12 and 1 <= day <= 31):
         return None
+    if year is not None:
+        year = year + 2000 if year < 100 else year
+        if not 1 <= year <= 9999:
+            return None
+    else:
+        year = today.year if (month, day) >= (today.month, today.day) else today.year + 1
+        ahead = date(year, month, min(day, calendar.monthrange(year, month)[1]))
+        if year > today.year and (ahead - today).days > MAX_DAYS_AHEAD:
+            year = today.year
+    if day > calendar.monthrange(year, month)[1]:
+        return None
+    return date(year, month, day)
 
 
 def _parse_with_dateparser(text: str, ctx: DateContext, order: str = "") -> date | None:
@@ -420,7 +431,7 @@ def _rule(pattern: str) -> Callable[[DateRule], DateRule]:
 
 @_rule(r"\b(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})\b")
 def _iso(match: re.Match[str], ctx: DateContext) -> DateValue:
-    return _parse_with_dateparser(match.group(0), ctx)
+    return _absolute(int(match["d"]), int(match["m"]), int(match["y"]), ctx.today)
 
 
 # day range within one month: "3-10 march", "3 to 10 march", "del 3 al 10 de marzo"
@@ -453,11 +464,8 @@ def _month_range(match: re.Match[str], ctx: DateContext) -> DateValue:
 
 @_rule(r"\b(?P<a>\d{1,2})[/.](?P<b>\d{1,2})(?:[/.](?P<y>\d{4}|\d{2}))?\b")
 def _numeric_rule(match: re.Match[str], ctx: DateContext) -> DateValue:
-    first, second = int(match["a"]), int(match["b"])
-    if first > 12 or second > 12:
-        # Only one order is possible (24/12): dateparser would insist on the locale's.
-        return _numeric(match["a"], match["b"], match["y"], ctx)
-    return _parse_with_dateparser(match.group(0).replace(".", "/"), ctx)
+    # The locale's order, or the only one possible (24/12).
+    return _numeric(match["a"], match["b"], match["y"], ctx)
 
 
 # "3 march", "3rd of march", "3 de marzo", "the 3rd of march 2027"
@@ -479,12 +487,9 @@ def _month_day(match: re.Match[str], ctx: DateContext) -> DateValue:
 
 
 def _calendar(day: int, month: int, year: str | None, ctx: DateContext) -> date | None:
-    """A day and month (in whichever language or order they were written) through dateparser,
-    which picks the year: the given one, or the next occurrence from today."""
-    if not year and (month, day) == (ctx.today.month, ctx.today.day):
-        return ctx.today  # dateparser would count today as past and move it a year on
-    text = f"{day} {calendar.month_name[month]}" + (f" {year}" if year else "")
-    return _parse_with_dateparser(text, ctx, order="DMY")
+    """A day and month (in whichever language or order they were written) in the given year,
+    or the next occurrence from today (see _absolute)."""
+    return _absolute(day, month, int(year) if year else None, ctx.today)
 
 
 # "next month on the 3rd", "the 3rd of next month", "el 3 del mes que viene"
