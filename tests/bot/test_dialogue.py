@@ -589,3 +589,25 @@ async def test_a_date_just_passed_is_said_to_have_passed(engine: BotEngine) -> N
     chat.state = {"trip": {"origin": {"code": "NYC"}}}
     await chat.say("20 dec")
     assert chat.state["trip"]["depart"] == "2027-12-20"
+
+
+async def test_a_return_written_before_the_departure_is_asked_about(engine: BotEngine) -> None:
+    """'10 dec to 5 dec' kept the departure and dropped the return without a word (a one-way
+    search), and so did 'friday to sunday' written on a Saturday."""
+    now = at(date(2026, 11, 23))
+    for text in ("10 dec to 5 dec", "dec 10 - dec 5", "dec 10-5", "del 10 al 5 de diciembre"):
+        chat = Chat(engine, now=now, written=now)
+        reply = await chat.say(f"NYC to London {text}")
+        assert reply == (
+            "The return (Sat 5 Dec) is before the departure (Thu 10 Dec). When do you come back?"
+        ), (text, reply)
+        assert chat.state["ask"] == {"slot": "return"}
+        assert chat.state["trip"]["depart"] == "2026-12-10"
+    saturday = at(date(2026, 11, 28))
+    chat = Chat(engine, now=saturday, written=saturday)
+    chat.state = {"trip": {"origin": {"code": "NYC"}}}
+    await chat.say("friday to sunday")
+    assert (chat.state["trip"]["depart"], chat.state["trip"]["return"]) == (
+        "2026-12-04",
+        "2026-12-06",
+    )

@@ -440,12 +440,17 @@ def _iso(match: re.Match[str], ctx: DateContext) -> DateValue:
     r"(?:the )?(?P<d2>\d{1,2})" + ORD + r"(?: of| de)? " + MONTH + r"\b"
 )
 def _day_range(match: re.Match[str], ctx: DateContext) -> DateValue:
-    month = MONTHS[match.group(3)]
-    first = _absolute(int(match["d1"]), month, None, ctx.today)
+    return _range(int(match["d1"]), int(match["d2"]), MONTHS[match.group(3)], ctx)
+
+
+def _range(first_day: int, second_day: int, month: int, ctx: DateContext) -> DateValue:
+    """Two days of one month. Backwards ("10-5 dec") is still the trip written, so the user
+    is told the return is before the departure rather than that the date is unreadable."""
+    first = _absolute(first_day, month, None, ctx.today)
     if first is None:
         return None
-    second = _absolute(int(match["d2"]), month, first.year, ctx.today)
-    return (first, second) if second and second >= first else None
+    second = _absolute(second_day, month, first.year, ctx.today)
+    return (first, second) if second else None
 
 
 # "march 3-10", "march 3 to 10"
@@ -454,12 +459,7 @@ def _day_range(match: re.Match[str], ctx: DateContext) -> DateValue:
     r"(?P<d2>\d{1,2})" + ORD + r"\b(?! ?(?:days|nights|adults|people))"
 )
 def _month_range(match: re.Match[str], ctx: DateContext) -> DateValue:
-    month = MONTHS[match.group(1)]
-    first = _absolute(int(match["d1"]), month, None, ctx.today)
-    if first is None:
-        return None
-    second = _absolute(int(match["d2"]), month, first.year, ctx.today)
-    return (first, second) if second and second >= first else None
+    return _range(int(match["d1"]), int(match["d2"]), MONTHS[match.group(1)], ctx)
 
 
 @_rule(r"\b(?P<a>\d{1,2})[/.](?P<b>\d{1,2})(?:[/.](?P<y>\d{4}|\d{2}))?\b")
@@ -898,7 +898,10 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     work = re.sub(r"\b" + RETURN_MARK + r" (?:on |el |the )?(?=@d)", " ", work)
     for match in re.finditer(r"@d(\d+) (?:to|-|until|till|al|a|hasta) @d(\d+)", work):
         first, second = dates[int(match.group(1))].value, dates[int(match.group(2))].value
-        if isinstance(first, date) and isinstance(second, date) and second >= first:
+        if isinstance(first, date) and isinstance(second, date):
+            if dates[int(match.group(2))].weekday:
+                second = weekday_after(second, first)  # "Friday to Sunday" on a Saturday
+            # Backwards ("10 Dec to 5 Dec") is kept as written: the engine asks about it.
             result.depart, result.return_date = first, second
             used.update({int(match.group(1)), int(match.group(2))})
     for index, item in enumerate(dates):
