@@ -570,6 +570,38 @@ def at(day: date) -> datetime:
     return datetime.combine(day, time(12), NEW_YORK)
 
 
+async def test_a_day_the_calendar_does_not_have_is_said_so(engine: BotEngine) -> None:
+    """'29 Feb' written in a year without one was read as 29 February of the next leap year
+    and answered 'I can only search up to a year ahead'; '31 April' and '29/02' got 'I couldn't
+    read that date' or nothing at all (places given: the date was asked as if never written)."""
+    now = at(date(2026, 11, 23))
+    for text in ("NYC to London 29 Feb", "NYC to London on february 29th", "NYC to London 2/29"):
+        chat = Chat(engine, now=now, written=now)
+        reply = await chat.say(text)
+        assert reply == (
+            "There's no 29 February in 2027.\n---\n"
+            "When do you want to leave? (e.g. *next Friday* or *3 March*)"
+        ), (text, reply)
+        assert chat.state["ask"] == {"slot": "date"} and not chat.state["trip"].get("depart")
+        assert chat.state["trip"]["destination"]["code"] == "LON"
+    chat = Chat(engine, now=now, written=now, locale="es")
+    reply = await chat.say("de Madrid a Roma el 29 de febrero")
+    assert reply.startswith("El 29 de febrero de 2027 no existe.\n---\n¿Qué día quieres salir?")
+    chat = Chat(engine, now=now, written=now)
+    assert (await chat.say("31 april")).startswith("There's no 31 April in 2027.")
+    # A correction to a day that does not exist drops the old date rather than searching it.
+    chat = Chat(engine, now=now, written=now)
+    chat.state = {"trip": {"depart": "2026-12-10"}}
+    assert (await chat.say("actually feb 30")).startswith("There's no 30 February in 2027.")
+    assert not chat.state["trip"].get("depart")
+    # As the return, the return is asked again and the departure kept.
+    chat = Chat(engine, now=now, written=now)
+    chat.state = {"trip": {"origin": {"code": "NYC"}, "destination": {"code": "LON"}}}
+    reply = await chat.say("10 dec back 31 april")
+    assert reply == "There's no 31 April in 2027. When do you come back?"
+    assert chat.state["trip"]["depart"] == "2026-12-10" and chat.state["ask"] == {"slot": "return"}
+
+
 async def test_a_date_just_passed_is_said_to_have_passed(engine: BotEngine) -> None:
     """On 29 December, 'dec 28-31' (or '28 Dec', '12/28') was read as December next year,
     past the search horizon, and answered 'I can only search up to a year ahead'; 'dec 28 to

@@ -468,6 +468,7 @@ class BotEngine:
             setattr(answer, slot, phrase)
         else:
             answer.depart = found.depart
+            answer.no_such_date = None if found.no_such_return else found.no_such_date
         return answer
 
     # --- applying what a message said -------------------------------------------------
@@ -489,6 +490,13 @@ class BotEngine:
                 return_date=found.depart,
                 return_weekday=found.depart_weekday,
             )
+        elif (
+            pending == "return"
+            and found.no_such_date
+            and not (found.depart or found.return_date)
+            and not (found.origin or found.destination or found.places)
+        ):
+            found = replace(found, no_such_return=True)  # "31 April" answering the question
         assigned: dict[str, str] = {}
         if found.origin:
             assigned["origin"] = found.origin
@@ -549,7 +557,10 @@ class BotEngine:
             changes["non_stop"] = found.non_stop
         if changes:
             d.update_trip(**changes)
-        if found.depart is None and found.unreadable_date and not assigned and not changes:
+        before: list[Reply] = []
+        if found.no_such_date is not None:
+            before = self._no_such_date(ctx, d, found)
+        elif found.depart is None and found.unreadable_date and not assigned and not changes:
             return [Reply(t("date_not_understood"))]
 
         only_unmarked = bool(found.places) and not (
@@ -574,10 +585,29 @@ class BotEngine:
                     return self._not_understood(ctx, d)
                 asked.extend(question)
         if asked:
-            return asked
+            return [*before, *asked]
         if d.ask.get("choices") and not assigned:
             d.set("ask", {k: v for k, v in d.ask.items() if k != "choices"})
-        return await self._advance(ctx, d, [])
+        if before and found.no_such_return:
+            return before  # "When do you come back?" is in it: nothing can be searched yet
+        return await self._advance(ctx, d, before)
+
+    def _no_such_date(self, ctx: Context, d: Dialogue, found: Extraction) -> list[Reply]:
+        """ "29 Feb" in a year without one, "31 April": said so, and that date asked again (a
+        departure by _advance's question, a return here). The trip's old date for that slot
+        goes: the user meant to change it, and must not get a search for the old one."""
+        t, day = ctx.texts, found.no_such_date
+        assert day is not None
+        month = t.words("month_names")[day.month - 1]
+        note = t("no_such_date", day=day.day, month=month, year=day.year)
+        if found.no_such_return:
+            if not found.return_date:
+                d.update_trip(**{"return": None, "nights": None})
+            d.set("ask", {"slot": "return"})
+            return [Reply(f"{note} {t('ask_return')}")]
+        if not found.depart:
+            d.update_trip(depart=None)
+        return [Reply(note)]
 
     async def _resolve_into(
         self, ctx: Context, d: Dialogue, slot: str, phrase: str, *, strict: bool = False

@@ -28,6 +28,15 @@ CABINS = ("economy", "premium_economy", "business", "first")
 MAX_DAYS_AHEAD = 361
 
 
+@dataclass(frozen=True)
+class NoSuchDate:
+    """A day and month the calendar does not have that year: "31 April", "29 February" 2027."""
+
+    day: int
+    month: int
+    year: int
+
+
 @dataclass
 class Extraction:
     """What one message said. ``None`` means "not mentioned"."""
@@ -43,6 +52,10 @@ class Extraction:
     non_stop: bool | None = None
     one_way: bool | None = None
     unreadable_date: bool = False  # something looked like a date but could not be read
+    # A departure or return written as a day that does not exist ("29 Feb" in 2027): said so,
+    # not taken for a date a year on or for something unreadable.
+    no_such_date: NoSuchDate | None = None
+    no_such_return: bool = False  # no_such_date was the return ("back 31 April")
     return_weekday: bool = False  # the return was a weekday name ("back Sunday")
     depart_weekday: bool = False  # the departure was a weekday name ("Sunday")
 
@@ -58,6 +71,7 @@ class Extraction:
             or self.cabin
             or self.non_stop is not None
             or self.one_way is not None
+            or self.no_such_date is not None
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -336,10 +350,12 @@ def _day_of_month(today: date, day: int) -> date | None:
     return None
 
 
-def _absolute(day: int, month: int, year: int | None, today: date) -> date | None:
+def _absolute(day: int, month: int, year: int | None, today: date) -> date | NoSuchDate | None:
     """A calendar date; without a year, the next one from today (prefer the future), unless
     that is past the search horizon: "28 Dec" written on 29 Dec means the day that has just
-    passed (and is answered so), not 28 December next year (answered "up to a year ahead")."""
+    passed (and is answered so), not 28 December next year (answered "up to a year ahead").
+    A day the month does not have that year is a NoSuchDate: the year without a 29 February
+    is the one meant ("29 Feb" in November 2026 is February 2027), not the next leap year."""
     if not (1 <= month <= 12 and 1 <= day <= 31):
         return None
     if year is not None:
@@ -352,7 +368,7 @@ def _absolute(day: int, month: int, year: int | None, today: date) -> date | Non
         if year > today.year and (ahead - today).days > MAX_DAYS_AHEAD:
             year = today.year
     if day > calendar.monthrange(year, month)[1]:
-        return None
+        return NoSuchDate(day, month, year)
     return date(year, month, day)
 
 
@@ -376,7 +392,7 @@ def _dateparser_date(text: str, today: date, order: str) -> date | None:
     return parsed.date() if parsed else None
 
 
-def _numeric(a: str, b: str, y: str | None, ctx: DateContext) -> date | None:
+def _numeric(a: str, b: str, y: str | None, ctx: DateContext) -> date | NoSuchDate | None:
     first, second = int(a), int(b)
     if first > 12 or (ctx.day_first and second <= 12):
         day, month = first, second
@@ -388,7 +404,7 @@ def _numeric(a: str, b: str, y: str | None, ctx: DateContext) -> date | None:
 
 
 # Each rule: (pattern, function(match, ctx) -> date | None, or a (date, date) range).
-DateValue = date | tuple[date, date] | None
+DateValue = date | tuple[date, date] | NoSuchDate | None
 
 
 def _weekend(today: date, offset_weeks: int) -> date:
@@ -447,10 +463,10 @@ def _range(first_day: int, second_day: int, month: int, ctx: DateContext) -> Dat
     """Two days of one month. Backwards ("10-5 dec") is still the trip written, so the user
     is told the return is before the departure rather than that the date is unreadable."""
     first = _absolute(first_day, month, None, ctx.today)
-    if first is None:
-        return None
+    if not isinstance(first, date):
+        return first
     second = _absolute(second_day, month, first.year, ctx.today)
-    return (first, second) if second else None
+    return (first, second) if isinstance(second, date) else second
 
 
 # "march 3-10", "march 3 to 10"
@@ -486,7 +502,7 @@ def _month_day(match: re.Match[str], ctx: DateContext) -> DateValue:
     return _calendar(int(match["d"]), MONTHS[match.group(1)], match["y"], ctx)
 
 
-def _calendar(day: int, month: int, year: str | None, ctx: DateContext) -> date | None:
+def _calendar(day: int, month: int, year: str | None, ctx: DateContext) -> DateValue:
     """A day and month (in whichever language or order they were written) in the given year,
     or the next occurrence from today (see _absolute)."""
     return _absolute(day, month, int(year) if year else None, ctx.today)
@@ -503,11 +519,7 @@ def _calendar(day: int, month: int, year: str | None, ctx: DateContext) -> date 
 def _next_month_day(match: re.Match[str], ctx: DateContext) -> DateValue:
     day = int(match["a"] or match["b"] or match["c"])
     month = ctx.today.month % 12 + 1
-    year = ctx.today.year + (1 if month == 1 else 0)
-    try:
-        return date(year, month, day)
-    except ValueError:
-        return None
+    return _absolute(day, month, ctx.today.year + (1 if month == 1 else 0), ctx.today)
 
 
 @_rule(r"\b(?:next month|el mes que viene|el proximo mes)\b")
@@ -895,6 +907,9 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
             result.return_date = value
             result.return_weekday = dates[index].weekday
             used.add(index)
+        elif index not in used and isinstance(value, NoSuchDate):
+            result.no_such_date, result.no_such_return = value, True
+            used.add(index)
     work = re.sub(r"\b" + RETURN_MARK + r" (?:on |el |the )?(?=@d)", " ", work)
     for match in re.finditer(r"@d(\d+) (?:to|-|until|till|al|a|hasta) @d(\d+)", work):
         first, second = dates[int(match.group(1))].value, dates[int(match.group(2))].value
@@ -910,6 +925,8 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
         if isinstance(item.value, date) and result.depart is None:
             result.depart = item.value
             result.depart_weekday = item.weekday
+        elif isinstance(item.value, NoSuchDate) and result.depart is None:
+            result.no_such_date = result.no_such_date or item.value
         elif item.value is None:
             result.unreadable_date = True
 

@@ -6,6 +6,9 @@ MESSAGES: dict[str, str] = {
     # dates and small words used inside other messages
     "weekdays": "Mon Tue Wed Thu Fri Sat Sun",
     "months": "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec",
+    "month_names": (
+        "January February March April May June July August September October November December"
+    ),
     "date": "{weekday} {day} {month}",
     "adults_one": "1 adult",
     "adults_many": "{n} adults",
@@ -58,6 +61,8 @@ MESSAGES: dict[str, str] = {
     "choose_button": "Choose",
     "date_not_understood": "I couldn't read that date. Try *next Friday*, *3 March* or *12/24*.",
     "date_in_past": "{date} has already passed. When do you want to leave?",
+    "no_such_date": "There's no {day} {month} in {year}.",
+    "ask_return": "When do you come back?",
     "date_too_far": "I can only search up to a year ahead. Please pick an earlier date.",
     "return_before_departure": (
         "The return ({return_date}) is before the departure ({date}). When do you come back?"

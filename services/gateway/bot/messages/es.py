@@ -5,6 +5,9 @@ from __future__ import annotations
 MESSAGES: dict[str, str] = {
     "weekdays": "lun mar mié jue vie sáb dom",
     "months": "ene feb mar abr may jun jul ago sep oct nov dic",
+    "month_names": (
+        "enero febrero marzo abril mayo junio julio agosto septiembre octubre noviembre diciembre"
+    ),
     "date": "{weekday} {day} {month}",
     "adults_one": "1 adulto",
     "adults_many": "{n} adultos",
@@ -57,6 +60,8 @@ MESSAGES: dict[str, str] = {
     "choose_button": "Elegir",
     "date_not_understood": "No entiendo esa fecha. Prueba *el viernes*, *3 de marzo* o *24/12*.",
     "date_in_past": "El {date} ya ha pasado. ¿Qué día quieres salir?",
+    "no_such_date": "El {day} de {month} de {year} no existe.",
+    "ask_return": "¿Qué día vuelves?",
     "date_too_far": "Solo puedo buscar hasta un año vista. Elige una fecha más cercana.",
     "return_before_departure": (
         "La vuelta ({return_date}) es antes de la ida ({date}). ¿Qué día vuelves?"
