@@ -4,7 +4,8 @@ Built once at start-up from the ``airportsdata`` package (IATA-coded entries onl
 plus a small table of metropolitan city codes (NYC, LON, PAR, ...). ``airportsdata`` has no size
 or traffic field, so importance comes from what we know: city-code members and a curated set of
 major hubs rank first, then airports named "International", then the rest; heliports, seaplane
-bases, military fields and rail or bus stations are valid codes but never suggested.
+bases, military fields (except joint civil-military airports) and rail or bus stations are
+valid codes but never suggested.
 """
 
 from __future__ import annotations
@@ -192,15 +193,36 @@ _HUB_CODES = """
     YYC HNL PDX SAN AUS BNA MSY STL TPA DAL HOU OAK SJC SMF RDU PIT CLE CVG IND MCI STN LTN LCY
     DME VKO LED SAW AYT ESB SVQ AGP PMI VLC OPO BGY CIA BLQ FLR KRK OTP SOF BEG ZAG RIX TLL VNO
     KEF GLA BHX BRS HKT CGN STR NUE HAJ BSL TXL CHC WLG ADL OOL RAK TUN ALG ACC DSS DAR KGL JNB
+    CMH OMA
 """
 HUBS = frozenset(_HUB_CODES.split())
 
-# Names that mark a place without scheduled airline service (or not an airport at all).
+# Words that mark a place without scheduled airline service (or not an airport at all),
+# searched as whole words in the name less its city's name: "Columbus" is no bus station
+# (CMH), "Pilot Station" is a town, "Cuito Cuanavale" no naval base. "Airfield" and
+# "airstrip" say nothing either way (Omaha's Eppley Airfield, Lamu's Manda Airstrip).
 _NON_COMMERCIAL = re.compile(
-    r"heliport|seaplane|air base|air force|army|naval|airfield|airstrip|station|bus |"
-    r"military|glider|ranch|private|\braf\b",
+    r"\b(?:heliport|seaplane|air base|air force|army|naval|station|bus|military|glider|"
+    r"ranch|private|raf|afb|arb|angb|nas|naf|jrb|mcas)\b",
     re.IGNORECASE,
 )
+# Airports named as military bases that also have scheduled airline service (joint use):
+# airportsdata has no field that says so, so they are listed.
+_JOINT_USE_CODES = "ZAZ REU NLU XCR GRK KWA MSJ KUV HIN KHS HDS BEK AIP IXP AAT AOG AEB IWK"
+JOINT_USE = frozenset(_JOINT_USE_CODES.split())
+
+
+def _commercial(code: str, name: str, city: str) -> bool:
+    if code in JOINT_USE:
+        return True
+    for part in re.split(r"[,/]", city):
+        if part.strip():
+            name = re.sub(re.escape(part.strip()), " ", name, flags=re.IGNORECASE)
+    # A base with a civil airport of its own name is joint use: "Charleston Afb/International
+    # Airport", "Eglin Afb/Destin-Ft Walton Beach Airport".
+    return any(not _NON_COMMERCIAL.search(part) for part in name.split("/"))
+
+
 # Words that say nothing about which airport: dropped from names before matching.
 _GENERIC = {"airport", "international", "intl", "jetport", "aerodrome", "aeropuerto", "aeroport"}
 
@@ -273,7 +295,7 @@ class Places:
         self.by_code: dict[str, PlaceInfo] = {}
         for code, row in raw.items():
             name = str(row["name"])
-            commercial = not _NON_COMMERCIAL.search(name)
+            commercial = _commercial(code, name, str(row["city"]))
             if code in HUBS or code in members:
                 weight = W_HUB
             elif "international" in name.lower():

@@ -643,3 +643,16 @@ async def test_a_return_written_before_the_departure_is_asked_about(engine: BotE
         "2026-12-04",
         "2026-12-06",
     )
+
+
+async def test_civil_airports_the_data_names_as_bases_are_offered(engine: BotEngine) -> None:
+    """Zaragoza and Reus (named 'Air Base' in the airport data) were not found, Columbus went
+    to Rickenbacker (John Glenn's name holds 'bus '), Omaha to Millard (Eppley Airfield)."""
+    for locale, text, route in [
+        ("es", "de Madrid a Zaragoza mañana", "Madrid (MAD) → Zaragoza (ZAZ)"),
+        ("es", "de Barcelona a Reus mañana", "Barcelona (BCN) → Reus (REU)"),
+        ("en", "NYC to Columbus tomorrow", "New York (NYC) → Columbus (CMH)"),
+        ("en", "Chicago to Omaha tomorrow", "Chicago (CHI) → Omaha (OMA)"),
+    ]:
+        reply = await Chat(engine, locale=locale).say(text)
+        assert route in reply, (text, reply)

@@ -195,3 +195,37 @@ def test_band_search_matches_a_full_scan(places: Places) -> None:
             ),
         )[:3]
         assert {p.code for p, _ in places.nearest(lat, lon, 3)} == {p.code for p in full}
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        # Named as air bases in airportsdata, but with scheduled airline service (joint use).
+        ("Zaragoza", "ZAZ"),  # was nothing (Zaragoza Air Base)
+        ("Reus", "REU"),  # was nothing (Reus Air Base)
+        ("Misawa", "MSJ"),
+        ("Iwakuni", "IWK"),  # Iwakuni Marine Corps Air Station
+        # Dropped by a word inside another word, or by a word that says nothing of service.
+        ("Columbus", "CMH"),  # was Rickenbacker: "bus " inside "John Glenn Columbus Intl"
+        ("Omaha", "OMA"),  # was Millard: Eppley Airfield was dropped for "Airfield"
+        ("Lamu", "LAU"),  # Manda Airstrip
+        ("Charleston", "CHS"),  # Charleston Afb/International Airport
+    ],
+)
+def test_civil_airports_named_like_bases_or_fields_are_found(
+    places: Places, text: str, first: str
+) -> None:
+    assert codes(places, text)[0] == first
+
+
+def test_air_force_bases_abbreviated_are_never_suggested(places: Places) -> None:
+    # "Offutt Afb" ranked with Eppley for Omaha, "Macdill Afb" for Tampa, "Nellis Afb" for Las
+    # Vegas, "Miramar Mcas" for San Diego.
+    for text, base in [
+        ("omaha", "OFF"),
+        ("tampa", "MCF"),
+        ("las vegas", "LSV"),
+        ("san diego", "NKX"),
+    ]:
+        assert base not in codes(places, text, 20), text
+    assert places.get("OFF") is not None  # still a valid code
