@@ -180,6 +180,14 @@ ALIASES: dict[str, str] = {
     "yeda": "JED",
     "ciudad de guatemala": "GUA",
     "cdmx": "MEX",
+    # Cities whose main airport airportsdata files under a neighbouring town (Medellin's is in
+    # Rionegro): the city's name otherwise finds only a small airport (Olaya Herrera, EOH,
+    # domestic), or nothing (Oviedo: Asturias airport, in Ranon).
+    "medellin": "MDE",
+    "oviedo": "OVD",
+    "killeen": "GRK",
+    "felipe angeles": "NLU",
+    "aifa": "NLU",
 }
 
 # Major hubs and busy airports, for ranking and tie-breaks (airportsdata has no traffic data).
@@ -193,7 +201,7 @@ _HUB_CODES = """
     YYC HNL PDX SAN AUS BNA MSY STL TPA DAL HOU OAK SJC SMF RDU PIT CLE CVG IND MCI STN LTN LCY
     DME VKO LED SAW AYT ESB SVQ AGP PMI VLC OPO BGY CIA BLQ FLR KRK OTP SOF BEG ZAG RIX TLL VNO
     KEF GLA BHX BRS HKT CGN STR NUE HAJ BSL TXL CHC WLG ADL OOL RAK TUN ALG ACC DSS DAR KGL JNB
-    CMH OMA
+    CMH OMA CWB MDE
 """
 HUBS = frozenset(_HUB_CODES.split())
 
@@ -423,8 +431,10 @@ class Places:
             ):
                 # A two-letter name is a whole word of many queries ("la" in "la habana", "la
                 # coruna"): it must be the query itself (fuzz.ratio above), not one of its words.
+                # 0.91: a hub that is one word of the query ("Porto" in "Porto Alegre") must
+                # not outrank the place the whole query names (0.91 * 0.98 < 0.9).
                 if len(text) > 2:
-                    note(index, 0.92 * score)
+                    note(index, 0.91 * score)
         if len(q) >= 5:
             for text, score, index in process.extract(
                 q, self._texts, scorer=fuzz.partial_ratio, score_cutoff=85, limit=300

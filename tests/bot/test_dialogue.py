@@ -656,3 +656,15 @@ async def test_civil_airports_the_data_names_as_bases_are_offered(engine: BotEng
     ]:
         reply = await Chat(engine, locale=locale).say(text)
         assert route in reply, (text, reply)
+
+
+async def test_medellin_is_its_international_airport(engine: BotEngine) -> None:
+    """'de Bogotá a Medellín' searched Olaya Herrera (EOH), the city's small domestic airport:
+    José María Córdova (MDE) is filed under Rionegro."""
+    reply = await Chat(engine, locale="es").say("de Bogotá a Medellín mañana")
+    assert chat_route(reply) == ("BOG", "MDE"), reply
+
+
+def chat_route(reply: str) -> tuple[str, ...]:
+    match = re.search(r"\((\w{3})\) → [^(]*\((\w{3})\)", reply)
+    return match.groups() if match else ()

@@ -229,3 +229,18 @@ def test_air_force_bases_abbreviated_are_never_suggested(places: Places) -> None
     ]:
         assert base not in codes(places, text, 20), text
     assert places.get("OFF") is not None  # still a valid code
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("Medellín", "MDE"),  # was Olaya Herrera (EOH): Jose Maria Cordova's city is Rionegro
+        ("Oviedo", "OVD"),  # was nothing: Asturias airport's city is Ranon
+        ("Felipe Ángeles", "NLU"),  # was Los Angeles
+        ("Curitiba", "CWB"),  # tied with Bacacheri (BFH), which came first by its code
+        ("Porto Alegre", "POA"),  # was Porto (OPO): a hub as one word of the query
+        ("Santiago de Compostela", "SCQ"),  # was Santiago de Chile (SCL), the same way
+    ],
+)
+def test_a_city_s_main_airport_ranks_first(places: Places, text: str, first: str) -> None:
+    assert codes(places, text)[0] == first
