@@ -16,6 +16,7 @@ from services.gateway.senders.base import (
     Target,
     TokenExpired,
     split_text,
+    utf16_units,
 )
 from services.gateway.senders.cloud_api import CloudApiSender
 from services.gateway.senders.twilio import TwilioSender, render
@@ -353,6 +354,9 @@ def test_split_text_keeps_every_character_under_the_limit() -> None:
     assert " ".join(chunks).split() == text.split()
     assert split_text("x" * 5000, 4096) == ["x" * 4096, "x" * 904]
     assert split_text("", 10) == [""]
+    # Measured another way (UTF-16, where an emoji is two), a chunk is cut before the limit.
+    assert split_text("🙂" * 5, 4, utf16_units) == ["🙂🙂", "🙂🙂", "🙂"]
+    assert split_text("ab🙂", 3, utf16_units) == ["ab", "🙂"]
 
 
 def test_cloud_payloads_buttons_and_lists() -> None:
@@ -471,6 +475,14 @@ async def test_twilio_sender_against_the_fake(fake_clouds: FakeClouds, http: Htt
     with pytest.raises(SendError) as bad:
         await send(sender, target, Reply("c"))
     assert not bad.value.retryable and bad.value.code == 21211
+    # Emoji count twice against Twilio's 1,600 (21617): a reply of 1,590 characters with 30
+    # of them is two messages, each within the limit, nothing lost.
+    emoji_user = replace(target, user_id="+34600000011")
+    text = ("Have a good trip 🛫 " * 30 + "x" * 1590)[:1590]
+    await send(sender, emoji_user, Reply(text))
+    bodies = [r.body["Body"] for r in fake_clouds.replies("+34600000011")]
+    assert len(bodies) == 2 and all(utf16_units(b) <= 1600 for b in bodies)
+    assert "".join(bodies).replace(" ", "") == text.replace(" ", "")
     # A refused pair (401, 20003) is a credentials outcome, naming whose pair and no token.
     fake_clouds.twilio_accounts = {"ACenv": "env-token", "ACown": "rotated"}
     stale = replace(own, twilio_auth_token="stale-secret")

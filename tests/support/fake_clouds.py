@@ -38,6 +38,13 @@ TWILIO_AUTHENTICATE = {  # Twilio's answer to a wrong Account SID / Auth Token p
     "status": 401,
 }
 
+TWILIO_TOO_LONG = {
+    "code": 21617,
+    "message": "The concatenated message body exceeds the 1600 character limit.",
+    "more_info": "https://www.twilio.com/docs/errors/21617",
+    "status": 400,
+}
+
 
 @dataclass
 class Received:
@@ -147,6 +154,8 @@ class FakeClouds:
         failure = self._failure()
         if accounts and accounts.get(received.basic_auth[0]) != received.basic_auth[1]:
             failure = (401, TWILIO_AUTHENTICATE)
+        elif len(form.get("Body", "").encode("utf-16-le")) // 2 > 1600:
+            failure = (400, TWILIO_TOO_LONG)  # emoji count twice
         self.received.append(received)
         if failure:
             return JSONResponse(failure[1], status_code=failure[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -115,20 +116,39 @@ class Sender(Protocol):
     async def mark_read(self, target: Target, message_id: str) -> None: ...
 
 
-def split_text(text: str, limit: int) -> list[str]:
-    """Split at paragraph, line or word boundaries where possible; never over ``limit``."""
+def utf16_units(text: str) -> int:
+    """Length as UTF-16 counts it: a character past U+FFFF (most emoji) is two."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def split_text(text: str, limit: int, length: Callable[[str], int] = len) -> list[str]:
+    """Split at paragraph, line or word boundaries where possible; no chunk over ``limit`` as
+    ``length`` measures it (characters by default)."""
     chunks: list[str] = []
     rest = text
-    while len(rest) > limit:
+    while length(rest) > limit:
+        end = _longest_prefix(rest, limit, length)
         cut = -1
         for separator in ("\n\n", "\n", " "):
-            cut = rest.rfind(separator, 0, limit)
+            cut = rest.rfind(separator, 0, end)
             if cut > 0:
                 break
         if cut <= 0:
-            cut = limit
+            cut = end
         chunks.append(rest[:cut].rstrip())
         rest = rest[cut:].lstrip()
     if rest or not chunks:
         chunks.append(rest)
     return chunks
+
+
+def _longest_prefix(text: str, limit: int, length: Callable[[str], int]) -> int:
+    """How many characters of ``text`` fit in ``limit`` (at least one)."""
+    if length is len:
+        return limit
+    used = 0
+    for index, character in enumerate(text):
+        used += length(character)
+        if used > limit:
+            return max(index, 1)
+    return len(text)

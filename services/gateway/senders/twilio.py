@@ -6,9 +6,18 @@ import contextlib
 
 from services.gateway.channels.twilio import PREFIX
 from services.gateway.engine import Reply
-from services.gateway.senders.base import HttpClient, SendError, Target, Unreachable, split_text
+from services.gateway.senders.base import (
+    HttpClient,
+    SendError,
+    Target,
+    Unreachable,
+    split_text,
+    utf16_units,
+)
 
-BODY_LIMIT = 1600  # Twilio's limit for one message body
+# Twilio's limit for one message body, in which a character past U+FFFF (most emoji) counts
+# twice (error 21617).
+BODY_LIMIT = 1600
 
 
 def render(reply: Reply) -> str:
@@ -34,7 +43,7 @@ class TwilioSender:
         self._token = default_token
 
     def parts(self, target: Target, reply: Reply) -> list[str]:
-        return split_text(render(reply), BODY_LIMIT)
+        return split_text(render(reply), BODY_LIMIT, utf16_units)
 
     async def mark_read(self, target: Target, message_id: str) -> None:
         """Twilio has no read receipts to send."""
