@@ -97,7 +97,9 @@ SENDS = Counter(
     ["sender", "outcome"],
 )
 RATE_LIMITED = Counter(
-    "gateway_rate_limited_total", "Messages not processed because of a rate limit.", ["scope"]
+    "gateway_rate_limited_total",
+    "Messages held back by a rate limit (user: not processed; business: waited for room).",
+    ["scope"],
 )
 
 BUSINESS_CACHE = Counter(

@@ -1,7 +1,8 @@
 """Rate limits per business and per user: moving windows in Redis, shared by every replica.
 
 Over the user limit, a message is acknowledged but not processed, and the user gets one notice
-per window. Over the business limit, the message is dead-lettered (an operator can replay it).
+per window. Over the business limit, the message waits until the window has room (a backlog
+drained or a broadcast's replies are answered at the business's rate, not dropped).
 
 Limits are written in ``limits`` notation (``20/minute``, ``1200/minute``, ``5/second``) and
 counted as its moving window counts them: a hit is allowed while fewer than N hits fell in the
@@ -14,6 +15,8 @@ clocks still count one window. Both keys carry the business as their hash tag: o
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from limits import RateLimitItem, parse
 
 from services.common.redis_pipeline import AutoPipeline
@@ -21,15 +24,20 @@ from services.common.redis_pipeline import AutoPipeline
 KEY_PREFIX = "gw:rl"
 
 # KEYS: business window, user window. ARGV: business limit, its window in ms, user limit, its
-# window in ms. Returns {business allowed, user allowed} as 1/0. A message is counted in both
-# windows only when both allow it: one over its user's limit (not processed) must not use up the
-# business's window, or one user flooding would get the business's other users dead-lettered.
+# window in ms. Returns {business allowed, user allowed} as 1/0, and the ms until the business's
+# window has room (0 unless it is full). A message is counted in both windows only when both
+# allow it: one over its user's limit (not processed) must not use up the business's window, or
+# one user flooding would hold up the business's other users.
 HIT_BOTH = """
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local function full(key, limit, window)
+local function room_in(key, limit, window)
   local oldest = redis.call('LINDEX', key, limit - 1)
-  return oldest and tonumber(oldest) > ms - window
+  if not oldest then return 0 end
+  return math.max(0, tonumber(oldest) + window - ms)
+end
+local function full(key, limit, window)
+  return room_in(key, limit, window) > 0
 end
 local function count(key, limit, window)
   redis.call('LPUSH', key, ms)
@@ -37,15 +45,22 @@ local function count(key, limit, window)
   redis.call('PEXPIRE', key, window)
 end
 if full(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4])) then
-  return {1, 0}
+  return {1, 0, 0}
 end
-if full(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])) then
-  return {0, 1}
+local wait = room_in(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+if wait > 0 then
+  return {0, 1, wait}
 end
 count(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
 count(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
-return {1, 1}
+return {1, 1, 0}
 """
+
+
+class Hit(NamedTuple):
+    business: bool  # within the business's limit (if the user is over theirs: True, not counted)
+    user: bool  # within the user's
+    wait: float  # when the business's window is full: seconds until it has room
 
 
 def window_keys(business_id: str, user_id: str) -> list[str]:
@@ -68,13 +83,14 @@ class RateLimits:
             self._user.get_expiry() * 1000,
         ]
 
-    async def hit(self, business_id: str, user_id: str) -> tuple[bool, bool]:
-        """(business within its limit, user within theirs): a message over its user's limit is
-        (True, False) whatever the business's window; one counted only when (True, True)."""
-        business_ok, user_ok = await self._pipeline.script(
+    async def hit(self, business_id: str, user_id: str) -> Hit:
+        """A message over its user's limit is (True, False) whatever the business's window; one
+        over the business's (False, True, seconds until it has room); one counted only when
+        (True, True)."""
+        business_ok, user_ok, wait_ms = await self._pipeline.script(
             self._hit_both, window_keys(business_id, user_id), self._arguments
         )
-        return bool(business_ok), bool(user_ok)
+        return Hit(bool(business_ok), bool(user_ok), int(wait_ms) / 1000)
 
     async def first_notice(self, business_id: str, user_id: str) -> bool:
         """True once per window: whether to tell the user they are over the limit."""

@@ -75,6 +75,8 @@ DEFAULT_ENGINE_MODULE = "services.gateway.bot"
 # A service that is down, restarting or overloaded, not one refusing this message.
 TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 RATE_NOTICE = "You are sending messages faster than we can answer. Please wait a minute."
+# The error recorded for a message waiting for room in its business's rate-limit window.
+OVER_LIMIT = "the business is over its rate limit"
 ROLE_NAMES = {
     session_pb2.MESSAGE_ROLE_USER: "user",
     session_pb2.MESSAGE_ROLE_ASSISTANT: "assistant",
@@ -88,6 +90,15 @@ class DeadLetter(Exception):
     def __init__(self, reason: str, error: str) -> None:
         super().__init__(error)
         self.reason = reason
+
+
+class OverBusinessLimit(Exception):
+    """The business's rate-limit window is full: nothing was counted, and the message waits
+    ``seconds`` for room (a backlog or a broadcast's replies, answered at the business's rate)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(OVER_LIMIT)
+        self.seconds = seconds
 
 
 class EngineTimeout(Exception):
@@ -175,9 +186,10 @@ class Processor:
     def sender_for(self, channel: str) -> Sender:
         return self.senders["outbox"] if self.settings.outbox_only else self.senders[channel]
 
-    async def process(self, entry: Entry, attempt: int = 1) -> str:
+    async def process(self, entry: Entry, attempt: int = 1, waited_for_limit: bool = False) -> str:
         """The outcome label; raises DeadLetter, or anything else to retry. Rate limits count
-        a message once, on its first attempt, not once per retry."""
+        a message once, not once per retry: on its first attempt, or on the next one after it
+        found its business's window full (``OverBusinessLimit``: nothing was counted then)."""
         message = entry.message
         business, credentials = await self._business(message)
         target = Target(
@@ -197,15 +209,14 @@ class Processor:
             # Meta refused this token (190/0): sending with it again only fails again. The
             # message waits in the dead letters for a replay once the business has a new token.
             raise DeadLetter("token_expired", f"business {business.id}'s token needs renewal")
-        business_ok, user_ok = (
+        hit = (
             await self.rate_limits.hit(business.id, message.user_id)
-            if attempt == 1
-            else (True, True)
+            if attempt == 1 or waited_for_limit
+            else None
         )
-        if not business_ok:
-            metrics.RATE_LIMITED.labels("business").inc()
-            raise DeadLetter("business_rate_limited", "the business is over its rate limit")
-        if not user_ok:
+        if hit and not hit.business:
+            raise OverBusinessLimit(hit.wait)
+        if hit and not hit.user:
             metrics.RATE_LIMITED.labels("user").inc()
             if await self.rate_limits.first_notice(business.id, message.user_id):
                 for part in sender.parts(target, Reply(RATE_NOTICE)):
@@ -750,10 +761,30 @@ class WorkerPool:
         if attempt > 1 and not last_error:
             log.warning("taking over an entry whose worker died", attempt=attempt, **where)
         try:
-            outcome = await self.processor.process(entry, attempt)
+            outcome = await self.processor.process(entry, attempt, last_error == OVER_LIMIT)
         except DeadLetter as error:
             await self._dead(entry, token, error.reason, str(error))
             return None
+        except OverBusinessLimit as error:
+            # Not a failure: the message waits (holding up only its own user) until the window
+            # has room, for as long as a dependency's failure may last; it uses up no attempt.
+            # One that could not get in by then (a window longer than that) is not kept waiting.
+            if last_error != OVER_LIMIT:
+                metrics.RATE_LIMITED.labels("business").inc()  # once per message held back
+            waited = await self.queue.record_error(
+                entry.partition, entry.id, OVER_LIMIT, transient=True
+            )
+            if waited + error.seconds > self.settings.retry_window_seconds:
+                text = f"{OVER_LIMIT} (waited {waited:.0f} s)"
+                await self._dead(entry, token, "business_rate_limited", text)
+                return None
+            # Never before the window has room; past that, backed off as retries are, so that
+            # many messages waiting on one window do not all ask again at every free slot.
+            wait = max(error.seconds, self._backoff(attempt)) * random.uniform(1.0, 1.2)
+            log.info(
+                "message waits for its business's rate limit", retry_in_s=round(wait, 2), **where
+            )
+            return wait
         except LeaseLapsed as error:
             # Stays pending: the partition's next holder has it (this loop ends now).
             log.warning("message left to the partition's next holder", error=str(error), **where)
@@ -775,11 +806,7 @@ class WorkerPool:
                 return None
             else:
                 await self.queue.record_error(entry.partition, entry.id, text)
-            delay: float = min(
-                self.settings.retry_max_seconds,
-                # Capped exponent: a message retrying a long outage has many attempts.
-                self.settings.retry_base_seconds * 2 ** min(attempt - 1, 60),
-            ) * random.uniform(0.8, 1.2)
+            delay = self._backoff(attempt) * random.uniform(0.8, 1.2)
             log.warning(
                 "message failed; will retry",
                 attempt=attempt,
@@ -795,6 +822,13 @@ class WorkerPool:
             log.warning("lease lost before acknowledging", **where)
         log.info("message handled", outcome=outcome, attempt=attempt, **where)
         return None
+
+    def _backoff(self, attempt: int) -> float:
+        # Capped exponent: a message retrying a long outage has many attempts.
+        exponent = min(attempt - 1, 60)
+        return min(
+            self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2.0**exponent
+        )
 
     async def _dead(self, entry: Entry, token: str, reason: str, error: str) -> None:
         if not await lease_held_var.get()():

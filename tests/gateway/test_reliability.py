@@ -571,3 +571,41 @@ def test_a_business_whose_number_meta_throttles_holds_up_no_other_business(
     finally:
         fake_clouds.throttled.clear()
         gw.stop()
+
+
+def test_a_backlog_over_the_business_rate_limit_is_answered_within_it(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """A backlog (the workers were down; or a broadcast's replies, thousands in a minute) holds
+    more of one business's messages than its rate limit lets through at once: they wait for room
+    in the window, in order, and every one is answered. (Was a bug: the limit was counted when a
+    worker took the message, and each one past it was dead-lettered business_rate_limited, the
+    user never answered: 300 of 1,500 replies to a broadcast with the default 1200/minute.)"""
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "business-limit",
+        role="web",
+        RATE_LIMIT_BUSINESS="20/4 seconds",
+    )
+    try:
+        business = create_business(gw)
+        users = [new_wa_id() for _ in range(20)]
+        with gw.http as client:
+            for n in range(3):
+                for user in users:
+                    payload = cloud_payload(business.phone_number_id, user, f"m{n}")
+                    assert post_cloud(client, payload).status_code == 200
+        started = time.monotonic()
+        gw.processes.append(start_worker(gw.env, gw.processes[0].log_path.with_suffix(".w.log")))
+        expected = [f"echo: m{n} #{n + 1}" for n in range(3)]
+        assert wait_for(lambda: all(len(fake_clouds.texts(u)) >= 3 for u in users), 60, 0.2)
+        assert {u: fake_clouds.texts(u) for u in users} == {u: expected for u in users}
+        assert dead_letters(gw) == []
+        # 60 messages, 20 per 4 s: the last 20 waited for the first 20 to leave the window twice.
+        assert time.monotonic() - started >= 8
+        sends = sorted(r.time for u in users for r in fake_clouds.replies(u))
+        assert all(sends[i + 20] - sends[i] >= 3.5 for i in range(len(sends) - 20))
+    finally:
+        gw.stop()

@@ -44,7 +44,7 @@ class Scripted:
         self.steps = steps
         self.attempts: list[str] = []
 
-    async def process(self, entry: Entry, attempt: int) -> str:
+    async def process(self, entry: Entry, attempt: int, waited_for_limit: bool = False) -> str:
         text = entry.message.text
         self.attempts.append(text)
         steps = self.steps[text]

@@ -131,7 +131,7 @@ async def test_gateway_rate_limits_count_on_the_cluster(valkey_cluster: ValkeyCl
     client = make_redis(valkey_cluster.url)
     try:
         rate = RateLimits(AutoPipeline(client), "2/minute", "100/minute")
-        outcomes = [await rate.hit("cluster-rl", "user-1") for _ in range(3)]
+        outcomes = [(await rate.hit("cluster-rl", "user-1"))[:2] for _ in range(3)]
         assert outcomes == [(True, True), (True, True), (True, False)]
     finally:
         await client.aclose()
