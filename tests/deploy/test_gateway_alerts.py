@@ -90,3 +90,67 @@ def test_the_first_dead_letter_of_a_gateway_fires_the_dead_letter_alert(
             expected("ParleyDeadLetters", 35),
         ],
     )
+
+
+def test_messages_queued_with_no_worker_alive_page(gateway: str, tmp_path: Path) -> None:
+    """The workers are down (crashing on start, scaled to zero, a deploy that never came up)
+    while the web process takes webhooks: one queued message and no worker pages within minutes.
+    (Was a gap: only ParleyQueueBacklog watched the queue, which needs over 1,000 messages and
+    ten minutes of growth: a business with a few messages a minute went unanswered for hours
+    with nothing firing.)"""
+    before = scrape(f"{gateway}/metrics")
+    body = json.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "id": "waba",
+                    "changes": [
+                        {
+                            "field": "messages",
+                            "value": {
+                                "messaging_product": "whatsapp",
+                                "metadata": {"phone_number_id": "100200300"},
+                                "messages": [
+                                    {
+                                        "from": "15550001111",
+                                        "id": "wamid.unattended",
+                                        "timestamp": "1700000000",
+                                        "type": "text",
+                                        "text": {"body": "hello?"},
+                                    }
+                                ],
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+    ).encode()
+    signature = hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    answer = httpx.post(
+        f"{gateway}/webhooks/whatsapp",
+        content=body,
+        headers={"Content-Type": "application/json", "X-Hub-Signature-256": f"sha256={signature}"},
+    )
+    assert answer.status_code == 200 and answer.json()["queued"] == 1, answer.text
+    after = scrape(f"{gateway}/metrics")
+    assert after[("gateway_queue_length", ())] == 1 and after[("gateway_live_workers", ())] == 0
+
+    # Ten minutes with nothing queued, then the message waits for two hours.
+    evaluate(
+        tmp_path,
+        timeline(
+            (before, 20),
+            (after, 240),
+            used={"gateway_queue_length", "gateway_live_workers"},
+            target=TARGET,
+        ),
+        [
+            expected("ParleyQueueUnattended", 9),
+            expected("ParleyQueueUnattended", 14),
+            expected("ParleyQueueUnattended", 16, firing=True),
+            expected("ParleyQueueUnattended", 120, firing=True),
+            expected("ParleyQueueBacklog", 120),
+        ],
+    )
