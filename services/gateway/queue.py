@@ -188,6 +188,11 @@ class Entry:
     received: float  # epoch seconds when the webhook arrived
     fields: dict[str, str]
 
+    @property
+    def queued_ms(self) -> int:
+        """When it was queued, in ms by Redis's clock: a stream entry's id begins with it."""
+        return int(self.id.partition("-")[0])
+
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

@@ -9,8 +9,10 @@ counted as its moving window counts them: a hit is allowed while fewer than N hi
 last window, each window a Redis list of hit times trimmed to N. Both windows of a message are
 checked and counted in ONE script, through the gateway's :class:`AutoPipeline`: one round trip
 per message, where ``limits`` itself made one per limit through a client of its own (≈ 7% of a
-worker's CPU at 300 messages/s). The time is Redis's own (``TIME``), so replicas with skewed
-clocks still count one window. Both keys carry the business as their hash tag: one Cluster slot.
+worker's CPU at 300 messages/s).
+The time is Redis's own (``TIME``), so replicas with skewed clocks still count one window; so is
+a stream entry's id, which says when a message was queued. Both keys carry the business as
+their hash tag: one Cluster slot.
 """
 
 from __future__ import annotations
@@ -22,37 +24,39 @@ from limits import RateLimitItem, parse
 from services.common.redis_pipeline import AutoPipeline
 
 KEY_PREFIX = "gw:rl"
+NOW = 2**53  # a message's queueing time past any clock: counted as now
 
 # KEYS: business window, user window. ARGV: business limit, its window in ms, user limit, its
-# window in ms. Returns {business allowed, user allowed} as 1/0, and the ms until the business's
-# window has room (0 unless it is full). A message is counted in both windows only when both
-# allow it: one over its user's limit (not processed) must not use up the business's window, or
-# one user flooding would hold up the business's other users.
+# window in ms, when the message was queued (ms by Redis's clock). The business's window counts
+# now: it paces the work. The user's counts when the message was queued: it is about how fast
+# the user writes, and a backlog drained in a moment (the workers were down) must not find a
+# user over it who wrote minutes apart. Returns {business allowed, user allowed} as 1/0, and
+# the ms until the business's window has room (0 unless it is full). A message is counted in
+# both windows only when both allow it: one over its user's limit (not processed) must not use
+# up the business's window, or one user flooding would hold up the business's other users.
 HIT_BOTH = """
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local function room_in(key, limit, window)
+local queued = math.min(tonumber(ARGV[5]), ms)
+local function room_in(key, limit, window, at)
   local oldest = redis.call('LINDEX', key, limit - 1)
   if not oldest then return 0 end
-  return math.max(0, tonumber(oldest) + window - ms)
+  return math.max(0, tonumber(oldest) + window - at)
 end
-local function full(key, limit, window)
-  return room_in(key, limit, window) > 0
-end
-local function count(key, limit, window)
-  redis.call('LPUSH', key, ms)
+local function count(key, limit, window, at)
+  redis.call('LPUSH', key, at)
   redis.call('LTRIM', key, 0, limit - 1)
   redis.call('PEXPIRE', key, window)
 end
-if full(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4])) then
+if room_in(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]), queued) > 0 then
   return {1, 0, 0}
 end
-local wait = room_in(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+local wait = room_in(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ms)
 if wait > 0 then
   return {0, 1, wait}
 end
-count(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
-count(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
+count(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ms)
+count(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]), queued)
 return {1, 1, 0}
 """
 
@@ -83,12 +87,15 @@ class RateLimits:
             self._user.get_expiry() * 1000,
         ]
 
-    async def hit(self, business_id: str, user_id: str) -> Hit:
+    async def hit(self, business_id: str, user_id: str, queued_ms: int | None = None) -> Hit:
         """A message over its user's limit is (True, False) whatever the business's window; one
         over the business's (False, True, seconds until it has room); one counted only when
-        (True, True)."""
+        (True, True). ``queued_ms``: when it was queued, by Redis's clock (its stream entry id);
+        unknown: now."""
         business_ok, user_ok, wait_ms = await self._pipeline.script(
-            self._hit_both, window_keys(business_id, user_id), self._arguments
+            self._hit_both,
+            window_keys(business_id, user_id),
+            [*self._arguments, NOW if queued_ms is None else queued_ms],
         )
         return Hit(bool(business_ok), bool(user_ok), int(wait_ms) / 1000)
 

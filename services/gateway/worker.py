@@ -210,7 +210,7 @@ class Processor:
             # message waits in the dead letters for a replay once the business has a new token.
             raise DeadLetter("token_expired", f"business {business.id}'s token needs renewal")
         hit = (
-            await self.rate_limits.hit(business.id, message.user_id)
+            await self.rate_limits.hit(business.id, message.user_id, entry.queued_ms)
             if attempt == 1 or waited_for_limit
             else None
         )

@@ -100,3 +100,16 @@ def test_a_limit_that_allows_nothing_is_refused_at_start(valkey: Valkey) -> None
         limits(client, "0/minute", "100/minute")
     with pytest.raises(ValueError):
         limits(client, "twenty a minute", "100/minute")
+
+
+async def test_a_user_s_window_counts_when_each_message_was_queued(client: redis.Redis) -> None:
+    """Messages queued a second apart and handled at once (a backlog drained) are within a
+    2-per-second limit; messages queued at once are not, whenever they are handled."""
+    rate = limits(client, "2/second", "100/minute")
+    now_ms = int((await client.time())[0]) * 1000
+    spaced = [now_ms - 5000 + 1000 * n for n in range(4)]
+    assert [(await rate.hit("b1", "alice", t))[:2] for t in spaced] == [(True, True)] * 4
+    at_once = [now_ms - 5000] * 3
+    assert [(await rate.hit("b1", "bob", t))[:2] for t in at_once] == [(True, True)] * 2 + [
+        (True, False)
+    ]

@@ -609,3 +609,35 @@ def test_a_backlog_over_the_business_rate_limit_is_answered_within_it(
         assert all(sends[i + 20] - sends[i] >= 3.5 for i in range(len(sends) - 20))
     finally:
         gw.stop()
+
+
+def test_a_user_within_their_rate_limit_is_answered_in_full_after_a_backlog(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """A user writes within their limit while the workers are down; the backlog is drained in
+    a moment. Their window counts when they wrote, so every message is answered. (Was a bug:
+    it counted when a worker took each message, so the drain found the user over the limit:
+    the messages past it were acknowledged unanswered and the user told *You are sending
+    messages faster than we can answer*, about messages written minutes apart.)"""
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "user-limit-backlog",
+        role="web",
+        RATE_LIMIT_USER="4/2 seconds",
+    )
+    try:
+        business = create_business(gw)
+        wa_id = new_wa_id()
+        with gw.http as client:
+            for n in range(8):  # one every 0.6 s: never more than 4 in 2 s
+                payload = cloud_payload(business.phone_number_id, wa_id, f"m{n}")
+                assert post_cloud(client, payload).status_code == 200
+                time.sleep(0.6)
+        gw.processes.append(start_worker(gw.env, gw.processes[0].log_path.with_suffix(".w.log")))
+        assert wait_for(lambda: queue_lengths(gw.redis_url) == 0 and fake_clouds.texts(wa_id), 30)
+        time.sleep(0.5)
+        assert fake_clouds.texts(wa_id) == [f"echo: m{n} #{n + 1}" for n in range(8)]
+    finally:
+        gw.stop()
