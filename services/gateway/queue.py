@@ -44,9 +44,11 @@ GROUP = "workers"
 DEAD = "gw:dead"
 WORKERS = "gw:workers"
 DEAD_MAXLEN = 100_000
-# Held by the replay of a dead letter; kept once it is queued, so that a record whose delete
-# failed is not queued a second time meanwhile.
-REPLAY_CLAIM_SECONDS = 3600
+# Held by the replay of a dead letter while it runs (milliseconds; a process that dies in it
+# blocks that record's replay this long at most), then kept once it is queued, so that a record
+# whose delete failed is not queued a second time meanwhile.
+REPLAY_CLAIM_SECONDS = 60
+REPLAYED_CLAIM_SECONDS = 3600
 
 # Dedupe and enqueue in one step: a crash can neither lose the message nor let a redelivery in.
 ENQUEUE = """
@@ -485,6 +487,7 @@ class Queue:
                 raise ValueError(f"this dead letter's message cannot be read: {error}") from None
             entry_id = await self.requeue(fields)
             queued = True
+            await self.redis.expire(claim, REPLAYED_CLAIM_SECONDS)
             await self.redis.xdel(DEAD, dead_id)
             return entry_id
         finally:

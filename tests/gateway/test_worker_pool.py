@@ -22,7 +22,15 @@ from redis.exceptions import RedisError
 
 from services.common.redis_client import make_redis
 from services.gateway.engine import InboundMessage
-from services.gateway.queue import WORKERS, Entry, Queue, partition_of, stream_key
+from services.gateway.queue import (
+    WORKERS,
+    Entry,
+    Queue,
+    encode_message,
+    partition_of,
+    replay_claim_key,
+    stream_key,
+)
 from services.gateway.senders.base import SendError
 from services.gateway.settings import GatewaySettings
 from services.gateway.worker import DeadLetter, EngineTimeout, Processor, WorkerPool
@@ -504,6 +512,38 @@ async def test_a_run_of_unreadable_pending_entries_does_not_hide_the_messages_af
         assert [record["reason"] for _, record in dead] == ["corrupt_entry"] * 12
     finally:
         await client.aclose()
+        await redis.aclose()
+
+
+async def test_a_replay_that_dies_midway_blocks_its_record_for_a_minute_at_most(
+    valkey: Valkey,
+) -> None:
+    """A replay claims its record first (so that two at once queue it once). A gateway process
+    that died in the middle of one left that claim for an hour: every replay of the record was
+    404 meanwhile, while the list still showed it. The claim now lasts a minute until the message
+    is queued, and an hour once it is (in case the record's delete failed)."""
+    url = await fresh_url(valkey)
+    pool, redis = new_pool(url, Scripted({}))
+    queue = pool.queue
+    try:
+        fields = {"m": encode_message(message("15550500", "replay me")), "rid": "r1"}
+        dead_id = await queue.dead_letter("max_attempts", "boom", fields=fields)
+        requeue = queue.requeue
+        midway, finish = asyncio.Event(), asyncio.Event()
+
+        async def slow_requeue(fields: dict[str, str]) -> str:
+            midway.set()
+            await finish.wait()
+            return await requeue(fields)
+
+        queue.requeue = slow_requeue  # type: ignore[method-assign]
+        replay = asyncio.create_task(queue.replay(dead_id))
+        await until(midway.is_set)
+        assert 0 < await redis.ttl(replay_claim_key(dead_id)) <= 60  # what a crash here leaves
+        finish.set()
+        assert await replay
+        assert 60 < await redis.ttl(replay_claim_key(dead_id)) <= 3600
+    finally:
         await redis.aclose()
 
 
