@@ -197,6 +197,10 @@ def build_router(runtime: Runtime) -> APIRouter:
                     "Entries that failed and wait for another attempt.",
                     stats["retrying"],
                 ),
+                "gateway_queue_oldest_seconds": (
+                    "How long the oldest message not yet answered has been queued (0: none).",
+                    stats["oldest_seconds"],
+                ),
                 "gateway_dead_letters": (
                     "Records in the dead-letter stream.",
                     stats["dead_letters"],

@@ -497,27 +497,40 @@ class Queue:
 
     # --- figures -------------------------------------------------------------------------
 
-    async def stats(self) -> dict[str, int]:
+    async def stats(self) -> dict[str, float]:
+        """The queue's figures for /metrics; ``oldest_seconds``: how long the oldest entry not
+        yet finished has been queued (by Redis's clock: an entry's id begins with it), 0 when
+        none. Entries are deleted when finished, so each stream's first entry is its oldest."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for partition in range(self.partitions):
                 pipe.xlen(stream_key(partition))
                 pipe.xpending(stream_key(partition), GROUP)
                 pipe.hlen(errors_key(partition))
+                pipe.xrange(stream_key(partition), "-", "+", count=1)
             pipe.xlen(DEAD)
             pipe.zcount(WORKERS, time.time(), "+inf")
+            pipe.time()
             results = await pipe.execute(raise_on_error=False)
         length = pending = retrying = 0
+        oldest_ms: int | None = None
         for i in range(self.partitions):
-            xlen, xpending, attempts = results[3 * i : 3 * i + 3]
+            xlen, xpending, attempts, first = results[4 * i : 4 * i + 4]
             length += xlen if isinstance(xlen, int) else 0
             if isinstance(xpending, dict):
                 pending += int(xpending.get("pending", 0))
             retrying += attempts if isinstance(attempts, int) else 0
-        dead, workers = results[-2], results[-1]
+            if isinstance(first, list) and first:
+                queued_ms = int(_s(first[0][0]).partition("-")[0])
+                oldest_ms = queued_ms if oldest_ms is None else min(oldest_ms, queued_ms)
+        dead, workers, now = results[-3:]
+        oldest_seconds = 0.0
+        if oldest_ms is not None and isinstance(now, tuple):
+            oldest_seconds = max(0.0, now[0] + now[1] / 1e6 - oldest_ms / 1000)
         return {
             "length": length,
             "pending": pending,
             "retrying": retrying,
+            "oldest_seconds": round(oldest_seconds, 3),
             "dead_letters": dead if isinstance(dead, int) else 0,
             "live_workers": workers if isinstance(workers, int) else 0,
             "partitions": self.partitions,

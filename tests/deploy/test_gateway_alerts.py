@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,6 +137,11 @@ def test_messages_queued_with_no_worker_alive_page(gateway: str, tmp_path: Path)
     assert answer.status_code == 200 and answer.json()["queued"] == 1, answer.text
     after = scrape(f"{gateway}/metrics")
     assert after[("gateway_queue_length", ())] == 1 and after[("gateway_live_workers", ())] == 0
+    # The message's age, as ParleyQueueStale reads it, grows while it waits.
+    assert before[("gateway_queue_oldest_seconds", ())] == 0
+    time.sleep(1.2)
+    waited = scrape(f"{gateway}/metrics")[("gateway_queue_oldest_seconds", ())]
+    assert 1.0 <= waited < 60
 
     # Ten minutes with nothing queued, then the message waits for two hours.
     evaluate(
