@@ -85,7 +85,8 @@ class Stack:
         return self.services.processes[index]
 
     def restart_service(self, name: str, down_seconds: float = 0.0) -> None:
-        """SIGTERM the service, keep it down a moment, start it again on the same port."""
+        """SIGTERM the service (it drains and exits), keep it down ``down_seconds``, start it
+        again on the same port; return once it is SERVING."""
         index = {"session": 0, "business": 1, "search": 2}[name]
         old = self.services.processes[index]
         old.stop()
@@ -94,6 +95,21 @@ class Stack:
         self.services.processes[index] = new
         addr = [self.services.session, self.services.business, self.services.search][index]
         new.wait_serving(addr, "", 60)
+
+    def restart_web(self) -> None:
+        """SIGTERM the gateway's web process (it drains and exits), start a new one on the same
+        port; return once it is ready."""
+        old = self.gateway.processes[0]
+        old.stop()
+        new = ServiceProcess(old.module, {**old.env}, old.log_path).start()
+        self.gateway.processes[0] = new
+        assert wait_for(self.ready, 60, 0.1), f"the new web process not ready:\n{new.log[-3000:]}"
+
+    def restart_worker(self, index: int, tag: str) -> None:
+        """SIGTERM a worker (it finishes its messages and hands its partitions back), then a
+        new one."""
+        self.workers[index].stop()
+        self.start_worker(index, tag)
 
     def kill_worker(self, index: int) -> None:
         worker = self.workers[index]

@@ -193,18 +193,35 @@ def test_search_provider_outage(stack: Stack) -> None:
     assert_clean(result)
 
 
-def test_business_service_restarted(stack: Stack) -> None:
+def test_services_restarted_in_turn(stack: Stack) -> None:
+    """A rollout of every deployment, one replica each: SIGTERM (the process drains and exits),
+    a new process on the same port. Nobody may be told search is unavailable for it."""
     restarts = 2 if FULL else 1
     down = 5.0 if FULL else 1.0
 
     def fault() -> str:
-        for _ in range(restarts):
+        for n in range(restarts):
             stack.restart_service("business", down)
+            stack.restart_service("session")
+            stack.restart_service("search")
+            stack.restart_web()
+            if FULL:  # quick: the worker SIGKILL scenario and tests/gateway cover workers
+                for index in range(len(stack.workers)):
+                    stack.restart_worker(index, f"r{n}")
             time.sleep(RECOVERY / 2)
-        return f"{restarts}x business service SIGTERM, down {down:.0f} s, restarted"
+        workers = ", each worker" if FULL else ""
+        return (
+            f"{restarts}x in turn: business (down {down:.0f} s), session, search,"
+            f" gateway web{workers}"
+        )
 
-    result = run_scenario(stack, "business restart", fault)
+    dead_before = len(stack.dead_letters())
+    result = run_scenario(stack, "services restarted in turn", fault)
+    dead = len(stack.dead_letters()) - dead_before
     assert_clean(result)
+    assert result.unavailable == 0, "users were told search is unavailable during a restart"
+    assert dead == 0, f"{dead} messages dead-lettered"
+    assert_sessions_complete(stack, result)
 
 
 def test_every_webhook_delivered_twice_out_of_order(stack: Stack) -> None:

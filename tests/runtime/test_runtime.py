@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from parley.session.v1 import session_pb2, session_pb2_grpc
+from services.common.clients import make_channel, with_call_defaults
 from services.common.errors import error_info, field_violations
 from services.common.healthcheck import check
 from services.common.server import LIVENESS, Runtime, Service
@@ -365,6 +367,44 @@ def test_sigterm_lets_the_in_flight_call_finish(tmp_path: Path) -> None:
     assert result["response"].created  # type: ignore[attr-defined]
     assert process.wait(timeout=15) == 0
     assert any(line.get("event") == "stopped" for line in process.log_events())
+
+
+async def test_a_gateway_call_waits_through_its_service_restarting(tmp_path: Path) -> None:
+    """A rollout of a single replica (docker compose, `kubectl rollout restart` with one pod on
+    the same address): the process drains and exits, the new one listens a moment later. A
+    call the gateway makes in between waits for it within its deadline instead of failing
+    UNAVAILABLE at once. (Was a bug: the channel's three quick retries were spent within
+    0.2 s, so every user whose search fell in the gap was told search is unavailable.)"""
+    process, address = fixture_service(tmp_path, FIXTURE_SLOW_SECONDS="0")
+    stub = with_call_defaults(
+        session_pb2_grpc.SessionServiceStub(make_channel(address, NAME)), 10.0
+    )
+    restarted: ServiceProcess | None = None
+    try:
+        assert (await stub.GetConversation(session_pb2.GetConversationRequest())).created
+        process.signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+        call = asyncio.ensure_future(stub.GetConversation(session_pb2.GetConversationRequest()))
+        await asyncio.sleep(5)  # a slow start (gRPC's own backoff would have grown to 2.6 s)
+        assert not call.done(), "the call did not wait for the new process"
+        restarted = ServiceProcess(process.module, process.env, process.log_path).start()
+        await asyncio.to_thread(restarted.wait_serving, address)
+        serving = time.monotonic()
+        assert (await call).created
+        # The channel reconnects promptly, not after a backoff grown over the gap.
+        assert time.monotonic() - serving < 2.0
+        # A service that stays away still fails the call at its deadline.
+        restarted.signal(signal.SIGTERM)
+        assert restarted.wait(15) == 0
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await stub.GetConversation(session_pb2.GetConversationRequest(), timeout=1.0)
+        assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - started < 3
+    finally:
+        for each in (process, restarted):
+            if each is not None:
+                each.stop()
 
 
 def test_request_id_reaches_the_access_log_and_errors_stay_opaque(tmp_path: Path) -> None:
