@@ -134,6 +134,10 @@ def make_channel(
         # backoff, 1 s growing by 1.6 up to 120 s, noticed a 5 s restart nearly 4 s late).
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
+        # The DNS name is resolved again when a connection ends (a pod gone, a server's
+        # GRPC_MAX_CONNECTION_AGE_SECONDS): at most every 5 s rather than gRPC's 30, so
+        # replicas added by a scale-up or a rollout take calls soon after.
+        ("grpc.dns_min_time_between_resolutions_ms", 5000),
     ]
     target = dns_target(address)
     if credentials is None:

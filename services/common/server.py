@@ -104,6 +104,13 @@ def _cannot_listen(address: str, what: str) -> ValueError:
     )
 
 
+def _connection_age(seconds: float) -> list[tuple[str, int]]:
+    """gRPC resolves a DNS name again only when a connection ends: without an age, a client
+    keeps the replicas it found first for as long as it lives, and new ones get no calls (gRFC
+    A9's remedy). No age grace: calls in flight on an aged connection always finish."""
+    return [("grpc.max_connection_age_ms", int(seconds * 1000))] if seconds > 0 else []
+
+
 def _read(variable: str, path: str) -> bytes:
     with configuring(variable, OSError):
         return Path(path).read_bytes()
@@ -128,6 +135,7 @@ class Runtime:
                 # Accept the clients' keepalive pings (see services.common.clients).
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                *_connection_age(settings.grpc_max_connection_age_seconds),
             ],
         )
         wrapper = CallWrapper(self.in_flight, settings.grpc_default_deadline_seconds)

@@ -37,6 +37,10 @@ class CommonSettings(BaseSettings):
     readiness_interval_seconds: float = Field(default=2.0, gt=0, le=60)
     # A server-side ceiling for calls whose client set no deadline.
     grpc_default_deadline_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # Connections older than this are closed gracefully (GOAWAY; calls on them finish): the
+    # gateway's channel then resolves the service's DNS name again and finds replicas added
+    # since (a scale-up, an HPA). 0: never.
+    grpc_max_connection_age_seconds: float = Field(default=30.0, ge=0, le=86400)
     # TLS between the gateway and the services (server cert/key; CA makes it mutual).
     grpc_tls_cert: str | None = None
     grpc_tls_key: str | None = None

@@ -27,6 +27,7 @@ from services.common.healthcheck import check
 from services.common.server import LIVENESS, Runtime, Service
 from services.common.settings import CommonSettings, load_settings
 from tests.runtime.fixture_service import NAME, FixtureServicer
+from tests.support.dns import DnsNames
 from tests.support.processes import ROOT, ServiceProcess, Valkey, free_port, wait_for
 
 HEALTH = "grpc.health.v1.Health"
@@ -405,6 +406,51 @@ async def test_a_gateway_call_waits_through_its_service_restarting(tmp_path: Pat
         for each in (process, restarted):
             if each is not None:
                 each.stop()
+
+
+async def test_the_gateway_finds_a_replica_added_after_it_connected(tmp_path: Path) -> None:
+    """A scale-up (`kubectl scale`, the search HPA): the headless Service's DNS name gains a
+    pod's address. The gateway's channel resolves the name again when a connection ends, and
+    the servers end theirs after GRPC_MAX_CONNECTION_AGE_SECONDS, so the new replica takes
+    calls. (Was a bug: no connection ever ended, so a gateway process kept calling only the
+    replicas it had found at start-up, however many were added.)"""
+    port = free_port()
+    names = DnsNames().start()
+    names.addresses = ["127.0.0.1"]
+    replicas = [
+        ServiceProcess(
+            "tests.runtime.fixture_service",
+            {
+                "FIXTURE_PORT": str(port),
+                "FIXTURE_SLOW_SECONDS": "0",
+                "GRPC_HOST": host,
+                "GRPC_MAX_CONNECTION_AGE_SECONDS": "1",
+            },
+            tmp_path / f"replica-{host}.log",
+        ).start()
+        for host in ("127.0.0.1", "127.0.0.2")
+    ]
+    stub = with_call_defaults(
+        session_pb2_grpc.SessionServiceStub(make_channel(names.target("session", port), NAME)), 5
+    )
+    try:
+        for replica, host in zip(replicas, ("127.0.0.1", "127.0.0.2"), strict=True):
+            replica.wait_serving(f"{host}:{port}")
+        assert (await stub.GetConversation(session_pb2.GetConversationRequest())).created
+        names.addresses = ["127.0.0.1", "127.0.0.2"]  # the new pod is ready
+
+        def calls(replica: ServiceProcess) -> int:
+            return replica.log.count("slow call started")
+
+        deadline = time.monotonic() + 20
+        while calls(replicas[1]) == 0 and time.monotonic() < deadline:
+            assert (await stub.GetConversation(session_pb2.GetConversationRequest())).created
+            await asyncio.sleep(0.1)
+        assert calls(replicas[1]) > 0, f"the new replica got no call ({names.queries} lookups)"
+    finally:
+        names.stop()
+        for replica in replicas:
+            replica.stop()
 
 
 def test_request_id_reaches_the_access_log_and_errors_stay_opaque(tmp_path: Path) -> None:
