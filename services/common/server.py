@@ -219,7 +219,8 @@ class Runtime:
         return 0
 
     async def shutdown(self) -> None:
-        """Health NOT_SERVING at once; in-flight calls finish within the grace; then stop."""
+        """Health NOT_SERVING at once; calls are still taken until none is in flight (half the
+        grace at most); then stop, letting the calls in flight finish within the rest."""
         grace = self.settings.shutdown_grace_seconds
         try:
             log.info(
@@ -232,9 +233,12 @@ class Runtime:
             SERVING.labels(self.service.name).set(0)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + grace
-            # The server keeps answering (health says NOT_SERVING) while in-flight calls drain.
+            # The server keeps answering (health says NOT_SERVING) while in-flight calls drain,
+            # for half the grace at most: clients that do not read health (the gateway's
+            # channel) keep sending, so under steady load no moment without a call may come,
+            # and the calls taken meanwhile need the rest of the grace to finish once it stops.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
+                async with asyncio.timeout(grace / 2):
                     await self.in_flight.idle.wait()
             await self.server.stop(max(0.0, deadline - loop.time()))
             # Writes whose callers were cancelled still run (run_shielded): the stores they use

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -451,6 +453,52 @@ async def test_the_gateway_finds_a_replica_added_after_it_connected(tmp_path: Pa
         names.stop()
         for replica in replicas:
             replica.stop()
+
+
+async def test_sigterm_under_steady_load_lets_every_call_it_took_finish(tmp_path: Path) -> None:
+    """Calls keep coming after SIGTERM (the gateway's channel does not read health, and a pod's
+    endpoints are gone only from DNS), so some call is always in flight. Every call the server
+    took must still get its answer: it stops taking new ones in time to let those finish.
+    (Was a bug: it waited for a moment with no call in flight, which never came, for the whole
+    grace, then stopped with none left and cut the calls in flight.)"""
+    process, address = fixture_service(
+        tmp_path, FIXTURE_SLOW_SECONDS="0.5", SHUTDOWN_GRACE_SECONDS="2"
+    )
+    answered: set[str] = set()
+    ended = asyncio.Event()
+
+    async def caller(n: int) -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = session_pb2_grpc.SessionServiceStub(channel)
+            await asyncio.sleep(n * 0.07)
+            for k in itertools.count():
+                rid = f"{n:02d}{k:030d}"
+                try:
+                    await stub.GetConversation(
+                        session_pb2.GetConversationRequest(),
+                        metadata=[("x-request-id", rid)],
+                        timeout=5,
+                    )
+                    answered.add(rid)
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(0.05)
+                if ended.is_set():
+                    return
+                await asyncio.sleep(random.uniform(0, 0.2))
+
+    callers = [asyncio.create_task(caller(n)) for n in range(8)]
+    try:
+        await asyncio.sleep(1.5)
+        process.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 20) == 0
+    finally:
+        ended.set()
+        await asyncio.gather(*callers)
+        process.stop()
+    taken = {line["request_id"] for line in process.log_events("slow call started")}
+    assert taken, process.log
+    cut = sorted(taken - answered)
+    assert not cut, f"{len(cut)} of {len(taken)} calls taken were cut: {cut[:3]}"
 
 
 def test_request_id_reaches_the_access_log_and_errors_stay_opaque(tmp_path: Path) -> None:
