@@ -668,3 +668,46 @@ async def test_medellin_is_its_international_airport(engine: BotEngine) -> None:
 def chat_route(reply: str) -> tuple[str, ...]:
     match = re.search(r"\((\w{3})\) → [^(]*\((\w{3})\)", reply)
     return match.groups() if match else ()
+
+
+async def test_a_stretch_of_days_is_asked_about_by_name(engine: BotEngine) -> None:
+    """'a finales de mes' and 'a mediados de diciembre' set the destination to 'finales' /
+    'mediados' (Naples, Royan) and lost Roma; 'for christmas' was the destination; 'end of the
+    month', 'mid december', 'first week of december' were dropped without a word."""
+    now = at(date(2026, 11, 23))
+    for locale, text, question in [
+        ("en", "NYC to London end of the month", "Which day at the end of November?"),
+        ("en", "NYC to London mid december", "Which day in mid-December?"),
+        ("en", "NYC to London early january", "Which day in early January?"),
+        ("en", "NYC to London first week of december", "Which day in the first week of December?"),
+        ("en", "NYC to London for christmas", "Which day around Christmas?"),
+        ("en", "NYC to London in march", "Which day in March?"),
+        ("es", "de Nueva York a Londres a finales de mes", "¿Qué día a finales de noviembre?"),
+        (
+            "es",
+            "de Nueva York a Londres a mediados de diciembre",
+            "¿Qué día a mediados de diciembre?",
+        ),
+        ("es", "de Nueva York a Londres en navidades", "¿Qué día en Navidades?"),
+    ]:
+        chat = Chat(engine, now=now, written=now, locale=locale)
+        reply = await chat.say(text)
+        assert reply.endswith("New York (NYC) → London (LON).\n" + question), (text, reply)
+        assert chat.state["ask"] == {"slot": "date"}
+    # The day alone, in answer, is that day of the period's month.
+    chat = Chat(engine, now=now, written=now, locale="es")
+    await chat.say("de Madrid a Roma a mediados de diciembre")
+    assert chat_route(await chat.say("el 15")) == ("MAD", "ROM")
+    assert chat.state["trip"]["depart"] == "2026-12-15"
+    chat = Chat(engine, now=now, written=now)
+    await chat.say("NYC to London early january")
+    assert "Mon 4 Jan" in await chat.say("4")
+    assert chat.state["trip"]["depart"] == "2027-01-04"
+    # A holiday that is one day is that day.
+    for locale, text in [
+        ("en", "NYC to London christmas eve"),
+        ("es", "de Madrid a Roma en Nochebuena"),
+    ]:
+        chat = Chat(engine, now=now, written=now, locale=locale)
+        await chat.say(text)
+        assert chat.state["trip"]["depart"] == "2026-12-24", text

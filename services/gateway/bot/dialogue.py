@@ -4,7 +4,8 @@ State (JSON, in the session service, so it survives restarts and moves between w
 
 - ``trip``: the slots: ``origin`` / ``destination`` (``{"code", "name", "city", "country",
   "kind"}``), ``depart`` / ``return`` (ISO dates), ``nights``, ``adults``, ``cabin``,
-  ``non_stop``.
+  ``non_stop``; ``period`` (``{"kind", "month", "year", "week"}``) while the user has named
+  a stretch of days ("end of the month") and not yet the day.
 - ``ask``: what the last reply asked for: ``{"slot": "origin"|"destination"|"date"}``, with
   ``"choices"`` (places) when it asked the user to pick one.
 - ``results``: the last search's offers in compact form and how many were shown. The offers
@@ -32,6 +33,8 @@ from services.gateway.bot import offers as fmt
 from services.gateway.bot.extract import (
     MAX_DAYS_AHEAD,
     Extraction,
+    NoSuchDate,
+    Period,
     extract,
     normalize,
     weekday_after,
@@ -234,6 +237,8 @@ def _valid_trip(trip: dict[str, Any]) -> dict[str, Any]:
                 date.fromisoformat(str(value))
             except ValueError:
                 trip.pop(key)
+    if "period" in trip and Period.from_state(trip["period"]) is None:
+        trip.pop("period")
     for key in ("adults", "nights"):
         value = trip.get(key)
         if value is not None and not (isinstance(value, int | float) and 1 <= value <= 365):
@@ -450,6 +455,13 @@ class BotEngine:
             if 1 <= n <= shown:
                 return [Reply(fmt.details(ctx.texts, n, offers[n - 1], self._travellers(ctx, d)))]
             return [Reply(ctx.texts("pick_offer", last=shown))]
+        period = Period.from_state(d.trip.get("period"))
+        if period is not None and d.ask.get("slot") == "date" and 1 <= n <= 31:
+            # "28", answering "Which day at the end of December?": that day of the period.
+            value = period.day(n)
+            if isinstance(value, NoSuchDate):
+                return await self._apply(ctx, d, Extraction(no_such_date=value))
+            return await self._apply(ctx, d, Extraction(depart=value))
         return None  # a bare number with nothing to choose: maybe a date ("5")
 
     # --- step-by-step (USE_SMART_HANDLER off) -----------------------------------------
@@ -497,6 +509,14 @@ class BotEngine:
             and not (found.origin or found.destination or found.places)
         ):
             found = replace(found, no_such_return=True)  # "31 April" answering the question
+        period = Period.from_state(d.trip.get("period"))
+        if period is not None and found.depart and found.depart_day_only:
+            # "the 28th", answering "Which day at the end of December?": in that month.
+            day = period.day(found.depart.day)
+            if isinstance(day, NoSuchDate):
+                found = replace(found, depart=None, no_such_date=day)
+            else:
+                found = replace(found, depart=day)
         assigned: dict[str, str] = {}
         if found.origin:
             assigned["origin"] = found.origin
@@ -534,6 +554,12 @@ class BotEngine:
         changes: dict[str, Any] = {}
         if found.depart:
             changes["depart"] = found.depart.isoformat()
+            if d.trip.get("period"):
+                changes["period"] = None
+        elif found.period is not None:
+            # "end of the month": which day is asked, naming the period (see _advance).
+            changes["depart"] = None
+            changes["period"] = found.period.as_state()
         if found.return_date:
             back = found.return_date
             departure = found.depart or (
@@ -695,6 +721,9 @@ class BotEngine:
         if missing is not None:
             d.set("ask", {"slot": missing})
             question = t(f"ask_{missing}")
+            period = Period.from_state(d.trip.get("period"))
+            if missing == "date" and period is not None:
+                question = t("ask_day_in_period", period=_period_text(t, period))
             summary = self._summary(ctx, d)
             if ctx.smart and summary and not before:
                 question = t("have_so_far", summary=summary) + "\n" + question
@@ -912,6 +941,14 @@ class BotEngine:
         if trip.get("non_stop"):
             parts.append(t("non_stop_only"))
         return ", ".join(parts)
+
+
+def _period_text(t: Texts, period: Period) -> str:
+    """ "at the end of December", "a mediados de diciembre", "around Christmas"."""
+    month = t.words("month_names")[period.month - 1]
+    if period.kind == "week":
+        return t("period_week", nth=t.words("week_ordinals")[period.week - 1], month=month)
+    return t(f"period_{period.kind}", month=month)
 
 
 def _place_label(place: dict[str, Any]) -> str:

@@ -52,6 +52,9 @@ class Extraction:
     non_stop: bool | None = None
     one_way: bool | None = None
     unreadable_date: bool = False  # something looked like a date but could not be read
+    # A stretch of days instead of a day ("end of the month"): the user is asked which day.
+    period: Period | None = None
+    depart_day_only: bool = False  # the departure was a day of the month alone ("the 28th")
     # A departure or return written as a day that does not exist ("29 Feb" in 2027): said so,
     # not taken for a date a year on or for something unreadable.
     no_such_date: NoSuchDate | None = None
@@ -72,6 +75,7 @@ class Extraction:
             or self.non_stop is not None
             or self.one_way is not None
             or self.no_such_date is not None
+            or self.period is not None
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -620,14 +624,178 @@ def _nth(match: re.Match[str], ctx: DateContext) -> DateValue:
     return _day_of_month(ctx.today, day) if 1 <= day <= 31 else None
 
 
+# Holidays that are one day: "Christmas Eve" is 24 December. (Christmas or New Year alone
+# are periods: see find_period.)
+HOLIDAYS = {
+    "christmas eve": (24, 12),
+    "xmas eve": (24, 12),
+    "nochebuena": (24, 12),
+    "christmas day": (25, 12),
+    "xmas day": (25, 12),
+    "dia de navidad": (25, 12),
+    "new year's eve": (31, 12),
+    "new years eve": (31, 12),
+    "new year eve": (31, 12),
+    "nochevieja": (31, 12),
+    "new year's day": (1, 1),
+    "new years day": (1, 1),
+    "dia de año nuevo": (1, 1),
+    "dia de ano nuevo": (1, 1),
+    "dia de reyes": (6, 1),
+    "valentine's day": (14, 2),
+    "valentines day": (14, 2),
+    "dia de san valentin": (14, 2),
+    "halloween": (31, 10),
+}
+
+
+@_rule(r"\b(?:on |el |the )?" + _alternation({name: 0 for name in HOLIDAYS}) + r"\b")
+def _holiday(match: re.Match[str], ctx: DateContext) -> DateValue:
+    day, month = HOLIDAYS[match.group(1)]
+    return _absolute(day, month, None, ctx.today)
+
+
 # Month names alone ("in march") are too vague for a flight search; dateparser catches the
 # rest ("next month", written-out forms) only when the rules above found nothing.
+
+
+@dataclass(frozen=True)
+class Period:
+    """A stretch of days the user named instead of a day: "end of the month", "mid
+    December", "a principios de enero", "first week of December", "for Christmas". Not a
+    date to search: the user is asked which day, the period named in the question."""
+
+    kind: str  # month, early, mid, end, week (with ``week``), last_week, christmas, new_year
+    month: int
+    year: int
+    week: int = 0  # 1-4 for kind "week"
+
+    def last_day(self) -> date:
+        """The period's last day in its month: "early November" is over on the 11th."""
+        days = calendar.monthrange(self.year, self.month)[1]
+        end = {"early": 10, "mid": 20, "week": 7 * self.week}.get(self.kind, days)
+        return date(self.year, self.month, min(end, days))
+
+    def day(self, day: int) -> date | NoSuchDate:
+        """The day of the month written in answer to "Which day <period>?": that day of the
+        period's month ("the 3rd" around New Year is 3 January)."""
+        year, month = self.year, self.month
+        if self.kind == "new_year" and day <= 7:
+            year, month = year + 1, 1
+        if day > calendar.monthrange(year, month)[1]:
+            return NoSuchDate(day, month, year)
+        return date(year, month, day)
+
+    def as_state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "month": self.month, "year": self.year, "week": self.week}
+
+    @classmethod
+    def from_state(cls, value: Any) -> Period | None:
+        if not isinstance(value, dict):
+            return None
+        try:
+            period = cls(
+                str(value["kind"]), int(value["month"]), int(value["year"]), int(value["week"])
+            )
+            period.last_day()
+        except (KeyError, TypeError, ValueError, calendar.IllegalMonthError):
+            return None
+        return period
+
+
+_BEFORE = r"\b(?:(?:in|at|by|for|around|towards|during|sometime|en|a|para|hacia|durante|por) )*"
+_THE_MONTH = r"(?:the |this |este |el )?(?:month|mes)"
+_NEXT_MONTH = r"(?:(?:the )?next month|(?:el )?(?:mes que viene|proximo mes))"
+# A month name not followed by a day ("march 3" is a date, read by the date rules).
+_A_MONTH = MONTH + r"\b(?! ?(?:the )?\d)"
+_WHICH = (
+    r"(?:(?P<next>" + _NEXT_MONTH + r")|(?P<this>" + _THE_MONTH + r")|(?:the )?" + _A_MONTH + r")"
+)
+_OF = r"(?:-| (?:of |del? )?)"
+PERIOD_RULES: list[tuple[re.Pattern[str], str]] = [
+    (
+        re.compile(
+            _BEFORE
+            + r"(?:the )?(?:end|ending|finales|fines|fin|late|later|last days?)"
+            + _OF
+            + _WHICH
+        ),
+        "end",
+    ),
+    (
+        re.compile(
+            _BEFORE
+            + r"(?:the )?(?:beginning|start|early|principios|inicios|comienzos|primeros dias)"
+            + _OF
+            + _WHICH
+        ),
+        "early",
+    ),
+    (re.compile(_BEFORE + r"(?:the )?(?:middle|mid|mediados)" + _OF + _WHICH), "mid"),
+    (
+        re.compile(
+            _BEFORE
+            + r"(?:the |la )?(?P<nth>first|1st|second|2nd|third|3rd|fourth|4th|last|primera|"
+            r"segunda|tercera|cuarta|ultima) (?:week|semana)" + _OF + _WHICH
+        ),
+        "week",
+    ),
+    # Not "Christmas Eve" or "día de Navidad": those are days (HOLIDAYS, read as dates).
+    (
+        re.compile(_BEFORE + r"(?<!dia de )(?:christmas|xmas|navidad(?:es)?)\b(?! (?:eve|day)\b)"),
+        "christmas",
+    ),
+    (
+        re.compile(
+            _BEFORE + r"(?<!dia de )(?:new year(?:'?s)?+|año nuevo|ano nuevo)\b(?! (?:eve|day)\b)"
+        ),
+        "new_year",
+    ),
+    (
+        re.compile(
+            r"\b(?:(?:in|for|during|around|en|para|durante) )+(?:the month of |el mes de )?"
+            + _A_MONTH
+        ),
+        "month",
+    ),
+]
+_NTH = {"first": 1, "1st": 1, "primera": 1, "second": 2, "2nd": 2, "segunda": 2}
+_NTH |= {"third": 3, "3rd": 3, "tercera": 3, "fourth": 4, "4th": 4, "cuarta": 4}
+
+
+def find_period(text: str, today: date) -> tuple[str, Period | None]:
+    """The first period the text names, removed from it (so "a finales de mes" is not read as
+    the place "finales", nor "for christmas" as a destination)."""
+    for pattern, kind in PERIOD_RULES:
+        match = pattern.search(text)
+        if match is None:
+            continue
+        groups = match.groupdict()
+        if kind in ("christmas", "new_year"):
+            month = 12
+        elif groups.get("this"):
+            month = today.month
+        elif groups.get("next"):
+            month = today.month % 12 + 1
+        else:
+            month = next(MONTHS[g] for g in match.groups() if g in MONTHS)
+        week = 0
+        if kind == "week":
+            week = _NTH.get(groups["nth"] or "", 0)
+            kind = "week" if week else "last_week"
+        year = today.year
+        period = Period(kind, month, year, week)
+        if period.last_day() < today or (groups.get("next") and month == 1):
+            period = Period(kind, month, year + 1, week)
+        return text[: match.start()] + " " + text[match.end() :], period
+    return text, None
 
 
 @dataclass
 class _Found:
     value: date | tuple[date, date] | None
     weekday: bool = False  # "Sunday": the next one after whatever it is relative to
+    day_only: bool = False  # "the 5th": a day of the month alone
 
 
 # A weekday written with its date ("Friday the 4th", "fri 4 dec", "Friday 12/4") names that
@@ -647,7 +815,7 @@ def find_dates(text: str, ctx: DateContext) -> tuple[str, list[_Found]]:
     for pattern, func in DATE_RULES:
 
         def replace(match: re.Match[str], func: Any = func) -> str:
-            found.append(_Found(func(match, ctx), weekday=func is _weekday))
+            found.append(_Found(func(match, ctx), weekday=func is _weekday, day_only=func is _nth))
             return f" @d{len(found) - 1} "
 
         text = pattern.sub(replace, text)
@@ -881,6 +1049,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
         result.nights = 7
         work = LENGTH_A_WEEK.sub(" ", work)
 
+    work, result.period = find_period(work, ctx.today)
     work, dates = find_dates(work, ctx)
 
     # Travellers, once dates are out of the way ("the 5th" is not 5 people).
@@ -925,6 +1094,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
         if isinstance(item.value, date) and result.depart is None:
             result.depart = item.value
             result.depart_weekday = item.weekday
+            result.depart_day_only = item.day_only
         elif isinstance(item.value, NoSuchDate) and result.depart is None:
             result.no_such_date = result.no_such_date or item.value
         elif item.value is None:
