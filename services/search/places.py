@@ -186,6 +186,16 @@ ALIASES: dict[str, str] = {
     "medellin": "MDE",
     "oviedo": "OVD",
     "killeen": "GRK",
+    # Spanish names with "de" whose airport the data files under a shorter or misspelt name
+    # (Santiago, Jerez de la Forntera, Sta Cruz de la Palma; "Santa Cruz" alone is Bolivia's).
+    # Santa Cruz de Tenerife is the city, Tenerife North (TFN) its airport.
+    "santa cruz de tenerife": "TFN",
+    "santa cruz de la palma": "SPC",
+    "santa cruz de la sierra": "VVI",
+    "santiago de cuba": "SCU",
+    "jerez de la frontera": "XRY",
+    "san jose de costa rica": "SJO",
+    "san juan de puerto rico": "SJU",
     "felipe angeles": "NLU",
     "aifa": "NLU",
 }

@@ -711,3 +711,21 @@ async def test_a_stretch_of_days_is_asked_about_by_name(engine: BotEngine) -> No
         chat = Chat(engine, now=now, written=now, locale=locale)
         await chat.say(text)
         assert chat.state["trip"]["depart"] == "2026-12-24", text
+
+
+async def test_a_spanish_name_with_de_is_one_place(engine: BotEngine) -> None:
+    """'de Madrid a Santa Cruz de Tenerife' searched Madrid → Santa Cruz, Bolivia: the 'de'
+    inside the name was read as 'from' (and Tenerife dropped); 'a Santiago de Cuba desde
+    Madrid' flew from 'Cuba' to Santiago de Chile."""
+    for text, route in [
+        ("de Madrid a Santa Cruz de Tenerife mañana", ("MAD", "TFN")),
+        ("de Santa Cruz de Tenerife a Madrid mañana", ("TFN", "MAD")),
+        ("a Santiago de Cuba desde Madrid mañana", ("MAD", "SCU")),
+        ("de Buenos Aires a San Carlos de Bariloche mañana", ("BUE", "BRC")),
+        ("de Madrid a Jerez de la Frontera mañana", ("MAD", "XRY")),
+        # A "de" that is not inside a name is still "from", or not a place at all.
+        ("a Oslo de Londres mañana", ("LON", "OSL")),
+        ("de Madrid a Roma de vacaciones mañana", ("MAD", "ROM")),
+    ]:
+        reply = await Chat(engine, locale="es").say(text)
+        assert chat_route(reply) == route, (text, reply)

@@ -240,6 +240,10 @@ def test_air_force_bases_abbreviated_are_never_suggested(places: Places) -> None
         ("Curitiba", "CWB"),  # tied with Bacacheri (BFH), which came first by its code
         ("Porto Alegre", "POA"),  # was Porto (OPO): a hub as one word of the query
         ("Santiago de Compostela", "SCQ"),  # was Santiago de Chile (SCL), the same way
+        ("Santa Cruz de Tenerife", "TFN"),  # was Santa Cruz, Bolivia (VVI)
+        ("Santa Cruz de la Palma", "SPC"),  # was VVI: the data says "Sta Cruz de la Palma"
+        ("Santiago de Cuba", "SCU"),  # was SCL: the data's city is "Santiago"
+        ("Jerez de la Frontera", "XRY"),  # scored 85.5 only: the data says "Forntera"
     ],
 )
 def test_a_city_s_main_airport_ranks_first(places: Places, text: str, first: str) -> None:

@@ -57,6 +57,7 @@ log = structlog.get_logger()
 
 STATE_KEYS = ("trip", "ask", "results")
 STRICT_SCORE = 85.0  # a place written alone, unasked, must resolve at least this well
+ONE_NAME_SCORE = 85.0  # "X de Y" read as one name resolves at least this well (see _apply)
 # Older message timestamps are not trusted (providers retry for a day or so).
 MAX_MESSAGE_AGE = timedelta(days=7)
 CABIN_CODES = {
@@ -517,6 +518,15 @@ class BotEngine:
                 found = replace(found, depart=None, no_such_date=day)
             else:
                 found = replace(found, depart=day)
+        for whole in found.whole_names:
+            if await self._is_one_name(whole.name, whole.part):
+                found = replace(
+                    found,
+                    origin=whole.origin,
+                    destination=whole.destination,
+                    places=list(whole.places),
+                )
+                break
         assigned: dict[str, str] = {}
         if found.origin:
             assigned["origin"] = found.origin
@@ -617,6 +627,24 @@ class BotEngine:
         if before and found.no_such_return:
             return before  # "When do you come back?" is in it: nothing can be searched yet
         return await self._advance(ctx, d, before)
+
+    async def _is_one_name(self, name: str, part: str) -> bool:
+        """Whether "santa cruz de tenerife" is one place rather than "santa cruz" from
+        "tenerife": the whole resolves well, to a place that neither half finds as well
+        ("roma de vacaciones" finds Rome only through "roma"; "oslo de londres" is to Oslo
+        from London)."""
+        rest = name[len(part) + len(" de ") :]
+        try:
+            found = [await self._places.resolve(text) for text in (name, part, rest)]
+        except grpc.aio.AioRpcError:
+            return False
+        whole, *halves = found
+        if not whole or whole[0].score < ONE_NAME_SCORE:
+            return False
+        return not any(
+            half and half[0].code == whole[0].code and half[0].score >= whole[0].score
+            for half in halves
+        )
 
     def _no_such_date(self, ctx: Context, d: Dialogue, found: Extraction) -> list[Reply]:
         """ "29 Feb" in a year without one, "31 April": said so, and that date asked again (a

@@ -55,6 +55,8 @@ class Extraction:
     # A stretch of days instead of a day ("end of the month"): the user is asked which day.
     period: Period | None = None
     depart_day_only: bool = False  # the departure was a day of the month alone ("the 28th")
+    # The places read with an inner "de" kept in a name ("Santa Cruz de Tenerife").
+    whole_names: tuple[WholeName, ...] = ()
     # A departure or return written as a day that does not exist ("29 Feb" in 2027): said so,
     # not taken for a date a year on or for something unreadable.
     no_such_date: NoSuchDate | None = None
@@ -970,6 +972,45 @@ def _clean_place(phrase: str, spanish: bool = False) -> str:
     return cleaned if re.search(r"[a-zñ]", cleaned) else ""
 
 
+@dataclass(frozen=True)
+class WholeName:
+    """The places read another way: "de" kept inside a name ("Santa Cruz de Tenerife",
+    "Santiago de Cuba", "San Carlos de Bariloche") rather than read as "from". Only the place
+    data can say which it is: the dialogue takes this reading when ``name`` resolves at
+    least as well as ``part``, the place it extends (see BotEngine._apply)."""
+
+    name: str  # "santa cruz de tenerife"
+    part: str  # "santa cruz": the phrase read without it
+    origin: str | None
+    destination: str | None
+    places: tuple[str, ...]
+
+
+_INNER_DE = re.compile(r"(?<=[a-zñ]) de (?=[a-zñ])")
+
+
+def _whole_names(
+    text: str, read: tuple[str | None, str | None, list[str]]
+) -> tuple[WholeName, ...]:
+    """Each reading of ``text`` with one inner "de" kept inside a place name (at most 3)."""
+    phrases = [p for p in (read[0], read[1], *read[2]) if p]
+    found: list[WholeName] = []
+    for match in list(_INNER_DE.finditer(text))[:3]:
+        joined = text[: match.start()] + "_de_" + text[match.end() :]
+        origin, destination, places = split_places(joined, True)
+        pairs = [
+            (name, part)
+            for name in (origin, destination, *places)
+            if name and name not in phrases
+            for part in phrases
+            if name.startswith(part + " de ")
+        ]
+        if len(pairs) == 1:
+            name, part = pairs[0]
+            found.append(WholeName(name, part, origin, destination, tuple(places)))
+    return tuple(found)
+
+
 def split_places(text: str, spanish: bool) -> tuple[str | None, str | None, list[str]]:
     """(origin, destination, unmarked places) from text with dates and counts removed."""
     between = BETWEEN.search(text)
@@ -1109,6 +1150,8 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     work = re.sub(r"\s+", " ", work).strip()
     origin, destination, unmarked = split_places(work, spanish)
     result.origin, result.destination, result.places = origin, destination, unmarked
+    if spanish:
+        result.whole_names = _whole_names(work, (origin, destination, unmarked))
 
     if result.depart is None and not dates and not result.places:
         pass
