@@ -182,10 +182,7 @@ ALIASES: dict[str, str] = {
     "cdmx": "MEX",
     # Cities whose main airport airportsdata files under a neighbouring town (Medellin's is in
     # Rionegro): the city's name otherwise finds only a small airport (Olaya Herrera, EOH,
-    # domestic), or nothing (Oviedo: Asturias airport, in Ranon).
-    "medellin": "MDE",
-    "oviedo": "OVD",
-    "killeen": "GRK",
+    # domestic), or nothing (Oviedo: Asturias airport, in Ranon). KNOWN_AS makes them names too.
     # Spanish names with "de" whose airport the data files under a shorter or misspelt name
     # (Santiago, Jerez de la Forntera, Sta Cruz de la Palma; "Santa Cruz" alone is Bolivia's).
     # Santa Cruz de Tenerife is the city, Tenerife North (TFN) its airport.
@@ -199,6 +196,51 @@ ALIASES: dict[str, str] = {
     "felipe angeles": "NLU",
     "aifa": "NLU",
 }
+
+# The city people know an airport by, where airportsdata names the town it stands in
+# (Rionegro for Medellin's, Ranon for Oviedo's), an island with "Island", or a spelling of
+# its own (Belgrad, Sta Cruz): shown to users ("Medellin (MDE)", not "Rionegro (MDE)") and
+# found by that name. A city code's airport is named after it by rule instead (see
+# _known_city): Pearson (Mississauga) is Toronto, Trudeau (Dorval) Montreal.
+KNOWN_AS: dict[str, str] = {
+    "MDE": "Medellin",
+    "OVD": "Oviedo",
+    "GRK": "Killeen",
+    "NLU": "Mexico City",
+    "YVR": "Vancouver",
+    "PTY": "Panama",
+    "CVG": "Cincinnati",
+    "DSS": "Dakar",
+    "TFU": "Chengdu",
+    "IST": "Istanbul",
+    "BOD": "Bordeaux",
+    "BSL": "Basel/Mulhouse",
+    "BEG": "Belgrade",
+    "DPS": "Bali",
+    "TFN": "Tenerife North",
+    "TFS": "Tenerife South",
+    "LPA": "Gran Canaria",
+    "ACE": "Lanzarote",
+    "FUE": "Fuerteventura",
+    "VDE": "El Hierro",
+    "XRY": "Jerez de la Frontera",
+    "SPC": "Santa Cruz de la Palma",
+    "SCU": "Santiago de Cuba",
+}
+
+
+def _known_city(code: str, name: str, city: str, metro: str | None) -> str:
+    """The city to show for an airport: KNOWN_AS, else a city code's name when the airport's
+    own name says it and not the data's town (YYZ "Toronto Pearson", city Mississauga), else
+    the data's city (EWR "Newark Liberty" stays Newark, BWI Baltimore)."""
+    if code in KNOWN_AS:
+        return KNOWN_AS[code]
+    if metro is not None:
+        named, town = normalize(name), normalize(city)
+        if normalize(metro) in named and (not town or town not in named):
+            return metro
+    return city
+
 
 # Major hubs and busy airports, for ranking and tie-breaks (airportsdata has no traffic data).
 _HUB_CODES = """
@@ -310,10 +352,16 @@ class Places:
     def __init__(self, airports: dict[str, dict[str, Any]] | None = None) -> None:
         raw = airports if airports is not None else airportsdata.load("IATA")
         members = {m for _, ms in CITY_CODES.values() for m in ms}
+        metro_of = {m: city for city, ms in CITY_CODES.values() for m in ms}
         self.by_code: dict[str, PlaceInfo] = {}
+        # The data's own city names stay names the airports are found by.
+        self._data_cities: dict[str, str] = {}
         for code, row in raw.items():
             name = str(row["name"])
             commercial = _commercial(code, name, str(row["city"]))
+            city = _known_city(code, name, str(row["city"]), metro_of.get(code))
+            if city != row["city"]:
+                self._data_cities[code] = str(row["city"])
             if code in HUBS or code in members:
                 weight = W_HUB
             elif "international" in name.lower():
@@ -324,7 +372,7 @@ class Places:
                 code=code,
                 is_city=False,
                 name=name,
-                city=str(row["city"]),
+                city=city,
                 country=str(row["country"]),
                 tz=str(row["tz"]),
                 lat=float(row["lat"]),
@@ -398,6 +446,8 @@ class Places:
             # "Arnavutkoy, Istanbul" or "Beauvais/Tille": each part of the city is a name too.
             for part in re.split(r"[,/]", place.city):
                 add(part, place.code, 0.97)
+            if place.code in self._data_cities:  # "Mississauga", "Rionegro"
+                add(self._data_cities[place.code], place.code, 0.97)
         for alias, code in ALIASES.items():
             if code in self.by_code:
                 add(alias, code)

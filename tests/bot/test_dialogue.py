@@ -729,3 +729,21 @@ async def test_a_spanish_name_with_de_is_one_place(engine: BotEngine) -> None:
     ]:
         reply = await Chat(engine, locale="es").say(text)
         assert chat_route(reply) == route, (text, reply)
+
+
+async def test_a_route_shows_the_city_people_know(engine: BotEngine) -> None:
+    """The route showed the airport data's town: a user who wrote Medellín read 'Rionegro
+    (MDE)', Toronto Pearson was 'Mississauga (YYZ)', Tenerife an 'Island', Jerez misspelt."""
+    for locale, text, route in [
+        ("es", "de Bogotá a Medellín mañana", "Bogota (BOG) → Medellin (MDE)"),
+        ("en", "Toronto Pearson to NYC tomorrow", "Toronto (YYZ) → New York (NYC)"),
+        ("en", "YUL to Vancouver tomorrow", "Montreal (YUL) → Vancouver (YVR)"),
+        ("es", "de Madrid a Santa Cruz de Tenerife mañana", "Madrid (MAD) → Tenerife North (TFN)"),
+        ("es", "de Madrid a Jerez de la Frontera mañana", "Madrid (MAD) → Jerez de la Frontera"),
+    ]:
+        reply = await Chat(engine, locale=locale).say(text)
+        assert route in reply, (text, reply)
+    # Tenerife alone: the island's two airports are offered.
+    replies = await Chat(engine, locale="es").send("text", "de Madrid a Tenerife mañana")
+    titles = [row.title for row in replies[-1].rows]
+    assert titles == ["Tenerife South (TFS)", "Tenerife North (TFN)"], replies
