@@ -747,3 +747,33 @@ async def test_a_route_shows_the_city_people_know(engine: BotEngine) -> None:
     replies = await Chat(engine, locale="es").send("text", "de Madrid a Tenerife mañana")
     titles = [row.title for row in replies[-1].rows]
     assert titles == ["Tenerife South (TFS)", "Tenerife North (TFN)"], replies
+
+
+async def test_a_return_or_year_end_stretch_is_asked_about(engine: BotEngine) -> None:
+    """'dec 10 back early january' searched a one-way trip on 10 December; 'y vuelta a
+    principios de enero' flew to Príncipe (PCP); 'between christmas and new year' asked which
+    'Christmas' (the island) the user meant; 'a primeros de mes' and 'para fin de año' were
+    places ('Primeros' not found, Buki in Papua New Guinea for 'fin')."""
+    now = at(date(2026, 11, 23))
+    chat = Chat(engine, now=now, written=now)
+    reply = await chat.say("NYC to London dec 10 back early january")
+    assert reply == "Which day in early January do you come back?"
+    assert chat.state["ask"] == {"slot": "return"}
+    assert chat.state["trip"]["depart"] == "2026-12-10"
+    reply = await chat.say("4")
+    assert chat.state["trip"]["return"] == "2027-01-04" and "back Mon 4 Jan" in reply
+    for locale, text, question in [
+        ("en", "NYC to London between christmas and new year", "Which day between Christmas"),
+        ("es", "de Nueva York a Londres a primeros de mes", "¿Qué día a principios de diciembre?"),
+        ("es", "de Nueva York a Londres para fin de año", "¿Qué día a finales de diciembre?"),
+        ("es", "de Nueva York a Londres a mitad de diciembre", "¿Qué día a mediados de diciembre?"),
+        (
+            "es",
+            "de Nueva York a Londres el 10 de diciembre y vuelta a principios de enero",
+            "¿Qué día a principios de enero vuelves?",
+        ),
+    ]:
+        chat = Chat(engine, now=now, written=now, locale=locale)
+        reply = await chat.say(text)
+        assert question in reply, (text, reply)
+        assert chat.state["trip"]["destination"]["code"] == "LON", (text, reply)

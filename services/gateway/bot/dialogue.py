@@ -457,7 +457,8 @@ class BotEngine:
                 return [Reply(fmt.details(ctx.texts, n, offers[n - 1], self._travellers(ctx, d)))]
             return [Reply(ctx.texts("pick_offer", last=shown))]
         period = Period.from_state(d.trip.get("period"))
-        if period is not None and d.ask.get("slot") == "date" and 1 <= n <= 31:
+        asked = {"depart": "date", "return": "return"}
+        if period is not None and d.ask.get("slot") == asked[period.leg] and 1 <= n <= 31:
             # "28", answering "Which day at the end of December?": that day of the period.
             value = period.day(n)
             if isinstance(value, NoSuchDate):
@@ -489,6 +490,14 @@ class BotEngine:
     async def _apply(self, ctx: Context, d: Dialogue, found: Extraction) -> list[Reply]:
         t = ctx.texts
         pending = d.ask.get("slot")
+        period = Period.from_state(d.trip.get("period"))
+        if period is not None and found.depart and found.depart_day_only:
+            # "the 28th", answering "Which day at the end of December?": in that month.
+            day = period.day(found.depart.day)
+            if isinstance(day, NoSuchDate):
+                found = replace(found, depart=None, no_such_date=day)
+            else:
+                found = replace(found, depart=day)
         if (
             pending == "return"
             and found.depart
@@ -510,14 +519,6 @@ class BotEngine:
             and not (found.origin or found.destination or found.places)
         ):
             found = replace(found, no_such_return=True)  # "31 April" answering the question
-        period = Period.from_state(d.trip.get("period"))
-        if period is not None and found.depart and found.depart_day_only:
-            # "the 28th", answering "Which day at the end of December?": in that month.
-            day = period.day(found.depart.day)
-            if isinstance(day, NoSuchDate):
-                found = replace(found, depart=None, no_such_date=day)
-            else:
-                found = replace(found, depart=day)
         for whole in found.whole_names:
             if await self._is_one_name(whole.name, whole.part):
                 found = replace(
@@ -564,12 +565,6 @@ class BotEngine:
         changes: dict[str, Any] = {}
         if found.depart:
             changes["depart"] = found.depart.isoformat()
-            if d.trip.get("period"):
-                changes["period"] = None
-        elif found.period is not None:
-            # "end of the month": which day is asked, naming the period (see _advance).
-            changes["depart"] = None
-            changes["period"] = found.period.as_state()
         if found.return_date:
             back = found.return_date
             departure = found.depart or (
@@ -591,6 +586,7 @@ class BotEngine:
             changes["cabin"] = found.cabin
         if found.non_stop is not None:
             changes["non_stop"] = found.non_stop
+        changes.update(self._period_changes(d, found))
         if changes:
             d.update_trip(**changes)
         before: list[Reply] = []
@@ -627,6 +623,22 @@ class BotEngine:
         if before and found.no_such_return:
             return before  # "When do you come back?" is in it: nothing can be searched yet
         return await self._advance(ctx, d, before)
+
+    def _period_changes(self, d: Dialogue, found: Extraction) -> dict[str, Any]:
+        """ "end of the month" (or "back early January"): that date is dropped and the day
+        asked, naming the period (see _advance); a date for it given later ends the period."""
+        new, old = found.period, Period.from_state(d.trip.get("period"))
+        if new is not None and new.leg == "depart" and not found.depart:
+            return {"depart": None, "period": new.as_state()}
+        if new is not None and new.leg == "return" and not (found.return_date or found.nights):
+            return {"return": None, "nights": None, "period": new.as_state()}
+        if old is not None and (
+            found.depart
+            if old.leg == "depart"
+            else (found.return_date or found.nights or found.one_way)
+        ):
+            return {"period": None}
+        return {}
 
     async def _is_one_name(self, name: str, part: str) -> bool:
         """Whether "santa cruz de tenerife" is one place rather than "santa cruz" from
@@ -750,7 +762,7 @@ class BotEngine:
             d.set("ask", {"slot": missing})
             question = t(f"ask_{missing}")
             period = Period.from_state(d.trip.get("period"))
-            if missing == "date" and period is not None:
+            if missing == "date" and period is not None and period.leg == "depart":
                 question = t("ask_day_in_period", period=_period_text(t, period))
             summary = self._summary(ctx, d)
             if ctx.smart and summary and not before:
@@ -759,6 +771,11 @@ class BotEngine:
         problem = self._check_dates(ctx, d)
         if problem:
             return [*before, problem]
+        period = Period.from_state(d.trip.get("period"))
+        if period is not None and period.leg == "return" and self._return_date(d) is None:
+            # "back early January": not a one-way search; which day is asked.
+            d.set("ask", {"slot": "return"})
+            return [*before, Reply(t("ask_return_in_period", period=_period_text(t, period)))]
         if d.ask:
             d.set("ask", {})
         return [*before, *await self._search_and_show(ctx, d)]

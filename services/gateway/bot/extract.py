@@ -262,6 +262,7 @@ hola quisiera algun barato baratos
 que como cual se
 airport airports aeropuerto intl international city
 instead actually change make it rather then no sorry mejor cambia cambiar only just meant mean
+around sometime approximately roughly sobre alrededor aproximadamente
 """
 FILLER = frozenset(FILLER_WORDS.split())
 
@@ -667,10 +668,12 @@ class Period:
     December", "a principios de enero", "first week of December", "for Christmas". Not a
     date to search: the user is asked which day, the period named in the question."""
 
-    kind: str  # month, early, mid, end, week (with ``week``), last_week, christmas, new_year
+    kind: str  # month, early, mid, end, week (with ``week``), last_week, christmas, new_year,
+    # holidays (between Christmas and New Year)
     month: int
     year: int
     week: int = 0  # 1-4 for kind "week"
+    leg: str = "depart"  # or "return": "back early January"
 
     def last_day(self) -> date:
         """The period's last day in its month: "early November" is over on the 11th."""
@@ -689,7 +692,13 @@ class Period:
         return date(year, month, day)
 
     def as_state(self) -> dict[str, Any]:
-        return {"kind": self.kind, "month": self.month, "year": self.year, "week": self.week}
+        return {
+            "kind": self.kind,
+            "month": self.month,
+            "year": self.year,
+            "week": self.week,
+            "leg": self.leg,
+        }
 
     @classmethod
     def from_state(cls, value: Any) -> Period | None:
@@ -697,7 +706,11 @@ class Period:
             return None
         try:
             period = cls(
-                str(value["kind"]), int(value["month"]), int(value["year"]), int(value["week"])
+                str(value["kind"]),
+                int(value["month"]),
+                int(value["year"]),
+                int(value["week"]),
+                "return" if value.get("leg") == "return" else "depart",
             )
             period.last_day()
         except (KeyError, TypeError, ValueError, calendar.IllegalMonthError):
@@ -717,6 +730,19 @@ _OF = r"(?:-| (?:of |del? )?)"
 PERIOD_RULES: list[tuple[re.Pattern[str], str]] = [
     (
         re.compile(
+            r"\b(?:between|entre) (?:christmas|xmas|navidad(?:es)?) (?:and|y) (?:(?:the )?new "
+            r"year(?:'?s)?+(?: eve| day)?|año nuevo|ano nuevo|nochevieja|fin de año)\b"
+        ),
+        "holidays",
+    ),
+    (
+        re.compile(
+            _BEFORE + r"(?:the )?(?:end|finales|fines|fin) (?:of the |de |del )?(?:year|año|ano)\b"
+        ),
+        "year_end",
+    ),
+    (
+        re.compile(
             _BEFORE
             + r"(?:the )?(?:end|ending|finales|fines|fin|late|later|last days?)"
             + _OF
@@ -727,13 +753,12 @@ PERIOD_RULES: list[tuple[re.Pattern[str], str]] = [
     (
         re.compile(
             _BEFORE
-            + r"(?:the )?(?:beginning|start|early|principios|inicios|comienzos|primeros dias)"
-            + _OF
-            + _WHICH
+            + r"(?:the )?(?:beginning|start|early|principios|inicios|comienzos|primeros dias|"
+            r"primeros)" + _OF + _WHICH
         ),
         "early",
     ),
-    (re.compile(_BEFORE + r"(?:the )?(?:middle|mid|mediados)" + _OF + _WHICH), "mid"),
+    (re.compile(_BEFORE + r"(?:the )?(?:middle|mid|mediados|mitad)" + _OF + _WHICH), "mid"),
     (
         re.compile(
             _BEFORE
@@ -773,7 +798,9 @@ def find_period(text: str, today: date) -> tuple[str, Period | None]:
         if match is None:
             continue
         groups = match.groupdict()
-        if kind in ("christmas", "new_year"):
+        if kind == "year_end":
+            kind, month = "end", 12
+        elif kind in ("christmas", "new_year", "holidays"):
             month = 12
         elif groups.get("this"):
             month = today.month
@@ -785,11 +812,21 @@ def find_period(text: str, today: date) -> tuple[str, Period | None]:
         if kind == "week":
             week = _NTH.get(groups["nth"] or "", 0)
             kind = "week" if week else "last_week"
-        year = today.year
-        period = Period(kind, month, year, week)
-        if period.last_day() < today or (groups.get("next") and month == 1):
-            period = Period(kind, month, year + 1, week)
-        return text[: match.start()] + " " + text[match.end() :], period
+        # "back early January", "y vuelta a principios de enero": the return's period.
+        before = text[: match.start()]
+        back = re.search(r"\b" + RETURN_MARK + r"(?: on| el| the| a| en| in)?$", before.rstrip())
+        leg = "return" if back else "depart"
+        if back:
+            before = before[: back.start()]
+        year = today.year + (1 if groups.get("next") and month == 1 else 0)
+        period = Period(kind, month, year, week, leg)
+        if period.last_day() < today and groups.get("this"):
+            # "a primeros de mes" once this month's beginning has passed: next month's.
+            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+            period = Period(kind, month, year, week, leg)
+        elif period.last_day() < today:
+            period = Period(kind, month, year + 1, week, leg)
+        return before + " " + text[match.end() :], period
     return text, None
 
 

@@ -71,6 +71,8 @@ MESSAGES: dict[str, str] = {
     "period_christmas": "around Christmas",
     "period_new_year": "around New Year",
     "week_ordinals": "first second third fourth",
+    "ask_return_in_period": "Which day {period} do you come back?",
+    "period_holidays": "between Christmas and New Year",
     "no_such_date": "There's no {day} {month} in {year}.",
     "ask_return": "When do you come back?",
     "date_too_far": "I can only search up to a year ahead. Please pick an earlier date.",
