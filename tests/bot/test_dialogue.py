@@ -777,3 +777,23 @@ async def test_a_return_or_year_end_stretch_is_asked_about(engine: BotEngine) ->
         reply = await chat.say(text)
         assert question in reply, (text, reply)
         assert chat.state["trip"]["destination"]["code"] == "LON", (text, reply)
+
+
+async def test_a_spanish_month_abbreviation_and_a_weekend_of_a_month_are_read(
+    engine: BotEngine,
+) -> None:
+    """'el 3 ene' searched 3 December (the '3' read alone, 'ene' left in the destination);
+    '15 dic' was no date at all; 'the last weekend of december' searched this weekend."""
+    now = at(date(2026, 11, 23))
+    for locale, text, departure in [
+        ("es", "de Madrid a Roma el 3 ene", "2027-01-03"),
+        ("en", "NYC to London 15 dic", "2026-12-15"),
+        ("es", "de Madrid a Roma el 20 abr", "2027-04-20"),
+        ("en", "NYC to London the last weekend of december", "2026-12-26"),
+        ("en", "NYC to London first weekend of december", "2026-12-05"),
+        ("es", "de Madrid a Roma el último fin de semana de diciembre", "2026-12-26"),
+    ]:
+        chat = Chat(engine, now=now, written=now, locale=locale)
+        reply = await chat.say(text)
+        assert chat.state["trip"]["depart"] == departure, (text, reply)
+        assert offers_in(reply), (text, reply)

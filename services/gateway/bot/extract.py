@@ -189,6 +189,11 @@ MONTHS = {
     "octubre": 10,
     "noviembre": 11,
     "diciembre": 12,
+    # Spanish abbreviations that are not also English ones ("3 ene", "15 dic").
+    "ene": 1,
+    "abr": 4,
+    "ago": 8,
+    "dic": 12,
 }
 
 
@@ -555,6 +560,27 @@ def _today(match: re.Match[str], ctx: DateContext) -> DateValue:
 )
 def _in_n(match: re.Match[str], ctx: DateContext) -> DateValue:
     return _in_units(match["n"], match["u"], ctx.today)
+
+
+# "the first weekend of December", "el último fin de semana de diciembre": its Saturday, as
+# "this weekend" is (not this weekend, which the words "weekend" alone would be).
+@_rule(
+    r"\b(?:the |el )?(?P<nth>first|1st|second|2nd|third|3rd|fourth|4th|last|primer|segundo|"
+    r"tercer|cuarto|ultimo) (?:weekend|fin de semana)(?: of| de| del)? "
+    r"(?:(?P<this>(?:the |this |este |el )?(?:month|mes))|" + MONTH + r")\b"
+)
+def _weekend_of_month(match: re.Match[str], ctx: DateContext) -> DateValue:
+    month = ctx.today.month if match["this"] else MONTHS[match.group(3)]
+    nth = {"second": 2, "2nd": 2, "segundo": 2, "third": 3, "3rd": 3, "tercer": 3}
+    nth |= {"fourth": 4, "4th": 4, "cuarto": 4}
+    for year in (ctx.today.year, ctx.today.year + 1):
+        days = calendar.monthrange(year, month)[1]
+        saturdays = [d for d in range(1, days + 1) if date(year, month, d).weekday() == 5]
+        last = match["nth"] in ("last", "ultimo")
+        saturday = date(year, month, saturdays[-1 if last else nth.get(match["nth"], 1) - 1])
+        if saturday >= ctx.today:
+            return saturday
+    return None
 
 
 @_rule(
