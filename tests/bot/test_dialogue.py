@@ -797,3 +797,20 @@ async def test_a_spanish_month_abbreviation_and_a_weekend_of_a_month_are_read(
         reply = await chat.say(text)
         assert chat.state["trip"]["depart"] == departure, (text, reply)
         assert offers_in(reply), (text, reply)
+
+
+async def test_easter_and_thanksgiving_are_asked_about(engine: BotEngine) -> None:
+    """'NYC to London for easter' asked which 'Easter' (Easter Island) the user meant as the
+    destination; 'en semana santa' and 'over thanksgiving' were dropped without a word."""
+    now = at(date(2026, 11, 23))
+    for locale, text, question in [
+        ("en", "NYC to London for easter", "Which day around Easter?"),
+        ("en", "NYC to London over thanksgiving", "Which day around Thanksgiving?"),
+        ("es", "de Nueva York a Londres en semana santa", "¿Qué día en Semana Santa?"),
+    ]:
+        chat = Chat(engine, now=now, written=now, locale=locale)
+        reply = await chat.say(text)
+        assert reply.endswith("New York (NYC) → London (LON).\n" + question), (text, reply)
+    # Easter 2027 is 28 March: a day alone in answer is in March.
+    await chat.say("el 25")
+    assert chat.state["trip"]["depart"] == "2027-03-25"

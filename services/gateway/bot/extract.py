@@ -688,6 +688,24 @@ def _holiday(match: re.Match[str], ctx: DateContext) -> DateValue:
 # rest ("next month", written-out forms) only when the rules above found nothing.
 
 
+def easter(year: int) -> date:
+    """Easter Sunday (Gregorian; the anonymous algorithm)."""
+    a, b, c = year % 19, year // 100, year % 100
+    d, e = divmod(b, 4)
+    g = (8 * b + 13) // 25
+    h = (19 * a + b - d - g + 15) % 30
+    i, k = divmod(c, 4)
+    m = (32 + 2 * e + 2 * i - h - k) % 7
+    month, day = divmod(h + m - 7 * ((a + 11 * h + 22 * m) // 451) + 114, 31)
+    return date(year, month, day + 1)
+
+
+def thanksgiving(year: int) -> date:
+    """US Thanksgiving: the fourth Thursday of November."""
+    first = date(year, 11, 1)
+    return first + timedelta(days=(3 - first.weekday()) % 7 + 21)
+
+
 @dataclass(frozen=True)
 class Period:
     """A stretch of days the user named instead of a day: "end of the month", "mid
@@ -703,6 +721,10 @@ class Period:
 
     def last_day(self) -> date:
         """The period's last day in its month: "early November" is over on the 11th."""
+        if self.kind == "easter":
+            return easter(self.year) + timedelta(days=1)  # Easter Monday
+        if self.kind == "thanksgiving":
+            return thanksgiving(self.year) + timedelta(days=4)  # the Monday after
         days = calendar.monthrange(self.year, self.month)[1]
         end = {"early": 10, "mid": 20, "week": 7 * self.week}.get(self.kind, days)
         return date(self.year, self.month, min(end, days))
@@ -744,7 +766,9 @@ class Period:
         return period
 
 
-_BEFORE = r"\b(?:(?:in|at|by|for|around|towards|during|sometime|en|a|para|hacia|durante|por) )*"
+_BEFORE = (
+    r"\b(?:(?:in|at|by|for|around|towards|during|sometime|over|en|a|para|hacia|durante|por) )*"
+)
 _THE_MONTH = r"(?:the |this |este |el )?(?:month|mes)"
 _NEXT_MONTH = r"(?:(?:the )?next month|(?:el )?(?:mes que viene|proximo mes))"
 # A month name not followed by a day ("march 3" is a date, read by the date rules).
@@ -804,6 +828,9 @@ PERIOD_RULES: list[tuple[re.Pattern[str], str]] = [
         ),
         "new_year",
     ),
+    # Not "Isla de Pascua" (Easter Island, a place).
+    (re.compile(_BEFORE + r"(?:easter|semana santa|(?<!isla de )pascua)\b"), "easter"),
+    (re.compile(_BEFORE + r"(?:thanksgiving|accion de gracias)\b"), "thanksgiving"),
     (
         re.compile(
             r"\b(?:(?:in|for|during|around|en|para|durante) )+(?:the month of |el mes de )?"
@@ -824,7 +851,14 @@ def find_period(text: str, today: date) -> tuple[str, Period | None]:
         if match is None:
             continue
         groups = match.groupdict()
-        if kind == "year_end":
+        first = Period(kind, 1, today.year)
+        if kind in ("easter", "thanksgiving"):
+            day = easter if kind == "easter" else thanksgiving
+            first = Period(kind, day(today.year).month, today.year)
+            if first.last_day() < today:
+                first = Period(kind, day(today.year + 1).month, today.year + 1)
+            month = first.month
+        elif kind == "year_end":
             kind, month = "end", 12
         elif kind in ("christmas", "new_year", "holidays"):
             month = 12
@@ -845,6 +879,8 @@ def find_period(text: str, today: date) -> tuple[str, Period | None]:
         if back:
             before = before[: back.start()]
         year = today.year + (1 if groups.get("next") and month == 1 else 0)
+        if kind in ("easter", "thanksgiving"):
+            year = first.year
         period = Period(kind, month, year, week, leg)
         if period.last_day() < today and groups.get("this"):
             # "a primeros de mes" once this month's beginning has passed: next month's.

@@ -73,6 +73,8 @@ MESSAGES: dict[str, str] = {
     "week_ordinals": "first second third fourth",
     "ask_return_in_period": "Which day {period} do you come back?",
     "period_holidays": "between Christmas and New Year",
+    "period_easter": "around Easter",
+    "period_thanksgiving": "around Thanksgiving",
     "no_such_date": "There's no {day} {month} in {year}.",
     "ask_return": "When do you come back?",
     "date_too_far": "I can only search up to a year ahead. Please pick an earlier date.",

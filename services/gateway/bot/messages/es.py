@@ -72,6 +72,8 @@ MESSAGES: dict[str, str] = {
     "week_ordinals": "primera segunda tercera cuarta",
     "ask_return_in_period": "¿Qué día {period} vuelves?",
     "period_holidays": "entre Navidad y Año Nuevo",
+    "period_easter": "en Semana Santa",
+    "period_thanksgiving": "en Acción de Gracias",
     "no_such_date": "El {day} de {month} de {year} no existe.",
     "ask_return": "¿Qué día vuelves?",
     "date_too_far": "Solo puedo buscar hasta un año vista. Elige una fecha más cercana.",
