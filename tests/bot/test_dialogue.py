@@ -814,3 +814,18 @@ async def test_easter_and_thanksgiving_are_asked_about(engine: BotEngine) -> Non
     # Easter 2027 is 28 March: a day alone in answer is in March.
     await chat.say("el 25")
     assert chat.state["trip"]["depart"] == "2027-03-25"
+
+
+async def test_a_couple_of_weeks_is_a_time_not_two_travellers(engine: BotEngine) -> None:
+    """'in a couple of weeks' set 2 adults and no date; 'for a couple of nights' set 2
+    adults and looked up the place 'Of Nights'."""
+    now = at(date(2026, 11, 23))
+    chat = Chat(engine, now=now, written=now)
+    await chat.say("NYC to London in a couple of weeks")
+    assert chat.state["trip"]["depart"] == "2026-12-07" and "adults" not in chat.state["trip"]
+    chat = Chat(engine, now=now, written=now)
+    reply = await chat.say("NYC to London tomorrow for a couple of nights")
+    assert chat.state["trip"]["nights"] == 2 and "adults" not in chat.state["trip"], reply
+    chat = Chat(engine, now=now, written=now, locale="es")
+    await chat.say("de Madrid a Roma en un par de semanas")
+    assert chat.state["trip"]["depart"] == "2026-12-07"

@@ -1006,6 +1006,12 @@ COUNTED_FROM = re.compile(
 )
 
 
+A_COUPLE_OF = re.compile(
+    r"\b(?:a )?(?:couple of|un par de) (?=(?:days?|nights?|weeks?|months?|dias|noches|semanas|"
+    r"meses)\b)"
+)
+
+
 def _counted_from(match: re.Match[str], ctx: DateContext) -> str:
     base = match["base"] or match["same"]
     if base in ("today", "tonight", "now"):
@@ -1179,6 +1185,9 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
             result.cabin = result.cabin or cabin
             work = pattern.sub(" ", work)
 
+    # "in a couple of weeks", "for a couple of nights", "en un par de semanas": two (not two
+    # travellers, which "a couple" alone is).
+    work = A_COUPLE_OF.sub("2 ", work)
     work = COUNTED_FROM.sub(lambda match: _counted_from(match, ctx), work)
     # Length of stay before dates and travellers: "for 3 nights" is neither.
     length = LENGTH.search(work)
