@@ -193,6 +193,8 @@ ALIASES: dict[str, str] = {
     "jerez de la frontera": "XRY",
     "san jose de costa rica": "SJO",
     "san juan de puerto rico": "SJU",
+    "santiago de los caballeros": "STI",
+    "cartagena de indias": "CTG",
     "felipe angeles": "NLU",
     "aifa": "NLU",
 }

@@ -723,6 +723,8 @@ async def test_a_spanish_name_with_de_is_one_place(engine: BotEngine) -> None:
         ("a Santiago de Cuba desde Madrid mañana", ("MAD", "SCU")),
         ("de Buenos Aires a San Carlos de Bariloche mañana", ("BUE", "BRC")),
         ("de Madrid a Jerez de la Frontera mañana", ("MAD", "XRY")),
+        ("de Madrid a Ciudad de Panamá mañana", ("MAD", "PTY")),
+        ("de Santiago de los Caballeros a Madrid mañana", ("STI", "MAD")),
         # A "de" that is not inside a name is still "from", or not a place at all.
         ("a Oslo de Londres mañana", ("LON", "OSL")),
         ("de Madrid a Roma de vacaciones mañana", ("MAD", "ROM")),

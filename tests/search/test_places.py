@@ -244,6 +244,7 @@ def test_air_force_bases_abbreviated_are_never_suggested(places: Places) -> None
         ("Santa Cruz de la Palma", "SPC"),  # was VVI: the data says "Sta Cruz de la Palma"
         ("Santiago de Cuba", "SCU"),  # was SCL: the data's city is "Santiago"
         ("Jerez de la Frontera", "XRY"),  # scored 85.5 only: the data says "Forntera"
+        ("Santiago de los Caballeros", "STI"),  # was Santiago de Chile (SCL)
     ],
 )
 def test_a_city_s_main_airport_ranks_first(places: Places, text: str, first: str) -> None:

@@ -643,8 +643,8 @@ class BotEngine:
     async def _is_one_name(self, name: str, part: str) -> bool:
         """Whether "santa cruz de tenerife" is one place rather than "santa cruz" from
         "tenerife": the whole resolves well, to a place that neither half finds as well
-        ("roma de vacaciones" finds Rome only through "roma"; "oslo de londres" is to Oslo
-        from London)."""
+        ("roma de vacaciones" finds Rome only through "roma", and less well; "oslo de
+        londres" is to Oslo from London)."""
         rest = name[len(part) + len(" de ") :]
         try:
             found = [await self._places.resolve(text) for text in (name, part, rest)]
@@ -653,8 +653,9 @@ class BotEngine:
         whole, *halves = found
         if not whole or whole[0].score < ONE_NAME_SCORE:
             return False
+        # A half finding it as well is the same name again ("Ciudad de Panamá", "Panamá").
         return not any(
-            half and half[0].code == whole[0].code and half[0].score >= whole[0].score
+            half and half[0].code == whole[0].code and half[0].score > whole[0].score
             for half in halves
         )
 
