@@ -194,6 +194,10 @@ ALIASES: dict[str, str] = {
     "san jose de costa rica": "SJO",
     "san juan de puerto rico": "SJU",
     "santiago de los caballeros": "STI",
+    "mahon": "MAH",
+    "la coruna": "LCG",
+    "coruna": "LCG",
+    "vitoria gasteiz": "VIT",
     "cartagena de indias": "CTG",
     "felipe angeles": "NLU",
     "aifa": "NLU",
@@ -228,6 +232,16 @@ KNOWN_AS: dict[str, str] = {
     "XRY": "Jerez de la Frontera",
     "SPC": "Santa Cruz de la Palma",
     "SCU": "Santiago de Cuba",
+    "EAS": "San Sebastian",  # Hondarribia
+    "GMZ": "La Gomera",  # Alajero
+    "LCG": "A Coruna",  # Culleredo
+    "MAH": "Menorca",  # "Menorca Island"
+    "MLN": "Melilla",  # "Melilla Island"
+    "RMU": "Murcia",  # Corvera
+    "VIT": "Vitoria",  # Alava
+    "TER": "Terceira",  # Lajes
+    "TAR": "Taranto",  # Grottaglie
+    "EBA": "Elba",  # "Marina  Di Campo"
 }
 
 

@@ -487,7 +487,7 @@ async def test_a_place_whose_name_starts_with_la_is_not_los_angeles(engine: BotE
     reply = await chat.say("de Madrid a La Habana mañana")
     assert "Madrid (MAD) → Havana (HAV)" in reply and offers_in(reply) == ["1", "2", "3"]
     reply = await Chat(engine, locale="es").say("de La Coruña a Londres el viernes")
-    assert "Culleredo (LCG) → London (LON)" in reply
+    assert "A Coruna (LCG) → London (LON)" in reply
 
 
 SPANISH_MONTHS = (
@@ -831,3 +831,21 @@ async def test_a_couple_of_weeks_is_a_time_not_two_travellers(engine: BotEngine)
     chat = Chat(engine, now=now, written=now, locale="es")
     await chat.say("de Madrid a Roma en un par de semanas")
     assert chat.state["trip"]["depart"] == "2026-12-07"
+
+
+async def test_places_the_data_names_otherwise_are_found_and_shown_by_their_name(
+    engine: BotEngine,
+) -> None:
+    """'Mahón' searched Big Spring, Texas, 'Terceira' Pereira (Colombia), 'Elba' Tela
+    (Honduras), all without asking; San Sebastián showed as 'Hondarribia', La Gomera as
+    'Alajero', A Coruña as 'Culleredo'."""
+    for text, route in [
+        ("de Madrid a Mahón mañana", "Madrid (MAD) → Menorca (MAH)"),
+        ("de Lisboa a Terceira mañana", "Lisbon (LIS) → Terceira (TER)"),
+        ("de Roma a Elba mañana", "Rome (ROM) → Elba (EBA)"),
+        ("de Barcelona a San Sebastián mañana", "Barcelona (BCN) → San Sebastian (EAS)"),
+        ("de Madrid a La Gomera mañana", "Madrid (MAD) → La Gomera (GMZ)"),
+        ("de Madrid a A Coruña mañana", "Madrid (MAD) → A Coruna (LCG)"),
+    ]:
+        reply = await Chat(engine, locale="es").say(text)
+        assert route in reply, (text, reply)
