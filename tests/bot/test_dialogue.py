@@ -849,3 +849,19 @@ async def test_places_the_data_names_otherwise_are_found_and_shown_by_their_name
     ]:
         reply = await Chat(engine, locale="es").say(text)
         assert route in reply, (text, reply)
+
+
+async def test_a_weak_guess_at_a_place_is_asked_not_searched(engine: BotEngine) -> None:
+    """A town without an airport was taken for whatever name it resembled, and searched
+    without asking: 'de Madrid a Marbella' flew to Tarbela (Pakistan), 'Elda' to Jeddah,
+    'Salou' to Salto (Uruguay)."""
+    for text in ("de Madrid a Marbella mañana", "de Madrid a Elda mañana"):
+        chat = Chat(engine, locale="es")
+        reply = await chat.say(text)
+        assert reply.startswith("No sé bien qué lugar es"), (text, reply)
+        assert "destination" not in chat.state["trip"] and chat.state["ask"]["choices"]
+    # The user names another place instead: that one is searched.
+    reply = await chat.say("Málaga")
+    assert chat_route(reply) == ("MAD", "AGP"), reply
+    # A typo of a real name is still taken.
+    assert chat_route(await Chat(engine).say("NYC to lodnon tomorrow")) == ("NYC", "LON")

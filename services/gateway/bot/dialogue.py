@@ -700,7 +700,7 @@ class BotEngine:
                     "choices": [c.as_state() for c in decision.choices],
                 },
             )
-            return [self._choices_reply(ctx, shown, decision.choices)]
+            return [self._choices_reply(ctx, shown, decision.choices, unsure=decision.unsure)]
         if decision.place is None:
             d.set("ask", {"slot": slot})
             return [Reply(t("place_not_found", text=shown))]
@@ -709,7 +709,9 @@ class BotEngine:
             d.set("ask", {})
         return None
 
-    def _choices_reply(self, ctx: Context, phrase: str, choices: tuple[Candidate, ...]) -> Reply:
+    def _choices_reply(
+        self, ctx: Context, phrase: str, choices: tuple[Candidate, ...], *, unsure: bool = False
+    ) -> Reply:
         rows = tuple(
             # place:N, the id every release reads: during a rolling upgrade the previous one's
             # workers handle taps on lists this one sent (an id they did not know, they read
@@ -722,7 +724,7 @@ class BotEngine:
             for index, choice in enumerate(choices, start=1)
         )
         return Reply(
-            ctx.texts("choose_place", text=phrase),
+            ctx.texts("choose_place_unsure" if unsure else "choose_place", text=phrase),
             list_button=ctx.texts("choose_button"),
             rows=rows,
         )

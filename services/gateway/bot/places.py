@@ -21,6 +21,10 @@ MIN_SCORE = 60.0
 # Candidates in different cities within this many points of the best are asked about.
 TIE_POINTS = 2.0
 MAX_CHOICES = 5
+# A best candidate below this is a guess ("Marbella" → Tarbela, Pakistan; "Elda" → Jeddah: a
+# town without an airport matches some other name): offered, never taken without asking.
+# Typos of real names score above it ("lodnon" 83, "pairs" 80).
+CONFIRM_SCORE = 80.0
 # Only this much of a place phrase is looked up (or echoed back to the user).
 PHRASE_LIMIT = 100
 
@@ -109,6 +113,7 @@ class SearchPlaces:
 class Decision:
     place: Candidate | None = None
     choices: tuple[Candidate, ...] = ()
+    unsure: bool = False  # the choices are guesses (see CONFIRM_SCORE)
 
     @property
     def found(self) -> bool:
@@ -116,7 +121,7 @@ class Decision:
 
     @property
     def ambiguous(self) -> bool:
-        return len(self.choices) > 1
+        return len(self.choices) > 1 or self.unsure
 
 
 def decide(query: str, candidates: list[Candidate]) -> Decision:
@@ -130,6 +135,12 @@ def decide(query: str, candidates: list[Candidate]) -> Decision:
             if candidate.code == code:
                 return Decision(place=candidate)
     top = usable[0]
+    if top.score < CONFIRM_SCORE:
+        guesses: list[Candidate] = []
+        for candidate in usable:
+            if not any(_same_city(g, candidate) for g in guesses):
+                guesses.append(candidate)
+        return Decision(choices=tuple(guesses[:MAX_CHOICES]), unsure=True)
     # A city code that ranks first on its own stands for all its airports ("roma" → ROM).
     if top.kind == "city" and (len(usable) == 1 or usable[1].score < top.score):
         return Decision(place=top)

@@ -58,6 +58,10 @@ MESSAGES: dict[str, str] = {
     ),
     "list_outdated": "That list was for an earlier question.",
     "choose_place": "Which “{text}” do you mean? Reply with a number.",
+    "choose_place_unsure": (
+        "I'm not sure where “{text}” is. Is it one of these? Reply with a number, or write "
+        "the city or an airport code."
+    ),
     "choose_button": "Choose",
     "date_not_understood": "I couldn't read that date. Try *next Friday*, *3 March* or *12/24*.",
     "date_in_past": "{date} has already passed. When do you want to leave?",

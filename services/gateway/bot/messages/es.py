@@ -57,6 +57,10 @@ MESSAGES: dict[str, str] = {
     ),
     "list_outdated": "Esa lista era de una pregunta anterior.",
     "choose_place": "¿A qué «{text}» te refieres? Responde con un número.",
+    "choose_place_unsure": (
+        "No sé bien qué lugar es «{text}». ¿Es alguno de estos? Responde con un número, o "
+        "escribe la ciudad o el código del aeropuerto."
+    ),
     "choose_button": "Elegir",
     "date_not_understood": "No entiendo esa fecha. Prueba *el viernes*, *3 de marzo* o *24/12*.",
     "date_in_past": "El {date} ya ha pasado. ¿Qué día quieres salir?",
