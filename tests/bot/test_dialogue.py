@@ -865,3 +865,37 @@ async def test_a_weak_guess_at_a_place_is_asked_not_searched(engine: BotEngine) 
     assert chat_route(reply) == ("MAD", "AGP"), reply
     # A typo of a real name is still taken.
     assert chat_route(await Chat(engine).say("NYC to lodnon tomorrow")) == ("NYC", "LON")
+
+
+async def test_fortnights_and_halves_of_a_month_are_read(engine: BotEngine) -> None:
+    """'a final de mes' made the place 'Final'; 'la segunda quincena de diciembre' and 'a
+    principios del año que viene' stayed in the destination phrase; 'in a fortnight', 'week
+    after next', 'dentro de quince días', 'el mes próximo' were no dates."""
+    now = at(date(2026, 11, 23))
+    for locale, text, question in [
+        ("es", "de Nueva York a Londres a final de mes", "¿Qué día a finales de noviembre?"),
+        ("es", "de Nueva York a Londres al final del mes", "¿Qué día a finales de noviembre?"),
+        (
+            "es",
+            "de Nueva York a Londres la segunda quincena de diciembre",
+            "¿Qué día de la segunda quincena de diciembre?",
+        ),
+        (
+            "es",
+            "de Nueva York a Londres a principios del año que viene",
+            "¿Qué día a principios de enero?",
+        ),
+        ("en", "NYC to London first half of january", "Which day in the first half of January?"),
+    ]:
+        chat = Chat(engine, now=now, written=now, locale=locale)
+        reply = await chat.say(text)
+        assert reply.endswith("New York (NYC) → London (LON).\n" + question), (text, reply)
+    for locale, text, departure in [
+        ("en", "NYC to London in a fortnight", "2026-12-07"),
+        ("en", "NYC to London week after next", "2026-12-07"),
+        ("es", "de Madrid a Roma dentro de quince días", "2026-12-08"),
+        ("es", "de Madrid a Roma el mes próximo", "2026-12-23"),
+    ]:
+        chat = Chat(engine, now=now, written=now, locale=locale)
+        reply = await chat.say(text)
+        assert chat.state["trip"].get("depart") == departure, (text, reply)

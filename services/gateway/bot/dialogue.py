@@ -994,8 +994,9 @@ class BotEngine:
 def _period_text(t: Texts, period: Period) -> str:
     """ "at the end of December", "a mediados de diciembre", "around Christmas"."""
     month = t.words("month_names")[period.month - 1]
-    if period.kind == "week":
-        return t("period_week", nth=t.words("week_ordinals")[period.week - 1], month=month)
+    if period.kind in ("week", "half"):
+        nth = t.words("week_ordinals")[period.week - 1]
+        return t(f"period_{period.kind}", nth=nth, month=month)
     return t(f"period_{period.kind}", month=month)
 
 

@@ -122,6 +122,8 @@ NUMBER_WORDS = {
     "ocho": 8,
     "nueve": 9,
     "diez": 10,
+    "fifteen": 15,
+    "quince": 15,
 }
 NUM = r"(\d{1,2}|" + "|".join(sorted(NUMBER_WORDS, key=len, reverse=True)) + r")"
 
@@ -267,7 +269,7 @@ hola quisiera algun barato baratos
 que como cual se
 airport airports aeropuerto intl international city
 instead actually change make it rather then no sorry mejor cambia cambiar only just meant mean
-around sometime approximately roughly sobre alrededor aproximadamente
+around sometime approximately roughly sobre alrededor aproximadamente time
 """
 FILLER = frozenset(FILLER_WORDS.split())
 
@@ -534,7 +536,7 @@ def _next_month_day(match: re.Match[str], ctx: DateContext) -> DateValue:
     return _absolute(day, month, ctx.today.year + (1 if month == 1 else 0), ctx.today)
 
 
-@_rule(r"\b(?:next month|el mes que viene|el proximo mes)\b")
+@_rule(r"\b(?:next month|el mes que viene|el proximo mes|el mes proximo)\b")
 def _next_month(match: re.Match[str], ctx: DateContext) -> DateValue:
     return _in_units("1", "month", ctx.today)
 
@@ -552,6 +554,12 @@ def _tomorrow(match: re.Match[str], ctx: DateContext) -> DateValue:
 @_rule(r"\b(?:today|tonight|hoy|esta noche)\b")
 def _today(match: re.Match[str], ctx: DateContext) -> DateValue:
     return ctx.today
+
+
+# "the week after next": its Monday, as "next week" is next Monday.
+@_rule(r"\b(?:the )?week after next\b")
+def _week_after_next(match: re.Match[str], ctx: DateContext) -> DateValue:
+    return _next_weekday(ctx.today, 0) + timedelta(days=7)
 
 
 @_rule(
@@ -713,7 +721,8 @@ class Period:
     date to search: the user is asked which day, the period named in the question."""
 
     kind: str  # month, early, mid, end, week (with ``week``), last_week, christmas, new_year,
-    # holidays (between Christmas and New Year)
+    # holidays (between Christmas and New Year), half (first or second, in ``week``), easter,
+    # thanksgiving
     month: int
     year: int
     week: int = 0  # 1-4 for kind "week"
@@ -726,7 +735,8 @@ class Period:
         if self.kind == "thanksgiving":
             return thanksgiving(self.year) + timedelta(days=4)  # the Monday after
         days = calendar.monthrange(self.year, self.month)[1]
-        end = {"early": 10, "mid": 20, "week": 7 * self.week}.get(self.kind, days)
+        half = 15 if self.week == 1 else days
+        end = {"early": 10, "mid": 20, "week": 7 * self.week, "half": half}.get(self.kind, days)
         return date(self.year, self.month, min(end, days))
 
     def day(self, day: int) -> date | NoSuchDate:
@@ -767,12 +777,15 @@ class Period:
 
 
 _BEFORE = (
-    r"\b(?:(?:in|at|by|for|around|towards|during|sometime|over|en|a|para|hacia|durante|por) )*"
+    r"\b(?:(?:in|at|by|for|around|towards|during|sometime|over|en|a|al|para|hacia|durante|"
+    r"por) )*"
 )
 _THE_MONTH = r"(?:the |this |este |el )?(?:month|mes)"
-_NEXT_MONTH = r"(?:(?:the )?next month|(?:el )?(?:mes que viene|proximo mes))"
-# A month name not followed by a day ("march 3" is a date, read by the date rules).
-_A_MONTH = MONTH + r"\b(?! ?(?:the )?\d)"
+_NEXT_MONTH = r"(?:(?:the )?next month|(?:el )?(?:mes que viene|proximo mes|mes proximo))"
+_NEXT_YEAR = r"(?:next year|(?:el )?(?:año|ano) que viene|(?:el )?proximo (?:año|ano))"
+# A month name not followed by a day ("march 3" is a date, read by the date rules), maybe with
+# the year: "enero del año que viene".
+_A_MONTH = MONTH + r"\b(?! ?(?:the )?\d)(?P<nexty> (?:of |del |de )?" + _NEXT_YEAR + r")?"
 _WHICH = (
     r"(?:(?P<next>" + _NEXT_MONTH + r")|(?P<this>" + _THE_MONTH + r")|(?:the )?" + _A_MONTH + r")"
 )
@@ -787,14 +800,32 @@ PERIOD_RULES: list[tuple[re.Pattern[str], str]] = [
     ),
     (
         re.compile(
-            _BEFORE + r"(?:the )?(?:end|finales|fines|fin) (?:of the |de |del )?(?:year|año|ano)\b"
+            _BEFORE
+            + r"(?:the )?(?:end|finales|fines|final|fin) (?:of the |de |del )?(?:year|año|ano)\b"
         ),
         "year_end",
     ),
     (
         re.compile(
             _BEFORE
-            + r"(?:the )?(?:end|ending|finales|fines|fin|late|later|last days?)"
+            + r"(?:the )?(?:beginning|start|early|principios|inicios|comienzos) (?:of |del |de )?"
+            + _NEXT_YEAR
+        ),
+        "year_start",
+    ),
+    (
+        re.compile(
+            _BEFORE
+            + r"(?:the |la )?(?P<nth>first|second|primera|segunda) (?:half|quincena)"
+            + _OF
+            + _WHICH
+        ),
+        "half",
+    ),
+    (
+        re.compile(
+            _BEFORE
+            + r"(?:the )?(?:end|ending|finales|fines|final|fin|late|later|last days?)"
             + _OF
             + _WHICH
         ),
@@ -851,6 +882,7 @@ def find_period(text: str, today: date) -> tuple[str, Period | None]:
         if match is None:
             continue
         groups = match.groupdict()
+        next_year = bool(groups.get("nexty")) or kind == "year_start"
         first = Period(kind, 1, today.year)
         if kind in ("easter", "thanksgiving"):
             day = easter if kind == "easter" else thanksgiving
@@ -860,6 +892,8 @@ def find_period(text: str, today: date) -> tuple[str, Period | None]:
             month = first.month
         elif kind == "year_end":
             kind, month = "end", 12
+        elif kind == "year_start":
+            kind, month = "early", 1
         elif kind in ("christmas", "new_year", "holidays"):
             month = 12
         elif groups.get("this"):
@@ -869,6 +903,8 @@ def find_period(text: str, today: date) -> tuple[str, Period | None]:
         else:
             month = next(MONTHS[g] for g in match.groups() if g in MONTHS)
         week = 0
+        if kind == "half":
+            week = 2 if groups["nth"] in ("second", "segunda") else 1
         if kind == "week":
             week = _NTH.get(groups["nth"] or "", 0)
             kind = "week" if week else "last_week"
@@ -879,6 +915,8 @@ def find_period(text: str, today: date) -> tuple[str, Period | None]:
         if back:
             before = before[: back.start()]
         year = today.year + (1 if groups.get("next") and month == 1 else 0)
+        if next_year:
+            year = today.year + 1
         if kind in ("easter", "thanksgiving"):
             year = first.year
         period = Period(kind, month, year, week, leg)
@@ -1006,6 +1044,7 @@ COUNTED_FROM = re.compile(
 )
 
 
+FORTNIGHT = re.compile(r"\b(?:a |one )?fortnight\b")
 A_COUPLE_OF = re.compile(
     r"\b(?:a )?(?:couple of|un par de) (?=(?:days?|nights?|weeks?|months?|dias|noches|semanas|"
     r"meses)\b)"
@@ -1188,6 +1227,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     # "in a couple of weeks", "for a couple of nights", "en un par de semanas": two (not two
     # travellers, which "a couple" alone is).
     work = A_COUPLE_OF.sub("2 ", work)
+    work = FORTNIGHT.sub("2 weeks", work)
     work = COUNTED_FROM.sub(lambda match: _counted_from(match, ctx), work)
     # Length of stay before dates and travellers: "for 3 nights" is neither.
     length = LENGTH.search(work)

@@ -79,6 +79,7 @@ MESSAGES: dict[str, str] = {
     "period_holidays": "between Christmas and New Year",
     "period_easter": "around Easter",
     "period_thanksgiving": "around Thanksgiving",
+    "period_half": "in the {nth} half of {month}",
     "no_such_date": "There's no {day} {month} in {year}.",
     "ask_return": "When do you come back?",
     "date_too_far": "I can only search up to a year ahead. Please pick an earlier date.",

@@ -78,6 +78,7 @@ MESSAGES: dict[str, str] = {
     "period_holidays": "entre Navidad y Año Nuevo",
     "period_easter": "en Semana Santa",
     "period_thanksgiving": "en Acción de Gracias",
+    "period_half": "de la {nth} quincena de {month}",
     "no_such_date": "El {day} de {month} de {year} no existe.",
     "ask_return": "¿Qué día vuelves?",
     "date_too_far": "Solo puedo buscar hasta un año vista. Elige una fecha más cercana.",
