@@ -899,3 +899,17 @@ async def test_fortnights_and_halves_of_a_month_are_read(engine: BotEngine) -> N
         chat = Chat(engine, now=now, written=now, locale=locale)
         reply = await chat.say(text)
         assert chat.state["trip"].get("depart") == departure, (text, reply)
+
+
+async def test_a_day_answering_a_period_question_after_a_search_is_the_day(
+    engine: BotEngine,
+) -> None:
+    """After a search, 'actually end of december' asked 'Which day at the end of December?',
+    and the answer '28' was read as offer 28: 'Reply with a number from 1 to 3'."""
+    now = at(date(2026, 11, 23))
+    chat = Chat(engine, now=now, written=now)
+    assert offers_in(await chat.say("NYC to London dec 3"))
+    assert (await chat.say("actually end of december")).endswith("the end of December?")
+    reply = await chat.say("28")
+    assert chat.state["trip"]["depart"] == "2026-12-28" and "Mon 28 Dec" in reply, reply
+    assert (await chat.say("2")).startswith("*Offer 2*")  # the new offers are numbered again

@@ -450,20 +450,21 @@ class BotEngine:
                         return question
                 return await self._advance(ctx, d, [])
             return [Reply(ctx.texts("choose_place", text=d.ask.get("text", "")))]
+        period = Period.from_state(d.trip.get("period"))
+        asked = {"depart": "date", "return": "return"}
+        if period is not None and d.ask.get("slot") == asked[period.leg] and 1 <= n <= 31:
+            # "28", answering "Which day at the end of December?": that day of the period,
+            # not an offer of the search before the question.
+            value = period.day(n)
+            if isinstance(value, NoSuchDate):
+                return await self._apply(ctx, d, Extraction(no_such_date=value))
+            return await self._apply(ctx, d, Extraction(depart=value))
         offers = d.results.get("offers") or []
         if offers:
             shown = int(d.results.get("shown", 0))
             if 1 <= n <= shown:
                 return [Reply(fmt.details(ctx.texts, n, offers[n - 1], self._travellers(ctx, d)))]
             return [Reply(ctx.texts("pick_offer", last=shown))]
-        period = Period.from_state(d.trip.get("period"))
-        asked = {"depart": "date", "return": "return"}
-        if period is not None and d.ask.get("slot") == asked[period.leg] and 1 <= n <= 31:
-            # "28", answering "Which day at the end of December?": that day of the period.
-            value = period.day(n)
-            if isinstance(value, NoSuchDate):
-                return await self._apply(ctx, d, Extraction(no_such_date=value))
-            return await self._apply(ctx, d, Extraction(depart=value))
         return None  # a bare number with nothing to choose: maybe a date ("5")
 
     # --- step-by-step (USE_SMART_HANDLER off) -----------------------------------------
