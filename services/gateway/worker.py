@@ -251,7 +251,7 @@ class Processor:
                 )
             )
         ).conversation
-        if any(m.provider_message_id == message.provider_message_id for m in conversation.history):
+        if _holds(conversation, message):
             return "already_done"  # saved by a worker that died before acknowledging
 
         sent = SentLog(self._pipeline, self._mark_sent, entry, self.settings.dedupe_ttl_seconds)
@@ -349,7 +349,13 @@ class Processor:
     ) -> None:
         """One update: the user's message, the replies, the state changes. A concurrent writer
         (admin, another replica) makes it ABORTED with the current version; our changes are a
-        patch, so we apply them again on top of it instead of losing either write."""
+        patch, so we apply them again on top of it instead of losing either write.
+
+        The writer that came first may be this very update: the session service made it but
+        its answer was lost (the connection cut, the service restarted), and the channel sent
+        the call again (its retry on UNAVAILABLE), or an earlier attempt's update landed late.
+        So on a conflict we read the conversation: our message in its history means the turn
+        is saved, and applying it again would save it twice."""
         request = session_pb2.UpdateConversationRequest(
             key=key,
             append=[
@@ -380,7 +386,22 @@ class Processor:
                 info = error_info(error) if error.code() == grpc.StatusCode.ABORTED else None
                 if info is None or "current_version" not in info.metadata:
                     raise
-                version = int(info.metadata["current_version"])
+            try:
+                current = (
+                    await self._session_call(
+                        self.clients.session.GetConversation(
+                            session_pb2.GetConversationRequest(key=key)
+                        )
+                    )
+                ).conversation
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                version = 0  # ended meanwhile: the turn starts the next conversation, as before
+                continue
+            if _holds(current, message):
+                return
+            version = current.version
         raise RuntimeError("conversation kept changing under us; retrying later")
 
     async def _business(
@@ -918,6 +939,11 @@ class Waiting:
 
     def full(self) -> bool:
         return sum(len(line) for line in self._lines.values()) >= self.LIMIT
+
+
+def _holds(conversation: session_pb2.Conversation, message: InboundMessage) -> bool:
+    """Whether ``message``'s turn is saved in ``conversation`` (by this attempt or another)."""
+    return any(m.provider_message_id == message.provider_message_id for m in conversation.history)
 
 
 def _transient(error: Exception) -> bool:

@@ -8,14 +8,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import redis
 
+from parley.session.v1 import session_pb2, session_pb2_grpc
 from services.common.redact import mask_phone
 from services.gateway.queue import stream_key
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
+from tests.support.proxy import ReplyCutter
 from tests.support.stack import (
     API_KEY,
     Business,
@@ -152,6 +155,68 @@ def test_a_failed_send_is_retried_and_answered_once(
     # failure the next test scripts).
     assert wait_for(lambda: fake_clouds.texts(wa_id) == ["echo: retry me #1"] * 2, 20)
     assert metric(limited, "gateway_retries_total") >= 1
+
+
+def test_a_saved_turn_whose_answer_was_lost_is_not_saved_again(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """The session service makes the worker's UpdateConversation, and the connection drops
+    before its answer leaves (a restart, a network cut): the call is sent again (the channel's
+    retry on UNAVAILABLE) and meets the version its own write made. (Was a bug: the worker took
+    it for another writer's and applied its turn again, so the conversation held the user's
+    message and the reply twice.) Another writer's update in between is still kept, with the
+    turn applied on top of it."""
+    cutter = ReplyCutter(services.session).start()
+    redis_url = f"redis://127.0.0.1:{valkey.port}/{next_db()}"
+    gw = start_gateway(
+        services, fake_clouds, redis_url, "lost-save", SESSION_SERVICE_ADDR=cutter.address
+    )
+    channel = grpc.insecure_channel(services.session)  # straight to the service
+    session = session_pb2_grpc.SessionServiceStub(channel)
+    try:
+        business = create_business(gw)
+        wa_id = new_wa_id()
+        key = session_pb2.ConversationKey(
+            business_id=business.id, user_id=wa_id, role=session_pb2.CONVERSATION_ROLE_CLIENT
+        )
+        first = cloud_payload(business.phone_number_id, wa_id, "hello")
+        first_id = first["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+        cutter.cut_reply_to(first_id.encode())  # only UpdateConversation carries it
+        slow = cloud_payload(business.phone_number_id, wa_id, "slow 1 meanwhile")
+        slow_id = slow["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+        with gw.http as client:
+            assert post_cloud(client, first).status_code == 200
+            assert wait_for(lambda: queue_lengths(redis_url) == 0 and cutter.cuts == 1, 20)
+            assert post_cloud(client, slow).status_code == 200
+            # While the engine sleeps on it, another writer updates the conversation.
+            assert wait_for(lambda: fake_clouds.read_receipts(slow_id), 20)
+            session.UpdateConversation(
+                session_pb2.UpdateConversationRequest(
+                    key=key,
+                    append=[
+                        session_pb2.Message(role=session_pb2.MESSAGE_ROLE_SYSTEM, content="note")
+                    ],
+                ),
+                timeout=5,
+            )
+        assert wait_for(lambda: len(fake_clouds.texts(wa_id)) == 2, 20)
+        assert wait_for(lambda: queue_lengths(redis_url) == 0, 20)
+        assert fake_clouds.texts(wa_id) == ["echo: hello #1", "echo: slow 1 meanwhile #2"]
+        conversation = session.GetConversation(
+            session_pb2.GetConversationRequest(key=key), timeout=5
+        ).conversation
+        assert [m.content for m in conversation.history] == [
+            "hello",
+            "echo: hello #1",
+            "note",
+            "slow 1 meanwhile",
+            "echo: slow 1 meanwhile #2",
+        ]
+        assert conversation.version == 4  # created, a write per turn and the other writer's
+    finally:
+        channel.close()
+        gw.stop()
+        cutter.stop()
 
 
 def post_long_reply_then_another(

@@ -1,0 +1,104 @@
+"""A TCP proxy that can lose a reply for real: it forwards a connection both ways until the
+client sends a given marker (bytes of one request, e.g. a provider message id inside a gRPC
+message); from then on nothing the server sends reaches the client, and after ``hold`` seconds
+(the server has done the request by then) both sides are reset. As a service killed or a
+connection dropped after the work was done but before its answer left."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+
+
+class ReplyCutter:
+    def __init__(self, upstream: str, hold: float = 0.5) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.hold = hold
+        self.cuts = 0
+        self._marker: bytes | None = None
+        self._lock = threading.Lock()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._closed = False
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def start(self) -> ReplyCutter:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def cut_reply_to(self, marker: bytes) -> None:
+        """Lose the answer to the next request that carries ``marker`` (once)."""
+        with self._lock:
+            self._marker = marker
+
+    def stop(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            muted = threading.Event()
+            threading.Thread(target=self._up, args=(client, server, muted), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client, muted), daemon=True).start()
+
+    def _up(self, client: socket.socket, server: socket.socket, muted: threading.Event) -> None:
+        tail = b""
+        while True:
+            try:
+                data = client.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                _close(client, server)
+                return
+            with self._lock:
+                marker = self._marker
+                hit = marker is not None and marker in tail + data
+                if hit:
+                    self._marker = None
+            if hit:
+                muted.set()  # the server's answer, from now on, goes nowhere
+            with contextlib.suppress(OSError):
+                server.sendall(data)
+            if hit:
+                time.sleep(self.hold)
+                self.cuts += 1
+                _close(client, server)
+                return
+            tail = (tail + data)[-256:]
+
+    @staticmethod
+    def _down(server: socket.socket, client: socket.socket, muted: threading.Event) -> None:
+        while True:
+            try:
+                data = server.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                _close(client, server)
+                return
+            if not muted.is_set():
+                with contextlib.suppress(OSError):
+                    client.sendall(data)
+
+
+def _close(*sockets: socket.socket) -> None:
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            # A reset, not a FIN: as a process killed or a connection dropped on the way.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
