@@ -7,18 +7,17 @@ increment, so Prometheus first sees it at 1: an alert on ``increase()`` alone ne
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.deploy.observability import PROMTOOL, evaluate, expected, scrape, timeline
 from tests.support.processes import ServiceProcess, Valkey, free_port, wait_for
+from tests.support.stack import cloud_payload, signed_cloud
 
 pytestmark = pytest.mark.skipif(
     PROMTOOL is None,
@@ -59,22 +58,23 @@ def gateway(tmp_path: Path) -> Iterator[str]:
         valkey.stop()
 
 
+def post_signed(gateway: str, payload: dict[str, Any]) -> httpx.Response:
+    """A Cloud API webhook signed with the gateway's app secret."""
+    body, headers = signed_cloud(payload, APP_SECRET)
+    return httpx.post(f"{gateway}/webhooks/whatsapp", content=body, headers=headers)
+
+
 def test_the_first_dead_letter_of_a_gateway_fires_the_dead_letter_alert(
     gateway: str, tmp_path: Path
 ) -> None:
     before = scrape(f"{gateway}/metrics")
     # A signed Cloud API webhook with a change the gateway cannot use: dead-lettered at once.
-    body = json.dumps(
+    answer = post_signed(
+        gateway,
         {
             "object": "whatsapp_business_account",
             "entry": [{"id": "waba", "changes": [{"field": "account_update", "value": {}}]}],
-        }
-    ).encode()
-    signature = hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    answer = httpx.post(
-        f"{gateway}/webhooks/whatsapp",
-        content=body,
-        headers={"Content-Type": "application/json", "X-Hub-Signature-256": f"sha256={signature}"},
+        },
     )
     assert answer.status_code == 200, answer.text
     after = scrape(f"{gateway}/metrics")
@@ -100,40 +100,8 @@ def test_messages_queued_with_no_worker_alive_page(gateway: str, tmp_path: Path)
     ten minutes of growth: a business with a few messages a minute went unanswered for hours
     with nothing firing.)"""
     before = scrape(f"{gateway}/metrics")
-    body = json.dumps(
-        {
-            "object": "whatsapp_business_account",
-            "entry": [
-                {
-                    "id": "waba",
-                    "changes": [
-                        {
-                            "field": "messages",
-                            "value": {
-                                "messaging_product": "whatsapp",
-                                "metadata": {"phone_number_id": "100200300"},
-                                "messages": [
-                                    {
-                                        "from": "15550001111",
-                                        "id": "wamid.unattended",
-                                        "timestamp": "1700000000",
-                                        "type": "text",
-                                        "text": {"body": "hello?"},
-                                    }
-                                ],
-                            },
-                        }
-                    ],
-                }
-            ],
-        }
-    ).encode()
-    signature = hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    answer = httpx.post(
-        f"{gateway}/webhooks/whatsapp",
-        content=body,
-        headers={"Content-Type": "application/json", "X-Hub-Signature-256": f"sha256={signature}"},
-    )
+    payload = cloud_payload("100200300", "15550001111", "hello?", message_id="wamid.unattended")
+    answer = post_signed(gateway, payload)
     assert answer.status_code == 200 and answer.json()["queued"] == 1, answer.text
     after = scrape(f"{gateway}/metrics")
     assert after[("gateway_queue_length", ())] == 1 and after[("gateway_live_workers", ())] == 0

@@ -57,14 +57,7 @@ class ReplyCutter:
 
     def _up(self, client: socket.socket, server: socket.socket, muted: threading.Event) -> None:
         tail = b""
-        while True:
-            try:
-                data = client.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                _close(client, server)
-                return
+        while data := _received(client):
             with self._lock:
                 marker = self._marker
                 hit = marker is not None and marker in tail + data
@@ -80,20 +73,23 @@ class ReplyCutter:
                 _close(client, server)
                 return
             tail = (tail + data)[-256:]
+        _close(client, server)
 
     @staticmethod
     def _down(server: socket.socket, client: socket.socket, muted: threading.Event) -> None:
-        while True:
-            try:
-                data = server.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                _close(client, server)
-                return
+        while data := _received(server):
             if not muted.is_set():
                 with contextlib.suppress(OSError):
                     client.sendall(data)
+        _close(client, server)
+
+
+def _received(sock: socket.socket) -> bytes:
+    """The next bytes from ``sock``; empty once it is closed or broken."""
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""
 
 
 def _close(*sockets: socket.socket) -> None:
