@@ -93,6 +93,7 @@ ALIASES: dict[str, str] = {
     "venezia": "VCE",
     "venice": "VCE",
     "napoli": "NAP",
+    "turin": "TRN",  # Torino in the data: "Turin" alone found Maturin (MUN)
     "naples": "NAP",
     "sevilla": "SVQ",
     "seville": "SVQ",

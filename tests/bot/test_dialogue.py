@@ -266,7 +266,7 @@ async def test_spanish_business_end_to_end(engine: BotEngine) -> None:
     assert "¿Desde dónde sales?" in reply
     assert "¿Qué día quieres salir?" in await chat.say("desde Madrid")
     reply = await chat.say("el próximo viernes")
-    assert "Madrid (MAD) → London (LON)" in reply
+    assert "Madrid (MAD) → Londres (LON)" in reply
     assert "Tarifas de demostración" in reply and "*nuevo* para empezar de cero" in reply
     assert "directo" in reply or "escala" in reply
     assert (await chat.say("1")).startswith("*Oferta 1*")
@@ -472,7 +472,7 @@ async def test_two_places_side_by_side_are_origin_then_destination(engine: BotEn
     by side went into the destination, so the bot searched London → Madrid."""
     chat = Chat(engine, locale="es", time_zone="Europe/Madrid")
     reply = await chat.say("Madrid Londres mañana")
-    assert "Madrid (MAD) → London (LON)" in reply and offers_in(reply) == ["1", "2", "3"]
+    assert "Madrid (MAD) → Londres (LON)" in reply and offers_in(reply) == ["1", "2", "3"]
     chat = Chat(engine)
     reply = await chat.say("jfk lax tomorrow")
     assert "New York (JFK) → Los Angeles (LAX)" in reply
@@ -485,9 +485,9 @@ async def test_a_place_whose_name_starts_with_la_is_not_los_angeles(engine: BotE
     the first word of La Habana (and of La Coruña, La Serena, La Palma, La Rochelle)."""
     chat = Chat(engine, locale="es", time_zone="Europe/Madrid")
     reply = await chat.say("de Madrid a La Habana mañana")
-    assert "Madrid (MAD) → Havana (HAV)" in reply and offers_in(reply) == ["1", "2", "3"]
+    assert "Madrid (MAD) → La Habana (HAV)" in reply and offers_in(reply) == ["1", "2", "3"]
     reply = await Chat(engine, locale="es").say("de La Coruña a Londres el viernes")
-    assert "A Coruna (LCG) → London (LON)" in reply
+    assert "A Coruña (LCG) → Londres (LON)" in reply
 
 
 SPANISH_MONTHS = (
@@ -506,7 +506,7 @@ async def test_a_spanish_ordinal_first_of_the_month_is_a_date(engine: BotEngine)
     for day in ("1º", "primero", "1ro", "1ero"):
         chat = Chat(engine, locale="es", time_zone="America/New_York")
         reply = await chat.say(f"de Madrid a Roma el {day} de {month}")
-        assert f"Madrid (MAD) → Rome (ROM)* · {shown}" in reply, (day, reply)
+        assert f"Madrid (MAD) → Roma (ROM)* · {shown}" in reply, (day, reply)
         assert chat.state["trip"]["depart"] == first.isoformat()
 
 
@@ -515,9 +515,9 @@ async def test_two_places_joined_by_a_hyphen_are_a_route(engine: BotEngine) -> N
     asked 'Which London-Paris do you mean?' with London and Paris as the choices."""
     chat = Chat(engine, locale="es", time_zone="Europe/Madrid")
     reply = await chat.say("Madrid-Roma mañana")
-    assert "Madrid (MAD) → Rome (ROM)" in reply and offers_in(reply) == ["1", "2", "3"]
+    assert "Madrid (MAD) → Roma (ROM)" in reply and offers_in(reply) == ["1", "2", "3"]
     reply = await Chat(engine, locale="es").say("Madrid-Nueva York el viernes")
-    assert "Madrid (MAD) → New York (NYC)" in reply
+    assert "Madrid (MAD) → Nueva York (NYC)" in reply
     reply = await Chat(engine).say("London-Paris tomorrow")
     assert "London (LON) → Paris (PAR)" in reply and offers_in(reply) == ["1", "2", "3"]
     # A name with a hyphen of its own is still one place.
@@ -563,6 +563,9 @@ async def test_everyday_spanish_replies_are_understood(engine: BotEngine) -> Non
     await chat.say("de Madrid a Roma mañana")
     assert "Cancelado" in await chat.say("borrar")
     assert "trip" not in chat.state
+
+
+NYC_LONDON = {"en": "New York (NYC) → London (LON)", "es": "Nueva York (NYC) → Londres (LON)"}
 
 
 def at(day: date) -> datetime:
@@ -692,7 +695,8 @@ async def test_a_stretch_of_days_is_asked_about_by_name(engine: BotEngine) -> No
     ]:
         chat = Chat(engine, now=now, written=now, locale=locale)
         reply = await chat.say(text)
-        assert reply.endswith("New York (NYC) → London (LON).\n" + question), (text, reply)
+        route = NYC_LONDON[locale]
+        assert reply.endswith(f"{route}.\n" + question), (text, reply)
         assert chat.state["ask"] == {"slot": "date"}
     # The day alone, in answer, is that day of the period's month.
     chat = Chat(engine, now=now, written=now, locale="es")
@@ -737,10 +741,10 @@ async def test_a_route_shows_the_city_people_know(engine: BotEngine) -> None:
     """The route showed the airport data's town: a user who wrote Medellín read 'Rionegro
     (MDE)', Toronto Pearson was 'Mississauga (YYZ)', Tenerife an 'Island', Jerez misspelt."""
     for locale, text, route in [
-        ("es", "de Bogotá a Medellín mañana", "Bogota (BOG) → Medellin (MDE)"),
+        ("es", "de Bogotá a Medellín mañana", "Bogotá (BOG) → Medellín (MDE)"),
         ("en", "Toronto Pearson to NYC tomorrow", "Toronto (YYZ) → New York (NYC)"),
         ("en", "YUL to Vancouver tomorrow", "Montreal (YUL) → Vancouver (YVR)"),
-        ("es", "de Madrid a Santa Cruz de Tenerife mañana", "Madrid (MAD) → Tenerife North (TFN)"),
+        ("es", "de Madrid a Santa Cruz de Tenerife mañana", "Madrid (MAD) → Tenerife Norte (TFN)"),
         ("es", "de Madrid a Jerez de la Frontera mañana", "Madrid (MAD) → Jerez de la Frontera"),
     ]:
         reply = await Chat(engine, locale=locale).say(text)
@@ -748,7 +752,7 @@ async def test_a_route_shows_the_city_people_know(engine: BotEngine) -> None:
     # Tenerife alone: the island's two airports are offered.
     replies = await Chat(engine, locale="es").send("text", "de Madrid a Tenerife mañana")
     titles = [row.title for row in replies[-1].rows]
-    assert titles == ["Tenerife South (TFS)", "Tenerife North (TFN)"], replies
+    assert titles == ["Tenerife Sur (TFS)", "Tenerife Norte (TFN)"], replies
 
 
 async def test_a_return_or_year_end_stretch_is_asked_about(engine: BotEngine) -> None:
@@ -812,7 +816,8 @@ async def test_easter_and_thanksgiving_are_asked_about(engine: BotEngine) -> Non
     ]:
         chat = Chat(engine, now=now, written=now, locale=locale)
         reply = await chat.say(text)
-        assert reply.endswith("New York (NYC) → London (LON).\n" + question), (text, reply)
+        route = NYC_LONDON[locale]
+        assert reply.endswith(f"{route}.\n" + question), (text, reply)
     # Easter 2027 is 28 March: a day alone in answer is in March.
     await chat.say("el 25")
     assert chat.state["trip"]["depart"] == "2027-03-25"
@@ -841,11 +846,11 @@ async def test_places_the_data_names_otherwise_are_found_and_shown_by_their_name
     'Alajero', A Coruña as 'Culleredo'."""
     for text, route in [
         ("de Madrid a Mahón mañana", "Madrid (MAD) → Menorca (MAH)"),
-        ("de Lisboa a Terceira mañana", "Lisbon (LIS) → Terceira (TER)"),
-        ("de Roma a Elba mañana", "Rome (ROM) → Elba (EBA)"),
-        ("de Barcelona a San Sebastián mañana", "Barcelona (BCN) → San Sebastian (EAS)"),
+        ("de Lisboa a Terceira mañana", "Lisboa (LIS) → Terceira (TER)"),
+        ("de Roma a Elba mañana", "Roma (ROM) → Elba (EBA)"),
+        ("de Barcelona a San Sebastián mañana", "Barcelona (BCN) → San Sebastián (EAS)"),
         ("de Madrid a La Gomera mañana", "Madrid (MAD) → La Gomera (GMZ)"),
-        ("de Madrid a A Coruña mañana", "Madrid (MAD) → A Coruna (LCG)"),
+        ("de Madrid a A Coruña mañana", "Madrid (MAD) → A Coruña (LCG)"),
     ]:
         reply = await Chat(engine, locale="es").say(text)
         assert route in reply, (text, reply)
@@ -889,7 +894,8 @@ async def test_fortnights_and_halves_of_a_month_are_read(engine: BotEngine) -> N
     ]:
         chat = Chat(engine, now=now, written=now, locale=locale)
         reply = await chat.say(text)
-        assert reply.endswith("New York (NYC) → London (LON).\n" + question), (text, reply)
+        route = NYC_LONDON[locale]
+        assert reply.endswith(f"{route}.\n" + question), (text, reply)
     for locale, text, departure in [
         ("en", "NYC to London in a fortnight", "2026-12-07"),
         ("en", "NYC to London week after next", "2026-12-07"),
@@ -913,3 +919,52 @@ async def test_a_day_answering_a_period_question_after_a_search_is_the_day(
     reply = await chat.say("28")
     assert chat.state["trip"]["depart"] == "2026-12-28" and "Mon 28 Dec" in reply, reply
     assert (await chat.say("2")).startswith("*Offer 2*")  # the new offers are numbered again
+
+
+async def test_a_spanish_speaking_user_sees_places_by_their_spanish_names(
+    engine: BotEngine,
+) -> None:
+    """A Spanish business's users saw the airport data's English names: 'Roma' came back as
+    'Rome (ROM)', 'Londres' as 'London', 'Múnich' as 'Munich', 'Málaga' without its accent,
+    in routes, summaries, place lists and the nearest airport; English users see them as
+    before."""
+    now = at(date(2026, 11, 23))
+    chat = Chat(engine, now=now, written=now, locale="es-ES", time_zone="Europe/Madrid")
+    assert await chat.say("quiero ir a Roma") == "Entendido: a Roma (ROM).\n¿Desde dónde sales?"
+    reply = await chat.say("desde Londres")
+    assert reply.startswith("Entendido: Londres (LON) → Roma (ROM).\n¿Qué día quieres salir?")
+    reply = await chat.say("el 3 de diciembre")
+    assert reply.startswith("✈️ *Londres (LON) → Roma (ROM)* · jue 3 dic"), reply
+    for text, route in [
+        ("de Múnich a Nueva York el 3 de diciembre", "Múnich (MUC) → Nueva York (NYC)"),
+        ("de Málaga a Ginebra el 3 de diciembre", "Málaga (AGP) → Ginebra (GVA)"),
+        ("de Bogotá a Ciudad de México el 3 de diciembre", "Bogotá (BOG) → Ciudad de México"),
+        ("de Heathrow a Florencia el 3 de diciembre", "Londres (LHR) → Florencia (FLR)"),
+    ]:
+        reply = await Chat(engine, now=now, written=now, locale="es-MX").say(text)
+        assert route in reply, (text, reply)
+    # The same place to and from, and the nearest airport to a shared location.
+    chat = Chat(engine, now=now, written=now, locale="es")
+    assert "El origen y el destino son Londres (LON)." in await chat.say("de Londres a Londres")
+    chat = Chat(engine, now=now, written=now, locale="es")
+    assert (await chat.say("a París")).startswith("Entendido: a París (PAR).")
+    replies = await chat.send("location", "", latitude=51.47, longitude=-0.4543, name="")
+    assert "Sales de Londres (LHR), el aeropuerto más cercano a ti." in replies[0].text
+    # A list of places: its rows, and a tap on one (the row's title comes back with its id).
+    chat = Chat(engine, now=now, written=now, locale="es")
+    question = (await chat.send("text", "de Madrid a San José el 3 de diciembre"))[0]
+    titles = [row.title for row in question.rows]
+    assert "San José (SJO)" in titles, titles
+    n = titles.index("San José (SJO)") + 1
+    reply = (await chat.send("interactive", "", reply_id=f"place:{n}", title=titles[n - 1]))[0].text
+    assert "Madrid (MAD) → San José (SJO)" in reply, reply
+    city_rows = await Chat(engine, now=now, written=now, locale="es").send("text", "a Milán")
+    assert city_rows[0].text.startswith("Entendido: a Milán (MIL)."), city_rows[0].text
+    # An exonym is one place's: London, Ontario is London in Spanish too.
+    reply = await Chat(engine, now=now, written=now, locale="es").say(
+        "de YXU a Roma el 3 de diciembre"
+    )
+    assert "London (YXU) → Roma (ROM)" in reply, reply
+    # English users see what they saw.
+    reply = await Chat(engine, now=now, written=now).say("Munich to Rome dec 3")
+    assert "Munich (MUC) → Rome (ROM)" in reply

@@ -514,7 +514,7 @@ def test_a_spanish_business_through_the_gateway(smart: Gateway) -> None:
     month = SPANISH_MONTHS[first.month - 1]
     weekday = Texts("es").words("weekdays")[first.weekday()]
     reply = user.say(f"CDMX-Cancún el 1º de {month}, 2 adultos")
-    assert f"Mexico City (MEX) → Cancun (CUN)* · {weekday} 1 {month[:3]} · 2 adultos" in reply
+    assert f"Ciudad de México (MEX) → Cancún (CUN)* · {weekday} 1 {month[:3]} · 2 adultos" in reply
     assert offers_shown(reply) == 3 and "Tarifas de demostración" in reply
     assert "*más* para ver más" in reply
     assert "*4.*" in user.say("siguiente")

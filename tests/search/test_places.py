@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from services.gateway.bot.messages import PLACE_NAMES
 from services.search.places import W_INTERNATIONAL, Places, haversine_km, normalize
 
 
@@ -173,6 +174,20 @@ def test_a_two_letter_alias_is_not_a_word_of_a_longer_name(places: Places) -> No
 )
 def test_spanish_names_of_destinations(places: Places, text: str, first: str) -> None:
     assert codes(places, text)[0] == first
+
+
+def test_the_bot_s_names_of_places_find_them_again(places: Places) -> None:
+    """The gateway's bot shows places to a Spanish speaker by their Spanish names ("Roma
+    (ROM)"): each name the bot shows is a name this service gives (else it is never used),
+    and written back it finds a place the bot shows by that name (so the user can answer
+    with what the bot wrote)."""
+    cities = {(p.city, p.country) for p in places.by_code.values()}
+    for language, names in PLACE_NAMES.items():
+        for name, local in names.items():
+            assert name in cities, (language, name)
+            found = places.resolve(local, 1)[0].place
+            shown = names.get((found.city, found.country), found.city)
+            assert shown == local, (language, local, found)
 
 
 def test_a_city_code_lifts_all_its_airports(places: Places) -> None:

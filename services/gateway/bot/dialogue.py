@@ -429,8 +429,15 @@ class BotEngine:
         choices = d.ask.get("choices") or []
         if 1 <= n <= len(choices):
             choice = choices[n - 1]
-            expected = _row_title(str(choice.get("city", "")), str(choice.get("code", "")))
-            if title in ("", expected):
+            city, code = str(choice.get("city", "")), str(choice.get("code", ""))
+            country = str(choice.get("country", ""))
+            # The untranslated title too: the list may come from a release that sent it so.
+            expected = {
+                "",
+                _row_title(ctx.texts, city, country, code),
+                _row_title(None, city, country, code),
+            }
+            if title in expected:
                 return await self._number(ctx, d, n) or []
         return [Reply(f"{ctx.texts('list_outdated')} {self._whats_next(ctx, d)}")]
 
@@ -719,8 +726,8 @@ class BotEngine:
             # as the title typed, and set the wrong place). The title says which list it was.
             ListRow(
                 id=f"place:{index}",
-                title=_row_title(choice.city, choice.code),
-                description=_clip(f"{choice.name} · {choice.country}", 72),
+                title=_row_title(ctx.texts, choice.city, choice.country, choice.code),
+                description=_clip(f"{_place_name(ctx.texts, choice)} · {choice.country}", 72),
             )
             for index, choice in enumerate(choices, start=1)
         )
@@ -745,7 +752,7 @@ class BotEngine:
         d.update_trip(origin=nearby[0].as_state())
         if d.ask.get("slot") == "origin":
             d.set("ask", {})
-        note = Reply(t("location_set", place=_place_label(nearby[0].as_state())))
+        note = Reply(t("location_set", place=_place_label(t, nearby[0].as_state())))
         return await self._advance(ctx, d, [note])
 
     # --- what next: ask, or search ----------------------------------------------------
@@ -787,7 +794,9 @@ class BotEngine:
     def _same_place(self, ctx: Context, d: Dialogue) -> Reply:
         d.update_trip(destination=None)
         d.set("ask", {"slot": "destination"})
-        return Reply(ctx.texts("same_place", place=_place_label(d.trip.get("origin") or {})))
+        return Reply(
+            ctx.texts("same_place", place=_place_label(ctx.texts, d.trip.get("origin") or {}))
+        )
 
     def _check_dates(self, ctx: Context, d: Dialogue) -> Reply | None:
         depart = date.fromisoformat(d.trip["depart"])
@@ -890,7 +899,9 @@ class BotEngine:
     def _searching_text(self, ctx: Context, d: Dialogue) -> str:
         t = ctx.texts
         return t(
-            "searching", route=self._route(d), date=fmt.day(t, date.fromisoformat(d.trip["depart"]))
+            "searching",
+            route=self._route(t, d),
+            date=fmt.day(t, date.fromisoformat(d.trip["depart"])),
         )
 
     def _show(
@@ -900,7 +911,7 @@ class BotEngine:
         depart = date.fromisoformat(d.trip["depart"])
         if not response.offers:
             d.set("results", {})
-            return [Reply(t("no_results", route=self._route(d), date=fmt.day(t, depart)))]
+            return [Reply(t("no_results", route=self._route(t, d), date=fmt.day(t, depart)))]
         kept = [fmt.compact(offer) for offer in response.offers[: fmt.KEPT]]
         d.set(
             "results",
@@ -944,9 +955,9 @@ class BotEngine:
 
     # --- words ------------------------------------------------------------------------
 
-    def _route(self, d: Dialogue) -> str:
+    def _route(self, t: Texts, d: Dialogue) -> str:
         origin, destination = d.trip.get("origin") or {}, d.trip.get("destination") or {}
-        return f"{_place_label(origin) or '?'} → {_place_label(destination) or '?'}"
+        return f"{_place_label(t, origin) or '?'} → {_place_label(t, destination) or '?'}"
 
     def _travellers(self, ctx: Context, d: Dialogue) -> str:
         adults = int(d.trip.get("adults") or 1)
@@ -962,7 +973,7 @@ class BotEngine:
             extras += " · " + t("non_stop_only")
         return t(
             "results_header",
-            route=self._route(d),
+            route=self._route(t, d),
             date=fmt.day(t, date.fromisoformat(d.trip["depart"])),
             return_part=(", " + t("return_on", date=fmt.day(t, back))) if back else "",
             travellers=self._travellers(ctx, d),
@@ -973,11 +984,11 @@ class BotEngine:
         t, trip, parts = ctx.texts, d.trip, []
         origin, destination = trip.get("origin") or {}, trip.get("destination") or {}
         if origin and destination:
-            parts.append(self._route(d))
+            parts.append(self._route(t, d))
         elif origin:
-            parts.append(t("from_place", place=_place_label(origin)))
+            parts.append(t("from_place", place=_place_label(t, origin)))
         elif destination:
-            parts.append(t("to_place", place=_place_label(destination)))
+            parts.append(t("to_place", place=_place_label(t, destination)))
         if trip.get("depart"):
             parts.append(fmt.day(t, date.fromisoformat(trip["depart"])))
         back = self._return_date(d)
@@ -1001,16 +1012,26 @@ def _period_text(t: Texts, period: Period) -> str:
     return t(f"period_{period.kind}", month=month)
 
 
-def _place_label(place: dict[str, Any]) -> str:
+def _place_label(t: Texts, place: dict[str, Any]) -> str:
+    """ "Rome (ROM)", "Roma (ROM)": the city in the user's language, and the code."""
     if not place:
         return ""
     city, code = place.get("city") or place.get("name") or "", place.get("code", "")
-    return f"{city} ({code})" if city else code
+    return f"{t.place(city, place.get('country', ''))} ({code})" if city else code
 
 
-def _row_title(city: str, code: str) -> str:
-    """A place list row's title (at most 24 characters, WhatsApp's limit)."""
-    return _clip(f"{city} ({code})", 24)
+def _place_name(t: Texts, place: Candidate) -> str:
+    """A list row's description of a place: a city code's is its city's name (the search
+    service's "London (all airports)" in the user's language), an airport's its own name."""
+    if place.kind == "city":
+        return t("all_airports", city=t.place(place.city, place.country))
+    return place.name
+
+
+def _row_title(t: Texts | None, city: str, country: str, code: str) -> str:
+    """A place list row's title (at most 24 characters, WhatsApp's limit); with no texts,
+    the city as the search service names it."""
+    return _clip(f"{t.place(city, country) if t else city} ({code})", 24)
 
 
 def _clip(text: str, limit: int) -> str:

@@ -63,6 +63,7 @@ MESSAGES: dict[str, str] = {
         "the city or an airport code."
     ),
     "choose_button": "Choose",
+    "all_airports": "{city} (all airports)",
     "date_not_understood": "I couldn't read that date. Try *next Friday*, *3 March* or *12/24*.",
     "date_in_past": "{date} has already passed. When do you want to leave?",
     "ask_day_in_period": "Which day {period}?",
