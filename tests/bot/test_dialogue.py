@@ -13,6 +13,7 @@ import pytest
 
 from parley.search.v1 import search_pb2_grpc
 from services.gateway.bot import create_engine
+from services.gateway.bot import offers as fmt
 from services.gateway.bot.dialogue import BotEngine, Dialogue
 from services.gateway.bot.messages import Texts
 from services.gateway.bot.settings import BotSettings
@@ -968,3 +969,28 @@ async def test_a_spanish_speaking_user_sees_places_by_their_spanish_names(
     # English users see what they saw.
     reply = await Chat(engine, now=now, written=now).say("Munich to Rome dec 3")
     assert "Munich (MUC) → Rome (ROM)" in reply
+
+
+async def test_prices_follow_the_locale_s_conventions(engine: BotEngine) -> None:
+    """A Spanish business's users saw prices the US way, '$944.19': in Spain that is written
+    '944,19 US$', and in Mexico a '$' is a peso ('USD 944.19'). English is as it was."""
+    now = at(date(2026, 11, 23))
+    spain = re.compile(r"\*\d{1,3}(?:\.\d{3})*,\d\d\u00a0US\$\*")
+    mexico = re.compile(r"\*USD\u00a0\d{1,3}(?:,\d{3})*\.\d\d\*")
+    english = re.compile(r"\*\$\d{1,3}(?:,\d{3})*\.\d\d\*")
+    for locale, written in [("es-ES", spain), ("es", spain), ("es-MX", mexico), ("en", english)]:
+        chat = Chat(engine, now=now, written=now, locale=locale)
+        reply = await chat.say("de Madrid a Londres el 3 de diciembre")
+        lines = [line for line in reply.splitlines() if re.match(r"\*\d\.\* ", line)]
+        assert len(lines) == 3 and all(written.search(line) for line in lines), (locale, reply)
+        header = (await chat.say("1")).splitlines()[0]
+        assert written.search(header), (locale, header)
+    offer = {"price": "1234.50", "currency": "EUR"}
+    assert fmt.price(Texts("es-ES"), offer) == "1.234,50\u00a0€"
+    assert fmt.price(Texts("es-MX"), offer) == "EUR\u00a01,234.50"
+    assert fmt.price(Texts("en"), offer) == "€1,234.50"
+    assert fmt.price(Texts("es-AR"), {"price": "944.19", "currency": "USD"}) == "US$944,19"
+    # A region babel does not know is the language's; a currency it does not know, its code.
+    assert fmt.price(Texts("es-ZZ"), {"price": "944.19", "currency": "USD"}) == "944,19\u00a0US$"
+    assert fmt.price(Texts("es"), {"price": "10", "currency": "XYZ"}) == "10,00\u00a0XYZ"
+    assert fmt.price(Texts("en"), {"price": "10", "currency": "XYZ"}) == "10 XYZ"

@@ -3,9 +3,14 @@ later message without searching again), and their WhatsApp rendering."""
 
 from __future__ import annotations
 
+import functools
+import re
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
+
+from babel import Locale, UnknownLocaleError
+from babel.numbers import format_currency
 
 from parley.search.v1 import search_pb2
 from services.gateway.bot.messages import Texts
@@ -45,13 +50,31 @@ def compact(offer: search_pb2.FlightOffer) -> dict[str, Any]:
     }
 
 
-def price(offer: dict[str, Any]) -> str:
+def price(t: Texts, offer: dict[str, Any]) -> str:
+    """The total as the user's locale writes it: "$944.19" in English (as it always was),
+    "944,19 US$" in Spain, "USD 944.19" in Mexico (where "$" is a peso), by CLDR's rules."""
     symbol = SYMBOLS.get(offer["currency"])
     try:
-        amount = f"{Decimal(str(offer['price'])):,}"  # exact, with thousands separators
+        value = Decimal(str(offer["price"]))
     except InvalidOperation:
-        amount = str(offer["price"])
+        return f"{symbol}{offer['price']}" if symbol else f"{offer['price']} {offer['currency']}"
+    if t.language != "en" and value.is_finite():
+        written = format_currency(value, offer["currency"], locale=_cldr_locale(t.locale))
+        # CLDR's currency spacing, which babel leaves out: a code or a symbol ending in a
+        # letter is kept apart from the digits ("USD944.19" → "USD 944.19").
+        return re.sub(r"(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])", "\u00a0", written).strip()
+    amount = f"{value:,}"  # exact, with thousands separators
     return f"{symbol}{amount}" if symbol else f"{amount} {offer['currency']}"
+
+
+@functools.cache
+def _cldr_locale(tag: str) -> Locale:
+    """The business's locale for babel: "es-MX" as given; a region babel does not know is
+    read as the language alone ("es")."""
+    try:
+        return Locale.parse(tag.replace("-", "_"))
+    except (UnknownLocaleError, ValueError):
+        return Locale.parse(tag.replace("-", "_").split("_")[0])
 
 
 def _time(value: str) -> str:
@@ -98,13 +121,13 @@ def _leg_times(t: Texts, leg: dict[str, Any]) -> tuple[str, str]:
 def offer_lines(t: Texts, n: int, offer: dict[str, Any]) -> str:
     legs = offer["legs"]
     if not legs:
-        return f"*{n}.* *{price(offer)}*"
+        return f"*{n}.* *{price(t, offer)}*"
     depart, arrive = _leg_times(t, legs[0])
     lines = [
         t(
             "offer_line",
             n=n,
-            price=price(offer),
+            price=price(t, offer),
             carrier=offer["carrier"] or legs[0]["segments"][0]["carrier"],
             depart=depart,
             arrive=arrive,
@@ -136,7 +159,7 @@ def day(t: Texts, value: date) -> str:
 
 
 def details(t: Texts, n: int, offer: dict[str, Any], travellers: str) -> str:
-    lines = [t("details_header", n=n, price=price(offer), travellers=travellers)]
+    lines = [t("details_header", n=n, price=price(t, offer), travellers=travellers)]
     for index, leg in enumerate(offer["legs"]):
         key = "details_direction_out" if index == 0 else "details_direction_back"
         lines.append("")

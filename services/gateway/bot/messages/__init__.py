@@ -25,6 +25,7 @@ class Texts:
     """The replies of one locale."""
 
     def __init__(self, locale: str) -> None:
+        self.locale = locale  # the business's BCP 47 tag: its region decides how numbers read
         self.language = language(locale)
         self._messages = CATALOGUES[self.language]
         self._places = PLACE_NAMES[self.language]
