@@ -25,12 +25,20 @@ from services.business.model import (
     SECRET_FIELDS,
     BusinessRecord,
     TokenStatus,
+    business_id_for,
     utcnow,
     validate_secret,
 )
 from services.business.store import BusinessStore
 from services.common.business_keys import KeyKind
-from services.common.errors import FailedPrecondition, NotFound, ServiceError, Unavailable
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    Unavailable,
+)
 from services.common.invalidation import InvalidationBus
 from services.common.lookup_cache import LookupCache
 from services.common.outage import OutageLog
@@ -279,8 +287,11 @@ class BusinessCore:
         time_zone: str,
         locale: str,
         secrets: dict[str, str],
+        idempotency_key: str = "",
     ) -> BusinessRecord:
-        business_id = str(ObjectId())
+        business_id = business_id_for(idempotency_key) if idempotency_key else str(ObjectId())
+        if idempotency_key and (first := await self._created_by_key(business_id, subdomain)):
+            return first
         now = utcnow()
         encrypted = {
             name_: self.cipher.encrypt(
@@ -307,9 +318,30 @@ class BusinessCore:
             secrets=encrypted,
         )
         # Unknown-identity entries for these keys may be cached as "not found": dropped too.
-        await self._write(self.store.create(record))
+        try:
+            await self._write(self.store.create(record))
+        except AlreadyExists:
+            # Two sends of one key at once: the other one's insert came first.
+            if idempotency_key and (first := await self._created_by_key(business_id, subdomain)):
+                return first
+            raise
         log.info("business created", business_id=business_id, subdomain=subdomain)
         return record
+
+    async def _created_by_key(self, business_id: str, subdomain: str) -> BusinessRecord | None:
+        """The business an earlier create with this idempotency key made, if any."""
+        with store_errors():
+            first = await self.store.get(business_id)
+        if first is None:
+            return None
+        if first.subdomain != subdomain:
+            raise InvalidArgument(
+                "idempotency_key",
+                f"already used to create business {first.id} (subdomain {first.subdomain}); "
+                "use a new key for another business",
+            )
+        log.info("business create sent again", business_id=business_id)
+        return first
 
     async def update(self, business_id: str, changes: dict[str, Any]) -> BusinessRecord:
         before = await self.get(business_id)

@@ -7,6 +7,7 @@ same clear answer.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zoneinfo
 from collections.abc import Iterable
@@ -224,6 +225,27 @@ def validate_business_id(value: str, field_name: str = "id") -> str:
     if not _OBJECT_ID.match(business_id):
         raise InvalidArgument(field_name, "must be a business id: 24 hexadecimal characters")
     return business_id
+
+
+MAX_IDEMPOTENCY_KEY = 128
+
+
+def validate_idempotency_key(value: str) -> str:
+    """A CreateBusiness idempotency key: empty (none) or 1-128 printable characters."""
+    if len(value) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidArgument(
+            "idempotency_key", f"must be at most {MAX_IDEMPOTENCY_KEY} characters"
+        )
+    if not value.isprintable():
+        raise InvalidArgument("idempotency_key", "must be printable characters")
+    return value
+
+
+def business_id_for(idempotency_key: str) -> str:
+    """The id a create with this key gives its business: the same for every resend, so the
+    store's own unique id is what finds the first one (an ObjectId's 24 hex characters, from
+    the key's hash, with nothing else to store or index)."""
+    return hashlib.sha256(b"parley-business:" + idempotency_key.encode()).hexdigest()[:24]
 
 
 def validate_secret(value: str, field_name: str) -> str:

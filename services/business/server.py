@@ -20,6 +20,7 @@ from services.business.model import (
     BusinessRecord,
     TokenStatus,
     validate_business_id,
+    validate_idempotency_key,
     validate_locale,
     validate_name,
     validate_number,
@@ -224,6 +225,7 @@ class BusinessServicer(business_pb2_grpc.BusinessServiceServicer):
             time_zone=validate_time_zone(b.time_zone),
             locale=validate_locale(b.locale),
             secrets=_credentials_from(request.credentials),
+            idempotency_key=validate_idempotency_key(request.idempotency_key),
         )
         return business_pb2.CreateBusinessResponse(business=to_proto(record))
 

@@ -273,9 +273,12 @@ class SqliteStore(BusinessStore):
                 record.create_time.isoformat(),
                 record.update_time.isoformat(),
             )
-            await db.execute(
-                f"INSERT INTO businesses ({_COLUMNS}) VALUES ({','.join('?' * 16)})", values
-            )
+            try:
+                await db.execute(
+                    f"INSERT INTO businesses ({_COLUMNS}) VALUES ({','.join('?' * 16)})", values
+                )
+            except sqlite3.IntegrityError:  # the id (another identity is a _claims error)
+                raise AlreadyExists("business.id: a business with this id exists") from None
             await self._set_identities(
                 db, record.id, KeyKind.PHONE_NUMBER_ID, record.phone_number_ids
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -239,8 +240,20 @@ def build_router(runtime: Runtime) -> APIRouter:
         """The stub of the running runtime (channels are made when the app starts)."""
         return runtime.clients.business
 
-    @router.post("/businesses", status_code=201, summary="Create a business.")
-    async def create_business(body: BusinessIn) -> BusinessOut:
+    @router.post(
+        "/businesses",
+        status_code=201,
+        summary="Create a business.",
+        description=(
+            "Send an `Idempotency-Key` header (a UUID) to make the request safe to send again "
+            "after a lost answer: a request with the key of one that created a business answers "
+            "that business (201) instead of a 409 on its own subdomain."
+        ),
+    )
+    async def create_business(
+        body: BusinessIn,
+        idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+    ) -> BusinessOut:
         credentials = business_pb2.ChannelCredentials(
             whatsapp_access_token=body.access_token or "",
             twilio_account_sid=body.twilio_account_sid or "",
@@ -260,6 +273,10 @@ def build_router(runtime: Runtime) -> APIRouter:
                     whatsapp_enabled=body.whatsapp_enabled,
                 ),
                 credentials=credentials,
+                # Without a key of the caller's, one for this request: the channel's own retry
+                # (UNAVAILABLE after the business service made it) then finds the business
+                # instead of answering 409 for its subdomain.
+                idempotency_key=idempotency_key or uuid.uuid4().hex,
             )
         )
         return business_out(response.business)

@@ -184,6 +184,7 @@ async def create_business(
     numbers: tuple[str, ...] = (),
     active: bool = True,
     secrets: dict[str, str] | None = None,
+    idempotency_key: str = "",
 ) -> BusinessRecord:
     """A WhatsApp-enabled business in UTC, named after its subdomain, through ``core``."""
     return await core.create(
@@ -196,6 +197,7 @@ async def create_business(
         time_zone="UTC",
         locale="en",
         secrets=secrets or {},
+        idempotency_key=idempotency_key,
     )
 
 

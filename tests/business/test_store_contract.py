@@ -24,7 +24,7 @@ from services.business.mongo_store import MongoStore
 from services.business.sqlite_store import SqliteStore
 from services.business.store import BusinessStore
 from services.common.business_keys import KeyKind, identity_key
-from services.common.errors import AlreadyExists
+from services.common.errors import AlreadyExists, InvalidArgument
 from tests.business.conftest import SecretRegistry, create_business, when_writer_starts
 
 _n = itertools.count(1)
@@ -310,6 +310,31 @@ async def test_concurrent_writers_keep_uniqueness(store: BusinessStore) -> None:
     )
     assert sum(not isinstance(r, BaseException) for r in results) == 1
     assert all(isinstance(r, AlreadyExists) for r in results if isinstance(r, BaseException))
+
+
+async def test_a_create_sent_again_with_its_key_answers_the_first_business(
+    store: BusinessStore, core: BusinessCore
+) -> None:
+    """A create whose answer was lost, sent again (at once, too) with its idempotency key, is
+    the business the first one made; the key reused for another subdomain is refused."""
+    key = str(ObjectId())
+    first = await create_business(core, "once", "7001", idempotency_key=key)
+    again = await asyncio.gather(
+        *(create_business(core, "once", "7001", idempotency_key=key) for _ in range(5))
+    )
+    assert {b.id for b in again} == {first.id}
+    assert [b.id for b in await store.list(
+        after_id=None, limit=10, include_inactive=True, servable_only=False
+    ) if b.subdomain == "once"] == [first.id]  # fmt: skip
+    # Five sends of a new key at once: one business, all five answered with it.
+    racing = await asyncio.gather(
+        *(create_business(core, "racing", "7002", idempotency_key="race") for _ in range(5))
+    )
+    assert len({b.id for b in racing}) == 1
+    with pytest.raises(InvalidArgument, match="already used to create business"):
+        await create_business(core, "other", "7003", idempotency_key=key)
+    with pytest.raises(AlreadyExists, match="subdomain"):  # no key: a second claim as before
+        await create_business(core, "once", "7004")
 
 
 async def test_sqlite_write_cancelled_while_waiting_for_the_file_lock_still_ends(

@@ -16,6 +16,7 @@ from parley.business.v1 import business_pb2, business_pb2_grpc
 from services.gateway.senders.outbox import OUTBOX_TTL_SECONDS
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
+from tests.support.proxy import ReplyCutter
 from tests.support.stack import (
     API_KEY,
     Gateway,
@@ -120,6 +121,61 @@ def test_business_lifecycle(outbox_gateway: Gateway) -> None:
         assert invalid.status_code == 400
         assert admin.delete(f"/admin/businesses/{bid}").json()["active"] is False
         assert admin.get("/admin/businesses/ffffffffffffffffffffffff").status_code == 404
+
+
+def new_business_body(name: str) -> dict[str, object]:
+    return {
+        "name": name,
+        "subdomain": f"{name.lower()}{new_wa_id()[-6:]}",
+        "whatsapp_phone_number_ids": [f"3{new_wa_id()}"],
+    }
+
+
+def test_a_create_sent_again_with_its_idempotency_key_is_the_same_business(
+    outbox_gateway: Gateway,
+) -> None:
+    body = new_business_body("Again")
+    key = {"Idempotency-Key": "0b9c6f1e-52a4-4d57-9f0e-6f7b1f3b2a11"}
+    with outbox_gateway.admin() as admin:
+        first = admin.post("/admin/businesses", json=body, headers=key)
+        assert first.status_code == 201, first.text
+        again = admin.post("/admin/businesses", json=body, headers=key)
+        assert again.status_code == 201, again.text
+        assert again.json() == first.json()
+        # Without the key, a second create is a second claim of the subdomain, as before.
+        assert admin.post("/admin/businesses", json=body).status_code == 409
+        other = admin.post("/admin/businesses", json=new_business_body("Other"), headers=key)
+        assert other.status_code == 400
+        assert "idempotency_key" in other.text and first.json()["id"] in other.text
+
+
+def test_a_create_whose_answer_was_lost_is_not_a_conflict(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """The business service made the business but its answer never reached the gateway (a
+    restart, a dropped connection): the channel sends the call again on UNAVAILABLE. (Was a
+    bug: that second call met the subdomain its first one had claimed, and the operator got a
+    409 for a business that had been created.)"""
+    cutter = ReplyCutter(services.business).start()
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "admin-lost",
+        BUSINESS_SERVICE_ADDR=cutter.address,
+    )
+    try:
+        body = new_business_body("Lost")
+        cutter.cut_reply_to(str(body["subdomain"]).encode())
+        with gw.admin() as admin:
+            created = admin.post("/admin/businesses", json=body)
+            assert cutter.cuts == 1
+            assert created.status_code == 201, created.text
+            found = admin.get(f"/admin/businesses/{created.json()['id']}")
+            assert found.json()["subdomain"] == body["subdomain"]
+    finally:
+        gw.stop()
+        cutter.stop()
 
 
 def test_a_refused_request_never_echoes_a_secret(outbox_gateway: Gateway) -> None:

@@ -331,6 +331,14 @@ class CreateBusinessRequest(_message.Message):
 
     BUSINESS_FIELD_NUMBER: _builtins.int
     CREDENTIALS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """Makes the create safe to send again after a lost answer (a client's or the channel's
+    retry): a request with the key of one that already created a business answers that
+    business instead of creating another or failing on its own subdomain. Optional; 1-128
+    printable characters, a UUID is best. The key decides the new business's id, so one key
+    makes one business: reused for another subdomain it is INVALID_ARGUMENT.
+    """
     @_builtins.property
     def business(self) -> Global___Business:
         """The business; id, timestamps and has_* flags are ignored. whatsapp_enabled and active are
@@ -346,10 +354,11 @@ class CreateBusinessRequest(_message.Message):
         *,
         business: Global___Business | None = ...,
         credentials: Global___ChannelCredentials | None = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["business", b"business", "credentials", b"credentials"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business", b"business", "credentials", b"credentials"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business", b"business", "credentials", b"credentials", "idempotency_key", b"idempotency_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
