@@ -19,11 +19,12 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from services.common.settings import refuse_to_start  # imports no prometheus_client
+from services.gateway.http_protocol import BoundedHttpToolsProtocol
 
 if TYPE_CHECKING:
     from services.gateway.runtime import Role
@@ -100,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(role: Role, settings: GatewaySettings) -> int:
-    grace = int(settings.shutdown_grace_seconds)
+    server_options: dict[str, Any] = {
+        "log_config": None,  # keep our structlog handler
+        "access_log": False,  # one structured line per webhook instead
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_seconds),
+        "http": BoundedHttpToolsProtocol,  # a bound on a request's head
+    }
     if role == "worker":
         if not settings.worker_http_port:
             from services.common import event_loop
@@ -112,9 +118,7 @@ def _serve(role: Role, settings: GatewaySettings) -> int:
             create_app(settings, "worker"),
             host=settings.gateway_host,
             port=settings.worker_http_port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=grace,
+            **server_options,
         )
         return 0
     if settings.web_concurrency > 1:
@@ -129,9 +133,7 @@ def _serve(role: Role, settings: GatewaySettings) -> int:
             host=settings.gateway_host,
             port=settings.gateway_port,
             workers=settings.web_concurrency,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=grace,
+            **server_options,
         )
         return 0
     from services.gateway.app import create_app
@@ -140,9 +142,7 @@ def _serve(role: Role, settings: GatewaySettings) -> int:
         create_app(settings, role),
         host=settings.gateway_host,
         port=settings.gateway_port,
-        log_config=None,  # keep our structlog handler
-        access_log=False,  # one structured line per webhook instead
-        timeout_graceful_shutdown=grace,
+        **server_options,
     )
     return 0
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 import secrets
+import select
+import socket
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, get_args
@@ -26,6 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.gateway.engine import InboundMessage, MessageType
+from services.gateway.http_protocol import MAX_REQUEST_HEAD_BYTES
 from services.gateway.queue import decode_message
 from tests.hostile.profile import hostile
 from tests.hostile.strategies import cloud_bodies, twilio_forms
@@ -354,3 +357,33 @@ def test_a_5000_digit_message_is_answered(
     assert wait_for(lambda: fake_clouds.texts(wa_id) or dead(), 60)
     assert not dead(), dead()[0]["error"]
     assert fake_clouds.texts(wa_id)
+
+
+def test_a_request_head_that_does_not_end_is_cut_off_at_its_bound(gateway: Gateway) -> None:
+    """A client sending one header without end (megabytes) gets 431 once the head passes its
+    bound, and the connection is closed. (Was a bug: httptools kept every byte, 20 MB and more
+    per connection, with no bound but the client's patience.)"""
+    host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
+    chunk = b"a" * 65536
+    answer, sent = b"", 0
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nX-Padding: ")
+        while sent < 20 * 2**20:
+            conn.sendall(chunk)
+            sent += len(chunk)
+            if select.select([conn], [], [], 0.05)[0]:
+                while data := conn.recv(65536):  # to the end: the server closes
+                    answer += data
+                break
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert sent <= MAX_REQUEST_HEAD_BYTES + 8 * len(chunk)
+
+
+def test_large_heads_within_the_bound_are_served_one_after_another(gateway: Gateway) -> None:
+    """Two requests on one kept-alive connection, each with a head of 3/4 of the bound (more
+    than the bound together), are both served: the bound is per request."""
+    padding = {"X-Padding": "p" * (MAX_REQUEST_HEAD_BYTES * 3 // 4)}
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        for _ in range(2):
+            assert client.get("/health", headers=padding).status_code == 200
+        assert client.get("/health").status_code == 200
