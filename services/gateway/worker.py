@@ -77,6 +77,9 @@ TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDE
 RATE_NOTICE = "You are sending messages faster than we can answer. Please wait a minute."
 # The error recorded for a message waiting for room in its business's rate-limit window.
 OVER_LIMIT = "the business is over its rate limit"
+# WhatsApp (Cloud API and Twilio alike) lets a business answer only within 24 hours of the
+# user's message; a minute is kept for the turn itself.
+REPLY_WINDOW_SECONDS = 24 * 3600 - 60
 ROLE_NAMES = {
     session_pb2.MESSAGE_ROLE_USER: "user",
     session_pb2.MESSAGE_ROLE_ASSISTANT: "assistant",
@@ -209,6 +212,15 @@ class Processor:
             # Meta refused this token (190/0): sending with it again only fails again. The
             # message waits in the dead letters for a replay once the business has a new token.
             raise DeadLetter("token_expired", f"business {business.id}'s token needs renewal")
+        age = time.time() - message.timestamp.timestamp()
+        if sender.name != "outbox" and age > REPLY_WINDOW_SECONDS:
+            # No reply can reach the user (Meta 131047, Twilio 63016): not worth a search, and
+            # a turn saved with it would have the bot remember a reply the user never saw.
+            raise DeadLetter(
+                "outside_window",
+                f"the user wrote {age / 3600:.0f} h ago, past WhatsApp's 24-hour reply window "
+                "(a template message can still reach them)",
+            )
         hit = (
             await self.rate_limits.hit(business.id, message.user_id, entry.queued_ms)
             if attempt == 1 or waited_for_limit

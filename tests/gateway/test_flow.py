@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import secrets
+import time
 
 import httpx
 import redis
@@ -119,7 +120,7 @@ def test_a_user_known_only_by_a_business_scoped_id_is_answered_at_recipient(
     message = {
         "from_user_id": bsuid,
         "id": f"wamid.{secrets.token_hex(12)}",
-        "timestamp": "1700000000",
+        "timestamp": str(int(time.time())),
         "type": "text",
         "text": {"body": "hello from a username"},
     }

@@ -530,6 +530,36 @@ def test_outside_the_24_hour_window_is_counted_and_saved(
     assert metric(limited, answered) == before + 1  # "again" only
 
 
+def test_a_message_older_than_the_reply_window_is_not_conversed(
+    limited: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """A message that reaches a worker more than 24 hours after the user wrote it (a backlog
+    after a long outage, a dead letter replayed the next day) can have no reply: WhatsApp
+    refuses it (131047). It is dead-lettered `outside_window`, with nothing sent and nothing
+    saved. (Was a bug: the engine ran, a search was spent, and the turn was saved with a reply
+    the user never saw, which the bot then took as said.) A day-old message within the window
+    is answered."""
+    assert limited.business is not None
+    late, recent = new_wa_id(), new_wa_id()
+    now = time.time()
+    with limited.http as client:
+        old = cloud_payload(
+            limited.business.phone_number_id, late, "yesterday", timestamp=str(int(now - 90_000))
+        )
+        assert post_cloud(client, old).status_code == 200
+        within = cloud_payload(
+            limited.business.phone_number_id, recent, "today", timestamp=str(int(now - 82_800))
+        )
+        assert post_cloud(client, within).status_code == 200
+    assert wait_for(lambda: fake_clouds.texts(recent) == ["echo: today #1"], 20)
+    assert wait_for(lambda: dead_letters_of(limited, late), 20)
+    [dead] = dead_letters_of(limited, late)
+    assert dead["reason"] == "outside_window" and "24-hour" in dead["error"]
+    assert fake_clouds.texts(late) == [] and not fake_clouds.read_receipts(
+        old["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+    )
+
+
 def test_a_provider_outage_outlasting_max_attempts_is_answered(
     limited: Gateway, fake_clouds: FakeClouds
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from typing import Any
 
 from hypothesis import strategies as st
@@ -145,7 +146,7 @@ def cloud_message(kind: str, wa_id: str, text: str) -> dict[str, Any]:
     return {
         "from": wa_id,
         "id": f"wamid.h.{secrets.token_hex(10)}",
-        "timestamp": "1763700000",
+        "timestamp": str(int(time.time())),  # within the 24-hour reply window
         "type": kind,
         kind: body,
     }
