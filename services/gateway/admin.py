@@ -1,4 +1,5 @@
-"""The admin API under ``/admin``: businesses, sessions, circuits, caches, outbox, dead letters.
+"""The admin API under ``/admin``: businesses, sessions, users' erasure, circuits, caches,
+outbox, dead letters.
 
 Allowed only with ``API_KEY`` in ``X-API-Key`` or ``Authorization: Bearer`` (constant-time
 compare); with no key configured the whole API answers 404. Responses never carry a secret.
@@ -7,6 +8,7 @@ gRPC errors of the services become HTTP statuses in the app's exception handler.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import re
@@ -14,6 +16,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
+import structlog
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from google.protobuf import field_mask_pb2, json_format
@@ -24,7 +27,11 @@ from parley.business.v1 import business_pb2
 from parley.search.v1 import search_pb2
 from parley.session.v1 import session_pb2
 from services.common.channel_secrets import secret_problem
+from services.common.redact import mask_phone
+from services.gateway.ratelimit import user_keys
 from services.gateway.runtime import Runtime
+
+log = structlog.get_logger()
 
 STREAM_ID = r"^[0-9]{1,19}-[0-9]{1,19}$"  # below 2**64, as Redis requires
 TOKEN_STATUS = {
@@ -376,6 +383,51 @@ def build_router(runtime: Runtime) -> APIRouter:
             session_pb2.EndConversationRequest(key=conversation_key(business_id, user_id))
         )
         return {"ended": response.ended}
+
+    @router.delete(
+        "/users/{business_id}/{user_id}",
+        summary="Erase everything Parley holds of one user of one business.",
+        description=(
+            "For an erasure request (GDPR art. 17); a phone number with or without its `+` "
+            "erases both ids it has (Cloud API, Twilio). The user's conversations, their messages "
+            "still queued, their dead letters, the sent logs of both, their outbox and their "
+            "rate-limit windows. Answers how many of each it deleted (all 0 when none). The "
+            "dedupe markers stay until `DEDUPE_TTL_SECONDS` (a provider message id, no number "
+            "or text). A message being answered at that moment is saved after: erase again "
+            "once the user has stopped writing."
+        ),
+    )
+    async def erase_user(business_id: BusinessId, user_id: UserId) -> dict[str, int]:
+        found = await business().GetBusiness(business_pb2.GetBusinessRequest(id=business_id))
+        identities = {*found.business.whatsapp_phone_number_ids, *found.business.whatsapp_numbers}
+        business_id = found.business.id  # as the workers key it (the service takes any case)
+        # One number is two ids: the Cloud API's wa_id has no "+", Twilio's E.164 number has.
+        number = re.fullmatch(r"\+?([0-9]+)", user_id)
+        users = {number[1], f"+{number[1]}"} if number else {user_id}
+        # The queue first: a message of theirs still queued would start a new conversation.
+        erased = await runtime.queue.erase_user(users, identities)
+        ended = await asyncio.gather(
+            *(
+                runtime.clients.session.EndConversation(
+                    session_pb2.EndConversationRequest(
+                        key=session_pb2.ConversationKey(
+                            business_id=business_id, user_id=user, role=role
+                        )
+                    )
+                )
+                for user in users
+                for role in (
+                    session_pb2.CONVERSATION_ROLE_CLIENT,
+                    session_pb2.CONVERSATION_ROLE_ADMIN,
+                )
+            )
+        )
+        erased["conversations"] = sum(response.ended for response in ended)
+        erased["outbox"] = sum([await runtime.outbox.erase(business_id, user) for user in users])
+        limits = [key for user in users for key in user_keys(business_id, user)]
+        erased["rate_limits"] = int(await runtime.redis.delete(*limits))
+        log.info("user erased", business_id=business_id, user=mask_phone(user_id), **erased)
+        return erased
 
     @router.get("/circuits", summary="Every circuit breaker of the search providers.")
     async def circuits() -> dict[str, Any]:

@@ -26,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from datetime import datetime
@@ -155,6 +157,11 @@ def attempts_key(partition: int) -> str:
 
 def errors_key(partition: int) -> str:
     return f"gw:err:{{{partition}}}"
+
+
+def sent_log_key(channel: str, provider_message_id: str) -> str:
+    """The replies the provider accepted for one message (``services.gateway.worker.SentLog``)."""
+    return f"gw:sent:{channel}:{provider_message_id}"
 
 
 def replay_claim_key(dead_id: str) -> str:
@@ -494,6 +501,88 @@ class Queue:
             if not queued:  # nothing queued: a later replay may try again
                 with contextlib.suppress(RedisError):
                     await self.redis.delete(claim)
+
+    # --- erasure ---------------------------------------------------------------------------
+
+    async def erase_user(self, user_ids: set[str], identities: set[str]) -> dict[str, int]:
+        """Delete what the queue holds of one user (``user_ids``: the forms of their id) of one
+        business (``identities``: its ``phone_number_id``s and numbers): their queued entries
+        with those entries' attempts, errors and sent logs, and their dead letters with theirs.
+        A dead letter without a message (an unusable payload, a corrupt entry) names no
+        business: it goes when its raw text holds one of the ids as a whole string. The dedupe
+        markers stay (no number, no text): they keep a late redelivery from being answered, and
+        expire with ``DEDUPE_TTL_SECONDS``."""
+
+        def readable(text: str) -> InboundMessage | None:
+            try:
+                return decode_message(text)
+            except (KeyError, TypeError, ValueError):
+                return None
+
+        def theirs(message: InboundMessage) -> bool:
+            return message.user_id in user_ids and message.channel_identity in identities
+
+        # A raw record is JSON: the id as a whole string (Twilio's "whatsapp:+…" too), so that
+        # erasing 34600000001 erases neither 134600000001's records nor any holding a bare "1".
+        quoted = "|".join(re.escape(json.dumps(u)[1:-1]) for u in sorted(user_ids))
+        named = re.compile(rf'"(?:whatsapp:)?(?:{quoted})"')
+
+        sent_logs: list[str] = []
+        queued = 0
+        partitions = {partition_of(i, u, self.partitions) for i in identities for u in user_ids}
+        for partition in partitions:
+            stream, ids = stream_key(partition), []
+            async for entry_id, fields in self._pages(stream):  # answered entries are deleted
+                message = readable(fields.get("m", ""))
+                if message is not None and theirs(message):
+                    ids.append(entry_id)
+                    sent_logs.append(sent_log_key(message.channel, message.provider_message_id))
+            if ids:
+                # A worker holding one of them finds it deleted and skips it (``_entries``);
+                # one already in hand is answered, and its turn saved, after this.
+                fields_of = [f"{i}{suffix}" for i in ids for suffix in ("", ":t", ":since")]
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.xack(stream, GROUP, *ids)
+                    pipe.xdel(stream, *ids)
+                    pipe.hdel(attempts_key(partition), *fields_of)
+                    pipe.hdel(errors_key(partition), *ids)
+                    await pipe.execute()
+                queued += len(ids)
+        dead = []
+        async for dead_id, record in self._pages(DEAD):
+            message = readable(record.get("orig_m", ""))
+            if message is not None:
+                if not theirs(message):
+                    continue
+                sent_logs.append(sent_log_key(message.channel, message.provider_message_id))
+            elif not named.search(record.get("raw", "") + record.get("orig_m", "")):
+                continue
+            dead.append(dead_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if dead:
+                pipe.xdel(DEAD, *dead)
+            for key in sent_logs:
+                pipe.delete(key)
+            done = await pipe.execute()
+        return {
+            "queued": queued,
+            "dead_letters": len(dead),
+            "sent_logs": sum(int(n) for n in done[1 if dead else 0 :]),
+        }
+
+    async def _pages(
+        self, stream: str, count: int = 1000
+    ) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        """Every entry of a stream, oldest first, read ``count`` at a time (the dead letters
+        may be 100,000)."""
+        start = "-"
+        while True:
+            page: Any = await self.redis.xrange(stream, min=start, max="+", count=count)
+            for entry_id, raw in page:
+                yield _s(entry_id), {_s(k): _s(v) for k, v in raw.items()}
+            if len(page) < count:
+                return
+            start = f"({_s(page[-1][0])}"
 
     # --- figures -------------------------------------------------------------------------
 

@@ -72,6 +72,16 @@ def window_keys(business_id: str, user_id: str) -> list[str]:
     return [f"{tag}:business", f"{tag}:user:{user_id}"]
 
 
+def notice_key(business_id: str, user_id: str) -> str:
+    """The one over-the-limit notice a user gets per window."""
+    return f"gw:rl-notice:{business_id}:{user_id}"
+
+
+def user_keys(business_id: str, user_id: str) -> list[str]:
+    """Every key of one user's limits with one business (their names hold the user's id)."""
+    return [window_keys(business_id, user_id)[1], notice_key(business_id, user_id)]
+
+
 class RateLimits:
     def __init__(self, pipeline: AutoPipeline, per_user: str, per_business: str) -> None:
         self._user: RateLimitItem = parse(per_user)
@@ -101,5 +111,5 @@ class RateLimits:
 
     async def first_notice(self, business_id: str, user_id: str) -> bool:
         """True once per window: whether to tell the user they are over the limit."""
-        key = f"gw:rl-notice:{business_id}:{user_id}"
+        key = notice_key(business_id, user_id)
         return bool(await self._pipeline.client.set(key, "1", nx=True, ex=self._user.get_expiry()))

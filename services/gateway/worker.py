@@ -63,7 +63,7 @@ from services.gateway.engine import (
     Turn,
     TurnResult,
 )
-from services.gateway.queue import WORKERS, Entry, Queue
+from services.gateway.queue import WORKERS, Entry, Queue, sent_log_key
 from services.gateway.ratelimit import RateLimits
 from services.gateway.senders.base import Sender, SendError, Target, TokenExpired
 from services.gateway.settings import GatewaySettings
@@ -509,8 +509,7 @@ class SentLog:
 
     @staticmethod
     def key(entry: Entry) -> str:
-        message = entry.message
-        return f"gw:sent:{message.channel}:{message.provider_message_id}"
+        return sent_log_key(entry.message.channel, entry.message.provider_message_id)
 
     @staticmethod
     def fingerprint(reply: Reply, earlier: list[Reply]) -> str:

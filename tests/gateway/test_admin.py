@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 
 import grpc
@@ -23,10 +24,13 @@ from tests.support.stack import (
     Services,
     cloud_payload,
     create_business,
+    dead_letters,
     new_wa_id,
     next_db,
     post_cloud,
+    signed_twilio,
     start_gateway,
+    twilio_form,
 )
 
 
@@ -320,6 +324,113 @@ def test_an_outbox_expires_once_its_user_is_quiet(outbox_gateway: Gateway) -> No
         client.close()
 
 
+def _holding(client: redis.Redis, needles: list[str]) -> list[str]:
+    """Every key of ``client``'s database whose name or value holds one of ``needles``."""
+    found = []
+    for raw in client.scan_iter(count=1000):
+        key = raw.decode()
+        kind = client.type(key).decode()
+        read = {
+            "string": lambda k: client.get(k),
+            "hash": lambda k: client.hgetall(k),
+            "list": lambda k: client.lrange(k, 0, -1),
+            "set": lambda k: client.smembers(k),
+            "zset": lambda k: client.zrange(k, 0, -1),
+            "stream": lambda k: client.xrange(k),
+        }.get(kind, lambda k: None)
+        value = read(key)
+        text = key + repr(value)
+        if any(needle in text for needle in needles):
+            found.append(key)
+    return sorted(found)
+
+
+def test_erasing_a_user_leaves_nothing_of_theirs_in_any_store(
+    outbox_gateway: Gateway, valkey: Valkey
+) -> None:
+    """A business must be able to answer a user's erasure request (GDPR art. 17). Ending the
+    session was all there was: the user's number and words stayed in the dead letters (until
+    replayed or pushed out by 100,000 newer ones), their sent logs (7 days), the outbox and the
+    rate-limit windows. ``DELETE /admin/users/{business}/{user}`` erases them all, those of
+    the same number through Twilio too (``+`` and the number: another conversation), and
+    nothing of another user."""
+    business = outbox_gateway.business
+    assert business is not None
+    user, other = new_wa_id(), new_wa_id()
+    said = {
+        "hello": "hello my passport is XK123-" + secrets.token_hex(4),
+        "boom": "early my card ends 4242-" + secrets.token_hex(4) + " then boom",
+    }
+    ids = {name: f"wamid.erase{secrets.token_hex(10)}" for name in said}
+    with outbox_gateway.http as client:
+        for name, text in said.items():
+            post_cloud(client, cloud_payload(business.phone_number_id, user, text, ids[name]))
+        # The same number through Twilio: another id (with its "+"), the same person.
+        url = f"{outbox_gateway.url}/webhooks/twilio"
+        twilio_text = "hi by twilio, my flat is 4B-" + secrets.token_hex(4)
+        body, headers = signed_twilio(url, twilio_form(business.number, f"+{user}", twilio_text))
+        assert client.post("/webhooks/twilio", content=body, headers=headers).status_code == 200
+        post_cloud(client, cloud_payload(business.phone_number_id, other, "boom and stay"))
+        post_cloud(client, cloud_payload(business.phone_number_id, other, "hi, stay"))
+
+    def dead_for(wa_id: str) -> list[dict[str, object]]:
+        return [
+            d
+            for d in dead_letters(outbox_gateway)
+            if (d["message"] or {}).get("user_id") == wa_id  # type: ignore[union-attr]
+        ]
+
+    with outbox_gateway.admin() as admin:
+
+        def outbox(wa_id: str) -> list[object]:
+            return list(admin.get("/admin/outbox", params={"user_id": wa_id}).json()["messages"])
+
+        # Answered (the early reply of the failing message too), and each failure dead-lettered.
+        assert wait_for(lambda: len(dead_for(user)) == 1 and len(dead_for(other)) == 1, 30)
+        assert wait_for(lambda: len(outbox(user)) == 2 and len(outbox(other)) == 1, 20)
+        assert wait_for(lambda: len(outbox(f"+{user}")) == 1, 20)
+        gateway_db = redis.Redis.from_url(outbox_gateway.redis_url)
+        # The session service's database (the search cache's and the business service's hold
+        # nothing of a user's: checked below too).
+        session_db = redis.Redis.from_url(f"redis://127.0.0.1:{valkey.port}/1")
+        try:
+            needles = [user, twilio_text, *said.values(), *ids.values()]
+            assert _holding(gateway_db, needles) and _holding(session_db, needles)
+            others = _holding(gateway_db, [other]), _holding(session_db, [other])
+
+            # The business service takes an id in any case; the keys are the workers' own.
+            response = admin.delete(f"/admin/users/{business.id.upper()}/{user}")
+            assert response.status_code == 200, response.text
+            erased = response.json()
+            assert erased["conversations"] == 2 and erased["dead_letters"] == 1, erased
+            assert erased["outbox"] == 3, erased
+
+            # Key by key: nothing names the user, their words or their messages any more, but
+            # the dedupe markers (a provider message id and a stream id, no number and no
+            # text), kept for DEDUPE_TTL_SECONDS so that a late redelivery is not answered.
+            left = _holding(gateway_db, needles)
+            assert all(k.startswith("gw:dd:") for k in left), left
+            assert [
+                k for k in left if any(n in k for n in (user, twilio_text, *said.values()))
+            ] == []
+            assert _holding(session_db, needles) == []
+            for db in (0, 2):
+                with redis.Redis.from_url(f"redis://127.0.0.1:{valkey.port}/{db}") as service_db:
+                    assert _holding(service_db, needles) == [], db
+            assert admin.get(f"/admin/sessions/{business.id}/{user}").status_code == 404
+            assert outbox(user) == outbox(f"+{user}") == dead_for(user) == []
+            # Another user of the business keeps everything.
+            assert (_holding(gateway_db, [other]), _holding(session_db, [other])) == others
+            assert len(dead_for(other)) == 1 and len(outbox(other)) == 1
+            # Erasing again finds nothing; an unknown business is 404.
+            again = admin.delete(f"/admin/users/{business.id}/{user}").json()
+            assert set(again.values()) == {0}, again
+            assert admin.delete(f"/admin/users/{'0' * 24}/{user}").status_code == 404
+        finally:
+            gateway_db.close()
+            session_db.close()
+
+
 def test_circuits_and_caches(outbox_gateway: Gateway) -> None:
     with outbox_gateway.admin() as admin:
         circuits = admin.get("/admin/circuits").json()["circuit_breakers"]
@@ -349,6 +460,7 @@ def test_openapi_describes_every_endpoint(outbox_gateway: Gateway) -> None:
         "/admin/businesses/{business_id}": {"get", "patch", "delete"},
         "/admin/businesses/{business_id}/token": {"put"},
         "/admin/sessions/{business_id}/{user_id}": {"get", "delete"},
+        "/admin/users/{business_id}/{user_id}": {"delete"},
         "/admin/circuits": {"get"},
         "/admin/circuit/{name}/reset": {"post"},
         "/admin/cache/warm": {"post"},

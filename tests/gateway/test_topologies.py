@@ -119,6 +119,13 @@ def test_cluster_webhooks_are_answered_in_the_outbox_once(cluster_gateway: Gatew
     time.sleep(0.5)  # a second reply would have had time to arrive
     assert all(outbox_texts(cluster_gateway, w) == ["echo: hello #1"] for w in users)
     assert dead_letters(cluster_gateway) == []
+    # Erasing one of them deletes keys in several slots (its outbox, its index, its limits).
+    with cluster_gateway.admin() as admin:
+        erased = admin.delete(f"/admin/users/{business.id}/{users[0]}")
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["conversations"] == 1 and erased.json()["outbox"] == 1
+    assert outbox_texts(cluster_gateway, users[0]) == []
+    assert outbox_texts(cluster_gateway, users[1]) == ["echo: hello #1"]
 
 
 def test_cluster_gateway_hears_business_changes(cluster_gateway: Gateway) -> None:

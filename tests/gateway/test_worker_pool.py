@@ -683,3 +683,67 @@ async def test_a_redis_that_lost_its_data_is_read_again(valkey: Valkey) -> None:
     finally:
         await redis.aclose()
     assert processor.attempts == ["before", "after"]
+
+
+async def test_erasing_a_user_deletes_their_queued_entries_and_dead_letters_only(
+    valkey: Valkey,
+) -> None:
+    """``Queue.erase_user`` (``DELETE /admin/users/…``): the user's entries of the business,
+    pending or not, go with their attempts, errors and sent logs; so do their dead letters, and
+    an unusable payload's that names their number; the same number's messages through Twilio
+    (``+`` and the number) too. Another user's, a longer number holding
+    theirs, and their messages to another business stay; the workers then answer the rest."""
+    url = await fresh_url(valkey)
+    user, other, longer = "15550500", "15550501", "115550500"
+    by_twilio = replace(
+        message(f"+{user}", "a3"), channel="twilio", channel_identity="+15550100200"
+    )
+    theirs = [message(user, "a1"), message(user, "a2"), by_twilio]
+    elsewhere = replace(message(user, "a elsewhere"), channel_identity="999888777")
+    processor = Scripted({"b1": ["answered"], "a elsewhere": ["answered"]})
+    pool, client = new_pool(url, processor)
+    redis: Any = make_redis(url)
+    try:
+        await pool.queue.ensure_groups()
+        await enqueue(pool, *theirs, message(other, "b1"), elsewhere)
+        partition = partition_of("100200300", user, PARTITIONS)
+        stream = stream_key(partition)
+        await redis.xreadgroup("workers", "crashed", {stream: ">"})  # pending, holder gone
+        first = (await redis.xrange(stream, count=1))[0][0].decode()
+        await pool.queue.attempt(partition, first)
+        await pool.queue.record_error(partition, first, "failed once")
+        async with redis.pipeline(transaction=False) as pipe:  # theirs past the first page
+            for n in range(1200):
+                pipe.xadd("gw:dead", {"reason": "unusable_payload", "raw": f'{{"n":{n}}}'})
+            await pipe.execute()
+        dead = replace(message(user, "dead and theirs"), provider_message_id="wamid.dead")
+        await pool.queue.dead_letter("max_attempts", "x", fields={"m": encode_message(dead)})
+        await pool.queue.dead_letter(
+            "max_attempts", "x", fields={"m": encode_message(message(other, "stays"))}
+        )
+        await pool.queue.dead_letter("unusable_payload", "x", raw={"from": user, "type": "?"})
+        await pool.queue.dead_letter("unusable_payload", "x", raw={"from": longer})
+        sent = [
+            "gw:sent:cloud_api:wamid.dead",
+            f"gw:sent:cloud_api:{theirs[0].provider_message_id}",
+        ]
+        for key in sent:
+            await redis.sadd(key, "fingerprint")
+
+        erased = await pool.queue.erase_user({user, f"+{user}"}, {"100200300", "+15550100200"})
+
+        assert erased == {"queued": 3, "dead_letters": 2, "sent_logs": 2}
+        assert await redis.exists(*sent) == 0
+        assert await redis.hgetall(f"gw:att:{{{partition}}}") == {}
+        assert await redis.hgetall(f"gw:err:{{{partition}}}") == {}
+        left = [record for _, record in await pool.queue.dead_letters(None, 2000)][1200:]
+        assert len(left) == 2
+        assert f'"user_id":"{other}"' in left[0]["orig_m"] and longer in left[1]["raw"]
+        await pool.start()
+        await until(lambda: sorted(processor.attempts) == ["a elsewhere", "b1"], seconds=10)
+        await until(functools.partial(finished, pool))
+        await pool.stop()
+        assert sorted(processor.attempts) == ["a elsewhere", "b1"]
+    finally:
+        await client.aclose()
+        await redis.aclose()

@@ -72,6 +72,16 @@ class OutboxSender:
     async def mark_read(self, target: Target, message_id: str) -> None:
         """Nothing to mark: nobody is on the other end."""
 
+    async def erase(self, business_id: str, user_id: str) -> int:
+        """Delete one user's outbox with one business (the index set goes with its last
+        member), in one round trip; how many replies it held."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(outbox_key(business_id, user_id))
+            pipe.delete(outbox_key(business_id, user_id))
+            pipe.srem(index_key(user_id), business_id)
+            held, _, _ = await pipe.execute()
+        return int(held)
+
     async def read(
         self, user_id: str, after: str | None, business_id: str | None, limit: int = 500
     ) -> tuple[list[dict[str, Any]], str]:
