@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 # Query parameters that carry credentials (redis-py's ``password``, ``sentinel_password``; a
@@ -15,6 +16,13 @@ def mask_phone(number: str) -> str:
     if len(digits) <= 6:
         return "*" * len(digits)
     return digits[:4] + "*" * (len(digits) - 6) + digits[-2:]
+
+
+def mask_message_id(message_id: str) -> str:
+    """A provider message id for a log line, without the user's number that a Cloud API id
+    holds (``wamid.HBgL…`` is the base64 of a record that starts with it): a digest, the same
+    for every line of one message."""
+    return "sha256:" + hashlib.sha256(message_id.encode()).hexdigest()[:16]
 
 
 def scrub(text: str, *secrets: str) -> str:

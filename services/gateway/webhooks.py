@@ -26,7 +26,7 @@ from starlette.routing import Route
 from parley.business.v1 import business_pb2
 from services.common.clients import request_id_var
 from services.common.outage import OutageLog
-from services.common.redact import mask_phone
+from services.common.redact import mask_message_id, mask_phone
 from services.gateway import metrics
 from services.gateway.channels import cloud_api, twilio
 from services.gateway.runtime import Runtime
@@ -196,7 +196,8 @@ def build_router(runtime: Runtime) -> APIRouter:
                 "message status",
                 request_id=rid,
                 status=status.status,
-                message_id=status.message_id,
+                # Meta's ids hold the user's number (base64): masked as the recipient is.
+                message_id=mask_message_id(status.message_id),
                 recipient=mask_phone(status.recipient_id),
                 errors=list(status.error_codes),
             )

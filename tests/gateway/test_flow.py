@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import secrets
 import time
@@ -9,6 +10,7 @@ import time
 import httpx
 import redis
 
+from services.common.redact import mask_message_id, mask_phone
 from services.gateway.channels import cloud_api
 from services.gateway.settings import GatewaySettings
 from tests.support.fake_clouds import FakeClouds
@@ -194,6 +196,47 @@ def test_a_failed_twilio_delivery_is_logged_with_its_error_code(gateway: Gateway
     [line] = logged()
     assert (line["status"], line["error_code"]) == ("failed", "63016")
     assert user not in str(line) and line["recipient"]  # masked, as every phone number
+
+
+def meta_wamid(wa_id: str) -> str:
+    """A Cloud API message id made as Meta's are (every real webhook's, e.g. the examples in
+    AWS's End User Messaging Social guide): the base64 of a record that starts with the user's
+    number, ``wamid.HBgL<base64 of the number>…``."""
+    record = b"\x1c\x18" + bytes([len(wa_id)]) + wa_id.encode() + b"\x15\x02\x00\x11\x18\x12"
+    return "wamid." + base64.b64encode(record + secrets.token_hex(9).upper().encode()).decode()
+
+
+def test_a_cloud_api_status_is_logged_without_the_number_its_message_id_holds(
+    gateway: Gateway,
+) -> None:
+    """Meta's message ids carry the user's number (base64: ``HBgLMTU1NTEyMzQ1Njc`` is
+    ``\\x1c\\x18\\x0b15551234567``). Every status callback (sent, delivered, read: three per
+    reply) logged its message id as it came, at INFO, beside the masked recipient: the number
+    was one base64 decode away in every log line. (Was a bug.)"""
+    business = gateway.business
+    assert business is not None
+    wa_id = new_wa_id()
+    wamid = meta_wamid(wa_id)
+    assert wa_id.encode() in base64.b64decode(wamid.removeprefix("wamid."))
+    payload = cloud_api.notification(business.phone_number_id, [], [])
+    value = payload["entry"][0]["changes"][0]["value"]
+    del value["messages"], value["contacts"]
+    value["statuses"] = [
+        {"id": wamid, "status": status, "timestamp": "1750857384", "recipient_id": wa_id}
+        for status in ("sent", "delivered")
+    ]
+    with gateway.http as client:
+        assert post_cloud(client, payload).status_code == 200
+    web = gateway.processes[0]
+
+    def logged() -> list[dict[str, object]]:
+        return [e for e in web.log_events("message status") if e["recipient"] == mask_phone(wa_id)]
+
+    assert wait_for(lambda: len(logged()) == 2, 10)
+    assert wamid not in web.log and wamid[6:26] not in web.log
+    # One digest for the lines of one message, as the id was.
+    assert {e["message_id"] for e in logged()} == {mask_message_id(wamid)}
+    assert wa_id not in web.log
 
 
 def test_a_refused_twilio_token_is_dead_lettered_as_such_and_replayed_once_fixed(
