@@ -392,7 +392,7 @@ def build_router(runtime: Runtime) -> APIRouter:
             "erases both ids it has (Cloud API, Twilio). The user's conversations, their messages "
             "still queued, their dead letters, the sent logs of both, their outbox and their "
             "rate-limit windows. Answers how many of each it deleted (all 0 when none). The "
-            "dedupe markers stay until `DEDUPE_TTL_SECONDS` (a provider message id, no number "
+            "dedupe markers stay until `DEDUPE_TTL_SECONDS` (a digest of a message id, no number "
             "or text). A message being answered at that moment is saved after: erase again "
             "once the user has stopped writing."
         ),

@@ -6,7 +6,8 @@ Redis Cluster slot):
 - ``gw:q:{p}``          the partition's stream; consumer group ``workers``, whose consumers are
                         the worker processes (one name per process; the one that takes a
                         partition over deletes those it claimed everything from)
-- ``gw:dd:{p}:<id>``    dedupe marker of a provider message id (7 days), value: the entry id
+- ``gw:dd:{p}:<channel>:<digest>``  dedupe marker of a provider message id (7 days), named by
+                        its digest (Meta's ids hold the user's number); value: the entry id
 - ``gw:lease:{p}``      which worker owns the partition now (``PX`` = the visibility timeout)
 - ``gw:att:{p}``        hash: entry id → attempts so far; ``<id>:t`` → how many of them failed
                         transiently, ``<id>:since`` → when the first of those failed (Redis time)
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import re
 import time
@@ -53,8 +55,9 @@ REPLAY_CLAIM_SECONDS = 60
 REPLAYED_CLAIM_SECONDS = 3600
 
 # Dedupe and enqueue in one step: a crash can neither lose the message nor let a redelivery in.
+# KEYS[3]: the marker's name before session 16 (the id itself), still honoured.
 ENQUEUE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+if redis.call('EXISTS', KEYS[1], KEYS[3]) > 0 then return false end
 local id = redis.call('XADD', KEYS[2], '*', 'm', ARGV[2], 'rid', ARGV[3], 'rt', ARGV[4])
 redis.call('SET', KEYS[1], id, 'EX', ARGV[1])
 return id
@@ -144,6 +147,15 @@ def stream_key(partition: int) -> str:
 
 
 def dedupe_key(partition: int, channel: str, message_id: str) -> str:
+    """Named by a digest of the id, not the id: a Cloud API id holds the user's number
+    (base64), and a marker outlives the user's erasure by ``DEDUPE_TTL_SECONDS``."""
+    digest = hashlib.sha256(message_id.encode()).hexdigest()[:32]
+    return f"gw:dd:{{{partition}}}:{channel}:{digest}"
+
+
+def legacy_dedupe_key(partition: int, channel: str, message_id: str) -> str:
+    """A marker's name before session 16: checked too, so that a redelivery of a message
+    accepted before the upgrade is still dropped (can go ``DEDUPE_TTL_SECONDS`` after it)."""
     return f"gw:dd:{{{partition}}}:{channel}:{message_id}"
 
 
@@ -237,6 +249,7 @@ class Queue:
                 [
                     dedupe_key(partition, message.channel, message.provider_message_id),
                     stream_key(partition),
+                    legacy_dedupe_key(partition, message.channel, message.provider_message_id),
                 ],
                 [self.dedupe_ttl, encode_message(message), request_id, repr(received)],
             )
@@ -248,6 +261,7 @@ class Queue:
                     [
                         dedupe_key(p, m.channel, m.provider_message_id),
                         stream_key(p),
+                        legacy_dedupe_key(p, m.channel, m.provider_message_id),
                     ],
                     [self.dedupe_ttl, encode_message(m), request_id, repr(received)],
                 )

@@ -26,7 +26,9 @@ from services.gateway.queue import (
     WORKERS,
     Entry,
     Queue,
+    dedupe_key,
     encode_message,
+    legacy_dedupe_key,
     partition_of,
     replay_claim_key,
     stream_key,
@@ -744,6 +746,31 @@ async def test_erasing_a_user_deletes_their_queued_entries_and_dead_letters_only
         await until(functools.partial(finished, pool))
         await pool.stop()
         assert sorted(processor.attempts) == ["a elsewhere", "b1"]
+    finally:
+        await client.aclose()
+        await redis.aclose()
+
+
+async def test_dedupe_markers_hold_no_message_id_and_the_old_names_still_count(
+    valkey: Valkey,
+) -> None:
+    """A marker is named by a digest of the provider message id (a Cloud API id holds the
+    user's number, and markers outlive an erasure by ``DEDUPE_TTL_SECONDS``); a marker written
+    under the old name (the id itself) before an upgrade still drops the redelivery."""
+    url = await fresh_url(valkey)
+    pool, client = new_pool(url)
+    redis: Any = make_redis(url)
+    try:
+        fresh, old = message("15550600", "new"), message("15550600", "accepted before")
+        p = pool.queue.partition(old)
+        await redis.set(legacy_dedupe_key(p, "cloud_api", old.provider_message_id), "1-0")
+        assert await pool.queue.enqueue([old], "rid", time.time()) == [None]
+        [entry_id] = await pool.queue.enqueue([fresh], "rid", time.time())
+        assert entry_id is not None
+        assert await pool.queue.enqueue([fresh], "rid", time.time()) == [None]
+        names = [key.decode() for key in await redis.keys("gw:dd:*")]
+        assert dedupe_key(p, "cloud_api", fresh.provider_message_id) in names
+        assert [name for name in names if fresh.provider_message_id in name] == []
     finally:
         await client.aclose()
         await redis.aclose()

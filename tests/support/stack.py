@@ -4,6 +4,7 @@ of the Graph API and Twilio's REST API."""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import secrets
@@ -305,6 +306,14 @@ def new_wa_id() -> str:
     wa_id = f"1{secrets.randbelow(10**10):010d}"
     USERS.append(wa_id)
     return wa_id
+
+
+def meta_wamid(wa_id: str) -> str:
+    """A Cloud API message id made as Meta's are (every real webhook's, e.g. the examples in
+    AWS's End User Messaging Social guide): the base64 of a record that starts with the user's
+    number, ``wamid.HBgL<base64 of the number>…``."""
+    record = b"\x1c\x18" + bytes([len(wa_id)]) + wa_id.encode() + b"\x15\x02\x00\x11\x18\x12"
+    return "wamid." + base64.b64encode(record + secrets.token_hex(9).upper().encode()).decode()
 
 
 def cloud_payload(
