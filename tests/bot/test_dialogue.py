@@ -824,6 +824,77 @@ async def test_easter_and_thanksgiving_are_asked_about(engine: BotEngine) -> Non
     assert chat.state["trip"]["depart"] == "2027-03-25"
 
 
+async def test_seasons_are_asked_about(engine: BotEngine) -> None:
+    """'NYC to London this summer', 'de Nueva York a Londres en verano' (and next summer,
+    this winter, en invierno, en primavera, en otoño) were dropped without a word: the plain
+    'When do you want to leave?', as if no time had been given."""
+    now = at(date(2026, 11, 23))
+    summer = "Which day in summer 2027? (e.g. *15 July*)"
+    verano = "¿Qué día en el verano de 2027? (p. ej. *15 de julio*)"
+    for locale, text, question in [
+        ("en", "NYC to London this summer", summer),
+        ("en", "NYC to London next summer", summer),
+        ("en", "NYC to London in the summer", summer),
+        ("en", "NYC to London this winter", "Which day in winter 2026/27? (e.g. *15 January*)"),
+        ("en", "NYC to London in spring", "Which day in spring 2027? (e.g. *15 April*)"),
+        # Autumn is under way: its last days are what is left of it.
+        ("en", "NYC to London in the fall", "Which day in autumn 2026? (e.g. *30 November*)"),
+        ("es", "de Nueva York a Londres en verano", verano),
+        ("es", "de Nueva York a Londres este verano", verano),
+        ("es", "de Nueva York a Londres el verano que viene", verano),
+        (
+            "es",
+            "de Nueva York a Londres en invierno",
+            "¿Qué día en el invierno de 2026/27? (p. ej. *15 de enero*)",
+        ),
+        (
+            "es",
+            "de Nueva York a Londres en primavera",
+            "¿Qué día en la primavera de 2027? (p. ej. *15 de abril*)",
+        ),
+        (
+            "es",
+            "de Nueva York a Londres en otoño",
+            "¿Qué día en el otoño de 2026? (p. ej. *30 de noviembre*)",
+        ),
+    ]:
+        chat = Chat(engine, now=now, written=now, locale=locale)
+        reply = await chat.say(text)
+        route = NYC_LONDON[locale]
+        assert reply.endswith(f"{route}.\n" + question), (text, reply)
+        assert chat.state["ask"] == {"slot": "date"}, text
+    # A day alone does not say which month of the season: the question is asked again.
+    chat = Chat(engine, now=now, written=now)
+    await chat.say("NYC to London this summer")
+    assert (await chat.say("15")).endswith(summer)
+    assert (await chat.say("the 15th")).endswith(summer)
+    assert not chat.state["trip"].get("depart")
+    assert "Thu 15 Jul" in await chat.say("15 july")
+    assert chat.state["trip"]["depart"] == "2027-07-15"
+    # In summer, 'next summer' is next year's.
+    july = at(date(2027, 7, 10))
+    for text, question in [
+        ("NYC to London next summer", "Which day in summer 2028? (e.g. *15 July*)"),
+        ("NYC to London this summer", "Which day in summer 2027? (e.g. *15 July*)"),
+    ]:
+        reply = await Chat(engine, now=july, written=july).say(text)
+        assert reply.endswith(question), (text, reply)
+    # A business south of the equator (its time zone says so) has the seasons the other way.
+    chat = Chat(
+        engine, now=now, written=now, locale="es-AR", time_zone="America/Argentina/Buenos_Aires"
+    )
+    reply = await chat.say("de Buenos Aires a Madrid en verano")
+    assert reply.endswith("¿Qué día en el verano de 2026/27? (p. ej. *15 de enero*)"), reply
+    chat = Chat(engine, now=now, written=now, locale="en-AU", time_zone="Australia/Sydney")
+    reply = await chat.say("Sydney to London this winter")
+    assert reply.endswith("Which day in winter 2027? (e.g. *15 July*)"), reply
+    # 'Fall' is a season only as one ('in the fall'), and 'Big Spring' stays a place.
+    reply = await Chat(engine, now=now, written=now).say("NYC to Big Spring tomorrow")
+    assert chat_route(reply) == ("NYC", "HCA"), reply
+    reply = await Chat(engine, now=now, written=now).say("NYC to London fall")
+    assert reply.endswith("When do you want to leave? (e.g. *next Friday* or *3 March*)"), reply
+
+
 async def test_a_couple_of_weeks_is_a_time_not_two_travellers(engine: BotEngine) -> None:
     """'in a couple of weeks' set 2 adults and no date; 'for a couple of nights' set 2
     adults and looked up the place 'Of Nights'."""

@@ -17,11 +17,15 @@ State (JSON, in the session service, so it survives restarts and moves between w
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import re
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
+from importlib import resources
+from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import TZPATH, ZoneInfo, ZoneInfoNotFoundError
 
 import grpc
 import orjson
@@ -32,6 +36,7 @@ from services.common.errors import field_violations
 from services.gateway.bot import offers as fmt
 from services.gateway.bot.extract import (
     MAX_DAYS_AHEAD,
+    SEASONS,
     Extraction,
     NoSuchDate,
     Period,
@@ -254,6 +259,24 @@ def _tz(name: str) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
+@functools.cache
+def _southern_zones() -> frozenset[str]:
+    """The time zones whose reference city is south of the equator, from the tz database's
+    zone1970.tab (the system's, or the tzdata package's). A zone it does not list (an alias
+    such as America/Buenos_Aires, or no table at all) counts as northern."""
+    tables = [Path(path, "zone1970.tab") for path in TZPATH]
+    with contextlib.suppress(ModuleNotFoundError):  # the tzdata package, if installed
+        tables.append(Path(str(resources.files("tzdata.zoneinfo").joinpath("zone1970.tab"))))
+    for table in tables:
+        try:
+            lines = table.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            continue
+        rows = [line.split("\t") for line in lines if not line.startswith("#")]
+        return frozenset(row[2] for row in rows if len(row) >= 3 and row[1].startswith("-"))
+    return frozenset()
+
+
 @dataclass
 class Context:
     turn: Turn
@@ -381,6 +404,9 @@ class BotEngine:
 
         if ctx.smart:
             found = await self._extractor.extract(text, ctx.written, ctx.locale)
+            if found.period and ctx.turn.business.time_zone in _southern_zones():
+                # "en verano" to a business in Buenos Aires is December to February.
+                found = replace(found, period=found.period.in_south(ctx.written))
         else:
             found = self._step_answer(ctx, d, text)
         if found.is_empty():
@@ -463,6 +489,8 @@ class BotEngine:
             # "28", answering "Which day at the end of December?": that day of the period,
             # not an offer of the search before the question.
             value = period.day(n)
+            if value is None:  # "15" in summer: which month is asked again
+                return await self._advance(ctx, d, [])
             if isinstance(value, NoSuchDate):
                 return await self._apply(ctx, d, Extraction(no_such_date=value))
             return await self._apply(ctx, d, Extraction(depart=value))
@@ -502,7 +530,9 @@ class BotEngine:
         if period is not None and found.depart and found.depart_day_only:
             # "the 28th", answering "Which day at the end of December?": in that month.
             day = period.day(found.depart.day)
-            if isinstance(day, NoSuchDate):
+            if day is None:  # "the 15th" in summer: which month is asked again
+                found = replace(found, depart=None, depart_day_only=False)
+            elif isinstance(day, NoSuchDate):
                 found = replace(found, depart=None, no_such_date=day)
             else:
                 found = replace(found, depart=day)
@@ -774,7 +804,7 @@ class BotEngine:
             question = t(f"ask_{missing}")
             period = Period.from_state(d.trip.get("period"))
             if missing == "date" and period is not None and period.leg == "depart":
-                question = t("ask_day_in_period", period=_period_text(t, period))
+                question = _period_question(t, period, ctx.today)
             summary = self._summary(ctx, d)
             if ctx.smart and summary and not before:
                 question = t("have_so_far", summary=summary) + "\n" + question
@@ -786,7 +816,7 @@ class BotEngine:
         if period is not None and period.leg == "return" and self._return_date(d) is None:
             # "back early January": not a one-way search; which day is asked.
             d.set("ask", {"slot": "return"})
-            return [*before, Reply(t("ask_return_in_period", period=_period_text(t, period)))]
+            return [*before, Reply(_period_question(t, period, ctx.today))]
         if d.ask:
             d.set("ask", {})
         return [*before, *await self._search_and_show(ctx, d)]
@@ -1004,12 +1034,27 @@ class BotEngine:
 
 
 def _period_text(t: Texts, period: Period) -> str:
-    """ "at the end of December", "a mediados de diciembre", "around Christmas"."""
+    """ "at the end of December", "a mediados de diciembre", "around Christmas", "in winter
+    2026/27"."""
     month = t.words("month_names")[period.month - 1]
     if period.kind in ("week", "half"):
         nth = t.words("week_ordinals")[period.week - 1]
         return t(f"period_{period.kind}", nth=nth, month=month)
-    return t(f"period_{period.kind}", month=month)
+    end = period.last_day().year
+    years = f"{period.year}/{end % 100:02d}" if end != period.year else str(period.year)
+    return t(f"period_{period.kind}", month=month, years=years)
+
+
+def _period_question(t: Texts, period: Period, today: date) -> str:
+    """ "Which day at the end of December?" (or "… do you come back?" for a return)."""
+    key = "ask_day_in_period" if period.leg == "depart" else "ask_return_in_period"
+    question = t(key, period=_period_text(t, period))
+    if period.kind in SEASONS:
+        # A day alone does not say which month of the season: an example shows the whole date.
+        example = period.example(today)
+        month = t.words("month_names")[example.month - 1]
+        question += " " + t("period_example", day=example.day, month=month)
+    return question
 
 
 def _place_label(t: Texts, place: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ import functools
 import re
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -714,6 +714,27 @@ def thanksgiving(year: int) -> date:
     return first + timedelta(days=(3 - first.weekday()) % 7 + 21)
 
 
+# Meteorological seasons as the northern hemisphere has them: the month each begins (summer is
+# June to August). South of the equator they are the other way round: the dialogue moves a
+# season there when the business's time zone is a southern one (Period.in_south).
+SEASONS = {"spring": 3, "summer": 6, "autumn": 9, "winter": 12}
+SEASON_WORDS = {"primavera": "spring", "verano": "summer", "fall": "autumn", "otoño": "autumn"}
+SEASON_WORDS |= {"otono": "autumn", "invierno": "winter"} | {name: name for name in SEASONS}
+
+
+def season(name: str, today: date, *, after: bool = False, south: bool = False) -> Period:
+    """The season ``name`` under way or coming; with ``after`` ("next summer"), the one after
+    it if it has already begun (in July, next summer is next year's)."""
+    first = SEASONS[name] if not south else (SEASONS[name] + 5) % 12 + 1
+    for year in (today.year - 1, today.year, today.year + 1):
+        period = Period(name, first, year, 1 if after else 0)
+        if period.last_day() >= today:
+            if after and date(year, first, 1) <= today:
+                return Period(name, first, year + 1, 1)
+            return period
+    raise AssertionError("a season ends within a year")
+
+
 @dataclass(frozen=True)
 class Period:
     """A stretch of days the user named instead of a day: "end of the month", "mid
@@ -722,10 +743,10 @@ class Period:
 
     kind: str  # month, early, mid, end, week (with ``week``), last_week, christmas, new_year,
     # holidays (between Christmas and New Year), half (first or second, in ``week``), easter,
-    # thanksgiving
-    month: int
+    # thanksgiving, or a season (spring, summer, autumn, winter: SEASONS)
+    month: int  # a season's first month
     year: int
-    week: int = 0  # 1-4 for kind "week"
+    week: int = 0  # 1-4 for kind "week"; for a season, 1 if it was "next summer"
     leg: str = "depart"  # or "return": "back early January"
 
     def last_day(self) -> date:
@@ -734,20 +755,50 @@ class Period:
             return easter(self.year) + timedelta(days=1)  # Easter Monday
         if self.kind == "thanksgiving":
             return thanksgiving(self.year) + timedelta(days=4)  # the Monday after
+        if self.kind in SEASONS:  # three months: winter runs into the next year
+            month = (self.month + 1) % 12 + 1
+            year = self.year + (month < self.month)
+            return date(year, month, calendar.monthrange(year, month)[1])
         days = calendar.monthrange(self.year, self.month)[1]
         half = 15 if self.week == 1 else days
         end = {"early": 10, "mid": 20, "week": 7 * self.week, "half": half}.get(self.kind, days)
         return date(self.year, self.month, min(end, days))
 
-    def day(self, day: int) -> date | NoSuchDate:
+    def day(self, day: int) -> date | NoSuchDate | None:
         """The day of the month written in answer to "Which day <period>?": that day of the
-        period's month ("the 3rd" around New Year is 3 January)."""
+        period's month ("the 3rd" around New Year is 3 January). None for a season: a day
+        alone does not say which of its months."""
+        if self.kind in SEASONS:
+            return None
         year, month = self.year, self.month
         if self.kind == "new_year" and day <= 7:
             year, month = year + 1, 1
         if day > calendar.monthrange(year, month)[1]:
             return NoSuchDate(day, month, year)
         return date(year, month, day)
+
+    def months(self) -> list[date]:
+        """The first day of each month the period is in (three for a season)."""
+        end = self.last_day()
+        first, months = date(self.year, self.month, 1), []
+        while first <= end:
+            months.append(first)
+            first = (first + timedelta(days=31)).replace(day=1)
+        return months
+
+    def example(self, today: date) -> date:
+        """A day of the period to show as an example answer: the 15th of one of its months
+        still to come, or its last day."""
+        later = [day for day in (m.replace(day=15) for m in self.months()) if day >= today]
+        return later[len(later) // 2] if len(later) == 3 else (later or [self.last_day()])[0]
+
+    def in_south(self, today: date) -> Period:
+        """This season as the southern hemisphere has it (summer from December); any other
+        period as it is."""
+        if self.kind not in SEASONS:
+            return self
+        south = season(self.kind, today, after=bool(self.week), south=True)
+        return replace(south, leg=self.leg)
 
     def as_state(self) -> dict[str, Any]:
         return {
@@ -862,6 +913,17 @@ PERIOD_RULES: list[tuple[re.Pattern[str], str]] = [
     # Not "Isla de Pascua" (Easter Island, a place).
     (re.compile(_BEFORE + r"(?:easter|semana santa|(?<!isla de )pascua)\b"), "easter"),
     (re.compile(_BEFORE + r"(?:thanksgiving|accion de gracias)\b"), "thanksgiving"),
+    # "this summer", "next winter", "in the fall", "el verano que viene", "en primavera". "Fall"
+    # only after a word that makes it the season; "Big Spring" (Texas) is a place.
+    (
+        re.compile(
+            _BEFORE + r"(?:the |this |este |esta |el |la |(?P<after>(?:the )?next |(?:el |la )?"
+            r"(?:proximo|proxima|siguiente) ))?(?<!big )(?P<season>spring|summer|autumn|winter|"
+            r"primavera|verano|otoño|otono|invierno|(?:(?<=the )|(?<=this )|(?<=next )|"
+            r"(?<=in ))fall)\b(?P<later> (?:que viene|proximo|proxima|siguiente)\b)?"
+        ),
+        "season",
+    ),
     (
         re.compile(
             r"\b(?:(?:in|for|during|around|en|para|durante) )+(?:the month of |el mes de )?"
@@ -884,7 +946,11 @@ def find_period(text: str, today: date) -> tuple[str, Period | None]:
         groups = match.groupdict()
         next_year = bool(groups.get("nexty")) or kind == "year_start"
         first = Period(kind, 1, today.year)
-        if kind in ("easter", "thanksgiving"):
+        if kind == "season":
+            kind = SEASON_WORDS[groups["season"]]
+            first = season(kind, today, after=bool(groups["after"] or groups["later"]))
+            month = first.month
+        elif kind in ("easter", "thanksgiving"):
             day = easter if kind == "easter" else thanksgiving
             first = Period(kind, day(today.year).month, today.year)
             if first.last_day() < today:
@@ -902,7 +968,7 @@ def find_period(text: str, today: date) -> tuple[str, Period | None]:
             month = today.month % 12 + 1
         else:
             month = next(MONTHS[g] for g in match.groups() if g in MONTHS)
-        week = 0
+        week = first.week if kind in SEASONS else 0
         if kind == "half":
             week = 2 if groups["nth"] in ("second", "segunda") else 1
         if kind == "week":
@@ -917,7 +983,7 @@ def find_period(text: str, today: date) -> tuple[str, Period | None]:
         year = today.year + (1 if groups.get("next") and month == 1 else 0)
         if next_year:
             year = today.year + 1
-        if kind in ("easter", "thanksgiving"):
+        if kind in ("easter", "thanksgiving") or kind in SEASONS:
             year = first.year
         period = Period(kind, month, year, week, leg)
         if period.last_day() < today and groups.get("this"):
