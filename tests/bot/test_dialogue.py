@@ -895,6 +895,51 @@ async def test_seasons_are_asked_about(engine: BotEngine) -> None:
     assert reply.endswith("When do you want to leave? (e.g. *next Friday* or *3 March*)"), reply
 
 
+async def test_spanish_holiday_periods_are_asked_about(engine: BotEngine) -> None:
+    """'de Madrid a Roma el puente de diciembre' and 'en el puente de mayo' were dropped without
+    a word (the plain '¿Qué día quieres salir?'), as were 'en Reyes' and 'for holy week'; 'para
+    Reyes' flew to Reyes, Bolivia (REY)."""
+    now = at(date(2026, 11, 23))
+    for locale, text, question in [
+        ("es", "de Madrid a Roma el puente de diciembre", "¿Qué día en el puente de diciembre?"),
+        (
+            "es",
+            "de Madrid a Roma en el puente de la Constitución",
+            "¿Qué día en el puente de diciembre?",
+        ),
+        ("es", "de Madrid a Roma en el puente de mayo", "¿Qué día en el puente de mayo?"),
+        ("es", "de Madrid a Roma para Reyes", "¿Qué día en Reyes?"),
+        ("es", "de Madrid a Roma en Reyes", "¿Qué día en Reyes?"),
+        ("es", "de Madrid a Roma por los Reyes Magos", "¿Qué día en Reyes?"),
+        ("en", "Madrid to Rome for the puente de diciembre", "Which day around the December"),
+        ("en", "Madrid to Rome for holy week", "Which day around Easter?"),
+    ]:
+        chat = Chat(engine, now=now, written=now, locale=locale)
+        reply = await chat.say(text)
+        route = "Madrid (MAD) → Roma (ROM)" if locale == "es" else "Madrid (MAD) → Rome (ROM)"
+        assert f"{route}.\n{question}" in reply, (text, reply)
+        assert chat.state["ask"] == {"slot": "date"}, text
+    # A day alone in answer is in the holiday's month.
+    chat = Chat(engine, now=now, written=now, locale="es")
+    await chat.say("de Madrid a Roma en Reyes")
+    await chat.say("el 5")
+    assert chat.state["trip"]["depart"] == "2027-01-05"
+    chat = Chat(engine, now=now, written=now, locale="es")
+    await chat.say("de Madrid a Roma el puente de diciembre")
+    await chat.say("5")
+    assert chat.state["trip"]["depart"] == "2026-12-05"
+    # Once a holiday is over, its puente is next year's.
+    chat = Chat(engine, now=at(date(2026, 12, 20)), written=at(date(2026, 12, 20)), locale="es")
+    assert (await chat.say("de Madrid a Roma el puente de diciembre")).endswith("diciembre?")
+    assert chat.state["trip"]["period"]["year"] == 2027
+    # The day itself is a date, and the town is still a place.
+    chat = Chat(engine, now=now, written=now, locale="es")
+    await chat.say("de Madrid a Roma el día de Reyes")
+    assert chat.state["trip"]["depart"] == "2027-01-06"
+    reply = await Chat(engine, now=now, written=now, locale="es").say("de Madrid a Reyes mañana")
+    assert chat_route(reply) == ("MAD", "REY"), reply
+
+
 async def test_a_couple_of_weeks_is_a_time_not_two_travellers(engine: BotEngine) -> None:
     """'in a couple of weeks' set 2 adults and no date; 'for a couple of nights' set 2
     adults and looked up the place 'Of Nights'."""

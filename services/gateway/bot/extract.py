@@ -714,6 +714,12 @@ def thanksgiving(year: int) -> date:
     return first + timedelta(days=(3 - first.weekday()) % 7 + 21)
 
 
+# A Spanish "puente" (a holiday made into a long weekend) named by its month or its holiday: the
+# day of the month of the holiday, so its last day (and whether this year's is over) is known.
+PUENTES = {3: 19, 5: 1, 8: 15, 10: 12, 11: 1, 12: 8}
+PUENTE_NAMES = {"constitucion": 12, "inmaculada": 12, "todos los santos": 11, "pilar": 10}
+PUENTE_NAMES |= {"san jose": 3, "asuncion": 8}
+
 # Meteorological seasons as the northern hemisphere has them: the month each begins (summer is
 # June to August). South of the equator they are the other way round: the dialogue moves a
 # season there when the business's time zone is a southern one (Period.in_south).
@@ -743,7 +749,8 @@ class Period:
 
     kind: str  # month, early, mid, end, week (with ``week``), last_week, christmas, new_year,
     # holidays (between Christmas and New Year), half (first or second, in ``week``), easter,
-    # thanksgiving, or a season (spring, summer, autumn, winter: SEASONS)
+    # thanksgiving, reyes (Epiphany, 6 January), puente (a Spanish holiday's long weekend), or a
+    # season (spring, summer, autumn, winter: SEASONS)
     month: int  # a season's first month
     year: int
     week: int = 0  # 1-4 for kind "week"; for a season, 1 if it was "next summer"
@@ -755,6 +762,11 @@ class Period:
             return easter(self.year) + timedelta(days=1)  # Easter Monday
         if self.kind == "thanksgiving":
             return thanksgiving(self.year) + timedelta(days=4)  # the Monday after
+        if self.kind == "reyes":
+            return date(self.year, 1, 6)
+        if self.kind == "puente" and self.month in PUENTES:
+            # The holiday and the weekend after it (a Friday holiday's Sunday).
+            return date(self.year, self.month, PUENTES[self.month]) + timedelta(days=2)
         if self.kind in SEASONS:  # three months: winter runs into the next year
             month = (self.month + 1) % 12 + 1
             year = self.year + (month < self.month)
@@ -911,7 +923,25 @@ PERIOD_RULES: list[tuple[re.Pattern[str], str]] = [
         "new_year",
     ),
     # Not "Isla de Pascua" (Easter Island, a place).
-    (re.compile(_BEFORE + r"(?:easter|semana santa|(?<!isla de )pascua)\b"), "easter"),
+    (re.compile(_BEFORE + r"(?:easter|holy week|semana santa|(?<!isla de )pascua)\b"), "easter"),
+    # "el puente de diciembre", "el puente de la Constitución", "el puente de mayo".
+    (
+        re.compile(
+            _BEFORE
+            + r"(?:the |el )?puente (?:de |del )(?:(?:la |el )?(?P<named>"
+            + "|".join(PUENTE_NAMES)
+            + r")|"
+            + MONTH
+            + r")\b"
+        ),
+        "puente",
+    ),
+    # "en Reyes", "para Reyes", "por los Reyes Magos": around 6 January. Not "a Reyes" or "de
+    # Reyes" (Reyes, Bolivia, a place), nor "el día de Reyes" (a day: HOLIDAYS).
+    (
+        re.compile(r"\b(?:(?:en|para|por|durante|for|over|around) )+(?:los )?reyes(?: magos)?\b"),
+        "reyes",
+    ),
     (re.compile(_BEFORE + r"(?:thanksgiving|accion de gracias)\b"), "thanksgiving"),
     # "this summer", "next winter", "in the fall", "el verano que viene", "en primavera". "Fall"
     # only after a word that makes it the season; "Big Spring" (Texas) is a place.
@@ -962,6 +992,11 @@ def find_period(text: str, today: date) -> tuple[str, Period | None]:
             kind, month = "early", 1
         elif kind in ("christmas", "new_year", "holidays"):
             month = 12
+        elif kind == "reyes":
+            month = 1
+        elif kind == "puente":
+            named = groups.get("named")
+            month = PUENTE_NAMES[named] if named else MONTHS[match.group(2)]
         elif groups.get("this"):
             month = today.month
         elif groups.get("next"):

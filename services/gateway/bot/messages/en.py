@@ -86,6 +86,8 @@ MESSAGES: dict[str, str] = {
     "period_autumn": "in autumn {years}",
     "period_winter": "in winter {years}",
     "period_example": "(e.g. *{day} {month}*)",
+    "period_reyes": "around Three Kings' Day",
+    "period_puente": "around the {month} holiday weekend",
     "no_such_date": "There's no {day} {month} in {year}.",
     "ask_return": "When do you come back?",
     "date_too_far": "I can only search up to a year ahead. Please pick an earlier date.",

@@ -85,6 +85,8 @@ MESSAGES: dict[str, str] = {
     "period_autumn": "en el otoño de {years}",
     "period_winter": "en el invierno de {years}",
     "period_example": "(p. ej. *{day} de {month}*)",
+    "period_reyes": "en Reyes",
+    "period_puente": "en el puente de {month}",
     "no_such_date": "El {day} de {month} de {year} no existe.",
     "ask_return": "¿Qué día vuelves?",
     "date_too_far": "Solo puedo buscar hasta un año vista. Elige una fecha más cercana.",
