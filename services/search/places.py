@@ -469,6 +469,7 @@ class Places:
             if code in self.by_code:
                 add(alias, code)
         self._texts = list(entries)
+        self._known_texts = frozenset(entries)
         self._targets = [entries[t] for t in self._texts]
         # Sorted words (with the index of their text) for fast prefix matching ("lond", "heath").
         words: list[tuple[str, int, bool]] = []
@@ -503,15 +504,21 @@ class Places:
         ):
             note(index, score)
         if len(q) >= 2:
+            # The query is itself a name ("porto alegre", "santiago de compostela"): a name
+            # that is only some of its words ("porto") is weaker evidence still.
+            named = q in self._known_texts
             for text, score, index in process.extract(
                 q, self._texts, scorer=fuzz.token_set_ratio, score_cutoff=80, limit=300
             ):
                 # A two-letter name is a whole word of many queries ("la" in "la habana", "la
                 # coruna"): it must be the query itself (fuzz.ratio above), not one of its words.
                 # 0.91: a hub that is one word of the query ("Porto" in "Porto Alegre") must
-                # not outrank the place the whole query names (0.91 * 0.98 < 0.9).
+                # not outrank the place the whole query names (0.91 * 0.98 < 0.9); and when
+                # the query is that name, 0.87 keeps even a city code more than the bot's tie
+                # margin (2 points) behind it, so the user is not asked which of the two.
                 if len(text) > 2:
-                    note(index, 0.91 * score)
+                    weaker = named and len(text) < len(q)
+                    note(index, (0.87 if weaker else 0.91) * score)
         if len(q) >= 5:
             for text, score, index in process.extract(
                 q, self._texts, scorer=fuzz.partial_ratio, score_cutoff=85, limit=300

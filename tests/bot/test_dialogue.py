@@ -738,6 +738,26 @@ async def test_a_spanish_name_with_de_is_one_place(engine: BotEngine) -> None:
         assert chat_route(reply) == route, (text, reply)
 
 
+async def test_a_place_named_in_full_is_not_offered_with_a_hub_it_contains(
+    engine: BotEngine,
+) -> None:
+    """'de Madrid a Santiago de Compostela mañana' asked which of Santiago de Compostela and
+    Santiago (SCL, Chile) was meant, and 'Lisbon to Porto Alegre' which of Porto Alegre and
+    Porto: the hub that is one word of the name scored within a tie of the place named."""
+    for locale, text, route in [
+        ("es", "de Madrid a Santiago de Compostela mañana", ("MAD", "SCQ")),
+        ("es", "de Santiago de Compostela a Madrid mañana", ("SCQ", "MAD")),
+        ("en", "London to Santiago de Compostela tomorrow", ("LON", "SCQ")),
+        ("es", "de Lisboa a Porto Alegre mañana", ("LIS", "POA")),
+        ("es", "de Buenos Aires a Santiago del Estero mañana", ("BUE", "SDE")),
+        # The hub alone is still the hub.
+        ("es", "de Madrid a Santiago mañana", ("MAD", "SCL")),
+        ("en", "London to Porto tomorrow", ("LON", "OPO")),
+    ]:
+        reply = await Chat(engine, locale=locale).say(text)
+        assert chat_route(reply) == route, (text, reply)
+
+
 async def test_a_route_shows_the_city_people_know(engine: BotEngine) -> None:
     """The route showed the airport data's town: a user who wrote Medellín read 'Rionegro
     (MDE)', Toronto Pearson was 'Mississauga (YYZ)', Tenerife an 'Island', Jerez misspelt."""
