@@ -806,6 +806,32 @@ async def test_a_return_or_year_end_stretch_is_asked_about(engine: BotEngine) ->
         assert chat.state["trip"]["destination"]["code"] == "LON", (text, reply)
 
 
+async def test_a_return_period_is_the_one_after_the_departure(engine: BotEngine) -> None:
+    """'NYC to London march 3 back early january' asked 'Which day in early January do you
+    come back?' and the answer '4' was 4 January 2027, before the departure: 'The return (Mon
+    4 Jan) is before the departure'. 'jun 3 back in the fall' asked about autumn 2026, with
+    '30 November' (2026) as the example answer."""
+    now = at(date(2026, 11, 23))
+    chat = Chat(engine, now=now, written=now)
+    assert await chat.say("NYC to London march 3 back early january") == (
+        "Which day in early January do you come back?"
+    )
+    # January 2028: past the search horizon, and said so (not "before the departure").
+    reply = await chat.say("4")
+    assert reply.startswith("I can only search up to a year ahead, so not a return on"), reply
+    chat = Chat(engine, now=now, written=now)
+    reply = await chat.say("NYC to London jun 3 back in the fall")
+    assert reply == "Which day in autumn 2027 do you come back? (e.g. *15 October*)"
+    assert chat.state["trip"]["depart"] == "2027-06-03"
+    # The example is after the departure too.
+    chat = Chat(engine, now=now, written=now)
+    reply = await chat.say("NYC to London jul 20 back this summer")
+    assert reply == "Which day in summer 2027 do you come back? (e.g. *15 August*)"
+    chat = Chat(engine, now=now, written=now, locale="es")
+    await chat.say("de Madrid a Roma el 10 de febrero y vuelta a finales de enero")
+    assert chat.state["trip"]["period"]["year"] == 2028
+
+
 async def test_a_spanish_month_abbreviation_and_a_weekend_of_a_month_are_read(
     engine: BotEngine,
 ) -> None:

@@ -669,6 +669,11 @@ class BotEngine:
         if new is not None and new.leg == "depart" and not found.depart:
             return {"depart": None, "period": new.as_state()}
         if new is not None and new.leg == "return" and not (found.return_date or found.nights):
+            depart = found.depart or (
+                date.fromisoformat(d.trip["depart"]) if d.trip.get("depart") else None
+            )
+            if depart is not None:
+                new = new.not_before(depart)
             return {"return": None, "nights": None, "period": new.as_state()}
         if old is not None and (
             found.depart
@@ -816,7 +821,8 @@ class BotEngine:
         if period is not None and period.leg == "return" and self._return_date(d) is None:
             # "back early January": not a one-way search; which day is asked.
             d.set("ask", {"slot": "return"})
-            return [*before, Reply(_period_question(t, period, ctx.today))]
+            start = max(ctx.today, date.fromisoformat(d.trip["depart"]))
+            return [*before, Reply(_period_question(t, period, start))]
         if d.ask:
             d.set("ask", {})
         return [*before, *await self._search_and_show(ctx, d)]
@@ -1046,7 +1052,8 @@ def _period_text(t: Texts, period: Period) -> str:
 
 
 def _period_question(t: Texts, period: Period, today: date) -> str:
-    """ "Which day at the end of December?" (or "… do you come back?" for a return)."""
+    """ "Which day at the end of December?" (or "… do you come back?" for a return); a
+    season's example is a day from ``today`` (for a return, from the departure)."""
     key = "ask_day_in_period" if period.leg == "depart" else "ask_return_in_period"
     question = t(key, period=_period_text(t, period))
     if period.kind in SEASONS:

@@ -804,6 +804,16 @@ class Period:
         later = [day for day in (m.replace(day=15) for m in self.months()) if day >= today]
         return later[len(later) // 2] if len(later) == 3 else (later or [self.last_day()])[0]
 
+    def not_before(self, day: date) -> Period:
+        """This period, or the next year's if it is over by ``day``: a return's period is
+        after its departure ("march 3 back early january" is January of the year after)."""
+        period = self
+        while period.last_day() < day:
+            year = period.year + 1
+            month = easter(year).month if period.kind == "easter" else period.month
+            period = replace(period, year=year, month=month)
+        return period
+
     def in_south(self, today: date) -> Period:
         """This season as the southern hemisphere has it (summer from December); any other
         period as it is."""
