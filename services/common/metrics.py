@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import grpc
 from prometheus_client import REGISTRY, Gauge, start_http_server
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 # grpc-go's codes.Code.String(), what go-grpc-prometheus puts in grpc_code: CamelCase, with
@@ -90,8 +95,27 @@ class RpcMetrics(Collector):
 # Registered by the runtime when a process serves gRPC (export_server_metrics), not on import:
 # the gateway imports this module through its clients and would export a server's metrics that
 # nothing in it updates (an in-flight gauge always 0).
+class InFlightGauge(Collector):
+    """``grpc_server_in_flight``, read from ``set_function``'s function at scrape time.
+
+    Not a prometheus_client Gauge: under the gateway's multiprocess mode
+    (``PROMETHEUS_MULTIPROC_DIR``) a Gauge writes its value to a file on creation, registered or
+    not, and every gateway process then exported ``grpc_server_in_flight{pid=…} 0``, a series
+    per process ever started.
+    """
+
+    def __init__(self) -> None:
+        self._read: Callable[[], float] = lambda: 0
+
+    def set_function(self, read: Callable[[], float]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("grpc_server_in_flight", "RPCs being handled now.", self._read())
+
+
 RPC_METRICS = RpcMetrics()
-GRPC_IN_FLIGHT = Gauge("grpc_server_in_flight", "RPCs being handled now.", registry=None)
+GRPC_IN_FLIGHT = InFlightGauge()
 SERVING = Gauge(
     "parley_serving",
     "1 while the service reports SERVING on its health check.",

@@ -130,6 +130,12 @@ def test_metrics_are_summed_across_web_processes(
         assert [counted() for _ in range(4)] == [12.0] * 4
         pids = {f.split("_")[-1] for f in os.listdir(str(tmp_path)) if f.endswith(".db")}
         assert len(pids) >= 2, "expected metrics files from two processes"
+        # No gRPC server's metrics here either: a multiprocess gauge is a series per process
+        # (pid label) that outlives it, so grpc_server_in_flight{pid=…} 0 once grew by one
+        # series for every web process ever started.
+        text = httpx.get(f"{gw.url}/metrics").text
+        assert "grpc_server_" not in text and "parley_serving" not in text
+        assert 'pid="' not in text
     finally:
         gw.stop()
 
