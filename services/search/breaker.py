@@ -69,11 +69,19 @@ class CircuitBreaker:
         self.opened_wall_time: float | None = None  # epoch seconds, for reports
         self._probes_in_flight = 0
         self._probe_successes = 0
-        BREAKER_STATE.labels(name).set(0)
+        # Read at scrape time: the move from OPEN to HALF_OPEN happens when the state is next
+        # read, and with no search for a while a gauge set on moves stayed 1 (open) long after.
+        BREAKER_STATE.labels(name).set_function(lambda: _GAUGE_VALUE[self._current()])
+
+    def _current(self) -> State:
+        """The state now, without moving to it (safe from the metrics server's thread)."""
+        if self._state is State.OPEN and self._clock() - self._opened_at >= self.recovery_timeout:
+            return State.HALF_OPEN
+        return self._state
 
     @property
     def state(self) -> State:
-        if self._state is State.OPEN and self._clock() - self._opened_at >= self.recovery_timeout:
+        if self._current() is not self._state:
             self._move(State.HALF_OPEN)
         return self._state
 
@@ -88,7 +96,6 @@ class CircuitBreaker:
             self.opened_wall_time = time.time()
         elif state is State.CLOSED:
             self.failure_count = 0
-        BREAKER_STATE.labels(self.name).set(_GAUGE_VALUE[state])
         BREAKER_TRANSITIONS.labels(self.name, state.name.lower()).inc()
 
     def allows(self) -> bool:

@@ -188,6 +188,52 @@ async def test_fault_injection_stale_then_breaker_open_and_reset(
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_the_breaker_gauge_half_opens_with_the_breaker_without_traffic(
+    tmp_path: Path, valkey: Valkey
+) -> None:
+    """An outage that opened the breaker ends at a quiet hour: once the recovery time has passed
+    the breaker is HALF_OPEN (ListCircuitBreakers says so, the next search probes), and so must
+    search_circuit_breaker_state be. (Was a bug: the gauge stayed 1 until the next search, and
+    ParleyCircuitOpen fired on a provider that had recovered.)"""
+    failure_file = tmp_path / "offline-fails"
+    metrics_port = free_port()
+    process, address = start(
+        tmp_path,
+        valkey.url,
+        SEARCH_METRICS_PORT=str(metrics_port),
+        SEARCH_BREAKER_FAILURE_THRESHOLD="1",
+        SEARCH_BREAKER_RECOVERY_SECONDS="1",
+        SEARCH_OFFLINE_FAILURE_FILE=str(failure_file),
+    )
+    gauge = 'search_circuit_breaker_state{name="offline_provider"}'
+
+    def scraped() -> str:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        return next(line for line in text.splitlines() if line.startswith(gauge))
+
+    try:
+        failure_file.touch()
+        async with grpc.aio.insecure_channel(address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await search_pb2_grpc.SearchServiceStub(channel).SearchFlights(
+                    search_pb2.SearchFlightsRequest(
+                        origin="CDG", destination="LIS", departure_date=day(11)
+                    ),
+                    timeout=5,
+                )
+        assert scraped() == f"{gauge} 1.0"  # open
+        failure_file.unlink()
+        await asyncio.sleep(1.5)  # past the recovery time; no search since
+        assert scraped() == f"{gauge} 2.0"  # half-open, as the service itself reports it
+        async with grpc.aio.insecure_channel(address) as channel:
+            listed = await search_pb2_grpc.SearchServiceStub(channel).ListCircuitBreakers(
+                search_pb2.ListCircuitBreakersRequest(), timeout=5
+            )
+        assert listed.circuit_breakers[0].state == search_pb2.CIRCUIT_STATE_HALF_OPEN
+    finally:
+        process.stop()
+
+
 async def test_without_redis_not_serving_but_still_answers(
     tmp_path: Path, fresh_valkey: Valkey
 ) -> None:
