@@ -478,3 +478,37 @@ def test_status_values_the_provider_never_sends_do_not_become_metric_series(
     series = status_series(gateway)
     assert "delivered" in series and "other" in series
     assert not any(s.startswith("made-up-") for s in series), sorted(series)
+
+
+def webhook_count(gateway: Gateway, channel: str, outcome: str) -> float:
+    """gateway_webhooks_total{channel, outcome} in /metrics (0 when the series is not there)."""
+    text = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+    prefix = f'gateway_webhooks_total{{channel="{channel}",outcome="{outcome}"}} '
+    return next(
+        (float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)), 0.0
+    )
+
+
+def test_a_webhook_refused_for_its_size_is_counted(gateway: Gateway) -> None:
+    """A webhook over MAX_BODY_BYTES is answered 413 (the provider retries, then gives up): it
+    was counted nowhere and logged nowhere, so ParleyWebhooksRejected and the dashboard never
+    saw a limit set too low refusing the provider's real webhooks. Now outcome="too_large"."""
+    limit = GatewaySettings.model_fields["max_body_bytes"].default
+    big = b"{" + b" " * limit + b"}"
+    before = {
+        channel: webhook_count(gateway, channel, "too_large") for channel in ("cloud_api", "twilio")
+    }
+    with gateway.http as client:
+        json_type = {"content-type": "application/json"}
+        assert client.post("/webhooks/whatsapp", content=big, headers=json_type).status_code == 413
+
+        def chunks() -> object:
+            for _ in range(limit // 1024 + 1):
+                yield b" " * 1024
+
+        chunked = client.post("/webhooks/whatsapp", content=chunks(), headers=json_type)  # type: ignore[arg-type]
+        assert chunked.status_code == 413
+        form_type = {"content-type": "application/x-www-form-urlencoded"}
+        assert client.post("/webhooks/twilio", content=big, headers=form_type).status_code == 413
+    assert webhook_count(gateway, "cloud_api", "too_large") == before["cloud_api"] + 2
+    assert webhook_count(gateway, "twilio", "too_large") == before["twilio"] + 1
