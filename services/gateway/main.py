@@ -7,8 +7,8 @@
 
 ``WEB_CONCURRENCY`` > 1 runs that many HTTP processes (uvicorn workers). Their metrics are
 merged through prometheus-client's multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` is set (to
-``var/prometheus`` unless given) and its old metric files are removed before any process
-writes to it.
+``var/prometheus`` unless given) and the metric files of processes no longer running are removed
+before any process writes to it.
 """
 
 from __future__ import annotations
@@ -33,12 +33,29 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _running(pid: int) -> bool:
+    if pid == os.getpid():  # a file of this pid is a former process's: this one wrote none yet
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _prepare_multiprocess_dir() -> None:
     directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or ROOT / "var" / "prometheus")
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob("*.db"):  # only prometheus-client's files, nothing else
-            stale.unlink()
+        # Only prometheus-client's files ("counter_<pid>.db"…), and only those of processes no
+        # longer running: worker processes sharing the directory keep counting into theirs, and
+        # a file removed under them would hide what they count until they restart.
+        for stale in directory.glob("*.db"):
+            pid = stale.stem.rpartition("_")[2]
+            if not (pid.isdigit() and _running(int(pid))):
+                stale.unlink()
     except OSError as error:  # e.g. an installed package's read-only tree, in the image
         refuse_to_start(
             f"PROMETHEUS_MULTIPROC_DIR: {directory} cannot be used ({error.strerror}); "

@@ -19,6 +19,8 @@ from tests.support.stack import (
     Gateway,
     Services,
     cloud_payload,
+    create_business,
+    metric,
     new_wa_id,
     next_db,
     post_cloud,
@@ -138,6 +140,53 @@ def test_metrics_are_summed_across_web_processes(
         assert 'pid="' not in text
     finally:
         gw.stop()
+
+
+def test_a_web_restart_keeps_the_counts_of_workers_sharing_its_metrics_directory(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey, tmp_path: object
+) -> None:
+    """Worker processes on the host with the same PROMETHEUS_MULTIPROC_DIR are in /metrics (as
+    docs/gateway.md says). The web's start removed every file there, the running workers' too:
+    from the first restart of the web (a deploy, a crash) on, what the workers counted (replies
+    sent, dead letters, end-to-end latency) was in no file anyone read, for as long as they ran,
+    and the alerts on it never fired. Only files of processes no longer running go now."""
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "shared-multiprocess-dir",
+        role="web",
+        workers=1,
+        WEB_CONCURRENCY="2",
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
+    )
+    try:
+        business = create_business(gw)
+
+        def answered(text: str) -> None:
+            wa_id = new_wa_id()
+            with gw.http as client:
+                post_cloud(client, cloud_payload(business.phone_number_id, wa_id, text))
+            assert wait_for(lambda: fake_clouds.replies(wa_id), 20)
+
+        accepted = 'gateway_sends_total{outcome="accepted",sender="cloud_api"}'
+        answered("before the restart")
+        assert metric(gw, accepted) == 1
+        web = gw.processes[0]
+        web.stop()
+        web.start()
+        assert wait_for(lambda: ready(gw.url), 40, 0.2)
+        answered("after the restart")
+        assert wait_for(lambda: metric(gw, accepted) == 2, 5), metric(gw, accepted)
+    finally:
+        gw.stop()
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def test_production_refuses_to_start_without_secrets() -> None:
