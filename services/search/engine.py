@@ -128,9 +128,17 @@ class SearchEngine:
             task.add_done_callback(lambda done: self._done(key, done))
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                return await asyncio.shield(task)
+                answer = await asyncio.shield(task)
         except TimeoutError:
             return self._too_late(stale)
+        except ServiceError:
+            SEARCHES.labels(self.provider.name, "error").inc()
+            raise
+        # Counted here, once per caller, not in the shared fetch: every caller that joined it is
+        # a search answered the way the fetch was.
+        result = "stale" if answer.stale else "hit" if answer.from_cache else "miss"
+        SEARCHES.labels(self.provider.name, result).inc()
+        return answer
 
     def _too_late(self, stale: Cached | None) -> search_pb2.SearchFlightsResponse:
         if stale is not None:
@@ -159,7 +167,6 @@ class SearchEngine:
                 key, min(deadline, time.monotonic() + self.settings.search_lock_seconds)
             )
             if waited is not None:
-                SEARCHES.labels(self.provider.name, "hit").inc()
                 return self._answer(waited, stale=False, now=time.time())
             token = await self.cache.try_lock(key) or LOCAL_TOKEN
         elif token != LOCAL_TOKEN:
@@ -167,14 +174,12 @@ class SearchEngine:
             filled = await self.cache.get(key)
             if filled is not None and self.cache.is_fresh(filled):
                 await self.cache.unlock(key, token)
-                SEARCHES.labels(self.provider.name, "hit").inc()
                 return self._answer(filled, stale=False, now=time.time())
         try:
             offers = await self.call_provider(
                 lambda: self.provider.search(query, deadline), deadline
             )
-        except ServiceError:
-            SEARCHES.labels(self.provider.name, "error").inc()
+        except ServiceError:  # the provider refused the query: each caller gets (and counts) it
             raise
         except Exception as error:
             if not isinstance(error, _EXPECTED):
@@ -188,7 +193,6 @@ class SearchEngine:
         response.provider = self.provider.name
         response.demo_data = self.provider.demo_data
         await self.cache.put(key, response)
-        SEARCHES.labels(self.provider.name, "miss").inc()
         fresh = search_pb2.SearchFlightsResponse()
         fresh.CopyFrom(response)
         fresh.age.FromNanoseconds(0)
@@ -234,10 +238,8 @@ class SearchEngine:
     def _fallback(self, stale: Cached | None, reason: str) -> search_pb2.SearchFlightsResponse:
         if stale is not None and stale.age() < self.cache.ttl + self.cache.grace:
             log.warning("serving stale results", provider=self.provider.name, reason=reason)
-            SEARCHES.labels(self.provider.name, "stale").inc()
             return self._answer(stale, stale=True, now=time.time())
         log.warning("search failed", provider=self.provider.name, reason=reason)
-        SEARCHES.labels(self.provider.name, "error").inc()
         raise Unavailable("flight search is temporarily unavailable; please try again shortly")
 
     # -- warming -----------------------------------------------------------------------------

@@ -151,6 +151,41 @@ async def test_hundred_identical_uncached_searches_make_one_provider_call(build:
     assert {a.offers[0].id for a in answers} == {answers[0].offers[0].id}
 
 
+def searches(provider: Provider) -> dict[str, float]:
+    """search_requests_total for ``provider``, by result."""
+    return {
+        result: REGISTRY.get_sample_value(
+            "search_requests_total", {"provider": provider.name, "result": result}
+        )
+        or 0.0
+        for result in ("hit", "miss", "stale", "error")
+    }
+
+
+async def test_every_search_is_counted_once_by_how_it_was_answered(build: Build) -> None:
+    """search_requests_total is "flight searches by how they were answered" (hit ratio = hit /
+    all). It counted the shared fetch instead: 100 identical searches at once were 1 miss, and
+    a caller that ran out of time was an error while the fetch it started was a miss as well."""
+    provider = FakeProvider(delay=0.05)
+    engine = build(provider)
+    await asyncio.gather(*(engine.search(query(), soon()) for _ in range(100)))
+    await engine.search(query(), soon())
+    assert searches(provider) == {"hit": 1, "miss": 100, "stale": 0, "error": 0}
+
+    provider = FakeProvider()
+    provider.hold = asyncio.Event()
+    engine = build(provider)
+    await engine.cache.get_bytes("connected")
+    impatient = asyncio.create_task(engine.search(query("LAX", "SFO"), soon(0.5)))
+    await provider.called.wait()
+    patient = asyncio.create_task(engine.search(query("LAX", "SFO"), soon(30)))
+    with pytest.raises(DeadlineExceeded):
+        await impatient
+    provider.hold.set()
+    await patient
+    assert searches(provider) == {"hit": 0, "miss": 1, "stale": 0, "error": 1}
+
+
 async def test_single_flight_holds_across_replicas(build: Build) -> None:
     provider = FakeProvider(delay=0.5)  # one provider account, two replicas
     replicas = [build(provider), build(provider)]
