@@ -204,7 +204,6 @@ def build_router(runtime: Runtime) -> APIRouter:
             return _reject("cloud_api", 400, "malformed", "the body must be a JSON object")
         parsed = cloud_api.parse(payload)
         for status in parsed.statuses:
-            metrics.STATUSES.labels("cloud_api", metrics.status_label(status.status)).inc()
             log.info(
                 "message status",
                 request_id=rid,
@@ -226,6 +225,9 @@ def build_router(runtime: Runtime) -> APIRouter:
             queue_outage.failed("queue unavailable; answering 503", error, request_id=rid)
             return _reject("cloud_api", 503, "unavailable", "the queue is unavailable; retry")
         queue_outage.worked()
+        # Counted once the webhook is taken: one answered 503 comes again, statuses and all.
+        for status in parsed.statuses:
+            metrics.STATUSES.labels("cloud_api", metrics.status_label(status.status)).inc()
         queued = sum(1 for i in ids if i)
         duplicates = len(ids) - queued
         if duplicates:

@@ -97,6 +97,31 @@ def test_worker_killed_mid_message_is_answered_once(
         gw.stop()
 
 
+def test_delivery_statuses_of_a_webhook_refused_with_503_are_counted_once(
+    services: Services, fake_clouds: FakeClouds, fresh_valkey: Valkey
+) -> None:
+    """A webhook's delivery statuses were counted before its messages were queued: while Redis
+    was down, each retry of a webhook carrying both (Meta batches them) counted its statuses
+    again, and gateway_message_statuses_total grew with the provider's retries."""
+    gw = start_gateway(services, fake_clouds, fresh_valkey.url, "statuses-503")
+    try:
+        business = create_business(gw)
+        payload = cloud_payload(business.phone_number_id, new_wa_id(), "with a status")
+        payload["entry"][0]["changes"][0]["value"]["statuses"] = [
+            {"id": "wamid.status-once", "status": "delivered", "recipient_id": "15550002"}
+        ]
+        delivered = 'gateway_message_statuses_total{channel="cloud_api",status="delivered"}'
+        with gw.http as client:
+            fresh_valkey.stop()
+            for _ in range(3):  # the provider retries what got 503
+                assert post_cloud(client, payload).status_code == 503
+            fresh_valkey.start()
+            assert wait_for(lambda: post_cloud(client, payload).status_code == 200, 20)
+        assert metric(gw, delivered) == 1
+    finally:
+        gw.stop()
+
+
 def test_redis_down_gives_503_and_every_accepted_message_is_answered(
     services: Services, fake_clouds: FakeClouds, fresh_valkey: Valkey
 ) -> None:
