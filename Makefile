@@ -1,7 +1,14 @@
 # Parley: `make run` brings up the whole stack on embedded defaults; `make test` runs every check.
 SHELL := /bin/bash
 PYTHON ?= python3
-VENV := .venv
+# Another interpreter named on the command line (`make test PYTHON=python3.13`) gets a venv of
+# its own, .venv-3.13: an existing .venv was made with another Python, and reusing it would
+# run everything on that one. VENV=<dir> picks the directory.
+ifeq ($(origin PYTHON),command line)
+VENV ?= .venv-$(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+else
+VENV ?= .venv
+endif
 PY := $(VENV)/bin/python
 BUF := tools/buf/node_modules/.bin/buf
 STAMP := $(VENV)/.installed
@@ -77,4 +84,4 @@ bench: $(STAMP)
 	$(PY) -m bench $(BENCH)
 
 clean:
-	rm -rf $(VENV) var tools/buf/node_modules .mypy_cache .pytest_cache .ruff_cache
+	rm -rf .venv .venv-* $(VENV) var tools/buf/node_modules .mypy_cache .pytest_cache .ruff_cache
