@@ -51,6 +51,12 @@ async def _none() -> list[Any]:
     return []
 
 
+def _queue_up(value: float) -> tuple[str, float]:
+    # Always there, so that `gateway_queue_up == 0` can be alerted on (the queue's gauges are
+    # absent while Redis does not answer).
+    return ("1 when the queue figures could be read from Redis, 0 when they could not.", value)
+
+
 def _dict(message: Any) -> dict[str, Any]:
     return json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
@@ -209,9 +215,10 @@ def build_router(runtime: Runtime) -> APIRouter:
                     "Worker processes with a fresh heartbeat.",
                     stats["live_workers"],
                 ),
+                "gateway_queue_up": _queue_up(1.0),
             }
         except Exception:
-            gauges = {"gateway_queue_up": ("1 when the queue figures could be read.", 0.0)}
+            gauges = {"gateway_queue_up": _queue_up(0.0)}
         body, content_type = metrics.render(gauges)
         return Response(body, media_type=content_type)
 

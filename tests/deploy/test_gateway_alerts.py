@@ -105,6 +105,7 @@ def test_messages_queued_with_no_worker_alive_page(gateway: str, tmp_path: Path)
     assert answer.status_code == 200 and answer.json()["queued"] == 1, answer.text
     after = scrape(f"{gateway}/metrics")
     assert after[("gateway_queue_length", ())] == 1 and after[("gateway_live_workers", ())] == 0
+    assert after[("gateway_queue_up", ())] == 1  # there when it is 1, not only when 0
     # The message's age, as ParleyQueueStale reads it, grows while it waits.
     assert before[("gateway_queue_oldest_seconds", ())] == 0
     time.sleep(1.2)
