@@ -290,8 +290,6 @@ class BusinessCore:
         idempotency_key: str = "",
     ) -> BusinessRecord:
         business_id = business_id_for(idempotency_key) if idempotency_key else str(ObjectId())
-        if idempotency_key and (first := await self._created_by_key(business_id, subdomain)):
-            return first
         now = utcnow()
         encrypted = {
             name_: self.cipher.encrypt(
@@ -321,7 +319,7 @@ class BusinessCore:
         try:
             await self._write(self.store.create(record))
         except AlreadyExists:
-            # Two sends of one key at once: the other one's insert came first.
+            # A create sent again with its key (or twice at once) meets the id its first made.
             if idempotency_key and (first := await self._created_by_key(business_id, subdomain)):
                 return first
             raise

@@ -92,9 +92,6 @@ class RpcMetrics(Collector):
         yield handling
 
 
-# Registered by the runtime when a process serves gRPC (export_server_metrics), not on import:
-# the gateway imports this module through its clients and would export a server's metrics that
-# nothing in it updates (an in-flight gauge always 0).
 class InFlightGauge(Collector):
     """``grpc_server_in_flight``, read from ``set_function``'s function at scrape time.
 
@@ -114,6 +111,9 @@ class InFlightGauge(Collector):
         yield GaugeMetricFamily("grpc_server_in_flight", "RPCs being handled now.", self._read())
 
 
+# Registered by the runtime when a process serves gRPC (export_server_metrics), not on import:
+# the gateway imports this module through its clients and would export a server's metrics that
+# nothing in it updates (an in-flight gauge always 0).
 RPC_METRICS = RpcMetrics()
 GRPC_IN_FLIGHT = InFlightGauge()
 SERVING = Gauge(
