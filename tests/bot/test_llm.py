@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
@@ -116,4 +116,37 @@ async def test_repeated_failures_open_the_breaker(
     calls = len(fake.requests)
     assert "Where are you flying from?" in await chat.say("to Rome")
     assert len(fake.requests) == calls, "an open breaker must not call the endpoint"
+    await engine.aclose()
+
+
+async def test_the_rules_dates_stand_where_the_model_can_only_guess_a_day(
+    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
+) -> None:
+    # A model that ignores the prompt's "null for a stretch of days" and picks a day: the
+    # places are its reading (the rules can't read "bean town"), the date is the rules' period.
+    engine = llm_engine(search_stub, fake, timeout=3.0)
+    fake.answer = answer(origin="Boston", destination="Miami", departure_date=in_days(9))
+    chat = Chat(engine)
+    reply = await chat.say("from bean town to Miami at the end of next month")
+    assert "Boston (BOS) → Miami (MIA)" in reply and "Which day at the end of" in reply, reply
+    # "the 28th" answers the question in that month, not a day the model might guess.
+    fake.answer = answer(departure_date=in_days(2))
+    reply = await chat.say("the 28th")
+    assert "Boston (BOS) → Miami (MIA)" in reply and "28" in reply, reply
+    # A day that does not exist is said so, not moved to a neighbour by the model.
+    fake.answer = answer(departure_date="2027-03-01")
+    reply = await chat.say("Boston to Miami on 29 February 2027")
+    assert "There's no 29 February in 2027" in reply, reply
+    assert engine.describe()["llm"]["fallbacks"] == 0
+    await engine.aclose()
+
+
+async def test_the_model_dates_stand_where_the_rules_read_none(
+    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
+) -> None:
+    engine = llm_engine(search_stub, fake, timeout=3.0)
+    fake.answer = answer(origin="Boston", destination="Miami", departure_date=in_days(12))
+    reply = await Chat(engine).say("bean town to Miami the day after my birthday")
+    day = date.fromisoformat(in_days(12))
+    assert f"Boston (BOS) → Miami (MIA)* · {day:%a} {day.day} {day:%b}" in reply, reply
     await engine.aclose()

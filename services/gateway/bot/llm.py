@@ -103,8 +103,10 @@ PROMPT = (
     "say. origin/destination: the place text as the user wrote it (city, airport or code), "
     "only when the message says which is which (from/to); a place whose role is unclear goes in "
     "'place'. Dates as YYYY-MM-DD, never in the past (prefer the future for dates without a "
-    "year). nights: length of stay when given instead of a return date. adults: number of "
-    "travellers. non_stop: true for direct/non-stop. one_way: true when the user says one way."
+    "year); null when the message names a stretch of days rather than one day (a month, a "
+    "season, a week, the holidays). nights: length of stay when given instead of a return "
+    "date. adults: number of travellers. non_stop: true for direct/non-stop. one_way: true "
+    "when the user says one way."
 )
 
 
@@ -134,6 +136,34 @@ class Breaker:
             self.opened_at = time.monotonic()
 
 
+# What the rules read about dates, beyond a day: the flags that say how it was written.
+_DATE_FIELDS = (
+    "depart",
+    "return_date",
+    "period",
+    "no_such_date",
+    "no_such_return",
+    "depart_day_only",
+    "depart_weekday",
+    "return_weekday",
+    "unreadable_date",
+)
+
+
+def with_rules_dates(model: Extraction, rules: Extraction) -> Extraction:
+    """The model's reading, with the rules' dates wherever the rules read one.
+
+    The schema has room for a day only, so the model would turn "this summer" into a day of
+    its choosing and "29 February 2027" into a neighbouring one, and cannot say that "the 28th"
+    answers "Which day at the end of December?". The rules know the calendar (periods, holidays,
+    days that do not exist, the business's hemisphere): when they read a date, theirs stands and
+    the user is asked what the rules would ask; the model's dates fill in when they read none.
+    """
+    if not (rules.depart or rules.return_date or rules.period or rules.no_such_date):
+        return replace(model, unreadable_date=rules.unreadable_date)
+    return replace(model, **{name: getattr(rules, name) for name in _DATE_FIELDS})
+
+
 class LLMExtractor:
     def __init__(self, settings: BotSettings, client: httpx.AsyncClient | None = None) -> None:
         assert settings.openai_api_key is not None
@@ -160,6 +190,7 @@ class LLMExtractor:
         await self._client.aclose()
 
     async def extract(self, text: str, today: date, locale: str) -> Extraction:
+        rules = await self._rules.extract(text, today, locale)  # memoized: ~free
         if self.breaker.allow():
             try:
                 answer = await self._ask(text, today)
@@ -172,12 +203,12 @@ class LLMExtractor:
                 self.breaker.success()
                 result = self._to_extraction(answer, today)
                 if result is not None:
-                    return result
+                    return with_rules_dates(result, rules)
                 self.fallbacks += 1
                 log.warning("llm_fallback", reason="implausible_answer")
         else:
             self.fallbacks += 1
-        return await self._rules.extract(text, today, locale)
+        return rules
 
     async def _ask(self, text: str, today: date) -> LLMAnswer:
         body = {
