@@ -461,8 +461,11 @@ class Places:
             short = " ".join(w for w in normalize(place.name).split() if w not in _GENERIC)
             add(short, place.code, 0.97)
             # "Arnavutkoy, Istanbul" or "Beauvais/Tille": each part of the city is a name too.
-            for part in re.split(r"[,/]", place.city):
-                add(part, place.code, 0.97)
+            # The first of a "/" list is the city itself ("La Paz / El Alto": La Paz's airport
+            # is in El Alto), as good a match as a city of that name alone ("La Paz", Mexico).
+            whole_first = "/" in place.city and "," not in place.city
+            for i, part in enumerate(re.split(r"[,/]", place.city)):
+                add(part, place.code, 1.0 if whole_first and i == 0 else 0.97)
             if place.code in self._data_cities:  # "Mississauga", "Rionegro"
                 add(self._data_cities[place.code], place.code, 0.97)
         for alias, code in ALIASES.items():

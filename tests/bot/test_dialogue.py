@@ -127,6 +127,14 @@ async def test_an_ambiguous_city_is_asked_back_with_a_list(engine: BotEngine) ->
     assert "San Jose (SJO) → Miami (MIA)" in answer[0].text and offers_in(answer[0].text)
 
 
+async def test_la_paz_is_asked_about_not_taken_for_mexico(engine: BotEngine) -> None:
+    """(Was a bug: "de La Paz a Reyes" and "from La Paz" flew from La Paz, Mexico (LAP) without
+    asking: Bolivia's La Paz is "La Paz / El Alto" in the airport data, read as weaker.)"""
+    (question,) = await Chat(engine, locale="es").send("text", "de La Paz a Reyes mañana")
+    assert question.text.startswith("¿A qué «La Paz» te refieres?"), question.text
+    assert {"LPB", "LAP"} <= {row.title[-4:-1] for row in question.rows}
+
+
 async def test_a_row_of_an_answered_place_list_is_not_read_as_an_offer_number(
     engine: BotEngine,
 ) -> None:
