@@ -345,6 +345,7 @@ class PlaceInfo:
     weight: float  # importance, 0.9-1.0
     commercial: bool  # plausibly has scheduled service
     members: tuple[str, ...] = ()  # airports of a city code
+    subdivision: str = ""  # state or region ("Missouri"); empty for a city code
 
     def to_proto(self) -> search_pb2.Place:
         return search_pb2.Place(
@@ -354,6 +355,7 @@ class PlaceInfo:
             city_name=self.city,
             country_code=self.country,
             time_zone=self.tz,
+            subdivision=self.subdivision,
         )
 
 
@@ -396,6 +398,7 @@ class Places:
                 lon=float(row["lon"]),
                 weight=weight,
                 commercial=commercial,
+                subdivision=str(row.get("subd", "")),
             )
         for code, (city, codes) in CITY_CODES.items():
             present = tuple(c for c in codes if c in self.by_code)

@@ -135,6 +135,19 @@ async def test_la_paz_is_asked_about_not_taken_for_mexico(engine: BotEngine) -> 
     assert {"LPB", "LAP"} <= {row.title[-4:-1] for row in question.rows}
 
 
+async def test_same_named_cities_of_one_country_are_asked_about_by_state(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: Springfield, Missouri, Illinois and Massachusetts were one city, because they
+    share a country and a name, so "to Springfield" flew to one of them without asking.)"""
+    (question,) = await Chat(engine).send("text", "Atlanta to Springfield tomorrow")
+    assert "Which “Springfield” do you mean?" in question.text
+    where = {row.description.rsplit(" · ", 1)[1] for row in question.rows}
+    assert {"Missouri, US", "Illinois, US", "Massachusetts, US"} <= where, where
+    (charleston,) = await Chat(engine).send("text", "Charleston to Atlanta tomorrow")
+    assert "Which “Charleston” do you mean?" in charleston.text
+
+
 async def test_a_row_of_an_answered_place_list_is_not_read_as_an_offer_number(
     engine: BotEngine,
 ) -> None:

@@ -59,9 +59,10 @@ def test_candidates_carry_kind_name_city_country_and_score(places: Places) -> No
     best = places.resolve("paris", 3)
     city = best[0].place.to_proto()
     assert (city.code, city.kind, city.city_name, city.country_code) == ("PAR", 2, "Paris", "FR")
-    assert city.time_zone == "Europe/Paris"
+    assert city.time_zone == "Europe/Paris" and city.subdivision == ""  # a city code has none
     airport = best[1].place.to_proto()
     assert airport.kind == 1 and airport.code in {"CDG", "ORY"}
+    assert airport.subdivision == "Ile-de-France"
     assert best[0].score >= best[1].score >= best[2].score
     assert 0 < best[-1].score <= 100
 

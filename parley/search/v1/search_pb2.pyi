@@ -383,6 +383,7 @@ class Place(_message.Message):
     CITY_NAME_FIELD_NUMBER: _builtins.int
     COUNTRY_CODE_FIELD_NUMBER: _builtins.int
     TIME_ZONE_FIELD_NUMBER: _builtins.int
+    SUBDIVISION_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """IATA code."""
     kind: Global___PlaceKind.ValueType
@@ -395,6 +396,10 @@ class Place(_message.Message):
     """ISO 3166-1 alpha-2 country code."""
     time_zone: _builtins.str
     """IANA time zone of the place."""
+    subdivision: _builtins.str
+    """State, province or region, as the airport data names it (e.g. "Missouri"); empty for a
+    city code and where unknown. Tells same-named cities of one country apart.
+    """
     def __init__(
         self,
         *,
@@ -404,10 +409,11 @@ class Place(_message.Message):
         city_name: _builtins.str = ...,
         country_code: _builtins.str = ...,
         time_zone: _builtins.str = ...,
+        subdivision: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["city_name", b"city_name", "code", b"code", "country_code", b"country_code", "kind", b"kind", "name", b"name", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["city_name", b"city_name", "code", b"code", "country_code", b"country_code", "kind", b"kind", "name", b"name", "subdivision", b"subdivision", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

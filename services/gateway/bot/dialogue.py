@@ -762,7 +762,7 @@ class BotEngine:
             ListRow(
                 id=f"place:{index}",
                 title=_row_title(ctx.texts, choice.city, choice.country, choice.code),
-                description=_clip(f"{_place_name(ctx.texts, choice)} · {choice.country}", 72),
+                description=_clip(f"{_place_name(ctx.texts, choice)} · {_where(choice)}", 72),
             )
             for index, choice in enumerate(choices, start=1)
         )
@@ -1078,6 +1078,11 @@ def _place_name(t: Texts, place: Candidate) -> str:
     if place.kind == "city":
         return t("all_airports", city=t.place(place.city, place.country))
     return place.name
+
+
+def _where(place: Candidate) -> str:
+    """Where a list row's place is: "Missouri, US", so two Springfields can be told apart."""
+    return f"{place.subdivision}, {place.country}" if place.subdivision else place.country
 
 
 def _row_title(t: Texts | None, city: str, country: str, code: str) -> str:

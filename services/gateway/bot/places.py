@@ -37,6 +37,7 @@ class Candidate:
     country: str
     kind: str  # "city" or "airport"
     score: float
+    subdivision: str = ""  # state or region ("Missouri"), where the search service knows it
 
     def as_state(self) -> dict[str, Any]:
         return {
@@ -57,6 +58,7 @@ def from_proto(place: search_pb2.Place, score: float) -> Candidate:
         country=place.country_code,
         kind=kind,
         score=score,
+        subdivision=place.subdivision,
     )
 
 
@@ -165,7 +167,10 @@ def _city_parts(candidate: Candidate) -> set[str]:
 
 
 def _same_city(a: Candidate, b: Candidate) -> bool:
-    """Same country and a shared city name ("Arnavutköy, Istanbul" and "Istanbul")."""
+    """Same country, a shared city name ("Arnavutköy, Istanbul" and "Istanbul") and, where both
+    are known, the same state: Springfield, Missouri and Springfield, Illinois are two."""
+    if a.subdivision and b.subdivision and a.subdivision != b.subdivision:
+        return False
     return a.country == b.country and bool(_city_parts(a) & _city_parts(b))
 
 

@@ -359,6 +359,7 @@ class AmadeusProvider(Provider):
                     city_name=str(address.get("cityName", "")).title(),
                     country_code=str(address.get("countryCode", "")),
                     time_zone=known.tz if known else "",
+                    subdivision=known.subdivision if known else "",
                 )
             )
         return places[:limit]
