@@ -70,6 +70,7 @@ GUIDE_NAMES_NOT_READ = {
     "TWILIO_WHATSAPP_NUMBER": "the business's own number (python -m services.business.cli)",
     "USE_REDIS": "nothing: Redis is always the store (SESSION_FALLBACK covers its outages)",
     "UNIFIED_CONVERSATION_ENABLED": "nothing: every conversation is in the unified layout",
+    "DATABASE_URL": "MONGODB_URI (MongoDB), else BUSINESS_DB_PATH (the SQLite file)",
 }
 
 

@@ -188,17 +188,26 @@ def test_log_level_is_read_in_any_case(
         process.stop()
 
 
+@pytest.mark.parametrize(
+    ("name", "variable", "value", "use"),
+    [
+        # A team's carried-over .env (the session guide's SESSION_TTL_HOURS=2) was ignored
+        # without a word, so the conversations' TTL seemed set and was the default 900 s.
+        ("session", "SESSION_TTL_HOURS", "2", "REDIS_TTL_SECONDS"),
+        # The MVP guide's DATABASE_URL: the businesses went to the SQLite file without a word,
+        # not to the database the team had named.
+        ("business", "DATABASE_URL", "postgresql://app@db:5432/bot", "MONGODB_URI"),
+    ],
+)
 def test_a_guides_variable_parley_does_not_read_is_named_at_start_up(
-    tmp_path: Path, valkey: Valkey
+    name: str, variable: str, value: str, use: str, tmp_path: Path, valkey: Valkey
 ) -> None:
-    # A team's carried-over .env (the session guide's SESSION_TTL_HOURS=2) was ignored without a
-    # word, so the conversations' TTL seemed set and was the default 900 s.
-    process, address = start_service("session", tmp_path, valkey.url, SESSION_TTL_HOURS="2")
+    process, address = start_service(name, tmp_path, valkey.url, **{variable: value})
     try:
         process.wait_serving(address)
         (warning,) = process.log_events("a migration guide's variable that Parley does not read")
-        assert warning["variable"] == "SESSION_TTL_HOURS"
-        assert warning["use"].startswith("REDIS_TTL_SECONDS")
+        assert warning["variable"] == variable
+        assert warning["use"].startswith(use)
         assert warning["level"] == "warning"
     finally:
         process.stop()
