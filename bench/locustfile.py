@@ -19,7 +19,8 @@ about 500 webhooks/s).
 Settings (environment):
 
 - host: ``--host``, else ``PARLEY_URL``, else http://127.0.0.1:8000 (``make run``'s gateway);
-- ``WHATSAPP_APP_SECRET``: else ``var/dev-app-secret``, which ``make run`` writes;
+- ``WHATSAPP_APP_SECRET``: else ``var/dev-app-secret``, which ``make run`` writes (under
+  ``PARLEY_VAR_DIR`` when that is set, as for ``make run``);
 - ``TWILIO_AUTH_TOKEN``: else ``var/dev-twilio-auth-token`` if present; without either, Twilio
   posts go unsigned, which a gateway with no Twilio token configured accepts (``make run``'s);
 - ``PARLEY_BUSINESSES``: ``phone_number_id:+number`` pairs, comma-separated; default the demo
@@ -45,7 +46,7 @@ if str(ROOT) not in sys.path:  # locust puts bench/ on the path, not the reposit
 from bench.system_load import Message, Mix, cloud_body  # noqa: E402
 from services.gateway.channels import cloud_api, twilio  # noqa: E402
 
-VAR = ROOT / "var"
+VAR = Path(os.environ.get("PARLEY_VAR_DIR") or ROOT / "var")  # where make run keeps them
 DEMO_BUSINESS = "100000000000001:+15550100001"
 
 
