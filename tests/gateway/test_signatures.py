@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from tests.support.stack import (
     Services,
     cloud_payload,
     create_business,
+    dead_letters,
     new_wa_id,
     next_db,
     queue_lengths,
@@ -108,6 +110,37 @@ def test_without_a_global_secret_every_named_business_must_have_signed(
         ]
     )
     assert _post(gw, too_many, None).status_code == 403
+
+
+def test_the_runbooks_twilio_test_form_is_taken_and_the_travel_guides_is_a_dead_letter(
+    open_gateway: Gateway,
+) -> None:
+    """What docs/gateway.md and the runbook say of a hand-made Twilio form on a dev gateway
+    without a Twilio token (``make run``'s): the documented one is queued unsigned; the travel
+    guide's ``curl -d``, without ``MessageSid``, is answered 200 and becomes a dead letter."""
+    gw = open_gateway
+    business = create_business(gw, twilio_account_sid=None, twilio_auth_token=None)
+    sender = "+" + new_wa_id()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    before = queue_lengths(gw.redis_url)
+    documented = urlencode(
+        [
+            ("MessageSid", "SM" + secrets.token_hex(16)),
+            ("From", f"whatsapp:{sender}"),
+            ("To", f"whatsapp:{business.number}"),
+            ("Body", "NYC to London next Friday"),
+        ]
+    )
+    guides = f"Body=NYC to London next Friday&From=whatsapp:{sender}&To=whatsapp:{business.number}"
+    with gw.http as client:
+        taken = client.post("/whatsapp/webhook", content=documented, headers=form)
+        assert taken.status_code == 200, taken.text
+        assert queue_lengths(gw.redis_url) == before + 1
+        answered = client.post("/whatsapp/webhook", content=guides, headers=form)
+        assert answered.status_code == 200, answered.text
+    assert queue_lengths(gw.redis_url) == before + 1
+    [dead] = [d for d in dead_letters(gw) if d["error"] == "form without MessageSid"]
+    assert dead["reason"] == "unusable_payload"
 
 
 def test_production_refuses_twilio_webhooks_no_token_can_verify(
