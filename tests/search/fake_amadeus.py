@@ -70,6 +70,63 @@ def offer(
     }
 
 
+def location(
+    sub_type: str,
+    code: str,
+    name: str,
+    address: tuple[str, str, str, str],
+    offset: str,
+    point: tuple[float, float],
+) -> dict[str, Any]:
+    """One Airport & City Search result in the FULL view (the documented default);
+    ``address`` is the city, its code, the country's name and its code."""
+    city, city_code, country, country_code = address
+    return {
+        "type": "location",
+        "subType": sub_type,
+        "name": name,
+        "detailedName": f"{city}/{country_code}:{name}",
+        "id": f"{sub_type[0]}{code}",
+        "timeZoneOffset": offset,
+        "iataCode": code,
+        "geoCode": {"latitude": point[0], "longitude": point[1]},
+        "address": {
+            "cityName": city,
+            "cityCode": city_code,
+            "countryName": country,
+            "countryCode": country_code,
+        },
+        "analytics": {"travelers": {"score": 27}},
+    }
+
+
+MUNICH = location(
+    "AIRPORT",
+    "MUC",
+    "MUNICH INTERNATIONAL",
+    ("MUNICH", "MUC", "GERMANY", "DE"),
+    "+01:00",
+    (48.35378, 11.78609),
+)
+ZZYZX = location(
+    "CITY",
+    "ZZX",
+    "ZZYZX SPRINGS",
+    ("ZZYZX SPRINGS", "ZZX", "UNITED STATES OF AMERICA", "US"),
+    "-08:00",
+    (35.1433, -116.1042),
+)
+
+
+def light(item: dict[str, Any]) -> dict[str, Any]:
+    """The LIGHT view: only the IATA code, name, detailed name, city name and country name
+    (no country code), as the API's ``view`` parameter documents."""
+    kept = {k: item[k] for k in ("type", "subType", "name", "detailedName", "iataCode")}
+    address = item["address"]
+    kept["address"] = {"cityName": address["cityName"], "countryName": address["countryName"]}
+    return kept
+
+
 class FakeAmadeus:
     def __init__(self, token_ttl: int = 1799) -> None:
         self.port = free_port()
@@ -212,25 +269,11 @@ class FakeAmadeus:
             keyword = request.query_params.get("keyword", "").upper()
             data = []
             if keyword.startswith("MUC") or keyword.startswith("MUNI"):
-                data.append(
-                    {
-                        "type": "location",
-                        "subType": "AIRPORT",
-                        "name": "MUNICH INTERNATIONAL",
-                        "iataCode": "MUC",
-                        "address": {"cityName": "MUNICH", "countryCode": "DE"},
-                    }
-                )
+                data.append(MUNICH)
             if keyword.startswith("ZZ"):
-                data.append(
-                    {
-                        "type": "location",
-                        "subType": "CITY",
-                        "name": "ZZYZX SPRINGS",
-                        "iataCode": "ZZX",
-                        "address": {"cityName": "ZZYZX SPRINGS", "countryCode": "US"},
-                    }
-                )
+                data.append(ZZYZX)
+            if request.query_params.get("view", "FULL") == "LIGHT":
+                data = [light(item) for item in data]
             return JSONResponse({"meta": {"count": len(data)}, "data": data})
 
         return app

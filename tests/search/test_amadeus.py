@@ -230,6 +230,9 @@ async def test_the_secret_is_never_logged(provider: AmadeusProvider, amadeus: Fa
 
 
 async def test_locations(provider: AmadeusProvider, amadeus: FakeAmadeus) -> None:
+    """Each place comes with its country code, which the bot shows beside a place it offers.
+    (Was a bug: the adapter asked for the LIGHT view, which has the country's name but not its
+    code, so every place Amadeus found had none; the fake answered every view in full.)"""
     places = await provider.locations("munich", 3, soon())
     assert [(p.code, p.kind, p.city_name, p.country_code, p.time_zone) for p in places] == [
         ("MUC", search_pb2.PLACE_KIND_AIRPORT, "Munich", "DE", "Europe/Berlin")

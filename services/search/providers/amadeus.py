@@ -339,7 +339,9 @@ class AmadeusProvider(Provider):
             "subType": "CITY,AIRPORT",
             "keyword": keyword[:100],
             "page[limit]": str(limit),
-            "view": "LIGHT",
+            # FULL (the default), not LIGHT: the light view has the country's name but not its
+            # code, and the bot shows the country of a place it offers.
+            "view": "FULL",
         }
         body = await self._get(LOCATIONS_PATH, params, deadline)
         places = []
