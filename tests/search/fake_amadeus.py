@@ -25,6 +25,14 @@ CLIENT_ID = "test-client-id"
 CLIENT_SECRET = "test-client-secret-DO-NOT-LOG-4f9a"
 
 
+# Bodies of the statuses Amadeus's common errors guide documents (title, detail).
+DOCUMENTED_ERRORS = {
+    404: ("Resource not found", "The targeted resource doesn't exist"),
+    429: ("Too many requests", "The network rate limit is exceeded, please try again later"),
+    500: ("Internal error", "An internal error occured, please contact your administrator"),
+}
+
+
 def _error(status: int, title: str, detail: str = "", parameter: str = "") -> JSONResponse:
     body: dict[str, Any] = {"status": status, "code": 38189, "title": title, "detail": detail}
     if parameter:
@@ -186,7 +194,8 @@ class FakeAmadeus:
             if self.echo_authorization and request is not None:
                 detail += f" (request had {request.headers.get('authorization', '')})"
             return _error(400, "INVALID FORMAT", detail, "departureDate")
-        response = _error(status, "SCRIPTED ERROR")
+        title, detail = DOCUMENTED_ERRORS.get(status, ("SCRIPTED ERROR", ""))
+        response = _error(status, title, detail)
         response.headers.update(headers)
         return response
 

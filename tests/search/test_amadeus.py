@@ -11,8 +11,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from parley.search.v1 import search_pb2
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, Unavailable
 from services.common.redis_client import make_redis
+from services.search.breaker import State
 from services.search.cache import ResultCache
 from services.search.engine import SearchEngine
 from services.search.places import Places
@@ -197,10 +198,38 @@ async def test_400_is_invalid_argument_naming_our_field(
     assert amadeus.calls[OFFERS] == 1  # not retried
 
 
-async def test_404_is_not_found(provider: AmadeusProvider, amadeus: FakeAmadeus) -> None:
+async def test_a_404_is_a_provider_failure(provider: AmadeusProvider, amadeus: FakeAmadeus) -> None:
     amadeus.script(OFFERS, 404)
-    with pytest.raises(NotFound):
+    with pytest.raises(ProviderUnavailable):
         await provider.search(query(), soon())
+    assert amadeus.calls[OFFERS] == 1  # not retried: the URL will not come into being
+
+
+async def test_a_404_opens_the_breaker_and_serves_stale_copies(
+    amadeus: FakeAmadeus, places: Places, valkey: Valkey
+) -> None:
+    """Amadeus answers 404 for "an endpoint or URL that does not exist" (its common errors guide):
+    a wrong AMADEUS_BASE_URL or proxy route, never a query. (Was a bug: it was NOT_FOUND, the
+    caller's fault: no stale copy was served, the breaker never opened and the provider calls
+    were counted "rejected", so ParleyCircuitOpen stayed silent while every search failed.)"""
+    adapter = AmadeusProvider(settings(amadeus), places)
+    client = make_redis(valkey.url)
+    config = SearchSettings(redis_url=valkey.url, search_breaker_failure_threshold=2)
+    # A TTL of 0: every search asks the provider, and the last answer is a stale copy.
+    engine = SearchEngine(places, adapter, ResultCache(client, 0, 86400, 5), config, None)
+    day = dt.date.today() + dt.timedelta(days=50)
+    try:
+        assert (await engine.search(query(departure=day), soon())).offers
+        amadeus.script(OFFERS, 404, 404)
+        stale = await engine.search(query(departure=day), soon())
+        assert stale.stale and stale.offers
+        assert engine.breaker.failure_count == 1
+        with pytest.raises(Unavailable):  # nothing cached for this one
+            await engine.search(query(departure=day, max_results=3), soon())
+        assert engine.breaker.state is State.OPEN
+    finally:
+        await adapter.aclose()
+        await client.aclose()
 
 
 async def test_wrong_credentials_fail_without_leaking_the_secret(

@@ -5,8 +5,9 @@ Self-Service tier that closed in July 2026).
   refreshed a minute before it expires; a 401 refreshes it once and retries.
 - 429 and 5xx (and transport errors) are retried with exponential backoff and jitter (tenacity),
   honouring ``Retry-After``, and only while the call's deadline leaves room.
-- 400 → INVALID_ARGUMENT naming our field, 404 → NOT_FOUND; anything else that remains is a
-  provider failure (counts toward the ``amadeus_api`` breaker, lets stale results be served).
+- 400 → INVALID_ARGUMENT naming our field; anything else that remains is a provider failure
+  (counts toward the ``amadeus_api`` breaker, lets stale results be served): a 404 included,
+  which Amadeus answers only for an endpoint or URL that does not exist, never for a query.
 - The client secret is a ``SecretStr``: never logged, never in an error.
 """
 
@@ -32,7 +33,7 @@ from tenacity import (
 )
 
 from parley.search.v1 import search_pb2
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument
 from services.common.redact import scrub
 from services.search.places import Places, zone
 from services.search.providers.base import (
@@ -255,9 +256,9 @@ class AmadeusProvider(Provider):
             detail = str(problem.get("detail") or problem.get("title") or "rejected by provider")
             # Passed on to the caller (the bot quotes it to the user): never the token it may quote.
             raise InvalidArgument(field, scrub(detail, token)[:200])
-        if status == 404:
-            raise NotFound("the provider has no such resource")
-        # 401 after a refresh, 403 and anything else: the provider will not serve us.
+        # 401 after a refresh, 403, and 404 (Amadeus's "endpoint or URL does not exist": a wrong
+        # AMADEUS_BASE_URL or route, never the query) and anything else: the provider will not
+        # serve us, which is not the caller's fault.
         raise ProviderUnavailable(f"{path} answered {status}")
 
     # -- flight offers -----------------------------------------------------------------------
