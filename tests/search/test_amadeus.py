@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator
+from email.utils import format_datetime
 
 import pytest
 from structlog.testing import capture_logs
@@ -162,6 +163,19 @@ async def test_retry_after_is_honoured(provider: AmadeusProvider, amadeus: FakeA
     start = time.monotonic()
     assert await provider.search(query(), soon())
     assert time.monotonic() - start >= 0.3
+
+
+async def test_retry_after_as_a_date_is_honoured(
+    provider: AmadeusProvider, amadeus: FakeAmadeus
+) -> None:
+    """Retry-After may be an HTTP date (RFC 9110): one a minute away is past the call's deadline,
+    so the call gives up at once instead of asking again. (Was a bug: only a number of seconds
+    was read; a date was ignored and the request sent again after the first backoff.)"""
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)
+    amadeus.script(OFFERS, (429, {"Retry-After": format_datetime(later, usegmt=True)}))
+    with pytest.raises(ProviderUnavailable):
+        await provider.search(query(), soon())
+    assert amadeus.calls[OFFERS] == 1
 
 
 async def test_persistent_5xx_is_a_provider_failure_after_the_attempts(

@@ -17,6 +17,7 @@ import asyncio
 import datetime as dt
 import re
 import time
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -101,11 +102,21 @@ def parse_duration(text: str) -> duration_pb2.Duration:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
+    """The seconds ``Retry-After`` asks for: a number of seconds or an HTTP date (RFC 9110)."""
     value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
+    if value is None:
         return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC without a stated offset
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
 class AmadeusProvider(Provider):
