@@ -258,9 +258,10 @@ class FakeAmadeus:
                 q["destinationLocationCode"],
                 q["departureDate"],
             )
+            # Not cheapest first: the contract promises no order.
             data = [
-                offer("1", origin, destination, date, "512.30"),
-                offer("2", origin, destination, date, "640.05", ("AA", "6143")),  # codeshare
+                offer("1", origin, destination, date, "640.05", ("AA", "6143")),  # codeshare
+                offer("2", origin, destination, date, "512.30"),
             ]
             data = data[: int(q.get("max", 250))]
             return JSONResponse({"meta": {"count": len(data)}, "data": data})

@@ -17,6 +17,7 @@ import asyncio
 import datetime as dt
 import re
 import time
+from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -293,6 +294,9 @@ class AmadeusProvider(Provider):
             offers = [self._offer(item) for item in body.get("data", [])]
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ProviderUnavailable(f"unexpected flight-offers response: {error!r}") from None
+        # Cheapest first, as the answer promises: the contract promises no order. Stable, so
+        # offers of one price keep the provider's order.
+        offers.sort(key=_amount)
         return offers[: query.max_results]
 
     def _local(self, at: str, airport: str) -> str:
@@ -377,6 +381,14 @@ class AmadeusProvider(Provider):
                 )
             )
         return places[:limit]
+
+
+def _amount(offer: search_pb2.FlightOffer) -> Decimal:
+    try:
+        value = Decimal(offer.total_price.amount)
+    except InvalidOperation:
+        return Decimal("Infinity")
+    return value if value.is_finite() else Decimal("Infinity")
 
 
 def _first_error(response: httpx.Response) -> dict[str, Any]:
