@@ -305,6 +305,30 @@ def test_a_bad_provider_setting_stops_start_up_with_a_message() -> None:
     assert "SEARCH_PROVIDER=nope" in result.stderr
 
 
+@pytest.mark.parametrize("base_url", ["api.amadeus.com", "https://", "ftp://api.amadeus.com"])
+def test_an_amadeus_base_url_that_is_no_http_url_stops_start_up(base_url: str) -> None:
+    """(Was a bug: the service started and reported SERVING, and every search failed with
+    "UnsupportedProtocol", retried as an outage until the breaker opened.)"""
+    result = subprocess.run(
+        [sys.executable, "-m", "services.search.server"],
+        cwd=ROOT,
+        env={
+            "SEARCH_PROVIDER": "amadeus",
+            "AMADEUS_CLIENT_ID": CLIENT_ID,
+            "AMADEUS_CLIENT_SECRET": CLIENT_SECRET,
+            "AMADEUS_BASE_URL": base_url,
+            "SEARCH_PORT": "0",
+            "SEARCH_METRICS_PORT": "0",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "AMADEUS_BASE_URL: " in result.stderr and "https://api.amadeus.com" in result.stderr
+    assert CLIENT_SECRET not in result.stderr + result.stdout
+
+
 async def test_no_answer_lists_a_flight_that_has_already_left(
     stub: search_pb2_grpc.SearchServiceStub, valkey: Valkey, places: Places
 ) -> None:

@@ -20,11 +20,12 @@ import time
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import structlog
 from google.protobuf import duration_pb2
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from tenacity import (
     AsyncRetrying,
@@ -37,6 +38,7 @@ from tenacity import (
 from parley.search.v1 import search_pb2
 from services.common.errors import InvalidArgument
 from services.common.redact import scrub
+from services.common.settings import load_settings
 from services.search.places import Places, zone
 from services.search.providers.base import (
     Provider,
@@ -84,6 +86,16 @@ class AmadeusSettings(BaseSettings):
     amadeus_max_attempts: int = Field(default=4, ge=1, le=10)
     # First backoff in seconds (doubles per attempt, with jitter, capped at 2 s).
     amadeus_backoff_seconds: float = Field(default=0.2, gt=0, le=10)
+
+    @field_validator("amadeus_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        # Checked at start-up: "api.amadeus.com" (the `host` of Amadeus's API specifications)
+        # would start a service whose every search fails, each retried as an outage.
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL, e.g. https://api.amadeus.com")
+        return value.strip()
 
 
 class _Retryable(Exception):
@@ -401,7 +413,8 @@ def _first_error(response: httpx.Response) -> dict[str, Any]:
 
 
 def _create(settings: SearchSettings, places: Places) -> Provider | None:
-    amadeus = AmadeusSettings()
+    # A bad AMADEUS_* value stops start-up with one line naming it, never its value.
+    amadeus = load_settings(AmadeusSettings)
     if not (amadeus.amadeus_client_id and amadeus.amadeus_client_secret):
         return None
     return AmadeusProvider(amadeus, places)
