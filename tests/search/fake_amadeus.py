@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
+import time
 from collections import defaultdict, deque
 from typing import Any
 from urllib.parse import parse_qs
@@ -139,7 +140,7 @@ class FakeAmadeus:
     def __init__(self, token_ttl: int = 1799) -> None:
         self.port = free_port()
         self.token_ttl = token_ttl
-        self.tokens: set[str] = set()
+        self.tokens: dict[str, float] = {}  # token → when it expires (monotonic)
         self.calls: defaultdict[str, int] = defaultdict(int)
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.scripts: defaultdict[str, deque[int | tuple[int, dict[str, str]]]] = defaultdict(deque)
@@ -201,7 +202,9 @@ class FakeAmadeus:
 
     def _authorized(self, request: Request) -> bool:
         header = request.headers.get("authorization", "")
-        return header.startswith("Bearer ") and header[7:] in self.tokens
+        # Refused once expired, as the contract's 401 "Access token expired" says.
+        expires = self.tokens.get(header[7:]) if header.startswith("Bearer ") else None
+        return expires is not None and time.monotonic() < expires
 
     def _build(self) -> FastAPI:
         app = FastAPI()
@@ -223,7 +226,7 @@ class FakeAmadeus:
                     status_code=401,
                 )
             value = secrets.token_urlsafe(16)
-            self.tokens.add(value)
+            self.tokens[value] = time.monotonic() + self.token_ttl
             return JSONResponse(
                 {
                     "type": "amadeusOAuth2Token",

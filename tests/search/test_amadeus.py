@@ -128,6 +128,25 @@ async def test_the_token_is_refreshed_before_it_expires(
         await adapter.aclose()
 
 
+async def test_a_failed_early_refresh_keeps_the_token_until_it_expires(
+    amadeus: FakeAmadeus, places: Places
+) -> None:
+    """The token is refreshed a minute early so that an expired one is never sent; when that
+    refresh fails, the current token still works and is used. (Was a bug: the early refresh was
+    required, so a token endpoint failing in the token's last minute failed every search then,
+    retried as an outage and counted toward the breaker, while the token still worked.)"""
+    amadeus.token_ttl = 45  # inside the refresh margin: the next search refreshes it early
+    adapter = AmadeusProvider(settings(amadeus), places)
+    try:
+        await adapter.search(query(), soon())
+        amadeus.script(TOKEN, *([503] * 10))
+        assert await adapter.search(query(), soon())
+        assert amadeus.calls[TOKEN] == 2 and amadeus.calls[OFFERS] == 2
+    finally:
+        amadeus.token_ttl = 1799
+        await adapter.aclose()
+
+
 async def test_a_401_refreshes_the_token_once(
     provider: AmadeusProvider, amadeus: FakeAmadeus
 ) -> None:

@@ -2,7 +2,8 @@
 Self-Service tier that closed in July 2026).
 
 - OAuth2 client credentials (``POST /v1/security/oauth2/token``); the token is cached and
-  refreshed a minute before it expires; a 401 refreshes it once and retries.
+  refreshed a minute before it expires (kept until it expires if that fails); a 401 refreshes
+  it once and retries.
 - 429 and 5xx (and transport errors) are retried with exponential backoff and jitter (tenacity),
   honouring ``Retry-After``, and only while the call's deadline leaves room.
 - 400 → INVALID_ARGUMENT naming our field; anything else that remains is a provider failure
@@ -171,41 +172,56 @@ class AmadeusProvider(Provider):
         whenever their 401s come back: hence the refused token, not "refresh now"."""
         async with self._token_lock:
             # Another caller may have refreshed while we waited for the lock.
-            fresh = time.monotonic() < self._token_expires - REFRESH_MARGIN_SECONDS
-            if self._token and fresh and self._token != refused:
-                return self._token
-            self.token_requests += 1
+            now = time.monotonic()
+            valid = self._token if self._token != refused and now < self._token_expires else None
+            if valid and now < self._token_expires - REFRESH_MARGIN_SECONDS:
+                return valid
             try:
-                response = await self._http.post(
-                    TOKEN_PATH,
-                    data={
-                        "grant_type": "client_credentials",
-                        "client_id": self._client_id,
-                        "client_secret": self._secret.get_secret_value(),
-                    },
-                    timeout=self._timeout(deadline),
+                return await self._new_token(deadline)
+            except (_Retryable, ProviderUnavailable) as error:
+                if valid is None:
+                    raise
+                # Refreshed early so as never to send an expired token, not because this one
+                # stopped working: a token endpoint failing in its last minute fails no search.
+                log.warning(
+                    "amadeus token refresh failed; the current one is still valid",
+                    reason=str(error),
                 )
-            except httpx.HTTPError as error:
-                raise _Retryable(f"token request failed: {type(error).__name__}") from None
-            if response.status_code == 429 or response.status_code >= 500:
-                raise _Retryable(
-                    f"token endpoint answered {response.status_code}", _retry_after(response)
-                )
-            if response.status_code != 200:
-                # Wrong credentials are our configuration's fault, not the caller's.
-                raise ProviderUnavailable(
-                    f"Amadeus refused the client credentials ({response.status_code})"
-                )
-            try:
-                body = response.json()
-                token = str(body["access_token"])
-                expires_in = float(body.get("expires_in", 1799))
-            except (ValueError, KeyError, TypeError):
-                raise ProviderUnavailable("Amadeus token response was malformed") from None
-            self._token = token
-            self._token_expires = time.monotonic() + expires_in
-            log.info("amadeus token refreshed", expires_in=expires_in)
-            return token
+                return valid
+
+    async def _new_token(self, deadline: float) -> str:
+        self.token_requests += 1
+        try:
+            response = await self._http.post(
+                TOKEN_PATH,
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": self._client_id,
+                    "client_secret": self._secret.get_secret_value(),
+                },
+                timeout=self._timeout(deadline),
+            )
+        except httpx.HTTPError as error:
+            raise _Retryable(f"token request failed: {type(error).__name__}") from None
+        if response.status_code == 429 or response.status_code >= 500:
+            raise _Retryable(
+                f"token endpoint answered {response.status_code}", _retry_after(response)
+            )
+        if response.status_code != 200:
+            # Wrong credentials are our configuration's fault, not the caller's.
+            raise ProviderUnavailable(
+                f"Amadeus refused the client credentials ({response.status_code})"
+            )
+        try:
+            body = response.json()
+            token = str(body["access_token"])
+            expires_in = float(body.get("expires_in", 1799))
+        except (ValueError, KeyError, TypeError):
+            raise ProviderUnavailable("Amadeus token response was malformed") from None
+        self._token = token
+        self._token_expires = time.monotonic() + expires_in
+        log.info("amadeus token refreshed", expires_in=expires_in)
+        return token
 
     @staticmethod
     def _timeout(deadline: float) -> float:
