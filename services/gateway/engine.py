@@ -52,6 +52,16 @@ class InboundMessage:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
+def is_notice(message: InboundMessage) -> bool:
+    """A reaction (a 👍 on a reply, or its removal) or Meta's ``system`` notice (the user changed
+    number): nothing the user asked. The conversation engine answers neither, and the worker shows
+    no typing indicator for them: Meta dismisses it only at a reply or after 25 s, and asks to
+    show it only when a reply will come."""
+    return message.type == "reaction" or (
+        message.type == "unknown" and message.payload.get("raw_type") == "system"
+    )
+
+
 @dataclass(frozen=True)
 class Button:
     id: str  # returned as InboundMessage.payload["reply_id"] when tapped (at most 256 chars)

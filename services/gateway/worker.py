@@ -62,6 +62,7 @@ from services.gateway.engine import (
     SearchPort,
     Turn,
     TurnResult,
+    is_notice,
 )
 from services.gateway.queue import WORKERS, Entry, Queue, sent_log_key
 from services.gateway.ratelimit import RateLimits
@@ -235,12 +236,19 @@ class Processor:
                     await self._send(sender, target, part)
             return "rate_limited"
 
-        read_receipt = asyncio.create_task(self._mark_read(sender, target, message))
+        # A notice (a reaction, Meta's system message) gets no answer: a typing indicator would
+        # show "typing…" for 25 s and then nothing, so neither it nor the read receipt it rides on.
+        read_receipt = (
+            None
+            if is_notice(message)
+            else asyncio.create_task(self._mark_read(sender, target, message))
+        )
         try:
             return await self._converse(entry, business, target, sender, attempt)
         finally:
-            with contextlib.suppress(Exception):
-                await read_receipt
+            if read_receipt is not None:
+                with contextlib.suppress(Exception):
+                    await read_receipt
 
     async def _converse(
         self,

@@ -83,6 +83,46 @@ def test_signed_cloud_api_webhook_is_answered_at_the_graph_api(
         redis_client.close()
 
 
+def test_a_reaction_or_a_system_notice_gets_no_typing_indicator(
+    gateway: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """Meta dismisses a typing indicator only at a reply or after 25 s, and asks to show it only
+    when a reply will come; the conversation engine answers neither a reaction (nor its removal,
+    an empty emoji) nor Meta's system notice. (Was a bug: every message was marked read with the
+    typing indicator, so a 👍 on a reply had the user watch "typing…" for 25 s, then nothing.)"""
+    business = gateway.business
+    assert business is not None
+    wa_id = new_wa_id()
+    payload = cloud_payload(business.phone_number_id, wa_id, "after the notices")
+    value = payload["entry"][0]["changes"][0]["value"]
+    text = value["messages"][0]
+    notices = [
+        {**text, "id": meta_wamid(wa_id), "type": "reaction", "reaction": reaction}
+        for reaction in (
+            {"message_id": meta_wamid(wa_id), "emoji": "\N{THUMBS UP SIGN}"},
+            {"message_id": meta_wamid(wa_id), "emoji": ""},  # the reaction removed
+        )
+    ]
+    notices.append(
+        {
+            **text,
+            "id": meta_wamid(wa_id),
+            "type": "system",
+            "system": {"body": "changed", "wa_id": new_wa_id(), "type": "user_changed_number"},
+        }
+    )
+    for notice in notices:
+        del notice["text"]
+    value["messages"] = [*notices, text]
+    with gateway.http as client:
+        assert post_cloud(client, payload).json()["queued"] == 4
+    # One user's messages are handled in order: the text's reply comes after the notices.
+    assert wait_for(lambda: "echo: after the notices #4" in fake_clouds.texts(wa_id), 20)
+    [receipt] = fake_clouds.read_receipts(text["id"])
+    assert receipt.body["typing_indicator"] == {"type": "text"}
+    assert [fake_clouds.read_receipts(notice["id"]) for notice in notices] == [[], [], []]
+
+
 def test_a_webhook_as_large_as_meta_sends_is_accepted(
     gateway: Gateway, fake_clouds: FakeClouds
 ) -> None:

@@ -56,7 +56,7 @@ from services.gateway.bot.places import (
 from services.gateway.bot.recent_searches import RecentSearches
 from services.gateway.bot.settings import BotSettings
 from services.gateway.bot.switches import Switch
-from services.gateway.engine import ListRow, Reply, SearchPort, Turn, TurnResult
+from services.gateway.engine import ListRow, Reply, SearchPort, Turn, TurnResult, is_notice
 
 log = structlog.get_logger()
 
@@ -349,10 +349,8 @@ class BotEngine:
         message, t = ctx.turn.message, ctx.texts
         if message.type == "location":
             return await self._location(ctx, d)
-        if message.type == "reaction":
-            return []  # a 👍 on a reply needs no answer
-        if message.type == "unknown" and message.payload.get("raw_type") == "system":
-            return []  # Meta's notice that the user changed number: nothing the user wrote
+        if is_notice(message):
+            return []  # a 👍 on a reply, Meta's notice that the user changed number: no answer
         if message.type == "unknown" and message.payload.get("raw_type") == "request_welcome":
             return self._greet(ctx, d)  # the user opened the chat for the first time
         if message.type in ("interactive", "button"):
