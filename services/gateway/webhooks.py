@@ -240,10 +240,12 @@ def build_router(runtime: Runtime) -> APIRouter:
             if duplicates
             else "status"
             if parsed.statuses
+            else "group_message"
+            if parsed.group_messages
             else "unusable"
         )
         metrics.child(metrics.WEBHOOKS, "cloud_api", outcome).inc()
-        if parsed.messages or parsed.unusable:
+        if parsed.messages or parsed.unusable or parsed.group_messages:
             log.info(
                 "webhook accepted",
                 request_id=rid,
@@ -252,6 +254,7 @@ def build_router(runtime: Runtime) -> APIRouter:
                 duplicates=duplicates,
                 unusable=len(parsed.unusable),
                 statuses=len(parsed.statuses),
+                group_messages=parsed.group_messages,
             )
         return Response(
             orjson.dumps({"queued": queued, "duplicates": duplicates, "request_id": rid}),

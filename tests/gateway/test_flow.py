@@ -22,7 +22,9 @@ from tests.support.stack import (
     VERIFY_TOKEN,
     Gateway,
     cloud_payload,
+    dead_letters,
     meta_wamid,
+    metric,
     new_wa_id,
     post_cloud,
     queue_lengths,
@@ -153,6 +155,40 @@ def test_a_webhook_as_large_as_meta_sends_is_accepted(
     assert response.status_code == 200, response.text
     assert response.json()["queued"] == 1
     assert wait_for(lambda: fake_clouds.texts(wa_id) == ["echo: in a big batch #1"], 20)
+
+
+def test_a_message_in_a_group_is_not_answered_in_the_users_own_chat(
+    gateway: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """A message written in a WhatsApp group the business's number is in (Groups API) comes in
+    the `messages` field like any other, with a `group_id`, `from` being the participant. The bot
+    answers one-to-one chats: such a message is counted and logged, never queued. (Was a bug: it
+    was taken for the participant's own chat with the bot, so whatever they said to the group
+    was answered in their private chat, and changed their conversation with the bot.)"""
+    business = gateway.business
+    assert business is not None
+    wa_id = new_wa_id()
+    group_id = f"Y2FwaV9ncm91cDox{secrets.token_hex(8)}"
+    payload = cloud_payload(business.phone_number_id, wa_id, "just me")
+    value = payload["entry"][0]["changes"][0]["value"]
+    own = value["messages"][0]
+    in_group = {**own, "id": meta_wamid(wa_id), "group_id": group_id, "text": {"body": "hi all"}}
+    value["messages"] = [in_group, own]
+    only_group = cloud_payload(business.phone_number_id, wa_id, "hi again", group_id=group_id)
+    before = metric(gateway, 'gateway_webhooks_total{channel="cloud_api",outcome="group_message"}')
+    with gateway.http as client:
+        assert post_cloud(client, payload).json()["queued"] == 1
+        answer = post_cloud(client, only_group)
+    assert answer.status_code == 200 and answer.json()["queued"] == 0
+    # The user's own message is the first turn of their conversation with the bot.
+    assert wait_for(lambda: fake_clouds.texts(wa_id) == ["echo: just me #1"], 20)
+    assert fake_clouds.read_receipts(in_group["id"]) == []
+    after = metric(gateway, 'gateway_webhooks_total{channel="cloud_api",outcome="group_message"}')
+    assert after == before + 1
+    rid = answer.json()["request_id"]
+    lines = gateway.processes[0].log_events("webhook accepted")
+    assert [line["group_messages"] for line in lines if line["request_id"] == rid] == [1]
+    assert not [d for d in dead_letters(gateway) if group_id in str(d)]
 
 
 def test_a_user_known_only_by_a_business_scoped_id_is_answered_at_recipient(

@@ -1,7 +1,8 @@
 """WhatsApp Cloud API webhooks: the X-Hub-Signature-256 check and the JSON payload.
 
 Every entry, every change and every message is handled, not only the first. Statuses (sent,
-delivered, read, failed) come back separately: they are metrics and log lines, not messages.
+delivered, read, failed) come back separately: they are metrics and log lines, not messages; so
+are messages written in a group (they carry a ``group_id``), which the bot does not answer.
 Anything signed and well-formed that we cannot use is returned as an ``Unusable`` item, which the
 webhook handler dead-letters while still answering 200 so Meta stops retrying.
 """
@@ -50,6 +51,7 @@ class Parsed:
     messages: list[InboundMessage] = field(default_factory=list)
     statuses: list[Status] = field(default_factory=list)
     unusable: list[Unusable] = field(default_factory=list)
+    group_messages: int = 0  # written in a group: counted, never answered (see _parse_change)
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -154,6 +156,11 @@ def _parse_change(change: Any, parsed: Parsed) -> None:
     if raw_messages is None and raw_statuses is None:
         parsed.unusable.append(Unusable("change with neither messages nor statuses", change))
     for raw in _list(raw_messages):
+        if isinstance(raw, dict) and raw.get("group_id"):
+            # Written in a group the number is in (Groups API; `from` is the participant): the
+            # bot answers one-to-one chats, and its reply would go to the participant's own chat.
+            parsed.group_messages += 1
+            continue
         try:
             parsed.messages.append(_message(raw, phone_number_id, contacts))
         except (KeyError, TypeError, ValueError) as error:
