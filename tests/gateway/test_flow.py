@@ -504,6 +504,37 @@ def test_signed_but_unusable_payload_is_200_and_dead_lettered(gateway: Gateway) 
     assert all(d["reason"] == "unusable_payload" for d in dead if marker in (d["raw"] or ""))
 
 
+def test_an_errors_webhook_is_dead_lettered_with_what_meta_reported(gateway: Gateway) -> None:
+    """Meta's documented errors webhook (the `messages` field, `value.errors`: a system-, app-
+    or account-level problem kept a request from being processed) is recorded with its codes.
+    (Was a gap: its dead letter said "change with neither messages nor statuses", as if the
+    payload were malformed, and what Meta reported was only in the raw record.)"""
+    business = gateway.business
+    assert business is not None
+    payload = cloud_api.notification(business.phone_number_id, [], [])
+    value = payload["entry"][0]["changes"][0]["value"]
+    del value["messages"], value["contacts"]
+    value["errors"] = [
+        {
+            "code": 130429,
+            "title": "Rate limit hit",
+            "message": "(#130429) Rate limit hit",
+            "error_data": {"details": "Cloud API message throughput has been reached."},
+            "href": "/docs/whatsapp/cloud-api/support/error-codes/",
+        }
+    ]
+    with gateway.http as client:
+        response = post_cloud(client, payload)
+    assert response.status_code == 200
+    rid = response.json()["request_id"]
+    [record] = [d for d in dead_letters(gateway) if d["request_id"] == rid]
+    assert record["reason"] == "unusable_payload"
+    assert record["error"] == (
+        "Meta reported errors: 130429 Rate limit hit (Cloud API message throughput has been "
+        "reached.)"
+    )
+
+
 def test_unknown_business_is_dead_lettered_without_reply(
     gateway: Gateway, fake_clouds: FakeClouds
 ) -> None:

@@ -153,7 +153,12 @@ def _parse_change(change: Any, parsed: Parsed) -> None:
     }
     raw_messages = value.get("messages")
     raw_statuses = value.get("statuses")
-    if raw_messages is None and raw_statuses is None:
+    errors = [e for e in _list(value.get("errors")) if isinstance(e, dict)]
+    if errors:
+        # Meta's errors webhook: a system-, app- or account-level problem kept a request from
+        # being processed. Nothing to answer; recorded with what Meta said, for the operator.
+        parsed.unusable.append(Unusable(f"Meta reported errors: {_describe(errors)}", change))
+    elif raw_messages is None and raw_statuses is None:
         parsed.unusable.append(Unusable("change with neither messages nor statuses", change))
     for raw in _list(raw_messages):
         if isinstance(raw, dict) and raw.get("group_id"):
@@ -261,6 +266,17 @@ def _status(raw: Any, phone_number_id: str) -> Status:
         phone_number_id=phone_number_id,
         error_codes=codes,
     )
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    """``130429 Rate limit hit (Cloud API message throughput has been reached.)``, one per error."""
+    described = []
+    for error in errors:
+        data = error.get("error_data")
+        details = _text(data.get("details")) if isinstance(data, dict) else ""
+        text = f"{_text(error.get('code'))} {_text(error.get('title'))}".strip()
+        described.append(f"{text} ({details})" if details else text)
+    return "; ".join(described)[:500]
 
 
 def coordinate(value: Any, limit: float) -> float:
