@@ -242,34 +242,34 @@ class Queue:
     ) -> list[str | None]:
         """Write each message unless its provider id was seen; the entry id, or None (dupe)."""
         if len(messages) == 1:  # the usual case: no task per message
-            message = messages[0]
-            partition = self.partition(message)
-            result = await self.pipeline.script(
-                self._enqueue,
-                [
-                    dedupe_key(partition, message.channel, message.provider_message_id),
-                    stream_key(partition),
-                    legacy_dedupe_key(partition, message.channel, message.provider_message_id),
-                ],
-                [self.dedupe_ttl, encode_message(message), request_id, repr(received)],
-            )
-            return [_s(result) if result else None]
-        results = await asyncio.gather(
-            *(
-                self.pipeline.script(
-                    self._enqueue,
-                    [
-                        dedupe_key(p, m.channel, m.provider_message_id),
-                        stream_key(p),
-                        legacy_dedupe_key(p, m.channel, m.provider_message_id),
-                    ],
-                    [self.dedupe_ttl, encode_message(m), request_id, repr(received)],
-                )
-                for m in messages
-                for p in (self.partition(m),)
-            )
+            return [await self._write(messages[0], request_id, received)]
+        # One partition's messages one after the other, in the webhook's order (one user's are
+        # in one partition): written at once, on Redis Cluster each goes through a connection of
+        # its own and they reach the stream in any order. Partitions still go in parallel.
+        by_partition: dict[int, list[int]] = {}
+        for index, message in enumerate(messages):
+            by_partition.setdefault(self.partition(message), []).append(index)
+        results: list[str | None] = [None] * len(messages)
+
+        async def write(indexes: list[int]) -> None:
+            for index in indexes:
+                results[index] = await self._write(messages[index], request_id, received)
+
+        await asyncio.gather(*(write(indexes) for indexes in by_partition.values()))
+        return results
+
+    async def _write(self, message: InboundMessage, request_id: str, received: float) -> str | None:
+        partition = self.partition(message)
+        result = await self.pipeline.script(
+            self._enqueue,
+            [
+                dedupe_key(partition, message.channel, message.provider_message_id),
+                stream_key(partition),
+                legacy_dedupe_key(partition, message.channel, message.provider_message_id),
+            ],
+            [self.dedupe_ttl, encode_message(message), request_id, repr(received)],
         )
-        return [_s(r) if r else None for r in results]
+        return _s(result) if result else None
 
     def partition(self, message: InboundMessage) -> int:
         return partition_of(message.channel_identity, message.user_id, self.partitions)

@@ -103,6 +103,30 @@ def cluster_gateway(
         cluster.stop()
 
 
+def test_cluster_keeps_the_order_of_one_users_messages_in_one_webhook(
+    cluster_gateway: Gateway,
+) -> None:
+    """Meta batches: one webhook may carry several messages of one user, which must be handled
+    in the order they came. (Was a bug on Cluster only: they were written to their stream all at
+    once, each through redis-py's cluster client on a connection of its own, so they reached
+    Redis, and were answered, in any order; a fresh gateway's first such webhook nearly always.)
+    """
+    business = create_business(cluster_gateway)
+    users = [new_wa_id() for _ in range(3)]
+    with cluster_gateway.http as client:
+        for wa_id in users:
+            payload = cloud_payload(business.phone_number_id, wa_id, "m0")
+            value = payload["entry"][0]["changes"][0]["value"]
+            first = value["messages"][0]
+            value["messages"] = [
+                {**first, "id": f"{first['id']}.{n}", "text": {"body": f"m{n}"}} for n in range(12)
+            ]
+            assert post_cloud(client, payload).json()["queued"] == 12
+    for wa_id in users:
+        assert wait_for(lambda w=wa_id: len(outbox_texts(cluster_gateway, w)) == 12, 30), wa_id
+        assert outbox_texts(cluster_gateway, wa_id) == [f"echo: m{n} #{n + 1}" for n in range(12)]
+
+
 def test_cluster_webhooks_are_answered_in_the_outbox_once(cluster_gateway: Gateway) -> None:
     """Users spread over partitions in every node's slots; each gets one reply, a redelivery
     none. The outbox wrote its stream and its per-user index in one MULTI, which Cluster
