@@ -95,6 +95,36 @@ async def test_corrections_change_one_thing_and_search_again(engine: BotEngine) 
     assert "back " + short(coming(4) + timedelta(days=2)) in reply and offers_in(reply)
 
 
+async def test_the_words_around_a_correction_do_not_replace_a_place(engine: BotEngine) -> None:
+    """(Was a bug: what was left of a correction once its date was read was taken for the new
+    destination: *wait, saturday* searched New York → Waitangi, *change the date to Sunday*
+    New York → Odate, and *oh wait, the 14th* answered *I couldn't find an airport for “Oh
+    Wait”*; *move it* alone was offered a list of airports.)"""
+    chat = Chat(engine)
+    await chat.say("NYC to London next Friday")
+    for correction, day in (
+        ("wait, saturday", coming(5)),
+        ("change the date to Sunday", coming(6)),
+    ):
+        reply = await chat.say(correction)
+        assert "New York (NYC) → London (LON)" in reply and short(day) in reply, reply
+        assert offers_in(reply) and "ask" not in chat.state
+    reply = await chat.say("oh wait, make it 2 adults")
+    assert "New York (NYC) → London (LON)" in reply and "2 adults" in reply, reply
+    for word in ("move it", "wrong one"):
+        trip = chat.state["trip"]
+        assert "didn't get that" in await chat.say(word)
+        assert chat.state["trip"] == trip and "ask" not in chat.state
+    # Still a place when it clearly is one, in a correction or alone.
+    assert "New York (NYC) → Paris (PAR)" in await chat.say("what about Paris on Saturday?")
+    assert "New York (NYC) → Boston (BOS)" in await chat.say("Boston")
+    # Waiting for the date, the answer's other words do not change the route either.
+    chat = Chat(engine, user_id="15550000005")
+    await chat.say("NYC to London")
+    reply = await chat.say("wait, saturday")
+    assert "New York (NYC) → London (LON)" in reply and short(coming(5)) in reply, reply
+
+
 async def test_details_more_and_new(engine: BotEngine) -> None:
     chat = Chat(engine)
     await chat.say("2 tickets paris -> tokyo in 3 weeks back in 4 weeks business class")

@@ -575,10 +575,12 @@ class BotEngine:
                 unmarked.extend(await split_phrase(self._places, phrase))
             except grpc.aio.AioRpcError:
                 unmarked.append(phrase)
+        unasked: set[str] = set()  # slots given a phrase with no from/to that nobody asked for
         if len(unmarked) >= 2 and not assigned:
             # Two places side by side ("Madrid Londres", "jfk lax") are a route, in the order
             # written; only a place alone is taken for the destination first.
             assigned["origin"], assigned["destination"] = unmarked[0], unmarked[1]
+            unasked.update(("origin", "destination"))
             unmarked = unmarked[2:]
         for phrase in unmarked:
             if pending in ("origin", "destination") and pending not in assigned:
@@ -592,6 +594,14 @@ class BotEngine:
             else:
                 continue
             assigned[slot] = phrase
+            if slot != pending:
+                unasked.add(slot)
+        for slot in sorted(unasked):
+            # The words around a correction ("wait, saturday", "change the date to Sunday")
+            # would replace the trip's place with whatever they resemble (Waitangi at 83,
+            # Odate at 80): replacing one takes a clear place, else the phrase is no place.
+            if d.trip.get(slot) and not await self._is_clearly_a_place(assigned[slot]):
+                del assigned[slot]
         later = d.ask.get("then")
         if pending in assigned and isinstance(later, dict) and later.get("text"):
             # The other place of the message that asked ("San Jose to Rome"), kept for after
@@ -634,6 +644,8 @@ class BotEngine:
         only_unmarked = bool(found.places) and not (
             found.origin or found.destination or changes or pending in ("origin", "destination")
         )
+        if only_unmarked and not assigned and not (found.no_such_date or found.unreadable_date):
+            return self._not_understood(ctx, d)
         asked: list[Reply] = []
         for slot in ("origin", "destination"):
             wanted = assigned.get(slot)
@@ -699,6 +711,13 @@ class BotEngine:
             half and half[0].code == whole[0].code and half[0].score > whole[0].score
             for half in halves
         )
+
+    async def _is_clearly_a_place(self, phrase: str) -> bool:
+        try:
+            candidates = await self._places.resolve(phrase)
+        except grpc.aio.AioRpcError:
+            return True  # _resolve_into says the search service is unavailable
+        return bool(candidates) and candidates[0].score >= STRICT_SCORE
 
     def _no_such_date(self, ctx: Context, d: Dialogue, found: Extraction) -> list[Reply]:
         """ "29 Feb" in a year without one, "31 April": said so, and that date asked again (a
