@@ -403,6 +403,32 @@ async def test_the_answer_to_when_do_you_come_back_is_the_return(engine: BotEngi
     assert chat.state["trip"]["destination"]["code"] == "ROM"
 
 
+async def test_a_round_trip_without_a_return_asks_when_the_user_comes_back(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: *round trip* was read and dropped: *NYC to London next Friday round trip*
+    showed one-way fares, and *round trip* after results searched the same one-way trip
+    again.)"""
+    chat = Chat(engine)
+    reply = await chat.say("NYC to London next Friday round trip")
+    assert reply.endswith("When do you come back?") and not offers_in(reply), reply
+    assert "New York (NYC) → London (LON), " + short(coming(4)) in reply
+    assert chat.state["ask"] == {"slot": "return"}
+    assert await chat.say("ok") == "When do you come back?"
+    reply = await chat.say("Sunday")
+    back = coming(4) + timedelta(days=2)
+    assert f"{short(coming(4))}, back {short(back)}" in reply and offers_in(reply), reply
+    # After one-way results, as a correction; "one way" takes it back.
+    chat = Chat(engine, user_id="15550000006")
+    await chat.say("NYC to London next Friday")
+    assert (await chat.say("make it a round trip")).endswith("When do you come back?")
+    reply = await chat.say("one way")
+    assert offers_in(reply) and ", back" not in reply and "ask" not in chat.state
+    # A return given with it is searched at once.
+    reply = await chat.say("round trip, back Sunday")
+    assert f"{short(coming(4))}, back {short(back)}" in reply and offers_in(reply), reply
+
+
 async def test_dates_the_search_service_refuses_are_asked_again_not_quoted(
     engine: BotEngine,
 ) -> None:

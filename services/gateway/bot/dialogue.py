@@ -4,8 +4,9 @@ State (JSON, in the session service, so it survives restarts and moves between w
 
 - ``trip``: the slots: ``origin`` / ``destination`` (``{"code", "name", "city", "country",
   "kind"}``), ``depart`` / ``return`` (ISO dates), ``nights``, ``adults``, ``cabin``,
-  ``non_stop``; ``period`` (``{"kind", "month", "year", "week"}``) while the user has named
-  a stretch of days ("end of the month") and not yet the day.
+  ``non_stop``; ``round_trip`` once the user said so (the return is asked until given);
+  ``period`` (``{"kind", "month", "year", "week"}``) while the user has named a stretch of
+  days ("end of the month") and not yet the day.
 - ``ask``: what the last reply asked for: ``{"slot": "origin"|"destination"|"date"}``, with
   ``"choices"`` (places) when it asked the user to pick one.
 - ``results``: the last search's offers in compact form and how many were shown. The offers
@@ -249,6 +250,8 @@ def _valid_trip(trip: dict[str, Any]) -> dict[str, Any]:
         value = trip.get(key)
         if value is not None and not (isinstance(value, int | float) and 1 <= value <= 365):
             trip.pop(key)
+    if trip.get("round_trip") not in (None, True):
+        trip.pop("round_trip")
     return trip
 
 
@@ -436,6 +439,8 @@ class BotEngine:
         t = ctx.texts
         if d.ask.get("choices"):
             return t("choose_place", text=d.ask.get("text", ""))
+        if d.ask.get("slot") == "return" and d.trip.get("depart"):
+            return t("ask_return")
         missing = self._missing(d)
         if missing is not None and (d.trip or not ctx.smart):
             d.set("ask", {"slot": missing})
@@ -626,6 +631,8 @@ class BotEngine:
         if found.one_way:
             changes["return"] = None
             changes["nights"] = None
+        if found.one_way is not None:
+            changes["round_trip"] = None if found.one_way else True
         if found.adults:
             changes["adults"] = found.adults
         if found.cabin:
@@ -840,6 +847,13 @@ class BotEngine:
             d.set("ask", {"slot": "return"})
             start = max(ctx.today, date.fromisoformat(d.trip["depart"]))
             return [*before, Reply(_period_question(t, period, start))]
+        if d.trip.get("round_trip") and self._return_date(d) is None:
+            # "round trip" with no return: not a one-way search either (see _apply).
+            d.set("ask", {"slot": "return"})
+            question = t("ask_return")
+            if ctx.smart and not before:
+                question = t("have_so_far", summary=self._summary(ctx, d)) + "\n" + question
+            return [*before, Reply(question)]
         if d.ask:
             d.set("ask", {})
         return [*before, *await self._search_and_show(ctx, d)]
