@@ -704,6 +704,29 @@ async def test_a_date_just_passed_is_said_to_have_passed(engine: BotEngine) -> N
     assert chat.state["trip"]["depart"] == "2027-12-20"
 
 
+async def test_yesterday_and_last_friday_are_said_to_have_passed(engine: BotEngine) -> None:
+    """(Was a bug: *NYC to London last Friday* searched the coming Friday, the opposite of
+    what the user wrote, and *yesterday* inside a request was not read at all: *NYC to London
+    yesterday* was asked *When do you want to leave?* with no word on why.)"""
+    now = at(date(2026, 12, 29))  # a Tuesday
+    for text, day in (
+        ("yesterday", "Mon 28 Dec"),
+        ("the day before yesterday", "Sun 27 Dec"),
+        ("last Friday", "Fri 25 Dec"),
+        ("last tuesday", "Tue 22 Dec"),
+        ("ayer", "Mon 28 Dec"),
+        ("el viernes pasado", "Fri 25 Dec"),
+    ):
+        chat = Chat(engine, now=now, written=now)
+        reply = await chat.say(f"NYC to London {text}")
+        assert reply == f"{day} has already passed. When do you want to leave?", (text, reply)
+        assert chat.state["trip"]["destination"]["code"] == "LON"
+    # Not a day gone by: the last weekend of a month, and "pasado mañana".
+    chat = Chat(engine, now=now, written=now)
+    assert "Sat 30 Jan" in await chat.say("NYC to London the last weekend of January")
+    assert "Thu 31 Dec" in await chat.say("pasado mañana")
+
+
 async def test_a_return_written_before_the_departure_is_asked_about(engine: BotEngine) -> None:
     """'10 dec to 5 dec' kept the departure and dropped the return without a word (a one-way
     search), and so did 'friday to sunday' written on a Saturday."""

@@ -556,6 +556,28 @@ def _today(match: re.Match[str], ctx: DateContext) -> DateValue:
     return ctx.today
 
 
+# Days gone by, read so that they are said to have passed rather than taken for the coming
+# ones ("last Friday" is not next Friday) or left out of a request ("NYC to London yesterday").
+@_rule(r"\b(?:(?:the )?day before yesterday|anteayer|antes de ayer)\b")
+def _before_yesterday(match: re.Match[str], ctx: DateContext) -> DateValue:
+    return ctx.today - timedelta(days=2)
+
+
+@_rule(r"\b(?:yesterday|ayer)\b")
+def _yesterday(match: re.Match[str], ctx: DateContext) -> DateValue:
+    return ctx.today - timedelta(days=1)
+
+
+# "last Friday", "el viernes pasado": the latest one before today (not "last Friday of May").
+@_rule(
+    r"\b(?:(?:on )?last " + WEEKDAY + r"\b(?! (?:of|in)\b)|(?:el )?" + WEEKDAY + r" pasado\b"
+    r"(?! mañana))"
+)
+def _last_weekday(match: re.Match[str], ctx: DateContext) -> DateValue:
+    weekday = WEEKDAYS[match.group(1) or match.group(2)]
+    return ctx.today - timedelta(days=(ctx.today.weekday() - weekday - 1) % 7 + 1)
+
+
 # "the week after next": its Monday, as "next week" is next Monday.
 @_rule(r"\b(?:the )?week after next\b")
 def _week_after_next(match: re.Match[str], ctx: DateContext) -> DateValue:
