@@ -727,6 +727,27 @@ async def test_yesterday_and_last_friday_are_said_to_have_passed(engine: BotEngi
     assert "Thu 31 Dec" in await chat.say("pasado mañana")
 
 
+async def test_a_past_date_is_said_to_have_passed_before_the_trip_is_complete(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: a past date was checked only once the route was complete: *to London on 20
+    November* written on the 29th got *Got it: to London (LON), Fri 20 Nov. Where are you
+    flying from?*, and only the answer to that question was told the date had passed.)"""
+    now = at(date(2026, 11, 29))
+    chat = Chat(engine, now=now, written=now)
+    reply = await chat.say("to London on 2026-11-20")
+    assert reply == "Fri 20 Nov has already passed. When do you want to leave?", reply
+    assert chat.state["trip"]["destination"]["code"] == "LON"
+    assert not chat.state["trip"].get("depart") and chat.state["ask"] == {"slot": "date"}
+    reply = await chat.say("Friday")
+    assert reply == "Got it: to London (LON), Fri 4 Dec.\nWhere are you flying from?", reply
+    reply = await chat.say("NYC")
+    assert "New York (NYC) → London (LON)* · Fri 4 Dec" in reply and offers_in(reply)
+    # Too far ahead is said at once too.
+    chat = Chat(engine, now=now, written=now)
+    assert (await chat.say("to Rome on 2028-01-10")).startswith("I can only search up to a year")
+
+
 async def test_a_return_written_before_the_departure_is_asked_about(engine: BotEngine) -> None:
     """'10 dec to 5 dec' kept the departure and dropped the return without a word (a one-way
     search), and so did 'friday to sunday' written on a Saturday."""

@@ -827,6 +827,11 @@ class BotEngine:
         origin, destination = d.trip.get("origin") or {}, d.trip.get("destination") or {}
         if origin.get("code") and origin.get("code") == destination.get("code"):
             return [*before, self._same_place(ctx, d)]
+        # A departure that can't be searched is said at once, not after the route is complete
+        # (a "Got it: <a past day>" summary first would contradict it).
+        problem = self._check_departure(ctx, d) if d.trip.get("depart") else None
+        if problem:
+            return [*before, problem]
         missing = self._missing(d)
         if missing is not None:
             d.set("ask", {"slot": missing})
@@ -865,12 +870,19 @@ class BotEngine:
             ctx.texts("same_place", place=_place_label(ctx.texts, d.trip.get("origin") or {}))
         )
 
-    def _check_dates(self, ctx: Context, d: Dialogue) -> Reply | None:
+    def _check_departure(self, ctx: Context, d: Dialogue) -> Reply | None:
         depart = date.fromisoformat(d.trip["depart"])
         if depart < ctx.today:
             return self._ask_date_again(ctx, d, past=True)
         if depart > ctx.today + timedelta(days=MAX_DAYS_AHEAD):
             return self._ask_date_again(ctx, d, past=False)
+        return None
+
+    def _check_dates(self, ctx: Context, d: Dialogue) -> Reply | None:
+        problem = self._check_departure(ctx, d)
+        if problem:
+            return problem
+        depart = date.fromisoformat(d.trip["depart"])
         back = self._return_date(d)
         if back is not None and back < depart:
             return self._ask_return_again(ctx, d, "return_before_departure")
