@@ -225,6 +225,36 @@ async def test_a_place_list_is_read_by_the_previous_release_too(engine: BotEngin
     assert "San Jose (SJO) → Miami (MIA)" in answer.text and offers_in(answer.text)
 
 
+async def test_a_place_list_still_waits_after_a_message_about_something_else(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: a message that answered something else while *Which “San Jose” do you
+    mean?* waited dropped the list and the other place: *make it 2 adults* got *Got it: Tue 24
+    Nov, 2 adults. Where are you flying from?*, as if neither San Jose nor Miami had been
+    said, and *to Orlando instead* forgot San Jose the same way.)"""
+    chat = Chat(engine, user_id="15550000007")
+    (question,) = await chat.send("text", "San Jose to Miami tomorrow")
+    costa_rica = next(i for i, row in enumerate(question.rows, 1) if "CR" in row.description)
+    (again,) = await chat.send("text", "make it 2 adults")
+    assert "Which “San Jose” do you mean?" in again.text and again.rows == question.rows
+    assert "Where are you flying from?" not in again.text and "2 adults" in again.text
+    reply = await chat.say(str(costa_rica))
+    assert "San Jose (SJO) → Miami (MIA)" in reply and "2 adults" in reply and offers_in(reply)
+    # The other place changed meanwhile: the list still waits, and the new place is kept.
+    chat = Chat(engine, user_id="15550000008")
+    await chat.send("text", "San Jose to Miami tomorrow")
+    (again,) = await chat.send("text", "to Orlando instead")
+    assert "Which “San Jose” do you mean?" in again.text and again.rows == question.rows
+    reply = await chat.say(str(costa_rica))
+    assert "San Jose (SJO) → Orlando (MCO)" in reply and offers_in(reply), reply
+    # A guess offered as a list is asked again in the same words.
+    chat = Chat(engine, user_id="15550000009")
+    (unsure,) = await chat.send("text", "Marbella to London tomorrow")
+    assert unsure.text.startswith("I'm not sure where “Marbella” is.")
+    (again,) = await chat.send("text", "business class")
+    assert "I'm not sure where “Marbella” is." in again.text and again.rows == unsure.rows
+
+
 async def test_typed_number_chooses_a_candidate(engine: BotEngine) -> None:
     chat = Chat(engine, user_id="15550000002")
     await chat.say("to san jose")

@@ -438,7 +438,8 @@ class BotEngine:
         """What the user can do now: the pending question, else the shown offers."""
         t = ctx.texts
         if d.ask.get("choices"):
-            return t("choose_place", text=d.ask.get("text", ""))
+            key = "choose_place_unsure" if d.ask.get("unsure") else "choose_place"
+            return t(key, text=d.ask.get("text", ""))
         if d.ask.get("slot") == "return" and d.trip.get("depart"):
             return t("ask_return")
         missing = self._missing(d)
@@ -608,7 +609,10 @@ class BotEngine:
             if d.trip.get(slot) and not await self._is_clearly_a_place(assigned[slot]):
                 del assigned[slot]
         later = d.ask.get("then")
-        if pending in assigned and isinstance(later, dict) and later.get("text"):
+        if isinstance(later, dict) and later.get("slot") in assigned and pending not in assigned:
+            # "to Orlando instead" while "Which San Jose?" waits: Orlando, not the Miami kept.
+            d.set("ask", {k: v for k, v in d.ask.items() if k != "then"})
+        elif pending in assigned and isinstance(later, dict) and later.get("text"):
             # The other place of the message that asked ("San Jose to Rome"), kept for after
             # the answer: typed (SJO), not tapped, the answer comes this way.
             assigned.setdefault(str(later.get("slot")), str(later["text"]))
@@ -673,8 +677,6 @@ class BotEngine:
                 asked.extend(question)
         if asked:
             return [*before, *asked]
-        if d.ask.get("choices") and not assigned:
-            d.set("ask", {k: v for k, v in d.ask.items() if k != "choices"})
         if before and found.no_such_return:
             return before  # "When do you come back?" is in it: nothing can be searched yet
         return await self._advance(ctx, d, before)
@@ -765,6 +767,7 @@ class BotEngine:
                     "slot": slot,
                     "text": shown,
                     "choices": [c.as_state() for c in decision.choices],
+                    **({"unsure": True} if decision.unsure else {}),
                 },
             )
             return [self._choices_reply(ctx, shown, decision.choices, unsure=decision.unsure)]
@@ -795,6 +798,25 @@ class BotEngine:
             list_button=ctx.texts("choose_button"),
             rows=rows,
         )
+
+    def _choices_again(self, ctx: Context, d: Dialogue, *, summary: bool) -> Reply:
+        choices = tuple(
+            Candidate(
+                code=str(c.get("code", "")),
+                name=str(c.get("name", "")),
+                city=str(c.get("city", "")),
+                country=str(c.get("country", "")),
+                kind=str(c.get("kind", "")),
+                score=0.0,
+            )
+            for c in d.ask.get("choices") or []
+        )
+        text = str(d.ask.get("text", ""))
+        reply = self._choices_reply(ctx, text, choices, unsure=bool(d.ask.get("unsure")))
+        so_far = self._summary(ctx, d) if summary and ctx.smart else ""
+        if not so_far:
+            return reply
+        return replace(reply, text=ctx.texts("have_so_far", summary=so_far) + "\n" + reply.text)
 
     async def _location(self, ctx: Context, d: Dialogue) -> list[Reply]:
         t, payload = ctx.texts, ctx.turn.message.payload
@@ -832,6 +854,11 @@ class BotEngine:
         problem = self._check_departure(ctx, d) if d.trip.get("depart") else None
         if problem:
             return [*before, problem]
+        if d.ask.get("choices"):
+            # A place list still waits ("make it 2 adults" while "Which San Jose?" is open):
+            # asked again, its other place still kept, rather than a question as if neither
+            # place had been said.
+            return [*before, self._choices_again(ctx, d, summary=not before)]
         missing = self._missing(d)
         if missing is not None:
             d.set("ask", {"slot": missing})
