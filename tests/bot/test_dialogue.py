@@ -125,6 +125,19 @@ async def test_the_words_around_a_correction_do_not_replace_a_place(engine: BotE
     assert "New York (NYC) → London (LON)" in reply and short(coming(5)) in reply, reply
 
 
+async def test_non_stop_can_be_taken_back(engine: BotEngine) -> None:
+    """(Was a bug: once *direct* was said, nothing but *new* undid it: *with stops is fine*,
+    *any stops* or *not direct* got *Sorry, I didn't get that* and only non-stop flights went
+    on being searched.)"""
+    chat = Chat(engine)
+    assert "non-stop only" in await chat.say("NYC to London next Friday direct")
+    for text in ("with stops is fine", "any stops", "not direct", "con escalas"):
+        reply = await chat.say(text)
+        assert "non-stop only" not in reply and offers_in(reply), (text, reply)
+        assert not chat.state["trip"]["non_stop"]
+        assert "non-stop only" in await chat.say("make it non-stop")
+
+
 async def test_details_more_and_new(engine: BotEngine) -> None:
     chat = Chat(engine)
     await chat.say("2 tickets paris -> tokyo in 3 weeks back in 4 weeks business class")

@@ -1154,6 +1154,14 @@ NON_STOP = re.compile(
     r"\b(?:direct(?: flights?)?|non-stop|non stop|no stops|without stops|no layovers?|"
     r"no connections?|directos?|sin escalas)\b"
 )
+# Taking "direct" back: "with stops is fine", "any stops", "not direct", "con escalas".
+ANY_STOPS = re.compile(
+    r"\b(?:with (?:a |one |1 )?(?:stops?|connections?|layovers?)(?: (?:is|are) (?:fine|ok))?|"
+    r"(?:any|some) (?:number of )?(?:stops|connections|layovers)|"
+    r"(?:stops?|connections?|layovers?) (?:are |is )?(?:fine|ok|okay|allowed)|"
+    r"(?:not|doesn't have to be|does not have to be|needn't be) (?:only )?(?:direct|non-stop)|"
+    r"(?:con|con alguna) escalas?)\b"
+)
 ONE_WAY = re.compile(r"\b(?:one[- ]way|oneway|single|solo ida|(?:de )?ida solamente)\b")
 TRIP_KIND = re.compile(r"\b(?:business|work|family|school|company) (?:trip|travel|meeting)\b")
 ROUND_TRIP = re.compile(r"\b(?:round[- ]trip|return ticket|ida y vuelta|return flights?)\b")
@@ -1349,6 +1357,9 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     if ROUND_TRIP.search(work):
         result.one_way = False
         work = ROUND_TRIP.sub(" ", work)
+    if ANY_STOPS.search(work):
+        result.non_stop = False
+        work = ANY_STOPS.sub(" ", work)
     if NON_STOP.search(work):
         result.non_stop = True
         work = NON_STOP.sub(" ", work)
