@@ -402,6 +402,22 @@ async def test_help_thanks_cancel_and_greeting(engine: BotEngine) -> None:
     assert await chat.say("great") == "Where are you flying from?"
 
 
+async def test_everyday_ways_to_start_over_or_cancel_are_understood(engine: BotEngine) -> None:
+    """(Was a bug: only *new*, *reset*, *start over* and *cancel* were known: *start again*,
+    *never mind* or *forget it* got *Sorry, I didn't get that* (or, before the fix for
+    unasked places, a list of airports resembling “Forget”), and the trip stayed.)"""
+    for text in ("start again", "Start over again!", "new trip"):
+        chat = Chat(engine)
+        await chat.say("NYC to London next Friday")
+        assert (await chat.say(text)).startswith("OK, starting over."), text
+        assert chat.state == {}
+    for text in ("never mind", "Nevermind.", "forget it", "cancel that", "cancel it"):
+        chat = Chat(engine)
+        await chat.say("fly me to rome")
+        assert (await chat.say(text)).startswith("Cancelled;"), text
+        assert chat.state == {}
+
+
 async def test_dates_in_the_past_and_returns_before_departure_are_asked_again(
     engine: BotEngine,
 ) -> None:
