@@ -138,6 +138,32 @@ async def test_non_stop_can_be_taken_back(engine: BotEngine) -> None:
         assert "non-stop only" in await chat.say("make it non-stop")
 
 
+async def test_the_other_way_round_swaps_the_route(engine: BotEngine) -> None:
+    """(Was a bug: *the other way round* or *vice versa* got *Sorry, I didn't get that*, and
+    *swap* or *reverse it* a list of airports resembling the word, so a user who wanted the
+    opposite direction had to write the whole route again.)"""
+    chat = Chat(engine)
+    await chat.say("NYC to London next Friday back Sunday")
+    reply = await chat.say("the other way round")
+    assert "London (LON) → New York (NYC)" in reply and offers_in(reply), reply
+    back = coming(4) + timedelta(days=2)
+    assert f"{short(coming(4))}, back {short(back)}" in reply
+    for text, route in (
+        ("swap", "New York (NYC) → London (LON)"),
+        ("vice versa", "London (LON) → New York (NYC)"),
+        ("reverse it", "New York (NYC) → London (LON)"),
+        ("other way around please", "London (LON) → New York (NYC)"),
+    ):
+        assert route in await chat.say(text), text
+    # With one place only, it is the other end of the trip.
+    chat = Chat(engine, user_id="15550000010")
+    await chat.say("to Rome")
+    reply = await chat.say("the other way round")
+    assert reply == "Got it: from Rome (ROM).\nWhere do you want to go?", reply
+    chat = Chat(engine, user_id="15550000011")
+    assert "didn't get that" in await chat.say("swap")
+
+
 async def test_details_more_and_new(engine: BotEngine) -> None:
     chat = Chat(engine)
     await chat.say("2 tickets paris -> tokyo in 3 weeks back in 4 weeks business class")

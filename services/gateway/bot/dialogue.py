@@ -164,6 +164,22 @@ COMMANDS = {
     "genial": "ack",
     "perfecto": "ack",
     "si": "ack",
+    "swap": "swap",
+    "swap them": "swap",
+    "swap it": "swap",
+    "reverse": "swap",
+    "reverse it": "swap",
+    "the reverse": "swap",
+    "vice versa": "swap",
+    "other way": "swap",
+    "the other way": "swap",
+    "other way round": "swap",
+    "the other way round": "swap",
+    "other way around": "swap",
+    "the other way around": "swap",
+    "other direction": "swap",
+    "the other direction": "swap",
+    "al reves": "swap",
     "retry": "retry",
     "try again": "retry",
     "reintentar": "retry",
@@ -223,6 +239,8 @@ def _unpacked_offers(text: str) -> list[Any]:
         return []
     return offers if isinstance(offers, list) else []
 
+
+POLITE = re.compile(r"^(?:please|pls|plz|por favor) | (?:please|pls|plz|por favor)$")
 
 # A choice by its number: "2", "la 2", "la opción 2", "option 2" ("el 2" stays a date).
 CHOICE = re.compile(r"(?:(?:la|opcion|option|oferta|offer|numero|number|#) ?)*(\d+)")
@@ -380,7 +398,7 @@ class BotEngine:
     async def _text(self, ctx: Context, d: Dialogue, text: str) -> list[Reply]:
         t = ctx.texts
         plain = normalize(text).strip(" .")
-        command = COMMANDS.get(plain)
+        command = COMMANDS.get(POLITE.sub("", plain))  # "start over please"
         if _is_greeting(plain):
             return self._greet(ctx, d)
         if command == "help":
@@ -399,6 +417,13 @@ class BotEngine:
             return self._more(ctx, d)
         if command == "ack":
             return [Reply(self._whats_next(ctx, d))]  # "ok", "great": nothing to change
+        if command == "swap" and (d.trip.get("origin") or d.trip.get("destination")):
+            # "the other way round": the same trip in the opposite direction.
+            origin, destination = d.trip.get("origin"), d.trip.get("destination")
+            d.update_trip(origin=destination, destination=origin)
+            if d.ask.get("slot") in ("origin", "destination") and not d.ask.get("choices"):
+                d.set("ask", {})
+            return await self._advance(ctx, d, [])
         if command == "retry":
             if self._missing(d) is None:
                 return await self._advance(ctx, d, [])  # dates checked again: time has passed
