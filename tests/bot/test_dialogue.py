@@ -164,6 +164,17 @@ async def test_the_other_way_round_swaps_the_route(engine: BotEngine) -> None:
     assert "didn't get that" in await chat.say("swap")
 
 
+async def test_emoji_around_places_are_not_part_of_them(engine: BotEngine) -> None:
+    """(Was a bug: an emoji next to a place was read as part of its name: *✈️ NYC ➡️ London
+    📅 next Friday* got *I'm not sure where “✈️ Nyc” is* with a list offering Nyac, Alaska.)"""
+    chat = Chat(engine)
+    reply = await chat.say("✈️ NYC ➡️ London 📅 next Friday")
+    assert "New York (NYC) → London (LON)" in reply and offers_in(reply), reply
+    reply = await chat.say("🇫🇷 Paris 🥐 instead")
+    assert "New York (NYC) → Paris (PAR)" in reply and offers_in(reply), reply
+    assert "Reply with a number from 1 to" in await chat.say("👍")  # still an acknowledgement
+
+
 async def test_details_more_and_new(engine: BotEngine) -> None:
     chat = Chat(engine)
     await chat.say("2 tickets paris -> tokyo in 3 weeks back in 4 weeks business class")

@@ -323,6 +323,17 @@ def normalize(text: str) -> str:
     return _fix_typos(text)
 
 
+# Emoji and other pictographs (with their joiners and variation selectors), which WhatsApp
+# users put around places ("✈️ NYC", "🇫🇷 Paris"): no part of a name. Not "°" (see normalize).
+PICTOGRAPHS = frozenset(("So", "Sk", "Cf", "Co", "Cs"))
+
+
+def _without_pictographs(text: str) -> str:
+    dropped = {ch for ch in text if unicodedata.category(ch) in PICTOGRAPHS} - {"°"}
+    kept = (" " if ch in dropped or ch in "\ufe0e\ufe0f" else ch for ch in text)
+    return re.sub(r"\s+", " ", "".join(kept)).strip()
+
+
 def number(word: str) -> int | None:
     if word.isdecimal() and len(word) <= 6:  # int() refuses "²" and over 4300 digits
         return int(word)
@@ -1346,7 +1357,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     """Everything ``text`` says about a trip, relative to ``today`` (the business's date)."""
     ctx = DateContext(today=today, day_first=locale.lower() not in {"en", "en-us"})
     result = Extraction()
-    work = normalize(text)
+    work = _without_pictographs(normalize(text))
     spanish = locale.lower().startswith("es") or bool(SPANISH_CUES.search(work))
     work = _PROTECT.sub(lambda m: m.group(1).replace(" ", "_"), work)
 
