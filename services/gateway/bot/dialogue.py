@@ -833,17 +833,7 @@ class BotEngine:
         )
 
     def _choices_again(self, ctx: Context, d: Dialogue, *, summary: bool) -> Reply:
-        choices = tuple(
-            Candidate(
-                code=str(c.get("code", "")),
-                name=str(c.get("name", "")),
-                city=str(c.get("city", "")),
-                country=str(c.get("country", "")),
-                kind=str(c.get("kind", "")),
-                score=0.0,
-            )
-            for c in d.ask.get("choices") or []
-        )
+        choices = tuple(Candidate.from_state(c) for c in d.ask.get("choices") or [])
         text = str(d.ask.get("text", ""))
         reply = self._choices_reply(ctx, text, choices, unsure=bool(d.ask.get("unsure")))
         so_far = self._summary(ctx, d) if summary and ctx.smart else ""

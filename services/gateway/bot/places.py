@@ -40,13 +40,29 @@ class Candidate:
     subdivision: str = ""  # state or region ("Missouri"), where the search service knows it
 
     def as_state(self) -> dict[str, Any]:
-        return {
+        state = {
             "code": self.code,
             "name": self.name,
             "city": self.city,
             "country": self.country,
             "kind": self.kind,
         }
+        if self.subdivision:  # kept only where known: most places' state stays as it was
+            state["subdivision"] = self.subdivision
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Candidate:
+        """A place as ``as_state`` kept it (no score: it was chosen or offered already)."""
+        return cls(
+            code=str(state.get("code", "")),
+            name=str(state.get("name", "")),
+            city=str(state.get("city", "")),
+            country=str(state.get("country", "")),
+            kind=str(state.get("kind", "")),
+            score=0.0,
+            subdivision=str(state.get("subdivision", "")),
+        )
 
 
 def from_proto(place: search_pb2.Place, score: float) -> Candidate:
