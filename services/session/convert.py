@@ -118,18 +118,32 @@ def appended_messages(
         role = MESSAGE_ROLE_NAMES.get(message.role)
         content = message.content
         provider_id = message.provider_message_id
-        if role is None or len(content) > MAX_CONTENT or len(provider_id) > MAX_PROVIDER_ID:
-            _message_violations(i, role, content, provider_id, violations)
+        time_ms = _message_time(message.time) if message.HasField("time") else now_ms
+        if (
+            role is None
+            or len(content) > MAX_CONTENT
+            or len(provider_id) > MAX_PROVIDER_ID
+            or time_ms < 0
+        ):
+            _message_violations(i, role, content, provider_id, time_ms, violations)
             continue
         if violations:
             continue
-        time_ms = message.time.ToMilliseconds() if message.HasField("time") else now_ms
         out.append(encode_message(role, content, time_ms, provider_id))
     return out
 
 
+def _message_time(time: Any) -> int:
+    """A message's time in ms since the epoch; -1 for one outside Timestamp's range (years
+    1-9999: protobuf raises) or before 1970, which export and import could not carry."""
+    try:
+        return int(time.ToMilliseconds())
+    except ValueError:
+        return -1
+
+
 def _message_violations(
-    i: int, role: str | None, content: str, provider_id: str, violations: Violations
+    i: int, role: str | None, content: str, provider_id: str, time_ms: int, violations: Violations
 ) -> None:
     if role is None:
         violations.append((f"append[{i}].role", "must be USER, ASSISTANT or SYSTEM"))
@@ -139,6 +153,8 @@ def _message_violations(
         violations.append(
             (f"append[{i}].provider_message_id", f"at most {MAX_PROVIDER_ID} characters")
         )
+    if time_ms < 0:
+        violations.append((f"append[{i}].time", "must be a time from 1970 to 9999"))
 
 
 def state_changes(

@@ -38,6 +38,12 @@ def redis_db(valkey: Valkey) -> redis.Redis:
     return redis.Redis(port=valkey.port, db=SESSION_DB)
 
 
+def timed_message(seconds: int, nanos: int = 0) -> pb.Message:
+    message = user_message("at a time")
+    message.time.seconds, message.time.nanos = seconds, nanos
+    return message
+
+
 async def test_get_creates_once_and_then_returns_the_same_conversation(stub: Stub) -> None:
     key = new_key()
     with pytest.raises(grpc.aio.AioRpcError) as missing:
@@ -254,6 +260,18 @@ async def test_list_pages_through_one_business_only(stub: Stub) -> None:
             {"append"},
         ),
         (pb.UpdateConversationRequest(key=new_key(), expected_version=-1), {"expected_version"}),
+        (  # past Timestamp's range (9999), and before 1970, which export / import cannot carry
+            pb.UpdateConversationRequest(
+                key=new_key(),
+                append=[
+                    timed_message(253_402_300_800),
+                    timed_message(0, nanos=-1),
+                    timed_message(-1),
+                    timed_message(253_402_300_799),
+                ],
+            ),
+            {"append[0].time", "append[1].time", "append[2].time"},
+        ),
         (
             pb.UpdateConversationRequest(key=new_key(), remove_state_keys=[""]),
             {"remove_state_keys[0]"},
