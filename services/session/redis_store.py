@@ -455,20 +455,26 @@ class RedisStore:
         need: int,
         budget: int,
     ) -> tuple[list[tuple[ConversationKey, int]], tuple[int, str] | None, bool]:
-        """(picked, position of the last entry examined, whether the shard is done)."""
+        """(picked, position of the last entry examined, whether the shard is done).
+
+        Each read starts at the score of the last entry examined, never at an offset: an entry
+        behind that position that is written meanwhile moves to a later expiry, which would
+        shift every entry after it and make an offset skip one that was live all along."""
         low = after[0] if after is not None and after[0] > now else now + 1
         picked: list[tuple[ConversationKey, int]] = []
         last: tuple[int, str] | None = None
-        offset, batch_size, examined = 0, max(need, 16), 0
+        batch_size, examined = max(need, 16), 0
         while True:
             batch: list[Any] = await self.client.zrange(
-                key, low, "+inf", byscore=True, offset=offset, num=batch_size, withscores=True
+                key, low, "+inf", byscore=True, offset=0, num=batch_size, withscores=True
             )
+            progressed = False
             for raw_member, raw_score in batch:
                 position = (int(raw_score), _text(raw_member))
                 if after is not None and position <= after:
                     continue
-                last = position
+                after = last = position
+                progressed = True
                 examined += 1
                 parsed = parse_member(position[1])
                 if parsed is not None and (role is None or parsed[0] == role):
@@ -477,7 +483,10 @@ class RedisStore:
                     return picked, last, False
             if len(batch) < batch_size:
                 return picked, last, True
-            offset += batch_size
+            if after is not None:
+                low = after[0]
+            if not progressed:  # a batch of entries sharing the score already passed
+                batch_size *= 2
 
     async def _summaries(self, picked: list[tuple[ConversationKey, int]]) -> list[Summary]:
         if not picked:

@@ -276,3 +276,78 @@ async def test_a_state_past_its_bounds_from_before_them_can_shrink_not_grow(
         await update(redis_store, key, set_state={"more": b"1"})
     meta = await redis_store.client.hget(key.redis_keys()[0], "s")
     assert int(meta) == sum(len(k) + len(v) for k, v in shrunk[2].items())
+
+
+def in_shard(shard: int, role: str, count: int, prefix: str) -> list[ConversationKey]:
+    """``count`` keys of one business whose conversations share index shard ``shard``."""
+    keys: list[ConversationKey] = []
+    n = 0
+    while len(keys) < count:
+        key = ConversationKey("walk", f"{prefix}{n:05d}", role)  # type: ignore[arg-type]
+        if key.shard == shard:
+            keys.append(key)
+        n += 1
+    return keys
+
+
+async def test_a_listing_misses_nothing_when_entries_it_walked_past_move_meanwhile(
+    stores: tuple[RedisStore, MemoryStore],
+) -> None:
+    """As SCAN promises: a conversation live for the whole walk is listed, even when others
+    are written while one page is read (their entries move to a later expiry)."""
+    redis_store, _ = stores
+    clients = in_shard(0, "client", 16, "+1555100")
+    (admin,) = in_shard(0, "admin", 1, "+1555200")
+    for key in [*clients, admin]:
+        await update(redis_store, key)
+    # One expiry each, the admin's last, all earlier than any write's from now on.
+    client = redis_store.client
+    index = admin.redis_keys()[3]
+    first = min(score for _, score in await client.zrange(index, 0, -1, withscores=True))
+    await client.zadd(index, {k.member: first - 100 + n for n, k in enumerate([*clients, admin])})
+    zrange = client.zrange
+    moved = []
+
+    async def zrange_then_a_write(*args: Any, **kwargs: Any) -> Any:
+        """The real ZRANGE; after the first, another replica writes a conversation the walk
+        has passed, as could happen between any two of its reads."""
+        batch = await zrange(*args, **kwargs)
+        if not moved:
+            moved.append(await update(redis_store, clients[3]))
+        return batch
+
+    client.zrange = zrange_then_a_write  # type: ignore[method-assign]
+    try:
+        page = await redis_store.list_page("walk", "admin", 1, Cursor())
+    finally:
+        client.zrange = zrange  # type: ignore[method-assign]
+    assert moved
+    assert [s.key for s in page.items] == [admin]
+
+
+async def test_a_listing_walks_past_many_entries_of_one_expiry(
+    stores: tuple[RedisStore, MemoryStore],
+) -> None:
+    """Entries of one score (written in one millisecond) are told apart by member, however
+    many there are, and none is listed twice or left out."""
+    redis_store, _ = stores
+    clients = in_shard(0, "client", 40, "+1555300")
+    (admin,) = in_shard(0, "admin", 1, "+1555400")
+    for key in [*clients, admin]:
+        await update(redis_store, key)
+    client = redis_store.client
+    index = admin.redis_keys()[3]
+    score = max(score for _, score in await client.zrange(index, 0, -1, withscores=True))
+    await client.zadd(index, {key.member: score for key in [*clients, admin]})
+
+    page = await redis_store.list_page("walk", "admin", 1, Cursor())
+    assert [s.key for s in page.items] == [admin]
+    seen: list[ConversationKey] = []
+    cursor = Cursor()
+    while True:
+        page = await redis_store.list_page("walk", None, 5, cursor)
+        seen.extend(s.key for s in page.items)
+        if not page.next_token:
+            break
+        cursor = decode_cursor(page.next_token)
+    assert sorted(seen) == sorted([*clients, admin])
