@@ -228,6 +228,47 @@ async def test_same_named_cities_of_one_country_are_asked_about_by_state(
     assert "Which “Charleston” do you mean?" in charleston.text
 
 
+@pytest.mark.parametrize("locale", ["en", "es"])
+async def test_a_long_place_name_is_shortened_in_its_row_not_its_code_or_where(
+    engine: BotEngine, locale: str
+) -> None:
+    """(Was a bug: a row's title and description were cut at WhatsApp's 24 and 72 characters
+    from the end, so *International Falls (IN…*, *Monflorite/Alcala del O…* (Huesca's airport,
+    no code at all) and *… · New York, …* lost the code the user can type back and the state
+    or country that tells two same-named places apart, on the Cloud API's list and Twilio's
+    numbered lines alike.)"""
+    for phrase, code, where in (
+        ("Falls to Miami tomorrow", "INL", "Minnesota, US"),
+        ("Huesca to Miami tomorrow", "HSK", "Aragón, ES"),
+        ("Rochester to Miami tomorrow", "ROC", "New York, US"),
+    ):
+        chat = Chat(engine, locale=locale)
+        (question,) = await chat.send("text", phrase)
+        assert all(len(row.title) <= 24 and len(row.description) <= 72 for row in question.rows)
+        assert all(re.search(r" \([A-Z0-9]{3}\)$", row.title) for row in question.rows), [
+            row.title for row in question.rows
+        ]
+        row = next(row for row in question.rows if row.title.endswith(f" ({code})"))
+        assert row.description.endswith(f" · {where}"), row.description
+        assert "…" in row.title + row.description  # a long name was shortened, and it shows
+        # The shortened row still answers its own list.
+        (answer,) = await chat.send("interactive", "", reply_id=row.id, title=row.title)
+        assert chat.state["trip"]["origin"]["code"] == code, answer.text
+
+
+async def test_a_tapped_row_of_a_list_sent_before_rows_kept_their_code_still_answers(
+    engine: BotEngine,
+) -> None:
+    """A list sent by a release that cut long titles at the end (*International Falls (IN…*)
+    and tapped once this one runs is still that list's row, not an earlier question's."""
+    chat = Chat(engine)
+    (question,) = await chat.send("text", "Falls to Miami tomorrow")
+    row = next(row for row in question.rows if row.title.endswith(" (INL)"))
+    old_title = "International Falls (IN…"
+    (answer,) = await chat.send("interactive", "", reply_id=row.id, title=old_title)
+    assert chat.state["trip"]["origin"]["code"] == "INL", answer.text
+
+
 async def test_a_row_of_an_answered_place_list_is_not_read_as_an_offer_number(
     engine: BotEngine,
 ) -> None:

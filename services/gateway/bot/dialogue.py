@@ -62,6 +62,8 @@ from services.gateway.engine import ListRow, Reply, SearchPort, Turn, TurnResult
 log = structlog.get_logger()
 
 STATE_KEYS = ("trip", "ask", "results")
+# WhatsApp's limits for a list row (characters); Twilio's numbered lines show the same rows.
+ROW_TITLE_LIMIT, ROW_DESCRIPTION_LIMIT = 24, 72
 STRICT_SCORE = 85.0  # a place written alone, unasked, must resolve at least this well
 ONE_NAME_SCORE = 85.0  # "X de Y" read as one name resolves at least this well (see _apply)
 # Older message timestamps are not trusted (providers retry for a day or so).
@@ -494,12 +496,11 @@ class BotEngine:
             choice = choices[n - 1]
             city, code = str(choice.get("city", "")), str(choice.get("code", ""))
             country = str(choice.get("country", ""))
-            # The untranslated title too: the list may come from a release that sent it so.
-            expected = {
-                "",
-                _row_title(ctx.texts, city, country, code),
-                _row_title(None, city, country, code),
-            }
+            # The untranslated title too, and either cut from the end: the list may come from
+            # a release that sent it so.
+            names = {ctx.texts.place(city, country), city}
+            expected = {"", *(_row_title(n, code) for n in names)}
+            expected |= {_clip(f"{n} ({code})", ROW_TITLE_LIMIT) for n in names}
             if title in expected:
                 return await self._number(ctx, d, n) or []
         return [Reply(f"{ctx.texts('list_outdated')} {self._whats_next(ctx, d)}")]
@@ -821,8 +822,10 @@ class BotEngine:
             # as the title typed, and set the wrong place). The title says which list it was.
             ListRow(
                 id=f"place:{index}",
-                title=_row_title(ctx.texts, choice.city, choice.country, choice.code),
-                description=_clip(f"{_place_name(ctx.texts, choice)} · {_where(choice)}", 72),
+                title=_row_title(ctx.texts.place(choice.city, choice.country), choice.code),
+                description=_clip_keeping(
+                    _place_name(ctx.texts, choice), f" · {_where(choice)}", ROW_DESCRIPTION_LIMIT
+                ),
             )
             for index, choice in enumerate(choices, start=1)
         )
@@ -1178,14 +1181,21 @@ def _where(place: Candidate) -> str:
     return f"{place.subdivision}, {place.country}" if place.subdivision else place.country
 
 
-def _row_title(t: Texts | None, city: str, country: str, code: str) -> str:
-    """A place list row's title (at most 24 characters, WhatsApp's limit); with no texts,
-    the city as the search service names it."""
-    return _clip(f"{t.place(city, country) if t else city} ({code})", 24)
+def _row_title(city: str, code: str) -> str:
+    """A place list row's title: the city and its code, within WhatsApp's limit."""
+    return _clip_keeping(city, f" ({code})", ROW_TITLE_LIMIT)
 
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _clip_keeping(head: str, end: str, limit: int) -> str:
+    """``head + end`` within ``limit``, shortening ``head``: the end (a code, the state and
+    country) is what tells two rows apart and what the user can type back."""
+    if len(end) > limit // 2:
+        return _clip(head + end, limit)
+    return _clip(head, limit - len(end)) + end
 
 
 def _age(t: Texts, seconds: int) -> str:
