@@ -232,7 +232,8 @@ class Processor:
         if hit and not hit.user:
             metrics.RATE_LIMITED.labels("user").inc()
             if await self.rate_limits.first_notice(business.id, message.user_id):
-                for part in sender.parts(target, Reply(RATE_NOTICE)):
+                notice = Reply(self._rate_notice(business.locale))
+                for part in sender.parts(target, notice):
                     await self._send(sender, target, part)
             return "rate_limited"
 
@@ -249,6 +250,12 @@ class Processor:
             if read_receipt is not None:
                 with contextlib.suppress(Exception):
                     await read_receipt
+
+    def _rate_notice(self, locale: str) -> str:
+        """The over-the-limit notice in the business's language, when the engine has words
+        for it: the user was answered in that language until now."""
+        words = getattr(self.engine, "rate_notice", None)
+        return str(words(locale or "en")) if callable(words) else RATE_NOTICE
 
     async def _converse(
         self,

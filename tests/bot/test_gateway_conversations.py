@@ -520,3 +520,27 @@ def test_a_spanish_business_through_the_gateway(smart: Gateway) -> None:
     assert "*4.*" in user.say("siguiente")
     assert user.say("la opción 2").startswith("*Oferta 2*")
     assert "Cancelado" in user.say("borrar")
+
+
+def test_the_rate_limit_notice_is_in_the_business_s_language(
+    services: Services, search_server: SearchServer, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """(Was a bug: the one notice a user over their rate limit gets came from the worker in
+    English, so a Spanish business's users, answered in Spanish until then, were told *You are
+    sending messages faster than we can answer* on either channel.)"""
+    gateway = run_gateway(
+        services, search_server, fake_clouds, valkey, "bot-limited", RATE_LIMIT_USER="2/minute"
+    )
+    try:
+        for locale, notice in (
+            ("es-MX", Texts("es")("rate_notice")),
+            ("en", "You are sending messages faster than we can answer. Please wait a minute."),
+        ):
+            user = User(gateway)
+            user.business = create_business(gateway, locale=locale)
+            for _ in range(3):
+                user.post("ayuda")
+            texts = [m["text"] for m in user.replies(3)]
+            assert texts[2] == notice, texts
+    finally:
+        gateway.stop()

@@ -352,6 +352,10 @@ class BotEngine:
     async def aclose(self) -> None:
         await self._extractor.aclose()
 
+    def rate_notice(self, locale: str) -> str:
+        """The worker's notice to a user over their rate limit, in the business's language."""
+        return Texts(locale)("rate_notice")
+
     # --- one turn ---------------------------------------------------------------------
 
     async def handle(self, turn: Turn) -> TurnResult:

@@ -41,6 +41,7 @@ MESSAGES: dict[str, str] = {
         "instead*), share your location to fly from the nearest airport, or write *new* to "
         "start over."
     ),
+    "rate_notice": "You are sending messages faster than we can answer. Please wait a minute.",
     "thanks": "You're welcome! ✈️ Write *new* whenever you want another search.",
     "new": "OK, starting over. Where would you like to fly?",
     "new_step": "OK, starting over. Where are you flying from?",

@@ -39,6 +39,10 @@ MESSAGES: dict[str, str] = {
         "Valencia*), compartir tu ubicación para salir del aeropuerto más cercano, o escribir "
         "*nuevo* para empezar de cero."
     ),
+    "rate_notice": (
+        "Estás enviando mensajes más rápido de lo que podemos responder. Espera un minuto, por "
+        "favor."
+    ),
     "thanks": "¡De nada! ✈️ Escribe *nuevo* cuando quieras otra búsqueda.",
     "new": "Vale, empezamos de nuevo. ¿Adónde quieres volar?",
     "new_step": "Vale, empezamos de nuevo. ¿Desde dónde sales?",
