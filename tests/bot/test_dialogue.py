@@ -189,6 +189,20 @@ async def test_details_more_and_new(engine: BotEngine) -> None:
     assert chat.state == {}
 
 
+@pytest.mark.parametrize("locale", ["en", "es"])
+async def test_an_arrival_on_the_calendar_day_before_is_marked_minus_one(
+    engine: BotEngine, locale: str
+) -> None:
+    """(Was a bug: an offer that lands on the calendar day before it leaves, across the date
+    line, was marked *(+-1)*: Kiritimati (UTC+14) to Honolulu (UTC-10) *12:15 CXI → 15:30 HNL
+    (+-1)*.)"""
+    markers: list[str] = []
+    for when in ("tomorrow", "in 3 days"):  # a flight leaving after ~20:45 lands the same day
+        text = await Chat(engine, locale=locale).say(f"CXI to HNL {when}")
+        markers += re.findall(r" → \d\d:\d\d HNL(?: \(([^)]*)\))?", text)
+    assert "-1" in markers and set(markers) <= {"", "-1"}, markers
+
+
 async def test_an_ambiguous_city_is_asked_back_with_a_list(engine: BotEngine) -> None:
     chat = Chat(engine)
     replies = await chat.send("text", "San Jose to Miami tomorrow")

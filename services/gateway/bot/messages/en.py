@@ -24,7 +24,7 @@ MESSAGES: dict[str, str] = {
     "stops_0": "non-stop",
     "stops_1": "1 stop",
     "stops_many": "{n} stops",
-    "next_day": " (+{n})",
+    "next_day": " ({n:+d})",  # (+1), or (-1) landing the calendar day before
     "duration": "{h}h {m:02d}m",
     # conversation
     "greeting": (

@@ -23,7 +23,7 @@ MESSAGES: dict[str, str] = {
     "stops_0": "directo",
     "stops_1": "1 escala",
     "stops_many": "{n} escalas",
-    "next_day": " (+{n})",
+    "next_day": " ({n:+d})",
     "duration": "{h} h {m:02d} min",
     "greeting": (
         "¡Hola{name}! ✈️ Busco vuelos. Cuéntame tu viaje en un mensaje, por ejemplo "
