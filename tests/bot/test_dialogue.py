@@ -38,6 +38,9 @@ def engine(search_stub: search_pb2_grpc.SearchServiceStub) -> BotEngine:
     return create_engine(cast(SearchPort, search_stub), settings())
 
 
+SPANISH_MONTHS = Texts("es").words("month_names")
+
+
 def short(value: date) -> str:
     return f"{value.strftime('%a')} {value.day} {value.strftime('%b')}"
 
@@ -123,6 +126,34 @@ async def test_the_words_around_a_correction_do_not_replace_a_place(engine: BotE
     await chat.say("NYC to London")
     reply = await chat.say("wait, saturday")
     assert "New York (NYC) → London (LON)" in reply and short(coming(5)) in reply, reply
+
+
+async def test_a_whole_new_request_does_not_carry_the_old_trip_over(engine: BotEngine) -> None:
+    """(Was a bug: *Paris to Rome on <a day>* after results for another trip kept that trip's
+    return, travellers and cabin; with the old return before the new day the bot answered
+    *The return (…) is before the departure (…)* about a return the user never gave.)"""
+    chat = Chat(engine)
+    reply = await chat.say("NYC to London next Friday back Sunday 2 adults business class direct")
+    assert "2 adults · business · non-stop only" in reply and offers_in(reply), reply
+    later = coming(4) + timedelta(days=9)
+    reply = await chat.say(f"Paris to Rome on {later.day} {later.strftime('%B')}")
+    assert f"Paris (PAR) → Rome (ROM)* · {short(later)} · 1 adult" in reply, reply
+    assert offers_in(reply) and "back" not in reply and "business" not in reply, reply
+    assert "ask" not in chat.state
+    # What the new request says is kept; a correction still keeps the rest.
+    reply = await chat.say("Madrid to Lisbon tomorrow for 3 people round trip")
+    assert reply.endswith("When do you come back?") and "3 adults" in reply, reply
+    assert not chat.state["trip"].get("non_stop") and not chat.state["trip"].get("cabin")
+    reply = await chat.say("back in a week")
+    assert "Madrid (MAD) → Lisbon (LIS)" in reply and "3 adults" in reply, reply
+    reply = await chat.say("to Porto instead")
+    assert "Madrid (MAD) → Porto (OPO)" in reply and "3 adults" in reply and ", back" in reply
+    # Spanish, the same.
+    chat = Chat(engine, user_id="15550000020", locale="es")
+    await chat.say("de Madrid a Londres el viernes vuelta el domingo 2 adultos en business")
+    reply = await chat.say(f"de París a Roma el {later.day} de {SPANISH_MONTHS[later.month - 1]}")
+    assert "París (PAR) → Roma (ROM)" in reply and "· 1 adulto" in reply, reply
+    assert offers_in(reply) and "vuelta" not in reply, reply
 
 
 async def test_non_stop_can_be_taken_back(engine: BotEngine) -> None:

@@ -74,6 +74,9 @@ CABIN_CODES = {
     "business": search_pb2.CABIN_BUSINESS,
     "first": search_pb2.CABIN_FIRST,
 }
+# The slots a request need not say (their defaults: one way, 1 adult, economy, any stops),
+# cleared when a message says a whole new trip.
+REQUEST_DEFAULTS = ("return", "nights", "round_trip", "period", "adults", "cabin", "non_stop")
 # Status codes that mean "search can't answer now" rather than "the request was wrong".
 UNAVAILABLE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -646,6 +649,19 @@ class BotEngine:
             # Odate at 80): replacing one takes a clear place, else the phrase is no place.
             if d.trip.get(slot) and not await self._is_clearly_a_place(assigned[slot]):
                 del assigned[slot]
+        # Both places and the day: a whole new request ("Paris to Rome on 5 December" after
+        # results for another trip), read as it would be first. The old trip's return,
+        # travellers, cabin and stops are not carried over (a return from it would even be
+        # asked about, before a departure the user never tied it to).
+        whole_request = (
+            "origin" in assigned
+            and "destination" in assigned
+            and bool(
+                found.depart
+                or (found.no_such_date and not found.no_such_return)
+                or (found.period and found.period.leg == "depart")
+            )
+        )
         later = d.ask.get("then")
         if isinstance(later, dict) and later.get("slot") in assigned and pending not in assigned:
             # "to Orlando instead" while "Which San Jose?" waits: Orlando, not the Miami kept.
@@ -656,6 +672,8 @@ class BotEngine:
             assigned.setdefault(str(later.get("slot")), str(later["text"]))
 
         changes: dict[str, Any] = {}
+        if whole_request:
+            changes.update((key, None) for key in REQUEST_DEFAULTS if d.trip.get(key) is not None)
         if found.depart:
             changes["depart"] = found.depart.isoformat()
         if found.return_date:
