@@ -156,6 +156,37 @@ async def test_a_whole_new_request_does_not_carry_the_old_trip_over(engine: BotE
     assert offers_in(reply) and "vuelta" not in reply, reply
 
 
+async def test_more_travellers_than_one_search_takes_are_said_and_asked(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: a count over 9 was not read as travellers: *12 adults NYC to London next
+    Friday* answered *I couldn't find an airport for “12 Adults Nyc”*, and *12 adultos de
+    Madrid a Roma el viernes* or *somos 12* searched 1 adult without a word.)"""
+    chat = Chat(engine)
+    reply = await chat.say("12 adults NYC to London next Friday")
+    assert "New York (NYC) → London (LON)" in reply and not offers_in(reply), reply
+    assert "up to 9 travellers at a time, so not 12" in reply, reply
+    assert reply.endswith("How many travellers should I search for? (1\u20139)")
+    assert chat.state["ask"] == {"slot": "travellers"}
+    assert (await chat.say("ok")).endswith("How many travellers should I search for? (1\u20139)")
+    assert "so not 10" in await chat.say("10")
+    reply = await chat.say("9")
+    assert "New York (NYC) → London (LON)* · " + short(coming(4)) + " · 9 adults" in reply
+    assert offers_in(reply) and "ask" not in chat.state, reply
+    # After results: asked before searching again; a count in words answers too.
+    assert "so not 15" in await chat.say("make it 15")
+    reply = await chat.say("make it 4 adults")
+    assert "4 adults" in reply and offers_in(reply), reply
+    # Spanish, and a count without a noun.
+    chat = Chat(engine, user_id="15550000021", locale="es")
+    for text in ("12 adultos de Madrid a Roma el viernes", "de Madrid a Roma el viernes somos 12"):
+        reply = await chat.say(text)
+        assert "Madrid (MAD) → Roma (ROM)" in reply and not offers_in(reply), reply
+        assert "no para 12" in reply and reply.endswith("¿Para cuántos viajeros busco? (de 1 a 9)")
+    reply = await chat.say("somos 3")
+    assert "3 adultos" in reply and offers_in(reply), reply
+
+
 async def test_non_stop_can_be_taken_back(engine: BotEngine) -> None:
     """(Was a bug: once *direct* was said, nothing but *new* undid it: *with stops is fine*,
     *any stops* or *not direct* got *Sorry, I didn't get that* and only non-stop flights went

@@ -150,3 +150,15 @@ async def test_the_model_dates_stand_where_the_rules_read_none(
     day = date.fromisoformat(in_days(12))
     assert f"Boston (BOS) → Miami (MIA)* · {day:%a} {day.day} {day:%b}" in reply, reply
     await engine.aclose()
+
+
+async def test_a_count_over_the_limit_is_the_rules_even_when_the_model_answers(
+    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
+) -> None:
+    # A model that squeezes "12 adults" into its schema's 1-9: 9 would be searched silently.
+    engine = llm_engine(search_stub, fake, timeout=3.0)
+    fake.answer = answer(origin="Boston", destination="Miami", departure_date=in_days(8), adults=9)
+    reply = await Chat(engine).say("12 adults from bean town to Miami in 8 days")
+    assert "Boston (BOS) → Miami (MIA)" in reply and "so not 12" in reply, reply
+    assert "9 adults" not in reply and engine.describe()["llm"]["fallbacks"] == 0
+    await engine.aclose()

@@ -6,8 +6,10 @@ State (JSON, in the session service, so it survives restarts and moves between w
   "kind"}``), ``depart`` / ``return`` (ISO dates), ``nights``, ``adults``, ``cabin``,
   ``non_stop``; ``round_trip`` once the user said so (the return is asked until given);
   ``period`` (``{"kind", "month", "year", "week"}``) while the user has named a stretch of
-  days ("end of the month") and not yet the day.
-- ``ask``: what the last reply asked for: ``{"slot": "origin"|"destination"|"date"}``, with
+  days ("end of the month") and not yet the day; ``too_many`` (a count over 9) while the user
+  has asked for more travellers than one search takes and not yet said how many to search.
+- ``ask``: what the last reply asked for: ``{"slot": "origin"|"destination"|"date"|"return"|
+  "travellers"}``, with
   ``"choices"`` (places) when it asked the user to pick one.
 - ``results``: the last search's offers in compact form and how many were shown. The offers
   are stored as one JSON string, not a nested object: Python's protobuf builds and reads
@@ -37,6 +39,7 @@ from services.common.errors import field_violations
 from services.gateway.bot import offers as fmt
 from services.gateway.bot.extract import (
     MAX_DAYS_AHEAD,
+    MAX_TRAVELLERS,
     SEASONS,
     Extraction,
     NoSuchDate,
@@ -76,7 +79,16 @@ CABIN_CODES = {
 }
 # The slots a request need not say (their defaults: one way, 1 adult, economy, any stops),
 # cleared when a message says a whole new trip.
-REQUEST_DEFAULTS = ("return", "nights", "round_trip", "period", "adults", "cabin", "non_stop")
+REQUEST_DEFAULTS = (
+    "return",
+    "nights",
+    "round_trip",
+    "period",
+    "adults",
+    "too_many",
+    "cabin",
+    "non_stop",
+)
 # Status codes that mean "search can't answer now" rather than "the request was wrong".
 UNAVAILABLE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -283,6 +295,9 @@ def _valid_trip(trip: dict[str, Any]) -> dict[str, Any]:
             trip.pop(key)
     if trip.get("round_trip") not in (None, True):
         trip.pop("round_trip")
+    too_many = trip.get("too_many")
+    if too_many is not None and not (isinstance(too_many, int | float) and too_many > 0):
+        trip.pop("too_many")
     return trip
 
 
@@ -484,6 +499,8 @@ class BotEngine:
             return t(key, text=d.ask.get("text", ""))
         if d.ask.get("slot") == "return" and d.trip.get("depart"):
             return t("ask_return")
+        if d.ask.get("slot") == "travellers" and d.trip.get("too_many"):
+            return self._travellers_question(ctx, d)
         missing = self._missing(d)
         if missing is not None and (d.trip or not ctx.smart):
             d.set("ask", {"slot": missing})
@@ -528,6 +545,11 @@ class BotEngine:
                         return question
                 return await self._advance(ctx, d, [])
             return [Reply(ctx.texts("choose_place", text=d.ask.get("text", "")))]
+        if d.ask.get("slot") == "travellers":
+            # "4", answering "How many travellers should I search for?"
+            if 1 <= n <= MAX_TRAVELLERS:
+                return await self._apply(ctx, d, Extraction(adults=n))
+            return await self._apply(ctx, d, Extraction(too_many=n))
         period = Period.from_state(d.trip.get("period"))
         asked = {"depart": "date", "return": "return"}
         if period is not None and d.ask.get("slot") == asked[period.leg] and 1 <= n <= 31:
@@ -695,6 +717,9 @@ class BotEngine:
             changes["round_trip"] = None if found.one_way else True
         if found.adults:
             changes["adults"] = found.adults
+            changes["too_many"] = None
+        if found.too_many:
+            changes["too_many"] = found.too_many  # asked before searching (see _advance)
         if found.cabin:
             changes["cabin"] = found.cabin
         if found.non_stop is not None:
@@ -934,9 +959,21 @@ class BotEngine:
             if ctx.smart and not before:
                 question = t("have_so_far", summary=self._summary(ctx, d)) + "\n" + question
             return [*before, Reply(question)]
+        if d.trip.get("too_many"):
+            # "12 adults": one search seats at most 9, and 1 is not what was asked.
+            d.set("ask", {"slot": "travellers"})
+            question = self._travellers_question(ctx, d)
+            if ctx.smart and not before:
+                question = t("have_so_far", summary=self._summary(ctx, d)) + "\n" + question
+            return [*before, Reply(question)]
         if d.ask:
             d.set("ask", {})
         return [*before, *await self._search_and_show(ctx, d)]
+
+    def _travellers_question(self, ctx: Context, d: Dialogue) -> str:
+        t = ctx.texts
+        limit = t("too_many_travellers", n=int(d.trip["too_many"]), limit=MAX_TRAVELLERS)
+        return f"{limit} {t('ask_travellers', limit=MAX_TRAVELLERS)}"
 
     def _same_place(self, ctx: Context, d: Dialogue) -> Reply:
         d.update_trip(destination=None)

@@ -48,6 +48,8 @@ class Extraction:
     return_date: date | None = None
     nights: int | None = None
     adults: int | None = None
+    # More travellers than one search takes (MAX_TRAVELLERS): said so, and asked how many.
+    too_many: int | None = None
     cabin: str | None = None
     non_stop: bool | None = None
     one_way: bool | None = None
@@ -73,6 +75,7 @@ class Extraction:
             or self.return_date
             or self.nights
             or self.adults
+            or self.too_many
             or self.cabin
             or self.non_stop is not None
             or self.one_way is not None
@@ -1135,13 +1138,18 @@ ADULT_RULES: list[tuple[re.Pattern[str], Any]] = [
     (re.compile(r"\b(?:couple|a pair|pareja)\b"), lambda m: 2),
     (re.compile(r"\b(?:just me|only me|alone|by myself|solo yo|yo solo)\b"), lambda m: 1),
     (
+        re.compile(r"\b(?:somos|we are|we're|make it) (\d{1,2})\b"),
+        lambda m: number(m.group(1)),
+    ),
+    (
         re.compile(
             r"\b(?:make it|for|para|somos|we are) (\d|two|three|four|five|six|seven|"
-            r"eight|nine|dos|tres|cuatro|cinco|seis|siete|ocho|nueve)\b"
+            r"eight|nine|ten|dos|tres|cuatro|cinco|seis|siete|ocho|nueve|diez)\b"
         ),
         lambda m: number(m.group(1)),
     ),
 ]
+MAX_TRAVELLERS = 9  # seated travellers in one search (the search service's limit)
 
 CABIN_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\bpremium(?: economy| turista| class)?\b"), "premium_economy"),
@@ -1401,10 +1409,14 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
         match = pattern.search(work)
         if match:
             count = value(match)
-            if count and 1 <= count <= 9:
+            if count and 1 <= count <= MAX_TRAVELLERS:
                 result.adults = count
-                work = work[: match.start()] + " " + work[match.end() :]
-                break
+            elif count:
+                result.too_many = count  # "12 adults": not searched as 1, nor read as a place
+            else:
+                continue
+            work = work[: match.start()] + " " + work[match.end() :]
+            break
 
     # Which date is which: ranges, "back <date>", then the first remaining is the departure.
     used: set[int] = set()

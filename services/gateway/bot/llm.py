@@ -203,6 +203,8 @@ class LLMExtractor:
                 self.breaker.success()
                 result = self._to_extraction(answer, today)
                 if result is not None:
+                    if rules.too_many:  # "12 adults": the model's schema stops at 9
+                        result = replace(result, adults=None, too_many=rules.too_many)
                     return with_rules_dates(result, rules)
                 self.fallbacks += 1
                 log.warning("llm_fallback", reason="implausible_answer")

@@ -90,6 +90,11 @@ MESSAGES: dict[str, str] = {
     "period_reyes": "around Three Kings' Day",
     "period_puente": "around the {month} holiday weekend",
     "no_such_date": "There's no {day} {month} in {year}.",
+    "too_many_travellers": (
+        "I can search for up to {limit} travellers at a time, so not {n} (airlines book larger "
+        "groups through their group desks)."
+    ),
+    "ask_travellers": "How many travellers should I search for? (1\u2013{limit})",
     "ask_return": "When do you come back?",
     "date_too_far": "I can only search up to a year ahead. Please pick an earlier date.",
     "return_before_departure": (

@@ -92,6 +92,11 @@ MESSAGES: dict[str, str] = {
     "period_reyes": "en Reyes",
     "period_puente": "en el puente de {month}",
     "no_such_date": "El {day} de {month} de {year} no existe.",
+    "too_many_travellers": (
+        "Puedo buscar para {limit} viajeros como máximo, así que no para {n} (las aerolíneas "
+        "reservan los grupos más grandes aparte)."
+    ),
+    "ask_travellers": "¿Para cuántos viajeros busco? (de 1 a {limit})",
     "ask_return": "¿Qué día vuelves?",
     "date_too_far": "Solo puedo buscar hasta un año vista. Elige una fecha más cercana.",
     "return_before_departure": (
