@@ -187,6 +187,45 @@ async def test_more_travellers_than_one_search_takes_are_said_and_asked(
     assert "3 adultos" in reply and offers_in(reply), reply
 
 
+async def test_children_and_infants_are_counted_and_their_fares_explained(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: children and infants were dropped without a word: *2 adults 1 child* searched
+    2 seats, *with my baby* 1 adult as if alone, and *2 adults and a child NYC to London*
+    answered *I couldn't find an airport for “Child Nyc”*.)"""
+    chat = Chat(engine)
+    reply = await chat.say("2 adults and a child NYC to London next Friday")
+    assert "New York (NYC) → London (LON)* · " + short(coming(4)) in reply, reply
+    assert "· 2 adults, 1 child" in reply and offers_in(reply), reply
+    assert "_Children's seats are priced at adult fares here; airlines may charge less._" in reply
+    # The seats searched are the whole party's: the same fares as three adults.
+    three = await Chat(engine, user_id="15550000022").say("3 adults NYC to London next Friday")
+    assert re.findall(r"\*\$[\d,.]+\*", reply) == re.findall(r"\*\$[\d,.]+\*", three)
+    # A correction of the adults keeps the child; the details say who the price is for.
+    reply = await chat.say("make it 3 adults")
+    assert "· 3 adults, 1 child" in reply and offers_in(reply), reply
+    assert "for 3 adults, 1 child" in await chat.say("1")
+    # Over what one search seats, counting the children: asked, as for adults.
+    reply = await chat.say("7 adults and 3 kids")
+    assert "so not 10" in reply and chat.state["ask"] == {"slot": "travellers"}, reply
+    reply = await chat.say("8")
+    assert "· 8 adults" in reply and "child" not in reply and offers_in(reply), reply
+    await chat.say("2 adults and a child")
+    reply = await chat.say("actually just me")
+    assert "· 1 adult" in reply and "child" not in reply and offers_in(reply), reply
+    # A lap infant takes no seat and is not in the fares: said so.
+    reply = await Chat(engine, user_id="15550000023").say("NYC to London next Friday with my baby")
+    assert "· 1 adult, 1 infant" in reply and offers_in(reply), reply
+    assert "_Infants on a lap are not in these prices; the airline adds their fare._" in reply
+    # Spanish.
+    chat = Chat(engine, user_id="15550000024", locale="es")
+    reply = await chat.say("2 adultos y un niño de Madrid a Roma el viernes")
+    assert "Madrid (MAD) → Roma (ROM)" in reply and "· 2 adultos, 1 niño" in reply, reply
+    assert "tarifa de adulto" in reply and offers_in(reply)
+    reply = await chat.say("de Madrid a Roma el viernes con mi bebé")
+    assert "· 1 adulto, 1 bebé" in reply and "bebés en brazos" in reply, reply
+
+
 async def test_non_stop_can_be_taken_back(engine: BotEngine) -> None:
     """(Was a bug: once *direct* was said, nothing but *new* undid it: *with stops is fine*,
     *any stops* or *not direct* got *Sorry, I didn't get that* and only non-stop flights went

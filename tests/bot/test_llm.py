@@ -162,3 +162,14 @@ async def test_a_count_over_the_limit_is_the_rules_even_when_the_model_answers(
     assert "Boston (BOS) → Miami (MIA)" in reply and "so not 12" in reply, reply
     assert "9 adults" not in reply and engine.describe()["llm"]["fallbacks"] == 0
     await engine.aclose()
+
+
+async def test_children_are_the_rules_reading_even_when_the_model_answers(
+    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
+) -> None:
+    # The model's schema has adults only: it may count the child among them, or drop it.
+    engine = llm_engine(search_stub, fake, timeout=3.0)
+    fake.answer = answer(origin="Boston", destination="Miami", departure_date=in_days(8), adults=3)
+    reply = await Chat(engine).say("2 adults and a child from bean town to Miami in 8 days")
+    assert "Boston (BOS) → Miami (MIA)" in reply and "· 2 adults, 1 child" in reply, reply
+    await engine.aclose()

@@ -3,7 +3,8 @@
 State (JSON, in the session service, so it survives restarts and moves between workers):
 
 - ``trip``: the slots: ``origin`` / ``destination`` (``{"code", "name", "city", "country",
-  "kind"}``), ``depart`` / ``return`` (ISO dates), ``nights``, ``adults``, ``cabin``,
+  "kind"}``), ``depart`` / ``return`` (ISO dates), ``nights``, ``adults``, ``children``,
+  ``infants``, ``cabin``,
   ``non_stop``; ``round_trip`` once the user said so (the return is asked until given);
   ``period`` (``{"kind", "month", "year", "week"}``) while the user has named a stretch of
   days ("end of the month") and not yet the day; ``too_many`` (a count over 9) while the user
@@ -85,6 +86,8 @@ REQUEST_DEFAULTS = (
     "round_trip",
     "period",
     "adults",
+    "children",
+    "infants",
     "too_many",
     "cabin",
     "non_stop",
@@ -292,6 +295,10 @@ def _valid_trip(trip: dict[str, Any]) -> dict[str, Any]:
     for key in ("adults", "nights"):
         value = trip.get(key)
         if value is not None and not (isinstance(value, int | float) and 1 <= value <= 365):
+            trip.pop(key)
+    for key in ("children", "infants"):
+        value = trip.get(key)
+        if value is not None and not (isinstance(value, int | float) and 0 <= value <= 99):
             trip.pop(key)
     if trip.get("round_trip") not in (None, True):
         trip.pop("round_trip")
@@ -548,6 +555,7 @@ class BotEngine:
         if d.ask.get("slot") == "travellers":
             # "4", answering "How many travellers should I search for?"
             if 1 <= n <= MAX_TRAVELLERS:
+                d.update_trip(children=None)  # the number asked is of everyone seated
                 return await self._apply(ctx, d, Extraction(adults=n))
             return await self._apply(ctx, d, Extraction(too_many=n))
         period = Period.from_state(d.trip.get("period"))
@@ -717,7 +725,19 @@ class BotEngine:
             changes["round_trip"] = None if found.one_way else True
         if found.adults:
             changes["adults"] = found.adults
-            changes["too_many"] = None
+        if found.children is not None:
+            changes["children"] = found.children or None  # 0: "just me"
+        if found.infants is not None:
+            changes["infants"] = found.infants or None
+        if found.adults or found.children:
+            # Children take seats: with them a party may be over what one search seats.
+            seated = int(changes.get("adults") or d.trip.get("adults") or 1) + int(
+                changes.get("children") or d.trip.get("children") or 0
+            )
+            if seated > MAX_TRAVELLERS:
+                changes["too_many"] = seated
+            elif d.trip.get("too_many"):
+                changes["too_many"] = None
         if found.too_many:
             changes["too_many"] = found.too_many  # asked before searching (see _advance)
         if found.cabin:
@@ -1032,7 +1052,10 @@ class BotEngine:
             destination=trip["destination"]["code"],
             departure_date=trip["depart"],
             return_date=back.isoformat() if back else "",
-            adults=int(trip.get("adults") or 1),
+            # Children are searched as seats at adult fares (the search takes adults only, and
+            # fewer seats would understate the price); the results say so. Lap infants take no
+            # seat and are not in the fares: said too.
+            adults=int(trip.get("adults") or 1) + int(trip.get("children") or 0),
             cabin=CABIN_CODES.get(trip.get("cabin") or "economy", search_pb2.CABIN_ECONOMY),
             non_stop=bool(trip.get("non_stop")),
             max_results=fmt.KEPT,
@@ -1127,6 +1150,10 @@ class BotEngine:
                 lines.append(t("stale_label", age=_age(t, int(results.get("age_seconds", 0)))))
             if results.get("demo"):
                 lines.append(t("demo_label"))
+            if d.trip.get("children"):
+                lines.append(t("children_note"))
+            if d.trip.get("infants"):
+                lines.append(t("infants_note"))
         for index, offer in enumerate(page, start=start + 1):
             lines.append("")
             lines.append(fmt.offer_lines(t, index, offer))
@@ -1151,8 +1178,13 @@ class BotEngine:
         return f"{_place_label(t, origin) or '?'} → {_place_label(t, destination) or '?'}"
 
     def _travellers(self, ctx: Context, d: Dialogue) -> str:
-        adults = int(d.trip.get("adults") or 1)
-        return ctx.texts("adults_one") if adults == 1 else ctx.texts("adults_many", n=adults)
+        """ "2 adults", "2 adults, 1 child, 1 infant"."""
+        t, parts = ctx.texts, []
+        for key, least in (("adults", 1), ("children", 0), ("infants", 0)):
+            n = int(d.trip.get(key) or least)
+            if n:
+                parts.append(t(f"{key}_one") if n == 1 else t(f"{key}_many", n=n))
+        return ", ".join(parts)
 
     def _header(self, ctx: Context, d: Dialogue) -> str:
         t = ctx.texts
@@ -1185,7 +1217,7 @@ class BotEngine:
         back = self._return_date(d)
         if back:
             parts.append(t("return_on", date=fmt.day(t, back)))
-        if trip.get("adults") and int(trip["adults"]) > 1:
+        if int(trip.get("adults") or 1) > 1 or trip.get("children") or trip.get("infants"):
             parts.append(self._travellers(ctx, d))
         if trip.get("cabin") and trip["cabin"] != "economy":
             parts.append(t(f"cabin_{trip['cabin']}"))

@@ -50,6 +50,8 @@ class Extraction:
     adults: int | None = None
     # More travellers than one search takes (MAX_TRAVELLERS): said so, and asked how many.
     too_many: int | None = None
+    children: int | None = None  # "2 adults and a child", "con 2 niños"; 0: "just me"
+    infants: int | None = None  # "with my baby", "un bebé": on a lap, no seat
     cabin: str | None = None
     non_stop: bool | None = None
     one_way: bool | None = None
@@ -76,6 +78,8 @@ class Extraction:
             or self.nights
             or self.adults
             or self.too_many
+            or self.children
+            or self.infants
             or self.cabin
             or self.non_stop is not None
             or self.one_way is not None
@@ -1120,13 +1124,36 @@ COMPANIONS = (
     r"novio|amigo|amiga|hijo|hija|madre|padre|hermano|hermana)"
 )
 
-ADULT_RULES: list[tuple[re.Pattern[str], Any]] = [
-    (re.compile(r"\b" + NUM + r" (?:of us|de nosotros)\b"), lambda m: number(m.group(1))),
+# Children and infants, read before adults ("2 adults and a child"; "with my baby" is one
+# infant, not a companion). Normalized text keeps "ñ" but drops accents: "bebé" is "bebe".
+CHILD_NOUNS = r"(?:children|child|kids?|ni[nñ]os?|ni[nñ]as?|menores?)\b"
+INFANT_NOUNS = r"(?:infants?|babies|baby|bebes?)\b"
+CHILD_RULES: list[tuple[str, re.Pattern[str], Any]] = [
+    ("infants", re.compile(r"\b" + NUM + r" (?:little |small |peque[nñ]os? )?" + INFANT_NOUNS), 1),
     (
-        re.compile(r"\b(?:for |para |somos |we are |we're )?" + NUM + r" " + TRAVELLER_NOUNS),
-        lambda m: number(m.group(1)),
+        "infants",
+        re.compile(r"\b(?:with|con) (?:my|our|the|mi|nuestro|nuestra|el|la) " + INFANT_NOUNS),
+        None,
     ),
-    (re.compile(r"\bfamily of " + NUM + r"\b"), lambda m: number(m.group(1))),
+    ("children", re.compile(r"\b" + NUM + r" (?:little |small |peque[nñ]os? )?" + CHILD_NOUNS), 1),
+]
+
+# Counts of the whole party ("family of 4", "we are 4", "3 people"), children included.
+WHOLE_PARTY: list[re.Pattern[str]] = [
+    re.compile(r"\b" + NUM + r" (?:of us|de nosotros)\b"),
+    re.compile(
+        r"\b(?:for |para |somos |we are |we're )?"
+        + NUM
+        + r" (?!adults?\b|adultos?\b)"
+        + TRAVELLER_NOUNS
+    ),
+    re.compile(r"\bfamily of " + NUM + r"\b"),
+    re.compile(r"\b(?:somos|we are|we're|make it) (\d{1,2})\b"),
+]
+ALONE = re.compile(r"\b(?:just me|only me|alone|by myself|solo yo|yo solo)\b")
+ADULT_RULES: list[tuple[re.Pattern[str], Any]] = [
+    *((pattern, lambda m: number(m.group(1))) for pattern in WHOLE_PARTY[:3]),
+    (re.compile(r"\b" + NUM + r" (?:adults?|adultos?)\b"), lambda m: number(m.group(1))),
     (
         re.compile(
             r"\b(?:me and my|my \w+ and (?:i|me)|with my|(?:yo )?con mi|mi \w+ y yo) "
@@ -1136,11 +1163,8 @@ ADULT_RULES: list[tuple[re.Pattern[str], Any]] = [
         lambda m: 2,
     ),
     (re.compile(r"\b(?:couple|a pair|pareja)\b"), lambda m: 2),
-    (re.compile(r"\b(?:just me|only me|alone|by myself|solo yo|yo solo)\b"), lambda m: 1),
-    (
-        re.compile(r"\b(?:somos|we are|we're|make it) (\d{1,2})\b"),
-        lambda m: number(m.group(1)),
-    ),
+    (ALONE, lambda m: 1),
+    (WHOLE_PARTY[3], lambda m: number(m.group(1))),
     (
         re.compile(
             r"\b(?:make it|for|para|somos|we are) (\d|two|three|four|five|six|seven|"
@@ -1404,13 +1428,25 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     work, result.period = find_period(work, ctx.today)
     work, dates = find_dates(work, ctx)
 
-    # Travellers, once dates are out of the way ("the 5th" is not 5 people).
+    # Travellers, once dates are out of the way ("the 5th" is not 5 people): children and
+    # infants first, then adults (a whole party's count less its children and infants).
+    for slot, pattern, group in CHILD_RULES:
+        match = pattern.search(work)
+        if match:
+            count = number(match[group]) if group else 1
+            setattr(result, slot, (getattr(result, slot) or 0) + (count or 0))
+            work = work[: match.start()] + " " + work[match.end() :]
+    young = (result.children or 0) + (result.infants or 0)
     for pattern, value in ADULT_RULES:
         match = pattern.search(work)
         if match:
             count = value(match)
+            if count and pattern in WHOLE_PARTY and count > young:
+                count -= young  # "family of 4 with 2 kids": 2 adults
             if count and 1 <= count <= MAX_TRAVELLERS:
                 result.adults = count
+                if pattern is ALONE and not young:
+                    result.children = result.infants = 0  # "just me": nobody else comes
             elif count:
                 result.too_many = count  # "12 adults": not searched as 1, nor read as a place
             else:

@@ -205,6 +205,14 @@ class LLMExtractor:
                 if result is not None:
                     if rules.too_many:  # "12 adults": the model's schema stops at 9
                         result = replace(result, adults=None, too_many=rules.too_many)
+                    if rules.children or rules.infants:
+                        # Its schema has adults only: the rules' party, not a total of its own.
+                        result = replace(
+                            result,
+                            adults=rules.adults,
+                            children=rules.children,
+                            infants=rules.infants,
+                        )
                     return with_rules_dates(result, rules)
                 self.fallbacks += 1
                 log.warning("llm_fallback", reason="implausible_answer")

@@ -11,6 +11,10 @@ MESSAGES: dict[str, str] = {
     "date": "{weekday} {day} {month}",
     "adults_one": "1 adulto",
     "adults_many": "{n} adultos",
+    "children_one": "1 niño",
+    "children_many": "{n} niños",
+    "infants_one": "1 bebé",
+    "infants_many": "{n} bebés",
     "cabin_economy": "turista",
     "cabin_premium_economy": "turista superior",
     "cabin_business": "business",
@@ -126,6 +130,12 @@ MESSAGES: dict[str, str] = {
         "Responde *1* para ver detalles, *más* para ver más, *nuevo* para empezar de cero."
     ),
     "demo_label": "_Tarifas de demostración: datos de ejemplo, no reservables._",
+    "children_note": (
+        "_Los asientos de los niños tienen aquí tarifa de adulto; la aerolínea puede cobrar menos._"
+    ),
+    "infants_note": (
+        "_Los bebés en brazos no están en estos precios; la aerolínea añade su tarifa._"
+    ),
     "stale_label": ("⚠️ _La búsqueda en vivo no está disponible; estos precios son de hace {age}._"),
     "age_minutes": "{n} min",
     "age_hours": "{n} h",
