@@ -461,6 +461,32 @@ async def test_a_place_list_still_waits_after_a_message_about_something_else(
     assert "I'm not sure where “Marbella” is." in again.text and again.rows == unsure.rows
 
 
+async def test_a_greeting_while_a_question_waits_asks_it_again(engine: BotEngine) -> None:
+    """(Was a bug: *hi* while *Which “San Jose”?* waited answered with the introduction and
+    dropped the list and the place kept for after it, so *2* then got *Sorry, I didn't get
+    that*; *hi* after *Where are you flying from?* forgot that it was asked.)"""
+    chat = Chat(engine)
+    await chat.say("from san jose to rome next friday")
+    replies = await chat.send("text", "hi")
+    assert len(replies) == 1 and replies[0].text.startswith("Hi Ada! Got it: " + short(coming(4)))
+    assert "Which “San Jose” do you mean?" in replies[0].text
+    assert [row.title for row in replies[0].rows] == ["San Jose (SJC)", "San Jose (SJO)"]
+    reply = await chat.say("2")
+    assert "San Jose (SJO) → Rome (ROM)" in reply and offers_in(reply), reply
+    chat = Chat(engine, user_id="15550000025")
+    await chat.say("fly me to rome")
+    reply = await chat.say("hello")
+    assert reply == "Hi Ada! Got it: to Rome (ROM).\nWhere are you flying from?", reply
+    assert chat.state["ask"] == {"slot": "origin"}
+    chat = Chat(engine, user_id="15550000026", locale="es")
+    await chat.say("de san jose a roma el viernes")
+    replies = await chat.send("text", "hola")
+    assert replies[0].text.startswith("¡Hola Ada!") and len(replies[0].rows) == 2
+    assert "San José (SJO) → Roma (ROM)" in await chat.say("2")
+    # With nothing waiting, still the introduction.
+    assert "I find flights" in await Chat(engine, user_id="15550000027").say("hi")
+
+
 async def test_typed_number_chooses_a_candidate(engine: BotEngine) -> None:
     chat = Chat(engine, user_id="15550000002")
     await chat.say("to san jose")
@@ -734,8 +760,8 @@ async def test_unusable_state_costs_a_question_not_a_failure(engine: BotEngine) 
         "trip": {"origin": "JFK", "destination": {"code": "LON"}, "depart": "soon", "adults": -1},
         "ask": {"slot": "date"},
     }
-    reply = await chat.say("hello again")
-    assert "I find flights" in reply
+    reply = await chat.say("hello again")  # a question waits: asked, for the slot missing
+    assert reply == "Hi Ada! Got it: to LON.\nWhere are you flying from?", reply
     assert "Where are you flying from?" in await chat.say("to Paris")
 
 

@@ -483,6 +483,17 @@ class BotEngine:
     def _greet(self, ctx: Context, d: Dialogue) -> list[Reply]:
         profile_name = ctx.turn.message.profile_name
         name = profile_name.split(" ")[0] if profile_name else ""
+        if ctx.smart and (d.ask.get("choices") or (d.ask.get("slot") and d.trip)):
+            # "hi" while a question waits (a place list, "Where are you flying from?"): the
+            # question again, with what is kept, not an introduction that drops it.
+            hello = ctx.texts("greeting_again", name=f" {name}" if name else "")
+            if d.ask.get("choices"):
+                reply = self._choices_again(ctx, d, summary=True)
+                return [replace(reply, text=f"{hello} {reply.text}")]
+            question, summary = self._whats_next(ctx, d), self._summary(ctx, d)
+            if summary:
+                question = ctx.texts("have_so_far", summary=summary) + "\n" + question
+            return [Reply(f"{hello} {question}")]
         d.set("ask", {"slot": "origin"} if not ctx.smart else {})
         key = "greeting" if ctx.smart else "greeting_step"
         return [Reply(ctx.texts(key, name=f" {name}" if name else ""))]

@@ -35,6 +35,7 @@ MESSAGES: dict[str, str] = {
         "Hi{name}! ✈️ I find flights. Tell me your trip in one message, for example "
         "*NYC to London next Friday*."
     ),
+    "greeting_again": "Hi{name}!",
     "greeting_step": "Hi{name}! ✈️ I find flights. Where are you flying from?",
     "help": (
         "I search flights. Write your trip the way you'd say it:\n"

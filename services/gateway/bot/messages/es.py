@@ -33,6 +33,7 @@ MESSAGES: dict[str, str] = {
         "¡Hola{name}! ✈️ Busco vuelos. Cuéntame tu viaje en un mensaje, por ejemplo "
         "*de Madrid a Londres el viernes*."
     ),
+    "greeting_again": "¡Hola{name}!",
     "greeting_step": "¡Hola{name}! ✈️ Busco vuelos. ¿Desde dónde sales?",
     "help": (
         "Busco vuelos. Escribe tu viaje como lo dirías:\n"
