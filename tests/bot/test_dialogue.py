@@ -304,6 +304,40 @@ async def test_an_arrival_on_the_calendar_day_before_is_marked_minus_one(
     assert "-1" in markers and set(markers) <= {"", "-1"}, markers
 
 
+async def test_asking_for_something_cheaper_is_answered(engine: BotEngine) -> None:
+    """(Was a bug: *cheaper?*, *anything cheaper* and *the cheapest* after results got *Sorry,
+    I didn't get that*, and in Spanish *¿más barato?* searched Madrid → Momote Airport (MAS),
+    *más* being read as its code.)"""
+    chat = Chat(engine)
+    results = await chat.say("NYC to London next Friday direct business class")
+    cheapest = re.findall(r"\*1\.\* \*(\$[\d,.]+)\*", results)[0]
+    trip = chat.state["trip"]
+    day = coming(4) + timedelta(days=1)
+    for text in ("cheaper?", "Anything cheaper?", "is there anything cheaper please"):
+        reply = await chat.say(text)
+        assert reply == (
+            f"Offer *1* at {cheapest} is the cheapest I found: offers are sorted cheapest first. "
+            f"For less, try another day (e.g. *{day.day} {day.strftime('%B')} instead*), flights "
+            "with stops (*with stops is fine*) or economy (*economy*)."
+        ), reply
+        assert chat.state["trip"] == trip
+    reply = await chat.say("the cheapest")
+    assert reply.startswith(f"*Offer 1* · *{cheapest}* for 1 adult"), reply
+    # What it suggests works.
+    reply = await chat.say(f"{day.day} {day.strftime('%B')} instead")
+    assert short(day) in reply and offers_in(reply), reply
+    # In Spanish; and with no offers yet, what can be done.
+    chat = Chat(engine, user_id="15550000028", locale="es")
+    await chat.say("de Madrid a Roma el viernes")
+    reply = await chat.say("¿más barato?")
+    assert reply.startswith("La oferta *1*, a ") and "mejor el" in reply, reply
+    assert chat.state["trip"]["destination"]["code"] == "ROM"
+    assert (await chat.say("el más barato")).startswith("*Oferta 1* · ")
+    chat = Chat(engine, user_id="15550000029")
+    assert "I find flights" in await chat.say("anything cheaper?")
+    assert "trip" not in chat.state
+
+
 async def test_an_ambiguous_city_is_asked_back_with_a_list(engine: BotEngine) -> None:
     chat = Chat(engine)
     replies = await chat.send("text", "San Jose to Miami tomorrow")

@@ -265,6 +265,21 @@ POLITE = re.compile(r"^(?:please|pls|plz|por favor) | (?:please|pls|plz|por favo
 # A choice by its number: "2", "la 2", "la opción 2", "option 2" ("el 2" stays a date).
 CHOICE = re.compile(r"(?:(?:la|opcion|option|oferta|offer|numero|number|#) ?)*(\d+)")
 
+# Asking about price once offers are shown: "the cheapest" is offer 1 (they are sorted cheapest
+# first); "anything cheaper?" is answered with what could cost less. Never a place ("mas" is
+# Momote's code, MAS).
+CHEAPEST = re.compile(
+    r"(?:the |el |la |lo )?(?:very )?cheapest(?: one| option| offer| flight| fare)?"
+    r"|(?:el|la|lo)(?: (?:opcion|vuelo|oferta))? mas barat[oa]"
+)
+CHEAPER = re.compile(
+    r"(?:(?:is there|are there|got|have you got|do you have|any|anything|something|nothing|"
+    r"hay|tienes|algo|alguno|algun|alguna|nada|no) )*"
+    r"(?:cheaper|less expensive|more affordable|mas barat[oa]s?|mas economic[oa]s?)"
+    r"(?: (?:ones?|options?|flights?|fares?|deals?|prices?|opciones|vuelos|tarifas))?"
+    r"(?: (?:than (?:that|this|these|those)|que (?:eso|esto|estos|esos|estas|esas)))?"
+)
+
 GREETING_WORDS = {"hi", "hello", "hey", "hiya", "hola", "shalom", "buenas", "yo", "howdy"}
 GREETING_TAIL = {"again", "there", "bot", "team", "all", "everyone", "friend", "amigo", "y"}
 
@@ -429,7 +444,8 @@ class BotEngine:
     async def _text(self, ctx: Context, d: Dialogue, text: str) -> list[Reply]:
         t = ctx.texts
         plain = normalize(text).strip(" .")
-        command = COMMANDS.get(POLITE.sub("", plain))  # "start over please"
+        polite = POLITE.sub("", plain)
+        command = COMMANDS.get(polite)  # "start over please"
         if _is_greeting(plain):
             return self._greet(ctx, d)
         if command == "help":
@@ -459,6 +475,8 @@ class BotEngine:
             if self._missing(d) is None:
                 return await self._advance(ctx, d, [])  # dates checked again: time has passed
             return [Reply(t("nothing_to_retry"))]
+        if CHEAPEST.fullmatch(polite) or CHEAPER.fullmatch(polite):
+            return self._cheaper(ctx, d, cheapest=bool(CHEAPEST.fullmatch(polite)))
         # \d is decimal digits only (int() refuses "²"); and a menu choice is a few digits,
         # while int() refuses more than 4300 (any longer number is just not understood).
         chosen = CHOICE.fullmatch(plain)
@@ -1173,6 +1191,25 @@ class BotEngine:
         lines.append("")
         lines.append(t("results_footer", last=shown) if shown > 1 else t("results_footer_one"))
         return Reply("\n".join(lines))
+
+    def _cheaper(self, ctx: Context, d: Dialogue, *, cheapest: bool) -> list[Reply]:
+        """ "the cheapest": offer 1's details; "anything cheaper?": offer 1 is the cheapest
+        found, and what in the trip could cost less."""
+        t, offers = ctx.texts, d.results.get("offers") or []
+        if not offers or not d.trip.get("depart"):
+            return [Reply(self._whats_next(ctx, d))]
+        if cheapest:
+            return [Reply(fmt.details(t, 1, offers[0], self._travellers(ctx, d)))]
+        day = date.fromisoformat(d.trip["depart"]) + timedelta(days=1)
+        month = t.words("month_names")[day.month - 1]
+        hints = [t("cheaper_hint_day", day=day.day, month=month)]
+        if d.trip.get("non_stop"):
+            hints.append(t("cheaper_hint_stops"))
+        if d.trip.get("cabin") and d.trip["cabin"] != "economy":
+            hints.append(t("cheaper_hint_cabin"))
+        if len(hints) > 1:
+            hints[-2:] = [f"{hints[-2]} {t('or')} {hints[-1]}"]
+        return [Reply(t("cheaper", price=fmt.price(t, offers[0]), hints=", ".join(hints)))]
 
     def _more(self, ctx: Context, d: Dialogue) -> list[Reply]:
         offers = d.results.get("offers") or []

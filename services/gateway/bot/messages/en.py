@@ -131,6 +131,14 @@ MESSAGES: dict[str, str] = {
     "age_minutes": "{n} min",
     "age_hours": "{n} h",
     "no_results": "No flights found for {route} on {date}. Try another date or *new*.",
+    "cheaper": (
+        "Offer *1* at {price} is the cheapest I found: offers are sorted cheapest first. For "
+        "less, try {hints}."
+    ),
+    "cheaper_hint_day": "another day (e.g. *{day} {month} instead*)",
+    "cheaper_hint_stops": "flights with stops (*with stops is fine*)",
+    "cheaper_hint_cabin": "economy (*economy*)",
+    "or": "or",
     "no_more": "That's all the offers I have. Reply with a number for details, or *new*.",
     "pick_offer": "Reply with a number from 1 to {last} for details.",
     "details_header": "*Offer {n}* · *{price}* for {travellers}",

@@ -141,6 +141,14 @@ MESSAGES: dict[str, str] = {
     "age_minutes": "{n} min",
     "age_hours": "{n} h",
     "no_results": "No hay vuelos {route} el {date}. Prueba otra fecha o escribe *nuevo*.",
+    "cheaper": (
+        "La oferta *1*, a {price}, es la más barata que he encontrado: las ofertas van de la "
+        "más barata a la más cara. Para pagar menos, prueba {hints}."
+    ),
+    "cheaper_hint_day": "otro día (p. ej. *mejor el {day} de {month}*)",
+    "cheaper_hint_stops": "vuelos con escalas (*con escalas*)",
+    "cheaper_hint_cabin": "turista (*en turista*)",
+    "or": "o",
     "no_more": "No tengo más ofertas. Responde con un número para ver detalles, o *nuevo*.",
     "pick_offer": "Responde con un número del 1 al {last} para ver detalles.",
     "details_header": "*Oferta {n}* · *{price}* para {travellers}",
