@@ -41,6 +41,10 @@ def engine(search_stub: search_pb2_grpc.SearchServiceStub) -> BotEngine:
 SPANISH_MONTHS = Texts("es").words("month_names")
 
 
+def engine_text(locale: str, key: str) -> str:
+    return Texts(locale)(key)
+
+
 def short(value: date) -> str:
     return f"{value.strftime('%a')} {value.day} {value.strftime('%b')}"
 
@@ -653,6 +657,27 @@ async def test_help_thanks_cancel_and_greeting(engine: BotEngine) -> None:
     assert "Tell me your trip" in await chat.say("ok")
     await chat.say("to Rome")
     assert await chat.say("great") == "Where are you flying from?"
+
+
+async def test_thanks_and_goodbyes_in_everyday_words_are_understood(engine: BotEngine) -> None:
+    """(Was a bug: only a bare *thanks* was known: *ok thanks*, *great, thank you*, *thank you
+    so much*, *bye* got *Sorry, I didn't get that*; *vale gracias*, *adiós* and *chao* too, and
+    *hasta luego* a list of airports resembling “Luego”.)"""
+    chat = Chat(engine)
+    await chat.say("NYC to London next Friday")
+    trip, results = chat.state["trip"], chat.state["results"]
+    for text in ("ok thanks", "Great, thank you!", "thank you so much", "that's all, thanks"):
+        assert await chat.say(text) == engine_text("en", "thanks"), text
+    for text in ("bye", "Thanks, bye!", "ok bye 👋", "see you"):
+        assert await chat.say(text) == "Goodbye! ✈️ Write whenever you want another search.", text
+    assert chat.state["trip"] == trip and chat.state["results"] == results
+    chat = Chat(engine, user_id="15550000030", locale="es")
+    await chat.say("de Madrid a Roma el viernes")
+    for text in ("vale, gracias", "muchas gracias!", "sí gracias"):
+        assert await chat.say(text) == engine_text("es", "thanks"), text
+    for text in ("adiós 👋", "chao", "hasta luego"):
+        assert await chat.say(text) == engine_text("es", "bye"), text
+    assert chat.state["trip"]["destination"]["code"] == "ROM" and "ask" not in chat.state
 
 
 async def test_everyday_ways_to_start_over_or_cancel_are_understood(engine: BotEngine) -> None:

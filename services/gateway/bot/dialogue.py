@@ -280,6 +280,24 @@ CHEAPER = re.compile(
     r"(?: (?:than (?:that|this|these|those)|que (?:eso|esto|estos|esos|estas|esas)))?"
 )
 
+# A message that only closes the conversation ("ok thanks", "great, thank you!", "bye",
+# "vale, gracias", "adiós 👋"): acknowledgements, thanks and goodbyes, at least one of the last two.
+_ACK = (
+    r"ok|okay|great|cool|perfect|nice|sure|yes|awesome|excellent|all good|that'?s (?:all|it)|"
+    r"vale|genial|perfecto|si|bueno|de acuerdo|eso es todo"
+)
+_THANKS = (
+    r"thanks?(?: you)?(?: (?:very|so) much| a lot| again)?|many thanks|thx|ty|cheers|"
+    r"much appreciated|(?:muchas |mil |muchisimas )?gracias(?: de nuevo)?"
+)
+_BYE = (
+    r"(?:good ?)?bye(?: bye)?|see (?:you|ya)(?: later| soon)?|adios|chao|chau|"
+    r"hasta (?:luego|pronto|la proxima)|nos vemos"
+)
+CLOSING = re.compile(rf"(?:(?:{_ACK}|{_THANKS}|{_BYE})(?: |$))+")
+BYE = re.compile(rf"(?:^| )(?:{_BYE})(?: |$)")
+THANKS = re.compile(rf"(?:^| )(?:{_THANKS})(?: |$)")
+
 GREETING_WORDS = {"hi", "hello", "hey", "hiya", "hola", "shalom", "buenas", "yo", "howdy"}
 GREETING_TAIL = {"again", "there", "bot", "team", "all", "everyone", "friend", "amigo", "y"}
 
@@ -458,8 +476,11 @@ class BotEngine:
             if not ctx.smart:
                 d.set("ask", {"slot": "origin"})
             return [Reply(t("new" if ctx.smart else "new_step"))]
-        if command == "thanks":
-            return [Reply(t("thanks"))]
+        words = " ".join(re.sub(r"[^\w\s']", " ", polite).split())  # no emoji, no commas
+        if command == "thanks" or (
+            CLOSING.fullmatch(words) and (THANKS.search(words) or BYE.search(words))
+        ):
+            return [Reply(t("bye" if BYE.search(words) else "thanks"))]
         if command == "more":
             return self._more(ctx, d)
         if command == "ack":

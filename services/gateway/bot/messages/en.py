@@ -48,6 +48,7 @@ MESSAGES: dict[str, str] = {
     ),
     "rate_notice": "You are sending messages faster than we can answer. Please wait a minute.",
     "thanks": "You're welcome! ✈️ Write *new* whenever you want another search.",
+    "bye": "Goodbye! ✈️ Write whenever you want another search.",
     "new": "OK, starting over. Where would you like to fly?",
     "new_step": "OK, starting over. Where are you flying from?",
     "cancel": "Cancelled; I've forgotten this trip. Say hi whenever you want to search again.",

@@ -49,6 +49,7 @@ MESSAGES: dict[str, str] = {
         "favor."
     ),
     "thanks": "¡De nada! ✈️ Escribe *nuevo* cuando quieras otra búsqueda.",
+    "bye": "¡Hasta pronto! ✈️ Escríbeme cuando quieras otra búsqueda.",
     "new": "Vale, empezamos de nuevo. ¿Adónde quieres volar?",
     "new_step": "Vale, empezamos de nuevo. ¿Desde dónde sales?",
     "cancel": "Cancelado; he olvidado este viaje. Escríbeme cuando quieras buscar otra vez.",
