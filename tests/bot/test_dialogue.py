@@ -360,6 +360,23 @@ async def test_an_ambiguous_city_is_asked_back_with_a_list(engine: BotEngine) ->
     assert "San Jose (SJO) → Miami (MIA)" in answer[0].text and offers_in(answer[0].text)
 
 
+async def test_the_word_before_the_travellers_is_not_part_of_a_place(engine: BotEngine) -> None:
+    """(Was a bug: once *2 adults* was read, the *with* before it stayed on the place: *NYC to
+    San Jose next Friday with 3 people* asked *Which “San Jose With” do you mean?*, *de Madrid
+    a San José el viernes con 2 adultos* looked up “san jose con”, and *family of 4 with 2
+    kids* left “with” as a place.)"""
+    chat = Chat(engine)
+    replies = await chat.send("text", "NYC to San Jose next Friday with 3 people")
+    assert replies[0].text == "Which “San Jose” do you mean? Reply with a number.", replies
+    assert chat.state["ask"]["text"] == "San Jose" and chat.state["trip"]["adults"] == 3
+    chat = Chat(engine, user_id="15550000031", locale="es")
+    replies = await chat.send("text", "de Madrid a San José el viernes directo con 2 adultos")
+    assert replies[0].text == "¿A qué «San Jose» te refieres? Responde con un número.", replies
+    chat = Chat(engine, user_id="15550000032")
+    reply = await chat.say("NYC to Rome next Friday, family of 4 with 2 kids")
+    assert "New York (NYC) → Rome (ROM)" in reply and "· 2 adults, 2 children" in reply, reply
+
+
 async def test_la_paz_is_asked_about_not_taken_for_mexico(engine: BotEngine) -> None:
     """(Was a bug: "de La Paz a Reyes" and "from La Paz" flew from La Paz, Mexico (LAP) without
     asking: Bolivia's La Paz is "La Paz / El Alto" in the airport data, read as weaker.)"""

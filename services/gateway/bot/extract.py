@@ -1291,8 +1291,11 @@ def _clean_place(phrase: str, spanish: bool = False) -> str:
     words = [w.replace("_", " ") for w in phrase.split() if not w.startswith("@d")]
     while words and words[0] in FILLER:
         words.pop(0)
-    # Spanish articles never end a place name ("a Barcelona el viernes" → "barcelona el").
-    trailing = {"el", "la", "los", "las", "del"} if spanish else set()
+    # Spanish articles never end a place name ("a Barcelona el viernes" → "barcelona el"), nor
+    # does what once led the travellers read out of the text ("to San Jose with 3 people").
+    trailing = {"with", "including", "plus"}
+    if spanish:
+        trailing |= {"el", "la", "los", "las", "del", "con", "incluyendo"}
     while words and (words[-1] in FILLER or words[-1] in trailing):
         words.pop()
     # What is left must contain letters and no leftover date/slot placeholder.
