@@ -342,6 +342,26 @@ async def test_asking_for_something_cheaper_is_answered(engine: BotEngine) -> No
     assert "trip" not in chat.state
 
 
+async def test_one_seat_left_is_written_in_the_singular(engine: BotEngine) -> None:
+    """(Was a bug: an offer with one seat left said *1 seats left at this price.*, in Spanish
+    *Quedan 1 plazas a este precio.*)"""
+    singular = {"en": "\n1 seat left at this price.", "es": "\nQueda 1 plaza a este precio."}
+    found: set[str] = set()
+    for days in range(1, 15):  # the demo schedule's seats vary by day: about 1 offer in 15
+        day = today() + timedelta(days=days)
+        for locale in ("en", "es"):
+            chat = Chat(engine, user_id=f"155500004{days:02d}", locale=locale)
+            await chat.say(f"MAD to FCO {day.isoformat()}")
+            await chat.say("more")
+            await chat.say("more")  # all nine kept offers shown
+            for n in range(1, int(chat.state["results"]["shown"]) + 1):
+                text = await chat.say(str(n))
+                assert "\n1 seats" not in text and "Quedan 1 plazas" not in text, text
+                if singular[locale] in text:
+                    found.add(locale)
+    assert found == {"en", "es"}
+
+
 async def test_an_ambiguous_city_is_asked_back_with_a_list(engine: BotEngine) -> None:
     chat = Chat(engine)
     replies = await chat.send("text", "San Jose to Miami tomorrow")

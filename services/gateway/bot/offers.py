@@ -178,7 +178,8 @@ def details(t: Texts, n: int, offer: dict[str, Any], travellers: str) -> str:
             )
     if offer.get("seats"):
         lines.append("")
-        lines.append(t("details_seats", n=int(offer["seats"])))
+        seats = int(offer["seats"])
+        lines.append(t("details_seats_one") if seats == 1 else t("details_seats", n=seats))
     if offer.get("demo"):
         lines.append(t("demo_label"))
     lines.append("")

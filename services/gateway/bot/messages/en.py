@@ -146,6 +146,7 @@ MESSAGES: dict[str, str] = {
     "details_direction_out": "*Outbound* · {duration} · {stops}",
     "details_direction_back": "*Return* · {duration} · {stops}",
     "details_segment": "{carrier}{number} {dep_airport} {dep_time} → {arr_airport} {arr_time}",
+    "details_seats_one": "1 seat left at this price.",
     "details_seats": "{n} seats left at this price.",
     "details_footer": "Reply another number, *more* for more, or *new* to start over.",
     "search_unavailable": (

@@ -156,6 +156,7 @@ MESSAGES: dict[str, str] = {
     "details_direction_out": "*Ida* · {duration} · {stops}",
     "details_direction_back": "*Vuelta* · {duration} · {stops}",
     "details_segment": "{carrier}{number} {dep_airport} {dep_time} → {arr_airport} {arr_time}",
+    "details_seats_one": "Queda 1 plaza a este precio.",
     "details_seats": "Quedan {n} plazas a este precio.",
     "details_footer": "Responde otro número, *más* para ver más, o *nuevo* para empezar de cero.",
     "search_unavailable": (
