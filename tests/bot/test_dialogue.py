@@ -459,6 +459,24 @@ async def test_a_tapped_row_of_a_list_sent_before_rows_kept_their_code_still_ans
     assert chat.state["trip"]["origin"]["code"] == "INL", answer.text
 
 
+async def test_a_city_whose_airport_is_over_its_state_border_is_one_city(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug, since same-named cities were told apart by state: Berlin's airport (BER) is in
+    Brandenburg and Tegel (TXL) in Berlin, Bangkok's (BKK) in Samut Prakan and Don Mueang in
+    Bangkok, so *Berlin to Vienna next Friday* asked *Which “Berlin” do you mean?* between
+    Berlin (BER) and Berlin (TXL), and *Singapore to Bangkok* the same: 10 of the 201 labelled
+    phrasings, which the extraction test's 95% threshold let pass.)"""
+    chat = Chat(engine)
+    reply = await chat.say("Berlin to Vienna next Friday")
+    assert "Berlin (BER) → Vienna (VIE)" in reply and offers_in(reply), reply
+    reply = await chat.say("Singapore to Bangkok next Friday")
+    assert "Singapore (SIN) → Bangkok (BKK)" in reply and offers_in(reply), reply
+    # Same-named cities of different states are still asked about.
+    (question,) = await Chat(engine).send("text", "Atlanta to Springfield tomorrow")
+    assert "Which “Springfield” do you mean?" in question.text
+
+
 async def test_a_row_of_an_answered_place_list_is_not_read_as_an_offer_number(
     engine: BotEngine,
 ) -> None:

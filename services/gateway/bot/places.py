@@ -184,10 +184,14 @@ def _city_parts(candidate: Candidate) -> set[str]:
 
 def _same_city(a: Candidate, b: Candidate) -> bool:
     """Same country, a shared city name ("Arnavutköy, Istanbul" and "Istanbul") and, where both
-    are known, the same state: Springfield, Missouri and Springfield, Illinois are two."""
-    if a.subdivision and b.subdivision and a.subdivision != b.subdivision:
+    are known, the same state: Springfield, Missouri and Springfield, Illinois are two. A city
+    that is its own state or region (Berlin, Bangkok) has its airport over the border (BER in
+    Brandenburg, BKK in Samut Prakan): one city still."""
+    shared = _city_parts(a) & _city_parts(b)
+    if a.country != b.country or not shared:
         return False
-    return a.country == b.country and bool(_city_parts(a) & _city_parts(b))
+    states = {a.subdivision.casefold(), b.subdivision.casefold()}
+    return not (a.subdivision and b.subdivision and len(states) > 1) or bool(states & shared)
 
 
 # A whole phrase resolving below this, while each half resolves at or above it, is two places
