@@ -1,5 +1,6 @@
 """The labelled extraction set, measured as a whole through the real search service: at least
-95% of the phrasings must come out exactly (every slot, places resolved to the right city)."""
+95% of the phrasings must come out exactly (every slot, places resolved to the right city), and
+none that came out right may regress."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from services.gateway.engine import SearchPort
 from tests.bot.phrasings import CASES, TODAY, Case
 
 TARGET = 0.95
+# Phrasings allowed to come out wrong (none today). The target alone let a change that broke
+# 10 of them (Berlin and Bangkok asked about) pass at 191/201: a miss is a regression unless
+# it is named here, with why.
+KNOWN_MISSES: frozenset[str] = frozenset()
 
 
 async def _city(places: SearchPlaces, phrase: str | None) -> str | None:
@@ -99,12 +104,15 @@ async def test_extraction_accuracy(
     search_stub: search_pb2_grpc.SearchServiceStub, capsys: pytest.CaptureFixture[str]
 ) -> None:
     places = SearchPlaces(cast(SearchPort, search_stub))
-    misses = []
+    misses: list[str] = []
+    regressions: list[str] = []
     for case in CASES:
         got, want = await outcome(places, case), expected(case)
         if not _same(got, want):
             diff = {k: (got[k], want[k]) for k in want if not _same({k: got[k]}, {k: want[k]})}
             misses.append(f"  {case.text!r}: got/want {diff}")
+            if case.text not in KNOWN_MISSES:
+                regressions.append(case.text)
     exact = len(CASES) - len(misses)
     accuracy = exact / len(CASES)
     with capsys.disabled():
@@ -112,6 +120,7 @@ async def test_extraction_accuracy(
         for line in misses:
             print(line)
     assert accuracy >= TARGET, f"{accuracy:.1%} < {TARGET:.0%}"
+    assert not regressions, f"phrasings that came out right before: {regressions}"
 
 
 @pytest.mark.parametrize(
