@@ -116,7 +116,8 @@ BUSINESS_CACHE_EVICTIONS = Counter(
 BUSINESS_CACHE_INVALIDATIONS = Counter(
     "gateway_business_cache_invalidations_total",
     "Workers' business cache invalidations, by origin (remote: the business service published "
-    "a change; resubscribe: everything dropped; token_expired: the Graph API refused a token).",
+    "a change; resubscribe: everything dropped; token_expired: the Graph API refused a token; "
+    "credentials_refused: Twilio refused the SID and auth token).",
     ["origin"],
 )
 BUSINESS_CACHE_COUNTERS = CacheCounters(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import hashlib
 import importlib
 import math
@@ -75,6 +76,8 @@ SESSION_CONTENT_LIMIT = 4096
 DEFAULT_ENGINE_MODULE = "services.gateway.bot"
 # A service that is down, restarting or overloaded, not one refusing this message.
 TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+# Send outcomes that refuse the business's credentials (Cloud API 190/0, Twilio 401/20003).
+REFUSED_CREDENTIALS = frozenset({"token_expired", "credentials_refused"})
 RATE_NOTICE = "You are sending messages faster than we can answer. Please wait a minute."
 # The error recorded for a message waiting for room in its business's rate-limit window.
 OVER_LIMIT = "the business is over its rate limit"
@@ -462,12 +465,17 @@ class Processor:
         try:
             async with asyncio.timeout(self.settings.send_timeout_seconds):
                 await sender.post(target, part)
-        except TokenExpired as error:
-            metrics.SENDS.labels(sender.name, error.outcome).inc()
-            await self._token_needs_renewal(target.business_id)
-            raise DeadLetter("token_expired", str(error)) from None
         except SendError as error:
             metrics.SENDS.labels(sender.name, error.outcome).inc()
+            if error.outcome in REFUSED_CREDENTIALS:
+                # Refused credentials may be ones an operator has replaced since this worker
+                # loaded the business (a rotation): the refusal says nothing of the new ones.
+                current = await self._replaced_credentials(target, error.outcome)
+                if current is not None:
+                    return await self._send(sender, current, part)
+            if isinstance(error, TokenExpired):
+                await self._token_needs_renewal(target.business_id)
+                raise DeadLetter("token_expired", str(error)) from None
             if error.outcome == "outside_window":
                 return False  # logged by the sender; nothing to do until the user writes again
             if not error.retryable:
@@ -486,9 +494,39 @@ class Processor:
         except Exception as error:
             log.info("read receipt not sent", error=str(error)[:200])
 
+    async def _replaced_credentials(self, target: Target, refusal: str) -> Target | None:
+        """``target`` with the business's credentials as stored now, if they are not the ones
+        it was sent with; None if they are the same (or cannot be read: as if the same)."""
+        # Our cached credentials hold the refused ones: the next message must ask again.
+        self.businesses.forget(target.business_id, refusal)
+        try:
+            stored = (
+                await self.clients.business.GetBusiness(  # the store, not a replica's cache
+                    business_pb2.GetBusinessRequest(id=target.business_id, include_credentials=True)
+                )
+            ).credentials
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "could not read the business's current credentials",
+                business_id=target.business_id,
+                code=error.code().name,
+            )
+            return None
+        current = dataclasses.replace(
+            target,
+            access_token=stored.whatsapp_access_token,
+            twilio_account_sid=stored.twilio_account_sid,
+            twilio_auth_token=stored.twilio_auth_token,
+        )
+        if current == target:
+            return None
+        log.info(
+            "refused credentials were replaced meanwhile; sending with the new ones",
+            business_id=target.business_id,
+        )
+        return current
+
     async def _token_needs_renewal(self, business_id: str) -> None:
-        # Our cached credentials hold the refused token: the next message must ask again.
-        self.businesses.forget(business_id, "token_expired")
         try:
             await self.clients.business.UpdateBusiness(
                 business_pb2.UpdateBusinessRequest(

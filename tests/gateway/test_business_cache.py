@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -19,6 +20,8 @@ from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
 from tests.support.stack import (
     SECRETS,
+    TWILIO_SID,
+    TWILIO_TOKEN,
     Business,
     Gateway,
     Services,
@@ -29,12 +32,15 @@ from tests.support.stack import (
     new_wa_id,
     next_db,
     post_cloud,
+    signed_twilio,
     start_gateway,
+    twilio_form,
 )
 
 # Far longer than any test here: only an invalidation can explain a change being seen.
 TTL = "300"
 REMOTE = 'gateway_business_cache_invalidations_total{origin="remote"'
+MISSES = 'gateway_business_cache_lookups_total{result="miss"'
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +183,92 @@ def test_a_new_token_is_used_by_the_next_reply(cached: Gateway, fake_clouds: Fak
     send(cached, business.phone_number_id, wa_id, "new token")
     assert wait_for(lambda: len(fake_clouds.replies(wa_id)) == 2, 20)
     assert fake_clouds.replies(wa_id)[1].authorization == f"Bearer {new_token}"
+
+
+def dead_letters_of(gateway: Gateway, wa_id: str) -> list[dict[str, Any]]:
+    return [d for d in dead_letters(gateway) if (d["message"] or {}).get("user_id") == wa_id]
+
+
+def token_status(gateway: Gateway, business: Business) -> str:
+    with gateway.admin() as admin:
+        return str(admin.get(f"/admin/businesses/{business.id}").json()["access_token_status"])
+
+
+def test_a_reply_sent_with_a_token_replaced_meanwhile_is_sent_again_with_the_new_one(
+    cached: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """An operator replaces a business's token and Meta invalidates the old one while a worker
+    is answering with it: the Graph API refuses the old token (190). The business has a good
+    token, so the reply goes out with it and the business stays `valid`. (Was a bug: the
+    refusal of the old token marked the business `needs_renewal` over its new token, the
+    message was dead-lettered, and every later message of the business too, without a call,
+    until the operator set the same token a second time.)"""
+    business = new_business(cached)
+    old, new = business.access_token, "graph-token-replaced-" + business.access_token[-8:]
+    SECRETS.append(new)
+    wa_id = new_wa_id()
+    payload = cloud_payload(business.phone_number_id, wa_id, "slow 4 while rotating")
+    message_id = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+    with cached.http as client:
+        assert post_cloud(client, payload).status_code == 200
+    # The worker has the business (and the old token) once it has sent the read receipt; the
+    # engine then sleeps for 4 s, far longer than the change below takes.
+    assert wait_for(lambda: fake_clouds.read_receipts(message_id), 20)
+    changed(
+        cached,
+        lambda admin: admin.put(
+            f"/admin/businesses/{business.id}/token", json={"access_token": new}
+        ),
+    )
+    fake_clouds.revoked_tokens.add(old)
+
+    def with_new_token() -> list[str]:
+        sent = fake_clouds.replies(wa_id)
+        return [r.body["text"]["body"] for r in sent if r.authorization == f"Bearer {new}"]
+
+    assert wait_for(lambda: with_new_token() or dead_letters_of(cached, wa_id), 20)
+    assert dead_letters_of(cached, wa_id) == []
+    assert with_new_token() == ["echo: slow 4 while rotating #1"]
+    assert token_status(cached, business) == "valid"
+    # The business goes on being answered with its new token.
+    later = new_wa_id()
+    send(cached, business.phone_number_id, later, "after the rotation")
+    assert wait_for(lambda: fake_clouds.texts(later) == ["echo: after the rotation #1"], 20)
+    assert fake_clouds.replies(later)[0].authorization == f"Bearer {new}"
+
+
+def test_a_twilio_reply_sent_with_a_token_replaced_meanwhile_is_sent_again_with_the_new_one(
+    cached: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """The same on Twilio: the auth token rotated in Twilio's console and stored with
+    `PUT .../token` while a worker was answering with the old one (401, error 20003). (Was a
+    bug: the message was dead-lettered `send_credentials_refused` though the business had the
+    right pair.)"""
+    business = new_business(cached)
+    new = "biz-twilio-replaced-" + business.twilio_token[-8:]
+    SECRETS.append(new)
+    user = "+" + new_wa_id()
+    form = twilio_form(business.number, user, "slow 4 while rotating")
+    body, headers = signed_twilio(f"{cached.url}/webhooks/twilio", form, business.twilio_token)
+    misses = metric(cached, MISSES)
+    with cached.http as client:
+        assert client.post("/webhooks/twilio", content=body, headers=headers).status_code == 200
+    # The worker has the business (and the old pair) once it has looked it up.
+    assert wait_for(lambda: metric(cached, MISSES) > misses, 20)
+    fake_clouds.twilio_accounts = {business.twilio_sid: new, TWILIO_SID: TWILIO_TOKEN}
+    try:
+        changed(
+            cached,
+            lambda admin: admin.put(
+                f"/admin/businesses/{business.id}/token", json={"twilio_auth_token": new}
+            ),
+        )
+
+        def with_new_token() -> list[str]:
+            return [r.body["Body"] for r in fake_clouds.replies(user) if r.basic_auth[1] == new]
+
+        assert wait_for(lambda: with_new_token() or dead_letters_of(cached, user), 20)
+    finally:
+        fake_clouds.twilio_accounts = {}
+    assert dead_letters_of(cached, user) == []
+    assert with_new_token() == ["echo: slow 4 while rotating #1"]

@@ -31,6 +31,17 @@ THROUGHPUT_LIMIT = {
     }
 }
 
+# Meta's answer to a request whose Bearer token was invalidated (a new one was generated, the
+# system user's token revoked): HTTP 401, OAuthException code 190.
+TOKEN_INVALIDATED = {
+    "error": {
+        "message": "Error validating access token: The session has been invalidated.",
+        "type": "OAuthException",
+        "code": 190,
+        "error_subcode": 460,
+    }
+}
+
 TWILIO_AUTHENTICATE = {  # Twilio's answer to a wrong Account SID / Auth Token pair
     "code": 20003,
     "message": "Authenticate",
@@ -64,7 +75,9 @@ class Received:
 class FakeClouds:
     """Both fakes on one port; ``failures`` queues (status, json) answers to give first
     (``None``: answer as usual, to fail a later message). Messages from a phone number id in
-    ``throttled`` are refused as Meta refuses a number over its throughput (130429). With
+    ``throttled`` are refused as Meta refuses a number over its throughput (130429), and
+    requests with a Bearer token in ``revoked_tokens`` as Meta refuses an invalidated token
+    (401, code 190). With
     ``twilio_accounts`` (SID → auth token) set, Twilio requests whose Basic credentials are not
     one of those pairs are refused as Twilio refuses them (401, error 20003)."""
 
@@ -73,6 +86,7 @@ class FakeClouds:
         self.received: list[Received] = []
         self.failures: list[tuple[int, dict[str, Any]] | None] = []
         self.throttled: set[str] = set()
+        self.revoked_tokens: set[str] = set()
         self.twilio_accounts: dict[str, str] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -112,9 +126,10 @@ class FakeClouds:
         if body.get("type"):
             throttled = request.path_params["pnid"] in self.throttled
             failure = (400, THROUGHPUT_LIMIT) if throttled else self._failure()
-        self.received.append(
-            Received("graph", request.url.path, request.headers.get("authorization", ""), body)
-        )
+        authorization = request.headers.get("authorization", "")
+        if authorization.removeprefix("Bearer ") in self.revoked_tokens:
+            failure = (401, TOKEN_INVALIDATED)  # read receipts too: Meta checks every call
+        self.received.append(Received("graph", request.url.path, authorization, body))
         if failure:
             return JSONResponse(failure[1], status_code=failure[0])
         if body.get("status") == "read":
