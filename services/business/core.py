@@ -393,9 +393,10 @@ class BusinessCore:
         report = RotationReport()
         after: str | None = None
         while True:
-            page = await self.store.list(
-                after_id=after, limit=page_size, include_inactive=True, servable_only=False
-            )
+            with store_errors():  # a store failing midway: UNAVAILABLE, and a re-run goes on
+                page = await self.store.list(
+                    after_id=after, limit=page_size, include_inactive=True, servable_only=False
+                )
             if not page:
                 break
             after = page[-1].id
@@ -423,7 +424,9 @@ class BusinessCore:
                         continue
                     fresh = self.cipher.encrypt(plain, record.id, name)
                     # Compare-and-set: a secret changed meanwhile is already under the new key.
-                    if await self.store.replace_secret(record.id, name, stored, fresh):
+                    with store_errors():
+                        swapped = await self.store.replace_secret(record.id, name, stored, fresh)
+                    if swapped:
                         report.rotated += 1
                         touched = True
                     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -163,3 +164,34 @@ def test_a_store_that_does_not_answer_is_one_line(cli: Cli) -> None:
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr and "pw-not-shown" not in out.stderr, out.stderr
     assert "business store is unavailable" in out.stderr, out.stderr
+
+
+def test_a_store_that_stops_answering_during_rotate_keys_is_one_line(
+    cli: Cli, registry: SecretRegistry, tmp_path: Path
+) -> None:
+    """rotate-keys runs for a while against a store in use: a write it cannot make (the SQLite
+    file locked past its busy timeout, a MongoDB failing over) ends it with the documented line
+    and status 1, and a re-run finishes the job. (Was a bug: the driver's traceback, because
+    the rotation's reads and writes went to the store without the CLI's error handling.)"""
+    for i in range(2):
+        done = cli(
+            "add", "--name", f"L{i}", "--subdomain", f"l{i}", "--access-token-stdin",
+            stdin=registry.token("locked") + "\n",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    rotated_env = {
+        "ENCRYPTION_SECRET": "a-brand-new-secret-0123456789",
+        "ENCRYPTION_SECRET_PREVIOUS": TEST_SECRET,
+    }
+    # Another process holds the write lock longer than the CLI's busy timeout (5 s).
+    holder = sqlite3.connect(tmp_path / "business.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        locked = cli("rotate-keys", **rotated_env)
+    finally:
+        holder.close()
+    assert locked.returncode == 1, locked.stderr
+    assert "Traceback" not in locked.stderr, locked.stderr
+    assert "business store is unavailable" in locked.stderr, locked.stderr
+    again = cli("rotate-keys", **rotated_env)
+    assert again.returncode == 0 and "re-encrypted 2" in again.stdout, again.stdout
