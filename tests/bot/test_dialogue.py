@@ -391,10 +391,19 @@ async def test_the_word_before_the_travellers_is_not_part_of_a_place(engine: Bot
     assert chat.state["ask"]["text"] == "San Jose" and chat.state["trip"]["adults"] == 3
     chat = Chat(engine, user_id="15550000031", locale="es")
     replies = await chat.send("text", "de Madrid a San José el viernes directo con 2 adultos")
-    assert replies[0].text == "¿A qué «San Jose» te refieres? Responde con un número.", replies
+    assert replies[0].text == "¿A qué «San José» te refieres? Responde con un número.", replies
     chat = Chat(engine, user_id="15550000032")
     reply = await chat.say("NYC to Rome next Friday, family of 4 with 2 kids")
     assert "New York (NYC) → Rome (ROM)" in reply and "· 2 adults, 2 children" in reply, reply
+
+
+async def test_a_place_is_echoed_as_the_user_wrote_it(engine: BotEngine) -> None:
+    """(Was a bug: the bot's questions echoed the place with its accents taken off and every
+    word capitalized: *¿A qué «Cordoba» te refieres?* to someone who wrote *Córdoba*.)"""
+    (question,) = await Chat(engine, locale="es").send("text", "de Córdoba a Madrid mañana")
+    assert question.text.startswith("¿A qué «Córdoba» te refieres?"), question.text
+    (question,) = await Chat(engine).send("text", "from san josé to Miami tomorrow")
+    assert question.text.startswith("Which “San José” do you mean?"), question.text
 
 
 async def test_la_paz_is_asked_about_not_taken_for_mexico(engine: BotEngine) -> None:

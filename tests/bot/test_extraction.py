@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from parley.search.v1 import search_pb2_grpc
-from services.gateway.bot.extract import extract
+from services.gateway.bot.extract import as_written, extract
 from services.gateway.bot.places import SearchPlaces, decide, split_phrase
 from services.gateway.engine import SearchPort
 from tests.bot.phrasings import CASES, TODAY, Case
@@ -173,3 +173,21 @@ def test_a_weekday_written_with_its_date_or_after_next_is_that_day(
     got = (found.depart, found.return_date)
     assert tuple(d.isoformat() if d else None for d in got) == (depart, back)
     assert (found.origin, found.destination, found.places) == ("nyc", "london", [])
+
+
+@pytest.mark.parametrize(
+    ("phrase", "text", "written"),
+    [
+        ("cordoba", "de Córdoba a Madrid mañana", "Córdoba"),
+        ("san jose", "from  SAN   José to Miami", "SAN José"),
+        ("la coruna", "a La Coruña el viernes", None),  # ñ is kept by normalize: no match
+        ("la coruña", "a La Coruña el viernes", "La Coruña"),
+        ("o'hare", "from O\u2019Hare tomorrow", "O\u2019Hare"),
+        ("london", "NYC → London", "London"),
+        ("new york", "nyc to london", None),  # not in the text: the caller keeps its phrase
+    ],
+)
+def test_a_phrase_is_found_as_the_user_wrote_it(
+    phrase: str, text: str, written: str | None
+) -> None:
+    assert as_written(phrase, text) == written

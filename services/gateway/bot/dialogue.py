@@ -45,6 +45,7 @@ from services.gateway.bot.extract import (
     Extraction,
     NoSuchDate,
     Period,
+    as_written,
     extract,
     normalize,
     weekday_after,
@@ -909,8 +910,10 @@ class BotEngine:
         if strict and (not candidates or candidates[0].score < STRICT_SCORE):
             candidates = []
         decision = decide(phrase, candidates)
-        # Clipped: a long message must not make a long reply (several provider messages).
-        shown = _clip(phrase, PHRASE_LIMIT).title()
+        # As written where it can be found ("Córdoba", not "Cordoba"), capitalized if the user
+        # didn't; clipped: a long message must not make a long reply (several messages).
+        written = as_written(phrase, ctx.turn.message.text) or phrase
+        shown = _clip(written.title() if written.islower() else written, PHRASE_LIMIT)
         if decision.ambiguous:
             d.set(
                 "ask",

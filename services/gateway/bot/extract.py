@@ -330,6 +330,25 @@ def normalize(text: str) -> str:
     return _fix_typos(text)
 
 
+def as_written(phrase: str, text: str) -> str | None:
+    """``phrase`` (read from ``normalize(text)``) as the user wrote it in ``text``: "Córdoba"
+    for "cordoba", "San José" for "san jose"; None where normalizing changed more than case,
+    accents and spacing (a typo fixed, a symbol read as "to")."""
+    folded, origin = [], []  # each folded character, and the index of its original one
+    for index, ch in enumerate(text):
+        lower = ch.lower().replace("\u2019", "'")
+        for part in lower if lower == "ñ" else _strip_accents(lower):
+            folded.append(part)
+            origin.append(index)
+    words = phrase.split()
+    if not words:
+        return None
+    found = re.search(r"\s+".join(map(re.escape, words)), "".join(folded))
+    if found is None:
+        return None
+    return " ".join(text[origin[found.start()] : origin[found.end() - 1] + 1].split())
+
+
 # Emoji and other pictographs (with their joiners and variation selectors), which WhatsApp
 # users put around places ("✈️ NYC", "🇫🇷 Paris"): no part of a name. Not "°" (see normalize).
 PICTOGRAPHS = frozenset(("So", "Sk", "Cf", "Co", "Cs"))
