@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from parley.business.v1 import business_pb2
@@ -124,6 +125,15 @@ def _reject(channel: str, status: int, outcome: str, detail: str) -> JSONRespons
     return JSONResponse({"detail": detail}, status_code=status)
 
 
+def _cut_short(request: Request, channel: str, rid: str) -> Response:
+    """The sender closed the connection before the body it announced ended: nothing is queued
+    and nobody reads the answer. Counted (``incomplete``) and logged, not an error: any client
+    can do it, and a proxy or provider timing out does it too."""
+    metrics.child(metrics.WEBHOOKS, channel, "incomplete").inc()
+    log.info("webhook body cut short", request_id=rid, channel=channel, path=request.url.path)
+    return Response(status_code=400)
+
+
 async def _body(request: Request, channel: str) -> bytes:
     """The webhook's body; one over MAX_BODY_BYTES is counted (``too_large``) before Starlette's
     413 goes out: nothing else counts or logs it, and a limit set below what the provider sends
@@ -181,10 +191,17 @@ def build_router(runtime: Runtime) -> APIRouter:
         received = time.time()
         rid = request_id(request)
         request_id_var.set(rid)  # for the gRPC calls a signature check may make
+        answered = True
         try:
             return await _cloud(request, received, rid)
+        except ClientDisconnect:
+            answered = False  # no answer to time
+            return _cut_short(request, "cloud_api", rid)
         finally:
-            metrics.child(metrics.ACK_SECONDS, "cloud_api").observe(time.perf_counter() - started)
+            if answered:
+                metrics.child(metrics.ACK_SECONDS, "cloud_api").observe(
+                    time.perf_counter() - started
+                )
 
     async def _cloud(request: Request, received: float, rid: str) -> Response:
         body = await _body(request, "cloud_api")
@@ -323,10 +340,15 @@ def build_router(runtime: Runtime) -> APIRouter:
         received = time.time()
         rid = request_id(request)
         request_id_var.set(rid)
+        answered = True
         try:
             return await _twilio(request, received, rid)
+        except ClientDisconnect:
+            answered = False  # no answer to time
+            return _cut_short(request, "twilio", rid)
         finally:
-            metrics.child(metrics.ACK_SECONDS, "twilio").observe(time.perf_counter() - started)
+            if answered:
+                metrics.child(metrics.ACK_SECONDS, "twilio").observe(time.perf_counter() - started)
 
     async def _twilio(request: Request, received: float, rid: str) -> Response:
         body = await _body(request, "twilio")
