@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from services.common.settings import refuse_to_start  # imports no prometheus_client
-from services.gateway.http_protocol import BoundedHttpToolsProtocol
+from services.gateway.http_protocol import bounded_protocol
 
 if TYPE_CHECKING:
     from services.gateway.runtime import Role
@@ -122,7 +122,8 @@ def _serve(role: Role, settings: GatewaySettings) -> int:
         "log_config": None,  # keep our structlog handler
         "access_log": False,  # one structured line per webhook instead
         "timeout_graceful_shutdown": int(settings.shutdown_grace_seconds),
-        "http": BoundedHttpToolsProtocol,  # a bound on a request's head
+        # Bounds on a request's head (64 KiB) and on the time a request may take to arrive.
+        "http": bounded_protocol(settings.request_read_timeout_seconds),
     }
     if role == "worker":
         if not settings.worker_http_port:

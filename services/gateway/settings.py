@@ -35,6 +35,10 @@ class GatewaySettings(CommonSettings):
     # Meta's webhooks can be up to 3 MB (Cloud API webhooks guide); a smaller limit refuses
     # real ones at every retry. Twilio's forms are far smaller.
     max_body_bytes: int = Field(default=3 * KIB * KIB, ge=1 * KIB, le=16 * KIB * KIB)
+    # How long a request (head and body) may take to arrive, from its first byte: past it, 408
+    # and the connection closed. The providers send a webhook in well under a second; a client
+    # sending slowly, or less than its Content-Length, holds a connection only this long.
+    request_read_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
 
     # Senders
     whatsapp_api_base_url: str = "https://graph.facebook.com/v23.0"
