@@ -12,6 +12,7 @@ import hmac
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -40,6 +41,7 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # business it names; Meta signs one delivery with one app's secret, so a few ids at most.
 MAX_SIGNING_BUSINESSES = 20
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 CLOUD_API_BODY = {
     "requestBody": {
@@ -469,15 +471,35 @@ def _same(given: str, expected: str) -> bool:
 
 
 def plain_routes(router: APIRouter) -> list[Route]:
-    """The router's POST webhooks again, as plain Starlette routes to serve ahead of FastAPI's.
+    """The router's webhooks again, as plain Starlette routes to serve ahead of FastAPI's.
 
     The endpoints take the raw ``Request`` and return a ``Response``: FastAPI's per-request route
     machinery (dependency solving, exit stacks, the included router's layers) has nothing to do
     for them, yet it cost ~70 of ~200 µs of CPU per webhook. The FastAPI routes stay registered,
     so the OpenAPI document still describes them; the same functions answer either way.
+
+    One route per path, with every method the path takes (a GET also answers HEAD): a route
+    answers 405 for a method it lacks, naming its own methods in ``Allow``, before FastAPI's
+    route of the same path is looked at.
     """
+    endpoints: dict[str, dict[str, Endpoint]] = {}
+    for route in router.routes:
+        if isinstance(route, APIRoute):
+            for method in route.methods or ():
+                endpoints.setdefault(route.path, {})[method] = route.endpoint
     return [
-        Route(route.path, route.endpoint, methods=["POST"])
-        for route in router.routes
-        if isinstance(route, APIRoute) and "POST" in (route.methods or ())
+        Route(path, _by_method(by_method), methods=list(by_method))
+        for path, by_method in endpoints.items()
     ]
+
+
+def _by_method(endpoints: dict[str, Endpoint]) -> Endpoint:
+    if len(endpoints) == 1:  # the Twilio paths: POST alone, called as it is
+        return next(iter(endpoints.values()))
+    if "GET" in endpoints:
+        endpoints = {**endpoints, "HEAD": endpoints["GET"]}  # uvicorn writes no body for HEAD
+
+    async def endpoint(request: Request) -> Response:
+        return await endpoints[request.method](request)
+
+    return endpoint

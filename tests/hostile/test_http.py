@@ -18,6 +18,7 @@ import pytest
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
 from tests.support.stack import (
+    VERIFY_TOKEN,
     Gateway,
     Services,
     cloud_payload,
@@ -201,6 +202,46 @@ def test_requests_that_arrive_in_time_are_served_one_after_another(gateway: Gate
             conn.sendall(body[10:])
             answer = read_response(conn)
             assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/webhooks/whatsapp", "GET, HEAD, POST"),
+        ("/whatsapp_response", "GET, HEAD, POST"),
+        ("/webhooks/twilio", "POST"),
+        ("/whatsapp/webhook", "POST"),
+    ],
+)
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_a_method_a_webhook_path_does_not_take_is_405_naming_those_it_does(
+    gateway: Gateway, path: str, allowed: str, method: str
+) -> None:
+    """(Was a bug: the Cloud API paths answered ``Allow: POST``, leaving out the subscription
+    check's GET: the POST route, served ahead of FastAPI's, answered for the path alone.)"""
+    with gateway.http as client:
+        response = client.request(method, path)
+    assert response.status_code == 405
+    assert set(response.headers["allow"].split(", ")) == set(allowed.split(", "))
+    assert response.json() == {"detail": "Method Not Allowed"}
+
+
+@pytest.mark.parametrize("path", ["/webhooks/whatsapp", "/whatsapp_response"])
+def test_head_on_a_subscription_check_answers_as_its_get_does(gateway: Gateway, path: str) -> None:
+    """HEAD is GET without the body (RFC 9110 asks every server for both). (Was a bug: 405.)"""
+    query = {
+        "hub.mode": "subscribe",
+        "hub.verify_token": VERIFY_TOKEN,
+        "hub.challenge": "1158201444",
+    }
+    with gateway.http as client:
+        get = client.get(path, params=query)
+        head = client.head(path, params=query)
+        wrong = client.head(path, params={**query, "hub.verify_token": "not-it"})
+    assert (get.status_code, get.text) == (200, "1158201444")
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-type"] == get.headers["content-type"]
+    assert wrong.status_code == 403
 
 
 def test_nothing_a_client_did_here_is_logged_as_an_error(gateway: Gateway) -> None:
