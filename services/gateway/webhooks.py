@@ -74,6 +74,7 @@ CLOUD_API_BODY = {
         "401": {"description": "Signature missing."},
         "403": {"description": "Signature wrong."},
         "413": {"description": "Body over MAX_BODY_BYTES."},
+        "415": {"description": "A compressed body (a Content-Encoding but identity)."},
         "503": {"description": "The queue cannot take the messages now; retry."},
     },
 }
@@ -112,6 +113,7 @@ TWILIO_BODY = {
         "401": {"description": "Signature missing."},
         "403": {"description": "Signature wrong."},
         "413": {"description": "Body over MAX_BODY_BYTES."},
+        "415": {"description": "A compressed body (a Content-Encoding but identity)."},
         "503": {"description": "The queue cannot take the message now; retry."},
     },
 }
@@ -139,7 +141,16 @@ def _cut_short(request: Request, channel: str, rid: str) -> Response:
 async def _body(request: Request, channel: str) -> bytes:
     """The webhook's body; one over MAX_BODY_BYTES is counted (``too_large``) before Starlette's
     413 goes out: nothing else counts or logs it, and a limit set below what the provider sends
-    would lose its webhooks unseen."""
+    would lose its webhooks unseen.
+
+    A compressed one is refused (415, ``malformed``) unread: neither provider compresses, and
+    the signature is checked on the bytes as they come, so a body compressed on the way
+    (a relay) would otherwise be refused as mis-signed, which says "rotated secret"."""
+    encoding = request.headers.get("content-encoding", "").strip()
+    if encoding and encoding.lower() != "identity":
+        metrics.child(metrics.WEBHOOKS, channel, "malformed").inc()
+        detail = f"Content-Encoding {encoding[:40]} is not accepted: send the body uncompressed"
+        raise HTTPException(415, detail)
     try:
         return await request.body()
     except HTTPException as error:
