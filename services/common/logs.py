@@ -144,7 +144,13 @@ def configure_logging(service: str, settings: CommonSettings) -> None:
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, foreign_renderer],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            # A record's exc_info as its traceback (uvicorn's "Exception in ASGI application",
+            # grpc's): left as it is, the renderer wrote three reprs and no trace of the cause.
+            structlog.processors.format_exc_info,
+            foreign_renderer,
+        ],
     )
     # The loggers use only write and flush, all LogOutput has.
     handler = logging.StreamHandler(cast(TextIO, LogOutput(sys.stdout)))

@@ -239,3 +239,29 @@ def test_httpx_request_lines_are_shown_at_debug_only(
         httpx_logger.setLevel(before[0])
         logging.getLogger().setLevel(before[1])
         structlog.configure(**config)
+
+
+def test_a_library_s_error_line_carries_its_traceback(json_logging: RecordingStdout) -> None:
+    """uvicorn logs an application's unexpected exception (the 500 a client got) through the
+    standard library with ``exc_info``: the line must say where it was raised. (Was a bug: the
+    standard library's lines went out with ``exc_info`` as three reprs, ``<traceback object at
+    0x…>`` among them, so a gateway 500 left no trace of its cause.)"""
+
+    def fails() -> None:
+        raise ZeroDivisionError("the cause")
+
+    try:
+        fails()
+    except ZeroDivisionError as error:
+        # As uvicorn's "uvicorn.error" logs it (a logger of the test's own: another test's
+        # in-process uvicorn may have configured that one to write elsewhere).
+        library = logging.getLogger("tests.runtime.library")
+        library.error("Exception in ASGI application\n", exc_info=error)
+    written = "".join(w.decode() if isinstance(w, bytes) else w for w in json_logging.writes)
+    (line,) = [orjson.loads(raw) for raw in written.splitlines()]
+    assert line["event"] == "Exception in ASGI application\n"
+    assert line["level"] == "error"
+    assert "exc_info" not in line
+    assert line["exception"].startswith("Traceback (most recent call last):")
+    assert 'raise ZeroDivisionError("the cause")' in line["exception"]
+    assert line["exception"].rstrip().endswith("ZeroDivisionError: the cause")
