@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -313,6 +314,17 @@ def http_probe(url: str) -> Callable[[], bool]:
     return probe
 
 
+def chat_command(gateway: str) -> str:
+    """``make chat`` as it must be typed in another terminal to reach this stack: that terminal
+    has neither this one's ports nor its var/ (whose dev secrets make chat signs with)."""
+    moved = []
+    if gateway != "http://127.0.0.1:8000":
+        moved.append(f"GATEWAY_URL={gateway}")
+    if os.environ.get("PARLEY_VAR_DIR"):
+        moved.append(f"PARLEY_VAR_DIR={shlex.quote(str(VAR.absolute()))}")
+    return " ".join([*moved, "make chat"])
+
+
 def banner(env: dict[str, str]) -> str:
     gateway = f"http://127.0.0.1:{env.get('GATEWAY_PORT', '8000')}"
     return f"""
@@ -325,7 +337,7 @@ def banner(env: dict[str, str]) -> str:
   Try:
     curl {gateway}/health
     grpcurl -plaintext {env["SESSION_SERVICE_ADDR"]} list
-    make chat        (in another terminal: talk to the bot)
+    {chat_command(gateway)}        (in another terminal: talk to the bot)
     admin API key:   {env["API_KEY"]}   (header X-API-Key)
   Ctrl-C stops everything.
 """

@@ -7,6 +7,7 @@ import contextlib
 import os
 import pty
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -70,6 +71,10 @@ def test_make_run_serves_then_stops_on_ctrl_c_dependents_first(tmp_path: Path) -
             assert check(f"127.0.0.1:{ports[name]}", "", timeout=5) == "SERVING", name
         started = [int(pid) for pid in re.findall(r"started \(pid=(\d+)\)", output.text())]
         assert len(started) == 5, output.text()  # valkey and the four services
+        # The banner's `make chat`, typed in another terminal (none of this one's variables),
+        # reaches this stack: its moved port, and its var/ with the dev secrets chat signs with.
+        chat = _run_banner_chat(output.text())
+        assert chat.returncode == 0 and f"via {gateway}." in chat.stdout, chat.stdout
 
         os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C does
         assert launcher.wait(timeout=60) == 0, output.text()[-4000:]
@@ -90,6 +95,23 @@ def test_make_run_serves_then_stops_on_ctrl_c_dependents_first(tmp_path: Path) -
     assert "valkey stopped (rc=0)" in shutdown, shutdown
     for pid in started:
         assert not process_running(pid), f"pid {pid} still running after make run stopped"
+
+
+def _run_banner_chat(text: str) -> subprocess.CompletedProcess[str]:
+    """``make chat`` as the banner shows it, from a terminal with none of the stack's settings."""
+    line = next(line for line in text.splitlines() if "(in another terminal" in line)
+    settings = dict(word.split("=", 1) for word in shlex.split(line.split("make chat")[0]))
+    unset = {"PARLEY_VAR_DIR", "GATEWAY_URL", "API_KEY", "WHATSAPP_APP_SECRET"}
+    env = {key: value for key, value in os.environ.items() if key not in unset}
+    return subprocess.run(
+        [sys.executable, "-m", "services.dev.chat"],
+        env=env | settings,
+        cwd=ROOT,
+        input="/quit\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _stop_everything(launcher: subprocess.Popen[str], output: Lines) -> None:
