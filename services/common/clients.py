@@ -12,7 +12,7 @@ from typing import Any, TypeVar, cast
 import grpc
 
 from services.common.interceptors import REQUEST_ID_KEY
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, read_setting_file
 from services.common.tls import channel_credentials
 
 # The request id of the message being handled; the gateway sets it per webhook/queue entry.
@@ -109,9 +109,13 @@ def client_credentials(settings: CommonSettings) -> grpc.ChannelCredentials | No
 
     ``GRPC_TLS_CA`` (the CA that signed the services' certificates) turns TLS on; with
     ``GRPC_TLS_CERT`` and ``GRPC_TLS_KEY`` too, the gateway presents that client certificate
-    (mutual TLS). Unset: plaintext, as before. Pass the result to :func:`make_channel`.
+    (mutual TLS). Unset: plaintext, as before. Pass the result to :func:`make_channel`. A file
+    that cannot be read is a :class:`~services.common.settings.ConfigurationError` naming its
+    variable, as on the services.
     """
-    return channel_credentials(settings.grpc_tls_ca, settings.grpc_tls_cert, settings.grpc_tls_key)
+    return channel_credentials(
+        settings.grpc_tls_ca, settings.grpc_tls_cert, settings.grpc_tls_key, read_setting_file
+    )
 
 
 def make_channel(

@@ -14,7 +14,6 @@ import signal
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -32,7 +31,7 @@ from services.common.metrics import SERVING, export_server_metrics, start_metric
 from services.common.settings import (
     CommonSettings,
     ConfigurationError,
-    configuring,
+    read_setting_file,
     refuse_to_start,
 )
 from services.common.tasks import cancel_and_wait, wait_shielded
@@ -75,9 +74,9 @@ def server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | Non
     """TLS when GRPC_TLS_CERT and GRPC_TLS_KEY are set; mutual TLS when GRPC_TLS_CA is too."""
     if not (settings.grpc_tls_cert and settings.grpc_tls_key):
         return None
-    key = _read("GRPC_TLS_KEY", settings.grpc_tls_key)
-    cert = _read("GRPC_TLS_CERT", settings.grpc_tls_cert)
-    ca = _read("GRPC_TLS_CA", settings.grpc_tls_ca) if settings.grpc_tls_ca else None
+    key = read_setting_file("GRPC_TLS_KEY", settings.grpc_tls_key)
+    cert = read_setting_file("GRPC_TLS_CERT", settings.grpc_tls_cert)
+    ca = read_setting_file("GRPC_TLS_CA", settings.grpc_tls_ca) if settings.grpc_tls_ca else None
     # grpc only finds bad PEM when it binds, and then says "Failed to bind to address": OpenSSL
     # checks the files here first (an encrypted key is refused, never prompted for).
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -109,11 +108,6 @@ def _connection_age(seconds: float) -> list[tuple[str, int]]:
     keeps the replicas it found first for as long as it lives, and new ones get no calls (gRFC
     A9's remedy). No age grace: calls in flight on an aged connection always finish."""
     return [("grpc.max_connection_age_ms", int(seconds * 1000))] if seconds > 0 else []
-
-
-def _read(variable: str, path: str) -> bytes:
-    with configuring(variable, OSError):
-        return Path(path).read_bytes()
 
 
 class Runtime:

@@ -14,6 +14,7 @@ import contextlib
 import re
 import sys
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Literal, NoReturn, TypeVar
 
 from pydantic import Field, ValidationError, field_validator
@@ -120,6 +121,13 @@ def configuring(variable: str, *errors: type[Exception], url: str | None = None)
                 + " ('/', '?', '#' and '@' in a user name or password must be percent-encoded)"
             )
         raise ConfigurationError(variable, reason) from None
+
+
+def read_setting_file(variable: str, path: str) -> bytes:
+    """The file a variable names (a certificate, a key): one that cannot be read is a
+    :class:`ConfigurationError` naming the variable."""
+    with configuring(variable, OSError):
+        return Path(path).read_bytes()
 
 
 def load_settings(cls: type[SettingsT]) -> SettingsT:

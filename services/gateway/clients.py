@@ -13,8 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from parley.business.v1 import business_pb2_grpc
 from parley.search.v1 import search_pb2_grpc
 from parley.session.v1 import session_pb2_grpc
-from services.common.clients import make_channel, with_call_defaults
-from services.common.tls import channel_credentials
+from services.common.clients import client_credentials, make_channel, with_call_defaults
 from services.gateway.settings import GatewaySettings
 
 SESSION = "parley.session.v1.SessionService"
@@ -30,10 +29,12 @@ class DependencyHealth:
 
 
 class Clients:
-    def __init__(self, settings: GatewaySettings) -> None:
-        credentials = channel_credentials(
-            settings.grpc_tls_ca, settings.grpc_tls_cert, settings.grpc_tls_key
-        )
+    def __init__(
+        self, settings: GatewaySettings, credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
+        """``credentials``: read once at start-up (:func:`client_credentials`); else from
+        ``settings``."""
+        credentials = credentials or client_credentials(settings)
         timeout = settings.grpc_timeout_seconds
         self._channels = {
             SESSION: make_channel(

@@ -140,11 +140,13 @@ def _serve(role: Role, settings: GatewaySettings) -> int:
         )
         return 0
     if settings.web_concurrency > 1:
-        # The app is built in each uvicorn worker process: a URL it cannot use would fail there,
-        # in a traceback per process. Say it here, once.
+        # The app is built in each uvicorn worker process: a URL or a TLS file it cannot use
+        # would fail there, in a traceback per process. Say it here, once.
+        from services.common.clients import client_credentials
         from services.gateway.runtime import gateway_redis
 
         gateway_redis(settings)
+        client_credentials(settings)
         uvicorn.run(
             "services.gateway.app:create_app_from_env",
             factory=True,

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import grpc
 import redis.asyncio as redis
 import structlog
 
+from services.common.clients import client_credentials
 from services.common.redis_client import make_redis, warn_if_evicting
 from services.common.settings import configuring
 from services.gateway.businesses import BusinessDirectory
@@ -68,6 +70,9 @@ class Runtime:
     senders: dict[str, Sender]
     pool: WorkerPool | None = None
     businesses: BusinessDirectory | None = None  # the workers' business cache
+    # TLS to the services, read in build(): a GRPC_TLS_* file that cannot be read stops start-up
+    # naming it, rather than failing later inside the server's start-up with a traceback.
+    credentials: grpc.ChannelCredentials | None = None
     # gRPC channels belong to the event loop that serves: made in start(), not before.
     _clients: Clients | None = None
     _engine: Engine | None = None
@@ -97,6 +102,7 @@ class Runtime:
             http=http,
             outbox=outbox,
             senders=senders,
+            credentials=client_credentials(settings),
         )
 
     @property
@@ -113,7 +119,7 @@ class Runtime:
 
     async def start(self) -> None:
         await warn_if_evicting(self.redis, "gateway: the queue, dedupe markers and sent log")
-        self._clients = Clients(self.settings)
+        self._clients = Clients(self.settings, self.credentials)
         self._engine = load_engine(self.settings.gateway_engine, self._clients.search)
         if self.role in ("worker", "all"):
             # Blocking reads hold a connection each: a client of their own, with a socket

@@ -280,6 +280,20 @@ def test_a_setting_only_building_can_check_stops_startup_with_one_line(
         ("GATEWAY_REDIS_URL", {"GATEWAY_REDIS_URL": "foo://u:s3cret@h", "GATEWAY_ROLE": "worker"}),
         ("GATEWAY_REDIS_URL", {"GATEWAY_REDIS_URL": "foo://u:s3cret@h", "WEB_CONCURRENCY": "2"}),
         ("WEB_CONCURRENCY", {"WEB_CONCURRENCY": "two"}),
+        # The gateway's TLS to the services (a Secret mounted elsewhere) was read only in the
+        # server's start-up: a traceback and status 3; with WEB_CONCURRENCY > 1, one traceback
+        # per process and status 0; a worker's, status 1.
+        ("GRPC_TLS_CA", {"GRPC_TLS_CA": MISSING}),
+        ("GRPC_TLS_CA", {"GRPC_TLS_CA": MISSING, "WEB_CONCURRENCY": "2"}),
+        (
+            "GRPC_TLS_KEY",
+            {
+                "GRPC_TLS_CA": __file__,
+                "GRPC_TLS_CERT": __file__,
+                "GRPC_TLS_KEY": MISSING,
+                "GATEWAY_ROLE": "worker",
+            },
+        ),
         # A directory under a file: not even root can make it.
         (
             "PROMETHEUS_MULTIPROC_DIR",
