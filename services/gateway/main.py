@@ -140,13 +140,12 @@ def _serve(role: Role, settings: GatewaySettings) -> int:
         )
         return 0
     if settings.web_concurrency > 1:
-        # The app is built in each uvicorn worker process: a URL or a TLS file it cannot use
-        # would fail there, in a traceback per process. Say it here, once.
-        from services.common.clients import client_credentials
-        from services.gateway.runtime import gateway_redis
+        # The app is built in each uvicorn worker process: a setting it cannot use (a URL, a
+        # TLS file, the engine's) would fail there, in a traceback per process, and uvicorn's
+        # parent would then exit 0. Say it here, once: build what each process will.
+        from services.gateway.runtime import Runtime
 
-        gateway_redis(settings)
-        client_credentials(settings)
+        Runtime.build(settings, role)
         uvicorn.run(
             "services.gateway.app:create_app_from_env",
             factory=True,

@@ -13,6 +13,7 @@ import grpc
 import redis.asyncio as redis
 import structlog
 
+from parley.search.v1 import search_pb2
 from services.common.clients import client_credentials
 from services.common.redis_client import make_redis, warn_if_evicting
 from services.common.settings import configuring
@@ -26,7 +27,7 @@ from services.gateway.senders.cloud_api import CloudApiSender
 from services.gateway.senders.outbox import OutboxSender
 from services.gateway.senders.twilio import TwilioSender
 from services.gateway.settings import GatewaySettings
-from services.gateway.worker import Processor, WorkerPool, load_engine
+from services.gateway.worker import Processor, WorkerPool, engine_factory
 
 log = structlog.get_logger()
 
@@ -57,6 +58,25 @@ def gateway_redis(settings: GatewaySettings, **options: Any) -> redis.Redis:
     ConfigurationError naming the variable."""
     with configuring(settings.effective_redis_url_variable, url=settings.effective_redis_url):
         return make_redis(settings.effective_redis_url, **options)
+
+
+class StartedSearch:
+    """SearchService for an engine built before the runtime starts: the stub of the channel
+    :meth:`Runtime.start` opens (gRPC channels belong to the event loop that serves)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def SearchFlights(self, request: search_pb2.SearchFlightsRequest, **options: Any) -> Any:
+        return self._runtime.clients.search.SearchFlights(request, **options)
+
+    def ResolvePlace(self, request: search_pb2.ResolvePlaceRequest, **options: Any) -> Any:
+        return self._runtime.clients.search.ResolvePlace(request, **options)
+
+    def FindNearestAirports(
+        self, request: search_pb2.FindNearestAirportsRequest, **options: Any
+    ) -> Any:
+        return self._runtime.clients.search.FindNearestAirports(request, **options)
 
 
 @dataclass
@@ -94,7 +114,7 @@ class Runtime:
             ),
             "outbox": outbox,
         }
-        return cls(
+        runtime = cls(
             settings=settings,
             role=role,
             redis=client,
@@ -104,6 +124,11 @@ class Runtime:
             senders=senders,
             credentials=client_credentials(settings),
         )
+        # Built here, before anything serves, so that GATEWAY_ENGINE and the engine's own
+        # settings are checked at start-up like every other variable (refused in one line,
+        # status 2), not in the server's start-up (a traceback).
+        runtime._engine = engine_factory(settings.gateway_engine)(StartedSearch(runtime))
+        return runtime
 
     @property
     def clients(self) -> Clients:
@@ -120,7 +145,6 @@ class Runtime:
     async def start(self) -> None:
         await warn_if_evicting(self.redis, "gateway: the queue, dedupe markers and sent log")
         self._clients = Clients(self.settings, self.credentials)
-        self._engine = load_engine(self.settings.gateway_engine, self._clients.search)
         if self.role in ("worker", "all"):
             # Blocking reads hold a connection each: a client of their own, with a socket
             # timeout longer than the block.

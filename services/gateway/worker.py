@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import orjson
@@ -49,6 +49,7 @@ from services.common.logs import bind_call_fields, reset_call_fields
 from services.common.outage import OutageLog
 from services.common.redact import mask_phone
 from services.common.redis_pipeline import AutoPipeline
+from services.common.settings import ConfigurationError
 from services.common.struct_values import python_to_value, value_to_python
 from services.common.tasks import cancel_and_wait
 from services.gateway import metrics
@@ -150,9 +151,11 @@ async def _lease_check(what: str) -> None:
         raise LeaseLapsed(f"the partition's lease lapsed before {what}")
 
 
-def load_engine(spec: str, search: SearchPort) -> Engine:
-    """``module:factory`` → ``factory(search)``. The default, ``services.gateway.bot``, is the
-    conversation engine; without it the gateway answers with a plain notice (and says so)."""
+def engine_factory(spec: str) -> Callable[[SearchPort], Engine]:
+    """``module:factory`` (``GATEWAY_ENGINE``) → the factory, called with the search port. The
+    default, ``services.gateway.bot``, is the conversation engine; without it the gateway answers
+    with a plain notice (and says so). One that does not load is a ConfigurationError naming
+    ``GATEWAY_ENGINE``."""
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -162,10 +165,14 @@ def load_engine(spec: str, search: SearchPort) -> Engine:
             log.warning("engine not installed, using the fallback engine", engine=spec)
             from services.gateway.engine import FallbackEngine
 
-            return FallbackEngine()
-        raise
-    factory: Callable[[SearchPort], Engine] = getattr(module, attr or "create_engine")
-    return factory(search)
+            return lambda _search: FallbackEngine()
+        raise ConfigurationError("GATEWAY_ENGINE", str(error)) from None
+    factory = getattr(module, attr or "create_engine", None)
+    if not callable(factory):
+        raise ConfigurationError(
+            "GATEWAY_ENGINE", f"{module_name} has no function {attr or 'create_engine'}"
+        )
+    return cast(Callable[[SearchPort], Engine], factory)
 
 
 class Processor:

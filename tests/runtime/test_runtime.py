@@ -294,6 +294,17 @@ def test_a_setting_only_building_can_check_stops_startup_with_one_line(
                 "GATEWAY_ROLE": "worker",
             },
         ),
+        # The engine and its settings were loaded only in the server's start-up: the refusal
+        # (or a ModuleNotFoundError) came with a traceback, status 3; with WEB_CONCURRENCY > 1,
+        # one per process and status 0. (A worker's was refused cleanly; it still is.)
+        ("GATEWAY_ENGINE", {"GATEWAY_ENGINE": "no_such_engine:create_engine"}),
+        (
+            "GATEWAY_ENGINE",
+            {"GATEWAY_ENGINE": "services.gateway.bot:no_such_factory", "WEB_CONCURRENCY": "2"},
+        ),
+        ("USE_SMART_HANDLER", {"USE_SMART_HANDLER": "maybe"}),
+        ("OPENAI_TIMEOUT_SECONDS", {"OPENAI_TIMEOUT_SECONDS": "soon", "WEB_CONCURRENCY": "2"}),
+        ("BOT_SEARCH_CACHE_SECONDS", {"BOT_SEARCH_CACHE_SECONDS": "-5", "GATEWAY_ROLE": "worker"}),
         # A directory under a file: not even root can make it.
         (
             "PROMETHEUS_MULTIPROC_DIR",
