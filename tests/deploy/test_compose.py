@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -247,6 +248,29 @@ def test_dockerfile_is_multi_stage_pinned_non_root_without_build_tools() -> None
     assert cmd and importlib.util.find_spec(cmd.group(1)) is not None
 
 
+def test_image_build_stage_byte_compiles_without_failing_on_its_dependencies(
+    tmp_path: Path,
+) -> None:
+    """The build stage byte-compiles the virtual environment (the final root filesystem is
+    read-only), and ``docker build`` stops at a command that fails. It ran ``python -m
+    compileall``, which exits 1 on any module this Python cannot parse: coredis (of
+    ``limits[async-redis]``) ships ``_py_312_typing.py``, which only Python 3.12 imports, so
+    the image did not build. pip byte-compiles what it installs and skips such a module; every
+    compileall the build stage runs must pass on the installed dependencies (this venv's,
+    pinned alike; its cache files go under ``tmp_path``)."""
+    build = re.split(r"^FROM ", (ROOT / "Dockerfile").read_text(), flags=re.M)[1]
+    assert "--no-compile" not in build and "PIP_NO_COMPILE" not in build  # pip compiles
+    venv_lib = Path(sys.prefix) / "lib"
+    for command in re.findall(r"python -m compileall([^&\n]*)", build):
+        args = [venv_lib.as_posix() if a == "/opt/parley/lib" else a for a in command.split()]
+        done = subprocess.run(
+            [sys.executable, "-m", "compileall", *args],
+            env={**os.environ, "PYTHONPYCACHEPREFIX": str(tmp_path)},
+            capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:]
+
+
 def test_image_build_context_builds_a_wheel_with_every_module(tmp_path: Path) -> None:
     """What the Dockerfile copies into the build stage, and nothing else, builds a wheel that holds
     every module under services/ and parley/ (a directory without ``__init__.py`` would be left
@@ -280,3 +304,19 @@ def test_image_build_context_builds_a_wheel_with_every_module(tmp_path: Path) ->
         if "__pycache__" not in path.parts
     }
     assert expected - packaged == set()
+    # Installed as the build stage installs it (PYTHONDONTWRITEBYTECODE=1), every module gets
+    # its byte code there: the final stage's root filesystem is read-only.
+    site = tmp_path / "site"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
+         "--target", str(site), str(wheel)],
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+
+    def byte_code(module: str) -> Path:
+        source = site / module
+        return source.parent / "__pycache__" / f"{source.stem}.{sys.implementation.cache_tag}.pyc"
+
+    assert {module for module in expected if not byte_code(module).exists()} == set()
