@@ -117,7 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         refuse_to_start(str(error))
 
 
+def _stopped(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
 def _serve(role: Role, settings: GatewaySettings) -> int:
+    # uvicorn, once it has shut down gracefully on SIGTERM, raises the signal again under the
+    # handler it found: the default one killed the process (status 143) although nothing
+    # failed. The services exit 0 then, and so does the gateway. (Several web processes: the
+    # parent handles SIGTERM itself and returns.)
+    signal.signal(signal.SIGTERM, _stopped)
     server_options: dict[str, Any] = {
         "log_config": None,  # keep our structlog handler
         "access_log": False,  # one structured line per webhook instead

@@ -651,6 +651,24 @@ def test_sigterm_finishes_the_message_in_flight(
         gw.stop()
 
 
+def test_sigterm_stops_the_http_process_with_status_0(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """SIGTERM is how compose and Kubernetes stop a container. The gateway's HTTP process shut
+    down gracefully, then died of the SIGTERM uvicorn raises again afterwards: status 143 (-15
+    here), as if it had failed, where the services and the workers exit 0."""
+    gw = start_gateway(
+        services, fake_clouds, f"redis://127.0.0.1:{valkey.port}/{next_db()}", "sigterm-web"
+    )
+    try:
+        web = gw.processes[0]
+        web.signal(signal.SIGTERM)
+        assert web.wait(20) == 0, web.log[-3000:]
+        assert "gateway stopped" in web.log  # the graceful way: its runtime stopped first
+    finally:
+        gw.stop()
+
+
 def test_a_business_whose_number_meta_throttles_holds_up_no_other_business(
     services: Services, fake_clouds: FakeClouds, valkey: Valkey
 ) -> None:
