@@ -14,6 +14,7 @@ from services.search.places import Places, zone
 from services.search.providers.base import Query
 
 MAX_DAYS_AHEAD = 361
+MAX_SEATED = 9  # travellers with a seat (adults and children) in one search, as airlines allow
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _CODE = re.compile(r"^[A-Z]{3}$")
 MAX_WARM_ROUTES = 500
@@ -81,8 +82,19 @@ def validate_search(
             errors.append(("return_date", f"must be at most {MAX_DAYS_AHEAD} days ahead"))
 
     adults = request.adults or 1
-    if not 1 <= adults <= 9:
-        errors.append(("adults", "must be 1-9"))
+    if not 1 <= adults <= MAX_SEATED:
+        errors.append(("adults", f"must be 1-{MAX_SEATED}"))
+    children, infants = request.children, request.infants
+    if children < 0:
+        errors.append(("children", "must not be negative"))
+    elif 1 <= adults <= MAX_SEATED and adults + children > MAX_SEATED:
+        errors.append(
+            ("children", f"adults and children take a seat each: at most {MAX_SEATED} together")
+        )
+    if infants < 0:
+        errors.append(("infants", "must not be negative"))
+    elif 1 <= adults <= MAX_SEATED and infants > adults:
+        errors.append(("infants", "at most one per adult: each travels on an adult's lap"))
     cabin = request.cabin or search_pb2.CABIN_ECONOMY
     if cabin not in _CABINS:
         errors.append(("cabin", "unknown cabin"))
@@ -106,6 +118,8 @@ def validate_search(
         non_stop=request.non_stop,
         max_results=max_results,
         currency=currency,
+        children=children,
+        infants=infants,
     )
 
 

@@ -9,6 +9,7 @@ import datetime as dt
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,33 @@ async def test_hundred_identical_uncached_searches_make_one_provider_call(build:
     answers = await asyncio.gather(*(engine.search(query(), soon()) for _ in range(100)))
     assert provider.calls == 1
     assert {a.offers[0].id for a in answers} == {answers[0].offers[0].id}
+
+
+async def test_a_familys_search_is_neither_joined_to_nor_cached_as_the_adults_alone(
+    build: Build,
+) -> None:
+    """Children and infants are part of the single-flight and cache key: two adults and two
+    adults with a child and a lap infant, searched at the same moment, are two provider calls,
+    each answered with its own party's offers, and each cached under its own key."""
+    provider = FakeProvider()
+    provider.hold = asyncio.Event()
+    engine = build(provider)
+    adults = query()
+    family = replace(adults, children=1, infants=1)
+    alone = asyncio.create_task(engine.search(adults, soon()))
+    await provider.called.wait()
+    with_family = asyncio.create_task(engine.search(family, soon()))
+    for _ in range(100):  # until the family's call has reached the provider too
+        if provider.calls == 2:
+            break
+        await asyncio.sleep(0.01)
+    provider.hold.set()
+    answers = await asyncio.gather(alone, with_family)
+    assert provider.calls == 2
+    assert [a.offers[0].id.split("#")[0] for a in answers] == [adults.key(), family.key()]
+    assert family.key() != adults.key()
+    again = await engine.search(family, soon())
+    assert again.from_cache and again.offers[0].id == answers[1].offers[0].id
 
 
 def searches(provider: Provider) -> dict[str, float]:

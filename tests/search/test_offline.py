@@ -126,6 +126,40 @@ async def test_prices_grow_with_cabin_adults_and_distance(provider: OfflineProvi
     assert await cheapest(query("LHR", "CDG")) < economy
 
 
+async def test_children_and_infants_are_priced_at_fixed_shares_of_the_adult_fare(
+    provider: OfflineProvider,
+) -> None:
+    """A child's seat is 75 % of the adult fare and a lap infant 10 %, on the flights the
+    adults alone would see; the total is the whole party's, still labelled demo data."""
+    trip = {"return_date": DAY + dt.timedelta(days=7), "currency": "EUR"}
+    adults = await search(provider, query("NYC", "LON", adults=2, **trip))
+    family = await search(provider, query("NYC", "LON", adults=2, children=1, infants=1, **trip))
+    assert adults and len(family) == len(adults)
+    by_flights = {offer_flights(o): Decimal(o.total_price.amount) for o in adults}
+    for offer in family:
+        assert offer.demo_data and offer.total_price.currency_code == "EUR"
+        two = by_flights[offer_flights(offer)]
+        expected = two / 2 * (2 + Decimal("0.75") + Decimal("0.1"))
+        assert abs(Decimal(offer.total_price.amount) - expected) <= Decimal("0.01"), offer
+    # Each traveller type costs something, and a child more than an infant.
+    child = await search(provider, query("NYC", "LON", adults=2, children=1, **trip))
+    infant = await search(provider, query("NYC", "LON", adults=2, infants=1, **trip))
+    cheapest = [Decimal(o[0].total_price.amount) for o in (adults, infant, child, family)]
+    assert cheapest == sorted(set(cheapest)), cheapest
+    # The same party gives the same offers; another party other offer ids.
+    again = await search(provider, query("NYC", "LON", adults=2, children=1, infants=1, **trip))
+    assert [o.SerializeToString() for o in again] == [o.SerializeToString() for o in family]
+    assert not {o.id for o in family} & {o.id for o in adults}
+
+
+def offer_flights(offer: search_pb2.FlightOffer) -> tuple[str, ...]:
+    return tuple(
+        f"{s.carrier_code}{s.flight_number}@{s.departure_time}"
+        for i in offer.itineraries
+        for s in i.segments
+    )
+
+
 async def test_unknown_currency_is_invalid_argument(provider: OfflineProvider) -> None:
     with pytest.raises(InvalidArgument) as caught:
         await search(provider, query(currency="XYZ"))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -107,6 +108,39 @@ async def test_invalid_arguments_name_the_fields(stub: search_pb2_grpc.SearchSer
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert {"origin", "departure_date", "adults"} <= set(field_violations(caught.value))
+
+
+async def test_children_and_infants_are_searched_validated_and_cached_apart(
+    stub: search_pb2_grpc.SearchServiceStub, valkey: Valkey
+) -> None:
+    """A family's search prices its children and lap infant (the total is the whole party's)
+    and is cached under its own key, never answered with the adults' cached fares."""
+    trip = {"origin": "NYC", "destination": "LON", "departure_date": day(23), "max_results": 3}
+    adults = await stub.SearchFlights(search_pb2.SearchFlightsRequest(adults=2, **trip), timeout=5)
+    family = await stub.SearchFlights(
+        search_pb2.SearchFlightsRequest(adults=2, children=1, infants=1, **trip), timeout=5
+    )
+    assert not family.from_cache and family.demo_data and family.offers
+    assert Decimal(family.offers[0].total_price.amount) > Decimal(
+        adults.offers[0].total_price.amount
+    )
+    client = redis.from_url(valkey.url)
+    pattern = f"search:v1:offline:NYC:LON:{day(23)}:*"
+    try:
+        keys = {k.decode() async for k in client.scan_iter(pattern)}
+    finally:
+        await client.aclose()
+    assert {k.split(":")[7] for k in keys} == {"2", "2a1c1i"}, keys
+    # Over the seats of one search, or more infants than laps: the field is named.
+    for party, field in (
+        ({"adults": 2, "children": 8}, "children"),
+        ({"adults": 2, "infants": 3}, "infants"),
+        ({"children": -1}, "children"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.SearchFlights(search_pb2.SearchFlightsRequest(**party, **trip), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, party
+        assert set(field_violations(caught.value)) == {field}, party
 
 
 async def test_resolve_place_and_nearest(stub: search_pb2_grpc.SearchServiceStub) -> None:

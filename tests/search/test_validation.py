@@ -79,6 +79,12 @@ def test_a_good_request_is_normalized(places: Places) -> None:
         ({"return_date": "tomorrow"}, "return_date"),
         ({"adults": 10}, "adults"),
         ({"adults": -1}, "adults"),
+        ({"children": -1}, "children"),
+        ({"children": 9}, "children"),  # with the 1 adult of 0: 10 seats
+        ({"adults": 7, "children": 3}, "children"),
+        ({"infants": -1}, "infants"),
+        ({"infants": 2}, "infants"),  # one adult, one lap
+        ({"adults": 3, "infants": 4}, "infants"),
         ({"cabin": 9}, "cabin"),
         ({"max_results": 51}, "max_results"),
         ({"max_results": -3}, "max_results"),
@@ -101,6 +107,27 @@ def test_boundaries_are_inclusive(places: Places) -> None:
     assert validate_search(request(departure_date=last), places, fixed_today).departure
     same_day = validate_search(request(return_date="2026-12-01"), places, fixed_today)
     assert same_day.return_date == same_day.departure
+
+
+def test_children_and_infants_are_part_of_the_query_and_its_key(places: Places) -> None:
+    """Children and lap infants are searched, so they are part of the cache and single-flight
+    key: a family's fares are never another party's. A query of adults alone keeps the key it
+    always had (entries cached before children existed stay valid)."""
+    family = validate_search(request(adults=2, children=7, infants=2), places, fixed_today)
+    assert (family.adults, family.children, family.infants) == (2, 7, 2)
+    assert family.key() == "JFK:LHR:2026-12-01:-:2a7c2i:ECONOMY:0:10:-"
+    assert validate_search(request(adults=2, infants=1), places, fixed_today).key() == (
+        "JFK:LHR:2026-12-01:-:2a0c1i:ECONOMY:0:10:-"
+    )
+    assert validate_search(request(adults=2), places, fixed_today).key() == (
+        "JFK:LHR:2026-12-01:-:2:ECONOMY:0:10:-"
+    )
+    # The seats are the adults' and the children's; infants need no seat, only a lap each.
+    ok = validate_search(request(adults=1, children=8, infants=1), places, fixed_today)
+    assert (ok.adults, ok.children, ok.infants) == (1, 8, 1)
+    found = violations(places, adults=9, children=1, infants=10)
+    assert set(found) == {"children", "infants"}
+    assert "at most 9" in found["children"] and "one per adult" in found["infants"]
 
 
 def test_all_violations_are_reported_at_once(places: Places) -> None:

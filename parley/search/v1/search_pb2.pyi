@@ -146,6 +146,8 @@ class SearchFlightsRequest(_message.Message):
     NON_STOP_FIELD_NUMBER: _builtins.int
     MAX_RESULTS_FIELD_NUMBER: _builtins.int
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    CHILDREN_FIELD_NUMBER: _builtins.int
+    INFANTS_FIELD_NUMBER: _builtins.int
     origin: _builtins.str
     """IATA airport or city code of the origin, e.g. "JFK" or "NYC"."""
     destination: _builtins.str
@@ -164,6 +166,14 @@ class SearchFlightsRequest(_message.Message):
     """At most this many offers, 1-50; 10 when 0."""
     currency_code: _builtins.str
     """ISO 4217 currency of prices; the provider's default when empty."""
+    children: _builtins.int
+    """Child travellers (2-11 on the day of departure), each in a seat of their own, 0-8;
+    adults and children together at most 9. Priced at child fares, in the offers' total.
+    """
+    infants: _builtins.int
+    """Infants (under 2) travelling on an adult's lap, no seat; at most one per adult. Priced at
+    infant fares, in the offers' total.
+    """
     def __init__(
         self,
         *,
@@ -176,10 +186,12 @@ class SearchFlightsRequest(_message.Message):
         non_stop: _builtins.bool = ...,
         max_results: _builtins.int = ...,
         currency_code: _builtins.str = ...,
+        children: _builtins.int = ...,
+        infants: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adults", b"adults", "cabin", b"cabin", "currency_code", b"currency_code", "departure_date", b"departure_date", "destination", b"destination", "max_results", b"max_results", "non_stop", b"non_stop", "origin", b"origin", "return_date", b"return_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adults", b"adults", "cabin", b"cabin", "children", b"children", "currency_code", b"currency_code", "departure_date", b"departure_date", "destination", b"destination", "infants", b"infants", "max_results", b"max_results", "non_stop", b"non_stop", "origin", b"origin", "return_date", b"return_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -293,7 +305,7 @@ class FlightOffer(_message.Message):
     """True for generated demonstration data that must be labelled as such to users."""
     @_builtins.property
     def total_price(self) -> Global___Money:
-        """Total price for all travellers."""
+        """Total price for all travellers: adults, children and infants."""
 
     @_builtins.property
     def itineraries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Itinerary]:

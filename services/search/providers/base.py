@@ -42,14 +42,26 @@ class Query:
     non_stop: bool
     max_results: int
     currency: str  # ISO 4217, or "" for the provider's default
+    children: int = 0  # 2-11, seated
+    infants: int = 0  # under 2, on an adult's lap
+
+    @property
+    def travellers(self) -> str:
+        """The party as the cache key writes it: "2" for adults alone (the key every query had
+        before children and infants, so those entries stay valid), "2a1c1i" otherwise."""
+        if not (self.children or self.infants):
+            return str(self.adults)
+        return f"{self.adults}a{self.children}c{self.infants}i"
 
     def key(self) -> str:
-        """Stable text of the query, for cache keys and seeds (readable in redis-cli)."""
+        """Stable text of the query, for cache keys, single-flight and seeds (readable in
+        redis-cli)."""
         ret = self.return_date.isoformat() if self.return_date else "-"
         cabin = search_pb2.Cabin.Name(self.cabin).removeprefix("CABIN_")  # type: ignore[arg-type]
         return (
             f"{self.origin}:{self.destination}:{self.departure.isoformat()}:{ret}:"
-            f"{self.adults}:{cabin}:{int(self.non_stop)}:{self.max_results}:{self.currency or '-'}"
+            f"{self.travellers}:{cabin}:{int(self.non_stop)}:{self.max_results}:"
+            f"{self.currency or '-'}"
         )
 
 

@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal
 
 from google.protobuf import duration_pb2
@@ -78,6 +78,10 @@ CABIN_FACTOR: dict[int, Decimal] = {
     search_pb2.CABIN_BUSINESS: Decimal("4.2"),
     search_pb2.CABIN_FIRST: Decimal("7.5"),
 }
+# A child's fare and a lap infant's, as shares of the adult fare: fixed demo figures in the
+# range airlines charge (a child 75-100 %, an infant on a lap around 10 % plus taxes).
+CHILD_SHARE = Decimal("0.75")
+INFANT_SHARE = Decimal("0.1")
 CRUISE_KMH = 820
 TAXI_MINUTES = 35
 MAX_DIRECT_KM = 15_500  # longer than any non-stop flown today
@@ -176,8 +180,11 @@ class OfflineProvider(Provider):
         )
         if not outbound or (query.return_date and not inbound):
             return []
-        rng = _rng("offers", query.key())
-        factor = CABIN_FACTOR.get(query.cabin, Decimal(1)) * query.adults * rate
+        # Seeded without the children and infants: a family sees the flights its adults alone
+        # would, each child and infant at a fixed share of the adult fare.
+        rng = _rng("offers", replace(query, children=0, infants=0).key())
+        party = query.adults + CHILD_SHARE * query.children + INFANT_SHARE * query.infants
+        factor = CABIN_FACTOR.get(query.cabin, Decimal(1)) * party * rate
         count = min(query.max_results * 2, max(len(outbound), len(outbound) * len(inbound)))
         priced: list[tuple[Decimal, str, int, int, int | None]] = []
         seen: set[tuple[int, int]] = set()
