@@ -3,7 +3,9 @@
 Endpoints as documented: ``POST /v1/security/oauth2/token`` (client credentials, form body),
 ``GET /v2/shopping/flight-offers`` and ``GET /v1/reference-data/locations`` (Bearer token).
 Tests script failures per path (``script("/v2/shopping/flight-offers", 429, 500)`` → the next
-calls answer 429, then 500, then normally) and read what was called.
+calls answer 429, then 500, then normally) and read what was called. Flight offers are priced
+for the adults, children and lap infants asked (one travelerPricing each, the offer's price
+their sum), within the contract's bounds: a 400 naming the parameter otherwise.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import secrets
 import threading
 import time
 from collections import defaultdict, deque
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -41,16 +44,52 @@ def _error(status: int, title: str, detail: str = "", parameter: str = "") -> JS
     return JSONResponse({"errors": [body]}, status_code=status)
 
 
+# The fake's child and lap-infant fares, as shares of the adult fare (airlines' own differ).
+CHILD_SHARE = Decimal("0.75")
+INFANT_SHARE = Decimal("0.1")
+CENT = Decimal("0.01")
+
+
+def traveler_pricings(
+    fare: str, currency: str, party: tuple[int, int, int]
+) -> list[dict[str, Any]]:
+    """One pricing per traveller, as the contract lists them: ADULT, CHILD, then HELD_INFANT,
+    each infant with the id of the adult whose lap it travels on."""
+    adults, children, infants = party
+    adult = Decimal(fare)
+    kinds = [("ADULT", adult)] * adults + [("CHILD", adult * CHILD_SHARE)] * children
+    kinds += [("HELD_INFANT", adult * INFANT_SHARE)] * infants
+    pricings: list[dict[str, Any]] = []
+    for number, (kind, amount) in enumerate(kinds, start=1):
+        total = str(amount.quantize(CENT, rounding=ROUND_HALF_UP))
+        pricing: dict[str, Any] = {
+            "travelerId": str(number),
+            "fareOption": "STANDARD",
+            "travelerType": kind,
+            "price": {"currency": currency, "total": total, "base": total},
+            "fareDetailsBySegment": [{"segmentId": "1", "cabin": "ECONOMY", "class": "Y"}],
+        }
+        if kind == "HELD_INFANT":
+            pricing["associatedAdultId"] = str(number - adults - children)
+        pricings.append(pricing)
+    return pricings
+
+
 def offer(
     offer_id: str,
     origin: str,
     destination: str,
     date: str,
-    total: str,
+    fare: str,
     flight: tuple[str, str] = ("BA", "178"),
+    party: tuple[int, int, int] = (1, 0, 0),
 ) -> dict[str, Any]:
-    """One offer; ``flight`` is the marketing carrier and its number (for a codeshare, another
-    carrier's than the operating one, as in the documented contract)."""
+    """One offer; ``fare`` is one adult's, ``party`` the adults, children and lap infants
+    searched: the price is the whole party's, the sum of its travelerPricings. ``flight`` is the
+    marketing carrier and its number (for a codeshare, another carrier's than the operating
+    one, as in the documented contract)."""
+    pricings = traveler_pricings(fare, "EUR", party)
+    total = str(sum(Decimal(p["price"]["total"]) for p in pricings))
     return {
         "type": "flight-offer",
         "id": offer_id,
@@ -74,8 +113,9 @@ def offer(
                 ],
             }
         ],
-        "price": {"currency": "EUR", "total": total, "base": "100.00", "grandTotal": total},
+        "price": {"currency": "EUR", "total": total, "base": total, "grandTotal": total},
         "validatingAirlineCodes": ["BA"],
+        "travelerPricings": pricings,
     }
 
 
@@ -134,6 +174,24 @@ def light(item: dict[str, Any]) -> dict[str, Any]:
     address = item["address"]
     kept["address"] = {"cityName": address["cityName"], "countryName": address["countryName"]}
     return kept
+
+
+def _party(query: Any) -> tuple[int, int, int] | JSONResponse:
+    """adults (1-9, required), children and infants (0-9, optional) as the contract bounds
+    them: at most 9 seated travellers, at most one lap infant per adult; a 400 naming the
+    parameter otherwise."""
+    counts = []
+    for name, least, default in (("adults", 1, None), ("children", 0, "0"), ("infants", 0, "0")):
+        raw = query.get(name, default)
+        if raw is None or not raw.isdigit() or not least <= int(raw) <= 9:
+            return _error(400, "INVALID FORMAT", f"{name} must be {least}-9", name)
+        counts.append(int(raw))
+    adults, children, infants = counts
+    if adults + children > 9:
+        return _error(400, "INVALID DATA RECEIVED", "at most 9 seated travelers", "children")
+    if infants > adults:
+        return _error(400, "INVALID DATA RECEIVED", "infants must not exceed adults", "infants")
+    return adults, children, infants
 
 
 class FakeAmadeus:
@@ -261,10 +319,13 @@ class FakeAmadeus:
                 q["destinationLocationCode"],
                 q["departureDate"],
             )
+            party = _party(q)
+            if isinstance(party, JSONResponse):
+                return party
             # Not cheapest first: the contract promises no order.
             data = [
-                offer("1", origin, destination, date, "640.05", ("AA", "6143")),  # codeshare
-                offer("2", origin, destination, date, "512.30"),
+                offer("1", origin, destination, date, "640.05", ("AA", "6143"), party),  # codeshare
+                offer("2", origin, destination, date, "512.30", party=party),
             ]
             data = data[: int(q.get("max", 250))]
             return JSONResponse({"meta": {"count": len(data)}, "data": data})

@@ -72,7 +72,8 @@ async def test_offers_are_mapped_exactly(provider: AmadeusProvider, amadeus: Fak
     offers = await provider.search(query(return_date=DAY + dt.timedelta(days=3)), soon())
     # Cheapest first, though Amadeus listed it second (its contract promises no order).
     # (Was a bug: the provider's order was passed on, and the bot shows offers in that order.)
-    assert [o.total_price.amount for o in offers] == ["512.30", "640.05"]
+    # The price is the two adults' together, as Amadeus totals it.
+    assert [o.total_price.amount for o in offers] == ["1024.60", "1280.10"]
     first = offers[0]
     assert first.total_price.currency_code == "EUR" and not first.demo_data
     assert (first.id, first.validating_carrier, first.seats_left) == ("2", "BA", 4)
@@ -104,6 +105,22 @@ async def test_offers_are_mapped_exactly(provider: AmadeusProvider, amadeus: Fak
         "max": "5",
         "currencyCode": "EUR",
     }
+
+
+async def test_children_and_lap_infants_are_asked_for_and_in_the_total(
+    provider: AmadeusProvider, amadeus: FakeAmadeus
+) -> None:
+    """Children and infants go out as the contract's `children` and `infants` parameters (only
+    when there are any), and the offer's price is the whole party's: two adults, a child and a
+    lap infant, each on their own travelerPricing."""
+    offers = await provider.search(query(children=1, infants=1), soon())
+    _, params = amadeus.requests[-1]
+    assert (params["adults"], params["children"], params["infants"]) == ("2", "1", "1")
+    # 2 x 512.30 + 384.23 (the fake's child at 75 %) + 51.23 (its infant at 10 %).
+    assert [o.total_price.amount for o in offers] == ["1460.06", "1824.15"]
+    await provider.search(query(children=2), soon())
+    _, params = amadeus.requests[-1]
+    assert params["children"] == "2" and "infants" not in params
 
 
 async def test_the_token_is_cached(provider: AmadeusProvider, amadeus: FakeAmadeus) -> None:

@@ -326,6 +326,47 @@ async def test_an_amadeus_error_that_quotes_the_token_passes_it_on_nowhere(
         process.stop()
 
 
+async def test_a_familys_amadeus_fares_are_the_whole_partys(
+    tmp_path: Path, valkey: Valkey, amadeus: FakeAmadeus
+) -> None:
+    """Through the service to Amadeus's contract: the children and the lap infant are asked
+    for, and the answer's total is the party's, not the adults' cached one."""
+    process, address = start(
+        tmp_path,
+        valkey.url,
+        SEARCH_PROVIDER="amadeus",
+        AMADEUS_CLIENT_ID=CLIENT_ID,
+        AMADEUS_CLIENT_SECRET=CLIENT_SECRET,
+        AMADEUS_BASE_URL=amadeus.url,
+    )
+    trip = {
+        "origin": "JFK",
+        "destination": "LHR",
+        "departure_date": day(31),
+        "currency_code": "EUR",
+    }
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            adults = await stub.SearchFlights(
+                search_pb2.SearchFlightsRequest(adults=2, **trip), timeout=10
+            )
+            family = await stub.SearchFlights(
+                search_pb2.SearchFlightsRequest(adults=2, children=1, infants=1, **trip),
+                timeout=10,
+            )
+    finally:
+        process.stop()
+    assert [o.total_price.amount for o in adults.offers] == ["1024.60", "1280.10"]
+    assert [o.total_price.amount for o in family.offers] == ["1460.06", "1824.15"]
+    assert not family.from_cache and family.provider == "amadeus"
+    sent = [params for path, params in amadeus.requests if path.endswith("flight-offers")]
+    assert [(p["adults"], p.get("children"), p.get("infants")) for p in sent] == [
+        ("2", None, None),
+        ("2", "1", "1"),
+    ]
+
+
 def test_a_bad_provider_setting_stops_start_up_with_a_message() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "services.search.server"],

@@ -68,6 +68,8 @@ PARAMETER_FIELDS = {
     "departureDate": "departure_date",
     "returnDate": "return_date",
     "adults": "adults",
+    "children": "children",
+    "infants": "infants",
     "travelClass": "cabin",
     "nonStop": "non_stop",
     "max": "max_results",
@@ -313,6 +315,12 @@ class AmadeusProvider(Provider):
             "nonStop": "true" if query.non_stop else "false",
             "max": str(query.max_results),
         }
+        # Optional in the contract: sent when there are any, each priced at its own fare in
+        # the offer's total (travelerPricings lists them: CHILD, HELD_INFANT).
+        if query.children:
+            params["children"] = str(query.children)
+        if query.infants:
+            params["infants"] = str(query.infants)
         if query.return_date:
             params["returnDate"] = query.return_date.isoformat()
         if query.currency:
@@ -363,6 +371,7 @@ class AmadeusProvider(Provider):
                 )
             )
         price = item["price"]
+        # The whole party's (every travelerPricing's), fees included: what the user would pay.
         amount = str(price.get("grandTotal") or price["total"])
         validating = item.get("validatingAirlineCodes") or [""]
         seats = item.get("numberOfBookableSeats")
