@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
@@ -191,20 +192,22 @@ async def test_more_travellers_than_one_search_takes_are_said_and_asked(
     assert "3 adultos" in reply and offers_in(reply), reply
 
 
-async def test_children_and_infants_are_counted_and_their_fares_explained(
-    engine: BotEngine,
-) -> None:
-    """(Was a bug: children and infants were dropped without a word: *2 adults 1 child* searched
-    2 seats, *with my baby* 1 adult as if alone, and *2 adults and a child NYC to London*
-    answered *I couldn't find an airport for “Child Nyc”*.)"""
+async def test_children_and_infants_are_searched_at_their_own_fares(engine: BotEngine) -> None:
+    """Children and lap infants are sent to the search as such and priced at their own fares:
+    the price shown is the whole party's. (Was an approximation: the search took adults only,
+    so a child was searched as an adult seat, a lap infant not at all, and the results said
+    so under the header.) The offline provider prices a child at 75 % and an infant at 10 % of
+    the adult fare, on the flights the adults alone would get."""
     chat = Chat(engine)
     reply = await chat.say("2 adults and a child NYC to London next Friday")
     assert "New York (NYC) → London (LON)* · " + short(coming(4)) in reply, reply
     assert "· 2 adults, 1 child" in reply and offers_in(reply), reply
-    assert "_Children's seats are priced at adult fares here; airlines may charge less._" in reply
-    # The seats searched are the whole party's: the same fares as three adults.
-    three = await Chat(engine, user_id="15550000022").say("3 adults NYC to London next Friday")
-    assert re.findall(r"\*\$[\d,.]+\*", reply) == re.findall(r"\*\$[\d,.]+\*", three)
+    assert "adult fares" not in reply and "_Infants" not in reply, reply
+    two = await Chat(engine, user_id="15550000022").say("2 adults NYC to London next Friday")
+    family, adults = prices(reply), prices(two)
+    assert family and len(family) == len(adults), (reply, two)
+    for theirs, alone in zip(family, adults, strict=True):
+        assert abs(theirs - alone * Decimal("2.75") / 2) <= Decimal("0.01"), (reply, two)
     # A correction of the adults keeps the child; the details say who the price is for.
     reply = await chat.say("make it 3 adults")
     assert "· 3 adults, 1 child" in reply and offers_in(reply), reply
@@ -217,17 +220,50 @@ async def test_children_and_infants_are_counted_and_their_fares_explained(
     await chat.say("2 adults and a child")
     reply = await chat.say("actually just me")
     assert "· 1 adult" in reply and "child" not in reply and offers_in(reply), reply
-    # A lap infant takes no seat and is not in the fares: said so.
+    # A lap infant takes no seat and is in the price at an infant's fare.
+    alone = prices(await Chat(engine, user_id="15550000025").say("NYC to London next Friday"))
     reply = await Chat(engine, user_id="15550000023").say("NYC to London next Friday with my baby")
     assert "· 1 adult, 1 infant" in reply and offers_in(reply), reply
-    assert "_Infants on a lap are not in these prices; the airline adds their fare._" in reply
+    for theirs, fare in zip(prices(reply), alone, strict=True):
+        assert abs(theirs - fare * Decimal("1.1")) <= Decimal("0.01"), reply
     # Spanish.
     chat = Chat(engine, user_id="15550000024", locale="es")
     reply = await chat.say("2 adultos y un niño de Madrid a Roma el viernes")
     assert "Madrid (MAD) → Roma (ROM)" in reply and "· 2 adultos, 1 niño" in reply, reply
-    assert "tarifa de adulto" in reply and offers_in(reply)
+    assert "tarifa de adulto" not in reply and offers_in(reply)
     reply = await chat.say("de Madrid a Roma el viernes con mi bebé")
-    assert "· 1 adulto, 1 bebé" in reply and "bebés en brazos" in reply, reply
+    assert "· 1 adulto, 1 bebé" in reply and offers_in(reply), reply
+
+
+async def test_more_lap_infants_than_adults_are_asked_about_not_searched(
+    engine: BotEngine,
+) -> None:
+    """Each lap infant needs an adult's lap, and the search refuses more infants than adults:
+    the bot says so and asks how many adults travel, before searching anything."""
+    chat = Chat(engine)
+    reply = await chat.say("1 adult and 2 babies NYC to London next Friday")
+    assert "so 2 infants need at least 2 adults. How many adults are travelling?" in reply, reply
+    assert not offers_in(reply) and chat.state["ask"] == {"slot": "adults"}, reply
+    assert "How many adults are travelling?" in await chat.say("ok")
+    reply = await chat.say("1")  # still one lap short: asked again
+    assert "need at least 2 adults" in reply and not offers_in(reply), reply
+    reply = await chat.say("2")
+    assert "· 2 adults, 2 infants" in reply and offers_in(reply), reply
+    assert not chat.state.get("ask")
+    reply = await chat.say("make it 1 adult")
+    assert "need at least 2 adults" in reply and not offers_in(reply), reply
+    reply = await chat.say("3 adults")
+    assert "· 3 adults, 2 infants" in reply and offers_in(reply), reply
+    chat = Chat(engine, user_id="15550000026", locale="es")
+    reply = await chat.say("1 adulto y 2 bebés de Madrid a Roma el viernes")
+    assert "2 bebés necesitan al menos 2 adultos. ¿Cuántos adultos viajan?" in reply, reply
+    reply = await chat.say("2")
+    assert "· 2 adultos, 2 bebés" in reply and offers_in(reply), reply
+
+
+def prices(text: str) -> list[Decimal]:
+    """The offers' totals in a reply, in order ("*$1,234.56*")."""
+    return [Decimal(p.replace(",", "")) for p in re.findall(r"\*\$([\d,.]+)\*", text)]
 
 
 async def test_non_stop_can_be_taken_back(engine: BotEngine) -> None:

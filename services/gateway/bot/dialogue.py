@@ -10,7 +10,7 @@ State (JSON, in the session service, so it survives restarts and moves between w
   days ("end of the month") and not yet the day; ``too_many`` (a count over 9) while the user
   has asked for more travellers than one search takes and not yet said how many to search.
 - ``ask``: what the last reply asked for: ``{"slot": "origin"|"destination"|"date"|"return"|
-  "travellers"}``, with
+  "travellers"|"adults"}`` (``adults`` while there are more lap infants than adults), with
   ``"choices"`` (places) when it asked the user to pick one.
 - ``results``: the last search's offers in compact form and how many were shown. The offers
   are stored as one JSON string, not a nested object: Python's protobuf builds and reads
@@ -559,6 +559,8 @@ class BotEngine:
             return t("ask_return")
         if d.ask.get("slot") == "travellers" and d.trip.get("too_many"):
             return self._travellers_question(ctx, d)
+        if d.ask.get("slot") == "adults" and _too_few_laps(d.trip):
+            return self._laps_question(ctx, d)
         missing = self._missing(d)
         if missing is not None and (d.trip or not ctx.smart):
             d.set("ask", {"slot": missing})
@@ -607,6 +609,12 @@ class BotEngine:
             # "4", answering "How many travellers should I search for?"
             if 1 <= n <= MAX_TRAVELLERS:
                 d.update_trip(children=None)  # the number asked is of everyone seated
+                return await self._apply(ctx, d, Extraction(adults=n))
+            return await self._apply(ctx, d, Extraction(too_many=n))
+        if d.ask.get("slot") == "adults":
+            # "2", answering "How many adults are travelling?" (an infant per lap): the children
+            # are kept, and the seats they take with the adults are checked again.
+            if 1 <= n <= MAX_TRAVELLERS:
                 return await self._apply(ctx, d, Extraction(adults=n))
             return await self._apply(ctx, d, Extraction(too_many=n))
         period = Period.from_state(d.trip.get("period"))
@@ -1039,6 +1047,14 @@ class BotEngine:
             if ctx.smart and not before:
                 question = t("have_so_far", summary=self._summary(ctx, d)) + "\n" + question
             return [*before, Reply(question)]
+        if _too_few_laps(d.trip):
+            # "1 adult and 2 babies": each infant travels on an adult's lap, and neither the
+            # search nor an airline takes more infants than adults.
+            d.set("ask", {"slot": "adults"})
+            question = self._laps_question(ctx, d)
+            if ctx.smart and not before:
+                question = t("have_so_far", summary=self._summary(ctx, d)) + "\n" + question
+            return [*before, Reply(question)]
         if d.ask:
             d.set("ask", {})
         return [*before, *await self._search_and_show(ctx, d)]
@@ -1047,6 +1063,10 @@ class BotEngine:
         t = ctx.texts
         limit = t("too_many_travellers", n=int(d.trip["too_many"]), limit=MAX_TRAVELLERS)
         return f"{limit} {t('ask_travellers', limit=MAX_TRAVELLERS)}"
+
+    def _laps_question(self, ctx: Context, d: Dialogue) -> str:
+        t = ctx.texts
+        return f"{t('infants_need_laps', n=int(d.trip['infants']))} {t('ask_adults')}"
 
     def _same_place(self, ctx: Context, d: Dialogue) -> Reply:
         d.update_trip(destination=None)
@@ -1105,10 +1125,10 @@ class BotEngine:
             destination=trip["destination"]["code"],
             departure_date=trip["depart"],
             return_date=back.isoformat() if back else "",
-            # Children are searched as seats at adult fares (the search takes adults only, and
-            # fewer seats would understate the price); the results say so. Lap infants take no
-            # seat and are not in the fares: said too.
-            adults=int(trip.get("adults") or 1) + int(trip.get("children") or 0),
+            # Each priced at its own fare, in the offers' total: the price shown is the party's.
+            adults=int(trip.get("adults") or 1),
+            children=int(trip.get("children") or 0),
+            infants=int(trip.get("infants") or 0),
             cabin=CABIN_CODES.get(trip.get("cabin") or "economy", search_pb2.CABIN_ECONOMY),
             non_stop=bool(trip.get("non_stop")),
             max_results=fmt.KEPT,
@@ -1203,10 +1223,6 @@ class BotEngine:
                 lines.append(t("stale_label", age=_age(t, int(results.get("age_seconds", 0)))))
             if results.get("demo"):
                 lines.append(t("demo_label"))
-            if d.trip.get("children"):
-                lines.append(t("children_note"))
-            if d.trip.get("infants"):
-                lines.append(t("infants_note"))
         for index, offer in enumerate(page, start=start + 1):
             lines.append("")
             lines.append(fmt.offer_lines(t, index, offer))
@@ -1296,6 +1312,11 @@ class BotEngine:
         if trip.get("non_stop"):
             parts.append(t("non_stop_only"))
         return ", ".join(parts)
+
+
+def _too_few_laps(trip: dict[str, Any]) -> bool:
+    """More infants than adults: one lap each, so not searched (see _advance)."""
+    return int(trip.get("infants") or 0) > int(trip.get("adults") or 1)
 
 
 def _period_text(t: Texts, period: Period) -> str:

@@ -101,6 +101,10 @@ MESSAGES: dict[str, str] = {
         "groups through their group desks)."
     ),
     "ask_travellers": "How many travellers should I search for? (1\u2013{limit})",
+    "infants_need_laps": (
+        "Each infant travels on an adult's lap, so {n} infants need at least {n} adults."
+    ),
+    "ask_adults": "How many adults are travelling?",
     "ask_return": "When do you come back?",
     "date_too_far": "I can only search up to a year ahead. Please pick an earlier date.",
     "return_before_departure": (
@@ -126,8 +130,6 @@ MESSAGES: dict[str, str] = {
     "results_footer": "Reply *1*\u2013*{last}* for details, *more* for more, *new* to start over.",
     "results_footer_one": "Reply *1* for details, *more* for more, *new* to start over.",
     "demo_label": "_Demo fares: generated sample data, not bookable._",
-    "children_note": "_Children's seats are priced at adult fares here; airlines may charge less._",
-    "infants_note": "_Infants on a lap are not in these prices; the airline adds their fare._",
     "stale_label": "⚠️ _Live search is unavailable; these prices are from {age} ago._",
     "age_minutes": "{n} min",
     "age_hours": "{n} h",

@@ -103,6 +103,10 @@ MESSAGES: dict[str, str] = {
         "reservan los grupos más grandes aparte)."
     ),
     "ask_travellers": "¿Para cuántos viajeros busco? (de 1 a {limit})",
+    "infants_need_laps": (
+        "Cada bebé viaja en brazos de un adulto, así que {n} bebés necesitan al menos {n} adultos."
+    ),
+    "ask_adults": "¿Cuántos adultos viajan?",
     "ask_return": "¿Qué día vuelves?",
     "date_too_far": "Solo puedo buscar hasta un año vista. Elige una fecha más cercana.",
     "return_before_departure": (
@@ -132,12 +136,6 @@ MESSAGES: dict[str, str] = {
         "Responde *1* para ver detalles, *más* para ver más, *nuevo* para empezar de cero."
     ),
     "demo_label": "_Tarifas de demostración: datos de ejemplo, no reservables._",
-    "children_note": (
-        "_Los asientos de los niños tienen aquí tarifa de adulto; la aerolínea puede cobrar menos._"
-    ),
-    "infants_note": (
-        "_Los bebés en brazos no están en estos precios; la aerolínea añade su tarifa._"
-    ),
     "stale_label": ("⚠️ _La búsqueda en vivo no está disponible; estos precios son de hace {age}._"),
     "age_minutes": "{n} min",
     "age_hours": "{n} h",
