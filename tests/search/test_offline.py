@@ -152,6 +152,19 @@ async def test_children_and_infants_are_priced_at_fixed_shares_of_the_adult_fare
     assert not {o.id for o in family} & {o.id for o in adults}
 
 
+async def test_seats_left_are_never_fewer_than_the_party_takes(provider: OfflineProvider) -> None:
+    """An offer says how many seats are left at its price; for 4 adults and 2 children it said
+    1, 3 or 5, so the bot told a family of six "3 seats left at this price." for an offer they
+    could not book. Now at least the seats searched (lap infants take none)."""
+    family = await search(provider, query("NYC", "LON", adults=4, children=2, infants=3))
+    seats = [o.seats_left if o.HasField("seats_left") else None for o in family]
+    assert min((n for n in seats if n is not None), default=6) >= 6, seats
+    # The same draw as the adults' alone (the flights are theirs), raised to the party's seats.
+    adults = await search(provider, query("NYC", "LON", adults=4))
+    drawn = [o.seats_left if o.HasField("seats_left") else None for o in adults]
+    assert seats == [None if n is None else max(n, 6) for n in drawn]
+
+
 def offer_flights(offer: search_pb2.FlightOffer) -> tuple[str, ...]:
     return tuple(
         f"{s.carrier_code}{s.flight_number}@{s.departure_time}"

@@ -184,6 +184,7 @@ class OfflineProvider(Provider):
         # would, each child and infant at a fixed share of the adult fare.
         rng = _rng("offers", replace(query, children=0, infants=0).key())
         party = query.adults + CHILD_SHARE * query.children + INFANT_SHARE * query.infants
+        seated = query.adults + query.children  # lap infants take no seat
         factor = CABIN_FACTOR.get(query.cabin, Decimal(1)) * party * rate
         count = min(query.max_results * 2, max(len(outbound), len(outbound) * len(inbound)))
         priced: list[tuple[Decimal, str, int, int, int | None]] = []
@@ -207,6 +208,10 @@ class OfflineProvider(Provider):
             if inbound:
                 usd = (usd + inbound[in_i].base_usd) * Decimal("0.95")  # round trips: cheaper
             seats = rng.randint(1, 9) if rng.random() < 0.6 else None
+            if seats is not None:
+                # Bookable for the whole party, as a provider lists offers: never "3 seats
+                # left" to 4 adults and 2 children.
+                seats = max(seats, seated)
             digest = hashlib.sha256(f"{query.key()}|{out_i}|{in_i}".encode()).hexdigest()
             priced.append(
                 (quantize(usd * factor, currency), f"demo-{digest[:16]}", out_i, in_i, seats)
