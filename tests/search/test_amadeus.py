@@ -248,6 +248,11 @@ async def test_400_is_invalid_argument_naming_our_field(
         await provider.search(query(), soon())
     assert "departure_date" in dict(caught.value.violations)
     assert amadeus.calls[OFFERS] == 1  # not retried
+    # The contract's own bounds on the party: its parameters are our fields of the same name.
+    for party, field in (({"adults": 1, "infants": 2}, "infants"), ({"children": 8}, "children")):
+        with pytest.raises(InvalidArgument) as caught:
+            await provider.search(query(**party), soon())
+        assert set(dict(caught.value.violations)) == {field}, party
 
 
 async def test_a_404_is_a_provider_failure(provider: AmadeusProvider, amadeus: FakeAmadeus) -> None:
