@@ -433,6 +433,33 @@ async def test_the_word_before_the_travellers_is_not_part_of_a_place(engine: Bot
     assert "New York (NYC) → Rome (ROM)" in reply and "· 2 adults, 2 children" in reply, reply
 
 
+async def test_the_word_joining_the_travellers_is_not_part_of_the_place_after_them(
+    engine: BotEngine,
+) -> None:
+    """The travellers first, then the route: the word that joined them to the rest is no place
+    either. (Was a bug: *family of 4 with 2 kids NYC to London next Friday* answered *I couldn't
+    find an airport for “With Nyc”*, as did *2 adults with a baby …*; *… plus a baby …* and
+    *somos 4 con 2 niños Madrid Roma* the same with “Plus Nyc” and “con madrid”.)"""
+    for n, (text, party) in enumerate(
+        (
+            ("family of 4 with 2 kids NYC to London next Friday", "2 adults, 2 children"),
+            ("2 adults with a baby NYC to London next Friday", "2 adults, 1 infant"),
+            ("3 adults plus a baby NYC to London next Friday", "3 adults, 1 infant"),
+            ("2 adults including a child NYC to London next Friday", "2 adults, 1 child"),
+        )
+    ):
+        reply = await Chat(engine, user_id=f"1555000004{n}").say(text)
+        assert f"New York (NYC) → London (LON)* · {short(coming(4))} · {party}" in reply, reply
+        assert offers_in(reply), reply
+    chat = Chat(engine, user_id="15550000049", locale="es")
+    reply = await chat.say("somos 4 con 2 niños de Madrid a Roma el viernes")
+    assert "Madrid (MAD) → Roma (ROM)" in reply and "· 2 adultos, 2 niños" in reply, reply
+    reply = await Chat(engine, user_id="15550000048", locale="es").say(
+        "somos 4 con 2 niños Madrid Roma el viernes"
+    )
+    assert "Madrid (MAD) → Roma (ROM)" in reply and "· 2 adultos, 2 niños" in reply, reply
+
+
 async def test_a_place_is_echoed_as_the_user_wrote_it(engine: BotEngine) -> None:
     """(Was a bug: the bot's questions echoed the place with its accents taken off and every
     word capitalized: *¿A qué «Cordoba» te refieres?* to someone who wrote *Córdoba*.)"""

@@ -1193,6 +1193,15 @@ ADULT_RULES: list[tuple[re.Pattern[str], Any]] = [
     ),
 ]
 MAX_TRAVELLERS = 9  # seated travellers in one search (the search service's limit)
+# The word that joins travellers to the rest ("we are 4 with 2 kids", "con 2 adultos"): no part
+# of a place, before the travellers or after them ("with nyc" in "... with 2 kids NYC to London").
+_JOINED_BY = re.compile(r"\b(?:with|plus|including|and|con|incluyendo|y) *$")
+
+
+def _without_travellers(work: str, match: re.Match[str]) -> str:
+    """``work`` without the travellers ``match`` read, nor the word that joined them to it."""
+    return _JOINED_BY.sub("", work[: match.start()]) + " " + work[match.end() :]
+
 
 CABIN_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\bpremium(?: economy| turista| class)?\b"), "premium_economy"),
@@ -1310,11 +1319,8 @@ def _clean_place(phrase: str, spanish: bool = False) -> str:
     words = [w.replace("_", " ") for w in phrase.split() if not w.startswith("@d")]
     while words and words[0] in FILLER:
         words.pop(0)
-    # Spanish articles never end a place name ("a Barcelona el viernes" → "barcelona el"), nor
-    # does what once led the travellers read out of the text ("to San Jose with 3 people").
-    trailing = {"with", "including", "plus"}
-    if spanish:
-        trailing |= {"el", "la", "los", "las", "del", "con", "incluyendo"}
+    # Spanish articles never end a place name ("a Barcelona el viernes" → "barcelona el").
+    trailing = {"el", "la", "los", "las", "del"} if spanish else set()
     while words and (words[-1] in FILLER or words[-1] in trailing):
         words.pop()
     # What is left must contain letters and no leftover date/slot placeholder.
@@ -1457,7 +1463,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
         if match:
             count = number(match[group]) if group else 1
             setattr(result, slot, (getattr(result, slot) or 0) + (count or 0))
-            work = work[: match.start()] + " " + work[match.end() :]
+            work = _without_travellers(work, match)
     young = (result.children or 0) + (result.infants or 0)
     for pattern, value in ADULT_RULES:
         match = pattern.search(work)
@@ -1473,7 +1479,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
                 result.too_many = count  # "12 adults": not searched as 1, nor read as a place
             else:
                 continue
-            work = work[: match.start()] + " " + work[match.end() :]
+            work = _without_travellers(work, match)
             break
 
     # Which date is which: ranges, "back <date>", then the first remaining is the departure.
