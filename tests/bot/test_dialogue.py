@@ -192,6 +192,35 @@ async def test_more_travellers_than_one_search_takes_are_said_and_asked(
     assert "3 adultos" in reply and offers_in(reply), reply
 
 
+async def test_the_seats_over_one_search_are_counted_with_the_children_of_this_message(
+    engine: BotEngine,
+) -> None:
+    """*So not N* says the seats asked for: the children's too, and only the party that
+    stands once the message is read. (Was a bug: a whole new request kept counting the trip
+    before's children it had dropped, so *Paris to Rome on 6 December 8 adults* after a search
+    for 2 adults and 3 children said *so not 11*; and a count over 9 left the children out,
+    *we are 12 with 2 kids* saying *so not 10* and *12 adults and 2 children* *so not 12*.)"""
+    chat = Chat(engine)
+    reply = await chat.say("NYC to London next Friday 2 adults 3 kids")
+    assert "· 2 adults, 3 children" in reply and offers_in(reply), reply
+    reply = await chat.say("Paris to Rome on 6 December 8 adults")
+    assert "Paris (PAR) → Rome (ROM)" in reply and "· 8 adults" in reply, reply
+    assert "child" not in reply and offers_in(reply), reply
+    for n, (text, seats) in enumerate(
+        (
+            ("we are 12 with 2 kids NYC to London next Friday", 12),
+            ("12 adults and 2 children NYC to London next Friday", 14),
+        )
+    ):
+        chat = Chat(engine, user_id=f"1555000005{n}")
+        reply = await chat.say(text)
+        assert f"so not {seats} " in reply and not offers_in(reply), reply
+        # The number asked for is everyone seated: the children are not added to it.
+        assert "so not 10 " in await chat.say("10")
+        reply = await chat.say("4")
+        assert "· 4 adults" in reply and "child" not in reply and offers_in(reply), reply
+
+
 async def test_children_and_infants_are_searched_at_their_own_fares(engine: BotEngine) -> None:
     """Children and lap infants are sent to the search as such and priced at their own fares:
     the price shown is the whole party's. (Was an approximation: the search took adults only,

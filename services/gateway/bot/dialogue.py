@@ -607,8 +607,8 @@ class BotEngine:
             return [Reply(ctx.texts("choose_place", text=d.ask.get("text", "")))]
         if d.ask.get("slot") == "travellers":
             # "4", answering "How many travellers should I search for?"
+            d.update_trip(children=None)  # the number asked is of everyone seated
             if 1 <= n <= MAX_TRAVELLERS:
-                d.update_trip(children=None)  # the number asked is of everyone seated
                 return await self._apply(ctx, d, Extraction(adults=n))
             return await self._apply(ctx, d, Extraction(too_many=n))
         if d.ask.get("slot") == "adults":
@@ -788,17 +788,22 @@ class BotEngine:
             changes["children"] = found.children or None  # 0: "just me"
         if found.infants is not None:
             changes["infants"] = found.infants or None
+        # The party once this message is applied: a slot it clears (a whole new request, "just
+        # me") is not the trip's any more.
+        children = int(
+            (changes["children"] if "children" in changes else d.trip.get("children")) or 0
+        )
         if found.adults or found.children:
             # Children take seats: with them a party may be over what one search seats.
-            seated = int(changes.get("adults") or d.trip.get("adults") or 1) + int(
-                changes.get("children") or d.trip.get("children") or 0
-            )
+            adults = changes["adults"] if "adults" in changes else d.trip.get("adults")
+            seated = int(adults or 1) + children
             if seated > MAX_TRAVELLERS:
                 changes["too_many"] = seated
             elif d.trip.get("too_many"):
                 changes["too_many"] = None
         if found.too_many:
-            changes["too_many"] = found.too_many  # asked before searching (see _advance)
+            # Asked before searching (see _advance), as the seats: the children take theirs.
+            changes["too_many"] = found.too_many + children
         if found.cabin:
             changes["cabin"] = found.cabin
         if found.non_stop is not None:
