@@ -681,6 +681,27 @@ async def test_a_greeting_while_a_question_waits_asks_it_again(engine: BotEngine
     assert "I find flights" in await Chat(engine, user_id="15550000027").say("hi")
 
 
+async def test_a_day_of_a_period_is_asked_again_as_it_was_asked(engine: BotEngine) -> None:
+    """*hi* or *ok* while *Which day at the end of December?* waits asks that again. (Was a bug:
+    they asked *When do you want to leave? (e.g. \\*next Friday\\* or \\*3 March\\*)*, or *When
+    do you come back?* for a return's period, as if no period had been said, while the trip
+    still kept it for the day that would answer.)"""
+    chat = Chat(engine)
+    asked = await chat.say("NYC to London at the end of december")
+    assert asked.endswith("Which day at the end of December?"), asked
+    for text in ("hi", "ok"):
+        reply = await chat.say(text)
+        assert reply.endswith("Which day at the end of December?"), reply
+        assert "When do you want to leave?" not in reply, reply
+    chat = Chat(engine, user_id="15550000028")
+    asked = await chat.say("NYC to London next Friday back early January")
+    question = "Which day in early January do you come back?"
+    assert asked.endswith(question), asked
+    for text in ("hello", "ok"):
+        reply = await chat.say(text)
+        assert reply.endswith(question) and "When do you come back?" not in reply, reply
+
+
 async def test_typed_number_chooses_a_candidate(engine: BotEngine) -> None:
     chat = Chat(engine, user_id="15550000002")
     await chat.say("to san jose")

@@ -556,7 +556,7 @@ class BotEngine:
             key = "choose_place_unsure" if d.ask.get("unsure") else "choose_place"
             return t(key, text=d.ask.get("text", ""))
         if d.ask.get("slot") == "return" and d.trip.get("depart"):
-            return t("ask_return")
+            return self._slot_question(ctx, d, "return")
         if d.ask.get("slot") == "travellers" and d.trip.get("too_many"):
             return self._travellers_question(ctx, d)
         if d.ask.get("slot") == "adults" and _too_few_laps(d.trip):
@@ -564,7 +564,7 @@ class BotEngine:
         missing = self._missing(d)
         if missing is not None and (d.trip or not ctx.smart):
             d.set("ask", {"slot": missing})
-            return t(f"ask_{missing}")
+            return self._slot_question(ctx, d, missing)
         shown = int(d.results.get("shown", 0))
         if shown:
             return t("pick_offer", last=shown)
@@ -1021,10 +1021,7 @@ class BotEngine:
         missing = self._missing(d)
         if missing is not None:
             d.set("ask", {"slot": missing})
-            question = t(f"ask_{missing}")
-            period = Period.from_state(d.trip.get("period"))
-            if missing == "date" and period is not None and period.leg == "depart":
-                question = _period_question(t, period, ctx.today)
+            question = self._slot_question(ctx, d, missing)
             summary = self._summary(ctx, d)
             if ctx.smart and summary and not before:
                 question = t("have_so_far", summary=summary) + "\n" + question
@@ -1036,8 +1033,7 @@ class BotEngine:
         if period is not None and period.leg == "return" and self._return_date(d) is None:
             # "back early January": not a one-way search; which day is asked.
             d.set("ask", {"slot": "return"})
-            start = max(ctx.today, date.fromisoformat(d.trip["depart"]))
-            return [*before, Reply(_period_question(t, period, start))]
+            return [*before, Reply(self._slot_question(ctx, d, "return"))]
         if d.trip.get("round_trip") and self._return_date(d) is None:
             # "round trip" with no return: not a one-way search either (see _apply).
             d.set("ask", {"slot": "return"})
@@ -1063,6 +1059,19 @@ class BotEngine:
         if d.ask:
             d.set("ask", {})
         return [*before, *await self._search_and_show(ctx, d)]
+
+    def _slot_question(self, ctx: Context, d: Dialogue, slot: str) -> str:
+        """What asks for ``slot`` (``ask_<slot>``); for the leg of a stretch of days the user
+        named, its day: "Which day at the end of December?", not "When do you want to leave?
+        (e.g. *next Friday* or *3 March*)"."""
+        period = Period.from_state(d.trip.get("period"))
+        if period is not None and {"date": "depart", "return": "return"}.get(slot) == period.leg:
+            # A season's example is a day from today, for a return from the departure.
+            start = ctx.today
+            if period.leg == "return" and d.trip.get("depart"):
+                start = max(start, date.fromisoformat(d.trip["depart"]))
+            return _period_question(ctx.texts, period, start)
+        return ctx.texts(f"ask_{slot}")
 
     def _travellers_question(self, ctx: Context, d: Dialogue) -> str:
         t = ctx.texts
