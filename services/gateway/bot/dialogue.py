@@ -3,12 +3,12 @@
 State (JSON, in the session service, so it survives restarts and moves between workers):
 
 - ``trip``: the slots: ``origin`` / ``destination`` (``{"code", "name", "city", "country",
-  "kind"}``), ``depart`` / ``return`` (ISO dates), ``nights``, ``adults``, ``children``,
-  ``infants``, ``cabin``,
-  ``non_stop``; ``round_trip`` once the user said so (the return is asked until given);
-  ``period`` (``{"kind", "month", "year", "week"}``) while the user has named a stretch of
-  days ("end of the month") and not yet the day; ``too_many`` (a count over 9) while the user
-  has asked for more travellers than one search takes and not yet said how many to search.
+  "kind"}``, and ``"subdivision"`` where known), ``depart`` / ``return`` (ISO dates),
+  ``nights``, ``adults``, ``children``, ``infants``, ``cabin``, ``non_stop``; ``round_trip``
+  once the user said so (the return is asked until given); ``period`` (``{"kind", "month",
+  "year", "week"}``) while the user has named a stretch of days ("end of the month") and not
+  yet the day; ``too_many`` (a count over 9) while the user has asked for more travellers
+  than one search takes and not yet said how many to search.
 - ``ask``: what the last reply asked for: ``{"slot": "origin"|"destination"|"date"|"return"|
   "travellers"|"adults"}`` (``adults`` while there are more lap infants than adults), with
   ``"choices"`` (places) when it asked the user to pick one.
