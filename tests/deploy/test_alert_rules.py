@@ -4,6 +4,7 @@ the labels and summary they will read, and stays quiet on the ones that should n
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ import yaml
 from tests.deploy.observability import ALERTS, OBSERVABILITY, PROMTOOL, alert_rules, promtool
 
 RULE_TESTS = OBSERVABILITY / "alerts.test.yml"
+ROOT = OBSERVABILITY.parents[1]
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
     reason="promtool is not installed (apt-get install prometheus): alert rules NOT run",
@@ -42,3 +44,26 @@ def test_every_alert_has_a_case_where_it_fires_and_one_where_it_does_not() -> No
     assert alerts - fires == set(), "alerts never seen firing in alerts.test.yml"
     assert alerts - quiet == set(), "alerts never seen staying quiet in alerts.test.yml"
     assert (fires | quiet) - alerts == set(), "tests of alerts that do not exist"
+
+
+def test_the_runbooks_table_of_alerts_says_what_each_rule_reads() -> None:
+    """docs/runbook.md lists every alert with how long it waits and the condition it reads (in
+    short where the rule is long): its label matchers must be the rule's, or the operator reads
+    a condition that is not the one that fired. (Was a gap: ParleyWebhooksRejected's row still
+    counted Groups API messages, ``group_message``, as rejections after the rule stopped.)"""
+    rows = {
+        match["name"]: match
+        for match in re.finditer(
+            r"^\| (?P<name>Parley\w+)(?: \((?P<for>[^)]*)\))? \| `(?P<expr>[^`]*)`",
+            (ROOT / "docs" / "runbook.md").read_text(),
+            re.MULTILINE,
+        )
+    }
+    rules = alert_rules()
+    assert set(rows) == set(rules)
+    for name, rule in rules.items():
+        row = rows[name]
+        assert (row["for"] or "").replace(" ", "") == rule.get("for", ""), name
+        written = " ".join(row["expr"].replace("\\|", "|").split())
+        for matchers in re.findall(r"\{[^}]*\}", written):
+            assert matchers in " ".join(rule["expr"].split()), (name, matchers)
