@@ -87,7 +87,7 @@ def create_app(settings: GatewaySettings, role: Role = "all") -> FastAPI:
         return app
     # Webhooks first: routes are matched in order, and they are the hot path.
     hooks = webhooks.build_router(runtime)
-    app.include_router(hooks)  # for the OpenAPI document (and the GET subscription check)
+    app.include_router(hooks)  # for the OpenAPI document: the plain routes below answer
     app.router.routes[:0] = webhooks.plain_routes(hooks)
     app.include_router(health.build_router(runtime))
     app.include_router(admin.build_router(runtime))

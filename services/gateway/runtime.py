@@ -95,7 +95,7 @@ class Runtime:
     credentials: grpc.ChannelCredentials | None = None
     # gRPC channels belong to the event loop that serves: made in start(), not before.
     _clients: Clients | None = None
-    _engine: Engine | None = None
+    _engine: Engine | None = None  # made in build(), its search calls on start()'s channel
     started: float = field(default_factory=time.monotonic)
     commit: str = field(default_factory=commit)
 
@@ -139,7 +139,7 @@ class Runtime:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            raise RuntimeError("the gateway runtime is not started")
+            raise RuntimeError("the gateway runtime was not made by Runtime.build")
         return self._engine
 
     async def start(self) -> None:

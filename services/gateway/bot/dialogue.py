@@ -583,8 +583,8 @@ class BotEngine:
             # The untranslated title too, and either cut from the end: the list may come from
             # a release that sent it so.
             names = {ctx.texts.place(city, country), city}
-            expected = {"", *(_row_title(n, code) for n in names)}
-            expected |= {_clip(f"{n} ({code})", ROW_TITLE_LIMIT) for n in names}
+            expected = {"", *(_row_title(name, code) for name in names)}
+            expected |= {_clip(f"{name} ({code})", ROW_TITLE_LIMIT) for name in names}
             if title in expected:
                 return await self._number(ctx, d, n) or []
         return [Reply(f"{ctx.texts('list_outdated')} {self._whats_next(ctx, d)}")]
