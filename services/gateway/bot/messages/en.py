@@ -121,7 +121,6 @@ MESSAGES: dict[str, str] = {
         "I can only read text messages. Tell me your trip, e.g. *NYC to London next Friday*, "
         "or share your location to fly from the nearest airport."
     ),
-    "reaction": "👍",
     # searching and results
     "searching": "Searching flights {route} for {date} …",
     "results_header": "✈️ *{route}* · {date}{return_part} · {travellers}{extras}",

@@ -123,7 +123,6 @@ MESSAGES: dict[str, str] = {
         "Solo puedo leer mensajes de texto. Cuéntame tu viaje, p. ej. *de Madrid a Londres el "
         "viernes*, o comparte tu ubicación para salir del aeropuerto más cercano."
     ),
-    "reaction": "👍",
     "searching": "Buscando vuelos {route} para el {date} …",
     "results_header": "✈️ *{route}* · {date}{return_part} · {travellers}{extras}",
     "offer_line": "*{n}.* *{price}* · {carrier}\n   {depart} → {arrive} · {duration} · {stops}",
