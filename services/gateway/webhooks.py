@@ -402,6 +402,18 @@ def build_router(runtime: Runtime) -> APIRouter:
                     error_code=item.error_code,
                 )
                 return _twiml(rid)
+            if isinstance(item, twilio.OtherChannel):
+                # An SMS to the number: a reply would go to the sender on WhatsApp, a chat they
+                # did not write in (or be refused there, 63016, after a search was spent).
+                metrics.WEBHOOKS.labels("twilio", "not_whatsapp").inc()
+                log.info(
+                    "webhook not for WhatsApp",
+                    request_id=rid,
+                    channel="twilio",
+                    came_by=item.channel,
+                    message_id=item.message_sid,
+                )
+                return _twiml(rid)
             ids = await runtime.queue.enqueue([item], rid, received)
         except RedisError as error:
             queue_outage.failed("queue unavailable; answering 503", error, request_id=rid)

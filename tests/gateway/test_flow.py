@@ -191,6 +191,52 @@ def test_a_message_in_a_group_is_not_answered_in_the_users_own_chat(
     assert not [d for d in dead_letters(gateway) if group_id in str(d)]
 
 
+def test_an_sms_to_the_twilio_number_is_not_answered_on_whatsapp(
+    gateway: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """An SMS to the business's Twilio number comes to the same URL when the number's SMS
+    webhook, or the Messaging Service holding the number and its WhatsApp sender, points here,
+    as Twilio documents it (``From`` and ``To`` bare numbers, no ``whatsapp:``). The bot answers
+    on WhatsApp only: such a message is counted and logged, never queued. (Was a bug: it was
+    answered on WhatsApp, a chat the user did not write in, or refused there, 63016, after the
+    engine and a search had run.)"""
+    business = gateway.business
+    assert business is not None
+    user = "+" + new_wa_id()
+    sid = "SM" + secrets.token_hex(16)
+    sms = [
+        ("ToCountry", "US"),
+        ("SmsMessageSid", sid),
+        ("NumMedia", "0"),
+        ("SmsSid", sid),
+        ("SmsStatus", "received"),
+        ("Body", "hello by sms"),
+        ("To", business.number),
+        ("NumSegments", "1"),
+        ("MessageSid", sid),
+        ("AccountSid", business.twilio_sid),
+        ("From", user),
+        ("ApiVersion", "2010-04-01"),
+    ]
+    before = metric(gateway, 'gateway_webhooks_total{channel="twilio",outcome="not_whatsapp"}')
+    with gateway.http as client:
+        body, headers = signed_twilio(f"{gateway.url}/webhooks/twilio", sms, business.twilio_token)
+        answer = client.post("/webhooks/twilio", content=body, headers=headers)
+        assert answer.status_code == 200 and answer.text.endswith("<Response/>")
+        # The same user on WhatsApp is answered: their first turn with the bot.
+        form = twilio_form(business.number, user, "hello on whatsapp")
+        body, headers = signed_twilio(f"{gateway.url}/webhooks/twilio", form, business.twilio_token)
+        assert client.post("/webhooks/twilio", content=body, headers=headers).status_code == 200
+    assert wait_for(lambda: fake_clouds.texts(user) == ["echo: hello on whatsapp #1"], 20)
+    after = metric(gateway, 'gateway_webhooks_total{channel="twilio",outcome="not_whatsapp"}')
+    assert after == before + 1
+    rid = answer.headers["x-request-id"]
+    lines = gateway.processes[0].log_events("webhook not for WhatsApp")
+    logged = [(line["came_by"], line["message_id"]) for line in lines if line["request_id"] == rid]
+    assert logged == [("sms", sid)]
+    assert not [d for d in dead_letters(gateway) if sid in str(d)]
+
+
 def test_a_user_known_only_by_a_business_scoped_id_is_answered_at_recipient(
     gateway: Gateway, fake_clouds: FakeClouds
 ) -> None:

@@ -36,6 +36,17 @@ class Status:
     recipient: str = ""  # the user the reported message went to
 
 
+@dataclass(frozen=True)
+class OtherChannel:
+    """A message that came to the number by another channel than WhatsApp: an SMS (``From`` a
+    bare number; it comes here when the number's SMS webhook, or the Messaging Service holding
+    the number and its WhatsApp sender, points here), RCS or another prefix. The bot answers on
+    WhatsApp only, so it is counted, never queued."""
+
+    message_sid: str
+    channel: str  # "sms", or the sender address's prefix ("rcs", "messenger", ...)
+
+
 def parse_form(body: bytes) -> list[tuple[str, str]]:
     """The form's (name, value) pairs, in order; 400 on anything that is not a form."""
     try:
@@ -133,8 +144,9 @@ def business_number(params: list[tuple[str, str]]) -> str:
     return strip_prefix(form.get("From" if _status(form) else "To", ""))
 
 
-def parse(params: list[tuple[str, str]]) -> InboundMessage | Status:
-    """One inbound message, or a status callback; ValueError when neither can be made."""
+def parse(params: list[tuple[str, str]]) -> InboundMessage | Status | OtherChannel:
+    """One inbound message, a status callback, or a message of another channel; ValueError
+    when none can be made."""
     form = dict(params)
     sid = form.get("MessageSid") or form.get("SmsMessageSid") or form.get("SmsSid") or ""
     if not sid:
@@ -146,6 +158,9 @@ def parse(params: list[tuple[str, str]]) -> InboundMessage | Status:
     to = strip_prefix(form.get("To", ""))
     if not sender or not to:
         raise ValueError("form without From or To")
+    address = form.get("From", "").strip()
+    if not address.startswith(PREFIX):
+        return OtherChannel(sid, address.split(":", 1)[0][:20] if ":" in address else "sms")
     check_ids(sender, sid)
     message_type, text, payload = _content(form)
     return InboundMessage(
