@@ -452,15 +452,12 @@ def build_router(runtime: Runtime) -> APIRouter:
         if header is None and token:
             return _reject("twilio", 401, "unsigned", "X-Twilio-Signature is missing")
         number = twilio.business_number(params or [])
-        business_token = ""
+        own = business_pb2.ChannelCredentials()
         if number:
-            business_token = (
-                await _business_secret(
-                    business_pb2.LookupBusinessRequest(
-                        whatsapp_number=number, include_credentials=True
-                    )
-                )
-            ).twilio_auth_token
+            own = await _business_secret(
+                business_pb2.LookupBusinessRequest(whatsapp_number=number, include_credentials=True)
+            )
+        business_token = own.twilio_auth_token
         if not token and not business_token:
             if settings.is_production:
                 # Unsigned messages would reach a business's bot and spend its rate limit.
@@ -472,6 +469,17 @@ def build_router(runtime: Runtime) -> APIRouter:
             return _reject("twilio", 401, "unsigned", "X-Twilio-Signature is missing")
         if signed_with(business_token):
             return None
+        if own.twilio_account_sid and not business_token:
+            # Its replies go out with the platform's credentials, but Twilio signs a
+            # subaccount's webhooks with the subaccount's own auth token, which only it has.
+            return _reject(
+                "twilio",
+                403,
+                "bad_signature",
+                "X-Twilio-Signature does not match: the business has a Twilio account SID and "
+                "no auth token, and Twilio signs a subaccount's webhooks with its own auth token; "
+                "store it (PUT /admin/businesses/{id}/token, twilio_auth_token)",
+            )
         return _reject("twilio", 403, "bad_signature", "X-Twilio-Signature does not match")
 
     for path in ("/webhooks/twilio", "/whatsapp/webhook"):

@@ -15,6 +15,7 @@ from services.gateway.channels import cloud_api, twilio
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey
 from tests.support.stack import (
+    SECRETS,
     Business,
     Gateway,
     Services,
@@ -233,3 +234,42 @@ def test_twilio_signatures_behind_a_tls_terminating_proxy(gateway: Gateway) -> N
         body, headers = signed_twilio("https://bot.example.com/webhooks/twilio", form, "not-it")
         answer = client.post("/webhooks/twilio", content=body, headers={**headers, **forwarded})
         assert answer.status_code == 403
+
+
+def test_a_twilio_subaccount_without_its_auth_token_is_refused_saying_which_token_signs(
+    gateway: Gateway,
+) -> None:
+    """A business with only its Twilio account SID is a subaccount of the platform's account: its
+    replies go out with the platform's credentials, but Twilio signs the subaccount's webhooks
+    with the subaccount's own auth token, so none of them verifies with `TWILIO_AUTH_TOKEN`.
+    The refusal says so and what to store. (Was a bug: a bare *does not match*, read as a
+    rotated token, and the docs offered the SID alone as a way to run a subaccount.)"""
+    business = create_business(gateway, twilio_auth_token=None)
+    subaccount_token = "subaccount-token-" + secrets.token_hex(8)
+    SECRETS.append(subaccount_token)
+    url = f"{gateway.url}/webhooks/twilio"
+    user = "+" + new_wa_id()
+    with gateway.http as client:
+        body, headers = signed_twilio(
+            url, twilio_form(business.number, user, "hi"), subaccount_token
+        )
+        refused = client.post("/webhooks/twilio", content=body, headers=headers)
+        assert refused.status_code == 403
+        detail = refused.json()["detail"]
+        assert "subaccount" in detail and "twilio_auth_token" in detail
+        # A business with its own pair is refused as before: nothing names subaccounts.
+        assert gateway.business is not None
+        body, headers = signed_twilio(url, twilio_form(gateway.business.number, user, "hi"), "x")
+        other = client.post("/webhooks/twilio", content=body, headers=headers)
+        assert other.json()["detail"] == "X-Twilio-Signature does not match"
+    with gateway.admin() as admin:
+        stored = admin.put(
+            f"/admin/businesses/{business.id}/token",
+            json={"twilio_auth_token": subaccount_token},
+        )
+        assert stored.status_code == 200, stored.text
+    with gateway.http as client:
+        body, headers = signed_twilio(
+            url, twilio_form(business.number, user, "hi"), subaccount_token
+        )
+        assert client.post("/webhooks/twilio", content=body, headers=headers).status_code == 200
