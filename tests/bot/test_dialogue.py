@@ -290,6 +290,30 @@ async def test_more_lap_infants_than_adults_are_asked_about_not_searched(
     assert "· 2 adultos, 2 bebés" in reply and offers_in(reply), reply
 
 
+async def test_an_offer_is_described_for_the_travellers_it_was_priced_for(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: an offer's details named the trip's travellers as they were by then, not
+    those its price was for. *with 2 babies* after results for 1 adult asks how many adults
+    travel and keeps the results, and *the cheapest* then said *$189.56 for 1 adult, 2 infants*
+    at the one adult's fare. Mid-upgrade, results a worker of the release before (which searched
+    adults alone) kept for a trip with a child were described *for 2 adults, 1 child*.)"""
+    chat = Chat(engine)
+    results = await chat.say("NYC to London next Friday")
+    cheapest = re.findall(r"\*1\.\* \*(\$[\d,.]+)\*", results)[0]
+    assert "How many adults are travelling?" in await chat.say("with 2 babies")
+    reply = await chat.say("the cheapest")
+    assert reply.startswith(f"*Offer 1* · *{cheapest}* for 1 adult\n"), reply
+    # Results as the release before kept them: no party, priced for the trip's adults alone.
+    chat = Chat(engine, user_id="15550000029")
+    await chat.say("2 adults NYC to London next Friday")
+    chat.state["trip"]["children"] = 1  # as this release's workers keep a child
+    chat.state["results"].pop("party")
+    assert "for 2 adults\n" in await chat.say("1")
+    assert "· 2 adults, 1 child" in await chat.say("2 adults and a child")
+    assert "for 2 adults, 1 child\n" in await chat.say("1")
+
+
 def prices(text: str) -> list[Decimal]:
     """The offers' totals in a reply, in order ("*$1,234.56*")."""
     return [Decimal(p.replace(",", "")) for p in re.findall(r"\*\$([\d,.]+)\*", text)]

@@ -12,7 +12,8 @@ State (JSON, in the session service, so it survives restarts and moves between w
 - ``ask``: what the last reply asked for: ``{"slot": "origin"|"destination"|"date"|"return"|
   "travellers"|"adults"}`` (``adults`` while there are more lap infants than adults), with
   ``"choices"`` (places) when it asked the user to pick one.
-- ``results``: the last search's offers in compact form and how many were shown. The offers
+- ``results``: the last search's offers in compact form, how many were shown and ``party``
+  (``{"adults", "children", "infants"}``, who they were priced for). The offers
   are stored as one JSON string, not a nested object: Python's protobuf builds and reads
   ``Struct`` values in Python, and nine nested offers cost ~0.4 ms at each of the four
   conversions a turn makes (gateway and session, both ways). A list (older state) still loads.
@@ -632,7 +633,7 @@ class BotEngine:
         if offers:
             shown = int(d.results.get("shown", 0))
             if 1 <= n <= shown:
-                return [Reply(fmt.details(ctx.texts, n, offers[n - 1], self._travellers(ctx, d)))]
+                return [Reply(fmt.details(ctx.texts, n, offers[n - 1], self._priced_for(ctx, d)))]
             return [Reply(ctx.texts("pick_offer", last=shown))]
         return None  # a bare number with nothing to choose: maybe a date ("5")
 
@@ -1222,6 +1223,9 @@ class BotEngine:
                 "demo": response.demo_data or any(o["demo"] for o in kept),
                 "stale": response.stale,
                 "age_seconds": response.age.seconds,
+                # Who the prices are for: the trip's party may change while they are still
+                # shown (a question about laps or seats comes before the next search).
+                "party": _party(d.trip),
             },
         )
         return [self._page(ctx, d, header=True)]
@@ -1253,7 +1257,7 @@ class BotEngine:
         if not offers or not d.trip.get("depart"):
             return [Reply(self._whats_next(ctx, d))]
         if cheapest:
-            return [Reply(fmt.details(t, 1, offers[0], self._travellers(ctx, d)))]
+            return [Reply(fmt.details(t, 1, offers[0], self._priced_for(ctx, d)))]
         day = date.fromisoformat(d.trip["depart"]) + timedelta(days=1)
         month = t.words("month_names")[day.month - 1]
         hints = [t("cheaper_hint_day", day=day.day, month=month)]
@@ -1279,14 +1283,22 @@ class BotEngine:
         origin, destination = d.trip.get("origin") or {}, d.trip.get("destination") or {}
         return f"{_place_label(t, origin) or '?'} → {_place_label(t, destination) or '?'}"
 
-    def _travellers(self, ctx: Context, d: Dialogue) -> str:
-        """ "2 adults", "2 adults, 1 child, 1 infant"."""
+    def _travellers(self, ctx: Context, d: Dialogue, party: dict[str, int] | None = None) -> str:
+        """ "2 adults", "2 adults, 1 child, 1 infant": the trip's party, or ``party``."""
         t, parts = ctx.texts, []
-        for key, least in (("adults", 1), ("children", 0), ("infants", 0)):
-            n = int(d.trip.get(key) or least)
+        for key, n in (party or _party(d.trip)).items():
             if n:
                 parts.append(t(f"{key}_one") if n == 1 else t(f"{key}_many", n=n))
         return ", ".join(parts)
+
+    def _priced_for(self, ctx: Context, d: Dialogue) -> str:
+        """The party the shown offers were priced for. Results kept without it were written by
+        the release before children and infants were searched (a worker of it mid-upgrade):
+        priced for the adults alone."""
+        party = d.results.get("party")
+        if isinstance(party, dict):
+            return self._travellers(ctx, d, _party(party))
+        return self._travellers(ctx, d, {**_party(d.trip), "children": 0, "infants": 0})
 
     def _header(self, ctx: Context, d: Dialogue) -> str:
         t = ctx.texts
@@ -1326,6 +1338,17 @@ class BotEngine:
         if trip.get("non_stop"):
             parts.append(t("non_stop_only"))
         return ", ".join(parts)
+
+
+def _party(trip: dict[str, Any]) -> dict[str, int]:
+    """The travellers of ``trip`` (or of a results' ``party``): adults (at least 1), children,
+    infants."""
+    counts = {key: trip.get(key) for key in ("adults", "children", "infants")}
+    party = {
+        key: int(n) if isinstance(n, int | float) and n >= 0 else 0 for key, n in counts.items()
+    }
+    party["adults"] = party["adults"] or 1
+    return party
 
 
 def _too_few_laps(trip: dict[str, Any]) -> bool:
