@@ -44,7 +44,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self, request: search_pb2.SearchFlightsRequest, context: Any
     ) -> search_pb2.SearchFlightsResponse:
         query = self._search_checks(request)
-        return await self.engine.search(query, self._deadline(context))
+        response = await self.engine.search(query, self._deadline(context))
+        # Who the prices include: a client can tell this answer from an older release's, which
+        # ignores children and infants and prices the adults alone.
+        response.children, response.infants = query.children, query.infants
+        return response
 
     async def ResolvePlace(
         self, request: search_pb2.ResolvePlaceRequest, context: Any

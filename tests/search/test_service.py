@@ -121,6 +121,12 @@ async def test_children_and_infants_are_searched_validated_and_cached_apart(
         search_pb2.SearchFlightsRequest(adults=2, children=1, infants=1, **trip), timeout=5
     )
     assert not family.from_cache and family.demo_data and family.offers
+    # The answer says whom its prices include (an older release's leaves both 0).
+    assert (family.children, family.infants, adults.children, adults.infants) == (1, 1, 0, 0)
+    again = await stub.SearchFlights(
+        search_pb2.SearchFlightsRequest(adults=2, children=1, infants=1, **trip), timeout=5
+    )
+    assert again.from_cache and (again.children, again.infants) == (1, 1)
     assert Decimal(family.offers[0].total_price.amount) > Decimal(
         adults.offers[0].total_price.amount
     )

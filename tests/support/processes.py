@@ -95,11 +95,15 @@ def _pings(client: redis.Redis) -> bool:
 
 
 class ServiceProcess:
-    """``python -m <module>`` as a child process with its output in ``log_path``."""
+    """``python -m <module>`` as a child process with its output in ``log_path``; run from
+    ``root``, the source tree it imports (another release's too, with PYTHONPATH set to it)."""
 
-    def __init__(self, module: str, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self, module: str, env: Mapping[str, str], log_path: Path, root: Path = ROOT
+    ) -> None:
         self.module = module
         self.log_path = log_path
+        self.root = root
         self.env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
@@ -115,7 +119,7 @@ class ServiceProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", self.module],
-            cwd=ROOT,
+            cwd=self.root,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -26,19 +26,19 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dparley/search/v1/search.proto\x12\x10parley.search.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\x05Money\x12\x15\n\rcurrency_code\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\"\x81\x02\n\x14SearchFlightsRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\x12\x16\n\x0e\x64\x65parture_date\x18\x03 \x01(\t\x12\x13\n\x0breturn_date\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x64ults\x18\x05 \x01(\x05\x12&\n\x05\x63\x61\x62in\x18\x06 \x01(\x0e\x32\x17.parley.search.v1.Cabin\x12\x10\n\x08non_stop\x18\x07 \x01(\x08\x12\x13\n\x0bmax_results\x18\x08 \x01(\x05\x12\x15\n\rcurrency_code\x18\t \x01(\t\x12\x10\n\x08\x63hildren\x18\n \x01(\x05\x12\x0f\n\x07infants\x18\x0b \x01(\x05\"\xdc\x01\n\x07Segment\x12\x14\n\x0c\x63\x61rrier_code\x18\x01 \x01(\t\x12\x15\n\rflight_number\x18\x02 \x01(\t\x12\x19\n\x11\x64\x65parture_airport\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x65parture_time\x18\x04 \x01(\t\x12\x17\n\x0f\x61rrival_airport\x18\x05 \x01(\t\x12\x14\n\x0c\x61rrival_time\x18\x06 \x01(\t\x12+\n\x08\x64uration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\raircraft_code\x18\x08 \x01(\t\"t\n\tItinerary\x12+\n\x08segments\x18\x01 \x03(\x0b\x32\x19.parley.search.v1.Segment\x12\r\n\x05stops\x18\x02 \x01(\x05\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd0\x01\n\x0b\x46lightOffer\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x0btotal_price\x18\x02 \x01(\x0b\x32\x17.parley.search.v1.Money\x12\x30\n\x0bitineraries\x18\x03 \x03(\x0b\x32\x1b.parley.search.v1.Itinerary\x12\x17\n\nseats_left\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\x12validating_carrier\x18\x05 \x01(\t\x12\x11\n\tdemo_data\x18\x06 \x01(\x08\x42\r\n\x0b_seats_left\"\xe6\x01\n\x15SearchFlightsResponse\x12-\n\x06offers\x18\x01 \x03(\x0b\x32\x1d.parley.search.v1.FlightOffer\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x12\n\nfrom_cache\x18\x03 \x01(\x08\x12\r\n\x05stale\x18\x04 \x01(\x08\x12.\n\nfetch_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03\x61ge\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tdemo_data\x18\x07 \x01(\x08\"\x9f\x01\n\x05Place\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.parley.search.v1.PlaceKind\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\tcity_name\x18\x04 \x01(\t\x12\x14\n\x0c\x63ountry_code\x18\x05 \x01(\t\x12\x11\n\ttime_zone\x18\x06 \x01(\t\x12\x13\n\x0bsubdivision\x18\x07 \x01(\t\"G\n\x0ePlaceCandidate\x12&\n\x05place\x18\x01 \x01(\x0b\x32\x17.parley.search.v1.Place\x12\r\n\x05score\x18\x02 \x01(\x01\"9\n\x13ResolvePlaceRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x13\n\x0bmax_results\x18\x02 \x01(\x05\"L\n\x14ResolvePlaceResponse\x12\x34\n\ncandidates\x18\x01 \x03(\x0b\x32 .parley.search.v1.PlaceCandidate\"V\n\x1a\x46indNearestAirportsRequest\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\x12\x13\n\x0bmax_results\x18\x03 \x01(\x05\"L\n\rNearbyAirport\x12&\n\x05place\x18\x01 \x01(\x0b\x32\x17.parley.search.v1.Place\x12\x13\n\x0b\x64istance_km\x18\x02 \x01(\x01\"P\n\x1b\x46indNearestAirportsResponse\x12\x31\n\x08\x61irports\x18\x01 \x03(\x0b\x32\x1f.parley.search.v1.NearbyAirport\",\n\x05Route\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\"O\n\x10WarmCacheRequest\x12\'\n\x06routes\x18\x01 \x03(\x0b\x32\x17.parley.search.v1.Route\x12\x12\n\ndays_ahead\x18\x02 \x01(\x05\"3\n\x11WarmCacheResponse\x12\x0e\n\x06warmed\x18\x01 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\x05\"\xe5\x01\n\x0e\x43ircuitBreaker\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.parley.search.v1.CircuitState\x12\x15\n\rfailure_count\x18\x03 \x01(\x05\x12\x19\n\x11\x66\x61ilure_threshold\x18\x04 \x01(\x05\x12\x33\n\x10recovery_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0bopened_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1c\n\x1aListCircuitBreakersRequest\"Y\n\x1bListCircuitBreakersResponse\x12:\n\x10\x63ircuit_breakers\x18\x01 \x03(\x0b\x32 .parley.search.v1.CircuitBreaker\"*\n\x1aResetCircuitBreakerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"X\n\x1bResetCircuitBreakerResponse\x12\x39\n\x0f\x63ircuit_breaker\x18\x01 \x01(\x0b\x32 .parley.search.v1.CircuitBreaker*q\n\x05\x43\x61\x62in\x12\x15\n\x11\x43\x41\x42IN_UNSPECIFIED\x10\x00\x12\x11\n\rCABIN_ECONOMY\x10\x01\x12\x19\n\x15\x43\x41\x42IN_PREMIUM_ECONOMY\x10\x02\x12\x12\n\x0e\x43\x41\x42IN_BUSINESS\x10\x03\x12\x0f\n\x0b\x43\x41\x42IN_FIRST\x10\x04*T\n\tPlaceKind\x12\x1a\n\x16PLACE_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12PLACE_KIND_AIRPORT\x10\x01\x12\x13\n\x0fPLACE_KIND_CITY\x10\x02*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x32\x82\x05\n\rSearchService\x12`\n\rSearchFlights\x12&.parley.search.v1.SearchFlightsRequest\x1a\'.parley.search.v1.SearchFlightsResponse\x12]\n\x0cResolvePlace\x12%.parley.search.v1.ResolvePlaceRequest\x1a&.parley.search.v1.ResolvePlaceResponse\x12r\n\x13\x46indNearestAirports\x12,.parley.search.v1.FindNearestAirportsRequest\x1a-.parley.search.v1.FindNearestAirportsResponse\x12T\n\tWarmCache\x12\".parley.search.v1.WarmCacheRequest\x1a#.parley.search.v1.WarmCacheResponse\x12r\n\x13ListCircuitBreakers\x12,.parley.search.v1.ListCircuitBreakersRequest\x1a-.parley.search.v1.ListCircuitBreakersResponse\x12r\n\x13ResetCircuitBreaker\x12,.parley.search.v1.ResetCircuitBreakerRequest\x1a-.parley.search.v1.ResetCircuitBreakerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dparley/search/v1/search.proto\x12\x10parley.search.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\x05Money\x12\x15\n\rcurrency_code\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\"\x81\x02\n\x14SearchFlightsRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\x12\x16\n\x0e\x64\x65parture_date\x18\x03 \x01(\t\x12\x13\n\x0breturn_date\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x64ults\x18\x05 \x01(\x05\x12&\n\x05\x63\x61\x62in\x18\x06 \x01(\x0e\x32\x17.parley.search.v1.Cabin\x12\x10\n\x08non_stop\x18\x07 \x01(\x08\x12\x13\n\x0bmax_results\x18\x08 \x01(\x05\x12\x15\n\rcurrency_code\x18\t \x01(\t\x12\x10\n\x08\x63hildren\x18\n \x01(\x05\x12\x0f\n\x07infants\x18\x0b \x01(\x05\"\xdc\x01\n\x07Segment\x12\x14\n\x0c\x63\x61rrier_code\x18\x01 \x01(\t\x12\x15\n\rflight_number\x18\x02 \x01(\t\x12\x19\n\x11\x64\x65parture_airport\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x65parture_time\x18\x04 \x01(\t\x12\x17\n\x0f\x61rrival_airport\x18\x05 \x01(\t\x12\x14\n\x0c\x61rrival_time\x18\x06 \x01(\t\x12+\n\x08\x64uration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\raircraft_code\x18\x08 \x01(\t\"t\n\tItinerary\x12+\n\x08segments\x18\x01 \x03(\x0b\x32\x19.parley.search.v1.Segment\x12\r\n\x05stops\x18\x02 \x01(\x05\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd0\x01\n\x0b\x46lightOffer\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x0btotal_price\x18\x02 \x01(\x0b\x32\x17.parley.search.v1.Money\x12\x30\n\x0bitineraries\x18\x03 \x03(\x0b\x32\x1b.parley.search.v1.Itinerary\x12\x17\n\nseats_left\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\x12validating_carrier\x18\x05 \x01(\t\x12\x11\n\tdemo_data\x18\x06 \x01(\x08\x42\r\n\x0b_seats_left\"\x89\x02\n\x15SearchFlightsResponse\x12-\n\x06offers\x18\x01 \x03(\x0b\x32\x1d.parley.search.v1.FlightOffer\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x12\n\nfrom_cache\x18\x03 \x01(\x08\x12\r\n\x05stale\x18\x04 \x01(\x08\x12.\n\nfetch_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03\x61ge\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tdemo_data\x18\x07 \x01(\x08\x12\x10\n\x08\x63hildren\x18\x08 \x01(\x05\x12\x0f\n\x07infants\x18\t \x01(\x05\"\x9f\x01\n\x05Place\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.parley.search.v1.PlaceKind\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\tcity_name\x18\x04 \x01(\t\x12\x14\n\x0c\x63ountry_code\x18\x05 \x01(\t\x12\x11\n\ttime_zone\x18\x06 \x01(\t\x12\x13\n\x0bsubdivision\x18\x07 \x01(\t\"G\n\x0ePlaceCandidate\x12&\n\x05place\x18\x01 \x01(\x0b\x32\x17.parley.search.v1.Place\x12\r\n\x05score\x18\x02 \x01(\x01\"9\n\x13ResolvePlaceRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x13\n\x0bmax_results\x18\x02 \x01(\x05\"L\n\x14ResolvePlaceResponse\x12\x34\n\ncandidates\x18\x01 \x03(\x0b\x32 .parley.search.v1.PlaceCandidate\"V\n\x1a\x46indNearestAirportsRequest\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\x12\x13\n\x0bmax_results\x18\x03 \x01(\x05\"L\n\rNearbyAirport\x12&\n\x05place\x18\x01 \x01(\x0b\x32\x17.parley.search.v1.Place\x12\x13\n\x0b\x64istance_km\x18\x02 \x01(\x01\"P\n\x1b\x46indNearestAirportsResponse\x12\x31\n\x08\x61irports\x18\x01 \x03(\x0b\x32\x1f.parley.search.v1.NearbyAirport\",\n\x05Route\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\"O\n\x10WarmCacheRequest\x12\'\n\x06routes\x18\x01 \x03(\x0b\x32\x17.parley.search.v1.Route\x12\x12\n\ndays_ahead\x18\x02 \x01(\x05\"3\n\x11WarmCacheResponse\x12\x0e\n\x06warmed\x18\x01 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\x05\"\xe5\x01\n\x0e\x43ircuitBreaker\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.parley.search.v1.CircuitState\x12\x15\n\rfailure_count\x18\x03 \x01(\x05\x12\x19\n\x11\x66\x61ilure_threshold\x18\x04 \x01(\x05\x12\x33\n\x10recovery_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0bopened_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1c\n\x1aListCircuitBreakersRequest\"Y\n\x1bListCircuitBreakersResponse\x12:\n\x10\x63ircuit_breakers\x18\x01 \x03(\x0b\x32 .parley.search.v1.CircuitBreaker\"*\n\x1aResetCircuitBreakerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"X\n\x1bResetCircuitBreakerResponse\x12\x39\n\x0f\x63ircuit_breaker\x18\x01 \x01(\x0b\x32 .parley.search.v1.CircuitBreaker*q\n\x05\x43\x61\x62in\x12\x15\n\x11\x43\x41\x42IN_UNSPECIFIED\x10\x00\x12\x11\n\rCABIN_ECONOMY\x10\x01\x12\x19\n\x15\x43\x41\x42IN_PREMIUM_ECONOMY\x10\x02\x12\x12\n\x0e\x43\x41\x42IN_BUSINESS\x10\x03\x12\x0f\n\x0b\x43\x41\x42IN_FIRST\x10\x04*T\n\tPlaceKind\x12\x1a\n\x16PLACE_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12PLACE_KIND_AIRPORT\x10\x01\x12\x13\n\x0fPLACE_KIND_CITY\x10\x02*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x32\x82\x05\n\rSearchService\x12`\n\rSearchFlights\x12&.parley.search.v1.SearchFlightsRequest\x1a\'.parley.search.v1.SearchFlightsResponse\x12]\n\x0cResolvePlace\x12%.parley.search.v1.ResolvePlaceRequest\x1a&.parley.search.v1.ResolvePlaceResponse\x12r\n\x13\x46indNearestAirports\x12,.parley.search.v1.FindNearestAirportsRequest\x1a-.parley.search.v1.FindNearestAirportsResponse\x12T\n\tWarmCache\x12\".parley.search.v1.WarmCacheRequest\x1a#.parley.search.v1.WarmCacheResponse\x12r\n\x13ListCircuitBreakers\x12,.parley.search.v1.ListCircuitBreakersRequest\x1a-.parley.search.v1.ListCircuitBreakersResponse\x12r\n\x13ResetCircuitBreaker\x12,.parley.search.v1.ResetCircuitBreakerRequest\x1a-.parley.search.v1.ResetCircuitBreakerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.search.v1.search_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CABIN']._serialized_start=2496
-  _globals['_CABIN']._serialized_end=2609
-  _globals['_PLACEKIND']._serialized_start=2611
-  _globals['_PLACEKIND']._serialized_end=2695
-  _globals['_CIRCUITSTATE']._serialized_start=2697
-  _globals['_CIRCUITSTATE']._serialized_end=2821
+  _globals['_CABIN']._serialized_start=2531
+  _globals['_CABIN']._serialized_end=2644
+  _globals['_PLACEKIND']._serialized_start=2646
+  _globals['_PLACEKIND']._serialized_end=2730
+  _globals['_CIRCUITSTATE']._serialized_start=2732
+  _globals['_CIRCUITSTATE']._serialized_end=2856
   _globals['_MONEY']._serialized_start=116
   _globals['_MONEY']._serialized_end=162
   _globals['_SEARCHFLIGHTSREQUEST']._serialized_start=165
@@ -50,37 +50,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FLIGHTOFFER']._serialized_start=766
   _globals['_FLIGHTOFFER']._serialized_end=974
   _globals['_SEARCHFLIGHTSRESPONSE']._serialized_start=977
-  _globals['_SEARCHFLIGHTSRESPONSE']._serialized_end=1207
-  _globals['_PLACE']._serialized_start=1210
-  _globals['_PLACE']._serialized_end=1369
-  _globals['_PLACECANDIDATE']._serialized_start=1371
-  _globals['_PLACECANDIDATE']._serialized_end=1442
-  _globals['_RESOLVEPLACEREQUEST']._serialized_start=1444
-  _globals['_RESOLVEPLACEREQUEST']._serialized_end=1501
-  _globals['_RESOLVEPLACERESPONSE']._serialized_start=1503
-  _globals['_RESOLVEPLACERESPONSE']._serialized_end=1579
-  _globals['_FINDNEARESTAIRPORTSREQUEST']._serialized_start=1581
-  _globals['_FINDNEARESTAIRPORTSREQUEST']._serialized_end=1667
-  _globals['_NEARBYAIRPORT']._serialized_start=1669
-  _globals['_NEARBYAIRPORT']._serialized_end=1745
-  _globals['_FINDNEARESTAIRPORTSRESPONSE']._serialized_start=1747
-  _globals['_FINDNEARESTAIRPORTSRESPONSE']._serialized_end=1827
-  _globals['_ROUTE']._serialized_start=1829
-  _globals['_ROUTE']._serialized_end=1873
-  _globals['_WARMCACHEREQUEST']._serialized_start=1875
-  _globals['_WARMCACHEREQUEST']._serialized_end=1954
-  _globals['_WARMCACHERESPONSE']._serialized_start=1956
-  _globals['_WARMCACHERESPONSE']._serialized_end=2007
-  _globals['_CIRCUITBREAKER']._serialized_start=2010
-  _globals['_CIRCUITBREAKER']._serialized_end=2239
-  _globals['_LISTCIRCUITBREAKERSREQUEST']._serialized_start=2241
-  _globals['_LISTCIRCUITBREAKERSREQUEST']._serialized_end=2269
-  _globals['_LISTCIRCUITBREAKERSRESPONSE']._serialized_start=2271
-  _globals['_LISTCIRCUITBREAKERSRESPONSE']._serialized_end=2360
-  _globals['_RESETCIRCUITBREAKERREQUEST']._serialized_start=2362
-  _globals['_RESETCIRCUITBREAKERREQUEST']._serialized_end=2404
-  _globals['_RESETCIRCUITBREAKERRESPONSE']._serialized_start=2406
-  _globals['_RESETCIRCUITBREAKERRESPONSE']._serialized_end=2494
-  _globals['_SEARCHSERVICE']._serialized_start=2824
-  _globals['_SEARCHSERVICE']._serialized_end=3466
+  _globals['_SEARCHFLIGHTSRESPONSE']._serialized_end=1242
+  _globals['_PLACE']._serialized_start=1245
+  _globals['_PLACE']._serialized_end=1404
+  _globals['_PLACECANDIDATE']._serialized_start=1406
+  _globals['_PLACECANDIDATE']._serialized_end=1477
+  _globals['_RESOLVEPLACEREQUEST']._serialized_start=1479
+  _globals['_RESOLVEPLACEREQUEST']._serialized_end=1536
+  _globals['_RESOLVEPLACERESPONSE']._serialized_start=1538
+  _globals['_RESOLVEPLACERESPONSE']._serialized_end=1614
+  _globals['_FINDNEARESTAIRPORTSREQUEST']._serialized_start=1616
+  _globals['_FINDNEARESTAIRPORTSREQUEST']._serialized_end=1702
+  _globals['_NEARBYAIRPORT']._serialized_start=1704
+  _globals['_NEARBYAIRPORT']._serialized_end=1780
+  _globals['_FINDNEARESTAIRPORTSRESPONSE']._serialized_start=1782
+  _globals['_FINDNEARESTAIRPORTSRESPONSE']._serialized_end=1862
+  _globals['_ROUTE']._serialized_start=1864
+  _globals['_ROUTE']._serialized_end=1908
+  _globals['_WARMCACHEREQUEST']._serialized_start=1910
+  _globals['_WARMCACHEREQUEST']._serialized_end=1989
+  _globals['_WARMCACHERESPONSE']._serialized_start=1991
+  _globals['_WARMCACHERESPONSE']._serialized_end=2042
+  _globals['_CIRCUITBREAKER']._serialized_start=2045
+  _globals['_CIRCUITBREAKER']._serialized_end=2274
+  _globals['_LISTCIRCUITBREAKERSREQUEST']._serialized_start=2276
+  _globals['_LISTCIRCUITBREAKERSREQUEST']._serialized_end=2304
+  _globals['_LISTCIRCUITBREAKERSRESPONSE']._serialized_start=2306
+  _globals['_LISTCIRCUITBREAKERSRESPONSE']._serialized_end=2395
+  _globals['_RESETCIRCUITBREAKERREQUEST']._serialized_start=2397
+  _globals['_RESETCIRCUITBREAKERREQUEST']._serialized_end=2439
+  _globals['_RESETCIRCUITBREAKERRESPONSE']._serialized_start=2441
+  _globals['_RESETCIRCUITBREAKERRESPONSE']._serialized_end=2529
+  _globals['_SEARCHSERVICE']._serialized_start=2859
+  _globals['_SEARCHSERVICE']._serialized_end=3501
 # @@protoc_insertion_point(module_scope)

@@ -344,6 +344,8 @@ class SearchFlightsResponse(_message.Message):
     FETCH_TIME_FIELD_NUMBER: _builtins.int
     AGE_FIELD_NUMBER: _builtins.int
     DEMO_DATA_FIELD_NUMBER: _builtins.int
+    CHILDREN_FIELD_NUMBER: _builtins.int
+    INFANTS_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Name of the provider that produced them, e.g. "amadeus" or "offline"."""
     from_cache: _builtins.bool
@@ -352,6 +354,13 @@ class SearchFlightsResponse(_message.Message):
     """True when served from the cache past its TTL because the provider failed or its breaker is open."""
     demo_data: _builtins.bool
     """True when the offers are demonstration data."""
+    children: _builtins.int
+    """The children and lap infants the offers' prices include: the request's. A service of a
+    release before SearchFlightsRequest had children and infants leaves both 0, having priced
+    the adults alone; a client that asked for children or infants checks these.
+    """
+    infants: _builtins.int
+    """See children."""
     @_builtins.property
     def offers(self) -> _containers.RepeatedCompositeFieldContainer[Global___FlightOffer]:
         """Offers, cheapest first."""
@@ -374,10 +383,12 @@ class SearchFlightsResponse(_message.Message):
         fetch_time: _timestamp_pb2.Timestamp | None = ...,
         age: _duration_pb2.Duration | None = ...,
         demo_data: _builtins.bool = ...,
+        children: _builtins.int = ...,
+        infants: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["age", b"age", "fetch_time", b"fetch_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age", b"age", "demo_data", b"demo_data", "fetch_time", b"fetch_time", "from_cache", b"from_cache", "offers", b"offers", "provider", b"provider", "stale", b"stale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age", b"age", "children", b"children", "demo_data", b"demo_data", "fetch_time", b"fetch_time", "from_cache", b"from_cache", "infants", b"infants", "offers", b"offers", "provider", b"provider", "stale", b"stale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

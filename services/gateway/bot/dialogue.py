@@ -1185,6 +1185,13 @@ class BotEngine:
         finally:
             if not call.done():
                 call.cancel()
+        if (response.children, response.infants) != (request.children, request.infants):
+            # A search service of the release before (mid-upgrade: the gateway rolled out
+            # first) ignores children and infants and prices the adults alone: no price to show
+            # a family. Asked again (*retry*), another replica may answer.
+            log.warning("search_ignored_party", children=request.children, infants=request.infants)
+            d.set("results", {})
+            return [Reply(t("search_unavailable", summary=self._summary(ctx, d)))]
         self._recent.put(key, response)
         return self._show(ctx, d, response)
 
