@@ -303,7 +303,10 @@ class SearchEngine:
     async def _remote_places(
         self, text: str, limit: int, deadline: float
     ) -> list[search_pb2.Place]:
-        key = f"{KEY_PREFIX}:{self.provider.name}:places:{limit}:{normalize(text)[:100]}"
+        # "places2": the release before wrote "places" with the locations API's LIGHT view (no
+        # country code) and no subdivision; its entries, and those its replicas write while an
+        # upgrade rolls, are never read as this release's.
+        key = f"{KEY_PREFIX}:{self.provider.name}:places2:{limit}:{normalize(text)[:100]}"
         raw = await self.cache.get_bytes(key)
         if raw is not None:
             cached = search_pb2.ResolvePlaceResponse()

@@ -4,11 +4,7 @@ from git (``git archive``) and run as a process on the same Valkey and cache dat
 
 from __future__ import annotations
 
-import io
-import subprocess
-import tarfile
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import cast
 
 import grpc
@@ -22,23 +18,8 @@ from services.gateway.engine import SearchPort
 from tests.bot.chat import Chat
 from tests.bot.conftest import SEARCH
 from tests.bot.test_dialogue import offers_in, settings
-from tests.support.processes import ROOT, ServiceProcess, Valkey, free_port
-
-# The release before SearchFlightsRequest had children and infants (docs/deployment.md,
-# "Upgrading").
-PREVIOUS_RELEASE = "bad4d0a"
-
-
-def previous_release(directory: Path) -> Path:
-    """The previous release's Python sources, from this repository's history."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", PREVIOUS_RELEASE, "services", "parley"],
-        capture_output=True,
-        check=True,
-    ).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(directory, filter="data")
-    return directory
+from tests.support.processes import ServiceProcess, Valkey, free_port
+from tests.support.releases import previous_release
 
 
 @pytest.fixture(scope="module")

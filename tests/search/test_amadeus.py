@@ -7,11 +7,13 @@ import datetime as dt
 import time
 from collections.abc import AsyncIterator
 from email.utils import format_datetime
+from pathlib import Path
 
+import grpc
 import pytest
 from structlog.testing import capture_logs
 
-from parley.search.v1 import search_pb2
+from parley.search.v1 import search_pb2, search_pb2_grpc
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.redis_client import make_redis
 from services.search.breaker import State
@@ -23,7 +25,8 @@ from services.search.providers.amadeus import AmadeusProvider, AmadeusSettings, 
 from services.search.providers.base import ProviderUnavailable, Query
 from services.search.settings import SearchSettings
 from tests.search.fake_amadeus import CLIENT_ID, CLIENT_SECRET, FakeAmadeus
-from tests.support.processes import Valkey
+from tests.support.processes import ServiceProcess, Valkey, free_port
+from tests.support.releases import previous_release
 
 OFFERS = "/v2/shopping/flight-offers"
 TOKEN = "/v1/security/oauth2/token"
@@ -326,6 +329,54 @@ async def test_locations(provider: AmadeusProvider, amadeus: FakeAmadeus) -> Non
     path, params = amadeus.requests[-1]
     assert path == "/v1/reference-data/locations"
     assert params["subType"] == "CITY,AIRPORT" and params["page[limit]"] == "3"
+
+
+async def test_places_the_previous_release_cached_are_not_read(
+    amadeus: FakeAmadeus, places: Places, valkey: Valkey, tmp_path: Path
+) -> None:
+    """(Was a bug: the release before asked the locations API for its LIGHT view, which has no
+    country code, and cached those places under the key this release reads. While an upgrade
+    rolled, and for REDIS_CACHE_TTL_SECONDS after it, a place Amadeus found came from that entry
+    without its country (and its state), the bug the FULL view had fixed.) The previous
+    release's search service runs against the fake and fills the shared cache first."""
+    root = previous_release(tmp_path / "previous-release")
+    port, redis_url = free_port(), valkey.url.replace("/0", "/7")
+    process = ServiceProcess(
+        "services.search.server",
+        {
+            "PYTHONPATH": str(root),
+            "SEARCH_PORT": str(port),
+            "SEARCH_METRICS_PORT": "0",
+            "REDIS_URL": redis_url,
+            "SEARCH_PROVIDER": "amadeus",
+            "AMADEUS_CLIENT_ID": CLIENT_ID,
+            "AMADEUS_CLIENT_SECRET": CLIENT_SECRET,
+            "AMADEUS_BASE_URL": amadeus.url,
+        },
+        tmp_path / "search.log",
+        root=root,
+    ).start()
+    try:
+        process.wait_serving(f"127.0.0.1:{port}", "", 60)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            answer = await stub.ResolvePlace(
+                search_pb2.ResolvePlaceRequest(query="zzyzx springs", max_results=3), timeout=10
+            )
+    finally:
+        process.stop()
+    old = answer.candidates[0].place
+    assert (old.code, old.country_code) == ("ZZX", ""), old  # the LIGHT view, cached
+    adapter = AmadeusProvider(settings(amadeus), places)
+    client = make_redis(redis_url)
+    config = SearchSettings(redis_url=redis_url)
+    engine = SearchEngine(places, adapter, ResultCache(client, 3600, 86400, 5), config, None)
+    try:
+        found = await engine.resolve("zzyzx springs", 3, soon())
+    finally:
+        await adapter.aclose()
+        await client.aclose()
+    assert (found[0].place.code, found[0].place.country_code) == ("ZZX", "US"), found
 
 
 def test_iso_durations() -> None:

@@ -1,0 +1,27 @@
+"""The release before this one, as sources to run beside this one's processes: a rolling
+upgrade runs both on one Valkey (docs/deployment.md, "Upgrade")."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+from pathlib import Path
+
+from tests.support.processes import ROOT
+
+# The release before SearchFlightsRequest had children and infants and Place a subdivision.
+PREVIOUS_RELEASE = "bad4d0a"
+
+
+def previous_release(directory: Path) -> Path:
+    """The previous release's Python sources (``services``, ``parley``) from this repository's
+    history, extracted into ``directory``; run a module from there with PYTHONPATH set to it."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", PREVIOUS_RELEASE, "services", "parley"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(directory, filter="data")
+    return directory
