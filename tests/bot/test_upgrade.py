@@ -69,3 +69,17 @@ async def test_a_family_is_never_shown_the_adults_price_by_the_previous_search_s
         "2 adults NYC to London next Friday"
     )
     assert "· 2 adults" in reply and offers_in(reply), reply
+
+
+async def test_places_are_found_as_the_previous_search_service_finds_them(
+    engine_on_previous_search: BotEngine,
+) -> None:
+    """What docs/deployment.md (*Upgrade*) says a gateway rolled out first costs in places: the
+    previous release's search service has no ``subdivision``, so same-named cities of different
+    states are not told apart and one is taken without asking, as that release did (this
+    release's service asks *Which “Springfield” do you mean?*)."""
+    chat = Chat(engine_on_previous_search)
+    reply = await chat.say("Springfield to Miami tomorrow")
+    assert "Which “Springfield” do you mean?" not in reply and offers_in(reply), reply
+    assert chat.state["trip"]["origin"]["code"] == "SGF", reply
+    assert "subdivision" not in chat.state["trip"]["origin"]
