@@ -531,10 +531,7 @@ class BotEngine:
             if d.ask.get("choices"):
                 reply = self._choices_again(ctx, d, summary=True)
                 return [replace(reply, text=f"{hello} {reply.text}")]
-            question, summary = self._whats_next(ctx, d), self._summary(ctx, d)
-            if summary:
-                question = ctx.texts("have_so_far", summary=summary) + "\n" + question
-            return [Reply(f"{hello} {question}")]
+            return [Reply(f"{hello} {self._so_far(ctx, d, self._whats_next(ctx, d))}")]
         d.set("ask", {"slot": "origin"} if not ctx.smart else {})
         key = "greeting" if ctx.smart else "greeting_step"
         return [Reply(ctx.texts(key, name=f" {name}" if name else ""))]
@@ -606,18 +603,15 @@ class BotEngine:
                         return question
                 return await self._advance(ctx, d, [])
             return [Reply(ctx.texts("choose_place", text=d.ask.get("text", "")))]
-        if d.ask.get("slot") == "travellers":
-            # "4", answering "How many travellers should I search for?"
-            d.update_trip(children=None)  # the number asked is of everyone seated
-            if 1 <= n <= MAX_TRAVELLERS:
-                return await self._apply(ctx, d, Extraction(adults=n))
-            return await self._apply(ctx, d, Extraction(too_many=n))
-        if d.ask.get("slot") == "adults":
-            # "2", answering "How many adults are travelling?" (an infant per lap): the children
-            # are kept, and the seats they take with the adults are checked again.
-            if 1 <= n <= MAX_TRAVELLERS:
-                return await self._apply(ctx, d, Extraction(adults=n))
-            return await self._apply(ctx, d, Extraction(too_many=n))
+        if d.ask.get("slot") in ("travellers", "adults"):
+            # "4", answering "How many travellers should I search for?" (everyone seated: the
+            # children are counted in it) or "How many adults are travelling?" (an infant per
+            # lap: the children are kept, and the seats they take with the adults are checked
+            # again).
+            if d.ask["slot"] == "travellers":
+                d.update_trip(children=None)
+            found = Extraction(adults=n) if 1 <= n <= MAX_TRAVELLERS else Extraction(too_many=n)
+            return await self._apply(ctx, d, found)
         period = Period.from_state(d.trip.get("period"))
         asked = {"depart": "date", "return": "return"}
         if period is not None and d.ask.get("slot") == asked[period.leg] and 1 <= n <= 31:
@@ -973,10 +967,7 @@ class BotEngine:
         choices = tuple(Candidate.from_state(c) for c in d.ask.get("choices") or [])
         text = str(d.ask.get("text", ""))
         reply = self._choices_reply(ctx, text, choices, unsure=bool(d.ask.get("unsure")))
-        so_far = self._summary(ctx, d) if summary and ctx.smart else ""
-        if not so_far:
-            return reply
-        return replace(reply, text=ctx.texts("have_so_far", summary=so_far) + "\n" + reply.text)
+        return replace(reply, text=self._so_far(ctx, d, reply.text)) if summary else reply
 
     async def _location(self, ctx: Context, d: Dialogue) -> list[Reply]:
         t, payload = ctx.texts, ctx.turn.message.payload
@@ -1021,12 +1012,7 @@ class BotEngine:
             return [*before, self._choices_again(ctx, d, summary=not before)]
         missing = self._missing(d)
         if missing is not None:
-            d.set("ask", {"slot": missing})
-            question = self._slot_question(ctx, d, missing)
-            summary = self._summary(ctx, d)
-            if ctx.smart and summary and not before:
-                question = t("have_so_far", summary=summary) + "\n" + question
-            return [*before, Reply(question)]
+            return self._ask(ctx, d, missing, self._slot_question(ctx, d, missing), before)
         problem = self._check_dates(ctx, d)
         if problem:
             return [*before, problem]
@@ -1037,29 +1023,30 @@ class BotEngine:
             return [*before, Reply(self._slot_question(ctx, d, "return"))]
         if d.trip.get("round_trip") and self._return_date(d) is None:
             # "round trip" with no return: not a one-way search either (see _apply).
-            d.set("ask", {"slot": "return"})
-            question = t("ask_return")
-            if ctx.smart and not before:
-                question = t("have_so_far", summary=self._summary(ctx, d)) + "\n" + question
-            return [*before, Reply(question)]
+            return self._ask(ctx, d, "return", t("ask_return"), before)
         if d.trip.get("too_many"):
             # "12 adults": one search seats at most 9, and 1 is not what was asked.
-            d.set("ask", {"slot": "travellers"})
-            question = self._travellers_question(ctx, d)
-            if ctx.smart and not before:
-                question = t("have_so_far", summary=self._summary(ctx, d)) + "\n" + question
-            return [*before, Reply(question)]
+            return self._ask(ctx, d, "travellers", self._travellers_question(ctx, d), before)
         if _too_few_laps(d.trip):
             # "1 adult and 2 babies": each infant travels on an adult's lap, and neither the
             # search nor an airline takes more infants than adults.
-            d.set("ask", {"slot": "adults"})
-            question = self._laps_question(ctx, d)
-            if ctx.smart and not before:
-                question = t("have_so_far", summary=self._summary(ctx, d)) + "\n" + question
-            return [*before, Reply(question)]
+            return self._ask(ctx, d, "adults", self._laps_question(ctx, d), before)
         if d.ask:
             d.set("ask", {})
         return [*before, *await self._search_and_show(ctx, d)]
+
+    def _ask(
+        self, ctx: Context, d: Dialogue, slot: str, question: str, before: list[Reply]
+    ) -> list[Reply]:
+        """Ask for ``slot``: after ``before``, or on its own after what is kept so far."""
+        d.set("ask", {"slot": slot})
+        return [*before, Reply(question if before else self._so_far(ctx, d, question))]
+
+    def _so_far(self, ctx: Context, d: Dialogue, text: str) -> str:
+        """``text`` after what the trip holds ("Got it: New York → London."), in the smart
+        flow and when it holds anything."""
+        summary = self._summary(ctx, d) if ctx.smart else ""
+        return ctx.texts("have_so_far", summary=summary) + "\n" + text if summary else text
 
     def _slot_question(self, ctx: Context, d: Dialogue, slot: str) -> str:
         """What asks for ``slot`` (``ask_<slot>``); for the leg of a stretch of days the user
@@ -1360,7 +1347,8 @@ def _party(trip: dict[str, Any]) -> dict[str, int]:
 
 def _too_few_laps(trip: dict[str, Any]) -> bool:
     """More infants than adults: one lap each, so not searched (see _advance)."""
-    return int(trip.get("infants") or 0) > int(trip.get("adults") or 1)
+    party = _party(trip)
+    return party["infants"] > party["adults"]
 
 
 def _period_text(t: Texts, period: Period) -> str:

@@ -150,15 +150,21 @@ _DATE_FIELDS = (
 )
 
 
-def with_rules_dates(model: Extraction, rules: Extraction) -> Extraction:
-    """The model's reading, with the rules' dates wherever the rules read one.
+def with_rules(model: Extraction, rules: Extraction) -> Extraction:
+    """The model's reading, with the rules' where its schema cannot say what the rules read.
 
-    The schema has room for a day only, so the model would turn "this summer" into a day of
-    its choosing and "29 February 2027" into a neighbouring one, and cannot say that "the 28th"
-    answers "Which day at the end of December?". The rules know the calendar (periods, holidays,
-    days that do not exist, the business's hemisphere): when they read a date, theirs stands and
-    the user is asked what the rules would ask; the model's dates fill in when they read none.
+    Dates: the schema has room for a day only, so the model would turn "this summer" into a day
+    of its choosing and "29 February 2027" into a neighbouring one, and cannot say that "the
+    28th" answers "Which day at the end of December?". The rules know the calendar (periods,
+    holidays, days that do not exist, the business's hemisphere): when they read a date, theirs
+    stands and the user is asked what the rules would ask; the model's dates fill in when they
+    read none. Travellers: the schema has adults only, up to 9, so a party with children or
+    infants, or over 9 ("12 adults"), is the rules' reading, not a total of the model's.
     """
+    if rules.too_many:
+        model = replace(model, adults=None, too_many=rules.too_many)
+    if rules.children or rules.infants:
+        model = replace(model, adults=rules.adults, children=rules.children, infants=rules.infants)
     if not (rules.depart or rules.return_date or rules.period or rules.no_such_date):
         return replace(model, unreadable_date=rules.unreadable_date)
     return replace(model, **{name: getattr(rules, name) for name in _DATE_FIELDS})
@@ -203,17 +209,7 @@ class LLMExtractor:
                 self.breaker.success()
                 result = self._to_extraction(answer, today)
                 if result is not None:
-                    if rules.too_many:  # "12 adults": the model's schema stops at 9
-                        result = replace(result, adults=None, too_many=rules.too_many)
-                    if rules.children or rules.infants:
-                        # Its schema has adults only: the rules' party, not a total of its own.
-                        result = replace(
-                            result,
-                            adults=rules.adults,
-                            children=rules.children,
-                            infants=rules.infants,
-                        )
-                    return with_rules_dates(result, rules)
+                    return with_rules(result, rules)
                 self.fallbacks += 1
                 log.warning("llm_fallback", reason="implausible_answer")
         else:

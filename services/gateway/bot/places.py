@@ -191,7 +191,9 @@ def _same_city(a: Candidate, b: Candidate) -> bool:
     if a.country != b.country or not shared:
         return False
     states = {a.subdivision.casefold(), b.subdivision.casefold()}
-    return not (a.subdivision and b.subdivision and len(states) > 1) or bool(states & shared)
+    if "" in states or len(states) == 1:  # a state unknown, or the same one
+        return True
+    return bool(states & shared)  # the city is one of the two states
 
 
 # A whole phrase resolving below this, while each half resolves at or above it, is two places
