@@ -82,18 +82,21 @@ def validate_search(
             errors.append(("return_date", f"must be at most {MAX_DAYS_AHEAD} days ahead"))
 
     adults = request.adults or 1
-    if not 1 <= adults <= MAX_SEATED:
+    # Children and infants are weighed against the adults only when those are valid: a bad
+    # adults count is its own violation, not the children's or the infants' too.
+    adults_valid = 1 <= adults <= MAX_SEATED
+    if not adults_valid:
         errors.append(("adults", f"must be 1-{MAX_SEATED}"))
     children, infants = request.children, request.infants
     if children < 0:
         errors.append(("children", "must not be negative"))
-    elif 1 <= adults <= MAX_SEATED and adults + children > MAX_SEATED:
+    elif adults_valid and adults + children > MAX_SEATED:
         errors.append(
             ("children", f"adults and children take a seat each: at most {MAX_SEATED} together")
         )
     if infants < 0:
         errors.append(("infants", "must not be negative"))
-    elif 1 <= adults <= MAX_SEATED and infants > adults:
+    elif adults_valid and infants > adults:
         errors.append(("infants", "at most one per adult: each travels on an adult's lap"))
     cabin = request.cabin or search_pb2.CABIN_ECONOMY
     if cabin not in _CABINS:
