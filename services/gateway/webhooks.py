@@ -42,6 +42,7 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_SIGNING_BUSINESSES = 20
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 Endpoint = Callable[[Request], Awaitable[Response]]
+Handler = Callable[[Request, float, str], Awaitable[Response]]  # request, received, request id
 
 CLOUD_API_BODY = {
     "requestBody": {
@@ -138,6 +139,24 @@ def _cut_short(request: Request, channel: str, rid: str) -> Response:
     return Response(status_code=400)
 
 
+async def _acknowledge(request: Request, channel: str, handle: Handler) -> Response:
+    """``handle(request, received, request_id)``: a webhook's answer, its time observed
+    (``ACK_SECONDS``) unless the sender left before its body ended and no answer goes out."""
+    started = time.perf_counter()
+    received = time.time()
+    rid = request_id(request)
+    request_id_var.set(rid)  # for the gRPC calls a signature check may make
+    answered = True
+    try:
+        return await handle(request, received, rid)
+    except ClientDisconnect:
+        answered = False  # no answer to time
+        return _cut_short(request, channel, rid)
+    finally:
+        if answered:
+            metrics.child(metrics.ACK_SECONDS, channel).observe(time.perf_counter() - started)
+
+
 async def _body(request: Request, channel: str) -> bytes:
     """The webhook's body; one over MAX_BODY_BYTES is counted (``too_large``) before Starlette's
     413 goes out: nothing else counts or logs it, and a limit set below what the provider sends
@@ -200,21 +219,7 @@ def build_router(runtime: Runtime) -> APIRouter:
         )
 
     async def cloud_webhook(request: Request) -> Response:
-        started = time.perf_counter()
-        received = time.time()
-        rid = request_id(request)
-        request_id_var.set(rid)  # for the gRPC calls a signature check may make
-        answered = True
-        try:
-            return await _cloud(request, received, rid)
-        except ClientDisconnect:
-            answered = False  # no answer to time
-            return _cut_short(request, "cloud_api", rid)
-        finally:
-            if answered:
-                metrics.child(metrics.ACK_SECONDS, "cloud_api").observe(
-                    time.perf_counter() - started
-                )
+        return await _acknowledge(request, "cloud_api", _cloud)
 
     async def _cloud(request: Request, received: float, rid: str) -> Response:
         body = await _body(request, "cloud_api")
@@ -349,19 +354,7 @@ def build_router(runtime: Runtime) -> APIRouter:
         )
 
     async def twilio_webhook(request: Request) -> Response:
-        started = time.perf_counter()
-        received = time.time()
-        rid = request_id(request)
-        request_id_var.set(rid)
-        answered = True
-        try:
-            return await _twilio(request, received, rid)
-        except ClientDisconnect:
-            answered = False  # no answer to time
-            return _cut_short(request, "twilio", rid)
-        finally:
-            if answered:
-                metrics.child(metrics.ACK_SECONDS, "twilio").observe(time.perf_counter() - started)
+        return await _acknowledge(request, "twilio", _twilio)
 
     async def _twilio(request: Request, received: float, rid: str) -> Response:
         body = await _body(request, "twilio")
