@@ -505,6 +505,10 @@ def plain_routes(router: APIRouter) -> list[Route]:
     One route per path, with every method the path takes (a GET also answers HEAD): a route
     answers 405 for a method it lacks, naming its own methods in ``Allow``, before FastAPI's
     route of the same path is looked at.
+
+    Each path also answers with a trailing slash, the same way: Starlette would redirect it
+    (307), and neither Meta nor Twilio follows a redirect, so a callback URL registered with
+    the slash lost every webhook. (A Twilio signature covers the path as sent, slash and all.)
     """
     endpoints: dict[str, dict[str, Endpoint]] = {}
     for route in router.routes:
@@ -512,8 +516,9 @@ def plain_routes(router: APIRouter) -> list[Route]:
             for method in route.methods or ():
                 endpoints.setdefault(route.path, {})[method] = route.endpoint
     return [
-        Route(path, _by_method(by_method), methods=list(by_method))
+        Route(served, _by_method(by_method), methods=list(by_method))
         for path, by_method in endpoints.items()
+        for served in (path, path + "/")
     ]
 
 

@@ -273,3 +273,39 @@ def test_a_twilio_subaccount_without_its_auth_token_is_refused_saying_which_toke
             url, twilio_form(business.number, user, "hi"), subaccount_token
         )
         assert client.post("/webhooks/twilio", content=body, headers=headers).status_code == 200
+
+
+def test_webhook_urls_registered_with_a_trailing_slash_are_served_not_redirected(
+    gateway: Gateway,
+) -> None:
+    """A callback URL registered as ``…/webhooks/whatsapp/`` got Starlette's 307 to the path
+    without the slash, for the subscription check and every webhook: neither Meta nor Twilio
+    follows a redirect, so each was lost, with only a redirect in our logs. Both forms are the
+    same routes now, signatures and all."""
+    from tests.support.stack import VERIFY_TOKEN, metric
+
+    business = gateway.business
+    assert business is not None
+    query = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "7"}
+    accepted = 'gateway_webhooks_total{channel="twilio",outcome="accepted"}'
+    twilio_before = metric(gateway, accepted)
+    with gateway.http as client:
+        for path in ("/webhooks/whatsapp/", "/whatsapp_response/"):
+            answer = client.get(path, params=query)
+            assert (answer.status_code, answer.text) == (200, "7")
+            body, headers = signed_cloud(cloud_payload(business.phone_number_id, new_wa_id(), "hi"))
+            answer = client.post(path, content=body, headers=headers)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["queued"] == 1
+            del headers[cloud_api.SIGNATURE_HEADER]
+            assert client.post(path, content=body, headers=headers).status_code == 401
+            assert client.put(path).status_code == 405
+        for path in ("/webhooks/twilio/", "/whatsapp/webhook/"):
+            # Twilio signs the URL it was given: the slash is part of it.
+            form = twilio_form(business.number, "+" + new_wa_id(), "hi")
+            body, headers = signed_twilio(gateway.url + path, form)
+            answer = client.post(path, content=body, headers=headers)
+            assert answer.status_code == 200, answer.text
+            body, headers = signed_twilio(gateway.url + path.rstrip("/"), form)
+            assert client.post(path, content=body, headers=headers).status_code == 403
+    assert metric(gateway, accepted) == twilio_before + 2
