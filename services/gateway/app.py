@@ -19,6 +19,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.errors import field_violations
 from services.common.gc_tuning import settle_heap
@@ -47,6 +48,41 @@ HTTP_STATUS = {
 }
 
 
+class GatewayApp(FastAPI):
+    """FastAPI, every error body of it ``{"detail": …}`` JSON (see :class:`JsonTooLarge`)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return JsonTooLarge(super().build_middleware_stack())
+
+
+class JsonTooLarge:
+    """Starlette's body limit answers a body whose ``Content-Length`` is over ``max_body_size``
+    with a plain-text 413 of its own, outside every exception handler, while one found over it
+    as it streams gets the JSON ``{"detail": …}`` every other error of the gateway has: the
+    plain one is answered in that shape too. (The gateway's own answers are JSON or TwiML, never
+    a plain-text 413.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        replaced = False
+
+        async def send_json(message: Message) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                replaced = (b"content-type", b"text/plain; charset=utf-8") in message["headers"]
+            if not replaced:
+                await send(message)
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                await JSONResponse({"detail": "Content Too Large"}, 413)(scope, receive, send)
+
+        await self.app(scope, receive, send_json)
+
+
 def create_app(settings: GatewaySettings, role: Role = "all") -> FastAPI:
     runtime = Runtime.build(settings, role)
 
@@ -73,7 +109,7 @@ def create_app(settings: GatewaySettings, role: Role = "all") -> FastAPI:
             await runtime.stop()
             log.info("gateway stopped")
 
-    app = FastAPI(
+    app = GatewayApp(
         title="Parley gateway",
         version=VERSION,
         description="WhatsApp webhooks in, replies out: verify, dedupe, queue, answer.",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -78,6 +79,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()  # the connection is the WebSocket protocol's from here
         super().handle_websocket_upgrade()
 
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to a request it cannot parse, in the shape of every other refusal.
+        self._close_with(400, msg)
+
     def _refuse_head(self) -> None:
         if self.transport.is_closing():  # the parser refused the request already (400)
             return
@@ -121,12 +126,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._close_with(408, "the request did not arrive in time")
 
     def _close_with(self, status: int, message: str) -> None:
-        body = message.encode()
+        body = json.dumps({"detail": message}).encode()  # the shape of every error of the gateway
         self.transport.write(
             b"".join(
                 [
                     STATUS_LINE[status],
-                    b"content-type: text/plain; charset=utf-8\r\n",
+                    b"content-type: application/json\r\n",
                     b"content-length: %d\r\n" % len(body),
                     b"connection: close\r\n\r\n",
                     body,

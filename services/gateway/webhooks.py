@@ -200,7 +200,10 @@ def build_router(runtime: Runtime) -> APIRouter:
             and "hub.challenge" in query
         ):
             return PlainTextResponse(query["hub.challenge"])
-        return PlainTextResponse("forbidden", status_code=403)
+        return JSONResponse(
+            {"detail": "hub.mode must be subscribe and hub.verify_token the verify token"},
+            status_code=403,
+        )
 
     for path in ("/webhooks/whatsapp", "/whatsapp_response"):  # Meta checks its callback URL
         router.add_api_route(

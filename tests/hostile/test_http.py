@@ -9,6 +9,7 @@ errors: a client's behaviour is never the gateway's error.
 from __future__ import annotations
 
 import gzip
+import json
 import select
 import socket
 import time
@@ -139,7 +140,7 @@ def test_a_body_shorter_than_its_content_length_is_answered_408_and_nothing_queu
         conn.sendall(head + body[:-40])
         answer = read_to_end(conn)
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
-    assert answer.endswith(b"\r\n\r\nthe request did not arrive in time"), answer
+    assert answer.endswith(b'\r\n\r\n{"detail": "the request did not arrive in time"}'), answer
     assert b"connection: close" in answer.lower()
     assert wait_for(lambda: incomplete(gateway, "cloud_api") == before + 1, 10)
     assert queue_lengths(gateway.redis_url) == queued
@@ -300,6 +301,51 @@ def test_an_identity_content_encoding_is_taken(gateway: Gateway, encoding: str) 
         )
     assert response.status_code == 200
     assert response.json()["queued"] == 1
+
+
+def test_every_refusal_has_one_body_shape(gateway: Gateway) -> None:
+    """Every error the gateway answers is JSON ``{"detail": "…"}``, whichever layer refuses.
+    (Was a bug: a body over MAX_BODY_BYTES by its Content-Length got Starlette's plain-text
+    413 "Content Too Large", the same found while streaming the JSON one; the subscription
+    check's 403 was the text "forbidden", the protocol's 400, 408 and 431 plain text.)"""
+    from services.gateway.settings import GatewaySettings
+
+    limit = GatewaySettings.model_fields["max_body_bytes"].default
+    big = b"{" + b" " * limit + b"}"
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(limit // 65536 + 2):
+            yield b" " * 65536
+
+    json_type = {"content-type": "application/json"}
+    with gateway.http as client:
+        answers = {
+            "413 by Content-Length": client.post("/webhooks/whatsapp", content=big),
+            "413 while streaming": client.post("/webhooks/whatsapp", content=chunks()),
+            "413 Twilio": client.post("/webhooks/twilio/", content=big),
+            "413 admin": client.post("/admin/businesses", content=big, headers=json_type),
+            "403 subscription check": client.get("/webhooks/whatsapp", params={"hub.mode": "x"}),
+            "401 unsigned": client.post("/webhooks/whatsapp", content=b"{}"),
+            "404": client.get("/no-such-path"),
+            "405": client.put("/webhooks/twilio"),
+        }
+    for case, answer in answers.items():
+        assert answer.status_code == int(case[:3]), case
+        assert answer.headers["content-type"] == "application/json", case
+        detail = answer.json()["detail"]
+        assert isinstance(detail, str) and detail, case
+    with connect(gateway) as conn:
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 70_000)
+        head, _, body = read_to_end(conn).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 "), head
+    assert b"content-type: application/json" in head
+    assert isinstance(json.loads(body)["detail"], str)
+    with connect(gateway) as conn:  # one uvicorn cannot parse
+        conn.sendall(b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
+        head, _, body = read_to_end(conn).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert b"content-type: application/json" in head
+    assert json.loads(body) == {"detail": "Invalid HTTP request received."}
 
 
 def test_nothing_a_client_did_here_is_logged_as_an_error(gateway: Gateway) -> None:
