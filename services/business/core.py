@@ -222,6 +222,12 @@ class BusinessCore:
             return await load(), False
         return await self.cache.get(key, load)
 
+    async def find(self, kind: KeyKind, value: str) -> BusinessRecord | None:
+        """The business that owns the identity, servable or not: from the store, never cached
+        (asked only once :meth:`lookup` found no servable one)."""
+        with store_errors():
+            return await self.store.find(kind, value)
+
     async def list(
         self, *, after_id: str | None, limit: int, include_inactive: bool
     ) -> list[BusinessRecord]:

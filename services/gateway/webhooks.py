@@ -331,7 +331,7 @@ def build_router(runtime: Runtime) -> APIRouter:
     async def _cloud_app_secret(phone_number_id: str) -> str:
         credentials = await _business_secret(
             business_pb2.LookupBusinessRequest(
-                phone_number_id=phone_number_id, include_credentials=True
+                phone_number_id=phone_number_id, include_credentials=True, include_inactive=True
             )
         )
         return credentials.webhook_app_secret
@@ -339,6 +339,11 @@ def build_router(runtime: Runtime) -> APIRouter:
     async def _business_secret(
         request: business_pb2.LookupBusinessRequest,
     ) -> business_pb2.ChannelCredentials:
+        """The credentials of the business that owns the identity. The requests ask for one that
+        is inactive or has WhatsApp off too (``include_inactive``): its users' messages are
+        verified with its own secret and queued, and the worker dead-letters them, as it does
+        those signed with the global secret; refused, they were lost (Twilio does not retry a
+        4xx) with nothing to replay once the business is back."""
         try:
             response = await runtime.clients.business.LookupBusiness(request)
         except grpc.aio.AioRpcError as error:
@@ -451,7 +456,9 @@ def build_router(runtime: Runtime) -> APIRouter:
         own = business_pb2.ChannelCredentials()
         if number:
             own = await _business_secret(
-                business_pb2.LookupBusinessRequest(whatsapp_number=number, include_credentials=True)
+                business_pb2.LookupBusinessRequest(
+                    whatsapp_number=number, include_credentials=True, include_inactive=True
+                )
             )
         business_token = own.twilio_auth_token
         if not token and not business_token:

@@ -191,6 +191,38 @@ async def test_deactivate_and_update_take_effect_at_once(service: RunningService
     assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_include_inactive_finds_a_business_lookups_do_not_serve(
+    service: RunningService, registry: SecretRegistry
+) -> None:
+    """The gateway verifies a webhook for an inactive or WhatsApp-disabled business with the
+    business's own secret, so a lookup may ask for such a business (``include_inactive``): it is
+    found, with what it is, and an identity nobody owns is still NOT_FOUND."""
+    off = demo_request(registry, enabled=False)
+    created = (await service.stub.CreateBusiness(off)).business
+    number = off.business.whatsapp_numbers[0]
+    plain = business_pb2.LookupBusinessRequest(whatsapp_number=number, include_credentials=True)
+    assert (await code_of(service.stub.LookupBusiness(plain))).code() == grpc.StatusCode.NOT_FOUND
+    wider = business_pb2.LookupBusinessRequest(
+        whatsapp_number=number, include_credentials=True, include_inactive=True
+    )
+    found = await service.stub.LookupBusiness(wider)
+    assert (found.business.id, found.business.whatsapp_enabled) == (created.id, False)
+    assert found.credentials.twilio_auth_token == off.credentials.twilio_auth_token
+    assert not found.cached
+    nobody = business_pb2.LookupBusinessRequest(
+        whatsapp_number="+15559999999", include_inactive=True
+    )
+    assert (await code_of(service.stub.LookupBusiness(nobody))).code() == grpc.StatusCode.NOT_FOUND
+    # A servable business is answered as before, from the cache.
+    on = demo_request(registry)
+    await service.stub.CreateBusiness(on)
+    wider = business_pb2.LookupBusinessRequest(
+        whatsapp_number=on.business.whatsapp_numbers[0], include_inactive=True
+    )
+    await service.stub.LookupBusiness(wider)
+    assert (await service.stub.LookupBusiness(wider)).cached
+
+
 async def test_access_token_needs_renewal_then_a_new_token(
     service: RunningService, registry: SecretRegistry
 ) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from services.gateway.channels import cloud_api, twilio
 from tests.support.fake_clouds import FakeClouds
-from tests.support.processes import Valkey
+from tests.support.processes import Valkey, wait_for
 from tests.support.stack import (
     SECRETS,
     Business,
@@ -167,6 +167,48 @@ def test_production_refuses_twilio_webhooks_no_token_can_verify(
             metrics = client.get("/metrics").text
         assert 'gateway_webhooks_total{channel="twilio",outcome="no_secret"} 1.0' in metrics
         assert queue_lengths(gw.redis_url) == 1
+    finally:
+        gw.stop()
+
+
+def test_a_disabled_businesss_webhooks_are_verified_with_its_own_secret_and_dead_lettered(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """A business that is deactivated (or has WhatsApp turned off) still gets its users'
+    messages: they are taken when its own secret verifies them and dead-lettered, as a Cloud API
+    message signed with the global app secret is, so an operator sees them and can replay them
+    once it is back. (Was a bug: the lookup of its secret found no business, so a Twilio message
+    with no TWILIO_AUTH_TOKEN set was refused 403 (Twilio does not retry a 4xx: lost unseen),
+    and one signed with its own Cloud API app secret 403 too.) A wrong signature is still 403."""
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "signatures-disabled",
+        APP_ENV="production",
+        TWILIO_AUTH_TOKEN="",
+    )
+    try:
+        by_twilio = create_business(gw)
+        by_cloud, own_secret = _with_own_secret(gw)
+        with gw.admin() as admin:
+            assert admin.delete(f"/admin/businesses/{by_twilio.id}").status_code == 200
+            off = {"whatsapp_enabled": False}
+            assert admin.patch(f"/admin/businesses/{by_cloud.id}", json=off).status_code == 200
+        url = f"{gw.url}/webhooks/twilio"
+        form = twilio_form(by_twilio.number, "+" + new_wa_id(), "anyone there?")
+        payload = cloud_payload(by_cloud.phone_number_id, new_wa_id(), "anyone there?")
+        assert _post(gw, payload, "not-" + own_secret).status_code == 403
+        answer = _post(gw, payload, own_secret)
+        assert answer.status_code == 200, answer.text
+        with gw.http as client:
+            body, headers = signed_twilio(url, form, "not-" + by_twilio.twilio_token)
+            assert client.post("/webhooks/twilio", content=body, headers=headers).status_code == 403
+            body, headers = signed_twilio(url, form, by_twilio.twilio_token)
+            answer = client.post("/webhooks/twilio", content=body, headers=headers)
+            assert answer.status_code == 200, answer.text
+        assert wait_for(lambda: len(dead_letters(gw)) == 2, 20), dead_letters(gw)
+        assert {d["reason"] for d in dead_letters(gw)} == {"unknown_business"}
     finally:
         gw.stop()
 

@@ -263,6 +263,7 @@ class LookupBusinessRequest(_message.Message):
     WHATSAPP_NUMBER_FIELD_NUMBER: _builtins.int
     SUBDOMAIN_FIELD_NUMBER: _builtins.int
     INCLUDE_CREDENTIALS_FIELD_NUMBER: _builtins.int
+    INCLUDE_INACTIVE_FIELD_NUMBER: _builtins.int
     phone_number_id: _builtins.str
     """WhatsApp Cloud API phone_number_id (metadata.phone_number_id of a webhook)."""
     whatsapp_number: _builtins.str
@@ -271,6 +272,11 @@ class LookupBusinessRequest(_message.Message):
     """Subdomain."""
     include_credentials: _builtins.bool
     """Also return the decrypted credentials."""
+    include_inactive: _builtins.bool
+    """Also find a business that is inactive or has WhatsApp disabled (read from the store, never
+    from the cache; its active and whatsapp_enabled say which): the gateway verifies a webhook
+    addressed to such a business with the business's own secret.
+    """
     def __init__(
         self,
         *,
@@ -278,10 +284,11 @@ class LookupBusinessRequest(_message.Message):
         whatsapp_number: _builtins.str = ...,
         subdomain: _builtins.str = ...,
         include_credentials: _builtins.bool = ...,
+        include_inactive: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "phone_number_id", b"phone_number_id", "subdomain", b"subdomain", "whatsapp_number", b"whatsapp_number"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "include_credentials", b"include_credentials", "phone_number_id", b"phone_number_id", "subdomain", b"subdomain", "whatsapp_number", b"whatsapp_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "include_credentials", b"include_credentials", "include_inactive", b"include_inactive", "phone_number_id", b"phone_number_id", "subdomain", b"subdomain", "whatsapp_number", b"whatsapp_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_identity: _TypeAlias = _typing.Literal["phone_number_id", "whatsapp_number", "subdomain"]  # noqa: Y015
     _WhichOneofArgType_identity: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015

@@ -96,7 +96,8 @@ class BusinessServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LookupBusiness(self, request, context):
-        """LookupBusiness finds the active, WhatsApp-enabled business that owns a channel identity (cached).
+        """LookupBusiness finds the active, WhatsApp-enabled business that owns a channel identity (cached),
+        or with include_inactive any business that owns it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,7 +38,9 @@ class BusinessServiceStub:
     GetBusiness: _grpc.UnaryUnaryMultiCallable[_business_pb2.GetBusinessRequest, _business_pb2.GetBusinessResponse]
     """GetBusiness returns a business by id, active or not."""
     LookupBusiness: _grpc.UnaryUnaryMultiCallable[_business_pb2.LookupBusinessRequest, _business_pb2.LookupBusinessResponse]
-    """LookupBusiness finds the active, WhatsApp-enabled business that owns a channel identity (cached)."""
+    """LookupBusiness finds the active, WhatsApp-enabled business that owns a channel identity (cached),
+    or with include_inactive any business that owns it.
+    """
     CreateBusiness: _grpc.UnaryUnaryMultiCallable[_business_pb2.CreateBusinessRequest, _business_pb2.CreateBusinessResponse]
     """CreateBusiness adds a business; a claimed identity or subdomain is ALREADY_EXISTS."""
     UpdateBusiness: _grpc.UnaryUnaryMultiCallable[_business_pb2.UpdateBusinessRequest, _business_pb2.UpdateBusinessResponse]
@@ -64,7 +66,9 @@ class BusinessServiceAsyncStub(BusinessServiceStub):
     GetBusiness: _aio.UnaryUnaryMultiCallable[_business_pb2.GetBusinessRequest, _business_pb2.GetBusinessResponse]  # type: ignore[assignment]
     """GetBusiness returns a business by id, active or not."""
     LookupBusiness: _aio.UnaryUnaryMultiCallable[_business_pb2.LookupBusinessRequest, _business_pb2.LookupBusinessResponse]  # type: ignore[assignment]
-    """LookupBusiness finds the active, WhatsApp-enabled business that owns a channel identity (cached)."""
+    """LookupBusiness finds the active, WhatsApp-enabled business that owns a channel identity (cached),
+    or with include_inactive any business that owns it.
+    """
     CreateBusiness: _aio.UnaryUnaryMultiCallable[_business_pb2.CreateBusinessRequest, _business_pb2.CreateBusinessResponse]  # type: ignore[assignment]
     """CreateBusiness adds a business; a claimed identity or subdomain is ALREADY_EXISTS."""
     UpdateBusiness: _aio.UnaryUnaryMultiCallable[_business_pb2.UpdateBusinessRequest, _business_pb2.UpdateBusinessResponse]  # type: ignore[assignment]
@@ -99,7 +103,9 @@ class BusinessServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _business_pb2.LookupBusinessRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_business_pb2.LookupBusinessResponse, _abc.Awaitable[_business_pb2.LookupBusinessResponse]]:
-        """LookupBusiness finds the active, WhatsApp-enabled business that owns a channel identity (cached)."""
+        """LookupBusiness finds the active, WhatsApp-enabled business that owns a channel identity (cached),
+        or with include_inactive any business that owns it.
+        """
 
     @_abc_1.abstractmethod
     def CreateBusiness(
