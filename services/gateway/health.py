@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from google.protobuf import json_format
 
 from parley.business.v1 import business_pb2
@@ -222,4 +223,16 @@ def build_router(runtime: Runtime) -> APIRouter:
         body, content_type = metrics.render(gauges)
         return Response(body, media_type=content_type)
 
+    # HEAD wherever GET: RFC 9110 asks it of every server, and uptime monitors (updown,
+    # Montastic, Wasitup…) probe with it, for whom a 405 is a service down. Left out of the
+    # OpenAPI document, where it would repeat every GET.
+    for route in list(router.routes):
+        if isinstance(route, APIRoute) and "GET" in (route.methods or ()):
+            router.add_api_route(
+                route.path,
+                route.endpoint,
+                methods=["HEAD"],
+                response_class=route.response_class,
+                include_in_schema=False,
+            )
     return router

@@ -256,6 +256,20 @@ def test_head_on_a_subscription_check_answers_as_its_get_does(gateway: Gateway, 
     assert wrong.status_code == 403
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["/health", "/ready", "/health/ready", "/ready?checks=redis", "/health/info", "/metrics"],
+)
+def test_head_on_health_and_metrics_answers_as_get_does(gateway: Gateway, path: str) -> None:
+    """Uptime monitors (updown, Montastic, Wasitup) probe with HEAD. (Was a bug: 405 on every
+    health endpoint and /metrics, a service down to them, while the webhook paths took it.)"""
+    with gateway.http as client:
+        get = client.get(path)
+        head = client.head(path)
+    assert (head.status_code, head.content) == (get.status_code, b"")
+    assert head.headers["content-type"] == get.headers["content-type"]
+
+
 @pytest.mark.parametrize("path", sorted(WEBHOOKS))
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 @pytest.mark.parametrize("signed", ["decoded", "encoded"])
