@@ -88,7 +88,8 @@ def to_proto(record: BusinessRecord) -> business_pb2.Business:
 
 @dataclass(frozen=True)
 class CachedBusiness:
-    """A servable business as the cache keeps it: the record and its ready-made answer."""
+    """A business as the cache keeps it, servable or not: the record and its ready-made
+    answer."""
 
     record: BusinessRecord
     proto: business_pb2.Business = field(repr=False)
@@ -215,18 +216,14 @@ class BusinessCore:
                     business_id=record.id,
                     reason=record.unservable_reason(),
                 )
-                return None
+            # Cached servable or not (invalidated alike): a lookup that accepts an unservable
+            # business (include_inactive) is answered from the cache too, not from the store
+            # on every webhook that names it.
             return CachedBusiness.of(record)
 
         if self.cache is None:
             return await load(), False
         return await self.cache.get(key, load)
-
-    async def find(self, kind: KeyKind, value: str) -> BusinessRecord | None:
-        """The business that owns the identity, servable or not: from the store, never cached
-        (asked only once :meth:`lookup` found no servable one)."""
-        with store_errors():
-            return await self.store.find(kind, value)
 
     async def list(
         self, *, after_id: str | None, limit: int, include_inactive: bool

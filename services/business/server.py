@@ -197,14 +197,8 @@ class BusinessServicer(business_pb2_grpc.BusinessServiceServicer):
     ) -> business_pb2.LookupBusinessResponse:
         kind, value = parse_identity(request)
         found, cached = await self.core.lookup(kind, value, lookup_key(kind, value))
-        if found is None:
-            record = await self.core.find(kind, value) if request.include_inactive else None
-            if record is None:
-                raise NotFound(NOT_FOUND_MESSAGE)  # why: in the log, not in the answer
-            response = business_pb2.LookupBusinessResponse(business=to_proto(record))
-            if request.include_credentials:
-                response.credentials.CopyFrom(self._with_credentials(record))
-            return response
+        if found is None or not (found.record.servable or request.include_inactive):
+            raise NotFound(NOT_FOUND_MESSAGE)  # why: in the log, not in the answer
         if not request.include_credentials:
             if cached:
                 return found.cached_response

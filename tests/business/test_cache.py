@@ -165,7 +165,9 @@ async def test_writes_invalidate_locally_at_once(store: BusinessStore, core: Bus
     assert (await core.lookup(KeyKind.SUBDOMAIN, "inv", key))[0] is not None
     assert (await core.lookup(KeyKind.SUBDOMAIN, "inv", key))[1]  # cached now
     await core.deactivate(created.id)
-    assert (await core.lookup(KeyKind.SUBDOMAIN, "inv", key)) == (None, False)
+    # Read again at once, and found inactive (kept so, as lookups with include_inactive ask).
+    found, cached = await core.lookup(KeyKind.SUBDOMAIN, "inv", key)
+    assert found is not None and not found.record.servable and not cached
     # A create clears "not found" entries for the identities it claims.
     new_key = lookup_key(KeyKind.PHONE_NUMBER_ID, "888001")
     assert (await core.lookup(KeyKind.PHONE_NUMBER_ID, "888001", new_key))[0] is None
@@ -231,3 +233,18 @@ async def test_a_write_cancelled_as_it_commits_is_still_invalidated_everywhere(
         await subscriber.stop()
         await publisher.stop()
         await store.close()
+
+
+async def test_an_inactive_business_is_read_once_for_every_webhook_that_names_it(
+    store: BusinessStore, core: BusinessCore
+) -> None:
+    """The gateway looks up the owner of every webhook's identity with include_inactive: an
+    inactive business is cached like the others, not read from the store each time."""
+    created = await create_business(core, "off", "889000")
+    await core.deactivate(created.id)
+    key = lookup_key(KeyKind.PHONE_NUMBER_ID, "889000")
+    before = store.queries
+    for _ in range(5):
+        found, _ = await core.lookup(KeyKind.PHONE_NUMBER_ID, "889000", key)
+        assert found is not None and not found.record.servable
+    assert store.queries - before == 1

@@ -273,9 +273,9 @@ class LookupBusinessRequest(_message.Message):
     include_credentials: _builtins.bool
     """Also return the decrypted credentials."""
     include_inactive: _builtins.bool
-    """Also find a business that is inactive or has WhatsApp disabled (read from the store, never
-    from the cache; its active and whatsapp_enabled say which): the gateway verifies a webhook
-    addressed to such a business with the business's own secret.
+    """Also find a business that is inactive or has WhatsApp disabled (its active and
+    whatsapp_enabled say which): the gateway verifies a webhook addressed to such a business
+    with the business's own secret.
     """
     def __init__(
         self,
