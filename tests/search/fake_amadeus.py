@@ -37,11 +37,21 @@ DOCUMENTED_ERRORS = {
 }
 
 
-def _error(status: int, title: str, detail: str = "", parameter: str = "") -> JSONResponse:
+def problem(status: int, title: str, detail: str = "", parameter: str = "") -> dict[str, Any]:
+    """One entry of an error response's ``errors[]``."""
     body: dict[str, Any] = {"status": status, "code": 38189, "title": title, "detail": detail}
     if parameter:
         body["source"] = {"parameter": parameter}
-    return JSONResponse({"errors": [body]}, status_code=status)
+    return body
+
+
+def _errors(status: int, problems: list[dict[str, Any]]) -> JSONResponse:
+    """An error response listing every problem, as the contract does (all of one status)."""
+    return JSONResponse({"errors": problems}, status_code=status)
+
+
+def _error(status: int, title: str, detail: str = "", parameter: str = "") -> JSONResponse:
+    return _errors(status, [problem(status, title, detail, parameter)])
 
 
 # The fake's child and lap-infant fares, as shares of the adult fare (airlines' own differ).
@@ -178,20 +188,30 @@ def light(item: dict[str, Any]) -> dict[str, Any]:
 
 def _party(query: Any) -> tuple[int, int, int] | JSONResponse:
     """adults (1-9, required), children and infants (0-9, optional) as the contract bounds
-    them: at most 9 seated travellers, at most one lap infant per adult; a 400 naming the
-    parameter otherwise."""
-    counts = []
+    them: at most 9 seated travellers, at most one lap infant per adult; otherwise a 400 with
+    one error per problem, each naming its parameter."""
+    counts, problems = [], []
     for name, least, default in (("adults", 1, None), ("children", 0, "0"), ("infants", 0, "0")):
         raw = query.get(name, default)
         if raw is None or not raw.isdigit() or not least <= int(raw) <= 9:
-            return _error(400, "INVALID FORMAT", f"{name} must be {least}-9", name)
+            problems.append(problem(400, "INVALID FORMAT", f"{name} must be {least}-9", name))
+            raw = str(least)
         counts.append(int(raw))
     adults, children, infants = counts
     if adults + children > 9:
-        return _error(400, "INVALID DATA RECEIVED", "at most 9 seated travelers", "children")
+        problems.append(
+            problem(400, "INVALID DATA RECEIVED", "at most 9 seated travelers", "children")
+        )
     if infants > adults:
-        return _error(400, "INVALID DATA RECEIVED", "infants must not exceed adults", "infants")
-    return adults, children, infants
+        problems.append(
+            problem(400, "INVALID DATA RECEIVED", "infants must not exceed adults", "infants")
+        )
+    return _errors(400, problems) if problems else (adults, children, infants)
+
+
+# A scripted answer: a status (with the documented body), a status with headers, or an error
+# body's problems (several at once, all of one status).
+Scripted = int | tuple[int, dict[str, str]] | list[dict[str, Any]]
 
 
 class FakeAmadeus:
@@ -201,7 +221,7 @@ class FakeAmadeus:
         self.tokens: dict[str, float] = {}  # token → when it expires (monotonic)
         self.calls: defaultdict[str, int] = defaultdict(int)
         self.requests: list[tuple[str, dict[str, str]]] = []
-        self.scripts: defaultdict[str, deque[int | tuple[int, dict[str, str]]]] = defaultdict(deque)
+        self.scripts: defaultdict[str, deque[Scripted]] = defaultdict(deque)
         self.delay = 0.0
         # Seconds before each next 401 of the offers endpoint goes out (one per refusal).
         self.refusal_delays: list[float] = []
@@ -236,8 +256,9 @@ class FakeAmadeus:
         self.refusal_delays = []
         self.echo_authorization = False
 
-    def script(self, path: str, *statuses: int | tuple[int, dict[str, str]]) -> None:
-        """The next calls to ``path`` answer these statuses (with optional headers), in order."""
+    def script(self, path: str, *statuses: Scripted) -> None:
+        """The next calls to ``path`` answer these statuses (with optional headers, or as the
+        list of problems given), in order."""
         self.scripts[path].extend(statuses)
 
     def revoke_tokens(self) -> None:
@@ -247,6 +268,8 @@ class FakeAmadeus:
         if not self.scripts[path]:
             return None
         item = self.scripts[path].popleft()
+        if isinstance(item, list):
+            return _errors(item[0]["status"], item)
         status, headers = item if isinstance(item, tuple) else (item, {})
         if status == 400:
             detail = "departureDate is in the past"

@@ -24,7 +24,7 @@ from services.search.providers import select_provider
 from services.search.providers.amadeus import AmadeusProvider, AmadeusSettings, parse_duration
 from services.search.providers.base import ProviderUnavailable, Query
 from services.search.settings import SearchSettings
-from tests.search.fake_amadeus import CLIENT_ID, CLIENT_SECRET, FakeAmadeus
+from tests.search.fake_amadeus import CLIENT_ID, CLIENT_SECRET, FakeAmadeus, problem
 from tests.support.processes import ServiceProcess, Valkey, free_port
 from tests.support.releases import previous_release
 
@@ -256,6 +256,31 @@ async def test_400_is_invalid_argument_naming_our_field(
         with pytest.raises(InvalidArgument) as caught:
             await provider.search(query(**party), soon())
         assert set(dict(caught.value.violations)) == {field}, party
+
+
+async def test_every_error_of_a_response_is_read(
+    provider: AmadeusProvider, amadeus: FakeAmadeus
+) -> None:
+    """Amadeus lists one entry of ``errors[]`` per problem. (Was a bug: only the first was read,
+    so a 400 with two named only the first field, and a failure's log line had none of the
+    codes and titles Amadeus sent.)"""
+    with pytest.raises(InvalidArgument) as caught:
+        await provider.search(query(adults=1, children=9, infants=2), soon())
+    violations = dict(caught.value.violations)
+    assert set(violations) == {"children", "infants"}, violations
+    assert "9 seated" in violations["children"] and "exceed" in violations["infants"]
+    outage = [problem(500, "SYSTEM ERROR HAS OCCURRED", "first"), problem(500, "UPSTREAM", "2nd")]
+    amadeus.script(OFFERS, *[outage] * 4)  # AMADEUS_MAX_ATTEMPTS
+    amadeus.script(
+        OFFERS, [problem(403, "Forbidden", "no access to this API"), problem(403, "Quota", "")]
+    )
+    with pytest.raises(ProviderUnavailable) as failed:
+        await provider.search(query(), soon())
+    assert "SYSTEM ERROR HAS OCCURRED: first" in str(failed.value)
+    assert "UPSTREAM: 2nd" in str(failed.value)
+    with pytest.raises(ProviderUnavailable) as refused:
+        await provider.search(query(), soon())
+    assert "no access to this API" in str(refused.value) and "Quota" in str(refused.value)
 
 
 async def test_a_404_is_a_provider_failure(provider: AmadeusProvider, amadeus: FakeAmadeus) -> None:

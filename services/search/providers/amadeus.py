@@ -289,19 +289,20 @@ class AmadeusProvider(Provider):
                 return response.json()
             except ValueError:
                 raise ProviderUnavailable(f"{path}: response was not JSON") from None
+        # Every entry of errors[]: Amadeus lists one per problem (all of one status), and a
+        # log line or a caller told only the first misses the others.
+        problems = _errors(response)
+        said = _described(problems, token)
         if status == 429 or status >= 500:
-            raise _Retryable(f"{path} answered {status}", _retry_after(response))
-        problem = _first_error(response)
+            raise _Retryable(f"{path} answered {status}{said}", _retry_after(response))
         if status == 400:
-            parameter = str((problem.get("source") or {}).get("parameter", ""))
-            field = PARAMETER_FIELDS.get(parameter, "request")
-            detail = str(problem.get("detail") or problem.get("title") or "rejected by provider")
             # Passed on to the caller (the bot quotes it to the user): never the token it may quote.
-            raise InvalidArgument(field, scrub(detail, token)[:200])
+            (field, detail), *more = _violations(problems, token)
+            raise InvalidArgument(field, detail, *more)
         # 401 after a refresh, 403, and 404 (Amadeus's "endpoint or URL does not exist": a wrong
         # AMADEUS_BASE_URL or route, never the query) and anything else: the provider will not
         # serve us, which is not the caller's fault.
-        raise ProviderUnavailable(f"{path} answered {status}")
+        raise ProviderUnavailable(f"{path} answered {status}{said}")
 
     # -- flight offers -----------------------------------------------------------------------
 
@@ -428,13 +429,40 @@ def _amount(offer: search_pb2.FlightOffer) -> Decimal:
     return value if value.is_finite() else Decimal("Infinity")
 
 
-def _first_error(response: httpx.Response) -> dict[str, Any]:
+def _errors(response: httpx.Response) -> list[dict[str, Any]]:
+    """The entries of an error response's ``errors[]`` (status, code, title, detail, source),
+    each one problem; none when the body is not that format."""
     try:
-        errors = response.json().get("errors") or [{}]
-        first = errors[0]
-        return first if isinstance(first, dict) else {}
-    except (ValueError, AttributeError, IndexError):
-        return {}
+        errors = response.json().get("errors")
+    except (ValueError, AttributeError):
+        return []
+    return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+
+
+def _described(problems: list[dict[str, Any]], *secrets: str) -> str:
+    """Every problem's code, title and detail for a log line: `` (38189 Internal error: …)``."""
+    parts = []
+    for problem in problems[:10]:
+        text = " ".join(str(problem.get(k) or "") for k in ("code", "title")).strip()
+        if problem.get("detail"):
+            text += f": {problem['detail']}"
+        if text:
+            parts.append(text)
+    return scrub(f" ({'; '.join(parts)[:500]})", *secrets) if parts else ""
+
+
+def _violations(problems: list[dict[str, Any]], *secrets: str) -> list[tuple[str, str]]:
+    """One violation per field a 400's problems name (ours, not Amadeus's parameter), their
+    details joined; "request" for problems that name no parameter we send."""
+    details: dict[str, list[str]] = {}
+    for problem in problems:
+        source = problem.get("source")
+        parameter = str(source.get("parameter", "")) if isinstance(source, dict) else ""
+        detail = str(problem.get("detail") or problem.get("title") or "rejected by provider")
+        details.setdefault(PARAMETER_FIELDS.get(parameter, "request"), []).append(detail)
+    if not details:
+        details["request"] = ["rejected by provider"]
+    return [(f, scrub("; ".join(d), *secrets)[:200]) for f, d in details.items()]
 
 
 def _create(settings: SearchSettings, places: Places) -> Provider | None:
