@@ -26,6 +26,7 @@ from services.search.providers.base import ProviderUnavailable, Query
 from services.search.settings import SearchSettings
 from tests.search.fake_amadeus import CLIENT_ID, CLIENT_SECRET, FakeAmadeus, problem
 from tests.support.processes import ServiceProcess, Valkey, free_port
+from tests.support.proxy import unanswered_address
 from tests.support.releases import previous_release
 
 OFFERS = "/v2/shopping/flight-offers"
@@ -241,6 +242,33 @@ async def test_retries_stop_at_the_deadline(amadeus: FakeAmadeus, places: Places
         assert amadeus.calls[OFFERS] == 2
     finally:
         await adapter.aclose()
+
+
+async def test_a_host_that_does_not_answer_fails_each_connect_in_the_connect_timeout(
+    places: Places,
+) -> None:
+    """A connect gets its own few seconds (AMADEUS_CONNECT_TIMEOUT_SECONDS), not the whole
+    deadline: a host that drops our SYNs (a dead or firewalled address) fails each attempt
+    quickly and is retried within the deadline. (Was a bug: the per-request timeout, the time
+    left to the deadline, replaced the 3 s connect timeout, so one connect to a dead host took
+    the whole deadline and was never retried.)"""
+    with unanswered_address() as address:
+        config = AmadeusSettings(
+            amadeus_client_id=CLIENT_ID,
+            amadeus_client_secret=CLIENT_SECRET,  # type: ignore[arg-type]
+            amadeus_base_url=f"http://{address}",
+            amadeus_backoff_seconds=0.01,
+            amadeus_connect_timeout_seconds=0.1,
+            amadeus_max_attempts=3,
+        )
+        adapter = AmadeusProvider(config, places)
+        try:
+            with pytest.raises(ProviderUnavailable) as caught:
+                await adapter.search(query(), soon(5))
+        finally:
+            await adapter.aclose()
+    # Every attempt made, each failing on its connect: not one attempt that ran out the clock.
+    assert "failed after retries" in str(caught.value) and "ConnectTimeout" in str(caught.value)
 
 
 async def test_400_is_invalid_argument_naming_our_field(

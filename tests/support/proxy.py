@@ -11,6 +11,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
 
 
 class ReplyCutter:
@@ -98,3 +99,21 @@ def _close(*sockets: socket.socket) -> None:
             # A reset, not a FIN: as a process killed or a connection dropped on the way.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()
+
+
+@contextlib.contextmanager
+def unanswered_address() -> Iterator[str]:
+    """``host:port`` where a connect gets no answer, as with a dead host or a firewall that
+    drops packets: a listener that never accepts, its queue (backlog 0 keeps one) already full,
+    so Linux drops the SYNs of every further connect until the caller gives up."""
+    listener = socket.socket()
+    filler = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        filler.connect(listener.getsockname())
+        host, port = listener.getsockname()
+        yield f"{host}:{port}"
+    finally:
+        filler.close()
+        listener.close()

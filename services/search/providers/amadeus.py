@@ -89,6 +89,9 @@ class AmadeusSettings(BaseSettings):
     amadeus_max_attempts: int = Field(default=4, ge=1, le=10)
     # First backoff in seconds (doubles per attempt, with jitter, capped at 2 s).
     amadeus_backoff_seconds: float = Field(default=0.2, gt=0, le=10)
+    # One connect's limit, within the call's deadline: a host that does not answer fails the
+    # attempt in this time, and the next attempt (another address, maybe) still has time.
+    amadeus_connect_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
 
     @field_validator("amadeus_base_url")
     @classmethod
@@ -155,7 +158,7 @@ class AmadeusProvider(Provider):
         self._http = httpx.AsyncClient(
             base_url=settings.amadeus_base_url.rstrip("/"),
             transport=transport,
-            timeout=httpx.Timeout(10.0, connect=3.0),
+            timeout=httpx.Timeout(10.0, connect=settings.amadeus_connect_timeout_seconds),
             headers={"Accept": "application/vnd.amadeus+json, application/json"},
         )
         self._token: str | None = None
@@ -225,12 +228,14 @@ class AmadeusProvider(Provider):
         log.info("amadeus token refreshed", expires_in=expires_in)
         return token
 
-    @staticmethod
-    def _timeout(deadline: float) -> float:
+    def _timeout(self, deadline: float) -> httpx.Timeout:
+        """The time left to the deadline, and no more than the connect timeout to connect: a
+        bare number would be every phase's, so one connect to a dead host took the deadline."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("deadline passed before the Amadeus call")
-        return remaining
+        connect = min(remaining, self._settings.amadeus_connect_timeout_seconds)
+        return httpx.Timeout(remaining, connect=connect)
 
     # -- requests ----------------------------------------------------------------------------
 
