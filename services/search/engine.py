@@ -88,6 +88,8 @@ class SearchEngine:
         self.limiter = ProviderRateLimiter(
             provider.name, provider.rate_limit_per_second, redis_url_for_limits
         )
+        # A provider that retries within a call takes a slot per request; others one per call.
+        self._paced_by_provider = provider.pace_requests(self.limiter.acquire)
         self._inflight: dict[str, asyncio.Task[search_pb2.SearchFlightsResponse]] = {}
         self._hits = SEARCHES.labels(provider.name, "hit")
         for code in settings.popular_routes:
@@ -220,9 +222,10 @@ class SearchEngine:
             asyncio.timeout(caller_time),
             self.breaker.guard(ok=(ServiceError,), abandon=(RateLimitTimeout,)),
         ):
-            await self.limiter.acquire(end)
+            if not self._paced_by_provider:
+                await self.limiter.acquire(end)
             start = time.perf_counter()
-            outcome = "failed"
+            outcome: str | None = "failed"
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                     result = await call()
@@ -231,9 +234,14 @@ class SearchEngine:
             except ServiceError:
                 outcome = "rejected"
                 raise
+            except RateLimitTimeout:
+                outcome = None  # no slot for its first request: nothing reached the provider
+                raise
             finally:
-                PROVIDER_CALLS.labels(self.provider.name, outcome).inc()
-                PROVIDER_SECONDS.labels(self.provider.name).observe(time.perf_counter() - start)
+                if outcome is not None:
+                    PROVIDER_CALLS.labels(self.provider.name, outcome).inc()
+                    elapsed = time.perf_counter() - start
+                    PROVIDER_SECONDS.labels(self.provider.name).observe(elapsed)
 
     def _fallback(self, stale: Cached | None, reason: str) -> search_pb2.SearchFlightsResponse:
         if stale is not None and stale.age() < self.cache.ttl + self.cache.grace:

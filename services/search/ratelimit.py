@@ -3,7 +3,8 @@
 A provider's own limit (Amadeus: 10 requests per second) is per account, not per replica, so the
 window lives in the cache Redis. When that Redis is unreachable the limiter falls back to an
 in-process window (each replica then keeps the limit on its own) rather than failing searches.
-Callers wait for a free slot until their deadline instead of being refused.
+Callers wait for a free slot until their deadline instead of being refused (and give up at once
+when none frees before it).
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class ProviderRateLimiter:
             if acquired:
                 return
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= wait:
+                # No slot frees before the deadline: said now, not at the deadline, where the
+                # caller's own timeout would take it for the provider's slowness.
                 raise RateLimitTimeout(f"rate limit of {self.name} left no slot before deadline")
-            await asyncio.sleep(min(wait, remaining, 0.25))
+            await asyncio.sleep(min(wait, 0.25))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from parley.search.v1 import search_pb2, search_pb2_grpc
@@ -269,6 +270,47 @@ async def test_a_host_that_does_not_answer_fails_each_connect_in_the_connect_tim
             await adapter.aclose()
     # Every attempt made, each failing on its connect: not one attempt that ran out the clock.
     assert "failed after retries" in str(caught.value) and "ConnectTimeout" in str(caught.value)
+
+
+def provider_calls() -> float:
+    return sum(
+        REGISTRY.get_sample_value(
+            "search_provider_calls_total", {"provider": "amadeus", "outcome": outcome}
+        )
+        or 0.0
+        for outcome in ("ok", "rejected", "failed")
+    )
+
+
+async def test_every_attempt_takes_a_rate_limit_slot(
+    amadeus: FakeAmadeus, places: Places, valkey: Valkey
+) -> None:
+    """AMADEUS_RATE_LIMIT_PER_SECOND is the account's limit on requests, so a retry takes a slot
+    like a first attempt, and one that finds none before the deadline is not sent. (Was a bug:
+    the engine took one slot per search and the adapter's retries went out without one, so a
+    burst of 429s or 500s sent up to AMADEUS_MAX_ATTEMPTS times the limit.)"""
+    adapter = AmadeusProvider(settings(amadeus, amadeus_rate_limit_per_second=0.1), places)
+    client = make_redis(valkey.url)
+    config = SearchSettings(redis_url=valkey.url, search_provider_timeout_seconds=1)
+    # One request per 10 s; a TTL of 0: every search asks the provider.
+    engine = SearchEngine(places, adapter, ResultCache(client, 0, 86400, 5), config, None)
+    day = dt.date.today() + dt.timedelta(days=60)
+    try:
+        amadeus.script(OFFERS, 500)
+        with pytest.raises(Unavailable):
+            await engine.search(query(departure=day), soon(2))
+        # The first attempt had the window's one slot; its retry found none in time.
+        assert amadeus.calls[OFFERS] == 1
+        assert engine.breaker.failure_count == 1  # the provider did fail
+        calls = provider_calls()
+        with pytest.raises(Unavailable):  # nor does another search find a slot
+            await engine.search(query(departure=day, max_results=3), soon(2))
+        assert amadeus.calls[OFFERS] == 1
+        # No slot is no verdict, and no call: search_provider_calls_total is unchanged.
+        assert engine.breaker.failure_count == 1 and provider_calls() == calls
+    finally:
+        await adapter.aclose()
+        await client.aclose()
 
 
 async def test_400_is_invalid_argument_naming_our_field(

@@ -5,7 +5,8 @@ Self-Service tier that closed in July 2026).
   refreshed a minute before it expires (kept until it expires if that fails); a 401 refreshes
   it once and retries.
 - 429 and 5xx (and transport errors) are retried with exponential backoff and jitter (tenacity),
-  honouring ``Retry-After``, and only while the call's deadline leaves room.
+  honouring ``Retry-After``, and only while the call's deadline leaves room; every request,
+  a retry too, takes a slot of the client-side rate limit (the account's limit on requests).
 - 400 → INVALID_ARGUMENT naming our field; anything else that remains is a provider failure
   (counts toward the ``amadeus_api`` breaker, lets stale results be served): a 404 included,
   which Amadeus answers only for an endpoint or URL that does not exist, never for a query.
@@ -18,6 +19,7 @@ import asyncio
 import datetime as dt
 import re
 import time
+from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -47,6 +49,7 @@ from services.search.providers.base import (
     ProviderUnavailable,
     Query,
 )
+from services.search.ratelimit import RateLimitTimeout
 from services.search.settings import SearchSettings
 
 log = structlog.get_logger("parley.search.amadeus")
@@ -161,6 +164,7 @@ class AmadeusProvider(Provider):
             timeout=httpx.Timeout(10.0, connect=settings.amadeus_connect_timeout_seconds),
             headers={"Accept": "application/vnd.amadeus+json, application/json"},
         )
+        self._slot: Callable[[float], Awaitable[None]] = _unlimited
         self._token: str | None = None
         self._token_expires = 0.0  # monotonic
         self._token_lock = asyncio.Lock()
@@ -168,6 +172,11 @@ class AmadeusProvider(Provider):
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    def pace_requests(self, slot: Callable[[float], Awaitable[None]]) -> bool:
+        # AMADEUS_RATE_LIMIT_PER_SECOND is the account's limit on requests: a retry is one.
+        self._slot = slot
+        return True
 
     # -- token -------------------------------------------------------------------------------
 
@@ -263,10 +272,21 @@ class AmadeusProvider(Provider):
             wait=backoff,
             reraise=True,
         )
+        failed: _Retryable | None = None
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._get_once(path, params, deadline)
+                    try:
+                        return await self._get_once(path, params, deadline)
+                    except _Retryable as error:
+                        failed = error
+                        raise
+                    except RateLimitTimeout:
+                        if failed is None:  # nothing sent yet: no verdict on the provider
+                            raise
+                        raise ProviderUnavailable(
+                            f"Amadeus kept failing until the deadline: {failed}"
+                        ) from None
         except _Retryable as error:
             raise ProviderUnavailable(f"Amadeus failed after retries: {error}") from None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -275,6 +295,7 @@ class AmadeusProvider(Provider):
         refused: str | None = None
         while True:
             token = await self._access_token(deadline, refused=refused)
+            await self._slot(deadline)
             try:
                 response = await self._http.get(
                     path,
@@ -424,6 +445,10 @@ class AmadeusProvider(Provider):
                 )
             )
         return places[:limit]
+
+
+async def _unlimited(deadline: float) -> None:
+    """No rate limit: the adapter's own until the engine gives it one."""
 
 
 def _amount(offer: search_pb2.FlightOffer) -> Decimal:

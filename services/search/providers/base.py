@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -80,6 +80,13 @@ class Provider(ABC):
     async def locations(self, keyword: str, limit: int, deadline: float) -> list[search_pb2.Place]:
         """Places matching a keyword, for text the local index cannot resolve; none by default."""
         return []
+
+    def pace_requests(self, slot: Callable[[float], Awaitable[None]]) -> bool:
+        """Whether the provider takes ``slot(deadline)`` (its client-side rate limit: waits for a
+        free slot, raises ``RateLimitTimeout`` when none comes before ``deadline``) before each
+        request it sends, retries included. By default it does not, and the engine takes one
+        slot per call: right for a provider that sends at most one request a call."""
+        return False
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
