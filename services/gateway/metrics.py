@@ -39,6 +39,11 @@ RECENT_SEARCHES = Counter(
     "The engine's SearchFlights near cache (BOT_SEARCH_CACHE_SECONDS), by result: hit or miss.",
     ["result"],
 )
+SEARCH_IGNORED_PARTY = Counter(
+    "gateway_search_ignored_party_total",
+    "SearchFlights answers that left out the children or infants asked for (a search replica of"
+    " a release before them, mid-upgrade): the family is told search is unavailable.",
+)
 ACK_SECONDS = Histogram(
     "gateway_webhook_ack_seconds",
     "Time from a webhook's arrival to its answer.",

@@ -9,6 +9,7 @@ from typing import cast
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from parley.search.v1 import search_pb2_grpc
 from services.common.clients import make_channel, with_call_defaults
@@ -61,14 +62,22 @@ async def test_a_family_is_never_shown_the_adults_price_by_the_previous_search_s
     gateway rolled out before it showed *NYC → London · 2 adults, 1 child* with the 2 adults'
     fares as the family's.) Until a search service of this release answers, a family is told
     that search is not available and keeps its trip; adults alone are searched as before."""
+    ignored = ignored_party()
     chat = Chat(engine_on_previous_search)
     reply = await chat.say("2 adults and a child NYC to London next Friday")
     assert "flight search isn't available right now" in reply and not offers_in(reply), reply
     assert "2 adults, 1 child" in reply and "results" not in chat.state, reply
+    # Counted, for operators: a log line alone was easy to miss while families were refused.
+    assert ignored_party() == ignored + 1
     reply = await Chat(engine_on_previous_search, user_id="15550000031").say(
         "2 adults NYC to London next Friday"
     )
     assert "· 2 adults" in reply and offers_in(reply), reply
+    assert ignored_party() == ignored + 1  # adults alone are priced in full
+
+
+def ignored_party() -> float:
+    return REGISTRY.get_sample_value("gateway_search_ignored_party_total") or 0.0
 
 
 async def test_places_are_found_as_the_previous_search_service_finds_them(

@@ -38,6 +38,7 @@ import structlog
 
 from parley.search.v1 import search_pb2
 from services.common.errors import field_violations
+from services.gateway import metrics
 from services.gateway.bot import offers as fmt
 from services.gateway.bot.extract import (
     MAX_DAYS_AHEAD,
@@ -1177,6 +1178,7 @@ class BotEngine:
             # first) ignores children and infants and prices the adults alone: no price to show
             # a family. Asked again (*retry*), another replica may answer.
             log.warning("search_ignored_party", children=request.children, infants=request.infants)
+            metrics.SEARCH_IGNORED_PARTY.inc()
             d.set("results", {})
             return [Reply(t("search_unavailable", summary=self._summary(ctx, d)))]
         self._recent.put(key, response)
