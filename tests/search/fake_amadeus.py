@@ -5,7 +5,9 @@ Endpoints as documented: ``POST /v1/security/oauth2/token`` (client credentials,
 Tests script failures per path (``script("/v2/shopping/flight-offers", 429, 500)`` → the next
 calls answer 429, then 500, then normally) and read what was called. Flight offers are priced
 for the adults, children and lap infants asked (one travelerPricing each, the offer's price
-their sum), within the contract's bounds: a 400 naming the parameter otherwise.
+their sum), within the contract's bounds: a 400 naming the parameter otherwise; with a
+``returnDate`` they are round trips (two itineraries, both ways priced), and ``currencyCode``
+prices them in that currency (EUR without it; one the fake does not know is a 400).
 """
 
 from __future__ import annotations
@@ -57,7 +59,12 @@ def _error(status: int, title: str, detail: str = "", parameter: str = "") -> JS
 # The fake's child and lap-infant fares, as shares of the adult fare (airlines' own differ).
 CHILD_SHARE = Decimal("0.75")
 INFANT_SHARE = Decimal("0.1")
+# The fake's round trip, as a share of two one-way fares; its fares are in EUR, and
+# ``currencyCode`` (optional; EUR when absent) gets them in another currency at these rates.
+ROUND_TRIP_SHARE = Decimal("0.9")
+RATES = {"EUR": Decimal(1), "USD": Decimal("1.08"), "GBP": Decimal("0.86")}
 CENT = Decimal("0.01")
+BA178 = ("BA", "178")
 
 
 def traveler_pricings(
@@ -91,41 +98,55 @@ def offer(
     destination: str,
     date: str,
     fare: str,
-    flight: tuple[str, str] = ("BA", "178"),
+    flight: tuple[str, str] = BA178,
     party: tuple[int, int, int] = (1, 0, 0),
+    back: str | None = None,
+    currency: str = "EUR",
 ) -> dict[str, Any]:
-    """One offer; ``fare`` is one adult's, ``party`` the adults, children and lap infants
-    searched: the price is the whole party's, the sum of its travelerPricings. ``flight`` is the
-    marketing carrier and its number (for a codeshare, another carrier's than the operating
-    one, as in the documented contract)."""
-    pricings = traveler_pricings(fare, "EUR", party)
+    """One offer; ``fare`` is one adult's one-way fare in EUR, ``party`` the adults, children
+    and lap infants searched: the price is the whole party's, the sum of its travelerPricings, in
+    ``currency``. ``back``, a return date, makes it a round trip: a second itinerary, the way
+    back, and the fare of both ways. ``flight`` is the marketing carrier and its number (for a
+    codeshare, another carrier's than the operating one, as in the documented contract)."""
+    adult = Decimal(fare) * RATES[currency]
+    if back:
+        adult *= 2 * ROUND_TRIP_SHARE
+    pricings = traveler_pricings(str(adult.quantize(CENT, ROUND_HALF_UP)), currency, party)
     total = str(sum(Decimal(p["price"]["total"]) for p in pricings))
+    itineraries = [_itinerary(origin, destination, date, flight, "1")]
+    if back:
+        itineraries.append(_itinerary(destination, origin, back, (flight[0], "179"), "2"))
     return {
         "type": "flight-offer",
         "id": offer_id,
         "source": "GDS",
+        "oneWay": not back,
         "numberOfBookableSeats": 4,
-        "itineraries": [
-            {
-                "duration": "PT8H5M",
-                "segments": [
-                    {
-                        "departure": {"iataCode": origin, "at": f"{date}T18:30:00"},
-                        "arrival": {"iataCode": destination, "at": f"{date}T22:35:00"},
-                        "carrierCode": flight[0],
-                        "number": flight[1],
-                        "aircraft": {"code": "777"},
-                        "operating": {"carrierCode": "BA"},
-                        "duration": "PT8H5M",
-                        "id": "1",
-                        "numberOfStops": 0,
-                    }
-                ],
-            }
-        ],
-        "price": {"currency": "EUR", "total": total, "base": total, "grandTotal": total},
+        "itineraries": itineraries,
+        "price": {"currency": currency, "total": total, "base": total, "grandTotal": total},
         "validatingAirlineCodes": ["BA"],
         "travelerPricings": pricings,
+    }
+
+
+def _itinerary(
+    origin: str, destination: str, date: str, flight: tuple[str, str], segment_id: str
+) -> dict[str, Any]:
+    return {
+        "duration": "PT8H5M",
+        "segments": [
+            {
+                "departure": {"iataCode": origin, "at": f"{date}T18:30:00"},
+                "arrival": {"iataCode": destination, "at": f"{date}T22:35:00"},
+                "carrierCode": flight[0],
+                "number": flight[1],
+                "aircraft": {"code": "777"},
+                "operating": {"carrierCode": "BA"},
+                "duration": "PT8H5M",
+                "id": segment_id,
+                "numberOfStops": 0,
+            }
+        ],
     }
 
 
@@ -345,10 +366,17 @@ class FakeAmadeus:
             party = _party(q)
             if isinstance(party, JSONResponse):
                 return party
-            # Not cheapest first: the contract promises no order.
+            back, currency = q.get("returnDate"), q.get("currencyCode", "EUR")
+            if back is not None and back < date:  # ISO dates compare as text
+                return _error(
+                    400, "INVALID DATE", "returnDate must not be before departureDate", "returnDate"
+                )
+            if currency not in RATES:
+                return _error(400, "INVALID FORMAT", "currency not supported", "currencyCode")
+            # Not cheapest first: the contract promises no order. The first is a codeshare.
             data = [
-                offer("1", origin, destination, date, "640.05", ("AA", "6143"), party),  # codeshare
-                offer("2", origin, destination, date, "512.30", party=party),
+                offer(i, origin, destination, date, fare, flight, party, back, currency)
+                for i, fare, flight in (("1", "640.05", ("AA", "6143")), ("2", "512.30", BA178))
             ]
             data = data[: int(q.get("max", 250))]
             return JSONResponse({"meta": {"count": len(data)}, "data": data})

@@ -77,8 +77,9 @@ async def test_offers_are_mapped_exactly(provider: AmadeusProvider, amadeus: Fak
     offers = await provider.search(query(return_date=DAY + dt.timedelta(days=3)), soon())
     # Cheapest first, though Amadeus listed it second (its contract promises no order).
     # (Was a bug: the provider's order was passed on, and the bot shows offers in that order.)
-    # The price is the two adults' together, as Amadeus totals it.
-    assert [o.total_price.amount for o in offers] == ["1024.60", "1280.10"]
+    # The price is the two adults' together, both ways, as Amadeus totals it (the fake's round
+    # trip is 2 x 0.9 one-way fares: 2 x 512.30 x 1.8).
+    assert [o.total_price.amount for o in offers] == ["1844.28", "2304.18"]
     first = offers[0]
     assert first.total_price.currency_code == "EUR" and not first.demo_data
     assert (first.id, first.validating_carrier, first.seats_left) == ("2", "BA", 4)
@@ -110,6 +111,36 @@ async def test_offers_are_mapped_exactly(provider: AmadeusProvider, amadeus: Fak
         "max": "5",
         "currencyCode": "EUR",
     }
+
+
+async def test_a_round_trip_is_both_ways_in_the_asked_currency(
+    provider: AmadeusProvider, amadeus: FakeAmadeus
+) -> None:
+    """``returnDate`` makes a search a round trip: each offer has the way there and the way back,
+    priced together; ``currencyCode`` prices it in that currency (the fake honours both, as the
+    contract documents them)."""
+    back = DAY + dt.timedelta(days=3)
+    offers = await provider.search(query(return_date=back, currency="USD", adults=1), soon())
+    assert [(o.total_price.currency_code, o.total_price.amount) for o in offers] == [
+        ("USD", "995.91"),  # 512.30 EUR x 1.08 x 1.8
+        ("USD", "1244.26"),
+    ]
+    there, home = offers[0].itineraries
+    assert [(s.departure_airport, s.arrival_airport) for s in there.segments] == [("JFK", "LHR")]
+    assert [(s.departure_airport, s.arrival_airport) for s in home.segments] == [("LHR", "JFK")]
+    assert home.segments[0].departure_time == "2026-12-18T18:30:00+00:00"
+    assert home.segments[0].arrival_time == "2026-12-18T22:35:00-05:00"
+    one_way = await provider.search(query(adults=1), soon())
+    assert len(one_way[0].itineraries) == 1 and one_way[0].total_price.amount == "512.30"
+    _, params = amadeus.requests[-1]
+    assert "returnDate" not in params and params["currencyCode"] == "EUR"
+    # No currency asked: none is sent, and the provider's own comes back.
+    default = await provider.search(query(adults=1, currency=""), soon())
+    _, params = amadeus.requests[-1]
+    assert "currencyCode" not in params and default[0].total_price.currency_code == "EUR"
+    with pytest.raises(InvalidArgument) as caught:
+        await provider.search(query(currency="XAU"), soon())
+    assert set(dict(caught.value.violations)) == {"currency_code"}
 
 
 async def test_children_and_lap_infants_are_asked_for_and_in_the_total(
