@@ -9,6 +9,8 @@ count, no reset by name), ``pybreaker`` (asyncio only through Tornado). What we 
 - OPEN: calls are refused until ``recovery_timeout`` has passed → HALF_OPEN.
 - HALF_OPEN: up to ``half_open_probes`` calls at a time are let through; that many successes →
   CLOSED; any failure → OPEN again (with a fresh recovery timeout).
+- A call's verdict counts only in the state that let it through: one let through before the
+  breaker opened that ends while it is half-open is not a probe.
 
 Single event loop, no awaits inside state changes, so no lock is needed.
 """
@@ -69,6 +71,7 @@ class CircuitBreaker:
         self.opened_wall_time: float | None = None  # epoch seconds, for reports
         self._probes_in_flight = 0
         self._probe_successes = 0
+        self._period = 0  # one more at every change of state
         # Read at scrape time: the move from OPEN to HALF_OPEN happens when the state is next
         # read, and with no search for a while a gauge set on moves stayed 1 (open) long after.
         BREAKER_STATE.labels(name).set_function(lambda: _GAUGE_VALUE[self._current()])
@@ -89,6 +92,7 @@ class CircuitBreaker:
         if state is self._state:
             return
         self._state = state
+        self._period += 1
         self._probes_in_flight = 0
         self._probe_successes = 0
         if state is State.OPEN:
@@ -152,22 +156,31 @@ class CircuitBreaker:
         call never reached the provider) or a cancellation no verdict; any other exception a
         failure."""
         self.before_call()
+        period = self._period
+
+        def verdict(record: Callable[[], None]) -> None:
+            # Given in another state than the one that let the call through (it was let through
+            # before the breaker opened, or probed an earlier half-open spell), it says nothing
+            # of this one, and its slot is not this one's: only this state's calls decide.
+            if period == self._period:
+                record()
+
         try:
             yield
         except ok:
-            self.on_success()
+            verdict(self.on_success)
             raise
         except abandon:
-            self.on_abandon()
+            verdict(self.on_abandon)
             raise
         except Exception:
-            self.on_failure()
+            verdict(self.on_failure)
             raise
         except BaseException:
-            self.on_abandon()
+            verdict(self.on_abandon)
             raise
         else:
-            self.on_success()
+            verdict(self.on_success)
 
     def to_proto(self) -> search_pb2.CircuitBreaker:
         message = search_pb2.CircuitBreaker(

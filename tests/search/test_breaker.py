@@ -91,6 +91,46 @@ async def test_half_open_lets_only_the_configured_number_of_probes_through() -> 
     assert breaker.state is State.CLOSED  # two successful probes close it
 
 
+async def test_only_the_probes_decide_half_open() -> None:
+    """A call let through before the breaker opened that ends while it is half-open is no
+    verdict: only the probes close or reopen it, and they stay as many as configured. (Was a bug,
+    with SEARCH_BREAKER_RECOVERY_SECONDS shorter than a call's time limit: such a call was taken
+    for a probe, so its success closed the breaker while the probe was still out, or freed the
+    probe's slot for a second probe; its failure reopened it.)"""
+    clock = Clock()
+    breaker = CircuitBreaker(
+        "unit_h", failure_threshold=1, recovery_timeout=1, half_open_probes=1, clock=clock
+    )
+    outcomes = {name: asyncio.Event() for name in ("early_ok", "early_failed", "probe")}
+
+    async def call(name: str, fails: bool = False) -> None:
+        async with breaker.guard():
+            await outcomes[name].wait()
+            if fails:
+                raise RuntimeError("provider down")
+
+    early = [
+        asyncio.create_task(call("early_ok")),
+        asyncio.create_task(call("early_failed", fails=True)),
+    ]
+    await asyncio.sleep(0)
+    await fail(breaker)  # opens it while the early calls are out
+    clock.now += 1
+    assert breaker.state is State.HALF_OPEN
+    probe = asyncio.create_task(call("probe"))
+    await asyncio.sleep(0)
+    outcomes["early_ok"].set()
+    await early[0]
+    assert breaker.state is State.HALF_OPEN and not breaker.allows()
+    outcomes["early_failed"].set()
+    with pytest.raises(RuntimeError):
+        await early[1]
+    assert breaker.state is State.HALF_OPEN and not breaker.allows()
+    outcomes["probe"].set()
+    await probe
+    assert breaker.state is State.CLOSED
+
+
 async def test_success_resets_the_count_and_client_errors_do_not_count() -> None:
     breaker = CircuitBreaker("unit_d", failure_threshold=2)
     await fail(breaker)
