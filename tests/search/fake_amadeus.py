@@ -246,7 +246,7 @@ class FakeAmadeus:
         self.delay = 0.0
         # Seconds before each next 401 of the offers endpoint goes out (one per refusal).
         self.refusal_delays: list[float] = []
-        # Scripted 400s quote the request's Authorization header, as some gateways' errors do.
+        # Scripted errors quote the request's Authorization header, as some gateways' errors do.
         self.echo_authorization = False
         self.app = self._build()
         self._server = uvicorn.Server(
@@ -292,13 +292,15 @@ class FakeAmadeus:
         if isinstance(item, list):
             return _errors(item[0]["status"], item)
         status, headers = item if isinstance(item, tuple) else (item, {})
+        echo = ""
+        if self.echo_authorization and request is not None:
+            echo = f" (request had {request.headers.get('authorization', '')})"
         if status == 400:
-            detail = "departureDate is in the past"
-            if self.echo_authorization and request is not None:
-                detail += f" (request had {request.headers.get('authorization', '')})"
-            return _error(400, "INVALID FORMAT", detail, "departureDate")
+            return _error(
+                400, "INVALID FORMAT", f"departureDate is in the past{echo}", "departureDate"
+            )
         title, detail = DOCUMENTED_ERRORS.get(status, ("SCRIPTED ERROR", ""))
-        response = _error(status, title, detail)
+        response = _error(status, title, detail + echo)
         response.headers.update(headers)
         return response
 

@@ -301,7 +301,8 @@ async def test_an_amadeus_error_that_quotes_the_token_passes_it_on_nowhere(
 ) -> None:
     """Amadeus's 400 detail is passed on (INVALID_ARGUMENT naming our field; the bot quotes it to
     the user on WhatsApp): one that quotes the request's bearer token must not pass the token on.
-    (Was a bug: the detail went out as it came.)"""
+    (Was a bug: the detail went out as it came.) Nor may a failure's log line, which carries
+    every error's detail."""
     process, address = start(
         tmp_path,
         valkey.url,
@@ -322,9 +323,21 @@ async def test_an_amadeus_error_that_quotes_the_token_passes_it_on_nowhere(
                     ),
                     timeout=10,
                 )
+            # A failure's log line carries every error's detail: the token never.
+            amadeus.script("/v2/shopping/flight-offers", *[500] * 4)
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await search_pb2_grpc.SearchServiceStub(channel).SearchFlights(
+                    search_pb2.SearchFlightsRequest(
+                        origin="JFK", destination="LHR", departure_date=day(31)
+                    ),
+                    timeout=10,
+                )
         error = raised.value
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "departureDate is in the past (request had Bearer ***)" in (error.details() or "")
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        logged = "Internal error: An internal error occured, please contact your administrator"
+        assert wait_for(lambda: f"{logged} (request had Bearer ***)" in process.log, timeout=5)
         (token,) = amadeus.tokens
         passed_on = f"{error.details()} {error.trailing_metadata()} {process.log}"
         assert token not in passed_on and CLIENT_SECRET not in passed_on
