@@ -15,6 +15,7 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import redis.asyncio as redis
 import structlog
@@ -77,6 +78,14 @@ class ResultCache:
     def is_fresh(self, cached: Cached, now: float | None = None) -> bool:
         return cached.age(now) < self.ttl
 
+    def is_new(self, cached: Cached | None, newer_than: float | None) -> TypeGuard[Cached]:
+        """Fresh, and fetched after ``newer_than`` (the fetch time of the copy already read)."""
+        return (
+            cached is not None
+            and self.is_fresh(cached)
+            and (newer_than is None or cached.fetched_at > newer_than)
+        )
+
     async def get(self, key: str) -> Cached | None:
         raw = await self.get_bytes(key)
         if raw is None:
@@ -138,15 +147,18 @@ class ResultCache:
         except Exception as error:
             self._failed("unlock", error)
 
-    async def wait_fresh(self, key: str, deadline: float) -> Cached | None:
-        """Poll for a fresh result another replica is fetching; None when its lock goes away
-        without one (it failed) or the deadline passes."""
+    async def wait_fresh(
+        self, key: str, deadline: float, newer_than: float | None = None
+    ) -> Cached | None:
+        """Poll for a fresh result another replica is fetching (fetched after ``newer_than``
+        when given); None when its lock goes away without one (it failed) or the deadline
+        passes."""
         delay = 0.01
         while time.monotonic() < deadline:
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 1.5, 0.1)
             cached = await self.get(key)
-            if cached is not None and self.is_fresh(cached):
+            if self.is_new(cached, newer_than):
                 return cached
             try:
                 locked = await self.client.exists(f"{key}:lock")
@@ -155,5 +167,5 @@ class ResultCache:
                 return None
             if not locked:  # the holder writes before it unlocks: one last look
                 cached = await self.get(key)
-                return cached if cached is not None and self.is_fresh(cached) else None
+                return cached if self.is_new(cached, newer_than) else None
         return None

@@ -163,10 +163,15 @@ class SearchEngine:
         deadline = time.monotonic() + self.settings.search_provider_timeout_seconds
         if not self.breaker.allows():
             return self._fallback(stale, "circuit breaker open")
+        # What we read is being replaced: only an answer fetched since is another replica's new
+        # one (warming reads entries that are still fresh, past half their TTL).
+        read_at = stale.fetched_at if stale is not None else None
         token = await self.cache.try_lock(key)
         if token is None:  # another replica is fetching this query: wait for its result
             waited = await self.cache.wait_fresh(
-                key, min(deadline, time.monotonic() + self.settings.search_lock_seconds)
+                key,
+                min(deadline, time.monotonic() + self.settings.search_lock_seconds),
+                newer_than=read_at,
             )
             if waited is not None:
                 return self._answer(waited, stale=False, now=time.time())
@@ -174,7 +179,7 @@ class SearchEngine:
         elif token != LOCAL_TOKEN:
             # Another replica may have filled the key between our read and our lock.
             filled = await self.cache.get(key)
-            if filled is not None and self.cache.is_fresh(filled):
+            if self.cache.is_new(filled, read_at):
                 await self.cache.unlock(key, token)
                 return self._answer(filled, stale=False, now=time.time())
         try:

@@ -28,6 +28,7 @@ from services.search.places import Places
 from services.search.providers.base import Provider, ProviderUnavailable, Query
 from services.search.ratelimit import ProviderRateLimiter, RateLimitTimeout
 from services.search.settings import SearchSettings
+from services.search.validation import today_in
 from tests.support.processes import Valkey, free_port
 
 DAY = dt.date.today() + dt.timedelta(days=14)
@@ -425,6 +426,26 @@ async def test_warming_counts_and_bounds_concurrency(build: Build) -> None:
     assert (await engine.search(query("JFK", "LHR", day=tomorrow), soon())).from_cache
     provider.failing = True
     assert await engine.warm([("LAX", "SFO")], 2, soon(20)) == (0, 2)
+
+
+async def test_warming_refreshes_an_entry_past_half_its_ttl(build: Build) -> None:
+    """Entries fresh for more than half their TTL are left alone; the others are fetched again,
+    so a cache warmed every half TTL never lets a popular search miss. (Was a bug: the fetch
+    found the entry still fresh under its lock, took it for another replica's new answer and
+    returned it, so an entry was warmed again only once it had expired.)"""
+    provider = FakeProvider()
+    engine = build(provider)
+    tomorrow = today_in("America/New_York") + dt.timedelta(days=1)
+    key = ResultCache.key(provider.name, query(day=tomorrow).key())
+    aging = search_pb2.SearchFlightsResponse(provider=provider.name)
+    aging.fetch_time.FromSeconds(int(time.time()) - engine.cache.ttl * 3 // 4)
+    await engine.cache.put(key, aging)
+    assert await engine.warm([("JFK", "LHR")], 1, soon()) == (1, 0)
+    assert provider.calls == 1
+    refreshed = await engine.cache.get(key)
+    assert refreshed is not None and refreshed.age() < engine.cache.ttl / 2
+    young = await engine.warm([("JFK", "LHR")], 1, soon())  # now fresh for most of its TTL
+    assert young == (1, 0) and provider.calls == 1
 
 
 async def test_warming_uses_popular_routes_when_none_are_given(build: Build) -> None:
