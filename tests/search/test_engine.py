@@ -476,6 +476,24 @@ async def test_rate_limit_is_shared_through_redis(valkey: Valkey) -> None:
         await unlimited.acquire(time.monotonic())
 
 
+async def test_rate_limited_requests_are_spaced_not_sent_in_a_burst(valkey: Valkey) -> None:
+    """N a second means one every 1/N s, for every replica together: Amadeus's test keys allow
+    10 a second and no more than 1 request every 100 ms, so ten at once get nine 429s. (Was a
+    bug: only the moving window of N per second was kept, which lets N go at the same moment.)"""
+    name = f"limit{next(_names)}"
+    a = ProviderRateLimiter(name, 2, valkey.url)  # one request every 500 ms
+    b = ProviderRateLimiter(name, 2, valkey.url)  # another replica
+    await a.acquire(soon())
+    for limiter in (a, b):
+        with pytest.raises(RateLimitTimeout):  # the window has room; the gap does not
+            await limiter.acquire(time.monotonic() + 0.1)
+    await b.acquire(soon())  # once the gap has passed
+    alone = ProviderRateLimiter(name, 2, None)  # in-process, as while Redis is unreachable
+    await alone.acquire(soon())
+    with pytest.raises(RateLimitTimeout):
+        await alone.acquire(time.monotonic() + 0.1)
+
+
 async def test_rate_limit_falls_back_to_memory_without_redis() -> None:
     limiter = ProviderRateLimiter("nolimit", 3, f"redis://127.0.0.1:{free_port()}/0")
     for _ in range(3):
