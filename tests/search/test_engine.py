@@ -481,14 +481,15 @@ async def test_rate_limited_requests_are_spaced_not_sent_in_a_burst(valkey: Valk
     10 a second and no more than 1 request every 100 ms, so ten at once get nine 429s. (Was a
     bug: only the moving window of N per second was kept, which lets N go at the same moment.)"""
     name = f"limit{next(_names)}"
-    a = ProviderRateLimiter(name, 2, valkey.url)  # one request every 500 ms
-    b = ProviderRateLimiter(name, 2, valkey.url)  # another replica
+    # 0.4 a second: a window of 2 per 5 s, which lets two go at once, and one every 2.5 s.
+    a = ProviderRateLimiter(name, 0.4, valkey.url)
+    b = ProviderRateLimiter(name, 0.4, valkey.url)  # another replica
     await a.acquire(soon())
     for limiter in (a, b):
         with pytest.raises(RateLimitTimeout):  # the window has room; the gap does not
             await limiter.acquire(time.monotonic() + 0.1)
     await b.acquire(soon())  # once the gap has passed
-    alone = ProviderRateLimiter(name, 2, None)  # in-process, as while Redis is unreachable
+    alone = ProviderRateLimiter(name, 0.4, None)  # in-process, as while Redis is unreachable
     await alone.acquire(soon())
     with pytest.raises(RateLimitTimeout):
         await alone.acquire(time.monotonic() + 0.1)
