@@ -325,10 +325,14 @@ class FakeAmadeus:
             if form.get("grant_type") != "client_credentials":
                 return _error(400, "Invalid parameters", "grant_type")
             if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:
-                return JSONResponse(
-                    {"error": "invalid_client", "error_description": "credentials are invalid"},
-                    status_code=401,
-                )
+                # The body the authorization guide documents for unrecognised credentials.
+                body = {
+                    "error": "invalid_client",
+                    "error_description": "Client credentials are invalid",
+                    "code": 38187,
+                    "title": "Invalid parameters",
+                }
+                return JSONResponse(body, status_code=401)
             value = secrets.token_urlsafe(16)
             self.tokens[value] = time.monotonic() + self.token_ttl
             return JSONResponse(

@@ -427,6 +427,10 @@ async def test_wrong_credentials_fail_without_leaking_the_secret(
     try:
         with capture_logs() as logs, pytest.raises(ProviderUnavailable) as caught:
             await adapter.search(query(), soon())
+        # What Amadeus said, for the operator: its token endpoint's own error format.
+        # (Was a gap: only the status was kept, "refused the client credentials (401)".)
+        assert "invalid_client" in str(caught.value), caught.value
+        assert "Client credentials are invalid" in str(caught.value)
         assert "wrong-secret-value-123" not in str(caught.value)
         assert "wrong-secret-value-123" not in repr(logs)
         assert "wrong-secret" not in repr(adapter.__dict__)

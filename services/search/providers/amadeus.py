@@ -217,14 +217,17 @@ class AmadeusProvider(Provider):
             )
         except httpx.HTTPError as error:
             raise _Retryable(f"token request failed: {type(error).__name__}") from None
+        secret = self._secret.get_secret_value()
         if response.status_code == 429 or response.status_code >= 500:
+            said = _described(_token_errors(response), secret)
             raise _Retryable(
-                f"token endpoint answered {response.status_code}", _retry_after(response)
+                f"token endpoint answered {response.status_code}{said}", _retry_after(response)
             )
         if response.status_code != 200:
             # Wrong credentials are our configuration's fault, not the caller's.
+            said = _described(_token_errors(response), secret)
             raise ProviderUnavailable(
-                f"Amadeus refused the client credentials ({response.status_code})"
+                f"Amadeus refused the client credentials ({response.status_code}){said}"
             )
         try:
             body = response.json()
@@ -467,6 +470,20 @@ def _errors(response: httpx.Response) -> list[dict[str, Any]]:
     except (ValueError, AttributeError):
         return []
     return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+
+
+def _token_errors(response: httpx.Response) -> list[dict[str, Any]]:
+    """The token endpoint's errors: its own OAuth2 format (``error``, ``error_description``,
+    besides ``code`` and ``title``) as one problem, or ``errors[]`` as the other endpoints'."""
+    problems = _errors(response)
+    try:
+        body = response.json()
+    except ValueError:
+        return problems
+    if problems or not isinstance(body, dict) or not body.get("error"):
+        return problems
+    title = " ".join(str(body.get(k) or "") for k in ("error", "title")).strip()
+    return [{"code": body.get("code"), "title": title, "detail": body.get("error_description")}]
 
 
 def _described(problems: list[dict[str, Any]], *secrets: str) -> str:
