@@ -41,7 +41,7 @@ class MemoryStore:
         self.dropped_dirty = 0  # dirty conversations evicted before write-back
         self.expired = 0
         # Conversations ended during an outage: key → (id, version) of the one ended, so the
-        # write-back deletes Redis's copy too (unless Redis has moved past it).
+        # write-back ends that id in Redis too, whatever its version there.
         self.ended: dict[ConversationKey, tuple[str, int]] = {}
 
     def __len__(self) -> int:

@@ -35,6 +35,7 @@ Role = Literal["client", "admin"]
 ROLES: tuple[Role, ...] = ("client", "admin")
 KEY_PREFIX = "conversation:"
 INDEX_PREFIX = "conversation-index:"
+ENDED_PREFIX = "conversation-ended:"
 # Characters kept as they are in key names; everything else is percent-encoded.
 _SAFE = "+@"
 
@@ -105,6 +106,11 @@ def new_conversation_id() -> str:
 
 def index_key(business_id: str, shard: int) -> str:
     return f"{INDEX_PREFIX}{{{encode_id(business_id)}:{shard}}}"
+
+
+def ended_key(key: ConversationKey) -> str:
+    """The ids of the conversations recently ended in ``key``'s shard (its tag, its slot)."""
+    return f"{ENDED_PREFIX}{key.tag}"
 
 
 def parse_member(member: str) -> tuple[Role, str] | None:

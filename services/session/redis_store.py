@@ -9,6 +9,8 @@ Keys (see :mod:`services.session.model` for the hash tag):
 - ``conversation-index:{<business>:<shard>}`` sorted set, member ``<role>:<user>``, score the
   conversation's expiry (ms): listing reads only live entries, and each write prunes the
   expired ones, so the index stays right as keys expire.
+- ``conversation-ended:{<business>:<shard>}`` sorted set of the ids of conversations ended
+  lately, score until when: a write-back never puts one of them again.
 
 The scripts take the time from Redis (``TIME``), so replicas of this service never disagree
 about expiry.
@@ -18,7 +20,7 @@ its first write, and lets the rest run once one has (a half-run script would bre
 atomicity). ``DEL`` is never refused, since it frees memory, so a script that starts with one
 would write past the limit. So the writing scripts start with ``#!lua`` (refused whole, before
 they run), GET creates with an ``HSET`` before its ``DEL`` (its reads go on), and the scripts
-that only delete run anyway.
+that end a conversation delete before they add its id to the ended set, so they run anyway.
 
 ``redis-py``'s ``Script`` sends ``EVALSHA`` and loads the script on ``NOSCRIPT``.
 """
@@ -48,12 +50,16 @@ from services.session.model import (
     StateTooLarge,
     Summary,
     encode_cursor,
+    ended_key,
     index_key,
     parse_member,
 )
 
 # Shared by the scripts: the server's clock in ms, and the index bookkeeping after a write.
 MAX_EXAMINED = 1000  # index entries one ListConversations page may walk past
+# How long an ended id is kept out beyond a TTL: another replica's copy of the conversation,
+# kept alive by its writes during an outage, is written back when that outage ends.
+ENDED_KEPT_MS = 24 * 3600 * 1000
 
 _NOW = """
 local t = redis.call('TIME')
@@ -207,33 +213,60 @@ return {'ok', expire, pruned}
 """
 )
 
-# KEYS meta history state index; ARGV member
-END = """
-local existed = redis.call('EXISTS', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('ZREM', KEYS[4], ARGV[1])
-return existed
-"""
+# An end leaves the ended id in the shard's ``conversation-ended`` sorted set (score: until when)
+# for a TTL and ENDED_KEPT_MS more, and no write-back puts that id again: another replica's
+# outage copy of an ended (erased) conversation never comes back. Only ids, no user, are kept.
+_ENDED = """
+local function tombstone(id, ttl)
+  local kept = now + ttl + ENDED_KEPT_MS
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+  redis.call('ZADD', KEYS[5], kept, id)
+  redis.call('PEXPIREAT', KEYS[5], kept)
+end
+""".replace("ENDED_KEPT_MS", str(ENDED_KEPT_MS))
 
-# End a conversation only if Redis still holds it, at no newer version (write-back of an end
-# during an outage). Versions restart with every id, so another id is another conversation,
-# started after the end: it stays. KEYS meta history state index; ARGV member, version, id
-END_IF_NOT_NEWER = """
-local meta = redis.call('HMGET', KEYS[1], 'id', 'v')
-if not meta[1] then return 0 end
-if meta[1] ~= ARGV[3] then return -2 end
-if tonumber(meta[2]) > tonumber(ARGV[2]) then return -1 end
+# KEYS meta history state index ended; ARGV member, ttl_ms. Deletes before it writes, so it
+# runs even when Redis is out of memory: an end frees more than its tombstone takes.
+END = (
+    _NOW
+    + _ENDED
+    + """
+local id = redis.call('HGET', KEYS[1], 'id')
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
+if not id then return 0 end
+tombstone(id, tonumber(ARGV[2]))
 return 1
 """
+)
+
+# An end made during an outage, at write-back: the conversation with that id is ended whatever
+# its version (another replica may have written it meanwhile: an end is an erase, it wins) and
+# its id kept out, even when Redis no longer holds it (another replica's outage copy may come
+# back after this). Another id is another conversation, started after the end: it stays.
+# KEYS meta history state index ended; ARGV member, id, ttl_ms
+END_WRITTEN_BACK = (
+    _NOW
+    + _ENDED
+    + """
+local held = redis.call('HGET', KEYS[1], 'id')
+if held == ARGV[2] then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+end
+tombstone(ARGV[2], tonumber(ARGV[3]))
+if not held then return 0 end
+if held ~= ARGV[2] then return -2 end
+return 1
+"""
+)
 
 # Write a whole conversation unless Redis already holds the same or a higher version
-# (write-back after an outage, and import). KEYS meta history state index;
+# (write-back after an outage, and import). KEYS meta history state index ended;
 # ARGV id, version, created, updated, expire_ms, member, n_history, n_state,
 #      write-back (1: Redis holding another id is a conflict, 'other', as versions restart with
-#      every id; and on a tie keep the later expiry, as a touch during an outage may have set),
-#      history…, state…
+#      every id; on a tie keep the later expiry, as a touch during an outage may have set; and
+#      an ended id is 'ended', never written again), history…, state…
 PUT = (
     "#!lua\n"
     + _NOW
@@ -242,6 +275,10 @@ PUT = (
 local meta = redis.call('HMGET', KEYS[1], 'id', 'v', 'u')
 local current = tonumber(meta[2]) or 0
 local version, expire = tonumber(ARGV[2]), tonumber(ARGV[5])
+if ARGV[9] == '1' then
+  local ended = redis.call('ZSCORE', KEYS[5], ARGV[1])
+  if ended and tonumber(ended) > now then return {'ended', current} end
+end
 if meta[1] and meta[1] ~= ARGV[1] then
   -- Another conversation: versions restart with every id and say nothing across ids. A
   -- write-back never replaces it; an import does only when it was updated later.
@@ -291,7 +328,7 @@ class RedisStore:
         self._touch: AsyncScript = client.register_script(TOUCH)
         self._end: AsyncScript = client.register_script(END)
         self._put: AsyncScript = client.register_script(PUT)
-        self._end_if: AsyncScript = client.register_script(END_IF_NOT_NEWER)
+        self._end_written_back: AsyncScript = client.register_script(END_WRITTEN_BACK)
         self._pipeline = AutoPipeline(client)
 
     @staticmethod
@@ -381,18 +418,26 @@ class RedisStore:
             return None, 0
         return int(reply[1]), int(reply[2])
 
-    async def end(self, key: ConversationKey) -> bool:
-        return bool(await self._end(keys=key.redis_keys(), args=[key.member]))
+    @staticmethod
+    def _keys_and_ended(key: ConversationKey) -> list[str]:
+        return [*key.redis_keys(), ended_key(key)]
 
-    async def end_if_not_newer(self, key: ConversationKey, cid: str, version: int) -> int:
-        """1: ended; 0: nothing was there; -1: Redis holds a newer version, kept; -2: Redis
-        holds another conversation, kept."""
-        return int(await self._end_if(keys=key.redis_keys(), args=[key.member, version, cid]))
+    async def end(self, key: ConversationKey) -> bool:
+        keys = self._keys_and_ended(key)
+        return bool(await self._end(keys=keys, args=[key.member, self.ttl_ms]))
+
+    async def end_written_back(self, key: ConversationKey, cid: str) -> int:
+        """An end made during an outage, of conversation ``cid``, whatever its version now: 1
+        ended; 0 nothing was there; -2 Redis holds another conversation, kept. Its id is kept
+        out of later write-backs in every case."""
+        args: list[str | int] = [key.member, cid, self.ttl_ms]
+        return int(await self._end_written_back(keys=self._keys_and_ended(key), args=args))
 
     async def put(self, conversation: Conversation, *, write_back: bool = True) -> tuple[str, int]:
         """Write unless Redis has this version or newer: ('written'|'kept'|'expired', theirs).
         When Redis holds another conversation (another id): on write-back 'other', nothing
-        written; on import 'newer' unless this one was updated later, which then replaces it."""
+        written; on import 'newer' unless this one was updated later, which then replaces it.
+        On write-back, a conversation ended meanwhile is 'ended', nothing written."""
         key = conversation.key
         args: list[Any] = [
             conversation.id,
@@ -409,7 +454,7 @@ class RedisStore:
         for name, value in conversation.state.items():
             args.append(name)
             args.append(value)
-        outcome, current = await self._put(keys=key.redis_keys(), args=args)
+        outcome, current = await self._put(keys=self._keys_and_ended(key), args=args)
         return _text(outcome), int(current)
 
     async def list_page(

@@ -5,10 +5,10 @@ unreachable starts an outage: one warning, the ``parley_session_fallback_active`
 and every operation served by :class:`MemoryStore` without waiting on Redis again. A probe pings
 Redis every ``SESSION_FALLBACK_PROBE_SECONDS``; once it answers, every conversation written
 during the outage is written back with the PUT script (the higher version of the same
-conversation wins; another conversation in Redis, started meanwhile, wins), writes that
-arrive meanwhile are still served from memory and written back too, and only when nothing is
-left to write back does Redis serve again. ``SESSION_FALLBACK=off``: an unreachable Redis is
-``UNAVAILABLE``.
+conversation wins; another conversation in Redis, started meanwhile, wins; a conversation ended
+on any replica is never written again), writes that arrive meanwhile are still served from
+memory and written back too, and only when nothing is left to write back does Redis serve again.
+``SESSION_FALLBACK=off``: an unreachable Redis is ``UNAVAILABLE``.
 """
 
 from __future__ import annotations
@@ -128,14 +128,10 @@ class SessionStore:
             # Ends first: a conversation ended and then started again during the outage must
             # replace, not be deleted after, the old one.
             for key, (cid, version) in list(self.memory.ended.items()):
-                ended = await self.redis.end_if_not_newer(key, cid, version)
-                if ended < 0:
+                if await self.redis.end_written_back(key, cid) < 0:
                     metrics.WRITEBACK_DISCARDED.inc()
                     log.warning(
-                        "outage end discarded: Redis holds a newer version"
-                        if ended == -1
-                        else "outage end discarded: Redis holds another conversation",
-                        **masked(key),
+                        "outage end discarded: Redis holds another conversation", **masked(key)
                     )
                 if self.memory.ended.get(key) == (cid, version):
                     del self.memory.ended[key]
@@ -156,10 +152,13 @@ class SessionStore:
                     self.writebacks_total += 1
                     metrics.WRITEBACKS.inc()
                     self.memory.mark_clean(snapshot)
-                elif outcome == "other":  # another replica started another conversation: it wins
+                elif outcome in ("other", "ended"):
+                    # Another replica started another conversation (it wins), or ended this one.
                     metrics.WRITEBACK_DISCARDED.inc()
                     log.warning(
-                        "outage writes discarded: Redis holds another conversation",
+                        "outage writes discarded: Redis holds another conversation"
+                        if outcome == "other"
+                        else "outage writes discarded: the conversation was ended",
                         **masked(key),
                         ours=snapshot.version,
                         theirs=theirs,

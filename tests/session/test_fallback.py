@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -357,7 +358,7 @@ async def test_write_back_never_replaces_or_ends_another_conversation(valkey: Va
             await client.aclose()
 
 
-@pytest.mark.parametrize("during", ["put", "end_if_not_newer"])
+@pytest.mark.parametrize("during", ["put", "end_written_back"])
 async def test_write_back_keeps_a_conversation_started_while_its_old_one_was_written(
     valkey: Valkey, during: str
 ) -> None:
@@ -404,3 +405,76 @@ async def test_write_back_keeps_a_conversation_started_while_its_old_one_was_wri
     finally:
         await store.close()
         await client.aclose()
+
+
+@pytest.mark.parametrize("last", ["A", "B"])
+def test_an_ended_conversation_never_comes_back_from_another_replica_s_outage(
+    fresh_valkey: Valkey, tmp_path: Path, last: str
+) -> None:
+    """Two replicas on one Redis. EndConversation is how a user's conversation is erased, and
+    replica B's outage copy of it came back: written back by B's recovery after A had ended it
+    in Redis (B alone lost Redis), and whichever recovered first when both had (A's outage end
+    then lost to B's higher version, or came first and B's copy was put after it: ``last`` is
+    the replica held until the other has written back). Now an end leaves the ended id in Redis,
+    no write-back puts that id again, and an outage end ends that id whatever its version."""
+    a = start_session(tmp_path, fresh_valkey.url)
+    b = start_session(tmp_path, fresh_valkey.url)
+    raw = redis.Redis(port=fresh_valkey.port)
+
+    def in_redis(key: pb.ConversationKey) -> bytes | None:
+        """The id of the conversation Redis holds for ``key``."""
+        meta = ConversationKey(key.business_id, key.user_id, "client").redis_keys()[0]
+        held: bytes | None = raw.hget(meta, "id")
+        return held
+
+    try:
+        with grpc.insecure_channel(a.address) as to_a, grpc.insecure_channel(b.address) as to_b:
+            on_a, on_b = SessionServiceStub(to_a), SessionServiceStub(to_b)
+            alone, both = new_key("erase-biz"), new_key("erase-biz")
+            for key in (alone, both):
+                say(on_b, key, 0)
+                on_a.GetConversation(pb.GetConversationRequest(key=key))  # A has a copy too
+
+            # B loses Redis, keeps the conversation going, and is held (SIGSTOP) until A, on
+            # Redis again (its readiness probe may have seen the outage too), has ended it there.
+            fresh_valkey.stop()
+            assert say(on_b, alone, 1).version == 3
+            b.process.signal(signal.SIGSTOP)
+            try:
+                fresh_valkey.start()
+                assert wait_for(lambda: not status(on_a).fallback_active, 15)
+                assert on_a.EndConversation(pb.EndConversationRequest(key=alone)).ended
+            finally:
+                b.process.signal(signal.SIGCONT)
+            assert wait_for(lambda: not status(on_b).fallback_active, 15), b.process.log
+            assert in_redis(alone) is None
+
+            # Both lose Redis: A ends the conversation from its copy, B writes to its own.
+            fresh_valkey.stop()
+            assert on_a.EndConversation(pb.EndConversationRequest(key=both)).ended
+            say(on_b, both, 1)
+            say(on_b, both, 2)
+            assert status(on_a).fallback_active and status(on_b).fallback_active
+            held, first = (a, on_b) if last == "A" else (b, on_a)
+            held.process.signal(signal.SIGSTOP)
+            try:
+                fresh_valkey.start()
+                assert wait_for(lambda: not status(first).fallback_active, 15)
+            finally:
+                held.process.signal(signal.SIGCONT)
+            for stub in (on_a, on_b):
+                assert wait_for(lambda s=stub: not status(s).fallback_active, 15)
+            assert in_redis(both) is None
+            # B's outage copies that lost: the one A ended in Redis, and this one if A's end
+            # reached Redis first (else B's copy was written, then ended by A's end).
+            discarded = b.metrics()["parley_session_writeback_discarded_total"]
+            assert discarded == (2 if last == "B" else 1)
+
+            # The user starts afresh on either replica: a new conversation, written as usual.
+            for key in (alone, both):
+                fresh = say(on_b, key, 3)
+                assert fresh.version == 2 and in_redis(key) == fresh.id.encode()
+    finally:
+        raw.close()
+        a.stop()
+        b.stop()

@@ -436,6 +436,8 @@ def test_redis_out_of_memory_refuses_writes_by_name_and_changes_nothing(tmp_path
             first = stub.UpdateConversation(
                 pb.UpdateConversationRequest(key=key, append=[user_message("hello")]), timeout=5
             )
+            erased = new_key("oom-biz")
+            stub.UpdateConversation(pb.UpdateConversationRequest(key=erased), timeout=5)
             db.config_set("maxmemory", 1)  # always over it: every write is refused
             with pytest.raises(grpc.RpcError) as refused:
                 stub.UpdateConversation(
@@ -453,6 +455,9 @@ def test_redis_out_of_memory_refuses_writes_by_name_and_changes_nothing(tmp_path
             assert [m.content for m in read.conversation.history] == ["hello"]
             status = stub.GetStorageStatus(pb.GetStorageStatusRequest(), timeout=5)
             assert status.backend == pb.STORAGE_BACKEND_REDIS
+            # An end (an erase) frees memory: it runs, its ended id recorded all the same.
+            ended = stub.EndConversation(pb.EndConversationRequest(key=erased), timeout=5)
+            assert ended.ended and db.keys("conversation-ended:{oom-biz:*}")
             assert not db.keys("conversation:{oom-biz:*}:*:meta")[1:]  # only the first one
 
             db.config_set("maxmemory", 0)
