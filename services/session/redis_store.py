@@ -265,8 +265,9 @@ return 1
 # (write-back after an outage, and import). KEYS meta history state index ended;
 # ARGV id, version, created, updated, expire_ms, member, n_history, n_state,
 #      write-back (1: Redis holding another id is a conflict, 'other', as versions restart with
-#      every id; on a tie keep the later expiry, as a touch during an outage may have set; and
-#      an ended id is 'ended', never written again), history…, state…
+#      every id; the same version with the same history and state is 'same', keeping the
+#      later expiry, as a touch during an outage may have set; and an ended id is 'ended',
+#      never written again), history…, state…
 PUT = (
     "#!lua\n"
     + _NOW
@@ -286,17 +287,33 @@ if meta[1] and meta[1] ~= ARGV[1] then
   if (tonumber(meta[3]) or 0) >= tonumber(ARGV[4]) then return {'newer', current} end
   current = 0
 end
+local nh, ns = tonumber(ARGV[7]), tonumber(ARGV[8])
 if current >= version then
-  -- Same conversation and version: only a touch can have happened; keep the later expiry.
-  if ARGV[9] == '1' and current == version and meta[1] == ARGV[1]
-     and now + redis.call('PTTL', KEYS[1]) < expire then
-    expire_all(expire)
-    index(expire, expire - now, ARGV[6])
+  if ARGV[9] == '1' and current == version and meta[1] == ARGV[1] then
+    -- The same version of the same conversation: this very copy (written back before, its
+    -- answer lost; an update applied here and in memory, its answer timed out), or another
+    -- replica's outage copy made from the version before, with other content: that one is
+    -- 'kept' (counted as lost). This copy is 'same', keeping the later expiry (a touch).
+    local history = redis.call('LRANGE', KEYS[2], 0, -1)
+    local state = redis.call('HGETALL', KEYS[3])
+    if #history ~= nh or #state ~= 2 * ns then return {'kept', current} end
+    for i = 1, nh do
+      if history[i] ~= ARGV[9 + i] then return {'kept', current} end
+    end
+    local ours = {}
+    for j = 10 + nh, 9 + nh + 2 * ns, 2 do ours[ARGV[j]] = ARGV[j + 1] end
+    for j = 1, #state, 2 do
+      if ours[state[j]] ~= state[j + 1] then return {'kept', current} end
+    end
+    if now + redis.call('PTTL', KEYS[1]) < expire then
+      expire_all(expire)
+      index(expire, expire - now, ARGV[6])
+    end
+    return {'same', current}
   end
   return {'kept', current}
 end
 if expire <= now then return {'expired', current} end
-local nh, ns = tonumber(ARGV[7]), tonumber(ARGV[8])
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 if nh > 0 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 10, 9 + nh)) end
 if ns > 0 then redis.call('HSET', KEYS[3], unpack(ARGV, 10 + nh, 9 + nh + 2 * ns)) end
@@ -434,7 +451,8 @@ class RedisStore:
         return int(await self._end_written_back(keys=self._keys_and_ended(key), args=args))
 
     async def put(self, conversation: Conversation, *, write_back: bool = True) -> tuple[str, int]:
-        """Write unless Redis has this version or newer: ('written'|'kept'|'expired', theirs).
+        """Write unless Redis has this version or newer: ('written'|'kept'|'expired', theirs);
+        on write-back, Redis holding this very copy (history and state) is 'same'.
         When Redis holds another conversation (another id): on write-back 'other', nothing
         written; on import 'newer' unless this one was updated later, which then replaces it.
         On write-back, a conversation ended meanwhile is 'ended', nothing written."""

@@ -166,12 +166,16 @@ class SessionStore:
                     mine = self.memory.peek_dirty(key)
                     if mine is None or mine.id == snapshot.id:  # its later writes would lose too
                         self.memory.forget(key)
-                elif theirs == snapshot.version:  # Redis has this version already: a tie
+                elif outcome == "same":  # Redis holds this very copy already
                     self.memory.discard(snapshot)
-                elif outcome == "kept":  # Redis moved on meanwhile (another replica): it wins
+                elif outcome == "kept":
+                    # Redis moved on meanwhile (another replica), or holds another replica's
+                    # outage copy of this version: it wins.
                     metrics.WRITEBACK_DISCARDED.inc()
                     log.warning(
-                        "outage writes discarded: Redis holds a newer version",
+                        "outage writes discarded: Redis holds a newer version"
+                        if theirs > snapshot.version
+                        else "outage writes discarded: Redis holds another copy of this version",
                         **masked(key),
                         ours=snapshot.version,
                         theirs=theirs,

@@ -478,3 +478,42 @@ def test_an_ended_conversation_never_comes_back_from_another_replica_s_outage(
         raw.close()
         a.stop()
         b.stop()
+
+
+def test_two_outage_copies_at_the_same_version_lose_in_the_open(
+    fresh_valkey: Valkey, tmp_path: Path
+) -> None:
+    """Both replicas lose Redis and each serves one turn of the same conversation from its own
+    copy: two different conversations at one version. The first written back stays; the other
+    was dropped as if Redis already held it (a "tie"): the user's turn lost with no warning and
+    no count. Now a tie with other content is counted and logged as discarded like a higher
+    version; only the very same copy (a write-back whose answer was lost) goes quietly."""
+    a = start_session(tmp_path, fresh_valkey.url)
+    b = start_session(tmp_path, fresh_valkey.url)
+    replicas = (a, b)
+    try:
+        with grpc.insecure_channel(a.address) as to_a, grpc.insecure_channel(b.address) as to_b:
+            stubs = (SessionServiceStub(to_a), SessionServiceStub(to_b))
+            key = new_key("tie-biz")
+            say(stubs[0], key, 0)
+            stubs[1].GetConversation(pb.GetConversationRequest(key=key))  # B has a copy too
+            fresh_valkey.stop()
+            turns = [say(stub, key, n) for n, stub in enumerate(stubs, start=1)]
+            assert turns[0].version == turns[1].version == 3 and turns[0].id == turns[1].id
+            fresh_valkey.start()
+            for stub in stubs:
+                assert wait_for(lambda s=stub: not status(s).fallback_active, 15)
+            stored = say(stubs[0], key, 3)
+        discarded = [r.metrics()["parley_session_writeback_discarded_total"] for r in replicas]
+        written = [r.metrics()["parley_session_writebacks_total"] for r in replicas]
+        assert sorted(discarded) == [0, 1] and sorted(written) == [0, 1]
+        loser = replicas[discarded.index(1)]
+        [warning] = loser.process.log_events(
+            "outage writes discarded: Redis holds another copy of this version"
+        )
+        assert warning["ours"] == warning["theirs"] == 3
+        winner = turns[written.index(1)]
+        assert stored.history[-4].content == winner.history[-2].content  # the turn kept
+    finally:
+        for running in replicas:
+            running.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -161,6 +162,30 @@ async def test_an_outage_write_that_tied_with_redis_is_not_taken_for_redis_copy(
     mirror.discard(ours)
     got = await read(store, mirror, key)
     assert got.history == [m(1)]
+
+
+async def test_a_write_back_tells_its_own_copy_from_another_at_the_same_version(
+    stores: tuple[RedisStore, MemoryStore],
+) -> None:
+    """At the same version, Redis may hold this very copy (a write-back whose answer was lost:
+    'same', a touch's later expiry kept) or another replica's outage copy ('kept': counted as
+    lost by the write-back, never taken for this one)."""
+    store, mirror = stores
+    key = ConversationKey("b1", "+15550005", "client")
+    ours, _ = mirror.update(key, **(NO_CHECK | {"append": [m(1)], "set_state": {"s": b"1"}}))
+    assert await store.put(ours) == ("written", 0)
+    touched = ours.expiring_at(ours.expire_ms + 30_000)
+    assert await store.put(touched) == ("same", 1)
+    loaded = await store.load(key)
+    assert loaded is not None and loaded.expire_ms > ours.expire_ms + 20_000
+    for other in (
+        replace(ours, history=[m(2)]),
+        replace(ours, state={"s": b"2"}),
+        replace(ours, state={}),
+    ):
+        assert await store.put(other) == ("kept", 1)
+    stored = await store.load(key)
+    assert stored is not None and (stored.history, stored.state) == ([m(1)], {"s": b"1"})
 
 
 NO_CHECK: dict[str, Any] = {
