@@ -183,7 +183,9 @@ class SessionStore:
                     mine = self.memory.peek_dirty(key)
                     if mine is None or (mine.id == snapshot.id and mine.version <= theirs):
                         self.memory.forget(key)
-                else:  # expired meanwhile
+                elif self.memory.peek_dirty(key) is conversation:
+                    # Expired on Redis's clock: dropped, unless the user wrote since the call
+                    # left (a conversation started afresh, or this copy continued): next round.
                     self.memory.forget(key)
 
     def _count_memory_expiry(self) -> None:

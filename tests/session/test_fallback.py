@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -517,3 +518,44 @@ def test_two_outage_copies_at_the_same_version_lose_in_the_open(
     finally:
         for running in replicas:
             running.stop()
+
+
+async def test_a_write_made_while_its_expired_copy_is_written_back_is_kept(
+    valkey: Valkey,
+) -> None:
+    """The write-back found an outage copy expired on Redis's clock (it expired during the
+    call, or the replica's clock is behind Redis's) and forgot the key, with whatever the user
+    had written to it meanwhile: a conversation started afresh (or the old one continued while
+    this replica still found it live) was never written back."""
+    client = make_client(f"redis://127.0.0.1:{valkey.port}/8")
+    redis_store = RedisStore(client, ttl_seconds=2, history_limit=10)
+    memory = MemoryStore(max_conversations=10, ttl_seconds=2, history_limit=10)
+    store = SessionStore(redis_store, memory, fallback="memory", probe_seconds=3600)
+    key = ConversationKey("expired-meanwhile", "+15550000001", "client")
+    update = {"append": [encode_message("user", "hello", 0)], "set_state": {}}
+    update |= {"remove_state": [], "expected_version": None}
+    put = redis_store.put
+    started: list[Conversation] = []
+
+    async def put_once_the_copy_expired(conversation: Conversation, **kw: Any) -> Any:
+        if not started:  # the copy expires and the user writes while the call is on its way
+            await asyncio.sleep(max(0, conversation.expire_ms / 1000 - time.time()) + 0.05)
+            fresh, created = await store.update(key, **update)  # type: ignore[arg-type]
+            assert created
+            started.append(fresh)
+        return await put(conversation, **kw)
+
+    redis_store.put = put_once_the_copy_expired
+    try:
+        store.enter_outage(ConnectionError("test: pretend Redis went away"))
+        await store.update(key, **update)  # type: ignore[arg-type]
+
+        assert await store._write_back() == 1
+
+        (fresh,) = started
+        stored = await redis_store.load(key)
+        assert stored is not None and (stored.id, stored.version) == (fresh.id, 1)
+        assert store.memory.pending == 0
+    finally:
+        await store.close()
+        await client.aclose()
