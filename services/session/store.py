@@ -344,7 +344,17 @@ class SessionStore:
             self.memory.forget(key)
             return ended
 
-        return await self._call(on_redis, lambda: self.memory.end(key))
+        def on_memory() -> bool:
+            # An end is an erase: "there was none" would be a guess, as Redis, unreachable,
+            # may hold the conversation. Retried on another replica, or once Redis is back.
+            if not self.memory.end(key):
+                raise Unavailable(
+                    "the session store (Redis) is unreachable and this replica holds no copy "
+                    "of the conversation to end"
+                )
+            return True
+
+        return await self._call(on_redis, on_memory)
 
     async def list_page(
         self, business_id: str, role: Role | None, page_size: int, cursor: Cursor

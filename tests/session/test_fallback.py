@@ -559,3 +559,38 @@ async def test_a_write_made_while_its_expired_copy_is_written_back_is_kept(
     finally:
         await store.close()
         await client.aclose()
+
+
+def test_an_end_that_cannot_know_the_conversation_is_unavailable_not_ended_false(
+    fresh_valkey: Valkey, tmp_path: Path
+) -> None:
+    """During an outage, a replica that holds no copy of the conversation answered an end with
+    ``ended: false``, "there was none", while Redis (which it cannot reach) held it: an erase
+    reported ``conversations: 0`` and the conversation lived on. Now it answers UNAVAILABLE
+    (the gateway's channel retries that on another replica; its erase answers 503)."""
+    a = start_session(tmp_path, fresh_valkey.url)
+    b = start_session(tmp_path, fresh_valkey.url)
+    try:
+        with grpc.insecure_channel(a.address) as to_a, grpc.insecure_channel(b.address) as to_b:
+            on_a, on_b = SessionServiceStub(to_a), SessionServiceStub(to_b)
+            key, held = new_key("unknown-end"), new_key("unknown-end")
+            say(on_b, key, 0)  # A never saw this one
+            say(on_a, held, 0)
+            fresh_valkey.stop()
+            with pytest.raises(grpc.RpcError) as error:
+                on_a.EndConversation(pb.EndConversationRequest(key=key))
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "no copy" in str(error.value.details())
+            assert status(on_a).fallback_active  # served by the fallback, which cannot tell
+            assert on_a.EndConversation(pb.EndConversationRequest(key=held)).ended
+            fresh_valkey.start()
+            for stub in (on_a, on_b):  # B's readiness probe may have seen the outage too
+                assert wait_for(lambda s=stub: not status(s).fallback_active, 15)
+            assert on_a.EndConversation(pb.EndConversationRequest(key=key)).ended
+            for ended in (key, held):
+                with pytest.raises(grpc.RpcError) as missing:
+                    on_b.GetConversation(pb.GetConversationRequest(key=ended))
+                assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        a.stop()
+        b.stop()
