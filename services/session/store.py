@@ -41,6 +41,7 @@ from services.session.redis_store import RedisStore
 
 log = structlog.get_logger("parley.session.store")
 T = TypeVar("T")
+K = TypeVar("K")
 
 # Errors that mean "Redis is not reachable" (as opposed to a bug or a refused command).
 # ClusterDownError, MasterNotFoundError and pool exhaustion are subclasses of these.
@@ -62,11 +63,13 @@ class SessionStore:
         *,
         fallback: FallbackMode,
         probe_seconds: float = 1.0,
+        write_back_concurrency: int = 16,
     ) -> None:
         self.redis = redis_store
         self.memory = memory
         self.fallback = fallback
         self.probe_seconds = probe_seconds
+        self.write_back_concurrency = write_back_concurrency
         self.outage_since: float | None = None
         self.writebacks_total = 0
         self.redis_seen = False  # whether Redis has answered this process yet
@@ -127,66 +130,100 @@ class SessionStore:
         while True:
             # Ends first: a conversation ended and then started again during the outage must
             # replace, not be deleted after, the old one.
-            for key, (cid, version) in list(self.memory.ended.items()):
-                if await self.redis.end_written_back(key, cid) < 0:
-                    metrics.WRITEBACK_DISCARDED.inc()
-                    log.warning(
-                        "outage end discarded: Redis holds another conversation", **masked(key)
-                    )
-                if self.memory.ended.get(key) == (cid, version):
-                    del self.memory.ended[key]
+            await self._each(list(self.memory.ended.items()), self._end_back)
             keys = self.memory.dirty_keys()
             if not keys and not self.memory.ended:
                 # Checked with no await before the caller switches back to Redis.
                 return written
-            for key in keys:
-                if key in self.memory.ended:  # ended meanwhile: the end goes first, next round
-                    continue
-                conversation = self.memory.peek_dirty(key)
-                if conversation is None:
-                    continue
-                snapshot = conversation.copy()
-                outcome, theirs = await self.redis.put(snapshot)
-                if outcome == "written":
-                    written += 1
-                    self.writebacks_total += 1
-                    metrics.WRITEBACKS.inc()
-                    self.memory.mark_clean(snapshot)
-                elif outcome in ("other", "ended"):
-                    # Another replica started another conversation (it wins), or ended this one.
-                    metrics.WRITEBACK_DISCARDED.inc()
-                    log.warning(
-                        "outage writes discarded: Redis holds another conversation"
-                        if outcome == "other"
-                        else "outage writes discarded: the conversation was ended",
-                        **masked(key),
-                        ours=snapshot.version,
-                        theirs=theirs,
-                    )
-                    mine = self.memory.peek_dirty(key)
-                    if mine is None or mine.id == snapshot.id:  # its later writes would lose too
-                        self.memory.forget(key)
-                elif outcome == "same":  # Redis holds this very copy already
-                    self.memory.discard(snapshot)
-                elif outcome == "kept":
-                    # Redis moved on meanwhile (another replica), or holds another replica's
-                    # outage copy of this version: it wins.
-                    metrics.WRITEBACK_DISCARDED.inc()
-                    log.warning(
-                        "outage writes discarded: Redis holds a newer version"
-                        if theirs > snapshot.version
-                        else "outage writes discarded: Redis holds another copy of this version",
-                        **masked(key),
-                        ours=snapshot.version,
-                        theirs=theirs,
-                    )
-                    mine = self.memory.peek_dirty(key)
-                    if mine is None or (mine.id == snapshot.id and mine.version <= theirs):
-                        self.memory.forget(key)
-                elif self.memory.peek_dirty(key) is conversation:
-                    # Expired on Redis's clock: dropped, unless the user wrote since the call
-                    # left (a conversation started afresh, or this copy continued): next round.
-                    self.memory.forget(key)
+            written += await self._each(keys, self._put_back)
+
+    async def _each(self, items: list[K], handle: Callable[[K], Awaitable[bool]]) -> int:
+        """``handle`` every item, ``write_back_concurrency`` at a time (one at a time, a busy
+        replica's write-back fell behind the writes it serves from memory meanwhile); return
+        how many were done. After a failure none starts, and once those in flight have ended
+        the first failure is raised: Redis gone again is found out in one call, not in one per
+        conversation."""
+        pending = iter(items)
+        failures: list[Exception] = []
+        done = 0
+
+        async def worker() -> None:
+            nonlocal done
+            for item in pending:
+                if failures:
+                    return
+                try:
+                    done += await handle(item)
+                except Exception as error:
+                    failures.append(error)
+                    return
+
+        await asyncio.gather(
+            *(worker() for _ in range(min(self.write_back_concurrency, len(items))))
+        )
+        if failures:
+            raise failures[0]
+        return done
+
+    async def _end_back(self, ended: tuple[ConversationKey, tuple[str, int]]) -> bool:
+        key, (cid, version) = ended
+        if await self.redis.end_written_back(key, cid) < 0:
+            metrics.WRITEBACK_DISCARDED.inc()
+            log.warning("outage end discarded: Redis holds another conversation", **masked(key))
+        if self.memory.ended.get(key) == (cid, version):
+            del self.memory.ended[key]
+        return True
+
+    async def _put_back(self, key: ConversationKey) -> bool:
+        """Write back one dirty conversation; whether it was written."""
+        if key in self.memory.ended:  # ended meanwhile: the end goes first, next round
+            return False
+        conversation = self.memory.peek_dirty(key)
+        if conversation is None:
+            return False
+        snapshot = conversation.copy()
+        outcome, theirs = await self.redis.put(snapshot)
+        if outcome == "written":
+            self.writebacks_total += 1
+            metrics.WRITEBACKS.inc()
+            self.memory.mark_clean(snapshot)
+            return True
+        if outcome in ("other", "ended"):
+            # Another replica started another conversation (it wins), or ended this one.
+            metrics.WRITEBACK_DISCARDED.inc()
+            log.warning(
+                "outage writes discarded: Redis holds another conversation"
+                if outcome == "other"
+                else "outage writes discarded: the conversation was ended",
+                **masked(key),
+                ours=snapshot.version,
+                theirs=theirs,
+            )
+            mine = self.memory.peek_dirty(key)
+            if mine is None or mine.id == snapshot.id:  # its later writes would lose too
+                self.memory.forget(key)
+        elif outcome == "same":  # Redis holds this very copy already
+            self.memory.discard(snapshot)
+        elif outcome == "kept":
+            # Redis moved on meanwhile (another replica), or holds another replica's outage
+            # copy of this version: it wins.
+            metrics.WRITEBACK_DISCARDED.inc()
+            log.warning(
+                "outage writes discarded: Redis holds a newer version"
+                if theirs > snapshot.version
+                else "outage writes discarded: Redis holds another copy of this version",
+                **masked(key),
+                ours=snapshot.version,
+                theirs=theirs,
+            )
+            mine = self.memory.peek_dirty(key)
+            if mine is None or (mine.id == snapshot.id and mine.version <= theirs):
+                self.memory.forget(key)
+        elif self.memory.peek_dirty(key) is conversation:
+            # Expired on Redis's clock: dropped, unless the user wrote since the call left (a
+            # conversation started afresh, or this copy continued): next round.
+            self.memory.forget(key)
+        return False
 
     def _count_memory_expiry(self) -> None:
         before = self.memory.expired

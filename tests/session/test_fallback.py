@@ -594,3 +594,58 @@ def test_an_end_that_cannot_know_the_conversation_is_unavailable_not_ended_false
     finally:
         a.stop()
         b.stop()
+
+
+async def test_the_write_back_keeps_several_puts_in_flight_and_stops_at_a_failure(
+    fresh_valkey: Valkey,
+) -> None:
+    """The write-back put one conversation at a time: under load, a replica whose Redis came
+    back kept serving from memory for 30 s (its users' writes dirtying conversations about as
+    fast as it wrote them back, 56,635 puts for ~10,000 conversations), every conversation it
+    served forked from the other replicas' on Redis, and outage writes went on being dropped from
+    the full store. Now several are in flight at once (3 s in the same run), and Redis gone again
+    is found out by the calls in flight: none starts after a failure."""
+    client = make_client(fresh_valkey.url)
+    redis_store = RedisStore(client, ttl_seconds=60, history_limit=10)
+    memory = MemoryStore(max_conversations=100, ttl_seconds=60, history_limit=10)
+    store = SessionStore(
+        redis_store, memory, fallback="memory", probe_seconds=3600, write_back_concurrency=8
+    )
+    keys = [ConversationKey("in-flight", f"+1555000{n:04d}", "client") for n in range(40)]
+    update = {"append": [encode_message("user", "hello", 0)], "set_state": {}}
+    update |= {"remove_state": [], "expected_version": None}
+    put = redis_store.put
+    in_flight, most, started, stopped = 0, 0, 0, False
+
+    async def counted_put(conversation: Conversation, **kw: Any) -> Any:
+        nonlocal in_flight, most, started, stopped
+        started += 1
+        if started == 5 and not stopped:
+            fresh_valkey.stop()  # Redis goes away again mid-write-back
+            stopped = True
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            return await put(conversation, **kw)
+        finally:
+            in_flight -= 1
+
+    redis_store.put = counted_put  # type: ignore[method-assign]
+    try:
+        await store.readiness()  # Redis seen
+        store.enter_outage(ConnectionError("test: pretend Redis went away"))
+        for key in keys:
+            await store.update(key, **update)  # type: ignore[arg-type]
+
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await store._write_back()
+        assert started <= 8 + 4  # those in flight when it went, and none after
+        fresh_valkey.start()
+        await store._write_back()
+        assert most == 8 and memory.pending == 0
+        for key in keys:
+            stored = await redis_store.load(key)
+            assert stored is not None and stored.version == 1
+    finally:
+        await store.close()
+        await client.aclose()
