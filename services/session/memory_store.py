@@ -39,7 +39,7 @@ class MemoryStore:
         self._clean: OrderedDict[ConversationKey, Conversation] = OrderedDict()
         self._dirty: OrderedDict[ConversationKey, Conversation] = OrderedDict()
         self.dropped_dirty = 0  # dirty conversations evicted before write-back
-        self.expired = 0
+        self.expired = 0  # dirty conversations expired before write-back
         # Conversations ended during an outage: key → (id, version) of the one ended, so the
         # write-back ends that id in Redis too, whatever its version there.
         self.ended: dict[ConversationKey, tuple[str, int]] = {}
@@ -62,7 +62,8 @@ class MemoryStore:
             if conversation is not None:
                 if conversation.expire_ms <= now:
                     del table[key]
-                    self.expired += 1
+                    if table is self._dirty:
+                        self.expired += 1
                     return None
                 table.move_to_end(key)
                 return conversation
@@ -136,11 +137,14 @@ class MemoryStore:
             del self._dirty[written.key]
 
     def sweep(self) -> None:
+        """Drop expired entries. Only outage writes count in ``expired``: a copy of what Redis
+        held expired there too, Redis's to count (a busy replica holds thousands)."""
         now = now_ms()
         for table in (self._clean, self._dirty):
             for key in [k for k, c in table.items() if c.expire_ms <= now]:
                 del table[key]
-                self.expired += 1
+                if table is self._dirty:
+                    self.expired += 1
 
     # -- the operations, as the Redis scripts do them --------------------------------------------
 

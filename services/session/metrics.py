@@ -36,6 +36,6 @@ CREATED = Counter(
 )
 EXPIRED = Counter(
     "parley_session_conversations_expired_total",
-    "Conversations seen to have expired (pruned from the Redis index, or from memory).",
+    "Conversations seen to have expired (pruned from the Redis index, or outage writes in memory).",
     ["store"],
 )

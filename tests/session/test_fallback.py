@@ -649,3 +649,31 @@ async def test_the_write_back_keeps_several_puts_in_flight_and_stops_at_a_failur
     finally:
         await store.close()
         await client.aclose()
+
+
+def test_an_outage_counts_as_expired_in_memory_only_what_was_written_there(
+    fresh_valkey: Valkey, tmp_path: Path
+) -> None:
+    """The fallback keeps a copy of every conversation the replica served, expired or not, and
+    the first sweep of an outage counted every expired copy in
+    ``parley_session_conversations_expired_total{store="memory"}``: thousands at once on a busy
+    replica, each a conversation that had expired in Redis (counted there, as Redis's to count).
+    Now only outage writes that expire in memory are counted there."""
+    running = start_session(tmp_path, fresh_valkey.url, REDIS_TTL_SECONDS="1")
+    memory_expired = 'parley_session_conversations_expired_total{store="memory"}'
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            stub = SessionServiceStub(channel)
+            for _ in range(5):  # copies kept by the fallback, then expired in Redis
+                stub.GetConversation(pb.GetConversationRequest(key=new_key("swept"), create=True))
+            time.sleep(1.1)
+            fresh_valkey.stop()
+            written = stub.GetConversation(
+                pb.GetConversationRequest(key=new_key("swept"), create=True)
+            )
+            assert written.created and status(stub).fallback_active
+            # The probe sweeps every 0.2 s; the outage write expires after 1 s and is counted.
+            assert wait_for(lambda: running.metrics().get(memory_expired, 0) >= 1, 10)
+            assert running.metrics()[memory_expired] == 1
+    finally:
+        running.stop()
