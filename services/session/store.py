@@ -48,6 +48,9 @@ K = TypeVar("K")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError)
 
 FallbackMode = Literal["memory", "off"]
+# The last write-back when the service stops during an outage: within Kubernetes' 30 s
+# termination grace after the gRPC server's own (SHUTDOWN_GRACE_SECONDS, 10).
+FINAL_WRITE_BACK_SECONDS = 5.0
 
 
 def masked(key: ConversationKey) -> dict[str, str]:
@@ -271,12 +274,23 @@ class SessionStore:
                 await warn_if_evicting(self.redis.client, "session: live conversations")
 
     async def close(self) -> None:
+        await cancel_and_wait(self._recovery)
+        if self.memory.pending:
+            # Redis may have come back since the last probe, or the write-back was under way
+            # (a roll-out, a scale-down): one last try, bounded, as nothing is served any more.
+            try:
+                async with asyncio.timeout(FINAL_WRITE_BACK_SECONDS):
+                    await self.redis.client.ping()
+                    written = await self._write_back()
+            except Exception as error:
+                log.debug("last write-back failed", error=str(error) or type(error).__name__)
+            else:
+                log.warning("stopping: outage writes written back", written_back=written)
         if self.memory.pending:
             log.warning(
                 "stopping during a Redis outage: outage writes not written back are lost",
                 pending=self.memory.pending,
             )
-        await cancel_and_wait(self._recovery)
 
     # -- operations ----------------------------------------------------------------------------
 

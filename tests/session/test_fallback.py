@@ -677,3 +677,32 @@ def test_an_outage_counts_as_expired_in_memory_only_what_was_written_there(
             assert running.metrics()[memory_expired] == 1
     finally:
         running.stop()
+
+
+def test_a_replica_stopped_after_redis_returned_writes_back_before_it_goes(
+    fresh_valkey: Valkey, tmp_path: Path
+) -> None:
+    """A replica stopped (a roll-out, a scale-down) after Redis had come back but before its
+    next probe, or in the middle of its write-back, dropped its outage writes with a warning.
+    Now it writes them back before it goes, when Redis answers."""
+    running = start_session(tmp_path, fresh_valkey.url, SESSION_FALLBACK_PROBE_SECONDS="60")
+    key = new_key("last-write-back")
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            stub = SessionServiceStub(channel)
+            say(stub, key, 0)
+            fresh_valkey.stop()
+            during = say(stub, key, 1)
+            assert status(stub).pending_writebacks == 1
+            fresh_valkey.start()  # the next probe is a minute away
+        running.process.signal(signal.SIGTERM)
+        assert running.process.wait() == 0
+        raw = redis.Redis(port=fresh_valkey.port)
+        meta = ConversationKey(key.business_id, key.user_id, "client").redis_keys()[0]
+        assert raw.hget(meta, "v") == str(during.version).encode(), running.process.log[-2000:]
+        assert not running.process.log_events(
+            "stopping during a Redis outage: outage writes not written back are lost"
+        )
+        raw.close()
+    finally:
+        running.stop()
