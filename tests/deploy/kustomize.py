@@ -1,11 +1,13 @@
 """A small, strict kustomize renderer for the features Parley's manifests use, so the checks run
-without kubectl or a kustomize binary (neither is on the test machines).
+on resources as plain data. ``tests/deploy/test_kubernetes.py`` holds its output to that of
+``kubectl kustomize`` (kubectl is on the test machines).
 
 Supported: ``resources`` (files and directories), ``namespace``, ``configMapGenerator`` (``envs``
 and ``literals``; ``behavior`` create, merge or replace; a content-hash suffix on the name, and
-references to the ConfigMap rewritten), ``images``, ``replicas`` and JSON 6902 ``patches`` aimed
-at a kind and name. Any other field is an error, so a manifest never relies on something this
-renderer silently ignores. Hashes differ from kustomize's own; names and structure match.
+references to the ConfigMap rewritten in resources of its own namespace, as kustomize does),
+``images``, ``replicas`` and JSON 6902 ``patches`` aimed at a kind and name. Any other field is
+an error, so a manifest never relies on something this renderer silently ignores. Hashes differ
+from kustomize's own; names and structure match.
 """
 
 from __future__ import annotations
@@ -202,10 +204,15 @@ def _build(directory: Path) -> list[Resource]:
     return resources
 
 
-def _rename_references(resource: Resource, names: dict[str, str]) -> None:
+def _rename_references(resource: Resource, names: dict[tuple[str | None, str], str]) -> None:
+    # As kustomize does: only a ConfigMap of the resource's own namespace is renamed in it (one
+    # generated where no `namespace:` applies has none, and stays unmatched).
+    namespace = resource["metadata"].get("namespace")
+
     def rename(holder: dict[str, Any]) -> None:
-        if holder.get("name") in names:
-            holder["name"] = names[holder["name"]]
+        key = (namespace, holder.get("name", ""))
+        if key in names:
+            holder["name"] = names[key]
 
     for container in _containers(resource):
         for source in container.get("envFrom", []):
@@ -224,7 +231,7 @@ def _rename_references(resource: Resource, names: dict[str, str]) -> None:
 def render(directory: Path) -> list[Resource]:
     """``kustomize build directory``, as far as this module goes."""
     resources = copy.deepcopy(_build(directory))
-    names: dict[str, str] = {}
+    names: dict[tuple[str | None, str], str] = {}
     for resource in resources:
         plain = resource["metadata"].get("annotations", {}).pop(GENERATED, None)
         if plain is None:
@@ -232,7 +239,8 @@ def render(directory: Path) -> list[Resource]:
         if not resource["metadata"]["annotations"]:
             del resource["metadata"]["annotations"]
         digest = hashlib.sha256(json.dumps(resource["data"], sort_keys=True).encode()).hexdigest()
-        resource["metadata"]["name"] = names[plain] = f"{plain}-{digest[:10]}"
+        hashed = f"{plain}-{digest[:10]}"
+        resource["metadata"]["name"] = names[resource["metadata"].get("namespace"), plain] = hashed
     for resource in resources:
         _rename_references(resource, names)
     return resources

@@ -4,6 +4,8 @@ validated by ``kubernetes-validate --strict`` (bundled schemas), and held to the
 from __future__ import annotations
 
 import importlib.util
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +89,50 @@ def test_every_rendered_manifest_passes_kubernetes_validate_strict(
             kubernetes_validate.validate(resource, MIN_KUBERNETES, strict=True)
 
 
+def _hashes_masked(resources: list[Resource]) -> list[Resource]:
+    """Each generated ConfigMap's name, and every reference that uses it, as ``<name>-<hash>``:
+    the suffixes differ between kustomize and ``tests/deploy/kustomize.py``; a reference left
+    without its suffix stays as it is."""
+    hashed = {
+        name: re.sub(r"-[a-z0-9]{10}$", "-<hash>", name)
+        for name in of_kind(resources, "ConfigMap")
+        if re.search(r"-[a-z0-9]{10}$", name)
+    }
+
+    def mask(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: mask(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [mask(item) for item in value]
+        return hashed.get(value, value) if isinstance(value, str) else value
+
+    return sorted(
+        (mask(resource) for resource in resources),
+        key=lambda r: (r["kind"], r["metadata"]["name"]),
+    )
+
+
+@pytest.mark.parametrize("tree", [*TREES, K8S / "monitoring"], ids=tree_id)
+def test_kubectl_kustomize_builds_the_resources_these_checks_check(
+    rendered: dict[Path, list[Resource]], tree: Path
+) -> None:
+    """The checks read `tests/deploy/kustomize.py`'s rendering: it must be what `kubectl apply -k`
+    applies, suffixes aside."""
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is needed (its built-in kustomize renders the manifests)"
+    result = subprocess.run(
+        [kubectl, "kustomize", str(tree)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    real = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    ours = rendered[tree] if tree in rendered else render(tree)
+    assert _hashes_masked(real) == _hashes_masked(ours)
+
+
 def test_strict_validation_catches_a_misspelt_field(rendered: dict[Path, list[Resource]]) -> None:
     """The check bites: a typo in a probe is an error, not a warning."""
     deployment = of_kind(rendered[BASE], "Deployment")["session"]
@@ -106,12 +152,29 @@ def test_kustomization_lists_every_file_in_the_base() -> None:
 
 
 @pytest.mark.parametrize("tree", TREES, ids=tree_id)
+def test_every_resource_is_in_the_parley_namespace(
+    rendered: dict[Path, list[Resource]], tree: Path
+) -> None:
+    """Where the Secrets are created and the NetworkPolicies apply; a resource an overlay adds
+    without a `namespace:` of its own would land in kubectl's current namespace."""
+    for resource in rendered[tree]:
+        if resource["kind"] != "Namespace":
+            assert resource["metadata"].get("namespace") == "parley", resource["metadata"]
+
+
+@pytest.mark.parametrize("tree", TREES, ids=tree_id)
 def test_every_configmap_and_secret_reference_resolves(
     rendered: dict[Path, list[Resource]], tree: Path
 ) -> None:
     resources = rendered[tree]
-    configmaps = set(of_kind(resources, "ConfigMap"))
+    # A pod reads ConfigMaps of its own namespace only.
+    configmaps = {
+        name
+        for name, configmap in of_kind(resources, "ConfigMap").items()
+        if configmap["metadata"].get("namespace") == "parley"
+    }
     for deployment in of_kind(resources, "Deployment").values():
+        assert deployment["metadata"]["namespace"] == "parley"
         spec = pod_spec(deployment)
         for container in spec["containers"]:
             for source in container.get("envFrom", []):
