@@ -291,6 +291,21 @@ def test_grpc_services_are_headless_and_autoscaling_covers_workers_and_search(
         assert any(p["spec"]["selector"]["matchLabels"] == labels for p in pdbs.values())
 
 
+@pytest.mark.parametrize("tree", TREES, ids=tree_id)
+def test_a_deployment_its_hpa_scales_names_no_replica_count(
+    rendered: dict[Path, list[Resource]], tree: Path
+) -> None:
+    """Kubernetes' advice for autoscaled Deployments: with `spec.replicas` in the manifest, every
+    `kubectl apply -k` (a new image, a switch's next percentage) sets the count back to it, and
+    workers an HPA added under load are stopped until it scales them up again."""
+    resources = rendered[tree]
+    deployments = of_kind(resources, "Deployment")
+    for hpa in of_kind(resources, "HorizontalPodAutoscaler").values():
+        target = deployments[hpa["spec"]["scaleTargetRef"]["name"]]
+        assert "replicas" not in target["spec"], target["metadata"]["name"]
+        assert hpa["spec"]["minReplicas"] >= 2  # what the count starts from, and PDBs allow for
+
+
 def test_network_policies_let_only_the_gateway_reach_the_services(
     rendered: dict[Path, list[Resource]],
 ) -> None:
