@@ -1,9 +1,10 @@
 """Operator CLI for businesses: ``python -m services.business.cli COMMAND``.
 
 It talks to the store directly (the same settings as the service: MONGODB_URI or
-BUSINESS_DB_PATH, ENCRYPTION_SECRET[_PREVIOUS]) and, when REDIS_URL is set, tells running
-replicas to drop what it changed from their caches. Secrets are read from stdin (or a prompt),
-never from the command line, where ``ps`` and shell history would keep them.
+BUSINESS_DB_PATH, ENCRYPTION_SECRET[_PREVIOUS]) and, when GATEWAY_REDIS_URL or REDIS_URL is
+set, tells running replicas and the gateway's workers to drop what it changed from their
+caches. Secrets are read from stdin (or a prompt), never from the command line, where ``ps``
+and shell history would keep them.
 
   add          --name N --subdomain S [--phone-number-id ID ...] [--number +E164 ...]
                [--time-zone Z] [--locale L] [--inactive] [--whatsapp-disabled]
@@ -220,10 +221,11 @@ async def run(args: argparse.Namespace, settings: BusinessSettings) -> int:
     cipher = make_cipher(settings)
     store = make_store(settings)
     bus: InvalidationBus | None = None
-    if settings.redis_url is not None and settings.redis_url.get_secret_value():
-        # Publish-only: running replicas drop what this command changes.
+    redis_url = settings.invalidation_redis_url
+    if redis_url:
+        # Publish-only: running replicas and the gateway's workers drop what this command changes.
         bus = InvalidationBus(
-            settings.redis_url.get_secret_value(),
+            redis_url,
             settings.business_invalidation_channel,
             on_invalidate=lambda keys, ids: None,
             on_reset=lambda: None,

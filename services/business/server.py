@@ -320,10 +320,11 @@ def build(settings: BusinessSettings, cipher: TokenCipher) -> Service:
     )
     metrics.watch_cache(cache)
     bus: InvalidationBus | None = None
-    if settings.redis_url is not None and settings.redis_url.get_secret_value():
-        with configuring("REDIS_URL", url=settings.redis_url.get_secret_value()):
+    redis_url = settings.invalidation_redis_url
+    if redis_url:
+        with configuring(settings.invalidation_redis_url_variable, url=redis_url):
             bus = InvalidationBus(
-                settings.redis_url.get_secret_value(),
+                redis_url,
                 settings.business_invalidation_channel,
                 on_invalidate=lambda keys, ids: cache.invalidate(keys, ids),
                 on_reset=cache.clear,

@@ -25,6 +25,20 @@ class BusinessSettings(CommonSettings):
     business_cache_size: int = Field(default=1000, ge=1, le=1_000_000)
     business_negative_cache_ttl: float = Field(default=30.0, ge=0, le=3600)
     warmup_cache: bool = False
-    # Cross-replica cache invalidation (Redis pub/sub) when set.
+    # Cross-replica cache invalidation (Redis pub/sub) when set, on the gateway's Redis: its
+    # workers subscribe on GATEWAY_REDIS_URL when that is set, so changes are published there.
     redis_url: SecretStr | None = None
+    gateway_redis_url: SecretStr | None = None
     business_invalidation_channel: str = "parley:business:invalidate"
+
+    @property
+    def invalidation_redis_url(self) -> str | None:
+        for url in (self.gateway_redis_url, self.redis_url):
+            if url is not None and url.get_secret_value():
+                return url.get_secret_value()
+        return None
+
+    @property
+    def invalidation_redis_url_variable(self) -> str:
+        gateway = self.gateway_redis_url
+        return "GATEWAY_REDIS_URL" if gateway and gateway.get_secret_value() else "REDIS_URL"

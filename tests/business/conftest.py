@@ -253,8 +253,8 @@ async def start_service(
         },
         registry.log_dir / f"{name}-{secrets.token_hex(3)}.log",
     )
-    # Only what the test sets: no MONGODB_URI or REDIS_URL leaking in from the environment.
-    for var in ("MONGODB_URI", "REDIS_URL", "WARMUP_CACHE"):
+    # Only what the test sets: no MONGODB_URI or Redis URL leaking in from the environment.
+    for var in ("MONGODB_URI", "REDIS_URL", "GATEWAY_REDIS_URL", "WARMUP_CACHE"):
         if var not in env:
             process.env.pop(var, None)
     process.start()

@@ -421,6 +421,50 @@ async def test_cross_replica_invalidation_through_valkey(
         await b.close()
 
 
+async def test_changes_are_published_where_the_gateway_listens(
+    registry: SecretRegistry, tmp_path: Path, valkey: Valkey, fresh_valkey: Valkey
+) -> None:
+    """With `GATEWAY_REDIS_URL` (the gateway's queue on a Redis of its own, an optional key of
+    `parley-secrets`), the gateway's workers subscribe there: the service and the CLI publish
+    there, not on `REDIS_URL`, and the replicas hear each other there."""
+    db = tmp_path / "business.db"
+    channel = f"test:business:invalidate:{tmp_path.name}"
+    env = {
+        "REDIS_URL": valkey.url,
+        "GATEWAY_REDIS_URL": fresh_valkey.url,
+        "BUSINESS_INVALIDATION_CHANNEL": channel,
+    }
+    listener = fresh_valkey.client().pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(channel)
+
+    def heard() -> bool:
+        return wait_for(lambda: listener.get_message() is not None, 10.0)
+
+    a = await start_service(registry, "replica-a", db, **env)
+    b = await start_service(registry, "replica-b", db, **env)
+    try:
+        request = demo_request()
+        created = (await a.stub.CreateBusiness(request)).business
+        assert await asyncio.to_thread(heard)
+        lookup = business_pb2.LookupBusinessRequest(subdomain=request.business.subdomain)
+        await b.stub.LookupBusiness(lookup)
+        assert (await b.stub.LookupBusiness(lookup)).cached
+        cli_env = {
+            "PATH": "/usr/bin:/bin",
+            "BUSINESS_DB_PATH": str(db),
+            "ENCRYPTION_SECRET": TEST_SECRET,
+            **env,
+        }
+        done = await asyncio.to_thread(run_cli, cli_env, "deactivate", created.id)
+        assert done.returncode == 0, done.stderr
+        assert await asyncio.to_thread(heard)
+        assert await eventually_not_found(b, lookup)
+    finally:
+        listener.close()
+        await a.close()
+        await b.close()
+
+
 async def eventually_not_found(
     service: RunningService, lookup: business_pb2.LookupBusinessRequest
 ) -> bool:
