@@ -3,11 +3,13 @@ validated by ``kubernetes-validate --strict`` (bundled schemas), and held to the
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import yaml
 
 from services.common.server import LIVENESS
 from tests.deploy.envvars import read_by
-from tests.deploy.kustomize import Resource, read_env_file, render
+from tests.deploy.kustomize import Resource, apply_json6902, read_env_file, render
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -334,6 +336,39 @@ def test_network_policies_let_only_the_gateway_reach_the_services(
         }
         assert egress_ports <= allowed[name], name
         assert not any(p in egress_ports for p, _ in GRPC.values())
+
+
+# What the pods reach outside the cluster, by port.
+DESTINATIONS = {"MongoDB": {27017}, "Redis": {6379, 6380, 26379}, "HTTPS": {443}}
+
+
+def test_each_open_egress_rule_reaches_one_kind_of_destination(
+    rendered: dict[Path, list[Resource]],
+) -> None:
+    """The base opens these by port; an overlay narrows a rule to addresses (adds `to`, as
+    docs/deployment.md shows). A rule holding MongoDB's and Redis's ports together, narrowed to
+    the MongoDB replica set, would cut Redis off."""
+    for name, policy in of_kind(rendered[BASE], "NetworkPolicy").items():
+        for rule in policy["spec"].get("egress", []):
+            if "to" in rule:
+                continue
+            ports = {p["port"] for p in rule["ports"]}
+            assert any(ports <= kind for kind in DESTINATIONS.values()), (name, ports)
+
+
+def test_the_documented_narrowing_patch_narrows_what_it_says(
+    rendered: dict[Path, list[Resource]],
+) -> None:
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    found = re.search(r"with a patch in your overlay, for example:\s*```yaml\n(.*?)```", text, re.S)
+    assert found, "docs/deployment.md: the NetworkPolicy patch example"
+    (patch,) = yaml.safe_load(textwrap.dedent(found.group(1)))["patches"]
+    policy = copy.deepcopy(of_kind(rendered[BASE], "NetworkPolicy")[patch["target"]["name"]])
+    apply_json6902(policy, yaml.safe_load(patch["patch"]))
+    narrowed = [r for r in policy["spec"]["egress"] if any("ipBlock" in t for t in r.get("to", []))]
+    assert [{p["port"] for p in r["ports"]} for r in narrowed] == [DESTINATIONS["MongoDB"]]
+    still_open = {p["port"] for r in policy["spec"]["egress"] if "to" not in r for p in r["ports"]}
+    assert DESTINATIONS["Redis"] <= still_open
 
 
 @pytest.mark.parametrize("tree", TREES, ids=tree_id)
