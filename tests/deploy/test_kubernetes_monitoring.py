@@ -62,3 +62,6 @@ def test_the_podmonitor_scrapes_every_parley_pod_as_the_job_the_alerts_name() ->
     target_down = alert_rules()["ParleyTargetDown"]["expr"]
     named = set(re.search(r'job=~"([^"]+)"', target_down).group(1).split("|"))  # type: ignore[union-attr]
     assert jobs == named - {"redis"}  # Redis is outside the cluster: its own exporter's job
+    # And a job with no target at all pages too (scaled to zero, or this PodMonitor not selected).
+    missing = alert_rules()["ParleyTargetMissing"]["expr"]
+    assert jobs == set(re.findall(r'absent\(up\{job="(\w+)"\}\)', missing))
