@@ -881,6 +881,40 @@ async def test_thanks_and_goodbyes_in_everyday_words_are_understood(engine: BotE
     assert chat.state["trip"]["destination"]["code"] == "ROM" and "ask" not in chat.state
 
 
+async def test_polite_declines_and_thanks_for_nothing_close_the_conversation(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: *no thanks*, *no thank you*, *nope, that's all* and *no gracias* got *Sorry,
+    I didn't get that*, and *thanks for nothing* a list of airports resembling “Thanks”
+    (Hanksville), with “nothing” kept as the destination to ask next.)"""
+    chat = Chat(engine)
+    await chat.say("NYC to London next Friday")
+    trip, results = chat.state["trip"], chat.state["results"]
+    bye = engine_text("en", "bye")
+    for text in (
+        "no thanks",
+        "No thank you!",
+        "nope, that's all",
+        "thanks for nothing",
+        "Thanks anyway",
+        "that's it",
+        "I'm good",
+    ):
+        assert await chat.say(text) == bye, text
+    assert await chat.say("thank you for your help") == engine_text("en", "thanks")
+    assert chat.state["trip"] == trip and chat.state["results"] == results
+    assert "ask" not in chat.state
+    # Before anything was asked, too: never a place.
+    chat = Chat(engine, user_id="15550000031")
+    assert await chat.say("thanks for nothing") == bye and chat.state == {}
+    chat = Chat(engine, user_id="15550000032", locale="es")
+    await chat.say("de Madrid a Roma el viernes")
+    for text in ("no gracias", "No, gracias 🙏", "no, eso es todo", "gracias por nada"):
+        assert await chat.say(text) == engine_text("es", "bye"), text
+    assert await chat.say("gracias por todo") == engine_text("es", "thanks")
+    assert chat.state["trip"]["destination"]["code"] == "ROM" and "ask" not in chat.state
+
+
 async def test_everyday_ways_to_start_over_or_cancel_are_understood(engine: BotEngine) -> None:
     """(Was a bug: only *new*, *reset*, *start over* and *cancel* were known: *start again*,
     *never mind* or *forget it* got *Sorry, I didn't get that* (or, before the fix for

@@ -284,22 +284,54 @@ CHEAPER = re.compile(
 )
 
 # A message that only closes the conversation ("ok thanks", "great, thank you!", "bye",
-# "vale, gracias", "adiós 👋"): acknowledgements, thanks and goodbyes, at least one of the last two.
+# "vale, gracias", "adiós 👋", "no thanks", "nope, that's all", "thanks for nothing"):
+# acknowledgements, thanks, goodbyes and declines, with at least one thanks, goodbye or
+# "that's all". Never read for places: "thanks for nothing" once offered Hanksville.
 _ACK = (
-    r"ok|okay|great|cool|perfect|nice|sure|yes|awesome|excellent|all good|that'?s (?:all|it)|"
-    r"vale|genial|perfecto|si|bueno|de acuerdo|eso es todo"
+    r"ok|okay|great|cool|perfect|nice|sure|yes|awesome|excellent|all good|"
+    r"vale|genial|perfecto|si|bueno|de acuerdo"
 )
 _THANKS = (
-    r"thanks?(?: you)?(?: (?:very|so) much| a lot| again)?|many thanks|thx|ty|cheers|"
-    r"much appreciated|(?:muchas |mil |muchisimas )?gracias(?: de nuevo)?"
+    r"thanks?(?: you)?(?: (?:very|so) much| a lot| again)?"
+    r"(?: for (?:the help|your help|all your help|all the help|everything|your time))?|"
+    r"many thanks|thx|ty|cheers|much appreciated|"
+    r"(?:muchas |mil |muchisimas )?gracias(?: de nuevo| por (?:todo|tu ayuda|su ayuda|la ayuda))?"
 )
 _BYE = (
     r"(?:good ?)?bye(?: bye)?|see (?:you|ya)(?: later| soon)?|adios|chao|chau|"
     r"hasta (?:luego|pronto|la proxima)|nos vemos"
 )
-CLOSING = re.compile(rf"(?:(?:{_ACK}|{_THANKS}|{_BYE})(?: |$))+")
-BYE = re.compile(rf"(?:^| )(?:{_BYE})(?: |$)")
-THANKS = re.compile(rf"(?:^| )(?:{_THANKS})(?: |$)")
+# A decline or "that's all" ends the conversation as a goodbye does: "You're welcome!" is no
+# answer to "no thanks", nor to "thanks for nothing" or "thanks anyway".
+_DECLINE = r"no|nope|nah|nop"
+_DONE = (
+    r"that'?s (?:all|it)|that will do|that'?ll do|nothing else|nothing more|"
+    r"i'?m (?:good|fine|all set)|we'?re (?:good|fine|all set)|all set|"
+    r"eso es todo|es todo|nada mas|no hace falta|estoy bien|estamos bien"
+)
+_NO_HELP = (
+    r"thanks?(?: you)? (?:for nothing|anyway|anyways|all the same)|"
+    r"gracias (?:por nada|de todos modos|de todas formas|igual)|igual gracias"
+)
+CLOSING = re.compile(rf"(?:(?:{_ACK}|{_THANKS}|{_BYE}|{_DECLINE}|{_DONE}|{_NO_HELP})(?: |$))+")
+
+
+def _says(alternatives: str, words: str) -> bool:
+    return re.search(rf"(?:^| )(?:{alternatives})(?: |$)", words) is not None
+
+
+def _closes(words: str) -> bool:
+    """A closing says more than "ok" or "no": thanks, a goodbye or "that's all"."""
+    return bool(CLOSING.fullmatch(words)) and _says(f"{_THANKS}|{_BYE}|{_DONE}|{_NO_HELP}", words)
+
+
+def _says_bye(words: str) -> bool:
+    """A closing answered as a goodbye rather than "You're welcome!" ("that's all, thanks" is
+    thanks)."""
+    return _says(f"{_BYE}|{_DECLINE}|{_NO_HELP}", words) or (
+        _says(_DONE, words) and not _says(_THANKS, words)
+    )
+
 
 GREETING_WORDS = {"hi", "hello", "hey", "hiya", "hola", "shalom", "buenas", "yo", "howdy"}
 GREETING_TAIL = {"again", "there", "bot", "team", "all", "everyone", "friend", "amigo", "y"}
@@ -480,10 +512,8 @@ class BotEngine:
                 d.set("ask", {"slot": "origin"})
             return [Reply(t("new" if ctx.smart else "new_step"))]
         words = " ".join(re.sub(r"[^\w\s']", " ", polite).split())  # no emoji, no commas
-        if command == "thanks" or (
-            CLOSING.fullmatch(words) and (THANKS.search(words) or BYE.search(words))
-        ):
-            return [Reply(t("bye" if BYE.search(words) else "thanks"))]
+        if command == "thanks" or _closes(words):
+            return [Reply(t("bye" if _says_bye(words) else "thanks"))]
         if command == "more":
             return self._more(ctx, d)
         if command == "ack":
