@@ -290,6 +290,41 @@ async def test_more_lap_infants_than_adults_are_asked_about_not_searched(
     assert "· 2 adultos, 2 bebés" in reply and offers_in(reply), reply
 
 
+async def test_children_without_a_number_are_asked_about_not_left_out(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: *with the kids* and *with my children* were dropped and fares for the adults
+    alone shown as the trip's, and *with my kid* was searched as a second adult.)"""
+    chat = Chat(engine)
+    reply = await chat.say("NYC to London next Friday with the kids")
+    assert reply.endswith("\nHow many children are travelling?") and not offers_in(reply), reply
+    assert "New York (NYC) → London (LON), " + short(coming(4)) in reply, reply
+    assert chat.state["ask"] == {"slot": "children"}
+    assert await chat.say("ok") == "How many children are travelling?"
+    reply = await chat.say("make it 2 adults")  # kept, and the question still waits
+    assert reply.endswith("2 adults.\nHow many children are travelling?"), reply
+    reply = await chat.say("3")
+    assert "· 2 adults, 3 children" in reply and offers_in(reply), reply
+    assert not chat.state.get("ask")
+    # Answered in words, with a baby too; or none after all.
+    chat = Chat(engine, user_id="15550000027")
+    await chat.say("me and my wife with my children, NYC to London next Friday")
+    reply = await chat.say("2 kids and a baby")
+    assert "· 2 adults, 2 children, 1 infant" in reply and offers_in(reply), reply
+    chat = Chat(engine, user_id="15550000028")
+    await chat.say("NYC to London next Friday with the kids")
+    reply = await chat.say("0")
+    assert "· 1 adult\n" in reply and offers_in(reply), reply
+    # One child, written with "my": a child, not a second adult.
+    reply = await Chat(engine, user_id="15550000029").say("NYC to London next Friday with my kid")
+    assert "· 1 adult, 1 child" in reply and offers_in(reply), reply
+    chat = Chat(engine, user_id="15550000033", locale="es")
+    reply = await chat.say("de Madrid a Roma el viernes con los niños")
+    assert reply.endswith("\n¿Cuántos niños viajan?") and not offers_in(reply), reply
+    reply = await chat.say("2")
+    assert "· 1 adulto, 2 niños" in reply and offers_in(reply), reply
+
+
 async def test_an_offer_is_described_for_the_travellers_it_was_priced_for(
     engine: BotEngine,
 ) -> None:

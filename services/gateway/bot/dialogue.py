@@ -8,9 +8,11 @@ State (JSON, in the session service, so it survives restarts and moves between w
   once the user said so (the return is asked until given); ``period`` (``{"kind", "month",
   "year", "week"}``) while the user has named a stretch of days ("end of the month") and not
   yet the day; ``too_many`` (a count over 9) while the user has asked for more travellers
-  than one search takes and not yet said how many to search.
+  than one search takes and not yet said how many to search; ``some_children`` while the user
+  has said children come ("with the kids") and not yet how many.
 - ``ask``: what the last reply asked for: ``{"slot": "origin"|"destination"|"date"|"return"|
-  "travellers"|"adults"}`` (``adults`` while there are more lap infants than adults), with
+  "travellers"|"adults"|"children"}`` (``adults`` while there are more lap infants than
+  adults), with
   ``"choices"`` (places) when it asked the user to pick one.
 - ``results``: the last search's offers in compact form, how many were shown and ``party``
   (``{"adults", "children", "infants"}``, who they were priced for). The offers
@@ -92,6 +94,7 @@ REQUEST_DEFAULTS = (
     "children",
     "infants",
     "too_many",
+    "some_children",
     "cabin",
     "non_stop",
 )
@@ -368,8 +371,9 @@ def _valid_trip(trip: dict[str, Any]) -> dict[str, Any]:
         value = trip.get(key)
         if value is not None and not (isinstance(value, int | float) and 0 <= value <= 99):
             trip.pop(key)
-    if trip.get("round_trip") not in (None, True):
-        trip.pop("round_trip")
+    for key in ("round_trip", "some_children"):
+        if trip.get(key) not in (None, True):
+            trip.pop(key)
     too_many = trip.get("too_many")
     if too_many is not None and not (isinstance(too_many, int | float) and too_many > 0):
         trip.pop("too_many")
@@ -590,6 +594,8 @@ class BotEngine:
             return self._travellers_question(ctx, d)
         if d.ask.get("slot") == "adults" and _too_few_laps(d.trip):
             return self._laps_question(ctx, d)
+        if d.ask.get("slot") == "children" and d.trip.get("some_children"):
+            return t("ask_children")
         missing = self._missing(d)
         if missing is not None and (d.trip or not ctx.smart):
             d.set("ask", {"slot": missing})
@@ -643,6 +649,9 @@ class BotEngine:
                 d.update_trip(children=None)
             found = Extraction(adults=n) if 1 <= n <= MAX_TRAVELLERS else Extraction(too_many=n)
             return await self._apply(ctx, d, found)
+        if d.ask.get("slot") == "children" and d.trip.get("some_children"):
+            # "2", answering "How many children are travelling?" ("0": none after all).
+            return await self._apply(ctx, d, Extraction(children=n))
         period = Period.from_state(d.trip.get("period"))
         asked = {"depart": "date", "return": "return"}
         if period is not None and d.ask.get("slot") == asked[period.leg] and 1 <= n <= 31:
@@ -819,6 +828,12 @@ class BotEngine:
         children = int(
             (changes["children"] if "children" in changes else d.trip.get("children")) or 0
         )
+        if found.children is not None and d.trip.get("some_children"):
+            changes["some_children"] = None  # "2 kids", answering how many
+        elif found.some_children and not children:
+            # "with the kids": searched as adults alone, the children would be left out of
+            # the fares shown; how many is asked first (see _advance).
+            changes["some_children"] = True
         if found.adults or found.children:
             # Children take seats: with them a party may be over what one search seats.
             adults = changes["adults"] if "adults" in changes else d.trip.get("adults")
@@ -1058,6 +1073,9 @@ class BotEngine:
         if d.trip.get("too_many"):
             # "12 adults": one search seats at most 9, and 1 is not what was asked.
             return self._ask(ctx, d, "travellers", self._travellers_question(ctx, d), before)
+        if d.trip.get("some_children"):
+            # "with the kids": how many, before fares that would leave them out.
+            return self._ask(ctx, d, "children", t("ask_children"), before)
         if _too_few_laps(d.trip):
             # "1 adult and 2 babies": each infant travels on an adult's lap, and neither the
             # search nor an airline takes more infants than adults.

@@ -52,6 +52,7 @@ class Extraction:
     too_many: int | None = None
     children: int | None = None  # "2 adults and a child", "con 2 niños"; 0: "just me"
     infants: int | None = None  # "with my baby", "un bebé": on a lap, no seat
+    some_children: bool = False  # "with the kids", "con los niños": how many is asked
     cabin: str | None = None
     non_stop: bool | None = None
     one_way: bool | None = None
@@ -80,6 +81,7 @@ class Extraction:
             or self.too_many
             or self.children
             or self.infants
+            or self.some_children
             or self.cabin
             or self.non_stop is not None
             or self.one_way is not None
@@ -1139,7 +1141,7 @@ TRAVELLER_NOUNS = (
 )
 COMPANIONS = (
     r"(?:wife|husband|partner|friend|girlfriend|boyfriend|son|daughter|mom|mum|dad|mother|"
-    r"father|brother|sister|colleague|boss|kid|child|esposa|esposo|mujer|marido|pareja|novia|"
+    r"father|brother|sister|colleague|boss|esposa|esposo|mujer|marido|pareja|novia|"
     r"novio|amigo|amiga|hijo|hija|madre|padre|hermano|hermana)"
 )
 
@@ -1155,7 +1157,18 @@ CHILD_RULES: list[tuple[str, re.Pattern[str], Any]] = [
         None,
     ),
     ("children", re.compile(r"\b" + NUM + r" (?:little |small |peque[nñ]os? )?" + CHILD_NOUNS), 1),
+    # "with my kid", "me and my child": one child, not a second adult (a companion).
+    (
+        "children",
+        re.compile(r"\b(?:(?:with|and|con|y) )?(?:my|our|mi|nuestro|nuestra) (?:kid|child)\b"),
+        None,
+    ),
 ]
+# Children without a number ("with the kids", "con los niños"): some, how many asked.
+SOME_CHILDREN = re.compile(
+    r"\b(?:with|and|plus|con|y) (?:my |our |the |mis |nuestros |nuestras |los |las )?"
+    r"(?:kids|children|little ones|ni[nñ]os|ni[nñ]as|hijos|hijas|chicos|peques|crios)\b"
+)
 
 # Counts of the whole party ("family of 4", "we are 4", "3 people"), children included.
 WHOLE_PARTY: list[re.Pattern[str]] = [
@@ -1464,6 +1477,10 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
             count = number(match[group]) if group else 1
             setattr(result, slot, (getattr(result, slot) or 0) + (count or 0))
             work = _without_travellers(work, match)
+    some = SOME_CHILDREN.search(work)
+    if some and result.children is None:
+        result.some_children = True
+        work = _without_travellers(work, some)
     young = (result.children or 0) + (result.infants or 0)
     for pattern, value in ADULT_RULES:
         match = pattern.search(work)

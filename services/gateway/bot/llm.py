@@ -163,8 +163,14 @@ def with_rules(model: Extraction, rules: Extraction) -> Extraction:
     """
     if rules.too_many:
         model = replace(model, adults=None, too_many=rules.too_many)
-    if rules.children or rules.infants:
-        model = replace(model, adults=rules.adults, children=rules.children, infants=rules.infants)
+    if rules.children or rules.infants or rules.some_children:
+        model = replace(
+            model,
+            adults=rules.adults,
+            children=rules.children,
+            infants=rules.infants,
+            some_children=rules.some_children,
+        )
     if not (rules.depart or rules.return_date or rules.period or rules.no_such_date):
         return replace(model, unreadable_date=rules.unreadable_date)
     return replace(model, **{name: getattr(rules, name) for name in _DATE_FIELDS})

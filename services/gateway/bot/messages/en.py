@@ -105,6 +105,7 @@ MESSAGES: dict[str, str] = {
         "Each infant travels on an adult's lap, so {n} infants need at least {n} adults."
     ),
     "ask_adults": "How many adults are travelling?",
+    "ask_children": "How many children are travelling?",
     "ask_return": "When do you come back?",
     "date_too_far": "I can only search up to a year ahead. Please pick an earlier date.",
     "return_before_departure": (

@@ -107,6 +107,7 @@ MESSAGES: dict[str, str] = {
         "Cada bebé viaja en brazos de un adulto, así que {n} bebés necesitan al menos {n} adultos."
     ),
     "ask_adults": "¿Cuántos adultos viajan?",
+    "ask_children": "¿Cuántos niños viajan?",
     "ask_return": "¿Qué día vuelves?",
     "date_too_far": "Solo puedo buscar hasta un año vista. Elige una fecha más cercana.",
     "return_before_departure": (
