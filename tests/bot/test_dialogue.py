@@ -521,6 +521,26 @@ async def test_the_word_before_the_travellers_is_not_part_of_a_place(engine: Bot
     assert "New York (NYC) → Rome (ROM)" in reply and "· 2 adults, 2 children" in reply, reply
 
 
+async def test_a_name_that_begins_or_ends_with_a_common_word_is_kept_whole(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: the words trimmed from the edges of a place phrase (*international*,
+    *city*, *home*) were trimmed from names too: *from international falls to chicago* asked
+    *Which “Falls” do you mean?* (Great Falls, Niagara Falls…), *rapid city* flew from Grand
+    Rapids and *atlantic city* asked about Atlantic, Iowa.)"""
+    for text, route in (
+        ("from international falls to chicago tomorrow", "International Falls (INL) → Chicago"),
+        ("rapid city to denver tomorrow", "Rapid City (RAP) → Denver (DEN)"),
+        ("atlantic city to boston tomorrow", "Atlantic City (ACY) → Boston (BOS)"),
+        ("from mountain home to boise tomorrow", "Mountain Home (WMH) → Boise (BOI)"),
+        # The trim still serves where the longer phrase names no better place.
+        ("heathrow international to jfk tomorrow", "London (LHR) → New York (JFK)"),
+        ("panama city to miami tomorrow", "Panama (PTY) → Miami (MIA)"),
+    ):
+        reply = await Chat(engine, user_id="15550000034").say(text)
+        assert route in reply and offers_in(reply), (text, reply)
+
+
 async def test_the_word_joining_the_travellers_is_not_part_of_the_place_after_them(
     engine: BotEngine,
 ) -> None:

@@ -678,7 +678,7 @@ class BotEngine:
         date), so a whole request in one message still takes three."""
         slot = d.ask.get("slot") or self._missing(d) or "origin"
         found = extract(text, ctx.written, ctx.locale)
-        answer = Extraction(unreadable_date=found.unreadable_date)
+        answer = Extraction(unreadable_date=found.unreadable_date, edge_names=found.edge_names)
         if slot in ("origin", "destination"):
             ordered = [found.origin, *found.places, found.destination]
             phrase = next((p for p in ordered if p), None)
@@ -735,6 +735,15 @@ class BotEngine:
                     places=list(whole.places),
                 )
                 break
+        for part, name in found.edge_names:
+            if await self._names_better(name, part):
+                # "from international falls": INL, not a list of every "Falls".
+                found = replace(
+                    found,
+                    origin=name if found.origin == part else found.origin,
+                    destination=name if found.destination == part else found.destination,
+                    places=[name if p == part else p for p in found.places],
+                )
         assigned: dict[str, str] = {}
         if found.origin:
             assigned["origin"] = found.origin
@@ -925,6 +934,20 @@ class BotEngine:
         return not any(
             half and half[0].code == whole[0].code and half[0].score > whole[0].score
             for half in halves
+        )
+
+    async def _names_better(self, name: str, part: str) -> bool:
+        """Whether "kansas city" names a place better than "kansas", the phrase the filler
+        trim left: well (as a name with "de" must) and better ("london city" is London City
+        airport at 95, "london" all of London at 100: London)."""
+        try:
+            whole, alone = await self._places.resolve(name), await self._places.resolve(part)
+        except grpc.aio.AioRpcError:
+            return False
+        return (
+            bool(whole)
+            and whole[0].score >= ONE_NAME_SCORE
+            and (not alone or whole[0].score > alone[0].score)
         )
 
     async def _is_clearly_a_place(self, phrase: str) -> bool:

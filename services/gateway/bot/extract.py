@@ -62,6 +62,10 @@ class Extraction:
     depart_day_only: bool = False  # the departure was a day of the month alone ("the 28th")
     # The places read with an inner "de" kept in a name ("Santa Cruz de Tenerife").
     whole_names: tuple[WholeName, ...] = ()
+    # (phrase, the phrase with a word trimmed from its edge put back): ("falls",
+    # "international falls"), ("kansas", "kansas city"); the dialogue keeps the longer one
+    # where it names a place better (see BotEngine._apply).
+    edge_names: tuple[tuple[str, str], ...] = ()
     # A departure or return written as a day that does not exist ("29 Feb" in 2027): said so,
     # not taken for a date a year on or for something unreadable.
     no_such_date: NoSuchDate | None = None
@@ -1321,6 +1325,9 @@ PROTECTED_NAMES = [
     "sun valley",
     "saint denis",
 ]
+# Words trimmed from the edges of place phrases (FILLER) that begin or end names in the airport
+# data: "International Falls", "Kansas City", "Mountain Home", "In Salah", "The Valley".
+NAME_EDGE_WORDS = frozenset(("city", "international", "home", "the", "in", "show", "price"))
 _PROTECT = re.compile(r"\b(" + "|".join(PROTECTED_NAMES) + r")\b")
 SPANISH_CUES = re.compile(
     r"\b(?:de|desde|quiero|quisiera|vuelos?|hacia|para|mañana|billetes?|pasajes?|ida|vuelta|"
@@ -1339,6 +1346,20 @@ def _clean_place(phrase: str, spanish: bool = False) -> str:
     # What is left must contain letters and no leftover date/slot placeholder.
     cleaned = " ".join(words).strip(" -'")
     return cleaned if re.search(r"[a-zñ]", cleaned) else ""
+
+
+def _edge_names(text: str, phrases: list[str]) -> tuple[tuple[str, str], ...]:
+    """Each phrase with the name words (NAME_EDGE_WORDS) written next to it in ``text`` put
+    back: the filler trim took "international" from "international falls"."""
+    edge = "|".join(sorted(NAME_EDGE_WORDS))
+    found: list[tuple[str, str]] = []
+    for phrase in dict.fromkeys(phrases):
+        pattern = rf"(?<![\w'])(?:(?:{edge}) )?{re.escape(phrase)}(?: (?:{edge}))?(?![\w'])"
+        for match in re.finditer(pattern, text):
+            if match.group(0) != phrase:
+                found.append((phrase, match.group(0)))
+                break
+    return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -1548,6 +1569,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     result.origin, result.destination, result.places = origin, destination, unmarked
     if spanish:
         result.whole_names = _whole_names(work, (origin, destination, unmarked))
+    result.edge_names = _edge_names(work, [p for p in (origin, destination, *unmarked) if p])
 
     if result.depart is None and not dates and not result.places:
         pass
