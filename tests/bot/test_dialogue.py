@@ -1129,6 +1129,20 @@ async def test_a_long_place_phrase_is_clipped_where_it_is_echoed(engine: BotEngi
     assert len(reply) < 200
 
 
+async def test_an_echoed_phrase_is_never_cut_inside_a_letter_and_its_accent(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: a phrase was cut by code points. An accent typed as its own character after
+    the letter (U+0301, as some keyboards and pasted text write it) was cut off the end of the
+    phrase echoed, *Qwxyzqé* shown as “Qwxyzqe”, and at the 100 characters of a long phrase the
+    letter was kept without its accent before the “…”.)"""
+    accented = "e\u0301"
+    reply = await Chat(engine).say(f"to Qwxyzq{accented} tomorrow")
+    assert f"“Qwxyzq{accented}”" in reply, ascii(reply)
+    reply = await Chat(engine).say(f"to Q{'w' * 97}{accented}zz tomorrow")
+    assert f"“Q{'w' * 97}…”" in reply, ascii(reply)  # the whole "é" goes: 99 would split it
+
+
 async def test_the_same_city_under_another_code_is_asked_again(
     engine: BotEngine, search_server: SearchServer
 ) -> None:

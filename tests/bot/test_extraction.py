@@ -184,6 +184,7 @@ def test_a_weekday_written_with_its_date_or_after_next_is_that_day(
         ("la coruña", "a La Coruña el viernes", "La Coruña"),
         ("o'hare", "from O\u2019Hare tomorrow", "O\u2019Hare"),
         ("london", "NYC → London", "London"),
+        ("jose", "to Jose\u0301 tomorrow", "Jose\u0301"),  # the accent after its letter too
         ("new york", "nyc to london", None),  # not in the text: the caller keeps its phrase
     ],
 )

@@ -36,6 +36,7 @@ from zoneinfo import TZPATH, ZoneInfo, ZoneInfoNotFoundError
 
 import grpc
 import orjson
+import regex
 import structlog
 
 from parley.search.v1 import search_pb2
@@ -1476,7 +1477,17 @@ def _row_title(city: str, code: str) -> str:
 
 
 def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """``text`` within ``limit`` characters, cut between graphemes (UAX #29, ``\\X``): a cut
+    inside one would leave half a flag, a family emoji's first person and its joiner, or an
+    "e" without the accent written after it."""
+    if len(text) <= limit:
+        return text
+    kept = 0
+    for grapheme in regex.finditer(r"\X", text):
+        if grapheme.end() > limit - 1:
+            break
+        kept = grapheme.end()
+    return text[:kept] + "…"
 
 
 def _clip_keeping(head: str, end: str, limit: int) -> str:

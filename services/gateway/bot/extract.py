@@ -21,6 +21,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import dateparser
+import regex
 from rapidfuzz import fuzz, process
 
 CABINS = ("economy", "premium_economy", "business", "first")
@@ -352,7 +353,11 @@ def as_written(phrase: str, text: str) -> str | None:
     found = re.search(r"\s+".join(map(re.escape, words)), "".join(folded))
     if found is None:
         return None
-    return " ".join(text[origin[found.start()] : origin[found.end() - 1] + 1].split())
+    # To the end of the last grapheme: an accent written after its letter ("e" + U+0301)
+    # folds to nothing, and is still part of what the user wrote.
+    last = regex.match(r"\X", text, pos=origin[found.end() - 1])
+    end = last.end() if last else origin[found.end() - 1] + 1
+    return " ".join(text[origin[found.start()] : end].split())
 
 
 # Emoji and other pictographs (with their joiners and variation selectors), which WhatsApp
