@@ -325,6 +325,34 @@ async def test_children_without_a_number_are_asked_about_not_left_out(
     assert "· 1 adulto, 2 niños" in reply and offers_in(reply), reply
 
 
+async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
+    """(Was a bug: only digits answered a question: *four* answering *How many travellers
+    should I search for?*, *two* answering *How many adults are travelling?*, *option two* for
+    a place and *cuatro* got *Sorry, I didn't get that*, and *none* answering *How many
+    children are travelling?* too.)"""
+    chat = Chat(engine)
+    await chat.say("NYC to London next Friday, we are 12")
+    reply = await chat.say("four")
+    assert "· 4 adults" in reply and offers_in(reply), reply
+    assert (await chat.say("two")).startswith("*Offer 2* · ")
+    chat = Chat(engine, user_id="15550000035")
+    await chat.say("1 adult and 2 babies NYC to London next Friday")
+    reply = await chat.say("two")
+    assert "· 2 adults, 2 infants" in reply and offers_in(reply), reply
+    chat = Chat(engine, user_id="15550000036")
+    await chat.say("NYC to London next Friday with the kids")
+    reply = await chat.say("none")
+    assert "· 1 adult\n" in reply and offers_in(reply), reply
+    chat = Chat(engine, user_id="15550000037")
+    await chat.say("San Jose to Rome tomorrow")
+    reply = await chat.say("option two")
+    assert "San Jose (SJO) → Rome (ROM)" in reply and offers_in(reply), reply
+    chat = Chat(engine, user_id="15550000038", locale="es")
+    await chat.say("de Madrid a Roma el viernes con los niños")
+    reply = await chat.say("dos")
+    assert "· 1 adulto, 2 niños" in reply and offers_in(reply), reply
+
+
 async def test_an_offer_is_described_for_the_travellers_it_was_priced_for(
     engine: BotEngine,
 ) -> None:

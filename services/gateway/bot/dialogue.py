@@ -46,6 +46,7 @@ from services.gateway.bot import offers as fmt
 from services.gateway.bot.extract import (
     MAX_DAYS_AHEAD,
     MAX_TRAVELLERS,
+    NUMBER_WORDS,
     SEASONS,
     Extraction,
     NoSuchDate,
@@ -53,6 +54,7 @@ from services.gateway.bot.extract import (
     as_written,
     extract,
     normalize,
+    number,
     weekday_after,
 )
 from services.gateway.bot.llm import Extractor
@@ -269,8 +271,20 @@ def _unpacked_offers(text: str) -> list[Any]:
 
 POLITE = re.compile(r"^(?:please|pls|plz|por favor) | (?:please|pls|plz|por favor)$")
 
-# A choice by its number: "2", "la 2", "la opción 2", "option 2" ("el 2" stays a date).
-CHOICE = re.compile(r"(?:(?:la|opcion|option|oferta|offer|numero|number|#) ?)*(\d+)")
+# A choice by its number: "2", "la 2", "la opción 2", "option 2" ("el 2" stays a date), the
+# number in words too ("four", answering "How many travellers?"; "option two", "dos"), but
+# not the articles "a" and "un".
+_WORD_NUMBERS = "|".join(
+    sorted((w for w in NUMBER_WORDS if w not in ("a", "an", "un", "una")), key=len, reverse=True)
+)
+CHOICE = re.compile(
+    rf"(?:(?:la|opcion|option|oferta|offer|numero|number|#) ?)*(\d+|{_WORD_NUMBERS})"
+)
+# "none", answering "How many children are travelling?".
+NO_CHILDREN = re.compile(
+    r"none|zero|cero|no|nope|ninguno|ninguna|nadie|no (?:kids|children)|"
+    r"ningun (?:niño|nino)|sin (?:niños|ninos|hijos)"
+)
 
 # Asking about price once offers are shown: "the cheapest" is offer 1 (they are sorted cheapest
 # first); "anything cheaper?" is answered with what could cost less. Never a place ("mas" is
@@ -536,11 +550,15 @@ class BotEngine:
             return [Reply(t("nothing_to_retry"))]
         if CHEAPEST.fullmatch(polite) or CHEAPER.fullmatch(polite):
             return self._cheaper(ctx, d, cheapest=bool(CHEAPEST.fullmatch(polite)))
+        if d.ask.get("slot") == "children" and NO_CHILDREN.fullmatch(polite):
+            return await self._apply(ctx, d, Extraction(children=0))
         # \d is decimal digits only (int() refuses "²"); and a menu choice is a few digits,
         # while int() refuses more than 4300 (any longer number is just not understood).
         chosen = CHOICE.fullmatch(plain)
-        if chosen and len(chosen.group(1)) <= 4:
-            picked = await self._number(ctx, d, int(chosen.group(1)))
+        value = chosen.group(1) if chosen else ""
+        n = number(value) if value and not (value.isdecimal() and len(value) > 4) else None
+        if n is not None:
+            picked = await self._number(ctx, d, n)
             if picked is not None:
                 return picked
 
