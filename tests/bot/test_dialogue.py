@@ -1014,6 +1014,44 @@ async def test_everyday_ways_to_start_over_or_cancel_are_understood(engine: BotE
         assert chat.state == {}
 
 
+_ORDINALS = """first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth
+thirteenth fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth
+twenty-first twenty-second twenty-third twenty-fourth twenty-fifth twenty-sixth twenty-seventh
+twenty-eighth twenty-ninth thirtieth thirty-first"""
+_SPANISH_DAYS = """uno dos tres cuatro cinco seis siete ocho nueve diez once doce trece catorce
+quince dieciséis diecisiete dieciocho diecinueve veinte veintiuno veintidós veintitrés
+veinticuatro veinticinco veintiséis veintisiete veintiocho veintinueve treinta"""
+ORDINAL_WORDS = _ORDINALS.split()
+SPANISH_DAYS = [*_SPANISH_DAYS.split(), "treinta y uno"]
+
+
+async def test_a_day_of_the_month_written_in_words_is_that_day(engine: BotEngine) -> None:
+    """(Was a bug: a day written in words was dropped without a word: *NYC to London on
+    December third*, *the first of December*, *on the twenty-fifth* and *el tres de
+    diciembre* answered *When do you want to leave?* as if no day had been said.)"""
+    day = today() + timedelta(days=20)
+    month = day.strftime("%B")
+    for text in (
+        f"NYC to London on {month} {ORDINAL_WORDS[day.day - 1]}",
+        f"NYC to London the {ORDINAL_WORDS[day.day - 1]} of {month}",
+    ):
+        reply = await Chat(engine).say(text)
+        assert f"New York (NYC) → London (LON)* · {short(day)}" in reply, (text, reply)
+        assert offers_in(reply), reply
+    chat = Chat(engine)
+    await chat.say("NYC to London")
+    reply = await chat.say(f"on the {ORDINAL_WORDS[day.day - 1]}")
+    assert f"· {short(day)}" in reply and offers_in(reply), reply
+    # Numbers that are not days stay what they were: "for two" is the travellers.
+    reply = await Chat(engine).say(f"flights for two, {month} {day.day} NYC to London")
+    assert f"· {short(day)} · 2 adults" in reply and offers_in(reply), reply
+    spanish = SPANISH_MONTHS[day.month - 1]
+    chat = Chat(engine, user_id="15550000039", locale="es")
+    reply = await chat.say(f"de Madrid a Roma el {SPANISH_DAYS[day.day - 1]} de {spanish}")
+    assert "Madrid (MAD) → Roma (ROM)" in reply and offers_in(reply), reply
+    assert chat.state["trip"]["depart"] == day.isoformat()
+
+
 async def test_dates_in_the_past_and_returns_before_departure_are_asked_again(
     engine: BotEngine,
 ) -> None:

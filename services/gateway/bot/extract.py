@@ -1449,6 +1449,63 @@ def split_places(text: str, spanish: bool) -> tuple[str | None, str | None, list
     return origin, destination, unmarked
 
 
+# --- days of the month in words --------------------------------------------------------
+
+
+_UNITS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_TEENS = (
+    *("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen"),
+    *("eighteen", "nineteen"),
+)
+_NTHS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth")
+_TEEN_NTHS = (*(f"{word}th" for word in _TEENS[3:]), "tenth", "eleventh", "twelfth")
+_SPANISH_DAYS = """uno dos tres cuatro cinco seis siete ocho nueve diez once doce trece catorce
+quince dieciseis diecisiete dieciocho diecinueve veinte veintiuno veintidos veintitres
+veinticuatro veinticinco veintiseis veintisiete veintiocho veintinueve treinta"""
+
+
+def _day_numbers() -> tuple[dict[str, int], dict[str, int]]:
+    """Days of the month in words: (ordinals, cardinals). "twenty-fifth", "twenty fifth",
+    "veinticinco", "treinta y uno"."""
+    ordinals = dict(zip(_NTHS, range(1, 10), strict=True))
+    ordinals |= dict(zip(_TEEN_NTHS, (13, 14, 15, 16, 17, 18, 19, 10, 11, 12), strict=True))
+    cardinals = dict(zip(_UNITS + _TEENS, range(1, 20), strict=True))
+    cardinals |= dict(zip(_SPANISH_DAYS.split(), range(1, 31), strict=True))
+    cardinals |= {"treinta y uno": 31}
+    for tens, base in (("twenty", 20), ("thirty", 30)):
+        ordinals[tens[:-1] + "ieth"], cardinals[tens] = base, base
+        for n in range(1, 10 if base == 20 else 2):
+            for joint in (" ", "-"):
+                ordinals[f"{tens}{joint}{_NTHS[n - 1]}"] = base + n
+                cardinals[f"{tens}{joint}{_UNITS[n - 1]}"] = base + n
+    return ordinals, cardinals
+
+
+DAY_ORDINALS, DAY_CARDINALS = _day_numbers()
+_DAY_ORDINAL = _alternation(DAY_ORDINALS)
+_DAY_WORD = _alternation(DAY_ORDINALS | DAY_CARDINALS)
+_DAY_CARDINAL = _alternation(DAY_CARDINALS)
+# A day of the month in words, where a date is written: next to a month ("december third",
+# "the first of december", "el tres de diciembre", "March twenty-fifth") or as "on the
+# twenty-fifth". Not "the first one" (an offer), "first class", nor a count ("for two,
+# december 3", "december, two adults").
+DAY_IN_WORDS = re.compile(
+    r"\b(?:(?P<a>" + _DAY_ORDINAL[1:-1] + r")(?= (?:of |de |del )?" + MONTH + r"\b)"
+    r"|(?P<a2>" + _DAY_CARDINAL[1:-1] + r")(?= (?:of|de|del) " + MONTH + r"\b)"
+    r"|(?P<month>" + MONTH[1:-1] + r") (?P<the>the )?(?P<b>" + _DAY_WORD[1:-1] + r")\b"
+    r"(?! (?:of us|de nosotros|" + "|".join((TRAVELLER_NOUNS, CHILD_NOUNS, INFANT_NOUNS)) + "))"
+    r"|(?P<on>on|until|till|by) the (?P<c>" + _DAY_ORDINAL[1:-1] + r"))\b"
+)
+
+
+def _day_in_digits(match: re.Match[str]) -> str:
+    word = match["a"] or match["a2"] or match["b"] or match["c"]
+    day = f"{DAY_ORDINALS.get(word) or DAY_CARDINALS[word]}{'th' if word in DAY_ORDINALS else ''}"
+    if match["month"]:
+        return f"{match['month']} {match['the'] or ''}{day}"
+    return f"{match['on']} the {day}" if match["on"] else day
+
+
 # --- the whole message -------------------------------------------------------------------
 
 
@@ -1493,6 +1550,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
         work = LENGTH_A_WEEK.sub(" ", work)
 
     work, result.period = find_period(work, ctx.today)
+    work = DAY_IN_WORDS.sub(_day_in_digits, work)
     work, dates = find_dates(work, ctx)
 
     # Travellers, once dates are out of the way ("the 5th" is not 5 people): children and
