@@ -596,6 +596,19 @@ async def test_the_word_joining_the_travellers_is_not_part_of_the_place_after_th
     assert "Madrid (MAD) → Roma (ROM)" in reply and "· 2 adultos, 2 niños" in reply, reply
 
 
+async def test_a_possessive_before_the_travellers_is_not_a_place(engine: BotEngine) -> None:
+    """(Was a bug: *from Boston to Miami tomorrow for me and my 2 kids* answered *I couldn't
+    find an airport for “My”*: the travellers were read and the *my* before them left as the
+    destination after *for*; *de Madrid a Roma el viernes para mis 2 niños* searched Madrid to
+    Misima Island (MIS), “mis” replacing Rome.)"""
+    reply = await Chat(engine).say("from Boston to Miami tomorrow for me and my 2 kids")
+    assert "Boston (BOS) → Miami (MIA)* · " in reply and "· 1 adult, 2 children" in reply, reply
+    assert offers_in(reply), reply
+    reply = await Chat(engine, locale="es").say("de Madrid a Roma el viernes para mis 2 niños")
+    assert "Madrid (MAD) → Roma (ROM)" in reply and "· 1 adulto, 2 niños" in reply, reply
+    assert offers_in(reply), reply
+
+
 async def test_a_place_is_echoed_as_the_user_wrote_it(engine: BotEngine) -> None:
     """(Was a bug: the bot's questions echoed the place with its accents taken off and every
     word capitalized: *¿A qué «Cordoba» te refieres?* to someone who wrote *Córdoba*.)"""

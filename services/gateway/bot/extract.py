@@ -1215,9 +1215,13 @@ ADULT_RULES: list[tuple[re.Pattern[str], Any]] = [
     ),
 ]
 MAX_TRAVELLERS = 9  # seated travellers in one search (the search service's limit)
-# The word that joins travellers to the rest ("we are 4 with 2 kids", "con 2 adultos"): no part
-# of a place, before the travellers or after them ("with nyc" in "... with 2 kids NYC to London").
-_JOINED_BY = re.compile(r"\b(?:with|plus|including|and|con|incluyendo|y) *$")
+# The word that joins travellers to the rest ("we are 4 with 2 kids", "con 2 adultos", "and my 2
+# kids"): no part of a place, before the travellers or after them ("with nyc" in "... with 2
+# kids NYC to London", "my" in "to miami for me and my 2 kids").
+_JOINED_BY = re.compile(
+    r"\b(?:(?:(?:with|plus|including|and|con|incluyendo|y) )?(?:my|our|mis|nuestros|nuestras)|"
+    r"with|plus|including|and|con|incluyendo|y) *$"
+)
 
 
 def _without_travellers(work: str, match: re.Match[str]) -> str:
