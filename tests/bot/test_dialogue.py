@@ -103,6 +103,30 @@ async def test_corrections_change_one_thing_and_search_again(engine: BotEngine) 
     assert "back " + short(coming(4) + timedelta(days=2)) in reply and offers_in(reply)
 
 
+async def test_a_date_corrected_in_the_same_message_is_the_later_one(engine: BotEngine) -> None:
+    """(Was a bug: the first date of a message was the departure, even when the message took it
+    back: *NYC to London Friday. Actually no, Saturday*, *… on Friday sorry I mean Saturday*
+    and *… el viernes, perdón, el sábado* searched Friday.)"""
+    for n, text in enumerate(
+        (
+            "NYC to London Friday. Actually no, Saturday",
+            "NYC to London on Friday sorry I mean Saturday",
+            "NYC to London Friday, no, Saturday",
+        )
+    ):
+        reply = await Chat(engine, user_id=f"1555000006{n}").say(text)
+        assert f"New York (NYC) → London (LON)* · {short(coming(5))} · " in reply, (text, reply)
+        assert offers_in(reply), reply
+    # A return after the correction word is still the return.
+    reply = await Chat(engine, user_id="15550000063").say(
+        "NYC to London Friday, actually back Sunday"
+    )
+    assert f"· {short(coming(4))}, back {short(coming(4) + timedelta(days=2))} · " in reply, reply
+    chat = Chat(engine, user_id="15550000064", locale="es")
+    await chat.say("de Madrid a Roma el viernes, perdón, el sábado")
+    assert chat.state["trip"]["depart"] == coming(5).isoformat()
+
+
 async def test_the_words_around_a_correction_do_not_replace_a_place(engine: BotEngine) -> None:
     """(Was a bug: what was left of a correction once its date was read was taken for the new
     destination: *wait, saturday* searched New York → Waitangi, *change the date to Sunday*

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import calendar
 import functools
+import itertools
 import re
 import unicodedata
 from collections.abc import Callable
@@ -1510,6 +1511,25 @@ def _day_in_digits(match: re.Match[str]) -> str:
     return f"{match['on']} the {day}" if match["on"] else day
 
 
+# "friday. actually no, saturday", "on friday sorry I mean saturday", "el viernes, perdón, el
+# sábado": the second date corrects the first, which the message takes back.
+CORRECTED = re.compile(
+    r"\b(?:actually|sorry|i mean|i meant|no|wait|rather|make (?:it|that)|"
+    r"perdon|digo|quiero decir|mejor|espera)\b"
+)
+
+
+def _taken_back(work: str) -> set[int]:
+    """The dates (indices of their "@dN") corrected by the next one in the message."""
+    marks = list(re.finditer(r"@d(\d+)", work))
+    return {
+        int(first.group(1))
+        for first, second in itertools.pairwise(marks)
+        if CORRECTED.search(work[first.end() : second.start()])
+        and not re.search(r"\b" + RETURN_MARK + r"\b", work[first.end() : second.start()])
+    }
+
+
 # --- the whole message -------------------------------------------------------------------
 
 
@@ -1588,9 +1608,10 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
             break
 
     # Which date is which: ranges, "back <date>", then the first remaining is the departure.
-    used: set[int] = set()
+    # A date taken back in the same message ("friday, actually saturday") is no date.
+    used: set[int] = _taken_back(work)
     for index, item in enumerate(dates):
-        if isinstance(item.value, tuple):
+        if isinstance(item.value, tuple) and index not in used:
             result.depart, result.return_date = item.value
             used.add(index)
             break
