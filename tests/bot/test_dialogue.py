@@ -633,6 +633,38 @@ async def test_a_possessive_before_the_travellers_is_not_a_place(engine: BotEngi
     assert offers_in(reply), reply
 
 
+async def test_times_of_day_and_thanks_around_a_request_are_not_places(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: a time of day or a thanks next to a place was read as part of it: *from NYC
+    tomorrow night to London* answered *I couldn't find an airport for “Nyc Night”*, *a
+    flight to Miami leaving tomorrow evening from Atlanta* “Evening” (the origin, after
+    *leaving*), *2 tickets LAX->JFK on <day>, returning <day>. Thanks!* “Jfk On Thanks”, and
+    *from NYC at 10:30 to London* “Nyc At 10 30”.)"""
+    tomorrow = short(today() + timedelta(days=1))
+    day, back = today() + timedelta(days=20), today() + timedelta(days=27)
+    for n, (text, header) in enumerate(
+        (
+            ("from NYC tomorrow night to London", f"New York (NYC) → London (LON)* · {tomorrow}"),
+            (
+                "book me a flight to miami leaving tomorrow evening from atlanta",
+                f"Atlanta (ATL) → Miami (MIA)* · {tomorrow}",
+            ),
+            (
+                f"Hi! I'm looking for 2 tickets LAX->JFK on {day.strftime('%b')} {day.day}, "
+                f"returning {back.strftime('%b')} {back.day}. Thanks!",
+                f"(LAX) → New York (JFK)* · {short(day)}, back {short(back)} · 2 adults",
+            ),
+            (
+                "from NYC at 10:30 to London tomorrow",
+                f"New York (NYC) → London (LON)* · {tomorrow}",
+            ),
+        )
+    ):
+        reply = await Chat(engine, user_id=f"1555000007{n}").say(text)
+        assert header in reply and offers_in(reply), (text, reply)
+
+
 async def test_a_place_is_echoed_as_the_user_wrote_it(engine: BotEngine) -> None:
     """(Was a bug: the bot's questions echoed the place with its accents taken off and every
     word capitalized: *¿A qué «Cordoba» te refieres?* to someone who wrote *Córdoba*.)"""

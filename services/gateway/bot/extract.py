@@ -285,6 +285,8 @@ que como cual se
 airport airports aeropuerto intl international city
 instead actually change make it rather then no sorry mejor cambia cambiar only just meant mean
 around sometime approximately roughly sobre alrededor aproximadamente time
+morning afternoon evening night noon midday early late tarde noche madrugada
+thanks thank thx cheers gracias
 """
 FILLER = frozenset(FILLER_WORDS.split())
 
@@ -327,8 +329,8 @@ def normalize(text: str) -> str:
     text = re.sub(r"\s*(?:->|=>|→|➡️?|⇒|—>|-->|>)\s*", " to ", text)
     text = re.sub(r"\s+[-\u2013\u2014]\s+", " to ", text)  # "London - Paris"
     text = CODE_PAIR.sub(_code_pair, text)  # "LHR-JFK"
-    text = re.sub(r"[!?¿¡,;:\"“”()\[\]*_]+", " ", text)
-    text = re.sub(r"(?<=[a-z])\.(?=\s|$)", " ", text)  # "fri." → "fri"
+    text = re.sub(r"[!?¿¡,;\"“”()\[\]*_]+|(?<!\d):|:(?!\d)", " ", text)  # "10:30" is kept
+    text = re.sub(r"(?<=[a-z0-9])\.(?=\s|$)", " ", text)  # "fri." → "fri", "Dec 20." → "Dec 20"
     # The Spanish ordinal "1º" would become "1o" with the accents below.
     text = re.sub(r"(?<=\d)[ºª]", "°", text)
     text = _strip_accents(text.replace("ñ", "\x00")).replace("\x00", "ñ")
@@ -1283,6 +1285,12 @@ COUNTED_FROM = re.compile(
 )
 
 
+# A time of day ("at 9am", "around 10:30", "a las 18h"): not searched (a day's flights are
+# shown), and never a place or a date ("10.30am" is not 10 October).
+TIME_OF_DAY = re.compile(
+    r"\b(?:(?:at|around|by|after|before|a las|sobre las|hacia las) )?"
+    r"(?:\d{1,2}(?:[:.]\d{2})? ?(?:am|pm|a\.m\.?|p\.m\.?|h|hs|hrs)|\d{1,2}:\d{2})(?![\w:/])"
+)
 FORTNIGHT = re.compile(r"\b(?:a |one )?fortnight\b")
 A_COUPLE_OF = re.compile(
     r"\b(?:a )?(?:couple of|un par de) (?=(?:days?|nights?|weeks?|months?|dias|noches|semanas|"
@@ -1573,6 +1581,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
         result.nights = 7
         work = LENGTH_A_WEEK.sub(" ", work)
 
+    work = TIME_OF_DAY.sub(" ", work)  # "at 9am", "10:30": no date, no place
     work, result.period = find_period(work, ctx.today)
     work = DAY_IN_WORDS.sub(_day_in_digits, work)
     work, dates = find_dates(work, ctx)
