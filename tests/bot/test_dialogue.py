@@ -665,6 +665,21 @@ async def test_times_of_day_and_thanks_around_a_request_are_not_places(
         assert header in reply and offers_in(reply), (text, reply)
 
 
+async def test_the_words_that_introduce_a_count_of_adults_are_not_a_place(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: *… de Bogotá a Medellín para el próximo viernes somos dos adultos y un bebé*
+    answered *No sé bien qué lugar es «Somos»* with a list of airports, Medellín dropped: the
+    count of adults was read without the *somos* before it.)"""
+    chat = Chat(engine, locale="es")
+    reply = await chat.say(
+        "hola buenas quería saber si hay vuelos de bogotá a medellín para el próximo viernes "
+        "somos dos adultos y un bebé"
+    )
+    assert "Bogotá (BOG) → Medellín (MDE)* · " in reply, reply
+    assert "· 2 adultos, 1 bebé" in reply and offers_in(reply), reply
+
+
 async def test_a_place_is_echoed_as_the_user_wrote_it(engine: BotEngine) -> None:
     """(Was a bug: the bot's questions echoed the place with its accents taken off and every
     word capitalized: *¿A qué «Cordoba» te refieres?* to someone who wrote *Córdoba*.)"""

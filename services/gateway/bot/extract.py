@@ -1197,7 +1197,11 @@ WHOLE_PARTY: list[re.Pattern[str]] = [
 ALONE = re.compile(r"\b(?:just me|only me|alone|by myself|solo yo|yo solo)\b")
 ADULT_RULES: list[tuple[re.Pattern[str], Any]] = [
     *((pattern, lambda m: number(m.group(1))) for pattern in WHOLE_PARTY[:3]),
-    (re.compile(r"\b" + NUM + r" (?:adults?|adultos?)\b"), lambda m: number(m.group(1))),
+    # "somos dos adultos", "we are 2 adults": the words before the count are no place.
+    (
+        re.compile(r"\b(?:(?:somos|we are|we're|for|para) )?" + NUM + r" (?:adults?|adultos?)\b"),
+        lambda m: number(m.group(1)),
+    ),
     (
         re.compile(
             r"\b(?:me and my|my \w+ and (?:i|me)|with my|(?:yo )?con mi|mi \w+ y yo) "
