@@ -103,6 +103,24 @@ async def test_corrections_change_one_thing_and_search_again(engine: BotEngine) 
     assert "back " + short(coming(4) + timedelta(days=2)) in reply and offers_in(reply)
 
 
+async def test_everyday_words_for_coming_back_mark_the_return(engine: BotEngine) -> None:
+    """(Was a bug: *… el 13 de diciembre y regresar el 20 de diciembre*, *… volvemos el …*,
+    *… retorno el …* and *… coming home Sunday* searched one way, the return dropped without a
+    word: only *back*, *return(ing)*, *vuelta*, *regreso* and a few more marked it.)"""
+    day, back = today() + timedelta(days=20), today() + timedelta(days=27)
+    months = SPANISH_MONTHS[day.month - 1], SPANISH_MONTHS[back.month - 1]
+    for n, word in enumerate(("y regresar", "y regresamos", "volvemos", "retorno")):
+        chat = Chat(engine, user_id=f"1555000008{n}", locale="es")
+        reply = await chat.say(
+            f"necesito ir a cancún desde la ciudad de méxico el {day.day} de {months[0]} "
+            f"{word} el {back.day} de {months[1]}"
+        )
+        assert "Ciudad de México (MEX) → Cancún (CUN)" in reply and offers_in(reply), reply
+        assert chat.state["trip"]["return"] == back.isoformat(), (word, reply)
+    reply = await Chat(engine, user_id="15550000085").say("NYC to London Friday coming home Sunday")
+    assert f"· {short(coming(4))}, back {short(coming(4) + timedelta(days=2))} · " in reply, reply
+
+
 async def test_a_date_corrected_in_the_same_message_is_the_later_one(engine: BotEngine) -> None:
     """(Was a bug: the first date of a message was the departure, even when the message took it
     back: *NYC to London Friday. Actually no, Saturday*, *… on Friday sorry I mean Saturday*

@@ -1272,7 +1272,9 @@ ROUND_TRIP = re.compile(r"\b(?:round[- ]trip|return ticket|ida y vuelta|return f
 
 RETURN_MARK = (
     r"(?:and )?(?:back|return|returning|coming back|come back|go back|until|till|til|through|"
-    r"and back|regreso|regresando|vuelta|volviendo|volver|hasta|y vuelta|y vuelvo|vuelvo)"
+    r"and back|coming home|come home|flying home|fly home|"
+    r"regreso|regresando|regresar|regresamos|vuelta|volviendo|volver|volvemos|retorno|"
+    r"hasta|y vuelta|y vuelvo|vuelvo)"
 )
 LENGTH = re.compile(
     r"\b(?:for|por|durante|stay|staying|stay for|staying for)? ?"
@@ -1361,8 +1363,9 @@ def _clean_place(phrase: str, spanish: bool = False) -> str:
     words = [w.replace("_", " ") for w in phrase.split() if not w.startswith("@d")]
     while words and words[0] in FILLER:
         words.pop(0)
-    # Spanish articles never end a place name ("a Barcelona el viernes" → "barcelona el").
-    trailing = {"el", "la", "los", "las", "del"} if spanish else set()
+    # Spanish articles never end a place name ("a Barcelona el viernes" → "barcelona el"), nor
+    # does "y" ("a Roma el 3 y regresamos el 10" → "roma el y").
+    trailing = {"el", "la", "los", "las", "del", "y"} if spanish else set()
     while words and (words[-1] in FILLER or words[-1] in trailing):
         words.pop()
     # What is left must contain letters and no leftover date/slot placeholder.
