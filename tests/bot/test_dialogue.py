@@ -121,6 +121,31 @@ async def test_everyday_words_for_coming_back_mark_the_return(engine: BotEngine)
     assert f"· {short(coming(4))}, back {short(coming(4) + timedelta(days=2))} · " in reply, reply
 
 
+async def test_a_return_day_of_the_month_is_the_first_after_the_departure(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: a return written as a day alone was that day's next date from today, not
+    from the departure: *NYC to London Dec 28 back on the 4th* answered *The return (Fri 4 Dec)
+    is before the departure (Mon 28 Dec). When do you come back?*, in one message or two, and
+    so did *the 4th* answering *When do you come back?*.)"""
+    depart = today() + timedelta(days=10)
+    while depart.day != 25:
+        depart += timedelta(days=1)
+    back = (depart + timedelta(days=10)).replace(day=3)  # the 3rd of the month after
+    leave = f"NYC to London {depart.strftime('%b')} 25"
+    header = f"· {short(depart)}, back {short(back)} · "
+    reply = await Chat(engine).say(f"{leave} back on the 3rd")
+    assert header in reply and offers_in(reply), reply
+    chat = Chat(engine, user_id="15550000090")
+    await chat.say(leave)
+    reply = await chat.say("back on the 3rd")
+    assert header in reply and offers_in(reply), reply
+    chat = Chat(engine, user_id="15550000091")
+    assert (await chat.say(f"{leave} round trip")).endswith("When do you come back?")
+    reply = await chat.say("the 3rd")
+    assert header in reply and offers_in(reply), reply
+
+
 async def test_a_date_corrected_in_the_same_message_is_the_later_one(engine: BotEngine) -> None:
     """(Was a bug: the first date of a message was the departure, even when the message took it
     back: *NYC to London Friday. Actually no, Saturday*, *… on Friday sorry I mean Saturday*

@@ -52,6 +52,7 @@ from services.gateway.bot.extract import (
     NoSuchDate,
     Period,
     as_written,
+    day_after,
     extract,
     normalize,
     number,
@@ -737,6 +738,7 @@ class BotEngine:
                 depart=None,
                 return_date=found.depart,
                 return_weekday=found.depart_weekday,
+                return_day_only=found.depart_day_only,
             )
         elif (
             pending == "return"
@@ -835,6 +837,8 @@ class BotEngine:
             )
             if found.return_weekday and departure:
                 back = weekday_after(back, departure)  # "back Sunday" after a Friday departure
+            elif found.return_day_only and departure:
+                back = day_after(back, departure)  # "back on the 4th" after 28 December
             changes["return"] = back.isoformat()
             changes["nights"] = None
         if found.nights:

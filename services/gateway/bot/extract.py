@@ -73,6 +73,7 @@ class Extraction:
     no_such_date: NoSuchDate | None = None
     no_such_return: bool = False  # no_such_date was the return ("back 31 April")
     return_weekday: bool = False  # the return was a weekday name ("back Sunday")
+    return_day_only: bool = False  # the return was a day of the month alone ("back the 4th")
     depart_weekday: bool = False  # the departure was a weekday name ("Sunday")
 
     def is_empty(self) -> bool:
@@ -400,6 +401,12 @@ def weekday_after(value: date, departure: date) -> date:
     """The first date with ``value``'s weekday after ``departure`` (a return, so never the
     same day: "Friday back Friday" is a week)."""
     return departure + timedelta(days=(value.weekday() - departure.weekday()) % 7 or 7)
+
+
+def day_after(value: date, departure: date) -> date:
+    """The first date with ``value``'s day of the month after ``departure`` (a return written
+    as a day alone: "Dec 28 back on the 4th" is 4 January)."""
+    return _day_of_month(departure + timedelta(days=1), value.day) or value
 
 
 def _day_of_month(today: date, day: int) -> date | None:
@@ -1637,6 +1644,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
         if index not in used and isinstance(value, date):
             result.return_date = value
             result.return_weekday = dates[index].weekday
+            result.return_day_only = dates[index].day_only
             used.add(index)
         elif index not in used and isinstance(value, NoSuchDate):
             result.no_such_date, result.no_such_return = value, True
@@ -1649,6 +1657,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
                 second = weekday_after(second, first)  # "Friday to Sunday" on a Saturday
             # Backwards ("10 Dec to 5 Dec") is kept as written: the engine asks about it.
             result.depart, result.return_date = first, second
+            result.return_day_only = dates[int(match.group(2))].day_only
             used.update({int(match.group(1)), int(match.group(2))})
     for index, item in enumerate(dates):
         if index in used:
@@ -1665,6 +1674,8 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     # "Friday back Sunday": a weekday return is the first one after the departure.
     if result.depart and result.return_date and result.return_weekday:
         result.return_date = weekday_after(result.return_date, result.depart)
+    elif result.depart and result.return_date and result.return_day_only:
+        result.return_date = day_after(result.return_date, result.depart)  # "28th back the 4th"
 
     # Dates joined by a range word should not leave "to" behind for the place splitter.
     work = re.sub(r"@d\d+", " ", work)

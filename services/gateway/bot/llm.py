@@ -146,6 +146,7 @@ _DATE_FIELDS = (
     "depart_day_only",
     "depart_weekday",
     "return_weekday",
+    "return_day_only",
     "unreadable_date",
 )
 
