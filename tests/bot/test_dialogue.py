@@ -146,6 +146,28 @@ async def test_a_return_day_of_the_month_is_the_first_after_the_departure(
     assert header in reply and offers_in(reply), reply
 
 
+async def test_numeric_dates_of_one_message_are_read_in_one_order(engine: BotEngine) -> None:
+    """(Was a bug: each numeric date was read in the locale's order unless it could only be
+    read the other way, each on its own: *NYC to London 28/12 - 4/1* to an English (US)
+    business was 28 December back 1 April.)"""
+    depart = today() + timedelta(days=10)
+    while depart.day < 13:
+        depart += timedelta(days=1)
+    back = depart + timedelta(days=1)
+    while back.day > 12 or back.day == back.month:
+        back += timedelta(days=1)
+    text = f"NYC to London {depart.day}/{depart.month} - {back.day}/{back.month}"
+    reply = await Chat(engine).say(text)
+    assert f"· {short(depart)}, back {short(back)} · " in reply and offers_in(reply), reply
+    # Spanish reads the day first, unless a date of the message can only be month first.
+    chat = Chat(engine, user_id="15550000092", locale="es")
+    await chat.say(f"de Madrid a Roma {depart.month}/{depart.day} - {back.month}/{back.day}")
+    assert (chat.state["trip"]["depart"], chat.state["trip"]["return"]) == (
+        depart.isoformat(),
+        back.isoformat(),
+    )
+
+
 async def test_a_date_corrected_in_the_same_message_is_the_later_one(engine: BotEngine) -> None:
     """(Was a bug: the first date of a message was the departure, even when the message took it
     back: *NYC to London Friday. Actually no, Saturday*, *… on Friday sorry I mean Saturday*

@@ -550,7 +550,20 @@ def _month_range(match: re.Match[str], ctx: DateContext) -> DateValue:
     return _range(int(match["d1"]), int(match["d2"]), MONTHS[match.group(1)], ctx)
 
 
-@_rule(r"\b(?P<a>\d{1,2})[/.](?P<b>\d{1,2})(?:[/.](?P<y>\d{4}|\d{2}))?\b")
+NUMERIC_DATE = r"\b(?P<a>\d{1,2})[/.](?P<b>\d{1,2})(?:[/.](?P<y>\d{4}|\d{2}))?\b"
+
+
+def _numeric_order(text: str, ctx: DateContext) -> DateContext:
+    """The order of the message's numeric dates: the locale's, unless one of them can only be
+    read the other way ("28/12 - 4/1" written to an en-US business is 4 January, not 1 April)."""
+    for match in re.finditer(NUMERIC_DATE, text):
+        first, second = int(match["a"]), int(match["b"])
+        if first > 12 >= second or second > 12 >= first:
+            return replace(ctx, day_first=first > 12)
+    return ctx
+
+
+@_rule(NUMERIC_DATE)
 def _numeric_rule(match: re.Match[str], ctx: DateContext) -> DateValue:
     # The locale's order, or the only one possible (24/12).
     return _numeric(match["a"], match["b"], match["y"], ctx)
@@ -1598,7 +1611,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     work = TIME_OF_DAY.sub(" ", work)  # "at 9am", "10:30": no date, no place
     work, result.period = find_period(work, ctx.today)
     work = DAY_IN_WORDS.sub(_day_in_digits, work)
-    work, dates = find_dates(work, ctx)
+    work, dates = find_dates(work, _numeric_order(work, ctx))
 
     # Travellers, once dates are out of the way ("the 5th" is not 5 people): children and
     # infants first, then adults (a whole party's count less its children and infants).
