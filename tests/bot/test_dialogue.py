@@ -745,6 +745,23 @@ async def test_the_words_that_introduce_a_count_of_adults_are_not_a_place(
     assert "· 2 adultos, 1 bebé" in reply and offers_in(reply), reply
 
 
+async def test_a_count_written_against_its_noun_is_the_travellers(engine: BotEngine) -> None:
+    """(Was a bug: *NYC to London next Friday 2ppl* was searched for 1 adult with “London 2ppl”
+    looked up as the destination; *2adults 1kid*, *3pax* and *2personas* the same.)"""
+    for n, (text, party) in enumerate(
+        (
+            ("NYC to London next Friday 2ppl", "2 adults"),
+            ("NYC to London next Friday 3pax", "3 adults"),
+            ("NYC to London next Friday 2adults 1kid", "2 adults, 1 child"),
+        )
+    ):
+        reply = await Chat(engine, user_id=f"1555000010{n}").say(text)
+        assert f"New York (NYC) → London (LON)* · {short(coming(4))} · {party}\n" in reply, reply
+        assert offers_in(reply), reply
+    reply = await Chat(engine, locale="es").say("de Madrid a Roma el viernes 2personas")
+    assert "Madrid (MAD) → Roma (ROM)" in reply and "· 2 adultos\n" in reply, reply
+
+
 async def test_a_place_is_echoed_as_the_user_wrote_it(engine: BotEngine) -> None:
     """(Was a bug: the bot's questions echoed the place with its accents taken off and every
     word capitalized: *¿A qué «Cordoba» te refieres?* to someone who wrote *Córdoba*.)"""

@@ -325,6 +325,13 @@ def _code_pair(match: re.Match[str]) -> str:
     return f"{match.group(1)} to {match.group(2)}"
 
 
+# A count written against its noun ("2ppl", "2adults 1kid", "3pax", "2personas").
+GLUED_COUNT = re.compile(
+    r"\b(\d{1,2})(?=(?:ppl|pax|people|persons?|adults?|kids?|child|children|infants?|bab(?:y|ies)|"
+    r"tickets?|seats?|personas?|adultos?|ni[nñ]os?|ni[nñ]as?|bebes?|pasajeros?)\b)"
+)
+
+
 def normalize(text: str) -> str:
     text = text.lower().replace("\u2019", "'")  # typographic apostrophe
     text = re.sub(r"\s*(?:->|=>|→|➡️?|⇒|—>|-->|>)\s*", " to ", text)
@@ -336,6 +343,7 @@ def normalize(text: str) -> str:
     text = re.sub(r"(?<=\d)[ºª]", "°", text)
     text = _strip_accents(text.replace("ñ", "\x00")).replace("\x00", "ñ")
     text = re.sub(r"\s+", " ", text).strip()
+    text = GLUED_COUNT.sub(r"\1 ", text)  # "2ppl", "2adults", "3pax"
     # "el primero de diciembre": the first day of a month is said as an ordinal in Spanish.
     text = re.sub(r"\bprimero(?= (?:de |del )?" + MONTH + r"\b)", "1", text)
     return _fix_typos(text)
