@@ -168,6 +168,30 @@ async def test_numeric_dates_of_one_message_are_read_in_one_order(engine: BotEng
     )
 
 
+async def test_valentines_said_alone_is_the_day_not_a_town(engine: BotEngine) -> None:
+    """(Was a bug: *… to Paris with my girlfriend for Valentine's* flew to Valentine, Nebraska
+    (VTN) and asked where from, and *NYC to Paris on Valentine's* dropped the day: only
+    *Valentine's Day* was the date.)"""
+    day = date(today().year, 2, 14)
+    day = day if day >= today() else date(today().year + 1, 2, 14)
+    for n, text in enumerate(
+        (
+            "I want to go to Paris from NYC with my girlfriend for Valentine's",
+            "NYC to Paris on valentines",
+        )
+    ):
+        chat = Chat(engine, user_id=f"1555000011{n}")
+        reply = await chat.say(text)
+        assert "New York (NYC) → Paris (PAR)" in reply, reply
+        if (day - today()).days <= 361:
+            assert f"· {short(day)} · " in reply and offers_in(reply), reply
+        else:  # 15-17 February: next year's is past the search horizon, so this year's
+            assert "has already passed" in reply, reply
+    chat = Chat(engine, user_id="15550000112", locale="es")
+    await chat.say("de Madrid a París por San Valentín")
+    assert chat.state["trip"]["destination"]["code"] == "PAR"
+
+
 async def test_a_date_corrected_in_the_same_message_is_the_later_one(engine: BotEngine) -> None:
     """(Was a bug: the first date of a message was the departure, even when the message took it
     back: *NYC to London Friday. Actually no, Saturday*, *… on Friday sorry I mean Saturday*

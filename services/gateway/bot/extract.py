@@ -783,6 +783,10 @@ HOLIDAYS = {
     "valentine's day": (14, 2),
     "valentines day": (14, 2),
     "dia de san valentin": (14, 2),
+    # Said alone, as often as with "Day" ("for Valentine's"; not "Valentine", a town in Nebraska).
+    "valentine's": (14, 2),
+    "valentines": (14, 2),
+    "san valentin": (14, 2),
     "halloween": (31, 10),
 }
 
