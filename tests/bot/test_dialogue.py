@@ -192,6 +192,23 @@ async def test_valentines_said_alone_is_the_day_not_a_town(engine: BotEngine) ->
     assert chat.state["trip"]["destination"]["code"] == "PAR"
 
 
+async def test_a_day_later_or_earlier_moves_the_departure(engine: BotEngine) -> None:
+    """(Was a bug: *a day later* after results for Friday was read as a stay of one day: the
+    same Friday searched again with a return on Saturday; *one day earlier* the same.)"""
+    friday = coming(4)
+    chat = Chat(engine)
+    await chat.say("NYC to London next Friday")
+    reply = await chat.say("a day later")
+    assert f"· {short(friday + timedelta(days=1))} · " in reply and offers_in(reply), reply
+    assert "return" not in chat.state["trip"] and not chat.state["trip"].get("nights")
+    reply = await chat.say("can we go 2 days earlier?")
+    assert f"· {short(friday - timedelta(days=1))} · " in reply and offers_in(reply), reply
+    chat = Chat(engine, user_id="15550000113", locale="es")
+    await chat.say("de Madrid a Roma el viernes")
+    await chat.say("un día antes")
+    assert chat.state["trip"]["depart"] == (coming(4) - timedelta(days=1)).isoformat()
+
+
 async def test_a_date_corrected_in_the_same_message_is_the_later_one(engine: BotEngine) -> None:
     """(Was a bug: the first date of a message was the departure, even when the message took it
     back: *NYC to London Friday. Actually no, Saturday*, *… on Friday sorry I mean Saturday*

@@ -830,6 +830,10 @@ class BotEngine:
             changes.update((key, None) for key in REQUEST_DEFAULTS if d.trip.get(key) is not None)
         if found.depart:
             changes["depart"] = found.depart.isoformat()
+        elif found.shift_days and d.trip.get("depart"):
+            # "a day later": the trip's departure, moved (the return stays, and is checked).
+            moved = date.fromisoformat(d.trip["depart"]) + timedelta(days=found.shift_days)
+            changes["depart"] = moved.isoformat()
         if found.return_date:
             back = found.return_date
             departure = found.depart or (

@@ -75,6 +75,8 @@ class Extraction:
     return_weekday: bool = False  # the return was a weekday name ("back Sunday")
     return_day_only: bool = False  # the return was a day of the month alone ("back the 4th")
     depart_weekday: bool = False  # the departure was a weekday name ("Sunday")
+    # The departure moved by days: "a day later" +1, "two days earlier" -2, "un día antes".
+    shift_days: int = 0
 
     def is_empty(self) -> bool:
         return not (
@@ -94,6 +96,7 @@ class Extraction:
             or self.one_way is not None
             or self.no_such_date is not None
             or self.period is not None
+            or self.shift_days
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -1329,6 +1332,11 @@ TIME_OF_DAY = re.compile(
     r"\b(?:(?:at|around|by|after|before|a las|sobre las|hacia las) )?"
     r"(?:\d{1,2}(?:[:.]\d{2})? ?(?:am|pm|a\.m\.?|p\.m\.?|h|hs|hrs)|\d{1,2}:\d{2})(?![\w:/])"
 )
+SHIFT = re.compile(
+    r"\b(?:(?P<n>" + NUM[1:-1] + r") (?P<u>days?|weeks?|dias?|semanas?)|(?:the|el) (?:day|dia)) "
+    r"(?P<dir>later|earlier|after|before|sooner|mas tarde|despues|antes)\b"
+    r"(?! (?:tomorrow|yesterday|mañana|ayer|my|the|el|la|de|del|that|this|christmas|new year))"
+)
 FORTNIGHT = re.compile(r"\b(?:a |one )?fortnight\b")
 A_COUPLE_OF = re.compile(
     r"\b(?:a )?(?:couple of|un par de) (?=(?:days?|nights?|weeks?|months?|dias|noches|semanas|"
@@ -1611,6 +1619,14 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     work = A_COUPLE_OF.sub("2 ", work)
     work = FORTNIGHT.sub("2 weeks", work)
     work = COUNTED_FROM.sub(lambda match: _counted_from(match, ctx), work)
+    # "a day later", "two days earlier": the departure moved, not a stay of a day (LENGTH).
+    shift = SHIFT.search(work)
+    if shift and not re.search(r"\b" + RETURN_MARK + r"\s?$", work[: shift.start()]):
+        days = _length_nights(shift["n"] or "1", shift["u"] or "day") or 0
+        result.shift_days = (
+            -days if shift["dir"] in ("earlier", "before", "sooner", "antes") else days
+        )
+        work = work[: shift.start()] + " " + work[shift.end() :]
     # Length of stay before dates and travellers: "for 3 nights" is neither.
     length = LENGTH.search(work)
     if length and not re.search(r"\b(?:in|en|de)\s?$", work[: length.start()]):

@@ -147,6 +147,7 @@ _DATE_FIELDS = (
     "depart_weekday",
     "return_weekday",
     "return_day_only",
+    "shift_days",
     "unreadable_date",
 )
 
@@ -172,7 +173,9 @@ def with_rules(model: Extraction, rules: Extraction) -> Extraction:
             infants=rules.infants,
             some_children=rules.some_children,
         )
-    if not (rules.depart or rules.return_date or rules.period or rules.no_such_date):
+    if not (
+        rules.depart or rules.return_date or rules.period or rules.no_such_date or rules.shift_days
+    ):
         return replace(model, unreadable_date=rules.unreadable_date)
     return replace(model, **{name: getattr(rules, name) for name in _DATE_FIELDS})
 
