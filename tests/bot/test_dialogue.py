@@ -233,6 +233,27 @@ async def test_a_date_corrected_in_the_same_message_is_the_later_one(engine: Bot
     assert chat.state["trip"]["depart"] == coming(5).isoformat()
 
 
+async def test_a_place_changed_by_naming_its_slot_goes_to_that_slot(engine: BotEngine) -> None:
+    """(Was a bug: *change destination to Paris* answered *I couldn't find an airport for
+    “Destination”*, *change the origin to Boston* “Origin”, *change the departure city to
+    Newark* set Newark as the destination (*The origin and destination are both New York*),
+    and *cambia el destino a París* offered airports resembling «El Destino».)"""
+    chat = Chat(engine)
+    await chat.say("NYC to London next Friday")
+    for text, route in (
+        ("change destination to Paris", "New York (NYC) → Paris (PAR)"),
+        ("change the origin to Boston", "Boston (BOS) → Paris (PAR)"),
+        ("change the departure city to Newark", "Newark (EWR) → Paris (PAR)"),
+        ("the destination should be Rome", "Newark (EWR) → Rome (ROM)"),
+    ):
+        reply = await chat.say(text)
+        assert f"{route}* · {short(coming(4))}" in reply and offers_in(reply), (text, reply)
+    chat = Chat(engine, user_id="15550000114", locale="es")
+    await chat.say("de Madrid a Roma el viernes")
+    assert "Madrid (MAD) → París (PAR)" in await chat.say("cambia el destino a París")
+    assert "Barcelona (BCN) → París (PAR)" in await chat.say("cambiar el origen a Barcelona")
+
+
 async def test_the_words_around_a_correction_do_not_replace_a_place(engine: BotEngine) -> None:
     """(Was a bug: what was left of a correction once its date was read was taken for the new
     destination: *wait, saturday* searched New York → Waitangi, *change the date to Sunday*

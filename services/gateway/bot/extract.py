@@ -1372,6 +1372,18 @@ TO_WORDS_ES = r"(?:a|hacia|hasta|para|al)"
 BETWEEN = re.compile(r"\b(?:between|entre) (?P<a>.+?) (?:and|y) (?P<b>.+)$")
 
 
+# A place slot named with its new value: "change the origin to Boston", "the destination is
+# Rome", "cambia el destino a París": read as "from Boston", "to Rome" (the slot's name is no
+# place, and "to" after "origin" does not make Boston the destination).
+_SET_TO = r"(?: (?:city|airport))? (?:to|is|for|as|should be|a|es|por|sera|seria)\b"
+NAMED_ORIGIN = re.compile(
+    r"\b(?:(?:the|my|el|mi) )?(?:origin|departure (?:city|airport)|starting point|"
+    r"origen|ciudad de (?:salida|origen)|aeropuerto de (?:salida|origen))" + _SET_TO
+)
+NAMED_DESTINATION = re.compile(
+    r"\b(?:(?:the|my|el|mi) )?(?:destination|arrival (?:city|airport)|"
+    r"destino|ciudad de (?:destino|llegada)|aeropuerto de (?:destino|llegada))" + _SET_TO
+)
 # Place names that contain a marker or date word ("de", "a", "domingo"), kept whole.
 PROTECTED_NAMES = [
     "rio de janeiro",
@@ -1596,6 +1608,8 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     spanish = locale.lower().startswith("es") or bool(SPANISH_CUES.search(work))
     work = _PROTECT.sub(lambda m: m.group(1).replace(" ", "_"), work)
 
+    work = NAMED_ORIGIN.sub(" from ", work)  # "change the origin to Boston": from Boston
+    work = NAMED_DESTINATION.sub(" to ", work)
     work = TRIP_KIND.sub(" ", work)  # "business trip" is not business class
     if ONE_WAY.search(work):
         result.one_way = True
