@@ -824,6 +824,37 @@ async def test_a_count_written_against_its_noun_is_the_travellers(engine: BotEng
     assert "Madrid (MAD) → Roma (ROM)" in reply and "· 2 adultos\n" in reply, reply
 
 
+async def test_two_trips_in_one_message_are_not_mixed_into_one(engine: BotEngine) -> None:
+    """(Was a bug: a message asking for two trips was read as one made of both: *flights from
+    Miami to New York next Friday. Also from New York to Boston on Sunday* searched Miami to
+    Boston on Friday, *NYC to London Friday then London to Paris Sunday* New York to Paris.)"""
+    for n, (text, route) in enumerate(
+        (
+            (
+                "flights from Miami to New York next Friday. Also from New York to Boston on "
+                "Sunday",
+                "Miami (MIA) → New York (NYC)",
+            ),
+            ("NYC to London next Friday then London to Paris Sunday", "New York (NYC) → London"),
+            ("from NYC to London next Friday and from London to Paris on Sunday", "(NYC) → London"),
+        )
+    ):
+        chat = Chat(engine, user_id=f"1555000012{n}")
+        replies = await chat.send("text", text)
+        assert f"{route}" in replies[0].text and f"· {short(coming(4))} · " in replies[0].text
+        assert offers_in(replies[0].text), replies
+        assert replies[-1].text == engine_text("en", "one_trip_at_a_time"), replies
+    # A return after "and" is the same trip.
+    reply = await Chat(engine, user_id="15550000123").say(
+        "NYC to London next Friday and back Sunday"
+    )
+    assert "one trip at a time" not in reply and "back " in reply, reply
+    chat = Chat(engine, user_id="15550000124", locale="es")
+    replies = await chat.send("text", "de Madrid a Roma el viernes y de Roma a París el domingo")
+    assert "Madrid (MAD) → Roma (ROM)" in replies[0].text, replies
+    assert replies[-1].text == engine_text("es", "one_trip_at_a_time")
+
+
 async def test_a_place_is_echoed_as_the_user_wrote_it(engine: BotEngine) -> None:
     """(Was a bug: the bot's questions echoed the place with its accents taken off and every
     word capitalized: *¿A qué «Cordoba» te refieres?* to someone who wrote *Córdoba*.)"""

@@ -574,7 +574,10 @@ class BotEngine:
             if found.unreadable_date:
                 return [Reply(t("date_not_understood"))]
             return self._not_understood(ctx, d)
-        return await self._apply(ctx, d, found)
+        replies = await self._apply(ctx, d, found)
+        if found.more_trips:  # "... then London to Paris on Sunday": said, not mixed in
+            replies.append(Reply(t("one_trip_at_a_time")))
+        return replies
 
     def _greet(self, ctx: Context, d: Dialogue) -> list[Reply]:
         profile_name = ctx.turn.message.profile_name

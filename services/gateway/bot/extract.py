@@ -75,6 +75,9 @@ class Extraction:
     return_weekday: bool = False  # the return was a weekday name ("back Sunday")
     return_day_only: bool = False  # the return was a day of the month alone ("back the 4th")
     depart_weekday: bool = False  # the departure was a weekday name ("Sunday")
+    # The message asked for another trip after this one ("NYC to London Friday, then London
+    # to Paris Sunday"): only the first is read.
+    more_trips: bool = False
     # The departure moved by days: "a day later" +1, "two days earlier" -2, "un día antes".
     shift_days: int = 0
 
@@ -1597,6 +1600,30 @@ def _taken_back(work: str) -> set[int]:
     }
 
 
+# "... then London to Paris", "... and also Paris to Rome", "... y de Roma a París": another
+# trip after a whole route. "and" (or "y") joins one only when a route follows it, and never a
+# return ("and back Sunday", "y vuelvo el domingo").
+_NEXT_TRIP = re.compile(
+    r"\b(?:(?P<then>(?:and )?then|after that|(?:y )?luego|y despues)|"
+    r"(?:and )?also|and|(?:y )?tambien|y)\b "
+)
+
+
+def _first_trip(work: str, spanish: bool) -> tuple[str, bool]:
+    """``work`` up to where a second trip begins, and whether one does."""
+    to = r"(?:to|a|hacia)" if spanish else "to"
+    route = re.compile(r"\S \b" + to + r"\b \S|\b(?:from|desde)\b \S")
+    for match in _NEXT_TRIP.finditer(work):
+        first, rest = work[: match.start()], work[match.end() :]
+        if not re.search(r"\S \b" + to + r"\b \S", first):
+            continue  # no whole route yet ("2 adults and 1 child to London")
+        if re.match(RETURN_MARK + r"\b", rest):
+            continue
+        if route.search(rest) or (match["then"] and re.search(r"[a-zñ]", rest)):
+            return first, True
+    return work, False
+
+
 # --- the whole message -------------------------------------------------------------------
 
 
@@ -1607,6 +1634,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     work = _without_pictographs(normalize(text))
     spanish = locale.lower().startswith("es") or bool(SPANISH_CUES.search(work))
     work = _PROTECT.sub(lambda m: m.group(1).replace(" ", "_"), work)
+    work, result.more_trips = _first_trip(work, spanish)
 
     work = NAMED_ORIGIN.sub(" from ", work)  # "change the origin to Boston": from Boston
     work = NAMED_DESTINATION.sub(" to ", work)

@@ -207,6 +207,10 @@ class LLMExtractor:
 
     async def extract(self, text: str, today: date, locale: str) -> Extraction:
         rules = await self._rules.extract(text, today, locale)  # memoized: ~free
+        if rules.more_trips:
+            # Two trips in one message: the model would read both as one; the rules know where
+            # the first ends, and the user is told to send the next.
+            return rules
         if self.breaker.allow():
             try:
                 answer = await self._ask(text, today)

@@ -106,6 +106,9 @@ MESSAGES: dict[str, str] = {
     ),
     "ask_adults": "How many adults are travelling?",
     "ask_children": "How many children are travelling?",
+    "one_trip_at_a_time": (
+        "I search one trip at a time, so this is the first. Send me the next one when you're ready."
+    ),
     "ask_return": "When do you come back?",
     "date_too_far": "I can only search up to a year ahead. Please pick an earlier date.",
     "return_before_departure": (

@@ -108,6 +108,9 @@ MESSAGES: dict[str, str] = {
     ),
     "ask_adults": "¿Cuántos adultos viajan?",
     "ask_children": "¿Cuántos niños viajan?",
+    "one_trip_at_a_time": (
+        "Busco un viaje cada vez, así que este es el primero. Envíame el siguiente cuando quieras."
+    ),
     "ask_return": "¿Qué día vuelves?",
     "date_too_far": "Solo puedo buscar hasta un año vista. Elige una fecha más cercana.",
     "return_before_departure": (
