@@ -209,6 +209,30 @@ async def test_a_day_later_or_earlier_moves_the_departure(engine: BotEngine) -> 
     assert chat.state["trip"]["depart"] == (coming(4) - timedelta(days=1)).isoformat()
 
 
+async def test_a_return_that_names_the_place_back_is_the_return(engine: BotEngine) -> None:
+    """(Was a bug: *NYC to London Friday and return to NYC Sunday* took NYC for the destination
+    and answered *The origin and destination are both New York (NYC). Where do you want to
+    go?*; *… flying back to NYC on Sunday* and *… y vuelvo a Madrid el domingo* the same.)"""
+    header = f"New York (NYC) → London (LON)* · {short(coming(4))}, back "
+    for n, text in enumerate(
+        (
+            "NYC to London next Friday and return to NYC Sunday",
+            "NYC to London next Friday, flying back to New York on Sunday",
+        )
+    ):
+        reply = await Chat(engine, user_id=f"1555000013{n}").say(text)
+        assert header + short(coming(4) + timedelta(days=2)) in reply, (text, reply)
+        assert offers_in(reply), reply
+    # Not after a whole route: a trip back to London is a trip to London.
+    reply = await Chat(engine, user_id="15550000132").say("fly back to London next Friday from NYC")
+    assert f"New York (NYC) → London (LON)* · {short(coming(4))} · " in reply, reply
+    chat = Chat(engine, user_id="15550000133", locale="es")
+    await chat.say("de Madrid a Roma el viernes y vuelvo a Madrid el domingo")
+    trip = chat.state["trip"]
+    assert (trip["origin"]["code"], trip["destination"]["code"]) == ("MAD", "ROM"), trip
+    assert trip["return"] == (coming(4) + timedelta(days=2)).isoformat()
+
+
 async def test_a_date_corrected_in_the_same_message_is_the_later_one(engine: BotEngine) -> None:
     """(Was a bug: the first date of a message was the departure, even when the message took it
     back: *NYC to London Friday. Actually no, Saturday*, *… on Friday sorry I mean Saturday*

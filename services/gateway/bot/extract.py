@@ -1600,6 +1600,24 @@ def _taken_back(work: str) -> set[int]:
     }
 
 
+def _return_to_origin(work: str, spanish: bool) -> str:
+    """ "NYC to London Friday and return to NYC Sunday": the place after a return word is where
+    the trip began, not a new destination (which made the route New York to New York); only
+    after a whole route ("fly back to London on Friday from NYC" is a trip to London)."""
+    to = r"(?:to|a|al|hasta)" if spanish else "to"
+    mark = re.compile(
+        r"\b(?P<mark>"
+        + RETURN_MARK
+        + r") "
+        + to
+        + r" (?:[a-zñ'_-]+ ){1,4}?(?=(?:on |el |the )?@d\d)"
+    )
+    match = mark.search(work)
+    if match is None or not re.search(r"\S \b" + to + r"\b \S", work[: match.start()]):
+        return work
+    return work[: match.start()] + match["mark"] + " " + work[match.end() :]
+
+
 # "... then London to Paris", "... and also Paris to Rome", "... y de Roma a París": another
 # trip after a whole route. "and" (or "y") joins one only when a route follows it, and never a
 # return ("and back Sunday", "y vuelvo el domingo").
@@ -1713,6 +1731,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
             work = _without_travellers(work, match)
             break
 
+    work = _return_to_origin(work, spanish)
     # Which date is which: ranges, "back <date>", then the first remaining is the departure.
     # A date taken back in the same message ("friday, actually saturday") is no date.
     used: set[int] = _taken_back(work)
