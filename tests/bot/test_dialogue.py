@@ -528,6 +528,36 @@ async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEng
     assert "· 1 adulto, 2 niños" in reply and offers_in(reply), reply
 
 
+async def test_an_offer_chosen_in_everyday_words_or_a_keycap_is_shown(engine: BotEngine) -> None:
+    """(Was a bug: only *2*, *la 2*, *option 2* chose an offer: *I'll take number 2*, *the
+    second one*, *details of 3*, *la segunda* and the keycap emoji *1️⃣* WhatsApp users answer
+    numbered lists with got *Sorry, I didn't get that*; *2️⃣* answering a place list too.)"""
+    chat = Chat(engine)
+    await chat.say("NYC to London next Friday")
+    for text, n in (
+        ("I'll take number 2", 2),
+        ("the second one", 2),
+        ("details of 3", 3),
+        ("1\ufe0f\u20e3", 1),
+        ("2nd option", 2),
+    ):
+        assert (await chat.say(text)).startswith(f"*Offer {n}* · "), text
+    # "the 5" is still a day, not offer 5.
+    fifth = today()
+    while fifth.day != 5:
+        fifth += timedelta(days=1)
+    await chat.say("the 5")
+    assert chat.state["trip"]["depart"] == fifth.isoformat()
+    chat = Chat(engine, user_id="15550000140")
+    await chat.say("San Jose to Rome tomorrow")
+    reply = await chat.say("2\ufe0f\u20e3")
+    assert "San Jose (SJO) → Rome (ROM)" in reply and offers_in(reply), reply
+    chat = Chat(engine, user_id="15550000141", locale="es")
+    await chat.say("de Madrid a Roma el viernes")
+    assert (await chat.say("la segunda")).startswith("*Oferta 2* · ")
+    assert (await chat.say("quiero la 3")).startswith("*Oferta 3* · ")
+
+
 async def test_an_offer_is_described_for_the_travellers_it_was_priced_for(
     engine: BotEngine,
 ) -> None:

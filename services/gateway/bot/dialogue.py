@@ -278,9 +278,56 @@ POLITE = re.compile(r"^(?:please|pls|plz|por favor) | (?:please|pls|plz|por favo
 _WORD_NUMBERS = "|".join(
     sorted((w for w in NUMBER_WORDS if w not in ("a", "an", "un", "una")), key=len, reverse=True)
 )
-CHOICE = re.compile(
-    rf"(?:(?:la|opcion|option|oferta|offer|numero|number|#) ?)*(\d+|{_WORD_NUMBERS})"
+# With the words around a choice ("I'll take number 2", "details of 3", "quiero la 2"), or as an
+# ordinal that says it is one ("the second one", "2nd option", "la segunda"; "the second"
+# alone, like "the 5", may be a day).
+_CHOOSING = (
+    r"(?:(?:i'?ll take|i will take|i'?d like|i want|i choose|i pick|take|give me|show me|"
+    r"details? (?:of|for|on|about)|more (?:on|about)|info (?:on|about)|tell me about|"
+    r"quiero|me quedo con|dame|muestrame|ver|detalles? de) )?"
 )
+CHOICE = re.compile(
+    _CHOOSING + rf"(?:(?:la|opcion|option|oferta|offer|numero|number|no|#) ?)*(\d+|{_WORD_NUMBERS})"
+    r"(?: (?:one|please|pls|por favor))?"
+)
+ORDINAL_CHOICE = re.compile(
+    _CHOOSING
+    + r"(?:(?:the|la) )?(?P<nth>first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|"
+    r"1st|2nd|3rd|[4-9]th|primera|segunda|tercera|cuarta|quinta|sexta|septima|octava|novena)"
+    r"(?P<noun> (?:one|option|offer|flight|fare|opcion|oferta))?(?: (?:please|pls|por favor))?"
+)
+_ORDINAL_NUMBERS = {
+    word: n
+    for n, words in enumerate(
+        (
+            ("first", "1st", "primera"),
+            ("second", "2nd", "segunda"),
+            ("third", "3rd", "tercera"),
+            ("fourth", "4th", "cuarta"),
+            ("fifth", "5th", "quinta"),
+            ("sixth", "6th", "sexta"),
+            ("seventh", "7th", "septima"),
+            ("eighth", "8th", "octava"),
+            ("ninth", "9th", "novena"),
+        ),
+        start=1,
+    )
+    for word in words
+}
+
+
+def _chosen(plain: str) -> int | None:
+    """The number of a choice the message makes, if it makes one."""
+    nth = ORDINAL_CHOICE.fullmatch(plain)
+    if nth and (nth["noun"] or not nth["nth"].isascii() or nth["nth"][-1] == "a"):
+        return _ORDINAL_NUMBERS[nth["nth"]]  # "the second one", "la segunda"
+    chosen = CHOICE.fullmatch(plain)
+    value = chosen.group(1) if chosen else ""
+    # \d is decimal digits only (int() refuses "²"); and a menu choice is a few digits,
+    # while int() refuses more than 4300 (any longer number is just not understood).
+    return number(value) if value and not (value.isdecimal() and len(value) > 4) else None
+
+
 # "none", answering "How many children are travelling?".
 NO_CHILDREN = re.compile(
     r"none|zero|cero|no|nope|ninguno|ninguna|nadie|no (?:kids|children)|"
@@ -553,11 +600,7 @@ class BotEngine:
             return self._cheaper(ctx, d, cheapest=bool(CHEAPEST.fullmatch(polite)))
         if d.ask.get("slot") == "children" and NO_CHILDREN.fullmatch(polite):
             return await self._apply(ctx, d, Extraction(children=0))
-        # \d is decimal digits only (int() refuses "²"); and a menu choice is a few digits,
-        # while int() refuses more than 4300 (any longer number is just not understood).
-        chosen = CHOICE.fullmatch(plain)
-        value = chosen.group(1) if chosen else ""
-        n = number(value) if value and not (value.isdecimal() and len(value) > 4) else None
+        n = _chosen(plain)
         if n is not None:
             picked = await self._number(ctx, d, n)
             if picked is not None:

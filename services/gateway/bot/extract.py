@@ -331,6 +331,9 @@ def _code_pair(match: re.Match[str]) -> str:
     return f"{match.group(1)} to {match.group(2)}"
 
 
+# A keycap emoji ("1️⃣": the digit, an optional VS16, the combining enclosing keycap), which
+# WhatsApp users answer numbered lists with.
+KEYCAP = re.compile("([0-9#*])\ufe0f?\u20e3")
 # A count written against its noun ("2ppl", "2adults 1kid", "3pax", "2personas").
 GLUED_COUNT = re.compile(
     r"\b(\d{1,2})(?=(?:ppl|pax|people|persons?|adults?|kids?|child|children|infants?|bab(?:y|ies)|"
@@ -340,6 +343,7 @@ GLUED_COUNT = re.compile(
 
 def normalize(text: str) -> str:
     text = text.lower().replace("\u2019", "'")  # typographic apostrophe
+    text = KEYCAP.sub(r"\1", text).replace("\U0001f51f", "10")  # "2️⃣" is 2, "🔟" 10
     text = re.sub(r"\s*(?:->|=>|→|➡️?|⇒|—>|-->|>)\s*", " to ", text)
     text = re.sub(r"\s+[-\u2013\u2014]\s+", " to ", text)  # "London - Paris"
     text = CODE_PAIR.sub(_code_pair, text)  # "LHR-JFK"
