@@ -760,15 +760,23 @@ async def test_a_name_that_begins_or_ends_with_a_common_word_is_kept_whole(
     """(Was a bug: the words trimmed from the edges of a place phrase (*international*,
     *city*, *home*) were trimmed from names too: *from international falls to chicago* asked
     *Which “Falls” do you mean?* (Great Falls, Niagara Falls…), *rapid city* flew from Grand
-    Rapids and *atlantic city* asked about Atlantic, Iowa.)"""
+    Rapids and *atlantic city* asked about Atlantic, Iowa. Then, where the trimmed word scored
+    higher by resembling a name or being a code: *show low* flew from Louisa (LOW), *tom price*
+    from Timbuktu (TOM), *to the valley* to Harlingen, *can tho* from Þórshöfn (THO).)"""
     for text, route in (
         ("from international falls to chicago tomorrow", "International Falls (INL) → Chicago"),
         ("rapid city to denver tomorrow", "Rapid City (RAP) → Denver (DEN)"),
         ("atlantic city to boston tomorrow", "Atlantic City (ACY) → Boston (BOS)"),
         ("from mountain home to boise tomorrow", "Mountain Home (WMH) → Boise (BOI)"),
+        # A city named exactly, where the trimmed word only resembles a name or is a code.
+        ("from show low to phoenix tomorrow", "Show Low (SOW) → Phoenix (PHX)"),
+        ("from tom price to perth tomorrow", "Tom Price (TPR) → Perth (PER)"),
+        ("to the valley from miami tomorrow", "Miami (MIA) → The Valley (AXA)"),
+        ("from can tho to hanoi tomorrow", "Can Tho (VCA) → Hanoi (HAN)"),
         # The trim still serves where the longer phrase names no better place.
         ("heathrow international to jfk tomorrow", "London (LHR) → New York (JFK)"),
         ("panama city to miami tomorrow", "Panama (PTY) → Miami (MIA)"),
+        ("london city to nyc tomorrow", "London (LON) → New York (NYC)"),
     ):
         reply = await Chat(engine, user_id="15550000034").say(text)
         assert route in reply and offers_in(reply), (text, reply)

@@ -1017,11 +1017,14 @@ class BotEngine:
             whole, alone = await self._places.resolve(name), await self._places.resolve(part)
         except grpc.aio.AioRpcError:
             return False
-        return (
-            bool(whole)
-            and whole[0].score >= ONE_NAME_SCORE
-            and (not alone or whole[0].score > alone[0].score)
-        )
+        if not whole or whole[0].score < ONE_NAME_SCORE:
+            return False
+        if not alone or whole[0].score > alone[0].score:
+            return True
+        # A city named exactly, where the trimmed phrase only resembles one: "hay river" is Hay
+        # River, "river" Rivera (a fuzzy 91.8 over the exact name's 90); "show low" is Show
+        # Low, "low" the code of Louisa.
+        return whole[0].city.casefold() == name and alone[0].city.casefold() != part
 
     async def _is_clearly_a_place(self, phrase: str) -> bool:
         try:

@@ -1409,8 +1409,9 @@ PROTECTED_NAMES = [
     "saint denis",
 ]
 # Words trimmed from the edges of place phrases (FILLER) that begin or end names in the airport
-# data: "International Falls", "Kansas City", "Mountain Home", "In Salah", "The Valley".
-NAME_EDGE_WORDS = frozenset(("city", "international", "home", "the", "in", "show", "price"))
+# data: "International Falls", "Kansas City", "Mountain Home", "In Salah", "The Valley", "Can
+# Tho".
+NAME_EDGE_WORDS = frozenset(("city", "international", "home", "the", "in", "show", "price", "can"))
 _PROTECT = re.compile(r"\b(" + "|".join(PROTECTED_NAMES) + r")\b")
 SPANISH_CUES = re.compile(
     r"\b(?:de|desde|quiero|quisiera|vuelos?|hacia|para|mañana|billetes?|pasajes?|ida|vuelta|"
