@@ -917,6 +917,28 @@ async def test_two_trips_in_one_message_are_not_mixed_into_one(engine: BotEngine
     assert replies[-1].text == engine_text("es", "one_trip_at_a_time")
 
 
+async def test_a_question_around_a_request_is_not_a_place(engine: BotEngine) -> None:
+    """(Was a bug: the words of a question around a request were read as a place: *hello, how
+    much is a ticket to Miami* answered *I'm not sure where “Much” is* with a list, *how much
+    does it cost to fly to Miami* *I couldn't find an airport for “Much Does It Cost”*, *do
+    you have flights to Miami* “Do You Have”, and *cuánto cuesta un vuelo a Miami* «Cuánto
+    Cuesta».)"""
+    for n, text in enumerate(
+        (
+            "hello, how much is a ticket to Miami",
+            "how much does it cost to fly to Miami",
+            "do you have flights to Miami",
+        )
+    ):
+        reply = await Chat(engine, user_id=f"1555000015{n}").say(text)
+        assert reply == "Got it: to Miami (MIA).\nWhere are you flying from?", (text, reply)
+    reply = await Chat(engine, locale="es").say("cuánto cuesta un vuelo a Miami")
+    assert reply.startswith("Entendido: a Miami (MIA)."), reply
+    # Hay River keeps its first word ("hay" is Spanish for "is there").
+    reply = await Chat(engine, user_id="15550000153").say("to hay river from edmonton tomorrow")
+    assert "→ Hay River (YHY)" in reply, reply
+
+
 async def test_a_place_is_echoed_as_the_user_wrote_it(engine: BotEngine) -> None:
     """(Was a bug: the bot's questions echoed the place with its accents taken off and every
     word capitalized: *¿A qué «Cordoba» te refieres?* to someone who wrote *Córdoba*.)"""

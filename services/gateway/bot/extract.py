@@ -294,6 +294,8 @@ instead actually change make it rather then no sorry mejor cambia cambiar only j
 around sometime approximately roughly sobre alrededor aproximadamente time
 morning afternoon evening night noon midday early late tarde noche madrugada
 thanks thank thx cheers gracias
+much does do did it cost costs have has got available availability
+cuanto cuesta cuestan sale salen tienen tienes tiene hay disponible disponibilidad
 """
 FILLER = frozenset(FILLER_WORDS.split())
 
@@ -1410,8 +1412,10 @@ PROTECTED_NAMES = [
 ]
 # Words trimmed from the edges of place phrases (FILLER) that begin or end names in the airport
 # data: "International Falls", "Kansas City", "Mountain Home", "In Salah", "The Valley", "Can
-# Tho".
-NAME_EDGE_WORDS = frozenset(("city", "international", "home", "the", "in", "show", "price", "can"))
+# Tho", "Hay River", "West Sale".
+NAME_EDGE_WORDS = frozenset(
+    ("city", "international", "home", "the", "in", "show", "price", "can", "hay", "sale")
+)
 _PROTECT = re.compile(r"\b(" + "|".join(PROTECTED_NAMES) + r")\b")
 SPANISH_CUES = re.compile(
     r"\b(?:de|desde|quiero|quisiera|vuelos?|hacia|para|mañana|billetes?|pasajes?|ida|vuelta|"
