@@ -233,6 +233,24 @@ async def test_a_return_that_names_the_place_back_is_the_return(engine: BotEngin
     assert trip["return"] == (coming(4) + timedelta(days=2)).isoformat()
 
 
+async def test_a_return_a_few_words_before_its_date_is_the_return(engine: BotEngine) -> None:
+    """(Was a bug: a return word had to be right before its date: the voice-note *… from
+    Chicago to Orlando on <day> and come back after the conference like the <day>*, and *…
+    Friday back home by Sunday*, searched one way, the return dropped without a word.)"""
+    day, back = today() + timedelta(days=20), today() + timedelta(days=26)
+    reply = await Chat(engine).say(
+        "okay so basically me and my husband and our 3 kids want to go from chicago to orlando "
+        f"on {day.strftime('%B')} {day.day} and come back after the conference like the "
+        f"{back.day}"
+    )
+    assert f"Chicago (CHI) → Orlando (MCO)* · {short(day)}, back {short(back)} · " in reply, reply
+    assert "· 2 adults, 3 children" in reply and offers_in(reply), reply
+    reply = await Chat(engine, user_id="15550000160").say(
+        "NYC to London Friday back home by Sunday"
+    )
+    assert f"· {short(coming(4))}, back {short(coming(4) + timedelta(days=2))} · " in reply, reply
+
+
 async def test_a_date_corrected_in_the_same_message_is_the_later_one(engine: BotEngine) -> None:
     """(Was a bug: the first date of a message was the departure, even when the message took it
     back: *NYC to London Friday. Actually no, Saturday*, *… on Friday sorry I mean Saturday*

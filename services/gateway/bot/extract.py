@@ -1609,6 +1609,11 @@ def _taken_back(work: str) -> set[int]:
     }
 
 
+# From a return word to its date, over a few words that are no place ("come back after new
+# years like the 2nd", "back home by the 5th"), never over a "to" or "from".
+_TO_ITS_DATE = r" (?:(?!(?:to|from|a|de|desde|and|y)\b)[a-zñ']+ ){0,4}?(?:on |el |the )?"
+
+
 def _return_to_origin(work: str, spanish: bool) -> str:
     """ "NYC to London Friday and return to NYC Sunday": the place after a return word is where
     the trip began, not a new destination (which made the route New York to New York); only
@@ -1749,7 +1754,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
             result.depart, result.return_date = item.value
             used.add(index)
             break
-    for match in re.finditer(r"\b" + RETURN_MARK + r" (?:on |el |the )?@d(\d+)\b", work):
+    for match in re.finditer(r"\b" + RETURN_MARK + _TO_ITS_DATE + r"@d(\d+)\b", work):
         index = int(match.group(1))
         value = dates[index].value
         if index not in used and isinstance(value, date):
@@ -1760,7 +1765,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
         elif index not in used and isinstance(value, NoSuchDate):
             result.no_such_date, result.no_such_return = value, True
             used.add(index)
-    work = re.sub(r"\b" + RETURN_MARK + r" (?:on |el |the )?(?=@d)", " ", work)
+    work = re.sub(r"\b" + RETURN_MARK + _TO_ITS_DATE + r"(?=@d)", " ", work)
     for match in re.finditer(r"@d(\d+) (?:to|-|until|till|al|a|hasta) @d(\d+)", work):
         first, second = dates[int(match.group(1))].value, dates[int(match.group(2))].value
         if isinstance(first, date) and isinstance(second, date):
