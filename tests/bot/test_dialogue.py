@@ -251,6 +251,34 @@ async def test_a_return_a_few_words_before_its_date_is_the_return(engine: BotEng
     assert f"· {short(coming(4))}, back {short(coming(4) + timedelta(days=2))} · " in reply, reply
 
 
+async def test_dates_in_more_written_forms_are_read(engine: BotEngine) -> None:
+    """(Was a bug: these dates were dropped without a word, and the date asked as if none had
+    been given: *2026/12/05* and *5-12-2026* (the ISO order with slashes, a day-first date with
+    hyphens), *in twenty days*, *weds*, and in Spanish *el sáb* and *vie 27 nov* (the bot's own
+    way of writing a date, copied back).)"""
+    day = today() + timedelta(days=20)
+    for n, (text, when) in enumerate(
+        (
+            (f"NYC to London {day.year}/{day.month:02d}/{day.day:02d}", day),
+            ("NYC to London in twenty days", day),
+            ("NYC to London weds", coming(2)),
+        )
+    ):
+        reply = await Chat(engine, user_id=f"1555000017{n}").say(text)
+        assert f"New York (NYC) → London (LON)* · {short(when)} · " in reply, (text, reply)
+    for n, (text, when) in enumerate(
+        (
+            (f"de Madrid a Roma {day.day}-{day.month}-{day.year}", day),
+            ("de Madrid a Roma el sáb", coming(5)),
+            (f"de Madrid a Roma vie {day.day} {SPANISH_MONTHS[day.month - 1][:3]}", day),
+        )
+    ):
+        chat = Chat(engine, user_id=f"1555000018{n}", locale="es")
+        reply = await chat.say(text)
+        assert "Madrid (MAD) → Roma (ROM)" in reply, (text, reply)
+        assert chat.state["trip"]["depart"] == when.isoformat(), (text, reply)
+
+
 async def test_a_date_corrected_in_the_same_message_is_the_later_one(engine: BotEngine) -> None:
     """(Was a bug: the first date of a message was the departure, even when the message took it
     back: *NYC to London Friday. Actually no, Saturday*, *… on Friday sorry I mean Saturday*

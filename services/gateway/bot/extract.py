@@ -146,6 +146,13 @@ NUMBER_WORDS = {
     "diez": 10,
     "fifteen": 15,
     "quince": 15,
+    "eleven": 11,
+    "twelve": 12,
+    "twenty": 20,
+    "thirty": 30,
+    "doce": 12,
+    "veinte": 20,
+    "treinta": 30,
 }
 NUM = r"(\d{1,2}|" + "|".join(sorted(NUMBER_WORDS, key=len, reverse=True)) + r")"
 
@@ -174,6 +181,15 @@ WEEKDAYS = {
     "viernes": 4,
     "sabado": 5,
     "domingo": 6,
+    # As written for short ("weds"; "vie 27 nov", as the bot writes dates in Spanish; not "mar",
+    # which is March).
+    "weds": 2,
+    "lun": 0,
+    "mie": 2,
+    "jue": 3,
+    "vie": 4,
+    "sab": 5,
+    "dom": 6,
 }
 MONTHS = {
     "january": 1,
@@ -537,7 +553,7 @@ def _rule(pattern: str) -> Callable[[DateRule], DateRule]:
     return register
 
 
-@_rule(r"\b(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})\b")
+@_rule(r"\b(?P<y>\d{4})(?P<sep>[-/.])(?P<m>\d{1,2})(?P=sep)(?P<d>\d{1,2})\b")  # also 2026/12/05
 def _iso(match: re.Match[str], ctx: DateContext) -> DateValue:
     return _absolute(int(match["d"]), int(match["m"]), int(match["y"]), ctx.today)
 
@@ -570,7 +586,12 @@ def _month_range(match: re.Match[str], ctx: DateContext) -> DateValue:
     return _range(int(match["d1"]), int(match["d2"]), MONTHS[match.group(1)], ctx)
 
 
-NUMERIC_DATE = r"\b(?P<a>\d{1,2})[/.](?P<b>\d{1,2})(?:[/.](?P<y>\d{4}|\d{2}))?\b"
+# 12/24, 24.12, 24/12/2026, and with hyphens when the year is written (5-12-2026; "5-12" alone
+# may be a range of days).
+NUMERIC_DATE = (
+    r"\b(?P<a>\d{1,2})(?P<sep>[/.]|-(?=\d{1,2}-\d{2,4}\b))(?P<b>\d{1,2})"
+    r"(?:(?P=sep)(?P<y>\d{4}|\d{2}))?\b"
+)
 
 
 def _numeric_order(text: str, ctx: DateContext) -> DateContext:
