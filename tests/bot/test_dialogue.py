@@ -1584,6 +1584,19 @@ async def test_a_long_place_phrase_is_clipped_where_it_is_echoed(engine: BotEngi
     assert len(reply) < 200
 
 
+async def test_text_that_looks_like_the_extractors_own_marks_is_answered(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: the extractor marks each date it reads as "@dN" in the text; a message with
+    the same written in it, *NYC to London next Friday back @d3*, named a date that was never
+    read and raised IndexError: no reply, and the message failed on every retry until it was
+    dead-lettered.)"""
+    reply = await Chat(engine).say("NYC to London next Friday back @d3")
+    assert f"New York (NYC) → London (LON)* · {short(coming(4))} · " in reply, reply
+    reply = await Chat(engine, user_id="15550000190").say("NYC to London @d0 to @d7")
+    assert reply.startswith("I couldn't find an airport for"), reply
+
+
 async def test_an_echoed_phrase_is_never_cut_inside_a_letter_and_its_accent(
     engine: BotEngine,
 ) -> None:

@@ -1684,7 +1684,9 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     """Everything ``text`` says about a trip, relative to ``today`` (the business's date)."""
     ctx = DateContext(today=today, day_first=locale.lower() not in {"en", "en-us"})
     result = Extraction()
-    work = _without_pictographs(normalize(text))
+    # "@dN" marks a date read (see find_dates): the same written by the user ("back @d3") named
+    # a date that was never read, and the message failed on every retry.
+    work = _without_pictographs(normalize(text)).replace("@", " ")
     spanish = locale.lower().startswith("es") or bool(SPANISH_CUES.search(work))
     work = _PROTECT.sub(lambda m: m.group(1).replace(" ", "_"), work)
     work, result.more_trips = _first_trip(work, spanish)
