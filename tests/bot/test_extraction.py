@@ -192,3 +192,14 @@ def test_a_phrase_is_found_as_the_user_wrote_it(
     phrase: str, text: str, written: str | None
 ) -> None:
     assert as_written(phrase, text) == written
+
+
+@pytest.mark.parametrize("word", ["a", "en", "para", "in"])
+def test_a_long_run_of_the_words_before_a_period_still_reads_the_period(word: str) -> None:
+    """The words that may come before a period ("for around the end of the month") are read
+    three at most: unbounded, every period rule backtracked through a run of them at every
+    position, and a 4,000-character "a a a …" cost 1.7 s of the worker's event loop (measured
+    by hand: the suite holds no timed assertions). The period after such a run is still read."""
+    found = extract(f"{word} " * 1300 + "NYC to London at the end of the month", date(2026, 11, 23))
+    assert found.period is not None and (found.period.kind, found.period.month) == ("end", 11)
+    assert found.destination == "london"
