@@ -1387,6 +1387,18 @@ async def test_polite_declines_and_thanks_for_nothing_close_the_conversation(
     assert chat.state["trip"]["destination"]["code"] == "ROM" and "ask" not in chat.state
 
 
+async def test_a_run_of_goodbyes_ending_in_something_else_is_answered_at_once(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: the pattern for a closing tried every way of splitting *bye bye bye …* into
+    goodbyes (*bye bye* is one or two) before finding that the last word is none, twice the
+    work for each word: 50 goodbyes and a word held the worker's event loop for hours, every
+    conversation on it waiting. The suite's own timeout is what a hang here meets.)"""
+    chat = Chat(engine)
+    assert await chat.say("bye " * 50 + "zz") == engine_text("en", "not_understood")
+    assert await chat.say("bye " * 50) == engine_text("en", "bye")
+
+
 async def test_everyday_ways_to_start_over_or_cancel_are_understood(engine: BotEngine) -> None:
     """(Was a bug: only *new*, *reset*, *start over* and *cancel* were known: *start again*,
     *never mind* or *forget it* got *Sorry, I didn't get that* (or, before the fix for
