@@ -279,6 +279,29 @@ async def test_dates_in_more_written_forms_are_read(engine: BotEngine) -> None:
         assert chat.state["trip"]["depart"] == when.isoformat(), (text, reply)
 
 
+async def test_cabins_and_trip_kinds_in_short_forms_are_read(engine: BotEngine) -> None:
+    """(Was a bug: *NYC to London next Friday 1st class* searched economy on the 1st of the
+    month (*1st* read as the day, over *next Friday*), and *biz* was dropped for economy;
+    *roundtrip* in one word and *2 way* were dropped and one-way fares shown instead of *When
+    do you come back?*; *sin vuelta* and *solo de ida* were left in the destination.)"""
+    friday = short(coming(4))
+    for n, (text, expected) in enumerate(
+        (
+            ("NYC to London next Friday 1st class", f"· {friday} · 1 adult · first"),
+            ("NYC to London next Friday biz", f"· {friday} · 1 adult · business"),
+            ("NYC to London next Friday roundtrip", "When do you come back?"),
+            ("NYC to London next Friday 2 way", "When do you come back?"),
+        )
+    ):
+        reply = await Chat(engine, user_id=f"1555000020{n}").say(text)
+        assert expected in reply, (text, reply)
+    for n, text in enumerate(
+        ("de Madrid a Roma el viernes sin vuelta", "de Madrid a Roma el viernes solo de ida")
+    ):
+        reply = await Chat(engine, user_id=f"1555000021{n}", locale="es").say(text)
+        assert "Madrid (MAD) → Roma (ROM)*" in reply and offers_in(reply), (text, reply)
+
+
 async def test_a_date_corrected_in_the_same_message_is_the_later_one(engine: BotEngine) -> None:
     """(Was a bug: the first date of a message was the departure, even when the message took it
     back: *NYC to London Friday. Actually no, Saturday*, *… on Friday sorry I mean Saturday*

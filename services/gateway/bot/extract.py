@@ -1308,12 +1308,15 @@ CABIN_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\bpremium(?: economy| turista| class)?\b"), "premium_economy"),
     (
         re.compile(
-            r"\b(?:(?:in |fly |flying )?business(?! trip| meeting)(?: class)?|biz class|"
+            r"\b(?:(?:in |fly |flying )?business(?! trip| meeting)(?: class)?|biz(?: class)?|"
             r"(?:clase )?ejecutiva|clase business)\b"
         ),
         "business",
     ),
-    (re.compile(r"\b(?:first class|in first|fly first|primera clase|en primera)\b"), "first"),
+    (
+        re.compile(r"\b(?:(?:first|1st) class|in first|fly first|primera clase|en primera)\b"),
+        "first",
+    ),
     (
         re.compile(
             r"\b(?:economy(?: class)?|coach|(?:clase )?turista|economica|clase economica)\b"
@@ -1334,9 +1337,14 @@ ANY_STOPS = re.compile(
     r"(?:not|doesn't have to be|does not have to be|needn't be) (?:only )?(?:direct|non-stop)|"
     r"(?:con|con alguna) escalas?)\b"
 )
-ONE_WAY = re.compile(r"\b(?:one[- ]way|oneway|single|solo ida|(?:de )?ida solamente)\b")
+ONE_WAY = re.compile(
+    r"\b(?:(?:one|1)[- ]?way|single|no return|solo (?:de )?ida|(?:de )?ida solamente|"
+    r"sin (?:vuelta|regreso))\b"
+)
 TRIP_KIND = re.compile(r"\b(?:business|work|family|school|company) (?:trip|travel|meeting)\b")
-ROUND_TRIP = re.compile(r"\b(?:round[- ]trip|return ticket|ida y vuelta|return flights?)\b")
+ROUND_TRIP = re.compile(
+    r"\b(?:round[- ]?trip|(?:two|2)[- ]?way|return (?:ticket|trip)|ida y vuelta|return flights?)\b"
+)
 
 RETURN_MARK = (
     r"(?:and )?(?:back|return|returning|coming back|come back|go back|until|till|til|through|"
