@@ -302,6 +302,21 @@ async def test_cabins_and_trip_kinds_in_short_forms_are_read(engine: BotEngine) 
         assert "Madrid (MAD) → Roma (ROM)*" in reply and offers_in(reply), (text, reply)
 
 
+async def test_an_airport_code_spelled_as_a_short_weekday_is_the_airport(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: *VIE to CDG on Friday* searched nothing and asked where from: the Spanish
+    short weekdays read for *vie 27 nov* and *el sáb* took VIE (Vienna), and LUN (Lusaka), DOM
+    (Dominica), SAB (Saba), MIE (Muncie), for a Friday, a Monday…, wherever they stood, so the
+    airport was dropped. A short weekday is a day after *el* or before a day's number.)"""
+    reply = await Chat(engine, user_id="15550000190").say("VIE to CDG on Friday")
+    assert f"Vienna (VIE) → Paris (CDG)* · {short(coming(4))} · " in reply, reply
+    chat = Chat(engine, user_id="15550000191", locale="es")
+    reply = await chat.say("de Madrid a VIE el sáb")
+    assert "Madrid (MAD) → Viena (VIE)" in reply, reply
+    assert chat.state["trip"]["depart"] == coming(5).isoformat(), reply
+
+
 async def test_a_date_corrected_in_the_same_message_is_the_later_one(engine: BotEngine) -> None:
     """(Was a bug: the first date of a message was the departure, even when the message took it
     back: *NYC to London Friday. Actually no, Saturday*, *… on Friday sorry I mean Saturday*

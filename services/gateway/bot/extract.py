@@ -181,16 +181,24 @@ WEEKDAYS = {
     "viernes": 4,
     "sabado": 5,
     "domingo": 6,
-    # As written for short ("weds"; "vie 27 nov", as the bot writes dates in Spanish; not "mar",
-    # which is March).
     "weds": 2,
-    "lun": 0,
-    "mie": 2,
-    "jue": 3,
-    "vie": 4,
-    "sab": 5,
-    "dom": 6,
 }
+# Spanish weekdays as the bot writes them in dates ("vie 27 nov"; not "mar", which is March),
+# read as the day only after "el" ("el sáb") or before a day's number not following "to" or "a":
+# alone they are airports too (VIE Vienna, LUN Lusaka, DOM Dominica, SAB Saba, MIE Muncie).
+SHORT_WEEKDAYS = {
+    "lun": "lunes",
+    "mie": "miercoles",
+    "jue": "jueves",
+    "vie": "viernes",
+    "sab": "sabado",
+    "dom": "domingo",
+}
+_SHORT = "(" + "|".join(SHORT_WEEKDAYS) + ")"
+SHORT_WEEKDAY = re.compile(
+    rf"(?:(?<=\bel )|(?<=\beste )|(?<=\bproximo )){_SHORT}\b"
+    rf"|\b(?<!\bto )(?<!\ba )(?<!\bde )(?<!\bfrom ){_SHORT}(?= \d{{1,2}}\b)"
+)
 MONTHS = {
     "january": 1,
     "jan": 1,
@@ -1698,6 +1706,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     # "@dN" marks a date read (see find_dates): the same written by the user ("back @d3") named
     # a date that was never read, and the message failed on every retry.
     work = _without_pictographs(normalize(text)).replace("@", " ")
+    work = SHORT_WEEKDAY.sub(lambda m: SHORT_WEEKDAYS[m.group(1) or m.group(2)], work)
     spanish = locale.lower().startswith("es") or bool(SPANISH_CUES.search(work))
     work = _PROTECT.sub(lambda m: m.group(1).replace(" ", "_"), work)
     work, result.more_trips = _first_trip(work, spanish)
