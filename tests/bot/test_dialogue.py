@@ -1001,6 +1001,30 @@ async def test_two_trips_in_one_message_are_not_mixed_into_one(engine: BotEngine
     assert replies[-1].text == engine_text("es", "one_trip_at_a_time")
 
 
+async def test_the_way_back_written_as_a_second_trip_is_the_return(engine: BotEngine) -> None:
+    """(Was a bug: since two trips in one message are no longer mixed, a round trip written as
+    its two flights was taken for two trips: *NYC to London next Friday and then London to NYC
+    on Sunday*, *… then fly back to NYC Sunday*, *de Madrid a Roma el viernes y luego de Roma a
+    Madrid el domingo* searched one way and answered *one trip at a time*, the return dropped.)"""
+    back = coming(4) + timedelta(days=2)
+    for n, text in enumerate(
+        (
+            "NYC to London next Friday and then London to NYC on Sunday",
+            "NYC to London next Friday, then London to NYC Sunday",
+            "NYC to London next Friday then fly back to NYC Sunday",
+        )
+    ):
+        reply = await Chat(engine, user_id=f"1555000019{n}").say(text)
+        assert f"· {short(coming(4))}, back {short(back)} · " in reply, (text, reply)
+        assert "one trip at a time" not in reply, (text, reply)
+    chat = Chat(engine, user_id="15550000195", locale="es")
+    replies = await chat.send(
+        "text", "de Madrid a Roma el viernes y luego de Roma a Madrid el domingo"
+    )
+    assert chat.state["trip"]["return"] == back.isoformat(), replies
+    assert replies[-1].text != engine_text("es", "one_trip_at_a_time"), replies
+
+
 async def test_a_question_around_a_request_is_not_a_place(engine: BotEngine) -> None:
     """(Was a bug: the words of a question around a request were read as a place: *hello, how
     much is a ticket to Miami* answered *I'm not sure where “Much” is* with a list, *how much

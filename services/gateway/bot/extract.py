@@ -1681,16 +1681,39 @@ _NEXT_TRIP = re.compile(
 )
 
 
+def _route_back(first: str, rest: str, to: str) -> int | None:
+    """Where the route that begins ``rest`` ends, if it flies ``first``'s back: "London to NYC"
+    after "NYC to London" (each place as written, in up to three words)."""
+    there = re.search(r"\S \b" + to + r"\b \S", first)
+    if there is None:
+        return None
+    before, after = first[: there.start() + 1].split(), first[there.end() - 1 :].split()
+    for o, d in itertools.product(range(1, 4), range(1, 4)):
+        origin, destination = " ".join(before[-o:]), " ".join(after[:d])
+        way = rf"{re.escape(destination)} {to} {re.escape(origin)}\b"
+        found = re.match(r"(?:(?:fly|flying|from|desde|de) )?" + way, rest)
+        if found:
+            return found.end()
+    return None
+
+
 def _first_trip(work: str, spanish: bool) -> tuple[str, bool]:
-    """``work`` up to where a second trip begins, and whether one does."""
+    """``work`` up to where a second trip begins, and whether one does. The way back is no
+    second trip but the return: "... then London to NYC Sunday" is read as "... and back
+    Sunday"."""
     to = r"(?:to|a|hacia)" if spanish else "to"
     route = re.compile(r"\S \b" + to + r"\b \S|\b(?:from|desde)\b \S")
     for match in _NEXT_TRIP.finditer(work):
         first, rest = work[: match.start()], work[match.end() :]
         if not re.search(r"\S \b" + to + r"\b \S", first):
             continue  # no whole route yet ("2 adults and 1 child to London")
-        if re.match(RETURN_MARK + r"\b", rest):
+        # A return word a word or two in: "and back Sunday", "then fly back to NYC Sunday".
+        if re.match(r"(?:(?!(?:to|from|a|de)\b)[a-z']+ ){0,2}?" + RETURN_MARK + r"\b", rest):
             continue
+        back = _route_back(first, rest, to)
+        if back is not None:
+            back_word = "y vuelta" if spanish else "and back"
+            return _first_trip(f"{first} {back_word} {rest[back:]}", spanish)
         if route.search(rest) or (match["then"] and re.search(r"[a-zñ]", rest)):
             return first, True
     return work, False
