@@ -209,6 +209,32 @@ async def test_a_day_later_or_earlier_moves_the_departure(engine: BotEngine) -> 
     assert chat.state["trip"]["depart"] == (coming(4) - timedelta(days=1)).isoformat()
 
 
+async def test_coming_back_a_day_later_moves_the_return(engine: BotEngine) -> None:
+    """(Was a bug: with a return on Sunday, *come back a day later* was read as a stay of one
+    day, the return moved to Saturday, earlier than before; *volver un día más tarde* the
+    same. *… back two days later* in the request itself is still a stay of two days.)"""
+    friday = coming(4)
+    chat = Chat(engine)
+    await chat.say("NYC to London next Friday back Sunday")
+    reply = await chat.say("come back a day later")
+    assert f"· {short(friday)}, back {short(friday + timedelta(days=3))} · " in reply, reply
+    reply = await chat.say("and return 2 days earlier")
+    assert f"· {short(friday)}, back {short(friday + timedelta(days=1))} · " in reply, reply
+    reply = await chat.say("leave a day later and come back a day later")
+    assert (
+        f"· {short(friday + timedelta(days=1))}, back {short(friday + timedelta(days=2))} · "
+        in reply
+    ), reply
+    chat = Chat(engine, user_id="15550000114", locale="es")
+    await chat.say("de Madrid a Roma el viernes y vuelta el domingo")
+    await chat.say("volver un día más tarde")
+    assert chat.state["trip"]["return"] == (friday + timedelta(days=3)).isoformat()
+    reply = await Chat(engine, user_id="15550000115").say(
+        "NYC to London next Friday, coming back two days later"
+    )
+    assert f"· {short(friday)}, back {short(friday + timedelta(days=2))} · " in reply, reply
+
+
 async def test_a_return_that_names_the_place_back_is_the_return(engine: BotEngine) -> None:
     """(Was a bug: *NYC to London Friday and return to NYC Sunday* took NYC for the destination
     and answered *The origin and destination are both New York (NYC). Where do you want to

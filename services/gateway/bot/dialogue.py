@@ -895,6 +895,21 @@ class BotEngine:
                 back = day_after(back, departure)  # "back on the 4th" after 28 December
             changes["return"] = back.isoformat()
             changes["nights"] = None
+        elif found.return_shift_days:
+            back_then = None
+            if d.trip.get("return"):
+                back_then = date.fromisoformat(d.trip["return"])
+            elif d.trip.get("nights") and d.trip.get("depart"):
+                stay = timedelta(days=int(d.trip["nights"]))
+                back_then = date.fromisoformat(d.trip["depart"]) + stay
+            if back_then and not found.depart:
+                # "come back a day later": the trip's return, moved (and checked).
+                days = timedelta(days=found.return_shift_days)
+                changes["return"] = (back_then + days).isoformat()
+                changes["nights"] = None
+            elif found.return_shift_days > 0 and not found.nights:
+                # "Friday, back two days later": a stay of two days.
+                found = replace(found, nights=found.return_shift_days)
         if found.nights:
             changes["nights"] = found.nights
             changes["return"] = None

@@ -80,6 +80,8 @@ class Extraction:
     more_trips: bool = False
     # The departure moved by days: "a day later" +1, "two days earlier" -2, "un día antes".
     shift_days: int = 0
+    # The return moved by days: "come back a day later" +1 (with no return yet, a stay).
+    return_shift_days: int = 0
 
     def is_empty(self) -> bool:
         return not (
@@ -100,6 +102,7 @@ class Extraction:
             or self.no_such_date is not None
             or self.period is not None
             or self.shift_days
+            or self.return_shift_days
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -1760,12 +1763,16 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     work = FORTNIGHT.sub("2 weeks", work)
     work = COUNTED_FROM.sub(lambda match: _counted_from(match, ctx), work)
     # "a day later", "two days earlier": the departure moved, not a stay of a day (LENGTH).
-    shift = SHIFT.search(work)
-    if shift and not re.search(r"\b" + RETURN_MARK + r"\s?$", work[: shift.start()]):
+    # After a return word ("come back a day later") it is the return that moves; a message may
+    # move both ("leave a day later and come back a day later").
+    while (shift := SHIFT.search(work)) is not None:
         days = _length_nights(shift["n"] or "1", shift["u"] or "day") or 0
-        result.shift_days = (
-            -days if shift["dir"] in ("earlier", "before", "sooner", "antes") else days
-        )
+        if shift["dir"] in ("earlier", "before", "sooner", "antes"):
+            days = -days
+        if re.search(r"\b" + RETURN_MARK + r"\s?$", work[: shift.start()]):
+            result.return_shift_days = days
+        else:
+            result.shift_days = days
         work = work[: shift.start()] + " " + work[shift.end() :]
     # Length of stay before dates and travellers: "for 3 nights" is neither.
     length = LENGTH.search(work)

@@ -148,6 +148,7 @@ _DATE_FIELDS = (
     "return_weekday",
     "return_day_only",
     "shift_days",
+    "return_shift_days",
     "unreadable_date",
 )
 
@@ -174,7 +175,12 @@ def with_rules(model: Extraction, rules: Extraction) -> Extraction:
             some_children=rules.some_children,
         )
     if not (
-        rules.depart or rules.return_date or rules.period or rules.no_such_date or rules.shift_days
+        rules.depart
+        or rules.return_date
+        or rules.period
+        or rules.no_such_date
+        or rules.shift_days
+        or rules.return_shift_days
     ):
         return replace(model, unreadable_date=rules.unreadable_date)
     return replace(model, **{name: getattr(rules, name) for name in _DATE_FIELDS})
