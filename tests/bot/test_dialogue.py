@@ -610,6 +610,27 @@ async def test_children_without_a_number_are_asked_about_not_left_out(
     assert "· 1 adulto, 2 niños" in reply and offers_in(reply), reply
 
 
+async def test_an_answer_with_thanks_after_it_is_the_answer(engine: BotEngine) -> None:
+    """(Was a bug: a number or *none* answering a question was understood only bare: *4
+    thanks* answering *How many travellers should I search for?*, *2, thanks* for an offer,
+    *none, thanks* and *ninguno, gracias* answering *How many children are travelling?* (and
+    *no hay niños*) got *Sorry, I didn't get that*, the question left open.)"""
+    chat = Chat(engine, user_id="15550000039")
+    await chat.say("NYC to London next Friday, we are 12")
+    reply = await chat.say("4 thanks")
+    assert "· 4 adults" in reply and offers_in(reply), reply
+    assert (await chat.say("2, thanks")).startswith("*Offer 2* · ")
+    chat = Chat(engine, user_id="15550000040")
+    await chat.say("NYC to London next Friday with the kids")
+    reply = await chat.say("none, thanks")
+    assert "· 1 adult\n" in reply and offers_in(reply), reply
+    for n, text in enumerate(("ninguno, gracias", "no hay niños", "dos, gracias")):
+        chat = Chat(engine, user_id=f"1555000004{n + 1}", locale="es")
+        await chat.say("de Madrid a Roma el viernes con los niños")
+        reply = await chat.say(text)
+        assert offers_in(reply) and not chat.state["trip"].get("some_children"), (text, reply)
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

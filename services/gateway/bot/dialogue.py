@@ -331,7 +331,7 @@ def _chosen(plain: str) -> int | None:
 # "none", answering "How many children are travelling?".
 NO_CHILDREN = re.compile(
     r"none|zero|cero|no|nope|ninguno|ninguna|nadie|no (?:kids|children)|"
-    r"ningun (?:niño|nino)|sin (?:niños|ninos|hijos)"
+    r"ningun (?:niño|nino)|sin (?:niños|ninos|hijos)|no hay (?:niños|ninos)"
 )
 
 # Asking about price once offers are shown: "the cheapest" is offer 1 (they are sorted cheapest
@@ -388,6 +388,10 @@ CLOSING = re.compile(rf"(?>(?:{_NO_HELP}|{_DONE}|{_ACK}|{_THANKS}|{_BYE}|{_DECLI
 
 def _says(alternatives: str, words: str) -> bool:
     return re.search(rf"(?:^| )(?:{alternatives})(?: |$)", words) is not None
+
+
+def _unthanked(text: str) -> str:
+    return re.sub(rf" (?:{_THANKS})$", "", text)
 
 
 def _closes(words: str) -> bool:
@@ -602,9 +606,10 @@ class BotEngine:
             return [Reply(t("nothing_to_retry"))]
         if CHEAPEST.fullmatch(polite) or CHEAPER.fullmatch(polite):
             return self._cheaper(ctx, d, cheapest=bool(CHEAPEST.fullmatch(polite)))
-        if d.ask.get("slot") == "children" and NO_CHILDREN.fullmatch(polite):
+        # An answer with thanks after it ("4 thanks", "none, thanks") is the answer.
+        if d.ask.get("slot") == "children" and NO_CHILDREN.fullmatch(_unthanked(polite)):
             return await self._apply(ctx, d, Extraction(children=0))
-        n = _chosen(plain)
+        n = _chosen(_unthanked(plain))
         if n is not None:
             picked = await self._number(ctx, d, n)
             if picked is not None:
