@@ -168,6 +168,22 @@ async def test_numeric_dates_of_one_message_are_read_in_one_order(engine: BotEng
     )
 
 
+async def test_a_time_with_a_dot_does_not_turn_the_dates_around(engine: BotEngine) -> None:
+    """(Was a bug: since the numeric dates of a message are read in one order, a time written
+    with a dot counted as one that could only be read month first: *de Madrid a Roma el 5/12 a
+    las 9.45* flew on 12 May, not 5 December, and *NYC to Rome 12/5 at 13.45* to an English
+    (US) business on 12 May, not 5 December.)"""
+    day = today() + timedelta(days=20)
+    while day.day > 12 or day.day == day.month:
+        day += timedelta(days=1)
+    chat = Chat(engine, locale="es")
+    await chat.say(f"de Madrid a Roma el {day.day}/{day.month} a las 9.45")
+    assert chat.state["trip"]["depart"] == day.isoformat(), chat.state
+    chat = Chat(engine, user_id="15550000093")
+    await chat.say(f"NYC to Rome {day.month}/{day.day} at 13.45")
+    assert chat.state["trip"]["depart"] == day.isoformat(), chat.state
+
+
 async def test_valentines_said_alone_is_the_day_not_a_town(engine: BotEngine) -> None:
     """(Was a bug: *… to Paris with my girlfriend for Valentine's* flew to Valentine, Nebraska
     (VTN) and asked where from, and *NYC to Paris on Valentine's* dropped the day: only

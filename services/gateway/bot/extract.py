@@ -610,9 +610,22 @@ def _numeric_order(text: str, ctx: DateContext) -> DateContext:
     read the other way ("28/12 - 4/1" written to an en-US business is 4 January, not 1 April)."""
     for match in re.finditer(NUMERIC_DATE, text):
         first, second = int(match["a"]), int(match["b"])
+        if max(first, second) > 31 or _a_time(match):
+            continue  # no date ("9.45", "13.45": a time written with a dot)
         if first > 12 >= second or second > 12 >= first:
             return replace(ctx, day_first=first > 12)
     return ctx
+
+
+def _a_time(match: re.Match[str]) -> bool:
+    """Whether a numeric date without a year may be a time written with a dot ("13.45")."""
+    return (
+        match["sep"] == "."
+        and not match["y"]
+        and len(match["b"]) == 2
+        and int(match["a"]) <= 23
+        and int(match["b"]) <= 59
+    )
 
 
 @_rule(NUMERIC_DATE)
