@@ -225,6 +225,27 @@ async def test_a_day_later_or_earlier_moves_the_departure(engine: BotEngine) -> 
     assert chat.state["trip"]["depart"] == (coming(4) - timedelta(days=1)).isoformat()
 
 
+async def test_a_day_after_a_date_is_that_date_moved(engine: BotEngine) -> None:
+    """(Was a bug: since *a day later* moves the departure, *the day after* followed by the
+    date it counts from was read as a move the message's own date overrode: *NYC to Miami the
+    day after Valentine's* searched 14 February, *… 2 days after Jan 10* 10 January, and *…
+    back 2 days after Jan 10* came back on the 10th, each without a word.)"""
+    valentines = date(today().year, 2, 14)
+    if valentines <= today():
+        valentines = date(today().year + 1, 2, 14)
+    chat = Chat(engine)
+    await chat.say("NYC to Miami the day after Valentine's")
+    assert chat.state["trip"]["depart"] == (valentines + timedelta(days=1)).isoformat()
+    tenth = date(today().year + 1, 1, 10)
+    chat = Chat(engine, user_id="15550000116")
+    await chat.say("NYC to Miami 2 days after Jan 10")
+    assert chat.state["trip"]["depart"] == (tenth + timedelta(days=2)).isoformat()
+    chat = Chat(engine, user_id="15550000117")
+    reply = await chat.say("NYC to Miami on Jan 3 and back 2 days after Jan 10")
+    back = tenth + timedelta(days=2)
+    assert f"· {short(tenth - timedelta(days=7))}, back {short(back)} · " in reply, reply
+
+
 async def test_coming_back_a_day_later_moves_the_return(engine: BotEngine) -> None:
     """(Was a bug: with a return on Sunday, *come back a day later* was read as a stay of one
     day, the return moved to Saturday, earlier than before; *volver un día más tarde* the

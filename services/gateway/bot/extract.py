@@ -1409,6 +1409,25 @@ A_COUPLE_OF = re.compile(
 )
 
 
+# Where SHIFT was read, until the dates are: letters only, so a return word still reaches its
+# date over it ("back the day after Sunday").
+_SHIFTED = "shiftedbydays"
+
+
+def _moved_dates(work: str, dates: list[_Found], result: Extraction) -> str:
+    """A shift right before a date moves that date, not the trip's ("the day after
+    Valentine's" is 15 February; "back 2 days after Jan 10" the 12th): ``work`` without the
+    shift's place."""
+    after = re.search(rf"\b{_SHIFTED} (?:(?:on|the|el) )?@d(\d+)\b", work)
+    found = dates[int(after.group(1))] if after else None
+    # Not a weekday's: which one it is depends on the departure, not read yet.
+    if found is not None and isinstance(found.value, date) and not found.weekday:
+        days = timedelta(days=result.shift_days or result.return_shift_days)
+        dates[dates.index(found)] = _Found(found.value + days)
+        result.shift_days = result.return_shift_days = 0
+    return " ".join(re.sub(rf"\b{_SHIFTED}\b", " ", work).split())
+
+
 def _counted_from(match: re.Match[str], ctx: DateContext) -> str:
     base = match["base"] or match["same"]
     if base in ("today", "tonight", "now"):
@@ -1786,7 +1805,9 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
             result.return_shift_days = days
         else:
             result.shift_days = days
-        work = work[: shift.start()] + " " + work[shift.end() :]
+        # A word in its place: with a date right after it ("the day after Valentine's"), it
+        # moves that date instead (see _moved_dates).
+        work = work[: shift.start()] + f" {_SHIFTED} " + work[shift.end() :]
     # Length of stay before dates and travellers: "for 3 nights" is neither.
     length = LENGTH.search(work)
     if length and not re.search(r"\b(?:in|en|de)\s?$", work[: length.start()]):
@@ -1800,6 +1821,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     work, result.period = find_period(work, ctx.today)
     work = DAY_IN_WORDS.sub(_day_in_digits, work)
     work, dates = find_dates(work, _numeric_order(work, ctx))
+    work = _moved_dates(work, dates, result)
 
     # Travellers, once dates are out of the way ("the 5th" is not 5 people): children and
     # infants first, then adults (a whole party's count less its children and infants).
