@@ -40,9 +40,10 @@ class MemoryStore:
         self._dirty: OrderedDict[ConversationKey, Conversation] = OrderedDict()
         self.dropped_dirty = 0  # dirty conversations evicted before write-back
         self.expired = 0  # dirty conversations expired before write-back
-        # Conversations ended during an outage: key → (id, version) of the one ended, so the
-        # write-back ends that id in Redis too, whatever its version there.
-        self.ended: dict[ConversationKey, tuple[str, int]] = {}
+        # Conversations ended during an outage: key → (id, version, when in ms) of the one
+        # ended, so the write-back ends that id in Redis too, whatever its version there, and
+        # whatever conversation Redis held for the key from before the end.
+        self.ended: dict[ConversationKey, tuple[str, int, int]] = {}
 
     def __len__(self) -> int:
         return len(self._clean) + len(self._dirty)
@@ -199,13 +200,14 @@ class MemoryStore:
         return updated.expire_ms
 
     def end(self, key: ConversationKey) -> bool:
-        conversation = self._live(key, now_ms())
+        now = now_ms()
+        conversation = self._live(key, now)
         self.forget(key)
         if conversation is None:
             return False
         # A pending end stays: a conversation started after it cannot have reached Redis, as
         # the write-back puts nothing for a key before its pending end.
-        self.ended.setdefault(key, (conversation.id, conversation.version))
+        self.ended.setdefault(key, (conversation.id, conversation.version, now))
         return True
 
     def list_page(

@@ -243,20 +243,30 @@ return 1
 # An end made during an outage, at write-back: the conversation with that id is ended whatever
 # its version (another replica may have written it meanwhile: an end is an erase, it wins) and
 # its id kept out, even when Redis no longer holds it (another replica's outage copy may come
-# back after this). Another id is another conversation, started after the end: it stays.
-# KEYS meta history state index ended; ARGV member, id, ttl_ms
+# back after this). Another id created before the end (ARGV[4], ms) is the conversation the user
+# had then, which this replica's copy had missed (ended and started again elsewhere): ended
+# too, as an end on Redis would have (in the end's millisecond too: an erase errs on erasing).
+# Another id created since is a conversation started after the end: it stays.
+# KEYS meta history state index ended; ARGV member, id, ttl_ms, ended_ms
 END_WRITTEN_BACK = (
     _NOW
     + _ENDED
     + """
-local held = redis.call('HGET', KEYS[1], 'id')
-if held == ARGV[2] then
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-  redis.call('ZREM', KEYS[4], ARGV[1])
+local meta = redis.call('HMGET', KEYS[1], 'id', 'c')
+local held = meta[1]
+if not held then
+  tombstone(ARGV[2], tonumber(ARGV[3]))
+  return 0
 end
+local same = held == ARGV[2]
+if not same and (tonumber(meta[2]) or 0) > tonumber(ARGV[4]) then
+  tombstone(ARGV[2], tonumber(ARGV[3]))
+  return -2
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
 tombstone(ARGV[2], tonumber(ARGV[3]))
-if not held then return 0 end
-if held ~= ARGV[2] then return -2 end
+if not same then tombstone(held, tonumber(ARGV[3])) end
 return 1
 """
 )
@@ -443,11 +453,12 @@ class RedisStore:
         keys = self._keys_and_ended(key)
         return bool(await self._end(keys=keys, args=[key.member, self.ttl_ms]))
 
-    async def end_written_back(self, key: ConversationKey, cid: str) -> int:
-        """An end made during an outage, of conversation ``cid``, whatever its version now: 1
-        ended; 0 nothing was there; -2 Redis holds another conversation, kept. Its id is kept
-        out of later write-backs in every case."""
-        args: list[str | int] = [key.member, cid, self.ttl_ms]
+    async def end_written_back(self, key: ConversationKey, cid: str, ended_ms: int) -> int:
+        """An end made during an outage at ``ended_ms``, of conversation ``cid``, whatever its
+        version now, or of another created before then: 1 ended; 0 nothing was there; -2 Redis
+        holds another conversation, started since, kept. Its id is kept out of later
+        write-backs in every case."""
+        args: list[str | int] = [key.member, cid, self.ttl_ms, ended_ms]
         return int(await self._end_written_back(keys=self._keys_and_ended(key), args=args))
 
     async def put(self, conversation: Conversation, *, write_back: bool = True) -> tuple[str, int]:

@@ -168,12 +168,15 @@ class SessionStore:
             raise failures[0]
         return done
 
-    async def _end_back(self, ended: tuple[ConversationKey, tuple[str, int]]) -> bool:
-        key, (cid, version) = ended
-        if await self.redis.end_written_back(key, cid) < 0:
+    async def _end_back(self, ended: tuple[ConversationKey, tuple[str, int, int]]) -> bool:
+        key, pending = ended
+        cid, _version, ended_ms = pending
+        if await self.redis.end_written_back(key, cid, ended_ms) < 0:
             metrics.WRITEBACK_DISCARDED.inc()
-            log.warning("outage end discarded: Redis holds another conversation", **masked(key))
-        if self.memory.ended.get(key) == (cid, version):
+            log.warning(
+                "outage end discarded: Redis holds a conversation started since", **masked(key)
+            )
+        if self.memory.ended.get(key) == pending:
             del self.memory.ended[key]
         return True
 

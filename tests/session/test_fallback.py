@@ -335,6 +335,7 @@ async def test_write_back_never_replaces_or_ends_another_conversation(valkey: Va
                 old = await say(a, key, f"old {n}")
         a.enter_outage(ConnectionError("test: pretend A lost Redis"))
         assert await a.end(ended_on_a)  # A ends version 3
+        await asyncio.sleep(0.002)  # what B starts below is of a later millisecond than A's end
         for n in range(2):
             await say(a, written_on_a, f"A outage {n}")  # A's copy reaches version 5
         newer = {}
@@ -352,6 +353,48 @@ async def test_write_back_never_replaces_or_ends_another_conversation(valkey: Va
             assert kept.version == 2 and kept.history == newer[key].history
         assert metrics.WRITEBACK_DISCARDED._value.get() - discarded == 2
         assert a.memory.pending == 0 and a.writebacks_total == 0
+    finally:
+        for store in (a, b):
+            await store.close()
+        for client in (client_a, client_b):
+            await client.aclose()
+
+
+async def test_an_outage_end_ends_the_conversation_its_replica_had_missed(
+    valkey: Valkey,
+) -> None:
+    """Replica A held a copy of conversation X; through B the user's X was ended and Y started,
+    which A never read. A, in an outage, then ended (erased) the user's conversation: its end
+    named X, and the write-back, finding Y, kept it as "started after the end", so the erase
+    answered 1 and the user's conversation lived on. Y was there before the end: it is ended."""
+    client_a = make_client(f"redis://127.0.0.1:{valkey.port}/8")
+    client_b = make_client(f"redis://127.0.0.1:{valkey.port}/8")
+    a, b = (
+        SessionStore(
+            RedisStore(client, ttl_seconds=60, history_limit=10),
+            MemoryStore(max_conversations=10, ttl_seconds=60, history_limit=10),
+            fallback="memory",
+            probe_seconds=3600,  # the test writes back itself
+        )
+        for client in (client_a, client_b)
+    )
+    key = ConversationKey("missed-by-a", "+15550000001", "client")
+    update = {"append": [encode_message("user", "hello", 0)], "set_state": {}}
+    update |= {"remove_state": [], "expected_version": None}
+    try:
+        x, _ = await a.update(key, **update)  # type: ignore[arg-type]
+        assert await b.end(key)
+        y, created = await b.update(key, **update)  # type: ignore[arg-type]
+        assert created and y.id != x.id
+        a.enter_outage(ConnectionError("test: pretend A lost Redis"))
+        assert await a.end(key)  # A's copy is X's
+
+        await a._write_back()
+
+        assert await b.redis.load(key) is None
+        assert a.memory.pending == 0
+        # Y's id is kept out like X's: an outage copy of Y on another replica stays ended.
+        assert await b.redis.put(y) == ("ended", 0)
     finally:
         for store in (a, b):
             await store.close()
