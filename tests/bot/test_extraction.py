@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from parley.search.v1 import search_pb2_grpc
-from services.gateway.bot.extract import as_written, extract
+from services.gateway.bot.extract import DateContext, as_written, extract, find_dates, find_period
 from services.gateway.bot.places import SearchPlaces, decide, split_phrase
 from services.gateway.engine import SearchPort
 from tests.bot.phrasings import CASES, TODAY, Case
@@ -203,3 +203,27 @@ def test_a_long_run_of_the_words_before_a_period_still_reads_the_period(word: st
     found = extract(f"{word} " * 1300 + "NYC to London at the end of the month", date(2026, 11, 23))
     assert found.period is not None and (found.period.kind, found.period.month) == ("end", 11)
     assert found.destination == "london"
+
+
+@pytest.mark.parametrize("word", ["on", "el", "this", "proximo"])
+def test_a_long_run_of_the_words_before_a_weekday_is_read_in_linear_time(word: str) -> None:
+    """The words before a weekday ("on this coming Friday") are read three at most: unbounded,
+    each weekday rule read the whole run from every position in it, quadratic time (0.13 s of
+    the worker's event loop for 4,000 characters of "on on on …"). This run is a hundred times
+    longer: quadratic, it takes many minutes and meets the suite's timeout; linear, under a
+    second."""
+    found_text, found = find_dates(
+        f"{word} " * 100_000 + "friday", DateContext(date(2026, 11, 23), False)
+    )
+    assert [item.value for item in found] == [date(2026, 11, 27)]
+    assert found_text.endswith(f"{word} @d0")
+
+
+@pytest.mark.parametrize("word", ["en", "para", "for"])
+def test_a_long_run_of_the_words_before_a_month_or_reyes_is_read_in_linear_time(word: str) -> None:
+    """As the words before a weekday: "en diciembre", "para Reyes" took a whole run of "en en …"
+    from every position. A run 150 times WhatsApp's longest message, quadratic, meets the
+    suite's timeout."""
+    for period, kind in (("diciembre", "month"), ("reyes", "reyes")):
+        _, found = find_period(f"{word} " * 200_000 + f"{word} {period}", date(2026, 11, 23))
+        assert found is not None and found.kind == kind
