@@ -227,3 +227,22 @@ def test_a_long_run_of_the_words_before_a_month_or_reyes_is_read_in_linear_time(
     for period, kind in (("diciembre", "month"), ("reyes", "reyes")):
         _, found = find_period(f"{word} " * 200_000 + f"{word} {period}", date(2026, 11, 23))
         assert found is not None and found.kind == kind
+
+
+@pytest.mark.parametrize(
+    ("text", "locale", "destination"),
+    [
+        ("NYC a Londres " + "y " * 150_000 + "el viernes", "es", "londres"),
+        ("NYC to London " + "and " * 100_000 + "on friday", "en", "london"),
+    ],
+)
+def test_a_long_run_of_ands_after_a_route_is_read_in_linear_time(
+    text: str, locale: str, destination: str
+) -> None:
+    """Whether a second trip begins at an "and" ("… then Paris to Rome") was asked of the whole
+    text before and after each "and", quadratic time: 0.14 s of the worker's event loop for
+    4,000 characters of "y y y …" after "NYC a Londres". These runs are 50 to 75 times longer,
+    which quadratic matching cannot finish within the suite's timeout; the trip is still read."""
+    found = extract(text, date(2026, 11, 23), locale)
+    assert (found.origin, found.destination, found.more_trips) == ("nyc", destination, False)
+    assert found.depart == date(2026, 11, 27)

@@ -1747,10 +1747,19 @@ def _first_trip(work: str, spanish: bool) -> tuple[str, bool]:
     second trip but the return: "... then London to NYC Sunday" is read as "... and back
     Sunday"."""
     to = r"(?:to|a|hacia)" if spanish else "to"
-    route = re.compile(r"\S \b" + to + r"\b \S|\b(?:from|desde)\b \S")
+    whole = re.compile(r"\S \b" + to + r"\b \S")
+    route = re.compile(whole.pattern + r"|\b(?:from|desde)\b \S")
+    # Where the first whole route ends and the last route begins, each found in one pass:
+    # searched again before and after each "and", a message of "y y y …" took quadratic time
+    # (0.14 s of the worker's event loop for 4,000 characters after "NYC a Londres").
+    first_whole = whole.search(work)
+    starts = [0]
+    while (found := route.search(work, starts[-1])) is not None:
+        starts.append(found.start() + 1)
+    last_route = starts[-1] - 1  # -1: none
     for match in _NEXT_TRIP.finditer(work):
         first, rest = work[: match.start()], work[match.end() :]
-        if not re.search(r"\S \b" + to + r"\b \S", first):
+        if first_whole is None or first_whole.end() > match.start():
             continue  # no whole route yet ("2 adults and 1 child to London")
         # A return word a word or two in: "and back Sunday", "then fly back to NYC Sunday".
         if re.match(r"(?:(?!(?:to|from|a|de)\b)[a-z']+ ){0,2}?" + RETURN_MARK + r"\b", rest):
@@ -1759,7 +1768,7 @@ def _first_trip(work: str, spanish: bool) -> tuple[str, bool]:
         if back is not None:
             back_word = "y vuelta" if spanish else "and back"
             return _first_trip(f"{first} {back_word} {rest[back:]}", spanish)
-        if route.search(rest) or (match["then"] and re.search(r"[a-zñ]", rest)):
+        if last_route >= match.end() or (match["then"] and re.search(r"[a-zñ]", rest)):
             return first, True
     return work, False
 
