@@ -372,6 +372,9 @@ GLUED_COUNT = re.compile(
 
 def normalize(text: str) -> str:
     text = text.lower().replace("\u2019", "'")  # typographic apostrophe
+    # One space for each run first: the arrow and dash rules below begin with \s* (\s+) and
+    # read a whole run from every space in it, 0.15 s for a message of 4,000 line breaks.
+    text = re.sub(r"\s+", " ", text)
     text = KEYCAP.sub(r"\1", text).replace("\U0001f51f", "10")  # "2️⃣" is 2, "🔟" 10
     text = re.sub(r"\s*(?:->|=>|→|➡️?|⇒|—>|-->|>)\s*", " to ", text)
     text = re.sub(r"\s+[-\u2013\u2014]\s+", " to ", text)  # "London - Paris"
