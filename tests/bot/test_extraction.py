@@ -8,10 +8,18 @@ import re
 from datetime import date
 from typing import Any, cast
 
+import dateparser
 import pytest
 
 from parley.search.v1 import search_pb2_grpc
-from services.gateway.bot.extract import DateContext, as_written, extract, find_dates, find_period
+from services.gateway.bot.extract import (
+    DATEPARSER_LIMIT,
+    DateContext,
+    as_written,
+    extract,
+    find_dates,
+    find_period,
+)
 from services.gateway.bot.places import SearchPlaces, decide, split_phrase
 from services.gateway.engine import SearchPort
 from tests.bot.phrasings import CASES, TODAY, Case
@@ -257,3 +265,27 @@ def test_a_long_run_of_spaces_or_line_breaks_is_read_in_linear_time(space: str) 
     for arrow in ("->", "-"):
         found = extract(f"NYC{space * 400_000}{arrow} London", date(2026, 11, 23))
         assert (found.origin, found.destination) == ("nyc", "london")
+
+
+@pytest.mark.parametrize("unit", ["a-", "a/", "' a ", "a 12 "])
+def test_a_long_lone_phrase_is_not_handed_to_dateparser(
+    unit: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone phrase the rules leave may be a date dateparser reads ("next month"), but its time
+    grows with the text: a 4,000-character "a-a-a-…" held the worker's event loop for up to
+    0.2 s in dateparser alone. Dates are a few words; a longer phrase is not asked about (the
+    library's parse is wrapped here only to see what it is given, and still does the work)."""
+    given: list[str] = []
+    parse = dateparser.parse
+
+    def seen(text: str, *args: Any, **kwargs: Any) -> Any:
+        given.append(text)
+        return parse(text, *args, **kwargs)
+
+    monkeypatch.setattr(dateparser, "parse", seen)
+    found = extract(unit * (4000 // len(unit)), date(2026, 11, 23))
+    assert found.depart is None
+    assert all(len(text) <= DATEPARSER_LIMIT for text in given)
+    short = "qq " + "".join(chr(97 + ord(ch) % 26) for ch in unit)  # one per test (memoized)
+    extract(short, date(2026, 11, 23))
+    assert short in given  # a short one still is

@@ -494,8 +494,16 @@ def _absolute(day: int, month: int, year: int | None, today: date) -> date | NoS
     return date(year, month, day)
 
 
+# The longest phrase dateparser is asked about: a date is a few words ("the 2nd of next
+# month"), and dateparser's time grows with the text, up to 0.2 s of the worker's event loop
+# for a 4,000-character phrase ("a-a-a-…") that the rules left as a lone place.
+DATEPARSER_LIMIT = 60
+
+
 def _parse_with_dateparser(text: str, ctx: DateContext, order: str = "") -> date | None:
     """dateparser relative to the business's today, preferring the future."""
+    if len(text) > DATEPARSER_LIMIT:
+        return None
     return _dateparser_date(text, ctx.today, order or ("DMY" if ctx.day_first else "MDY"))
 
 
