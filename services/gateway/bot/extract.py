@@ -1737,17 +1737,24 @@ _NEXT_TRIP = re.compile(
 )
 
 
-def _route_back(first: str, rest: str, to: str) -> int | None:
-    """Where the route that begins ``rest`` ends, if it flies ``first``'s back: "London to NYC"
-    after "NYC to London" (each place as written, in up to three words)."""
-    there = re.search(r"\S \b" + to + r"\b \S", first)
-    if there is None:
-        return None
-    before, after = first[: there.start() + 1].split(), first[there.end() - 1 :].split()
+# A return word a word or two into what follows an "and": "and back Sunday", "then fly back to
+# NYC Sunday".
+_RETURN_AHEAD = re.compile(r"(?:(?!(?:to|from|a|de)\b)[a-z']+ ){0,2}?" + RETURN_MARK + r"\b")
+_PLACE_WINDOW = 200  # characters either side of a route's "to" that hold its places' words
+
+
+def _route_back(work: str, there: re.Match[str], end: int, at: int, to: str) -> int | None:
+    """Where the route that begins at ``at`` ends, if it flies back the first route (``there``,
+    ending before ``end``): "London to NYC" after "NYC to London" (each place as written, in up
+    to three words)."""
+    # A bounded window of words either side of the first route's "to": read again for every
+    # "and", the whole text would make a message of "and and and …" quadratic.
+    before = work[max(0, there.start() - _PLACE_WINDOW) : there.start() + 1].split()
+    after = work[there.end() - 1 : min(end, there.end() + _PLACE_WINDOW)].split()
     for o, d in itertools.product(range(1, 4), range(1, 4)):
         origin, destination = " ".join(before[-o:]), " ".join(after[:d])
         way = rf"{re.escape(destination)} {to} {re.escape(origin)}\b"
-        found = re.match(r"(?:(?:fly|flying|from|desde|de) )?" + way, rest)
+        found = re.compile(r"(?:(?:fly|flying|from|desde|de) )?" + way).match(work, at)
         if found:
             return found.end()
     return None
@@ -1760,28 +1767,34 @@ def _first_trip(work: str, spanish: bool) -> tuple[str, bool]:
     to = r"(?:to|a|hacia)" if spanish else "to"
     whole = re.compile(r"\S \b" + to + r"\b \S")
     route = re.compile(whole.pattern + r"|\b(?:from|desde)\b \S")
-    # Where the first whole route ends and the last route begins, each found in one pass:
-    # searched again before and after each "and", a message of "y y y …" took quadratic time
-    # (0.14 s of the worker's event loop for 4,000 characters after "NYC a Londres").
+    # Each "and" is judged by what is known of the whole text, found once (the first whole
+    # route, the last route, the last letter) and by patterns matched in place: searched again
+    # before and after each "and", a message of "y y y …" took quadratic time (0.14 s of the
+    # worker's event loop for 4,000 characters after "NYC a Londres").
     first_whole = whole.search(work)
+    if first_whole is None:
+        return work, False  # no whole route yet ("2 adults and 1 child to London")
     starts = [0]
     while (found := route.search(work, starts[-1])) is not None:
         starts.append(found.start() + 1)
     last_route = starts[-1] - 1  # -1: none
+    last_letter = max(work.rfind(letter) for letter in "abcdefghijklmnopqrstuvwxyzñ")
+    kept: list[str] = []  # the text before ``copied``, a way back read as "and back"
+    copied = 0
     for match in _NEXT_TRIP.finditer(work):
-        first, rest = work[: match.start()], work[match.end() :]
-        if first_whole is None or first_whole.end() > match.start():
-            continue  # no whole route yet ("2 adults and 1 child to London")
-        # A return word a word or two in: "and back Sunday", "then fly back to NYC Sunday".
-        if re.match(r"(?:(?!(?:to|from|a|de)\b)[a-z']+ ){0,2}?" + RETURN_MARK + r"\b", rest):
+        if first_whole.end() > match.start() or match.start() < copied:
+            continue  # no whole route before it yet, or inside a way back already read
+        if _RETURN_AHEAD.match(work, match.end()):
             continue
-        back = _route_back(first, rest, to)
+        back = _route_back(work, first_whole, match.start(), match.end(), to)
         if back is not None:
             back_word = "y vuelta" if spanish else "and back"
-            return _first_trip(f"{first} {back_word} {rest[back:]}", spanish)
-        if last_route >= match.end() or (match["then"] and re.search(r"[a-zñ]", rest)):
-            return first, True
-    return work, False
+            kept += [work[copied : match.start()], f" {back_word} "]
+            copied = back
+            continue
+        if last_route >= match.end() or (match["then"] and last_letter >= match.end()):
+            return "".join(kept) + work[copied : match.start()], True
+    return "".join(kept) + work[copied:], False
 
 
 # --- the whole message -------------------------------------------------------------------
