@@ -217,15 +217,14 @@ class AmadeusProvider(Provider):
             )
         except httpx.HTTPError as error:
             raise _Retryable(f"token request failed: {type(error).__name__}") from None
-        secret = self._secret.get_secret_value()
-        if response.status_code == 429 or response.status_code >= 500:
-            said = _described(_token_errors(response), secret)
-            raise _Retryable(
-                f"token endpoint answered {response.status_code}{said}", _retry_after(response)
-            )
         if response.status_code != 200:
+            said = _described(_token_errors(_json(response)), self._secret.get_secret_value())
+            if response.status_code == 429 or response.status_code >= 500:
+                raise _Retryable(
+                    f"token endpoint answered {response.status_code}{said}",
+                    _retry_after(response),
+                )
             # Wrong credentials are our configuration's fault, not the caller's.
-            said = _described(_token_errors(response), secret)
             raise ProviderUnavailable(
                 f"Amadeus refused the client credentials ({response.status_code}){said}"
             )
@@ -320,7 +319,7 @@ class AmadeusProvider(Provider):
                 raise ProviderUnavailable(f"{path}: response was not JSON") from None
         # Every entry of errors[]: Amadeus lists one per problem (all of one status), and a
         # log line or a caller told only the first misses the others.
-        problems = _errors(response)
+        problems = _errors(_json(response))
         said = _described(problems, token)
         if status == 429 or status >= 500:
             raise _Retryable(f"{path} answered {status}{said}", _retry_after(response))
@@ -462,24 +461,25 @@ def _amount(offer: search_pb2.FlightOffer) -> Decimal:
     return value if value.is_finite() else Decimal("Infinity")
 
 
-def _errors(response: httpx.Response) -> list[dict[str, Any]]:
-    """The entries of an error response's ``errors[]`` (status, code, title, detail, source),
-    each one problem; none when the body is not that format."""
+def _json(response: httpx.Response) -> Any:
+    """The response's JSON body, None when it has none."""
     try:
-        errors = response.json().get("errors")
-    except (ValueError, AttributeError):
-        return []
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _errors(body: Any) -> list[dict[str, Any]]:
+    """The entries of an error body's ``errors[]`` (status, code, title, detail, source), each
+    one problem; none when the body is not that format."""
+    errors = body.get("errors") if isinstance(body, dict) else None
     return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
 
 
-def _token_errors(response: httpx.Response) -> list[dict[str, Any]]:
+def _token_errors(body: Any) -> list[dict[str, Any]]:
     """The token endpoint's errors: its own OAuth2 format (``error``, ``error_description``,
     besides ``code`` and ``title``) as one problem, or ``errors[]`` as the other endpoints'."""
-    problems = _errors(response)
-    try:
-        body = response.json()
-    except ValueError:
-        return problems
+    problems = _errors(body)
     if problems or not isinstance(body, dict) or not body.get("error"):
         return problems
     title = " ".join(str(body.get(k) or "") for k in ("error", "title")).strip()
