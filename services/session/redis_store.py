@@ -253,21 +253,18 @@ END_WRITTEN_BACK = (
     + _ENDED
     + """
 local meta = redis.call('HMGET', KEYS[1], 'id', 'c')
-local held = meta[1]
-if not held then
-  tombstone(ARGV[2], tonumber(ARGV[3]))
-  return 0
+local held, ttl = meta[1], tonumber(ARGV[3])
+local outcome = 0
+if held == ARGV[2] or (held and (tonumber(meta[2]) or 0) <= tonumber(ARGV[4])) then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])  -- first: runs over maxmemory too
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  if held ~= ARGV[2] then tombstone(held, ttl) end
+  outcome = 1
+elseif held then
+  outcome = -2
 end
-local same = held == ARGV[2]
-if not same and (tonumber(meta[2]) or 0) > tonumber(ARGV[4]) then
-  tombstone(ARGV[2], tonumber(ARGV[3]))
-  return -2
-end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('ZREM', KEYS[4], ARGV[1])
-tombstone(ARGV[2], tonumber(ARGV[3]))
-if not same then tombstone(held, tonumber(ARGV[3])) end
-return 1
+tombstone(ARGV[2], ttl)
+return outcome
 """
 )
 
