@@ -33,12 +33,9 @@ class BusinessSettings(CommonSettings):
 
     @property
     def invalidation_redis_url(self) -> str | None:
-        for url in (self.gateway_redis_url, self.redis_url):
-            if url is not None and url.get_secret_value():
-                return url.get_secret_value()
-        return None
+        url = self.gateway_redis_url or self.redis_url  # an empty SecretStr is falsy
+        return url.get_secret_value() if url else None
 
     @property
     def invalidation_redis_url_variable(self) -> str:
-        gateway = self.gateway_redis_url
-        return "GATEWAY_REDIS_URL" if gateway and gateway.get_secret_value() else "REDIS_URL"
+        return "GATEWAY_REDIS_URL" if self.gateway_redis_url else "REDIS_URL"
