@@ -46,11 +46,10 @@ from services.business.model import (
     validate_subdomain,
     validate_time_zone,
 )
-from services.business.server import make_cipher, make_store
+from services.business.server import make_bus, make_cipher, make_store
 from services.business.settings import BusinessSettings
 from services.common.business_keys import KeyKind
 from services.common.errors import ServiceError
-from services.common.invalidation import InvalidationBus
 from services.common.settings import load_settings
 
 DEMO = {
@@ -220,16 +219,8 @@ def _progress(dry_run: bool) -> Callable[[RotationReport], None]:
 async def run(args: argparse.Namespace, settings: BusinessSettings) -> int:
     cipher = make_cipher(settings)
     store = make_store(settings)
-    bus: InvalidationBus | None = None
-    redis_url = settings.invalidation_redis_url
-    if redis_url:
-        # Publish-only: running replicas and the gateway's workers drop what this command changes.
-        bus = InvalidationBus(
-            redis_url,
-            settings.business_invalidation_channel,
-            on_invalidate=lambda keys, ids: None,
-            on_reset=lambda: None,
-        )
+    # Publish-only: running replicas and the gateway's workers drop what this command changes.
+    bus = make_bus(settings, on_invalidate=lambda keys, ids: None, on_reset=lambda: None)
     core = BusinessCore(store, cipher, bus=bus)
     try:
         with store_errors():  # unreachable or unusable: one line (main), not the driver's trace

@@ -6,10 +6,12 @@ import asyncio
 import base64
 import binascii
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import structlog
+from prometheus_client import Counter
 
 from parley.business.v1 import business_pb2, business_pb2_grpc
 from services.business import metrics
@@ -34,7 +36,7 @@ from services.business.settings import BusinessSettings
 from services.business.store import BusinessStore
 from services.common.business_keys import KeyKind, lookup_key
 from services.common.errors import InvalidArgument, NotFound
-from services.common.invalidation import InvalidationBus
+from services.common.invalidation import Apply, InvalidationBus
 from services.common.lookup_cache import LookupCache
 from services.common.server import Service, run
 from services.common.settings import configuring, load_settings
@@ -90,6 +92,30 @@ def make_cipher(settings: BusinessSettings) -> TokenCipher:
         else None
     )
     return TokenCipher.from_settings(secret, previous)
+
+
+def make_bus(
+    settings: BusinessSettings,
+    *,
+    on_invalidate: Apply,
+    on_reset: Callable[[], None],
+    invalidations: Counter | None = None,
+) -> InvalidationBus | None:
+    """The invalidation bus on the gateway's Redis (GATEWAY_REDIS_URL, else REDIS_URL), for the
+    service and the CLI alike; None when neither is set. A URL that cannot be used names its
+    variable, and nothing it quotes of a password."""
+    redis_url = settings.invalidation_redis_url
+    if not redis_url:
+        return None
+    with configuring(settings.invalidation_redis_url_variable, url=redis_url):
+        bus = InvalidationBus(
+            redis_url,
+            settings.business_invalidation_channel,
+            on_invalidate=on_invalidate,
+            on_reset=on_reset,
+            invalidations=invalidations,
+        )
+    return bus
 
 
 def _credentials_proto(plain: dict[str, str]) -> business_pb2.ChannelCredentials:
@@ -319,17 +345,12 @@ def build(settings: BusinessSettings, cipher: TokenCipher) -> Service:
         counters=metrics.CACHE_COUNTERS,
     )
     metrics.watch_cache(cache)
-    bus: InvalidationBus | None = None
-    redis_url = settings.invalidation_redis_url
-    if redis_url:
-        with configuring(settings.invalidation_redis_url_variable, url=redis_url):
-            bus = InvalidationBus(
-                redis_url,
-                settings.business_invalidation_channel,
-                on_invalidate=lambda keys, ids: cache.invalidate(keys, ids),
-                on_reset=cache.clear,
-                invalidations=metrics.CACHE_INVALIDATIONS,
-            )
+    bus = make_bus(
+        settings,
+        on_invalidate=lambda keys, ids: cache.invalidate(keys, ids),
+        on_reset=cache.clear,
+        invalidations=metrics.CACHE_INVALIDATIONS,
+    )
     core = BusinessCore(store, cipher, cache=cache, bus=bus)
     # WARMUP_CACHE: health turns SERVING only once the cache is loaded. The load runs on its
     # own, not inside a readiness check: a large cache can take longer than one check may

@@ -166,6 +166,22 @@ def test_a_store_that_does_not_answer_is_one_line(cli: Cli) -> None:
     assert "business store is unavailable" in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("variable", ["REDIS_URL", "GATEWAY_REDIS_URL"])
+def test_a_redis_url_it_cannot_use_is_named_without_its_password(
+    cli: Cli, registry: SecretRegistry, variable: str
+) -> None:
+    """A password with an unencoded '/' ends the URL's host part early, and the parser's
+    message quotes what came before it. (Was a bug: the CLI built its invalidation client
+    without the service's `configuring`, so it printed `error: Port could not be cast to integer
+    value as '<the password>'`.)"""
+    password = registry.token("redis")
+    out = cli("list", **{variable: f"redis://:{password}/rest@redis.example:6379/0"})
+    assert out.returncode == 2, out.stderr
+    assert password not in out.stderr + out.stdout, out.stderr
+    assert out.stderr.startswith(f"error: {variable}: "), out.stderr
+    assert "percent-encoded" in out.stderr, out.stderr
+
+
 def test_a_store_that_stops_answering_during_rotate_keys_is_one_line(
     cli: Cli, registry: SecretRegistry, tmp_path: Path
 ) -> None:
