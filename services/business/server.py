@@ -102,8 +102,9 @@ def make_bus(
     invalidations: Counter | None = None,
 ) -> InvalidationBus | None:
     """The invalidation bus on the gateway's Redis (GATEWAY_REDIS_URL, else REDIS_URL), for the
-    service and the CLI alike; None when neither is set. A URL that cannot be used names its
-    variable, and nothing it quotes of a password."""
+    service and the CLI alike, also publishing on REDIS_URL while the two differ; None when
+    neither is set. A URL that cannot be used names its variable, and nothing it quotes of a
+    password."""
     redis_url = settings.invalidation_redis_url
     if not redis_url:
         return None
@@ -115,6 +116,9 @@ def make_bus(
             on_reset=on_reset,
             invalidations=invalidations,
         )
+    if legacy := settings.legacy_invalidation_redis_url:
+        with configuring("REDIS_URL", url=legacy):
+            bus.publish_also_to(legacy)
     return bus
 
 

@@ -39,3 +39,13 @@ class BusinessSettings(CommonSettings):
     @property
     def invalidation_redis_url_variable(self) -> str:
         return "GATEWAY_REDIS_URL" if self.gateway_redis_url else "REDIS_URL"
+
+    @property
+    def legacy_invalidation_redis_url(self) -> str | None:
+        """REDIS_URL while GATEWAY_REDIS_URL names another Redis: replicas of releases before
+        they published on GATEWAY_REDIS_URL (a rolling upgrade) listen there, so every change is
+        published there too."""
+        if not self.gateway_redis_url or not self.redis_url:
+            return None
+        url = self.redis_url.get_secret_value()
+        return url if url != self.gateway_redis_url.get_secret_value() else None

@@ -58,22 +58,32 @@ class InvalidationBus:
         self._repeat_after = repeat_after
         # Any: standalone, Sentinel or Cluster client, whichever REDIS_URL names.
         self._client: Any = make_redis(url, socket_timeout=5.0)
+        self._also: list[Any] = []  # publish-only clients (publish_also_to)
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
+
+    def publish_also_to(self, url: str) -> None:
+        """Publish on this Redis too (never listened to): where subscribers of an older
+        configuration still listen."""
+        self._also.append(make_redis(url, socket_timeout=5.0))
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._listen())
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
-        await self._client.aclose()
+        for client in (self._client, *self._also):
+            await client.aclose()
 
     async def publish(self, keys: Iterable[str], business_ids: Iterable[str]) -> None:
         message = json.dumps(
             {"origin": self.origin, "keys": sorted(set(keys)), "ids": sorted(set(business_ids))}
         )
+        await asyncio.gather(*(self._publish(c, message) for c in (self._client, *self._also)))
+
+    async def _publish(self, client: Any, message: str) -> None:
         try:
-            await self._client.publish(self.channel, message)
+            await client.publish(self.channel, message)
         except Exception as error:  # other replicas fall back on the TTL
             log.warning("invalidation not published", error=type(error).__name__)
 

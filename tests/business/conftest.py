@@ -238,8 +238,10 @@ class RunningService:
 
 
 async def start_service(
-    registry: SecretRegistry, name: str, db_path: Path, **env: str
+    registry: SecretRegistry, name: str, db_path: Path, *, root: Path = ROOT, **env: str
 ) -> RunningService:
+    """A service process on ``db_path``; ``root``: the source tree it runs (another release's,
+    whose PYTHONPATH the caller sets in ``env``)."""
     port, metrics_port = free_port(), free_port()
     process = ServiceProcess(
         "services.business.server",
@@ -252,6 +254,7 @@ async def start_service(
             **env,
         },
         registry.log_dir / f"{name}-{secrets.token_hex(3)}.log",
+        root=root,
     )
     # Only what the test sets: no MONGODB_URI or Redis URL leaking in from the environment.
     for var in ("MONGODB_URI", "REDIS_URL", "GATEWAY_REDIS_URL", "WARMUP_CACHE"):

@@ -26,6 +26,7 @@ from tests.business.conftest import (
     start_service,
 )
 from tests.support.processes import ROOT, ServiceProcess, Valkey, free_port, wait_for
+from tests.support.releases import previous_release
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -463,6 +464,60 @@ async def test_changes_are_published_where_the_gateway_listens(
         listener.close()
         await a.close()
         await b.close()
+
+
+async def test_replicas_of_the_release_before_hear_changes_while_the_urls_differ(
+    registry: SecretRegistry,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    valkey: Valkey,
+    fresh_valkey: Valkey,
+) -> None:
+    """A rolling upgrade from a release that published and listened on `REDIS_URL` alone, with
+    `GATEWAY_REDIS_URL` set to another Redis: while the replicas of that release still serve,
+    a change made through a new replica or the new CLI must reach their caches too, not wait
+    for their TTL (300 s)."""
+    root = previous_release(tmp_path_factory.mktemp("previous-release"))
+    db = tmp_path / "business.db"
+    channel = f"test:business:invalidate:{tmp_path.name}"
+    env = {
+        "REDIS_URL": valkey.url,
+        "GATEWAY_REDIS_URL": fresh_valkey.url,
+        "BUSINESS_INVALIDATION_CHANNEL": channel,
+    }
+    old = await start_service(
+        registry, "replica-previous", db, root=root, PYTHONPATH=str(root), **env
+    )
+    new = await start_service(registry, "replica-new", db, **env)
+    try:
+        request = demo_request()
+        created = (await new.stub.CreateBusiness(request)).business
+        lookup = business_pb2.LookupBusinessRequest(subdomain=request.business.subdomain)
+        await old.stub.LookupBusiness(lookup)
+        assert (await old.stub.LookupBusiness(lookup)).cached
+        await new.stub.DeactivateBusiness(business_pb2.DeactivateBusinessRequest(id=created.id))
+        assert await eventually_not_found(old, lookup)
+
+        await new.stub.UpdateBusiness(
+            business_pb2.UpdateBusinessRequest(
+                business=business_pb2.Business(id=created.id, active=True),
+                update_mask=FieldMask(paths=["active"]),
+            )
+        )
+        await old.stub.LookupBusiness(lookup)  # the reactivation may not have reached it yet
+        assert (await old.stub.LookupBusiness(lookup)).cached
+        cli_env = {
+            "PATH": "/usr/bin:/bin",
+            "BUSINESS_DB_PATH": str(db),
+            "ENCRYPTION_SECRET": TEST_SECRET,
+            **env,
+        }
+        done = await asyncio.to_thread(run_cli, cli_env, "deactivate", created.id)
+        assert done.returncode == 0, done.stderr
+        assert await eventually_not_found(old, lookup)
+    finally:
+        await old.close()
+        await new.close()
 
 
 async def eventually_not_found(
