@@ -92,6 +92,15 @@ ROLE_NAMES = {
 }
 
 
+@dataclasses.dataclass
+class Route:
+    """Where one message's replies go. ``target`` is replaced when the provider refuses its
+    credentials and the store has others by then: the reply's later parts go with those, not
+    refused first and the business read again for each of them."""
+
+    target: Target
+
+
 class DeadLetter(Exception):
     """This entry can never succeed as it is: record it and move on."""
 
@@ -206,14 +215,16 @@ class Processor:
         found its business's window full (``OverBusinessLimit``: nothing was counted then)."""
         message = entry.message
         business, credentials = await self._business(message)
-        target = Target(
-            channel=message.channel,
-            business_id=business.id,
-            user_id=message.user_id,
-            channel_identity=message.channel_identity,
-            access_token=credentials.whatsapp_access_token,
-            twilio_account_sid=credentials.twilio_account_sid,
-            twilio_auth_token=credentials.twilio_auth_token,
+        route = Route(
+            Target(
+                channel=message.channel,
+                business_id=business.id,
+                user_id=message.user_id,
+                channel_identity=message.channel_identity,
+                access_token=credentials.whatsapp_access_token,
+                twilio_account_sid=credentials.twilio_account_sid,
+                twilio_auth_token=credentials.twilio_auth_token,
+            )
         )
         sender = self.sender_for(message.channel)
         if (
@@ -243,8 +254,8 @@ class Processor:
             metrics.RATE_LIMITED.labels("user").inc()
             if await self.rate_limits.first_notice(business.id, message.user_id):
                 notice = Reply(self._rate_notice(business.locale))
-                for part in sender.parts(target, notice):
-                    await self._send(sender, target, part)
+                for part in sender.parts(route.target, notice):
+                    await self._send(sender, route, part)
             return "rate_limited"
 
         # A notice (a reaction, Meta's system message) gets no answer: a typing indicator would
@@ -252,10 +263,10 @@ class Processor:
         read_receipt = (
             None
             if is_notice(message)
-            else asyncio.create_task(self._mark_read(sender, target, message))
+            else asyncio.create_task(self._mark_read(sender, route.target, message))
         )
         try:
-            return await self._converse(entry, business, target, sender, attempt)
+            return await self._converse(entry, business, route, sender, attempt)
         finally:
             if read_receipt is not None:
                 with contextlib.suppress(Exception):
@@ -271,7 +282,7 @@ class Processor:
         self,
         entry: Entry,
         business: business_pb2.Business,
-        target: Target,
+        route: Route,
         sender: Sender,
         attempt: int,
     ) -> str:
@@ -310,13 +321,13 @@ class Processor:
             replies.append(reply)
             # Each provider message is recorded as soon as it is accepted, so a retry after a
             # failure on a later one sends only the parts the user has not had.
-            for index, part in enumerate(sender.parts(target, reply)):
+            for index, part in enumerate(sender.parts(route.target, reply)):
                 part_id = SentLog.part(fingerprint, index)
                 if refused or part_id in already:
                     continue
                 await _lease_check("a send")  # its successor may be answering this very message
                 try:
-                    accepted = await self._send(sender, target, part)
+                    accepted = await self._send(sender, route, part)
                 except DeadLetter as error:
                     if not delivered[0]:
                         raise  # nothing went out: the message can still be replayed whole
@@ -466,9 +477,10 @@ class Processor:
                 raise DeadLetter("invalid_message", f"session: {error.details()}") from None
             raise
 
-    async def _send(self, sender: Sender, target: Target, part: Any) -> bool:
+    async def _send(self, sender: Sender, route: Route, part: Any) -> bool:
         """One provider message (a part of a reply): True once the provider has accepted it,
         False when it is done with but the user will not get it (outside the 24-hour window)."""
+        target = route.target
         try:
             async with asyncio.timeout(self.settings.send_timeout_seconds):
                 await sender.post(target, part)
@@ -479,7 +491,8 @@ class Processor:
                 # loaded the business (a rotation): the refusal says nothing of the new ones.
                 current = await self._replaced_credentials(target, error.outcome)
                 if current is not None:
-                    return await self._send(sender, current, part)
+                    route.target = current  # for the parts after this one too
+                    return await self._send(sender, route, part)
             if isinstance(error, TokenExpired):
                 await self._token_needs_renewal(target.business_id)
                 raise DeadLetter("token_expired", str(error)) from None

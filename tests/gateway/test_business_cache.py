@@ -237,6 +237,40 @@ def test_a_reply_sent_with_a_token_replaced_meanwhile_is_sent_again_with_the_new
     assert fake_clouds.replies(later)[0].authorization == f"Bearer {new}"
 
 
+def test_a_long_reply_after_a_token_replaced_meanwhile_asks_for_the_new_one_once(
+    cached: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """A reply of several provider messages (a text over 4,096 characters) sent with a token
+    replaced while it was being made: the first refusal fetches the new token, and the other
+    parts go out with it. (Was a bug: each part was sent with the refused token first, and
+    each refusal read the business from the store again.)"""
+    business = new_business(cached)
+    old, new = business.access_token, "graph-token-long-reply-" + business.access_token[-8:]
+    SECRETS.append(new)
+    wa_id = new_wa_id()
+    text = "slow 8 while rotating " + "word " * 900  # echoed: two Graph API messages
+    payload = cloud_payload(business.phone_number_id, wa_id, text)
+    message_id = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+    with cached.http as client:
+        assert post_cloud(client, payload).status_code == 200
+    assert wait_for(lambda: fake_clouds.read_receipts(message_id), 20)
+    changed(
+        cached,
+        lambda admin: admin.put(
+            f"/admin/businesses/{business.id}/token", json={"access_token": new}
+        ),
+    )
+    fake_clouds.revoked_tokens.add(old)
+
+    def sent_with(token: str) -> list[Any]:
+        return [r for r in fake_clouds.replies(wa_id) if r.authorization == f"Bearer {token}"]
+
+    assert wait_for(lambda: len(sent_with(new)) == 2 or dead_letters_of(cached, wa_id), 20)
+    assert dead_letters_of(cached, wa_id) == []
+    assert len(sent_with(new)) == 2
+    assert len(sent_with(old)) == 1  # the first part alone met the refusal
+
+
 def test_a_twilio_reply_sent_with_a_token_replaced_meanwhile_is_sent_again_with_the_new_one(
     cached: Gateway, fake_clouds: FakeClouds
 ) -> None:
