@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -15,7 +16,8 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from parley.business.v1 import business_pb2, business_pb2_grpc
-from services.common.errors import field_violations
+from services.business.model import MAX_IDENTITIES, validate_numbers
+from services.common.errors import InvalidArgument, field_violations
 from services.common.healthcheck import check
 from tests.business.conftest import (
     TEST_SECRET,
@@ -113,6 +115,29 @@ async def test_bad_identities_name_the_element(service: RunningService) -> None:
     assert "identity" in field_violations(error)
     error = await code_of(service.stub.GetBusiness(business_pb2.GetBusinessRequest(id="nope")))
     assert "id" in field_violations(error)
+
+
+async def test_a_request_with_a_flood_of_identities_is_refused_at_once(
+    service: RunningService,
+) -> None:
+    """250,000 distinct phone_number_ids (3 MB, under gRPC's 4 MiB bound): INVALID_ARGUMENT
+    naming the list, after reading no more of it than the limit. (Was a bug: the list was
+    de-duplicated by a quadratic scan of all of it before the limit was checked, which held
+    the replica's event loop, every lookup and health check included, for minutes.)"""
+    request = demo_request(pnids=[str(10**9 + i) for i in range(250_000)])
+    error = await code_of(service.stub.CreateBusiness(request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "business.whatsapp_phone_number_ids" in field_violations(error)
+    read = itertools.count()
+
+    def counted(n: int) -> Iterator[str]:
+        for i in range(n):
+            next(read)
+            yield f"+1555{i:07d}"
+
+    with pytest.raises(InvalidArgument):
+        validate_numbers(counted(100_000))
+    assert next(read) == MAX_IDENTITIES + 1
 
 
 async def test_a_second_claim_is_already_exists(service: RunningService) -> None:
