@@ -83,7 +83,14 @@ class TokenCipher:
     def from_settings(cls, secret: str | None, previous: str | None) -> TokenCipher:
         if not secret:
             raise ValueError("ENCRYPTION_SECRET is required (it encrypts channel tokens at rest)")
-        olds = [s.strip() for s in (previous or "").split(",") if s.strip()]
+        # Each as written and with the spaces around it trimmed on either side or both:
+        # ENCRYPTION_SECRET is used exactly as set, trailing newline and all, so a secret moved
+        # here as it was ("new, old\n") must derive its key again, and "a, b" must find "b".
+        # A form never used only adds a key that no stored value names.
+        olds: list[str] = []
+        for entry in (previous or "").split(","):
+            forms = (entry, entry.strip(), entry.lstrip(), entry.rstrip())
+            olds.extend(form for form in dict.fromkeys(forms) if form.strip())
         return cls(secret, olds)
 
     def __repr__(self) -> str:

@@ -127,6 +127,27 @@ def test_rotate_keys_dry_run_progress_and_idempotence(cli: Cli, registry: Secret
     assert lost.returncode == 1 and "failed 3" in lost.stdout
 
 
+def test_a_previous_secret_is_read_as_it_was_used(cli: Cli, registry: SecretRegistry) -> None:
+    """`ENCRYPTION_SECRET` is used exactly as set, so one with a trailing newline (a Kubernetes
+    secret made `--from-file`) or a space encrypted the tokens with that character in its key.
+    Moved to `ENCRYPTION_SECRET_PREVIOUS` as it was, it must still decrypt them. (Was a bug:
+    each previous secret was stripped, so its key differed, and after the roll every token was
+    undecryptable: rotate-keys failed them all, lookups with credentials FAILED_PRECONDITION.)"""
+    padded = TEST_SECRET + "-padded\n"
+    done = cli(
+        "add", "--name", "Padded", "--subdomain", "padded", "--access-token-stdin",
+        stdin=registry.token("padded") + "\n", ENCRYPTION_SECRET=padded,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rotated = cli(
+        "rotate-keys",
+        ENCRYPTION_SECRET="a-brand-new-secret-0123456789",
+        ENCRYPTION_SECRET_PREVIOUS=f"{TEST_SECRET}-unused, {padded}",
+    )
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    assert "re-encrypted 1" in rotated.stdout and "failed 0" in rotated.stdout
+
+
 def test_ensure_demo_is_idempotent_with_fixed_identities(cli: Cli) -> None:
     first = json.loads(cli("ensure-demo", "--json").stdout)
     assert first["created"] is True
