@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -127,7 +128,8 @@ def validate_name(value: str, field_name: str = "business.name") -> str:
         raise InvalidArgument(field_name, "required")
     if len(name) > MAX_NAME:
         raise InvalidArgument(field_name, f"at most {MAX_NAME} characters")
-    if any(ord(c) < 32 for c in name):
+    # Every control character (Unicode Cc): C0, DEL and C1 (U+009B is a terminal's CSI).
+    if any(unicodedata.category(c) == "Cc" for c in name):
         raise InvalidArgument(field_name, "must not contain control characters")
     return name
 

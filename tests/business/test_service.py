@@ -92,6 +92,8 @@ async def test_create_then_lookup_by_every_identity(
         ("time_zone", "Mars/Olympus_Mons", "business.time_zone"),
         ("locale", "english!", "business.locale"),
         ("name", "  ", "business.name"),
+        ("name", "Acme\x7f Trips", "business.name"),
+        ("name", "Acme \x9b2J Trips", "business.name"),
     ],
 )
 async def test_bad_fields_are_invalid_argument_naming_the_field(
