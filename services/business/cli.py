@@ -235,6 +235,10 @@ async def run(args: argparse.Namespace, settings: BusinessSettings) -> int:
 async def _dispatch(core: BusinessCore, args: argparse.Namespace) -> int:
     if args.command == "add":
         token = _read_secret("Cloud API access token") if args.access_token_stdin else ""
+        if args.access_token_stdin and not token:
+            # An unset variable piped in (`echo "$TOKEN"`): a business without its token would
+            # have every reply dead-lettered. Refused, as set-token refuses an empty value.
+            raise SystemExit("add: --access-token-stdin read an empty token; nothing created")
         record = await core.create(
             name=validate_name(args.name, "--name"),
             subdomain=validate_subdomain(args.subdomain, "--subdomain"),

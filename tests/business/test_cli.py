@@ -93,6 +93,17 @@ def test_bad_input_names_the_option(cli: Cli) -> None:
     assert no_secret.returncode == 2 and "ENCRYPTION_SECRET" in no_secret.stderr
 
 
+def test_add_refuses_an_empty_token_from_stdin(cli: Cli) -> None:
+    """`echo "$TOKEN" | … add --access-token-stdin` with TOKEN unset pipes an empty line. (Was
+    a bug: the business was created without a token, exit 0, and every reply of it was
+    dead-lettered; set-token refused the same empty value.)"""
+    args = ("add", "--name", "No Token", "--subdomain", "no-token", "--access-token-stdin")
+    empty = cli(*args, stdin="\n")
+    assert empty.returncode == 1, empty.stdout
+    assert "empty token" in empty.stderr and "nothing created" in empty.stderr, empty.stderr
+    assert "(0 businesses)" in cli("list", "--all").stdout
+
+
 def test_rotate_keys_dry_run_progress_and_idempotence(cli: Cli, registry: SecretRegistry) -> None:
     for i in range(3):
         done = cli(
