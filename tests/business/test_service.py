@@ -531,8 +531,7 @@ async def test_replicas_of_the_release_before_hear_changes_while_the_urls_differ
                 update_mask=FieldMask(paths=["active"]),
             )
         )
-        await old.stub.LookupBusiness(lookup)  # the reactivation may not have reached it yet
-        assert (await old.stub.LookupBusiness(lookup)).cached
+        assert await eventually_cached(old, lookup)  # the reactivation reached it, reloaded
         cli_env = {
             "PATH": "/usr/bin:/bin",
             "BUSINESS_DB_PATH": str(db),
@@ -559,6 +558,22 @@ async def eventually_not_found(
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return True
             raise
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def eventually_cached(
+    service: RunningService, lookup: business_pb2.LookupBusinessRequest
+) -> bool:
+    """Found, from its cache, within 5 s (NOT_FOUND meanwhile: a change still on its way)."""
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            if (await service.stub.LookupBusiness(lookup)).cached:
+                return True
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
         await asyncio.sleep(0.05)
     return False
 
