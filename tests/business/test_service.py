@@ -433,8 +433,7 @@ async def test_cross_replica_invalidation_through_valkey(
                 update_mask=FieldMask(paths=["active"]),
             )
         )
-        await b.stub.LookupBusiness(lookup)
-        assert (await b.stub.LookupBusiness(lookup)).cached
+        assert await eventually_cached(b, lookup)  # the reactivation reached B, reloaded
         cli_env = {
             "PATH": "/usr/bin:/bin",
             "BUSINESS_DB_PATH": str(db),
