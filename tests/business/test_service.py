@@ -545,6 +545,50 @@ async def test_replicas_of_the_release_before_hear_changes_while_the_urls_differ
         await new.close()
 
 
+async def test_a_key_rotation_rolled_as_documented_reads_every_value_on_every_replica(
+    registry: SecretRegistry, tmp_path: Path
+) -> None:
+    """docs/business.md's *Rotating the key*: while replicas roll from one configuration to the
+    next, a token stored through a replica of either must be readable by the other. A replica
+    that does not know the new secret yet cannot read what one of the new configuration
+    stores, so the new secret goes to ENCRYPTION_SECRET_PREVIOUS everywhere first."""
+    db = tmp_path / "business.db"
+    new_secret = "the-next-encryption-secret-0123456789"
+    before = await start_service(registry, "keys-before", db)
+    staged = await start_service(registry, "keys-staged", db, ENCRYPTION_SECRET_PREVIOUS=new_secret)
+    swapped = await start_service(
+        registry,
+        "keys-swapped",
+        db,
+        ENCRYPTION_SECRET=new_secret,
+        ENCRYPTION_SECRET_PREVIOUS=TEST_SECRET,
+    )
+    try:
+        request = demo_request(registry)
+        created = (await before.stub.CreateBusiness(request)).business
+        token = registry.token("rotation")
+        await swapped.stub.SetChannelToken(
+            business_pb2.SetChannelTokenRequest(
+                business_id=created.id,
+                secret=business_pb2.CHANNEL_SECRET_WHATSAPP_ACCESS_TOKEN,
+                value=token,
+            )
+        )
+        get = business_pb2.GetBusinessRequest(id=created.id, include_credentials=True)
+        # The first step's configuration beside the second's: each reads the other's values.
+        for replica in (staged, swapped):
+            credentials = (await replica.stub.GetBusiness(get)).credentials
+            assert credentials.whatsapp_access_token == token
+            assert credentials.twilio_auth_token == request.credentials.twilio_auth_token
+        # Why the first step: a replica without the new secret cannot read the new value.
+        error = await code_of(before.stub.GetBusiness(get))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert token not in (error.details() or "")
+    finally:
+        for replica in (before, staged, swapped):
+            await replica.close()
+
+
 async def eventually_not_found(
     service: RunningService, lookup: business_pb2.LookupBusinessRequest
 ) -> bool:
