@@ -119,6 +119,31 @@ TWILIO_BODY = {
     },
 }
 
+# A webhook set to HTTP GET in the Twilio console: the same parameters, in the query string, and
+# the signature of the URL with that query (no parameters appended).
+TWILIO_QUERY = {
+    "parameters": [
+        *(
+            {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+            for name in ("MessageSid", "From", "To", "Body")
+        ),
+        {
+            "name": "X-Twilio-Signature",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "base64 HMAC-SHA1 of the URL with its query, with the auth token",
+        },
+    ],
+    "responses": {
+        "200": TWILIO_BODY["responses"]["200"],  # type: ignore[index]
+        "400": {"description": "The query string is not a form."},
+        "401": {"description": "Signature missing."},
+        "403": {"description": "Signature wrong."},
+        "503": {"description": "The queue cannot take the message now; retry."},
+    },
+}
+
 
 def request_id(request: Request) -> str:
     given = request.headers.get("x-request-id", "")
@@ -365,20 +390,25 @@ def build_router(runtime: Runtime) -> APIRouter:
         return await _acknowledge(request, "twilio", _twilio)
 
     async def _twilio(request: Request, received: float, rid: str) -> Response:
-        body = await _body(request, "twilio")
+        # A number's webhook may be set to HTTP GET: the parameters come in the query string,
+        # and Twilio signs the URL (query and all) with nothing appended. The query is in the
+        # request's head, bounded at 64 KiB (431), far below MAX_BODY_BYTES.
+        by_post = request.method == "POST"
+        form = await _body(request, "twilio") if by_post else request.scope["query_string"]
         header = request.headers.get(twilio.SIGNATURE_HEADER)
         try:
-            params = twilio.parse_form(body)
+            params = twilio.parse_form(form)
         except twilio.MalformedForm:
             params = None
         try:
-            verdict = await _verify_twilio(request, params, header)
+            verdict = await _verify_twilio(request, params, header, by_post)
         except Unavailable:
             return _reject("twilio", 503, "unavailable", "cannot verify the signature now")
         if verdict is not None:
             return verdict
         if params is None:
-            return _reject("twilio", 400, "malformed", "the body must be form-encoded")
+            where = "body" if by_post else "query string"
+            return _reject("twilio", 400, "malformed", f"the {where} must be form-encoded")
         try:
             try:
                 item = twilio.parse(params)
@@ -432,7 +462,7 @@ def build_router(runtime: Runtime) -> APIRouter:
         return _twiml(rid)
 
     async def _verify_twilio(
-        request: Request, params: list[tuple[str, str]] | None, header: str | None
+        request: Request, params: list[tuple[str, str]] | None, header: str | None, by_post: bool
     ) -> Response | None:
         token = settings.twilio_auth_token
         urls = twilio.public_urls(
@@ -446,7 +476,8 @@ def build_router(runtime: Runtime) -> APIRouter:
         def signed_with(secret: str | None) -> bool:
             if not (header and secret and params is not None):
                 return False
-            return any(twilio.signature_matches(url, params, header, secret) for url in urls)
+            signed = params if by_post else []  # a GET's are in the URL already
+            return any(twilio.signature_matches(url, signed, header, secret) for url in urls)
 
         if signed_with(token):
             return None
@@ -493,6 +524,13 @@ def build_router(runtime: Runtime) -> APIRouter:
             summary="Twilio WhatsApp webhook (form, X-Twilio-Signature); answers empty TwiML.",
             openapi_extra=TWILIO_BODY,
         )
+        router.add_api_route(
+            path,
+            twilio_webhook,
+            methods=["GET"],
+            summary="Twilio WhatsApp webhook set to HTTP GET (parameters in the query string).",
+            openapi_extra=TWILIO_QUERY,
+        )
     return router
 
 
@@ -533,7 +571,7 @@ def plain_routes(router: APIRouter) -> list[Route]:
 
 
 def _by_method(endpoints: dict[str, Endpoint]) -> Endpoint:
-    if len(endpoints) == 1:  # the Twilio paths: POST alone, called as it is
+    if len(set(endpoints.values())) == 1:  # the Twilio paths: one function for every method
         return next(iter(endpoints.values()))
     if "GET" in endpoints:
         endpoints = {**endpoints, "HEAD": endpoints["GET"]}  # uvicorn writes no body for HEAD

@@ -6,12 +6,13 @@ import base64
 import concurrent.futures
 import secrets
 import time
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 import redis
 
 from services.common.redact import mask_message_id, mask_phone
-from services.gateway.channels import cloud_api
+from services.gateway.channels import cloud_api, twilio
 from services.gateway.queue import dedupe_key
 from services.gateway.settings import GatewaySettings
 from tests.support.fake_clouds import FakeClouds
@@ -301,6 +302,44 @@ def test_twilio_guide_path_with_the_business_token(
         response = client.post("/whatsapp/webhook", content=body, headers=headers)
     assert response.status_code == 200, response.text
     assert wait_for(lambda: fake_clouds.texts(sender) == ["echo: via the guide's path #1"], 20)
+
+
+def test_a_twilio_webhook_set_to_http_get_is_verified_queued_and_answered(
+    gateway: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """Twilio lets a number's webhook and status callback use HTTP GET: the parameters come in
+    the query string, and the signature is of the URL with that query, nothing appended. The
+    same checks as a POST apply: signature, dedupe, the business's own token, status callbacks.
+    (Was a bug: 405, and Twilio does not retry a 4xx: every message to such a number was lost.)"""
+    business = gateway.business
+    assert business is not None
+    sender = "+" + new_wa_id()
+    query = urlencode(twilio_form(business.number, sender, "by get & query"))
+    path = f"/webhooks/twilio?{query}"
+    statuses = 'gateway_message_statuses_total{channel="twilio",status="delivered"}'
+    duplicates = 'gateway_duplicates_dropped_total{channel="twilio"}'
+    before = (metric(gateway, statuses), metric(gateway, duplicates))
+    signed = {twilio.SIGNATURE_HEADER: twilio.sign(gateway.url + path, [], TWILIO_TOKEN)}
+    # Signed as a POST of the same parameters would be: not the URL Twilio called.
+    as_post = twilio.sign(f"{gateway.url}/webhooks/twilio", parse_qsl(query), TWILIO_TOKEN)
+    status = urlencode(twilio_status_form(business, sender, "delivered"))
+    status_path = f"/whatsapp/webhook/?{status}"
+    by_business = twilio.sign(gateway.url + status_path, [], business.twilio_token)
+    with gateway.http as client:
+        assert client.get(path).status_code == 401
+        assert client.get(path, headers={twilio.SIGNATURE_HEADER: as_post}).status_code == 403
+        answer = client.get(path, headers=signed)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"].startswith("text/xml")
+        assert answer.text.endswith("<Response/>")
+        assert client.get(path, headers=signed).status_code == 200  # a redelivery
+        answer = client.get(status_path, headers={twilio.SIGNATURE_HEADER: by_business})
+        assert answer.status_code == 200, answer.text
+    assert wait_for(lambda: fake_clouds.texts(sender) == ["echo: by get & query #1"], 20)
+    assert (metric(gateway, statuses), metric(gateway, duplicates)) == (
+        before[0] + 1,
+        before[1] + 1,
+    )
 
 
 def test_a_failed_twilio_delivery_is_logged_with_its_error_code(gateway: Gateway) -> None:

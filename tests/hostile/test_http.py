@@ -221,8 +221,8 @@ def test_requests_that_arrive_in_time_are_served_one_after_another(gateway: Gate
     [
         ("/webhooks/whatsapp", "GET, HEAD, POST"),
         ("/whatsapp_response", "GET, HEAD, POST"),
-        ("/webhooks/twilio", "POST"),
-        ("/whatsapp/webhook", "POST"),
+        ("/webhooks/twilio", "GET, HEAD, POST"),
+        ("/whatsapp/webhook", "GET, HEAD, POST"),
     ],
 )
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS"])
