@@ -19,6 +19,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
+from starlette.routing import Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.errors import field_violations
@@ -83,6 +84,24 @@ class JsonTooLarge:
         await self.app(scope, receive, send_json)
 
 
+def serve_with_trailing_slash(router: Router) -> None:
+    """A path no route takes, but would without its trailing slash (``/health/``,
+    ``/admin/businesses/``), is served as that path, where Starlette would answer 307 to a URL
+    built from the Host header (behind an ingress: ``http://`` and the inside name), which a
+    probe or ``curl -X POST`` need not follow. Anything else is still the JSON 404. (The
+    webhooks have routes of their own with the slash: a Twilio signature covers it.)"""
+
+    async def default(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        if scope["type"] == "http" and path != "/" and path.endswith("/"):
+            await router.app({**scope, "path": path.rstrip("/") or "/"}, receive, send)
+            return
+        await router.not_found(scope, receive, send)
+
+    router.redirect_slashes = False
+    router.default = default
+
+
 def create_app(settings: GatewaySettings, role: Role = "all") -> FastAPI:
     runtime = Runtime.build(settings, role)
 
@@ -118,6 +137,7 @@ def create_app(settings: GatewaySettings, role: Role = "all") -> FastAPI:
         max_body_size=settings.max_body_bytes,
     )
     app.state.runtime = runtime
+    serve_with_trailing_slash(app.router)
     if role == "worker":  # probes and metrics only: a worker takes no traffic
         app.include_router(health.build_router(runtime))
         return app

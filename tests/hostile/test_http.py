@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import secrets
 import select
 import socket
 import time
@@ -268,6 +269,40 @@ def test_head_on_health_and_metrics_answers_as_get_does(gateway: Gateway, path: 
         head = client.head(path)
     assert (head.status_code, head.content) == (get.status_code, b"")
     assert head.headers["content-type"] == get.headers["content-type"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/health/",
+        "/ready/",
+        "/health/ready/?checks=redis",
+        "/health/info/",
+        "/metrics/",
+        "/admin/businesses/",
+        "/admin/dead-letters/",
+    ],
+)
+def test_a_path_with_a_trailing_slash_is_served_as_without_it(gateway: Gateway, path: str) -> None:
+    """A probe, a monitor or a script written with a trailing slash (``/health/``) got
+    Starlette's 307 to the path without it, built from the Host it was sent to: behind an
+    ingress, ``http://`` and the inside name; and ``curl -X POST`` does not follow one. The
+    webhooks were served with the slash already (session 18); every other path is now too, and
+    one that does not exist either way is the JSON 404. (Was a bug: 307.)"""
+    bare = path.replace("/?", "?").rstrip("/")
+    with gateway.admin() as client:
+        slashed, plain = client.get(path), client.get(bare)
+        heads = client.head(path), client.head(bare)
+        unknown = client.get("/no-such-path/")
+        created = client.post(
+            "/admin/businesses/",
+            json={"name": "Slash", "subdomain": "slash" + secrets.token_hex(4), "locale": "en"},
+        )
+    assert (slashed.status_code, plain.status_code) == (200, 200), slashed.text
+    assert heads[0].status_code == heads[1].status_code  # 200, or 405 where GET alone is taken
+    assert slashed.headers["content-type"] == plain.headers["content-type"]
+    assert (unknown.status_code, unknown.json()) == (404, {"detail": "Not Found"})
+    assert created.status_code == 201, created.text
 
 
 @pytest.mark.parametrize("path", sorted(WEBHOOKS))
