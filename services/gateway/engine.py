@@ -137,8 +137,9 @@ class SearchPort(Protocol):
 
 class Engine(Protocol):
     """``handle`` is the whole contract. An engine may also have ``describe()`` (for
-    ``/health/detailed``) and ``rate_notice(locale) -> str``: the words of the one notice a user
-    over their rate limit gets, in the business's language (else the worker's, in English)."""
+    ``/health/detailed``), ``rate_notice(locale) -> str``: the words of the one notice a user
+    over their rate limit gets, in the business's language (else the worker's, in English), and
+    ``async aclose()``, awaited once when the gateway stops, to close what it opened."""
 
     async def handle(self, turn: Turn) -> TurnResult: ...
 

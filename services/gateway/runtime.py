@@ -180,6 +180,11 @@ class Runtime:
             await self.pool.queue.redis.aclose()
         if self.businesses is not None:
             await self.businesses.stop()
+        # The engine's own clients (the language model's HTTP client), once no worker uses them;
+        # built in every role, so closed in every role.
+        close = getattr(self._engine, "aclose", None)
+        if close is not None:
+            await close()
         await self.http.aclose()
         if self._clients is not None:
             await self._clients.close()

@@ -9,9 +9,14 @@ repeated number), answers ``early ...`` with an interim reply first, sleeps on
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import httpx
 
 from services.gateway.engine import Button, Reply, SearchPort, Turn, TurnResult
+
+if TYPE_CHECKING:
+    from services.gateway.bot import BotEngine
 
 
 class EchoEngine:
@@ -40,3 +45,23 @@ class EchoEngine:
 
 def create_engine(search: SearchPort) -> EchoEngine:
     return EchoEngine()
+
+
+# The HTTP clients of the language-model engines made below, for a test to look at.
+LLM_CLIENTS: list[httpx.AsyncClient] = []
+
+
+def create_llm_engine(search: SearchPort) -> BotEngine:
+    """The conversation engine with its language-model path on (``OPENAI_*`` from the
+    environment), over an HTTP client kept in ``LLM_CLIENTS``."""
+    # Imported here: the echo engine's gateways need none of the bot.
+    from services.common.settings import load_settings
+    from services.gateway.bot import BotEngine, BotSettings
+    from services.gateway.bot.llm import LLMExtractor
+    from services.gateway.bot.places import SearchPlaces
+
+    settings = load_settings(BotSettings)
+    client = httpx.AsyncClient()
+    LLM_CLIENTS.append(client)
+    extractor = LLMExtractor(settings, client)
+    return BotEngine(search, settings, places=SearchPlaces(search), extractor=extractor)

@@ -9,6 +9,9 @@ import sys
 import httpx
 import pytest
 
+from services.gateway.runtime import Role, Runtime
+from services.gateway.settings import GatewaySettings
+from tests.gateway import engines
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import ROOT, Valkey, wait_for
 from tests.support.stack import (
@@ -187,6 +190,27 @@ def ready(url: str) -> bool:
         return httpx.get(f"{url}/health/ready", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@pytest.mark.parametrize("role", ["web", "worker"])
+async def test_stopping_closes_the_http_client_of_the_engine(
+    valkey: Valkey, monkeypatch: pytest.MonkeyPatch, role: Role
+) -> None:
+    """With ``OPENAI_API_KEY`` the conversation engine holds an HTTP client of its own (the
+    language model's), in every role: stopping the gateway closes it with the senders' client,
+    Redis and the gRPC channels. (Was a bug: it was left open, its connections with it.)"""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-sent")
+    settings = GatewaySettings(
+        redis_url=f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        gateway_engine="tests.gateway.engines:create_llm_engine",
+        queue_partitions=2,
+    )
+    runtime = Runtime.build(settings, role)
+    [client] = engines.LLM_CLIENTS[-1:]
+    await runtime.start()
+    assert not client.is_closed
+    await runtime.stop()
+    assert client.is_closed
 
 
 def test_production_refuses_to_start_without_secrets() -> None:
