@@ -253,9 +253,7 @@ class Processor:
         if hit and not hit.user:
             metrics.RATE_LIMITED.labels("user").inc()
             if await self.rate_limits.first_notice(business.id, message.user_id):
-                notice = Reply(self._rate_notice(business.locale))
-                for part in sender.parts(route.target, notice):
-                    await self._send(sender, route, part)
+                await self._send_rate_notice(sender, route, business.locale)
             return "rate_limited"
 
         # A notice (a reaction, Meta's system message) gets no answer: a typing indicator would
@@ -271,6 +269,20 @@ class Processor:
             if read_receipt is not None:
                 with contextlib.suppress(Exception):
                     await read_receipt
+
+    async def _send_rate_notice(self, sender: Sender, route: Route, locale: str) -> None:
+        """The one notice of the window, best effort: a failure must not make the message
+        retry, since a retry counts no limit again and would answer it in full."""
+        try:
+            for part in sender.parts(route.target, Reply(self._rate_notice(locale))):
+                await self._send(sender, route, part)
+        except (SendError, DeadLetter, TimeoutError) as error:
+            log.warning(
+                "rate-limit notice not sent",
+                error=_describe(error),
+                user=mask_phone(route.target.user_id),
+                business_id=route.target.business_id,
+            )
 
     def _rate_notice(self, locale: str) -> str:
         """The over-the-limit notice in the business's language, when the engine has words

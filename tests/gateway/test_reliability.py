@@ -628,6 +628,34 @@ def test_user_rate_limit_acknowledges_and_notifies_once(
     ]
 
 
+def test_a_message_over_the_user_limit_is_not_answered_when_its_notice_fails(
+    limited: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """The one notice to a user over their rate limit is a courtesy: the Graph API refusing it
+    for a moment (a 503) leaves the message acknowledged unanswered, as the limit says. (Was a
+    bug: the failed notice made the message retry, and a retry does not count the limits again,
+    so it was answered in full, a search spent on it, and the user never told.)"""
+    assert limited.business is not None
+    wa_id = new_wa_id()
+    with limited.http as client:
+        for i in range(4):
+            payload = cloud_payload(limited.business.phone_number_id, wa_id, f"n{i}")
+            assert post_cloud(client, payload).status_code == 200
+        assert wait_for(lambda: len(fake_clouds.texts(wa_id)) == 4, 20)
+        assert wait_for(lambda: queue_lengths(limited.redis_url) == 0, 20)
+        fake_clouds.failures.append((503, {"error": {"code": 131016, "message": "unavailable"}}))
+        try:
+            payload = cloud_payload(limited.business.phone_number_id, wa_id, "over")
+            assert post_cloud(client, payload).status_code == 200
+            assert wait_for(lambda: len(fake_clouds.replies(wa_id)) == 5, 20)
+            assert wait_for(lambda: queue_lengths(limited.redis_url) == 0, 20)
+        finally:
+            fake_clouds.failures.clear()
+    notice = "You are sending messages faster than we can answer. Please wait a minute."
+    assert fake_clouds.texts(wa_id) == [f"echo: n{i} #{i + 1}" for i in range(4)] + [notice]
+    assert "echo: over #5" not in fake_clouds.texts(wa_id)
+
+
 def test_sigterm_finishes_the_message_in_flight(
     services: Services, fake_clouds: FakeClouds, valkey: Valkey
 ) -> None:
