@@ -521,4 +521,17 @@ def build_router(runtime: Runtime) -> APIRouter:
             raise HTTPException(404, "no such dead letter (or it was replayed)")
         return {"replayed": dead_id, "entry_id": entry_id}
 
+    @router.delete(
+        "/dead-letters/{dead_id}",
+        summary="Delete a dead letter that is not to be replayed.",
+        responses={404: {"description": "No such dead letter (or it was replayed)."}},
+    )
+    async def discard(
+        dead_id: Annotated[str, Path(max_length=50)],
+    ) -> dict[str, str]:
+        if not re.match(STREAM_ID, dead_id) or not await runtime.queue.discard(dead_id):
+            raise HTTPException(404, "no such dead letter (or it was replayed)")
+        log.info("dead letter deleted", dead_letter=dead_id)
+        return {"deleted": dead_id}
+
     return router

@@ -516,6 +516,33 @@ class Queue:
                 with contextlib.suppress(RedisError):
                     await self.redis.delete(claim)
 
+    async def discard(self, dead_id: str) -> bool:
+        """Delete a dead letter that is not to be replayed, and the sent log kept for its
+        replay; False when there is no such record (or a replay of it runs, or queued it).
+        It takes a replay's claim, so that a replay running at that moment and this delete
+        cannot both be done with one record."""
+        claim = replay_claim_key(dead_id)
+        if not await self.redis.set(claim, "1", nx=True, ex=REPLAY_CLAIM_SECONDS):
+            return False
+        try:
+            items: Any = await self.redis.xrange(DEAD, min=dead_id, max=dead_id)
+            if not items:
+                return False
+            record = {_s(k): _s(v) for k, v in items[0][1].items()}
+            try:
+                message: InboundMessage | None = decode_message(record.get("orig_m", ""))
+            except (KeyError, TypeError, ValueError):
+                message = None  # an unusable payload's or a corrupt entry's: no sent log
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xdel(DEAD, dead_id)
+                if message is not None:
+                    pipe.delete(sent_log_key(message.channel, message.provider_message_id))
+                deleted, *_ = await pipe.execute()
+            return bool(deleted)
+        finally:
+            with contextlib.suppress(RedisError):
+                await self.redis.delete(claim)
+
     # --- erasure ---------------------------------------------------------------------------
 
     async def erase_user(self, user_ids: set[str], identities: set[str]) -> dict[str, int]:

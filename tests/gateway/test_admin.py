@@ -446,8 +446,8 @@ def test_openapi_describes_every_endpoint(outbox_gateway: Gateway) -> None:
     expected = {
         "/webhooks/whatsapp": {"get", "post"},
         "/whatsapp_response": {"post"},
-        "/webhooks/twilio": {"post"},
-        "/whatsapp/webhook": {"post"},
+        "/webhooks/twilio": {"get", "post"},
+        "/whatsapp/webhook": {"get", "post"},
         "/health": {"get"},
         "/ready": {"get"},
         "/health/ready": {"get"},
@@ -466,6 +466,7 @@ def test_openapi_describes_every_endpoint(outbox_gateway: Gateway) -> None:
         "/admin/outbox": {"get"},
         "/admin/dead-letters": {"get"},
         "/admin/dead-letters/{dead_id}/replay": {"post"},
+        "/admin/dead-letters/{dead_id}": {"delete"},
     }
     for path, methods in expected.items():
         assert methods <= set(paths[path]), path

@@ -15,7 +15,7 @@ import redis
 
 from parley.session.v1 import session_pb2, session_pb2_grpc
 from services.common.redact import mask_phone
-from services.gateway.queue import stream_key
+from services.gateway.queue import sent_log_key, stream_key
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
 from tests.support.proxy import ReplyCutter
@@ -421,6 +421,51 @@ def test_a_replayed_dead_letter_does_not_send_again_what_it_sent_before(
         assert admin.post(f"/admin/dead-letters/{record['id']}/replay").status_code == 200
     assert wait_for(lambda: len(mine()) == 1 and mine()[0]["id"] != record["id"], 20)
     assert fake_clouds.texts(wa_id) == ["working on it"]
+
+
+def test_a_dead_letter_an_operator_will_not_replay_can_be_deleted(
+    limited: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """Some dead letters are never to be replayed: a signed payload with nothing usable (its
+    replay is 409), a message the operator has answered by hand. `DELETE /admin/dead-letters/
+    {id}` removes one, with the sent log kept for its replay; after it, a replay or a second
+    delete is 404. (Was a bug: the admin API could only list and replay them, so such records
+    stayed until the 100,000 cap trimmed them, and `ParleyDeadLettersNearCap` paged with no
+    remedy but redis-cli.)"""
+    assert limited.business is not None
+    wa_id = new_wa_id()
+    with limited.http as client:
+        post_cloud(
+            client, cloud_payload(limited.business.phone_number_id, wa_id, "early then boom")
+        )
+        unusable = cloud_payload(limited.business.phone_number_id, wa_id, "hi")
+        del unusable["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+        assert post_cloud(client, unusable).status_code == 200
+    assert wait_for(lambda: len(dead_letters_of(limited, wa_id)) == 1, 20)
+    [record] = dead_letters_of(limited, wa_id)
+    assert fake_clouds.texts(wa_id) == ["working on it"]  # its sent log is kept for a replay
+    [unused] = [d for d in dead_letters(limited) if wa_id in (d["raw"] or "")]
+    assert unused["reason"] == "unusable_payload"
+    wamid = record["message"]["provider_message_id"]
+    client = redis.Redis.from_url(limited.redis_url)
+    try:
+        assert client.exists(sent_log_key("cloud_api", wamid))
+        with limited.admin() as admin:
+            assert admin.post(f"/admin/dead-letters/{unused['id']}/replay").status_code == 409
+            for dead_id in (record["id"], unused["id"]):
+                deleted = admin.delete(f"/admin/dead-letters/{dead_id}")
+                assert (deleted.status_code, deleted.json()) == (200, {"deleted": dead_id})
+                again = admin.delete(f"/admin/dead-letters/{dead_id}")
+                assert again.status_code == 404 and again.json()["detail"]
+                assert admin.post(f"/admin/dead-letters/{dead_id}/replay").status_code == 404
+            assert admin.delete("/admin/dead-letters/not-an-id").status_code == 404
+        with limited.http as anonymous:
+            assert anonymous.delete(f"/admin/dead-letters/{record['id']}").status_code == 401
+        assert not client.exists(sent_log_key("cloud_api", wamid))
+    finally:
+        client.close()
+    remaining = {d["id"] for d in dead_letters(limited)}
+    assert not {record["id"], unused["id"]} & remaining
 
 
 @pytest.mark.parametrize(
