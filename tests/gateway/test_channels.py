@@ -21,6 +21,7 @@ from services.gateway.senders.base import (
 from services.gateway.senders.cloud_api import CloudApiSender
 from services.gateway.senders.twilio import TwilioSender, render
 from tests.support.fake_clouds import FakeClouds
+from tests.support.proxy import ForwardProxy
 
 
 def change(
@@ -410,6 +411,44 @@ async def send(sender: Sender, target: Target, reply: Reply) -> None:
     """Every part of a reply, as the worker sends them."""
     for part in sender.parts(target, reply):
         await sender.post(target, part)
+
+
+async def test_senders_go_through_the_egress_proxy_the_environment_names(
+    fake_clouds: FakeClouds, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A network whose only way out is an HTTP proxy names it in ``HTTPS_PROXY``/``HTTP_PROXY``
+    (``NO_PROXY`` the hosts reached directly), which the gateway's other HTTP clients (the
+    language model's, and the search service's to Amadeus: httpx) follow. (Was a bug: the
+    senders' aiohttp session ignored them, so every reply tried to go out directly and failed
+    as "Graph API unreachable" until its retry window ended in a dead letter.)"""
+    proxy = ForwardProxy().start()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        # A client each: the proxy notes a connection's first request, and one client would
+        # send both over one connection.
+        through, through_too, direct = HttpClient(5.0), HttpClient(5.0), HttpClient(5.0)
+        try:
+            for sender in (
+                CloudApiSender(through, fake_clouds.url),
+                TwilioSender(through_too, fake_clouds.url, "AC1", "token-1"),
+            ):
+                await send(sender, TARGET, Reply("by the proxy"))
+            assert [line.split(" ")[:2] for line in proxy.requests] == [
+                ["POST", f"{fake_clouds.url}/123456/messages"],
+                ["POST", f"{fake_clouds.url}/2010-04-01/Accounts/AC1/Messages.json"],
+            ]
+            assert fake_clouds.texts("34600000009")[-2:] == ["by the proxy"] * 2
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+            await send(CloudApiSender(direct, fake_clouds.url), TARGET, Reply("directly"))
+            assert len(proxy.requests) == 2
+            assert fake_clouds.texts("34600000009")[-1] == "directly"
+        finally:
+            for client in (through, through_too, direct):
+                await client.aclose()
+    finally:
+        proxy.stop()
 
 
 async def test_cloud_sender_against_the_fake(fake_clouds: FakeClouds, http: HttpClient) -> None:

@@ -117,3 +117,61 @@ def unanswered_address() -> Iterator[str]:
     finally:
         filler.close()
         listener.close()
+
+
+class ForwardProxy:
+    """An egress HTTP proxy, as a locked-down network has one (what ``HTTP_PROXY`` names): it
+    takes a request in absolute form (``POST http://host:port/path``), notes its request line,
+    and forwards the connection to that host both ways (its server reads the absolute form)."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []  # the first request line of each connection
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def start(self) -> ForwardProxy:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._forward, args=(client,), daemon=True).start()
+
+    def _forward(self, client: socket.socket) -> None:
+        head = b""
+        while b"\r\n" not in head and (data := _received(client)):
+            head += data
+        line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        self.requests.append(line)
+        netloc = line.split(" ")[1].split("://", 1)[-1].split("/", 1)[0] if " " in line else ""
+        host, _, port = netloc.rpartition(":")
+        try:
+            server = socket.create_connection((host, int(port)))
+        except (OSError, ValueError):
+            _close(client)
+            return
+        server.sendall(head)
+        threading.Thread(target=self._pipe, args=(client, server), daemon=True).start()
+        self._pipe(server, client)
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        while data := _received(source):
+            with contextlib.suppress(OSError):
+                sink.sendall(data)
+        _close(source, sink)

@@ -8,6 +8,8 @@ from typing import Any, Protocol
 
 import aiohttp
 import orjson
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from services.gateway.engine import Reply
 
@@ -71,6 +73,22 @@ class HttpClient:
             total=timeout_seconds, sock_connect=connect_timeout_seconds
         )
         self._session: aiohttp.ClientSession | None = None
+        # origin → (proxy, its credentials): HTTPS_PROXY/HTTP_PROXY/NO_PROXY, read once per
+        # provider host rather than per request (the session's trust_env would, in a thread).
+        self._proxies: dict[str, tuple[URL | None, aiohttp.BasicAuth | None]] = {}
+
+    def _proxy(self, url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+        """The egress proxy the environment names for ``url``'s origin, as httpx (the language
+        model's client, Amadeus's) follows it; (None, None) to go directly."""
+        origin = "/".join(url.split("/", 3)[:3])
+        found = self._proxies.get(origin)
+        if found is None:
+            try:
+                found = get_env_proxy_for_url(URL(origin))
+            except LookupError:  # none named, or NO_PROXY names this host
+                found = (None, None)
+            self._proxies[origin] = found
+        return found
 
     async def post(
         self,
@@ -92,8 +110,11 @@ class HttpClient:
             headers["Content-Type"] = "application/json"
         if basic_auth is not None:
             headers["Authorization"] = aiohttp.encode_basic_auth(*basic_auth)
+        proxy, proxy_auth = self._proxy(url)
         try:
-            async with self._session.post(url, data=data, headers=headers) as response:
+            async with self._session.post(
+                url, data=data, headers=headers, proxy=proxy, proxy_auth=proxy_auth
+            ) as response:
                 return HttpAnswer(response.status, await response.read())
         except (aiohttp.ClientError, TimeoutError) as error:
             raise Unreachable(type(error).__name__) from None
