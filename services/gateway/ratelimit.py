@@ -34,6 +34,7 @@ NOW = 2**53  # a message's queueing time past any clock: counted as now
 # the ms until the business's window has room (0 unless it is full). A message is counted in
 # both windows only when both allow it: one over its user's limit (not processed) must not use
 # up the business's window, or one user flooding would hold up the business's other users.
+# ARGV[6] '1': a replayed dead letter, which its user's window leaves out (below).
 HIT_BOTH = """
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -48,7 +49,8 @@ local function count(key, limit, window, at)
   redis.call('LTRIM', key, 0, limit - 1)
   redis.call('PEXPIRE', key, window)
 end
-if room_in(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]), queued) > 0 then
+local user = ARGV[6] ~= '1'
+if user and room_in(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]), queued) > 0 then
   return {1, 0, 0}
 end
 local wait = room_in(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ms)
@@ -56,7 +58,7 @@ if wait > 0 then
   return {0, 1, wait}
 end
 count(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ms)
-count(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]), queued)
+if user then count(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]), queued) end
 return {1, 1, 0}
 """
 
@@ -97,15 +99,24 @@ class RateLimits:
             self._user.get_expiry() * 1000,
         ]
 
-    async def hit(self, business_id: str, user_id: str, queued_ms: int | None = None) -> Hit:
+    async def hit(
+        self,
+        business_id: str,
+        user_id: str,
+        queued_ms: int | None = None,
+        *,
+        replayed: bool = False,
+    ) -> Hit:
         """A message over its user's limit is (True, False) whatever the business's window; one
         over the business's (False, True, seconds until it has room); one counted only when
         (True, True). ``queued_ms``: when it was queued, by Redis's clock (its stream entry id);
-        unknown: now."""
+        unknown: now. ``replayed``: a dead letter an operator queued again, in the business's
+        window only: it is queued anew, at the replay, so its user's would count the replays
+        of messages written minutes apart as one burst and drop those past the limit."""
         business_ok, user_ok, wait_ms = await self._pipeline.script(
             self._hit_both,
             window_keys(business_id, user_id),
-            [*self._arguments, NOW if queued_ms is None else queued_ms],
+            [*self._arguments, NOW if queued_ms is None else queued_ms, int(replayed)],
         )
         return Hit(bool(business_ok), bool(user_ok), int(wait_ms) / 1000)
 

@@ -244,7 +244,12 @@ class Processor:
                 "(a template message can still reach them)",
             )
         hit = (
-            await self.rate_limits.hit(business.id, message.user_id, entry.queued_ms)
+            await self.rate_limits.hit(
+                business.id,
+                message.user_id,
+                entry.queued_ms,
+                replayed=entry.fields.get("rp") == "1",
+            )
             if attempt == 1 or waited_for_limit
             else None
         )

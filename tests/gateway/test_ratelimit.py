@@ -113,3 +113,15 @@ async def test_a_user_s_window_counts_when_each_message_was_queued(client: redis
     assert [(await rate.hit("b1", "bob", t))[:2] for t in at_once] == [(True, True)] * 2 + [
         (True, False)
     ]
+
+
+async def test_a_replayed_message_counts_in_its_business_window_only(client: redis.Redis) -> None:
+    """Dead letters replayed together are queued at the replay, not when their user wrote them:
+    their user's window neither refuses nor counts them; their business's paces them."""
+    rate = limits(client, "1/minute", "3/minute")
+    assert (await rate.hit("b1", "alice"))[:2] == (True, True)
+    replays = [await rate.hit("b1", "alice", replayed=True) for _ in range(3)]
+    assert [hit[:2] for hit in replays] == [(True, True)] * 2 + [(False, True)]
+    business_key, user_key = window_keys("b1", "alice")
+    assert (await client.llen(user_key), await client.llen(business_key)) == (1, 3)
+    assert (await rate.hit("b1", "alice"))[:2] == (True, False)  # a new message: as before

@@ -822,6 +822,46 @@ def test_a_backlog_over_the_business_rate_limit_is_answered_within_it(
         gw.stop()
 
 
+def test_dead_letters_replayed_together_are_not_taken_for_a_user_over_their_limit(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """A user writes within their limit while their business is off (each message a dead
+    letter); once it is back, the operator replays them in a moment. Every one is answered.
+    (Was a bug: a replay is queued anew, so the user's window counted each at its replay: those
+    past the limit were acknowledged unanswered, gone from the dead letters, and the user told
+    *You are sending messages faster than we can answer*, about messages written apart.)"""
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "replay-user-limit",
+        RATE_LIMIT_USER="2/2 seconds",
+    )
+    try:
+        business = create_business(gw)
+        path = f"/admin/businesses/{business.id}"
+        with gw.admin() as admin:
+            assert admin.patch(path, json={"whatsapp_enabled": False}).status_code == 200
+        wa_id = new_wa_id()
+        with gw.http as client:
+            for n in range(4):  # one every 1.1 s: never more than 2 in 2 s
+                payload = cloud_payload(business.phone_number_id, wa_id, f"m{n}")
+                assert post_cloud(client, payload).status_code == 200
+                time.sleep(1.1)
+        assert wait_for(lambda: len(dead_letters_of(gw, wa_id)) == 4, 20)
+        with gw.admin() as admin:
+            assert admin.patch(path, json={"whatsapp_enabled": True}).status_code == 200
+            time.sleep(1.5)  # the workers' business cache hears of it (and again 1 s later)
+            for record in dead_letters_of(gw, wa_id):
+                assert admin.post(f"/admin/dead-letters/{record['id']}/replay").status_code == 200
+        expected = [f"echo: m{n} #{n + 1}" for n in range(4)]
+        assert wait_for(lambda: queue_lengths(gw.redis_url) == 0, 30)
+        assert wait_for(lambda: fake_clouds.texts(wa_id) == expected, 10), fake_clouds.texts(wa_id)
+        assert dead_letters_of(gw, wa_id) == []
+    finally:
+        gw.stop()
+
+
 def test_a_user_within_their_rate_limit_is_answered_in_full_after_a_backlog(
     services: Services, fake_clouds: FakeClouds, valkey: Valkey
 ) -> None:
