@@ -522,6 +522,17 @@ def build_router(runtime: Runtime) -> APIRouter:
         return {"replayed": dead_id, "entry_id": entry_id}
 
     @router.delete(
+        "/dead-letters",
+        summary="Delete every dead letter of one reason (none of them to be replayed).",
+    )
+    async def discard_reason(
+        reason: Annotated[str, Query(pattern=r"^[a-z_]{1,64}$")],
+    ) -> dict[str, int]:
+        deleted = await runtime.queue.discard_reason(reason)
+        log.info("dead letters deleted", reason=reason, deleted=deleted)
+        return {"deleted": deleted}
+
+    @router.delete(
         "/dead-letters/{dead_id}",
         summary="Delete a dead letter that is not to be replayed.",
         responses={404: {"description": "No such dead letter (or it was replayed)."}},

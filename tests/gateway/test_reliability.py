@@ -468,6 +468,40 @@ def test_a_dead_letter_an_operator_will_not_replay_can_be_deleted(
     assert not {record["id"], unused["id"]} & remaining
 
 
+def test_every_dead_letter_of_one_reason_can_be_deleted_at_once(limited: Gateway) -> None:
+    """The stream fills with records nobody will replay (unusable payloads: Meta's errors
+    webhooks, a number of the app no business has): `DELETE /admin/dead-letters?reason=…`
+    deletes them all in one call, and nothing of another reason. (Was a bug: one call per
+    record, 80,000 of them when `ParleyDeadLettersNearCap` pages.)"""
+    assert limited.business is not None
+    wa_id = new_wa_id()
+    with limited.http as client:
+        for n in range(3):
+            unusable = cloud_payload(limited.business.phone_number_id, wa_id, f"u{n}")
+            del unusable["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+            assert post_cloud(client, unusable).status_code == 200
+        assert (
+            post_cloud(client, cloud_payload("999999999999999", wa_id, "kept")).status_code == 200
+        )
+
+    def mine() -> list[dict[str, Any]]:
+        return [
+            d
+            for d in dead_letters(limited)
+            if wa_id in (d["raw"] or "") or (d["message"] or {}).get("user_id") == wa_id
+        ]
+
+    assert wait_for(lambda: len(mine()) == 4, 20)
+    with limited.admin() as admin:
+        deleted = admin.delete("/admin/dead-letters", params={"reason": "unusable_payload"})
+        assert deleted.status_code == 200, deleted.text
+        assert deleted.json()["deleted"] >= 3
+        again = admin.delete("/admin/dead-letters", params={"reason": "unusable_payload"})
+        assert again.json() == {"deleted": 0}
+        assert admin.delete("/admin/dead-letters").status_code == 422  # a reason is required
+    assert [d["reason"] for d in mine()] == ["unknown_business"]
+
+
 @pytest.mark.parametrize(
     ("code", "message"),
     [(190, "Error validating access token"), (0, "(#0) Unable to authenticate the app user")],
