@@ -248,6 +248,9 @@ class FakeAmadeus:
         self.refusal_delays: list[float] = []
         # Scripted errors quote the request's Authorization header, as some gateways' errors do.
         self.echo_authorization = False
+        # When set, the offers answered instead of the priced ones, as given (one missing a
+        # field, say).
+        self.offers: list[dict[str, Any]] | None = None
         self.app = self._build()
         self._server = uvicorn.Server(
             uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
@@ -276,6 +279,7 @@ class FakeAmadeus:
         self.delay = 0.0
         self.refusal_delays = []
         self.echo_authorization = False
+        self.offers = None
 
     def script(self, path: str, *statuses: Scripted) -> None:
         """The next calls to ``path`` answer these statuses (with optional headers, or as the
@@ -384,6 +388,8 @@ class FakeAmadeus:
                 offer(i, origin, destination, date, fare, flight, party, back, currency)
                 for i, fare, flight in (("1", "640.05", ("AA", "6143")), ("2", "512.30", BA178))
             ]
+            if self.offers is not None:
+                data = self.offers
             data = data[: int(q.get("max", 250))]
             return JSONResponse({"meta": {"count": len(data)}, "data": data})
 

@@ -25,7 +25,7 @@ from services.search.providers import select_provider
 from services.search.providers.amadeus import AmadeusProvider, AmadeusSettings, parse_duration
 from services.search.providers.base import ProviderUnavailable, Query
 from services.search.settings import SearchSettings
-from tests.search.fake_amadeus import CLIENT_ID, CLIENT_SECRET, FakeAmadeus, problem
+from tests.search.fake_amadeus import CLIENT_ID, CLIENT_SECRET, FakeAmadeus, offer, problem
 from tests.support.processes import ServiceProcess, Valkey, free_port
 from tests.support.proxy import unanswered_address
 from tests.support.releases import previous_release
@@ -157,6 +157,56 @@ async def test_children_and_lap_infants_are_asked_for_and_in_the_total(
     await provider.search(query(children=2), soon())
     _, params = amadeus.requests[-1]
     assert params["children"] == "2" and "infants" not in params
+
+
+def _skipped() -> float:
+    value = REGISTRY.get_sample_value(
+        "search_provider_offers_skipped_total", {"provider": "amadeus"}
+    )
+    return value or 0.0
+
+
+async def test_a_malformed_offer_is_skipped_and_the_others_kept(
+    provider: AmadeusProvider, amadeus: FakeAmadeus
+) -> None:
+    """An offer the adapter cannot read (no price, a price that is no number, a segment without
+    its times) is left out, counted and logged once for the answer; the others are the answer.
+    (Was a bug: one such offer failed the whole search as a provider failure.)"""
+    no_price = offer("3", "JFK", "LHR", "2026-12-15", "300.00")
+    del no_price["price"]
+    no_number = offer("4", "JFK", "LHR", "2026-12-15", "310.00")
+    no_number["price"]["grandTotal"] = "call us"
+    no_times = offer("5", "JFK", "LHR", "2026-12-15", "320.00")
+    del no_times["itineraries"][0]["segments"][0]["departure"]["at"]
+    # A carrier the adapter has never heard of is no defect: it is shown as the provider says.
+    unknown_carrier = offer("6", "JFK", "LHR", "2026-12-15", "330.00", flight=("Q9", "1"))
+    good = offer("2", "JFK", "LHR", "2026-12-15", "512.30")
+    amadeus.offers = [no_price, good, no_number, no_times, unknown_carrier]
+    before = _skipped()
+    with capture_logs() as logs:
+        offers = await provider.search(query(adults=1, max_results=10), soon())
+    assert [(o.id, o.total_price.amount) for o in offers] == [("6", "330.00"), ("2", "512.30")]
+    assert offers[0].itineraries[0].segments[0].carrier_code == "Q9"
+    assert _skipped() - before == 3
+    skipped = [line for line in logs if "malformed" in line["event"]]
+    assert len(skipped) == 1 and skipped[0]["skipped"] == 3 and skipped[0]["offers"] == 5
+    assert provider._token and provider._token not in repr(logs)
+    assert CLIENT_SECRET not in repr(logs)
+
+
+async def test_an_answer_of_malformed_offers_only_is_a_provider_failure(
+    provider: AmadeusProvider, amadeus: FakeAmadeus
+) -> None:
+    """None readable is not "no flights" (which would be cached for an hour): the provider
+    failed, and a stale copy may be served."""
+    broken = offer("3", "JFK", "LHR", "2026-12-15", "300.00")
+    del broken["itineraries"]
+    amadeus.offers = [broken]
+    with pytest.raises(ProviderUnavailable, match="malformed"):
+        await provider.search(query(adults=1), soon())
+    # An answer with no offers at all is one: no flights that day.
+    amadeus.offers = []
+    assert await provider.search(query(adults=1), soon()) == []
 
 
 async def test_the_token_is_cached(provider: AmadeusProvider, amadeus: FakeAmadeus) -> None:

@@ -44,6 +44,7 @@ from services.common.redact import scrub
 from services.common.settings import load_settings
 from services.search.places import Places, zone
 from services.search.providers.base import (
+    OFFERS_SKIPPED,
     Provider,
     ProviderFactory,
     ProviderUnavailable,
@@ -355,10 +356,28 @@ class AmadeusProvider(Provider):
         if query.currency:
             params["currencyCode"] = query.currency
         body = await self._get(OFFERS_PATH, params, deadline)
-        try:
-            offers = [self._offer(item) for item in body.get("data", [])]
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise ProviderUnavailable(f"unexpected flight-offers response: {error!r}") from None
+        data = body.get("data", []) if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            raise ProviderUnavailable("unexpected flight-offers response: no data[]")
+        offers, problems = [], []
+        for item in data:
+            try:
+                offers.append(self._offer(item))
+            except _MALFORMED as error:
+                # One offer the adapter cannot read is no reason to withhold the others.
+                problems.append(_malformed(item, error))
+        if problems:
+            OFFERS_SKIPPED.labels(self.name).inc(len(problems))
+            log.warning(
+                "amadeus offers skipped as malformed",
+                skipped=len(problems),
+                offers=len(data),
+                reasons="; ".join(problems[:3]),
+            )
+            if not offers:  # not "no flights", which would be cached as such
+                raise ProviderUnavailable(
+                    f"every flight offer was malformed ({len(problems)}): {problems[0]}"
+                )
         # Cheapest first, as the answer promises: the contract promises no order. Stable, so
         # offers of one price keep the provider's order.
         offers.sort(key=_amount)
@@ -402,6 +421,8 @@ class AmadeusProvider(Provider):
         price = item["price"]
         # The whole party's (every travelerPricing's), fees included: what the user would pay.
         amount = str(price.get("grandTotal") or price["total"])
+        if not _is_price(amount):
+            raise ValueError(f"price {amount[:20]!r} is no amount")
         validating = item.get("validatingAirlineCodes") or [""]
         seats = item.get("numberOfBookableSeats")
         return search_pb2.FlightOffer(
@@ -447,6 +468,24 @@ class AmadeusProvider(Provider):
                 )
             )
         return places[:limit]
+
+
+_MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+
+
+def _malformed(item: Any, error: Exception) -> str:
+    """What was wrong with an offer, for the log: its id and the field or value at fault."""
+    offer_id = str(item.get("id", "?"))[:20] if isinstance(item, dict) else "?"
+    what = f"missing {error}" if isinstance(error, KeyError) else str(error)[:100]
+    return f"offer {offer_id}: {type(error).__name__}: {what}"
+
+
+def _is_price(amount: str) -> bool:
+    try:
+        value = Decimal(amount)
+    except InvalidOperation:
+        return False
+    return value.is_finite() and value >= 0
 
 
 async def _unlimited(deadline: float) -> None:

@@ -18,11 +18,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from prometheus_client import Counter
+
 from parley.search.v1 import search_pb2
 
 if TYPE_CHECKING:
     from services.search.places import Places
     from services.search.settings import SearchSettings
+
+
+# An answer's offers that a provider could not read (a field missing or of the wrong kind): left
+# out, the others kept. A rise means the provider's contract moved under the adapter.
+OFFERS_SKIPPED = Counter(
+    "search_provider_offers_skipped_total",
+    "Offers of a provider's answer left out because they could not be read.",
+    ["provider"],
+)
 
 
 class ProviderUnavailable(Exception):
