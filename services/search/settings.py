@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from services.common.settings import CommonSettings
 
@@ -55,6 +55,18 @@ class SearchSettings(CommonSettings):
             if not _ROUTE.match(route):
                 raise ValueError(f"{route!r} is not ORIGIN-DESTINATION with IATA codes")
         return value
+
+    @model_validator(mode="after")
+    def _lock_outlasts_a_fetch(self) -> SearchSettings:
+        # A lock that expires while its holder's fetch still runs lets the replicas waiting on
+        # it, and any new search of that query, call the provider too: single-flight is lost
+        # exactly when the provider is slow.
+        if self.search_lock_seconds < self.search_provider_timeout_seconds:
+            raise ValueError(
+                "SEARCH_LOCK_SECONDS must be at least SEARCH_PROVIDER_TIMEOUT_SECONDS (a fetch "
+                "may take that long, and the other replicas wait on its lock)"
+            )
+        return self
 
     @property
     def effective_redis_url(self) -> str:
