@@ -183,23 +183,27 @@ class SearchEngine:
                 await self.cache.unlock(key, token)
                 return self._answer(filled, stale=False, now=time.time())
         try:
-            offers = await self.call_provider(
-                lambda: self.provider.search(query, deadline), deadline
-            )
-        except ServiceError:  # the provider refused the query: each caller gets (and counts) it
-            raise
-        except Exception as error:
-            if not isinstance(error, _EXPECTED):
-                log.exception("provider raised an unexpected error", provider=self.provider.name)
-            return self._fallback(stale, _reason(error))
+            try:
+                offers = await self.call_provider(
+                    lambda: self.provider.search(query, deadline), deadline
+                )
+            except ServiceError:  # the provider refused the query: each caller gets it
+                raise
+            except Exception as error:
+                if not isinstance(error, _EXPECTED):
+                    log.exception(
+                        "provider raised an unexpected error", provider=self.provider.name
+                    )
+                return self._fallback(stale, _reason(error))
+            response = _timestamp(time.time())
+            response.offers.extend(offers)
+            response.provider = self.provider.name
+            response.demo_data = self.provider.demo_data
+            await self.cache.put(key, response)
         finally:
+            # Only after the write: a replica waiting on the lock that finds it gone without a
+            # fresh result takes that for a failure and calls the provider itself.
             await self.cache.unlock(key, token)
-        now = time.time()
-        response = _timestamp(now)
-        response.offers.extend(offers)
-        response.provider = self.provider.name
-        response.demo_data = self.provider.demo_data
-        await self.cache.put(key, response)
         fresh = search_pb2.SearchFlightsResponse()
         fresh.CopyFrom(response)
         fresh.age.FromNanoseconds(0)

@@ -227,6 +227,40 @@ async def test_single_flight_holds_across_replicas(build: Build) -> None:
     assert any(a.from_cache for a in answers) and any(not a.from_cache for a in answers)
 
 
+async def test_the_result_is_written_before_the_lock_is_released(
+    build: Build, valkey: Valkey
+) -> None:
+    """The replicas waiting on a query's lock take it being gone without a fresh result as the
+    holder's failure and fetch themselves: the holder must write the result first. Read from
+    Valkey's keyspace events, in the order Valkey applied the commands. (Was a bug: the lock was
+    released in a ``finally`` before the result was written, so a replica polling between the
+    two called the provider again.)"""
+    provider = FakeProvider()
+    engine = build(provider)
+    key = ResultCache.key(provider.name, query("SEA", "JFK").key())
+    client = aioredis.from_url(valkey.url)
+    pubsub = client.pubsub()
+    try:
+        await client.config_set("notify-keyspace-events", "K$g")
+        await pubsub.psubscribe(f"__keyspace@0__:{key}*")
+        await engine.search(query("SEA", "JFK"), soon())
+        await client.set(f"{key}:done", b"1")  # the last event to wait for
+        events: list[tuple[str, str]] = []
+        async with asyncio.timeout(10):
+            while not events or events[-1] != (f"{key}:done", "set"):
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is None:  # the subscription's confirmation, or nothing yet
+                    continue
+                channel = message["channel"].decode().removeprefix("__keyspace@0__:")
+                events.append((channel, message["data"].decode()))
+    finally:
+        await pubsub.aclose()
+        await client.config_set("notify-keyspace-events", "")
+        await client.aclose()
+    writes = [event for event in events if event[1] != "expire"]  # SET … PX says both
+    assert writes[:3] == [(f"{key}:lock", "set"), (key, "set"), (f"{key}:lock", "del")]
+
+
 async def test_stale_result_is_served_when_the_provider_fails(build: Build) -> None:
     provider = FakeProvider()
     engine = build(provider, redis_cache_ttl_seconds=60, search_stale_grace_seconds=86400)
