@@ -8,7 +8,7 @@ import asyncio
 import datetime as dt
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -527,6 +527,46 @@ async def test_rate_limited_requests_are_spaced_not_sent_in_a_burst(valkey: Valk
     await alone.acquire(soon())
     with pytest.raises(RateLimitTimeout):
         await alone.acquire(time.monotonic() + 0.1)
+
+
+async def commands_sent(observer: aioredis.Redis, action: Awaitable[object]) -> dict[str, int]:
+    """The commands Valkey ran while ``action`` ran (the observer's INFO aside), by name."""
+    before = await observer.info("commandstats")
+    await action
+    after = await observer.info("commandstats")
+    ran = {
+        name.removeprefix("cmdstat_"): stats["calls"] - before.get(name, {}).get("calls", 0)
+        for name, stats in after.items()
+    }
+    return {name: calls for name, calls in ran.items() if calls and name != "info"}
+
+
+async def test_a_rate_limit_decision_is_one_redis_round_trip(tmp_path: Path) -> None:
+    """Each decision, a request let go or one held back, is one EVALSHA on one connection: the
+    window and the gap in one script (what else Valkey counts is that script's own commands).
+    (Was a bug: a request let go cost three round trips, the window's test, the gap's SET NX PX
+    and the window's hit, on two clients, and one held back by the gap a PTTL more.)"""
+    valkey = Valkey(tmp_path / "valkey").start()
+    observer = aioredis.from_url(valkey.url)
+    fast = ProviderRateLimiter("trips", 1000, valkey.url)  # a 1 ms gap
+    slow = ProviderRateLimiter("held", 0.5, valkey.url)  # a 2 s gap
+    in_script = {"lindex", "lpush", "ltrim", "expire"}
+    try:
+        await fast.acquire(soon())  # connects and loads the script: once a process
+        await slow.acquire(soon())
+        await asyncio.sleep(0.01)  # past the 1 ms gap
+        let_go = await commands_sent(observer, fast.acquire(soon()))
+        assert let_go.pop("evalsha") == 1 and set(let_go) == in_script, let_go
+
+        async def held() -> None:  # by the 2 s gap, with no time to wait it out
+            with pytest.raises(RateLimitTimeout):
+                await slow.acquire(time.monotonic() + 0.5)
+
+        held_back = await commands_sent(observer, held())
+        assert held_back.pop("evalsha") == 1 and set(held_back) <= in_script, held_back
+    finally:
+        await observer.aclose()
+        valkey.stop()
 
 
 async def test_rate_limit_falls_back_to_memory_without_redis() -> None:
