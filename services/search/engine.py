@@ -97,6 +97,11 @@ class SearchEngine:
                 if places.get(place) is None:
                     raise ValueError(f"SEARCH_POPULAR_ROUTES: unknown IATA code {place}")
 
+    async def aclose(self) -> None:
+        """Close what the engine opened (the rate limit's client); the cache's client and the
+        provider belong to whoever made them."""
+        await self.limiter.aclose()
+
     # -- flights -----------------------------------------------------------------------------
 
     def _answer(

@@ -88,6 +88,10 @@ class ProviderRateLimiter:
             log, "rate limit store reachable again", retry_after=retry_after_error
         )
 
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
     @staticmethod
     def _window(per_second: float) -> tuple[int, int]:
         for seconds in (1, 2, 4, 5, 10):

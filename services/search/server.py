@@ -119,6 +119,7 @@ def build(settings: SearchSettings) -> Service:
         await ping(redis)
 
     async def close() -> None:
+        await engine.aclose()
         await provider.aclose()
         await redis.aclose()
 

@@ -110,6 +110,7 @@ async def until_half_open(breaker: CircuitBreaker, seconds: float = 5.0) -> None
 @pytest.fixture
 async def build(valkey: Valkey, places: Places) -> AsyncIterator[Build]:
     clients: list[aioredis.Redis] = []
+    engines: list[SearchEngine] = []
 
     def make(provider: Provider, url: str | None = None, **settings: object) -> SearchEngine:
         url = url or valkey.url
@@ -124,9 +125,12 @@ async def build(valkey: Valkey, places: Places) -> AsyncIterator[Build]:
             grace_seconds=config.search_stale_grace_seconds,
             lock_seconds=config.search_lock_seconds,
         )
-        return SearchEngine(places, provider, cache, config, url)
+        engines.append(SearchEngine(places, provider, cache, config, url))
+        return engines[-1]
 
     yield make
+    for engine in engines:
+        await engine.aclose()
     for client in clients:
         await client.aclose()
 

@@ -21,6 +21,9 @@ from parley.search.v1 import search_pb2, search_pb2_grpc
 from services.common.errors import field_violations
 from services.common.healthcheck import check
 from services.search.places import Places
+from services.search.providers.base import Query
+from services.search.server import build
+from services.search.settings import SearchSettings
 from tests.search.fake_amadeus import CLIENT_ID, CLIENT_SECRET, FakeAmadeus
 from tests.support.processes import ROOT, ServiceProcess, Valkey, free_port, wait_for
 
@@ -514,3 +517,44 @@ async def test_a_round_trip_never_returns_before_it_has_arrived(
                 assert leaves >= lands + dt.timedelta(hours=1), (destination, nights, offer.id)
                 checked += 1
     assert checked  # short trips still find offers
+
+
+async def test_every_redis_client_the_service_opens_is_closed_on_stop(tmp_path: Path) -> None:
+    """The cache's client and the rate limit's (its window and its spacing) are all closed when
+    the service stops: none is left for Redis to time out. (Was a bug: the rate limit's
+    connections were never closed.)"""
+    valkey = Valkey(tmp_path / "valkey").start()
+    observer = redis.from_url(valkey.url)
+    try:
+        settings = SearchSettings(redis_url=valkey.url, search_offline_rate_limit_per_second=100)
+        service = build(settings)
+        engine = service.servicer.engine
+        query = Query(
+            "JFK",
+            "LHR",
+            dt.date.today() + dt.timedelta(days=9),
+            None,
+            1,
+            search_pb2.CABIN_ECONOMY,
+            False,
+            3,
+            "",
+        )
+        await engine.search(query, time.monotonic() + 5)
+        assert await others(observer) > 1  # the cache's and the rate limit's
+        assert service.on_stop is not None
+        await service.on_stop()
+        for _ in range(250):  # Valkey drops a client once it has read the close
+            if await others(observer) == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert await others(observer) == 0
+    finally:
+        await observer.aclose()
+        valkey.stop()
+
+
+async def others(observer: redis.Redis) -> int:
+    """Connections to Valkey besides the observer's own."""
+    own = await observer.client_id()
+    return sum(1 for c in await observer.client_list() if int(c["id"]) != own)
