@@ -182,14 +182,21 @@ async def test_a_malformed_offer_is_skipped_and_the_others_kept(
     unknown_carrier = offer("6", "JFK", "LHR", "2026-12-15", "330.00", flight=("Q9", "1"))
     good = offer("2", "JFK", "LHR", "2026-12-15", "512.30")
     amadeus.offers = [no_price, good, no_number, no_times, unknown_carrier]
+    # A price with no flight to it (the contract has at least one itinerary, each with at
+    # least one segment) is no offer either. (Was listed: a price the user could not place.)
+    no_flight = offer("7", "JFK", "LHR", "2026-12-15", "100.00")
+    no_flight["itineraries"] = []
+    no_segment = offer("8", "JFK", "LHR", "2026-12-15", "110.00")
+    no_segment["itineraries"][0]["segments"] = []
+    amadeus.offers += [no_flight, no_segment]
     before = _skipped()
     with capture_logs() as logs:
         offers = await provider.search(query(adults=1, max_results=10), soon())
     assert [(o.id, o.total_price.amount) for o in offers] == [("6", "330.00"), ("2", "512.30")]
     assert offers[0].itineraries[0].segments[0].carrier_code == "Q9"
-    assert _skipped() - before == 3
+    assert _skipped() - before == 5
     skipped = [line for line in logs if "malformed" in line["event"]]
-    assert len(skipped) == 1 and skipped[0]["skipped"] == 3 and skipped[0]["offers"] == 5
+    assert len(skipped) == 1 and skipped[0]["skipped"] == 5 and skipped[0]["offers"] == 7
     assert provider._token and provider._token not in repr(logs)
     assert CLIENT_SECRET not in repr(logs)
 

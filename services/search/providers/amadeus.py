@@ -393,7 +393,11 @@ class AmadeusProvider(Provider):
 
     def _offer(self, item: dict[str, Any]) -> search_pb2.FlightOffer:
         itineraries = []
+        if not item["itineraries"]:  # the contract has one at least: a price with no flight
+            raise ValueError("no itineraries")
         for itinerary in item["itineraries"]:
+            if not itinerary["segments"]:
+                raise ValueError("an itinerary without segments")
             segments = []
             for seg in itinerary["segments"]:
                 dep, arr = seg["departure"], seg["arrival"]
