@@ -30,13 +30,15 @@ log = structlog.get_logger("parley.search.ratelimit")
 
 KEY_PREFIX = "search:ratelimit"
 # KEYS[1]: the request times (epoch seconds), newest first, at most `limit` of them (limits'
-# moving-window layout). ARGV: now, limit, window seconds, gap seconds. "0" when the request may
-# go (its time is recorded), else the seconds until one may.
+# moving-window layout). ARGV: limit, window seconds, gap seconds. "0" when the request may go
+# (its time is recorded), else the seconds until one may. Times are Redis's clock's, not each
+# replica's: one whose clock runs ahead would write times the others take for the future.
 _ACQUIRE = """
-local now = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-local window = tonumber(ARGV[3])
-local gap = tonumber(ARGV[4])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local gap = tonumber(ARGV[3])
 local wait = 0
 local newest = tonumber(redis.call('lindex', KEYS[1], 0))
 if newest and now - newest < gap then
@@ -49,7 +51,7 @@ end
 if wait > 0 then
     return tostring(wait)
 end
-redis.call('lpush', KEYS[1], ARGV[1])
+redis.call('lpush', KEYS[1], string.format('%.6f', now))
 redis.call('ltrim', KEYS[1], 0, limit - 1)
 redis.call('expire', KEYS[1], window)
 return '0'
@@ -80,7 +82,7 @@ class ProviderRateLimiter:
             else None
         )
         self._acquire = self._client.register_script(_ACQUIRE) if self._client else None
-        self._key = f"{KEY_PREFIX}:{self._item.key_for(name)}" if self._item else ""
+        self.key = f"{KEY_PREFIX}:{self._item.key_for(name)}" if self._item else ""
         self._local_gap_ends = 0.0  # monotonic: the gap kept in this process
         # Redis is stepped around for retry_after_error seconds after a failure (the limit is
         # kept in this process meanwhile); one warning an outage.
@@ -105,9 +107,8 @@ class ProviderRateLimiter:
         if self._acquire is not None and self._outage.retry_due:
             try:
                 said = await self._acquire(
-                    keys=[self._key],
+                    keys=[self.key],
                     args=[
-                        repr(time.time()),
                         self._item.amount,
                         self._item.get_expiry(),
                         self._gap_ms / 1000,

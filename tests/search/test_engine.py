@@ -554,7 +554,7 @@ async def test_a_rate_limit_decision_is_one_redis_round_trip(tmp_path: Path) -> 
     observer = aioredis.from_url(valkey.url)
     fast = ProviderRateLimiter("trips", 1000, valkey.url)  # a 1 ms gap
     slow = ProviderRateLimiter("held", 0.5, valkey.url)  # a 2 s gap
-    in_script = {"lindex", "lpush", "ltrim", "expire"}
+    in_script = {"time", "lindex", "lpush", "ltrim", "expire"}
     try:
         await fast.acquire(soon())  # connects and loads the script: once a process
         await slow.acquire(soon())
@@ -571,6 +571,29 @@ async def test_a_rate_limit_decision_is_one_redis_round_trip(tmp_path: Path) -> 
     finally:
         await observer.aclose()
         valkey.stop()
+
+
+async def test_request_times_are_redis_s_not_each_replica_s(
+    valkey: Valkey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window and the gap are kept in the times of Redis's clock, so a replica whose clock
+    runs ahead holds no other back for longer than the gap. (Was a bug: each replica wrote its
+    own clock's time; one 30 s ahead wrote times that the others took for 30 s from now, and
+    while it kept sending, they found its last request never over.)"""
+    name = f"limit{next(_names)}"
+    ahead = ProviderRateLimiter(name, 10, valkey.url)
+    observer = aioredis.from_url(valkey.url)
+    wall = time.time
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(time, "time", lambda: wall() + 30)
+            await ahead.acquire(soon())
+        (written,) = await observer.lrange(ahead.key, 0, -1)
+        # Valkey runs on this machine: its clock is the test's, not the replica's.
+        assert float(written) < wall() + 1
+    finally:
+        await ahead.aclose()
+        await observer.aclose()
 
 
 async def test_rate_limit_falls_back_to_memory_without_redis() -> None:
