@@ -316,7 +316,9 @@ class SearchEngine:
         remote = await self._remote_places(text, limit, deadline)
         known = {c.place.code for c in answer}
         for rank, place in enumerate(remote):
-            if place.code not in known:  # Amadeus answers a city and its airport under one code
+            # Amadeus answers a city and its airport under one code; and a code the local index
+            # does not know (a new airport) is one SearchFlights refuses: not offered.
+            if place.code not in known and self.places.get(place.code) is not None:
                 known.add(place.code)
                 answer.append(search_pb2.PlaceCandidate(place=place, score=max(50.0, 74.0 - rank)))
         answer.sort(key=lambda c: -c.score)

@@ -188,13 +188,15 @@ MUNICH = location(
     "+01:00",
     (48.35378, 11.78609),
 )
+# The fake's answer to "zzyzx…", text the local index cannot place: Daggett (DAG), a code the
+# local index knows (a search accepts it), found for a name the local index does not have.
 ZZYZX = location(
     "CITY",
-    "ZZX",
-    "ZZYZX SPRINGS",
-    ("ZZYZX SPRINGS", "ZZX", "UNITED STATES OF AMERICA", "US"),
+    "DAG",
+    "DAGGETT",
+    ("DAGGETT", "DAG", "UNITED STATES OF AMERICA", "US"),
     "-08:00",
-    (35.1433, -116.1042),
+    (34.853722, -116.786694),
 )
 
 

@@ -28,7 +28,7 @@ from services.search.places import Places
 from services.search.providers.base import Provider, ProviderUnavailable, Query
 from services.search.ratelimit import ProviderRateLimiter, RateLimitTimeout
 from services.search.settings import SearchSettings
-from services.search.validation import today_in
+from services.search.validation import SearchChecks, today_in
 from tests.support.processes import Valkey, free_port
 
 DAY = dt.date.today() + dt.timedelta(days=14)
@@ -83,7 +83,7 @@ class PlacesProvider(FakeProvider):
         self.calls += 1
         if self.hold is not None:
             await self.hold.wait()
-        return [search_pb2.Place(code="ZZY", name=keyword)]
+        return [search_pb2.Place(code="DAG", name=keyword)]
 
 
 def query(origin: str = "JFK", destination: str = "LHR", day: dt.date = DAY) -> Query:
@@ -391,11 +391,36 @@ async def test_a_callers_deadline_is_not_a_provider_failure(build: Build) -> Non
     provider.hold = asyncio.Event()  # answers only after the callers gave up
     engine = build(provider, search_breaker_failure_threshold=1)
     local = await engine.resolve("zzyzx springs", 3, soon(0.2))  # the local answer stands
-    assert "ZZY" not in [c.place.code for c in local]
+    assert "DAG" not in [c.place.code for c in local]
     assert engine.breaker.state is State.CLOSED and engine.breaker.failure_count == 0
     provider.hold.set()
     found = await engine.resolve("zzyzx springs", 3, soon())
-    assert "ZZY" in [c.place.code for c in found]
+    assert "DAG" in [c.place.code for c in found]
+
+
+async def test_only_places_a_search_accepts_are_offered(build: Build) -> None:
+    """The locations API knows codes the local index does not (a new airport, a city code of
+    its own), and SearchFlights refuses those as unknown: such a place is not offered, or a
+    user who picked it would be told the place does not exist. (Was a bug: it was offered.)"""
+
+    class SomeUnknown(PlacesProvider):
+        async def locations(
+            self, keyword: str, limit: int, deadline: float
+        ) -> list[search_pb2.Place]:
+            return [
+                search_pb2.Place(code="ZZX", name="Zzyzx Springs"),  # no such code locally
+                search_pb2.Place(code="DAG", name="Barstow-Daggett"),
+            ]
+
+    engine = build(SomeUnknown())
+    found = [c.place.code for c in await engine.resolve("zzyzx springs", 5, soon())]
+    assert found == ["DAG"]
+    with pytest.raises(InvalidArgument):  # what a search with the other one gets
+        SearchChecks(engine.places)(
+            search_pb2.SearchFlightsRequest(
+                origin="ZZX", destination="LAX", departure_date=DAY.isoformat()
+            )
+        )
 
 
 async def test_a_city_and_its_airport_under_one_code_are_one_candidate(build: Build) -> None:
@@ -407,13 +432,13 @@ async def test_a_city_and_its_airport_under_one_code_are_one_candidate(build: Bu
             self, keyword: str, limit: int, deadline: float
         ) -> list[search_pb2.Place]:
             return [
-                search_pb2.Place(code="ZZY", name="Zzyzx", kind=search_pb2.PLACE_KIND_CITY),
-                search_pb2.Place(code="ZZY", name="Zzyzx Intl", kind=search_pb2.PLACE_KIND_AIRPORT),
+                search_pb2.Place(code="DAG", name="Daggett", kind=search_pb2.PLACE_KIND_CITY),
+                search_pb2.Place(code="DAG", name="Barstow", kind=search_pb2.PLACE_KIND_AIRPORT),
             ]
 
     engine = build(CityAndAirport())
     found = await engine.resolve("zzyzx springs", 5, soon())
-    assert [c.place.code for c in found].count("ZZY") == 1
+    assert [c.place.code for c in found].count("DAG") == 1
 
 
 async def test_a_patient_caller_is_answered_by_the_fetch_an_impatient_one_started(
