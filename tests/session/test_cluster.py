@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from parley.session.v1.session_pb2_grpc import SessionServiceStub
 from services.common.redis_client import limits_storage, make_client, make_redis
 from services.common.redis_pipeline import AutoPipeline
 from services.gateway.ratelimit import RateLimits
+from services.search.ratelimit import ProviderRateLimiter, RateLimitTimeout
 from services.session.model import ConversationKey
 from services.session.redis_store import RedisStore
 from tests.session.conftest import Running, ValkeyCluster, new_key, start_session, user_message
@@ -120,10 +122,25 @@ async def test_scan_finds_conversations_on_every_primary(
 
 
 async def test_rate_limits_count_on_the_cluster(valkey_cluster: ValkeyCluster) -> None:
-    """The search service's rate limiter (``limits``) works on a Cluster URL too."""
+    """``limits``' Redis storage (``limits_storage``) works on a Cluster URL too."""
     limiter = MovingWindowRateLimiter(limits_storage(valkey_cluster.url, key_prefix="rl-cluster"))
     item = parse("2/minute")
     assert [await limiter.hit(item, "user-1") for _ in range(3)] == [True, True, False]
+
+
+async def test_the_search_rate_limit_counts_on_the_cluster(valkey_cluster: ValkeyCluster) -> None:
+    """The search service's rate limit (one script on one key) is kept on a Cluster, not in
+    each process: a second replica finds the gap the first one's request left."""
+    first = ProviderRateLimiter("cluster", 0.5, valkey_cluster.url)  # one request per 2 s
+    second = ProviderRateLimiter("cluster", 0.5, valkey_cluster.url)
+    try:
+        await first.acquire(time.monotonic() + 5)
+        with pytest.raises(RateLimitTimeout):
+            await second.acquire(time.monotonic() + 0.5)
+        assert first.key and not second._outage.failures  # on the cluster, not in-process
+    finally:
+        await first.aclose()
+        await second.aclose()
 
 
 async def test_gateway_rate_limits_count_on_the_cluster(valkey_cluster: ValkeyCluster) -> None:
