@@ -18,6 +18,7 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TypeVar
 
 import grpc
@@ -36,6 +37,9 @@ from services.search.validation import today_in
 
 log = structlog.get_logger("parley.search")
 T = TypeVar("T")
+# Searches for fewer offers than this are answered from the search for this many (the default
+# one, which warming fills): cached once, not once per number asked.
+SHARED_MAX_RESULTS = 10
 
 SEARCHES = Counter(
     "search_requests_total",
@@ -114,14 +118,25 @@ class SearchEngine:
         return response
 
     async def search(self, query: Query, deadline: float) -> search_pb2.SearchFlightsResponse:
+        asked = query.max_results
+        # Fewer than SHARED_MAX_RESULTS offers are the cheapest of that many, fetched and cached
+        # under one key: the bot's 9, warming's 10 and a caller's 3 share an entry.
+        if asked < SHARED_MAX_RESULTS:
+            query = replace(query, max_results=SHARED_MAX_RESULTS)
         key = ResultCache.key(self.provider.name, query.key())
         cached = await self.cache.get(key)
         now = time.time()
         if cached is not None and self.cache.is_fresh(cached, now):
             self._hits.inc()
-            return _still_to_leave(self._answer(cached, stale=False, now=now), query, now)
-        answer = await self._coalesced(key, query, cached, deadline)
-        return _still_to_leave(answer, query, time.time())
+            answer = _still_to_leave(self._answer(cached, stale=False, now=now), query, now)
+        else:
+            answer = await self._coalesced(key, query, cached, deadline)
+            answer = _still_to_leave(answer, query, time.time())
+            if len(answer.offers) > asked:  # one answer for every caller of the fetch: a copy
+                shared, answer = answer, search_pb2.SearchFlightsResponse()
+                answer.CopyFrom(shared)
+        del answer.offers[asked:]  # after the departed ones left: up to `asked` still to fly
+        return answer
 
     async def _coalesced(
         self, key: str, query: Query, stale: Cached | None, deadline: float
@@ -277,7 +292,15 @@ class SearchEngine:
 
         async def one(origin: str, destination: str, day: dt.date) -> bool:
             query = Query(
-                origin, destination, day, None, 1, search_pb2.CABIN_ECONOMY, False, 10, ""
+                origin,
+                destination,
+                day,
+                None,
+                1,
+                search_pb2.CABIN_ECONOMY,
+                False,
+                SHARED_MAX_RESULTS,
+                "",
             )
             key = ResultCache.key(self.provider.name, query.key())
             async with gate:

@@ -468,7 +468,7 @@ async def test_a_404_opens_the_breaker_and_serves_stale_copies(
         assert stale.stale and stale.offers
         assert engine.breaker.failure_count == 1
         with pytest.raises(Unavailable):  # nothing cached for this one
-            await engine.search(query(departure=day, max_results=3), soon())
+            await engine.search(query(departure=day, adults=1), soon())
         assert engine.breaker.state is State.OPEN
     finally:
         await adapter.aclose()

@@ -511,6 +511,45 @@ async def test_warming_refreshes_an_entry_past_half_its_ttl(build: Build) -> Non
     assert young == (1, 0) and provider.calls == 1
 
 
+async def test_a_warmed_entry_answers_searches_for_fewer_offers(build: Build) -> None:
+    """Warming fetches 10 offers a query; the bot asks for 9 (three pages of three), and a caller
+    may ask for fewer: those are answered from the warmed entry, cheapest first, not fetched
+    again. (Was a bug: the number asked was part of the cache key, so warming never answered
+    one of the bot's searches.)"""
+
+    class Many(FakeProvider):
+        async def search(self, query: Query, deadline: float) -> list[search_pb2.FlightOffer]:
+            self.calls += 1
+            return [
+                search_pb2.FlightOffer(
+                    id=f"{n}", total_price=search_pb2.Money(currency_code="USD", amount=f"{n}")
+                )
+                for n in range(100, 100 + query.max_results)
+            ]
+
+    provider = Many()
+    engine = build(provider)
+    day = today_in("America/New_York") + dt.timedelta(days=1)
+    assert await engine.warm([("JFK", "LHR")], 1, soon()) == (1, 0)
+    for asked in (9, 3, 10):
+        answer = await engine.search(replace(query("JFK", "LHR", day), max_results=asked), soon())
+        assert answer.from_cache and [o.id for o in answer.offers] == [
+            str(n) for n in range(100, 100 + asked)
+        ]
+    assert provider.calls == 1
+    # Callers of one fetch that ask for different numbers each get theirs.
+    later = day + dt.timedelta(days=1)
+    together = await asyncio.gather(
+        *(
+            engine.search(replace(query("JFK", "LHR", later), max_results=n), soon())
+            for n in (2, 9, 5)
+        )
+    )
+    assert [len(a.offers) for a in together] == [2, 9, 5] and provider.calls == 2
+    more = await engine.search(replace(query("JFK", "LHR", day), max_results=20), soon())
+    assert not more.from_cache and len(more.offers) == 20 and provider.calls == 3
+
+
 async def test_warming_uses_popular_routes_when_none_are_given(build: Build) -> None:
     provider = FakeProvider()
     engine = build(provider, search_popular_routes="JFK-LHR,LHR-JFK")
