@@ -192,11 +192,18 @@ async def test_a_malformed_offer_is_skipped_and_the_others_kept(
     before = _skipped()
     with capture_logs() as logs:
         offers = await provider.search(query(adults=1, max_results=10), soon())
+        await provider.search(query(adults=1, max_results=10), soon())  # the same again
+        amadeus.offers = [good]
+        await provider.search(query(adults=1, max_results=10), soon())
     assert [(o.id, o.total_price.amount) for o in offers] == [("6", "330.00"), ("2", "512.30")]
     assert offers[0].itineraries[0].segments[0].carrier_code == "Q9"
-    assert _skipped() - before == 5
+    assert _skipped() - before == 10
+    # One warning while every answer has some, naming them; one line once none has.
     skipped = [line for line in logs if "malformed" in line["event"]]
-    assert len(skipped) == 1 and skipped[0]["skipped"] == 5 and skipped[0]["offers"] == 7
+    assert [line["log_level"] for line in skipped] == ["warning", "debug"]
+    assert (skipped[0]["skipped"], skipped[0]["offers"]) == (5, 7)
+    assert "offer 3: KeyError: missing 'price'" in skipped[0]["error"]
+    assert [line["failures"] for line in logs if "readable again" in line["event"]] == [2]
     assert provider._token and provider._token not in repr(logs)
     assert CLIENT_SECRET not in repr(logs)
 

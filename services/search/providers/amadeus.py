@@ -40,6 +40,7 @@ from tenacity import (
 
 from parley.search.v1 import search_pb2
 from services.common.errors import InvalidArgument
+from services.common.outage import OutageLog
 from services.common.redact import scrub
 from services.common.settings import load_settings
 from services.search.places import Places, zone
@@ -170,6 +171,9 @@ class AmadeusProvider(Provider):
         self._token_expires = 0.0  # monotonic
         self._token_lock = asyncio.Lock()
         self.token_requests = 0  # for tests and logs
+        # Unreadable offers: a warning when they start (a contract that moved makes every answer
+        # have some), debug lines while they go on, a line when an answer is clean again.
+        self._malformed = OutageLog(log, "amadeus offers readable again")
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -368,16 +372,18 @@ class AmadeusProvider(Provider):
                 problems.append(_malformed(item, error))
         if problems:
             OFFERS_SKIPPED.labels(self.name).inc(len(problems))
-            log.warning(
+            self._malformed.failed(
                 "amadeus offers skipped as malformed",
+                "; ".join(problems[:3]),
                 skipped=len(problems),
                 offers=len(data),
-                reasons="; ".join(problems[:3]),
             )
             if not offers:  # not "no flights", which would be cached as such
                 raise ProviderUnavailable(
                     f"every flight offer was malformed ({len(problems)}): {problems[0]}"
                 )
+        else:
+            self._malformed.worked()
         # Cheapest first, as the answer promises: the contract promises no order. Stable, so
         # offers of one price keep the provider's order.
         offers.sort(key=_amount)
