@@ -119,11 +119,12 @@ class ResultCache:
             return None
         return raw if isinstance(raw, bytes) else raw.encode()
 
-    async def put_bytes(self, key: str, value: bytes) -> None:
+    async def put_bytes(self, key: str, value: bytes, ttl: int | None = None) -> None:
+        """``value`` for ``ttl`` seconds (the cache's TTL when not given)."""
         if not self.available:
             return
         try:
-            await self.client.set(key, value, ex=self.ttl)
+            await self.client.set(key, value, ex=ttl or self.ttl)
         except Exception as error:
             self._failed("set", error)
 

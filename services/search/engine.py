@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -27,7 +28,7 @@ from prometheus_client import Counter, Histogram
 
 from parley.search.v1 import search_pb2
 from services.common.errors import ServiceError, Unavailable
-from services.search.breaker import BreakerOpen, CircuitBreaker
+from services.search.breaker import BreakerOpen, CircuitBreaker, State
 from services.search.cache import KEY_PREFIX, LOCAL_TOKEN, Cached, ResultCache
 from services.search.places import PlaceInfo, Places, normalize
 from services.search.providers.base import Provider, ProviderUnavailable, Query
@@ -106,6 +107,42 @@ class SearchEngine:
         provider belong to whoever made them."""
         await self.limiter.aclose()
 
+    # -- breakers ----------------------------------------------------------------------------
+
+    def _reset_key(self, name: str) -> str:
+        return f"{KEY_PREFIX}:breaker-reset:{name}"
+
+    async def reset_breaker(self, name: str) -> CircuitBreaker | None:
+        """Close the breaker ``name`` here and, through Redis, on every replica where it opened
+        before now (ResetCircuitBreaker reaches one replica); None when there is none."""
+        breaker = self.breakers.get(name)
+        if breaker is None:
+            return None
+        breaker.reset()
+        # Past the recovery time a breaker opened before now is half-open anyway.
+        seconds = math.ceil(breaker.recovery_timeout)
+        await self.cache.put_bytes(self._reset_key(name), repr(time.time()).encode(), seconds)
+        return breaker
+
+    async def list_breakers(self) -> list[CircuitBreaker]:
+        await self._follow_resets()
+        return list(self.breakers.values())
+
+    async def _follow_resets(self) -> None:
+        """Close this replica's breaker when another replica reset it after it opened here."""
+        breaker = self.breaker
+        opened = breaker.opened_wall_time
+        if opened is None or breaker.state is State.CLOSED:
+            return
+        raw = await self.cache.get_bytes(self._reset_key(breaker.name))
+        try:
+            reset_at = float(raw) if raw is not None else 0.0
+        except ValueError:  # not ours
+            return
+        if reset_at > opened:
+            breaker.reset()
+            log.info("circuit breaker reset through another replica", name=breaker.name)
+
     # -- flights -----------------------------------------------------------------------------
 
     def _answer(
@@ -182,7 +219,9 @@ class SearchEngine:
         # a patient caller that joins an impatient one's fetch still gets its answer.
         deadline = time.monotonic() + self.settings.search_provider_timeout_seconds
         if not self.breaker.allows():
-            return self._fallback(stale, "circuit breaker open")
+            await self._follow_resets()
+            if not self.breaker.allows():
+                return self._fallback(stale, "circuit breaker open")
         # What we read is being replaced: only an answer fetched since is another replica's new
         # one (warming reads entries that are still fresh, past half their TTL).
         read_at = stale.fetched_at if stale is not None else None

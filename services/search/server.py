@@ -79,17 +79,17 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self, request: search_pb2.ListCircuitBreakersRequest, context: Any
     ) -> search_pb2.ListCircuitBreakersResponse:
         return search_pb2.ListCircuitBreakersResponse(
-            circuit_breakers=[b.to_proto() for b in self.engine.breakers.values()]
+            circuit_breakers=[b.to_proto() for b in await self.engine.list_breakers()]
         )
 
     async def ResetCircuitBreaker(
         self, request: search_pb2.ResetCircuitBreakerRequest, context: Any
     ) -> search_pb2.ResetCircuitBreakerResponse:
-        breaker = self.engine.breakers.get(request.name.strip())
+        # Every replica's, through Redis: this call reaches one of them.
+        breaker = await self.engine.reset_breaker(request.name.strip())
         if breaker is None:
             known = ", ".join(sorted(self.engine.breakers))
             raise NotFound(f"no circuit breaker named {request.name[:64]!r} (known: {known})")
-        breaker.reset()
         log.info("circuit breaker reset", name=breaker.name)
         return search_pb2.ResetCircuitBreakerResponse(circuit_breaker=breaker.to_proto())
 

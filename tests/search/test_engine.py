@@ -329,6 +329,28 @@ async def test_open_breaker_serves_stale_without_calling(build: Build) -> None:
     assert answer.stale and provider.calls == 0
 
 
+async def test_a_reset_through_one_replica_closes_every_replicas_breaker(build: Build) -> None:
+    """ResetCircuitBreaker reaches one replica (the gateway's admin endpoint calls whichever its
+    channel picks); the others find the reset in Redis at their next search or listing and
+    close their breaker too, unless it opened after the reset. (Was a bug: only the replica
+    called was reset; the others refused the provider until their recovery time had passed.)"""
+    provider = FakeProvider()
+    settings = {"search_breaker_failure_threshold": 1, "search_breaker_recovery_seconds": 600}
+    called, searching, listing = (build(provider, **settings) for _ in range(3))
+    for replica in (called, searching, listing):
+        replica.breaker.on_failure()
+    await called.reset_breaker(called.breaker.name)
+    assert called.breaker.state is State.CLOSED
+    answer = await searching.search(query("BOS", "SFO"), soon())
+    assert not answer.stale and provider.calls == 1
+    assert searching.breaker.state is State.CLOSED
+    assert [b.state for b in await listing.list_breakers()] == [State.CLOSED]
+    searching.breaker.on_failure()  # opened after the reset: it stands
+    with pytest.raises(Unavailable):
+        await searching.search(query("BOS", "SEA"), soon())
+    assert provider.calls == 1
+
+
 async def test_a_call_the_breaker_refuses_is_not_a_provider_call(build: Build) -> None:
     """Half-open with one probe, two searches for different routes race for it while the rate
     limit makes them wait: the loser is refused before it takes a rate-limit slot, and
