@@ -188,7 +188,9 @@ async def test_a_malformed_offer_is_skipped_and_the_others_kept(
     no_flight["itineraries"] = []
     no_segment = offer("8", "JFK", "LHR", "2026-12-15", "110.00")
     no_segment["itineraries"][0]["segments"] = []
-    amadeus.offers += [no_flight, no_segment]
+    no_currency = offer("9", "JFK", "LHR", "2026-12-15", "120.00")
+    no_currency["price"]["currency"] = ""  # "120.00" of what?
+    amadeus.offers += [no_flight, no_segment, no_currency]
     before = _skipped()
     with capture_logs() as logs:
         offers = await provider.search(query(adults=1, max_results=10), soon())
@@ -197,11 +199,11 @@ async def test_a_malformed_offer_is_skipped_and_the_others_kept(
         await provider.search(query(adults=1, max_results=10), soon())
     assert [(o.id, o.total_price.amount) for o in offers] == [("6", "330.00"), ("2", "512.30")]
     assert offers[0].itineraries[0].segments[0].carrier_code == "Q9"
-    assert _skipped() - before == 10
+    assert _skipped() - before == 12
     # One warning while every answer has some, naming them; one line once none has.
     skipped = [line for line in logs if "malformed" in line["event"]]
     assert [line["log_level"] for line in skipped] == ["warning", "debug"]
-    assert (skipped[0]["skipped"], skipped[0]["offers"]) == (5, 7)
+    assert (skipped[0]["skipped"], skipped[0]["offers"]) == (6, 8)
     assert "offer 3: KeyError: missing 'price'" in skipped[0]["error"]
     assert [line["failures"] for line in logs if "readable again" in line["event"]] == [2]
     assert provider._token and provider._token not in repr(logs)

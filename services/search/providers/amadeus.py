@@ -81,6 +81,7 @@ PARAMETER_FIELDS = {
     "currencyCode": "currency_code",
     "keyword": "query",
 }
+_CURRENCY = re.compile(r"[A-Z]{3}")
 _ISO_DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
 
 
@@ -433,12 +434,15 @@ class AmadeusProvider(Provider):
         amount = str(price.get("grandTotal") or price["total"])
         if not _is_price(amount):
             raise ValueError(f"price {amount[:20]!r} is no amount")
+        currency = str(price["currency"])
+        if not _CURRENCY.fullmatch(currency):  # a price users could not read right
+            raise ValueError(f"currency {currency[:10]!r} is no ISO 4217 code")
         validating = item.get("validatingAirlineCodes") or [""]
         seats = item.get("numberOfBookableSeats")
         return search_pb2.FlightOffer(
             id=str(item["id"]),
             # The provider's decimal string, kept as is: never through a float.
-            total_price=search_pb2.Money(currency_code=str(price["currency"]), amount=amount),
+            total_price=search_pb2.Money(currency_code=currency, amount=amount),
             itineraries=itineraries,
             seats_left=int(seats) if seats is not None else None,
             validating_carrier=str(validating[0]),
