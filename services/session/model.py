@@ -36,6 +36,7 @@ ROLES: tuple[Role, ...] = ("client", "admin")
 KEY_PREFIX = "conversation:"
 INDEX_PREFIX = "conversation-index:"
 ENDED_PREFIX = "conversation-ended:"
+ERASED_PREFIX = "conversation-erased:"
 # Characters kept as they are in key names; everything else is percent-encoded.
 _SAFE = "+@"
 
@@ -111,6 +112,11 @@ def index_key(business_id: str, shard: int) -> str:
 def ended_key(key: ConversationKey) -> str:
     """The ids of the conversations recently ended in ``key``'s shard (its tag, its slot)."""
     return f"{ENDED_PREFIX}{key.tag}"
+
+
+def erased_key(key: ConversationKey) -> str:
+    """When the users of ``key``'s shard last had their conversation ended (its tag, its slot)."""
+    return f"{ERASED_PREFIX}{key.tag}"
 
 
 def parse_member(member: str) -> tuple[Role, str] | None:

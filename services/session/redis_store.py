@@ -11,6 +11,9 @@ Keys (see :mod:`services.session.model` for the hash tag):
   expired ones, so the index stays right as keys expire.
 - ``conversation-ended:{<business>:<shard>}`` sorted set of the ids of conversations ended
   lately, score until when: a write-back never puts one of them again.
+- ``conversation-erased:{<business>:<shard>}`` sorted set, member a SHA-1 digest of
+  ``<role>:<user>`` (no number), score when that user's conversation was last ended (ms): a
+  write-back never puts a conversation of theirs created before then, whatever its id.
 
 The scripts take the time from Redis (``TIME``), so replicas of this service never disagree
 about expiry.
@@ -51,6 +54,7 @@ from services.session.model import (
     Summary,
     encode_cursor,
     ended_key,
+    erased_key,
     index_key,
     parse_member,
 )
@@ -216,6 +220,11 @@ return {'ok', expire, pruned}
 # An end leaves the ended id in the shard's ``conversation-ended`` sorted set (score: until when)
 # for a TTL and ENDED_KEPT_MS more, and no write-back puts that id again: another replica's
 # outage copy of an ended (erased) conversation never comes back. Only ids, no user, are kept.
+# It also leaves when it ended the user's conversation in ``conversation-erased`` (a digest of
+# the member ARGV[1], no number), kept as long: an end finding nothing in Redis (the
+# conversation expired there) has no id to keep out, while another replica may have continued
+# it from memory during an outage, or started one there before the end; no write-back puts a
+# conversation of the user created before the end.
 _ENDED = """
 local function tombstone(id, ttl)
   local kept = now + ttl + ENDED_KEPT_MS
@@ -223,10 +232,17 @@ local function tombstone(id, ttl)
   redis.call('ZADD', KEYS[5], kept, id)
   redis.call('PEXPIREAT', KEYS[5], kept)
 end
+local function erased(at, ttl)
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - ttl - ENDED_KEPT_MS)
+  local digest = redis.sha1hex(ARGV[1])
+  local before = tonumber(redis.call('ZSCORE', KEYS[6], digest))
+  if not before or before < at then redis.call('ZADD', KEYS[6], at, digest) end
+  redis.call('PEXPIREAT', KEYS[6], now + ttl + ENDED_KEPT_MS)
+end
 """.replace("ENDED_KEPT_MS", str(ENDED_KEPT_MS))
 
-# KEYS meta history state index ended; ARGV member, ttl_ms. Deletes before it writes, so it
-# runs even when Redis is out of memory: an end frees more than its tombstone takes.
+# KEYS meta history state index ended erased; ARGV member, ttl_ms. Deletes before it writes,
+# so it runs even when Redis is out of memory: an end frees more than its tombstone takes.
 END = (
     _NOW
     + _ENDED
@@ -234,6 +250,7 @@ END = (
 local id = redis.call('HGET', KEYS[1], 'id')
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
+erased(now, tonumber(ARGV[2]))
 if not id then return 0 end
 tombstone(id, tonumber(ARGV[2]))
 return 1
@@ -247,7 +264,7 @@ return 1
 # had then, which this replica's copy had missed (ended and started again elsewhere): ended
 # too, as an end on Redis would have (in the end's millisecond too: an erase errs on erasing).
 # Another id created since is a conversation started after the end: it stays.
-# KEYS meta history state index ended; ARGV member, id, ttl_ms, ended_ms
+# KEYS meta history state index ended erased; ARGV member, id, ttl_ms, ended_ms
 END_WRITTEN_BACK = (
     _NOW
     + _ENDED
@@ -264,17 +281,19 @@ elseif held then
   outcome = -2
 end
 tombstone(ARGV[2], ttl)
+erased(tonumber(ARGV[4]), ttl)
 return outcome
 """
 )
 
 # Write a whole conversation unless Redis already holds the same or a higher version
-# (write-back after an outage, and import). KEYS meta history state index ended;
+# (write-back after an outage, and import). KEYS meta history state index ended erased;
 # ARGV id, version, created, updated, expire_ms, member, n_history, n_state,
 #      write-back (1: Redis holding another id is a conflict, 'other', as versions restart with
 #      every id; the same version with the same history and state is 'same', keeping the
-#      later expiry, as a touch during an outage may have set; and an ended id is 'ended',
-#      never written again), history…, state…
+#      later expiry, as a touch during an outage may have set; and an ended id, or one
+#      created before its user's conversation was last ended, is 'ended', never written
+#      again), history…, state…
 PUT = (
     "#!lua\n"
     + _NOW
@@ -286,6 +305,8 @@ local version, expire = tonumber(ARGV[2]), tonumber(ARGV[5])
 if ARGV[9] == '1' then
   local ended = redis.call('ZSCORE', KEYS[5], ARGV[1])
   if ended and tonumber(ended) > now then return {'ended', current} end
+  local erased = tonumber(redis.call('ZSCORE', KEYS[6], redis.sha1hex(ARGV[6])))
+  if erased and tonumber(ARGV[3]) < erased then return {'ended', current} end
 end
 if meta[1] and meta[1] ~= ARGV[1] then
   -- Another conversation: versions restart with every id and say nothing across ids. A
@@ -444,7 +465,7 @@ class RedisStore:
 
     @staticmethod
     def _keys_and_ended(key: ConversationKey) -> list[str]:
-        return [*key.redis_keys(), ended_key(key)]
+        return [*key.redis_keys(), ended_key(key), erased_key(key)]
 
     async def end(self, key: ConversationKey) -> bool:
         keys = self._keys_and_ended(key)
@@ -463,7 +484,8 @@ class RedisStore:
         on write-back, Redis holding this very copy (history and state) is 'same'.
         When Redis holds another conversation (another id): on write-back 'other', nothing
         written; on import 'newer' unless this one was updated later, which then replaces it.
-        On write-back, a conversation ended meanwhile is 'ended', nothing written."""
+        On write-back, a conversation ended meanwhile, or created before its user's conversation
+        was last ended, is 'ended', nothing written."""
         key = conversation.key
         args: list[Any] = [
             conversation.id,

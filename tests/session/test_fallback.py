@@ -402,6 +402,74 @@ async def test_an_outage_end_ends_the_conversation_its_replica_had_missed(
             await client.aclose()
 
 
+async def test_an_end_keeps_out_every_copy_of_the_user_s_conversation_made_before_it(
+    valkey: Valkey,
+) -> None:
+    """Replica B, in an outage, went on with conversation X from its copy while X expired in
+    Redis; through A the user then ended (erased) X: Redis held nothing, the end kept no id
+    out, and B's write-back put X, messages and state, back. The same for a conversation B
+    started from memory before the end while Redis still held the old one (the end kept out
+    only that one's id). Now an end keeps out every conversation of the user created before it;
+    one started after it is written back as usual."""
+    url = f"redis://127.0.0.1:{valkey.port}/8"
+    client_a, client_b = make_client(url), make_client(url)
+    a, b = (
+        SessionStore(
+            RedisStore(client, ttl_seconds=60, history_limit=10),
+            MemoryStore(max_conversations=10, ttl_seconds=60, history_limit=10),
+            fallback="memory",
+            probe_seconds=3600,  # the test writes back itself
+        )
+        for client in (client_a, client_b)
+    )
+    expired = ConversationKey("erased-biz", "+15550000001", "client")
+    started = ConversationKey("erased-biz", "+15550000002", "client")
+    after = ConversationKey("erased-biz", "+15550000003", "client")
+    update = {"append": [encode_message("user", "hello", 0)], "set_state": {}}
+    update |= {"remove_state": [], "expected_version": None}
+    raw = redis.Redis(port=valkey.port, db=8)
+    try:
+        for key in (expired, started, after):
+            await b.update(key, **update)  # type: ignore[arg-type]
+        b.enter_outage(ConnectionError("test: pretend B lost Redis"))
+        continued, _ = await b.update(expired, **update)  # type: ignore[arg-type]
+        assert continued.version == 2
+        # X expires in Redis: its keys go as a TTL running out takes them.
+        for name in expired.redis_keys()[:3]:
+            raw.pexpire(name, 1)
+        assert wait_for(lambda: not raw.exists(*expired.redis_keys()[:3]), 5)
+        # B's copy of the other one expires in its memory: the user's next turn starts anew.
+        b.memory.forget(started)
+        _, created = await b.update(started, **update)  # type: ignore[arg-type]
+        assert created
+        await asyncio.sleep(0.002)  # the ends are of a later millisecond
+        assert not await a.end(expired)  # Redis holds nothing for X any more
+        assert await a.end(started) and await a.end(after)
+        await asyncio.sleep(0.002)  # B's conversation below starts after the end
+        b.memory.forget(after)
+        later, created = await b.update(after, **update)  # type: ignore[arg-type]
+        assert created
+        discarded = metrics.WRITEBACK_DISCARDED._value.get()
+
+        await b._write_back()
+
+        assert await a.redis.load(expired) is None
+        assert await a.redis.load(started) is None
+        kept = await a.redis.load(after)
+        assert kept is not None and kept.id == later.id
+        assert metrics.WRITEBACK_DISCARDED._value.get() - discarded == 2
+        assert b.memory.pending == 0 and b.writebacks_total == 1
+        # No number in Redis for the ends: a digest of each user's key.
+        members = raw.zrange(f"conversation-erased:{expired.tag}", 0, -1)
+        assert members and not any(b"1555" in m for m in members)
+    finally:
+        raw.close()
+        for store in (a, b):
+            await store.close()
+        for client in (client_a, client_b):
+            await client.aclose()
+
+
 @pytest.mark.parametrize("during", ["put", "end_written_back"])
 async def test_write_back_keeps_a_conversation_started_while_its_old_one_was_written(
     valkey: Valkey, during: str

@@ -18,7 +18,7 @@ from parley.session.v1.session_pb2_grpc import SessionServiceStub
 from services.common.clients import make_channel
 from services.common.errors import error_info, field_violations
 from services.session.convert import MAX_APPEND, MAX_CONTENT, MAX_PROVIDER_ID, MAX_STATE_VALUE_BYTES
-from services.session.model import MAX_STATE_BYTES
+from services.session.model import MAX_STATE_BYTES, ConversationKey, erased_key
 from services.session.settings import SessionSettings
 from tests.session.conftest import (
     SERVICE,
@@ -459,6 +459,10 @@ def test_redis_out_of_memory_refuses_writes_by_name_and_changes_nothing(tmp_path
             ended = stub.EndConversation(pb.EndConversationRequest(key=erased), timeout=5)
             assert ended.ended and db.keys("conversation-ended:{oom-biz:*}")
             assert not db.keys("conversation:{oom-biz:*}:*:meta")[1:]  # only the first one
+            # One that finds nothing (expired) runs too: it records when the user's ended.
+            missing = new_key("oom-biz")
+            assert not stub.EndConversation(pb.EndConversationRequest(key=missing)).ended
+            assert db.exists(erased_key(ConversationKey("oom-biz", missing.user_id, "client")))
 
             db.config_set("maxmemory", 0)
             again = stub.UpdateConversation(
