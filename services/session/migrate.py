@@ -3,6 +3,7 @@
     python -m services.session.migrate legacy --business-id ID [--dry-run] [--ttl SECONDS]
     python -m services.session.migrate export [--output FILE] [--business-id ID]
     python -m services.session.migrate import [--input FILE] [--dry-run] [--ttl SECONDS]
+                                              [--restore-ended]
 
 ``--redis-url`` (before the command) overrides ``SESSION_REDIS_URL`` / ``REDIS_URL``. Every
 command prints what it did (or, with ``--dry-run``, would do) as counts, shows a progress bar
@@ -62,6 +63,7 @@ LEGACY_PREFIXES: dict[str, Role] = {"chat:customer:": "client", "admin:context:"
 LEGACY_KEEP_SECONDS = 7 * 24 * 3600
 PROGRESS_MIN_ITEMS = 50  # shorter runs finish before a bar would help
 NEWER = "skipped: Redis holds a conversation updated later"
+ENDED = "skipped: ended since (--restore-ended writes it)"
 
 
 @dataclass
@@ -400,8 +402,10 @@ async def import_lines(
     history_limit: int,
     report: Report,
     show_progress: bool = True,
+    restore_ended: bool = False,
 ) -> Report:
-    """Each conversation is written unless Redis holds the same or a higher version."""
+    """Each conversation is written unless Redis holds the same or a higher version, or an end
+    (an erase) since keeps it out (unless ``restore_ended``)."""
     now = int(time.time() * 1000)
     with progress(len(lines), "import", show_progress) as advance:
         for number, line in enumerate(lines, 1):
@@ -424,7 +428,9 @@ async def import_lines(
                 continue
             if dry_run:
                 current = await store.load(conversation.key)
-                if current is not None and current.id != conversation.id:
+                if not restore_ended and await store.kept_out(conversation):
+                    report.counts[ENDED] += 1
+                elif current is not None and current.id != conversation.id:
                     if current.updated_ms >= conversation.updated_ms:
                         report.counts[NEWER] += 1
                     else:
@@ -434,13 +440,16 @@ async def import_lines(
                 else:
                     report.counts["would write"] += 1
                 continue
-            outcome, _ = await store.put(conversation, write_back=False)
+            outcome, _ = await store.put(
+                conversation, write_back=False, restore_ended=restore_ended
+            )
             report.counts[
                 {
                     "written": "written",
                     "kept": "skipped: Redis has this version or newer",
                     "expired": "skipped: expired",
                     "newer": NEWER,
+                    "ended": ENDED,
                 }[outcome]
             ] += 1
     return report
@@ -467,6 +476,11 @@ def parser() -> argparse.ArgumentParser:
     into.add_argument("--input", default="-", help="file (default: standard input)")
     into.add_argument("--dry-run", action="store_true", help="write nothing; print counts")
     into.add_argument("--ttl", type=int, help="give each a fresh TTL of this many seconds")
+    into.add_argument(
+        "--restore-ended",
+        action="store_true",
+        help="also write conversations ended (erased) since the export",
+    )
     return cli
 
 
@@ -508,6 +522,7 @@ async def run(
             history_limit=settings.session_history_limit,
             report=report,
             show_progress=show,
+            restore_ended=args.restore_ended,
         )
     finally:
         await client.aclose()

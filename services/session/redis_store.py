@@ -286,27 +286,39 @@ return outcome
 """
 )
 
+# Whether a write-back or an import of a conversation is kept out by an end (see _ENDED): its id
+# ended lately, or created before its user's conversation was last ended.
+_KEPT_OUT = """
+local function kept_out(id, created, member)
+  local ended = redis.call('ZSCORE', KEYS[5], id)
+  if ended and tonumber(ended) > now then return true end
+  local erased = tonumber(redis.call('ZSCORE', KEYS[6], redis.sha1hex(member)))
+  return erased ~= nil and created < erased
+end
+"""
+
+# KEYS as PUT's; ARGV id, created, member: 1 when PUT would answer 'ended' (an import's dry run).
+KEPT_OUT = _NOW + _KEPT_OUT + "return kept_out(ARGV[1], tonumber(ARGV[2]), ARGV[3]) and 1 or 0"
+
 # Write a whole conversation unless Redis already holds the same or a higher version
 # (write-back after an outage, and import). KEYS meta history state index ended erased;
 # ARGV id, version, created, updated, expire_ms, member, n_history, n_state,
-#      write-back (1: Redis holding another id is a conflict, 'other', as versions restart with
-#      every id; the same version with the same history and state is 'same', keeping the
-#      later expiry, as a touch during an outage may have set; and an ended id, or one
-#      created before its user's conversation was last ended, is 'ended', never written
-#      again), history…, state…
+#      mode (1 write-back: Redis holding another id is a conflict, 'other', as versions restart
+#      with every id; the same version with the same history and state is 'same', keeping the
+#      later expiry, as a touch during an outage may have set. 0 import. On both, a
+#      conversation an end keeps out (_KEPT_OUT) is 'ended', not written; 2 import that writes
+#      it all the same, and undoes the end for later write-backs), history…, state…
 PUT = (
     "#!lua\n"
     + _NOW
     + _INDEX
+    + _KEPT_OUT
     + """
 local meta = redis.call('HMGET', KEYS[1], 'id', 'v', 'u')
 local current = tonumber(meta[2]) or 0
 local version, expire = tonumber(ARGV[2]), tonumber(ARGV[5])
-if ARGV[9] == '1' then
-  local ended = redis.call('ZSCORE', KEYS[5], ARGV[1])
-  if ended and tonumber(ended) > now then return {'ended', current} end
-  local erased = tonumber(redis.call('ZSCORE', KEYS[6], redis.sha1hex(ARGV[6])))
-  if erased and tonumber(ARGV[3]) < erased then return {'ended', current} end
+if ARGV[9] ~= '2' and kept_out(ARGV[1], tonumber(ARGV[3]), ARGV[6]) then
+  return {'ended', current}
 end
 if meta[1] and meta[1] ~= ARGV[1] then
   -- Another conversation: versions restart with every id and say nothing across ids. A
@@ -348,6 +360,11 @@ if ns > 0 then redis.call('HSET', KEYS[3], unpack(ARGV, 10 + nh, 9 + nh + 2 * ns
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'v', version, 'c', ARGV[3], 'u', ARGV[4])
 expire_all(expire)
 index(expire, expire - now, ARGV[6])
+if ARGV[9] == '2' then
+  -- An end undone on purpose: write-backs of the restored conversation are taken again.
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('ZREM', KEYS[6], redis.sha1hex(ARGV[6]))
+end
 return {'written', current}
 """
 )
@@ -374,6 +391,7 @@ class RedisStore:
         self._end: AsyncScript = client.register_script(END)
         self._put: AsyncScript = client.register_script(PUT)
         self._end_written_back: AsyncScript = client.register_script(END_WRITTEN_BACK)
+        self._kept_out: AsyncScript = client.register_script(KEPT_OUT)
         self._pipeline = AutoPipeline(client)
 
     @staticmethod
@@ -479,13 +497,16 @@ class RedisStore:
         args: list[str | int] = [key.member, cid, self.ttl_ms, ended_ms]
         return int(await self._end_written_back(keys=self._keys_and_ended(key), args=args))
 
-    async def put(self, conversation: Conversation, *, write_back: bool = True) -> tuple[str, int]:
+    async def put(
+        self, conversation: Conversation, *, write_back: bool = True, restore_ended: bool = False
+    ) -> tuple[str, int]:
         """Write unless Redis has this version or newer: ('written'|'kept'|'expired', theirs);
         on write-back, Redis holding this very copy (history and state) is 'same'.
         When Redis holds another conversation (another id): on write-back 'other', nothing
         written; on import 'newer' unless this one was updated later, which then replaces it.
-        On write-back, a conversation ended meanwhile, or created before its user's conversation
-        was last ended, is 'ended', nothing written."""
+        A conversation ended lately, or created before its user's conversation was last ended,
+        is 'ended', nothing written (an erase is not undone by a write-back or a restore);
+        ``restore_ended`` (an import only) writes it all the same."""
         key = conversation.key
         args: list[Any] = [
             conversation.id,
@@ -496,7 +517,7 @@ class RedisStore:
             key.member,
             len(conversation.history),
             len(conversation.state),
-            "1" if write_back else "0",
+            "1" if write_back else "2" if restore_ended else "0",
             *conversation.history,
         ]
         for name, value in conversation.state.items():
@@ -504,6 +525,12 @@ class RedisStore:
             args.append(value)
         outcome, current = await self._put(keys=self._keys_and_ended(key), args=args)
         return _text(outcome), int(current)
+
+    async def kept_out(self, conversation: Conversation) -> bool:
+        """Whether :meth:`put` would answer 'ended' (for a dry run)."""
+        key = conversation.key
+        args: list[str | int] = [conversation.id, conversation.created_ms, key.member]
+        return bool(await self._kept_out(keys=self._keys_and_ended(key), args=args))
 
     async def list_page(
         self, business_id: str, role: Role | None, page_size: int, cursor: Cursor

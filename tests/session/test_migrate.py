@@ -485,7 +485,7 @@ async def test_restoring_an_old_backup_never_replaces_a_newer_conversation(
         assert migrate(url, "export", "--output", str(dump)).returncode == 0
         (record,) = [json.loads(line) for line in dump.read_text().splitlines()]
         assert record["version"] == 4
-        await store.end(key)
+        await client.delete(*key.redis_keys()[:3])  # gone by its TTL (an end would keep it out)
         await asyncio.sleep(0.01)
         await store.get(key, create=True, new_id="the-new-one")
 
@@ -501,5 +501,54 @@ async def test_restoring_an_old_backup_never_replaces_a_newer_conversation(
         dump.write_text(json.dumps(record) + "\n")
         assert counts(migrate(url, "import", "--input", str(dump))) == {"written": 1}
         assert (await store.load(key)).id == "backed-up"  # type: ignore[union-attr]
+    finally:
+        await client.aclose()
+
+
+async def test_restoring_a_backup_never_brings_back_an_erased_conversation(
+    legacy_db: tuple[redis.Redis, str], tmp_path: Path
+) -> None:
+    """An export taken before an erase (``EndConversation``), imported again, wrote the erased
+    conversation back, messages and state: an erase is a privacy action, and a restore from
+    last night's backup undid it. Now the import skips it (counted, in the dry run too) while
+    Redis keeps the end (a TTL and a day); ``--restore-ended`` writes it all the same."""
+    _, url = legacy_db
+    erased = ConversationKey("acme", "+15551110201", "client")
+    expired = ConversationKey("acme", "+15551110202", "client")
+    kept = ConversationKey("acme", "+15551110203", "client")
+    client = make_client(url)
+    try:
+        store = RedisStore(client, ttl_seconds=900, history_limit=10)
+        for key in (erased, expired, kept):
+            await store.update(
+                key,
+                append=[],
+                set_state={"secret": b'"card 4111"'},
+                remove_state=[],
+                expected_version=None,
+                new_id=f"id-{key.user_id}",
+            )
+        dump = tmp_path / "backup.jsonl"
+        assert migrate(url, "export", "--output", str(dump)).returncode == 0
+        assert await store.end(erased)
+        # Gone from Redis by its TTL before the erase: the end finds nothing to delete.
+        await client.delete(*expired.redis_keys()[:3])
+        assert not await store.end(expired)
+
+        dry = migrate(url, "import", "--input", str(dump), "--dry-run")
+        real = migrate(url, "import", "--input", str(dump))
+        skipped = "skipped: ended since (--restore-ended writes it)"
+        expect = {skipped: 2, "skipped: Redis has this version or newer": 1}
+        assert counts(dry) == counts(real) == expect, real.stderr.decode()
+        assert real.returncode == 0
+        assert await store.load(erased) is None and await store.load(expired) is None
+
+        again = migrate(url, "import", "--input", str(dump), "--restore-ended")
+        assert counts(again) == {"written": 2, "skipped: Redis has this version or newer": 1}
+        restored = await store.load(erased)
+        assert restored is not None and restored.state == {"secret": b'"card 4111"'}
+        # The end is undone: a replica's outage writes to the restored one are written back.
+        restored.version += 1
+        assert await store.put(restored) == ("written", 1)
     finally:
         await client.aclose()
