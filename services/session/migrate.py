@@ -36,13 +36,16 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+from google.protobuf.message import DecodeError
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from parley.session.v1 import session_pb2
 from services.common.redis_client import RedisClient, make_client
 from services.common.settings import ConfigurationError, configuring, load_settings, refuse_to_start
+from services.common.struct_values import python_to_value
 from services.session.convert import MAX_CONTENT, MAX_ID
 from services.session.model import (
     ROLES,
@@ -62,6 +65,9 @@ from services.session.settings import SessionSettings
 LEGACY_PREFIXES: dict[str, Role] = {"chat:customer:": "client", "admin:context:": "admin"}
 LEGACY_KEEP_SECONDS = 7 * 24 * 3600
 PROGRESS_MIN_ITEMS = 50  # shorter runs finish before a bar would help
+# A reply nests a state value 4 messages deep, and each JSON list in it 2 more, each object 3:
+# with fewer brackets than this no value can pass protobuf's 100 levels (see _replies).
+SHALLOW_BRACKETS = 32
 NEWER = "skipped: Redis holds a conversation updated later"
 ENDED = "skipped: ended since (--restore-ended writes it)"
 
@@ -217,12 +223,32 @@ def parse_legacy(value: object, now: int) -> tuple[list[bytes], dict[str, bytes]
 
 
 def _check_state(state: dict[str, bytes]) -> None:
-    """ValueError for a state past the service's bounds: every get of it would fail (a reply
-    past gRPC's 4 MiB), and no part of a state can be dropped safely for it."""
+    """ValueError for a state past the service's bounds, or with a value nested deeper than a
+    reply can carry: every get of it would fail (a reply past gRPC's 4 MiB, or one protobuf
+    will not read), and no part of a state can be dropped safely for it."""
     try:
         check_state_bounds({}, state)
     except StateTooLarge as error:
         raise ValueError(error.message) from None
+    for name, raw in state.items():
+        if raw.count(b"[") + raw.count(b"{") >= SHALLOW_BRACKETS and not _replies(name, raw):
+            raise ValueError(
+                f"state key {name[:40]!r} is nested deeper than a reply can carry "
+                "(protobuf reads 100 levels: a JSON list takes 2, an object 3)"
+            )
+
+
+def _replies(name: str, raw: bytes) -> bool:
+    """Whether a reply holding this state value can be read: protobuf refuses a message nested
+    past 100 levels, so a deeper value made every get and update of its conversation fail
+    (INTERNAL) on the caller's side until it expired."""
+    reply = session_pb2.GetConversationResponse()
+    try:
+        python_to_value(orjson.loads(raw), reply.conversation.state[name])
+        session_pb2.GetConversationResponse.FromString(reply.SerializeToString())
+    except (DecodeError, RecursionError):
+        return False
+    return True
 
 
 def _hash_value(fields: dict[Any, Any]) -> dict[str, Any]:

@@ -552,3 +552,54 @@ async def test_restoring_a_backup_never_brings_back_an_erased_conversation(
         assert await store.put(restored) == ("written", 1)
     finally:
         await client.aclose()
+
+
+def nested(depth: int, container: str) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value] if container == "list" else {"a": value}
+    return value
+
+
+async def test_import_refuses_a_state_nested_deeper_than_a_reply_can_carry(
+    session_redis_url: str,
+    stub: session_pb2_grpc.SessionServiceStub,
+    legacy_db: tuple[redis.Redis, str],
+) -> None:
+    """protobuf reads a message nested at most 100 levels deep, and a state value's JSON list
+    costs a reply two levels, an object three: a dump whose state held a list 49 deep (or an
+    object 33 deep) was imported, and every get and update of that conversation then failed
+    with INTERNAL ("Exception deserializing response") until it expired."""
+    now = int(time.time() * 1000)
+    users = [f"+1888{now % 10**8:08d}{n}" for n in range(4)]
+    states = [nested(48, "list"), nested(32, "object"), nested(49, "list"), nested(33, "object")]
+    lines = []
+    for user, state in zip(users, states, strict=True):
+        record = {
+            "business_id": "deep", "user_id": user, "role": "client", "id": f"id-{user}",
+            "version": 1, "created_ms": now, "updated_ms": now, "expire_ms": now + 600_000,
+            "history": [], "state": {"plan": state},
+        }  # fmt: skip
+        lines.append(orjson.dumps(record))
+    result = migrate(session_redis_url, "import", stdin=b"\n".join(lines))
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert counts(result) == {"written": 2, "invalid lines": 2}, err
+    assert "line 3: " in err and "line 4: " in err and "nested" in err, err
+    for n, user in enumerate(users):
+        key = session_pb2.ConversationKey(
+            business_id="deep", user_id=user, role=session_pb2.CONVERSATION_ROLE_CLIENT
+        )
+        if n >= 2:
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await stub.GetConversation(session_pb2.GetConversationRequest(key=key))
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+            continue
+        got = await stub.GetConversation(session_pb2.GetConversationRequest(key=key))
+        assert got.conversation.state["plan"].WhichOneof("kind") in ("list_value", "struct_value")
+
+    db, url = legacy_db
+    db.set("chat:customer:+15551110301", orjson.dumps({"plan": nested(49, "list")}))
+    legacy = migrate(url, "legacy", "--business-id", "acme")
+    assert counts(legacy)["skipped: unreadable"] == 1, legacy.stderr.decode()
+    assert await load(url, "+15551110301") is None
