@@ -217,7 +217,10 @@ def parse_legacy(value: object, now: int) -> tuple[list[bytes], dict[str, bytes]
     state_source = value.get("state")
     if not isinstance(state_source, dict):
         state_source = {k: v for k, v in value.items() if k not in ("history", "messages", "state")}
-    state = {str(k): orjson.dumps(v) for k, v in state_source.items()}
+    try:
+        state = {str(k): orjson.dumps(v) for k, v in state_source.items()}
+    except orjson.JSONEncodeError as error:  # nested past orjson's 254 levels: a TypeError
+        raise ValueError(f"state: {error}") from None
     _check_state(state)
     return history, state
 

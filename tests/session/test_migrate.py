@@ -603,3 +603,24 @@ async def test_import_refuses_a_state_nested_deeper_than_a_reply_can_carry(
     legacy = migrate(url, "legacy", "--business-id", "acme")
     assert counts(legacy)["skipped: unreadable"] == 1, legacy.stderr.decode()
     assert await load(url, "+15551110301") is None
+
+
+async def test_legacy_survives_a_value_nested_past_what_json_writing_takes(
+    legacy_db: tuple[redis.Redis, str],
+) -> None:
+    """A legacy value is read with orjson (1,024 levels) and its state written again with it
+    (254 levels): one value nested 300 deep stopped the whole run, dry run included, with a
+    traceback. Now it is an unreadable key, listed and left as it was."""
+    db, url = legacy_db
+    db.set("chat:customer:+15551110401", b'{"plan": ' + b"[" * 300 + b"1" + b"]" * 300 + b"}")
+    db.hset("admin:context:+15551110402", "plan", b"[" * 300 + b"1" + b"]" * 300)
+    db.set("chat:customer:+15551110403", orjson.dumps({"plan": [1]}))
+    for args in (("--dry-run",), ()):
+        result = migrate(url, "legacy", "--business-id", "acme", *args)
+        err = result.stderr.decode()
+        assert result.returncode == 0 and "Traceback" not in err, err
+        assert counts(result)["skipped: unreadable"] == 2, err
+        assert "chat:customer:+15551110401" in err and "admin:context:+15551110402" in err, err
+    assert await load(url, "+15551110401") is None
+    assert await load(url, "+15551110403") is not None
+    assert db.ttl("chat:customer:+15551110401") == -1
