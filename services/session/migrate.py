@@ -60,7 +60,7 @@ from services.session.model import (
     new_conversation_id,
 )
 from services.session.redis_store import RedisStore
-from services.session.settings import SessionSettings
+from services.session.settings import MAX_TTL_SECONDS, SessionSettings
 
 LEGACY_PREFIXES: dict[str, Role] = {"chat:customer:": "client", "admin:context:": "admin"}
 LEGACY_KEEP_SECONDS = 7 * 24 * 3600
@@ -562,8 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     args = cli.parse_args(argv)
     if args.command == "legacy" and not 0 < len(args.business_id) <= MAX_ID:
         cli.error("--business-id must be 1-128 characters")
-    if getattr(args, "ttl", None) is not None and args.ttl <= 0:
-        cli.error("--ttl must be a positive number of seconds")
+    if getattr(args, "ttl", None) is not None and not 0 < args.ttl <= MAX_TTL_SECONDS:
+        # As REDIS_TTL_SECONDS: an expiry ages away, and past the year 9999 no reply carries it.
+        cli.error(f"--ttl must be 1 to {MAX_TTL_SECONDS} seconds (30 days)")
     settings = load_settings(SessionSettings)
     report = Report(args.command, getattr(args, "dry_run", False))
     output: IO[bytes] | None = None

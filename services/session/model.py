@@ -233,9 +233,9 @@ class Conversation:
                 history=[_stored_message(m) for m in history],
                 state={str(k): orjson.dumps(v) for k, v in state.items()},
                 version=_whole(record["version"], "version", 1),
-                created_ms=_whole(record["created_ms"], "created_ms"),
-                updated_ms=_whole(record["updated_ms"], "updated_ms"),
-                expire_ms=_whole(record["expire_ms"], "expire_ms"),
+                created_ms=_time(record["created_ms"], "created_ms"),
+                updated_ms=_time(record["updated_ms"], "updated_ms"),
+                expire_ms=_time(record["expire_ms"], "expire_ms"),
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"bad conversation record: {error}") from None
@@ -243,6 +243,9 @@ class Conversation:
 
 # Redis's Lua numbers are doubles: a version past this would not count on exactly.
 MAX_WHOLE = 2**53 - 1
+# The last millisecond of the year 9999: replies carry times as google.protobuf.Timestamp, which
+# ends there (json_format, the admin API's view of a conversation, refuses a later one).
+MAX_TIME_MS = 253_402_300_799_999
 
 
 def _text(value: object, name: str) -> str:
@@ -254,6 +257,12 @@ def _text(value: object, name: str) -> str:
 def _whole(value: object, name: str, low: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_WHOLE:
         raise ValueError(f"{name} must be a whole number from {low} to 2**53 - 1")
+    return value
+
+
+def _time(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIME_MS:
+        raise ValueError(f"{name} must be whole milliseconds from 1970 to the year 9999")
     return value
 
 
@@ -335,7 +344,7 @@ def _stored_message(message: object) -> bytes:
     if role is None or not isinstance(content, str):
         raise ValueError("history entry needs r (u, a or s) and c (text)")
     return encode_message(
-        role, content, _whole(message.get("t", 0), "t"), _text(message.get("p", ""), "p")
+        role, content, _time(message.get("t", 0), "t"), _text(message.get("p", ""), "p")
     )
 
 

@@ -8,6 +8,8 @@ from pydantic import Field
 
 from services.common.settings import CommonSettings
 
+MAX_TTL_SECONDS = 30 * 24 * 3600  # REDIS_TTL_SECONDS's bound, and the migration's --ttl
+
 
 class SessionSettings(CommonSettings):
     session_port: int = Field(default=50051, ge=0, le=65535)
@@ -15,7 +17,7 @@ class SessionSettings(CommonSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     session_redis_url: str | None = None  # overrides REDIS_URL for this service
     # Conversation TTL, restarted by every write and touch (the guides' name and default).
-    redis_ttl_seconds: int = Field(default=900, ge=1, le=30 * 24 * 3600)
+    redis_ttl_seconds: int = Field(default=900, ge=1, le=MAX_TTL_SECONDS)
     # At most 1,000: the largest reply then fits services.common.clients.MAX_REPLY_BYTES.
     session_history_limit: int = Field(default=10, ge=1, le=1000)
     # memory: serve from a bounded in-process store while Redis is down; off: UNAVAILABLE.

@@ -17,6 +17,7 @@ import grpc
 import orjson
 import pytest
 import redis
+from google.protobuf import json_format
 
 from parley.session.v1 import session_pb2, session_pb2_grpc
 from services.common.redis_client import make_client
@@ -624,3 +625,45 @@ async def test_legacy_survives_a_value_nested_past_what_json_writing_takes(
     assert await load(url, "+15551110401") is None
     assert await load(url, "+15551110403") is not None
     assert db.ttl("chat:customer:+15551110401") == -1
+
+
+async def test_import_refuses_times_past_what_a_timestamp_holds(
+    session_redis_url: str, stub: session_pb2_grpc.SessionServiceStub
+) -> None:
+    """A time was whole milliseconds up to 2**53 - 1 for the import, but a reply carries it as a
+    ``google.protobuf.Timestamp``, which ends with the year 9999: a message time or an expiry
+    past it (a dump in microseconds) was imported, and the admin API's view of the session
+    (``json_format.MessageToDict``) then failed on every read of it. ``--ttl`` was unbounded
+    and could give the same."""
+    now = int(time.time() * 1000)
+    user = f"+1999{now % 10**8:08d}"
+    good = {
+        "business_id": "times", "user_id": user, "role": "client", "id": "c1", "version": 1,
+        "created_ms": now, "updated_ms": now, "expire_ms": now + 600_000,
+        "history": [{"r": "u", "c": "hi", "t": now}], "state": {},
+    }  # fmt: skip
+    micro = now * 1000  # a dump written in microseconds: the year 58,000 or so
+    bad = [
+        {"history": [{"r": "u", "c": "hi", "t": micro}]},
+        {"created_ms": micro},
+        {"updated_ms": micro},
+        {"expire_ms": micro},
+    ]
+    lines = [
+        orjson.dumps({**good, **change, "user_id": f"{user}{n}"}) for n, change in enumerate(bad)
+    ] + [orjson.dumps(good)]
+    result = migrate(session_redis_url, "import", stdin=b"\n".join(lines))
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert counts(result) == {"invalid lines": len(bad), "written": 1}, err
+    for name in ("t", "created_ms", "updated_ms", "expire_ms"):
+        assert f"{name} must be" in err, err
+    key = session_pb2.ConversationKey(
+        business_id="times", user_id=user, role=session_pb2.CONVERSATION_ROLE_CLIENT
+    )
+    got = await stub.GetConversation(session_pb2.GetConversationRequest(key=key))
+    assert json_format.MessageToDict(got.conversation)["history"][0]["content"] == "hi"
+
+    for command in ("import", "legacy --business-id acme"):
+        too_long = migrate(session_redis_url, *command.split(), "--ttl", str(10**12))
+        assert too_long.returncode == 2 and "--ttl" in too_long.stderr.decode()
