@@ -69,6 +69,7 @@ PROGRESS_MIN_ITEMS = 50  # shorter runs finish before a bar would help
 # with fewer brackets than this no value can pass protobuf's 100 levels (see _replies).
 SHALLOW_BRACKETS = 32
 NEWER = "skipped: Redis holds a conversation updated later"
+KEPT = "skipped: Redis has this version or newer"
 ENDED = "skipped: ended since (--restore-ended writes it)"
 
 
@@ -422,6 +423,32 @@ def _servable(conversation: Conversation, history_limit: int, report: Report) ->
                 report.counts[f"messages cut to {MAX_CONTENT} characters"] += 1
 
 
+async def _would(
+    store: RedisStore,
+    conversation: Conversation,
+    planned: dict[ConversationKey, tuple[str, int, int]],
+    restore_ended: bool,
+) -> str:
+    """What the import's put would do with this line, as PUT decides, given what the lines
+    before it would have written ((id, version, updated) by key): a dry run writes nothing, so
+    Redis alone would not know of a conversation that a file holds twice."""
+    if not restore_ended and await store.kept_out(conversation):
+        return ENDED
+    key = conversation.key
+    held = planned.get(key)
+    if held is None:
+        current = await store.load(key)
+        if current is not None:
+            held = (current.id, current.version, current.updated_ms)
+    if held is not None and held[0] != conversation.id:
+        if held[2] >= conversation.updated_ms:
+            return NEWER
+    elif held is not None and held[1] >= conversation.version:
+        return KEPT
+    planned[key] = (conversation.id, conversation.version, conversation.updated_ms)
+    return "would write"
+
+
 async def import_lines(
     store: RedisStore,
     lines: list[bytes],
@@ -436,6 +463,7 @@ async def import_lines(
     """Each conversation is written unless Redis holds the same or a higher version, or an end
     (an erase) since keeps it out (unless ``restore_ended``)."""
     now = int(time.time() * 1000)
+    planned: dict[ConversationKey, tuple[str, int, int]] = {}  # a dry run's writes so far
     with progress(len(lines), "import", show_progress) as advance:
         for number, line in enumerate(lines, 1):
             if report.interrupted:
@@ -456,18 +484,7 @@ async def import_lines(
                 report.counts["skipped: expired"] += 1
                 continue
             if dry_run:
-                current = await store.load(conversation.key)
-                if not restore_ended and await store.kept_out(conversation):
-                    report.counts[ENDED] += 1
-                elif current is not None and current.id != conversation.id:
-                    if current.updated_ms >= conversation.updated_ms:
-                        report.counts[NEWER] += 1
-                    else:
-                        report.counts["would write"] += 1
-                elif current is not None and current.version >= conversation.version:
-                    report.counts["skipped: Redis has this version or newer"] += 1
-                else:
-                    report.counts["would write"] += 1
+                report.counts[await _would(store, conversation, planned, restore_ended)] += 1
                 continue
             outcome, _ = await store.put(
                 conversation, write_back=False, restore_ended=restore_ended
@@ -475,7 +492,7 @@ async def import_lines(
             report.counts[
                 {
                     "written": "written",
-                    "kept": "skipped: Redis has this version or newer",
+                    "kept": KEPT,
                     "expired": "skipped: expired",
                     "newer": NEWER,
                     "ended": ENDED,

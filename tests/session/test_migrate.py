@@ -667,3 +667,43 @@ async def test_import_refuses_times_past_what_a_timestamp_holds(
     for command in ("import", "legacy --business-id acme"):
         too_long = migrate(session_redis_url, *command.split(), "--ttl", str(10**12))
         assert too_long.returncode == 2 and "--ttl" in too_long.stderr.decode()
+
+
+def test_a_dry_run_counts_a_file_s_repeated_conversations_as_the_import_will(
+    legacy_db: tuple[redis.Redis, str],
+) -> None:
+    """Two dumps joined into one file hold some conversations twice: the dry run compared each
+    line with Redis alone and said "would write" for every copy, while the import writes the
+    first and skips a later copy that is not newer. Now the dry run counts each line against
+    what the lines before it would have written."""
+    db, url = legacy_db
+    now = int(time.time() * 1000)
+
+    def line(user: str, cid: str, version: int, updated_ms: int) -> bytes:
+        return orjson.dumps({
+            "business_id": "joined", "user_id": user, "role": "client", "id": cid,
+            "version": version, "created_ms": now - 60_000, "updated_ms": updated_ms,
+            "expire_ms": now + 600_000, "history": [], "state": {},
+        })  # fmt: skip
+
+    lines = [
+        line("+15551110501", "a", 1, now),
+        line("+15551110501", "a", 2, now),  # newer: written over the first
+        line("+15551110501", "a", 2, now),  # the same again: skipped
+        line("+15551110502", "b", 3, now),
+        line("+15551110502", "c", 1, now - 5),  # another id, updated before: skipped
+        line("+15551110502", "d", 1, now + 5),  # another id, updated after: written
+    ]
+    dump = b"\n".join(lines)
+    dry = migrate(url, "import", "--dry-run", stdin=dump)
+    assert db.dbsize() == 0
+    real = migrate(url, "import", stdin=dump)
+    expect = {
+        "written": 4,
+        "skipped: Redis has this version or newer": 1,
+        "skipped: Redis holds a conversation updated later": 1,
+    }
+    assert counts(real) == expect, real.stderr.decode()
+    dry_counts = counts(dry)
+    assert dry_counts.pop("would write") == expect.pop("written"), dry.stderr.decode()
+    assert dry_counts == expect, dry.stderr.decode()
