@@ -82,10 +82,14 @@ class Report:
     counts: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     interrupted: bool = False  # Ctrl-C: the run stops between two conversations
+    failed: bool = False  # an error (Redis gone, a file) stopped the run
 
     def render(self) -> str:
         how = "dry run, nothing written" if self.dry_run else "done"
-        if self.interrupted:
+        if self.failed:
+            how = "stopped by the error below, so only what is counted here"
+            how = f"dry run, nothing written; {how}" if self.dry_run else how
+        elif self.interrupted:
             how = f"{how}; interrupted, so only what is counted here"
         lines = [f"{self.command} ({how}):"]
         lines += [f"  {name}: {count}" for name, count in sorted(self.counts.items())]
@@ -609,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, RedisError, RedisClusterException) as error:
         # What the operator can act on (a path, a refused connection, a wrong password), not
         # a traceback; redis-py's messages name the host, never the URL's password.
+        report.failed = True
         print(report.render(), file=sys.stderr)
         print(f"error: {error or type(error).__name__}", file=sys.stderr)
         return 1

@@ -42,8 +42,13 @@ def migrate(url: str, *args: str, stdin: bytes | None = None) -> subprocess.Comp
 
 def counts(result: subprocess.CompletedProcess[bytes]) -> dict[str, int]:
     """The ``name: count`` lines of a run's report."""
+    return counts_of(result.stderr.decode())
+
+
+def counts_of(stderr: str) -> dict[str, int]:
+    """The ``name: count`` lines of a report."""
     out = {}
-    for line in result.stderr.decode().splitlines():
+    for line in stderr.splitlines():
         name, sep, value = line.strip().rpartition(": ")
         if sep and value.isdigit():
             out[name] = int(value)
@@ -331,11 +336,7 @@ def test_an_interrupted_import_says_what_it_did_and_a_re_run_finishes_it(
     err = raw_err.decode()
     assert running.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err, err
-    done_before = {
-        name: int(value)
-        for name, _, value in (line.strip().rpartition(": ") for line in err.splitlines())
-        if value.isdigit()
-    }
+    done_before = counts_of(err)
     assert 0 < done_before["written"] < 20_000, err
 
     again = migrate(url, "import", "--input", str(dump))
@@ -707,3 +708,39 @@ def test_a_dry_run_counts_a_file_s_repeated_conversations_as_the_import_will(
     dry_counts = counts(dry)
     assert dry_counts.pop("would write") == expect.pop("written"), dry.stderr.decode()
     assert dry_counts == expect, dry.stderr.decode()
+
+
+def test_an_import_that_loses_redis_half_way_says_it_stopped(
+    fresh_valkey: Valkey, tmp_path: Path
+) -> None:
+    """Redis going away in the middle of an import ended the report with "import (done):" and
+    the count written so far, then the error: read as a finished import that had one hiccup.
+    Now the report says the run stopped there, and a re-run carries on."""
+    now = int(time.time() * 1000)
+    dump = tmp_path / "many.jsonl"
+    with dump.open("wb") as out:
+        for n in range(20_000):
+            record = {
+                "business_id": "acme", "user_id": f"+1555{n:07d}", "role": "client",
+                "id": f"c{n}", "version": 1, "created_ms": now, "updated_ms": now,
+                "expire_ms": now + 600_000, "history": [], "state": {},
+            }  # fmt: skip
+            out.write(orjson.dumps(record) + b"\n")
+    db = fresh_valkey.client()
+    command = [sys.executable, "-m", "services.session.migrate", "--redis-url", fresh_valkey.url]
+    running = subprocess.Popen(
+        [*command, "import", "--input", str(dump)], cwd=ROOT, stderr=subprocess.PIPE
+    )
+    assert wait_for(lambda: db.dbsize() > 0, timeout=30, interval=0.01)
+    fresh_valkey.stop()
+    _, raw_err = running.communicate(timeout=60)
+    err = raw_err.decode()
+    assert running.returncode == 1, err
+    assert "Traceback" not in err and "error: " in err, err
+    assert "import (done)" not in err and "import (stopped by the error below" in err, err
+    assert 0 < counts_of(err)["written"] < 20_000, err
+
+    fresh_valkey.start()
+    again = migrate(fresh_valkey.url, "import", "--input", str(dump))
+    assert again.returncode == 0, again.stderr.decode()
+    assert sum(counts(again).values()) == 20_000
