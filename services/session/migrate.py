@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -68,6 +68,10 @@ PROGRESS_MIN_ITEMS = 50  # shorter runs finish before a bar would help
 # A reply nests a state value 4 messages deep, and each JSON list in it 2 more, each object 3:
 # with fewer brackets than this no value can pass protobuf's 100 levels (see _replies).
 SHALLOW_BRACKETS = 32
+# Far past the longest line an export writes (~26 MB: 1,000 messages of 4,096 characters, a
+# 1 MiB state): a longer one (a binary given by mistake, a file with no line breaks) is skipped
+# unread, not held in memory whole.
+MAX_LINE_BYTES = 256 * 2**20
 NEWER = "skipped: Redis holds a conversation updated later"
 KEPT = "skipped: Redis has this version or newer"
 ENDED = "skipped: ended since (--restore-ended writes it)"
@@ -83,6 +87,7 @@ class Report:
     problems: list[str] = field(default_factory=list)
     interrupted: bool = False  # Ctrl-C: the run stops between two conversations
     failed: bool = False  # an error (Redis gone, a file) stopped the run
+    ctrl_c: Callable[[], None] | None = field(default=None, repr=False)  # stop_on_ctrl_c's
 
     def render(self) -> str:
         how = "dry run, nothing written" if self.dry_run else "done"
@@ -110,13 +115,34 @@ def stop_on_ctrl_c(report: Report) -> None:
         loop.remove_signal_handler(signal.SIGINT)  # back to KeyboardInterrupt
         print("stopping after this conversation (Ctrl-C again: at once)", file=sys.stderr)
 
+    report.ctrl_c = stop
     loop.add_signal_handler(signal.SIGINT, stop)
 
 
+def read_between(report: Report, lines: Iterable[bytes | None]) -> Iterator[bytes | None]:
+    """``lines``, with a Ctrl-C stopping at once (KeyboardInterrupt) while the next one is
+    read, between two conversations: a read blocks the event loop, so stop_on_ctrl_c's handler
+    could not run, and an import waiting on a terminal or a stalled pipe could not be stopped."""
+    loop = asyncio.get_running_loop()
+    source = iter(lines)
+    while True:
+        handler = None if report.interrupted else report.ctrl_c
+        if handler is not None:
+            loop.remove_signal_handler(signal.SIGINT)  # back to KeyboardInterrupt
+        line = next(source, b"")  # read_lines never yields b"": "" is the end here
+        if handler is not None:
+            loop.add_signal_handler(signal.SIGINT, handler)
+        if line == b"":
+            return
+        yield line
+
+
 @contextlib.contextmanager
-def progress(total: int, label: str, enabled: bool) -> Iterator[Any]:
-    """A rich progress bar on stderr for long runs on a terminal; a no-op otherwise."""
-    show = enabled and total >= PROGRESS_MIN_ITEMS and sys.stderr.isatty()
+def progress(total: int | None, label: str, enabled: bool) -> Iterator[Any]:
+    """A rich progress bar on stderr for long runs (or of unknown length, None) on a terminal;
+    a no-op otherwise."""
+    long = total is None or total >= PROGRESS_MIN_ITEMS
+    show = enabled and long and sys.stderr.isatty()
     with Progress(
         TextColumn(label),
         BarColumn(),
@@ -453,9 +479,33 @@ async def _would(
     return "would write"
 
 
+def read_lines(source: IO[bytes], limit: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
+    """The lines of ``source``, one at a time: an import holds one line, never the whole
+    file. None for a line longer than ``limit`` (its line break aside), read past unkept."""
+    while line := source.readline(limit + 1):
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):
+            line = source.readline(2**20)
+        yield None
+
+
+def count_lines(source: IO[bytes]) -> int | None:
+    """How many lines a file holds (for the progress bar), read once ahead; None for a pipe."""
+    if not source.seekable():
+        return None
+    count, last = 0, b"\n"
+    while chunk := source.read(2**20):
+        count += chunk.count(b"\n")
+        last = chunk[-1:]
+    source.seek(0)
+    return count + (last != b"\n")
+
+
 async def import_lines(
     store: RedisStore,
-    lines: list[bytes],
+    lines: Iterable[bytes | None],
     *,
     dry_run: bool,
     ttl_seconds: int | None,
@@ -463,16 +513,22 @@ async def import_lines(
     report: Report,
     show_progress: bool = True,
     restore_ended: bool = False,
+    total: int | None = None,
 ) -> Report:
     """Each conversation is written unless Redis holds the same or a higher version, or an end
-    (an erase) since keeps it out (unless ``restore_ended``)."""
+    (an erase) since keeps it out (unless ``restore_ended``). ``lines`` as :func:`read_lines`
+    gives them; ``total``, their number if known, for the progress bar."""
     now = int(time.time() * 1000)
     planned: dict[ConversationKey, tuple[str, int, int]] = {}  # a dry run's writes so far
-    with progress(len(lines), "import", show_progress) as advance:
-        for number, line in enumerate(lines, 1):
+    with progress(total, "import", show_progress) as advance:
+        for number, line in enumerate(read_between(report, lines), 1):
             if report.interrupted:
                 break
             advance()
+            if line is None:
+                report.counts["invalid lines"] += 1
+                report.problems.append(f"line {number}: over {MAX_LINE_BYTES >> 20} MiB, not read")
+                continue
             if not line.strip():
                 continue
             try:
@@ -539,7 +595,8 @@ async def run(
     settings: SessionSettings,
     report: Report,
     output: IO[bytes] | None = None,
-    lines: list[bytes] | None = None,
+    source: IO[bytes] | None = None,
+    total: int | None = None,
 ) -> Report:
     with configuring("--redis-url" if args.redis_url else settings.effective_redis_url_variable):
         client = make_client(args.redis_url or settings.effective_redis_url)
@@ -563,10 +620,11 @@ async def run(
         if args.command == "export":
             assert output is not None
             return await export(store, output, args.business_id, report, show)
-        assert lines is not None
+        assert source is not None
         return await import_lines(
             store,
-            lines,
+            read_lines(source),
+            total=total,
             dry_run=args.dry_run,
             ttl_seconds=args.ttl,
             history_limit=settings.session_history_limit,
@@ -589,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(SessionSettings)
     report = Report(args.command, getattr(args, "dry_run", False))
     output: IO[bytes] | None = None
-    lines: list[bytes] | None = None
+    source: IO[bytes] | None = None
+    total: int | None = None
     try:
         with contextlib.ExitStack() as files:
             if args.command == "export":
@@ -599,11 +658,13 @@ def main(argv: list[str] | None = None) -> int:
                     else files.enter_context(replacing(Path(args.output)))
                 )
             elif args.command == "import":
-                raw = (
-                    sys.stdin.buffer.read() if args.input == "-" else Path(args.input).read_bytes()
+                source = (
+                    sys.stdin.buffer
+                    if args.input == "-"
+                    else files.enter_context(Path(args.input).open("rb"))
                 )
-                lines = raw.splitlines()
-            asyncio.run(run(args, settings, report, output, lines))
+                total = count_lines(source)  # here, where a Ctrl-C stops it at once
+            asyncio.run(run(args, settings, report, output, source, total))
             if report.interrupted:
                 raise KeyboardInterrupt  # an export's file is not put in place
     except ConfigurationError as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from google.protobuf import json_format
 
 from parley.session.v1 import session_pb2, session_pb2_grpc
 from services.common.redis_client import make_client
+from services.session import migrate as migrate_module
 from services.session.model import ConversationKey, decode_message
 from services.session.redis_store import RedisStore
 from tests.support.processes import ROOT, Valkey, wait_for
@@ -345,6 +347,43 @@ def test_an_interrupted_import_says_what_it_did_and_a_re_run_finishes_it(
         "written": 20_000 - done_before["written"],
         "skipped: Redis has this version or newer": done_before["written"],
     }
+
+
+def test_an_import_waiting_for_its_input_stops_at_a_ctrl_c(
+    legacy_db: tuple[redis.Redis, str],
+) -> None:
+    """An import reads its input a line at a time, and a read blocks the event loop, where the
+    Ctrl-C handler runs: an import waiting on standard input (a terminal, a pipe that stalled)
+    could be stopped by neither a first nor a second Ctrl-C. Now a Ctrl-C while it waits for a
+    line stops it at once, with the counts of what it did."""
+    db, url = legacy_db
+    now = int(time.time() * 1000)
+    record = {
+        "business_id": "acme", "user_id": "+15551110801", "role": "client", "id": "c1",
+        "version": 1, "created_ms": now, "updated_ms": now, "expire_ms": now + 600_000,
+        "history": [], "state": {},
+    }  # fmt: skip
+    command = [sys.executable, "-m", "services.session.migrate", "--redis-url", url, "import"]
+    running = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert running.stdin is not None and running.stderr is not None
+        running.stdin.write(orjson.dumps(record) + b"\n")
+        running.stdin.flush()  # and the pipe stays open: the next line never comes
+        assert wait_for(lambda: db.dbsize() > 0, timeout=30, interval=0.01)
+
+        def reading_its_input() -> bool:  # the main thread in read(0, …)
+            return Path(f"/proc/{running.pid}/syscall").read_text().startswith("0 0x0 ")
+
+        assert wait_for(reading_its_input, timeout=30, interval=0.01)
+        running.send_signal(signal.SIGINT)  # an operator's Ctrl-C
+        running.wait(timeout=30)
+        err = running.stderr.read().decode()
+        assert running.returncode == 130, err
+        assert "Traceback" not in err and counts_of(err) == {"written": 1}, err
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.wait()
 
 
 async def test_import_keeps_what_the_service_can_serve(
@@ -744,3 +783,54 @@ def test_an_import_that_loses_redis_half_way_says_it_stopped(
     again = migrate(fresh_valkey.url, "import", "--input", str(dump))
     assert again.returncode == 0, again.stderr.decode()
     assert sum(counts(again).values()) == 20_000
+
+
+def test_import_reads_its_input_a_line_at_a_time(
+    legacy_db: tuple[redis.Redis, str], tmp_path: Path
+) -> None:
+    """The import read its whole input into memory and then split it into a second copy: a
+    300 MB dump took 650 MB, so a large deployment's export could not be imported on a host
+    with less than twice its size in memory (and a file with no line breaks, such as a binary
+    given by mistake, was held whole). Now it reads a line at a time."""
+    _, url = legacy_db
+    now = int(time.time() * 1000)
+    dump = tmp_path / "large.jsonl"
+    with dump.open("wb") as out:
+        for n in range(60):  # each line's state is past its bounds: 60 invalid lines, quickly
+            record = {
+                "business_id": "large", "user_id": f"+1555{n:07d}", "role": "client",
+                "id": f"c{n}", "version": 1, "created_ms": now, "updated_ms": now,
+                "expire_ms": now + 600_000, "history": [], "state": {"blob": "x" * 5_000_000},
+            }  # fmt: skip
+            out.write(orjson.dumps(record) + b"\n")
+    size_mb = dump.stat().st_size / 2**20
+    # The import's peak memory, from a small parent of its own: a child's ru_maxrss counts
+    # the memory of the process it was forked from, here the whole test session.
+    measure = (
+        "import os, subprocess, sys; child = subprocess.Popen(sys.argv[1:]); "
+        "_, status, usage = os.wait4(child.pid, 0); "
+        "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss // 1024)"
+    )
+    command = [sys.executable, "-m", "services.session.migrate", "--redis-url", url]
+    result = subprocess.run(
+        [sys.executable, "-c", measure, *command, "import", "--input", str(dump)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    err = result.stderr.decode()
+    status, peak_mb = map(int, result.stdout.split())  # ru_maxrss is in kilobytes on Linux
+    assert status == 1, err
+    assert counts_of(err) == {"invalid lines": 60}, err
+    assert peak_mb < size_mb / 2, (peak_mb, size_mb)
+
+
+def test_a_line_longer_than_any_conversation_is_skipped_unread() -> None:
+    lines = io.BytesIO(b'{"a": 1}\n' + b"x" * 100 + b"\n" + b"y" * 10 + b"\n" + b"z" * 11)
+    assert list(migrate_module.read_lines(lines, limit=10)) == [
+        b'{"a": 1}\n',
+        None,  # over the limit: not held, not parsed
+        b"y" * 10 + b"\n",
+        None,
+    ]
