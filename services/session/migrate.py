@@ -48,6 +48,7 @@ from services.common.settings import ConfigurationError, configuring, load_setti
 from services.common.struct_values import python_to_value
 from services.session.convert import MAX_CONTENT, MAX_ID
 from services.session.model import (
+    LEGACY_PREFIXES,
     ROLES,
     Conversation,
     ConversationKey,
@@ -55,14 +56,13 @@ from services.session.model import (
     StateTooLarge,
     check_state_bounds,
     decode_message,
-    encode_id,
     encode_message,
+    ledger_key,
     new_conversation_id,
 )
 from services.session.redis_store import RedisStore
 from services.session.settings import MAX_TTL_SECONDS, SessionSettings
 
-LEGACY_PREFIXES: dict[str, Role] = {"chat:customer:": "client", "admin:context:": "admin"}
 LEGACY_KEEP_SECONDS = 7 * 24 * 3600
 PROGRESS_MIN_ITEMS = 50  # shorter runs finish before a bar would help
 # A reply nests a state value 4 messages deep, and each JSON list in it 2 more, each object 3:
@@ -294,10 +294,6 @@ def _hash_value(fields: dict[Any, Any]) -> dict[str, Any]:
         except orjson.JSONDecodeError:
             out[raw_name.decode()] = raw_value.decode(errors="replace")
     return out
-
-
-def ledger_key(business_id: str) -> str:
-    return f"conversation-migration:{{{encode_id(business_id)}}}"
 
 
 async def read_legacy(client: RedisClient, key: bytes) -> object:

@@ -119,6 +119,22 @@ def erased_key(key: ConversationKey) -> str:
     return f"{ERASED_PREFIX}{key.tag}"
 
 
+# The guides' old keys, which name no business: ``migrate legacy`` imports them into one
+# business, keeps each for rollback (7 days) and records it in that business's ledger.
+LEGACY_PREFIXES: dict[str, Role] = {"chat:customer:": "client", "admin:context:": "admin"}
+
+
+def legacy_key(key: ConversationKey) -> str:
+    """The old key ``key``'s conversation would have been migrated from."""
+    prefix = next(p for p, role in LEGACY_PREFIXES.items() if role == key.role)
+    return prefix + key.user_id
+
+
+def ledger_key(business_id: str) -> str:
+    """The legacy keys migrated into ``business_id`` (field: the old key, value: the id)."""
+    return f"conversation-migration:{{{encode_id(business_id)}}}"
+
+
 def parse_member(member: str) -> tuple[Role, str] | None:
     role, _, user = member.partition(":")
     if role not in ROLES or not user:

@@ -56,6 +56,8 @@ from services.session.model import (
     ended_key,
     erased_key,
     index_key,
+    ledger_key,
+    legacy_key,
     parse_member,
 )
 
@@ -487,7 +489,18 @@ class RedisStore:
 
     async def end(self, key: ConversationKey) -> bool:
         keys = self._keys_and_ended(key)
-        return bool(await self._end(keys=keys, args=[key.member, self.ttl_ms]))
+        ended = bool(await self._end(keys=keys, args=[key.member, self.ttl_ms]))
+        await self._erase_legacy(key)
+        return ended
+
+    async def _erase_legacy(self, key: ConversationKey) -> None:
+        """The legacy key ``migrate legacy`` kept for rollback (7 days), and its ledger entry,
+        when it was migrated into this business: an end is how a user is erased, and that copy
+        holds their old history under their number. Commands of their own: another slot."""
+        name, ledger = legacy_key(key), ledger_key(key.business_id)
+        if await self.client.hexists(ledger, name):
+            await self.client.delete(name)
+            await self.client.hdel(ledger, name)
 
     async def end_written_back(self, key: ConversationKey, cid: str, ended_ms: int) -> int:
         """An end made during an outage at ``ended_ms``, of conversation ``cid``, whatever its
@@ -495,7 +508,9 @@ class RedisStore:
         holds another conversation, started since, kept. Its id is kept out of later
         write-backs in every case."""
         args: list[str | int] = [key.member, cid, self.ttl_ms, ended_ms]
-        return int(await self._end_written_back(keys=self._keys_and_ended(key), args=args))
+        outcome = int(await self._end_written_back(keys=self._keys_and_ended(key), args=args))
+        await self._erase_legacy(key)
+        return outcome
 
     async def put(
         self, conversation: Conversation, *, write_back: bool = True, restore_ended: bool = False

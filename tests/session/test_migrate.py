@@ -25,6 +25,7 @@ from services.common.redis_client import make_client
 from services.session import migrate as migrate_module
 from services.session.model import ConversationKey, decode_message
 from services.session.redis_store import RedisStore
+from tests.session.conftest import start_session
 from tests.support.processes import ROOT, Valkey, wait_for
 
 LEGACY_DB, IMPORT_DB = 9, 10
@@ -834,3 +835,39 @@ def test_a_line_longer_than_any_conversation_is_skipped_unread() -> None:
         b"y" * 10 + b"\n",
         None,
     ]
+
+
+def test_an_end_erases_the_legacy_copy_kept_for_rollback(
+    legacy_db: tuple[redis.Redis, str], tmp_path: Path
+) -> None:
+    """``legacy`` keeps each migrated key for 7 days, for rollback, and names it (the user's
+    number) in its ledger. An erase (``DELETE /admin/users/…``, which ends the user's
+    conversations) left both: the user's old history and state stayed in Redis for up to a week
+    after Parley answered that it had erased them. Now an end of a conversation migrated from
+    a legacy key deletes that key and its ledger entry; another business's end does not."""
+    db, url = legacy_db
+    for user in ("+15551110601", "+15551110602"):
+        db.set(f"chat:customer:{user}", orjson.dumps([{"user": "my card is 4111", "agent": "ok"}]))
+    db.hset("admin:context:+15551110601", "step", b"3")
+    assert counts(migrate(url, "legacy", "--business-id", "acme"))["imported"] == 3
+    ledger = "conversation-migration:{acme}"
+    running = start_session(tmp_path, url)
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            stub = session_pb2_grpc.SessionServiceStub(channel)
+
+            def end(business: str, user: str, role: int) -> bool:
+                key = session_pb2.ConversationKey(business_id=business, user_id=user, role=role)
+                request = session_pb2.EndConversationRequest(key=key)
+                return stub.EndConversation(request).ended  # type: ignore[no-any-return]
+
+            client = session_pb2.CONVERSATION_ROLE_CLIENT
+            admin = session_pb2.CONVERSATION_ROLE_ADMIN
+            assert not end("other-business", "+15551110601", client)
+            assert db.exists("chat:customer:+15551110601")  # migrated into acme, not there
+            assert end("acme", "+15551110601", client) and end("acme", "+15551110601", admin)
+    finally:
+        running.stop()
+    assert not db.exists("chat:customer:+15551110601", "admin:context:+15551110601")
+    assert db.hkeys(ledger) == [b"chat:customer:+15551110602"]
+    assert db.exists("chat:customer:+15551110602")  # another user's, kept for rollback
