@@ -330,7 +330,10 @@ async def migrate_legacy(
                 break
             advance()
             name = raw_key.decode(errors="replace")
-            user_id = name.split(":", 2)[2]
+            try:
+                user_id = raw_key.decode().split(":", 2)[2]
+            except UnicodeDecodeError:  # no message names a user in another encoding
+                user_id = ""
             if not user_id or len(user_id) > MAX_ID or not user_id.isprintable():
                 report.counts["skipped: unusable user id"] += 1
                 report.problems.append(f"{name}: unusable user id")

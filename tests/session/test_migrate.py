@@ -871,3 +871,21 @@ def test_an_end_erases_the_legacy_copy_kept_for_rollback(
     assert not db.exists("chat:customer:+15551110601", "admin:context:+15551110601")
     assert db.hkeys(ledger) == [b"chat:customer:+15551110602"]
     assert db.exists("chat:customer:+15551110602")  # another user's, kept for rollback
+
+
+async def test_legacy_leaves_a_key_whose_name_is_not_utf8_untouched(
+    legacy_db: tuple[redis.Redis, str],
+) -> None:
+    """A legacy key named in another encoding (``chat:customer:`` and Latin-1 bytes) was
+    imported under a user id of U+FFFD replacement characters, which no message ever carries,
+    and its own key set to expire in 7 days: the conversation was lost a week later. Now it is
+    an unusable user id, listed and left as it was."""
+    db, url = legacy_db
+    odd = b"chat:customer:Jos\xe9"
+    db.set(odd, orjson.dumps([{"user": "hola", "agent": "hi"}]))
+    result = migrate(url, "legacy", "--business-id", "acme")
+    err = result.stderr.decode()
+    assert counts(result) == {"legacy keys found": 1, "skipped: unusable user id": 1}, err
+    assert "unusable user id" in err, err
+    assert await load(url, "Jos\ufffd") is None
+    assert db.ttl(odd) == -1
