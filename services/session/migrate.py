@@ -411,11 +411,17 @@ async def export(
             if report.interrupted:
                 break
             advance()
-            conversation = await store.load(key)
-            if conversation is None:  # expired or ended since the scan
+            try:
+                conversation = await store.load(key)
+                record = None if conversation is None else conversation.to_json()
+            except (ValueError, TypeError) as error:  # not as written: a raw edit, a bug
+                report.counts["unreadable, not exported"] += 1
+                report.problems.append(f"{key.redis_keys()[0]}: {error!r}")
+                continue
+            if record is None:  # expired or ended since the scan
                 report.counts["gone before export"] += 1
                 continue
-            out.write(orjson.dumps(conversation.to_json()) + b"\n")
+            out.write(orjson.dumps(record) + b"\n")
             report.counts["exported"] += 1
     return report
 
@@ -686,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    return 1 if report.problems and report.command == "import" else 0
+    return 1 if report.problems and report.command in ("import", "export") else 0
 
 
 if __name__ == "__main__":

@@ -889,3 +889,30 @@ async def test_legacy_leaves_a_key_whose_name_is_not_utf8_untouched(
     assert "unusable user id" in err, err
     assert await load(url, "Jos\ufffd") is None
     assert db.ttl(odd) == -1
+
+
+async def test_export_leaves_out_an_unreadable_conversation_and_says_so(
+    legacy_db: tuple[redis.Redis, str], tmp_path: Path
+) -> None:
+    """One conversation whose stored history held something not JSON (a raw edit in
+    ``redis-cli``, which docs/session.md warns against) stopped the export with a traceback, and
+    no file was written: the tool to get the conversations out of a damaged Redis gave none.
+    Now the others are exported, and that one is named, with exit status 1."""
+    db, url = legacy_db
+    client = make_client(url)
+    try:
+        store = RedisStore(client, ttl_seconds=900, history_limit=10)
+        keys = [ConversationKey("damaged", f"+15551110{n}", "client") for n in range(3)]
+        for key in keys:
+            await store.get(key, create=True, new_id=f"id-{key.user_id}")
+    finally:
+        await client.aclose()
+    db.rpush(keys[1].redis_keys()[1], b"not json")
+    dump = tmp_path / "out.jsonl"
+    result = migrate(url, "export", "--output", str(dump))
+    err = result.stderr.decode()
+    assert result.returncode == 1 and "Traceback" not in err, err
+    assert counts(result) == {"exported": 2, "unreadable, not exported": 1}, err
+    assert keys[1].redis_keys()[0] in err, err
+    exported = [json.loads(line)["user_id"] for line in dump.read_text().splitlines()]
+    assert sorted(exported) == [keys[0].user_id, keys[2].user_id]
