@@ -644,8 +644,11 @@ async def run(
 def main(argv: list[str] | None = None) -> int:
     cli = parser()
     args = cli.parse_args(argv)
-    if args.command == "legacy" and not 0 < len(args.business_id) <= MAX_ID:
-        cli.error("--business-id must be 1-128 characters")
+    business_id: str = getattr(args, "business_id", None) or ""
+    if args.command == "legacy" and not (
+        0 < len(business_id) <= MAX_ID and business_id.isprintable()
+    ):  # as every RPC checks it: conversations under another id could never be reached
+        cli.error("--business-id must be 1-128 printable characters")
     if getattr(args, "ttl", None) is not None and not 0 < args.ttl <= MAX_TTL_SECONDS:
         # As REDIS_TTL_SECONDS: an expiry ages away, and past the year 9999 no reply carries it.
         cli.error(f"--ttl must be 1 to {MAX_TTL_SECONDS} seconds (30 days)")

@@ -916,3 +916,19 @@ async def test_export_leaves_out_an_unreadable_conversation_and_says_so(
     assert keys[1].redis_keys()[0] in err, err
     exported = [json.loads(line)["user_id"] for line in dump.read_text().splitlines()]
     assert sorted(exported) == [keys[0].user_id, keys[2].user_id]
+
+
+async def test_legacy_refuses_a_business_id_no_request_can_name(
+    legacy_db: tuple[redis.Redis, str],
+) -> None:
+    """``--business-id "$(cat business.txt)"`` from a file saved on Windows ends in a carriage
+    return: every legacy key was migrated under ``acme\\r``, a business id every RPC refuses
+    (control characters), so no message could reach those conversations, and the legacy keys
+    were set to expire in 7 days. Now the command refuses it, as the service would."""
+    db, url = legacy_db
+    db.set("chat:customer:+15551110701", orjson.dumps([{"user": "hi", "agent": "yo"}]))
+    result = migrate(url, "legacy", "--business-id", "acme\r")
+    assert result.returncode == 2, result.stderr.decode()
+    assert "--business-id" in result.stderr.decode()
+    assert db.ttl("chat:customer:+15551110701") == -1
+    assert not db.keys("conversation:*")
