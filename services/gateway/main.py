@@ -64,12 +64,20 @@ def _prepare_multiprocess_dir() -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
+ROLES = ("web", "worker", "all")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    # argparse checks --role against its choices but never the default: GATEWAY_ROLE=workers
+    # ran a web-only gateway whose queued messages no worker took.
+    role = os.environ.get("GATEWAY_ROLE") or "all"
+    if role not in ROLES:
+        refuse_to_start("GATEWAY_ROLE: must be web, worker or all")
     parser = argparse.ArgumentParser(prog="python -m services.gateway.main")
     parser.add_argument(
         "--role",
-        choices=("web", "worker", "all"),
-        default=os.environ.get("GATEWAY_ROLE", "all"),
+        choices=ROLES,
+        default=role,
         help="web: HTTP only; worker: queue workers only; all: both (default)",
     )
     return parser.parse_args(argv)

@@ -280,6 +280,9 @@ def test_a_setting_only_building_can_check_stops_startup_with_one_line(
         ("GATEWAY_REDIS_URL", {"GATEWAY_REDIS_URL": "foo://u:s3cret@h", "GATEWAY_ROLE": "worker"}),
         ("GATEWAY_REDIS_URL", {"GATEWAY_REDIS_URL": "foo://u:s3cret@h", "WEB_CONCURRENCY": "2"}),
         ("WEB_CONCURRENCY", {"WEB_CONCURRENCY": "two"}),
+        # argparse never checks a default against --role's choices: a misspelt role ran a
+        # web-only gateway, and what it queued no worker took.
+        ("GATEWAY_ROLE", {"GATEWAY_ROLE": "workers"}),
         # The gateway's TLS to the services (a Secret mounted elsewhere) was read only in the
         # server's start-up: a traceback and status 3; with WEB_CONCURRENCY > 1, one traceback
         # per process and status 0; a worker's, status 1.
