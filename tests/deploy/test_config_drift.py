@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic_settings import BaseSettings
 
 from services.business.settings import BusinessSettings
@@ -23,16 +24,28 @@ ROOT = Path(__file__).resolve().parents[2]
 ENV_LINE = re.compile(r"^(?:# )?([A-Z][A-Z0-9_]*)=(.*)$")
 
 
-def readme_variables() -> set[str]:
+def readme_rows() -> dict[str, tuple[str, str, str]]:
+    """The README's Configuration table: name → (default, used by, meaning), as written."""
     text = (ROOT / "README.md").read_text()
     start = text.index("\n## Configuration")
     end = text.find("\n## ", start + 1)
     section = text[start : end if end != -1 else len(text)]
-    names: set[str] = set()
+    rows: dict[str, tuple[str, str, str]] = {}
     for line in section.splitlines():
         if line.startswith("| `"):
-            names |= set(re.findall(r"`([A-Z][A-Z0-9_]+)`", line.split("|")[1]))
-    return names
+            names, default, used_by, meaning = (c.strip() for c in line.split(" | "))
+            for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", names):
+                rows[name] = (default, used_by, meaning.removesuffix(" |"))
+    return rows
+
+
+def readme_variables() -> set[str]:
+    return set(readme_rows())
+
+
+def plain(markdown: str) -> str:
+    """A table cell as .env.example writes it: no code quotes, a link's text only."""
+    return re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", markdown).replace("`", "")
 
 
 def env_example() -> dict[str, tuple[bool, str]]:
@@ -54,6 +67,25 @@ def test_every_variable_the_code_reads_is_in_the_readme_table() -> None:
 def test_every_variable_the_code_reads_is_in_env_example() -> None:
     missing = sorted(all_reads() - set(env_example()))
     assert not missing, f"add to .env.example (with a comment): {missing}"
+
+
+def test_env_example_says_of_each_variable_what_the_readme_table_says() -> None:
+    """The comment above each line is the README row's meaning, default and readers, and says
+    so when compose sets the variable itself. (Was drift: written once by hand, the comments
+    kept what the code did then: PROMETHEUS_MULTIPROC_DIR "emptied at start" after the gateway
+    stopped removing running processes' files, ENCRYPTION_SECRET with no minimum length.)"""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    wired = {name for s in compose["services"].values() for name in s.get("environment") or {}}
+    rows = readme_rows()
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    for index, line in enumerate(lines):
+        match = ENV_LINE.match(line)
+        if match:
+            default, used_by, meaning = (plain(cell) for cell in rows[match.group(1)])
+            said = f"# {meaning} (default: {default}; used by {used_by})"
+            if match.group(1) in wired:
+                said += " — docker-compose.yml sets it"
+            assert lines[index - 1] == said, match.group(1)
 
 
 def test_env_example_holds_only_variables_the_code_reads() -> None:
