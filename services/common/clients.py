@@ -12,7 +12,7 @@ from typing import Any, TypeVar, cast
 import grpc
 
 from services.common.interceptors import REQUEST_ID_KEY
-from services.common.settings import CommonSettings, read_setting_file
+from services.common.settings import CommonSettings, ConfigurationError, read_setting_file
 from services.common.tls import channel_credentials
 
 # The request id of the message being handled; the gateway sets it per webhook/queue entry.
@@ -113,9 +113,21 @@ def client_credentials(settings: CommonSettings) -> grpc.ChannelCredentials | No
     that cannot be read is a :class:`~services.common.settings.ConfigurationError` naming its
     variable, as on the services.
     """
-    return channel_credentials(
-        settings.grpc_tls_ca, settings.grpc_tls_cert, settings.grpc_tls_key, read_setting_file
-    )
+    cert, key, ca = settings.grpc_tls_cert, settings.grpc_tls_key, settings.grpc_tls_ca
+    # Either half of the pair alone, or the pair without the CA, used to be dropped without a
+    # word: the gateway then presented no certificate, or spoke plaintext.
+    if bool(cert) != bool(key):
+        raise ConfigurationError(
+            "GRPC_TLS_KEY" if cert else "GRPC_TLS_CERT",
+            "unset while the other is set: a client certificate needs both",
+        )
+    if cert and not ca:
+        raise ConfigurationError(
+            "GRPC_TLS_CA",
+            "unset while GRPC_TLS_CERT and GRPC_TLS_KEY are set: the gateway speaks TLS to the"
+            " services, and presents its certificate, only with their CA",
+        )
+    return channel_credentials(ca, cert, key, read_setting_file)
 
 
 def make_channel(

@@ -72,16 +72,25 @@ class Service:
 
 def server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | None:
     """TLS when GRPC_TLS_CERT and GRPC_TLS_KEY are set; mutual TLS when GRPC_TLS_CA is too."""
-    if not (settings.grpc_tls_cert and settings.grpc_tls_key):
+    cert_path, key_path = settings.grpc_tls_cert, settings.grpc_tls_key
+    if not (cert_path or key_path or settings.grpc_tls_ca):
         return None
-    key = read_setting_file("GRPC_TLS_KEY", settings.grpc_tls_key)
-    cert = read_setting_file("GRPC_TLS_CERT", settings.grpc_tls_cert)
+    if not (cert_path and key_path):
+        # One of the pair, or the CA alone, used to be ignored: a service asked for TLS, or to
+        # require client certificates, served plaintext to every client.
+        given = "GRPC_TLS_CERT" if cert_path else "GRPC_TLS_KEY" if key_path else "GRPC_TLS_CA"
+        raise ConfigurationError(
+            "GRPC_TLS_KEY" if cert_path else "GRPC_TLS_CERT",
+            f"unset while {given} is set: a service serves TLS only with both",
+        )
+    key = read_setting_file("GRPC_TLS_KEY", key_path)
+    cert = read_setting_file("GRPC_TLS_CERT", cert_path)
     ca = read_setting_file("GRPC_TLS_CA", settings.grpc_tls_ca) if settings.grpc_tls_ca else None
     # grpc only finds bad PEM when it binds, and then says "Failed to bind to address": OpenSSL
     # checks the files here first (an encrypted key is refused, never prompted for).
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(settings.grpc_tls_cert, settings.grpc_tls_key, password="")
+        context.load_cert_chain(cert_path, key_path, password="")
     except ssl.SSLError:
         raise ConfigurationError(
             "GRPC_TLS_CERT", "with GRPC_TLS_KEY, not a PEM certificate and its unencrypted key"

@@ -243,6 +243,11 @@ def assert_refused_in_one_line(done: subprocess.CompletedProcess[str], variable:
         ("session", "GRPC_TLS_KEY", {"GRPC_TLS_CERT": MISSING, "GRPC_TLS_KEY": MISSING}),
         ("business", "GRPC_TLS_CERT", {"GRPC_TLS_CERT": MISSING, "GRPC_TLS_KEY": __file__}),
         ("search", "GRPC_TLS_CERT", {"GRPC_TLS_CERT": __file__, "GRPC_TLS_KEY": __file__}),
+        # Half of the TLS settings, or the CA alone ("require client certificates"), were
+        # ignored: the service served plaintext to every client.
+        ("session", "GRPC_TLS_CERT", {"GRPC_TLS_CA": __file__}),
+        ("business", "GRPC_TLS_KEY", {"GRPC_TLS_CERT": __file__}),
+        ("search", "GRPC_TLS_CERT", {"GRPC_TLS_KEY": __file__, "GRPC_TLS_CA": __file__}),
     ],
 )
 def test_a_setting_only_building_can_check_stops_startup_with_one_line(
@@ -304,6 +309,13 @@ def test_a_setting_only_building_can_check_stops_startup_with_one_line(
         (
             "GATEWAY_ENGINE",
             {"GATEWAY_ENGINE": "services.gateway.bot:no_such_factory", "WEB_CONCURRENCY": "2"},
+        ),
+        # A client certificate without the CA (or half of one) was dropped without a word: the
+        # gateway spoke plaintext, or TLS with no certificate, to services told to require one.
+        ("GRPC_TLS_CA", {"GRPC_TLS_CERT": __file__, "GRPC_TLS_KEY": __file__}),
+        (
+            "GRPC_TLS_KEY",
+            {"GRPC_TLS_CA": __file__, "GRPC_TLS_CERT": __file__, "GATEWAY_ROLE": "worker"},
         ),
         ("USE_SMART_HANDLER", {"USE_SMART_HANDLER": "maybe"}),
         ("OPENAI_TIMEOUT_SECONDS", {"OPENAI_TIMEOUT_SECONDS": "soon", "WEB_CONCURRENCY": "2"}),
