@@ -35,15 +35,22 @@ def check(
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(
+        prog="python -m services.common.healthcheck",
+        description=" ".join(__doc__.split("\n\n")[0].split()),
+    )
+    cli.add_argument("--addr", required=True, help="host:port of the gRPC server")
+    cli.add_argument("--service", default="", help='service name to check ("" is overall)')
+    cli.add_argument("--timeout", type=float, default=2.0)
+    cli.add_argument("--tls-ca", help="CA bundle, for a server with TLS")
+    cli.add_argument("--tls-cert", help="client certificate, for mutual TLS")
+    cli.add_argument("--tls-key", help="client key, for mutual TLS")
+    return cli
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--addr", required=True, help="host:port of the gRPC server")
-    parser.add_argument("--service", default="", help='service name to check ("" is overall)')
-    parser.add_argument("--timeout", type=float, default=2.0)
-    parser.add_argument("--tls-ca", help="CA bundle, for a server with TLS")
-    parser.add_argument("--tls-cert", help="client certificate, for mutual TLS")
-    parser.add_argument("--tls-key", help="client key, for mutual TLS")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
     status = check(args.addr, args.service, args.timeout, credentials)
     print(status)

@@ -214,11 +214,17 @@ def _poll_forever(client: ChatClient, stop: threading.Event, out: Callable[[str]
         stop.wait(POLL_SECONDS)
 
 
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(
+        prog="python -m services.dev.chat", description="Chat with the running Parley bot."
+    )
+    cli.add_argument("--user", default=DEFAULT_USER, help="the test user's WhatsApp id")
+    cli.add_argument("--name", default="", help="the test user's profile name")
+    return cli
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Chat with the running Parley bot.")
-    parser.add_argument("--user", default=DEFAULT_USER, help="the test user's WhatsApp id")
-    parser.add_argument("--name", default="", help="the test user's profile name")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     config = Config.from_environment(args.user, args.name)
     if not config.app_secret or not config.api_key:
         print("No WHATSAPP_APP_SECRET / API_KEY and no dev secrets in var/: run `make run` first.")
