@@ -209,6 +209,92 @@ def test_dashboard_and_alerts_use_only_metrics_the_services_export() -> None:
     assert datasources == {"prometheus"}
 
 
+METRIC_CLASSES = {
+    "Counter": ("_total",),
+    "Gauge": ("",),
+    "Histogram": ("_bucket", "_sum", "_count"),
+    "CounterMetricFamily": ("_total",),
+    "GaugeMetricFamily": ("",),
+    "HistogramMetricFamily": ("_bucket", "_sum", "_count"),
+}
+
+
+def code_metric_labels() -> dict[str, set[str]]:
+    """Every series name the code defines with a literal name (``Counter("x_total", …,
+    ["a"])``, ``CounterMetricFamily("x", …, labels=[…])``) → its label names (``le`` on
+    buckets)."""
+    labels: dict[str, set[str]] = {}
+    for path in (ROOT / "services").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and node.args):
+                continue
+            kind = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            name = node.args[0]
+            if kind not in METRIC_CLASSES or not isinstance(name, ast.Constant):
+                continue
+            given = [kw.value for kw in node.keywords if kw.arg in ("labelnames", "labels")]
+            listed = node.args[2] if len(node.args) > 2 else given[0] if given else None
+            names = (
+                set(ast.literal_eval(listed)) if isinstance(listed, ast.List | ast.Tuple) else set()
+            )
+            base = str(name.value).removesuffix("_total")
+            for suffix in METRIC_CLASSES[kind]:
+                labels[base + suffix] = names | ({"le"} if suffix == "_bucket" else set())
+    return labels
+
+
+def test_dashboard_and_alerts_select_only_labels_their_metrics_have() -> None:
+    """A matcher or a ``by`` on a label the metric does not have selects nothing, or folds every
+    series into one: the alert is silent, the panel flat, and neither says why."""
+    labels = code_metric_labels()
+    scrape = {"job", "instance"}  # added by Prometheus to every series
+    checked = 0
+    for expr in queries():
+        for name, matchers in re.findall(r"([a-z_][a-z0-9_]*)\{([^}]*)\}", expr):
+            if name in labels:
+                used = set(re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", matchers))
+                assert used <= labels[name] | scrape, (name, used - labels[name], expr)
+                checked += 1
+        named = [labels[name] for name in metric_names(expr) if name in labels]
+        if not named:  # redis_exporter's: test_redis_alerts.py runs those on the real one
+            continue
+        for grouping in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+            for label in (part.strip() for part in grouping.split(",")):
+                assert any(label in have for have in named) or label in scrape, (label, expr)
+                checked += 1
+    assert checked > 20, checked
+
+
+def test_the_docs_name_only_metrics_the_code_exports_with_labels_they_have() -> None:
+    """What the README and docs/ tell an operator to graph or grep: a counter, histogram or
+    ``_seconds`` gauge by name, or any metric with a selector (``x{label="…"}``)."""
+    strings = _code_strings()
+    labels = code_metric_labels()
+    checked = 0
+    # reliability.md quotes what bugs looked like (a series that should not have existed).
+    pages = [p for p in (ROOT / "docs").glob("*.md") if p.name != "reliability.md"]
+    for path in [ROOT / "README.md", *pages]:
+        for span in re.findall(r"`([^`\n]+)`", path.read_text()):
+            for name, selector in re.findall(
+                r"\b((?:gateway|grpc_server|parley|business|search)_[a-z0-9_]+)(\{[^}]*\})?", span
+            ):
+                if not (selector or name.endswith(("_total", "_seconds", "_bucket"))):
+                    continue
+                assert exported(name, strings), f"{path.name}: {span}"
+                used = set(re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", selector))
+                assert used <= labels.get(name, used) | {"job", "instance"}, f"{path.name}: {span}"
+                checked += 1
+    assert checked > 30, checked
+
+
+def test_label_check_reads_the_code_and_the_expressions() -> None:
+    labels = code_metric_labels()
+    assert labels["gateway_webhooks_total"] == {"channel", "outcome"}
+    assert labels["grpc_server_handled_total"] >= {"grpc_service", "grpc_code"}
+    assert labels["search_provider_seconds_bucket"] == {"provider", "le"}
+    assert labels["parley_session_fallback_active"] == set()
+
+
 def test_alerts_select_grpc_codes_the_services_label_calls_with() -> None:
     """A grpc_code the services never write would make its alert silent, not wrong."""
     alerts = ALERTS.read_text()
