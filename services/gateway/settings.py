@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from limits import parse_many
 from pydantic import Field, field_validator, model_validator
 
 from services.common.redact import mask_url
@@ -92,6 +93,22 @@ class GatewaySettings(CommonSettings):
         # A Kubernetes Secret made with --from-file (or a file written by echo) keeps the file's
         # newline: every signature and key would be refused. None of these holds whitespace.
         return value.strip() if isinstance(value, str) else value
+
+    @field_validator("rate_limit_user", "rate_limit_business")
+    @classmethod
+    def _one_limit(cls, value: str) -> str:
+        # Parsed only when the rate limiter was built, in the app's start-up: a typo was a
+        # traceback (status 3) that quoted the value and never named the variable; and of
+        # "20/minute;100/hour" only the first limit was ever applied.
+        try:
+            limits = parse_many(value)
+        except ValueError:
+            raise ValueError("expected one limit in the limits notation, e.g. 20/minute") from None
+        if len(limits) != 1:
+            raise ValueError("one limit only (of several, just the first would apply)")
+        if limits[0].amount < 1:
+            raise ValueError("must allow at least one message per window")
+        return value
 
     @model_validator(mode="after")
     def _production_needs_secrets(self) -> GatewaySettings:

@@ -317,6 +317,12 @@ def test_a_setting_only_building_can_check_stops_startup_with_one_line(
             "GRPC_TLS_KEY",
             {"GRPC_TLS_CA": __file__, "GRPC_TLS_CERT": __file__, "GATEWAY_ROLE": "worker"},
         ),
+        # The rate limits were parsed only when the limiter was built: a traceback and status 3
+        # quoting the value (a worker's: one line without the variable's name), and of several
+        # limits only the first applied, silently.
+        ("RATE_LIMIT_USER", {"RATE_LIMIT_USER": "s3cret/minute"}),
+        ("RATE_LIMIT_BUSINESS", {"RATE_LIMIT_BUSINESS": "0/minute", "GATEWAY_ROLE": "worker"}),
+        ("RATE_LIMIT_USER", {"RATE_LIMIT_USER": "20/minute;100/hour"}),
         ("USE_SMART_HANDLER", {"USE_SMART_HANDLER": "maybe"}),
         ("OPENAI_TIMEOUT_SECONDS", {"OPENAI_TIMEOUT_SECONDS": "soon", "WEB_CONCURRENCY": "2"}),
         ("BOT_SEARCH_CACHE_SECONDS", {"BOT_SEARCH_CACHE_SECONDS": "-5", "GATEWAY_ROLE": "worker"}),
