@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Literal, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -82,6 +83,18 @@ def guide_names_not_read(environ: Mapping[str, str]) -> list[tuple[str, str]]:
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def http_url(value: str, example: str) -> str:
+    """``value``, stripped, if it is an ``http://`` or ``https://`` URL with a host; else a
+    ValueError for the settings class to report (``example`` shows the form). Checked at start-up
+    because a base URL without its scheme (``api.example.com``, an API specification's ``host``)
+    starts a process whose every call to that API fails."""
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL, e.g. {example}")
+    return value
 
 
 def refuse_to_start(*reasons: str) -> NoReturn:

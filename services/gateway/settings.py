@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from limits import parse_many
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from services.common.redact import mask_url
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, http_url
 
 KIB = 1024
 
@@ -93,6 +93,20 @@ class GatewaySettings(CommonSettings):
         # A Kubernetes Secret made with --from-file (or a file written by echo) keeps the file's
         # newline: every signature and key would be refused. None of these holds whitespace.
         return value.strip() if isinstance(value, str) else value
+
+    @field_validator("whatsapp_api_base_url", "twilio_api_base_url")
+    @classmethod
+    def _api_url(cls, value: str, info: ValidationInfo) -> str:
+        # Without its scheme every reply failed as an outage (aiohttp: InvalidURL), retried for
+        # RETRY_WINDOW_SECONDS and dead-lettered, while the gateway looked healthy.
+        return http_url(value, str(cls.model_fields[str(info.field_name)].default))
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        # Twilio signs the whole URL it called, scheme included: "bot.example.com" made every
+        # Twilio webhook's signature fail (403).
+        return http_url(value, "https://bot.example.com") if value else None
 
     @field_validator("rate_limit_user", "rate_limit_business")
     @classmethod

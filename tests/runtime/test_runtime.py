@@ -323,6 +323,16 @@ def test_a_setting_only_building_can_check_stops_startup_with_one_line(
         ("RATE_LIMIT_USER", {"RATE_LIMIT_USER": "s3cret/minute"}),
         ("RATE_LIMIT_BUSINESS", {"RATE_LIMIT_BUSINESS": "0/minute", "GATEWAY_ROLE": "worker"}),
         ("RATE_LIMIT_USER", {"RATE_LIMIT_USER": "20/minute;100/hour"}),
+        # A base URL without its scheme started a gateway whose every reply failed as an
+        # outage (then a dead letter), whose every Twilio signature failed (PUBLIC_BASE_URL), or
+        # whose model was never asked.
+        ("WHATSAPP_API_BASE_URL", {"WHATSAPP_API_BASE_URL": "graph.facebook.com/v23.0"}),
+        (
+            "TWILIO_API_BASE_URL",
+            {"TWILIO_API_BASE_URL": "ftp://api.twilio.com", "GATEWAY_ROLE": "worker"},
+        ),
+        ("PUBLIC_BASE_URL", {"PUBLIC_BASE_URL": "bot.example.com"}),
+        ("OPENAI_BASE_URL", {"OPENAI_BASE_URL": "api.openai.com/v1", "WEB_CONCURRENCY": "2"}),
         ("USE_SMART_HANDLER", {"USE_SMART_HANDLER": "maybe"}),
         ("OPENAI_TIMEOUT_SECONDS", {"OPENAI_TIMEOUT_SECONDS": "soon", "WEB_CONCURRENCY": "2"}),
         ("BOT_SEARCH_CACHE_SECONDS", {"BOT_SEARCH_CACHE_SECONDS": "-5", "GATEWAY_ROLE": "worker"}),

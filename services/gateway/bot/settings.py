@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator
 
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, http_url
 from services.gateway.bot.switches import Switch
 
 
@@ -29,6 +29,12 @@ class BotSettings(CommonSettings):
     def _switch(cls, value: str) -> str:
         Switch.parse("check", value)  # raises ValueError with a clear message
         return value.strip()
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        # Without its scheme every model call failed and the rules answered, without a word.
+        return http_url(value, "https://api.openai.com/v1")
 
     def smart_handler(self) -> Switch:
         return Switch.parse("use_smart_handler", self.use_smart_handler)

@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import structlog
@@ -42,7 +41,7 @@ from parley.search.v1 import search_pb2
 from services.common.errors import InvalidArgument
 from services.common.outage import OutageLog
 from services.common.redact import scrub
-from services.common.settings import load_settings
+from services.common.settings import http_url, load_settings
 from services.search.places import Places, zone
 from services.search.providers.base import (
     OFFERS_SKIPPED,
@@ -102,12 +101,9 @@ class AmadeusSettings(BaseSettings):
     @field_validator("amadeus_base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        # Checked at start-up: "api.amadeus.com" (the `host` of Amadeus's API specifications)
-        # would start a service whose every search fails, each retried as an outage.
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL, e.g. https://api.amadeus.com")
-        return value.strip()
+        # "api.amadeus.com" (the `host` of Amadeus's API specifications) would start a service
+        # whose every search fails, each retried as an outage.
+        return http_url(value, "https://api.amadeus.com")
 
 
 class _Retryable(Exception):
