@@ -36,10 +36,25 @@ from honcho.printer import Message, Printer
 from honcho.process import Process
 
 from services.common.healthcheck import check
+from services.common.settings import refuse_to_start
 
 ROOT = Path(__file__).resolve().parents[2]
 VAR = Path(os.environ.get("PARLEY_VAR_DIR") or ROOT / "var")
-STARTUP_TIMEOUT = float(os.environ.get("DEV_STARTUP_TIMEOUT_SECONDS", "60"))
+
+
+def _startup_timeout() -> float:
+    # Read at import, before anything starts: "soon" was a ValueError traceback, and "0" or
+    # "-1" had every service reported not SERVING as the stack started.
+    try:
+        seconds = float(os.environ.get("DEV_STARTUP_TIMEOUT_SECONDS") or 60)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        refuse_to_start("DEV_STARTUP_TIMEOUT_SECONDS: must be a number of seconds above 0")
+    return seconds
+
+
+STARTUP_TIMEOUT = _startup_timeout()
 SHOWN_LINES = 20
 GATEWAY_STOP_SECONDS = 15.0  # its workers finish the messages in hand within their grace
 

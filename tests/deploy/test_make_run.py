@@ -219,6 +219,23 @@ def test_a_port_in_use_is_named_and_nothing_starts(tmp_path: Path) -> None:
     assert "started (pid=" not in text and "Traceback" not in text, text
 
 
+def test_a_bad_startup_timeout_is_refused_in_one_line_and_nothing_starts(tmp_path: Path) -> None:
+    """Like a bad setting of the services: one line naming the variable, status 2 (it was a
+    ValueError traceback)."""
+    env = _launcher_env(tmp_path) | {"DEV_STARTUP_TIMEOUT_SECONDS": "soon"}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.dev.launcher"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("invalid configuration:\n  DEV_STARTUP_TIMEOUT_SECONDS: ")
+    assert "started (pid=" not in done.stdout and not (tmp_path / "var").exists()
+
+
 def test_a_make_run_that_was_killed_is_cleaned_up_by_the_next(tmp_path: Path) -> None:
     """A launcher killed with SIGKILL cannot stop anything: Valkey and the services, in sessions
     of their own, stay on their ports. The next `make run` with the same var/ stops them and
