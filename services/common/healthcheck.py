@@ -50,7 +50,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_cert and not args.tls_ca):
+        # Dropped without a word before: the probe spoke plaintext, or TLS without its
+        # certificate, and a misspelt probe read as a service down (UNAVAILABLE).
+        cli.error("--tls-cert and --tls-key go together, and with --tls-ca")
     credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
     status = check(args.addr, args.service, args.timeout, credentials)
     print(status)

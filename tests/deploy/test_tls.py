@@ -124,6 +124,22 @@ def test_healthcheck_command_speaks_mutual_tls(
     assert capsys.readouterr().out.strip() == "UNAVAILABLE"
 
 
+@pytest.mark.parametrize("given", [("ca", "client_cert"), ("client_cert", "client_key")])
+def test_healthcheck_command_refuses_half_of_its_tls_options(
+    pki: Pki, given: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A client certificate without its key, or without the CA that turns TLS on, was dropped
+    without a word: the probe then reported a mutual-TLS service as down (UNAVAILABLE)."""
+    options = {"ca": "--tls-ca", "client_cert": "--tls-cert", "client_key": "--tls-key"}
+    argv = ["--addr", "127.0.0.1:1"]
+    for name in given:
+        argv += [options[name], str(getattr(pki, name))]
+    with pytest.raises(SystemExit) as refused:
+        healthcheck.main(argv)
+    assert refused.value.code == 2
+    assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
+
+
 def test_server_tls_without_ca_does_not_ask_for_a_client_certificate(
     pki: Pki, tmp_path: Path
 ) -> None:
