@@ -59,7 +59,7 @@ def _prepare_multiprocess_dir() -> None:
     except OSError as error:  # e.g. an installed package's read-only tree, in the image
         refuse_to_start(
             f"PROMETHEUS_MULTIPROC_DIR: {directory} cannot be used ({error.strerror}); "
-            "WEB_CONCURRENCY > 1 needs a writable directory there"
+            "the metrics of every process are counted in files there"
         )
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
@@ -109,8 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         concurrency = int(os.environ.get("WEB_CONCURRENCY", "1") or "1")
     except ValueError:
         refuse_to_start("WEB_CONCURRENCY: must be a whole number")
-    if concurrency > 1 and args.role != "worker":
-        # Must happen before prometheus_client is imported anywhere in this process tree.
+    # Must happen before prometheus_client is imported anywhere in this process tree. Also
+    # whenever the directory is given (one web process, or a worker writing beside the web's):
+    # prometheus_client then counts into files there, and a directory not made yet was a
+    # FileNotFoundError traceback at the first metric.
+    if (concurrency > 1 and args.role != "worker") or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         _prepare_multiprocess_dir()
 
     from services.common.logs import configure_logging

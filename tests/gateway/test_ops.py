@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -181,6 +182,36 @@ def test_a_web_restart_keeps_the_counts_of_workers_sharing_its_metrics_directory
         assert wait_for(lambda: ready(gw.url), 40, 0.2)
         answered("after the restart")
         assert wait_for(lambda: metric(gw, accepted) == 2, 5), metric(gw, accepted)
+    finally:
+        gw.stop()
+
+
+def test_one_web_process_given_a_metrics_directory_not_made_yet_makes_it(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey, tmp_path: Path
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR set (for the WEB_CONCURRENCY > 1 to come, or shared with
+    workers) with one web process: prometheus_client counts into files there whatever the
+    concurrency, and the directory was made only for several processes, so a fresh one was a
+    FileNotFoundError traceback at start-up."""
+    directory = tmp_path / "not-made-yet"
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "one-process-multiprocess-dir",
+        role="web",
+        PROMETHEUS_MULTIPROC_DIR=str(directory),
+    )
+    try:
+        response = httpx.post(
+            f"{gw.url}/webhooks/whatsapp",
+            content=b"{}",
+            headers={"content-type": "application/json", "x-hub-signature-256": "sha256=0"},
+        )
+        assert response.status_code == 403
+        outcome = 'gateway_webhooks_total{channel="cloud_api",outcome="bad_signature"}'
+        assert metric(gw, outcome) == 1
+        assert list(directory.glob("*.db"))
     finally:
         gw.stop()
 
