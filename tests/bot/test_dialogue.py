@@ -668,6 +668,34 @@ async def test_an_answer_with_thanks_after_it_is_the_answer(engine: BotEngine) -
         assert offers_in(reply) and not chat.state["trip"].get("some_children"), (text, reply)
 
 
+async def test_no_thanks_answering_how_many_children_means_none(engine: BotEngine) -> None:
+    """(Was a bug: *no thanks*, *no, thank you* and *no gracias* answering *How many children
+    are travelling?* were read as a decline closing the conversation: *Goodbye!*, the trip left
+    waiting on the question, nothing searched.)"""
+    for n, (locale, text) in enumerate(
+        (
+            ("en", "no thanks"),
+            ("en", "No, thank you 🙏"),
+            ("en", "nah thanks"),
+            ("es", "no gracias"),
+        )
+    ):
+        chat = Chat(engine, user_id=f"1555000019{n}", locale=locale)
+        request = (
+            "de Madrid a Roma el viernes con los niños"
+            if locale == "es"
+            else ("NYC to London next Friday with the kids")
+        )
+        await chat.say(request)
+        reply = await chat.say(text)
+        assert offers_in(reply) and not chat.state["trip"].get("some_children"), (text, reply)
+        assert "ask" not in chat.state or not chat.state["ask"], (text, chat.state["ask"])
+    # With no question waiting it is still a goodbye.
+    chat = Chat(engine, user_id="15550001990")
+    await chat.say("NYC to London next Friday")
+    assert (await chat.say("no thanks")).startswith("Goodbye!")
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

@@ -330,7 +330,7 @@ def _chosen(plain: str) -> int | None:
 
 # "none", answering "How many children are travelling?".
 NO_CHILDREN = re.compile(
-    r"none|zero|cero|no|nope|ninguno|ninguna|nadie|no (?:kids|children)|"
+    r"none|zero|cero|no|nope|nah|ninguno|ninguna|nadie|no (?:kids|children)|"
     r"ningun (?:niño|nino)|sin (?:niños|ninos|hijos)|no hay (?:niños|ninos)"
 )
 
@@ -587,6 +587,10 @@ class BotEngine:
                 d.set("ask", {"slot": "origin"})
             return [Reply(t("new" if ctx.smart else "new_step"))]
         words = " ".join(re.sub(r"[^\w\s']", " ", polite).split())  # no emoji, no commas
+        # An answer with thanks after it ("4 thanks", "none, thanks") is the answer; and "no
+        # thanks" answering "How many children are travelling?" is none, not a goodbye.
+        if d.ask.get("slot") == "children" and NO_CHILDREN.fullmatch(_unthanked(words)):
+            return await self._apply(ctx, d, Extraction(children=0))
         if command == "thanks" or _closes(words):
             return [Reply(t("bye" if _says_bye(words) else "thanks"))]
         if command == "more":
@@ -606,9 +610,6 @@ class BotEngine:
             return [Reply(t("nothing_to_retry"))]
         if CHEAPEST.fullmatch(polite) or CHEAPER.fullmatch(polite):
             return self._cheaper(ctx, d, cheapest=bool(CHEAPEST.fullmatch(polite)))
-        # An answer with thanks after it ("4 thanks", "none, thanks") is the answer.
-        if d.ask.get("slot") == "children" and NO_CHILDREN.fullmatch(_unthanked(polite)):
-            return await self._apply(ctx, d, Extraction(children=0))
         n = _chosen(_unthanked(plain))
         if n is not None:
             picked = await self._number(ctx, d, n)
