@@ -696,6 +696,31 @@ async def test_no_thanks_answering_how_many_children_means_none(engine: BotEngin
     assert (await chat.say("no thanks")).startswith("Goodbye!")
 
 
+async def test_la_next_to_a_route_word_is_los_angeles(engine: BotEngine) -> None:
+    """(Was a bug: "la" was a cue that a message is Spanish, and the Spanish article "la" was
+    trimmed from the end of every place phrase, so *NYC to LA*, *Chicago to LA tomorrow* and
+    *LA to Chicago tomorrow* dropped Los Angeles and asked *Where are you flying from?* with the
+    other city as the destination; *de Madrid a LA* dropped it without a word.)"""
+    friday = short(coming(4))
+    for n, (locale, text, route) in enumerate(
+        (
+            ("en", "Chicago to LA next Friday", "Chicago (CHI) → Los Angeles (LAX)"),
+            ("en", "LA to Chicago next Friday", "Los Angeles (LAX) → Chicago (CHI)"),
+            ("en", "fly from la to nyc next friday", "Los Angeles (LAX) → New York (NYC)"),
+            ("es", "de Madrid a LA el viernes", "Madrid (MAD) → Los Angeles (LAX)"),
+        )
+    ):
+        chat = Chat(engine, user_id=f"1555000029{n}", locale=locale)
+        reply = await chat.say(text)
+        assert route in reply and offers_in(reply), (text, reply)
+        if locale == "en":
+            assert friday in reply, reply
+    # The article still ends no name, and begins one: "a la Habana", "la semana que viene".
+    chat = Chat(engine, user_id="15550002995", locale="es")
+    reply = await chat.say("de Madrid a la Habana la semana que viene")
+    assert "Madrid (MAD) → La Habana (HAV)" in reply and offers_in(reply), reply
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

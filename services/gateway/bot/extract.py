@@ -1513,9 +1513,11 @@ NAME_EDGE_WORDS = frozenset(
     ("city", "international", "home", "the", "in", "show", "price", "can", "hay", "sale")
 )
 _PROTECT = re.compile(r"\b(" + "|".join(PROTECTED_NAMES) + r")\b")
+# "la" next to a route word is "LA", Los Angeles ("NYC to LA", "LA to Chicago"), no cue.
 SPANISH_CUES = re.compile(
     r"\b(?:de|desde|quiero|quisiera|vuelos?|hacia|para|mañana|billetes?|pasajes?|ida|vuelta|"
-    r"el|la|hoy|proximo|semana|busco|necesito|viernes|sabado|domingo|lunes|martes|jueves)\b"
+    r"el|(?<!\bto )(?<!\bfrom )la(?! to\b)|hoy|proximo|semana|busco|necesito|viernes|sabado|"
+    r"domingo|lunes|martes|jueves)\b"
 )
 
 
@@ -1526,7 +1528,8 @@ def _clean_place(phrase: str, spanish: bool = False) -> str:
     # Spanish articles never end a place name ("a Barcelona el viernes" → "barcelona el"), nor
     # does "y" ("a Roma el 3 y regresamos el 10" → "roma el y").
     trailing = {"el", "la", "los", "las", "del", "y"} if spanish else set()
-    while words and (words[-1] in FILLER or words[-1] in trailing):
+    # Except "la" alone, which is the place: "de Madrid a LA" (Los Angeles, LAX).
+    while words and (words[-1] in FILLER or (words[-1] in trailing and words != ["la"])):
         words.pop()
     # What is left must contain letters and no leftover date/slot placeholder.
     cleaned = " ".join(words).strip(" -'")
