@@ -721,6 +721,28 @@ async def test_la_next_to_a_route_word_is_los_angeles(engine: BotEngine) -> None
     assert "Madrid (MAD) → La Habana (HAV)" in reply and offers_in(reply), reply
 
 
+async def test_an_airport_code_that_is_a_weekday_is_the_airport_on_a_route(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: San Antonio's SAT, Sun Valley's SUN and Mount Cook's MON were read as
+    weekdays wherever they stood: *from SAT to JFK tomorrow* answered *Got it: to New York
+    (JFK)* and asked where from, and *fly SUN to LAX next Friday* flew on Sunday.)"""
+    friday = short(coming(4))
+    for n, (text, route) in enumerate(
+        (
+            ("from SAT to JFK next Friday", "San Antonio (SAT) → New York (JFK)"),
+            ("fly SUN to LAX next Friday", "(SUN) → Los Angeles (LAX)"),
+            ("JFK to SAT next friday", "New York (JFK) → San Antonio (SAT)"),
+        )
+    ):
+        chat = Chat(engine, user_id=f"1555000039{n}")
+        reply = await chat.say(text)
+        assert route in reply and f"· {friday} ·" in reply and offers_in(reply), (text, reply)
+    # A weekday on the other side of the route word is still a range of days.
+    reply = await Chat(engine, user_id="15550003995").say("NYC to London from SAT to MON")
+    assert f"· {short(coming(5))}, back {short(coming(5) + timedelta(days=2))} ·" in reply, reply
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

@@ -184,6 +184,42 @@ def test_a_weekday_written_with_its_date_or_after_next_is_that_day(
 
 
 @pytest.mark.parametrize(
+    ("text", "origin", "destination", "depart", "back"),
+    [
+        # An airport code that is a short weekday, next to a route word: the place.
+        ("from SAT to JFK tomorrow", "sat", "jfk", "2026-11-24", None),
+        ("from sat to jfk on friday", "sat", "jfk", "2026-11-27", None),
+        ("fly SUN to LAX tomorrow", "sun", "lax", "2026-11-24", None),
+        ("fly to LAX from SUN tomorrow", "sun", "lax", "2026-11-24", None),
+        ("JFK to SAT on friday", "jfk", "sat", "2026-11-27", None),
+        ("SAT-JFK friday", "sat", "jfk", "2026-11-27", None),
+        ("MON to LAX next friday", "mon", "lax", "2026-11-27", None),
+        ("FROM SAT TO JFK TOMORROW", "sat", "jfk", "2026-11-24", None),
+        # A weekday on the other side of the route word, or no route word: the day.
+        ("NYC to London from sat to mon", "nyc", "london", "2026-11-28", "2026-11-30"),
+        ("NYC to London from SAT to MON", "nyc", "london", "2026-11-28", "2026-11-30"),
+        ("NYC to London Fri to SUN", "nyc", "london", "2026-11-27", "2026-11-29"),
+        ("NYC to London on SAT", "nyc", "london", "2026-11-28", None),
+        ("NYC TO LONDON SAT", "nyc", "london", "2026-11-28", None),
+        ("fly sat to paris from nyc", "nyc", "paris", "2026-11-28", None),
+        ("change it to SAT", None, None, "2026-11-28", None),
+        ("change the date to sun", None, None, "2026-11-29", None),
+    ],
+)
+def test_a_weekday_that_is_an_airport_code_is_read_by_its_route_word(
+    text: str, origin: str | None, destination: str | None, depart: str, back: str | None
+) -> None:
+    """(Was a bug: SAT, SUN and MON were always weekdays, so *from SAT to JFK* asked where from
+    and flew on Saturday, and *MON to LAX next Friday* flew on Monday.)"""
+    found = extract(text, date(2026, 11, 23))
+    got = (found.depart, found.return_date)
+    assert tuple(d.isoformat() if d else None for d in got) == (depart, back)
+    # ("date" is left of "change the date to sun": the dialogue takes no unclear place.)
+    assert (found.origin, found.destination) == (origin, destination)
+    assert all(code not in found.places for code in ("sat", "sun", "mon"))
+
+
+@pytest.mark.parametrize(
     ("phrase", "text", "written"),
     [
         ("cordoba", "de Córdoba a Madrid mañana", "Córdoba"),

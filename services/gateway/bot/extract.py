@@ -1800,6 +1800,67 @@ def _first_trip(work: str, spanish: bool) -> tuple[str, bool]:
     return "".join(kept) + work[copied:], False
 
 
+# --- airport codes that are also short weekdays ------------------------------------------
+
+# San Antonio (SAT), Sun Valley (SUN) and Mount Cook (MON) have the codes of short English
+# weekdays ("tue" and "wed" are no airport's; THU and FRI are military fields). Which one the
+# user means is read from how it is written: a weekday next to a route word is a place when
+# the other side of that word is no date ("from sat to jfk", "SUN to LAX", "NYC to SAT"),
+# and a weekday on both sides is a range ("from sat to mon", "fri to sun").
+CODE_WEEKDAYS = frozenset(("sat", "sun", "mon"))
+_ROUTE_FROM = frozenset(("from", "de", "desde"))
+_ROUTE_TO = frozenset(("to", "a", "hacia"))
+_RANGE_WORDS = _ROUTE_TO | {"until", "till", "through", "thru", "hasta", "al"}
+# The words after which "to <weekday>" moves a date ("change it to sat", "push the date to
+# sun"), not the destination.
+_DATE_TARGETS = frozenset(
+    ("it", "date", "dates", "day", "departure", "return", "that", "this", "back", "moved")
+)
+_UPPER_CODE = re.compile(r"\b(SAT|SUN|MON)\b")
+
+
+def _dateish(word: str) -> bool:
+    return (
+        word in WEEKDAYS
+        or word in MONTHS
+        or word[:1].isdigit()
+        or word in ("the", "next", "this", "el", "tomorrow", "mañana", "today", "hoy")
+    )
+
+
+def _weekday_codes(work: str, text: str) -> str:
+    """``work`` with each short weekday that names an airport marked as a place ("sat_", which
+    no date rule reads and the place splitter reads as "sat"). Written in capitals in a
+    message that is not all capitals (SAT, SUN), a route word before or after it is enough;
+    in lower case only the whole route is ("from sat to jfk": "NYC to London from sat" may
+    mean "from Saturday")."""
+    words = work.split(" ")
+    if not CODE_WEEKDAYS.intersection(words):
+        return work
+    upper = set()
+    if any(ch.islower() for ch in text):
+        upper = {code.lower() for code in _UPPER_CODE.findall(text)}
+    for i, word in enumerate(words):
+        if word not in CODE_WEEKDAYS:
+            continue
+        before = words[i - 1] if i else ""
+        before2 = words[i - 2] if i > 1 else ""
+        after = words[i + 1] if i + 1 < len(words) else ""
+        after2 = words[i + 2] if i + 2 < len(words) else ""
+        ranged = after in _RANGE_WORDS and _dateish(after2)  # "from sat to mon"
+        if before in _ROUTE_FROM:
+            place = not ranged and (word in upper or (after in _ROUTE_TO and after2 != ""))
+        elif before in _ROUTE_TO:
+            place = word in upper and not _dateish(before2) and before2 not in _DATE_TARGETS
+        elif after in _ROUTE_TO:
+            place = word in upper and after2 != "" and not ranged
+        else:
+            place = False
+        if place:
+            words[i] = word + "_"
+    return " ".join(words)
+
+
 # --- the whole message -------------------------------------------------------------------
 
 
@@ -1813,6 +1874,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     work = SHORT_WEEKDAY.sub(lambda m: SHORT_WEEKDAYS[m.group(1) or m.group(2)], work)
     spanish = locale.lower().startswith("es") or bool(SPANISH_CUES.search(work))
     work = _PROTECT.sub(lambda m: m.group(1).replace(" ", "_"), work)
+    work = _weekday_codes(work, text)
     work, result.more_trips = _first_trip(work, spanish)
 
     work = NAMED_ORIGIN.sub(" from ", work)  # "change the origin to Boston": from Boston
