@@ -743,6 +743,28 @@ async def test_an_airport_code_that_is_a_weekday_is_the_airport_on_a_route(
     assert f"· {short(coming(5))}, back {short(coming(5) + timedelta(days=2))} ·" in reply, reply
 
 
+async def test_a_number_answering_where_from_is_asked_again(engine: BotEngine) -> None:
+    """(Was a bug: *one* answering *Where are you flying from?* was resolved as a place and
+    became Oneonta, New York (ONH), *two* was read as the 2nd of the month (*has already
+    passed*), and *1* got the generic *Sorry, I didn't get that* without the question.)"""
+    for n, (locale, text, question) in enumerate(
+        (
+            ("en", "one", "Where are you flying from?"),
+            ("en", "two", "Where are you flying from?"),
+            ("en", "1", "Where are you flying from?"),
+            ("es", "uno", "¿Desde dónde sales?"),
+        )
+    ):
+        chat = Chat(engine, user_id=f"1555000049{n}", locale=locale)
+        await chat.say("fly me to paris")
+        reply = await chat.say(text)
+        assert reply.endswith(question) and reply != question, (text, reply)
+        assert chat.state["trip"].keys() == {"destination"}, (text, chat.state["trip"])
+        assert chat.state["ask"] == {"slot": "origin"}
+    reply = await chat.say("Londres")
+    assert reply.endswith(engine_text("es", "ask_date")), reply
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

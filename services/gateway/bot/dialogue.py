@@ -615,6 +615,10 @@ class BotEngine:
             picked = await self._number(ctx, d, n)
             if picked is not None:
                 return picked
+            if d.ask.get("slot") in ("origin", "destination"):
+                # "one" answering "Where are you flying from?" is no place: resolved, it was
+                # Oneonta (ONH), and "two" a date.
+                return [Reply(t("number_for_place", question=self._whats_next(ctx, d)))]
 
         if ctx.smart:
             found = await self._extractor.extract(text, ctx.written, ctx.locale)

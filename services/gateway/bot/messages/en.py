@@ -59,6 +59,9 @@ MESSAGES: dict[str, str] = {
     "ask_origin": "Where are you flying from?",
     "ask_destination": "Where do you want to go?",
     "ask_date": "When do you want to leave? (e.g. *next Friday* or *3 March*)",
+    "number_for_place": (
+        "That's a number; I need a city or an airport code (e.g. *London* or *JFK*). {question}"
+    ),
     "have_so_far": "Got it: {summary}.",
     "place_not_found": (
         "I couldn't find an airport for “{text}”. Try a city name or an airport code like *JFK*."

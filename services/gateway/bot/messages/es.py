@@ -60,6 +60,10 @@ MESSAGES: dict[str, str] = {
     "ask_origin": "¿Desde dónde sales?",
     "ask_destination": "¿Adónde quieres ir?",
     "ask_date": "¿Qué día quieres salir? (p. ej. *el viernes* o *3 de marzo*)",
+    "number_for_place": (
+        "Eso es un número; necesito una ciudad o un código de aeropuerto (p. ej. *Londres* o "
+        "*MAD*). {question}"
+    ),
     "have_so_far": "Entendido: {summary}.",
     "place_not_found": (
         "No encuentro ningún aeropuerto para «{text}». Prueba con el nombre de la ciudad o un "
