@@ -765,6 +765,35 @@ async def test_a_number_answering_where_from_is_asked_again(engine: BotEngine) -
     assert reply.endswith(engine_text("es", "ask_date")), reply
 
 
+async def test_two_days_joined_by_or_are_asked_about(engine: BotEngine) -> None:
+    """(Was a bug: *NYC to Paris Friday or Saturday* searched Friday without a word about
+    Saturday, *Friday or Saturday NYC to London* looked for an airport called *Or Nyc*, and
+    *… back Sunday or Monday* dropped the Monday.)"""
+    friday, saturday = coming(4), coming(4) + timedelta(days=1)
+    question = (
+        f"I search one day at a time. Which day do you want to leave, {short(friday)} or "
+        f"{short(saturday)}?"
+    )
+    chat = Chat(engine, user_id="15550005990")
+    reply = await chat.say("Friday or Saturday NYC to London")
+    assert reply == f"Got it: New York (NYC) → London (LON).\n{question}", reply
+    assert await chat.say("ok") == question
+    reply = await chat.say("saturday")
+    assert f"· {short(saturday)} ·" in reply and offers_in(reply), reply
+    assert not chat.state["trip"].get("either")
+    chat = Chat(engine, user_id="15550005991")
+    assert (await chat.say("NYC to Paris next friday or saturday")).endswith(question)
+    reply = await chat.say("2")  # the second of the two
+    assert "New York (NYC) → Paris (PAR)" in reply and f"· {short(saturday)} ·" in reply, reply
+    # The return's two days, each the first after the departure; in Spanish too.
+    chat = Chat(engine, user_id="15550005992", locale="es")
+    reply = await chat.say("de Madrid a Paris el viernes y vuelta el domingo o el lunes")
+    sunday, monday = (fmt.day(Texts("es"), friday + timedelta(days=n)) for n in (2, 3))
+    assert reply.endswith(f"¿Qué día vuelves, el {sunday} o el {monday}?"), reply
+    reply = await chat.say("el lunes")
+    assert f", vuelta {monday} ·" in reply and offers_in(reply), reply
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

@@ -9,7 +9,9 @@ State (JSON, in the session service, so it survives restarts and moves between w
   "year", "week"}``) while the user has named a stretch of days ("end of the month") and not
   yet the day; ``too_many`` (a count over 9) while the user has asked for more travellers
   than one search takes and not yet said how many to search; ``some_children`` while the user
-  has said children come ("with the kids") and not yet how many.
+  has said children come ("with the kids") and not yet how many; ``either`` (``{"leg":
+  "depart"|"return", "days": [two ISO dates]}``) while the user has named two days ("Friday or
+  Saturday") and not yet chosen one.
 - ``ask``: what the last reply asked for: ``{"slot": "origin"|"destination"|"date"|"return"|
   "travellers"|"adults"|"children"}`` (``adults`` while there are more lap infants than
   adults), with
@@ -99,6 +101,7 @@ REQUEST_DEFAULTS = (
     "infants",
     "too_many",
     "some_children",
+    "either",
     "cabin",
     "non_stop",
 )
@@ -448,7 +451,22 @@ def _valid_trip(trip: dict[str, Any]) -> dict[str, Any]:
     too_many = trip.get("too_many")
     if too_many is not None and not (isinstance(too_many, int | float) and too_many > 0):
         trip.pop("too_many")
+    if "either" in trip and _either(trip) is None:
+        trip.pop("either")
     return trip
+
+
+def _either(trip: dict[str, Any]) -> tuple[str, date, date] | None:
+    """The two days the user named for a leg ("Friday or Saturday"), not yet chosen from."""
+    either = trip.get("either")
+    if not isinstance(either, dict) or either.get("leg") not in ("depart", "return"):
+        return None
+    days = either.get("days")
+    try:
+        first, second = (date.fromisoformat(str(day)) for day in days)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    return str(either["leg"]), first, second
 
 
 def _tz(name: str) -> ZoneInfo:
@@ -732,6 +750,14 @@ class BotEngine:
         if d.ask.get("slot") == "children" and d.trip.get("some_children"):
             # "2", answering "How many children are travelling?" ("0": none after all).
             return await self._apply(ctx, d, Extraction(children=n))
+        either = _either(d.trip)
+        if either is not None and 1 <= n <= 2:
+            leg, *days = either
+            if d.ask.get("slot") == {"depart": "date", "return": "return"}[leg]:
+                # "2", answering "Which day do you want to leave, Fri 27 Nov or Sat 28 Nov?"
+                day = days[n - 1]
+                found = Extraction(depart=day) if leg == "depart" else Extraction(return_date=day)
+                return await self._apply(ctx, d, found)
         period = Period.from_state(d.trip.get("period"))
         asked = {"depart": "date", "return": "return"}
         if period is not None and d.ask.get("slot") == asked[period.leg] and 1 <= n <= 31:
@@ -874,6 +900,7 @@ class BotEngine:
                 found.depart
                 or (found.no_such_date and not found.no_such_return)
                 or (found.period and found.period.leg == "depart")
+                or (found.either and not found.either_return)
             )
         )
         later = d.ask.get("then")
@@ -961,6 +988,7 @@ class BotEngine:
         if found.non_stop is not None:
             changes["non_stop"] = found.non_stop
         changes.update(self._period_changes(d, found))
+        changes.update(self._either_changes(d, found, changes))
         if changes:
             d.update_trip(**changes)
         before: list[Reply] = []
@@ -997,6 +1025,25 @@ class BotEngine:
         if before and found.no_such_return:
             return before  # "When do you come back?" is in it: nothing can be searched yet
         return await self._advance(ctx, d, before)
+
+    def _either_changes(
+        self, d: Dialogue, found: Extraction, changes: dict[str, Any]
+    ) -> dict[str, Any]:
+        """ "Friday or Saturday": neither is searched, which is asked (see _slot_question); a
+        day for that leg given later ends the choice."""
+        if found.either is not None:
+            leg = "return" if found.either_return else "depart"
+            days = [day.isoformat() for day in found.either]
+            cleared = {"return": None, "nights": None} if leg == "return" else {"depart": None}
+            return {**cleared, "either": {"leg": leg, "days": days}}
+        either = _either(d.trip)
+        if either is not None and (
+            changes.get("depart")
+            if either[0] == "depart"
+            else (changes.get("return") or changes.get("nights") or found.one_way)
+        ):
+            return {"either": None}
+        return {}
 
     def _period_changes(self, d: Dialogue, found: Extraction) -> dict[str, Any]:
         """ "end of the month" (or "back early January"): that date is dropped and the day
@@ -1195,6 +1242,10 @@ class BotEngine:
             # "back early January": not a one-way search; which day is asked.
             d.set("ask", {"slot": "return"})
             return [*before, Reply(self._slot_question(ctx, d, "return"))]
+        either = _either(d.trip)
+        if either is not None and either[0] == "return" and self._return_date(d) is None:
+            # "back Sunday or Monday": which, rather than one way or one of them unsaid.
+            return self._ask(ctx, d, "return", self._slot_question(ctx, d, "return"), before)
         if d.trip.get("round_trip") and self._return_date(d) is None:
             # "round trip" with no return: not a one-way search either (see _apply).
             return self._ask(ctx, d, "return", t("ask_return"), before)
@@ -1229,6 +1280,12 @@ class BotEngine:
         """What asks for ``slot`` (``ask_<slot>``); for the leg of a stretch of days the user
         named, its day: "Which day at the end of December?", not "When do you want to leave?
         (e.g. *next Friday* or *3 March*)"."""
+        either = _either(d.trip)
+        if either is not None and {"date": "depart", "return": "return"}.get(slot) == either[0]:
+            # "Friday or Saturday": a search is for one day.
+            t = ctx.texts
+            first, second = fmt.day(t, either[1]), fmt.day(t, either[2])
+            return t(f"ask_either_{slot}", first=first, second=second)
         period = Period.from_state(d.trip.get("period"))
         if period is not None and {"date": "depart", "return": "return"}.get(slot) == period.leg:
             # A season's example is a day from today, for a return from the departure.

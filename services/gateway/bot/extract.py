@@ -82,6 +82,10 @@ class Extraction:
     shift_days: int = 0
     # The return moved by days: "come back a day later" +1 (with no return yet, a stay).
     return_shift_days: int = 0
+    # Two days to choose from ("Friday or Saturday", "back Sunday or Monday"): neither is
+    # searched, the user is asked which (a search is for one day).
+    either: tuple[date, date] | None = None
+    either_return: bool = False  # the two days are the return's
 
     def is_empty(self) -> bool:
         return not (
@@ -103,6 +107,7 @@ class Extraction:
             or self.period is not None
             or self.shift_days
             or self.return_shift_days
+            or self.either is not None
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -1713,6 +1718,14 @@ def _taken_back(work: str) -> set[int]:
 _TO_ITS_DATE = r" (?:(?!(?:to|from|a|de|desde|and|y)\b)[a-zñ']+ ){0,4}?(?:on |el |the )?"
 
 
+# Two dates joined by "or" ("Friday or Saturday", "el viernes o el sábado"): a choice.
+_EITHER = re.compile(
+    r"@d(?P<a>\d+) (?:or|o|u)(?: (?:maybe|perhaps|possibly|quizas|quiza|tal vez))? @d(?P<b>\d+)"
+)
+_EITHER_WINDOW = 60  # characters before the choice that may hold its return word
+_RETURN_BEFORE = r"\b" + RETURN_MARK + _TO_ITS_DATE + r"$"
+
+
 def _return_to_origin(work: str, spanish: bool) -> str:
     """ "NYC to London Friday and return to NYC Sunday": the place after a return word is where
     the trip began, not a new destination (which made the route New York to New York); only
@@ -1970,6 +1983,24 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
             result.depart, result.return_date = item.value
             used.add(index)
             break
+    either = _EITHER.search(work)  # the first only: each would search the text before it
+    either_weekdays = (False, False)
+    if either is not None:
+        one, other = dates[int(either["a"])], dates[int(either["b"])]
+        indices = {int(either["a"]), int(either["b"])}
+        if (
+            isinstance(one.value, date)
+            and isinstance(other.value, date)
+            and one.value != other.value
+            and not indices & used
+        ):
+            result.either = (one.value, other.value)
+            either_weekdays = (one.weekday, other.weekday)
+            before = work[max(0, either.start() - _EITHER_WINDOW) : either.start()]
+            result.either_return = bool(re.search(_RETURN_BEFORE, before))
+            used.update(indices)
+            # Neither is left for a place ("or nyc"): both marks stay, side by side.
+            work = f"{work[: either.start()]}@d{either['a']} @d{either['b']}{work[either.end() :]}"
     for match in re.finditer(r"\b" + RETURN_MARK + _TO_ITS_DATE + r"@d(\d+)\b", work):
         index = int(match.group(1))
         value = dates[index].value
@@ -2003,7 +2034,17 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
         elif item.value is None:
             result.unreadable_date = True
 
-    # "Friday back Sunday": a weekday return is the first one after the departure.
+    if result.either and result.either_return and result.depart:
+        # "Friday back Sunday or Monday": each the first one after the departure.
+        result.either = (
+            weekday_after(result.either[0], result.depart)
+            if either_weekdays[0]
+            else result.either[0],
+            weekday_after(result.either[1], result.depart)
+            if either_weekdays[1]
+            else result.either[1],
+        )
+        # "Friday back Sunday": a weekday return is the first one after the departure.
     if result.depart and result.return_date and result.return_weekday:
         result.return_date = weekday_after(result.return_date, result.depart)
     elif result.depart and result.return_date and result.return_day_only:

@@ -150,6 +150,8 @@ _DATE_FIELDS = (
     "shift_days",
     "return_shift_days",
     "unreadable_date",
+    "either",
+    "either_return",
 )
 
 
@@ -181,6 +183,7 @@ def with_rules(model: Extraction, rules: Extraction) -> Extraction:
         or rules.no_such_date
         or rules.shift_days
         or rules.return_shift_days
+        or rules.either
     ):
         return replace(model, unreadable_date=rules.unreadable_date)
     return replace(model, **{name: getattr(rules, name) for name in _DATE_FIELDS})

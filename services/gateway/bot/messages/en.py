@@ -62,6 +62,12 @@ MESSAGES: dict[str, str] = {
     "number_for_place": (
         "That's a number; I need a city or an airport code (e.g. *London* or *JFK*). {question}"
     ),
+    "ask_either_date": (
+        "I search one day at a time. Which day do you want to leave, {first} or {second}?"
+    ),
+    "ask_either_return": (
+        "I search one day at a time. Which day do you come back, {first} or {second}?"
+    ),
     "have_so_far": "Got it: {summary}.",
     "place_not_found": (
         "I couldn't find an airport for “{text}”. Try a city name or an airport code like *JFK*."

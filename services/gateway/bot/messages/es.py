@@ -64,6 +64,8 @@ MESSAGES: dict[str, str] = {
         "Eso es un número; necesito una ciudad o un código de aeropuerto (p. ej. *Londres* o "
         "*MAD*). {question}"
     ),
+    "ask_either_date": ("Busco un día cada vez. ¿Qué día quieres salir, el {first} o el {second}?"),
+    "ask_either_return": ("Busco un día cada vez. ¿Qué día vuelves, el {first} o el {second}?"),
     "have_so_far": "Entendido: {summary}.",
     "place_not_found": (
         "No encuentro ningún aeropuerto para «{text}». Prueba con el nombre de la ciudad o un "
