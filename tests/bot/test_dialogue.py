@@ -794,6 +794,32 @@ async def test_two_days_joined_by_or_are_asked_about(engine: BotEngine) -> None:
     assert f", vuelta {monday} ·" in reply and offers_in(reply), reply
 
 
+async def test_sons_and_daughters_with_a_count_are_asked_about(engine: BotEngine) -> None:
+    """(Was a bug: *con mis 2 hijos*, *with my 2 sons*, *with my two daughters* were dropped
+    and the user's fare alone shown as the party's: a son may be a child or a grown-up, so
+    neither a child's fare nor an adult's could be assumed, and none was asked.)"""
+    chat = Chat(engine, user_id="15550006990", locale="es")
+    reply = await chat.say("de Madrid a Roma el viernes con mis 2 hijos")
+    assert reply.endswith("\n¿Cuántos de tus 2 hijos tienen menos de 12 años? (*0* si ninguno)")
+    assert not offers_in(reply), reply
+    assert chat.state["ask"] == {"slot": "offspring"}
+    assert (await chat.say("5")).startswith("¿Cuántos de tus 2 hijos")  # not more than 2
+    reply = await chat.say("1")
+    assert "· 2 adultos, 1 niño" in reply and offers_in(reply), reply
+    for n, (text, party) in enumerate(
+        (("los dos", "1 adulto, 2 niños"), ("no, ninguno", "3 adultos"), ("0", "3 adultos"))
+    ):
+        chat = Chat(engine, user_id=f"1555000699{n + 1}", locale="es")
+        await chat.say("de Madrid a Roma el viernes con mis 2 hijos")
+        reply = await chat.say(text)
+        assert f"· {party}\n" in reply and offers_in(reply), (text, reply)
+    chat = Chat(engine, user_id="15550006995")
+    reply = await chat.say("NYC to London next Friday, me and my wife with our two daughters")
+    assert reply.endswith("How many of your 2 children are under 12? (*0* if none)"), reply
+    reply = await chat.say("both, thanks")
+    assert "· 2 adults, 2 children" in reply and offers_in(reply), reply
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

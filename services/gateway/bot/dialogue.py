@@ -11,9 +11,10 @@ State (JSON, in the session service, so it survives restarts and moves between w
   than one search takes and not yet said how many to search; ``some_children`` while the user
   has said children come ("with the kids") and not yet how many; ``either`` (``{"leg":
   "depart"|"return", "days": [two ISO dates]}``) while the user has named two days ("Friday or
-  Saturday") and not yet chosen one.
+  Saturday") and not yet chosen one; ``offspring`` (a count) while the user has said sons or
+  daughters come ("con mis 2 hijos") and not yet how many of them are under 12.
 - ``ask``: what the last reply asked for: ``{"slot": "origin"|"destination"|"date"|"return"|
-  "travellers"|"adults"|"children"}`` (``adults`` while there are more lap infants than
+  "travellers"|"adults"|"children"|"offspring"}`` (``adults`` while there are more lap infants than
   adults), with
   ``"choices"`` (places) when it asked the user to pick one.
 - ``results``: the last search's offers in compact form, how many were shown and ``party``
@@ -101,6 +102,7 @@ REQUEST_DEFAULTS = (
     "infants",
     "too_many",
     "some_children",
+    "offspring",
     "either",
     "cabin",
     "non_stop",
@@ -333,8 +335,14 @@ def _chosen(plain: str) -> int | None:
 
 # "none", answering "How many children are travelling?".
 NO_CHILDREN = re.compile(
-    r"none|zero|cero|no|nope|nah|ninguno|ninguna|nadie|no (?:kids|children)|"
-    r"ningun (?:niño|nino)|sin (?:niños|ninos|hijos)|no hay (?:niños|ninos)"
+    r"(?:(?:no|nope) )?(?:none|zero|cero|no|nope|nah|ninguno|ninguna|nadie|no (?:kids|children)|"
+    r"ningun (?:niño|nino)|sin (?:niños|ninos|hijos)|no hay (?:niños|ninos))"
+)
+
+# "all of them", answering "How many of your 2 children are under 12?".
+ALL_OFFSPRING = re.compile(
+    r"(?:yes|yeah|yep|si|all|both|todos|todas|los dos|las dos|ambos|ambas)"
+    r"(?: (?:of them|de ellos|de ellas|are|son))?(?: (?:under 12|menores(?: de 12)?))?"
 )
 
 # Asking about price once offers are shown: "the cheapest" is offer 1 (they are sorted cheapest
@@ -448,9 +456,10 @@ def _valid_trip(trip: dict[str, Any]) -> dict[str, Any]:
     for key in ("round_trip", "some_children"):
         if trip.get(key) not in (None, True):
             trip.pop(key)
-    too_many = trip.get("too_many")
-    if too_many is not None and not (isinstance(too_many, int | float) and too_many > 0):
-        trip.pop("too_many")
+    for key in ("too_many", "offspring"):
+        value = trip.get(key)
+        if value is not None and not (isinstance(value, int | float) and value > 0):
+            trip.pop(key)
     if "either" in trip and _either(trip) is None:
         trip.pop("either")
     return trip
@@ -609,6 +618,11 @@ class BotEngine:
         # thanks" answering "How many children are travelling?" is none, not a goodbye.
         if d.ask.get("slot") == "children" and NO_CHILDREN.fullmatch(_unthanked(words)):
             return await self._apply(ctx, d, Extraction(children=0))
+        if d.ask.get("slot") == "offspring" and d.trip.get("offspring"):
+            answer = _unthanked(words)
+            if NO_CHILDREN.fullmatch(answer) or ALL_OFFSPRING.fullmatch(answer):
+                under = int(d.trip["offspring"]) if ALL_OFFSPRING.fullmatch(answer) else 0
+                return await self._offspring_under_12(ctx, d, under)
         if command == "thanks" or _closes(words):
             return [Reply(t("bye" if _says_bye(words) else "thanks"))]
         if command == "more":
@@ -694,6 +708,8 @@ class BotEngine:
             return self._laps_question(ctx, d)
         if d.ask.get("slot") == "children" and d.trip.get("some_children"):
             return t("ask_children")
+        if d.ask.get("slot") == "offspring" and d.trip.get("offspring"):
+            return t("ask_offspring", n=int(d.trip["offspring"]))
         missing = self._missing(d)
         if missing is not None and (d.trip or not ctx.smart):
             d.set("ask", {"slot": missing})
@@ -750,6 +766,11 @@ class BotEngine:
         if d.ask.get("slot") == "children" and d.trip.get("some_children"):
             # "2", answering "How many children are travelling?" ("0": none after all).
             return await self._apply(ctx, d, Extraction(children=n))
+        if d.ask.get("slot") == "offspring" and d.trip.get("offspring"):
+            # "1", answering "How many of your 2 children are under 12?" (not more than 2).
+            if n <= int(d.trip["offspring"]):
+                return await self._offspring_under_12(ctx, d, n)
+            return [Reply(self._whats_next(ctx, d))]
         either = _either(d.trip)
         if either is not None and 1 <= n <= 2:
             leg, *days = either
@@ -776,6 +797,19 @@ class BotEngine:
                 return [Reply(fmt.details(ctx.texts, n, offers[n - 1], self._priced_for(ctx, d)))]
             return [Reply(ctx.texts("pick_offer", last=shown))]
         return None  # a bare number with nothing to choose: maybe a date ("5")
+
+    async def _offspring_under_12(self, ctx: Context, d: Dialogue, under: int) -> list[Reply]:
+        """The sons and daughters the user named ("con mis 2 hijos"): ``under`` of them children
+        (under 12, a child's fare), the others adults with the user."""
+        grown = int(d.trip["offspring"]) - under
+        adults = int(d.trip.get("adults") or 1) + grown
+        children = int(d.trip.get("children") or 0) + under
+        d.update_trip(offspring=None)
+        if adults > MAX_TRAVELLERS:
+            found = Extraction(too_many=adults, children=children)
+        else:
+            found = Extraction(adults=adults, children=children)
+        return await self._apply(ctx, d, found)
 
     # --- step-by-step (USE_SMART_HANDLER off) -----------------------------------------
 
@@ -980,6 +1014,8 @@ class BotEngine:
                 changes["too_many"] = seated
             elif d.trip.get("too_many"):
                 changes["too_many"] = None
+        if found.offspring is not None:
+            changes["offspring"] = found.offspring  # how many are under 12 is asked
         if found.too_many:
             # Asked before searching (see _advance), as the seats: the children take theirs.
             changes["too_many"] = found.too_many + children
@@ -1255,6 +1291,10 @@ class BotEngine:
         if d.trip.get("some_children"):
             # "with the kids": how many, before fares that would leave them out.
             return self._ask(ctx, d, "children", t("ask_children"), before)
+        if d.trip.get("offspring"):
+            # "con mis 2 hijos": grown up or children (a child's fare), before any fares.
+            question = t("ask_offspring", n=int(d.trip["offspring"]))
+            return self._ask(ctx, d, "offspring", question, before)
         if _too_few_laps(d.trip):
             # "1 adult and 2 babies": each infant travels on an adult's lap, and neither the
             # search nor an airline takes more infants than adults.

@@ -55,6 +55,9 @@ class Extraction:
     children: int | None = None  # "2 adults and a child", "con 2 niños"; 0: "just me"
     infants: int | None = None  # "with my baby", "un bebé": on a lap, no seat
     some_children: bool = False  # "with the kids", "con los niños": how many is asked
+    # Sons and daughters with a count ("con mis 2 hijos", "with my two daughters"), who may be
+    # grown up: how many are under 12 (a child's fare) is asked.
+    offspring: int | None = None
     cabin: str | None = None
     non_stop: bool | None = None
     one_way: bool | None = None
@@ -100,6 +103,7 @@ class Extraction:
             or self.children
             or self.infants
             or self.some_children
+            or self.offspring is not None
             or self.cabin
             or self.non_stop is not None
             or self.one_way is not None
@@ -1300,6 +1304,13 @@ SOME_CHILDREN = re.compile(
     r"(?:kids|children|little ones|ni[nñ]os|ni[nñ]as|hijos|hijas|chicos|peques|crios)\b"
 )
 
+# Sons and daughters counted ("con mis 2 hijos", "with my two daughters"): maybe adults.
+OFFSPRING = re.compile(
+    r"\b(?:(?:with|and|plus|con|y) )?(?:(?:my|our|mis|nuestros|nuestras) )?"
+    + NUM
+    + r" (?:sons|daughters|hijos|hijas)\b"
+)
+
 # Counts of the whole party ("family of 4", "we are 4", "3 people"), children included.
 WHOLE_PARTY: list[re.Pattern[str]] = [
     re.compile(r"\b" + NUM + r" (?:of us|de nosotros)\b"),
@@ -1952,6 +1963,12 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
             count = number(match[group]) if group else 1
             setattr(result, slot, (getattr(result, slot) or 0) + (count or 0))
             work = _without_travellers(work, match)
+    offspring = OFFSPRING.search(work)
+    if offspring:
+        count = number(offspring.group(1))
+        if count and 1 <= count <= MAX_TRAVELLERS:
+            result.offspring = count
+            work = _without_travellers(work, offspring)
     some = SOME_CHILDREN.search(work)
     if some and result.children is None:
         result.some_children = True

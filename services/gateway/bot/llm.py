@@ -168,13 +168,14 @@ def with_rules(model: Extraction, rules: Extraction) -> Extraction:
     """
     if rules.too_many:
         model = replace(model, adults=None, too_many=rules.too_many)
-    if rules.children or rules.infants or rules.some_children:
+    if rules.children or rules.infants or rules.some_children or rules.offspring:
         model = replace(
             model,
             adults=rules.adults,
             children=rules.children,
             infants=rules.infants,
             some_children=rules.some_children,
+            offspring=rules.offspring,
         )
     if not (
         rules.depart

@@ -114,6 +114,7 @@ MESSAGES: dict[str, str] = {
         "Each infant travels on an adult's lap, so {n} infants need at least {n} adults."
     ),
     "ask_adults": "How many adults are travelling?",
+    "ask_offspring": "How many of your {n} children are under 12? (*0* if none)",
     "ask_children": "How many children are travelling?",
     "one_trip_at_a_time": (
         "I search one trip at a time, so this is the first. Send me the next one when you're ready."

@@ -113,6 +113,7 @@ MESSAGES: dict[str, str] = {
         "Cada bebé viaja en brazos de un adulto, así que {n} bebés necesitan al menos {n} adultos."
     ),
     "ask_adults": "¿Cuántos adultos viajan?",
+    "ask_offspring": "¿Cuántos de tus {n} hijos tienen menos de 12 años? (*0* si ninguno)",
     "ask_children": "¿Cuántos niños viajan?",
     "one_trip_at_a_time": (
         "Busco un viaje cada vez, así que este es el primero. Envíame el siguiente cuando quieras."
