@@ -820,6 +820,20 @@ async def test_sons_and_daughters_with_a_count_are_asked_about(engine: BotEngine
     assert "· 2 adults, 2 children" in reply and offers_in(reply), reply
 
 
+async def test_my_wife_and_i_are_two_adults(engine: BotEngine) -> None:
+    """(Was a bug: the companion written before *and I* (*my wife and I*, *mi mujer y yo*) was
+    read only when another companion word followed it, so those messages searched 1 adult.)"""
+    for n, (locale, text, party) in enumerate(
+        (
+            ("en", "my wife and I from NYC to Rome next Friday", "· 2 adults\n"),
+            ("en", "my husband and me, NYC to Rome next Friday", "· 2 adults\n"),
+            ("es", "mi mujer y yo de Madrid a Roma el viernes", "· 2 adultos\n"),
+        )
+    ):
+        reply = await Chat(engine, user_id=f"1555000799{n}", locale=locale).say(text)
+        assert party in reply and offers_in(reply), (text, reply)
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

@@ -1332,10 +1332,13 @@ ADULT_RULES: list[tuple[re.Pattern[str], Any]] = [
         lambda m: number(m.group(1)),
     ),
     (
+        # "me and my wife", "my wife and I", "mi mujer y yo" (the companion before "and I").
         re.compile(
-            r"\b(?:me and my|my \w+ and (?:i|me)|with my|(?:yo )?con mi|mi \w+ y yo) "
+            r"\b(?:(?:me and my|with my|(?:yo )?con mi) "
             + COMPANIONS
-            + r"\b"
+            + r"|(?:my|mi) "
+            + COMPANIONS
+            + r" (?:and|y) (?:i|me|yo))\b"
         ),
         lambda m: 2,
     ),
