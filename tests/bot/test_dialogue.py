@@ -834,6 +834,23 @@ async def test_my_wife_and_i_are_two_adults(engine: BotEngine) -> None:
         assert party in reply and offers_in(reply), (text, reply)
 
 
+async def test_now_in_a_correction_is_no_date(engine: BotEngine) -> None:
+    """(Was a bug: *now* or *ahora* left alone after a correction was handed to dateparser,
+    which reads it as today: *we're 3 now* after a search for next Friday searched 3 adults
+    today, *somos 3 ahora* the same, the Friday replaced without a word.)"""
+    for n, (locale, request, text, party) in enumerate(
+        (
+            ("en", "NYC to London next Friday", "we're 3 now", "3 adults"),
+            ("es", "de Madrid a Roma el viernes", "ahora somos 3", "3 adultos"),
+        )
+    ):
+        chat = Chat(engine, user_id=f"1555000899{n}", locale=locale)
+        await chat.say(request)
+        reply = await chat.say(text)
+        assert chat.state["trip"]["depart"] == coming(4).isoformat(), (text, reply)
+        assert f"· {party}\n" in reply and offers_in(reply), (text, reply)
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

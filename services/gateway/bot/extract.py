@@ -330,6 +330,7 @@ instead actually change make it rather then no sorry mejor cambia cambiar only j
 around sometime approximately roughly sobre alrededor aproximadamente time
 morning afternoon evening night noon midday early late tarde noche madrugada
 thanks thank thx cheers gracias
+now ahora
 much does do did it cost costs have has got available availability
 cuanto cuesta cuestan sale salen tienen tienes tiene hay disponible disponibilidad
 """
