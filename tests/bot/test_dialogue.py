@@ -851,6 +851,20 @@ async def test_now_in_a_correction_is_no_date(engine: BotEngine) -> None:
         assert f"· {party}\n" in reply and offers_in(reply), (text, reply)
 
 
+async def test_a_range_of_days_before_the_route_keeps_the_origin(engine: BotEngine) -> None:
+    """(Was a bug: the *from* and *to* of a range of days written before the route stayed in
+    the text the places were read from, so *from Friday to Sunday NYC to London* lost New
+    York: *Got it: to London* and *Where are you flying from?*.)"""
+    friday = coming(4)
+    header = f"· {short(friday)}, back {short(friday + timedelta(days=2))} ·"
+    reply = await Chat(engine, user_id="15550009990").say("from Friday to Sunday NYC to London")
+    assert "New York (NYC) → London (LON)" in reply and header in reply, reply
+    assert offers_in(reply), reply
+    chat = Chat(engine, user_id="15550009991", locale="es")
+    reply = await chat.say("desde el viernes hasta el domingo de Madrid a Roma")
+    assert "Madrid (MAD) → Roma (ROM)" in reply and offers_in(reply), reply
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

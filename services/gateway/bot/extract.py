@@ -2034,15 +2034,26 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
             result.no_such_date, result.no_such_return = value, True
             used.add(index)
     work = re.sub(r"\b" + RETURN_MARK + _TO_ITS_DATE + r"(?=@d)", " ", work)
-    for match in re.finditer(r"@d(\d+) (?:to|-|until|till|al|a|hasta) @d(\d+)", work):
+
+    def date_range(match: re.Match[str]) -> str:
         first, second = dates[int(match.group(1))].value, dates[int(match.group(2))].value
-        if isinstance(first, date) and isinstance(second, date):
-            if dates[int(match.group(2))].weekday:
-                second = weekday_after(second, first)  # "Friday to Sunday" on a Saturday
-            # Backwards ("10 Dec to 5 Dec") is kept as written: the engine asks about it.
-            result.depart, result.return_date = first, second
-            result.return_day_only = dates[int(match.group(2))].day_only
-            used.update({int(match.group(1)), int(match.group(2))})
+        if not (isinstance(first, date) and isinstance(second, date)):
+            return match.group(0)
+        if dates[int(match.group(2))].weekday:
+            second = weekday_after(second, first)  # "Friday to Sunday" on a Saturday
+        # Backwards ("10 Dec to 5 Dec") is kept as written: the engine asks about it.
+        result.depart, result.return_date = first, second
+        result.return_day_only = dates[int(match.group(2))].day_only
+        used.update({int(match.group(1)), int(match.group(2))})
+        # Its words too: the "from" and "to" of "from Friday to Sunday NYC to London" would
+        # leave an empty origin before "NYC", which was lost.
+        return " "
+
+    work = re.sub(
+        r"(?:\b(?:from|desde|del) )?@d(\d+) (?:to|-|until|till|al|a|hasta) @d(\d+)",
+        date_range,
+        work,
+    )
     for index, item in enumerate(dates):
         if index in used:
             continue
