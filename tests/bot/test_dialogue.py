@@ -865,6 +865,23 @@ async def test_a_range_of_days_before_the_route_keeps_the_origin(engine: BotEngi
     assert "Madrid (MAD) → Roma (ROM)" in reply and offers_in(reply), reply
 
 
+async def test_travellers_listed_with_commas_and_and_are_counted(engine: BotEngine) -> None:
+    """(Was a bug: *me, my wife and our 2 kids* searched 1 adult and 2 children (only *me and
+    my wife* was a companion), and *and my baby* was no infant: *me, my husband and my baby NYC
+    to Rome* looked for an airport called *my baby NYC*.)"""
+    reply = await Chat(engine, user_id="15550010990").say(
+        "we wanna go from NYC to Rome next Friday, me, my wife and our 2 kids"
+    )
+    assert "· 2 adults, 2 children" in reply and offers_in(reply), reply
+    reply = await Chat(engine, user_id="15550010991").say(
+        "me, my husband and my baby NYC to Rome next friday"
+    )
+    assert "New York (NYC) → Rome (ROM)" in reply and "· 2 adults, 1 infant" in reply, reply
+    chat = Chat(engine, user_id="15550010992", locale="es")
+    reply = await chat.say("mi marido y yo y el bebé de Madrid a Roma el viernes")
+    assert "· 2 adultos, 1 bebé" in reply and offers_in(reply), reply
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

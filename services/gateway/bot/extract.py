@@ -1288,7 +1288,9 @@ CHILD_RULES: list[tuple[str, re.Pattern[str], Any]] = [
     ("infants", re.compile(r"\b" + NUM + r" (?:little |small |peque[nñ]os? )?" + INFANT_NOUNS), 1),
     (
         "infants",
-        re.compile(r"\b(?:with|con) (?:my|our|the|mi|nuestro|nuestra|el|la) " + INFANT_NOUNS),
+        re.compile(
+            r"\b(?:with|and|plus|con|y) (?:my|our|the|mi|nuestro|nuestra|el|la) " + INFANT_NOUNS
+        ),
         None,
     ),
     ("children", re.compile(r"\b" + NUM + r" (?:little |small |peque[nñ]os? )?" + CHILD_NOUNS), 1),
@@ -1333,9 +1335,10 @@ ADULT_RULES: list[tuple[re.Pattern[str], Any]] = [
         lambda m: number(m.group(1)),
     ),
     (
-        # "me and my wife", "my wife and I", "mi mujer y yo" (the companion before "and I").
+        # "me and my wife", "me, my wife and …", "my wife and I", "mi mujer y yo" (the
+        # companion before "and I").
         re.compile(
-            r"\b(?:(?:me and my|with my|(?:yo )?con mi) "
+            r"\b(?:(?:me (?:and )?my|with my|(?:yo )?con mi) "
             + COMPANIONS
             + r"|(?:my|mi) "
             + COMPANIONS
