@@ -882,6 +882,20 @@ async def test_travellers_listed_with_commas_and_and_are_counted(engine: BotEngi
     assert "· 2 adultos, 1 bebé" in reply and offers_in(reply), reply
 
 
+async def test_a_long_weekend_is_a_weekend_not_a_place(engine: BotEngine) -> None:
+    """(Was a bug: *long* and *largo* were left for the places: *NYC to Miami for the long
+    weekend* read *long* as the destination after *for*, Miami dropped, and *de Buenos Aires a
+    Mendoza para el finde largo* asked *¿A qué «Largo» te refieres?*.)"""
+    # This weekend's Saturday (on a Saturday or a Sunday, today).
+    saturday = today() if today().weekday() in (5, 6) else coming(5)
+    reply = await Chat(engine, user_id="15550011990").say("NYC to Miami for the long weekend")
+    assert "New York (NYC) → Miami (MIA)" in reply and f"· {short(saturday)} ·" in reply, reply
+    chat = Chat(engine, user_id="15550011991", locale="es")
+    reply = await chat.say("de Buenos Aires a Mendoza para el finde largo")
+    assert "Buenos Aires (BUE) → Mendoza (MDZ)" in reply and offers_in(reply), reply
+    assert chat.state["trip"]["depart"] == saturday.isoformat()
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

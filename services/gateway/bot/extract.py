@@ -770,17 +770,19 @@ def _weekend_of_month(match: re.Match[str], ctx: DateContext) -> DateValue:
     return None
 
 
+# A long weekend ("the long weekend", "el finde largo") is read as its Saturday too: "long"
+# and "largo" are no places ("for the long weekend" flew to Long, Alaska, not Miami).
 @_rule(
-    r"\b(?:next weekend|(?:el )?(?:proximo|siguiente) fin de semana|"
-    r"(?:el )?fin de semana (?:que viene|proximo))\b"
+    r"\b(?:next (?:long )?weekend|(?:el )?(?:proximo|siguiente) fin de semana(?: largo)?|"
+    r"(?:el )?fin de semana(?: largo)? (?:que viene|proximo))\b"
 )
 def _next_weekend(match: re.Match[str], ctx: DateContext) -> DateValue:
     return _weekend(ctx.today, 1)
 
 
 @_rule(
-    r"\b(?:(?:this|este) (?:coming )?(?:weekend|fin de semana)|(?:the )?weekend|"
-    r"(?:el )?fin de semana)\b(?! que viene)"
+    r"\b(?:(?:this|este) (?:coming )?(?:long )?(?:weekend|fin de semana(?: largo)?)|"
+    r"(?:the )?(?:long )?weekend|(?:el )?fin de semana(?: largo)?)\b(?! que viene)"
 )
 def _this_weekend(match: re.Match[str], ctx: DateContext) -> DateValue:
     return _weekend(ctx.today, 0)
