@@ -896,6 +896,17 @@ async def test_a_long_weekend_is_a_weekend_not_a_place(engine: BotEngine) -> Non
     assert chat.state["trip"]["depart"] == saturday.isoformat()
 
 
+async def test_thru_between_two_days_is_the_return(engine: BotEngine) -> None:
+    """(Was a bug: *through* marked a return but its everyday spelling *thru* did not, so
+    *Chicago to Vegas this Friday thru Sunday* searched one way on Friday, Sunday dropped.)"""
+    friday = coming(4)
+    reply = await Chat(engine, user_id="15550012990").say(
+        "Can you find me something from Chicago to Vegas next Friday thru Sunday?"
+    )
+    assert f"· {short(friday)}, back {short(friday + timedelta(days=2))} ·" in reply, reply
+    assert offers_in(reply), reply
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

@@ -1417,7 +1417,7 @@ ROUND_TRIP = re.compile(
 )
 
 RETURN_MARK = (
-    r"(?:and )?(?:back|return|returning|coming back|come back|go back|until|till|til|through|"
+    r"(?:and )?(?:back|return|returning|coming back|come back|go back|until|till|til|through|thru|"
     r"and back|coming home|come home|flying home|fly home|"
     r"regreso|regresando|regresar|regresamos|vuelta|volviendo|volver|volvemos|retorno|"
     r"hasta|y vuelta|y vuelvo|vuelvo)"
