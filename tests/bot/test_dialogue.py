@@ -907,6 +907,28 @@ async def test_thru_between_two_days_is_the_return(engine: BotEngine) -> None:
     assert offers_in(reply), reply
 
 
+async def test_a_guess_between_a_return_word_and_its_shift_keeps_the_return(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: a word of a guess between the return word and *a week later* (*coming back
+    like a week later*, *returning about a week later*, *volvemos como una semana después*)
+    made the shift the departure's, which the message's own date overrode: one way, the
+    return dropped without a word.)"""
+    depart = coming(4)
+    header = f"· {short(depart)}, back {short(depart + timedelta(days=7))} ·"
+    for n, text in enumerate(
+        (
+            "flying out of Denver to Seattle next Friday and coming back like a week later",
+            "Denver to Seattle next Friday, returning about a week later",
+        )
+    ):
+        reply = await Chat(engine, user_id=f"1555001399{n}").say(text)
+        assert "Denver (DEN) → Seattle (SEA)" in reply and header in reply, (text, reply)
+    chat = Chat(engine, user_id="15550013995", locale="es")
+    reply = await chat.say("de Denver a Seattle el viernes y volvemos como una semana después")
+    assert chat.state["trip"].get("nights") == 7 and offers_in(reply), reply
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

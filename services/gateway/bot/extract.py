@@ -1448,6 +1448,12 @@ SHIFT = re.compile(
     r"(?P<dir>later|earlier|after|before|sooner|mas tarde|despues|antes)\b"
     r"(?! (?:tomorrow|yesterday|mañana|ayer|my|the|el|la|de|del|that|this|christmas|new year))"
 )
+# The words of a guess between a return word and its shift ("coming back like a week later",
+# "volvemos como una semana después"), two at most.
+_HEDGES = (
+    r"(?: (?:like|maybe|about|around|roughly|approximately|probably|say|just|perhaps|como|"
+    r"unos|unas|quizas|tipo|aproximadamente|mas o menos)){0,2}"
+)
 FORTNIGHT = re.compile(r"\b(?:a |one )?fortnight\b")
 A_COUPLE_OF = re.compile(
     r"\b(?:a )?(?:couple of|un par de) (?=(?:days?|nights?|weeks?|months?|dias|noches|semanas|"
@@ -1942,7 +1948,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
         days = _length_nights(shift["n"] or "1", shift["u"] or "day") or 0
         if shift["dir"] in ("earlier", "before", "sooner", "antes"):
             days = -days
-        if re.search(r"\b" + RETURN_MARK + r"\s?$", work[: shift.start()]):
+        if re.search(r"\b" + RETURN_MARK + _HEDGES + r"\s?$", work[: shift.start()]):
             result.return_shift_days = days
         else:
             result.shift_days = days
