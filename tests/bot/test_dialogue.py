@@ -929,6 +929,21 @@ async def test_a_guess_between_a_return_word_and_its_shift_keeps_the_return(
     assert chat.state["trip"].get("nights") == 7 and offers_in(reply), reply
 
 
+async def test_not_one_day_but_another_is_the_other_day(engine: BotEngine) -> None:
+    """(Was a bug: *not friday, thursday* after a search for Friday flew to Novato, California
+    (NOT) on Friday: *not* was read as a place and the day it took back as the departure.)"""
+    chat = Chat(engine, user_id="15550014990")
+    await chat.say("NYC to London next Friday")
+    reply = await chat.say("not friday, thursday")
+    assert "New York (NYC) → London (LON)" in reply, reply
+    assert chat.state["trip"]["depart"] == coming(3).isoformat(), reply
+    chat = Chat(engine, user_id="15550014991", locale="es")
+    await chat.say("de Madrid a Roma el viernes")
+    reply = await chat.say("no el viernes, el jueves")
+    assert "Madrid (MAD) → Roma (ROM)" in reply, reply
+    assert chat.state["trip"]["depart"] == coming(3).isoformat(), reply
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

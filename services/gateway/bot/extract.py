@@ -326,7 +326,7 @@ boletos pasaje pasajes ir viajar volar por favor un una unos unas en me
 hola quisiera algun barato baratos
 que como cual se
 airport airports aeropuerto intl international city
-instead actually change make it rather then no sorry mejor cambia cambiar only just meant mean
+instead actually change make it rather then no not sorry mejor cambia cambiar only just meant mean
 around sometime approximately roughly sobre alrededor aproximadamente time
 morning afternoon evening night noon midday early late tarde noche madrugada
 thanks thank thx cheers gracias
@@ -1728,13 +1728,20 @@ CORRECTED = re.compile(
 )
 
 
+NEGATED = re.compile(r"\b(?:not|no)(?: on| el)? $")
+
+
 def _taken_back(work: str) -> set[int]:
     """The dates (indices of their "@dN") corrected by the next one in the message."""
     marks = list(re.finditer(r"@d(\d+)", work))
     return {
         int(first.group(1))
         for first, second in itertools.pairwise(marks)
-        if CORRECTED.search(work[first.end() : second.start()])
+        if (
+            CORRECTED.search(work[first.end() : second.start()])
+            # "not Friday, Thursday", "no el viernes, el jueves": the first is taken back.
+            or NEGATED.search(work, max(0, first.start() - 8), first.start())
+        )
         and not re.search(r"\b" + RETURN_MARK + r"\b", work[first.end() : second.start()])
     }
 
