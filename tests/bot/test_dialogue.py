@@ -944,6 +944,16 @@ async def test_not_one_day_but_another_is_the_other_day(engine: BotEngine) -> No
     assert chat.state["trip"]["depart"] == coming(3).isoformat(), reply
 
 
+async def test_w_slash_is_with(engine: BotEngine) -> None:
+    """(Was a bug: *w/*, the texting shorthand of *with*, was read as nothing: *NYC to London
+    next Friday w/ my wife* searched 1 adult, and *… w/ the kids* showed the adult's fares
+    without asking how many children.)"""
+    reply = await Chat(engine, user_id="15550015990").say("NYC to London next Friday w/ my wife")
+    assert "· 2 adults\n" in reply and offers_in(reply), reply
+    reply = await Chat(engine, user_id="15550015991").say("NYC to London next Friday w/ the kids")
+    assert reply.endswith("\nHow many children are travelling?"), reply
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

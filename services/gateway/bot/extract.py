@@ -386,6 +386,9 @@ def normalize(text: str) -> str:
     # read a whole run from every space in it, 0.15 s for a message of 4,000 line breaks.
     text = re.sub(r"\s+", " ", text)
     text = KEYCAP.sub(r"\1", text).replace("\U0001f51f", "10")  # "2️⃣" is 2, "🔟" 10
+    # "w/ my wife", "w/o stops": the shorthand of "with" and "without".
+    text = re.sub(r"\bw/o\b", "without", text)
+    text = re.sub(r"\bw/(?=[a-z ]|$)", "with ", text)
     text = re.sub(r"\s*(?:->|=>|→|➡️?|⇒|—>|-->|>)\s*", " to ", text)
     text = re.sub(r"\s+[-\u2013\u2014]\s+", " to ", text)  # "London - Paris"
     text = CODE_PAIR.sub(_code_pair, text)  # "LHR-JFK"
