@@ -168,6 +168,9 @@ def test_a_time_counted_from_a_day_is_the_departure(
         ("NYC to London friday after next", "2026-12-04", None),
         ("NYC to London friday 4th back sunday the 13th", "2026-12-04", "2026-12-13"),
         ("NYC to London friday back sunday after next", "2026-11-27", "2026-12-06"),
+        # In British English "Friday week" is a week after the coming Friday.
+        ("NYC to London Friday week", "2026-12-04", None),
+        ("NYC to London on Friday week back Sunday week", "2026-12-04", "2026-12-06"),
         # A weekday and a number that is not a date stay apart.
         ("NYC to London friday 2 adults", "2026-11-27", None),
     ],
@@ -176,7 +179,8 @@ def test_a_weekday_written_with_its_date_or_after_next_is_that_day(
     text: str, depart: str, back: str | None
 ) -> None:
     """'Friday the 4th' was the coming Friday (the 27th), the 4th dropped without a word;
-    'Friday after next' was the coming Friday too, with 'after next' left in the destination."""
+    'Friday after next' was the coming Friday too, with 'after next' left in the destination,
+    and so was 'Friday week' (until session 19)."""
     found = extract(text, date(2026, 11, 23))
     got = (found.depart, found.return_date)
     assert tuple(d.isoformat() if d else None for d in got) == (depart, back)

@@ -804,8 +804,9 @@ def _next_week(match: re.Match[str], ctx: DateContext) -> DateValue:
 _WEEKDAY_BEFORE = r"\b(?:(?:on|this|next|coming|the|following|el|este|proximo) ){0,3}"
 
 
-# "Friday after next": the Friday after the coming one (from today, even as a return).
-@_rule(r"\b(?:(?:on|this|the) ){0,3}" + WEEKDAY + r" after next\b")
+# "Friday after next", and in British English "Friday week": the Friday after the coming one
+# (from today, even as a return).
+@_rule(r"\b(?:(?:on|this|the) ){0,3}" + WEEKDAY + r" (?:after next|week)\b")
 def _weekday_after_next(match: re.Match[str], ctx: DateContext) -> DateValue:
     return _next_weekday(ctx.today, WEEKDAYS[match.group(1)]) + timedelta(days=7)
 
