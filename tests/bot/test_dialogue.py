@@ -954,6 +954,15 @@ async def test_w_slash_is_with(engine: BotEngine) -> None:
     assert reply.endswith("\nHow many children are travelling?"), reply
 
 
+async def test_details_and_a_number_open_that_offer(engine: BotEngine) -> None:
+    """(Was a bug: *details of 2* opened offer 2 but *details 2*, *detalles 3* and *info 1*,
+    without the preposition, got *Sorry, I didn't get that*.)"""
+    chat = Chat(engine, user_id="15550016990")
+    await chat.say("NYC to London next Friday")
+    for text, n in (("details 2", 2), ("detalles 3", 3), ("info 1", 1)):
+        assert (await chat.say(text)).startswith(f"*Offer {n}* · "), text
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

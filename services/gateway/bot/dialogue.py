@@ -283,13 +283,13 @@ POLITE = re.compile(r"^(?:please|pls|plz|por favor) | (?:please|pls|plz|por favo
 _WORD_NUMBERS = "|".join(
     sorted((w for w in NUMBER_WORDS if w not in ("a", "an", "un", "una")), key=len, reverse=True)
 )
-# With the words around a choice ("I'll take number 2", "details of 3", "quiero la 2"), or as an
-# ordinal that says it is one ("the second one", "2nd option", "la segunda"; "the second"
-# alone, like "the 5", may be a day).
+# With the words around a choice ("I'll take number 2", "details of 3", "details 3", "quiero la
+# 2"), or as an ordinal that says it is one ("the second one", "2nd option", "la segunda"; "the
+# second" alone, like "the 5", may be a day).
 _CHOOSING = (
     r"(?:(?:i'?ll take|i will take|i'?d like|i want|i choose|i pick|take|give me|show me|"
-    r"details? (?:of|for|on|about)|more (?:on|about)|info (?:on|about)|tell me about|"
-    r"quiero|me quedo con|dame|muestrame|ver|detalles? de) )?"
+    r"details?(?: (?:of|for|on|about))?|more (?:on|about)|info(?: (?:on|about))?|tell me about|"
+    r"quiero|me quedo con|dame|muestrame|ver|detalles?(?: de)?) )?"
 )
 CHOICE = re.compile(
     _CHOOSING + rf"(?:(?:la|opcion|option|oferta|offer|numero|number|no|#) ?)*(\d+|{_WORD_NUMBERS})"
