@@ -963,6 +963,27 @@ async def test_details_and_a_number_open_that_offer(engine: BotEngine) -> None:
         assert (await chat.say(text)).startswith(f"*Offer {n}* · "), text
 
 
+async def test_either_answering_which_of_two_days_searches_the_first(engine: BotEngine) -> None:
+    """*either*, *whichever is cheaper*, *me da igual* answering *Which day do you want to
+    leave, Fri or Sat?* search the first day and say how to see the other (for a return, with
+    its return word, so that typing it moves the return, not the departure)."""
+    friday, saturday = coming(4), coming(4) + timedelta(days=1)
+    chat = Chat(engine, user_id="15550017990")
+    await chat.say("NYC to London next friday or saturday")
+    reply = await chat.say("whichever is cheaper")
+    notice = f"I'll search {short(friday)} first; for {short(saturday)}, write *{short(saturday)}*."
+    assert reply.startswith(notice + "\n---\n") and offers_in(reply), reply
+    reply = await chat.say(short(saturday))
+    assert f"· {short(saturday)} ·" in reply and offers_in(reply), reply
+    chat = Chat(engine, user_id="15550017991", locale="es")
+    await chat.say("de Madrid a Roma el viernes y vuelta el domingo o el lunes")
+    reply = await chat.say("me da igual")
+    monday = fmt.day(Texts("es"), friday + timedelta(days=3))
+    assert f"escribe *vuelta {monday}*." in reply and offers_in(reply), reply
+    reply = await chat.say(f"vuelta {monday}")
+    assert f", vuelta {monday} ·" in reply and offers_in(reply), reply
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

@@ -345,6 +345,15 @@ ALL_OFFSPRING = re.compile(
     r"(?: (?:of them|de ellos|de ellas|are|son))?(?: (?:under 12|menores(?: de 12)?))?"
 )
 
+# "either", answering "Which day do you want to leave, Fri 27 Nov or Sat 28 Nov?".
+ANY_DAY = re.compile(
+    r"(?:either|either one|either day|any|anyone|any day|whichever|whichever one|"
+    r"whichever is cheaper|whatever|whatever is cheaper|(?:it )?(?:doesn'?t|does not) matter|"
+    r"(?:i )?(?:don'?t|do not) (?:care|mind)|no preference|both|both are (?:fine|ok)|"
+    r"cualquiera|cualquier dia|me da igual|da igual|el que sea|el mas barato|"
+    r"el que sea mas barato|los dos|ambos)(?: (?:is|are) (?:fine|ok|good))?"
+)
+
 # Asking about price once offers are shown: "the cheapest" is offer 1 (they are sorted cheapest
 # first); "anything cheaper?" is answered with what could cost less. Never a place ("mas" is
 # Momote's code, MAS).
@@ -623,6 +632,16 @@ class BotEngine:
             if NO_CHILDREN.fullmatch(answer) or ALL_OFFSPRING.fullmatch(answer):
                 under = int(d.trip["offspring"]) if ALL_OFFSPRING.fullmatch(answer) else 0
                 return await self._offspring_under_12(ctx, d, under)
+        either = _either(d.trip)
+        asked_leg = {"date": "depart", "return": "return"}.get(str(d.ask.get("slot")))
+        if either is not None and either[0] == asked_leg and ANY_DAY.fullmatch(_unthanked(words)):
+            # "either", "whichever is cheaper": the first day, and how to see the other.
+            leg, first, second = either
+            found = Extraction(depart=first) if leg == "depart" else Extraction(return_date=first)
+            other = fmt.day(t, second)
+            typed = other if leg == "depart" else t("return_on", date=other)  # "back Mon 30 Nov"
+            notice = Reply(t("either_first", first=fmt.day(t, first), second=other, typed=typed))
+            return [notice, *await self._apply(ctx, d, found)]
         if command == "thanks" or _closes(words):
             return [Reply(t("bye" if _says_bye(words) else "thanks"))]
         if command == "more":

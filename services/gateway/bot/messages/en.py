@@ -68,6 +68,7 @@ MESSAGES: dict[str, str] = {
     "ask_either_return": (
         "I search one day at a time. Which day do you come back, {first} or {second}?"
     ),
+    "either_first": "I'll search {first} first; for {second}, write *{typed}*.",
     "have_so_far": "Got it: {summary}.",
     "place_not_found": (
         "I couldn't find an airport for “{text}”. Try a city name or an airport code like *JFK*."

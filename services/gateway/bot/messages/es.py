@@ -66,6 +66,7 @@ MESSAGES: dict[str, str] = {
     ),
     "ask_either_date": ("Busco un día cada vez. ¿Qué día quieres salir, el {first} o el {second}?"),
     "ask_either_return": ("Busco un día cada vez. ¿Qué día vuelves, el {first} o el {second}?"),
+    "either_first": "Busco primero el {first}; para el {second}, escribe *{typed}*.",
     "have_so_far": "Entendido: {summary}.",
     "place_not_found": (
         "No encuentro ningún aeropuerto para «{text}». Prueba con el nombre de la ciudad o un "
