@@ -715,10 +715,14 @@ async def test_la_next_to_a_route_word_is_los_angeles(engine: BotEngine) -> None
         assert route in reply and offers_in(reply), (text, reply)
         if locale == "en":
             assert friday in reply, reply
-    # The article still ends no name, and begins one: "a la Habana", "la semana que viene".
+    # The article still ends no name, and begins one: "a la Habana", "la semana que viene";
+    # nor is it a place before a time of day ("para el viernes en la tarde").
     chat = Chat(engine, user_id="15550002995", locale="es")
     reply = await chat.say("de Madrid a la Habana la semana que viene")
     assert "Madrid (MAD) → La Habana (HAV)" in reply and offers_in(reply), reply
+    chat = Chat(engine, user_id="15550002996", locale="es")
+    reply = await chat.say("de Guadalajara a Tijuana para el viernes en la tarde")
+    assert "Guadalajara (GDL) → Tijuana (TIJ)" in reply and offers_in(reply), reply
 
 
 async def test_an_airport_code_that_is_a_weekday_is_the_airport_on_a_route(

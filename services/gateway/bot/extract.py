@@ -1563,8 +1563,7 @@ def _clean_place(phrase: str, spanish: bool = False) -> str:
     # Spanish articles never end a place name ("a Barcelona el viernes" → "barcelona el"), nor
     # does "y" ("a Roma el 3 y regresamos el 10" → "roma el y").
     trailing = {"el", "la", "los", "las", "del", "y"} if spanish else set()
-    # Except "la" alone, which is the place: "de Madrid a LA" (Los Angeles, LAX).
-    while words and (words[-1] in FILLER or (words[-1] in trailing and words != ["la"])):
+    while words and (words[-1] in FILLER or words[-1] in trailing):
         words.pop()
     # What is left must contain letters and no leftover date/slot placeholder.
     cleaned = " ".join(words).strip(" -'")
@@ -1878,6 +1877,29 @@ def _dateish(word: str) -> bool:
     )
 
 
+def _los_angeles(work: str, text: str) -> str:
+    """``work`` with "la" marked as a place ("la_") where it is Los Angeles: after the English
+    "to" or "from" or before "to" ("NYC to LA", "LA to Chicago", "fly from la"), or written LA
+    next to any route word ("de Madrid a LA"), not the Spanish article ("a la Habana", "para
+    la tarde")."""
+    words = work.split(" ")
+    if "la" not in words:
+        return work
+    upper = bool(re.search(r"\bLA\b", text)) and any(ch.islower() for ch in text)
+    for i, word in enumerate(words):
+        if word != "la":
+            continue
+        before = words[i - 1] if i else ""
+        after = words[i + 1] if i + 1 < len(words) else ""
+        if (
+            before in ("to", "from")
+            or after == "to"
+            or (upper and (before in _ROUTE_FROM | _ROUTE_TO or after in _ROUTE_TO))
+        ):
+            words[i] = "la_"
+    return " ".join(words)
+
+
 def _weekday_codes(work: str, text: str) -> str:
     """``work`` with each short weekday that names an airport marked as a place ("sat_", which
     no date rule reads and the place splitter reads as "sat"). Written in capitals in a
@@ -1925,6 +1947,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     spanish = locale.lower().startswith("es") or bool(SPANISH_CUES.search(work))
     work = _PROTECT.sub(lambda m: m.group(1).replace(" ", "_"), work)
     work = _weekday_codes(work, text)
+    work = _los_angeles(work, text)
     work, result.more_trips = _first_trip(work, spanish)
 
     work = NAMED_ORIGIN.sub(" from ", work)  # "change the origin to Boston": from Boston
