@@ -988,6 +988,21 @@ async def test_either_answering_which_of_two_days_searches_the_first(engine: Bot
     assert f", vuelta {monday} ·" in reply and offers_in(reply), reply
 
 
+async def test_spanish_texting_shorthand_is_no_place(engine: BotEngine) -> None:
+    """(Was a bug: the texting shorthand *q tal* (*qué tal*) and *x* (*por*: *x la mañana*)
+    stayed in the place phrases: *q tal, vuelos bcn - mad mañana x la mañana* looked for an
+    airport called *Q Tal Vuelos Bcn*, and *… a mad mañana x la tarde* for *Mad X*.)"""
+    for n, text in enumerate(
+        (
+            "q tal, vuelos bcn - mad mañana x la mañana",
+            "qué tal! vuelos de bcn a mad mañana x la tarde",
+        )
+    ):
+        chat = Chat(engine, user_id=f"1555001899{n}", locale="es")
+        reply = await chat.say(text)
+        assert "Barcelona (BCN) → Madrid (MAD)" in reply and offers_in(reply), (text, reply)
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

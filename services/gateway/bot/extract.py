@@ -323,7 +323,7 @@ for on in at is are there what how about hi hey hello ok okay yes so just also a
 let's lets take leave leaving depart departing departure home back way
 quiero queremos busco buscar buscame encuentra necesito vuelo vuelos billete billetes boleto
 boletos pasaje pasajes ir viajar volar por favor un una unos unas en me
-hola quisiera algun barato baratos
+hola quisiera algun barato baratos q tal x
 que como cual se
 airport airports aeropuerto intl international city
 instead actually change make it rather then no not sorry mejor cambia cambiar only just meant mean
