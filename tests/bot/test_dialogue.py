@@ -1003,6 +1003,24 @@ async def test_spanish_texting_shorthand_is_no_place(engine: BotEngine) -> None:
         assert "Barcelona (BCN) → Madrid (MAD)" in reply and offers_in(reply), (text, reply)
 
 
+async def test_a_day_glued_to_its_month_is_a_date(engine: BotEngine) -> None:
+    """(Was a bug: a day written against its month as airlines and agents write it (*12DEC*,
+    *Dec12*, *12-Dec*) was no date but part of the destination: *DFW to DEN 12DEC* answered
+    *I couldn't find an airport for “DEN 12DEC”*.)"""
+    day = today() + timedelta(days=20)
+    month = day.strftime("%b")
+    for n, text in enumerate(
+        (
+            f"DFW to DEN {day.day}{month.upper()}",
+            f"DFW to DEN {month}{day.day}",
+            f"DFW to DEN {day.day}-{month}",
+        )
+    ):
+        reply = await Chat(engine, user_id=f"1555001999{n}").say(text)
+        assert "Dallas-Fort Worth (DFW) → Denver (DEN)" in reply, (text, reply)
+        assert f"· {short(day)} ·" in reply and offers_in(reply), (text, reply)
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

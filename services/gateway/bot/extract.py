@@ -380,6 +380,16 @@ GLUED_COUNT = re.compile(
 )
 
 
+# A day glued to its month as airlines and agents write it ("12DEC", "Dec12", "12-Dec").
+GLUED_DATE = re.compile(
+    r"\b(?:(?P<d>\d{1,2})-?(?P<m>"
+    + MONTH[1:-1]
+    + r")|(?P<n>"
+    + MONTH[1:-1]
+    + r")-?(?P<e>\d{1,2})(?:st|nd|rd|th)?)\b"
+)
+
+
 def normalize(text: str) -> str:
     text = text.lower().replace("\u2019", "'")  # typographic apostrophe
     # One space for each run first: the arrow and dash rules below begin with \s* (\s+) and
@@ -399,6 +409,7 @@ def normalize(text: str) -> str:
     text = _strip_accents(text.replace("ñ", "\x00")).replace("\x00", "ñ")
     text = re.sub(r"\s+", " ", text).strip()
     text = GLUED_COUNT.sub(r"\1 ", text)  # "2ppl", "2adults", "3pax"
+    text = GLUED_DATE.sub(lambda m: f"{m['d'] or m['e']} {m['m'] or m['n']}", text)  # "12DEC"
     # "el primero de diciembre": the first day of a month is said as an ordinal in Spanish.
     text = re.sub(r"\bprimero(?= (?:de |del )?" + MONTH + r"\b)", "1", text)
     return _fix_typos(text)
