@@ -1021,6 +1021,25 @@ async def test_a_day_glued_to_its_month_is_a_date(engine: BotEngine) -> None:
         assert f"· {short(day)} ·" in reply and offers_in(reply), (text, reply)
 
 
+async def test_a_place_corrected_in_the_same_message_is_the_later_one(engine: BotEngine) -> None:
+    """(Was a bug: a place taken back within its own phrase stayed the first: *from Miami to uh
+    New York no wait Boston …* flew to New York, *from NYC sorry Newark to London* from New
+    York, *de Madrid a Roma perdón Milán* to Rome.)"""
+    for n, (locale, text, route) in enumerate(
+        (
+            (
+                "en",
+                "from Miami to uh New York no wait Boston next Friday",
+                "Miami (MIA) → Boston (BOS)",
+            ),
+            ("en", "from NYC sorry Newark to London next Friday", "Newark (EWR) → London (LON)"),
+            ("es", "de Madrid a Roma perdón Milán el viernes", "Madrid (MAD) → Milán (MIL)"),
+        )
+    ):
+        reply = await Chat(engine, user_id=f"1555002099{n}", locale=locale).say(text)
+        assert route in reply and offers_in(reply), (text, reply)
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

@@ -1568,6 +1568,10 @@ SPANISH_CUES = re.compile(
 
 
 def _clean_place(phrase: str, spanish: bool = False) -> str:
+    # "to New York no wait Boston", "a Roma, perdón, a Milán": the place after the correction.
+    corrections = list(CORRECTED.finditer(phrase))
+    if corrections and _clean_place(phrase[corrections[-1].end() :], spanish):
+        phrase = phrase[corrections[-1].end() :]
     words = [w.replace("_", " ") for w in phrase.split() if not w.startswith("@d")]
     while words and words[0] in FILLER:
         words.pop(0)
