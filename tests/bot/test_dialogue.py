@@ -1040,6 +1040,18 @@ async def test_a_place_corrected_in_the_same_message_is_the_later_one(engine: Bo
         assert route in reply and offers_in(reply), (text, reply)
 
 
+async def test_a_wave_a_toned_thumbs_up_and_folded_hands_are_understood(
+    engine: BotEngine,
+) -> None:
+    """(Was a bug: only a plain 👍 was understood: 👍🏽 with a skin tone, 👋 and 🙏 (thanks on
+    WhatsApp) got *Sorry, I didn't get that*.)"""
+    assert (await Chat(engine, user_id="15550021990").say("👋🏽")).startswith("Hi Ada!")
+    chat = Chat(engine, user_id="15550021991")
+    await chat.say("NYC to London next Friday")
+    assert await chat.say("👍🏽") == await chat.say("ok")
+    assert (await chat.say("🙏🏼")).startswith("You're welcome!")
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

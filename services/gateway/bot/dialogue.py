@@ -118,7 +118,9 @@ UNAVAILABLE = {
     grpc.StatusCode.CANCELLED,
 }
 
+EMOJI_VARIANTS = re.compile("[\U0001f3fb-\U0001f3ff\ufe0e\ufe0f]")
 GREETINGS = {
+    "👋",
     "hi",
     "hello",
     "hey",
@@ -195,6 +197,8 @@ COMMANDS = {
     "sure": "ack",
     "yes": "ack",
     "👍": "ack",
+    "👌": "ack",
+    "🙏": "thanks",
     "vale": "ack",
     "genial": "ack",
     "perfecto": "ack",
@@ -427,7 +431,7 @@ def _says_bye(words: str) -> bool:
     )
 
 
-GREETING_WORDS = {"hi", "hello", "hey", "hiya", "hola", "shalom", "buenas", "yo", "howdy"}
+GREETING_WORDS = {"hi", "hello", "hey", "hiya", "hola", "shalom", "buenas", "yo", "howdy", "👋"}
 GREETING_TAIL = {"again", "there", "bot", "team", "all", "everyone", "friend", "amigo", "y"}
 
 
@@ -607,7 +611,8 @@ class BotEngine:
 
     async def _text(self, ctx: Context, d: Dialogue, text: str) -> list[Reply]:
         t = ctx.texts
-        plain = normalize(text).strip(" .")
+        # A skin tone or a variation selector changes no emoji's meaning ("👍🏽" is "👍").
+        plain = EMOJI_VARIANTS.sub("", normalize(text)).strip(" .")
         polite = POLITE.sub("", plain)
         command = COMMANDS.get(polite)  # "start over please"
         if _is_greeting(plain):
