@@ -1052,6 +1052,22 @@ async def test_a_wave_a_toned_thumbs_up_and_folded_hands_are_understood(
     assert (await chat.say("🙏🏼")).startswith("You're welcome!")
 
 
+async def test_asking_for_help_in_a_request_is_no_place(engine: BotEngine) -> None:
+    """(Was a bug: *Hello, can you help me? I need to go to Madrid* looked for an airport
+    called *Help*, and *me puedes ayudar? quiero ir a Madrid* for *Puedes Ayudar*, Madrid kept
+    for later.)"""
+    for n, (locale, text, question) in enumerate(
+        (
+            ("en", "Hello, can you help me? I need to go to Madrid", "Where are you flying from?"),
+            ("es", "me puedes ayudar? quiero ir a Madrid", "¿Desde dónde sales?"),
+        )
+    ):
+        chat = Chat(engine, user_id=f"1555002299{n}", locale=locale)
+        reply = await chat.say(text)
+        assert reply.endswith(question) and "(MAD)" in reply, (text, reply)
+        assert chat.state["trip"]["destination"]["code"] == "MAD"
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

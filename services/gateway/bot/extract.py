@@ -319,11 +319,11 @@ search searching find show get give book booking look looking check me i im i'm 
 can could would like want wanna need needs please pls plz flight flights fly flying flyin
 ticket tickets trip trips travel travelling traveling go going head heading a an the some any
 cheap cheapest cheaper best good options option deals deal fares fare prices price airfare
-for on in at is are there what how about hi hey hello ok okay yes so just also and then
+for on in at is are there what how about hi hey hello ok okay yes so just also and then help
 let's lets take leave leaving depart departing departure home back way
 quiero queremos busco buscar buscame encuentra necesito vuelo vuelos billete billetes boleto
 boletos pasaje pasajes ir viajar volar por favor un una unos unas en me
-hola quisiera algun barato baratos q tal x
+hola quisiera algun barato baratos q tal x puedes puede podrias ayudar ayudarme ayudame ayuda
 que como cual se
 airport airports aeropuerto intl international city
 instead actually change make it rather then no not sorry mejor cambia cambiar only just meant mean
