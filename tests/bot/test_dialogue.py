@@ -1068,6 +1068,23 @@ async def test_asking_for_help_in_a_request_is_no_place(engine: BotEngine) -> No
         assert chat.state["trip"]["destination"]["code"] == "MAD"
 
 
+async def test_two_days_answering_when_in_the_step_by_step_flow_are_asked_about(
+    search_stub: search_pb2_grpc.SearchServiceStub,
+) -> None:
+    """*Friday or Saturday* answering *When do you want to leave?* in the step-by-step flow is
+    asked about as in the smart flow (it was *Sorry, I didn't get that*, the date the only slot
+    that flow reads)."""
+    engine = create_engine(cast(SearchPort, search_stub), settings(use_smart_handler="false"))
+    chat = Chat(engine, user_id="15550023990")
+    await chat.say("hi")
+    await chat.say("New York")
+    await chat.say("London")
+    reply = await chat.say("next friday or saturday")
+    assert reply.endswith(f"{short(coming(4))} or {short(coming(4) + timedelta(days=1))}?"), reply
+    reply = await chat.say("2")
+    assert f"· {short(coming(4) + timedelta(days=1))} ·" in reply and offers_in(reply), reply
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

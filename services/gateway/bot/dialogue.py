@@ -852,6 +852,8 @@ class BotEngine:
         else:
             answer.depart = found.depart
             answer.no_such_date = None if found.no_such_return else found.no_such_date
+            if found.either and not found.either_return:
+                answer.either = found.either  # "Friday or Saturday": which is asked
         return answer
 
     # --- applying what a message said -------------------------------------------------
