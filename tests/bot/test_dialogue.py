@@ -1085,6 +1085,27 @@ async def test_two_days_answering_when_in_the_step_by_step_flow_are_asked_about(
     assert f"· {short(coming(4) + timedelta(days=1))} ·" in reply and offers_in(reply), reply
 
 
+async def test_friends_teens_parents_and_toddlers_are_counted(engine: BotEngine) -> None:
+    """(Was a bug: these travellers were dropped and fares for fewer shown as the party's:
+    *with 3 friends* and *con 3 amigos* searched 1 adult, *2 adults 2 teens* 2 adults (a
+    teenager pays an adult's fare), *me and my parents* 1, *with my mom and dad* 2, and *with
+    my toddler* 1 adult alone.)"""
+    for n, (locale, text, party) in enumerate(
+        (
+            ("en", "NYC to Rome next Friday with 3 friends", "4 adults"),
+            ("en", "NYC to Rome next Friday for myself and 2 friends", "3 adults"),
+            ("en", "NYC to Rome next Friday, 2 adults 2 teens", "4 adults"),
+            ("en", "me and my parents NYC to Rome next Friday", "3 adults"),
+            ("en", "NYC to Rome next Friday with my mom and dad", "3 adults"),
+            ("en", "NYC to Rome next Friday with my toddler", "1 adult, 1 child"),
+            ("es", "de Madrid a Roma el viernes con 3 amigos", "4 adultos"),
+            ("es", "de Madrid a Roma el viernes con mis padres", "3 adultos"),
+        )
+    ):
+        reply = await Chat(engine, user_id=f"1555002499{n}", locale=locale).say(text)
+        assert f"· {party}\n" in reply and offers_in(reply), (text, reply)
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

@@ -323,7 +323,7 @@ for on in at is are there what how about hi hey hello ok okay yes so just also a
 let's lets take leave leaving depart departing departure home back way
 quiero queremos busco buscar buscame encuentra necesito vuelo vuelos billete billetes boleto
 boletos pasaje pasajes ir viajar volar por favor un una unos unas en me
-hola quisiera algun barato baratos q tal x puedes puede podrias ayudar ayudarme ayudame ayuda
+hola quisiera algun barato baratos myself q tal x puedes puede podrias ayudar ayudarme ayudame ayuda
 que como cual se
 airport airports aeropuerto intl international city
 instead actually change make it rather then no not sorry mejor cambia cambiar only just meant mean
@@ -1299,7 +1299,7 @@ COMPANIONS = (
 
 # Children and infants, read before adults ("2 adults and a child"; "with my baby" is one
 # infant, not a companion). Normalized text keeps "ñ" but drops accents: "bebé" is "bebe".
-CHILD_NOUNS = r"(?:children|child|kids?|ni[nñ]os?|ni[nñ]as?|menores?)\b"
+CHILD_NOUNS = r"(?:children|child|kids?|toddlers?|ni[nñ]os?|ni[nñ]as?|menores?)\b"
 INFANT_NOUNS = r"(?:infants?|babies|baby|bebes?)\b"
 CHILD_RULES: list[tuple[str, re.Pattern[str], Any]] = [
     ("infants", re.compile(r"\b" + NUM + r" (?:little |small |peque[nñ]os? )?" + INFANT_NOUNS), 1),
@@ -1314,14 +1314,16 @@ CHILD_RULES: list[tuple[str, re.Pattern[str], Any]] = [
     # "with my kid", "me and my child": one child, not a second adult (a companion).
     (
         "children",
-        re.compile(r"\b(?:(?:with|and|con|y) )?(?:my|our|mi|nuestro|nuestra) (?:kid|child)\b"),
+        re.compile(
+            r"\b(?:(?:with|and|con|y) )?(?:my|our|mi|nuestro|nuestra) (?:kid|child|toddler)\b"
+        ),
         None,
     ),
 ]
 # Children without a number ("with the kids", "con los niños"): some, how many asked.
 SOME_CHILDREN = re.compile(
     r"\b(?:with|and|plus|con|y) (?:my |our |the |mis |nuestros |nuestras |los |las )?"
-    r"(?:kids|children|little ones|ni[nñ]os|ni[nñ]as|hijos|hijas|chicos|peques|crios)\b"
+    r"(?:kids|children|little ones|toddlers|ni[nñ]os|ni[nñ]as|hijos|hijas|chicos|peques|crios)\b"
 )
 
 # Sons and daughters counted ("con mis 2 hijos", "with my two daughters"): maybe adults.
@@ -1375,6 +1377,26 @@ ADULT_RULES: list[tuple[re.Pattern[str], Any]] = [
     ),
 ]
 MAX_TRAVELLERS = 9  # seated travellers in one search (the search service's limit)
+# Grown-ups counted beside the adults: friends, colleagues, teenagers (an adult's fare from 12),
+# parents.
+MORE_ADULTS: list[tuple[re.Pattern[str], Any]] = [
+    (
+        re.compile(
+            r"\b(?:(?:with|and|plus|con|y) )?(?:(?:my|our|mis|nuestros|nuestras) )?"
+            + NUM
+            + r" (?:friends|colleagues|coworkers|co-workers|teens|teenagers|amigos|amigas|"
+            r"companeros|compañeros|companeras|compañeras|colegas|adolescentes)\b"
+        ),
+        lambda m: number(m.group(1)),
+    ),
+    (
+        re.compile(
+            r"\b(?:with|and|plus|con|y) (?:my|our|mis|nuestros) (?:parents|padres|papas|"
+            r"(?:mom|mum|mother) and (?:dad|father)|mama y papa|papa y mama)\b"
+        ),
+        lambda m: 2,
+    ),
+]
 # The word that joins travellers to the rest ("we are 4 with 2 kids", "con 2 adultos", "and my 2
 # kids"): no part of a place, before the travellers or after them ("with nyc" in "... with 2
 # kids NYC to London", "my" in "to miami for me and my 2 kids").
@@ -1382,6 +1404,20 @@ _JOINED_BY = re.compile(
     r"\b(?:(?:(?:with|plus|including|and|con|incluyendo|y) )?(?:my|our|mis|nuestros|nuestras)|"
     r"with|plus|including|and|con|incluyendo|y) *$"
 )
+
+
+def _counted_out(
+    pattern: re.Pattern[str], value: Callable[[re.Match[str]], int | None], work: str
+) -> tuple[str, int]:
+    """``work`` without each match of ``pattern`` (in one pass), and the sum of their values."""
+    total = 0
+
+    def drop(match: re.Match[str]) -> str:
+        nonlocal total
+        total += value(match) or 0
+        return " "
+
+    return pattern.sub(drop, work), total
 
 
 def _without_travellers(work: str, match: re.Match[str]) -> str:
@@ -2038,22 +2074,34 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
         result.some_children = True
         work = _without_travellers(work, some)
     young = (result.children or 0) + (result.infants or 0)
+    # Grown-ups counted beside the adults ("with 3 friends", "2 adults 2 teens", "me and my
+    # parents"): added to them (or to the user), each read once.
+    more = 0
+    for pattern, value in MORE_ADULTS:
+        work, counted = _counted_out(pattern, value, work)
+        more += counted
     for pattern, value in ADULT_RULES:
         match = pattern.search(work)
         if match:
             count = value(match)
             if count and pattern in WHOLE_PARTY and count > young:
                 count -= young  # "family of 4 with 2 kids": 2 adults
-            if count and 1 <= count <= MAX_TRAVELLERS:
+            if not count:
+                continue
+            count += more
+            if 1 <= count <= MAX_TRAVELLERS:
                 result.adults = count
                 if pattern is ALONE and not young:
                     result.children = result.infants = 0  # "just me": nobody else comes
-            elif count:
-                result.too_many = count  # "12 adults": not searched as 1, nor read as a place
             else:
-                continue
+                result.too_many = count  # "12 adults": not searched as 1, nor read as a place
             work = _without_travellers(work, match)
             break
+    else:
+        if more and 1 + more <= MAX_TRAVELLERS:
+            result.adults = 1 + more  # the user and them
+        elif more:
+            result.too_many = 1 + more
 
     work = _return_to_origin(work, spanish)
     # Which date is which: ranges, "back <date>", then the first remaining is the departure.
