@@ -1106,6 +1106,46 @@ async def test_friends_teens_parents_and_toddlers_are_counted(engine: BotEngine)
         assert f"· {party}\n" in reply and offers_in(reply), (text, reply)
 
 
+async def test_two_days_said_short_are_asked_about(engine: BotEngine) -> None:
+    """The second of two days said short is a day too, and the choice is asked about (was: the
+    first searched without a word): *tomorrow or the day after*, *mañana o pasado*, *Dec 5 or
+    6*, *el 5 o el 6 de enero* (the 5th of January, not the next 5th)."""
+    tomorrow = today() + timedelta(days=1)
+    day = today() + timedelta(days=40)
+    day = day.replace(day=5)
+    month, es_month = day.strftime("%b"), SPANISH_MONTHS[day.month - 1]
+    es = Texts("es")
+    for n, (locale, text, first, second) in enumerate(
+        (
+            (
+                "en",
+                "NYC to London tomorrow or the day after",
+                short(tomorrow),
+                short(tomorrow + timedelta(days=1)),
+            ),
+            (
+                "es",
+                "de Madrid a Roma mañana o pasado",
+                fmt.day(es, tomorrow),
+                fmt.day(es, tomorrow + timedelta(days=1)),
+            ),
+            ("en", f"NYC to London {month} 5 or 6", short(day), short(day + timedelta(days=1))),
+            (
+                "es",
+                f"de Madrid a Roma el 5 o el 6 de {es_month}",
+                fmt.day(es, day),
+                fmt.day(es, day + timedelta(days=1)),
+            ),
+        )
+    ):
+        chat = Chat(engine, user_id=f"1555002599{n}", locale=locale)
+        reply = await chat.say(text)
+        assert reply.endswith((f"{first} or {second}?", f"el {first} o el {second}?")), (
+            text,
+            reply,
+        )
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

@@ -1805,6 +1805,42 @@ def _taken_back(work: str) -> set[int]:
 _TO_ITS_DATE = r" (?:(?!(?:to|from|a|de|desde|and|y)\b)[a-zñ']+ ){0,4}?(?:on |el |the )?"
 
 
+# A count or a time after the second day is no day: "Dec 5 or 6 adults", "Dec 5 or 6pm".
+_NOT_A_DAY = (
+    r"(?! ?(?:am|pm|h|hrs?|adults?|people|persons?|pax|passengers?|tickets?|seats?|of us|kids?|"
+    r"children|adultos?|personas?|pasajeros?|billetes?|ni[nñ]os?|[/:.]\d)\b)"
+)
+EITHER_SHORT = [
+    (
+        re.compile(
+            r"\b(tomorrow|mañana) (or|o) (?:the day after|pasado)\b(?! (?:tomorrow|mañana))"
+        ),
+        r"\1 \2 pasado mañana",
+    ),
+    (
+        re.compile(
+            r"\b(this|este) (weekend|fin de semana) (or|o) (?:the )?next\b"
+            r"(?! (?:week|weekend|month|year|semana|mes)\b)"
+        ),
+        r"\1 \2 \3 next weekend",
+    ),
+    (
+        re.compile(
+            r"\b"
+            + MONTH
+            + r" (\d{1,2})(?:st|nd|rd|th)? (or|o) (\d{1,2})(?:st|nd|rd|th)?\b"
+            + _NOT_A_DAY
+        ),
+        r"\1 \2 \3 \1 \4",
+    ),
+    (
+        re.compile(
+            r"\b(?:el |the )?(\d{1,2})(?:st|nd|rd|th)? (or|o) (?:el |the )?(\d{1,2})"
+            r"(?:st|nd|rd|th)? (?:de |of )?" + MONTH + r"\b"
+        ),
+        r"\1 \4 \2 \3 \4",
+    ),
+]
 # Two dates joined by "or" ("Friday or Saturday", "el viernes o el sábado"): a choice.
 _EITHER = re.compile(
     r"@d(?P<a>\d+) (?:or|o|u)(?: (?:maybe|perhaps|possibly|quizas|quiza|tal vez))? @d(?P<b>\d+)"
@@ -2021,6 +2057,10 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
             result.cabin = result.cabin or cabin
             work = pattern.sub(" ", work)
 
+    # The second of two days said short ("tomorrow or the day after", "Dec 5 or 6", "el 5 o el
+    # 6 de enero"), written out so that both are read as dates and the user asked which.
+    for pattern, whole in EITHER_SHORT:
+        work = pattern.sub(whole, work)
     # "in a couple of weeks", "for a couple of nights", "en un par de semanas": two (not two
     # travellers, which "a couple" alone is).
     work = A_COUPLE_OF.sub("2 ", work)
