@@ -1146,6 +1146,31 @@ async def test_two_days_said_short_are_asked_about(engine: BotEngine) -> None:
         )
 
 
+async def test_a_day_for_the_weekend_is_a_stay_to_its_sunday(engine: BotEngine) -> None:
+    """(Was a bug: *next Friday for the weekend* searched Saturday one way, the Friday dropped:
+    the weekend was read as a second date, and the first date rule to run named the departure.)"""
+    friday = coming(4)
+    for n, (locale, text, back) in enumerate(
+        (
+            ("en", "NYC to Miami next Friday for the weekend", short(friday + timedelta(days=2))),
+            (
+                "en",
+                "NYC to Miami next Friday for a long weekend",
+                short(friday + timedelta(days=3)),
+            ),
+        )
+    ):
+        reply = await Chat(engine, user_id=f"1555002699{n}", locale=locale).say(text)
+        assert f"· {short(friday)}, back {back} ·" in reply and offers_in(reply), (text, reply)
+    chat = Chat(engine, user_id="15550026995", locale="es")
+    reply = await chat.say("de Madrid a Roma el viernes para el finde largo")
+    assert chat.state["trip"]["return"] == (friday + timedelta(days=3)).isoformat(), reply
+    # With no other day the weekend is the departure, as before.
+    saturday = today() if today().weekday() in (5, 6) else coming(5)
+    reply = await Chat(engine, user_id="15550026996").say("NYC to Miami for the weekend")
+    assert f"· {short(saturday)} ·" in reply, reply
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

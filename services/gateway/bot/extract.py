@@ -1479,6 +1479,12 @@ LENGTH = re.compile(
     r"(?: (?:trip|stay|long|de viaje))?"
 )
 LENGTH_A_WEEK = re.compile(r"\b(?:for|por|durante) (?:a|one|una) (week|semana)\b")
+# "Friday for the weekend", "el viernes para el finde largo": a stay to the Sunday after the
+# departure (the Monday for a long weekend); with no other day the weekend is the departure.
+WEEKEND_STAY = re.compile(
+    r"\b(?:for|por|durante|para) (?:the|a|this|el|un|este) (?P<long>long )?"
+    r"(?:weekend|fin de semana)(?P<largo> largo)?\b"
+)
 # "A week from today", "3 days from now", "two weeks from Friday", "a week tomorrow": a
 # departure counted from a day, not a stay ("for a week from Friday" is one, read by LENGTH).
 COUNTED_FROM = re.compile(
@@ -2089,6 +2095,12 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
         result.nights = 7
         work = LENGTH_A_WEEK.sub(" ", work)
 
+    weekend_stay = WEEKEND_STAY.search(work)
+    if weekend_stay and not result.nights:
+        # Read once the dates are: a stay after a departure, else the departure (see below).
+        work = work[: weekend_stay.start()] + " " + work[weekend_stay.end() :]
+    else:
+        weekend_stay = None
     work = TIME_OF_DAY.sub(" ", work)  # "at 9am", "10:30": no date, no place
     work, result.period = find_period(work, ctx.today)
     work = DAY_IN_WORDS.sub(_day_in_digits, work)
@@ -2224,7 +2236,15 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
             if either_weekdays[1]
             else result.either[1],
         )
-        # "Friday back Sunday": a weekday return is the first one after the departure.
+    if weekend_stay and result.depart and not (result.return_date or result.either):
+        # "Friday for the weekend": back the Sunday after it (a long weekend's Monday).
+        last = 0 if weekend_stay["long"] or weekend_stay["largo"] else 6
+        result.return_date = result.depart + timedelta(
+            days=(last - result.depart.weekday()) % 7 or 7
+        )
+    elif weekend_stay and not (result.depart or result.either or result.period):
+        result.depart = _weekend(ctx.today, 0)  # "for the weekend": this weekend's Saturday
+    # "Friday back Sunday": a weekday return is the first one after the departure.
     if result.depart and result.return_date and result.return_weekday:
         result.return_date = weekday_after(result.return_date, result.depart)
     elif result.depart and result.return_date and result.return_day_only:
