@@ -1171,6 +1171,29 @@ async def test_a_day_for_the_weekend_is_a_stay_to_its_sunday(engine: BotEngine) 
     assert f"· {short(saturday)} ·" in reply, reply
 
 
+async def test_travellers_named_by_their_age_are_counted_by_it(engine: BotEngine) -> None:
+    """(Was a bug: an age was never read: *con mi hijo de 5 años* and *with my son who is 4*
+    searched 2 adults, *with my 5 year old* and *2 adults and a 3 year old* left the child out,
+    and *mis hijos de 3 y 7 años* asked how many children.)"""
+    for n, (locale, text, party) in enumerate(
+        (
+            ("es", "de Madrid a Roma el viernes con mi hijo de 5 años", "1 adulto, 1 niño"),
+            ("es", "de Madrid a Roma el viernes con mis hijos de 3 y 7 años", "1 adulto, 2 niños"),
+            ("es", "de Madrid a Roma el viernes con mi hija de 15", "2 adultos"),
+            ("en", "NYC to Rome next Friday with my 5 year old", "1 adult, 1 child"),
+            ("en", "NYC to Rome next Friday with my son who is 4", "1 adult, 1 child"),
+            ("en", "NYC to Rome next Friday, 2 adults and a 3 year old", "2 adults, 1 child"),
+            (
+                "en",
+                "NYC to Rome next Friday, 2 adults 2 kids 5 and 8 years old",
+                "2 adults, 2 children",
+            ),
+        )
+    ):
+        reply = await Chat(engine, user_id=f"1555002799{n}", locale=locale).say(text)
+        assert f"· {party}\n" in reply and offers_in(reply), (text, reply)
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

@@ -1326,6 +1326,29 @@ SOME_CHILDREN = re.compile(
     r"(?:kids|children|little ones|toddlers|ni[nñ]os|ni[nñ]as|hijos|hijas|chicos|peques|crios)\b"
 )
 
+# Travellers named by their age: a family word and its age ("my son who is 4", "mi hija de 15",
+# "mis hijos de 3 y 7 años"), or an age said as one ("a 3 year old", "my 6yo").
+_KIN = (
+    r"(?:son|daughter|kid|child|boy|girl|sons|daughters|kids|children|hijos?|hijas?|ni[nñ]os?|"
+    r"ni[nñ]as?|nietos?|nietas?|sobrinos?|sobrinas?|grandson|granddaughter|nephew|niece)"
+)
+_AGES = r"(?P<ages>\d{1,2}(?:(?:,| and| y| e| &) \d{1,2}){0,4})"
+_AGE_UNIT = r"(?:(?P<years>years?|yrs?|anos|años)|(?P<months>months?|meses))"
+AGED = re.compile(
+    r"\b(?:(?:with|and|plus|con|y) )?(?:(?:my|our|a|an|mi|mis|un|una|nuestro|nuestra|nuestros|"
+    r"nuestras) )?(?:"
+    + _KIN
+    + r" (?:who is|who's|who are|aged?|ages|de|que tiene|que tienen|of) "
+    + _AGES
+    + r"(?: "
+    + _AGE_UNIT
+    + r"(?: old)?)?|"
+    + _AGES.replace("?P<ages>", "?P<ages2>")
+    + r"(?:[- ]"
+    + _AGE_UNIT.replace("?P<years>", "?P<years2>").replace("?P<months>", "?P<months2>")
+    + r"[- ]old| ?y/?o)\b)"
+)
+
 # Sons and daughters counted ("con mis 2 hijos", "with my two daughters"): maybe adults.
 OFFSPRING = re.compile(
     r"\b(?:(?:with|and|plus|con|y) )?(?:(?:my|our|mis|nuestros|nuestras) )?"
@@ -2115,6 +2138,22 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
             count = number(match[group]) if group else 1
             setattr(result, slot, (getattr(result, slot) or 0) + (count or 0))
             work = _without_travellers(work, match)
+    # Travellers named by their age ("with my 5 year old", "con mi hijo de 5 años", "mis hijos
+    # de 3 y 7 años"): under 2 an infant, under 12 a child, else a grown-up; not counted again
+    # when a count of children came first ("2 kids, 5 and 8 years old").
+    already = result.children is not None or result.infants is not None
+    grown = 0
+    for match in AGED.finditer(work):
+        if not already:
+            months = bool(match["months"] or match["months2"])
+            for age in map(int, re.findall(r"\d+", match["ages"] or match["ages2"])):
+                if months or age < 2:
+                    result.infants = (result.infants or 0) + 1
+                elif age < 12:
+                    result.children = (result.children or 0) + 1
+                else:
+                    grown += 1
+    work = AGED.sub(" ", work)
     offspring = OFFSPRING.search(work)
     if offspring:
         count = number(offspring.group(1))
@@ -2128,7 +2167,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     young = (result.children or 0) + (result.infants or 0)
     # Grown-ups counted beside the adults ("with 3 friends", "2 adults 2 teens", "me and my
     # parents"): added to them (or to the user), each read once.
-    more = 0
+    more = grown
     for pattern, value in MORE_ADULTS:
         work, counted = _counted_out(pattern, value, work)
         more += counted
