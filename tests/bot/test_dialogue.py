@@ -1194,6 +1194,22 @@ async def test_travellers_named_by_their_age_are_counted_by_it(engine: BotEngine
         assert f"· {party}\n" in reply and offers_in(reply), (text, reply)
 
 
+async def test_same_but_and_mas_are_no_places(engine: BotEngine) -> None:
+    """(Was a bug: *same but to Paris* after a search looked for an airport called *Same But*,
+    *lo mismo pero a París* for *Lo*, and *somos 2 más* replaced Rome with Momote, Papua New
+    Guinea (MAS): *más* resolved as that airport's code.)"""
+    chat = Chat(engine, user_id="15550028990")
+    await chat.say("NYC to London next Friday")
+    reply = await chat.say("same but to Paris")
+    assert "New York (NYC) → Paris (PAR)" in reply and offers_in(reply), reply
+    chat = Chat(engine, user_id="15550028991", locale="es")
+    await chat.say("de Madrid a Roma el viernes")
+    reply = await chat.say("lo mismo pero a París")
+    assert "Madrid (MAD) → París (PAR)" in reply and offers_in(reply), reply
+    reply = await chat.say("somos 2 más")
+    assert "Madrid (MAD) → París (PAR)" in reply and offers_in(reply), reply
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

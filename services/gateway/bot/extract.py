@@ -323,7 +323,8 @@ for on in at is are there what how about hi hey hello ok okay yes so just also a
 let's lets take leave leaving depart departing departure home back way
 quiero queremos busco buscar buscame encuentra necesito vuelo vuelos billete billetes boleto
 boletos pasaje pasajes ir viajar volar por favor un una unos unas en me
-hola quisiera algun barato baratos myself q tal x puedes puede podrias ayudar ayudarme ayudame ayuda
+hola quisiera algun barato baratos myself q tal x mas more same but pero lo mismo
+puedes puede podrias ayudar ayudarme ayudame ayuda
 que como cual se
 airport airports aeropuerto intl international city
 instead actually change make it rather then no not sorry mejor cambia cambiar only just meant mean
