@@ -1210,6 +1210,26 @@ async def test_same_but_and_mas_are_no_places(engine: BotEngine) -> None:
     assert "Madrid (MAD) → París (PAR)" in reply and offers_in(reply), reply
 
 
+async def test_one_more_traveller_is_added_to_the_trip(engine: BotEngine) -> None:
+    """(Was a bug: a traveller added after a search was not understood: *my wife is coming
+    too*, *add my son*, *plus one* and *viene mi mujer también* got *Sorry, I didn't get that*;
+    and *2 adults plus 1 teen* left the teenager out.)"""
+    chat = Chat(engine, user_id="15550029990")
+    await chat.say("NYC to London next Friday")
+    assert "· 2 adults\n" in await chat.say("my wife is coming too")
+    assert "· 3 adults\n" in await chat.say("add my son")
+    reply = await chat.say("plus one")
+    assert "· 4 adults\n" in reply and offers_in(reply), reply
+    chat = Chat(engine, user_id="15550029991", locale="es")
+    await chat.say("de Madrid a Roma el viernes")
+    reply = await chat.say("viene mi mujer también")
+    assert "· 2 adultos\n" in reply and offers_in(reply), reply
+    reply = await Chat(engine, user_id="15550029992").say(
+        "NYC to Rome next Friday 2 adults plus 1 teen"
+    )
+    assert "· 3 adults\n" in reply and offers_in(reply), reply
+
+
 async def test_a_count_or_a_choice_written_in_words_is_the_number(engine: BotEngine) -> None:
     """(Was a bug: only digits answered a question: *four* answering *How many travellers
     should I search for?*, *two* answering *How many adults are travelling?*, *option two* for

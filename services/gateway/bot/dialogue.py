@@ -893,6 +893,13 @@ class BotEngine:
             and not (found.origin or found.destination or found.places)
         ):
             found = replace(found, no_such_return=True)  # "31 April" answering the question
+        if found.add_adults and not found.adults and not found.too_many:
+            # "add my wife": one more than the trip's adults.
+            grown = int(d.trip.get("adults") or 1) + found.add_adults
+            if grown <= MAX_TRAVELLERS:
+                found = replace(found, adults=grown)
+            else:
+                found = replace(found, too_many=grown)
         for whole in found.whole_names:
             if await self._is_one_name(whole.name, whole.part):
                 found = replace(

@@ -85,6 +85,8 @@ class Extraction:
     shift_days: int = 0
     # The return moved by days: "come back a day later" +1 (with no return yet, a stay).
     return_shift_days: int = 0
+    # One more traveller than the trip has ("add my wife", "my wife is coming too").
+    add_adults: int = 0
     # Two days to choose from ("Friday or Saturday", "back Sunday or Monday"): neither is
     # searched, the user is asked which (a search is for one day).
     either: tuple[date, date] | None = None
@@ -112,6 +114,7 @@ class Extraction:
             or self.shift_days
             or self.return_shift_days
             or self.either is not None
+            or self.add_adults
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -1401,6 +1404,14 @@ ADULT_RULES: list[tuple[re.Pattern[str], Any]] = [
     ),
 ]
 MAX_TRAVELLERS = 9  # seated travellers in one search (the search service's limit)
+JOINING = re.compile(
+    r"\b(?:(?:add|plus|añade|anade|agrega|suma) (?:a )?(?:(?:my|mi) " + COMPANIONS + r"|one|1|uno|"
+    r"una persona|another (?:adult|person|passenger|traveller|traveler))|"
+    r"(?:my|mi) " + COMPANIONS + r" (?:is |will be )?(?:coming|joining|comes|viene|se une)"
+    r"(?: (?:too|also|as well|with me|tambien|conmigo))?|"
+    r"viene (?:tambien )?mi " + COMPANIONS + r"(?: tambien)?|"
+    r"one more (?:person|adult|passenger|traveller|traveler)|(?:una|uno) (?:persona )?mas)\b"
+)
 # Grown-ups counted beside the adults: friends, colleagues, teenagers (an adult's fare from 12),
 # parents.
 MORE_ADULTS: list[tuple[re.Pattern[str], Any]] = [
@@ -1408,8 +1419,8 @@ MORE_ADULTS: list[tuple[re.Pattern[str], Any]] = [
         re.compile(
             r"\b(?:(?:with|and|plus|con|y) )?(?:(?:my|our|mis|nuestros|nuestras) )?"
             + NUM
-            + r" (?:friends|colleagues|coworkers|co-workers|teens|teenagers|amigos|amigas|"
-            r"companeros|compañeros|companeras|compañeras|colegas|adolescentes)\b"
+            + r" (?:friends?|colleagues?|coworkers?|co-workers?|teens?|teenagers?|amigos?|amigas?|"
+            r"companeros?|compañeros?|companeras?|compañeras?|colegas?|adolescentes?)\b"
         ),
         lambda m: number(m.group(1)),
     ),
@@ -2172,6 +2183,12 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     for pattern, value in MORE_ADULTS:
         work, counted = _counted_out(pattern, value, work)
         more += counted
+    # After those, one more than before ("add my wife", "my wife is coming too", "plus one",
+    # "viene mi mujer también"): added to the trip's travellers by the dialogue.
+    joining = JOINING.search(work)
+    if joining:
+        result.add_adults = 1
+        work = work[: joining.start()] + " " + work[joining.end() :]
     for pattern, value in ADULT_RULES:
         match = pattern.search(work)
         if match:
