@@ -484,9 +484,11 @@ def _either(trip: dict[str, Any]) -> tuple[str, date, date] | None:
     if not isinstance(either, dict) or either.get("leg") not in ("depart", "return"):
         return None
     days = either.get("days")
+    if not isinstance(days, list) or len(days) != 2:
+        return None
     try:
-        first, second = (date.fromisoformat(str(day)) for day in days)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
+        first, second = (date.fromisoformat(str(day)) for day in days)
+    except ValueError:
         return None
     return str(either["leg"]), first, second
 
