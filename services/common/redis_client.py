@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any, TypeAlias, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import limits.aio.storage as limits_aio_storage
 import redis.asyncio as redis
 import structlog
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -244,50 +243,3 @@ async def warn_if_evicting(client: RedisClient, store: str) -> None:
             store=store,
             maxmemory_policy=",".join(evicting),
         )
-
-
-def limits_storage(
-    url: str,
-    *,
-    key_prefix: str,
-    timeout: float = DEFAULT_SOCKET_TIMEOUT,
-    wrap_exceptions: bool = False,
-) -> limits_aio_storage.Storage:
-    """A ``limits`` async storage on the Redis deployment that ``make_client(url)`` reaches.
-
-    ``limits`` spells Sentinel and Cluster URLs its own way (and takes no database in them), so
-    every URL form of this module is translated here, once, for every rate limiter.
-    """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    options: dict[str, Any] = {
-        "implementation": "redispy",
-        "key_prefix": key_prefix,
-        "wrap_exceptions": wrap_exceptions,  # True: limits.errors.StorageError, not RedisError
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-    }
-    if scheme in CLUSTER_SCHEMES:
-        if CLUSTER_SCHEMES[scheme]:
-            options["ssl"] = True
-        return limits_aio_storage.RedisClusterStorage(
-            f"async+redis+cluster://{parts.netloc}", **options
-        )
-    if scheme in SENTINEL_SCHEMES:
-        segments = [unquote(p) for p in parts.path.split("/") if p]
-        if not segments:
-            raise ValueError("Sentinel URL needs the master's name: redis+sentinel://h:26379/name")
-        kwargs = _common_kwargs(url, SENTINEL_SCHEMES[scheme])
-        sentinel_kwargs: dict[str, Any] = {"socket_timeout": timeout}
-        if "sentinel_password" in kwargs:
-            sentinel_kwargs["password"] = kwargs.pop("sentinel_password")
-        if SENTINEL_SCHEMES[scheme]:
-            options["ssl"] = True
-        return limits_aio_storage.RedisSentinelStorage(
-            f"async+redis+sentinel://{parts.netloc}/{segments[0]}",
-            service_name=segments[0],
-            sentinel_kwargs=sentinel_kwargs,
-            db=int(segments[1]) if len(segments) > 1 else 0,
-            **options,
-        )
-    return limits_aio_storage.RedisStorage(f"async+{url}", **options)

