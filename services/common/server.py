@@ -19,12 +19,12 @@ from typing import Any
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from services.common import event_loop
 from services.common.clients import MAX_REPLY_BYTES
 from services.common.gc_tuning import settle_heap
+from services.common.health import Health
 from services.common.interceptors import ACCESS_LOG, CallWrapper, InFlight, Registrar
 from services.common.logs import configure_logging
 from services.common.metrics import SERVING, export_server_metrics, start_metrics_server
@@ -127,7 +127,7 @@ class Runtime:
         self.settings = settings
         export_server_metrics()
         self.in_flight = InFlight()
-        self.health = HealthServicer()
+        self.health = Health()
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -435,6 +436,29 @@ def test_sigterm_lets_the_in_flight_call_finish(tmp_path: Path) -> None:
     assert result["response"].created  # type: ignore[attr-defined]
     assert process.wait(timeout=15) == 0
     assert any(line.get("event") == "stopped" for line in process.log_events())
+
+
+def test_health_list_answers_with_every_name(tmp_path: Path) -> None:
+    """`grpcurl … grpc.health.v1.Health/List`, which reflection shows: every name and its status.
+    (Was INTERNAL, and an error with a stack trace in the log at each call: grpc's servicer
+    leaves List unimplemented.)"""
+    process, address = fixture_service(tmp_path, FIXTURE_SLOW_SECONDS="0")
+    try:
+        with grpc.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            listed = health.List(health_pb2.HealthListRequest(), timeout=5)
+            with pytest.raises(grpc.RpcError) as unknown:
+                health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5)
+    finally:
+        process.stop()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert {name: entry.status for name, entry in listed.statuses.items()} == {
+        "": serving,
+        NAME: serving,
+        LIVENESS: serving,
+    }
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert not process.log_events("unhandled error"), process.log
 
 
 async def test_a_gateway_call_waits_through_its_service_restarting(tmp_path: Path) -> None:
