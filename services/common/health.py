@@ -1,7 +1,10 @@
 """The standard health service (``grpc.health.v1.Health``) every gRPC service serves.
 
 grpcio-health-checking's asyncio servicer leaves ``List`` unimplemented: ``grpcurl … Health/List``,
-which reflection shows, failed. Here ``List`` answers.
+which reflection shows, failed. And its ``Watch`` streams never end: a server stopping with one
+open (Envoy, a gRPC client's health checking, ``grpcurl … Health/Watch``) waited its whole grace
+for it, then cut it. Here ``List`` answers, and :meth:`Health.end_watches` ends the streams once
+they have been sent NOT_SERVING, so a stop waits only for real calls.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 Status = int  # a HealthCheckResponse.ServingStatus
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+_END = None  # what a watcher's queue gets when its stream is to end
 
 
 class Health(health_pb2_grpc.HealthServicer):
@@ -26,6 +30,7 @@ class Health(health_pb2_grpc.HealthServicer):
         # reads, and a set never waits for a watcher's write.
         self._watchers: dict[str, set[asyncio.Queue[Status | None]]] = {}
         self._shutting_down = False
+        self._ended = False
 
     async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:
         status = self._statuses.get(request.service)
@@ -46,10 +51,12 @@ class Health(health_pb2_grpc.HealthServicer):
         name = request.service
         queue: asyncio.Queue[Status | None] = asyncio.Queue()
         queue.put_nowait(self._statuses.get(name, SERVICE_UNKNOWN))
+        if self._ended:
+            queue.put_nowait(_END)
         watchers = self._watchers.setdefault(name, set())
         watchers.add(queue)
         try:
-            while (status := await queue.get()) is not None:
+            while (status := await queue.get()) is not _END:
                 await context.write(health_pb2.HealthCheckResponse(status=status))
         finally:
             watchers.discard(queue)
@@ -75,3 +82,11 @@ class Health(health_pb2_grpc.HealthServicer):
         self._shutting_down = True
         for name in list(self._statuses):
             self._set(name, NOT_SERVING)
+
+    def end_watches(self) -> None:
+        """End every Watch stream (status OK) after what it has been sent, and any opened later
+        after its first status: for when the server stops taking calls."""
+        self._ended = True
+        for watchers in self._watchers.values():
+            for queue in watchers:
+                queue.put_nowait(_END)

@@ -243,6 +243,8 @@ class Runtime:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace / 2):
                     await self.in_flight.idle.wait()
+            # Watch streams never end by themselves: the stop would wait its grace for them.
+            self.health.end_watches()
             await self.server.stop(max(0.0, deadline - loop.time()))
             # Writes whose callers were cancelled still run (run_shielded): the stores they use
             # close after them.

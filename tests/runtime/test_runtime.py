@@ -461,6 +461,43 @@ def test_health_list_answers_with_every_name(tmp_path: Path) -> None:
     assert not process.log_events("unhandled error"), process.log
 
 
+def test_sigterm_ends_health_watch_streams_after_not_serving(tmp_path: Path) -> None:
+    """A Watch stream (Envoy's health checks, a gRPC client's, `grpcurl … Health/Watch`) sees
+    NOT_SERVING at SIGTERM, then ends with OK when the server stops taking calls, and does not
+    hold the stop. (Was a bug: grpc's servicer never ends a Watch, so every shutdown with one
+    open waited the whole grace, a minute here, and then cut it, UNAVAILABLE.)"""
+    process, address = fixture_service(tmp_path, SHUTDOWN_GRACE_SECONDS="60")
+    seen: list[object] = []
+    ended: dict[str, object] = {}
+    watching = threading.Event()
+
+    def watch() -> None:
+        with grpc.insecure_channel(address) as channel:
+            stream = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service=NAME)
+            )
+            try:
+                for reply in stream:
+                    seen.append(reply.status)
+                    watching.set()
+                ended["code"] = stream.code()
+            except grpc.RpcError as error:
+                ended["code"] = error.code()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        assert watching.wait(10), process.log
+        process.signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        watcher.join(timeout=10)
+    finally:
+        process.stop()
+    response = health_pb2.HealthCheckResponse
+    assert seen == [response.SERVING, response.NOT_SERVING]
+    assert ended["code"] == grpc.StatusCode.OK
+
+
 async def test_a_gateway_call_waits_through_its_service_restarting(tmp_path: Path) -> None:
     """A rollout of a single replica (docker compose, `kubectl rollout restart` with one pod on
     the same address): the process drains and exits, the new one listens a moment later. A
