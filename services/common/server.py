@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import ssl
 from collections.abc import Awaitable, Callable
@@ -70,19 +71,11 @@ class Service:
     extra_health_names: list[str] = field(default_factory=list)
 
 
-def server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | None:
-    """TLS when GRPC_TLS_CERT and GRPC_TLS_KEY are set; mutual TLS when GRPC_TLS_CA is too."""
+def _tls_files(settings: CommonSettings) -> tuple[bytes, bytes, bytes | None]:
+    """The key, certificate and CA (or None) the settings name, checked: a
+    :class:`ConfigurationError` names the variable of a file that cannot be used."""
     cert_path, key_path = settings.grpc_tls_cert, settings.grpc_tls_key
-    if not (cert_path or key_path or settings.grpc_tls_ca):
-        return None
-    if not (cert_path and key_path):
-        # One of the pair, or the CA alone, used to be ignored: a service asked for TLS, or to
-        # require client certificates, served plaintext to every client.
-        given = "GRPC_TLS_CERT" if cert_path else "GRPC_TLS_KEY" if key_path else "GRPC_TLS_CA"
-        raise ConfigurationError(
-            "GRPC_TLS_KEY" if cert_path else "GRPC_TLS_CERT",
-            f"unset while {given} is set: a service serves TLS only with both",
-        )
+    assert cert_path and key_path
     key = read_setting_file("GRPC_TLS_KEY", key_path)
     cert = read_setting_file("GRPC_TLS_CERT", cert_path)
     ca = read_setting_file("GRPC_TLS_CA", settings.grpc_tls_ca) if settings.grpc_tls_ca else None
@@ -100,8 +93,70 @@ def server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | Non
             context.load_verify_locations(settings.grpc_tls_ca)
         except ssl.SSLError:
             raise ConfigurationError("GRPC_TLS_CA", "not PEM certificates") from None
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    return key, cert, ca
+
+
+class _TlsFiles:
+    """The TLS files, read again when one of them changes (cert-manager renewing a certificate
+    into a mounted Secret, an operator replacing the files): grpc asks before each new
+    connection's handshake, so a renewed certificate is served without a restart, before the
+    old one expires. Files that do not make a valid set (half written, mismatched) leave the
+    last good set in use, with one warning."""
+
+    def __init__(self, settings: CommonSettings) -> None:
+        self._settings = settings
+        self._paths = [
+            path
+            for path in (settings.grpc_tls_key, settings.grpc_tls_cert, settings.grpc_tls_ca)
+            if path
+        ]
+        self._stamp = self._stamps()
+        self.initial = self._configuration(*_tls_files(settings))
+
+    def _stamps(self) -> tuple[tuple[int, int, int], ...] | None:
+        try:  # stat follows the symlinks a Kubernetes Secret volume swaps on an update
+            stats = [os.stat(path) for path in self._paths]
+        except OSError:
+            return None
+        return tuple((st.st_ino, st.st_mtime_ns, st.st_size) for st in stats)
+
+    @staticmethod
+    def _configuration(key: bytes, cert: bytes, ca: bytes | None) -> Any:
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    def fetch(self) -> Any:
+        """A new configuration when the files changed and make a valid set, else None (keep
+        the one in use). Called by grpc, on its own thread, before each handshake."""
+        stamp = self._stamps()
+        if stamp is None or stamp == self._stamp:
+            return None
+        self._stamp = stamp
+        try:
+            configuration = self._configuration(*_tls_files(self._settings))
+        except ConfigurationError as error:
+            log.warning("TLS files changed, not usable: the last ones kept", reason=str(error))
+            return None
+        log.info("TLS files reloaded")
+        return configuration
+
+
+def server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | None:
+    """TLS when GRPC_TLS_CERT and GRPC_TLS_KEY are set; mutual TLS when GRPC_TLS_CA is too. The
+    files are read again when they change (:class:`_TlsFiles`)."""
+    cert_path, key_path = settings.grpc_tls_cert, settings.grpc_tls_key
+    if not (cert_path or key_path or settings.grpc_tls_ca):
+        return None
+    if not (cert_path and key_path):
+        # One of the pair, or the CA alone, used to be ignored: a service asked for TLS, or to
+        # require client certificates, served plaintext to every client.
+        given = "GRPC_TLS_CERT" if cert_path else "GRPC_TLS_KEY" if key_path else "GRPC_TLS_CA"
+        raise ConfigurationError(
+            "GRPC_TLS_KEY" if cert_path else "GRPC_TLS_CERT",
+            f"unset while {given} is set: a service serves TLS only with both",
+        )
+    files = _TlsFiles(settings)
+    return grpc.dynamic_ssl_server_credentials(
+        files.initial, files.fetch, require_client_authentication=bool(settings.grpc_tls_ca)
     )
 
 

@@ -120,11 +120,10 @@ def _write(
     return cert_path, key_path
 
 
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+def make_pki(directory: Path, ca_name: str = "parley-test-ca") -> Pki:
     """What an operator makes with cert-manager or openssl, made here in a few milliseconds."""
-    directory = tmp_path_factory.mktemp("pki")
-    ca = _ca("parley-test-ca")
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = _ca(ca_name)
     # The services' certificates name the Service DNS names and localhost (for exec probes).
     server = _leaf(
         "business",
@@ -139,3 +138,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     client_cert, client_key = _write(directory, "client", client)
     rogue_cert, rogue_key = _write(directory, "rogue", rogue)
     return Pki(ca_path, server_cert, server_key, client_cert, client_key, rogue_cert, rogue_key)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))

@@ -3,6 +3,7 @@ only SQLite): mutual TLS accepts a client certificate from the CA and refuses ev
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from services.common import healthcheck
 from services.common.clients import client_credentials, make_channel
 from services.common.settings import CommonSettings
 from services.common.tls import channel_credentials
-from tests.deploy.conftest import Pki
+from tests.deploy.conftest import Pki, make_pki
 from tests.support.processes import ServiceProcess, free_port, wait_for
 
 SERVICE = "parley.business.v1.BusinessService"
@@ -186,3 +187,51 @@ async def test_the_gateway_reaches_a_mutual_tls_service_with_its_own_settings(
     assert good[BUSINESS] == "SERVING"
     # Refused in the handshake (the channel's retries may run into the deadline first).
     assert bad[BUSINESS] in {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+
+
+def _mount_secret(volume: Path, ca: Path, cert: Path, key: Path) -> None:
+    """The files as a Kubernetes Secret volume holds them (cert-manager's keys), and as the
+    kubelet updates one: a new directory, then one symlink swapped (``..data``)."""
+    data = volume / f"..{len(list(volume.iterdir()))}"
+    data.mkdir()
+    for name, source in (("ca.crt", ca), ("tls.crt", cert), ("tls.key", key)):
+        (data / name).write_bytes(source.read_bytes())
+        if not (volume / name).is_symlink():
+            (volume / name).symlink_to(Path("..data") / name)
+    (volume / "..data_tmp").symlink_to(data.name)
+    os.replace(volume / "..data_tmp", volume / "..data")
+
+
+def test_renewed_certificates_are_served_without_a_restart(tmp_path: Path) -> None:
+    """cert-manager renews a certificate (by default a month before it expires) into the Secret
+    the service mounts: new connections must get the new one, or every call fails at expiry.
+    (Was a bug: the files were read once, at start-up.) Here the CA changes too, so a handshake
+    tells which set the server used."""
+    before, after = make_pki(tmp_path / "before"), make_pki(tmp_path / "after", "renewed-ca")
+    volume = tmp_path / "tls"
+    volume.mkdir()
+    _mount_secret(volume, before.ca, before.server_cert, before.server_key)
+    process, address = start_business(
+        tmp_path,
+        GRPC_TLS_CERT=str(volume / "tls.crt"),
+        GRPC_TLS_KEY=str(volume / "tls.key"),
+        GRPC_TLS_CA=str(volume / "ca.crt"),
+    )
+    try:
+        old = channel_credentials(str(before.ca), str(before.client_cert), str(before.client_key))
+        new = channel_credentials(str(after.ca), str(after.client_cert), str(after.client_key))
+        wait_serving(process, address, old)
+        assert healthcheck.check(address, SERVICE, 2, new) == "UNAVAILABLE"
+        # A set that does not go together (a key from another pair) is not taken.
+        _mount_secret(volume, after.ca, after.server_cert, before.server_key)
+        assert healthcheck.check(address, SERVICE, 2, old) == "SERVING"
+        _mount_secret(volume, after.ca, after.server_cert, after.server_key)
+        wait_serving(process, address, new)
+        assert healthcheck.check(address, SERVICE, 2, old) == "UNAVAILABLE"
+    finally:
+        process.stop()
+    assert "TLS files reloaded" in process.log
+    refused = process.log_events("TLS files changed, not usable: the last ones kept")
+    assert [line["reason"] for line in refused] == [
+        "GRPC_TLS_CERT: with GRPC_TLS_KEY, not a PEM certificate and its unencrypted key"
+    ]
