@@ -159,7 +159,14 @@ class CallWrapper:
                 code = grpc.StatusCode.DEADLINE_EXCEEDED
                 await context.abort(code, "the server's deadline for this call passed")
             except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
+                # grpc cancels the handler both when the client cancels and when the client's
+                # deadline passes; the latter is DEADLINE_EXCEEDED, as the client sees it (and
+                # as ParleyGrpcErrors counts a service too slow for its callers).
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED
+                else:
+                    code = grpc.StatusCode.CANCELLED
                 raise
             except Exception:
                 code = grpc.StatusCode.INTERNAL

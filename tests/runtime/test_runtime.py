@@ -713,6 +713,48 @@ def test_calls_are_counted_with_go_grpc_prometheus_names_and_labels(tmp_path: Pa
         assert sample.labels["grpc_type"] == "unary", sample
 
 
+def test_a_call_past_its_deadline_is_deadline_exceeded_and_a_cancelled_one_canceled(
+    tmp_path: Path,
+) -> None:
+    """A handler still running at the client's deadline is counted and logged as the client saw
+    it, DEADLINE_EXCEEDED, which ParleyGrpcErrors counts; a call the client cancelled is
+    CANCELLED. (Was a bug: both were Canceled, so a service too slow for every caller's
+    deadline never raised the alert.)"""
+    metrics_port = free_port()
+    process, address = fixture_service(
+        tmp_path, FIXTURE_SLOW_SECONDS="5", FIXTURE_METRICS_PORT=str(metrics_port)
+    )
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = session_pb2_grpc.SessionServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as late:
+                stub.GetConversation(
+                    session_pb2.GetConversationRequest(),
+                    metadata=[("x-request-id", "req-late")],
+                    timeout=0.3,
+                )
+            cancelled = stub.GetConversation.future(
+                session_pb2.GetConversationRequest(),
+                metadata=[("x-request-id", "req-cancelled")],
+                timeout=30,
+            )
+            assert wait_for(lambda: len(process.log_events("slow call started")) == 2, 10)
+            cancelled.cancel()
+
+            def codes() -> dict[object, object]:
+                return {line.get("request_id"): line["code"] for line in process.log_events("rpc")}
+
+            assert wait_for(lambda: len(codes()) == 2, 10), process.log
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    finally:
+        process.stop()
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert codes() == {"req-late": "DEADLINE_EXCEEDED", "req-cancelled": "CANCELLED"}
+    labels = f'grpc_method="GetConversation",grpc_service="{NAME}",grpc_type="unary"'
+    for code in ("DeadlineExceeded", "Canceled"):
+        assert f'grpc_server_handled_total{{grpc_code="{code}",{labels}}} 1.0' in text, text
+
+
 def test_service_errors_carry_rich_details(tmp_path: Path) -> None:
     process, address = fixture_service(tmp_path)
     try:
