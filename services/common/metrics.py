@@ -5,6 +5,7 @@ dashboards and alerts work unchanged."""
 from __future__ import annotations
 
 import bisect
+import errno
 import itertools
 from collections.abc import Callable, Iterable
 
@@ -134,7 +135,15 @@ def export_server_metrics() -> None:
         _exported = True
 
 
-def start_metrics_server(port: int, host: str = "0.0.0.0") -> None:
-    """Serve /metrics on ``port`` from a background thread; 0 disables it."""
-    if port:
-        start_http_server(port, addr=host)
+def start_metrics_server(port: int) -> None:
+    """Serve /metrics on ``port`` from a background thread, over IPv6 and IPv4 as gRPC's own
+    port is (an IPv6-only or dual-stack cluster scrapes pod IPv6 addresses), or IPv4 alone on a
+    host without IPv6; 0 disables it."""
+    if not port:
+        return
+    try:
+        start_http_server(port, addr="::")  # dual-stack: Linux's bindv6only is 0 by default
+    except OSError as error:
+        if error.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            raise
+        start_http_server(port, addr="0.0.0.0")

@@ -330,7 +330,7 @@ def run(
     try:
         start_metrics_server(metrics_port)
     except OSError:
-        refuse_to_start(str(_cannot_listen(f"0.0.0.0:{metrics_port}", "metrics")))
+        refuse_to_start(str(_cannot_listen(f"[::]:{metrics_port}", "metrics")))
 
     async def main() -> int:
         try:

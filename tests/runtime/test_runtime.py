@@ -755,6 +755,21 @@ def test_a_call_past_its_deadline_is_deadline_exceeded_and_a_cancelled_one_cance
         assert f'grpc_server_handled_total{{grpc_code="{code}",{labels}}} 1.0' in text, text
 
 
+def test_metrics_are_served_over_ipv6_and_ipv4_as_grpc_is(tmp_path: Path) -> None:
+    """An IPv6-only or dual-stack cluster scrapes pods at their IPv6 address. (Was a bug: the
+    metrics port listened on IPv4 alone, while gRPC's wildcard listens on both, so such a
+    Prometheus found every service down.)"""
+    metrics_port = free_port()
+    process, address = fixture_service(tmp_path, FIXTURE_METRICS_PORT=str(metrics_port))
+    try:
+        assert check(f"[::1]:{address.rpartition(':')[2]}", "") == "SERVING"
+        for host in ("[::1]", "127.0.0.1"):
+            reply = httpx.get(f"http://{host}:{metrics_port}/metrics", timeout=5)
+            assert reply.status_code == 200 and "grpc_server_in_flight " in reply.text, host
+    finally:
+        process.stop()
+
+
 def test_service_errors_carry_rich_details(tmp_path: Path) -> None:
     process, address = fixture_service(tmp_path)
     try:
