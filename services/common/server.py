@@ -239,6 +239,8 @@ class Runtime:
             try:
                 async with limit:
                     await self.service.readiness()
+                if self._stopping.is_set():  # a check that ended during shutdown says nothing
+                    return
             except Exception as error:  # the check's own failure is the reason we report
                 reason = str(error) or type(error).__name__
                 if limit.expired():  # not the check's own words: a bare "TimeoutError"

@@ -27,8 +27,10 @@ from parley.session.v1 import session_pb2, session_pb2_grpc
 from services.common.clients import make_channel, with_call_defaults
 from services.common.errors import error_info, field_violations
 from services.common.healthcheck import check
+from services.common.metrics import SERVING
 from services.common.server import LIVENESS, Runtime, Service
 from services.common.settings import CommonSettings, load_settings
+from services.common.tasks import cancel_and_wait
 from tests.runtime.fixture_service import NAME, FixtureServicer
 from tests.support.dns import DnsNames
 from tests.support.processes import ROOT, ServiceProcess, Valkey, free_port, wait_for
@@ -821,3 +823,43 @@ async def test_a_shutdown_that_fails_still_closes_the_stores() -> None:
         assert closed == [True]
     finally:
         await real_stop(None)
+
+
+async def test_a_readiness_check_that_ends_during_shutdown_does_not_say_serving() -> None:
+    """SIGTERM while a readiness check runs (one can take up to 5 s): the check's success must
+    not set `parley_serving` back to 1, nor log *serving*, while the service drains. (Was a bug:
+    health stayed NOT_SERVING, but the gauge said 1 for the rest of the shutdown.)"""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def readiness() -> None:
+        entered.set()
+        await release.wait()
+
+    runtime = Runtime(
+        Service(
+            NAME,
+            session_pb2_grpc.add_SessionServiceServicer_to_server,
+            FixtureServicer(),
+            readiness=readiness,
+        ),
+        load_settings(CommonSettings),
+        0,
+    )
+    gauge = SERVING.labels(NAME)
+    await runtime.server.start()
+    watcher = asyncio.create_task(runtime._watch_readiness())
+    runtime.in_flight.enter()  # a call in flight: the shutdown drains until it leaves
+    await entered.wait()
+    runtime.request_stop()
+    shutdown = asyncio.create_task(runtime.shutdown())
+    try:
+        await asyncio.sleep(0.1)
+        assert gauge._value.get() == 0
+        release.set()
+        await watcher  # the check has ended; the shutdown still drains
+        assert not shutdown.done()
+        assert gauge._value.get() == 0
+    finally:
+        runtime.in_flight.leave()
+        await shutdown
+        await cancel_and_wait(watcher)
