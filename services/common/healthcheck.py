@@ -56,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         # Dropped without a word before: the probe spoke plaintext, or TLS without its
         # certificate, and a misspelt probe read as a service down (UNAVAILABLE).
         cli.error("--tls-cert and --tls-key go together, and with --tls-ca")
-    credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    try:
+        credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    except OSError as error:  # one line in the probe's output, not a traceback
+        print(f"cannot read {error.filename}: {error.strerror}")
+        return 1
     status = check(args.addr, args.service, args.timeout, credentials)
     print(status)
     return 0 if status == "SERVING" else 1

@@ -141,6 +141,15 @@ def test_healthcheck_command_refuses_half_of_its_tls_options(
     assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
 
 
+def test_healthcheck_command_names_a_tls_file_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(Was a bug: a 15-line traceback in the probe's output.)"""
+    missing = tmp_path / "ca.crt"
+    assert healthcheck.main(["--addr", "127.0.0.1:1", "--tls-ca", str(missing)]) == 1
+    assert capsys.readouterr().out == f"cannot read {missing}: No such file or directory\n"
+
+
 def test_server_tls_without_ca_does_not_ask_for_a_client_certificate(
     pki: Pki, tmp_path: Path
 ) -> None:
