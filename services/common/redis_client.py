@@ -243,3 +243,20 @@ async def warn_if_evicting(client: RedisClient, store: str) -> None:
             store=store,
             maxmemory_policy=",".join(evicting),
         )
+
+
+async def warn_if_not_persisted(client: RedisClient, store: str) -> None:
+    """Log a warning when Redis writes no append-only file (``aof_enabled:0``): on a restart
+    it comes back empty, or from its last snapshot, and what ``store`` names is lost since
+    then. ``INFO persistence``, which managed services allow; unreachable: nothing to say.
+
+    Some managed services offer no AOF and rely on a replica taking over instead: the warning
+    then says what a restart without a failover costs."""
+    try:
+        info = await client.info("persistence")
+    except Exception:
+        return
+    sections = [info] if "aof_enabled" in info else list(info.values())  # Cluster: per node
+    if any(isinstance(s, dict) and str(s.get("aof_enabled")) == "0" for s in sections):
+        log.warning("Redis writes no append-only file: set appendonly yes", store=store)
+

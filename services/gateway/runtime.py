@@ -15,7 +15,7 @@ import structlog
 
 from parley.search.v1 import search_pb2
 from services.common.clients import client_credentials
-from services.common.redis_client import make_redis, warn_if_evicting
+from services.common.redis_client import make_redis, warn_if_evicting, warn_if_not_persisted
 from services.common.settings import configuring
 from services.gateway.businesses import BusinessDirectory
 from services.gateway.clients import Clients
@@ -143,7 +143,9 @@ class Runtime:
         return self._engine
 
     async def start(self) -> None:
-        await warn_if_evicting(self.redis, "gateway: the queue, dedupe markers and sent log")
+        at_risk = "gateway: the queue, dedupe markers and sent log"
+        await warn_if_evicting(self.redis, at_risk)
+        await warn_if_not_persisted(self.redis, at_risk)
         self._clients = Clients(self.settings, self.credentials)
         if self.role in ("worker", "all"):
             # Blocking reads hold a connection each: a client of their own, with a socket

@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.errors import Unavailable, VersionConflict
 from services.common.redact import mask_phone
-from services.common.redis_client import refusal, warn_if_evicting
+from services.common.redis_client import refusal, warn_if_evicting, warn_if_not_persisted
 from services.common.tasks import cancel_and_wait
 from services.session import metrics
 from services.session.memory_store import MemoryStore
@@ -275,6 +275,7 @@ class SessionStore:
             if not self._eviction_checked:
                 self._eviction_checked = True
                 await warn_if_evicting(self.redis.client, "session: live conversations")
+                await warn_if_not_persisted(self.redis.client, "session: live conversations")
 
     async def close(self) -> None:
         await cancel_and_wait(self._recovery)

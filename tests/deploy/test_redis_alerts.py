@@ -163,3 +163,25 @@ def test_a_valkey_that_stops_answering_fires_redis_down(
             expected("ParleyRedisMemoryHigh", 8),
         ],
     )
+
+
+def test_a_valkey_without_an_append_only_file_fires_not_persisting(
+    exporter: tuple[Valkey, str], tmp_path: Path
+) -> None:
+    # Without AOF a restart loses every accepted message not yet answered: nothing else says so
+    # after start-up (a `CONFIG SET appendonly no`, a failover to a replica set up without it).
+    valkey, url = exporter
+    persisted = scrape(url)
+    assert persisted[("redis_aof_enabled", ())] == 1
+    redis.Redis(port=valkey.port).config_set("appendonly", "no")
+    volatile = scrape(url)
+    assert volatile[("redis_aof_enabled", ())] == 0
+    evaluate(
+        tmp_path,
+        timeline((persisted, 10), (volatile, 30)),
+        [
+            expected("ParleyRedisNotPersisting", 4),
+            expected("ParleyRedisNotPersisting", 12),
+            expected("ParleyRedisNotPersisting", 17, instance=TARGET["instance"]),
+        ],
+    )

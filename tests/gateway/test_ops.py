@@ -146,6 +146,30 @@ def test_metrics_are_summed_across_web_processes(
         gw.stop()
 
 
+def test_a_queue_redis_without_an_append_only_file_is_named_at_start_up(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey, tmp_path: Path
+) -> None:
+    # The 200 promises the message is stored; a Redis without AOF (a managed one's default, or
+    # one set up for a cache) loses every accepted message not yet answered when it restarts.
+    warning = "Redis writes no append-only file: set appendonly yes"
+    volatile = Valkey(tmp_path / "no-aof", None, "--appendonly", "no").start()
+    try:
+        for url, aof in (
+            (volatile.url, False),
+            (f"redis://127.0.0.1:{valkey.port}/{next_db()}", True),
+        ):
+            gw = start_gateway(services, fake_clouds, url, f"aof-{aof}", role="web")
+            try:  # ready: after the start-up check that warns
+                said = gw.processes[0].log_events(warning)
+                assert [event["store"] for event in said] == (
+                    [] if aof else ["gateway: the queue, dedupe markers and sent log"]
+                )
+            finally:
+                gw.stop()
+    finally:
+        volatile.stop()
+
+
 def test_a_web_restart_keeps_the_counts_of_workers_sharing_its_metrics_directory(
     services: Services, fake_clouds: FakeClouds, valkey: Valkey, tmp_path: object
 ) -> None:

@@ -177,6 +177,27 @@ def test_a_redis_that_evicts_keys_when_full_is_named_at_start_up(
         evicting.stop()
 
 
+def test_a_session_redis_without_an_append_only_file_is_named_at_start_up(
+    tmp_path: Path, valkey: Valkey
+) -> None:
+    # Live conversations are lost when a Redis that writes no append-only file restarts.
+    warning = "Redis writes no append-only file: set appendonly yes"
+    volatile = Valkey(tmp_path / "no-aof", None, "--appendonly", "no").start()
+    try:
+        for url, aof in ((volatile.url, False), (valkey.url, True)):
+            process, address = start_service("session", tmp_path / f"aof-{aof}", url)
+            try:
+                process.wait_serving(address)  # after the check that warns
+                said = process.log_events(warning)
+                assert [event["store"] for event in said] == (
+                    [] if aof else ["session: live conversations"]
+                )
+            finally:
+                process.stop()
+    finally:
+        volatile.stop()
+
+
 @pytest.mark.parametrize(("given", "started_logged"), [("info", True), ("warning", False)])
 def test_log_level_is_read_in_any_case(
     given: str, started_logged: bool, tmp_path: Path, valkey: Valkey
