@@ -48,6 +48,7 @@ from services.common.errors import error_info
 from services.common.logs import bind_call_fields, reset_call_fields
 from services.common.outage import OutageLog
 from services.common.redact import mask_phone
+from services.common.redis_client import refusal
 from services.common.redis_pipeline import AutoPipeline
 from services.common.settings import ConfigurationError
 from services.common.struct_values import python_to_value, value_to_python
@@ -627,10 +628,26 @@ class SentLog:
         }
 
     async def mark(self, fingerprint: str) -> None:
-        try:
-            await self._pipeline.script(self._mark, [self._key], [fingerprint, self._ttl])
-        except RedisError as error:
-            log.warning("could not record a sent reply", error=str(error)[:200])
+        """Record an accepted part. A Redis that does not answer leaves it unrecorded (the
+        session's history tells the next attempt). One that answers but refuses writes (out of
+        memory, MISCONF…) refuses the turn's save too when it is also the session's: then the
+        record is tried again, while the partition is ours, until Redis takes it."""
+        delay, said = 0.05, False
+        while True:
+            try:
+                await self._pipeline.script(self._mark, [self._key], [fingerprint, self._ttl])
+                return
+            except RedisError as error:
+                refused = refusal(error, "the gateway's Redis") is not None
+                if not said:
+                    said = True
+                    log.warning(
+                        "could not record a sent reply", error=str(error)[:200], retrying=refused
+                    )
+                if not refused or not await lease_held_var.get()():
+                    return
+            await asyncio.sleep(delay)
+            delay = min(1.0, delay * 2)
 
 
 class WorkerPool:

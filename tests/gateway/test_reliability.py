@@ -163,6 +163,34 @@ def test_redis_down_gives_503_and_every_accepted_message_is_answered(
         gw.stop()
 
 
+def test_a_reply_sent_as_redis_fills_up_is_not_sent_again(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """Redis reaches ``maxmemory`` (noeviction) while a message is in flight: the reply goes
+    out, but neither its sent-log record nor the turn's save can be written (one Redis holds
+    both, as with compose and ``make run``). Once memory is freed, the message is finished
+    without a second reply. (Was a bug: the record was dropped as best effort, and the next
+    attempt, finding neither, answered again.)"""
+    gw = start_gateway(
+        services, fake_clouds, f"redis://127.0.0.1:{valkey.port}/{next_db()}", "oom-sent"
+    )
+    admin = redis.Redis(port=valkey.port)
+    try:
+        wa_id = slow_message_in_flight(gw, fake_clouds, create_business(gw), "slow 1.5 full")
+        admin.config_set("maxmemory", 1)  # every write refused from now on
+        assert wait_for(lambda: fake_clouds.texts(wa_id), 20)
+        assert wait_for(lambda: gw.processes[0].log_events("could not record a sent reply"), 20), (
+            gw.processes[0].log[-3000:]
+        )
+        admin.config_set("maxmemory", 0)
+        assert wait_for(lambda: queue_lengths(gw.redis_url) == 0, 30), "never finished"
+        assert fake_clouds.texts(wa_id) == ["echo: slow 1.5 full #1"]
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+        gw.stop()
+
+
 def test_a_failed_send_is_retried_and_answered_once(
     limited: Gateway, fake_clouds: FakeClouds
 ) -> None:
