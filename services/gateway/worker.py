@@ -76,8 +76,14 @@ log = structlog.get_logger()
 
 SESSION_CONTENT_LIMIT = 4096
 DEFAULT_ENGINE_MODULE = "services.gateway.bot"
-# A service that is down, restarting or overloaded, not one refusing this message.
-TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+# A service that is down, restarting or overloaded, not one refusing this message; its store
+# full is one too (the session service answers RESOURCE_EXHAUSTED while its Redis is at
+# maxmemory, until memory is freed).
+TRANSIENT_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 # Send outcomes that refuse the business's credentials (Cloud API 190/0, Twilio 401/20003).
 REFUSED_CREDENTIALS = frozenset({"token_expired", "credentials_refused"})
 RATE_NOTICE = "You are sending messages faster than we can answer. Please wait a minute."

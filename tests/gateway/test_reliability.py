@@ -191,6 +191,42 @@ def test_a_reply_sent_as_redis_fills_up_is_not_sent_again(
         gw.stop()
 
 
+def test_a_session_redis_out_of_memory_holds_messages_back_without_dead_letters(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey, fresh_valkey: Valkey
+) -> None:
+    """The session service's Redis is full (``noeviction``): it answers RESOURCE_EXHAUSTED
+    until memory is freed, which says nothing about the message. The message waits, as for a
+    service that is down, and is answered once writes resume. (Was a bug: taken for the
+    message's own failure, it used up MAX_ATTEMPTS in a second and was dead-lettered.)"""
+    gw = start_gateway(services, fake_clouds, fresh_valkey.url, "session-oom")  # queue elsewhere
+    session_redis = redis.Redis(port=valkey.port)
+    try:
+        business = create_business(gw)
+        wa_id = new_wa_id()
+        session_redis.config_set("maxmemory", 1)  # the session service refuses every write
+        with gw.http as client:
+            assert (
+                post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "hi")).status_code
+                == 200
+            )
+
+        def refused() -> int:
+            return sum(
+                "RESOURCE_EXHAUSTED" in str(event.get("error"))
+                for event in gw.processes[0].log_events("message failed; will retry")
+            )
+
+        assert wait_for(lambda: refused() >= 5 or dead_letters(gw), 20)
+        session_redis.config_set("maxmemory", 0)
+        assert wait_for(lambda: fake_clouds.texts(wa_id), 20), dead_letters(gw)
+        assert fake_clouds.texts(wa_id) == ["echo: hi #1"]
+        assert dead_letters(gw) == []
+    finally:
+        session_redis.config_set("maxmemory", 0)
+        session_redis.close()
+        gw.stop()
+
+
 def test_a_failed_send_is_retried_and_answered_once(
     limited: Gateway, fake_clouds: FakeClouds
 ) -> None:
