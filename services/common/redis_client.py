@@ -259,4 +259,3 @@ async def warn_if_not_persisted(client: RedisClient, store: str) -> None:
     sections = [info] if "aof_enabled" in info else list(info.values())  # Cluster: per node
     if any(isinstance(s, dict) and str(s.get("aof_enabled")) == "0" for s in sections):
         log.warning("Redis writes no append-only file: set appendonly yes", store=store)
-
