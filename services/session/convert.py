@@ -12,7 +12,7 @@ from google.protobuf import timestamp_pb2
 from parley.session.v1 import session_pb2
 from services.common.errors import InvalidArgument
 from services.common.interceptors import EncodedReply
-from services.common.struct_values import python_to_value, value_to_python
+from services.common.struct_values import TooDeep, python_to_value, value_to_python
 from services.session import wire
 from services.session.model import (
     MESSAGE_ROLES,
@@ -172,6 +172,9 @@ def state_changes(
             continue
         try:
             encoded = kept(orjson.dumps(value_to_python(set_state[name])))
+        except TooDeep as error:  # valid JSON, but every later get would fail
+            violations.append((_state_field(name), str(error)))
+            continue
         except (ValueError, RecursionError, orjson.JSONEncodeError) as error:
             violations.append((_state_field(name), f"not a JSON value: {error}"))
             continue

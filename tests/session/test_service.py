@@ -17,6 +17,7 @@ from parley.session.v1 import session_pb2 as pb
 from parley.session.v1.session_pb2_grpc import SessionServiceStub
 from services.common.clients import make_channel
 from services.common.errors import error_info, field_violations
+from services.common.struct_values import python_to_value
 from services.session.convert import MAX_APPEND, MAX_CONTENT, MAX_PROVIDER_ID, MAX_STATE_VALUE_BYTES
 from services.session.model import MAX_STATE_BYTES, ConversationKey, erased_key
 from services.session.settings import SessionSettings
@@ -310,6 +311,46 @@ async def test_state_value_without_a_kind_is_refused(stub: Stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await stub.GetConversation(pb.GetConversationRequest(key=request.key))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND  # nothing was written
+
+
+def nested(depth: int, container: str, inside: object = 1) -> object:
+    """``inside`` in ``depth`` JSON lists (or objects)."""
+    for _ in range(depth):
+        inside = [inside] if container == "list" else {"a": inside}
+    return inside
+
+
+def as_value(data: object) -> struct_pb2.Value:
+    value = struct_pb2.Value()
+    python_to_value(data, value)
+    return value
+
+
+async def test_a_state_value_nested_deeper_than_a_reply_can_carry_is_refused_unwritten(
+    stub: Stub,
+) -> None:
+    # protobuf reads 100 levels. A request nests a state value 3 deep, a reply 4, and each JSON
+    # list in it takes 2 more, each object 3: a value at 97 levels (a list 49 deep) parsed as a
+    # request but not as a reply. It was written, and every later get and update of the
+    # conversation failed (INTERNAL, "Exception deserializing response") until it expired.
+    key = new_key()
+    deepest = pb.UpdateConversationRequest(key=key, append=[user_message("kept")])
+    deepest.set_state["plan"].CopyFrom(as_value(nested(48, "list")))
+    deepest.set_state["slots"].CopyFrom(as_value(nested(32, "object")))
+    deepest.set_state["mixed"].CopyFrom(as_value(nested(30, "object", nested(3, "list"))))
+    await stub.UpdateConversation(deepest)
+    for too_deep in (nested(49, "list"), nested(31, "object", nested(2, "list"))):
+        request = pb.UpdateConversationRequest(key=key, append=[user_message("lost")])
+        request.set_state["too_deep"].CopyFrom(as_value(too_deep))
+        request.set_state["fine"].number_value = 1
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.UpdateConversation(request)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert set(field_violations(refused.value)) == {"set_state[too_deep]"}  # type: ignore[arg-type]
+    got = (await stub.GetConversation(pb.GetConversationRequest(key=key))).conversation
+    assert got.version == 1 and set(got.state) == {"plan", "slots", "mixed"}  # nothing written
+    assert [m.content for m in got.history] == ["kept"]
+    assert got.state["plan"] == as_value(nested(48, "list"))
 
 
 async def test_a_state_past_its_bounds_is_failed_precondition_and_the_conversation_lives(
