@@ -365,22 +365,32 @@ def build_router(runtime: Runtime) -> APIRouter:
         assert response is not None
         return business_out(response.business)
 
-    def conversation_key(business_id: str, user_id: str) -> session_pb2.ConversationKey:
+    async def found_business(business_id: str) -> business_pb2.Business:
+        """The business (404 when there is none). Its ``id`` is the one the workers key
+        conversations by: the service takes an id in any case, the session service only one."""
+        found: business_pb2.GetBusinessResponse = await business().GetBusiness(
+            business_pb2.GetBusinessRequest(id=business_id)
+        )
+        return found.business
+
+    async def conversation_key(business_id: str, user_id: str) -> session_pb2.ConversationKey:
         return session_pb2.ConversationKey(
-            business_id=business_id, user_id=user_id, role=session_pb2.CONVERSATION_ROLE_CLIENT
+            business_id=(await found_business(business_id)).id,
+            user_id=user_id,
+            role=session_pb2.CONVERSATION_ROLE_CLIENT,
         )
 
     @router.get("/sessions/{business_id}/{user_id}", summary="A user's live conversation.")
     async def get_session(business_id: BusinessId, user_id: UserId) -> dict[str, Any]:
         response = await runtime.clients.session.GetConversation(
-            session_pb2.GetConversationRequest(key=conversation_key(business_id, user_id))
+            session_pb2.GetConversationRequest(key=await conversation_key(business_id, user_id))
         )
         return _dict(response.conversation)
 
     @router.delete("/sessions/{business_id}/{user_id}", summary="End a user's conversation.")
     async def delete_session(business_id: BusinessId, user_id: UserId) -> dict[str, bool]:
         response = await runtime.clients.session.EndConversation(
-            session_pb2.EndConversationRequest(key=conversation_key(business_id, user_id))
+            session_pb2.EndConversationRequest(key=await conversation_key(business_id, user_id))
         )
         return {"ended": response.ended}
 
@@ -398,9 +408,9 @@ def build_router(runtime: Runtime) -> APIRouter:
         ),
     )
     async def erase_user(business_id: BusinessId, user_id: UserId) -> dict[str, int]:
-        found = await business().GetBusiness(business_pb2.GetBusinessRequest(id=business_id))
-        identities = {*found.business.whatsapp_phone_number_ids, *found.business.whatsapp_numbers}
-        business_id = found.business.id  # as the workers key it (the service takes any case)
+        found = await found_business(business_id)
+        identities = {*found.whatsapp_phone_number_ids, *found.whatsapp_numbers}
+        business_id = found.id  # as the workers key it
         # One number is two ids: the Cloud API's wa_id has no "+", Twilio's E.164 number has.
         number = re.fullmatch(r"\+?([0-9]+)", user_id)
         users = {number[1], f"+{number[1]}"} if number else {user_id}

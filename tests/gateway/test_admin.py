@@ -301,6 +301,29 @@ def test_outbox_stores_replies_and_pages_with_a_cursor(outbox_gateway: Gateway) 
         assert admin.get(f"/admin/sessions/{business.id}/{wa_id}").status_code == 404
 
 
+def test_a_session_is_shown_and_ended_by_its_business_id_in_any_case(
+    outbox_gateway: Gateway,
+) -> None:
+    # The business service takes an id in any case, and the workers key conversations by the id
+    # it answers: GET with the id in capitals was 404 and DELETE answered {"ended": false} while
+    # the conversation lived on.
+    business = outbox_gateway.business
+    assert business is not None
+    wa_id = new_wa_id()
+    with outbox_gateway.http as client:
+        post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "hello"))
+    with outbox_gateway.admin() as admin:
+        path = f"/admin/sessions/{business.id}/{wa_id}"
+        assert wait_for(lambda: admin.get(path).status_code == 200, 20)
+        capitals = f"/admin/sessions/{business.id.upper()}/{wa_id}"
+        shown = admin.get(capitals)
+        assert shown.status_code == 200, shown.text
+        assert shown.json() == admin.get(path).json()
+        assert admin.delete(capitals).json() == {"ended": True}
+        assert admin.get(path).status_code == 404
+        assert admin.get(f"/admin/sessions/{'0' * 24}/{wa_id}").status_code == 404
+
+
 def test_an_outbox_expires_once_its_user_is_quiet(outbox_gateway: Gateway) -> None:
     """Each user of the outbox has a stream per business and an index set: neither had an
     expiry, so a gateway with OUTBOX_ONLY (make run's Valkey keeps its data under var/, a
