@@ -161,9 +161,11 @@ def state_changes(
     set_state: Any, remove: Any, violations: Violations
 ) -> tuple[dict[str, bytes], list[str]]:
     if len(set_state) + len(remove) > MAX_STATE_CHANGES:
-        violations.append(
-            ("set_state", f"at most {MAX_STATE_CHANGES} keys set or removed per update")
-        )
+        reason = f"at most {MAX_STATE_CHANGES} keys set or removed per update"
+        if set_state:  # each field that holds some of them
+            violations.append(("set_state", reason))
+        if remove:
+            violations.append(("remove_state_keys", reason))
         return {}, []
     out: dict[str, bytes] = {}
     for name in set_state:  # not .items(): a protobuf map's items() iterates in Python

@@ -277,6 +277,18 @@ async def test_list_pages_through_one_business_only(stub: Stub) -> None:
             pb.UpdateConversationRequest(key=new_key(), remove_state_keys=[""]),
             {"remove_state_keys[0]"},
         ),
+        (  # too many changes: named by the fields that hold them
+            pb.UpdateConversationRequest(key=new_key(), remove_state_keys=["k"] * 101),
+            {"remove_state_keys"},
+        ),
+        (
+            pb.UpdateConversationRequest(
+                key=new_key(),
+                set_state={f"s{n}": struct_pb2.Value(bool_value=True) for n in range(60)},
+                remove_state_keys=["k"] * 41,
+            ),
+            {"set_state", "remove_state_keys"},
+        ),
         (pb.ListConversationsRequest(business_id="", page_size=501), {"business_id", "page_size"}),
         (pb.ListConversationsRequest(business_id="b", page_token="not-ours"), {"page_token"}),
         (pb.ListConversationsRequest(business_id="b", role=9), {"role"}),
