@@ -12,17 +12,16 @@ import asyncio
 import contextlib
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from urllib.parse import urlencode
 
 import pytest
 import uvloop
-from limits import RateLimitItemPerMinute
-from limits.aio.strategies import MovingWindowRateLimiter
-from limits.storage import storage_from_string
 
 from services.common.redis_client import make_redis, ping
 from services.common.redis_pipeline import AutoPipeline
+from services.search.ratelimit import ProviderRateLimiter, RateLimitTimeout
 from tests.deploy.conftest import Pki
 from tests.support.processes import Valkey
 
@@ -161,19 +160,20 @@ async def test_plain_redis_url_is_refused_by_the_tls_port(tls_redis: TlsTerminat
         await client.aclose()
 
 
-@pytest.mark.parametrize("implementation", ["redispy", "coredis"])
-async def test_rate_limit_storage_speaks_rediss(
-    tls_redis: TlsTerminator, pki: Pki, implementation: str
+async def test_the_search_rate_limit_speaks_rediss(
+    tls_redis: TlsTerminator, pki: Pki, valkey: Valkey
 ) -> None:
-    """The search service's rate limiter (``limits``) takes the URL with an ``async+`` prefix."""
-    storage = storage_from_string(
-        "async+" + rediss_url(tls_redis.port, pki), implementation=implementation
-    )
-    limiter = MovingWindowRateLimiter(storage)
-    item = RateLimitItemPerMinute(2)
-    key = f"deploy-rediss-{implementation}"
-    assert await storage.check()
-    assert await limiter.hit(item, key)
-    assert await limiter.hit(item, key)
-    assert not await limiter.hit(item, key)
-    await storage.reset()
+    """The search service's rate limit, on its own client, counts through TLS: a second
+    replica finds the gap the first one's request left at the real server."""
+    url = rediss_url(tls_redis.port, pki)
+    first = ProviderRateLimiter("rediss", 0.5, url)  # one request per 2 s
+    second = ProviderRateLimiter("rediss", 0.5, url)
+    try:
+        await first.acquire(time.monotonic() + 5)
+        with pytest.raises(RateLimitTimeout):
+            await second.acquire(time.monotonic() + 0.5)
+        assert not second._outage.failures  # through TLS, not in-process
+        assert valkey.client().exists(first.key)
+    finally:
+        await first.aclose()
+        await second.aclose()
