@@ -12,16 +12,14 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from typing import Self
 
 
-class ReplyCutter:
-    def __init__(self, upstream: str, hold: float = 0.5) -> None:
-        host, port = upstream.rsplit(":", 1)
-        self.upstream = (host, int(port))
-        self.hold = hold
-        self.cuts = 0
-        self._marker: bytes | None = None
-        self._lock = threading.Lock()
+class _Listener:
+    """A loopback listener whose every connection, from ``start()`` to ``stop()``, goes to
+    ``_take`` (on the accepting thread: it starts threads of its own for the work)."""
+
+    def __init__(self) -> None:
         self._listener = socket.socket()
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(64)
@@ -31,14 +29,9 @@ class ReplyCutter:
     def address(self) -> str:
         return f"127.0.0.1:{self._listener.getsockname()[1]}"
 
-    def start(self) -> ReplyCutter:
+    def start(self) -> Self:
         threading.Thread(target=self._accept, daemon=True).start()
         return self
-
-    def cut_reply_to(self, marker: bytes) -> None:
-        """Lose the answer to the next request that carries ``marker`` (once)."""
-        with self._lock:
-            self._marker = marker
 
     def stop(self) -> None:
         self._closed = True
@@ -51,10 +44,32 @@ class ReplyCutter:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(self.upstream)
-            muted = threading.Event()
-            threading.Thread(target=self._up, args=(client, server, muted), daemon=True).start()
-            threading.Thread(target=self._down, args=(server, client, muted), daemon=True).start()
+            self._take(client)
+
+    def _take(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class ReplyCutter(_Listener):
+    def __init__(self, upstream: str, hold: float = 0.5) -> None:
+        super().__init__()
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.hold = hold
+        self.cuts = 0
+        self._marker: bytes | None = None
+        self._lock = threading.Lock()
+
+    def cut_reply_to(self, marker: bytes) -> None:
+        """Lose the answer to the next request that carries ``marker`` (once)."""
+        with self._lock:
+            self._marker = marker
+
+    def _take(self, client: socket.socket) -> None:
+        server = socket.create_connection(self.upstream)
+        muted = threading.Event()
+        threading.Thread(target=self._up, args=(client, server, muted), daemon=True).start()
+        threading.Thread(target=self._down, args=(server, client, muted), daemon=True).start()
 
     def _up(self, client: socket.socket, server: socket.socket, muted: threading.Event) -> None:
         tail = b""
@@ -119,38 +134,21 @@ def unanswered_address() -> Iterator[str]:
         listener.close()
 
 
-class ForwardProxy:
+class ForwardProxy(_Listener):
     """An egress HTTP proxy, as a locked-down network has one (what ``HTTP_PROXY`` names): it
     takes a request in absolute form (``POST http://host:port/path``), notes its request line,
     and forwards the connection to that host both ways (its server reads the absolute form)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[str] = []  # the first request line of each connection
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(64)
-        self._closed = False
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        return f"http://{self.address}"
 
-    def start(self) -> ForwardProxy:
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._closed = True
-        with contextlib.suppress(OSError):
-            self._listener.close()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._forward, args=(client,), daemon=True).start()
+    def _take(self, client: socket.socket) -> None:
+        threading.Thread(target=self._forward, args=(client,), daemon=True).start()
 
     def _forward(self, client: socket.socket) -> None:
         head = b""
