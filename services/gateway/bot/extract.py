@@ -2064,6 +2064,80 @@ def _weekday_codes(work: str, text: str) -> str:
 # --- the whole message -------------------------------------------------------------------
 
 
+def _read_travellers(work: str, result: Extraction) -> str:
+    """The travellers ``work`` names, set on ``result``; ``work`` without them."""
+    # Travellers, once dates are out of the way ("the 5th" is not 5 people): children and
+    # infants first, then adults (a whole party's count less its children and infants).
+    for slot, pattern, group in CHILD_RULES:
+        match = pattern.search(work)
+        if match:
+            count = number(match[group]) if group else 1
+            setattr(result, slot, (getattr(result, slot) or 0) + (count or 0))
+            work = _without_travellers(work, match)
+    # Travellers named by their age ("with my 5 year old", "con mi hijo de 5 años", "mis hijos
+    # de 3 y 7 años"): under 2 an infant, under 12 a child, else a grown-up; not counted again
+    # when a count of children came first ("2 kids, 5 and 8 years old").
+    already = result.children is not None or result.infants is not None
+    grown = 0
+    for match in AGED.finditer(work):
+        if not already:
+            months = bool(match["months"] or match["months2"])
+            for age in map(int, re.findall(r"\d+", match["ages"] or match["ages2"])):
+                if months or age < 2:
+                    result.infants = (result.infants or 0) + 1
+                elif age < 12:
+                    result.children = (result.children or 0) + 1
+                else:
+                    grown += 1
+    work = AGED.sub(" ", work)
+    offspring = OFFSPRING.search(work)
+    if offspring:
+        count = number(offspring.group(1))
+        if count and 1 <= count <= MAX_TRAVELLERS:
+            result.offspring = count
+            work = _without_travellers(work, offspring)
+    some = SOME_CHILDREN.search(work)
+    if some and result.children is None:
+        result.some_children = True
+        work = _without_travellers(work, some)
+    young = (result.children or 0) + (result.infants or 0)
+    # Grown-ups counted beside the adults ("with 3 friends", "2 adults 2 teens", "me and my
+    # parents"): added to them (or to the user), each read once.
+    more = grown
+    for pattern, value in MORE_ADULTS:
+        work, counted = _counted_out(pattern, value, work)
+        more += counted
+    # After those, one more than before ("add my wife", "my wife is coming too", "plus one",
+    # "viene mi mujer también"): added to the trip's travellers by the dialogue.
+    joining = JOINING.search(work)
+    if joining:
+        result.add_adults = 1
+        work = work[: joining.start()] + " " + work[joining.end() :]
+    for pattern, value in ADULT_RULES:
+        match = pattern.search(work)
+        if match:
+            count = value(match)
+            if count and pattern in WHOLE_PARTY and count > young:
+                count -= young  # "family of 4 with 2 kids": 2 adults
+            if not count:
+                continue
+            count += more
+            if 1 <= count <= MAX_TRAVELLERS:
+                result.adults = count
+                if pattern is ALONE and not young:
+                    result.children = result.infants = 0  # "just me": nobody else comes
+            else:
+                result.too_many = count  # "12 adults": not searched as 1, nor read as a place
+            work = _without_travellers(work, match)
+            break
+    else:
+        if more and 1 + more <= MAX_TRAVELLERS:
+            result.adults = 1 + more  # the user and them
+        elif more:
+            result.too_many = 1 + more
+    return work
+
+
 def extract(text: str, today: date, locale: str = "en") -> Extraction:
     """Everything ``text`` says about a trip, relative to ``today`` (the business's date)."""
     ctx = DateContext(today=today, day_first=locale.lower() not in {"en", "en-us"})
@@ -2142,75 +2216,7 @@ def extract(text: str, today: date, locale: str = "en") -> Extraction:
     work, dates = find_dates(work, _numeric_order(work, ctx))
     work = _moved_dates(work, dates, result)
 
-    # Travellers, once dates are out of the way ("the 5th" is not 5 people): children and
-    # infants first, then adults (a whole party's count less its children and infants).
-    for slot, pattern, group in CHILD_RULES:
-        match = pattern.search(work)
-        if match:
-            count = number(match[group]) if group else 1
-            setattr(result, slot, (getattr(result, slot) or 0) + (count or 0))
-            work = _without_travellers(work, match)
-    # Travellers named by their age ("with my 5 year old", "con mi hijo de 5 años", "mis hijos
-    # de 3 y 7 años"): under 2 an infant, under 12 a child, else a grown-up; not counted again
-    # when a count of children came first ("2 kids, 5 and 8 years old").
-    already = result.children is not None or result.infants is not None
-    grown = 0
-    for match in AGED.finditer(work):
-        if not already:
-            months = bool(match["months"] or match["months2"])
-            for age in map(int, re.findall(r"\d+", match["ages"] or match["ages2"])):
-                if months or age < 2:
-                    result.infants = (result.infants or 0) + 1
-                elif age < 12:
-                    result.children = (result.children or 0) + 1
-                else:
-                    grown += 1
-    work = AGED.sub(" ", work)
-    offspring = OFFSPRING.search(work)
-    if offspring:
-        count = number(offspring.group(1))
-        if count and 1 <= count <= MAX_TRAVELLERS:
-            result.offspring = count
-            work = _without_travellers(work, offspring)
-    some = SOME_CHILDREN.search(work)
-    if some and result.children is None:
-        result.some_children = True
-        work = _without_travellers(work, some)
-    young = (result.children or 0) + (result.infants or 0)
-    # Grown-ups counted beside the adults ("with 3 friends", "2 adults 2 teens", "me and my
-    # parents"): added to them (or to the user), each read once.
-    more = grown
-    for pattern, value in MORE_ADULTS:
-        work, counted = _counted_out(pattern, value, work)
-        more += counted
-    # After those, one more than before ("add my wife", "my wife is coming too", "plus one",
-    # "viene mi mujer también"): added to the trip's travellers by the dialogue.
-    joining = JOINING.search(work)
-    if joining:
-        result.add_adults = 1
-        work = work[: joining.start()] + " " + work[joining.end() :]
-    for pattern, value in ADULT_RULES:
-        match = pattern.search(work)
-        if match:
-            count = value(match)
-            if count and pattern in WHOLE_PARTY and count > young:
-                count -= young  # "family of 4 with 2 kids": 2 adults
-            if not count:
-                continue
-            count += more
-            if 1 <= count <= MAX_TRAVELLERS:
-                result.adults = count
-                if pattern is ALONE and not young:
-                    result.children = result.infants = 0  # "just me": nobody else comes
-            else:
-                result.too_many = count  # "12 adults": not searched as 1, nor read as a place
-            work = _without_travellers(work, match)
-            break
-    else:
-        if more and 1 + more <= MAX_TRAVELLERS:
-            result.adults = 1 + more  # the user and them
-        elif more:
-            result.too_many = 1 + more
+    work = _read_travellers(work, result)
 
     work = _return_to_origin(work, spanish)
     # Which date is which: ranges, "back <date>", then the first remaining is the departure.
