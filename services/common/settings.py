@@ -19,6 +19,7 @@ from typing import Literal, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 AppEnv = Literal["dev", "test", "production"]
@@ -148,10 +149,14 @@ def load_settings(cls: type[SettingsT]) -> SettingsT:
     try:
         return cls()
     except ValidationError as error:
-        refuse_to_start(
-            *(
-                f"{'_'.join(str(part) for part in item['loc']).upper() or '(settings)'}: "
-                + item["msg"]
-                for item in error.errors()
-            )
-        )
+        refuse_to_start(*(_refusal(item) for item in error.errors()))
+
+
+def _refusal(item: ErrorDetails) -> str:
+    """One line of a refusal: ``VARIABLE: why``. A check of several settings together names
+    its variable by raising :class:`ConfigurationError`; pydantic gives it no field."""
+    cause = item.get("ctx", {}).get("error")
+    if isinstance(cause, ConfigurationError):
+        return str(cause)
+    variable = "_".join(str(part) for part in item["loc"]).upper() or "(settings)"
+    return f"{variable}: {item['msg']}"

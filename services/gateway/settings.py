@@ -8,7 +8,7 @@ from limits import parse_many
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from services.common.redact import mask_url
-from services.common.settings import CommonSettings, http_url
+from services.common.settings import CommonSettings, ConfigurationError, http_url
 
 KIB = 1024
 
@@ -133,8 +133,8 @@ class GatewaySettings(CommonSettings):
                 if not getattr(self, name)
             ]
             if missing:
-                raise ValueError(
-                    "APP_ENV=production needs these secrets set: " + ", ".join(missing)
+                raise ConfigurationError(
+                    "APP_ENV", "production needs these secrets set: " + ", ".join(missing)
                 )
         return self
 

@@ -10,7 +10,7 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, ConfigurationError
 
 _ROUTE = re.compile(r"^[A-Z]{3}-[A-Z]{3}$")
 DEFAULT_POPULAR_ROUTES = (
@@ -62,9 +62,10 @@ class SearchSettings(CommonSettings):
         # it, and any new search of that query, call the provider too: single-flight is lost
         # exactly when the provider is slow.
         if self.search_lock_seconds < self.search_provider_timeout_seconds:
-            raise ValueError(
-                "SEARCH_LOCK_SECONDS must be at least SEARCH_PROVIDER_TIMEOUT_SECONDS (a fetch "
-                "may take that long, and the other replicas wait on its lock)"
+            raise ConfigurationError(
+                "SEARCH_LOCK_SECONDS",
+                "must be at least SEARCH_PROVIDER_TIMEOUT_SECONDS (a fetch may take that long,"
+                " and the other replicas wait on its lock)",
             )
         return self
 

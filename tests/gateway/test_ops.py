@@ -284,6 +284,8 @@ def test_production_refuses_to_start_without_secrets() -> None:
         timeout=30,
     )
     assert result.returncode == 2
+    # Named as every refusal is, VARIABLE: why (was "(settings): Value error, …").
+    assert "  APP_ENV: production needs these secrets set: " in result.stderr
     assert "WHATSAPP_VERIFY_TOKEN" in result.stderr and "API_KEY" in result.stderr
     assert "set-but-others-missing" not in result.stderr + result.stdout
 

@@ -57,6 +57,6 @@ def test_a_lock_shorter_than_a_fetch_stops_start_up(
         load_settings(SearchSettings)
     assert stopped.value.code == 2
     said = capsys.readouterr().err
-    assert "SEARCH_LOCK_SECONDS must be at least SEARCH_PROVIDER_TIMEOUT_SECONDS" in said
+    assert "  SEARCH_LOCK_SECONDS: must be at least SEARCH_PROVIDER_TIMEOUT_SECONDS" in said
     monkeypatch.setenv("SEARCH_LOCK_SECONDS", "10")
     assert load_settings(SearchSettings).search_lock_seconds == 10
