@@ -337,6 +337,9 @@ def _chosen(plain: str) -> int | None:
     return number(value) if value and not (value.isdecimal() and len(value) > 4) else None
 
 
+# The leg whose day a question asks for: "date" the departure's, "return" the return's.
+SLOT_LEG = {"date": "depart", "return": "return"}
+
 # "none", answering "How many children are travelling?".
 NO_CHILDREN = re.compile(
     r"(?:(?:no|nope) )?(?:none|zero|cero|no|nope|nah|ninguno|ninguna|nadie|no (?:kids|children)|"
@@ -640,7 +643,7 @@ class BotEngine:
                 under = int(d.trip["offspring"]) if ALL_OFFSPRING.fullmatch(answer) else 0
                 return await self._offspring_under_12(ctx, d, under)
         either = _either(d.trip)
-        asked_leg = {"date": "depart", "return": "return"}.get(str(d.ask.get("slot")))
+        asked_leg = SLOT_LEG.get(str(d.ask.get("slot")))
         if either is not None and either[0] == asked_leg and ANY_DAY.fullmatch(_unthanked(words)):
             # "either", "whichever is cheaper": the first day, and how to see the other.
             leg, first, second = either
@@ -797,17 +800,17 @@ class BotEngine:
             if n <= int(d.trip["offspring"]):
                 return await self._offspring_under_12(ctx, d, n)
             return [Reply(self._whats_next(ctx, d))]
+        asked_leg = SLOT_LEG.get(str(d.ask.get("slot")))
         either = _either(d.trip)
         if either is not None and 1 <= n <= 2:
             leg, *days = either
-            if d.ask.get("slot") == {"depart": "date", "return": "return"}[leg]:
+            if asked_leg == leg:
                 # "2", answering "Which day do you want to leave, Fri 27 Nov or Sat 28 Nov?"
                 day = days[n - 1]
                 found = Extraction(depart=day) if leg == "depart" else Extraction(return_date=day)
                 return await self._apply(ctx, d, found)
         period = Period.from_state(d.trip.get("period"))
-        asked = {"depart": "date", "return": "return"}
-        if period is not None and d.ask.get("slot") == asked[period.leg] and 1 <= n <= 31:
+        if period is not None and asked_leg == period.leg and 1 <= n <= 31:
             # "28", answering "Which day at the end of December?": that day of the period,
             # not an offer of the search before the question.
             value = period.day(n)
@@ -1356,13 +1359,13 @@ class BotEngine:
         named, its day: "Which day at the end of December?", not "When do you want to leave?
         (e.g. *next Friday* or *3 March*)"."""
         either = _either(d.trip)
-        if either is not None and {"date": "depart", "return": "return"}.get(slot) == either[0]:
+        if either is not None and SLOT_LEG.get(slot) == either[0]:
             # "Friday or Saturday": a search is for one day.
             t = ctx.texts
             first, second = fmt.day(t, either[1]), fmt.day(t, either[2])
             return t(f"ask_either_{slot}", first=first, second=second)
         period = Period.from_state(d.trip.get("period"))
-        if period is not None and {"date": "depart", "return": "return"}.get(slot) == period.leg:
+        if period is not None and SLOT_LEG.get(slot) == period.leg:
             # A season's example is a day from today, for a return from the departure.
             start = ctx.today
             if period.leg == "return" and d.trip.get("depart"):
