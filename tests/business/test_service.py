@@ -417,35 +417,43 @@ async def test_cross_replica_invalidation_through_valkey(
     a = await start_service(registry, "replica-a", db, **env)
     b = await start_service(registry, "replica-b", db, **env)
     try:
-        request = demo_request()
-        created = (await a.stub.CreateBusiness(request)).business
-        lookup = business_pb2.LookupBusinessRequest(subdomain=request.business.subdomain)
-        await b.stub.LookupBusiness(lookup)
-        assert (await b.stub.LookupBusiness(lookup)).cached  # B caches it (TTL 300 s)
-
-        await a.stub.DeactivateBusiness(business_pb2.DeactivateBusinessRequest(id=created.id))
-        assert await eventually_not_found(b, lookup)
-
-        # The operator CLI publishes too.
-        await a.stub.UpdateBusiness(
-            business_pb2.UpdateBusinessRequest(
-                business=business_pb2.Business(id=created.id, active=True),
-                update_mask=FieldMask(paths=["active"]),
-            )
-        )
-        assert await eventually_cached(b, lookup)  # the reactivation reached B, reloaded
-        cli_env = {
-            "PATH": "/usr/bin:/bin",
-            "BUSINESS_DB_PATH": str(db),
-            "ENCRYPTION_SECRET": TEST_SECRET,
-            **env,
-        }
-        done = await asyncio.to_thread(run_cli, cli_env, "deactivate", created.id)
-        assert done.returncode == 0, done.stderr
-        assert await eventually_not_found(b, lookup)
+        await changes_reach(b, through=a, db=db, env=env)
     finally:
         await a.close()
         await b.close()
+
+
+async def changes_reach(
+    replica: RunningService, *, through: RunningService, db: Path, env: dict[str, str]
+) -> None:
+    """A business ``replica`` caches is dropped there when ``through`` deactivates it, reloaded
+    when ``through`` reactivates it, and dropped again when the operator CLI (with ``env``)
+    deactivates it: each change reaches ``replica`` well before its cache's TTL (300 s)."""
+    request = demo_request()
+    created = (await through.stub.CreateBusiness(request)).business
+    lookup = business_pb2.LookupBusinessRequest(subdomain=request.business.subdomain)
+    await replica.stub.LookupBusiness(lookup)
+    assert (await replica.stub.LookupBusiness(lookup)).cached
+
+    await through.stub.DeactivateBusiness(business_pb2.DeactivateBusinessRequest(id=created.id))
+    assert await eventually_not_found(replica, lookup)
+
+    await through.stub.UpdateBusiness(
+        business_pb2.UpdateBusinessRequest(
+            business=business_pb2.Business(id=created.id, active=True),
+            update_mask=FieldMask(paths=["active"]),
+        )
+    )
+    assert await eventually_cached(replica, lookup)  # the reactivation reached it, reloaded
+    cli_env = {
+        "PATH": "/usr/bin:/bin",
+        "BUSINESS_DB_PATH": str(db),
+        "ENCRYPTION_SECRET": TEST_SECRET,
+        **env,
+    }
+    done = await asyncio.to_thread(run_cli, cli_env, "deactivate", created.id)
+    assert done.returncode == 0, done.stderr
+    assert await eventually_not_found(replica, lookup)
 
 
 async def test_changes_are_published_where_the_gateway_listens(
@@ -516,30 +524,7 @@ async def test_replicas_of_the_release_before_hear_changes_while_the_urls_differ
     )
     new = await start_service(registry, "replica-new", db, **env)
     try:
-        request = demo_request()
-        created = (await new.stub.CreateBusiness(request)).business
-        lookup = business_pb2.LookupBusinessRequest(subdomain=request.business.subdomain)
-        await old.stub.LookupBusiness(lookup)
-        assert (await old.stub.LookupBusiness(lookup)).cached
-        await new.stub.DeactivateBusiness(business_pb2.DeactivateBusinessRequest(id=created.id))
-        assert await eventually_not_found(old, lookup)
-
-        await new.stub.UpdateBusiness(
-            business_pb2.UpdateBusinessRequest(
-                business=business_pb2.Business(id=created.id, active=True),
-                update_mask=FieldMask(paths=["active"]),
-            )
-        )
-        assert await eventually_cached(old, lookup)  # the reactivation reached it, reloaded
-        cli_env = {
-            "PATH": "/usr/bin:/bin",
-            "BUSINESS_DB_PATH": str(db),
-            "ENCRYPTION_SECRET": TEST_SECRET,
-            **env,
-        }
-        done = await asyncio.to_thread(run_cli, cli_env, "deactivate", created.id)
-        assert done.returncode == 0, done.stderr
-        assert await eventually_not_found(old, lookup)
+        await changes_reach(old, through=new, db=db, env=env)
     finally:
         await old.close()
         await new.close()
