@@ -79,6 +79,11 @@ CLOUD_API_BODY = {
         "503": {"description": "The queue cannot take the messages now; retry."},
     },
 }
+# What either Twilio webhook (POST or GET) answers once the message is queued.
+TWIML_QUEUED = {
+    "description": "Queued; an empty TwiML response.",
+    "content": {"text/xml": {"schema": {"type": "string"}}},
+}
 TWILIO_BODY = {
     "requestBody": {
         "required": True,
@@ -106,10 +111,7 @@ TWILIO_BODY = {
         }
     ],
     "responses": {
-        "200": {
-            "description": "Queued; an empty TwiML response.",
-            "content": {"text/xml": {"schema": {"type": "string"}}},
-        },
+        "200": TWIML_QUEUED,
         "400": {"description": "Not a form."},
         "401": {"description": "Signature missing."},
         "403": {"description": "Signature wrong."},
@@ -136,7 +138,7 @@ TWILIO_QUERY = {
         },
     ],
     "responses": {
-        "200": TWILIO_BODY["responses"]["200"],  # type: ignore[index]
+        "200": TWIML_QUEUED,
         "400": {"description": "The query string is not a form."},
         "401": {"description": "Signature missing."},
         "403": {"description": "Signature wrong."},
