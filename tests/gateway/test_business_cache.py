@@ -194,6 +194,32 @@ def token_status(gateway: Gateway, business: Business) -> str:
         return str(admin.get(f"/admin/businesses/{business.id}").json()["access_token_status"])
 
 
+def rotated_while_answering(
+    gateway: Gateway, fake_clouds: FakeClouds, business: Business, prefix: str, text: str
+) -> tuple[str, str]:
+    """A message of a new user (``text``, which should make the engine sleep: *slow 8*) whose
+    reply is being made while the operator replaces the business's token (with one starting
+    ``prefix``) and Meta revokes the old one. The user's id and the new token."""
+    old, new = business.access_token, prefix + business.access_token[-8:]
+    SECRETS.append(new)
+    wa_id = new_wa_id()
+    payload = cloud_payload(business.phone_number_id, wa_id, text)
+    message_id = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+    with gateway.http as client:
+        assert post_cloud(client, payload).status_code == 200
+    # The worker has the business (and the old token) once it has sent the read receipt; the
+    # engine then sleeps for 8 s, far longer than the change below takes on a busy machine.
+    assert wait_for(lambda: fake_clouds.read_receipts(message_id), 20)
+    changed(
+        gateway,
+        lambda admin: admin.put(
+            f"/admin/businesses/{business.id}/token", json={"access_token": new}
+        ),
+    )
+    fake_clouds.revoked_tokens.add(old)
+    return wa_id, new
+
+
 def test_a_reply_sent_with_a_token_replaced_meanwhile_is_sent_again_with_the_new_one(
     cached: Gateway, fake_clouds: FakeClouds
 ) -> None:
@@ -204,23 +230,9 @@ def test_a_reply_sent_with_a_token_replaced_meanwhile_is_sent_again_with_the_new
     message was dead-lettered, and every later message of the business too, without a call,
     until the operator set the same token a second time.)"""
     business = new_business(cached)
-    old, new = business.access_token, "graph-token-replaced-" + business.access_token[-8:]
-    SECRETS.append(new)
-    wa_id = new_wa_id()
-    payload = cloud_payload(business.phone_number_id, wa_id, "slow 8 while rotating")
-    message_id = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
-    with cached.http as client:
-        assert post_cloud(client, payload).status_code == 200
-    # The worker has the business (and the old token) once it has sent the read receipt; the
-    # engine then sleeps for 8 s, far longer than the change below takes on a busy machine.
-    assert wait_for(lambda: fake_clouds.read_receipts(message_id), 20)
-    changed(
-        cached,
-        lambda admin: admin.put(
-            f"/admin/businesses/{business.id}/token", json={"access_token": new}
-        ),
+    wa_id, new = rotated_while_answering(
+        cached, fake_clouds, business, "graph-token-replaced-", "slow 8 while rotating"
     )
-    fake_clouds.revoked_tokens.add(old)
 
     def with_new_token() -> list[str]:
         sent = fake_clouds.replies(wa_id)
@@ -245,22 +257,11 @@ def test_a_long_reply_after_a_token_replaced_meanwhile_asks_for_the_new_one_once
     parts go out with it. (Was a bug: each part was sent with the refused token first, and
     each refusal read the business from the store again.)"""
     business = new_business(cached)
-    old, new = business.access_token, "graph-token-long-reply-" + business.access_token[-8:]
-    SECRETS.append(new)
-    wa_id = new_wa_id()
+    old = business.access_token
     text = "slow 8 while rotating " + "word " * 900  # echoed: two Graph API messages
-    payload = cloud_payload(business.phone_number_id, wa_id, text)
-    message_id = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
-    with cached.http as client:
-        assert post_cloud(client, payload).status_code == 200
-    assert wait_for(lambda: fake_clouds.read_receipts(message_id), 20)
-    changed(
-        cached,
-        lambda admin: admin.put(
-            f"/admin/businesses/{business.id}/token", json={"access_token": new}
-        ),
+    wa_id, new = rotated_while_answering(
+        cached, fake_clouds, business, "graph-token-long-reply-", text
     )
-    fake_clouds.revoked_tokens.add(old)
 
     def sent_with(token: str) -> list[Any]:
         return [r for r in fake_clouds.replies(wa_id) if r.authorization == f"Bearer {token}"]
