@@ -273,9 +273,14 @@ class DeferredLog:
 _LEVEL_NAMES = {"warn": "warning", "exception": "error"}
 
 
+# A dataclass in a line goes out as its str (its repr), not field by field as orjson would:
+# its repr is where a class holding credentials masks them (the gateway's ``Target``).
+_DUMPS_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS
+
+
 def _dumps(event: Any, **_: Any) -> str:
-    return orjson.dumps(event, default=str).decode()
+    return orjson.dumps(event, default=str, option=_DUMPS_OPTIONS).decode()
 
 
 def _dumps_bytes(event: Any, **_: Any) -> bytes:
-    return orjson.dumps(event, default=str)
+    return orjson.dumps(event, default=str, option=_DUMPS_OPTIONS)

@@ -265,3 +265,30 @@ def test_a_library_s_error_line_carries_its_traceback(json_logging: RecordingStd
     assert line["exception"].startswith("Traceback (most recent call last):")
     assert 'raise ZeroDivisionError("the cause")' in line["exception"]
     assert line["exception"].rstrip().endswith("ZeroDivisionError: the cause")
+
+
+def test_a_send_target_in_a_line_or_an_error_shows_no_credential(
+    json_logging: RecordingStdout,
+) -> None:
+    """The gateway's send target holds the business's tokens: its repr (a console line, an
+    exception, a traceback) masks them, and a JSON line renders it by that repr, not field by
+    field. (Was a bug: both showed every token in full, and the user's number.)"""
+    from services.gateway.senders.base import Target
+
+    target = Target(
+        channel="twilio",
+        business_id="b-1",
+        user_id="+14155550123",
+        channel_identity="+14155238886",
+        access_token="EAAG-cloud-token",
+        twilio_account_sid="AC123",
+        twilio_auth_token="twilio-auth-token",
+    )
+    error = RuntimeError(f"send failed for {target}")
+    structlog.get_logger("test").warning("send failed", target=target, error=str(error))
+    shown = [b"".join(json_logging.writes).decode(), repr(target), str(target), str(error)]
+    for text in shown:
+        assert "EAAG-cloud-token" not in text and "twilio-auth-token" not in text, text
+        assert "+14155550123" not in text, text
+    (line,) = [orjson.loads(raw) for raw in b"".join(json_logging.writes).splitlines()]
+    assert "access_token='***'" in line["target"] and "business_id='b-1'" in line["target"]

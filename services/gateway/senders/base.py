@@ -11,12 +11,15 @@ import orjson
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
+from services.common.redact import mask_phone, mask_secret
 from services.gateway.engine import Reply
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Target:
-    """One user of one business on one channel, with the business's own credentials."""
+    """One user of one business on one channel, with the business's own credentials. Its repr
+    (what a log line, a traceback or an exception shows of it) says only whether each
+    credential is set, and masks the user's number."""
 
     channel: str  # "cloud_api" or "twilio"
     business_id: str
@@ -25,6 +28,15 @@ class Target:
     access_token: str = ""
     twilio_account_sid: str = ""
     twilio_auth_token: str = ""
+
+    def __repr__(self) -> str:
+        return (
+            f"Target(channel={self.channel!r}, business_id={self.business_id!r}, "
+            f"user_id={mask_phone(self.user_id)!r}, channel_identity={self.channel_identity!r}, "
+            f"access_token={mask_secret(self.access_token)!r}, "
+            f"twilio_account_sid={self.twilio_account_sid!r}, "
+            f"twilio_auth_token={mask_secret(self.twilio_auth_token)!r})"
+        )
 
 
 class SendError(Exception):
