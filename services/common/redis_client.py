@@ -26,7 +26,13 @@ from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, pars
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ClusterDownError, OutOfMemoryError, ResponseError, TryAgainError
+from redis.exceptions import (
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -193,15 +199,25 @@ def make_redis(
 _REFUSING = ("MISCONF", "BUSY", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "NOREPLICAS")
 
 
+class MasterDemoted(RedisConnectionError):
+    """``READONLY``: the master a connection reached was demoted to a replica (a failover). A
+    connection error, as redis-py's Sentinel client raises it (the connection is dropped and
+    the next one finds the new master), but Redis answered: the write never ran."""
+
+
 def refusal(error: Exception, store: str) -> ServiceError | None:
     """The answer for a client when Redis refused the command (``store`` names it), or None
     when ``error`` is no refusal (a connection error, or a bug: INTERNAL stays right for that).
 
     Out of memory (``maxmemory`` reached under ``noeviction``) is RESOURCE_EXHAUSTED: retrying
-    does not help until memory is freed. The others pass: UNAVAILABLE, retry later.
+    does not help until memory is freed. The others pass: UNAVAILABLE, retry later. So does
+    ``READONLY`` (:class:`MasterDemoted`), a master demoted by a failover: the next connection
+    reaches the new master.
     """
     if isinstance(error, OutOfMemoryError):
         return ResourceExhausted(f"{store} is out of memory (maxmemory) and refuses writes")
+    if isinstance(error, MasterDemoted | ReadOnlyError):
+        return Unavailable(f"{store} was demoted to a replica (a failover); retry later")
     if isinstance(error, ClusterDownError | TryAgainError):
         return Unavailable(f"{store} refuses commands now ({type(error).__name__}); retry later")
     if isinstance(error, ResponseError):

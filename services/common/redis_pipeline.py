@@ -42,16 +42,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, NoScriptError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.common.redis_client import RedisClient
+from services.common.redis_client import MasterDemoted, RedisClient
 
 _STALE_CONNECTIONS = 8  # idle pooled connections found closed, tried in a row before giving up
 _INCOMPLETE = object()  # hiredis: no whole reply buffered yet (``False`` is a RESP3 reply)
 
 
-def _demoted() -> RedisConnectionError:
+def _demoted() -> MasterDemoted:
     """READONLY: the master this connection reached was demoted to a replica (a failover). A
     connection error to the caller, as redis-py raises it: the write never ran, may be retried."""
-    return RedisConnectionError("Redis answered READONLY: that master is now a replica")
+    return MasterDemoted("Redis answered READONLY: that master is now a replica")
 
 
 class _Wire(asyncio.Protocol):

@@ -636,8 +636,9 @@ class SentLog:
     async def mark(self, fingerprint: str) -> None:
         """Record an accepted part. A Redis that does not answer leaves it unrecorded (the
         session's history tells the next attempt). One that answers but refuses writes (out of
-        memory, MISCONF…) refuses the turn's save too when it is also the session's: then the
-        record is tried again, while the partition is ours, until Redis takes it."""
+        memory, MISCONF, READONLY from a master a failover demoted…) refuses the turn's save too
+        when it is also the session's: then the record is tried again, while the partition is
+        ours, until Redis (or the new master) takes it."""
         delay, said = 0.05, False
         while True:
             try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import redis.asyncio as redis
+import structlog.testing
 
 from services.common.redis_pipeline import AutoPipeline
 from services.gateway.engine import Button, InboundMessage, Reply
@@ -68,3 +70,31 @@ async def test_parts_of_a_reply_are_told_apart_and_the_first_keeps_its_fingerpri
     # What a worker of an earlier version recorded for a reply it had sent counts for part 0.
     assert SentLog.part(fingerprint, 0) == fingerprint
     assert len({SentLog.part(fingerprint, index) for index in range(3)}) == 3
+
+
+async def test_a_record_refused_by_a_demoted_master_is_written_once_a_master_answers(
+    fresh_valkey: Valkey,
+) -> None:
+    """A failover demotes the master while a reply is recorded: ``READONLY``, then the new
+    master. The record is tried again and lands, as for a Redis out of memory. (Was a bug:
+    taken for an unreachable Redis and dropped, so a retry whose turn was not saved either
+    sent the reply a second time.)"""
+    client = redis.Redis.from_url(fresh_valkey.url)
+    admin = redis.Redis.from_url(fresh_valkey.url)
+    try:
+        await admin.replicaof("127.0.0.1", 1)  # a replica now: every write answers READONLY
+        log = sent_log(client, "wamid.sentlog-demoted")
+        with structlog.testing.capture_logs() as lines:
+            marking = asyncio.create_task(log.mark("f:0"))
+            for _ in range(1000):  # until its first try is refused (or it returned)
+                if marking.done() or lines:
+                    break
+                await asyncio.sleep(0.01)
+            assert lines and lines[0]["event"] == "could not record a sent reply", lines
+            await admin.replicaof("no", "one")  # the failover is over: a master again
+            await marking
+        assert await log.fingerprints() == {"f:0"}
+    finally:
+        await admin.replicaof("no", "one")
+        await client.aclose()
+        await admin.aclose()
