@@ -337,6 +337,9 @@ class Processor:
         # leave half a reply and no saved turn, and a replay would answer a second time.
         delivered = [bool(already)]
         refused: list[DeadLetter] = []
+        # Parts WhatsApp refused as outside the 24-hour window (done with, not retried): the
+        # turn is saved, but it is not counted answered if the user got none of it.
+        missed = [0]
 
         async def deliver(reply: Reply) -> None:
             # Identified by content (and which repeat of it), not by position: a retry may
@@ -358,7 +361,9 @@ class Processor:
                     refused.append(error)
                     continue
                 await sent.mark(part_id)
-                if accepted and not delivered[0]:
+                if not accepted:
+                    missed[0] += 1
+                elif not delivered[0]:
                     delivered[0] = True
                     metrics.END_TO_END_SECONDS.labels(message.channel).observe(
                         max(0.0, time.time() - entry.received)
@@ -397,6 +402,8 @@ class Processor:
                 user=mask_phone(message.user_id),
             )
             return "partly_sent"
+        if missed[0]:
+            return "partly_sent" if delivered[0] else "outside_window"
         return "answered"
 
     async def _run_engine(self, turn: Turn) -> TurnResult:

@@ -681,11 +681,13 @@ def test_outside_the_24_hour_window_is_counted_and_saved(
     limited: Gateway, fake_clouds: FakeClouds
 ) -> None:
     """(Was a bug: the refused reply was counted in gateway_end_to_end_seconds, the time to the
-    first reply the provider accepted, as if the user had been answered.)"""
+    first reply the provider accepted, as if the user had been answered; and the message was
+    counted `answered` in gateway_messages_processed_total, now `outside_window`.)"""
     assert limited.business is not None
     wa_id = new_wa_id()
     answered = 'gateway_end_to_end_seconds_count{channel="cloud_api"}'
-    before = metric(limited, answered)
+    refused = 'gateway_messages_processed_total{outcome="outside_window"}'
+    before, refused_before = metric(limited, answered), metric(limited, refused)
     fake_clouds.failures.append((400, {"error": {"code": 131047, "message": "Re-engagement"}}))
     with limited.http as client:
         post_cloud(client, cloud_payload(limited.business.phone_number_id, wa_id, "late"))
@@ -696,6 +698,7 @@ def test_outside_the_24_hour_window_is_counted_and_saved(
     assert metric(limited, 'gateway_sends_total{outcome="outside_window"') >= 1
     assert wait_for(lambda: metric(limited, answered) > before, 5)
     assert metric(limited, answered) == before + 1  # "again" only
+    assert metric(limited, refused) == refused_before + 1  # "late" only
 
 
 def test_a_message_older_than_the_reply_window_is_not_conversed(
