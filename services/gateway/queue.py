@@ -14,6 +14,8 @@ Redis Cluster slot):
 - ``gw:err:{p}``        hash: entry id → its last error, while it waits for a retry
 - ``gw:dead``           dead letters (capped)
 - ``gw:replay:<id>``    claim of a dead letter being replayed (an hour)
+- ``gw:st:<channel>:<digest>``  a delivery status already counted (message id and status, an
+                        hour): a provider's redelivery of its webhook is not counted again
 - ``gw:workers``        sorted set: live worker ids → heartbeat expiry
 
 A message goes to partition ``crc32(channel identity, user) mod QUEUE_PARTITIONS``, so every
@@ -159,6 +161,17 @@ def legacy_dedupe_key(partition: int, channel: str, message_id: str) -> str:
     return f"gw:dd:{{{partition}}}:{channel}:{message_id}"
 
 
+def status_key(channel: str, message_id: str, status: str) -> str:
+    """Named by a digest, as a dedupe marker is: a Cloud API id holds the user's number."""
+    digest = hashlib.sha256(f"{message_id}\n{status}".encode()).hexdigest()[:32]
+    return f"gw:st:{channel}:{digest}"
+
+
+# How long a delivery status is remembered as counted: a redelivery (a 200 lost or too slow
+# for the provider) comes within minutes; a status is three short keys per reply, kept briefly.
+STATUS_SEEN_SECONDS = 3600
+
+
 def lease_key(partition: int) -> str:
     return f"gw:lease:{{{partition}}}"
 
@@ -270,6 +283,22 @@ class Queue:
             [self.dedupe_ttl, encode_message(message), request_id, repr(received)],
         )
         return _s(result) if result else None
+
+    async def first_statuses(self, channel: str, statuses: list[tuple[str, str]]) -> list[bool]:
+        """For each (message id, status): whether this is its first report, so that a provider's
+        redelivery of a status webhook is logged and counted once. One pipelined ``SET NX`` per
+        status; a Redis that fails says "first" (counted, at worst, twice; never lost)."""
+
+        async def first(message_id: str, status: str) -> bool:
+            key = status_key(channel, message_id, status)
+            return bool(
+                await self.pipeline.command("SET", key, "1", "NX", "EX", STATUS_SEEN_SECONDS)
+            )
+
+        try:
+            return list(await asyncio.gather(*(first(i, s) for i, s in statuses)))
+        except RedisError:
+            return [True] * len(statuses)
 
     def partition(self, message: InboundMessage) -> int:
         return partition_of(message.channel_identity, message.user_id, self.partitions)

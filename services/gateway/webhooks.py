@@ -268,16 +268,6 @@ def build_router(runtime: Runtime) -> APIRouter:
         if payload is None or not isinstance(payload, dict):
             return _reject("cloud_api", 400, "malformed", "the body must be a JSON object")
         parsed = cloud_api.parse(payload)
-        for status in parsed.statuses:
-            log.info(
-                "message status",
-                request_id=rid,
-                status=status.status,
-                # Meta's ids hold the user's number (base64): masked as the recipient is.
-                message_id=mask_message_id(status.message_id),
-                recipient=mask_phone(status.recipient_id),
-                errors=list(status.error_codes),
-            )
         try:
             ids = await runtime.queue.enqueue(parsed.messages, rid, received)
             # After the enqueue: a 503 from it would have the provider retry, and record them again.
@@ -290,9 +280,25 @@ def build_router(runtime: Runtime) -> APIRouter:
             queue_outage.failed("queue unavailable; answering 503", error, request_id=rid)
             return _reject("cloud_api", 503, "unavailable", "the queue is unavailable; retry")
         queue_outage.worked()
-        # Counted once the webhook is taken: one answered 503 comes again, statuses and all.
-        for status in parsed.statuses:
+        # Counted once the webhook is taken: one answered 503 comes again, statuses and all;
+        # and once per status: Meta delivers a webhook again when our 200 is lost or late.
+        firsts = await runtime.queue.first_statuses(
+            "cloud_api", [(status.message_id, status.status) for status in parsed.statuses]
+        )
+        for status, first in zip(parsed.statuses, firsts, strict=True):
+            if not first:
+                continue
             metrics.STATUSES.labels("cloud_api", metrics.status_label(status.status)).inc()
+            log.info(
+                "message status",
+                request_id=rid,
+                status=status.status,
+                phone_number_id=status.phone_number_id,  # the business's number
+                # Meta's ids hold the user's number (base64): masked as the recipient is.
+                message_id=mask_message_id(status.message_id),
+                recipient=mask_phone(status.recipient_id),
+                errors=list(status.error_codes),
+            )
         queued = sum(1 for i in ids if i)
         duplicates = len(ids) - queued
         if duplicates:
@@ -422,14 +428,21 @@ def build_router(runtime: Runtime) -> APIRouter:
                 metrics.WEBHOOKS.labels("twilio", "unusable").inc()
                 return _twiml(rid)
             if isinstance(item, twilio.Status):
-                metrics.STATUSES.labels("twilio", metrics.status_label(item.status)).inc()
                 metrics.WEBHOOKS.labels("twilio", "status").inc()
+                # Once per status: Twilio retries a callback whose answer it did not get.
+                (first,) = await runtime.queue.first_statuses(
+                    "twilio", [(item.message_sid, item.status)]
+                )
+                if not first:
+                    return _twiml(rid)
+                metrics.STATUSES.labels("twilio", metrics.status_label(item.status)).inc()
                 # Twilio reports most WhatsApp delivery failures only here (63016: outside the
                 # 24-hour window): the code says why a user had no answer.
                 log.info(
                     "message status",
                     request_id=rid,
                     status=item.status,
+                    business_number=mask_phone(twilio.business_number(params)),
                     message_id=item.message_sid,
                     recipient=mask_phone(item.recipient),
                     error_code=item.error_code,

@@ -649,6 +649,53 @@ def status_series(gateway: Gateway) -> set[str]:
     }
 
 
+def test_a_redelivered_status_is_counted_and_logged_once_naming_the_business(
+    gateway: Gateway,
+) -> None:
+    """Meta delivers a webhook again when our 200 is lost or late, and Twilio retries a
+    callback: each redelivery counted its statuses again in gateway_message_statuses_total, and
+    the status lines named no business (a tenant's failures could not be told from another's).
+    Now a status (message id and status) counts and logs once, with the business's number."""
+    business = gateway.business
+    assert business is not None
+    wa_id = new_wa_id()
+    wamid = meta_wamid(wa_id)
+    payload = cloud_api.notification(business.phone_number_id, [], [])
+    value = payload["entry"][0]["changes"][0]["value"]
+    del value["messages"], value["contacts"]
+    value["statuses"] = [
+        {"id": wamid, "status": status, "timestamp": "1750857384", "recipient_id": wa_id}
+        for status in ("delivered", "read")
+    ]
+    cloud = 'gateway_message_statuses_total{channel="cloud_api",status="delivered"}'
+    cloud_read = 'gateway_message_statuses_total{channel="cloud_api",status="read"}'
+    twilio_delivered = 'gateway_message_statuses_total{channel="twilio",status="delivered"}'
+    before = [metric(gateway, name) for name in (cloud, cloud_read, twilio_delivered)]
+    form = twilio_status_form(business, "+" + new_wa_id(), "delivered")
+    body, headers = signed_twilio(f"{gateway.url}/webhooks/twilio", form, business.twilio_token)
+    with gateway.http as client:
+        assert post_cloud(client, payload).status_code == 200
+        del value["statuses"][1]  # Meta's redelivery of the first status
+        assert post_cloud(client, payload).status_code == 200
+        for _ in range(2):
+            assert client.post("/webhooks/twilio", content=body, headers=headers).status_code == 200
+    after = [metric(gateway, name) for name in (cloud, cloud_read, twilio_delivered)]
+    assert after == [n + 1 for n in before]
+    web = gateway.processes[0]
+    sid = dict(form)["MessageSid"]
+    assert wait_for(lambda: [e for e in web.log_events("message status") if e["message_id"] == sid])
+    # The Twilio lines come after the Cloud API ones: all are written by now.
+    lines = [
+        e for e in web.log_events("message status") if e["message_id"] == mask_message_id(wamid)
+    ]
+    assert [(e["status"], e["phone_number_id"]) for e in lines] == [
+        ("delivered", business.phone_number_id),
+        ("read", business.phone_number_id),
+    ]
+    [line] = [e for e in web.log_events("message status") if e["message_id"] == sid]
+    assert line["business_number"] == mask_phone(business.number)
+
+
 def test_status_values_the_provider_never_sends_do_not_become_metric_series(
     gateway: Gateway,
 ) -> None:
