@@ -219,7 +219,8 @@ class Processor:
     async def process(self, entry: Entry, attempt: int = 1, waited_for_limit: bool = False) -> str:
         """The outcome label; raises DeadLetter, or anything else to retry. Rate limits count
         a message once, not once per retry: on its first attempt, or on the next one after it
-        found its business's window full (``OverBusinessLimit``: nothing was counted then)."""
+        found its business's window full (``OverBusinessLimit``: nothing was counted then). A
+        user over their limit is recorded in the sent log, which tells a retry so."""
         message = entry.message
         business, credentials = await self._business(message)
         route = Route(
@@ -250,12 +251,21 @@ class Processor:
                 f"the user wrote {age / 3600:.0f} h ago, past WhatsApp's 24-hour reply window "
                 "(a template message can still reach them)",
             )
+        sent = SentLog(self._pipeline, self._mark_sent, entry, self.settings.dedupe_ttl_seconds)
+        # Only an earlier attempt can have sent anything (attempts are counted before they run),
+        # or this message's life before it was dead-lettered and replayed.
+        replayed = entry.fields.get("rp") == "1"
+        already = await sent.fingerprints() if attempt > 1 or replayed else set()
+        if SentLog.RATE_LIMITED in already:
+            # An earlier attempt found the user over their limit and died before acknowledging:
+            # the limits count a message once, so only its record says so now.
+            return "rate_limited"
         hit = (
             await self.rate_limits.hit(
                 business.id,
                 message.user_id,
                 entry.queued_ms,
-                replayed=entry.fields.get("rp") == "1",
+                replayed=replayed,
             )
             if attempt == 1 or waited_for_limit
             else None
@@ -264,6 +274,7 @@ class Processor:
             raise OverBusinessLimit(hit.wait)
         if hit and not hit.user:
             metrics.RATE_LIMITED.labels("user").inc()
+            await sent.mark(SentLog.RATE_LIMITED)  # for a retry, should this attempt die now
             if await self.rate_limits.first_notice(business.id, message.user_id):
                 await self._send_rate_notice(sender, route, business.locale)
             return "rate_limited"
@@ -276,7 +287,7 @@ class Processor:
             else asyncio.create_task(self._mark_read(sender, route.target, message))
         )
         try:
-            return await self._converse(entry, business, route, sender, attempt)
+            return await self._converse(entry, business, route, sender, sent, already)
         finally:
             if read_receipt is not None:
                 with contextlib.suppress(Exception):
@@ -308,7 +319,8 @@ class Processor:
         business: business_pb2.Business,
         route: Route,
         sender: Sender,
-        attempt: int,
+        sent: SentLog,
+        already: set[str],
     ) -> str:
         message = entry.message
         key = session_pb2.ConversationKey(
@@ -326,11 +338,6 @@ class Processor:
         if _holds(conversation, message):
             return "already_done"  # saved by a worker that died before acknowledging
 
-        sent = SentLog(self._pipeline, self._mark_sent, entry, self.settings.dedupe_ttl_seconds)
-        # Only an earlier attempt can have sent anything (attempts are counted before they run),
-        # or this message's life before it was dead-lettered and replayed.
-        replayed = entry.fields.get("rp") == "1"
-        already = await sent.fingerprints() if attempt > 1 or replayed else set()
         replies: list[Reply] = []
         # Once the user has had some of the answer (from this attempt or an earlier one), a
         # part refused for good stops the delivery but not the turn: dead-lettering it would
@@ -604,6 +611,8 @@ class SentLog:
     whose history then tells the next attempt that the message was answered."""
 
     MARK = "redis.call('SADD', KEYS[1], ARGV[1]) return redis.call('EXPIRE', KEYS[1], ARGV[2])"
+    # Recorded when the user is over their limit: no reply's fingerprint (those are hex digests).
+    RATE_LIMITED = "rate-limited"
 
     def __init__(self, pipeline: AutoPipeline, mark: AsyncScript, entry: Entry, ttl: int) -> None:
         self._key = self.key(entry)

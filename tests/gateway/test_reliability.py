@@ -16,6 +16,7 @@ import redis
 from parley.session.v1 import session_pb2, session_pb2_grpc
 from services.common.redact import mask_phone
 from services.gateway.queue import sent_log_key, stream_key
+from services.gateway.worker import RATE_NOTICE
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
 from tests.support.proxy import ReplyCutter
@@ -95,6 +96,45 @@ def test_worker_killed_mid_message_is_answered_once(
         assert "taking over an entry whose worker died" in gw.processes[2].log
     finally:
         gw.stop()
+
+
+def test_a_worker_killed_after_finding_the_user_over_the_limit_does_not_answer_in_full(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """The worker finds the user over their limit, sends the one notice and dies before
+    acknowledging. The limits count a message once, so the retry does not check them again:
+    it must learn the decision from the attempt's record. (Was a bug: the retry answered the
+    message in full, as if the user had been under the limit.)"""
+    graph = ReplyCutter(fake_clouds.url.removeprefix("http://"), hold=30).start()
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "limit-then-die",
+        role="web",
+        workers=1,
+        RATE_LIMIT_USER="1/minute",
+        WHATSAPP_API_BASE_URL=f"http://{graph.address}",
+    )
+    try:
+        business = create_business(gw)
+        wa_id = new_wa_id()
+        with gw.http as client:
+            post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "first"))
+            assert wait_for(lambda: fake_clouds.texts(wa_id) == ["echo: first #1"], 20)
+            # The notice reaches Meta; its answer is held until the worker is killed.
+            graph.cut_reply_to(RATE_NOTICE.encode())
+            post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "second"))
+        assert wait_for(lambda: len(fake_clouds.texts(wa_id)) == 2, 20)
+        worker = gw.processes[1]
+        worker.signal(signal.SIGKILL)
+        worker.wait(10)
+        gw.processes.append(start_worker(gw.env, services.log_dir / "limit-then-die-b.log"))
+        assert wait_for(lambda: queue_lengths(gw.redis_url) == 0, 30), "never finished"
+        assert fake_clouds.texts(wa_id) == ["echo: first #1", RATE_NOTICE]
+    finally:
+        gw.stop()
+        graph.stop()
 
 
 def test_delivery_statuses_of_a_webhook_refused_with_503_are_counted_once(
