@@ -26,7 +26,7 @@ COPY parley ./parley
 COPY services ./services
 # A regular (not editable) install: the code lives in the venv's site-packages, nothing in /src
 # is needed at run time. pip byte-compiles what it installs, as the read-only root filesystem
-# needs later, and skips modules written for a newer Python (coredis's _py_312_typing.py), on
+# needs later, and skips modules written for a newer Python (a dependency may ship one), on
 # which `python -m compileall` would fail the build.
 RUN pip install .
 
