@@ -1,7 +1,9 @@
 """A local fake of the OpenAI chat-completions contract (POST /v1/chat/completions), on a free
 port in a thread. ``mode`` says how it answers: "good" (the JSON in ``answer``), "garbage" (text
-that is not JSON), "invalid" (JSON that breaks the schema), "error" (HTTP 500) or "slow"
-(``delay`` seconds, then a good answer)."""
+that is not JSON), "invalid" (JSON that breaks the schema), "nested" (JSON nested deeper than a
+parser's recursion limit), "error" (HTTP 500), "slow" (``delay`` seconds, then a good answer)
+or "trickle" (a good answer, one byte at a time with ``delay`` seconds between them, so no
+single read waits long)."""
 
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ class FakeOpenAI:
                 content = {
                     "garbage": "Sure! The user wants to fly somewhere nice.",
                     "invalid": json.dumps({**fake.answer, "adults": 42}),
+                    "nested": "[" * 100_000 + "]" * 100_000,
                 }.get(fake.mode, json.dumps(fake.answer))
                 self._send(
                     200,
@@ -67,7 +70,13 @@ class FakeOpenAI:
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data)
+                    if fake.mode != "trickle":
+                        self.wfile.write(data)
+                        return
+                    for byte in data:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(fake.delay)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (the timeout case)
 

@@ -173,3 +173,17 @@ async def test_children_are_the_rules_reading_even_when_the_model_answers(
     reply = await Chat(engine).say("2 adults and a child from bean town to Miami in 8 days")
     assert "Boston (BOS) → Miami (MIA)" in reply and "· 2 adults, 1 child" in reply, reply
     await engine.aclose()
+
+
+async def test_json_nested_past_the_parser_s_limit_falls_back_to_the_rules(
+    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
+) -> None:
+    # json.loads raises RecursionError (not a ValueError) on it: the message failed, was retried
+    # and dead-lettered, and the breaker never counted the failure.
+    engine = llm_engine(search_stub, fake, timeout=3.0)
+    fake.mode = "nested"
+    reply = await Chat(engine).say("NYC to London next Friday")
+    assert "New York (NYC) → London (LON)" in reply and "Reply *1*\u2013*3*" in reply, reply
+    assert engine.describe()["llm"]["fallbacks"] == 1
+    assert engine.describe()["llm"]["breaker"] == "closed"  # one failure of three
+    await engine.aclose()

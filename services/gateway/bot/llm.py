@@ -224,8 +224,16 @@ class LLMExtractor:
         if self.breaker.allow():
             try:
                 answer = await self._ask(text, today)
-            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as error:
-                # ValidationError and JSONDecodeError are ValueErrors.
+            except (
+                httpx.HTTPError,
+                ValueError,
+                KeyError,
+                IndexError,
+                TypeError,
+                RecursionError,
+            ) as error:
+                # ValidationError and JSONDecodeError are ValueErrors; JSON nested deeper than
+                # the parser's recursion limit ("[[[[…") is a RecursionError.
                 self.breaker.failure()
                 self.fallbacks += 1
                 log.warning("llm_fallback", reason=type(error).__name__)
