@@ -187,3 +187,17 @@ async def test_json_nested_past_the_parser_s_limit_falls_back_to_the_rules(
     assert engine.describe()["llm"]["fallbacks"] == 1
     assert engine.describe()["llm"]["breaker"] == "closed"  # one failure of three
     await engine.aclose()
+
+
+async def test_an_answer_trickling_in_is_cut_at_the_call_s_deadline(
+    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
+) -> None:
+    # Every byte comes well within the deadline, the whole answer long after it: httpx's timeout
+    # bounds each read, not the call, so the model's answer was awaited and used.
+    engine = llm_engine(search_stub, fake, timeout=0.5)
+    fake.mode, fake.delay = "trickle", 0.05
+    fake.answer = answer(origin="Boston", destination="Miami", departure_date=in_days(8))
+    reply = await Chat(engine).say("NYC to London next Friday")
+    assert "New York (NYC) → London (LON)" in reply and "Reply *1*\u2013*3*" in reply, reply
+    assert engine.describe()["llm"]["fallbacks"] == 1
+    await engine.aclose()

@@ -8,6 +8,7 @@ not valid, or an open breaker falls back to the rules for that message, invisibl
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import time
@@ -225,6 +226,7 @@ class LLMExtractor:
             try:
                 answer = await self._ask(text, today)
             except (
+                TimeoutError,
                 httpx.HTTPError,
                 ValueError,
                 KeyError,
@@ -264,9 +266,12 @@ class LLMExtractor:
                 "json_schema": {"name": "flight_request", "strict": True, "schema": JSON_SCHEMA},
             },
         }
-        response = await self._client.post(
-            self._url, json=body, timeout=self._settings.openai_timeout_seconds
-        )
+        # httpx's timeout bounds each connect, write and read, not the call: an answer trickling
+        # in a few bytes at a time would hold the message (up to ENGINE_TIMEOUT_SECONDS, then a
+        # retry that asks again). The call as a whole has the deadline.
+        timeout = self._settings.openai_timeout_seconds
+        async with asyncio.timeout(timeout):
+            response = await self._client.post(self._url, json=body, timeout=timeout)
         response.raise_for_status()
         content = response.json()["choices"][0]["message"]["content"]
         try:
