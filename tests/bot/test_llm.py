@@ -201,3 +201,16 @@ async def test_an_answer_trickling_in_is_cut_at_the_call_s_deadline(
     assert "New York (NYC) → London (LON)" in reply and "Reply *1*\u2013*3*" in reply, reply
     assert engine.describe()["llm"]["fallbacks"] == 1
     await engine.aclose()
+
+
+async def test_each_call_caps_the_tokens_the_model_may_write(
+    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
+) -> None:
+    # Without a cap a model stuck in a loop (OpenAI warns that JSON output can run to the token
+    # limit in whitespace) is billed for thousands of tokens, after our deadline has given up.
+    engine = llm_engine(search_stub, fake, timeout=3.0)
+    fake.answer = answer(origin="Boston", destination="Miami", departure_date=in_days(8))
+    await Chat(engine).say("bean town to Miami in 8 days")
+    assert fake.requests[-1]["max_tokens"] == 300
+    assert engine.describe()["llm"]["max_tokens"] == 300
+    await engine.aclose()

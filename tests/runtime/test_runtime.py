@@ -359,6 +359,7 @@ def test_a_setting_only_building_can_check_stops_startup_with_one_line(
         ("OPENAI_BASE_URL", {"OPENAI_BASE_URL": "api.openai.com/v1", "WEB_CONCURRENCY": "2"}),
         ("USE_SMART_HANDLER", {"USE_SMART_HANDLER": "maybe"}),
         ("OPENAI_TIMEOUT_SECONDS", {"OPENAI_TIMEOUT_SECONDS": "soon", "WEB_CONCURRENCY": "2"}),
+        ("OPENAI_MAX_TOKENS", {"OPENAI_MAX_TOKENS": "5"}),
         ("BOT_SEARCH_CACHE_SECONDS", {"BOT_SEARCH_CACHE_SECONDS": "-5", "GATEWAY_ROLE": "worker"}),
         # A directory under a file: not even root can make it.
         (

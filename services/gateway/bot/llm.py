@@ -209,6 +209,7 @@ class LLMExtractor:
             "base_url": self._settings.openai_base_url,
             "model": self._settings.openai_model,
             "timeout_seconds": self._settings.openai_timeout_seconds,
+            "max_tokens": self._settings.openai_max_tokens,
             "breaker": self.breaker.state,
             "fallbacks": self.fallbacks,
         }
@@ -254,6 +255,10 @@ class LLMExtractor:
         body = {
             "model": self._settings.openai_model,
             "temperature": 0,
+            # A cap on what we pay for: strict JSON can still run on in whitespace or a place
+            # name repeated, billed in full after our deadline has given up on it. An answer
+            # cut there is not valid JSON, and the rules answer.
+            "max_tokens": self._settings.openai_max_tokens,
             "messages": [
                 {
                     "role": "system",

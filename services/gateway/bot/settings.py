@@ -17,6 +17,9 @@ class BotSettings(CommonSettings):
     openai_base_url: str = "https://api.openai.com/v1"
     openai_model: str = "gpt-4o-mini"
     openai_timeout_seconds: float = Field(default=2.5, gt=0, le=30)
+    # What the model may write per call: an answer with every field and real place names is
+    # about 100 tokens.
+    openai_max_tokens: int = Field(default=300, ge=100, le=4096)
     # Search: the deadline of one SearchFlights call, and how long it may run before the
     # "searching …" message goes out (when USE_ASYNC_SEARCH is on for the user).
     bot_search_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
