@@ -44,6 +44,24 @@ SEARCH_IGNORED_PARTY = Counter(
     "SearchFlights answers that left out the children or infants asked for (a search replica of"
     " a release before them, mid-upgrade): the family is told search is unavailable.",
 )
+LLM_CALLS = Counter(
+    "gateway_llm_calls_total",
+    "The engine's language-model calls (OPENAI_API_KEY), by outcome: ok, implausible (valid but"
+    " out of range: the rules answer), invalid (not JSON or not the schema), timeout,"
+    " rate_limited (429), refused (401, 403: the key), server_error (5xx), client_error (other"
+    " 4xx), network, breaker_open (no call made).",
+    ["outcome"],
+)
+LLM_CALL_SECONDS = Histogram(
+    "gateway_llm_call_seconds",
+    "Time of one language-model call, whatever its outcome (breaker_open is no call).",
+    buckets=LATENCY_BUCKETS,
+)
+LLM_TOKENS = Counter(
+    "gateway_llm_tokens_total",
+    "Tokens the language model's answers report in their usage, by kind: prompt or completion.",
+    ["kind"],
+)
 ACK_SECONDS = Histogram(
     "gateway_webhook_ack_seconds",
     "Time from a webhook's arrival to its answer.",

@@ -11,6 +11,7 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from parley.search.v1 import search_pb2_grpc
@@ -213,4 +214,39 @@ async def test_each_call_caps_the_tokens_the_model_may_write(
     await Chat(engine).say("bean town to Miami in 8 days")
     assert fake.requests[-1]["max_tokens"] == 300
     assert engine.describe()["llm"]["max_tokens"] == 300
+    await engine.aclose()
+
+
+def llm_calls(outcome: str) -> float:
+    return REGISTRY.get_sample_value("gateway_llm_calls_total", {"outcome": outcome}) or 0.0
+
+
+async def test_metrics_count_the_calls_by_outcome_their_latency_and_tokens(
+    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
+) -> None:
+    # The fallbacks were a number in one process's /health/detailed: no rate, no alert, and no
+    # telling a revoked key from a slow model or a model answering garbage.
+    engine = llm_engine(search_stub, fake, timeout=3.0)
+    before = {o: llm_calls(o) for o in ("ok", "invalid", "server_error", "breaker_open")}
+    seconds = REGISTRY.get_sample_value("gateway_llm_call_seconds_count") or 0.0
+    tokens = REGISTRY.get_sample_value("gateway_llm_tokens_total", {"kind": "completion"}) or 0.0
+    fake.answer = answer(origin="Boston", destination="Miami", departure_date=in_days(8))
+    chat = Chat(engine)
+    await chat.say("bean town to Miami in 8 days")
+    fake.mode = "garbage"
+    await chat.say("new")
+    await chat.say("NYC to London next Friday")
+    fake.mode = "error"
+    for _ in range(3):
+        await chat.say("to Rome")
+    await chat.say("to Paris")  # the breaker is open: no call
+    assert llm_calls("ok") - before["ok"] == 1
+    assert llm_calls("invalid") - before["invalid"] == 1
+    # The garbage answer was the first failure in a row: the second 500 opens the breaker.
+    assert llm_calls("server_error") - before["server_error"] == 2
+    assert llm_calls("breaker_open") - before["breaker_open"] == 2
+    assert (REGISTRY.get_sample_value("gateway_llm_call_seconds_count") or 0.0) - seconds == 4
+    completion = REGISTRY.get_sample_value("gateway_llm_tokens_total", {"kind": "completion"})
+    # The fake reports 1 completion token per answer; the garbage one is billed too.
+    assert (completion or 0.0) - tokens == 2
     await engine.aclose()

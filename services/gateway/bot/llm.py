@@ -20,6 +20,7 @@ import httpx
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from services.gateway import metrics
 from services.gateway.bot.extract import Extraction, extract
 from services.gateway.bot.settings import BotSettings
 
@@ -191,6 +192,31 @@ def with_rules(model: Extraction, rules: Extraction) -> Extraction:
     return replace(model, **{name: getattr(rules, name) for name in _DATE_FIELDS})
 
 
+def _outcome(error: BaseException) -> str:
+    """The ``gateway_llm_calls_total`` outcome of a failed call."""
+    if isinstance(error, TimeoutError | httpx.TimeoutException):
+        return "timeout"
+    if isinstance(error, httpx.HTTPStatusError):
+        status = error.response.status_code
+        if status == 429:
+            return "rate_limited"
+        if status in (401, 403):
+            return "refused"
+        return "server_error" if status >= 500 else "client_error"
+    return "network" if isinstance(error, httpx.HTTPError) else "invalid"
+
+
+def _count_tokens(payload: Any) -> None:
+    """The answer's ``usage``, when it reports one (it is billed whether or not it is valid)."""
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    if not isinstance(usage, dict):
+        return
+    for kind in ("prompt", "completion"):
+        tokens = usage.get(f"{kind}_tokens")
+        if isinstance(tokens, int) and not isinstance(tokens, bool) and 0 < tokens < 1_000_000:
+            metrics.LLM_TOKENS.labels(kind).inc(tokens)
+
+
 class LLMExtractor:
     def __init__(self, settings: BotSettings, client: httpx.AsyncClient | None = None) -> None:
         assert settings.openai_api_key is not None
@@ -224,6 +250,7 @@ class LLMExtractor:
             # the first ends, and the user is told to send the next.
             return rules
         if self.breaker.allow():
+            started = time.perf_counter()
             try:
                 answer = await self._ask(text, today)
             except (
@@ -237,17 +264,23 @@ class LLMExtractor:
             ) as error:
                 # ValidationError and JSONDecodeError are ValueErrors; JSON nested deeper than
                 # the parser's recursion limit ("[[[[…") is a RecursionError.
+                metrics.LLM_CALL_SECONDS.observe(time.perf_counter() - started)
+                metrics.LLM_CALLS.labels(_outcome(error)).inc()
                 self.breaker.failure()
                 self.fallbacks += 1
-                log.warning("llm_fallback", reason=type(error).__name__)
+                log.warning("llm_fallback", reason=type(error).__name__, outcome=_outcome(error))
             else:
+                metrics.LLM_CALL_SECONDS.observe(time.perf_counter() - started)
                 self.breaker.success()
                 result = self._to_extraction(answer, today)
                 if result is not None:
+                    metrics.LLM_CALLS.labels("ok").inc()
                     return with_rules(result, rules)
+                metrics.LLM_CALLS.labels("implausible").inc()
                 self.fallbacks += 1
                 log.warning("llm_fallback", reason="implausible_answer")
         else:
+            metrics.LLM_CALLS.labels("breaker_open").inc()
             self.fallbacks += 1
         return rules
 
@@ -278,7 +311,9 @@ class LLMExtractor:
         async with asyncio.timeout(timeout):
             response = await self._client.post(self._url, json=body, timeout=timeout)
         response.raise_for_status()
-        content = response.json()["choices"][0]["message"]["content"]
+        payload = response.json()
+        _count_tokens(payload)
+        content = payload["choices"][0]["message"]["content"]
         try:
             return LLMAnswer.model_validate(json.loads(content))
         except ValidationError as error:
