@@ -250,3 +250,18 @@ async def test_metrics_count_the_calls_by_outcome_their_latency_and_tokens(
     # The fake reports 1 completion token per answer; the garbage one is billed too.
     assert (completion or 0.0) - tokens == 2
     await engine.aclose()
+
+
+async def test_health_shows_the_base_url_without_its_credentials(
+    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
+) -> None:
+    # A proxy in front of the model, its password in the URL: /health/info masked it, and
+    # /health/detailed (the engine's describe()) showed it whole.
+    settings = BotSettings(
+        openai_api_key=SecretStr("sk-test-key"),
+        openai_base_url=f"http://parley:proxy-pw-1@127.0.0.1:{fake.port}/v1",
+    )
+    engine = create_engine(cast(SearchPort, search_stub), settings)
+    shown = engine.describe()["llm"]["base_url"]
+    assert "proxy-pw-1" not in shown and shown == f"http://parley:***@127.0.0.1:{fake.port}/v1"
+    await engine.aclose()

@@ -20,6 +20,7 @@ import httpx
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from services.common.redact import mask_url
 from services.gateway import metrics
 from services.gateway.bot.extract import Extraction, extract
 from services.gateway.bot.settings import BotSettings
@@ -232,7 +233,8 @@ class LLMExtractor:
     def describe(self) -> dict[str, Any]:
         return {
             "enabled": True,
-            "base_url": self._settings.openai_base_url,
+            # /health/info masks it; a proxy's URL may hold its credentials (user:password@).
+            "base_url": mask_url(self._settings.openai_base_url),
             "model": self._settings.openai_model,
             "timeout_seconds": self._settings.openai_timeout_seconds,
             "max_tokens": self._settings.openai_max_tokens,
