@@ -4,6 +4,7 @@ message, invisibly; repeated failures open the breaker and stop calling the endp
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -17,6 +18,7 @@ from pydantic import SecretStr
 from parley.search.v1 import search_pb2_grpc
 from services.gateway.bot import create_engine
 from services.gateway.bot.dialogue import BotEngine
+from services.gateway.bot.llm import LLMExtractor
 from services.gateway.bot.settings import BotSettings
 from services.gateway.engine import SearchPort
 from tests.bot.chat import Chat
@@ -264,4 +266,37 @@ async def test_health_shows_the_base_url_without_its_credentials(
     engine = create_engine(cast(SearchPort, search_stub), settings)
     shown = engine.describe()["llm"]["base_url"]
     assert "proxy-pw-1" not in shown and shown == f"http://parley:***@127.0.0.1:{fake.port}/v1"
+    await engine.aclose()
+
+
+async def test_a_half_open_breaker_lets_one_call_through_not_every_message(
+    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
+) -> None:
+    # After the cooldown every message arriving while the trial call ran was let through too: a
+    # model still down held each of them for the whole deadline, every 30 s.
+    engine = llm_engine(search_stub, fake, timeout=1.0)
+    breaker = cast(LLMExtractor, engine._extractor).breaker
+    fake.mode = "error"
+    for _ in range(3):
+        await Chat(engine).say("to Rome")
+    assert breaker.state == "open"
+    breaker.opened_at = time.monotonic() - breaker.cooldown  # the cooldown is over
+    fake.mode, fake.delay = "slow", 3.0
+    calls = len(fake.requests)
+    users = [Chat(engine, user_id=f"155500001{n:02}") for n in range(5)]
+    replies = await asyncio.gather(*(user.say("to Rome") for user in users))
+    assert all("Where are you flying from?" in reply for reply in replies), replies
+    assert len(fake.requests) == calls + 1, "one trial call, the other messages the rules'"
+    assert breaker.state == "open", "the trial failed: open again"
+    # A trial cut short by the message's own deadline (the worker's ENGINE_TIMEOUT_SECONDS)
+    # says nothing of the model: the next message tries, rather than none ever again.
+    breaker.opened_at = time.monotonic() - breaker.cooldown
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await Chat(engine).say("to Rome")
+    fake.mode = "good"
+    fake.answer = answer(destination="Rome")
+    calls = len(fake.requests)
+    assert "Where are you flying from?" in await Chat(engine).say("to Rome")
+    assert len(fake.requests) == calls + 1 and breaker.state == "closed"
     await engine.aclose()

@@ -120,6 +120,7 @@ class Breaker:
         self.threshold, self.cooldown = threshold, cooldown
         self.failures = 0
         self.opened_at: float | None = None
+        self.probing = False  # the one call let through when half open is running
 
     @property
     def state(self) -> str:
@@ -128,15 +129,29 @@ class Breaker:
         return "half_open" if time.monotonic() - self.opened_at >= self.cooldown else "open"
 
     def allow(self) -> bool:
-        return self.state != "open"
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "open" or self.probing:
+            # Half open with its trial call running: the messages arriving meanwhile would each
+            # wait out the deadline of a model that may still be down.
+            return False
+        self.probing = True
+        return True
 
     def success(self) -> None:
-        self.failures, self.opened_at = 0, None
+        self.failures, self.opened_at, self.probing = 0, None, False
 
     def failure(self) -> None:
         self.failures += 1
+        self.probing = False
         if self.failures >= self.threshold:
             self.opened_at = time.monotonic()
+
+    def done(self) -> None:
+        """The call let through has ended, with a verdict or without one (cancelled): the next
+        may try."""
+        self.probing = False
 
 
 # What the rules read about dates, beyond a day: the flags that say how it was written.
@@ -281,6 +296,10 @@ class LLMExtractor:
                 metrics.LLM_CALLS.labels("implausible").inc()
                 self.fallbacks += 1
                 log.warning("llm_fallback", reason="implausible_answer")
+            finally:
+                # Cancelled (the message's own deadline, shutdown) or an error not foreseen: no
+                # verdict on the model, and a half-open breaker must not wait on it for ever.
+                self.breaker.done()
         else:
             metrics.LLM_CALLS.labels("breaker_open").inc()
             self.fallbacks += 1
