@@ -1,7 +1,8 @@
 """A local fake of the OpenAI chat-completions contract (POST /v1/chat/completions), on a free
 port in a thread. ``mode`` says how it answers: "good" (the JSON in ``answer``), "garbage" (text
 that is not JSON), "invalid" (JSON that breaks the schema), "nested" (JSON nested deeper than a
-parser's recursion limit), "error" (HTTP 500), "slow" (``delay`` seconds, then a good answer)
+parser's recursion limit), "error" (HTTP 500), "rate_limited" (HTTP 429 with
+``Retry-After: retry_after``), "slow" (``delay`` seconds, then a good answer)
 or "trickle" (a good answer, one byte at a time with ``delay`` seconds between them, so no
 single read waits long)."""
 
@@ -21,6 +22,7 @@ class FakeOpenAI:
         self.port = free_port()
         self.mode = "good"
         self.delay = 2.0
+        self.retry_after = "20"
         self.answer: dict[str, Any] = {}
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -38,6 +40,9 @@ class FakeOpenAI:
                     return self._send(404, {"error": {"message": "not found"}})
                 if fake.mode == "error":
                     return self._send(500, {"error": {"message": "boom", "type": "server_error"}})
+                if fake.mode == "rate_limited":
+                    error = {"message": "Rate limit reached", "type": "requests"}
+                    return self._send(429, {"error": error}, {"Retry-After": fake.retry_after})
                 if fake.mode == "slow":
                     time.sleep(fake.delay)
                 content = {
@@ -63,10 +68,14 @@ class FakeOpenAI:
                     },
                 )
 
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
+            def _send(
+                self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+            ) -> None:
                 data = json.dumps(payload).encode()
                 try:
                     self.send_response(status)
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, value)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()

@@ -300,3 +300,26 @@ async def test_a_half_open_breaker_lets_one_call_through_not_every_message(
     assert "Where are you flying from?" in await Chat(engine).say("to Rome")
     assert len(fake.requests) == calls + 1 and breaker.state == "closed"
     await engine.aclose()
+
+
+async def test_a_429_s_retry_after_holds_the_calls_until_then(
+    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
+) -> None:
+    # The endpoint says when it will take calls again; each message asked it anyway (a wasted
+    # round trip on the message's time, counted against the key's limit), and the breaker's
+    # 30 s, after three, ignored the 120 s it was told.
+    engine = llm_engine(search_stub, fake, timeout=3.0)
+    breaker = cast(LLMExtractor, engine._extractor).breaker
+    fake.mode, fake.retry_after = "rate_limited", "120"
+    assert "Where are you flying from?" in await Chat(engine).say("to Rome")
+    assert breaker.state == "open" and len(fake.requests) == 1
+    assert "Where are you flying from?" in await Chat(engine).say("to Paris")
+    assert len(fake.requests) == 1, "no call before the Retry-After"
+    breaker.opened_at = time.monotonic() - 119  # past the usual 30 s, not yet the 120 s
+    assert breaker.state == "open"
+    breaker.opened_at = time.monotonic() - 120
+    fake.mode = "good"
+    fake.answer = answer(destination="Rome")
+    await Chat(engine).say("to Rome")
+    assert len(fake.requests) == 2 and breaker.state == "closed"
+    await engine.aclose()

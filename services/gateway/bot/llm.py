@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 import time
 from dataclasses import replace
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Protocol
 
 import httpx
@@ -114,19 +116,21 @@ PROMPT = (
 
 
 class Breaker:
-    """Opens after ``threshold`` failures in a row; lets one call through after ``cooldown``."""
+    """Opens after ``threshold`` failures in a row, or at once for as long as the endpoint's
+    ``Retry-After`` says; lets one call through after ``cooldown`` (or that)."""
 
     def __init__(self, threshold: int = 3, cooldown: float = 30.0) -> None:
         self.threshold, self.cooldown = threshold, cooldown
         self.failures = 0
         self.opened_at: float | None = None
+        self.hold = cooldown  # how long this opening lasts
         self.probing = False  # the one call let through when half open is running
 
     @property
     def state(self) -> str:
         if self.opened_at is None:
             return "closed"
-        return "half_open" if time.monotonic() - self.opened_at >= self.cooldown else "open"
+        return "half_open" if time.monotonic() - self.opened_at >= self.hold else "open"
 
     def allow(self) -> bool:
         state = self.state
@@ -142,11 +146,13 @@ class Breaker:
     def success(self) -> None:
         self.failures, self.opened_at, self.probing = 0, None, False
 
-    def failure(self) -> None:
+    def failure(self, retry_after: float | None = None) -> None:
         self.failures += 1
         self.probing = False
-        if self.failures >= self.threshold:
-            self.opened_at = time.monotonic()
+        if retry_after:
+            self.opened_at, self.hold = time.monotonic(), min(retry_after, MAX_RETRY_AFTER)
+        elif self.failures >= self.threshold:
+            self.opened_at, self.hold = time.monotonic(), self.cooldown
 
     def done(self) -> None:
         """The call let through has ended, with a verdict or without one (cancelled): the next
@@ -222,6 +228,32 @@ def _outcome(error: BaseException) -> str:
     return "network" if isinstance(error, httpx.HTTPError) else "invalid"
 
 
+# A Retry-After longer than this (a misconfigured proxy, a date far ahead) is not believed.
+MAX_RETRY_AFTER = 600.0
+
+
+def _retry_after(error: BaseException) -> float | None:
+    """Seconds until the endpoint takes calls again, when its answer (a 429, a 503) says so:
+    ``Retry-After`` in seconds or as an HTTP date, or OpenAI's ``retry-after-ms``."""
+    if not isinstance(error, httpx.HTTPStatusError):
+        return None
+    headers = error.response.headers
+    try:
+        if "retry-after-ms" in headers:
+            seconds = float(headers["retry-after-ms"]) / 1000
+        elif "retry-after" in headers:
+            value = headers["retry-after"].strip()
+            if value.isdigit():
+                seconds = float(value)
+            else:
+                seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+        else:
+            return None
+    except (ValueError, TypeError, OverflowError):
+        return None  # unreadable: the usual count of failures decides
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
 def _count_tokens(payload: Any) -> None:
     """The answer's ``usage``, when it reports one (it is billed whether or not it is valid)."""
     usage = payload.get("usage") if isinstance(payload, dict) else None
@@ -283,7 +315,7 @@ class LLMExtractor:
                 # the parser's recursion limit ("[[[[…") is a RecursionError.
                 metrics.LLM_CALL_SECONDS.observe(time.perf_counter() - started)
                 metrics.LLM_CALLS.labels(_outcome(error)).inc()
-                self.breaker.failure()
+                self.breaker.failure(_retry_after(error))
                 self.fallbacks += 1
                 log.warning("llm_fallback", reason=type(error).__name__, outcome=_outcome(error))
             else:
