@@ -4,7 +4,7 @@ that is not JSON), "invalid" (JSON that breaks the schema), "nested" (JSON neste
 parser's recursion limit), "error" (HTTP 500), "rate_limited" (HTTP 429 with
 ``Retry-After: retry_after``), "slow" (``delay`` seconds, then a good answer)
 or "trickle" (a good answer, one byte at a time with ``delay`` seconds between them, so no
-single read waits long)."""
+single read waits long). The next ``fail_first`` requests, whatever the mode, get an HTTP 500."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class FakeOpenAI:
         self.mode = "good"
         self.delay = 2.0
         self.retry_after = "20"
+        self.fail_first = 0
         self.answer: dict[str, Any] = {}
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -38,6 +39,9 @@ class FakeOpenAI:
                 fake.headers.append(dict(self.headers))
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found"}})
+                if fake.fail_first > 0:
+                    fake.fail_first -= 1
+                    return self._send(500, {"error": {"message": "boom", "type": "server_error"}})
                 if fake.mode == "error":
                     return self._send(500, {"error": {"message": "boom", "type": "server_error"}})
                 if fake.mode == "rate_limited":

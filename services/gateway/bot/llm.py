@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 import httpx
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from services.common.redact import mask_url
 from services.gateway import metrics
@@ -228,6 +229,16 @@ def _outcome(error: BaseException) -> str:
     return "network" if isinstance(error, httpx.HTTPError) else "invalid"
 
 
+def _passing(error: BaseException) -> bool:
+    """Worth one more try inside the deadline: a 5xx that says nothing of when to come back
+    (with Retry-After the breaker waits instead), or a connection that never carried the
+    request (nothing was asked, so nothing is billed twice)."""
+    if isinstance(error, httpx.HTTPStatusError):
+        response = error.response
+        return response.status_code in (500, 502, 503, 504) and not _retry_after(error)
+    return isinstance(error, httpx.ConnectError)
+
+
 # A Retry-After longer than this (a misconfigured proxy, a date far ahead) is not believed.
 MAX_RETRY_AFTER = 600.0
 
@@ -359,11 +370,19 @@ class LLMExtractor:
         }
         # httpx's timeout bounds each connect, write and read, not the call: an answer trickling
         # in a few bytes at a time would hold the message (up to ENGINE_TIMEOUT_SECONDS, then a
-        # retry that asks again). The call as a whole has the deadline.
+        # retry that asks again). The call as a whole, its retry too, has the deadline.
         timeout = self._settings.openai_timeout_seconds
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_passing),
+            stop=stop_after_attempt(2),
+            wait=wait_exponential_jitter(multiplier=0.1, max=0.5, jitter=0.1),
+            reraise=True,
+        )
         async with asyncio.timeout(timeout):
-            response = await self._client.post(self._url, json=body, timeout=timeout)
-        response.raise_for_status()
+            async for attempt in retrying:
+                with attempt:
+                    response = await self._client.post(self._url, json=body, timeout=timeout)
+                    response.raise_for_status()
         payload = response.json()
         _count_tokens(payload)
         content = payload["choices"][0]["message"]["content"]
