@@ -5,6 +5,7 @@ message, invisibly; repeated failures open the breaker and stop calling the endp
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -337,4 +338,29 @@ async def test_a_passing_server_error_is_retried_within_the_deadline(
     reply = await Chat(engine).say("bean town to Miami in 8 days")
     assert "Boston (BOS) → Miami (MIA)" in reply, reply
     assert len(fake.requests) == 2 and engine.describe()["llm"]["fallbacks"] == 0
+    await engine.aclose()
+
+
+async def test_the_model_is_sent_the_message_and_the_date_only(
+    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
+) -> None:
+    # What docs/engine.md says leaves for the model's provider: no number, name, business or
+    # history, one call per message.
+    engine = llm_engine(search_stub, fake, timeout=3.0)
+    fake.answer = answer(destination="Rome")
+    chat = Chat(engine, user_id="15557654321")
+    await chat.say("hi")
+    await chat.say("to Rome")
+    await chat.say("from Boston " + "x" * 2000)
+    sent = json.dumps(fake.requests)
+    for private in ("15557654321", "7654321", "Ada", "Lovelace", "b-test", "Test Travel"):
+        assert private not in sent, private
+    assert {frozenset(r) for r in fake.requests} == {
+        frozenset({"model", "temperature", "max_tokens", "messages", "response_format"})
+    }
+    # "hi" is a greeting, answered without the model.
+    assert [[m["role"] for m in r["messages"]] for r in fake.requests] == [["system", "user"]] * 2
+    said = [r["messages"][1]["content"][:12] for r in fake.requests]
+    assert said == ["to Rome", "from Boston "]
+    assert len(fake.requests[-1]["messages"][1]["content"]) == 1000
     await engine.aclose()
