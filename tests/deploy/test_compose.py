@@ -341,9 +341,9 @@ def test_image_build_stage_byte_compiles_without_failing_on_its_dependencies(
     read-only), and ``docker build`` stops at a command that fails. It ran ``python -m
     compileall``, which exits 1 on any module this Python cannot parse: coredis (which
     ``limits[async-redis]`` brought then) ships ``_py_312_typing.py``, which only Python 3.12
-    imports, so the image did not build. pip byte-compiles what it installs and skips such a module; every
-    compileall the build stage runs must pass on the installed dependencies (this venv's,
-    pinned alike; its cache files go under ``tmp_path``)."""
+    imports, so the image did not build. pip byte-compiles what it installs and skips such a
+    module; every compileall the build stage runs must pass on the installed dependencies (this
+    venv's, pinned alike; its cache files go under ``tmp_path``)."""
     build = re.split(r"^FROM ", (ROOT / "Dockerfile").read_text(), flags=re.M)[1]
     assert "--no-compile" not in build and "PIP_NO_COMPILE" not in build  # pip compiles
     venv_lib = Path(sys.prefix) / "lib"
