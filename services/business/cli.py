@@ -25,6 +25,7 @@ import asyncio
 import getpass
 import json
 import logging
+import os
 import secrets
 import sys
 from collections.abc import Callable, Sequence
@@ -337,7 +338,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings(BusinessSettings)
     _quiet_logs()
     try:
-        return asyncio.run(run(args, settings))
+        code = asyncio.run(run(args, settings))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`list | head -1`): it has what it wanted. As Python's
+        # documentation advises, stdout to /dev/null so the flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
     except ServiceError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 1

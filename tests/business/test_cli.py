@@ -159,6 +159,28 @@ def test_a_previous_secret_is_read_as_it_was_used(cli: Cli, registry: SecretRegi
     assert "re-encrypted 1" in rotated.stdout and "failed 0" in rotated.stdout
 
 
+def test_output_to_a_reader_that_went_away_is_no_traceback(cli: Cli) -> None:
+    """`python -m services.business.cli list | head -1`: head exits, the next write is EPIPE.
+    The command stops quietly with status 1, as Python's documentation advises. (Was a bug: a
+    BrokenPipeError traceback on the operator's terminal.)"""
+    for i in range(3):
+        assert cli("add", "--name", f"P{i}", "--subdomain", f"p{i}").returncode == 0
+    for args in (("list",), ("list", "--json"), ("show", "--subdomain", "p1")):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.business.cli", *args],
+            cwd=ROOT,
+            env=cli.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stdout is not None
+        process.stdout.close()  # no reader left: every write to stdout is EPIPE
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 1, stderr
+        assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
 def test_ensure_demo_is_idempotent_with_fixed_identities(cli: Cli) -> None:
     first = json.loads(cli("ensure-demo", "--json").stdout)
     assert first["created"] is True
