@@ -87,10 +87,21 @@ class TokenCipher:
         # ENCRYPTION_SECRET is used exactly as set, trailing newline and all, so a secret moved
         # here as it was ("new, old\n") must derive its key again, and "a, b" must find "b".
         # A form never used only adds a key that no stored value names.
+        # No ENCRYPTION_SECRET was ever shorter than the minimum, so neither is a previous one:
+        # a shorter entry is a secret cut short in the copy, or a new one staged (rotation,
+        # step 1) that step 2 would refuse with every replica half-way through the roll.
         olds: list[str] = []
-        for entry in (previous or "").split(","):
+        for number, entry in enumerate((previous or "").split(","), start=1):
+            if not entry.strip():
+                continue
             forms = (entry, entry.strip(), entry.lstrip(), entry.rstrip())
-            olds.extend(form for form in dict.fromkeys(forms) if form.strip())
+            long_enough = [form for form in dict.fromkeys(forms) if len(form) >= MIN_SECRET_LENGTH]
+            if not long_enough:
+                raise ValueError(
+                    f"ENCRYPTION_SECRET_PREVIOUS: entry {number} is shorter than "
+                    f"{MIN_SECRET_LENGTH} characters, which no ENCRYPTION_SECRET can be"
+                )
+            olds.extend(long_enough)
         return cls(secret, olds)
 
     def __repr__(self) -> str:

@@ -159,6 +159,23 @@ def test_a_previous_secret_is_read_as_it_was_used(cli: Cli, registry: SecretRegi
     assert "re-encrypted 1" in rotated.stdout and "failed 0" in rotated.stdout
 
 
+def test_a_previous_secret_shorter_than_a_secret_can_be_is_refused(
+    cli: Cli, registry: SecretRegistry
+) -> None:
+    """No `ENCRYPTION_SECRET` shorter than 16 characters was ever accepted, so a shorter entry
+    of `ENCRYPTION_SECRET_PREVIOUS` is a mistake: a secret cut short in the copy, or step 1 of
+    the rotation staging a new secret that step 2 will refuse. (Was a bug: accepted without a
+    word; the cut-short old secret decrypted nothing, and the staged short one stopped every
+    replica at step 2, half-way through the roll.)"""
+    short = "0123456789"
+    refused = cli("list", ENCRYPTION_SECRET_PREVIOUS=f"{TEST_SECRET}-older-one, {short}")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "ENCRYPTION_SECRET_PREVIOUS" in refused.stderr and "16" in refused.stderr
+    assert "entry 2" in refused.stderr and short not in refused.stderr, refused.stderr
+    # Blank entries (a trailing comma) and secrets of 16 characters or more are fine.
+    assert cli("list", ENCRYPTION_SECRET_PREVIOUS=f"{TEST_SECRET}-old,").returncode == 0
+
+
 def test_output_to_a_reader_that_went_away_is_no_traceback(cli: Cli) -> None:
     """`python -m services.business.cli list | head -1`: head exits, the next write is EPIPE.
     The command stops quietly with status 1, as Python's documentation advises. (Was a bug: a
