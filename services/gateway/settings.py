@@ -11,6 +11,7 @@ from services.common.redact import mask_url
 from services.common.settings import CommonSettings, ConfigurationError, http_url
 
 KIB = 1024
+MIN_API_KEY_LENGTH = 16  # with APP_ENV=production, as ENCRYPTION_SECRET
 
 # Settings whose values are secrets: masked wherever the configuration is shown.
 SECRET_FIELDS = frozenset(
@@ -135,6 +136,13 @@ class GatewaySettings(CommonSettings):
             if missing:
                 raise ConfigurationError(
                     "APP_ENV", "production needs these secrets set: " + ", ".join(missing)
+                )
+            # It reads every conversation and erases users, behind no rate limit: not a word
+            # that can be guessed. The length only, never the value, in the message.
+            if len(self.api_key or "") < MIN_API_KEY_LENGTH:
+                raise ValueError(
+                    f"APP_ENV=production needs an API_KEY of at least {MIN_API_KEY_LENGTH} "
+                    "characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
                 )
         return self
 

@@ -290,6 +290,32 @@ def test_production_refuses_to_start_without_secrets() -> None:
     assert "set-but-others-missing" not in result.stderr + result.stdout
 
 
+def test_production_refuses_an_api_key_short_enough_to_guess() -> None:
+    """The admin key reads every conversation, erases users and replays dead letters; the
+    admin API has no rate limit, so a short key falls to guessing. With APP_ENV=production it
+    must be 16 characters or more, as ENCRYPTION_SECRET. (Was a bug: `API_KEY=admin` started.)"""
+    env = {k: v for k, v in os.environ.items() if k != "API_KEY"}
+    env.update(
+        {
+            "APP_ENV": "production",
+            "WHATSAPP_APP_SECRET": "an-app-secret-of-meta",
+            "WHATSAPP_VERIFY_TOKEN": "a-verify-token",
+            "API_KEY": "adm1n-key",
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "services.gateway.main"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "API_KEY" in result.stderr and "16" in result.stderr, result.stderr
+    assert "adm1n-key" not in result.stderr + result.stdout
+
+
 def test_secrets_from_a_file_lose_its_newline(monkeypatch: pytest.MonkeyPatch) -> None:
     """`kubectl create secret --from-file` keeps the file's newline in the variable: the app
     secret then signed nothing Meta sent (every webhook 403) and the API key matched no header."""
