@@ -149,6 +149,23 @@ class DeadLetters(BaseModel):
     next: str
 
 
+class Problem(BaseModel):
+    detail: str
+    fields: dict[str, str] = Field(
+        default={}, description="Each refused field and why (a 400 of the service)."
+    )
+
+
+# The statuses the app's handler gives the services' errors (and Redis's), declared where they
+# can happen so that the OpenAPI document says what the routes answer.
+REFUSED: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "A value the service refused; `fields` names it."}
+}
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": Problem, "description": "Taken by another business (subdomain, identity)."}
+}
+
+
 SECRET_FIELDS = {
     "access_token": business_pb2.CHANNEL_SECRET_WHATSAPP_ACCESS_TOKEN,
     "twilio_account_sid": business_pb2.CHANNEL_SECRET_TWILIO_ACCOUNT_SID,
@@ -235,6 +252,10 @@ def build_router(runtime: Runtime) -> APIRouter:
         403: {"description": "Wrong API key."},
         404: {"description": "Not found, or the admin API is off."},
         415: {"description": "A body that is not JSON."},
+        503: {
+            "model": Problem,
+            "description": "A service or Redis is unavailable: retry after `Retry-After`.",
+        },
     }
     router = APIRouter(
         prefix="/admin",
@@ -251,6 +272,7 @@ def build_router(runtime: Runtime) -> APIRouter:
         "/businesses",
         status_code=201,
         summary="Create a business.",
+        responses=REFUSED | CONFLICT,
         description=(
             "Send an `Idempotency-Key` header (a UUID) to make the request safe to send again "
             "after a lost answer: a request with the key of one that created a business answers "
@@ -288,7 +310,7 @@ def build_router(runtime: Runtime) -> APIRouter:
         )
         return business_out(response.business)
 
-    @router.get("/businesses", summary="List businesses, one page at a time.")
+    @router.get("/businesses", summary="List businesses, one page at a time.", responses=REFUSED)
     async def list_businesses(
         page_size: Annotated[int, Query(ge=1, le=500)] = 50,
         page_token: Annotated[str, Query(max_length=500)] = "",
@@ -304,12 +326,16 @@ def build_router(runtime: Runtime) -> APIRouter:
             next_page_token=response.next_page_token,
         )
 
-    @router.get("/businesses/{business_id}", summary="One business.")
+    @router.get("/businesses/{business_id}", summary="One business.", responses=REFUSED)
     async def get_business(business_id: BusinessId) -> BusinessOut:
         response = await business().GetBusiness(business_pb2.GetBusinessRequest(id=business_id))
         return business_out(response.business)
 
-    @router.patch("/businesses/{business_id}", summary="Change some fields of a business.")
+    @router.patch(
+        "/businesses/{business_id}",
+        summary="Change some fields of a business.",
+        responses=REFUSED | CONFLICT,
+    )
     async def patch_business(business_id: BusinessId, body: BusinessPatch) -> BusinessOut:
         given = body.model_dump(exclude_unset=True)
         given = {k: v for k, v in given.items() if v is not None}
@@ -330,7 +356,7 @@ def build_router(runtime: Runtime) -> APIRouter:
         )
         return business_out(response.business)
 
-    @router.delete("/businesses/{business_id}", summary="Deactivate a business.")
+    @router.delete("/businesses/{business_id}", summary="Deactivate a business.", responses=REFUSED)
     async def delete_business(business_id: BusinessId) -> BusinessOut:
         response = await business().DeactivateBusiness(
             business_pb2.DeactivateBusinessRequest(id=business_id)
@@ -341,6 +367,7 @@ def build_router(runtime: Runtime) -> APIRouter:
         "/businesses/{business_id}/token",
         summary="Set channel secrets (stored encrypted; an empty string clears one).",
         response_model=BusinessOut,
+        responses=REFUSED,
     )
     async def put_token(business_id: BusinessId, body: TokenIn) -> BusinessOut | JSONResponse:
         given = {k: v for k, v in body.model_dump(exclude_unset=True).items() if v is not None}
@@ -380,14 +407,22 @@ def build_router(runtime: Runtime) -> APIRouter:
             role=session_pb2.CONVERSATION_ROLE_CLIENT,
         )
 
-    @router.get("/sessions/{business_id}/{user_id}", summary="A user's live conversation.")
+    @router.get(
+        "/sessions/{business_id}/{user_id}",
+        summary="A user's live conversation.",
+        responses=REFUSED,
+    )
     async def get_session(business_id: BusinessId, user_id: UserId) -> dict[str, Any]:
         response = await runtime.clients.session.GetConversation(
             session_pb2.GetConversationRequest(key=await conversation_key(business_id, user_id))
         )
         return _dict(response.conversation)
 
-    @router.delete("/sessions/{business_id}/{user_id}", summary="End a user's conversation.")
+    @router.delete(
+        "/sessions/{business_id}/{user_id}",
+        summary="End a user's conversation.",
+        responses=REFUSED,
+    )
     async def delete_session(business_id: BusinessId, user_id: UserId) -> dict[str, bool]:
         response = await runtime.clients.session.EndConversation(
             session_pb2.EndConversationRequest(key=await conversation_key(business_id, user_id))
@@ -397,6 +432,7 @@ def build_router(runtime: Runtime) -> APIRouter:
     @router.delete(
         "/users/{business_id}/{user_id}",
         summary="Erase everything Parley holds of one user of one business.",
+        responses=REFUSED,
         description=(
             "For an erasure request (GDPR art. 17); a phone number with or without its `+` "
             "erases both ids it has (Cloud API, Twilio). The user's conversations, their messages "
