@@ -19,9 +19,11 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from google.protobuf import field_mask_pb2, json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley.business.v1 import business_pb2
 from parley.search.v1 import search_pb2
@@ -44,6 +46,7 @@ Text = Annotated[str, Field(max_length=1000)]
 BusinessId = Annotated[str, Path(min_length=1, max_length=128)]
 UserId = Annotated[str, Path(min_length=1, max_length=128)]
 Ids = Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=50)]
+CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class BusinessIn(BaseModel):
@@ -182,6 +185,60 @@ PATCH_FIELDS = {
     "active": "active",
     "whatsapp_enabled": "whatsapp_enabled",
 }
+
+
+class AdminAudit:
+    """Who did what: each admin request that may change something is one ``admin request``
+    line (method, route, status, client, path parameters with the user's number masked), and a
+    refused key (401, 403) on any method an ``admin request refused`` warning, so that guessing
+    shows. Never a header or a body: no key, no secret. ASGI middleware, so that the status is
+    the one answered, after the exception handlers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/admin/"):
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            _audit(scope, status)
+
+
+def _audit(scope: Scope, status: int) -> None:
+    route = scope.get("route")
+    method = scope["method"]
+    refused = status in (401, 403)
+    if not isinstance(route, APIRoute) or not (refused or method in CHANGES):
+        return
+    params = {
+        name: mask_phone(value) if name == "user_id" else value[:128]
+        for name, value in scope.get("path_params", {}).items()
+    }
+    client = scope.get("client")
+    fields = {
+        "method": method,
+        "route": route.path,
+        "status": status,
+        "client": client[0] if client else "",
+        **params,
+    }
+    if "user_id" in fields:
+        fields["user"] = fields.pop("user_id")
+    if refused:
+        log.warning("admin request refused", **fields)
+    else:
+        log.info("admin request", **fields)
 
 
 def _time(ts: Timestamp) -> datetime | None:

@@ -94,7 +94,10 @@ def serve_with_trailing_slash(router: Router) -> None:
     async def default(scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         if scope["type"] == "http" and path != "/" and path.endswith("/"):
-            await router.app({**scope, "path": path.rstrip("/") or "/"}, receive, send)
+            # In place, not a copy: the route it matches is set on this scope, where the
+            # admin audit (a middleware outside) reads it.
+            scope["path"] = path.rstrip("/") or "/"
+            await router.app(scope, receive, send)
             return
         await router.not_found(scope, receive, send)
 
@@ -147,6 +150,7 @@ def create_app(settings: GatewaySettings, role: Role = "all") -> FastAPI:
     app.router.routes[:0] = webhooks.plain_routes(hooks)
     app.include_router(health.build_router(runtime))
     app.include_router(admin.build_router(runtime))
+    app.add_middleware(admin.AdminAudit)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parley.business.v1 import business_pb2, business_pb2_grpc
+from services.common.redact import mask_phone
 from services.gateway.senders.outbox import OUTBOX_TTL_SECONDS
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
@@ -462,6 +463,56 @@ def test_circuits_and_caches(outbox_gateway: Gateway) -> None:
         warm = admin.post("/admin/cache/warm", params={"days_ahead": 1})
         assert warm.status_code == 200 and warm.json()["warmed"] >= 1
         assert admin.post("/admin/cache/warmup").json()["loaded"] >= 1
+
+
+def test_admin_actions_and_refused_keys_are_logged_without_secrets(
+    outbox_gateway: Gateway,
+) -> None:
+    """Who changed what: every admin request that may change something is one `admin request`
+    line (method, route, status, client; the user's number masked), and a refused key is a
+    warning, so that guessing shows. Never a key or a secret. (Was a bug: a replayed dead
+    letter, an ended conversation, a reset circuit left no trace in the gateway's log, and
+    wrong keys, answered as fast as they came, none at all.)"""
+    business = outbox_gateway.business
+    assert business is not None
+    wrong_key = "wrong-" + API_KEY
+    user = "34600000019"
+    with outbox_gateway.admin() as admin:
+        ended = admin.delete(f"/admin/sessions/{business.id}/{user}")
+        assert ended.status_code == 200, ended.text
+        created = admin.post("/admin/businesses", json=new_business_body("Audited"))
+        assert created.status_code == 201, created.text
+        token = admin.put(
+            f"/admin/businesses/{created.json()['id']}/token",
+            json={"webhook_app_secret": "app-secret-19"},
+        )
+        assert token.status_code == 200, token.text
+        assert admin.post("/admin/dead-letters/1-1/replay").status_code == 404
+        assert admin.get("/admin/circuits").status_code == 200
+    with outbox_gateway.http as client:
+        assert client.get("/admin/circuits", headers={"X-API-Key": wrong_key}).status_code == 403
+        assert client.post("/admin/circuit/x/reset").status_code == 401
+        # A trailing slash is served as the path without it: logged as that route too.
+        assert client.delete(f"/admin/sessions/{business.id}/{user}/").status_code == 401
+    web = outbox_gateway.processes[0]
+    assert wait_for(lambda: len(web.log_events("admin request")) >= 4)
+    done = {(e["method"], e["route"]): e for e in web.log_events("admin request")}
+    ended_line = done[("DELETE", "/admin/sessions/{business_id}/{user_id}")]
+    assert ended_line["status"] == 200 and ended_line["business_id"] == business.id
+    assert ended_line["user"] == mask_phone(user) and ended_line["client"] == "127.0.0.1"
+    assert done[("POST", "/admin/businesses")]["status"] == 201
+    assert done[("PUT", "/admin/businesses/{business_id}/token")]["status"] == 200
+    assert done[("POST", "/admin/dead-letters/{dead_id}/replay")]["status"] == 404
+    assert ("GET", "/admin/circuits") not in done  # reads are not actions
+    assert wait_for(
+        lambda: (
+            {("GET", 403), ("POST", 401), ("DELETE", 401)}
+            <= {(e["method"], e["status"]) for e in web.log_events("admin request refused")}
+        )
+    )
+    text = web.log
+    for secret in (API_KEY, wrong_key, "app-secret-19", user):
+        assert secret not in text
 
 
 def test_openapi_describes_every_endpoint(outbox_gateway: Gateway) -> None:
