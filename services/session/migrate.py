@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -33,7 +34,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import orjson
 from google.protobuf.message import DecodeError
@@ -43,6 +44,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from parley.session.v1 import session_pb2
+from services.common.redact import mask_url
 from services.common.redis_client import RedisClient, make_client
 from services.common.settings import ConfigurationError, configuring, load_settings, refuse_to_start
 from services.common.struct_values import python_to_value
@@ -569,21 +571,44 @@ async def import_lines(
 # -- command line ------------------------------------------------------------------------------
 
 
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, whose errors quote what they refuse ("unrecognized arguments: --redis_url
+    redis://:pw@…"): every URL in them with its password masked."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(URL.sub(lambda url: mask_url(url[0]), message))
+
+
 def parser() -> argparse.ArgumentParser:
-    cli = argparse.ArgumentParser(
-        prog="python -m services.session.migrate", description=__doc__.split("\n\n")[0]
-    )
+    cli = Parser(prog="python -m services.session.migrate", description=__doc__.split("\n\n")[0])
     cli.add_argument("--redis-url", help="default: SESSION_REDIS_URL, else REDIS_URL")
     cli.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    # The same options after the command too (`export --redis-url URL`), where they were
+    # "unrecognized arguments", quoted whole with the URL's password. SUPPRESS: a command's
+    # parser sets them only when given, so one before the command is kept otherwise.
+    after = Parser(add_help=False)
+    after.add_argument(
+        "--redis-url", default=argparse.SUPPRESS, help="as before the command, which see"
+    )
+    after.add_argument(
+        "--no-progress", action="store_true", default=argparse.SUPPRESS, help="never a bar"
+    )
     commands = cli.add_subparsers(dest="command", required=True)
-    legacy = commands.add_parser("legacy", help="import chat:customer:* and admin:context:*")
+    legacy = commands.add_parser(
+        "legacy", help="import chat:customer:* and admin:context:*", parents=[after]
+    )
     legacy.add_argument("--business-id", required=True, help="the business the old keys belong to")
     legacy.add_argument("--dry-run", action="store_true", help="write nothing; print counts")
     legacy.add_argument("--ttl", type=int, help="seconds the imported conversations live")
-    out = commands.add_parser("export", help="every conversation as JSON Lines")
+    out = commands.add_parser("export", help="every conversation as JSON Lines", parents=[after])
     out.add_argument("--output", default="-", help="file (default: standard output)")
     out.add_argument("--business-id", help="only this business")
-    into = commands.add_parser("import", help="conversations from JSON Lines (higher version wins)")
+    into = commands.add_parser(
+        "import", help="conversations from JSON Lines (higher version wins)", parents=[after]
+    )
     into.add_argument("--input", default="-", help="file (default: standard input)")
     into.add_argument("--dry-run", action="store_true", help="write nothing; print counts")
     into.add_argument("--ttl", type=int, help="give each a fresh TTL of this many seconds")

@@ -314,6 +314,58 @@ def test_operator_errors_are_one_line_with_no_traceback_or_password(
         assert says in err, err
 
 
+def test_the_global_options_are_taken_after_the_command_too(
+    legacy_db: tuple[redis.Redis, str], tmp_path: Path
+) -> None:
+    """`migrate export --redis-url URL` is how most people write it. (Was a bug: argparse took
+    `--redis-url` and `--no-progress` only before the command; after it they were "unrecognized
+    arguments", quoted in full: the URL's password printed on the terminal.)"""
+    _, url = legacy_db
+    command = [sys.executable, "-m", "services.session.migrate"]
+    dump = tmp_path / "after.jsonl"
+    done = subprocess.run(
+        [*command, "export", "--output", str(dump), "--redis-url", url, "--no-progress"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert dump.exists()
+    refused = subprocess.run(
+        [*command, "export", "--redis-url", "redis://:pw-not-shown@127.0.0.1:1/0"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    err = refused.stderr.decode()
+    assert refused.returncode == 1, err
+    assert "connecting to 127.0.0.1:1" in err and "pw-not-shown" not in err, err
+    # Given on both sides, the one after the command wins, as with any later option.
+    both = subprocess.run(
+        [
+            *command,
+            "--redis-url",
+            url,
+            "export",
+            "--redis-url",
+            "redis://:pw-not-shown@127.0.0.1:1/0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    assert both.returncode == 1 and "127.0.0.1:1" in both.stderr.decode()
+    # A misspelt option is still refused, without the password it would have quoted.
+    typo = subprocess.run(
+        [*command, "export", "--redis_url=redis://:pw-not-shown@127.0.0.1:1/0"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    assert typo.returncode == 2 and "unrecognized arguments" in typo.stderr.decode()
+    assert "pw-not-shown" not in typo.stderr.decode(), typo.stderr.decode()
+
+
 def test_an_interrupted_import_says_what_it_did_and_a_re_run_finishes_it(
     legacy_db: tuple[redis.Redis, str], tmp_path: Path
 ) -> None:
