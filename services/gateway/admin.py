@@ -17,9 +17,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Security
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from google.protobuf import field_mask_pb2, json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,6 +48,10 @@ BusinessId = Annotated[str, Path(min_length=1, max_length=128)]
 UserId = Annotated[str, Path(min_length=1, max_length=128)]
 Ids = Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=50)]
 CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+KEY_HEADER = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="API_KEY (or send it as a Bearer token)."
+)
+BEARER = HTTPBearer(auto_error=False, description="API_KEY as a Bearer token.")
 
 
 class BusinessIn(BaseModel):
@@ -274,16 +279,19 @@ def _dict(message: Any) -> dict[str, Any]:
 def build_router(runtime: Runtime) -> APIRouter:
     settings = runtime.settings
 
+    # Security schemes rather than plain headers, so that the OpenAPI document says how to
+    # authenticate (its `securitySchemes`; /docs's Authorize button) and generated clients
+    # send the key on every call.
     async def require_key(
-        x_api_key: Annotated[str | None, Header()] = None,
-        authorization: Annotated[str | None, Header()] = None,
+        x_api_key: Annotated[str | None, Security(KEY_HEADER)] = None,
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
     ) -> None:
         expected = settings.api_key
         if not expected:
             raise HTTPException(404, "the admin API is off (no API_KEY configured)")
         given = (x_api_key or "").strip()  # an empty X-API-Key must not hide a Bearer key
-        if not given and authorization and authorization.lower().startswith("bearer "):
-            given = authorization[7:].strip()
+        if not given and bearer:
+            given = bearer.credentials.strip()
         if not given:
             raise HTTPException(
                 401,

@@ -591,6 +591,30 @@ def test_openapi_declares_the_statuses_of_service_errors(outbox_gateway: Gateway
                 assert "503" in operation["responses"], (method, path)
 
 
+def test_openapi_says_how_to_send_the_key(outbox_gateway: Gateway) -> None:
+    """The key is a security scheme of the document, either of two (`X-API-Key` or a Bearer
+    token), required by every admin operation: /docs's Authorize button and generated clients
+    use it. (Was a gap: two optional header parameters on each operation, nothing saying that
+    one of them is needed, nor what it is.)"""
+    doc = httpx.get(f"{outbox_gateway.url}/openapi.json").json()
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["APIKeyHeader"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "API_KEY (or send it as a Bearer token).",
+    }
+    assert schemes["HTTPBearer"]["scheme"] == "bearer"
+    for path, operations in doc["paths"].items():
+        if path.startswith("/admin/"):
+            for method, operation in operations.items():
+                assert operation["security"] == [{"APIKeyHeader": []}, {"HTTPBearer": []}], path
+                names = {p["name"].lower() for p in operation.get("parameters", [])}
+                assert not names & {"x-api-key", "authorization"}, (method, path)
+        else:
+            assert all("security" not in op for op in operations.values()), path
+
+
 def test_schemathesis_finds_no_server_error(outbox_gateway: Gateway) -> None:
     """Every operation of the OpenAPI document, with generated inputs (bounded), with and
     without the admin key: no 5xx."""
