@@ -95,6 +95,15 @@ class GatewaySettings(CommonSettings):
         # newline: every signature and key would be refused. None of these holds whitespace.
         return value.strip() if isinstance(value, str) else value
 
+    @field_validator("api_key")
+    @classmethod
+    def _key_a_header_carries(cls, value: str | None) -> str | None:
+        # Headers arrive as bytes read as Latin-1: a key with "é" sent as UTF-8 (curl, a
+        # terminal) never matched (403 with the right key), and httpx cannot send it at all.
+        if value and not (value.isascii() and value.isprintable()):
+            raise ValueError("must be printable ASCII (it travels in an HTTP header)")
+        return value
+
     @field_validator("whatsapp_api_base_url", "twilio_api_base_url")
     @classmethod
     def _api_url(cls, value: str, info: ValidationInfo) -> str:

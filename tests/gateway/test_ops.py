@@ -316,6 +316,24 @@ def test_production_refuses_an_api_key_short_enough_to_guess() -> None:
     assert "adm1n-key" not in result.stderr + result.stdout
 
 
+def test_an_api_key_no_header_can_carry_is_refused_at_start() -> None:
+    """A header is bytes that the gateway reads as Latin-1, so a key with "é" sent by curl
+    from a UTF-8 terminal never matched: 403 with the right key (and httpx, `make chat`'s
+    client, cannot send it at all). (Was a bug: such a key started, in every APP_ENV.)"""
+    env = {**os.environ, "API_KEY": "clé-d'administration-2026", "APP_ENV": "dev"}
+    result = subprocess.run(
+        [sys.executable, "-m", "services.gateway.main"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "API_KEY" in result.stderr and "ASCII" in result.stderr, result.stderr
+    assert "administration" not in result.stderr + result.stdout
+
+
 def test_secrets_from_a_file_lose_its_newline(monkeypatch: pytest.MonkeyPatch) -> None:
     """`kubectl create secret --from-file` keeps the file's newline in the variable: the app
     secret then signed nothing Meta sent (every webhook 403) and the API key matched no header."""
