@@ -55,6 +55,7 @@ CITY_CODES: dict[str, tuple[str, tuple[str, ...]]] = {
 # Other names people use: alias → code (exonyms, old names, nicknames).
 ALIASES: dict[str, str] = {
     "new york city": "NYC",
+    "ny": "NYC",  # two letters: only the whole query ("NY"), never a word of a longer one
     "manhattan": "NYC",
     "big apple": "NYC",
     "la": "LAX",
@@ -201,6 +202,11 @@ ALIASES: dict[str, str] = {
     "vitoria gasteiz": "VIT",
     "cartagena de indias": "CTG",
     "felipe angeles": "NLU",
+    # Names of an airport or resort that are neither its city nor its airport's name: Sun Valley's
+    # airport is Friedman Memorial, in Hailey ("sun valley" otherwise found Harlingen's "Valley
+    # International"); O'Hare written without its apostrophe found Havre.
+    "sun valley": "SUN",
+    "ohare": "ORD",
     "aifa": "NLU",
 }
 

@@ -172,6 +172,18 @@ async def test_resolve_place_and_nearest(stub: search_pb2_grpc.SearchServiceStub
     assert near.airports[0].distance_km < 30
 
 
+# Names customers write that found another place or nothing ("sun valley" was Harlingen,
+# whose airport is "Valley International"; "NY" found nothing; "ohare" was Havre, Montana).
+@pytest.mark.parametrize(
+    ("query", "first"), [("sun valley", "SUN"), ("NY", "NYC"), ("ny", "NYC"), ("ohare", "ORD")]
+)
+async def test_resolve_place_knows_what_customers_call_places(
+    stub: search_pb2_grpc.SearchServiceStub, query: str, first: str
+) -> None:
+    answer = await stub.ResolvePlace(search_pb2.ResolvePlaceRequest(query=query), timeout=5)
+    assert [c.place.code for c in answer.candidates][:1] == [first]
+
+
 async def test_warm_cache(stub: search_pb2_grpc.SearchServiceStub) -> None:
     answer = await stub.WarmCache(
         search_pb2.WarmCacheRequest(
