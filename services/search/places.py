@@ -56,6 +56,7 @@ CITY_CODES: dict[str, tuple[str, tuple[str, ...]]] = {
 ALIASES: dict[str, str] = {
     "new york city": "NYC",
     "ny": "NYC",  # two letters: only the whole query ("NY"), never a word of a longer one
+    "ldn": "LON",  # also Lamidanda's code (Nepal): the alias ranks first (see _resolve)
     "manhattan": "NYC",
     "big apple": "NYC",
     "la": "LAX",
@@ -557,7 +558,12 @@ class Places:
         for code, score in list(best.items()):
             for position, member in enumerate(self.by_code[code].members):
                 best[member] = max(best.get(member, 0.0), score - 2 - 0.2 * position)
-        if exact_code in self.by_code:
+        if exact_code in self.by_code and ALIASES.get(q, exact_code) != exact_code:
+            # A code that is also another place's common abbreviation ("Ldn" for London)
+            # counts as a name: the abbreviation's place first, the code's by its importance.
+            weight = self.by_code[exact_code].weight
+            best[exact_code] = max(best.get(exact_code, 0.0), 100.0 * weight)
+        elif exact_code in self.by_code:
             best[exact_code] = 100.0
             for position, member in enumerate(self.by_code[exact_code].members):
                 best[member] = max(best.get(member, 0.0), 98.0 - 0.2 * position)

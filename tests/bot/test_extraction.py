@@ -329,3 +329,15 @@ def test_a_long_lone_phrase_is_not_handed_to_dateparser(
     short = "qq " + "".join(chr(97 + ord(ch) % 26) for ch in unit)  # one per test (memoized)
     extract(short, date(2026, 11, 23))
     assert short in given  # a short one still is
+
+
+# "Ldn" is how people write London; it is also the code of Lamidanda, Nepal, which the exact
+# code took (at 100, and decide took any candidate with the code as written).
+@pytest.mark.parametrize("phrase", ["Ldn", "ldn", "LDN"])
+async def test_a_city_s_abbreviation_is_that_city_not_the_airfield_with_that_code(
+    search_stub: search_pb2_grpc.SearchServiceStub, phrase: str
+) -> None:
+    places = SearchPlaces(cast(SearchPort, search_stub))
+    assert await _city(places, phrase) == "London|LON"
+    # The airfield is still offered, below: a code is never lost.
+    assert "LDN" in [c.code for c in await places.resolve(phrase)]

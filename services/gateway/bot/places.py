@@ -150,7 +150,8 @@ def decide(query: str, candidates: list[Candidate]) -> Decision:
     code = query.strip().upper()
     if len(code) == 3 and code.isalpha():
         for candidate in usable:
-            if candidate.code == code:
+            # Not when it ranks below: "Ldn" is London first, Lamidanda's code after.
+            if candidate.code == code and candidate.score >= usable[0].score:
                 return Decision(place=candidate)
     top = usable[0]
     if top.score < CONFIRM_SCORE:
