@@ -20,6 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import airportsdata
+from babel import Locale
 from rapidfuzz import fuzz, process
 
 from parley.search.v1 import search_pb2
@@ -307,6 +308,39 @@ def _commercial(code: str, name: str, city: str) -> bool:
     return any(not _NON_COMMERCIAL.search(part) for part in name.split("/"))
 
 
+# A state, province or country written after a city's name ("Portland, OR", "London Ontario",
+# "San Jose CR", "Córdoba, España"): the postal abbreviations of the US and Canada, the full
+# names of every subdivision in the data, and countries by code and by name (_build_regions).
+_STATE_ABBREVIATIONS = {
+    "al": "Alabama", "ak": "Alaska", "az": "Arizona", "ar": "Arkansas", "ca": "California",
+    "co": "Colorado", "ct": "Connecticut", "de": "Delaware", "dc": "District of Columbia",
+    "fl": "Florida", "ga": "Georgia", "hi": "Hawaii", "id": "Idaho", "il": "Illinois",
+    "in": "Indiana", "ia": "Iowa", "ks": "Kansas", "ky": "Kentucky", "la": "Louisiana",
+    "me": "Maine", "md": "Maryland", "ma": "Massachusetts", "mi": "Michigan", "mn": "Minnesota",
+    "ms": "Mississippi", "mo": "Missouri", "mt": "Montana", "ne": "Nebraska", "nv": "Nevada",
+    "nh": "New Hampshire", "nj": "New Jersey", "nm": "New Mexico", "ny": "New York",
+    "nc": "North Carolina", "nd": "North Dakota", "oh": "Ohio", "ok": "Oklahoma", "or": "Oregon",
+    "pa": "Pennsylvania", "ri": "Rhode Island", "sc": "South Carolina", "sd": "South Dakota",
+    "tn": "Tennessee", "tx": "Texas", "ut": "Utah", "vt": "Vermont", "va": "Virginia",
+    "wa": "Washington", "wv": "West Virginia", "wi": "Wisconsin", "wy": "Wyoming",
+}  # fmt: skip
+_PROVINCE_ABBREVIATIONS = {
+    "ab": "Alberta", "bc": "British Columbia", "mb": "Manitoba", "nb": "New Brunswick",
+    "nl": "Newfoundland and Labrador", "ns": "Nova Scotia", "nt": "Northwest Territories",
+    "nu": "Nunavut", "on": "Ontario", "pe": "Prince Edward Island", "qc": "Quebec",
+    "sk": "Saskatchewan", "yt": "Yukon",
+}  # fmt: skip
+# Country names people write that are no country's name in Babel's lists.
+_COUNTRY_NAMES = {
+    "uk": "GB", "england": "GB", "scotland": "GB", "wales": "GB", "great britain": "GB",
+    "usa": "US", "america": "US", "eeuu": "US", "ee uu": "US", "holland": "NL",
+}  # fmt: skip
+# Languages whose country names are read (the bot's, and its customers' neighbours').
+_COUNTRY_NAME_LANGUAGES = ("en", "es", "pt", "fr", "de", "it")
+# A qualified name's best match must score this well on the name alone ("london" finds London,
+# Ontario at 90); a weaker one is a guess the qualifier must not promote.
+QUALIFIED_MIN_SCORE = 80.0
+
 # Words that say nothing about which airport: dropped from names before matching.
 _GENERIC = {"airport", "international", "intl", "jetport", "aerodrome", "aeropuerto", "aeroport"}
 
@@ -426,6 +460,7 @@ class Places:
                 members=present,
             )
         self._build_text_index()
+        self._regions = self._build_regions()
         served = [p for p in self.by_code.values() if p.commercial and not p.is_city]
         # Sorted by latitude so nearest() scans only a band around the point.
         self._by_lat = sorted(served, key=lambda p: p.lat)
@@ -493,6 +528,34 @@ class Places:
         self._prefix_keys = [w for w, _, _ in words]
         self._prefix_refs = [(i, first) for _, i, first in words]
 
+    def _build_regions(self) -> dict[str, frozenset[tuple[str, str]]]:
+        """Normalized region name → (country, subdivision) pairs; subdivision "" is the whole
+        country. A name may be several ("ca": California and Canada; "georgia": both)."""
+        regions: dict[str, set[tuple[str, str]]] = {}
+
+        def add(name: str, country: str, subdivision: str = "") -> None:
+            key = normalize(name)
+            if key:
+                regions.setdefault(key, set()).add((country, subdivision))
+
+        countries = {p.country for p in self.by_code.values()}
+        for place in self.by_code.values():
+            if place.subdivision:
+                add(place.subdivision, place.country, place.subdivision)
+        for abbreviation, state in _STATE_ABBREVIATIONS.items():
+            add(abbreviation, "US", state)
+        for abbreviation, province in _PROVINCE_ABBREVIATIONS.items():
+            add(abbreviation, "CA", province)
+        for language in _COUNTRY_NAME_LANGUAGES:
+            for country, name in Locale.parse(language).territories.items():
+                if country in countries:
+                    add(name, country)
+        for country in countries:
+            add(country, country)
+        for name, country in _COUNTRY_NAMES.items():
+            add(name, country)
+        return {key: frozenset(pairs) for key, pairs in regions.items()}
+
     def resolve(self, query: str, limit: int = 5) -> list[Candidate]:
         """Ranked candidates for free text; tolerant of case, accents and typos."""
         q = normalize(query)
@@ -500,7 +563,33 @@ class Places:
             return []
         upper = query.strip().upper()
         code = upper if len(upper) == 3 and upper.isalpha() else ""
-        return list(self._resolve(q, code, limit))
+        return list(self._qualified(q, limit) or self._resolve(q, code, limit))
+
+    @functools.lru_cache(maxsize=20_000)  # noqa: B019 - one Places per process, lives forever
+    def _qualified(self, q: str, limit: int) -> tuple[Candidate, ...]:
+        """A name and then a state, province or country ("portland or", "london ontario"):
+        the name's candidates in that region, ranked as the name alone ranks them. Nothing
+        when the whole is itself a name ("ciudad de mexico") or the region has none."""
+        if q in self._known_texts:
+            return ()
+        words = q.split()
+        for size in (3, 2, 1):
+            if len(words) <= size:
+                continue
+            regions = self._regions.get(" ".join(words[-size:]))
+            if regions is None:
+                continue
+            inside = tuple(
+                c
+                for c in self._resolve(" ".join(words[:-size]), "", 50)
+                if any(
+                    (a.country, "") in regions or (a.country, a.subdivision) in regions
+                    for a in self.airports_of(c.place.code)  # a city code by its airports
+                )
+            )
+            if inside and inside[0].score >= QUALIFIED_MIN_SCORE:
+                return inside[:limit]
+        return ()
 
     # The fuzzy scans cost ~10 ms over ~11k names, on the service's only event loop; the data
     # is static and users repeat the same few hundred places, so answers are memoized.

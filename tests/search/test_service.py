@@ -184,6 +184,34 @@ async def test_resolve_place_knows_what_customers_call_places(
     assert [c.place.code for c in answer.candidates][:1] == [first]
 
 
+# A state, province or country after a city's name chooses among the places of that name; it
+# was ignored as an extra word (every one of these gave the bigger namesake first).
+@pytest.mark.parametrize(
+    ("query", "first"),
+    [
+        ("london ontario", "YXU"),
+        ("London, ON", "YXU"),
+        ("Portland OR", "PDX"),
+        ("Portland, Maine", "PWM"),
+        ("portland me", "PWM"),
+        ("Paris TX", "PRX"),
+        ("Paris, Texas", "PRX"),
+        ("San Jose, Costa Rica", "SJO"),
+        ("San Jose CR", "SJO"),
+        ("San Jose CA", "SJC"),
+        ("Melbourne FL", "MLB"),
+        ("Birmingham, Alabama", "BHM"),
+        ("Córdoba, España", "ODB"),
+        ("Cordoba Argentina", "COR"),
+    ],
+)
+async def test_resolve_place_reads_a_state_or_country_after_the_name(
+    stub: search_pb2_grpc.SearchServiceStub, query: str, first: str
+) -> None:
+    answer = await stub.ResolvePlace(search_pb2.ResolvePlaceRequest(query=query), timeout=5)
+    assert [c.place.code for c in answer.candidates][:1] == [first]
+
+
 async def test_warm_cache(stub: search_pb2_grpc.SearchServiceStub) -> None:
     answer = await stub.WarmCache(
         search_pb2.WarmCacheRequest(
