@@ -343,6 +343,13 @@ QUALIFIED_MIN_SCORE = 80.0
 
 # Words that say nothing about which airport: dropped from names before matching.
 _GENERIC = {"airport", "international", "intl", "jetport", "aerodrome", "aeropuerto", "aeroport"}
+# The same words in a query ("JFK airport", "aeropuerto de Barajas"), in the languages people
+# write them in, and the "de" that follows one; dropped unless the query is a name with them
+# ("International Falls").
+_QUERY_GENERIC = _GENERIC | {
+    "airports", "aeropuertos", "aeroporto", "flughafen", "internacional", "internazionale",
+}  # fmt: skip
+_CONNECTORS = {"de", "del", "do", "da", "di", "of"}
 
 W_CITY = 1.0  # a city code (all airports)
 W_HUB = 0.98  # a major hub or a member of a city code
@@ -558,12 +565,23 @@ class Places:
 
     def resolve(self, query: str, limit: int = 5) -> list[Candidate]:
         """Ranked candidates for free text; tolerant of case, accents and typos."""
-        q = normalize(query)
+        q = self._without_airport_words(normalize(query))
         if not q:
             return []
-        upper = query.strip().upper()
-        code = upper if len(upper) == 3 and upper.isalpha() else ""
+        code = q.upper() if len(q) == 3 and q.isalpha() else ""
         return list(self._qualified(q, limit) or self._resolve(q, code, limit))
+
+    def _without_airport_words(self, q: str) -> str:
+        """ "jfk airport" → "jfk", "aeropuerto de barajas" → "barajas": names are indexed
+        without those words, so they only pulled the query away from its place."""
+        if q in self._known_texts:
+            return q
+        words = [w for w in q.split() if w not in _QUERY_GENERIC]
+        if len(words) == len(q.split()):
+            return q
+        while words and words[0] in _CONNECTORS:
+            words.pop(0)
+        return " ".join(words) or q
 
     @functools.lru_cache(maxsize=20_000)  # noqa: B019 - one Places per process, lives forever
     def _qualified(self, q: str, limit: int) -> tuple[Candidate, ...]:

@@ -212,6 +212,29 @@ async def test_resolve_place_reads_a_state_or_country_after_the_name(
     assert [c.place.code for c in answer.candidates][:1] == [first]
 
 
+# "Airport" in the query: names are indexed without it, so it was one more word to match
+# ("heathrow airport" found nothing, "JFK airport" Saint-Georges, French Guiana).
+@pytest.mark.parametrize(
+    ("query", "first"),
+    [
+        ("JFK airport", "JFK"),
+        ("lga airport", "LGA"),
+        ("heathrow airport", "LHR"),
+        ("O'Hare International Airport", "ORD"),
+        ("aeropuerto de MAD", "MAD"),
+        ("aeropuerto Barajas", "MAD"),
+        ("JFK intl", "JFK"),
+        ("Flughafen München", "MUC"),
+        ("International Falls", "INL"),
+    ],
+)
+async def test_resolve_place_reads_an_airport_named_as_one(
+    stub: search_pb2_grpc.SearchServiceStub, query: str, first: str
+) -> None:
+    answer = await stub.ResolvePlace(search_pb2.ResolvePlaceRequest(query=query), timeout=5)
+    assert [c.place.code for c in answer.candidates][:1] == [first]
+
+
 async def test_warm_cache(stub: search_pb2_grpc.SearchServiceStub) -> None:
     answer = await stub.WarmCache(
         search_pb2.WarmCacheRequest(
