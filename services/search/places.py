@@ -209,6 +209,16 @@ ALIASES: dict[str, str] = {
     # International"); O'Hare written without its apostrophe found Havre.
     "sun valley": "SUN",
     "ohare": "ORD",
+    "haneda": "HND",  # "Tokyo International": "haneda" found Handan
+    "philly": "PHL",
+    "nola": "MSY",  # was Ndola
+    # Spanish and Portuguese names found only as lookalikes (Marshall, Sequim, Xiangxi) or
+    # below the bot's confirmation score.
+    "marsella": "MRS",
+    "marselha": "MRS",
+    "pequim": "BJS",
+    "xangai": "PVG",
+    "toquio": "TYO",
     "aifa": "NLU",
 }
 
@@ -251,6 +261,7 @@ KNOWN_AS: dict[str, str] = {
     "TER": "Terceira",  # Lajes
     "TAR": "Taranto",  # Grottaglie
     "EBA": "Elba",  # "Marina  Di Campo"
+    "MLA": "Malta",  # Luqa: "Malta" found Malta, Montana
 }
 
 
@@ -278,7 +289,7 @@ _HUB_CODES = """
     YYC HNL PDX SAN AUS BNA MSY STL TPA DAL HOU OAK SJC SMF RDU PIT CLE CVG IND MCI STN LTN LCY
     DME VKO LED SAW AYT ESB SVQ AGP PMI VLC OPO BGY CIA BLQ FLR KRK OTP SOF BEG ZAG RIX TLL VNO
     KEF GLA BHX BRS HKT CGN STR NUE HAJ BSL TXL CHC WLG ADL OOL RAK TUN ALG ACC DSS DAR KGL JNB
-    CMH OMA CWB MDE
+    CMH OMA CWB MDE MLA
 """
 HUBS = frozenset(_HUB_CODES.split())
 

@@ -20,6 +20,7 @@ import redis.asyncio as redis
 from parley.search.v1 import search_pb2, search_pb2_grpc
 from services.common.errors import field_violations
 from services.common.healthcheck import check
+from services.gateway.bot.places import decide, from_proto
 from services.search.places import Places
 from services.search.providers.base import Query
 from services.search.server import build
@@ -174,14 +175,36 @@ async def test_resolve_place_and_nearest(stub: search_pb2_grpc.SearchServiceStub
 
 # Names customers write that found another place or nothing ("sun valley" was Harlingen,
 # whose airport is "Valley International"; "NY" found nothing; "ohare" was Havre, Montana).
+# Later (the one each found before): "Malta" Malta, Montana (Malta's airport is filed under
+# Luqa); "Haneda" Handan (Haneda is "Tokyo International"); "Marsella"
+# Marseille below the bot's 80; Portuguese "Pequim", "Xangai", "Marselha" and "Tóquio" Sequim,
+# Xiangxi, Marshall and a guess; "Philly" nothing; "NOLA" Ndola.
 @pytest.mark.parametrize(
-    ("query", "first"), [("sun valley", "SUN"), ("NY", "NYC"), ("ny", "NYC"), ("ohare", "ORD")]
+    ("query", "first"),
+    [
+        ("sun valley", "SUN"),
+        ("NY", "NYC"),
+        ("ny", "NYC"),
+        ("ohare", "ORD"),
+        ("Malta", "MLA"),
+        ("Haneda", "HND"),
+        ("Marsella", "MRS"),
+        ("Marselha", "MRS"),
+        ("Pequim", "BJS"),
+        ("Xangai", "PVG"),
+        ("Tóquio", "TYO"),
+        ("Philly", "PHL"),
+        ("NOLA", "MSY"),
+    ],
 )
 async def test_resolve_place_knows_what_customers_call_places(
     stub: search_pb2_grpc.SearchServiceStub, query: str, first: str
 ) -> None:
     answer = await stub.ResolvePlace(search_pb2.ResolvePlaceRequest(query=query), timeout=5)
     assert [c.place.code for c in answer.candidates][:1] == [first]
+    # And the bot takes it without asking (not a guess, no namesake as close).
+    found = decide(query, [from_proto(c.place, c.score) for c in answer.candidates])
+    assert found.place is not None and found.place.code == first
 
 
 # A state, province or country after a city's name chooses among the places of that name; it
