@@ -211,6 +211,16 @@ ALIASES: dict[str, str] = {
     "ohare": "ORD",
     "haneda": "HND",  # "Tokyo International": "haneda" found Handan
     "philly": "PHL",
+    # A big city's English or local name that is also a small town's exact name (Frankfort,
+    # Kentucky and Lyons, Kansas, neither with airline service) or only a weak lookalike. A
+    # real town's own name is left to win over a hub it resembles (Asheville, Mangalore).
+    "frankfort": "FRA",
+    "lyons": "LYS",
+    "genoa": "GOA",
+    "goteborg": "GOT",
+    "cracow": "KRK",
+    "nurnberg": "NUE",
+    "nuernberg": "NUE",
     "nola": "MSY",  # was Ndola
     # Spanish and Portuguese names found only as lookalikes (Marshall, Sequim, Xiangxi) or
     # below the bot's confirmation score.
@@ -289,7 +299,7 @@ _HUB_CODES = """
     YYC HNL PDX SAN AUS BNA MSY STL TPA DAL HOU OAK SJC SMF RDU PIT CLE CVG IND MCI STN LTN LCY
     DME VKO LED SAW AYT ESB SVQ AGP PMI VLC OPO BGY CIA BLQ FLR KRK OTP SOF BEG ZAG RIX TLL VNO
     KEF GLA BHX BRS HKT CGN STR NUE HAJ BSL TXL CHC WLG ADL OOL RAK TUN ALG ACC DSS DAR KGL JNB
-    CMH OMA CWB MDE MLA
+    CMH OMA CWB MDE MLA FAO
 """
 HUBS = frozenset(_HUB_CODES.split())
 

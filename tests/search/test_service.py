@@ -258,6 +258,34 @@ async def test_resolve_place_reads_an_airport_named_as_one(
     assert [c.place.code for c in answer.candidates][:1] == [first]
 
 
+# A big city's English or local name that is also a small town's exact name, or a big airport
+# that ties with a namesake airstrip: the bot took, or asked about, the small one ("Frankfort"
+# was Frankfort, Kentucky, with no airline service; "Lyons" Lyons, Kansas; "Faro" asked
+# between Portugal's and Yukon's; "Goteborg", "Cracow", "Nurnberg" were guesses below 80).
+# A real town's own name still wins over a hub it resembles (Asheville is not Nashville).
+@pytest.mark.parametrize(
+    ("query", "first"),
+    [
+        ("Frankfort", "FRA"),
+        ("Lyons", "LYS"),
+        ("Faro", "FAO"),
+        ("Goteborg", "GOT"),
+        ("Göteborg", "GOT"),
+        ("Cracow", "KRK"),
+        ("Nurnberg", "NUE"),
+        ("Genoa", "GOA"),
+        ("Asheville", "AVL"),
+        ("Mangalore", "IXE"),
+    ],
+)
+async def test_resolve_place_prefers_the_big_city_a_name_usually_means(
+    stub: search_pb2_grpc.SearchServiceStub, query: str, first: str
+) -> None:
+    answer = await stub.ResolvePlace(search_pb2.ResolvePlaceRequest(query=query), timeout=5)
+    found = decide(query, [from_proto(c.place, c.score) for c in answer.candidates])
+    assert found.place is not None and found.place.code == first
+
+
 async def test_warm_cache(stub: search_pb2_grpc.SearchServiceStub) -> None:
     answer = await stub.WarmCache(
         search_pb2.WarmCacheRequest(
