@@ -1723,6 +1723,29 @@ async def test_same_named_cities_of_one_country_are_asked_about_by_state(
     assert "Which “Charleston” do you mean?" in charleston.text
 
 
+@pytest.mark.parametrize(
+    ("text", "origin"),
+    [
+        ("Portland ME to Boston tomorrow", "PWM"),
+        ("from Portland, ME to Boston tomorrow", "PWM"),
+        ("Portland OR to Boston tomorrow", "PDX"),
+        ("Hilo HI to Honolulu tomorrow", "ITO"),
+        ("London City to Miami tomorrow", "LON"),
+        # "on" and "in" stay what they usually are (London, Ontario is "London Ontario").
+        ("London on December 3rd to Miami", "LON"),
+        ("Columbus in March to Miami", "CMH"),
+    ],
+)
+async def test_a_state_after_a_place_is_read_even_when_it_is_a_filler_word(
+    engine: BotEngine, text: str, origin: str
+) -> None:
+    """(Was a bug: *ME* (Maine) is a filler word ("fly me to"), trimmed from the place, so
+    *Portland ME to Boston* searched from Portland, Oregon, without asking.)"""
+    chat = Chat(engine)
+    await chat.send("text", text)
+    assert chat.state["trip"]["origin"]["code"] == origin
+
+
 @pytest.mark.parametrize("locale", ["en", "es"])
 async def test_a_long_place_name_is_shortened_in_its_row_not_its_code_or_where(
     engine: BotEngine, locale: str

@@ -51,6 +51,7 @@ from services.gateway.bot.extract import (
     MAX_TRAVELLERS,
     NUMBER_WORDS,
     SEASONS,
+    STATE_EDGE_WORDS,
     Extraction,
     NoSuchDate,
     Period,
@@ -68,6 +69,7 @@ from services.gateway.bot.places import (
     Candidate,
     PlaceResolver,
     decide,
+    same_city,
     split_phrase,
 )
 from services.gateway.bot.recent_searches import RecentSearches
@@ -1170,6 +1172,11 @@ class BotEngine:
         if not whole or whole[0].score < ONE_NAME_SCORE:
             return False
         if not alone or whole[0].score > alone[0].score:
+            return True
+        # A state after the name chooses among its namesakes: "portland me" is a Portland, in
+        # Maine, not the one "portland" puts first.
+        qualified = name.rsplit(" ", 1)[-1] in STATE_EDGE_WORDS
+        if qualified and whole[0].city.casefold() == part and not same_city(whole[0], alone[0]):
             return True
         # A city named exactly, where the trimmed phrase only resembles one: "hay river" is Hay
         # River, "river" Rivera (a fuzzy 91.8 over the exact name's 90); "show low" is Show

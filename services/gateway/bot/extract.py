@@ -1631,8 +1631,11 @@ PROTECTED_NAMES = [
 ]
 # Words trimmed from the edges of place phrases (FILLER) that begin or end names in the airport
 # data: "International Falls", "Kansas City", "Mountain Home", "In Salah", "The Valley", "Can
-# Tho", "Hay River", "West Sale".
-NAME_EDGE_WORDS = frozenset(
+# Tho", "Hay River", "West Sale"; or that are a state's abbreviation after a name (STATE_EDGE_
+# WORDS: "Portland ME", "Hilo HI"). Not "on" or "in" for Ontario and Indiana: "London on
+# December 3rd" and "Columbus in March" are London and Columbus, Ohio.
+STATE_EDGE_WORDS = frozenset(("me", "ok", "hi"))
+NAME_EDGE_WORDS = STATE_EDGE_WORDS | frozenset(
     ("city", "international", "home", "the", "in", "show", "price", "can", "hay", "sale")
 )
 _PROTECT = re.compile(r"\b(" + "|".join(PROTECTED_NAMES) + r")\b")

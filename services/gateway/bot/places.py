@@ -157,7 +157,7 @@ def decide(query: str, candidates: list[Candidate]) -> Decision:
     if top.score < CONFIRM_SCORE:
         guesses: list[Candidate] = []
         for candidate in usable:
-            if not any(_same_city(g, candidate) for g in guesses):
+            if not any(same_city(g, candidate) for g in guesses):
                 guesses.append(candidate)
         return Decision(choices=tuple(guesses[:MAX_CHOICES]), unsure=True)
     # A city code that ranks first on its own stands for all its airports ("roma" → ROM).
@@ -169,7 +169,7 @@ def decide(query: str, candidates: list[Candidate]) -> Decision:
     # ("San Jose": California or Costa Rica).
     groups: list[Candidate] = []
     for candidate in close:
-        index = next((i for i, g in enumerate(groups) if _same_city(g, candidate)), None)
+        index = next((i for i, g in enumerate(groups) if same_city(g, candidate)), None)
         if index is None:
             groups.append(candidate)
         elif candidate.kind == "city" and groups[index].kind != "city":
@@ -183,7 +183,7 @@ def _city_parts(candidate: Candidate) -> set[str]:
     return {part.strip().casefold() for part in re.split(r"[,/]", candidate.city) if part.strip()}
 
 
-def _same_city(a: Candidate, b: Candidate) -> bool:
+def same_city(a: Candidate, b: Candidate) -> bool:
     """Same country, a shared city name ("Arnavutköy, Istanbul" and "Istanbul") and, where both
     are known, the same state: Springfield, Missouri and Springfield, Illinois are two. A city
     that is its own state or region (Berlin, Bangkok) has its airport over the border (BER in
