@@ -1746,6 +1746,34 @@ async def test_a_state_after_a_place_is_read_even_when_it_is_a_filler_word(
     assert chat.state["trip"]["origin"]["code"] == origin
 
 
+@pytest.mark.parametrize(
+    ("locale", "text", "answer", "code"),
+    [
+        ("en", "Atlanta to Springfield tomorrow", "Missouri", "SGF"),
+        ("en", "Atlanta to Springfield tomorrow", "the one in Illinois", "SPI"),
+        ("en", "Atlanta to Springfield tomorrow", "MA", "CEF"),
+        ("es", "de Miami a Córdoba mañana", "España", "ODB"),
+        ("es", "de Miami a Córdoba mañana", "la de Argentina", "COR"),
+    ],
+)
+async def test_a_place_list_is_answered_by_the_state_or_country_its_rows_show(
+    engine: BotEngine, locale: str, text: str, answer: str, code: str
+) -> None:
+    """(Was a bug: the rows of *Which “Springfield” do you mean?* show *Missouri, US*, but
+    *Missouri* in answer was looked up as a place of its own: *I'm not sure where “Missouri”
+    is*, the list again.)"""
+    chat = Chat(engine, locale=locale)
+    (question,) = await chat.send("text", text)
+    assert question.rows, question.text
+    await chat.send("text", answer)
+    assert chat.state["trip"]["destination"]["code"] == code
+    # A place in answer is still a new place, not more words of the name asked about.
+    chat = Chat(engine, locale=locale)
+    await chat.send("text", text)
+    await chat.send("text", "Chicago")
+    assert chat.state["trip"]["destination"]["code"] == "CHI"
+
+
 @pytest.mark.parametrize("locale", ["en", "es"])
 async def test_a_long_place_name_is_shortened_in_its_row_not_its_code_or_where(
     engine: BotEngine, locale: str

@@ -80,6 +80,12 @@ from services.gateway.engine import ListRow, Reply, SearchPort, Turn, TurnResult
 log = structlog.get_logger()
 
 STATE_KEYS = ("trip", "ask", "results")
+# What comes before a state or country answering a place list: "the one in Missouri", "la de
+# Argentina", "en España".
+REGION_ANSWER = re.compile(
+    r"^(?:(?:the )?one (?:in|from) |(?:the )?(?:in|from) |(?:el|la) (?:de|en|que esta en) |"
+    r"(?:en|de) )"
+)
 # WhatsApp's limits for a list row (characters); Twilio's numbered lines show the same rows.
 ROW_TITLE_LIMIT, ROW_DESCRIPTION_LIMIT = 24, 72
 STRICT_SCORE = 85.0  # a place written alone, unasked, must resolve at least this well
@@ -682,6 +688,10 @@ class BotEngine:
                 # "one" answering "Where are you flying from?" is no place: resolved, it was
                 # Oneonta (ONH), and "two" a date.
                 return [Reply(t("number_for_place", question=self._whats_next(ctx, d)))]
+        if d.ask.get("choices"):
+            picked = await self._choice_by_region(ctx, d, plain)
+            if picked is not None:
+                return picked
 
         if ctx.smart:
             found = await self._extractor.extract(text, ctx.written, ctx.locale)
@@ -698,6 +708,27 @@ class BotEngine:
         if found.more_trips:  # "... then London to Paris on Sunday": said, not mixed in
             replies.append(Reply(t("one_trip_at_a_time")))
         return replies
+
+    async def _choice_by_region(self, ctx: Context, d: Dialogue, answer: str) -> list[Reply] | None:
+        """ "Missouri" or "the one in Illinois" answering "Which “Springfield” do you mean?",
+        whose rows show each place's state or country: the name asked about with it
+        ("springfield missouri"), which the search service reads as a name and its region,
+        finds one of the rows, scored as the name alone scores it (so the answer was read as
+        its region, not as more words of a name: "Chicago" is a new place). Only a short
+        answer: a new message is read as one."""
+        region = REGION_ANSWER.sub("", answer).strip()
+        asked = normalize(str(d.ask.get("text", "")))
+        if not region or not asked or len(region.split()) > 3:
+            return None
+        try:
+            found = await self._places.resolve(f"{asked} {region}")
+            alone = {c.code: c.score for c in await self._places.resolve(asked)}
+        except grpc.aio.AioRpcError:
+            return None
+        codes = [c.get("code") for c in d.ask.get("choices") or []]
+        if not found or found[0].code not in codes or alone.get(found[0].code) != found[0].score:
+            return None
+        return await self._number(ctx, d, codes.index(found[0].code) + 1)
 
     def _greet(self, ctx: Context, d: Dialogue) -> list[Reply]:
         profile_name = ctx.turn.message.profile_name
