@@ -566,16 +566,34 @@ class Queue:
     async def discard_reason(self, reason: str) -> int:
         """Delete every dead letter of one reason (``unusable_payload``, ``unknown_business``…),
         with their sent logs; how many. For a stream filling up with records nobody will replay:
-        one by one, 80,000 of them are 80,000 calls."""
+        one by one, 80,000 of them are 80,000 calls. Each takes a replay's claim, as a single
+        delete does: a record being replayed (or just queued) is left to its replay, whose
+        message's sent log must stay, or the parts it already sent would go again."""
         deleted = 0
         page: list[tuple[str, dict[str, str]]] = []
         async for dead_id, record in self._pages(DEAD):
             if record.get("reason") == reason:
                 page.append((dead_id, record))
             if len(page) >= 1000:
-                deleted += await self._delete_dead(page)
+                deleted += await self._discard_claimed(page)
                 page = []
-        return deleted + (await self._delete_dead(page) if page else 0)
+        return deleted + (await self._discard_claimed(page) if page else 0)
+
+    async def _discard_claimed(self, records: list[tuple[str, dict[str, str]]]) -> int:
+        """Delete those of these dead letters whose replay claim this call takes; how many."""
+        claims = [replay_claim_key(dead_id) for dead_id, _ in records]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for claim in claims:
+                pipe.set(claim, "1", nx=True, ex=REPLAY_CLAIM_SECONDS)
+            taken = await pipe.execute()
+        mine = [record for record, ok in zip(records, taken, strict=True) if ok]
+        try:
+            return await self._delete_dead(mine) if mine else 0
+        finally:
+            held = [claim for claim, ok in zip(claims, taken, strict=True) if ok]
+            if held:
+                with contextlib.suppress(RedisError):
+                    await self.redis.delete(*held)
 
     async def _delete_dead(self, records: list[tuple[str, dict[str, str]]]) -> int:
         """Delete these dead letters and the sent logs kept for their replay; how many were

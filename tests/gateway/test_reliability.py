@@ -15,7 +15,7 @@ import redis
 
 from parley.session.v1 import session_pb2, session_pb2_grpc
 from services.common.redact import mask_phone
-from services.gateway.queue import sent_log_key, stream_key
+from services.gateway.queue import replay_claim_key, sent_log_key, stream_key
 from services.gateway.worker import RATE_NOTICE
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
@@ -604,6 +604,41 @@ def test_every_dead_letter_of_one_reason_can_be_deleted_at_once(limited: Gateway
         assert again.json() == {"deleted": 0}
         assert admin.delete("/admin/dead-letters").status_code == 422  # a reason is required
     assert [d["reason"] for d in mine()] == ["unknown_business"]
+
+
+def test_deleting_a_reason_leaves_a_record_being_replayed_to_its_replay(
+    limited: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """A replay claims its record, queues the message, then deletes the record: a delete of the
+    record's reason in that moment must leave it, and its sent log, to the replay. (Was a bug:
+    `DELETE /admin/dead-letters?reason=…` took no claim, so it could delete the sent log of a
+    message just queued again, and the parts it had sent went to the user a second time.)"""
+    assert limited.business is not None
+    wa_id = new_wa_id()
+    with limited.http as client:
+        post_cloud(
+            client, cloud_payload(limited.business.phone_number_id, wa_id, "early then boom")
+        )
+    assert wait_for(lambda: len(dead_letters_of(limited, wa_id)) == 1, 20)
+    [record] = dead_letters_of(limited, wa_id)
+    sent_log = sent_log_key("cloud_api", record["message"]["provider_message_id"])
+    client = redis.Redis.from_url(limited.redis_url)
+    try:
+        assert client.exists(sent_log)
+        # Where a replay stands after queuing the message and before deleting the record.
+        client.set(replay_claim_key(record["id"]), "1", ex=60)
+        with limited.admin() as admin:
+            deleted = admin.delete("/admin/dead-letters", params={"reason": "max_attempts"})
+            assert deleted.status_code == 200, deleted.text
+            assert [d["id"] for d in dead_letters_of(limited, wa_id)] == [record["id"]]
+            assert client.exists(sent_log)
+            client.delete(replay_claim_key(record["id"]))  # the replay gave up: deletable
+            admin.delete("/admin/dead-letters", params={"reason": "max_attempts"})
+        assert dead_letters_of(limited, wa_id) == []
+        assert not client.exists(sent_log) and not client.exists(replay_claim_key(record["id"]))
+    finally:
+        client.close()
+    assert fake_clouds.texts(wa_id) == ["working on it"]
 
 
 @pytest.mark.parametrize(
