@@ -13,7 +13,7 @@ import hmac
 import json
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import structlog
@@ -31,12 +31,16 @@ from parley.search.v1 import search_pb2
 from parley.session.v1 import session_pb2
 from services.common.channel_secrets import secret_problem
 from services.common.redact import mask_phone
+from services.gateway.queue import DEAD_MAXLEN
 from services.gateway.ratelimit import user_keys
 from services.gateway.runtime import Runtime
 
 log = structlog.get_logger()
 
 STREAM_ID = r"^[0-9]{1,19}-[0-9]{1,19}$"  # below 2**64, as Redis requires
+# A bulk replay's cursor: after which dead letter it goes on, and up to which (the last one
+# there when it began: a message that fails again is not replayed again by the same run).
+BULK_CURSOR = r"^[0-9]{1,19}-[0-9]{1,19}_[0-9]{1,19}-[0-9]{1,19}$"
 TOKEN_STATUS = {
     business_pb2.TOKEN_STATUS_UNSPECIFIED: "none",
     business_pb2.TOKEN_STATUS_VALID: "valid",
@@ -155,6 +159,18 @@ class DeadLetterOut(BaseModel):
 class DeadLetters(BaseModel):
     dead_letters: list[DeadLetterOut]
     next: str
+
+
+class BulkReplay(BaseModel):
+    replayed: int = Field(description="Records whose message was queued again.")
+    skipped: int = Field(
+        description="Records of the reason left as they were: being replayed or deleted by "
+        "another call, or holding no message that can be read (409 alone)."
+    )
+    next: str | None = Field(
+        description="Not null: the call stopped at its time limit (or `limit`); call again "
+        "with `cursor` set to it. Null: every record of the reason is done."
+    )
 
 
 class Problem(BaseModel):
@@ -613,6 +629,38 @@ def build_router(runtime: Runtime) -> APIRouter:
                 )
             )
         return DeadLetters(dead_letters=out, next=items[-1][0] if items else (after or "0-0"))
+
+    @router.post(
+        "/dead-letters/replay",
+        summary="Put every dead letter of one reason back on the queue, a page at a time.",
+    )
+    async def replay_reason(
+        reason: Annotated[str, Query(pattern=r"^[a-z_]{1,64}$")],
+        before: Annotated[
+            datetime | None,
+            Query(description="Only records dead-lettered before this time (UTC if no zone)."),
+        ] = None,
+        cursor: Annotated[
+            str | None,
+            Query(pattern=BULK_CURSOR, description="The `next` of the call before, to go on."),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=DEAD_MAXLEN)] = DEAD_MAXLEN,
+    ) -> BulkReplay:
+        before_ms = None
+        if before is not None:
+            zoned = before if before.tzinfo else before.replace(tzinfo=UTC)
+            before_ms = max(0, int(zoned.timestamp() * 1000))
+        after, until = cursor.split("_") if cursor else (None, None)
+        replayed, skipped, onward = await runtime.queue.replay_reason(
+            reason,
+            before_ms=before_ms,
+            cursor=(after, until) if after and until else None,
+            limit=limit,
+        )
+        log.info("dead letters replayed", reason=reason, replayed=replayed, skipped=skipped)
+        return BulkReplay(
+            replayed=replayed, skipped=skipped, next="_".join(onward) if onward else None
+        )
 
     @router.post(
         "/dead-letters/{dead_id}/replay",

@@ -55,6 +55,9 @@ DEAD_MAXLEN = 100_000
 # whose delete failed is not queued a second time meanwhile.
 REPLAY_CLAIM_SECONDS = 60
 REPLAYED_CLAIM_SECONDS = 3600
+# How long one bulk replay call runs before it answers with where to go on (well under the
+# 30-60 s after which a proxy in front of the gateway gives up).
+BULK_REPLAY_SECONDS = 10.0
 
 # Dedupe and enqueue in one step: a crash can neither lose the message nor let a redelivery in.
 # KEYS[3]: the marker's name before session 16 (the id itself), still honoured.
@@ -545,6 +548,55 @@ class Queue:
                 with contextlib.suppress(RedisError):
                     await self.redis.delete(claim)
 
+    async def replay_reason(
+        self,
+        reason: str,
+        *,
+        before_ms: int | None = None,
+        cursor: tuple[str, str] | None = None,
+        limit: int = DEAD_MAXLEN,
+        seconds: float = BULK_REPLAY_SECONDS,
+    ) -> tuple[int, int, tuple[str, str] | None]:
+        """Replay every dead letter of one reason (dead-lettered before ``before_ms``, epoch
+        ms, when given), oldest first: how many were replayed, how many skipped (claimed by
+        another replay or a delete, or holding no message that can be read), and where to go on
+        (None: nothing is left). It stops there once ``limit`` records are done or ``seconds``
+        have passed, so that a call for 50,000 ends in time.
+
+        The records are those up to the last one there when the first call began (``cursor``:
+        after which id, up to which): a replayed message that fails again is dead-lettered
+        anew, after it, and must not be replayed again by the same run. Each record goes
+        through ``replay``, its claim too, so that two bulk replays, or one and a single
+        replay, queue a record once; one at a time, so that a user's messages are queued
+        again in the order they came."""
+        if cursor is None:
+            if before_ms is not None and before_ms <= 0:
+                return 0, 0, None  # none is older than 1970 (and "(0-0" is no bound Redis takes)
+            newest = f"({before_ms}-0" if before_ms is not None else "+"
+            last: Any = await self.redis.xrevrange(DEAD, max=newest, min="-", count=1)
+            if not last:
+                return 0, 0, None
+            after, until = None, _s(last[0][0])
+        else:
+            after, until = cursor
+        replayed = skipped = 0
+        deadline = time.monotonic() + seconds
+        start = f"({after}" if after else "-"
+        async for dead_id, record in self._pages(DEAD, start=start, end=until):
+            if record.get("reason") != reason:
+                continue
+            try:
+                done = await self.replay(dead_id)
+            except ValueError:
+                done = None
+            if done is None:
+                skipped += 1
+            else:
+                replayed += 1
+            if replayed + skipped >= limit or time.monotonic() >= deadline:
+                return replayed, skipped, None if dead_id == until else (dead_id, until)
+        return replayed, skipped, None
+
     async def discard(self, dead_id: str) -> bool:
         """Delete a dead letter that is not to be replayed, and the sent log kept for its
         replay; False when there is no such record (or a replay of it runs, or queued it).
@@ -681,13 +733,12 @@ class Queue:
         }
 
     async def _pages(
-        self, stream: str, count: int = 1000
+        self, stream: str, count: int = 1000, *, start: str = "-", end: str = "+"
     ) -> AsyncIterator[tuple[str, dict[str, str]]]:
-        """Every entry of a stream, oldest first, read ``count`` at a time (the dead letters
-        may be 100,000)."""
-        start = "-"
+        """Every entry of a stream from ``start`` to ``end`` (XRANGE bounds), oldest first,
+        read ``count`` at a time (the dead letters may be 100,000)."""
         while True:
-            page: Any = await self.redis.xrange(stream, min=start, max="+", count=count)
+            page: Any = await self.redis.xrange(stream, min=start, max=end, count=count)
             for entry_id, raw in page:
                 yield _s(entry_id), {_s(k): _s(v) for k, v in raw.items()}
             if len(page) < count:

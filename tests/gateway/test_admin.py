@@ -539,6 +539,7 @@ def test_openapi_describes_every_endpoint(outbox_gateway: Gateway) -> None:
         "/admin/cache/warmup": {"post"},
         "/admin/outbox": {"get"},
         "/admin/dead-letters": {"get", "delete"},
+        "/admin/dead-letters/replay": {"post"},
         "/admin/dead-letters/{dead_id}/replay": {"post"},
         "/admin/dead-letters/{dead_id}": {"delete"},
     }

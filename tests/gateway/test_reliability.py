@@ -6,6 +6,7 @@ import asyncio
 import signal
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -467,6 +468,110 @@ def test_concurrent_replays_of_a_dead_letter_queue_it_once(limited: Gateway) -> 
     )
     time.sleep(1)
     assert [len(dead_letters_of(limited, u)) for u in users] == [1] * len(users)
+
+
+def unknown_business_dead_letters(gateway: Gateway, users: list[str]) -> dict[str, str]:
+    """A message from each user to a number no business has (dead-lettered at once,
+    ``unknown_business``): each user's record id."""
+    with gateway.http as client:
+        for wa_id in users:
+            payload = cloud_payload("999999999999999", wa_id, "hi")
+            assert post_cloud(client, payload).status_code == 200
+    assert wait_for(lambda: all(len(dead_letters_of(gateway, u)) == 1 for u in users), 20)
+    return {u: dead_letters_of(gateway, u)[0]["id"] for u in users}
+
+
+def replayed_once_each(gateway: Gateway, records: dict[str, str]) -> None:
+    """Each record's message failed once more, so each user has one new record: not more
+    (queued twice), not the old one (never queued)."""
+    assert wait_for(
+        lambda: all({d["id"] for d in dead_letters_of(gateway, u)} - {records[u]} for u in records),
+        20,
+    )
+    time.sleep(1)
+    for wa_id, dead_id in records.items():
+        assert [d["id"] != dead_id for d in dead_letters_of(gateway, wa_id)] == [True], wa_id
+
+
+def test_every_dead_letter_of_one_reason_is_replayed_a_page_at_a_time(limited: Gateway) -> None:
+    """After an outage that dead-lettered 50,000 messages, one call per record is no remedy:
+    `POST /admin/dead-letters/replay?reason=…` replays every record of a reason (those before
+    `before`, when given), answering how many were replayed and skipped, and `next` to go on
+    when it stopped at its time limit (here: at `limit`). A message that fails again is not
+    replayed again by the same run. (Was a bug: no such call; 404.)"""
+    early = [new_wa_id() for _ in range(3)]
+    records = unknown_business_dead_letters(limited, early)
+    cut = time.time()
+    time.sleep(0.01)
+    late = unknown_business_dead_letters(limited, [new_wa_id()])
+    with limited.admin() as admin:
+        params: dict[str, Any] = {
+            "reason": "unknown_business",
+            "before": datetime.fromtimestamp(cut, UTC).isoformat(),
+            "limit": 1,
+        }
+        calls, replayed = 0, 0
+        while True:
+            answer = admin.post("/admin/dead-letters/replay", params=params)
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["replayed"] + body["skipped"] <= 1, body
+            replayed += body["replayed"]
+            calls += 1
+            if body["next"] is None:
+                break
+            params["cursor"] = body["next"]
+        assert replayed >= len(early) and calls >= len(early)
+        replayed_once_each(limited, records)
+        # The later one was left: dead-lettered after `before`.
+        assert [d["id"] for d in dead_letters_of(limited, *late)] == list(late.values())
+        assert (
+            admin.post("/admin/dead-letters/replay", params={"reason": "unknown_business"}).json()[
+                "next"
+            ]
+            is None
+        )
+        nothing = admin.post("/admin/dead-letters/replay", params={"reason": "no_such_reason"})
+        assert nothing.json() == {"replayed": 0, "skipped": 0, "next": None}
+        epoch = {"reason": "unknown_business", "before": "1970-01-01T00:00:00Z"}
+        assert admin.post("/admin/dead-letters/replay", params=epoch).json() == nothing.json()
+        bad = {"reason": "unknown_business", "cursor": "1-1"}
+        assert admin.post("/admin/dead-letters/replay", params=bad).status_code == 422
+        assert admin.post("/admin/dead-letters/replay").status_code == 422  # a reason is required
+    replayed_once_each(limited, late)
+    with limited.http as anonymous:
+        replay = anonymous.post("/admin/dead-letters/replay", params={"reason": "x"})
+        assert replay.status_code == 401
+
+
+def test_bulk_and_single_replays_at_once_queue_each_record_once(limited: Gateway) -> None:
+    """Two bulk replays of a reason and a single replay of each of its records, all at once
+    (two operators, a script run twice): each record is queued once, as the single replay's
+    claim makes it."""
+    records = unknown_business_dead_letters(limited, [new_wa_id() for _ in range(6)])
+    # Both runs end where the records do: a record dead-lettered again is not theirs.
+    until = datetime.fromtimestamp(time.time(), UTC).isoformat()
+
+    async def race() -> tuple[list[dict[str, Any]], list[int]]:
+        n = 2 + len(records)
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+        async with httpx.AsyncClient(
+            base_url=limited.url, headers={"X-API-Key": API_KEY}, timeout=30, limits=limits
+        ) as admin:
+            await asyncio.gather(*(admin.get("/health") for _ in range(n)))  # n connections
+            params = {"reason": "unknown_business", "before": until}
+            bulk = [admin.post("/admin/dead-letters/replay", params=params) for _ in range(2)]
+            single = [admin.post(f"/admin/dead-letters/{i}/replay") for i in records.values()]
+            answers = await asyncio.gather(*bulk, *single)
+        return [a.json() for a in answers[:2]], [a.status_code for a in answers[2:]]
+
+    bulks, singles = asyncio.run(race())
+    assert all(b["next"] is None for b in bulks), bulks
+    assert set(singles) <= {200, 404}, singles
+    # Each of ours was replayed by one of the calls (the bulk ones count the other tests' too).
+    ours = len(records)
+    assert sum(b["replayed"] for b in bulks) + singles.count(200) >= ours
+    replayed_once_each(limited, records)
 
 
 def test_corrupt_entries_are_listed_and_refused_for_replay(limited: Gateway) -> None:
