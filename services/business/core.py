@@ -11,6 +11,7 @@ import contextlib
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -29,9 +30,10 @@ from services.business.model import (
     utcnow,
     validate_secret,
 )
-from services.business.store import BusinessStore
+from services.business.store import BusinessStore, UpdateTimeConflict
 from services.common.business_keys import KeyKind
 from services.common.errors import (
+    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -57,6 +59,25 @@ _STATUS_TO_PROTO = {
     TokenStatus.VALID: business_pb2.TOKEN_STATUS_VALID,
     TokenStatus.NEEDS_RENEWAL: business_pb2.TOKEN_STATUS_NEEDS_RENEWAL,
 }
+
+
+class UpdateTimeChanged(Aborted):
+    """A conditional write found the business changed since the caller read it: ABORTED with
+    the current update_time, as the session service answers a version conflict."""
+
+    def __init__(self, current: datetime) -> None:
+        stamp = _timestamp(current).ToJsonString()
+        super().__init__(
+            f"the business changed meanwhile: its update_time is now {stamp}",
+            "UPDATE_TIME_CONFLICT",
+            {"current_update_time": stamp},
+        )
+
+
+def _next_update_time(before: BusinessRecord) -> datetime:
+    """Now, but always after the update_time read: a write within the same millisecond as the
+    previous one must still change the update_time a conditional writer compares."""
+    return max(utcnow(), before.update_time + timedelta(milliseconds=1))
 
 
 def _timestamp(value: Any) -> Timestamp:
@@ -181,8 +202,11 @@ class BusinessCore:
         runs to its end."""
 
         async def unit() -> BusinessRecord | None:
-            with store_errors():
-                after = await write
+            try:
+                with store_errors():
+                    after = await write
+            except UpdateTimeConflict as conflict:
+                raise UpdateTimeChanged(conflict.current) from None
             if after is not None:
                 await self.invalidate(*before, after)
             return after
@@ -344,25 +368,45 @@ class BusinessCore:
         log.info("business create sent again", business_id=business_id)
         return first
 
-    async def update(self, business_id: str, changes: dict[str, Any]) -> BusinessRecord:
+    async def update(
+        self,
+        business_id: str,
+        changes: dict[str, Any],
+        expected_update_time: datetime | None = None,
+    ) -> BusinessRecord:
         before = await self.get(business_id)
+        if expected_update_time is not None and before.update_time != expected_update_time:
+            raise UpdateTimeChanged(before.update_time)
         if "access_token_status" in changes:
             status = changes["access_token_status"]
             if status is not TokenStatus.NONE and "whatsapp_access_token" not in before.secrets:
                 raise FailedPrecondition("this business has no access token to mark")
         after = await self._write(
-            self.store.update(business_id, {**changes, "update_time": utcnow()}), before
+            self.store.update(
+                business_id,
+                {**changes, "update_time": _next_update_time(before)},
+                expected_update_time=expected_update_time,
+            ),
+            before,
         )
         if after is None:
             raise NotFound(f"no business with id {business_id}")
         log.info("business updated", business_id=business_id, fields=sorted(changes))
         return after
 
-    async def set_secret(self, business_id: str, name: str, value: str) -> BusinessRecord:
+    async def set_secret(
+        self,
+        business_id: str,
+        name: str,
+        value: str,
+        expected_update_time: datetime | None = None,
+    ) -> BusinessRecord:
         if name not in SECRET_FIELDS:
             raise ValueError(f"unknown secret {name}")
         before = await self.get(business_id)
-        fields: dict[str, Any] = {"update_time": utcnow()}
+        if expected_update_time is not None and before.update_time != expected_update_time:
+            raise UpdateTimeChanged(before.update_time)
+        fields: dict[str, Any] = {"update_time": _next_update_time(before)}
         if name == "whatsapp_access_token":
             fields["access_token_status"] = TokenStatus.VALID if value else TokenStatus.NONE
         stored = (
@@ -370,7 +414,12 @@ class BusinessCore:
             if value
             else None
         )
-        after = await self._write(self.store.update(business_id, fields, {name: stored}), before)
+        after = await self._write(
+            self.store.update(
+                business_id, fields, {name: stored}, expected_update_time=expected_update_time
+            ),
+            before,
+        )
         if after is None:
             raise NotFound(f"no business with id {business_id}")
         log.info(

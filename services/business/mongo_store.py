@@ -26,7 +26,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from services.business.model import SECRET_FIELDS, BusinessRecord, TokenStatus
-from services.business.store import BusinessStore
+from services.business.store import BusinessStore, UpdateTimeConflict
 from services.common.business_keys import KeyKind
 from services.common.errors import AlreadyExists
 from services.common.server import READINESS_TIMEOUT_SECONDS
@@ -275,6 +275,7 @@ class MongoStore(BusinessStore):
         business_id: str,
         fields: dict[str, Any],
         secrets: dict[str, str | None] | None = None,
+        expected_update_time: datetime | None = None,
     ) -> BusinessRecord | None:
         if not ObjectId.is_valid(business_id):
             return None
@@ -290,12 +291,19 @@ class MongoStore(BusinessStore):
         change: dict[str, Any] = {"$set": to_set}
         if to_unset:
             change["$unset"] = to_unset
+        match: dict[str, Any] = {"_id": ObjectId(business_id)}
+        if expected_update_time is not None:
+            match["updatedAt"] = expected_update_time  # the filter makes the check atomic
         try:
             doc = await self.collection.find_one_and_update(
-                {"_id": ObjectId(business_id)}, change, return_document=ReturnDocument.AFTER
+                match, change, return_document=ReturnDocument.AFTER
             )
         except DuplicateKeyError as error:
             raise _duplicate(error) from None
+        if doc is None and expected_update_time is not None:
+            current = await self.collection.find_one({"_id": match["_id"]}, {"updatedAt": 1})
+            if current is not None:
+                raise UpdateTimeConflict(_aware(current.get("updatedAt")))
         return _record(doc) if doc else None
 
     async def list(

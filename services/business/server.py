@@ -7,6 +7,7 @@ import base64
 import binascii
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -203,6 +204,19 @@ def parse_changes(request: business_pb2.UpdateBusinessRequest) -> dict[str, Any]
     return changes
 
 
+def _expected_update_time(
+    request: business_pb2.UpdateBusinessRequest | business_pb2.SetChannelTokenRequest,
+) -> datetime | None:
+    if not request.HasField("expected_update_time"):
+        return None
+    try:
+        return request.expected_update_time.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            "expected_update_time", "a valid timestamp: the business's update_time as read"
+        ) from None
+
+
 class BusinessServicer(business_pb2_grpc.BusinessServiceServicer):
     def __init__(self, core: BusinessCore, cache: LookupCache[CachedBusiness]) -> None:
         self.core = core
@@ -265,7 +279,9 @@ class BusinessServicer(business_pb2_grpc.BusinessServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> business_pb2.UpdateBusinessResponse:
         business_id = validate_business_id(request.business.id, "business.id")
-        record = await self.core.update(business_id, parse_changes(request))
+        record = await self.core.update(
+            business_id, parse_changes(request), _expected_update_time(request)
+        )
         return business_pb2.UpdateBusinessResponse(business=to_proto(record))
 
     async def DeactivateBusiness(
@@ -306,7 +322,9 @@ class BusinessServicer(business_pb2_grpc.BusinessServiceServicer):
             raise InvalidArgument(
                 "secret", "name which secret: CHANNEL_SECRET_WHATSAPP_ACCESS_TOKEN, ..."
             )
-        record = await self.core.set_secret(business_id, name, request.value)
+        record = await self.core.set_secret(
+            business_id, name, request.value, _expected_update_time(request)
+        )
         return business_pb2.SetChannelTokenResponse(business=to_proto(record))
 
     async def WarmCache(

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from services.business.model import SECRET_FIELDS, BusinessRecord, TokenStatus
-from services.business.store import BusinessStore
+from services.business.store import BusinessStore, UpdateTimeConflict
 from services.common.business_keys import KeyKind
 from services.common.errors import AlreadyExists
 from services.common.tasks import run_shielded
@@ -312,6 +312,7 @@ class SqliteStore(BusinessStore):
         business_id: str,
         fields: dict[str, Any],
         secrets: dict[str, str | None] | None = None,
+        expected_update_time: datetime | None = None,
     ) -> BusinessRecord | None:
         sets: list[str] = []
         args: list[Any] = []
@@ -325,6 +326,17 @@ class SqliteStore(BusinessStore):
             args.append(value)
 
         async def change(db: aiosqlite.Connection) -> BusinessRecord | None:
+            if expected_update_time is not None:
+                # Read and write in one write transaction: no other write comes between.
+                async with db.execute(
+                    "SELECT updated_at FROM businesses WHERE id = ?", (business_id,)
+                ) as select:
+                    found = await select.fetchone()
+                if found is None:
+                    return None
+                current = datetime.fromisoformat(found[0])
+                if current != expected_update_time:
+                    raise UpdateTimeConflict(current)
             await self._claims(db, business_id, fields)
             cursor = await db.execute(
                 f"UPDATE businesses SET {', '.join(sets)} WHERE id = ?", (*args, business_id)

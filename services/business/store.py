@@ -9,11 +9,20 @@ queries so tests and benchmarks can see what reached the database.
 from __future__ import annotations
 
 import abc
+from datetime import datetime
 from typing import Any
 
 from services.business.metrics import STORE_QUERIES
 from services.business.model import BusinessRecord
 from services.common.business_keys import KeyKind
+
+
+class UpdateTimeConflict(Exception):
+    """A conditional update found the business changed since the caller read it."""
+
+    def __init__(self, current: datetime) -> None:
+        super().__init__(f"the business changed at {current.isoformat()}")
+        self.current = current
 
 
 class BusinessStore(abc.ABC):
@@ -56,10 +65,13 @@ class BusinessStore(abc.ABC):
         business_id: str,
         fields: dict[str, Any],
         secrets: dict[str, str | None] | None = None,
+        expected_update_time: datetime | None = None,
     ) -> BusinessRecord | None:
         """Set ``fields`` (record attribute names) and ``secrets`` (None clears one).
 
-        ``update_time`` must be among ``fields``. None when there is no such business.
+        ``update_time`` must be among ``fields``. None when there is no such business. With
+        ``expected_update_time``, atomically only if the stored update_time equals it, else
+        :class:`UpdateTimeConflict` with the stored one.
         """
 
     @abc.abstractmethod

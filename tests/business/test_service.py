@@ -17,7 +17,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 
 from parley.business.v1 import business_pb2, business_pb2_grpc
 from services.business.model import MAX_IDENTITIES, validate_numbers
-from services.common.errors import InvalidArgument, field_violations
+from services.common.errors import InvalidArgument, error_info, field_violations
 from services.common.healthcheck import check
 from tests.business.conftest import (
     TEST_SECRET,
@@ -295,6 +295,61 @@ async def test_access_token_needs_renewal_then_a_new_token(
         service.stub.SetChannelToken(business_pb2.SetChannelTokenRequest(business_id=created.id))
     )
     assert "secret" in field_violations(error)
+
+
+async def test_writes_expecting_an_update_time_are_aborted_once_it_changed(
+    service: RunningService, registry: SecretRegistry
+) -> None:
+    created = (await service.stub.CreateBusiness(demo_request(registry))).business
+    read_at = created.update_time
+    renamed = await service.stub.UpdateBusiness(
+        business_pb2.UpdateBusinessRequest(
+            business=business_pb2.Business(id=created.id, name="First"),
+            update_mask=FieldMask(paths=["name"]),
+            expected_update_time=read_at,
+        )
+    )
+    after = renamed.business.update_time
+    assert after.ToDatetime() > read_at.ToDatetime()
+    stale_token = registry.token("stale")
+    # Two writers that read the business before the rename: both refused, with where it is now.
+    for stale in (
+        service.stub.UpdateBusiness(
+            business_pb2.UpdateBusinessRequest(
+                business=business_pb2.Business(id=created.id, name="Second"),
+                update_mask=FieldMask(paths=["name"]),
+                expected_update_time=read_at,
+            )
+        ),
+        service.stub.SetChannelToken(
+            business_pb2.SetChannelTokenRequest(
+                business_id=created.id,
+                secret=business_pb2.CHANNEL_SECRET_WHATSAPP_ACCESS_TOKEN,
+                value=stale_token,
+                expected_update_time=read_at,
+            )
+        ),
+    ):
+        error = await code_of(stale)
+        assert error.code() == grpc.StatusCode.ABORTED
+        info = error_info(error)
+        assert info is not None and info.reason == "UPDATE_TIME_CONFLICT"
+        assert info.metadata["current_update_time"] == after.ToJsonString()
+    got = await service.stub.GetBusiness(
+        business_pb2.GetBusinessRequest(id=created.id, include_credentials=True)
+    )
+    assert got.business.name == "First" and got.business.update_time == after
+    assert got.credentials.whatsapp_access_token != stale_token
+    fresh = registry.token("fresh")
+    stored = await service.stub.SetChannelToken(
+        business_pb2.SetChannelTokenRequest(
+            business_id=created.id,
+            secret=business_pb2.CHANNEL_SECRET_WHATSAPP_ACCESS_TOKEN,
+            value=fresh,
+            expected_update_time=after,
+        )
+    )
+    assert stored.business.update_time.ToDatetime() > after.ToDatetime()
 
 
 async def test_list_pages_through_everything(service: RunningService) -> None:

@@ -22,7 +22,7 @@ from services.business.crypto import TokenCipher
 from services.business.model import BusinessRecord, TokenStatus, utcnow
 from services.business.mongo_store import MongoStore
 from services.business.sqlite_store import SqliteStore
-from services.business.store import BusinessStore
+from services.business.store import BusinessStore, UpdateTimeConflict
 from services.common.business_keys import KeyKind, identity_key
 from services.common.errors import AlreadyExists, InvalidArgument
 from tests.business.conftest import SecretRegistry, create_business, when_writer_starts
@@ -182,6 +182,34 @@ async def test_replace_secret_is_compare_and_set(store: BusinessStore) -> None:
     assert await store.replace_secret(original.id, "twilio_auth_token", "old", "new")
     got = await store.get(original.id)
     assert got is not None and got.secrets == {"twilio_auth_token": "new"}
+
+
+async def test_an_update_expecting_an_update_time_applies_only_while_it_is_current(
+    store: BusinessStore,
+) -> None:
+    original = record()
+    await store.create(original)
+    later = original.update_time + timedelta(milliseconds=1)
+    changed = await store.update(
+        original.id,
+        {"name": "First", "update_time": later},
+        expected_update_time=original.update_time,
+    )
+    assert changed is not None and changed.name == "First" and changed.update_time == later
+    # A second writer that read the business before the first change: refused, told the
+    # update_time it would have to have read, and nothing of its change is stored.
+    with pytest.raises(UpdateTimeConflict) as conflict:
+        await store.update(
+            original.id,
+            {"name": "Second", "update_time": later + timedelta(milliseconds=1)},
+            {"whatsapp_access_token": "stale"},
+            expected_update_time=original.update_time,
+        )
+    assert conflict.value.current == later
+    got = await store.get(original.id)
+    assert got is not None and got.name == "First" and got.secrets == {}
+    missing = str(ObjectId())
+    assert await store.update(missing, {"update_time": later}, expected_update_time=later) is None
 
 
 async def test_indexes_exist_and_open_is_idempotent(

@@ -403,6 +403,7 @@ class UpdateBusinessRequest(_message.Message):
 
     BUSINESS_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    EXPECTED_UPDATE_TIME_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def business(self) -> Global___Business:
         """The business, with its id and the new values of the masked fields."""
@@ -413,15 +414,24 @@ class UpdateBusinessRequest(_message.Message):
         whatsapp_enabled, active, time_zone, locale, access_token_status.
         """
 
+    @_builtins.property
+    def expected_update_time(self) -> _timestamp_pb2.Timestamp:
+        """When set, the change happens only if the business's update_time still equals it (the
+        update_time the caller read); otherwise ABORTED with an ErrorInfo detail (reason
+        "UPDATE_TIME_CONFLICT", metadata "current_update_time", RFC 3339). Every write moves
+        update_time forward, so an unchanged update_time means an unchanged business.
+        """
+
     def __init__(
         self,
         *,
         business: Global___Business | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
+        expected_update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["business", b"business", "update_mask", b"update_mask"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["business", b"business", "expected_update_time", b"expected_update_time", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business", b"business", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business", b"business", "expected_update_time", b"expected_update_time", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -564,22 +574,30 @@ class SetChannelTokenRequest(_message.Message):
     BUSINESS_ID_FIELD_NUMBER: _builtins.int
     SECRET_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
+    EXPECTED_UPDATE_TIME_FIELD_NUMBER: _builtins.int
     business_id: _builtins.str
     """The business id."""
     secret: Global___ChannelSecret.ValueType
     """Which secret."""
     value: _builtins.str
     """The plaintext value (encrypted before it is stored); empty clears the secret."""
+    @_builtins.property
+    def expected_update_time(self) -> _timestamp_pb2.Timestamp:
+        """When set, the secret is stored only if the business's update_time still equals it;
+        otherwise ABORTED as in UpdateBusinessRequest.expected_update_time.
+        """
+
     def __init__(
         self,
         *,
         business_id: _builtins.str = ...,
         secret: Global___ChannelSecret.ValueType = ...,
         value: _builtins.str = ...,
+        expected_update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expected_update_time", b"expected_update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "secret", b"secret", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "expected_update_time", b"expected_update_time", "secret", b"secret", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
