@@ -16,8 +16,19 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import grpc
 import structlog
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Security
+from fastapi import (
+    APIRouter,
+    Depends,
+    Header,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    Security,
+)
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -30,6 +41,7 @@ from parley.business.v1 import business_pb2
 from parley.search.v1 import search_pb2
 from parley.session.v1 import session_pb2
 from services.common.channel_secrets import secret_problem
+from services.common.errors import error_info
 from services.common.redact import mask_phone
 from services.gateway.queue import DEAD_MAXLEN
 from services.gateway.ratelimit import user_keys
@@ -188,6 +200,71 @@ REFUSED: dict[int | str, dict[str, Any]] = {
 CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"model": Problem, "description": "Taken by another business (subdomain, identity)."}
 }
+
+
+CHANGED: dict[int | str, dict[str, Any]] = {
+    412: {
+        "model": Problem,
+        "description": "`If-Match` names a version the business is no longer at (it changed "
+        "since it was read): read it again (its `ETag`), redo the change, send again.",
+    }
+}
+IF_MATCH = Header(
+    max_length=1000,
+    description="The `ETag` of `GET /admin/businesses/{id}`: change only while the business is "
+    "still at that version, else 412.",
+)
+
+
+class Changed(Exception):
+    """If-Match named a version the business is no longer at: 412 with its current ETag."""
+
+    def __init__(self, current: Timestamp | None) -> None:
+        super().__init__("the business changed since it was read")
+        self.current = current
+
+    def response(self) -> JSONResponse:
+        headers = {"ETag": etag(self.current)} if self.current is not None else None
+        detail = "the business changed since it was read (If-Match): read it again and retry"
+        return JSONResponse({"detail": detail}, status_code=412, headers=headers)
+
+
+def etag(update_time: Timestamp) -> str:
+    """The business's version: every write moves its update_time (the service guarantees it)."""
+    return f'"{update_time.ToJsonString()}"'
+
+
+def matched_version(if_match: str, current: Timestamp | None = None) -> Timestamp | None:
+    """The update_time If-Match names, None for ``*`` (any version). Strong comparison (RFC
+    9110 13.1.1): a weak or unknown tag matches nothing. With several tags the one equal to
+    ``current`` (the caller reads it), as only the current version can match."""
+    tags = [tag.strip() for tag in if_match.split(",") if tag.strip()]
+    if "*" in tags:
+        return None
+    versions: list[Timestamp] = []
+    for tag in tags:
+        if len(tag) > 2 and tag[0] == tag[-1] == '"':
+            stamp = Timestamp()
+            try:
+                stamp.FromJsonString(tag[1:-1])
+            except ValueError:
+                continue
+            versions.append(stamp)
+    if current is not None and current in versions:
+        return current
+    if len(versions) != 1:
+        raise Changed(current)
+    return versions[0]
+
+
+def _conflict(error: grpc.aio.AioRpcError) -> Timestamp | None:
+    """The business's current update_time if ``error`` is the service's update-time conflict."""
+    info = error_info(error) if error.code() == grpc.StatusCode.ABORTED else None
+    if info is None or info.reason != "UPDATE_TIME_CONFLICT":
+        raise error
+    current = Timestamp()
+    current.FromJsonString(info.metadata["current_update_time"])
+    return current
 
 
 SECRET_FIELDS = {
@@ -407,17 +484,44 @@ def build_router(runtime: Runtime) -> APIRouter:
             next_page_token=response.next_page_token,
         )
 
-    @router.get("/businesses/{business_id}", summary="One business.", responses=REFUSED)
-    async def get_business(business_id: BusinessId) -> BusinessOut:
-        response = await business().GetBusiness(business_pb2.GetBusinessRequest(id=business_id))
-        return business_out(response.business)
+    async def expected_version(business_id: str, if_match: str | None) -> Timestamp | None:
+        """The update_time a write must find (None: unconditional), or Changed."""
+        if if_match is None:
+            return None
+        if "," not in if_match:
+            return matched_version(if_match)
+        return matched_version(if_match, (await found_business(business_id)).update_time)
+
+    @router.get(
+        "/businesses/{business_id}",
+        summary="One business; its `ETag` is its version, for `If-Match` on changes.",
+        responses=REFUSED,
+    )
+    async def get_business(business_id: BusinessId, response: Response) -> BusinessOut:
+        found = await business().GetBusiness(business_pb2.GetBusinessRequest(id=business_id))
+        response.headers["ETag"] = etag(found.business.update_time)
+        return business_out(found.business)
 
     @router.patch(
         "/businesses/{business_id}",
-        summary="Change some fields of a business.",
-        responses=REFUSED | CONFLICT,
+        summary="Change some fields of a business (only at the `If-Match` version, if sent).",
+        response_model=BusinessOut,
+        responses=REFUSED | CONFLICT | CHANGED,
     )
-    async def patch_business(business_id: BusinessId, body: BusinessPatch) -> BusinessOut:
+    async def patch_business(
+        business_id: BusinessId,
+        body: BusinessPatch,
+        response: Response,
+        if_match: Annotated[str | None, IF_MATCH] = None,
+    ) -> BusinessOut | JSONResponse:
+        try:
+            return await patch(business_id, body, response, if_match)
+        except Changed as changed:
+            return changed.response()
+
+    async def patch(
+        business_id: str, body: BusinessPatch, response: Response, if_match: str | None
+    ) -> BusinessOut:
         given = body.model_dump(exclude_unset=True)
         given = {k: v for k, v in given.items() if v is not None}
         if not given:
@@ -429,13 +533,19 @@ def build_router(runtime: Runtime) -> APIRouter:
                 getattr(proto, field).extend(value)
             else:
                 setattr(proto, field, value)
-        response = await business().UpdateBusiness(
-            business_pb2.UpdateBusinessRequest(
-                business=proto,
-                update_mask=field_mask_pb2.FieldMask(paths=[PATCH_FIELDS[n] for n in given]),
-            )
+        request = business_pb2.UpdateBusinessRequest(
+            business=proto,
+            update_mask=field_mask_pb2.FieldMask(paths=[PATCH_FIELDS[n] for n in given]),
         )
-        return business_out(response.business)
+        expected = await expected_version(business_id, if_match)
+        if expected is not None:
+            request.expected_update_time.CopyFrom(expected)
+        try:
+            updated = (await business().UpdateBusiness(request)).business
+        except grpc.aio.AioRpcError as error:
+            raise Changed(_conflict(error)) from None
+        response.headers["ETag"] = etag(updated.update_time)
+        return business_out(updated)
 
     @router.delete("/businesses/{business_id}", summary="Deactivate a business.", responses=REFUSED)
     async def delete_business(business_id: BusinessId) -> BusinessOut:
@@ -448,9 +558,14 @@ def build_router(runtime: Runtime) -> APIRouter:
         "/businesses/{business_id}/token",
         summary="Set channel secrets (stored encrypted; an empty string clears one).",
         response_model=BusinessOut,
-        responses=REFUSED,
+        responses=REFUSED | CHANGED,
     )
-    async def put_token(business_id: BusinessId, body: TokenIn) -> BusinessOut | JSONResponse:
+    async def put_token(
+        business_id: BusinessId,
+        body: TokenIn,
+        response: Response,
+        if_match: Annotated[str | None, IF_MATCH] = None,
+    ) -> BusinessOut | JSONResponse:
         given = {k: v for k, v in body.model_dump(exclude_unset=True).items() if v is not None}
         if not given:
             raise HTTPException(400, "give at least one of: " + ", ".join(SECRET_FIELDS))
@@ -463,15 +578,26 @@ def build_router(runtime: Runtime) -> APIRouter:
             return JSONResponse(
                 {"detail": f"{name}: {problem}", "fields": problems}, status_code=400
             )
-        response = None
+        try:
+            expected = await expected_version(business_id, if_match)
+        except Changed as changed:
+            return changed.response()
+        stored = None
         for name, value in given.items():
-            response = await business().SetChannelToken(
-                business_pb2.SetChannelTokenRequest(
-                    business_id=business_id, secret=SECRET_FIELDS[name], value=value
-                )
+            request = business_pb2.SetChannelTokenRequest(
+                business_id=business_id, secret=SECRET_FIELDS[name], value=value
             )
-        assert response is not None
-        return business_out(response.business)
+            if expected is not None and stored is None:
+                # The first write checks the version; the others follow it (each is a write of
+                # its own that moves update_time, and they touch only the fields sent here).
+                request.expected_update_time.CopyFrom(expected)
+            try:
+                stored = (await business().SetChannelToken(request)).business
+            except grpc.aio.AioRpcError as error:
+                return Changed(_conflict(error)).response()
+        assert stored is not None
+        response.headers["ETag"] = etag(stored.update_time)
+        return business_out(stored)
 
     async def found_business(business_id: str) -> business_pb2.Business:
         """The business (404 when there is none). Its ``id`` is the one the workers key

@@ -137,6 +137,41 @@ def new_business_body(name: str) -> dict[str, object]:
     }
 
 
+def test_two_admins_editing_one_business_the_second_gets_412_not_a_silent_overwrite(
+    outbox_gateway: Gateway,
+) -> None:
+    business = create_business(outbox_gateway)
+    path = f"/admin/businesses/{business.id}"
+    with outbox_gateway.admin() as first, outbox_gateway.admin() as second:
+        read = first.get(path)
+        tag = read.headers["ETag"]
+        assert second.get(path).headers["ETag"] == tag  # both read the same version
+        renamed = first.patch(path, json={"name": "First"}, headers={"If-Match": tag})
+        assert renamed.status_code == 200, renamed.text
+        now = renamed.headers["ETag"]
+        assert now != tag and first.get(path).headers["ETag"] == now
+        for stale in (
+            second.patch(path, json={"name": "Second"}, headers={"If-Match": tag}),
+            second.put(f"{path}/token", json={"access_token": "EAAG-2"}, headers={"If-Match": tag}),
+            second.patch(path, json={"name": "Second"}, headers={"If-Match": f"W/{now}"}),
+            second.patch(path, json={"name": "Second"}, headers={"If-Match": '"yesterday"'}),
+        ):
+            assert stale.status_code == 412, stale.text
+            assert "changed" in stale.json()["detail"]
+        assert stale.headers.get("ETag") in (None, now)
+        got = first.get(path)
+        assert got.json()["name"] == "First" and got.headers["ETag"] == now  # nothing written
+        # The current version (alone, among others, or `*`) and no If-Match at all: written.
+        token = second.put(
+            f"{path}/token", json={"access_token": "EAAG-2"}, headers={"If-Match": now}
+        )
+        assert token.status_code == 200, token.text
+        listed = f"{tag}, {token.headers['ETag']}"
+        assert second.patch(path, json={"locale": "es"}, headers={"If-Match": listed}).is_success
+        assert second.patch(path, json={"locale": "en"}, headers={"If-Match": "*"}).is_success
+        assert second.patch(path, json={"name": "Last"}).json()["name"] == "Last"
+
+
 def test_a_create_sent_again_with_its_idempotency_key_is_the_same_business(
     outbox_gateway: Gateway,
 ) -> None:
