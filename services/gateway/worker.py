@@ -38,6 +38,7 @@ import grpc
 import orjson
 import structlog
 from google.protobuf import field_mask_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
@@ -524,15 +525,21 @@ class Processor:
                 await sender.post(target, part)
         except SendError as error:
             metrics.SENDS.labels(sender.name, error.outcome).inc()
+            read_at: Timestamp | None = None
             if error.outcome in REFUSED_CREDENTIALS:
                 # Refused credentials may be ones an operator has replaced since this worker
                 # loaded the business (a rotation): the refusal says nothing of the new ones.
-                current = await self._replaced_credentials(target, error.outcome)
+                current, read_at = await self._replaced_credentials(target, error.outcome)
                 if current is not None:
                     route.target = current  # for the parts after this one too
                     return await self._send(sender, route, part)
             if isinstance(error, TokenExpired):
-                await self._token_needs_renewal(target.business_id)
+                if not await self._token_needs_renewal(target.business_id, read_at):
+                    # The business changed after it was read, perhaps a new token: look again.
+                    current, _ = await self._replaced_credentials(target, error.outcome)
+                    if current is not None:
+                        route.target = current
+                        return await self._send(sender, route, part)
                 raise DeadLetter("token_expired", str(error)) from None
             if error.outcome == "outside_window":
                 return False  # logged by the sender; nothing to do until the user writes again
@@ -552,24 +559,27 @@ class Processor:
         except Exception as error:
             log.info("read receipt not sent", error=str(error)[:200])
 
-    async def _replaced_credentials(self, target: Target, refusal: str) -> Target | None:
+    async def _replaced_credentials(
+        self, target: Target, refusal: str
+    ) -> tuple[Target | None, Timestamp | None]:
         """``target`` with the business's credentials as stored now, if they are not the ones
-        it was sent with; None if they are the same (or cannot be read: as if the same)."""
+        it was sent with; None if they are the same (or cannot be read: as if the same). With
+        the business's update_time as read (None when it could not be read)."""
         # Our cached credentials hold the refused ones: the next message must ask again.
         self.businesses.forget(target.business_id, refusal)
         try:
-            stored = (
-                await self.clients.business.GetBusiness(  # the store, not a replica's cache
-                    business_pb2.GetBusinessRequest(id=target.business_id, include_credentials=True)
-                )
-            ).credentials
+            found = await self.clients.business.GetBusiness(  # the store, not a replica's cache
+                business_pb2.GetBusinessRequest(id=target.business_id, include_credentials=True)
+            )
         except grpc.aio.AioRpcError as error:
             log.warning(
                 "could not read the business's current credentials",
                 business_id=target.business_id,
                 code=error.code().name,
             )
-            return None
+            return None, None
+        stored = found.credentials
+        read_at = found.business.update_time
         current = dataclasses.replace(
             target,
             access_token=stored.whatsapp_access_token,
@@ -577,27 +587,37 @@ class Processor:
             twilio_auth_token=stored.twilio_auth_token,
         )
         if current == target:
-            return None
+            return None, read_at
         log.info(
             "refused credentials were replaced meanwhile; sending with the new ones",
             business_id=target.business_id,
         )
-        return current
+        return current, read_at
 
-    async def _token_needs_renewal(self, business_id: str) -> None:
+    async def _token_needs_renewal(self, business_id: str, read_at: Timestamp | None) -> bool:
+        """Mark the token as needing renewal, only if the business is still as read at
+        ``read_at``: an operator may have stored a new token since, which must not be flagged.
+        False when the business changed meanwhile (nothing marked), else True."""
+        request = business_pb2.UpdateBusinessRequest(
+            business=business_pb2.Business(
+                id=business_id, access_token_status=business_pb2.TOKEN_STATUS_NEEDS_RENEWAL
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["access_token_status"]),
+        )
+        if read_at is not None:
+            request.expected_update_time.CopyFrom(read_at)
         try:
-            await self.clients.business.UpdateBusiness(
-                business_pb2.UpdateBusinessRequest(
-                    business=business_pb2.Business(
-                        id=business_id,
-                        access_token_status=business_pb2.TOKEN_STATUS_NEEDS_RENEWAL,
-                    ),
-                    update_mask=field_mask_pb2.FieldMask(paths=["access_token_status"]),
-                )
-            )
-            log.warning("Cloud API token expired; business marked", business_id=business_id)
+            await self.clients.business.UpdateBusiness(request)
         except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.ABORTED:
+                log.info(
+                    "business changed since read; its token not marked", business_id=business_id
+                )
+                return False
             log.error("could not mark the token for renewal", code=error.code().name)
+            return True
+        log.warning("Cloud API token expired; business marked", business_id=business_id)
+        return True
 
 
 class SentLog:

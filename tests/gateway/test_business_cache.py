@@ -7,10 +7,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
-from parley.business.v1 import business_pb2
+from parley.business.v1 import business_pb2, business_pb2_grpc
 from services.business.core import to_proto
 from services.business.model import validate_number
 from services.common.business_keys import KeyKind, identity_key
@@ -18,6 +19,7 @@ from services.gateway.businesses import REPLICA_LAG_SECONDS, KnownBusiness
 from tests.business.test_store_contract import record as business_record
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
+from tests.support.proxy import ReplyCutter
 from tests.support.stack import (
     SECRETS,
     TWILIO_SID,
@@ -247,6 +249,57 @@ def test_a_reply_sent_with_a_token_replaced_meanwhile_is_sent_again_with_the_new
     send(cached, business.phone_number_id, later, "after the rotation")
     assert wait_for(lambda: fake_clouds.texts(later) == ["echo: after the rotation #1"], 20)
     assert fake_clouds.replies(later)[0].authorization == f"Bearer {new}"
+
+
+def test_a_token_replaced_between_the_workers_read_and_its_mark_is_not_flagged(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """Meta refuses the old token (190); the worker reads the business (the old token still),
+    and the operator stores a new token just before the worker's mark reaches the service. The
+    mark is refused (the business changed since it was read), the worker reads it again and
+    sends with the new token, and the business stays `valid`. (Was a bug: the new, good token
+    was marked `needs_renewal` and the message dead-lettered.)"""
+    cutter = ReplyCutter(services.business).start()
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "business-mark-race",
+        BUSINESS_SERVICE_ADDR=cutter.address,
+    )
+    try:
+        business = create_business(gw)
+        new = "graph-token-raced-" + business.access_token[-8:]
+        SECRETS.append(new)
+
+        def operator_stores_a_new_token() -> None:  # straight to the service, not the proxy
+            with grpc.insecure_channel(services.business) as channel:
+                business_pb2_grpc.BusinessServiceStub(channel).SetChannelToken(
+                    business_pb2.SetChannelTokenRequest(
+                        business_id=business.id,
+                        secret=business_pb2.CHANNEL_SECRET_WHATSAPP_ACCESS_TOKEN,
+                        value=new,
+                    ),
+                    timeout=10,
+                )
+
+        cutter.before_request(b"access_token_status", operator_stores_a_new_token)
+        fake_clouds.revoked_tokens.add(business.access_token)
+        wa_id = new_wa_id()
+        with gw.http as client:
+            post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "raced"))
+
+        def with_new_token() -> list[str]:
+            sent = fake_clouds.replies(wa_id)
+            return [r.body["text"]["body"] for r in sent if r.authorization == f"Bearer {new}"]
+
+        assert wait_for(lambda: with_new_token() or dead_letters_of(gw, wa_id), 20)
+        assert dead_letters_of(gw, wa_id) == []
+        assert with_new_token() == ["echo: raced #1"]
+        assert token_status(gw, business) == "valid"
+    finally:
+        gw.stop()
+        cutter.stop()
 
 
 def test_a_long_reply_after_a_token_replaced_meanwhile_asks_for_the_new_one_once(

@@ -11,7 +11,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Self
 
 
@@ -58,12 +58,20 @@ class ReplyCutter(_Listener):
         self.hold = hold
         self.cuts = 0
         self._marker: bytes | None = None
+        self._before: tuple[bytes, Callable[[], object]] | None = None
         self._lock = threading.Lock()
 
     def cut_reply_to(self, marker: bytes) -> None:
         """Lose the answer to the next request that carries ``marker`` (once)."""
         with self._lock:
             self._marker = marker
+
+    def before_request(self, marker: bytes, action: Callable[[], object]) -> None:
+        """Run ``action`` before the next request that carries ``marker`` reaches the server
+        (once): something that happens between a client's two calls, for real. ``action``
+        must not go through this proxy (the request waits for it)."""
+        with self._lock:
+            self._before = (marker, action)
 
     def _take(self, client: socket.socket) -> None:
         server = socket.create_connection(self.upstream)
@@ -74,6 +82,14 @@ class ReplyCutter(_Listener):
     def _up(self, client: socket.socket, server: socket.socket, muted: threading.Event) -> None:
         tail = b""
         while data := _received(client):
+            with self._lock:
+                before = self._before
+                if before is not None and before[0] in tail + data:
+                    self._before = None
+                else:
+                    before = None
+            if before is not None:
+                before[1]()
             with self._lock:
                 marker = self._marker
                 hit = marker is not None and marker in tail + data
