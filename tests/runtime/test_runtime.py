@@ -361,6 +361,17 @@ def test_a_setting_only_building_can_check_stops_startup_with_one_line(
         ("OPENAI_TIMEOUT_SECONDS", {"OPENAI_TIMEOUT_SECONDS": "soon", "WEB_CONCURRENCY": "2"}),
         ("OPENAI_MAX_TOKENS", {"OPENAI_MAX_TOKENS": "5"}),
         ("BOT_SEARCH_CACHE_SECONDS", {"BOT_SEARCH_CACHE_SECONDS": "-5", "GATEWAY_ROLE": "worker"}),
+        # The engine's own deadlines past the message's: a slow search (or model) failed the
+        # whole message, retried and dead-lettered, instead of being answered with an apology.
+        ("ENGINE_TIMEOUT_SECONDS", {"ENGINE_TIMEOUT_SECONDS": "8"}),
+        (
+            "ENGINE_TIMEOUT_SECONDS",
+            {
+                "OPENAI_API_KEY": "sk-test",
+                "OPENAI_TIMEOUT_SECONDS": "12",
+                "GATEWAY_ROLE": "worker",
+            },
+        ),
         # A directory under a file: not even root can make it.
         (
             "PROMETHEUS_MULTIPROC_DIR",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from services.common.settings import CommonSettings, http_url
+from services.common.settings import CommonSettings, ConfigurationError, http_url
 from services.gateway.bot.switches import Switch
 
 
@@ -26,6 +26,9 @@ class BotSettings(CommonSettings):
     bot_searching_notice_ms: int = Field(default=300, ge=0, le=10_000)
     # How long a worker reuses a fresh SearchFlights answer for the same request (0: never).
     bot_search_cache_seconds: float = Field(default=30.0, ge=0, le=3600)
+    # The worker's deadline for the whole message (GatewaySettings has it too): read here only
+    # to check that the engine's own deadlines fit in it.
+    engine_timeout_seconds: float = Field(default=20.0, gt=0, le=600)
 
     @field_validator("use_smart_handler", "use_async_search")
     @classmethod
@@ -38,6 +41,24 @@ class BotSettings(CommonSettings):
     def _http_url(cls, value: str) -> str:
         # Without its scheme every model call failed and the rules answered, without a word.
         return http_url(value, "https://api.openai.com/v1")
+
+    @model_validator(mode="after")
+    def _deadlines_fit_the_message(self) -> BotSettings:
+        # A slow search (or model) is meant to be answered: an apology, or the rules. Past the
+        # message's deadline instead, the turn fails as a whole, is retried, and is dead-lettered
+        # while the dependency stays slow: the user is never answered.
+        budget = self.bot_search_timeout_seconds
+        names = "BOT_SEARCH_TIMEOUT_SECONDS"
+        if self.llm_enabled:
+            budget += self.openai_timeout_seconds
+            names = "OPENAI_TIMEOUT_SECONDS + " + names
+        if self.engine_timeout_seconds <= budget:
+            raise ConfigurationError(
+                "ENGINE_TIMEOUT_SECONDS",
+                f"must be more than {names} (a slow search would fail the whole message,"
+                " retried and dead-lettered, instead of being answered with an apology)",
+            )
+        return self
 
     def smart_handler(self) -> Switch:
         return Switch.parse("use_smart_handler", self.use_smart_handler)
