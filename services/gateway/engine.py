@@ -10,7 +10,9 @@ call search through :class:`SearchPort`, and may send a reply early (``Turn.send
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -31,6 +33,27 @@ MessageType = Literal[
     "reaction",
     "unknown",
 ]
+
+
+# When the worker stops waiting for the engine's answer (time.monotonic(), i.e. the event loop's
+# clock): set around Engine.handle, ENGINE_TIMEOUT_SECONDS from its start.
+message_deadline: ContextVar[float | None] = ContextVar("message_deadline", default=None)
+
+# What a call cut short by the message's deadline leaves the engine to answer with (an apology,
+# the rules' reading) before the worker gives up on the whole message.
+ANSWER_MARGIN_SECONDS = 0.5
+
+
+def time_left(timeout: float, *, after: float = 0.0) -> float:
+    """``timeout``, or less when the message's deadline comes sooner: a call started late in the
+    message's budget then ends in time to be answered as its own timeout is, rather than running
+    past the deadline and failing the whole message (retried, then dead-lettered). ``after``:
+    time kept for what must still run after this call."""
+    deadline = message_deadline.get()
+    if deadline is None:
+        return timeout
+    left = deadline - ANSWER_MARGIN_SECONDS - after - time.monotonic()
+    return max(0.0, min(timeout, left))
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ LLM_CALLS = Counter(
     "The engine's language-model calls (OPENAI_API_KEY), by outcome: ok, implausible (valid but"
     " out of range: the rules answer), invalid (not JSON or not the schema), timeout,"
     " rate_limited (429), refused (401, 403: the key), server_error (5xx), client_error (other"
-    " 4xx), network, breaker_open (no call made).",
+    " 4xx), network, breaker_open (no call made), no_time (no call made: the message's deadline"
+    " leaves only the search's time).",
     ["outcome"],
 )
 LLM_CALL_SECONDS = Histogram(

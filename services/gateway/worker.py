@@ -67,6 +67,7 @@ from services.gateway.engine import (
     Turn,
     TurnResult,
     is_notice,
+    message_deadline,
 )
 from services.gateway.queue import WORKERS, Entry, Queue, sent_log_key
 from services.gateway.ratelimit import RateLimits
@@ -416,6 +417,8 @@ class Processor:
 
     async def _run_engine(self, turn: Turn) -> TurnResult:
         deadline = asyncio.timeout(self.settings.engine_timeout_seconds)  # no task, as wait_for
+        # The engine's calls see it too (time_left): one started late ends within it.
+        token = message_deadline.set(time.monotonic() + self.settings.engine_timeout_seconds)
         try:
             async with deadline:
                 return await self.engine.handle(turn)
@@ -425,6 +428,8 @@ class Processor:
                     f"no answer within {self.settings.engine_timeout_seconds:g} s"
                 ) from None
             raise
+        finally:
+            message_deadline.reset(token)
 
     async def _save(
         self,

@@ -7,20 +7,24 @@ import asyncio
 import re
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from time import monotonic
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from parley.search.v1 import search_pb2_grpc
+from services.common.clients import make_channel, with_call_defaults
 from services.gateway.bot import create_engine
 from services.gateway.bot import offers as fmt
 from services.gateway.bot.dialogue import BotEngine, Dialogue
 from services.gateway.bot.messages import Texts
+from services.gateway.bot.places import SearchPlaces
 from services.gateway.bot.settings import BotSettings
-from services.gateway.engine import SearchPort
+from services.gateway.engine import SearchPort, message_deadline
 from tests.bot.chat import Chat
-from tests.bot.conftest import NEW_YORK, SearchServer, coming, today
+from tests.bot.conftest import NEW_YORK, SEARCH, SearchServer, coming, today
+from tests.support.processes import free_port
 
 
 def settings(**values: Any) -> BotSettings:
@@ -1984,6 +1988,31 @@ async def test_search_unavailable_keeps_the_slots_and_offers_a_retry(
     assert offers_in(reply) and offers_in(reply) == offers_in(
         await Chat(engine).say("Oslo to Lisbon in 10 days")
     )
+
+
+async def test_a_search_started_late_in_the_message_ends_with_its_deadline(
+    search_stub: search_pb2_grpc.SearchServiceStub,
+) -> None:
+    # The search service is restarting (nothing listens yet): the call waits for it up to its
+    # deadline, BOT_SEARCH_TIMEOUT_SECONDS, even when the message's own deadline comes first.
+    # The worker then gave up on the whole message (EngineTimeout: retried, then dead-lettered)
+    # instead of the apology the engine has for a search that did not answer in time.
+    channel = make_channel(f"127.0.0.1:{free_port()}", SEARCH)
+    down = with_call_defaults(search_pb2_grpc.SearchServiceStub(channel), 5.0)
+    engine = create_engine(
+        cast(SearchPort, down),
+        settings(bot_search_timeout_seconds=40, engine_timeout_seconds=60),
+        places=SearchPlaces(cast(SearchPort, search_stub)),  # the places are still found
+    )
+    token = message_deadline.set(monotonic() + 2.0)  # as the worker sets it around handle()
+    try:
+        async with asyncio.timeout(20):  # the search's own deadline is twice that
+            reply = await Chat(engine).say("Oslo to Lisbon in 10 days")
+    finally:
+        message_deadline.reset(token)
+        await channel.close()
+    assert "flight search isn't available right now" in reply
+    assert "Oslo (OSL) → Lisbon (LIS)" in reply
 
 
 async def test_stale_results_are_shown_as_such(

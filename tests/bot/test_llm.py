@@ -21,7 +21,7 @@ from services.gateway.bot import create_engine
 from services.gateway.bot.dialogue import BotEngine
 from services.gateway.bot.llm import LLMExtractor
 from services.gateway.bot.settings import BotSettings
-from services.gateway.engine import SearchPort
+from services.gateway.engine import SearchPort, message_deadline
 from tests.bot.chat import Chat
 from tests.bot.fake_openai import FakeOpenAI
 
@@ -106,6 +106,33 @@ async def test_failures_fall_back_to_the_rules_invisibly(
     assert engine.describe()["llm"]["fallbacks"] == 1
     if mode == "slow":
         assert elapsed < 2.5, "the deadline (0.5 s) must cut the 3 s answer short"
+    await engine.aclose()
+
+
+async def test_a_model_call_ends_with_the_message_deadline(
+    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
+) -> None:
+    # Its own deadline (OPENAI_TIMEOUT_SECONDS) further away than the message's: the call ran
+    # past the message's, and the worker gave up on the whole message (EngineTimeout: retried,
+    # then dead-lettered) instead of the rules answering it. The search after it keeps its own
+    # deadline (BOT_SEARCH_TIMEOUT_SECONDS, 10 s) within the message's.
+    engine = llm_engine(search_stub, fake, timeout=6.0)
+    breaker = cast(LLMExtractor, engine._extractor).breaker
+    fake.mode, fake.delay = "slow", 8.0
+    for left, asked in ((12.0, 1), (1.5, 0)):  # the model then has 1.5 s, then none at all
+        token = message_deadline.set(time.monotonic() + left)  # as the worker sets it
+        try:
+            async with asyncio.timeout(4.5):  # the model's own deadline is 6 s
+                reply = await Chat(engine).say("NYC to London next Friday")
+        finally:
+            message_deadline.reset(token)
+        assert "New York (NYC) → London (LON)" in reply and "Reply *1*\u2013*3*" in reply
+        assert len(fake.requests) == asked
+        fake.requests.clear()
+    assert engine.describe()["llm"]["fallbacks"] == 2
+    assert breaker.state == "closed" and breaker.failures == 0, (
+        "cut short: the model's not at fault"
+    )
     await engine.aclose()
 
 

@@ -3,7 +3,8 @@
 
 It echoes the text with a per-conversation counter kept in state (so a lost update shows as a
 repeated number), answers ``early ...`` with an interim reply first, sleeps on
-``slow <seconds> ...`` (to kill a worker mid-message), and fails on ``boom ...`` and on
+``slow <seconds> ...`` (to kill a worker mid-message), tells ``time left`` in the
+message's budget, and fails on ``boom ...`` and on
 ``... then boom`` (after that interim reply, for ``early then boom``)."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from services.gateway.engine import Button, Reply, SearchPort, Turn, TurnResult
+from services.gateway.engine import Button, Reply, SearchPort, Turn, TurnResult, time_left
 
 if TYPE_CHECKING:
     from services.gateway.bot import BotEngine
@@ -25,6 +26,8 @@ class EchoEngine:
         count = int(turn.conversation.state.get("count", 0)) + 1
         if text.startswith("slow "):
             await asyncio.sleep(float(text.split()[1]))
+        if text == "time left":  # what a call of the engine's may still take
+            return TurnResult(replies=[Reply(f"time left: {time_left(3600):.1f}")])
         if text.startswith("early "):
             await turn.send_early(Reply("working on it"))
         if text.startswith("buttons "):

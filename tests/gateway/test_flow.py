@@ -86,6 +86,24 @@ def test_signed_cloud_api_webhook_is_answered_at_the_graph_api(
         redis_client.close()
 
 
+def test_the_engine_sees_the_time_left_of_the_message(
+    gateway: Gateway, fake_clouds: FakeClouds
+) -> None:
+    # The engine's calls could not see the message's deadline (ENGINE_TIMEOUT_SECONDS, 20 s): a
+    # search or model call started late ran its full timeout past it, and the whole message
+    # failed (retried, then dead-lettered) instead of being answered as that call's timeout is.
+    business = gateway.business
+    assert business is not None
+    wa_id = new_wa_id()
+    with gateway.http as client:
+        response = post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "time left"))
+    assert response.status_code == 200, response.text
+    assert wait_for(lambda: fake_clouds.replies(wa_id), 20)
+    [reply] = fake_clouds.replies(wa_id)
+    left = float(reply.body["text"]["body"].removeprefix("time left: "))
+    assert 0 < left < 20
+
+
 def test_a_reaction_or_a_system_notice_gets_no_typing_indicator(
     gateway: Gateway, fake_clouds: FakeClouds
 ) -> None:

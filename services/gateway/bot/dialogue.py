@@ -75,7 +75,15 @@ from services.gateway.bot.places import (
 from services.gateway.bot.recent_searches import RecentSearches
 from services.gateway.bot.settings import BotSettings
 from services.gateway.bot.switches import Switch
-from services.gateway.engine import ListRow, Reply, SearchPort, Turn, TurnResult, is_notice
+from services.gateway.engine import (
+    ListRow,
+    Reply,
+    SearchPort,
+    Turn,
+    TurnResult,
+    is_notice,
+    time_left,
+)
 
 log = structlog.get_logger()
 
@@ -1490,7 +1498,9 @@ class BotEngine:
         if recent is not None:
             return self._show(ctx, d, recent)
         call = asyncio.ensure_future(
-            self._search.SearchFlights(request, timeout=self._settings.bot_search_timeout_seconds)
+            self._search.SearchFlights(
+                request, timeout=time_left(self._settings.bot_search_timeout_seconds)
+            )
         )
         try:
             if ctx.async_search:

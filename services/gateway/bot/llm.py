@@ -27,6 +27,7 @@ from services.common.redact import mask_url
 from services.gateway import metrics
 from services.gateway.bot.extract import Extraction, extract
 from services.gateway.bot.settings import BotSettings
+from services.gateway.engine import time_left
 
 log = structlog.get_logger()
 
@@ -309,10 +310,17 @@ class LLMExtractor:
             # Two trips in one message: the model would read both as one; the rules know where
             # the first ends, and the user is told to send the next.
             return rules
-        if self.breaker.allow():
+        # The model only reads the message better than the rules do; the search it leads to is
+        # what the user asked for, so it keeps its own deadline within the message's.
+        own = self._settings.openai_timeout_seconds
+        budget = time_left(own, after=self._settings.bot_search_timeout_seconds)
+        if budget <= 0:
+            metrics.LLM_CALLS.labels("no_time").inc()
+            self.fallbacks += 1
+        elif self.breaker.allow():
             started = time.perf_counter()
             try:
-                answer = await self._ask(text, today)
+                answer = await self._ask(text, today, budget)
             except (
                 TimeoutError,
                 httpx.HTTPError,
@@ -326,7 +334,9 @@ class LLMExtractor:
                 # the parser's recursion limit ("[[[[…") is a RecursionError.
                 metrics.LLM_CALL_SECONDS.observe(time.perf_counter() - started)
                 metrics.LLM_CALLS.labels(_outcome(error)).inc()
-                self.breaker.failure(_retry_after(error))
+                if not (isinstance(error, TimeoutError) and budget < own):
+                    # Cut short by the message's deadline, not its own: no verdict on the model.
+                    self.breaker.failure(_retry_after(error))
                 self.fallbacks += 1
                 log.warning("llm_fallback", reason=type(error).__name__, outcome=_outcome(error))
             else:
@@ -348,7 +358,7 @@ class LLMExtractor:
             self.fallbacks += 1
         return rules
 
-    async def _ask(self, text: str, today: date) -> LLMAnswer:
+    async def _ask(self, text: str, today: date, seconds: float) -> LLMAnswer:
         body = {
             "model": self._settings.openai_model,
             "temperature": 0,
@@ -371,17 +381,16 @@ class LLMExtractor:
         # httpx's timeout bounds each connect, write and read, not the call: an answer trickling
         # in a few bytes at a time would hold the message (up to ENGINE_TIMEOUT_SECONDS, then a
         # retry that asks again). The call as a whole, its retry too, has the deadline.
-        timeout = self._settings.openai_timeout_seconds
         retrying = AsyncRetrying(
             retry=retry_if_exception(_passing),
             stop=stop_after_attempt(2),
             wait=wait_exponential_jitter(multiplier=0.1, max=0.5, jitter=0.1),
             reraise=True,
         )
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             async for attempt in retrying:
                 with attempt:
-                    response = await self._client.post(self._url, json=body, timeout=timeout)
+                    response = await self._client.post(self._url, json=body, timeout=seconds)
                     response.raise_for_status()
         payload = response.json()
         _count_tokens(payload)
