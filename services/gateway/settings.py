@@ -155,6 +155,20 @@ class GatewaySettings(CommonSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _a_send_fits_the_engines_deadline(self) -> GatewaySettings:
+        # The engine's interim reply ("searching …", Turn.send_early) is sent within the
+        # engine's deadline: a slow provider then timed the engine out (the message's own
+        # failure, dead-lettered after MAX_ATTEMPTS) instead of the send (a dependency's,
+        # retried through RETRY_WINDOW_SECONDS), the interim reply perhaps delivered each time.
+        if self.engine_timeout_seconds <= self.send_timeout_seconds:
+            raise ConfigurationError(
+                "ENGINE_TIMEOUT_SECONDS",
+                "must be more than SEND_TIMEOUT_SECONDS (the engine's interim reply is sent"
+                " within its deadline)",
+            )
+        return self
+
     @property
     def effective_redis_url(self) -> str:
         return self.gateway_redis_url or self.redis_url

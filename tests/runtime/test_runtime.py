@@ -372,6 +372,9 @@ def test_a_setting_only_building_can_check_stops_startup_with_one_line(
                 "GATEWAY_ROLE": "worker",
             },
         ),
+        # An interim reply ("searching …") is sent within the engine's deadline: a slow provider
+        # timed the engine out (dead-lettered after MAX_ATTEMPTS), not the send (retried).
+        ("ENGINE_TIMEOUT_SECONDS", {"SEND_TIMEOUT_SECONDS": "25", "WEB_CONCURRENCY": "2"}),
         # A directory under a file: not even root can make it.
         (
             "PROMETHEUS_MULTIPROC_DIR",
