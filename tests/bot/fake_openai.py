@@ -2,9 +2,10 @@
 port in a thread. ``mode`` says how it answers: "good" (the JSON in ``answer``), "garbage" (text
 that is not JSON), "invalid" (JSON that breaks the schema), "nested" (JSON nested deeper than a
 parser's recursion limit), "error" (HTTP 500), "rate_limited" (HTTP 429 with
-``Retry-After: retry_after``), "slow" (``delay`` seconds, then a good answer)
-or "trickle" (a good answer, one byte at a time with ``delay`` seconds between them, so no
-single read waits long). The next ``fail_first`` requests, whatever the mode, get an HTTP 500."""
+``Retry-After: retry_after``), "slow" (``delay`` seconds, then a good answer),
+"huge" (a good answer padded with 2 MiB of whitespace, still valid JSON) or "trickle" (a good
+answer, one byte at a time with ``delay`` seconds between them, so no single read waits long).
+The next ``fail_first`` requests, whatever the mode, get an HTTP 500."""
 
 from __future__ import annotations
 
@@ -76,6 +77,8 @@ class FakeOpenAI:
                 self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
             ) -> None:
                 data = json.dumps(payload).encode()
+                if fake.mode == "huge" and status == 200:
+                    data += b" " * (2 << 20)
                 try:
                     self.send_response(status)
                     for name, value in (headers or {}).items():

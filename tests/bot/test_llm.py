@@ -235,6 +235,22 @@ async def test_an_answer_trickling_in_is_cut_at_the_call_s_deadline(
     await engine.aclose()
 
 
+async def test_an_answer_over_the_size_limit_falls_back_to_the_rules(
+    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
+) -> None:
+    # A broken or hostile endpoint's body was read whole, however large, into the gateway's
+    # memory: megabytes past anything max_tokens lets a model write were parsed and used.
+    engine = llm_engine(search_stub, fake, timeout=3.0)
+    invalid = llm_calls("invalid")
+    fake.mode = "huge"
+    fake.answer = answer(origin="Boston", destination="Miami", departure_date=in_days(8))
+    reply = await Chat(engine).say("NYC to London next Friday")
+    assert "New York (NYC) → London (LON)" in reply and "Reply *1*\u2013*3*" in reply, reply
+    assert engine.describe()["llm"]["fallbacks"] == 1
+    assert llm_calls("invalid") - invalid == 1
+    await engine.aclose()
+
+
 async def test_each_call_caps_the_tokens_the_model_may_write(
     search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
 ) -> None:

@@ -277,6 +277,26 @@ def _count_tokens(payload: Any) -> None:
             metrics.LLM_TOKENS.labels(kind).inc(tokens)
 
 
+# An answer of max_tokens (4096 at most) is a few KiB of JSON with its envelope; a body past this
+# is a broken or hostile endpoint's, not read into memory.
+MAX_ANSWER_BYTES = 256 * 1024
+
+
+async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
+    """The body, decoded, or a ValueError (counted ``invalid``) once it passes ``limit`` bytes."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ValueError(f"answer of {declared} bytes, over {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise ValueError(f"answer over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class LLMExtractor:
     def __init__(self, settings: BotSettings, client: httpx.AsyncClient | None = None) -> None:
         assert settings.openai_api_key is not None
@@ -390,9 +410,16 @@ class LLMExtractor:
         async with asyncio.timeout(seconds):
             async for attempt in retrying:
                 with attempt:
-                    response = await self._client.post(self._url, json=body, timeout=seconds)
-                    response.raise_for_status()
-        payload = response.json()
+                    request = self._client.build_request(
+                        "POST", self._url, json=body, timeout=seconds
+                    )
+                    response = await self._client.send(request, stream=True)
+                    try:
+                        response.raise_for_status()
+                        data = await _read_bounded(response, MAX_ANSWER_BYTES)
+                    finally:
+                        await response.aclose()
+        payload = json.loads(data)
         _count_tokens(payload)
         content = payload["choices"][0]["message"]["content"]
         try:
