@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from prometheus_client import REGISTRY
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from parley.search.v1 import search_pb2_grpc
 from services.gateway.bot import create_engine
@@ -299,19 +299,17 @@ async def test_metrics_count_the_calls_by_outcome_their_latency_and_tokens(
     await engine.aclose()
 
 
-async def test_health_shows_the_base_url_without_its_credentials(
-    search_stub: search_pb2_grpc.SearchServiceStub, fake: FakeOpenAI
-) -> None:
-    # A proxy in front of the model, its password in the URL: /health/info masked it, and
-    # /health/detailed (the engine's describe()) showed it whole.
-    settings = BotSettings(
-        openai_api_key=SecretStr("sk-test-key"),
-        openai_base_url=f"http://parley:proxy-pw-1@127.0.0.1:{fake.port}/v1",
-    )
-    engine = create_engine(cast(SearchPort, search_stub), settings)
-    shown = engine.describe()["llm"]["base_url"]
-    assert "proxy-pw-1" not in shown and shown == f"http://parley:***@127.0.0.1:{fake.port}/v1"
-    await engine.aclose()
+def test_a_base_url_with_credentials_is_refused_without_quoting_them() -> None:
+    # A proxy's user:password in the URL: httpx sent them as Basic auth in place of the
+    # Authorization header, so the key was never sent and every call was refused, silently
+    # falling back to the rules. (/health/detailed showed the password whole before that.)
+    with pytest.raises(ValidationError) as refused:
+        BotSettings(
+            openai_api_key=SecretStr("sk-test-key"),
+            openai_base_url="http://parley:proxy-pw-1@127.0.0.1:8080/v1",
+        )
+    said = refused.value.errors()[0]["msg"]  # what start-up prints after the variable's name
+    assert "must not hold a user name or password" in said and "proxy-pw-1" not in said
 
 
 async def test_a_half_open_breaker_lets_one_call_through_not_every_message(

@@ -357,6 +357,11 @@ def test_a_setting_only_building_can_check_stops_startup_with_one_line(
         ),
         ("PUBLIC_BASE_URL", {"PUBLIC_BASE_URL": "bot.example.com"}),
         ("OPENAI_BASE_URL", {"OPENAI_BASE_URL": "api.openai.com/v1", "WEB_CONCURRENCY": "2"}),
+        # A proxy's user:password went as Basic auth in place of the key: every call refused.
+        (
+            "OPENAI_BASE_URL",
+            {"OPENAI_BASE_URL": "https://u:s3cret@llm-proxy/v1", "GATEWAY_ROLE": "worker"},
+        ),
         ("USE_SMART_HANDLER", {"USE_SMART_HANDLER": "maybe"}),
         ("OPENAI_TIMEOUT_SECONDS", {"OPENAI_TIMEOUT_SECONDS": "soon", "WEB_CONCURRENCY": "2"}),
         ("OPENAI_MAX_TOKENS", {"OPENAI_MAX_TOKENS": "5"}),

@@ -312,7 +312,7 @@ class LLMExtractor:
     def describe(self) -> dict[str, Any]:
         return {
             "enabled": True,
-            # /health/info masks it; a proxy's URL may hold its credentials (user:password@).
+            # As /health/info shows it (a URL with credentials is refused at start-up).
             "base_url": mask_url(self._settings.openai_base_url),
             "model": self._settings.openai_model,
             "timeout_seconds": self._settings.openai_timeout_seconds,

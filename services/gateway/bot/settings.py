@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.common.settings import CommonSettings, ConfigurationError, http_url
@@ -40,7 +42,16 @@ class BotSettings(CommonSettings):
     @classmethod
     def _http_url(cls, value: str) -> str:
         # Without its scheme every model call failed and the rules answered, without a word.
-        return http_url(value, "https://api.openai.com/v1")
+        value = http_url(value, "https://api.openai.com/v1")
+        parts = urlsplit(value)
+        if parts.username is not None or parts.password is not None:
+            # httpx sends a URL's user:password as Basic auth in place of the Authorization
+            # header: the key was never sent, and every call was refused.
+            raise ValueError(
+                "must not hold a user name or password (they would be sent as Basic auth"
+                " instead of OPENAI_API_KEY as the Bearer token); the key is the credential"
+            )
+        return value
 
     @model_validator(mode="after")
     def _deadlines_fit_the_message(self) -> BotSettings:
