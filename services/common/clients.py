@@ -7,13 +7,18 @@ from __future__ import annotations
 import contextvars
 import json
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 import grpc
+import structlog
+from cryptography import x509
 
 from services.common.interceptors import REQUEST_ID_KEY
 from services.common.settings import CommonSettings, ConfigurationError, read_setting_file
 from services.common.tls import channel_credentials
+
+log = structlog.get_logger("parley.runtime")
 
 # The request id of the message being handled; the gateway sets it per webhook/queue entry.
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -104,6 +109,37 @@ def with_call_defaults(stub: StubT, default_timeout: float = DEFAULT_TIMEOUT_SEC
     return cast(StubT, _CallDefaults(stub, default_timeout))
 
 
+# This close to its end a certificate's renewal has failed: cert-manager renews a third of its
+# life ahead (a month of the usual 90 days).
+EXPIRY_WARNING = timedelta(days=7)
+
+
+def warn_if_expiring(variable: str, path: str, pem: bytes) -> None:
+    """One warning when a certificate in ``pem`` (``GRPC_TLS_CERT``'s, ``GRPC_TLS_CA``'s) has
+    expired or ends within :data:`EXPIRY_WARNING`: grpc serves and presents it without a word,
+    and every handshake fails from its ``notAfter`` on. Only the file and the date are logged."""
+    try:
+        ends = min(cert.not_valid_after_utc for cert in x509.load_pem_x509_certificates(pem))
+    except ValueError:
+        return  # no readable certificate: refused where the file is loaded
+    left = ends - datetime.now(UTC)
+    if left <= EXPIRY_WARNING:
+        log.warning(
+            "TLS certificate expired" if left <= timedelta(0) else "TLS certificate expires soon",
+            variable=variable,
+            path=path,
+            not_after=ends.isoformat(),
+        )
+
+
+def read_tls_file(variable: str, path: str) -> bytes:
+    """:func:`read_setting_file`, and a certificate's expiry checked (never a key's)."""
+    data = read_setting_file(variable, path)
+    if variable != "GRPC_TLS_KEY":
+        warn_if_expiring(variable, path, data)
+    return data
+
+
 def client_credentials(settings: CommonSettings) -> grpc.ChannelCredentials | None:
     """The gateway's TLS to the services, from the same variables the services serve with.
 
@@ -127,7 +163,7 @@ def client_credentials(settings: CommonSettings) -> grpc.ChannelCredentials | No
             "unset while GRPC_TLS_CERT and GRPC_TLS_KEY are set: the gateway speaks TLS to the"
             " services, and presents its certificate, only with their CA",
         )
-    return channel_credentials(ca, cert, key, read_setting_file)
+    return channel_credentials(ca, cert, key, read_tls_file)
 
 
 def make_channel(

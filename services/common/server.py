@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common import event_loop
-from services.common.clients import MAX_REPLY_BYTES
+from services.common.clients import MAX_REPLY_BYTES, warn_if_expiring
 from services.common.gc_tuning import settle_heap
 from services.common.health import Health
 from services.common.interceptors import ACCESS_LOG, CallWrapper, InFlight, Registrar
@@ -93,6 +93,10 @@ def _tls_files(settings: CommonSettings) -> tuple[bytes, bytes, bytes | None]:
             context.load_verify_locations(settings.grpc_tls_ca)
         except ssl.SSLError:
             raise ConfigurationError("GRPC_TLS_CA", "not PEM certificates") from None
+    # At start-up and on each reload: grpc serves an expired certificate without a word.
+    warn_if_expiring("GRPC_TLS_CERT", cert_path, cert)
+    if ca is not None and settings.grpc_tls_ca:
+        warn_if_expiring("GRPC_TLS_CA", settings.grpc_tls_ca, ca)
     return key, cert, ca
 
 

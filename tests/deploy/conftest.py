@@ -45,7 +45,7 @@ def _ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
@@ -72,17 +72,19 @@ def _leaf(
     issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
     usages: list[x509.ObjectIdentifier],
     dns_names: list[str] | None = None,
+    days: float = 30,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = _key()
     now = dt.datetime.now(dt.UTC)
+    ends = now + dt.timedelta(days=days)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))
         .issuer_name(issuer[0].subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_before(min(now, ends) - dt.timedelta(days=1))
+        .not_valid_after(ends)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         # RFC 5280's identifiers: Python 3.13 verifies strictly (VERIFY_X509_STRICT) and refuses
@@ -120,8 +122,9 @@ def _write(
     return cert_path, key_path
 
 
-def make_pki(directory: Path, ca_name: str = "parley-test-ca") -> Pki:
-    """What an operator makes with cert-manager or openssl, made here in a few milliseconds."""
+def make_pki(directory: Path, ca_name: str = "parley-test-ca", days: float = 30) -> Pki:
+    """What an operator makes with cert-manager or openssl, made here in a few milliseconds.
+    ``days``: how long the server's and clients' certificates have left (negative: expired)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca = _ca(ca_name)
     # The services' certificates name the Service DNS names and localhost (for exec probes).
@@ -130,8 +133,9 @@ def make_pki(directory: Path, ca_name: str = "parley-test-ca") -> Pki:
         ca,
         [ExtendedKeyUsageOID.SERVER_AUTH],
         ["business", "business.parley.svc.cluster.local", "localhost"],
+        days,
     )
-    client = _leaf("gateway", ca, [ExtendedKeyUsageOID.CLIENT_AUTH])
+    client = _leaf("gateway", ca, [ExtendedKeyUsageOID.CLIENT_AUTH], days=days)
     rogue = _leaf("gateway", _ca("someone-else-ca"), [ExtendedKeyUsageOID.CLIENT_AUTH])
     ca_path, _ = _write(directory, "ca", ca)
     server_cert, server_key = _write(directory, "server", server)

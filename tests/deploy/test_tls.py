@@ -3,12 +3,14 @@ only SQLite): mutual TLS accepts a client certificate from the CA and refuses ev
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import healthcheck
@@ -244,3 +246,71 @@ def test_renewed_certificates_are_served_without_a_restart(tmp_path: Path) -> No
     assert [line["reason"] for line in refused] == [
         "GRPC_TLS_CERT: with GRPC_TLS_KEY, not a PEM certificate and its unencrypted key"
     ]
+
+
+def test_an_expired_certificate_is_told_at_start_up(tmp_path: Path) -> None:
+    """grpc serves an expired certificate without a word: every client's handshake fails, and
+    the service's log said nothing of why. Now one warning names the file and its notAfter."""
+    expired = make_pki(tmp_path / "expired", days=-2)
+    process, _ = start_business(
+        tmp_path,
+        GRPC_TLS_CERT=str(expired.server_cert),
+        GRPC_TLS_KEY=str(expired.server_key),
+        GRPC_TLS_CA=str(expired.ca),
+    )
+    try:
+        told = "TLS certificate expired"
+        assert wait_for(lambda: process.log_events(told), timeout=30, interval=0.1), process.log
+    finally:
+        process.stop()
+    [line] = process.log_events("TLS certificate expired")
+    assert line["variable"] == "GRPC_TLS_CERT" and line["path"] == str(expired.server_cert)
+    assert line["level"] == "warning" and line["not_after"] < dt.datetime.now(dt.UTC).isoformat()
+    assert "PRIVATE KEY" not in process.log and not process.log_events(
+        "TLS certificate expires soon"
+    )
+
+
+def test_a_renewed_certificate_that_ends_within_days_is_told_on_its_reload(tmp_path: Path) -> None:
+    # A renewal that brought a certificate ending in two days (a CA's short-lived issuance, a
+    # clock wrong where it was issued) was served without a word, like the first one.
+    good, short = make_pki(tmp_path / "good"), make_pki(tmp_path / "short", "short-ca", days=2)
+    volume = tmp_path / "tls"
+    volume.mkdir()
+    _mount_secret(volume, good.ca, good.server_cert, good.server_key)
+    process, address = start_business(
+        tmp_path,
+        GRPC_TLS_CERT=str(volume / "tls.crt"),
+        GRPC_TLS_KEY=str(volume / "tls.key"),
+        GRPC_TLS_CA=str(volume / "ca.crt"),
+    )
+    try:
+        wait_serving(process, address, channel_credentials(*_client(good)))
+        _mount_secret(volume, short.ca, short.server_cert, short.server_key)
+        wait_serving(process, address, channel_credentials(*_client(short)))
+    finally:
+        process.stop()
+    [line] = process.log_events("TLS certificate expires soon")
+    assert line["variable"] == "GRPC_TLS_CERT" and line["path"] == str(volume / "tls.crt")
+    assert line["not_after"] > dt.datetime.now(dt.UTC).isoformat()
+    assert "TLS files reloaded" in process.log and not process.log_events("TLS certificate expired")
+
+
+def _client(pki: Pki) -> tuple[str, str, str]:
+    return str(pki.ca), str(pki.client_cert), str(pki.client_key)
+
+
+def test_the_gateway_tells_of_its_expired_client_certificate(tmp_path: Path) -> None:
+    expired = make_pki(tmp_path, days=-2)
+    settings = CommonSettings(
+        grpc_tls_ca=str(expired.ca),
+        grpc_tls_cert=str(expired.client_cert),
+        grpc_tls_key=str(expired.client_key),
+    )
+    with structlog.testing.capture_logs() as logs:
+        assert client_credentials(settings) is not None
+    told = [line for line in logs if line["event"] == "TLS certificate expired"]
+    assert [(line["variable"], line["path"]) for line in told] == [
+        ("GRPC_TLS_CERT", str(expired.client_cert))
+    ]
+    assert all("PRIVATE KEY" not in str(line) for line in logs)
