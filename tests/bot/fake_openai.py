@@ -3,7 +3,8 @@ port in a thread. ``mode`` says how it answers: "good" (the JSON in ``answer``),
 that is not JSON), "invalid" (JSON that breaks the schema), "nested" (JSON nested deeper than a
 parser's recursion limit), "error" (HTTP 500), "rate_limited" (HTTP 429 with
 ``Retry-After: retry_after``), "slow" (``delay`` seconds, then a good answer),
-"huge" (a good answer padded with 2 MiB of whitespace, still valid JSON) or "trickle" (a good
+"huge" (a good answer padded with 2 MiB of whitespace, still valid JSON), "endless" (a good
+answer's start, then whitespace without end and no Content-Length) or "trickle" (a good
 answer, one byte at a time with ``delay`` seconds between them, so no single read waits long).
 The next ``fail_first`` requests, whatever the mode, get an HTTP 500."""
 
@@ -50,6 +51,8 @@ class FakeOpenAI:
                     return self._send(429, {"error": error}, {"Retry-After": fake.retry_after})
                 if fake.mode == "slow":
                     time.sleep(fake.delay)
+                if fake.mode == "endless":
+                    return self._endless()
                 content = {
                     "garbage": "Sure! The user wants to fly somewhere nice.",
                     "invalid": json.dumps({**fake.answer, "adults": 42}),
@@ -72,6 +75,18 @@ class FakeOpenAI:
                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                     },
                 )
+
+            def _endless(self) -> None:
+                # HTTP/1.0 without Content-Length: the body ends when the connection does.
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                try:
+                    self.wfile.write(b'{"choices": [{"message": {"content": "{}"}}]')
+                    while True:
+                        self.wfile.write(b" " * 65536)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up
 
             def _send(
                 self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None

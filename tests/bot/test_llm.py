@@ -248,6 +248,12 @@ async def test_an_answer_over_the_size_limit_falls_back_to_the_rules(
     assert "New York (NYC) → London (LON)" in reply and "Reply *1*\u2013*3*" in reply, reply
     assert engine.describe()["llm"]["fallbacks"] == 1
     assert llm_calls("invalid") - invalid == 1
+    # A body without Content-Length that never ends is cut at the limit too, not at the
+    # deadline (it was read until the deadline, the message waiting all that while).
+    fake.mode = "endless"
+    reply = await Chat(engine).say("NYC to London next Friday")
+    assert "New York (NYC) → London (LON)" in reply, reply
+    assert llm_calls("invalid") - invalid == 2
     await engine.aclose()
 
 
