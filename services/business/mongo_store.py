@@ -14,7 +14,7 @@ would otherwise allow only one business without numbers.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pymongo
@@ -26,7 +26,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from services.business.model import SECRET_FIELDS, BusinessRecord, TokenStatus
-from services.business.store import BusinessStore, UpdateTimeConflict
+from services.business.store import UPDATE_TIME_STEP, BusinessStore, UpdateTimeConflict
 from services.common.business_keys import KeyKind
 from services.common.errors import AlreadyExists
 from services.common.server import READINESS_TIMEOUT_SECONDS
@@ -288,9 +288,25 @@ class MongoStore(BusinessStore):
                 to_set[SECRET_DOC_FIELDS[name]] = value
             else:
                 to_unset[SECRET_DOC_FIELDS[name]] = ""
-        change: dict[str, Any] = {"$set": to_set}
+        # An update pipeline, so update_time moves past the stored one in the same atomic step
+        # (next_update_time); $literal keeps a value starting with "$" a value, not a path.
+        stage: dict[str, Any] = {name: {"$literal": value} for name, value in to_set.items()}
+        if "update_time" in fields:
+            stage[FIELDS["update_time"]] = {
+                "$max": [
+                    {"$literal": fields["update_time"]},
+                    {  # a hand-kept updatedAt may be missing or a string: nothing to step from
+                        "$cond": [
+                            {"$eq": [{"$type": "$updatedAt"}, "date"]},
+                            {"$add": ["$updatedAt", UPDATE_TIME_STEP // timedelta(milliseconds=1)]},
+                            None,
+                        ]
+                    },
+                ]
+            }
+        change: list[dict[str, Any]] = [{"$set": stage}] if stage else []
         if to_unset:
-            change["$unset"] = to_unset
+            change.append({"$unset": list(to_unset)})
         match: dict[str, Any] = {"_id": ObjectId(business_id)}
         if expected_update_time is not None:
             match["updatedAt"] = expected_update_time  # the filter makes the check atomic

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from services.business.model import SECRET_FIELDS, BusinessRecord, TokenStatus
-from services.business.store import BusinessStore, UpdateTimeConflict
+from services.business.store import BusinessStore, UpdateTimeConflict, next_update_time
 from services.common.business_keys import KeyKind
 from services.common.errors import AlreadyExists
 from services.common.tasks import run_shielded
@@ -314,30 +314,32 @@ class SqliteStore(BusinessStore):
         secrets: dict[str, str | None] | None = None,
         expected_update_time: datetime | None = None,
     ) -> BusinessRecord | None:
-        sets: list[str] = []
-        args: list[Any] = []
-        for field, value in fields.items():
-            sets.append(f"{_FIELD_COLUMNS[field]} = ?")
-            args.append(_encode(field, value))
-        for name, value in (secrets or {}).items():
+        for name in secrets or {}:
             if name not in SECRET_FIELDS:
                 raise ValueError(f"unknown secret field {name}")
-            sets.append(f"{name} = ?")
-            args.append(value)
 
         async def change(db: aiosqlite.Connection) -> BusinessRecord | None:
-            if expected_update_time is not None:
-                # Read and write in one write transaction: no other write comes between.
-                async with db.execute(
-                    "SELECT updated_at FROM businesses WHERE id = ?", (business_id,)
-                ) as select:
-                    found = await select.fetchone()
-                if found is None:
-                    return None
-                current = datetime.fromisoformat(found[0])
-                if current != expected_update_time:
-                    raise UpdateTimeConflict(current)
+            # Read and write in one write transaction: no other write comes between.
+            async with db.execute(
+                "SELECT updated_at FROM businesses WHERE id = ?", (business_id,)
+            ) as select:
+                found = await select.fetchone()
+            if found is None:
+                return None
+            current = datetime.fromisoformat(found[0])
+            if expected_update_time is not None and current != expected_update_time:
+                raise UpdateTimeConflict(current)
             await self._claims(db, business_id, fields)
+            sets: list[str] = []
+            args: list[Any] = []
+            for field, value in fields.items():
+                if field == "update_time":
+                    value = next_update_time(value, current)
+                sets.append(f"{_FIELD_COLUMNS[field]} = ?")
+                args.append(_encode(field, value))
+            for name, secret in (secrets or {}).items():
+                sets.append(f"{name} = ?")
+                args.append(secret)
             cursor = await db.execute(
                 f"UPDATE businesses SET {', '.join(sets)} WHERE id = ?", (*args, business_id)
             )

@@ -9,7 +9,7 @@ queries so tests and benchmarks can see what reached the database.
 from __future__ import annotations
 
 import abc
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from services.business.metrics import STORE_QUERIES
@@ -23,6 +23,17 @@ class UpdateTimeConflict(Exception):
     def __init__(self, current: datetime) -> None:
         super().__init__(f"the business changed at {current.isoformat()}")
         self.current = current
+
+
+# The step by which a write moves update_time past the stored one (MongoDB dates hold ms).
+UPDATE_TIME_STEP = timedelta(milliseconds=1)
+
+
+def next_update_time(given: datetime, stored: datetime) -> datetime:
+    """``given``, but strictly after ``stored``: two writes that computed the same update_time
+    (the same millisecond, from the same read) must still store two versions, or a conditional
+    writer that read between them would miss the second."""
+    return max(given, stored + UPDATE_TIME_STEP)
 
 
 class BusinessStore(abc.ABC):
@@ -69,7 +80,9 @@ class BusinessStore(abc.ABC):
     ) -> BusinessRecord | None:
         """Set ``fields`` (record attribute names) and ``secrets`` (None clears one).
 
-        ``update_time`` must be among ``fields``. None when there is no such business. With
+        ``update_time`` must be among ``fields``; the store moves it past the stored one if it is
+        not (:func:`next_update_time`, in the same atomic step). None when there is no such
+        business. With
         ``expected_update_time``, atomically only if the stored update_time equals it, else
         :class:`UpdateTimeConflict` with the stored one.
         """

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -210,6 +210,28 @@ async def test_an_update_expecting_an_update_time_applies_only_while_it_is_curre
     assert got is not None and got.name == "First" and got.secrets == {}
     missing = str(ObjectId())
     assert await store.update(missing, {"update_time": later}, expected_update_time=later) is None
+
+
+async def test_every_update_moves_update_time_past_the_stored_one(store: BusinessStore) -> None:
+    """Two writers that read the same version in the same millisecond compute the same next
+    update_time: the store still gives the second write a later one, so a conditional writer
+    that read between them sees it changed."""
+    original = record()
+    await store.create(original)
+    same = original.update_time + timedelta(milliseconds=1)
+    first = await store.update(original.id, {"name": "First", "update_time": same})
+    assert first is not None and first.update_time == same
+    second = await store.update(original.id, {"name": "Second", "update_time": same})
+    assert second is not None and second.update_time > same
+    with pytest.raises(UpdateTimeConflict) as conflict:
+        await store.update(
+            original.id,
+            {"name": "Stale", "update_time": same + timedelta(milliseconds=1)},
+            expected_update_time=first.update_time,
+        )
+    assert conflict.value.current == second.update_time
+    got = await store.get(original.id)
+    assert got is not None and got.name == "Second" and got.update_time == second.update_time
 
 
 async def test_indexes_exist_and_open_is_idempotent(
@@ -440,6 +462,28 @@ async def test_mongo_document_with_a_single_identity_not_in_a_list(mongo_uri: st
         assert found.phone_number_ids == ("123456",)
         assert found.numbers == ("+14155550100",)
         assert identity_key(KeyKind.PHONE_NUMBER_ID, "123456") in found.lookup_keys
+    finally:
+        await store.collection.database.client.drop_database(store.database)
+        await store.close()
+
+
+async def test_mongo_update_of_a_document_without_a_date_update_time(mongo_uri: str) -> None:
+    """A hand-kept document's ``updatedAt`` may be missing or a string: an update still applies
+    and stores the given update_time (the step past the stored one needs a date to step from)."""
+    store = MongoStore(mongo_uri, database=f"parley_test_dates_{ObjectId()}", min_pool_size=0)
+    try:
+        await store.open()
+        later = datetime(2030, 1, 1, tzinfo=UTC)
+        for updated_at in ("2024-01-01T00:00:00Z", None):
+            doc: dict[str, object] = {"name": "Old", "subDomain": f"old{ObjectId()}"}
+            if updated_at is not None:
+                doc["updatedAt"] = updated_at
+            inserted = await store.collection.insert_one(doc)
+            changed = await store.update(
+                str(inserted.inserted_id), {"name": "New", "update_time": later}
+            )
+            assert changed is not None and changed.name == "New"
+            assert changed.update_time == later
     finally:
         await store.collection.database.client.drop_database(store.database)
         await store.close()
