@@ -547,12 +547,39 @@ def build_router(runtime: Runtime) -> APIRouter:
         response.headers["ETag"] = etag(updated.update_time)
         return business_out(updated)
 
-    @router.delete("/businesses/{business_id}", summary="Deactivate a business.", responses=REFUSED)
-    async def delete_business(business_id: BusinessId) -> BusinessOut:
-        response = await business().DeactivateBusiness(
-            business_pb2.DeactivateBusinessRequest(id=business_id)
-        )
-        return business_out(response.business)
+    @router.delete(
+        "/businesses/{business_id}",
+        summary="Deactivate a business (only at the `If-Match` version, if sent).",
+        response_model=BusinessOut,
+        responses=REFUSED | CHANGED,
+    )
+    async def delete_business(
+        business_id: BusinessId,
+        response: Response,
+        if_match: Annotated[str | None, IF_MATCH] = None,
+    ) -> BusinessOut | JSONResponse:
+        try:
+            expected = await expected_version(business_id, if_match)
+            if expected is None:
+                deactivated = await business().DeactivateBusiness(
+                    business_pb2.DeactivateBusinessRequest(id=business_id)
+                )
+                stored = deactivated.business
+            else:
+                # DeactivateBusiness is UpdateBusiness(active=false); this one carries the version.
+                request = business_pb2.UpdateBusinessRequest(
+                    business=business_pb2.Business(id=business_id, active=False),
+                    update_mask=field_mask_pb2.FieldMask(paths=["active"]),
+                    expected_update_time=expected,
+                )
+                try:
+                    stored = (await business().UpdateBusiness(request)).business
+                except grpc.aio.AioRpcError as error:
+                    raise Changed(_conflict(error)) from None
+        except Changed as changed:
+            return changed.response()
+        response.headers["ETag"] = etag(stored.update_time)
+        return business_out(stored)
 
     @router.put(
         "/businesses/{business_id}/token",

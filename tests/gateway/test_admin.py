@@ -172,6 +172,29 @@ def test_two_admins_editing_one_business_the_second_gets_412_not_a_silent_overwr
         assert second.patch(path, json={"name": "Last"}).json()["name"] == "Last"
 
 
+def test_a_delete_at_a_stale_if_match_is_412_and_leaves_the_business_serving(
+    outbox_gateway: Gateway,
+) -> None:
+    business = create_business(outbox_gateway)
+    path = f"/admin/businesses/{business.id}"
+    with outbox_gateway.admin() as first, outbox_gateway.admin() as second:
+        tag = first.get(path).headers["ETag"]
+        # Another admin changes it after the first one read it: the delete was decided on less.
+        now = second.patch(path, json={"locale": "es"}, headers={"If-Match": tag}).headers["ETag"]
+        stale = first.delete(path, headers={"If-Match": tag})
+        assert stale.status_code == 412, stale.text
+        assert stale.headers.get("ETag") == now and "changed" in stale.json()["detail"]
+        assert first.get(path).json()["active"] is True  # nothing written
+        deleted = first.delete(path, headers={"If-Match": now})
+        assert deleted.status_code == 200 and deleted.json()["active"] is False
+        assert deleted.headers["ETag"] not in (tag, now)
+        assert first.get(path).headers["ETag"] == deleted.headers["ETag"]
+        unknown = first.delete(
+            "/admin/businesses/ffffffffffffffffffffffff", headers={"If-Match": now}
+        )
+        assert unknown.status_code == 404, unknown.text
+
+
 def test_a_create_sent_again_with_its_idempotency_key_is_the_same_business(
     outbox_gateway: Gateway,
 ) -> None:
