@@ -190,6 +190,11 @@ class Problem(BaseModel):
     fields: dict[str, str] = Field(
         default={}, description="Each refused field and why (a 400 of the service)."
     )
+    applied: list[str] = Field(
+        default=[],
+        description="A 412 of `PUT .../token`: the secrets written before the business was seen "
+        "changed (the others were not).",
+    )
 
 
 # The statuses the app's handler gives the services' errors (and Redis's), declared where they
@@ -219,14 +224,19 @@ IF_MATCH = Header(
 class Changed(Exception):
     """If-Match named a version the business is no longer at: 412 with its current ETag."""
 
-    def __init__(self, current: Timestamp | None) -> None:
+    def __init__(self, current: Timestamp | None, applied: list[str] | None = None) -> None:
         super().__init__("the business changed since it was read")
         self.current = current
+        self.applied = applied or []  # what the request wrote before the change was seen
 
     def response(self) -> JSONResponse:
         headers = {"ETag": etag(self.current)} if self.current is not None else None
         detail = "the business changed since it was read (If-Match): read it again and retry"
-        return JSONResponse({"detail": detail}, status_code=412, headers=headers)
+        body: dict[str, Any] = {"detail": detail}
+        if self.applied:
+            body["detail"] += "; already written: " + ", ".join(self.applied)
+            body["applied"] = self.applied
+        return JSONResponse(body, status_code=412, headers=headers)
 
 
 def etag(update_time: Timestamp) -> str:
@@ -610,18 +620,23 @@ def build_router(runtime: Runtime) -> APIRouter:
         except Changed as changed:
             return changed.response()
         stored = None
+        applied: list[str] = []
         for name, value in given.items():
             request = business_pb2.SetChannelTokenRequest(
                 business_id=business_id, secret=SECRET_FIELDS[name], value=value
             )
-            if expected is not None and stored is None:
-                # The first write checks the version; the others follow it (each is a write of
-                # its own that moves update_time, and they touch only the fields sent here).
+            if expected is not None:
+                # Each write is one of its own: each expects the version the previous one made,
+                # so a change landing between two of them stops the rest instead of being
+                # overwritten by them.
                 request.expected_update_time.CopyFrom(expected)
             try:
                 stored = (await business().SetChannelToken(request)).business
             except grpc.aio.AioRpcError as error:
-                return Changed(_conflict(error)).response()
+                return Changed(_conflict(error), applied).response()
+            applied.append(name)
+            if expected is not None:
+                expected = stored.update_time
         assert stored is not None
         response.headers["ETag"] = etag(stored.update_time)
         return business_out(stored)

@@ -242,6 +242,62 @@ def test_a_create_whose_answer_was_lost_is_not_a_conflict(
         cutter.stop()
 
 
+def test_a_put_of_several_secrets_stops_at_a_change_landing_between_them(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """`PUT .../token` with If-Match and two secrets; another admin stores a Twilio auth token
+    between the PUT's two writes. The PUT's second write is refused (412 naming what it applied)
+    and the other admin's token stays. (Was a bug: only the first write checked the version, so
+    the second overwrote the change that had landed meanwhile.)"""
+    cutter = ReplyCutter(services.business).start()
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "admin-token-race",
+        BUSINESS_SERVICE_ADDR=cutter.address,
+    )
+    try:
+        business = create_business(gw)
+        suffix = business.id[-8:]
+        theirs, mine = f"twilio-theirs-{suffix}", f"twilio-mine-{suffix}"
+
+        def another_admin_stores_a_token() -> None:  # straight to the service, not the proxy
+            with grpc.insecure_channel(services.business) as channel:
+                business_pb2_grpc.BusinessServiceStub(channel).SetChannelToken(
+                    business_pb2.SetChannelTokenRequest(
+                        business_id=business.id,
+                        secret=business_pb2.CHANNEL_SECRET_TWILIO_AUTH_TOKEN,
+                        value=theirs,
+                    ),
+                    timeout=10,
+                )
+
+        cutter.before_request(mine.encode(), another_admin_stores_a_token)
+        path = f"/admin/businesses/{business.id}"
+        with gw.admin() as admin:
+            tag = admin.get(path).headers["ETag"]
+            put = admin.put(
+                f"{path}/token",
+                json={"access_token": f"EAAG-mine-{suffix}", "twilio_auth_token": mine},
+                headers={"If-Match": tag},
+            )
+            assert put.status_code == 412, put.text
+            assert put.json()["applied"] == ["access_token"]
+            current = admin.get(path).headers["ETag"]
+            assert put.headers["ETag"] == current
+        with grpc.insecure_channel(services.business) as channel:
+            stored = business_pb2_grpc.BusinessServiceStub(channel).GetBusiness(
+                business_pb2.GetBusinessRequest(id=business.id, include_credentials=True),
+                timeout=10,
+            )
+        assert stored.credentials.twilio_auth_token == theirs
+        assert stored.credentials.whatsapp_access_token == f"EAAG-mine-{suffix}"
+    finally:
+        gw.stop()
+        cutter.stop()
+
+
 def test_a_refused_request_never_echoes_a_secret(outbox_gateway: Gateway) -> None:
     """A 422 names the field and the problem, never the value given. (Was a bug: FastAPI's
     default answer echoes each value as `input`, and a missing field echoes the whole body, so a
