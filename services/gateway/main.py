@@ -141,7 +141,8 @@ def _serve(role: Role, settings: GatewaySettings) -> int:
     server_options: dict[str, Any] = {
         "log_config": None,  # keep our structlog handler
         "access_log": False,  # one structured line per webhook instead
-        "timeout_graceful_shutdown": int(settings.shutdown_grace_seconds),
+        # As given: int() made a grace of 0.5 s none at all (uvicorn waits a float as well).
+        "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
         # Bounds on a request's head (64 KiB) and on the time a request may take to arrive.
         "http": bounded_protocol(settings.request_read_timeout_seconds),
     }

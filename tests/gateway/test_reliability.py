@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -1021,6 +1022,50 @@ def test_sigterm_stops_the_http_process_with_status_0(
         assert "gateway stopped" in web.log  # the graceful way: its runtime stopped first
     finally:
         gw.stop()
+
+
+def test_sigterm_gives_a_request_in_flight_the_whole_fractional_grace(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """A webhook still arriving at SIGTERM is answered if it ends within SHUTDOWN_GRACE_SECONDS.
+    The grace went to uvicorn through int(): 0.9 s became 0, and the request was cut at once
+    (uvicorn's own 0.1 s pause aside)."""
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "sigterm-grace",
+        SHUTDOWN_GRACE_SECONDS="0.9",
+    )
+    try:
+        business = create_business(gw)
+        body, headers = signed_cloud(cloud_payload(business.phone_number_id, "15550009901", "hi"))
+        port = int(gw.url.rsplit(":", 1)[1])
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(
+                f"POST /webhooks/whatsapp HTTP/1.1\r\nhost: x\r\n{head}"
+                f"content-length: {len(body)}\r\n\r\n".encode()
+                + body[:10]
+            )
+            web = gw.processes[0]
+            web.signal(signal.SIGTERM)
+            assert wait_for(lambda: not _accepts(port), 10, 0.01)  # shutting down
+            time.sleep(0.4)  # past uvicorn's 0.1 s pause, well within the 0.9 s grace
+            conn.sendall(body[10:])
+            answer = conn.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200"), (answer, web.log[-3000:])
+        assert web.wait(20) == 0
+    finally:
+        gw.stop()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def test_a_business_whose_number_meta_throttles_holds_up_no_other_business(
