@@ -417,6 +417,10 @@ def build_router(runtime: Runtime) -> APIRouter:
         if params is None:
             where = "body" if by_post else "query string"
             return _reject("twilio", 400, "malformed", f"the {where} must be form-encoded")
+        if request.method == "HEAD":
+            # The GET's answer, without its effects (RFC 9110): nothing queued, marked seen or
+            # dead-lettered, so the GET that follows is the message's one delivery.
+            return _twiml(rid)
         try:
             try:
                 item = twilio.parse(params)

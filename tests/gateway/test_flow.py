@@ -360,6 +360,31 @@ def test_a_twilio_webhook_set_to_http_get_is_verified_queued_and_answered(
     )
 
 
+def test_a_signed_head_on_the_twilio_webhook_answers_as_get_and_queues_nothing(
+    gateway: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """HEAD must have no side effects (RFC 9110): a signed HEAD of a Twilio GET webhook's URL is
+    answered as the GET would be, headers only, and queues nothing. (Was a bug: it was handled
+    as the GET, so the message was queued and answered, and Twilio's own GET then counted as a
+    duplicate.)"""
+    business = gateway.business
+    assert business is not None
+    sender = "+" + new_wa_id()
+    path = f"/webhooks/twilio?{urlencode(twilio_form(business.number, sender, 'by head'))}"
+    signed = {twilio.SIGNATURE_HEADER: twilio.sign(gateway.url + path, [], TWILIO_TOKEN)}
+    duplicates = 'gateway_duplicates_dropped_total{channel="twilio"}'
+    before = metric(gateway, duplicates)
+    with gateway.http as client:
+        assert client.head(path).status_code == 401
+        answer = client.head(path, headers=signed)
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/xml")
+        assert answer.content == b""
+        assert client.get(path, headers=signed).status_code == 200
+    assert wait_for(lambda: fake_clouds.texts(sender) == ["echo: by head #1"], 20)
+    assert metric(gateway, duplicates) == before  # the GET was the first the gateway queued
+
+
 def test_a_failed_twilio_delivery_is_logged_with_its_error_code(gateway: Gateway) -> None:
     """Twilio reports most WhatsApp delivery failures only in a status callback (63016 outside
     the 24-hour window, other 63xxx channel errors): its ErrorCode is the one place an operator
