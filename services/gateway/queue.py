@@ -33,7 +33,7 @@ import json
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from datetime import datetime
@@ -41,10 +41,13 @@ from typing import Any
 
 import orjson
 import redis.asyncio as redis
+import structlog
 from redis.exceptions import RedisError, ResponseError
 
 from services.common.redis_pipeline import AutoPipeline
 from services.gateway.engine import InboundMessage
+
+log = structlog.get_logger()
 
 GROUP = "workers"
 DEAD = "gw:dead"
@@ -55,6 +58,9 @@ DEAD_MAXLEN = 100_000
 # whose delete failed is not queued a second time meanwhile.
 REPLAY_CLAIM_SECONDS = 60
 REPLAYED_CLAIM_SECONDS = 3600
+# How long an erasure waits for a replay of one of the user's dead letters to finish (it takes
+# milliseconds; one still holding its claim after this died in it, and the record is deleted).
+ERASE_REPLAY_WAIT_SECONDS = 5.0
 # How long one bulk replay call runs before it answers with where to go on (well under the
 # 30-60 s after which a proxy in front of the gateway gives up).
 BULK_REPLAY_SECONDS = 10.0
@@ -689,7 +695,20 @@ class Queue:
         quoted = "|".join(re.escape(json.dumps(u)[1:-1]) for u in sorted(user_ids))
         named = re.compile(rf'"(?:whatsapp:)?(?:{quoted})"')
 
-        sent_logs: list[str] = []
+        # The dead letters first, each under its replay's claim, then the partitions: a replay
+        # running now has queued the message again by the time its record is gone, and the
+        # partitions' scan then finds the entry.
+        found: dict[str, list[str]] = {}  # dead letter id -> the sent log kept for its replay
+        async for dead_id, record in self._pages(DEAD):
+            message = readable(record.get("orig_m", ""))
+            if message is not None:
+                if not theirs(message):
+                    continue
+                found[dead_id] = [sent_log_key(message.channel, message.provider_message_id)]
+            elif named.search(record.get("raw", "") + record.get("orig_m", "")):
+                found[dead_id] = []
+        dead = await self._erase_dead(found)
+        sent_logs = [key for keys in found.values() for key in keys]
         queued = 0
         partitions = {partition_of(i, u, self.partitions) for i in identities for u in user_ids}
         for partition in partitions:
@@ -710,27 +729,53 @@ class Queue:
                     pipe.hdel(errors_key(partition), *ids)
                     await pipe.execute()
                 queued += len(ids)
-        dead = []
-        async for dead_id, record in self._pages(DEAD):
-            message = readable(record.get("orig_m", ""))
-            if message is not None:
-                if not theirs(message):
-                    continue
-                sent_logs.append(sent_log_key(message.channel, message.provider_message_id))
-            elif not named.search(record.get("raw", "") + record.get("orig_m", "")):
-                continue
-            dead.append(dead_id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            if dead:
-                pipe.xdel(DEAD, *dead)
             for key in sent_logs:
                 pipe.delete(key)
             done = await pipe.execute()
-        return {
-            "queued": queued,
-            "dead_letters": len(dead),
-            "sent_logs": sum(int(n) for n in done[1 if dead else 0 :]),
-        }
+        return {"queued": queued, "dead_letters": dead, "sent_logs": sum(int(n) for n in done)}
+
+    async def _erase_dead(self, ids: Iterable[str]) -> int:
+        """Delete these dead letters, each under its replay's claim; how many this call deleted.
+        One whose claim another call holds is waited for: a replay's record is gone once its
+        message is queued again (an erasure then finds the entry), a failed one's claim is
+        given back; a delete's record is gone. After ``ERASE_REPLAY_WAIT_SECONDS`` the claim's
+        holder died in it, and the record goes without it."""
+        pending = list(ids)
+        deleted = 0
+        waited = False
+        deadline = time.monotonic() + ERASE_REPLAY_WAIT_SECONDS
+        while pending:
+            claims = [replay_claim_key(dead_id) for dead_id in pending]
+            if time.monotonic() >= deadline:
+                taken = [True] * len(pending)
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for claim in claims:
+                        pipe.set(claim, "1", nx=True, ex=REPLAY_CLAIM_SECONDS)
+                    taken = await pipe.execute()
+            mine = [dead_id for dead_id, ok in zip(pending, taken, strict=True) if ok]
+            if mine:
+                try:
+                    deleted += int(await self.redis.xdel(DEAD, *mine))
+                finally:
+                    held = [c for c, ok in zip(claims, taken, strict=True) if ok]
+                    with contextlib.suppress(RedisError):
+                        await self.redis.delete(*held)
+            others = [dead_id for dead_id, ok in zip(pending, taken, strict=True) if not ok]
+            if not others:
+                break
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for dead_id in others:
+                    pipe.xrange(DEAD, min=dead_id, max=dead_id)
+                still = await pipe.execute()
+            pending = [dead_id for dead_id, items in zip(others, still, strict=True) if items]
+            if pending:
+                if not waited:
+                    log.info("erasure waits for a replay of a dead letter", dead_letters=pending)
+                    waited = True
+                await asyncio.sleep(0.05)
+        return deleted
 
     async def _pages(
         self, stream: str, count: int = 1000, *, start: str = "-", end: str = "+"

@@ -6,18 +6,20 @@ import asyncio
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import httpx
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from parley.session.v1 import session_pb2, session_pb2_grpc
 from services.common.redact import mask_phone
-from services.gateway.queue import replay_claim_key, sent_log_key, stream_key
+from services.gateway.queue import DEAD, Queue, replay_claim_key, sent_log_key, stream_key
 from services.gateway.worker import RATE_NOTICE
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
@@ -39,6 +41,8 @@ from tests.support.stack import (
     start_gateway,
     start_worker,
 )
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -745,6 +749,67 @@ def test_deleting_a_reason_leaves_a_record_being_replayed_to_its_replay(
     finally:
         client.close()
     assert fake_clouds.texts(wa_id) == ["working on it"]
+
+
+def test_erasing_a_user_waits_for_a_replay_of_their_dead_letter_and_erases_its_message(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """A replay holds its record's claim while it queues the message again, then deletes the
+    record: an erasure in that moment must not leave the message queued. (Was a bug: the
+    erasure took no claim; it deleted the record and scanned the partitions at once, the replay
+    then queued the message, and the user's words outlived the erasure.)"""
+    # No worker: the queued message stays where the erasure must find it.
+    gw = start_gateway(
+        services, fake_clouds, f"redis://127.0.0.1:{valkey.port}/{next_db()}", "erase", role="web"
+    )
+    try:
+        business = create_business(gw)
+        wa_id = new_wa_id()
+        with gw.http as client:
+            post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "erase me"))
+
+        def with_queue(work: Callable[[Queue], Awaitable[T]]) -> T:
+            async def run() -> T:
+                queue = Queue(aioredis.Redis.from_url(gw.redis_url), 8, 60)
+                try:
+                    return await work(queue)
+                finally:
+                    await queue.redis.aclose()
+
+            return asyncio.run(run())
+
+        async def dead_lettered(queue: Queue) -> tuple[str, dict[str, str]]:
+            # As a worker gives up on the message: its entry's fields into a dead letter.
+            for partition in range(queue.partitions):
+                for entry_id, fields in await queue.redis.xrange(stream_key(partition)):
+                    await queue.redis.xdel(stream_key(partition), entry_id)
+                    kept = {k.decode(): v.decode() for k, v in fields.items()}
+                    return await queue.dead_letter("max_attempts", "boom", fields=kept), kept
+            raise AssertionError("the message was not queued")
+
+        async def replay_finishes(queue: Queue) -> None:
+            # What a replay does after taking its claim and reading the record.
+            await queue.requeue(fields)
+            await queue.redis.xdel(DEAD, dead_id)
+
+        dead_id, fields = with_queue(dead_lettered)
+        client = redis.Redis.from_url(gw.redis_url)
+        try:
+            client.set(replay_claim_key(dead_id), "1", ex=60)  # a replay has read the record
+            with gw.admin() as admin, ThreadPoolExecutor(1) as pool:
+                erasure = pool.submit(admin.delete, f"/admin/users/{business.id}/{wa_id}")
+                web = gw.processes[0]
+                waits = "erasure waits for a replay of a dead letter"
+                assert wait_for(lambda: erasure.done() or web.log_events(waits), 20)
+                with_queue(replay_finishes)
+                erased = erasure.result(timeout=30)
+            assert erased.status_code == 200, erased.text
+            assert erased.json()["queued"] == 1, erased.json()
+            assert queue_lengths(gw.redis_url) == 0 and dead_letters_of(gw, wa_id) == []
+        finally:
+            client.close()
+    finally:
+        gw.stop()
 
 
 @pytest.mark.parametrize(
