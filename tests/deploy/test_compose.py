@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from services.common.metrics import GO_CODE_NAMES
+from services.gateway.settings import GatewaySettings
 from tests.deploy.envvars import read_by
 from tests.deploy.observability import (
     ALERTS,
@@ -130,6 +131,24 @@ def test_parley_services_wait_for_healthy_dependencies_and_probe_themselves(
     for name, (port, _, _) in GRPC.items():
         assert gateway["environment"][f"{name.upper()}_SERVICE_ADDR"] == f"{name}:{port}"
     assert "/ready" in " ".join(gateway["healthcheck"]["test"])
+
+
+def test_compose_stops_each_process_after_its_grace_and_a_gateway_message_fits_it(
+    compose: dict[str, Any],
+) -> None:
+    """Each container gets longer than its SHUTDOWN_GRACE_SECONDS to stop; the gateway, whose
+    workers run messages, a grace one message fits in (the engine's deadline and a send): a
+    message cut at its end is retried, and a reply being sent then can reach the user twice."""
+    defaults = GatewaySettings.model_fields
+    message = defaults["engine_timeout_seconds"].default + defaults["send_timeout_seconds"].default
+    for name, service in parley_services(compose).items():
+        given = str(service.get("environment", {}).get("SHUTDOWN_GRACE_SECONDS", ""))
+        default = re.fullmatch(r"\$\{SHUTDOWN_GRACE_SECONDS:-([0-9.]+)\}", given)
+        grace = float(default[1]) if default else defaults["shutdown_grace_seconds"].default
+        stop = re.fullmatch(r"([0-9]+)s", service["stop_grace_period"])
+        assert stop and float(stop[1]) > grace, name
+        if name == "gateway":
+            assert grace >= message, grace
 
 
 def test_compose_sets_only_variables_the_code_reads(compose: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from services.common.server import LIVENESS
+from services.gateway.settings import GatewaySettings
 from tests.deploy.envvars import read_by
 from tests.deploy.kustomize import Resource, apply_json6902, read_env_file, render
 
@@ -32,6 +33,11 @@ GRPC = {
     "search": (50053, "parley.search.v1.SearchService"),
 }
 MIN_KUBERNETES = "1.30.0"
+# What one message may take by default: the engine's deadline, then a reply's send.
+MESSAGE_SECONDS = (
+    GatewaySettings.model_fields["engine_timeout_seconds"].default
+    + GatewaySettings.model_fields["send_timeout_seconds"].default
+)
 # Secrets created out of band (docs/deployment.md), never committed.
 EXTERNAL_SECRETS = {"parley-secrets", *(f"{name}-grpc-tls" for name in [*GRPC, "gateway"])}
 
@@ -205,15 +211,22 @@ def test_deployments_run_hardened_with_probes_resources_and_grace(
     rendered: dict[Path, list[Resource]], tree: Path
 ) -> None:
     resources = rendered[tree]
-    common = next(r["data"] for r in resources if r["metadata"]["name"].startswith("parley-common"))
-    grace = float(common["SHUTDOWN_GRACE_SECONDS"])
+    configmaps = {n: c.get("data", {}) for n, c in of_kind(resources, "ConfigMap").items()}
     deployments = of_kind(resources, "Deployment")
     assert set(deployments) == {*GRPC, "gateway-web", "gateway-worker"}
     for name, deployment in deployments.items():
         spec = pod_spec(deployment)
         (container,) = spec["containers"]
         pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        env: dict[str, str] = {}
+        for source in container["envFrom"]:  # the last source of a variable wins
+            env.update(configmaps[source["configMapRef"]["name"]])
+        grace = float(env["SHUTDOWN_GRACE_SECONDS"])
         assert spec["terminationGracePeriodSeconds"] > grace + pre_stop, name
+        if name == "gateway-worker":
+            # A message running at SIGTERM may finish: cut, it is retried, and a reply being
+            # sent at that moment can reach the user twice.
+            assert grace >= MESSAGE_SECONDS, grace
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["automountServiceAccountToken"] is False
         security = container["securityContext"]
@@ -402,6 +415,7 @@ def test_config_env_files_hold_only_variables_their_service_reads() -> None:
         "business": "business",
         "search": "search",
         "gateway": "gateway",
+        "gateway-worker": "gateway",
     }
     for path in (BASE / "config").glob("*.env"):
         unread = set(read_env_file(path)) - read_by(parts[path.stem])
