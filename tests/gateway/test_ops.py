@@ -199,7 +199,9 @@ def test_a_web_restart_keeps_the_counts_of_workers_sharing_its_metrics_directory
 
         accepted = 'gateway_sends_total{outcome="accepted",sender="cloud_api"}'
         answered("before the restart")
-        assert metric(gw, accepted) == 1
+        # The worker counts a send once the provider has answered it, a moment after the fake
+        # recorded the reply: wait for the count, as after the restart.
+        assert wait_for(lambda: metric(gw, accepted) == 1, 5), metric(gw, accepted)
         web = gw.processes[0]
         web.stop()
         web.start()
