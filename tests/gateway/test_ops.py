@@ -171,7 +171,7 @@ def test_a_queue_redis_without_an_append_only_file_is_named_at_start_up(
 
 
 def test_a_web_restart_keeps_the_counts_of_workers_sharing_its_metrics_directory(
-    services: Services, fake_clouds: FakeClouds, valkey: Valkey, tmp_path: object
+    services: Services, fake_clouds: FakeClouds, fresh_valkey: Valkey, tmp_path: Path
 ) -> None:
     """Worker processes on the host with the same PROMETHEUS_MULTIPROC_DIR are in /metrics (as
     docs/gateway.md says). The web's start removed every file there, the running workers' too:
@@ -181,7 +181,7 @@ def test_a_web_restart_keeps_the_counts_of_workers_sharing_its_metrics_directory
     gw = start_gateway(
         services,
         fake_clouds,
-        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        f"redis://127.0.0.1:{fresh_valkey.port}/0",  # its own: no other test's worker on its queue
         "shared-multiprocess-dir",
         role="web",
         workers=1,
