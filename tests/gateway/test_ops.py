@@ -270,14 +270,9 @@ async def test_stopping_closes_the_http_client_of_the_engine(
     assert client.is_closed
 
 
-def test_production_refuses_to_start_without_secrets() -> None:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN", "API_KEY")
-    }
-    env.update({"APP_ENV": "production", "WHATSAPP_APP_SECRET": "set-but-others-missing"})
-    result = subprocess.run(
+def start_gateway_process(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The gateway started with ``env`` alone, run until it exits (a refused start-up)."""
+    return subprocess.run(
         [sys.executable, "-m", "services.gateway.main"],
         cwd=ROOT,
         env=env,
@@ -285,6 +280,16 @@ def test_production_refuses_to_start_without_secrets() -> None:
         text=True,
         timeout=30,
     )
+
+
+def test_production_refuses_to_start_without_secrets() -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN", "API_KEY")
+    }
+    env.update({"APP_ENV": "production", "WHATSAPP_APP_SECRET": "set-but-others-missing"})
+    result = start_gateway_process(env)
     assert result.returncode == 2
     # Named as every refusal is, VARIABLE: why (was "(settings): Value error, …").
     assert "  APP_ENV: production needs these secrets set: " in result.stderr
@@ -305,14 +310,7 @@ def test_production_refuses_an_api_key_short_enough_to_guess() -> None:
             "API_KEY": "adm1n-key",
         }
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "services.gateway.main"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = start_gateway_process(env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "API_KEY" in result.stderr and "16" in result.stderr, result.stderr
     assert "adm1n-key" not in result.stderr + result.stdout
@@ -323,14 +321,7 @@ def test_an_api_key_no_header_can_carry_is_refused_at_start() -> None:
     from a UTF-8 terminal never matched: 403 with the right key (and httpx, `make chat`'s
     client, cannot send it at all). (Was a bug: such a key started, in every APP_ENV.)"""
     env = {**os.environ, "API_KEY": "clé-d'administration-2026", "APP_ENV": "dev"}
-    result = subprocess.run(
-        [sys.executable, "-m", "services.gateway.main"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = start_gateway_process(env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "API_KEY" in result.stderr and "ASCII" in result.stderr, result.stderr
     assert "administration" not in result.stderr + result.stdout
