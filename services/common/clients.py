@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import ssl
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -103,10 +104,21 @@ class _CallDefaults:
         setattr(self, name, call)  # once per method: later lookups skip __getattr__
         return call
 
+    def rebind(self, stub: Any) -> None:
+        """Calls from now on go through ``stub`` (a stub on a new channel)."""
+        default_timeout = self._default_timeout
+        vars(self).clear()  # the methods bound to the old stub
+        self.__init__(stub, default_timeout)  # type: ignore[misc]
+
 
 def with_call_defaults(stub: StubT, default_timeout: float = DEFAULT_TIMEOUT_SECONDS) -> StubT:
     """``stub``, its unary calls given a default deadline and the current request id."""
     return cast(StubT, _CallDefaults(stub, default_timeout))
+
+
+def rebind(wrapped: Any, stub: Any) -> None:
+    """Point a :func:`with_call_defaults` stub, and everything holding it, at ``stub``."""
+    cast(_CallDefaults, wrapped).rebind(stub)
 
 
 # This close to its end a certificate's renewal has failed: cert-manager renews a third of its
@@ -130,6 +142,25 @@ def warn_if_expiring(variable: str, path: str, pem: bytes) -> None:
             path=path,
             not_after=ends.isoformat(),
         )
+
+
+def check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
+    """OpenSSL reads the files first (an encrypted key is refused, never prompted for): grpc
+    finds bad PEM only when a server binds or a client's handshake fails, and names no file.
+    A :class:`ConfigurationError` names the variable."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if cert and key:
+        try:
+            context.load_cert_chain(cert, key, password="")
+        except ssl.SSLError:
+            raise ConfigurationError(
+                "GRPC_TLS_CERT", "with GRPC_TLS_KEY, not a PEM certificate and its unencrypted key"
+            ) from None
+    if ca:
+        try:
+            context.load_verify_locations(ca)
+        except ssl.SSLError:
+            raise ConfigurationError("GRPC_TLS_CA", "not PEM certificates") from None
 
 
 def read_tls_file(variable: str, path: str) -> bytes:
@@ -163,7 +194,9 @@ def client_credentials(settings: CommonSettings) -> grpc.ChannelCredentials | No
             "unset while GRPC_TLS_CERT and GRPC_TLS_KEY are set: the gateway speaks TLS to the"
             " services, and presents its certificate, only with their CA",
         )
-    return channel_credentials(ca, cert, key, read_tls_file)
+    credentials = channel_credentials(ca, cert, key, read_tls_file)
+    check_tls_files(ca, cert, key)
+    return credentials
 
 
 def make_channel(

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common import event_loop
-from services.common.clients import MAX_REPLY_BYTES, warn_if_expiring
+from services.common.clients import MAX_REPLY_BYTES, check_tls_files, warn_if_expiring
 from services.common.gc_tuning import settle_heap
 from services.common.health import Health
 from services.common.interceptors import ACCESS_LOG, CallWrapper, InFlight, Registrar
@@ -36,6 +34,7 @@ from services.common.settings import (
     refuse_to_start,
 )
 from services.common.tasks import cancel_and_wait, wait_shielded
+from services.common.tls import WatchedFiles
 
 log = structlog.get_logger("parley.runtime")
 
@@ -79,20 +78,8 @@ def _tls_files(settings: CommonSettings) -> tuple[bytes, bytes, bytes | None]:
     key = read_setting_file("GRPC_TLS_KEY", key_path)
     cert = read_setting_file("GRPC_TLS_CERT", cert_path)
     ca = read_setting_file("GRPC_TLS_CA", settings.grpc_tls_ca) if settings.grpc_tls_ca else None
-    # grpc only finds bad PEM when it binds, and then says "Failed to bind to address": OpenSSL
-    # checks the files here first (an encrypted key is refused, never prompted for).
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(cert_path, key_path, password="")
-    except ssl.SSLError:
-        raise ConfigurationError(
-            "GRPC_TLS_CERT", "with GRPC_TLS_KEY, not a PEM certificate and its unencrypted key"
-        ) from None
-    if settings.grpc_tls_ca:
-        try:
-            context.load_verify_locations(settings.grpc_tls_ca)
-        except ssl.SSLError:
-            raise ConfigurationError("GRPC_TLS_CA", "not PEM certificates") from None
+    # grpc only finds bad PEM when it binds, and then says "Failed to bind to address".
+    check_tls_files(settings.grpc_tls_ca, cert_path, key_path)
     # At start-up and on each reload: grpc serves an expired certificate without a word.
     warn_if_expiring("GRPC_TLS_CERT", cert_path, cert)
     if ca is not None and settings.grpc_tls_ca:
@@ -109,20 +96,10 @@ class _TlsFiles:
 
     def __init__(self, settings: CommonSettings) -> None:
         self._settings = settings
-        self._paths = [
-            path
-            for path in (settings.grpc_tls_key, settings.grpc_tls_cert, settings.grpc_tls_ca)
-            if path
-        ]
-        self._stamp = self._stamps()
+        self._files = WatchedFiles(
+            (settings.grpc_tls_key, settings.grpc_tls_cert, settings.grpc_tls_ca)
+        )
         self.initial = self._configuration(*_tls_files(settings))
-
-    def _stamps(self) -> tuple[tuple[int, int, int], ...] | None:
-        try:  # stat follows the symlinks a Kubernetes Secret volume swaps on an update
-            stats = [os.stat(path) for path in self._paths]
-        except OSError:
-            return None
-        return tuple((st.st_ino, st.st_mtime_ns, st.st_size) for st in stats)
 
     @staticmethod
     def _configuration(key: bytes, cert: bytes, ca: bytes | None) -> Any:
@@ -131,10 +108,8 @@ class _TlsFiles:
     def fetch(self) -> Any:
         """A new configuration when the files changed and make a valid set, else None (keep
         the one in use). Called by grpc, on its own thread, before each handshake."""
-        stamp = self._stamps()
-        if stamp is None or stamp == self._stamp:
+        if not self._files.changed():
             return None
-        self._stamp = stamp
         try:
             configuration = self._configuration(*_tls_files(self._settings))
         except ConfigurationError as error:

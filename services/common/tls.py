@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import grpc
@@ -32,3 +33,28 @@ def channel_credentials(
         private_key=read("GRPC_TLS_KEY", key),
         certificate_chain=read("GRPC_TLS_CERT", cert),
     )
+
+
+class WatchedFiles:
+    """Files whose replacement is noticed: cert-manager renewing a certificate into a mounted
+    Secret, an operator replacing the files. ``stat`` follows the symlinks a Kubernetes Secret
+    volume swaps on an update, so a new ``..data`` directory counts as a change."""
+
+    def __init__(self, paths: Iterable[str | None]) -> None:
+        self._paths = [path for path in paths if path]
+        self._stamp = self._stamps()
+
+    def _stamps(self) -> tuple[tuple[int, int, int], ...] | None:
+        try:
+            stats = [os.stat(path) for path in self._paths]
+        except OSError:
+            return None  # one is missing mid-update: not a change yet
+        return tuple((st.st_ino, st.st_mtime_ns, st.st_size) for st in stats)
+
+    def changed(self) -> bool:
+        """Whether any file changed since the last call (or since they were first seen)."""
+        stamp = self._stamps()
+        if stamp is None or stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        return True

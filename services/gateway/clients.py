@@ -8,17 +8,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from parley.business.v1 import business_pb2_grpc
 from parley.search.v1 import search_pb2_grpc
 from parley.session.v1 import session_pb2_grpc
-from services.common.clients import client_credentials, make_channel, with_call_defaults
+from services.common.clients import (
+    client_credentials,
+    make_channel,
+    rebind,
+    with_call_defaults,
+)
+from services.common.settings import ConfigurationError
+from services.common.tasks import cancel_and_wait
+from services.common.tls import WatchedFiles
 from services.gateway.settings import GatewaySettings
 
 SESSION = "parley.session.v1.SessionService"
 BUSINESS = "parley.business.v1.BusinessService"
 SEARCH = "parley.search.v1.SearchService"
+
+log = structlog.get_logger("parley.runtime")
 
 
 @dataclass(frozen=True)
@@ -28,31 +39,26 @@ class DependencyHealth:
     latency_ms: float
 
 
+# How often a gateway process looks at its TLS files (three stats): a renewed client certificate
+# or CA is in use within this long, well inside the month cert-manager renews ahead.
+TLS_CHECK_SECONDS = 30.0
+
+
 class Clients:
     def __init__(
         self, settings: GatewaySettings, credentials: grpc.ChannelCredentials | None = None
     ) -> None:
         """``credentials``: read once at start-up (:func:`client_credentials`); else from
         ``settings``."""
-        credentials = credentials or client_credentials(settings)
+        self._settings = settings
+        self._tls_files = WatchedFiles(
+            (settings.grpc_tls_ca, settings.grpc_tls_cert, settings.grpc_tls_key)
+        )
+        self._retired: list[grpc.aio.Channel] = []
+        self._closing: set[asyncio.Task[None]] = set()
+        self._watch: asyncio.Task[None] | None = None
+        self._channels = self._open(credentials or client_credentials(settings))
         timeout = settings.grpc_timeout_seconds
-        self._channels = {
-            SESSION: make_channel(
-                settings.session_service_addr,
-                SESSION,
-                credentials=credentials,
-            ),
-            BUSINESS: make_channel(
-                settings.business_service_addr,
-                BUSINESS,
-                credentials=credentials,
-            ),
-            SEARCH: make_channel(
-                settings.search_service_addr,
-                SEARCH,
-                credentials=credentials,
-            ),
-        }
         self.session = with_call_defaults(
             session_pb2_grpc.SessionServiceStub(self._channels[SESSION]), timeout
         )
@@ -62,9 +68,62 @@ class Clients:
         self.search = with_call_defaults(
             search_pb2_grpc.SearchServiceStub(self._channels[SEARCH]), timeout
         )
-        self._health = {
+        self._health = self._health_stubs()
+
+    def _open(self, credentials: grpc.ChannelCredentials | None) -> dict[str, grpc.aio.Channel]:
+        settings = self._settings
+        return {
+            name: make_channel(address, name, credentials=credentials)
+            for name, address in (
+                (SESSION, settings.session_service_addr),
+                (BUSINESS, settings.business_service_addr),
+                (SEARCH, settings.search_service_addr),
+            )
+        }
+
+    def _health_stubs(self) -> dict[str, health_pb2_grpc.HealthStub]:
+        return {
             name: health_pb2_grpc.HealthStub(channel) for name, channel in self._channels.items()
         }
+
+    def watch_tls(self) -> None:
+        """Look at the TLS files every :data:`TLS_CHECK_SECONDS` (:meth:`reload_tls`); nothing
+        to watch in plaintext."""
+        if self._watch is None and self._settings.grpc_tls_ca:
+            self._watch = asyncio.create_task(self._watch_tls(), name="tls-files")
+
+    async def _watch_tls(self) -> None:
+        while True:
+            await asyncio.sleep(TLS_CHECK_SECONDS)
+            self.reload_tls()
+
+    def reload_tls(self) -> bool:
+        """New channels when the TLS files changed and make a valid set (cert-manager renewing
+        the gateway's certificate, or the services' CA, into its Secret): a channel keeps the
+        certificate it was opened with, so the gateway presented the old one until a restart,
+        and failed every call once it expired. Calls under way finish on the old channels,
+        closed after the longest deadline the gateway gives one. Files that do not go together
+        (half written, a key of another pair) leave the channels in use, with one warning."""
+        if not self._tls_files.changed():
+            return False
+        try:
+            credentials = client_credentials(self._settings)
+        except ConfigurationError as error:
+            log.warning("TLS files changed, not usable: the last ones kept", reason=str(error))
+            return False
+        old, self._channels = self._channels, self._open(credentials)
+        rebind(self.session, session_pb2_grpc.SessionServiceStub(self._channels[SESSION]))
+        rebind(self.business, business_pb2_grpc.BusinessServiceStub(self._channels[BUSINESS]))
+        rebind(self.search, search_pb2_grpc.SearchServiceStub(self._channels[SEARCH]))
+        self._health = self._health_stubs()
+        grace = self._settings.engine_timeout_seconds + self._settings.grpc_timeout_seconds
+        for channel in old.values():
+            self._retired.append(channel)
+            closing = asyncio.create_task(channel.close(grace))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        log.info("TLS files reloaded")
+        return True
 
     async def health(self, deadline: float = 1.0) -> list[DependencyHealth]:
         """Each service's standard gRPC health for its own name, with the call's latency."""
@@ -83,5 +142,7 @@ class Clients:
         return DependencyHealth(name, status, round((time.perf_counter() - started) * 1000, 2))
 
     async def close(self) -> None:
-        for channel in self._channels.values():
+        await cancel_and_wait(self._watch)
+        for channel in (*self._channels.values(), *self._retired):
             await channel.close()
+        await asyncio.gather(*self._closing)

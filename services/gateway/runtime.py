@@ -147,6 +147,7 @@ class Runtime:
         await warn_if_evicting(self.redis, at_risk)
         await warn_if_not_persisted(self.redis, at_risk)
         self._clients = Clients(self.settings, self.credentials)
+        self._clients.watch_tls()
         if self.role in ("worker", "all"):
             # Blocking reads hold a connection each: a client of their own, with a socket
             # timeout longer than the block.

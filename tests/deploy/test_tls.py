@@ -3,6 +3,7 @@ only SQLite): mutual TLS accepts a client certificate from the CA and refuses ev
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 from collections.abc import Iterator
@@ -314,3 +315,71 @@ def test_the_gateway_tells_of_its_expired_client_certificate(tmp_path: Path) -> 
         ("GRPC_TLS_CERT", str(expired.client_cert))
     ]
     assert all("PRIVATE KEY" not in str(line) for line in logs)
+
+
+async def test_the_gateway_takes_its_renewed_certificate_without_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway is a client: its channels kept the certificate and CA they were opened with,
+    so a renewal cert-manager wrote into its Secret was used only after a restart, and every
+    call failed once the old certificate expired. Now new channels take the new files, and the
+    stubs everything holds (the worker's, the business directory's) go through them."""
+    from parley.business.v1 import business_pb2
+    from services.gateway import clients as gateway_clients
+    from services.gateway.clients import BUSINESS, Clients
+    from services.gateway.settings import GatewaySettings
+
+    old, renewed = make_pki(tmp_path / "old", "old-ca"), make_pki(tmp_path / "renewed")
+    process, address = start_business(
+        tmp_path,
+        GRPC_TLS_CERT=str(renewed.server_cert),
+        GRPC_TLS_KEY=str(renewed.server_key),
+        GRPC_TLS_CA=str(renewed.ca),
+    )
+    volume = tmp_path / "gateway-tls"
+    volume.mkdir()
+    _mount_secret(volume, old.ca, old.client_cert, old.client_key)
+    clients = Clients(
+        GatewaySettings(
+            app_env="test",
+            business_service_addr=address,
+            grpc_tls_ca=str(volume / "ca.crt"),
+            grpc_tls_cert=str(volume / "tls.crt"),
+            grpc_tls_key=str(volume / "tls.key"),
+        )
+    )
+    business = clients.business  # held, as the worker and the business directory hold it
+
+    async def status() -> str:
+        [found] = [h.status for h in await clients.health(deadline=2.0) if h.name == BUSINESS]
+        return found
+
+    try:
+        wait_serving(process, address, channel_credentials(*_client(renewed)))
+        assert await status() in {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+        with pytest.raises(grpc.aio.AioRpcError):
+            await business.GetCacheStats(business_pb2.GetCacheStatsRequest(), timeout=1)
+        assert not clients.reload_tls()  # nothing changed
+        # A set that does not go together (a key from another pair) is not taken.
+        _mount_secret(volume, renewed.ca, renewed.client_cert, old.client_key)
+        with structlog.testing.capture_logs() as logs:
+            assert not clients.reload_tls()
+        # The gateway's runtime watches the files (here every 50 ms, not every 30 s).
+        monkeypatch.setattr(gateway_clients, "TLS_CHECK_SECONDS", 0.05)
+        clients.watch_tls()
+        _mount_secret(volume, renewed.ca, renewed.client_cert, renewed.client_key)
+        for _ in range(100):
+            if await status() == "SERVING":
+                break
+            await asyncio.sleep(0.05)
+        assert await status() == "SERVING"
+        await business.GetCacheStats(business_pb2.GetCacheStatsRequest())
+    finally:
+        await clients.close()
+        process.stop()
+    assert [(line["event"], line["reason"]) for line in logs] == [
+        (
+            "TLS files changed, not usable: the last ones kept",
+            "GRPC_TLS_CERT: with GRPC_TLS_KEY, not a PEM certificate and its unencrypted key",
+        )
+    ]

@@ -341,6 +341,12 @@ def test_a_setting_only_building_can_check_stops_startup_with_one_line(
             "GRPC_TLS_KEY",
             {"GRPC_TLS_CA": __file__, "GRPC_TLS_CERT": __file__, "GATEWAY_ROLE": "worker"},
         ),
+        # Files that are not PEM: found only at the first handshake, which names no file.
+        ("GRPC_TLS_CA", {"GRPC_TLS_CA": __file__}),
+        (
+            "GRPC_TLS_CERT",
+            {"GRPC_TLS_CA": __file__, "GRPC_TLS_CERT": __file__, "GRPC_TLS_KEY": __file__},
+        ),
         # The rate limits were parsed only when the limiter was built: a traceback and status 3
         # quoting the value (a worker's: one line without the variable's name), and of several
         # limits only the first applied, silently.
