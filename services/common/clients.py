@@ -13,11 +13,10 @@ from typing import Any, TypeVar, cast
 
 import grpc
 import structlog
-from cryptography import x509
 
 from services.common.interceptors import REQUEST_ID_KEY
 from services.common.settings import CommonSettings, ConfigurationError, read_setting_file
-from services.common.tls import channel_credentials
+from services.common.tls import certificate_ends, channel_credentials
 
 log = structlog.get_logger("parley.runtime")
 
@@ -130,9 +129,8 @@ def warn_if_expiring(variable: str, path: str, pem: bytes) -> None:
     """One warning when a certificate in ``pem`` (``GRPC_TLS_CERT``'s, ``GRPC_TLS_CA``'s) has
     expired or ends within :data:`EXPIRY_WARNING`: grpc serves and presents it without a word,
     and every handshake fails from its ``notAfter`` on. Only the file and the date are logged."""
-    try:
-        ends = min(cert.not_valid_after_utc for cert in x509.load_pem_x509_certificates(pem))
-    except ValueError:
+    ends = certificate_ends(pem)
+    if ends is None:
         return  # no readable certificate: refused where the file is loaded
     left = ends - datetime.now(UTC)
     if left <= EXPIRY_WARNING:

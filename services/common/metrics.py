@@ -7,7 +7,8 @@ from __future__ import annotations
 import bisect
 import errno
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 
 import grpc
 from prometheus_client import REGISTRY, Gauge, start_http_server
@@ -18,6 +19,9 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+from services.common.settings import CommonSettings
+from services.common.tls import certificate_ends
 
 # grpc-go's codes.Code.String(), what go-grpc-prometheus puts in grpc_code: CamelCase, with
 # two exceptions.
@@ -112,6 +116,38 @@ class InFlightGauge(Collector):
         yield GaugeMetricFamily("grpc_server_in_flight", "RPCs being handled now.", self._read())
 
 
+class TlsExpiry(Collector):
+    """``parley_tls_certificate_expiry_timestamp_seconds{variable}``: when the certificate in
+    each TLS file ends, read from the file at scrape time (what the process serves or presents
+    once it has taken the file, within seconds of a change). A log line at start-up warns of a
+    certificate ending soon, but a process started with months left says nothing when its
+    renewal fails later; this lets an alert say so (``ParleyTlsCertificateExpiresSoon``)."""
+
+    def __init__(self, files: Mapping[str, str | None]) -> None:
+        self._files = {variable: path for variable, path in files.items() if path}
+
+    def collect(self) -> Iterable[Metric]:
+        if not self._files:
+            return  # plaintext: no series, nor an empty family
+        family = GaugeMetricFamily(
+            "parley_tls_certificate_expiry_timestamp_seconds",
+            "When the certificate in a TLS file ends (notAfter, Unix seconds), by variable.",
+            labels=["variable"],
+        )
+        for variable, path in self._files.items():
+            try:
+                ends = certificate_ends(Path(path).read_bytes())
+            except OSError:
+                continue  # mid-update, or gone: the reload keeps the last good set
+            if ends is not None:
+                family.add_metric([variable], ends.timestamp())
+        yield family
+
+    @classmethod
+    def of(cls, settings: CommonSettings) -> TlsExpiry:
+        return cls({"GRPC_TLS_CERT": settings.grpc_tls_cert, "GRPC_TLS_CA": settings.grpc_tls_ca})
+
+
 # Registered by the runtime when a process serves gRPC (export_server_metrics), not on import:
 # the gateway imports this module through its clients and would export a server's metrics that
 # nothing in it updates (an in-flight gauge always 0).
@@ -126,11 +162,11 @@ SERVING = Gauge(
 _exported = False
 
 
-def export_server_metrics() -> None:
+def export_server_metrics(settings: CommonSettings) -> None:
     """Add the gRPC server's metrics to what /metrics shows (once per process)."""
     global _exported
     if not _exported:
-        for collector in (RPC_METRICS, GRPC_IN_FLIGHT, SERVING):
+        for collector in (RPC_METRICS, GRPC_IN_FLIGHT, SERVING, TlsExpiry.of(settings)):
             REGISTRY.register(collector)
         _exported = True
 

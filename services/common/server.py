@@ -159,7 +159,7 @@ class Runtime:
     def __init__(self, service: Service, settings: CommonSettings, port: int) -> None:
         self.service = service
         self.settings = settings
-        export_server_metrics()
+        export_server_metrics(settings)
         self.in_flight = InFlight()
         self.health = Health()
         self.server = grpc.aio.server(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 
 import grpc
@@ -58,3 +59,14 @@ class WatchedFiles:
             return False
         self._stamp = stamp
         return True
+
+
+def certificate_ends(pem: bytes) -> datetime | None:
+    """When the first of the certificates in ``pem`` ends (``notAfter``, UTC); None when it holds
+    no readable certificate."""
+    from cryptography import x509  # here: the health probe imports this module, not this
+
+    try:
+        return min(cert.not_valid_after_utc for cert in x509.load_pem_x509_certificates(pem))
+    except ValueError:
+        return None

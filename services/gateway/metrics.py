@@ -174,13 +174,15 @@ class _Snapshot(Collector):
             yield GaugeMetricFamily(name, help_text, value=value)
 
 
-def render(gauges: Mapping[str, tuple[str, float]]) -> tuple[bytes, str]:
-    """The exposition text of every process's metrics plus ``gauges``."""
+def render(gauges: Mapping[str, tuple[str, float]], *collectors: Collector) -> tuple[bytes, str]:
+    """The exposition text of every process's metrics plus ``gauges`` and ``collectors`` (read
+    now, by this process)."""
     registry = CollectorRegistry()
     directory = multiprocess_dir()
     if directory:
         MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-        registry.register(_Snapshot(gauges))
+    for collector in (_Snapshot(gauges), *collectors):
+        registry.register(collector)
+    if directory:
         return generate_latest(registry), CONTENT_TYPE_LATEST
-    registry.register(_Snapshot(gauges))
     return generate_latest(REGISTRY) + generate_latest(registry), CONTENT_TYPE_LATEST

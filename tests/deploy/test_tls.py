@@ -383,3 +383,75 @@ async def test_the_gateway_takes_its_renewed_certificate_without_a_restart(
             "GRPC_TLS_CERT: with GRPC_TLS_KEY, not a PEM certificate and its unencrypted key",
         )
     ]
+
+
+def _expiry_series(text: str) -> dict[str, float]:
+    """``parley_tls_certificate_expiry_timestamp_seconds`` by its variable, from a scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        sample.labels["variable"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "parley_tls_certificate_expiry_timestamp_seconds"
+        for sample in family.samples
+    }
+
+
+def _not_after(path: Path) -> float:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc.timestamp()
+
+
+def test_a_service_exports_when_its_certificates_end_and_follows_a_renewal(tmp_path: Path) -> None:
+    """A process started with months left said nothing when its renewal failed later (the log
+    warns only when a file is read): the metric lets ParleyTlsCertificateExpiresSoon say so."""
+    import httpx
+
+    good, short = make_pki(tmp_path / "good"), make_pki(tmp_path / "short", "short-ca", days=2)
+    volume = tmp_path / "tls"
+    volume.mkdir()
+    _mount_secret(volume, good.ca, good.server_cert, good.server_key)
+    metrics_port = free_port()
+    process, address = start_business(
+        tmp_path,
+        GRPC_TLS_CERT=str(volume / "tls.crt"),
+        GRPC_TLS_KEY=str(volume / "tls.key"),
+        GRPC_TLS_CA=str(volume / "ca.crt"),
+        BUSINESS_METRICS_PORT=str(metrics_port),
+    )
+
+    def scraped() -> dict[str, float]:
+        return _expiry_series(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text)
+
+    try:
+        wait_serving(process, address, channel_credentials(*_client(good)))
+        assert scraped() == {
+            "GRPC_TLS_CERT": _not_after(good.server_cert),
+            "GRPC_TLS_CA": _not_after(good.ca),
+        }
+        _mount_secret(volume, short.ca, short.server_cert, short.server_key)
+        assert scraped()["GRPC_TLS_CERT"] == _not_after(short.server_cert)
+    finally:
+        process.stop()
+    assert _not_after(short.server_cert) - _not_after(good.server_cert) < -20 * 86400
+
+
+def test_the_gateway_exports_when_its_client_certificate_ends(pki: Pki) -> None:
+    from services.common.metrics import TlsExpiry
+    from services.gateway import metrics
+    from services.gateway.settings import GatewaySettings
+
+    settings = GatewaySettings(
+        app_env="test",
+        grpc_tls_ca=str(pki.ca),
+        grpc_tls_cert=str(pki.client_cert),
+        grpc_tls_key=str(pki.client_key),
+    )
+    body, _ = metrics.render({}, TlsExpiry.of(settings))
+    assert _expiry_series(body.decode()) == {
+        "GRPC_TLS_CERT": _not_after(pki.client_cert),
+        "GRPC_TLS_CA": _not_after(pki.ca),
+    }
+    plaintext, _ = metrics.render({}, TlsExpiry.of(GatewaySettings(app_env="test")))
+    assert b"parley_tls_certificate_expiry" not in plaintext
