@@ -105,9 +105,9 @@ class _CallDefaults:
 
     def rebind(self, stub: Any) -> None:
         """Calls from now on go through ``stub`` (a stub on a new channel)."""
-        default_timeout = self._default_timeout
-        vars(self).clear()  # the methods bound to the old stub
-        self.__init__(stub, default_timeout)  # type: ignore[misc]
+        for name in [name for name in vars(self) if not name.startswith("_")]:
+            delattr(self, name)  # a call bound to the old stub's method
+        self._stub = stub
 
 
 def with_call_defaults(stub: StubT, default_timeout: float = DEFAULT_TIMEOUT_SECONDS) -> StubT:
