@@ -278,6 +278,22 @@ def test_twilio_signatures_behind_a_tls_terminating_proxy(gateway: Gateway) -> N
         assert answer.status_code == 403
 
 
+@pytest.mark.parametrize("host", ["bot.example.com:abc", "bot.example.com:99999", "[::1"])
+def test_a_forwarded_host_that_is_no_host_is_refused_not_a_500(gateway: Gateway, host: str) -> None:
+    """X-Forwarded-Host is anyone's to send: one with a port that is not a number, past 65535,
+    or an unclosed IPv6 bracket made the Twilio check's URL parsing raise, a 500 with a
+    traceback logged as an error. (Was a bug.) It is one more URL the signature is not for."""
+    business = gateway.business
+    assert business is not None
+    form = twilio_form(business.number, "+" + new_wa_id(), "hi")
+    body, headers = signed_twilio("https://bot.example.com/webhooks/twilio", form, "not-it")
+    forwarded = {"x-forwarded-proto": "https", "x-forwarded-host": host}
+    with gateway.http as client:
+        answer = client.post("/webhooks/twilio", content=body, headers={**headers, **forwarded})
+    assert answer.status_code == 403, answer.text
+    assert answer.json() == {"detail": "X-Twilio-Signature does not match"}
+
+
 def test_a_twilio_subaccount_without_its_auth_token_is_refused_saying_which_token_signs(
     gateway: Gateway,
 ) -> None:

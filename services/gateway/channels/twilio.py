@@ -66,13 +66,17 @@ def sign(url: str, params: list[tuple[str, str]], auth_token: str) -> str:
 
 def _url_variants(url: str) -> list[str]:
     """The URL as given, and with/without the default port, as Twilio's own validator tries."""
-    parts = urlsplit(url)
     variants = [url]
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port not a number or past 65535, an unclosed "[": the host comes
+        return variants  # from a Host or X-Forwarded-Host header anyone can send
     default = {"https": 443, "http": 80}.get(parts.scheme)
     host = parts.hostname or ""
-    if parts.port is None and default:
+    if port is None and default:
         variants.append(urlunsplit(parts._replace(netloc=f"{_userinfo(parts)}{host}:{default}")))
-    elif parts.port == default:
+    elif port == default:
         variants.append(urlunsplit(parts._replace(netloc=f"{_userinfo(parts)}{host}")))
     return variants
 
