@@ -291,6 +291,9 @@ def test_twilio_signature_matches_twilio_published_vectors() -> None:
     # With and without the default port are both what Twilio may have signed.
     with_port = "https://mycompany.com:443/myapp.php?foo=1&bar=2"
     assert twilio.signature_matches(with_port, params, "RSOYDt4T1cUTdK1PDd93/VVr8B8=", "12345")
+    # And without a non-default one: Twilio drops an HTTPS URL's port before signing.
+    on_8443 = "https://mycompany.com:8443/myapp.php?foo=1&bar=2"
+    assert twilio.signature_matches(on_8443, params, "RSOYDt4T1cUTdK1PDd93/VVr8B8=", "12345")
     assert twilio.public_url(
         "https://bot.example.com/", "/webhooks/twilio", "a=1", "http://10.0.0.1/x"
     ) == ("https://bot.example.com/webhooks/twilio?a=1")

@@ -65,7 +65,10 @@ def sign(url: str, params: list[tuple[str, str]], auth_token: str) -> str:
 
 
 def _url_variants(url: str) -> list[str]:
-    """The URL as given, and with/without the default port, as Twilio's own validator tries."""
+    """The URL as given, with the scheme's default port when it names none, and without the
+    port it names, whichever that is: Twilio drops the port of an HTTPS URL before signing, a
+    non-default one (``:8443``) too, though not for every callback, so its own validators try
+    both."""
     variants = [url]
     try:
         parts = urlsplit(url)
@@ -74,9 +77,10 @@ def _url_variants(url: str) -> list[str]:
         return variants  # from a Host or X-Forwarded-Host header anyone can send
     default = {"https": 443, "http": 80}.get(parts.scheme)
     host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
     if port is None and default:
         variants.append(urlunsplit(parts._replace(netloc=f"{_userinfo(parts)}{host}:{default}")))
-    elif port == default:
+    elif port is not None:
         variants.append(urlunsplit(parts._replace(netloc=f"{_userinfo(parts)}{host}")))
     return variants
 
