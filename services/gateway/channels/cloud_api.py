@@ -97,16 +97,20 @@ def notification(
 
 
 def phone_number_ids(payload: Any) -> list[str]:
-    """The distinct ``metadata.phone_number_id`` values of a payload (for per-business secrets)."""
-    found: list[str] = []
+    """The distinct ``metadata.phone_number_id`` values of a payload (for per-business secrets).
+
+    Read before any signature is checked, so anyone's body: a dict keeps them, as a list did
+    at a cost that grew with the square of their number (a 3 MB body naming 64,000 ids held
+    the event loop for 17 s)."""
+    found: dict[str, None] = {}
     for entry in _list(payload.get("entry") if isinstance(payload, dict) else None):
         for change in _list(entry.get("changes") if isinstance(entry, dict) else None):
             value = change.get("value") if isinstance(change, dict) else None
             metadata = value.get("metadata") if isinstance(value, dict) else None
             pnid = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
-            if isinstance(pnid, str | int) and str(pnid) not in found:
-                found.append(str(pnid))
-    return found
+            if isinstance(pnid, str | int):
+                found[str(pnid)] = None
+    return list(found)
 
 
 def parse(payload: Any) -> Parsed:
