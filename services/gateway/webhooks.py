@@ -416,7 +416,12 @@ def build_router(runtime: Runtime) -> APIRouter:
             return verdict
         if params is None:
             where = "body" if by_post else "query string"
-            return _reject("twilio", 400, "malformed", f"the {where} must be form-encoded")
+            return _reject(
+                "twilio",
+                400,
+                "malformed",
+                f"the {where} must be form-encoded, with at most {twilio.MAX_FORM_FIELDS} fields",
+            )
         if request.method == "HEAD":
             # The GET's answer, without its effects (RFC 9110): nothing queued, marked seen or
             # dead-lettered, so the GET that follows is the message's one delivery.
