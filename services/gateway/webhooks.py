@@ -350,16 +350,37 @@ def build_router(runtime: Runtime) -> APIRouter:
                 f"at most {MAX_SIGNING_BUSINESSES} phone number ids are checked against "
                 "businesses' own app secrets",
             )
-        own = await asyncio.gather(*(_cloud_app_secret(pnid) for pnid in ids))
-        if not secret and not any(own):
-            return None  # no secret applies (never in production): accepted, warned at start-up
-        if header is None:
-            return _reject("cloud_api", 401, "unsigned", "X-Hub-Signature-256 is missing")
-        if ids and all(
-            s and cloud_api.signature_matches(body, header, s) for s in dict.fromkeys(own)
-        ):
+        if not secret:
+            # No platform secret (never in production): a body is taken unsigned unless a
+            # business it names has a secret of its own, so each of them is looked up.
+            own = await asyncio.gather(*(_cloud_app_secret(pnid) for pnid in ids))
+            if not any(own):
+                return None  # no secret applies: accepted, warned at start-up
+            if header is None:
+                return _reject("cloud_api", 401, "unsigned", "X-Hub-Signature-256 is missing")
+            signed = all(
+                s and cloud_api.signature_matches(body, header, s) for s in dict.fromkeys(own)
+            )
+        else:
+            signed = header is not None and await _each_signed(body, header, ids)
+        if ids and signed:
             return None
         return _reject("cloud_api", 403, "bad_signature", "X-Hub-Signature-256 does not match")
+
+    async def _each_signed(body: bytes, header: str, ids: list[str]) -> bool:
+        """Whether each business has an app secret of its own that verifies the body. Looked
+        up one at a time, up to the first that does not: the body is anyone's until then, and
+        one naming 20 unknown numbers cost 20 lookups at once (10 ms of the business service's
+        CPU per forged request) where the first said it is refused."""
+        verified: set[str] = set()
+        for pnid in ids:
+            own = await _cloud_app_secret(pnid)
+            if not own or (
+                own not in verified and not cloud_api.signature_matches(body, header, own)
+            ):
+                return False
+            verified.add(own)
+        return True
 
     async def _cloud_app_secret(phone_number_id: str) -> str:
         credentials = await _business_secret(
