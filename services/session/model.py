@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -391,3 +392,27 @@ def decode_cursor(token: str) -> Cursor:
     if not (score is None or isinstance(score, int)) or not isinstance(member, str):
         raise ValueError("not a page token from this service")
     return Cursor(shard, score, member)
+
+
+# A token names the listing it continues too (AIP-158): a position is only meaningful in the
+# business's index and with the role filter it was read with, and another listing's token
+# would silently skip that listing's first shards.
+def _listing(business_id: str, role: Role | None) -> str:
+    digest = hashlib.blake2s(f"{business_id}\0{role or ''}".encode(), digest_size=6).digest()
+    return base64.urlsafe_b64encode(digest).decode()
+
+
+def listing_token(token: str, business_id: str, role: Role | None) -> str:
+    """A store's page token, tied to the listing (business and role) it came from."""
+    return f"{token}.{_listing(business_id, role)}" if token else ""
+
+
+def listing_cursor(token: str, business_id: str, role: Role | None) -> Cursor:
+    """The position of a :func:`listing_token`; ValueError for another listing's token or one
+    this service did not make. A token without its listing (a release before) is taken."""
+    position, dot, listing = token.partition(".")
+    if dot and listing != _listing(business_id, role):
+        raise ValueError(
+            "a page token of another listing: send the business_id and role it came with"
+        )
+    return decode_cursor(position)

@@ -16,7 +16,7 @@ from services.common.settings import configuring, load_settings
 from services.session import convert
 from services.session.convert import Violations, raise_if
 from services.session.memory_store import MemoryStore
-from services.session.model import decode_cursor
+from services.session.model import listing_cursor, listing_token
 from services.session.redis_store import RedisStore
 from services.session.settings import SessionSettings
 from services.session.store import SessionStore
@@ -94,14 +94,14 @@ class SessionServicer(session_pb2_grpc.SessionServiceServicer):
         if not 1 <= page_size <= convert.MAX_PAGE_SIZE:
             violations.append(("page_size", f"must be 0-{convert.MAX_PAGE_SIZE}"))
         try:
-            cursor = decode_cursor(request.page_token)
+            cursor = listing_cursor(request.page_token, request.business_id, role)
         except ValueError as error:
             violations.append(("page_token", str(error)))
         raise_if(violations)
         page = await self.store.list_page(request.business_id, role, page_size, cursor)
         return session_pb2.ListConversationsResponse(
             conversations=[convert.summary_proto(s) for s in page.items],
-            next_page_token=page.next_token,
+            next_page_token=listing_token(page.next_token, request.business_id, role),
         )
 
     async def GetStorageStatus(

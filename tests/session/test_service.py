@@ -230,6 +230,34 @@ async def test_list_pages_through_one_business_only(stub: Stub) -> None:
     assert len(remaining) == 26
 
 
+async def test_a_page_token_continues_only_the_listing_it_came_from(stub: Stub) -> None:
+    """(Was a bug: a token was a bare position in the index, taken with any business and
+    role: another listing's token silently skipped that listing's first shards.)"""
+    business, other = (f"paged-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    keys = [new_key(business) for _ in range(6)]
+    await asyncio.gather(
+        *(stub.GetConversation(pb.GetConversationRequest(key=k, create=True)) for k in keys)
+    )
+    first = await stub.ListConversations(
+        pb.ListConversationsRequest(business_id=business, page_size=2)
+    )
+    token = first.next_page_token
+    assert token
+    for business_id, role in ((other, 0), (business, pb.CONVERSATION_ROLE_CLIENT)):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stub.ListConversations(
+                pb.ListConversationsRequest(business_id=business_id, role=role, page_token=token)
+            )
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert set(field_violations(error.value)) == {"page_token"}  # type: ignore[arg-type]
+    # Another page size is the same listing (AIP-158): the rest follows.
+    rest = await stub.ListConversations(
+        pb.ListConversationsRequest(business_id=business, page_size=50, page_token=token)
+    )
+    seen = [c.key.user_id for c in [*first.conversations, *rest.conversations]]
+    assert sorted(seen) == sorted(k.user_id for k in keys)
+
+
 @pytest.mark.parametrize(
     ("request_", "fields"),
     [

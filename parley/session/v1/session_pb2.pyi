@@ -588,7 +588,9 @@ class ListConversationsRequest(_message.Message):
     page_size: _builtins.int
     """Page size, 1-500; 50 when 0. A page may hold fewer even when more follow."""
     page_token: _builtins.str
-    """The next_page_token of the previous page; empty for the first."""
+    """The next_page_token of the previous page, asked with the same business_id and role (another
+    listing's token is INVALID_ARGUMENT); empty for the first.
+    """
     def __init__(
         self,
         *,
