@@ -39,20 +39,50 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+# A status travels in the reply's trailers, which a gRPC client refuses past 16 KiB (and past
+# 8 KiB at random), answering RESOURCE_EXHAUSTED that names nothing; its message is sent
+# percent-encoded (up to 3 bytes a byte) and its details base64 too. So the violations a
+# status carries stay within this many bytes (the first always, cut to its own bounds).
+_VIOLATION_BYTES = 1024
+_FIELD_BYTES, _DESCRIPTION_BYTES = 256, 512
+
+
+def _clip(text: str, limit: int) -> str:
+    data = text.encode()
+    return text if len(data) <= limit else data[:limit].decode(errors="ignore") + "…"
+
+
+def _within_budget(violations: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    kept: list[tuple[str, str]] = []
+    size = 0
+    for field, description in violations:
+        field, description = _clip(field, _FIELD_BYTES), _clip(description, _DESCRIPTION_BYTES)
+        size += len(field.encode()) + len(description.encode()) + 4
+        if kept and size > _VIOLATION_BYTES:
+            break
+        kept.append((field, description))
+    return kept
+
+
 class InvalidArgument(ServiceError):
-    """INVALID_ARGUMENT naming each bad field (``google.rpc.BadRequest``)."""
+    """INVALID_ARGUMENT naming each bad field (``google.rpc.BadRequest``), as many as a status
+    can carry: the message says how many more there are."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, field: str, description: str, *more: tuple[str, str]) -> None:
         self.violations = [(field, description), *more]
-        super().__init__("; ".join(f"{f}: {d}" for f, d in self.violations))
+        self.reported = _within_budget(self.violations)
+        message = "; ".join(f"{f}: {d}" for f, d in self.reported)
+        if dropped := len(self.violations) - len(self.reported):
+            message += f"; and {dropped} more"
+        super().__init__(message)
 
     def details(self) -> list[any_pb2.Any]:
         request = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                for f, d in self.violations
+                for f, d in self.reported
             ]
         )
         return [_pack(request)]

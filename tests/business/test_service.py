@@ -119,6 +119,23 @@ async def test_bad_identities_name_the_element(service: RunningService) -> None:
     assert "id" in field_violations(error)
 
 
+async def test_a_bad_value_quoted_in_its_violation_still_comes_back_invalid_argument(
+    service: RunningService,
+) -> None:
+    """(Was a bug: an update_mask path of 20,000 characters, quoted whole in its violation,
+    made a status past the client's 16 KiB trailer limit: RESOURCE_EXHAUSTED, naming nothing.)"""
+    error = await code_of(
+        service.stub.UpdateBusiness(
+            business_pb2.UpdateBusinessRequest(
+                business=business_pb2.Business(id="a" * 24),
+                update_mask=FieldMask(paths=["x" * 20_000]),
+            )
+        )
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert field_violations(error).keys() == {"update_mask"}
+
+
 async def test_a_request_with_a_flood_of_identities_is_refused_at_once(
     service: RunningService,
 ) -> None:

@@ -341,6 +341,36 @@ async def test_bad_input_is_invalid_argument_naming_the_field(
     assert set(field_violations(error.value)) == fields  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "request_",
+    [
+        pb.UpdateConversationRequest(  # no role, too long: 100 violations
+            key=new_key(), append=[pb.Message(content="x" * 4097)] * MAX_APPEND
+        ),
+        pb.UpdateConversationRequest(  # 100 keys too long, each named in its field
+            key=new_key(),
+            set_state={
+                f"{n:03}" + "é" * 300: struct_pb2.Value(bool_value=True) for n in range(100)
+            },
+        ),
+    ],
+)
+async def test_a_request_with_a_hundred_bad_fields_is_invalid_argument_naming_them(
+    stub: Stub, request_: pb.UpdateConversationRequest
+) -> None:
+    """(Was a bug: every violation went into the status, which travels in the reply's
+    trailers; past the client's 16 KiB limit the call failed as RESOURCE_EXHAUSTED, *received
+    metadata size exceeds hard limit*, naming nothing.)"""
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await stub.UpdateConversation(request_)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value.details()
+    named = field_violations(error.value)  # type: ignore[arg-type]
+    assert named and set(named) <= {
+        f"append[{i}].{f}" for i in range(MAX_APPEND) for f in ("role", "content")
+    } | {f"set_state[{n:03}" + "é" * 37 + "]" for n in range(100)}
+    assert "more" in (error.value.details() or "")
+
+
 async def test_state_value_without_a_kind_is_refused(stub: Stub) -> None:
     request = pb.UpdateConversationRequest(key=new_key())
     request.set_state["empty"].Clear()
