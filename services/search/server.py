@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 
 from parley.search.v1 import search_pb2, search_pb2_grpc
-from services.common.errors import NotFound
+from services.common.errors import InvalidArgument, NotFound
 from services.common.redis_client import make_redis, ping
 from services.common.server import Service, run
 from services.common.settings import configuring, load_settings
@@ -85,8 +85,13 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def ResetCircuitBreaker(
         self, request: search_pb2.ResetCircuitBreakerRequest, context: Any
     ) -> search_pb2.ResetCircuitBreakerResponse:
+        name = request.name.strip()
+        if not name:  # missing, not a breaker that does not exist
+            raise InvalidArgument(
+                "name", "required: a breaker's name, as ListCircuitBreakers gives"
+            )
         # Every replica's, through Redis: this call reaches one of them.
-        breaker = await self.engine.reset_breaker(request.name.strip())
+        breaker = await self.engine.reset_breaker(name)
         if breaker is None:
             known = ", ".join(sorted(self.engine.breakers))
             raise NotFound(f"no circuit breaker named {request.name[:64]!r} (known: {known})")

@@ -114,6 +114,18 @@ async def test_invalid_arguments_name_the_fields(stub: search_pb2_grpc.SearchSer
     assert {"origin", "departure_date", "adults"} <= set(field_violations(caught.value))
 
 
+@pytest.mark.parametrize("name", ["", "  "])
+async def test_a_breaker_reset_without_a_name_is_invalid_argument(
+    stub: search_pb2_grpc.SearchServiceStub, name: str
+) -> None:
+    """(Was a bug: NOT_FOUND, *no circuit breaker named ''*: a missing argument, not a breaker
+    that does not exist.)"""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ResetCircuitBreaker(search_pb2.ResetCircuitBreakerRequest(name=name), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(field_violations(caught.value)) == {"name"}
+
+
 async def test_children_and_infants_are_searched_validated_and_cached_apart(
     stub: search_pb2_grpc.SearchServiceStub, valkey: Valkey
 ) -> None:

@@ -777,7 +777,7 @@ class ResetCircuitBreakerRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Breaker name."""
+    """Breaker name, as ListCircuitBreakers gives it (e.g. "amadeus_api"); required."""
     def __init__(
         self,
         *,

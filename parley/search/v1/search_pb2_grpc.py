@@ -113,7 +113,8 @@ class SearchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResetCircuitBreaker(self, request, context):
-        """ResetCircuitBreaker closes a breaker by name; an unknown name is NOT_FOUND.
+        """ResetCircuitBreaker closes a breaker by name; an unknown name is NOT_FOUND, an empty one
+        INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -48,7 +48,9 @@ class SearchServiceStub:
     ListCircuitBreakers: _grpc.UnaryUnaryMultiCallable[_search_pb2.ListCircuitBreakersRequest, _search_pb2.ListCircuitBreakersResponse]
     """ListCircuitBreakers reports the breaker of every provider."""
     ResetCircuitBreaker: _grpc.UnaryUnaryMultiCallable[_search_pb2.ResetCircuitBreakerRequest, _search_pb2.ResetCircuitBreakerResponse]
-    """ResetCircuitBreaker closes a breaker by name; an unknown name is NOT_FOUND."""
+    """ResetCircuitBreaker closes a breaker by name; an unknown name is NOT_FOUND, an empty one
+    INVALID_ARGUMENT.
+    """
 
 @_typing.type_check_only
 class SearchServiceAsyncStub(SearchServiceStub):
@@ -70,7 +72,9 @@ class SearchServiceAsyncStub(SearchServiceStub):
     ListCircuitBreakers: _aio.UnaryUnaryMultiCallable[_search_pb2.ListCircuitBreakersRequest, _search_pb2.ListCircuitBreakersResponse]  # type: ignore[assignment]
     """ListCircuitBreakers reports the breaker of every provider."""
     ResetCircuitBreaker: _aio.UnaryUnaryMultiCallable[_search_pb2.ResetCircuitBreakerRequest, _search_pb2.ResetCircuitBreakerResponse]  # type: ignore[assignment]
-    """ResetCircuitBreaker closes a breaker by name; an unknown name is NOT_FOUND."""
+    """ResetCircuitBreaker closes a breaker by name; an unknown name is NOT_FOUND, an empty one
+    INVALID_ARGUMENT.
+    """
 
 class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
     """SearchService finds flight offers and places through pluggable providers, with a shared result
@@ -125,6 +129,8 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _search_pb2.ResetCircuitBreakerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_search_pb2.ResetCircuitBreakerResponse, _abc.Awaitable[_search_pb2.ResetCircuitBreakerResponse]]:
-        """ResetCircuitBreaker closes a breaker by name; an unknown name is NOT_FOUND."""
+        """ResetCircuitBreaker closes a breaker by name; an unknown name is NOT_FOUND, an empty one
+        INVALID_ARGUMENT.
+        """
 
 def add_SearchServiceServicer_to_server(servicer: SearchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
