@@ -314,6 +314,23 @@ async def test_access_token_needs_renewal_then_a_new_token(
     assert "secret" in field_violations(error)
 
 
+async def test_a_create_takes_its_token_status_from_its_credentials_only(
+    service: RunningService, registry: SecretRegistry
+) -> None:
+    """As CreateBusinessRequest's comment says (it used to name only id, timestamps and has_*
+    flags as ignored, so a status sent along looked as if it were stored)."""
+    request = demo_request(registry)
+    request.business.access_token_status = business_pb2.TOKEN_STATUS_NEEDS_RENEWAL
+    created = (await service.stub.CreateBusiness(request)).business
+    assert created.has_access_token
+    assert created.access_token_status == business_pb2.TOKEN_STATUS_VALID
+    request = demo_request()  # no credentials
+    request.business.access_token_status = business_pb2.TOKEN_STATUS_VALID
+    created = (await service.stub.CreateBusiness(request)).business
+    assert not created.has_access_token
+    assert created.access_token_status == business_pb2.TOKEN_STATUS_UNSPECIFIED
+
+
 async def test_writes_expecting_an_update_time_are_aborted_once_it_changed(
     service: RunningService, registry: SecretRegistry
 ) -> None:

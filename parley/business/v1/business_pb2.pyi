@@ -348,8 +348,10 @@ class CreateBusinessRequest(_message.Message):
     """
     @_builtins.property
     def business(self) -> Global___Business:
-        """The business; id, timestamps and has_* flags are ignored. whatsapp_enabled and active are
-        taken as given (set them true to serve traffic).
+        """The business; id, timestamps, has_* flags and access_token_status are ignored (the status is
+        TOKEN_STATUS_VALID when credentials carry an access token, else unspecified; mark a token
+        with UpdateBusiness). whatsapp_enabled and active are taken as given (set them true to serve
+        traffic).
         """
 
     @_builtins.property

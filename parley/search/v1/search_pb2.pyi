@@ -640,7 +640,7 @@ class WarmCacheRequest(_message.Message):
     """Days ahead from today to warm, 1-30; 7 when 0."""
     @_builtins.property
     def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Route]:
-        """Routes to warm; the configured popular routes when empty."""
+        """Routes to warm, at most 500; the configured popular routes when empty."""
 
     def __init__(
         self,
