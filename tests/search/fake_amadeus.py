@@ -405,6 +405,8 @@ class FakeAmadeus:
             scripted = self._scripted(path, request)
             if scripted is not None:
                 return scripted
+            if self.delay:
+                await asyncio.sleep(self.delay)  # a slow provider
             keyword = request.query_params.get("keyword", "").upper()
             data = []
             if keyword.startswith("MUC") or keyword.startswith("MUNI"):

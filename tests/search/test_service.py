@@ -684,3 +684,40 @@ async def others(observer: redis.Redis) -> int:
     """Connections to Valkey besides the observer's own."""
     own = await observer.client_id()
     return sum(1 for c in await observer.client_list() if int(c["id"]) != own)
+
+
+async def test_a_caller_whose_deadline_passes_first_gets_what_the_service_has(
+    tmp_path: Path, valkey: Valkey, amadeus: FakeAmadeus
+) -> None:
+    """docs/search.md: when the caller's deadline passes first, a stale copy is served instead
+    when there is one, and a place lookup answers from the local index. (Was a bug: over gRPC
+    those answers were made at the very deadline, which cancelled them: DEADLINE_EXCEEDED.)"""
+    process, address = start(
+        tmp_path,
+        valkey.url,
+        SEARCH_PROVIDER="amadeus",
+        AMADEUS_CLIENT_ID=CLIENT_ID,
+        AMADEUS_CLIENT_SECRET=CLIENT_SECRET,
+        AMADEUS_BASE_URL=amadeus.url,
+        REDIS_CACHE_TTL_SECONDS="1",
+    )
+    try:
+        request = search_pb2.SearchFlightsRequest(
+            origin="JFK", destination="LHR", departure_date=day(40)
+        )
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            fresh = await stub.SearchFlights(request, timeout=10)
+            assert fresh.offers and not fresh.from_cache
+            await asyncio.sleep(1.2)  # past its TTL: a stale copy
+            amadeus.delay = 5.0  # slower than the caller will wait
+            stale = await stub.SearchFlights(request, timeout=2)
+            # Text the local index cannot place goes to the (slow) locations API.
+            places = await stub.ResolvePlace(
+                search_pb2.ResolvePlaceRequest(query="zzyzx springs"), timeout=2
+            )
+        assert stale.stale and stale.from_cache
+        assert [o.id for o in stale.offers] == [o.id for o in fresh.offers]
+        assert "DAG" not in [c.place.code for c in places.candidates]
+    finally:
+        process.stop()
