@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import Valkey
+from tests.support.processes import SHARED_DATABASES, Valkey
 
 
 @pytest.fixture(scope="session")
 def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Valkey]:
-    """One real Valkey for the session; tests use their own key prefixes or flush it."""
-    server = Valkey(tmp_path_factory.mktemp("valkey")).start()
+    """One real Valkey for the session; tests use their own key prefixes or databases."""
+    directory = tmp_path_factory.mktemp("valkey")
+    server = Valkey(directory, None, "--databases", str(SHARED_DATABASES)).start()
     yield server
     server.stop()
 

@@ -78,7 +78,7 @@ def new_pool(
 async def fresh_url(valkey: Valkey) -> str:
     url = f"redis://127.0.0.1:{valkey.port}/{next_db()}"
     redis: Any = make_redis(url)
-    await redis.flushdb()  # databases are reused by later tests of the run
+    await redis.flushdb()  # none other uses it (next_db); emptied all the same, as gateways do
     await redis.aclose()
     return url
 

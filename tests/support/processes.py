@@ -21,6 +21,10 @@ from services.common.healthcheck import check
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# The session's shared Valkey (tests/conftest.py) has this many databases, so that
+# ``tests.support.stack.next_db`` never hands a number out twice in a run.
+SHARED_DATABASES = 4096
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -19,7 +19,13 @@ import pytest
 
 from services.gateway.channels import cloud_api, twilio
 from tests.support.fake_clouds import FakeClouds
-from tests.support.processes import ServiceProcess, Valkey, free_port, wait_for
+from tests.support.processes import (
+    SHARED_DATABASES,
+    ServiceProcess,
+    Valkey,
+    free_port,
+    wait_for,
+)
 
 # Every secret the test run uses: none may appear in any captured log.
 APP_SECRET = "app-secret-" + secrets.token_hex(8)
@@ -30,12 +36,21 @@ TWILIO_SID = "AC" + secrets.token_hex(16)
 ENCRYPTION_SECRET = "enc-secret-" + secrets.token_hex(12)
 SECRETS = [APP_SECRET, VERIFY_TOKEN, API_KEY, TWILIO_TOKEN, ENCRYPTION_SECRET]
 
-_db = itertools.count(3)
+# 0-15 are the numbers tests and fixtures name by hand (the services' 0-2 here, the bot's search
+# cache 5, the session tests' 8 and 11-13, ...).
+_db = itertools.count(16)
 _numbers = itertools.count(int(time.time()) % 100_000 * 100)
 
 
 def next_db() -> int:
-    return next(_db) % 16 or 3
+    """A database of the shared Valkey that nothing else in the run uses. Numbers were reused
+    (cycling through 3-15, then 1 and 2, the session and search services' own): a gateway still
+    running on one (a module's, or one a failed test left behind) took the next test's messages
+    from the same queue, and each start flushed whatever that database held."""
+    db = next(_db)
+    if db >= SHARED_DATABASES:
+        raise RuntimeError(f"all {SHARED_DATABASES} databases handed out: raise SHARED_DATABASES")
+    return db
 
 
 @dataclass
@@ -198,7 +213,7 @@ def start_gateway(
 ) -> Gateway:
     port = free_port()
     env = gateway_env(services, fake, redis_url, port, **extra)
-    _flush(redis_url)  # databases are reused by later gateways of the run
+    _flush(redis_url)  # whatever URL it is given (a test may give its own server's twice)
     gateway = Gateway(f"http://127.0.0.1:{port}", redis_url, env)
     web = ServiceProcess(
         "services.gateway.main", {**env, "GATEWAY_ROLE": role}, services.log_dir / f"{name}.log"
