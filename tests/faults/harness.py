@@ -15,12 +15,16 @@ How a reply is tied to its message: message *k* of user *u* asks for a departure
 unavailable apology) names its date; a *Searching …* notice alone is not an answer. A message is
 **answered twice** when it got more than one final reply, or any reply of it arrived twice.
 A reply that names no message's date is counted as **other** (it would mean the bot misread a
-message or the rate limit spoke).
+message or the rate limit spoke). Of those answered twice, the ones **at a kill** are what
+docs/gateway.md names as the limit of at-least-once delivery: the worker handling the message was
+SIGKILLed after the provider had accepted a reply and before the sent log recorded it, and the
+next worker sent that reply again (see :class:`Kill`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import random
@@ -37,7 +41,7 @@ import httpx
 import redis
 
 from parley.search.v1 import search_pb2, search_pb2_grpc
-from tests.support.fake_clouds import FakeClouds
+from tests.support.fake_clouds import FakeClouds, Received
 from tests.support.processes import ServiceProcess, Valkey, free_port, wait_for
 from tests.support.stack import (
     Business,
@@ -66,6 +70,34 @@ def day_label(day: dt.date) -> str:
 
 
 @dataclass
+class Kill:
+    """A worker SIGKILLed, and what it left: enough to tell a reply sent again because of the
+    kill's instant from any other reply sent twice."""
+
+    at: float  # time.time() just before the signal (the fake Graph API's clock)
+    ports: set[int]  # the local ports of the worker's connections to the fake Graph API
+    queued: bytes  # every queue entry's fields: a message there was not finished
+    recorded: dict[str, int]  # replies in each message's sent log (by provider message id)
+
+
+def _connections(pid: int, port: int) -> set[int]:
+    """The local ports of ``pid``'s TCP connections to ``port``."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == port:
+            ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
+@dataclass
 class Stack:
     valkey: Valkey
     services: Services
@@ -75,6 +107,7 @@ class Stack:
     gateway: Gateway
     business: Business
     workers: list[ServiceProcess] = field(default_factory=list)
+    kills: list[Kill] = field(default_factory=list)
 
     @property
     def search_addr(self) -> str:
@@ -113,8 +146,30 @@ class Stack:
 
     def kill_worker(self, index: int) -> None:
         worker = self.workers[index]
-        worker.process.kill()  # type: ignore[union-attr]  # SIGKILL
+        assert worker.process is not None
+        ports = _connections(worker.process.pid, self.fake.port)
+        at = time.time()
+        worker.process.kill()  # SIGKILL
         worker.wait(10)
+        # Read before anyone takes its partitions over (after VISIBILITY_TIMEOUT_SECONDS).
+        self.kills.append(Kill(at, ports, *self._queue_state()))
+
+    def _queue_state(self) -> tuple[bytes, dict[str, int]]:
+        client = redis.Redis.from_url(self.gateway.redis_url)
+        try:
+            queued = b"\n".join(
+                value
+                for key in client.scan_iter("gw:q:*")
+                for _, fields in client.xrange(key)
+                for value in fields.values()
+            )
+            recorded = {
+                key.decode().split(":", 3)[3]: int(client.scard(key))
+                for key in client.scan_iter("gw:sent:cloud_api:*")
+            }
+        finally:
+            client.close()
+        return queued, recorded
 
     def start_worker(self, index: int, tag: str) -> None:
         log = self.services.log_dir / f"worker{index}-{tag}.log"
@@ -380,6 +435,7 @@ class Tally:
     refused: int = 0
     answered: int = 0
     twice: int = 0
+    twice_at_a_kill: int = 0  # of ``twice``: the instant docs/gateway.md names (see Kill)
     never: int = 0
     out_of_order: int = 0
     other: int = 0
@@ -410,7 +466,7 @@ class Tally:
         }
 
 
-def tally(scenario: str, fake: FakeClouds, load: Load) -> Tally:
+def tally(scenario: str, fake: FakeClouds, load: Load, kills: list[Kill] | None = None) -> Tally:
     result = Tally(scenario)
     by_user: dict[str, list[Message]] = {}
     for message in load.messages:
@@ -418,6 +474,7 @@ def tally(scenario: str, fake: FakeClouds, load: Load) -> Tally:
     result.users = list(by_user)
     for user, messages in by_user.items():
         texts = fake.texts(user)
+        received = fake.replies(user)  # in the order of ``texts``
         matched: set[int] = set()
         replies: dict[str, list[int]] = {}  # message → where its replies are in ``texts``
         for message in messages:
@@ -441,7 +498,10 @@ def tally(scenario: str, fake: FakeClouds, load: Load) -> Tally:
                 result.never_examples.append(f"{message.wamid} {message.text!r}: {texts}")
             if len(finals) > 1 or repeated:
                 result.twice += 1
-                result.twice_examples.append(f"{message.wamid} {message.text!r}: {texts}")
+                if explained_by_a_kill(message, [received[i] for i, _ in mine], kills or []):
+                    result.twice_at_a_kill += 1
+                else:
+                    result.twice_examples.append(f"{message.wamid} {message.text!r}: {texts}")
             result.stale += sum("Live search is unavailable" in t for t in finals)
             result.unavailable += sum(t.startswith("Sorry, flight search") for t in finals)
         result.out_of_order += _out_of_order(messages, replies, texts, result.order_examples)
@@ -450,6 +510,32 @@ def tally(scenario: str, fake: FakeClouds, load: Load) -> Tally:
                 result.other += 1
                 result.other_examples.append(f"{user}: {text[:200]!r}")
     return result
+
+
+def explained_by_a_kill(message: Message, replies: list[Received], kills: list[Kill]) -> bool:
+    """Whether ``message``, answered twice, was so only at the instant docs/gateway.md names:
+    a kill found it still queued with replies the provider had accepted, the latest of them on
+    the killed worker's connections, that its sent log did not hold yet; and what came twice is
+    no more than those."""
+    texts = [_text(r) for r in replies]
+    extra = sum(n - 1 for n in Counter(texts).values())
+    extra += max(0, len({t for t in texts if _final(t)}) - 1)
+    for kill in kills:
+        if message.wamid.encode() not in kill.queued:
+            continue
+        # A request on its way at the kill may still be taken after it: by its connection.
+        before = [r for r in replies if r.time < kill.at or r.peer in kill.ports]
+        unrecorded = len(before) - kill.recorded.get(message.wamid, 0)
+        latest = before[len(before) - unrecorded :] if unrecorded > 0 else []
+        if latest and all(r.peer in kill.ports for r in latest) and extra <= unrecorded:
+            return True
+    return False
+
+
+def _text(received: Received) -> str:
+    if received.body["type"] == "text":
+        return str(received.body["text"]["body"])
+    return str(received.body["interactive"]["body"]["text"])
 
 
 def _out_of_order(

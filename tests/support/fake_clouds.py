@@ -64,6 +64,7 @@ class Received:
     authorization: str
     body: dict[str, Any]
     time: float = field(default_factory=time.time)
+    peer: int = 0  # the sender's local port: which process's connection it came on
 
     @property
     def basic_auth(self) -> tuple[str, str]:
@@ -129,7 +130,8 @@ class FakeClouds:
         authorization = request.headers.get("authorization", "")
         if authorization.removeprefix("Bearer ") in self.revoked_tokens:
             failure = (401, TOKEN_INVALIDATED)  # read receipts too: Meta checks every call
-        self.received.append(Received("graph", request.url.path, authorization, body))
+        peer = request.client.port if request.client else 0
+        self.received.append(Received("graph", request.url.path, authorization, body, peer=peer))
         if failure:
             return JSONResponse(failure[1], status_code=failure[0])
         if body.get("status") == "read":
