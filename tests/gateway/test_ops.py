@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from services.gateway.runtime import Role, Runtime
 from services.gateway.settings import GatewaySettings
 from tests.gateway import engines
 from tests.support.fake_clouds import FakeClouds
-from tests.support.processes import ROOT, Valkey, wait_for
+from tests.support.processes import ROOT, Valkey, descendants, still_running, wait_for
 from tests.support.stack import (
     API_KEY,
     APP_SECRET,
@@ -143,6 +144,35 @@ def test_metrics_are_summed_across_web_processes(
         assert "grpc_server_" not in text and "parley_serving" not in text
         assert 'pid="' not in text
     finally:
+        gw.stop()
+
+
+def test_a_web_process_that_has_to_be_killed_takes_its_children_with_it(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey, tmp_path: Path
+) -> None:
+    """With WEB_CONCURRENCY > 1 the process a test starts is uvicorn's supervisor, and the web
+    processes are its children. One that did not stop within its grace was killed alone: its
+    children ran on, orphaned, serving the test's port for the rest of the run."""
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "killed-supervisor",
+        role="web",
+        WEB_CONCURRENCY="2",
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
+    )
+    web = gw.processes[0]
+    assert web.process is not None
+    children = descendants(web.process.pid)
+    try:
+        assert len(children) >= 2, children  # the two web processes (and a resource tracker)
+        web.signal(signal.SIGSTOP)  # a supervisor that does not get through its shutdown
+        web.stop(grace=0.5)
+        assert wait_for(lambda: not still_running(children), 10), still_running(children)
+    finally:
+        for pid in still_running(children):
+            os.kill(pid, signal.SIGKILL)
         gw.stop()
 
 

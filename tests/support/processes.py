@@ -3,6 +3,7 @@ each on a free port, with their output captured to a file the test can read."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,6 +25,52 @@ ROOT = Path(__file__).resolve().parents[2]
 # The session's shared Valkey (tests/conftest.py) has this many databases, so that
 # ``tests.support.stack.next_db`` never hands a number out twice in a run.
 SHARED_DATABASES = 4096
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """A process's state, parent and start time (``/proc/<pid>/stat``); None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # the name before it may hold anything
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def descendants(pid: int) -> dict[int, int]:
+    """The processes running below ``pid`` (its children, theirs, ...), each with its start time,
+    so that a number the system has given to another process since is not taken for it. Empty
+    where there is no ``/proc``."""
+    children: dict[int, list[int]] = {}
+    started: dict[int, int] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        stat = _stat(int(entry.name))
+        if stat and stat[0] != "Z":  # a zombie has exited: only its exit status is left
+            children.setdefault(stat[1], []).append(int(entry.name))
+            started[int(entry.name)] = stat[2]
+    below: dict[int, int] = {}
+    parents = [pid]
+    while parents:
+        for child in children.get(parents.pop(), []):
+            below[child] = started[child]
+            parents.append(child)
+    return below
+
+
+def still_running(processes: dict[int, int]) -> list[int]:
+    """Those of ``processes`` (pid: start time, as ``descendants`` gives) not exited yet."""
+    return [
+        pid
+        for pid, started in processes.items()
+        if (stat := _stat(pid)) and stat[0] != "Z" and stat[2] == started
+    ]
+
+
+def kill_all(processes: dict[int, int]) -> None:
+    """SIGKILL those of ``processes`` still running."""
+    for pid in still_running(processes):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -84,7 +131,11 @@ class Valkey:
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=10)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # raised in a teardown, it left Valkey running
+                self.process.kill()
+                self.process.wait()
         self.process = None
 
     def client(self) -> redis.Redis:
@@ -159,11 +210,16 @@ class ServiceProcess:
         assert self.process is not None
         return self.process.wait(timeout=timeout)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 15) -> None:
         if self.process and self.process.poll() is None:
+            below = descendants(self.process.pid)
             self.process.terminate()
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+                # Its children too (uvicorn's web processes with WEB_CONCURRENCY > 1 and their
+                # resource tracker): killed alone, it left them running, orphaned, on the
+                # test's port for the rest of the run. (One that stops by itself stops them.)
+                kill_all(below)
