@@ -155,7 +155,7 @@ class Stack:
         self.kills.append(Kill(at, ports, *self._queue_state()))
 
     def _queue_state(self) -> tuple[bytes, dict[str, int]]:
-        client = redis.Redis.from_url(self.gateway.redis_url)
+        client: Any = redis.Redis.from_url(self.gateway.redis_url)  # redis-py's sync stubs
         try:
             queued = b"\n".join(
                 value
