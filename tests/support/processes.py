@@ -73,6 +73,31 @@ def kill_all(processes: dict[int, int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+# Set for the run (tests/conftest.py) and inherited by every process it starts, so that one
+# whose parent died, no longer below the run's process, is still known as the run's.
+RUN_MARK = "PARLEY_TEST_RUN"
+
+
+def left_by_the_run() -> dict[int, str]:
+    """The processes of this run still running (below this one, or carrying its
+    ``RUN_MARK``), each with its command line and where its output goes (a test's log)."""
+    mark = f"{RUN_MARK}={os.environ.get(RUN_MARK, '-')}".encode()
+    found = set(descendants(os.getpid()))
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):  # gone, or another user's
+            if mark in (entry / "environ").read_bytes().split(b"\0"):
+                found.add(int(entry.name))
+    found.discard(os.getpid())
+    left = {}
+    for pid in found:
+        with contextlib.suppress(OSError):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            output = os.readlink(f"/proc/{pid}/fd/1") if Path(f"/proc/{pid}/fd").exists() else ""
+            if (stat := _stat(pid)) and stat[0] != "Z":
+                left[pid] = f"{command.decode(errors='replace')[:300]} (output: {output})"
+    return left
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
