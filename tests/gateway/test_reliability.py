@@ -26,6 +26,7 @@ from tests.support.processes import Valkey, wait_for
 from tests.support.proxy import ReplyCutter
 from tests.support.stack import (
     API_KEY,
+    REMOTE_INVALIDATIONS,
     Business,
     Gateway,
     Services,
@@ -1240,9 +1241,11 @@ def test_dead_letters_replayed_together_are_not_taken_for_a_user_over_their_limi
                 assert post_cloud(client, payload).status_code == 200
                 time.sleep(1.1)
         assert wait_for(lambda: len(dead_letters_of(gw, wa_id)) == 4, 20)
+        heard = metric(gw, REMOTE_INVALIDATIONS)
         with gw.admin() as admin:
             assert admin.patch(path, json={"whatsapp_enabled": True}).status_code == 200
-            time.sleep(1.5)  # the workers' business cache hears of it (and again 1 s later)
+            # The workers' business cache hears of it before the replays, not in 1.5 s.
+            assert wait_for(lambda: metric(gw, REMOTE_INVALIDATIONS) > heard, 20)
             for record in dead_letters_of(gw, wa_id):
                 assert admin.post(f"/admin/dead-letters/{record['id']}/replay").status_code == 200
         expected = [f"echo: m{n} #{n + 1}" for n in range(4)]

@@ -22,6 +22,7 @@ from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import ServiceProcess, Valkey, free_port, wait_for
 from tests.support.stack import (
     ENCRYPTION_SECRET,
+    REMOTE_INVALIDATIONS,
     Gateway,
     Services,
     _ready,
@@ -29,6 +30,7 @@ from tests.support.stack import (
     create_business,
     dead_letters,
     gateway_env,
+    metric,
     new_wa_id,
     post_cloud,
     start_services,
@@ -163,12 +165,14 @@ def test_cluster_gateway_hears_business_changes(cluster_gateway: Gateway) -> Non
     with cluster_gateway.http as client:
         post_cloud(client, cloud_payload(business.phone_number_id, first, "cache me"))
         assert wait_for(lambda: outbox_texts(cluster_gateway, first), 20)  # cached now
+        heard = metric(cluster_gateway, REMOTE_INVALIDATIONS)
         with cluster_gateway.admin() as admin:
             response = admin.patch(
                 f"/admin/businesses/{business.id}", json={"whatsapp_enabled": False}
             )
         assert response.status_code == 200, response.text
-        time.sleep(1)  # the invalidation is a publish away
+        # The invalidation is a publish away: heard before the next message, not in a second.
+        assert wait_for(lambda: metric(cluster_gateway, REMOTE_INVALIDATIONS) > heard, 20)
         post_cloud(client, cloud_payload(business.phone_number_id, second, "disabled?"))
 
     def refused() -> bool:

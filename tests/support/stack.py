@@ -301,6 +301,10 @@ def dead_letters(gateway: Gateway) -> list[dict[str, Any]]:
         return list(admin.get("/admin/dead-letters").json()["dead_letters"])
 
 
+# What a gateway has heard from the business service's change channel (its cache dropped them).
+REMOTE_INVALIDATIONS = 'gateway_business_cache_invalidations_total{origin="remote"}'
+
+
 def metric(gateway: Gateway, name: str) -> float:
     """The sum of the gateway's /metrics samples whose line starts with ``name``."""
     text = httpx.get(f"{gateway.url}/metrics", timeout=5).text
