@@ -7,7 +7,9 @@ caller's deadline cancels it after the store applied it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import secrets as token_secrets
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from services.business.model import (
     utcnow,
     validate_secret,
 )
-from services.business.store import BusinessStore, UpdateTimeConflict
+from services.business.store import BusinessStore, RememberedRequest, UpdateTimeConflict
 from services.common.business_keys import KeyKind
 from services.common.errors import (
     Aborted,
@@ -53,6 +55,14 @@ STORE_OUTAGE = OutageLog(log, "business store reachable again")
 
 NOT_FOUND_MESSAGE = "no active WhatsApp-enabled business has this identity"
 WARM_PAGE = 500
+# How long a request id and its answer are remembered (AIP-155 leaves it to the API; an hour
+# covers every retry of a client or a channel, and an operator re-running a script).
+REQUEST_MEMORY = timedelta(hours=1)
+# How long a claimed request id waits for its first call's answer before another call may take
+# it over (that call died between its claim and its answer): far above any write's time, which
+# the stores' own timeouts (5 s) bound.
+REQUEST_LEASE = timedelta(seconds=60)
+REQUEST_POLL_SECONDS = (0.02, 0.05, 0.1, 0.2, 0.5)
 
 _STATUS_TO_PROTO = {
     TokenStatus.NONE: business_pb2.TOKEN_STATUS_UNSPECIFIED,
@@ -137,6 +147,14 @@ def describe_identity(kind: KeyKind, value: str) -> str:
     return mask_phone(value) if kind is KeyKind.WHATSAPP_NUMBER else value
 
 
+def _polls() -> Iterator[float]:
+    """Pauses between looks at a request id another call holds: short at first (a retry
+    usually arrives once its first call has answered), then steady."""
+    yield from REQUEST_POLL_SECONDS
+    while True:
+        yield REQUEST_POLL_SECONDS[-1]
+
+
 @contextlib.contextmanager
 def store_errors() -> Iterator[None]:
     """A datastore that fails answers UNAVAILABLE (retryable), never INTERNAL."""
@@ -150,6 +168,15 @@ def store_errors() -> Iterator[None]:
         raise Unavailable("the business store is unavailable; retry later") from None
     else:
         STORE_OUTAGE.worked()
+
+
+@dataclass(frozen=True)
+class RequestId:
+    """An AIP-155 request id and what its request asked (the request's bytes, without the id:
+    only a keyed fingerprint of them is stored, as they may carry a token)."""
+
+    value: str
+    asked: bytes = field(repr=False)
 
 
 @dataclass
@@ -212,6 +239,82 @@ class BusinessCore:
             return after
 
         return await run_shielded(unit())
+
+    async def once(
+        self,
+        request: RequestId | None,
+        apply: Callable[[], Awaitable[BusinessRecord]],
+    ) -> business_pb2.Business:
+        """``apply()`` unless this request id was applied already: then the first answer. The
+        id is claimed in the store before anything is applied, so two calls with one id (a
+        retry racing its first call, across replicas too) apply it once; the second waits for
+        the first one's answer. A failure is not remembered (the claim is dropped): a retry of
+        a request that failed runs again."""
+        if request is None:
+            return to_proto(await apply())
+        claim = token_secrets.token_hex(12)
+        fingerprint = self.cipher.fingerprint(request.asked)
+        for wait in _polls():
+            # Claim and apply as one unit the caller's deadline cannot split: a claim taken
+            # just as the call was cancelled would otherwise hold up its retry for the lease.
+            outcome = await run_shielded(
+                self._claim_and_apply(request.value, fingerprint, claim, apply)
+            )
+            if isinstance(outcome, business_pb2.Business):
+                return outcome
+            answer = self._remembered(request, outcome)
+            if answer is not None:
+                return answer
+            await asyncio.sleep(wait)  # the first call is still applying it
+        raise AssertionError("unreachable: _polls never ends")
+
+    async def _claim_and_apply(
+        self,
+        request_id: str,
+        fingerprint: str,
+        claim: str,
+        apply: Callable[[], Awaitable[BusinessRecord]],
+    ) -> business_pb2.Business | RememberedRequest:
+        """Apply and remember the answer if this call gets the claim; else what holds it."""
+        now = utcnow()
+        with store_errors():
+            found = await self.store.claim_request(
+                request_id, fingerprint, claim, now, now + REQUEST_LEASE
+            )
+        if found is not None:
+            return found
+        try:
+            record = await apply()
+        except BaseException:
+            # A failure is not remembered: the retry of a request that failed runs again.
+            with contextlib.suppress(Exception), store_errors():
+                await self.store.release_request(request_id, claim)
+            raise
+        answer = to_proto(record)
+        try:
+            with store_errors():
+                await self.store.finish_request(
+                    request_id, claim, answer.SerializeToString(), utcnow() + REQUEST_MEMORY
+                )
+        except Unavailable:
+            # Applied, and the answer is right: a retry of it (only if this answer is lost
+            # too) waits out the claim's lease, then applies it again.
+            log.warning("request applied but not remembered", request_id=request_id)
+        return answer
+
+    def _remembered(
+        self, request: RequestId, found: RememberedRequest
+    ) -> business_pb2.Business | None:
+        if not self.cipher.same_fingerprint(found.fingerprint, request.asked):
+            raise InvalidArgument(
+                "request_id",
+                "already used for another request (within the last hour): "
+                "send a new request id with each request",
+            )
+        if found.answer is None:
+            return None
+        log.info("request answered from memory", request_id=request.value)
+        return business_pb2.Business.FromString(found.answer)
 
     # --- reads -------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ MIN_SECRET_LENGTH = 16
 _SALT = b"parley.business.v1/token-encryption"
 _KEY_INFO = b"aes-256-gcm key"
 _KEY_ID_INFO = b"key id"
+_FINGERPRINT_INFO = b"request fingerprint"
 
 
 class CryptoError(Exception):
@@ -44,12 +45,17 @@ def _derive(secret: str, info: bytes, length: int) -> bytes:
 class _Key:
     key_id: str
     aead: AESGCM = field(repr=False)
+    mac: bytes = field(repr=False)
 
 
 def _key(secret: str) -> _Key:
     # The key id is derived separately from the key, so publishing it reveals nothing about it.
     key_id = _derive(secret, _KEY_ID_INFO, 6).hex()
-    return _Key(key_id=key_id, aead=AESGCM(_derive(secret, _KEY_INFO, 32)))
+    return _Key(
+        key_id=key_id,
+        aead=AESGCM(_derive(secret, _KEY_INFO, 32)),
+        mac=_derive(secret, _FINGERPRINT_INFO, 32),
+    )
 
 
 def _aad(business_id: str, field_name: str) -> bytes:
@@ -147,6 +153,21 @@ class TokenCipher:
                 "tampered, or moved from another business or field"
             ) from None
         return plain.decode("utf-8")
+
+    def fingerprint(self, data: bytes) -> str:
+        """What a request asked, as ``<key id>:<HMAC-SHA256>``: keyed, because a request may
+        carry a token, and a plain hash of it at rest could be checked against guesses."""
+        digest = hmac.new(self._current.mac, data, "sha256").hexdigest()
+        return f"{self._current.key_id}:{digest}"
+
+    def same_fingerprint(self, stored: str, data: bytes) -> bool:
+        """Whether ``data`` is what the stored fingerprint was made of (under any known key, so
+        a retry that reaches a replica already rolled to a new key still matches)."""
+        key_id, _, digest = stored.partition(":")
+        key = self._keys.get(key_id)
+        if key is None:
+            return False
+        return hmac.compare_digest(digest, hmac.new(key.mac, data, "sha256").hexdigest())
 
     def needs_rotation(self, stored: str) -> bool:
         return not hmac.compare_digest(key_id_of(stored), self._current.key_id)

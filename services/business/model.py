@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+import uuid
 import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -241,6 +242,23 @@ def validate_idempotency_key(value: str) -> str:
     if not value.isprintable():
         raise InvalidArgument("idempotency_key", "must be printable characters")
     return value
+
+
+def validate_request_id(value: str) -> str:
+    """An AIP-155 request id: empty (none) or a UUID in any of its spellings, as one canonical
+    form (a retry that re-spells it is the same request). The nil UUID is refused: a client
+    that never set its id would send it every time."""
+    if not value:
+        return ""
+    try:
+        parsed = uuid.UUID(value) if len(value) <= 38 else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.int == 0:
+        raise InvalidArgument(
+            "request_id", "must be a UUID (e.g. 123e4567-e89b-42d3-a456-426614174000), not nil"
+        )
+    return str(parsed)
 
 
 def business_id_for(idempotency_key: str) -> str:

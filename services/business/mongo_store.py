@@ -19,14 +19,19 @@ from typing import Any
 
 import pymongo
 import structlog
-from bson import ObjectId
+from bson import Binary, ObjectId
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from services.business.model import SECRET_FIELDS, BusinessRecord, TokenStatus
-from services.business.store import UPDATE_TIME_STEP, BusinessStore, UpdateTimeConflict
+from services.business.store import (
+    UPDATE_TIME_STEP,
+    BusinessStore,
+    RememberedRequest,
+    UpdateTimeConflict,
+)
 from services.common.business_keys import KeyKind
 from services.common.errors import AlreadyExists
 from services.common.server import READINESS_TIMEOUT_SECONDS
@@ -34,6 +39,10 @@ from services.common.server import READINESS_TIMEOUT_SECONDS
 log = structlog.get_logger("parley.business.mongo")
 
 COLLECTION = "businesses"
+# Request ids (AIP-155) and their answers, for an hour; MongoDB's TTL monitor deletes expired
+# ones (about once a minute; a claim takes over an expired entry before that).
+REQUESTS_COLLECTION = "business_requests"
+REQUESTS_TTL_INDEX = "request_expiry_ttl"
 DEFAULT_DATABASE = "parley"
 
 # record attribute -> MongoDB field
@@ -193,6 +202,9 @@ class MongoStore(BusinessStore):
         )
         self.database = database_name(uri, database)
         self.collection: AsyncCollection[dict[str, Any]] = self._client[self.database][COLLECTION]
+        self.requests: AsyncCollection[dict[str, Any]] = self._client[self.database][
+            REQUESTS_COLLECTION
+        ]
         self._indexes_ready = False
         self._ping_timeout = min(timeout_ms / 1000, PING_TIMEOUT_SECONDS)
 
@@ -215,6 +227,9 @@ class MongoStore(BusinessStore):
                 log.warning(
                     "index exists with other options; keeping it", index=name, code=error.code
                 )
+        await self.requests.create_index(
+            [("expiresAt", ASCENDING)], name=REQUESTS_TTL_INDEX, expireAfterSeconds=0
+        )
         self._indexes_ready = True
 
     async def close(self) -> None:
@@ -343,5 +358,43 @@ class MongoStore(BusinessStore):
         )
         return result.modified_count == 1
 
+    async def claim_request(
+        self, request_id: str, fingerprint: str, claim: str, now: datetime, until: datetime
+    ) -> RememberedRequest | None:
+        entry = {"_id": request_id, "fingerprint": fingerprint, "claim": claim, "answer": None}
+        while True:
+            try:
+                await self.requests.insert_one({**entry, "expiresAt": until})
+            except DuplicateKeyError:
+                pass  # the unique _id: another call holds it, or held it and expired
+            else:
+                return None
+            found = await self.requests.find_one({"_id": request_id})
+            if found is None:
+                continue  # deleted meanwhile (released, or expired): try again
+            if _aware(found.get("expiresAt")) > now:
+                answer = bytes(found["answer"]) if found.get("answer") is not None else None
+                return RememberedRequest(str(found["fingerprint"]), answer)
+            # Expired, not yet deleted by the TTL monitor: take it over, unless another call
+            # did first (the filter on its claim makes that atomic).
+            taken = await self.requests.replace_one(
+                {"_id": request_id, "claim": found.get("claim")}, {**entry, "expiresAt": until}
+            )
+            if taken.matched_count == 1:
+                return None
+
+    async def finish_request(
+        self, request_id: str, claim: str, answer: bytes, until: datetime
+    ) -> None:
+        await self.requests.update_one(
+            {"_id": request_id, "claim": claim},
+            {"$set": {"answer": Binary(answer), "expiresAt": until}},
+        )
+
+    async def release_request(self, request_id: str, claim: str) -> None:
+        await self.requests.delete_one({"_id": request_id, "claim": claim, "answer": None})
+
     async def raw_dump(self) -> str:
-        return "\n".join([repr(doc) async for doc in self.collection.find({})])
+        docs = [repr(doc) async for doc in self.collection.find({})]
+        docs += [repr(doc) async for doc in self.requests.find({})]
+        return "\n".join(docs)

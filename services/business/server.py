@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,7 +17,13 @@ from prometheus_client import Counter
 
 from parley.business.v1 import business_pb2, business_pb2_grpc
 from services.business import metrics
-from services.business.core import NOT_FOUND_MESSAGE, BusinessCore, CachedBusiness, to_proto
+from services.business.core import (
+    NOT_FOUND_MESSAGE,
+    BusinessCore,
+    CachedBusiness,
+    RequestId,
+    to_proto,
+)
 from services.business.crypto import TokenCipher
 from services.business.model import (
     UPDATABLE_FIELDS,
@@ -30,6 +37,7 @@ from services.business.model import (
     validate_numbers,
     validate_phone_number_id,
     validate_phone_number_ids,
+    validate_request_id,
     validate_subdomain,
     validate_time_zone,
 )
@@ -217,6 +225,26 @@ def _expected_update_time(
         ) from None
 
 
+_Idempotent = (
+    business_pb2.CreateBusinessRequest
+    | business_pb2.UpdateBusinessRequest
+    | business_pb2.DeactivateBusinessRequest
+    | business_pb2.SetChannelTokenRequest
+)
+
+
+def _request_id(request: _Idempotent) -> RequestId | None:
+    """The request's AIP-155 id (None without one) and what it asks: the method and every
+    other field, so the id reused for anything else is told apart."""
+    value = validate_request_id(request.request_id)
+    if not value:
+        return None
+    asked = type(request).FromString(request.SerializeToString())
+    asked.request_id = ""
+    name = type(request).DESCRIPTOR.full_name.encode()
+    return RequestId(value, name + b"\0" + asked.SerializeToString(deterministic=True))
+
+
 class BusinessServicer(business_pb2_grpc.BusinessServiceServicer):
     def __init__(self, core: BusinessCore, cache: LookupCache[CachedBusiness]) -> None:
         self.core = core
@@ -259,7 +287,8 @@ class BusinessServicer(business_pb2_grpc.BusinessServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> business_pb2.CreateBusinessResponse:
         b = request.business
-        record = await self.core.create(
+        create = functools.partial(
+            self.core.create,
             name=validate_name(b.name),
             subdomain=validate_subdomain(b.subdomain),
             phone_number_ids=validate_phone_number_ids(b.whatsapp_phone_number_ids),
@@ -271,7 +300,8 @@ class BusinessServicer(business_pb2_grpc.BusinessServiceServicer):
             secrets=_credentials_from(request.credentials),
             idempotency_key=validate_idempotency_key(request.idempotency_key),
         )
-        return business_pb2.CreateBusinessResponse(business=to_proto(record))
+        business = await self.core.once(_request_id(request), create)
+        return business_pb2.CreateBusinessResponse(business=business)
 
     async def UpdateBusiness(
         self,
@@ -279,18 +309,20 @@ class BusinessServicer(business_pb2_grpc.BusinessServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> business_pb2.UpdateBusinessResponse:
         business_id = validate_business_id(request.business.id, "business.id")
-        record = await self.core.update(
-            business_id, parse_changes(request), _expected_update_time(request)
+        update = functools.partial(
+            self.core.update, business_id, parse_changes(request), _expected_update_time(request)
         )
-        return business_pb2.UpdateBusinessResponse(business=to_proto(record))
+        business = await self.core.once(_request_id(request), update)
+        return business_pb2.UpdateBusinessResponse(business=business)
 
     async def DeactivateBusiness(
         self,
         request: business_pb2.DeactivateBusinessRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> business_pb2.DeactivateBusinessResponse:
-        record = await self.core.deactivate(validate_business_id(request.id))
-        return business_pb2.DeactivateBusinessResponse(business=to_proto(record))
+        deactivate = functools.partial(self.core.deactivate, validate_business_id(request.id))
+        business = await self.core.once(_request_id(request), deactivate)
+        return business_pb2.DeactivateBusinessResponse(business=business)
 
     async def ListBusinesses(
         self,
@@ -322,10 +354,11 @@ class BusinessServicer(business_pb2_grpc.BusinessServiceServicer):
             raise InvalidArgument(
                 "secret", "name which secret: CHANNEL_SECRET_WHATSAPP_ACCESS_TOKEN, ..."
             )
-        record = await self.core.set_secret(
-            business_id, name, request.value, _expected_update_time(request)
+        set_secret = functools.partial(
+            self.core.set_secret, business_id, name, request.value, _expected_update_time(request)
         )
-        return business_pb2.SetChannelTokenResponse(business=to_proto(record))
+        business = await self.core.once(_request_id(request), set_secret)
+        return business_pb2.SetChannelTokenResponse(business=business)
 
     async def WarmCache(
         self, request: business_pb2.WarmCacheRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -23,7 +23,12 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from services.business.model import SECRET_FIELDS, BusinessRecord, TokenStatus
-from services.business.store import BusinessStore, UpdateTimeConflict, next_update_time
+from services.business.store import (
+    BusinessStore,
+    RememberedRequest,
+    UpdateTimeConflict,
+    next_update_time,
+)
 from services.common.business_keys import KeyKind
 from services.common.errors import AlreadyExists
 from services.common.tasks import run_shielded
@@ -59,6 +64,14 @@ CREATE TABLE IF NOT EXISTS business_identities (
     PRIMARY KEY (kind, value)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS identities_business_idx ON business_identities (business_id);
+CREATE TABLE IF NOT EXISTS business_requests (
+    request_id TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    claim TEXT NOT NULL,
+    answer BLOB,
+    expires_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS requests_expiry_idx ON business_requests (expires_ms);
 """
 
 _COLUMNS = (
@@ -102,6 +115,10 @@ def _encode(field: str, value: Any) -> Any:
     if isinstance(value, TokenStatus):
         return value.value
     return value
+
+
+def _ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
 
 
 def _record(row: sqlite3.Row | tuple[Any, ...]) -> BusinessRecord:
@@ -386,17 +403,62 @@ class SqliteStore(BusinessStore):
             )
             return cursor.rowcount == 1
 
+    async def claim_request(
+        self, request_id: str, fingerprint: str, claim: str, now: datetime, until: datetime
+    ) -> RememberedRequest | None:
+        async def take(db: aiosqlite.Connection) -> RememberedRequest | None:
+            # Expired entries go here, through the expiry index: the table stays about one
+            # hour of requests long with nothing else to run.
+            await db.execute("DELETE FROM business_requests WHERE expires_ms <= ?", (_ms(now),))
+            async with db.execute(
+                "SELECT fingerprint, answer FROM business_requests WHERE request_id = ?",
+                (request_id,),
+            ) as select:
+                found = await select.fetchone()
+            if found is not None:
+                return RememberedRequest(found[0], found[1])
+            await db.execute(
+                "INSERT INTO business_requests (request_id, fingerprint, claim, expires_ms) "
+                "VALUES (?, ?, ?, ?)",
+                (request_id, fingerprint, claim, _ms(until)),
+            )
+            return None
+
+        return await self._transaction(take)
+
+    async def finish_request(
+        self, request_id: str, claim: str, answer: bytes, until: datetime
+    ) -> None:
+        async def remember(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "UPDATE business_requests SET answer = ?, expires_ms = ? "
+                "WHERE request_id = ? AND claim = ?",
+                (answer, _ms(until), request_id, claim),
+            )
+
+        await self._transaction(remember)
+
+    async def release_request(self, request_id: str, claim: str) -> None:
+        async def forget(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "DELETE FROM business_requests WHERE request_id = ? AND claim = ? "
+                "AND answer IS NULL",
+                (request_id, claim),
+            )
+
+        await self._transaction(forget)
+
     async def raw_dump(self) -> str:
         await self.open()
         lines: list[str] = []
-        for table in ("businesses", "business_identities"):
+        for table in ("businesses", "business_identities", "business_requests"):
             async with self._read().execute(f"SELECT * FROM {table}") as cursor:
                 lines.extend(repr(tuple(row)) for row in await cursor.fetchall())
         return "\n".join(lines)
 
     async def index_names(self) -> set[str]:
         names: set[str] = set()
-        for table in ("businesses", "business_identities"):
+        for table in ("businesses", "business_identities", "business_requests"):
             async with self._read().execute(f"PRAGMA index_list({table})") as cursor:
                 names.update(row[1] for row in await cursor.fetchall())
         return names

@@ -9,6 +9,7 @@ queries so tests and benchmarks can see what reached the database.
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,6 +35,15 @@ def next_update_time(given: datetime, stored: datetime) -> datetime:
     (the same millisecond, from the same read) must still store two versions, or a conditional
     writer that read between them would miss the second."""
     return max(given, stored + UPDATE_TIME_STEP)
+
+
+@dataclass(frozen=True)
+class RememberedRequest:
+    """A request id another call holds: what that request asked, and its answer (None while it
+    is still being applied)."""
+
+    fingerprint: str
+    answer: bytes | None
 
 
 class BusinessStore(abc.ABC):
@@ -96,6 +106,24 @@ class BusinessStore(abc.ABC):
     @abc.abstractmethod
     async def replace_secret(self, business_id: str, field: str, old: str, new: str) -> bool:
         """Compare-and-set one secret (rotation): False when it changed meanwhile."""
+
+    @abc.abstractmethod
+    async def claim_request(
+        self, request_id: str, fingerprint: str, claim: str, now: datetime, until: datetime
+    ) -> RememberedRequest | None:
+        """Take ``request_id`` for the call named ``claim``, atomically: None when it is now
+        this call's (no entry, or only one that expired before ``now``), the entry otherwise.
+        A claim lasts until ``until``; then another call may take it over."""
+
+    @abc.abstractmethod
+    async def finish_request(
+        self, request_id: str, claim: str, answer: bytes, until: datetime
+    ) -> None:
+        """Remember the answer of the claimed request until ``until``."""
+
+    @abc.abstractmethod
+    async def release_request(self, request_id: str, claim: str) -> None:
+        """Forget a claim whose request failed (a failure is not remembered: a retry runs)."""
 
     @abc.abstractmethod
     async def raw_dump(self) -> str:

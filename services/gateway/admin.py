@@ -41,7 +41,7 @@ from parley.business.v1 import business_pb2
 from parley.search.v1 import search_pb2
 from parley.session.v1 import session_pb2
 from services.common.channel_secrets import secret_problem
-from services.common.errors import error_info
+from services.common.errors import error_info, field_violations
 from services.common.redact import mask_phone
 from services.gateway.queue import DEAD_MAXLEN
 from services.gateway.ratelimit import user_keys
@@ -221,6 +221,41 @@ IF_MATCH = Header(
 )
 
 
+IDEMPOTENCY_KEY = Header(
+    alias="Idempotency-Key",
+    max_length=130,
+    description="Makes the request safe to send again (IETF draft *The Idempotency-Key HTTP "
+    "Header Field*): a UUID is best, 1-128 printable characters, quoted or not. A request with "
+    "the key of one already applied (within the hour; for a create, for good) answers that "
+    "first answer and changes nothing again; the key reused with another request is 400.",
+)
+# uuid5 namespace of the request ids made from an Idempotency-Key (any fixed UUID would do).
+_KEY_NAMESPACE = uuid.UUID("5d0b8c1e-4a53-5bd6-9f3e-2f1a7c9e6b40")
+
+
+def idempotency_key_of(header: str | None) -> str | None:
+    """The operator's Idempotency-Key, checked: 400 unless 1-128 printable characters."""
+    if header is None:
+        return None
+    key = header
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]  # the draft's sf-string form; the bare token means the same key
+    if not 1 <= len(key) <= 128 or not key.isprintable():
+        raise HTTPException(400, "Idempotency-Key: 1-128 printable characters")
+    return key
+
+
+def request_id(header: str | None, business_id: str = "") -> uuid.UUID:
+    """The business service's request id (AIP-155) for one admin request: the same for every
+    send of it, so the channel's retry of a call whose answer was lost is answered, not applied
+    twice. From the operator's Idempotency-Key when given (with the business it changes, so a
+    key names one request per business), else fresh."""
+    key = idempotency_key_of(header)
+    if key is None:
+        return uuid.uuid4()
+    return uuid.uuid5(_KEY_NAMESPACE, f"{business_id.lower()}\n{key}")
+
+
 class Changed(Exception):
     """If-Match named a version the business is no longer at: 412 with its current ETag."""
 
@@ -267,8 +302,20 @@ def matched_version(if_match: str, current: Timestamp | None = None) -> Timestam
     return versions[0]
 
 
+def _reused_key(error: grpc.aio.AioRpcError) -> None:
+    """400 naming the header when the service refused the request id made from it (only an
+    operator's key can be reused: the gateway's own ids are fresh UUIDs)."""
+    if error.code() == grpc.StatusCode.INVALID_ARGUMENT and "request_id" in field_violations(error):
+        raise HTTPException(
+            400,
+            "Idempotency-Key: already used (within the hour) for another request; send a new "
+            "key with each request",
+        ) from None
+
+
 def _conflict(error: grpc.aio.AioRpcError) -> Timestamp | None:
     """The business's current update_time if ``error`` is the service's update-time conflict."""
+    _reused_key(error)
     info = error_info(error) if error.code() == grpc.StatusCode.ABORTED else None
     if info is None or info.reason != "UPDATE_TIME_CONFLICT":
         raise error
@@ -449,33 +496,38 @@ def build_router(runtime: Runtime) -> APIRouter:
     )
     async def create_business(
         body: BusinessIn,
-        idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+        idempotency_key: Annotated[str | None, IDEMPOTENCY_KEY] = None,
     ) -> BusinessOut:
+        once = request_id(idempotency_key)
         credentials = business_pb2.ChannelCredentials(
             whatsapp_access_token=body.access_token or "",
             twilio_account_sid=body.twilio_account_sid or "",
             twilio_auth_token=body.twilio_auth_token or "",
             webhook_app_secret=body.webhook_app_secret or "",
         )
-        response = await business().CreateBusiness(
-            business_pb2.CreateBusinessRequest(
-                business=business_pb2.Business(
-                    name=body.name,
-                    subdomain=body.subdomain,
-                    whatsapp_phone_number_ids=body.whatsapp_phone_number_ids,
-                    whatsapp_numbers=body.whatsapp_numbers,
-                    time_zone=body.timezone,
-                    locale=body.locale,
-                    active=body.active,
-                    whatsapp_enabled=body.whatsapp_enabled,
-                ),
-                credentials=credentials,
-                # Without a key of the caller's, one for this request: the channel's own retry
-                # (UNAVAILABLE after the business service made it) then finds the business
-                # instead of answering 409 for its subdomain.
-                idempotency_key=idempotency_key or uuid.uuid4().hex,
-            )
+        request = business_pb2.CreateBusinessRequest(
+            business=business_pb2.Business(
+                name=body.name,
+                subdomain=body.subdomain,
+                whatsapp_phone_number_ids=body.whatsapp_phone_number_ids,
+                whatsapp_numbers=body.whatsapp_numbers,
+                time_zone=body.timezone,
+                locale=body.locale,
+                active=body.active,
+                whatsapp_enabled=body.whatsapp_enabled,
+            ),
+            credentials=credentials,
+            # Without a key of the caller's, one for this request: the channel's own retry
+            # (UNAVAILABLE after the business service made it) then finds the business
+            # instead of answering 409 for its subdomain.
+            idempotency_key=idempotency_key_of(idempotency_key) or once.hex,
+            request_id=str(once),
         )
+        try:
+            response = await business().CreateBusiness(request)
+        except grpc.aio.AioRpcError as error:
+            _reused_key(error)
+            raise
         return business_out(response.business)
 
     @router.get("/businesses", summary="List businesses, one page at a time.", responses=REFUSED)
@@ -523,14 +575,20 @@ def build_router(runtime: Runtime) -> APIRouter:
         body: BusinessPatch,
         response: Response,
         if_match: Annotated[str | None, IF_MATCH] = None,
+        idempotency_key: Annotated[str | None, IDEMPOTENCY_KEY] = None,
     ) -> BusinessOut | JSONResponse:
+        once = request_id(idempotency_key, business_id)
         try:
-            return await patch(business_id, body, response, if_match)
+            return await patch(business_id, body, response, if_match, once)
         except Changed as changed:
             return changed.response()
 
     async def patch(
-        business_id: str, body: BusinessPatch, response: Response, if_match: str | None
+        business_id: str,
+        body: BusinessPatch,
+        response: Response,
+        if_match: str | None,
+        once: uuid.UUID,
     ) -> BusinessOut:
         given = body.model_dump(exclude_unset=True)
         given = {k: v for k, v in given.items() if v is not None}
@@ -546,6 +604,7 @@ def build_router(runtime: Runtime) -> APIRouter:
         request = business_pb2.UpdateBusinessRequest(
             business=proto,
             update_mask=field_mask_pb2.FieldMask(paths=[PATCH_FIELDS[n] for n in given]),
+            request_id=str(once),
         )
         expected = await expected_version(business_id, if_match)
         if expected is not None:
@@ -567,13 +626,19 @@ def build_router(runtime: Runtime) -> APIRouter:
         business_id: BusinessId,
         response: Response,
         if_match: Annotated[str | None, IF_MATCH] = None,
+        idempotency_key: Annotated[str | None, IDEMPOTENCY_KEY] = None,
     ) -> BusinessOut | JSONResponse:
+        once = str(request_id(idempotency_key, business_id))
         try:
             expected = await expected_version(business_id, if_match)
             if expected is None:
-                deactivated = await business().DeactivateBusiness(
-                    business_pb2.DeactivateBusinessRequest(id=business_id)
-                )
+                try:
+                    deactivated = await business().DeactivateBusiness(
+                        business_pb2.DeactivateBusinessRequest(id=business_id, request_id=once)
+                    )
+                except grpc.aio.AioRpcError as error:
+                    _reused_key(error)
+                    raise
                 stored = deactivated.business
             else:
                 # DeactivateBusiness is UpdateBusiness(active=false); this one carries the version.
@@ -581,6 +646,7 @@ def build_router(runtime: Runtime) -> APIRouter:
                     business=business_pb2.Business(id=business_id, active=False),
                     update_mask=field_mask_pb2.FieldMask(paths=["active"]),
                     expected_update_time=expected,
+                    request_id=once,
                 )
                 try:
                     stored = (await business().UpdateBusiness(request)).business
@@ -602,7 +668,9 @@ def build_router(runtime: Runtime) -> APIRouter:
         body: TokenIn,
         response: Response,
         if_match: Annotated[str | None, IF_MATCH] = None,
+        idempotency_key: Annotated[str | None, IDEMPOTENCY_KEY] = None,
     ) -> BusinessOut | JSONResponse:
+        once = request_id(idempotency_key, business_id)
         given = {k: v for k, v in body.model_dump(exclude_unset=True).items() if v is not None}
         if not given:
             raise HTTPException(400, "give at least one of: " + ", ".join(SECRET_FIELDS))
@@ -623,7 +691,10 @@ def build_router(runtime: Runtime) -> APIRouter:
         applied: list[str] = []
         for name, value in given.items():
             request = business_pb2.SetChannelTokenRequest(
-                business_id=business_id, secret=SECRET_FIELDS[name], value=value
+                business_id=business_id,
+                secret=SECRET_FIELDS[name],
+                value=value,
+                request_id=str(uuid.uuid5(once, name)),  # one write per secret, one id each
             )
             if expected is not None:
                 # Each write is one of its own: each expects the version the previous one made,

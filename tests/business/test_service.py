@@ -386,6 +386,72 @@ async def test_writes_expecting_an_update_time_are_aborted_once_it_changed(
     assert stored.business.update_time.ToDatetime() > after.ToDatetime()
 
 
+async def test_every_write_sent_again_with_its_request_id_is_answered_from_memory(
+    service: RunningService, registry: SecretRegistry
+) -> None:
+    """Each write RPC sent twice with one request_id (AIP-155): the second is the first's
+    answer, and nothing is written again (update_time unmoved, one business); the id in
+    another spelling is the same id; reused with another request it is INVALID_ARGUMENT."""
+    create = demo_request(registry)
+    create.request_id = "6f1c2a3b-4d5e-4f60-8a71-92b3c4d5e6f7"
+    first = await service.stub.CreateBusiness(create)
+    create.request_id = "{6F1C2A3B4D5E4F608A7192B3C4D5E6F7}"  # braces, upper case, no hyphens
+    assert await service.stub.CreateBusiness(create) == first
+    created = first.business
+    rename = business_pb2.UpdateBusinessRequest(
+        business=business_pb2.Business(id=created.id, name="Once"),
+        update_mask=FieldMask(paths=["name"]),
+        expected_update_time=created.update_time,
+        request_id="0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+    )
+    token = business_pb2.SetChannelTokenRequest(
+        business_id=created.id,
+        secret=business_pb2.CHANNEL_SECRET_WEBHOOK_APP_SECRET,
+        value=registry.token("once"),
+        request_id="1b2c3d4e-5f60-4b7c-8d9e-0f1a2b3c4d5e",
+    )
+    deactivate = business_pb2.DeactivateBusinessRequest(
+        id=created.id, request_id="2c3d4e5f-6071-4c8d-9eaf-1a2b3c4d5e6f"
+    )
+    for call, request in (
+        (service.stub.UpdateBusiness, rename),
+        (service.stub.SetChannelToken, token),
+        (service.stub.DeactivateBusiness, deactivate),
+    ):
+        answered = await call(request)
+        stored = await service.stub.GetBusiness(business_pb2.GetBusinessRequest(id=created.id))
+        assert answered.business == stored.business
+        assert await call(request) == answered  # a conditional one is not ABORTED by itself
+        again = await service.stub.GetBusiness(business_pb2.GetBusinessRequest(id=created.id))
+        assert again.business.update_time == stored.business.update_time  # no second write
+    assert again.business.name == "Once" and again.business.has_webhook_app_secret
+    assert not again.business.active
+    # Reused with another request (another value; another method): refused, nothing written.
+    other_token = business_pb2.SetChannelTokenRequest()
+    other_token.CopyFrom(token)
+    other_token.value = registry.token("other")
+    other_method = business_pb2.DeactivateBusinessRequest(
+        id=created.id, request_id=rename.request_id
+    )
+    for refused in (
+        service.stub.SetChannelToken(other_token),
+        service.stub.DeactivateBusiness(other_method),
+    ):
+        error = await code_of(refused)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "request_id" in field_violations(error)
+    for bad in ("not-a-uuid", "00000000-0000-0000-0000-000000000000", "x" * 300):
+        error = await code_of(
+            service.stub.DeactivateBusiness(
+                business_pb2.DeactivateBusinessRequest(id=created.id, request_id=bad)
+            )
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "request_id" in field_violations(error)
+    final = await service.stub.GetBusiness(business_pb2.GetBusinessRequest(id=created.id))
+    assert final.business.update_time == again.business.update_time
+
+
 async def test_list_pages_through_everything(service: RunningService) -> None:
     for _ in range(3):
         await service.stub.CreateBusiness(demo_request(active=False))

@@ -9,25 +9,28 @@ performance under a real WiredTiger deployment.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import sqlite3
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from bson import ObjectId
 
-from services.business.core import BusinessCore
+from services.business.core import BusinessCore, RequestId
 from services.business.crypto import TokenCipher
 from services.business.model import BusinessRecord, TokenStatus, utcnow
 from services.business.mongo_store import MongoStore
 from services.business.sqlite_store import SqliteStore
-from services.business.store import BusinessStore, UpdateTimeConflict
+from services.business.store import BusinessStore, RememberedRequest, UpdateTimeConflict
 from services.common.business_keys import KeyKind, identity_key
-from services.common.errors import AlreadyExists, InvalidArgument
+from services.common.errors import Aborted, AlreadyExists, InvalidArgument
 from tests.business.conftest import SecretRegistry, create_business, when_writer_starts
 
 _n = itertools.count(1)
+Apply = Callable[[], Awaitable[BusinessRecord]]
 
 
 def record(
@@ -248,6 +251,8 @@ async def test_indexes_exist_and_open_is_idempotent(
         assert dict(indexes["subdomain_lookup_idx"]["key"]) == {"subDomain": 1, "isActive": 1}
         for name in ("subdomain_unique", "phone_number_id_unique", "whatsapp_number_unique"):
             assert indexes[name]["unique"] is True
+        expiry = {i["name"]: i async for i in await store.requests.list_indexes()}
+        assert expiry["request_expiry_ttl"]["expireAfterSeconds"] == 0
         # A second client re-running the index creation is a no-op too.
         again = MongoStore(
             request.getfixturevalue("mongo_uri"), database=store.database, min_pool_size=0
@@ -261,6 +266,7 @@ async def test_indexes_exist_and_open_is_idempotent(
             "subdomain_lookup_idx",
             "servable_idx",
             "identities_business_idx",
+            "requests_expiry_idx",
         } <= (await store.index_names())
         assert await store.journal_mode() == "wal"
 
@@ -385,6 +391,85 @@ async def test_a_create_sent_again_with_its_key_answers_the_first_business(
         await create_business(core, "other", "7003", idempotency_key=key)
     with pytest.raises(AlreadyExists, match="subdomain"):  # no key: a second claim as before
         await create_business(core, "once", "7004")
+
+
+async def test_a_request_id_is_claimed_once_and_remembers_its_answer(
+    store: BusinessStore,
+) -> None:
+    """The store's half of AIP-155 request ids: one claim wins, the others see it (pending,
+    then with its answer); a released claim is free again, an expired one is taken over."""
+    now = utcnow()
+    lease, hour = now + timedelta(seconds=60), now + timedelta(hours=1)
+    assert await store.claim_request("r1", "k:fp", "first", now, lease) is None
+    assert await store.claim_request("r1", "k:fp", "second", now, lease) == RememberedRequest(
+        "k:fp", None
+    )
+    await store.release_request("r1", "second")  # not its claim: changes nothing
+    await store.finish_request("r1", "second", b"not mine", hour)
+    assert await store.claim_request("r1", "k:fp", "third", now, lease) == RememberedRequest(
+        "k:fp", None
+    )
+    await store.finish_request("r1", "first", b"\x00answer", hour)
+    later = now + timedelta(minutes=59)
+    assert await store.claim_request("r1", "k:other", "fourth", later, hour) == (
+        RememberedRequest("k:fp", b"\x00answer")
+    )
+    await store.release_request("r1", "first")  # an answer, once remembered, stays
+    past = now + timedelta(hours=1, milliseconds=1)
+    assert (
+        await store.claim_request("r1", "k:new", "fifth", past, past + timedelta(hours=1)) is None
+    )
+    # A claim whose call failed is dropped: a retry runs again.
+    assert await store.claim_request("r2", "k:fp", "first", now, lease) is None
+    await store.release_request("r2", "first")
+    assert await store.claim_request("r2", "k:fp", "second", now, lease) is None
+    # A claim whose call died (never finished nor released) is taken over once its lease ends.
+    after_lease = lease + timedelta(milliseconds=1)
+    assert await store.claim_request("r2", "k:fp", "third", after_lease, hour) is None
+    claims = await asyncio.gather(
+        *(store.claim_request("r3", "k:fp", f"c{i}", now, lease) for i in range(10))
+    )
+    assert claims.count(None) == 1
+
+
+async def test_a_change_sent_again_with_its_request_id_is_applied_once(
+    store: BusinessStore, core: BusinessCore
+) -> None:
+    """A conditional change whose answer was lost, sent again (and five times at once) with
+    its request id: applied once, every send answered with the first answer (not ABORTED by
+    its own write); the id reused for another request is refused."""
+    business = await create_business(core, "remember", "7101")
+
+    def rename(name: str, request_id: str, at: datetime) -> tuple[RequestId, Apply]:
+        asked = f"rename {business.id} {name} {at.isoformat()}".encode()
+        return RequestId(request_id, asked), functools.partial(
+            core.update, business.id, {"name": name}, at
+        )
+
+    read = business.update_time
+    once = "9b2d7c36-0d7e-4f0e-8c2a-3b1f6d2e5a01"
+    first = await core.once(*rename("Renamed", once, read))
+    assert first.name == "Renamed"
+    stored = await store.get(business.id)
+    assert stored is not None and stored.name == "Renamed"
+    again = await asyncio.gather(*(core.once(*rename("Renamed", once, read)) for _ in range(5)))
+    assert all(answer == first for answer in again)
+    assert await store.get(business.id) == stored  # no second write: update_time unmoved
+    # Five sends of a new id at once, at the current version: one write, all answered alike.
+    racing = await asyncio.gather(
+        *(
+            core.once(*rename("Raced", "0e4c1a59-7a3b-4d8e-9f21-6c5b8a7d3e02", stored.update_time))
+            for _ in range(5)
+        )
+    )
+    assert racing[0].name == "Raced" and all(answer == racing[0] for answer in racing)
+    with pytest.raises(InvalidArgument, match="already used for another request"):
+        await core.once(*rename("Other", once, read))
+    # A change that failed is not remembered: its id runs again (here, still ABORTED).
+    stale = "4f1e2d3c-5b6a-4789-8a0b-1c2d3e4f5a03"
+    for _ in range(2):
+        with pytest.raises(Aborted):
+            await core.once(*rename("Stale", stale, read))
 
 
 async def test_sqlite_write_cancelled_while_waiting_for_the_file_lock_still_ends(

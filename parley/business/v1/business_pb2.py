@@ -26,17 +26,17 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!parley/business/v1/business.proto\x12\x12parley.business.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x03\n\x08\x42usiness\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tsubdomain\x18\x03 \x01(\t\x12!\n\x19whatsapp_phone_number_ids\x18\x04 \x03(\t\x12\x18\n\x10whatsapp_numbers\x18\x05 \x03(\t\x12\x18\n\x10whatsapp_enabled\x18\x06 \x01(\x08\x12\x0e\n\x06\x61\x63tive\x18\x07 \x01(\x08\x12\x11\n\ttime_zone\x18\x08 \x01(\t\x12\x0e\n\x06locale\x18\t \x01(\t\x12\x18\n\x10has_access_token\x18\n \x01(\x08\x12\x1e\n\x16has_twilio_credentials\x18\x0b \x01(\x08\x12\x1e\n\x16has_webhook_app_secret\x18\x0c \x01(\x08\x12<\n\x13\x61\x63\x63\x65ss_token_status\x18\r \x01(\x0e\x32\x1f.parley.business.v1.TokenStatus\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x01\n\x12\x43hannelCredentials\x12\x1d\n\x15whatsapp_access_token\x18\x01 \x01(\t\x12\x1a\n\x12twilio_account_sid\x18\x02 \x01(\t\x12\x19\n\x11twilio_auth_token\x18\x03 \x01(\t\x12\x1a\n\x12webhook_app_secret\x18\x04 \x01(\t\"=\n\x12GetBusinessRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1b\n\x13include_credentials\x18\x02 \x01(\x08\"\x82\x01\n\x13GetBusinessResponse\x12.\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x1c.parley.business.v1.Business\x12;\n\x0b\x63redentials\x18\x02 \x01(\x0b\x32&.parley.business.v1.ChannelCredentials\"\xa5\x01\n\x15LookupBusinessRequest\x12\x19\n\x0fphone_number_id\x18\x01 \x01(\tH\x00\x12\x19\n\x0fwhatsapp_number\x18\x02 \x01(\tH\x00\x12\x13\n\tsubdomain\x18\x03 \x01(\tH\x00\x12\x1b\n\x13include_credentials\x18\x04 \x01(\x08\x12\x18\n\x10include_inactive\x18\x05 \x01(\x08\x42\n\n\x08identity\"\x95\x01\n\x16LookupBusinessResponse\x12.\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x1c.parley.business.v1.Business\x12;\n\x0b\x63redentials\x18\x02 \x01(\x0b\x32&.parley.business.v1.ChannelCredentials\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x01(\x08\"\x9d\x01\n\x15\x43reateBusinessRequest\x12.\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x1c.parley.business.v1.Business\x12;\n\x0b\x63redentials\x18\x02 \x01(\x0b\x32&.parley.business.v1.ChannelCredentials\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"H\n\x16\x43reateBusinessResponse\x12.\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x1c.parley.business.v1.Business\"\xb2\x01\n\x15UpdateBusinessRequest\x12.\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x1c.parley.business.v1.Business\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x38\n\x14\x65xpected_update_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"H\n\x16UpdateBusinessResponse\x12.\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x1c.parley.business.v1.Business\"\'\n\x19\x44\x65\x61\x63tivateBusinessRequest\x12\n\n\x02id\x18\x01 \x01(\t\"L\n\x1a\x44\x65\x61\x63tivateBusinessResponse\x12.\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x1c.parley.business.v1.Business\"X\n\x15ListBusinessesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x18\n\x10include_inactive\x18\x03 \x01(\x08\"c\n\x16ListBusinessesResponse\x12\x30\n\nbusinesses\x18\x01 \x03(\x0b\x32\x1c.parley.business.v1.Business\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa9\x01\n\x16SetChannelTokenRequest\x12\x13\n\x0b\x62usiness_id\x18\x01 \x01(\t\x12\x31\n\x06secret\x18\x02 \x01(\x0e\x32!.parley.business.v1.ChannelSecret\x12\r\n\x05value\x18\x03 \x01(\t\x12\x38\n\x14\x65xpected_update_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x17SetChannelTokenResponse\x12.\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x1c.parley.business.v1.Business\"!\n\x10WarmCacheRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"#\n\x11WarmCacheResponse\x12\x0e\n\x06loaded\x18\x01 \x01(\x05\"\x16\n\x14GetCacheStatsRequest\"\x92\x01\n\x15GetCacheStatsResponse\x12\x0c\n\x04hits\x18\x01 \x01(\x03\x12\x0e\n\x06misses\x18\x02 \x01(\x03\x12\x15\n\rnegative_hits\x18\x03 \x01(\x03\x12\x11\n\tevictions\x18\x04 \x01(\x03\x12\x0c\n\x04size\x18\x05 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\x05\x12\x11\n\thit_ratio\x18\x07 \x01(\x01*c\n\x0bTokenStatus\x12\x1c\n\x18TOKEN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12TOKEN_STATUS_VALID\x10\x01\x12\x1e\n\x1aTOKEN_STATUS_NEEDS_RENEWAL\x10\x02*\xcd\x01\n\rChannelSecret\x12\x1e\n\x1a\x43HANNEL_SECRET_UNSPECIFIED\x10\x00\x12(\n$CHANNEL_SECRET_WHATSAPP_ACCESS_TOKEN\x10\x01\x12%\n!CHANNEL_SECRET_TWILIO_ACCOUNT_SID\x10\x02\x12$\n CHANNEL_SECRET_TWILIO_AUTH_TOKEN\x10\x03\x12%\n!CHANNEL_SECRET_WEBHOOK_APP_SECRET\x10\x04\x32\xb6\x07\n\x0f\x42usinessService\x12^\n\x0bGetBusiness\x12&.parley.business.v1.GetBusinessRequest\x1a\'.parley.business.v1.GetBusinessResponse\x12g\n\x0eLookupBusiness\x12).parley.business.v1.LookupBusinessRequest\x1a*.parley.business.v1.LookupBusinessResponse\x12g\n\x0e\x43reateBusiness\x12).parley.business.v1.CreateBusinessRequest\x1a*.parley.business.v1.CreateBusinessResponse\x12g\n\x0eUpdateBusiness\x12).parley.business.v1.UpdateBusinessRequest\x1a*.parley.business.v1.UpdateBusinessResponse\x12s\n\x12\x44\x65\x61\x63tivateBusiness\x12-.parley.business.v1.DeactivateBusinessRequest\x1a..parley.business.v1.DeactivateBusinessResponse\x12g\n\x0eListBusinesses\x12).parley.business.v1.ListBusinessesRequest\x1a*.parley.business.v1.ListBusinessesResponse\x12j\n\x0fSetChannelToken\x12*.parley.business.v1.SetChannelTokenRequest\x1a+.parley.business.v1.SetChannelTokenResponse\x12X\n\tWarmCache\x12$.parley.business.v1.WarmCacheRequest\x1a%.parley.business.v1.WarmCacheResponse\x12\x64\n\rGetCacheStats\x12(.parley.business.v1.GetCacheStatsRequest\x1a).parley.business.v1.GetCacheStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!parley/business/v1/business.proto\x12\x12parley.business.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x03\n\x08\x42usiness\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tsubdomain\x18\x03 \x01(\t\x12!\n\x19whatsapp_phone_number_ids\x18\x04 \x03(\t\x12\x18\n\x10whatsapp_numbers\x18\x05 \x03(\t\x12\x18\n\x10whatsapp_enabled\x18\x06 \x01(\x08\x12\x0e\n\x06\x61\x63tive\x18\x07 \x01(\x08\x12\x11\n\ttime_zone\x18\x08 \x01(\t\x12\x0e\n\x06locale\x18\t \x01(\t\x12\x18\n\x10has_access_token\x18\n \x01(\x08\x12\x1e\n\x16has_twilio_credentials\x18\x0b \x01(\x08\x12\x1e\n\x16has_webhook_app_secret\x18\x0c \x01(\x08\x12<\n\x13\x61\x63\x63\x65ss_token_status\x18\r \x01(\x0e\x32\x1f.parley.business.v1.TokenStatus\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x01\n\x12\x43hannelCredentials\x12\x1d\n\x15whatsapp_access_token\x18\x01 \x01(\t\x12\x1a\n\x12twilio_account_sid\x18\x02 \x01(\t\x12\x19\n\x11twilio_auth_token\x18\x03 \x01(\t\x12\x1a\n\x12webhook_app_secret\x18\x04 \x01(\t\"=\n\x12GetBusinessRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1b\n\x13include_credentials\x18\x02 \x01(\x08\"\x82\x01\n\x13GetBusinessResponse\x12.\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x1c.parley.business.v1.Business\x12;\n\x0b\x63redentials\x18\x02 \x01(\x0b\x32&.parley.business.v1.ChannelCredentials\"\xa5\x01\n\x15LookupBusinessRequest\x12\x19\n\x0fphone_number_id\x18\x01 \x01(\tH\x00\x12\x19\n\x0fwhatsapp_number\x18\x02 \x01(\tH\x00\x12\x13\n\tsubdomain\x18\x03 \x01(\tH\x00\x12\x1b\n\x13include_credentials\x18\x04 \x01(\x08\x12\x18\n\x10include_inactive\x18\x05 \x01(\x08\x42\n\n\x08identity\"\x95\x01\n\x16LookupBusinessResponse\x12.\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x1c.parley.business.v1.Business\x12;\n\x0b\x63redentials\x18\x02 \x01(\x0b\x32&.parley.business.v1.ChannelCredentials\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x01(\x08\"\xb1\x01\n\x15\x43reateBusinessRequest\x12.\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x1c.parley.business.v1.Business\x12;\n\x0b\x63redentials\x18\x02 \x01(\x0b\x32&.parley.business.v1.ChannelCredentials\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"H\n\x16\x43reateBusinessResponse\x12.\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x1c.parley.business.v1.Business\"\xc6\x01\n\x15UpdateBusinessRequest\x12.\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x1c.parley.business.v1.Business\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x38\n\x14\x65xpected_update_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"H\n\x16UpdateBusinessResponse\x12.\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x1c.parley.business.v1.Business\";\n\x19\x44\x65\x61\x63tivateBusinessRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"L\n\x1a\x44\x65\x61\x63tivateBusinessResponse\x12.\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x1c.parley.business.v1.Business\"X\n\x15ListBusinessesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x18\n\x10include_inactive\x18\x03 \x01(\x08\"c\n\x16ListBusinessesResponse\x12\x30\n\nbusinesses\x18\x01 \x03(\x0b\x32\x1c.parley.business.v1.Business\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbd\x01\n\x16SetChannelTokenRequest\x12\x13\n\x0b\x62usiness_id\x18\x01 \x01(\t\x12\x31\n\x06secret\x18\x02 \x01(\x0e\x32!.parley.business.v1.ChannelSecret\x12\r\n\x05value\x18\x03 \x01(\t\x12\x38\n\x14\x65xpected_update_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"I\n\x17SetChannelTokenResponse\x12.\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x1c.parley.business.v1.Business\"!\n\x10WarmCacheRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"#\n\x11WarmCacheResponse\x12\x0e\n\x06loaded\x18\x01 \x01(\x05\"\x16\n\x14GetCacheStatsRequest\"\x92\x01\n\x15GetCacheStatsResponse\x12\x0c\n\x04hits\x18\x01 \x01(\x03\x12\x0e\n\x06misses\x18\x02 \x01(\x03\x12\x15\n\rnegative_hits\x18\x03 \x01(\x03\x12\x11\n\tevictions\x18\x04 \x01(\x03\x12\x0c\n\x04size\x18\x05 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\x05\x12\x11\n\thit_ratio\x18\x07 \x01(\x01*c\n\x0bTokenStatus\x12\x1c\n\x18TOKEN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12TOKEN_STATUS_VALID\x10\x01\x12\x1e\n\x1aTOKEN_STATUS_NEEDS_RENEWAL\x10\x02*\xcd\x01\n\rChannelSecret\x12\x1e\n\x1a\x43HANNEL_SECRET_UNSPECIFIED\x10\x00\x12(\n$CHANNEL_SECRET_WHATSAPP_ACCESS_TOKEN\x10\x01\x12%\n!CHANNEL_SECRET_TWILIO_ACCOUNT_SID\x10\x02\x12$\n CHANNEL_SECRET_TWILIO_AUTH_TOKEN\x10\x03\x12%\n!CHANNEL_SECRET_WEBHOOK_APP_SECRET\x10\x04\x32\xb6\x07\n\x0f\x42usinessService\x12^\n\x0bGetBusiness\x12&.parley.business.v1.GetBusinessRequest\x1a\'.parley.business.v1.GetBusinessResponse\x12g\n\x0eLookupBusiness\x12).parley.business.v1.LookupBusinessRequest\x1a*.parley.business.v1.LookupBusinessResponse\x12g\n\x0e\x43reateBusiness\x12).parley.business.v1.CreateBusinessRequest\x1a*.parley.business.v1.CreateBusinessResponse\x12g\n\x0eUpdateBusiness\x12).parley.business.v1.UpdateBusinessRequest\x1a*.parley.business.v1.UpdateBusinessResponse\x12s\n\x12\x44\x65\x61\x63tivateBusiness\x12-.parley.business.v1.DeactivateBusinessRequest\x1a..parley.business.v1.DeactivateBusinessResponse\x12g\n\x0eListBusinesses\x12).parley.business.v1.ListBusinessesRequest\x1a*.parley.business.v1.ListBusinessesResponse\x12j\n\x0fSetChannelToken\x12*.parley.business.v1.SetChannelTokenRequest\x1a+.parley.business.v1.SetChannelTokenResponse\x12X\n\tWarmCache\x12$.parley.business.v1.WarmCacheRequest\x1a%.parley.business.v1.WarmCacheResponse\x12\x64\n\rGetCacheStats\x12(.parley.business.v1.GetCacheStatsRequest\x1a).parley.business.v1.GetCacheStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.business.v1.business_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOKENSTATUS']._serialized_start=2514
-  _globals['_TOKENSTATUS']._serialized_end=2613
-  _globals['_CHANNELSECRET']._serialized_start=2616
-  _globals['_CHANNELSECRET']._serialized_end=2821
+  _globals['_TOKENSTATUS']._serialized_start=2594
+  _globals['_TOKENSTATUS']._serialized_end=2693
+  _globals['_CHANNELSECRET']._serialized_start=2696
+  _globals['_CHANNELSECRET']._serialized_end=2901
   _globals['_BUSINESS']._serialized_start=125
   _globals['_BUSINESS']._serialized_end=568
   _globals['_CHANNELCREDENTIALS']._serialized_start=571
@@ -50,33 +50,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOOKUPBUSINESSRESPONSE']._serialized_start=1072
   _globals['_LOOKUPBUSINESSRESPONSE']._serialized_end=1221
   _globals['_CREATEBUSINESSREQUEST']._serialized_start=1224
-  _globals['_CREATEBUSINESSREQUEST']._serialized_end=1381
-  _globals['_CREATEBUSINESSRESPONSE']._serialized_start=1383
-  _globals['_CREATEBUSINESSRESPONSE']._serialized_end=1455
-  _globals['_UPDATEBUSINESSREQUEST']._serialized_start=1458
-  _globals['_UPDATEBUSINESSREQUEST']._serialized_end=1636
-  _globals['_UPDATEBUSINESSRESPONSE']._serialized_start=1638
-  _globals['_UPDATEBUSINESSRESPONSE']._serialized_end=1710
-  _globals['_DEACTIVATEBUSINESSREQUEST']._serialized_start=1712
-  _globals['_DEACTIVATEBUSINESSREQUEST']._serialized_end=1751
-  _globals['_DEACTIVATEBUSINESSRESPONSE']._serialized_start=1753
-  _globals['_DEACTIVATEBUSINESSRESPONSE']._serialized_end=1829
-  _globals['_LISTBUSINESSESREQUEST']._serialized_start=1831
-  _globals['_LISTBUSINESSESREQUEST']._serialized_end=1919
-  _globals['_LISTBUSINESSESRESPONSE']._serialized_start=1921
-  _globals['_LISTBUSINESSESRESPONSE']._serialized_end=2020
-  _globals['_SETCHANNELTOKENREQUEST']._serialized_start=2023
-  _globals['_SETCHANNELTOKENREQUEST']._serialized_end=2192
-  _globals['_SETCHANNELTOKENRESPONSE']._serialized_start=2194
-  _globals['_SETCHANNELTOKENRESPONSE']._serialized_end=2267
-  _globals['_WARMCACHEREQUEST']._serialized_start=2269
-  _globals['_WARMCACHEREQUEST']._serialized_end=2302
-  _globals['_WARMCACHERESPONSE']._serialized_start=2304
-  _globals['_WARMCACHERESPONSE']._serialized_end=2339
-  _globals['_GETCACHESTATSREQUEST']._serialized_start=2341
-  _globals['_GETCACHESTATSREQUEST']._serialized_end=2363
-  _globals['_GETCACHESTATSRESPONSE']._serialized_start=2366
-  _globals['_GETCACHESTATSRESPONSE']._serialized_end=2512
-  _globals['_BUSINESSSERVICE']._serialized_start=2824
-  _globals['_BUSINESSSERVICE']._serialized_end=3774
+  _globals['_CREATEBUSINESSREQUEST']._serialized_end=1401
+  _globals['_CREATEBUSINESSRESPONSE']._serialized_start=1403
+  _globals['_CREATEBUSINESSRESPONSE']._serialized_end=1475
+  _globals['_UPDATEBUSINESSREQUEST']._serialized_start=1478
+  _globals['_UPDATEBUSINESSREQUEST']._serialized_end=1676
+  _globals['_UPDATEBUSINESSRESPONSE']._serialized_start=1678
+  _globals['_UPDATEBUSINESSRESPONSE']._serialized_end=1750
+  _globals['_DEACTIVATEBUSINESSREQUEST']._serialized_start=1752
+  _globals['_DEACTIVATEBUSINESSREQUEST']._serialized_end=1811
+  _globals['_DEACTIVATEBUSINESSRESPONSE']._serialized_start=1813
+  _globals['_DEACTIVATEBUSINESSRESPONSE']._serialized_end=1889
+  _globals['_LISTBUSINESSESREQUEST']._serialized_start=1891
+  _globals['_LISTBUSINESSESREQUEST']._serialized_end=1979
+  _globals['_LISTBUSINESSESRESPONSE']._serialized_start=1981
+  _globals['_LISTBUSINESSESRESPONSE']._serialized_end=2080
+  _globals['_SETCHANNELTOKENREQUEST']._serialized_start=2083
+  _globals['_SETCHANNELTOKENREQUEST']._serialized_end=2272
+  _globals['_SETCHANNELTOKENRESPONSE']._serialized_start=2274
+  _globals['_SETCHANNELTOKENRESPONSE']._serialized_end=2347
+  _globals['_WARMCACHEREQUEST']._serialized_start=2349
+  _globals['_WARMCACHEREQUEST']._serialized_end=2382
+  _globals['_WARMCACHERESPONSE']._serialized_start=2384
+  _globals['_WARMCACHERESPONSE']._serialized_end=2419
+  _globals['_GETCACHESTATSREQUEST']._serialized_start=2421
+  _globals['_GETCACHESTATSREQUEST']._serialized_end=2443
+  _globals['_GETCACHESTATSRESPONSE']._serialized_start=2446
+  _globals['_GETCACHESTATSRESPONSE']._serialized_end=2592
+  _globals['_BUSINESSSERVICE']._serialized_start=2904
+  _globals['_BUSINESSSERVICE']._serialized_end=3854
 # @@protoc_insertion_point(module_scope)

@@ -339,12 +339,22 @@ class CreateBusinessRequest(_message.Message):
     BUSINESS_FIELD_NUMBER: _builtins.int
     CREDENTIALS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """Makes the create safe to send again after a lost answer (a client's or the channel's
     retry): a request with the key of one that already created a business answers that
     business instead of creating another or failing on its own subdomain. Optional; 1-128
     printable characters, a UUID is best. The key decides the new business's id, so one key
     makes one business: reused for another subdomain it is INVALID_ARGUMENT.
+    """
+    request_id: _builtins.str
+    """Makes the create safe to send again (AIP-155): a request with the request_id of one this
+    service applied within the last hour is answered with that first answer, and applied no second
+    time (idempotency_key goes further: it decides the business's id, with no time limit).
+    Optional; a UUID ("123e4567-e89b-42d3-a456-426614174000"; any case, with or without hyphens or
+    braces; not the nil UUID), fresh for each request and the same on every retry of it. Reused
+    with another request it is INVALID_ARGUMENT; while the first is still being applied, a repeat
+    waits for its answer.
     """
     @_builtins.property
     def business(self) -> Global___Business:
@@ -364,10 +374,11 @@ class CreateBusinessRequest(_message.Message):
         business: Global___Business | None = ...,
         credentials: Global___ChannelCredentials | None = ...,
         idempotency_key: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["business", b"business", "credentials", b"credentials"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business", b"business", "credentials", b"credentials", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business", b"business", "credentials", b"credentials", "idempotency_key", b"idempotency_key", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -406,6 +417,16 @@ class UpdateBusinessRequest(_message.Message):
     BUSINESS_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     EXPECTED_UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Makes the change safe to send again (AIP-155): a request with the request_id of one this
+    service applied within the last hour is answered with that first answer, and applied no second
+    time: a conditional change whose answer was lost is not ABORTED by its own first write.
+    Optional; a UUID ("123e4567-e89b-42d3-a456-426614174000"; any case, with or without hyphens or
+    braces; not the nil UUID), fresh for each request and the same on every retry of it. Reused
+    with another request it is INVALID_ARGUMENT; while the first is still being applied, a repeat
+    waits for its answer.
+    """
     @_builtins.property
     def business(self) -> Global___Business:
         """The business, with its id and the new values of the masked fields."""
@@ -430,10 +451,11 @@ class UpdateBusinessRequest(_message.Message):
         business: Global___Business | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
         expected_update_time: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["business", b"business", "expected_update_time", b"expected_update_time", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business", b"business", "expected_update_time", b"expected_update_time", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business", b"business", "expected_update_time", b"expected_update_time", "request_id", b"request_id", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -470,16 +492,26 @@ class DeactivateBusinessRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The business id."""
+    request_id: _builtins.str
+    """Makes the deactivation safe to send again (AIP-155): a request with the request_id of one this
+    service applied within the last hour is answered with that first answer, and applied no second
+    time. Optional; a UUID ("123e4567-e89b-42d3-a456-426614174000"; any case, with or without
+    hyphens or braces; not the nil UUID), fresh for each request and the same on every retry of it.
+    Reused with another request it is INVALID_ARGUMENT; while the first is still being applied, a
+    repeat waits for its answer.
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -577,12 +609,22 @@ class SetChannelTokenRequest(_message.Message):
     SECRET_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     EXPECTED_UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     business_id: _builtins.str
     """The business id."""
     secret: Global___ChannelSecret.ValueType
     """Which secret."""
     value: _builtins.str
     """The plaintext value (encrypted before it is stored); empty clears the secret."""
+    request_id: _builtins.str
+    """Makes the change safe to send again (AIP-155): a request with the request_id of one this
+    service applied within the last hour is answered with that first answer, and applied no second
+    time (as in UpdateBusinessRequest.request_id). Optional; a UUID
+    ("123e4567-e89b-42d3-a456-426614174000"; any case, with or without hyphens or braces; not the
+    nil UUID), fresh for each request and the same on every retry of it. Reused with another
+    request it is INVALID_ARGUMENT; while the first is still being applied, a repeat waits for its
+    answer.
+    """
     @_builtins.property
     def expected_update_time(self) -> _timestamp_pb2.Timestamp:
         """When set, the secret is stored only if the business's update_time still equals it;
@@ -596,10 +638,11 @@ class SetChannelTokenRequest(_message.Message):
         secret: Global___ChannelSecret.ValueType = ...,
         value: _builtins.str = ...,
         expected_update_time: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expected_update_time", b"expected_update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "expected_update_time", b"expected_update_time", "secret", b"secret", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_id", b"business_id", "expected_update_time", b"expected_update_time", "request_id", b"request_id", "secret", b"secret", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
