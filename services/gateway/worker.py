@@ -608,6 +608,9 @@ class Processor:
                 id=business_id, access_token_status=business_pb2.TOKEN_STATUS_NEEDS_RENEWAL
             ),
             update_mask=field_mask_pb2.FieldMask(paths=["access_token_status"]),
+            # The channel's retry of a mark whose answer was lost carries it: answered as the
+            # first was, not ABORTED by the version that first mark made.
+            request_id=str(uuid.uuid4()),
         )
         if read_at is not None:
             request.expected_update_time.CopyFrom(read_at)

@@ -302,6 +302,42 @@ def test_a_token_replaced_between_the_workers_read_and_its_mark_is_not_flagged(
         cutter.stop()
 
 
+def test_a_token_mark_whose_answer_was_lost_is_not_taken_for_a_change(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """Meta refuses the token (190); the worker marks the business `needs_renewal` at the
+    version it read, and the service's answer is lost on the way (a dropped connection): the
+    channel sends the mark again. The business is marked once, and the worker says so. (Was a
+    bug: the mark carried no request id, so its retry met the version the first had made and
+    was ABORTED; the worker logged *its token not marked* for a business it had marked, and
+    read it again for nothing.)"""
+    cutter = ReplyCutter(services.business).start()
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "business-mark-lost",
+        BUSINESS_SERVICE_ADDR=cutter.address,
+    )
+    try:
+        business = create_business(gw)
+        cutter.cut_reply_to(b"access_token_status")
+        fake_clouds.revoked_tokens.add(business.access_token)
+        wa_id = new_wa_id()
+        with gw.http as client:
+            post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "lost mark"))
+        assert wait_for(lambda: dead_letters_of(gw, wa_id), 20)
+        assert cutter.cuts == 1
+        assert token_status(gw, business) == "needs_renewal"
+        events = [e for p in gw.processes for e in p.log_events() if e.get("business_id")]
+        said = [e["event"] for e in events if e["business_id"] == business.id]
+        assert "Cloud API token expired; business marked" in said
+        assert "business changed since read; its token not marked" not in said
+    finally:
+        gw.stop()
+        cutter.stop()
+
+
 def test_a_long_reply_after_a_token_replaced_meanwhile_asks_for_the_new_one_once(
     cached: Gateway, fake_clouds: FakeClouds
 ) -> None:
