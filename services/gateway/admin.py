@@ -689,12 +689,14 @@ def build_router(runtime: Runtime) -> APIRouter:
             return changed.response()
         stored = None
         applied: list[str] = []
-        for name, value in given.items():
+        for number, (name, value) in enumerate(given.items()):
             request = business_pb2.SetChannelTokenRequest(
                 business_id=business_id,
                 secret=SECRET_FIELDS[name],
                 value=value,
-                request_id=str(uuid.uuid5(once, name)),  # one write per secret, one id each
+                # One write per secret, one id each; the first is the request's own, so its
+                # key reused from another request is refused before anything is written.
+                request_id=str(uuid.uuid5(once, name) if number else once),
             )
             if expected is not None:
                 # Each write is one of its own: each expects the version the previous one made,

@@ -240,10 +240,16 @@ def test_a_change_sent_again_with_its_idempotency_key_is_applied_once(
             assert again.headers["ETag"] == first.headers["ETag"]
             assert admin.get(path).headers["ETag"] == first.headers["ETag"]  # written once
             tag = first.headers["ETag"]
-        reused = admin.patch(
-            path, json={"name": "Other"}, headers={"Idempotency-Key": "script-run-7/0"}
-        )
-        assert reused.status_code == 400 and "Idempotency-Key" in reused.json()["detail"]
+        used = {"Idempotency-Key": "script-run-7/0"}  # the PATCH's, above
+        for reused in (
+            admin.patch(path, json={"name": "Other"}, headers=used),
+            admin.put(
+                f"{path}/token",
+                json={"access_token": "EAAG-other", "webhook_app_secret": "other-secret"},
+                headers=used,
+            ),
+        ):
+            assert reused.status_code == 400 and "Idempotency-Key" in reused.json()["detail"]
         # The same key for another business is another request.
         other = create_business(outbox_gateway)
         renamed = admin.patch(
@@ -254,7 +260,8 @@ def test_a_change_sent_again_with_its_idempotency_key_is_applied_once(
         assert renamed.status_code == 200 and renamed.json()["name"] == "Keyed"
         empty = admin.patch(path, json={"name": "Other"}, headers={"Idempotency-Key": '""'})
         assert empty.status_code == 400, empty.text
-        assert admin.get(path).json()["name"] == "Keyed"
+        after = admin.get(path).json()
+        assert after["name"] == "Keyed" and not after["has_webhook_app_secret"]
 
 
 def test_a_create_whose_answer_was_lost_is_not_a_conflict(
