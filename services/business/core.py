@@ -299,7 +299,7 @@ class BusinessCore:
         except Unavailable:
             # Applied, and the answer is right: a retry of it (only if this answer is lost
             # too) waits out the claim's lease, then applies it again.
-            log.warning("request applied but not remembered", request_id=request_id)
+            log.warning("request applied but not remembered", write_request_id=request_id)
         return answer
 
     def _remembered(
@@ -313,7 +313,7 @@ class BusinessCore:
             )
         if found.answer is None:
             return None
-        log.info("request answered from memory", request_id=request.value)
+        log.info("request answered from memory", write_request_id=request.value)
         return business_pb2.Business.FromString(found.answer)
 
     # --- reads -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from parley.business.v1 import business_pb2, business_pb2_grpc
 from services.business.model import MAX_IDENTITIES, validate_numbers
 from services.common.errors import InvalidArgument, error_info, field_violations
 from services.common.healthcheck import check
+from services.common.interceptors import REQUEST_ID_KEY
 from tests.business.conftest import (
     TEST_SECRET,
     RunningService,
@@ -426,6 +427,15 @@ async def test_every_write_sent_again_with_its_request_id_is_answered_from_memor
         assert again.business.update_time == stored.business.update_time  # no second write
     assert again.business.name == "Once" and again.business.has_webhook_app_secret
     assert not again.business.active
+    # Logged with the write's request id, and the call's own (trace) request id kept.
+    await service.stub.UpdateBusiness(rename, metadata=((REQUEST_ID_KEY, "trace-once-1"),))
+
+    def remembered() -> list[dict[str, object]]:
+        lines = service.process.log_events("request answered from memory")
+        return [line for line in lines if line.get("request_id") == "trace-once-1"]
+
+    assert wait_for(remembered, 10)
+    assert remembered()[0]["write_request_id"] == rename.request_id
     # Reused with another request (another value; another method): refused, nothing written.
     other_token = business_pb2.SetChannelTokenRequest()
     other_token.CopyFrom(token)
