@@ -27,6 +27,7 @@ from services.business.sqlite_store import SqliteStore
 from services.business.store import BusinessStore, RememberedRequest, UpdateTimeConflict
 from services.common.business_keys import KeyKind, identity_key
 from services.common.errors import Aborted, AlreadyExists, InvalidArgument
+from services.common.tasks import wait_shielded
 from tests.business.conftest import SecretRegistry, create_business, when_writer_starts
 
 _n = itertools.count(1)
@@ -500,6 +501,39 @@ async def test_sqlite_write_cancelled_while_waiting_for_the_file_lock_still_ends
         cli.execute("COMMIT")
     finally:
         cli.close()
+        await store.close()
+
+
+async def test_a_call_cancelled_as_it_claims_its_request_id_still_applies_it(
+    tmp_path: Path, cipher: TokenCipher
+) -> None:
+    """An RPC's deadline cancels a write with a request id just as the store commits its claim.
+    The write still happens and is remembered, so the retry is answered at once (a claim left
+    behind without its write would hold the retry up for the claim's whole lease)."""
+    store = SqliteStore(tmp_path / "business.db")
+    await store.open()
+    try:
+        core = BusinessCore(store, cipher)
+        business = await create_business(core, "cut", "7201")
+        request = RequestId("5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b", b"rename cut")
+        rename = functools.partial(core.update, business.id, {"name": "Cut"})
+        cancelled = asyncio.create_task(core.once(request, rename))
+        fired: list[bool] = []
+
+        def cancel_once() -> None:  # at the first COMMIT: the claim's
+            if not fired:
+                fired.append(True)
+                cancelled.cancel()
+
+        await when_writer_starts(store, "COMMIT", cancel_once)
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        await wait_shielded()
+        stored = await store.get(business.id)
+        assert stored is not None and stored.name == "Cut"
+        assert (await core.once(request, rename)).name == "Cut"
+        assert await store.get(business.id) == stored  # answered from memory
+    finally:
         await store.close()
 
 
