@@ -15,10 +15,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test chat bench protos prometheusrule lint typecheck buf drift pytest install clean test-faults
 
+# A venv without pip is made again, not only a missing one: where Debian's or Ubuntu's
+# python3-venv is not installed, `python3 -m venv` stops half-way and leaves one, and every later
+# run would fail on "No module named pip" until the directory was removed by hand.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "Parley needs Python 3.11 or newer (found $$($(PYTHON) --version))"; exit 1; }
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
