@@ -19,6 +19,7 @@ STAMP := $(VENV)/.installed
 # python3-venv is not installed, `python3 -m venv` stops half-way and leaves one, and every later
 # run would fail on "No module named pip" until the directory was removed by hand.
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c '' || { echo "PYTHON=$(PYTHON) does not run: install it, or name another"; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "Parley needs Python 3.11 or newer (found $$($(PYTHON) --version))"; exit 1; }
 	$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv $(VENV)

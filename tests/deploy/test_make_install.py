@@ -11,6 +11,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def make_install(python: str, venv: Path, **env: str) -> str:
+    """``make install PYTHON=<python> VENV=<venv>``'s output, as from a terminal: no make of
+    ours around this one."""
+    clean = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
+    result = subprocess.run(
+        ["make", "install", f"PYTHON={python}", f"VENV={venv}"],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    return result.stdout + result.stderr
+
+
 def test_a_venv_left_without_pip_is_made_again(tmp_path: Path) -> None:
     """Where Debian's or Ubuntu's python3-venv is not installed (as with their Python 3.12 and
     3.13), ``python3 -m venv`` writes bin/python, then fails before pip: ``--without-pip`` leaves
@@ -19,17 +34,18 @@ def test_a_venv_left_without_pip_is_made_again(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     # No index: the dependencies are not the subject and nothing is downloaded; the install
-    # stops at them, after the step this test is about. No make of ours around this one either.
-    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
-    result = subprocess.run(
-        ["make", "install", f"PYTHON={sys.executable}", f"VENV={venv}"],
-        cwd=ROOT,
-        env={**env, "PIP_NO_INDEX": "1"},
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    output = result.stdout + result.stderr
+    # stops at them, after the step this test is about.
+    output = make_install(sys.executable, venv, PIP_NO_INDEX="1")
     assert "No module named pip" not in output, output
     pip = subprocess.run([venv / "bin" / "python", "-m", "pip", "--version"], capture_output=True)
     assert pip.returncode == 0, output
+
+
+def test_an_interpreter_that_is_not_there_is_named_as_such(tmp_path: Path) -> None:
+    """``make test PYTHON=python3.13`` (the README's example) where no python3.13 runs: the
+    answer is that it does not run, not that Parley needs Python 3.11 or newer."""
+    missing = tmp_path / "bin" / "python3.13"
+    output = make_install(str(missing), tmp_path / "venv")
+    assert f"PYTHON={missing} does not run" in output, output
+    assert "needs Python 3.11" not in output, output
+    assert not (tmp_path / "venv").exists()
