@@ -4,8 +4,10 @@ virtual environment it makes with the interpreter named on the command line."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,3 +51,29 @@ def test_an_interpreter_that_is_not_there_is_named_as_such(tmp_path: Path) -> No
     assert f"PYTHON={missing} does not run" in output, output
     assert "needs Python 3.11" not in output, output
     assert not (tmp_path / "venv").exists()
+
+
+def test_the_supported_pythons_are_named_alike_everywhere() -> None:
+    """The oldest Python is one number in requires-python, the Makefile's check, ruff's and
+    mypy's targets and the README; the classifiers name it and each one the README says the
+    suite passes on, and no other."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    oldest = re.fullmatch(r">=3\.(\d+)", project["project"]["requires-python"])
+    assert oldest, project["project"]["requires-python"]
+    minor = int(oldest.group(1))
+    assert project["tool"]["ruff"]["target-version"] == f"py3{minor}"
+    assert project["tool"]["mypy"]["python_version"] == f"3.{minor}"
+    assert f"sys.version_info < (3, {minor})" in (ROOT / "Makefile").read_text()
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"with Python 3.{minor}+ and `make`" in readme
+    tested = re.search(
+        r"on Python 3\.(\d+); the test suite passes on 3\.(\d+) and 3\.(\d+) too", readme
+    )
+    assert tested and int(tested.group(1)) == minor, "the README's tested Pythons moved"
+    prefix = "Programming Language :: Python :: 3."
+    named = {
+        int(c.removeprefix(prefix))
+        for c in project["project"]["classifiers"]
+        if c.startswith(prefix)
+    }
+    assert named == {int(v) for v in tested.groups()}
