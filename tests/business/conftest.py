@@ -10,6 +10,7 @@ real ``AsyncMongoClient`` code path runs. The test ids say which: ``mongodb-real
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -92,13 +93,12 @@ def in_process_logs(registry: SecretRegistry) -> Iterator[Path]:
 # --- MongoDB --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def mongo_uri(registry: SecretRegistry) -> Iterator[str]:
-    if REAL_MONGODB_URI:
-        yield REAL_MONGODB_URI
-        return
+@contextlib.contextmanager
+def secantusdb(log_path: Path, *args: str, query: str = "") -> Iterator[str]:
+    """A SecantusDB on a free port, ``args`` added to its command line, until the block ends:
+    its URI, ``query`` (``?tls=true&...``) appended."""
     port = free_port()
-    log = (registry.log_dir / "secantusdb.log").open("ab")
+    log = log_path.open("ab")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -114,13 +114,14 @@ def mongo_uri(registry: SecretRegistry) -> Iterator[str]:
             "64M",
             "--log-level",
             "WARNING",
+            *args,
         ],
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     log.close()
-    uri = f"mongodb://127.0.0.1:{port}/"
+    uri = f"mongodb://127.0.0.1:{port}/{query}"
     client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
         uri, serverSelectionTimeoutMS=300
     )
@@ -144,6 +145,15 @@ def mongo_uri(registry: SecretRegistry) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(registry: SecretRegistry) -> Iterator[str]:
+    if REAL_MONGODB_URI:
+        yield REAL_MONGODB_URI
+        return
+    with secantusdb(registry.log_dir / "secantusdb.log") as uri:
+        yield uri
 
 
 def fresh_database() -> str:

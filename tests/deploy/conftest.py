@@ -73,6 +73,7 @@ def _leaf(
     usages: list[x509.ObjectIdentifier],
     dns_names: list[str] | None = None,
     days: float = 30,
+    key_identifiers: bool = True,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = _key()
     now = dt.datetime.now(dt.UTC)
@@ -87,14 +88,16 @@ def _leaf(
         .not_valid_after(ends)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        # RFC 5280's identifiers: Python 3.13 verifies strictly (VERIFY_X509_STRICT) and refuses
-        # a certificate without its issuer's key identifier.
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
+    )
+    if key_identifiers:
+        # RFC 5280's identifiers: Python 3.13's default context verifies strictly
+        # (VERIFY_X509_STRICT) and refuses a certificate without its issuer's key identifier.
+        builder = builder.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+        ).add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key()),
             critical=False,
         )
-    )
     if dns_names:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(
@@ -122,9 +125,12 @@ def _write(
     return cert_path, key_path
 
 
-def make_pki(directory: Path, ca_name: str = "parley-test-ca", days: float = 30) -> Pki:
+def make_pki(
+    directory: Path, ca_name: str = "parley-test-ca", days: float = 30, key_identifiers: bool = True
+) -> Pki:
     """What an operator makes with cert-manager or openssl, made here in a few milliseconds.
-    ``days``: how long the server's and clients' certificates have left (negative: expired)."""
+    ``days``: how long the server's and clients' certificates have left (negative: expired);
+    without ``key_identifiers`` they lack RFC 5280's key identifiers, as a hand-made one may."""
     directory.mkdir(parents=True, exist_ok=True)
     ca = _ca(ca_name)
     # The services' certificates name the Service DNS names and localhost (for exec probes).
@@ -134,8 +140,11 @@ def make_pki(directory: Path, ca_name: str = "parley-test-ca", days: float = 30)
         [ExtendedKeyUsageOID.SERVER_AUTH],
         ["business", "business.parley.svc.cluster.local", "localhost"],
         days,
+        key_identifiers,
     )
-    client = _leaf("gateway", ca, [ExtendedKeyUsageOID.CLIENT_AUTH], days=days)
+    client = _leaf(
+        "gateway", ca, [ExtendedKeyUsageOID.CLIENT_AUTH], days=days, key_identifiers=key_identifiers
+    )
     rogue = _leaf("gateway", _ca("someone-else-ca"), [ExtendedKeyUsageOID.CLIENT_AUTH])
     ca_path, _ = _write(directory, "ca", ca)
     server_cert, server_key = _write(directory, "server", server)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -22,7 +24,7 @@ import uvloop
 from services.common.redis_client import make_redis, ping
 from services.common.redis_pipeline import AutoPipeline
 from services.search.ratelimit import ProviderRateLimiter, RateLimitTimeout
-from tests.deploy.conftest import Pki
+from tests.deploy.conftest import Pki, make_pki
 from tests.support.processes import Valkey
 
 
@@ -91,12 +93,17 @@ class TlsTerminator:
         self._loop.close()
 
 
-@pytest.fixture(scope="module")
-def tls_redis(valkey: Valkey, pki: Pki) -> Iterator[TlsTerminator]:
+def server_context(pki: Pki) -> ssl.SSLContext:
+    """A Redis's TLS: its certificate, and clients' certificates required."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
     context.load_cert_chain(str(pki.server_cert), str(pki.server_key))
     context.verify_mode = ssl.CERT_REQUIRED
-    terminator = TlsTerminator(valkey.port, context).start()
+    return context
+
+
+@pytest.fixture(scope="module")
+def tls_redis(valkey: Valkey, pki: Pki) -> Iterator[TlsTerminator]:
+    terminator = TlsTerminator(valkey.port, server_context(pki)).start()
     yield terminator
     terminator.stop()
 
@@ -125,6 +132,26 @@ async def test_make_redis_speaks_rediss(tls_redis: TlsTerminator, pki: Pki, valk
         await client.aclose()
     assert tls_redis.handshakes > before
     assert valkey.client().get("deploy:rediss") == b"through tls"  # it reached the real server
+
+
+async def test_a_certificate_without_key_identifiers_is_refused_from_python_3_13(
+    valkey: Valkey, tmp_path: Path
+) -> None:
+    """As docs/deployment.md says: redis-py verifies with Python's default context, strict from
+    3.13 (VERIFY_X509_STRICT), which refuses a certificate without its issuer's key identifier
+    (as a hand-made one may be); 3.11 and 3.12 accept it."""
+    pki = make_pki(tmp_path / "pki", key_identifiers=False)
+    terminator = TlsTerminator(valkey.port, server_context(pki)).start()
+    client = make_redis(rediss_url(terminator.port, pki), retries=0)
+    try:
+        if sys.version_info >= (3, 13):
+            with pytest.raises(ConnectionError, match="Missing Authority Key Identifier"):
+                await ping(client)
+        else:
+            await ping(client)
+    finally:
+        await client.aclose()
+        terminator.stop()
 
 
 async def _pipeline_round(url: str, key: str) -> None:
