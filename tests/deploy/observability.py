@@ -38,11 +38,20 @@ def alert_rules() -> dict[str, dict[str, Any]]:
     }
 
 
+def panel_queries() -> dict[str, str]:
+    """The dashboard's PromQL by panel and query (``"<panel id><refId>"``), as Grafana sends it
+    but for ``$__rate_interval``, which Grafana fills in (one minute here)."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return {
+        f"{panel['id']}{target['refId']}": target["expr"].replace("$__rate_interval", "1m")
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+    }
+
+
 def queries() -> list[str]:
     """Every PromQL expression of the dashboard and the alerts."""
-    dashboard = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
-    return exprs + [rule["expr"] for rule in alert_rules().values()]
+    return [*panel_queries().values(), *(rule["expr"] for rule in alert_rules().values())]
 
 
 def metric_names(expr: str) -> set[str]:

@@ -25,8 +25,10 @@ from tests.deploy.observability import (
     ALERTS,
     DASHBOARD,
     OBSERVABILITY,
+    alert_rules,
     metric_names,
     metrics_read,
+    panel_queries,
     queries,
 )
 
@@ -226,6 +228,19 @@ def test_dashboard_and_alerts_use_only_metrics_the_services_export() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     datasources = {p["datasource"]["uid"] for p in dashboard["panels"]}
     assert datasources == {"prometheus"}
+
+
+def test_every_alert_reads_what_a_panel_shows() -> None:
+    """Paged at night, the on-call opens the dashboard to see what the alert saw and since when:
+    every metric an alert reads, and ``up``, is drawn by a panel. (Was a gap: ParleyTargetDown,
+    ParleyQueueUnattended, ParleyQueueStale, ParleyLanguageModelFailing, ParleyTlsCertificate…,
+    ParleyLogsDropped and three Redis alerts read metrics no panel drew.)"""
+    panels = list(panel_queries().values())
+    shown = set().union(*(metric_names(expr) for expr in panels))
+    for name, rule in alert_rules().items():
+        assert metric_names(rule["expr"]) <= shown, (name, metric_names(rule["expr"]) - shown)
+        if re.search(r"\bup\{", rule["expr"]):
+            assert any(re.search(r"\bup\{", expr) for expr in panels), name
 
 
 METRIC_CLASSES = {
