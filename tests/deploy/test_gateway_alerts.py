@@ -15,7 +15,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.deploy.observability import PROMTOOL, evaluate, expected, scrape, timeline
+from tests.deploy.observability import (
+    PROMTOOL,
+    Samples,
+    alert_rules,
+    evaluate,
+    expected,
+    metric_names,
+    scrape,
+    timeline,
+)
 from tests.support.processes import ServiceProcess, Valkey, free_port, wait_for
 from tests.support.stack import cloud_payload, signed_cloud
 
@@ -127,5 +136,75 @@ def test_messages_queued_with_no_worker_alive_page(gateway: str, tmp_path: Path)
             expected("ParleyQueueUnattended", 16, firing=True),
             expected("ParleyQueueUnattended", 120, firing=True),
             expected("ParleyQueueBacklog", 120),
+        ],
+    )
+
+
+def test_every_message_dead_lettered_because_a_service_is_unreachable_pages(
+    tmp_path: Path,
+) -> None:
+    """The workers cannot reach the services (an expired certificate, a NetworkPolicy, a wrong
+    ``*_SERVICE_ADDR``): every message retries for ``RETRY_WINDOW_SECONDS`` and ends as a dead
+    letter, and no user is answered. The services serve and their own calls succeed, and the
+    queue neither grows nor goes stale. (Was a gap: no page fired, only the dead-letter ticket.)"""
+    valkey = Valkey(tmp_path / "valkey").start()
+    port = free_port()
+    nowhere = f"127.0.0.1:{free_port()}"  # nothing listens there
+    process = ServiceProcess(
+        "services.gateway.main",
+        {
+            "GATEWAY_ROLE": "all",
+            "GATEWAY_PORT": str(port),
+            "REDIS_URL": valkey.url,
+            "WHATSAPP_APP_SECRET": APP_SECRET,
+            "SESSION_SERVICE_ADDR": nowhere,
+            "BUSINESS_SERVICE_ADDR": nowhere,
+            "SEARCH_SERVICE_ADDR": nowhere,
+            "RETRY_WINDOW_SECONDS": "0",  # dead-lettered at the first failure, not after 5 min
+        },
+        tmp_path / "gateway.log",
+    ).start()
+    metrics = f"http://127.0.0.1:{port}/metrics"
+    dead = ("gateway_messages_processed_total", (("outcome", "dead_letter"),))
+
+    def up() -> bool:
+        try:
+            return httpx.get(metrics).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        assert wait_for(up, 30), process.log[-3000:]
+        before = scrape(metrics)
+        scrapes: list[Samples] = []
+        for n in range(1, 11):  # each dead-lettered before the next is sent
+            payload = cloud_payload("100200300", "15550001111", f"hi {n}", message_id=f"wamid.{n}")
+            assert post_signed(f"http://127.0.0.1:{port}", payload).status_code == 200
+            assert wait_for(lambda: scrape(metrics).get(dead) == n, 30), process.log[-3000:]  # noqa: B023
+            scrapes.append(scrape(metrics))
+    finally:
+        process.stop()
+        valkey.stop()
+    assert scrapes[-1][("gateway_dead_letters_total", (("reason", "retry_window"),))] == 10
+
+    rules = alert_rules()
+    # The pages that read the gateway's metrics: none of the others sees this outage.
+    pages = [
+        name
+        for name, rule in rules.items()
+        if rule["labels"]["severity"] == "page"
+        and {m.split("_")[0] for m in metric_names(rule["expr"])} == {"gateway"}
+    ]
+    used = set().union(*(metric_names(rules[name]["expr"]) for name in pages))
+    # Ten quiet minutes, then a message a minute, each dead-lettered; then none for half an hour.
+    phases = [(before, 20), *((samples, 2) for samples in scrapes), (scrapes[-1], 60)]
+    evaluate(
+        tmp_path,
+        timeline(*phases, used=used, target=TARGET),
+        [
+            *(expected(name, 9) for name in pages),
+            *(expected(name, 21) for name in pages if name != "ParleyMessagesUnanswered"),
+            expected("ParleyMessagesUnanswered", 21, firing=True),
+            *(expected(name, 45) for name in pages),
         ],
     )
