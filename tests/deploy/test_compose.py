@@ -243,6 +243,21 @@ def test_every_alert_reads_what_a_panel_shows() -> None:
             assert any(re.search(r"\bup\{", expr) for expr in panels), name
 
 
+def test_the_dashboard_draws_what_counts_lost_or_refused_work() -> None:
+    """The counters of work that silently goes nowhere: without a panel the on-call learns of it
+    from users. (Was a gap: none of these was drawn, nor read by an alert.)"""
+    shown = set().union(*(metric_names(expr) for expr in panel_queries().values()))
+    lost = {
+        "gateway_rate_limited_total",  # a user's messages over the limit: not processed
+        "gateway_message_statuses_total",  # replies the channel accepted and then failed
+        "parley_session_fallback_dropped_total",  # outage writes evicted: conversations lost
+        "parley_session_writeback_discarded_total",  # outage writes not written back
+        "business_decrypt_failures_total",  # tokens the keys cannot open: the business is mute
+        "search_cache_errors_total",  # searches uncached: every one reaches the provider
+    }
+    assert lost - shown == set()
+
+
 METRIC_CLASSES = {
     "Counter": ("_total",),
     "Gauge": ("",),
