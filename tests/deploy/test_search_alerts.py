@@ -22,6 +22,7 @@ from tests.deploy.observability import (
     scrape,
     timeline,
 )
+from tests.search.fake_amadeus import CLIENT_ID, CLIENT_SECRET, FakeAmadeus
 from tests.support.processes import ServiceProcess, Valkey, free_port
 
 pytestmark = pytest.mark.skipif(
@@ -36,7 +37,7 @@ class Search:
     """A real search service on a real Valkey whose offline provider fails while
     ``failure_file`` exists; its breaker opens at the first failure."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, **env: str) -> None:
         self.valkey = Valkey(tmp_path / "valkey").start()
         self.failure_file = tmp_path / "offline-fails"
         port, metrics_port = free_port(), free_port()
@@ -50,6 +51,7 @@ class Search:
                 "SEARCH_BREAKER_FAILURE_THRESHOLD": "1",
                 "SEARCH_BREAKER_RECOVERY_SECONDS": str(RECOVERY_SECONDS),
                 "SEARCH_OFFLINE_FAILURE_FILE": str(self.failure_file),
+                **env,
             },
             tmp_path / "search.log",
         ).start()
@@ -61,8 +63,9 @@ class Search:
     def search(self) -> grpc.StatusCode:
         """One search for a route not searched before (so never answered from the cache)."""
         self._searches += 1
-        destination = ("FCO", "MAD", "LIS", "BER", "AMS", "VIE", "PRG", "DUB")[self._searches]
-        departure = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 20 * 86400))
+        destination = ("FCO", "MAD", "LIS", "BER", "AMS", "VIE", "PRG", "DUB")[self._searches % 8]
+        days = 20 + self._searches // 8
+        departure = time.strftime("%Y-%m-%d", time.gmtime(time.time() + days * 86400))
         try:
             search_pb2_grpc.SearchServiceStub(self.channel).SearchFlights(
                 search_pb2.SearchFlightsRequest(
@@ -142,4 +145,46 @@ def test_a_provider_down_while_users_search_opens_a_ticket(search: Search, tmp_p
         tmp_path,
         timeline((healthy, 10), (first, 1), (half_open, 120), used=used, target=TARGET),
         [expected("ParleyCircuitOpen", minute) for minute in (10, 20, 40, 60)],
+    )
+
+
+def test_a_provider_answering_in_its_usual_time_is_no_slow_service(tmp_path: Path) -> None:
+    """Every search the cache cannot answer waits for the provider (Amadeus over the Internet,
+    up to ``SEARCH_PROVIDER_TIMEOUT_SECONDS``, 10 s), so SearchFlights takes what the provider
+    takes. ParleyGrpcSlow's advice (datastore latency, CPU throttling, scale out) is about the
+    service's own work. (Was a defect: it timed SearchFlights too, and a provider answering in
+    0.6 s kept a SearchService ticket open that no scaling could close.)"""
+    amadeus = FakeAmadeus().start()
+    amadeus.delay = 0.6
+    search = Search(
+        tmp_path,
+        SEARCH_PROVIDER="amadeus",
+        AMADEUS_CLIENT_ID=CLIENT_ID,
+        AMADEUS_CLIENT_SECRET=CLIENT_SECRET,
+        AMADEUS_BASE_URL=amadeus.url,
+    )
+    try:
+        before = search.state()
+        scrapes = []
+        for _ in range(16):  # a search nobody made before, each minute
+            assert search.search() == grpc.StatusCode.OK
+            scrapes.append(search.state())
+    finally:
+        search.stop()
+        amadeus.stop()
+    slow = [
+        value
+        for (name, labels), value in scrapes[-1].items()
+        if name == "grpc_server_handling_seconds_bucket"
+        and ("grpc_method", "SearchFlights") in labels
+        and ("le", "0.5") in labels
+    ]
+    assert slow == [0]  # none within 500 ms: each waited for the provider
+
+    used = metric_names(alert_rules()["ParleyGrpcSlow"]["expr"])
+    phases = [(before, 20), *((samples, 2) for samples in scrapes), (scrapes[-1], 20)]
+    evaluate(
+        tmp_path,
+        timeline(*phases, used=used, target=TARGET),
+        [expected("ParleyGrpcSlow", minute) for minute in (9, 24, 30)],
     )
