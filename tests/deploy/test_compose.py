@@ -258,6 +258,22 @@ def test_the_dashboard_draws_what_counts_lost_or_refused_work() -> None:
     assert lost - shown == set()
 
 
+def test_every_panel_legend_tells_its_series_apart() -> None:
+    """A query grouped by labels draws one series per combination: a legend that leaves one out
+    draws two lines under one name. (Was a defect: the latency panel grouped by service and
+    method and named the method only, so business's and search's ``WarmCache`` read alike.)"""
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            grouped = {
+                label.strip()
+                for grouping in re.findall(r"\bby\s*\(([^)]*)\)", target["expr"])
+                for label in grouping.split(",")
+            } - {"le"}
+            named = set(re.findall(r"{{\s*(\w+)\s*}}", target["legendFormat"]))
+            assert grouped <= named, (panel["title"], target["refId"], grouped - named)
+
+
 METRIC_CLASSES = {
     "Counter": ("_total",),
     "Gauge": ("",),
