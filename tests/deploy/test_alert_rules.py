@@ -4,6 +4,7 @@ the labels and summary they will read, and stays quiet on the ones that should n
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 from typing import Any
@@ -86,3 +87,47 @@ def test_the_runbooks_table_of_alerts_says_what_each_rule_reads() -> None:
         written = " ".join(row["expr"].replace("\\|", "|").split())
         for matchers in re.findall(r"\{[^}]*\}", written):
             assert matchers in " ".join(rule["expr"].split()), (name, matchers)
+
+
+def _strings(path: Path, function: str | None = None) -> set[str]:
+    """The string constants of a module, or of one function of it."""
+    tree: ast.AST = ast.parse(path.read_text())
+    if function is not None:
+        tree = next(
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef) and node.name == function
+        )
+    return {
+        n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
+
+
+def test_the_runbook_says_what_to_do_about_every_outcome_an_alert_counts() -> None:
+    """ParleySendFailures and ParleyLanguageModelFailing count every outcome but success, and
+    their runbook rows say what to do by outcome: each outcome the code writes is named there.
+    (Was a gap: the sends' row left out ``error``, what a channel outage writes, ``timeout`` and
+    ``no_credentials``; the model's left out ``client_error``, what a wrong ``OPENAI_MODEL``
+    writes, ``breaker_open`` and ``no_time``.)"""
+    services = ROOT / "services" / "gateway"
+    senders = set().union(
+        *(
+            set(re.findall(r'outcome="(\w+)"', path.read_text()))
+            for path in (services / "senders").glob("*.py")
+        ),
+        re.findall(r'SENDS\.labels\(sender\.name, "(\w+)"\)', (services / "worker.py").read_text()),
+    )
+    llm = services / "bot" / "llm.py"
+    model = set(re.findall(r'LLM_CALLS\.labels\("(\w+)"\)', llm.read_text())) | {
+        word for word in _strings(llm, "_outcome") if word.isidentifier()
+    }
+    assert {"error", "token_expired", "timeout"} <= senders and {"refused", "no_time"} <= model
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    for alert, outcomes, success in (
+        ("ParleySendFailures", senders, "accepted"),
+        ("ParleyLanguageModelFailing", model, "ok"),
+    ):
+        row = next(line for line in runbook.splitlines() if line.startswith(f"| {alert} "))
+        advice = row.split(" | ")[2]
+        named = set(re.findall(r"`(\w+)`", advice))
+        assert outcomes - {success} - named == set(), alert
