@@ -189,3 +189,20 @@ def test_a_wrong_field_in_a_grpcurl_example_would_be_caught() -> None:
     )()
     with pytest.raises(json_format.ParseError):
         json_format.ParseDict({"origin": "NYC", "departure": "2026-12-18"}, request)
+
+
+def test_every_kubectl_command_on_parleys_workloads_names_its_namespace() -> None:
+    """The manifests put everything in the namespace ``parley`` and the docs never tell anyone to
+    make it their context's default: a ``kubectl get pods -l …`` without ``-n parley`` reads the
+    default namespace and answers *No resources found*, which at night reads as *nothing runs*.
+    (Was a defect: the runbook's ParleyQueueUnattended row listed the workers that way.)"""
+    checked = 0
+    for name, command in commands("kubectl "):
+        if name == "reliability.md":  # quotes what bugs looked like
+            continue
+        if re.match(r"kubectl (?:apply|diff|kustomize) ", command):
+            continue  # the kustomization sets the namespace
+        if re.search(r"\b(?:deploy|svc|pods?|hpa|certificate)\b|\s-l\s", command):
+            assert re.search(r"\s(?:-n|--namespace)[ =]parley\b", command), (name, command)
+            checked += 1
+    assert checked > 10, checked
