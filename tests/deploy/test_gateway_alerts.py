@@ -36,10 +36,9 @@ APP_SECRET = "alerts-app-secret"
 TARGET = {"job": "gateway", "instance": "gateway:8000"}
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[str]:
-    """A real gateway web process on a real Valkey; its base URL."""
-    valkey = Valkey(tmp_path / "valkey").start()
+def start_gateway(tmp_path: Path, valkey: Valkey, **env: str) -> tuple[ServiceProcess, str]:
+    """A real gateway process (the web role unless ``env`` says otherwise) on ``valkey``, once
+    it answers; its process and base URL."""
     port = free_port()
     process = ServiceProcess(
         "services.gateway.main",
@@ -48,6 +47,7 @@ def gateway(tmp_path: Path) -> Iterator[str]:
             "GATEWAY_PORT": str(port),
             "REDIS_URL": valkey.url,
             "WHATSAPP_APP_SECRET": APP_SECRET,
+            **env,
         },
         tmp_path / "gateway.log",
     ).start()
@@ -59,12 +59,37 @@ def gateway(tmp_path: Path) -> Iterator[str]:
         except httpx.HTTPError:
             return False
 
-    try:
-        assert wait_for(up, 30), process.log[-3000:]
-        yield url
-    finally:
+    if not wait_for(up, 30):
         process.stop()
+        raise AssertionError(process.log[-3000:])
+    return process, url
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[str]:
+    """A real gateway web process on a real Valkey; its base URL."""
+    valkey = Valkey(tmp_path / "valkey").start()
+    try:
+        process, url = start_gateway(tmp_path, valkey)
+        try:
+            yield url
+        finally:
+            process.stop()
+    finally:
         valkey.stop()
+
+
+def gateway_pages() -> tuple[list[str], set[str]]:
+    """The alerts that page on the gateway's own metrics (of an outage the services' metrics
+    and Redis's do not show), and the metrics they read."""
+    rules = alert_rules()
+    pages = [
+        name
+        for name, rule in rules.items()
+        if rule["labels"]["severity"] == "page"
+        and {m.split("_")[0] for m in metric_names(rule["expr"])} == {"gateway"}
+    ]
+    return pages, set().union(*(metric_names(rules[name]["expr"]) for name in pages))
 
 
 def post_signed(gateway: str, payload: dict[str, Any]) -> httpx.Response:
@@ -148,38 +173,28 @@ def test_every_message_dead_lettered_because_a_service_is_unreachable_pages(
     letter, and no user is answered. The services serve and their own calls succeed, and the
     queue neither grows nor goes stale. (Was a gap: no page fired, only the dead-letter ticket.)"""
     valkey = Valkey(tmp_path / "valkey").start()
-    port = free_port()
     nowhere = f"127.0.0.1:{free_port()}"  # nothing listens there
-    process = ServiceProcess(
-        "services.gateway.main",
-        {
-            "GATEWAY_ROLE": "all",
-            "GATEWAY_PORT": str(port),
-            "REDIS_URL": valkey.url,
-            "WHATSAPP_APP_SECRET": APP_SECRET,
-            "SESSION_SERVICE_ADDR": nowhere,
-            "BUSINESS_SERVICE_ADDR": nowhere,
-            "SEARCH_SERVICE_ADDR": nowhere,
-            "RETRY_WINDOW_SECONDS": "0",  # dead-lettered at the first failure, not after 5 min
-        },
-        tmp_path / "gateway.log",
-    ).start()
-    metrics = f"http://127.0.0.1:{port}/metrics"
     dead = ("gateway_messages_processed_total", (("outcome", "dead_letter"),))
-
-    def up() -> bool:
-        try:
-            return httpx.get(metrics).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        assert wait_for(up, 30), process.log[-3000:]
+        process, url = start_gateway(
+            tmp_path,
+            valkey,
+            GATEWAY_ROLE="all",
+            SESSION_SERVICE_ADDR=nowhere,
+            BUSINESS_SERVICE_ADDR=nowhere,
+            SEARCH_SERVICE_ADDR=nowhere,
+            RETRY_WINDOW_SECONDS="0",  # dead-lettered at the first failure, not after 5 min
+        )
+    except BaseException:
+        valkey.stop()
+        raise
+    metrics = f"{url}/metrics"
+    try:
         before = scrape(metrics)
         scrapes: list[Samples] = []
         for n in range(1, 11):  # each dead-lettered before the next is sent
             payload = cloud_payload("100200300", "15550001111", f"hi {n}", message_id=f"wamid.{n}")
-            assert post_signed(f"http://127.0.0.1:{port}", payload).status_code == 200
+            assert post_signed(url, payload).status_code == 200
             assert wait_for(lambda: scrape(metrics).get(dead) == n, 30), process.log[-3000:]  # noqa: B023
             scrapes.append(scrape(metrics))
     finally:
@@ -187,15 +202,7 @@ def test_every_message_dead_lettered_because_a_service_is_unreachable_pages(
         valkey.stop()
     assert scrapes[-1][("gateway_dead_letters_total", (("reason", "retry_window"),))] == 10
 
-    rules = alert_rules()
-    # The pages that read the gateway's metrics: none of the others sees this outage.
-    pages = [
-        name
-        for name, rule in rules.items()
-        if rule["labels"]["severity"] == "page"
-        and {m.split("_")[0] for m in metric_names(rule["expr"])} == {"gateway"}
-    ]
-    used = set().union(*(metric_names(rules[name]["expr"]) for name in pages))
+    pages, used = gateway_pages()
     # Ten quiet minutes, then a message a minute, each dead-lettered; then none for half an hour.
     phases = [(before, 20), *((samples, 2) for samples in scrapes), (scrapes[-1], 60)]
     evaluate(
@@ -206,5 +213,44 @@ def test_every_message_dead_lettered_because_a_service_is_unreachable_pages(
             *(expected(name, 21) for name in pages if name != "ParleyMessagesUnanswered"),
             expected("ParleyMessagesUnanswered", 21, firing=True),
             *(expected(name, 45) for name in pages),
+        ],
+    )
+
+
+def test_a_gateway_that_cannot_reach_its_queue_pages(tmp_path: Path) -> None:
+    """The gateway loses its Redis (down, or unreachable from the gateway alone: a NetworkPolicy,
+    a rotated password, TLS), where no redis_exporter watches, or where the exporter still
+    reaches it: every webhook is answered 503 and nothing is processed, while the queue's gauges
+    vanish with Redis, so every alert on them is silent. ``gateway_queue_up`` is there to say
+    so. (Was a gap: no alert read it; only ParleyWebhooksRejected, a ticket after 15 minutes.)"""
+    valkey = Valkey(tmp_path / "valkey").start()
+    try:
+        process, url = start_gateway(tmp_path, valkey)
+    except BaseException:
+        valkey.stop()
+        raise
+    try:
+        before = scrape(f"{url}/metrics")  # nothing queued: no worker runs here
+        valkey.stop()
+        payload = cloud_payload("100200300", "15550001111", "hello?", message_id="wamid.after")
+        assert post_signed(url, payload).status_code == 503
+        after = scrape(f"{url}/metrics")
+    finally:
+        process.stop()
+        valkey.stop()
+    assert after[("gateway_queue_up", ())] == 0 and ("gateway_queue_length", ()) not in after
+    assert after[("gateway_webhooks_total", (("channel", "cloud_api"), ("outcome", "unavailable")))]
+
+    pages, used = gateway_pages()
+    # Ten healthy minutes, then twenty without the queue, then the queue back.
+    phases = [(before, 20), (after, 40), (before, 20)]
+    evaluate(
+        tmp_path,
+        timeline(*phases, used=used, target=TARGET),
+        [
+            *(expected(name, 9) for name in pages),
+            *(expected(name, 15) for name in pages if name != "ParleyQueueUnreachable"),
+            expected("ParleyQueueUnreachable", 15, firing=True),
+            *(expected(name, 35) for name in pages),
         ],
     )
