@@ -95,10 +95,13 @@ def timeline(
 ) -> list[dict[str, str]]:
     """promtool series of the ``used`` metrics, with the scrape's ``target`` labels (job,
     instance), one phase of ``steps`` after another; a sample missing from a phase is absent
-    then (``_``), as it is to Prometheus."""
-    values: dict[str, list[str]] = {}
+    then (``_``), as it is to Prometheus. And ``up`` of the target, which Prometheus writes at
+    every scrape: 1 in each phase that has samples (a scrape that answered), 0 in one without."""
+    up = ", ".join(f'{k}="{v}"' for k, v in sorted(target.items()))
+    values: dict[str, list[str]] = {f"up{{{up}}}": []}
     done = 0
     for samples, steps in phases:
+        values[f"up{{{up}}}"].extend(["1" if samples else "0"] * steps)
         for (name, labels), value in samples.items():
             if name not in used:
                 continue

@@ -115,14 +115,14 @@ def test_the_first_dead_letter_of_a_gateway_fires_the_dead_letter_alert(
     dead = ("gateway_dead_letters_total", (("reason", "unusable_payload"),))
     assert dead not in before and after[dead] == 1
 
-    # Ten minutes without dead letters, then the first one, scraped every 30 s from then on.
+    # Twenty minutes without dead letters, then the first one, scraped every 30 s from then on.
     evaluate(
         tmp_path,
-        timeline((before, 20), (after, 60), used={"gateway_dead_letters_total"}, target=TARGET),
+        timeline((before, 40), (after, 60), used={"gateway_dead_letters_total"}, target=TARGET),
         [
-            expected("ParleyDeadLetters", 9),
-            expected("ParleyDeadLetters", 11, firing=True),
-            expected("ParleyDeadLetters", 35),
+            expected("ParleyDeadLetters", 19),
+            expected("ParleyDeadLetters", 21, firing=True),
+            expected("ParleyDeadLetters", 45),
         ],
     )
 
