@@ -190,6 +190,19 @@ def test_observability_profile_scrapes_all_four_and_valkey(compose: dict[str, An
     assert source["datasources"][0]["url"] == "http://prometheus:9090"
 
 
+def test_the_docs_say_where_the_compose_prometheus_sends_its_alerts() -> None:
+    """Compose's Prometheus has no Alertmanager: its alerts reach no one unless the operator adds
+    one, and the docs must say so where they start it. (Was a gap: nothing said it, and the
+    alerts and their runbook read as if someone would be paged.)"""
+    config = yaml.safe_load((OBSERVABILITY / "prometheus.yml").read_text())
+    if config.get("alerting"):
+        return
+    compose_section = (ROOT / "docs" / "deployment.md").read_text().split("## Kubernetes")[0]
+    said = " ".join(compose_section.split())
+    assert "sends them nowhere" in said and "`alerting:`" in said
+    assert "# alerting:" in (OBSERVABILITY / "prometheus.yml").read_text()
+
+
 def _code_strings() -> set[str]:
     strings: set[str] = set()
     for path in (ROOT / "services").rglob("*.py"):
