@@ -14,24 +14,27 @@ from tests.support.processes import ROOT
 
 # The release before SearchFlightsRequest had children and infants and Place a subdivision.
 PREVIOUS_RELEASE = "bad4d0a"
+# The release before page tokens named their listing and business writes took a request_id.
+REQUEST_ID_RELEASE = "6c695e7"
 
 
-def previous_release(directory: Path) -> Path:
-    """The previous release's Python sources (``services``, ``parley``) from this repository's
-    history, extracted into ``directory``; run a module from there with PYTHONPATH set to it.
-    Skipped, saying so, where the history is not here (a shallow clone, a source archive)."""
+def previous_release(directory: Path, release: str = PREVIOUS_RELEASE) -> Path:
+    """The previous release's (or ``release``'s) Python sources (``services``, ``parley``) from
+    this repository's history, extracted into ``directory``; run a module from there with
+    PYTHONPATH set to it. Skipped, saying so, where the history is not here (a shallow clone,
+    a source archive)."""
     known = subprocess.run(
-        ["git", "-C", str(ROOT), "cat-file", "-e", f"{PREVIOUS_RELEASE}^{{commit}}"],
+        ["git", "-C", str(ROOT), "cat-file", "-e", f"{release}^{{commit}}"],
         capture_output=True,
     )
     if known.returncode != 0:
         pytest.skip(
-            f"the previous release ({PREVIOUS_RELEASE}) is not in this checkout's history "
+            f"the previous release ({release}) is not in this checkout's history "
             "(shallow clone or archive): the rolling-upgrade checks are NOT run; "
             "`git fetch --unshallow` runs them"
         )
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", PREVIOUS_RELEASE, "services", "parley"],
+        ["git", "-C", str(ROOT), "archive", "--format=tar", release, "services", "parley"],
         capture_output=True,
         check=True,
     ).stdout
