@@ -50,20 +50,26 @@ async def upgrade_and_roll_back(registry: SecretRegistry, root: Path, db: Path, 
     try:
         request = demo_request(registry)
         made = (await old.stub.CreateBusiness(request)).business
+        # A new replica starts beside the old one, which keeps serving from the store the new
+        # one just added its table or collection to.
+        new = await start_service(registry, "replica-new", db, **env)
+        try:
+            # Everything the old release stored is read, secrets too; a request id is
+            # remembered.
+            found = await new.stub.GetBusiness(get(id=made.id, include_credentials=True))
+            assert found.business.name == made.name
+            assert found.credentials.twilio_auth_token == request.credentials.twilio_auth_token
+            once = str(uuid.uuid4())
+            assert await renamed(new, made.id, "Renamed once", once) == "Renamed once"
+            assert await renamed(new, made.id, "Renamed once", once) == "Renamed once"
+            second = (await new.stub.CreateBusiness(demo_request(registry))).business
+            assert (await old.stub.GetBusiness(get(id=second.id))).business.name == second.name
+            third = (await old.stub.CreateBusiness(demo_request(registry))).business
+            assert (await new.stub.GetBusiness(get(id=third.id))).business.name == third.name
+        finally:
+            await new.close()
     finally:
         await old.close()
-    new = await start_service(registry, "replica-new", db, **env)
-    try:
-        # Everything the old release stored is read, secrets too; a request id is remembered.
-        found = await new.stub.GetBusiness(get(id=made.id, include_credentials=True))
-        assert found.business.name == made.name
-        assert found.credentials.twilio_auth_token == request.credentials.twilio_auth_token
-        once = str(uuid.uuid4())
-        assert await renamed(new, made.id, "Renamed once", once) == "Renamed once"
-        assert await renamed(new, made.id, "Renamed once", once) == "Renamed once"
-        second = (await new.stub.CreateBusiness(demo_request(registry))).business
-    finally:
-        await new.close()
     # Rolled back: the old release opens the store this one used and reads and writes it.
     old = await start_previous(registry, root, db, **env)
     try:
