@@ -15,6 +15,7 @@ import grpc
 import structlog
 
 from services.common.interceptors import REQUEST_ID_KEY
+from services.common.metrics import TLS_IN_USE
 from services.common.settings import CommonSettings, ConfigurationError, read_setting_file
 from services.common.tls import certificate_ends, channel_credentials
 
@@ -192,8 +193,17 @@ def client_credentials(settings: CommonSettings) -> grpc.ChannelCredentials | No
             "unset while GRPC_TLS_CERT and GRPC_TLS_KEY are set: the gateway speaks TLS to the"
             " services, and presents its certificate, only with their CA",
         )
-    credentials = channel_credentials(ca, cert, key, read_tls_file)
+    files: dict[str, bytes | None] = {"GRPC_TLS_CERT": None, "GRPC_TLS_CA": None}
+
+    def read(variable: str, path: str) -> bytes:
+        data = read_tls_file(variable, path)
+        if variable in files:  # the certificates, never the key
+            files[variable] = data
+        return data
+
+    credentials = channel_credentials(ca, cert, key, read)
     check_tls_files(ca, cert, key)
+    TLS_IN_USE.taken(files)  # what the channels opened with these present and trust
     return credentials
 
 

@@ -8,7 +8,6 @@ import bisect
 import errno
 import itertools
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 
 import grpc
 from prometheus_client import REGISTRY, Gauge, start_http_server
@@ -20,7 +19,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from services.common.settings import CommonSettings
 from services.common.tls import certificate_ends
 
 # grpc-go's codes.Code.String(), what go-grpc-prometheus puts in grpc_code: CamelCase, with
@@ -117,35 +115,38 @@ class InFlightGauge(Collector):
 
 
 class TlsExpiry(Collector):
-    """``parley_tls_certificate_expiry_timestamp_seconds{variable}``: when the certificate in
-    each TLS file ends, read from the file at scrape time (what the process serves or presents
-    once it has taken the file, within seconds of a change). A log line at start-up warns of a
-    certificate ending soon, but a process started with months left says nothing when its
-    renewal fails later; this lets an alert say so (``ParleyTlsCertificateExpiresSoon``)."""
+    """``parley_tls_certificate_expiry_timestamp_seconds{variable}``: when the certificates this
+    process serves or presents end (``GRPC_TLS_CERT``'s, ``GRPC_TLS_CA``'s), as of the last set
+    of files it took (:meth:`taken`, at start-up and on each reload). Not the files' own: a set
+    that does not go together is not taken, and the certificate still in use is the one whose
+    end fails the handshakes. A log line at start-up warns of a certificate ending soon, but a
+    process started with months left says nothing when its renewal fails later; this lets an
+    alert say so (``ParleyTlsCertificateExpiresSoon``)."""
 
-    def __init__(self, files: Mapping[str, str | None]) -> None:
-        self._files = {variable: path for variable, path in files.items() if path}
+    def __init__(self) -> None:
+        self._ends: dict[str, float] = {}
+
+    def taken(self, files: Mapping[str, bytes | None]) -> None:
+        """The PEM of each file now in use, by variable (None, or a key's: no series)."""
+        ends = {variable: certificate_ends(pem) if pem else None for variable, pem in files.items()}
+        self._ends = {variable: end.timestamp() for variable, end in ends.items() if end}
 
     def collect(self) -> Iterable[Metric]:
-        if not self._files:
+        if not self._ends:
             return  # plaintext: no series, nor an empty family
         family = GaugeMetricFamily(
             "parley_tls_certificate_expiry_timestamp_seconds",
-            "When the certificate in a TLS file ends (notAfter, Unix seconds), by variable.",
+            "When a TLS certificate in use ends (notAfter, Unix seconds), by variable.",
             labels=["variable"],
         )
-        for variable, path in self._files.items():
-            try:
-                ends = certificate_ends(Path(path).read_bytes())
-            except OSError:
-                continue  # mid-update, or gone: the reload keeps the last good set
-            if ends is not None:
-                family.add_metric([variable], ends.timestamp())
+        for variable, ends in self._ends.items():
+            family.add_metric([variable], ends)
         yield family
 
-    @classmethod
-    def of(cls, settings: CommonSettings) -> TlsExpiry:
-        return cls({"GRPC_TLS_CERT": settings.grpc_tls_cert, "GRPC_TLS_CA": settings.grpc_tls_ca})
+
+# The process's own: a service's server (services.common.server) and the gateway's clients
+# (services.common.clients) tell it what they took.
+TLS_IN_USE = TlsExpiry()
 
 
 # Registered by the runtime when a process serves gRPC (export_server_metrics), not on import:
@@ -162,11 +163,11 @@ SERVING = Gauge(
 _exported = False
 
 
-def export_server_metrics(settings: CommonSettings) -> None:
+def export_server_metrics() -> None:
     """Add the gRPC server's metrics to what /metrics shows (once per process)."""
     global _exported
     if not _exported:
-        for collector in (RPC_METRICS, GRPC_IN_FLIGHT, SERVING, TlsExpiry.of(settings)):
+        for collector in (RPC_METRICS, GRPC_IN_FLIGHT, SERVING, TLS_IN_USE):
             REGISTRY.register(collector)
         _exported = True
 

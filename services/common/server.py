@@ -26,7 +26,12 @@ from services.common.gc_tuning import settle_heap
 from services.common.health import Health
 from services.common.interceptors import ACCESS_LOG, CallWrapper, InFlight, Registrar
 from services.common.logs import configure_logging
-from services.common.metrics import SERVING, export_server_metrics, start_metrics_server
+from services.common.metrics import (
+    SERVING,
+    TLS_IN_USE,
+    export_server_metrics,
+    start_metrics_server,
+)
 from services.common.settings import (
     CommonSettings,
     ConfigurationError,
@@ -99,11 +104,16 @@ class _TlsFiles:
         self._files = WatchedFiles(
             (settings.grpc_tls_key, settings.grpc_tls_cert, settings.grpc_tls_ca)
         )
-        self.initial = self._configuration(*_tls_files(settings))
+        self.initial = self._take(*_tls_files(settings))
 
     @staticmethod
-    def _configuration(key: bytes, cert: bytes, ca: bytes | None) -> Any:
-        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+    def _take(key: bytes, cert: bytes, ca: bytes | None) -> Any:
+        """The configuration grpc serves next, its certificates' ends exported."""
+        configuration = grpc.ssl_server_certificate_configuration(
+            [(key, cert)], root_certificates=ca
+        )
+        TLS_IN_USE.taken({"GRPC_TLS_CERT": cert, "GRPC_TLS_CA": ca})
+        return configuration
 
     def fetch(self) -> Any:
         """A new configuration when the files changed and make a valid set, else None (keep
@@ -111,7 +121,7 @@ class _TlsFiles:
         if not self._files.changed():
             return None
         try:
-            configuration = self._configuration(*_tls_files(self._settings))
+            configuration = self._take(*_tls_files(self._settings))
         except ConfigurationError as error:
             log.warning("TLS files changed, not usable: the last ones kept", reason=str(error))
             return None
@@ -159,7 +169,7 @@ class Runtime:
     def __init__(self, service: Service, settings: CommonSettings, port: int) -> None:
         self.service = service
         self.settings = settings
-        export_server_metrics(settings)
+        export_server_metrics()
         self.in_flight = InFlight()
         self.health = Health()
         self.server = grpc.aio.server(

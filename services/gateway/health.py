@@ -22,7 +22,7 @@ from google.protobuf import json_format
 from parley.business.v1 import business_pb2
 from parley.search.v1 import search_pb2
 from parley.session.v1 import session_pb2
-from services.common.metrics import TlsExpiry
+from services.common.metrics import TLS_IN_USE
 from services.gateway import metrics
 from services.gateway.runtime import Runtime
 
@@ -67,7 +67,6 @@ def _dict(message: Any) -> dict[str, Any]:
 
 def build_router(runtime: Runtime) -> APIRouter:
     router = APIRouter(tags=["health"])
-    tls_expiry = TlsExpiry.of(runtime.settings)  # the gateway's client certificate and CA
 
     @router.get("/health", summary="Liveness: the process answers; no dependency is called.")
     async def health() -> dict[str, Any]:
@@ -222,7 +221,8 @@ def build_router(runtime: Runtime) -> APIRouter:
             }
         except Exception:
             gauges = {"gateway_queue_up": _queue_up(0.0)}
-        body, content_type = metrics.render(gauges, tls_expiry)
+        # With the ends of the client certificate and CA this process's channels use.
+        body, content_type = metrics.render(gauges, TLS_IN_USE)
         return Response(body, media_type=content_type)
 
     # HEAD wherever GET: RFC 9110 asks it of every server, and uptime monitors (updown,

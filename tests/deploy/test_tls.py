@@ -8,6 +8,7 @@ import datetime as dt
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -20,6 +21,9 @@ from services.common.settings import CommonSettings
 from services.common.tls import channel_credentials
 from tests.deploy.conftest import Pki, make_pki
 from tests.support.processes import ServiceProcess, free_port, wait_for
+
+if TYPE_CHECKING:
+    from services.gateway.clients import Clients
 
 SERVICE = "parley.business.v1.BusinessService"
 
@@ -317,6 +321,25 @@ def test_the_gateway_tells_of_its_expired_client_certificate(tmp_path: Path) -> 
     assert all("PRIVATE KEY" not in str(line) for line in logs)
 
 
+def _gateway_clients(volume: Path, pki: Pki, **settings: Any) -> Clients:
+    """The gateway's own clients, their TLS files in ``volume`` (made, holding ``pki``'s client
+    certificate) as its mounted Secret holds them."""
+    from services.gateway.clients import Clients
+    from services.gateway.settings import GatewaySettings
+
+    volume.mkdir()
+    _mount_secret(volume, pki.ca, pki.client_cert, pki.client_key)
+    return Clients(
+        GatewaySettings(
+            app_env="test",
+            grpc_tls_ca=str(volume / "ca.crt"),
+            grpc_tls_cert=str(volume / "tls.crt"),
+            grpc_tls_key=str(volume / "tls.key"),
+            **settings,
+        )
+    )
+
+
 async def test_the_gateway_takes_its_renewed_certificate_without_a_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -326,8 +349,7 @@ async def test_the_gateway_takes_its_renewed_certificate_without_a_restart(
     stubs everything holds (the worker's, the business directory's) go through them."""
     from parley.business.v1 import business_pb2
     from services.gateway import clients as gateway_clients
-    from services.gateway.clients import BUSINESS, Clients
-    from services.gateway.settings import GatewaySettings
+    from services.gateway.clients import BUSINESS
 
     old, renewed = make_pki(tmp_path / "old", "old-ca"), make_pki(tmp_path / "renewed")
     process, address = start_business(
@@ -337,17 +359,7 @@ async def test_the_gateway_takes_its_renewed_certificate_without_a_restart(
         GRPC_TLS_CA=str(renewed.ca),
     )
     volume = tmp_path / "gateway-tls"
-    volume.mkdir()
-    _mount_secret(volume, old.ca, old.client_cert, old.client_key)
-    clients = Clients(
-        GatewaySettings(
-            app_env="test",
-            business_service_addr=address,
-            grpc_tls_ca=str(volume / "ca.crt"),
-            grpc_tls_cert=str(volume / "tls.crt"),
-            grpc_tls_key=str(volume / "tls.key"),
-        )
-    )
+    clients = _gateway_clients(volume, old, business_service_addr=address)
     business = clients.business  # held, as the worker and the business directory hold it
 
     async def status() -> str:
@@ -405,7 +417,9 @@ def _not_after(path: Path) -> float:
 
 def test_a_service_exports_when_its_certificates_end_and_follows_a_renewal(tmp_path: Path) -> None:
     """A process started with months left said nothing when its renewal failed later (the log
-    warns only when a file is read): the metric lets ParleyTlsCertificateExpiresSoon say so."""
+    warns only when a file is read): the metric lets ParleyTlsCertificateExpiresSoon say so. It
+    names the certificates the service serves, not the files: a set that does not go together
+    is not taken, and the one still served is what ends."""
     import httpx
 
     good, short = make_pki(tmp_path / "good"), make_pki(tmp_path / "short", "short-ca", days=2)
@@ -431,27 +445,48 @@ def test_a_service_exports_when_its_certificates_end_and_follows_a_renewal(tmp_p
             "GRPC_TLS_CA": _not_after(good.ca),
         }
         _mount_secret(volume, short.ca, short.server_cert, short.server_key)
+        wait_serving(process, address, channel_credentials(*_client(short)))  # a handshake takes it
         assert scraped()["GRPC_TLS_CERT"] == _not_after(short.server_cert)
+        # A renewal gone wrong (the key of another pair): not taken, the short one still served.
+        _mount_secret(volume, good.ca, good.server_cert, short.server_key)
+        wait_serving(process, address, channel_credentials(*_client(short)))
+        assert scraped() == {
+            "GRPC_TLS_CERT": _not_after(short.server_cert),
+            "GRPC_TLS_CA": _not_after(short.ca),
+        }
     finally:
         process.stop()
     assert _not_after(short.server_cert) - _not_after(good.server_cert) < -20 * 86400
 
 
-def test_the_gateway_exports_when_its_client_certificate_ends(pki: Pki) -> None:
-    from services.common.metrics import TlsExpiry
+async def test_the_gateway_exports_when_its_client_certificate_ends(tmp_path: Path) -> None:
+    """What the gateway presents and trusts, not what its files hold: a renewal that does not go
+    together is not taken, and the certificate still presented is the one that ends."""
+    from services.common.metrics import TLS_IN_USE, TlsExpiry
     from services.gateway import metrics
-    from services.gateway.settings import GatewaySettings
 
-    settings = GatewaySettings(
-        app_env="test",
-        grpc_tls_ca=str(pki.ca),
-        grpc_tls_cert=str(pki.client_cert),
-        grpc_tls_key=str(pki.client_key),
-    )
-    body, _ = metrics.render({}, TlsExpiry.of(settings))
-    assert _expiry_series(body.decode()) == {
-        "GRPC_TLS_CERT": _not_after(pki.client_cert),
-        "GRPC_TLS_CA": _not_after(pki.ca),
-    }
-    plaintext, _ = metrics.render({}, TlsExpiry.of(GatewaySettings(app_env="test")))
+    good, short = make_pki(tmp_path / "good"), make_pki(tmp_path / "short", "short-ca", days=2)
+    volume = tmp_path / "gateway-tls"
+    clients = _gateway_clients(volume, good)
+
+    def scraped() -> dict[str, float]:
+        return _expiry_series(metrics.render({}, TLS_IN_USE)[0].decode())
+
+    try:
+        assert scraped() == {
+            "GRPC_TLS_CERT": _not_after(good.client_cert),
+            "GRPC_TLS_CA": _not_after(good.ca),
+        }
+        _mount_secret(volume, short.ca, short.client_cert, good.client_key)
+        assert not clients.reload_tls()
+        assert scraped()["GRPC_TLS_CERT"] == _not_after(good.client_cert)
+        _mount_secret(volume, short.ca, short.client_cert, short.client_key)
+        assert clients.reload_tls()
+        assert scraped() == {
+            "GRPC_TLS_CERT": _not_after(short.client_cert),
+            "GRPC_TLS_CA": _not_after(short.ca),
+        }
+    finally:
+        await clients.close()
+    plaintext, _ = metrics.render({}, TlsExpiry())
     assert b"parley_tls_certificate_expiry" not in plaintext
