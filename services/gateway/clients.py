@@ -54,8 +54,8 @@ class Clients:
         self._tls_files = WatchedFiles(
             (settings.grpc_tls_ca, settings.grpc_tls_cert, settings.grpc_tls_key)
         )
-        self._retired: list[grpc.aio.Channel] = []
-        self._closing: set[asyncio.Task[None]] = set()
+        # Retired channels still finishing their calls, by the task closing each.
+        self._closing: dict[asyncio.Task[None], grpc.aio.Channel] = {}
         self._watch: asyncio.Task[None] | None = None
         self._channels = self._open(credentials or client_credentials(settings))
         timeout = settings.grpc_timeout_seconds
@@ -118,10 +118,9 @@ class Clients:
         self._health = self._health_stubs()
         grace = self._settings.engine_timeout_seconds + self._settings.grpc_timeout_seconds
         for channel in old.values():
-            self._retired.append(channel)
             closing = asyncio.create_task(channel.close(grace))
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+            self._closing[closing] = channel
+            closing.add_done_callback(self._closing.pop)  # closed: not kept for good
         log.info("TLS files reloaded")
         return True
 
@@ -143,6 +142,6 @@ class Clients:
 
     async def close(self) -> None:
         await cancel_and_wait(self._watch)
-        for channel in (*self._channels.values(), *self._retired):
+        for channel in (*self._channels.values(), *self._closing.values()):
             await channel.close()
         await asyncio.gather(*self._closing)
