@@ -155,11 +155,19 @@ def check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
             raise ConfigurationError(
                 "GRPC_TLS_CERT", "with GRPC_TLS_KEY, not a PEM certificate and its unencrypted key"
             ) from None
+        except OSError as error:  # replaced between its read and this check
+            raise ConfigurationError("GRPC_TLS_CERT", _unreadable(error, "GRPC_TLS_KEY")) from None
     if ca:
         try:
             context.load_verify_locations(ca)
         except ssl.SSLError:
             raise ConfigurationError("GRPC_TLS_CA", "not PEM certificates") from None
+        except OSError as error:
+            raise ConfigurationError("GRPC_TLS_CA", _unreadable(error)) from None
+
+
+def _unreadable(error: OSError, *also: str) -> str:
+    return " or ".join(("cannot be read", *also)) + f" ({error.strerror or 'unreadable'})"
 
 
 def read_tls_file(variable: str, path: str) -> bytes:

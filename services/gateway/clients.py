@@ -95,7 +95,10 @@ class Clients:
     async def _watch_tls(self) -> None:
         while True:
             await asyncio.sleep(TLS_CHECK_SECONDS)
-            self.reload_tls()
+            try:
+                self.reload_tls()
+            except Exception:  # the watch must outlive one bad look at the files
+                log.exception("TLS files not reloaded: the channels in use kept")
 
     def reload_tls(self) -> bool:
         """New channels when the TLS files changed and make a valid set (cert-manager renewing

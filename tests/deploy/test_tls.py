@@ -490,3 +490,19 @@ async def test_the_gateway_exports_when_its_client_certificate_ends(tmp_path: Pa
         await clients.close()
     plaintext, _ = metrics.render({}, TlsExpiry())
     assert b"parley_tls_certificate_expiry" not in plaintext
+
+
+def test_a_tls_file_gone_between_its_read_and_its_check_is_named(pki: Pki, tmp_path: Path) -> None:
+    # A reload that raced an operator's rm-then-cp raised OSError out of the check, which ended
+    # the gateway's watch of its files for good. Now one line naming the variable (the watch
+    # logs it and keeps the channels in use).
+    from services.common.clients import check_tls_files
+    from services.common.settings import ConfigurationError
+
+    gone = str(tmp_path / "gone.pem")
+    with pytest.raises(ConfigurationError) as ca:
+        check_tls_files(gone, None, None)
+    with pytest.raises(ConfigurationError) as pair:
+        check_tls_files(str(pki.ca), gone, str(pki.client_key))
+    assert str(ca.value).startswith("GRPC_TLS_CA: cannot be read")
+    assert str(pair.value).startswith("GRPC_TLS_CERT: cannot be read or GRPC_TLS_KEY")
