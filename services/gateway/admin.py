@@ -221,9 +221,10 @@ IF_MATCH = Header(
 )
 
 
+# No max_length: FastAPI's own check would answer a long key 422 with another message;
+# idempotency_key_of answers every bad key 400 (the header's size is the HTTP server's bound).
 IDEMPOTENCY_KEY = Header(
     alias="Idempotency-Key",
-    max_length=130,
     description="Makes the request safe to send again (IETF draft *The Idempotency-Key HTTP "
     "Header Field*): a UUID is best, 1-128 printable characters, quoted or not. A request with "
     "the key of one already applied (within the hour; for a create, for good) answers that "

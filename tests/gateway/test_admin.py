@@ -258,8 +258,11 @@ def test_a_change_sent_again_with_its_idempotency_key_is_applied_once(
             headers={"Idempotency-Key": '"script-run-7/0"'},
         )
         assert renamed.status_code == 200 and renamed.json()["name"] == "Keyed"
-        empty = admin.patch(path, json={"name": "Other"}, headers={"Idempotency-Key": '""'})
-        assert empty.status_code == 400, empty.text
+        # Every bad key, short or long, quoted or not: one status and one message.
+        for bad in ('""', "", "k" * 129, f'"{"k" * 129}"', "k" * 131, "k" * 5000, "k\tk"):
+            refused = admin.patch(path, json={"name": "Other"}, headers={"Idempotency-Key": bad})
+            assert refused.status_code == 400, (len(bad), refused.text)
+            assert refused.json()["detail"] == "Idempotency-Key: 1-128 printable characters"
         after = admin.get(path).json()
         assert after["name"] == "Keyed" and not after["has_webhook_app_secret"]
 
