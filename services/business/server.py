@@ -235,7 +235,9 @@ _Idempotent = (
 
 def _request_id(request: _Idempotent) -> RequestId | None:
     """The request's AIP-155 id (None without one) and what it asks: the method and every
-    other field, so the id reused for anything else is told apart."""
+    other field, so the id reused for anything else is told apart. Callers first set its
+    business id to the validated one: an id in any case names one business, so the request
+    sent again with it in another case is the same request, not the id reused."""
     value = validate_request_id(request.request_id)
     if not value:
         return None
@@ -309,6 +311,7 @@ class BusinessServicer(business_pb2_grpc.BusinessServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> business_pb2.UpdateBusinessResponse:
         business_id = validate_business_id(request.business.id, "business.id")
+        request.business.id = business_id  # for _request_id
         update = functools.partial(
             self.core.update, business_id, parse_changes(request), _expected_update_time(request)
         )
@@ -320,7 +323,8 @@ class BusinessServicer(business_pb2_grpc.BusinessServiceServicer):
         request: business_pb2.DeactivateBusinessRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> business_pb2.DeactivateBusinessResponse:
-        deactivate = functools.partial(self.core.deactivate, validate_business_id(request.id))
+        request.id = validate_business_id(request.id)  # for _request_id
+        deactivate = functools.partial(self.core.deactivate, request.id)
         business = await self.core.once(_request_id(request), deactivate)
         return business_pb2.DeactivateBusinessResponse(business=business)
 
@@ -349,6 +353,7 @@ class BusinessServicer(business_pb2_grpc.BusinessServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> business_pb2.SetChannelTokenResponse:
         business_id = validate_business_id(request.business_id, "business_id")
+        request.business_id = business_id  # for _request_id
         name = _SECRET_NAMES.get(request.secret)
         if name is None:
             raise InvalidArgument(

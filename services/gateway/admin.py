@@ -254,7 +254,8 @@ def request_id(header: str | None, business_id: str = "") -> uuid.UUID:
     key = idempotency_key_of(header)
     if key is None:
         return uuid.uuid4()
-    return uuid.uuid5(_KEY_NAMESPACE, f"{business_id.lower()}\n{key}")
+    # The id as the service validates it: in any case (or padded) it names one business.
+    return uuid.uuid5(_KEY_NAMESPACE, f"{business_id.strip().lower()}\n{key}")
 
 
 class Changed(Exception):

@@ -423,6 +423,16 @@ async def test_every_write_sent_again_with_its_request_id_is_answered_from_memor
         stored = await service.stub.GetBusiness(business_pb2.GetBusinessRequest(id=created.id))
         assert answered.business == stored.business
         assert await call(request) == answered  # a conditional one is not ABORTED by itself
+        # The business id in another case names the same business: the same request.
+        shouted = type(request)()
+        shouted.CopyFrom(request)
+        if isinstance(shouted, business_pb2.UpdateBusinessRequest):
+            shouted.business.id = created.id.upper()
+        elif isinstance(shouted, business_pb2.SetChannelTokenRequest):
+            shouted.business_id = created.id.upper()
+        else:
+            shouted.id = created.id.upper()
+        assert await call(shouted) == answered
         again = await service.stub.GetBusiness(business_pb2.GetBusinessRequest(id=created.id))
         assert again.business.update_time == stored.business.update_time  # no second write
     assert again.business.name == "Once" and again.business.has_webhook_app_secret

@@ -267,6 +267,34 @@ def test_a_change_sent_again_with_its_idempotency_key_is_applied_once(
         assert after["name"] == "Keyed" and not after["has_webhook_app_secret"]
 
 
+def test_a_change_sent_again_with_the_business_id_in_another_case_is_the_same_request(
+    outbox_gateway: Gateway,
+) -> None:
+    """The admin routes take a business id in any case: a change sent again with its key and
+    the id in another case is answered as the first was, not 400 for a reused key. (Was a
+    bug: the request id was made of the id lowercased, the service's fingerprint of the id
+    as sent, so the two sends were one request id asking two things.)"""
+    business = create_business(outbox_gateway)
+    lower = f"/admin/businesses/{business.id.lower()}"
+    upper = f"/admin/businesses/{business.id.upper()}"
+    with outbox_gateway.admin() as admin:
+        tag = admin.get(lower).headers["ETag"]
+        sends = (
+            ("patch", "", {"json": {"name": "Cased"}}),
+            ("put", "/token", {"json": {"access_token": f"EAAG-cased-{business.id}"}}),
+            ("delete", "", {}),
+        )
+        for number, (method, suffix, body) in enumerate(sends):
+            headers = {"Idempotency-Key": f"cased-{business.id}/{number}", "If-Match": tag}
+            first = admin.request(method, lower + suffix, headers=headers, **body)
+            assert first.status_code == 200, first.text
+            again = admin.request(method, upper + suffix, headers=headers, **body)
+            assert again.status_code == 200, again.text
+            assert again.json() == first.json()
+            assert admin.get(lower).headers["ETag"] == first.headers["ETag"]  # written once
+            tag = first.headers["ETag"]
+
+
 def test_a_create_whose_answer_was_lost_is_not_a_conflict(
     services: Services, fake_clouds: FakeClouds, valkey: Valkey
 ) -> None:
