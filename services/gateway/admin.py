@@ -13,6 +13,7 @@ import hmac
 import json
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -281,10 +282,9 @@ def etag(update_time: Timestamp) -> str:
     return f'"{update_time.ToJsonString()}"'
 
 
-def matched_version(if_match: str, current: Timestamp | None = None) -> Timestamp | None:
-    """The update_time If-Match names, None for ``*`` (any version). Strong comparison (RFC
-    9110 13.1.1): a weak or unknown tag matches nothing. With several tags the one equal to
-    ``current`` (the caller reads it), as only the current version can match."""
+def listed_versions(if_match: str) -> list[Timestamp] | None:
+    """The update_times If-Match names, None for ``*`` (any version). Strong comparison (RFC
+    9110 13.1.1): a weak or unknown tag names none."""
     tags = [tag.strip() for tag in if_match.split(",") if tag.strip()]
     if "*" in tags:
         return None
@@ -297,6 +297,15 @@ def matched_version(if_match: str, current: Timestamp | None = None) -> Timestam
             except ValueError:
                 continue
             versions.append(stamp)
+    return versions
+
+
+def matched_version(if_match: str, current: Timestamp | None = None) -> Timestamp | None:
+    """The update_time If-Match names, None for ``*`` (any version). With several tags the one
+    equal to ``current`` (the caller reads it), as only the current version can match."""
+    versions = listed_versions(if_match)
+    if versions is None:
+        return None
     if current is not None and current in versions:
         return current
     if len(versions) != 1:
@@ -304,15 +313,22 @@ def matched_version(if_match: str, current: Timestamp | None = None) -> Timestam
     return versions[0]
 
 
+class ReusedKey(HTTPException):
+    """The service refused the request id made of an Idempotency-Key: it names another request."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            400,
+            "Idempotency-Key: already used (within the hour) for another request; send a new "
+            "key with each request",
+        )
+
+
 def _reused_key(error: grpc.aio.AioRpcError) -> None:
     """400 naming the header when the service refused the request id made from it (only an
     operator's key can be reused: the gateway's own ids are fresh UUIDs)."""
     if error.code() == grpc.StatusCode.INVALID_ARGUMENT and "request_id" in field_violations(error):
-        raise HTTPException(
-            400,
-            "Idempotency-Key: already used (within the hour) for another request; send a new "
-            "key with each request",
-        ) from None
+        raise ReusedKey() from None
 
 
 def _conflict(error: grpc.aio.AioRpcError) -> Timestamp | None:
@@ -556,6 +572,32 @@ def build_router(runtime: Runtime) -> APIRouter:
             return matched_version(if_match)
         return matched_version(if_match, (await found_business(business_id)).update_time)
 
+    async def conditional(
+        business_id: str,
+        if_match: str | None,
+        keyed: bool,
+        write: Callable[[Timestamp | None], Awaitable[business_pb2.Business]],
+    ) -> business_pb2.Business:
+        """``write(expected)`` at the version If-Match names, or Changed. A request sent again
+        with its Idempotency-Key and several versions finds the business off all of them when
+        its first send was applied: that send was made at one of them, its request id with that
+        version is the one the service remembers, so each listed version is sent in turn. The
+        others are refused as the key's other requests; a version of no remembered request is
+        stale, a conflict (412), and nothing is written: the precondition holds as before."""
+        try:
+            expected = await expected_version(business_id, if_match)
+        except Changed:
+            versions = listed_versions(if_match) if keyed and if_match is not None else None
+            if not versions or len(versions) < 2:
+                raise
+            for version in versions:
+                try:
+                    return await write(version)
+                except ReusedKey:
+                    continue  # the key's request at another version: not this one
+            raise ReusedKey() from None  # the key's request was another one at every version
+        return await write(expected)
+
     @router.get(
         "/businesses/{business_id}",
         summary="One business; its `ETag` is its version, for `If-Match` on changes.",
@@ -581,7 +623,7 @@ def build_router(runtime: Runtime) -> APIRouter:
     ) -> BusinessOut | JSONResponse:
         once = request_id(idempotency_key, business_id)
         try:
-            return await patch(business_id, body, response, if_match, once)
+            return await patch(business_id, body, response, if_match, idempotency_key, once)
         except Changed as changed:
             return changed.response()
 
@@ -590,6 +632,7 @@ def build_router(runtime: Runtime) -> APIRouter:
         body: BusinessPatch,
         response: Response,
         if_match: str | None,
+        idempotency_key: str | None,
         once: uuid.UUID,
     ) -> BusinessOut:
         given = body.model_dump(exclude_unset=True)
@@ -608,13 +651,19 @@ def build_router(runtime: Runtime) -> APIRouter:
             update_mask=field_mask_pb2.FieldMask(paths=[PATCH_FIELDS[n] for n in given]),
             request_id=str(once),
         )
-        expected = await expected_version(business_id, if_match)
-        if expected is not None:
-            request.expected_update_time.CopyFrom(expected)
-        try:
-            updated = (await business().UpdateBusiness(request)).business
-        except grpc.aio.AioRpcError as error:
-            raise Changed(_conflict(error)) from None
+
+        async def update(expected: Timestamp | None) -> business_pb2.Business:
+            if expected is not None:
+                request.expected_update_time.CopyFrom(expected)
+            try:
+                answer: business_pb2.UpdateBusinessResponse = await business().UpdateBusiness(
+                    request
+                )
+                return answer.business
+            except grpc.aio.AioRpcError as error:
+                raise Changed(_conflict(error)) from None
+
+        updated = await conditional(business_id, if_match, idempotency_key is not None, update)
         response.headers["ETag"] = etag(updated.update_time)
         return business_out(updated)
 
@@ -631,29 +680,37 @@ def build_router(runtime: Runtime) -> APIRouter:
         idempotency_key: Annotated[str | None, IDEMPOTENCY_KEY] = None,
     ) -> BusinessOut | JSONResponse:
         once = str(request_id(idempotency_key, business_id))
-        try:
-            expected = await expected_version(business_id, if_match)
+
+        async def deactivate(expected: Timestamp | None) -> business_pb2.Business:
             if expected is None:
                 try:
+                    deactivated: business_pb2.DeactivateBusinessResponse
                     deactivated = await business().DeactivateBusiness(
                         business_pb2.DeactivateBusinessRequest(id=business_id, request_id=once)
                     )
                 except grpc.aio.AioRpcError as error:
                     _reused_key(error)
                     raise
-                stored = deactivated.business
-            else:
-                # DeactivateBusiness is UpdateBusiness(active=false); this one carries the version.
-                request = business_pb2.UpdateBusinessRequest(
-                    business=business_pb2.Business(id=business_id, active=False),
-                    update_mask=field_mask_pb2.FieldMask(paths=["active"]),
-                    expected_update_time=expected,
-                    request_id=once,
+                return deactivated.business
+            # DeactivateBusiness is UpdateBusiness(active=false); this one carries the version.
+            request = business_pb2.UpdateBusinessRequest(
+                business=business_pb2.Business(id=business_id, active=False),
+                update_mask=field_mask_pb2.FieldMask(paths=["active"]),
+                expected_update_time=expected,
+                request_id=once,
+            )
+            try:
+                answer: business_pb2.UpdateBusinessResponse = await business().UpdateBusiness(
+                    request
                 )
-                try:
-                    stored = (await business().UpdateBusiness(request)).business
-                except grpc.aio.AioRpcError as error:
-                    raise Changed(_conflict(error)) from None
+                return answer.business
+            except grpc.aio.AioRpcError as error:
+                raise Changed(_conflict(error)) from None
+
+        try:
+            stored = await conditional(
+                business_id, if_match, idempotency_key is not None, deactivate
+            )
         except Changed as changed:
             return changed.response()
         response.headers["ETag"] = etag(stored.update_time)
@@ -685,34 +742,38 @@ def build_router(runtime: Runtime) -> APIRouter:
             return JSONResponse(
                 {"detail": f"{name}: {problem}", "fields": problems}, status_code=400
             )
+
+        async def put(expected: Timestamp | None) -> business_pb2.Business:
+            stored: business_pb2.Business | None = None
+            applied: list[str] = []
+            for number, (name, value) in enumerate(given.items()):
+                request = business_pb2.SetChannelTokenRequest(
+                    business_id=business_id,
+                    secret=SECRET_FIELDS[name],
+                    value=value,
+                    # One write per secret, one id each; the first is the request's own, so its
+                    # key reused from another request is refused before anything is written.
+                    request_id=str(uuid.uuid5(once, name) if number else once),
+                )
+                if expected is not None:
+                    # Each write is one of its own: each expects the version the previous one
+                    # made, so a change landing between two of them stops the rest instead of
+                    # being overwritten by them.
+                    request.expected_update_time.CopyFrom(expected)
+                try:
+                    stored = (await business().SetChannelToken(request)).business
+                except grpc.aio.AioRpcError as error:
+                    raise Changed(_conflict(error), applied) from None
+                applied.append(name)
+                if expected is not None:
+                    expected = stored.update_time
+            assert stored is not None
+            return stored
+
         try:
-            expected = await expected_version(business_id, if_match)
+            stored = await conditional(business_id, if_match, idempotency_key is not None, put)
         except Changed as changed:
             return changed.response()
-        stored = None
-        applied: list[str] = []
-        for number, (name, value) in enumerate(given.items()):
-            request = business_pb2.SetChannelTokenRequest(
-                business_id=business_id,
-                secret=SECRET_FIELDS[name],
-                value=value,
-                # One write per secret, one id each; the first is the request's own, so its
-                # key reused from another request is refused before anything is written.
-                request_id=str(uuid.uuid5(once, name) if number else once),
-            )
-            if expected is not None:
-                # Each write is one of its own: each expects the version the previous one made,
-                # so a change landing between two of them stops the rest instead of being
-                # overwritten by them.
-                request.expected_update_time.CopyFrom(expected)
-            try:
-                stored = (await business().SetChannelToken(request)).business
-            except grpc.aio.AioRpcError as error:
-                return Changed(_conflict(error), applied).response()
-            applied.append(name)
-            if expected is not None:
-                expected = stored.update_time
-        assert stored is not None
         response.headers["ETag"] = etag(stored.update_time)
         return business_out(stored)
 
