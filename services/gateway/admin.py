@@ -883,7 +883,11 @@ def build_router(runtime: Runtime) -> APIRouter:
         response = await runtime.clients.search.WarmCache(
             search_pb2.WarmCacheRequest(days_ahead=days_ahead), timeout=60
         )
-        return {"warmed": response.warmed, "failed": response.failed}
+        return {
+            "warmed": response.warmed,
+            "failed": response.failed,
+            "not_started": response.not_started,
+        }
 
     @router.post("/cache/warmup", summary="Load active businesses into the lookup cache.")
     async def warm_business(

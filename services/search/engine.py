@@ -322,48 +322,69 @@ class SearchEngine:
 
     async def warm(
         self, routes: list[tuple[str, str]], days_ahead: int, deadline: float
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, int]:
         """Fetch the default query (1 adult, economy, one way, 10 results, the provider's
         currency) for each route and each of the next ``days_ahead`` days, unless the cache
-        already has it for more than half its TTL. Returns (warmed, failed)."""
+        already has it for more than half its TTL. Returns (warmed, failed, not_started): at
+        the deadline no search is started, and those running are counted failed (they finish
+        on the provider's time and fill the cache all the same)."""
         routes = routes or self.settings.popular_routes
-        gate = asyncio.Semaphore(self.settings.search_warm_concurrency)
-
-        async def one(origin: str, destination: str, day: dt.date) -> bool:
-            query = Query(
-                origin,
-                destination,
-                day,
-                None,
-                1,
-                search_pb2.CABIN_ECONOMY,
-                False,
-                SHARED_MAX_RESULTS,
-                "",
-            )
-            key = ResultCache.key(self.provider.name, query.key())
-            async with gate:
-                cached = await self.cache.get(key)
-                if cached is not None and cached.age() < self.cache.ttl / 2:
-                    return True
-                try:
-                    response = await self._coalesced(key, query, cached, deadline)
-                except Exception as error:
-                    log.info("warming a search failed", key=key, error=_reason(error))
-                    return False
-                return not response.stale
-
-        jobs = []
+        jobs: list[Query] = []
         for origin, destination in routes:
             place = self.places.get(origin)
             start = today_in(place.tz if place else "UTC")
             for offset in range(1, days_ahead + 1):
                 day = start + dt.timedelta(days=offset)
-                jobs.append(one(origin, destination, day))
-        results = await asyncio.gather(*jobs)
-        warmed = sum(results)
-        log.info("cache warmed", warmed=warmed, failed=len(results) - warmed)
-        return warmed, len(results) - warmed
+                jobs.append(
+                    Query(
+                        origin,
+                        destination,
+                        day,
+                        None,
+                        1,
+                        search_pb2.CABIN_ECONOMY,
+                        False,
+                        SHARED_MAX_RESULTS,
+                        "",
+                    )
+                )
+        outcomes: list[bool] = []
+
+        async def one(query: Query) -> bool | None:
+            """Whether the search warmed its entry; None when the deadline came first."""
+            key = ResultCache.key(self.provider.name, query.key())
+            cached = await self.cache.get(key)
+            if cached is not None and cached.age() < self.cache.ttl / 2:
+                return True
+            if deadline <= time.monotonic():
+                return None
+            try:
+                response = await self._coalesced(key, query, cached, deadline)
+            except Exception as error:
+                log.info("warming a search failed", key=key, error=_reason(error))
+                return False
+            return not response.stale
+
+        # SEARCH_WARM_CONCURRENCY workers take the searches in turn, and none past the deadline:
+        # the answer is made before it, whatever is left (a coroutine per search waiting its turn
+        # would each read the cache after the deadline, one after another, and miss it).
+        pending = iter(jobs)
+
+        async def worker() -> None:
+            for query in pending:
+                if deadline <= time.monotonic():
+                    return
+                outcome = await one(query)
+                if outcome is None:
+                    return
+                outcomes.append(outcome)
+
+        workers = min(self.settings.search_warm_concurrency, len(jobs))
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        warmed = sum(outcomes)
+        failed, not_started = len(outcomes) - warmed, len(jobs) - len(outcomes)
+        log.info("cache warmed", warmed=warmed, failed=failed, not_started=not_started)
+        return warmed, failed, not_started
 
     # -- places ------------------------------------------------------------------------------
 

@@ -80,8 +80,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self, request: search_pb2.WarmCacheRequest, context: Any
     ) -> search_pb2.WarmCacheResponse:
         routes, days = validate_warm(request, self.places)
-        warmed, failed = await self.engine.warm(routes, days, self._deadline(context))
-        return search_pb2.WarmCacheResponse(warmed=warmed, failed=failed)
+        warmed, failed, not_started = await self.engine.warm(routes, days, self._deadline(context))
+        return search_pb2.WarmCacheResponse(warmed=warmed, failed=failed, not_started=not_started)
 
     async def ListCircuitBreakers(
         self, request: search_pb2.ListCircuitBreakersRequest, context: Any

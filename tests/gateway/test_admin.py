@@ -764,6 +764,7 @@ def test_circuits_and_caches(outbox_gateway: Gateway) -> None:
         assert admin.post("/admin/circuit/no-such-breaker/reset").status_code == 404
         warm = admin.post("/admin/cache/warm", params={"days_ahead": 1})
         assert warm.status_code == 200 and warm.json()["warmed"] >= 1
+        assert warm.json()["not_started"] == 0
         assert admin.post("/admin/cache/warmup").json()["loaded"] >= 1
 
 

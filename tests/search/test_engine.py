@@ -490,7 +490,7 @@ async def test_no_provider_call_for_a_caller_with_no_time_left(build: Build) -> 
     provider call, and so can neither use the provider's rate limit nor count as its failure."""
     provider = PlacesProvider()
     engine = build(provider, search_breaker_failure_threshold=1)
-    assert await engine.warm([("JFK", "LHR"), ("LAX", "SFO")], 3, time.monotonic()) == (0, 6)
+    assert await engine.warm([("JFK", "LHR"), ("LAX", "SFO")], 3, time.monotonic()) == (0, 0, 6)
     with pytest.raises(DeadlineExceeded):
         await engine.search(query(), time.monotonic())
     await engine.resolve("zzyzx springs", 3, time.monotonic())
@@ -501,16 +501,16 @@ async def test_no_provider_call_for_a_caller_with_no_time_left(build: Build) -> 
 async def test_warming_counts_and_bounds_concurrency(build: Build) -> None:
     provider = FakeProvider(delay=0.02)
     engine = build(provider, search_warm_concurrency=3)
-    warmed, failed = await engine.warm([("JFK", "LHR"), ("NYC", "PAR")], 5, soon(20))
-    assert (warmed, failed) == (10, 0)
+    warmed, failed, not_started = await engine.warm([("JFK", "LHR"), ("NYC", "PAR")], 5, soon(20))
+    assert (warmed, failed, not_started) == (10, 0, 0)
     assert provider.calls == 10 and provider.max_concurrent <= 3
     # Fresh entries are not fetched again; the warmed searches are now hits.
-    assert await engine.warm([("JFK", "LHR")], 5, soon(20)) == (5, 0)
+    assert await engine.warm([("JFK", "LHR")], 5, soon(20)) == (5, 0, 0)
     assert provider.calls == 10
     tomorrow = dt.date.today() + dt.timedelta(days=1)
     assert (await engine.search(query("JFK", "LHR", day=tomorrow), soon())).from_cache
     provider.failing = True
-    assert await engine.warm([("LAX", "SFO")], 2, soon(20)) == (0, 2)
+    assert await engine.warm([("LAX", "SFO")], 2, soon(20)) == (0, 2, 0)
 
 
 async def test_warming_refreshes_an_entry_past_half_its_ttl(build: Build) -> None:
@@ -525,12 +525,12 @@ async def test_warming_refreshes_an_entry_past_half_its_ttl(build: Build) -> Non
     aging = search_pb2.SearchFlightsResponse(provider=provider.name)
     aging.fetch_time.FromSeconds(int(time.time()) - engine.cache.ttl * 3 // 4)
     await engine.cache.put(key, aging)
-    assert await engine.warm([("JFK", "LHR")], 1, soon()) == (1, 0)
+    assert await engine.warm([("JFK", "LHR")], 1, soon()) == (1, 0, 0)
     assert provider.calls == 1
     refreshed = await engine.cache.get(key)
     assert refreshed is not None and refreshed.age() < engine.cache.ttl / 2
     young = await engine.warm([("JFK", "LHR")], 1, soon())  # now fresh for most of its TTL
-    assert young == (1, 0) and provider.calls == 1
+    assert young == (1, 0, 0) and provider.calls == 1
 
 
 async def test_a_warmed_entry_answers_searches_for_fewer_offers(build: Build) -> None:
@@ -552,7 +552,7 @@ async def test_a_warmed_entry_answers_searches_for_fewer_offers(build: Build) ->
     provider = Many()
     engine = build(provider)
     day = today_in("America/New_York") + dt.timedelta(days=1)
-    assert await engine.warm([("JFK", "LHR")], 1, soon()) == (1, 0)
+    assert await engine.warm([("JFK", "LHR")], 1, soon()) == (1, 0, 0)
     for asked in (9, 3, 10):
         answer = await engine.search(replace(query("JFK", "LHR", day), max_results=asked), soon())
         assert answer.from_cache and [o.id for o in answer.offers] == [
@@ -575,7 +575,7 @@ async def test_a_warmed_entry_answers_searches_for_fewer_offers(build: Build) ->
 async def test_warming_uses_popular_routes_when_none_are_given(build: Build) -> None:
     provider = FakeProvider()
     engine = build(provider, search_popular_routes="JFK-LHR,LHR-JFK")
-    assert await engine.warm([], 2, soon(20)) == (4, 0)
+    assert await engine.warm([], 2, soon(20)) == (4, 0, 0)
 
 
 async def test_search_works_uncached_when_redis_is_down(build: Build) -> None:

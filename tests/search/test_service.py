@@ -721,3 +721,48 @@ async def test_a_caller_whose_deadline_passes_first_gets_what_the_service_has(
         assert "DAG" not in [c.place.code for c in places.candidates]
     finally:
         process.stop()
+
+
+async def test_a_warm_out_of_time_answers_what_it_did_and_what_it_never_started(
+    tmp_path: Path, valkey: Valkey, amadeus: FakeAmadeus
+) -> None:
+    """A WarmCache caller whose deadline is shorter than the whole run gets the counts so far
+    and how many searches were never started, a little before its deadline; the searches
+    running then finish on the provider's time, their entries written and their locks
+    released. (Was a bug: every search not yet started was still read from the cache and
+    counted as failed, one after another, past the caller's deadline: DEADLINE_EXCEEDED, and
+    the caller learned nothing of what was warmed.)"""
+    redis_url = valkey.url.replace("/0", "/11")
+    process, address = start(
+        tmp_path,
+        redis_url,
+        SEARCH_PROVIDER="amadeus",
+        AMADEUS_CLIENT_ID=CLIENT_ID,
+        AMADEUS_CLIENT_SECRET=CLIENT_SECRET,
+        AMADEUS_BASE_URL=amadeus.url,
+        SEARCH_WARM_CONCURRENCY="4",
+    )
+    codes = ["JFK", "LHR", "CDG", "FRA", "MAD", "FCO", "AMS", "LAX", "SFO", "ORD", "MIA"]
+    codes += ["BOS", "SEA", "DFW", "ATL", "IAD", "YYZ", "MEX", "GRU", "EZE", "NRT", "HND"]
+    codes += ["ICN", "SIN", "HKG", "SYD", "DXB", "DOH", "IST", "ZRH", "VIE", "CPH", "OSL"]
+    routes = [search_pb2.Route(origin=a, destination=b) for a in codes for b in codes if a != b]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        await client.flushdb()
+        amadeus.delay = 3.0  # the first searches are still running at the caller's deadline
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            answer = await stub.WarmCache(
+                search_pb2.WarmCacheRequest(routes=routes[:500], days_ahead=30), timeout=2
+            )
+        assert (answer.warmed, answer.failed, answer.not_started) == (0, 4, 500 * 30 - 4)
+        # The 4 running at the deadline finish on their own: written, their locks released.
+        for _ in range(200):
+            keys = {k.decode() for k in await client.keys("search:v1:amadeus:*")}
+            if len(keys) == 4 and not [k for k in keys if k.endswith(":lock")]:
+                break
+            await asyncio.sleep(0.05)
+        assert len(keys) == 4 and not [k for k in keys if k.endswith(":lock")], keys
+    finally:
+        await client.aclose()
+        process.stop()

@@ -664,19 +664,27 @@ class WarmCacheResponse(_message.Message):
 
     WARMED_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
+    NOT_STARTED_FIELD_NUMBER: _builtins.int
     warmed: _builtins.int
     """Searches now fresh in the cache."""
     failed: _builtins.int
-    """Searches that failed."""
+    """Searches that failed, and those still running at the call's deadline (they go on, on the
+    provider's time, and fill the cache all the same).
+    """
+    not_started: _builtins.int
+    """Searches not started: the call's deadline came first. The service answers a little before
+    it (a tenth of the call's time, at most 0.25 s) rather than let the call fail.
+    """
     def __init__(
         self,
         *,
         warmed: _builtins.int = ...,
         failed: _builtins.int = ...,
+        not_started: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "warmed", b"warmed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "not_started", b"not_started", "warmed", b"warmed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
