@@ -358,12 +358,15 @@ class SearchEngine:
                 return True
             if deadline <= time.monotonic():
                 return None
+            if not self.cache.available:  # a fetch would spend the provider's quota, kept nowhere
+                return False
             try:
                 response = await self._coalesced(key, query, cached, deadline)
             except Exception as error:
                 log.info("warming a search failed", key=key, error=_reason(error))
                 return False
-            return not response.stale
+            # Not warmed when the write failed (the cache steps around Redis for a while then).
+            return not response.stale and self.cache.available
 
         # SEARCH_WARM_CONCURRENCY workers take the searches in turn, and none past the deadline:
         # the answer is made before it, whatever is left (a coroutine per search waiting its turn

@@ -766,3 +766,33 @@ async def test_a_warm_out_of_time_answers_what_it_did_and_what_it_never_started(
     finally:
         await client.aclose()
         process.stop()
+
+
+async def test_warming_without_the_cache_warms_nothing_and_spends_no_provider_call(
+    tmp_path: Path, fresh_valkey: Valkey, amadeus: FakeAmadeus
+) -> None:
+    """With its Redis unreachable a replica still answers searches uncached, but a warm of it
+    keeps nothing. (Was a bug: every search was fetched from the provider, spending its
+    quota, and reported warmed, *now fresh in the cache*, though nothing was written.)"""
+    process, address = start(
+        tmp_path,
+        fresh_valkey.url,
+        SEARCH_PROVIDER="amadeus",
+        AMADEUS_CLIENT_ID=CLIENT_ID,
+        AMADEUS_CLIENT_SECRET=CLIENT_SECRET,
+        AMADEUS_BASE_URL=amadeus.url,
+    )
+    try:
+        fresh_valkey.stop()
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            answer = await stub.WarmCache(
+                search_pb2.WarmCacheRequest(
+                    routes=[search_pb2.Route(origin="JFK", destination="LHR")], days_ahead=3
+                ),
+                timeout=10,
+            )
+        assert (answer.warmed, answer.failed, answer.not_started) == (0, 3, 0)
+        assert amadeus.calls["/v2/shopping/flight-offers"] == 0
+    finally:
+        process.stop()

@@ -668,7 +668,8 @@ class WarmCacheResponse(_message.Message):
     warmed: _builtins.int
     """Searches now fresh in the cache."""
     failed: _builtins.int
-    """Searches that failed, and those still running at the call's deadline (they go on, on the
+    """Searches that failed, those not fetched because the cache was unreachable (a fetch would
+    be kept nowhere), and those still running at the call's deadline (they go on, on the
     provider's time, and fill the cache all the same).
     """
     not_started: _builtins.int
