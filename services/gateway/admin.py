@@ -44,6 +44,7 @@ from parley.session.v1 import session_pb2
 from services.common.channel_secrets import secret_problem
 from services.common.errors import error_info, field_violations
 from services.common.redact import mask_phone
+from services.gateway.clients import WARM_CACHE_SECONDS
 from services.gateway.queue import DEAD_MAXLEN
 from services.gateway.ratelimit import user_keys
 from services.gateway.runtime import Runtime
@@ -881,7 +882,7 @@ def build_router(runtime: Runtime) -> APIRouter:
         days_ahead: Annotated[int, Query(ge=1, le=30)] = 7,
     ) -> dict[str, int]:
         response = await runtime.clients.search.WarmCache(
-            search_pb2.WarmCacheRequest(days_ahead=days_ahead), timeout=60
+            search_pb2.WarmCacheRequest(days_ahead=days_ahead), timeout=WARM_CACHE_SECONDS
         )
         return {
             "warmed": response.warmed,

@@ -42,6 +42,9 @@ class DependencyHealth:
 # How often a gateway process looks at its TLS files (three stats): a renewed client certificate
 # or CA is in use within this long, well inside the month cert-manager renews ahead.
 TLS_CHECK_SECONDS = 30.0
+# The longest deadline the gateway gives a call: the admin API's WarmCache of the search cache
+# (its business cache's is 30 s); a message's calls end within the engine's time.
+WARM_CACHE_SECONDS = 60.0
 
 
 class Clients:
@@ -119,7 +122,10 @@ class Clients:
         rebind(self.business, business_pb2_grpc.BusinessServiceStub(self._channels[BUSINESS]))
         rebind(self.search, search_pb2_grpc.SearchServiceStub(self._channels[SEARCH]))
         self._health = self._health_stubs()
-        grace = self._settings.engine_timeout_seconds + self._settings.grpc_timeout_seconds
+        grace = max(
+            self._settings.engine_timeout_seconds + self._settings.grpc_timeout_seconds,
+            WARM_CACHE_SECONDS,
+        )
         for channel in old.values():
             closing = asyncio.create_task(channel.close(grace))
             self._closing[closing] = channel

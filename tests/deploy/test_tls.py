@@ -20,7 +20,7 @@ from services.common.clients import client_credentials, make_channel
 from services.common.settings import CommonSettings
 from services.common.tls import channel_credentials
 from tests.deploy.conftest import Pki, make_pki
-from tests.support.processes import ServiceProcess, free_port, wait_for
+from tests.support.processes import ServiceProcess, Valkey, free_port, wait_for
 
 if TYPE_CHECKING:
     from services.gateway.clients import Clients
@@ -395,6 +395,69 @@ async def test_the_gateway_takes_its_renewed_certificate_without_a_restart(
             "GRPC_TLS_CERT: with GRPC_TLS_KEY, not a PEM certificate and its unencrypted key",
         )
     ]
+
+
+async def test_a_warm_under_way_finishes_across_a_certificate_renewal(
+    tmp_path: Path, valkey: Valkey
+) -> None:
+    """docs/deployment.md: when the gateway's TLS files are renewed, calls under way finish on
+    the old channels. (Was a bug: the old channels were closed after the engine's time and a
+    call's, 22 s by default, and the admin API's WarmCache, given 60 s, was cancelled there:
+    a 5xx and no counts.) Here the engine's time is 1 s and the warm's search takes 3 s."""
+    from parley.search.v1 import search_pb2
+    from services.gateway.clients import WARM_CACHE_SECONDS
+    from tests.search.fake_amadeus import CLIENT_ID, CLIENT_SECRET, FakeAmadeus
+
+    pki, renewed = make_pki(tmp_path / "pki"), make_pki(tmp_path / "renewed", "renewed-ca")
+    amadeus = FakeAmadeus().start()
+    amadeus.delay = 3.0
+    port = free_port()
+    process = ServiceProcess(
+        "services.search.server",
+        {
+            "SEARCH_PORT": str(port),
+            "SEARCH_METRICS_PORT": "0",
+            "GRPC_HOST": "127.0.0.1",
+            "REDIS_URL": valkey.url.replace("/0", "/12"),
+            "SEARCH_PROVIDER": "amadeus",
+            "AMADEUS_CLIENT_ID": CLIENT_ID,
+            "AMADEUS_CLIENT_SECRET": CLIENT_SECRET,
+            "AMADEUS_BASE_URL": amadeus.url,
+            "GRPC_TLS_CERT": str(pki.server_cert),
+            "GRPC_TLS_KEY": str(pki.server_key),
+            "GRPC_TLS_CA": str(pki.ca),
+        },
+        tmp_path / "search.log",
+    ).start()
+    address = f"127.0.0.1:{port}"
+    clients = _gateway_clients(
+        tmp_path / "gateway-tls",
+        pki,
+        search_service_addr=address,
+        engine_timeout_seconds=1.0,
+        send_timeout_seconds=0.5,
+        grpc_timeout_seconds=0.5,
+    )
+    try:
+        creds = channel_credentials(*_client(pki))
+        search = "parley.search.v1.SearchService"
+        assert wait_for(lambda: healthcheck.check(address, search, 0.5, creds) == "SERVING", 30)
+        request = search_pb2.WarmCacheRequest(
+            routes=[search_pb2.Route(origin="JFK", destination="LHR")], days_ahead=1
+        )
+        warm = asyncio.ensure_future(clients.search.WarmCache(request, timeout=WARM_CACHE_SECONDS))
+        for _ in range(100):  # until the search is under way
+            if amadeus.calls["/v2/shopping/flight-offers"]:
+                break
+            await asyncio.sleep(0.05)
+        _mount_secret(tmp_path / "gateway-tls", renewed.ca, renewed.client_cert, renewed.client_key)
+        assert clients.reload_tls()
+        answer = await warm
+        assert (answer.warmed, answer.failed, answer.not_started) == (1, 0, 0)
+    finally:
+        await clients.close()
+        process.stop()
+        amadeus.stop()
 
 
 def _expiry_series(text: str) -> dict[str, float]:
