@@ -46,6 +46,14 @@ def _date(value: str) -> dt.date | None:
         return None
 
 
+def _same_place(origin: str, destination: str, places: Places) -> bool:
+    """Whether the two known codes share an airport (NYC and EWR): no trip to search."""
+    return bool(
+        {a.code for a in places.airports_of(origin)}
+        & {a.code for a in places.airports_of(destination)}
+    )
+
+
 def validate_search(
     request: search_pb2.SearchFlightsRequest, places: Places, today: Today = today_in
 ) -> Query:
@@ -53,12 +61,8 @@ def validate_search(
     origin = _code(request.origin, "origin", places, errors)
     destination = _code(request.destination, "destination", places, errors)
     origin_place, destination_place = places.get(origin), places.get(destination)
-    if origin_place and destination_place:
-        same = {a.code for a in places.airports_of(origin)} & {
-            a.code for a in places.airports_of(destination)
-        }
-        if same:
-            errors.append(("destination", "must differ from origin"))
+    if origin_place and destination_place and _same_place(origin, destination, places):
+        errors.append(("destination", "must differ from origin"))
 
     departure = _date(request.departure_date)
     # "Today" where the trip starts: a flight tonight in Los Angeles is not in the past while
@@ -202,7 +206,9 @@ def validate_warm(
     for i, route in enumerate(request.routes[:MAX_WARM_ROUTES]):
         origin = _code(route.origin, f"routes[{i}].origin", places, errors)
         destination = _code(route.destination, f"routes[{i}].destination", places, errors)
-        if origin == destination and origin:
+        # As SearchFlights refuses it: a warmed NYC-EWR would be a provider call no search reads.
+        known = places.get(origin) is not None and places.get(destination) is not None
+        if known and _same_place(origin, destination, places):
             errors.append((f"routes[{i}].destination", "must differ from origin"))
         routes.append((origin, destination))
     if errors:

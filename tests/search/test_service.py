@@ -308,6 +308,26 @@ async def test_warm_cache(stub: search_pb2_grpc.SearchServiceStub) -> None:
     assert (answer.warmed, answer.failed) == (3, 0)
 
 
+async def test_warming_refuses_a_route_searches_refuse(
+    stub: search_pb2_grpc.SearchServiceStub,
+) -> None:
+    """(Was a bug: WarmCache took NYC-EWR, which SearchFlights refuses as the same place, and
+    spent a provider call a day on entries no search ever reads, reporting them warmed.)"""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.WarmCache(
+            search_pb2.WarmCacheRequest(
+                routes=[
+                    search_pb2.Route(origin="JFK", destination="LAX"),
+                    search_pb2.Route(origin="NYC", destination="EWR"),
+                ],
+                days_ahead=2,
+            ),
+            timeout=10,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(field_violations(caught.value)) == {"routes[1].destination"}
+
+
 async def test_fault_injection_stale_then_breaker_open_and_reset(
     stub: search_pb2_grpc.SearchServiceStub, running: Running
 ) -> None:
