@@ -34,7 +34,7 @@ from services.search.places import PlaceInfo, Places, normalize
 from services.search.providers.base import Provider, ProviderUnavailable, Query
 from services.search.ratelimit import ProviderRateLimiter, RateLimitTimeout
 from services.search.settings import SearchSettings
-from services.search.validation import today_in
+from services.search.validation import same_place, today_in
 
 log = structlog.get_logger("parley.search")
 T = TypeVar("T")
@@ -97,10 +97,17 @@ class SearchEngine:
         self._paced_by_provider = provider.pace_requests(self.limiter.acquire)
         self._inflight: dict[str, asyncio.Task[search_pb2.SearchFlightsResponse]] = {}
         self._hits = SEARCHES.labels(provider.name, "hit")
-        for code in settings.popular_routes:
-            for place in code:
+        for origin, destination in settings.popular_routes:
+            for place in (origin, destination):
                 if places.get(place) is None:
                     raise ValueError(f"SEARCH_POPULAR_ROUTES: unknown IATA code {place}")
+            # A warm without routes would spend a provider call a day on a trip SearchFlights
+            # refuses (WarmCache refuses the same route when a caller names it).
+            if same_place(origin, destination, places):
+                raise ValueError(
+                    f"SEARCH_POPULAR_ROUTES: {origin}-{destination} is one place (they share an"
+                    " airport): no trip to warm"
+                )
 
     async def aclose(self) -> None:
         """Close what the engine opened (the rate limit's client); the cache's client and the

@@ -46,7 +46,7 @@ def _date(value: str) -> dt.date | None:
         return None
 
 
-def _same_place(origin: str, destination: str, places: Places) -> bool:
+def same_place(origin: str, destination: str, places: Places) -> bool:
     """Whether the two known codes share an airport (NYC and EWR): no trip to search."""
     return bool(
         {a.code for a in places.airports_of(origin)}
@@ -61,7 +61,7 @@ def validate_search(
     origin = _code(request.origin, "origin", places, errors)
     destination = _code(request.destination, "destination", places, errors)
     origin_place, destination_place = places.get(origin), places.get(destination)
-    if origin_place and destination_place and _same_place(origin, destination, places):
+    if origin_place and destination_place and same_place(origin, destination, places):
         errors.append(("destination", "must differ from origin"))
 
     departure = _date(request.departure_date)
@@ -208,7 +208,7 @@ def validate_warm(
         destination = _code(route.destination, f"routes[{i}].destination", places, errors)
         # As SearchFlights refuses it: a warmed NYC-EWR would be a provider call no search reads.
         known = places.get(origin) is not None and places.get(destination) is not None
-        if known and _same_place(origin, destination, places):
+        if known and same_place(origin, destination, places):
             errors.append((f"routes[{i}].destination", "must differ from origin"))
         routes.append((origin, destination))
     if errors:

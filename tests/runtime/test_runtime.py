@@ -272,6 +272,11 @@ def assert_refused_in_one_line(done: subprocess.CompletedProcess[str], variable:
         ("session", "GRPC_TLS_CERT", {"GRPC_TLS_CA": __file__}),
         ("business", "GRPC_TLS_KEY", {"GRPC_TLS_CERT": __file__}),
         ("search", "GRPC_TLS_CERT", {"GRPC_TLS_KEY": __file__, "GRPC_TLS_CA": __file__}),
+        # The codes are checked against the airports only when the engine is built.
+        ("search", "SEARCH_POPULAR_ROUTES", {"SEARCH_POPULAR_ROUTES": "JFK-LHR,JFK-ZZZ"}),
+        # One place (they share an airport): the default warm spent a provider call a day on a
+        # trip SearchFlights refuses, so no search ever read it.
+        ("search", "SEARCH_POPULAR_ROUTES", {"SEARCH_POPULAR_ROUTES": "JFK-LHR,NYC-EWR"}),
     ],
 )
 def test_a_setting_only_building_can_check_stops_startup_with_one_line(
