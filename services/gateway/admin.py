@@ -573,6 +573,19 @@ def build_router(runtime: Runtime) -> APIRouter:
             return matched_version(if_match)
         return matched_version(if_match, (await found_business(business_id)).update_time)
 
+    async def update_business(
+        request: business_pb2.UpdateBusinessRequest, expected: Timestamp | None
+    ) -> business_pb2.Business:
+        """``request`` at version ``expected`` (None: any); Changed when the service refuses it
+        as changed meanwhile."""
+        if expected is not None:
+            request.expected_update_time.CopyFrom(expected)
+        try:
+            answer: business_pb2.UpdateBusinessResponse = await business().UpdateBusiness(request)
+        except grpc.aio.AioRpcError as error:
+            raise Changed(_conflict(error)) from None
+        return answer.business
+
     async def conditional(
         business_id: str,
         if_match: str | None,
@@ -654,15 +667,7 @@ def build_router(runtime: Runtime) -> APIRouter:
         )
 
         async def update(expected: Timestamp | None) -> business_pb2.Business:
-            if expected is not None:
-                request.expected_update_time.CopyFrom(expected)
-            try:
-                answer: business_pb2.UpdateBusinessResponse = await business().UpdateBusiness(
-                    request
-                )
-                return answer.business
-            except grpc.aio.AioRpcError as error:
-                raise Changed(_conflict(error)) from None
+            return await update_business(request, expected)
 
         updated = await conditional(business_id, if_match, idempotency_key is not None, update)
         response.headers["ETag"] = etag(updated.update_time)
@@ -697,16 +702,9 @@ def build_router(runtime: Runtime) -> APIRouter:
             request = business_pb2.UpdateBusinessRequest(
                 business=business_pb2.Business(id=business_id, active=False),
                 update_mask=field_mask_pb2.FieldMask(paths=["active"]),
-                expected_update_time=expected,
                 request_id=once,
             )
-            try:
-                answer: business_pb2.UpdateBusinessResponse = await business().UpdateBusiness(
-                    request
-                )
-                return answer.business
-            except grpc.aio.AioRpcError as error:
-                raise Changed(_conflict(error)) from None
+            return await update_business(request, expected)
 
         try:
             stored = await conditional(
