@@ -9,24 +9,19 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from tests.deploy.observability import (
     ALERTS,
     OBSERVABILITY,
-    PROMTOOL,
     alert_rules,
+    needs_promtool,
     panel_queries,
     promtool,
 )
 
 RULE_TESTS = OBSERVABILITY / "alerts.test.yml"
 ROOT = OBSERVABILITY.parents[1]
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None,
-    reason="promtool is not installed (apt-get install prometheus): alert rules NOT run",
-)
 
 
 @needs_promtool

@@ -16,22 +16,19 @@ import httpx
 import pytest
 
 from tests.deploy.observability import (
-    PROMTOOL,
     Samples,
     alert_rules,
     evaluate,
     expected,
     metric_names,
+    needs_promtool,
     scrape,
     timeline,
 )
 from tests.support.processes import ServiceProcess, Valkey, free_port, wait_for
 from tests.support.stack import cloud_payload, signed_cloud
 
-pytestmark = pytest.mark.skipif(
-    PROMTOOL is None,
-    reason="promtool is not installed (apt-get install prometheus): alert rules NOT run",
-)
+pytestmark = needs_promtool
 APP_SECRET = "alerts-app-secret"
 TARGET = {"job": "gateway", "instance": "gateway:8000"}
 

@@ -13,22 +13,19 @@ import pytest
 
 from parley.search.v1 import search_pb2, search_pb2_grpc
 from tests.deploy.observability import (
-    PROMTOOL,
     Samples,
     alert_rules,
     evaluate,
     expected,
     metric_names,
+    needs_promtool,
     scrape,
     timeline,
 )
 from tests.search.fake_amadeus import CLIENT_ID, CLIENT_SECRET, FakeAmadeus
 from tests.support.processes import ServiceProcess, Valkey, free_port
 
-pytestmark = pytest.mark.skipif(
-    PROMTOOL is None,
-    reason="promtool is not installed (apt-get install prometheus): alert rules NOT run",
-)
+pytestmark = needs_promtool
 TARGET = {"job": "search", "instance": "search:9103"}
 RECOVERY_SECONDS = 1.0
 

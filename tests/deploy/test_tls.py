@@ -218,21 +218,31 @@ def _mount_secret(volume: Path, ca: Path, cert: Path, key: Path) -> None:
     os.replace(volume / "..data_tmp", volume / "..data")
 
 
+def start_business_on_a_secret(
+    tmp_path: Path, pki: Pki, **env: str
+) -> tuple[ServiceProcess, str, Path]:
+    """A business service whose TLS files are ``pki``'s server set in a Secret volume (the
+    volume is returned, for :func:`_mount_secret` to renew them)."""
+    volume = tmp_path / "tls"
+    volume.mkdir()
+    _mount_secret(volume, pki.ca, pki.server_cert, pki.server_key)
+    process, address = start_business(
+        tmp_path,
+        GRPC_TLS_CERT=str(volume / "tls.crt"),
+        GRPC_TLS_KEY=str(volume / "tls.key"),
+        GRPC_TLS_CA=str(volume / "ca.crt"),
+        **env,
+    )
+    return process, address, volume
+
+
 def test_renewed_certificates_are_served_without_a_restart(tmp_path: Path) -> None:
     """cert-manager renews a certificate (by default a month before it expires) into the Secret
     the service mounts: new connections must get the new one, or every call fails at expiry.
     (Was a bug: the files were read once, at start-up.) Here the CA changes too, so a handshake
     tells which set the server used."""
     before, after = make_pki(tmp_path / "before"), make_pki(tmp_path / "after", "renewed-ca")
-    volume = tmp_path / "tls"
-    volume.mkdir()
-    _mount_secret(volume, before.ca, before.server_cert, before.server_key)
-    process, address = start_business(
-        tmp_path,
-        GRPC_TLS_CERT=str(volume / "tls.crt"),
-        GRPC_TLS_KEY=str(volume / "tls.key"),
-        GRPC_TLS_CA=str(volume / "ca.crt"),
-    )
+    process, address, volume = start_business_on_a_secret(tmp_path, before)
     try:
         old = channel_credentials(str(before.ca), str(before.client_cert), str(before.client_key))
         new = channel_credentials(str(after.ca), str(after.client_cert), str(after.client_key))
@@ -280,15 +290,7 @@ def test_a_renewed_certificate_that_ends_within_days_is_told_on_its_reload(tmp_p
     # A renewal that brought a certificate ending in two days (a CA's short-lived issuance, a
     # clock wrong where it was issued) was served without a word, like the first one.
     good, short = make_pki(tmp_path / "good"), make_pki(tmp_path / "short", "short-ca", days=2)
-    volume = tmp_path / "tls"
-    volume.mkdir()
-    _mount_secret(volume, good.ca, good.server_cert, good.server_key)
-    process, address = start_business(
-        tmp_path,
-        GRPC_TLS_CERT=str(volume / "tls.crt"),
-        GRPC_TLS_KEY=str(volume / "tls.key"),
-        GRPC_TLS_CA=str(volume / "ca.crt"),
-    )
+    process, address, volume = start_business_on_a_secret(tmp_path, good)
     try:
         wait_serving(process, address, channel_credentials(*_client(good)))
         _mount_secret(volume, short.ca, short.server_cert, short.server_key)
@@ -486,16 +488,9 @@ def test_a_service_exports_when_its_certificates_end_and_follows_a_renewal(tmp_p
     import httpx
 
     good, short = make_pki(tmp_path / "good"), make_pki(tmp_path / "short", "short-ca", days=2)
-    volume = tmp_path / "tls"
-    volume.mkdir()
-    _mount_secret(volume, good.ca, good.server_cert, good.server_key)
     metrics_port = free_port()
-    process, address = start_business(
-        tmp_path,
-        GRPC_TLS_CERT=str(volume / "tls.crt"),
-        GRPC_TLS_KEY=str(volume / "tls.key"),
-        GRPC_TLS_CA=str(volume / "ca.crt"),
-        BUSINESS_METRICS_PORT=str(metrics_port),
+    process, address, volume = start_business_on_a_secret(
+        tmp_path, good, BUSINESS_METRICS_PORT=str(metrics_port)
     )
 
     def scraped() -> dict[str, float]:
