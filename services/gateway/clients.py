@@ -62,15 +62,10 @@ class Clients:
         self._watch: asyncio.Task[None] | None = None
         self._channels = self._open(credentials or client_credentials(settings))
         timeout = settings.grpc_timeout_seconds
-        self.session = with_call_defaults(
-            session_pb2_grpc.SessionServiceStub(self._channels[SESSION]), timeout
-        )
-        self.business = with_call_defaults(
-            business_pb2_grpc.BusinessServiceStub(self._channels[BUSINESS]), timeout
-        )
-        self.search = with_call_defaults(
-            search_pb2_grpc.SearchServiceStub(self._channels[SEARCH]), timeout
-        )
+        session, business, search = self._stubs()
+        self.session = with_call_defaults(session, timeout)
+        self.business = with_call_defaults(business, timeout)
+        self.search = with_call_defaults(search, timeout)
         self._health = self._health_stubs()
 
     def _open(self, credentials: grpc.ChannelCredentials | None) -> dict[str, grpc.aio.Channel]:
@@ -83,6 +78,21 @@ class Clients:
                 (SEARCH, settings.search_service_addr),
             )
         }
+
+    def _stubs(
+        self,
+    ) -> tuple[
+        session_pb2_grpc.SessionServiceAsyncStub,
+        business_pb2_grpc.BusinessServiceAsyncStub,
+        search_pb2_grpc.SearchServiceAsyncStub,
+    ]:
+        """The three services' stubs on the channels in use."""
+        channels = self._channels
+        return (
+            session_pb2_grpc.SessionServiceStub(channels[SESSION]),
+            business_pb2_grpc.BusinessServiceStub(channels[BUSINESS]),
+            search_pb2_grpc.SearchServiceStub(channels[SEARCH]),
+        )
 
     def _health_stubs(self) -> dict[str, health_pb2_grpc.HealthStub]:
         return {
@@ -118,9 +128,9 @@ class Clients:
             log.warning("TLS files changed, not usable: the last ones kept", reason=str(error))
             return False
         old, self._channels = self._channels, self._open(credentials)
-        rebind(self.session, session_pb2_grpc.SessionServiceStub(self._channels[SESSION]))
-        rebind(self.business, business_pb2_grpc.BusinessServiceStub(self._channels[BUSINESS]))
-        rebind(self.search, search_pb2_grpc.SearchServiceStub(self._channels[SEARCH]))
+        wrapped = (self.session, self.business, self.search)
+        for stub_in_use, stub in zip(wrapped, self._stubs(), strict=True):
+            rebind(stub_in_use, stub)
         self._health = self._health_stubs()
         grace = max(
             self._settings.engine_timeout_seconds + self._settings.grpc_timeout_seconds,
