@@ -10,13 +10,14 @@ import inspect
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 import grpc
+import pytest
 import structlog
 from redis.exceptions import RedisError
 
@@ -64,6 +65,10 @@ class Scripted:
         return step if isinstance(step, str) else await step()
 
 
+# Every pool a test makes, with its Redis client: stopped and closed after the test (below).
+_made: list[tuple[WorkerPool, Any]] = []
+
+
 def new_pool(
     url: str, processor: Scripted | None = None, **settings_fields: Any
 ) -> tuple[WorkerPool, Any]:
@@ -72,7 +77,25 @@ def new_pool(
     )
     redis: Any = make_redis(url)
     queue = Queue(redis, settings.queue_partitions, settings.dedupe_ttl_seconds)
-    return WorkerPool(settings, queue, cast(Processor, processor)), redis
+    pool = WorkerPool(settings, queue, cast(Processor, processor))
+    _made.append((pool, redis))
+    return pool, redis
+
+
+@pytest.fixture(autouse=True)
+async def stop_the_pools() -> AsyncIterator[None]:
+    """Tests share one event loop: a pool left running by a failed assertion would go on
+    taking work (and logging) through every later test. A pool run on a ``Stalling`` loop is
+    stopped by its test, on that loop."""
+    yield
+    here = asyncio.get_running_loop()
+    while _made:
+        pool, redis = _made.pop()
+        on_this_loop = all(task.get_loop() is here for task in pool._tasks)
+        if on_this_loop:
+            if pool._tasks and not pool._stopping.is_set():
+                await pool.stop()
+            await redis.aclose()
 
 
 async def fresh_url(valkey: Valkey) -> str:
@@ -146,16 +169,13 @@ async def test_stop_returns_when_the_heartbeat_swallows_its_cancellation(valkey:
                 swallowed.set()
 
     pool._heartbeat = heartbeat  # type: ignore[method-assign]
-    try:
-        await pool.start()
-        await holding_all(pool)
-        async with asyncio.timeout(10):
-            await pool.stop()
-        assert swallowed.is_set()  # the first cancellation was lost, and stop() still returned
-        assert pool.held_partitions == []
-        assert await redis.zscore(WORKERS, pool.worker_id) is None
-    finally:
-        await redis.aclose()
+    await pool.start()
+    await holding_all(pool)
+    async with asyncio.timeout(10):
+        await pool.stop()
+    assert swallowed.is_set()  # the first cancellation was lost, and stop() still returned
+    assert pool.held_partitions == []
+    assert await redis.zscore(WORKERS, pool.worker_id) is None
 
 
 async def test_a_redis_outage_is_one_warning_and_one_line_when_it_ends(tmp_path: Path) -> None:
@@ -163,7 +183,7 @@ async def test_a_redis_outage_is_one_warning_and_one_line_when_it_ends(tmp_path:
     one a retry, then one line when Redis answers again, and the partitions are taken back."""
     valkey = Valkey(tmp_path / "valkey").start()
     # Leases survive the restart (AOF) until they expire: short ones, to take them back soon.
-    pool, redis = new_pool(valkey.url, visibility_timeout_seconds=2)
+    pool, _ = new_pool(valkey.url, visibility_timeout_seconds=2)
     try:
         with structlog.testing.capture_logs() as logs:
             await pool.start()
@@ -178,8 +198,7 @@ async def test_a_redis_outage_is_one_warning_and_one_line_when_it_ends(tmp_path:
                 await asyncio.sleep(0.05)
             await pool.stop()
     finally:
-        await redis.aclose()
-        valkey.stop()
+        valkey.stop()  # the pool is stopped after the test (stop_the_pools), Redis down or not
     warned = [e for e in logs if e["log_level"] == "warning" and e["event"].startswith("worker ")]
     assert len(warned) == 1, warned
     assert warned[0]["event"] in ("worker heartbeat failed", "worker scheduling failed")
@@ -209,33 +228,27 @@ async def test_a_dependency_outage_is_retried_past_max_attempts_even_across_a_ta
             ]
         }
     )
-    first, redis = new_pool(url, outage, max_attempts=2, **QUICK_RETRIES)
+    first, _ = new_pool(url, outage, max_attempts=2, **QUICK_RETRIES)
     back = Scripted({"hi": ["answered"]})
     second, _ = new_pool(url, back, max_attempts=2, **QUICK_RETRIES)
-    try:
-        await first.start()
-        await enqueue(first, message("15550001", "hi"))
-        await until(lambda: len(outage.attempts) >= 6)
-        await first.stop()
-        await second.start()
-        await until(lambda: finished(second))
-        await second.stop()
-    finally:
-        await redis.aclose()
+    await first.start()
+    await enqueue(first, message("15550001", "hi"))
+    await until(lambda: len(outage.attempts) >= 6)
+    await first.stop()
+    await second.start()
+    await until(lambda: finished(second))
+    await second.stop()
     assert back.attempts == ["hi"]
     assert await second.queue.dead_letters(None, 10) == []
 
 
-async def the_dead_letter(pool: WorkerPool, redis: Any, sent: InboundMessage) -> dict[str, Any]:
+async def the_dead_letter(pool: WorkerPool, sent: InboundMessage) -> dict[str, Any]:
     """Run ``pool`` until ``sent``, its only message, is finished: the dead letter it became."""
-    try:
-        await pool.start()
-        await enqueue(pool, sent)
-        await until(lambda: finished(pool))
-        await pool.stop()
-        [(_, record)] = await pool.queue.dead_letters(None, 10)
-    finally:
-        await redis.aclose()
+    await pool.start()
+    await enqueue(pool, sent)
+    await until(lambda: finished(pool))
+    await pool.stop()
+    [(_, record)] = await pool.queue.dead_letters(None, 10)
     return dict(record)
 
 
@@ -256,8 +269,8 @@ async def test_the_message_s_own_failures_still_dead_letter_after_max_attempts(
             ]
         }
     )
-    pool, redis = new_pool(url, processor, max_attempts=2, **QUICK_RETRIES)
-    record = await the_dead_letter(pool, redis, message("15550002", "bad"))
+    pool, _ = new_pool(url, processor, max_attempts=2, **QUICK_RETRIES)
+    record = await the_dead_letter(pool, message("15550002", "bad"))
     assert len(processor.attempts) == 4
     assert record["reason"] == "max_attempts"
     assert record["error"] == "EngineTimeout: no answer within 20 s"
@@ -268,10 +281,8 @@ async def test_transient_failures_dead_letter_once_the_retry_window_has_passed(
 ) -> None:
     url = await fresh_url(valkey)
     processor = Scripted({"hi": [rpc_error(grpc.StatusCode.UNAVAILABLE, "business down")]})
-    pool, redis = new_pool(
-        url, processor, max_attempts=2, retry_window_seconds=0.3, **QUICK_RETRIES
-    )
-    record = await the_dead_letter(pool, redis, message("15550003", "hi"))
+    pool, _ = new_pool(url, processor, max_attempts=2, retry_window_seconds=0.3, **QUICK_RETRIES)
+    record = await the_dead_letter(pool, message("15550003", "hi"))
     assert len(processor.attempts) > 2
     assert record["reason"] == "retry_window"
     assert record["error"] == "gRPC UNAVAILABLE: business down"
@@ -307,19 +318,16 @@ async def test_a_message_waiting_to_retry_holds_no_slot_and_its_partition_waits(
             "b1": ["answered"],
         }
     )
-    pool, redis = new_pool(
+    pool, _ = new_pool(
         url, processor, worker_concurrency=1, retry_base_seconds=60, retry_max_seconds=60
     )
-    try:
-        await pool.start()
-        await enqueue(pool, message(a, "a1"), message(a, "a2"))
-        await until(lambda: processor.attempts == ["a1"])
-        await enqueue(pool, message(b, "b1"))
-        await until(lambda: "b1" in processor.attempts)
-        assert processor.attempts == ["a1", "b1"]  # a2 waits behind a1, on A's partition
-        await pool.stop()
-    finally:
-        await redis.aclose()
+    await pool.start()
+    await enqueue(pool, message(a, "a1"), message(a, "a2"))
+    await until(lambda: processor.attempts == ["a1"])
+    await enqueue(pool, message(b, "b1"))
+    await until(lambda: "b1" in processor.attempts)
+    assert processor.attempts == ["a1", "b1"]  # a2 waits behind a1, on A's partition
+    await pool.stop()
 
 
 async def test_stop_finishes_the_message_in_flight_and_leaves_the_rest_to_the_next_worker(
@@ -335,21 +343,18 @@ async def test_stop_finishes_the_message_in_flight_and_leaves_the_rest_to_the_ne
     processor = Scripted(
         {**{text: ["answered"] for text in texts}, "m1": [lambda: stopped_then(first, "answered")]}
     )
-    first, redis = new_pool(url, processor)
+    first, _ = new_pool(url, processor)
     later = Scripted({text: ["answered"] for text in texts})
     second, _ = new_pool(url, later)
-    try:
-        await first.start()
-        await enqueue(first, *(message(user, text) for text in texts))
-        await until(lambda: processor.attempts == ["m1"])
-        async with asyncio.timeout(30):
-            await first.stop()
-        assert processor.attempts == ["m1"]
-        await second.start()
-        await until(lambda: finished(second))
-        await second.stop()
-    finally:
-        await redis.aclose()
+    await first.start()
+    await enqueue(first, *(message(user, text) for text in texts))
+    await until(lambda: processor.attempts == ["m1"])
+    async with asyncio.timeout(30):
+        await first.stop()
+    assert processor.attempts == ["m1"]
+    await second.start()
+    await until(lambda: finished(second))
+    await second.stop()
     assert later.attempts == ["m2", "m3", "m4"]
 
 
@@ -370,18 +375,15 @@ async def test_stop_keeps_to_the_shutdown_grace_and_hands_the_partitions_back(
     first, redis = new_pool(url, processor, shutdown_grace_seconds=0.5)
     later = Scripted({"stuck": ["answered"], "next": ["answered"]})
     second, _ = new_pool(url, later)
-    try:
-        await first.start()
-        await enqueue(first, message("15550030", "stuck"), message("15550030", "next"))
-        await until(lambda: processor.attempts == ["stuck"])
-        async with asyncio.timeout(30):
-            await first.stop()
-        assert [key async for key in redis.scan_iter("gw:lease:*")] == []
-        await second.start()
-        await until(lambda: finished(second))
-        await second.stop()
-    finally:
-        await redis.aclose()
+    await first.start()
+    await enqueue(first, message("15550030", "stuck"), message("15550030", "next"))
+    await until(lambda: processor.attempts == ["stuck"])
+    async with asyncio.timeout(30):
+        await first.stop()
+    assert [key async for key in redis.scan_iter("gw:lease:*")] == []
+    await second.start()
+    await until(lambda: finished(second))
+    await second.stop()
     assert later.attempts == ["stuck", "next"]
 
 
@@ -418,18 +420,15 @@ async def test_a_business_being_throttled_does_not_hold_up_another_business_on_i
     processor = Scripted(
         {"a1": [throttled, "answered"], "a2": ["answered"], "b1": ["answered"], "b2": ["answered"]}
     )
-    pool, redis = new_pool(url, processor, retry_base_seconds=3, retry_max_seconds=3)
-    try:
-        await pool.start()
-        await enqueue(pool, a("a1"), a("a2"))
-        await until(lambda: processor.attempts == ["a1"])
-        await enqueue(pool, b("b1"), b("b2"))
-        await until(lambda: processor.attempts[-1:] == ["b2"], seconds=2)
-        assert processor.attempts == ["a1", "b1", "b2"]  # a2 waits behind a1
-        await until(lambda: finished(pool))
-        await pool.stop()
-    finally:
-        await redis.aclose()
+    pool, _ = new_pool(url, processor, retry_base_seconds=3, retry_max_seconds=3)
+    await pool.start()
+    await enqueue(pool, a("a1"), a("a2"))
+    await until(lambda: processor.attempts == ["a1"])
+    await enqueue(pool, b("b1"), b("b2"))
+    await until(lambda: processor.attempts[-1:] == ["b2"], seconds=2)
+    assert processor.attempts == ["a1", "b1", "b2"]  # a2 waits behind a1
+    await until(lambda: finished(pool))
+    await pool.stop()
     assert processor.attempts == ["a1", "b1", "b2", "a1", "a2"]
 
 
@@ -455,15 +454,12 @@ async def test_restarted_workers_leave_no_consumer_behind_in_the_groups(valkey: 
     try:
         for generation in range(4):  # a rolling restart: one worker after the other
             processor = Scripted({f"g{generation}": ["answered"]})
-            pool, client = new_pool(url, processor)
-            try:
-                await pool.start()
-                await holding_all(pool)
-                await enqueue(pool, *(message(u, f"g{generation}") for u in users.values()))
-                await until(functools.partial(finished, pool))
-                await pool.stop()
-            finally:
-                await client.aclose()
+            pool, _ = new_pool(url, processor)
+            await pool.start()
+            await holding_all(pool)
+            await enqueue(pool, *(message(u, f"g{generation}") for u in users.values()))
+            await until(functools.partial(finished, pool))
+            await pool.stop()
             for partition in range(PARTITIONS):
                 names = await consumers(redis, partition)
                 assert names == [pool.worker_id], (generation, partition, names)
@@ -472,13 +468,10 @@ async def test_restarted_workers_leave_no_consumer_behind_in_the_groups(valkey: 
         await enqueue(pool, message(users[0], "late"))
         await redis.xreadgroup("workers", "stalled", {stream_key(0): ">"})
         later = Scripted({"late": ["answered"]})
-        last, client = new_pool(url, later)
-        try:
-            await last.start()
-            await until(lambda: finished(last))
-            await last.stop()
-        finally:
-            await client.aclose()
+        last, _ = new_pool(url, later)
+        await last.start()
+        await until(lambda: finished(last))
+        await last.stop()
         assert later.attempts == ["late"]
         assert await consumers(redis, 0) == [last.worker_id]
     finally:
@@ -497,24 +490,19 @@ async def test_a_run_of_unreadable_pending_entries_does_not_hide_the_messages_af
     user = "15550400"
     partition = partition_of("100200300", user, PARTITIONS)
     stream = stream_key(partition)
-    redis: Any = make_redis(url)
     processor = Scripted({"after the junk": ["answered"]})
-    pool, client = new_pool(url, processor)
-    try:
-        await pool.queue.ensure_groups()
-        for n in range(12):
-            await redis.xadd(stream, {"m": f"not a message {n}"})
-        await enqueue(pool, message(user, "after the junk"))
-        await redis.xreadgroup("workers", "crashed", {stream: ">"})  # all pending, then gone
-        await pool.start()
-        await until(lambda: processor.attempts == ["after the junk"], seconds=10)
-        await until(functools.partial(finished, pool))
-        await pool.stop()
-        dead = await pool.queue.dead_letters(None, 20)
-        assert [record["reason"] for _, record in dead] == ["corrupt_entry"] * 12
-    finally:
-        await client.aclose()
-        await redis.aclose()
+    pool, redis = new_pool(url, processor)
+    await pool.queue.ensure_groups()
+    for n in range(12):
+        await redis.xadd(stream, {"m": f"not a message {n}"})
+    await enqueue(pool, message(user, "after the junk"))
+    await redis.xreadgroup("workers", "crashed", {stream: ">"})  # all pending, then gone
+    await pool.start()
+    await until(lambda: processor.attempts == ["after the junk"], seconds=10)
+    await until(functools.partial(finished, pool))
+    await pool.stop()
+    dead = await pool.queue.dead_letters(None, 20)
+    assert [record["reason"] for _, record in dead] == ["corrupt_entry"] * 12
 
 
 async def test_a_replay_that_dies_midway_blocks_its_record_for_a_minute_at_most(
@@ -527,26 +515,23 @@ async def test_a_replay_that_dies_midway_blocks_its_record_for_a_minute_at_most(
     url = await fresh_url(valkey)
     pool, redis = new_pool(url, Scripted({}))
     queue = pool.queue
-    try:
-        fields = {"m": encode_message(message("15550500", "replay me")), "rid": "r1"}
-        dead_id = await queue.dead_letter("max_attempts", "boom", fields=fields)
-        requeue = queue.requeue
-        midway, finish = asyncio.Event(), asyncio.Event()
+    fields = {"m": encode_message(message("15550500", "replay me")), "rid": "r1"}
+    dead_id = await queue.dead_letter("max_attempts", "boom", fields=fields)
+    requeue = queue.requeue
+    midway, finish = asyncio.Event(), asyncio.Event()
 
-        async def slow_requeue(fields: dict[str, str]) -> str:
-            midway.set()
-            await finish.wait()
-            return await requeue(fields)
+    async def slow_requeue(fields: dict[str, str]) -> str:
+        midway.set()
+        await finish.wait()
+        return await requeue(fields)
 
-        queue.requeue = slow_requeue  # type: ignore[method-assign]
-        replay = asyncio.create_task(queue.replay(dead_id))
-        await until(midway.is_set)
-        assert 0 < await redis.ttl(replay_claim_key(dead_id)) <= 60  # what a crash here leaves
-        finish.set()
-        assert await replay
-        assert 60 < await redis.ttl(replay_claim_key(dead_id)) <= 3600
-    finally:
-        await redis.aclose()
+    queue.requeue = slow_requeue  # type: ignore[method-assign]
+    replay = asyncio.create_task(queue.replay(dead_id))
+    await until(midway.is_set)
+    assert 0 < await redis.ttl(replay_claim_key(dead_id)) <= 60  # what a crash here leaves
+    finish.set()
+    assert await replay
+    assert 60 < await redis.ttl(replay_claim_key(dead_id)) <= 3600
 
 
 class Stalling:
@@ -619,7 +604,6 @@ async def test_a_worker_that_stalled_past_its_lease_takes_nothing_from_its_succe
         await second.stop()
         await stalling.run(first.stop())
     finally:
-        await redis.aclose()
         await stalling.run(first_redis.aclose())
         stalling.close()
     assert events == [f"{m} {s}" for m in ("m1", "m2", "m3") for s in ("started", "done")]
@@ -661,7 +645,6 @@ async def test_a_worker_stalled_past_its_lease_does_not_dead_letter_what_its_suc
         await stalling.run(first.stop())
         assert await second.queue.dead_letters(None, 10) == []
     finally:
-        await redis.aclose()
         await stalling.run(first_redis.aclose())
         stalling.close()
 
@@ -672,18 +655,15 @@ async def test_a_redis_that_lost_its_data_is_read_again(valkey: Valkey) -> None:
     url = await fresh_url(valkey)
     processor = Scripted({"before": ["answered"], "after": ["answered"]})
     pool, redis = new_pool(url, processor, visibility_timeout_seconds=1.5)
-    try:
-        await pool.start()
-        await holding_all(pool)
-        await enqueue(pool, message("15550300", "before"))
-        await until(lambda: finished(pool))
-        await redis.flushdb()
-        await asyncio.sleep(1)
-        await enqueue(pool, message("15550300", "after"))
-        await until(lambda: finished(pool), seconds=10)
-        await pool.stop()
-    finally:
-        await redis.aclose()
+    await pool.start()
+    await holding_all(pool)
+    await enqueue(pool, message("15550300", "before"))
+    await until(lambda: finished(pool))
+    await redis.flushdb()
+    await asyncio.sleep(1)
+    await enqueue(pool, message("15550300", "after"))
+    await until(lambda: finished(pool), seconds=10)
+    await pool.stop()
     assert processor.attempts == ["before", "after"]
 
 
@@ -703,52 +683,47 @@ async def test_erasing_a_user_deletes_their_queued_entries_and_dead_letters_only
     theirs = [message(user, "a1"), message(user, "a2"), by_twilio]
     elsewhere = replace(message(user, "a elsewhere"), channel_identity="999888777")
     processor = Scripted({"b1": ["answered"], "a elsewhere": ["answered"]})
-    pool, client = new_pool(url, processor)
-    redis: Any = make_redis(url)
-    try:
-        await pool.queue.ensure_groups()
-        await enqueue(pool, *theirs, message(other, "b1"), elsewhere)
-        partition = partition_of("100200300", user, PARTITIONS)
-        stream = stream_key(partition)
-        await redis.xreadgroup("workers", "crashed", {stream: ">"})  # pending, holder gone
-        first = (await redis.xrange(stream, count=1))[0][0].decode()
-        await pool.queue.attempt(partition, first)
-        await pool.queue.record_error(partition, first, "failed once")
-        async with redis.pipeline(transaction=False) as pipe:  # theirs past the first page
-            for n in range(1200):
-                pipe.xadd("gw:dead", {"reason": "unusable_payload", "raw": f'{{"n":{n}}}'})
-            await pipe.execute()
-        dead = replace(message(user, "dead and theirs"), provider_message_id="wamid.dead")
-        await pool.queue.dead_letter("max_attempts", "x", fields={"m": encode_message(dead)})
-        await pool.queue.dead_letter(
-            "max_attempts", "x", fields={"m": encode_message(message(other, "stays"))}
-        )
-        await pool.queue.dead_letter("unusable_payload", "x", raw={"from": user, "type": "?"})
-        await pool.queue.dead_letter("unusable_payload", "x", raw={"from": longer})
-        sent = [
-            "gw:sent:cloud_api:wamid.dead",
-            f"gw:sent:cloud_api:{theirs[0].provider_message_id}",
-        ]
-        for key in sent:
-            await redis.sadd(key, "fingerprint")
+    pool, redis = new_pool(url, processor)
+    await pool.queue.ensure_groups()
+    await enqueue(pool, *theirs, message(other, "b1"), elsewhere)
+    partition = partition_of("100200300", user, PARTITIONS)
+    stream = stream_key(partition)
+    await redis.xreadgroup("workers", "crashed", {stream: ">"})  # pending, holder gone
+    first = (await redis.xrange(stream, count=1))[0][0].decode()
+    await pool.queue.attempt(partition, first)
+    await pool.queue.record_error(partition, first, "failed once")
+    async with redis.pipeline(transaction=False) as pipe:  # theirs past the first page
+        for n in range(1200):
+            pipe.xadd("gw:dead", {"reason": "unusable_payload", "raw": f'{{"n":{n}}}'})
+        await pipe.execute()
+    dead = replace(message(user, "dead and theirs"), provider_message_id="wamid.dead")
+    await pool.queue.dead_letter("max_attempts", "x", fields={"m": encode_message(dead)})
+    await pool.queue.dead_letter(
+        "max_attempts", "x", fields={"m": encode_message(message(other, "stays"))}
+    )
+    await pool.queue.dead_letter("unusable_payload", "x", raw={"from": user, "type": "?"})
+    await pool.queue.dead_letter("unusable_payload", "x", raw={"from": longer})
+    sent = [
+        "gw:sent:cloud_api:wamid.dead",
+        f"gw:sent:cloud_api:{theirs[0].provider_message_id}",
+    ]
+    for key in sent:
+        await redis.sadd(key, "fingerprint")
 
-        erased = await pool.queue.erase_user({user, f"+{user}"}, {"100200300", "+15550100200"})
+    erased = await pool.queue.erase_user({user, f"+{user}"}, {"100200300", "+15550100200"})
 
-        assert erased == {"queued": 3, "dead_letters": 2, "sent_logs": 2}
-        assert await redis.exists(*sent) == 0
-        assert await redis.hgetall(f"gw:att:{{{partition}}}") == {}
-        assert await redis.hgetall(f"gw:err:{{{partition}}}") == {}
-        left = [record for _, record in await pool.queue.dead_letters(None, 2000)][1200:]
-        assert len(left) == 2
-        assert f'"user_id":"{other}"' in left[0]["orig_m"] and longer in left[1]["raw"]
-        await pool.start()
-        await until(lambda: sorted(processor.attempts) == ["a elsewhere", "b1"], seconds=10)
-        await until(functools.partial(finished, pool))
-        await pool.stop()
-        assert sorted(processor.attempts) == ["a elsewhere", "b1"]
-    finally:
-        await client.aclose()
-        await redis.aclose()
+    assert erased == {"queued": 3, "dead_letters": 2, "sent_logs": 2}
+    assert await redis.exists(*sent) == 0
+    assert await redis.hgetall(f"gw:att:{{{partition}}}") == {}
+    assert await redis.hgetall(f"gw:err:{{{partition}}}") == {}
+    left = [record for _, record in await pool.queue.dead_letters(None, 2000)][1200:]
+    assert len(left) == 2
+    assert f'"user_id":"{other}"' in left[0]["orig_m"] and longer in left[1]["raw"]
+    await pool.start()
+    await until(lambda: sorted(processor.attempts) == ["a elsewhere", "b1"], seconds=10)
+    await until(functools.partial(finished, pool))
+    await pool.stop()
+    assert sorted(processor.attempts) == ["a elsewhere", "b1"]
 
 
 async def test_dedupe_markers_hold_no_message_id_and_the_old_names_still_count(
@@ -758,19 +733,14 @@ async def test_dedupe_markers_hold_no_message_id_and_the_old_names_still_count(
     user's number, and markers outlive an erasure by ``DEDUPE_TTL_SECONDS``); a marker written
     under the old name (the id itself) before an upgrade still drops the redelivery."""
     url = await fresh_url(valkey)
-    pool, client = new_pool(url)
-    redis: Any = make_redis(url)
-    try:
-        fresh, old = message("15550600", "new"), message("15550600", "accepted before")
-        p = pool.queue.partition(old)
-        await redis.set(legacy_dedupe_key(p, "cloud_api", old.provider_message_id), "1-0")
-        assert await pool.queue.enqueue([old], "rid", time.time()) == [None]
-        [entry_id] = await pool.queue.enqueue([fresh], "rid", time.time())
-        assert entry_id is not None
-        assert await pool.queue.enqueue([fresh], "rid", time.time()) == [None]
-        names = [key.decode() for key in await redis.keys("gw:dd:*")]
-        assert dedupe_key(p, "cloud_api", fresh.provider_message_id) in names
-        assert [name for name in names if fresh.provider_message_id in name] == []
-    finally:
-        await client.aclose()
-        await redis.aclose()
+    pool, redis = new_pool(url)
+    fresh, old = message("15550600", "new"), message("15550600", "accepted before")
+    p = pool.queue.partition(old)
+    await redis.set(legacy_dedupe_key(p, "cloud_api", old.provider_message_id), "1-0")
+    assert await pool.queue.enqueue([old], "rid", time.time()) == [None]
+    [entry_id] = await pool.queue.enqueue([fresh], "rid", time.time())
+    assert entry_id is not None
+    assert await pool.queue.enqueue([fresh], "rid", time.time()) == [None]
+    names = [key.decode() for key in await redis.keys("gw:dd:*")]
+    assert dedupe_key(p, "cloud_api", fresh.provider_message_id) in names
+    assert [name for name in names if fresh.provider_message_id in name] == []
