@@ -18,7 +18,6 @@ from typing import Any
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from services.common import event_loop
 from services.common.clients import MAX_REPLY_BYTES, check_tls_files, warn_if_expiring
@@ -32,6 +31,7 @@ from services.common.metrics import (
     export_server_metrics,
     start_metrics_server,
 )
+from services.common.reflection import enable_reflection
 from services.common.settings import (
     CommonSettings,
     ConfigurationError,
@@ -189,13 +189,9 @@ class Runtime:
         registrar = Registrar(self.server, wrapper).as_server()
         service.register(service.servicer, registrar)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
-        # Streaming, so never wrapped; and it must see the real server (it checks the type).
-        reflection.enable_server_reflection(
-            [
-                service.name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
+        # Streaming, so never wrapped.
+        enable_reflection(
+            [service.name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
             self.server,
         )
         address = f"{settings.grpc_host}:{port}"

@@ -17,7 +17,9 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -37,6 +39,7 @@ from tests.support.processes import ROOT, ServiceProcess, Valkey, free_port, wai
 
 HEALTH = "grpc.health.v1.Health"
 REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 SERVICES = {
     "session": ("services.session.server", "SESSION_PORT", "parley.session.v1.SessionService"),
     "business": (
@@ -77,7 +80,7 @@ def test_service_serves_health_and_reflection(name: str, tmp_path: Path, valkey:
         assert check(address, full_name) == "SERVING"
         with grpc.insecure_channel(address) as channel:
             services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
-        assert services == {full_name, HEALTH, REFLECTION}
+        assert services == {full_name, HEALTH, REFLECTION, REFLECTION_V1}
     finally:
         process.stop()
 
@@ -513,6 +516,59 @@ def test_health_list_answers_with_every_name(tmp_path: Path) -> None:
     }
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
     assert not process.log_events("unhandled error"), process.log
+
+
+def reflection_client(channel: grpc.Channel, version: str) -> ProtoReflectionDescriptorDatabase:
+    """grpcio-reflection's client, speaking ``version`` of the reflection service: v1's messages
+    are v1alpha's under another package, so only the method it calls differs."""
+    database = ProtoReflectionDescriptorDatabase(channel)
+    database._stub.ServerReflectionInfo = channel.stream_stream(  # its one call, renamed
+        f"/{version}/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    return database
+
+
+@pytest.mark.parametrize("version", [REFLECTION_V1, REFLECTION])
+def test_reflection_answers_in_both_versions_and_describes_every_service(
+    version: str, tmp_path: Path
+) -> None:
+    """grpcurl and `buf curl` ask `grpc.reflection.v1` first, and a client told to speak it
+    (`buf curl --reflect-protocol grpc-v1`) asks nothing else. (Was a gap: only v1alpha was
+    served, and such a client got UNIMPLEMENTED.) Every listed service is described, with its
+    methods' messages, and so are the error details a client decodes."""
+    process, address = fixture_service(tmp_path, FIXTURE_SLOW_SECONDS="0")
+    try:
+        with grpc.insecure_channel(address) as channel:
+            database = reflection_client(channel, version)
+            services = set(database.get_services())
+            pool = descriptor_pool.DescriptorPool(database)
+            methods = {
+                name: {
+                    method.name: (method.input_type.full_name, method.output_type.full_name)
+                    for method in pool.FindServiceByName(name).methods
+                }
+                for name in services
+            }
+            bad_request = pool.FindMessageTypeByName("google.rpc.BadRequest")
+    finally:
+        process.stop()
+    assert services == {NAME, HEALTH, REFLECTION, REFLECTION_V1}
+    assert methods[HEALTH]["Check"] == (
+        "grpc.health.v1.HealthCheckRequest",
+        "grpc.health.v1.HealthCheckResponse",
+    )
+    for reflection in (REFLECTION, REFLECTION_V1):
+        package = reflection.rpartition(".")[0]
+        assert methods[reflection] == {
+            "ServerReflectionInfo": (
+                f"{package}.ServerReflectionRequest",
+                f"{package}.ServerReflectionResponse",
+            )
+        }
+    assert "GetConversation" in methods[NAME]
+    assert "field_violations" in bad_request.fields_by_name
 
 
 def test_sigterm_ends_health_watch_streams_after_not_serving(tmp_path: Path) -> None:
