@@ -9,11 +9,12 @@ interceptor on every call.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import grpc
@@ -113,17 +114,73 @@ def _guarded(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], An
     return guarded
 
 
+_UNPARSABLE_REASON = "the body does not parse as the message"
+
+
+async def _refuse_unparsable(context: Any) -> None:
+    status = InvalidArgument("request", _UNPARSABLE_REASON).to_status()
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+async def _parsed(request: Any, streaming: bool, context: Any) -> Any:
+    """The request (or, streaming, the requests), INVALID_ARGUMENT at the first that did not
+    parse."""
+    if not streaming:
+        if request is _UNPARSABLE:
+            await _refuse_unparsable(context)
+        return request
+
+    async def requests() -> AsyncIterator[Any]:
+        async for each in request:
+            if each is _UNPARSABLE:
+                await _refuse_unparsable(context)
+            yield each
+
+    return requests()
+
+
+def _streaming(handler: Any) -> Any:
+    """A streaming handler (health Watch, reflection) whose corrupt requests are INVALID_ARGUMENT
+    too: gRPC itself answered UNKNOWN naming protobuf's DecodeError, and logged a traceback."""
+    behavior = handler.unary_stream or handler.stream_unary or handler.stream_stream
+    streaming = handler.request_streaming
+
+    async def yielding(request: Any, context: Any) -> AsyncIterator[Any]:
+        async for response in behavior(await _parsed(request, streaming, context), context):
+            yield response
+
+    async def returning(request: Any, context: Any) -> Any:  # writes (context.write) or returns
+        return await behavior(await _parsed(request, streaming, context), context)
+
+    # grpc tells the two kinds apart by the handler's own kind: the wrapper must be the same.
+    wrapped = yielding if inspect.isasyncgenfunction(behavior) else returning
+    make = (
+        grpc.stream_stream_rpc_method_handler
+        if handler.stream_stream
+        else grpc.stream_unary_rpc_method_handler
+        if handler.stream_unary
+        else grpc.unary_stream_rpc_method_handler
+    )
+    return make(
+        wrapped,
+        request_deserializer=_guarded(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )
+
+
 class CallWrapper:
-    """Wraps a unary-unary handler in the runtime's call handling; streaming handlers (health
-    Watch, reflection) are left as they are."""
+    """Wraps a unary-unary handler in the runtime's call handling; a streaming one (health
+    Watch, reflection) only in the check of its requests (:func:`_streaming`)."""
 
     def __init__(self, in_flight: InFlight, default_deadline: float) -> None:
         self._in_flight = in_flight
         self._default_deadline = default_deadline
 
     def wrap(self, full_method: str, handler: Any) -> Any:
-        if handler is None or handler.unary_unary is None:
-            return handler
+        if handler is None:
+            return None
+        if handler.unary_unary is None:
+            return _streaming(handler)
         service, _, method = full_method.lstrip("/").rpartition("/")
         behavior = handler.unary_unary
         stats = RPC_METRICS.method(service, method)
@@ -140,7 +197,7 @@ class CallWrapper:
             code = grpc.StatusCode.OK
             try:
                 if request is _UNPARSABLE:
-                    raise InvalidArgument("request", "the body does not parse as the message")
+                    raise InvalidArgument("request", _UNPARSABLE_REASON)
                 if context.time_remaining() is None:  # the client set no deadline: use ours
                     async with asyncio.timeout(default_deadline):
                         response = await behavior(request, context)

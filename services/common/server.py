@@ -189,10 +189,8 @@ class Runtime:
         registrar = Registrar(self.server, wrapper).as_server()
         service.register(service.servicer, registrar)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
-        # Streaming, so never wrapped.
         enable_reflection(
-            [service.name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
-            self.server,
+            [service.name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], registrar
         )
         address = f"{settings.grpc_host}:{port}"
         credentials = server_credentials(settings)

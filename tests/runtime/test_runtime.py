@@ -571,6 +571,42 @@ def test_reflection_answers_in_both_versions_and_describes_every_service(
     assert "field_violations" in bad_request.fields_by_name
 
 
+UNPARSABLE = b"\x0a\xff\xff\xff\xff\x0f"  # field 1, length-delimited, length past the end
+
+
+def test_a_streaming_request_that_does_not_parse_is_invalid_argument(tmp_path: Path) -> None:
+    """Health Watch and reflection (both versions) answer bytes that are no message as the
+    unary calls do: INVALID_ARGUMENT naming the request. (Was UNKNOWN, *Unexpected <class
+    'google.protobuf.message.DecodeError'>…*, and a traceback logged at ERROR for each call:
+    the runtime checked only unary requests, grpc itself the streaming ones.)"""
+    process, address = fixture_service(tmp_path, FIXTURE_SLOW_SECONDS="0")
+    errors: dict[str, grpc.RpcError] = {}
+    try:
+        with grpc.insecure_channel(address) as channel:
+            calls = {
+                f"/{HEALTH}/Watch": lambda path: list(
+                    channel.unary_stream(path)(UNPARSABLE, timeout=5)
+                ),
+                **{
+                    f"/{name}/ServerReflectionInfo": lambda path: list(
+                        channel.stream_stream(path)(iter([UNPARSABLE]), timeout=5)
+                    )
+                    for name in (REFLECTION, REFLECTION_V1)
+                },
+            }
+            for path, call in calls.items():
+                with pytest.raises(grpc.RpcError) as raised:
+                    call(path)
+                errors[path] = raised.value
+            assert check(address, NAME) == "SERVING"
+    finally:
+        process.stop()
+    for path, error in errors.items():
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (path, error)
+        assert "request" in field_violations(error), path
+    assert "Traceback" not in process.log, process.log
+
+
 def test_sigterm_ends_health_watch_streams_after_not_serving(tmp_path: Path) -> None:
     """A Watch stream (Envoy's health checks, a gRPC client's, `grpcurl … Health/Watch`) sees
     NOT_SERVING at SIGTERM, then ends with OK when the server stops taking calls, and does not
