@@ -38,7 +38,7 @@ from services.common.settings import (
     read_setting_file,
     refuse_to_start,
 )
-from services.common.tasks import cancel_and_wait, wait_shielded
+from services.common.tasks import wait_shielded
 from services.common.tls import WatchedFiles
 
 log = structlog.get_logger("parley.runtime")
@@ -203,6 +203,7 @@ class Runtime:
             raise _cannot_listen(address, "gRPC") from None
         self._ready = False
         self._stopping = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
 
     @property
     def health_names(self) -> list[str]:
@@ -244,6 +245,10 @@ class Runtime:
     def request_stop(self) -> None:
         self._stopping.set()
 
+    def start_readiness(self) -> None:
+        """Check readiness from now on, until a stop is requested."""
+        self._watcher = asyncio.create_task(self._watch_readiness())
+
     async def run(self) -> int:
         await self._set_health(False)
         await self.server.start()
@@ -255,10 +260,9 @@ class Runtime:
         if self.service.on_start is not None:
             await self.service.on_start()
         settle_heap()
-        watcher = asyncio.create_task(self._watch_readiness())
+        self.start_readiness()
         await self._stopping.wait()
         await self.shutdown()
-        await cancel_and_wait(watcher)
         return 0
 
     async def shutdown(self) -> None:
@@ -290,6 +294,12 @@ class Runtime:
             # close after them.
             await wait_shielded()
         finally:
+            # A readiness check under way may be opening a store (the first ping does): it
+            # ends (within READINESS_TIMEOUT_SECONDS) before the stores close, not after, when
+            # it would leave one open. Not cancelled: a cut open leaves its thread too.
+            self._stopping.set()
+            if self._watcher is not None:
+                await asyncio.wait([self._watcher])
             # Whatever failed above, the stores are closed: a store's threads left running
             # (aiosqlite's) would keep the process from ever exiting.
             if self.service.on_stop is not None:

@@ -1007,3 +1007,42 @@ async def test_a_readiness_check_that_ends_during_shutdown_does_not_say_serving(
         runtime.in_flight.leave()
         await shutdown
         await cancel_and_wait(watcher)
+
+
+async def test_a_readiness_check_under_way_at_shutdown_ends_before_the_stores_close() -> None:
+    """SIGTERM while a readiness check runs, with no call in flight: the stores close after the
+    check has ended. (Was a bug: they closed at once and the check went on; the business
+    service's first check opens its store, so a SQLite store that was locked at SIGTERM was
+    opened after it had been closed, and its aiosqlite threads died with a traceback each,
+    *RuntimeError: Event loop is closed*, when the process ended.)"""
+    entered, release = asyncio.Event(), asyncio.Event()
+    events: list[str] = []
+
+    async def readiness() -> None:
+        entered.set()
+        await release.wait()
+        events.append("check ended")
+
+    async def close_stores() -> None:
+        events.append("stores closed")
+
+    runtime = Runtime(
+        Service(
+            NAME,
+            session_pb2_grpc.add_SessionServiceServicer_to_server,
+            FixtureServicer(),
+            readiness=readiness,
+            on_stop=close_stores,
+        ),
+        load_settings(CommonSettings),
+        0,
+    )
+    await runtime.server.start()
+    runtime.start_readiness()
+    await entered.wait()
+    runtime.request_stop()
+    shutdown = asyncio.create_task(runtime.shutdown())
+    await asyncio.wait([shutdown], timeout=0.5)  # long enough for a shutdown that does not wait
+    release.set()
+    await shutdown
+    assert events == ["check ended", "stores closed"]
