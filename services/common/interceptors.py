@@ -122,16 +122,37 @@ async def _refuse_unparsable(context: Any) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-async def _parsed(request: Any, streaming: bool, context: Any) -> Any:
-    """The request (or, streaming, the requests), INVALID_ARGUMENT at the first that did not
-    parse."""
+async def _until(requests: Any, ending: asyncio.Event) -> AsyncIterator[Any]:
+    """``requests`` until ``ending`` is set: a client may keep its stream of requests open
+    between them (a reflection client does), and the server's stop would wait for it."""
+    iterator = aiter(requests)
+    ended = asyncio.ensure_future(ending.wait())
+    try:
+        while True:
+            receive = asyncio.ensure_future(anext(iterator))
+            await asyncio.wait((receive, ended), return_when=asyncio.FIRST_COMPLETED)
+            if not receive.done():
+                receive.cancel()
+                return
+            try:
+                request = receive.result()
+            except StopAsyncIteration:
+                return
+            yield request
+    finally:
+        ended.cancel()
+
+
+async def _parsed(request: Any, streaming: bool, context: Any, ending: asyncio.Event) -> Any:
+    """The request (or, streaming, the requests until ``ending``), INVALID_ARGUMENT at the first
+    that did not parse."""
     if not streaming:
         if request is _UNPARSABLE:
             await _refuse_unparsable(context)
         return request
 
     async def requests() -> AsyncIterator[Any]:
-        async for each in request:
+        async for each in _until(request, ending):
             if each is _UNPARSABLE:
                 await _refuse_unparsable(context)
             yield each
@@ -139,18 +160,19 @@ async def _parsed(request: Any, streaming: bool, context: Any) -> Any:
     return requests()
 
 
-def _streaming(handler: Any) -> Any:
+def _streaming(handler: Any, ending: asyncio.Event) -> Any:
     """A streaming handler (health Watch, reflection) whose corrupt requests are INVALID_ARGUMENT
-    too: gRPC itself answered UNKNOWN naming protobuf's DecodeError, and logged a traceback."""
+    too (gRPC itself answered UNKNOWN naming protobuf's DecodeError, and logged a traceback), and
+    whose stream of requests ends when ``ending`` is set."""
     behavior = handler.unary_stream or handler.stream_unary or handler.stream_stream
     streaming = handler.request_streaming
 
     async def yielding(request: Any, context: Any) -> AsyncIterator[Any]:
-        async for response in behavior(await _parsed(request, streaming, context), context):
+        async for response in behavior(await _parsed(request, streaming, context, ending), context):
             yield response
 
     async def returning(request: Any, context: Any) -> Any:  # writes (context.write) or returns
-        return await behavior(await _parsed(request, streaming, context), context)
+        return await behavior(await _parsed(request, streaming, context, ending), context)
 
     # grpc tells the two kinds apart by the handler's own kind: the wrapper must be the same.
     wrapped = yielding if inspect.isasyncgenfunction(behavior) else returning
@@ -175,12 +197,14 @@ class CallWrapper:
     def __init__(self, in_flight: InFlight, default_deadline: float) -> None:
         self._in_flight = in_flight
         self._default_deadline = default_deadline
+        # Set when the server stops taking calls: streams of requests end (see _until).
+        self.streams_end = asyncio.Event()
 
     def wrap(self, full_method: str, handler: Any) -> Any:
         if handler is None:
             return None
         if handler.unary_unary is None:
-            return _streaming(handler)
+            return _streaming(handler, self.streams_end)
         service, _, method = full_method.lstrip("/").rpartition("/")
         behavior = handler.unary_unary
         stats = RPC_METRICS.method(service, method)

@@ -185,8 +185,8 @@ class Runtime:
                 *_connection_age(settings.grpc_max_connection_age_seconds),
             ],
         )
-        wrapper = CallWrapper(self.in_flight, settings.grpc_default_deadline_seconds)
-        registrar = Registrar(self.server, wrapper).as_server()
+        self._wrapper = CallWrapper(self.in_flight, settings.grpc_default_deadline_seconds)
+        registrar = Registrar(self.server, self._wrapper).as_server()
         service.register(service.servicer, registrar)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         enable_reflection(
@@ -287,8 +287,10 @@ class Runtime:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace / 2):
                     await self.in_flight.idle.wait()
-            # Watch streams never end by themselves: the stop would wait its grace for them.
+            # Watch streams never end by themselves, nor do streams of requests a client keeps
+            # open (reflection's): the stop would wait its grace for them.
             self.health.end_watches()
+            self._wrapper.streams_end.set()
             await self.server.stop(max(0.0, deadline - loop.time()))
             # Writes whose callers were cancelled still run (run_shielded): the stores they use
             # close after them.

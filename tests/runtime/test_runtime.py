@@ -6,12 +6,14 @@ import asyncio
 import itertools
 import json
 import os
+import queue
 import random
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -641,6 +643,50 @@ def test_sigterm_ends_health_watch_streams_after_not_serving(tmp_path: Path) -> 
         process.stop()
     response = health_pb2.HealthCheckResponse
     assert seen == [response.SERVING, response.NOT_SERVING]
+    assert ended["code"] == grpc.StatusCode.OK
+
+
+def test_sigterm_ends_a_reflection_stream_kept_open(tmp_path: Path) -> None:
+    """A reflection client may keep its stream open between requests (grpcreflect's client does
+    until it is reset): the stream answers each request, and at SIGTERM ends with OK when the
+    server stops taking calls, without holding the stop. (Was a bug: the stop waited the whole
+    grace for it, then cut it, UNAVAILABLE.)"""
+    process, address = fixture_service(tmp_path, SHUTDOWN_GRACE_SECONDS="60")
+    requests: queue.Queue[reflection_pb2.ServerReflectionRequest | None] = queue.Queue()
+    answered: list[int] = []
+    ended: dict[str, object] = {}
+
+    def sent() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+        while (request := requests.get()) is not None:
+            yield request
+
+    def reflect() -> None:
+        with grpc.insecure_channel(address) as channel:
+            stream = channel.stream_stream(
+                f"/{REFLECTION_V1}/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )(sent())
+            try:
+                for reply in stream:
+                    answered.append(len(reply.list_services_response.service))
+                ended["code"] = stream.code()
+            except grpc.RpcError as error:
+                ended["code"] = error.code()
+
+    reflector = threading.Thread(target=reflect)
+    reflector.start()
+    try:
+        for _ in range(2):
+            requests.put(reflection_pb2.ServerReflectionRequest(list_services=""))
+        assert wait_for(lambda: len(answered) == 2, 10), process.log
+        process.signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        requests.put(None)
+        reflector.join(timeout=10)
+        process.stop()
+    assert answered == [4, 4]
     assert ended["code"] == grpc.StatusCode.OK
 
 
