@@ -586,7 +586,7 @@ async def test_a_worker_that_stalled_past_its_lease_takes_nothing_from_its_succe
     stalling = Stalling()
     # Its Redis client connects on its first call, on the loop that makes it.
     first, first_redis = new_pool(url, Scripted(steps), visibility_timeout_seconds=1.5)
-    second, redis = new_pool(url, Scripted(steps), visibility_timeout_seconds=1.5)
+    second, _ = new_pool(url, Scripted(steps), visibility_timeout_seconds=1.5)
     try:
         await stalling.run(first.start())
         await until(lambda: first.held_partitions == list(range(PARTITIONS)))
@@ -629,7 +629,7 @@ async def test_a_worker_stalled_past_its_lease_does_not_dead_letter_what_its_suc
         url, Scripted({"m1": [refused_after_a_pause]}), visibility_timeout_seconds=1.5
     )
     successor = Scripted({"m1": ["answered"]})
-    second, redis = new_pool(url, successor, visibility_timeout_seconds=1.5)
+    second, _ = new_pool(url, successor, visibility_timeout_seconds=1.5)
     try:
         await stalling.run(first.start())
         await until(lambda: first.held_partitions == list(range(PARTITIONS)))
