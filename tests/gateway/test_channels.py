@@ -10,6 +10,7 @@ import pytest
 from services.gateway.channels import cloud_api, twilio
 from services.gateway.engine import Button, ListRow, Reply
 from services.gateway.senders.base import (
+    ANSWER_LIMIT,
     HttpClient,
     Sender,
     SendError,
@@ -21,7 +22,7 @@ from services.gateway.senders.base import (
 from services.gateway.senders.cloud_api import CloudApiSender
 from services.gateway.senders.twilio import TwilioSender, render
 from tests.support.fake_clouds import FakeClouds
-from tests.support.proxy import ForwardProxy
+from tests.support.proxy import ForwardProxy, RawAnswers
 
 
 def change(
@@ -538,6 +539,25 @@ async def test_twilio_sender_against_the_fake(fake_clouds: FakeClouds, http: Htt
     assert (error.outcome, error.retryable, error.code) == ("credentials_refused", False, 20003)
     assert "business's own" in str(error) and "ACown" in str(error)
     assert "stale-secret" not in str(error)
+
+
+async def test_a_provider_answer_is_read_no_further_than_its_bound(http: HttpClient) -> None:
+    """An error page of megabytes (a proxy's, or a broken answer) is read to its first
+    ``ANSWER_LIMIT`` bytes, which say what it was; the send fails as its status says. (Was a
+    bug: the body was read whole into the worker's memory, however large: a 400 MiB page took
+    1.5 GB, and a body without end was read until the send's deadline.)"""
+    page = b"<html><body>Bad gateway</body></html>" + b" " * (32 << 20)
+    head = b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\n"
+    huge = RawAnswers(lambda _: (head + b"Content-Length: %d\r\n\r\n" % len(page) + page, True))
+    huge.start()
+    try:
+        answer = await http.post(f"{huge.url}/123456/messages", json={"type": "text"})
+        assert answer.status == 502 and len(answer.body) <= ANSWER_LIMIT
+        with pytest.raises(SendError) as failed:
+            await send(CloudApiSender(http, huge.url), TARGET, Reply("x"))
+    finally:
+        huge.stop()
+    assert failed.value.retryable and "502 (None): <html><body>Bad gateway" in str(failed.value)
 
 
 @pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "1e400", "91", "abc"])

@@ -189,3 +189,54 @@ class ForwardProxy(_Listener):
             with contextlib.suppress(OSError):
                 sink.sendall(data)
         _close(source, sink)
+
+
+class RawAnswers(_Listener):
+    """An HTTP/1.1 server that answers what a broken provider, or a proxy on the way, may send:
+    ``script(request body)`` gives the raw bytes of each answer and whether the connection is
+    then reset (a body cut short after its head, an error page of megabytes…). It notes the
+    body of every request."""
+
+    def __init__(self, script: Callable[[bytes], tuple[bytes, bool]]) -> None:
+        super().__init__()
+        self.script = script
+        self.requests: list[bytes] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def _take(self, client: socket.socket) -> None:
+        threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        data = b""
+        while True:
+            while b"\r\n\r\n" not in data:
+                more = _received(client)
+                if not more:
+                    _close(client)
+                    return
+                data += more
+            head, _, data = data.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            while len(data) < length:
+                more = _received(client)
+                if not more:
+                    _close(client)
+                    return
+                data += more
+            body, data = data[:length], data[length:]
+            self.requests.append(body)
+            answer, reset = self.script(body)
+            try:
+                client.sendall(answer)
+            except OSError:  # the client stopped reading and went
+                reset = True
+            if reset:
+                _close(client)
+                return

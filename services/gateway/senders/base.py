@@ -68,6 +68,12 @@ class HttpAnswer:
         return orjson.loads(self.body)
 
 
+# The most of an answer's body that is read: Meta's and Twilio's errors are a few hundred bytes
+# of JSON. A proxy's error page, or a broken answer of megabytes (or one that never ends), is
+# read no further: its start says what it was, the connection is closed, not reused.
+ANSWER_LIMIT = 64 * 1024
+
+
 class Unreachable(Exception):
     """The provider could not be reached, or did not answer in time."""
 
@@ -127,13 +133,24 @@ class HttpClient:
             async with self._session.post(
                 url, data=data, headers=headers, proxy=proxy, proxy_auth=proxy_auth
             ) as response:
-                return HttpAnswer(response.status, await response.read())
+                return HttpAnswer(response.status, await _head_of_body(response))
         except (aiohttp.ClientError, TimeoutError) as error:
             raise Unreachable(type(error).__name__) from None
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+async def _head_of_body(response: aiohttp.ClientResponse) -> bytes:
+    """The body's first ``ANSWER_LIMIT`` bytes; the rest is left unread."""
+    body = b""
+    while len(body) < ANSWER_LIMIT:
+        chunk = await response.content.read(ANSWER_LIMIT - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return body
 
 
 class Sender(Protocol):
