@@ -23,7 +23,7 @@ from services.gateway.queue import DEAD, Queue, replay_claim_key, sent_log_key, 
 from services.gateway.worker import RATE_NOTICE
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
-from tests.support.proxy import ReplyCutter
+from tests.support.proxy import RawAnswers, ReplyCutter
 from tests.support.stack import (
     API_KEY,
     REMOTE_INVALIDATIONS,
@@ -291,6 +291,47 @@ def test_a_failed_send_is_retried_and_answered_once(
     # failure the next test scripts).
     assert wait_for(lambda: fake_clouds.texts(wa_id) == ["echo: retry me #1"] * 2, 20)
     assert metric(limited, "gateway_retries_total") >= 1
+
+
+@pytest.mark.parametrize("body", ["cut short", "stalled"])
+def test_a_reply_accepted_with_a_broken_body_is_not_sent_again(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey, body: str
+) -> None:
+    """The Graph API answers 200 and the body after its head is cut off (a proxy's connection
+    reset) or never comes: the status says Meta took the message, so it is sent once and
+    counted accepted. (Was a bug: the body's failure made the send look failed, `error` or
+    `timeout`, and the message was retried, so the user got the reply twice.)"""
+    reply = f"echo: {body} #1".encode()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    whole = b'{"messaging_product":"whatsapp","messages":[{"id":"wamid.out"}]}'
+    broken: list[bytes] = []
+
+    def graph(request: bytes) -> tuple[bytes, bool]:
+        if reply in request and not broken:
+            broken.append(request)
+            return head + b'{"messaging_product":', body == "cut short"
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(whole) + whole, False
+
+    raw = RawAnswers(graph).start()
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "accepted-broken-body",
+        WHATSAPP_API_BASE_URL=raw.url,
+    )
+    try:
+        business = create_business(gw)
+        with gw.http as client:
+            post_cloud(client, cloud_payload(business.phone_number_id, new_wa_id(), body))
+        answered = 'gateway_messages_processed_total{outcome="answered"}'
+        assert wait_for(lambda: metric(gw, answered) == 1, 30)
+        assert [r for r in raw.requests if reply in r] == broken
+        assert metric(gw, 'gateway_sends_total{outcome="accepted"') == 1
+        assert metric(gw, "gateway_retries_total") == 0
+    finally:
+        gw.stop()
+        raw.stop()
 
 
 def test_a_saved_turn_whose_answer_was_lost_is_not_saved_again(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -72,6 +74,9 @@ class HttpAnswer:
 # of JSON. A proxy's error page, or a broken answer of megabytes (or one that never ends), is
 # read no further: its start says what it was, the connection is closed, not reused.
 ANSWER_LIMIT = 64 * 1024
+# How long the body of an accepted message is waited for (it comes with the status line, but for
+# a broken proxy): within it the connection can be reused; past it, it is closed.
+ACCEPTED_BODY_SECONDS = 1.0
 
 
 class Unreachable(Exception):
@@ -133,7 +138,16 @@ class HttpClient:
             async with self._session.post(
                 url, data=data, headers=headers, proxy=proxy, proxy_auth=proxy_auth
             ) as response:
-                return HttpAnswer(response.status, await _head_of_body(response))
+                if response.status >= 300:
+                    return HttpAnswer(response.status, await _head_of_body(response))
+                # Accepted: the provider has the message once its status says so. The body (the
+                # new message's id) is not used; one cut short or slow to come must not make the
+                # message look failed, and be sent again. Read briefly, for the connection's reuse.
+                body = b""
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with asyncio.timeout(ACCEPTED_BODY_SECONDS):
+                        body = await _head_of_body(response)
+                return HttpAnswer(response.status, body)
         except (aiohttp.ClientError, TimeoutError) as error:
             raise Unreachable(type(error).__name__) from None
 
