@@ -940,6 +940,40 @@ def test_a_graph_api_error_that_echoes_the_token_leaks_it_nowhere(
     assert token not in log and token not in str(dead)  # ...without the token
 
 
+def test_a_refused_send_keeps_what_meta_says_of_the_error(
+    limited: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """Meta's error message is a code's title (*Parameter value is not valid*); what was wrong
+    is in `error_data.details`, which Meta says to go by, and `fbtrace_id` is what its support
+    asks for. The dead letter keeps both, and the subcode. (Was a bug: only the title was kept,
+    so nobody could tell which parameter Meta refused, nor trace the call with Meta.)"""
+    business = create_business(limited)
+    wa_id = new_wa_id()
+    details = "Button title length invalid. Min length: 1, Max length: 20"
+    fake_clouds.failures.append(
+        (
+            400,
+            {
+                "error": {
+                    "message": "(#131009) Parameter value is not valid",
+                    "type": "OAuthException",
+                    "code": 131009,
+                    "error_data": {"messaging_product": "whatsapp", "details": details},
+                    "error_subcode": 2494010,
+                    "fbtrace_id": "AbCdEf12345_-xyz",
+                }
+            },
+        )
+    )
+    with limited.http as client:
+        post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "details?"))
+    assert wait_for(lambda: dead_letters_of(limited, wa_id), 20)
+    [dead] = dead_letters_of(limited, wa_id)
+    assert dead["reason"] == "send_error"
+    assert "(131009, subcode 2494010)" in dead["error"] and details in dead["error"]
+    assert "fbtrace_id AbCdEf12345_-xyz" in dead["error"]
+
+
 @pytest.mark.parametrize(
     ("code", "message"),
     [(3, "(#3) Capability or permissions issue"), (131045, "(#131045) Incorrect certificate")],

@@ -161,9 +161,9 @@ class CloudApiSender:
             ) from None
         if response.status < 300:
             return
-        code, message = _graph_error(response, target.access_token)
+        code, sub, message = _graph_error(response, target.access_token, target.user_id)
         if code in TOKEN_EXPIRED:
-            raise TokenExpired(f"Graph API error {code}: {message}", code)
+            raise TokenExpired(f"Graph API error {code}{sub}: {message}", code)
         if response.status == 429 or code in RATE_LIMIT_CODES:
             raise SendError(
                 f"Graph API rate limit ({code})", retryable=True, outcome="rate_limited", code=code
@@ -181,21 +181,34 @@ class CloudApiSender:
                 code=code,
             )
         raise SendError(
-            f"Graph API answered {response.status} ({code}): {message}",
+            f"Graph API answered {response.status} ({code}{sub}): {message}",
             retryable=response.status >= 500 and code not in PERMANENT_CODES,
             outcome="error",
             code=code,
         )
 
 
-def _graph_error(response: HttpAnswer, token: str) -> tuple[int | None, str]:
-    """The error's code and message. The message goes into logs and dead letters: the token it
-    may quote (a malformed-token error, a proxy's echo) is scrubbed, before it is cut short so
-    that no piece of the token is left."""
+def _graph_error(response: HttpAnswer, *secrets: str) -> tuple[int | None, str, str]:
+    """The error's code; its subcode, if any, as `, subcode N`; and what it says: the message (a
+    code's title), Meta's ``error_data.details`` (what was wrong: which parameter, why it is
+    undeliverable; Meta says to go by them) and ``fbtrace_id`` (what Meta's support asks for).
+    This goes into logs and dead letters: ``secrets`` (the token a malformed-token error or a
+    proxy's echo may quote, the user's number) are scrubbed before it is cut short, so that no
+    piece of one is left."""
     try:
         error = response.json().get("error", {})
         code = error.get("code")
-        message = str(error.get("message", ""))
+        text = str(error.get("message", ""))
+        data = error.get("error_data")
+        details = data.get("details") if isinstance(data, dict) else None
+        if details:
+            text = f"{text}: {details}"
+        subcode, trace = error.get("error_subcode"), error.get("fbtrace_id")
     except (ValueError, AttributeError):
-        code, message = None, response.body.decode(errors="replace")
-    return (int(code) if isinstance(code, int) else None), scrub(message, token)[:200]
+        code, text = None, response.body.decode(errors="replace")
+        subcode = trace = None
+    text = scrub(text, *secrets)[:300]
+    if isinstance(trace, str) and trace:
+        text += f" (fbtrace_id {scrub(trace, *secrets)[:64]})"
+    sub = f", subcode {subcode}" if isinstance(subcode, int) else ""
+    return (int(code) if isinstance(code, int) else None), sub, text
