@@ -560,6 +560,27 @@ async def test_a_provider_answer_is_read_no_further_than_its_bound(http: HttpCli
     assert failed.value.retryable and "502 (None): <html><body>Bad gateway" in str(failed.value)
 
 
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_redirect_is_a_failed_send_not_followed(http: HttpClient, status: int) -> None:
+    """Neither the Graph API nor Twilio redirects; a 3xx comes from a wrong base URL or a proxy
+    on the way. It is a failed send (dead-lettered, replayable), and nothing goes where it
+    points. (Was a bug: aiohttp followed it: a 307 or 308 posted the reply, the user's number
+    and words, to whatever host it named, a 301 or 302 made it a GET without the reply, and
+    either one's 200 counted the reply sent though Meta never had it.)"""
+    elsewhere = RawAnswers(lambda _: (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", False))
+    elsewhere.start()
+    moved = f"HTTP/1.1 {status} Moved\r\nLocation: {elsewhere.url}/x\r\nContent-Length: 0\r\n\r\n"
+    redirecting = RawAnswers(lambda _: (moved.encode(), False)).start()
+    try:
+        with pytest.raises(SendError) as failed:
+            await send(CloudApiSender(http, redirecting.url), TARGET, Reply("where to?"))
+        assert len(redirecting.requests) == 1 and elsewhere.requests == []
+    finally:
+        redirecting.stop()
+        elsewhere.stop()
+    assert not failed.value.retryable and f"answered {status}" in str(failed.value)
+
+
 @pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "1e400", "91", "abc"])
 def test_non_finite_or_out_of_range_coordinates_are_not_messages(bad: str) -> None:
     raw = msg("location", {"latitude": bad, "longitude": "1"})

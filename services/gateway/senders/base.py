@@ -135,8 +135,16 @@ class HttpClient:
             headers["Authorization"] = aiohttp.encode_basic_auth(*basic_auth)
         proxy, proxy_auth = self._proxy(url)
         try:
+            # Never a redirect: neither provider sends one, and following it would post the
+            # reply elsewhere (307) or turn it into a GET without it (301, 302), whose 200
+            # would count as sent. A 3xx is an error (a wrong base URL, a captive proxy).
             async with self._session.post(
-                url, data=data, headers=headers, proxy=proxy, proxy_auth=proxy_auth
+                url,
+                data=data,
+                headers=headers,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
+                allow_redirects=False,
             ) as response:
                 if response.status >= 300:
                     return HttpAnswer(response.status, await _head_of_body(response))
