@@ -39,8 +39,10 @@ from tests.support.stack import (
     post_cloud,
     queue_lengths,
     signed_cloud,
+    signed_twilio,
     start_gateway,
     start_worker,
+    twilio_form,
 )
 
 T = TypeVar("T")
@@ -972,6 +974,36 @@ def test_a_refused_send_keeps_what_meta_says_of_the_error(
     assert dead["reason"] == "send_error"
     assert "(131009, subcode 2494010)" in dead["error"] and details in dead["error"]
     assert "fbtrace_id AbCdEf12345_-xyz" in dead["error"]
+
+
+def test_a_refused_twilio_send_keeps_what_twilio_says_of_the_error(
+    limited: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """Twilio's error body has a `message` besides the `code`, which says what it refused, and
+    the runbook says a refused send's dead letter carries both; it may quote the user's number,
+    which is scrubbed. (Was a bug: a Twilio refusal kept its code alone, *Twilio answered 400
+    (21211)*.)"""
+    business = create_business(limited)
+    user = "+" + new_wa_id()
+    fake_clouds.failures.append(
+        (
+            400,
+            {
+                "code": 21211,
+                "message": f"The 'To' number whatsapp:{user} is not a valid phone number.",
+                "more_info": "https://www.twilio.com/docs/errors/21211",
+                "status": 400,
+            },
+        )
+    )
+    form = twilio_form(business.number, user, "valid?")
+    body, headers = signed_twilio(f"{limited.url}/webhooks/twilio", form, business.twilio_token)
+    with limited.http as client:
+        assert client.post("/webhooks/twilio", content=body, headers=headers).status_code == 200
+    assert wait_for(lambda: dead_letters_of(limited, user), 20)
+    [dead] = dead_letters_of(limited, user)
+    assert dead["reason"] == "send_error" and "(21211)" in dead["error"]
+    assert "The 'To' number whatsapp:*** is not a valid phone number." in dead["error"]
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 
+from services.common.redact import scrub
 from services.gateway.channels.twilio import PREFIX
 from services.gateway.engine import Reply
 from services.gateway.senders.base import (
+    HttpAnswer,
     HttpClient,
     SendError,
     Target,
@@ -75,9 +77,7 @@ class TwilioSender:
             ) from None
         if response.status < 300:
             return
-        code = None
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            code = int(response.json().get("code"))
+        code, message = _twilio_error(response, token, target.user_id)
         if response.status == 429:
             raise SendError("Twilio rate limit", retryable=True, outcome="rate_limited", code=code)
         if response.status == 401:
@@ -92,8 +92,24 @@ class TwilioSender:
                 code=code,
             )
         raise SendError(
-            f"Twilio answered {response.status} ({code})",
+            f"Twilio answered {response.status} ({code}): {message}",
             retryable=response.status >= 500,
             outcome="error",
             code=code,
         )
+
+
+def _twilio_error(response: HttpAnswer, *secrets: str) -> tuple[int | None, str]:
+    """The error's ``code`` and ``message`` (Twilio's body: ``code``, ``message``, ``more_info``,
+    ``status``), or the start of a body that is not Twilio's (a proxy's page). The message says
+    what was refused and may quote what was sent: ``secrets`` (the auth token, the user's
+    number) are scrubbed before it is cut short, so that no piece of one is left."""
+    code: int | None = None
+    try:
+        body = response.json()
+        message = str(body.get("message", ""))
+        with contextlib.suppress(TypeError, ValueError):
+            code = int(body.get("code"))
+    except (ValueError, AttributeError):
+        message = response.body.decode(errors="replace")
+    return code, scrub(message, *secrets)[:300]
