@@ -4,8 +4,9 @@
 It echoes the text with a per-conversation counter kept in state (so a lost update shows as a
 repeated number), answers ``early ...`` with an interim reply first, sleeps on
 ``slow <seconds> ...`` (to kill a worker mid-message), tells ``time left`` in the
-message's budget, and fails on ``boom ...`` and on
-``... then boom`` (after that interim reply, for ``early then boom``)."""
+message's budget, answers ``say nothing`` with an empty reply (an engine with nothing to say),
+and fails on ``boom ...`` and on ``... then boom`` (after that interim reply, for
+``early then boom``)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ class EchoEngine:
         count = int(turn.conversation.state.get("count", 0)) + 1
         if text.startswith("slow "):
             await asyncio.sleep(float(text.split()[1]))
+        if text == "say nothing":
+            return TurnResult(replies=[Reply("")], set_state={"count": count})
         if text == "time left":  # what a call of the engine's may still take
             return TurnResult(replies=[Reply(f"time left: {time_left(3600):.1f}")])
         if text.startswith("early "):

@@ -308,6 +308,30 @@ def test_twilio_webhook_is_answered_at_the_twilio_api(
     }
 
 
+def test_an_empty_reply_sends_nothing_on_either_channel(
+    gateway: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """An engine with nothing to say (an empty reply) has nothing sent, and its turn is saved,
+    on the Cloud API and on Twilio alike. (Was a bug on Twilio: the empty text was posted as an
+    empty `Body`, which Twilio refuses (21602), so the message was dead-lettered `send_error`
+    and its turn lost, while the Cloud API sent nothing and saved it.)"""
+    business = gateway.business
+    assert business is not None
+    wa_id, sender = new_wa_id(), "+" + new_wa_id()
+    with gateway.http as client:
+        for text in ("say nothing", "again"):
+            post_cloud(client, cloud_payload(business.phone_number_id, wa_id, text))
+            form = twilio_form(business.number, sender, text)
+            body, headers = signed_twilio(f"{gateway.url}/webhooks/twilio", form)
+            assert client.post("/webhooks/twilio", content=body, headers=headers).status_code == 200
+    for user in (wa_id, sender):
+        assert wait_for(lambda user=user: fake_clouds.replies(user), 20)  # type: ignore[misc]
+        assert fake_clouds.texts(user) == ["echo: again #2"]
+    assert not [
+        d for d in dead_letters(gateway) if d["message"] and d["message"]["user_id"] == sender
+    ]
+
+
 def test_twilio_guide_path_with_the_business_token(
     gateway: Gateway, fake_clouds: FakeClouds
 ) -> None:

@@ -49,6 +49,13 @@ TWILIO_AUTHENTICATE = {  # Twilio's answer to a wrong Account SID / Auth Token p
     "status": 401,
 }
 
+TWILIO_NO_BODY = {  # a message with neither Body nor MediaUrl
+    "code": 21602,
+    "message": "Message body is required.",
+    "more_info": "https://www.twilio.com/docs/errors/21602",
+    "status": 400,
+}
+
 TWILIO_TOO_LONG = {
     "code": 21617,
     "message": "The concatenated message body exceeds the 1600 character limit.",
@@ -171,6 +178,8 @@ class FakeClouds:
         failure = self._failure()
         if accounts and accounts.get(received.basic_auth[0]) != received.basic_auth[1]:
             failure = (401, TWILIO_AUTHENTICATE)
+        elif not form.get("Body") and not form.get("MediaUrl"):
+            failure = (400, TWILIO_NO_BODY)
         elif len(form.get("Body", "").encode("utf-16-le")) // 2 > 1600:
             failure = (400, TWILIO_TOO_LONG)  # emoji count twice
         self.received.append(received)
@@ -195,7 +204,7 @@ class FakeClouds:
         texts = []
         for item in self.replies(to):
             if item.kind == "twilio":
-                texts.append(item.body["Body"])
+                texts.append(item.body.get("Body", ""))  # a form leaves an empty one out
             elif item.body["type"] == "text":
                 texts.append(item.body["text"]["body"])
             else:

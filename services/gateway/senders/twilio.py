@@ -45,7 +45,8 @@ class TwilioSender:
         self._token = default_token
 
     def parts(self, target: Target, reply: Reply) -> list[str]:
-        return split_text(render(reply), BODY_LIMIT, utf16_units)
+        # An empty reply is no message (Twilio refuses an empty Body, 21602), as on the Cloud API.
+        return [part for part in split_text(render(reply), BODY_LIMIT, utf16_units) if part]
 
     async def mark_read(self, target: Target, message_id: str) -> None:
         """Twilio has no read receipts to send."""
