@@ -546,6 +546,13 @@ class Processor:
                         route.target = current
                         return await self._send(sender, route, part)
                 raise DeadLetter("token_expired", str(error)) from None
+            if error.outcome == "credentials_refused":
+                # As for an expired Cloud API token: whose pair to store again, by its business.
+                log.warning(
+                    "Twilio refused the business's credentials",
+                    business_id=target.business_id,
+                    error=str(error)[:300],
+                )
             if error.outcome == "outside_window":
                 return False  # logged by the sender; nothing to do until the user writes again
             if not error.retryable:

@@ -469,7 +469,9 @@ def test_a_refused_twilio_token_is_dead_lettered_as_such_and_replayed_once_fixed
     gateway: Gateway, fake_clouds: FakeClouds
 ) -> None:
     """A business's Twilio token rotated in Twilio's console (401, error 20003): the operator
-    must learn that it is the credentials, and whose, not a plain send error."""
+    must learn that it is the credentials, and whose, not a plain send error. (Was a bug: no log
+    line named the business, as one does for an expired Cloud API token: only the dead letter's
+    account SID told whose.)"""
     business = gateway.business
     assert business is not None
     user = "+" + new_wa_id()
@@ -492,6 +494,9 @@ def test_a_refused_twilio_token_is_dead_lettered_as_such_and_replayed_once_fixed
         assert record["reason"] == "send_credentials_refused"
         assert "business's own credentials" in str(record["error"])
         assert business.twilio_token not in str(record)
+        # The log names the business whose pair to fix, as for an expired Cloud API token.
+        refused = gateway.processes[0].log_events("Twilio refused the business's credentials")
+        assert [line["business_id"] for line in refused] == [business.id]
     finally:
         fake_clouds.twilio_accounts = {}
     with gateway.admin() as admin:
