@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,13 +134,60 @@ def _stopped(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
+EVERY_ADDRESS = "::"  # GATEWAY_HOST's default: IPv6 and IPv4, as the services' ports
+
+
+def _bound(family: socket.AddressFamily, host: str, port: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 too
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _listening_socket(host: str, port: int, variable: str) -> socket.socket | None:
+    """On ``::``, one socket for every address, IPv6 and IPv4 (IPv4 alone on a host without
+    IPv6): an IPv6-only or dual-stack cluster probes, scrapes and routes to a pod at its IPv6
+    address. uvicorn, given ``::``, listens on IPv6 alone (asyncio sets IPV6_V6ONLY), and
+    given ``0.0.0.0`` on IPv4 alone. None for any other host: uvicorn binds it as given."""
+    if host != EVERY_ADDRESS:
+        return None
+    try:
+        try:
+            return _bound(socket.AF_INET6, host, port)
+        except OSError as error:
+            if error.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                raise
+            return _bound(socket.AF_INET, "0.0.0.0", port)
+    except OSError as error:
+        refuse_to_start(f"{variable}: cannot listen on port {port} ({error.strerror})")
+
+
 def _serve(role: Role, settings: GatewaySettings) -> int:
     # uvicorn, once it has shut down gracefully on SIGTERM, raises the signal again under the
     # handler it found: the default one killed the process (status 143) although nothing
     # failed. The services exit 0 then, and so does the gateway. (Several web processes: the
     # parent handles SIGTERM itself and returns.)
     signal.signal(signal.SIGTERM, _stopped)
+    if role == "worker" and not settings.worker_http_port:
+        from services.common import event_loop
+
+        return event_loop.run(run_worker())
+    port, variable = (
+        (settings.worker_http_port, "WORKER_HTTP_PORT")
+        if role == "worker"
+        else (settings.gateway_port, "GATEWAY_PORT")
+    )
+    # Open until uvicorn is done: it listens on a copy of its descriptor, in one process or in
+    # each of several.
+    sock = _listening_socket(settings.gateway_host, port, variable)
     server_options: dict[str, Any] = {
+        **({"fd": sock.fileno()} if sock else {"host": settings.gateway_host, "port": port}),
         "log_config": None,  # keep our structlog handler
         "access_log": False,  # one structured line per webhook instead
         # As given: int() made a grace of 0.5 s none at all (uvicorn waits a float as well).
@@ -147,18 +196,9 @@ def _serve(role: Role, settings: GatewaySettings) -> int:
         "http": bounded_protocol(settings.request_read_timeout_seconds),
     }
     if role == "worker":
-        if not settings.worker_http_port:
-            from services.common import event_loop
-
-            return event_loop.run(run_worker())
         from services.gateway.app import create_app
 
-        uvicorn.run(
-            create_app(settings, "worker"),
-            host=settings.gateway_host,
-            port=settings.worker_http_port,
-            **server_options,
-        )
+        uvicorn.run(create_app(settings, "worker"), **server_options)
         return 0
     if settings.web_concurrency > 1:
         # The app is built in each uvicorn worker process: a setting it cannot use (a URL, a
@@ -170,20 +210,13 @@ def _serve(role: Role, settings: GatewaySettings) -> int:
         uvicorn.run(
             "services.gateway.app:create_app_from_env",
             factory=True,
-            host=settings.gateway_host,
-            port=settings.gateway_port,
             workers=settings.web_concurrency,
             **server_options,
         )
         return 0
     from services.gateway.app import create_app
 
-    uvicorn.run(
-        create_app(settings, role),
-        host=settings.gateway_host,
-        port=settings.gateway_port,
-        **server_options,
-    )
+    uvicorn.run(create_app(settings, role), **server_options)
     return 0
 
 

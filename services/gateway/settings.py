@@ -20,7 +20,7 @@ SECRET_FIELDS = frozenset(
 
 
 class GatewaySettings(CommonSettings):
-    gateway_host: str = "0.0.0.0"
+    gateway_host: str = "::"  # every address, IPv6 and IPv4 (services.gateway.main)
     gateway_port: int = Field(default=8000, ge=0, le=65535)
     session_service_addr: str = "localhost:50051"
     business_service_addr: str = "localhost:50052"
