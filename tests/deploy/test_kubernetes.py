@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from services.common.server import LIVENESS
+from services.gateway.bot.switches import Switch
 from services.gateway.settings import GatewaySettings
 from tests.deploy.envvars import read_by
 from tests.deploy.kustomize import Resource, apply_json6902, read_env_file, render
@@ -420,3 +421,34 @@ def test_config_env_files_hold_only_variables_their_service_reads() -> None:
     for path in (BASE / "config").glob("*.env"):
         unread = set(read_env_file(path)) - read_by(parts[path.stem])
         assert not unread, f"{path.name}: {sorted(unread)}"
+
+
+def settings_of(resources: list[Resource]) -> dict[str, dict[str, str]]:
+    """Each generated ConfigMap's variables, by its name without the content hash."""
+    return {
+        name.rsplit("-", 1)[0]: dict(configmap.get("data", {}))
+        for name, configmap in of_kind(resources, "ConfigMap").items()
+    }
+
+
+@pytest.mark.parametrize("tree", OVERLAYS, ids=tree_id)
+def test_an_overlay_as_shipped_changes_no_setting_of_the_base(
+    rendered: dict[Path, list[Resource]], tree: Path
+) -> None:
+    """`kubectl apply -k deploy/k8s/overlays/production`, with the image set, is the install
+    step: it must run the settings the base and the code's defaults describe. (Was a bug: the
+    production overlay shipped docs/deployment.md's roll-out example, `USE_SMART_HANDLER=25%`,
+    so three users in four got the step-by-step engine, where the default is the
+    extract-everything one for everyone: *NYC to London next Friday* answered *Where do you
+    want to go?*, a whole request taking three messages.)"""
+    base = settings_of(rendered[BASE])
+    overlay = settings_of(rendered[tree])
+    for name, data in base.items():
+        assert overlay[name] == data, name
+    # What that means to users: every one of them gets the extract-everything engine.
+    worker = pod_spec(of_kind(rendered[tree], "Deployment")["gateway-worker"])["containers"][0]
+    env: dict[str, str] = {}
+    for source in worker["envFrom"]:
+        env.update(of_kind(rendered[tree], "ConfigMap")[source["configMapRef"]["name"]]["data"])
+    switch = Switch.parse("use_smart_handler", env.get("USE_SMART_HANDLER", "true"))
+    assert all(switch.enabled_for("b-1", f"1555{n:07d}") for n in range(1000))
