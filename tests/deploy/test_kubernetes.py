@@ -259,7 +259,9 @@ def test_services_use_native_grpc_probes_and_the_gateway_http_probes(
         liveness = {"port": port, "service": LIVENESS}
         assert container["livenessProbe"]["grpc"] == liveness
         assert container["startupProbe"]["grpc"] == liveness
-        assert container["readinessProbe"]["grpc"] == {"port": port, "service": full_name}
+        # Search answers without its cache Redis (tests/deploy/test_pod_processes.py).
+        ready = LIVENESS if name == "search" else full_name
+        assert container["readinessProbe"]["grpc"] == {"port": port, "service": ready}
     web = pod_spec(deployments["gateway-web"])["containers"][0]
     assert web["command"][-2:] == ["--role", "web"]
     assert web["livenessProbe"]["httpGet"]["path"] == "/health"
@@ -282,7 +284,8 @@ def test_mtls_overlay_probes_with_the_healthcheck_command_over_tls(
         assert "grpc" not in container["readinessProbe"]
         assert readiness[:3] == ["python", "-m", "services.common.healthcheck"]
         assert readiness[readiness.index("--addr") + 1] == f"localhost:{port}"
-        assert readiness[readiness.index("--service") + 1] == full_name
+        ready = LIVENESS if name == "search" else full_name
+        assert readiness[readiness.index("--service") + 1] == ready
         for probe in ("livenessProbe", "startupProbe"):
             command = container[probe]["exec"]["command"]
             assert "--tls-cert" in command

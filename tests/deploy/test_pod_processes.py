@@ -6,9 +6,12 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
+from parley.search.v1 import search_pb2, search_pb2_grpc
+from services.common.healthcheck import check
 from tests.deploy.kustomize import Resource, render
 from tests.support.processes import ServiceProcess, Valkey, free_port, wait_for
 
@@ -27,16 +30,15 @@ def base() -> list[Resource]:
     return render(BASE)
 
 
-def pod_environment(resources: list[Resource], deployment: str) -> tuple[dict[str, str], str]:
+def pod_environment(resources: list[Resource], deployment: str) -> tuple[dict[str, str], Resource]:
     """The variables a Deployment's container gets from its ConfigMaps (the last source of a
-    variable wins, as in Kubernetes) and the role its command names."""
+    variable wins, as in Kubernetes), and the container."""
     named = {(r["kind"], r["metadata"]["name"]): r for r in resources}
     (container,) = named["Deployment", deployment]["spec"]["template"]["spec"]["containers"]
     env: dict[str, str] = {}
     for source in container["envFrom"]:
         env.update(named["ConfigMap", source["configMapRef"]["name"]].get("data", {}))
-    command = container["command"]
-    return env, command[command.index("--role") + 1]
+    return env, container
 
 
 @pytest.mark.parametrize("deployment", ["gateway-web", "gateway-worker"])
@@ -47,7 +49,8 @@ def test_the_gateway_s_probes_are_answered_on_the_pod_s_ipv6_and_ipv4_addresses(
     ingress sends webhooks there. (Was a bug: the gateway listened on IPv4 alone, `0.0.0.0`,
     while the services' gRPC and metrics ports listen on both, so in such a cluster no gateway
     pod ever passed its startup probe.)"""
-    env, role = pod_environment(base, deployment)
+    env, container = pod_environment(base, deployment)
+    role = container["command"][container["command"].index("--role") + 1]
     port = free_port()
     # The pod's port is 8000; here any free one, through the variable that names it.
     env["WORKER_HTTP_PORT" if role == "worker" else "GATEWAY_PORT"] = str(port)
@@ -92,3 +95,41 @@ def test_a_port_the_gateway_cannot_take_stops_startup_with_one_line(tmp_path: Pa
         ).start()
         assert gateway.wait() == 2, gateway.log
     assert f"GATEWAY_PORT: cannot listen on port {port} (Address already in use)" in gateway.log
+
+
+def test_search_stays_in_rotation_while_it_answers_without_its_cache_redis(
+    base: list[Resource], tmp_path: Path
+) -> None:
+    """Every search replica shares one cache Redis; without it they all answer, uncached
+    (docs/search.md). (Was a bug: the readiness probe asked for the service's own name, which
+    follows the cache Redis, so its outage took every replica out of the headless Service: DNS
+    then has no address for `search`, and a gateway process started meanwhile (a worker the HPA
+    added or that restarted, a rollout) could not reach search at all, its users told that
+    search was unavailable, while the processes started before went on calling the replicas.
+    Reproduced with a DNS server answering NXDOMAIN, as cluster DNS does for a headless Service
+    with no ready pod: the running channel's calls went on, a new channel's failed UNAVAILABLE.)"""
+    env, container = pod_environment(base, "search")
+    probe = container["readinessProbe"]["grpc"]
+    port = free_port()
+    search = ServiceProcess(
+        "services.search.server",
+        {
+            **env,
+            "SEARCH_PORT": str(port),
+            "SEARCH_METRICS_PORT": "0",
+            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nobody listens there
+        },
+        tmp_path / "search.log",
+    ).start()
+    address = f"127.0.0.1:{port}"
+    try:
+        # The datastore's outage is still told, for dashboards and alerts (parley_serving).
+        assert wait_for(lambda: check(address, "") == "NOT_SERVING", 30), search.log
+        assert check(address, probe["service"]) == "SERVING", search.log
+        with grpc.insecure_channel(address) as channel:
+            found = search_pb2_grpc.SearchServiceStub(channel).ResolvePlace(
+                search_pb2.ResolvePlaceRequest(query="London"), timeout=10
+            )
+        assert found.candidates, search.log
+    finally:
+        search.stop()
