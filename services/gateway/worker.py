@@ -786,8 +786,8 @@ class WorkerPool:
                 if not groups_ready:
                     await self.queue.ensure_groups()
                     groups_ready = True
-                live = await self.queue.redis.zcount(WORKERS, time.time(), "+inf")
-                share = math.ceil(self.queue.partitions / max(1, int(live)))
+                live = await self.queue.redis.zrangebyscore(WORKERS, time.time(), "+inf")
+                share = self._share(live)
                 self._rebalance(share)
                 if len(self._held) < share:
                     candidates = [p for p in range(self.queue.partitions) if p not in self._held]
@@ -811,6 +811,16 @@ class WorkerPool:
             else:
                 self.redis_trouble.worked()
             await asyncio.sleep(0.2 if len(self._held) == 0 else 1.0)
+
+    def _share(self, live: list[Any]) -> int:
+        """How many partitions this process holds: one in N of them, and one more for the
+        first (partitions mod N) live workers by name, so the shares add up to the partitions.
+        ceil(partitions / N) for every worker left some with none once the others had taken
+        theirs (three workers on four partitions: two, two and none)."""
+        names = {n.decode() if isinstance(n, bytes) else str(n) for n in live}
+        ranked = sorted(names | {self.worker_id})  # before its first heartbeat too
+        share, extra = divmod(self.queue.partitions, len(ranked))
+        return share + (1 if ranked.index(self.worker_id) < extra else 0)
 
     def _rebalance(self, share: int) -> None:
         extra = len(self._held) - len(self._release & set(self._held)) - share

@@ -438,6 +438,32 @@ async def consumers(redis: Any, partition: int) -> list[str]:
     return [c["name"].decode() for c in found]
 
 
+async def test_every_live_worker_holds_partitions_when_there_are_enough(valkey: Valkey) -> None:
+    """A worker added (an HPA scale-up, a rollout's surge) takes its part of the partitions.
+    (Was a bug: each held up to ceil(partitions / live workers), so three workers on four
+    partitions held two, two and none, and with QUEUE_PARTITIONS 16 anything from 9 to 15
+    workers left some idle: a ready pod that took no message, and no capacity added.)"""
+    url = await fresh_url(valkey)
+    pools: list[tuple[WorkerPool, Any]] = []
+    try:
+        for count in (1, 2, 3):  # one at a time, each after the last had settled
+            pools.append(new_pool(url, Scripted({})))
+            await pools[-1][0].start()
+
+            def settled(count: int = count) -> bool:
+                held = [pool.held_partitions for pool, _ in pools]
+                share = PARTITIONS // count
+                return sum(map(len, held)) == PARTITIONS and all(len(h) >= share for h in held)
+
+            await until(settled)
+        held = sorted(p for pool, _ in pools for p in pool.held_partitions)
+        assert held == list(range(PARTITIONS))
+    finally:
+        for pool, client in pools:
+            await pool.stop()
+            await client.aclose()
+
+
 async def test_restarted_workers_leave_no_consumer_behind_in_the_groups(valkey: Valkey) -> None:
     """Every worker process reads as a consumer of its own name (host, pid, a random part), and
     Redis keeps a consumer in its group until it is deleted: each restart, deploy or rebalance
