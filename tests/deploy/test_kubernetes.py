@@ -455,3 +455,22 @@ def test_an_overlay_as_shipped_changes_no_setting_of_the_base(
         env.update(of_kind(rendered[tree], "ConfigMap")[source["configMapRef"]["name"]]["data"])
     switch = Switch.parse("use_smart_handler", env.get("USE_SMART_HANDLER", "true"))
     assert all(switch.enabled_for("b-1", f"1555{n:07d}") for n in range(1000))
+
+
+@pytest.mark.parametrize("tree", TREES, ids=tree_id)
+def test_the_workers_hpa_stops_where_a_worker_would_hold_no_partition(
+    rendered: dict[Path, list[Resource]], tree: Path
+) -> None:
+    """A gateway worker holds its share of QUEUE_PARTITIONS; past that many workers the rest
+    hold none and take no message. (Was a bug: the HPA went up to 20 workers on the default 16
+    partitions, four ready pods doing nothing, their idle CPU lowering the average it scales
+    on.)"""
+    resources = rendered[tree]
+    worker = pod_spec(of_kind(resources, "Deployment")["gateway-worker"])["containers"][0]
+    env: dict[str, str] = {}
+    for source in worker["envFrom"]:
+        env.update(of_kind(resources, "ConfigMap")[source["configMapRef"]["name"]]["data"])
+    default = GatewaySettings.model_fields["queue_partitions"].default
+    partitions = int(env.get("QUEUE_PARTITIONS", default))
+    hpa = of_kind(resources, "HorizontalPodAutoscaler")["gateway-worker"]
+    assert hpa["spec"]["maxReplicas"] <= partitions
