@@ -41,15 +41,22 @@ def pod_environment(resources: list[Resource], deployment: str) -> tuple[dict[st
     return env, container
 
 
-@pytest.mark.parametrize("deployment", ["gateway-web", "gateway-worker"])
+@pytest.mark.parametrize(
+    ("deployment", "processes"),
+    [("gateway-web", 1), ("gateway-worker", 1), ("gateway-web", 2)],
+    ids=["gateway-web", "gateway-worker", "gateway-web-2-processes"],
+)
 def test_the_gateway_s_probes_are_answered_on_the_pod_s_ipv6_and_ipv4_addresses(
-    base: list[Resource], deployment: str, tmp_path: Path, valkey: Valkey
+    base: list[Resource], deployment: str, processes: int, tmp_path: Path, valkey: Valkey
 ) -> None:
     """An IPv6-only or dual-stack cluster probes and scrapes a pod at its IPv6 address, and the
     ingress sends webhooks there. (Was a bug: the gateway listened on IPv4 alone, `0.0.0.0`,
     while the services' gRPC and metrics ports listen on both, so in such a cluster no gateway
-    pod ever passed its startup probe.)"""
+    pod ever passed its startup probe.) Several web processes share the one socket."""
     env, container = pod_environment(base, deployment)
+    if processes > 1:
+        env["WEB_CONCURRENCY"] = str(processes)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
     role = container["command"][container["command"].index("--role") + 1]
     port = free_port()
     # The pod's port is 8000; here any free one, through the variable that names it.
