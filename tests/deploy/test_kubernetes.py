@@ -34,6 +34,7 @@ GRPC = {
     "search": (50053, "parley.search.v1.SearchService"),
 }
 MIN_KUBERNETES = "1.30.0"
+METADATA_NAME = "kubernetes.io/metadata.name"
 # What one message may take by default: the engine's deadline, then a reply's send.
 MESSAGE_SECONDS = (
     GatewaySettings.model_fields["engine_timeout_seconds"].default
@@ -474,3 +475,32 @@ def test_the_workers_hpa_stops_where_a_worker_would_hold_no_partition(
     partitions = int(env.get("QUEUE_PARTITIONS", default))
     hpa = of_kind(resources, "HorizontalPodAutoscaler")["gateway-worker"]
     assert hpa["spec"]["maxReplicas"] <= partitions
+
+
+def admitted(policies: dict[str, Resource], labels: dict[str, str], port: int) -> list[Any]:
+    """Who may reach ``port`` of a pod with ``labels``: the `from` of every ingress rule of the
+    policies selecting it (None: anyone), as Kubernetes unites them."""
+    sources: list[Any] = []
+    for policy in policies.values():
+        spec = policy["spec"]
+        selector = spec["podSelector"].get("matchLabels", {})
+        if "Ingress" not in spec["policyTypes"] or selector.items() - labels.items():
+            continue
+        for rule in spec.get("ingress", []):
+            if not rule.get("ports") or {"protocol": "TCP", "port": port} in rule["ports"]:
+                sources.append(rule.get("from"))
+    return sources
+
+
+def test_only_prometheus_reaches_the_gateway_workers(rendered: dict[Path, list[Resource]]) -> None:
+    """The web pods take webhooks from anywhere (the ingress, a load balancer); the workers take
+    no traffic: their port serves the probes (the kubelet's, from the node), /metrics and the
+    /health pages. (Was a bug: the workers' 8000 was open to every pod of the cluster and beyond,
+    /health/info's configuration and /health/detailed, which calls every dependency on each
+    request, included.)"""
+    policies = of_kind(rendered[BASE], "NetworkPolicy")
+    prometheus = [{"namespaceSelector": {"matchLabels": {METADATA_NAME: "monitoring"}}}]
+    web = {"app.kubernetes.io/name": "gateway", "app.kubernetes.io/component": "web"}
+    worker = {"app.kubernetes.io/name": "gateway", "app.kubernetes.io/component": "worker"}
+    assert None in admitted(policies, web, 8000)
+    assert admitted(policies, worker, 8000) == [prometheus]
