@@ -5,9 +5,9 @@ httptools has no bound on a head: it keeps a header's bytes until the header end
 chunk to the last, so a long one also costs time that grows with the square of its length), and
 uvicorn's bound on a head (``h11_max_incomplete_event_size``) is only for its slower h11
 protocol. So one client could make the gateway hold megabytes per connection before any of our
-code runs. Here a head still unfinished after ``MAX_REQUEST_HEAD_BYTES`` is answered 431 and its
-connection closed, as nginx, Node and h11 do (their limits are 8-32 KiB; Meta's and Twilio's
-webhooks use about 1 KiB).
+code runs. Here a head past ``MAX_REQUEST_HEAD_BYTES`` (still unfinished, or parsed whole from one
+read) is answered 431 and its connection closed, as nginx, Node and h11 do (their limits are
+8-32 KiB; Meta's and Twilio's webhooks use about 1 KiB).
 
 Nor has uvicorn any bound in time but the keep-alive timeout between requests: a connection
 opened and left silent, a head sent a byte at a time, or a body shorter than its
@@ -37,6 +37,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = True  # reading a request's head (a connection starts with one)
         self._head_bytes = 0
+        self._head_over = False  # a head parsed whole was past the bound: answered 431
         self._in_request = False  # a request's first byte came and its last has not
         self._read_timeout = read_timeout_seconds
         self._read_deadline: asyncio.TimerHandle | None = None
@@ -54,8 +55,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
         super().data_received(data)
         # Checked after parsing: a chunk that ends the head (and carries the body's start) is
-        # fine; only a head that is still going past the bound is refused.
-        if self._in_head and self._head_bytes > MAX_REQUEST_HEAD_BYTES:
+        # fine; a head still going past the bound, or one parsed whole past it, is refused.
+        if self._head_over or (self._in_head and self._head_bytes > MAX_REQUEST_HEAD_BYTES):
             self._in_head = False
             self._refuse_head()
 
@@ -67,9 +68,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        # A head that arrived whole in one read (a read can hold well over the bound) was never
+        # seen unfinished past it in data_received: its size is what was parsed of it.
+        parsed = len(self.url) + sum(len(name) + len(value) for name, value in self.headers)
+        if parsed > MAX_REQUEST_HEAD_BYTES:
+            self._head_over = True  # no request cycle: data_received answers 431
+            return
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._head_over:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._head_over:
+            return  # the connection is closed once this chunk is parsed
         self._disarm()
         self._in_request = False
         super().on_message_complete()

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from services.gateway.channels import cloud_api, twilio
+from services.gateway.http_protocol import MAX_REQUEST_HEAD_BYTES
 from tests.support.fake_clouds import FakeClouds
 from tests.support.processes import Valkey, wait_for
 from tests.support.stack import (
@@ -144,6 +145,23 @@ def test_a_body_shorter_than_its_content_length_is_answered_408_and_nothing_queu
     assert answer.endswith(b'\r\n\r\n{"detail": "the request did not arrive in time"}'), answer
     assert b"connection: close" in answer.lower()
     assert wait_for(lambda: incomplete(gateway, "cloud_api") == before + 1, 10)
+    assert queue_lengths(gateway.redis_url) == queued
+
+
+def test_a_head_past_its_bound_is_431_also_when_it_arrives_whole(gateway: Gateway) -> None:
+    """A signed webhook whose head is past the bound (64 KiB), sent with its body in one write
+    and so read whole, is refused as a head still arriving is: 431, the connection closed,
+    nothing queued. (Was a bug: the bound was checked only on a head still unfinished at the end
+    of a read, so this webhook was queued and answered 200, while the same bytes split over two
+    reads were 431.)"""
+    queued = queue_lengths(gateway.redis_url)
+    head, body = signed_head(gateway)
+    padding = b"X-Padding: " + b"p" * (MAX_REQUEST_HEAD_BYTES + 4096) + b"\r\n"
+    with connect(gateway) as conn:
+        conn.sendall(head.replace(b"Host: x\r\n", b"Host: x\r\n" + padding, 1) + body)
+        answer = read_to_end(conn)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert answer.endswith(b'\r\n\r\n{"detail": "request line and headers too large"}'), answer
     assert queue_lengths(gateway.redis_url) == queued
 
 
