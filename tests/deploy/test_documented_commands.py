@@ -1,8 +1,10 @@
 """The commands the README and docs/ give an operator, held to the code they call: every
-``python -m services.…`` line parses with that tool's own argument parser, and every ``grpcurl``
+``python -m services.…`` line parses with that tool's own argument parser, every ``grpcurl``
 example names a method the protos define, with a request body whose fields and enum values
-they define too (what grpcurl would refuse). Checked on the text, without running anything: the
-services answering these calls for real is what the services' own tests do."""
+they define too (what grpcurl would refuse), and every gateway request they show (``METHOD
+/path`` and ``curl`` against the gateway) is a route of the gateway with that method. Checked
+on the text, without running anything: the services answering these calls for real is what the
+services' own tests do."""
 
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from services.business import cli as business_cli
 from services.common import healthcheck
 from services.dev import chat
 from services.gateway import main as gateway_main
+from services.gateway.app import create_app
+from services.gateway.settings import GatewaySettings
 from services.session import migrate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -206,3 +210,68 @@ def test_every_kubectl_command_on_parleys_workloads_names_its_namespace() -> Non
             assert re.search(r"\s(?:-n|--namespace)[ =]parley\b", command), (name, command)
             checked += 1
     assert checked > 10, checked
+
+
+# "GET /health", "GET|POST /webhooks/whatsapp", "DELETE /admin/users/…" in the text.
+HTTP_MENTION = re.compile(
+    r"\b((?:GET|HEAD|POST|PUT|PATCH|DELETE)(?:\|(?:GET|HEAD|POST|PUT|PATCH|DELETE))*)"
+    r" (/[\w./{}$<>…-]*)"
+)
+# A curl command's URL on the gateway, as the docs write it.
+GATEWAY_URL = re.compile(r"(?:\$GW?\b|localhost:8000|127\.0\.0\.1:8000)(/[^\s\"'?`)]*)")
+
+
+def gateway_routes() -> list[tuple[str, re.Pattern[str]]]:
+    """(method, path) of every route of the gateway, from its OpenAPI document (the app is
+    built, not started: nothing is connected to)."""
+    paths = create_app(GatewaySettings(api_key="k" * 16)).openapi()["paths"]
+    return [
+        (method.upper(), re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "/?$"))
+        for path, operations in paths.items()
+        for method in operations
+    ]
+
+
+def documented_requests() -> list[tuple[str, str, str]]:
+    """(file, method, path) of every request to the gateway the docs show."""
+    found = []
+    for path in DOCS:
+        text = _text(path)
+        for mention in HTTP_MENTION.finditer(text):
+            url = mention[2].rstrip(".").split("?")[0]
+            if url.startswith(("/v1/", "/v2/")):  # Amadeus's contract (docs/search.md)
+                continue
+            found += [(path.name, method, url) for method in mention[1].split("|")]
+        for span in _spans(text):
+            for command in re.findall(r"curl\b[^;|`]*", span.replace("\\|", "|")):
+                url = GATEWAY_URL.search(command)
+                if url is None:
+                    continue
+                method = re.search(r"-X\s*([A-Z]+)", command)
+                sends = re.search(r"\s(?:-d|--data\S*)\s", command)
+                found.append(
+                    (path.name, method[1] if method else "POST" if sends else "GET", url[1])
+                )
+    return found
+
+
+def test_every_documented_gateway_request_is_a_route_with_that_method() -> None:
+    routes = gateway_routes()
+
+    def served(method: str, url: str) -> bool:
+        method = "GET" if method == "HEAD" else method  # every GET answers HEAD too
+        if url.endswith("…"):  # "DELETE /admin/users/…": any route under it
+            return any(m == method and r.pattern[1:].startswith(url[:-1]) for m, r in routes)
+        return any(m == method and r.match(url) for m, r in routes)
+
+    requests = documented_requests()
+    wrong = [request for request in requests if not served(*request[1:])]
+    assert not wrong, f"no such route of the gateway: {wrong}"
+    assert len(requests) >= 80, len(requests)
+
+
+def test_a_documented_request_the_gateway_does_not_serve_would_be_caught() -> None:
+    routes = gateway_routes()
+    for method, url in (("PUT", "/admin/businesses/abc"), ("GET", "/admin/dead-letter")):
+        assert not any(m == method and r.match(url) for m, r in routes)
+    assert any(m == "POST" and r.match("/admin/dead-letters/1-0/replay") for m, r in routes)
