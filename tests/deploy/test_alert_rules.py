@@ -100,10 +100,12 @@ def _strings(path: Path, function: str | None = None) -> set[str]:
 
 def test_the_runbook_says_what_to_do_about_every_outcome_an_alert_counts() -> None:
     """ParleySendFailures and ParleyLanguageModelFailing count every outcome but success, and
-    their runbook rows say what to do by outcome: each outcome the code writes is named there.
+    ParleyWebhooksRejected every refusal of a webhook; their runbook rows say what to do by
+    outcome: each outcome the code writes is named there.
     (Was a gap: the sends' row left out ``error``, what a channel outage writes, ``timeout`` and
     ``no_credentials``; the model's left out ``client_error``, what a wrong ``OPENAI_MODEL``
-    writes, ``breaker_open`` and ``no_time``.)"""
+    writes, ``breaker_open`` and ``no_time``; the webhooks' named ``too_large`` and ``incomplete``
+    alone, and nothing of ``no_secret``, ``malformed`` or ``unavailable``.)"""
     services = ROOT / "services" / "gateway"
     senders = set().union(
         *(
@@ -117,10 +119,20 @@ def test_the_runbook_says_what_to_do_about_every_outcome_an_alert_counts() -> No
         word for word in _strings(llm, "_outcome") if word.isidentifier()
     }
     assert {"error", "token_expired", "timeout"} <= senders and {"refused", "no_time"} <= model
+    # The webhooks' refusals: the outcomes ParleyWebhooksRejected counts are those its rule does
+    # not leave out (``outcome!~"accepted|…"``).
+    webhooks = (services / "webhooks.py").read_text()
+    refusals = {
+        *re.findall(r'_reject\(\s*"\w+",\s*\d+,\s*"(\w+)"', webhooks),
+        *re.findall(r'WEBHOOKS, \w+, "(\w+)"\)', webhooks),
+    }
+    left_out = re.search(r'outcome!~"([^"]+)"', alert_rules()["ParleyWebhooksRejected"]["expr"])
+    assert left_out is not None and {"unsigned", "no_secret", "too_large"} <= refusals
     runbook = (ROOT / "docs" / "runbook.md").read_text()
     for alert, outcomes, success in (
         ("ParleySendFailures", senders, "accepted"),
         ("ParleyLanguageModelFailing", model, "ok"),
+        ("ParleyWebhooksRejected", refusals - set(left_out[1].split("|")), ""),
     ):
         row = next(line for line in runbook.splitlines() if line.startswith(f"| {alert} "))
         advice = row.split(" | ")[2]
