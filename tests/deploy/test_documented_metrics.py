@@ -1,6 +1,7 @@
 """Every metric a Parley process exports is named on an operator page (README.md or a page of
 docs/ other than the records of runs and bugs): a series an operator finds on ``/metrics`` or in
-a dashboard has a page that says what it counts. Checked on the code's text, without running
+a dashboard has a page that says what it counts; and every dead-letter reason is explained in
+docs/gateway.md. Checked on the code's text, without running
 anything: the metrics' definitions (prometheus_client's classes and families, and the gauges the
 gateway reads from Redis at scrape time)."""
 
@@ -97,3 +98,24 @@ def test_the_collector_sees_every_kind_of_definition() -> None:
         "a_total",
         "b_total",
     }
+
+
+def dead_letter_reasons() -> set[str]:
+    """The reasons (``gateway_dead_letters_total{reason}``, a record's ``reason``) the gateway's
+    code writes as constants; ``send_<outcome>``, made from a send's outcome, is not among them."""
+    found: set[str] = set()
+    for path in (ROOT / "services" / "gateway").rglob("*.py"):
+        text = path.read_text()
+        found |= set(re.findall(r'DeadLetter\(\s*"(\w+)"', text))
+        found |= set(re.findall(r'(?:_dead\(entry, token,|\.dead_letter\()\s*"(\w+)"', text))
+    return found
+
+
+def test_every_dead_letter_reason_is_explained_in_the_gateway_page() -> None:
+    """An operator replays or deletes dead letters by reason. (Was a gap: ``invalid_message``,
+    a message whose conversation the session service refuses to read, was named nowhere.)"""
+    reasons = dead_letter_reasons()
+    assert {"unknown_business", "outside_window", "corrupt_entry", "max_attempts"} <= reasons
+    page = (ROOT / "docs" / "gateway.md").read_text()
+    missing = sorted(reason for reason in reasons if f"`{reason}`" not in page)
+    assert not missing, f"say in docs/gateway.md when a message is dead-lettered as: {missing}"
