@@ -6,6 +6,7 @@ Every line you type becomes a real WhatsApp Cloud API webhook (the JSON Meta sen
 read from the gateway's outbox (``GET /admin/outbox`` with ``API_KEY``, or ``var/dev-api-key``) and
 printed as they arrive. When a reply offers buttons or a list, typing its number sends the tap
 (an interactive reply webhook). ``/location LAT LON`` shares a location; ``/quit`` or Ctrl-C ends.
+With the lines piped in (a script, a demo), each waits for the bot's answer before the next goes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ DEMO_PHONE_NUMBER_ID = "100000000000001"
 DEMO_DISPLAY_NUMBER = "15550000001"
 DEFAULT_USER = "15551230000"
 POLL_SECONDS = 0.3
+# Piped input: an answer is whole once nothing more came for ANSWER_QUIET_SECONDS (a search's
+# "searching…" and its results come within it), and a line waits ANSWER_WAIT_SECONDS at most
+# (the engine gives up on a turn after 20 s).
+ANSWER_QUIET_SECONDS = 1.5
+ANSWER_WAIT_SECONDS = 30.0
 
 
 def _secret(env: str, file: str) -> str:
@@ -203,11 +209,40 @@ def _indent(text: str) -> str:
     )
 
 
-def _poll_forever(client: ChatClient, stop: threading.Event, out: Callable[[str], None]) -> None:
+class Answers:
+    """The bot's replies shown so far, for piped input to wait on: typed ahead, a number went out
+    before the list it picks from had come, and the last line's answer was never shown."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.count = 0
+        self._last = 0.0
+
+    def shown(self) -> None:
+        with self._changed:
+            self.count += 1
+            self._last = time.monotonic()
+            self._changed.notify_all()
+
+    def wait_after(self, before: int) -> None:
+        """Until replies past the first ``before`` came and then none for a while, or the bound."""
+        deadline = time.monotonic() + ANSWER_WAIT_SECONDS
+        with self._changed:
+            while (now := time.monotonic()) < deadline:
+                if self.count > before and now >= self._last + ANSWER_QUIET_SECONDS:
+                    return
+                until = self._last + ANSWER_QUIET_SECONDS if self.count > before else deadline
+                self._changed.wait(min(until, deadline) - now)
+
+
+def _poll_forever(
+    client: ChatClient, stop: threading.Event, out: Callable[[str], None], answers: Answers
+) -> None:
     while not stop.is_set():
         try:
             for message in client.poll():
                 out(_indent(render(message)))
+                answers.shown()
         except httpx.HTTPError as error:
             out(f"(outbox unreachable: {error})")
             stop.wait(2)
@@ -254,28 +289,38 @@ def main(argv: list[str] | None = None) -> int:
             "/location LAT LON to share a location, /quit to leave."
         )
         lock = threading.Lock()
+        piped = not sys.stdin.isatty()
+        answers = Answers()
 
         def out(text: str) -> None:
-            with lock:
-                print(f"\r{text}\nyou> ", end="", flush=True)
+            with lock:  # a terminal gets its prompt back; piped, input() writes the next one
+                print(text if piped else f"\r{text}\nyou> ", end="\n" if piped else "", flush=True)
 
         stop = threading.Event()
         # The poller has its own HTTP client: httpx clients are not shared between threads.
         with httpx.Client(timeout=10) as poll_http:
             poller = ChatClient(config, poll_http, cursor=client.cursor, offered=client.offered)
-            thread = threading.Thread(target=_poll_forever, args=(poller, stop, out), daemon=True)
+            thread = threading.Thread(
+                target=_poll_forever, args=(poller, stop, out, answers), daemon=True
+            )
             thread.start()
             try:
                 while True:
                     line = input("you> ")
+                    if piped:
+                        print(line, flush=True)  # what a terminal would have echoed
                     if line.strip() in ("/quit", "/exit"):
                         break
                     if not line.strip():
                         continue
+                    before = answers.count
                     try:
                         client.send(line)
                     except (httpx.HTTPError, ValueError, IndexError) as error:
                         out(f"(not sent: {error})")
+                        continue
+                    if piped:
+                        answers.wait_after(before)
             except (KeyboardInterrupt, EOFError):
                 print()
             finally:

@@ -33,6 +33,8 @@ class Gateway:
         self.posts: list[tuple[bytes, dict[str, str]]] = []
         self.outbox: list[dict[str, Any]] = []
         self.outbox_requests: list[tuple[dict[str, list[str]], dict[str, str]]] = []
+        # Set: each text posted is answered "echo: <text>" in the outbox this long after.
+        self.answer_after: float | None = None
         gateway = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -43,6 +45,10 @@ class Gateway:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 gateway.posts.append((body, dict(self.headers)))
                 self._json({"status": "accepted"})
+                if gateway.answer_after is not None:
+                    message = json.loads(body)["entry"][0]["changes"][0]["value"]["messages"][0]
+                    text = f"echo: {message['text']['body']}"
+                    threading.Timer(gateway.answer_after, gateway.answer, (text,)).start()
 
             def do_GET(self) -> None:
                 url = urlparse(self.path)
@@ -63,6 +69,11 @@ class Gateway:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, text: str) -> None:
+        self.outbox.append(
+            {"id": str(len(self.outbox) + 1), "text": text, "buttons": [], "rows": []}
+        )
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -172,6 +183,34 @@ def test_buttons_and_locations(gateway: Gateway, client: ChatClient) -> None:
     }
     client.send("/location 51.47 -0.45")
     assert last_message(gateway)["location"] == {"latitude": 51.47, "longitude": -0.45}
+
+
+def test_piped_lines_each_wait_for_the_bot_s_answer(gateway: Gateway) -> None:
+    """`printf 'hi\\n...' | make chat` (a script, a demo, the transcripts in docs/engine.md):
+    each line goes once the answer to the one before has come, and the last one's answer is
+    shown before the chat ends. (Was: every line went at once, so a number went out before the
+    list it picks from, and at the end of the input the chat quit with the answers unshown.)"""
+    gateway.answer_after = 0.5
+    env = {
+        **os.environ,
+        "GATEWAY_URL": f"http://127.0.0.1:{gateway.port}",
+        "API_KEY": API_KEY,
+        "WHATSAPP_APP_SECRET": SECRET,
+    }
+    chat = subprocess.run(
+        [sys.executable, "-m", "services.dev.chat"],
+        cwd=ROOT,
+        env=env,
+        input="hello\nsecond\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert chat.returncode == 0, chat.stdout + chat.stderr
+    transcript = chat.stdout.split("/quit to leave.\n", 1)[1]
+    assert transcript == (
+        "you> hello\nbot> echo: hello\nyou> second\nbot> echo: second\nyou> \n"
+    ), transcript
 
 
 @pytest.mark.parametrize("gateway_key", ["the-key-make-run-printed", ""])
