@@ -58,6 +58,10 @@ class InvalidationBus:
         self._repeat_after = repeat_after
         # Any: standalone, Sentinel or Cluster client, whichever REDIS_URL names.
         self._client: Any = make_redis(url, socket_timeout=5.0)
+        # The subscription's own client, without retries: redis-py would otherwise reconnect
+        # and re-subscribe by itself after a dropped connection, and the messages published in
+        # between would be lost without the reset below ever running.
+        self._listener: Any = make_redis(url, socket_timeout=5.0, retries=0)
         self._also: list[Any] = []  # publish-only clients (publish_also_to)
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
@@ -72,7 +76,7 @@ class InvalidationBus:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
-        for client in (self._client, *self._also):
+        for client in (self._listener, self._client, *self._also):
             await client.aclose()
 
     async def publish(self, keys: Iterable[str], business_ids: Iterable[str]) -> None:
@@ -115,12 +119,12 @@ class InvalidationBus:
         while True:
             pubsub = None
             try:
-                if isinstance(self._client, RedisCluster):
+                if isinstance(self._listener, RedisCluster):
                     # A Cluster client learns its slots on its first command; its pub/sub
-                    # needs them already (redis-py fails with KeyError otherwise, forever on a
-                    # gateway, whose client of this bus sends nothing else).
-                    await self._client.initialize()
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                    # needs them already (redis-py fails with KeyError otherwise, forever: this
+                    # client sends nothing else).
+                    await self._listener.initialize()
+                pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(self.channel)
                 if not first:
                     # Messages published while we were away are lost: forget everything.

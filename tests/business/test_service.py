@@ -974,14 +974,19 @@ async def test_mongodb_down_at_start_with_default_timeouts_says_why_then_recover
 
 class HeldLink:
     """A TCP link to Valkey whose server-to-client direction can be held: a subscriber behind it
-    gets published messages late, as a busy or distant replica does."""
+    gets published messages late, as a busy or distant replica does. Its SUBSCRIBE commands can
+    be held too (``subscribing``): a subscriber that sent one is not yet subscribed. ``cut``
+    drops every connection, as a failover or a network device resetting them does."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.open = asyncio.Event()
         self.open.set()
+        self.subscribing = asyncio.Event()
+        self.subscribing.set()
         self.port = 0
         self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> str:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -992,18 +997,26 @@ class HeldLink:
         if self._server is not None:
             self._server.close()
 
+    def cut(self) -> None:
+        for writer in self._writers:
+            writer.transport.abort()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers.update((writer, up_writer))
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, held: bool) -> None:
             try:
                 while data := await src.read(65536):
                     if held:
                         await self.open.wait()
+                    elif b"SUBSCRIBE" in data.upper():
+                        await self.subscribing.wait()
                     dst.write(data)
                     await dst.drain()
             finally:
                 dst.close()
+                self._writers.discard(dst)
 
         await asyncio.gather(
             pump(reader, up_writer, False), pump(up_reader, writer, True), return_exceptions=True
@@ -1085,6 +1098,49 @@ async def test_a_gateway_never_keeps_an_old_token_reloaded_from_a_lagging_replic
         assert seen == new_token
     finally:
         await directory.stop()
+        await a.close()
+        await b.close()
+        await link.stop()
+
+
+async def test_a_subscription_restored_by_the_redis_client_itself_still_clears_the_cache(
+    registry: SecretRegistry, tmp_path: Path, valkey: Valkey
+) -> None:
+    """redis-py re-establishes a dropped pub/sub connection and re-subscribes on its own when
+    Redis answers at once (a connection reset by a failover or a network device, a health-check
+    PING that timed out): what was published in between is lost all the same. The replica used
+    to go on as if nothing had happened and serve a deactivated business for its whole TTL."""
+    db = tmp_path / "business.db"
+    channel = f"test:business:invalidate:{tmp_path.name}"
+    link = HeldLink(valkey.port)
+    a = await start_service(
+        registry, "replica-a", db, REDIS_URL=valkey.url, BUSINESS_INVALIDATION_CHANNEL=channel
+    )
+    b = await start_service(
+        registry, "replica-b", db, REDIS_URL=await link.start(),
+        BUSINESS_INVALIDATION_CHANNEL=channel,
+    )  # fmt: skip
+    admin = valkey.client()
+
+    def subscribers() -> int:
+        return int(admin.pubsub_numsub(channel)[0][1])
+
+    try:
+        assert await asyncio.to_thread(wait_for, lambda: subscribers() == 2, 10.0)
+        request = demo_request()
+        created = (await a.stub.CreateBusiness(request)).business
+        lookup = business_pb2.LookupBusinessRequest(subdomain=request.business.subdomain)
+        await b.stub.LookupBusiness(lookup)
+        assert (await b.stub.LookupBusiness(lookup)).cached
+
+        link.subscribing.clear()  # B's next SUBSCRIBE waits: it is not subscribed meanwhile
+        link.cut()
+        assert await asyncio.to_thread(wait_for, lambda: subscribers() == 1, 10.0)
+        await a.stub.DeactivateBusiness(business_pb2.DeactivateBusinessRequest(id=created.id))
+        link.subscribing.set()
+        assert await eventually_not_found(b, lookup)
+    finally:
+        admin.close()
         await a.close()
         await b.close()
         await link.stop()
