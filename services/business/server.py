@@ -418,6 +418,8 @@ def build(settings: BusinessSettings, cipher: TokenCipher) -> Service:
     warm: asyncio.Task[None] | None = None
 
     async def load_cache() -> None:
+        if bus is not None:
+            await bus.tried.wait()  # its first subscription clears the cache
         loaded = await core.warm(settings.business_cache_size)
         log.info("cache warmed at start-up", loaded=loaded)
 

@@ -3,9 +3,10 @@
 Every business write (RPC or CLI) publishes the lookup keys and business ids it touched on one
 channel (``BUSINESS_INVALIDATION_CHANNEL``); every business replica and every gateway worker
 subscribes and drops those entries at once. Pub/sub delivers only to connected
-subscribers, so a replica that loses its subscription clears its whole cache when it
-re-subscribes: whatever it missed cannot linger. If Redis is down, publishing fails quietly
-(logged) and the cache TTL bounds how stale another replica can be.
+subscribers, so a replica clears its whole cache each time Redis confirms its subscription,
+the first one included (it serves, and caches, before that): whatever it missed cannot
+linger. If Redis is down, publishing fails quietly (logged) and the cache TTL bounds how stale
+another replica can be.
 
 Why pub/sub and not a MongoDB change stream: it works the same for both stores (SQLite has no
 change stream) and needs no replica set.
@@ -31,6 +32,8 @@ log = structlog.get_logger("parley.invalidation")
 
 Apply = Callable[[list[str], list[str]], None]
 MAX_BACKOFF = 5.0
+# How long Redis may take to confirm a SUBSCRIBE: as long as any reply of this client.
+SUBSCRIBE_TIMEOUT = 5.0
 
 
 class InvalidationBus:
@@ -65,6 +68,9 @@ class InvalidationBus:
         self._also: list[Any] = []  # publish-only clients (publish_also_to)
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
+        # Set once the first attempt to subscribe has ended, subscribed or not: a cache filled
+        # before then (a warm-up) would be cleared when it succeeds.
+        self.tried = asyncio.Event()
 
     def publish_also_to(self, url: str) -> None:
         """Publish on this Redis too (never listened to): where subscribers of an older
@@ -113,6 +119,18 @@ class InvalidationBus:
         if self._invalidations is not None:
             self._invalidations.labels(origin).inc()
 
+    @staticmethod
+    async def _confirmed(pubsub: Any) -> None:
+        """Return once Redis has confirmed the subscription: ``subscribe`` only sends it, and
+        a message published before Redis takes it is not delivered."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SUBSCRIBE_TIMEOUT
+        while (left := deadline - loop.time()) > 0:
+            reply = await pubsub.get_message(timeout=left)
+            if reply is not None and reply.get("type") == "subscribe":
+                return
+        raise TimeoutError("Redis did not confirm the subscription")
+
     async def _listen(self) -> None:
         backoff = 0.1
         first = True
@@ -124,15 +142,19 @@ class InvalidationBus:
                     # needs them already (redis-py fails with KeyError otherwise, forever: this
                     # client sends nothing else).
                     await self._listener.initialize()
-                pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+                pubsub = self._listener.pubsub()
                 await pubsub.subscribe(self.channel)
+                await self._confirmed(pubsub)
+                # Subscribed only now: messages published before never reached this process,
+                # which may have cached their businesses meanwhile (lookups are served before
+                # the first subscription too): forget everything.
+                self._on_reset()
                 if not first:
-                    # Messages published while we were away are lost: forget everything.
-                    self._on_reset()
                     self._count("resubscribe")
                     self._again(self._on_reset)
                     log.info("invalidation channel re-subscribed; cache cleared")
                 self.subscribed.set()
+                self.tried.set()
                 backoff = 0.1
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -145,6 +167,7 @@ class InvalidationBus:
                 report = log.warning if self.subscribed.is_set() or first else log.debug
                 report("invalidation channel lost; retrying", error=type(error).__name__)
                 self.subscribed.clear()
+                self.tried.set()
                 await asyncio.sleep(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
             finally:

@@ -561,7 +561,18 @@ def test_refuses_to_start_without_encryption_secret(tmp_path: Path, app_env: str
     assert "ENCRYPTION_SECRET" in done.stderr
 
 
-async def test_warmup_cache_loads_before_serving(registry: SecretRegistry, tmp_path: Path) -> None:
+@pytest.mark.parametrize("invalidation", [False, True], ids=["alone", "with-redis"])
+async def test_warmup_cache_loads_before_serving(
+    registry: SecretRegistry, tmp_path: Path, invalidation: bool, request: pytest.FixtureRequest
+) -> None:
+    """With REDIS_URL too: the first subscription clears the cache, so the warm-up waits for
+    it rather than be cleared after it."""
+    redis: dict[str, str] = {}
+    if invalidation:
+        redis = {
+            "REDIS_URL": request.getfixturevalue("valkey").url,
+            "BUSINESS_INVALIDATION_CHANNEL": f"test:business:invalidate:{tmp_path.name}",
+        }
     db = tmp_path / "business.db"
     env = {"BUSINESS_DB_PATH": str(db), "ENCRYPTION_SECRET": TEST_SECRET, "PATH": "/usr/bin:/bin"}
     for i in range(3):
@@ -570,7 +581,7 @@ async def test_warmup_cache_loads_before_serving(registry: SecretRegistry, tmp_p
             "--phone-number-id", f"5000{i}",
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-    running = await start_service(registry, "business-warmup", db, WARMUP_CACHE="true")
+    running = await start_service(registry, "business-warmup", db, WARMUP_CACHE="true", **redis)
     try:
         stats = await running.stub.GetCacheStats(business_pb2.GetCacheStatsRequest())
         assert stats.size == 3  # SERVING came only after the warm-up
@@ -1136,6 +1147,42 @@ async def test_a_subscription_restored_by_the_redis_client_itself_still_clears_t
         link.subscribing.clear()  # B's next SUBSCRIBE waits: it is not subscribed meanwhile
         link.cut()
         assert await asyncio.to_thread(wait_for, lambda: subscribers() == 1, 10.0)
+        await a.stub.DeactivateBusiness(business_pb2.DeactivateBusinessRequest(id=created.id))
+        link.subscribing.set()
+        assert await eventually_not_found(b, lookup)
+    finally:
+        admin.close()
+        await a.close()
+        await b.close()
+        await link.stop()
+
+
+async def test_what_a_replica_cached_before_its_first_subscription_is_dropped_once_subscribed(
+    registry: SecretRegistry, tmp_path: Path, valkey: Valkey
+) -> None:
+    """A replica serves as soon as its store answers, and its first SUBSCRIBE may still be on
+    its way to a slow or distant Redis: a change published meanwhile never reaches it. The
+    cache used to be cleared only on later subscriptions (and as soon as SUBSCRIBE was sent, not
+    once Redis had taken it), so what the replica cached meanwhile stayed for its whole TTL."""
+    db = tmp_path / "business.db"
+    channel = f"test:business:invalidate:{tmp_path.name}"
+    link = HeldLink(valkey.port)
+    link.subscribing.clear()  # B's first SUBSCRIBE waits
+    a = await start_service(
+        registry, "replica-a", db, REDIS_URL=valkey.url, BUSINESS_INVALIDATION_CHANNEL=channel
+    )
+    b = await start_service(
+        registry, "replica-b", db, REDIS_URL=await link.start(),
+        BUSINESS_INVALIDATION_CHANNEL=channel,
+    )  # fmt: skip
+    admin = valkey.client()
+    try:
+        request = demo_request()
+        created = (await a.stub.CreateBusiness(request)).business
+        lookup = business_pb2.LookupBusinessRequest(subdomain=request.business.subdomain)
+        await b.stub.LookupBusiness(lookup)
+        assert (await b.stub.LookupBusiness(lookup)).cached
+        assert admin.pubsub_numsub(channel)[0][1] == 1  # A only
         await a.stub.DeactivateBusiness(business_pb2.DeactivateBusinessRequest(id=created.id))
         link.subscribing.set()
         assert await eventually_not_found(b, lookup)
