@@ -62,6 +62,26 @@ def _aad(business_id: str, field_name: str) -> bytes:
     return f"parley.business/{business_id}/{field_name}".encode()
 
 
+def _forms(entry: str) -> list[str]:
+    """A previous secret as written and with the spaces around it trimmed on either side or
+    both, those long enough to be a secret."""
+    forms = (entry, entry.strip(), entry.lstrip(), entry.rstrip())
+    return [form for form in dict.fromkeys(forms) if len(form) >= MIN_SECRET_LENGTH]
+
+
+def _joined_without_spaces(entries: list[str], at: int) -> str:
+    """Entry ``at`` with its neighbours as far as the commas between them have no space
+    beside them: the longest secret with commas it can be part of."""
+    first = last = at
+    while first > 0 and not (entries[first - 1][-1:].isspace() or entries[first][:1].isspace()):
+        first -= 1
+    while last + 1 < len(entries) and not (
+        entries[last][-1:].isspace() or entries[last + 1][:1].isspace()
+    ):
+        last += 1
+    return ",".join(entries[first : last + 1])
+
+
 def key_id_of(stored: str) -> str:
     """The key id of a stored value (no decryption)."""
     if not stored.startswith(PREFIX):
@@ -96,19 +116,22 @@ class TokenCipher:
         # No ENCRYPTION_SECRET was ever shorter than the minimum, so neither is a previous one:
         # a shorter entry is a secret cut short in the copy, or a new one staged (rotation,
         # step 1) that step 2 would refuse with every replica half-way through the roll.
+        # A secret may hold commas itself, and moves here as it was: every run of consecutive
+        # entries, joined by their commas, is tried too. A short entry is one only where no
+        # comma without a space beside it joins it into a secret long enough: with a space
+        # (the list's own "a, b"), a short entry still stops the service.
+        entries = (previous or "").split(",")
         olds: list[str] = []
-        for number, entry in enumerate((previous or "").split(","), start=1):
-            if not entry.strip():
-                continue
-            forms = (entry, entry.strip(), entry.lstrip(), entry.rstrip())
-            long_enough = [form for form in dict.fromkeys(forms) if len(form) >= MIN_SECRET_LENGTH]
-            if not long_enough:
+        for first in range(len(entries)):
+            for last in range(first + 1, len(entries) + 1):
+                olds.extend(_forms(",".join(entries[first:last])))
+        for number, entry in enumerate(entries, start=1):
+            if entry.strip() and not _forms(_joined_without_spaces(entries, number - 1)):
                 raise ValueError(
                     f"ENCRYPTION_SECRET_PREVIOUS: entry {number} is shorter than "
                     f"{MIN_SECRET_LENGTH} characters, which no ENCRYPTION_SECRET can be"
                 )
-            olds.extend(long_enough)
-        return cls(secret, olds)
+        return cls(secret, list(dict.fromkeys(olds)))
 
     def __repr__(self) -> str:
         return f"TokenCipher(current_key_id={self.current_key_id!r}, keys={len(self._keys)})"

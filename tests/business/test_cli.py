@@ -159,6 +159,34 @@ def test_a_previous_secret_is_read_as_it_was_used(cli: Cli, registry: SecretRegi
     assert "re-encrypted 1" in rotated.stdout and "failed 0" in rotated.stdout
 
 
+@pytest.mark.parametrize(
+    "old_secret",
+    ["Vq3,Zr8pLm2Xw9Tk4Hs7Bn", "first-half-long-enough,second-half-long-enough"],
+    ids=["a-short-piece", "two-long-pieces"],
+)
+def test_a_previous_secret_with_a_comma_in_it_still_decrypts(
+    cli: Cli, registry: SecretRegistry, old_secret: str
+) -> None:
+    """`ENCRYPTION_SECRET` may hold a comma (a password manager's symbols), and step 2 of the
+    rotation moves it to the comma-separated `ENCRYPTION_SECRET_PREVIOUS` as it was. (Was a bug:
+    it was split into pieces, none of them the secret: a piece shorter than 16 characters
+    stopped every replica at step 2, and two long pieces started them with every token
+    undecryptable, rotate-keys failing them all.)"""
+    done = cli(
+        "add", "--name", "Comma", "--subdomain", "comma", "--access-token-stdin",
+        stdin=registry.token("comma") + "\n", ENCRYPTION_SECRET=old_secret,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    new_secret = "a-brand-new-secret-0123456789"
+    for previous in (old_secret, f"{TEST_SECRET}-older-one, {old_secret}"):
+        dry = cli(
+            "rotate-keys", "--dry-run",
+            ENCRYPTION_SECRET=new_secret, ENCRYPTION_SECRET_PREVIOUS=previous,
+        )  # fmt: skip
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert "would re-encrypt 1" in dry.stdout and "failed 0" in dry.stdout
+
+
 def test_a_previous_secret_shorter_than_a_secret_can_be_is_refused(
     cli: Cli, registry: SecretRegistry
 ) -> None:
