@@ -226,7 +226,8 @@ class BusinessCore:
         store has applied the write (a MongoDB reply still on its way, a SQLite COMMIT), and
         without the invalidation every replica would serve the old record (a deactivated
         business, a replaced token) until the cache TTL. The caller may stop waiting; the unit
-        runs to its end."""
+        runs to its end. A write the store failed is invalidated too: it may have been applied
+        (UNAVAILABLE is no proof that it was not)."""
 
         async def unit() -> BusinessRecord | None:
             try:
@@ -234,6 +235,11 @@ class BusinessCore:
                     after = await write
             except UpdateTimeConflict as conflict:
                 raise UpdateTimeChanged(conflict.current) from None
+            except Unavailable:
+                # The store may have applied the write before failing (its answer lost, a
+                # write concern timed out): dropped everywhere all the same, a reload is cheap.
+                await self.invalidate(*before)
+                raise
             if after is not None:
                 await self.invalidate(*before, after)
             return after
@@ -445,9 +451,10 @@ class BusinessCore:
             update_time=now,
             secrets=encrypted,
         )
-        # Unknown-identity entries for these keys may be cached as "not found": dropped too.
+        # Unknown-identity entries for these keys may be cached as "not found": dropped too,
+        # also when the store fails (it may have created it all the same).
         try:
-            await self._write(self.store.create(record))
+            await self._write(self.store.create(record), record)
         except AlreadyExists:
             # A create sent again with its key (or twice at once) meets the id its first made.
             if idempotency_key and (first := await self._created_by_key(business_id, subdomain)):

@@ -29,6 +29,7 @@ from tests.business.conftest import (
     start_service,
 )
 from tests.support.processes import ROOT, ServiceProcess, Valkey, free_port, wait_for
+from tests.support.proxy import ReplyCutter
 from tests.support.releases import previous_release
 
 pytestmark = pytest.mark.timeout(120)
@@ -1191,3 +1192,39 @@ async def test_what_a_replica_cached_before_its_first_subscription_is_dropped_on
         await a.close()
         await b.close()
         await link.stop()
+
+
+async def test_a_write_whose_answer_from_mongodb_was_lost_still_drops_the_cached_business(
+    registry: SecretRegistry, tmp_path: Path, mongo_uri: str
+) -> None:
+    """MongoDB applied the deactivation and its answer was lost (the connection dropped with no
+    retryable write to repeat it: a standalone server, or `retryWrites=false`; or a write
+    concern that timed out after the primary had it): the call is UNAVAILABLE, and the replica
+    used to keep serving the business from its cache, active, for its whole TTL (and every
+    other replica too: nothing was published)."""
+    # directConnection: the driver keeps to the proxy instead of the address the server gives.
+    cutter = ReplyCutter(mongo_uri.removeprefix("mongodb://").rstrip("/")).start()
+    running = await start_service(
+        registry, "business-mongo-cut", tmp_path / "unused.db",
+        MONGODB_URI=f"mongodb://{cutter.address}/?directConnection=true&retryWrites=false",
+        MONGODB_DATABASE=fresh_database(),
+        MONGODB_MIN_POOL_SIZE="1",
+    )  # fmt: skip
+    try:
+        request = demo_request()
+        created = (await running.stub.CreateBusiness(request)).business
+        lookup = business_pb2.LookupBusinessRequest(subdomain=request.business.subdomain)
+        await running.stub.LookupBusiness(lookup)
+        assert (await running.stub.LookupBusiness(lookup)).cached
+
+        cutter.cut_reply_to(b"findAndModify")
+        error = await code_of(
+            running.stub.DeactivateBusiness(business_pb2.DeactivateBusinessRequest(id=created.id))
+        )
+        assert error.code() == grpc.StatusCode.UNAVAILABLE and cutter.cuts == 1
+        stored = await running.stub.GetBusiness(business_pb2.GetBusinessRequest(id=created.id))
+        assert not stored.business.active  # applied all the same
+        assert await eventually_not_found(running, lookup)
+    finally:
+        await running.close()
+        cutter.stop()
