@@ -141,11 +141,20 @@ def _identities(value: Any) -> tuple[str, ...]:
     return (str(value),) if value not in (None, "") else ()
 
 
+def _secret(value: Any) -> str | None:
+    """A stored secret as the cipher reads it. Not a string (an older system's object or
+    binary): a value that fails to decrypt like any other format it does not know, so that it
+    is reported (FAILED_PRECONDITION, rotate-keys), not taken for no secret at all."""
+    if value is None or isinstance(value, str):
+        return value or None
+    return f"unreadable:{type(value).__name__}"
+
+
 def _record(doc: dict[str, Any]) -> BusinessRecord:
     secrets = {
-        name: doc[mongo_name]
+        name: stored
         for name, mongo_name in SECRET_DOC_FIELDS.items()
-        if isinstance(doc.get(mongo_name), str) and doc[mongo_name]
+        if (stored := _secret(doc.get(mongo_name))) is not None
     }
     status = doc.get("accessTokenStatus") or ""
     return BusinessRecord(

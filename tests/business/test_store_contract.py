@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from bson import ObjectId
+from bson import Binary, ObjectId
 
 from services.business.core import BusinessCore, RequestId
 from services.business.crypto import TokenCipher
@@ -26,7 +26,7 @@ from services.business.mongo_store import MongoStore
 from services.business.sqlite_store import SqliteStore
 from services.business.store import BusinessStore, RememberedRequest, UpdateTimeConflict
 from services.common.business_keys import KeyKind, identity_key
-from services.common.errors import Aborted, AlreadyExists, InvalidArgument
+from services.common.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument
 from services.common.tasks import wait_shielded
 from tests.business.conftest import SecretRegistry, create_business, when_writer_starts
 
@@ -603,6 +603,39 @@ async def test_mongo_update_of_a_document_without_a_date_update_time(mongo_uri: 
             )
             assert changed is not None and changed.name == "New"
             assert changed.update_time == later
+    finally:
+        await store.collection.database.client.drop_database(store.database)
+        await store.close()
+
+
+async def test_mongo_secret_an_older_system_stored_as_no_string_is_reported_not_dropped(
+    mongo_uri: str, cipher: TokenCipher
+) -> None:
+    """Another system's encrypted token kept as an object (``{iv, content}``) or as binary:
+    docs/business.md says it cannot be read, FAILED_PRECONDITION when asked for and a failure
+    of rotate-keys. It read as no token at all: the business had no access token (every reply
+    dead-lettered as such), `show` said *not set* and rotate-keys counted nothing."""
+    store = MongoStore(mongo_uri, database=f"parley_test_formats_{ObjectId()}", min_pool_size=0)
+    try:
+        await store.open()
+        inserted = await store.collection.insert_one(
+            {
+                "name": "Old",
+                "subDomain": "old-format",
+                "whatsappPhoneNumberIds": ["123457"],
+                "whatsappEnabled": True,
+                "isActive": True,
+                "whatsappAccessToken": {"iv": "00ff", "content": "a1b2c3"},
+                "twilioAuthToken": Binary(b"\x01\x02\x03"),
+            }
+        )
+        core = BusinessCore(store, cipher)
+        found = await core.get(str(inserted.inserted_id))
+        assert sorted(found.secrets) == ["twilio_auth_token", "whatsapp_access_token"]
+        with pytest.raises(FailedPrecondition):
+            core.credentials(found)
+        report = await core.rotate(dry_run=False)
+        assert (report.secrets, report.failed, report.rotated) == (2, 2, 0)
     finally:
         await store.collection.database.client.drop_database(store.database)
         await store.close()
