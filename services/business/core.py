@@ -226,8 +226,8 @@ class BusinessCore:
         store has applied the write (a MongoDB reply still on its way, a SQLite COMMIT), and
         without the invalidation every replica would serve the old record (a deactivated
         business, a replaced token) until the cache TTL. The caller may stop waiting; the unit
-        runs to its end. A write the store failed is invalidated too: it may have been applied
-        (UNAVAILABLE is no proof that it was not)."""
+        runs to its end. A write the store failed is invalidated too where it may have been
+        applied (UNAVAILABLE is no proof that it was not)."""
 
         async def unit() -> BusinessRecord | None:
             try:
@@ -235,10 +235,14 @@ class BusinessCore:
                     after = await write
             except UpdateTimeConflict as conflict:
                 raise UpdateTimeChanged(conflict.current) from None
-            except Unavailable:
+            except Unavailable as failed:
                 # The store may have applied the write before failing (its answer lost, a
                 # write concern timed out): dropped everywhere all the same, a reload is cheap.
-                await self.invalidate(*before)
+                # Not when it surely did not (no server, a rolled-back transaction): in an
+                # outage the cache keeps serving. (`from None` hides the driver's error from
+                # tracebacks, not from __context__.)
+                if self.store.may_have_applied(failed.__context__ or failed):
+                    await self.invalidate(*before)
                 raise
             if after is not None:
                 await self.invalidate(*before, after)

@@ -22,7 +22,13 @@ import structlog
 from bson import Binary, ObjectId
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import (
+    ConfigurationError,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
 from pymongo.uri_parser import parse_uri
 
 from services.business.model import SECRET_FIELDS, BusinessRecord, TokenStatus
@@ -270,6 +276,11 @@ class MongoStore(BusinessStore):
             if record.secrets.get(name):
                 doc[mongo_name] = record.secrets[name]
         return doc
+
+    def may_have_applied(self, error: BaseException) -> bool:
+        # No server to send it to (MongoDB down, no primary): the write never left. Any other
+        # failure may come after the server applied it (an answer lost, a write concern).
+        return not isinstance(error, ServerSelectionTimeoutError | ConfigurationError)
 
     async def create(self, record: BusinessRecord) -> BusinessRecord:
         try:

@@ -267,6 +267,9 @@ class SqliteStore(BusinessStore):
 
         return await run_shielded(run())
 
+    def may_have_applied(self, error: BaseException) -> bool:
+        return False  # a write that failed was rolled back (_transaction), or never began
+
     async def create(self, record: BusinessRecord) -> BusinessRecord:
         async def insert(db: aiosqlite.Connection) -> None:
             fields = {

@@ -97,6 +97,11 @@ class BusinessStore(abc.ABC):
         :class:`UpdateTimeConflict` with the stored one.
         """
 
+    def may_have_applied(self, error: BaseException) -> bool:
+        """Whether a write that failed with ``error`` may have been applied all the same (its
+        answer lost): its business is then invalidated as after a write. When unsure, yes."""
+        return True
+
     @abc.abstractmethod
     async def list(
         self, *, after_id: str | None, limit: int, include_inactive: bool, servable_only: bool

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from services.business.crypto import TokenCipher
 from services.business.sqlite_store import SqliteStore
 from services.business.store import BusinessStore
 from services.common.business_keys import KeyKind, lookup_key
+from services.common.errors import Unavailable
 from services.common.invalidation import InvalidationBus
 from services.common.lookup_cache import LookupCache
 from services.common.tasks import wait_shielded
@@ -179,6 +181,34 @@ async def test_writes_invalidate_locally_at_once(store: BusinessStore, core: Bus
             KeyKind.PHONE_NUMBER_ID, "888000", lookup_key(KeyKind.PHONE_NUMBER_ID, "888000")
         )
     )[0] is None
+
+
+async def test_a_write_that_surely_failed_keeps_the_cached_business(
+    tmp_path: Path, cipher: TokenCipher
+) -> None:
+    """A write the store failed is invalidated where it may have been applied (MongoDB's answer
+    lost: test_service.py). A SQLite write that failed was rolled back: the business is as the
+    cache holds it, which goes on serving it while the store cannot be written."""
+    db = tmp_path / "business.db"
+    store = SqliteStore(db)
+    cache: LookupCache[CachedBusiness] = LookupCache(capacity=10, ttl=300, negative_ttl=30)
+    core = BusinessCore(store, cipher, cache=cache)
+    holder = sqlite3.connect(db, isolation_level=None)
+    try:
+        created = await create_business(core, "locked", "777000")
+        key = lookup_key(KeyKind.SUBDOMAIN, "locked")
+        await core.lookup(KeyKind.SUBDOMAIN, "locked", key)
+        writer = await store._write()
+        await writer.execute("PRAGMA busy_timeout = 50")  # not the 5 s it waits for the lock
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        with pytest.raises(Unavailable):
+            await core.deactivate(created.id)
+        holder.execute("ROLLBACK")
+        found, cached = await core.lookup(KeyKind.SUBDOMAIN, "locked", key)
+        assert cached and found is not None and found.record.active
+    finally:
+        holder.close()
+        await store.close()
 
 
 async def test_a_write_cancelled_as_it_commits_is_still_invalidated_everywhere(
