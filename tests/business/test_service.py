@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from tests.business.conftest import (
     SecretRegistry,
     demo_request,
     fresh_database,
+    secantusdb,
     start_service,
 )
 from tests.support.processes import ROOT, ServiceProcess, Valkey, free_port, wait_for
@@ -1195,22 +1197,26 @@ async def test_what_a_replica_cached_before_its_first_subscription_is_dropped_on
 
 
 async def test_a_write_whose_answer_from_mongodb_was_lost_still_drops_the_cached_business(
-    registry: SecretRegistry, tmp_path: Path, mongo_uri: str
+    registry: SecretRegistry, tmp_path: Path
 ) -> None:
     """MongoDB applied the deactivation and its answer was lost (the connection dropped with no
     retryable write to repeat it: a standalone server, or `retryWrites=false`; or a write
     concern that timed out after the primary had it): the call is UNAVAILABLE, and the replica
     used to keep serving the business from its cache, active, for its whole TTL (and every
-    other replica too: nothing was published)."""
-    # directConnection: the driver keeps to the proxy instead of the address the server gives.
-    cutter = ReplyCutter(mongo_uri.removeprefix("mongodb://").rstrip("/")).start()
-    running = await start_service(
-        registry, "business-mongo-cut", tmp_path / "unused.db",
-        MONGODB_URI=f"mongodb://{cutter.address}/?directConnection=true&retryWrites=false",
-        MONGODB_DATABASE=fresh_database(),
-        MONGODB_MIN_POOL_SIZE="1",
-    )  # fmt: skip
-    try:
+    other replica too: nothing was published). The stand-in always (a proxy in front of a real
+    deployment would need its credentials and topology)."""
+    async with contextlib.AsyncExitStack() as stack:
+        uri = stack.enter_context(secantusdb(registry.log_dir / "secantusdb-cut.log"))
+        cutter = ReplyCutter(uri.removeprefix("mongodb://").rstrip("/")).start()
+        stack.callback(cutter.stop)
+        # directConnection: the driver keeps to the proxy, not the address the server gives.
+        running = await start_service(
+            registry, "business-mongo-cut", tmp_path / "unused.db",
+            MONGODB_URI=f"mongodb://{cutter.address}/?directConnection=true&retryWrites=false",
+            MONGODB_DATABASE=fresh_database(),
+            MONGODB_MIN_POOL_SIZE="1",
+        )  # fmt: skip
+        stack.push_async_callback(running.close)
         request = demo_request()
         created = (await running.stub.CreateBusiness(request)).business
         lookup = business_pb2.LookupBusinessRequest(subdomain=request.business.subdomain)
@@ -1225,6 +1231,3 @@ async def test_a_write_whose_answer_from_mongodb_was_lost_still_drops_the_cached
         stored = await running.stub.GetBusiness(business_pb2.GetBusinessRequest(id=created.id))
         assert not stored.business.active  # applied all the same
         assert await eventually_not_found(running, lookup)
-    finally:
-        await running.close()
-        cutter.stop()
