@@ -210,6 +210,23 @@ async def test_a_malformed_offer_is_skipped_and_the_others_kept(
     assert CLIENT_SECRET not in repr(logs)
 
 
+async def test_a_technical_stop_is_a_stop(provider: AmadeusProvider, amadeus: FakeAmadeus) -> None:
+    """A segment that lands on the way (``numberOfStops``, the contract's technical stops, e.g.
+    to refuel, listed in ``stops``) is one flight number but not a non-stop: its stops count.
+    (Was a bug: stops were the segments less one, so such a flight was shown as non-stop.)"""
+    refuelled = offer("3", "JFK", "LHR", "2026-12-15", "400.00")
+    segment = refuelled["itineraries"][0]["segments"][0]
+    segment["numberOfStops"] = 1
+    segment["stops"] = [{"iataCode": "SNN", "duration": "PT1H"}]
+    connection = offer("4", "JFK", "LHR", "2026-12-15", "450.00")
+    first = connection["itineraries"][0]["segments"][0]
+    second = {**first, "id": "2", "number": "5", "numberOfStops": 1}
+    connection["itineraries"][0]["segments"] = [first, second]
+    amadeus.offers = [refuelled, connection, offer("2", "JFK", "LHR", "2026-12-15", "512.30")]
+    offers = await provider.search(query(adults=1, non_stop=False), soon())
+    assert [(o.id, o.itineraries[0].stops) for o in offers] == [("3", 1), ("4", 2), ("2", 0)]
+
+
 async def test_an_answer_of_malformed_offers_only_is_a_provider_failure(
     provider: AmadeusProvider, amadeus: FakeAmadeus
 ) -> None:

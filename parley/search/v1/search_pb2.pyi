@@ -259,7 +259,9 @@ class Itinerary(_message.Message):
     STOPS_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
     stops: _builtins.int
-    """Number of stops (segments minus one)."""
+    """Number of stops: connections (segments minus one) and landings within a segment (technical
+    stops, e.g. to refuel).
+    """
     @_builtins.property
     def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Segment]:
         """The flights, in order."""

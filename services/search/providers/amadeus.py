@@ -418,10 +418,13 @@ class AmadeusProvider(Provider):
                         aircraft_code=str((seg.get("aircraft") or {}).get("code", "")),
                     )
                 )
+            # Connections, and the landings within a segment (``numberOfStops``: technical
+            # stops, e.g. to refuel): one flight number, but not a non-stop.
+            landings = sum(int(seg.get("numberOfStops") or 0) for seg in itinerary["segments"])
             itineraries.append(
                 search_pb2.Itinerary(
                     segments=segments,
-                    stops=max(0, len(segments) - 1),
+                    stops=len(segments) - 1 + max(0, landings),
                     duration=parse_duration(itinerary.get("duration", "")),
                 )
             )
