@@ -246,6 +246,7 @@ class FakeAmadeus:
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.scripts: defaultdict[str, deque[Scripted]] = defaultdict(deque)
         self.delay = 0.0
+        self.token_delay = 0.0  # a slow token endpoint
         # Seconds before each next 401 of the offers endpoint goes out (one per refusal).
         self.refusal_delays: list[float] = []
         # Scripted errors quote the request's Authorization header, as some gateways' errors do.
@@ -279,6 +280,7 @@ class FakeAmadeus:
         self.requests.clear()
         self.scripts.clear()
         self.delay = 0.0
+        self.token_delay = 0.0
         self.refusal_delays = []
         self.echo_authorization = False
         self.offers = None
@@ -323,6 +325,8 @@ class FakeAmadeus:
         async def token(request: Request) -> JSONResponse:
             path = "/v1/security/oauth2/token"
             self.calls[path] += 1
+            if self.token_delay:
+                await asyncio.sleep(self.token_delay)
             scripted = self._scripted(path)
             if scripted is not None:
                 return scripted

@@ -73,6 +73,12 @@ def soon(seconds: float = 5.0) -> float:
     return time.monotonic() + seconds
 
 
+async def refreshed(adapter: AmadeusProvider) -> None:
+    """Once the token request in flight has ended (an early refresh runs beside the searches)."""
+    if adapter._refreshing is not None:
+        await asyncio.wait([adapter._refreshing])
+
+
 async def test_offers_are_mapped_exactly(provider: AmadeusProvider, amadeus: FakeAmadeus) -> None:
     offers = await provider.search(query(return_date=DAY + dt.timedelta(days=3)), soon())
     # Cheapest first, though Amadeus listed it second (its contract promises no order).
@@ -256,6 +262,7 @@ async def test_the_token_is_refreshed_before_it_expires(
     try:
         await adapter.search(query(), soon())
         await adapter.search(query(), soon())
+        await refreshed(adapter)
         assert amadeus.calls[TOKEN] == 2
         # Never a 401 along the way: the old token was replaced before it expired.
         assert amadeus.calls[OFFERS] == 2
@@ -277,9 +284,50 @@ async def test_a_failed_early_refresh_keeps_the_token_until_it_expires(
         await adapter.search(query(), soon())
         amadeus.script(TOKEN, *([503] * 10))
         assert await adapter.search(query(), soon())
+        await refreshed(adapter)
         assert amadeus.calls[TOKEN] == 2 and amadeus.calls[OFFERS] == 2
     finally:
         amadeus.token_ttl = 1799
+        await adapter.aclose()
+
+
+async def test_a_slow_early_refresh_holds_no_search_up(
+    amadeus: FakeAmadeus, places: Places
+) -> None:
+    """The refresh a minute early runs beside the searches, which keep the token that still
+    works. (Was a bug: each search in that minute waited for the refresh, one after another,
+    so a token endpoint that hung failed every search on its deadline with a working token.)"""
+    amadeus.token_ttl = 45  # inside the refresh margin: the next search refreshes it early
+    adapter = AmadeusProvider(settings(amadeus), places)
+    try:
+        await adapter.search(query(), soon())
+        amadeus.token_delay = 2.0
+        answers = await asyncio.gather(*(adapter.search(query(), soon(1.0)) for _ in range(5)))
+        assert all(answers)
+        await refreshed(adapter)
+        assert amadeus.calls[TOKEN] == 2  # one refresh, however many searches saw it due
+    finally:
+        amadeus.token_ttl = 1799
+        await adapter.aclose()
+
+
+async def test_concurrent_searches_share_a_failing_token_request(
+    amadeus: FakeAmadeus, places: Places
+) -> None:
+    """Searches that need a token while the token endpoint fails share each attempt's one
+    request and its failure. (Was a bug: they took the token lock in turn and each sent its own
+    request, a storm of up to one a search and attempt on an endpoint already failing.)"""
+    adapter = AmadeusProvider(settings(amadeus, amadeus_max_attempts=2), places)
+    amadeus.script(TOKEN, *([503] * 100))
+    amadeus.token_delay = 0.2  # longer than the backoff: every retry joins the same request
+    try:
+        results = await asyncio.gather(
+            *(adapter.search(query(), soon()) for _ in range(50)), return_exceptions=True
+        )
+        assert all(isinstance(r, ProviderUnavailable) for r in results), results[:3]
+        assert amadeus.calls[TOKEN] == 2  # one an attempt
+        assert CLIENT_SECRET not in repr(results)
+    finally:
         await adapter.aclose()
 
 

@@ -2,8 +2,9 @@
 Self-Service tier that closed in July 2026).
 
 - OAuth2 client credentials (``POST /v1/security/oauth2/token``); the token is cached and
-  refreshed a minute before it expires (kept until it expires if that fails); a 401 refreshes
-  it once and retries.
+  refreshed a minute before it expires, beside the searches, which keep it until it expires
+  (if that refresh fails too); a 401 refreshes it once and retries. One token request at a
+  time, whose token or failure every search waiting for one shares.
 - 429 and 5xx (and transport errors) are retried with exponential backoff and jitter (tenacity),
   honouring ``Retry-After``, and only while the call's deadline leaves room; every request,
   a retry too, takes a slot of the client-side rate limit (the account's limit on requests).
@@ -166,13 +167,15 @@ class AmadeusProvider(Provider):
         self._slot: Callable[[float], Awaitable[None]] = _unlimited
         self._token: str | None = None
         self._token_expires = 0.0  # monotonic
-        self._token_lock = asyncio.Lock()
+        self._refreshing: asyncio.Task[str] | None = None
         self.token_requests = 0  # for tests and logs
         # Unreadable offers: a warning when they start (a contract that moved makes every answer
         # have some), debug lines while they go on, a line when an answer is clean again.
         self._malformed = OutageLog(log, "amadeus offers readable again")
 
     async def aclose(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
         await self._http.aclose()
 
     def pace_requests(self, slot: Callable[[float], Awaitable[None]]) -> bool:
@@ -183,27 +186,41 @@ class AmadeusProvider(Provider):
     # -- token -------------------------------------------------------------------------------
 
     async def _access_token(self, deadline: float, *, refused: str | None = None) -> str:
-        """The token to send: the cached one unless it is about to expire or is ``refused``
-        (answered 401). Many searches refused the same token need one new token between them,
-        whenever their 401s come back: hence the refused token, not "refresh now"."""
-        async with self._token_lock:
-            # Another caller may have refreshed while we waited for the lock.
-            now = time.monotonic()
-            valid = self._token if self._token != refused and now < self._token_expires else None
-            if valid and now < self._token_expires - REFRESH_MARGIN_SECONDS:
-                return valid
-            try:
-                return await self._new_token(deadline)
-            except (_Retryable, ProviderUnavailable) as error:
-                if valid is None:
-                    raise
-                # Refreshed early so as never to send an expired token, not because this one
-                # stopped working: a token endpoint failing in its last minute fails no search.
-                log.warning(
-                    "amadeus token refresh failed; the current one is still valid",
-                    reason=str(error),
-                )
-                return valid
+        """The token to send: the cached one unless it has expired or is ``refused`` (answered
+        401). One refresh at a time, shared: searches that need a token wait for the refresh
+        in flight and share its token or its failure (a failing token endpoint gets one request,
+        not one a search), and many searches refused the same token need one new token between
+        them, whenever their 401s come back: hence the refused token, not "refresh now"."""
+        now = time.monotonic()
+        if self._token is not None and self._token != refused and now < self._token_expires:
+            if now >= self._token_expires - REFRESH_MARGIN_SECONDS:
+                # Refreshed early so as never to send an expired token, beside the searches:
+                # this one still works, and a token endpoint slow or failing in its last
+                # minute holds no search up and fails none.
+                self._refresh(deadline)
+            return self._token
+        refresh = self._refresh(deadline)
+        async with asyncio.timeout(max(0.0, deadline - now)):
+            # Shielded: a search whose deadline comes first leaves the refresh to the others.
+            return await asyncio.shield(refresh)
+
+    def _refresh(self, deadline: float) -> asyncio.Task[str]:
+        """The token request in flight, or a new one (on the deadline of the search that
+        needed it)."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._new_token(deadline))
+            self._refreshing.add_done_callback(self._refreshed)
+        return self._refreshing
+
+    def _refreshed(self, task: asyncio.Task[str]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved here: an early refresh may have no one waiting
+        if error is not None and self._token and time.monotonic() < self._token_expires:
+            log.warning(
+                "amadeus token refresh failed; the current one is still valid",
+                reason=str(error),
+            )
 
     async def _new_token(self, deadline: float) -> str:
         self.token_requests += 1
