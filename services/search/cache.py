@@ -78,6 +78,11 @@ class ResultCache:
     def is_fresh(self, cached: Cached, now: float | None = None) -> bool:
         return cached.age(now) < self.ttl
 
+    def servable(self, cached: Cached | None) -> TypeGuard[Cached]:
+        """Still within the grace, to be served stale. Redis's expiry alone is not the rule: an
+        entry written while the grace was longer keeps that longer expiry."""
+        return cached is not None and cached.age() < self.ttl + self.grace
+
     def is_new(self, cached: Cached | None, newer_than: float | None) -> TypeGuard[Cached]:
         """Fresh, and fetched after ``newer_than`` (the fetch time of the copy already read)."""
         return (

@@ -207,7 +207,7 @@ class SearchEngine:
         return answer
 
     def _too_late(self, stale: Cached | None) -> search_pb2.SearchFlightsResponse:
-        if stale is not None:
+        if self.cache.servable(stale):
             SEARCHES.labels(self.provider.name, "stale").inc()
             return self._answer(stale, stale=True, now=time.time())
         SEARCHES.labels(self.provider.name, "error").inc()
@@ -319,7 +319,7 @@ class SearchEngine:
                     PROVIDER_SECONDS.labels(self.provider.name).observe(elapsed)
 
     def _fallback(self, stale: Cached | None, reason: str) -> search_pb2.SearchFlightsResponse:
-        if stale is not None and stale.age() < self.cache.ttl + self.cache.grace:
+        if self.cache.servable(stale):
             log.warning("serving stale results", provider=self.provider.name, reason=reason)
             return self._answer(stale, stale=True, now=time.time())
         log.warning("search failed", provider=self.provider.name, reason=reason)

@@ -406,6 +406,24 @@ async def test_a_slow_provider_hits_the_deadline(build: Build) -> None:
     assert answer.stale
 
 
+async def test_a_copy_past_its_grace_is_never_served(build: Build) -> None:
+    """A copy older than the TTL and the grace (one written while SEARCH_STALE_GRACE_SECONDS
+    was longer, which Redis keeps to its old expiry) is served neither when the provider fails
+    nor when the caller's deadline comes first. (Was a bug: the deadline served it, days old.)"""
+    provider = FakeProvider(delay=2.0)
+    engine = build(provider, redis_cache_ttl_seconds=60, search_stale_grace_seconds=60)
+    key = ResultCache.key(provider.name, query().key())
+    old = search_pb2.SearchFlightsResponse(provider=provider.name)
+    old.offers.add(id="last week")
+    old.fetch_time.FromNanoseconds(int((time.time() - 7 * 86400) * 1e9))
+    await engine.cache.client.set(key, old.SerializeToString(), ex=86400)
+    with pytest.raises(DeadlineExceeded):
+        await engine.search(query(), soon(0.2))
+    provider.delay, provider.failing = 0.0, True
+    with pytest.raises(Unavailable):
+        await engine.search(query(), soon())
+
+
 async def test_a_callers_deadline_is_not_a_provider_failure(build: Build) -> None:
     """The provider is healthy but slower than the caller's deadline: the breaker counts only the
     provider's own failures, so impatient callers cannot open it for everyone."""
