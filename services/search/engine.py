@@ -24,6 +24,7 @@ from typing import TypeVar
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Histogram
 
 from parley.search.v1 import search_pb2
@@ -427,8 +428,12 @@ class SearchEngine:
         raw = await self.cache.get_bytes(key)
         if raw is not None:
             cached = search_pb2.ResolvePlaceResponse()
-            cached.ParseFromString(raw)
-            return [c.place for c in cached.candidates]
+            try:
+                cached.ParseFromString(raw)
+            except DecodeError:  # not ours (a corrupt or foreign value): a miss, rewritten below
+                pass
+            else:
+                return [c.place for c in cached.candidates]
         cap = time.monotonic() + 3.0  # the locations API's own time
         try:
             places = await self.call_provider(

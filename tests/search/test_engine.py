@@ -463,6 +463,25 @@ async def test_only_places_a_search_accepts_are_offered(build: Build) -> None:
         )
 
 
+async def test_a_corrupt_cache_entry_is_a_miss(build: Build) -> None:
+    """A cached answer that is not ours (another format, a corrupt value) is asked for again
+    and replaced, a search's and a locations lookup's alike. (Was a bug for the locations: it
+    failed every ResolvePlace of that text with an internal error until it expired.)"""
+    provider = PlacesProvider()
+    engine = build(provider)
+    flights = ResultCache.key(provider.name, query().key())
+    await engine.cache.client.set(flights, b'{"offers": []}', ex=3600)
+    answer = await engine.search(query(), soon())
+    assert not answer.from_cache and answer.offers and provider.calls == 1
+    provider.calls = 0
+    key = f"search:v1:{provider.name}:places2:3:zzyzx springs"
+    await engine.cache.client.set(key, b'{"candidates": []}', ex=3600)
+    found = await engine.resolve("zzyzx springs", 3, soon())
+    assert "DAG" in [c.place.code for c in found] and provider.calls == 1
+    again = await engine.resolve("zzyzx springs", 3, soon())  # from the entry written anew
+    assert "DAG" in [c.place.code for c in again] and provider.calls == 1
+
+
 async def test_a_city_and_its_airport_under_one_code_are_one_candidate(build: Build) -> None:
     """Amadeus's location search answers a city and its airport under one code (its own Munich
     example: CITY MUC and AIRPORT MUC): the user was offered the same place twice."""
