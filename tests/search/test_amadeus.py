@@ -216,6 +216,22 @@ async def test_a_malformed_offer_is_skipped_and_the_others_kept(
     assert CLIENT_SECRET not in repr(logs)
 
 
+async def test_an_answer_far_beyond_the_contract_is_not_read(
+    provider: AmadeusProvider, amadeus: FakeAmadeus
+) -> None:
+    """An answer larger than any the contract gives (``max`` bounds it at 250 offers, a couple
+    of megabytes; the adapter asks for 50 at most) is a provider failure, read no further than
+    the bound. (Was a bug: it was read whole, held in memory and parsed on the event loop.)"""
+    amadeus.offers = [offer("1", "JFK", "LHR", "2026-12-15", "512.30")] * 12_000  # ~10 MB
+    before = _skipped()
+    with pytest.raises(ProviderUnavailable, match="larger than"):
+        # A server that ignores ``max``: the fake cuts its answer to it.
+        await provider.search(query(max_results=20_000), soon())
+    assert _skipped() == before
+    amadeus.offers = [offer("1", "JFK", "LHR", "2026-12-15", "512.30")] * 250  # the contract's most
+    assert len(await provider.search(query(max_results=250), soon())) == 250
+
+
 async def test_a_technical_stop_is_a_stop(provider: AmadeusProvider, amadeus: FakeAmadeus) -> None:
     """A segment that lands on the way (``numberOfStops``, the contract's technical stops, e.g.
     to refuel, listed in ``stops``) is one flight number but not a non-stop: its stops count.

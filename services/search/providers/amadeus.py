@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -60,6 +61,9 @@ TOKEN_PATH = "/v1/security/oauth2/token"
 OFFERS_PATH = "/v2/shopping/flight-offers"
 LOCATIONS_PATH = "/v1/reference-data/locations"
 REFRESH_MARGIN_SECONDS = 60.0
+# Far above any answer of the contract (``max`` bounds it at 250 offers, a couple of megabytes;
+# we ask for 50 at most): a larger one is read no further, not held and parsed on the loop.
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
 TRAVEL_CLASS: dict[int, str] = {
     search_pb2.CABIN_ECONOMY: "ECONOMY",
     search_pb2.CABIN_PREMIUM_ECONOMY: "PREMIUM_ECONOMY",
@@ -123,9 +127,9 @@ def parse_duration(text: str) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(headers: httpx.Headers) -> float | None:
     """The seconds ``Retry-After`` asks for: a number of seconds or an HTTP date (RFC 9110)."""
-    value = response.headers.get("retry-after")
+    value = headers.get("retry-after")
     if value is None:
         return None
     try:
@@ -237,11 +241,13 @@ class AmadeusProvider(Provider):
         except httpx.HTTPError as error:
             raise _Retryable(f"token request failed: {type(error).__name__}") from None
         if response.status_code != 200:
-            said = _described(_token_errors(_json(response)), self._secret.get_secret_value())
+            said = _described(
+                _token_errors(_json(response.content)), self._secret.get_secret_value()
+            )
             if response.status_code == 429 or response.status_code >= 500:
                 raise _Retryable(
                     f"token endpoint answered {response.status_code}{said}",
-                    _retry_after(response),
+                    _retry_after(response.headers),
                 )
             # Wrong credentials are our configuration's fault, not the caller's.
             raise ProviderUnavailable(
@@ -318,30 +324,32 @@ class AmadeusProvider(Provider):
             token = await self._access_token(deadline, refused=refused)
             await self._slot(deadline)
             try:
-                response = await self._http.get(
+                async with self._http.stream(
+                    "GET",
                     path,
                     params=params,
                     headers={"Authorization": f"Bearer {token}"},
                     timeout=self._timeout(deadline),
-                )
+                ) as response:
+                    status, headers = response.status_code, response.headers
+                    if status == 401 and refused is None:
+                        refused = token  # expired or revoked early: one fresh token, then give up
+                        continue
+                    content = await _bounded(response, path)
             except httpx.HTTPError as error:
                 raise _Retryable(f"{path}: {type(error).__name__}") from None
-            if response.status_code == 401 and refused is None:
-                refused = token  # expired or revoked early: one fresh token, then give up
-                continue
             break
-        status = response.status_code
         if status == 200:
             try:
-                return response.json()
+                return json.loads(content)
             except ValueError:
                 raise ProviderUnavailable(f"{path}: response was not JSON") from None
         # Every entry of errors[]: Amadeus lists one per problem (all of one status), and a
         # log line or a caller told only the first misses the others.
-        problems = _errors(_json(response))
+        problems = _errors(_json(content))
         said = _described(problems, token)
         if status == 429 or status >= 500:
-            raise _Retryable(f"{path} answered {status}{said}", _retry_after(response))
+            raise _Retryable(f"{path} answered {status}{said}", _retry_after(headers))
         if status == 400:
             # Passed on to the caller (the bot quotes it to the user): never the token it may quote.
             (field, detail), *more = _violations(problems, token)
@@ -530,12 +538,25 @@ def _amount(offer: search_pb2.FlightOffer) -> Decimal:
     return value if value.is_finite() else Decimal("Infinity")
 
 
-def _json(response: httpx.Response) -> Any:
-    """The response's JSON body, None when it has none."""
+def _json(content: bytes) -> Any:
+    """A response's JSON body, None when it has none."""
     try:
-        return response.json()
+        return json.loads(content)
     except ValueError:
         return None
+
+
+async def _bounded(response: httpx.Response, path: str) -> bytes:
+    """The body, unless it is larger than any answer of the contract: read no further then."""
+    size = response.headers.get("content-length", "")
+    if size.isdigit() and int(size) > MAX_ANSWER_BYTES:
+        raise ProviderUnavailable(f"{path}: answer larger than {MAX_ANSWER_BYTES} bytes")
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:  # compressed, or without a length
+            raise ProviderUnavailable(f"{path}: answer larger than {MAX_ANSWER_BYTES} bytes")
+    return bytes(body)
 
 
 def _errors(body: Any) -> list[dict[str, Any]]:
