@@ -216,6 +216,24 @@ async def test_a_malformed_offer_is_skipped_and_the_others_kept(
     assert CLIENT_SECRET not in repr(logs)
 
 
+async def test_a_missing_duration_is_the_time_from_departure_to_arrival(
+    provider: AmadeusProvider, amadeus: FakeAmadeus
+) -> None:
+    """An itinerary's or a segment's ``duration`` is optional in the contract: without it (or
+    one that is no ISO 8601 duration) the time from the first departure to the last arrival,
+    by the airports' offsets, is the answer's. (Was a bug: 0, which the bot showed as 0h 0m.)"""
+    partial = offer("1", "JFK", "LHR", "2026-12-15", "512.30")
+    del partial["itineraries"][0]["duration"]
+    segment = partial["itineraries"][0]["segments"][0]
+    segment["duration"] = "eight hours"
+    segment["arrival"]["at"] = "2026-12-16T07:35:00"
+    amadeus.offers = [partial]
+    (found,) = await provider.search(query(adults=1), soon())
+    # 18:30 in New York (-05:00) to 07:35 the next day in London (+00:00): 8 h 5 min.
+    assert found.itineraries[0].duration.seconds == 8 * 3600 + 5 * 60
+    assert found.itineraries[0].segments[0].duration.seconds == 8 * 3600 + 5 * 60
+
+
 async def test_an_answer_far_beyond_the_contract_is_not_read(
     provider: AmadeusProvider, amadeus: FakeAmadeus
 ) -> None:

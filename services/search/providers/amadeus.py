@@ -127,6 +127,19 @@ def parse_duration(text: str) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
+def _duration(text: Any, start: str, end: str) -> duration_pb2.Duration:
+    """The contract's ISO 8601 duration; optional in it, so without one (or one that is none)
+    the time from ``start`` to ``end``, local times with their offsets (none when one lacks
+    its offset: an airport the index does not know)."""
+    match = _ISO_DURATION.match(text) if isinstance(text, str) else None
+    if match and any(match.groups()):
+        return parse_duration(text)
+    leaves, lands = dt.datetime.fromisoformat(start), dt.datetime.fromisoformat(end)
+    if leaves.tzinfo is None or lands.tzinfo is None or lands < leaves:
+        return duration_pb2.Duration()
+    return duration_pb2.Duration(seconds=int((lands - leaves).total_seconds()))
+
+
 def _retry_after(headers: httpx.Headers) -> float | None:
     """The seconds ``Retry-After`` asks for: a number of seconds or an HTTP date (RFC 9110)."""
     value = headers.get("retry-after")
@@ -429,6 +442,8 @@ class AmadeusProvider(Provider):
             segments = []
             for seg in itinerary["segments"]:
                 dep, arr = seg["departure"], seg["arrival"]
+                leaves = self._local(dep["at"], dep["iataCode"])
+                lands = self._local(arr["at"], arr["iataCode"])
                 segments.append(
                     search_pb2.Segment(
                         # The carrier whose number this is (the marketing one): a codeshare's
@@ -436,10 +451,10 @@ class AmadeusProvider(Provider):
                         carrier_code=str(seg["carrierCode"]),
                         flight_number=str(seg["number"]),
                         departure_airport=str(dep["iataCode"]),
-                        departure_time=self._local(dep["at"], dep["iataCode"]),
+                        departure_time=leaves,
                         arrival_airport=str(arr["iataCode"]),
-                        arrival_time=self._local(arr["at"], arr["iataCode"]),
-                        duration=parse_duration(seg.get("duration", "")),
+                        arrival_time=lands,
+                        duration=_duration(seg.get("duration"), leaves, lands),
                         aircraft_code=str((seg.get("aircraft") or {}).get("code", "")),
                     )
                 )
@@ -450,7 +465,11 @@ class AmadeusProvider(Provider):
                 search_pb2.Itinerary(
                     segments=segments,
                     stops=len(segments) - 1 + max(0, landings),
-                    duration=parse_duration(itinerary.get("duration", "")),
+                    duration=_duration(
+                        itinerary.get("duration"),
+                        segments[0].departure_time,
+                        segments[-1].arrival_time,
+                    ),
                 )
             )
         price = item["price"]
