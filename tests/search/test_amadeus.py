@@ -345,6 +345,23 @@ async def test_a_slow_early_refresh_holds_no_search_up(
         await adapter.aclose()
 
 
+async def test_fifty_searches_at_expiry_fetch_one_token(
+    amadeus: FakeAmadeus, places: Places
+) -> None:
+    amadeus.token_ttl = 1
+    adapter = AmadeusProvider(settings(amadeus), places)
+    try:
+        await adapter.search(query(), soon())
+        await asyncio.sleep(1.1)  # the token has expired: every search needs a new one
+        amadeus.token_ttl = 1799
+        answers = await asyncio.gather(*(adapter.search(query(), soon()) for _ in range(50)))
+        assert all(answers)
+        assert amadeus.calls[TOKEN] == 2 and amadeus.calls[OFFERS] == 51  # never a 401
+    finally:
+        amadeus.token_ttl = 1799
+        await adapter.aclose()
+
+
 async def test_concurrent_searches_share_a_failing_token_request(
     amadeus: FakeAmadeus, places: Places
 ) -> None:
