@@ -629,7 +629,11 @@ class Processor:
                     "business changed since read; its token not marked", business_id=business_id
                 )
                 return False
-            log.error("could not mark the token for renewal", code=error.code().name)
+            log.error(
+                "could not mark the token for renewal",
+                business_id=business_id,
+                code=error.code().name,
+            )
             return True
         log.warning("Cloud API token expired; business marked", business_id=business_id)
         return True
