@@ -16,6 +16,8 @@ URL forms (user, password and query options as in redis-py's ``from_url``):
 
 from __future__ import annotations
 
+import asyncio
+import random
 from typing import Any, TypeAlias, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -24,10 +26,11 @@ import structlog
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
     ClusterDownError,
+    MaxConnectionsError,
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
@@ -51,6 +54,38 @@ RedisClient: TypeAlias = redis.Redis | RedisCluster
 
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The Sentinel pool that waits up to ``timeout`` for a free connection, as the standalone
+    client's does; redis-py's own fails every call past ``max_connections`` at once with a
+    ``ConnectionError``, which callers take for Redis gone."""
+
+
+class _WaitingCluster(RedisCluster):
+    """``RedisCluster`` whose call waits up to ``pool_timeout`` for a free connection of the
+    node it goes to. redis-py's node pool fails a call past ``max_connections`` at once
+    (``MaxConnectionsError``, a ``ConnectionError``), which callers take for Redis gone."""
+
+    def __init__(self, *args: Any, pool_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pool_timeout = pool_timeout
+
+    async def _execute_command(self, target_node: ClusterNode, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.pool_timeout
+        pause = 0.001
+        while True:
+            try:
+                return await super()._execute_command(target_node, *args, **kwargs)
+            except MaxConnectionsError:
+                # Raised before the command was sent (a redirect before it was not applied):
+                # safe to send once a connection is free. The node's pool says nothing when
+                # one is, so look again after a short pause, growing to 50 ms.
+                if loop.time() + pause > deadline:
+                    raise
+                await asyncio.sleep(pause * random.uniform(0.5, 1.0))
+                pause = min(pause * 2, 0.05)
 
 
 def _hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:
@@ -108,8 +143,8 @@ def make_client(
 ) -> RedisClient:
     """A client for any of the URL forms in this module's docstring, typed as what it is.
 
-    ``max_connections`` bounds the pool (per node for Cluster). Standalone and Sentinel clients
-    wait up to ``pool_timeout`` for a free connection rather than failing a burst at once.
+    ``max_connections`` bounds the pool (per node for Cluster). A call waits up to
+    ``pool_timeout`` for a free connection rather than failing a burst at once.
     """
     scheme = urlsplit(url).scheme.lower()
     timeouts: dict[str, Any] = {
@@ -129,8 +164,12 @@ def make_client(
         if path not in ("", "0"):
             raise ValueError("Redis Cluster has only database 0")
         nodes = [ClusterNode(host, port) for host, port in _hosts(urlsplit(url).netloc, 6379)]
-        return RedisCluster(
-            startup_nodes=nodes, max_connections=max_connections, **options, **kwargs
+        return _WaitingCluster(
+            startup_nodes=nodes,
+            max_connections=max_connections,
+            pool_timeout=pool_timeout,
+            **options,
+            **kwargs,
         )
     if scheme in SENTINEL_SCHEMES:
         parts = urlsplit(url)
@@ -149,7 +188,9 @@ def make_client(
         client: redis.Redis = sentinel.master_for(
             service_name,
             db=db,
+            connection_pool_class=_BlockingSentinelPool,
             max_connections=max_connections,
+            timeout=pool_timeout,
             health_check_interval=30,
             **options,
             **kwargs,

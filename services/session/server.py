@@ -145,7 +145,7 @@ def build_store(settings: SessionSettings) -> SessionStore:
         ),
         fallback=settings.session_fallback,
         probe_seconds=settings.session_fallback_probe_seconds,
-        # Half the pool at most: a Cluster or Sentinel pool fails a call past its size.
+        # Half the pool at most: the rest stays free for the calls served meanwhile.
         write_back_concurrency=max(1, min(16, settings.session_redis_max_connections // 2)),
     )
 

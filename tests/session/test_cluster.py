@@ -143,3 +143,33 @@ async def test_gateway_rate_limits_count_on_the_cluster(valkey_cluster: ValkeyCl
         assert outcomes == [(True, True), (True, True), (True, False)]
     finally:
         await client.aclose()
+
+
+async def test_a_burst_past_the_pool_waits_for_a_connection_on_the_cluster(
+    valkey_cluster: ValkeyCluster, tmp_path: Path
+) -> None:
+    """More calls at once than a node's pool holds wait for a free connection, as
+    docs/session.md says, and Redis, which answers all along, is no outage. (Was a bug on
+    Cluster: redis-py's cluster pool fails a call past its size at once (MaxConnectionsError,
+    a ConnectionError), so the service took the burst for Redis gone and served from memory.)"""
+    running = start_session(
+        tmp_path, valkey_cluster.url, SESSION_REDIS_MAX_CONNECTIONS="2", LOG_LEVEL="INFO"
+    )
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            stub = SessionServiceStub(channel)
+            keys = [new_key("cluster-burst") for _ in range(40)]
+            replies = await asyncio.gather(
+                *(stub.GetConversation(pb.GetConversationRequest(key=k, create=True)) for k in keys)
+            )
+            assert all(reply.created for reply in replies)
+            status = await stub.GetStorageStatus(pb.GetStorageStatusRequest())
+            assert status.backend == pb.STORAGE_BACKEND_REDIS and not status.fallback_active
+        assert not [e for e in running.log_events() if "Redis unreachable" in str(e.get("event"))]
+        per_node = sum(
+            sum(1 for _ in node.client().scan_iter(match="conversation:{cluster-burst:*}:*:meta"))
+            for node in valkey_cluster.nodes
+        )
+        assert per_node == 40  # in Redis, not in the fallback's memory
+    finally:
+        running.stop()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from collections.abc import Iterator
@@ -75,6 +76,26 @@ async def test_sentinel_url_finds_the_master(sentinel: Sentinel, valkey: Valkey)
     finally:
         await client.aclose()
     assert redis.Redis(port=valkey.port, db=11).get("sentinel-check") == b"via sentinel"
+
+
+async def test_a_burst_past_the_pool_waits_for_a_connection_through_sentinel(
+    sentinel: Sentinel,
+) -> None:
+    """More commands at once than the pool holds wait for a free connection (up to
+    ``pool_timeout``), as on a standalone Redis. (Was a bug: the Sentinel pool failed each one
+    past its size at once, "Too many connections", a ConnectionError that the session service
+    took for Redis gone.)"""
+    client = make_client(
+        f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster/11", max_connections=2
+    )
+    try:
+        replies = await asyncio.gather(
+            *(client.set(f"sentinel-burst:{n}", n, ex=60) for n in range(40)),
+            return_exceptions=True,
+        )
+    finally:
+        await client.aclose()
+    assert replies == [True] * 40
 
 
 def test_session_service_runs_through_sentinel(
