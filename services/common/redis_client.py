@@ -12,19 +12,29 @@ URL forms (user, password and query options as in redis-py's ``from_url``):
   ``?sentinel_password=…`` when the Sentinels themselves require a password.
 - ``redis+cluster://[user:password@]host:7000,host:7001`` Redis Cluster (any reachable nodes;
   the rest are discovered); ``rediss+cluster://`` over TLS. Cluster has only database 0.
+
+A query option the client does not take, or a database that is no number, is a ``ValueError``
+here, at start, not a ``TypeError`` at the first command.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 from typing import Any, TypeAlias, cast
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import redis.asyncio as redis
 import structlog
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, parse_url
+from redis.asyncio.connection import (
+    URL_QUERY_ARGUMENT_PARSERS,
+    BlockingConnectionPool,
+    Connection,
+    SSLConnection,
+    parse_url,
+)
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
@@ -110,6 +120,33 @@ def _hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:
     return hosts
 
 
+def _parameters(cls: type) -> set[str]:
+    """The keyword parameters of ``cls.__init__`` and of its bases' (``**kwargs`` passes on)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            names.update(
+                p.name
+                for p in inspect.signature(init).parameters.values()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"
+            )
+    return names
+
+
+def _check_options(url: str, tls: bool, accepted: set[str]) -> None:
+    """Refuse a query option the client would take: redis-py passes every option it does not
+    parse itself on to the connection, which fails at its first use (a ``TypeError``), so a
+    typo or a TLS option on a plain ``redis://`` left a service never ready instead of
+    stopping it at start. Names only in the message: the values may hold a password."""
+    names = set(parse_qs(urlsplit(url).query))
+    parsed = {n for n in URL_QUERY_ARGUMENT_PARSERS if tls or not n.startswith("ssl")}
+    unknown = sorted(names - accepted - parsed)
+    if unknown:
+        hint = "" if tls or not any(n.startswith("ssl") for n in unknown) else "; TLS needs rediss"
+        raise ValueError(f"Redis URL option not understood: {', '.join(unknown)}{hint}")
+
+
 def _common_kwargs(url: str, tls: bool) -> dict[str, Any]:
     """Credentials and query options of a multi-host URL, parsed as redis-py parses one host."""
     parts = urlsplit(url)
@@ -159,7 +196,10 @@ def make_client(
         "decode_responses": decode_responses,
     }
     if scheme in CLUSTER_SCHEMES:
-        kwargs = _common_kwargs(url, CLUSTER_SCHEMES[scheme])
+        tls = CLUSTER_SCHEMES[scheme]
+        cluster_options = {n for n in _parameters(RedisCluster) if tls or not n.startswith("ssl")}
+        _check_options(url, tls, cluster_options)
+        kwargs = _common_kwargs(url, tls)
         path = urlsplit(url).path.strip("/")
         if path not in ("", "0"):
             raise ValueError("Redis Cluster has only database 0")
@@ -173,10 +213,15 @@ def make_client(
         )
     if scheme in SENTINEL_SCHEMES:
         parts = urlsplit(url)
-        kwargs = _common_kwargs(url, SENTINEL_SCHEMES[scheme])
+        tls = SENTINEL_SCHEMES[scheme]
+        connection = SSLConnection if tls else Connection
+        _check_options(url, tls, _parameters(connection) | {"sentinel_password"})
+        kwargs = _common_kwargs(url, tls)
         segments = [unquote(p) for p in parts.path.split("/") if p]
         if not segments:
             raise ValueError("Sentinel URL needs the master's name: redis+sentinel://h:26379/name")
+        if len(segments) > 2 or (len(segments) == 2 and not segments[1].isdigit()):
+            raise ValueError("Sentinel URL path is /<master name>[/<database number>]")
         service_name = segments[0]
         db = int(segments[1]) if len(segments) > 1 else 0
         sentinel_kwargs: dict[str, Any] = dict(timeouts)
@@ -196,6 +241,16 @@ def make_client(
             **kwargs,
         )
         return client
+    if scheme in ("redis", "rediss"):
+        # redis-py reads "/zero" as database 0 and "/1/2" as 12, without a word.
+        path = urlsplit(url).path.strip("/")
+        if path and not path.isdigit():
+            raise ValueError("Redis URL path is a database number: redis://host:6379/0")
+        _check_options(
+            url,
+            scheme == "rediss",
+            _parameters(SSLConnection if scheme == "rediss" else Connection),
+        )
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,

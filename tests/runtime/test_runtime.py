@@ -267,6 +267,10 @@ def assert_refused_in_one_line(done: subprocess.CompletedProcess[str], variable:
         ("session", "REDIS_URL", {"REDIS_URL": "redis://u:s3cret/x@h:6379/0"}),
         ("search", "REDIS_URL", {"REDIS_URL": "rediss://:s3cret#x@h:6379/0"}),
         ("business", "REDIS_URL", {"REDIS_URL": "redis+cluster://u:s3cret?x@h:7000"}),
+        # An option the client does not know went on to the connection: on Cluster a traceback
+        # (status 1); otherwise a service that started and was never ready (a TypeError).
+        ("session", "REDIS_URL", {"REDIS_URL": "rediss+cluster://u:s3cret@h:7000?ssl_ca_cert=/c"}),
+        ("search", "REDIS_URL", {"REDIS_URL": "redis://u:s3cret@h:6379/0?ssl_cert_reqs=required"}),
         ("business", "MONGODB_URI", {"MONGODB_URI": "mongo://u:s3cret@127.0.0.1:1"}),
         ("business", "MONGODB_URI", {"MONGODB_URI": "mongodb://u:s3cret@h:abc"}),
         ("session", "GRPC_TLS_KEY", {"GRPC_TLS_CERT": MISSING, "GRPC_TLS_KEY": MISSING}),

@@ -116,17 +116,48 @@ def test_session_service_runs_through_sentinel(
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("url", "says"),
     [
-        "redis+sentinel://127.0.0.1:26379",  # no master name
-        "redis+cluster://127.0.0.1:7000/3",  # Cluster has only database 0
-        "redis+cluster://127.0.0.1:notaport",
+        ("redis+sentinel://127.0.0.1:26379", "master's name"),
+        ("redis+cluster://127.0.0.1:7000/3", "only database 0"),
+        ("redis+cluster://127.0.0.1:notaport", "bad port"),
+        # Options redis-py does not parse went on to the connection, which failed at its first
+        # use (a TypeError): never ready, or on Cluster a traceback at start.
+        ("redis://:s3cret@h:6379/0?ssl_cert_reqs=required", "ssl_cert_reqs; TLS needs rediss"),
+        ("redis://:s3cret@h:6379/0?ssl_check_hostname=true", "ssl_check_hostname"),
+        ("rediss://:s3cret@h:6379/0?ssl_ca_cert=/ca.pem", "not understood: ssl_ca_cert"),
+        ("redis+sentinel://:s3cret@h:26379/mymaster/0?sentinel_pasword=s3cret", "sentinel_pas"),
+        ("rediss+cluster://:s3cret@h:7000?ssl_ca_cert=/ca.pem", "not understood: ssl_ca_cert"),
+        ("redis+cluster://:s3cret@h:7000?ssl_cert_reqs=none", "TLS needs rediss"),
+        # A database that is no number was database 0 ("/1/2" was 12) without a word, and on
+        # Sentinel an int() message quoting it; a third path part was ignored.
+        ("redis://:s3cret@h:6379/zero", "database number"),
+        ("redis://:s3cret@h:6379/1/2", "database number"),
+        ("redis+sentinel://:s3cret@h:26379/mymaster/zero", "database number"),
+        ("redis+sentinel://:s3cret@h:26379/mymaster/0/1", "database number"),
     ],
 )
-def test_bad_urls_say_what_is_wrong(url: str) -> None:
+def test_bad_urls_say_what_is_wrong(url: str, says: str) -> None:
     with pytest.raises(ValueError) as error:
         make_client(url)
-    assert str(error.value)
+    assert says in str(error.value)
+    assert "s3cret" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "rediss://:pw@h:6379/3?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem&ssl_certfile=/c.pem"
+        "&ssl_keyfile=/k.pem&ssl_check_hostname=false",
+        "redis://u:pw@h:6379?db=2&socket_keepalive=true&protocol=3&client_name=parley",
+        "redis+sentinel://u:pw@h:26379/mymaster/4?sentinel_password=spw&password=pw",
+        "rediss+sentinel://h:26379/mymaster?ssl_cert_reqs=none&ssl_ca_certs=/ca.pem",
+        "rediss+cluster://u:pw@h:7000,h:7001?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem",
+        "redis+cluster://h:7000/0?health_check_interval=10",
+    ],
+)
+def test_the_documented_url_options_are_taken(url: str) -> None:
+    make_client(url)  # builds without connecting
 
 
 async def test_the_search_rate_limit_counts_through_sentinel(
