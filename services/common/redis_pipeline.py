@@ -23,7 +23,8 @@ by a failover: the next connection goes to the new one, found through Sentinel).
 a call that got ``NOSCRIPT`` never ran.
 
 Redis Cluster clients are not pipelined (calls would span slots and nodes): their calls go one
-by one through redis-py.
+by one through redis-py, a script sent at most once as here (redis-py's cluster client would
+send it again after a lost connection or a timeout, when it may have run).
 """
 
 from __future__ import annotations
@@ -180,13 +181,33 @@ class AutoPipeline:
     async def script(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """``script(keys=keys, args=args)``."""
         if self._pool is None:
-            return await script(keys=keys, args=args)
+            return await self._script_on_cluster(script, keys, args)
         packed = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
         reply = await self._send(packed)
         if isinstance(reply, NoScriptError):
             await self.command("SCRIPT", "LOAD", script.script)
             reply = await self._send(packed)
         return _raised(reply)
+
+    async def _script_on_cluster(
+        self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]
+    ) -> Any:
+        """A script on Cluster, sent at most once, as on one link. redis-py's cluster client
+        sends a call again after a connection error or a timeout, whose answer may be all that
+        was lost: a script that appends (a session update without ``expected_version``) ran
+        twice. Given its node, it does not (and still follows MOVED, ASK and TRYAGAIN, which
+        a node answers without running anything)."""
+        if not keys:
+            return await script(keys=keys, args=args)
+        client: RedisCluster = self.client  # type: ignore[assignment]
+        await client.initialize()  # the slot map, learnt again after a node's failure
+        node = client.get_node_from_key(keys[0])
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return await client.execute_command(*command, target_nodes=node)
+        except NoScriptError:  # refused before it ran: safe to send again once loaded
+            await client.execute_command("SCRIPT", "LOAD", script.script, target_nodes=node)
+            return await client.execute_command(*command, target_nodes=node)
 
     async def _send(self, packed: bytes) -> Any:
         wire = self._wire

@@ -20,6 +20,8 @@ from services.session.model import ConversationKey
 from services.session.redis_store import RedisStore
 from tests.session.conftest import Running, ValkeyCluster, new_key, start_session, user_message
 from tests.session.test_service import list_all
+from tests.support.processes import Valkey, free_port, wait_for
+from tests.support.proxy import ReplyCutter
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +175,52 @@ async def test_a_burst_past_the_pool_waits_for_a_connection_on_the_cluster(
         assert per_node == 40  # in Redis, not in the fallback's memory
     finally:
         running.stop()
+
+
+def test_an_update_whose_answer_was_lost_is_applied_once_on_the_cluster(
+    tmp_path: Path,
+) -> None:
+    """An update without ``expected_version`` ran, and the connection broke before its answer:
+    redis-py's cluster client sent it again, and the message was appended twice (version 3).
+    Now it is sent once, as on one link: the service takes the broken link for an outage,
+    applies the update in memory, and its write-back finds Redis already holding it."""
+    node = Valkey(
+        tmp_path / "node",
+        None,
+        "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "node" / "nodes.conf"),
+        "--cluster-port", str(free_port()),  # its default, port + 10000, may pass 65535
+    ).start()  # fmt: skip
+    cutter = ReplyCutter(f"127.0.0.1:{node.port}", hold=0.3).start()
+    running: Running | None = None
+    try:
+        admin = node.client()
+        # The node names the cutter as its address, so every call of the client goes through it.
+        admin.config_set("cluster-announce-port", cutter.address.rsplit(":", 1)[1])
+        admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        assert wait_for(lambda: b"cluster_state:ok" in admin.execute_command("CLUSTER", "INFO"))
+        running = start_session(tmp_path, f"redis+cluster://{cutter.address}")
+        with grpc.insecure_channel(running.address) as channel:
+            stub = SessionServiceStub(channel)
+            key = new_key("cluster-lost-answer")
+            stub.UpdateConversation(
+                pb.UpdateConversationRequest(key=key, append=[user_message("first")])
+            )
+            cutter.cut_reply_to(b"only once")
+            stub.UpdateConversation(
+                pb.UpdateConversationRequest(key=key, append=[user_message("only once")])
+            )
+            assert cutter.cuts == 1
+
+            def back_on_redis() -> bool:
+                status = stub.GetStorageStatus(pb.GetStorageStatusRequest())
+                return not status.fallback_active and status.pending_writebacks == 0
+
+            assert wait_for(back_on_redis, 20, 0.1), running.process.log[-2000:]
+            final = stub.GetConversation(pb.GetConversationRequest(key=key)).conversation
+        assert [m.content for m in final.history] == ["first", "only once"]
+        assert final.version == 2
+    finally:
+        if running is not None:
+            running.stop()
+        cutter.stop()
+        node.stop()
