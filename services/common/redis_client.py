@@ -20,6 +20,7 @@ here, at start, not a ``TypeError`` at the first command.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import random
 from typing import Any, TypeAlias, cast
@@ -40,6 +41,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
     ClusterDownError,
+    ClusterError,
     MaxConnectionsError,
     OutOfMemoryError,
     ReadOnlyError,
@@ -72,6 +74,19 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     ``ConnectionError``, which callers take for Redis gone."""
 
 
+class _LastFreeFirst(collections.deque):  # type: ignore[type-arg]
+    """A Cluster node's free connections, the one released last taken first (redis-py takes
+    the oldest). On an ASK redirect (a slot migrating) redis-py sends ``ASKING`` and then the
+    command as two calls, each taking a free connection; ``ASKING`` holds for its own
+    connection only, so with several free the command went on another, was answered MOVED
+    back to the old node, which said ASK again, until the redirects ran out (``TTL
+    exhausted``). Taken last-first, the command gets the connection ``ASKING`` just left, as
+    nothing else runs between the two."""
+
+    def popleft(self) -> Any:
+        return self.pop()
+
+
 class _WaitingCluster(RedisCluster):
     """``RedisCluster`` whose call waits up to ``pool_timeout`` for a free connection of the
     node it goes to. redis-py's node pool fails a call past ``max_connections`` at once
@@ -80,6 +95,15 @@ class _WaitingCluster(RedisCluster):
     def __init__(self, *args: Any, pool_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.pool_timeout = pool_timeout
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        learning = self._initialize
+        await super().initialize(*args, **kwargs)
+        if learning:  # the nodes of the slot map learnt just now (new ones among them)
+            for node in self.get_nodes():
+                if not isinstance(node._free, _LastFreeFirst):
+                    node._free = _LastFreeFirst(node._free, maxlen=node._free.maxlen)
+        return self
 
     async def _execute_command(self, target_node: ClusterNode, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -316,6 +340,10 @@ def refusal(error: Exception, store: str) -> ServiceError | None:
         return Unavailable(f"{store} was demoted to a replica (a failover); retry later")
     if isinstance(error, ClusterDownError | TryAgainError):
         return Unavailable(f"{store} refuses commands now ({type(error).__name__}); retry later")
+    if isinstance(error, ClusterError):
+        # redis-py ran out of redirects: a multi-key call on a slot migrating between nodes
+        # is answered TRYAGAIN (some keys moved, some not) until the migration ends.
+        return Unavailable(f"{store} is moving this data between nodes; retry later")
     if isinstance(error, ResponseError):
         reason = str(error).split(" ", 1)[0]
         if reason in _REFUSING:

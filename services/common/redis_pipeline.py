@@ -206,7 +206,9 @@ class AutoPipeline:
         try:
             return await client.execute_command(*command, target_nodes=node)
         except NoScriptError:  # refused before it ran: safe to send again once loaded
-            await client.execute_command("SCRIPT", "LOAD", script.script, target_nodes=node)
+            # On every primary, as redis-py does: the node that refused it may be another than
+            # ``node`` (a MOVED or an ASK on the way, a slot migrating).
+            await client.script_load(script.script)
             return await client.execute_command(*command, target_nodes=node)
 
     async def _send(self, packed: bytes) -> Any:

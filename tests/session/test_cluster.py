@@ -224,3 +224,87 @@ def test_an_update_whose_answer_was_lost_is_applied_once_on_the_cluster(
             running.stop()
         cutter.stop()
         node.stop()
+
+
+class SlotMigration:
+    """One slot of ``cluster`` moved to another node as ``valkey-cli --cluster reshard`` does:
+    IMPORTING and MIGRATING, its keys MIGRATEd, then the slot given to its new node."""
+
+    def __init__(self, cluster: ValkeyCluster, key: str) -> None:
+        self.clients = [node.client() for node in cluster.nodes]
+        self.slot = self.clients[0].execute_command("CLUSTER", "KEYSLOT", key)
+        self.source = next(
+            c for c in self.clients if c.execute_command("CLUSTER", "COUNTKEYSINSLOT", self.slot)
+        )
+        self.target = next(c for c in self.clients if c is not self.source)
+        self.target_id = self.target.execute_command("CLUSTER", "MYID").decode()
+        source_id = self.source.execute_command("CLUSTER", "MYID").decode()
+        self.target.execute_command("CLUSTER", "SETSLOT", self.slot, "IMPORTING", source_id)
+        self.source.execute_command("CLUSTER", "SETSLOT", self.slot, "MIGRATING", self.target_id)
+        keys = self.source.execute_command("CLUSTER", "GETKEYSINSLOT", self.slot, 100)
+        port = self.target.connection_pool.connection_kwargs["port"]
+        self.source.execute_command("MIGRATE", "127.0.0.1", port, "", 0, 5000, "KEYS", *keys)
+        self.target.script_flush()  # a node that never ran the scripts: NOSCRIPT
+
+    def finish(self) -> None:
+        for client in self.clients:
+            client.execute_command("CLUSTER", "SETSLOT", self.slot, "NODE", self.target_id)
+
+
+async def test_a_key_moved_mid_migration_is_read_on_its_new_node(
+    valkey_cluster: ValkeyCluster,
+) -> None:
+    """While a slot migrates, a key already moved is answered ASK: redis-py sends ASKING and
+    then the command, each on a free connection of the node, and ASKING holds for its own
+    connection only. With several free, the command went on another one, was sent back
+    (MOVED), then ASKed again, until the redirects ran out: every read or write of a moved key
+    failed (``ClusterError: TTL exhausted``) until the migration ended."""
+    client = make_client(valkey_cluster.url)
+    try:
+        await client.set("{cluster-ask}k", "moved")
+        # Several free connections on every node.
+        await asyncio.gather(*(client.get(f"{{cluster-ask-{n}}}k") for n in range(60)))
+        migration = SlotMigration(valkey_cluster, "{cluster-ask}k")
+        try:
+            assert await client.get("{cluster-ask}k") == b"moved"
+            assert await client.set("{cluster-ask}k", "written mid-migration")
+        finally:
+            migration.finish()
+        assert await client.get("{cluster-ask}k") == b"written mid-migration"
+    finally:
+        await client.aclose()
+
+
+def test_updates_follow_a_slot_migrating_to_another_node(
+    cluster_service: Running, valkey_cluster: ValkeyCluster
+) -> None:
+    """A conversation's slot moved to another node whose script cache is empty. While it
+    migrates, a script on the conversation's keys (some moved, some never written) is answered
+    TRYAGAIN, which redis-py followed until its redirects ran out: INTERNAL, where
+    docs/session.md promises UNAVAILABLE (retry later). Once moved, MOVED and NOSCRIPT are
+    followed and the update is applied once, on Redis. (Also checks the cluster path that
+    sends each script once, which at first loaded a refused script on the old node only.)"""
+    key = new_key("cluster-migrating")
+    with grpc.insecure_channel(cluster_service.address) as channel:
+        stub = SessionServiceStub(channel)
+
+        def update(text: str, version: int) -> pb.Conversation:
+            request = pb.UpdateConversationRequest(
+                key=key, append=[user_message(text)], expected_version=version
+            )
+            return stub.UpdateConversation(request).conversation
+
+        update("before", 0)
+        meta = ConversationKey(key.business_id, key.user_id, "client").redis_keys()[0]
+        migration = SlotMigration(valkey_cluster, meta)
+        try:
+            with pytest.raises(grpc.RpcError) as refused:
+                update("while migrating", 1)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+        finally:
+            migration.finish()
+        final = update("after", 1)  # MOVED, then NOSCRIPT
+        status = stub.GetStorageStatus(pb.GetStorageStatusRequest())
+    assert [m.content for m in final.history] == ["before", "after"]
+    assert final.version == 2 and not status.fallback_active
+    assert migration.target.execute_command("CLUSTER", "COUNTKEYSINSLOT", migration.slot) >= 2
