@@ -562,9 +562,11 @@ class RedisStore:
             (cursor.after_score, cursor.after_member) if cursor.after_score is not None else None
         )
         now = int(time.time() * 1000)
-        budget = max(4 * page_size, MAX_EXAMINED)  # bounds the work of one page
+        # Bounds the work of one page, over all the shards it walks: a role filter passing
+        # over a big business's other role would otherwise read up to 16 budgets' worth.
+        budget = max(4 * page_size, MAX_EXAMINED)
         while shard < INDEX_SHARDS:
-            picked, last, done = await self._walk_shard(
+            picked, last, done, examined = await self._walk_shard(
                 index_key(business_id, shard),
                 business_id,
                 role,
@@ -577,7 +579,8 @@ class RedisStore:
             if not done:
                 assert last is not None
                 return Page(items, encode_cursor(Cursor(shard, last[0], last[1])))
-            shard, after = shard + 1, None
+            # A shard is done only within the budget: what is left of it goes on to the next.
+            shard, after, budget = shard + 1, None, budget - examined
         return Page(items, "")
 
     async def _walk_shard(
@@ -589,8 +592,9 @@ class RedisStore:
         now: int,
         need: int,
         budget: int,
-    ) -> tuple[list[tuple[ConversationKey, int]], tuple[int, str] | None, bool]:
-        """(picked, position of the last entry examined, whether the shard is done).
+    ) -> tuple[list[tuple[ConversationKey, int]], tuple[int, str] | None, bool, int]:
+        """(picked, position of the last entry examined, whether the shard is done, how many
+        entries were examined).
 
         Each read starts at the score of the last entry examined, never at an offset: an entry
         behind that position that is written meanwhile moves to a later expiry, which would
@@ -615,9 +619,9 @@ class RedisStore:
                 if parsed is not None and (role is None or parsed[0] == role):
                     picked.append((ConversationKey(business_id, parsed[1], parsed[0]), position[0]))
                 if len(picked) == need or examined >= budget:
-                    return picked, last, False
+                    return picked, last, False, examined
             if len(batch) < batch_size:
-                return picked, last, True
+                return picked, last, True, examined
             if after is not None:
                 low = after[0]
             if not progressed:  # a batch of entries sharing the score already passed

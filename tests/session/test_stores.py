@@ -14,6 +14,7 @@ from services.common.errors import VersionConflict
 from services.common.redis_client import make_client
 from services.session.memory_store import MemoryStore
 from services.session.model import (
+    INDEX_SHARDS,
     MAX_STATE_BYTES,
     MAX_STATE_KEYS,
     Conversation,
@@ -22,9 +23,10 @@ from services.session.model import (
     StateTooLarge,
     decode_cursor,
     encode_message,
+    index_key,
     new_conversation_id,
 )
-from services.session.redis_store import RedisStore
+from services.session.redis_store import MAX_EXAMINED, RedisStore
 from tests.support.processes import Valkey
 
 STORE_DB = 13
@@ -376,3 +378,44 @@ async def test_a_listing_walks_past_many_entries_of_one_expiry(
             break
         cursor = decode_cursor(page.next_token)
     assert sorted(seen) == sorted([*clients, admin])
+
+
+async def test_a_listing_page_walks_at_most_its_budget_across_shards(
+    stores: tuple[RedisStore, MemoryStore],
+) -> None:
+    """A page's work is bounded (MAX_EXAMINED index entries), however many of the business's
+    conversations its role filter passes over: each of the 16 shards had a budget of its own,
+    so a page of admins in a business of clients read up to 16 times that before it answered."""
+    redis_store, _ = stores
+    client = redis_store.client
+    per_shard = MAX_EXAMINED // 2  # under one shard's budget, far over it in all 16
+    now = int(time.time() * 1000)
+    for shard in range(INDEX_SHARDS):
+        clients = in_shard(shard, "client", per_shard, f"+1555{shard:02d}")
+        # Index entries only: a walk reads the index, and keys only of what it picks.
+        entries = {k.member: now + 60_000 + n for n, k in enumerate(clients)}
+        await client.zadd(index_key("walk", shard), entries)
+    zrange = client.zrange
+    read = 0
+
+    async def counted_zrange(*args: Any, **kwargs: Any) -> Any:
+        nonlocal read
+        batch = await zrange(*args, **kwargs)
+        read += len(batch)
+        return batch
+
+    client.zrange = counted_zrange  # type: ignore[method-assign]
+    try:
+        cursor, pages = Cursor(), 0
+        while True:
+            read = 0
+            page = await redis_store.list_page("walk", "admin", 10, cursor)
+            assert page.items == []
+            assert read <= MAX_EXAMINED + per_shard  # the last batch read may pass the budget
+            pages += 1
+            if not page.next_token:
+                break
+            cursor = decode_cursor(page.next_token)
+    finally:
+        client.zrange = zrange  # type: ignore[method-assign]
+    assert pages >= INDEX_SHARDS * per_shard // MAX_EXAMINED
