@@ -39,7 +39,7 @@ class MemoryStore:
         self._clean: OrderedDict[ConversationKey, Conversation] = OrderedDict()
         self._dirty: OrderedDict[ConversationKey, Conversation] = OrderedDict()
         self.dropped_dirty = 0  # dirty conversations evicted before write-back
-        self.expired = 0  # dirty conversations expired before write-back
+        self.expired = 0  # dirty conversations expired before write-back, not yet counted
         # Conversations ended during an outage: key → (id, version, when in ms) of the one
         # ended, so the write-back ends that id in Redis too, whatever its version there, and
         # whatever conversation Redis held for the key from before the end.

@@ -117,6 +117,7 @@ class SessionStore:
             outage = time.time() - (self.outage_since or time.time())
             self.outage_since = None
             metrics.FALLBACK_ACTIVE.set(0)
+            self._count_expired()  # outage copies the write-back found expired
             self._count_dropped()
             log.warning(
                 "Redis answers again: serving from Redis",
@@ -232,11 +233,17 @@ class SessionStore:
         return False
 
     def _count_memory_expiry(self) -> None:
-        before = self.memory.expired
         self.memory.sweep()
-        if self.memory.expired > before:
-            metrics.EXPIRED.labels("memory").inc(self.memory.expired - before)
+        self._count_expired()
         self._count_dropped()
+
+    def _count_expired(self) -> None:
+        """Count outage writes that expired in memory, however found: by the probe's sweep, by
+        a call that started a new conversation in place of one (the user wrote after it
+        expired), or by the write-back. Counting only what each sweep found missed the rest."""
+        if self.memory.expired:
+            metrics.EXPIRED.labels("memory").inc(self.memory.expired)
+            self.memory.expired = 0
 
     def _count_dropped(self) -> None:
         """Count outage writes the full store evicted. Logged once per outage (the repeats at
@@ -318,7 +325,9 @@ class SessionStore:
                 self.redis_seen = True
                 return result
         result = on_memory()
-        self._count_dropped()  # at once, for the metric; the probe sweeps expired entries
+        # At once, for the metrics; the probe sweeps the expired entries no call found.
+        self._count_expired()
+        self._count_dropped()
         return result
 
     async def get(self, key: ConversationKey, create: bool) -> tuple[Conversation | None, bool]:

@@ -817,3 +817,31 @@ def test_a_replica_stopped_after_redis_returned_writes_back_before_it_goes(
         raw.close()
     finally:
         running.stop()
+
+
+async def test_an_outage_write_found_expired_by_a_call_is_counted_as_expired(
+    valkey: Valkey,
+) -> None:
+    """An outage write that expired in memory was counted in
+    ``parley_session_conversations_expired_total{store="memory"}`` only when the probe's sweep
+    found it: one that a call found first (the user wrote again after it expired, so the call
+    started a new conversation in its place), or the write-back did, was never counted."""
+    client = make_client(f"redis://127.0.0.1:{valkey.port}/8")
+    redis_store = RedisStore(client, ttl_seconds=1, history_limit=10)
+    memory = MemoryStore(max_conversations=10, ttl_seconds=1, history_limit=10)
+    store = SessionStore(redis_store, memory, fallback="memory", probe_seconds=3600)
+    key = ConversationKey("expired-found-by-a-call", "+15550000001", "client")
+    expired = metrics.EXPIRED.labels("memory")
+    before = expired._value.get()
+    try:
+        store.enter_outage(ConnectionError("test: pretend Redis went away"))
+        first, created = await store.get(key, create=True)
+        assert first is not None and created
+        await asyncio.sleep(max(0, first.expire_ms / 1000 - time.time()) + 0.05)
+        again, created = await store.get(key, create=True)  # before any sweep
+        assert again is not None and created and again.id != first.id
+        store._count_memory_expiry()  # what the probe does next
+        assert expired._value.get() - before == 1
+    finally:
+        await store.close()
+        await client.aclose()
