@@ -365,7 +365,7 @@ async def migrate_legacy(
                 new_conversation_id(), target, history, state, 1, now, now, now + ttl_seconds * 1000
             )
             # As a write-back: a conversation live traffic created meanwhile always wins.
-            outcome, _ = await store.put(conversation)
+            outcome, *_ = await store.put(conversation)
             if outcome != "written":
                 report.counts["skipped: a live conversation exists"] += 1
                 continue
@@ -553,7 +553,7 @@ async def import_lines(
             if dry_run:
                 report.counts[await _would(store, conversation, planned, restore_ended)] += 1
                 continue
-            outcome, _ = await store.put(
+            outcome, *_ = await store.put(
                 conversation, write_back=False, restore_ended=restore_ended
             )
             report.counts[

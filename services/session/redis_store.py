@@ -303,7 +303,9 @@ end
 KEPT_OUT = _NOW + _KEPT_OUT + "return kept_out(ARGV[1], tonumber(ARGV[2]), ARGV[3]) and 1 or 0"
 
 # Write a whole conversation unless Redis already holds the same or a higher version
-# (write-back after an outage, and import). KEYS meta history state index ended erased;
+# (write-back after an outage, and import); answers the outcome, the version Redis held and,
+# when it wrote the index, the expired entries it pruned.
+# KEYS meta history state index ended erased;
 # ARGV id, version, created, updated, expire_ms, member, n_history, n_state,
 #      mode (1 write-back: Redis holding another id is a conflict, 'other', as versions restart
 #      with every id; the same version with the same history and state is 'same', keeping the
@@ -347,11 +349,12 @@ if current >= version then
     for j = 1, #state, 2 do
       if ours[state[j]] ~= state[j + 1] then return {'kept', current} end
     end
+    local pruned = 0
     if now + redis.call('PTTL', KEYS[1]) < expire then
       expire_all(expire)
-      index(expire, expire - now, ARGV[6])
+      pruned = index(expire, expire - now, ARGV[6])
     end
-    return {'same', current}
+    return {'same', current, pruned}
   end
   return {'kept', current}
 end
@@ -361,13 +364,13 @@ if nh > 0 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 10, 9 + nh)) end
 if ns > 0 then redis.call('HSET', KEYS[3], unpack(ARGV, 10 + nh, 9 + nh + 2 * ns)) end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'v', version, 'c', ARGV[3], 'u', ARGV[4])
 expire_all(expire)
-index(expire, expire - now, ARGV[6])
+local pruned = index(expire, expire - now, ARGV[6])
 if ARGV[9] == '2' then
   -- An end undone on purpose: write-backs of the restored conversation are taken again.
   redis.call('ZREM', KEYS[5], ARGV[1])
   redis.call('ZREM', KEYS[6], redis.sha1hex(ARGV[6]))
 end
-return {'written', current}
+return {'written', current, pruned}
 """
 )
 
@@ -514,8 +517,9 @@ class RedisStore:
 
     async def put(
         self, conversation: Conversation, *, write_back: bool = True, restore_ended: bool = False
-    ) -> tuple[str, int]:
-        """Write unless Redis has this version or newer: ('written'|'kept'|'expired', theirs);
+    ) -> tuple[str, int, int]:
+        """Write unless Redis has this version or newer: ('written'|'kept'|'expired', theirs,
+        expired index entries pruned);
         on write-back, Redis holding this very copy (history and state) is 'same'.
         When Redis holds another conversation (another id): on write-back 'other', nothing
         written; on import 'newer' unless this one was updated later, which then replaces it.
@@ -538,8 +542,8 @@ class RedisStore:
         for name, value in conversation.state.items():
             args.append(name)
             args.append(value)
-        outcome, current = await self._put(keys=self._keys_and_ended(key), args=args)
-        return _text(outcome), int(current)
+        outcome, current, *pruned = await self._put(keys=self._keys_and_ended(key), args=args)
+        return _text(outcome), int(current), int(pruned[0]) if pruned else 0
 
     async def kept_out(self, conversation: Conversation) -> bool:
         """Whether :meth:`put` would answer 'ended' (for a dry run)."""

@@ -189,7 +189,8 @@ class SessionStore:
         if conversation is None:
             return False
         snapshot = conversation.copy()
-        outcome, theirs = await self.redis.put(snapshot)
+        outcome, theirs, pruned = await self.redis.put(snapshot)
+        self._counted("redis", False, pruned)  # a write-back is a write: it prunes, it counts
         if outcome == "written":
             self.writebacks_total += 1
             metrics.WRITEBACKS.inc()

@@ -394,7 +394,7 @@ async def test_an_outage_end_ends_the_conversation_its_replica_had_missed(
         assert await b.redis.load(key) is None
         assert a.memory.pending == 0
         # Y's id is kept out like X's: an outage copy of Y on another replica stays ended.
-        assert await b.redis.put(y) == ("ended", 0)
+        assert await b.redis.put(y) == ("ended", 0, 0)
     finally:
         for store in (a, b):
             await store.close()
@@ -841,6 +841,41 @@ async def test_an_outage_write_found_expired_by_a_call_is_counted_as_expired(
         again, created = await store.get(key, create=True)  # before any sweep
         assert again is not None and created and again.id != first.id
         store._count_memory_expiry()  # what the probe does next
+        assert expired._value.get() - before == 1
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+async def test_index_entries_a_write_back_prunes_are_counted_as_expired(valkey: Valkey) -> None:
+    """Every write to a shard prunes its expired index entries, and the write counts them in
+    ``parley_session_conversations_expired_total{store="redis"}``: a write-back's too. A
+    write-back, often the first write to a shard after an outage as long as the TTL, pruned
+    them and counted nothing, so they were never counted."""
+    client = make_client(f"redis://127.0.0.1:{valkey.port}/8")
+    redis_store = RedisStore(client, ttl_seconds=1, history_limit=10)
+    memory = MemoryStore(max_conversations=10, ttl_seconds=60, history_limit=10)
+    store = SessionStore(redis_store, memory, fallback="memory", probe_seconds=3600)
+    users = (
+        ConversationKey("pruned-by-write-back", f"+1555000{n:04d}", "client") for n in range(99)
+    )
+    gone = next(users)
+    written = next(key for key in users if key.shard == gone.shard)
+    expired = metrics.EXPIRED.labels("redis")
+    update = {"append": [encode_message("user", "hello", 0)], "set_state": {}}
+    update |= {"remove_state": [], "expected_version": None}
+    try:
+        await store.readiness()  # Redis seen
+        first, _ = await store.get(gone, create=True)
+        assert first is not None
+        store.enter_outage(ConnectionError("test: pretend Redis went away"))
+        await store.update(written, **update)  # type: ignore[arg-type]
+        await asyncio.sleep(max(0, first.expire_ms / 1000 - time.time()) + 0.05)
+        before = expired._value.get()
+
+        assert await store._write_back() == 1
+
+        assert await client.zscore(gone.redis_keys()[3], gone.member) is None  # pruned
         assert expired._value.get() - before == 1
     finally:
         await store.close()

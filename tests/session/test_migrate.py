@@ -643,7 +643,7 @@ async def test_restoring_a_backup_never_brings_back_an_erased_conversation(
         assert restored is not None and restored.state == {"secret": b'"card 4111"'}
         # The end is undone: a replica's outage writes to the restored one are written back.
         restored.version += 1
-        assert await store.put(restored) == ("written", 1)
+        assert await store.put(restored) == ("written", 1, 0)
     finally:
         await client.aclose()
 

@@ -175,9 +175,9 @@ async def test_a_write_back_tells_its_own_copy_from_another_at_the_same_version(
     store, mirror = stores
     key = ConversationKey("b1", "+15550005", "client")
     ours, _ = mirror.update(key, **(NO_CHECK | {"append": [m(1)], "set_state": {"s": b"1"}}))
-    assert await store.put(ours) == ("written", 0)
+    assert await store.put(ours) == ("written", 0, 0)
     touched = ours.expiring_at(ours.expire_ms + 30_000)
-    assert await store.put(touched) == ("same", 1)
+    assert await store.put(touched) == ("same", 1, 0)
     loaded = await store.load(key)
     assert loaded is not None and loaded.expire_ms > ours.expire_ms + 20_000
     for other in (
@@ -185,7 +185,7 @@ async def test_a_write_back_tells_its_own_copy_from_another_at_the_same_version(
         replace(ours, state={"s": b"2"}),
         replace(ours, state={}),
     ):
-        assert await store.put(other) == ("kept", 1)
+        assert await store.put(other) == ("kept", 1, 0)
     stored = await store.load(key)
     assert stored is not None and (stored.history, stored.state) == ([m(1)], {"s": b"1"})
 
