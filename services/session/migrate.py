@@ -74,6 +74,8 @@ SHALLOW_BRACKETS = 32
 # 1 MiB state): a longer one (a binary given by mistake, a file with no line breaks) is skipped
 # unread, not held in memory whole.
 MAX_LINE_BYTES = 256 * 2**20
+# A ledger entry made before its conversation is written: ``pending:<id>``.
+PENDING = "pending:"
 NEWER = "skipped: Redis holds a conversation updated later"
 KEPT = "skipped: Redis has this version or newer"
 ENDED = "skipped: ended since (--restore-ended writes it)"
@@ -340,12 +342,28 @@ async def migrate_legacy(
                 report.counts["skipped: unusable user id"] += 1
                 report.problems.append(f"{name}: unusable user id")
                 continue
-            if await client.hexists(ledger, name):
+            recorded = await client.hget(ledger, name)
+            if isinstance(recorded, bytes):
+                recorded = recorded.decode()
+            if recorded is not None and not recorded.startswith(PENDING):
                 report.counts["already migrated (skipped)"] += 1
                 continue
+            # A run stopped between writing this key's conversation and recording it: its id.
+            planned = None if recorded is None else recorded.removeprefix(PENDING)
             target = ConversationKey(business_id, user_id, role)
-            if await store.load(target) is not None:
+            live = await store.load(target)
+            if live is not None and live.id == planned:
+                if dry_run:
+                    report.counts["would import"] += 1
+                    continue
+                await client.hset(ledger, name, live.id)
+                report.counts["imported"] += 1
+                report.counts["legacy keys kept for 7 days"] += 1
+                continue
+            if live is not None:
                 report.counts["skipped: a live conversation exists"] += 1
+                if planned is not None and not dry_run:
+                    await client.hdel(ledger, name)
                 continue
             now = int(time.time() * 1000)
             try:
@@ -361,16 +379,22 @@ async def migrate_legacy(
                 continue
             # Keep the legacy key for rollback first: a crash after this leaves it importable.
             await client.expire(raw_key, LEGACY_KEEP_SECONDS)
+            cid = planned or new_conversation_id()
             conversation = Conversation(
-                new_conversation_id(), target, history, state, 1, now, now, now + ttl_seconds * 1000
+                cid, target, history, state, 1, now, now, now + ttl_seconds * 1000
             )
-            # As a write-back: a conversation live traffic created meanwhile always wins.
-            outcome, *_ = await store.put(conversation)
-            if outcome != "written":
-                report.counts["skipped: a live conversation exists"] += 1
-                continue
-            await client.hset(ledger, name, conversation.id)
+            # Recorded as pending before the write: an end erases the kept key from now on, and
+            # a re-run after a stop between the write and the record below knows the id.
+            await client.hset(ledger, name, PENDING + cid)
             await client.expire(ledger, LEGACY_KEEP_SECONDS)
+            # As a write-back: a conversation live traffic created meanwhile always wins. 'same':
+            # this very copy, written already (its answer lost, the client sent it again).
+            outcome, *_ = await store.put(conversation)
+            if outcome not in ("written", "same"):
+                report.counts["skipped: a live conversation exists"] += 1
+                await client.hdel(ledger, name)
+                continue
+            await client.hset(ledger, name, cid)
             report.counts["imported"] += 1
             report.counts["legacy keys kept for 7 days"] += 1
     return report

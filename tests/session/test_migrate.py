@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import orjson
@@ -24,9 +25,10 @@ from parley.session.v1 import session_pb2, session_pb2_grpc
 from services.common.redis_client import make_client
 from services.session import migrate as migrate_module
 from services.session.model import ConversationKey, decode_message
-from services.session.redis_store import RedisStore
+from services.session.redis_store import PUT, RedisStore
 from tests.session.conftest import start_session
 from tests.support.processes import ROOT, Valkey, wait_for
+from tests.support.proxy import ReplyCutter
 
 LEGACY_DB, IMPORT_DB = 9, 10
 WEEK = 7 * 24 * 3600
@@ -984,3 +986,69 @@ async def test_legacy_refuses_a_business_id_no_request_can_name(
     assert "--business-id" in result.stderr.decode()
     assert db.ttl("chat:customer:+15551110701") == -1
     assert not db.keys("conversation:*")
+
+
+async def test_legacy_records_a_conversation_whose_answer_was_lost(
+    legacy_db: tuple[redis.Redis, str],
+) -> None:
+    """The answer to a legacy conversation's write lost on the way (a connection reset after
+    Redis wrote it): the client sent the write again, Redis answered that it held this very
+    copy already, and the run counted it "skipped: a live conversation exists" and left it out
+    of the ledger, so the user's end (an erase) left their old history kept for rollback."""
+    db, url = legacy_db
+    db.set("chat:customer:+15551110701", orjson.dumps([{"user": "lost-answer-7", "agent": "ok"}]))
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    db.script_load(PUT)  # as on a Redis the service runs on: the write runs at once
+    cutter = ReplyCutter(f"127.0.0.1:{port}").start()
+    try:
+        cutter.cut_reply_to(b"lost-answer-7")  # only the write carries the old history
+        result = migrate(f"redis://{cutter.address}/{LEGACY_DB}", "legacy", "--business-id", "acme")
+    finally:
+        cutter.stop()
+    assert cutter.cuts == 1
+    assert result.returncode == 0, result.stderr.decode()
+    assert counts(result)["imported"] == 1, result.stderr.decode()
+    migrated = await load(url, "+15551110701")
+    assert migrated is not None
+    ledger = "conversation-migration:{acme}"
+    assert db.hget(ledger, "chat:customer:+15551110701") == migrated.id.encode()  # type: ignore[attr-defined]
+
+
+async def test_a_legacy_run_stopped_after_a_write_is_finished_by_the_re_run(
+    legacy_db: tuple[redis.Redis, str],
+) -> None:
+    """A run stopped between writing a conversation and recording it in the ledger (killed,
+    Redis gone): the re-run found the conversation live, counted it "skipped: a live
+    conversation exists" and never recorded it, so the user's end (an erase) left their old
+    history kept for rollback. Now the re-run finishes what the stopped run began."""
+    db, url = legacy_db
+    db.set("chat:customer:+15551110702", orjson.dumps([{"user": "hello", "agent": "hi"}]))
+    key = ConversationKey("acme", "+15551110702", "client")
+    client = make_client(url)
+    store = RedisStore(client, ttl_seconds=900, history_limit=10)
+    put = store.put
+
+    async def put_then_stop(*args: Any, **kwargs: Any) -> Any:
+        await put(*args, **kwargs)
+        raise redis.exceptions.ConnectionError("test: the run stops right after the write")
+
+    def run() -> Any:
+        report = migrate_module.Report("legacy", False)
+        return migrate_module.migrate_legacy(
+            client, store, "acme", dry_run=False, ttl_seconds=900, history_limit=10,
+            report=report, show_progress=False,
+        )  # fmt: skip
+
+    try:
+        store.put = put_then_stop  # type: ignore[method-assign]
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await run()
+        store.put = put  # type: ignore[method-assign]
+        again = await run()
+        assert again.counts["imported"] == 1, again.counts
+        assert "skipped: a live conversation exists" not in again.counts
+        assert await store.end(key)
+    finally:
+        await client.aclose()
+    assert not db.exists("chat:customer:+15551110702")  # erased with the conversation
+    assert not db.hexists("conversation-migration:{acme}", "chat:customer:+15551110702")
