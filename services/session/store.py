@@ -53,6 +53,15 @@ FallbackMode = Literal["memory", "off"]
 FINAL_WRITE_BACK_SECONDS = 5.0
 
 
+def _no_copy(to: str) -> Unavailable:
+    """During an outage, for a conversation this replica holds no live copy of (nor ended):
+    Redis, unreachable, may hold one. Retried on another replica, or once Redis is back."""
+    return Unavailable(
+        "the session store (Redis) is unreachable and this replica holds no copy "
+        f"of the conversation {to}"
+    )
+
+
 def masked(key: ConversationKey) -> dict[str, str]:
     """Log fields for a key, the user's number masked."""
     return {"business_id": key.business_id, "user": mask_phone(key.user_id), "role": key.role}
@@ -345,6 +354,8 @@ class SessionStore:
 
         def on_memory() -> tuple[Conversation | None, bool]:
             conversation, created = self.memory.get(key, create=create, new_id=new_id)
+            if conversation is None and key not in self.memory.ended:
+                raise _no_copy("to read")  # "none is live" would be a guess
             self._counted("memory", created, 0)
             return conversation, created
 
@@ -401,7 +412,13 @@ class SessionStore:
             self._counted("redis", False, pruned)
             return expire
 
-        return await self._call(on_redis, lambda: self.memory.touch(key))
+        def on_memory() -> int | None:
+            expire = self.memory.touch(key)
+            if expire is None and key not in self.memory.ended:
+                raise _no_copy("to touch")  # "none is live" would be a guess
+            return expire
+
+        return await self._call(on_redis, on_memory)
 
     async def end(self, key: ConversationKey) -> bool:
         async def on_redis() -> bool:
@@ -413,10 +430,7 @@ class SessionStore:
             # An end is an erase: "there was none" would be a guess, as Redis, unreachable,
             # may hold the conversation. Retried on another replica, or once Redis is back.
             if not self.memory.end(key):
-                raise Unavailable(
-                    "the session store (Redis) is unreachable and this replica holds no copy "
-                    "of the conversation to end"
-                )
+                raise _no_copy("to end")
             return True
 
         return await self._call(on_redis, on_memory)

@@ -15,6 +15,7 @@ import redis
 
 from parley.session.v1 import session_pb2 as pb
 from parley.session.v1.session_pb2_grpc import SessionServiceStub
+from services.common.errors import Unavailable
 from services.common.healthcheck import check
 from services.common.redis_client import RedisClient, make_client
 from services.session import metrics
@@ -879,4 +880,45 @@ async def test_index_entries_a_write_back_prunes_are_counted_as_expired(valkey: 
         assert expired._value.get() - before == 1
     finally:
         await store.close()
+        await client.aclose()
+
+
+async def test_a_read_or_touch_that_cannot_know_the_conversation_is_unavailable(
+    valkey: Valkey,
+) -> None:
+    """During an outage, a replica that holds no copy of a conversation answered a get without
+    ``create`` and a touch NOT_FOUND, "no live conversation for this key", while Redis (which
+    it cannot reach) held it live: the admin API said the user had none, and a caller keeping it
+    alive took it for gone. Now it answers UNAVAILABLE, as an end does (the channel's retry may
+    reach a replica that knows); a copy it holds, or an end it made, is still answered."""
+    client = make_client(f"redis://127.0.0.1:{valkey.port}/8")
+
+    def replica() -> SessionStore:
+        redis_store = RedisStore(client, ttl_seconds=60, history_limit=10)
+        memory = MemoryStore(max_conversations=10, ttl_seconds=60, history_limit=10)
+        return SessionStore(redis_store, memory, fallback="memory", probe_seconds=3600)
+
+    a, b = replica(), replica()
+    unknown, held, ended = (
+        ConversationKey("cannot-know", f"+155500000{n}", "client") for n in range(3)
+    )
+    try:
+        for key in (unknown, held, ended):  # B made all three; A has seen two
+            await b.get(key, create=True)
+        for key in (held, ended):
+            await a.get(key, create=False)
+        a.enter_outage(ConnectionError("test: pretend Redis went away"))
+        assert await a.end(ended)
+
+        with pytest.raises(Unavailable):
+            await a.get(unknown, create=False)
+        with pytest.raises(Unavailable):
+            await a.touch(unknown)
+        conversation, _ = await a.get(held, create=False)
+        assert conversation is not None and await a.touch(held) is not None
+        assert await a.get(ended, create=False) == (None, False)  # its own end: none here
+        assert await a.touch(ended) is None
+    finally:
+        await a.close()
+        await b.close()
         await client.aclose()
