@@ -300,14 +300,22 @@ def _hash_value(fields: dict[Any, Any]) -> dict[str, Any]:
     return out
 
 
+# What read_legacy answers for a key gone since the SCAN found it (its TTL ran out, the old
+# system deleted it): not an unreadable value.
+GONE = object()
+
+
 async def read_legacy(client: RedisClient, key: bytes) -> object:
     raw_kind = await client.type(key)
     kind = raw_kind.decode() if isinstance(raw_kind, bytes) else str(raw_kind)
     if kind == "string":
         raw = await client.get(key)
-        return orjson.loads(raw) if raw is not None else None
+        return orjson.loads(raw) if raw is not None else GONE
     if kind == "hash":
-        return _hash_value(await client.hgetall(key))
+        fields = await client.hgetall(key)
+        return _hash_value(fields) if fields else GONE
+    if kind == "none":
+        return GONE
     raise ValueError(f"a {kind} key, not a string or hash")
 
 
@@ -367,7 +375,11 @@ async def migrate_legacy(
                 continue
             now = int(time.time() * 1000)
             try:
-                history, state = parse_legacy(await read_legacy(client, raw_key), now)
+                value = await read_legacy(client, raw_key)
+                if value is GONE:
+                    report.counts["gone before migration"] += 1
+                    continue
+                history, state = parse_legacy(value, now)
             except (ValueError, orjson.JSONDecodeError) as error:
                 report.counts["skipped: unreadable"] += 1
                 report.problems.append(f"{name}: {error}")

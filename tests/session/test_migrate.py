@@ -1052,3 +1052,35 @@ async def test_a_legacy_run_stopped_after_a_write_is_finished_by_the_re_run(
         await client.aclose()
     assert not db.exists("chat:customer:+15551110702")  # erased with the conversation
     assert not db.hexists("conversation-migration:{acme}", "chat:customer:+15551110702")
+
+
+async def test_a_legacy_key_gone_before_it_is_read_is_not_called_unreadable(
+    legacy_db: tuple[redis.Redis, str],
+) -> None:
+    """The guides' old keys carry TTLs, and a long run reads each a while after its SCAN found
+    it: one that expired (or that the old system deleted) meanwhile was reported "skipped:
+    unreadable", with the problem "a none key, not a string or hash", which sent the operator
+    looking for a corrupt value that was never there."""
+    db, url = legacy_db
+    for user in ("+15551110801", "+15551110802"):
+        db.set(f"chat:customer:{user}", orjson.dumps([{"user": "hi", "agent": "hello"}]))
+    client = make_client(url)
+    store = RedisStore(client, ttl_seconds=900, history_limit=10)
+    kind = client.type
+
+    async def expired_before_read(name: Any) -> Any:
+        if name == b"chat:customer:+15551110801":
+            db.delete(name)  # its TTL ran out after the SCAN found it
+        return await kind(name)
+
+    client.type = expired_before_read  # type: ignore[method-assign]
+    try:
+        report = await migrate_module.migrate_legacy(
+            client, store, "acme", dry_run=False, ttl_seconds=900, history_limit=10,
+            report=migrate_module.Report("legacy", False), show_progress=False,
+        )  # fmt: skip
+    finally:
+        await client.aclose()
+    assert report.counts["imported"] == 1
+    assert report.counts["gone before migration"] == 1
+    assert "skipped: unreadable" not in report.counts and not report.problems
