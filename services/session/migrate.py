@@ -227,8 +227,10 @@ def legacy_history(raw: object, now: int) -> list[bytes]:
         if "role" in entry or "content" in entry:
             role = LEGACY_ROLES.get(str(entry.get("role", "")).lower())
             content = entry.get("content")
-            if role is None or not isinstance(content, str):
+            if role is None:
                 raise ValueError(f"unknown history entry role {entry.get('role')!r}")
+            if not isinstance(content, str):
+                raise ValueError(f"a {entry.get('role')!r} history entry's content is not text")
             out.append(encode_message(role, content[:MAX_CONTENT], at))
             continue
         pair = False

@@ -1084,3 +1084,15 @@ async def test_a_legacy_key_gone_before_it_is_read_is_not_called_unreadable(
     assert report.counts["imported"] == 1
     assert report.counts["gone before migration"] == 1
     assert "skipped: unreadable" not in report.counts and not report.problems
+
+
+def test_a_legacy_entry_whose_content_is_not_text_is_named_for_it() -> None:
+    """A history entry of a known role whose content is not text (OpenAI's list of content
+    parts, a number) was reported as "unknown history entry role 'user'": the operator was sent
+    to look at a role that was fine."""
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    with pytest.raises(ValueError, match="content") as error:
+        migrate_module.legacy_history(parts, 0)
+    assert "unknown" not in str(error.value)
+    with pytest.raises(ValueError, match="unknown history entry role 'tool'"):
+        migrate_module.legacy_history([{"role": "tool", "content": "x"}], 0)
