@@ -129,11 +129,16 @@ def configuring(variable: str, *errors: type[Exception], url: str | None = None)
         yield
     except caught as error:
         reason = str(error)
-        if url and "@" in url and _QUOTED.search(reason):
-            reason = (
-                _QUOTED.sub("'…'", reason)
-                + " ('/', '?', '#' and '@' in a user name or password must be percent-encoded)"
-            )
+        if url and "@" in url:
+            quoted = _QUOTED.search(reason)
+            # An '@' past the host part: the credentials held one of '/', '?', '#' and the
+            # rest of them was read as a path or a query (a database that is no number).
+            cut = "@" in url.split("//", 1)[-1][len(urlsplit(url).netloc) :]
+            if quoted or cut:
+                reason = (
+                    _QUOTED.sub("'…'", reason)
+                    + " ('/', '?', '#' and '@' in a user name or password must be percent-encoded)"
+                )
         raise ConfigurationError(variable, reason) from None
 
 
