@@ -74,8 +74,15 @@ redis.call('SET', KEYS[1], id, 'EX', ARGV[1])
 return id
 """
 # Count one more attempt (before it starts, so a crash counts too); with the last error and
-# how many attempts failed transiently.
+# how many attempts failed transiently. False, counting nothing, when the entry is no longer in
+# the stream: its user was erased while it waited for a retry in its worker's memory. What an
+# attempt running at the erase recorded after it (its error) goes then: nothing else would.
 ATTEMPT = """
+if #redis.call('XRANGE', KEYS[3], ARGV[1], ARGV[1]) == 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1], ARGV[1] .. ':t', ARGV[1] .. ':since')
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return false
+end
 return {redis.call('HINCRBY', KEYS[1], ARGV[1], 1), redis.call('HGET', KEYS[2], ARGV[1]),
         redis.call('HGET', KEYS[1], ARGV[1] .. ':t')}
 """
@@ -447,12 +454,18 @@ class Queue:
             raise CorruptEntry(partition, entry_id, fields, str(error)) from None
         return Entry(partition, entry_id, message, fields.get("rid", ""), received, fields)
 
-    async def attempt(self, partition: int, entry_id: str) -> tuple[int, str, int]:
+    async def attempt(self, partition: int, entry_id: str) -> tuple[int, str, int] | None:
         """Count one more attempt (before it starts, so a crash counts too); with the last
-        recorded error, if any, and how many of the attempts failed transiently."""
-        count, error, transient = await self.pipeline.script(
-            self._attempt, [attempts_key(partition), errors_key(partition)], [entry_id]
+        recorded error, if any, and how many of the attempts failed transiently. None when the
+        entry is gone from the stream (erased): there is nothing to attempt."""
+        counted = await self.pipeline.script(
+            self._attempt,
+            [attempts_key(partition), errors_key(partition), stream_key(partition)],
+            [entry_id],
         )
+        if counted is None:
+            return None
+        count, error, transient = counted
         return int(count), _s(error) if error else "", int(transient or 0)
 
     async def record_error(

@@ -965,7 +965,12 @@ class WorkerPool:
             "channel": message.channel,
             "user": mask_phone(message.user_id),
         }
-        attempt, last_error, transient = await self.queue.attempt(entry.partition, entry.id)
+        counted = await self.queue.attempt(entry.partition, entry.id)
+        if counted is None:
+            # Erased (DELETE /admin/users/…) while it waited for this retry, or behind one.
+            log.info("message erased before its attempt; not run", **where)
+            return None
+        attempt, last_error, transient = counted
         if attempt - transient > self.settings.max_attempts:
             await self._dead(entry, token, "max_attempts", last_error or "worker died")
             return None

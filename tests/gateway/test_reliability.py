@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 import socket
 import time
@@ -850,6 +851,95 @@ def test_erasing_a_user_waits_for_a_replay_of_their_dead_letter_and_erases_its_m
             assert erased.status_code == 200, erased.text
             assert erased.json()["queued"] == 1, erased.json()
             assert queue_lengths(gw.redis_url) == 0 and dead_letters_of(gw, wa_id) == []
+        finally:
+            client.close()
+    finally:
+        gw.stop()
+
+
+def test_a_message_erased_while_it_waits_for_its_retry_is_not_retried(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """A failed message waits out its backoff in its worker's memory, still pending in the
+    stream. Erasing its user deletes the entry, its attempts and its error; the retry must not
+    run it all the same. (Was a bug: the worker retried the entry it held, failed again and
+    dead-lettered it, so the erased user's words and number were back in the dead letters; one
+    that succeeded would have saved a new conversation with them and answered it.)"""
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "erase-waiting",
+        MAX_ATTEMPTS="2",
+        RETRY_BASE_SECONDS="3",
+        RETRY_MAX_SECONDS="3",
+    )
+    try:
+        business = create_business(gw)
+        wa_id = new_wa_id()
+        words = "boom, my passport is XK-" + secrets.token_hex(4)
+        with gw.http as client:
+            post_cloud(client, cloud_payload(business.phone_number_id, wa_id, words))
+        failed = "message failed; will retry"
+        assert wait_for(lambda: gw.processes[0].log_events(failed), 20)
+        with gw.admin() as admin:
+            erased = admin.delete(f"/admin/users/{business.id}/{wa_id}")
+        assert erased.status_code == 200, erased.text
+        assert erased.json()["queued"] == 1, erased.json()
+        # The user writes again: their new message waits behind the erased one, so its answer
+        # comes once the erased one's retry is due and decided.
+        with gw.http as client:
+            post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "hello again"))
+        assert wait_for(lambda: fake_clouds.texts(wa_id), 30)
+        assert fake_clouds.texts(wa_id) == ["echo: hello again #1"]
+        assert dead_letters_of(gw, wa_id) == []
+        client = redis.Redis.from_url(gw.redis_url)
+        try:
+            left = [
+                key
+                for key in client.scan_iter("gw:*")
+                if client.type(key) == b"hash" and any(client.hgetall(key).values())
+            ]
+            assert left == []  # no attempt count or error of the erased entry came back
+        finally:
+            client.close()
+    finally:
+        gw.stop()
+
+
+def test_an_attempt_running_at_the_erase_leaves_neither_a_retry_nor_its_error(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """An attempt under way when its user is erased fails after the erase and records its
+    error: that attempt is not retried, and its error does not stay in ``gw:err`` (a hash
+    without expiry, whose fields only an acknowledgement or an erase delete)."""
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "erase-running",
+        MAX_ATTEMPTS="2",
+    )
+    try:
+        business = create_business(gw)
+        wa_id = slow_message_in_flight(gw, fake_clouds, business, "slow 4 then boom")
+        with gw.admin() as admin:
+            erased = admin.delete(f"/admin/users/{business.id}/{wa_id}")
+        assert erased.status_code == 200, erased.text
+        assert erased.json()["queued"] == 1, erased.json()
+        with gw.http as client:
+            post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "hello again"))
+        assert wait_for(lambda: fake_clouds.texts(wa_id), 30)
+        assert fake_clouds.texts(wa_id) == ["echo: hello again #1"]
+        assert dead_letters_of(gw, wa_id) == []
+        client = redis.Redis.from_url(gw.redis_url)
+        try:
+            held = {
+                key: client.hgetall(key)
+                for key in client.scan_iter("gw:*")
+                if b":att:" in key or b":err:" in key
+            }
+            assert {key: fields for key, fields in held.items() if fields} == {}
         finally:
             client.close()
     finally:
