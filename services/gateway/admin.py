@@ -41,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from parley.business.v1 import business_pb2
 from parley.search.v1 import search_pb2
 from parley.session.v1 import session_pb2
+from services.common.business_keys import normalize_number
 from services.common.channel_secrets import secret_problem
 from services.common.errors import error_info, field_violations
 from services.common.redact import mask_phone
@@ -819,12 +820,13 @@ def build_router(runtime: Runtime) -> APIRouter:
         responses=REFUSED,
         description=(
             "For an erasure request (GDPR art. 17); a phone number with or without its `+` "
-            "erases both ids it has (Cloud API, Twilio). The user's conversations, their messages "
-            "still queued, their dead letters, the sent logs of both, their outbox and their "
-            "rate-limit windows. Answers how many of each it deleted (all 0 when none). The "
-            "dedupe markers stay until `DEDUPE_TTL_SECONDS` (a digest of a message id, no number "
-            "or text). A message being answered at that moment is saved after: erase again "
-            "once the user has stopped writing."
+            "(or as Twilio's `whatsapp:+…`, or with spaces) erases both ids it has (Cloud API, "
+            "Twilio). The user's conversations, their messages still queued, their dead "
+            "letters, the sent logs of both, their outbox and their rate-limit windows. Answers "
+            "how many of each it deleted (all 0 when none). The dedupe markers stay until "
+            "`DEDUPE_TTL_SECONDS` (a digest of a message id, no number or text). A message being "
+            "answered at that moment is saved after: erase again once the user has stopped "
+            "writing."
         ),
     )
     async def erase_user(business_id: BusinessId, user_id: UserId) -> dict[str, int]:
@@ -832,7 +834,9 @@ def build_router(runtime: Runtime) -> APIRouter:
         identities = {*found.whatsapp_phone_number_ids, *found.whatsapp_numbers}
         business_id = found.id  # as the workers key it
         # One number is two ids: the Cloud API's wa_id has no "+", Twilio's E.164 number has.
-        number = re.fullmatch(r"\+?([0-9]+)", user_id)
+        # Written as Twilio's address ("whatsapp:+…", as its console shows the user) or with
+        # spaces, it is the same number, read as the business service reads its own.
+        number = re.fullmatch(r"\+?([0-9]+)", normalize_number(user_id))
         users = {number[1], f"+{number[1]}"} if number else {user_id}
         # The queue first: a message of theirs still queued would start a new conversation.
         erased = await runtime.queue.erase_user(users, identities)

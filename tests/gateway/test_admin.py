@@ -755,6 +755,38 @@ def test_erasing_a_user_leaves_nothing_of_theirs_in_any_store(
             session_db.close()
 
 
+@pytest.mark.parametrize("written", ["whatsapp:{}", "{spaced}"])
+def test_a_user_is_erased_by_their_number_as_twilio_or_a_person_writes_it(
+    outbox_gateway: Gateway, written: str
+) -> None:
+    """``whatsapp:+<number>`` is how Twilio names the user (its console, its logs, a dead
+    letter's raw form), and an erasure request gives the number as people write it, with
+    spaces: either is that number, and erases both its ids. (Was a bug: neither matched a
+    stored id, and the answer, all 0, said there was nothing of the user while their
+    conversation stayed.)"""
+    business = outbox_gateway.business
+    assert business is not None
+    number = f"+{new_wa_id()}"
+    with outbox_gateway.http as client:
+        url = f"{outbox_gateway.url}/webhooks/twilio"
+        body, headers = signed_twilio(url, twilio_form(business.number, number, "hi, it's me"))
+        assert client.post("/webhooks/twilio", content=body, headers=headers).status_code == 200
+    with outbox_gateway.admin() as admin:
+
+        def outbox() -> list[object]:
+            return list(admin.get("/admin/outbox", params={"user_id": number}).json()["messages"])
+
+        assert wait_for(outbox, 20)
+        spaced = f"{number[:3]} {number[3:6]} {number[6:]}"
+        user = written.format(number, spaced=spaced)
+        response = admin.delete(f"/admin/users/{business.id}/{user}")
+        assert response.status_code == 200, response.text
+        erased = response.json()
+        assert erased["conversations"] == 1 and erased["outbox"] == 1, erased
+        assert outbox() == []
+        assert admin.get(f"/admin/sessions/{business.id}/{number}").status_code == 404
+
+
 def test_circuits_and_caches(outbox_gateway: Gateway) -> None:
     with outbox_gateway.admin() as admin:
         circuits = admin.get("/admin/circuits").json()["circuit_breakers"]
