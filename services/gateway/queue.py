@@ -75,8 +75,9 @@ return id
 """
 # Count one more attempt (before it starts, so a crash counts too); with the last error and
 # how many attempts failed transiently. False, counting nothing, when the entry is no longer in
-# the stream: its user was erased while it waited for a retry in its worker's memory. What an
-# attempt running at the erase recorded after it (its error) goes then: nothing else would.
+# the stream: its user was erased while it waited for a retry in its worker's memory. Fields
+# left for it go then (an attempt of a worker of an earlier release, running at the erase,
+# recorded its error after it): nothing else would delete them.
 ATTEMPT = """
 if #redis.call('XRANGE', KEYS[3], ARGV[1], ARGV[1]) == 0 then
   redis.call('HDEL', KEYS[1], ARGV[1], ARGV[1] .. ':t', ARGV[1] .. ':since')
@@ -88,8 +89,10 @@ return {redis.call('HINCRBY', KEYS[1], ARGV[1], 1), redis.call('HGET', KEYS[2], 
 """
 # Record an attempt's error; a transient one is counted apart and its window starts with the
 # first. Seconds since that first transient failure (0: none), by Redis's clock, which every
-# worker shares.
+# worker shares. Nothing for an entry gone from the stream (its user was erased during the
+# attempt): no acknowledgement or erase would ever delete the fields then.
 RECORD_ERROR = """
+if #redis.call('XRANGE', KEYS[3], ARGV[1], ARGV[1]) == 0 then return '0' end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 local since = ARGV[1] .. ':since'
 local time = redis.call('TIME')
@@ -475,10 +478,14 @@ class Queue:
         transient failure (0: none yet)."""
         since = await self.pipeline.script(
             self._record_error,
-            [attempts_key(partition), errors_key(partition)],
+            [attempts_key(partition), errors_key(partition), stream_key(partition)],
             [entry_id, error[:2000], "1" if transient else "0"],
         )
         return float(_s(since))
+
+    async def queued(self, partition: int, entry_id: str) -> bool:
+        """Whether the entry is still in its stream (not acknowledged, not erased)."""
+        return bool(await self.redis.xrange(stream_key(partition), entry_id, entry_id))
 
     async def drop(self, partition: int, entry_id: str, token: str) -> bool:
         """Acknowledge an entry that is finished without success (dead-lettered or skipped)."""

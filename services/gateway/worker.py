@@ -1056,6 +1056,11 @@ class WorkerPool:
                 entry=entry.id,
             )
             return
+        if not await self.queue.queued(entry.partition, entry.id):
+            # Its user was erased (DELETE /admin/users/…) during this attempt: a record now
+            # would bring their words back.
+            log.info("message erased during its attempt; not dead-lettered", entry=entry.id)
+            return
         await self.queue.dead_letter(reason, error, fields=entry.fields)
         metrics.DEAD_LETTERS.labels(reason).inc()
         metrics.PROCESSED.labels("dead_letter").inc()

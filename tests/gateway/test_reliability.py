@@ -946,6 +946,76 @@ def test_an_attempt_running_at_the_erase_leaves_neither_a_retry_nor_its_error(
         gw.stop()
 
 
+def test_an_attempt_failing_after_its_user_is_erased_records_no_error(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """The error of an attempt that fails after its user's erase is not recorded: the entry is
+    gone, so no acknowledgement or erase would ever delete that field of ``gw:err`` (a hash
+    without expiry) if the worker then died before the retry that drops the entry. (Was a bug:
+    the error stayed for good.)"""
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "erase-then-die",
+        role="web",
+        workers=1,
+        RETRY_BASE_SECONDS="30",
+        RETRY_MAX_SECONDS="30",
+    )
+    try:
+        business = create_business(gw)
+        wa_id = slow_message_in_flight(gw, fake_clouds, business, "slow 4 then boom")
+        with gw.admin() as admin:
+            erased = admin.delete(f"/admin/users/{business.id}/{wa_id}")
+        assert erased.json()["queued"] == 1, erased.json()
+        worker = gw.processes[1]
+        assert wait_for(lambda: worker.log_events("message failed; will retry"), 20)
+        worker.signal(signal.SIGKILL)  # before its retry, 30 s away
+        worker.wait(10)
+        client = redis.Redis.from_url(gw.redis_url)
+        try:
+            held = {
+                key: client.hgetall(key)
+                for key in client.scan_iter("gw:*")
+                if b":att:" in key or b":err:" in key
+            }
+            assert {key: fields for key, fields in held.items() if fields} == {}
+        finally:
+            client.close()
+    finally:
+        gw.stop()
+
+
+def test_an_attempt_failing_for_good_after_its_user_is_erased_is_not_dead_lettered(
+    services: Services, fake_clouds: FakeClouds, valkey: Valkey
+) -> None:
+    """An attempt under way at its user's erase that then fails for good writes no dead letter:
+    the record would hold the erased user's words and number again, kept until someone deletes
+    it. (Was a bug: a `max_attempts` record of the erased message.)"""
+    gw = start_gateway(
+        services,
+        fake_clouds,
+        f"redis://127.0.0.1:{valkey.port}/{next_db()}",
+        "erase-then-dead",
+        MAX_ATTEMPTS="1",
+    )
+    try:
+        business = create_business(gw)
+        wa_id = slow_message_in_flight(gw, fake_clouds, business, "slow 4 then boom")
+        with gw.admin() as admin:
+            erased = admin.delete(f"/admin/users/{business.id}/{wa_id}")
+        assert erased.json()["queued"] == 1, erased.json()
+        with gw.http as client:
+            post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "hello again"))
+        # Answered after the erased one's attempt has ended (one user's messages run in order).
+        assert wait_for(lambda: fake_clouds.texts(wa_id), 30)
+        assert fake_clouds.texts(wa_id) == ["echo: hello again #1"]
+        assert dead_letters_of(gw, wa_id) == []
+    finally:
+        gw.stop()
+
+
 @pytest.mark.parametrize(
     ("code", "message"),
     [(190, "Error validating access token"), (0, "(#0) Unable to authenticate the app user")],
