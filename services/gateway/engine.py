@@ -71,17 +71,27 @@ class InboundMessage:
     business_scoped_user_id: str = ""  # Cloud API "user_id" when present
     # Type-specific: interactive/button {"reply_id", "title"}; location {"latitude",
     # "longitude", "name", "address"}; media {"media_id", "mime_type", "caption", "filename"};
-    # reaction {"emoji", "message_id"}; unknown {"raw_type"}.
+    # reaction {"emoji", "message_id"}; unknown {"raw_type"}, and for Meta's "unsupported",
+    # "unsupported_type" (what it could not pass on: "poll_creation", "reaction", ...).
     payload: dict[str, Any] = field(default_factory=dict)
 
 
+# What Meta's "unsupported" message may stand for that acts on a message already in the chat (a
+# reaction it could not pass on, a pin, a vote, keeping a disappearing message): no new message.
+UNSUPPORTED_NOTICES = frozenset({"reaction", "pin", "keep_in_chat", "poll_update"})
+
+
 def is_notice(message: InboundMessage) -> bool:
-    """A reaction (a 👍 on a reply, or its removal) or Meta's ``system`` notice (the user changed
-    number): nothing the user asked. The conversation engine answers neither, and the worker shows
-    no typing indicator for them: Meta dismisses it only at a reply or after 25 s, and asks to
-    show it only when a reply will come."""
-    return message.type == "reaction" or (
-        message.type == "unknown" and message.payload.get("raw_type") == "system"
+    """A reaction (a 👍 on a reply, or its removal, also one Meta passes on as ``unsupported``),
+    a pin or a vote, or Meta's ``system`` notice (the user changed number): nothing the user
+    asked. The conversation engine answers none, and the worker shows no typing indicator for
+    them: Meta dismisses it only at a reply or after 25 s, and asks to show it only when a reply
+    will come."""
+    if message.type == "reaction":
+        return True
+    raw_type = message.payload.get("raw_type") if message.type == "unknown" else None
+    return raw_type == "system" or (
+        raw_type == "unsupported" and message.payload.get("unsupported_type") in UNSUPPORTED_NOTICES
     )
 
 

@@ -410,6 +410,21 @@ def test_a_system_notice_is_not_answered(smart: Gateway) -> None:
     assert reply.startswith("Hi Test! ✈️ I find flights."), reply
 
 
+def test_a_reaction_or_pin_meta_passes_on_as_unsupported_is_not_answered(smart: Gateway) -> None:
+    """Meta passes on some reactions, pins and poll votes as an `unsupported` message naming them
+    (`unsupported.type`, documented in its unsupported messages webhook reference). Each got
+    'I can only read text messages', as a poll the user created still does."""
+    user = User(smart)
+    unavailable = [{"code": 131051, "title": "Message type unknown"}]
+    for acted in ("reaction", "pin", "keep_in_chat", "poll_update"):
+        user.post(type="unsupported", unsupported={"type": acted}, errors=unavailable)
+    # One user's messages are handled in order: the first reply after them is to "hi".
+    reply = user.say("hi")
+    assert reply.startswith("Hi Test! ✈️ I find flights."), reply
+    user.post(type="unsupported", unsupported={"type": "poll_creation"}, errors=unavailable)
+    assert "I can only read text messages" in user.replies()[0]["text"]
+
+
 def test_a_welcome_request_is_greeted(smart: Gateway) -> None:
     """request_welcome, sent when a user opens the chat for the first time, got 'I can only
     read text messages' before the user had written anything."""

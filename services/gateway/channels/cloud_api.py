@@ -249,6 +249,10 @@ def _content(kind: str, raw: dict[str, Any]) -> tuple[MessageType, str, dict[str
             "",
             {"emoji": _text(body.get("emoji")), "message_id": _text(body.get("message_id"))},
         )
+    if kind == "unsupported":
+        # Meta names what it could not pass on (`unsupported.type`): a reaction or a pin is no
+        # message the user wrote, and must not be answered as one (see engine.is_notice).
+        return "unknown", "", {"raw_type": kind, "unsupported_type": _text(body.get("type"))}
     return "unknown", "", {"raw_type": kind}
 
 
