@@ -277,7 +277,11 @@ class Processor:
         if hit and not hit.user:
             metrics.RATE_LIMITED.labels("user").inc()
             await sent.mark(SentLog.RATE_LIMITED)  # for a retry, should this attempt die now
-            if await self.rate_limits.first_notice(business.id, message.user_id):
+            # A notice (a reaction, a system message) is never answered, this notice neither:
+            # the window's one notice is left for the next message the user writes.
+            if not is_notice(message) and await self.rate_limits.first_notice(
+                business.id, message.user_id
+            ):
                 await self._send_rate_notice(sender, route, business.locale)
             return "rate_limited"
 

@@ -34,6 +34,7 @@ from tests.support.stack import (
     cloud_payload,
     create_business,
     dead_letters,
+    meta_wamid,
     metric,
     new_wa_id,
     next_db,
@@ -145,6 +146,33 @@ def test_a_worker_killed_after_finding_the_user_over_the_limit_does_not_answer_i
     finally:
         gw.stop()
         graph.stop()
+
+
+def test_a_reaction_over_the_users_limit_gets_no_rate_notice(
+    limited: Gateway, fake_clouds: FakeClouds
+) -> None:
+    """A reaction (a 👍 on a reply) is never answered, over the user's limit too: the one notice
+    of the window waits for a message the user wrote. (Was a bug: a reaction that found the user
+    over their limit was answered with the rate-limit notice, and the text after it got none.)"""
+    business = limited.business
+    assert business is not None
+    wa_id = new_wa_id()
+    written = [f"text {n}" for n in range(4)]  # the fixture's 4/minute
+    with limited.http as client:
+        for text in written:
+            post_cloud(client, cloud_payload(business.phone_number_id, wa_id, text))
+        assert wait_for(lambda: len(fake_clouds.texts(wa_id)) == 4, 20)
+        thumbs_up = {"message_id": meta_wamid(wa_id), "emoji": "\N{THUMBS UP SIGN}"}
+        reaction = cloud_payload(
+            business.phone_number_id, wa_id, "", type="reaction", reaction=thumbs_up
+        )
+        assert post_cloud(client, reaction).json()["queued"] == 1
+        # Acknowledged once handled (a notice sent before): the queue empties.
+        assert wait_for(lambda: queue_lengths(limited.redis_url) == 0, 20)
+        assert len(fake_clouds.texts(wa_id)) == 4
+        post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "one more"))
+    assert wait_for(lambda: len(fake_clouds.texts(wa_id)) == 5, 20)
+    assert fake_clouds.texts(wa_id)[4] == RATE_NOTICE
 
 
 def test_delivery_statuses_of_a_webhook_refused_with_503_are_counted_once(
