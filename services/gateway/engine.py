@@ -79,18 +79,21 @@ class InboundMessage:
 # What Meta's "unsupported" message may stand for that acts on a message already in the chat (a
 # reaction it could not pass on, a pin, a vote, keeping a disappearing message): no new message.
 UNSUPPORTED_NOTICES = frozenset({"reaction", "pin", "keep_in_chat", "poll_update"})
+# Meta's message types that are notices: the user changed number (`system`), deleted (`revoke`)
+# or edited (`edit`) a message they had sent, the last two for numbers also on the Business app.
+NOTICE_TYPES = frozenset({"system", "revoke", "edit"})
 
 
 def is_notice(message: InboundMessage) -> bool:
     """A reaction (a 👍 on a reply, or its removal, also one Meta passes on as ``unsupported``),
-    a pin or a vote, or Meta's ``system`` notice (the user changed number): nothing the user
-    asked. The conversation engine answers none, and the worker shows no typing indicator for
-    them: Meta dismisses it only at a reply or after 25 s, and asks to show it only when a reply
-    will come."""
+    a pin or a vote, a message deleted or edited, or Meta's ``system`` notice (the user changed
+    number): nothing the user asked. The conversation engine answers none, and the worker shows
+    no typing indicator for them: Meta dismisses it only at a reply or after 25 s, and asks to
+    show it only when a reply will come."""
     if message.type == "reaction":
         return True
     raw_type = message.payload.get("raw_type") if message.type == "unknown" else None
-    return raw_type == "system" or (
+    return raw_type in NOTICE_TYPES or (
         raw_type == "unsupported" and message.payload.get("unsupported_type") in UNSUPPORTED_NOTICES
     )
 

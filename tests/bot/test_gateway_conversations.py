@@ -29,6 +29,7 @@ from tests.support.stack import (
     Services,
     cloud_payload,
     create_business,
+    meta_wamid,
     new_wa_id,
     next_db,
     post_cloud,
@@ -423,6 +424,20 @@ def test_a_reaction_or_pin_meta_passes_on_as_unsupported_is_not_answered(smart: 
     assert reply.startswith("Hi Test! ✈️ I find flights."), reply
     user.post(type="unsupported", unsupported={"type": "poll_creation"}, errors=unavailable)
     assert "I can only read text messages" in user.replies()[0]["text"]
+
+
+def test_a_deleted_or_edited_message_is_not_answered(smart: Gateway) -> None:
+    """Meta's `revoke` (the user deleted a message they sent) and `edit` (they edited one)
+    messages, documented for numbers also on the WhatsApp Business app: nothing new the user
+    wrote to be answered. Each got 'I can only read text messages'."""
+    user = User(smart)
+    earlier = meta_wamid(user.wa_id)
+    user.post(type="revoke", revoke={"original_message_id": earlier})
+    edited = {"type": "text", "text": {"body": "NYC to London"}}
+    user.post(type="edit", edit={"original_message_id": earlier, "message": edited})
+    # One user's messages are handled in order: the first reply after them is to "hi".
+    reply = user.say("hi")
+    assert reply.startswith("Hi Test! ✈️ I find flights."), reply
 
 
 def test_a_welcome_request_is_greeted(smart: Gateway) -> None:
