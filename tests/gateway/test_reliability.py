@@ -885,6 +885,28 @@ def test_erasing_a_user_waits_for_a_replay_of_their_dead_letter_and_erases_its_m
         gw.stop()
 
 
+def erase_the_one_queued_message(gw: Gateway, business: Business, wa_id: str) -> None:
+    """``DELETE /admin/users/…`` of a user with one message queued (the one under test)."""
+    with gw.admin() as admin:
+        erased = admin.delete(f"/admin/users/{business.id}/{wa_id}")
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["queued"] == 1, erased.json()
+
+
+def attempt_records(gw: Gateway) -> dict[bytes, dict[bytes, bytes]]:
+    """The attempt counts and errors the queue holds (``gw:att:…``, ``gw:err:…``), by hash."""
+    client = redis.Redis.from_url(gw.redis_url)
+    try:
+        held = {
+            key: client.hgetall(key)
+            for key in client.scan_iter("gw:*")
+            if b":att:" in key or b":err:" in key
+        }
+    finally:
+        client.close()
+    return {key: fields for key, fields in held.items() if fields}
+
+
 def test_a_message_erased_while_it_waits_for_its_retry_is_not_retried(
     services: Services, fake_clouds: FakeClouds, valkey: Valkey
 ) -> None:
@@ -910,10 +932,7 @@ def test_a_message_erased_while_it_waits_for_its_retry_is_not_retried(
             post_cloud(client, cloud_payload(business.phone_number_id, wa_id, words))
         failed = "message failed; will retry"
         assert wait_for(lambda: gw.processes[0].log_events(failed), 20)
-        with gw.admin() as admin:
-            erased = admin.delete(f"/admin/users/{business.id}/{wa_id}")
-        assert erased.status_code == 200, erased.text
-        assert erased.json()["queued"] == 1, erased.json()
+        erase_the_one_queued_message(gw, business, wa_id)
         # The user writes again: their new message waits behind the erased one, so its answer
         # comes once the erased one's retry is due and decided.
         with gw.http as client:
@@ -921,16 +940,7 @@ def test_a_message_erased_while_it_waits_for_its_retry_is_not_retried(
         assert wait_for(lambda: fake_clouds.texts(wa_id), 30)
         assert fake_clouds.texts(wa_id) == ["echo: hello again #1"]
         assert dead_letters_of(gw, wa_id) == []
-        client = redis.Redis.from_url(gw.redis_url)
-        try:
-            left = [
-                key
-                for key in client.scan_iter("gw:*")
-                if client.type(key) == b"hash" and any(client.hgetall(key).values())
-            ]
-            assert left == []  # no attempt count or error of the erased entry came back
-        finally:
-            client.close()
+        assert attempt_records(gw) == {}  # no attempt count or error of the erased entry
     finally:
         gw.stop()
 
@@ -951,25 +961,13 @@ def test_an_attempt_running_at_the_erase_leaves_neither_a_retry_nor_its_error(
     try:
         business = create_business(gw)
         wa_id = slow_message_in_flight(gw, fake_clouds, business, "slow 4 then boom")
-        with gw.admin() as admin:
-            erased = admin.delete(f"/admin/users/{business.id}/{wa_id}")
-        assert erased.status_code == 200, erased.text
-        assert erased.json()["queued"] == 1, erased.json()
+        erase_the_one_queued_message(gw, business, wa_id)
         with gw.http as client:
             post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "hello again"))
         assert wait_for(lambda: fake_clouds.texts(wa_id), 30)
         assert fake_clouds.texts(wa_id) == ["echo: hello again #1"]
         assert dead_letters_of(gw, wa_id) == []
-        client = redis.Redis.from_url(gw.redis_url)
-        try:
-            held = {
-                key: client.hgetall(key)
-                for key in client.scan_iter("gw:*")
-                if b":att:" in key or b":err:" in key
-            }
-            assert {key: fields for key, fields in held.items() if fields} == {}
-        finally:
-            client.close()
+        assert attempt_records(gw) == {}
     finally:
         gw.stop()
 
@@ -994,23 +992,12 @@ def test_an_attempt_failing_after_its_user_is_erased_records_no_error(
     try:
         business = create_business(gw)
         wa_id = slow_message_in_flight(gw, fake_clouds, business, "slow 4 then boom")
-        with gw.admin() as admin:
-            erased = admin.delete(f"/admin/users/{business.id}/{wa_id}")
-        assert erased.json()["queued"] == 1, erased.json()
+        erase_the_one_queued_message(gw, business, wa_id)
         worker = gw.processes[1]
         assert wait_for(lambda: worker.log_events("message failed; will retry"), 20)
         worker.signal(signal.SIGKILL)  # before its retry, 30 s away
         worker.wait(10)
-        client = redis.Redis.from_url(gw.redis_url)
-        try:
-            held = {
-                key: client.hgetall(key)
-                for key in client.scan_iter("gw:*")
-                if b":att:" in key or b":err:" in key
-            }
-            assert {key: fields for key, fields in held.items() if fields} == {}
-        finally:
-            client.close()
+        assert attempt_records(gw) == {}
     finally:
         gw.stop()
 
@@ -1031,9 +1018,7 @@ def test_an_attempt_failing_for_good_after_its_user_is_erased_is_not_dead_letter
     try:
         business = create_business(gw)
         wa_id = slow_message_in_flight(gw, fake_clouds, business, "slow 4 then boom")
-        with gw.admin() as admin:
-            erased = admin.delete(f"/admin/users/{business.id}/{wa_id}")
-        assert erased.json()["queued"] == 1, erased.json()
+        erase_the_one_queued_message(gw, business, wa_id)
         with gw.http as client:
             post_cloud(client, cloud_payload(business.phone_number_id, wa_id, "hello again"))
         # Answered after the erased one's attempt has ended (one user's messages run in order).
