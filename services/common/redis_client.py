@@ -32,7 +32,6 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import (
     URL_QUERY_ARGUMENT_PARSERS,
     BlockingConnectionPool,
-    Connection,
     SSLConnection,
     parse_url,
 )
@@ -159,13 +158,16 @@ def _parameters(cls: type) -> set[str]:
 
 
 def _check_options(url: str, tls: bool, accepted: set[str]) -> None:
-    """Refuse a query option the client would take: redis-py passes every option it does not
-    parse itself on to the connection, which fails at its first use (a ``TypeError``), so a
-    typo or a TLS option on a plain ``redis://`` left a service never ready instead of
-    stopping it at start. Names only in the message: the values may hold a password."""
+    """Refuse a query option the client would not take: redis-py passes every option it does
+    not parse itself on to the connection, which fails at its first use (a ``TypeError``), so
+    a typo or a TLS option on a plain ``redis://`` left a service never ready instead of
+    stopping it at start. ``accepted``: the client's keyword parameters, its ``ssl_*`` ones
+    taken only with TLS. Names only in the message: the values may hold a password."""
     names = set(parse_qs(urlsplit(url).query))
-    parsed = {n for n in URL_QUERY_ARGUMENT_PARSERS if tls or not n.startswith("ssl")}
-    unknown = sorted(names - accepted - parsed)
+    allowed = {
+        n for n in accepted | URL_QUERY_ARGUMENT_PARSERS.keys() if tls or not n.startswith("ssl")
+    }
+    unknown = sorted(names - allowed)
     if unknown:
         hint = "" if tls or not any(n.startswith("ssl") for n in unknown) else "; TLS needs rediss"
         raise ValueError(f"Redis URL option not understood: {', '.join(unknown)}{hint}")
@@ -221,8 +223,7 @@ def make_client(
     }
     if scheme in CLUSTER_SCHEMES:
         tls = CLUSTER_SCHEMES[scheme]
-        cluster_options = {n for n in _parameters(RedisCluster) if tls or not n.startswith("ssl")}
-        _check_options(url, tls, cluster_options)
+        _check_options(url, tls, _parameters(RedisCluster))
         kwargs = _common_kwargs(url, tls)
         path = urlsplit(url).path.strip("/")
         if path not in ("", "0"):
@@ -238,8 +239,7 @@ def make_client(
     if scheme in SENTINEL_SCHEMES:
         parts = urlsplit(url)
         tls = SENTINEL_SCHEMES[scheme]
-        connection = SSLConnection if tls else Connection
-        _check_options(url, tls, _parameters(connection) | {"sentinel_password"})
+        _check_options(url, tls, _parameters(SSLConnection) | {"sentinel_password"})
         kwargs = _common_kwargs(url, tls)
         segments = [unquote(p) for p in parts.path.split("/") if p]
         if not segments:
@@ -270,11 +270,7 @@ def make_client(
         path = urlsplit(url).path.strip("/")
         if path and not path.isdigit():
             raise ValueError("Redis URL path is a database number: redis://host:6379/0")
-        _check_options(
-            url,
-            scheme == "rediss",
-            _parameters(SSLConnection if scheme == "rediss" else Connection),
-        )
+        _check_options(url, scheme == "rediss", _parameters(SSLConnection))
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
